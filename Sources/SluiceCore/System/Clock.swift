@@ -1,0 +1,22 @@
+// Path: Sources/SluiceCore/System/Clock.swift — monotonic time, thread CPU time and the cycle counter.
+import CShims
+
+/// Clocks used for accounting. All are vDSO or instruction reads: no system call, safe in hot loops.
+public enum Clock {
+    /// CLOCK_MONOTONIC in nanoseconds.
+    @inlinable public static func monotonicNs() -> UInt64 { sluice_monotonic_ns() }
+    /// CPU time the calling thread has used, in nanoseconds.
+    @inlinable public static func threadCPUNs() -> UInt64 { sluice_thread_cpu_ns() }
+    /// The CPU's timestamp counter, for cycle accounting.
+    @inlinable public static func cycles() -> UInt64 { sluice_cycles() }
+
+    /// Cycle-counter ticks per nanosecond, measured once over about 20 ms.
+    public static let cyclesPerNs: Double = {
+        let ns0 = sluice_monotonic_ns()
+        let c0 = sluice_cycles()
+        var ns1 = ns0
+        while ns1 &- ns0 < 20_000_000 { ns1 = sluice_monotonic_ns() }
+        let c1 = sluice_cycles()
+        return Double(c1 &- c0) / Double(ns1 &- ns0)
+    }()
+}
