@@ -1,0 +1,50 @@
+// swift-tools-version: 6.1
+// Sluice benchmarks: a package of its own, so benchmark dependencies never reach the root package.
+// From this folder: `swift package benchmark --target RingBench` (package-benchmark), or
+// `swift run -c release ring-compare` (same-run medians and ratios for docs; scripts/bench-ring.sh).
+import PackageDescription
+
+// DPDK's headers (libdpdk-dev) for the rte_ring anchor: search paths only, no EAL and no -march, so
+// every ring in the harness is compiled for the same baseline CPU as the Swift code.
+let dpdkHeaderFlags = ["-I/usr/include/dpdk", "-I/usr/include/x86_64-linux-gnu/dpdk"]
+// The ring under test, read from the root package's sources so one file can rebuild it at another
+// SLUICE_SPSC_ALIGN (CShims is not a product, so it cannot be a dependency).
+let cshimsHeaderFlags = ["-I\(Context.packageDirectory)/../CShims/include", "-I\(Context.packageDirectory)/../CShims"]
+
+let package = Package(
+    name: "SluiceBenchmarks",
+    platforms: [.macOS(.v15)],
+    dependencies: [
+        .package(name: "Sluice", path: ".."),
+        .package(url: "https://github.com/ordo-one/benchmark.git", from: "1.38.1", traits: ["MallocInterposer"]),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+    ],
+    targets: [
+        // The C rings (Sluice's at two alignments, DPDK's rte_ring) driven by one loop shape, and the
+        // two-pinned-threads runner that the Swift loops use too.
+        .target(
+            name: "CRingHarness",
+            cSettings: [.unsafeFlags(dpdkHeaderFlags + cshimsHeaderFlags)],
+            linkerSettings: [.linkedLibrary("rte_ring"), .linkedLibrary("rte_eal"), .linkedLibrary("pthread")]
+        ),
+        // The Swift wrapper's loops (same shape as the C ones) and the measurement API both drivers use.
+        .target(
+            name: "RingHarness",
+            dependencies: ["CRingHarness", .product(name: "SluiceCore", package: "Sluice")]
+        ),
+        // Every ring variant interleaved, N runs each; prints a markdown table of medians and ratios.
+        .executableTarget(
+            name: "ring-compare",
+            dependencies: ["RingHarness", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        // package-benchmark suites: one folder each beside this file (the plugin looks for a parent
+        // folder named Benchmarks).
+        .executableTarget(
+            name: "RingBench",
+            dependencies: ["RingHarness", .product(name: "Benchmark", package: "benchmark")],
+            path: "RingBench",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        ),
+    ],
+    cLanguageStandard: .gnu11
+)

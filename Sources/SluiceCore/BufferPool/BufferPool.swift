@@ -1,0 +1,165 @@
+// Path: Sources/SluiceCore/BufferPool/BufferPool.swift — fixed-size buffers, preallocated, by index.
+import CShims
+import Glibc
+import Synchronization
+
+/// Why a pool could not be made or could not give a buffer.
+public enum PoolError: Error, Equatable {
+    /// Buffer count or size is zero or above its bound.
+    case invalidConfiguration(bufferCount: Int, bufferSizeBytes: Int)
+    /// The pool's memory could not be allocated.
+    case outOfMemory(bytes: Int)
+    /// Every buffer is in use.
+    case exhausted(bufferCount: Int)
+}
+
+/// One buffer of a pool, by index. One owner at a time: moving it is handing the buffer over.
+/// Rings carry the raw index (`consume buffer.index`... `PacketBuffer(adopting:)`), Swift the ownership.
+@frozen
+public struct PacketBuffer: ~Copyable, Sendable {
+    /// The buffer's slot in its pool.
+    public let index: UInt32
+
+    /// Takes ownership of the buffer at `index`, which the caller got from `releaseIndex()` or a ring.
+    @inlinable public init(adopting index: UInt32) { self.index = index }
+
+    /// Gives up ownership and returns the raw index (to put it on a ring).
+    @inlinable public consuming func releaseIndex() -> UInt32 {
+        let index = self.index
+        discard self
+        return index
+    }
+
+    deinit {
+        // A buffer may only leave through BufferPool.free or releaseIndex(); dropping it leaks a slot.
+        preconditionFailure("PacketBuffer \(index) dropped without being freed")
+    }
+}
+
+/// Called once per freed buffer, on the freeing thread, before the buffer is reusable.
+/// A C function pointer and context: no closure, no reference counting on the free path.
+public struct BufferFreeHook: @unchecked Sendable {  // unchecked: the context's owner guarantees it
+    public typealias Function = @convention(c) (UnsafeMutableRawPointer?, UInt32) -> Void
+    public let function: Function
+    public let context: UnsafeMutableRawPointer?
+
+    public init(_ function: Function, context: UnsafeMutableRawPointer?) {
+        self.function = function
+        self.context = context
+    }
+}
+
+/// A fixed set of equal-sized buffers, allocated once on one NUMA node (or aligned heap memory
+/// when NUMA is unavailable), handed out by index. Any thread may allocate and free: the free list
+/// is a bounded lock-free MPMC queue. Allocation never allocates memory; exhaustion is counted.
+public final class BufferPool: @unchecked Sendable {  // unchecked: the C free list is the synchronisation
+    public let bufferCount: Int
+    public let bufferSizeBytes: Int
+    /// NUMA node the buffers live on; nil when NUMA placement was unavailable.
+    public let numaNode: Int?
+    @usableFromInline let base: UnsafeMutableRawPointer
+    @usableFromInline let freeList: OpaquePointer
+    @usableFromInline let freeHook: BufferFreeHook?
+    private let byteCount: Int
+    /// Allocation attempts that found the pool empty.
+    public let exhaustedCount = Atomic<UInt64>(0)
+
+    /// Makes a pool of `bufferCount` buffers of `bufferSizeBytes` each (rounded up to 64 bytes),
+    /// on `numaNode` when libnuma is available. `freeHook` runs on every free.
+    public init(
+        bufferCount: Int, bufferSizeBytes: Int, numaNode: Int? = nil, freeHook: BufferFreeHook? = nil
+    ) throws(PoolError) {
+        guard bufferCount > 0, bufferCount <= Limits.poolBufferCountMax,
+            bufferSizeBytes > 0, bufferSizeBytes <= Limits.poolBufferSizeMax
+        else { throw PoolError.invalidConfiguration(bufferCount: bufferCount, bufferSizeBytes: bufferSizeBytes) }
+        let stride = (bufferSizeBytes + 63) & ~63
+        let bytes = stride * bufferCount
+        let node = CPU.numaAvailable ? (numaNode ?? 0) : nil
+        var memory: UnsafeMutableRawPointer?
+        if let node {
+            memory = sluice_numa_alloc_onnode(bytes, Int32(node))
+        } else if posix_memalign(&memory, 4096, bytes) != 0 {
+            memory = nil
+        }
+        guard let memory else { throw PoolError.outOfMemory(bytes: bytes) }
+        let queueSize = UInt32(1) << UInt32(Int.bitWidth - (bufferCount - 1).leadingZeroBitCount)
+        guard let freeList = sluice_mpmc_new(max(queueSize, 2)) else {
+            if node != nil { sluice_numa_free(memory, bytes) } else { Glibc.free(memory) }
+            throw PoolError.outOfMemory(bytes: Int(queueSize) * 16)
+        }
+        for index in 0..<bufferCount {
+            let added = sluice_mpmc_enqueue(freeList, UInt64(index))
+            precondition(added == 1, "free list smaller than the pool")
+        }
+        self.bufferCount = bufferCount
+        self.bufferSizeBytes = stride
+        self.numaNode = node
+        self.base = memory
+        self.freeList = freeList
+        self.freeHook = freeHook
+        self.byteCount = bytes
+    }
+
+    deinit {
+        sluice_mpmc_delete(freeList)
+        if numaNode != nil { sluice_numa_free(base, byteCount) } else { Glibc.free(base) }
+    }
+
+    /// A free buffer, or nil when all are in use (counted in `exhaustedCount`). Any thread; never blocks.
+    @inlinable public func allocate() -> PacketBuffer? {
+        var index: UInt64 = 0
+        guard sluice_mpmc_dequeue(freeList, &index) == 1 else {
+            exhaustedCount.add(1, ordering: .relaxed)
+            return nil
+        }
+        return PacketBuffer(adopting: UInt32(truncatingIfNeeded: index))
+    }
+
+    /// A free buffer, or `PoolError.exhausted` when all are in use. For control paths.
+    public func allocateOrThrow() throws(PoolError) -> PacketBuffer {
+        guard let buffer = allocate() else { throw PoolError.exhausted(bufferCount: bufferCount) }
+        return buffer
+    }
+
+    /// Fills `indices` with free buffer indices, all or none; the caller owns them (adopt each).
+    /// Returns indices.count, or 0 when fewer were free (none taken; counted as exhaustion).
+    @inlinable public func allocateBulk(into indices: UnsafeMutableBufferPointer<UInt32>) -> Int {
+        for position in indices.indices {
+            var index: UInt64 = 0
+            guard sluice_mpmc_dequeue(freeList, &index) == 1 else {
+                for taken in 0..<position { _ = sluice_mpmc_enqueue(freeList, UInt64(indices[taken])) }
+                exhaustedCount.add(1, ordering: .relaxed)
+                return 0
+            }
+            indices[position] = UInt32(truncatingIfNeeded: index)
+        }
+        return indices.count
+    }
+
+    /// Returns a buffer to the pool, running the free hook first. Any thread; never blocks.
+    @inlinable public func free(_ buffer: consuming PacketBuffer) {
+        freeIndex(buffer.releaseIndex())
+    }
+
+    /// Returns a buffer by raw index (one taken off a ring). The caller must own it.
+    @inlinable public func freeIndex(_ index: UInt32) {
+        precondition(Int(index) < bufferCount, "buffer index outside the pool")
+        if let freeHook { freeHook.function(freeHook.context, index) }
+        let added = sluice_mpmc_enqueue(freeList, UInt64(index))
+        precondition(added == 1, "free list overflow: a buffer was freed twice")
+    }
+
+    /// The bytes of the buffer at `index`.
+    @inlinable public func bytes(at index: UInt32) -> UnsafeMutableRawBufferPointer {
+        precondition(Int(index) < bufferCount, "buffer index outside the pool")
+        return UnsafeMutableRawBufferPointer(start: base + Int(index) * bufferSizeBytes, count: bufferSizeBytes)
+    }
+
+    /// The bytes of an owned buffer.
+    @inlinable public func bytes(of buffer: borrowing PacketBuffer) -> UnsafeMutableRawBufferPointer {
+        bytes(at: buffer.index)
+    }
+
+    /// Buffers free now; a snapshot.
+    public var freeCount: Int { Int(sluice_mpmc_count(freeList)) }
+}

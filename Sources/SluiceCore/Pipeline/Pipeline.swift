@@ -1,0 +1,179 @@
+// Path: Sources/SluiceCore/Pipeline/Pipeline.swift — a chain of stages joined by SPSC rings.
+import Synchronization
+
+/// Why a pipeline could not be built.
+public enum PipelineError: Error, Equatable {
+    /// A pipeline needs a source and at least one more stage, and at most `max` stages.
+    case invalidStageCount(Int, max: Int)
+    /// One ring capacity per link is needed.
+    case ringCapacityCount(given: Int, links: Int)
+    case invalidBurstCount(Int, max: Int)
+    case ring(RingError)
+}
+
+/// A built pipeline: its stages (source first) and the rings between them. Hand it to a
+/// `Runtime` to run; its counters can be read from any thread.
+public final class Pipeline: @unchecked Sendable {  // unchecked: stages are handed over by mailbox
+    private static let nextID = Atomic<Int>(0)
+
+    public let name: String
+    public let id: Int
+    /// Items that entered stage 1 (the source put them on the first ring).
+    public let entered = Atomic<UInt64>(0)
+    /// Stages in order, the source first. Set once by the builder.
+    public internal(set) var stages: [StageTask] = []
+    /// Capacity of each ring, in link order.
+    public internal(set) var ringCapacities: [Int] = []
+    var links: [Link] = []
+
+    init(name: String) {
+        self.name = name
+        self.id = Pipeline.nextID.wrappingAdd(1, ordering: .relaxed).oldValue
+    }
+
+    /// Items the last stage delivered.
+    public var delivered: UInt64 {
+        guard let sink = stages.last as? SinkTaskProtocol else { return 0 }
+        return sink.deliveredCount
+    }
+
+    /// Items filtered by any stage.
+    public var filtered: UInt64 {
+        stages.reduce(0) { $0 &+ $1.counters.filtered.load(ordering: .relaxed) }
+    }
+
+    /// Items queued on the pipeline's rings now.
+    public var queued: Int { links.reduce(0) { $0 + $1.observer.count } }
+
+    /// True when the source is exhausted and every item that entered was delivered or filtered.
+    public var isDrained: Bool {
+        guard let source = stages.first as? SourceTaskProtocol, source.isExhausted else { return false }
+        return delivered &+ filtered == entered.load(ordering: .acquiring)
+    }
+
+    /// Observers of the pipeline's rings, in link order (metrics, tests).
+    public var ringObservers: [RingObserver] { links.map(\.observer) }
+}
+
+protocol SinkTaskProtocol { var deliveredCount: UInt64 { get } }
+protocol SourceTaskProtocol { var isExhausted: Bool { get } }
+
+extension SinkTask: SinkTaskProtocol {
+    var deliveredCount: UInt64 { delivered.load(ordering: .acquiring) }
+}
+
+extension SourceTask: SourceTaskProtocol {
+    var isExhausted: Bool { body.isExhausted }
+}
+
+/// Assembles a pipeline: one source, then stages; the last stage is the sink.
+/// `build` makes the rings (one per link, capacities from the caller or a `ResourceAllocator`).
+public struct PipelineBuilder {
+    public let name: String
+    public let burstCount: Int
+    private var source: (any SourceBody)?
+    private var sourceName = "source"
+    private var stages: [(name: String, body: any StageBody)] = []
+
+    public init(name: String, burstCount: Int = 32) {
+        self.name = name
+        self.burstCount = burstCount
+    }
+
+    public mutating func source(_ body: some SourceBody, name: String = "source") {
+        source = body
+        sourceName = name
+    }
+
+    public mutating func stage(_ body: some StageBody, name: String? = nil) {
+        stages.append((name ?? "stage\(stages.count + 2)", body))
+    }
+
+    /// Stages so far, the source included.
+    public var stageCount: Int { (source == nil ? 0 : 1) + stages.count }
+
+    /// Builds the pipeline with one ring per link (`ringCapacities.count == stageCount - 1`),
+    /// on `numaNode` when given.
+    public func build(ringCapacities: [Int], numaNode: Int? = nil) throws(PipelineError) -> Pipeline {
+        guard let source, !stages.isEmpty, stageCount <= Limits.pipelineStageCountMax else {
+            throw .invalidStageCount(stageCount, max: Limits.pipelineStageCountMax)
+        }
+        guard ringCapacities.count == stages.count else {
+            throw .ringCapacityCount(given: ringCapacities.count, links: stages.count)
+        }
+        guard burstCount > 0, burstCount <= Limits.burstCountMax else {
+            throw .invalidBurstCount(burstCount, max: Limits.burstCountMax)
+        }
+        var producers: [RingProducerBox] = []
+        var consumers: [RingConsumerBox] = []
+        let pipeline = Pipeline(name: name)
+        for capacity in ringCapacities {
+            do {
+                var ends = try makeRing(capacity: capacity, numaNode: numaNode)
+                pipeline.links.append(Link(observer: ends.producer.observer))
+                producers.append(RingProducerBox(ends.producer))
+                consumers.append(RingConsumerBox(ends.consumer))
+            } catch { throw .ring(error) }
+        }
+        pipeline.ringCapacities = ringCapacities
+        var tasks: [StageTask] = [
+            makeSourceTask(source, output: producers[0].take(), pipeline: pipeline, link: pipeline.links[0])
+        ]
+        for (offset, stage) in stages.enumerated() {
+            let position = offset + 1
+            let upstreamRings = pipeline.links[0..<position].map(\.observer.ring)
+            let upstreamCounters = tasks.map(\.counters)
+            let input = consumers[offset].take()
+            if position == stages.count {
+                tasks.append(makeSinkTask(stage.body, input: input, name: stage.name, position: position,
+                                          pipeline: pipeline, upstreamRings: upstreamRings,
+                                          upstreamCounters: upstreamCounters))
+            } else {
+                tasks.append(makeRelayTask(stage.body, input: input, output: producers[position].take(),
+                                           name: stage.name, position: position, pipeline: pipeline,
+                                           upstreamRings: upstreamRings, upstreamCounters: upstreamCounters))
+            }
+        }
+        pipeline.stages = tasks
+        return pipeline
+    }
+
+    // Generic helpers: passing `any SourceBody` / `any StageBody` opens the existential, so each
+    // task is specialised for its concrete body and the hot loop makes no dynamic calls into it.
+    private func makeSourceTask<Body: SourceBody>(_ body: Body, output: consuming RingProducer, pipeline: Pipeline,
+                                                  link: Link) -> StageTask {
+        SourceTask(body: body, output: output, name: sourceName, pipeline: pipeline, outputLink: link,
+                   burstCount: burstCount)
+    }
+
+    private func makeRelayTask<Body: StageBody>(
+        _ body: Body, input: consuming RingConsumer, output: consuming RingProducer, name: String, position: Int,
+        pipeline: Pipeline, upstreamRings: [OpaquePointer], upstreamCounters: [StageCounters]
+    ) -> StageTask {
+        RelayTask(body: body, input: input, output: output, name: name, position: position, pipeline: pipeline,
+                  inputLink: pipeline.links[position - 1], outputLink: pipeline.links[position],
+                  burstCount: burstCount, upstreamRings: upstreamRings, upstreamCounters: upstreamCounters)
+    }
+
+    private func makeSinkTask<Body: StageBody>(
+        _ body: Body, input: consuming RingConsumer, name: String, position: Int, pipeline: Pipeline,
+        upstreamRings: [OpaquePointer], upstreamCounters: [StageCounters]
+    ) -> StageTask {
+        SinkTask(body: body, input: input, name: name, position: position, pipeline: pipeline,
+                 inputLink: pipeline.links[position - 1], burstCount: burstCount, upstreamRings: upstreamRings,
+                 upstreamCounters: upstreamCounters)
+    }
+}
+
+/// Holds a ring end between creation and hand-over to its task (arrays cannot hold ~Copyable values).
+private final class RingProducerBox {
+    private var end: RingProducer?
+    init(_ end: consuming RingProducer) { self.end = consume end }
+    func take() -> RingProducer { end.take()! }
+}
+
+private final class RingConsumerBox {
+    private var end: RingConsumer?
+    init(_ end: consuming RingConsumer) { self.end = consume end }
+    func take() -> RingConsumer { end.take()! }
+}

@@ -1,0 +1,217 @@
+// Path: Sources/SluiceCore/Pipeline/StageTask.swift — a stage with its rings, as a worker runs it.
+import CShims
+import Synchronization
+
+/// Counters of one stage, VPP `show runtime` style. Written only by the worker running the stage
+/// (load + store, no read-modify-write: one writer at a time), read by anyone.
+public final class StageCounters: Sendable {
+    /// Turns that moved at least one item.
+    public let calls = Atomic<UInt64>(0)
+    /// Items taken in (for a source: produced).
+    public let items = Atomic<UInt64>(0)
+    /// Items the stage's body chose not to pass on.
+    public let filtered = Atomic<UInt64>(0)
+    /// Cycle-counter ticks spent in turns that moved items.
+    public let cycles = Atomic<UInt64>(0)
+    /// Turns that could not run because the output ring was full (backpressure, nothing lost).
+    public let blockedTurns = Atomic<UInt64>(0)
+
+    init() {}
+
+    @inline(__always) static func bump(_ counter: borrowing Atomic<UInt64>, by amount: UInt64) {
+        counter.store(counter.load(ordering: .relaxed) &+ amount, ordering: .relaxed)
+    }
+}
+
+/// The ring between two adjacent stages, plus what the producer needs to wake the consumer.
+final class Link: Sendable {
+    let observer: RingObserver
+    /// Address of the consuming worker's `sluice_waiter`; 0 while no worker runs the consumer.
+    let consumerWaiter = Atomic<UInt>(0)
+
+    init(observer: RingObserver) { self.observer = observer }
+
+    /// Wakes the consuming worker if it announced sleep. Called after every enqueue that added items.
+    @inline(__always) func notifyConsumer(from own: OpaquePointer) {
+        let waiter = consumerWaiter.load(ordering: .relaxed)
+        // The same worker is obviously awake: skip the fence on run-to-completion hand-offs.
+        guard waiter != 0, waiter != UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(own))) else { return }
+        _ = sluice_waiter_notify(OpaquePointer(bitPattern: waiter))
+    }
+}
+
+/// A stage placed in a pipeline: its body, its ring ends and its counters. One worker runs it at a
+/// time; moving it between workers goes through both workers' mailboxes, so its state (and the
+/// order of its items) moves with it. Subclasses are the source, relay and sink shapes.
+public class StageTask: @unchecked Sendable {  // unchecked: one worker at a time, handed over by mailbox
+    public let name: String
+    /// Position in the pipeline, 0 for the source.
+    public let position: Int
+    public let counters = StageCounters()
+    /// Index of the worker running this stage, or -1 while it is between workers.
+    public let owner = Atomic<Int>(-1)
+    unowned(unsafe) let pipeline: Pipeline
+    let inputLink: Link?
+    let outputLink: Link?
+    let burst: UnsafeMutableBufferPointer<UInt64>
+    /// Rings upstream of this stage (its input and every one before it): idle prediction polls while
+    /// any holds items.
+    let upstreamRings: UnsafeMutableBufferPointer<OpaquePointer>
+    /// Counters of every stage before this one: their filtered items count as resolved here.
+    let upstreamCounters: [StageCounters]
+
+    init(name: String, position: Int, pipeline: Pipeline, inputLink: Link?, outputLink: Link?,
+         burstCount: Int, upstreamRings: [OpaquePointer], upstreamCounters: [StageCounters]) {
+        precondition(burstCount > 0 && burstCount <= Limits.burstCountMax, "burst outside 1...burstCountMax")
+        self.name = name
+        self.position = position
+        self.pipeline = pipeline
+        self.inputLink = inputLink
+        self.outputLink = outputLink
+        self.burst = .allocate(capacity: burstCount)
+        self.burst.initialize(repeating: 0)
+        self.upstreamRings = .allocate(capacity: max(upstreamRings.count, 1))
+        _ = self.upstreamRings.initialize(from: upstreamRings)
+        self.upstreamCounters = upstreamCounters
+    }
+
+    deinit {
+        burst.deallocate()
+        upstreamRings.deallocate()
+    }
+
+    /// Runs one burst. Returns the items moved (0: no work or blocked). Worker thread only.
+    func runOnce(waiter: OpaquePointer) -> Int { preconditionFailure("StageTask is abstract") }
+
+    /// True if this stage's input ring holds items. Any thread.
+    func hasInput() -> Bool {
+        guard let inputLink else { return false }
+        return !inputLink.observer.isEmpty
+    }
+
+    /// For sources: how long the worker may sleep (nil: must poll). Others: no limit.
+    func sleepHintNs(nowNs: UInt64) -> UInt64? { UInt64.max }
+
+    /// Idle prediction: items that entered the pipeline are still on their way to this stage, or an
+    /// upstream ring holds items. Reads counters before `entered` so the answer errs towards polling.
+    func isInFlight() -> Bool {
+        guard position > 0 else { return false }
+        var resolved = counters.items.load(ordering: .relaxed)
+        for upstream in upstreamCounters { resolved &+= upstream.filtered.load(ordering: .relaxed) }
+        if pipeline.entered.load(ordering: .acquiring) > resolved { return true }
+        for ring in upstreamRings where sluice_spsc_is_empty(ring) == 0 { return true }
+        return false
+    }
+
+    /// Records one turn that moved `items` items and spent `cycles` ticks.
+    @inline(__always) final func recordTurn(items: Int, filtered: Int, cycles: UInt64) {
+        StageCounters.bump(counters.calls, by: 1)
+        StageCounters.bump(counters.items, by: UInt64(items))
+        if filtered > 0 { StageCounters.bump(counters.filtered, by: UInt64(filtered)) }
+        StageCounters.bump(counters.cycles, by: cycles)
+    }
+}
+
+/// Stage 1: asks its body for new items and puts them on the first ring. Produces only what fits,
+/// so a slow pipeline pushes back on the source instead of losing items.
+final class SourceTask<Body: SourceBody>: StageTask, @unchecked Sendable {
+    var body: Body
+    var output: RingProducer
+
+    init(body: Body, output: consuming RingProducer, name: String, pipeline: Pipeline, outputLink: Link,
+         burstCount: Int) {
+        self.body = body
+        self.output = output
+        super.init(name: name, position: 0, pipeline: pipeline, inputLink: nil, outputLink: outputLink,
+                   burstCount: burstCount, upstreamRings: [], upstreamCounters: [])
+    }
+
+    override func runOnce(waiter: OpaquePointer) -> Int {
+        let room = min(burst.count, output.freeCount())
+        guard room > 0 else {
+            StageCounters.bump(counters.blockedTurns, by: 1)
+            return 0
+        }
+        let start = sluice_cycles()
+        let produced = body.produce(into: UnsafeMutableBufferPointer(rebasing: burst[0..<room]))
+        guard produced > 0 else { return 0 }
+        precondition(produced <= room, "source produced more than it was given room for")
+        let (added, _) = output.enqueueBulk(UnsafeBufferPointer(rebasing: burst[0..<produced]))
+        precondition(added == produced, "output ring lost room only its producer can take")
+        StageCounters.bump(pipeline.entered, by: UInt64(produced))
+        outputLink!.notifyConsumer(from: waiter)
+        recordTurn(items: produced, filtered: 0, cycles: sluice_cycles() &- start)
+        return produced
+    }
+
+    override func sleepHintNs(nowNs: UInt64) -> UInt64? {
+        body.isExhausted ? UInt64.max : body.sleepHintNs(nowNs: nowNs)
+    }
+}
+
+/// A middle stage: takes a burst from its input ring, runs its body, passes the survivors on.
+/// Takes only as many items as its output has room for: backpressure, never a drop.
+final class RelayTask<Body: StageBody>: StageTask, @unchecked Sendable {
+    var body: Body
+    var input: RingConsumer
+    var output: RingProducer
+
+    init(body: Body, input: consuming RingConsumer, output: consuming RingProducer, name: String,
+         position: Int, pipeline: Pipeline, inputLink: Link, outputLink: Link, burstCount: Int,
+         upstreamRings: [OpaquePointer], upstreamCounters: [StageCounters]) {
+        self.body = body
+        self.input = input
+        self.output = output
+        super.init(name: name, position: position, pipeline: pipeline, inputLink: inputLink,
+                   outputLink: outputLink, burstCount: burstCount, upstreamRings: upstreamRings,
+                   upstreamCounters: upstreamCounters)
+    }
+
+    override func runOnce(waiter: OpaquePointer) -> Int {
+        let room = min(burst.count, output.freeCount())
+        guard room > 0 else {
+            if !input.observer.isEmpty { StageCounters.bump(counters.blockedTurns, by: 1) }
+            return 0
+        }
+        let (taken, _) = input.dequeueBurst(into: UnsafeMutableBufferPointer(rebasing: burst[0..<room]))
+        guard taken > 0 else { return 0 }
+        let start = sluice_cycles()
+        let kept = body.process(UnsafeMutableBufferPointer(rebasing: burst[0..<taken]))
+        precondition(kept >= 0 && kept <= taken, "stage kept more items than it was given")
+        if kept > 0 {
+            let (added, _) = output.enqueueBulk(UnsafeBufferPointer(rebasing: burst[0..<kept]))
+            precondition(added == kept, "output ring lost room only its producer can take")
+            outputLink!.notifyConsumer(from: waiter)
+        }
+        recordTurn(items: taken, filtered: taken - kept, cycles: sluice_cycles() &- start)
+        return taken
+    }
+}
+
+/// The last stage: takes a burst from its input ring and runs its body; the body's kept count is
+/// what the pipeline delivered.
+final class SinkTask<Body: StageBody>: StageTask, @unchecked Sendable {
+    var body: Body
+    var input: RingConsumer
+    /// Items the body kept (delivered out of the pipeline).
+    let delivered = Atomic<UInt64>(0)
+
+    init(body: Body, input: consuming RingConsumer, name: String, position: Int, pipeline: Pipeline,
+         inputLink: Link, burstCount: Int, upstreamRings: [OpaquePointer], upstreamCounters: [StageCounters]) {
+        self.body = body
+        self.input = input
+        super.init(name: name, position: position, pipeline: pipeline, inputLink: inputLink, outputLink: nil,
+                   burstCount: burstCount, upstreamRings: upstreamRings, upstreamCounters: upstreamCounters)
+    }
+
+    override func runOnce(waiter: OpaquePointer) -> Int {
+        let (taken, _) = input.dequeueBurst(into: burst)
+        guard taken > 0 else { return 0 }
+        let start = sluice_cycles()
+        let kept = body.process(UnsafeMutableBufferPointer(rebasing: burst[0..<taken]))
+        precondition(kept >= 0 && kept <= taken, "stage kept more items than it was given")
+        StageCounters.bump(delivered, by: UInt64(kept))
+        recordTurn(items: taken, filtered: taken - kept, cycles: sluice_cycles() &- start)
+        return taken
+    }
+}

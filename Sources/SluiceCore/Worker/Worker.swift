@@ -1,0 +1,229 @@
+// Path: Sources/SluiceCore/Worker/Worker.swift — one pinned thread running stages in a poll loop.
+import CShims
+import Glibc
+import Synchronization
+
+/// One worker (a DPDK lcore): a thread pinned to one CPU that runs its stages in turn, one burst
+/// each per turn, and waits according to its `WaitMode` when a turn finds nothing. Stages arrive and
+/// leave only through its mailbox, handled between turns, so a stage never runs on two workers.
+public final class Worker: @unchecked Sendable {  // unchecked: `stages` is touched by its thread only
+    enum Request {
+        case add(StageTask)
+        case remove(StageTask, then: Worker?)
+    }
+
+    public let index: Int
+    /// The CPU the worker is pinned to.
+    public let cpu: Int
+    public let counters = WorkerCounters()
+    /// Current wait mode; any thread may change it, the worker reads it every idle turn.
+    public let waitModeRaw: Atomic<UInt8>
+    let waiter: OpaquePointer
+    let stopRequested = Atomic<Bool>(false)
+    let hasMail = Atomic<Bool>(false)
+    let mailbox = Mutex<[Request]>([])
+    /// 0 while starting, 1 when pinned and running, 2 when pinning failed, 3 when stopped.
+    let state = Atomic<Int>(0)
+    let pinErrno = Atomic<Int32>(0)
+    let predictorConfiguration: IdlePredictor.Configuration
+    /// Stages this worker runs, in (pipeline, position) order. Worker thread only once started.
+    private let stages: UnsafeMutableBufferPointer<Unmanaged<StageTask>>
+    private var stageCount = 0
+    var thread: pthread_t?
+
+    init(index: Int, cpu: Int, waitMode: WaitMode, predictor: IdlePredictor.Configuration) {
+        guard let waiter = sluice_waiter_new() else { fatalError("out of memory for a 64-byte waiter") }
+        self.index = index
+        self.cpu = cpu
+        self.waitModeRaw = Atomic(waitMode.rawValue)
+        self.waiter = waiter
+        self.predictorConfiguration = predictor
+        self.stages = .allocate(capacity: Limits.stagesPerWorkerMax)
+    }
+
+    deinit {
+        for slot in 0..<stageCount { stages[slot].release() }
+        stages.deallocate()
+        sluice_waiter_delete(waiter)
+    }
+
+    /// The wait mode used from the next idle turn on.
+    public var waitMode: WaitMode {
+        get { WaitMode(rawValue: waitModeRaw.load(ordering: .relaxed)) ?? .busyPoll }
+        set {
+            waitModeRaw.store(newValue.rawValue, ordering: .relaxed)
+            sluice_waiter_notify(waiter)  // a sleeper picks the new mode up now
+        }
+    }
+
+    /// Queues a control request and wakes the worker. Control threads only; takes a lock.
+    func post(_ request: Request) {
+        mailbox.withLock { requests in
+            precondition(requests.count < Limits.workerMailboxCountMax, "worker mailbox over its bound")
+            requests.append(request)
+        }
+        hasMail.store(true, ordering: .releasing)
+        sluice_waiter_notify(waiter)
+    }
+
+    /// Asks the worker to leave its loop; `Runtime.stop` joins the thread.
+    func requestStop() {
+        stopRequested.store(true, ordering: .releasing)
+        sluice_waiter_notify(waiter)
+    }
+
+    // MARK: - The worker thread
+
+    /// Thread entry: pin, then loop until stopped.
+    func threadMain() {
+        let rc = sluice_thread_pin_self(Int32(cpu))
+        guard rc == 0 else {
+            pinErrno.store(-rc, ordering: .relaxed)
+            state.store(2, ordering: .releasing)
+            return
+        }
+        _ = sluice_thread_set_name("sluice-w\(index)")
+        _ = sluice_thread_set_timer_slack_ns(1)
+        state.store(1, ordering: .releasing)
+        runLoop()
+        state.store(3, ordering: .releasing)
+    }
+
+    /// The poll loop: one burst per stage per turn; on an empty turn, wait as the mode says.
+    private func runLoop() {
+        var tally = WorkerTally()
+        var predictor = IdlePredictor(configuration: predictorConfiguration)
+        var idleSinceNs: UInt64 = 0  // 0: the last turn did work
+        var turns: UInt64 = 0
+        while true {
+            if hasMail.load(ordering: .acquiring) { handleMail() }
+            if stopRequested.load(ordering: .relaxed) { break }
+            let start = sluice_cycles()
+            var moved = 0
+            for slot in 0..<stageCount {
+                moved &+= stages[slot]._withUnsafeGuaranteedRef { $0.runOnce(waiter: waiter) }
+            }
+            let elapsed = sluice_cycles() &- start
+            turns &+= 1
+            if turns & 255 == 0 { tally.publish(to: counters) }
+            if moved > 0 {
+                tally.busyPolls &+= 1
+                tally.items &+= UInt64(moved)
+                tally.busyCycles &+= elapsed
+                if idleSinceNs != 0 {
+                    predictor.recordArrival(nowNs: sluice_monotonic_ns(), idleSinceNs: idleSinceNs)
+                    idleSinceNs = 0
+                }
+                continue
+            }
+            tally.emptyPolls &+= 1
+            tally.idleCycles &+= elapsed
+            let now = sluice_monotonic_ns()
+            if idleSinceNs == 0 { idleSinceNs = now }
+            switch waitMode {
+            case .busyPoll:
+                sluice_cpu_relax()
+            case .interrupt:
+                sleep(timeoutNs: UInt64(Limits.sleepTimeoutNsMax), tally: &tally)
+            case .adaptive:
+                if anyInFlight() || now &- idleSinceNs < predictor.spinBudgetNs {
+                    sluice_cpu_relax()
+                } else {
+                    let timeout = predictor.sleepNs(nowNs: now, idleSinceNs: idleSinceNs,
+                                                    fallbackNs: UInt64(Limits.sleepTimeoutNsMax))
+                    sleep(timeoutNs: timeout, tally: &tally)
+                }
+            }
+        }
+        tally.publish(to: counters)
+    }
+
+    /// Idle prediction: items are on their way to one of this worker's stages.
+    private func anyInFlight() -> Bool {
+        for slot in 0..<stageCount where stages[slot]._withUnsafeGuaranteedRef({ $0.isInFlight() }) {
+            return true
+        }
+        return false
+    }
+
+    /// Announces sleep, re-checks for work, then sleeps until a producer, the mailbox, a source's
+    /// next item or the timeout wakes it. A safety-net timeout that finds input waiting is a lost
+    /// wake-up and is counted.
+    @inline(never)
+    private func sleep(timeoutNs: UInt64, tally: inout WorkerTally) {
+        tally.publish(to: counters)
+        sluice_waiter_announce(waiter)
+        var timeout = min(timeoutNs, UInt64(Limits.sleepTimeoutNsMax))
+        let now = sluice_monotonic_ns()
+        var workWaiting = hasMail.load(ordering: .relaxed) || stopRequested.load(ordering: .relaxed)
+        for slot in 0..<stageCount where !workWaiting {
+            let stage = stages[slot].takeUnretainedValue()
+            guard let hint = stage.sleepHintNs(nowNs: now), hint > 0 else { workWaiting = true; break }
+            timeout = min(timeout, hint)
+            workWaiting = stage.hasInput()
+        }
+        if workWaiting {
+            sluice_waiter_cancel(waiter)
+            return
+        }
+        let rc = sluice_waiter_sleep(waiter, Int64(timeout))
+        tally.sleeps &+= 1
+        tally.sleepNs &+= sluice_monotonic_ns() &- now
+        guard rc == -ETIMEDOUT else { return }
+        tally.timeoutWakeups &+= 1
+        if timeout == UInt64(Limits.sleepTimeoutNsMax), inputWaiting() { tally.lostWakeups &+= 1 }
+    }
+
+    private func inputWaiting() -> Bool {
+        for slot in 0..<stageCount where stages[slot].takeUnretainedValue().hasInput() { return true }
+        return false
+    }
+
+    /// Applies queued requests between turns. Cold: control plane only.
+    @inline(never)
+    private func handleMail() {
+        hasMail.store(false, ordering: .relaxed)
+        let requests = mailbox.withLock { requests in
+            defer { requests.removeAll(keepingCapacity: true) }
+            return requests
+        }
+        for request in requests {
+            switch request {
+            case .add(let stage): adopt(stage)
+            case .remove(let stage, let target): release(stage, to: target)
+            }
+        }
+    }
+
+    private func adopt(_ stage: StageTask) {
+        precondition(stageCount < Limits.stagesPerWorkerMax, "worker over Limits.stagesPerWorkerMax stages")
+        precondition(stage.owner.load(ordering: .acquiring) == -1, "stage still owned by another worker")
+        // Producers read this to wake us; set it before the first run so none of their wakes is lost.
+        stage.inputLink?.consumerWaiter.store(UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(waiter))),
+                                              ordering: .sequentiallyConsistent)
+        var slot = stageCount
+        while slot > 0, Self.runsBefore(stage, stages[slot - 1].takeUnretainedValue()) {
+            stages[slot] = stages[slot - 1]
+            slot -= 1
+        }
+        stages[slot] = Unmanaged.passRetained(stage)
+        stageCount += 1
+        stage.owner.store(index, ordering: .releasing)
+    }
+
+    private func release(_ stage: StageTask, to target: Worker?) {
+        guard let found = (0..<stageCount).first(where: { stages[$0].takeUnretainedValue() === stage }) else {
+            preconditionFailure("asked to release a stage this worker does not run")
+        }
+        for slot in found..<(stageCount - 1) { stages[slot] = stages[slot + 1] }
+        stageCount -= 1
+        stage.owner.store(-1, ordering: .releasing)
+        target?.post(.add(stage))
+        Unmanaged.passUnretained(stage).release()
+    }
+
+    /// Run-to-completion order on a shared core: by pipeline, then by position.
+    private static func runsBefore(_ a: StageTask, _ b: StageTask) -> Bool {
+        (a.pipeline.id, a.position) < (b.pipeline.id, b.position)
+    }
+}
