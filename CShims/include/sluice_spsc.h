@@ -127,7 +127,8 @@ static inline uint32_t sluice_spsc_consumer_avail_(struct sluice_spsc *r, uint32
 }
 
 /* Producer side only. Adds up to n items (best effort); returns how many (0..n).
- * *free_space, if not NULL, gets the free slots left after the call. */
+ * *free_space, if not NULL, gets the free slots left after the call as this producer sees them: a
+ * lower bound (the consumer may have freed more since the cached tail was refreshed). */
 static inline uint32_t sluice_spsc_enqueue_burst(struct sluice_spsc *r, const uint64_t *items, uint32_t n,
                                                  uint32_t *free_space) {
     uint32_t head = atomic_load_explicit(&r->prod.head, memory_order_relaxed); /* ours alone */
@@ -175,7 +176,8 @@ static inline uint32_t sluice_spsc_free_count(struct sluice_spsc *r) {
 }
 
 /* Consumer side only. Takes up to n items (best effort); returns how many (0..n).
- * *available, if not NULL, gets how many items are left after the call. */
+ * *available, if not NULL, gets how many items are left after the call as this consumer sees them:
+ * a lower bound (the producer may have added more). */
 static inline uint32_t sluice_spsc_dequeue_burst(struct sluice_spsc *r, uint64_t *items, uint32_t n,
                                                  uint32_t *available) {
     uint32_t tail = atomic_load_explicit(&r->cons.tail, memory_order_relaxed); /* ours alone */

@@ -39,10 +39,11 @@ static void ringh_consume_single(struct ringh_job *job) {
 static void ringh_produce_burst(struct ringh_job *job) {
     RINGH_RING *r = job->tx;
     uint64_t count = job->count;
+    uint32_t burst = job->burst;
     uint64_t *items = job->buffer;
     uint64_t next = 0;
     while (next < count) {
-        uint32_t n = count - next < job->burst ? (uint32_t)(count - next) : job->burst;
+        uint32_t n = count - next < burst ? (uint32_t)(count - next) : burst;
         for (uint32_t i = 0; i < n; i++) items[i] = next + i;
         uint32_t free_space;
         next += RINGH_ENQUEUE_BURST(r, items, n, &free_space);
@@ -52,12 +53,13 @@ static void ringh_produce_burst(struct ringh_job *job) {
 static void ringh_consume_burst(struct ringh_job *job) {
     RINGH_RING *r = job->rx;
     uint64_t count = job->count;
+    uint32_t burst = job->burst;
     uint64_t *items = job->buffer;
     uint64_t expected = 0;
     uint64_t mismatches = 0;
     while (expected < count) {
         uint32_t available;
-        uint32_t n = RINGH_DEQUEUE_BURST(r, items, job->burst, &available);
+        uint32_t n = RINGH_DEQUEUE_BURST(r, items, burst, &available);
         for (uint32_t i = 0; i < n; i++) mismatches += items[i] != expected + i;
         expected += n;
     }

@@ -12,6 +12,7 @@ public enum RingError: Error, Equatable {
 
 /// A new ring's two ends. Take them apart (`let p = ends.producer; let c = ends.consumer`) and move
 /// each to the one thread that will use it.
+@frozen
 public struct RingEnds: ~Copyable {
     public var producer: RingProducer
     public var consumer: RingConsumer
@@ -106,7 +107,8 @@ public struct RingProducer: ~Copyable, @unchecked Sendable {  // unchecked: SPSC
         sluice_spsc_enqueue(ring, item) == 1
     }
 
-    /// Adds as many of `items` as fit (best effort). Returns how many went in and the free slots left.
+    /// Adds as many of `items` as fit (best effort). Returns how many went in and the free slots left
+    /// (a lower bound: the consumer may have freed more; `freeCount()` is exact).
     @inlinable @inline(__always)
     public mutating func enqueueBurst(_ items: UnsafeBufferPointer<UInt64>) -> (count: Int, freeSpace: Int) {
         precondition(items.count <= Limits.burstCountMax, "burst larger than Limits.burstCountMax")
@@ -161,7 +163,8 @@ public struct RingConsumer: ~Copyable, @unchecked Sendable {  // unchecked: SPSC
         return sluice_spsc_dequeue(ring, &item) == 1 ? item : nil
     }
 
-    /// Takes up to `items.count` items into `items` (best effort). Returns how many and how many remain.
+    /// Takes up to `items.count` items into `items` (best effort). Returns how many and how many remain
+    /// (a lower bound: the producer may have added more; `availableCount()` is exact).
     @inlinable @inline(__always)
     public mutating func dequeueBurst(into items: UnsafeMutableBufferPointer<UInt64>) -> (count: Int, available: Int) {
         precondition(items.count <= Limits.burstCountMax, "burst larger than Limits.burstCountMax")

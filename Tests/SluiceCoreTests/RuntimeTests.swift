@@ -1,0 +1,65 @@
+import Testing
+
+@testable import SluiceCore
+
+@Suite(.serialized) struct RuntimeTests {
+    @Test func emptyCoreListIsAnError() {
+        #expect(throws: RuntimeError.noCores) { _ = try Runtime(configuration: .init(cores: [])) }
+    }
+
+    @Test func missingCoreIsAnError() {
+        #expect(throws: RuntimeError.coreUnavailable(4095)) { _ = try Runtime(configuration: .init(cores: [4095])) }
+        #expect(throws: RuntimeError.coreUnavailable(-1)) { _ = try Runtime(configuration: .init(cores: [-1])) }
+    }
+
+    @Test func duplicateCoreIsAnError() throws {
+        let core = try testCores(1)[0]
+        #expect(throws: RuntimeError.duplicateCore(core)) { _ = try Runtime(configuration: .init(cores: [core, core])) }
+    }
+
+    @Test func moreWorkersThanCoresIsAnError() throws {
+        let allowed = try CPU.allowedCount()
+        let cores = Array(0...allowed)
+        #expect(throws: RuntimeError.tooManyWorkers(requested: allowed + 1, available: allowed)) {
+            _ = try Runtime(configuration: .init(cores: cores))
+        }
+    }
+
+    @Test func launchBeforeStartAndBadPlacementAreErrors() throws {
+        let runtime = try Runtime(configuration: .init(cores: try testCores(1)))
+        let tracker = SinkTracker()
+        let pipeline = try makeCountingPipeline(
+            "p", source: GeneratorSource(ratePerSecond: 0, totalCount: 10, payload: .sequence), tracker: tracker)
+        #expect(throws: RuntimeError.notRunning) { try runtime.launch(pipeline, placement: [0, 0, 0]) }
+        try runtime.start()
+        defer { runtime.stop() }
+        #expect(throws: RuntimeError.invalidPlacement("2 entries for 3 stages")) {
+            try runtime.launch(pipeline, placement: [0, 0])
+        }
+        #expect(throws: RuntimeError.invalidPlacement("stage source on worker 5 of 1")) {
+            try runtime.launch(pipeline, placement: [5, 0, 0])
+        }
+    }
+
+    @Test func workersRunOnTheirPinnedCore() throws {
+        let cores = try testCores()
+        let runtime = try Runtime(configuration: .init(cores: cores, waitMode: .interrupt))
+        try runtime.start()
+        defer { runtime.stop() }
+        let tracker = SinkTracker()
+        let pipeline = try makeCountingPipeline(
+            "pin", source: GeneratorSource(ratePerSecond: 0, totalCount: 1000, payload: .sequence), tracker: tracker)
+        let last = cores.count - 1
+        try runtime.launch(pipeline, placement: [0, 0, last])
+        #expect(runtime.drain(timeoutNs: 10_000_000_000))
+        #expect(tracker.lastCPU == cores[last])
+    }
+
+    @Test func stopWithoutStartAndTwiceIsSafe() throws {
+        let runtime = try Runtime(configuration: .init(cores: try testCores(1)))
+        runtime.stop()
+        try runtime.start()
+        runtime.stop()
+        runtime.stop()
+    }
+}
