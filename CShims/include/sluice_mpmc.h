@@ -8,6 +8,10 @@
  *      store-release cell.seq = pos + 1                      -> pairs with D1
  *   D1 dequeuer: load-acquire cell.seq == pos + 1 (value written), CAS dequeue_pos, read value,
  *      store-release cell.seq = pos + size                   -> pairs with E1 of the next lap
+ * A caveat of the design: a dequeuer stalled between its CAS and its release keeps its cell busy, so
+ * an enqueue reaching that cell one lap later reports full although other cells are free (and a
+ * stalled enqueuer makes a dequeue report empty). Callers that know the queue cannot be full (the
+ * pool: more cells than buffers) retry; see BufferPool.freeIndex.
  */
 #ifndef SLUICE_MPMC_H
 #define SLUICE_MPMC_H

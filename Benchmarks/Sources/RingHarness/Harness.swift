@@ -174,7 +174,7 @@ public func measureRoundTrip(_ variant: RingVariant, rounds: Int, cpus: CPUPair)
     precondition(rounds > 0, "at least one round trip")
     let there = try RingHandles(variant, capacity: roundTripCapacity)
     let back = try RingHandles(variant, capacity: roundTripCapacity)
-    let samples = allocateSlots(rounds)
+    var samples = allocateSlots(rounds)
     defer { samples.deallocate() }
     var pinger = ringh_job(
         tx: there.tx, rx: back.rx, count: UInt64(rounds), burst: 1, buffer: samples.baseAddress, mismatches: 0)

@@ -124,7 +124,7 @@ private func swiftCreate(
     _ rx: UnsafeMutablePointer<UnsafeMutableRawPointer?>
 ) -> Int32 {
     do throws(RingError) {
-        var ends = try makeRing(capacity: Int(capacity))
+        let ends = try makeRing(capacity: Int(capacity))
         tx.pointee = endCell(ends.producer)
         rx.pointee = endCell(ends.consumer)
         return 0

@@ -51,7 +51,9 @@ public struct BufferFreeHook: @unchecked Sendable {  // unchecked: the context's
 
 /// A fixed set of equal-sized buffers, allocated once on one NUMA node (or aligned heap memory
 /// when NUMA is unavailable), handed out by index. Any thread may allocate and free: the free list
-/// is a bounded lock-free MPMC queue. Allocation never allocates memory; exhaustion is counted.
+/// is a bounded MPMC queue (CShims/sluice_mpmc.h) with twice as many cells as buffers. Allocation
+/// never allocates memory; exhaustion is counted. A free can wait a moment for another thread that
+/// is in the middle of an allocation (see the queue's caveat), never for anything else.
 public final class BufferPool: @unchecked Sendable {  // unchecked: the C free list is the synchronisation
     public let bufferCount: Int
     public let bufferSizeBytes: Int
@@ -82,8 +84,8 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
             memory = nil
         }
         guard let memory else { throw PoolError.outOfMemory(bytes: bytes) }
-        let queueSize = UInt32(1) << UInt32(Int.bitWidth - (bufferCount - 1).leadingZeroBitCount)
-        guard let freeList = sluice_mpmc_new(max(queueSize, 2)) else {
+        let queueSize = UInt32(2) << UInt32(Int.bitWidth - (bufferCount - 1).leadingZeroBitCount)
+        guard let freeList = sluice_mpmc_new(queueSize) else {
             if node != nil { sluice_numa_free(memory, bytes) } else { Glibc.free(memory) }
             throw PoolError.outOfMemory(bytes: Int(queueSize) * 16)
         }
@@ -145,9 +147,18 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
     @inlinable public func freeIndex(_ index: UInt32) {
         precondition(Int(index) < bufferCount, "buffer index outside the pool")
         if let freeHook { freeHook.function(freeHook.context, index) }
-        let added = sluice_mpmc_enqueue(freeList, UInt64(index))
-        precondition(added == 1, "free list overflow: a buffer was freed twice")
+        // The queue has more cells than buffers, so "full" only means an allocator on another thread
+        // is between its claim and its release of the cell we need: wait for it, boundedly.
+        var spins: UInt64 = 0
+        while sluice_mpmc_enqueue(freeList, UInt64(index)) == 0 {
+            spins &+= 1
+            precondition(spins < Self.freeSpinsMax, "free list stuck full: a buffer was freed twice")
+            sluice_cpu_relax()
+        }
     }
+
+    /// Spins a free may wait for a stalled allocator before declaring the free list corrupt.
+    @usableFromInline static let freeSpinsMax: UInt64 = 1 << 32
 
     /// The bytes of the buffer at `index`.
     @inlinable public func bytes(at index: UInt32) -> UnsafeMutableRawBufferPointer {

@@ -1,0 +1,128 @@
+import Glibc
+import Testing
+
+@testable import SluiceCore
+
+@Suite struct BufferPoolTests {
+    @Test(arguments: [(0, 2048), (16, 0), (Limits.poolBufferCountMax + 1, 64), (16, Limits.poolBufferSizeMax + 1)])
+    func badConfigurationIsATypedError(count: Int, size: Int) {
+        #expect(throws: PoolError.invalidConfiguration(bufferCount: count, bufferSizeBytes: size)) {
+            _ = try BufferPool(bufferCount: count, bufferSizeBytes: size)
+        }
+    }
+
+    @Test func exhaustionIsCountedAndTyped() throws {
+        let pool = try BufferPool(bufferCount: 4, bufferSizeBytes: 100)
+        #expect(pool.bufferSizeBytes == 128, "rounded up to a cache line")
+        var indices: [UInt32] = []
+        for _ in 0..<4 {
+            let buffer = try pool.allocateOrThrow()
+            indices.append(buffer.releaseIndex())
+        }
+        #expect(Set(indices).count == 4)
+        if let unexpected = pool.allocate() {
+            Issue.record("allocated buffer \(unexpected.index) from an empty pool")
+            pool.free(unexpected)
+        }
+        #expect(throws: PoolError.exhausted(bufferCount: 4)) { _ = try pool.allocateOrThrow() }
+        #expect(pool.exhaustedCount.load(ordering: .relaxed) == 2)
+        for index in indices { pool.freeIndex(index) }
+        #expect(pool.freeCount == 4)
+    }
+
+    @Test func buffersDoNotOverlap() throws {
+        let pool = try BufferPool(bufferCount: 8, bufferSizeBytes: 256, numaNode: CPU.numaNode(of: 0))
+        var held: [UInt32] = []
+        for value in 0..<8 {
+            let buffer = pool.allocate()!
+            pool.bytes(of: buffer).initializeMemory(as: UInt8.self, repeating: UInt8(value))
+            held.append(buffer.releaseIndex())
+        }
+        for (value, index) in held.enumerated() {
+            #expect(pool.bytes(at: index).allSatisfy { $0 == UInt8(value) })
+            pool.free(PacketBuffer(adopting: index))
+        }
+    }
+
+    @Test func bulkAllocationIsAllOrNothing() throws {
+        let pool = try BufferPool(bufferCount: 8, bufferSizeBytes: 64)
+        let indices = UnsafeMutableBufferPointer<UInt32>.allocate(capacity: 6)
+        defer { indices.deallocate() }
+        #expect(pool.allocateBulk(into: indices) == 6)
+        #expect(pool.allocateBulk(into: indices) == 0, "6 asked, 2 free")
+        #expect(pool.freeCount == 2, "a failed bulk takes nothing")
+        for index in indices { pool.freeIndex(index) }
+        #expect(pool.freeCount == 8)
+    }
+
+    @Test func freeHookSeesEveryFree() throws {
+        let seen = UnsafeMutablePointer<UInt64>.allocate(capacity: 2)
+        seen.initialize(repeating: 0, count: 2)
+        defer { seen.deallocate() }
+        let hook = BufferFreeHook({ context, index in
+            let seen = context!.assumingMemoryBound(to: UInt64.self)
+            seen[0] += 1
+            seen[1] += UInt64(index)
+        }, context: UnsafeMutableRawPointer(seen))
+        let pool = try BufferPool(bufferCount: 4, bufferSizeBytes: 64, freeHook: hook)
+        let a = pool.allocate()!
+        let b = pool.allocate()!
+        let sum = UInt64(a.index + b.index)
+        pool.free(a)
+        pool.free(b)
+        #expect(seen[0] == 2)
+        #expect(seen[1] == sum)
+    }
+
+    /// Two threads allocate and free concurrently: no buffer is ever held twice.
+    @Test func concurrentAllocateAndFreeNeverHandsOutABufferTwice() throws {
+        let pool = try BufferPool(bufferCount: 64, bufferSizeBytes: 64)
+        let owners = UnsafeMutablePointer<UInt8>.allocate(capacity: 64)
+        owners.initialize(repeating: 0, count: 64)
+        defer { owners.deallocate() }
+        final class Shared: @unchecked Sendable {
+            let pool: BufferPool
+            let owners: UnsafeMutablePointer<UInt8>
+            var doubleOwned = 0
+            init(_ pool: BufferPool, _ owners: UnsafeMutablePointer<UInt8>) { self.pool = pool; self.owners = owners }
+            func churn(rounds: Int) {
+                var held: [UInt32] = []
+                held.reserveCapacity(16)
+                for round in 0..<rounds {
+                    if let buffer = pool.allocate() {
+                        let index = buffer.releaseIndex()
+                        // Exchange to 1: seeing 1 already means someone else holds it.
+                        let previous = UnsafeMutableRawPointer(owners + Int(index))
+                            .assumingMemoryBound(to: UInt8.self)
+                        if previous.pointee != 0 { doubleOwned += 1 }
+                        previous.pointee = 1
+                        held.append(index)
+                    }
+                    if held.count > 8 || (round % 3 == 0 && !held.isEmpty) {
+                        let index = held.removeFirst()
+                        owners[Int(index)] = 0
+                        pool.freeIndex(index)
+                    }
+                }
+                for index in held { owners[Int(index)] = 0; pool.freeIndex(index) }
+            }
+        }
+        let shared = Shared(pool, owners)
+        var thread = pthread_t()
+        pthread_create(&thread, nil, { context in
+            Unmanaged<Shared>.fromOpaque(context!).takeRetainedValue().churn(rounds: 200_000)
+            return nil
+        }, Unmanaged.passRetained(shared).toOpaque())
+        shared.churn(rounds: 200_000)
+        pthread_join(thread, nil)
+        #expect(pool.freeCount == 64, "every buffer came back")
+        #expect(shared.doubleOwned == 0)
+    }
+
+    @Test func droppingABufferTraps() async {
+        await #expect(processExitsWith: .failure) {
+            let pool = try! BufferPool(bufferCount: 1, bufferSizeBytes: 64)
+            _ = pool.allocate()
+        }
+    }
+}
