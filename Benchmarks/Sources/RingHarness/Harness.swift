@@ -1,6 +1,7 @@
 // Path: Benchmarks/Sources/RingHarness/Harness.swift — ring variants, pinned throughput runs, round trips.
 import CRingHarness
 import SluiceCore
+import Glibc
 
 /// A ring implementation under test. All are driven by loops of one shape (CRingHarness/loops.h,
 /// SwiftLoops.swift) on the same two pinned threads.
@@ -150,6 +151,8 @@ public struct ThroughputRig: ~Copyable {
             case .single: (loops.produce_single, loops.consume_single)
             case .burst: (loops.produce_burst, loops.consume_burst)
             }
+        let ringAddress = variant == .swift ? Int(bitPattern: ring.tx.load(fromByteOffset: 8, as: UnsafeRawPointer.self)) : Int(bitPattern: ring.tx)
+        if getenv("RINGH_DEBUG") != nil { print("DEBUG \(variant) ring \(String(ringAddress % 4096, radix: 16)) pbuf \(String(Int(bitPattern: producerItems.baseAddress!) % 4096, radix: 16)) cbuf \(String(Int(bitPattern: consumerItems.baseAddress!) % 4096, radix: 16))") }
         let ns = ringh_run_pair(produce, &producer, Int32(cpus.first), consume, &consumer, Int32(cpus.second))
         guard ns > 0 else { throw .threads(errno: Int32(-ns)) }
         guard consumer.mismatches == 0 else { throw .outOfSequence(variant, mismatches: consumer.mismatches) }

@@ -1,0 +1,68 @@
+# Sluice: every set-up step behind two commands, `make demo` and `make test`.
+# Runs as root in CI (CI=true) on a fresh Debian 12 clone; elsewhere it uses sudo for apt-get if needed.
+SHELL := /bin/bash
+export PATH := $(PATH):/opt/swift/usr/bin
+
+SWIFT ?= swift
+# System packages the build and tests need (headers and libraries CShims links).
+APT_PACKAGES := liburing-dev libpcap-dev libnuma-dev pkg-config
+# Extra packages for the benchmark anchors (DPDK's rte_ring).
+APT_BENCH_PACKAGES := libdpdk-dev
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Tests that pin threads and measure timing run one suite at a time on small machines.
+TEST_FLAGS ?= --no-parallel
+
+.PHONY: all deps bench-deps build build-tests test demo bench bench-ring bench-pipeline soak clean
+
+all: build
+
+# Installs only what is missing; `apt-get update` first, as the package lists of a fresh machine are empty.
+define apt_install
+	@missing=""; \
+	for package in $(1); do \
+	  dpkg-query -W -f='$${Status}' "$$package" 2>/dev/null | grep -q "ok installed" || missing="$$missing $$package"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	else echo "system packages present: $(1)"; fi
+endef
+
+deps:
+	$(call apt_install,$(APT_PACKAGES))
+
+bench-deps: deps
+	$(call apt_install,$(APT_BENCH_PACKAGES))
+
+build: deps
+	$(SWIFT) build -c release
+
+build-tests: deps
+	$(SWIFT) build --build-tests
+
+test: build-tests
+	$(SWIFT) test $(TEST_FLAGS)
+
+# The main job on this machine: the core runtime's 3-stage pipeline, pinned, at full and at 10% load.
+demo: build
+	.build/release/sluice pipeline --wait-mode adaptive --count 20000000
+	@echo
+	.build/release/sluice pipeline --wait-mode adaptive --rate 2000000 --count 2000000
+
+bench: bench-ring bench-pipeline
+
+bench-ring: bench-deps
+	scripts/bench-ring.sh
+
+bench-pipeline: build
+	scripts/bench-pipeline.sh
+
+# Long stress runs: the runtime's tests repeated, for lost wake-ups and races that need many tries.
+soak: build-tests
+	for round in $$(seq 1 $${SOAK_ROUNDS:-20}); do \
+	  $(SWIFT) test $(TEST_FLAGS) --skip-build --filter "PipelineTests|RingTests|BufferPoolTests" || exit 1; \
+	done
+
+clean:
+	rm -rf .build Benchmarks/.build
