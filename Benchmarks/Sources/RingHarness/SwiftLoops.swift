@@ -47,7 +47,13 @@ func consumeBurst(_ consumer: inout RingConsumer, count: UInt64, items: UnsafeMu
     var mismatches: UInt64 = 0
     while expected < count {
         let n = consumer.dequeueBurst(into: items).count
-        for i in 0..<n { mismatches &+= items[i] != expected &+ UInt64(i) ? 1 : 0 }
+        // A while loop with wrapping arithmetic: a `for i in 0..<n` here keeps Range's overflow exit
+        // and does not vectorize, unlike the C loop, which slows this consumer against the C one's.
+        var i = 0
+        while i < n {
+            mismatches &+= items[i] != expected &+ UInt64(i) ? 1 : 0
+            i &+= 1
+        }
         expected &+= UInt64(n)
     }
     return mismatches
