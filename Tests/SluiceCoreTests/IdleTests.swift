@@ -7,11 +7,11 @@ import Testing
         var predictor = IdlePredictor()
         var now: UInt64 = 1_000_000
         for _ in 0..<64 {
-            predictor.recordArrival(nowNs: now + 5_000, idleSinceNs: now)
+            predictor.recordArrival(nowNs: now + 1_000, idleSinceNs: now)
             now += 20_000
         }
-        #expect(predictor.gapNsAverage < 6_000)
-        #expect(predictor.spinBudgetNs >= 5_000, "spin through a 5 µs gap rather than sleep")
+        #expect(predictor.gapNsAverage < 1_200)
+        #expect(predictor.spinBudgetNs >= 1_000, "spin through a 1 µs gap rather than sleep")
     }
 
     @Test func longRegularGapsSleepUntilJustBeforeTheNextArrival() {

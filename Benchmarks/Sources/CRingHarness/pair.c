@@ -8,29 +8,53 @@
 #include <sched.h>
 #include <stdatomic.h>
 
-/* Start gate: each thread bumps `arrived` and spins until the runner sets `go` (RUN or ABORT). */
+/* Start gate: each thread bumps `arrived` and spins until the runner sets `go` (RUN or ABORT). Then
+ * each takes its real-time priority, if asked, and both meet again at `ready` before starting: the
+ * runner is not real-time, so it must have set `go` before either thread could starve it. */
 enum { RINGH_WAIT = 0, RINGH_RUN = 1, RINGH_ABORT = 2 };
 
 struct ringh_gate {
     _Atomic int arrived;
     _Atomic int go;
+    _Atomic int ready;
+    int realtime_priority;
 };
 
 struct ringh_side {
     ringh_loop_fn loop;
     struct ringh_job *job;
     struct ringh_gate *gate;
+    int error; /* positive errno from taking the real-time priority, else 0 */
     uint64_t start_ns;
     uint64_t end_ns;
 };
 
+/* Moves the calling thread to SCHED_FIFO at `priority`. 0 or a positive errno (EPERM without CAP_SYS_NICE). */
+static int ringh_set_fifo(int priority) {
+    struct sched_param param = {.sched_priority = priority};
+    return pthread_setschedparam(pthread_self(), SCHED_FIFO, &param);
+}
+
+int ringh_realtime_probe(int priority) {
+    int policy;
+    struct sched_param old;
+    int rc = pthread_getschedparam(pthread_self(), &policy, &old);
+    if (rc == 0) rc = ringh_set_fifo(priority);
+    if (rc == 0) rc = pthread_setschedparam(pthread_self(), policy, &old);
+    return -rc;
+}
+
 static void *ringh_side_main(void *arg) {
     struct ringh_side *side = arg;
-    atomic_fetch_add_explicit(&side->gate->arrived, 1, memory_order_relaxed);
+    struct ringh_gate *gate = side->gate;
+    atomic_fetch_add_explicit(&gate->arrived, 1, memory_order_relaxed);
     int go;
     /* Acquire pairs with the runner's release of `go`: the job it handed over is visible. */
-    while ((go = atomic_load_explicit(&side->gate->go, memory_order_acquire)) == RINGH_WAIT) sluice_cpu_relax();
+    while ((go = atomic_load_explicit(&gate->go, memory_order_acquire)) == RINGH_WAIT) sluice_cpu_relax();
     if (go == RINGH_ABORT) return NULL;
+    if (gate->realtime_priority > 0) side->error = ringh_set_fifo(gate->realtime_priority);
+    atomic_fetch_add_explicit(&gate->ready, 1, memory_order_relaxed);
+    while (atomic_load_explicit(&gate->ready, memory_order_relaxed) < 2) sluice_cpu_relax();
     side->start_ns = sluice_monotonic_ns();
     side->loop(side->job);
     side->end_ns = sluice_monotonic_ns();
@@ -52,11 +76,11 @@ static int ringh_spawn(pthread_t *thread, struct ringh_side *side, int cpu) {
 }
 
 int64_t ringh_run_pair(ringh_loop_fn first, struct ringh_job *first_job, int first_cpu,
-                       ringh_loop_fn second, struct ringh_job *second_job, int second_cpu) {
-    struct ringh_gate gate = {0, RINGH_WAIT};
+                       ringh_loop_fn second, struct ringh_job *second_job, int second_cpu, int realtime_priority) {
+    struct ringh_gate gate = {0, RINGH_WAIT, 0, realtime_priority};
     struct ringh_side sides[2] = {
-        {first, first_job, &gate, 0, 0},
-        {second, second_job, &gate, 0, 0},
+        {first, first_job, &gate, 0, 0, 0},
+        {second, second_job, &gate, 0, 0, 0},
     };
     pthread_t threads[2];
     int rc = ringh_spawn(&threads[0], &sides[0], first_cpu);
@@ -72,6 +96,8 @@ int64_t ringh_run_pair(ringh_loop_fn first, struct ringh_job *first_job, int fir
     atomic_store_explicit(&gate.go, RINGH_RUN, memory_order_release);
     pthread_join(threads[0], NULL);
     pthread_join(threads[1], NULL);
+    if (sides[0].error != 0) return -sides[0].error;
+    if (sides[1].error != 0) return -sides[1].error;
     uint64_t start = sides[0].start_ns < sides[1].start_ns ? sides[0].start_ns : sides[1].start_ns;
     uint64_t end = sides[0].end_ns > sides[1].end_ns ? sides[0].end_ns : sides[1].end_ns;
     return (int64_t)(end - start);

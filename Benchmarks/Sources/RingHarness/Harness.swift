@@ -1,7 +1,6 @@
 // Path: Benchmarks/Sources/RingHarness/Harness.swift — ring variants, pinned throughput runs, round trips.
 import CRingHarness
 import SluiceCore
-import Glibc
 
 /// A ring implementation under test. All are driven by loops of one shape (CRingHarness/loops.h,
 /// SwiftLoops.swift) on the same two pinned threads.
@@ -38,24 +37,38 @@ public enum RingCalls: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
-/// The two CPUs a run pins its threads to: the producer (or pinger) on `first`, the consumer on `second`.
-public struct CPUPair: Sendable, CustomStringConvertible {
-    public let first: Int
-    public let second: Int
+/// Where and how a run's two threads go: the producer (or pinger) on `firstCPU`, the consumer (or
+/// echoer) on `secondCPU`, both under SCHED_FIFO at `realtimePriority` if it is above 0.
+public struct ThreadPlacement: Sendable, CustomStringConvertible {
+    public let firstCPU: Int
+    public let secondCPU: Int
+    public let realtimePriority: Int
 
-    public init(_ first: Int, _ second: Int) {
-        self.first = first
-        self.second = second
+    public init(firstCPU: Int, secondCPU: Int, realtimePriority: Int) {
+        self.firstCPU = firstCPU
+        self.secondCPU = secondCPU
+        self.realtimePriority = realtimePriority
     }
 
-    public var description: String { "\(first) → \(second)" }
+    /// CPUs `first` and `second`, real-time at priority 1 if this process may use SCHED_FIFO, else not:
+    /// other work on the machine then preempts neither thread.
+    public static func pinned(_ first: Int, _ second: Int) -> ThreadPlacement {
+        let realtimePriority = ringh_realtime_probe(1) == 0 ? 1 : 0
+        return ThreadPlacement(firstCPU: first, secondCPU: second, realtimePriority: realtimePriority)
+    }
+
+    public var description: String {
+        let scheduling = realtimePriority > 0 ? "SCHED_FIFO \(realtimePriority)" : "normal scheduling"
+        return "CPUs \(firstCPU) → \(secondCPU), \(scheduling)"
+    }
 }
 
 /// Why a measurement could not be made, or could not be trusted.
 public enum HarnessError: Error, CustomStringConvertible {
     /// The variant's create call failed with this errno.
     case ringCreation(RingVariant, capacity: Int, errno: Int32)
-    /// A pinned thread could not be made (a CPU outside the affinity mask, say).
+    /// A pinned thread could not be made (a CPU outside the affinity mask, say), or could not take
+    /// its real-time priority.
     case threads(errno: Int32)
     /// Items arrived out of sequence: the ring is broken.
     case outOfSequence(RingVariant, mismatches: UInt64)
@@ -64,7 +77,7 @@ public enum HarnessError: Error, CustomStringConvertible {
         switch self {
         case .ringCreation(let variant, let capacity, let errno):
             "\(variant.rawValue): making a ring of \(capacity) failed (errno \(errno))"
-        case .threads(let errno): "cannot start a pinned thread (errno \(errno))"
+        case .threads(let errno): "cannot start a pinned thread at its priority (errno \(errno))"
         case .outOfSequence(let variant, let mismatches): "\(variant.rawValue): \(mismatches) items out of sequence"
         }
     }
@@ -109,13 +122,13 @@ func allocateSlots(_ count: Int) -> UnsafeMutableBufferPointer<UInt64> {
 public struct ThroughputRig: ~Copyable {
     public let variant: RingVariant
     public let calls: RingCalls
-    public let cpus: CPUPair
+    public let placement: ThreadPlacement
     private let ring: RingHandles
     private let producerItems: UnsafeMutableBufferPointer<UInt64>
     private let consumerItems: UnsafeMutableBufferPointer<UInt64>
 
     /// Makes the ring (`capacity` a power of two) and the burst buffers. Bursts are 1...Limits.burstCountMax.
-    public init(_ variant: RingVariant, calls: RingCalls, capacity: Int, cpus: CPUPair) throws(HarnessError) {
+    public init(_ variant: RingVariant, calls: RingCalls, capacity: Int, placement: ThreadPlacement) throws(HarnessError) {
         var burst = 1
         if case .burst(let count) = calls {
             precondition(count >= 1, "a burst moves at least one item")
@@ -125,7 +138,7 @@ public struct ThroughputRig: ~Copyable {
         ring = try RingHandles(variant, capacity: capacity)
         self.variant = variant
         self.calls = calls
-        self.cpus = cpus
+        self.placement = placement
         producerItems = allocateSlots(burst)
         consumerItems = allocateSlots(burst)
     }
@@ -151,9 +164,9 @@ public struct ThroughputRig: ~Copyable {
             case .single: (loops.produce_single, loops.consume_single)
             case .burst: (loops.produce_burst, loops.consume_burst)
             }
-        let ringAddress = variant == .swift ? Int(bitPattern: ring.tx.load(fromByteOffset: 8, as: UnsafeRawPointer.self)) : Int(bitPattern: ring.tx)
-        if getenv("RINGH_DEBUG") != nil { print("DEBUG \(variant) ring \(String(ringAddress % 4096, radix: 16)) pbuf \(String(Int(bitPattern: producerItems.baseAddress!) % 4096, radix: 16)) cbuf \(String(Int(bitPattern: consumerItems.baseAddress!) % 4096, radix: 16))") }
-        let ns = ringh_run_pair(produce, &producer, Int32(cpus.first), consume, &consumer, Int32(cpus.second))
+        let ns = ringh_run_pair(
+            produce, &producer, Int32(placement.firstCPU), consume, &consumer, Int32(placement.secondCPU),
+            Int32(placement.realtimePriority))
         guard ns > 0 else { throw .threads(errno: Int32(-ns)) }
         guard consumer.mismatches == 0 else { throw .outOfSequence(variant, mismatches: consumer.mismatches) }
         return Double(items) * 1e9 / Double(ns)
@@ -171,7 +184,7 @@ let roundTripCapacity = 1024
 
 /// Times `rounds` round trips: the first CPU sends one item on a ring, the second echoes it back on
 /// another, single-item calls both ways. Each trip is timed with the TSC; returns its median and p99.
-public func measureRoundTrip(_ variant: RingVariant, rounds: Int, cpus: CPUPair) throws(HarnessError)
+public func measureRoundTrip(_ variant: RingVariant, rounds: Int, placement: ThreadPlacement) throws(HarnessError)
     -> RoundTripLatency
 {
     precondition(rounds > 0, "at least one round trip")
@@ -183,7 +196,9 @@ public func measureRoundTrip(_ variant: RingVariant, rounds: Int, cpus: CPUPair)
         tx: there.tx, rx: back.rx, count: UInt64(rounds), burst: 1, buffer: samples.baseAddress, mismatches: 0)
     var ponger = ringh_job(tx: back.tx, rx: there.rx, count: UInt64(rounds), burst: 1, buffer: nil, mismatches: 0)
     let loops = variant.loops
-    let ns = ringh_run_pair(loops.ping, &pinger, Int32(cpus.first), loops.pong, &ponger, Int32(cpus.second))
+    let ns = ringh_run_pair(
+        loops.ping, &pinger, Int32(placement.firstCPU), loops.pong, &ponger, Int32(placement.secondCPU),
+        Int32(placement.realtimePriority))
     guard ns > 0 else { throw .threads(errno: Int32(-ns)) }
     guard pinger.mismatches == 0 else { throw .outOfSequence(variant, mismatches: pinger.mismatches) }
     samples.sort()
@@ -191,4 +206,18 @@ public func measureRoundTrip(_ variant: RingVariant, rounds: Int, cpus: CPUPair)
     return RoundTripLatency(
         p50Ns: Double(samples[(rounds - 1) * 50 / 100]) * nsPerTick,
         p99Ns: Double(samples[(rounds - 1) * 99 / 100]) * nsPerTick)
+}
+
+/// How far one reading of the TSC moves past the last, in nanoseconds (median of 101 steps): the
+/// resolution of round-trip samples. Some hypervisors step it coarsely (10 ns on a KVM guest here).
+public func cycleCounterStepNs() -> Double {
+    var steps: [UInt64] = []
+    for _ in 0...100 {
+        let start = Clock.cycles()
+        var now = Clock.cycles()
+        while now == start { now = Clock.cycles() }
+        steps.append(now &- start)
+    }
+    steps.sort()
+    return Double(steps[steps.count / 2]) / Clock.cyclesPerNs
 }

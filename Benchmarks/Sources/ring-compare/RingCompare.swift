@@ -18,13 +18,16 @@ struct RingCompare: ParsableCommand {
     var cpus = "0,1"
 
     @Option(help: "Items per throughput run with burst calls.")
-    var burstItems = 20_000_000
+    var burstItems = 100_000_000
 
     @Option(help: "Items per throughput run with single-item calls.")
-    var singleItems = 5_000_000
+    var singleItems = 20_000_000
 
     @Option(help: "Round trips per latency run.")
-    var rounds = 200_000
+    var rounds = 500_000
+
+    @Flag(help: "Run the threads at normal priority even if SCHED_FIFO is permitted.")
+    var normalPriority = false
 
     @Flag(help: "Print every measurement to standard error.")
     var verbose = false
@@ -36,13 +39,13 @@ struct RingCompare: ParsableCommand {
         guard runs >= 1, burstItems >= 1, singleItems >= 1, rounds >= 100 else {
             throw ValidationError("runs, item counts and rounds must be positive (rounds at least 100)")
         }
-        _ = try cpuPair()
+        _ = try threadPlacement()
     }
 
     func run() throws {
-        let pair = try cpuPair()
+        let placement = try threadPlacement()
         var results = Results()
-        warmUp(pair)
+        warmUp(placement)
         for runIndex in 0..<runs {
             // Rotate which variant goes first, so none always runs on a machine just warmed by another.
             let variants = RingVariant.allCases.rotated(by: runIndex)
@@ -50,61 +53,77 @@ struct RingCompare: ParsableCommand {
                 for calls in Self.callShapes {
                     for variant in variants {
                         let items = calls == .single ? singleItems : burstItems
-                        let rig = try ThroughputRig(variant, calls: calls, capacity: capacity, cpus: pair)
+                        let rig = try ThroughputRig(variant, calls: calls, capacity: capacity, placement: placement)
                         let rate = try rig.run(items: items) / 1e6
                         results.add(.throughput(calls, capacity: capacity), variant, rate)
-                        log("\(variant.rawValue) \(calls) cap \(capacity): \(format(rate)) Mitems/s")
+                        log("\(variant.rawValue) \(calls) capacity \(capacity): \(format(rate)) Mitems/s")
+                        pause()
                     }
                 }
             }
             for variant in variants {
-                let latency = try measureRoundTrip(variant, rounds: rounds, cpus: pair)
+                let latency = try measureRoundTrip(variant, rounds: rounds, placement: placement)
                 results.add(.roundTripP50, variant, latency.p50Ns)
                 results.add(.roundTripP99, variant, latency.p99Ns)
                 log("\(variant.rawValue) round trip: p50 \(format(latency.p50Ns)) ns, p99 \(format(latency.p99Ns)) ns")
+                pause()
             }
         }
-        print(report(results, pair))
+        print(report(results, placement))
     }
 
     /// One short run of every variant first: faults in pages and lets the CPUs reach their clocks.
-    private func warmUp(_ pair: CPUPair) {
+    private func warmUp(_ placement: ThreadPlacement) {
         for variant in RingVariant.allCases {
-            _ = try? ThroughputRig(variant, calls: .burst(32), capacity: 1024, cpus: pair).run(items: 1_000_000)
+            _ = try? ThroughputRig(variant, calls: .burst(32), capacity: 1024, placement: placement)
+                .run(items: 1_000_000)
         }
     }
 
-    private func cpuPair() throws -> CPUPair {
+    /// A gap after each run: keeps real-time threads well under the kernel's RT budget (95% of each
+    /// second), so throttling never stalls a run, and lets the rest of the machine move.
+    private func pause() {
+        usleep(50_000)
+    }
+
+    private func threadPlacement() throws -> ThreadPlacement {
         let parts = cpus.split(separator: ",").compactMap { Int($0) }
         guard parts.count == 2, parts[0] >= 0, parts[1] >= 0, parts[0] != parts[1] else {
             throw ValidationError("--cpus takes two different CPU numbers, as 0,1")
         }
-        return CPUPair(parts[0], parts[1])
+        let pinned = ThreadPlacement.pinned(parts[0], parts[1])
+        guard normalPriority else { return pinned }
+        return ThreadPlacement(firstCPU: parts[0], secondCPU: parts[1], realtimePriority: 0)
     }
 
     private func log(_ line: String) {
         if verbose { FileHandle.standardError.write(Data((line + "\n").utf8)) }
     }
 
-    private func report(_ results: Results, _ pair: CPUPair) -> String {
+    private func report(_ results: Results, _ placement: ThreadPlacement) -> String {
         let variants = RingVariant.allCases
         var lines = [
-            "Ring benchmarks: medians of \(runs) runs, threads pinned to CPUs \(pair); " +
-                "\(burstItems / 1_000_000)M items per burst run, \(singleItems / 1_000_000)M per single run, " +
-                "\(rounds) round trips per latency run.",
+            "Ring benchmarks: medians of \(runs) run(s), threads on \(placement); " +
+                "\(formatCount(burstItems)) items per burst run, \(formatCount(singleItems)) per single run, " +
+                "\(formatCount(rounds)) round trips per latency run.",
             "",
             "| Measure | " + variants.map(\.rawValue).joined(separator: " | ") + " | Swift/C 128 | Swift/rte | C 64/C 128 |",
             "|---|" + String(repeating: "---:|", count: variants.count + 3),
         ]
         for measure in Measure.all {
             let medians = variants.map { results.median(measure, $0) }
+            let digits = measure.isLatency ? 0 : 1
             let ratios = [(RingVariant.swift, RingVariant.c128), (.swift, .rte), (.c64, .c128)].map { top, bottom in
-                format(results.median(measure, top) / results.median(measure, bottom), digits: 2)
+                format(results.medianRatio(measure, top, bottom), digits: 2)
             }
-            lines.append("| \(measure) | " + (medians.map { format($0) } + ratios).joined(separator: " | ") + " |")
+            let cells = medians.map { format($0, digits: digits) } + ratios
+            lines.append("| \(measure) | " + cells.joined(separator: " | ") + " |")
         }
         lines.append("")
-        lines.append("Throughput in Mitems/s (higher is better), latency in ns (lower is better); ratios are of medians.")
+        lines.append(
+            "Throughput in Mitems/s (higher is better), latency in ns (lower is better); each ratio is the median of the runs' own ratios " +
+                "(variants run back to back, so a machine that drifts between runs moves both sides). " +
+                "Round trips are timed with the TSC, which steps by \(format(cycleCounterStepNs())) ns here.")
         lines.append(contentsOf: goalLines(results))
         return lines.joined(separator: "\n")
     }
@@ -114,14 +133,13 @@ struct RingCompare: ParsableCommand {
         var lines: [String] = []
         for capacity in Self.capacities {
             let measure = Measure.throughput(.burst(32), capacity: capacity)
-            let swift = results.median(measure, .swift)
-            let versusC = swift / results.median(measure, .c128)
-            let versusRte = swift / results.median(measure, .rte)
-            let c64 = results.median(measure, .c64) / results.median(measure, .c128)
+            let versusC = results.medianRatio(measure, .swift, .c128)
+            let versusRte = results.medianRatio(measure, .swift, .rte)
+            let c64 = results.medianRatio(measure, .c64, .c128)
             lines.append(
-                "Goals, burst 32, capacity \(capacity): Swift/C 128 = \(format(versusC, digits: 2)) " +
-                    "(≥ 0.90: \(versusC >= 0.9 ? "met" : "missed")), Swift/rte = \(format(versusRte, digits: 2)) " +
-                    "(≥ 1.20: \(versusRte >= 1.2 ? "met" : "missed")); C 64/C 128 = \(format(c64, digits: 2)) " +
+                "Goals, burst 32, capacity \(capacity): Swift/C 128 = \(format(versusC, digits: 3)) " +
+                    "(≥ 0.90: \(versusC >= 0.9 ? "met" : "missed")), Swift/rte = \(format(versusRte, digits: 3)) " +
+                    "(≥ 1.20: \(versusRte >= 1.2 ? "met" : "missed")); C 64/C 128 = \(format(c64, digits: 3)) " +
                     "(\(c64 > 1 ? "64" : "128") faster).")
         }
         return lines
@@ -140,6 +158,13 @@ enum Measure: Hashable, CustomStringConvertible {
         } + [.roundTripP50, .roundTripP99]
     }
 
+    var isLatency: Bool {
+        switch self {
+        case .throughput: false
+        case .roundTripP50, .roundTripP99: true
+        }
+    }
+
     var description: String {
         switch self {
         case .throughput(let calls, let capacity): "\(calls), capacity \(capacity) (Mitems/s)"
@@ -149,7 +174,7 @@ enum Measure: Hashable, CustomStringConvertible {
     }
 }
 
-/// Every run's value, by row and variant.
+/// Every run's value, by row and variant, in run order (each run adds one value to every cell).
 struct Results {
     private var values: [Measure: [RingVariant: [Double]]] = [:]
 
@@ -158,7 +183,18 @@ struct Results {
     }
 
     func median(_ measure: Measure, _ variant: RingVariant) -> Double {
-        let sorted = (values[measure]?[variant] ?? []).sorted()
+        Self.median(values[measure]?[variant] ?? [])
+    }
+
+    /// Median over runs of top/bottom within each run: paired, so drift between runs cancels out.
+    func medianRatio(_ measure: Measure, _ top: RingVariant, _ bottom: RingVariant) -> Double {
+        let tops = values[measure]?[top] ?? []
+        let bottoms = values[measure]?[bottom] ?? []
+        return Self.median(zip(tops, bottoms).map { $0 / $1 })
+    }
+
+    private static func median(_ values: [Double]) -> Double {
+        let sorted = values.sorted()
         guard !sorted.isEmpty else { return .nan }
         let middle = sorted.count / 2
         return sorted.count % 2 == 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
@@ -171,6 +207,11 @@ extension Array {
         let split = offset % count
         return Array(self[split...] + self[..<split])
     }
+}
+
+/// A count in millions when it is whole millions ("100M"), else as it is.
+func formatCount(_ value: Int) -> String {
+    value % 1_000_000 == 0 ? "\(value / 1_000_000)M" : "\(value)"
 }
 
 /// `value` with `digits` decimals, or a dash if there is none.

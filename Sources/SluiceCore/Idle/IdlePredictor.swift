@@ -10,10 +10,12 @@ public struct IdlePredictor: Sendable {
         public var spinNsMin: UInt64 = 2_000
         /// Longest spin before sleeping, however short the gaps.
         public var spinNsMax: UInt64 = 200_000
-        /// What a sleep and wake-up costs: gaps shorter than this are spun through, not slept.
-        public var wakeCostNs: UInt64 = 30_000
-        /// How early to wake before a predicted arrival, so the worker spins when it comes.
-        public var wakeMarginNs: UInt64 = 30_000
+        /// CPU time a sleep and wake-up cost the sleeper (two context switches and a system call):
+        /// idle gaps shorter than this are spun through, since sleeping would burn more than it saves.
+        public var wakeCostNs: UInt64 = 2_000
+        /// How early to wake before a predicted arrival: the wake-up latency of an idle core plus
+        /// slack, so the worker is polling when the items come.
+        public var wakeMarginNs: UInt64 = 20_000
         /// Weight of a new gap in the moving average, as 1/2^shift.
         public var ewmaShift: UInt64 = 3
 
@@ -44,7 +46,7 @@ public struct IdlePredictor: Sendable {
     }
 
     /// How long to spin, from the start of an idle period, before sleeping.
-    /// Short gaps are spun through (sleeping would cost more than it saves); long ones are not.
+    /// Gaps shorter than a sleep's CPU cost are spun through; longer ones get a short spin, then sleep.
     public var spinBudgetNs: UInt64 {
         let c = configuration
         if gapNsAverage <= c.wakeCostNs {

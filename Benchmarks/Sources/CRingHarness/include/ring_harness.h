@@ -46,11 +46,17 @@ extern const struct ringh_variant ringh_sluice_c64;  /* the same ring rebuilt wi
 extern const struct ringh_variant ringh_rte;         /* DPDK's rte_ring, SP/SC, without the EAL */
 
 /* Runs first(first_job) on first_cpu and second(second_job) on second_cpu, each on a new thread created
- * pinned there, released together once both are up. Blocks until both return. Returns nanoseconds
- * (CLOCK_MONOTONIC) from the earlier start to the later end, or -errno if a thread could not be made
- * (then neither loop ran). */
+ * pinned there, released together once both are up. With realtime_priority > 0 both run under
+ * SCHED_FIFO at that priority, so other work on the machine cannot preempt them (the kernel's RT
+ * throttling still leaves it 5%). Blocks until both return. Returns nanoseconds (CLOCK_MONOTONIC) from
+ * the earlier start to the later end, or -errno: a thread could not be made (then neither loop ran)
+ * or could not take the priority (then the loops ran at normal priority). */
 int64_t ringh_run_pair(ringh_loop_fn first, struct ringh_job *first_job, int first_cpu,
-                       ringh_loop_fn second, struct ringh_job *second_job, int second_cpu);
+                       ringh_loop_fn second, struct ringh_job *second_job, int second_cpu, int realtime_priority);
+
+/* Whether this process may use SCHED_FIFO at `priority`: tries it on the calling thread and restores
+ * the thread's policy. 0, or -errno (-EPERM without CAP_SYS_NICE). */
+int ringh_realtime_probe(int priority);
 
 #pragma clang assume_nonnull end
 
