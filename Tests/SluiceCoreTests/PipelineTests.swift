@@ -4,119 +4,108 @@ import Testing
 @testable import SluiceCore
 
 @Suite(.serialized) struct PipelineTests {
-    static let drainTimeoutNs: UInt64 = 60_000_000_000
-
     @Test(arguments: WaitMode.allCases, [false, true])
     func threeStagesDeliverEveryItemInOrder(mode: WaitMode, shareOneWorker: Bool) throws {
-        let cores = try testCores()
-        let runtime = try Runtime(configuration: .init(cores: cores, waitMode: mode))
-        try runtime.start()
-        defer { runtime.stop() }
-        let tracker = SinkTracker()
-        let total: UInt64 = 500_000
-        let pipeline = try makeCountingPipeline(
-            "order", source: GeneratorSource(ratePerSecond: 0, totalCount: total, payload: .sequence),
-            tracker: tracker, ringCapacity: 256)
-        let last = shareOneWorker ? 0 : cores.count - 1
-        try runtime.launch(pipeline, placement: [0, last, last])
-        #expect(runtime.drain(timeoutNs: Self.drainTimeoutNs))
-        #expect(tracker.received == total)
-        #expect(tracker.outOfOrder == 0)
-        #expect(pipeline.delivered == total)
-        #expect(pipeline.entered.load(ordering: .relaxed) == total)
-        #expect(pipeline.queued == 0)
+        try withRuntime(mode) { runtime, cores in
+            let tracker = SinkTracker()
+            let total: UInt64 = 500_000
+            let pipeline = try makeCountingPipeline(
+                "order", source: GeneratorSource(ratePerSecond: 0, totalCount: total, payload: .sequence),
+                tracker: tracker, ringCapacity: 256)
+            let last = shareOneWorker ? 0 : cores.count - 1
+            try runtime.launch(pipeline, placement: [0, last, last])
+            #expect(runtime.drain(timeoutNs: drainTimeoutNs))
+            #expect(tracker.received == total)
+            #expect(tracker.outOfOrder == 0)
+            #expect(pipeline.delivered == total)
+            #expect(pipeline.entered.load(ordering: .relaxed) == total)
+            #expect(pipeline.queued == 0)
+        }
     }
 
     @Test func filteredItemsCountAndTheStageSleepsAfterwards() throws {
-        let cores = try testCores()
-        let runtime = try Runtime(configuration: .init(cores: cores, waitMode: .adaptive))
-        try runtime.start()
-        defer { runtime.stop() }
-        let tracker = SinkTracker()
-        let total: UInt64 = 100_000
-        let pipeline = try makeCountingPipeline(
-            "filter", source: GeneratorSource(ratePerSecond: 0, totalCount: total, payload: .sequence),
-            relays: [EvenFilter()], tracker: tracker, stride: 2)
-        try runtime.launch(pipeline, placement: [0, cores.count - 1, cores.count - 1])
-        #expect(runtime.drain(timeoutNs: Self.drainTimeoutNs))
-        #expect(tracker.received == total / 2)
-        #expect(tracker.outOfOrder == 0)
-        #expect(pipeline.filtered == total / 2)
-        // Nothing is in flight any more, so idle prediction must let the sink's worker sleep.
-        let sleepsBefore = runtime.workers[cores.count - 1].counters.sleeps.load(ordering: .relaxed)
-        let deadline = Clock.monotonicNs() + 5_000_000_000
-        while runtime.workers[cores.count - 1].counters.sleeps.load(ordering: .relaxed) == sleepsBefore,
-              Clock.monotonicNs() < deadline {
-            runtime.workers[cores.count - 1].waitMode = .adaptive  // also a harmless wake
+        try withRuntime(.adaptive) { runtime, cores in
+            let tracker = SinkTracker()
+            let total: UInt64 = 100_000
+            let pipeline = try makeCountingPipeline(
+                "filter", source: GeneratorSource(ratePerSecond: 0, totalCount: total, payload: .sequence),
+                relays: [EvenFilter()], tracker: tracker, stride: 2)
+            try runtime.launch(pipeline, placement: [0, cores.count - 1, cores.count - 1])
+            #expect(runtime.drain(timeoutNs: drainTimeoutNs))
+            #expect(tracker.received == total / 2)
+            #expect(tracker.outOfOrder == 0)
+            #expect(pipeline.filtered == total / 2)
+            // Nothing is in flight any more, so idle prediction must let the sink's worker sleep.
+            #expect(pipeline.stages[2].isInFlight() == false)
+            let sink = runtime.workers[cores.count - 1].counters
+            let sleepsBefore = sink.sleeps.load(ordering: .relaxed)
+            let deadline = Clock.monotonicNs() + 5_000_000_000
+            while sink.sleeps.load(ordering: .relaxed) == sleepsBefore, Clock.monotonicNs() < deadline {
+                usleep(1_000)
+            }
+            #expect(sink.sleeps.load(ordering: .relaxed) > sleepsBefore, "an idle adaptive worker must sleep")
         }
-        #expect(pipeline.stages[2].isInFlight() == false)
     }
 
     /// Random pauses make workers sleep and wake thousands of times; every item must still arrive,
     /// in order, and no wake-up may be lost (a lost one shows up as a safety-net timeout with input).
     @Test(arguments: [WaitMode.interrupt, .adaptive])
     func noLostWakeupsUnderRandomPauses(mode: WaitMode) throws {
-        let cores = try testCores()
-        let runtime = try Runtime(configuration: .init(cores: cores, waitMode: mode))
-        try runtime.start()
-        defer { runtime.stop() }
-        let tracker = SinkTracker()
-        let total: UInt64 = 200_000
-        let pipeline = try makeCountingPipeline(
-            "pauses", source: PausingSource(total: total, maxPauseNs: 60_000), tracker: tracker, ringCapacity: 64)
-        let last = cores.count - 1
-        try runtime.launch(pipeline, placement: [0, last, last])
-        #expect(runtime.drain(timeoutNs: Self.drainTimeoutNs))
-        #expect(tracker.received == total)
-        #expect(tracker.outOfOrder == 0)
-        let counters = runtime.workers.map { $0.counters.snapshot() }
-        #expect(counters.allSatisfy { $0.lostWakeups == 0 })
-        #expect(counters[last].sleeps > 100, "the consumer's worker must actually have slept")
+        try withRuntime(mode) { runtime, cores in
+            let tracker = SinkTracker()
+            let total: UInt64 = 200_000
+            let pipeline = try makeCountingPipeline(
+                "pauses", source: PausingSource(total: total, maxPauseNs: 60_000), tracker: tracker, ringCapacity: 64)
+            let last = cores.count - 1
+            try runtime.launch(pipeline, placement: [0, last, last])
+            #expect(runtime.drain(timeoutNs: drainTimeoutNs))
+            #expect(tracker.received == total)
+            #expect(tracker.outOfOrder == 0)
+            let counters = runtime.workers.map { $0.counters.snapshot() }
+            #expect(counters.allSatisfy { $0.lostWakeups == 0 })
+            #expect(counters[last].sleeps > 100, "the consumer's worker must actually have slept")
+        }
     }
 
     /// Moves the middle and last stages back and forth between workers while items flow.
     @Test func movingStagesUnderLoadLosesAndReordersNothing() throws {
-        let cores = try testCores()
-        let runtime = try Runtime(configuration: .init(cores: cores, waitMode: .adaptive))
-        try runtime.start()
-        defer { runtime.stop() }
-        let tracker = SinkTracker()
-        let total: UInt64 = 2_000_000
-        let pipeline = try makeCountingPipeline(
-            "move", source: GeneratorSource(ratePerSecond: 20_000_000, totalCount: total, payload: .sequence),
-            relays: [PassThrough(), PassThrough()], tracker: tracker, ringCapacity: 128)
-        try runtime.launch(pipeline, placement: [0, 0, 0, 0])
-        var moves = 0
-        while !pipeline.isDrained, moves < 200 {
-            let stage = pipeline.stages[1 + moves % 3]
-            try runtime.move(stage, toWorker: (stage.owner.load(ordering: .relaxed) + 1) % cores.count)
-            moves += 1
+        try withRuntime(.adaptive) { runtime, cores in
+            let tracker = SinkTracker()
+            let total: UInt64 = 2_000_000
+            let pipeline = try makeCountingPipeline(
+                "move", source: GeneratorSource(ratePerSecond: 20_000_000, totalCount: total, payload: .sequence),
+                relays: [PassThrough(), PassThrough()], tracker: tracker, ringCapacity: 128)
+            try runtime.launch(pipeline, placement: [0, 0, 0, 0])
+            var moves = 0
+            while !pipeline.isDrained, moves < 200 {
+                let stage = pipeline.stages[1 + moves % 3]
+                try runtime.move(stage, toWorker: (stage.owner.load(ordering: .relaxed) + 1) % cores.count)
+                moves += 1
+            }
+            #expect(moves > 10, "moves must happen while items flow")
+            #expect(runtime.drain(timeoutNs: drainTimeoutNs))
+            #expect(tracker.received == total)
+            #expect(tracker.outOfOrder == 0)
         }
-        #expect(moves > 10, "moves must happen while items flow")
-        #expect(runtime.drain(timeoutNs: Self.drainTimeoutNs))
-        #expect(tracker.received == total)
-        #expect(tracker.outOfOrder == 0)
     }
 
     @Test func waitModeSwitchesWhileRunning() throws {
-        let cores = try testCores()
-        let runtime = try Runtime(configuration: .init(cores: cores, waitMode: .busyPoll))
-        try runtime.start()
-        defer { runtime.stop() }
-        let tracker = SinkTracker()
-        let total: UInt64 = 300_000
-        let pipeline = try makeCountingPipeline(
-            "switch", source: GeneratorSource(ratePerSecond: 1_000_000, totalCount: total, payload: .sequence),
-            tracker: tracker)
-        try runtime.launch(pipeline, placement: [0, cores.count - 1, cores.count - 1])
-        for mode in [WaitMode.interrupt, .adaptive, .busyPoll, .interrupt] {
-            usleep(50_000)
-            runtime.setWaitMode(mode)
-            #expect(runtime.workers.allSatisfy { $0.waitMode == mode })
+        try withRuntime(.busyPoll) { runtime, cores in
+            let tracker = SinkTracker()
+            let total: UInt64 = 300_000
+            let pipeline = try makeCountingPipeline(
+                "switch", source: GeneratorSource(ratePerSecond: 1_000_000, totalCount: total, payload: .sequence),
+                tracker: tracker)
+            try runtime.launch(pipeline, placement: [0, cores.count - 1, cores.count - 1])
+            for mode in [WaitMode.interrupt, .adaptive, .busyPoll, .interrupt] {
+                usleep(50_000)
+                runtime.setWaitMode(mode)
+                #expect(runtime.workers.allSatisfy { $0.waitMode == mode })
+            }
+            #expect(runtime.drain(timeoutNs: drainTimeoutNs))
+            #expect(tracker.received == total)
+            #expect(tracker.outOfOrder == 0)
         }
-        #expect(runtime.drain(timeoutNs: Self.drainTimeoutNs))
-        #expect(tracker.received == total)
-        #expect(tracker.outOfOrder == 0)
     }
 
     @Test func builderRejectsBadShapes() throws {

@@ -42,17 +42,15 @@ import Testing
     }
 
     @Test func workersRunOnTheirPinnedCore() throws {
-        let cores = try testCores()
-        let runtime = try Runtime(configuration: .init(cores: cores, waitMode: .interrupt))
-        try runtime.start()
-        defer { runtime.stop() }
-        let tracker = SinkTracker()
-        let pipeline = try makeCountingPipeline(
-            "pin", source: GeneratorSource(ratePerSecond: 0, totalCount: 1000, payload: .sequence), tracker: tracker)
-        let last = cores.count - 1
-        try runtime.launch(pipeline, placement: [0, 0, last])
-        #expect(runtime.drain(timeoutNs: 10_000_000_000))
-        #expect(tracker.lastCPU == cores[last])
+        try withRuntime(.interrupt) { runtime, cores in
+            let tracker = SinkTracker()
+            let pipeline = try makeCountingPipeline(
+                "pin", source: GeneratorSource(ratePerSecond: 0, totalCount: 1000, payload: .sequence), tracker: tracker)
+            let last = cores.count - 1
+            try runtime.launch(pipeline, placement: [0, 0, last])
+            #expect(runtime.drain(timeoutNs: 10_000_000_000))
+            #expect(tracker.lastCPU == cores[last])
+        }
     }
 
     @Test func stopWithoutStartAndTwiceIsSafe() throws {

@@ -91,3 +91,14 @@ func makeCountingPipeline(
     builder.stage(OrderCheckSink(tracker, stride: stride), name: "sink")
     return try builder.build(ringCapacities: Array(repeating: ringCapacity, count: relays.count + 1))
 }
+
+/// Starts a runtime with one worker per test core in `mode`, runs `body`, and stops it.
+func withRuntime<Result>(_ mode: WaitMode, _ body: (Runtime, [Int]) throws -> Result) throws -> Result {
+    let cores = try testCores()
+    let runtime = try Runtime(configuration: .init(cores: cores, waitMode: mode))
+    try runtime.start()
+    defer { runtime.stop() }
+    return try body(runtime, cores)
+}
+
+let drainTimeoutNs: UInt64 = 60_000_000_000

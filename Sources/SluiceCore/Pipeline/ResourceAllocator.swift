@@ -174,10 +174,10 @@ public struct ResourceAllocator: Sendable {
     }
 }
 
-extension Runtime {
-    /// Measured load of each stage of `pipeline` between two counter snapshots `intervalNs` apart.
-    public static func measureLoad(_ pipeline: Pipeline, before: [StageSnapshot], after: [StageSnapshot],
-                                   intervalNs: UInt64) -> [StageLoad] {
+extension StageLoad {
+    /// Measured load of each stage between two `Pipeline.snapshot()`s taken `intervalNs` apart.
+    public static func between(_ before: [StageSnapshot], _ after: [StageSnapshot],
+                               intervalNs: UInt64) -> [StageLoad] {
         zip(before, after).map { earlier, later in
             let items = Double(later.items &- earlier.items)
             let seconds = Double(max(intervalNs, 1)) / 1e9
