@@ -18,7 +18,7 @@ import Testing
     }
 
     @Test func exactCapacityHoldsExactlyThatMany() throws {
-        var ends = try makeRing(capacity: 1000, exact: true)
+        let ends = try makeRing(capacity: 1000, exact: true)
         var producer = ends.producer
         var consumer = ends.consumer
         #expect(producer.capacity == 1000)
@@ -35,7 +35,7 @@ import Testing
     }
 
     @Test func emptyAndFullAreReported() throws {
-        var ends = try makeRing(capacity: 4)
+        let ends = try makeRing(capacity: 4)
         var producer = ends.producer
         var consumer = ends.consumer
         let r7 = consumer.dequeue()
@@ -57,7 +57,7 @@ import Testing
     }
 
     @Test func wraparoundKeepsOrderOverManyLaps() throws {
-        var ends = try makeRing(capacity: 8)
+        let ends = try makeRing(capacity: 8)
         var producer = ends.producer
         var consumer = ends.consumer
         var next: UInt64 = 0
@@ -84,7 +84,7 @@ import Testing
 
     @Test(arguments: [1, 8, 32, 256])
     func burstIsBestEffortAndReportsSpace(burst: Int) throws {
-        var ends = try makeRing(capacity: 256)
+        let ends = try makeRing(capacity: 256)
         var producer = ends.producer
         var consumer = ends.consumer
         withBurst(burst) { buffer in
@@ -104,7 +104,7 @@ import Testing
     }
 
     @Test func bulkIsAllOrNothing() throws {
-        var ends = try makeRing(capacity: 16)
+        let ends = try makeRing(capacity: 16)
         var producer = ends.producer
         var consumer = ends.consumer
         withBurst(10) { buffer in
@@ -132,7 +132,7 @@ import Testing
     }
 
     @Test func spanEnqueueMatchesPointerEnqueue() throws {
-        var ends = try makeRing(capacity: 8)
+        let ends = try makeRing(capacity: 8)
         var producer = ends.producer
         var consumer = ends.consumer
         let items: [UInt64] = [7, 8, 9]
@@ -145,7 +145,7 @@ import Testing
     /// Two threads, 10 million items in bursts of varied size: every item arrives once, in order.
     @Test func twoThreadStressDeliversEveryItemInOrder() throws {
         let total: UInt64 = 10_000_000
-        var ends = try makeRing(capacity: 1024)
+        let ends = try makeRing(capacity: 1024)
         let producer = ends.producer
         let consumer = ends.consumer
         let received = runPair(producer: producer, consumer: consumer, total: total)
@@ -155,7 +155,7 @@ import Testing
 
     @Test func oversizedBurstTraps() async {
         await #expect(processExitsWith: .failure) {
-            var ends = try! makeRing(capacity: 1024)
+            let ends = try! makeRing(capacity: 1024)
             var producer = ends.producer
             let buffer = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: Limits.burstCountMax + 1)
             buffer.initialize(repeating: 0)

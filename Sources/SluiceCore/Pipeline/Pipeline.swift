@@ -109,7 +109,7 @@ public struct PipelineBuilder {
         let pipeline = Pipeline(name: name)
         for capacity in ringCapacities {
             do {
-                var ends = try makeRing(capacity: capacity, numaNode: numaNode)
+                let ends = try makeRing(capacity: capacity, numaNode: numaNode)
                 pipeline.links.append(Link(observer: ends.producer.observer))
                 producers.append(RingProducerBox(ends.producer))
                 consumers.append(RingConsumerBox(ends.consumer))
