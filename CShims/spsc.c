@@ -31,3 +31,12 @@ int sluice_spsc_init(struct sluice_spsc *r, uint32_t count, uint32_t flags) {
     atomic_init(&r->cons.tail, 0);
     return 0;
 }
+
+int sluice_spsc_debug_set_index(struct sluice_spsc *r, uint32_t index) {
+    if (atomic_load(&r->prod.head) != atomic_load(&r->cons.tail)) return -EBUSY;
+    atomic_store(&r->prod.head, index);
+    atomic_store(&r->cons.tail, index);
+    r->prod.cached_tail = index;
+    r->cons.cached_head = index;
+    return 0;
+}

@@ -74,6 +74,9 @@ _Static_assert(sizeof(struct sluice_spsc) % SLUICE_SPSC_ALIGN == 0, "slots start
 size_t sluice_spsc_memsize(uint32_t count, uint32_t flags);
 /* Initialises `r` in memory of sluice_spsc_memsize(count, flags) bytes. Returns 0 or -EINVAL. */
 int sluice_spsc_init(struct sluice_spsc *r, uint32_t count, uint32_t flags);
+/* Test seam: moves both indices of an empty ring, which no thread is using, to `index`, so tests can
+ * cross the uint32_t wrap without pushing 4 billion items. Returns 0, or -EBUSY if not empty. */
+int sluice_spsc_debug_set_index(struct sluice_spsc *r, uint32_t index);
 
 /* Any thread. Items the ring holds when full (constant after init). Swift sees the ring as an opaque
  * pointer (over-aligned records are not imported), so it reads fields through functions like this. */

@@ -11,12 +11,12 @@ enum Report {
             + "p99 \(format(Double(result.latencyP99Ns) / 1e3)) us, max \(format(Double(result.latencyMaxNs) / 1e3)) us; "
             + "CPU of stages 2-3: \(format(result.pipelineCPUShare * 100))%")
         lines.append("")
-        lines.append(row(["stage", "worker", "calls", "items", "items/call", "cycles/item", "blocked"]))
+        lines.append(row(["stage", "worker", "calls", "items", "items/call", "cycles/item", "blocked", "wakeups"]))
         for (index, stage) in result.stages.enumerated() {
             let perCall = stage.calls > 0 ? Double(stage.items) / Double(stage.calls) : 0
             let perItem = stage.items > 0 ? Double(stage.cycles) / Double(stage.items) : 0
             lines.append(row([result.stageNames[index], "\(c.placement[index])", "\(stage.calls)", "\(stage.items)",
-                              format(perCall), format(perItem), "\(stage.blockedTurns)"]))
+                              format(perCall), format(perItem), "\(stage.blockedTurns)", "\(stage.wakeups)"]))
         }
         lines.append("")
         lines.append(row(["worker", "core", "busy polls", "empty polls", "sleeps", "util %", "cpu ms", "lost wakeups"]))
@@ -37,7 +37,7 @@ enum Report {
         }
         let stages = result.stages.enumerated().map { index, s in
             "{\"name\":\"\(result.stageNames[index])\",\"calls\":\(s.calls),\"items\":\(s.items),"
-                + "\"cycles\":\(s.cycles),\"blockedTurns\":\(s.blockedTurns)}"
+                + "\"cycles\":\(s.cycles),\"blockedTurns\":\(s.blockedTurns),\"wakeups\":\(s.wakeups)}"
         }
         return "{\"waitMode\":\"\(c.waitMode)\",\"ratePerSecond\":\(c.ratePerSecond),\"items\":\(result.delivered),"
             + "\"elapsedNs\":\(result.elapsedNs),\"itemsPerSecond\":\(result.itemsPerSecond),"

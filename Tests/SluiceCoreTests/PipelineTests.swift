@@ -20,6 +20,8 @@ import Testing
             #expect(pipeline.delivered == total)
             #expect(pipeline.entered.load(ordering: .relaxed) == total)
             #expect(pipeline.queued == 0)
+            let wakeups = pipeline.snapshot().reduce(0) { $0 + $1.wakeups }
+            if mode == .busyPoll { #expect(wakeups == 0, "nobody sleeps, so producers make no system call") }
         }
     }
 
@@ -64,6 +66,7 @@ import Testing
             let counters = runtime.workers.map { $0.counters.snapshot() }
             #expect(counters.allSatisfy { $0.lostWakeups == 0 })
             #expect(counters[last].sleeps > 100, "the consumer's worker must actually have slept")
+        #expect(pipeline.stages[0].counters.wakeups.load(ordering: .relaxed) > 0, "and been woken by its producer")
         }
     }
 

@@ -82,6 +82,32 @@ import Testing
         #expect(expected == next)
     }
 
+    /// Indices run free over UInt32: crossing 2^32 must not lose, duplicate or reorder items.
+    @Test(arguments: [1, 7, 32])
+    func indexWrapAt32BitsKeepsOrder(burst: Int) throws {
+        let ends = try makeRing(capacity: 64)
+        var producer = ends.producer
+        var consumer = ends.consumer
+        #expect(sluice_spsc_debug_set_index(producer.ring, UInt32.max - 100) == 0)
+        var next: UInt64 = 0
+        var expected: UInt64 = 0
+        withBurst(burst) { buffer in
+            for _ in 0..<1_000 {
+                for i in 0..<burst { buffer[i] = next + UInt64(i) }
+                let (added, _) = producer.enqueueBurst(UnsafeBufferPointer(buffer))
+                next += UInt64(added)
+                #expect(producer.count <= 64)
+                let (taken, _) = consumer.dequeueBurst(into: buffer)
+                for i in 0..<taken {
+                    #expect(buffer[i] == expected)
+                    expected += 1
+                }
+            }
+        }
+        #expect(expected == next)
+        #expect(next > 200, "the run crossed the wrap")
+    }
+
     @Test(arguments: [1, 8, 32, 256])
     func burstIsBestEffortAndReportsSpace(burst: Int) throws {
         let ends = try makeRing(capacity: 256)

@@ -190,7 +190,7 @@ extension StageLoad {
 
 /// Plain copy of a stage's counters and its input queue.
 public struct StageSnapshot: Sendable, Equatable {
-    public var calls, items, filtered, cycles, blockedTurns: UInt64
+    public var calls, items, filtered, cycles, blockedTurns, wakeups: UInt64
     public var queued: Int
 }
 
@@ -203,6 +203,7 @@ extension Pipeline {
                           filtered: stage.counters.filtered.load(ordering: .relaxed),
                           cycles: stage.counters.cycles.load(ordering: .relaxed),
                           blockedTurns: stage.counters.blockedTurns.load(ordering: .relaxed),
+                          wakeups: stage.counters.wakeups.load(ordering: .relaxed),
                           queued: stage.inputLink?.observer.count ?? 0)
         }
     }

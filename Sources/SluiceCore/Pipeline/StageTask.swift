@@ -15,6 +15,9 @@ public final class StageCounters: Sendable {
     public let cycles = Atomic<UInt64>(0)
     /// Turns that could not run because the output ring was full (backpressure, nothing lost).
     public let blockedTurns = Atomic<UInt64>(0)
+    /// Futex wakes this stage made for a sleeping downstream worker (the only system call on the
+    /// data path; zero while the consumer polls).
+    public let wakeups = Atomic<UInt64>(0)
 
     init() {}
 
@@ -32,11 +35,12 @@ final class Link: Sendable {
     init(observer: RingObserver) { self.observer = observer }
 
     /// Wakes the consuming worker if it announced sleep. Called after every enqueue that added items.
-    @inline(__always) func notifyConsumer(from own: OpaquePointer) {
+    /// Returns true if it made the futex wake call.
+    @inline(__always) func notifyConsumer(from own: OpaquePointer) -> Bool {
         let waiter = consumerWaiter.load(ordering: .relaxed)
         // The same worker is obviously awake: skip the fence on run-to-completion hand-offs.
-        guard waiter != 0, waiter != UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(own))) else { return }
-        _ = sluice_waiter_notify(OpaquePointer(bitPattern: waiter))
+        guard waiter != 0, waiter != UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(own))) else { return false }
+        return sluice_waiter_notify(OpaquePointer(bitPattern: waiter)) == 1
     }
 }
 
@@ -139,7 +143,7 @@ final class SourceTask<Body: SourceBody>: StageTask, @unchecked Sendable {
         let (added, _) = output.enqueueBulk(UnsafeBufferPointer(rebasing: burst[0..<produced]))
         precondition(added == produced, "output ring lost room only its producer can take")
         StageCounters.bump(pipeline.entered, by: UInt64(produced))
-        outputLink!.notifyConsumer(from: waiter)
+        if outputLink!.notifyConsumer(from: waiter) { StageCounters.bump(counters.wakeups, by: 1) }
         recordTurn(items: produced, filtered: 0, cycles: sluice_cycles() &- start)
         return produced
     }
@@ -181,7 +185,7 @@ final class RelayTask<Body: StageBody>: StageTask, @unchecked Sendable {
         if kept > 0 {
             let (added, _) = output.enqueueBulk(UnsafeBufferPointer(rebasing: burst[0..<kept]))
             precondition(added == kept, "output ring lost room only its producer can take")
-            outputLink!.notifyConsumer(from: waiter)
+            if outputLink!.notifyConsumer(from: waiter) { StageCounters.bump(counters.wakeups, by: 1) }
         }
         recordTurn(items: taken, filtered: taken - kept, cycles: sluice_cycles() &- start)
         return taken
