@@ -7,9 +7,9 @@ import PackageDescription
 // DPDK's headers (libdpdk-dev) for the rte_ring anchor: search paths only, no EAL and no -march, so
 // every ring in the harness is compiled for the same baseline CPU as the Swift code.
 let dpdkHeaderFlags = ["-I/usr/include/dpdk", "-I/usr/include/x86_64-linux-gnu/dpdk"]
-// The ring under test, read from the root package's sources so one file can rebuild it at another
-// SLUICE_SPSC_ALIGN (CShims is not a product, so it cannot be a dependency).
-let cshimsHeaderFlags = ["-I\(Context.packageDirectory)/../CShims/include", "-I\(Context.packageDirectory)/../CShims"]
+// The ring under test, read from the root package's headers so one file can rebuild it at another
+// SLUICE_SPSC_ALIGN (CShims is not a product, so it cannot be a dependency; it links in via SluiceCore).
+let cshimsHeaderFlags = ["-I\(Context.packageDirectory)/../CShims/include"]
 
 let package = Package(
     name: "SluiceBenchmarks",

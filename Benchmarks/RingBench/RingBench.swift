@@ -2,8 +2,10 @@
 //
 // Two pinned threads move items through every ring variant (RingHarness), single and burst 32,
 // capacity 1024 and 65536; each iteration is one run, with ring setup outside the measurement.
-// `mallocCountTotal` there counts the run's two thread starts, the same for every variant and
-// independent of the item count. The one-thread benchmark shows the hot path itself allocates nothing.
+// `mallocCountTotal` there is what starting the run's two threads allocates: the same for every
+// variant, C or Swift, and independent of the item count. The one-thread benchmark shows the Swift hot
+// path itself allocates nothing. This suite runs one benchmark after another, so a machine whose speed
+// drifts skews comparisons between them: ratios for docs come from ring-compare, which interleaves.
 // Run from Benchmarks/: `swift package benchmark --target RingBench`.
 import Benchmark
 import Glibc
