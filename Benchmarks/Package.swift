@@ -37,12 +37,21 @@ let package = Package(
             name: "ring-compare",
             dependencies: ["RingHarness", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
+        // Futex wake-up latency between two pinned threads: the floor under sleeping wait modes.
+        .target(name: "CWakeHarness", linkerSettings: [.linkedLibrary("pthread")]),
+        .executableTarget(name: "wake-latency", dependencies: ["CWakeHarness"]),
         // package-benchmark suites: one folder each beside this file (the plugin looks for a parent
         // folder named Benchmarks).
         .executableTarget(
             name: "RingBench",
             dependencies: ["RingHarness", .product(name: "Benchmark", package: "benchmark")],
             path: "RingBench",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        ),
+        .executableTarget(
+            name: "PipelineBench",
+            dependencies: [.product(name: "SluiceCore", package: "Sluice"), .product(name: "Benchmark", package: "benchmark")],
+            path: "PipelineBench",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),
     ],

@@ -178,6 +178,13 @@ static inline uint32_t sluice_spsc_free_count(struct sluice_spsc *r) {
     return sluice_spsc_producer_free_(r, head, r->capacity);
 }
 
+/* Producer side only. Free slots, reading the consumer's index only if fewer than `want` look free:
+ * no cross-core traffic while there is room, exact when it matters. */
+static inline uint32_t sluice_spsc_free_count_wanting(struct sluice_spsc *r, uint32_t want) {
+    uint32_t head = atomic_load_explicit(&r->prod.head, memory_order_relaxed);
+    return sluice_spsc_producer_free_(r, head, want);
+}
+
 /* Consumer side only. Takes up to n items (best effort); returns how many (0..n).
  * *available, if not NULL, gets how many items are left after the call as this consumer sees them:
  * a lower bound (the producer may have added more). */

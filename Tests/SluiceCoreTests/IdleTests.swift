@@ -11,21 +11,33 @@ import Testing
             now += 20_000
         }
         #expect(predictor.gapNsAverage < 1_200)
-        #expect(predictor.spinBudgetNs >= 1_000, "spin through a 1 µs gap rather than sleep")
+        #expect(predictor.utilisation > 0.9)
+        #expect(predictor.spinBudgetNs >= 1_000, "a busy worker spins through a 1 µs gap rather than sleep")
+    }
+
+    @Test func lightLoadSleepsEvenThroughShortGaps() {
+        var predictor = IdlePredictor()
+        var now: UInt64 = 1_000_000
+        for _ in 0..<64 {  // busy 0.5 µs, idle 4.5 µs: 10% load
+            predictor.recordArrival(nowNs: now + 4_500, idleSinceNs: now)
+            now += 5_000
+        }
+        #expect(predictor.utilisation < 0.2)
+        #expect(predictor.spinBudgetNs == predictor.configuration.spinNsMin)
     }
 
     @Test func longRegularGapsSleepUntilJustBeforeTheNextArrival() {
         var predictor = IdlePredictor()
         var now: UInt64 = 1_000_000
         for _ in 0..<64 {
-            predictor.recordArrival(nowNs: now + 500_000, idleSinceNs: now)
+            predictor.recordArrival(nowNs: now + 900_000, idleSinceNs: now)
             now += 1_000_000
         }
         #expect(predictor.spinBudgetNs == predictor.configuration.spinNsMin)
         let sleep = predictor.sleepNs(nowNs: now + 10_000, idleSinceNs: now, fallbackNs: 1_000_000_000)
-        let expected = 500_000 - predictor.configuration.wakeMarginNs - 10_000
+        let expected = 900_000 - predictor.configuration.wakeMarginNs - 10_000
         #expect(sleep > expected - 20_000 && sleep < expected + 20_000)
-        #expect(predictor.sleepNs(nowNs: now + 600_000, idleSinceNs: now, fallbackNs: 7) == 7, "late: wait")
+        #expect(predictor.sleepNs(nowNs: now + 950_000, idleSinceNs: now, fallbackNs: 7) == 7, "late: wait")
     }
 
     @Test func irregularGapsFallBack() {

@@ -1,18 +1,20 @@
 // Path: Sources/SluiceCore/Idle/IdlePredictor.swift — the adaptive mode's learned spin budget.
 
-/// Learns the gaps between arrivals on one worker and decides, when the worker is idle and nothing
-/// is in flight towards it, whether to keep spinning and for how long it may sleep.
+/// Learns the busy periods and idle gaps of one worker and decides, when the worker is idle and
+/// nothing is in flight towards it, how long to keep spinning and how long it may then sleep.
+/// The rule: while the worker is busy at least `spinUtilisationMin` of the time, spin through the
+/// gaps it has seen (sleeping there would add a wake-up to most bursts for little saving); below
+/// that, spin only `spinNsMin` and sleep, so a lightly loaded core is mostly asleep.
 /// Owned by its worker thread; plain arithmetic, no allocation, no atomics.
 public struct IdlePredictor: Sendable {
     /// Tuning bounds. Defaults suit a futex wake-up costing tens of microseconds.
     public struct Configuration: Sendable {
         /// Shortest spin before sleeping, even when gaps are long.
-        public var spinNsMin: UInt64 = 2_000
+        public var spinNsMin: UInt64 = 1_000
         /// Longest spin before sleeping, however short the gaps.
         public var spinNsMax: UInt64 = 200_000
-        /// CPU time a sleep and wake-up cost the sleeper (two context switches and a system call):
-        /// idle gaps shorter than this are spun through, since sleeping would burn more than it saves.
-        public var wakeCostNs: UInt64 = 2_000
+        /// Busy share of time (0...1) at and above which gaps are spun through.
+        public var spinUtilisationMin = 0.5
         /// How early to wake before a predicted arrival: the wake-up latency of an idle core plus
         /// slack, so the worker is polling when the items come.
         public var wakeMarginNs: UInt64 = 20_000
@@ -26,33 +28,42 @@ public struct IdlePredictor: Sendable {
     /// Moving average of the gap between the ends of busy periods and the next arrival, in ns.
     public private(set) var gapNsAverage: UInt64
     /// Moving average of the absolute deviation of that gap, in ns (how regular arrivals are).
-    public private(set) var gapNsDeviation: UInt64
+    public private(set) var gapNsDeviation: UInt64 = 0
+    /// Moving average of the busy periods between idle gaps, in ns.
+    public private(set) var busyNsAverage: UInt64 = 0
     private var lastArrivalNs: UInt64 = 0
 
     public init(configuration: Configuration = Configuration()) {
         self.configuration = configuration
-        self.gapNsAverage = configuration.wakeCostNs
-        self.gapNsDeviation = configuration.wakeCostNs
+        self.gapNsAverage = configuration.spinNsMin
     }
 
     /// Records that work arrived at `nowNs` after the worker had been idle since `idleSinceNs`.
     public mutating func recordArrival(nowNs: UInt64, idleSinceNs: UInt64) {
-        let gap = nowNs &- idleSinceNs
         let shift = configuration.ewmaShift
+        if lastArrivalNs != 0, idleSinceNs > lastArrivalNs {
+            let busy = idleSinceNs - lastArrivalNs
+            busyNsAverage = busyNsAverage &- (busyNsAverage >> shift) &+ (busy >> shift)
+        }
+        let gap = nowNs &- idleSinceNs
         let deviation = gap > gapNsAverage ? gap - gapNsAverage : gapNsAverage - gap
         gapNsAverage = gapNsAverage &- (gapNsAverage >> shift) &+ (gap >> shift)
         gapNsDeviation = gapNsDeviation &- (gapNsDeviation >> shift) &+ (deviation >> shift)
         lastArrivalNs = nowNs
     }
 
-    /// How long to spin, from the start of an idle period, before sleeping.
-    /// Gaps shorter than a sleep's CPU cost are spun through; longer ones get a short spin, then sleep.
+    /// Busy share of the worker's recent time (0...1).
+    public var utilisation: Double {
+        let total = busyNsAverage &+ gapNsAverage
+        return total == 0 ? 0 : Double(busyNsAverage) / Double(total)
+    }
+
+    /// How long to spin, from the start of an idle period, before sleeping: through the usual gap
+    /// while the worker is busy enough, else the minimum.
     public var spinBudgetNs: UInt64 {
         let c = configuration
-        if gapNsAverage <= c.wakeCostNs {
-            return min(max(gapNsAverage + 2 * gapNsDeviation, c.spinNsMin), c.spinNsMax)
-        }
-        return c.spinNsMin
+        guard utilisation >= c.spinUtilisationMin else { return c.spinNsMin }
+        return min(max(gapNsAverage + 2 * gapNsDeviation, c.spinNsMin), c.spinNsMax)
     }
 
     /// How long to sleep from `nowNs` in an idle period that began at `idleSinceNs`: until shortly

@@ -6,7 +6,8 @@ public enum WaitMode: UInt8, Sendable, CaseIterable, CustomStringConvertible {
     /// Never sleeps: lowest latency, one full core whatever the load.
     case busyPoll = 0
     /// Polls while items are in flight towards its stages, then spins a budget learned from the
-    /// inter-arrival gaps, then sleeps until a producer wakes it or the next arrival is predicted.
+    /// inter-arrival gaps and its load (`IdlePredictor`), then sleeps until a producer wakes it or
+    /// shortly before the next arrival it predicts.
     case adaptive = 1
     /// Sleeps as soon as a turn finds no work; producers wake it.
     case interrupt = 2

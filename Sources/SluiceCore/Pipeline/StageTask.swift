@@ -131,7 +131,7 @@ final class SourceTask<Body: SourceBody>: StageTask, @unchecked Sendable {
     }
 
     override func runOnce(waiter: OpaquePointer) -> Int {
-        let room = min(burst.count, output.freeCount())
+        let room = min(burst.count, output.freeCount(wanting: burst.count))
         guard room > 0 else {
             StageCounters.bump(counters.blockedTurns, by: 1)
             return 0
@@ -172,7 +172,7 @@ final class RelayTask<Body: StageBody>: StageTask, @unchecked Sendable {
     }
 
     override func runOnce(waiter: OpaquePointer) -> Int {
-        let room = min(burst.count, output.freeCount())
+        let room = min(burst.count, output.freeCount(wanting: burst.count))
         guard room > 0 else {
             if !input.observer.isEmpty { StageCounters.bump(counters.blockedTurns, by: 1) }
             return 0

@@ -134,8 +134,15 @@ public struct RingProducer: ~Copyable, @unchecked Sendable {  // unchecked: SPSC
         items.withUnsafeBufferPointer { enqueueBurst($0) }
     }
 
-    /// Free slots now, exact for this producer (the consumer can only add to it).
+    /// Free slots now, exact for this producer (the consumer can only add to it). Reads the
+    /// consumer's cache line.
     @inlinable public mutating func freeCount() -> Int { Int(sluice_spsc_free_count(ring)) }
+
+    /// Free slots, reading the consumer's index only if fewer than `wanted` look free: a lower bound
+    /// that is at least `wanted` whenever that many are really free. The cheap check for a hot loop.
+    @inlinable public mutating func freeCount(wanting wanted: Int) -> Int {
+        Int(sluice_spsc_free_count_wanting(ring, UInt32(truncatingIfNeeded: wanted)))
+    }
     /// Items queued now.
     @inlinable public var count: Int { Int(sluice_spsc_count(ring)) }
 }

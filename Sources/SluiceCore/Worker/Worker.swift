@@ -26,6 +26,7 @@ public final class Worker: @unchecked Sendable {  // unchecked: `stages` is touc
     let state = Atomic<Int>(0)
     let pinErrno = Atomic<Int32>(0)
     let predictorConfiguration: IdlePredictor.Configuration
+    private var wakeMarginNs: UInt64 { predictorConfiguration.wakeMarginNs }
     /// Stages this worker runs, in (pipeline, position) order. Worker thread only once started.
     private let stages: UnsafeMutableBufferPointer<Unmanaged<StageTask>>
     private var stageCount = 0
@@ -158,8 +159,10 @@ public final class Worker: @unchecked Sendable {  // unchecked: `stages` is touc
         var workWaiting = hasMail.load(ordering: .relaxed) || stopRequested.load(ordering: .relaxed)
         for slot in 0..<stageCount where !workWaiting {
             let stage = stages[slot].takeUnretainedValue()
-            guard let hint = stage.sleepHintNs(nowNs: now), hint > 0 else { workWaiting = true; break }
-            timeout = min(timeout, hint)
+            // A source's next item is due in `hint`: sleep only if waking early enough is possible,
+            // else keep polling (a late wake would make the source fall behind and then burst).
+            guard let hint = stage.sleepHintNs(nowNs: now), hint > wakeMarginNs else { workWaiting = true; break }
+            timeout = min(timeout, hint == UInt64.max ? hint : hint - wakeMarginNs)
             workWaiting = stage.hasInput()
         }
         if workWaiting {
