@@ -63,6 +63,11 @@ public class StageTask: @unchecked Sendable {  // unchecked: one worker at a tim
     let upstreamRings: UnsafeMutableBufferPointer<OpaquePointer>
     /// Counters of every stage before this one: their filtered items count as resolved here.
     let upstreamCounters: [StageCounters]
+    /// While the output ring is full: the cycle count before which the stage does not look at it
+    /// again (0: not blocked). Polling a full ring at full speed keeps pulling the consumer's index
+    /// line away from the consumer, slowing the very stage everything waits for.
+    final var retryAtCycles: UInt64 = 0
+    static let blockedBackoffCycles: UInt64 = 2_048
 
     init(name: String, position: Int, pipeline: Pipeline, inputLink: Link?, outputLink: Link?,
          burstCount: Int, upstreamRings: [OpaquePointer], upstreamCounters: [StageCounters]) {
@@ -107,6 +112,20 @@ public class StageTask: @unchecked Sendable {  // unchecked: one worker at a tim
         return false
     }
 
+    /// True while a blocked stage should leave its full output ring alone.
+    @inline(__always) final func backingOff() -> Bool {
+        guard retryAtCycles != 0 else { return false }
+        if sluice_cycles() < retryAtCycles { return true }
+        retryAtCycles = 0
+        return false
+    }
+
+    /// Records a turn that found the output ring full, and starts a back-off.
+    @inline(__always) final func recordBlocked() {
+        StageCounters.bump(counters.blockedTurns, by: 1)
+        retryAtCycles = sluice_cycles() &+ Self.blockedBackoffCycles
+    }
+
     /// Records one turn that moved `items` items and spent `cycles` ticks.
     @inline(__always) final func recordTurn(items: Int, filtered: Int, cycles: UInt64) {
         StageCounters.bump(counters.calls, by: 1)
@@ -131,9 +150,10 @@ final class SourceTask<Body: SourceBody>: StageTask, @unchecked Sendable {
     }
 
     override func runOnce(waiter: OpaquePointer) -> Int {
+        if backingOff() { return 0 }
         let room = min(burst.count, output.freeCount(wanting: burst.count))
         guard room > 0 else {
-            StageCounters.bump(counters.blockedTurns, by: 1)
+            recordBlocked()
             return 0
         }
         let start = sluice_cycles()
@@ -172,9 +192,10 @@ final class RelayTask<Body: StageBody>: StageTask, @unchecked Sendable {
     }
 
     override func runOnce(waiter: OpaquePointer) -> Int {
+        if backingOff() { return 0 }
         let room = min(burst.count, output.freeCount(wanting: burst.count))
         guard room > 0 else {
-            if !input.observer.isEmpty { StageCounters.bump(counters.blockedTurns, by: 1) }
+            recordBlocked()
             return 0
         }
         let (taken, _) = input.dequeueBurst(into: UnsafeMutableBufferPointer(rebasing: burst[0..<room]))
