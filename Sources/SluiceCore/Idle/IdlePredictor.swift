@@ -9,8 +9,8 @@
 public struct IdlePredictor: Sendable {
     /// Tuning bounds. Defaults suit a futex wake-up costing tens of microseconds.
     public struct Configuration: Sendable {
-        /// Shortest spin before sleeping, even when gaps are long.
-        public var spinNsMin: UInt64 = 1_000
+        /// Shortest spin before sleeping, even when gaps are long (in-flight items are polled for anyway).
+        public var spinNsMin: UInt64 = 0
         /// Longest spin before sleeping, however short the gaps.
         public var spinNsMax: UInt64 = 200_000
         /// Busy share of time (0...1) at and above which gaps are spun through.
@@ -72,6 +72,9 @@ public struct IdlePredictor: Sendable {
     public func sleepNs(nowNs: UInt64, idleSinceNs: UInt64, fallbackNs: UInt64) -> UInt64 {
         let c = configuration
         guard gapNsDeviation < gapNsAverage / 2 else { return fallbackNs }  // irregular: no prediction
+        // A timed wake pays the same wake-up latency as a producer's; it only helps when the sleep
+        // before it is at least as long as that latency.
+        guard gapNsAverage >= 2 * c.wakeMarginNs else { return fallbackNs }
         let predicted = idleSinceNs &+ gapNsAverage
         let wake = predicted > c.wakeMarginNs ? predicted - c.wakeMarginNs : 0
         guard wake > nowNs else { return fallbackNs }  // late: wait to be woken
