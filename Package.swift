@@ -7,6 +7,8 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "SluiceCore", targets: ["SluiceCore"]),
+        .library(name: "SluicePacket", targets: ["SluicePacket"]),
+        .library(name: "SluicePacketIO", targets: ["SluicePacketIO"]),
         .executable(name: "sluice", targets: ["sluice"]),
     ],
     dependencies: [
@@ -18,7 +20,7 @@ let package = Package(
         .target(
             name: "CShims",
             path: "CShims",
-            linkerSettings: [.linkedLibrary("numa"), .linkedLibrary("pthread")]
+            linkerSettings: [.linkedLibrary("numa"), .linkedLibrary("pcap"), .linkedLibrary("pthread")]
         ),
         .target(
             name: "SluiceCore",
@@ -27,14 +29,28 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
+        // Header parsing and classification over bytes: no system calls, testable without root.
+        .target(name: "SluicePacket", dependencies: ["SluiceCore"]),
+        // The only packet code that talks to the kernel: pcap files, libpcap live capture, AF_PACKET.
+        .target(
+            name: "SluicePacketIO",
+            dependencies: [
+                "SluicePacket", "SluiceCore", "CShims",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        // The parser's fuzz target: libFuzzer with `-sanitize=fuzzer`, a bounded random run otherwise.
+        .executableTarget(name: "SluiceParserFuzz", dependencies: ["SluicePacket"]),
         .executableTarget(
             name: "sluice",
             dependencies: [
-                "SluiceCore",
+                "SluiceCore", "SluicePacket", "SluicePacketIO",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .testTarget(name: "SluiceCoreTests", dependencies: ["SluiceCore", "CShims"]),
+        .testTarget(name: "SluicePacketTests", dependencies: ["SluicePacket", "SluiceCore"]),
+        .testTarget(name: "SluicePacketIOTests", dependencies: ["SluicePacketIO", "SluicePacket", "SluiceCore", "CShims"]),
     ],
     cLanguageStandard: .gnu11
 )

@@ -60,6 +60,8 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
     /// NUMA node the buffers live on; nil when NUMA placement was unavailable.
     public let numaNode: Int?
     @usableFromInline let base: UnsafeMutableRawPointer
+    /// One `PacketMetadata` per buffer, beside the data.
+    @usableFromInline let metadataBase: UnsafeMutablePointer<PacketMetadata>
     @usableFromInline let freeList: OpaquePointer
     @usableFromInline let freeHook: BufferFreeHook?
     private let byteCount: Int
@@ -93,6 +95,8 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
             let added = sluice_mpmc_enqueue(freeList, UInt64(index))
             precondition(added == 1, "free list smaller than the pool")
         }
+        self.metadataBase = .allocate(capacity: bufferCount)
+        self.metadataBase.initialize(repeating: PacketMetadata(), count: bufferCount)
         self.bufferCount = bufferCount
         self.bufferSizeBytes = stride
         self.numaNode = node
@@ -103,6 +107,7 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
     }
 
     deinit {
+        metadataBase.deallocate()
         sluice_mpmc_delete(freeList)
         if numaNode != nil { sluice_numa_free(base, byteCount) } else { Glibc.free(base) }
     }
@@ -169,6 +174,12 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
     /// The bytes of an owned buffer.
     @inlinable public func bytes(of buffer: borrowing PacketBuffer) -> UnsafeMutableRawBufferPointer {
         bytes(at: buffer.index)
+    }
+
+    /// The metadata of the buffer at `index`. Only the buffer's owner may read or write it.
+    @inlinable public func metadata(at index: UInt32) -> UnsafeMutablePointer<PacketMetadata> {
+        precondition(Int(index) < bufferCount, "buffer index outside the pool")
+        return metadataBase + Int(index)
     }
 
     /// Buffers free now; a snapshot.

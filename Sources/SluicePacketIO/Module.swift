@@ -1,0 +1,1 @@
+// Placeholder until the packet I/O lands (being written now).
