@@ -4,10 +4,11 @@ SHELL := /bin/bash
 export PATH := $(PATH):/opt/swift/usr/bin
 
 SWIFT ?= swift
-# System packages the build and tests need (headers and libraries CShims links).
-APT_PACKAGES := liburing-dev libpcap-dev libnuma-dev pkg-config
-# Extra packages for the benchmark anchors (DPDK's rte_ring).
-APT_BENCH_PACKAGES := libdpdk-dev
+# System packages the build and tests need: headers and libraries CShims links, and the tools tests
+# use to make and read captures (tcpdump, tshark, scapy) and namespaces (iproute2).
+APT_PACKAGES := liburing-dev libpcap-dev libnuma-dev pkg-config tcpdump tshark python3-scapy iproute2
+# Extra packages for the benchmark anchors (DPDK's rte_ring) and traffic senders.
+APT_BENCH_PACKAGES := libdpdk-dev tcpreplay netsniff-ng
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Tests that pin threads and measure timing run one suite at a time on small machines.
 TEST_FLAGS ?= --no-parallel
