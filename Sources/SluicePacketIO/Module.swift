@@ -1,1 +1,0 @@
-// Placeholder until the packet I/O lands (being written now).

@@ -1,0 +1,239 @@
+// Path: Sources/SluicePacketIO/Pcap/PcapStages.swift — pcap files as the first and last stage of a
+// pipeline: records into pool buffers, paced; pool buffers into a savefile.
+import CShims
+import SluiceCore
+import Synchronization
+
+/// How a replay spaces its packets.
+public enum ReplayPacing: Sendable, Equatable {
+    /// The capture's own gaps divided by `speed` (1 = real time), anchored to the first packet's
+    /// timestamp, so a late turn catches up instead of drifting.
+    case capture(speed: Double)
+    /// A fixed rate, packet i due at start + i / rate.
+    case rate(packetsPerSecond: Double)
+    /// As fast as the pipeline takes them.
+    case topSpeed
+}
+
+/// Counters of a `PcapSource`, readable from any thread.
+public final class PcapSourceCounters: Sendable {
+    public let packets = Atomic<UInt64>(0)
+    public let bytes = Atomic<UInt64>(0)
+    /// Records that found no free pool buffer; the source waits for one (nothing is skipped).
+    public let poolWaits = Atomic<UInt64>(0)
+    public let loopsDone = Atomic<UInt64>(0)
+    init() {}
+}
+
+/// Stage 1 of a replay: reads records from a savefile into pool buffers (one copy each) and releases
+/// them when due. Runs on one worker at a time; the file is reopened for each extra loop. A bad
+/// record ends the source: what came before it goes through, the error is kept in `failure`.
+public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: one worker at a time
+    public let path: String
+    public let linkType: Int
+    public let pacing: ReplayPacing
+    public let loopCount: Int
+    public let port: UInt16
+    public let counters = PcapSourceCounters()
+    private let failureBox = Mutex<PcapError?>(nil)
+    private let pool: BufferPool
+    private var reader: PcapReader?
+    private var pending: UInt32?        // the next record, read into a buffer, not yet due
+    private var pendingDueNs: UInt64 = 0
+    private var firstTimestampNs: UInt64?
+    private var lastTimestampNs: UInt64 = 0
+    private var loopOffsetNs: UInt64 = 0
+    private var startNs: UInt64 = 0
+    private var sequence: UInt64 = 0
+    private var loopsLeft: Int
+    private var finished = false
+
+    /// Opens `path` now, so a missing or unreadable file is an error before the pipeline starts.
+    public init(path: String, pool: BufferPool, pacing: ReplayPacing, loopCount: Int = 1, port: UInt16 = 0)
+        throws(PcapError)
+    {
+        precondition(loopCount >= 1, "a replay runs the capture at least once")
+        let reader = try PcapReader(path: path)
+        self.path = path
+        self.linkType = reader.linkType
+        self.reader = consume reader
+        self.pool = pool
+        self.pacing = pacing
+        self.loopCount = loopCount
+        self.loopsLeft = loopCount - 1
+        self.port = port
+    }
+
+    /// The error that ended the replay early, if any.
+    public var failure: PcapError? { failureBox.withLock { $0 } }
+
+    public var isExhausted: Bool { finished && pending == nil }
+
+    public func produce(into items: UnsafeMutableBufferPointer<UInt64>) -> Int {
+        let now = sluice_monotonic_ns()
+        if startNs == 0 { startNs = now }
+        var count = 0
+        while count < items.count {
+            if pending == nil, !readNext(now: now) { break }
+            guard let index = pending, pendingDueNs <= now else { break }
+            pool.metadata(at: index).pointee.enqueueNs = now
+            items[count] = UInt64(index)
+            count += 1
+            pending = nil
+        }
+        return count
+    }
+
+    public func sleepHintNs(nowNs: UInt64) -> UInt64? {
+        if isExhausted { return UInt64.max }
+        guard pending != nil else { return nil }  // waiting for a pool buffer: poll
+        return pendingDueNs > nowNs ? pendingDueNs - nowNs : 0
+    }
+
+    /// Reads the next record into a fresh buffer as `pending`. False at the end (or on error, or when
+    /// no buffer is free: then the record stays unread and the next turn tries again).
+    private func readNext(now: UInt64) -> Bool {
+        guard !finished else { return false }
+        guard let buffer = pool.allocate() else {
+            counters.poolWaits.add(1, ordering: .relaxed)
+            return false
+        }
+        let index = buffer.releaseIndex()
+        do {
+            guard let record = try reader!.next() else {
+                pool.freeIndex(index)
+                return startNextLoop(now: now) && readNext(now: now)
+            }
+            fill(index, from: record)
+            pending = index
+            pendingDueNs = dueNs(timestampNs: record.timestampNs)
+            sequence &+= 1
+            return true
+        } catch {
+            pool.freeIndex(index)
+            failureBox.withLock { $0 = error }
+            finished = true
+            return false
+        }
+    }
+
+    private func fill(_ index: UInt32, from record: PcapRecord) {
+        let bytes = pool.bytes(at: index)
+        let length = min(record.capturedLength, bytes.count)
+        bytes.copyMemory(from: UnsafeRawBufferPointer(rebasing: record.bytes[0..<length]))
+        let metadata = pool.metadata(at: index)
+        metadata.pointee = PacketMetadata()
+        metadata.pointee.length = UInt32(length)
+        metadata.pointee.wireLength = UInt32(max(record.wireLength, length))
+        metadata.pointee.timestampNs = record.timestampNs
+        metadata.pointee.linkType = UInt16(truncatingIfNeeded: linkType)
+        metadata.pointee.port = port
+        counters.packets.store(counters.packets.load(ordering: .relaxed) &+ 1, ordering: .relaxed)
+        counters.bytes.store(counters.bytes.load(ordering: .relaxed) &+ UInt64(length), ordering: .relaxed)
+    }
+
+    private func dueNs(timestampNs: UInt64) -> UInt64 {
+        switch pacing {
+        case .topSpeed:
+            return 0
+        case .rate(let packetsPerSecond):
+            return startNs &+ UInt64(Double(sequence) * 1e9 / packetsPerSecond)
+        case .capture(let speed):
+            let first = firstTimestampNs ?? timestampNs
+            if firstTimestampNs == nil { firstTimestampNs = timestampNs }
+            lastTimestampNs = max(lastTimestampNs, timestampNs)
+            let offset = (timestampNs > first ? timestampNs - first : 0) &+ loopOffsetNs
+            return startNs &+ UInt64(Double(offset) / speed)
+        }
+    }
+
+    /// At the end of the file: reopen it for another loop, continuing the capture's clock one
+    /// microsecond after its last packet. False when no loops are left.
+    private func startNextLoop(now: UInt64) -> Bool {
+        counters.loopsDone.add(1, ordering: .relaxed)
+        guard loopsLeft > 0 else {
+            finished = true
+            return false
+        }
+        loopsLeft -= 1
+        if let first = firstTimestampNs { loopOffsetNs = loopOffsetNs &+ (lastTimestampNs - first) &+ 1_000 }
+        lastTimestampNs = firstTimestampNs ?? 0
+        do {
+            reader = nil
+            reader = try PcapReader(path: path)
+            return true
+        } catch {
+            failureBox.withLock { $0 = error }
+            finished = true
+            return false
+        }
+    }
+}
+
+/// Last stage: writes each buffer's bytes to a savefile and frees the buffer. Disk errors end the
+/// writing (counted, kept in `failure`); buffers are still freed, so the pipeline drains.
+public final class PcapSink: StageBody, @unchecked Sendable {  // unchecked: one worker at a time
+    private let pool: BufferPool
+    private var writer: PcapWriter
+    private let failureBox = Mutex<PcapError?>(nil)
+    private var failed = false
+    public let written = Atomic<UInt64>(0)
+    public let writeErrors = Atomic<UInt64>(0)
+
+    public init(path: String, pool: BufferPool, linkType: Int, snapshotLength: Int, nanosecond: Bool)
+        throws(PcapError)
+    {
+        self.pool = pool
+        self.writer = try PcapWriter(path: path, linkType: linkType, snapshotLength: snapshotLength,
+                                     nanosecond: nanosecond)
+    }
+
+    public var failure: PcapError? { failureBox.withLock { $0 } }
+
+    public func process(_ items: UnsafeMutableBufferPointer<UInt64>) -> Int {
+        var written: UInt64 = 0
+        for item in items {
+            let index = UInt32(truncatingIfNeeded: item)
+            if !failed {
+                let metadata = pool.metadata(at: index).pointee
+                let bytes = UnsafeRawBufferPointer(rebasing: pool.bytes(at: index)[0..<Int(metadata.length)])
+                do {
+                    try writer.write(timestampNs: metadata.timestampNs, wireLength: Int(metadata.wireLength),
+                                     bytes: bytes)
+                    written &+= 1
+                } catch { record(error) }
+            }
+            pool.freeIndex(index)
+        }
+        self.written.store(self.written.load(ordering: .relaxed) &+ written, ordering: .relaxed)
+        return items.count
+    }
+
+    /// Flushes and closes the file. Call after the pipeline has drained.
+    public func finish() throws(PcapError) {
+        do { try writer.close() } catch {
+            record(error)
+            throw error
+        }
+        if let failure { throw failure }
+    }
+
+    private func record(_ error: PcapError) {
+        failed = true
+        writeErrors.add(1, ordering: .relaxed)
+        failureBox.withLock { if $0 == nil { $0 = error } }
+    }
+}
+
+/// Last stage that drops everything: frees each buffer. The null sink of benchmarks.
+public struct DiscardSink: StageBody, @unchecked Sendable {  // unchecked: the pool outlives the pipeline
+    private let pool: Unmanaged<BufferPool>
+    public init(pool: BufferPool) { self.pool = Unmanaged.passUnretained(pool) }
+
+    public mutating func process(_ items: UnsafeMutableBufferPointer<UInt64>) -> Int {
+        pool._withUnsafeGuaranteedRef { pool in
+            for item in items { pool.freeIndex(UInt32(truncatingIfNeeded: item)) }
+        }
+        return items.count
+    }
+}

@@ -1,0 +1,221 @@
+// Path: Sources/SluicePacketIO/Replay/Replay.swift — `sluice replay`: a capture through the packet
+// pipeline (RX -> parse/classify -> action -> TX) on pinned workers, with progress and a summary.
+import CShims
+import Glibc
+import SluiceCore
+import SluicePacket
+
+/// Where replayed packets go.
+public enum ReplayOutput: Sendable, Equatable {
+    /// A pcap savefile, with the input's link type, snapshot length and timestamp precision.
+    case pcapFile(String)
+    /// An interface, through an AF_PACKET TX ring.
+    case interface(String)
+    /// Nowhere: buffers are freed (benchmarks).
+    case discard
+}
+
+/// Everything a replay needs; validated by `Replay.init`.
+public struct ReplayConfiguration: Sendable {
+    public var capturePath: String
+    public var output: ReplayOutput
+    public var pacing: ReplayPacing
+    public var loopCount: Int
+    public var cores: [Int]
+    public var waitMode: WaitMode
+    public var burstCount = 32
+    public var ringCapacity = 1024
+    public var poolBufferCount = 8192
+    public var bufferSizeBytes = 2048
+    /// Leave out the parse/classify and action stages (source straight to sink).
+    public var stagesOff = false
+
+    public init(capturePath: String, output: ReplayOutput, pacing: ReplayPacing = .topSpeed, loopCount: Int = 1,
+                cores: [Int], waitMode: WaitMode = .adaptive) {
+        self.capturePath = capturePath
+        self.output = output
+        self.pacing = pacing
+        self.loopCount = loopCount
+        self.cores = cores
+        self.waitMode = waitMode
+    }
+}
+
+/// Why a replay could not start or did not finish cleanly.
+public enum ReplayError: Error, Equatable, CustomStringConvertible {
+    case invalidConfiguration(String)
+    case capture(PcapError)
+    case pool(PoolError)
+    case runtime(RuntimeError)
+    case pipeline(PipelineError)
+    case output(String)
+
+    public var description: String {
+        switch self {
+        case .invalidConfiguration(let message): "invalid replay: \(message)"
+        case .capture(let error): "\(error)"
+        case .pool(let error): "buffer pool: \(error)"
+        case .runtime(let error): "runtime: \(error)"
+        case .pipeline(let error): "pipeline: \(error)"
+        case .output(let message): "output: \(message)"
+        }
+    }
+}
+
+/// Progress, reported about five times a second while a replay runs.
+public struct ReplayProgress: Sendable {
+    public var packets: UInt64
+    public var bytes: UInt64
+    public var elapsedNs: UInt64
+    /// Packets the capture holds times the loop count, when known (nil for an unknown total).
+    public var expectedPackets: UInt64?
+}
+
+/// What a replay did.
+public struct ReplaySummary: Sendable {
+    public var packets: UInt64
+    public var bytes: UInt64
+    public var delivered: UInt64
+    public var elapsedNs: UInt64
+    /// Drops by reason (name, count), only reasons that occurred.
+    public var drops: [(reason: String, count: UInt64)]
+    public var stageNames: [String]
+    public var stages: [StageSnapshot]
+    public var stagePlacement: [Int]
+    public var workers: [WorkerSnapshot]
+    public var cores: [Int]
+    /// The error that ended the replay early (a bad record, a failed write), if any.
+    public var failure: String?
+
+    public var packetsPerSecond: Double { Double(delivered) / max(Double(elapsedNs) / 1e9, 1e-9) }
+    public var bitsPerSecond: Double { Double(bytes) * 8 / max(Double(elapsedNs) / 1e9, 1e-9) }
+}
+
+/// A replay ready to run: the capture opened, the pool allocated, the pipeline built.
+/// Control-plane object: `run` blocks the calling thread until the capture has gone through.
+public final class Replay {
+    public let configuration: ReplayConfiguration
+    private let pool: BufferPool
+    private let source: PcapSource
+    private let sink: ReplaySink
+    private let pipeline: Pipeline
+    private let placement: [Int]
+
+    private enum ReplaySink {
+        case pcap(PcapSink)
+        case discard
+    }
+
+    public init(_ configuration: ReplayConfiguration) throws(ReplayError) {
+        try Self.validate(configuration)
+        self.configuration = configuration
+        let numaNode = CPU.numaNode(of: configuration.cores[0])
+        do {
+            pool = try BufferPool(bufferCount: configuration.poolBufferCount,
+                                  bufferSizeBytes: configuration.bufferSizeBytes, numaNode: numaNode)
+        } catch { throw .pool(error) }
+        do {
+            source = try PcapSource(path: configuration.capturePath, pool: pool, pacing: configuration.pacing,
+                                    loopCount: configuration.loopCount)
+        } catch { throw .capture(error) }
+        var builder = PipelineBuilder(name: "replay", burstCount: configuration.burstCount)
+        builder.source(source, name: "pcap-rx")
+        if !configuration.stagesOff {
+            builder.stage(PassThrough(), name: "classify")
+            builder.stage(PassThrough(), name: "action")
+        }
+        switch configuration.output {
+        case .pcapFile(let path):
+            let input: PcapReader
+            do { input = try PcapReader(path: configuration.capturePath) } catch { throw .capture(error) }
+            do {
+                let pcapSink = try PcapSink(path: path, pool: pool, linkType: input.linkType,
+                                            snapshotLength: input.snapshotLength,
+                                            nanosecond: input.format.nanosecond)
+                sink = .pcap(pcapSink)
+                builder.stage(pcapSink, name: "pcap-tx")
+            } catch { throw .capture(error) }
+        case .discard:
+            sink = .discard
+            builder.stage(DiscardSink(pool: pool), name: "discard")
+        case .interface(let name):
+            throw .output("interface output \(name) needs the AF_PACKET port")
+        }
+        let links = builder.stageCount - 1
+        do {
+            pipeline = try builder.build(ringCapacities: Array(repeating: configuration.ringCapacity, count: links),
+                                         numaNode: numaNode)
+        } catch { throw .pipeline(error) }
+        placement = Self.placement(stageCount: builder.stageCount, workerCount: configuration.cores.count)
+    }
+
+    /// Checks what the CLI could not: sizes against bounds. Bad values are typed errors, never traps.
+    static func validate(_ c: ReplayConfiguration) throws(ReplayError) {
+        guard !c.cores.isEmpty else { throw .invalidConfiguration("no cores") }
+        guard c.loopCount >= 1 else { throw .invalidConfiguration("--loop must be at least 1, got \(c.loopCount)") }
+        guard (1...Limits.burstCountMax).contains(c.burstCount) else {
+            throw .invalidConfiguration("burst must be 1...\(Limits.burstCountMax), got \(c.burstCount)")
+        }
+        switch c.pacing {
+        case .capture(let speed) where !(speed > 0 && speed.isFinite):
+            throw .invalidConfiguration("--speed must be positive, got \(speed)")
+        case .rate(let rate) where !(rate > 0 && rate.isFinite):
+            throw .invalidConfiguration("--rate must be positive, got \(rate)")
+        default: break
+        }
+        let inFlightMax = c.ringCapacity * 3 + c.burstCount * 4
+        guard c.poolBufferCount > inFlightMax else {
+            throw .invalidConfiguration("pool of \(c.poolBufferCount) buffers cannot fill rings holding \(inFlightMax)")
+        }
+    }
+
+    /// Source on the first worker, the rest spread over the others (all on one when there is one).
+    static func placement(stageCount: Int, workerCount: Int) -> [Int] {
+        (0..<stageCount).map { stage in
+            workerCount == 1 || stage == 0 ? 0 : 1 + (stage - 1) * (workerCount - 1) / max(stageCount - 1, 1)
+        }
+    }
+
+    /// Runs the replay to the end of the capture (all loops), calling `progress` about every 200 ms
+    /// on this thread. A bad record or failed write ends it early: the summary's `failure` says why.
+    public func run(progress: ((ReplayProgress) -> Void)? = nil) throws(ReplayError) -> ReplaySummary {
+        let runtime: Runtime
+        do {
+            runtime = try Runtime(configuration: RuntimeConfiguration(cores: configuration.cores,
+                                                                      waitMode: configuration.waitMode))
+            try runtime.start()
+        } catch { throw .runtime(error) }
+        defer { runtime.stop() }
+        let before = runtime.workers.map { $0.counters.snapshot() }
+        let start = Clock.monotonicNs()
+        do { try runtime.launch(pipeline, placement: placement) } catch { throw .runtime(error) }
+        while !runtime.drain(timeoutNs: 200_000_000) {
+            progress?(ReplayProgress(packets: source.counters.packets.load(ordering: .relaxed),
+                                     bytes: source.counters.bytes.load(ordering: .relaxed),
+                                     elapsedNs: Clock.monotonicNs() - start, expectedPackets: nil))
+        }
+        let elapsed = Clock.monotonicNs() - start
+        runtime.stop()
+        var failure = source.failure.map { "\($0)" }
+        if case .pcap(let pcapSink) = sink {
+            do { try pcapSink.finish() } catch { failure = failure ?? "\(error)" }
+        }
+        return ReplaySummary(
+            packets: source.counters.packets.load(ordering: .relaxed),
+            bytes: source.counters.bytes.load(ordering: .relaxed), delivered: pipeline.delivered,
+            elapsedNs: elapsed, drops: dropCounts(), stageNames: pipeline.stages.map(\.name),
+            stages: pipeline.snapshot(), stagePlacement: placement,
+            workers: zip(runtime.workers, before).map { $0.counters.snapshot().since($1) },
+            cores: configuration.cores, failure: failure)
+    }
+
+    private func dropCounts() -> [(reason: String, count: UInt64)] {
+        var drops: [(reason: String, count: UInt64)] = []
+        let poolWaits = source.counters.poolWaits.load(ordering: .relaxed)
+        if poolWaits > 0 { drops.append(("pool-wait (not a drop: source waited)", poolWaits)) }
+        if case .pcap(let pcapSink) = sink, pcapSink.writeErrors.load(ordering: .relaxed) > 0 {
+            drops.append(("write-error", pcapSink.writeErrors.load(ordering: .relaxed)))
+        }
+        return drops
+    }
+}

@@ -1,0 +1,73 @@
+// Path: Sources/sluice/ReplayReport.swift — the replay summary: a VPP `show runtime` style table or JSON.
+import SluiceCore
+import SluicePacketIO
+
+enum ReplayReport {
+    static func table(_ s: ReplaySummary) -> String {
+        var lines: [String] = []
+        let seconds = Double(s.elapsedNs) / 1e9
+        lines.append("replay: \(s.packets) packets, \(s.bytes) bytes read; \(s.delivered) delivered in "
+            + "\(String(format1: seconds * 1000)) ms: \(Int(s.packetsPerSecond)) pps, "
+            + "\(String(format1: s.bitsPerSecond / 1e6)) Mbit/s")
+        if s.drops.isEmpty {
+            lines.append("drops: none")
+        } else {
+            lines.append("drops: " + s.drops.map { "\($0.reason) \($0.count)" }.joined(separator: ", "))
+        }
+        lines.append("")
+        lines.append(row(["stage", "worker", "calls", "items", "items/call", "cycles/item", "filtered", "blocked"]))
+        for (index, stage) in s.stages.enumerated() {
+            let perCall = stage.calls > 0 ? Double(stage.items) / Double(stage.calls) : 0
+            let perItem = stage.items > 0 ? Double(stage.cycles) / Double(stage.items) : 0
+            lines.append(row([s.stageNames[index], "\(s.stagePlacement[index])", "\(stage.calls)", "\(stage.items)",
+                              String(format1: perCall), String(format1: perItem), "\(stage.filtered)",
+                              "\(stage.blockedTurns)"]))
+        }
+        lines.append("")
+        lines.append(row(["worker", "core", "busy polls", "empty polls", "sleeps", "util %", "cpu ms"]))
+        for (index, worker) in s.workers.enumerated() {
+            lines.append(row(["\(index)", "\(s.cores[index])", "\(worker.busyPolls)", "\(worker.emptyPolls)",
+                              "\(worker.sleeps)", String(format1: worker.utilisation * 100),
+                              String(format1: Double(worker.cpuNs) / 1e6)]))
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    static func json(_ s: ReplaySummary) -> String {
+        let drops = s.drops.map { "{\"reason\":\"\(escaped($0.reason))\",\"count\":\($0.count)}" }
+        let stages = s.stages.enumerated().map { index, stage in
+            "{\"name\":\"\(s.stageNames[index])\",\"worker\":\(s.stagePlacement[index]),\"calls\":\(stage.calls),"
+                + "\"items\":\(stage.items),\"cycles\":\(stage.cycles),\"filtered\":\(stage.filtered),"
+                + "\"blockedTurns\":\(stage.blockedTurns)}"
+        }
+        let workers = s.workers.enumerated().map { index, w in
+            "{\"core\":\(s.cores[index]),\"busyPolls\":\(w.busyPolls),\"emptyPolls\":\(w.emptyPolls),"
+                + "\"sleeps\":\(w.sleeps),\"cpuNs\":\(w.cpuNs),\"utilisation\":\(w.utilisation)}"
+        }
+        let failure = s.failure.map { "\"\(escaped($0))\"" } ?? "null"
+        return "{\"packets\":\(s.packets),\"bytes\":\(s.bytes),\"delivered\":\(s.delivered),"
+            + "\"elapsedNs\":\(s.elapsedNs),\"packetsPerSecond\":\(s.packetsPerSecond),"
+            + "\"drops\":[\(drops.joined(separator: ","))],\"stages\":[\(stages.joined(separator: ","))],"
+            + "\"workers\":[\(workers.joined(separator: ","))],\"failure\":\(failure)}"
+    }
+
+    private static func escaped(_ text: String) -> String {
+        var out = ""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out
+    }
+
+    private static func row(_ cells: [String]) -> String {
+        cells.enumerated().map { index, cell in
+            let width = index == 0 ? 10 : 13
+            return cell.count >= width ? cell + " " : String(repeating: " ", count: width - cell.count) + cell
+        }.joined()
+    }
+}
