@@ -74,7 +74,15 @@ int sluice_pcap_writer_write(pcap_dumper_t *d, uint64_t timestamp_ns, uint32_t c
     return 0;
 }
 
-int sluice_pcap_writer_flush(pcap_dumper_t *d) { return pcap_dump_flush(d) == 0 ? 0 : -(errno != 0 ? errno : EIO); }
+int sluice_pcap_writer_flush(pcap_dumper_t *d) {
+    errno = 0;
+    int failed = pcap_dump_flush(d) != 0;
+    /* An earlier buffered fwrite may have failed (and dropped its data) without a trace but the
+     * stream's error flag: check it too, or a full disk would pass unnoticed. */
+    FILE *file = pcap_dump_file(d);
+    if (!failed && (file == NULL || !ferror(file))) return 0;
+    return -(errno != 0 ? errno : EIO);
+}
 
 int sluice_pcap_writer_close(pcap_dumper_t *d) {
     int rc = sluice_pcap_writer_flush(d);

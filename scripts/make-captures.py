@@ -9,6 +9,7 @@ Addresses come from 198.18.0.0/15 and 2001:db8::/32 (documentation/benchmarking 
 import os
 import random
 import sys
+from decimal import Decimal
 
 from scapy.all import (ICMP, IP, IPv6, TCP, UDP, Dot1AD, Dot1Q, Ether, ICMPv6EchoRequest, IPv6ExtHdrDestOpt,
                        IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting, Raw, fragment, wrpcap)
@@ -19,9 +20,10 @@ from scapy.utils import PcapNgWriter, PcapWriter
 MAC_A, MAC_B = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
 
 
-def stamp(packets, start=1_700_000_000.0, gap=0.0001):
+def stamp(packets, start="1700000000", gap="0.0001"):
+    """Timestamps as decimals, so nanosecond digits survive (floats keep about 7 of them)."""
     for index, packet in enumerate(packets):
-        packet.time = start + index * gap
+        packet.time = Decimal(start) + index * Decimal(gap)
     return packets
 
 
@@ -32,7 +34,7 @@ def udp(i, src="198.18.0.1", dst="198.19.0.1", size=18):
 def write_set(out):
     os.makedirs(out, exist_ok=True)
     wrpcap(f"{out}/eth_udp.pcap", stamp([udp(i) for i in range(100)]))
-    wrpcap(f"{out}/eth_udp_ns.pcap", stamp([udp(i) for i in range(100)], start=1_700_000_000.123456789), nano=True)
+    wrpcap(f"{out}/eth_udp_ns.pcap", stamp([udp(i) for i in range(100)], start="1700000000.123456789"), nano=True)
     vlan = [Ether(src=MAC_A, dst=MAC_B) / Dot1Q(vlan=100 + i % 3) / IP(src="198.18.0.2", dst="198.19.0.2") /
             TCP(sport=40000 + i, dport=80, flags="S") for i in range(30)]
     qinq = [Ether(src=MAC_A, dst=MAC_B) / Dot1AD(vlan=7) / Dot1Q(vlan=200 + i % 2) /

@@ -1,0 +1,134 @@
+import Glibc
+import Testing
+
+@testable import SluicePacketIO
+
+@Suite(needsCaptures) struct PcapReaderTests {
+    struct Expected: Sendable, CustomTestStringConvertible {
+        var file: String
+        var records: Int
+        var linkType: Int
+        var container: PcapFormat.Container
+        var nanosecond = false
+        var testDescription: String { file }
+    }
+
+    static let captures: [Expected] = [
+        Expected(file: "eth_udp.pcap", records: 100, linkType: 1, container: .pcap),
+        Expected(file: "eth_udp_ns.pcap", records: 100, linkType: 1, container: .pcap, nanosecond: true),
+        Expected(file: "vlan_qinq.pcap", records: 50, linkType: 1, container: .pcap),
+        Expected(file: "ipv6_ext.pcap", records: 35, linkType: 1, container: .pcap),
+        Expected(file: "fragments.pcap", records: 9, linkType: 1, container: .pcap),
+        Expected(file: "sll.pcap", records: 25, linkType: 113, container: .pcap),
+        Expected(file: "rawip.pcap", records: 25, linkType: 12,  // DLT_RAW: libpcap maps LINKTYPE_RAW 101 to it
+                  container: .pcap),
+        Expected(file: "vxlan.pcap", records: 10, linkType: 1, container: .pcap),
+        Expected(file: "mixed.pcapng", records: 50, linkType: 1, container: .pcapng),
+    ]
+
+    @Test(arguments: captures)
+    func readsEveryRecordOfToolMadeCaptures(_ expected: Expected) throws {
+        try #require(Captures.available, "scapy did not make the captures")
+        var reader = try PcapReader(path: Captures.path(expected.file))
+        #expect(reader.linkType == expected.linkType)
+        #expect(reader.format == PcapFormat(container: expected.container, nanosecond: expected.nanosecond))
+        var count = 0
+        var previous: UInt64 = 0
+        while let record = try reader.next() {
+            #expect(record.capturedLength > 0 && record.capturedLength == record.bytes.count)
+            #expect(record.timestampNs >= previous, "timestamps do not go back")
+            previous = record.timestampNs
+            count += 1
+        }
+        #expect(count == expected.records)
+        #expect(reader.recordIndex == expected.records)
+    }
+
+    @Test func nanosecondTimestampsSurvive() throws {
+        try #require(Captures.available)
+        var reader = try PcapReader(path: Captures.path("eth_udp_ns.pcap"))
+        let first = try #require(try reader.next())
+        #expect(first.timestampNs % 1_000_000_000 == 123_456_789)
+    }
+
+    @Test func truncatedFileNamesTheRecordAfterReadingTheOnesBefore() throws {
+        try #require(Captures.available)
+        let path = Captures.path("truncated.pcap")
+        var reader = try PcapReader(path: path)
+        var count = 0
+        do {
+            while try reader.next() != nil { count += 1 }
+            Issue.record("a truncated file must not end cleanly")
+        } catch {
+            guard case .badRecord(let errorPath, let index, let offset, let message) = error else {
+                Issue.record("unexpected \(error)")
+                return
+            }
+            #expect(errorPath == path)
+            #expect(index == 99)
+            #expect(offset > 24)
+            #expect(message.contains("truncated"))
+            #expect("\(error)".contains("record 99"))
+        }
+        #expect(count == 99, "the 99 whole records come first")
+    }
+
+    @Test func corruptRecordLengthIsAnErrorNotACrash() throws {
+        try #require(Captures.available)
+        var reader = try PcapReader(path: Captures.path("corrupt.pcap"))
+        var count = 0
+        #expect(throws: PcapError.self) { while try reader.next() != nil { count += 1 } }
+        #expect(count == 3)
+    }
+
+    @Test func missingOrNonCaptureFileIsAnOpenError() throws {
+        #expect(throws: PcapError.self) { _ = try PcapReader(path: "/nonexistent/capture.pcap") }
+        #expect(throws: PcapError.self) { _ = try PcapReader(path: Captures.packageRoot + "/Package.swift") }
+    }
+}
+
+@Suite(needsCaptures) struct PcapWriterTests {
+    /// Read a capture and write every record back with the same header: the files are byte-identical.
+    @Test(arguments: ["eth_udp.pcap", "eth_udp_ns.pcap", "sll.pcap", "rawip.pcap", "vlan_qinq.pcap"])
+    func rewritingACaptureIsByteIdentical(_ file: String) throws {
+        try #require(Captures.available)
+        let input = Captures.path(file)
+        let output = Captures.output(file)
+        defer { unlink(output) }
+        var reader = try PcapReader(path: input)
+        var writer = try PcapWriter(path: output, linkType: reader.linkType, snapshotLength: reader.snapshotLength,
+                                    nanosecond: reader.format.nanosecond)
+        while let record = try reader.next() {
+            try writer.write(timestampNs: record.timestampNs, wireLength: record.wireLength, bytes: record.bytes)
+        }
+        try writer.close()
+        #expect(run(["/usr/bin/cmp", "-s", input, output]) == 0)
+    }
+
+    @Test func unwritablePathIsAnOpenError() {
+        #expect(throws: PcapError.self) {
+            _ = try PcapWriter(path: "/nonexistent/dir/out.pcap", linkType: 1, nanosecond: false)
+        }
+    }
+
+    @Test func recordLongerThanTheSnapshotIsRefused() throws {
+        let output = "/tmp/sluice-snap-\(getpid()).pcap"
+        defer { unlink(output) }
+        var writer = try PcapWriter(path: output, linkType: 1, snapshotLength: 64, nanosecond: false)
+        let bytes = [UInt8](repeating: 0, count: 65)
+        #expect(throws: PcapError.recordTooLong(path: output, length: 65)) {
+            try bytes.withUnsafeBytes { try writer.write(timestampNs: 0, wireLength: 65, bytes: $0) }
+        }
+        try writer.close()
+    }
+
+    @Test func fullDiskIsReportedNotLost() throws {
+        guard access("/dev/full", W_OK) == 0 else { return }
+        var writer = try PcapWriter(path: "/dev/full", linkType: 1, nanosecond: false)
+        let bytes = [UInt8](repeating: 0, count: 60)
+        for _ in 0..<2000 {
+            try bytes.withUnsafeBytes { try writer.write(timestampNs: 0, wireLength: 60, bytes: $0) }
+        }
+        #expect(throws: PcapError.self) { try writer.close() }
+    }
+}
