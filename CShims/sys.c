@@ -76,9 +76,20 @@ int sluice_futex_wake(_Atomic uint32_t *word, int count) {
 
 int sluice_waiter_sleep(struct sluice_waiter *w, int64_t timeout_ns) {
     int rc = 0;
-    /* Re-wait on spurious returns: only a notify (state AWAKE), the timeout or a signal ends the sleep. */
+    uint64_t deadline = timeout_ns < 0 ? 0 : sluice_monotonic_ns() + (uint64_t)timeout_ns;
+    /* Re-wait on spurious returns with what is left of the timeout: only a notify (state AWAKE), the
+     * deadline or a signal ends the sleep. */
     while (atomic_load_explicit(&w->state, memory_order_acquire) == SLUICE_WAITER_SLEEPING) {
-        rc = sluice_futex_wait(&w->state, SLUICE_WAITER_SLEEPING, timeout_ns);
+        int64_t left = -1;
+        if (timeout_ns >= 0) {
+            uint64_t now = sluice_monotonic_ns();
+            if (now >= deadline) {
+                rc = -ETIMEDOUT;
+                break;
+            }
+            left = (int64_t)(deadline - now);
+        }
+        rc = sluice_futex_wait(&w->state, SLUICE_WAITER_SLEEPING, left);
         if (rc == -ETIMEDOUT || rc == -EINTR) break;
         rc = 0;
     }

@@ -125,9 +125,24 @@ static inline void sluice_waiter_cancel(struct sluice_waiter *w) {
     atomic_store_explicit(&w->state, SLUICE_WAITER_AWAKE, memory_order_relaxed);
 }
 
-/* Sleeper only: sleep until notified or timeout_ns (< 0: none). Returns 0 if woken or the wake came
- * first, -ETIMEDOUT on timeout, -EINTR on a signal. Always returns AWAKE. */
+/* Sleeper only: sleep until notified or timeout_ns (< 0: none) from now, however many spurious
+ * returns the futex makes. Returns 0 if woken or the wake came first, -ETIMEDOUT on timeout, -EINTR
+ * on a signal. Always leaves the state AWAKE. */
 int sluice_waiter_sleep(struct sluice_waiter *w, int64_t timeout_ns);
+
+/* A full fence (F_w), for callers that must order their ring publish before reading which waiter
+ * to notify; they then call sluice_waiter_notify_fenced. */
+static inline void sluice_fence_seq_cst(void) { atomic_thread_fence(memory_order_seq_cst); }
+
+/* Any producer, after publishing work for this waiter and fencing (F_w). Returns 1 if it made a
+ * futex wake call. */
+static inline int sluice_waiter_notify_fenced(struct sluice_waiter *w) {
+    if (atomic_load_explicit(&w->state, memory_order_relaxed) != SLUICE_WAITER_SLEEPING) return 0;
+    if (atomic_exchange_explicit(&w->state, SLUICE_WAITER_AWAKE, memory_order_relaxed) != SLUICE_WAITER_SLEEPING)
+        return 0; /* another producer woke it */
+    sluice_futex_wake(&w->state, 1);
+    return 1;
+}
 
 /* Any producer, after publishing work for this waiter. Returns 1 if it made a futex wake call. */
 static inline int sluice_waiter_notify(struct sluice_waiter *w) {

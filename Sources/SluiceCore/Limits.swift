@@ -21,6 +21,6 @@ public enum Limits {
     /// Most control requests queued for one worker at once.
     public static let workerMailboxCountMax = 64
     /// Longest a sleeping worker waits before re-checking on its own: a safety net, counted when it
-    /// fires, so a lost wake-up shows up in `WorkerStats.timeoutWakeups` instead of as a hang.
+    /// fires, so a lost wake-up shows up in `WorkerCounters.lostWakeups` instead of as a hang.
     public static let sleepTimeoutNsMax: Int64 = 1_000_000_000
 }

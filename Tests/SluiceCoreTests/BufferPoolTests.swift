@@ -11,6 +11,12 @@ import Testing
         }
     }
 
+    @Test func missingNUMANodeIsATypedError() {
+        #expect(throws: PoolError.invalidNUMANode(4096, max: CPU.numaNodeMax)) {
+            _ = try BufferPool(bufferCount: 4, bufferSizeBytes: 64, numaNode: 4096)
+        }
+    }
+
     @Test func exhaustionIsCountedAndTyped() throws {
         let pool = try BufferPool(bufferCount: 4, bufferSizeBytes: 100)
         #expect(pool.bufferSizeBytes == 128, "rounded up to a cache line")

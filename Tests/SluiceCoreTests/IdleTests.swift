@@ -77,9 +77,8 @@ import Testing
         let buffer = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: 32)
         defer { buffer.deallocate() }
         #expect(generator.produce(into: buffer) == 10, "one burst is due at once")
-        #expect(generator.produce(into: buffer) == 0, "the next is due 10 µs later")
         let hint = generator.sleepHintNs(nowNs: Clock.monotonicNs())
-        #expect(hint != nil && hint! <= 10_000)
+        #expect(hint != nil && hint! <= 10_000, "the next burst is due within 10 µs")
         let start = Clock.monotonicNs()
         var produced = 10
         while !generator.isExhausted { produced += generator.produce(into: buffer) }

@@ -61,18 +61,22 @@ import Testing
             let last = cores.count - 1
             try runtime.launch(pipeline, placement: [0, last, last])
             #expect(runtime.drain(timeoutNs: drainTimeoutNs))
+            runtime.stop()  // final counters are published at stop
             #expect(tracker.received == total)
             #expect(tracker.outOfOrder == 0)
             let counters = runtime.workers.map { $0.counters.snapshot() }
             #expect(counters.allSatisfy { $0.lostWakeups == 0 })
             #expect(counters[last].sleeps > 100, "the consumer's worker must actually have slept")
-        #expect(pipeline.stages[0].counters.wakeups.load(ordering: .relaxed) > 0, "and been woken by its producer")
+            #expect(pipeline.stages[0].counters.wakeups.load(ordering: .relaxed) > 0, "and been woken by its producer")
         }
     }
 
-    /// Moves the middle and last stages back and forth between workers while items flow.
-    @Test func movingStagesUnderLoadLosesAndReordersNothing() throws {
-        try withRuntime(.adaptive) { runtime, cores in
+    /// Moves the middle and last stages back and forth between workers while items flow, in every
+    /// wait mode (interrupt: the consumer sleeps while its waiter changes hands).
+    @Test(.enabled(if: ((try? CPU.allowedCount()) ?? 0) >= 2, "needs two CPUs to move stages between"),
+          arguments: WaitMode.allCases)
+    func movingStagesUnderLoadLosesAndReordersNothing(mode: WaitMode) throws {
+        try withRuntime(mode) { runtime, cores in
             let tracker = SinkTracker()
             let total: UInt64 = 2_000_000
             let pipeline = try makeCountingPipeline(
@@ -82,7 +86,9 @@ import Testing
             var moves = 0
             while !pipeline.isDrained, moves < 200 {
                 let stage = pipeline.stages[1 + moves % 3]
-                try runtime.move(stage, toWorker: (stage.owner.load(ordering: .relaxed) + 1) % cores.count)
+                let target = (stage.owner.load(ordering: .relaxed) + 1) % cores.count
+                try runtime.move(stage, toWorker: target)
+                #expect(stage.owner.load(ordering: .relaxed) == target)
                 moves += 1
             }
             #expect(moves > 10, "moves must happen while items flow")
@@ -100,10 +106,20 @@ import Testing
                 "switch", source: GeneratorSource(ratePerSecond: 1_000_000, totalCount: total, payload: .sequence),
                 tracker: tracker)
             try runtime.launch(pipeline, placement: [0, cores.count - 1, cores.count - 1])
+            let consumer = runtime.workers[cores.count - 1].counters
             for mode in [WaitMode.interrupt, .adaptive, .busyPoll, .interrupt] {
-                usleep(50_000)
                 runtime.setWaitMode(mode)
-                #expect(runtime.workers.allSatisfy { $0.waitMode == mode })
+                let sleepsBefore = consumer.sleeps.load(ordering: .relaxed)
+                usleep(50_000)
+                let slept = consumer.sleeps.load(ordering: .relaxed) > sleepsBefore
+                // 1 M items/s in bursts of 32 leaves ~30 µs gaps: interrupt mode must sleep in them,
+                // busy-poll must not.
+                if mode == .interrupt { #expect(slept, "interrupt mode took effect") }
+                if mode == .busyPoll {
+                    let before = consumer.sleeps.load(ordering: .relaxed)
+                    usleep(20_000)
+                    #expect(consumer.sleeps.load(ordering: .relaxed) == before, "busy-poll took effect")
+                }
             }
             #expect(runtime.drain(timeoutNs: drainTimeoutNs))
             #expect(tracker.received == total)
@@ -124,8 +140,10 @@ import Testing
         #expect(throws: PipelineError.ring(.invalidCapacity(100, max: Limits.ringCapacityMax))) {
             _ = try builder.build(ringCapacities: [100])
         }
-        let wide = PipelineBuilder(name: "wide", burstCount: Limits.burstCountMax + 1)
-        #expect(throws: PipelineError.invalidStageCount(0, max: Limits.pipelineStageCountMax)) {
+        var wide = PipelineBuilder(name: "wide", burstCount: Limits.burstCountMax + 1)
+        wide.source(GeneratorSource(ratePerSecond: 0, totalCount: 1))
+        wide.stage(PassThrough())
+        #expect(throws: PipelineError.invalidBurstCount(Limits.burstCountMax + 1, max: Limits.burstCountMax)) {
             _ = try wide.build(ringCapacities: [64])
         }
     }

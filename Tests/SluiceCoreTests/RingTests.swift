@@ -17,6 +17,19 @@ import Testing
         }
     }
 
+    @Test func missingNUMANodeIsATypedError() {
+        #expect(throws: RingError.invalidNUMANode(4096, max: CPU.numaNodeMax)) {
+            _ = try makeRing(capacity: 64, numaNode: 4096)
+        }
+    }
+
+    @Test(arguments: [0, Limits.ringCapacityMax + 1])
+    func badExactCapacityIsATypedError(capacity: Int) {
+        #expect(throws: RingError.invalidCapacity(capacity, max: Limits.ringCapacityMax)) {
+            _ = try makeRing(capacity: capacity, exact: true)
+        }
+    }
+
     @Test func exactCapacityHoldsExactlyThatMany() throws {
         let ends = try makeRing(capacity: 1000, exact: true)
         var producer = ends.producer
@@ -233,7 +246,9 @@ func runPair(producer: consuming RingProducer, consumer: consuming RingConsumer,
     var outOfOrder: UInt64 = 0
     let buffer = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: 64)
     defer { buffer.deallocate() }
+    let deadline = Clock.monotonicNs() + 60_000_000_000  // a broken ring fails the test, not hangs it
     while expected < total {
+        precondition(Clock.monotonicNs() < deadline, "ring stress made no progress for 60 s")
         let (taken, _) = consumer.dequeueBurst(into: buffer)
         for i in 0..<taken {
             if buffer[i] != expected { outOfOrder += 1 }

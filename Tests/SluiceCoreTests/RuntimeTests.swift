@@ -53,11 +53,59 @@ import Testing
         }
     }
 
-    @Test func stopWithoutStartAndTwiceIsSafe() throws {
+    @Test func stopWithoutStartAndTwiceIsSafeAndARuntimeStartsOnce() throws {
         let runtime = try Runtime(configuration: .init(cores: try testCores(1)))
         runtime.stop()
         try runtime.start()
         runtime.stop()
         runtime.stop()
+        #expect(throws: RuntimeError.alreadyStarted) { try runtime.start() }
+    }
+
+    @Test func aPipelineLaunchesOnce() throws {
+        try withRuntime(.interrupt) { runtime, cores in
+            let tracker = SinkTracker()
+            let pipeline = try makeCountingPipeline(
+                "once", source: GeneratorSource(ratePerSecond: 0, totalCount: 100, payload: .sequence), tracker: tracker)
+            try runtime.launch(pipeline, placement: [0, 0, 0])
+            #expect(throws: RuntimeError.alreadyLaunched(pipeline: "once")) {
+                try runtime.launch(pipeline, placement: [cores.count - 1, 0, 0])
+            }
+            #expect(runtime.drain(timeoutNs: drainTimeoutNs))
+            #expect(tracker.received == 100)
+        }
+    }
+
+    /// Back-to-back launches count stages still on their way, so the bound is a typed error.
+    @Test func stageBoundHoldsAcrossLaunches() throws {
+        try withRuntime(.interrupt) { runtime, _ in
+            let tracker = SinkTracker()
+            let stagesEach = Limits.pipelineStageCountMax
+            var launched = 0
+            var refused = false
+            for index in 0..<(Limits.stagesPerWorkerMax / stagesEach + 1) {
+                let pipeline = try makeCountingPipeline(
+                    "wide\(index)", source: GeneratorSource(ratePerSecond: 0, totalCount: 0, payload: .sequence),
+                    relays: Array(repeating: PassThrough(), count: stagesEach - 2), tracker: tracker, ringCapacity: 64)
+                do {
+                    try runtime.launch(pipeline, placement: Array(repeating: 0, count: stagesEach))
+                    launched += stagesEach
+                } catch let error as RuntimeError {
+                    #expect(error == .tooManyStages(worker: 0, max: Limits.stagesPerWorkerMax))
+                    refused = true
+                }
+            }
+            #expect(refused)
+            #expect(launched <= Limits.stagesPerWorkerMax)
+        }
+    }
+
+    @Test func movingAStageOfAnotherRuntimeIsATypedError() throws {
+        let tracker = SinkTracker()
+        let stray = try makeCountingPipeline(
+            "stray", source: GeneratorSource(ratePerSecond: 0, totalCount: 1, payload: .sequence), tracker: tracker)
+        try withRuntime(.interrupt) { runtime, _ in
+            #expect(throws: RuntimeError.unknownStage("stage2")) { try runtime.move(stray.stages[1], toWorker: 0) }
+        }
     }
 }

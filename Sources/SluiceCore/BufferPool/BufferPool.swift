@@ -11,6 +11,8 @@ public enum PoolError: Error, Equatable {
     case outOfMemory(bytes: Int)
     /// Every buffer is in use.
     case exhausted(bufferCount: Int)
+    /// No such NUMA node on this machine.
+    case invalidNUMANode(Int, max: Int)
 }
 
 /// One buffer of a pool, by index. One owner at a time: moving it is handing the buffer over.
@@ -78,7 +80,11 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
         else { throw PoolError.invalidConfiguration(bufferCount: bufferCount, bufferSizeBytes: bufferSizeBytes) }
         let stride = (bufferSizeBytes + 63) & ~63
         let bytes = stride * bufferCount
-        let node = CPU.numaAvailable ? (numaNode ?? 0) : nil
+        if let numaNode, !(0...CPU.numaNodeMax).contains(numaNode) {
+            throw .invalidNUMANode(numaNode, max: CPU.numaNodeMax)
+        }
+        // Without a node: the caller's own node (the worker that will use the pool should make it).
+        let node = CPU.numaAvailable ? (numaNode ?? CPU.numaNode(of: CPU.current())) : nil
         var memory: UnsafeMutableRawPointer?
         if let node {
             memory = sluice_numa_alloc_onnode(bytes, Int32(node))
@@ -134,7 +140,7 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
         for position in indices.indices {
             var index: UInt64 = 0
             guard sluice_mpmc_dequeue(freeList, &index) == 1 else {
-                for taken in 0..<position { _ = sluice_mpmc_enqueue(freeList, UInt64(indices[taken])) }
+                for taken in 0..<position { returnToFreeList(indices[taken]) }
                 exhaustedCount.add(1, ordering: .relaxed)
                 return 0
             }
@@ -152,18 +158,24 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
     @inlinable public func freeIndex(_ index: UInt32) {
         precondition(Int(index) < bufferCount, "buffer index outside the pool")
         if let freeHook { freeHook.function(freeHook.context, index) }
-        // The queue has more cells than buffers, so "full" only means an allocator on another thread
-        // is between its claim and its release of the cell we need: wait for it, boundedly.
+        returnToFreeList(index)
+    }
+
+    /// Puts an index back on the free list. The queue has twice as many cells as buffers, so "full"
+    /// only means an allocator on another thread is between claiming and releasing the cell we need
+    /// (a preempted thread: microseconds to a scheduler tick): wait for it, boundedly.
+    @inlinable func returnToFreeList(_ index: UInt32) {
         var spins: UInt64 = 0
         while sluice_mpmc_enqueue(freeList, UInt64(index)) == 0 {
             spins &+= 1
-            precondition(spins < Self.freeSpinsMax, "free list stuck full: a buffer was freed twice")
+            precondition(spins < Self.freeSpinsMax, "free list stuck full for seconds: pool corrupt")
             sluice_cpu_relax()
         }
     }
 
-    /// Spins a free may wait for a stalled allocator before declaring the free list corrupt.
-    @usableFromInline static let freeSpinsMax: UInt64 = 1 << 32
+    /// PAUSEs a free may wait for a stalled allocator (seconds) before declaring the free list corrupt.
+    /// Double frees are not detected here: `PacketBuffer` ownership prevents them in safe code.
+    @usableFromInline static let freeSpinsMax: UInt64 = 1 << 28
 
     /// The bytes of the buffer at `index`.
     @inlinable public func bytes(at index: UInt32) -> UnsafeMutableRawBufferPointer {

@@ -20,6 +20,10 @@ public final class Pipeline: @unchecked Sendable {  // unchecked: stages are han
     public let id: Int
     /// Items that entered stage 1 (the source put them on the first ring).
     public let entered = Atomic<UInt64>(0)
+    /// Set (release) by the source's worker once its body is exhausted and its last items are counted.
+    public let sourceExhausted = Atomic<Bool>(false)
+    /// Set when a runtime launches the pipeline; a pipeline runs once.
+    let launched = Atomic<Bool>(false)
     /// Stages in order, the source first. Set once by the builder.
     public internal(set) var stages: [StageTask] = []
     /// Capacity of each ring, in link order.
@@ -46,8 +50,9 @@ public final class Pipeline: @unchecked Sendable {  // unchecked: stages are han
     public var queued: Int { links.reduce(0) { $0 + $1.observer.count } }
 
     /// True when the source is exhausted and every item that entered was delivered or filtered.
+    /// Any thread: reads the exhausted flag (acquire) before `entered`, which the source counted first.
     public var isDrained: Bool {
-        guard let source = stages.first as? SourceTaskProtocol, source.isExhausted else { return false }
+        guard sourceExhausted.load(ordering: .acquiring) else { return false }
         return delivered &+ filtered == entered.load(ordering: .acquiring)
     }
 
@@ -56,14 +61,9 @@ public final class Pipeline: @unchecked Sendable {  // unchecked: stages are han
 }
 
 protocol SinkTaskProtocol { var deliveredCount: UInt64 { get } }
-protocol SourceTaskProtocol { var isExhausted: Bool { get } }
 
 extension SinkTask: SinkTaskProtocol {
     var deliveredCount: UInt64 { delivered.load(ordering: .acquiring) }
-}
-
-extension SourceTask: SourceTaskProtocol {
-    var isExhausted: Bool { body.isExhausted }
 }
 
 /// Assembles a pipeline: one source, then stages; the last stage is the sink.
@@ -138,8 +138,9 @@ public struct PipelineBuilder {
         return pipeline
     }
 
-    // Generic helpers: passing `any SourceBody` / `any StageBody` opens the existential, so each
-    // task is specialised for its concrete body and the hot loop makes no dynamic calls into it.
+    // Generic helpers: passing `any SourceBody` / `any StageBody` opens the existential into a generic
+    // task. Swift does not specialise at run time, so each burst makes one witness-table call into
+    // the body (not one per item); the body's own loop over the burst is compiled for its type.
     private func makeSourceTask<Body: SourceBody>(_ body: Body, output: consuming RingProducer, pipeline: Pipeline,
                                                   link: Link) -> StageTask {
         SourceTask(body: body, output: output, name: sourceName, pipeline: pipeline, outputLink: link,

@@ -37,10 +37,16 @@ final class Link: Sendable {
     /// Wakes the consuming worker if it announced sleep. Called after every enqueue that added items.
     /// Returns true if it made the futex wake call.
     @inline(__always) func notifyConsumer(from own: OpaquePointer) -> Bool {
+        let ownBits = UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(own)))
+        // Run-to-completion hand-off: the consumer is on this worker, which is awake. Only this worker
+        // sets or clears its own waiter here, so the relaxed load cannot be stale in this direction.
+        if consumerWaiter.load(ordering: .relaxed) == ownBits { return false }
+        // F_w before reading who the consumer is: a consumer that just arrived on another worker
+        // (adopt: store waiter, announce, fence, re-check rings) then either sees our items or is seen.
+        sluice_fence_seq_cst()
         let waiter = consumerWaiter.load(ordering: .relaxed)
-        // The same worker is obviously awake: skip the fence on run-to-completion hand-offs.
-        guard waiter != 0, waiter != UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(own))) else { return false }
-        return sluice_waiter_notify(OpaquePointer(bitPattern: waiter)) == 1
+        guard waiter != 0, waiter != ownBits else { return false }
+        return sluice_waiter_notify_fenced(OpaquePointer(bitPattern: waiter)) == 1
     }
 }
 
@@ -66,7 +72,7 @@ public class StageTask: @unchecked Sendable {  // unchecked: one worker at a tim
     /// While the output ring is full: the cycle count before which the stage does not look at it
     /// again (0: not blocked). Polling a full ring at full speed keeps pulling the consumer's index
     /// line away from the consumer, slowing the very stage everything waits for.
-    final var retryAtCycles: UInt64 = 0
+    @exclusivity(unchecked) final var retryAtCycles: UInt64 = 0
     static let blockedBackoffCycles: UInt64 = 2_048
 
     init(name: String, position: Int, pipeline: Pipeline, inputLink: Link?, outputLink: Link?,
@@ -138,8 +144,9 @@ public class StageTask: @unchecked Sendable {  // unchecked: one worker at a tim
 /// Stage 1: asks its body for new items and puts them on the first ring. Produces only what fits,
 /// so a slow pipeline pushes back on the source instead of losing items.
 final class SourceTask<Body: SourceBody>: StageTask, @unchecked Sendable {
-    var body: Body
-    var output: RingProducer
+    // Only the owning worker touches these: skip the dynamic exclusivity checks a class var costs.
+    @exclusivity(unchecked) var body: Body
+    @exclusivity(unchecked) var output: RingProducer
 
     init(body: Body, output: consuming RingProducer, name: String, pipeline: Pipeline, outputLink: Link,
          burstCount: Int) {
@@ -158,11 +165,17 @@ final class SourceTask<Body: SourceBody>: StageTask, @unchecked Sendable {
         }
         let start = sluice_cycles()
         let produced = body.produce(into: UnsafeMutableBufferPointer(rebasing: burst[0..<room]))
-        guard produced > 0 else { return 0 }
+        guard produced > 0 else {
+            if body.isExhausted { pipeline.sourceExhausted.store(true, ordering: .releasing) }
+            return 0
+        }
         precondition(produced <= room, "source produced more than it was given room for")
+        // Count before publishing: the ring's release then orders `entered` before the items, so no
+        // one sees an item that `entered` does not include (drain relies on it).
+        StageCounters.bump(pipeline.entered, by: UInt64(produced))
         let (added, _) = output.enqueueBulk(UnsafeBufferPointer(rebasing: burst[0..<produced]))
         precondition(added == produced, "output ring lost room only its producer can take")
-        StageCounters.bump(pipeline.entered, by: UInt64(produced))
+        if body.isExhausted { pipeline.sourceExhausted.store(true, ordering: .releasing) }
         if outputLink!.notifyConsumer(from: waiter) { StageCounters.bump(counters.wakeups, by: 1) }
         recordTurn(items: produced, filtered: 0, cycles: sluice_cycles() &- start)
         return produced
@@ -176,9 +189,9 @@ final class SourceTask<Body: SourceBody>: StageTask, @unchecked Sendable {
 /// A middle stage: takes a burst from its input ring, runs its body, passes the survivors on.
 /// Takes only as many items as its output has room for: backpressure, never a drop.
 final class RelayTask<Body: StageBody>: StageTask, @unchecked Sendable {
-    var body: Body
-    var input: RingConsumer
-    var output: RingProducer
+    @exclusivity(unchecked) var body: Body
+    @exclusivity(unchecked) var input: RingConsumer
+    @exclusivity(unchecked) var output: RingProducer
 
     init(body: Body, input: consuming RingConsumer, output: consuming RingProducer, name: String,
          position: Int, pipeline: Pipeline, inputLink: Link, outputLink: Link, burstCount: Int,
@@ -216,8 +229,8 @@ final class RelayTask<Body: StageBody>: StageTask, @unchecked Sendable {
 /// The last stage: takes a burst from its input ring and runs its body; the body's kept count is
 /// what the pipeline delivered.
 final class SinkTask<Body: StageBody>: StageTask, @unchecked Sendable {
-    var body: Body
-    var input: RingConsumer
+    @exclusivity(unchecked) var body: Body
+    @exclusivity(unchecked) var input: RingConsumer
     /// Items the body kept (delivered out of the pipeline).
     let delivered = Atomic<UInt64>(0)
 

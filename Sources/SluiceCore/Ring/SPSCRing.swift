@@ -8,6 +8,8 @@ public enum RingError: Error, Equatable {
     case invalidCapacity(Int, max: Int)
     /// The ring's memory could not be allocated.
     case outOfMemory(bytes: Int)
+    /// No such NUMA node on this machine.
+    case invalidNUMANode(Int, max: Int)
 }
 
 /// A new ring's two ends. Take them apart (`let p = ends.producer; let c = ends.consumer`) and move
@@ -38,6 +40,9 @@ final class RingStorage: @unchecked Sendable {  // unchecked: the C ring is the 
         let powerOfTwo = capacity > 0 && capacity.nonzeroBitCount == 1
         guard capacity > 0, capacity <= Limits.ringCapacityMax, exact || powerOfTwo else {
             throw RingError.invalidCapacity(capacity, max: Limits.ringCapacityMax)
+        }
+        if let numaNode, !(0...CPU.numaNodeMax).contains(numaNode) {
+            throw RingError.invalidNUMANode(numaNode, max: CPU.numaNodeMax)
         }
         let flags: UInt32 = exact ? UInt32(SLUICE_SPSC_F_EXACT) : 0
         let bytes = sluice_spsc_memsize(UInt32(capacity), flags)

@@ -38,8 +38,14 @@ public enum CPU {
     /// The CPU the calling thread is on now.
     public static func current() -> Int { Int(sluice_thread_current_cpu()) }
 
-    /// NUMA node of `cpu`; 0 when NUMA is unavailable.
-    public static func numaNode(of cpu: Int) -> Int { max(0, Int(sluice_numa_node_of_cpu(Int32(cpu)))) }
+    /// NUMA node of `cpu`; 0 when NUMA is unavailable or `cpu` is not a CPU.
+    public static func numaNode(of cpu: Int) -> Int {
+        guard cpu >= 0, cpu < Int(Int32.max) else { return 0 }
+        return max(0, Int(sluice_numa_node_of_cpu(Int32(cpu))))
+    }
+
+    /// Highest NUMA node number (0 without NUMA).
+    public static var numaNodeMax: Int { Int(sluice_numa_max_node()) }
 
     /// Whether libnuma can place memory (`numa_available() >= 0`).
     public static var numaAvailable: Bool { sluice_numa_available() >= 0 }

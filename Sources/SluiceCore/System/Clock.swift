@@ -1,7 +1,8 @@
 // Path: Sources/SluiceCore/System/Clock.swift — monotonic time, thread CPU time and the cycle counter.
 import CShims
 
-/// Clocks used for accounting. All are vDSO or instruction reads: no system call, safe in hot loops.
+/// Clocks used for accounting. `monotonicNs` and `cycles` are vDSO or instruction reads, safe in hot
+/// loops; `threadCPUNs` is a system call (about 0.5 µs), for reports only.
 public enum Clock {
     /// CLOCK_MONOTONIC in nanoseconds.
     @inlinable public static func monotonicNs() -> UInt64 { sluice_monotonic_ns() }

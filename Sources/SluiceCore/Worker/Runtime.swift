@@ -1,6 +1,7 @@
 // Path: Sources/SluiceCore/Worker/Runtime.swift — starts workers on cores and places stages on them.
 import CShims
 import Glibc
+import Synchronization
 import SystemPackage
 
 /// Why the runtime refused a configuration or an operation.
@@ -11,14 +12,23 @@ public enum RuntimeError: Error, Equatable {
     case duplicateCore(Int)
     /// More workers than CPUs this process may use.
     case tooManyWorkers(requested: Int, available: Int)
+    /// The process's own CPU affinity could not be read.
+    case affinityUnavailable(SyscallError)
     case threadCreateFailed(SyscallError)
     case pinFailed(core: Int, SyscallError)
+    /// A worker did not report in after its thread started.
+    case workerDidNotStart(core: Int)
     /// A placement names a worker that does not exist, or has the wrong number of entries.
     case invalidPlacement(String)
     case tooManyStages(worker: Int, max: Int)
+    /// The pipeline was launched before (a pipeline runs once), or the stage is not in this runtime.
+    case alreadyLaunched(pipeline: String)
+    case unknownStage(String)
     /// A stage did not arrive on its new worker in time (that worker is stuck or stopped).
     case moveTimedOut(stage: String, toWorker: Int)
     case notRunning
+    /// A runtime starts once; make a new one to start again.
+    case alreadyStarted
 }
 
 /// Runtime settings: which cores get a worker and how idle workers wait.
@@ -37,11 +47,22 @@ public struct RuntimeConfiguration: Sendable {
 }
 
 /// Owns the workers: starts them pinned, places pipeline stages on them, moves stages between them
-/// at runtime, and stops them. Control-plane object: its methods may block briefly and allocate.
-public final class Runtime: @unchecked Sendable {  // unchecked: control calls come from one thread
+/// at runtime, and stops them. Control plane: its methods may block briefly, allocate and take a
+/// lock; any thread may call them, one operation at a time (they serialise on that lock).
+public final class Runtime: @unchecked Sendable {  // unchecked: control state is behind `control`
     public let workers: [Worker]
-    private var pipelines: [Pipeline] = []
-    private var running = false
+
+    /// What the control plane knows: launched pipelines and where each stage was last sent.
+    private struct ControlState {
+        var phase = Phase.created
+        var pipelines: [Pipeline] = []
+        var placement: [ObjectIdentifier: Int] = [:]
+        var stagesPerWorker: [Int]
+    }
+
+    private enum Phase { case created, running, stopped }
+
+    private let control: Mutex<ControlState>
 
     /// Validates the core list against this process's CPUs and makes (but does not start) workers.
     public init(configuration: RuntimeConfiguration) throws(RuntimeError) {
@@ -51,94 +72,129 @@ public final class Runtime: @unchecked Sendable {  // unchecked: control calls c
             throw .tooManyWorkers(requested: cores.count, available: Limits.workerCountMax)
         }
         let allowed: Int
-        do { allowed = try CPU.allowedCount() } catch { throw .pinFailed(core: -1, error) }
+        do { allowed = try CPU.allowedCount() } catch { throw .affinityUnavailable(error) }
         guard cores.count <= allowed else { throw .tooManyWorkers(requested: cores.count, available: allowed) }
         var seen = Set<Int>()
         for core in cores {
             guard seen.insert(core).inserted else { throw .duplicateCore(core) }
             let isAllowed: Bool
-            do { isAllowed = try CPU.isAllowed(core) } catch { throw .pinFailed(core: core, error) }
+            do { isAllowed = try CPU.isAllowed(core) } catch { throw .affinityUnavailable(error) }
             guard isAllowed else { throw .coreUnavailable(core) }
         }
         workers = cores.enumerated().map { index, core in
             Worker(index: index, cpu: core, waitMode: configuration.waitMode, predictor: configuration.predictor)
         }
+        control = Mutex(ControlState(stagesPerWorker: Array(repeating: 0, count: cores.count)))
     }
 
     deinit { stop() }
 
-    /// Starts every worker thread and waits until each is pinned. On failure, stops those started.
+    /// Starts every worker thread and waits (at most 10 s) until each is pinned. On failure, stops
+    /// those started. A runtime starts once.
     public func start() throws(RuntimeError) {
-        precondition(!running, "runtime started twice")
-        for worker in workers {
-            let context = Unmanaged.passRetained(worker).toOpaque()
-            var thread = pthread_t()
-            let rc = pthread_create(&thread, nil, { context in
-                let worker = Unmanaged<Worker>.fromOpaque(context!).takeRetainedValue()
-                worker.threadMain()
-                return nil
-            }, context)
-            guard rc == 0 else {
-                Unmanaged<Worker>.fromOpaque(context).release()
-                stopStarted()
-                throw .threadCreateFailed(SyscallError("pthread_create", Errno(rawValue: rc)))
+        try control.withLock { state throws(RuntimeError) in
+            guard state.phase == .created else { throw .alreadyStarted }
+            state.phase = .stopped  // until every worker runs: a failure leaves it stopped
+            for worker in workers {
+                let context = Unmanaged.passRetained(worker).toOpaque()
+                var thread = pthread_t()
+                let rc = pthread_create(&thread, nil, { context in
+                    let worker = Unmanaged<Worker>.fromOpaque(context!).takeRetainedValue()
+                    worker.threadMain()
+                    return nil
+                }, context)
+                guard rc == 0 else {
+                    Unmanaged<Worker>.fromOpaque(context).release()
+                    joinWorkers()
+                    throw .threadCreateFailed(SyscallError("pthread_create", Errno(rawValue: rc)))
+                }
+                worker.thread = thread
             }
-            worker.thread = thread
-        }
-        for worker in workers {
-            while worker.state.load(ordering: .acquiring) == 0 { usleep(100) }
-            if worker.state.load(ordering: .acquiring) == 2 {
-                let errno = Errno(rawValue: worker.pinErrno.load(ordering: .relaxed))
-                stopStarted()
-                throw .pinFailed(core: worker.cpu, SyscallError("pthread_setaffinity_np", errno))
+            for worker in workers {
+                let deadline = Clock.monotonicNs() &+ 10_000_000_000
+                while worker.state.load(ordering: .acquiring) == Worker.ThreadState.starting.rawValue {
+                    guard Clock.monotonicNs() < deadline else {
+                        joinWorkers()
+                        throw .workerDidNotStart(core: worker.cpu)
+                    }
+                    usleep(100)
+                }
+                if worker.state.load(ordering: .acquiring) == Worker.ThreadState.pinFailed.rawValue {
+                    let errno = Errno(rawValue: worker.pinErrno.load(ordering: .relaxed))
+                    joinWorkers()
+                    throw .pinFailed(core: worker.cpu, SyscallError("pthread_setaffinity_np", errno))
+                }
             }
+            state.phase = .running
         }
-        running = true
     }
 
     /// Places each stage of `pipeline` on a worker: `placement[i]` is the worker index for stage i.
+    /// Downstream stages are posted first, and the call returns once every stage runs.
     public func launch(_ pipeline: Pipeline, placement: [Int]) throws(RuntimeError) {
-        guard running else { throw .notRunning }
-        guard placement.count == pipeline.stages.count else {
-            throw .invalidPlacement("\(placement.count) entries for \(pipeline.stages.count) stages")
-        }
-        var perWorker = [Int](repeating: 0, count: workers.count)
-        for case let (stage, worker) in zip(pipeline.stages, placement) {
-            guard worker >= 0, worker < workers.count else {
-                throw .invalidPlacement("stage \(stage.name) on worker \(worker) of \(workers.count)")
+        try control.withLock { state throws(RuntimeError) in
+            guard state.phase == .running else { throw .notRunning }
+            guard placement.count == pipeline.stages.count else {
+                throw .invalidPlacement("\(placement.count) entries for \(pipeline.stages.count) stages")
             }
-            perWorker[worker] += 1
+            var counts = state.stagesPerWorker
+            for case let (stage, worker) in zip(pipeline.stages, placement) {
+                guard worker >= 0, worker < workers.count else {
+                    throw .invalidPlacement("stage \(stage.name) on worker \(worker) of \(workers.count)")
+                }
+                counts[worker] += 1
+                guard counts[worker] <= Limits.stagesPerWorkerMax else {
+                    throw .tooManyStages(worker: worker, max: Limits.stagesPerWorkerMax)
+                }
+            }
+            guard pipeline.launched.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged
+            else { throw .alreadyLaunched(pipeline: pipeline.name) }
+            state.stagesPerWorker = counts
+            state.pipelines.append(pipeline)
+            for case let (stage, worker) in zip(pipeline.stages, placement) {
+                state.placement[ObjectIdentifier(stage)] = worker
+            }
+            // Downstream first: each consumer's waiter is in place before its producer runs.
+            for (stage, worker) in zip(pipeline.stages, placement).reversed() { workers[worker].post(.add(stage)) }
         }
-        for (worker, added) in perWorker.enumerated() where added + stageCount(on: worker) > Limits.stagesPerWorkerMax {
-            throw .tooManyStages(worker: worker, max: Limits.stagesPerWorkerMax)
-        }
-        pipelines.append(pipeline)
-        // Downstream first: each consumer is in place (its waiter published) before items flow.
-        for (stage, worker) in zip(pipeline.stages, placement).reversed() { workers[worker].post(.add(stage)) }
+        for stage in pipeline.stages { _ = waitForArrival(stage, deadlineNs: Clock.monotonicNs() &+ 10_000_000_000) }
     }
 
     /// Moves a running stage to another worker between bursts. Items are neither lost nor reordered:
     /// the stage (with its ring ends) runs on exactly one worker at any time. Blocks until the stage
     /// runs on `target` or `timeoutNs` passes.
     public func move(_ stage: StageTask, toWorker target: Int, timeoutNs: UInt64 = 2_000_000_000) throws(RuntimeError) {
-        guard running else { throw .notRunning }
-        guard target >= 0, target < workers.count else { throw .invalidPlacement("no worker \(target)") }
-        let deadline = Clock.monotonicNs() &+ timeoutNs
-        var source = stage.owner.load(ordering: .acquiring)
-        while source == -1 {  // still arriving from a previous move or launch
-            guard Clock.monotonicNs() < deadline else { throw .moveTimedOut(stage: stage.name, toWorker: target) }
+        try control.withLock { state throws(RuntimeError) in
+            guard state.phase == .running else { throw .notRunning }
+            guard target >= 0, target < workers.count else { throw .invalidPlacement("no worker \(target)") }
+            guard let source = state.placement[ObjectIdentifier(stage)] else { throw .unknownStage(stage.name) }
+            let deadline = Clock.monotonicNs() &+ timeoutNs
+            // A previous move or the launch may still be under way: let it land first.
+            guard waitForArrival(stage, deadlineNs: deadline) else {
+                throw .moveTimedOut(stage: stage.name, toWorker: target)
+            }
+            if source == target { return }
+            guard state.stagesPerWorker[target] < Limits.stagesPerWorkerMax else {
+                throw .tooManyStages(worker: target, max: Limits.stagesPerWorkerMax)
+            }
+            state.placement[ObjectIdentifier(stage)] = target
+            state.stagesPerWorker[source] -= 1
+            state.stagesPerWorker[target] += 1
+            workers[source].post(.remove(stage, then: workers[target]))
+            while stage.owner.load(ordering: .acquiring) != target {
+                guard Clock.monotonicNs() < deadline else { throw .moveTimedOut(stage: stage.name, toWorker: target) }
+                usleep(50)
+            }
+        }
+    }
+
+    /// Waits until `stage` runs on some worker. False at the deadline.
+    private func waitForArrival(_ stage: StageTask, deadlineNs: UInt64) -> Bool {
+        while stage.owner.load(ordering: .acquiring) == -1 {
+            if Clock.monotonicNs() >= deadlineNs { return false }
             usleep(50)
-            source = stage.owner.load(ordering: .acquiring)
         }
-        if source == target { return }
-        guard stageCount(on: target) < Limits.stagesPerWorkerMax else {
-            throw .tooManyStages(worker: target, max: Limits.stagesPerWorkerMax)
-        }
-        workers[source].post(.remove(stage, then: workers[target]))
-        while stage.owner.load(ordering: .acquiring) != target {
-            guard Clock.monotonicNs() < deadline else { throw .moveTimedOut(stage: stage.name, toWorker: target) }
-            usleep(50)
-        }
+        return true
     }
 
     /// Sets every worker's wait mode; workers pick it up on their next idle turn.
@@ -146,9 +202,10 @@ public final class Runtime: @unchecked Sendable {  // unchecked: control calls c
         for worker in workers { worker.waitMode = mode }
     }
 
-    /// Waits until every launched pipeline whose source is exhausted has delivered or filtered all
-    /// it took in. Returns false on timeout.
+    /// Waits until every launched pipeline is drained: its source exhausted and everything that
+    /// entered delivered or filtered. Returns false on timeout (a live source never drains).
     public func drain(timeoutNs: UInt64) -> Bool {
+        let pipelines = control.withLock { $0.pipelines }
         let deadline = Clock.monotonicNs() &+ timeoutNs
         while !pipelines.allSatisfy(\.isDrained) {
             if Clock.monotonicNs() >= deadline { return false }
@@ -158,25 +215,21 @@ public final class Runtime: @unchecked Sendable {  // unchecked: control calls c
     }
 
     /// Stops every worker and joins its thread. Items still on rings stay there (drain first).
+    /// Safe to call more than once.
     public func stop() {
-        guard running else { return }
-        stopStarted()
-        running = false
+        control.withLock { state in
+            guard state.phase == .running else { return }
+            state.phase = .stopped
+            joinWorkers()
+        }
     }
 
-    private func stopStarted() {
+    private func joinWorkers() {
         for worker in workers where worker.thread != nil { worker.requestStop() }
         for worker in workers {
             guard let thread = worker.thread else { continue }
             pthread_join(thread, nil)
             worker.thread = nil
-        }
-    }
-
-    /// Stages on `worker`, counted from the stages' owners (a control-thread view).
-    private func stageCount(on worker: Int) -> Int {
-        pipelines.reduce(0) { count, pipeline in
-            count + pipeline.stages.filter { $0.owner.load(ordering: .relaxed) == worker }.count
         }
     }
 }

@@ -22,8 +22,12 @@ public final class Worker: @unchecked Sendable {  // unchecked: `stages` is touc
     let stopRequested = Atomic<Bool>(false)
     let hasMail = Atomic<Bool>(false)
     let mailbox = Mutex<[Request]>([])
-    /// 0 while starting, 1 when pinned and running, 2 when pinning failed, 3 when stopped.
-    let state = Atomic<Int>(0)
+    /// Where the worker thread is in its life (a `ThreadState` raw value).
+    let state = Atomic<Int>(ThreadState.starting.rawValue)
+
+    enum ThreadState: Int {
+        case starting, running, pinFailed, stopped
+    }
     let pinErrno = Atomic<Int32>(0)
     let predictorConfiguration: IdlePredictor.Configuration
     private var wakeMarginNs: UInt64 { predictorConfiguration.wakeMarginNs }
@@ -80,14 +84,14 @@ public final class Worker: @unchecked Sendable {  // unchecked: `stages` is touc
         let rc = sluice_thread_pin_self(Int32(cpu))
         guard rc == 0 else {
             pinErrno.store(-rc, ordering: .relaxed)
-            state.store(2, ordering: .releasing)
+            state.store(ThreadState.pinFailed.rawValue, ordering: .releasing)
             return
         }
         _ = sluice_thread_set_name("sluice-w\(index)")
         _ = sluice_thread_set_timer_slack_ns(1)
-        state.store(1, ordering: .releasing)
+        state.store(ThreadState.running.rawValue, ordering: .releasing)
         runLoop()
-        state.store(3, ordering: .releasing)
+        state.store(ThreadState.stopped.rawValue, ordering: .releasing)
     }
 
     /// The poll loop: one burst per stage per turn; on an empty turn, wait as the mode says.
@@ -106,7 +110,7 @@ public final class Worker: @unchecked Sendable {  // unchecked: `stages` is touc
             }
             let elapsed = sluice_cycles() &- start
             turns &+= 1
-            if turns & 255 == 0 { tally.publish(to: counters) }
+            if turns & 255 == 0 { tally.publish(to: counters, withCPUTime: turns & 0xFFFF == 0) }
             if moved > 0 {
                 tally.busyPolls &+= 1
                 tally.items &+= UInt64(moved)
@@ -136,7 +140,7 @@ public final class Worker: @unchecked Sendable {  // unchecked: `stages` is touc
                 }
             }
         }
-        tally.publish(to: counters)
+        tally.publish(to: counters, withCPUTime: true)
     }
 
     /// Idle prediction: items are on their way to one of this worker's stages.
@@ -152,23 +156,30 @@ public final class Worker: @unchecked Sendable {  // unchecked: `stages` is touc
     /// wake-up and is counted.
     @inline(never)
     private func sleep(timeoutNs: UInt64, tally: inout WorkerTally) {
-        tally.publish(to: counters)
         sluice_waiter_announce(waiter)
         var timeout = min(timeoutNs, UInt64(Limits.sleepTimeoutNsMax))
         let now = sluice_monotonic_ns()
+        // After announcing, re-check everything that can wake us: mail, stop, a switch to busy-poll
+        // (whose notify may have come before the announcement), and input.
         var workWaiting = hasMail.load(ordering: .relaxed) || stopRequested.load(ordering: .relaxed)
+            || waitMode == .busyPoll
         for slot in 0..<stageCount where !workWaiting {
-            let stage = stages[slot].takeUnretainedValue()
-            // A source's next item is due in `hint`: sleep only if waking early enough is possible,
-            // else keep polling (a late wake would make the source fall behind and then burst).
-            guard let hint = stage.sleepHintNs(nowNs: now), hint > wakeMarginNs else { workWaiting = true; break }
-            timeout = min(timeout, hint == UInt64.max ? hint : hint - wakeMarginNs)
-            workWaiting = stage.hasInput()
+            stages[slot]._withUnsafeGuaranteedRef { stage in
+                // A source's next item is due in `hint`: sleep only if waking early enough is possible,
+                // else keep polling (a late wake would make the source fall behind and then burst).
+                guard let hint = stage.sleepHintNs(nowNs: now), hint > wakeMarginNs else {
+                    workWaiting = true
+                    return
+                }
+                timeout = min(timeout, hint == UInt64.max ? hint : hint - wakeMarginNs)
+                workWaiting = stage.hasInput()
+            }
         }
         if workWaiting {
             sluice_waiter_cancel(waiter)
             return
         }
+        tally.publish(to: counters, withCPUTime: false)
         let rc = sluice_waiter_sleep(waiter, Int64(timeout))
         tally.sleeps &+= 1
         tally.sleepNs &+= sluice_monotonic_ns() &- now
@@ -178,7 +189,7 @@ public final class Worker: @unchecked Sendable {  // unchecked: `stages` is touc
     }
 
     private func inputWaiting() -> Bool {
-        for slot in 0..<stageCount where stages[slot].takeUnretainedValue().hasInput() { return true }
+        for slot in 0..<stageCount where stages[slot]._withUnsafeGuaranteedRef({ $0.hasInput() }) { return true }
         return false
     }
 
@@ -200,7 +211,9 @@ public final class Worker: @unchecked Sendable {  // unchecked: `stages` is touc
 
     private func adopt(_ stage: StageTask) {
         precondition(stageCount < Limits.stagesPerWorkerMax, "worker over Limits.stagesPerWorkerMax stages")
-        precondition(stage.owner.load(ordering: .acquiring) == -1, "stage still owned by another worker")
+        // Claim first: the runtime never hands one stage to two workers, and this makes sure of it.
+        let claimed = stage.owner.compareExchange(expected: -1, desired: index, ordering: .acquiringAndReleasing)
+        precondition(claimed.exchanged, "stage still owned by another worker")
         // Producers read this to wake us; set it before the first run so none of their wakes is lost.
         stage.inputLink?.consumerWaiter.store(UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(waiter))),
                                               ordering: .sequentiallyConsistent)
@@ -211,7 +224,6 @@ public final class Worker: @unchecked Sendable {  // unchecked: `stages` is touc
         }
         stages[slot] = Unmanaged.passRetained(stage)
         stageCount += 1
-        stage.owner.store(index, ordering: .releasing)
     }
 
     private func release(_ stage: StageTask, to target: Worker?) {
@@ -220,6 +232,9 @@ public final class Worker: @unchecked Sendable {  // unchecked: `stages` is touc
         }
         for slot in found..<(stageCount - 1) { stages[slot] = stages[slot + 1] }
         stageCount -= 1
+        // No waiter while the stage travels: producers then fence and find nobody to wake, and the
+        // new worker publishes its own waiter before it first looks at the ring.
+        stage.inputLink?.consumerWaiter.store(0, ordering: .sequentiallyConsistent)
         stage.owner.store(-1, ordering: .releasing)
         target?.post(.add(stage))
         Unmanaged.passUnretained(stage).release()

@@ -1,8 +1,8 @@
 // Path: Sources/SluiceCore/Worker/WorkerCounters.swift — what a worker did with its core.
 import Synchronization
 
-/// Counters of one worker (an lcore), published by the worker every `publishTurns` turns and before it
-/// sleeps; read by anyone. Utilisation counts only turns that moved items as busy, so a busy-polling
+/// Counters of one worker (an lcore), published by the worker every 256 turns, before it sleeps and
+/// when it stops (CPU time: every 64k turns and at stop); read by anyone. Utilisation counts only turns that moved items as busy, so a busy-polling
 /// worker at 10% load shows 10%, not 100%.
 public final class WorkerCounters: Sendable {
     /// Turns that moved at least one item.
@@ -73,7 +73,9 @@ struct WorkerTally {
     var timeoutWakeups: UInt64 = 0
     var lostWakeups: UInt64 = 0
 
-    func publish(to counters: WorkerCounters) {
+    /// Stores the totals (relaxed). `withCPUTime` also samples CLOCK_THREAD_CPUTIME_ID, which is a
+    /// real system call (no vDSO): only every 64k turns and at stop.
+    func publish(to counters: WorkerCounters, withCPUTime: Bool) {
         counters.busyPolls.store(busyPolls, ordering: .relaxed)
         counters.emptyPolls.store(emptyPolls, ordering: .relaxed)
         counters.items.store(items, ordering: .relaxed)
@@ -83,6 +85,6 @@ struct WorkerTally {
         counters.sleepNs.store(sleepNs, ordering: .relaxed)
         counters.timeoutWakeups.store(timeoutWakeups, ordering: .relaxed)
         counters.lostWakeups.store(lostWakeups, ordering: .relaxed)
-        counters.cpuNs.store(Clock.threadCPUNs(), ordering: .relaxed)
+        if withCPUTime { counters.cpuNs.store(Clock.threadCPUNs(), ordering: .relaxed) }
     }
 }

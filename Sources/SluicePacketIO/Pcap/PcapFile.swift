@@ -66,6 +66,9 @@ public struct PcapReader: ~Copyable {
     public let format: PcapFormat
     /// Records returned so far: the index of the next one.
     public private(set) var recordIndex = 0
+    /// Byte offset of the next record in a classic pcap file (file header, then 16 + length each);
+    /// asking the FILE for its position on every record would cost a system call.
+    private var nextRecordOffset: Int64 = 24
     private let handle: OpaquePointer
 
     public init(path: String) throws(PcapError) {
@@ -86,10 +89,10 @@ public struct PcapReader: ~Copyable {
     /// `badRecord` naming its index and offset; the records before it were returned normally.
     public mutating func next() throws(PcapError) -> PcapRecord? {
         var record = sluice_pcap_record()
-        let offset = sluice_pcap_file_offset(handle)
         switch sluice_pcap_next(handle, &record) {
         case 1:
             recordIndex += 1
+            nextRecordOffset += 16 + Int64(record.captured_length)
             return PcapRecord(
                 timestampNs: record.timestamp_ns, capturedLength: Int(record.captured_length),
                 wireLength: Int(record.wire_length),
@@ -97,6 +100,8 @@ public struct PcapReader: ~Copyable {
         case SLUICE_PCAP_END:
             return nil
         default:
+            // pcapng blocks vary in size: there, report where libpcap stopped reading.
+            let offset = format.container == .pcap ? nextRecordOffset : sluice_pcap_file_offset(handle)
             throw .badRecord(path: path, recordIndex: recordIndex, fileOffset: offset,
                              message: String(cString: pcap_geterr(handle)))
         }
