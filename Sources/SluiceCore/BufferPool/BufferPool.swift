@@ -149,6 +149,26 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
         return indices.count
     }
 
+    /// Takes up to `indices.count` free buffers (best effort); returns how many, 0 counted as
+    /// exhaustion. The caller owns them (adopt each, or keep them as raw indices in a stage's cache).
+    @inlinable public func allocateBurst(into indices: UnsafeMutableBufferPointer<UInt32>) -> Int {
+        var taken = 0
+        while taken < indices.count {
+            var index: UInt64 = 0
+            guard sluice_mpmc_dequeue(freeList, &index) == 1 else { break }
+            indices[taken] = UInt32(truncatingIfNeeded: index)
+            taken += 1
+        }
+        if taken == 0, indices.count > 0 { exhaustedCount.add(1, ordering: .relaxed) }
+        return taken
+    }
+
+    /// Returns a burst of owned buffers by raw index (items taken off a ring), running the free hook
+    /// for each. Any thread; never blocks.
+    @inlinable public func freeBurst(_ items: UnsafeBufferPointer<UInt64>) {
+        for item in items { freeIndex(UInt32(truncatingIfNeeded: item)) }
+    }
+
     /// Returns a buffer to the pool, running the free hook first. Any thread; never blocks.
     @inlinable public func free(_ buffer: consuming PacketBuffer) {
         freeIndex(buffer.releaseIndex())

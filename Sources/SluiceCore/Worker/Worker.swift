@@ -123,14 +123,15 @@ public final class Worker: @unchecked Sendable {  // unchecked: `stages` is touc
             }
             tally.emptyPolls &+= 1
             tally.idleCycles &+= elapsed
-            let now = sluice_monotonic_ns()
-            if idleSinceNs == 0 { idleSinceNs = now }
             switch waitMode {
             case .busyPoll:
                 sluice_cpu_relax()
             case .interrupt:
                 sleep(timeoutNs: UInt64(Limits.sleepTimeoutNsMax), tally: &tally)
             case .adaptive:
+                // Only this mode learns from time, so only it reads the clock on an empty turn.
+                let now = sluice_monotonic_ns()
+                if idleSinceNs == 0 { idleSinceNs = now }
                 if anyInFlight() || now &- idleSinceNs < predictor.spinBudgetNs {
                     sluice_cpu_relax()
                 } else {

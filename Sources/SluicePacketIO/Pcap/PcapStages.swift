@@ -37,16 +37,23 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
     public let counters = PcapSourceCounters()
     private let failureBox = Mutex<PcapError?>(nil)
     private let pool: BufferPool
-    private var reader: PcapReader?
-    private var pending: UInt32?        // the next record, read into a buffer, not yet due
-    private var pendingDueNs: UInt64 = 0
-    private var firstTimestampNs: UInt64?
-    private var lastTimestampNs: UInt64 = 0
-    private var loopOffsetNs: UInt64 = 0
-    private var startNs: UInt64 = 0
-    private var sequence: UInt64 = 0
-    private var loopsLeft: Int
-    private var finished = false
+    @exclusivity(unchecked) private var reader: PcapReader?
+    @exclusivity(unchecked) private var pending: UInt32?        // the next record, read into a buffer, not yet due
+    @exclusivity(unchecked) private var pendingDueNs: UInt64 = 0
+    @exclusivity(unchecked) private var firstTimestampNs: UInt64?
+    @exclusivity(unchecked) private var lastTimestampNs: UInt64 = 0
+    @exclusivity(unchecked) private var loopOffsetNs: UInt64 = 0
+    @exclusivity(unchecked) private var startNs: UInt64 = 0
+    @exclusivity(unchecked) private var sequence: UInt64 = 0
+    @exclusivity(unchecked) private var loopsLeft: Int
+    @exclusivity(unchecked) private var finished = false
+    // Only the worker running the stage touches the state below: no dynamic exclusivity checks.
+    /// Free buffers this source took from the pool in bulk; handed out one per record.
+    private let cache = UnsafeMutableBufferPointer<UInt32>.allocate(capacity: PcapSource.cacheCountMax)
+    @exclusivity(unchecked) private var cacheCount = 0
+    @exclusivity(unchecked) private var packetsRead: UInt64 = 0
+    @exclusivity(unchecked) private var bytesRead: UInt64 = 0
+    static let cacheCountMax = 64
 
     /// Opens `path` now, so a missing or unreadable file is an error before the pipeline starts.
     public init(path: String, pool: BufferPool, pacing: ReplayPacing, loopCount: Int = 1, port: UInt16 = 0)
@@ -62,6 +69,12 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
         self.loopCount = loopCount
         self.loopsLeft = loopCount - 1
         self.port = port
+    }
+
+    deinit {
+        for slot in 0..<cacheCount { pool.freeIndex(cache[slot]) }
+        if let pending { pool.freeIndex(pending) }
+        cache.deallocate()
     }
 
     /// The error that ended the replay early, if any.
@@ -81,6 +94,8 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
             count += 1
             pending = nil
         }
+        counters.packets.store(packetsRead, ordering: .relaxed)
+        counters.bytes.store(bytesRead, ordering: .relaxed)
         return count
     }
 
@@ -94,11 +109,15 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
     /// no buffer is free: then the record stays unread and the next turn tries again).
     private func readNext(now: UInt64) -> Bool {
         guard !finished else { return false }
-        guard let buffer = pool.allocate() else {
-            counters.poolWaits.add(1, ordering: .relaxed)
-            return false
+        if cacheCount == 0 {
+            cacheCount = pool.allocateBurst(into: cache)
+            guard cacheCount > 0 else {
+                counters.poolWaits.add(1, ordering: .relaxed)
+                return false
+            }
         }
-        let index = buffer.releaseIndex()
+        cacheCount -= 1
+        let index = cache[cacheCount]
         do {
             guard let record = try reader!.next() else {
                 pool.freeIndex(index)
@@ -121,15 +140,15 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
         let bytes = pool.bytes(at: index)
         let length = min(record.capturedLength, bytes.count)
         bytes.copyMemory(from: UnsafeRawBufferPointer(rebasing: record.bytes[0..<length]))
-        let metadata = pool.metadata(at: index)
-        metadata.pointee = PacketMetadata()
-        metadata.pointee.length = UInt32(length)
-        metadata.pointee.wireLength = UInt32(max(record.wireLength, length))
-        metadata.pointee.timestampNs = record.timestampNs
-        metadata.pointee.linkType = UInt16(truncatingIfNeeded: linkType)
-        metadata.pointee.port = port
-        counters.packets.store(counters.packets.load(ordering: .relaxed) &+ 1, ordering: .relaxed)
-        counters.bytes.store(counters.bytes.load(ordering: .relaxed) &+ UInt64(length), ordering: .relaxed)
+        var metadata = PacketMetadata()
+        metadata.length = UInt32(length)
+        metadata.wireLength = UInt32(max(record.wireLength, length))
+        metadata.timestampNs = record.timestampNs
+        metadata.linkType = UInt16(truncatingIfNeeded: linkType)
+        metadata.port = port
+        pool.metadata(at: index).pointee = metadata
+        packetsRead &+= 1
+        bytesRead &+= UInt64(length)
     }
 
     private func dueNs(timestampNs: UInt64) -> UInt64 {
@@ -174,9 +193,9 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
 /// writing (counted, kept in `failure`); buffers are still freed, so the pipeline drains.
 public final class PcapSink: StageBody, @unchecked Sendable {  // unchecked: one worker at a time
     private let pool: BufferPool
-    private var writer: PcapWriter
+    @exclusivity(unchecked) private var writer: PcapWriter
     private let failureBox = Mutex<PcapError?>(nil)
-    private var failed = false
+    @exclusivity(unchecked) private var failed = false
     public let written = Atomic<UInt64>(0)
     public let writeErrors = Atomic<UInt64>(0)
 
@@ -203,8 +222,8 @@ public final class PcapSink: StageBody, @unchecked Sendable {  // unchecked: one
                     written &+= 1
                 } catch { record(error) }
             }
-            pool.freeIndex(index)
         }
+        pool.freeBurst(UnsafeBufferPointer(items))
         self.written.store(self.written.load(ordering: .relaxed) &+ written, ordering: .relaxed)
         return items.count
     }
@@ -231,9 +250,7 @@ public struct DiscardSink: StageBody, @unchecked Sendable {  // unchecked: the p
     public init(pool: BufferPool) { self.pool = Unmanaged.passUnretained(pool) }
 
     public mutating func process(_ items: UnsafeMutableBufferPointer<UInt64>) -> Int {
-        pool._withUnsafeGuaranteedRef { pool in
-            for item in items { pool.freeIndex(UInt32(truncatingIfNeeded: item)) }
-        }
+        pool._withUnsafeGuaranteedRef { $0.freeBurst(UnsafeBufferPointer(items)) }
         return items.count
     }
 }
