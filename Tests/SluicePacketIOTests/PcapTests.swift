@@ -44,6 +44,41 @@ import Testing
         #expect(reader.recordIndex == expected.records)
     }
 
+    /// The chunked reader and libpcap return the same records and fail on the same record.
+    @Test(arguments: ["eth_udp.pcap", "eth_udp_ns.pcap", "vlan_qinq.pcap", "ipv6_ext.pcap", "fragments.pcap",
+                      "sll.pcap", "rawip.pcap", "vxlan.pcap", "truncated.pcap", "corrupt.pcap"])
+    func chunkedReaderMatchesLibpcap(_ file: String) throws {
+        try #require(Captures.available)
+        var fast = try PcapReader(path: Captures.path(file))
+        var slow = try PcapReader(path: Captures.path(file), libpcapRecords: true)
+        while true {
+            var fastError: PcapError?
+            var slowError: PcapError?
+            var fastRecord: PcapRecord?
+            var slowRecord: PcapRecord?
+            do { fastRecord = try fast.next() } catch { fastError = error }
+            do { slowRecord = try slow.next() } catch { slowError = error }
+            if let fastError, let slowError {
+                guard case .badRecord(_, let fastIndex, let fastOffset, _) = fastError,
+                      case .badRecord(_, let slowIndex, let slowOffset, _) = slowError else {
+                    Issue.record("unexpected errors \(fastError) / \(slowError)")
+                    return
+                }
+                #expect(fastIndex == slowIndex)
+                #expect(fastOffset == slowOffset)
+                return
+            }
+            #expect(fastError == nil && slowError == nil, "both fail or neither: \(String(describing: fastError)) vs \(String(describing: slowError))")
+            guard let a = fastRecord, let b = slowRecord else {
+                #expect(fastRecord == nil && slowRecord == nil, "both end together")
+                return
+            }
+            #expect(a.timestampNs == b.timestampNs)
+            #expect(a.capturedLength == b.capturedLength && a.wireLength == b.wireLength)
+            #expect(a.bytes.elementsEqual(b.bytes))
+        }
+    }
+
     @Test func nanosecondTimestampsSurvive() throws {
         try #require(Captures.available)
         var reader = try PcapReader(path: Captures.path("eth_udp_ns.pcap"))
