@@ -13,7 +13,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Tests that pin threads and measure timing run one suite at a time on small machines.
 TEST_FLAGS ?= --no-parallel
 
-.PHONY: all deps bench-deps build build-tests test demo bench bench-ring bench-pipeline soak clean
+.PHONY: all deps bench-deps build build-tests test demo bench bench-ring bench-pipeline bench-replay soak clean
 
 all: build
 
@@ -45,19 +45,24 @@ build-tests: deps
 test: build-tests
 	$(SWIFT) test $(TEST_FLAGS)
 
-# The main job on this machine: the core runtime's 3-stage pipeline, pinned, at full and at 10% load.
+# The main job: replay the bundled sample capture through the packet pipeline to out/demo.pcap,
+# then the core runtime's item pipeline at full load.
 demo: build
-	.build/release/sluice pipeline --wait-mode adaptive --count 20000000
+	mkdir -p out
+	.build/release/sluice replay Tests/Fixtures/sample.pcap --out out/demo.pcap --speed 1
 	@echo
-	.build/release/sluice pipeline --wait-mode adaptive --rate 2000000 --count 2000000
+	.build/release/sluice pipeline --wait-mode adaptive --count 20000000
 
-bench: bench-ring bench-pipeline
+bench: bench-ring bench-pipeline bench-replay
 
 bench-ring: bench-deps
 	scripts/bench-ring.sh
 
 bench-pipeline: build
 	scripts/bench-pipeline.sh
+
+bench-replay: build
+	scripts/bench-replay.sh
 
 # Long stress runs: the runtime's tests repeated, for lost wake-ups and races that need many tries.
 soak: build-tests
