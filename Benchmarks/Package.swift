@@ -40,6 +40,18 @@ let package = Package(
         // Futex wake-up latency between two pinned threads: the floor under sleeping wait modes.
         .target(name: "CWakeHarness", linkerSettings: [.linkedLibrary("pthread")]),
         .executableTarget(name: "wake-latency", dependencies: ["CWakeHarness"]),
+        // Plain-C AF_PACKET anchors (a TX-ring sender, a recvfrom receiver) and the driver that runs
+        // them against Sluice's AF_PACKET rings over a veth pair (scripts/bench-afpacket.sh).
+        .target(name: "CPacketHarness", linkerSettings: [.linkedLibrary("pthread")]),
+        .executableTarget(
+            name: "afpacket-compare",
+            dependencies: [
+                "CPacketHarness",
+                .product(name: "SluiceCore", package: "Sluice"),
+                .product(name: "SluicePacketIO", package: "Sluice"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
         // package-benchmark suites: one folder each beside this file (the plugin looks for a parent
         // folder named Benchmarks).
         .executableTarget(

@@ -1,0 +1,170 @@
+/* Path: Benchmarks/Sources/CPacketHarness/packet_harness.c — the plain-C AF_PACKET anchors. */
+#define _GNU_SOURCE
+#include "packet_harness.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
+#include <net/if.h>
+#include <pthread.h>
+#include <sched.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+static uint64_t clock_ns(clockid_t clock) {
+    struct timespec ts;
+    clock_gettime(clock, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+void pkth_flag_set(int *flag, int value) { __atomic_store_n(flag, value, __ATOMIC_RELEASE); }
+int pkth_flag_get(const int *flag) { return __atomic_load_n(flag, __ATOMIC_ACQUIRE); }
+
+/* setns into the namespace, then pin. 0 or -errno. */
+static int enter(const char *netns_path, int cpu) {
+    int fd = open(netns_path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    int rc = setns(fd, CLONE_NEWNET) == 0 ? 0 : -errno;
+    close(fd);
+    if (rc != 0 || cpu < 0) return rc;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    return -pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+}
+
+static int set_int(int fd, int level, int option, int value) {
+    return setsockopt(fd, level, option, &value, sizeof(value)) == 0 ? 0 : -errno;
+}
+
+static int bind_to(int fd, const char *interface, uint16_t protocol) {
+    struct sockaddr_ll address;
+    memset(&address, 0, sizeof(address));
+    address.sll_family = AF_PACKET;
+    address.sll_protocol = htons(protocol);
+    address.sll_ifindex = (int)if_nametoindex(interface);
+    if (address.sll_ifindex == 0) return -errno;
+    return bind(fd, (struct sockaddr *)&address, sizeof(address)) == 0 ? 0 : -errno;
+}
+
+static void put_sequence(uint8_t *at, uint64_t sequence) {
+    for (int i = 7; i >= 0; i--) { at[i] = (uint8_t)sequence; sequence >>= 8; }
+}
+
+int pkth_txring_send(const struct pkth_sender_config *c, struct pkth_sender_result *r) {
+    memset(r, 0, sizeof(*r));
+    int rc = enter(c->netns_path, c->cpu);
+    if (rc != 0) return rc;
+    int fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    long page = sysconf(_SC_PAGESIZE);
+    uint32_t block_size = c->frame_size > (uint32_t)page ? c->frame_size : (uint32_t)page;
+    struct tpacket_req request = {
+        .tp_block_size = block_size,
+        .tp_block_nr = c->frame_count / (block_size / c->frame_size),
+        .tp_frame_size = c->frame_size,
+        .tp_frame_nr = c->frame_count,
+    };
+    size_t ring_bytes = (size_t)c->frame_size * c->frame_count;
+    uint8_t *ring = MAP_FAILED;
+    if ((rc = set_int(fd, SOL_PACKET, PACKET_VERSION, TPACKET_V2)) != 0) goto out;
+    if (c->qdisc_bypass && (rc = set_int(fd, SOL_PACKET, PACKET_QDISC_BYPASS, 1)) != 0) goto out;
+    if ((rc = set_int(fd, SOL_PACKET, PACKET_LOSS, 1)) != 0) goto out;  /* as Sluice: skip bad frames */
+    if (setsockopt(fd, SOL_PACKET, PACKET_TX_RING, &request, sizeof(request)) != 0) { rc = -errno; goto out; }
+    ring = mmap(NULL, ring_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+    if (ring == MAP_FAILED) { rc = -errno; goto out; }
+    if ((rc = bind_to(fd, c->interface, 0)) != 0) goto out;
+    if (c->start) {
+        uint64_t deadline = clock_ns(CLOCK_MONOTONIC) + 10000000000ull;
+        while (!pkth_flag_get(c->start) && clock_ns(CLOCK_MONOTONIC) < deadline) sched_yield();
+    }
+    const uint32_t data_offset = TPACKET2_HDRLEN - sizeof(struct sockaddr_ll);
+    const uint32_t mask = c->frame_count - 1;
+    uint64_t wall0 = clock_ns(CLOCK_MONOTONIC), cpu0 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
+    uint64_t head = 0;
+    while (head < c->count) {
+        uint64_t end = head + c->burst < c->count ? head + c->burst : c->count;
+        for (; head < end; head++) {
+            struct tpacket2_hdr *h = (struct tpacket2_hdr *)(ring + (size_t)(head & mask) * c->frame_size);
+            /* Wait for the slot; kick so the kernel drains what is queued (bounded by the kernel's progress). */
+            while (__atomic_load_n(&h->tp_status, __ATOMIC_ACQUIRE) & (TP_STATUS_SEND_REQUEST | TP_STATUS_SENDING)) {
+                r->kicks++;
+                if (sendto(fd, NULL, 0, MSG_DONTWAIT, NULL, 0) < 0) r->kick_retries++;
+            }
+            uint8_t *data = (uint8_t *)h + data_offset;
+            memcpy(data, c->frame, c->frame_length);
+            put_sequence(data + c->sequence_offset, head);
+            h->tp_len = c->frame_length;
+            __atomic_store_n(&h->tp_status, TP_STATUS_SEND_REQUEST, __ATOMIC_RELEASE);
+        }
+        r->kicks++;
+        if (sendto(fd, NULL, 0, MSG_DONTWAIT, NULL, 0) < 0) r->kick_retries++;
+    }
+    r->sent = head;
+    /* Wait (bounded, 5 s) until every slot is back. */
+    uint64_t deadline = clock_ns(CLOCK_MONOTONIC) + 5000000000ull;
+    for (uint32_t slot = 0; slot < c->frame_count && clock_ns(CLOCK_MONOTONIC) < deadline;) {
+        struct tpacket2_hdr *h = (struct tpacket2_hdr *)(ring + (size_t)slot * c->frame_size);
+        if (__atomic_load_n(&h->tp_status, __ATOMIC_ACQUIRE) & (TP_STATUS_SEND_REQUEST | TP_STATUS_SENDING)) {
+            r->kicks++;
+            if (sendto(fd, NULL, 0, MSG_DONTWAIT, NULL, 0) < 0) r->kick_retries++;
+        } else {
+            slot++;
+        }
+    }
+    r->wall_ns = clock_ns(CLOCK_MONOTONIC) - wall0;
+    r->cpu_ns = clock_ns(CLOCK_THREAD_CPUTIME_ID) - cpu0;
+    rc = 0;
+out:
+    if (ring != MAP_FAILED) munmap(ring, ring_bytes);
+    close(fd);
+    return rc;
+}
+
+int pkth_recvfrom_receive(const struct pkth_receiver_config *c, struct pkth_receiver_result *r) {
+    memset(r, 0, sizeof(*r));
+    int rc = enter(c->netns_path, c->cpu);
+    if (rc != 0) return rc;
+    int fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    struct timeval timeout = {.tv_sec = 0, .tv_usec = 20000};
+    if ((rc = set_int(fd, SOL_SOCKET, SO_RCVBUFFORCE, c->rcvbuf_bytes)) != 0) goto out;
+    if ((rc = set_int(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)) != 0) goto out;
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout)) != 0) { rc = -errno; goto out; }
+    if ((rc = bind_to(fd, c->interface, ETH_P_ALL)) != 0) goto out;
+    uint8_t buffer[2048];
+    pkth_flag_set(c->ready, 1);
+    uint64_t cpu0 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
+    uint64_t quiet_since = clock_ns(CLOCK_MONOTONIC);
+    while (r->packets < c->expected) {
+        ssize_t length = recvfrom(fd, buffer, sizeof(buffer), 0, NULL, NULL);
+        if (length >= 0) {
+            r->packets++;
+            r->bytes += (uint64_t)length;
+            continue;
+        }
+        if (errno != EAGAIN && errno != EINTR) { rc = -errno; goto out; }
+        uint64_t now = clock_ns(CLOCK_MONOTONIC);
+        if (!pkth_flag_get(c->sender_done)) {
+            quiet_since = now;
+        } else if (now - quiet_since > c->quiet_ns) {
+            break;
+        }
+    }
+    r->cpu_ns = clock_ns(CLOCK_THREAD_CPUTIME_ID) - cpu0;
+    struct tpacket_stats stats;
+    socklen_t stats_length = sizeof(stats);
+    if (getsockopt(fd, SOL_PACKET, PACKET_STATISTICS, &stats, &stats_length) == 0) {
+        r->kernel_packets = stats.tp_packets;
+        r->kernel_drops = stats.tp_drops;
+    }
+    rc = 0;
+out:
+    close(fd);
+    return rc;
+}
