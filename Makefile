@@ -13,7 +13,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Tests that pin threads and measure timing run one suite at a time on small machines.
 TEST_FLAGS ?= --no-parallel
 
-.PHONY: all deps bench-deps build build-tests test demo bench bench-ring bench-pipeline bench-replay soak clean
+.PHONY: all deps bench-deps build build-tests test demo bench bench-ring bench-pipeline bench-replay bench-afpacket soak clean
 
 all: build
 
@@ -42,8 +42,10 @@ build: deps
 build-tests: deps
 	$(SWIFT) build --build-tests
 
+# Every test, then the parser's fuzz target for a bounded time (libFuzzer; exits non-zero on a crash).
 test: build-tests
 	$(SWIFT) test $(TEST_FLAGS)
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-30} scripts/fuzz-parser.sh
 
 # The main job: replay the bundled sample capture through the packet pipeline to out/demo.pcap,
 # then the core runtime's item pipeline at full load.
@@ -53,7 +55,7 @@ demo: build
 	@echo
 	.build/release/sluice pipeline --wait-mode adaptive --count 20000000
 
-bench: bench-ring bench-pipeline bench-replay
+bench: bench-ring bench-pipeline bench-replay bench-afpacket
 
 bench-ring: bench-deps
 	scripts/bench-ring.sh
@@ -64,11 +66,16 @@ bench-pipeline: build
 bench-replay: build
 	scripts/bench-replay.sh
 
-# Long stress runs: the runtime's tests repeated, for lost wake-ups and races that need many tries.
+bench-afpacket: bench-deps
+	scripts/bench-afpacket.sh
+
+# Long stress runs: the runtime's tests repeated, for lost wake-ups and races that need many tries,
+# then a long fuzz run of the parser.
 soak: build-tests
 	for round in $$(seq 1 $${SOAK_ROUNDS:-20}); do \
 	  $(SWIFT) test $(TEST_FLAGS) --skip-build --filter "PipelineTests|RingTests|BufferPoolTests" || exit 1; \
 	done
+	FUZZ_SECONDS=$${FUZZ_SOAK_SECONDS:-600} scripts/fuzz-parser.sh
 
 clean:
-	rm -rf .build Benchmarks/.build
+	rm -rf .build .build-fuzz Benchmarks/.build out

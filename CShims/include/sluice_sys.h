@@ -84,6 +84,11 @@ static inline uint64_t sluice_thread_cpu_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/* Cache prefetch hints for burst loops (DPDK's rte_prefetch0 / rte_prefetch0_write): start pulling
+ * a line another core wrote before we need it. */
+static inline void sluice_prefetch_read(const void *p) { __builtin_prefetch(p, 0, 3); }
+static inline void sluice_prefetch_write(const void *p) { __builtin_prefetch(p, 1, 3); }
+
 /* Spin-wait hint: PAUSE on x86, YIELD on arm64. */
 static inline void sluice_cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)

@@ -2,6 +2,7 @@
 import ArgumentParser
 import Glibc
 import SluiceCore
+import SluicePacket
 import SluicePacketIO
 
 struct ReplayCommand: ParsableCommand {
@@ -36,6 +37,15 @@ struct ReplayCommand: ParsableCommand {
     @Option(help: "How idle workers wait: busy-poll, adaptive or interrupt.")
     var waitMode: WaitMode = .adaptive
 
+    @Option(help: "Stages between RX and TX: 2 (none), 3 (parse/classify), 4 (parse/classify, action).")
+    var stages = 4
+
+    @Option(help: "What gives a packet its source id: source-mac, outer-vlan, source-prefix or input-port.")
+    var classifyBy = "source-mac"
+
+    @Option(help: "A source table entry VALUE=ID, e.g. 02:00:00:00:01:00=1, 20=2 (VLAN), 198.18.1.0/24=3. Repeatable.")
+    var source: [String] = []
+
     @Flag(help: "Print the summary as JSON.")
     var json = false
 
@@ -46,6 +56,35 @@ struct ReplayCommand: ParsableCommand {
         if let rate, !(rate > 0) { throw ValidationError("--rate must be positive, got \(rate)") }
         if let speed, !(speed > 0) { throw ValidationError("--speed must be positive, got \(speed)") }
         guard loop >= 1 else { throw ValidationError("--loop must be at least 1, got \(loop)") }
+        guard ReplayStages(rawValue: stages) != nil else { throw ValidationError("--stages must be 2, 3 or 4, got \(stages)") }
+        _ = try classifier()
+    }
+
+    /// The classifier from --classify-by and --source; errors name the flag and the entry.
+    func classifier() throws -> ClassifierConfiguration {
+        let keys: [String: SourceKey] = ["source-mac": .sourceMAC, "outer-vlan": .outerVLAN,
+                                         "source-prefix": .sourcePrefix, "input-port": .inputPort]
+        guard let key = keys[classifyBy] else {
+            throw ValidationError("--classify-by: '\(classifyBy)' is not one of \(keys.keys.sorted().joined(separator: ", "))")
+        }
+        var entries: [SourceEntry] = []
+        for text in source {
+            let parts = text.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2, let id = UInt16(parts[1]) else {
+                throw ValidationError("--source '\(text)': expected VALUE=ID with ID 0...65535")
+            }
+            let match: SourceMatch? = switch key {
+            case .sourceMAC: MACAddress(parts[0]).map { .mac($0) }
+            case .outerVLAN: UInt16(parts[0]).map { .vlan($0) }
+            case .sourcePrefix: IPPrefix(parts[0]).map { .prefix($0) }
+            case .inputPort: UInt16(parts[0]).map { .port($0) }
+            }
+            guard let match else { throw ValidationError("--source '\(text)': '\(parts[0])' is not a \(classifyBy) value") }
+            entries.append(SourceEntry(match, sourceID: id))
+        }
+        do { return try ClassifierConfiguration(key: key, entries: entries) } catch {
+            throw ValidationError("--source: \(error)")
+        }
     }
 
     func run() throws {
@@ -53,8 +92,10 @@ struct ReplayCommand: ParsableCommand {
         let pacing: ReplayPacing = topspeed ? .topSpeed
             : rate.map { .rate(packetsPerSecond: $0) } ?? .capture(speed: speed ?? 1)
         let coreList = try cores.map(parseCores) ?? Array(CPU.allowedCPUs().prefix(2))
-        let configuration = ReplayConfiguration(capturePath: capture, output: output, pacing: pacing,
+        var configuration = ReplayConfiguration(capturePath: capture, output: output, pacing: pacing,
                                                 loopCount: loop, cores: coreList, waitMode: waitMode)
+        configuration.stages = ReplayStages(rawValue: stages)!
+        configuration.classifier = try classifier()
         let replay: Replay
         let summary: ReplaySummary
         do {

@@ -14,6 +14,7 @@ enum ReplayReport {
         } else {
             lines.append("drops: " + s.drops.map { "\($0.reason) \($0.count)" }.joined(separator: ", "))
         }
+        if s.poolWaits > 0 { lines.append("source waited for a free buffer \(s.poolWaits) times (nothing lost)") }
         lines.append("")
         lines.append(row(["stage", "worker", "calls", "items", "items/call", "cycles/item", "filtered", "blocked"]))
         for (index, stage) in s.stages.enumerated() {
@@ -47,7 +48,7 @@ enum ReplayReport {
         let failure = s.failure.map { "\"\(escaped($0))\"" } ?? "null"
         return "{\"packets\":\(s.packets),\"bytes\":\(s.bytes),\"delivered\":\(s.delivered),"
             + "\"elapsedNs\":\(s.elapsedNs),\"packetsPerSecond\":\(s.packetsPerSecond),"
-            + "\"drops\":[\(drops.joined(separator: ","))],\"stages\":[\(stages.joined(separator: ","))],"
+            + "\"drops\":[\(drops.joined(separator: ","))],\"poolWaits\":\(s.poolWaits),\"stages\":[\(stages.joined(separator: ","))],"
             + "\"workers\":[\(workers.joined(separator: ","))],\"failure\":\(failure)}"
     }
 

@@ -132,3 +132,28 @@ import Testing
         }
     }
 }
+
+@Suite struct BufferLayoutTests {
+    @Test func metadataFitsItsCacheLine() {
+        #expect(MemoryLayout<PacketMetadata>.size <= BufferPool.metadataStride)
+    }
+
+    /// Metadata and data of every buffer are disjoint from every other buffer's, and strides are an
+    /// odd number of cache lines.
+    @Test func buffersAndMetadataDoNotOverlap() throws {
+        let pool = try BufferPool(bufferCount: 16, bufferSizeBytes: 2048)
+        #expect((pool.objectStride / 64) % 2 == 1)
+        for index in UInt32(0)..<16 {
+            let data = pool.bytes(at: index)
+            let metadata = UnsafeRawPointer(pool.metadata(at: index))
+            #expect(metadata + BufferPool.metadataStride == UnsafeRawPointer(data.baseAddress!))
+            #expect(data.count == 2048)
+            data.initializeMemory(as: UInt8.self, repeating: UInt8(index))
+            pool.metadata(at: index).pointee.length = index
+        }
+        for index in UInt32(0)..<16 {
+            #expect(pool.bytes(at: index).allSatisfy { $0 == UInt8(index) })
+            #expect(pool.metadata(at: index).pointee.length == index)
+        }
+    }
+}

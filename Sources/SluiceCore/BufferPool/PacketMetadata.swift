@@ -1,7 +1,7 @@
 // Path: Sources/SluiceCore/BufferPool/PacketMetadata.swift — what travels with a buffer besides its bytes.
 
-/// Per-buffer metadata, kept in an array beside the pool's data (the part of a DPDK mbuf that is not
-/// the packet). Written by the stage that owns the buffer; read by the stages after it.
+/// Per-buffer metadata, in a cache line of its own right before the buffer's data (the part of a DPDK
+/// mbuf that is not the packet). Written by the stage that owns the buffer; read by the stages after it.
 @frozen
 public struct PacketMetadata: Sendable, Equatable {
     /// Bytes of packet data in the buffer, from its start.

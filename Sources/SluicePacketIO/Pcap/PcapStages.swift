@@ -36,7 +36,10 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
     public let port: UInt16
     public let counters = PcapSourceCounters()
     private let failureBox = Mutex<PcapError?>(nil)
-    private let pool: BufferPool
+    /// Keeps the pool alive for as long as the source (its cached buffers go back in deinit)...
+    private let poolOwner: BufferPool
+    /// ...while the hot path reaches it without reference counting.
+    private unowned(unsafe) let pool: BufferPool
     @exclusivity(unchecked) private var reader: PcapReader?
     @exclusivity(unchecked) private var pending: UInt32?        // the next record, read into a buffer, not yet due
     @exclusivity(unchecked) private var pendingDueNs: UInt64 = 0
@@ -64,6 +67,7 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
         self.path = path
         self.linkType = reader.linkType
         self.reader = consume reader
+        self.poolOwner = pool
         self.pool = pool
         self.pacing = pacing
         self.loopCount = loopCount
@@ -89,7 +93,6 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
         while count < items.count {
             if pending == nil, !readNext(now: now) { break }
             guard let index = pending, pendingDueNs <= now else { break }
-            pool.metadata(at: index).pointee.enqueueNs = now
             items[count] = UInt64(index)
             count += 1
             pending = nil
@@ -118,12 +121,13 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
         }
         cacheCount -= 1
         let index = cache[cacheCount]
+        if cacheCount > 0 { pool.prefetch(cache[cacheCount - 1], forWriting: true) }  // the next record's buffer
         do {
             guard let record = try reader!.next() else {
                 pool.freeIndex(index)
                 return startNextLoop(now: now) && readNext(now: now)
             }
-            fill(index, from: record)
+            fill(index, from: record, now: now)
             pending = index
             pendingDueNs = dueNs(timestampNs: record.timestampNs)
             sequence &+= 1
@@ -136,7 +140,7 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
         }
     }
 
-    private func fill(_ index: UInt32, from record: PcapRecord) {
+    private func fill(_ index: UInt32, from record: PcapRecord, now: UInt64) {
         let bytes = pool.bytes(at: index)
         let length = min(record.capturedLength, bytes.count)
         bytes.copyMemory(from: UnsafeRawBufferPointer(rebasing: record.bytes[0..<length]))
@@ -146,6 +150,7 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
         metadata.timestampNs = record.timestampNs
         metadata.linkType = UInt16(truncatingIfNeeded: linkType)
         metadata.port = port
+        metadata.enqueueNs = now
         pool.metadata(at: index).pointee = metadata
         packetsRead &+= 1
         bytesRead &+= UInt64(length)
@@ -192,7 +197,8 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
 /// Last stage: writes each buffer's bytes to a savefile and frees the buffer. Disk errors end the
 /// writing (counted, kept in `failure`); buffers are still freed, so the pipeline drains.
 public final class PcapSink: StageBody, @unchecked Sendable {  // unchecked: one worker at a time
-    private let pool: BufferPool
+    private let poolOwner: BufferPool
+    private unowned(unsafe) let pool: BufferPool  // the hot path's view of poolOwner, not counted
     @exclusivity(unchecked) private var writer: PcapWriter
     private let failureBox = Mutex<PcapError?>(nil)
     @exclusivity(unchecked) private var failed = false
@@ -202,6 +208,7 @@ public final class PcapSink: StageBody, @unchecked Sendable {  // unchecked: one
     public init(path: String, pool: BufferPool, linkType: Int, snapshotLength: Int, nanosecond: Bool)
         throws(PcapError)
     {
+        self.poolOwner = pool
         self.pool = pool
         self.writer = try PcapWriter(path: path, linkType: linkType, snapshotLength: snapshotLength,
                                      nanosecond: nanosecond)

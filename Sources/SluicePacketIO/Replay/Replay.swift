@@ -27,8 +27,12 @@ public struct ReplayConfiguration: Sendable {
     public var ringCapacity = 1024
     public var poolBufferCount = 8192
     public var bufferSizeBytes = 2048
-    /// Leave out the parse/classify and action stages (source straight to sink).
-    public var stagesOff = false
+    /// Which stages run between RX and TX.
+    public var stages = ReplayStages.classifyAndAct
+    /// How packets get their source id and flow hash.
+    public var classifier: ClassifierConfiguration
+    /// What happens to each packet after classification.
+    public var rules: RuleTable
 
     public init(capturePath: String, output: ReplayOutput, pacing: ReplayPacing = .topSpeed, loopCount: Int = 1,
                 cores: [Int], waitMode: WaitMode = .adaptive) {
@@ -38,7 +42,20 @@ public struct ReplayConfiguration: Sendable {
         self.loopCount = loopCount
         self.cores = cores
         self.waitMode = waitMode
+        // Valid by construction: no entries, every packet is source 0, the flow hash still computed.
+        self.classifier = try! ClassifierConfiguration(key: .sourceMAC)
+        self.rules = try! RuleTable(rules: [])
     }
+}
+
+/// The stages between RX and TX.
+public enum ReplayStages: Int, Sendable, CaseIterable {
+    /// RX -> TX.
+    case none = 2
+    /// RX -> parse/classify -> TX (the benchmark's 3-stage pipeline).
+    case classify = 3
+    /// RX -> parse/classify -> action -> TX.
+    case classifyAndAct = 4
 }
 
 /// Why a replay could not start or did not finish cleanly.
@@ -79,6 +96,8 @@ public struct ReplaySummary: Sendable {
     public var elapsedNs: UInt64
     /// Drops by reason (name, count), only reasons that occurred.
     public var drops: [(reason: String, count: UInt64)]
+    /// Times the source found no free pool buffer and waited (not a drop: nothing was lost).
+    public var poolWaits: UInt64
     public var stageNames: [String]
     public var stages: [StageSnapshot]
     public var stagePlacement: [Int]
@@ -98,11 +117,13 @@ public final class Replay {
     private let pool: BufferPool
     private let source: PcapSource
     private let sink: ReplaySink
+    private let drops = DropCounterTable()
     private let pipeline: Pipeline
     private let placement: [Int]
 
     private enum ReplaySink {
         case pcap(PcapSink)
+        case interface(AFPacketSink)
         case discard
     }
 
@@ -120,9 +141,12 @@ public final class Replay {
         } catch { throw .capture(error) }
         var builder = PipelineBuilder(name: "replay", burstCount: configuration.burstCount)
         builder.source(source, name: "pcap-rx")
-        if !configuration.stagesOff {
-            builder.stage(PassThrough(), name: "classify")
-            builder.stage(PassThrough(), name: "action")
+        if configuration.stages != .none {
+            builder.stage(ParseClassifyStage(pool: pool, classifier: Classifier(configuration.classifier),
+                                             drops: drops), name: "classify")
+        }
+        if configuration.stages == .classifyAndAct {
+            builder.stage(ActionStage(pool: pool, rules: configuration.rules, drops: drops), name: "action")
         }
         switch configuration.output {
         case .pcapFile(let path):
@@ -139,7 +163,11 @@ public final class Replay {
             sink = .discard
             builder.stage(DiscardSink(pool: pool), name: "discard")
         case .interface(let name):
-            throw .output("interface output \(name) needs the AF_PACKET port")
+            do {
+                let afSink = try AFPacketSink(configuration: AFPacketTXConfiguration(interface: name), pool: pool)
+                sink = .interface(afSink)
+                builder.stage(afSink, name: "afpacket-tx")
+            } catch { throw .output("\(name): \(error)") }
         }
         let links = builder.stageCount - 1
         do {
@@ -197,25 +225,39 @@ public final class Replay {
         let elapsed = Clock.monotonicNs() - start
         runtime.stop()
         var failure = source.failure.map { "\($0)" }
-        if case .pcap(let pcapSink) = sink {
+        switch sink {
+        case .pcap(let pcapSink):
             do { try pcapSink.finish() } catch { failure = failure ?? "\(error)" }
+        case .interface(let afSink):
+            if !afSink.finish() { failure = failure ?? "frames still queued on the TX ring after 1 s" }
+        case .discard:
+            break
         }
         return ReplaySummary(
             packets: source.counters.packets.load(ordering: .relaxed),
             bytes: source.counters.bytes.load(ordering: .relaxed), delivered: pipeline.delivered,
-            elapsedNs: elapsed, drops: dropCounts(), stageNames: pipeline.stages.map(\.name),
+            elapsedNs: elapsed, drops: dropCounts(), poolWaits: source.counters.poolWaits.load(ordering: .relaxed),
+            stageNames: pipeline.stages.map(\.name),
             stages: pipeline.snapshot(), stagePlacement: placement,
             workers: zip(runtime.workers, before).map { $0.counters.snapshot().since($1) },
             cores: configuration.cores, failure: failure)
     }
 
+    /// Every drop, by reason: parse and action drops, TX drops, write errors.
     private func dropCounts() -> [(reason: String, count: UInt64)] {
-        var drops: [(reason: String, count: UInt64)] = []
-        let poolWaits = source.counters.poolWaits.load(ordering: .relaxed)
-        if poolWaits > 0 { drops.append(("pool-wait (not a drop: source waited)", poolWaits)) }
-        if case .pcap(let pcapSink) = sink, pcapSink.writeErrors.load(ordering: .relaxed) > 0 {
-            drops.append(("write-error", pcapSink.writeErrors.load(ordering: .relaxed)))
+        let counted = drops.snapshot()
+        var result = DropReason.allCases.compactMap { reason in
+            counted[reason] > 0 ? (reason: reason.description, count: counted[reason]) : nil
         }
-        return drops
+        switch sink {
+        case .pcap(let pcapSink):
+            let errors = pcapSink.writeErrors.load(ordering: .relaxed)
+            if errors > 0 { result.append(("write-error", errors)) }
+        case .interface(let afSink):
+            result += afSink.statistics.snapshot().drops
+        case .discard:
+            break
+        }
+        return result
     }
 }

@@ -1,0 +1,203 @@
+// Path: Sources/SluicePacket/Action/Rewrite.swift — header rewrites applied in place: MACs, VLAN tags,
+// DSCP and TTL (with an incremental IPv4 checksum update).
+import Glibc
+
+/// One change to a packet's outer headers. Values are checked when a `RuleTable` is made.
+@frozen
+public enum Rewrite: Hashable, Sendable, BitwiseCopyable {
+    case setDestinationMAC(MACAddress)
+    case setSourceMAC(MACAddress)
+    /// Sets the outer tag's VLAN id, keeping its priority and DEI; pushes an 802.1Q tag with priority 0
+    /// on an untagged packet.
+    case setVLAN(id: UInt16)
+    /// Pushes a new outermost tag (`tpid` 0x8100, 0x88A8 or 0x9100). Grows the packet by 4 bytes.
+    case pushVLAN(id: UInt16, priority: UInt8, tpid: UInt16)
+    /// Removes the outermost tag, if any. Shrinks the packet by 4 bytes.
+    case stripVLAN
+    /// Sets the IPv4 TOS / IPv6 traffic class DSCP bits (0...63), keeping ECN.
+    case setDSCP(UInt8)
+    /// Decrements the IPv4 TTL / IPv6 hop limit; a packet arriving with 0 or 1 is dropped (`ttlExpired`).
+    case decrementTTL
+
+    /// True if every value is in range: VLAN id 0...4095, priority 0...7, a VLAN TPID, DSCP 0...63.
+    /// `RuleTable` reports which is not with a typed error; `PacketRewriter` traps on an invalid one.
+    @inlinable public var isValid: Bool {
+        switch self {
+        case .setVLAN(let id): id <= 0x0FFF
+        case .pushVLAN(let id, let priority, let tpid): id <= 0x0FFF && priority <= 7 && EtherType.isVLAN(tpid)
+        case .setDSCP(let dscp): dscp <= 63
+        case .setDestinationMAC, .setSourceMAC, .stripVLAN, .decrementTTL: true
+        }
+    }
+}
+
+/// Where a packet's headers are, as rewrites need and update them (a push or strip moves L3 and L4).
+@frozen
+public struct PacketLayout: Hashable, Sendable {
+    /// Bytes of packet data.
+    public var length: Int
+    public var linkType: LinkType
+    /// Outer L3 and L4 offsets, `PacketHeaders.absentOffset` if absent.
+    public var l3Offset: UInt16
+    public var l4Offset: UInt16
+    /// Outer IP version: 4, 6 or 0.
+    public var ipVersion: UInt8
+
+    @inlinable public init(length: Int, linkType: LinkType, l3Offset: UInt16, l4Offset: UInt16, ipVersion: UInt8) {
+        self.length = length
+        self.linkType = linkType
+        self.l3Offset = l3Offset
+        self.l4Offset = l4Offset
+        self.ipVersion = ipVersion
+    }
+
+    /// The layout of a parsed packet's outer headers.
+    @inlinable public init(_ packet: ParsedPacket) {
+        self.init(length: Int(packet.length), linkType: packet.linkType, l3Offset: packet.outer.l3Offset,
+                  l4Offset: packet.outer.l4Offset, ipVersion: packet.outer.ipVersion)
+    }
+
+    /// Moves L3 and L4 by `delta` bytes (a tag pushed or stripped in front of them).
+    @inlinable mutating func shift(by delta: Int) {
+        length += delta
+        if l3Offset != PacketHeaders.absentOffset { l3Offset = UInt16(truncatingIfNeeded: Int(l3Offset) + delta) }
+        if l4Offset != PacketHeaders.absentOffset { l4Offset = UInt16(truncatingIfNeeded: Int(l4Offset) + delta) }
+    }
+}
+
+/// Applies rewrites to a packet in a mutable buffer. Contract: `buffer` holds the packet in its first
+/// `layout.length` bytes and is the whole writable buffer; a VLAN push needs
+/// `buffer.count >= layout.length + PacketLimits.vlanTagSizeBytes` (else `noRoomForVLAN`) and moves
+/// the bytes after the MACs up by 4 (a memmove of the packet). Never allocates; a packet that does
+/// not fit a rewrite is a `DropReason`, never a trap.
+public enum PacketRewriter {
+    /// Applies `rewrite`, updating `layout`. Returns nil, or why the packet must be dropped.
+    public static func apply(
+        _ rewrite: Rewrite, to buffer: UnsafeMutableRawBufferPointer, layout: inout PacketLayout
+    ) -> DropReason? {
+        precondition(layout.length >= 0, "negative packet length")
+        precondition(layout.length <= buffer.count, "packet longer than its buffer")
+        precondition(rewrite.isValid, "rewrite value out of range (RuleTable validates them)")
+        switch rewrite {
+        case .setDestinationMAC(let address): return setMAC(address, at: 0, buffer, layout)
+        case .setSourceMAC(let address): return setMAC(address, at: 6, buffer, layout)
+        case .setVLAN(let id): return setVLAN(id: id, buffer, &layout)
+        case .pushVLAN(let id, let priority, let tpid):
+            return pushVLAN(tpid: tpid, tci: UInt16(priority) << 13 | id, buffer, &layout)
+        case .stripVLAN: return stripVLAN(buffer, &layout)
+        case .setDSCP(let dscp): return setDSCP(dscp, buffer, layout)
+        case .decrementTTL: return decrementTTL(buffer, layout)
+        }
+    }
+
+    @inline(__always) static func view(_ buffer: UnsafeMutableRawBufferPointer, _ layout: PacketLayout) -> PacketBytes {
+        PacketBytes(UnsafeRawBufferPointer(rebasing: buffer[0..<layout.length]))
+    }
+
+    /// Why an L2 rewrite cannot run: not Ethernet, or no whole Ethernet header.
+    @inline(__always) static func ethernetProblem(_ layout: PacketLayout) -> DropReason? {
+        guard layout.linkType == .ethernet else { return .rewriteNeedsEthernet }
+        guard layout.length >= 14 else { return .truncatedEthernet }
+        return nil
+    }
+
+    /// Outer VLAN tags present, counting at most one past `vlanTagCountMax`. Needs an Ethernet header.
+    static func tagCount(_ bytes: PacketBytes) -> Int {
+        var count = 0
+        while count <= PacketLimits.vlanTagCountMax,
+            bytes.contains(12 + 4 * count, size: 2, limit: bytes.count),
+            EtherType.isVLAN(bytes.u16(12 + 4 * count))
+        {
+            count += 1
+        }
+        return count
+    }
+
+    static func setMAC(
+        _ address: MACAddress, at offset: Int, _ buffer: UnsafeMutableRawBufferPointer, _ layout: PacketLayout
+    ) -> DropReason? {
+        if let problem = ethernetProblem(layout) { return problem }
+        buffer.storeBigEndian48(address.rawValue, at: offset)
+        return nil
+    }
+
+    static func setVLAN(id: UInt16, _ buffer: UnsafeMutableRawBufferPointer, _ layout: inout PacketLayout) -> DropReason? {
+        if let problem = ethernetProblem(layout) { return problem }
+        let bytes = view(buffer, layout)
+        let tags = tagCount(bytes)
+        guard tags > 0 else { return pushVLAN(tpid: EtherType.vlan, tci: id, buffer, &layout) }
+        guard bytes.contains(14, size: 2, limit: bytes.count) else { return .truncatedVLAN }
+        buffer.storeBigEndian(bytes.u16(14) & 0xF000 | id, at: 14)
+        return nil
+    }
+
+    static func pushVLAN(
+        tpid: UInt16, tci: UInt16, _ buffer: UnsafeMutableRawBufferPointer, _ layout: inout PacketLayout
+    ) -> DropReason? {
+        if let problem = ethernetProblem(layout) { return problem }
+        let bytes = view(buffer, layout)
+        let tags = tagCount(bytes)
+        guard tags < PacketLimits.vlanTagCountMax else { return .vlanDepthExceeded }
+        guard layout.length <= buffer.count - PacketLimits.vlanTagSizeBytes else { return .noRoomForVLAN }
+        let base = buffer.baseAddress!
+        memmove(base + 16, base + 12, layout.length - 12)
+        layout.shift(by: 4)
+        buffer.storeBigEndian(tpid, at: 12)
+        buffer.storeBigEndian(tci, at: 14)
+        return nil
+    }
+
+    static func stripVLAN(_ buffer: UnsafeMutableRawBufferPointer, _ layout: inout PacketLayout) -> DropReason? {
+        if let problem = ethernetProblem(layout) { return problem }
+        let bytes = view(buffer, layout)
+        let tags = tagCount(bytes)
+        guard tags > 0 else { return nil }
+        guard layout.length >= 18 else { return .truncatedVLAN }
+        let base = buffer.baseAddress!
+        memmove(base + 12, base + 16, layout.length - 16)
+        layout.shift(by: -4)
+        return nil
+    }
+
+    /// DSCP lives in the IPv4 word (version, IHL, TOS) and in the IPv6 word (version, traffic class,
+    /// flow label bits): one 16-bit word changes, so IPv4's checksum takes one RFC 1624 update.
+    static func setDSCP(_ dscp: UInt8, _ buffer: UnsafeMutableRawBufferPointer, _ layout: PacketLayout) -> DropReason? {
+        let bytes = view(buffer, layout)
+        let l3 = Int(layout.l3Offset)
+        switch layout.ipVersion {
+        case 4:
+            guard bytes.contains(l3, size: 20, limit: bytes.count) else { return .truncatedIPv4 }
+            let old = bytes.u16(l3)
+            let new = old & 0xFF03 | UInt16(dscp) << 2
+            buffer.storeBigEndian(new, at: l3)
+            buffer.storeBigEndian(Checksum.updated(bytes.u16(l3 + 10), oldWord: old, newWord: new), at: l3 + 10)
+        case 6:
+            guard bytes.contains(l3, size: 40, limit: bytes.count) else { return .truncatedIPv6 }
+            buffer.storeBigEndian(bytes.u16(l3) & 0xF03F | UInt16(dscp) << 6, at: l3)
+        default: break  // not IP: nothing to mark
+        }
+        return nil
+    }
+
+    /// TTL shares a word with the protocol: one RFC 1624 update. IPv6 has no header checksum.
+    static func decrementTTL(_ buffer: UnsafeMutableRawBufferPointer, _ layout: PacketLayout) -> DropReason? {
+        let bytes = view(buffer, layout)
+        let l3 = Int(layout.l3Offset)
+        switch layout.ipVersion {
+        case 4:
+            guard bytes.contains(l3, size: 20, limit: bytes.count) else { return .truncatedIPv4 }
+            let old = bytes.u16(l3 + 8)
+            guard old >> 8 > 1 else { return .ttlExpired }
+            let new = old &- 0x0100
+            buffer.storeBigEndian(new, at: l3 + 8)
+            buffer.storeBigEndian(Checksum.updated(bytes.u16(l3 + 10), oldWord: old, newWord: new), at: l3 + 10)
+        case 6:
+            guard bytes.contains(l3, size: 40, limit: bytes.count) else { return .truncatedIPv6 }
+            let hopLimit = bytes.u8(l3 + 7)
+            guard hopLimit > 1 else { return .ttlExpired }
+            buffer.storeBytes(of: hopLimit - 1, toByteOffset: l3 + 7, as: UInt8.self)
+        default: break  // not IP: no TTL
+        }
+        return nil
+    }
+}

@@ -1,1 +1,0 @@
-// Placeholder until the parser lands (being written now).
