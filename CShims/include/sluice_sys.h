@@ -87,7 +87,16 @@ static inline uint64_t sluice_thread_cpu_ns(void) {
 /* Cache prefetch hints for burst loops (DPDK's rte_prefetch0 / rte_prefetch0_write): start pulling
  * a line another core wrote before we need it. */
 static inline void sluice_prefetch_read(const void *p) { __builtin_prefetch(p, 0, 3); }
-static inline void sluice_prefetch_write(const void *p) { __builtin_prefetch(p, 1, 3); }
+static inline void sluice_prefetch_write(const void *p) {
+#if defined(__x86_64__)
+    /* PREFETCHW fetches the line for ownership, so the store after it does not stall on a read-for-
+     * ownership from the core that last wrote it. __builtin_prefetch(p, 1) emits a plain PREFETCHT0 at
+     * Swift's baseline target; CPUs without PREFETCHW treat the encoding as a no-op. */
+    __asm__ volatile("prefetchw (%0)" : : "r"(p));
+#else
+    __builtin_prefetch(p, 1, 3);
+#endif
+}
 
 /* Spin-wait hint: PAUSE on x86, YIELD on arm64. */
 static inline void sluice_cpu_relax(void) {

@@ -177,6 +177,50 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
         for item in items { freeIndex(UInt32(truncatingIfNeeded: item)) }
     }
 
+    /// Hands a burst of owned buffers back to the stage that allocates them through `returns`, an SPSC
+    /// ring that stage drains before it asks the free list (`BufferPool.takeReturned`), running the free
+    /// hook for each. What does not fit goes to the free list. Across cores this costs a ring line
+    /// per 8 buffers instead of a contended free-list cell per buffer. Never blocks.
+    @inlinable public func recycle(_ items: UnsafeBufferPointer<UInt64>, through returns: inout RingProducer) {
+        if let freeHook {
+            for item in items { freeHook.function(freeHook.context, UInt32(truncatingIfNeeded: item)) }
+        }
+        var offset = 0
+        while offset < items.count {
+            let chunk = min(items.count - offset, Limits.burstCountMax)
+            let (added, _) = returns.enqueueBurst(UnsafeBufferPointer(rebasing: items[offset..<(offset + chunk)]))
+            offset += added
+            if added < chunk { break }
+        }
+        while offset < items.count {
+            returnToFreeList(UInt32(truncatingIfNeeded: items[offset]))
+            offset += 1
+        }
+    }
+
+    /// Takes up to `indices.count` buffers: first those recycled to this stage through `returns`,
+    /// then from the free list. Returns how many; 0 is counted as exhaustion.
+    @inlinable public func takeReturned(into indices: UnsafeMutableBufferPointer<UInt64>,
+                                        from returns: inout RingConsumer) -> Int {
+        let burst = UnsafeMutableBufferPointer(rebasing: indices[0..<min(indices.count, Limits.burstCountMax)])
+        let (taken, _) = returns.dequeueBurst(into: burst)
+        return taken > 0 ? taken : takeFree(into: indices)
+    }
+
+    /// Takes up to `indices.count` buffers from the free list, as raw indices the caller owns.
+    /// Returns how many; 0 is counted as exhaustion.
+    @inlinable public func takeFree(into indices: UnsafeMutableBufferPointer<UInt64>) -> Int {
+        var count = 0
+        while count < indices.count {
+            var index: UInt64 = 0
+            guard sluice_mpmc_dequeue(freeList, &index) == 1 else { break }
+            indices[count] = index
+            count += 1
+        }
+        if count == 0, indices.count > 0 { exhaustedCount.add(1, ordering: .relaxed) }
+        return count
+    }
+
     /// Returns a buffer to the pool, running the free hook first. Any thread; never blocks.
     @inlinable public func free(_ buffer: consuming PacketBuffer) {
         freeIndex(buffer.releaseIndex())

@@ -1,12 +1,14 @@
-// Path: Sources/SluicePacketIO/Pcap/PcapChunkReader.swift — classic pcap records straight from 1 MiB
+// Path: Sources/SluicePacketIO/Pcap/PcapChunkReader.swift — classic pcap records straight from 64 KiB
 // reads: one copy less and one call less per record than libpcap's two freads.
 import Glibc
 
 /// Reads the records of a classic pcap file (either byte order, micro- or nanosecond) whose header
-/// libpcap has already accepted. Records point into its buffer until the next call. Errors match
+/// libpcap has already accepted. Reads 64 KiB at a time, so what the kernel just copied is still in
+/// this core's cache when the records are parsed (1 MiB reads ran out of L2 and were slower). Records point into its buffer until the next call. Errors match
 /// libpcap's (same cases, same record index), checked record for record against it in the tests.
 struct PcapChunkReader: ~Copyable {
-    static let bufferSizeBytes = 1 << 20
+    /// Bytes asked of each read(2).
+    static let readSizeBytes = 1 << 16
     /// Longest record accepted: libpcap's limit for savefiles (MAXIMUM_SNAPLEN).
     static let recordLengthMax = 262_144
 
@@ -45,7 +47,8 @@ struct PcapChunkReader: ~Copyable {
         self.fd = fd
         self.path = path
         self.recordLengthLimit = max(snapshotLength, Self.recordLengthMax)
-        self.buffer = .allocate(byteCount: Self.bufferSizeBytes, alignment: 64)
+        // Room for the longest record plus one read, whatever the alignment of records to reads.
+        self.buffer = .allocate(byteCount: 16 + recordLengthLimit + Self.readSizeBytes, alignment: 64)
     }
 
     deinit {
@@ -93,7 +96,7 @@ struct PcapChunkReader: ~Copyable {
             end = remaining
         }
         while end - start < count, !endOfFile {
-            let got = read(fd, buffer.baseAddress! + end, buffer.count - end)
+            let got = read(fd, buffer.baseAddress! + end, min(Self.readSizeBytes, buffer.count - end))
             if got > 0 {
                 end += got
             } else if got == 0 || errno != EINTR {

@@ -57,7 +57,7 @@ public struct PcapRecord {
 }
 
 /// Reads a pcap or pcapng savefile record by record, timestamps in nanoseconds. libpcap opens and
-/// checks every file and reads pcapng; classic pcap records are then read in 1 MiB chunks
+/// checks every file and reads pcapng; classic pcap records are then read in 64 KiB chunks
 /// (`PcapChunkReader`, the same records and errors as libpcap, one copy less). One owner at a time;
 /// not thread-safe. Closes the file when it goes away.
 public struct PcapReader: ~Copyable {

@@ -37,9 +37,10 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
     public let counters = PcapSourceCounters()
     private let failureBox = Mutex<PcapError?>(nil)
     /// Keeps the pool alive for as long as the source (its cached buffers go back in deinit)...
-    private let poolOwner: BufferPool
-    /// ...while the hot path reaches it without reference counting.
-    private unowned(unsafe) let pool: BufferPool
+    private let pool: BufferPool
+    /// ...while the hot path reaches it without reference counting (`_withUnsafeGuaranteedRef`:
+    /// even an `unowned(unsafe)` reference is retained around each call).
+    private let poolRef: Unmanaged<BufferPool>
     @exclusivity(unchecked) private var reader: PcapReader?
     @exclusivity(unchecked) private var pending: UInt32?        // the next record, read into a buffer, not yet due
     @exclusivity(unchecked) private var pendingDueNs: UInt64 = 0
@@ -52,14 +53,19 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
     @exclusivity(unchecked) private var finished = false
     // Only the worker running the stage touches the state below: no dynamic exclusivity checks.
     /// Free buffers this source took from the pool in bulk; handed out one per record.
-    private let cache = UnsafeMutableBufferPointer<UInt32>.allocate(capacity: PcapSource.cacheCountMax)
+    private let cache = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: PcapSource.cacheCountMax)
     @exclusivity(unchecked) private var cacheCount = 0
+    /// Buffers the last stage hands back (`BufferPool.recycle`), taken before the free list.
+    @exclusivity(unchecked) private var returns: RingConsumer?
     @exclusivity(unchecked) private var packetsRead: UInt64 = 0
     @exclusivity(unchecked) private var bytesRead: UInt64 = 0
     static let cacheCountMax = 64
+    static let prefetchDistance = 8
 
     /// Opens `path` now, so a missing or unreadable file is an error before the pipeline starts.
-    public init(path: String, pool: BufferPool, pacing: ReplayPacing, loopCount: Int = 1, port: UInt16 = 0)
+    /// `returns` is the consuming end of the ring the last stage recycles buffers through, if any.
+    public init(path: String, pool: BufferPool, pacing: ReplayPacing, loopCount: Int = 1, port: UInt16 = 0,
+                returns: consuming RingConsumer? = nil)
         throws(PcapError)
     {
         precondition(loopCount >= 1, "a replay runs the capture at least once")
@@ -67,16 +73,17 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
         self.path = path
         self.linkType = reader.linkType
         self.reader = consume reader
-        self.poolOwner = pool
         self.pool = pool
+        self.poolRef = Unmanaged.passUnretained(pool)
         self.pacing = pacing
         self.loopCount = loopCount
         self.loopsLeft = loopCount - 1
         self.port = port
+        self.returns = returns
     }
 
     deinit {
-        for slot in 0..<cacheCount { pool.freeIndex(cache[slot]) }
+        for slot in 0..<cacheCount { pool.freeIndex(UInt32(truncatingIfNeeded: cache[slot])) }
         if let pending { pool.freeIndex(pending) }
         cache.deallocate()
     }
@@ -111,23 +118,31 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
     /// Reads the next record into a fresh buffer as `pending`. False at the end (or on error, or when
     /// no buffer is free: then the record stays unread and the next turn tries again).
     private func readNext(now: UInt64) -> Bool {
+        poolRef._withUnsafeGuaranteedRef { pool in readNext(now: now, pool: pool) }
+    }
+
+    private func readNext(now: UInt64, pool: BufferPool) -> Bool {
         guard !finished else { return false }
         if cacheCount == 0 {
-            cacheCount = pool.allocateBurst(into: cache)
+            cacheCount = refill(pool)
             guard cacheCount > 0 else {
                 counters.poolWaits.add(1, ordering: .relaxed)
                 return false
             }
         }
         cacheCount -= 1
-        let index = cache[cacheCount]
-        if cacheCount > 0 { pool.prefetch(cache[cacheCount - 1], forWriting: true) }  // the next record's buffer
+        let index = UInt32(truncatingIfNeeded: cache[cacheCount])
+        // Recycled buffers were last written by the core that parsed them: start pulling the lines of
+        // a buffer a few records ahead into this core's cache for writing.
+        if cacheCount >= Self.prefetchDistance {
+            pool.prefetch(UInt32(truncatingIfNeeded: cache[cacheCount - Self.prefetchDistance]), forWriting: true)
+        }
         do {
             guard let record = try reader!.next() else {
                 pool.freeIndex(index)
-                return startNextLoop(now: now) && readNext(now: now)
+                return startNextLoop(now: now) && readNext(now: now, pool: pool)
             }
-            fill(index, from: record, now: now)
+            fill(index, from: record, now: now, pool: pool)
             pending = index
             pendingDueNs = dueNs(timestampNs: record.timestampNs)
             sequence &+= 1
@@ -140,7 +155,16 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
         }
     }
 
-    private func fill(_ index: UInt32, from record: PcapRecord, now: UInt64) {
+    /// Refills the cache: recycled buffers first, then the free list.
+    private func refill(_ pool: BufferPool) -> Int {
+        let count = returns != nil ? pool.takeReturned(into: cache, from: &returns!) : pool.takeFree(into: cache)
+        for slot in max(0, count - Self.prefetchDistance)..<count {
+            pool.prefetch(UInt32(truncatingIfNeeded: cache[slot]), forWriting: true)
+        }
+        return count
+    }
+
+    private func fill(_ index: UInt32, from record: PcapRecord, now: UInt64, pool: BufferPool) {
         let bytes = pool.bytes(at: index)
         let length = min(record.capturedLength, bytes.count)
         bytes.copyMemory(from: UnsafeRawBufferPointer(rebasing: record.bytes[0..<length]))
@@ -197,19 +221,21 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
 /// Last stage: writes each buffer's bytes to a savefile and frees the buffer. Disk errors end the
 /// writing (counted, kept in `failure`); buffers are still freed, so the pipeline drains.
 public final class PcapSink: StageBody, @unchecked Sendable {  // unchecked: one worker at a time
-    private let poolOwner: BufferPool
-    private unowned(unsafe) let pool: BufferPool  // the hot path's view of poolOwner, not counted
+    private let pool: BufferPool
+    private let poolRef: Unmanaged<BufferPool>  // the hot path's uncounted view of `pool`
+    /// Where written buffers go back to the source (`BufferPool.recycle`); the free list if nil.
+    @exclusivity(unchecked) private var returns: RingProducer?
     @exclusivity(unchecked) private var writer: PcapWriter
     private let failureBox = Mutex<PcapError?>(nil)
     @exclusivity(unchecked) private var failed = false
     public let written = Atomic<UInt64>(0)
     public let writeErrors = Atomic<UInt64>(0)
 
-    public init(path: String, pool: BufferPool, linkType: Int, snapshotLength: Int, nanosecond: Bool)
-        throws(PcapError)
-    {
-        self.poolOwner = pool
+    public init(path: String, pool: BufferPool, linkType: Int, snapshotLength: Int, nanosecond: Bool,
+                returns: consuming RingProducer? = nil) throws(PcapError) {
+        self.returns = returns
         self.pool = pool
+        self.poolRef = Unmanaged.passUnretained(pool)
         self.writer = try PcapWriter(path: path, linkType: linkType, snapshotLength: snapshotLength,
                                      nanosecond: nanosecond)
     }
@@ -217,6 +243,10 @@ public final class PcapSink: StageBody, @unchecked Sendable {  // unchecked: one
     public var failure: PcapError? { failureBox.withLock { $0 } }
 
     public func process(_ items: UnsafeMutableBufferPointer<UInt64>) -> Int {
+        poolRef._withUnsafeGuaranteedRef { pool in process(items, pool: pool) }
+    }
+
+    private func process(_ items: UnsafeMutableBufferPointer<UInt64>, pool: BufferPool) -> Int {
         var written: UInt64 = 0
         for item in items {
             let index = UInt32(truncatingIfNeeded: item)
@@ -230,7 +260,11 @@ public final class PcapSink: StageBody, @unchecked Sendable {  // unchecked: one
                 } catch { record(error) }
             }
         }
-        pool.freeBurst(UnsafeBufferPointer(items))
+        if returns != nil {
+            pool.recycle(UnsafeBufferPointer(items), through: &returns!)
+        } else {
+            pool.freeBurst(UnsafeBufferPointer(items))
+        }
         self.written.store(self.written.load(ordering: .relaxed) &+ written, ordering: .relaxed)
         return items.count
     }
@@ -251,13 +285,27 @@ public final class PcapSink: StageBody, @unchecked Sendable {  // unchecked: one
     }
 }
 
-/// Last stage that drops everything: frees each buffer. The null sink of benchmarks.
-public struct DiscardSink: StageBody, @unchecked Sendable {  // unchecked: the pool outlives the pipeline
-    private let pool: Unmanaged<BufferPool>
-    public init(pool: BufferPool) { self.pool = Unmanaged.passUnretained(pool) }
+/// Last stage that drops everything: frees each buffer (back to the source through `returns` if
+/// given). The null sink of benchmarks.
+public final class DiscardSink: StageBody, @unchecked Sendable {  // unchecked: one worker at a time
+    private let pool: BufferPool
+    private let poolRef: Unmanaged<BufferPool>  // the hot path's uncounted view of `pool`
+    @exclusivity(unchecked) private var returns: RingProducer?
 
-    public mutating func process(_ items: UnsafeMutableBufferPointer<UInt64>) -> Int {
-        pool._withUnsafeGuaranteedRef { $0.freeBurst(UnsafeBufferPointer(items)) }
+    public init(pool: BufferPool, returns: consuming RingProducer? = nil) {
+        self.pool = pool
+        self.poolRef = Unmanaged.passUnretained(pool)
+        self.returns = returns
+    }
+
+    public func process(_ items: UnsafeMutableBufferPointer<UInt64>) -> Int {
+        poolRef._withUnsafeGuaranteedRef { pool in
+            if returns != nil {
+                pool.recycle(UnsafeBufferPointer(items), through: &returns!)
+            } else {
+                pool.freeBurst(UnsafeBufferPointer(items))
+            }
+        }
         return items.count
     }
 }

@@ -135,9 +135,15 @@ public final class Replay {
             pool = try BufferPool(bufferCount: configuration.poolBufferCount,
                                   bufferSizeBytes: configuration.bufferSizeBytes, numaNode: numaNode)
         } catch { throw .pool(error) }
+        // Buffers come back from the last stage to the source on a ring of their own (one line per 8
+        // buffers) instead of through the shared free list (a contended cell per buffer).
+        let returnEnds: RingEnds
+        do { returnEnds = try makeRing(capacity: Self.returnRingCapacity(configuration.poolBufferCount), numaNode: numaNode) }
+        catch { throw .pipeline(.ring(error)) }
+        var returnsIn: RingProducer? = returnEnds.producer
         do {
             source = try PcapSource(path: configuration.capturePath, pool: pool, pacing: configuration.pacing,
-                                    loopCount: configuration.loopCount)
+                                    loopCount: configuration.loopCount, returns: returnEnds.consumer)
         } catch { throw .capture(error) }
         var builder = PipelineBuilder(name: "replay", burstCount: configuration.burstCount)
         builder.source(source, name: "pcap-rx")
@@ -155,13 +161,13 @@ public final class Replay {
             do {
                 let pcapSink = try PcapSink(path: path, pool: pool, linkType: input.linkType,
                                             snapshotLength: input.snapshotLength,
-                                            nanosecond: input.format.nanosecond)
+                                            nanosecond: input.format.nanosecond, returns: returnsIn.take())
                 sink = .pcap(pcapSink)
                 builder.stage(pcapSink, name: "pcap-tx")
             } catch { throw .capture(error) }
         case .discard:
             sink = .discard
-            builder.stage(DiscardSink(pool: pool), name: "discard")
+            builder.stage(DiscardSink(pool: pool, returns: returnsIn.take()), name: "discard")
         case .interface(let name):
             do {
                 let afSink = try AFPacketSink(configuration: AFPacketTXConfiguration(interface: name), pool: pool)
@@ -175,6 +181,11 @@ public final class Replay {
                                          numaNode: numaNode)
         } catch { throw .pipeline(error) }
         placement = Self.placement(stageCount: builder.stageCount, workerCount: configuration.cores.count)
+    }
+
+    /// A power of two that holds every buffer of the pool, so recycling never overflows to the free list.
+    static func returnRingCapacity(_ bufferCount: Int) -> Int {
+        min(1 << (Int.bitWidth - (bufferCount - 1).leadingZeroBitCount), Limits.ringCapacityMax)
     }
 
     /// Checks what the CLI could not: sizes against bounds. Bad values are typed errors, never traps.
@@ -192,6 +203,9 @@ public final class Replay {
         default: break
         }
         let inFlightMax = c.ringCapacity * 3 + c.burstCount * 4
+        guard c.poolBufferCount <= Limits.ringCapacityMax else {
+            throw .invalidConfiguration("pool of \(c.poolBufferCount) buffers is above \(Limits.ringCapacityMax)")
+        }
         guard c.poolBufferCount > inFlightMax else {
             throw .invalidConfiguration("pool of \(c.poolBufferCount) buffers cannot fill rings holding \(inFlightMax)")
         }
