@@ -14,6 +14,9 @@ enum ReplayReport {
         } else {
             lines.append("drops: " + s.drops.map { "\($0.reason) \($0.count)" }.joined(separator: ", "))
         }
+        if let p50 = s.latencyP50Ns, let p99 = s.latencyP99Ns {
+            lines.append("latency (source to sink): p50 \(String(format1: Double(p50) / 1e3)) us, p99 \(String(format1: Double(p99) / 1e3)) us")
+        }
         if s.poolWaits > 0 { lines.append("source waited for a free buffer \(s.poolWaits) times (nothing lost)") }
         lines.append("")
         lines.append(row(["stage", "worker", "calls", "items", "items/call", "cycles/item", "filtered", "blocked"]))
@@ -49,7 +52,8 @@ enum ReplayReport {
         return "{\"packets\":\(s.packets),\"bytes\":\(s.bytes),\"delivered\":\(s.delivered),"
             + "\"elapsedNs\":\(s.elapsedNs),\"packetsPerSecond\":\(s.packetsPerSecond),"
             + "\"drops\":[\(drops.joined(separator: ","))],\"poolWaits\":\(s.poolWaits),\"stages\":[\(stages.joined(separator: ","))],"
-            + "\"workers\":[\(workers.joined(separator: ","))],\"failure\":\(failure)}"
+            + "\"workers\":[\(workers.joined(separator: ","))],\"latencyP50Ns\":\(s.latencyP50Ns.map(String.init) ?? "null"),"
+            + "\"latencyP99Ns\":\(s.latencyP99Ns.map(String.init) ?? "null"),\"failure\":\(failure)}"
     }
 
     private static func escaped(_ text: String) -> String {

@@ -100,6 +100,7 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
         while count < items.count {
             if pending == nil, !readNext(now: now) { break }
             guard let index = pending, pendingDueNs <= now else { break }
+            poolRef._withUnsafeGuaranteedRef { $0.metadata(at: index).pointee.enqueueNs = now }  // latency starts now
             items[count] = UInt64(index)
             count += 1
             pending = nil
@@ -174,7 +175,6 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
         metadata.timestampNs = record.timestampNs
         metadata.linkType = UInt16(truncatingIfNeeded: linkType)
         metadata.port = port
-        metadata.enqueueNs = now
         pool.metadata(at: index).pointee = metadata
         packetsRead &+= 1
         bytesRead &+= UInt64(length)
@@ -286,20 +286,31 @@ public final class PcapSink: StageBody, @unchecked Sendable {  // unchecked: one
 }
 
 /// Last stage that drops everything: frees each buffer (back to the source through `returns` if
-/// given). The null sink of benchmarks.
+/// given), recording each packet's time in the pipeline (`PacketMetadata.enqueueNs` to now) when
+/// given a histogram. The null sink of benchmarks.
 public final class DiscardSink: StageBody, @unchecked Sendable {  // unchecked: one worker at a time
     private let pool: BufferPool
     private let poolRef: Unmanaged<BufferPool>  // the hot path's uncounted view of `pool`
     @exclusivity(unchecked) private var returns: RingProducer?
+    private let latency: LatencyHistogram?
+    private let recorder: LatencyHistogram.Recorder?
 
-    public init(pool: BufferPool, returns: consuming RingProducer? = nil) {
+    public init(pool: BufferPool, returns: consuming RingProducer? = nil, latency: LatencyHistogram? = nil) {
         self.pool = pool
         self.poolRef = Unmanaged.passUnretained(pool)
         self.returns = returns
+        self.latency = latency
+        self.recorder = latency?.recorder
     }
 
     public func process(_ items: UnsafeMutableBufferPointer<UInt64>) -> Int {
         poolRef._withUnsafeGuaranteedRef { pool in
+            if let recorder {
+                let now = sluice_monotonic_ns()
+                for item in items {
+                    recorder.record(now &- pool.metadata(at: UInt32(truncatingIfNeeded: item)).pointee.enqueueNs)
+                }
+            }
             if returns != nil {
                 pool.recycle(UnsafeBufferPointer(items), through: &returns!)
             } else {

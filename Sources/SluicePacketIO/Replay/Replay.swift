@@ -105,6 +105,9 @@ public struct ReplaySummary: Sendable {
     public var cores: [Int]
     /// The error that ended the replay early (a bad record, a failed write), if any.
     public var failure: String?
+    /// Time in the pipeline, source release to sink, in ns (measured for the discard output only).
+    public var latencyP50Ns: UInt64?
+    public var latencyP99Ns: UInt64?
 
     public var packetsPerSecond: Double { Double(delivered) / max(Double(elapsedNs) / 1e9, 1e-9) }
     public var bitsPerSecond: Double { Double(bytes) * 8 / max(Double(elapsedNs) / 1e9, 1e-9) }
@@ -118,6 +121,8 @@ public final class Replay {
     private let source: PcapSource
     private let sink: ReplaySink
     private let drops = DropCounterTable()
+    /// Time from release by the source to the discard sink, per packet (discard output only).
+    private let latency = LatencyHistogram()
     private let pipeline: Pipeline
     private let placement: [Int]
 
@@ -167,7 +172,7 @@ public final class Replay {
             } catch { throw .capture(error) }
         case .discard:
             sink = .discard
-            builder.stage(DiscardSink(pool: pool, returns: returnsIn.take()), name: "discard")
+            builder.stage(DiscardSink(pool: pool, returns: returnsIn.take(), latency: latency), name: "discard")
         case .interface(let name):
             do {
                 let afSink = try AFPacketSink(configuration: AFPacketTXConfiguration(interface: name), pool: pool)
@@ -254,7 +259,14 @@ public final class Replay {
             stageNames: pipeline.stages.map(\.name),
             stages: pipeline.snapshot(), stagePlacement: placement,
             workers: zip(runtime.workers, before).map { $0.counters.snapshot().since($1) },
-            cores: configuration.cores, failure: failure)
+            cores: configuration.cores, failure: failure,
+            latencyP50Ns: measuresLatency ? latency.value(atPercentile: 50) : nil,
+            latencyP99Ns: measuresLatency ? latency.value(atPercentile: 99) : nil)
+    }
+
+    private var measuresLatency: Bool {
+        if case .discard = sink { return true }
+        return false
     }
 
     /// Every drop, by reason: parse and action drops, TX drops, write errors.
