@@ -17,6 +17,8 @@ pcap_t *sluice_pcap_open_live(const char *device, int snapshot_length, int promi
     if (rc == 0) rc = pcap_set_promisc(p, promiscuous);
     if (rc == 0) rc = pcap_set_timeout(p, timeout_ms);
     if (rc == 0) rc = pcap_set_immediate_mode(p, 1);
+    /* libpcap's default ring (2 MiB, fewer frames in immediate mode) overflows on short stalls. */
+    if (rc == 0) rc = pcap_set_buffer_size(p, SLUICE_PCAP_LIVE_BUFFER_BYTES);
     if (rc == 0) (void)pcap_set_tstamp_precision(p, PCAP_TSTAMP_PRECISION_NANO); /* best effort */
     if (rc == 0) rc = pcap_activate(p);
     if (rc < 0) {

@@ -12,6 +12,8 @@
 #include <stdint.h>
 
 #define SLUICE_PCAP_ERRBUF_SIZE PCAP_ERRBUF_SIZE
+/* Kernel buffer of a live capture (libpcap's ring). */
+#define SLUICE_PCAP_LIVE_BUFFER_BYTES (32 << 20)
 
 /* One record as libpcap returned it. `data` stays valid only until the next sluice_pcap_next. */
 struct sluice_pcap_record {
@@ -30,7 +32,8 @@ struct sluice_pcap_record {
 pcap_t *sluice_pcap_open_file(const char *path, char *errbuf);
 
 /* Opens a live capture on `device` in immediate mode (each packet delivered at once), nanosecond
- * timestamps when the kernel offers them. NULL on failure, errbuf filled. */
+ * timestamps when the kernel offers them, a SLUICE_PCAP_LIVE_BUFFER_BYTES kernel buffer. NULL on
+ * failure, errbuf filled. */
 pcap_t *sluice_pcap_open_live(const char *device, int snapshot_length, int promiscuous, int timeout_ms,
                               char *errbuf);
 
