@@ -19,18 +19,18 @@ enum ReplayReport {
         }
         if s.poolWaits > 0 { lines.append("source waited for a free buffer \(s.poolWaits) times (nothing lost)") }
         lines.append("")
-        lines.append(row(["stage", "worker", "calls", "items", "items/call", "cycles/item", "filtered", "blocked"]))
+        lines.append(TextTable.row(["stage", "worker", "calls", "items", "items/call", "cycles/item", "filtered", "blocked"]))
         for (index, stage) in s.stages.enumerated() {
             let perCall = stage.calls > 0 ? Double(stage.items) / Double(stage.calls) : 0
             let perItem = stage.items > 0 ? Double(stage.cycles) / Double(stage.items) : 0
-            lines.append(row([s.stageNames[index], "\(s.stagePlacement[index])", "\(stage.calls)", "\(stage.items)",
+            lines.append(TextTable.row([s.stageNames[index], "\(s.stagePlacement[index])", "\(stage.calls)", "\(stage.items)",
                               String(format1: perCall), String(format1: perItem), "\(stage.filtered)",
                               "\(stage.blockedTurns)"]))
         }
         lines.append("")
-        lines.append(row(["worker", "core", "busy polls", "empty polls", "sleeps", "util %", "cpu ms"]))
+        lines.append(TextTable.row(["worker", "core", "busy polls", "empty polls", "sleeps", "util %", "cpu ms"]))
         for (index, worker) in s.workers.enumerated() {
-            lines.append(row(["\(index)", "\(s.cores[index])", "\(worker.busyPolls)", "\(worker.emptyPolls)",
+            lines.append(TextTable.row(["\(index)", "\(s.cores[index])", "\(worker.busyPolls)", "\(worker.emptyPolls)",
                               "\(worker.sleeps)", String(format1: worker.utilisation * 100),
                               String(format1: Double(worker.cpuNs) / 1e6)]))
         }
@@ -69,10 +69,4 @@ enum ReplayReport {
         return out
     }
 
-    private static func row(_ cells: [String]) -> String {
-        cells.enumerated().map { index, cell in
-            let width = index == 0 ? 10 : 13
-            return cell.count >= width ? cell + " " : String(repeating: " ", count: width - cell.count) + cell
-        }.joined()
-    }
 }

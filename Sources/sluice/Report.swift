@@ -11,17 +11,17 @@ enum Report {
             + "p99 \(format(Double(result.latencyP99Ns) / 1e3)) us, max \(format(Double(result.latencyMaxNs) / 1e3)) us; "
             + "CPU of stages 2-3: \(format(result.pipelineCPUShare * 100))%")
         lines.append("")
-        lines.append(row(["stage", "worker", "calls", "items", "items/call", "cycles/item", "blocked", "wakeups"]))
+        lines.append(TextTable.row(["stage", "worker", "calls", "items", "items/call", "cycles/item", "blocked", "wakeups"]))
         for (index, stage) in result.stages.enumerated() {
             let perCall = stage.calls > 0 ? Double(stage.items) / Double(stage.calls) : 0
             let perItem = stage.items > 0 ? Double(stage.cycles) / Double(stage.items) : 0
-            lines.append(row([result.stageNames[index], "\(c.placement[index])", "\(stage.calls)", "\(stage.items)",
+            lines.append(TextTable.row([result.stageNames[index], "\(c.placement[index])", "\(stage.calls)", "\(stage.items)",
                               format(perCall), format(perItem), "\(stage.blockedTurns)", "\(stage.wakeups)"]))
         }
         lines.append("")
-        lines.append(row(["worker", "core", "busy polls", "empty polls", "sleeps", "util %", "cpu ms", "lost wakeups"]))
+        lines.append(TextTable.row(["worker", "core", "busy polls", "empty polls", "sleeps", "util %", "cpu ms", "lost wakeups"]))
         for (index, worker) in result.workers.enumerated() {
-            lines.append(row(["\(index)", "\(c.cores[index])", "\(worker.busyPolls)", "\(worker.emptyPolls)",
+            lines.append(TextTable.row(["\(index)", "\(c.cores[index])", "\(worker.busyPolls)", "\(worker.emptyPolls)",
                               "\(worker.sleeps)", format(worker.utilisation * 100),
                               format(Double(worker.cpuNs) / 1e6), "\(worker.lostWakeups)"]))
         }
@@ -46,12 +46,6 @@ enum Report {
             + "\"workers\":[\(workers.joined(separator: ","))],\"stages\":[\(stages.joined(separator: ","))]}"
     }
 
-    private static func row(_ cells: [String]) -> String {
-        cells.enumerated().map { index, cell in
-            let width = index == 0 ? 10 : 13
-            return cell.count >= width ? cell + " " : String(repeating: " ", count: width - cell.count) + cell
-        }.joined()
-    }
 
     private static func format(_ value: Double) -> String {
         let rounded = (value * 100).rounded() / 100
