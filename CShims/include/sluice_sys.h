@@ -98,6 +98,15 @@ static inline void sluice_prefetch_write(const void *p) {
 #endif
 }
 
+/* Copies n bytes between buffers that do not overlap, in 32-byte steps the compiler turns into
+ * vector moves (may read and write up to 31 bytes past n: both buffers must have that room). For the
+ * small copies of packet paths, where a memmove call costs more than the copy. */
+static inline void sluice_copy_padded(void *restrict dst, const void *restrict src, size_t n) {
+    unsigned char *d = dst;
+    const unsigned char *s = src;
+    for (size_t i = 0; i < n; i += 32) __builtin_memcpy(d + i, s + i, 32);
+}
+
 /* Spin-wait hint: PAUSE on x86, YIELD on arm64. */
 static inline void sluice_cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)

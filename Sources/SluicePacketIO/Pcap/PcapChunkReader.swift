@@ -77,7 +77,8 @@ struct PcapChunkReader: ~Copyable {
         start += 16 + captured
         offset += Int64(16 + captured)
         let timestampNs = UInt64(seconds) &* 1_000_000_000 &+ UInt64(fraction) &* (nanosecond ? 1 : 1_000)
-        return PcapRecord(timestampNs: timestampNs, capturedLength: captured, wireLength: wire, bytes: data)
+        return PcapRecord(timestampNs: timestampNs, capturedLength: captured, wireLength: wire, bytes: data,
+                          hasSlack: start + 32 <= buffer.count)
     }
 
     @inline(__always) private func field(_ header: UnsafeRawBufferPointer, _ at: Int) -> UInt32 {

@@ -54,6 +54,8 @@ public struct PcapRecord {
     public var capturedLength: Int
     public var wireLength: Int
     public var bytes: UnsafeRawBufferPointer
+    /// At least 32 readable bytes follow `bytes` (a copy may read past the end in whole vectors).
+    public var hasSlack = false
 }
 
 /// Reads a pcap or pcapng savefile record by record, timestamps in nanoseconds. libpcap opens and

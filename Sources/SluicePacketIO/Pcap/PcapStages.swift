@@ -100,7 +100,9 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
         while count < items.count {
             if pending == nil, !readNext(now: now) { break }
             guard let index = pending, pendingDueNs <= now else { break }
-            poolRef._withUnsafeGuaranteedRef { $0.metadata(at: index).pointee.enqueueNs = now }  // latency starts now
+            if pacing != .topSpeed {  // latency starts at release, not at read
+                poolRef._withUnsafeGuaranteedRef { $0.metadata(at: index).pointee.enqueueNs = now }
+            }
             items[count] = UInt64(index)
             count += 1
             pending = nil
@@ -168,13 +170,19 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
     private func fill(_ index: UInt32, from record: PcapRecord, now: UInt64, pool: BufferPool) {
         let bytes = pool.bytes(at: index)
         let length = min(record.capturedLength, bytes.count)
-        bytes.copyMemory(from: UnsafeRawBufferPointer(rebasing: record.bytes[0..<length]))
+        if record.hasSlack, length + 32 <= bytes.count {
+            // Both sides have 32 bytes of room past the record: whole vector moves, no memmove call.
+            sluice_copy_padded(bytes.baseAddress!, record.bytes.baseAddress!, length)
+        } else {
+            bytes.copyMemory(from: UnsafeRawBufferPointer(rebasing: record.bytes[0..<length]))
+        }
         var metadata = PacketMetadata()
         metadata.length = UInt32(length)
         metadata.wireLength = UInt32(max(record.wireLength, length))
         metadata.timestampNs = record.timestampNs
         metadata.linkType = UInt16(truncatingIfNeeded: linkType)
         metadata.port = port
+        metadata.enqueueNs = now  // released at once unless paced; `produce` restamps paced ones
         pool.metadata(at: index).pointee = metadata
         packetsRead &+= 1
         bytesRead &+= UInt64(length)
