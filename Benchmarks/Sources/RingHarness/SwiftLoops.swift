@@ -142,7 +142,7 @@ private func swiftCreate(
         return 0
     } catch {
         switch error {
-        case .invalidCapacity: return -EINVAL
+        case .invalidCapacity, .invalidNUMANode: return -EINVAL
         case .outOfMemory: return -ENOMEM
         }
     }
