@@ -17,8 +17,8 @@ done
 peak=$(python3 -c 'import json,statistics,sys; print(int(statistics.median(json.loads(l)["packetsPerSecond"] for l in open(sys.argv[1]))))' "$work/peak.jsonl")
 for r in $(seq 1 "$runs"); do
   for mode in busy-poll adaptive interrupt; do
-    "$bin" replay "$work/udp.pcap" --json --wait-mode "$mode" --rate $((peak / 10)) >>"$work/p10-$mode.jsonl"
-    "$bin" replay "$work/udp.pcap" --json --wait-mode "$mode" --rate "$peak" --loop 4 >>"$work/p100-$mode.jsonl"
+    "$bin" replay "$work/udp.pcap" --json --latency --wait-mode "$mode" --rate $((peak / 10)) >>"$work/p10-$mode.jsonl"
+    "$bin" replay "$work/udp.pcap" --json --latency --wait-mode "$mode" --rate "$peak" --loop 4 >>"$work/p100-$mode.jsonl"
   done
 done
 python3 - "$work" "$peak" "$runs" <<'PY'

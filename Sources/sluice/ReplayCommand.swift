@@ -46,6 +46,9 @@ struct ReplayCommand: ParsableCommand {
     @Option(help: "A source table entry VALUE=ID, e.g. 02:00:00:00:01:00=1, 20=2 (VLAN), 198.18.1.0/24=3. Repeatable.")
     var source: [String] = []
 
+    @Flag(help: "With no --out or --iface: record each packet's time in the pipeline (costs a cache line per packet).")
+    var latency = false
+
     @Flag(help: "Print the summary as JSON.")
     var json = false
 
@@ -95,6 +98,7 @@ struct ReplayCommand: ParsableCommand {
         var configuration = ReplayConfiguration(capturePath: capture, output: output, pacing: pacing,
                                                 loopCount: loop, cores: coreList, waitMode: waitMode)
         configuration.stages = ReplayStages(rawValue: stages)!
+        configuration.measuresLatency = latency
         configuration.classifier = try classifier()
         let replay: Replay
         let summary: ReplaySummary

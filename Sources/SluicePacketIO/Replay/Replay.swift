@@ -29,6 +29,9 @@ public struct ReplayConfiguration: Sendable {
     public var bufferSizeBytes = 2048
     /// Which stages run between RX and TX.
     public var stages = ReplayStages.classifyAndAct
+    /// Record each packet's time from release to the discard sink (reads every packet's metadata line
+    /// on the sink's core: a cross-core line per packet, so off for throughput runs).
+    public var measuresLatency = false
     /// How packets get their source id and flow hash.
     public var classifier: ClassifierConfiguration
     /// What happens to each packet after classification.
@@ -105,7 +108,7 @@ public struct ReplaySummary: Sendable {
     public var cores: [Int]
     /// The error that ended the replay early (a bad record, a failed write), if any.
     public var failure: String?
-    /// Time in the pipeline, source release to sink, in ns (measured for the discard output only).
+    /// Time in the pipeline, source release to sink, in ns (discard output with `measuresLatency` only).
     public var latencyP50Ns: UInt64?
     public var latencyP99Ns: UInt64?
 
@@ -172,7 +175,8 @@ public final class Replay {
             } catch { throw .capture(error) }
         case .discard:
             sink = .discard
-            builder.stage(DiscardSink(pool: pool, returns: returnsIn.take(), latency: latency), name: "discard")
+            builder.stage(DiscardSink(pool: pool, returns: returnsIn.take(),
+                                      latency: configuration.measuresLatency ? latency : nil), name: "discard")
         case .interface(let name):
             do {
                 let afSink = try AFPacketSink(configuration: AFPacketTXConfiguration(interface: name), pool: pool)
@@ -265,7 +269,7 @@ public final class Replay {
     }
 
     private var measuresLatency: Bool {
-        if case .discard = sink { return true }
+        if case .discard = sink { return configuration.measuresLatency }
         return false
     }
 
