@@ -97,6 +97,9 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
         let now = sluice_monotonic_ns()
         if startNs == 0 { startNs = now }
         var count = 0
+        if pacing == .topSpeed, pending == nil {
+            count = poolRef._withUnsafeGuaranteedRef { pool in produceAtTopSpeed(into: items, now: now, pool: pool) }
+        }
         while count < items.count {
             if pending == nil, !readNext(now: now) { break }
             guard let index = pending, pendingDueNs <= now else { break }
@@ -109,6 +112,39 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
         }
         counters.packets.store(packetsRead, ordering: .relaxed)
         counters.bytes.store(bytesRead, ordering: .relaxed)
+        return count
+    }
+
+    /// Unpaced replay: every record is due at once, so read straight into the burst, without the
+    /// pending record paced replays keep between turns. Stops early at the end of the file (for
+    /// `produce` to start the next loop), on a bad record (kept in `failure`) or when no buffer is free.
+    private func produceAtTopSpeed(into items: UnsafeMutableBufferPointer<UInt64>, now: UInt64,
+                                   pool: BufferPool) -> Int {
+        var count = 0
+        while count < items.count, !finished {
+            if cacheCount == 0 {
+                cacheCount = refill(pool)
+                guard cacheCount > 0 else { break }
+            }
+            let record: PcapRecord
+            do {
+                guard let next = try reader!.next() else { break }  // end of a loop: the slow path decides
+                record = next
+            } catch {
+                failureBox.withLock { $0 = error }
+                finished = true
+                break
+            }
+            cacheCount -= 1
+            let index = UInt32(truncatingIfNeeded: cache[cacheCount])
+            if cacheCount >= Self.prefetchDistance {
+                pool.prefetch(UInt32(truncatingIfNeeded: cache[cacheCount - Self.prefetchDistance]), forWriting: true)
+            }
+            fill(index, from: record, now: now, pool: pool)
+            sequence &+= 1
+            items[count] = UInt64(index)
+            count += 1
+        }
         return count
     }
 
