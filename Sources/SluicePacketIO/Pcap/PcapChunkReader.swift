@@ -58,7 +58,7 @@ struct PcapChunkReader: ~Copyable {
 
     /// The next record, nil at the end of the file; `recordIndex` only names the record in errors.
     mutating func next(recordIndex: Int) throws(PcapError) -> PcapRecord? {
-        guard fill(atLeast: 16) else {
+        guard end - start >= 16 || fill(atLeast: 16) else {
             if end == start { return nil }
             throw bad(recordIndex, "truncated dump file; tried to read 16 header bytes, only got \(end - start)")
         }
@@ -70,7 +70,7 @@ struct PcapChunkReader: ~Copyable {
         guard captured <= recordLengthLimit else {
             throw bad(recordIndex, "invalid packet capture length \(captured), bigger than maximum of \(recordLengthLimit)")
         }
-        guard fill(atLeast: 16 + captured) else {
+        guard end - start >= 16 + captured || fill(atLeast: 16 + captured) else {
             throw bad(recordIndex, "truncated dump file; tried to read \(captured) captured bytes, only got \(end - start - 16)")
         }
         let data = UnsafeRawBufferPointer(rebasing: buffer[(start + 16)..<(start + 16 + captured)])
@@ -88,6 +88,7 @@ struct PcapChunkReader: ~Copyable {
 
     /// Makes at least `count` bytes available from `start`, moving the tail to the front and
     /// reading more as needed. False if the file ends first.
+    @inline(never)  // the slow path: the record's bytes are usually in the buffer already
     private mutating func fill(atLeast count: Int) -> Bool {
         if end - start >= count { return true }
         if start > 0 {

@@ -41,7 +41,7 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
     /// ...while the hot path reaches it without reference counting (`_withUnsafeGuaranteedRef`:
     /// even an `unowned(unsafe)` reference is retained around each call).
     private let poolRef: Unmanaged<BufferPool>
-    @exclusivity(unchecked) private var reader: PcapReader?
+    @exclusivity(unchecked) private var reader: PcapReader
     @exclusivity(unchecked) private var pending: UInt32?        // the next record, read into a buffer, not yet due
     @exclusivity(unchecked) private var pendingDueNs: UInt64 = 0
     @exclusivity(unchecked) private var firstTimestampNs: UInt64?
@@ -128,7 +128,7 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
             }
             let record: PcapRecord
             do {
-                guard let next = try reader!.next() else { break }  // end of a loop: the slow path decides
+                guard let next = try reader.next() else { break }  // end of a loop: the slow path decides
                 record = next
             } catch {
                 failureBox.withLock { $0 = error }
@@ -177,7 +177,7 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
             pool.prefetch(UInt32(truncatingIfNeeded: cache[cacheCount - Self.prefetchDistance]), forWriting: true)
         }
         do {
-            guard let record = try reader!.next() else {
+            guard let record = try reader.next() else {
                 pool.freeIndex(index)
                 return startNextLoop(now: now) && readNext(now: now, pool: pool)
             }
@@ -251,7 +251,6 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
         if let first = firstTimestampNs { loopOffsetNs = loopOffsetNs &+ (lastTimestampNs - first) &+ 1_000 }
         lastTimestampNs = firstTimestampNs ?? 0
         do {
-            reader = nil
             reader = try PcapReader(path: path)
             return true
         } catch {
