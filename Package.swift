@@ -9,6 +9,7 @@ let package = Package(
         .library(name: "SluiceCore", targets: ["SluiceCore"]),
         .library(name: "SluicePacket", targets: ["SluicePacket"]),
         .library(name: "SluicePacketIO", targets: ["SluicePacketIO"]),
+        .library(name: "SluiceTraffic", targets: ["SluiceTraffic"]),
         .executable(name: "sluice", targets: ["sluice"]),
     ],
     dependencies: [
@@ -39,6 +40,8 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
+        // Inference of what was sent from the TX free path, and the per-source division of the port.
+        .target(name: "SluiceTraffic", dependencies: ["SluiceCore"]),
         // The parser's fuzz target: libFuzzer with `-sanitize=fuzzer`, a bounded random run otherwise.
         .executableTarget(name: "SluiceParserFuzz", dependencies: ["SluicePacket"]),
         .executableTarget(
@@ -50,6 +53,7 @@ let package = Package(
         ),
         .testTarget(name: "SluiceCoreTests", dependencies: ["SluiceCore", "CShims"]),
         .testTarget(name: "SluicePacketTests", dependencies: ["SluicePacket", "SluiceCore"]),
+        .testTarget(name: "SluiceTrafficTests", dependencies: ["SluiceTraffic", "SluiceCore"]),
         .testTarget(name: "SluicePacketIOTests", dependencies: ["SluicePacketIO", "SluicePacket", "SluiceCore", "CShims"]),
     ],
     cLanguageStandard: .gnu11

@@ -1,0 +1,230 @@
+// Path: Sources/SluiceTraffic/TrafficController.swift — infers what each source sent from completion
+// events and re-divides the port among sources, as BQL/DQL does per queue, but per source.
+import SluiceCore
+
+/// What the controller knows of one source.
+public struct SourceState: Sendable, Equatable {
+    public var source: Int
+    public var completedPackets: UInt64 = 0
+    public var completedBytes: UInt64 = 0
+    public var enqueuedPackets: UInt64 = 0
+    public var enqueuedBytes: UInt64 = 0
+    /// Frames enqueued and not yet completed.
+    public var pendingPackets: UInt64 = 0
+    /// Time on the TX ring (enqueue to completion), moving average, ns.
+    public var delayNs: UInt64 = 0
+    /// Bytes per second completed in the last division window.
+    public var rateBytesPerSecond: Double = 0
+    /// Share of the port granted and share achieved in the last window (0...1).
+    public var shareTarget: Double = 0
+    public var shareAchieved: Double = 0
+    public var active = false
+}
+
+/// The controller's view of the port and every source it has seen.
+public struct TrafficSnapshot: Sendable, Equatable {
+    public var sources: [SourceState]
+    public var portCapacityBytesPerSecond: Double
+    public var portLimitBytes: UInt64
+    public var stalled: Bool
+    public var redivisions: UInt64
+}
+
+/// Runs on its own thread (or a control stage): `poll` drains completion events, keeps per-source
+/// accounts, watches for a stalled port and, every N completions or T ns, re-divides the port by
+/// the policy, publishing rates and quotas to the `TrafficBoard` the TX stage enforces.
+/// Per event it never allocates (accounts are preallocated for `TrafficLimits.sourceCountMax`); a
+/// re-division (about once a millisecond) builds its small demand list.
+public final class TrafficController: @unchecked Sendable {  // unchecked: one owner thread
+    public let policy: TrafficPolicy
+    public let board: TrafficBoard
+    private var receiver: CompletionReceiver
+    /// The receiver's overflow totals, read while `receiver` is busy draining.
+    private let overflow: CompletionOverflow
+    private var accounts: [SourceState]
+    private var windowBytes: [UInt64]
+    private var windowRefused: [UInt64]
+    private var lastRefused: [UInt64]
+    private var windowStartNs: UInt64 = 0
+    private var completionsSinceDivision = 0
+    /// Last completion, or when frames started pending after none were: the watchdog's clock.
+    private var lastProgressNs: UInt64 = 0
+    private var capacityEstimate: Double = 0
+    private var portLimit: UInt64
+    private var minInFlightInWindow = UInt64.max
+    private var starvedInWindow = false
+    private var redivisions: UInt64 = 0
+    private var stalled = false
+
+    /// Headroom over the estimated capacity that grants carry, so the port stays busy and the
+    /// estimate can grow.
+    static let probeHeadroom = 1.02
+
+    public init(policy: TrafficPolicy, receiver: consuming CompletionReceiver) throws(TrafficError) {
+        try policy.validate()
+        self.policy = policy
+        self.overflow = receiver.overflow
+        self.receiver = receiver
+        self.portLimit = UInt64(policy.portInFlightBytesInitial)
+        // Until the first division nothing is known: let every source send, bounded by the port limit.
+        self.board = TrafficBoard(initialRate: UInt64(1) << 40, initialQuota: UInt64(policy.portInFlightBytesInitial),
+                                  portLimit: UInt64(policy.portInFlightBytesInitial))
+        accounts = (0..<TrafficLimits.sourceCountMax).map { SourceState(source: $0) }
+        windowBytes = Array(repeating: 0, count: TrafficLimits.sourceCountMax)
+        windowRefused = Array(repeating: 0, count: TrafficLimits.sourceCountMax)
+        lastRefused = Array(repeating: 0, count: TrafficLimits.sourceCountMax)
+    }
+
+    /// The TX stage's enforcement point. One per TX stage thread.
+    public func makeAdmission() -> TxAdmission { TxAdmission(board: board) }
+
+    /// Drains pending completion events, runs the watchdog and re-divides when due. Returns the
+    /// number of events taken. Call often (every turn of the controller's loop).
+    @discardableResult
+    public func poll(nowNs: UInt64) -> Int {
+        if windowStartNs == 0 { windowStartNs = nowNs }
+        var taken = 0
+        while true {
+            let count = receiver.drain { event in observe(event) }
+            taken += count
+            if count == 0 { break }
+        }
+        watch(nowNs: nowNs)
+        if completionsSinceDivision >= policy.redivideEveryCompletions || nowNs &- windowStartNs >= policy.redivideEveryNs {
+            redivide(nowNs: nowNs)
+        }
+        return taken
+    }
+
+    private func observe(_ event: CompletionEvent) {
+        let source = Int(event.sourceID)
+        accounts[source].completedPackets &+= 1
+        accounts[source].completedBytes &+= UInt64(event.bytes)
+        let delay = event.completionNs &- event.enqueueNs
+        let previous = accounts[source].delayNs
+        accounts[source].delayNs = previous == 0 ? delay : previous &- (previous >> 3) &+ (delay >> 3)
+        windowBytes[source] &+= UInt64(event.bytes)
+        completionsSinceDivision += 1
+        lastProgressNs = max(lastProgressNs, event.completionNs)
+        if stalled {
+            stalled = false
+            board.stalled.store(false, ordering: .relaxed)
+        }
+        // DQL: how low did the bytes in flight get while sources wanted more?
+        let inFlight = portInFlightBytes()
+        minInFlightInWindow = min(minInFlightInWindow, inFlight)
+        if inFlight == 0 { starvedInWindow = true }
+    }
+
+    /// Bytes enqueued and not completed, over all sources (overflowed completions included).
+    private func portInFlightBytes() -> UInt64 {
+        var inFlight: UInt64 = 0
+        for source in 0..<policy.sources.count {
+            let enqueued = board.enqueuedBytes[source].load(ordering: .relaxed)
+            let completed = accounts[source].completedBytes &+ overflow.bytes(source)
+            if enqueued > completed { inFlight &+= enqueued - completed }
+        }
+        return inFlight
+    }
+
+    /// The watchdog: frames pending and no completion for `watchdogNs` means the port is stalled.
+    private func watch(nowNs: UInt64) {
+        guard !stalled else { return }
+        var pending: UInt64 = 0
+        for source in 0..<max(policy.sources.count, 1) {
+            let enqueued = board.enqueuedPackets[source].load(ordering: .relaxed)
+            let completed = accounts[source].completedPackets &+ overflow.packets(source)
+            if enqueued > completed { pending &+= enqueued - completed }
+        }
+        guard pending > 0 else {
+            lastProgressNs = nowNs  // nothing owed: the clock starts when something is
+            return
+        }
+        if nowNs > lastProgressNs, nowNs - lastProgressNs > policy.watchdogNs {
+            stalled = true
+            board.stalled.store(true, ordering: .relaxed)
+        }
+    }
+
+    /// Whether the port is stalled now (the watchdog fired and no completion has come since).
+    public var isStalled: Bool { stalled }
+
+    /// New rates and quotas from the last window's completions.
+    private func redivide(nowNs: UInt64) {
+        let elapsedNs = max(nowNs &- windowStartNs, 1)
+        let seconds = Double(elapsedNs) / 1e9
+        var total: UInt64 = 0
+        var backlogged = false
+        var demands: [(source: Int, policy: SourcePolicy)] = []
+        demands.reserveCapacity(policy.sources.count)
+        for source in 0..<policy.sources.count {
+            let refused = board.refusedPackets[source].load(ordering: .relaxed)
+            windowRefused[source] = refused &- lastRefused[source]
+            lastRefused[source] = refused
+            let enqueued = board.enqueuedPackets[source].load(ordering: .relaxed)
+            let completed = accounts[source].completedPackets &+ overflow.packets(source)
+            accounts[source].enqueuedPackets = enqueued
+            accounts[source].enqueuedBytes = board.enqueuedBytes[source].load(ordering: .relaxed)
+            accounts[source].pendingPackets = enqueued > completed ? enqueued - completed : 0
+            accounts[source].rateBytesPerSecond = Double(windowBytes[source]) / seconds
+            total &+= windowBytes[source]
+            if windowRefused[source] > 0 { backlogged = true }
+            let lastEnqueue = board.lastEnqueueNs[source].load(ordering: .relaxed)
+            let active = accounts[source].pendingPackets > 0 || windowRefused[source] > 0 || windowBytes[source] > 0
+                || (lastEnqueue != 0 && nowNs &- lastEnqueue < policy.quietAfterNs)
+            let recentlyActive = lastEnqueue != 0 && nowNs &- lastEnqueue < policy.quietAfterNs
+            accounts[source].active = active && (recentlyActive || accounts[source].pendingPackets > 0)
+            if accounts[source].active { demands.append((source, policy.policy(of: source))) }
+        }
+        let achieved = Double(total) / seconds
+        // When sources were refused the port ran at capacity: track it; otherwise demand was the
+        // limit, and the estimate only rises.
+        capacityEstimate = backlogged
+            ? (capacityEstimate == 0 ? achieved : 0.75 * capacityEstimate + 0.25 * achieved)
+            : max(capacityEstimate, achieved)
+        adjustPortLimit(completedBytes: total)
+        publish(demands: demands, achievedTotal: achieved)
+        for source in 0..<policy.sources.count { windowBytes[source] = 0 }
+        windowStartNs = nowNs
+        completionsSinceDivision = 0
+        redivisions &+= 1
+    }
+
+    /// DQL: a port that ran dry while sources waited gets a higher in-flight limit; one that never
+    /// came near empty gives back the slack.
+    private func adjustPortLimit(completedBytes: UInt64) {
+        let minimum = UInt64(policy.portInFlightBytesMin)
+        let maximum = UInt64(policy.portInFlightBytesMax)
+        if starvedInWindow {
+            portLimit = min(maximum, portLimit &+ max(completedBytes / 4, minimum))
+        } else if minInFlightInWindow != UInt64.max, minInFlightInWindow > 0 {
+            portLimit = max(minimum, portLimit - min(portLimit, minInFlightInWindow) / 2)
+        }
+        starvedInWindow = false
+        minInFlightInWindow = UInt64.max
+        board.portLimitBytes.store(portLimit, ordering: .relaxed)
+    }
+
+    private func publish(demands: [(source: Int, policy: SourcePolicy)], achievedTotal: Double) {
+        guard capacityEstimate > 0 else { return }
+        let targets = divide(capacity: capacityEstimate * Self.probeHeadroom, among: demands)
+        let granted = targets.values.reduce(0, +)
+        for source in 0..<policy.sources.count {
+            let target = targets[source] ?? 0
+            accounts[source].shareTarget = granted > 0 ? target / granted : 0
+            accounts[source].shareAchieved = achievedTotal > 0 ? accounts[source].rateBytesPerSecond / achievedTotal : 0
+            // An inactive source keeps a trickle, so its first frames can go and wake it up again.
+            let rate = max(target, capacityEstimate * 0.01)
+            board.rateBytesPerSecond[source].store(UInt64(rate), ordering: .relaxed)
+            let quota = granted > 0 ? Double(portLimit) * target / granted : Double(portLimit)
+            board.quotaBytes[source].store(UInt64(max(quota, Double(TxAdmission.bucketFloorBytes))), ordering: .relaxed)
+        }
+    }
+
+    /// The controller's state (for the replay summary and metrics). Allocates: call from the
+    /// controller's thread, outside its hot loop.
+    public func snapshot() -> TrafficSnapshot {
+        TrafficSnapshot(sources: Array(accounts[0..<policy.sources.count]), portCapacityBytesPerSecond: capacityEstimate,
+                        portLimitBytes: portLimit, stalled: stalled, redivisions: redivisions)
+    }
+}
