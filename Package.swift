@@ -41,7 +41,7 @@ let package = Package(
             ]
         ),
         // Inference of what was sent from the TX free path, and the per-source division of the port.
-        .target(name: "SluiceTraffic", dependencies: ["SluiceCore"]),
+        .target(name: "SluiceTraffic", dependencies: ["SluiceCore", "SluicePacketIO"]),
         // The parser's fuzz target: libFuzzer with `-sanitize=fuzzer`, a bounded random run otherwise.
         .executableTarget(name: "SluiceParserFuzz", dependencies: ["SluicePacket"]),
         .executableTarget(
@@ -53,8 +53,8 @@ let package = Package(
         ),
         .testTarget(name: "SluiceCoreTests", dependencies: ["SluiceCore", "CShims"]),
         .testTarget(name: "SluicePacketTests", dependencies: ["SluicePacket", "SluiceCore"]),
-        .testTarget(name: "SluiceTrafficTests", dependencies: ["SluiceTraffic", "SluiceCore"]),
-        .testTarget(name: "SluicePacketIOTests", dependencies: ["SluicePacketIO", "SluicePacket", "SluiceCore", "CShims"]),
+        .testTarget(name: "SluiceTrafficTests", dependencies: ["SluiceTraffic", "SluiceCore", "SluicePacketIO"]),
+        .testTarget(name: "SluicePacketIOTests", dependencies: ["SluicePacketIO", "SluicePacket", "SluiceCore", "SluiceTraffic", "CShims"]),
     ],
     cLanguageStandard: .gnu11
 )

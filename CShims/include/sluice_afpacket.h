@@ -268,6 +268,14 @@ static inline uint32_t sluice_afpacket_tx_free_count(const struct sluice_afpacke
     return r->frame_count - (r->head - r->tail);
 }
 
+/* 1 if the newest filled frame still waits for the kernel to take it (SEND_REQUEST): a kick that
+ * met a full socket buffer part-way reports success for what it took and leaves the rest. */
+static inline int sluice_afpacket_tx_has_untaken(const struct sluice_afpacket_tx_ring *r) {
+    if (r->head == r->tail) return 0;
+    const struct sluice_afpacket_v2_frame_header *header = sluice_afpacket_tx_header(r, r->head - 1);
+    return (__atomic_load_n(&header->status, __ATOMIC_ACQUIRE) & SLUICE_AFPACKET_STATUS_SEND_REQUEST) != 0;
+}
+
 /* Frames handed to the kernel and not yet seen complete. */
 static inline uint32_t sluice_afpacket_tx_pending_count(const struct sluice_afpacket_tx_ring *r) {
     return r->head - r->tail;

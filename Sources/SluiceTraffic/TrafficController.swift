@@ -179,9 +179,12 @@ public final class TrafficController: @unchecked Sendable {  // unchecked: one o
         let achieved = Double(total) / seconds
         // When sources were refused the port ran at capacity: track it; otherwise demand was the
         // limit, and the estimate only rises.
-        capacityEstimate = backlogged
-            ? (capacityEstimate == 0 ? achieved : 0.75 * capacityEstimate + 0.25 * achieved)
-            : max(capacityEstimate, achieved)
+        // A window without completions says nothing about capacity (the watchdog handles a stall).
+        if achieved > 0 {
+            capacityEstimate = backlogged
+                ? (capacityEstimate == 0 ? achieved : 0.75 * capacityEstimate + 0.25 * achieved)
+                : max(capacityEstimate, achieved)
+        }
         adjustPortLimit(completedBytes: total)
         publish(demands: demands, achievedTotal: achieved)
         for source in 0..<policy.sources.count { windowBytes[source] = 0 }

@@ -26,6 +26,16 @@ public struct AFPacketTXCompletionHook: @unchecked Sendable {  // unchecked: the
     }
 }
 
+/// What the transmitter remembers of the frame in a TX slot, for the completion hook: the slot's
+/// tag is the source id; this holds the rest of a completion event (`enqueueNs`: when the frame
+/// was put on the ring).
+@frozen
+public struct AFPacketTXSlotRecord: Sendable {
+    public var flowHash: UInt32
+    public var length: UInt32
+    public var enqueueNs: UInt64
+}
+
 /// What one `transmitBurst` did with the front of its input.
 public struct AFPacketTXBurst: Sendable, Equatable {
     /// Buffers consumed from the front of the input (queued or dropped as malformed); all freed.
@@ -48,10 +58,14 @@ public struct AFPacketTransmitter: ~Copyable {
     private let socket: AFPacketSocket
     private let mapping: AFPacketMapping
     private let tags: UnsafeMutablePointer<UInt32>
+    /// One record per slot, written when the slot is filled; read by the completion hook by slot.
+    public let slotRecords: UnsafeMutablePointer<AFPacketTXSlotRecord>
     private var ring: sluice_afpacket_tx_ring
     private let completionHook: AFPacketTXCompletionHook?
     /// Frames were queued since the last kick that the kernel took in full.
     private var needsKick = false
+    /// When the current burst started filling slots (CLOCK_MONOTONIC ns), recorded per slot.
+    private var burstStartNs: UInt64 = 0
     /// The owning thread's counters, published to `statistics` after each call that did work.
     public private(set) var counters: AFPacketTXCounters
     #if DEBUG
@@ -101,12 +115,30 @@ public struct AFPacketTransmitter: ~Copyable {
         self.socket = socket
         self.mapping = mapping
         self.tags = tags
+        self.slotRecords = .allocate(capacity: configuration.frameCount)
+        self.slotRecords.initialize(repeating: AFPacketTXSlotRecord(flowHash: 0, length: 0, enqueueNs: 0),
+                                    count: configuration.frameCount)
         self.ring = ring
         self.completionHook = completionHook
         self.counters = AFPacketTXCounters()
     }
 
-    deinit { tags.deallocate() }
+    deinit {
+        tags.deallocate()
+        slotRecords.deallocate()
+    }
+
+    /// Kicks the kernel if frames wait for it: queued since the last kick, or left by a kick that met
+    /// a full socket buffer part-way (it reports success for what it took). Owner thread only.
+    public mutating func kickIfNeeded() {
+        if needsKick || sluice_afpacket_tx_has_untaken(&ring) != 0 { kick() }
+    }
+
+    /// Slots free for new frames now, after reclaiming what the kernel finished. Owner thread only.
+    public mutating func freeSlotCount() -> Int {
+        reapCompletions()
+        return Int(sluice_afpacket_tx_free_count(&ring))
+    }
 
     /// Frames queued or in flight (not yet seen complete).
     public var pendingCount: Int {
@@ -122,6 +154,7 @@ public struct AFPacketTransmitter: ~Copyable {
     public mutating func transmitBurst(_ items: UnsafeBufferPointer<UInt64>) -> AFPacketTXBurst {
         precondition(items.count <= Limits.burstCountMax, "burst larger than Limits.burstCountMax")
         if sluice_afpacket_tx_free_count(&ring) < UInt32(items.count) { reapCompletions() }
+        burstStartNs = sluice_monotonic_ns()  // the frames' time of entry on the ring
         var burst = AFPacketTXBurst(taken: 0, queued: 0)
         var retried = false
         while burst.taken < items.count {
@@ -173,8 +206,11 @@ public struct AFPacketTransmitter: ~Copyable {
             counters.frameTooLong &+= 1
             return .dropped
         }
+        let slot = Int(ring.head & ring.mask)
         let rc = sluice_afpacket_tx_fill(&ring, bytes.baseAddress!, UInt32(length), UInt32(metadata.pointee.sourceID))
         if rc == 1 {
+            slotRecords[slot] = AFPacketTXSlotRecord(flowHash: metadata.pointee.flowHash, length: UInt32(length),
+                                                     enqueueNs: burstStartNs)
             counters.queued &+= 1
             needsKick = true
             return .queued

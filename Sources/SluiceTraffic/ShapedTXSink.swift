@@ -1,0 +1,174 @@
+// Path: Sources/SluiceTraffic/ShapedTXSink.swift — the TX stage under a traffic controller: per-source
+// backlogs, admission by the controller's grants, and the completion tap on the TX ring's free path.
+import SluiceCore
+import SluicePacketIO
+import Synchronization
+
+/// Counters of a shaped TX stage, readable from any thread.
+public final class ShapedTXCounters: Sendable {
+    /// Frames that found their source's backlog full (freed: the last stage cannot push back).
+    public let backlogDrops = Atomic<UInt64>(0)
+    /// Frames whose source id is beyond the stage's source count (freed).
+    public let unknownSourceDrops = Atomic<UInt64>(0)
+    /// Frames handed to the TX ring.
+    public let admitted = Atomic<UInt64>(0)
+    init() {}
+}
+
+/// What the transmitter's completion scan calls back into, per slot, on the TX thread: the event goes
+/// to the controller through the channel, and the slot's bytes leave the admission's in-flight count.
+final class CompletionTap: @unchecked Sendable {  // unchecked: used only on the TX stage's thread
+    @exclusivity(unchecked) var reporter: CompletionReporter
+    @exclusivity(unchecked) var admission: TxAdmission
+    var records: UnsafeMutablePointer<AFPacketTXSlotRecord>?
+
+    init(reporter: consuming CompletionReporter, admission: consuming TxAdmission) {
+        self.reporter = reporter
+        self.admission = admission
+    }
+
+    static let function: AFPacketTXCompletionHook.Function = { context, slot, tag, length, status in
+        Unmanaged<CompletionTap>.fromOpaque(context!)._withUnsafeGuaranteedRef { tap in
+            tap.admission.completed(source: Int(tag), bytes: Int(length))
+            guard status == AFPacketTXCompletionHook.statusSent, let records = tap.records else { return }
+            let record = records[Int(slot)]
+            tap.reporter.report(CompletionEvent(sourceID: UInt16(truncatingIfNeeded: tag), flowHash: record.flowHash,
+                                                bytes: length, enqueueNs: record.enqueueNs,
+                                                completionNs: Clock.monotonicNs()))
+        }
+    }
+}
+
+/// Last stage: frames wait in a bounded backlog per source (`PacketMetadata.sourceID`) and go onto the
+/// AF_PACKET TX ring as the controller's grants (`TxAdmission`) allow, round-robin over sources; each
+/// completed slot is reported to the controller. Backlogs are served on every burst and by `finish`.
+/// Never blocks or allocates on the data path; one worker at a time.
+public final class ShapedTXSink: StageBody, @unchecked Sendable {  // unchecked: one worker at a time
+    public let sourceCount: Int
+    public let backlogCountMax: Int
+    public let counters = ShapedTXCounters()
+    @exclusivity(unchecked) private var transmitter: AFPacketTransmitter
+    private let tap: CompletionTap
+    private let pool: BufferPool
+    private let poolRef: Unmanaged<BufferPool>
+    private let backlog: UnsafeMutablePointer<UInt64>  // sourceCount rings of backlogCountMax indices
+    private let backlogHead: UnsafeMutablePointer<Int>
+    private let backlogCount: UnsafeMutablePointer<Int>
+    private let burst = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: 32)
+    @exclusivity(unchecked) private var nextSource = 0
+
+    /// Opens the TX ring (in the calling thread's network namespace) for `sourceCount` sources, each
+    /// with a backlog of `backlogCountMax` frames. `reporter` is the channel end the controller drains.
+    public init(configuration: AFPacketTXConfiguration, pool: BufferPool, controller: TrafficController,
+                reporter: consuming CompletionReporter, sourceCount: Int, backlogCountMax: Int = 256)
+        throws(AFPacketError)
+    {
+        precondition(sourceCount > 0 && sourceCount <= TrafficLimits.sourceCountMax, "source count out of range")
+        precondition(backlogCountMax > 0, "a backlog holds at least one frame")
+        let tap = CompletionTap(reporter: reporter, admission: controller.makeAdmission())
+        let hook = AFPacketTXCompletionHook(CompletionTap.function, context: Unmanaged.passUnretained(tap).toOpaque())
+        transmitter = try AFPacketTransmitter(configuration: configuration, pool: pool, completionHook: hook)
+        tap.records = transmitter.slotRecords
+        self.tap = tap
+        self.pool = pool
+        self.poolRef = Unmanaged.passUnretained(pool)
+        self.sourceCount = sourceCount
+        self.backlogCountMax = backlogCountMax
+        backlog = .allocate(capacity: sourceCount * backlogCountMax)
+        backlogHead = .allocate(capacity: sourceCount)
+        backlogHead.initialize(repeating: 0, count: sourceCount)
+        backlogCount = .allocate(capacity: sourceCount)
+        backlogCount.initialize(repeating: 0, count: sourceCount)
+    }
+
+    deinit {
+        for source in 0..<sourceCount {
+            for offset in 0..<backlogCount[source] {
+                pool.freeIndex(UInt32(truncatingIfNeeded: backlog[slot(source, offset)]))
+            }
+        }
+        backlog.deallocate()
+        backlogHead.deallocate()
+        backlogCount.deallocate()
+        burst.deallocate()
+    }
+
+    /// Transmitter counters (sent, bytes, kicks) for other threads.
+    public var statistics: AFPacketTXStatistics { transmitter.statistics }
+
+    @inline(__always) private func slot(_ source: Int, _ offset: Int) -> Int {
+        source * backlogCountMax + (backlogHead[source] + offset) % backlogCountMax
+    }
+
+    public func process(_ items: UnsafeMutableBufferPointer<UInt64>) -> Int {
+        var dropped = 0
+        poolRef._withUnsafeGuaranteedRef { pool in
+            for item in items {
+                let index = UInt32(truncatingIfNeeded: item)
+                let source = Int(pool.metadata(at: index).pointee.sourceID)
+                guard source < sourceCount else {
+                    pool.freeIndex(index)
+                    counters.unknownSourceDrops.add(1, ordering: .relaxed)
+                    dropped += 1
+                    continue
+                }
+                guard backlogCount[source] < backlogCountMax else {
+                    pool.freeIndex(index)
+                    counters.backlogDrops.add(1, ordering: .relaxed)
+                    dropped += 1
+                    continue
+                }
+                backlog[slot(source, backlogCount[source])] = item
+                backlogCount[source] += 1
+            }
+            serve(pool: pool, nowNs: Clock.monotonicNs())
+        }
+        return items.count - dropped
+    }
+
+    /// Moves admitted frames from the backlogs to the ring, round-robin, as far as the ring has room.
+    /// Returns how many went.
+    @discardableResult
+    private func serve(pool: BufferPool, nowNs: UInt64) -> Int {
+        transmitter.kickIfNeeded()  // frames a full socket buffer turned back last time
+        var room = transmitter.freeSlotCount()
+        var sent = 0
+        var blocked = 0  // sources in a row that could not send: all of them ends the round
+        var source = nextSource
+        while room > 0, blocked < sourceCount {
+            var count = 0
+            while count < burst.count, count < room, backlogCount[source] > 0 {
+                let item = backlog[slot(source, 0)]
+                let bytes = Int(pool.metadata(at: UInt32(truncatingIfNeeded: item)).pointee.length)
+                guard tap.admission.admit(source: source, bytes: bytes, nowNs: nowNs) else { break }
+                burst[count] = item
+                count += 1
+                backlogHead[source] = (backlogHead[source] + 1) % backlogCountMax
+                backlogCount[source] -= 1
+            }
+            if count > 0 {
+                let queued = transmitter.transmitOrDrop(UnsafeBufferPointer(rebasing: burst[0..<count]))
+                room -= count
+                sent += queued
+                blocked = 0
+            } else {
+                blocked += 1
+            }
+            source = (source + 1) % sourceCount
+        }
+        nextSource = source
+        counters.admitted.add(UInt64(sent), ordering: .relaxed)
+        return sent
+    }
+
+    /// Serves the backlogs until they are empty, then waits for the ring's completions, at most
+    /// `timeoutNs`. Call once the pipeline has drained (no worker runs this stage). True if done.
+    public func finish(timeoutNs: UInt64 = 2_000_000_000) -> Bool {
+        let deadline = Clock.monotonicNs() &+ timeoutNs
+        while (0..<sourceCount).contains(where: { backlogCount[$0] > 0 }) {
+            poolRef._withUnsafeGuaranteedRef { pool in _ = serve(pool: pool, nowNs: Clock.monotonicNs()) }
+            if Clock.monotonicNs() >= deadline { return false }
+        }
+        return transmitter.flush(timeoutNs: deadline > Clock.monotonicNs() ? deadline - Clock.monotonicNs() : 0)
+    }
+}
