@@ -85,6 +85,8 @@ struct NetnsTrafficShareTests {
         var sentBytes: [UInt64]
         var snapshot: TrafficSnapshot
         var backlogDrops: UInt64
+        /// (ns since start, completed bytes per source), about every millisecond.
+        var timeline: [(UInt64, [UInt64])]
     }
 
     /// Runs the shaped sink for `durationNs`; returns the bytes each source completed between
@@ -123,9 +125,16 @@ struct NetnsTrafficShareTests {
         let start = Clock.monotonicNs()
         var atFrom: [UInt64]?
         var atTo: [UInt64]?
+        var timeline: [(UInt64, [UInt64])] = []
+        timeline.reserveCapacity(Int(durationNs / 1_000_000) + 256)
+        var nextSampleNs: UInt64 = 0
         while Clock.monotonicNs() - start < durationNs + 200_000_000 {
             let now = Clock.monotonicNs()
             controller.poll(nowNs: now)
+            if now - start >= nextSampleNs {
+                timeline.append((now - start, controller.snapshot().sources.map(\.completedBytes)))
+                nextSampleNs = now - start + 1_000_000
+            }
             if atFrom == nil, now - start >= measureFromNs { atFrom = controller.snapshot().sources.map(\.completedBytes) }
             if atTo == nil, now - start >= measureToNs { atTo = controller.snapshot().sources.map(\.completedBytes) }
             if pipeline.isDrained { break }
@@ -137,7 +146,7 @@ struct NetnsTrafficShareTests {
         let from = try #require(atFrom)
         let to = try #require(atTo)
         return Run(sentBytes: zip(to, from).map { $0 - $1 }, snapshot: controller.snapshot(),
-                   backlogDrops: sink.counters.backlogDrops.load(ordering: .relaxed))
+                   backlogDrops: sink.counters.backlogDrops.load(ordering: .relaxed), timeline: timeline)
     }
 
     /// Four backlogged sources at weights 1:1:2:4 over 2 s: each within 5% of its byte share.
@@ -166,5 +175,34 @@ struct NetnsTrafficShareTests {
         let jain = x.reduce(0, +) * x.reduce(0, +) / (Double(x.count) * x.reduce(0) { $0 + $1 * $1 })
         print("Jain's fairness index, 4 equal sources on a tbf-shaped veth: \(jain), bytes \(run.sentBytes)")
         #expect(jain > 0.99, "Jain's index \(jain)")
+    }
+}
+
+extension NetnsTrafficShareTests {
+    /// Four equal sources; one stops being offered traffic at 0.8 s and goes quiet once its backlog
+    /// has gone out. From 10 ms after its last frame left, the other three share the whole link.
+    @Test func othersAbsorbAStoppedSourceWithin10ms() throws {
+        try NetnsEnvironment.requireRoot()
+        let stopNs: UInt64 = 800_000_000
+        let endNs: UInt64 = 1_300_000_000
+        let run = try run(weights: [1, 1, 1, 1], durationNs: 1_400_000_000, measureFromNs: stopNs,
+                          measureToNs: endNs, stoppingSource: 3, stopSourceAtNs: stopNs)
+        // When source 3's last frame completed (its completed bytes stop growing).
+        let finalBytes = run.timeline.last { $0.0 <= endNs }!.1[3]
+        let quietNs = try #require(run.timeline.first { $0.1[3] == finalBytes }).0
+        #expect(quietNs < endNs - 200_000_000, "source 3 went quiet in time to measure: \(quietNs)")
+        let from = try #require(run.timeline.first { $0.0 >= quietNs + 10_000_000 })
+        let to = try #require(run.timeline.last { $0.0 <= endNs })
+        let seconds = Double(to.0 - from.0) / 1e9
+        let sent = (0..<3).map { to.1[$0] - from.1[$0] }
+        let total = Double(sent.reduce(0, +))
+        #expect(total / seconds > Self.linkBytesPerSecond * 0.9, "the three fill the link: \(total / seconds) B/s")
+        for source in 0..<3 {
+            #expect(abs(Double(sent[source]) / total - 1.0 / 3) < 0.05, "source \(source): \(sent)")
+        }
+        // And the first 10 ms after the quiet point are not worse than 80% of the link already.
+        let early = try #require(run.timeline.first { $0.0 >= quietNs + 20_000_000 })
+        let earlyRate = Double((0..<3).reduce(UInt64(0)) { $0 + early.1[$1] - from.1[$1] }) / (Double(early.0 - from.0) / 1e9)
+        #expect(earlyRate > Self.linkBytesPerSecond * 0.8, "rate 10-20 ms after: \(earlyRate) B/s")
     }
 }
