@@ -52,6 +52,16 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // The traffic controller: TX cost on vs off, and byte shares against Linux htb (scripts/bench-traffic.sh).
+        .executableTarget(
+            name: "traffic-compare",
+            dependencies: [
+                .product(name: "SluiceCore", package: "Sluice"),
+                .product(name: "SluicePacketIO", package: "Sluice"),
+                .product(name: "SluiceTraffic", package: "Sluice"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
         // package-benchmark suites: one folder each beside this file (the plugin looks for a parent
         // folder named Benchmarks).
         .executableTarget(

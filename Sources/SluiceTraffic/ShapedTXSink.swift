@@ -21,6 +21,9 @@ final class CompletionTap: @unchecked Sendable {  // unchecked: used only on the
     @exclusivity(unchecked) var reporter: CompletionReporter
     @exclusivity(unchecked) var admission: TxAdmission
     var records: UnsafeMutablePointer<AFPacketTXSlotRecord>?
+    /// Completion time for the current scan: the stage's clock reading for this burst (one clock
+    /// read per burst, not per frame; completions are found at most a burst late anyway).
+    @exclusivity(unchecked) var nowNs: UInt64 = 0
 
     init(reporter: consuming CompletionReporter, admission: consuming TxAdmission) {
         self.reporter = reporter
@@ -34,7 +37,7 @@ final class CompletionTap: @unchecked Sendable {  // unchecked: used only on the
             let record = records[Int(slot)]
             tap.reporter.report(CompletionEvent(sourceID: UInt16(truncatingIfNeeded: tag), flowHash: record.flowHash,
                                                 bytes: length, enqueueNs: record.enqueueNs,
-                                                completionNs: Clock.monotonicNs()))
+                                                completionNs: max(tap.nowNs, record.enqueueNs)))
         }
     }
 }
@@ -121,40 +124,47 @@ public final class ShapedTXSink: StageBody, @unchecked Sendable {  // unchecked:
                 backlog[slot(source, backlogCount[source])] = item
                 backlogCount[source] += 1
             }
-            serve(pool: pool, nowNs: Clock.monotonicNs())
+            let now = Clock.monotonicNs()
+            tap.nowNs = now
+            serve(pool: pool, nowNs: now)
         }
         return items.count - dropped
     }
 
-    /// Moves admitted frames from the backlogs to the ring, round-robin, as far as the ring has room.
+    /// Moves admitted frames from the backlogs to the ring: one frame per source in turn (round-robin),
+    /// gathered into bursts of up to 32 so each burst costs one kick, as far as the ring has room.
     /// Returns how many went.
     @discardableResult
     private func serve(pool: BufferPool, nowNs: UInt64) -> Int {
         transmitter.kickIfNeeded()  // frames a full socket buffer turned back last time
         var room = transmitter.freeSlotCount()
         var sent = 0
-        var blocked = 0  // sources in a row that could not send: all of them ends the round
         var source = nextSource
-        while room > 0, blocked < sourceCount {
+        while room > 0 {
             var count = 0
-            while count < burst.count, count < room, backlogCount[source] > 0 {
-                let item = backlog[slot(source, 0)]
-                let bytes = Int(pool.metadata(at: UInt32(truncatingIfNeeded: item)).pointee.length)
-                guard tap.admission.admit(source: source, bytes: bytes, nowNs: nowNs) else { break }
-                burst[count] = item
-                count += 1
-                backlogHead[source] = (backlogHead[source] + 1) % backlogCountMax
-                backlogCount[source] -= 1
+            var blocked = 0  // sources in a row that could not send: all of them ends the burst
+            while count < min(burst.count, room), blocked < sourceCount {
+                if backlogCount[source] > 0 {
+                    let item = backlog[slot(source, 0)]
+                    let bytes = Int(pool.metadata(at: UInt32(truncatingIfNeeded: item)).pointee.length)
+                    if tap.admission.admit(source: source, bytes: bytes, nowNs: nowNs) {
+                        burst[count] = item
+                        count += 1
+                        backlogHead[source] = (backlogHead[source] + 1) % backlogCountMax
+                        backlogCount[source] -= 1
+                        blocked = 0
+                    } else {
+                        blocked += 1
+                    }
+                } else {
+                    blocked += 1
+                }
+                source = (source + 1) % sourceCount
             }
-            if count > 0 {
-                let queued = transmitter.transmitOrDrop(UnsafeBufferPointer(rebasing: burst[0..<count]))
-                room -= count
-                sent += queued
-                blocked = 0
-            } else {
-                blocked += 1
-            }
-            source = (source + 1) % sourceCount
+            guard count > 0 else { break }
+            sent += transmitter.transmitOrDrop(UnsafeBufferPointer(rebasing: burst[0..<count]))
+            room -= count
+            if blocked >= sourceCount { break }
         }
         nextSource = source
         counters.admitted.add(UInt64(sent), ordering: .relaxed)
@@ -166,7 +176,9 @@ public final class ShapedTXSink: StageBody, @unchecked Sendable {  // unchecked:
     public func finish(timeoutNs: UInt64 = 2_000_000_000) -> Bool {
         let deadline = Clock.monotonicNs() &+ timeoutNs
         while (0..<sourceCount).contains(where: { backlogCount[$0] > 0 }) {
-            poolRef._withUnsafeGuaranteedRef { pool in _ = serve(pool: pool, nowNs: Clock.monotonicNs()) }
+            let now = Clock.monotonicNs()
+            tap.nowNs = now
+            poolRef._withUnsafeGuaranteedRef { pool in _ = serve(pool: pool, nowNs: now) }
             if Clock.monotonicNs() >= deadline { return false }
         }
         return transmitter.flush(timeoutNs: deadline > Clock.monotonicNs() ? deadline - Clock.monotonicNs() : 0)

@@ -56,10 +56,6 @@ public final class TrafficController: @unchecked Sendable {  // unchecked: one o
     private var redivisions: UInt64 = 0
     private var stalled = false
 
-    /// Headroom over the estimated capacity that grants carry, so the port stays busy and the
-    /// estimate can grow.
-    static let probeHeadroom = 1.02
-
     public init(policy: TrafficPolicy, receiver: consuming CompletionReceiver) throws(TrafficError) {
         try policy.validate()
         self.policy = policy
@@ -210,7 +206,7 @@ public final class TrafficController: @unchecked Sendable {  // unchecked: one o
 
     private func publish(demands: [(source: Int, policy: SourcePolicy)], achievedTotal: Double) {
         guard capacityEstimate > 0 else { return }
-        let targets = divide(capacity: capacityEstimate * Self.probeHeadroom, among: demands)
+        let targets = divide(capacity: capacityEstimate * policy.probeHeadroom, among: demands)
         let granted = targets.values.reduce(0, +)
         for source in 0..<policy.sources.count {
             let target = targets[source] ?? 0

@@ -30,6 +30,9 @@ public struct TrafficPolicy: Sendable, Equatable {
     public var portInFlightBytesMin = 16 * 1024
     public var portInFlightBytesMax = 16 * 1024 * 1024
     public var portInFlightBytesInitial = 256 * 1024
+    /// Grants total this much more than the estimated capacity, so the port stays busy and the
+    /// estimate can grow (1.02: shares stay within a few percent of their targets).
+    public var probeHeadroom = 1.02
 
     public init(sources: [SourcePolicy]) { self.sources = sources }
 
@@ -53,6 +56,7 @@ public struct TrafficPolicy: Sendable, Equatable {
         guard redivideEveryCompletions > 0, redivideEveryNs > 0, watchdogNs > 0, quietAfterNs > 0 else {
             throw .invalidPolicy("intervals must be positive")
         }
+        guard probeHeadroom >= 1, probeHeadroom.isFinite else { throw .invalidPolicy("probe headroom must be at least 1") }
         guard portInFlightBytesMin > 0, portInFlightBytesMin <= portInFlightBytesInitial,
               portInFlightBytesInitial <= portInFlightBytesMax else {
             throw .invalidPolicy("port in-flight bounds must satisfy 0 < min <= initial <= max")
