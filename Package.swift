@@ -10,6 +10,7 @@ let package = Package(
         .library(name: "SluicePacket", targets: ["SluicePacket"]),
         .library(name: "SluicePacketIO", targets: ["SluicePacketIO"]),
         .library(name: "SluiceTraffic", targets: ["SluiceTraffic"]),
+        .library(name: "SluiceReplay", targets: ["SluiceReplay"]),
         .executable(name: "sluice", targets: ["sluice"]),
     ],
     dependencies: [
@@ -42,19 +43,21 @@ let package = Package(
         ),
         // Inference of what was sent from the TX free path, and the per-source division of the port.
         .target(name: "SluiceTraffic", dependencies: ["SluiceCore", "SluicePacketIO"]),
+        // `sluice replay`: a capture through the packet pipeline, optionally shaped by a traffic controller.
+        .target(name: "SluiceReplay", dependencies: ["SluicePacketIO", "SluicePacket", "SluiceTraffic", "SluiceCore"]),
         // The parser's fuzz target: libFuzzer with `-sanitize=fuzzer`, a bounded random run otherwise.
         .executableTarget(name: "SluiceParserFuzz", dependencies: ["SluicePacket"]),
         .executableTarget(
             name: "sluice",
             dependencies: [
-                "SluiceCore", "SluicePacket", "SluicePacketIO",
+                "SluiceCore", "SluicePacket", "SluicePacketIO", "SluiceTraffic", "SluiceReplay",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .testTarget(name: "SluiceCoreTests", dependencies: ["SluiceCore", "CShims"]),
         .testTarget(name: "SluicePacketTests", dependencies: ["SluicePacket", "SluiceCore"]),
         .testTarget(name: "SluiceTrafficTests", dependencies: ["SluiceTraffic", "SluiceCore", "SluicePacketIO"]),
-        .testTarget(name: "SluicePacketIOTests", dependencies: ["SluicePacketIO", "SluicePacket", "SluiceCore", "SluiceTraffic", "CShims"]),
+        .testTarget(name: "SluicePacketIOTests", dependencies: ["SluicePacketIO", "SluicePacket", "SluiceCore", "SluiceTraffic", "SluiceReplay", "CShims"]),
     ],
     cLanguageStandard: .gnu11
 )

@@ -184,3 +184,35 @@ public final class ShapedTXSink: StageBody, @unchecked Sendable {  // unchecked:
         return transmitter.flush(timeoutNs: deadline > Clock.monotonicNs() ? deadline - Clock.monotonicNs() : 0)
     }
 }
+
+/// The pcap sink's free path as a completion source: each written record becomes a completion event
+/// (the frame "left" when it reached the file). Pass `hook` to `PcapSink(writtenHook:)`; keep the tap
+/// alive as long as the sink. Frames of sources beyond `sourceCount` count under the last source.
+public final class WrittenRecordTap: @unchecked Sendable {  // unchecked: used only on the sink's thread
+    @exclusivity(unchecked) var reporter: CompletionReporter
+    let pool: Unmanaged<BufferPool>
+    private let poolOwner: BufferPool
+    let sourceCount: Int
+
+    public init(pool: BufferPool, reporter: consuming CompletionReporter, sourceCount: Int) {
+        self.reporter = reporter
+        self.poolOwner = pool
+        self.pool = Unmanaged.passUnretained(pool)
+        self.sourceCount = sourceCount
+    }
+
+    /// The hook to give the sink. Holds the tap unretained.
+    public var hook: BufferFreeHook {
+        BufferFreeHook(Self.function, context: Unmanaged.passUnretained(self).toOpaque())
+    }
+
+    static let function: BufferFreeHook.Function = { context, index in
+        Unmanaged<WrittenRecordTap>.fromOpaque(context!)._withUnsafeGuaranteedRef { tap in
+            let metadata = tap.pool._withUnsafeGuaranteedRef { $0.metadata(at: index).pointee }
+            let source = min(Int(metadata.sourceID), tap.sourceCount - 1)
+            tap.reporter.report(CompletionEvent(sourceID: UInt16(source), flowHash: metadata.flowHash,
+                                                bytes: metadata.length, enqueueNs: metadata.enqueueNs,
+                                                completionNs: max(Clock.monotonicNs(), metadata.enqueueNs)))
+        }
+    }
+}

@@ -4,6 +4,8 @@ import Glibc
 import SluiceCore
 import SluicePacket
 import SluicePacketIO
+import SluiceReplay
+import SluiceTraffic
 
 struct ReplayCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -46,6 +48,9 @@ struct ReplayCommand: ParsableCommand {
     @Option(help: "A source table entry VALUE=ID, e.g. 02:00:00:00:01:00=1, 20=2 (VLAN), 198.18.1.0/24=3. Repeatable.")
     var source: [String] = []
 
+    @Option(help: "Divide the output among source ids 0..N-1 by these weights, e.g. 1,1,2,4 (a traffic controller; on --iface it enforces them).")
+    var shape: String?
+
     @Flag(help: "With no --out or --iface: record each packet's time in the pipeline (costs a cache line per packet).")
     var latency = false
 
@@ -61,6 +66,17 @@ struct ReplayCommand: ParsableCommand {
         guard loop >= 1 else { throw ValidationError("--loop must be at least 1, got \(loop)") }
         guard ReplayStages(rawValue: stages) != nil else { throw ValidationError("--stages must be 2, 3 or 4, got \(stages)") }
         _ = try classifier()
+        _ = try trafficPolicy()
+    }
+
+    /// The traffic policy from --shape: one positive weight per source id.
+    func trafficPolicy() throws -> TrafficPolicy? {
+        guard let shape else { return nil }
+        let weights = shape.split(separator: ",").map { Double($0.trimmingCharacters(in: .whitespaces)) }
+        guard !weights.isEmpty, weights.allSatisfy({ ($0 ?? 0) > 0 }), weights.count <= TrafficLimits.sourceCountMax else {
+            throw ValidationError("--shape: expected 1...\(TrafficLimits.sourceCountMax) positive weights like 1,1,2,4, got '\(shape)'")
+        }
+        return TrafficPolicy(sources: weights.map { SourcePolicy(weight: $0!) })
     }
 
     /// The classifier from --classify-by and --source; errors name the flag and the entry.
@@ -99,6 +115,7 @@ struct ReplayCommand: ParsableCommand {
                                                 loopCount: loop, cores: coreList, waitMode: waitMode)
         configuration.stages = ReplayStages(rawValue: stages)!
         configuration.measuresLatency = latency
+        configuration.traffic = try trafficPolicy()
         configuration.classifier = try classifier()
         let replay: Replay
         let summary: ReplaySummary

@@ -1,6 +1,7 @@
 // Path: Sources/sluice/ReplayReport.swift — the replay summary: a VPP `show runtime` style table or JSON.
 import SluiceCore
 import SluicePacketIO
+import SluiceReplay
 
 enum ReplayReport {
     static func table(_ s: ReplaySummary) -> String {
@@ -18,6 +19,18 @@ enum ReplayReport {
             lines.append("latency (source to sink): p50 \(String(format1: Double(p50) / 1e3)) us, p99 \(String(format1: Double(p99) / 1e3)) us")
         }
         if s.poolWaits > 0 { lines.append("source waited for a free buffer \(s.poolWaits) times (nothing lost)") }
+        if let traffic = s.traffic {
+            lines.append("")
+            lines.append("traffic: port \(String(format1: traffic.portCapacityBytesPerSecond * 8 / 1e6)) Mbit/s estimated, "
+                + "in-flight limit \(traffic.portLimitBytes) bytes\(traffic.stalled ? ", STALLED" : "")")
+            lines.append(TextTable.row(["source", "packets", "bytes", "pending", "share target", "achieved", "delay us"]))
+            for source in traffic.sources {
+                lines.append(TextTable.row(["\(source.source)", "\(source.completedPackets)", "\(source.completedBytes)",
+                                            "\(source.pendingPackets)", String(format1: source.shareTarget * 100) + "%",
+                                            String(format1: source.shareAchieved * 100) + "%",
+                                            String(format1: Double(source.delayNs) / 1e3)]))
+            }
+        }
         lines.append("")
         lines.append(TextTable.row(["stage", "worker", "calls", "items", "items/call", "cycles/item", "filtered", "blocked"]))
         for (index, stage) in s.stages.enumerated() {

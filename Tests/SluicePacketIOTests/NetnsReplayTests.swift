@@ -3,6 +3,7 @@ import SluiceCore
 import Testing
 
 @testable import SluicePacketIO
+import SluiceReplay
 
 /// `sluice replay --iface` end to end: the bundled sample replayed into a veth in one namespace and
 /// captured live with libpcap (immediate mode) in the other; every packet arrives, in order, unchanged.

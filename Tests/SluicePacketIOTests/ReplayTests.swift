@@ -3,6 +3,9 @@ import SluiceCore
 import Testing
 
 @testable import SluicePacketIO
+import SluiceReplay
+import SluicePacket
+import SluiceTraffic
 
 @Suite(.serialized) struct ReplayTests {
     static let cores = Array(((try? CPU.allowedCPUs()) ?? [0]).prefix(2))
@@ -93,6 +96,31 @@ import Testing
         let summary = try replay(Captures.sample, to: .discard, pacing: .capture(speed: 2))
         #expect(summary.elapsedNs >= 99_000_000)
         #expect(summary.elapsedNs < 1_000_000_000)
+    }
+
+    /// With a traffic policy, the pcap sink's free path reports every written record: the controller's
+    /// per-source counts match what the classifier assigned (source MAC -> id).
+    @Test func trafficControllerSeesEveryWrittenRecordBySource() throws {
+        let output = "/tmp/sluice-replay-traffic-\(getpid()).pcap"
+        defer { unlink(output) }
+        var configuration = ReplayConfiguration(capturePath: Captures.sample, output: .pcapFile(output),
+                                                cores: Self.cores)
+        configuration.classifier = try ClassifierConfiguration(key: .sourceMAC, entries: (0..<4).map { id in
+            SourceEntry(.mac(MACAddress("02:00:00:00:01:0\(id)")!), sourceID: UInt16(id))
+        })
+        configuration.traffic = TrafficPolicy(sources: [1, 1, 2, 4].map { SourcePolicy(weight: $0) })
+        let summary = try Replay(configuration).run()
+        let traffic = try #require(summary.traffic)
+        #expect(traffic.sources.map(\.completedPackets) == [500, 500, 500, 500])
+        var expectedBytes = [UInt64](repeating: 0, count: 4)
+        var reader = try PcapReader(path: Captures.sample)
+        var index = 0
+        while let record = try reader.next() {
+            expectedBytes[index % 4] += UInt64(record.capturedLength)
+            index += 1
+        }
+        #expect(traffic.sources.map(\.completedBytes) == expectedBytes)
+        #expect(traffic.sources.allSatisfy { $0.pendingPackets == 0 })
     }
 
     @Test func badConfigurationIsATypedError() {

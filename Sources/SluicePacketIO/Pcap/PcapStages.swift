@@ -268,6 +268,9 @@ public final class PcapSink: StageBody, @unchecked Sendable {  // unchecked: one
     private let poolRef: Unmanaged<BufferPool>  // the hot path's uncounted view of `pool`
     /// Where written buffers go back to the source (`BufferPool.recycle`); the free list if nil.
     @exclusivity(unchecked) private var returns: RingProducer?
+    /// Called with each buffer once its record is written (before the buffer is freed): the sink's
+    /// free-buffer path, where a traffic controller learns what left.
+    private let writtenHook: BufferFreeHook?
     @exclusivity(unchecked) private var writer: PcapWriter
     private let failureBox = Mutex<PcapError?>(nil)
     @exclusivity(unchecked) private var failed = false
@@ -275,8 +278,9 @@ public final class PcapSink: StageBody, @unchecked Sendable {  // unchecked: one
     public let writeErrors = Atomic<UInt64>(0)
 
     public init(path: String, pool: BufferPool, linkType: Int, snapshotLength: Int, nanosecond: Bool,
-                returns: consuming RingProducer? = nil) throws(PcapError) {
+                returns: consuming RingProducer? = nil, writtenHook: BufferFreeHook? = nil) throws(PcapError) {
         self.returns = returns
+        self.writtenHook = writtenHook
         self.pool = pool
         self.poolRef = Unmanaged.passUnretained(pool)
         self.writer = try PcapWriter(path: path, linkType: linkType, snapshotLength: snapshotLength,
@@ -300,6 +304,7 @@ public final class PcapSink: StageBody, @unchecked Sendable {  // unchecked: one
                     try writer.write(timestampNs: metadata.timestampNs, wireLength: Int(metadata.wireLength),
                                      bytes: bytes)
                     written &+= 1
+                    if let writtenHook { writtenHook.function(writtenHook.context, index) }
                 } catch { record(error) }
             }
         }

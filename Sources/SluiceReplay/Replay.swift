@@ -1,9 +1,10 @@
-// Path: Sources/SluicePacketIO/Replay/Replay.swift — `sluice replay`: a capture through the packet
+// Path: Sources/SluiceReplay/Replay.swift — `sluice replay`: a capture through the packet
 // pipeline (RX -> parse/classify -> action -> TX) on pinned workers, with progress and a summary.
-import CShims
 import Glibc
 import SluiceCore
 import SluicePacket
+import SluicePacketIO
+import SluiceTraffic
 
 /// Where replayed packets go.
 public enum ReplayOutput: Sendable, Equatable {
@@ -36,6 +37,10 @@ public struct ReplayConfiguration: Sendable {
     public var classifier: ClassifierConfiguration
     /// What happens to each packet after classification.
     public var rules: RuleTable
+    /// Divide the output among sources (`PacketMetadata.sourceID` 0..<sources.count) by this policy: a
+    /// traffic controller learns from the TX free path and, on an interface, the TX stage enforces
+    /// its grants (packets of other source ids are dropped, counted). nil: no controller.
+    public var traffic: TrafficPolicy?
 
     public init(capturePath: String, output: ReplayOutput, pacing: ReplayPacing = .topSpeed, loopCount: Int = 1,
                 cores: [Int], waitMode: WaitMode = .adaptive) {
@@ -111,6 +116,9 @@ public struct ReplaySummary: Sendable {
     /// Time in the pipeline, source release to sink, in ns (discard output with `measuresLatency` only).
     public var latencyP50Ns: UInt64?
     public var latencyP99Ns: UInt64?
+    /// The traffic controller's view at the end (per source: share target and achieved, pending,
+    /// delay), when the replay had one.
+    public var traffic: TrafficSnapshot?
 
     public var packetsPerSecond: Double { Double(delivered) / max(Double(elapsedNs) / 1e9, 1e-9) }
     public var bitsPerSecond: Double { Double(bytes) * 8 / max(Double(elapsedNs) / 1e9, 1e-9) }
@@ -129,9 +137,14 @@ public final class Replay {
     private let pipeline: Pipeline
     private let placement: [Int]
 
+    private let controller: TrafficController?
+    /// Keeps the pcap sink's completion tap alive (the sink holds it unretained).
+    private let writtenTap: WrittenRecordTap?
+
     private enum ReplaySink {
         case pcap(PcapSink)
         case interface(AFPacketSink)
+        case shaped(ShapedTXSink)
         case discard
     }
 
@@ -153,6 +166,17 @@ public final class Replay {
             source = try PcapSource(path: configuration.capturePath, pool: pool, pacing: configuration.pacing,
                                     loopCount: configuration.loopCount, returns: returnEnds.consumer)
         } catch { throw .capture(error) }
+        var reporter: CompletionReporter?
+        if let policy = configuration.traffic {
+            do {
+                let channel = try makeCompletionChannel(eventCapacity: 65_536, sourceCountMax: max(policy.sources.count, 1))
+                reporter = .some(channel.reporter)
+                controller = try TrafficController(policy: policy, receiver: channel.receiver)
+            } catch { throw .invalidConfiguration("traffic policy: \(error)") }
+        } else {
+            controller = nil
+        }
+        let sourceCount = max(configuration.traffic?.sources.count ?? 1, 1)
         var builder = PipelineBuilder(name: "replay", burstCount: configuration.burstCount)
         builder.source(source, name: "pcap-rx")
         if configuration.stages != .none {
@@ -166,22 +190,37 @@ public final class Replay {
         case .pcapFile(let path):
             let input: PcapReader
             do { input = try PcapReader(path: configuration.capturePath) } catch { throw .capture(error) }
+            var tap: WrittenRecordTap?
+            if let completions = reporter.take() {
+                tap = WrittenRecordTap(pool: pool, reporter: completions, sourceCount: sourceCount)
+            }
+            writtenTap = tap
             do {
                 let pcapSink = try PcapSink(path: path, pool: pool, linkType: input.linkType,
                                             snapshotLength: input.snapshotLength,
-                                            nanosecond: input.format.nanosecond, returns: returnsIn.take())
+                                            nanosecond: input.format.nanosecond, returns: returnsIn.take(),
+                                            writtenHook: tap?.hook)
                 sink = .pcap(pcapSink)
                 builder.stage(pcapSink, name: "pcap-tx")
             } catch { throw .capture(error) }
         case .discard:
+            writtenTap = nil
             sink = .discard
             builder.stage(DiscardSink(pool: pool, returns: returnsIn.take(),
                                       latency: configuration.measuresLatency ? latency : nil), name: "discard")
         case .interface(let name):
+            writtenTap = nil
             do {
-                let afSink = try AFPacketSink(configuration: AFPacketTXConfiguration(interface: name), pool: pool)
-                sink = .interface(afSink)
-                builder.stage(afSink, name: "afpacket-tx")
+                if let controller, let completions = reporter.take() {
+                    let shaped = try ShapedTXSink(configuration: AFPacketTXConfiguration(interface: name), pool: pool,
+                                                  controller: controller, reporter: completions, sourceCount: sourceCount)
+                    sink = .shaped(shaped)
+                    builder.stage(shaped, name: "shaped-tx")
+                } else {
+                    let afSink = try AFPacketSink(configuration: AFPacketTXConfiguration(interface: name), pool: pool)
+                    sink = .interface(afSink)
+                    builder.stage(afSink, name: "afpacket-tx")
+                }
             } catch { throw .output("\(name): \(error)") }
         }
         let links = builder.stageCount - 1
@@ -240,10 +279,17 @@ public final class Replay {
         let before = runtime.workers.map { $0.counters.snapshot() }
         let start = Clock.monotonicNs()
         do { try runtime.launch(pipeline, placement: placement) } catch { throw .runtime(error) }
-        while !runtime.drain(timeoutNs: 200_000_000) {
-            progress?(ReplayProgress(packets: source.counters.packets.load(ordering: .relaxed),
-                                     bytes: source.counters.bytes.load(ordering: .relaxed),
-                                     elapsedNs: Clock.monotonicNs() - start, expectedPackets: nil))
+        // With a traffic controller this thread runs it, polling every 100 µs between drain checks.
+        var lastProgressNs = start
+        while !runtime.drain(timeoutNs: controller == nil ? 200_000_000 : 100_000) {
+            controller?.poll(nowNs: Clock.monotonicNs())
+            let now = Clock.monotonicNs()
+            if now - lastProgressNs >= 200_000_000 {
+                lastProgressNs = now
+                progress?(ReplayProgress(packets: source.counters.packets.load(ordering: .relaxed),
+                                         bytes: source.counters.bytes.load(ordering: .relaxed),
+                                         elapsedNs: now - start, expectedPackets: nil))
+            }
         }
         let elapsed = Clock.monotonicNs() - start
         runtime.stop()
@@ -253,9 +299,12 @@ public final class Replay {
             do { try pcapSink.finish() } catch { failure = failure ?? "\(error)" }
         case .interface(let afSink):
             if !afSink.finish() { failure = failure ?? "frames still queued on the TX ring after 1 s" }
+        case .shaped(let shaped):
+            if !shaped.finish() { failure = failure ?? "frames still waiting to be sent after 2 s" }
         case .discard:
             break
         }
+        controller?.poll(nowNs: Clock.monotonicNs())
         return ReplaySummary(
             packets: source.counters.packets.load(ordering: .relaxed),
             bytes: source.counters.bytes.load(ordering: .relaxed), delivered: pipeline.delivered,
@@ -265,7 +314,8 @@ public final class Replay {
             workers: zip(runtime.workers, before).map { $0.counters.snapshot().since($1) },
             cores: configuration.cores, failure: failure,
             latencyP50Ns: measuresLatency ? latency.value(atPercentile: 50) : nil,
-            latencyP99Ns: measuresLatency ? latency.value(atPercentile: 99) : nil)
+            latencyP99Ns: measuresLatency ? latency.value(atPercentile: 99) : nil,
+            traffic: controller?.snapshot())
     }
 
     private var measuresLatency: Bool {
@@ -285,6 +335,12 @@ public final class Replay {
             if errors > 0 { result.append(("write-error", errors)) }
         case .interface(let afSink):
             result += afSink.statistics.snapshot().drops
+        case .shaped(let shaped):
+            result += shaped.statistics.snapshot().drops
+            let backlog = shaped.counters.backlogDrops.load(ordering: .relaxed)
+            if backlog > 0 { result.append(("source-backlog-full", backlog)) }
+            let unknown = shaped.counters.unknownSourceDrops.load(ordering: .relaxed)
+            if unknown > 0 { result.append(("source-not-in-policy", unknown)) }
         case .discard:
             break
         }
