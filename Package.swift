@@ -16,6 +16,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-system.git", from: "1.8.1"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
     ],
     targets: [
         // The only C: ring hot paths inline in include/, thin wrappers over the kernel and libnuma in *.c.
@@ -42,7 +43,10 @@ let package = Package(
             ]
         ),
         // Inference of what was sent from the TX free path, and the per-source division of the port.
-        .target(name: "SluiceTraffic", dependencies: ["SluiceCore", "SluicePacketIO"]),
+        .target(
+            name: "SluiceTraffic",
+            dependencies: ["SluiceCore", "SluicePacketIO", .product(name: "CoreMetrics", package: "swift-metrics")]
+        ),
         // `sluice replay`: a capture through the packet pipeline, optionally shaped by a traffic controller.
         .target(name: "SluiceReplay", dependencies: ["SluicePacketIO", "SluicePacket", "SluiceTraffic", "SluiceCore"]),
         // The parser's fuzz target: libFuzzer with `-sanitize=fuzzer`, a bounded random run otherwise.
@@ -56,7 +60,11 @@ let package = Package(
         ),
         .testTarget(name: "SluiceCoreTests", dependencies: ["SluiceCore", "CShims"]),
         .testTarget(name: "SluicePacketTests", dependencies: ["SluicePacket", "SluiceCore"]),
-        .testTarget(name: "SluiceTrafficTests", dependencies: ["SluiceTraffic", "SluiceCore", "SluicePacketIO"]),
+        .testTarget(
+            name: "SluiceTrafficTests",
+            dependencies: ["SluiceTraffic", "SluiceCore", "SluicePacketIO",
+                           .product(name: "MetricsTestKit", package: "swift-metrics")]
+        ),
         .testTarget(name: "SluicePacketIOTests", dependencies: ["SluicePacketIO", "SluicePacket", "SluiceCore", "SluiceTraffic", "SluiceReplay", "CShims"]),
     ],
     cLanguageStandard: .gnu11

@@ -138,6 +138,8 @@ public final class Replay {
     private let placement: [Int]
 
     private let controller: TrafficController?
+    /// The controller's state as swift-metrics gauges, refreshed with each progress report.
+    private let trafficMetrics: TrafficMetrics?
     /// Keeps the pcap sink's completion tap alive (the sink holds it unretained).
     private let writtenTap: WrittenRecordTap?
 
@@ -176,6 +178,7 @@ public final class Replay {
         } else {
             controller = nil
         }
+        trafficMetrics = configuration.traffic.map { TrafficMetrics(sourceCount: max($0.sources.count, 1)) }
         let sourceCount = max(configuration.traffic?.sources.count ?? 1, 1)
         var builder = PipelineBuilder(name: "replay", burstCount: configuration.burstCount)
         builder.source(source, name: "pcap-rx")
@@ -286,6 +289,7 @@ public final class Replay {
             let now = Clock.monotonicNs()
             if now - lastProgressNs >= 200_000_000 {
                 lastProgressNs = now
+                if let controller { trafficMetrics?.record(controller.snapshot()) }
                 progress?(ReplayProgress(packets: source.counters.packets.load(ordering: .relaxed),
                                          bytes: source.counters.bytes.load(ordering: .relaxed),
                                          elapsedNs: now - start, expectedPackets: nil))
@@ -305,6 +309,7 @@ public final class Replay {
             break
         }
         controller?.poll(nowNs: Clock.monotonicNs())
+        if let controller { trafficMetrics?.record(controller.snapshot()) }
         return ReplaySummary(
             packets: source.counters.packets.load(ordering: .relaxed),
             bytes: source.counters.bytes.load(ordering: .relaxed), delivered: pipeline.delivered,

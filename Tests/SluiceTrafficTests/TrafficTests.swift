@@ -189,3 +189,29 @@ struct SimulatedPort {
         #expect(afterwards)
     }
 }
+
+import MetricsTestKit
+
+@Suite struct TrafficMetricsTests {
+    @Test func snapshotBecomesGauges() throws {
+        let metrics = TestMetrics()
+        let gauges = TrafficMetrics(sourceCount: 2, factory: metrics)
+        var first = SourceState(source: 0)
+        first.shareTarget = 0.25
+        first.pendingPackets = 7
+        first.delayNs = 2_000_000
+        var second = SourceState(source: 1)
+        second.shareAchieved = 0.75
+        second.completedBytes = 1_500
+        gauges.record(TrafficSnapshot(sources: [first, second], portCapacityBytesPerSecond: 1e7, portLimitBytes: 65_536,
+                                      stalled: true, redivisions: 3))
+        let dimensions0 = [("port", "0"), ("source", "0")]
+        let dimensions1 = [("port", "0"), ("source", "1")]
+        #expect(try metrics.expectGauge("sluice_traffic_share_target", dimensions0).lastValue == 0.25)
+        #expect(try metrics.expectGauge("sluice_traffic_pending_packets", dimensions0).lastValue == 7)
+        #expect(try metrics.expectGauge("sluice_traffic_delay_seconds", dimensions0).lastValue == 0.002)
+        #expect(try metrics.expectGauge("sluice_traffic_share_achieved", dimensions1).lastValue == 0.75)
+        #expect(try metrics.expectGauge("sluice_traffic_sent_bytes", dimensions1).lastValue == 1_500)
+        #expect(try metrics.expectGauge("sluice_traffic_port_stalled", [("port", "0")]).lastValue == 1)
+    }
+}
