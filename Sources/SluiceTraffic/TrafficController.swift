@@ -222,8 +222,14 @@ public final class TrafficController: @unchecked Sendable {  // unchecked: one o
 
     /// The controller's state (for the replay summary and metrics). Allocates: call from the
     /// controller's thread, outside its hot loop.
+    /// Completed counts include events that overflowed the channel (counted, not lost).
     public func snapshot() -> TrafficSnapshot {
-        TrafficSnapshot(sources: Array(accounts[0..<policy.sources.count]), portCapacityBytesPerSecond: capacityEstimate,
-                        portLimitBytes: portLimit, stalled: stalled, redivisions: redivisions)
+        var sources = Array(accounts[0..<policy.sources.count])
+        for index in sources.indices {
+            sources[index].completedPackets &+= overflow.packets(index)
+            sources[index].completedBytes &+= overflow.bytes(index)
+        }
+        return TrafficSnapshot(sources: sources, portCapacityBytesPerSecond: capacityEstimate,
+                               portLimitBytes: portLimit, stalled: stalled, redivisions: redivisions)
     }
 }
