@@ -11,6 +11,7 @@ let package = Package(
         .library(name: "SluicePacketIO", targets: ["SluicePacketIO"]),
         .library(name: "SluiceTraffic", targets: ["SluiceTraffic"]),
         .library(name: "SluiceReplay", targets: ["SluiceReplay"]),
+        .library(name: "SluicePageStore", targets: ["SluicePageStore"]),
         .executable(name: "sluice", targets: ["sluice"]),
     ],
     dependencies: [
@@ -23,7 +24,7 @@ let package = Package(
         .target(
             name: "CShims",
             path: "CShims",
-            linkerSettings: [.linkedLibrary("numa"), .linkedLibrary("pcap"), .linkedLibrary("pthread")]
+            linkerSettings: [.linkedLibrary("numa"), .linkedLibrary("pcap"), .linkedLibrary("uring"), .linkedLibrary("pthread")]
         ),
         .target(
             name: "SluiceCore",
@@ -47,6 +48,11 @@ let package = Package(
             name: "SluiceTraffic",
             dependencies: ["SluiceCore", "SluicePacketIO", .product(name: "CoreMetrics", package: "swift-metrics")]
         ),
+        // Pages in a data file through io_uring, each with its OSN and CRC-32C (the storage node's base).
+        .target(
+            name: "SluicePageStore",
+            dependencies: ["SluiceCore", "CShims", .product(name: "SystemPackage", package: "swift-system")]
+        ),
         // `sluice replay`: a capture through the packet pipeline, optionally shaped by a traffic controller.
         .target(name: "SluiceReplay", dependencies: ["SluicePacketIO", "SluicePacket", "SluiceTraffic", "SluiceCore"]),
         // The parser's fuzz target: libFuzzer with `-sanitize=fuzzer`, a bounded random run otherwise.
@@ -59,6 +65,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "SluiceCoreTests", dependencies: ["SluiceCore", "CShims"]),
+        .testTarget(name: "SluicePageStoreTests", dependencies: ["SluicePageStore", "CShims"]),
         .testTarget(name: "SluicePacketTests", dependencies: ["SluicePacket", "SluiceCore"]),
         .testTarget(
             name: "SluiceTrafficTests",

@@ -6,4 +6,5 @@
 #include "sluice_pcap.h"
 #include "sluice_spsc.h"
 #include "sluice_sys.h"
+#include "sluice_uring.h"
 #endif

@@ -1,0 +1,82 @@
+import CShims
+import Glibc
+import Testing
+
+@testable import SluicePageStore
+
+@Suite struct PageFileTests {
+    func temporaryPath(_ name: String) -> String {
+        // On the machine's disk, not tmpfs: O_DIRECT needs a file system that supports it.
+        "/var/tmp/sluice-pages-\(getpid())-\(name)"
+    }
+
+    @Test func crc32cMatchesTheStandardCheckValue() {
+        let check = Array("123456789".utf8)
+        #expect(sluice_crc32c(0, check, check.count) == 0xE306_9283)
+        #expect(sluice_crc32c(sluice_crc32c(0, check, 4), Array(check[4...]), 5) == 0xE306_9283, "continues")
+    }
+
+    @Test(arguments: [true, false])
+    func pagesRoundTripWithTheirOSN(directIO: Bool) throws {
+        let path = temporaryPath("roundtrip-\(directIO)")
+        defer { unlink(path) }
+        var configuration = PageFileConfiguration(path: path)
+        configuration.directIO = directIO
+        var file = try PageFile(configuration: configuration)
+        let pages = (0..<32).map { UInt64($0 * 3) }
+        let headers = pages.map { PageHeader(osn: 1000 + $0, objectID: 7, pageIndex: $0 / 3) }
+        let payloads = pages.map { page in [UInt8](repeating: UInt8(page % 251), count: 100 + Int(page)) }
+        try file.write(physicalPages: pages, headers: headers, payloads: payloads)
+        try file.sync()
+        let read = try file.read(physicalPages: pages)
+        for index in pages.indices {
+            #expect(read[index].header == headers[index])
+            #expect(Array(read[index].payload.prefix(payloads[index].count)) == payloads[index])
+            #expect(read[index].payload.dropFirst(payloads[index].count).allSatisfy { $0 == 0 })
+        }
+        let holes = try file.read(physicalPages: [1, 2, 10_000])
+        #expect(holes.allSatisfy { $0.header == nil }, "never-written pages (and past the end) read as empty")
+    }
+
+    /// A flipped byte anywhere in a page is caught on read and reported, never returned as data.
+    @Test(arguments: [5, 12, 40, 4000])
+    func corruptionIsDetected(offset: Int) throws {
+        let path = temporaryPath("corrupt-\(offset)")
+        defer { unlink(path) }
+        var file = try PageFile(configuration: PageFileConfiguration(path: path))
+        try file.write(physicalPages: [2], headers: [PageHeader(osn: 9, objectID: 1, pageIndex: 0)],
+                       payloads: [[UInt8](repeating: 0xAB, count: 4000)])
+        try file.sync()
+        let fd = open(path, O_RDWR)
+        var byte: UInt8 = 0
+        #expect(pread(fd, &byte, 1, off_t(2 * 4096 + offset)) == 1)
+        byte ^= 0x40
+        #expect(pwrite(fd, &byte, 1, off_t(2 * 4096 + offset)) == 1)
+        fsync(fd)
+        close(fd)
+        #expect(throws: PageStoreError.self) { _ = try file.read(physicalPages: [2]) }
+        do {
+            _ = try file.read(physicalPages: [2])
+        } catch {
+            guard case .corruptPage(let page, _) = error else {
+                Issue.record("expected corruptPage, got \(error)")
+                return
+            }
+            #expect(page == 2)
+        }
+    }
+
+    @Test func badConfigurationIsATypedError() {
+        var configuration = PageFileConfiguration(path: temporaryPath("bad"))
+        configuration.pageSizeBytes = 3000
+        #expect(throws: PageStoreError.invalidConfiguration("page size must be a power of two in 512...1048576, got 3000")) {
+            _ = try PageFile(configuration: configuration)
+        }
+        configuration.pageSizeBytes = 4096
+        configuration.queueDepth = 0
+        #expect(throws: PageStoreError.self) { _ = try PageFile(configuration: configuration) }
+        #expect(throws: PageStoreError.self) {
+            _ = try PageFile(configuration: PageFileConfiguration(path: "/nonexistent/dir/pages"))
+        }
+    }
+}
