@@ -1,0 +1,115 @@
+import Glibc
+import Testing
+
+@testable import SluicePageStore
+
+@Suite struct ObjectStoreTests {
+    struct Paths {
+        let pages: String
+        let log: String
+        init(_ name: String) {
+            pages = "/var/tmp/sluice-store-\(getpid())-\(name).pages"
+            log = "/var/tmp/sluice-store-\(getpid())-\(name).log"
+        }
+        func remove() {
+            unlink(pages)
+            unlink(log)
+        }
+        func open() throws -> ObjectStore {
+            try ObjectStore(pages: PageFileConfiguration(path: pages), log: try EmbeddedLog(path: log))
+        }
+    }
+
+    @Test func readsCarryTheirOSNsAndConditionalWritesObeyThem() throws {
+        let paths = Paths("osn")
+        defer { paths.remove() }
+        let store = try paths.open()
+        let empty = try store.read(objectID: 1, pageIndex: 0)
+        #expect(empty == PageVersion(payload: [], pageOSN: 0, readOSN: 0))
+        let first = try store.write(objectID: 1, pages: [(0, Array("a".utf8), .absent)])
+        #expect(first == 1)
+        let read = try store.read(objectID: 1, pageIndex: 0)
+        #expect(read.pageOSN == 1 && read.readOSN == 1 && read.payload.first == UInt8(ascii: "a"))
+        let second = try store.write(objectID: 1, pages: [(0, Array("b".utf8), .unmodifiedSince(read.pageOSN))])
+        #expect(second == 2)
+        // The same read's OSN is stale now: rejected, with the current OSN.
+        #expect(throws: ObjectStoreError.conflict(objectID: 1, pageIndex: 0, currentOSN: 2)) {
+            _ = try store.write(objectID: 1, pages: [(0, Array("c".utf8), .unmodifiedSince(read.pageOSN))])
+        }
+        #expect(throws: ObjectStoreError.conflict(objectID: 1, pageIndex: 0, currentOSN: 2)) {
+            _ = try store.write(objectID: 1, pages: [(0, Array("d".utf8), .absent)])
+        }
+        // A write to another page does not move this page's OSN, only the read OSN.
+        _ = try store.write(objectID: 1, pages: [(5, Array("x".utf8), .unconditional)])
+        let again = try store.read(objectID: 1, pageIndex: 0)
+        #expect(again.pageOSN == 2 && again.readOSN == 3 && again.payload.first == UInt8(ascii: "b"))
+        #expect(store.pages(of: 1) == [0, 5])
+    }
+
+    @Test func multiPageConditionalWriteIsAllOrNothing() throws {
+        let paths = Paths("multi")
+        defer { paths.remove() }
+        let store = try paths.open()
+        let osn = try store.write(objectID: 2, pages: [(0, [1], .unconditional), (1, [1], .unconditional)])
+        _ = try store.write(objectID: 2, pages: [(1, [2], .unconditional)])
+        #expect(throws: ObjectStoreError.conflict(objectID: 2, pageIndex: 1, currentOSN: osn + 1)) {
+            _ = try store.write(objectID: 2, pages: [(0, [9], .unmodifiedSince(osn)), (1, [9], .unmodifiedSince(osn))])
+        }
+        #expect(try store.read(objectID: 2, pageIndex: 0).payload.first == 1, "page 0 untouched")
+        #expect(store.lastOSN == osn + 1, "a rejected write takes no OSN")
+    }
+
+    @Test func reopeningRecoversEveryAcknowledgedWriteAndDropsATornTail() throws {
+        let paths = Paths("recover")
+        defer { paths.remove() }
+        do {
+            let store = try paths.open()
+            for value in 0..<20 { _ = try store.write(objectID: 3, pages: [(UInt64(value % 5), [UInt8(value)], .unconditional)]) }
+        }
+        // A crash mid-append leaves half a record at the end of the log.
+        let fd = open(paths.log, O_WRONLY | O_APPEND)
+        let garbage: [UInt8] = [200, 0, 0, 0, 1, 2, 3]
+        _ = garbage.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+        let store = try paths.open()
+        #expect(store.lastOSN == 20)
+        for index in 0..<5 {
+            let page = try store.read(objectID: 3, pageIndex: UInt64(index))
+            #expect(page.payload.first == UInt8(15 + index))
+            #expect(page.pageOSN == UInt64(16 + index))
+        }
+        #expect(try store.write(objectID: 3, pages: [(0, [99], .unconditional)]) == 21, "OSNs stay gap-free")
+    }
+
+    /// A write acknowledged by the log whose page never reached the data file is redone on open.
+    @Test func logAheadOfPagesIsRedone() throws {
+        let paths = Paths("redo")
+        defer { paths.remove() }
+        do {
+            let store = try paths.open()
+            _ = try store.write(objectID: 4, pages: [(0, [1], .unconditional)])
+        }
+        do {
+            let log = try EmbeddedLog(path: paths.log)
+            #expect(try log.append(LogRecord(objectID: 4, pages: [(0, [2]), (1, [3])])) == 2)
+        }
+        let store = try paths.open()
+        let redone = try store.read(objectID: 4, pageIndex: 0)
+        #expect(redone.pageOSN == 2 && redone.readOSN == 2)
+        #expect(redone.payload.first == 2)
+        #expect(try store.read(objectID: 4, pageIndex: 1).payload.first == 3)
+    }
+
+    @Test func oversizedWritesAreTypedErrors() throws {
+        let paths = Paths("limits")
+        defer { paths.remove() }
+        let store = try paths.open()
+        #expect(throws: ObjectStoreError.payloadTooLarge(5000, max: store.payloadSizeBytes)) {
+            _ = try store.write(objectID: 1, pages: [(0, [UInt8](repeating: 0, count: 5000), .unconditional)])
+        }
+        #expect(throws: ObjectStoreError.self) {
+            _ = try store.write(objectID: 1, pages: (0..<100).map { (UInt64($0), [UInt8](), WriteCondition.unconditional) })
+        }
+        #expect(store.lastOSN == 0)
+    }
+}
