@@ -65,7 +65,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "SluiceCoreTests", dependencies: ["SluiceCore", "CShims"]),
-        .testTarget(name: "SluicePageStoreTests", dependencies: ["SluicePageStore", "CShims"]),
+        .testTarget(name: "SluicePageStoreTests", dependencies: ["SluicePageStore", "SluiceCore", "CShims"]),
         .testTarget(name: "SluicePacketTests", dependencies: ["SluicePacket", "SluiceCore"]),
         .testTarget(
             name: "SluiceTrafficTests",
