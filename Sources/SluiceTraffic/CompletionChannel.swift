@@ -89,11 +89,14 @@ public struct CompletionReporter: ~Copyable, @unchecked Sendable {  // unchecked
 public struct CompletionReceiver: ~Copyable, @unchecked Sendable {  // unchecked: one owner, by construction
     var ring: RingConsumer
     public let overflow: CompletionOverflow
+    /// Sources 0..<sourceCountMax report on this channel.
+    public let sourceCountMax: Int
     private let scratch: UnsafeMutableBufferPointer<UInt64>
 
-    init(ring: consuming RingConsumer, overflow: CompletionOverflow) {
+    init(ring: consuming RingConsumer, overflow: CompletionOverflow, sourceCountMax: Int) {
         self.ring = ring
         self.overflow = overflow
+        self.sourceCountMax = sourceCountMax
         self.scratch = .allocate(capacity: 255)  // 85 events, a multiple of 3 within Limits.burstCountMax
     }
 
@@ -132,7 +135,7 @@ public func makeCompletionChannel(eventCapacity: Int, sourceCountMax: Int) throw
         throw .invalidSourceCount(sourceCountMax, max: TrafficLimits.sourceCountMax)
     }
     let itemsMax = Limits.ringCapacityMax
-    guard eventCapacity > 0, eventCapacity * CompletionEvent.itemCount <= itemsMax else {
+    guard eventCapacity > 0, eventCapacity <= itemsMax / CompletionEvent.itemCount else {
         throw .invalidCapacity(eventCapacity, max: itemsMax / CompletionEvent.itemCount)
     }
     let items = eventCapacity * CompletionEvent.itemCount
@@ -143,7 +146,8 @@ public func makeCompletionChannel(eventCapacity: Int, sourceCountMax: Int) throw
     let overflow = CompletionOverflow()
     return CompletionChannel(reporter: CompletionReporter(ring: ends.producer, overflow: overflow,
                                                           sourceCountMax: sourceCountMax),
-                             receiver: CompletionReceiver(ring: ends.consumer, overflow: overflow))
+                             receiver: CompletionReceiver(ring: ends.consumer, overflow: overflow,
+                                                          sourceCountMax: sourceCountMax))
 }
 
 /// Bounds of the traffic controller.

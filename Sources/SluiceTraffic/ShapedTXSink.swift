@@ -2,6 +2,7 @@
 // backlogs, admission by the controller's grants, and the completion tap on the TX ring's free path.
 import SluiceCore
 import SluicePacketIO
+import Glibc
 import Synchronization
 
 /// Counters of a shaped TX stage, readable from any thread.
@@ -12,6 +13,12 @@ public final class ShapedTXCounters: Sendable {
     public let unknownSourceDrops = Atomic<UInt64>(0)
     /// Frames handed to the TX ring.
     public let admitted = Atomic<UInt64>(0)
+    /// Frames too short or too long for the port (dropped before admission).
+    public let malformedDrops = Atomic<UInt64>(0)
+    /// Admitted frames the ring had no slot for after all (admission undone, freed).
+    public let ringFullDrops = Atomic<UInt64>(0)
+    /// Frames still in a backlog when `finish` gave up (freed).
+    public let unsentAtFinish = Atomic<UInt64>(0)
     init() {}
 }
 
@@ -33,7 +40,9 @@ final class CompletionTap: @unchecked Sendable {  // unchecked: used only on the
     static let function: AFPacketTXCompletionHook.Function = { context, slot, tag, length, status in
         Unmanaged<CompletionTap>.fromOpaque(context!)._withUnsafeGuaranteedRef { tap in
             tap.admission.completed(source: Int(tag), bytes: Int(length))
-            guard status == AFPacketTXCompletionHook.statusSent, let records = tap.records else { return }
+            // A frame the kernel rejected also left the queue: report it, or it would stay pending
+            // in the controller's books for ever.
+            guard let records = tap.records else { return }
             let record = records[Int(slot)]
             tap.reporter.report(CompletionEvent(sourceID: UInt16(truncatingIfNeeded: tag), flowHash: record.flowHash,
                                                 bytes: length, enqueueNs: record.enqueueNs,
@@ -138,6 +147,7 @@ public final class ShapedTXSink: StageBody, @unchecked Sendable {  // unchecked:
     private func serve(pool: BufferPool, nowNs: UInt64) -> Int {
         transmitter.kickIfNeeded()  // frames a full socket buffer turned back last time
         var room = transmitter.freeSlotCount()
+        tap.admission.scanned(nowNs: nowNs)
         var sent = 0
         var source = nextSource
         while room > 0 {
@@ -147,7 +157,13 @@ public final class ShapedTXSink: StageBody, @unchecked Sendable {  // unchecked:
                 if backlogCount[source] > 0 {
                     let item = backlog[slot(source, 0)]
                     let bytes = Int(pool.metadata(at: UInt32(truncatingIfNeeded: item)).pointee.length)
-                    if tap.admission.admit(source: source, bytes: bytes, nowNs: nowNs) {
+                    if !transmitter.canCarry(UInt32(truncatingIfNeeded: item)) {
+                        // Malformed for this port: dropped before admission, so nothing leaks.
+                        backlogHead[source] = (backlogHead[source] + 1) % backlogCountMax
+                        backlogCount[source] -= 1
+                        pool.freeIndex(UInt32(truncatingIfNeeded: item))
+                        counters.malformedDrops.add(1, ordering: .relaxed)
+                    } else if tap.admission.admit(source: source, bytes: bytes, nowNs: nowNs) {
                         burst[count] = item
                         count += 1
                         backlogHead[source] = (backlogHead[source] + 1) % backlogCountMax
@@ -162,7 +178,16 @@ public final class ShapedTXSink: StageBody, @unchecked Sendable {  // unchecked:
                 source = (source + 1) % sourceCount
             }
             guard count > 0 else { break }
-            sent += transmitter.transmitOrDrop(UnsafeBufferPointer(rebasing: burst[0..<count]))
+            let result = transmitter.transmitBurst(UnsafeBufferPointer(rebasing: burst[0..<count]))
+            // Frames the ring would not take after all: undo their admission and drop them (counted).
+            for item in burst[result.taken..<count] {
+                let index = UInt32(truncatingIfNeeded: item)
+                let metadata = pool.metadata(at: index).pointee
+                tap.admission.completed(source: Int(metadata.sourceID), bytes: Int(metadata.length))
+                pool.freeIndex(index)
+                counters.ringFullDrops.add(1, ordering: .relaxed)
+            }
+            sent += result.queued
             room -= count
             if blocked >= sourceCount { break }
         }
@@ -175,11 +200,17 @@ public final class ShapedTXSink: StageBody, @unchecked Sendable {  // unchecked:
     /// `timeoutNs`. Call once the pipeline has drained (no worker runs this stage). True if done.
     public func finish(timeoutNs: UInt64 = 2_000_000_000) -> Bool {
         let deadline = Clock.monotonicNs() &+ timeoutNs
+        tap.admission.ignoresStall = true  // no controller runs now to clear a stall
         while (0..<sourceCount).contains(where: { backlogCount[$0] > 0 }) {
             let now = Clock.monotonicNs()
             tap.nowNs = now
             poolRef._withUnsafeGuaranteedRef { pool in _ = serve(pool: pool, nowNs: now) }
-            if Clock.monotonicNs() >= deadline { return false }
+            if Clock.monotonicNs() >= deadline {
+                let left = (0..<sourceCount).reduce(0) { $0 + backlogCount[$1] }
+                counters.unsentAtFinish.add(UInt64(left), ordering: .relaxed)
+                return false
+            }
+            usleep(20)
         }
         return transmitter.flush(timeoutNs: deadline > Clock.monotonicNs() ? deadline - Clock.monotonicNs() : 0)
     }

@@ -17,9 +17,13 @@ public final class TrafficBoard: Sendable {
     // Written by the TX stage.
     let enqueuedPackets: InlineArray<256, Atomic<UInt64>>
     let enqueuedBytes: InlineArray<256, Atomic<UInt64>>
-    /// Frames refused admission: a source with refusals is backlogged (it wants more than it gets).
+    /// Admission attempts refused (a frame refused twice counts twice): a source with refusals is
+    /// backlogged (it wants more than it gets).
     let refusedPackets: InlineArray<256, Atomic<UInt64>>
     let lastEnqueueNs: InlineArray<256, Atomic<UInt64>>
+    /// When the TX stage last scanned its ring for completions: the watchdog only believes a silent
+    /// port when TX has looked recently and found nothing.
+    let lastScanNs = Atomic<UInt64>(0)
 
     init(initialRate: UInt64, initialQuota: UInt64, portLimit: UInt64) {
         rateBytesPerSecond = InlineArray { _ in Atomic(initialRate) }
@@ -45,6 +49,8 @@ public struct TxAdmission: ~Copyable, @unchecked Sendable {  // unchecked: one o
     private let refillNs: UnsafeMutablePointer<UInt64>
     private let inFlight: UnsafeMutablePointer<UInt64>
     private var portInFlight: UInt64 = 0
+    /// Set while a stage drains at shutdown: frames still go (the controller is no longer polled).
+    public var ignoresStall = false
     /// Largest burst a bucket holds, in seconds of its rate (and never less than one large frame).
     static let bucketDepthNs: Double = 2_000_000
     static let bucketFloorBytes: Double = 9_018
@@ -70,7 +76,8 @@ public struct TxAdmission: ~Copyable, @unchecked Sendable {  // unchecked: one o
     public mutating func admit(source: Int, bytes: Int, nowNs: UInt64) -> Bool {
         precondition(source >= 0 && source < TrafficLimits.sourceCountMax, "source id out of range")
         let size = UInt64(bytes)
-        guard !board.stalled.load(ordering: .relaxed), fits(source: source, size: size), take(source, size, nowNs)
+        guard ignoresStall || !board.stalled.load(ordering: .relaxed), fits(source: source, size: size),
+              take(source, size, nowNs)
         else {
             TrafficBoard.bump(board.refusedPackets[source], by: 1)
             board.lastEnqueueNs[source].store(nowNs, ordering: .relaxed)
@@ -86,10 +93,14 @@ public struct TxAdmission: ~Copyable, @unchecked Sendable {  // unchecked: one o
 
     /// A frame of `source` left the port (its TX slot came back): it no longer counts as in flight.
     public mutating func completed(source: Int, bytes: Int) {
+        precondition(source >= 0 && source < TrafficLimits.sourceCountMax, "source id out of range")
         let size = UInt64(bytes)
         inFlight[source] = inFlight[source] >= size ? inFlight[source] - size : 0
         portInFlight = portInFlight >= size ? portInFlight - size : 0
     }
+
+    /// The TX stage scanned its ring for completions at `nowNs` (the watchdog's evidence).
+    public func scanned(nowNs: UInt64) { board.lastScanNs.store(nowNs, ordering: .relaxed) }
 
     /// Bytes in flight, for one source and for the port.
     public func inFlightBytes(source: Int) -> UInt64 { inFlight[source] }

@@ -55,11 +55,18 @@ public final class TrafficController: @unchecked Sendable {  // unchecked: one o
     private var starvedInWindow = false
     private var redivisions: UInt64 = 0
     private var stalled = false
+    private var admissionHandedOut = false
+    /// Sources the controller accounts for: every id the channel carries (ids beyond the policy's
+    /// list get `defaultSource`).
+    private let sourceCount: Int
+    /// Events taken per `poll` at most, so re-division and the watchdog keep running under load.
+    static let eventsPerPollMax = 8_192
 
     public init(policy: TrafficPolicy, receiver: consuming CompletionReceiver) throws(TrafficError) {
         try policy.validate()
         self.policy = policy
         self.overflow = receiver.overflow
+        self.sourceCount = receiver.sourceCountMax
         self.receiver = receiver
         self.portLimit = UInt64(policy.portInFlightBytesInitial)
         // Until the first division nothing is known: let every source send, bounded by the port limit.
@@ -71,19 +78,30 @@ public final class TrafficController: @unchecked Sendable {  // unchecked: one o
         lastRefused = Array(repeating: 0, count: TrafficLimits.sourceCountMax)
     }
 
-    /// The TX stage's enforcement point. One per TX stage thread.
-    public func makeAdmission() -> TxAdmission { TxAdmission(board: board) }
+    /// The TX stage's enforcement point. Exactly one per controller (each board field has one writer).
+    public func makeAdmission() -> TxAdmission {
+        precondition(!admissionHandedOut, "a controller has one TX admission")
+        admissionHandedOut = true
+        return TxAdmission(board: board)
+    }
 
     /// Drains pending completion events, runs the watchdog and re-divides when due. Returns the
     /// number of events taken. Call often (every turn of the controller's loop).
     @discardableResult
     public func poll(nowNs: UInt64) -> Int {
-        if windowStartNs == 0 { windowStartNs = nowNs }
+        if windowStartNs == 0 {
+            windowStartNs = nowNs
+            lastProgressNs = nowNs
+        }
         var taken = 0
-        while true {
+        while taken < Self.eventsPerPollMax {
             let count = receiver.drain { event in observe(event) }
             taken += count
             if count == 0 { break }
+            // DQL: how low did the bytes in flight get while sources wanted more? Once per batch.
+            let inFlight = portInFlightBytes()
+            minInFlightInWindow = min(minInFlightInWindow, inFlight)
+            if inFlight == 0 { starvedInWindow = true }
         }
         watch(nowNs: nowNs)
         if completionsSinceDivision >= policy.redivideEveryCompletions || nowNs &- windowStartNs >= policy.redivideEveryNs {
@@ -106,16 +124,12 @@ public final class TrafficController: @unchecked Sendable {  // unchecked: one o
             stalled = false
             board.stalled.store(false, ordering: .relaxed)
         }
-        // DQL: how low did the bytes in flight get while sources wanted more?
-        let inFlight = portInFlightBytes()
-        minInFlightInWindow = min(minInFlightInWindow, inFlight)
-        if inFlight == 0 { starvedInWindow = true }
     }
 
     /// Bytes enqueued and not completed, over all sources (overflowed completions included).
     private func portInFlightBytes() -> UInt64 {
         var inFlight: UInt64 = 0
-        for source in 0..<policy.sources.count {
+        for source in 0..<sourceCount {
             let enqueued = board.enqueuedBytes[source].load(ordering: .relaxed)
             let completed = accounts[source].completedBytes &+ overflow.bytes(source)
             if enqueued > completed { inFlight &+= enqueued - completed }
@@ -125,18 +139,24 @@ public final class TrafficController: @unchecked Sendable {  // unchecked: one o
 
     /// The watchdog: frames pending and no completion for `watchdogNs` means the port is stalled.
     private func watch(nowNs: UInt64) {
-        guard !stalled else { return }
         var pending: UInt64 = 0
-        for source in 0..<max(policy.sources.count, 1) {
+        for source in 0..<sourceCount {
             let enqueued = board.enqueuedPackets[source].load(ordering: .relaxed)
             let completed = accounts[source].completedPackets &+ overflow.packets(source)
             if enqueued > completed { pending &+= enqueued - completed }
         }
         guard pending > 0 else {
             lastProgressNs = nowNs  // nothing owed: the clock starts when something is
+            if stalled {  // what was owed completed (perhaps through the overflow totals)
+                stalled = false
+                board.stalled.store(false, ordering: .relaxed)
+            }
             return
         }
-        if nowNs > lastProgressNs, nowNs - lastProgressNs > policy.watchdogNs {
+        // Silence counts only if the TX stage kept scanning its ring and found nothing: a stage that
+        // simply had no input to run on is not a stalled port.
+        let scanned = board.lastScanNs.load(ordering: .relaxed)
+        if !stalled, scanned > lastProgressNs, scanned - lastProgressNs > policy.watchdogNs {
             stalled = true
             board.stalled.store(true, ordering: .relaxed)
         }
@@ -152,8 +172,8 @@ public final class TrafficController: @unchecked Sendable {  // unchecked: one o
         var total: UInt64 = 0
         var backlogged = false
         var demands: [(source: Int, policy: SourcePolicy)] = []
-        demands.reserveCapacity(policy.sources.count)
-        for source in 0..<policy.sources.count {
+        demands.reserveCapacity(sourceCount)
+        for source in 0..<sourceCount {
             let refused = board.refusedPackets[source].load(ordering: .relaxed)
             windowRefused[source] = refused &- lastRefused[source]
             lastRefused[source] = refused
@@ -165,11 +185,11 @@ public final class TrafficController: @unchecked Sendable {  // unchecked: one o
             accounts[source].rateBytesPerSecond = Double(windowBytes[source]) / seconds
             total &+= windowBytes[source]
             if windowRefused[source] > 0 { backlogged = true }
+            // Active: something in flight, or it asked to send lately (the TX thread's clock may be
+            // a little ahead of ours).
             let lastEnqueue = board.lastEnqueueNs[source].load(ordering: .relaxed)
-            let active = accounts[source].pendingPackets > 0 || windowRefused[source] > 0 || windowBytes[source] > 0
-                || (lastEnqueue != 0 && nowNs &- lastEnqueue < policy.quietAfterNs)
-            let recentlyActive = lastEnqueue != 0 && nowNs &- lastEnqueue < policy.quietAfterNs
-            accounts[source].active = active && (recentlyActive || accounts[source].pendingPackets > 0)
+            let recentlyAsked = lastEnqueue != 0 && (lastEnqueue >= nowNs || nowNs - lastEnqueue < policy.quietAfterNs)
+            accounts[source].active = recentlyAsked || accounts[source].pendingPackets > 0
             if accounts[source].active { demands.append((source, policy.policy(of: source))) }
         }
         let achieved = Double(total) / seconds
@@ -183,7 +203,7 @@ public final class TrafficController: @unchecked Sendable {  // unchecked: one o
         }
         adjustPortLimit(completedBytes: total)
         publish(demands: demands, achievedTotal: achieved)
-        for source in 0..<policy.sources.count { windowBytes[source] = 0 }
+        for source in 0..<sourceCount { windowBytes[source] = 0 }
         windowStartNs = nowNs
         completionsSinceDivision = 0
         redivisions &+= 1
@@ -208,7 +228,7 @@ public final class TrafficController: @unchecked Sendable {  // unchecked: one o
         guard capacityEstimate > 0 else { return }
         let targets = divide(capacity: capacityEstimate * policy.probeHeadroom, among: demands)
         let granted = targets.values.reduce(0, +)
-        for source in 0..<policy.sources.count {
+        for source in 0..<sourceCount {
             let target = targets[source] ?? 0
             accounts[source].shareTarget = granted > 0 ? target / granted : 0
             accounts[source].shareAchieved = achievedTotal > 0 ? accounts[source].rateBytesPerSecond / achievedTotal : 0
@@ -224,7 +244,7 @@ public final class TrafficController: @unchecked Sendable {  // unchecked: one o
     /// controller's thread, outside its hot loop.
     /// Completed counts include events that overflowed the channel (counted, not lost).
     public func snapshot() -> TrafficSnapshot {
-        var sources = Array(accounts[0..<policy.sources.count])
+        var sources = Array(accounts[0..<sourceCount])
         for index in sources.indices {
             sources[index].completedPackets &+= overflow.packets(index)
             sources[index].completedBytes &+= overflow.bytes(index)

@@ -64,9 +64,10 @@ public struct TrafficPolicy: Sendable, Equatable {
     }
 }
 
-/// Weighted max-min division of `capacity` among `demands` (sources that want to send): each gets its
-/// weight's share, at least its minimum (when the minimums fit) and at most its cap, with what a
-/// capped source leaves spread over the others by weight. Pure: tested on its own.
+/// Division of `capacity` among `demands` (sources that want to send): each first gets its minimum
+/// (scaled down together when the minimums do not fit), then the rest is spread by weight, water-
+/// filling: no source above its cap, what a capped source leaves going to the others by weight.
+/// Pure: tested on its own.
 public func divide(capacity: Double, among demands: [(source: Int, policy: SourcePolicy)]) -> [Int: Double] {
     var result: [Int: Double] = [:]
     guard capacity > 0, !demands.isEmpty else { return result }

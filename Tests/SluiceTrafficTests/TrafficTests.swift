@@ -139,7 +139,8 @@ struct SimulatedPort {
         let snapshot = controller.snapshot()
         #expect(abs(snapshot.portCapacityBytesPerSecond - Self.capacity) / Self.capacity < 0.05)
         #expect(abs(snapshot.sources[3].shareTarget - 0.5) < 0.01)
-        #expect(snapshot.sources.allSatisfy { $0.delayNs > 0 && $0.completedPackets > 0 })
+        #expect(snapshot.sources.count == 8, "every id the channel carries is accounted")
+        #expect(snapshot.sources.prefix(weights.count).allSatisfy { $0.delayNs > 0 && $0.completedPackets > 0 })
     }
 
     /// Equal weights: Jain's fairness index close to 1.
@@ -176,6 +177,9 @@ struct SimulatedPort {
         controller.poll(nowNs: 1_000_000)
         controller.poll(nowNs: 50_000_000)
         #expect(!controller.isStalled, "50 ms is not yet a stall")
+        controller.poll(nowNs: 102_000_000)
+        #expect(!controller.isStalled, "a TX stage that has not scanned its ring is idle, not stalled")
+        admission.scanned(nowNs: 102_000_000)
         controller.poll(nowNs: 102_000_000)
         #expect(controller.isStalled)
         let whileStalled = admission.admit(source: 0, bytes: 1500, nowNs: 102_000_000)

@@ -128,6 +128,14 @@ public struct AFPacketTransmitter: ~Copyable {
         slotRecords.deallocate()
     }
 
+    /// Whether the buffer at `index` is a frame this port takes (long enough for an Ethernet header,
+    /// no longer than the MTU allows): the test `transmitBurst` applies before queueing it.
+    public func canCarry(_ index: UInt32) -> Bool {
+        let length = Int(pool.metadata(at: index).pointee.length)
+        let bytes = pool.bytes(at: index)
+        return length >= AFPacketLimits.ethernetHeaderBytes && length <= min(bytes.count, frameLengthMax(bytes))
+    }
+
     /// Kicks the kernel if frames wait for it: queued since the last kick, or left by a kick that met
     /// a full socket buffer part-way (it reports success for what it took). Owner thread only.
     public mutating func kickIfNeeded() {
