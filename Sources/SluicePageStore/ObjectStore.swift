@@ -24,20 +24,54 @@ public enum ObjectStoreError: Error, Equatable {
     case conflict(objectID: UInt64, pageIndex: UInt64, currentOSN: UInt64)
     case payloadTooLarge(Int, max: Int)
     case tooManyPages(Int, max: Int)
+    /// `create` of an object that exists.
+    case objectExists(UInt64)
+    /// `delete`, `truncate` or `stat` of an object that does not exist.
+    case noSuchObject(UInt64)
     case page(PageStoreError)
     case log(LogError)
 }
 
-/// Objects made of pages in one `PageFile`, ordered by an `OperationLog`. A write goes to the log
+/// What `stat` and `list` say about an object.
+public struct ObjectInfo: Sendable, Equatable {
+    public var objectID: UInt64
+    /// One past the highest page index written, or the count set by the last truncate.
+    public var pageCount: UInt64
+    /// OSN of the last operation on the object (create, write or truncate).
+    public var lastOSN: UInt64
+
+    public init(objectID: UInt64, pageCount: UInt64, lastOSN: UInt64) {
+        self.objectID = objectID
+        self.pageCount = pageCount
+        self.lastOSN = lastOSN
+    }
+}
+
+/// Objects made of pages in one `PageFile`, ordered by an `OperationLog`. An operation goes to the log
 /// first (durable, OSN assigned), then to its pages; opening replays the log and redoes any page the
-/// crash left behind. One thread at a time (the page file's ring is not shared).
+/// crash left behind. Objects are created explicitly or by their first write. One thread at a time
+/// (the page file's ring is not shared).
+///
+/// A page's OSN for conditions is the OSN of the write that last changed it; a page that is absent
+/// because a truncate removed it has its object's last truncate OSN, and one whose object was
+/// deleted has the store's last delete OSN (bounded state, and never a false "unchanged").
 public final class ObjectStore {
     public static let pagesPerWriteMax = 64
     private var file: PageFile
     private let log: OperationLog
-    /// (object, page index) -> physical page and the OSN that last wrote it.
-    private var map: [PageKey: (physical: UInt64, osn: UInt64)] = [:]
+    private var objects: [UInt64: ObjectState] = [:]
+    /// Physical pages freed by delete and truncate, reused before the file grows.
+    private var freePhysical: [UInt64] = []
     private var nextPhysical: UInt64 = 0
+    private var lastDeleteOSN: UInt64 = 0
+
+    private struct ObjectState {
+        /// Page index -> physical page and the OSN that last wrote it.
+        var pages: [UInt64: (physical: UInt64, osn: UInt64)] = [:]
+        var pageCount: UInt64 = 0
+        var lastOSN: UInt64
+        var truncateOSN: UInt64 = 0
+    }
 
     private struct PageKey: Hashable {
         var object: UInt64
@@ -56,34 +90,77 @@ public final class ObjectStore {
         do { records = try log.records(after: 0) } catch { throw .log(error) }
         var latest: [PageKey: (osn: UInt64, payload: [UInt8])] = [:]
         for (osn, record) in records {
-            for page in record.pages {
-                let key = PageKey(object: record.objectID, index: page.index)
-                if map[key] == nil {
-                    map[key] = (nextPhysical, osn)
-                    nextPhysical += 1
-                }
-                map[key]!.osn = osn
-                latest[key] = (osn, page.payload)
-            }
+            let removed = apply(record, osn: osn)
+            for key in removed { latest[key] = nil }
+            for page in record.pages { latest[PageKey(object: record.objectID, index: page.index)] = (osn, page.payload) }
         }
         try redo(latest)
     }
+
+    /// Applies a logged operation to the page map (live and during replay, so physical pages are
+    /// allocated the same way both times). Returns the pages it removed.
+    @discardableResult
+    private func apply(_ record: LogRecord, osn: UInt64) -> [PageKey] {
+        let id = record.objectID
+        switch record.kind {
+        case .create:
+            objects[id] = ObjectState(lastOSN: osn)
+            return []
+        case .write:
+            var object = objects[id] ?? ObjectState(lastOSN: osn)
+            for page in record.pages {
+                if object.pages[page.index] == nil {
+                    object.pages[page.index] = (allocatePhysical(), osn)
+                }
+                object.pages[page.index]!.osn = osn
+                object.pageCount = max(object.pageCount, page.index + 1)
+            }
+            object.lastOSN = osn
+            objects[id] = object
+            return []
+        case .delete:
+            guard let object = objects.removeValue(forKey: id) else { return [] }
+            lastDeleteOSN = osn
+            freePhysical += object.pages.values.map(\.physical).sorted()
+            return object.pages.keys.map { PageKey(object: id, index: $0) }
+        case .truncate(let count):
+            guard var object = objects[id] else { return [] }
+            let cut = object.pages.keys.filter { $0 >= count }.sorted()
+            for index in cut { freePhysical.append(object.pages.removeValue(forKey: index)!.physical) }
+            object.pageCount = count
+            object.lastOSN = osn
+            object.truncateOSN = osn
+            objects[id] = object
+            return cut.map { PageKey(object: id, index: $0) }
+        }
+    }
+
+    private func allocatePhysical() -> UInt64 {
+        if let physical = freePhysical.popLast() { return physical }
+        defer { nextPhysical += 1 }
+        return nextPhysical
+    }
+
+    private func physical(_ key: PageKey) -> UInt64 { objects[key.object]!.pages[key.index]!.physical }
 
     private func redo(_ latest: [PageKey: (osn: UInt64, payload: [UInt8])]) throws(ObjectStoreError) {
         let keys = Array(latest.keys)
         var start = 0
         while start < keys.count {
             let batch = Array(keys[start..<min(start + file.configuration.queueDepth, keys.count)])
-            let physical = batch.map { map[$0]!.physical }
             let onDisk: [PageFile.PageRead]
-            do { onDisk = try file.read(physicalPages: physical) } catch {
+            do { onDisk = try file.read(physicalPages: batch.map(physical)) } catch {
                 // A torn page is expected after a crash mid-write: the log has its content.
                 guard case .corruptPage = error else { throw .page(error) }
                 try rewrite(batch.map { ($0, latest[$0]!) })
                 start += batch.count
                 continue
             }
-            let stale = batch.indices.filter { (onDisk[$0].header?.osn ?? 0) < latest[batch[$0]]!.osn }
+            let stale = batch.indices.filter {
+                let header = onDisk[$0].header
+                return header?.osn != latest[batch[$0]]!.osn || header?.objectID != batch[$0].object
+                    || header?.pageIndex != batch[$0].index
+            }
             if !stale.isEmpty { try rewrite(stale.map { (batch[$0], latest[batch[$0]]!) }) }
             start += batch.count
         }
@@ -92,26 +169,39 @@ public final class ObjectStore {
 
     private func rewrite(_ pages: [(PageKey, (osn: UInt64, payload: [UInt8]))]) throws(ObjectStoreError) {
         do {
-            try file.write(physicalPages: pages.map { map[$0.0]!.physical },
+            try file.write(physicalPages: pages.map { physical($0.0) },
                            headers: pages.map { PageHeader(osn: $0.1.osn, objectID: $0.0.object, pageIndex: $0.0.index) },
                            payloads: pages.map { $0.1.payload })
         } catch { throw .page(error) }
     }
 
-    /// Reads one page. A page never written reads as empty with `pageOSN` 0. A corrupt page throws.
+    /// The OSN a condition compares against: the page's last write, else what last removed it.
+    private func currentOSN(objectID: UInt64, pageIndex: UInt64) -> UInt64 {
+        guard let object = objects[objectID] else { return lastDeleteOSN }
+        return object.pages[pageIndex]?.osn ?? object.truncateOSN
+    }
+
+    /// Reads one page. An absent page reads as empty, with the OSN that removed it (0: never
+    /// written). A corrupt page throws; it is never returned as data.
     public func read(objectID: UInt64, pageIndex: UInt64) throws(ObjectStoreError) -> PageVersion {
         let readOSN = log.lastOSN
-        guard let entry = map[PageKey(object: objectID, index: pageIndex)] else {
-            return PageVersion(payload: [], pageOSN: 0, readOSN: readOSN)
+        guard let entry = objects[objectID]?.pages[pageIndex] else {
+            return PageVersion(payload: [], pageOSN: currentOSN(objectID: objectID, pageIndex: pageIndex), readOSN: readOSN)
         }
         let pages: [PageFile.PageRead]
         do { pages = try file.read(physicalPages: [entry.physical]) } catch { throw .page(error) }
-        return PageVersion(payload: pages[0].payload, pageOSN: pages[0].header?.osn ?? 0, readOSN: readOSN)
+        guard let header = pages[0].header, header.osn == entry.osn, header.objectID == objectID,
+              header.pageIndex == pageIndex
+        else {
+            // The checksum held but the page is not the one the map says: a lost or misdirected write.
+            throw .page(.corruptPage(physicalPage: entry.physical, reason: "header does not match the page map"))
+        }
+        return PageVersion(payload: pages[0].payload, pageOSN: header.osn, readOSN: readOSN)
     }
 
     /// Writes pages of one object, all or nothing: every condition is checked first; if any fails,
     /// nothing is written and the first conflict is thrown with the page's current OSN. Returns the
-    /// write's OSN once it is durable in the log (and on its pages).
+    /// write's OSN once it is durable in the log (and on its pages). Creates the object if absent.
     public func write(objectID: UInt64, pages: [(index: UInt64, payload: [UInt8], condition: WriteCondition)])
         throws(ObjectStoreError) -> UInt64
     {
@@ -122,36 +212,67 @@ public final class ObjectStore {
             guard page.payload.count <= file.payloadSizeBytes else {
                 throw .payloadTooLarge(page.payload.count, max: file.payloadSizeBytes)
             }
-            let current = map[PageKey(object: objectID, index: page.index)]?.osn ?? 0
+            let current = currentOSN(objectID: objectID, pageIndex: page.index)
             switch page.condition {
             case .unconditional: break
             case .unmodifiedSince(let osn) where current > osn:
                 throw .conflict(objectID: objectID, pageIndex: page.index, currentOSN: current)
-            case .absent where current != 0:
+            case .absent where objects[objectID]?.pages[page.index] != nil:
                 throw .conflict(objectID: objectID, pageIndex: page.index, currentOSN: current)
             default: break
             }
         }
-        let osn: UInt64
-        do { osn = try log.append(LogRecord(objectID: objectID, pages: pages.map { ($0.index, $0.payload) })) } catch {
-            throw .log(error)
-        }
-        var latest: [(PageKey, (osn: UInt64, payload: [UInt8]))] = []
-        for page in pages {
-            let key = PageKey(object: objectID, index: page.index)
-            if map[key] == nil {
-                map[key] = (nextPhysical, osn)
-                nextPhysical += 1
-            }
-            map[key]!.osn = osn
-            latest.append((key, (osn, page.payload)))
-        }
-        try rewrite(latest)
+        let record = LogRecord(objectID: objectID, pages: pages.map { ($0.index, $0.payload) })
+        let osn = try append(record)
+        apply(record, osn: osn)
+        try rewrite(pages.map { (PageKey(object: objectID, index: $0.index), (osn, $0.payload)) })
         return osn
     }
 
-    /// Page indices written so far in `objectID`, ascending.
+    private func append(_ record: LogRecord) throws(ObjectStoreError) -> UInt64 {
+        do { return try log.append(record) } catch { throw .log(error) }
+    }
+
+    /// Creates an empty object. Throws `objectExists` if it exists.
+    public func create(objectID: UInt64) throws(ObjectStoreError) -> UInt64 {
+        guard objects[objectID] == nil else { throw .objectExists(objectID) }
+        let record = LogRecord(.create, objectID: objectID)
+        let osn = try append(record)
+        apply(record, osn: osn)
+        return osn
+    }
+
+    /// Deletes an object and frees its pages. Throws `noSuchObject` if it does not exist.
+    public func delete(objectID: UInt64) throws(ObjectStoreError) -> UInt64 {
+        guard objects[objectID] != nil else { throw .noSuchObject(objectID) }
+        let record = LogRecord(.delete, objectID: objectID)
+        let osn = try append(record)
+        apply(record, osn: osn)
+        return osn
+    }
+
+    /// Sets the object's page count; pages at or beyond it are removed and freed.
+    public func truncate(objectID: UInt64, pageCount: UInt64) throws(ObjectStoreError) -> UInt64 {
+        guard objects[objectID] != nil else { throw .noSuchObject(objectID) }
+        let record = LogRecord(.truncate(pageCount: pageCount), objectID: objectID)
+        let osn = try append(record)
+        apply(record, osn: osn)
+        return osn
+    }
+
+    public func stat(objectID: UInt64) throws(ObjectStoreError) -> ObjectInfo {
+        guard let object = objects[objectID] else { throw .noSuchObject(objectID) }
+        return ObjectInfo(objectID: objectID, pageCount: object.pageCount, lastOSN: object.lastOSN)
+    }
+
+    /// Every object, by id.
+    public func list() -> [ObjectInfo] {
+        objects.map { ObjectInfo(objectID: $0.key, pageCount: $0.value.pageCount, lastOSN: $0.value.lastOSN) }
+            .sorted { $0.objectID < $1.objectID }
+    }
+
+    /// Page indices written (and not removed) in `objectID`, ascending.
     public func pages(of objectID: UInt64) -> [UInt64] {
-        map.keys.filter { $0.object == objectID }.map(\.index).sorted()
+        objects[objectID].map { $0.pages.keys.sorted() } ?? []
     }
 }

@@ -6,18 +6,36 @@ import Glibc
 import SluiceCore
 import SystemPackage
 
-/// One logged operation: page writes of one object, applied all together or not at all.
+/// One logged operation on one object: page writes (applied all together or not at all), or a
+/// create, delete or truncate of the object.
 public struct LogRecord: Sendable, Equatable {
+    public enum Kind: Sendable, Equatable {
+        case write
+        case create
+        case delete
+        /// Pages at or beyond `pageCount` are removed.
+        case truncate(pageCount: UInt64)
+    }
+
+    public var kind: Kind
     public var objectID: UInt64
     public var pages: [(index: UInt64, payload: [UInt8])]
 
     public init(objectID: UInt64, pages: [(index: UInt64, payload: [UInt8])]) {
+        self.kind = .write
         self.objectID = objectID
         self.pages = pages
     }
 
+    public init(_ kind: Kind, objectID: UInt64) {
+        precondition(kind != .write, "a write carries pages")
+        self.kind = kind
+        self.objectID = objectID
+        self.pages = []
+    }
+
     public static func == (a: LogRecord, b: LogRecord) -> Bool {
-        a.objectID == b.objectID && a.pages.count == b.pages.count
+        a.kind == b.kind && a.objectID == b.objectID && a.pages.count == b.pages.count
             && zip(a.pages, b.pages).allSatisfy { $0.index == $1.index && $0.payload == $1.payload }
     }
 }
@@ -38,12 +56,14 @@ public protocol OperationLog: AnyObject {
     func records(after osn: UInt64) throws(LogError) -> [(osn: UInt64, record: LogRecord)]
 }
 
-/// The embedded log: one file of records [length u32][crc32c u32][osn u64][object u64][page count u32]
-/// then per page [index u64][length u32][bytes]. `append` writes and fdatasyncs. Opening reads the
+/// The embedded log: one file of records [length u32][crc32c u32][osn u64][object u64][kind u8]
+/// [argument u64][page count u32] then per page [index u64][length u32][bytes]. `append` writes and fdatasyncs. Opening reads the
 /// file back and stops at the first record that is cut short or fails its checksum (a crash mid-
 /// append): everything before it was acknowledged, that one was not.
 public final class EmbeddedLog: OperationLog {
     public static let recordSizeMax = 1 << 24
+    /// osn, object, kind, argument, page count.
+    static let bodyHeaderBytes = 8 + 8 + 1 + 8 + 4
     public let path: String
     public private(set) var lastOSN: UInt64 = 0
     private let fd: Int32
@@ -65,6 +85,12 @@ public final class EmbeddedLog: OperationLog {
         var body: [UInt8] = []
         Self.put(osn, &body)
         Self.put(record.objectID, &body)
+        switch record.kind {
+        case .write: body.append(0); Self.put(UInt64(0), &body)
+        case .create: body.append(1); Self.put(UInt64(0), &body)
+        case .delete: body.append(2); Self.put(UInt64(0), &body)
+        case .truncate(let count): body.append(3); Self.put(count, &body)
+        }
         Self.put(UInt32(record.pages.count), &body)
         for page in record.pages {
             Self.put(page.index, &body)
@@ -101,7 +127,7 @@ public final class EmbeddedLog: OperationLog {
         while offset + 8 <= data.count {
             let length = Int(Self.get(UInt32.self, data, offset))
             let crc = Self.get(UInt32.self, data, offset + 4)
-            guard length >= 20, offset + 8 + length <= data.count else { break }
+            guard length >= Self.bodyHeaderBytes, offset + 8 + length <= data.count else { break }
             let body = Array(data[(offset + 8)..<(offset + 8 + length)])
             guard sluice_crc32c(0, body, body.count) == crc, let record = Self.decode(body) else { break }
             guard record.osn == lastOSN + 1 else { break }  // gap-free, or it is not ours
@@ -118,8 +144,18 @@ public final class EmbeddedLog: OperationLog {
     private static func decode(_ body: [UInt8]) -> (osn: UInt64, record: LogRecord)? {
         let osn = get(UInt64.self, body, 0)
         let object = get(UInt64.self, body, 8)
-        let count = Int(get(UInt32.self, body, 16))
-        var offset = 20
+        let argument = get(UInt64.self, body, 17)
+        let kind: LogRecord.Kind
+        switch body[16] {
+        case 0: kind = .write
+        case 1: kind = .create
+        case 2: kind = .delete
+        case 3: kind = .truncate(pageCount: argument)
+        default: return nil
+        }
+        let count = Int(get(UInt32.self, body, 25))
+        guard kind == .write || count == 0 else { return nil }
+        var offset = bodyHeaderBytes
         var pages: [(index: UInt64, payload: [UInt8])] = []
         for _ in 0..<count {
             guard offset + 12 <= body.count else { return nil }
@@ -130,7 +166,8 @@ public final class EmbeddedLog: OperationLog {
             pages.append((index, Array(body[offset..<(offset + length)])))
             offset += length
         }
-        return offset == body.count ? (osn, LogRecord(objectID: object, pages: pages)) : nil
+        guard offset == body.count else { return nil }
+        return (osn, kind == .write ? LogRecord(objectID: object, pages: pages) : LogRecord(kind, objectID: object))
     }
 
     private static func put<T: FixedWidthInteger>(_ value: T, _ bytes: inout [UInt8]) {

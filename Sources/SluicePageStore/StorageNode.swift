@@ -25,7 +25,26 @@ public final class StorageNode: Sendable {
         try store.withLock { box throws(ObjectStoreError) in try box.store.write(objectID: objectID, pages: pages) }
     }
 
+    public func create(objectID: UInt64) throws(ObjectStoreError) -> UInt64 {
+        try store.withLock { box throws(ObjectStoreError) in try box.store.create(objectID: objectID) }
+    }
+
+    public func delete(objectID: UInt64) throws(ObjectStoreError) -> UInt64 {
+        try store.withLock { box throws(ObjectStoreError) in try box.store.delete(objectID: objectID) }
+    }
+
+    public func truncate(objectID: UInt64, pageCount: UInt64) throws(ObjectStoreError) -> UInt64 {
+        try store.withLock { box throws(ObjectStoreError) in try box.store.truncate(objectID: objectID, pageCount: pageCount) }
+    }
+
+    public func stat(objectID: UInt64) throws(ObjectStoreError) -> ObjectInfo {
+        try store.withLock { box throws(ObjectStoreError) in try box.store.stat(objectID: objectID) }
+    }
+
+    public func list() -> [ObjectInfo] { store.withLock { $0.store.list() } }
+
     public var lastOSN: UInt64 { store.withLock { $0.store.lastOSN } }
+    public var payloadSizeBytes: Int { store.withLock { $0.store.payloadSizeBytes } }
 }
 
 /// Why an update gave up.

@@ -100,6 +100,46 @@ import Testing
         #expect(try store.read(objectID: 4, pageIndex: 1).payload.first == 3)
     }
 
+    /// Create, truncate, delete and list: logged like writes, so a reopened store agrees, and a page
+    /// removed by truncate or delete never looks unchanged to a write carrying an older OSN.
+    @Test func objectLifecycleIsLoggedAndGuardsConditions() throws {
+        let paths = Paths("lifecycle")
+        defer { paths.remove() }
+        do {
+            let store = try paths.open()
+            #expect(try store.create(objectID: 7) == 1)
+            #expect(throws: ObjectStoreError.objectExists(7)) { _ = try store.create(objectID: 7) }
+            #expect(try store.stat(objectID: 7) == ObjectInfo(objectID: 7, pageCount: 0, lastOSN: 1))
+            _ = try store.write(objectID: 7, pages: [(0, [1], .unconditional), (1, [2], .unconditional), (2, [3], .unconditional)])
+            let seen = try store.read(objectID: 7, pageIndex: 2)
+            #expect(try store.truncate(objectID: 7, pageCount: 1) == 3)
+            #expect(store.pages(of: 7) == [0])
+            #expect(try store.stat(objectID: 7) == ObjectInfo(objectID: 7, pageCount: 1, lastOSN: 3))
+            let cut = try store.read(objectID: 7, pageIndex: 2)
+            #expect(cut.payload.isEmpty && cut.pageOSN == 3, "a truncated page reads empty, at the truncate's OSN")
+            #expect(throws: ObjectStoreError.conflict(objectID: 7, pageIndex: 2, currentOSN: 3)) {
+                _ = try store.write(objectID: 7, pages: [(2, [9], .unmodifiedSince(seen.pageOSN))])
+            }
+            _ = try store.write(objectID: 8, pages: [(0, [4], .unconditional)])  // created by its first write
+            let eight = try store.read(objectID: 8, pageIndex: 0)
+            #expect(try store.delete(objectID: 8) == 5)
+            #expect(throws: ObjectStoreError.noSuchObject(8)) { _ = try store.delete(objectID: 8) }
+            #expect(throws: ObjectStoreError.noSuchObject(8)) { _ = try store.stat(objectID: 8) }
+            #expect(throws: ObjectStoreError.conflict(objectID: 8, pageIndex: 0, currentOSN: 5)) {
+                _ = try store.write(objectID: 8, pages: [(0, [9], .unmodifiedSince(eight.pageOSN))])
+            }
+            // The deleted object's physical page is reused by the next new page.
+            _ = try store.write(objectID: 9, pages: [(0, [5], .absent)])
+            #expect(store.list().map(\.objectID) == [7, 9])
+        }
+        let reopened = try paths.open()
+        #expect(reopened.list() == [ObjectInfo(objectID: 7, pageCount: 1, lastOSN: 3), ObjectInfo(objectID: 9, pageCount: 1, lastOSN: 6)])
+        #expect(try reopened.read(objectID: 7, pageIndex: 0).payload.first == 1)
+        #expect(try reopened.read(objectID: 9, pageIndex: 0).payload.first == 5)
+        #expect(try reopened.read(objectID: 8, pageIndex: 0).payload.isEmpty)
+        #expect(reopened.lastOSN == 6)
+    }
+
     @Test func oversizedWritesAreTypedErrors() throws {
         let paths = Paths("limits")
         defer { paths.remove() }
