@@ -12,12 +12,14 @@ let package = Package(
         .library(name: "SluiceTraffic", targets: ["SluiceTraffic"]),
         .library(name: "SluiceReplay", targets: ["SluiceReplay"]),
         .library(name: "SluicePageStore", targets: ["SluicePageStore"]),
+        .library(name: "SluiceStorageServer", targets: ["SluiceStorageServer"]),
         .executable(name: "sluice", targets: ["sluice"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-system.git", from: "1.8.1"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
     ],
     targets: [
         // The only C: ring hot paths inline in include/, thin wrappers over the kernel and libnuma in *.c.
@@ -53,6 +55,15 @@ let package = Package(
             name: "SluicePageStore",
             dependencies: ["SluiceCore", "CShims", .product(name: "SystemPackage", package: "swift-system")]
         ),
+        // The storage node over TCP: framing, a SwiftNIO server, a blocking client (docs/STORAGE-PROTOCOL.md).
+        .target(
+            name: "SluiceStorageServer",
+            dependencies: [
+                "SluicePageStore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
         // `sluice replay`: a capture through the packet pipeline, optionally shaped by a traffic controller.
         .target(name: "SluiceReplay", dependencies: ["SluicePacketIO", "SluicePacket", "SluiceTraffic", "SluiceCore"]),
         // The parser's fuzz target: libFuzzer with `-sanitize=fuzzer`, a bounded random run otherwise.
@@ -61,11 +72,13 @@ let package = Package(
             name: "sluice",
             dependencies: [
                 "SluiceCore", "SluicePacket", "SluicePacketIO", "SluiceTraffic", "SluiceReplay",
+                "SluicePageStore", "SluiceStorageServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .testTarget(name: "SluiceCoreTests", dependencies: ["SluiceCore", "CShims"]),
         .testTarget(name: "SluicePageStoreTests", dependencies: ["SluicePageStore", "SluiceCore", "CShims"]),
+        .testTarget(name: "SluiceStorageServerTests", dependencies: ["SluiceStorageServer", "SluicePageStore"]),
         .testTarget(name: "SluicePacketTests", dependencies: ["SluicePacket", "SluiceCore"]),
         .testTarget(
             name: "SluiceTrafficTests",

@@ -1,0 +1,362 @@
+// Path: Sources/SluiceStorageServer/StorageProtocol.swift — the wire format of docs/STORAGE-PROTOCOL.md:
+// frames, opcodes, status codes, and the encoding of every request and reply body (big-endian).
+import NIOCore
+import SluicePageStore
+
+/// Protocol constants and bounds. A frame is `u32 length` (of everything after it) + `u8 version` +
+/// `u8 opcode` + `u64 requestID` + body; a reply adds `u8 status` before its body.
+public enum StorageProtocol {
+    public static let version: UInt8 = 1
+    /// Bytes of a frame after the length word and before the body: version, opcode, request id.
+    public static let requestHeaderBytes = 10
+    /// Bytes of a reply after the length word and before the body: version, opcode, request id, status.
+    public static let replyHeaderBytes = 11
+    /// Default bound on a frame's length word, both directions.
+    public static let frameBytesMaxDefault = 1 << 20
+    /// Largest bound a server or client accepts (the length word is a u32; keep well under it).
+    public static let frameBytesMaxLimit = 64 << 20
+    /// Bytes of error text carried in a reply (longer text is cut).
+    public static let messageBytesMax = 512
+}
+
+/// What a request asks for. Unknown values get `StatusCode.unknownOpcode`.
+public enum Opcode: UInt8, Sendable, CaseIterable {
+    case readPage = 0x01
+    case writePages = 0x02
+    case statNode = 0x03
+    case createObject = 0x10
+    case deleteObject = 0x11
+    case truncateObject = 0x12
+    case statObject = 0x13
+    case listObjects = 0x14
+}
+
+/// The outcome a reply carries, with the body documented per case in docs/STORAGE-PROTOCOL.md.
+public enum StatusCode: UInt8, Sendable {
+    case ok = 0
+    case conflict = 1
+    case payloadTooLarge = 2
+    case tooManyPages = 3
+    case objectExists = 4
+    case noSuchObject = 5
+    case corruptPage = 6
+    case ioError = 7
+    case malformedFrame = 8
+    case frameTooLarge = 9
+    case unsupportedVersion = 10
+    case unknownOpcode = 11
+}
+
+/// One page of a write request.
+public struct PageWrite: Sendable, Equatable {
+    public var index: UInt64
+    public var payload: [UInt8]
+    public var condition: WriteCondition
+    public init(index: UInt64, payload: [UInt8], condition: WriteCondition) {
+        self.index = index
+        self.payload = payload
+        self.condition = condition
+    }
+}
+
+/// An object as `statObject` and `listObjects` report it.
+public struct ObjectSummary: Sendable, Equatable {
+    public var objectID: UInt64
+    public var pageCount: UInt64
+    public var lastOSN: UInt64
+    public init(objectID: UInt64, pageCount: UInt64, lastOSN: UInt64) {
+        self.objectID = objectID
+        self.pageCount = pageCount
+        self.lastOSN = lastOSN
+    }
+}
+
+/// A decoded request body.
+public enum StorageRequest: Sendable, Equatable {
+    case readPage(objectID: UInt64, pageIndex: UInt64)
+    case writePages(objectID: UInt64, pages: [PageWrite])
+    case statNode
+    case createObject(objectID: UInt64)
+    case deleteObject(objectID: UInt64)
+    case truncateObject(objectID: UInt64, pageCount: UInt64)
+    case statObject(objectID: UInt64)
+    case listObjects
+
+    public var opcode: Opcode {
+        switch self {
+        case .readPage: .readPage
+        case .writePages: .writePages
+        case .statNode: .statNode
+        case .createObject: .createObject
+        case .deleteObject: .deleteObject
+        case .truncateObject: .truncateObject
+        case .statObject: .statObject
+        case .listObjects: .listObjects
+        }
+    }
+}
+
+/// A decoded reply: success bodies per opcode, or an error status with its details.
+public enum StorageReply: Sendable, Equatable {
+    case page(payload: [UInt8], pageOSN: UInt64, readOSN: UInt64)
+    /// The OSN a mutation (write, create, delete, truncate) was ordered at.
+    case osn(UInt64)
+    case node(lastOSN: UInt64, payloadSizeBytes: UInt32)
+    case object(ObjectSummary)
+    /// `totalCount` objects exist; `objects` holds as many as fit in one frame.
+    case objects(totalCount: UInt32, objects: [ObjectSummary])
+    case conflict(objectID: UInt64, pageIndex: UInt64, currentOSN: UInt64)
+    case payloadTooLarge(size: UInt32, max: UInt32)
+    case tooManyPages(count: UInt32, max: UInt32)
+    case objectExists(objectID: UInt64)
+    case noSuchObject(objectID: UInt64)
+    case corruptPage(message: String)
+    case ioError(message: String)
+    case malformedFrame(message: String)
+    case frameTooLarge(length: UInt32, max: UInt32)
+    case unsupportedVersion(UInt8)
+    case unknownOpcode(UInt8)
+
+    public var status: StatusCode {
+        switch self {
+        case .page, .osn, .node, .object, .objects: .ok
+        case .conflict: .conflict
+        case .payloadTooLarge: .payloadTooLarge
+        case .tooManyPages: .tooManyPages
+        case .objectExists: .objectExists
+        case .noSuchObject: .noSuchObject
+        case .corruptPage: .corruptPage
+        case .ioError: .ioError
+        case .malformedFrame: .malformedFrame
+        case .frameTooLarge: .frameTooLarge
+        case .unsupportedVersion: .unsupportedVersion
+        case .unknownOpcode: .unknownOpcode
+        }
+    }
+}
+
+/// Why a body did not decode. The frame boundary is intact: the connection stays usable.
+public struct MalformedBody: Error, Equatable {
+    public var reason: String
+    public init(_ reason: String) { self.reason = reason }
+}
+
+// MARK: - Condition encoding
+
+extension WriteCondition {
+    /// Wire form: `u8 kind` (0 unconditional, 1 unmodifiedSince, 2 absent) + `u64 osn` (0 unless kind 1).
+    var wireKind: UInt8 {
+        switch self {
+        case .unconditional: 0
+        case .unmodifiedSince: 1
+        case .absent: 2
+        }
+    }
+    var wireOSN: UInt64 {
+        if case .unmodifiedSince(let osn) = self { return osn }
+        return 0
+    }
+}
+
+// MARK: - Requests
+
+extension StorageRequest {
+    /// Appends the body (not the frame header) to `buffer`.
+    public func encodeBody(into buffer: inout ByteBuffer) {
+        switch self {
+        case .readPage(let objectID, let pageIndex):
+            buffer.writeInteger(objectID)
+            buffer.writeInteger(pageIndex)
+        case .writePages(let objectID, let pages):
+            precondition(pages.count <= Int(UInt16.max), "page count fits the u16 field")
+            buffer.writeInteger(objectID)
+            buffer.writeInteger(UInt16(pages.count))
+            for page in pages {
+                precondition(page.payload.count <= Int(UInt32.max), "payload fits the u32 field")
+                buffer.writeInteger(page.index)
+                buffer.writeInteger(page.condition.wireKind)
+                buffer.writeInteger(page.condition.wireOSN)
+                buffer.writeInteger(UInt32(page.payload.count))
+                buffer.writeBytes(page.payload)
+            }
+        case .statNode, .listObjects:
+            break
+        case .createObject(let objectID), .deleteObject(let objectID), .statObject(let objectID):
+            buffer.writeInteger(objectID)
+        case .truncateObject(let objectID, let pageCount):
+            buffer.writeInteger(objectID)
+            buffer.writeInteger(pageCount)
+        }
+    }
+
+    /// Decodes a body of a known opcode. The whole body must be consumed: trailing bytes are malformed.
+    /// Payload lengths are checked against what is left, never trusted.
+    public static func decode(opcode: Opcode, body: inout ByteBuffer) throws(MalformedBody) -> StorageRequest {
+        let request: StorageRequest
+        switch opcode {
+        case .readPage:
+            request = .readPage(objectID: try body.readU64("objectID"), pageIndex: try body.readU64("pageIndex"))
+        case .writePages:
+            let objectID = try body.readU64("objectID")
+            guard let count = body.readInteger(as: UInt16.self) else { throw MalformedBody("page count missing") }
+            guard count > 0 else { throw MalformedBody("write of zero pages") }
+            var pages: [PageWrite] = []
+            pages.reserveCapacity(min(Int(count), ObjectStore.pagesPerWriteMax + 1))
+            for _ in 0..<count {
+                let index = try body.readU64("page index")
+                guard let kind = body.readInteger(as: UInt8.self) else { throw MalformedBody("condition kind missing") }
+                let osn = try body.readU64("condition osn")
+                guard let length = body.readInteger(as: UInt32.self) else { throw MalformedBody("payload length missing") }
+                guard Int(length) <= body.readableBytes else {
+                    throw MalformedBody("payload length \(length) exceeds the \(body.readableBytes) bytes left")
+                }
+                let payload = body.readBytes(length: Int(length))!
+                let condition: WriteCondition
+                switch kind {
+                case 0: condition = .unconditional
+                case 1: condition = .unmodifiedSince(osn)
+                case 2: condition = .absent
+                default: throw MalformedBody("condition kind \(kind) is not 0, 1 or 2")
+                }
+                pages.append(PageWrite(index: index, payload: payload, condition: condition))
+            }
+            request = .writePages(objectID: objectID, pages: pages)
+        case .statNode: request = .statNode
+        case .listObjects: request = .listObjects
+        case .createObject: request = .createObject(objectID: try body.readU64("objectID"))
+        case .deleteObject: request = .deleteObject(objectID: try body.readU64("objectID"))
+        case .statObject: request = .statObject(objectID: try body.readU64("objectID"))
+        case .truncateObject:
+            request = .truncateObject(objectID: try body.readU64("objectID"), pageCount: try body.readU64("pageCount"))
+        }
+        guard body.readableBytes == 0 else { throw MalformedBody("\(body.readableBytes) trailing bytes after the body") }
+        return request
+    }
+}
+
+// MARK: - Replies
+
+extension StorageReply {
+    /// Appends the body (after the status byte) to `buffer`.
+    public func encodeBody(into buffer: inout ByteBuffer) {
+        switch self {
+        case .page(let payload, let pageOSN, let readOSN):
+            buffer.writeInteger(pageOSN)
+            buffer.writeInteger(readOSN)
+            buffer.writeInteger(UInt32(payload.count))
+            buffer.writeBytes(payload)
+        case .osn(let osn): buffer.writeInteger(osn)
+        case .node(let lastOSN, let payloadSizeBytes):
+            buffer.writeInteger(lastOSN)
+            buffer.writeInteger(payloadSizeBytes)
+        case .object(let summary): summary.encode(into: &buffer)
+        case .objects(let totalCount, let objects):
+            buffer.writeInteger(totalCount)
+            buffer.writeInteger(UInt32(objects.count))
+            for summary in objects { summary.encode(into: &buffer) }
+        case .conflict(let objectID, let pageIndex, let currentOSN):
+            buffer.writeInteger(objectID)
+            buffer.writeInteger(pageIndex)
+            buffer.writeInteger(currentOSN)
+        case .payloadTooLarge(let a, let b), .tooManyPages(let a, let b), .frameTooLarge(let a, let b):
+            buffer.writeInteger(a)
+            buffer.writeInteger(b)
+        case .objectExists(let objectID), .noSuchObject(let objectID): buffer.writeInteger(objectID)
+        case .corruptPage(let message), .ioError(let message), .malformedFrame(let message):
+            let bytes = Array(message.utf8.prefix(StorageProtocol.messageBytesMax))
+            buffer.writeInteger(UInt16(bytes.count))
+            buffer.writeBytes(bytes)
+        case .unsupportedVersion(let value), .unknownOpcode(let value): buffer.writeInteger(value)
+        }
+    }
+
+    /// Decodes a reply body given the request's opcode (which fixes the shape of an `ok` body).
+    public static func decode(opcode: Opcode, status: StatusCode, body: inout ByteBuffer) throws(MalformedBody) -> StorageReply {
+        let reply: StorageReply
+        switch status {
+        case .ok:
+            switch opcode {
+            case .readPage:
+                let pageOSN = try body.readU64("pageOSN")
+                let readOSN = try body.readU64("readOSN")
+                let length = try body.readU32("payload length")
+                guard let payload = body.readBytes(length: Int(length)) else { throw MalformedBody("payload cut short") }
+                reply = .page(payload: payload, pageOSN: pageOSN, readOSN: readOSN)
+            case .writePages, .createObject, .deleteObject, .truncateObject: reply = .osn(try body.readU64("osn"))
+            case .statNode: reply = .node(lastOSN: try body.readU64("lastOSN"), payloadSizeBytes: try body.readU32("page size"))
+            case .statObject: reply = .object(try ObjectSummary.decode(from: &body))
+            case .listObjects:
+                let total = try body.readU32("total count")
+                let count = try body.readU32("count")
+                guard Int(count) * 24 <= body.readableBytes else { throw MalformedBody("object count exceeds the body") }
+                var objects: [ObjectSummary] = []
+                for _ in 0..<count { objects.append(try ObjectSummary.decode(from: &body)) }
+                reply = .objects(totalCount: total, objects: objects)
+            }
+        case .conflict:
+            reply = .conflict(objectID: try body.readU64("objectID"), pageIndex: try body.readU64("pageIndex"),
+                              currentOSN: try body.readU64("currentOSN"))
+        case .payloadTooLarge: reply = .payloadTooLarge(size: try body.readU32("size"), max: try body.readU32("max"))
+        case .tooManyPages: reply = .tooManyPages(count: try body.readU32("count"), max: try body.readU32("max"))
+        case .frameTooLarge: reply = .frameTooLarge(length: try body.readU32("length"), max: try body.readU32("max"))
+        case .objectExists: reply = .objectExists(objectID: try body.readU64("objectID"))
+        case .noSuchObject: reply = .noSuchObject(objectID: try body.readU64("objectID"))
+        case .corruptPage: reply = .corruptPage(message: try body.readMessage())
+        case .ioError: reply = .ioError(message: try body.readMessage())
+        case .malformedFrame: reply = .malformedFrame(message: try body.readMessage())
+        case .unsupportedVersion:
+            guard let value = body.readInteger(as: UInt8.self) else { throw MalformedBody("version missing") }
+            reply = .unsupportedVersion(value)
+        case .unknownOpcode:
+            guard let value = body.readInteger(as: UInt8.self) else { throw MalformedBody("opcode missing") }
+            reply = .unknownOpcode(value)
+        }
+        guard body.readableBytes == 0 else { throw MalformedBody("\(body.readableBytes) trailing bytes after the reply") }
+        return reply
+    }
+}
+
+extension ObjectSummary {
+    func encode(into buffer: inout ByteBuffer) {
+        buffer.writeInteger(objectID)
+        buffer.writeInteger(pageCount)
+        buffer.writeInteger(lastOSN)
+    }
+    static func decode(from buffer: inout ByteBuffer) throws(MalformedBody) -> ObjectSummary {
+        ObjectSummary(objectID: try buffer.readU64("objectID"), pageCount: try buffer.readU64("pageCount"),
+                      lastOSN: try buffer.readU64("lastOSN"))
+    }
+}
+
+/// Writes a whole frame: length word, version, opcode, request id, then `body` (and `status` for a reply).
+public func encodeFrame(version: UInt8 = StorageProtocol.version, opcode: UInt8, requestID: UInt64,
+                        status: StatusCode? = nil, into buffer: inout ByteBuffer,
+                        body: (inout ByteBuffer) -> Void) {
+    let lengthIndex = buffer.writerIndex
+    buffer.writeInteger(UInt32(0))
+    buffer.writeInteger(version)
+    buffer.writeInteger(opcode)
+    buffer.writeInteger(requestID)
+    if let status { buffer.writeInteger(status.rawValue) }
+    body(&buffer)
+    let length = buffer.writerIndex - lengthIndex - 4
+    precondition(length <= Int(UInt32.max), "frame length fits the u32 length word")
+    buffer.setInteger(UInt32(length), at: lengthIndex)
+}
+
+extension ByteBuffer {
+    mutating func readU64(_ field: String) throws(MalformedBody) -> UInt64 {
+        guard let value = readInteger(as: UInt64.self) else { throw MalformedBody("\(field) missing") }
+        return value
+    }
+    mutating func readU32(_ field: String) throws(MalformedBody) -> UInt32 {
+        guard let value = readInteger(as: UInt32.self) else { throw MalformedBody("\(field) missing") }
+        return value
+    }
+    mutating func readMessage() throws(MalformedBody) -> String {
+        guard let length = readInteger(as: UInt16.self), let text = readString(length: Int(length)) else {
+            throw MalformedBody("message cut short")
+        }
+        return text
+    }
+}
