@@ -7,7 +7,7 @@ import SluiceCore
 struct Sluice: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Sluice: a data plane in Swift with a C core.",
-        subcommands: [ReplayCommand.self, PipelineCommand.self])
+        subcommands: [ReplayCommand.self, PipelineCommand.self, StorageCommand.self])
 }
 
 /// Parses a core list: "0,1", "0-3", "0-1,4".

@@ -1,0 +1,218 @@
+// Path: Sources/sluice/StorageCommand.swift — `sluice storage`: serve a storage node over TCP, and a
+// small client (get, put, stat). Flags into the SluiceStorageServer API; no logic of its own.
+import ArgumentParser
+import Glibc
+import SluicePageStore
+import SluiceStorageServer
+
+struct StorageCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "storage",
+        abstract: "Serve a storage node over TCP (docs/STORAGE-PROTOCOL.md) and talk to one.",
+        subcommands: [Serve.self, Get.self, Put.self, Stat.self])
+}
+
+/// Where a client command connects.
+struct StorageAddress: ParsableArguments {
+    @Option(help: "Server address (IPv4 literal or localhost).")
+    var host = "127.0.0.1"
+
+    @Option(help: "Server port.")
+    var port: Int
+
+    func validate() throws {
+        guard (1...65535).contains(port) else { throw ValidationError("--port must be 1...65535, got \(port)") }
+    }
+
+    func connect() throws -> StorageClient {
+        do { return try StorageClient(host: host, port: port) } catch {
+            FileHandleStderr.write("sluice storage: cannot connect to \(host):\(port): \(error)\n")
+            throw ExitCode(1)
+        }
+    }
+}
+
+/// Runs a client call; a typed error goes to stderr with exit code 2 (1 for the connection).
+func storageCall<T>(_ what: String, _ body: () throws(StorageClientError) -> T) throws -> T {
+    do { return try body() } catch {
+        FileHandleStderr.write("sluice storage \(what): \(error)\n")
+        throw ExitCode(2)
+    }
+}
+
+extension StorageCommand {
+    struct Serve: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Open (or create) a data directory and serve it until killed.")
+
+        @Option(help: "Data directory (created if missing; must support O_DIRECT, so not tmpfs).")
+        var data: String
+
+        @Option(help: "Address to listen on.")
+        var host = "127.0.0.1"
+
+        @Option(help: "Port to listen on (0: any free port, printed on start).")
+        var port = 0
+
+        @Option(help: "Page size in bytes, header included (a multiple of 4096).")
+        var pageSize = 4096
+
+        @Option(help: "io_uring queue depth (also the most pages one write may carry).")
+        var queueDepth = 32
+
+        @Option(help: "Largest frame accepted, in bytes.")
+        var maxFrameBytes = StorageProtocol.frameBytesMaxDefault
+
+        @Option(help: "Threads running node calls (disk I/O).")
+        var blockingThreads = 2
+
+        func validate() throws {
+            guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535, got \(port)") }
+            guard pageSize >= 4096, pageSize % 4096 == 0, pageSize <= 1 << 20 else {
+                throw ValidationError("--page-size must be a multiple of 4096 up to 1 MiB, got \(pageSize)")
+            }
+            guard (1...PageFile.queueDepthMax).contains(queueDepth) else {
+                throw ValidationError("--queue-depth must be 1...\(PageFile.queueDepthMax), got \(queueDepth)")
+            }
+            guard maxFrameBytes >= pageSize + 64, maxFrameBytes <= StorageProtocol.frameBytesMaxLimit else {
+                throw ValidationError("--max-frame-bytes must hold a page (>= \(pageSize + 64)) and be <= \(StorageProtocol.frameBytesMaxLimit)")
+            }
+            guard (1...256).contains(blockingThreads) else { throw ValidationError("--blocking-threads must be 1...256") }
+        }
+
+        func run() throws {
+            let opened: (node: StorageNode, payloadSizeBytes: Int)
+            do { opened = try openStorageNode(dataDirectory: data, pageSizeBytes: pageSize, queueDepth: queueDepth) } catch {
+                FileHandleStderr.write("sluice storage serve: \(data): \(error)\n")
+                throw ExitCode(1)
+            }
+            var configuration = StorageServerConfiguration()
+            configuration.frameBytesMax = maxFrameBytes
+            configuration.blockingThreadCount = blockingThreads
+            let server: StorageServer
+            do {
+                server = try StorageServer.bind(host: host, port: port, node: opened.node,
+                                                payloadSizeBytes: opened.payloadSizeBytes, configuration: configuration)
+            } catch {
+                FileHandleStderr.write("sluice storage serve: \(error)\n")
+                throw ExitCode(1)
+            }
+            // One line a supervisor (or a test) can parse for the port.
+            print("listening on \(server.host):\(server.port) lastOSN \(opened.node.lastOSN)")
+            fflush(nil)  // all streams: `stdout` itself is not concurrency-safe to name
+            server.waitUntilClosed()
+        }
+    }
+
+    struct Get: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Read one page: its OSNs, then its payload in hex (or raw to --out).")
+
+        @OptionGroup var address: StorageAddress
+
+        @Argument(help: "Object id.")
+        var object: UInt64
+
+        @Argument(help: "Page index.")
+        var page: UInt64
+
+        @Option(help: "Write the raw payload to this file instead of printing hex.")
+        var out: String?
+
+        func run() throws {
+            let client = try address.connect()
+            let read = try storageCall("get") { () throws(StorageClientError) in try client.read(objectID: object, pageIndex: page) }
+            print("object \(object) page \(page) pageOSN \(read.pageOSN) readOSN \(read.readOSN) bytes \(read.payload.count)")
+            if let out {
+                guard let file = fopen(out, "wb"), fwrite(read.payload, 1, read.payload.count, file) == read.payload.count,
+                      fclose(file) == 0 else {
+                    FileHandleStderr.write("sluice storage get: cannot write \(out)\n")
+                    throw ExitCode(1)
+                }
+                return
+            }
+            // Pages read back zero-padded to the payload size: the hex stops at the last non-zero byte.
+            let used = (read.payload.lastIndex(where: { $0 != 0 }) ?? -1) + 1
+            print(read.payload.prefix(used).map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined())
+        }
+    }
+
+    struct Put: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Write one page from a file or a string; prints the write's OSN.")
+
+        @OptionGroup var address: StorageAddress
+
+        @Argument(help: "Object id.")
+        var object: UInt64
+
+        @Argument(help: "Page index.")
+        var page: UInt64
+
+        @Argument(help: "File holding the payload (or give --value).")
+        var file: String?
+
+        @Option(help: "The payload as a UTF-8 string.")
+        var value: String?
+
+        @Option(help: "Write only if the page is unmodified since this OSN (the pageOSN a get printed).")
+        var ifOsn: UInt64?
+
+        @Flag(help: "Write only if the page was never written.")
+        var ifAbsent = false
+
+        func validate() throws {
+            guard (file == nil) != (value == nil) else { throw ValidationError("give a FILE or --value, not both or neither") }
+            guard ifOsn == nil || !ifAbsent else { throw ValidationError("give --if-osn or --if-absent, not both") }
+        }
+
+        func run() throws {
+            let payload: [UInt8]
+            if let value { payload = Array(value.utf8) } else { payload = try readFile(file!) }
+            let condition: WriteCondition = ifAbsent ? .absent : ifOsn.map { .unmodifiedSince($0) } ?? .unconditional
+            let client = try address.connect()
+            let osn = try storageCall("put") { () throws(StorageClientError) in
+                try client.write(objectID: object, pageIndex: page, payload: payload, condition: condition)
+            }
+            print("object \(object) page \(page) osn \(osn)")
+        }
+
+        /// The whole file, bounded by the largest page payload the protocol carries.
+        func readFile(_ path: String) throws -> [UInt8] {
+            guard let handle = fopen(path, "rb") else {
+                FileHandleStderr.write("sluice storage put: cannot open \(path)\n")
+                throw ExitCode(1)
+            }
+            defer { fclose(handle) }
+            let bytesMax = 1 << 20
+            var bytes = [UInt8](repeating: 0, count: bytesMax + 1)
+            let count = fread(&bytes, 1, bytes.count, handle)
+            guard count <= bytesMax else {
+                FileHandleStderr.write("sluice storage put: \(path) is larger than \(bytesMax) bytes\n")
+                throw ExitCode(1)
+            }
+            return Array(bytes.prefix(count))
+        }
+    }
+
+    struct Stat: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show the node (last OSN, page size, objects) or one object.")
+
+        @OptionGroup var address: StorageAddress
+
+        @Argument(help: "Object id (omit for the node).")
+        var object: UInt64?
+
+        func run() throws {
+            let client = try address.connect()
+            if let object {
+                let summary = try storageCall("stat") { () throws(StorageClientError) in try client.stat(objectID: object) }
+                print("object \(summary.objectID) pageCount \(summary.pageCount) lastOSN \(summary.lastOSN)")
+                return
+            }
+            let node = try storageCall("stat") { () throws(StorageClientError) in try client.statNode() }
+            let listed = try storageCall("stat") { () throws(StorageClientError) in try client.list() }
+            print("lastOSN \(node.lastOSN) payloadSizeBytes \(node.payloadSizeBytes) objects \(listed.totalCount)")
+            for summary in listed.objects {
+                print("  object \(summary.objectID) pageCount \(summary.pageCount) lastOSN \(summary.lastOSN)")
+            }
+        }
+    }
+}
