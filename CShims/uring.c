@@ -62,6 +62,16 @@ int sluice_uring_prep_write_fixed(struct sluice_uring *r, int file_index, const 
     return 0;
 }
 
+int sluice_uring_prep_write(struct sluice_uring *r, int file_index, const void *buffer, unsigned length,
+                            uint64_t offset, int link, uint64_t user_data) {
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
+    if (sqe == NULL) return -EBUSY;
+    io_uring_prep_write(sqe, file_index, buffer, length, offset);
+    sqe->flags |= IOSQE_FIXED_FILE | (link ? IOSQE_IO_LINK : 0);
+    io_uring_sqe_set_data64(sqe, user_data);
+    return 0;
+}
+
 int sluice_uring_prep_fsync(struct sluice_uring *r, int file_index, int datasync, int drain, uint64_t user_data) {
     struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
     if (sqe == NULL) return -EBUSY;

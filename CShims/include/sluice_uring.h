@@ -32,6 +32,10 @@ int sluice_uring_prep_read_fixed(struct sluice_uring *r, int file_index, void *b
                                  uint64_t offset, int buffer_index, uint64_t user_data);
 int sluice_uring_prep_write_fixed(struct sluice_uring *r, int file_index, const void *buffer, unsigned length,
                                   uint64_t offset, int buffer_index, uint64_t user_data);
+/* A write from an unregistered buffer (the log's records) to registered file `file_index`; with
+ * `link`, the next queued operation starts only after this one succeeds (IOSQE_IO_LINK). */
+int sluice_uring_prep_write(struct sluice_uring *r, int file_index, const void *buffer, unsigned length,
+                            uint64_t offset, int link, uint64_t user_data);
 /* fdatasync (datasync != 0) or fsync of a registered file; with `drain`, only after every earlier
  * operation completes (IOSQE_IO_DRAIN): a group commit's barrier. */
 int sluice_uring_prep_fsync(struct sluice_uring *r, int file_index, int datasync, int drain, uint64_t user_data);

@@ -64,6 +64,16 @@ public func isLinearizable(_ history: [RegisterOperation], initial: (value: UInt
         for index in 0..<count where done[index / 64] & (1 << UInt64(index % 64)) == 0 {
             earliestResponse = min(earliestResponse, operations[index].responseNs)
         }
+        // A candidate that fits the state and leaves it as it is (a read, a failed write) is taken
+        // without branching: moving it to the front of any linearization from here keeps it valid,
+        // as it changes nothing and was invoked before every pending response.
+        for index in 0..<count where done[index / 64] & (1 << UInt64(index % 64)) == 0 {
+            if operations[index].invokeNs > earliestResponse { break }
+            guard let next = apply(operations[index], to: state), next == state else { continue }
+            done[index / 64] |= 1 << UInt64(index % 64)
+            defer { done[index / 64] &= ~(1 << UInt64(index % 64)) }
+            return search(&done, doneCount + 1, next)
+        }
         for index in 0..<count where done[index / 64] & (1 << UInt64(index % 64)) == 0 {
             if operations[index].invokeNs > earliestResponse { break }  // sorted by invocation
             guard let next = apply(operations[index], to: state) else { continue }

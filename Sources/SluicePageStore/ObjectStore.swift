@@ -199,34 +199,88 @@ public final class ObjectStore {
         return PageVersion(payload: pages[0].payload, pageOSN: header.osn, readOSN: readOSN)
     }
 
+    /// One object's page writes, as `write` and `write(batch:)` take them.
+    public typealias PageWrites = [(index: UInt64, payload: [UInt8], condition: WriteCondition)]
+
     /// Writes pages of one object, all or nothing: every condition is checked first; if any fails,
     /// nothing is written and the first conflict is thrown with the page's current OSN. Returns the
     /// write's OSN once it is durable in the log (and on its pages). Creates the object if absent.
-    public func write(objectID: UInt64, pages: [(index: UInt64, payload: [UInt8], condition: WriteCondition)])
-        throws(ObjectStoreError) -> UInt64
-    {
-        guard pages.count <= min(Self.pagesPerWriteMax, file.configuration.queueDepth) else {
-            throw .tooManyPages(pages.count, max: min(Self.pagesPerWriteMax, file.configuration.queueDepth))
-        }
-        for page in pages {
-            guard page.payload.count <= file.payloadSizeBytes else {
-                throw .payloadTooLarge(page.payload.count, max: file.payloadSizeBytes)
+    public func write(objectID: UInt64, pages: PageWrites) throws(ObjectStoreError) -> UInt64 {
+        try write(batch: [(objectID, pages)])[0].get()
+    }
+
+    /// Several writes as one group commit: each is checked in order against the state the earlier
+    /// accepted ones left (so two conditional writes of one page in a batch cannot both win), the
+    /// accepted ones go to the log in one append (one flush), then to their pages. Results are in
+    /// request order; a failure of the log or the pages fails every accepted write of the batch.
+    public func write(batch requests: [(objectID: UInt64, pages: PageWrites)]) -> [Result<UInt64, ObjectStoreError>] {
+        var results = [Result<UInt64, ObjectStoreError>](repeating: .failure(.tooManyPages(0, max: 0)), count: requests.count)
+        var accepted: [Int] = []
+        var records: [LogRecord] = []
+        // Pages written earlier in this batch: their OSN is not assigned yet, any later condition on
+        // them but `.unconditional` conflicts (it was read before this batch's write).
+        var touched: [PageKey: Int] = [:]  // page -> position of its last record in `records`
+        let pagesMax = min(Self.pagesPerWriteMax, file.configuration.queueDepth)
+        requestLoop: for (slot, request) in requests.enumerated() {
+            guard request.pages.count <= pagesMax else {
+                results[slot] = .failure(.tooManyPages(request.pages.count, max: pagesMax))
+                continue
             }
-            let current = currentOSN(objectID: objectID, pageIndex: page.index)
-            switch page.condition {
-            case .unconditional: break
-            case .unmodifiedSince(let osn) where current > osn:
-                throw .conflict(objectID: objectID, pageIndex: page.index, currentOSN: current)
-            case .absent where objects[objectID]?.pages[page.index] != nil:
-                throw .conflict(objectID: objectID, pageIndex: page.index, currentOSN: current)
-            default: break
+            for page in request.pages {
+                guard page.payload.count <= file.payloadSizeBytes else {
+                    results[slot] = .failure(.payloadTooLarge(page.payload.count, max: file.payloadSizeBytes))
+                    continue requestLoop
+                }
+                let key = PageKey(object: request.objectID, index: page.index)
+                let current = currentOSN(objectID: request.objectID, pageIndex: page.index)
+                let pending = touched[key] != nil
+                let exists = pending || objects[request.objectID]?.pages[page.index] != nil
+                switch page.condition {
+                case .unconditional: continue
+                case .unmodifiedSince(let osn) where pending || current > osn: break
+                case .absent where exists: break
+                default: continue
+                }
+                // Conflict with a write earlier in the batch: report the OSN it is about to get.
+                let currentOSN = touched[key].map { log.lastOSN + 1 + UInt64($0) } ?? current
+                results[slot] = .failure(.conflict(objectID: request.objectID, pageIndex: page.index, currentOSN: currentOSN))
+                continue requestLoop
             }
+            for page in request.pages { touched[PageKey(object: request.objectID, index: page.index)] = records.count }
+            accepted.append(slot)
+            records.append(LogRecord(objectID: request.objectID, pages: request.pages.map { ($0.index, $0.payload) }))
         }
-        let record = LogRecord(objectID: objectID, pages: pages.map { ($0.index, $0.payload) })
-        let osn = try append(record)
-        apply(record, osn: osn)
-        try rewrite(pages.map { (PageKey(object: objectID, index: $0.index), (osn, $0.payload)) })
-        return osn
+        guard !records.isEmpty else { return results }
+        let first: UInt64
+        do { first = try log.append(batch: records) } catch {
+            for slot in accepted { results[slot] = .failure(.log(error)) }
+            return results
+        }
+        var pages: [(PageKey, (osn: UInt64, payload: [UInt8]))] = []
+        for (offset, record) in records.enumerated() {
+            let osn = first + UInt64(offset)
+            apply(record, osn: osn)
+            for page in record.pages { pages.append((PageKey(object: record.objectID, index: page.index), (osn, page.payload))) }
+        }
+        // A page written twice in the batch: only its last version goes to disk.
+        var last: [PageKey: Int] = [:]
+        for (position, page) in pages.enumerated() { last[page.0] = position }
+        let unique = pages.indices.filter { last[pages[$0].0] == $0 }.map { pages[$0] }
+        var failure: ObjectStoreError?
+        var start = 0
+        while start < unique.count {
+            let end = min(start + file.configuration.queueDepth, unique.count)
+            do { try rewrite(Array(unique[start..<end])) } catch {
+                failure = error
+                break
+            }
+            start = end
+        }
+        for (offset, slot) in accepted.enumerated() {
+            // Durable in the log either way; a page I/O error is still reported (a read would fail).
+            results[slot] = failure.map { .failure($0) } ?? .success(first + UInt64(offset))
+        }
+        return results
     }
 
     private func append(_ record: LogRecord) throws(ObjectStoreError) -> UInt64 {

@@ -1,28 +1,103 @@
 // Path: Sources/SluicePageStore/StorageNode.swift — the object store shared by many clients, and the
 // client's retry helper (read, modify, conditional write, retry on conflict with backoff).
+import Dispatch
 import Glibc
 import Synchronization
 
 /// An `ObjectStore` any thread may use: operations are serialised (the store's io_uring and page map
-/// have one owner). Control-plane speed, not the data plane's: each call takes a lock.
+/// have one owner). Writes are group-committed: while one caller (the leader) flushes a batch, the
+/// writes that arrive queue up and go together in the next batch, one log flush for all of them.
+/// Every call blocks its thread until its operation is durable (or read).
 public final class StorageNode: Sendable {
     private let store: Mutex<ObjectStoreBox>
+    private let commits: Mutex<CommitQueue>
+    /// Writes per group commit at most.
+    public let groupCommitMax: Int
+
+    /// One caller's write, waiting to be committed. Its fields are set by the leader before `done`
+    /// is signalled, and read by the caller after it waits: the semaphore orders them.
+    private final class PendingWrite: @unchecked Sendable {
+        let objectID: UInt64
+        let pages: ObjectStore.PageWrites
+        var result: Result<UInt64, ObjectStoreError>?
+        let done = DispatchSemaphore(value: 0)
+        init(objectID: UInt64, pages: ObjectStore.PageWrites) {
+            self.objectID = objectID
+            self.pages = pages
+        }
+    }
+
+    /// Writes waiting for a leader. Bounded by the number of callers (each blocks until done).
+    private struct CommitQueue: ~Copyable {
+        var pending: [PendingWrite] = []
+        var leaderActive = false
+        var groupCommits: UInt64 = 0
+        var committedWrites: UInt64 = 0
+    }
 
     /// Wraps the store (the box exists because Mutex needs a Sendable, non-copyable-friendly value).
     private struct ObjectStoreBox: @unchecked Sendable {  // unchecked: only touched under the mutex
         let store: ObjectStore
     }
 
-    public init(store: ObjectStore) { self.store = Mutex(ObjectStoreBox(store: store)) }
+    public init(store: ObjectStore, groupCommitMax: Int = 64) {
+        precondition(groupCommitMax >= 1, "a group commit takes at least one write")
+        self.store = Mutex(ObjectStoreBox(store: store))
+        self.commits = Mutex(CommitQueue())
+        self.groupCommitMax = groupCommitMax
+    }
 
     public func read(objectID: UInt64, pageIndex: UInt64) throws(ObjectStoreError) -> PageVersion {
         try store.withLock { box throws(ObjectStoreError) in try box.store.read(objectID: objectID, pageIndex: pageIndex) }
     }
 
-    public func write(objectID: UInt64, pages: [(index: UInt64, payload: [UInt8], condition: WriteCondition)])
-        throws(ObjectStoreError) -> UInt64
-    {
-        try store.withLock { box throws(ObjectStoreError) in try box.store.write(objectID: objectID, pages: pages) }
+    /// Writes pages of one object (all or nothing, see `ObjectStore.write`), group-committed with
+    /// whatever other callers write meanwhile. Returns once durable.
+    public func write(objectID: UInt64, pages: ObjectStore.PageWrites) throws(ObjectStoreError) -> UInt64 {
+        let mine = PendingWrite(objectID: objectID, pages: pages)
+        let lead = commits.withLock { queue in
+            queue.pending.append(mine)
+            if queue.leaderActive { return false }
+            queue.leaderActive = true
+            return true
+        }
+        if !lead {
+            mine.done.wait()
+            // Woken without a result: the previous leader handed leadership on.
+            if let result = mine.result { return try result.get() }
+        }
+        while mine.result == nil {
+            let batch = commits.withLock { queue in
+                let batch = Array(queue.pending.prefix(groupCommitMax))
+                queue.pending.removeFirst(batch.count)
+                return batch
+            }
+            precondition(!batch.isEmpty, "the leader's own write is pending until committed")
+            let results = store.withLock { box in box.store.write(batch: batch.map { ($0.objectID, $0.pages) }) }
+            commits.withLock { queue in
+                queue.groupCommits += 1
+                queue.committedWrites += UInt64(batch.count)
+            }
+            for (write, result) in zip(batch, results) {
+                write.result = result
+                if write !== mine { write.done.signal() }
+            }
+        }
+        // Hand leadership to the oldest waiter, or retire.
+        let successor = commits.withLock { queue -> PendingWrite? in
+            guard let next = queue.pending.first else {
+                queue.leaderActive = false
+                return nil
+            }
+            return next
+        }
+        successor?.done.signal()
+        return try mine.result!.get()
+    }
+
+    /// Group commits done and the writes they carried (a ratio above 1 means batching happened).
+    public var commitStats: (groupCommits: UInt64, writes: UInt64) {
+        commits.withLock { ($0.groupCommits, $0.committedWrites) }
     }
 
     public func create(objectID: UInt64) throws(ObjectStoreError) -> UInt64 {

@@ -140,6 +140,30 @@ import Testing
         #expect(reopened.lastOSN == 6)
     }
 
+    /// A group commit checks each write against the ones before it in the batch: of two conditional
+    /// writes from one read, only the first wins, and the loser learns the winner's OSN.
+    @Test func groupCommitOrdersConditionsWithinTheBatch() throws {
+        let paths = Paths("batch")
+        defer { paths.remove() }
+        let store = try paths.open()
+        let base = try store.write(objectID: 1, pages: [(0, [0], .unconditional)])
+        let results = store.write(batch: [
+            (1, [(0, [1], .unmodifiedSince(base))]),
+            (2, [(0, [7], .unconditional)]),
+            (1, [(0, [2], .unmodifiedSince(base))]),
+            (2, [(0, [8], .absent)]),
+            (1, [(1, [Array(repeating: 0, count: store.payloadSizeBytes + 1)][0], .unconditional)]),
+        ])
+        #expect(try results[0].get() == base + 1)
+        #expect(try results[1].get() == base + 2)
+        #expect(results[2] == .failure(.conflict(objectID: 1, pageIndex: 0, currentOSN: base + 1)))
+        #expect(results[3] == .failure(.conflict(objectID: 2, pageIndex: 0, currentOSN: base + 2)))
+        #expect(results[4] == .failure(.payloadTooLarge(store.payloadSizeBytes + 1, max: store.payloadSizeBytes)))
+        #expect(store.lastOSN == base + 2)
+        #expect(try store.read(objectID: 1, pageIndex: 0).payload.first == 1)
+        #expect(try store.read(objectID: 2, pageIndex: 0).payload.first == 7)
+    }
+
     @Test func oversizedWritesAreTypedErrors() throws {
         let paths = Paths("limits")
         defer { paths.remove() }
