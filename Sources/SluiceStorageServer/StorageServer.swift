@@ -92,6 +92,11 @@ final class StorageHandler: ChannelInboundHandler {
     private let pool: NIOThreadPool
     /// The last reply scheduled on this connection; the next request chains after it.
     private var tail: EventLoopFuture<Void>?
+    /// Requests received and not yet answered (event loop only).
+    private var pendingCount = 0
+    /// Queued requests per connection before reading pauses. Frames already read in one socket read
+    /// are still queued, so the queue may pass this by what one read holds.
+    static let pendingRequestsMax = 64
 
     init(node: StorageNode, payloadSizeBytes: Int, frameBytesMax: Int, pool: NIOThreadPool) {
         self.node = node
@@ -108,13 +113,13 @@ final class StorageHandler: ChannelInboundHandler {
         switch frame {
         case .tooLarge(let length, let requestID):
             let reply = StorageReply.frameTooLarge(length: length, max: UInt32(frameBytesMax))
-            chain(eventLoop) { eventLoop.makeSucceededFuture(reply) } send: { reply in
+            chain(eventLoop, channel) { eventLoop.makeSucceededFuture(reply) } send: { reply in
                 let buffer = Self.encode(reply, opcode: 0, requestID: requestID, allocator: channel.allocator)
                 channel.writeAndFlush(buffer).whenComplete { _ in channel.close(promise: nil) }
             }
         case .tooShort(let length):
             let reply = StorageReply.malformedFrame(message: "frame length \(length) is below the 10-byte header")
-            chain(eventLoop) { eventLoop.makeSucceededFuture(reply) } send: { reply in
+            chain(eventLoop, channel) { eventLoop.makeSucceededFuture(reply) } send: { reply in
                 channel.writeAndFlush(Self.encode(reply, opcode: 0, requestID: 0, allocator: channel.allocator), promise: nil)
             }
         case .request(let version, let rawOpcode, let requestID, var body):
@@ -136,7 +141,7 @@ final class StorageHandler: ChannelInboundHandler {
             let node = node
             let payloadSizeBytes = payloadSizeBytes
             let pool = pool
-            chain(eventLoop) {
+            chain(eventLoop, channel) {
                 if let immediate { return eventLoop.makeSucceededFuture(immediate) }
                 let request = decoded!
                 return pool.runIfActive(eventLoop: eventLoop) {
@@ -150,11 +155,25 @@ final class StorageHandler: ChannelInboundHandler {
     }
 
     /// Runs `work` after the previous request's reply was sent, then `send`s its reply. A failure
-    /// (the pool shut down) closes the connection.
-    private func chain(_ eventLoop: EventLoop, _ work: @escaping @Sendable () -> EventLoopFuture<StorageReply>,
+    /// (the pool shut down) closes the connection. At `pendingRequestsMax` queued requests the channel
+    /// stops reading (TCP pushes back on the client) until the queue drains below it.
+    private func chain(_ eventLoop: EventLoop, _ channel: Channel,
+                       _ work: @escaping @Sendable () -> EventLoopFuture<StorageReply>,
                        send: @escaping @Sendable (StorageReply) -> Void) {
         let previous = tail ?? eventLoop.makeSucceededVoidFuture()
+        pendingCount += 1
+        if pendingCount == Self.pendingRequestsMax { channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in } }
+        let bound = NIOLoopBound(self, eventLoop: eventLoop)
         let next = previous.flatMap { work() }.map { send($0) }
+        next.whenComplete { result in
+            let handler = bound.value
+            handler.pendingCount -= 1
+            precondition(handler.pendingCount >= 0, "each request completes once")
+            if handler.pendingCount == Self.pendingRequestsMax - 1 {
+                channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
+            }
+            if case .failure = result { channel.close(promise: nil) }
+        }
         tail = next
     }
 

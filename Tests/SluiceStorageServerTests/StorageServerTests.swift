@@ -169,25 +169,26 @@ import Testing
         #expect(try served.client().statNode().lastOSN == before)
     }
 
+    /// More pipelined requests than `pendingRequestsMax`: reading pauses and resumes, every one is answered.
     @Test func pipelinedRequestsAreAnsweredInOrder() throws {
         let served = try ServedNode()
         defer { served.close() }
         let client = try served.client()
         var bytes: [UInt8] = []
-        for id in 1...20 as ClosedRange<UInt64> {
+        for id in 1...200 as ClosedRange<UInt64> {
             bytes += rawFrame(opcode: Opcode.writePages.rawValue, requestID: id,
                               body: bigEndian(1) + [0, 1] + bigEndian(0) + [0] + bigEndian(0) + [0, 0, 0, 1] + [UInt8(id)])
         }
         try client.sendRaw(bytes)
         var osns: [UInt64] = []
-        for id in 1...20 as ClosedRange<UInt64> {
+        for id in 1...200 as ClosedRange<UInt64> {
             let reply = try client.receiveRaw()
             #expect(reply.requestID == id)
             guard case .osn(let osn) = try reply.decoded() else { Issue.record("not an OSN"); return }
             osns.append(osn)
         }
         #expect(osns == osns.sorted())
-        #expect(try client.read(objectID: 1, pageIndex: 0).payload.first == 20)
+        #expect(try client.read(objectID: 1, pageIndex: 0).payload.first == 200)
     }
 
     // MARK: Concurrency
