@@ -27,7 +27,7 @@ enum InboundFrame {
     /// Length word below the 10-byte header: the frame was skipped, the stream stays in sync.
     case tooShort(length: UInt32)
     /// Length word above the bound: nothing more is read from this connection.
-    case tooLarge(length: UInt32, requestID: UInt64)
+    case tooLarge(length: UInt32, opcode: UInt8, requestID: UInt64)
 }
 
 /// Cuts frames by their length word. Never buffers more than `frameBytesMax + 4` bytes of one frame:
@@ -49,11 +49,13 @@ struct FrameDecoder: ByteToMessageDecoder {
         }
         guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) else { return .needMoreData }
         if Int(length) > frameBytesMax {
-            // The request id is reported when it already arrived; the body is never waited for.
-            let requestID = buffer.getInteger(at: buffer.readerIndex + 6, as: UInt64.self) ?? 0
+            // The opcode and request id are echoed when they already arrived; the body is never waited for.
+            let header = buffer.readableBytes >= 4 + StorageProtocol.requestHeaderBytes
+            let opcode = header ? buffer.getInteger(at: buffer.readerIndex + 5, as: UInt8.self)! : 0
+            let requestID = header ? buffer.getInteger(at: buffer.readerIndex + 6, as: UInt64.self)! : 0
             discarding = true
             buffer.moveReaderIndex(forwardBy: buffer.readableBytes)
-            context.fireChannelRead(NIOAny(InboundFrame.tooLarge(length: length, requestID: requestID)))
+            context.fireChannelRead(NIOAny(InboundFrame.tooLarge(length: length, opcode: opcode, requestID: requestID)))
             return .needMoreData
         }
         guard buffer.readableBytes >= 4 + Int(length) else { return .needMoreData }
@@ -111,10 +113,10 @@ final class StorageHandler: ChannelInboundHandler {
         let eventLoop = context.eventLoop
         let frameBytesMax = frameBytesMax
         switch frame {
-        case .tooLarge(let length, let requestID):
+        case .tooLarge(let length, let opcode, let requestID):
             let reply = StorageReply.frameTooLarge(length: length, max: UInt32(frameBytesMax))
             chain(eventLoop, channel) { eventLoop.makeSucceededFuture(reply) } send: { reply in
-                let buffer = Self.encode(reply, opcode: 0, requestID: requestID, allocator: channel.allocator)
+                let buffer = Self.encode(reply, opcode: opcode, requestID: requestID, allocator: channel.allocator)
                 channel.writeAndFlush(buffer).whenComplete { _ in channel.close(promise: nil) }
             }
         case .tooShort(let length):

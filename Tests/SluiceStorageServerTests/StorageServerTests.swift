@@ -170,6 +170,21 @@ import Testing
     }
 
     /// More pipelined requests than `pendingRequestsMax`: reading pauses and resumes, every one is answered.
+    /// Through the client: a write larger than the server's frame bound is a typed error, then closed.
+    @Test func clientSeesFrameTooLarge() throws {
+        var configuration = StorageServerConfiguration()
+        configuration.frameBytesMax = 4096
+        let served = try ServedNode(configuration: configuration)
+        defer { served.close() }
+        let client = try served.client()
+        #expect(throws: StorageClientError.frameTooLarge(length: 4105, max: 4096)) {
+            try client.write(objectID: 1, pageIndex: 0, payload: [UInt8](repeating: 1, count: 4064))
+        }
+        #expect(throws: StorageClientError.connectionClosed) { try client.statNode() }
+        #expect(served.node.lastOSN == 0)
+    }
+
+    /// More pipelined requests than `pendingRequestsMax`: reading pauses and resumes, every one is answered.
     @Test func pipelinedRequestsAreAnsweredInOrder() throws {
         let served = try ServedNode()
         defer { served.close() }
