@@ -1,6 +1,10 @@
 // Path: Sources/SluicePageStore/ObjectStore.swift — file-store objects over pages, with the OSN
 // contract: every read says at which OSN it was ordered and when its page last changed; a write
 // carrying an OSN is applied only if the page has not changed since, else rejected with the current OSN.
+import CShims
+import Glibc
+import SluiceCore
+import SystemPackage
 
 /// A page as read: its bytes, the OSN of the write that last changed it (0: never written) and the
 /// OSN at which the read was ordered (every write up to it is visible).
@@ -30,6 +34,8 @@ public enum ObjectStoreError: Error, Equatable {
     case noSuchObject(UInt64)
     case page(PageStoreError)
     case log(LogError)
+    /// The checkpoint file is unreadable or corrupt (path, what was wrong).
+    case checkpoint(String)
 }
 
 /// What `stat` and `list` say about an object.
@@ -64,6 +70,11 @@ public final class ObjectStore {
     private var freePhysical: [UInt64] = []
     private var nextPhysical: UInt64 = 0
     private var lastDeleteOSN: UInt64 = 0
+    /// Where the page map is saved; the log is compacted after each save.
+    public let checkpointPath: String
+    /// A checkpoint is taken once this many records were logged since the last one.
+    public let checkpointEveryRecords: UInt64
+    public private(set) var checkpointOSN: UInt64 = 0
 
     private struct ObjectState {
         /// Page index -> physical page and the OSN that last wrote it.
@@ -81,13 +92,25 @@ public final class ObjectStore {
     public var payloadSizeBytes: Int { file.payloadSizeBytes }
     public var lastOSN: UInt64 { log.lastOSN }
 
-    /// Opens the page file and the log, rebuilds the page map from the log and redoes pages whose
-    /// on-disk OSN is older than the log's (a write acknowledged by the log, cut off before its pages).
-    public init(pages: PageFileConfiguration, log: OperationLog) throws(ObjectStoreError) {
+    /// Opens the page file and the log, loads the last checkpoint (default path: the page file's with
+    /// ".checkpoint"), replays the log after it and redoes pages whose on-disk OSN is older than the
+    /// log's (a write acknowledged by the log, cut off before its pages).
+    public init(pages: PageFileConfiguration, log: OperationLog, checkpointPath: String? = nil,
+                checkpointEveryRecords: UInt64 = 4_096) throws(ObjectStoreError) {
+        precondition(checkpointEveryRecords > 0, "checkpoints need a positive interval")
         do { file = try PageFile(configuration: pages) } catch { throw .page(error) }
         self.log = log
+        self.checkpointPath = checkpointPath ?? pages.path + ".checkpoint"
+        self.checkpointEveryRecords = checkpointEveryRecords
+        try loadCheckpoint()
         let records: [(osn: UInt64, record: LogRecord)]
-        do { records = try log.records(after: 0) } catch { throw .log(error) }
+        do { records = try log.records(after: checkpointOSN) } catch { throw .log(error) }
+        if let first = records.first, first.osn != checkpointOSN + 1 {
+            throw .log(.gap(expected: checkpointOSN + 1, found: first.osn))
+        }
+        if records.isEmpty, log.lastOSN != checkpointOSN {
+            throw .checkpoint("\(self.checkpointPath) is at OSN \(checkpointOSN), the log at \(log.lastOSN)")
+        }
         var latest: [PageKey: (osn: UInt64, payload: [UInt8])] = [:]
         for (osn, record) in records {
             let removed = apply(record, osn: osn)
@@ -276,11 +299,113 @@ public final class ObjectStore {
             }
             start = end
         }
+        if failure == nil, log.lastOSN - checkpointOSN >= checkpointEveryRecords {
+            do { try checkpoint() } catch { failure = error }
+        }
         for (offset, slot) in accepted.enumerated() {
-            // Durable in the log either way; a page I/O error is still reported (a read would fail).
+            // Durable in the log either way; a page or checkpoint I/O error is still reported.
             results[slot] = failure.map { .failure($0) } ?? .success(first + UInt64(offset))
         }
         return results
+    }
+
+    /// Saves the page map at `lastOSN` (pages synced first, file written aside, fsynced, renamed),
+    /// then compacts the log: a reopen replays only what came after. Blocks for three flushes.
+    public func checkpoint() throws(ObjectStoreError) {
+        do { try file.sync() } catch { throw .page(error) }
+        var out = CheckpointBytes()
+        out.put(log.lastOSN)
+        out.put(nextPhysical)
+        out.put(lastDeleteOSN)
+        out.put(UInt64(freePhysical.count))
+        for physical in freePhysical { out.put(physical) }
+        out.put(UInt64(objects.count))
+        for (id, object) in objects {
+            out.put(id)
+            out.put(object.pageCount)
+            out.put(object.lastOSN)
+            out.put(object.truncateOSN)
+            out.put(UInt64(object.pages.count))
+            for (index, page) in object.pages {
+                out.put(index)
+                out.put(page.physical)
+                out.put(page.osn)
+            }
+        }
+        var framed = CheckpointBytes()
+        framed.put(CheckpointBytes.magic)
+        framed.put(sluice_crc32c(0, out.bytes, out.bytes.count))
+        framed.put(UInt64(out.bytes.count))
+        framed.bytes += out.bytes
+        let temporary = checkpointPath + ".tmp"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw .page(.syscall(SyscallError("open(\(temporary))", Errno(rawValue: errno)))) }
+        let written = framed.bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        let synced = fsync(fd) == 0
+        let saved = errno
+        close(fd)
+        guard written == framed.bytes.count, synced else {
+            throw .page(.syscall(SyscallError("write(\(temporary))", Errno(rawValue: written < 0 || !synced ? saved : EIO))))
+        }
+        guard rename(temporary, checkpointPath) == 0 else {
+            throw .page(.syscall(SyscallError("rename(\(checkpointPath))", Errno(rawValue: errno))))
+        }
+        try syncDirectory(of: checkpointPath)
+        checkpointOSN = log.lastOSN
+        do { try log.compact() } catch { throw .log(error) }
+    }
+
+    private func syncDirectory(of path: String) throws(ObjectStoreError) {
+        let directory = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
+        let fd = open(directory.isEmpty ? "/" : directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw .page(.syscall(SyscallError("open(\(directory))", Errno(rawValue: errno)))) }
+        defer { close(fd) }
+        guard fsync(fd) == 0 else { throw .page(.syscall(SyscallError("fsync(\(directory))", Errno(rawValue: errno)))) }
+    }
+
+    private func loadCheckpoint() throws(ObjectStoreError) {
+        let fd = open(checkpointPath, O_RDONLY | O_CLOEXEC)
+        if fd < 0 {
+            guard errno == ENOENT else { throw .page(.syscall(SyscallError("open(\(checkpointPath))", Errno(rawValue: errno)))) }
+            return
+        }
+        defer { close(fd) }
+        var info = Glibc.stat()
+        guard fstat(fd, &info) == 0 else { throw .page(.syscall(SyscallError("fstat(\(checkpointPath))", Errno(rawValue: errno)))) }
+        var data = [UInt8](repeating: 0, count: Int(info.st_size))
+        let got = data.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+        guard got == data.count else { throw .checkpoint("\(checkpointPath): short read") }
+        var input = CheckpointReader(bytes: data)
+        guard let magic = input.u32(), magic == CheckpointBytes.magic, let crc = input.u32(), let length = input.u64(),
+              Int(length) == data.count - 16,
+              sluice_crc32c(0, Array(data[16...]), data.count - 16) == crc
+        else { throw .checkpoint("\(checkpointPath): bad magic, length or CRC-32C") }
+        guard let osn = input.u64(), let next = input.u64(), let deleted = input.u64(), let freeCount = input.u64()
+        else { throw .checkpoint("\(checkpointPath): cut short") }
+        var free: [UInt64] = []
+        for _ in 0..<freeCount {
+            guard let physical = input.u64() else { throw .checkpoint("\(checkpointPath): cut short") }
+            free.append(physical)
+        }
+        guard let objectCount = input.u64() else { throw .checkpoint("\(checkpointPath): cut short") }
+        var loaded: [UInt64: ObjectState] = [:]
+        for _ in 0..<objectCount {
+            guard let id = input.u64(), let pageCount = input.u64(), let lastOSN = input.u64(),
+                  let truncateOSN = input.u64(), let pages = input.u64()
+            else { throw .checkpoint("\(checkpointPath): cut short") }
+            var object = ObjectState(pageCount: pageCount, lastOSN: lastOSN, truncateOSN: truncateOSN)
+            for _ in 0..<pages {
+                guard let index = input.u64(), let physical = input.u64(), let pageOSN = input.u64(), physical < next
+                else { throw .checkpoint("\(checkpointPath): cut short or page beyond the file") }
+                object.pages[index] = (physical, pageOSN)
+            }
+            loaded[id] = object
+        }
+        checkpointOSN = osn
+        nextPhysical = next
+        lastDeleteOSN = deleted
+        freePhysical = free
+        objects = loaded
     }
 
     private func append(_ record: LogRecord) throws(ObjectStoreError) -> UInt64 {
@@ -328,5 +453,24 @@ public final class ObjectStore {
     /// Page indices written (and not removed) in `objectID`, ascending.
     public func pages(of objectID: UInt64) -> [UInt64] {
         objects[objectID].map { $0.pages.keys.sorted() } ?? []
+    }
+}
+
+/// Little-endian encoding of a checkpoint.
+private struct CheckpointBytes {
+    static let magic: UInt32 = 0x534C_434B  // "SLCK"
+    var bytes: [UInt8] = []
+    mutating func put<T: FixedWidthInteger>(_ value: T) { withUnsafeBytes(of: value.littleEndian) { bytes += $0 } }
+}
+
+private struct CheckpointReader {
+    let bytes: [UInt8]
+    var offset = 0
+    mutating func u32() -> UInt32? { take() }
+    mutating func u64() -> UInt64? { take() }
+    private mutating func take<T: FixedWidthInteger>() -> T? {
+        guard offset + MemoryLayout<T>.size <= bytes.count else { return nil }
+        defer { offset += MemoryLayout<T>.size }
+        return bytes.withUnsafeBytes { T(littleEndian: $0.loadUnaligned(fromByteOffset: offset, as: T.self)) }
     }
 }

@@ -42,6 +42,9 @@ public struct LogRecord: Sendable, Equatable {
 
 public enum LogError: Error, Equatable {
     case syscall(SyscallError)
+    /// The log's first record is not the one after the checkpoint: records are missing.
+    case gap(expected: UInt64, found: UInt64)
+    case notALog(String)
     case recordTooLarge(Int, max: Int)
 }
 
@@ -56,6 +59,9 @@ public protocol OperationLog: AnyObject {
     func append(batch records: [LogRecord]) throws(LogError) -> UInt64
     /// Every accepted record after `osn`, in order (recovery).
     func records(after osn: UInt64) throws(LogError) -> [(osn: UInt64, record: LogRecord)]
+    /// Records up to and including `lastOSN` are covered by a durable checkpoint: the log may drop
+    /// them (replay is bounded by what came after). OSNs continue from `lastOSN`.
+    func compact() throws(LogError)
 }
 
 extension OperationLog {
@@ -63,7 +69,8 @@ extension OperationLog {
     public func append(_ record: LogRecord) throws(LogError) -> UInt64 { try append(batch: [record]) }
 }
 
-/// The embedded log: one file of records [length u32][crc32c u32][osn u64][object u64][kind u8]
+/// The embedded log: a 16-byte header [magic u32][zero u32][base OSN u64] (records up to the base
+/// were compacted away), then records [length u32][crc32c u32][osn u64][object u64][kind u8]
 /// [argument u64][page count u32] then per page [index u64][length u32][bytes]. `append` writes and fdatasyncs. Opening reads the
 /// file back and stops at the first record that is cut short or fails its checksum (a crash mid-
 /// append): everything before it was acknowledged, that one was not.
@@ -196,19 +203,37 @@ public final class EmbeddedLog: OperationLog {
     }
 
     /// Reads every whole record; truncates a torn tail so the next append starts clean.
+    static let headerBytes = 16
+    static let magic: UInt32 = 0x534C_4C47  // "SLLG"
+
+    /// Reads every whole record after the header's base; truncates a torn tail so the next append
+    /// starts clean. Records at or below the base (a compaction cut short) are skipped.
     private func recover() throws(LogError) {
         var stat = stat()
         guard fstat(fd, &stat) == 0 else { throw .syscall(SyscallError("fstat(\(path))", Errno(rawValue: errno))) }
         var data = [UInt8](repeating: 0, count: Int(stat.st_size))
         let got = data.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, 0) }
         guard got == data.count else { throw .syscall(SyscallError("pread(\(path))", Errno(rawValue: errno))) }
-        var offset = 0
+        if data.count < Self.headerBytes {
+            guard data.allSatisfy({ $0 == 0 }) else { throw .notALog("\(path): \(data.count) bytes, shorter than a header") }
+            try writeHeader(base: 0)
+            endOffset = off_t(Self.headerBytes)
+            return
+        }
+        guard Self.get(UInt32.self, data, 0) == Self.magic else { throw .notALog("\(path): bad magic") }
+        let base = Self.get(UInt64.self, data, 8)
+        lastOSN = base
+        var offset = Self.headerBytes
         while offset + 8 <= data.count {
             let length = Int(Self.get(UInt32.self, data, offset))
             let crc = Self.get(UInt32.self, data, offset + 4)
             guard length >= Self.bodyHeaderBytes, offset + 8 + length <= data.count else { break }
             let body = Array(data[(offset + 8)..<(offset + 8 + length)])
             guard sluice_crc32c(0, body, body.count) == crc, let record = Self.decode(body) else { break }
+            if record.osn <= base {  // compacted, the truncate did not happen before a crash
+                offset += 8 + length
+                continue
+            }
             guard record.osn == lastOSN + 1 else { break }  // gap-free, or it is not ours
             recovered.append(record)
             lastOSN = record.osn
@@ -219,6 +244,37 @@ public final class EmbeddedLog: OperationLog {
             throw .syscall(SyscallError("ftruncate(\(path))", Errno(rawValue: errno)))
         }
     }
+
+    private func writeHeader(base: UInt64) throws(LogError) {
+        var header: [UInt8] = []
+        Self.put(Self.magic, &header)
+        Self.put(UInt32(0), &header)
+        Self.put(base, &header)
+        let written = header.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }
+        guard written == header.count else {
+            throw .syscall(SyscallError("pwrite(\(path) header)", Errno(rawValue: written < 0 ? errno : EIO)))
+        }
+        guard fdatasync(fd) == 0 else { throw .syscall(SyscallError("fdatasync(\(path))", Errno(rawValue: errno))) }
+    }
+
+    /// Header first (durable: from now on records up to `lastOSN` are skipped), then the records go.
+    public func compact() throws(LogError) {
+        if let failure { throw failure }
+        try writeHeader(base: lastOSN)
+        guard ftruncate(fd, off_t(Self.headerBytes)) == 0 else {
+            throw .syscall(SyscallError("ftruncate(\(path))", Errno(rawValue: errno)))
+        }
+        guard fdatasync(fd) == 0 else { throw .syscall(SyscallError("fdatasync(\(path))", Errno(rawValue: errno))) }
+        endOffset = off_t(Self.headerBytes)
+        recovered = []
+        compactions += 1
+    }
+
+    /// Compactions done (each after a checkpoint).
+    public private(set) var compactions: UInt64 = 0
+
+    /// Bytes of records in the file now (what a recovery would replay).
+    public var recordBytes: Int { Int(endOffset) - Self.headerBytes }
 
     private static func decode(_ body: [UInt8]) -> (osn: UInt64, record: LogRecord)? {
         let osn = get(UInt64.self, body, 0)
