@@ -107,9 +107,11 @@ func patternPayload(_ sequence: UInt64, bytes: Int = 256) -> [UInt8] {
             let port = server.port
             runOnThreads(2) { thread in
                 if thread == 1 {
-                    // Kill once some writes were acknowledged, or after a bound.
+                    // Kill once some writes were acknowledged (a random number, so the kill lands at
+                    // different points of a write), or after a bound.
+                    let killAfter = UInt64.random(in: 50...400)
                     var waitedMs = 0
-                    while sent.load(ordering: .relaxed) < 200 && waitedMs < 5_000 {
+                    while sent.load(ordering: .relaxed) < killAfter && waitedMs < 5_000 {
                         usleep(1_000)
                         waitedMs += 1
                     }

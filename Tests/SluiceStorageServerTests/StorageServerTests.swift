@@ -208,6 +208,25 @@ import Testing
 
     // MARK: Concurrency
 
+    /// Every attempt meets a newer version (another client writes inside the transform, for the test's
+    /// sake): the helper gives up after `attemptsMax` with the last conflict's OSN.
+    @Test func updatePageGivesUpAfterAttemptsMax() throws {
+        let served = try ServedNode()
+        defer { served.close() }
+        let client = try served.client()
+        let rival = try served.client()
+        let lastRivalOSN = Mutex<UInt64>(0)
+        #expect(throws: StorageClientError.tooManyConflicts(attempts: 3, lastOSN: 3)) {
+            try client.updatePage(objectID: 2, pageIndex: 0, attemptsMax: 3, backoffNsMin: 1_000, backoffNsMax: 4_000) { bytes in
+                let osn = try! rival.write(objectID: 2, pageIndex: 0, payload: [9])
+                lastRivalOSN.withLock { $0 = osn }
+                return bytes
+            }
+        }
+        #expect(lastRivalOSN.withLock { $0 } == 3)
+        #expect(try client.read(objectID: 2, pageIndex: 0).payload.first == 9)
+    }
+
     /// 16 clients, each its own connection, increment one counter through `updatePage`: the final
     /// value is the number of acknowledged increments (no lost updates over TCP).
     @Test func concurrentIncrementsAreNotLost() throws {
