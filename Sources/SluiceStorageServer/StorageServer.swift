@@ -16,8 +16,9 @@ public struct StorageServerConfiguration: Sendable {
     public var frameBytesMax = StorageProtocol.frameBytesMaxDefault
     /// Event loop threads (accept and framing only; no disk I/O runs there).
     public var eventLoopThreadCount = 1
-    /// Threads running node calls (which lock the node's mutex and do disk I/O).
-    public var blockingThreadCount = 2
+    /// Threads running node calls (which lock the node's mutex and do disk I/O). Also the most writes
+    /// from different connections that can wait in one of the node's group commits at once.
+    public var blockingThreadCount = 16
     public init() {}
 }
 

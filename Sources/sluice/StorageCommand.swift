@@ -62,8 +62,8 @@ extension StorageCommand {
         @Option(help: "Largest frame accepted, in bytes.")
         var maxFrameBytes = StorageProtocol.frameBytesMaxDefault
 
-        @Option(help: "Threads running node calls (disk I/O).")
-        var blockingThreads = 2
+        @Option(help: "Threads running node calls (disk I/O); also bounds how many connections' writes share a group commit.")
+        var blockingThreads = StorageServerConfiguration().blockingThreadCount
 
         func validate() throws {
             guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535, got \(port)") }
