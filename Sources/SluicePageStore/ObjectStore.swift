@@ -222,6 +222,36 @@ public final class ObjectStore {
         return PageVersion(payload: pages[0].payload, pageOSN: header.osn, readOSN: readOSN)
     }
 
+    /// Pages read per range read at most.
+    public static let pagesPerReadMax = 1_024
+
+    /// Reads a range of pages, all ordered at one OSN (the same `readOSN` in each): one io_uring
+    /// batch per `queueDepth` pages. Absent pages read as empty, as in `read`. A corrupt page throws.
+    public func read(objectID: UInt64, pageRange: Range<UInt64>) throws(ObjectStoreError) -> [PageVersion] {
+        guard pageRange.count <= Self.pagesPerReadMax else { throw .tooManyPages(pageRange.count, max: Self.pagesPerReadMax) }
+        let readOSN = log.lastOSN
+        var versions = pageRange.map {
+            PageVersion(payload: [], pageOSN: currentOSN(objectID: objectID, pageIndex: $0), readOSN: readOSN)
+        }
+        let present = pageRange.filter { objects[objectID]?.pages[$0] != nil }
+        var start = 0
+        while start < present.count {
+            let batch = Array(present[start..<min(start + file.configuration.queueDepth, present.count)])
+            let entries = batch.map { objects[objectID]!.pages[$0]! }
+            let pages: [PageFile.PageRead]
+            do { pages = try file.read(physicalPages: entries.map(\.physical)) } catch { throw .page(error) }
+            for (slot, index) in batch.enumerated() {
+                guard let header = pages[slot].header, header.osn == entries[slot].osn, header.objectID == objectID,
+                      header.pageIndex == index
+                else { throw .page(.corruptPage(physicalPage: entries[slot].physical, reason: "header does not match the page map")) }
+                versions[Int(index - pageRange.lowerBound)] = PageVersion(payload: pages[slot].payload, pageOSN: header.osn,
+                                                                          readOSN: readOSN)
+            }
+            start += batch.count
+        }
+        return versions
+    }
+
     /// One object's page writes, as `write` and `write(batch:)` take them.
     public typealias PageWrites = [(index: UInt64, payload: [UInt8], condition: WriteCondition)]
 

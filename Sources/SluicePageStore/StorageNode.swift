@@ -100,6 +100,11 @@ public final class StorageNode: Sendable {
         commits.withLock { ($0.groupCommits, $0.committedWrites) }
     }
 
+    /// A range of pages ordered at one OSN (see `ObjectStore.read(objectID:pageRange:)`).
+    public func read(objectID: UInt64, pageRange: Range<UInt64>) throws(ObjectStoreError) -> [PageVersion] {
+        try store.withLock { box throws(ObjectStoreError) in try box.store.read(objectID: objectID, pageRange: pageRange) }
+    }
+
     public func create(objectID: UInt64) throws(ObjectStoreError) -> UInt64 {
         try store.withLock { box throws(ObjectStoreError) in try box.store.create(objectID: objectID) }
     }

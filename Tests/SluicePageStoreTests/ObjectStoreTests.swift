@@ -45,6 +45,11 @@ import Testing
         let again = try store.read(objectID: 1, pageIndex: 0)
         #expect(again.pageOSN == 2 && again.readOSN == 3 && again.payload.first == UInt8(ascii: "b"))
         #expect(store.pages(of: 1) == [0, 5])
+        // A range read: one read OSN for all, each page its own OSN, absent pages empty.
+        let range = try store.read(objectID: 1, pageRange: 0..<6)
+        #expect(range.count == 6 && range.allSatisfy { $0.readOSN == 3 })
+        #expect(range.map(\.pageOSN) == [2, 0, 0, 0, 0, 3])
+        #expect(range[0].payload.first == UInt8(ascii: "b") && range[5].payload.first == UInt8(ascii: "x") && range[1].payload.isEmpty)
     }
 
     @Test func multiPageConditionalWriteIsAllOrNothing() throws {
