@@ -80,7 +80,7 @@ func patternPayload(_ sequence: UInt64, bytes: Int = 256) -> [UInt8] {
     static let groupCount: UInt64 = 4
     static let pagesPerGroup: UInt64 = 4
 
-    /// Streams 4-page unconditional writes (write k covers group k % 4), kills the server with SIGKILL
+    /// Streams 4-page unconditional writes from 4 clients (client g writes group g), kills the server with SIGKILL
     /// mid-stream, restarts it on the same directory, and checks every acknowledged write: each page's
     /// OSN is at least the acked OSN, its bytes are one whole write's pattern (never a mix), from the
     /// acked write or a later one. Three rounds on one directory.
@@ -97,7 +97,7 @@ func patternPayload(_ sequence: UInt64, bytes: Int = 256) -> [UInt8] {
         }
         // Last acknowledged (sequence, osn) per group, across rounds.
         let acked = Mutex<[UInt64: (sequence: UInt64, osn: UInt64)]>([:])
-        var nextSequence: UInt64 = 1
+        var nextSequence: UInt64 = Self.groupCount
         for round in 0..<3 {
             let server = try ServeProcess.spawn(binary: binary, dataDirectory: directory)
             try verify(port: server.port, acked: acked.withLock { $0 }, round: round)
@@ -105,8 +105,11 @@ func patternPayload(_ sequence: UInt64, bytes: Int = 256) -> [UInt8] {
             let start = nextSequence
             let sent = Atomic<UInt64>(0)
             let port = server.port
-            runOnThreads(2) { thread in
-                if thread == 1 {
+            // Threads 0..<4 each write their own group over their own connection (so the node's group
+            // commits carry several clients' writes); the last thread kills the server.
+            let writerCount = Int(Self.groupCount)
+            runOnThreads(writerCount + 1) { thread in
+                if thread == writerCount {
                     // Kill once some writes were acknowledged (a random number, so the kill lands at
                     // different points of a write), or after a bound.
                     let killAfter = UInt64.random(in: 50...400)
@@ -120,20 +123,21 @@ func patternPayload(_ sequence: UInt64, bytes: Int = 256) -> [UInt8] {
                     return
                 }
                 guard let client = try? StorageClient(host: "127.0.0.1", port: port, receiveTimeoutMs: 5_000) else { return }
-                var sequence = start
+                let group = UInt64(thread)
+                var sequence = start + group  // sequence % groupCount == group: start is a multiple of it
                 while !stop.load(ordering: .relaxed) {
-                    let group = sequence % Self.groupCount
                     let pages = (0..<Self.pagesPerGroup).map {
                         PageWrite(index: group * Self.pagesPerGroup + $0, payload: patternPayload(sequence), condition: .unconditional)
                     }
                     guard let osn = try? client.write(objectID: 1, pages: pages) else { return }
                     acked.withLock { $0[group] = (sequence, osn) }
                     sent.add(1, ordering: .relaxed)
-                    sequence += 1
+                    sequence += Self.groupCount
                 }
             }
             print("kill9 round \(round): \(sent.load(ordering: .relaxed)) writes acknowledged before SIGKILL")
-            nextSequence = start + sent.load(ordering: .relaxed) + 1_000  // past any unacked in-flight write
+            // Past any write of this round, acknowledged or in flight; a multiple of groupCount.
+            nextSequence = start + (sent.load(ordering: .relaxed) + 1_000) * Self.groupCount
             #expect(sent.load(ordering: .relaxed) > 0, "round \(round): some writes were acknowledged before the kill")
         }
         let final = try ServeProcess.spawn(binary: binary, dataDirectory: directory)
