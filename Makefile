@@ -7,13 +7,13 @@ SWIFT ?= swift
 # System packages the build and tests need: headers and libraries CShims links, and the tools tests
 # use to make and read captures (tcpdump, tshark, scapy) and namespaces (iproute2).
 APT_PACKAGES := liburing-dev libpcap-dev libnuma-dev pkg-config tcpdump tshark python3-scapy iproute2
-# Extra packages for the benchmark anchors (DPDK's rte_ring) and traffic senders.
-APT_BENCH_PACKAGES := libdpdk-dev tcpreplay netsniff-ng
+# Extra packages for the benchmark anchors (DPDK's rte_ring, fio) and traffic senders.
+APT_BENCH_PACKAGES := libdpdk-dev tcpreplay netsniff-ng fio
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Tests that pin threads and measure timing run one suite at a time on small machines.
 TEST_FLAGS ?= --no-parallel
 
-.PHONY: all deps bench-deps build build-tests test demo bench bench-ring bench-pipeline bench-replay bench-afpacket soak clean
+.PHONY: all deps bench-deps build build-tests test demo bench bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore soak clean
 
 all: build
 
@@ -55,7 +55,7 @@ demo: build
 	@echo
 	.build/release/sluice pipeline --wait-mode adaptive --count 20000000
 
-bench: bench-ring bench-pipeline bench-replay bench-afpacket
+bench: bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore
 
 bench-ring: bench-deps
 	scripts/bench-ring.sh
@@ -68,6 +68,10 @@ bench-replay: build
 
 bench-afpacket: bench-deps
 	scripts/bench-afpacket.sh
+
+# 4 KiB random I/O through PageFile vs fio's io_uring engine on one O_DIRECT file under out/ (DIR= to move it).
+bench-pagestore: bench-deps
+	scripts/bench-pagestore.sh
 
 # Long stress runs: the runtime's tests repeated, for lost wake-ups and races that need many tries,
 # then a long fuzz run of the parser.

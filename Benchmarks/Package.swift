@@ -62,6 +62,12 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // The page store's 4 KiB random reads and writes at a queue depth, O_DIRECT, for fio to be
+        // compared against on the same file (scripts/bench-pagestore.sh).
+        .executableTarget(
+            name: "pagestore-compare",
+            dependencies: [.product(name: "SluicePageStore", package: "Sluice")]
+        ),
         // package-benchmark suites: one folder each beside this file (the plugin looks for a parent
         // folder named Benchmarks).
         .executableTarget(
