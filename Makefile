@@ -13,7 +13,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Tests that pin threads and measure timing run one suite at a time on small machines.
 TEST_FLAGS ?= --no-parallel
 
-.PHONY: all deps bench-deps build build-tests test demo bench bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore soak clean
+.PHONY: all deps bench-deps build build-tests test demo bench bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage soak clean
 
 all: build
 
@@ -55,7 +55,7 @@ demo: build
 	@echo
 	.build/release/sluice pipeline --wait-mode adaptive --count 20000000
 
-bench: bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore
+bench: bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage
 
 bench-ring: bench-deps
 	scripts/bench-ring.sh
@@ -72,6 +72,9 @@ bench-afpacket: bench-deps
 # 4 KiB random I/O through PageFile vs fio's io_uring engine on one O_DIRECT file under out/ (DIR= to move it).
 bench-pagestore: bench-deps
 	scripts/bench-pagestore.sh
+
+bench-storage: bench-deps
+	scripts/bench-storage.sh
 
 # Long stress runs: the runtime's tests repeated, for lost wake-ups and races that need many tries,
 # then a long fuzz run of the parser.
