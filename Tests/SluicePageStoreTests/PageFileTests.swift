@@ -66,6 +66,32 @@ import Testing
         }
     }
 
+    /// The benchmark loop: random writes leave pages that read back valid (their headers carry the
+    /// object and index), random reads over them find no corruption, and a flipped byte is found.
+    @Test(arguments: [1, 8])
+    func randomIOWritesValidPagesAndReadsCheckThem(submitBatch: Int) throws {
+        let path = temporaryPath("randomio-\(submitBatch)")
+        defer { unlink(path) }
+        var file = try PageFile(configuration: PageFileConfiguration(path: path))
+        let written = try file.randomIO(writes: true, pageCount: 64, depth: 8, seconds: 0.05, objectID: 9,
+                                        submitBatch: submitBatch)
+        #expect(written.operations > 0 && written.nanoseconds > 0)
+        try file.sync()
+        let pages = try file.read(physicalPages: Array(0..<32))
+        #expect(pages.allSatisfy { $0.header == nil || ($0.header!.objectID == 9 && $0.header!.pageIndex < 64) })
+        let read = try file.randomIO(writes: false, pageCount: 64, depth: 8, seconds: 0.05, submitBatch: submitBatch)
+        #expect(read.operations > 0)
+        // Corrupt a written page's payload: a random read over it must throw, not count it.
+        let target = UInt64(pages.firstIndex { $0.header != nil } ?? 0)
+        let fd = open(path, O_RDWR)
+        var byte: UInt8 = 0x5A
+        _ = pwrite(fd, &byte, 1, off_t(target) * 4096 + 2000)
+        close(fd)
+        #expect(throws: PageStoreError.self) {
+            _ = try file.randomIO(writes: false, pageCount: target + 1, depth: 1, seconds: 0.2)
+        }
+    }
+
     @Test func badConfigurationIsATypedError() {
         var configuration = PageFileConfiguration(path: temporaryPath("bad"))
         configuration.pageSizeBytes = 3000
