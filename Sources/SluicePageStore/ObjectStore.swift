@@ -36,6 +36,11 @@ public enum ObjectStoreError: Error, Equatable {
     case log(LogError)
     /// The checkpoint file is unreadable or corrupt (path, what was wrong).
     case checkpoint(String)
+    /// A page index (or page count) beyond `ObjectStore.pageIndexMax`.
+    case pageIndexOutOfRange(UInt64, max: UInt64)
+    /// An earlier page write or log flush failed: the map may be ahead of the disk, so the store takes
+    /// no more writes or checkpoints until it is reopened (reopening redoes the pages from the log).
+    case failed(String)
 }
 
 /// What `stat` and `list` say about an object.
@@ -63,6 +68,10 @@ public struct ObjectInfo: Sendable, Equatable {
 /// deleted has the store's last delete OSN (bounded state, and never a false "unchanged").
 public final class ObjectStore {
     public static let pagesPerWriteMax = 64
+    /// Page indices are below this (2^40 pages: 4 PiB of 4 KiB pages per object).
+    public static let pageIndexMax: UInt64 = 1 << 40
+    /// Set when a page write or checkpoint failed after the log accepted the write.
+    private var failure: ObjectStoreError?
     private var file: PageFile
     private let log: OperationLog
     private var objects: [UInt64: ObjectState] = [:]
@@ -127,10 +136,12 @@ public final class ObjectStore {
         let id = record.objectID
         switch record.kind {
         case .create:
-            objects[id] = ObjectState(lastOSN: osn)
+            // A page of an earlier incarnation (deleted by `lastDeleteOSN` at the latest) must not look
+            // unchanged to a write carrying an OSN read before that delete.
+            objects[id] = ObjectState(lastOSN: osn, truncateOSN: lastDeleteOSN)
             return []
         case .write:
-            var object = objects[id] ?? ObjectState(lastOSN: osn)
+            var object = objects[id] ?? ObjectState(lastOSN: osn, truncateOSN: lastDeleteOSN)
             for page in record.pages {
                 if object.pages[page.index] == nil {
                     object.pages[page.index] = (allocatePhysical(), osn)
@@ -228,6 +239,7 @@ public final class ObjectStore {
     /// Reads a range of pages, all ordered at one OSN (the same `readOSN` in each): one io_uring
     /// batch per `queueDepth` pages. Absent pages read as empty, as in `read`. A corrupt page throws.
     public func read(objectID: UInt64, pageRange: Range<UInt64>) throws(ObjectStoreError) -> [PageVersion] {
+        guard pageRange.upperBound <= Self.pageIndexMax else { throw .pageIndexOutOfRange(pageRange.upperBound, max: Self.pageIndexMax) }
         guard pageRange.count <= Self.pagesPerReadMax else { throw .tooManyPages(pageRange.count, max: Self.pagesPerReadMax) }
         let readOSN = log.lastOSN
         var versions = pageRange.map {
@@ -274,12 +286,17 @@ public final class ObjectStore {
         // them but `.unconditional` conflicts (it was read before this batch's write).
         var touched: [PageKey: Int] = [:]  // page -> position of its last record in `records`
         let pagesMax = min(Self.pagesPerWriteMax, file.configuration.queueDepth)
+        if let failure { return requests.map { _ in .failure(failure) } }
         requestLoop: for (slot, request) in requests.enumerated() {
             guard request.pages.count <= pagesMax else {
                 results[slot] = .failure(.tooManyPages(request.pages.count, max: pagesMax))
                 continue
             }
             for page in request.pages {
+                guard page.index < Self.pageIndexMax else {
+                    results[slot] = .failure(.pageIndexOutOfRange(page.index, max: Self.pageIndexMax))
+                    continue requestLoop
+                }
                 guard page.payload.count <= file.payloadSizeBytes else {
                     results[slot] = .failure(.payloadTooLarge(page.payload.count, max: file.payloadSizeBytes))
                     continue requestLoop
@@ -307,6 +324,7 @@ public final class ObjectStore {
         let first: UInt64
         do { first = try log.append(batch: records) } catch {
             for slot in accepted { results[slot] = .failure(.log(error)) }
+            failure = .failed("log append: \(error)")
             return results
         }
         var pages: [(PageKey, (osn: UInt64, payload: [UInt8]))] = []
@@ -324,17 +342,19 @@ public final class ObjectStore {
         while start < unique.count {
             let end = min(start + file.configuration.queueDepth, unique.count)
             do { try rewrite(Array(unique[start..<end])) } catch {
-                failure = error
+                // The log has these writes; the disk may not. Stop here: a reopen redoes them.
+                self.failure = .failed("page write: \(error)")
                 break
             }
             start = end
         }
-        if failure == nil, log.lastOSN - checkpointOSN >= checkpointEveryRecords {
-            do { try checkpoint() } catch { failure = error }
+        var error = self.failure
+        if error == nil {
+            do { try checkpointIfDue() } catch let checkpointError { error = checkpointError }
         }
         for (offset, slot) in accepted.enumerated() {
             // Durable in the log either way; a page or checkpoint I/O error is still reported.
-            results[slot] = failure.map { .failure($0) } ?? .success(first + UInt64(offset))
+            results[slot] = error.map { .failure($0) } ?? .success(first + UInt64(offset))
         }
         return results
     }
@@ -342,7 +362,11 @@ public final class ObjectStore {
     /// Saves the page map at `lastOSN` (pages synced first, file written aside, fsynced, renamed),
     /// then compacts the log: a reopen replays only what came after. Blocks for three flushes.
     public func checkpoint() throws(ObjectStoreError) {
-        do { try file.sync() } catch { throw .page(error) }
+        if let failure { throw failure }
+        do { try file.sync() } catch {
+            failure = .failed("page file sync: \(error)")
+            throw .page(error)
+        }
         var out = CheckpointBytes()
         out.put(log.lastOSN)
         out.put(nextPhysical)
@@ -385,6 +409,10 @@ public final class ObjectStore {
         do { try log.compact() } catch { throw .log(error) }
     }
 
+    private func checkpointIfDue() throws(ObjectStoreError) {
+        if log.lastOSN - checkpointOSN >= checkpointEveryRecords { try checkpoint() }
+    }
+
     private func syncDirectory(of path: String) throws(ObjectStoreError) {
         let directory = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
         let fd = open(directory.isEmpty ? "/" : directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
@@ -407,7 +435,7 @@ public final class ObjectStore {
         guard got == data.count else { throw .checkpoint("\(checkpointPath): short read") }
         var input = CheckpointReader(bytes: data)
         guard let magic = input.u32(), magic == CheckpointBytes.magic, let crc = input.u32(), let length = input.u64(),
-              Int(length) == data.count - 16,
+              length == UInt64(data.count - 16),
               sluice_crc32c(0, Array(data[16...]), data.count - 16) == crc
         else { throw .checkpoint("\(checkpointPath): bad magic, length or CRC-32C") }
         guard let osn = input.u64(), let next = input.u64(), let deleted = input.u64(), let freeCount = input.u64()
@@ -438,35 +466,36 @@ public final class ObjectStore {
         objects = loaded
     }
 
-    private func append(_ record: LogRecord) throws(ObjectStoreError) -> UInt64 {
-        do { return try log.append(record) } catch { throw .log(error) }
+    /// A create, delete or truncate: logged, applied, and a checkpoint if one is due.
+    private func logAndApply(_ record: LogRecord) throws(ObjectStoreError) -> UInt64 {
+        if let failure { throw failure }
+        let osn: UInt64
+        do { osn = try log.append(record) } catch {
+            failure = .failed("log append: \(error)")
+            throw .log(error)
+        }
+        apply(record, osn: osn)
+        try checkpointIfDue()
+        return osn
     }
 
     /// Creates an empty object. Throws `objectExists` if it exists.
     public func create(objectID: UInt64) throws(ObjectStoreError) -> UInt64 {
         guard objects[objectID] == nil else { throw .objectExists(objectID) }
-        let record = LogRecord(.create, objectID: objectID)
-        let osn = try append(record)
-        apply(record, osn: osn)
-        return osn
+        return try logAndApply(LogRecord(.create, objectID: objectID))
     }
 
     /// Deletes an object and frees its pages. Throws `noSuchObject` if it does not exist.
     public func delete(objectID: UInt64) throws(ObjectStoreError) -> UInt64 {
         guard objects[objectID] != nil else { throw .noSuchObject(objectID) }
-        let record = LogRecord(.delete, objectID: objectID)
-        let osn = try append(record)
-        apply(record, osn: osn)
-        return osn
+        return try logAndApply(LogRecord(.delete, objectID: objectID))
     }
 
     /// Sets the object's page count; pages at or beyond it are removed and freed.
     public func truncate(objectID: UInt64, pageCount: UInt64) throws(ObjectStoreError) -> UInt64 {
         guard objects[objectID] != nil else { throw .noSuchObject(objectID) }
-        let record = LogRecord(.truncate(pageCount: pageCount), objectID: objectID)
-        let osn = try append(record)
-        apply(record, osn: osn)
-        return osn
+        guard pageCount <= Self.pageIndexMax else { throw .pageIndexOutOfRange(pageCount, max: Self.pageIndexMax) }
+        return try logAndApply(LogRecord(.truncate(pageCount: pageCount), objectID: objectID))
     }
 
     public func stat(objectID: UInt64) throws(ObjectStoreError) -> ObjectInfo {

@@ -139,17 +139,16 @@ public final class EmbeddedLog: OperationLog {
     /// The write, then (linked) the fdatasync, in one submission. Either failing fails the append;
     /// the records past `endOffset` are then garbage the next append overwrites.
     private func writeAndSync(_ frames: [UInt8]) throws(LogError) {
-        var rc = frames.withUnsafeBytes { bytes in
-            sluice_uring_prep_write(ring, 0, bytes.baseAddress, UInt32(bytes.count), UInt64(endOffset), 1, 1)
-        }
-        precondition(rc == 0, "the log's ring has room for one write and one flush")
-        rc = sluice_uring_prep_fsync(ring, 0, 1, 0, 2)
-        precondition(rc == 0, "the log's ring has room for one write and one flush")
         var completions = [sluice_uring_completion](repeating: sluice_uring_completion(), count: 2)
         var reaped = 0
-        // The buffer stays alive across the wait: `frames` is borrowed for the whole submission.
-        let submitted = frames.withUnsafeBytes { _ -> Int32 in
-            let rc = sluice_uring_submit(ring, 2)
+        // Prepare, submit and reap inside one borrow of `frames`: the kernel reads it until the
+        // write completes.
+        let submitted = frames.withUnsafeBytes { bytes -> Int32 in
+            var rc = sluice_uring_prep_write(ring, 0, bytes.baseAddress, UInt32(bytes.count), UInt64(endOffset), 1, 1)
+            precondition(rc == 0, "the log's ring has room for one write and one flush")
+            rc = sluice_uring_prep_fsync(ring, 0, 1, 0, 2)
+            precondition(rc == 0, "the log's ring has room for one write and one flush")
+            rc = sluice_uring_submit(ring, 2)
             guard rc >= 0 else { return rc }
             while reaped < 2 {
                 reaped += Int(completions.withUnsafeMutableBufferPointer {
@@ -162,20 +161,25 @@ public final class EmbeddedLog: OperationLog {
             }
             return rc
         }
-        guard submitted >= 0 else {
-            // SQEs or completions may be left behind: the ring is not reusable, so the log refuses
-            // every later append (the node must be reopened; nothing acknowledged is lost).
-            let error = LogError.syscall(SyscallError("io_uring_submit(\(path))", Errno(rawValue: -submitted)))
-            failure = error
-            throw error
+        // Any failure poisons the log: after a failed submit the ring may hold our SQEs; after a
+        // failed write or flush the file may hold records that were never acknowledged (and a later
+        // append at the same offset could leave some of them readable). A reopen recovers what is
+        // on disk and truncates the rest.
+        var error: LogError?
+        if submitted < 0 {
+            error = .syscall(SyscallError("io_uring_submit(\(path))", Errno(rawValue: -submitted)))
         }
-        for completion in completions {
+        for completion in completions where error == nil {
             if completion.user_data == 1, completion.result != Int32(frames.count) {
-                throw .syscall(SyscallError("write(\(path))", Errno(rawValue: completion.result < 0 ? -completion.result : EIO)))
+                error = .syscall(SyscallError("write(\(path))", Errno(rawValue: completion.result < 0 ? -completion.result : EIO)))
             }
             if completion.user_data == 2, completion.result < 0 {
-                throw .syscall(SyscallError("fdatasync(\(path))", Errno(rawValue: -completion.result)))
+                error = .syscall(SyscallError("fdatasync(\(path))", Errno(rawValue: -completion.result)))
             }
+        }
+        if let error {
+            failure = error
+            throw error
         }
     }
 
@@ -229,7 +233,14 @@ public final class EmbeddedLog: OperationLog {
             let crc = Self.get(UInt32.self, data, offset + 4)
             guard length >= Self.bodyHeaderBytes, offset + 8 + length <= data.count else { break }
             let body = Array(data[(offset + 8)..<(offset + 8 + length)])
-            guard sluice_crc32c(0, body, body.count) == crc, let record = Self.decode(body) else { break }
+            guard sluice_crc32c(0, body, body.count) == crc, let record = Self.decode(body) else {
+                // A torn append is the last thing in the file. A bad record with a good one after it
+                // is corruption in the middle: acknowledged records follow, so refuse to truncate.
+                if Self.validRecord(data, at: offset + 8 + length) {
+                    throw .notALog("\(path): record at offset \(offset) is corrupt and valid records follow it")
+                }
+                break
+            }
             if record.osn <= base {  // compacted, the truncate did not happen before a crash
                 offset += 8 + length
                 continue
@@ -275,6 +286,15 @@ public final class EmbeddedLog: OperationLog {
 
     /// Bytes of records in the file now (what a recovery would replay).
     public var recordBytes: Int { Int(endOffset) - Self.headerBytes }
+
+    /// Whether a whole record with a good checksum starts at `offset`.
+    private static func validRecord(_ data: [UInt8], at offset: Int) -> Bool {
+        guard offset + 8 <= data.count else { return false }
+        let length = Int(get(UInt32.self, data, offset))
+        guard length >= bodyHeaderBytes, offset + 8 + length <= data.count else { return false }
+        let body = Array(data[(offset + 8)..<(offset + 8 + length)])
+        return sluice_crc32c(0, body, body.count) == get(UInt32.self, data, offset + 4) && decode(body) != nil
+    }
 
     private static func decode(_ body: [UInt8]) -> (osn: UInt64, record: LogRecord)? {
         let osn = get(UInt64.self, body, 0)

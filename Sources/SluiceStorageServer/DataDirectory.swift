@@ -23,5 +23,22 @@ public func openStorageNode(dataDirectory path: String, pageSizeBytes: Int = 409
     do { log = try EmbeddedLog(path: path + "/log") } catch { throw .log(error) }
     let store: ObjectStore
     do { store = try ObjectStore(pages: pages, log: log) } catch { throw .store(error) }
+    // The files may be new: make their directory entries (and the directory's own) durable before
+    // the first write is acknowledged.
+    for directory in [path, parentDirectory(of: path)] {
+        let fd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0, fsync(fd) == 0 else {
+            let code = errno
+            if fd >= 0 { close(fd) }
+            throw .cannotCreate(path: directory, errno: code)
+        }
+        close(fd)
+    }
     return (StorageNode(store: store), store.payloadSizeBytes)
+}
+
+private func parentDirectory(of path: String) -> String {
+    let trimmed = path.hasSuffix("/") ? String(path.dropLast()) : path
+    guard let slash = trimmed.lastIndex(of: "/") else { return "." }
+    return slash == trimmed.startIndex ? "/" : String(trimmed[..<slash])
 }

@@ -200,9 +200,10 @@ extension NetnsTrafficShareTests {
         for source in 0..<3 {
             #expect(abs(Double(sent[source]) / total - 1.0 / 3) < 0.05, "source \(source): \(sent)")
         }
-        // And the first 10 ms after the quiet point are not worse than 80% of the link already.
-        let early = try #require(run.timeline.first { $0.0 >= quietNs + 20_000_000 })
+        // And the first 20 ms after that are not worse than 80% of the link already (a 10 ms window
+        // holds ~65 frames: too few to judge on a loaded 2-core machine).
+        let early = try #require(run.timeline.first { $0.0 >= quietNs + 30_000_000 })
         let earlyRate = Double((0..<3).reduce(UInt64(0)) { $0 + early.1[$1] - from.1[$1] }) / (Double(early.0 - from.0) / 1e9)
-        #expect(earlyRate > Self.linkBytesPerSecond * 0.8, "rate 10-20 ms after: \(earlyRate) B/s")
+        #expect(earlyRate > Self.linkBytesPerSecond * 0.8, "rate 10-30 ms after: \(earlyRate) B/s")
     }
 }

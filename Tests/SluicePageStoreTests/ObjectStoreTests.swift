@@ -134,16 +134,26 @@ import Testing
             #expect(throws: ObjectStoreError.conflict(objectID: 8, pageIndex: 0, currentOSN: 5)) {
                 _ = try store.write(objectID: 8, pages: [(0, [9], .unmodifiedSince(eight.pageOSN))])
             }
+            // Re-created by a write after the delete: a page read before the delete still conflicts.
+            _ = try store.write(objectID: 8, pages: [(1, [6], .unconditional)])
+            #expect(throws: ObjectStoreError.conflict(objectID: 8, pageIndex: 0, currentOSN: 5)) {
+                _ = try store.write(objectID: 8, pages: [(0, [9], .unmodifiedSince(eight.pageOSN))])
+            }
+            #expect(try store.delete(objectID: 8) == 7)
+            // Page indices are bounded: a huge one is refused before it is logged.
+            #expect(throws: ObjectStoreError.pageIndexOutOfRange(UInt64.max, max: ObjectStore.pageIndexMax)) {
+                _ = try store.write(objectID: 9, pages: [(UInt64.max, [1], .unconditional)])
+            }
             // The deleted object's physical page is reused by the next new page.
             _ = try store.write(objectID: 9, pages: [(0, [5], .absent)])
             #expect(store.list().map(\.objectID) == [7, 9])
         }
         let reopened = try paths.open()
-        #expect(reopened.list() == [ObjectInfo(objectID: 7, pageCount: 1, lastOSN: 3), ObjectInfo(objectID: 9, pageCount: 1, lastOSN: 6)])
+        #expect(reopened.list() == [ObjectInfo(objectID: 7, pageCount: 1, lastOSN: 3), ObjectInfo(objectID: 9, pageCount: 1, lastOSN: 8)])
         #expect(try reopened.read(objectID: 7, pageIndex: 0).payload.first == 1)
         #expect(try reopened.read(objectID: 9, pageIndex: 0).payload.first == 5)
         #expect(try reopened.read(objectID: 8, pageIndex: 0).payload.isEmpty)
-        #expect(reopened.lastOSN == 6)
+        #expect(reopened.lastOSN == 8)
     }
 
     /// A group commit checks each write against the ones before it in the batch: of two conditional
@@ -221,6 +231,27 @@ import Testing
         } catch {
             guard case .checkpoint = error as? ObjectStoreError else { Issue.record("\(error)"); return }
         }
+    }
+
+    /// A bad record at the end is a torn append (dropped); a bad record with good ones after it is
+    /// corruption of acknowledged data: opening fails instead of truncating them away.
+    @Test func corruptionInTheMiddleOfTheLogIsAnError() throws {
+        let paths = Paths("midlog")
+        defer { paths.remove() }
+        do {
+            let log = try EmbeddedLog(path: paths.log)
+            for value in 0..<3 { _ = try log.append(LogRecord(objectID: 1, pages: [(0, [UInt8](repeating: UInt8(value), count: 100))])) }
+        }
+        var bytes = try readFile(paths.log)
+        let recordBytes = (bytes.count - EmbeddedLog.headerBytes) / 3
+        bytes[EmbeddedLog.headerBytes + recordBytes + 60] ^= 0x01  // inside the second record's payload
+        try writeFile(paths.log, bytes)
+        #expect(throws: LogError.self) { _ = try EmbeddedLog(path: paths.log) }
+        bytes[EmbeddedLog.headerBytes + recordBytes + 60] ^= 0x01
+        bytes[bytes.count - 10] ^= 0x01  // the last record: a torn tail
+        try writeFile(paths.log, bytes)
+        let log = try EmbeddedLog(path: paths.log)
+        #expect(log.lastOSN == 2 && log.recordBytes == 2 * recordBytes)
     }
 
     func readFile(_ path: String) throws -> [UInt8] {
