@@ -3,7 +3,9 @@
 // through PageFile's registered buffers and file, for a fixed time. Prints one JSON line per run.
 //   pagestore-compare fill PATH PAGES                  writes every page once (valid headers and CRCs)
 //   pagestore-compare run PATH PAGES read|write DEPTH SECONDS [SUBMIT_BATCH [SEED]]
-// SUBMIT_BATCH is fio's iodepth_batch_submit (default 1, as fio's).
+//   pagestore-compare pwrite PATH PAGES SECONDS        plain buffered pwrite(2) of random pages, one thread
+// SUBMIT_BATCH is fio's iodepth_batch_submit (default 1, as fio's). BUFFERED=1 in the environment
+// opens the page file without O_DIRECT (to measure io_uring's buffered-write fallback).
 import Foundation
 import SluicePageStore
 
@@ -44,6 +46,7 @@ do {
         let seed = arguments.count > 8 ? UInt64(arguments[8]) ?? 1 : UInt64(UInt32.random(in: 1...UInt32.max))
         var configuration = PageFileConfiguration(path: path)
         configuration.queueDepth = depth
+        configuration.directIO = ProcessInfo.processInfo.environment["BUFFERED"] != "1"
         var file = try PageFile(configuration: configuration)
         let writes = arguments[4] == "write"
         let (operations, nanoseconds) = try file.randomIO(writes: writes, pageCount: pages, depth: depth,
@@ -57,6 +60,27 @@ do {
         let cpu = cpuSeconds / (Double(nanoseconds) / 1e9)
         print("{\"rw\": \"\(arguments[4])\", \"depth\": \(depth), \"operations\": \(operations), "
               + "\"submitBatch\": \(submitBatch), \"nanoseconds\": \(nanoseconds), \"iops\": \(iops), \"cpu\": \(cpu)}")
+    case "pwrite":
+        guard arguments.count >= 5, let seconds = Double(arguments[4]) else { fail("pwrite PATH PAGES SECONDS") }
+        let fd = open(path, O_WRONLY)
+        guard fd >= 0 else { fail("open \(path): errno \(errno)") }
+        var page = [UInt8](repeating: 0xA5, count: 4096)
+        var generator = SystemRandomNumberGenerator()
+        var operations: UInt64 = 0
+        let start = DispatchTime.now().uptimeNanoseconds
+        let end = start + UInt64(seconds * 1e9)
+        var now = start
+        while now < end {
+            for _ in 0..<64 {
+                let target = UInt64.random(in: 0..<pages, using: &generator)
+                guard pwrite(fd, &page, 4096, off_t(target * 4096)) == 4096 else { fail("pwrite: errno \(errno)") }
+                operations += 1
+            }
+            now = DispatchTime.now().uptimeNanoseconds
+        }
+        close(fd)
+        let iops = Double(operations) / (Double(now - start) / 1e9)
+        print("{\"rw\": \"pwrite\", \"operations\": \(operations), \"iops\": \(iops)}")
     default:
         fail("unknown command \(arguments[1])")
     }
