@@ -63,6 +63,9 @@ public struct PageFile: ~Copyable {
     private let ring: OpaquePointer
     private let buffers: UnsafeMutableRawPointer
     private let completions: UnsafeMutablePointer<sluice_uring_completion>
+    /// Set when a submit failed: SQEs may still be queued and buffers in the kernel's hands, so the
+    /// file takes no more I/O (every call throws this) until it is reopened.
+    private var ringFailure: PageStoreError?
 
     public var payloadSizeBytes: Int { configuration.pageSizeBytes - PageHeader.sizeBytes }
 
@@ -124,6 +127,7 @@ public struct PageFile: ~Copyable {
     /// `physicalPages[i]` with `headers[i]` and `payloads[i]` (at most `payloadSizeBytes`, zero-padded).
     /// Blocks until the kernel completes them (not until they are durable: see `sync`).
     public mutating func write(physicalPages: [UInt64], headers: [PageHeader], payloads: [[UInt8]]) throws(PageStoreError) {
+        if let ringFailure { throw ringFailure }
         precondition(physicalPages.count == headers.count, "one header per page")
         precondition(physicalPages.count == payloads.count, "one payload per page")
         precondition(physicalPages.count <= configuration.queueDepth, "more pages than the queue depth")
@@ -157,6 +161,7 @@ public struct PageFile: ~Copyable {
     /// claims to be where it was read from when `expect` gives object and index). A torn or corrupt
     /// page throws `corruptPage`, never comes back as data.
     public mutating func read(physicalPages: [UInt64]) throws(PageStoreError) -> [PageRead] {
+        if let ringFailure { throw ringFailure }
         precondition(physicalPages.count <= configuration.queueDepth, "more pages than the queue depth")
         for (slot, page) in physicalPages.enumerated() {
             let bytes = buffer(slot)
@@ -175,12 +180,23 @@ public struct PageFile: ~Copyable {
 
     /// Makes written pages durable (fdatasync through the ring).
     public mutating func sync() throws(PageStoreError) {
+        if let ringFailure { throw ringFailure }
         let rc = sluice_uring_prep_fsync(ring, 0, 1, 1, UInt64.max)
         precondition(rc == 0, "a free submission slot")
-        let submitted = sluice_uring_submit(ring, 1)
-        guard submitted >= 0 else { throw .syscall(SyscallError("io_uring_submit", negatedErrno: submitted)) }
-        let reaped = sluice_uring_reap(ring, completions, 1)
-        precondition(reaped == 1, "submit_and_wait returned before the fsync completed")
+        var submitted = sluice_uring_submit(ring, 1)
+        // Wait for the fsync's own completion (the only one outstanding while the ring is healthy).
+        while submitted >= 0 {
+            if sluice_uring_reap(ring, completions, 1) == 1 {
+                precondition(completions[0].user_data == UInt64.max, "only the fsync is in flight")
+                break
+            }
+            submitted = sluice_uring_submit(ring, 1)
+        }
+        guard submitted >= 0 else {
+            let error = PageStoreError.syscall(SyscallError("io_uring_submit", negatedErrno: submitted))
+            ringFailure = error
+            throw error
+        }
         guard completions[0].result >= 0 else {
             throw .syscall(SyscallError("fdatasync", negatedErrno: completions[0].result))
         }
@@ -202,6 +218,7 @@ public struct PageFile: ~Copyable {
         precondition((1...configuration.queueDepth).contains(depth), "depth must be 1...queueDepth")
         precondition(submitBatch >= 1, "submitBatch must be at least 1")
         precondition(pageCount > 0, "at least one page")
+        if let ringFailure { throw ringFailure }
         let size = configuration.pageSizeBytes
         var state = seed | 1
         func nextPage() -> UInt64 {  // xorshift64*
@@ -247,7 +264,11 @@ public struct PageFile: ~Copyable {
         var queued = 0
         while inFlight > 0 {
             let submitted = sluice_uring_submit(ring, 1)
-            guard submitted >= 0 else { throw .syscall(SyscallError("io_uring_submit", negatedErrno: submitted)) }
+            guard submitted >= 0 else {
+                let error = PageStoreError.syscall(SyscallError("io_uring_submit", negatedErrno: submitted))
+                ringFailure = error
+                throw error
+            }
             queued = 0
             let reaped = Int(sluice_uring_reap(ring, completions, UInt32(depth)))
             if !stopping, now() >= deadline { stopping = true }
@@ -279,7 +300,11 @@ public struct PageFile: ~Copyable {
                     queued += 1
                     if queued >= submitBatch, index + 1 < reaped {  // the last one goes with the wait
                         let rc = sluice_uring_submit(ring, 0)
-                        guard rc >= 0 else { throw .syscall(SyscallError("io_uring_submit", negatedErrno: rc)) }
+                        guard rc >= 0 else {
+                            let error = PageStoreError.syscall(SyscallError("io_uring_submit", negatedErrno: rc))
+                            ringFailure = error
+                            throw error
+                        }
                         queued = 0
                     }
                 }
@@ -293,14 +318,22 @@ public struct PageFile: ~Copyable {
     private mutating func submitAndCheck(_ pages: [UInt64], allowShortReadAtEnd: Bool = false) throws(PageStoreError) {
         guard !pages.isEmpty else { return }
         let submitted = sluice_uring_submit(ring, UInt32(pages.count))
-        guard submitted >= 0 else { throw .syscall(SyscallError("io_uring_submit", negatedErrno: submitted)) }
+        guard submitted >= 0 else {
+            let error = PageStoreError.syscall(SyscallError("io_uring_submit", negatedErrno: submitted))
+            ringFailure = error
+            throw error
+        }
         var done = 0
         var failure: PageStoreError?
         while done < pages.count {
             let reaped = Int(sluice_uring_reap(ring, completions + done, UInt32(pages.count - done)))
             if reaped == 0 {
                 let rc = sluice_uring_submit(ring, 1)
-                guard rc >= 0 else { throw .syscall(SyscallError("io_uring_submit", negatedErrno: rc)) }
+                guard rc >= 0 else {
+                    let error = PageStoreError.syscall(SyscallError("io_uring_submit", negatedErrno: rc))
+                    ringFailure = error
+                    throw error
+                }
                 continue
             }
             done += reaped
