@@ -5,6 +5,26 @@ import Testing
 
 @testable import SluicePageStore
 
+/// Runs `body(index)` on `count` threads of their own (real threads, not the cooperative pool: the
+/// node's calls block) and waits for all of them.
+func runOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
+    final class Context: @unchecked Sendable {  // handed to exactly one thread
+        let body: () -> Void
+        init(_ body: @escaping () -> Void) { self.body = body }
+    }
+    var threads: [pthread_t] = []
+    for index in 0..<count {
+        var thread = pthread_t()
+        let context = Context { body(index) }
+        pthread_create(&thread, nil, { raw in
+            Unmanaged<Context>.fromOpaque(raw!).takeRetainedValue().body()
+            return nil
+        }, Unmanaged.passRetained(context).toOpaque())
+        threads.append(thread)
+    }
+    for thread in threads { pthread_join(thread, nil) }
+}
+
 @Suite struct ConcurrencyTests {
     static func counter(_ bytes: [UInt8]) -> UInt64 {
         bytes.count >= 8 ? bytes.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) } : 0
@@ -22,13 +42,8 @@ import Testing
         let node = StorageNode(store: try ObjectStore(pages: PageFileConfiguration(path: pagesPath),
                                                        log: try EmbeddedLog(path: logPath)))
         let history = Mutex<[RegisterOperation]>([])
-        final class Context: @unchecked Sendable {
-            let body: () -> Void
-            init(_ body: @escaping () -> Void) { self.body = body }
-        }
-        var threads: [pthread_t] = []
-        for _ in 0..<16 {
-            let context = Context {
+        runOnThreads(16) { _ in
+            do {
                 var done = 0
                 while done < 6 {
                     let readStart = Clock.monotonicNs()
@@ -53,14 +68,7 @@ import Testing
                     history.withLock { $0.append(RegisterOperation(invokeNs: writeStart, responseNs: writeEnd, kind: kind)) }
                 }
             }
-            var thread = pthread_t()
-            pthread_create(&thread, nil, { raw in
-                Unmanaged<Context>.fromOpaque(raw!).takeRetainedValue().body()
-                return nil
-            }, Unmanaged.passRetained(context).toOpaque())
-            threads.append(thread)
         }
-        for thread in threads { pthread_join(thread, nil) }
         let recorded = history.withLock { $0 }
         #expect(recorded.filter { if case .conditionalWrite(_, _, true, _) = $0.kind { true } else { false } }.count == 96)
         #expect(isLinearizable(recorded, initial: (0, 0)))
@@ -101,13 +109,8 @@ import Testing
         let incrementsEach = 25
         let acknowledged = Mutex<[UInt64]>([])
         let failures = Atomic<Int>(0)
-        final class Context: @unchecked Sendable {
-            let body: () -> Void
-            init(_ body: @escaping () -> Void) { self.body = body }
-        }
-        var threads: [pthread_t] = []
-        for _ in 0..<clients {
-            let context = Context {
+        runOnThreads(clients) { _ in
+            do {
                 for _ in 0..<incrementsEach {
                     do {
                         let (osn, _) = try updatePage(node, objectID: 1, pageIndex: 0, attemptsMax: 1_000) { bytes in
@@ -121,14 +124,7 @@ import Testing
                     }
                 }
             }
-            var thread = pthread_t()
-            pthread_create(&thread, nil, { raw in
-                Unmanaged<Context>.fromOpaque(raw!).takeRetainedValue().body()
-                return nil
-            }, Unmanaged.passRetained(context).toOpaque())
-            threads.append(thread)
         }
-        for thread in threads { pthread_join(thread, nil) }
         let osns = acknowledged.withLock { $0 }
         let final = try node.read(objectID: 1, pageIndex: 0)
         let value = final.payload.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
@@ -153,13 +149,8 @@ import Testing
         let writers = 16
         let writesEach = 20
         let osns = Mutex<[UInt64]>([])
-        final class Context: @unchecked Sendable {
-            let body: () -> Void
-            init(_ body: @escaping () -> Void) { self.body = body }
-        }
-        var threads: [pthread_t] = []
-        for writer in 0..<writers {
-            let context = Context {
+        runOnThreads(writers) { writer in
+            do {
                 for round in 0..<writesEach {
                     let value = UInt8(truncatingIfNeeded: writer &* 31 &+ round)
                     if let osn = try? node.write(objectID: UInt64(writer), pages: [(UInt64(round), [value], .absent)]) {
@@ -167,14 +158,7 @@ import Testing
                     }
                 }
             }
-            var thread = pthread_t()
-            pthread_create(&thread, nil, { raw in
-                Unmanaged<Context>.fromOpaque(raw!).takeRetainedValue().body()
-                return nil
-            }, Unmanaged.passRetained(context).toOpaque())
-            threads.append(thread)
         }
-        for thread in threads { pthread_join(thread, nil) }
         let all = osns.withLock { $0 }.sorted()
         #expect(all == Array(1...UInt64(writers * writesEach)), "every write acknowledged, OSNs gap-free")
         let stats = node.commitStats
