@@ -6,8 +6,9 @@ import Glibc
 import SluiceCore
 import SystemPackage
 
-/// A page as read: its bytes, the OSN of the write that last changed it (0: never written) and the
-/// OSN at which the read was ordered (every write up to it is visible).
+/// A page as read: its bytes, the OSN of the write that last changed it (for an absent page, of the
+/// truncate or delete that may have removed it; 0: nothing ever did) and the OSN at which the read
+/// was ordered (every write up to it is visible).
 public struct PageVersion: Sendable, Equatable {
     public var payload: [UInt8]
     public var pageOSN: UInt64
