@@ -234,6 +234,41 @@ public final class ObjectStore {
         return PageVersion(payload: pages[0].payload, pageOSN: header.osn, readOSN: readOSN)
     }
 
+    /// Several single-page reads in one io_uring batch per `queueDepth` pages, all ordered at the
+    /// same OSN. A corrupt page fails only its own read.
+    public func read(batch requests: [(objectID: UInt64, pageIndex: UInt64)]) -> [Result<PageVersion, ObjectStoreError>] {
+        let readOSN = log.lastOSN
+        var results = requests.map { request -> Result<PageVersion, ObjectStoreError> in
+            .success(PageVersion(payload: [], pageOSN: currentOSN(objectID: request.objectID, pageIndex: request.pageIndex),
+                                 readOSN: readOSN))
+        }
+        let present = requests.indices.filter { objects[requests[$0].objectID]?.pages[requests[$0].pageIndex] != nil }
+        var start = 0
+        while start < present.count {
+            let slots = Array(present[start..<min(start + file.configuration.queueDepth, present.count)])
+            start += slots.count
+            let entries = slots.map { objects[requests[$0].objectID]!.pages[requests[$0].pageIndex]! }
+            let pages: [PageFile.PageRead]
+            do { pages = try file.read(physicalPages: entries.map(\.physical)) } catch {
+                // Find whose page it was: read them one by one.
+                for slot in slots { results[slot] = Result { () throws(ObjectStoreError) in try read(objectID: requests[slot].objectID, pageIndex: requests[slot].pageIndex) } }
+                continue
+            }
+            for (position, slot) in slots.enumerated() {
+                let request = requests[slot]
+                guard let header = pages[position].header, header.osn == entries[position].osn,
+                      header.objectID == request.objectID, header.pageIndex == request.pageIndex
+                else {
+                    results[slot] = .failure(.page(.corruptPage(physicalPage: entries[position].physical,
+                                                                reason: "header does not match the page map")))
+                    continue
+                }
+                results[slot] = .success(PageVersion(payload: pages[position].payload, pageOSN: header.osn, readOSN: readOSN))
+            }
+        }
+        return results
+    }
+
     /// Pages read per range read at most.
     public static let pagesPerReadMax = 1_024
 

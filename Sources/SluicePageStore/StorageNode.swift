@@ -7,33 +7,14 @@ import Synchronization
 /// An `ObjectStore` any thread may use: operations are serialised (the store's io_uring and page map
 /// have one owner). Writes are group-committed: while one caller (the leader) flushes a batch, the
 /// writes that arrive queue up and go together in the next batch, one log flush for all of them.
+/// Single-page reads are grouped the same way: one io_uring submission for every read waiting.
 /// Every call blocks its thread until its operation is durable (or read).
 public final class StorageNode: Sendable {
     private let store: Mutex<ObjectStoreBox>
-    private let commits: Mutex<CommitQueue>
-    /// Writes per group commit at most.
+    private let writes: Batcher<(objectID: UInt64, pages: ObjectStore.PageWrites), UInt64>
+    private let reads: Batcher<(objectID: UInt64, pageIndex: UInt64), PageVersion>
+    /// Writes per group commit (and reads per read group) at most.
     public let groupCommitMax: Int
-
-    /// One caller's write, waiting to be committed. Its fields are set by the leader before `done`
-    /// is signalled, and read by the caller after it waits: the semaphore orders them.
-    private final class PendingWrite: @unchecked Sendable {
-        let objectID: UInt64
-        let pages: ObjectStore.PageWrites
-        var result: Result<UInt64, ObjectStoreError>?
-        let done = DispatchSemaphore(value: 0)
-        init(objectID: UInt64, pages: ObjectStore.PageWrites) {
-            self.objectID = objectID
-            self.pages = pages
-        }
-    }
-
-    /// Writes waiting for a leader. Bounded by the number of callers (each blocks until done).
-    private struct CommitQueue: ~Copyable {
-        var pending: [PendingWrite] = []
-        var leaderActive = false
-        var groupCommits: UInt64 = 0
-        var committedWrites: UInt64 = 0
-    }
 
     /// Wraps the store (the box exists because Mutex needs a Sendable, non-copyable-friendly value).
     private struct ObjectStoreBox: @unchecked Sendable {  // unchecked: only touched under the mutex
@@ -43,62 +24,31 @@ public final class StorageNode: Sendable {
     public init(store: ObjectStore, groupCommitMax: Int = 64) {
         precondition(groupCommitMax >= 1, "a group commit takes at least one write")
         self.store = Mutex(ObjectStoreBox(store: store))
-        self.commits = Mutex(CommitQueue())
+        self.writes = Batcher(batchMax: groupCommitMax)
+        self.reads = Batcher(batchMax: groupCommitMax)
         self.groupCommitMax = groupCommitMax
     }
 
+    /// Reads one page (see `ObjectStore.read`), grouped with the reads of other callers.
     public func read(objectID: UInt64, pageIndex: UInt64) throws(ObjectStoreError) -> PageVersion {
-        try store.withLock { box throws(ObjectStoreError) in try box.store.read(objectID: objectID, pageIndex: pageIndex) }
+        try reads.submit((objectID, pageIndex)) { batch in
+            store.withLock { box in box.store.read(batch: batch) }
+        }.get()
     }
 
     /// Writes pages of one object (all or nothing, see `ObjectStore.write`), group-committed with
     /// whatever other callers write meanwhile. Returns once durable.
     public func write(objectID: UInt64, pages: ObjectStore.PageWrites) throws(ObjectStoreError) -> UInt64 {
-        let mine = PendingWrite(objectID: objectID, pages: pages)
-        let lead = commits.withLock { queue in
-            queue.pending.append(mine)
-            if queue.leaderActive { return false }
-            queue.leaderActive = true
-            return true
-        }
-        if !lead {
-            mine.done.wait()
-            // Woken without a result: the previous leader handed leadership on.
-            if let result = mine.result { return try result.get() }
-        }
-        while mine.result == nil {
-            let batch = commits.withLock { queue in
-                let batch = Array(queue.pending.prefix(groupCommitMax))
-                queue.pending.removeFirst(batch.count)
-                return batch
-            }
-            precondition(!batch.isEmpty, "the leader's own write is pending until committed")
-            let results = store.withLock { box in box.store.write(batch: batch.map { ($0.objectID, $0.pages) }) }
-            commits.withLock { queue in
-                queue.groupCommits += 1
-                queue.committedWrites += UInt64(batch.count)
-            }
-            for (write, result) in zip(batch, results) {
-                write.result = result
-                if write !== mine { write.done.signal() }
-            }
-        }
-        // Hand leadership to the oldest waiter, or retire.
-        let successor = commits.withLock { queue -> PendingWrite? in
-            guard let next = queue.pending.first else {
-                queue.leaderActive = false
-                return nil
-            }
-            return next
-        }
-        successor?.done.signal()
-        return try mine.result!.get()
+        try writes.submit((objectID, pages)) { batch in
+            store.withLock { box in box.store.write(batch: batch) }
+        }.get()
     }
 
     /// Group commits done and the writes they carried (a ratio above 1 means batching happened).
-    public var commitStats: (groupCommits: UInt64, writes: UInt64) {
-        commits.withLock { ($0.groupCommits, $0.committedWrites) }
-    }
+    public var commitStats: (groupCommits: UInt64, writes: UInt64) { writes.stats }
+
+    /// Read groups done and the reads they carried.
+    public var readStats: (groups: UInt64, reads: UInt64) { reads.stats }
 
     /// A range of pages ordered at one OSN (see `ObjectStore.read(objectID:pageRange:)`).
     public func read(objectID: UInt64, pageRange: Range<UInt64>) throws(ObjectStoreError) -> [PageVersion] {
@@ -125,6 +75,81 @@ public final class StorageNode: Sendable {
 
     public var lastOSN: UInt64 { store.withLock { $0.store.lastOSN } }
     public var payloadSizeBytes: Int { store.withLock { $0.store.payloadSizeBytes } }
+}
+
+/// Leader/follower batching: the first caller to find no leader becomes it and runs every request
+/// queued meanwhile (up to `batchMax`) as one batch, again until its own is done, then hands
+/// leadership to the oldest waiter. Followers block on a semaphore. Waiting requests are bounded by
+/// the number of calling threads (each blocks until done).
+final class Batcher<Request, Response>: Sendable {
+    /// One caller's request. `result` is set by the leader before `done` is signalled and read by
+    /// the caller after it waits: the semaphore orders them.
+    private final class Pending: @unchecked Sendable {
+        let request: Request
+        var result: Result<Response, ObjectStoreError>?
+        let done = DispatchSemaphore(value: 0)
+        init(_ request: Request) { self.request = request }
+    }
+
+    private struct Queue: ~Copyable {
+        var pending: [Pending] = []
+        var leaderActive = false
+        var batches: UInt64 = 0
+        var requests: UInt64 = 0
+    }
+
+    private let queue = Mutex(Queue())
+    let batchMax: Int
+
+    init(batchMax: Int) {
+        precondition(batchMax >= 1, "a batch takes at least one request")
+        self.batchMax = batchMax
+    }
+
+    var stats: (UInt64, UInt64) { queue.withLock { ($0.batches, $0.requests) } }
+
+    /// Runs `request` in some leader's batch; `execute` gets the requests in arrival order and returns
+    /// one result each.
+    func submit(_ request: Request,
+                execute: ([Request]) -> [Result<Response, ObjectStoreError>]) -> Result<Response, ObjectStoreError> {
+        let mine = Pending(request)
+        let lead = queue.withLock { queue in
+            queue.pending.append(mine)
+            if queue.leaderActive { return false }
+            queue.leaderActive = true
+            return true
+        }
+        if !lead {
+            mine.done.wait()
+            // Woken without a result: the previous leader handed leadership on.
+            if let result = mine.result { return result }
+        }
+        while mine.result == nil {
+            let batch = queue.withLock { queue in
+                let batch = Array(queue.pending.prefix(batchMax))
+                queue.pending.removeFirst(batch.count)
+                queue.batches += 1
+                queue.requests += UInt64(batch.count)
+                return batch
+            }
+            precondition(!batch.isEmpty, "the leader's own request is pending until done")
+            let results = execute(batch.map(\.request))
+            precondition(results.count == batch.count, "one result per request")
+            for (pending, result) in zip(batch, results) {
+                pending.result = result
+                if pending !== mine { pending.done.signal() }
+            }
+        }
+        let successor = queue.withLock { queue -> Pending? in
+            guard let next = queue.pending.first else {
+                queue.leaderActive = false
+                return nil
+            }
+            return next
+        }
+        successor?.done.signal()
+        return mine.result!
+    }
 }
 
 /// Why an update gave up.

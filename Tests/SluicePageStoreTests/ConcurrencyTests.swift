@@ -172,4 +172,50 @@ func runOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
             }
         }
     }
+
+    /// Reads from 16 threads share io_uring submissions, each gets its own page, and a corrupt page
+    /// in a group fails only the read of that page.
+    @Test func concurrentReadsShareSubmissionsAndFailAlone() throws {
+        let pagesPath = "/var/tmp/sluice-readgroup-\(getpid()).pages"
+        let logPath = "/var/tmp/sluice-readgroup-\(getpid()).log"
+        defer {
+            unlink(pagesPath)
+            unlink(logPath)
+        }
+        let store = try ObjectStore(pages: PageFileConfiguration(path: pagesPath), log: try EmbeddedLog(path: logPath))
+        for object in 0..<16 {
+            _ = try store.write(objectID: UInt64(object), pages: (0..<8).map { (UInt64($0), [UInt8(object * 8 + $0)], .unconditional) })
+        }
+        let batch = store.write(batch: [])  // an empty batch is nothing to do
+        #expect(batch.isEmpty)
+        // Corrupt object 3's page 5 on disk (physical page 3 * 8 + 5, in write order).
+        let fd = open(pagesPath, O_RDWR)
+        var byte: UInt8 = 0xEE
+        #expect(pwrite(fd, &byte, 1, off_t((3 * 8 + 5) * 4096 + 100)) == 1)
+        close(fd)
+        let node = StorageNode(store: store)
+        let wrong = Atomic<Int>(0)
+        let corrupt = Atomic<Int>(0)
+        runOnThreads(16) { object in
+            for round in 0..<200 {
+                let index = UInt64(round % 8)
+                let result = Result { () throws(ObjectStoreError) -> PageVersion in
+                    try node.read(objectID: UInt64(object), pageIndex: index)
+                }
+                switch result {
+                case .success(let page) where page.payload.first == UInt8(object * 8 + Int(index)):
+                    break
+                case .failure(.page(.corruptPage)) where object == 3 && index == 5:
+                    corrupt.add(1, ordering: .relaxed)
+                default:
+                    wrong.add(1, ordering: .relaxed)
+                }
+            }
+        }
+        #expect(wrong.load(ordering: .relaxed) == 0)
+        #expect(corrupt.load(ordering: .relaxed) == 25, "every read of the corrupt page, and only those, failed")
+        let stats = node.readStats
+        #expect(stats.reads == 16 * 200)
+        #expect(stats.groups < stats.reads, "reads that queue during a submission share the next one")
+    }
 }
