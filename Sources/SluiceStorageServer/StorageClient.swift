@@ -18,6 +18,8 @@ public enum StorageClientError: Error, Equatable {
     case frameTooLarge(length: Int, max: Int)
     case unsupportedVersion(UInt8)
     case unknownOpcode(UInt8)
+    /// A page index (or range end) beyond the node's bound.
+    case pageIndexOutOfRange(index: UInt64, max: UInt64)
     /// `updatePage` met a newer version on every attempt (the last conflict's OSN).
     case tooManyConflicts(attempts: Int, lastOSN: UInt64)
     case invalidAddress(String)
@@ -125,6 +127,20 @@ public final class StorageClient: Sendable {
             throw .protocolViolation("readPage reply is not a page")
         }
         return RemotePage(payload: payload, pageOSN: pageOSN, readOSN: readOSN)
+    }
+
+    /// Reads `pageRange` (non-empty) at one OSN: the read's OSN and every page in order, absent pages
+    /// with empty payloads (pageOSN 0). A range too long for one reply frame is `.tooManyPages`.
+    public func read(objectID: UInt64, pageRange: Range<UInt64>) throws(StorageClientError) -> (readOSN: UInt64, pages: [RemotePage]) {
+        precondition(!pageRange.isEmpty, "a range read asks for at least one page")
+        guard pageRange.count <= Int(UInt32.max) else {
+            throw .tooManyPages(count: pageRange.count, max: Int(UInt32.max))
+        }
+        let request = StorageRequest.readPages(objectID: objectID, firstPage: pageRange.lowerBound, count: UInt32(pageRange.count))
+        guard case .pages(let readOSN, let pages) = try call(request), pages.count == pageRange.count else {
+            throw .protocolViolation("readPages reply is not \(pageRange.count) pages")
+        }
+        return (readOSN, pages)
     }
 
     /// Writes pages of one object, all or nothing. Returns the write's OSN once it is durable.
@@ -268,7 +284,7 @@ extension StorageClientError {
     /// The typed error an error reply stands for; nil for `ok` replies.
     init?(_ reply: StorageReply) {
         switch reply {
-        case .page, .osn, .node, .object, .objects: return nil
+        case .page, .pages, .osn, .node, .object, .objects: return nil
         case .conflict(let objectID, let pageIndex, let currentOSN):
             self = .conflict(objectID: objectID, pageIndex: pageIndex, currentOSN: currentOSN)
         case .payloadTooLarge(let size, let max): self = .payloadTooLarge(size: Int(size), max: Int(max))
@@ -281,6 +297,7 @@ extension StorageClientError {
         case .frameTooLarge(let length, let max): self = .frameTooLarge(length: Int(length), max: Int(max))
         case .unsupportedVersion(let version): self = .unsupportedVersion(version)
         case .unknownOpcode(let opcode): self = .unknownOpcode(opcode)
+        case .pageIndexOutOfRange(let index, let max): self = .pageIndexOutOfRange(index: index, max: max)
         }
     }
 }

@@ -24,6 +24,7 @@ public enum Opcode: UInt8, Sendable, CaseIterable {
     case readPage = 0x01
     case writePages = 0x02
     case statNode = 0x03
+    case readPages = 0x04
     case createObject = 0x10
     case deleteObject = 0x11
     case truncateObject = 0x12
@@ -45,6 +46,7 @@ public enum StatusCode: UInt8, Sendable {
     case frameTooLarge = 9
     case unsupportedVersion = 10
     case unknownOpcode = 11
+    case pageIndexOutOfRange = 12
 }
 
 /// One page of a write request.
@@ -74,6 +76,8 @@ public struct ObjectSummary: Sendable, Equatable {
 /// A decoded request body.
 public enum StorageRequest: Sendable, Equatable {
     case readPage(objectID: UInt64, pageIndex: UInt64)
+    /// `count` (>= 1) pages from `firstPage`, ordered at one OSN.
+    case readPages(objectID: UInt64, firstPage: UInt64, count: UInt32)
     case writePages(objectID: UInt64, pages: [PageWrite])
     case statNode
     case createObject(objectID: UInt64)
@@ -85,6 +89,7 @@ public enum StorageRequest: Sendable, Equatable {
     public var opcode: Opcode {
         switch self {
         case .readPage: .readPage
+        case .readPages: .readPages
         case .writePages: .writePages
         case .statNode: .statNode
         case .createObject: .createObject
@@ -99,6 +104,8 @@ public enum StorageRequest: Sendable, Equatable {
 /// A decoded reply: success bodies per opcode, or an error status with its details.
 public enum StorageReply: Sendable, Equatable {
     case page(payload: [UInt8], pageOSN: UInt64, readOSN: UInt64)
+    /// A page range read at `readOSN` (each page's `readOSN` is that OSN).
+    case pages(readOSN: UInt64, pages: [RemotePage])
     /// The OSN a mutation (write, create, delete, truncate) was ordered at.
     case osn(UInt64)
     case node(lastOSN: UInt64, payloadSizeBytes: UInt32)
@@ -116,10 +123,11 @@ public enum StorageReply: Sendable, Equatable {
     case frameTooLarge(length: UInt32, max: UInt32)
     case unsupportedVersion(UInt8)
     case unknownOpcode(UInt8)
+    case pageIndexOutOfRange(index: UInt64, max: UInt64)
 
     public var status: StatusCode {
         switch self {
-        case .page, .osn, .node, .object, .objects: .ok
+        case .page, .pages, .osn, .node, .object, .objects: .ok
         case .conflict: .conflict
         case .payloadTooLarge: .payloadTooLarge
         case .tooManyPages: .tooManyPages
@@ -131,6 +139,7 @@ public enum StorageReply: Sendable, Equatable {
         case .frameTooLarge: .frameTooLarge
         case .unsupportedVersion: .unsupportedVersion
         case .unknownOpcode: .unknownOpcode
+        case .pageIndexOutOfRange: .pageIndexOutOfRange
         }
     }
 }
@@ -167,6 +176,10 @@ extension StorageRequest {
         case .readPage(let objectID, let pageIndex):
             buffer.writeInteger(objectID)
             buffer.writeInteger(pageIndex)
+        case .readPages(let objectID, let firstPage, let count):
+            buffer.writeInteger(objectID)
+            buffer.writeInteger(firstPage)
+            buffer.writeInteger(count)
         case .writePages(let objectID, let pages):
             precondition(pages.count <= Int(UInt16.max), "page count fits the u16 field")
             buffer.writeInteger(objectID)
@@ -196,6 +209,12 @@ extension StorageRequest {
         switch opcode {
         case .readPage:
             request = .readPage(objectID: try body.readU64("objectID"), pageIndex: try body.readU64("pageIndex"))
+        case .readPages:
+            let objectID = try body.readU64("objectID")
+            let firstPage = try body.readU64("firstPage")
+            let count = try body.readU32("count")
+            guard count > 0 else { throw MalformedBody("read of zero pages") }
+            request = .readPages(objectID: objectID, firstPage: firstPage, count: count)
         case .writePages:
             let objectID = try body.readU64("objectID")
             guard let count = body.readInteger(as: UInt16.self) else { throw MalformedBody("page count missing") }
@@ -245,6 +264,15 @@ extension StorageReply {
             buffer.writeInteger(readOSN)
             buffer.writeInteger(UInt32(payload.count))
             buffer.writeBytes(payload)
+        case .pages(let readOSN, let pages):
+            precondition(pages.count <= Int(UInt32.max), "page count fits the u32 field")
+            buffer.writeInteger(readOSN)
+            buffer.writeInteger(UInt32(pages.count))
+            for page in pages {
+                buffer.writeInteger(page.pageOSN)
+                buffer.writeInteger(UInt32(page.payload.count))
+                buffer.writeBytes(page.payload)
+            }
         case .osn(let osn): buffer.writeInteger(osn)
         case .node(let lastOSN, let payloadSizeBytes):
             buffer.writeInteger(lastOSN)
@@ -267,6 +295,9 @@ extension StorageReply {
             buffer.writeInteger(UInt16(bytes.count))
             buffer.writeBytes(bytes)
         case .unsupportedVersion(let value), .unknownOpcode(let value): buffer.writeInteger(value)
+        case .pageIndexOutOfRange(let index, let max):
+            buffer.writeInteger(index)
+            buffer.writeInteger(max)
         }
     }
 
@@ -282,6 +313,20 @@ extension StorageReply {
                 let length = try body.readU32("payload length")
                 guard let payload = body.readBytes(length: Int(length)) else { throw MalformedBody("payload cut short") }
                 reply = .page(payload: payload, pageOSN: pageOSN, readOSN: readOSN)
+            case .readPages:
+                let readOSN = try body.readU64("readOSN")
+                let count = try body.readU32("count")
+                // Each page is at least 12 bytes: a count past the body is not trusted for the allocation.
+                guard Int(count) * 12 <= body.readableBytes else { throw MalformedBody("page count exceeds the body") }
+                var pages: [RemotePage] = []
+                pages.reserveCapacity(Int(count))
+                for _ in 0..<count {
+                    let pageOSN = try body.readU64("pageOSN")
+                    let length = try body.readU32("payload length")
+                    guard let payload = body.readBytes(length: Int(length)) else { throw MalformedBody("payload cut short") }
+                    pages.append(RemotePage(payload: payload, pageOSN: pageOSN, readOSN: readOSN))
+                }
+                reply = .pages(readOSN: readOSN, pages: pages)
             case .writePages, .createObject, .deleteObject, .truncateObject: reply = .osn(try body.readU64("osn"))
             case .statNode: reply = .node(lastOSN: try body.readU64("lastOSN"), payloadSizeBytes: try body.readU32("page size"))
             case .statObject: reply = .object(try ObjectSummary.decode(from: &body))
@@ -310,6 +355,8 @@ extension StorageReply {
         case .unknownOpcode:
             guard let value = body.readInteger(as: UInt8.self) else { throw MalformedBody("opcode missing") }
             reply = .unknownOpcode(value)
+        case .pageIndexOutOfRange:
+            reply = .pageIndexOutOfRange(index: try body.readU64("index"), max: try body.readU64("max"))
         }
         guard body.readableBytes == 0 else { throw MalformedBody("\(body.readableBytes) trailing bytes after the reply") }
         return reply

@@ -198,6 +198,9 @@ func execute(_ request: StorageRequest, node: StorageNode, payloadSizeBytes: Int
         case .readPage(let objectID, let pageIndex):
             let page = try node.read(objectID: objectID, pageIndex: pageIndex)
             return .page(payload: page.payload, pageOSN: page.pageOSN, readOSN: page.readOSN)
+        case .readPages(let objectID, let firstPage, let count):
+            return try readPages(objectID: objectID, firstPage: firstPage, count: count, node: node,
+                                 payloadSizeBytes: payloadSizeBytes, frameBytesMax: frameBytesMax)
         case .writePages(let objectID, let pages):
             let osn = try node.write(objectID: objectID, pages: pages.map { ($0.index, $0.payload, $0.condition) })
             return .osn(osn)
@@ -211,6 +214,31 @@ func execute(_ request: StorageRequest, node: StorageNode, payloadSizeBytes: Int
     }
 }
 
+/// A page range read. Checked before the node is called: the range within `ObjectStore.pageIndexMax`,
+/// and the whole reply (every page at its full payload size) within `frameBytesMax` — a range that
+/// would not fit is `tooManyPages` with the most that fits, never a half-sent reply.
+func readPages(objectID: UInt64, firstPage: UInt64, count: UInt32, node: StorageNode,
+               payloadSizeBytes: Int, frameBytesMax: Int) throws(ObjectStoreError) -> StorageReply {
+    let (end, overflow) = firstPage.addingReportingOverflow(UInt64(count))
+    guard !overflow, end <= ObjectStore.pageIndexMax else {
+        return .pageIndexOutOfRange(index: overflow ? UInt64.max : end, max: ObjectStore.pageIndexMax)
+    }
+    // Reply header 11 bytes + u64 readOSN + u32 n, then per page u64 pageOSN + u32 length + payload.
+    let fitCount = max(0, (frameBytesMax - StorageProtocol.replyHeaderBytes - 12) / (12 + payloadSizeBytes))
+    let countMax = min(fitCount, ObjectStore.pagesPerReadMax)
+    guard Int(count) <= countMax else { return .tooManyPages(count: count, max: UInt32(clamping: countMax)) }
+    let versions = try node.read(objectID: objectID, pageRange: firstPage..<end)
+    let readOSN = versions.first?.readOSN ?? 0
+    precondition(versions.allSatisfy { $0.readOSN == readOSN }, "a range read is ordered at one OSN")
+    let pages = versions.map { RemotePage(payload: $0.payload, pageOSN: $0.pageOSN, readOSN: readOSN) }
+    let bytes = StorageProtocol.replyHeaderBytes + 12 + pages.reduce(0) { $0 + 12 + $1.payload.count }
+    guard bytes <= frameBytesMax else {
+        // Payloads are never longer than the page size, so this only trips on a node bug.
+        return .ioError(message: "range reply of \(bytes) bytes exceeds frameBytesMax \(frameBytesMax)")
+    }
+    return .pages(readOSN: readOSN, pages: pages)
+}
+
 /// The reply for a node error. `default:` keeps new error cases from breaking the build: they are
 /// reported as I/O errors with their description.
 func reply(for error: ObjectStoreError) -> StorageReply {
@@ -221,6 +249,8 @@ func reply(for error: ObjectStoreError) -> StorageReply {
         return .payloadTooLarge(size: UInt32(clamping: size), max: UInt32(clamping: max))
     case .tooManyPages(let count, let max):
         return .tooManyPages(count: UInt32(clamping: count), max: UInt32(clamping: max))
+    case .pageIndexOutOfRange(let index, let max):
+        return .pageIndexOutOfRange(index: index, max: max)
     case .page(let pageError):
         if case .corruptPage = pageError { return .corruptPage(message: "\(pageError)") }
         return .ioError(message: "\(pageError)")

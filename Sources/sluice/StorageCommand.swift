@@ -104,34 +104,60 @@ extension StorageCommand {
     }
 
     struct Get: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Read one page: its OSNs, then its payload in hex (or raw to --out).")
+        static let configuration = CommandConfiguration(
+            abstract: "Read one page (or --count pages from PAGE at one OSN): OSNs, then each payload in hex (or raw to --out).")
 
         @OptionGroup var address: StorageAddress
 
         @Argument(help: "Object id.")
         var object: UInt64
 
-        @Argument(help: "Page index.")
+        @Argument(help: "Page index (the first, with --count).")
         var page: UInt64
 
-        @Option(help: "Write the raw payload to this file instead of printing hex.")
+        @Option(help: "Read this many pages starting at PAGE, all at one OSN (one readPages request).")
+        var count: UInt32?
+
+        @Option(help: "Write the raw payload to this file instead of printing hex (with --count: the payloads concatenated).")
         var out: String?
+
+        func validate() throws {
+            if let count {
+                guard count >= 1 else { throw ValidationError("--count must be at least 1") }
+                guard page.addingReportingOverflow(UInt64(count)).overflow == false else {
+                    throw ValidationError("PAGE + --count overflows")
+                }
+            }
+        }
 
         func run() throws {
             let client = try address.connect()
-            let read = try storageCall("get") { () throws(StorageClientError) in try client.read(objectID: object, pageIndex: page) }
-            print("object \(object) page \(page) pageOSN \(read.pageOSN) readOSN \(read.readOSN) bytes \(read.payload.count)")
+            let pages: [(index: UInt64, page: RemotePage)]
+            if let count {
+                let range = page..<(page + UInt64(count))
+                let read = try storageCall("get") { () throws(StorageClientError) in try client.read(objectID: object, pageRange: range) }
+                print("object \(object) pages \(range.lowerBound)..<\(range.upperBound) readOSN \(read.readOSN)")
+                pages = zip(range, read.pages).map { ($0, $1) }
+            } else {
+                let read = try storageCall("get") { () throws(StorageClientError) in try client.read(objectID: object, pageIndex: page) }
+                print("object \(object) page \(page) pageOSN \(read.pageOSN) readOSN \(read.readOSN) bytes \(read.payload.count)")
+                pages = [(page, read)]
+            }
             if let out {
-                guard let file = fopen(out, "wb"), fwrite(read.payload, 1, read.payload.count, file) == read.payload.count,
+                let bytes = pages.flatMap { $0.page.payload }
+                guard let file = fopen(out, "wb"), fwrite(bytes, 1, bytes.count, file) == bytes.count,
                       fclose(file) == 0 else {
                     FileHandleStderr.write("sluice storage get: cannot write \(out)\n")
                     throw ExitCode(1)
                 }
                 return
             }
-            // Pages read back zero-padded to the payload size: the hex stops at the last non-zero byte.
-            let used = (read.payload.lastIndex(where: { $0 != 0 }) ?? -1) + 1
-            print(read.payload.prefix(used).map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined())
+            for (index, read) in pages {
+                if count != nil { print("page \(index) pageOSN \(read.pageOSN) bytes \(read.payload.count)") }
+                // Pages read back zero-padded to the payload size: the hex stops at the last non-zero byte.
+                let used = (read.payload.lastIndex(where: { $0 != 0 }) ?? -1) + 1
+                print(read.payload.prefix(used).map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined())
+            }
         }
     }
 
