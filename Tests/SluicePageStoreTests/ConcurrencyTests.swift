@@ -33,14 +33,10 @@ func runOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
     /// 16 clients × 6 increments, every read and conditional write recorded with its invocation and
     /// response time; the checker finds a linearization.
     @Test func recordedHistoryIsLinearizable() throws {
-        let pagesPath = "/var/tmp/sluice-history-\(getpid()).pages"
-        let logPath = "/var/tmp/sluice-history-\(getpid()).log"
-        defer {
-            unlink(pagesPath)
-            unlink(logPath)
-        }
-        let node = StorageNode(store: try ObjectStore(pages: PageFileConfiguration(path: pagesPath),
-                                                       log: try EmbeddedLog(path: logPath)))
+        let paths = ObjectStoreTests.Paths("history")
+        defer { paths.remove() }
+        let node = StorageNode(store: try ObjectStore(pages: PageFileConfiguration(path: paths.pages),
+                                                       log: try EmbeddedLog(path: paths.log)))
         let history = Mutex<[RegisterOperation]>([])
         runOnThreads(16) { _ in
             do {
@@ -97,14 +93,10 @@ func runOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
     /// 16 clients increment one counter page by read / conditional write / retry: the final value is
     /// the number of acknowledged writes, and their OSNs are distinct.
     @Test func noLostUpdatesUnderSixteenClients() throws {
-        let pagesPath = "/var/tmp/sluice-counter-\(getpid()).pages"
-        let logPath = "/var/tmp/sluice-counter-\(getpid()).log"
-        defer {
-            unlink(pagesPath)
-            unlink(logPath)
-        }
-        let node = StorageNode(store: try ObjectStore(pages: PageFileConfiguration(path: pagesPath),
-                                                       log: try EmbeddedLog(path: logPath)))
+        let paths = ObjectStoreTests.Paths("counter")
+        defer { paths.remove() }
+        let node = StorageNode(store: try ObjectStore(pages: PageFileConfiguration(path: paths.pages),
+                                                       log: try EmbeddedLog(path: paths.log)))
         let clients = 16
         let incrementsEach = 25
         let acknowledged = Mutex<[UInt64]>([])
@@ -138,14 +130,10 @@ func runOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
     /// 16 writers of distinct pages: writes that arrive during a flush share the next one (fewer
     /// log flushes than writes), each gets its own gap-free OSN, and every page reads back.
     @Test func concurrentWritesShareLogFlushes() throws {
-        let pagesPath = "/var/tmp/sluice-group-\(getpid()).pages"
-        let logPath = "/var/tmp/sluice-group-\(getpid()).log"
-        defer {
-            unlink(pagesPath)
-            unlink(logPath)
-        }
-        let log = try EmbeddedLog(path: logPath)
-        let node = StorageNode(store: try ObjectStore(pages: PageFileConfiguration(path: pagesPath), log: log))
+        let paths = ObjectStoreTests.Paths("group")
+        defer { paths.remove() }
+        let log = try EmbeddedLog(path: paths.log)
+        let node = StorageNode(store: try ObjectStore(pages: PageFileConfiguration(path: paths.pages), log: log))
         let writers = 16
         let writesEach = 20
         let osns = Mutex<[UInt64]>([])
@@ -176,20 +164,16 @@ func runOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
     /// Reads from 16 threads share io_uring submissions, each gets its own page, and a corrupt page
     /// in a group fails only the read of that page.
     @Test func concurrentReadsShareSubmissionsAndFailAlone() throws {
-        let pagesPath = "/var/tmp/sluice-readgroup-\(getpid()).pages"
-        let logPath = "/var/tmp/sluice-readgroup-\(getpid()).log"
-        defer {
-            unlink(pagesPath)
-            unlink(logPath)
-        }
-        let store = try ObjectStore(pages: PageFileConfiguration(path: pagesPath), log: try EmbeddedLog(path: logPath))
+        let paths = ObjectStoreTests.Paths("readgroup")
+        defer { paths.remove() }
+        let store = try ObjectStore(pages: PageFileConfiguration(path: paths.pages), log: try EmbeddedLog(path: paths.log))
         for object in 0..<16 {
             _ = try store.write(objectID: UInt64(object), pages: (0..<8).map { (UInt64($0), [UInt8(object * 8 + $0)], .unconditional) })
         }
         let batch = store.write(batch: [])  // an empty batch is nothing to do
         #expect(batch.isEmpty)
         // Corrupt object 3's page 5 on disk (physical page 3 * 8 + 5, in write order).
-        let fd = open(pagesPath, O_RDWR)
+        let fd = open(paths.pages, O_RDWR)
         var byte: UInt8 = 0xEE
         #expect(pwrite(fd, &byte, 1, off_t((3 * 8 + 5) * 4096 + 100)) == 1)
         close(fd)

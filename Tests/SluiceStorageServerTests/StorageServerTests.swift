@@ -169,6 +169,24 @@ import Testing
         #expect(try served.client().statNode().lastOSN == before)
     }
 
+    /// A peer that dies mid-frame: the half-sent write is never applied, the server goes on serving.
+    @Test func peerDyingMidFrameWritesNothing() throws {
+        let served = try ServedNode()
+        defer { served.close() }
+        let before = served.node.lastOSN
+        for _ in 0..<3 {
+            let dying = try served.client()
+            let body = bigEndian(1) + [0, 1] + bigEndian(0) + [0] + bigEndian(0) + [0, 0, 0, 100] + [UInt8](repeating: 7, count: 100)
+            let frame = rawFrame(opcode: Opcode.writePages.rawValue, requestID: 21, body: body)
+            try dying.sendRaw(Array(frame.prefix(frame.count - 40)))  // the last 40 bytes never come
+            dying.close()
+        }
+        let client = try served.client()
+        #expect(try client.statNode().lastOSN == before, "nothing of a half-sent write was applied")
+        #expect(try client.read(objectID: 1, pageIndex: 0).pageOSN == 0)
+        #expect(try client.write(objectID: 1, pageIndex: 0, payload: [1]) == before + 1)
+    }
+
     /// More pipelined requests than `pendingRequestsMax`: reading pauses and resumes, every one is answered.
     /// Through the client: a write larger than the server's frame bound is a typed error, then closed.
     @Test func clientSeesFrameTooLarge() throws {
