@@ -13,6 +13,7 @@ let package = Package(
         .library(name: "SluiceReplay", targets: ["SluiceReplay"]),
         .library(name: "SluicePageStore", targets: ["SluicePageStore"]),
         .library(name: "SluiceStorageServer", targets: ["SluiceStorageServer"]),
+        .library(name: "SluiceService", targets: ["SluiceService"]),
         .executable(name: "sluice", targets: ["sluice"]),
     ],
     dependencies: [
@@ -20,6 +21,11 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
     ],
     targets: [
         // The only C: ring hot paths inline in include/, thin wrappers over the kernel and libnuma in *.c.
@@ -62,23 +68,42 @@ let package = Package(
                 "SluicePageStore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
         ),
         // `sluice replay`: a capture through the packet pipeline, optionally shaped by a traffic controller.
         .target(name: "SluiceReplay", dependencies: ["SluicePacketIO", "SluicePacket", "SluiceTraffic", "SluiceCore"]),
+        // `sluice run`: the configured pipelines, traffic controllers and storage node as one service,
+        // with graceful shutdown, logs, and Prometheus metrics on a loopback HTTP endpoint.
+        .target(
+            name: "SluiceService",
+            dependencies: [
+                "SluiceReplay", "SluiceStorageServer", "SluicePageStore", "SluiceTraffic", "SluicePacketIO",
+                "SluicePacket", "SluiceCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]
+        ),
         // The parser's fuzz target: libFuzzer with `-sanitize=fuzzer`, a bounded random run otherwise.
         .executableTarget(name: "SluiceParserFuzz", dependencies: ["SluicePacket"]),
         .executableTarget(
             name: "sluice",
             dependencies: [
                 "SluiceCore", "SluicePacket", "SluicePacketIO", "SluiceTraffic", "SluiceReplay",
-                "SluicePageStore", "SluiceStorageServer",
+                "SluicePageStore", "SluiceStorageServer", "SluiceService",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .testTarget(name: "SluiceCoreTests", dependencies: ["SluiceCore", "CShims"]),
         .testTarget(name: "SluicePageStoreTests", dependencies: ["SluicePageStore", "SluiceCore", "CShims"]),
         .testTarget(name: "SluiceStorageServerTests", dependencies: ["SluiceStorageServer", "SluicePageStore"]),
+        .testTarget(name: "SluiceServiceTests", dependencies: ["SluiceService", "SluiceStorageServer", "SluicePageStore"]),
         .testTarget(name: "SluicePacketTests", dependencies: ["SluicePacket", "SluiceCore"]),
         .testTarget(
             name: "SluiceTrafficTests",

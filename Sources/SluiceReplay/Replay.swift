@@ -73,6 +73,7 @@ public enum ReplayError: Error, Equatable, CustomStringConvertible {
     case pool(PoolError)
     case runtime(RuntimeError)
     case pipeline(PipelineError)
+    case input(String)
     case output(String)
 
     public var description: String {
@@ -82,6 +83,7 @@ public enum ReplayError: Error, Equatable, CustomStringConvertible {
         case .pool(let error): "buffer pool: \(error)"
         case .runtime(let error): "runtime: \(error)"
         case .pipeline(let error): "pipeline: \(error)"
+        case .input(let message): "input: \(message)"
         case .output(let message): "output: \(message)"
         }
     }
@@ -128,138 +130,37 @@ public struct ReplaySummary: Sendable {
 /// Control-plane object: `run` blocks the calling thread until the capture has gone through.
 public final class Replay {
     public let configuration: ReplayConfiguration
-    private let pool: BufferPool
-    private let source: PcapSource
-    private let sink: ReplaySink
-    private let drops = DropCounterTable()
-    /// Time from release by the source to the discard sink, per packet (discard output only).
-    private let latency = LatencyHistogram()
-    private let pipeline: Pipeline
+    private let path: PacketPath
     private let placement: [Int]
-
-    private let controller: TrafficController?
     /// The controller's state as swift-metrics gauges, refreshed with each progress report.
     private let trafficMetrics: TrafficMetrics?
-    /// Keeps the pcap sink's completion tap alive (the sink holds it unretained).
-    private let writtenTap: WrittenRecordTap?
-
-    private enum ReplaySink {
-        case pcap(PcapSink)
-        case interface(AFPacketSink)
-        case shaped(ShapedTXSink)
-        case discard
-    }
 
     public init(_ configuration: ReplayConfiguration) throws(ReplayError) {
         try Self.validate(configuration)
         self.configuration = configuration
-        let numaNode = CPU.numaNode(of: configuration.cores[0])
-        do {
-            pool = try BufferPool(bufferCount: configuration.poolBufferCount,
-                                  bufferSizeBytes: configuration.bufferSizeBytes, numaNode: numaNode)
-        } catch { throw .pool(error) }
-        // Buffers come back from the last stage to the source on a ring of their own (one line per 8
-        // buffers) instead of through the shared free list (a contended cell per buffer).
-        let returnEnds: RingEnds
-        do { returnEnds = try makeRing(capacity: Self.returnRingCapacity(configuration.poolBufferCount), numaNode: numaNode) }
-        catch { throw .pipeline(.ring(error)) }
-        var returnsIn: RingProducer? = returnEnds.producer
-        do {
-            source = try PcapSource(path: configuration.capturePath, pool: pool, pacing: configuration.pacing,
-                                    loopCount: configuration.loopCount, returns: returnEnds.consumer)
-        } catch { throw .capture(error) }
-        var reporter: CompletionReporter?
-        if let policy = configuration.traffic {
-            do {
-                let channel = try makeCompletionChannel(eventCapacity: 65_536, sourceCountMax: max(policy.sources.count, 1))
-                reporter = .some(channel.reporter)
-                controller = try TrafficController(policy: policy, receiver: channel.receiver)
-            } catch { throw .invalidConfiguration("traffic policy: \(error)") }
-        } else {
-            controller = nil
-        }
+        var pathConfiguration = PacketPathConfiguration(
+            name: "replay",
+            input: .capture(path: configuration.capturePath, pacing: configuration.pacing,
+                            loopCount: configuration.loopCount),
+            output: configuration.output, numaNode: CPU.numaNode(of: configuration.cores[0]))
+        pathConfiguration.burstCount = configuration.burstCount
+        pathConfiguration.ringCapacity = configuration.ringCapacity
+        pathConfiguration.poolBufferCount = configuration.poolBufferCount
+        pathConfiguration.bufferSizeBytes = configuration.bufferSizeBytes
+        pathConfiguration.stages = configuration.stages
+        pathConfiguration.measuresLatency = configuration.measuresLatency
+        pathConfiguration.classifier = configuration.classifier
+        pathConfiguration.rules = configuration.rules
+        pathConfiguration.traffic = configuration.traffic
+        path = try PacketPath(pathConfiguration)
         trafficMetrics = configuration.traffic.map { TrafficMetrics(sourceCount: max($0.sources.count, 1)) }
-        let sourceCount = max(configuration.traffic?.sources.count ?? 1, 1)
-        var builder = PipelineBuilder(name: "replay", burstCount: configuration.burstCount)
-        builder.source(source, name: "pcap-rx")
-        if configuration.stages != .none {
-            builder.stage(ParseClassifyStage(pool: pool, classifier: Classifier(configuration.classifier),
-                                             drops: drops), name: "classify")
-        }
-        if configuration.stages == .classifyAndAct {
-            builder.stage(ActionStage(pool: pool, rules: configuration.rules, drops: drops), name: "action")
-        }
-        switch configuration.output {
-        case .pcapFile(let path):
-            let input: PcapReader
-            do { input = try PcapReader(path: configuration.capturePath) } catch { throw .capture(error) }
-            var tap: WrittenRecordTap?
-            if let completions = reporter.take() {
-                tap = WrittenRecordTap(pool: pool, reporter: completions, sourceCount: sourceCount)
-            }
-            writtenTap = tap
-            do {
-                let pcapSink = try PcapSink(path: path, pool: pool, linkType: input.linkType,
-                                            snapshotLength: input.snapshotLength,
-                                            nanosecond: input.format.nanosecond, returns: returnsIn.take(),
-                                            writtenHook: tap?.hook)
-                sink = .pcap(pcapSink)
-                builder.stage(pcapSink, name: "pcap-tx")
-            } catch { throw .capture(error) }
-        case .discard:
-            writtenTap = nil
-            sink = .discard
-            builder.stage(DiscardSink(pool: pool, returns: returnsIn.take(),
-                                      latency: configuration.measuresLatency ? latency : nil), name: "discard")
-        case .interface(let name):
-            writtenTap = nil
-            do {
-                if let controller, let completions = reporter.take() {
-                    let shaped = try ShapedTXSink(configuration: AFPacketTXConfiguration(interface: name), pool: pool,
-                                                  controller: controller, reporter: completions, sourceCount: sourceCount)
-                    sink = .shaped(shaped)
-                    builder.stage(shaped, name: "shaped-tx")
-                } else {
-                    let afSink = try AFPacketSink(configuration: AFPacketTXConfiguration(interface: name), pool: pool)
-                    sink = .interface(afSink)
-                    builder.stage(afSink, name: "afpacket-tx")
-                }
-            } catch { throw .output("\(name): \(error)") }
-        }
-        let links = builder.stageCount - 1
-        do {
-            pipeline = try builder.build(ringCapacities: Array(repeating: configuration.ringCapacity, count: links),
-                                         numaNode: numaNode)
-        } catch { throw .pipeline(error) }
-        placement = Self.placement(stageCount: builder.stageCount, workerCount: configuration.cores.count)
+        placement = Self.placement(stageCount: path.pipeline.stages.count, workerCount: configuration.cores.count)
     }
 
-    /// A power of two that holds every buffer of the pool, so recycling never overflows to the free list.
-    static func returnRingCapacity(_ bufferCount: Int) -> Int {
-        min(1 << (Int.bitWidth - (bufferCount - 1).leadingZeroBitCount), Limits.ringCapacityMax)
-    }
-
-    /// Checks what the CLI could not: sizes against bounds. Bad values are typed errors, never traps.
+    /// Checks what the CLI could not and `PacketPath` does not: the cores, the loop count's flag name.
     static func validate(_ c: ReplayConfiguration) throws(ReplayError) {
         guard !c.cores.isEmpty else { throw .invalidConfiguration("no cores") }
         guard c.loopCount >= 1 else { throw .invalidConfiguration("--loop must be at least 1, got \(c.loopCount)") }
-        guard (1...Limits.burstCountMax).contains(c.burstCount) else {
-            throw .invalidConfiguration("burst must be 1...\(Limits.burstCountMax), got \(c.burstCount)")
-        }
-        switch c.pacing {
-        case .capture(let speed) where !(speed > 0 && speed.isFinite):
-            throw .invalidConfiguration("--speed must be positive, got \(speed)")
-        case .rate(let rate) where !(rate > 0 && rate.isFinite):
-            throw .invalidConfiguration("--rate must be positive, got \(rate)")
-        default: break
-        }
-        let inFlightMax = c.ringCapacity * 3 + c.burstCount * 4
-        guard c.poolBufferCount <= Limits.ringCapacityMax else {
-            throw .invalidConfiguration("pool of \(c.poolBufferCount) buffers is above \(Limits.ringCapacityMax)")
-        }
-        guard c.poolBufferCount > inFlightMax else {
-            throw .invalidConfiguration("pool of \(c.poolBufferCount) buffers cannot fill rings holding \(inFlightMax)")
-        }
     }
 
     /// Source on the first worker, the rest spread over the others (all on one when there is one).
@@ -281,6 +182,8 @@ public final class Replay {
         defer { runtime.stop() }
         let before = runtime.workers.map { $0.counters.snapshot() }
         let start = Clock.monotonicNs()
+        let pipeline = path.pipeline
+        let controller = path.controller
         do { try runtime.launch(pipeline, placement: placement) } catch { throw .runtime(error) }
         // With a traffic controller this thread runs it, polling every 100 µs between drain checks.
         var lastProgressNs = start
@@ -290,65 +193,23 @@ public final class Replay {
             if now - lastProgressNs >= 200_000_000 {
                 lastProgressNs = now
                 if let controller { trafficMetrics?.record(controller.snapshot()) }
-                progress?(ReplayProgress(packets: source.counters.packets.load(ordering: .relaxed),
-                                         bytes: source.counters.bytes.load(ordering: .relaxed),
+                progress?(ReplayProgress(packets: path.packetsIn, bytes: path.bytesIn,
                                          elapsedNs: now - start, expectedPackets: nil))
             }
         }
         let elapsed = Clock.monotonicNs() - start
         runtime.stop()
-        var failure = source.failure.map { "\($0)" }
-        switch sink {
-        case .pcap(let pcapSink):
-            do { try pcapSink.finish() } catch { failure = failure ?? "\(error)" }
-        case .interface(let afSink):
-            if !afSink.finish() { failure = failure ?? "frames still queued on the TX ring after 1 s" }
-        case .shaped(let shaped):
-            if !shaped.finish() { failure = failure ?? "frames still waiting to be sent after 2 s" }
-        case .discard:
-            break
-        }
+        let failure = path.finish()
         controller?.poll(nowNs: Clock.monotonicNs())
         if let controller { trafficMetrics?.record(controller.snapshot()) }
         return ReplaySummary(
-            packets: source.counters.packets.load(ordering: .relaxed),
-            bytes: source.counters.bytes.load(ordering: .relaxed), delivered: pipeline.delivered,
-            elapsedNs: elapsed, drops: dropCounts(), poolWaits: source.counters.poolWaits.load(ordering: .relaxed),
+            packets: path.packetsIn, bytes: path.bytesIn, delivered: pipeline.delivered,
+            elapsedNs: elapsed, drops: path.dropCounts(), poolWaits: path.poolWaits,
             stageNames: pipeline.stages.map(\.name),
             stages: pipeline.snapshot(), stagePlacement: placement,
             workers: zip(runtime.workers, before).map { $0.counters.snapshot().since($1) },
             cores: configuration.cores, failure: failure,
-            latencyP50Ns: measuresLatency ? latency.value(atPercentile: 50) : nil,
-            latencyP99Ns: measuresLatency ? latency.value(atPercentile: 99) : nil,
+            latencyP50Ns: path.latencyPercentile(50), latencyP99Ns: path.latencyPercentile(99),
             traffic: controller?.snapshot())
-    }
-
-    private var measuresLatency: Bool {
-        if case .discard = sink { return configuration.measuresLatency }
-        return false
-    }
-
-    /// Every drop, by reason: parse and action drops, TX drops, write errors.
-    private func dropCounts() -> [(reason: String, count: UInt64)] {
-        let counted = drops.snapshot()
-        var result = DropReason.allCases.compactMap { reason in
-            counted[reason] > 0 ? (reason: reason.description, count: counted[reason]) : nil
-        }
-        switch sink {
-        case .pcap(let pcapSink):
-            let errors = pcapSink.writeErrors.load(ordering: .relaxed)
-            if errors > 0 { result.append(("write-error", errors)) }
-        case .interface(let afSink):
-            result += afSink.statistics.snapshot().drops
-        case .shaped(let shaped):
-            result += shaped.statistics.snapshot().drops
-            let backlog = shaped.counters.backlogDrops.load(ordering: .relaxed)
-            if backlog > 0 { result.append(("source-backlog-full", backlog)) }
-            let unknown = shaped.counters.unknownSourceDrops.load(ordering: .relaxed)
-            if unknown > 0 { result.append(("source-not-in-policy", unknown)) }
-        case .discard:
-            break
-        }
-        return result
     }
 }

@@ -1,0 +1,319 @@
+// Path: Sources/SluiceReplay/PacketPath.swift — one packet pipeline, assembled but not running:
+// input (a capture or an interface) -> parse/classify -> action -> output (a file, an interface,
+// nowhere), its buffer pool, and the traffic controller that learns from its TX free path.
+// `Replay` runs one on its own runtime; `sluice run` runs several on one.
+import Glibc
+import SluiceCore
+import SluicePacket
+import SluicePacketIO
+import SluiceTraffic
+import Synchronization
+
+/// Where a packet path's packets come from.
+public enum PacketInput: Sendable, Equatable {
+    /// A pcap or pcapng savefile, paced, read `loopCount` times.
+    case capture(path: String, pacing: ReplayPacing, loopCount: Int)
+    /// An interface, through an AF_PACKET TPACKET_V3 RX ring (never exhausted: stop it).
+    case interface(String)
+}
+
+/// Everything one packet path needs; checked by `PacketPath.init`.
+public struct PacketPathConfiguration: Sendable {
+    public var name: String
+    public var input: PacketInput
+    public var output: ReplayOutput
+    /// NUMA node for the pool and rings (the node of the path's first core), nil for any.
+    public var numaNode: Int?
+    public var burstCount = 32
+    public var ringCapacity = 1024
+    public var poolBufferCount = 8192
+    public var bufferSizeBytes = 2048
+    public var stages = ReplayStages.classifyAndAct
+    /// Record each packet's release-to-sink time (discard output only; a cross-core line per packet).
+    public var measuresLatency = false
+    public var classifier: ClassifierConfiguration
+    public var rules: RuleTable
+    /// Divide the output among source ids by this policy (see `ReplayConfiguration.traffic`).
+    public var traffic: TrafficPolicy?
+
+    public init(name: String, input: PacketInput, output: ReplayOutput, numaNode: Int? = nil) {
+        self.name = name
+        self.input = input
+        self.output = output
+        self.numaNode = numaNode
+        // Valid by construction: no entries, every packet is source 0, the flow hash still computed.
+        self.classifier = try! ClassifierConfiguration(key: .sourceMAC)
+        self.rules = try! RuleTable(rules: [])
+    }
+}
+
+/// Lets a control thread end a source early: from `stop()` on the source produces nothing and
+/// reports itself exhausted, so its pipeline drains what already entered. Any thread.
+public final class StopSignal: Sendable {
+    private let stopped = Atomic<Bool>(false)
+    public init() {}
+    public func stop() { stopped.store(true, ordering: .releasing) }
+    public var isStopped: Bool { stopped.load(ordering: .acquiring) }
+}
+
+/// A source that ends at its body's end or when its `StopSignal` fires, whichever is first.
+struct StoppableSource<Body: SourceBody>: SourceBody {
+    var body: Body
+    let signal: StopSignal
+
+    mutating func produce(into items: UnsafeMutableBufferPointer<UInt64>) -> Int {
+        signal.isStopped ? 0 : body.produce(into: items)
+    }
+
+    func sleepHintNs(nowNs: UInt64) -> UInt64? {
+        signal.isStopped ? UInt64.max : body.sleepHintNs(nowNs: nowNs)
+    }
+
+    var isExhausted: Bool { signal.isStopped || body.isExhausted }
+}
+
+/// A built packet path: pool, source, stages, sink and (with a policy) traffic controller. Hand
+/// `pipeline` to a `Runtime`; after it drains (or after `stop` and a drain), call `finish` once to
+/// flush the sink. Control-plane object: counters and snapshots may be read from any thread, but
+/// `controller` belongs to the one thread that polls it.
+public final class PacketPath: @unchecked Sendable {  // unchecked: `controller` has one polling thread
+    public let configuration: PacketPathConfiguration
+    public let pipeline: Pipeline
+    public let stopSignal = StopSignal()
+    /// The traffic controller, when the configuration has a policy. Poll it from one thread only.
+    public let controller: TrafficController?
+    let pool: BufferPool
+    let drops = DropCounterTable()
+    /// Time from release by the source to the discard sink, per packet (discard output only).
+    let latency = LatencyHistogram()
+    private let input: Input
+    private let sink: Sink
+    /// Keeps the pcap sink's completion tap alive (the sink holds it unretained).
+    private let writtenTap: WrittenRecordTap?
+    private let finished = Mutex<String??>(nil)
+
+    private enum Input {
+        case capture(PcapSource)
+        case interface(AFPacketSource)
+    }
+
+    private enum Sink {
+        case pcap(PcapSink)
+        case interface(AFPacketSink)
+        case shaped(ShapedTXSink)
+        case discard
+    }
+
+    public init(_ configuration: PacketPathConfiguration) throws(ReplayError) {
+        try Self.validate(configuration)
+        self.configuration = configuration
+        let numaNode = configuration.numaNode
+        do {
+            pool = try BufferPool(bufferCount: configuration.poolBufferCount,
+                                  bufferSizeBytes: configuration.bufferSizeBytes, numaNode: numaNode)
+        } catch { throw .pool(error) }
+        // A capture's buffers come back from the last stage to the source on a ring of their own (one
+        // line per 8 buffers) instead of through the shared free list (a contended cell per buffer).
+        var returnsIn: RingProducer?
+        var builder = PipelineBuilder(name: configuration.name, burstCount: configuration.burstCount)
+        // What the pcap output records: the capture's own format, or Ethernet in nanoseconds.
+        var outputFormat = (linkType: 1, snapshotLength: 262_144, nanosecond: true)
+        switch configuration.input {
+        case .capture(let path, let pacing, let loopCount):
+            let returnEnds: RingEnds
+            do { returnEnds = try makeRing(capacity: Self.returnRingCapacity(configuration.poolBufferCount), numaNode: numaNode) }
+            catch { throw .pipeline(.ring(error)) }
+            returnsIn = .some(returnEnds.producer)
+            let source: PcapSource
+            do {
+                source = try PcapSource(path: path, pool: pool, pacing: pacing, loopCount: loopCount,
+                                        returns: returnEnds.consumer)
+                let reader = try PcapReader(path: path)
+                outputFormat = (reader.linkType, reader.snapshotLength, reader.format.nanosecond)
+            } catch { throw .capture(error) }
+            input = .capture(source)
+            builder.source(StoppableSource(body: source, signal: stopSignal), name: "pcap-rx")
+        case .interface(let name):
+            let source: AFPacketSource
+            do { source = try AFPacketSource(configuration: AFPacketRXConfiguration(interface: name), pool: pool) }
+            catch { throw .input("\(name): \(error)") }
+            input = .interface(source)
+            builder.source(StoppableSource(body: source, signal: stopSignal), name: "afpacket-rx")
+        }
+        var reporter: CompletionReporter?
+        if let policy = configuration.traffic {
+            do {
+                let channel = try makeCompletionChannel(eventCapacity: 65_536, sourceCountMax: max(policy.sources.count, 1))
+                reporter = .some(channel.reporter)
+                controller = try TrafficController(policy: policy, receiver: channel.receiver)
+            } catch { throw .invalidConfiguration("traffic policy: \(error)") }
+        } else {
+            controller = nil
+        }
+        let sourceCount = max(configuration.traffic?.sources.count ?? 1, 1)
+        if configuration.stages != .none {
+            builder.stage(ParseClassifyStage(pool: pool, classifier: Classifier(configuration.classifier),
+                                             drops: drops), name: "classify")
+        }
+        if configuration.stages == .classifyAndAct {
+            builder.stage(ActionStage(pool: pool, rules: configuration.rules, drops: drops), name: "action")
+        }
+        switch configuration.output {
+        case .pcapFile(let path):
+            var tap: WrittenRecordTap?
+            if let completions = reporter.take() {
+                tap = WrittenRecordTap(pool: pool, reporter: completions, sourceCount: sourceCount)
+            }
+            writtenTap = tap
+            do {
+                let pcapSink = try PcapSink(path: path, pool: pool, linkType: outputFormat.linkType,
+                                            snapshotLength: outputFormat.snapshotLength,
+                                            nanosecond: outputFormat.nanosecond, returns: returnsIn.take(),
+                                            writtenHook: tap?.hook)
+                sink = .pcap(pcapSink)
+                builder.stage(pcapSink, name: "pcap-tx")
+            } catch { throw .capture(error) }
+        case .discard:
+            writtenTap = nil
+            sink = .discard
+            builder.stage(DiscardSink(pool: pool, returns: returnsIn.take(),
+                                      latency: configuration.measuresLatency ? latency : nil), name: "discard")
+        case .interface(let name):
+            writtenTap = nil
+            do {
+                if let controller, let completions = reporter.take() {
+                    let shaped = try ShapedTXSink(configuration: AFPacketTXConfiguration(interface: name), pool: pool,
+                                                  controller: controller, reporter: completions, sourceCount: sourceCount)
+                    sink = .shaped(shaped)
+                    builder.stage(shaped, name: "shaped-tx")
+                } else {
+                    let afSink = try AFPacketSink(configuration: AFPacketTXConfiguration(interface: name), pool: pool)
+                    sink = .interface(afSink)
+                    builder.stage(afSink, name: "afpacket-tx")
+                }
+            } catch { throw .output("\(name): \(error)") }
+        }
+        let links = builder.stageCount - 1
+        do {
+            pipeline = try builder.build(ringCapacities: Array(repeating: configuration.ringCapacity, count: links),
+                                         numaNode: numaNode)
+        } catch { throw .pipeline(error) }
+    }
+
+    /// A power of two that holds every buffer of the pool, so recycling never overflows to the free list.
+    static func returnRingCapacity(_ bufferCount: Int) -> Int {
+        min(1 << (Int.bitWidth - (bufferCount - 1).leadingZeroBitCount), Limits.ringCapacityMax)
+    }
+
+    /// Sizes against bounds and pacing against sense. Bad values are typed errors, never traps.
+    static func validate(_ c: PacketPathConfiguration) throws(ReplayError) {
+        if case .capture(_, let pacing, let loopCount) = c.input {
+            guard loopCount >= 1 else { throw .invalidConfiguration("loop count must be at least 1, got \(loopCount)") }
+            switch pacing {
+            case .capture(let speed) where !(speed > 0 && speed.isFinite):
+                throw .invalidConfiguration("speed must be positive, got \(speed)")
+            case .rate(let rate) where !(rate > 0 && rate.isFinite):
+                throw .invalidConfiguration("rate must be positive, got \(rate)")
+            default: break
+            }
+        }
+        guard (1...Limits.burstCountMax).contains(c.burstCount) else {
+            throw .invalidConfiguration("burst must be 1...\(Limits.burstCountMax), got \(c.burstCount)")
+        }
+        let inFlightMax = c.ringCapacity * 3 + c.burstCount * 4
+        guard c.poolBufferCount <= Limits.ringCapacityMax else {
+            throw .invalidConfiguration("pool of \(c.poolBufferCount) buffers is above \(Limits.ringCapacityMax)")
+        }
+        guard c.poolBufferCount > inFlightMax else {
+            throw .invalidConfiguration("pool of \(c.poolBufferCount) buffers cannot fill rings holding \(inFlightMax)")
+        }
+    }
+
+    /// True for an interface input: it never ends by itself.
+    public var isLive: Bool {
+        if case .interface = input { return true }
+        return false
+    }
+
+    /// Packets and bytes the source brought in so far.
+    public var packetsIn: UInt64 {
+        switch input {
+        case .capture(let source): source.counters.packets.load(ordering: .relaxed)
+        case .interface(let source): source.statistics.snapshot().packets
+        }
+    }
+
+    public var bytesIn: UInt64 {
+        switch input {
+        case .capture(let source): source.counters.bytes.load(ordering: .relaxed)
+        case .interface(let source): source.statistics.snapshot().bytes
+        }
+    }
+
+    /// Times a capture source found no free buffer and waited (not a drop).
+    public var poolWaits: UInt64 {
+        if case .capture(let source) = input { return source.counters.poolWaits.load(ordering: .relaxed) }
+        return 0
+    }
+
+    /// The input's error that ended it early (a bad record), if any.
+    public var inputFailure: String? {
+        if case .capture(let source) = input { return source.failure.map { "\($0)" } }
+        return nil
+    }
+
+    /// Flushes the sink once the pipeline has drained and its workers no longer run it: the pcap
+    /// file's buffer to disk, the TX ring's queued frames onto the wire (bounded waits). Returns the
+    /// first failure (input or output), nil when clean. Later calls return the first call's answer.
+    @discardableResult
+    public func finish() -> String? {
+        finished.withLock { done in
+            if let result = done { return result }
+            var failure = inputFailure
+            switch sink {
+            case .pcap(let pcapSink):
+                do { try pcapSink.finish() } catch { failure = failure ?? "\(error)" }
+            case .interface(let afSink):
+                if !afSink.finish() { failure = failure ?? "frames still queued on the TX ring after 1 s" }
+            case .shaped(let shaped):
+                if !shaped.finish() { failure = failure ?? "frames still waiting to be sent after 2 s" }
+            case .discard:
+                break
+            }
+            done = .some(failure)
+            return failure
+        }
+    }
+
+    /// Every drop, by reason: input drops, parse and action drops, TX drops, write errors.
+    public func dropCounts() -> [(reason: String, count: UInt64)] {
+        let counted = drops.snapshot()
+        var result: [(reason: String, count: UInt64)] = []
+        if case .interface(let source) = input { result += source.statistics.snapshot().drops }
+        result += DropReason.allCases.compactMap { reason in
+            counted[reason] > 0 ? (reason: reason.description, count: counted[reason]) : nil
+        }
+        switch sink {
+        case .pcap(let pcapSink):
+            let errors = pcapSink.writeErrors.load(ordering: .relaxed)
+            if errors > 0 { result.append(("write-error", errors)) }
+        case .interface(let afSink):
+            result += afSink.statistics.snapshot().drops
+        case .shaped(let shaped):
+            result += shaped.statistics.snapshot().drops
+            let backlog = shaped.counters.backlogDrops.load(ordering: .relaxed)
+            if backlog > 0 { result.append(("source-backlog-full", backlog)) }
+            let unknown = shaped.counters.unknownSourceDrops.load(ordering: .relaxed)
+            if unknown > 0 { result.append(("source-not-in-policy", unknown)) }
+        case .discard:
+            break
+        }
+        return result
+    }
+
+    /// Release-to-sink latency percentiles, when measured (discard output with `measuresLatency`).
+    public func latencyPercentile(_ percentile: Double) -> UInt64? {
+        guard case .discard = sink, configuration.measuresLatency else { return nil }
+        return latency.value(atPercentile: percentile)
+    }
+}
