@@ -74,6 +74,13 @@ public final class StorageNode: Sendable {
     public func list() -> [ObjectInfo] { store.withLock { $0.store.list() } }
 
     public var lastOSN: UInt64 { store.withLock { $0.store.lastOSN } }
+
+    /// Writes a checkpoint now (page map aside, then log compaction), so a restart replays nothing.
+    /// Blocks other calls for its duration; for shutdown and maintenance.
+    public func checkpoint() throws(ObjectStoreError) {
+        try store.withLock { box throws(ObjectStoreError) in try box.store.checkpoint() }
+    }
+
     public var payloadSizeBytes: Int { store.withLock { $0.store.payloadSizeBytes } }
 }
 

@@ -1,5 +1,6 @@
 // Path: Sources/SluiceStorageServer/StorageServer.swift — the storage node over TCP: a SwiftNIO server
 // whose frame decoder bounds every frame, and whose handler runs node calls on a thread pool.
+import Glibc
 import NIOCore
 import NIOPosix
 import SluicePageStore
@@ -19,6 +20,8 @@ public struct StorageServerConfiguration: Sendable {
     /// Threads running node calls (which lock the node's mutex and do disk I/O). Also the most writes
     /// from different connections that can wait in one of the node's group commits at once.
     public var blockingThreadCount = 16
+    /// Where each request's reply status and latency are counted (nil: not counted).
+    public var stats: StorageRequestStats?
     public init() {}
 }
 
@@ -93,6 +96,7 @@ final class StorageHandler: ChannelInboundHandler {
     private let payloadSizeBytes: Int
     private let frameBytesMax: Int
     private let pool: NIOThreadPool
+    private let stats: StorageRequestStats?
     /// The last reply scheduled on this connection; the next request chains after it.
     private var tail: EventLoopFuture<Void>?
     /// Requests received and not yet answered (event loop only).
@@ -101,7 +105,8 @@ final class StorageHandler: ChannelInboundHandler {
     /// are still queued, so the queue may pass this by what one read holds.
     static let pendingRequestsMax = 64
 
-    init(node: StorageNode, payloadSizeBytes: Int, frameBytesMax: Int, pool: NIOThreadPool) {
+    init(node: StorageNode, payloadSizeBytes: Int, frameBytesMax: Int, pool: NIOThreadPool, stats: StorageRequestStats?) {
+        self.stats = stats
         self.node = node
         self.payloadSizeBytes = payloadSizeBytes
         self.frameBytesMax = frameBytesMax
@@ -144,11 +149,15 @@ final class StorageHandler: ChannelInboundHandler {
             let node = node
             let payloadSizeBytes = payloadSizeBytes
             let pool = pool
+            let stats = stats
             chain(eventLoop, channel) {
                 if let immediate { return eventLoop.makeSucceededFuture(immediate) }
                 let request = decoded!
                 return pool.runIfActive(eventLoop: eventLoop) {
-                    execute(request, node: node, payloadSizeBytes: payloadSizeBytes, frameBytesMax: frameBytesMax)
+                    let startNs = monotonicNs()
+                    let reply = execute(request, node: node, payloadSizeBytes: payloadSizeBytes, frameBytesMax: frameBytesMax)
+                    stats?.record(request.opcode, status: reply.status, latencyNs: monotonicNs() &- startNs)
+                    return reply
                 }
             } send: { reply in
                 channel.writeAndFlush(Self.encode(reply, opcode: rawOpcode, requestID: requestID, allocator: channel.allocator),
@@ -189,6 +198,13 @@ final class StorageHandler: ChannelInboundHandler {
         encodeFrame(opcode: opcode, requestID: requestID, status: reply.status, into: &buffer) { reply.encodeBody(into: &$0) }
         return buffer
     }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds.
+func monotonicNs() -> UInt64 {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return UInt64(now.tv_sec) &* 1_000_000_000 &+ UInt64(now.tv_nsec)
 }
 
 /// Runs one request against the node. Blocks (mutex, disk): call on a pool thread.
@@ -285,6 +301,7 @@ public final class StorageServer: Sendable {
         let pool = NIOThreadPool(numberOfThreads: configuration.blockingThreadCount)
         pool.start()
         let frameBytesMax = configuration.frameBytesMax
+        let stats = configuration.stats
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.backlog, value: 256)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
@@ -293,7 +310,8 @@ public final class StorageServer: Sendable {
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(frameBytesMax: frameBytesMax)))
                     try channel.pipeline.syncOperations.addHandler(
-                        StorageHandler(node: node, payloadSizeBytes: payloadSizeBytes, frameBytesMax: frameBytesMax, pool: pool))
+                        StorageHandler(node: node, payloadSizeBytes: payloadSizeBytes, frameBytesMax: frameBytesMax, pool: pool,
+                                       stats: stats))
                 }
             }
         let channel: Channel

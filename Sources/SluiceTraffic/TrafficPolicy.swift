@@ -38,7 +38,7 @@ public struct TrafficPolicy: Sendable, Equatable {
 
     func policy(of source: Int) -> SourcePolicy { source < sources.count ? sources[source] : defaultSource }
 
-    func validate() throws(TrafficError) {
+    public func validate() throws(TrafficError) {
         guard sources.count <= TrafficLimits.sourceCountMax else {
             throw .invalidPolicy("\(sources.count) sources, at most \(TrafficLimits.sourceCountMax)")
         }

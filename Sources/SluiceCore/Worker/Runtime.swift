@@ -202,6 +202,12 @@ public final class Runtime: @unchecked Sendable {  // unchecked: control state i
         for worker in workers { worker.waitMode = mode }
     }
 
+    /// Wakes every sleeping worker for one turn (after a change it cannot see by itself, such as a
+    /// stopped source whose worker sleeps on a long pacing hint). Any thread.
+    public func wakeAll() {
+        for worker in workers { sluice_waiter_notify(worker.waiter) }
+    }
+
     /// Waits until every launched pipeline is drained: its source exhausted and everything that
     /// entered delivered or filtered. Returns false on timeout (a live source never drains).
     public func drain(timeoutNs: UInt64) -> Bool {

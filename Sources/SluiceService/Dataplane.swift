@@ -1,0 +1,179 @@
+// Path: Sources/SluiceService/Dataplane.swift — the service's packet pipelines on one runtime of
+// pinned workers, the control thread that runs their traffic controllers, and a graceful stop:
+// sources stop, rings drain, sinks flush.
+import Foundation
+import Logging
+import SluiceCore
+import SluicePacketIO
+import SluiceReplay
+import SluiceTraffic
+import Synchronization
+
+/// Why the service could not start.
+public enum ServiceError: Error, CustomStringConvertible {
+    case pipeline(name: String, ReplayError)
+    case runtime(RuntimeError)
+    case storage(String)
+    case metrics(String)
+
+    public var description: String {
+        switch self {
+        case let .pipeline(name, error): "pipeline '\(name)': \(error)"
+        case let .runtime(error): "runtime: \(error)"
+        case let .storage(message): "storage: \(message)"
+        case let .metrics(message): "metrics endpoint: \(message)"
+        }
+    }
+}
+
+/// How a pipeline ended, for the shutdown log and the exit status.
+public struct PipelineOutcome: Sendable {
+    public var name: String
+    public var packetsIn: UInt64
+    public var delivered: UInt64
+    public var filtered: UInt64
+    /// Items still on the pipeline's rings when the drain timed out (0 after a clean drain).
+    public var leftOnRings: Int
+    public var drops: [(reason: String, count: UInt64)]
+    /// The input or output error that ended it early, if any.
+    public var failure: String?
+}
+
+/// The configured pipelines on one runtime. `start` launches them; the control thread then polls
+/// their traffic controllers (100 µs) and flushes each sink when its pipeline drains; `stop` ends
+/// it all. Control-plane object: any thread may read counters; start and stop from one thread.
+public final class Dataplane: @unchecked Sendable {  // unchecked: controllers are polled by the control thread only
+    public let configuration: ServiceConfiguration
+    public let paths: [PacketPath]
+    public let runtime: Runtime
+    /// Worker index of each stage, per pipeline.
+    public let placements: [[Int]]
+    private let logger: Logger
+    private let controlStop = Atomic<Bool>(false)
+    private let controlDone = Mutex<Bool>(false)
+    private let controlThreadDone = DispatchSemaphore(value: 0)
+    /// The controllers' last snapshots (index = pipeline), written by the control thread.
+    private let trafficSnapshots: Mutex<[TrafficSnapshot?]>
+    /// Pipelines whose sink was flushed after they drained.
+    private let finishedPaths: Mutex<Set<Int>> = Mutex([])
+
+    public init(configuration: ServiceConfiguration, logger: Logger) throws(ServiceError) {
+        self.configuration = configuration
+        self.logger = logger
+        var paths: [PacketPath] = []
+        var placements: [[Int]] = []
+        for settings in configuration.pipelines {
+            var pathConfiguration = settings.path
+            pathConfiguration.numaNode = CPU.numaNode(of: settings.cores[0])
+            do { paths.append(try PacketPath(pathConfiguration)) } catch {
+                throw .pipeline(name: settings.path.name, error)
+            }
+            let workers = settings.cores.map { configuration.cores.firstIndex(of: $0)! }
+            let stageCount = paths.last!.pipeline.stages.count
+            placements.append((0..<stageCount).map { stage in
+                workers.count == 1 || stage == 0 ? workers[0]
+                    : workers[1 + (stage - 1) * (workers.count - 1) / max(stageCount - 1, 1)]
+            })
+        }
+        self.paths = paths
+        self.placements = placements
+        trafficSnapshots = Mutex(Array(repeating: nil, count: paths.count))
+        do {
+            runtime = try Runtime(configuration: RuntimeConfiguration(cores: configuration.cores,
+                                                                      waitMode: configuration.waitMode))
+        } catch { throw .runtime(error) }
+    }
+
+    /// Pins the workers, launches every pipeline and starts the control thread.
+    public func start() throws(ServiceError) {
+        do {
+            try runtime.start()
+            for (path, placement) in zip(paths, placements) { try runtime.launch(path.pipeline, placement: placement) }
+        } catch {
+            runtime.stop()
+            throw .runtime(error)
+        }
+        for (path, placement) in zip(paths, placements) {
+            logger.info("pipeline started", metadata: [
+                "pipeline": "\(path.configuration.name)",
+                "stages": "\(path.pipeline.stages.map(\.name).joined(separator: " -> "))",
+                "cores": "\(placement.map { configuration.cores[$0] })"])
+        }
+        Thread.detach(name: "sluice-control") { [self] in controlLoop() }
+    }
+
+    /// Polls the controllers, publishes their snapshots, flushes the sinks of drained pipelines.
+    private func controlLoop() {
+        defer { controlThreadDone.signal() }
+        let hasControllers = paths.contains { $0.controller != nil }
+        var lastSnapshotNs: UInt64 = 0
+        while !controlStop.load(ordering: .acquiring) {
+            let now = Clock.monotonicNs()
+            for path in paths { path.controller?.poll(nowNs: now) }
+            if now &- lastSnapshotNs >= 100_000_000 {
+                lastSnapshotNs = now
+                publishTrafficSnapshots()
+                finishDrainedPipelines()
+            }
+            usleep(hasControllers ? 100 : 10_000)
+        }
+    }
+
+    private func publishTrafficSnapshots() {
+        let snapshots = paths.map { $0.controller?.snapshot() }
+        trafficSnapshots.withLock { $0 = snapshots }
+    }
+
+    /// A pipeline whose source ended and whose items all left: flush its sink now, while the
+    /// service goes on (a capture replayed into a file is complete on disk from here).
+    private func finishDrainedPipelines() {
+        for (index, path) in paths.enumerated() where path.pipeline.isDrained {
+            let isNew = finishedPaths.withLock { $0.insert(index).inserted }
+            guard isNew else { continue }
+            let failure = path.finish()
+            var metadata: Logger.Metadata = [
+                "pipeline": "\(path.configuration.name)", "packets": "\(path.packetsIn)",
+                "delivered": "\(path.pipeline.delivered)", "filtered": "\(path.pipeline.filtered)"]
+            for drop in path.dropCounts() { metadata["drop.\(drop.reason)"] = "\(drop.count)" }
+            if let failure {
+                metadata["failure"] = "\(failure)"
+                logger.error("pipeline ended early", metadata: metadata)
+            } else {
+                logger.info("pipeline drained, sink flushed", metadata: metadata)
+            }
+        }
+    }
+
+    /// The controllers' latest snapshots (about 100 ms old at most), by pipeline.
+    public var trafficSnapshot: [TrafficSnapshot?] { trafficSnapshots.withLock { $0 } }
+
+    /// Graceful stop: stops every source, lets the pipelines drain what entered (up to
+    /// `drainTimeoutNs`), stops the workers, flushes every sink. Blocks; call once, after `start`.
+    public func stop(drainTimeoutNs: UInt64) -> [PipelineOutcome] {
+        for path in paths { path.stopSignal.stop() }
+        runtime.wakeAll()
+        let drained = runtime.drain(timeoutNs: drainTimeoutNs)
+        controlStop.store(true, ordering: .releasing)
+        controlThreadDone.wait()
+        runtime.stop()
+        if !drained { logger.warning("drain timed out; items left on rings are counted below", metadata: ["timeoutMs": "\(drainTimeoutNs / 1_000_000)"]) }
+        let now = Clock.monotonicNs()
+        for path in paths { path.controller?.poll(nowNs: now) }
+        publishTrafficSnapshots()
+        return paths.map { path in
+            let failure = path.finish()
+            return PipelineOutcome(name: path.configuration.name, packetsIn: path.packetsIn,
+                                   delivered: path.pipeline.delivered, filtered: path.pipeline.filtered,
+                                   leftOnRings: path.pipeline.queued, drops: path.dropCounts(), failure: failure)
+        }
+    }
+}
+
+extension Thread {
+    /// Starts a named thread running `body` (blocking control work kept off the async pool).
+    static func detach(name: String, _ body: @escaping @Sendable () -> Void) {
+        let thread = Thread(block: body)
+        thread.name = name
+        thread.start()
+    }
+}

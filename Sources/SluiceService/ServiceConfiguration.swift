@@ -1,0 +1,469 @@
+// Path: Sources/SluiceService/ServiceConfiguration.swift — what `sluice run` runs: the cores, the
+// packet pipelines, the storage node and the metrics endpoint, read from YAML (docs/sluice.yaml is
+// the commented example) and checked key by key before anything starts.
+import Glibc
+import Logging
+import SluiceCore
+import SluicePacket
+import SluicePacketIO
+import SluicePageStore
+import SluiceReplay
+import SluiceStorageServer
+import SluiceTraffic
+
+/// Bounds of what one service runs.
+public enum ServiceLimits {
+    /// Pipelines in one service.
+    public static let pipelineCountMax = 16
+    /// CPU numbers are below this (glibc's CPU_SETSIZE).
+    public static let cpuNumberMax = 1024
+}
+
+/// A host and port to listen on.
+public struct ListenAddress: Sendable, Equatable, CustomStringConvertible {
+    public var host: String
+    public var port: Int
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+    public var description: String { "\(host):\(port)" }
+}
+
+/// One packet pipeline of the service.
+public struct PipelineSettings: Sendable {
+    /// Assembly of the pipeline (its `numaNode` is set from `cores` at start).
+    public var path: PacketPathConfiguration
+    /// The service cores its stages run on (the source on the first), a subset of `cores`.
+    public var cores: [Int]
+}
+
+/// The storage node of the service.
+public struct StorageSettings: Sendable, Equatable {
+    public var dataDirectory: String
+    public var listen = ListenAddress(host: "127.0.0.1", port: 7000)
+    public var pageSizeBytes = 4096
+    public var queueDepth = 32
+    public var blockingThreadCount = 16
+    public var frameBytesMax = StorageProtocol.frameBytesMaxDefault
+    public var directIO = true
+    /// Write a checkpoint at shutdown, so the next start replays no log.
+    public var checkpointOnShutdown = true
+}
+
+/// Everything `sluice run` needs, checked.
+public struct ServiceConfiguration: Sendable {
+    public var cores: [Int]
+    public var waitMode: WaitMode = .adaptive
+    public var logLevel: Logger.Level = .info
+    /// nil: no metrics endpoint.
+    public var metrics: ListenAddress? = ListenAddress(host: "127.0.0.1", port: 9464)
+    public var pipelines: [PipelineSettings] = []
+    public var storage: StorageSettings?
+    /// At shutdown: how long stopped sources' pipelines may take to drain before their workers stop.
+    public var drainTimeoutMs = 5000
+    /// Stop by itself after this long, as on SIGTERM (nil: run until signalled).
+    public var runForMs: Int?
+}
+
+extension ServiceConfiguration {
+    /// The configuration with no file: the bundled sample capture through the full pipeline to a
+    /// pcap file, the storage node on loopback with the embedded log, metrics on loopback.
+    public static let defaultYAML = """
+        # The embedded default of `sluice run` (no --config): print it with `sluice run --print-default-config`.
+        wait_mode: adaptive
+        log_level: info
+        metrics:
+          listen: 127.0.0.1:9464
+        pipelines:
+          - name: sample
+            source:
+              pcap: Tests/Fixtures/sample.pcap
+              speed: 1
+            stages: classify-and-act
+            sink:
+              pcap: out/run.pcap
+        storage:
+          data: out/storage
+          listen: 127.0.0.1:7000
+        """
+
+    /// Reads `path` (or the embedded default when nil), applies `overrides` (`key.path=value`),
+    /// and checks every key. `defaultCores` fills `cores` when the config has none.
+    public static func load(path: String?, overrides: [String] = [],
+                            defaultCores: [Int]) throws(ConfigError) -> ServiceConfiguration {
+        let text: String
+        if let path {
+            text = try readFile(path)
+        } else {
+            text = defaultYAML
+        }
+        var tree = try ConfigNode.parse(yaml: text)
+        for override in overrides { tree = try tree.applying(override: override) }
+        return try decode(tree, defaultCores: defaultCores)
+    }
+
+    private static func readFile(_ path: String) throws(ConfigError) -> String {
+        guard let file = fopen(path, "r") else {
+            throw .unreadable(path: path, reason: String(cString: strerror(errno)))
+        }
+        defer { fclose(file) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65_536)
+        while true {
+            let count = fread(&chunk, 1, chunk.count, file)
+            if count > 0 { bytes += chunk[0..<count] }
+            if count < chunk.count { break }
+            guard bytes.count <= 1 << 20 else { throw .unreadable(path: path, reason: "larger than 1 MiB") }
+        }
+        guard ferror(file) == 0 else { throw .unreadable(path: path, reason: "read error") }
+        guard let text = String(validating: bytes, as: UTF8.self) else {
+            throw .unreadable(path: path, reason: "not UTF-8 text")
+        }
+        return text
+    }
+
+    /// Checks the tree against the format, key by key.
+    public static func decode(_ tree: ConfigNode, defaultCores: [Int]) throws(ConfigError) -> ServiceConfiguration {
+        let root = ConfigReader(tree, key: "")
+        try root.allowKeys(["cores", "wait_mode", "log_level", "metrics", "pipelines", "storage", "shutdown"])
+        let cores = try root.optional("cores").map { reader throws(ConfigError) in try reader.cores() } ?? defaultCores
+        guard !cores.isEmpty else { throw .invalid(key: "cores", line: tree.line, reason: "no cores to run on") }
+        var configuration = ServiceConfiguration(cores: cores)
+        if let mode = root.optional("wait_mode") {
+            let text = try mode.string()
+            guard let waitMode = WaitMode(argument: text) else {
+                throw mode.invalid("'\(text)' is not busy-poll, adaptive or interrupt")
+            }
+            configuration.waitMode = waitMode
+        }
+        if let level = root.optional("log_level") {
+            let text = try level.string()
+            guard let logLevel = Logger.Level(rawValue: text) else {
+                throw level.invalid("'\(text)' is not one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            configuration.logLevel = logLevel
+        }
+        if let metrics = root.optional("metrics") {
+            try metrics.allowKeys(["enabled", "listen"])
+            let enabled = try metrics.optional("enabled")?.bool() ?? true
+            let listen = try metrics.optional("listen")?.listenAddress() ?? ListenAddress(host: "127.0.0.1", port: 9464)
+            configuration.metrics = enabled ? listen : nil
+        }
+        if let shutdown = root.optional("shutdown") {
+            try shutdown.allowKeys(["drain_timeout_ms", "run_for_ms"])
+            if let drain = shutdown.optional("drain_timeout_ms") { configuration.drainTimeoutMs = try drain.int(in: 0...600_000) }
+            if let runFor = shutdown.optional("run_for_ms") { configuration.runForMs = try runFor.int(in: 1...Int(Int32.max)) }
+        }
+        if let pipelines = root.optional("pipelines") {
+            let items = try pipelines.list()
+            guard items.count <= ServiceLimits.pipelineCountMax else {
+                throw pipelines.invalid("at most \(ServiceLimits.pipelineCountMax) pipelines, got \(items.count)")
+            }
+            for item in items {
+                let pipeline = try decodePipeline(item, serviceCores: cores, index: configuration.pipelines.count)
+                if configuration.pipelines.contains(where: { $0.path.name == pipeline.path.name }) {
+                    throw item.invalid("name '\(pipeline.path.name)' is used by an earlier pipeline")
+                }
+                configuration.pipelines.append(pipeline)
+            }
+        }
+        if let storage = root.optional("storage") {
+            configuration.storage = try decodeStorage(storage)
+        }
+        try checkPorts(configuration, root: root)
+        return configuration
+    }
+
+    private static func checkPorts(_ configuration: ServiceConfiguration, root: ConfigReader) throws(ConfigError) {
+        guard let metrics = configuration.metrics, let storage = configuration.storage,
+              metrics.port != 0, metrics.port == storage.listen.port else { return }
+        throw .invalid(key: "storage.listen", line: root.optional("storage")?.node.line ?? 0,
+                       reason: "port \(metrics.port) is also metrics.listen's")
+    }
+
+    private static func decodePipeline(_ reader: ConfigReader, serviceCores: [Int],
+                                       index: Int) throws(ConfigError) -> PipelineSettings {
+        try reader.allowKeys(["name", "source", "sink", "stages", "classify", "traffic", "cores", "burst",
+                              "ring_size", "buffers", "buffer_size"])
+        let name = try reader.optional("name")?.string() ?? "pipeline\(index)"
+        guard !name.isEmpty, name.count <= 32,
+              name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }) else {
+            throw reader.child("name").invalid("'\(name)' must be 1-32 letters, digits, '-' or '_'")
+        }
+        let source = try reader.required("source")
+        try source.allowKeys(["pcap", "interface", "speed", "rate", "top_speed", "loop"])
+        let input: PacketInput
+        switch (source.optional("pcap"), source.optional("interface")) {
+        case let (pcap?, nil):
+            let path = try pcap.string()
+            guard !path.isEmpty else { throw pcap.invalid("empty path") }
+            let speed = try source.optional("speed").map { reader throws(ConfigError) in try reader.positiveDouble() }
+            let rate = try source.optional("rate").map { reader throws(ConfigError) in try reader.positiveDouble() }
+            let topSpeed = try source.optional("top_speed")?.bool() ?? false
+            guard [speed != nil, rate != nil, topSpeed].filter({ $0 }).count <= 1 else {
+                throw source.invalid("give one of speed, rate, top_speed")
+            }
+            let pacing: ReplayPacing = topSpeed ? .topSpeed
+                : rate.map { .rate(packetsPerSecond: $0) } ?? .capture(speed: speed ?? 1)
+            let loop = try source.optional("loop")?.int(in: 1...1_000_000) ?? 1
+            input = .capture(path: path, pacing: pacing, loopCount: loop)
+        case let (nil, interface?):
+            for key in ["speed", "rate", "top_speed", "loop"] where source.optional(key) != nil {
+                throw source.child(key).invalid("only a pcap source is paced or looped")
+            }
+            input = .interface(try interface.interfaceName())
+        case (_?, _?):
+            throw source.invalid("give pcap or interface, not both")
+        case (nil, nil):
+            throw source.invalid("needs pcap (a capture file) or interface (AF_PACKET RX)")
+        }
+        let sink = try reader.required("sink")
+        try sink.allowKeys(["pcap", "interface", "discard"])
+        let outputs = ["pcap", "interface", "discard"].filter { sink.optional($0) != nil }
+        guard outputs.count == 1 else { throw sink.invalid("give exactly one of pcap, interface, discard") }
+        let output: ReplayOutput
+        switch outputs[0] {
+        case "pcap":
+            let path = try sink.child("pcap").string()
+            guard !path.isEmpty else { throw sink.child("pcap").invalid("empty path") }
+            output = .pcapFile(path)
+        case "interface":
+            output = .interface(try sink.child("interface").interfaceName())
+        default:
+            guard try sink.child("discard").bool() else { throw sink.child("discard").invalid("only `discard: true` makes sense") }
+            output = .discard
+        }
+        var path = PacketPathConfiguration(name: name, input: input, output: output)
+        if let stages = reader.optional("stages") {
+            let names: [String: ReplayStages] = ["none": .none, "classify": .classify, "classify-and-act": .classifyAndAct]
+            let text = try stages.string()
+            guard let value = names[text] else { throw stages.invalid("'\(text)' is not none, classify or classify-and-act") }
+            path.stages = value
+        }
+        if let classify = reader.optional("classify") { path.classifier = try decodeClassifier(classify) }
+        if let traffic = reader.optional("traffic") { path.traffic = try decodeTraffic(traffic) }
+        if let burst = reader.optional("burst") { path.burstCount = try burst.int(in: 1...Limits.burstCountMax) }
+        if let ring = reader.optional("ring_size") {
+            path.ringCapacity = try ring.int(in: 2...Limits.ringCapacityMax)
+        }
+        if let buffers = reader.optional("buffers") { path.poolBufferCount = try buffers.int(in: 64...Limits.ringCapacityMax) }
+        if let size = reader.optional("buffer_size") { path.bufferSizeBytes = try size.int(in: 256...65_536) }
+        let inFlightMax = path.ringCapacity * 3 + path.burstCount * 4
+        guard path.poolBufferCount > inFlightMax else {
+            throw reader.invalid("buffers (\(path.poolBufferCount)) must be more than the rings can hold (\(inFlightMax)): raise buffers or lower ring_size")
+        }
+        var cores = serviceCores
+        if let coreList = reader.optional("cores") {
+            cores = try coreList.cores()
+            for core in cores where !serviceCores.contains(core) {
+                throw coreList.invalid("core \(core) is not in the service's cores \(serviceCores)")
+            }
+        }
+        return PipelineSettings(path: path, cores: cores)
+    }
+
+    private static func decodeClassifier(_ reader: ConfigReader) throws(ConfigError) -> ClassifierConfiguration {
+        try reader.allowKeys(["by", "sources"])
+        let keys: [String: SourceKey] = ["source-mac": .sourceMAC, "outer-vlan": .outerVLAN,
+                                         "source-prefix": .sourcePrefix, "input-port": .inputPort]
+        let byReader = try reader.required("by")
+        let by = try byReader.string()
+        guard let key = keys[by] else { throw byReader.invalid("'\(by)' is not one of \(keys.keys.sorted().joined(separator: ", "))") }
+        var entries: [SourceEntry] = []
+        if let sources = reader.optional("sources") {
+            for (value, idReader) in try sources.pairs() {
+                let id = try idReader.int(in: 0...Int(UInt16.max))
+                let match: SourceMatch? = switch key {
+                case .sourceMAC: MACAddress(value).map { .mac($0) }
+                case .outerVLAN: UInt16(value).map { .vlan($0) }
+                case .sourcePrefix: IPPrefix(value).map { .prefix($0) }
+                case .inputPort: UInt16(value).map { .port($0) }
+                }
+                guard let match else { throw idReader.invalid("'\(value)' is not a \(by) value") }
+                entries.append(SourceEntry(match, sourceID: UInt16(id)))
+            }
+        }
+        do { return try ClassifierConfiguration(key: key, entries: entries) } catch {
+            throw reader.invalid("\(error)")
+        }
+    }
+
+    private static func decodeTraffic(_ reader: ConfigReader) throws(ConfigError) -> TrafficPolicy {
+        try reader.allowKeys(["weights", "min_bytes_per_second", "max_bytes_per_second"])
+        let weightsReader = try reader.required("weights")
+        let weights = try weightsReader.list()
+        guard (1...TrafficLimits.sourceCountMax).contains(weights.count) else {
+            throw weightsReader.invalid("1...\(TrafficLimits.sourceCountMax) weights, one per source id, got \(weights.count)")
+        }
+        var sources: [SourcePolicy] = []
+        for weight in weights { sources.append(SourcePolicy(weight: try weight.positiveDouble())) }
+        for (key, isMinimum) in [("min_bytes_per_second", true), ("max_bytes_per_second", false)] {
+            guard let limits = reader.optional(key) else { continue }
+            let items = try limits.list()
+            guard items.count == sources.count else {
+                throw limits.invalid("one value per weight (\(sources.count)), got \(items.count)")
+            }
+            for (index, item) in items.enumerated() {
+                let value = try item.positiveDouble(allowZero: isMinimum)
+                if isMinimum { sources[index].minimumBytesPerSecond = value } else { sources[index].maximumBytesPerSecond = value }
+            }
+        }
+        let policy = TrafficPolicy(sources: sources)
+        do { try policy.validate() } catch { throw reader.invalid("\(error)") }
+        return policy
+    }
+
+    private static func decodeStorage(_ reader: ConfigReader) throws(ConfigError) -> StorageSettings {
+        try reader.allowKeys(["data", "listen", "page_size", "queue_depth", "blocking_threads", "max_frame_bytes",
+                              "direct_io", "checkpoint_on_shutdown"])
+        let dataReader = try reader.required("data")
+        let data = try dataReader.string()
+        guard !data.isEmpty else { throw dataReader.invalid("empty path") }
+        var storage = StorageSettings(dataDirectory: data)
+        if let listen = reader.optional("listen") { storage.listen = try listen.listenAddress() }
+        if let pageSize = reader.optional("page_size") {
+            storage.pageSizeBytes = try pageSize.int(in: 4096...(1 << 20))
+            guard storage.pageSizeBytes & (storage.pageSizeBytes - 1) == 0 else {
+                throw pageSize.invalid("must be a power of two, got \(storage.pageSizeBytes)")
+            }
+        }
+        if let depth = reader.optional("queue_depth") { storage.queueDepth = try depth.int(in: 1...PageFile.queueDepthMax) }
+        if let threads = reader.optional("blocking_threads") { storage.blockingThreadCount = try threads.int(in: 1...256) }
+        if let frame = reader.optional("max_frame_bytes") {
+            storage.frameBytesMax = try frame.int(in: (storage.pageSizeBytes + 64)...StorageProtocol.frameBytesMaxLimit)
+        }
+        if let direct = reader.optional("direct_io") { storage.directIO = try direct.bool() }
+        if let checkpoint = reader.optional("checkpoint_on_shutdown") { storage.checkpointOnShutdown = try checkpoint.bool() }
+        return storage
+    }
+}
+
+/// A node of the tree with its key path, for errors that name the key.
+struct ConfigReader {
+    let node: ConfigNode
+    let key: String
+
+    init(_ node: ConfigNode, key: String) {
+        self.node = node
+        self.key = key
+    }
+
+    func invalid(_ reason: String) -> ConfigError { .invalid(key: key.isEmpty ? "(top level)" : key, line: node.line, reason: reason) }
+
+    private func childKey(_ name: String) -> String { key.isEmpty ? name : "\(key).\(name)" }
+
+    /// The value at `name`, nil when absent or null.
+    func optional(_ name: String) -> ConfigReader? {
+        guard case .map(let pairs, _) = node, let pair = pairs.first(where: { $0.key == name }) else { return nil }
+        if case .scalar("", _) = pair.value { return nil }
+        return ConfigReader(pair.value, key: childKey(name))
+    }
+
+    func required(_ name: String) throws(ConfigError) -> ConfigReader {
+        guard case .map = node else { throw invalid("expected a mapping of keys") }
+        guard let child = optional(name) else { throw .missingKey(key: childKey(name)) }
+        return child
+    }
+
+    /// A child the caller knows is there (checked with `optional`).
+    func child(_ name: String) -> ConfigReader { optional(name) ?? ConfigReader(.scalar("", line: node.line), key: childKey(name)) }
+
+    /// Rejects keys outside `known` (typos would otherwise be silently ignored).
+    func allowKeys(_ known: [String]) throws(ConfigError) {
+        guard case .map(let pairs, _) = node else { throw invalid("expected a mapping of keys") }
+        for pair in pairs where !known.contains(pair.key) {
+            throw .unknownKey(key: childKey(pair.key), line: pair.value.line, known: known)
+        }
+    }
+
+    func string() throws(ConfigError) -> String {
+        guard case .scalar(let text, _) = node else { throw invalid("expected a single value, not a list or mapping") }
+        return text
+    }
+
+    func int(in range: ClosedRange<Int>) throws(ConfigError) -> Int {
+        let text = try string()
+        let digits = text.replacing("_", with: "")
+        guard let value = Int(digits) else { throw invalid("expected a whole number, got '\(text)'") }
+        guard range.contains(value) else { throw invalid("must be \(range.lowerBound)...\(range.upperBound), got \(value)") }
+        return value
+    }
+
+    func positiveDouble(allowZero: Bool = false) throws(ConfigError) -> Double {
+        let text = try string()
+        guard let value = Double(text), value.isFinite else { throw invalid("expected a number, got '\(text)'") }
+        guard value > 0 || (allowZero && value == 0) else { throw invalid("must be \(allowZero ? "zero or more" : "positive"), got \(text)") }
+        return value
+    }
+
+    func bool() throws(ConfigError) -> Bool {
+        let text = try string()
+        switch text.lowercased() {
+        case "true", "yes", "on": return true
+        case "false", "no", "off": return false
+        default: throw invalid("expected true or false, got '\(text)'")
+        }
+    }
+
+    func list() throws(ConfigError) -> [ConfigReader] {
+        guard case .list(let items, _) = node else { throw invalid("expected a list") }
+        return items.enumerated().map { ConfigReader($1, key: "\(key)[\($0)]") }
+    }
+
+    func pairs() throws(ConfigError) -> [(String, ConfigReader)] {
+        guard case .map(let pairs, _) = node else { throw invalid("expected a mapping") }
+        return pairs.map { ($0.key, ConfigReader($0.value, key: childKey($0.key))) }
+    }
+
+    /// A CPU list: `[0, 1]`, `"0-3"` or `"0,2"`; each CPU at most once.
+    func cores() throws(ConfigError) -> [Int] {
+        var cores: [Int] = []
+        let parts: [ConfigReader]
+        if case .list = node { parts = try list() } else { parts = [self] }
+        for part in parts {
+            for piece in try part.string().split(separator: ",") {
+                let bounds = piece.split(separator: "-", maxSplits: 1).map { Int($0.trimmingCharacters(in: .whitespaces)) }
+                guard let low = bounds.first ?? nil, let high = bounds.last ?? nil, low >= 0, low <= high,
+                      high < ServiceLimits.cpuNumberMax else {
+                    throw part.invalid("'\(piece)' is not a CPU number or range below \(ServiceLimits.cpuNumberMax)")
+                }
+                for core in low...high {
+                    guard !cores.contains(core) else { throw part.invalid("core \(core) appears twice") }
+                    cores.append(core)
+                }
+            }
+        }
+        guard !cores.isEmpty else { throw invalid("no cores") }
+        return cores
+    }
+
+    /// `host:port` with an IPv4 literal or `localhost`, port 0...65535 (0: any free port).
+    func listenAddress() throws(ConfigError) -> ListenAddress {
+        let text = try string()
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
+              (0...65535).contains(port) else {
+            throw invalid("expected host:port, e.g. 127.0.0.1:9464, got '\(text)'")
+        }
+        let host = String(text[..<colon])
+        guard host == "localhost" || isIPv4(host) else { throw invalid("'\(host)' is not an IPv4 address or localhost") }
+        return ListenAddress(host: host, port: port)
+    }
+
+    func interfaceName() throws(ConfigError) -> String {
+        let name = try string()
+        guard (1...AFPacketLimits.interfaceNameLengthMax).contains(name.utf8.count),
+              !name.contains("/"), !name.contains(" ") else {
+            throw invalid("'\(name)' is not an interface name (1-\(AFPacketLimits.interfaceNameLengthMax) bytes)")
+        }
+        return name
+    }
+
+    private func isIPv4(_ text: String) -> Bool {
+        let parts = text.split(separator: ".", omittingEmptySubsequences: false)
+        return parts.count == 4 && parts.allSatisfy { part in
+            guard let value = Int(part), (0...255).contains(value), part.count <= 3 else { return false }
+            return true
+        }
+    }
+}

@@ -1,0 +1,151 @@
+// Path: Sources/SluiceService/ServiceMetrics.swift — the service's counters as swift-metrics
+// counters and gauges in a Prometheus registry, refreshed from the dataplane and the storage node
+// at each scrape (the hot paths keep their own atomics; nothing here runs on a worker).
+import CoreMetrics
+import Prometheus
+import SluiceCore
+import SluicePageStore
+import SluiceStorageServer
+import SluiceTraffic
+import Synchronization
+
+/// Turns snapshots of the running parts into Prometheus text. `render` may be called from any
+/// thread; calls are serialised (one scrape refreshes and emits at a time).
+public final class ServiceMetrics: Sendable {
+    public let registry: PrometheusCollectorRegistry
+    private let factory: PrometheusMetricsFactory
+    private let startNs = Clock.monotonicNs()
+    private let state: Mutex<State>
+
+    /// What the registry holds, so each scrape only sets values. Counters remember the value they
+    /// were last advanced to (swift-metrics counters only increment).
+    private struct State: ~Copyable {
+        var counters: [String: (counter: CoreMetrics.Counter, value: UInt64)] = [:]
+        var gauges: [String: CoreMetrics.Gauge] = [:]
+        var traffic: [Int: TrafficMetrics] = [:]
+    }
+
+    public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
+        self.registry = registry
+        self.factory = PrometheusMetricsFactory(registry: registry)
+        self.state = Mutex(State())
+    }
+
+    /// Refreshes every metric from `dataplane` and `storage` (either may be absent) and returns the
+    /// registry in the Prometheus text format (0.0.4).
+    public func render(dataplane: Dataplane?, storage: StorageRuntime?) -> String {
+        state.withLock { state in
+            set(&state, gauge: "sluice_up", [], 1)
+            set(&state, gauge: "sluice_uptime_seconds", [], Double(Clock.monotonicNs() &- startNs) / 1e9)
+            if let dataplane { refresh(&state, dataplane) }
+            if let storage { refresh(&state, storage) }
+            return registry.emitToString()
+        }
+    }
+
+    private func refresh(_ state: inout State, _ dataplane: Dataplane) {
+        for worker in dataplane.runtime.workers {
+            let snapshot = worker.counters.snapshot()
+            let labels = [("worker", "\(worker.index)"), ("core", "\(worker.cpu)")]
+            advance(&state, "sluice_worker_busy_polls_total", labels, snapshot.busyPolls)
+            advance(&state, "sluice_worker_empty_polls_total", labels, snapshot.emptyPolls)
+            advance(&state, "sluice_worker_items_total", labels, snapshot.items)
+            advance(&state, "sluice_worker_busy_cycles_total", labels, snapshot.busyCycles)
+            advance(&state, "sluice_worker_idle_cycles_total", labels, snapshot.idleCycles)
+            advance(&state, "sluice_worker_sleeps_total", labels, snapshot.sleeps)
+            advance(&state, "sluice_worker_sleep_seconds_total", labels, snapshot.sleepNs / 1_000_000_000)
+            advance(&state, "sluice_worker_cpu_seconds_total", labels, snapshot.cpuNs / 1_000_000_000)
+            set(&state, gauge: "sluice_worker_utilisation", labels, snapshot.utilisation)
+        }
+        let traffic = dataplane.trafficSnapshot
+        for (index, path) in dataplane.paths.enumerated() {
+            let pipeline = path.pipeline
+            let name = path.configuration.name
+            for stage in pipeline.stages {
+                let labels = [("pipeline", name), ("stage", stage.name), ("worker", "\(stage.owner.load(ordering: .relaxed))")]
+                let counters = stage.counters
+                let calls = counters.calls.load(ordering: .relaxed)
+                let items = counters.items.load(ordering: .relaxed)
+                let cycles = counters.cycles.load(ordering: .relaxed)
+                advance(&state, "sluice_stage_calls_total", labels, calls)
+                advance(&state, "sluice_stage_items_total", labels, items)
+                advance(&state, "sluice_stage_filtered_total", labels, counters.filtered.load(ordering: .relaxed))
+                advance(&state, "sluice_stage_cycles_total", labels, cycles)
+                advance(&state, "sluice_stage_blocked_total", labels, counters.blockedTurns.load(ordering: .relaxed))
+                advance(&state, "sluice_stage_wakeups_total", labels, counters.wakeups.load(ordering: .relaxed))
+                set(&state, gauge: "sluice_stage_items_per_call", labels, calls > 0 ? Double(items) / Double(calls) : 0)
+                set(&state, gauge: "sluice_stage_cycles_per_item", labels, items > 0 ? Double(cycles) / Double(items) : 0)
+            }
+            // Pipeline rings push back (a full ring blocks its producer) and never drop; `full` counts
+            // the producer's blocked turns.
+            for (link, observer) in pipeline.ringObservers.enumerated() {
+                let labels = [("pipeline", name), ("ring", "\(pipeline.stages[link].name)->\(pipeline.stages[link + 1].name)")]
+                set(&state, gauge: "sluice_ring_occupancy", labels, Double(observer.count))
+                set(&state, gauge: "sluice_ring_capacity", labels, Double(observer.capacity))
+                advance(&state, "sluice_ring_full_total", labels,
+                        pipeline.stages[link].counters.blockedTurns.load(ordering: .relaxed))
+                advance(&state, "sluice_ring_drops_total", labels, 0)
+            }
+            let labels = [("pipeline", name)]
+            advance(&state, "sluice_pipeline_packets_in_total", labels, path.packetsIn)
+            advance(&state, "sluice_pipeline_bytes_in_total", labels, path.bytesIn)
+            advance(&state, "sluice_pipeline_packets_out_total", labels, pipeline.delivered)
+            advance(&state, "sluice_pipeline_filtered_total", labels, pipeline.filtered)
+            advance(&state, "sluice_pipeline_pool_waits_total", labels, path.poolWaits)
+            for drop in path.dropCounts() {
+                advance(&state, "sluice_pipeline_drops_total", [("pipeline", name), ("reason", drop.reason)], drop.count)
+            }
+            if index < traffic.count, let snapshot = traffic[index] {
+                if state.traffic[index] == nil {
+                    state.traffic[index] = TrafficMetrics(sourceCount: max(snapshot.sources.count, 1), port: name,
+                                                          factory: factory)
+                }
+                state.traffic[index]!.record(snapshot)
+            }
+        }
+    }
+
+    private func refresh(_ state: inout State, _ storage: StorageRuntime) {
+        for entry in storage.stats.snapshot() {
+            let op = "\(entry.opcode)"
+            for (status, count) in entry.statusCounts {
+                advance(&state, "sluice_storage_requests_total", [("op", op), ("status", "\(status)")], count)
+            }
+            advance(&state, "sluice_storage_conflicts_total", [("op", op)], entry.statusCounts[.conflict] ?? 0)
+            for (quantile, percentile) in [("0.5", 50.0), ("0.9", 90.0), ("0.99", 99.0), ("0.999", 99.9), ("1", 100.0)] {
+                let ns = percentile == 100 ? entry.latency.max : entry.latency.valueAtPercentile(percentile)
+                set(&state, gauge: "sluice_storage_latency_seconds", [("op", op), ("quantile", quantile)], Double(ns) / 1e9)
+            }
+            set(&state, gauge: "sluice_storage_latency_samples", [("op", op)], Double(entry.latency.totalCount))
+        }
+        set(&state, gauge: "sluice_storage_last_osn", [], Double(storage.node.lastOSN))
+        let commits = storage.node.commitStats
+        advance(&state, "sluice_storage_group_commits_total", [], commits.groupCommits)
+        advance(&state, "sluice_storage_commit_writes_total", [], commits.writes)
+        let reads = storage.node.readStats
+        advance(&state, "sluice_storage_read_groups_total", [], reads.groups)
+        advance(&state, "sluice_storage_grouped_reads_total", [], reads.reads)
+    }
+
+    private static func key(_ label: String, _ labels: [(String, String)]) -> String {
+        labels.reduce(label) { "\($0)|\($1.0)=\($1.1)" }
+    }
+
+    /// Moves a mirrored counter up to `value` (a total kept elsewhere).
+    private func advance(_ state: inout State, _ label: String, _ labels: [(String, String)], _ value: UInt64) {
+        let key = Self.key(label, labels)
+        if state.counters[key] == nil {
+            state.counters[key] = (CoreMetrics.Counter(label: label, dimensions: labels, factory: factory), 0)
+        }
+        let last = state.counters[key]!.value
+        guard value > last else { return }
+        state.counters[key]!.counter.increment(by: Int64(clamping: value - last))
+        state.counters[key]!.value = value
+    }
+
+    private func set(_ state: inout State, gauge label: String, _ labels: [(String, String)], _ value: Double) {
+        let key = Self.key(label, labels)
+        if state.gauges[key] == nil { state.gauges[key] = CoreMetrics.Gauge(label: label, dimensions: labels, factory: factory) }
+        state.gauges[key]!.record(value)
+    }
+}

@@ -1,0 +1,131 @@
+// Path: Sources/SluiceService/ServiceRunner.swift — `sluice run` as a swift-service-lifecycle
+// service group: the metrics endpoint, the storage node and the dataplane start in that order and
+// stop in the reverse one on SIGTERM/SIGINT (dataplane drained and flushed first, metrics last).
+import Dispatch
+import Foundation
+import Synchronization
+import Logging
+import ServiceLifecycle
+
+/// What the service did, for its last log lines and its exit status.
+public struct ServiceSummary: Sendable {
+    public var pipelines: [PipelineOutcome]
+    public var storageLastOSN: UInt64?
+    /// True when every pipeline ended without an input/output error and nothing was left on a ring.
+    public var isClean: Bool { pipelines.allSatisfy { $0.failure == nil && $0.leftOnRings == 0 } }
+}
+
+/// Where the service listens, once everything is up (ports as bound: 0 in the config means any).
+public struct ServiceEndpoints: Sendable, CustomStringConvertible {
+    public var metrics: ListenAddress?
+    public var storage: ListenAddress?
+    public var description: String {
+        "metrics=\(metrics.map(\.description) ?? "off") storage=\(storage.map(\.description) ?? "off")"
+    }
+}
+
+public enum ServiceRunner {
+    /// Starts every configured part, calls `ready` once all are up, then runs until SIGTERM or
+    /// SIGINT (or `runForMs`), and shuts down gracefully. A part that cannot start stops those
+    /// already started and throws.
+    public static func run(_ configuration: ServiceConfiguration, logger: Logger,
+                           ready: @Sendable (ServiceEndpoints) -> Void) async throws -> ServiceSummary {
+        let metrics = ServiceMetrics()
+        let parts = PartsBox()
+        var endpoint: MetricsEndpoint?
+        var storage: StorageRuntime?
+        let dataplane: Dataplane
+        do {
+            if let address = configuration.metrics {
+                endpoint = try MetricsEndpoint.bind(address) {
+                    let (dataplane, storage) = parts.current
+                    return metrics.render(dataplane: dataplane, storage: storage)
+                }
+                logger.info("metrics endpoint listening", metadata: ["listen": "\(endpoint!.host):\(endpoint!.port)"])
+            }
+            if let settings = configuration.storage {
+                storage = try StorageRuntime.open(settings, logger: logger)
+                parts.setStorage(storage!)
+            }
+            dataplane = try Dataplane(configuration: configuration, logger: logger)
+            try dataplane.start()
+            parts.setDataplane(dataplane)
+        } catch {
+            storage?.shutdown(logger: logger)
+            endpoint?.close()
+            throw error
+        }
+        let summary = SummaryBox()
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        if let runForMs = configuration.runForMs {
+            services.append(.init(service: StopTimer(milliseconds: runForMs, logger: logger),
+                                  successTerminationBehavior: .gracefullyShutdownGroup, serviceName: "run-for"))
+        }
+        if let endpoint {
+            services.append(.init(service: Part(name: "metrics") { endpoint.close() }, serviceName: "metrics"))
+        }
+        if let storage {
+            services.append(.init(service: Part(name: "storage") {
+                storage.shutdown(logger: logger)
+                summary.setStorageOSN(storage.node.lastOSN)
+            }, serviceName: "storage"))
+        }
+        let drainTimeoutNs = UInt64(configuration.drainTimeoutMs) * 1_000_000
+        services.append(.init(service: Part(name: "dataplane") {
+            logger.info("stopping sources, draining pipelines", metadata: ["timeoutMs": "\(configuration.drainTimeoutMs)"])
+            summary.setPipelines(dataplane.stop(drainTimeoutNs: drainTimeoutNs))
+        }, serviceName: "dataplane"))
+        ready(ServiceEndpoints(metrics: endpoint.map { ListenAddress(host: $0.host, port: $0.port) },
+                               storage: storage.map { ListenAddress(host: $0.server.host, port: $0.server.port) }))
+        let group = ServiceGroup(configuration: ServiceGroupConfiguration(
+            services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+        return summary.value
+    }
+}
+
+/// A started part: waits for graceful shutdown, then runs its blocking `stop` off the async pool.
+private struct Part: Service, CustomStringConvertible {
+    let name: String
+    let stop: @Sendable () -> Void
+    var description: String { name }
+
+    func run() async throws {
+        // Cancellation (a second signal, or a failed sibling) also ends the wait: stop either way.
+        try? await gracefulShutdown()
+        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+            Thread.detach(name: "sluice-stop-\(name)") {
+                stop()
+                done.resume()
+            }
+        }
+    }
+}
+
+/// Ends the service after a set time, as SIGTERM would (`shutdown.run_for_ms`).
+private struct StopTimer: Service {
+    let milliseconds: Int
+    let logger: Logger
+
+    func run() async throws {
+        try await cancelWhenGracefulShutdown {
+            try await Task.sleep(for: .milliseconds(milliseconds))
+        }
+        logger.info("run_for_ms elapsed: shutting down", metadata: ["ms": "\(milliseconds)"])
+    }
+}
+
+/// The running parts, for the metrics endpoint's render closure (set once each, read often).
+private final class PartsBox: Sendable {
+    private let parts = Mutex<(Dataplane?, StorageRuntime?)>((nil, nil))
+    var current: (Dataplane?, StorageRuntime?) { parts.withLock { $0 } }
+    func setDataplane(_ dataplane: Dataplane) { parts.withLock { $0.0 = dataplane } }
+    func setStorage(_ storage: StorageRuntime) { parts.withLock { $0.1 = storage } }
+}
+
+private final class SummaryBox: Sendable {
+    private let summary = Mutex(ServiceSummary(pipelines: [], storageLastOSN: nil))
+    var value: ServiceSummary { summary.withLock { $0 } }
+    func setPipelines(_ outcomes: [PipelineOutcome]) { summary.withLock { $0.pipelines = outcomes } }
+    func setStorageOSN(_ osn: UInt64) { summary.withLock { $0.storageLastOSN = osn } }
+}
