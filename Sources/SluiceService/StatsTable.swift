@@ -1,0 +1,305 @@
+// Path: Sources/SluiceService/StatsTable.swift — `sluice stats`: scraped samples as plain-text tables,
+// in the manner of VPP's `show runtime`. Pure formatting; the metric names are `sluice run`'s.
+
+/// Renders the samples `sluice run` exports as aligned plain-text tables (no ANSI codes).
+public enum StatsTable {
+    /// Sections in a fixed order: Workers, Stages, Rings, Pipelines, Traffic sources, Storage. A section
+    /// with none of its samples is left out; a missing cell prints "-". Rows sort by their labels
+    /// (numbers numerically). Unknown metric names are ignored. Pure: no I/O.
+    public static func render(_ samples: [MetricSample]) -> String {
+        let index = SampleIndex(samples)
+        let sections = [
+            service(index), workers(index), stages(index), rings(index), pipelines(index), traffic(index),
+            storage(index),
+        ].compactMap { $0 }
+        return sections.joined(separator: "\n")
+    }
+
+    static func service(_ index: SampleIndex) -> String? {
+        guard let uptime = index.single("sluice_uptime_seconds") else { return nil }
+        let up = index.single("sluice_up") == 1 ? "up" : "not up"
+        return "Service: \(up), uptime \(Cell.duration(uptime))\n"
+    }
+
+    static func workers(_ index: SampleIndex) -> String? {
+        let rows = index.rows(by: ["worker", "core"], prefix: "sluice_worker_")
+        guard !rows.isEmpty else { return nil }
+        var table = Table(["Worker", "Core", "Util %", "Busy polls", "Empty polls", "Items", "Sleeps", "CPU s"],
+                          leftColumns: 0)
+        for row in rows {
+            table.add(row.key + [
+                Cell.fixed(row["sluice_worker_utilisation"].map { $0 * 100 }, digits: 1),
+                Cell.count(row["sluice_worker_busy_polls_total"]),
+                Cell.count(row["sluice_worker_empty_polls_total"]),
+                Cell.count(row["sluice_worker_items_total"]),
+                Cell.count(row["sluice_worker_sleeps_total"]),
+                Cell.fixed(row["sluice_worker_cpu_seconds_total"], digits: 2),
+            ])
+        }
+        return table.render(title: "Workers")
+    }
+
+    static func stages(_ index: SampleIndex) -> String? {
+        let rows = index.rows(by: ["stage", "pipeline", "worker"], prefix: "sluice_stage_")
+        guard !rows.isEmpty else { return nil }
+        var table = Table(["Name", "Pipeline", "Worker", "Calls", "Vectors", "Filtered", "Blocked",
+                           "Clocks/Vector", "Vectors/Call"], leftColumns: 2)
+        for row in rows.sorted(by: { naturalLess([$0.key[1], $0.key[2], $0.key[0]], [$1.key[1], $1.key[2], $1.key[0]]) }) {
+            table.add(row.key + [
+                Cell.count(row["sluice_stage_calls_total"]),
+                Cell.count(row["sluice_stage_items_total"]),
+                Cell.count(row["sluice_stage_filtered_total"]),
+                Cell.count(row["sluice_stage_blocked_total"]),
+                Cell.fixed(row["sluice_stage_cycles_per_item"], digits: 1),
+                Cell.fixed(row["sluice_stage_items_per_call"], digits: 2),
+            ])
+        }
+        return table.render(title: "Stages")
+    }
+
+    static func rings(_ index: SampleIndex) -> String? {
+        let rows = index.rows(by: ["pipeline", "ring"], prefix: "sluice_ring_")
+        guard !rows.isEmpty else { return nil }
+        var table = Table(["Pipeline", "Ring", "Occupancy", "Full", "Drops"], leftColumns: 2)
+        for row in rows {
+            let occupancy = Cell.count(row["sluice_ring_occupancy"]) + "/" + Cell.count(row["sluice_ring_capacity"])
+            table.add(row.key + [occupancy, Cell.count(row["sluice_ring_full_total"]),
+                                 Cell.count(row["sluice_ring_drops_total"])])
+        }
+        return table.render(title: "Rings")
+    }
+
+    /// Totals per pipeline, then a drop table with one row per nonzero reason.
+    static func pipelines(_ index: SampleIndex) -> String? {
+        let rows = index.rows(by: ["pipeline"], prefix: "sluice_pipeline_", excluding: ["sluice_pipeline_drops_total"])
+        let drops = index.rows(by: ["pipeline", "reason"], names: ["sluice_pipeline_drops_total"])
+        guard !rows.isEmpty || !drops.isEmpty else { return nil }
+        var table = Table(["Pipeline", "Packets in", "Bytes in", "Packets out", "Filtered"], leftColumns: 1)
+        for row in rows {
+            table.add(row.key + [
+                Cell.count(row["sluice_pipeline_packets_in_total"]),
+                Cell.count(row["sluice_pipeline_bytes_in_total"]),
+                Cell.count(row["sluice_pipeline_packets_out_total"]),
+                Cell.count(row["sluice_pipeline_filtered_total"]),
+            ])
+        }
+        var text = rows.isEmpty ? "" : table.render(title: "Pipelines")
+        var dropTable = Table(["Pipeline", "Reason", "Drops"], leftColumns: 2)
+        for row in drops where (row["sluice_pipeline_drops_total"] ?? 0) != 0 {
+            dropTable.add(row.key + [Cell.count(row["sluice_pipeline_drops_total"])])
+        }
+        if !dropTable.rows.isEmpty {
+            text += (text.isEmpty ? "" : "\n") + dropTable.render(title: "Pipeline drops")
+        }
+        return text.isEmpty ? nil : text
+    }
+
+    /// Per (port, source) shares and backlog, then per port capacity and stall state when exported.
+    static func traffic(_ index: SampleIndex) -> String? {
+        let sourceNames = ["sluice_traffic_share_target", "sluice_traffic_share_achieved",
+                           "sluice_traffic_pending_packets", "sluice_traffic_delay_seconds", "sluice_traffic_sent_bytes"]
+        let portNames = ["sluice_traffic_port_capacity_bytes_per_second", "sluice_traffic_port_in_flight_limit_bytes",
+                         "sluice_traffic_port_stalled"]
+        let rows = index.rows(by: ["port", "source"], names: sourceNames)
+        let ports = index.rows(by: ["port"], names: portNames)
+        guard !rows.isEmpty || !ports.isEmpty else { return nil }
+        var table = Table(["Port", "Source", "Target %", "Achieved %", "Pending", "Delay us", "Sent bytes"],
+                          leftColumns: 1)
+        for row in rows {
+            table.add(row.key + [
+                Cell.fixed(row["sluice_traffic_share_target"].map { $0 * 100 }, digits: 1),
+                Cell.fixed(row["sluice_traffic_share_achieved"].map { $0 * 100 }, digits: 1),
+                Cell.count(row["sluice_traffic_pending_packets"]),
+                Cell.fixed(row["sluice_traffic_delay_seconds"].map { $0 * 1e6 }, digits: 1),
+                Cell.count(row["sluice_traffic_sent_bytes"]),
+            ])
+        }
+        var text = rows.isEmpty ? "" : table.render(title: "Traffic sources")
+        var portTable = Table(["Port", "Capacity B/s", "In-flight limit B", "Stalled"], leftColumns: 1)
+        for row in ports {
+            let stalled = row["sluice_traffic_port_stalled"].map { $0 != 0 ? "yes" : "no" } ?? "-"
+            portTable.add(row.key + [Cell.count(row["sluice_traffic_port_capacity_bytes_per_second"]),
+                                     Cell.count(row["sluice_traffic_port_in_flight_limit_bytes"]), stalled])
+        }
+        if !portTable.rows.isEmpty {
+            text += (text.isEmpty ? "" : "\n") + portTable.render(title: "Traffic ports")
+        }
+        return text
+    }
+
+    /// Per op: requests by status (one column per status seen, `ok` first), conflicts and latency
+    /// quantiles in µs; then the log's last OSN, group commits and writes per flush.
+    static func storage(_ index: SampleIndex) -> String? {
+        let requests = index.rows(by: ["op", "status"], names: ["sluice_storage_requests_total"])
+        let perOp = index.rows(by: ["op"], names: ["sluice_storage_conflicts_total"])
+        let latency = index.rows(by: ["op", "quantile"], names: ["sluice_storage_latency_seconds"])
+        let osn = index.single("sluice_storage_last_osn")
+        let commits = index.single("sluice_storage_group_commits_total")
+        let writes = index.single("sluice_storage_commit_writes_total")
+        var ops: [String] = []
+        for key in requests.map({ $0.key[0] }) + perOp.map({ $0.key[0] }) + latency.map({ $0.key[0] }) where !ops.contains(key) {
+            ops.append(key)
+        }
+        guard !ops.isEmpty || osn != nil || commits != nil else { return nil }
+        ops.sort(by: opLess)
+        var statuses: [String] = []
+        for status in requests.map({ $0.key[1] }) where !statuses.contains(status) { statuses.append(status) }
+        statuses.sort { ($0 == "ok" ? 0 : 1, $0) < ($1 == "ok" ? 0 : 1, $1) }
+        let quantiles = [("p50 us", "0.5"), ("p99 us", "0.99"), ("p999 us", "0.999"), ("max us", "1")]
+        var table = Table(["Op"] + statuses + ["Conflicts"] + quantiles.map(\.0), leftColumns: 1)
+        for op in ops {
+            var cells = [op]
+            for status in statuses {
+                cells.append(Cell.count(requests.first { $0.key == [op, status] }?["sluice_storage_requests_total"]))
+            }
+            cells.append(Cell.count(perOp.first { $0.key == [op] }?["sluice_storage_conflicts_total"]))
+            for (_, quantile) in quantiles {
+                let seconds = latency.first { $0.key == [op, quantile] }?["sluice_storage_latency_seconds"]
+                cells.append(Cell.fixed(seconds.map { $0 * 1e6 }, digits: 1))
+            }
+            table.add(cells)
+        }
+        var text = ops.isEmpty ? "Storage\n" : table.render(title: "Storage")
+        if osn != nil || commits != nil || writes != nil {
+            let perFlush = commits.flatMap { c in c > 0 ? writes.map { $0 / c } : nil }
+            text += "Last OSN \(Cell.count(osn))  group commits \(Cell.count(commits))"
+                + "  writes/flush \(Cell.fixed(perFlush, digits: 2))\n"
+        }
+        return text
+    }
+
+    static let opOrder = ["read", "write", "readPages", "create", "delete", "truncate", "stat", "list", "statNode"]
+
+    /// The storage ops in protocol order; ops not known here after them, by name.
+    static func opLess(_ a: String, _ b: String) -> Bool {
+        let ia = opOrder.firstIndex(of: a) ?? opOrder.count
+        let ib = opOrder.firstIndex(of: b) ?? opOrder.count
+        return ia != ib ? ia < ib : a < b
+    }
+}
+
+/// The samples grouped by name, for building rows keyed by label values.
+struct SampleIndex {
+    var byName: [String: [MetricSample]] = [:]
+
+    init(_ samples: [MetricSample]) {
+        for sample in samples { byName[sample.name, default: []].append(sample) }
+    }
+
+    /// The value of an unlabelled (or only) sample of `name`.
+    func single(_ name: String) -> Double? { byName[name]?.first?.value }
+
+    /// One row per distinct value tuple of `labels` among the samples of `names` (or of every name
+    /// starting with `prefix`, less `excluding`), sorted naturally. A later sample with the same name
+    /// and key wins.
+    func rows(by labels: [String], prefix: String? = nil, names: [String] = [], excluding: [String] = []) -> [Row] {
+        let chosen = byName.keys.filter { name in
+            (names.contains(name) || prefix.map { name.hasPrefix($0) } == true) && !excluding.contains(name)
+        }
+        var rows: [[String]: Row] = [:]
+        for name in chosen {
+            for sample in byName[name] ?? [] {
+                let key = labels.map { sample.labels[$0] ?? "" }
+                rows[key, default: Row(key: key)].values[name] = sample.value
+            }
+        }
+        return rows.values.sorted { naturalLess($0.key, $1.key) }
+    }
+}
+
+struct Row {
+    var key: [String]
+    var values: [String: Double] = [:]
+    subscript(name: String) -> Double? { values[name] }
+}
+
+/// Element by element; two integers compare as numbers ("2" before "10"), anything else as text.
+func naturalLess(_ a: [String], _ b: [String]) -> Bool {
+    for (x, y) in zip(a, b) where x != y {
+        if let i = Int(x), let j = Int(y) { return i < j }
+        return x < y
+    }
+    return a.count < b.count
+}
+
+/// Cell formatting without Foundation.
+enum Cell {
+    /// An integer when the value is one (counters, byte counts); otherwise two decimals.
+    static func count(_ value: Double?) -> String {
+        guard let value else { return "-" }
+        if let special = nonFinite(value) { return special }
+        if value == value.rounded(), abs(value) < 9e18 { return String(Int64(value)) }
+        return fixed(value, digits: 2)
+    }
+
+    /// `digits` places after the point, rounded half away from zero.
+    static func fixed(_ value: Double?, digits: Int) -> String {
+        guard let value else { return "-" }
+        if let special = nonFinite(value) { return special }
+        var scale = 1.0
+        for _ in 0..<digits { scale *= 10 }
+        let scaled = (abs(value) * scale).rounded()
+        guard scaled < 9e18 else { return String(value) }
+        let units = Int64(scaled)
+        let whole = String(units / Int64(scale))
+        var fraction = digits == 0 ? "" : String(units % Int64(scale))
+        if digits > 0 { fraction = "." + String(repeating: "0", count: digits - fraction.count) + fraction }
+        return (value < 0 && units != 0 ? "-" : "") + whole + fraction
+    }
+
+    /// "3d 04h05m06s", "1h02m03s", "2m05s", "42s"; whole seconds.
+    static func duration(_ seconds: Double) -> String {
+        guard seconds.isFinite, seconds >= 0, seconds < 9e18 else { return String(seconds) }
+        let total = Int64(seconds)
+        let (d, h, m, s) = (total / 86_400, total / 3600 % 24, total / 60 % 60, total % 60)
+        func two(_ n: Int64) -> String { n < 10 ? "0\(n)" : "\(n)" }
+        if d > 0 { return "\(d)d \(two(h))h\(two(m))m\(two(s))s" }
+        if h > 0 { return "\(h)h\(two(m))m\(two(s))s" }
+        if m > 0 { return "\(m)m\(two(s))s" }
+        return "\(s)s"
+    }
+
+    static func nonFinite(_ value: Double) -> String? {
+        if value.isNaN { return "NaN" }
+        if value.isInfinite { return value < 0 ? "-Inf" : "+Inf" }
+        return nil
+    }
+}
+
+/// Columns as wide as their widest cell, two spaces apart; the first `leftColumns` are text and
+/// left-aligned, the rest numbers and right-aligned. No trailing spaces.
+struct Table {
+    let headers: [String]
+    let leftColumns: Int
+    var rows: [[String]] = []
+
+    init(_ headers: [String], leftColumns: Int) {
+        self.headers = headers
+        self.leftColumns = leftColumns
+    }
+
+    mutating func add(_ cells: [String]) {
+        precondition(cells.count == headers.count, "a row has one cell per column")
+        rows.append(cells)
+    }
+
+    /// A title line, the header line, then one line per row.
+    func render(title: String) -> String {
+        var widths = headers.map(\.count)
+        for row in rows {
+            for (column, cell) in row.enumerated() { widths[column] = max(widths[column], cell.count) }
+        }
+        var text = title + "\n"
+        for line in [headers] + rows {
+            var out = ""
+            for (column, cell) in line.enumerated() {
+                let pad = String(repeating: " ", count: widths[column] - cell.count)
+                if column > 0 { out += "  " }
+                out += column < leftColumns ? cell + pad : pad + cell
+            }
+            while out.last == " " { out.removeLast() }
+            text += out + "\n"
+        }
+        return text
+    }
+}
