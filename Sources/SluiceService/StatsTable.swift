@@ -5,7 +5,8 @@
 public enum StatsTable {
     /// Sections in a fixed order: Workers, Stages, Rings, Pipelines, Traffic sources, Storage. A section
     /// with none of its samples is left out; a missing cell prints "-". Rows sort by their labels
-    /// (numbers numerically). Unknown metric names are ignored. Pure: no I/O.
+    /// (numbers numerically), stages and rings in pipeline order as the ring names (`a->b`) give it.
+    /// Unknown metric names are ignored. Pure: no I/O.
     public static func render(_ samples: [MetricSample]) -> String {
         let index = SampleIndex(samples)
         let sections = [
@@ -44,7 +45,13 @@ public enum StatsTable {
         guard !rows.isEmpty else { return nil }
         var table = Table(["Name", "Pipeline", "Worker", "Calls", "Vectors", "Filtered", "Blocked",
                            "Clocks/Vector", "Vectors/Call"], leftColumns: 2)
-        for row in rows.sorted(by: { naturalLess([$0.key[1], $0.key[2], $0.key[0]], [$1.key[1], $1.key[2], $1.key[0]]) }) {
+        let order = stageOrder(index)
+        let sorted = rows.sorted { a, b in
+            let (pa, pb) = (order[a.key[1]]?[a.key[0]] ?? Int.max, order[b.key[1]]?[b.key[0]] ?? Int.max)
+            if a.key[1] != b.key[1] { return naturalLess([a.key[1]], [b.key[1]]) }
+            return pa != pb ? pa < pb : naturalLess([a.key[0], a.key[2]], [b.key[0], b.key[2]])
+        }
+        for row in sorted {
             table.add(row.key + [
                 Cell.count(row["sluice_stage_calls_total"]),
                 Cell.count(row["sluice_stage_items_total"]),
@@ -61,7 +68,13 @@ public enum StatsTable {
         let rows = index.rows(by: ["pipeline", "ring"], prefix: "sluice_ring_")
         guard !rows.isEmpty else { return nil }
         var table = Table(["Pipeline", "Ring", "Occupancy", "Full", "Drops"], leftColumns: 2)
-        for row in rows {
+        let order = stageOrder(index)
+        func position(_ row: Row) -> Int { order[row.key[0]]?[ringEnds(row.key[1]).source] ?? Int.max }
+        let sorted = rows.sorted { a, b in
+            if a.key[0] != b.key[0] { return naturalLess([a.key[0]], [b.key[0]]) }
+            return position(a) != position(b) ? position(a) < position(b) : a.key[1] < b.key[1]
+        }
+        for row in sorted {
             let occupancy = Cell.count(row["sluice_ring_occupancy"]) + "/" + Cell.count(row["sluice_ring_capacity"])
             table.add(row.key + [occupancy, Cell.count(row["sluice_ring_full_total"]),
                                  Cell.count(row["sluice_ring_drops_total"])])
@@ -166,6 +179,38 @@ public enum StatsTable {
                 + "  writes/flush \(Cell.fixed(perFlush, digits: 2))\n"
         }
         return text
+    }
+
+    /// Each stage's place in its pipeline (pipeline -> stage -> 0, 1, ...), read off the ring names
+    /// `source->target`: a walk from the stages no ring feeds. Stages on no ring are not listed.
+    static func stageOrder(_ index: SampleIndex) -> [String: [String: Int]] {
+        var next: [String: [String: [String]]] = [:]
+        for row in index.rows(by: ["pipeline", "ring"], prefix: "sluice_ring_") {
+            let (source, target) = ringEnds(row.key[1])
+            guard let target else { continue }
+            next[row.key[0], default: [:]][source, default: []].append(target)
+        }
+        var order: [String: [String: Int]] = [:]
+        for (pipeline, edges) in next {
+            let targets = Set(edges.values.joined())
+            var queue = edges.keys.filter { !targets.contains($0) }.sorted()
+            var positions: [String: Int] = [:]
+            // Breadth first; each stage placed once, so a cycle in the names cannot loop.
+            while !queue.isEmpty {
+                let stage = queue.removeFirst()
+                guard positions[stage] == nil else { continue }
+                positions[stage] = positions.count
+                queue += (edges[stage] ?? []).sorted()
+            }
+            order[pipeline] = positions
+        }
+        return order
+    }
+
+    /// "a->b" as ("a", "b"); a name without "->" as (name, nil).
+    static func ringEnds(_ ring: String) -> (source: String, target: String?) {
+        guard let arrow = ring.firstRange(of: "->") else { return (ring, nil) }
+        return (String(ring[..<arrow.lowerBound]), String(ring[arrow.upperBound...]))
     }
 
     static let opOrder = ["read", "write", "readPages", "create", "delete", "truncate", "stat", "list", "statNode"]

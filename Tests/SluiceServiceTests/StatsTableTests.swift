@@ -173,6 +173,25 @@ import Testing
         ])
     }
 
+    /// Stages and rings follow the data path the ring names spell, not the alphabet.
+    @Test func stagesAndRingsInPipelineOrder() throws {
+        let samples = try MetricsText.parse("""
+            sluice_stage_calls_total{pipeline="p",stage="action",worker="1"} 1
+            sluice_stage_calls_total{pipeline="p",stage="pcap-tx",worker="1"} 1
+            sluice_stage_calls_total{pipeline="p",stage="classify",worker="1"} 1
+            sluice_stage_calls_total{pipeline="p",stage="pcap-rx",worker="0"} 1
+            sluice_stage_calls_total{pipeline="p",stage="orphan",worker="0"} 1
+            sluice_ring_capacity{pipeline="p",ring="classify->action"} 8
+            sluice_ring_capacity{pipeline="p",ring="action->pcap-tx"} 8
+            sluice_ring_capacity{pipeline="p",ring="pcap-rx->classify"} 8
+            """)
+        let lines = StatsTable.render(samples).split(separator: "\n").map(String.init)
+        let stages = lines.drop { $0 != "Stages" }.dropFirst(2).prefix { !$0.isEmpty && $0 != "Rings" }
+        #expect(stages.map { String($0.prefix { $0 != " " }) } == ["pcap-rx", "classify", "action", "pcap-tx", "orphan"])
+        let rings = lines.drop { $0 != "Rings" }.dropFirst(2)
+        #expect(rings.map { $0.split(separator: " ")[1] } == ["pcap-rx->classify", "classify->action", "action->pcap-tx"])
+    }
+
     @Test func sectionsWithoutSamplesAreLeftOut() throws {
         let samples = try MetricsText.parse("""
             sluice_ring_occupancy{pipeline="p",ring="a->b"} 0.0
