@@ -92,7 +92,15 @@ extension ConfigNode {
                 if pairs.contains(where: { $0.key == keyScalar.string }) {
                     throw .syntax(line: key.mark?.line ?? line, reason: "key '\(keyScalar.string)' appears twice")
                 }
-                pairs.append((keyScalar.string, try convert(value)))
+                // A block under a key is reported at the key's line, not at its first entry's.
+                var converted = try convert(value)
+                let keyLine = key.mark?.line ?? line
+                switch converted {
+                case .map(let inner, _): converted = .map(inner, line: keyLine)
+                case .list(let inner, _): converted = .list(inner, line: keyLine)
+                case .scalar: break
+                }
+                pairs.append((keyScalar.string, converted))
             }
             return .map(pairs, line: line)
         case .alias:

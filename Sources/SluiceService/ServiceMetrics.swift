@@ -21,6 +21,7 @@ public final class ServiceMetrics: Sendable {
     /// were last advanced to (swift-metrics counters only increment).
     private struct State: ~Copyable {
         var counters: [String: (counter: CoreMetrics.Counter, value: UInt64)] = [:]
+        var secondCounters: [String: (counter: FloatingPointCounter, ns: UInt64)] = [:]
         var gauges: [String: CoreMetrics.Gauge] = [:]
         var traffic: [Int: TrafficMetrics] = [:]
     }
@@ -53,8 +54,8 @@ public final class ServiceMetrics: Sendable {
             advance(&state, "sluice_worker_busy_cycles_total", labels, snapshot.busyCycles)
             advance(&state, "sluice_worker_idle_cycles_total", labels, snapshot.idleCycles)
             advance(&state, "sluice_worker_sleeps_total", labels, snapshot.sleeps)
-            advance(&state, "sluice_worker_sleep_seconds_total", labels, snapshot.sleepNs / 1_000_000_000)
-            advance(&state, "sluice_worker_cpu_seconds_total", labels, snapshot.cpuNs / 1_000_000_000)
+            advance(&state, seconds: "sluice_worker_sleep_seconds_total", labels, ns: snapshot.sleepNs)
+            advance(&state, seconds: "sluice_worker_cpu_seconds_total", labels, ns: snapshot.cpuNs)
             set(&state, gauge: "sluice_worker_utilisation", labels, snapshot.utilisation)
         }
         let traffic = dataplane.trafficSnapshot
@@ -141,6 +142,18 @@ public final class ServiceMetrics: Sendable {
         guard value > last else { return }
         state.counters[key]!.counter.increment(by: Int64(clamping: value - last))
         state.counters[key]!.value = value
+    }
+
+    /// Moves a mirrored seconds counter up to `ns` nanoseconds.
+    private func advance(_ state: inout State, seconds label: String, _ labels: [(String, String)], ns: UInt64) {
+        let key = Self.key(label, labels)
+        if state.secondCounters[key] == nil {
+            state.secondCounters[key] = (FloatingPointCounter(label: label, dimensions: labels, factory: factory), 0)
+        }
+        let last = state.secondCounters[key]!.ns
+        guard ns > last else { return }
+        state.secondCounters[key]!.counter.increment(by: Double(ns - last) / 1e9)
+        state.secondCounters[key]!.ns = ns
     }
 
     private func set(_ state: inout State, gauge label: String, _ labels: [(String, String)], _ value: Double) {

@@ -4,10 +4,10 @@ import ArgumentParser
 import SluiceCore
 
 @main
-struct Sluice: ParsableCommand {
+struct Sluice: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Sluice: a data plane in Swift with a C core.",
-        subcommands: [ReplayCommand.self, PipelineCommand.self, StorageCommand.self])
+        subcommands: [RunCommand.self, ReplayCommand.self, PipelineCommand.self, StorageCommand.self, StatsCommand.self])
 }
 
 /// Parses a core list: "0,1", "0-3", "0-1,4".

@@ -1,0 +1,182 @@
+// Path: Tests/SluiceServiceTests/ConfigTests.swift — the config format: the shipped example and the
+// embedded default load; every kind of mistake is an error that names the key (and line).
+import Testing
+
+@testable import SluiceService
+import SluiceReplay
+import SluicePacketIO
+
+/// The repository root, from this file's path (Tests/SluiceServiceTests/ConfigTests.swift).
+let repositoryRoot: String = {
+    var path = #filePath
+    for _ in 0..<3 { path = String(path[..<path.lastIndex(of: "/")!]) }
+    return path
+}()
+
+@Suite struct ConfigTests {
+    private func load(_ yaml: String, overrides: [String] = []) throws(ConfigError) -> ServiceConfiguration {
+        var tree = try ConfigNode.parse(yaml: yaml)
+        for override in overrides { tree = try tree.applying(override: override) }
+        return try ServiceConfiguration.decode(tree, defaultCores: [0, 1])
+    }
+
+    private func error(_ yaml: String, overrides: [String] = []) -> ConfigError? {
+        do {
+            _ = try load(yaml, overrides: overrides)
+            return nil
+        } catch { return error }
+    }
+
+    private let minimal = """
+        pipelines:
+          - name: p
+            source:
+              pcap: in.pcap
+            sink:
+              pcap: out.pcap
+        """
+
+    @Test func shippedExampleLoadsWithEveryKey() throws {
+        let configuration = try ServiceConfiguration.load(path: repositoryRoot + "/docs/sluice.yaml", defaultCores: [7])
+        #expect(configuration.cores == [0, 1])
+        #expect(configuration.waitMode == .adaptive)
+        #expect(configuration.metrics == ListenAddress(host: "127.0.0.1", port: 9464))
+        let pipeline = try #require(configuration.pipelines.first)
+        #expect(pipeline.path.name == "sample")
+        #expect(pipeline.path.input == .capture(path: "Tests/Fixtures/sample.pcap", pacing: .capture(speed: 1), loopCount: 1))
+        #expect(pipeline.path.output == .pcapFile("out/run.pcap"))
+        #expect(pipeline.path.traffic?.sources.map(\.weight) == [1, 3])
+        #expect(pipeline.path.classifier.entries.count == 1)
+        #expect(pipeline.path.ringCapacity == 1024 && pipeline.path.poolBufferCount == 8192 && pipeline.path.burstCount == 32)
+        let storage = try #require(configuration.storage)
+        #expect(storage.dataDirectory == "out/storage" && storage.listen.port == 7000 && storage.queueDepth == 32)
+        #expect(configuration.drainTimeoutMs == 5000 && configuration.runForMs == nil)
+    }
+
+    @Test func embeddedDefaultRunsTheSampleWithStorage() throws {
+        let configuration = try ServiceConfiguration.load(path: nil, defaultCores: [3])
+        #expect(configuration.cores == [3])
+        #expect(configuration.pipelines.count == 1)
+        #expect(configuration.pipelines[0].path.output == .pcapFile("out/run.pcap"))
+        #expect(configuration.pipelines[0].cores == [3])
+        #expect(configuration.storage?.listen == ListenAddress(host: "127.0.0.1", port: 7000))
+        #expect(configuration.metrics?.host == "127.0.0.1")
+    }
+
+    @Test func minimalConfigGetsDefaults() throws {
+        let configuration = try load(minimal)
+        #expect(configuration.cores == [0, 1])
+        #expect(configuration.storage == nil)
+        #expect(configuration.pipelines[0].path.stages == .classifyAndAct)
+        #expect(configuration.pipelines[0].cores == [0, 1])
+    }
+
+    @Test func overridesSetNestedKeysAndAppendListItems() throws {
+        let configuration = try load(minimal, overrides: [
+            "cores=[2,3]", "pipelines[0].source.rate=500", "pipelines[0].cores=3",
+            "storage.data=/var/tmp/x", "storage.listen=127.0.0.1:0",
+            "pipelines[1].name=q", "pipelines[1].source.interface=veth0", "pipelines[1].sink.discard=true",
+        ])
+        #expect(configuration.cores == [2, 3])
+        #expect(configuration.pipelines[0].path.input == .capture(path: "in.pcap", pacing: .rate(packetsPerSecond: 500), loopCount: 1))
+        #expect(configuration.pipelines[0].cores == [3])
+        #expect(configuration.pipelines[1].path.input == .interface("veth0"))
+        #expect(configuration.pipelines[1].path.output == .discard)
+        #expect(configuration.storage?.listen.port == 0)
+    }
+
+    @Test func badOverridesSayWhy() {
+        #expect(error(minimal, overrides: ["novalue"]) == .badOverride("novalue", reason: "expected key.path=value"))
+        #expect(error(minimal, overrides: ["pipelines[5].name=x"])
+            == .badOverride("pipelines[5].name=x", reason: "index 5 is past the list's end (1 items)"))
+        #expect(error(minimal, overrides: ["pipelines.name=x"])
+            == .badOverride("pipelines.name=x", reason: "cannot set 'name' inside a value that is not a mapping"))
+    }
+
+    @Test(arguments: [
+        // (override, the key the error must name, a phrase it must contain)
+        ("pipelines[0].source.speed=-1", "pipelines[0].source.speed", "must be positive"),
+        ("pipelines[0].source.speed=fast", "pipelines[0].source.speed", "expected a number"),
+        ("pipelines[0].source.loop=0", "pipelines[0].source.loop", "1...1000000"),
+        ("pipelines[0].source.interface=eth0", "pipelines[0].source", "not both"),
+        ("pipelines[0].sink.discard=true", "pipelines[0].sink", "exactly one"),
+        ("pipelines[0].stages=all", "pipelines[0].stages", "none, classify or classify-and-act"),
+        ("pipelines[0].ring_size=65536", "pipelines[0]", "raise buffers"),
+        ("pipelines[0].burst=0", "pipelines[0].burst", "1...256"),
+        ("pipelines[0].cores=[9]", "pipelines[0].cores", "not in the service's cores"),
+        ("pipelines[0].name=a b", "pipelines[0].name", "letters, digits"),
+        ("pipelines[0].traffic.weights=[1,0]", "pipelines[0].traffic.weights[1]", "must be positive"),
+        ("pipelines[0].classify.by=colour", "pipelines[0].classify.by", "is not one of"),
+        ("pipelines[0].source.interface=x/y", "pipelines[0].source", "not both"),
+        ("cores=[0,0]", "cores[1]", "appears twice"),
+        ("cores=0-x", "cores", "not a CPU number"),
+        ("wait_mode=fast", "wait_mode", "busy-poll, adaptive or interrupt"),
+        ("log_level=loud", "log_level", "is not one of"),
+        ("metrics.listen=10.1.2.3", "metrics.listen", "expected host:port"),
+        ("metrics.listen=example.com:80", "metrics.listen", "not an IPv4 address"),
+        ("storage.listen=127.0.0.1:70000", "storage.data", "required"),
+        ("shutdown.drain_timeout_ms=-5", "shutdown.drain_timeout_ms", "0...600000"),
+    ])
+    func mistakesNameTheKey(override: String, key: String, phrase: String) throws {
+        let failure = try #require(error(minimal, overrides: [override]), "\(override) was accepted")
+        let text = "\(failure)"
+        #expect(text.contains(key), "\(text) does not name \(key)")
+        #expect(text.contains(phrase), "\(text) does not say \(phrase)")
+    }
+
+    @Test func storageAndMetricsCannotShareAPort() throws {
+        let failure = try #require(error(minimal, overrides: ["storage.data=d", "storage.listen=127.0.0.1:9464"]))
+        #expect("\(failure)".contains("also metrics.listen's"))
+    }
+
+    @Test func unknownKeysAreRejectedWithTheirLine() {
+        let yaml = """
+            pipelines:
+              - name: p
+                source:
+                  pcap: in.pcap
+                  sped: 2
+                sink:
+                  pcap: out.pcap
+            """
+        guard case .unknownKey(let key, let line, let known)? = error(yaml) else {
+            Issue.record("a misspelt key was accepted")
+            return
+        }
+        #expect(key == "pipelines[0].source.sped")
+        #expect(line == 5)
+        #expect(known.contains("speed"))
+    }
+
+    @Test func missingPartsAreNamed() {
+        #expect(error("pipelines:\n  - name: p\n    sink:\n      pcap: o\n") == .missingKey(key: "pipelines[0].source"))
+        #expect(error("storage:\n  listen: 127.0.0.1:1\n") == .missingKey(key: "storage.data"))
+    }
+
+    @Test func syntaxErrorsCarryTheLine() {
+        guard case .syntax(let line, _)? = error("pipelines:\n  - name: a\n   source: 1\n") else {
+            Issue.record("broken indentation was accepted")
+            return
+        }
+        #expect(line == 3)
+        guard case .syntax(let duplicateLine, let reason)? = error("cores: [0]\ncores: [1]\n") else {
+            Issue.record("a duplicated key was accepted")
+            return
+        }
+        #expect(duplicateLine >= 1 && duplicateLine <= 2 && reason.contains("cores"), "\(duplicateLine): \(reason)")
+        #expect(error("- a\n- b\n") == .syntax(line: 1, reason: "the top level must be a mapping of keys"))
+    }
+
+    @Test func unreadableFileIsAnError() {
+        #expect(throws: ConfigError.unreadable(path: "/nonexistent/sluice.yaml", reason: "No such file or directory")) {
+            _ = try ServiceConfiguration.load(path: "/nonexistent/sluice.yaml", defaultCores: [0])
+        }
+    }
+}
+
+extension ConfigTests {
+    @Test func onePacingOnly() throws {
+        let failure = try #require(error(minimal, overrides: ["pipelines[0].source.rate=5", "pipelines[0].source.speed=2"]))
+        #expect("\(failure)".contains("give one of speed, rate, top_speed"))
+    }
+}
