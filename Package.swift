@@ -102,8 +102,14 @@ let package = Package(
         ),
         .testTarget(name: "SluiceCoreTests", dependencies: ["SluiceCore", "CShims"]),
         .testTarget(name: "SluicePageStoreTests", dependencies: ["SluicePageStore", "SluiceCore", "CShims"]),
-        .testTarget(name: "SluiceStorageServerTests", dependencies: ["SluiceStorageServer", "SluicePageStore"]),
-        .testTarget(name: "SluiceServiceTests", dependencies: ["SluiceService", "SluiceStorageServer", "SluicePageStore"]),
+        .testTarget(name: "SluiceStorageServerTests", dependencies: ["SluiceStorageServer", "SluicePageStore", "SluiceTestSupport"]),
+        // What the tests that run the `sluice` binary share: spawning it, reading its output, HTTP GET.
+        .target(name: "SluiceTestSupport", path: "Tests/SluiceTestSupport"),
+        .testTarget(
+            name: "SluiceServiceTests",
+            dependencies: ["SluiceService", "SluiceStorageServer", "SluicePageStore", "SluicePacketIO", "SluiceReplay",
+                           "SluiceTestSupport"]
+        ),
         .testTarget(name: "SluicePacketTests", dependencies: ["SluicePacket", "SluiceCore"]),
         .testTarget(
             name: "SluiceTrafficTests",

@@ -22,6 +22,8 @@ _Static_assert(SLUICE_AFPACKET_STATUS_AVAILABLE == TP_STATUS_AVAILABLE, "TP_STAT
 _Static_assert(SLUICE_AFPACKET_STATUS_SEND_REQUEST == TP_STATUS_SEND_REQUEST, "TP_STATUS_SEND_REQUEST");
 _Static_assert(SLUICE_AFPACKET_STATUS_SENDING == TP_STATUS_SENDING, "TP_STATUS_SENDING");
 _Static_assert(SLUICE_AFPACKET_STATUS_WRONG_FORMAT == TP_STATUS_WRONG_FORMAT, "TP_STATUS_WRONG_FORMAT");
+_Static_assert(SLUICE_AFPACKET_STATUS_VLAN_VALID == TP_STATUS_VLAN_VALID, "TP_STATUS_VLAN_VALID");
+_Static_assert(SLUICE_AFPACKET_STATUS_VLAN_TPID_VALID == TP_STATUS_VLAN_TPID_VALID, "TP_STATUS_VLAN_TPID_VALID");
 _Static_assert(SLUICE_AFPACKET_FANOUT_HASH == PACKET_FANOUT_HASH, "PACKET_FANOUT_HASH");
 _Static_assert(SLUICE_AFPACKET_FANOUT_FLAG_DEFRAG == PACKET_FANOUT_FLAG_DEFRAG, "PACKET_FANOUT_FLAG_DEFRAG");
 _Static_assert(SLUICE_AFPACKET_TX_DATA_OFFSET == TPACKET2_HDRLEN - sizeof(struct sockaddr_ll), "TX data offset");
@@ -43,6 +45,9 @@ SLUICE_SAME_FIELD(struct sluice_afpacket_v3_frame_header, snap_length, struct tp
 SLUICE_SAME_FIELD(struct sluice_afpacket_v3_frame_header, wire_length, struct tpacket3_hdr, tp_len);
 SLUICE_SAME_FIELD(struct sluice_afpacket_v3_frame_header, status, struct tpacket3_hdr, tp_status);
 SLUICE_SAME_FIELD(struct sluice_afpacket_v3_frame_header, mac_offset, struct tpacket3_hdr, tp_mac);
+SLUICE_SAME_FIELD(struct sluice_afpacket_v3_frame_header, vlan_tci, struct tpacket3_hdr, hv1.tp_vlan_tci);
+SLUICE_SAME_FIELD(struct sluice_afpacket_v3_frame_header, vlan_tpid, struct tpacket3_hdr, hv1.tp_vlan_tpid);
+_Static_assert(sizeof(struct sluice_afpacket_v3_frame_header) == sizeof(struct tpacket3_hdr), "tpacket3_hdr size");
 SLUICE_SAME_FIELD(struct sluice_afpacket_v2_frame_header, status, struct tpacket2_hdr, tp_status);
 SLUICE_SAME_FIELD(struct sluice_afpacket_v2_frame_header, length, struct tpacket2_hdr, tp_len);
 SLUICE_SAME_FIELD(struct sluice_afpacket_v2_frame_header, snap_length, struct tpacket2_hdr, tp_snaplen);

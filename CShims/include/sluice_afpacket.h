@@ -39,6 +39,8 @@
 #define SLUICE_AFPACKET_STATUS_SEND_REQUEST 1u
 #define SLUICE_AFPACKET_STATUS_SENDING 2u
 #define SLUICE_AFPACKET_STATUS_WRONG_FORMAT 4u
+#define SLUICE_AFPACKET_STATUS_VLAN_VALID 0x10u
+#define SLUICE_AFPACKET_STATUS_VLAN_TPID_VALID 0x40u
 #define SLUICE_AFPACKET_FANOUT_HASH 0u
 #define SLUICE_AFPACKET_FANOUT_FLAG_DEFRAG 0x8000u
 /* Offset of packet data in a TX frame: TPACKET_ALIGN(sizeof(struct tpacket2_hdr)). The kernel sends
@@ -70,6 +72,11 @@ struct sluice_afpacket_v3_frame_header {
     uint32_t status;
     uint16_t mac_offset; /* from this header to the link-layer header */
     uint16_t network_offset;
+    uint32_t rx_hash;
+    uint32_t vlan_tci;   /* the tag the kernel (or a NIC) took off the frame, when STATUS_VLAN_VALID */
+    uint16_t vlan_tpid;  /* its TPID, when STATUS_VLAN_TPID_VALID (else 0x8100) */
+    uint16_t variant_padding;
+    uint8_t padding[8];
 };
 
 /* struct tpacket2_hdr: the head of every TX frame. */
@@ -165,6 +172,11 @@ struct sluice_afpacket_frame {
     uint32_t snap_length;
     uint32_t wire_length;
     uint64_t timestamp_ns;  /* CLOCK_REALTIME, from tp_sec and tp_nsec */
+    /* The outer 802.1Q/802.1ad tag the kernel stripped (VLAN offload), to be put back after the MAC
+     * addresses as libpcap does; has_vlan 0 when the frame arrived untagged or kept its tag. */
+    uint16_t vlan_tci;
+    uint16_t vlan_tpid;
+    uint32_t has_vlan;
 };
 
 static inline struct sluice_afpacket_block_header *sluice_afpacket_rx_block(
@@ -218,6 +230,10 @@ static inline int sluice_afpacket_rx_next(struct sluice_afpacket_rx_cursor *c, s
     frame->snap_length = header->snap_length;
     frame->wire_length = header->wire_length;
     frame->timestamp_ns = (uint64_t)header->seconds * 1000000000u + header->nanoseconds;
+    uint32_t status = header->status;
+    frame->has_vlan = (status & SLUICE_AFPACKET_STATUS_VLAN_VALID) != 0;
+    frame->vlan_tci = (uint16_t)header->vlan_tci;
+    frame->vlan_tpid = (status & SLUICE_AFPACKET_STATUS_VLAN_TPID_VALID) ? header->vlan_tpid : 0x8100;
     c->frame_offset += header->next_offset;
     c->frames_left--;
     return 1;

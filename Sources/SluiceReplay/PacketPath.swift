@@ -235,14 +235,11 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
         return false
     }
 
-    /// Packets and bytes the source brought in so far.
-    public var packetsIn: UInt64 {
-        switch input {
-        case .capture(let source): source.counters.packets.load(ordering: .relaxed)
-        case .interface(let source): source.statistics.snapshot().packets
-        }
-    }
+    /// Packets that entered the pipeline (a paced capture's next record, read but not yet due when
+    /// the source stopped, did not).
+    public var packetsIn: UInt64 { pipeline.entered.load(ordering: .acquiring) }
 
+    /// Bytes the source read (for a paced capture, including a record read but not yet released).
     public var bytesIn: UInt64 {
         switch input {
         case .capture(let source): source.counters.bytes.load(ordering: .relaxed)

@@ -1,25 +1,10 @@
 import Glibc
 import SluicePageStore
 import Synchronization
+import SluiceTestSupport
 import Testing
 
 @testable import SluiceStorageServer
-
-/// The built `sluice` next to the test bundle (`swift build --build-tests` builds both), or nil.
-func sluiceBinary() -> String? {
-    var buffer = [CChar](repeating: 0, count: 4096)
-    let count = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-    guard count > 0 else { return nil }
-    var path = String(decoding: buffer.prefix(count).map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    // The runner is `<build>/debug/<Package>PackageTests.xctest` (or a binary inside a bundle): walk up.
-    for _ in 0..<4 {
-        guard let slash = path.lastIndex(of: "/") else { return nil }
-        path = String(path[..<slash])
-        let candidate = path + "/sluice"
-        if access(candidate, X_OK) == 0 { return candidate }
-    }
-    return nil
-}
 
 /// A `sluice storage serve` child process; `port` is parsed from its first stdout line.
 struct ServeProcess {
@@ -61,11 +46,6 @@ struct ServeProcess {
         var status: Int32 = 0
         waitpid(pid, &status, 0)
     }
-}
-
-struct SpawnError: Error, CustomStringConvertible {
-    let description: String
-    init(_ description: String) { self.description = description }
 }
 
 /// Payload of write number `sequence`: its number in the first 8 bytes, then bytes derived from it, so

@@ -101,12 +101,27 @@ public struct AFPacketReceiver: ~Copyable {
     private mutating func copy(_ frame: sluice_afpacket_frame, into index: UInt32, enqueueNs: UInt64) {
         let bytes = pool.bytes(at: index)
         let snapLength = Int(frame.snap_length)
-        let length = min(snapLength, bytes.count)
-        if length < snapLength { counters.truncated &+= 1 }
-        bytes.baseAddress!.copyMemory(from: frame.data, byteCount: length)
+        var length: Int
+        var wireLength = frame.wire_length
+        if frame.has_vlan != 0 && snapLength >= 12 {
+            // The kernel took the outer tag off (VLAN offload): put it back after the MAC addresses,
+            // so the frame reads as it was on the wire (as libpcap does).
+            length = min(snapLength + 4, bytes.count)
+            if length < snapLength + 4 { counters.truncated &+= 1 }
+            let base = bytes.baseAddress!
+            base.copyMemory(from: frame.data, byteCount: 12)
+            base.storeBytes(of: frame.vlan_tpid.bigEndian, toByteOffset: 12, as: UInt16.self)
+            base.storeBytes(of: frame.vlan_tci.bigEndian, toByteOffset: 14, as: UInt16.self)
+            (base + 16).copyMemory(from: frame.data + 12, byteCount: length - 16)
+            wireLength &+= 4
+        } else {
+            length = min(snapLength, bytes.count)
+            if length < snapLength { counters.truncated &+= 1 }
+            bytes.baseAddress!.copyMemory(from: frame.data, byteCount: length)
+        }
         var metadata = PacketMetadata()
         metadata.length = UInt32(truncatingIfNeeded: length)
-        metadata.wireLength = frame.wire_length
+        metadata.wireLength = wireLength
         metadata.timestampNs = frame.timestamp_ns
         metadata.enqueueNs = enqueueNs
         metadata.linkType = 1  // DLT_EN10MB: AF_PACKET SOCK_RAW on Ethernet

@@ -1,0 +1,102 @@
+// Path: Tests/SluiceServiceTests/NetnsServiceTests.swift — `sluice run` receiving on an interface:
+// the sample replayed into a veth pair from a namespace (198.18.0.0/15 rule: no addresses at all,
+// IPv6 off, so only the replayed frames cross), every frame counted by the metrics endpoint and
+// written, in order, to the pipeline's pcap file by the time SIGTERM returns.
+import Glibc
+import SluicePacketIO
+import SluiceService
+import SluiceTestSupport
+import Testing
+
+/// A veth pair: `inside` in a namespace of its own (the sender's), `outside` in this namespace (the
+/// service's). Both up, IPv6 off, no addresses. `destroy` (also deinit) deletes the namespace and the pair.
+final class VethIntoNamespace {
+    let namespace: String
+    let inside: String
+    let outside: String
+
+    init() throws {
+        let pid = getpid()
+        namespace = "sluice-svc-\(pid)"
+        inside = "svc\(pid)i"
+        outside = "svc\(pid)o"
+        destroy()
+        do {
+            try Self.run(["/usr/sbin/ip", "netns", "add", namespace])
+            try Self.run(["/usr/sbin/ip", "link", "add", "name", outside, "type", "veth", "peer", "name", inside, "netns", namespace])
+            try Self.run(["/usr/sbin/sysctl", "-qw", "net.ipv6.conf.\(outside).disable_ipv6=1"])
+            try Self.run(["/usr/sbin/ip", "netns", "exec", namespace, "/usr/sbin/sysctl", "-qw", "net.ipv6.conf.\(inside).disable_ipv6=1"])
+            try Self.run(["/usr/sbin/ip", "link", "set", "dev", outside, "up"])
+            try Self.run(["/usr/sbin/ip", "-n", namespace, "link", "set", "dev", inside, "up"])
+        } catch {
+            destroy()
+            throw error
+        }
+    }
+
+    deinit { destroy() }
+
+    func destroy() {
+        _ = try? runCommand(["/usr/sbin/ip", "netns", "del", namespace])
+        _ = try? runCommand(["/usr/sbin/ip", "link", "del", outside])
+    }
+
+    static func run(_ arguments: [String]) throws {
+        let result = try runCommand(arguments, timeoutMs: 30_000)
+        guard result.status == 0 else { throw SpawnError("\(arguments.joined(separator: " ")): \(result.stderr)") }
+    }
+}
+
+@Suite(.serialized) struct NetnsServiceTests {
+    static let isRoot = geteuid() == 0
+    static let inCI = getenv("CI").map { String(cString: $0) == "true" } ?? false
+
+    @Test(.enabled(if: isRoot || inCI, "needs root for namespaces and AF_PACKET (runs in CI, CI=true)"))
+    func interfacePipelineCountsAndWritesEveryFrame() throws {
+        try #require(Self.isRoot, "CI=true: namespace and AF_PACKET tests need root")
+        let binary = try #require(sluiceBinary(), "no built `sluice` next to the test bundle")
+        let lab = try VethIntoNamespace()
+        defer { lab.destroy() }
+        let paths = ScratchPaths("netns")
+        defer { paths.remove() }
+        let service = try RunningService(binary: binary, yaml: """
+            pipelines:
+              - name: wire
+                source: {interface: "\(lab.outside)"}
+                stages: classify
+                sink: {pcap: "\(paths.outputPcap)"}
+            metrics: {listen: "127.0.0.1:0"}
+            """)
+        // The sender: `sluice replay` in the namespace, onto the inside end.
+        let sent = try runCommand(["/usr/sbin/ip", "netns", "exec", lab.namespace, binary, "replay", samplePcap,
+                                   "--iface", lab.inside, "--rate", "20000"], timeoutMs: 60_000)
+        #expect(sent.status == 0, "replay: \(sent.stderr)")
+        var received = 0.0
+        for _ in 0..<500 {  // up to 5 s for the last frames to reach the counters
+            received = try service.scrape().value("sluice_pipeline_packets_in_total", ["pipeline": "wire"]) ?? 0
+            if received >= 2000 { break }
+            usleep(10_000)
+        }
+        #expect(received == 2000)
+        let samples = try service.scrape()
+        #expect(samples.value("sluice_stage_items_total", ["pipeline": "wire", "stage": "afpacket-rx"]) == 2000)
+        #expect(samples.value("sluice_stage_items_total", ["pipeline": "wire", "stage": "pcap-tx"]) == 2000)
+        #expect(!samples.contains { $0.name == "sluice_pipeline_drops_total" && $0.value > 0 }, "drops: \(samples.filter { $0.name == "sluice_pipeline_drops_total" })")
+        #expect(samples.value("sluice_ring_occupancy", ["pipeline": "wire", "ring": "afpacket-rx->classify"]) == 0)
+
+        let (status, lines) = try service.terminate()
+        #expect(status == 0, "exit \(status): \(service.child.stderrText)")
+        #expect(lines.contains { $0.hasPrefix("wire ") && $0.contains(" 2000 ") && $0.hasSuffix("ok") }, "\(lines)")
+        // The file holds the sample's frames, in order, byte for byte.
+        var written = try PcapReader(path: paths.outputPcap)
+        var original = try PcapReader(path: samplePcap)
+        var count = 0
+        while let record = try original.next() {
+            let copy = try #require(try written.next(), "only \(count) frames written")
+            #expect(Array(copy.bytes) == Array(record.bytes), "frame \(count) differs")
+            count += 1
+        }
+        #expect(try written.next() == nil)
+        #expect(count == 2000)
+    }
+}

@@ -1,0 +1,194 @@
+// Path: Tests/SluiceServiceTests/ServiceProcessTests.swift — `sluice run` from its binary: a capture
+// replayed mid-stream and storage writers when SIGTERM arrives (nothing acknowledged lost, the
+// drained packets all in the output file), the metrics endpoint's counters, `sluice stats`, the
+// embedded default, and bad configs.
+import Foundation
+import Glibc
+import SluicePageStore
+import SluiceService
+import SluiceStorageServer
+import SluiceTestSupport
+import Synchronization
+import Testing
+
+/// Payload of writer `writer`'s write number `sequence`: both numbers, then bytes derived from them.
+func writerPayload(writer: UInt64, sequence: UInt64) -> [UInt8] {
+    var payload = withUnsafeBytes(of: writer.littleEndian) { Array($0) } + withUnsafeBytes(of: sequence.littleEndian) { Array($0) }
+    for index in 16..<256 { payload.append(UInt8(truncatingIfNeeded: sequence &* 131 &+ writer &* 7 &+ UInt64(index))) }
+    return payload
+}
+
+/// The last write a writer had acknowledged.
+struct Acknowledged: Sendable {
+    var sequence: UInt64 = 0
+    var osn: UInt64 = 0
+}
+
+@Suite(.serialized) struct ServiceProcessTests {
+    static let writerCount = 4
+
+    @Test func sigtermMidStreamLosesNothingAcknowledged() throws {
+        let binary = try #require(sluiceBinary(), "no built `sluice` next to the test bundle")
+        let paths = ScratchPaths("sigterm")
+        defer { paths.remove() }
+        // 10 loops of the 2000-packet sample at 4000 packets/s: 5 s of input, stopped after ~2 s.
+        let yaml = """
+            pipelines:
+              - name: replay
+                source: {pcap: "\(samplePcap)", rate: 4000, loop: 10}
+                traffic: {weights: [1]}
+                sink: {pcap: "\(paths.outputPcap)"}
+            storage: {data: "\(paths.dataDirectory)", listen: "127.0.0.1:0"}
+            metrics: {listen: "127.0.0.1:0"}
+            """
+        let service = try RunningService(binary: binary, yaml: yaml)
+        let storage = try #require(service.storage)
+
+        // Writers: writer w overwrites page w of object 1 until its connection fails.
+        let setup = try StorageClient(host: storage.host, port: storage.port)
+        _ = try setup.create(objectID: 1)
+        let acknowledged = Mutex([Acknowledged](repeating: Acknowledged(), count: Self.writerCount))
+        let finished = Atomic<Int>(0)
+        for writer in 0..<Self.writerCount {
+            // Threads of their own: the writers block on the network.
+            Thread.detachNewThread {
+                defer { finished.add(1, ordering: .releasing) }
+                guard let client = try? StorageClient(host: storage.host, port: storage.port) else { return }
+                defer { client.close() }
+                var sequence: UInt64 = 1
+                while sequence < 1_000_000 {
+                    let payload = writerPayload(writer: UInt64(writer), sequence: sequence)
+                    guard let osn = try? client.write(objectID: 1, pageIndex: UInt64(writer), payload: payload) else { return }
+                    acknowledged.withLock { $0[writer] = Acknowledged(sequence: sequence, osn: osn) }
+                    sequence += 1
+                }
+            }
+        }
+        // Five writes conditional on a page version that has since changed: five conflicts.
+        let first = try setup.write(objectID: 1, pageIndex: 100, payload: [1])
+        _ = try setup.write(objectID: 1, pageIndex: 100, payload: [2])
+        for _ in 0..<5 {
+            #expect(throws: StorageClientError.self) {
+                _ = try setup.write(objectID: 1, pageIndex: 100, payload: [3], condition: .unmodifiedSince(first))
+            }
+        }
+        let page = try setup.read(objectID: 1, pageIndex: 100)
+        #expect(page.payload.first == 2)
+        setup.close()
+
+        usleep(1_000_000)
+        let acknowledgedBeforeScrape = acknowledged.withLock { $0.reduce(0) { $0 + $1.sequence } }
+        let samples = try service.scrape()
+        #expect(samples.value("sluice_up") == 1)
+        let packetsIn = try #require(samples.value("sluice_pipeline_packets_in_total", ["pipeline": "replay"]))
+        #expect(packetsIn > 0 && packetsIn < 20_000, "mid-stream at the scrape: \(packetsIn)")
+        #expect(samples.value("sluice_stage_items_total", ["pipeline": "replay", "stage": "pcap-rx"]) == packetsIn
+            || (samples.value("sluice_stage_items_total", ["pipeline": "replay", "stage": "pcap-rx"]) ?? 0) > 0)
+        #expect(samples.value("sluice_ring_capacity", ["pipeline": "replay", "ring": "pcap-rx->classify"]) == 1024)
+        #expect(samples.value("sluice_worker_utilisation", ["worker": "0"]) != nil)
+        #expect((samples.value("sluice_stage_items_per_call", ["pipeline": "replay", "stage": "classify"]) ?? 0) >= 1)
+        #expect(samples.value("sluice_traffic_share_target", ["port": "replay", "source": "0"]) != nil)
+        #expect(samples.value("sluice_storage_conflicts_total", ["op": "writePages"]) == 5)
+        #expect(samples.value("sluice_storage_requests_total", ["op": "writePages", "status": "conflict"]) == 5)
+        let writesOK = try #require(samples.value("sluice_storage_requests_total", ["op": "writePages", "status": "ok"]))
+        #expect(writesOK >= Double(acknowledgedBeforeScrape + 2), "\(writesOK) ok writes counted, \(acknowledgedBeforeScrape) acknowledged before")
+        #expect(samples.value("sluice_storage_requests_total", ["op": "createObject", "status": "ok"]) == 1)
+        #expect((samples.value("sluice_storage_latency_seconds", ["op": "writePages", "quantile": "0.99"]) ?? 0) > 0)
+        #expect((samples.value("sluice_storage_group_commits_total") ?? 0) > 0)
+
+        // `sluice stats` reads the same endpoint and prints the tables.
+        let stats = try runCommand([binary, "stats", "--host", service.metrics.host, "--port", "\(service.metrics.port)"])
+        #expect(stats.status == 0, "sluice stats: \(stats.stderr)")
+        let table = stats.lines.joined(separator: "\n")
+        #expect(table.contains("pcap-rx") && table.contains("classify") && table.contains("writePages"), "\(table)")
+
+        let (status, lines) = try service.terminate()
+        for _ in 0..<1000 where finished.load(ordering: .acquiring) < Self.writerCount { usleep(10_000) }
+        #expect(finished.load(ordering: .acquiring) == Self.writerCount, "writers still blocked 10 s after the exit")
+        #expect(status == 0, "exit \(status); stderr:\n\(service.child.stderrText)")
+        let log = service.child.stderrText
+        #expect(log.contains("stopping sources, draining pipelines"))
+        #expect(log.contains("storage node closed, checkpoint written"))
+
+        // The summary: every packet that entered was delivered, nothing left on a ring.
+        let row = try #require(lines.first { $0.hasPrefix("replay ") }, "no summary row in \(lines)")
+        let fields = row.split(separator: " ")
+        let (entered, delivered, leftOnRings) = (Int(fields[1]) ?? -1, Int(fields[2]) ?? -1, Int(fields[4]) ?? -1)
+        #expect(entered == delivered && leftOnRings == 0 && fields.last == "ok", "\(row)")
+        #expect(entered >= Int(packetsIn) && entered < 20_000, "stopped mid-stream: \(row)")
+        #expect(try pcapRecordCount(paths.outputPcap) == delivered)
+
+        // Every acknowledged write is on disk: the page holds that write or a later one of the same writer.
+        let reopened = try openStorageNode(dataDirectory: paths.dataDirectory)
+        let final = acknowledged.withLock { $0 }
+        for (writer, ack) in final.enumerated() {
+            #expect(ack.sequence > 0, "writer \(writer) got no write acknowledged")
+            let version = try reopened.node.read(objectID: 1, pageIndex: UInt64(writer))
+            let head = version.payload.prefix(16)
+            let sequence = head.suffix(8).enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
+            #expect(sequence >= ack.sequence, "writer \(writer): acknowledged \(ack.sequence), found \(sequence)")
+            #expect(Array(version.payload.prefix(256)) == writerPayload(writer: UInt64(writer), sequence: sequence))
+            #expect(version.pageOSN >= ack.osn)
+            if sequence == ack.sequence { #expect(version.pageOSN == ack.osn) }
+        }
+        #expect(try reopened.node.read(objectID: 1, pageIndex: 100).payload.first == 2)
+    }
+
+    @Test func embeddedDefaultReplaysTheSampleAndServesStorage() throws {
+        let binary = try #require(sluiceBinary(), "no built `sluice` next to the test bundle")
+        let paths = ScratchPaths("default")
+        defer { paths.remove() }
+        let child = try ChildProcess([binary, "run",
+                                      "--set", "pipelines[0].source.pcap=\(samplePcap)",
+                                      "--set", "pipelines[0].source.top_speed=true",
+                                      "--set", "pipelines[0].source.speed=",
+                                      "--set", "pipelines[0].sink.pcap=\(paths.outputPcap)",
+                                      "--set", "storage.data=\(paths.dataDirectory)",
+                                      "--set", "storage.listen=127.0.0.1:0", "--set", "metrics.listen=127.0.0.1:0",
+                                      "--set", "shutdown.run_for_ms=3000"])
+        let ready = try #require(child.readLine(timeoutMs: 60_000), "no ready line: \(child.stderrText)")
+        #expect(ready.hasPrefix("sluice: ready metrics=127.0.0.1:") && ready.contains("storage=127.0.0.1:"))
+        let status = try #require(child.wait(timeoutMs: 60_000), "run_for_ms did not end the service")
+        #expect(status == 0, "\(child.stderrText)")
+        let lines = child.remainingLines(timeoutMs: 5_000)
+        #expect(lines.contains { $0.hasPrefix("sample ") && $0.contains(" 2000 ") && $0.hasSuffix("ok") }, "\(lines)")
+        #expect(try pcapRecordCount(paths.outputPcap) == 2000)
+        #expect(child.stderrText.contains("pipeline drained, sink flushed"))
+    }
+
+    @Test(arguments: [
+        (["--set", "pipelines[0].source.speed=0"], "pipelines[0].source.speed: must be positive"),
+        (["--set", "storage.listen=127.0.0.1"], "storage.listen: expected host:port"),
+        (["--set", "pipelines[0].sinks.pcap=x"], "unknown key 'pipelines[0].sinks'"),
+        (["--config", "/nonexistent/sluice.yaml"], "cannot read config /nonexistent/sluice.yaml"),
+        (["--cores", "0,0"], "core 0 appears twice"),
+        (["--log-level", "chatty"], "log_level: 'chatty' is not one of"),
+    ])
+    func badConfigsExitNonZeroNamingTheKey(arguments: [String], message: String) throws {
+        let binary = try #require(sluiceBinary(), "no built `sluice` next to the test bundle")
+        let result = try runCommand([binary, "run"] + arguments + ["--check"], timeoutMs: 30_000)
+        #expect(result.status == 2)
+        #expect(result.stderr.contains(message), "stderr: \(result.stderr)")
+    }
+
+    /// A part that cannot start (the storage port is taken) ends the service at once with exit 1,
+    /// after stopping what had started.
+    @Test func startupFailureExitsOne() throws {
+        let binary = try #require(sluiceBinary(), "no built `sluice` next to the test bundle")
+        let paths = ScratchPaths("startup")
+        defer { paths.remove() }
+        let blocker = try RunningService(binary: binary, yaml: """
+            storage: {data: "\(paths.dataDirectory)-a", listen: "127.0.0.1:0"}
+            metrics: {listen: "127.0.0.1:0"}
+            """)
+        defer { _ = try? runCommand(["/bin/rm", "-rf", paths.dataDirectory + "-a"]) }
+        let taken = try #require(blocker.storage)
+        let result = try runCommand([binary, "run", "--set", "pipelines=[]", "--set", "metrics.listen=127.0.0.1:0",
+                                     "--set", "storage.data=\(paths.dataDirectory)",
+                                     "--set", "storage.listen=127.0.0.1:\(taken.port)"], timeoutMs: 30_000)
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("storage:") && result.stderr.contains("\(taken.port)"), "\(result.stderr)")
+        let (status, _) = try blocker.terminate()
+        #expect(status == 0)
+    }
+}

@@ -1,0 +1,182 @@
+// Path: Tests/SluiceTestSupport/ChildProcess.swift — the built `sluice` binary run as a child of a
+// test: stdout read line by line with timeouts, stderr kept in a file, signals, bounded waits.
+import Glibc
+
+/// The built `sluice` next to the test bundle (`swift build --build-tests` builds both), or nil.
+public func sluiceBinary() -> String? {
+    var buffer = [CChar](repeating: 0, count: 4096)
+    let count = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+    guard count > 0 else { return nil }
+    var path = String(decoding: buffer.prefix(count).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    // The runner is `<build>/debug/<Package>PackageTests.xctest` (or a binary inside a bundle): walk up.
+    for _ in 0..<4 {
+        guard let slash = path.lastIndex(of: "/") else { return nil }
+        path = String(path[..<slash])
+        let candidate = path + "/sluice"
+        if access(candidate, X_OK) == 0 { return candidate }
+    }
+    return nil
+}
+
+public struct SpawnError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// A running child. Its stdout is a pipe read by `readLine`; its stderr goes to `stderrPath`.
+/// `deinit` kills (SIGKILL) and reaps a child still running, so a failed test leaves nothing behind.
+public final class ChildProcess {
+    public let pid: pid_t
+    public let stderrPath: String
+    private let stdoutFD: Int32
+    private var buffered: [UInt8] = []
+    private var exitStatus: Int32?
+
+    /// Starts `arguments[0]` with `arguments`.
+    public init(_ arguments: [String]) throws {
+        var ends: [Int32] = [0, 0]
+        guard pipe(&ends) == 0 else { throw SpawnError("pipe: errno \(errno)") }
+        _ = fcntl(ends[0], F_SETFD, FD_CLOEXEC)
+        var template = Array("/tmp/sluice-child-stderr-XXXXXX".utf8CString)
+        let stderrFD = mkstemp(&template)
+        guard stderrFD >= 0 else { throw SpawnError("mkstemp: errno \(errno)") }
+        stderrPath = String(cString: template)
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, ends[1], STDOUT_FILENO)
+        posix_spawn_file_actions_adddup2(&actions, stderrFD, STDERR_FILENO)
+        var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
+        defer { for pointer in argv { free(pointer) } }
+        var pid: pid_t = 0
+        let result = posix_spawn(&pid, arguments[0], &actions, nil, &argv, environ)
+        close(ends[1])
+        close(stderrFD)
+        guard result == 0 else {
+            close(ends[0])
+            throw SpawnError("posix_spawn \(arguments[0]): \(result)")
+        }
+        self.pid = pid
+        stdoutFD = ends[0]
+    }
+
+    deinit {
+        if exitStatus == nil {
+            kill(pid, SIGKILL)
+            var status: Int32 = 0
+            waitpid(pid, &status, 0)
+        }
+        close(stdoutFD)
+        unlink(stderrPath)
+    }
+
+    /// The next stdout line, or nil at end of output or after `timeoutMs`.
+    public func readLine(timeoutMs: Int) -> String? {
+        let deadline = Self.nowMs() + timeoutMs
+        while true {
+            if let newline = buffered.firstIndex(of: UInt8(ascii: "\n")) {
+                let line = String(decoding: buffered[..<newline], as: UTF8.self)
+                buffered.removeSubrange(...newline)
+                return line
+            }
+            let left = deadline - Self.nowMs()
+            guard left > 0 else { return nil }
+            var descriptor = pollfd(fd: stdoutFD, events: Int16(POLLIN), revents: 0)
+            guard poll(&descriptor, 1, Int32(left)) > 0 else { continue }
+            var chunk = [UInt8](repeating: 0, count: 4096)
+            let count = read(stdoutFD, &chunk, chunk.count)
+            guard count > 0 else { return nil }
+            buffered += chunk[0..<count]
+            precondition(buffered.count < 1 << 20, "child wrote over 1 MiB without a newline")
+        }
+    }
+
+    /// Every stdout line until the child closes its stdout or `timeoutMs` passes.
+    public func remainingLines(timeoutMs: Int) -> [String] {
+        var lines: [String] = []
+        let deadline = Self.nowMs() + timeoutMs
+        while let line = readLine(timeoutMs: max(deadline - Self.nowMs(), 0)) { lines.append(line) }
+        return lines
+    }
+
+    public func signal(_ number: Int32) { kill(pid, number) }
+
+    /// Waits up to `timeoutMs` for the child to exit; its exit code (128 + n for signal n), or nil.
+    public func wait(timeoutMs: Int) -> Int32? {
+        if let exitStatus { return exitStatus }
+        let deadline = Self.nowMs() + timeoutMs
+        repeat {
+            var status: Int32 = 0
+            if waitpid(pid, &status, WNOHANG) == pid {
+                let signalled = status & 0x7F
+                exitStatus = signalled == 0 ? (status >> 8) & 0xFF : 128 + signalled
+                return exitStatus
+            }
+            usleep(10_000)
+        } while Self.nowMs() < deadline
+        return nil
+    }
+
+    /// What the child wrote to stderr so far.
+    public var stderrText: String {
+        guard let file = fopen(stderrPath, "r") else { return "" }
+        defer { fclose(file) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65_536)
+        while true {
+            let count = fread(&chunk, 1, chunk.count, file)
+            bytes += chunk[0..<count]
+            if count < chunk.count || bytes.count > 4 << 20 { break }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    static func nowMs() -> Int {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return now.tv_sec * 1000 + now.tv_nsec / 1_000_000
+    }
+}
+
+/// Runs a command to completion (bounded by `timeoutMs`); its exit code and stdout lines.
+public func runCommand(_ arguments: [String], timeoutMs: Int = 60_000) throws -> (status: Int32, lines: [String], stderr: String) {
+    let child = try ChildProcess(arguments)
+    let lines = child.remainingLines(timeoutMs: timeoutMs)
+    guard let status = child.wait(timeoutMs: 5_000) else { throw SpawnError("\(arguments.joined(separator: " ")) did not exit in time") }
+    return (status, lines, child.stderrText)
+}
+
+/// `GET path` from `host:port` over HTTP/1.0: the status code and body. For local test servers only.
+public func httpGet(host: String, port: Int, path: String) throws -> (status: Int, body: String) {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    guard fd >= 0 else { throw SpawnError("socket: errno \(errno)") }
+    defer { close(fd) }
+    var timeout = timeval(tv_sec: 5, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = in_port_t(UInt16(port).bigEndian)
+    guard inet_pton(AF_INET, host == "localhost" ? "127.0.0.1" : host, &address.sin_addr) == 1 else {
+        throw SpawnError("bad address \(host)")
+    }
+    let connected = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard connected == 0 else { throw SpawnError("connect \(host):\(port): errno \(errno)") }
+    let request = Array("GET \(path) HTTP/1.0\r\nHost: \(host)\r\n\r\n".utf8)
+    guard write(fd, request, request.count) == request.count else { throw SpawnError("write: errno \(errno)") }
+    var response: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65_536)
+    while response.count < 64 << 20 {
+        let count = read(fd, &chunk, chunk.count)
+        guard count > 0 else { break }
+        response += chunk[0..<count]
+    }
+    let separator = Array("\r\n\r\n".utf8)
+    let headerEnd = response.indices.first { response[$0...].starts(with: separator) }
+    let head = String(decoding: response.prefix(headerEnd ?? 0), as: UTF8.self)
+    guard let headerEnd, let statusText = head.split(separator: " ").dropFirst().first, let status = Int(statusText) else {
+        throw SpawnError("no HTTP response: \(String(decoding: response.prefix(200), as: UTF8.self))")
+    }
+    return (status, String(decoding: response[(headerEnd + 4)...], as: UTF8.self))
+}
