@@ -6,14 +6,14 @@ export PATH := $(PATH):/opt/swift/usr/bin
 SWIFT ?= swift
 # System packages the build and tests need: headers and libraries CShims links, and the tools tests
 # use to make and read captures (tcpdump, tshark, scapy) and namespaces (iproute2).
-APT_PACKAGES := liburing-dev libpcap-dev libnuma-dev pkg-config tcpdump tshark python3-scapy iproute2
+APT_PACKAGES := liburing-dev libpcap-dev libnuma-dev pkg-config tcpdump tshark python3-scapy iproute2 procps
 # Extra packages for the benchmark anchors (DPDK's rte_ring, fio) and traffic senders.
-APT_BENCH_PACKAGES := libdpdk-dev tcpreplay netsniff-ng fio
+APT_BENCH_PACKAGES := libdpdk-dev tcpreplay netsniff-ng fio curl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Tests that pin threads and measure timing run one suite at a time on small machines.
 TEST_FLAGS ?= --no-parallel
 
-.PHONY: all deps bench-deps build build-tests test demo bench bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage soak clean
+.PHONY: all deps bench-deps build build-tests test demo bench bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service soak clean
 
 all: build
 
@@ -47,15 +47,13 @@ test: build-tests
 	$(SWIFT) test $(TEST_FLAGS)
 	FUZZ_SECONDS=$${FUZZ_SECONDS:-30} scripts/fuzz-parser.sh
 
-# The main job: replay the bundled sample capture through the packet pipeline to out/demo.pcap,
-# then the core runtime's item pipeline at full load.
+# The main job: `sluice run` with its embedded default (the bundled sample capture through the full
+# pipeline to out/run.pcap, the storage node on 127.0.0.1:7000, metrics on 127.0.0.1:9464), a storage
+# round trip with an OSN conflict, `sluice stats`, and a graceful stop (scripts/demo.sh).
 demo: build
-	mkdir -p out
-	.build/release/sluice replay Tests/Fixtures/sample.pcap --out out/demo.pcap --speed 1
-	@echo
-	.build/release/sluice pipeline --wait-mode adaptive --count 20000000
+	scripts/demo.sh
 
-bench: bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage
+bench: bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service
 
 bench-ring: bench-deps
 	scripts/bench-ring.sh
@@ -75,6 +73,10 @@ bench-pagestore: bench-deps
 
 bench-storage: bench-deps
 	scripts/bench-storage.sh
+
+# `sluice run` against `sluice replay` on the same pipeline, with /metrics scraped; the cost of a scrape.
+bench-service: bench-deps
+	scripts/bench-service.sh
 
 # Long stress runs: the runtime's tests repeated, for lost wake-ups and races that need many tries,
 # then a long fuzz run of the parser.

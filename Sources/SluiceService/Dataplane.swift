@@ -30,6 +30,8 @@ public enum ServiceError: Error, CustomStringConvertible {
 public struct PipelineOutcome: Sendable {
     public var name: String
     public var packetsIn: UInt64
+    /// From launch until the pipeline drained (or until the stop, for one that had not).
+    public var elapsedNs: UInt64
     public var delivered: UInt64
     public var filtered: UInt64
     /// Items still on the pipeline's rings when the drain timed out (0 after a clean drain).
@@ -37,6 +39,8 @@ public struct PipelineOutcome: Sendable {
     public var drops: [(reason: String, count: UInt64)]
     /// The input or output error that ended it early, if any.
     public var failure: String?
+
+    public var packetsPerSecond: Double { Double(packetsIn) / max(Double(elapsedNs) / 1e9, 1e-9) }
 }
 
 /// The configured pipelines on one runtime. `start` launches them; the control thread then polls
@@ -54,8 +58,10 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
     private let controlThreadDone = DispatchSemaphore(value: 0)
     /// The controllers' last snapshots (index = pipeline), written by the control thread.
     private let trafficSnapshots: Mutex<[TrafficSnapshot?]>
-    /// Pipelines whose sink was flushed after they drained.
-    private let finishedPaths: Mutex<Set<Int>> = Mutex([])
+    /// Pipelines whose sink was flushed after they drained, with the time they were seen drained.
+    private let finishedPaths: Mutex<[Int: UInt64]> = Mutex([:])
+    /// When `start` launched the pipelines (monotonic ns).
+    private let startedNs = Atomic<UInt64>(0)
 
     public init(configuration: ServiceConfiguration, logger: Logger) throws(ServiceError) {
         self.configuration = configuration
@@ -93,6 +99,7 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
             runtime.stop()
             throw .runtime(error)
         }
+        startedNs.store(Clock.monotonicNs(), ordering: .relaxed)
         for (path, placement) in zip(paths, placements) {
             logger.info("pipeline started", metadata: [
                 "pipeline": "\(path.configuration.name)",
@@ -113,9 +120,9 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
             if now &- lastSnapshotNs >= 100_000_000 {
                 lastSnapshotNs = now
                 publishTrafficSnapshots()
-                finishDrainedPipelines()
             }
-            usleep(hasControllers ? 100 : 10_000)
+            finishDrainedPipelines()
+            usleep(hasControllers ? 100 : 1_000)
         }
     }
 
@@ -128,12 +135,19 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
     /// service goes on (a capture replayed into a file is complete on disk from here).
     private func finishDrainedPipelines() {
         for (index, path) in paths.enumerated() where path.pipeline.isDrained {
-            let isNew = finishedPaths.withLock { $0.insert(index).inserted }
+            let now = Clock.monotonicNs()
+            let isNew = finishedPaths.withLock { finished in
+                guard finished[index] == nil else { return false }
+                finished[index] = now
+                return true
+            }
             guard isNew else { continue }
             let failure = path.finish()
+            let seconds = Double(now &- startedNs.load(ordering: .relaxed)) / 1e9
             var metadata: Logger.Metadata = [
                 "pipeline": "\(path.configuration.name)", "packets": "\(path.packetsIn)",
-                "delivered": "\(path.pipeline.delivered)", "filtered": "\(path.pipeline.filtered)"]
+                "delivered": "\(path.pipeline.delivered)", "filtered": "\(path.pipeline.filtered)",
+                "seconds": "\(seconds)", "pps": "\(Int(Double(path.packetsIn) / max(seconds, 1e-9)))"]
             for drop in path.dropCounts() { metadata["drop.\(drop.reason)"] = "\(drop.count)" }
             if let failure {
                 metadata["failure"] = "\(failure)"
@@ -143,6 +157,9 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
             }
         }
     }
+
+    /// True once every pipeline has drained and had its sink flushed (a capture-only service is done).
+    public var allDrained: Bool { finishedPaths.withLock { $0.count } == paths.count }
 
     /// The controllers' latest snapshots (about 100 ms old at most), by pipeline.
     public var trafficSnapshot: [TrafficSnapshot?] { trafficSnapshots.withLock { $0 } }
@@ -162,7 +179,9 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
         publishTrafficSnapshots()
         return paths.map { path in
             let failure = path.finish()
+            let drainedNs = finishedPaths.withLock { $0[paths.firstIndex { $0 === path }!] } ?? Clock.monotonicNs()
             return PipelineOutcome(name: path.configuration.name, packetsIn: path.packetsIn,
+                                   elapsedNs: drainedNs &- startedNs.load(ordering: .relaxed),
                                    delivered: path.pipeline.delivered, filtered: path.pipeline.filtered,
                                    leftOnRings: path.pipeline.queued, drops: path.dropCounts(), failure: failure)
         }

@@ -64,6 +64,8 @@ public struct ServiceConfiguration: Sendable {
     public var drainTimeoutMs = 5000
     /// Stop by itself after this long, as on SIGTERM (nil: run until signalled).
     public var runForMs: Int?
+    /// Stop by itself once every pipeline has drained (a replay job; the storage node stops too).
+    public var exitWhenDrained = false
 }
 
 extension ServiceConfiguration {
@@ -151,7 +153,8 @@ extension ServiceConfiguration {
             configuration.metrics = enabled ? listen : nil
         }
         if let shutdown = root.optional("shutdown") {
-            try shutdown.allowKeys(["drain_timeout_ms", "run_for_ms"])
+            try shutdown.allowKeys(["drain_timeout_ms", "run_for_ms", "exit_when_drained"])
+            if let exit = shutdown.optional("exit_when_drained") { configuration.exitWhenDrained = try exit.bool() }
             if let drain = shutdown.optional("drain_timeout_ms") { configuration.drainTimeoutMs = try drain.int(in: 0...600_000) }
             if let runFor = shutdown.optional("run_for_ms") { configuration.runForMs = try runFor.int(in: 1...Int(Int32.max)) }
         }

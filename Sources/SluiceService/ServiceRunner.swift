@@ -61,6 +61,10 @@ public enum ServiceRunner {
             services.append(.init(service: StopTimer(milliseconds: runForMs, logger: logger),
                                   successTerminationBehavior: .gracefullyShutdownGroup, serviceName: "run-for"))
         }
+        if configuration.exitWhenDrained {
+            services.append(.init(service: DrainWatcher(dataplane: dataplane, logger: logger),
+                                  successTerminationBehavior: .gracefullyShutdownGroup, serviceName: "exit-when-drained"))
+        }
         if let endpoint {
             services.append(.init(service: Part(name: "metrics") { endpoint.close() }, serviceName: "metrics"))
         }
@@ -112,6 +116,19 @@ private struct StopTimer: Service {
             try await Task.sleep(for: .milliseconds(milliseconds))
         }
         logger.info("run_for_ms elapsed: shutting down", metadata: ["ms": "\(milliseconds)"])
+    }
+}
+
+/// Ends the service once every pipeline has drained (`shutdown.exit_when_drained`).
+private struct DrainWatcher: Service {
+    let dataplane: Dataplane
+    let logger: Logger
+
+    func run() async throws {
+        try await cancelWhenGracefulShutdown {
+            while !dataplane.allDrained { try await Task.sleep(for: .milliseconds(5)) }
+        }
+        if dataplane.allDrained { logger.info("every pipeline drained: shutting down (exit_when_drained)") }
     }
 }
 

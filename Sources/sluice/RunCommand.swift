@@ -85,22 +85,33 @@ struct RunCommand: AsyncParsableCommand {
 /// The shutdown summary: what each pipeline did and whether anything was left behind.
 enum RunReport {
     static func table(_ summary: ServiceSummary) -> String {
-        var lines = ["pipeline          packets-in   delivered    filtered  left-on-rings  result"]
+        var lines = ["pipeline          packets-in   delivered    filtered  left-on-rings    seconds         pps  result"]
         for outcome in summary.pipelines {
             lines.append(pad(outcome.name, 16) + " " + padLeft("\(outcome.packetsIn)", 11)
                 + " " + padLeft("\(outcome.delivered)", 11) + " " + padLeft("\(outcome.filtered)", 11)
-                + " " + padLeft("\(outcome.leftOnRings)", 14) + "  " + (outcome.failure ?? "ok"))
+                + " " + padLeft("\(outcome.leftOnRings)", 14)
+                + " " + padLeft(String(format3: Double(outcome.elapsedNs) / 1e9), 10)
+                + " " + padLeft("\(Int(outcome.packetsPerSecond))", 11) + "  " + (outcome.failure ?? "ok"))
             for drop in outcome.drops { lines.append("  drop \(drop.reason): \(drop.count)") }
         }
         if let osn = summary.storageLastOSN { lines.append("storage: last OSN \(osn), checkpointed") }
         return lines.joined(separator: "\n")
     }
 
-    private static func pad(_ text: String, _ width: Int) -> String {
+    static func pad(_ text: String, _ width: Int) -> String {
         text.count >= width ? text : text + String(repeating: " ", count: width - text.count)
     }
 
-    private static func padLeft(_ text: String, _ width: Int) -> String {
+    static func padLeft(_ text: String, _ width: Int) -> String {
         text.count >= width ? text : String(repeating: " ", count: width - text.count) + text
+    }
+}
+
+extension String {
+    /// Three decimal places, without Foundation.
+    init(format3 value: Double) {
+        let thousandths = Int((value * 1000).rounded())
+        let fraction = abs(thousandths % 1000)
+        self = "\(thousandths / 1000)." + String(repeating: "0", count: fraction < 10 ? 2 : fraction < 100 ? 1 : 0) + "\(fraction)"
     }
 }

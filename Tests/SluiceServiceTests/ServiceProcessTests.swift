@@ -192,3 +192,22 @@ struct Acknowledged: Sendable {
         #expect(status == 0)
     }
 }
+
+extension ServiceProcessTests {
+    /// `shutdown.exit_when_drained`: a replay job ends by itself, exit 0, every packet delivered.
+    @Test func exitWhenDrainedEndsAReplayJob() throws {
+        let binary = try #require(sluiceBinary(), "no built `sluice` next to the test bundle")
+        let result = try runCommand([binary, "run", "--set", "pipelines[0].source.pcap=\(samplePcap)",
+                                     "--set", "pipelines[0].source.speed=", "--set", "pipelines[0].source.top_speed=true",
+                                     "--set", "pipelines[0].source.loop=5", "--set", "pipelines[0].sink.pcap=",
+                                     "--set", "pipelines[0].sink.discard=true", "--set", "storage=",
+                                     "--set", "metrics.enabled=false", "--set", "shutdown.exit_when_drained=true"],
+                                    timeoutMs: 60_000)
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.lines.first == "sluice: ready metrics=off storage=off")
+        let row = try #require(result.lines.first { $0.hasPrefix("sample ") }, "\(result.lines)")
+        let fields = row.split(separator: " ")
+        #expect(fields[1] == "10000" && fields[2] == "10000" && fields[4] == "0" && fields.last == "ok", "\(row)")
+        #expect(result.stderr.contains("every pipeline drained: shutting down"))
+    }
+}

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Service benchmark (issue 6): what `sluice run` costs over `sluice replay` on the same pipeline.
+# 1M 64-byte UDP packets through RX -> parse/classify -> action -> discard on 2 busy-polling cores:
+#   anchor  : a plain C pcap_next_ex loop over the file (scripts/anchors/pcap_next_loop.c)
+#   replay  : `sluice replay --topspeed` (no service around it)
+#   service : `sluice run` with the same pipeline (exit_when_drained), its control thread running
+#             and /metrics scraped every 100 ms by curl while it runs
+# interleaved, medians of RUNS rounds. Then the cost of one scrape of a running service (a paced
+# pipeline plus the storage node), median and p99 of 200 scrapes.
+# Usage: scripts/bench-service.sh [RUNS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-5}
+work=$(mktemp -d)
+service_pid=""
+trap '[ -n "$service_pid" ] && kill -TERM $service_pid 2>/dev/null; rm -rf "$work"' EXIT
+swift build -c release --product sluice >&2
+cc -O2 -o "$work/pcap_next_loop" scripts/anchors/pcap_next_loop.c -lpcap
+python3 scripts/anchors/write_udp_capture.py "$work/udp1m.pcap" 1000000
+cat "$work/udp1m.pcap" >/dev/null  # every side reads from the page cache
+
+cat >"$work/service.yaml" <<YAML
+wait_mode: busy-poll
+log_level: warning
+metrics: {listen: "127.0.0.1:0"}
+pipelines:
+  - name: bench
+    source: {pcap: "$work/udp1m.pcap", top_speed: true}
+    stages: classify-and-act
+    sink: {discard: true}
+shutdown: {exit_when_drained: true}
+YAML
+
+scrape_loop() {  # scrape the service's /metrics every 100 ms until it exits
+  local port
+  for _ in $(seq 200); do
+    port=$(sed -n 's/^sluice: ready metrics=127.0.0.1:\([0-9]*\).*/\1/p' "$work/service.out" 2>/dev/null || true)
+    [ -n "$port" ] && break
+    sleep 0.01
+  done
+  while [ -n "$port" ] && curl -s -o /dev/null "http://127.0.0.1:$port/metrics"; do sleep 0.1; done
+}
+
+for r in $(seq 1 "$runs"); do
+  "$work/pcap_next_loop" "$work/udp1m.pcap" >>"$work/anchor.jsonl"
+  .build/release/sluice replay "$work/udp1m.pcap" --topspeed --json --wait-mode busy-poll --stages 4 >>"$work/replay.jsonl"
+  : >"$work/service.out"
+  scrape_loop & scraper=$!
+  .build/release/sluice run --config "$work/service.yaml" >"$work/service.out"
+  wait $scraper || true
+  awk '$1 == "bench" {print $7}' "$work/service.out" >>"$work/service.pps"
+done
+
+# One scrape of a running service: a pipeline paced at 10k packets/s and the storage node, both live.
+mkdir -p out
+rm -rf out/bench-service-storage
+.build/release/sluice run --set "pipelines[0].source.pcap=$work/udp1m.pcap" --set "pipelines[0].source.speed=" \
+  --set "pipelines[0].source.rate=10000" --set "pipelines[0].sink.pcap=" --set "pipelines[0].sink.discard=true" \
+  --set "pipelines[0].traffic.weights=[1,1,2,4]" --set storage.data=out/bench-service-storage \
+  --set storage.listen=127.0.0.1:0 --set metrics.listen=127.0.0.1:0 --set log_level=warning >"$work/live.out" &
+service_pid=$!
+for _ in $(seq 300); do grep -q '^sluice: ready' "$work/live.out" && break; sleep 0.1; done
+port=$(sed -n 's/^sluice: ready metrics=127.0.0.1:\([0-9]*\).*/\1/p' "$work/live.out")
+sport=$(sed -n 's/.*storage=127.0.0.1:\([0-9]*\).*/\1/p' "$work/live.out")
+for page in $(seq 0 19); do  # storage counters and latency histograms with something in them
+  .build/release/sluice storage put --port "$sport" 1 "$page" --value "page $page" >/dev/null
+  .build/release/sluice storage get --port "$sport" 1 "$page" >/dev/null
+done
+for _ in $(seq 200); do curl -s -o /dev/null -w '%{time_total} %{size_download}\n' "http://127.0.0.1:$port/metrics"; done >"$work/scrapes"
+kill -TERM $service_pid; wait $service_pid || true; service_pid=""
+rm -rf out/bench-service-storage
+
+python3 - "$work" "$runs" <<'PY'
+import json, os, statistics, sys
+work, runs = sys.argv[1], sys.argv[2]
+def rows(name): return [json.loads(l) for l in open(os.path.join(work, name))]
+anchor = [a["packetsPerSecond"] for a in rows("anchor.jsonl")]
+replay = [r["packetsPerSecond"] for r in rows("replay.jsonl")]
+service = [float(l) for l in open(os.path.join(work, "service.pps")) if l.strip()]
+assert len(service) == len(anchor), f"{len(service)} service runs for {len(anchor)} rounds"
+print(f"1M 64-byte UDP packets, 4 stages, 2 busy-polling cores; medians of {runs} interleaved rounds, "
+      "ratios = median of per-round ratios.\n")
+print("| what | M packets/s | vs pcap_next_ex loop | vs sluice replay |")
+print("|---|---:|---:|---:|")
+print(f"| C pcap_next_ex loop (anchor) | {statistics.median(anchor)/1e6:.2f} | 1.00x | |")
+print(f"| sluice replay | {statistics.median(replay)/1e6:.2f} | "
+      f"{statistics.median(r/a for r, a in zip(replay, anchor)):.2f}x | 1.00x |")
+print(f"| sluice run, /metrics scraped every 100 ms | {statistics.median(service)/1e6:.2f} | "
+      f"{statistics.median(s/a for s, a in zip(service, anchor)):.2f}x | "
+      f"{statistics.median(s/r for s, r in zip(service, replay)):.2f}x |")
+scrapes = [line.split() for line in open(os.path.join(work, "scrapes"))]
+times = sorted(float(t) * 1e3 for t, _ in scrapes)
+size = statistics.median(int(s) for _, s in scrapes)
+print(f"\nOne scrape of a live service (1 pipeline with a 4-source traffic controller, storage node): "
+      f"median {times[len(times)//2]:.2f} ms, p99 {times[int(len(times)*0.99)-1]:.2f} ms over {len(times)} scrapes, "
+      f"{size/1024:.1f} KiB of text.")
+PY
