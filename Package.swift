@@ -108,7 +108,7 @@ let package = Package(
         .testTarget(
             name: "SluiceServiceTests",
             dependencies: ["SluiceService", "SluiceStorageServer", "SluicePageStore", "SluicePacketIO", "SluiceReplay",
-                           "SluiceTestSupport"]
+                           "SluiceCore", "SluiceTestSupport"]
         ),
         .testTarget(name: "SluicePacketTests", dependencies: ["SluicePacket", "SluiceCore"]),
         .testTarget(

@@ -41,6 +41,17 @@ int sluice_thread_pin_self(int cpu) {
     return -rc;
 }
 
+int sluice_thread_set_affinity(int tid, const int *cpus, int count) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    for (int i = 0; i < count; i++) {
+        if (cpus[i] < 0 || cpus[i] >= CPU_SETSIZE) return -EINVAL;
+        CPU_SET(cpus[i], &set);
+    }
+    if (count <= 0) return -EINVAL;
+    return sched_setaffinity((pid_t)tid, sizeof(set), &set) == 0 ? 0 : -errno;
+}
+
 int sluice_thread_current_cpu(void) {
     int cpu = sched_getcpu();
     return cpu < 0 ? -errno : cpu;

@@ -25,6 +25,9 @@ int sluice_cpu_is_allowed(int cpu);
 int sluice_cpu_count_allowed(void);
 /* Pins the calling thread to one CPU (pthread_setaffinity_np; CPU_SET is a macro). 0 or -errno. */
 int sluice_thread_pin_self(int cpu);
+/* Sets thread `tid`'s affinity to the `count` CPUs in `cpus` (sched_setaffinity; a thread of this
+ * process, any CPU its cgroup allows). 0 or -errno (-EINVAL for a CPU out of range). */
+int sluice_thread_set_affinity(int tid, const int *cpus, int count);
 /* The CPU the calling thread runs on now (sched_getcpu), or -errno. */
 int sluice_thread_current_cpu(void);
 /* Lowers the calling thread's timer slack (PR_SET_TIMERSLACK) so timed sleeps end on time. 0 or -errno. */

@@ -15,6 +15,7 @@ public enum ServiceError: Error, CustomStringConvertible {
     case runtime(RuntimeError)
     case storage(String)
     case metrics(String)
+    case affinity(String)
 
     public var description: String {
         switch self {
@@ -22,6 +23,7 @@ public enum ServiceError: Error, CustomStringConvertible {
         case let .runtime(error): "runtime: \(error)"
         case let .storage(message): "storage: \(message)"
         case let .metrics(message): "metrics endpoint: \(message)"
+        case let .affinity(message): "control cores: \(message)"
         }
     }
 }

@@ -54,6 +54,9 @@ public struct StorageSettings: Sendable, Equatable {
 /// Everything `sluice run` needs, checked.
 public struct ServiceConfiguration: Sendable {
     public var cores: [Int]
+    /// CPUs for every thread that is not a worker (control thread, storage server, metrics, logging);
+    /// nil: the CPUs the process may use minus `cores` (all of them if that leaves none).
+    public var controlCores: [Int]?
     public var waitMode: WaitMode = .adaptive
     public var logLevel: Logger.Level = .info
     /// nil: no metrics endpoint.
@@ -128,10 +131,17 @@ extension ServiceConfiguration {
     /// Checks the tree against the format, key by key.
     public static func decode(_ tree: ConfigNode, defaultCores: [Int]) throws(ConfigError) -> ServiceConfiguration {
         let root = ConfigReader(tree, key: "")
-        try root.allowKeys(["cores", "wait_mode", "log_level", "metrics", "pipelines", "storage", "shutdown"])
+        try root.allowKeys(["cores", "control_cores", "wait_mode", "log_level", "metrics", "pipelines", "storage", "shutdown"])
         let cores = try root.optional("cores").map { reader throws(ConfigError) in try reader.cores() } ?? defaultCores
         guard !cores.isEmpty else { throw .invalid(key: "cores", line: tree.line, reason: "no cores to run on") }
         var configuration = ServiceConfiguration(cores: cores)
+        if let control = root.optional("control_cores") {
+            let controlCores = try control.cores()
+            for core in controlCores where cores.contains(core) {
+                throw control.invalid("core \(core) is also a worker core (`cores`)")
+            }
+            configuration.controlCores = controlCores
+        }
         if let mode = root.optional("wait_mode") {
             let text = try mode.string()
             guard let waitMode = WaitMode(argument: text) else {

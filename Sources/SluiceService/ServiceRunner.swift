@@ -6,6 +6,7 @@ import Foundation
 import Synchronization
 import Logging
 import ServiceLifecycle
+import SluiceCore
 
 /// What the service did, for its last log lines and its exit status.
 public struct ServiceSummary: Sendable {
@@ -34,7 +35,10 @@ public enum ServiceRunner {
         let parts = PartsBox()
         var endpoint: MetricsEndpoint?
         var storage: StorageRuntime?
-        let dataplane: Dataplane
+        // Built first: the runtime checks the worker cores against the process's CPUs, before the
+        // threads are confined to the control cores.
+        let dataplane = try Dataplane(configuration: configuration, logger: logger)
+        try confineControlThreads(configuration, logger: logger)
         do {
             if let address = configuration.metrics {
                 endpoint = try MetricsEndpoint.bind(address) {
@@ -47,7 +51,6 @@ public enum ServiceRunner {
                 storage = try StorageRuntime.open(settings, logger: logger)
                 parts.setStorage(storage!)
             }
-            dataplane = try Dataplane(configuration: configuration, logger: logger)
             try dataplane.start()
             parts.setDataplane(dataplane)
         } catch {
@@ -86,6 +89,26 @@ public enum ServiceRunner {
         try await group.run()
         return summary.value
     }
+}
+
+/// Moves every thread there is (and so every thread they start, but the workers, which pin
+/// themselves) onto the control cores, as DPDK keeps its control threads off the lcores.
+private func confineControlThreads(_ configuration: ServiceConfiguration, logger: Logger) throws(ServiceError) {
+    let allowed: [Int]
+    do { allowed = try CPU.allowedCPUs() } catch { throw .affinity("\(error)") }
+    let control = configuration.controlCores ?? allowed.filter { !configuration.cores.contains($0) }
+    guard !control.isEmpty else {
+        logger.notice("no CPU left beside the worker cores: control threads share them",
+                      metadata: ["cores": "\(configuration.cores)", "allowed": "\(allowed)"])
+        return
+    }
+    for core in control where !allowed.contains(core) {
+        throw .affinity("core \(core) is not one this process may use (\(allowed))")
+    }
+    do {
+        let moved = try CPU.confineAllThreads(to: control)
+        logger.info("control threads confined", metadata: ["controlCores": "\(control)", "threads": "\(moved)"])
+    } catch { throw .affinity("\(error)") }
 }
 
 /// A started part: waits for graceful shutdown, then runs its blocking `stop` off the async pool.

@@ -4,6 +4,7 @@
 // embedded default, and bad configs.
 import Foundation
 import Glibc
+import SluiceCore
 import SluicePageStore
 import SluiceService
 import SluiceStorageServer
@@ -209,5 +210,44 @@ extension ServiceProcessTests {
         let fields = row.split(separator: " ")
         #expect(fields[1] == "10000" && fields[2] == "10000" && fields[4] == "0" && fields.last == "ok", "\(row)")
         #expect(result.stderr.contains("every pipeline drained: shutting down"))
+    }
+}
+
+extension ServiceProcessTests {
+    /// Workers run on `cores`, every other thread on `control_cores` (read from /proc/PID/task).
+    @Test(.enabled(if: ((try? CPU.allowedCPUs()) ?? []).count >= 2, "needs two CPUs"))
+    func controlThreadsStayOffTheWorkerCores() throws {
+        let binary = try #require(sluiceBinary(), "no built `sluice` next to the test bundle")
+        let allowed = try CPU.allowedCPUs()
+        let (worker, control) = (allowed[1], allowed[0])
+        let paths = ScratchPaths("affinity")
+        defer { paths.remove() }
+        let service = try RunningService(binary: binary, yaml: """
+            cores: [\(worker)]
+            control_cores: [\(control)]
+            pipelines:
+              - name: p
+                source: {pcap: "\(samplePcap)", rate: 100, loop: 100}
+                sink: {discard: true}
+            storage: {data: "\(paths.dataDirectory)", listen: "127.0.0.1:0"}
+            metrics: {listen: "127.0.0.1:0"}
+            """)
+        _ = try service.scrape()  // the metrics endpoint has served (its threads exist)
+        var threads: [(name: String, cpus: String)] = []
+        let taskDirectory = "/proc/\(service.child.pid)/task"
+        for tid in try runCommand(["/bin/ls", taskDirectory]).lines {
+            let name = try runCommand(["/bin/cat", "\(taskDirectory)/\(tid)/comm"]).lines.first ?? "?"
+            let status = try runCommand(["/bin/cat", "\(taskDirectory)/\(tid)/status"]).lines
+            let cpus = status.first { $0.hasPrefix("Cpus_allowed_list:") }?.split(separator: "\t").last.map(String.init) ?? "?"
+            threads.append((name, cpus))
+        }
+        let workers = threads.filter { $0.name.hasPrefix("sluice-w") }
+        #expect(workers.count == 1 && workers.allSatisfy { $0.cpus == "\(worker)" }, "\(threads)")
+        let others = threads.filter { !$0.name.hasPrefix("sluice-w") }
+        #expect(others.count >= 3)
+        #expect(others.allSatisfy { $0.cpus == "\(control)" }, "\(threads)")
+        #expect(service.child.stderrText.contains("control threads confined"))
+        let (status, _) = try service.terminate()
+        #expect(status == 0)
     }
 }

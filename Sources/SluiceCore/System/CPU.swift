@@ -1,5 +1,6 @@
 // Path: Sources/SluiceCore/System/CPU.swift — which CPUs exist and pinning threads to them.
 import CShims
+import Glibc
 import SystemPackage
 
 /// CPU topology and affinity, as the kernel reports it for this process.
@@ -33,6 +34,28 @@ public enum CPU {
     public static func pinCurrentThread(to cpu: Int) throws(SyscallError) {
         let rc = sluice_thread_pin_self(Int32(cpu))
         guard rc == 0 else { throw SyscallError("pthread_setaffinity_np", negatedErrno: rc) }
+    }
+
+    /// Moves every thread of this process now running (each entry of /proc/self/task) onto `cpus`;
+    /// threads created later inherit their creator's set. For a service's housekeeping threads:
+    /// call before starting workers, which then pin themselves elsewhere. A thread that exits
+    /// meanwhile is skipped. Returns how many threads were moved.
+    public static func confineAllThreads(to cpus: [Int]) throws(SyscallError) -> Int {
+        guard let directory = opendir("/proc/self/task") else { throw SyscallError("opendir(/proc/self/task)", negatedErrno: -errno) }
+        defer { closedir(directory) }
+        var moved = 0
+        while let entry = readdir(directory) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard let tid = Int32(name) else { continue }  // "." and ".."
+            let rc = cpus.withUnsafeBufferPointer { buffer in
+                let ints = buffer.map { Int32($0) }
+                return sluice_thread_set_affinity(tid, ints, Int32(ints.count))
+            }
+            if rc == -ESRCH { continue }
+            guard rc == 0 else { throw SyscallError("sched_setaffinity(\(tid))", negatedErrno: rc) }
+            moved += 1
+        }
+        return moved
     }
 
     /// The CPU the calling thread is on now.
