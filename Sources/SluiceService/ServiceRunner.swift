@@ -30,7 +30,7 @@ public enum ServiceRunner {
     /// SIGINT (or `runForMs`), and shuts down gracefully. A part that cannot start stops those
     /// already started and throws.
     public static func run(_ configuration: ServiceConfiguration, logger: Logger,
-                           ready: @Sendable (ServiceEndpoints) -> Void) async throws -> ServiceSummary {
+                           ready: @escaping @Sendable (ServiceEndpoints) -> Void) async throws -> ServiceSummary {
         let metrics = ServiceMetrics()
         let parts = PartsBox()
         var endpoint: MetricsEndpoint?
@@ -82,8 +82,11 @@ public enum ServiceRunner {
             logger.info("stopping sources, draining pipelines", metadata: ["timeoutMs": "\(configuration.drainTimeoutMs)"])
             summary.setPipelines(dataplane.stop(drainTimeoutNs: drainTimeoutNs))
         }, serviceName: "dataplane"))
-        ready(ServiceEndpoints(metrics: endpoint.map { ListenAddress(host: $0.host, port: $0.port) },
-                               storage: storage.map { ListenAddress(host: $0.server.host, port: $0.server.port) }))
+        // Announced from inside the group: its signal handlers are installed by then, so a SIGTERM
+        // sent on seeing the ready line is a graceful stop, never the default (kill).
+        let endpoints = ServiceEndpoints(metrics: endpoint.map { ListenAddress(host: $0.host, port: $0.port) },
+                                         storage: storage.map { ListenAddress(host: $0.server.host, port: $0.server.port) })
+        services.insert(.init(service: Announcer { ready(endpoints) }, serviceName: "ready"), at: 0)
         let group = ServiceGroup(configuration: ServiceGroupConfiguration(
             services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
@@ -126,6 +129,16 @@ private struct Part: Service, CustomStringConvertible {
                 done.resume()
             }
         }
+    }
+}
+
+/// Calls `announce` once the group runs, then waits for the shutdown.
+private struct Announcer: Service {
+    let announce: @Sendable () -> Void
+
+    func run() async throws {
+        announce()
+        try? await gracefulShutdown()
     }
 }
 

@@ -1,10 +1,12 @@
-// Path: Tests/SluiceServiceTests/NetnsServiceTests.swift — `sluice run` receiving on an interface:
-// the sample replayed into a veth pair from a namespace (198.18.0.0/15 rule: no addresses at all,
-// IPv6 off, so only the replayed frames cross), every frame counted by the metrics endpoint and
-// written, in order, to the pipeline's pcap file by the time SIGTERM returns.
+// Path: Tests/SluiceServiceTests/NetnsServiceTests.swift — `sluice run` receiving on an interface
+// while serving storage: the sample (198.18.0.0/15 addresses) replayed into a veth pair from a
+// namespace (no addresses on the pair, IPv6 off, so only the replayed frames cross), every frame
+// counted by the metrics endpoint and written, in order, to the pipeline's pcap file by the time
+// SIGTERM returns, and every storage write acknowledged before the SIGTERM found after it.
 import Glibc
 import SluicePacketIO
 import SluiceService
+import SluiceStorageServer
 import SluiceTestSupport
 import Testing
 
@@ -65,8 +67,20 @@ final class VethIntoNamespace {
                 source: {interface: "\(lab.outside)"}
                 stages: classify
                 sink: {pcap: "\(paths.outputPcap)"}
+            storage: {data: "\(paths.dataDirectory)", listen: "127.0.0.1:0"}
             metrics: {listen: "127.0.0.1:0"}
             """)
+        // Storage requests while packets flow: page i of object 7 written, then overwritten on its OSN.
+        let storage = try #require(service.storage)
+        let client = try StorageClient(host: storage.host, port: storage.port)
+        _ = try client.create(objectID: 7)
+        var acknowledged: [UInt64: UInt64] = [:]
+        for page in UInt64(0)..<16 {
+            let first = try client.write(objectID: 7, pageIndex: page, payload: Array("v1 \(page)".utf8))
+            acknowledged[page] = try client.write(objectID: 7, pageIndex: page, payload: Array("v2 \(page)".utf8),
+                                                  condition: .unmodifiedSince(first))
+        }
+        client.close()
         // The sender: `sluice replay` in the namespace, onto the inside end.
         let sent = try runCommand(["/usr/sbin/ip", "netns", "exec", lab.namespace, binary, "replay", samplePcap,
                                    "--iface", lab.inside, "--rate", "20000"], timeoutMs: 60_000)
@@ -83,6 +97,8 @@ final class VethIntoNamespace {
         #expect(samples.value("sluice_stage_items_total", ["pipeline": "wire", "stage": "pcap-tx"]) == 2000)
         #expect(!samples.contains { $0.name == "sluice_pipeline_drops_total" && $0.value > 0 }, "drops: \(samples.filter { $0.name == "sluice_pipeline_drops_total" })")
         #expect(samples.value("sluice_ring_occupancy", ["pipeline": "wire", "ring": "afpacket-rx->classify"]) == 0)
+        #expect(samples.value("sluice_storage_requests_total", ["op": "writePages", "status": "ok"]) == 32)
+        #expect(samples.value("sluice_storage_conflicts_total", ["op": "writePages"]) == 0)
 
         let (status, lines) = try service.terminate()
         #expect(status == 0, "exit \(status): \(service.child.stderrText)")
@@ -98,5 +114,12 @@ final class VethIntoNamespace {
         }
         #expect(try written.next() == nil)
         #expect(count == 2000)
+        let reopened = try openStorageNode(dataDirectory: paths.dataDirectory)
+        for (page, osn) in acknowledged {
+            let version = try reopened.node.read(objectID: 7, pageIndex: page)
+            #expect(version.pageOSN == osn)
+            let expected = Array("v2 \(page)".utf8)
+            #expect(Array(version.payload.prefix(expected.count)) == expected)
+        }
     }
 }
