@@ -65,7 +65,7 @@ let package = Package(
         .target(
             name: "SluiceStorageServer",
             dependencies: [
-                "SluicePageStore",
+                "SluicePageStore", "SluiceCore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),

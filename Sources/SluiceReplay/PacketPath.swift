@@ -56,20 +56,48 @@ public final class StopSignal: Sendable {
     public var isStopped: Bool { stopped.load(ordering: .acquiring) }
 }
 
-/// A source that ends at its body's end or when its `StopSignal` fires, whichever is first.
+/// A source that ends at its body's end or when its `StopSignal` fires, whichever is first. A live
+/// source (`drainsOnStop`) first takes what already arrived: bursts until one comes back empty, at
+/// most `drainBurstsMax`, so frames the kernel queued before the stop are not left unread.
 struct StoppableSource<Body: SourceBody>: SourceBody {
+    static var drainBurstsMax: Int { 256 }
+
     var body: Body
     let signal: StopSignal
+    let drainsOnStop: Bool
+    private var drainBurstsLeft: Int
+
+    init(body: Body, signal: StopSignal, drainsOnStop: Bool) {
+        self.body = body
+        self.signal = signal
+        self.drainsOnStop = drainsOnStop
+        self.drainBurstsLeft = drainsOnStop ? Self.drainBurstsMax : 0
+    }
 
     mutating func produce(into items: UnsafeMutableBufferPointer<UInt64>) -> Int {
-        signal.isStopped ? 0 : body.produce(into: items)
+        guard signal.isStopped else { return body.produce(into: items) }
+        guard drainBurstsLeft > 0 else { return 0 }
+        let produced = body.produce(into: items)
+        drainBurstsLeft = produced == 0 ? 0 : drainBurstsLeft - 1
+        return produced
     }
 
     func sleepHintNs(nowNs: UInt64) -> UInt64? {
-        signal.isStopped ? UInt64.max : body.sleepHintNs(nowNs: nowNs)
+        guard signal.isStopped else { return body.sleepHintNs(nowNs: nowNs) }
+        return drainBurstsLeft > 0 ? nil : UInt64.max
     }
 
-    var isExhausted: Bool { signal.isStopped || body.isExhausted }
+    var isExhausted: Bool { body.isExhausted || (signal.isStopped && drainBurstsLeft == 0) }
+}
+
+/// Where each stage of a pipeline runs: the source on the first of `workers`, the other stages
+/// spread in order over the rest (all on the one when there is one). Worker indices.
+public func spreadPlacement(stageCount: Int, workers: [Int]) -> [Int] {
+    precondition(!workers.isEmpty, "a placement needs a worker")
+    return (0..<stageCount).map { stage in
+        workers.count == 1 || stage == 0 ? workers[0]
+            : workers[1 + (stage - 1) * (workers.count - 1) / max(stageCount - 1, 1)]
+    }
 }
 
 /// A built packet path: pool, source, stages, sink and (with a policy) traffic controller. Hand
@@ -132,13 +160,13 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
                 outputFormat = (reader.linkType, reader.snapshotLength, reader.format.nanosecond)
             } catch { throw .capture(error) }
             input = .capture(source)
-            builder.source(StoppableSource(body: source, signal: stopSignal), name: "pcap-rx")
+            builder.source(StoppableSource(body: source, signal: stopSignal, drainsOnStop: false), name: "pcap-rx")
         case .interface(let name):
             let source: AFPacketSource
             do { source = try AFPacketSource(configuration: AFPacketRXConfiguration(interface: name), pool: pool) }
             catch { throw .input("\(name): \(error)") }
             input = .interface(source)
-            builder.source(StoppableSource(body: source, signal: stopSignal), name: "afpacket-rx")
+            builder.source(StoppableSource(body: source, signal: stopSignal, drainsOnStop: true), name: "afpacket-rx")
         }
         var reporter: CompletionReporter?
         if let policy = configuration.traffic {
@@ -206,7 +234,7 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
     }
 
     /// Sizes against bounds and pacing against sense. Bad values are typed errors, never traps.
-    static func validate(_ c: PacketPathConfiguration) throws(ReplayError) {
+    public static func validate(_ c: PacketPathConfiguration) throws(ReplayError) {
         if case .capture(_, let pacing, let loopCount) = c.input {
             guard loopCount >= 1 else { throw .invalidConfiguration("loop count must be at least 1, got \(loopCount)") }
             switch pacing {
@@ -220,19 +248,16 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
         guard (1...Limits.burstCountMax).contains(c.burstCount) else {
             throw .invalidConfiguration("burst must be 1...\(Limits.burstCountMax), got \(c.burstCount)")
         }
+        guard c.ringCapacity >= 2, c.ringCapacity <= Limits.ringCapacityMax, c.ringCapacity & (c.ringCapacity - 1) == 0 else {
+            throw .invalidConfiguration("ring size must be a power of two in 2...\(Limits.ringCapacityMax), got \(c.ringCapacity)")
+        }
         let inFlightMax = c.ringCapacity * 3 + c.burstCount * 4
         guard c.poolBufferCount <= Limits.ringCapacityMax else {
             throw .invalidConfiguration("pool of \(c.poolBufferCount) buffers is above \(Limits.ringCapacityMax)")
         }
         guard c.poolBufferCount > inFlightMax else {
-            throw .invalidConfiguration("pool of \(c.poolBufferCount) buffers cannot fill rings holding \(inFlightMax)")
+            throw .invalidConfiguration("pool of \(c.poolBufferCount) buffers cannot fill rings holding \(inFlightMax): more buffers or smaller rings")
         }
-    }
-
-    /// True for an interface input: it never ends by itself.
-    public var isLive: Bool {
-        if case .interface = input { return true }
-        return false
     }
 
     /// Packets that entered the pipeline (a paced capture's next record, read but not yet due when
@@ -302,6 +327,12 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
             if backlog > 0 { result.append(("source-backlog-full", backlog)) }
             let unknown = shaped.counters.unknownSourceDrops.load(ordering: .relaxed)
             if unknown > 0 { result.append(("source-not-in-policy", unknown)) }
+            let malformed = shaped.counters.malformedDrops.load(ordering: .relaxed)
+            if malformed > 0 { result.append(("frame-size-not-for-port", malformed)) }
+            let ringFull = shaped.counters.ringFullDrops.load(ordering: .relaxed)
+            if ringFull > 0 { result.append(("tx-ring-full-after-admission", ringFull)) }
+            let unsent = shaped.counters.unsentAtFinish.load(ordering: .relaxed)
+            if unsent > 0 { result.append(("unsent-at-finish", unsent)) }
         case .discard:
             break
         }

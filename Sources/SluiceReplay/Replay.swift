@@ -154,20 +154,13 @@ public final class Replay {
         pathConfiguration.traffic = configuration.traffic
         path = try PacketPath(pathConfiguration)
         trafficMetrics = configuration.traffic.map { TrafficMetrics(sourceCount: max($0.sources.count, 1)) }
-        placement = Self.placement(stageCount: path.pipeline.stages.count, workerCount: configuration.cores.count)
+        placement = spreadPlacement(stageCount: path.pipeline.stages.count, workers: Array(configuration.cores.indices))
     }
 
     /// Checks what the CLI could not and `PacketPath` does not: the cores, the loop count's flag name.
     static func validate(_ c: ReplayConfiguration) throws(ReplayError) {
         guard !c.cores.isEmpty else { throw .invalidConfiguration("no cores") }
         guard c.loopCount >= 1 else { throw .invalidConfiguration("--loop must be at least 1, got \(c.loopCount)") }
-    }
-
-    /// Source on the first worker, the rest spread over the others (all on one when there is one).
-    static func placement(stageCount: Int, workerCount: Int) -> [Int] {
-        (0..<stageCount).map { stage in
-            workerCount == 1 || stage == 0 ? 0 : 1 + (stage - 1) * (workerCount - 1) / max(stageCount - 1, 1)
-        }
     }
 
     /// Runs the replay to the end of the capture (all loops), calling `progress` about every 200 ms

@@ -56,12 +56,13 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
     public let placements: [[Int]]
     private let logger: Logger
     private let controlStop = Atomic<Bool>(false)
-    private let controlDone = Mutex<Bool>(false)
     private let controlThreadDone = DispatchSemaphore(value: 0)
     /// The controllers' last snapshots (index = pipeline), written by the control thread.
     private let trafficSnapshots: Mutex<[TrafficSnapshot?]>
-    /// Pipelines whose sink was flushed after they drained, with the time they were seen drained.
-    private let finishedPaths: Mutex<[Int: UInt64]> = Mutex([:])
+    /// Pipelines seen drained (index -> when), each then flushed once on a thread of its own.
+    private let drainedAt: Mutex<[Int: UInt64]> = Mutex([:])
+    /// Pipelines whose sink the flush thread has finished.
+    private let flushedCount = Atomic<Int>(0)
     /// When `start` launched the pipelines (monotonic ns).
     private let startedNs = Atomic<UInt64>(0)
 
@@ -76,12 +77,14 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
             do { paths.append(try PacketPath(pathConfiguration)) } catch {
                 throw .pipeline(name: settings.path.name, error)
             }
-            let workers = settings.cores.map { configuration.cores.firstIndex(of: $0)! }
-            let stageCount = paths.last!.pipeline.stages.count
-            placements.append((0..<stageCount).map { stage in
-                workers.count == 1 || stage == 0 ? workers[0]
-                    : workers[1 + (stage - 1) * (workers.count - 1) / max(stageCount - 1, 1)]
-            })
+            var workers: [Int] = []
+            for core in settings.cores {
+                guard let worker = configuration.cores.firstIndex(of: core) else {
+                    throw .pipeline(name: settings.path.name, .invalidConfiguration("core \(core) is not a service core"))
+                }
+                workers.append(worker)
+            }
+            placements.append(spreadPlacement(stageCount: paths.last!.pipeline.stages.count, workers: workers))
         }
         self.paths = paths
         self.placements = placements
@@ -133,35 +136,39 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
         trafficSnapshots.withLock { $0 = snapshots }
     }
 
-    /// A pipeline whose source ended and whose items all left: flush its sink now, while the
-    /// service goes on (a capture replayed into a file is complete on disk from here).
+    /// A pipeline whose source ended and whose items all left: flush its sink now, on a thread of its
+    /// own (a TX ring may take a second to empty; the controllers keep being polled), while the
+    /// service goes on. A capture replayed into a file is complete on disk from here.
     private func finishDrainedPipelines() {
         for (index, path) in paths.enumerated() where path.pipeline.isDrained {
-            let now = Clock.monotonicNs()
-            let isNew = finishedPaths.withLock { finished in
-                guard finished[index] == nil else { return false }
-                finished[index] = now
+            let drainedNs = Clock.monotonicNs()
+            let isNew = drainedAt.withLock { drained in
+                guard drained[index] == nil else { return false }
+                drained[index] = drainedNs
                 return true
             }
             guard isNew else { continue }
-            let failure = path.finish()
-            let seconds = Double(now &- startedNs.load(ordering: .relaxed)) / 1e9
-            var metadata: Logger.Metadata = [
-                "pipeline": "\(path.configuration.name)", "packets": "\(path.packetsIn)",
-                "delivered": "\(path.pipeline.delivered)", "filtered": "\(path.pipeline.filtered)",
-                "seconds": "\(seconds)", "pps": "\(Int(Double(path.packetsIn) / max(seconds, 1e-9)))"]
-            for drop in path.dropCounts() { metadata["drop.\(drop.reason)"] = "\(drop.count)" }
-            if let failure {
-                metadata["failure"] = "\(failure)"
-                logger.error("pipeline ended early", metadata: metadata)
-            } else {
-                logger.info("pipeline drained, sink flushed", metadata: metadata)
+            Thread.detach(name: "sluice-flush") { [self] in
+                let failure = path.finish()
+                let seconds = Double(drainedNs &- startedNs.load(ordering: .relaxed)) / 1e9
+                var metadata: Logger.Metadata = [
+                    "pipeline": "\(path.configuration.name)", "packets": "\(path.packetsIn)",
+                    "delivered": "\(path.pipeline.delivered)", "filtered": "\(path.pipeline.filtered)",
+                    "seconds": "\(seconds)", "pps": "\(Int(Double(path.packetsIn) / max(seconds, 1e-9)))"]
+                for drop in path.dropCounts() { metadata["drop.\(drop.reason)"] = "\(drop.count)" }
+                if let failure {
+                    metadata["failure"] = "\(failure)"
+                    logger.error("pipeline ended early", metadata: metadata)
+                } else {
+                    logger.info("pipeline drained, sink flushed", metadata: metadata)
+                }
+                flushedCount.add(1, ordering: .releasing)
             }
         }
     }
 
     /// True once every pipeline has drained and had its sink flushed (a capture-only service is done).
-    public var allDrained: Bool { finishedPaths.withLock { $0.count } == paths.count }
+    public var allDrained: Bool { flushedCount.load(ordering: .acquiring) == paths.count }
 
     /// The controllers' latest snapshots (about 100 ms old at most), by pipeline.
     public var trafficSnapshot: [TrafficSnapshot?] { trafficSnapshots.withLock { $0 } }
@@ -179,9 +186,9 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
         let now = Clock.monotonicNs()
         for path in paths { path.controller?.poll(nowNs: now) }
         publishTrafficSnapshots()
-        return paths.map { path in
+        return paths.enumerated().map { index, path in
             let failure = path.finish()
-            let drainedNs = finishedPaths.withLock { $0[paths.firstIndex { $0 === path }!] } ?? Clock.monotonicNs()
+            let drainedNs = drainedAt.withLock { $0[index] } ?? Clock.monotonicNs()
             return PipelineOutcome(name: path.configuration.name, packetsIn: path.packetsIn,
                                    elapsedNs: drainedNs &- startedNs.load(ordering: .relaxed),
                                    delivered: path.pipeline.delivered, filtered: path.pipeline.filtered,

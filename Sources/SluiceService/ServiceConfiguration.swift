@@ -185,7 +185,48 @@ extension ServiceConfiguration {
             configuration.storage = try decodeStorage(storage)
         }
         try checkPorts(configuration, root: root)
+        try checkFiles(configuration, root: root)
+        try checkStagesPerWorker(configuration, root: root)
+        if configuration.exitWhenDrained {
+            let reader = root.optional("shutdown")?.child("exit_when_drained") ?? root
+            guard !configuration.pipelines.isEmpty else { throw reader.invalid("there is no pipeline to drain") }
+            for pipeline in configuration.pipelines {
+                if case .interface = pipeline.path.input {
+                    throw reader.invalid("pipeline '\(pipeline.path.name)' reads an interface, which never drains")
+                }
+            }
+        }
         return configuration
+    }
+
+    /// No two sinks write one file, and no sink overwrites a capture a pipeline reads.
+    private static func checkFiles(_ configuration: ServiceConfiguration, root: ConfigReader) throws(ConfigError) {
+        var outputs: [String: String] = [:]
+        var inputs: Set<String> = []
+        for pipeline in configuration.pipelines {
+            if case .capture(let path, _, _) = pipeline.path.input { inputs.insert(path) }
+        }
+        for (index, pipeline) in configuration.pipelines.enumerated() {
+            guard case .pcapFile(let path) = pipeline.path.output else { continue }
+            let reader = root.optional("pipelines").flatMap { try? $0.list()[index].child("sink").child("pcap") } ?? root
+            if let other = outputs[path] { throw reader.invalid("'\(path)' is also pipeline '\(other)''s output") }
+            if inputs.contains(path) { throw reader.invalid("'\(path)' is a pipeline's input capture") }
+            outputs[path] = pipeline.path.name
+        }
+    }
+
+    /// Each worker runs at most `Limits.stagesPerWorkerMax` stages over all pipelines.
+    private static func checkStagesPerWorker(_ configuration: ServiceConfiguration, root: ConfigReader) throws(ConfigError) {
+        var perWorker = [Int](repeating: 0, count: configuration.cores.count)
+        for pipeline in configuration.pipelines {
+            let stageCount = pipeline.path.stages.rawValue  // the raw value is the stage count
+            let workers = pipeline.cores.compactMap { configuration.cores.firstIndex(of: $0) }
+            for worker in spreadPlacement(stageCount: stageCount, workers: workers) { perWorker[worker] += 1 }
+        }
+        for (worker, count) in perWorker.enumerated() where count > Limits.stagesPerWorkerMax {
+            throw (root.optional("pipelines") ?? root).invalid(
+                "core \(configuration.cores[worker]) would run \(count) stages, at most \(Limits.stagesPerWorkerMax): spread the pipelines with `cores`")
+        }
     }
 
     private static func checkPorts(_ configuration: ServiceConfiguration, root: ConfigReader) throws(ConfigError) {
@@ -259,12 +300,15 @@ extension ServiceConfiguration {
         if let burst = reader.optional("burst") { path.burstCount = try burst.int(in: 1...Limits.burstCountMax) }
         if let ring = reader.optional("ring_size") {
             path.ringCapacity = try ring.int(in: 2...Limits.ringCapacityMax)
+            guard path.ringCapacity & (path.ringCapacity - 1) == 0 else {
+                throw ring.invalid("must be a power of two, got \(path.ringCapacity)")
+            }
         }
         if let buffers = reader.optional("buffers") { path.poolBufferCount = try buffers.int(in: 64...Limits.ringCapacityMax) }
         if let size = reader.optional("buffer_size") { path.bufferSizeBytes = try size.int(in: 256...65_536) }
-        let inFlightMax = path.ringCapacity * 3 + path.burstCount * 4
-        guard path.poolBufferCount > inFlightMax else {
-            throw reader.invalid("buffers (\(path.poolBufferCount)) must be more than the rings can hold (\(inFlightMax)): raise buffers or lower ring_size")
+        do { try PacketPath.validate(path) } catch {
+            guard case .invalidConfiguration(let reason) = error else { throw reader.invalid("\(error)") }
+            throw reader.invalid(reason)
         }
         var cores = serviceCores
         if let coreList = reader.optional("cores") {

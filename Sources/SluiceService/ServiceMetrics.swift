@@ -119,6 +119,9 @@ public final class ServiceMetrics: Sendable {
             }
             set(&state, gauge: "sluice_storage_latency_samples", [("op", op)], Double(entry.latency.totalCount))
         }
+        for (status, count) in storage.stats.rejected {
+            advance(&state, "sluice_storage_rejected_requests_total", [("status", "\(status)")], count)
+        }
         set(&state, gauge: "sluice_storage_last_osn", [], Double(storage.node.lastOSN))
         let commits = storage.node.commitStats
         advance(&state, "sluice_storage_group_commits_total", [], commits.groupCommits)

@@ -12,8 +12,13 @@ import SluiceCore
 public struct ServiceSummary: Sendable {
     public var pipelines: [PipelineOutcome]
     public var storageLastOSN: UInt64?
-    /// True when every pipeline ended without an input/output error and nothing was left on a ring.
-    public var isClean: Bool { pipelines.allSatisfy { $0.failure == nil && $0.leftOnRings == 0 } }
+    /// The service group's error, if it ended with one (every part was still stopped).
+    public var groupError: String?
+    /// True when every pipeline ended without an input/output error, nothing was left on a ring and
+    /// the group ended without error.
+    public var isClean: Bool {
+        groupError == nil && pipelines.allSatisfy { $0.failure == nil && $0.leftOnRings == 0 }
+    }
 }
 
 /// Where the service listens, once everything is up (ports as bound: 0 in the config means any).
@@ -59,14 +64,24 @@ public enum ServiceRunner {
             throw error
         }
         let summary = SummaryBox()
+        let groupBox = GroupBox()
+        // Shut down in reverse order: the dataplane first (drain, flush), then storage, then metrics.
+        // The ready line and the self-stopping triggers stay until the end and never fail the group.
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        let endpoints = ServiceEndpoints(metrics: endpoint.map { ListenAddress(host: $0.host, port: $0.port) },
+                                         storage: storage.map { ListenAddress(host: $0.server.host, port: $0.server.port) })
+        // Announced from inside the group: its signal handlers are installed by then, so a SIGTERM
+        // sent on seeing the ready line is a graceful stop, never the default (kill).
+        services.append(.init(service: Announcer { ready(endpoints) }, serviceName: "ready"))
         if let runForMs = configuration.runForMs {
-            services.append(.init(service: StopTimer(milliseconds: runForMs, logger: logger),
-                                  successTerminationBehavior: .gracefullyShutdownGroup, serviceName: "run-for"))
+            services.append(.init(service: StopTrigger(group: groupBox, reason: "run_for_ms elapsed") {
+                try await Task.sleep(for: .milliseconds(runForMs))
+            }, serviceName: "run-for"))
         }
         if configuration.exitWhenDrained {
-            services.append(.init(service: DrainWatcher(dataplane: dataplane, logger: logger),
-                                  successTerminationBehavior: .gracefullyShutdownGroup, serviceName: "exit-when-drained"))
+            services.append(.init(service: StopTrigger(group: groupBox, reason: "every pipeline drained (exit_when_drained)") {
+                while !dataplane.allDrained { try await Task.sleep(for: .milliseconds(5)) }
+            }, serviceName: "exit-when-drained"))
         }
         if let endpoint {
             services.append(.init(service: Part(name: "metrics") { endpoint.close() }, serviceName: "metrics"))
@@ -82,14 +97,14 @@ public enum ServiceRunner {
             logger.info("stopping sources, draining pipelines", metadata: ["timeoutMs": "\(configuration.drainTimeoutMs)"])
             summary.setPipelines(dataplane.stop(drainTimeoutNs: drainTimeoutNs))
         }, serviceName: "dataplane"))
-        // Announced from inside the group: its signal handlers are installed by then, so a SIGTERM
-        // sent on seeing the ready line is a graceful stop, never the default (kill).
-        let endpoints = ServiceEndpoints(metrics: endpoint.map { ListenAddress(host: $0.host, port: $0.port) },
-                                         storage: storage.map { ListenAddress(host: $0.server.host, port: $0.server.port) })
-        services.insert(.init(service: Announcer { ready(endpoints) }, serviceName: "ready"), at: 0)
         let group = ServiceGroup(configuration: ServiceGroupConfiguration(
             services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-        try await group.run()
+        groupBox.set(group)
+        do { try await group.run() } catch {
+            // Every part's stop has run (they stop on cancellation too); report, do not lose the summary.
+            logger.error("service group ended with an error", metadata: ["error": "\(error)"])
+            summary.setGroupError("\(error)")
+        }
         return summary.value
     }
 }
@@ -142,30 +157,28 @@ private struct Announcer: Service {
     }
 }
 
-/// Ends the service after a set time, as SIGTERM would (`shutdown.run_for_ms`).
-private struct StopTimer: Service {
-    let milliseconds: Int
-    let logger: Logger
+/// Starts the group's graceful shutdown when `condition` returns (a timer, a drained dataplane), then
+/// waits for it like every part. A shutdown that comes first cancels the wait; nothing here fails.
+private struct StopTrigger: Service {
+    let group: GroupBox
+    let reason: String
+    let condition: @Sendable () async throws -> Void
 
     func run() async throws {
-        try await cancelWhenGracefulShutdown {
-            try await Task.sleep(for: .milliseconds(milliseconds))
+        let fired: Void? = try? await cancelWhenGracefulShutdown { try await condition() }
+        if fired != nil, let group = group.value {
+            Logger(label: "sluice").info("shutting down: \(reason)")
+            await group.triggerGracefulShutdown()
         }
-        logger.info("run_for_ms elapsed: shutting down", metadata: ["ms": "\(milliseconds)"])
+        try? await gracefulShutdown()
     }
 }
 
-/// Ends the service once every pipeline has drained (`shutdown.exit_when_drained`).
-private struct DrainWatcher: Service {
-    let dataplane: Dataplane
-    let logger: Logger
-
-    func run() async throws {
-        try await cancelWhenGracefulShutdown {
-            while !dataplane.allDrained { try await Task.sleep(for: .milliseconds(5)) }
-        }
-        if dataplane.allDrained { logger.info("every pipeline drained: shutting down (exit_when_drained)") }
-    }
+/// The group, for triggers created before it.
+private final class GroupBox: Sendable {
+    private let group = Mutex<ServiceGroup?>(nil)
+    var value: ServiceGroup? { group.withLock { $0 } }
+    func set(_ value: ServiceGroup) { group.withLock { $0 = value } }
 }
 
 /// The running parts, for the metrics endpoint's render closure (set once each, read often).
@@ -177,8 +190,9 @@ private final class PartsBox: Sendable {
 }
 
 private final class SummaryBox: Sendable {
-    private let summary = Mutex(ServiceSummary(pipelines: [], storageLastOSN: nil))
+    private let summary = Mutex(ServiceSummary(pipelines: [], storageLastOSN: nil, groupError: nil))
     var value: ServiceSummary { summary.withLock { $0 } }
     func setPipelines(_ outcomes: [PipelineOutcome]) { summary.withLock { $0.pipelines = outcomes } }
     func setStorageOSN(_ osn: UInt64) { summary.withLock { $0.storageLastOSN = osn } }
+    func setGroupError(_ error: String) { summary.withLock { $0.groupError = error } }
 }

@@ -213,7 +213,8 @@ public enum StatsTable {
         return (String(ring[..<arrow.lowerBound]), String(ring[arrow.upperBound...]))
     }
 
-    static let opOrder = ["read", "write", "readPages", "create", "delete", "truncate", "stat", "list", "statNode"]
+    static let opOrder = ["readPage", "readPages", "writePages", "createObject", "deleteObject", "truncateObject",
+                          "statObject", "listObjects", "statNode"]
 
     /// The storage ops in protocol order; ops not known here after them, by name.
     static func opLess(_ a: String, _ b: String) -> Bool {

@@ -26,10 +26,19 @@ public final class StorageRequestStats: Sendable {
     }
 
     private let state: Mutex<[PerOpcode]>
+    private let rejectedCounts = Mutex<[StatusCode: UInt64]>([:])
 
     public init() {
         state = Mutex(Array(repeating: PerOpcode(), count: Opcode.allCases.count))
     }
+
+    /// Counts a frame answered without reaching the node (bad version, opcode, body or length).
+    public func recordRejected(status: StatusCode) {
+        rejectedCounts.withLock { $0[status, default: 0] += 1 }
+    }
+
+    /// Frames answered without reaching the node, by reply status.
+    public var rejected: [StatusCode: UInt64] { rejectedCounts.withLock { $0 } }
 
     private static func slot(_ opcode: Opcode) -> Int { Opcode.allCases.firstIndex(of: opcode)! }
 

@@ -2,6 +2,7 @@
 // whose frame decoder bounds every frame, and whose handler runs node calls on a thread pool.
 import Glibc
 import NIOCore
+import SluiceCore
 import NIOPosix
 import SluicePageStore
 
@@ -121,12 +122,14 @@ final class StorageHandler: ChannelInboundHandler {
         switch frame {
         case .tooLarge(let length, let opcode, let requestID):
             let reply = StorageReply.frameTooLarge(length: length, max: UInt32(frameBytesMax))
+            stats?.recordRejected(status: reply.status)
             chain(eventLoop, channel) { eventLoop.makeSucceededFuture(reply) } send: { reply in
                 let buffer = Self.encode(reply, opcode: opcode, requestID: requestID, allocator: channel.allocator)
                 channel.writeAndFlush(buffer).whenComplete { _ in channel.close(promise: nil) }
             }
         case .tooShort(let length):
             let reply = StorageReply.malformedFrame(message: "frame length \(length) is below the 10-byte header")
+            stats?.recordRejected(status: reply.status)
             chain(eventLoop, channel) { eventLoop.makeSucceededFuture(reply) } send: { reply in
                 channel.writeAndFlush(Self.encode(reply, opcode: 0, requestID: 0, allocator: channel.allocator), promise: nil)
             }
@@ -150,13 +153,14 @@ final class StorageHandler: ChannelInboundHandler {
             let payloadSizeBytes = payloadSizeBytes
             let pool = pool
             let stats = stats
+            if let immediate { stats?.recordRejected(status: immediate.status) }
             chain(eventLoop, channel) {
                 if let immediate { return eventLoop.makeSucceededFuture(immediate) }
                 let request = decoded!
                 return pool.runIfActive(eventLoop: eventLoop) {
-                    let startNs = monotonicNs()
+                    let startNs = Clock.monotonicNs()
                     let reply = execute(request, node: node, payloadSizeBytes: payloadSizeBytes, frameBytesMax: frameBytesMax)
-                    stats?.record(request.opcode, status: reply.status, latencyNs: monotonicNs() &- startNs)
+                    stats?.record(request.opcode, status: reply.status, latencyNs: Clock.monotonicNs() &- startNs)
                     return reply
                 }
             } send: { reply in
@@ -198,13 +202,6 @@ final class StorageHandler: ChannelInboundHandler {
         encodeFrame(opcode: opcode, requestID: requestID, status: reply.status, into: &buffer) { reply.encodeBody(into: &$0) }
         return buffer
     }
-}
-
-/// CLOCK_MONOTONIC in nanoseconds.
-func monotonicNs() -> UInt64 {
-    var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return UInt64(now.tv_sec) &* 1_000_000_000 &+ UInt64(now.tv_nsec)
 }
 
 /// Runs one request against the node. Blocks (mutex, disk): call on a pool thread.

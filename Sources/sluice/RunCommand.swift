@@ -94,7 +94,8 @@ enum RunReport {
                 + " " + padLeft("\(Int(outcome.packetsPerSecond))", 11) + "  " + (outcome.failure ?? "ok"))
             for drop in outcome.drops { lines.append("  drop \(drop.reason): \(drop.count)") }
         }
-        if let osn = summary.storageLastOSN { lines.append("storage: last OSN \(osn), checkpointed") }
+        if let osn = summary.storageLastOSN { lines.append("storage: last OSN \(osn)") }
+        if let error = summary.groupError { lines.append("service: ended with an error: \(error)") }
         return lines.joined(separator: "\n")
     }
 

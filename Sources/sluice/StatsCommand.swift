@@ -180,8 +180,8 @@ enum MetricsScrape {
             }
             if !headersSeen, let split = headerEnd(response) {
                 headersSeen = true
-                if let length = header("content-length", in: response[..<split]).flatMap({ Int($0) }) {
-                    expectedSize = split + 4 + length
+                if let length = header("content-length", in: response[..<split]).flatMap({ Int($0) }), length >= 0 {
+                    expectedSize = split + 4 + min(length, responseSizeMax)  // no overflow on a huge claim
                 }
             }
         }
@@ -238,7 +238,7 @@ enum MetricsScrape {
             guard let size = Int(sizeText.trimmingCharacters(in: .whitespaces), radix: 16), size >= 0 else { return nil }
             if size == 0 { return out }
             let start = j + 2
-            guard start + size + 2 <= bytes.count else { return nil }
+            guard size <= bytes.count, start + size + 2 <= bytes.count else { return nil }  // no overflow
             out.append(contentsOf: bytes[start..<(start + size)])
             i = start + size + 2
         }

@@ -101,7 +101,7 @@ let repositoryRoot: String = {
         ("pipelines[0].source.interface=eth0", "pipelines[0].source", "not both"),
         ("pipelines[0].sink.discard=true", "pipelines[0].sink", "exactly one"),
         ("pipelines[0].stages=all", "pipelines[0].stages", "none, classify or classify-and-act"),
-        ("pipelines[0].ring_size=65536", "pipelines[0]", "raise buffers"),
+        ("pipelines[0].ring_size=65536", "pipelines[0]", "more buffers or smaller rings"),
         ("pipelines[0].burst=0", "pipelines[0].burst", "1...256"),
         ("pipelines[0].cores=[9]", "pipelines[0].cores", "not in the service's cores"),
         ("pipelines[0].name=a b", "pipelines[0].name", "letters, digits"),
@@ -116,6 +116,10 @@ let repositoryRoot: String = {
         ("metrics.listen=example.com:80", "metrics.listen", "not an IPv4 address"),
         ("storage.listen=127.0.0.1:70000", "storage.data", "required"),
         ("shutdown.drain_timeout_ms=-5", "shutdown.drain_timeout_ms", "0...600000"),
+        ("pipelines[0].ring_size=1000", "pipelines[0].ring_size", "power of two"),
+        ("pipelines[0].sink.pcap=in.pcap", "pipelines[0].sink.pcap", "is a pipeline's input capture"),
+        ("pipelines[1]={name: q, source: {pcap: b.pcap}, sink: {pcap: out.pcap}}", "pipelines[1].sink.pcap", "also pipeline 'p''s output"),
+        ("control_cores=[1]", "control_cores", "also a worker core"),
     ])
     func mistakesNameTheKey(override: String, key: String, phrase: String) throws {
         let failure = try #require(error(minimal, overrides: [override]), "\(override) was accepted")
@@ -178,5 +182,25 @@ extension ConfigTests {
     @Test func onePacingOnly() throws {
         let failure = try #require(error(minimal, overrides: ["pipelines[0].source.rate=5", "pipelines[0].source.speed=2"]))
         #expect("\(failure)".contains("give one of speed, rate, top_speed"))
+    }
+}
+
+extension ConfigTests {
+    @Test func exitWhenDrainedNeedsPipelinesThatEnd() throws {
+        let live = try #require(error(minimal, overrides: ["pipelines[0].source.pcap=", "pipelines[0].source.interface=veth0",
+                                                           "shutdown.exit_when_drained=true"]))
+        #expect("\(live)".contains("shutdown.exit_when_drained") && "\(live)".contains("never drains"), "\(live)")
+        let none = try #require(error("shutdown: {exit_when_drained: true}"))
+        #expect("\(none)".contains("no pipeline to drain"))
+    }
+
+    @Test func stagesPerWorkerAreBounded() throws {
+        var overrides = ["cores=[0]"]
+        for index in 1..<9 {  // 9 pipelines x 4 stages on one core: 36 > 32
+            overrides += ["pipelines[\(index)].name=p\(index)", "pipelines[\(index)].source.pcap=in\(index).pcap",
+                          "pipelines[\(index)].sink.discard=true"]
+        }
+        let failure = try #require(error(minimal, overrides: overrides))
+        #expect("\(failure)".contains("core 0 would run 36 stages"), "\(failure)")
     }
 }

@@ -32,11 +32,11 @@ struct Acknowledged: Sendable {
         let binary = try #require(sluiceBinary(), "no built `sluice` next to the test bundle")
         let paths = ScratchPaths("sigterm")
         defer { paths.remove() }
-        // 10 loops of the 2000-packet sample at 4000 packets/s: 5 s of input, stopped after ~2 s.
+        // 30 loops of the 2000-packet sample at 4000 packets/s: 15 s of input, stopped after ~2 s.
         let yaml = """
             pipelines:
               - name: replay
-                source: {pcap: "\(samplePcap)", rate: 4000, loop: 10}
+                source: {pcap: "\(samplePcap)", rate: 4000, loop: 30}
                 traffic: {weights: [1]}
                 sink: {pcap: "\(paths.outputPcap)"}
             storage: {data: "\(paths.dataDirectory)", listen: "127.0.0.1:0"}
@@ -82,9 +82,10 @@ struct Acknowledged: Sendable {
         let samples = try service.scrape()
         #expect(samples.value("sluice_up") == 1)
         let packetsIn = try #require(samples.value("sluice_pipeline_packets_in_total", ["pipeline": "replay"]))
-        #expect(packetsIn > 0 && packetsIn < 20_000, "mid-stream at the scrape: \(packetsIn)")
-        #expect(samples.value("sluice_stage_items_total", ["pipeline": "replay", "stage": "pcap-rx"]) == packetsIn
-            || (samples.value("sluice_stage_items_total", ["pipeline": "replay", "stage": "pcap-rx"]) ?? 0) > 0)
+        #expect(packetsIn > 0 && packetsIn < 60_000, "mid-stream at the scrape: \(packetsIn)")
+        // One render reads the stage's items before the pipeline's entered count (bumped first).
+        let sourceItems = try #require(samples.value("sluice_stage_items_total", ["pipeline": "replay", "stage": "pcap-rx"]))
+        #expect(sourceItems > 0 && sourceItems <= packetsIn, "\(sourceItems) items, \(packetsIn) entered")
         #expect(samples.value("sluice_ring_capacity", ["pipeline": "replay", "ring": "pcap-rx->classify"]) == 1024)
         #expect(samples.value("sluice_worker_utilisation", ["worker": "0"]) != nil)
         #expect((samples.value("sluice_stage_items_per_call", ["pipeline": "replay", "stage": "classify"]) ?? 0) >= 1)
@@ -116,7 +117,7 @@ struct Acknowledged: Sendable {
         let fields = row.split(separator: " ")
         let (entered, delivered, leftOnRings) = (Int(fields[1]) ?? -1, Int(fields[2]) ?? -1, Int(fields[4]) ?? -1)
         #expect(entered == delivered && leftOnRings == 0 && fields.last == "ok", "\(row)")
-        #expect(entered >= Int(packetsIn) && entered < 20_000, "stopped mid-stream: \(row)")
+        #expect(entered >= Int(packetsIn) && entered < 60_000, "stopped mid-stream: \(row)")
         #expect(try pcapRecordCount(paths.outputPcap) == delivered)
 
         // Every acknowledged write is on disk: the page holds that write or a later one of the same writer.
@@ -209,7 +210,7 @@ extension ServiceProcessTests {
         let row = try #require(result.lines.first { $0.hasPrefix("sample ") }, "\(result.lines)")
         let fields = row.split(separator: " ")
         #expect(fields[1] == "10000" && fields[2] == "10000" && fields[4] == "0" && fields.last == "ok", "\(row)")
-        #expect(result.stderr.contains("every pipeline drained: shutting down"))
+        #expect(result.stderr.contains("shutting down: every pipeline drained"))
     }
 }
 
@@ -249,5 +250,28 @@ extension ServiceProcessTests {
         #expect(service.child.stderrText.contains("control threads confined"))
         let (status, _) = try service.terminate()
         #expect(status == 0)
+    }
+}
+
+extension ServiceProcessTests {
+    /// SIGTERM while a self-stopping trigger (run_for_ms, exit_when_drained) still waits: a clean
+    /// stop, exit 0, the summary printed.
+    @Test func sigtermBeforeTheTriggersFireIsClean() throws {
+        let binary = try #require(sluiceBinary(), "no built `sluice` next to the test bundle")
+        let service = try RunningService(binary: binary, yaml: """
+            pipelines:
+              - name: slow
+                source: {pcap: "\(samplePcap)", rate: 200}
+                sink: {discard: true}
+            metrics: {listen: "127.0.0.1:0"}
+            shutdown: {run_for_ms: 600000, exit_when_drained: true}
+            """)
+        usleep(300_000)
+        let (status, lines) = try service.terminate()
+        #expect(status == 0, "exit \(status): \(service.child.stderrText)")
+        let row = try #require(lines.first { $0.hasPrefix("slow ") }, "\(lines)")
+        let fields = row.split(separator: " ")
+        #expect(fields[1] == fields[2] && fields[4] == "0" && fields.last == "ok", "\(row)")
+        #expect(!lines.contains { $0.contains("ended with an error") }, "\(lines)")
     }
 }

@@ -216,12 +216,12 @@ import Testing
     @Test func storageOpsInProtocolOrderWithSummary() throws {
         let samples = try MetricsText.parse("""
             sluice_storage_requests_total{op="statNode",status="ok"} 1
-            sluice_storage_requests_total{op="create",status="ok"} 2
-            sluice_storage_requests_total{op="read",status="ok"} 3
+            sluice_storage_requests_total{op="createObject",status="ok"} 2
+            sluice_storage_requests_total{op="readPage",status="ok"} 3
             sluice_storage_group_commits_total 0
             """)
         let lines = StatsTable.render(samples).split(separator: "\n").map(String.init)
-        #expect(lines.dropFirst(2).map { String($0.prefix(8)) } == ["read    ", "create  ", "statNode", "Last OSN"])
+        #expect(lines.dropFirst(2).map { String($0.prefix(12)) } == ["readPage    ", "createObject", "statNode    ", "Last OSN -  "])
         #expect(lines.last == "Last OSN -  group commits 0  writes/flush -")
     }
 

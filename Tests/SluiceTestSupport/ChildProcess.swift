@@ -36,10 +36,14 @@ public final class ChildProcess {
     public init(_ arguments: [String]) throws {
         var ends: [Int32] = [0, 0]
         guard pipe(&ends) == 0 else { throw SpawnError("pipe: errno \(errno)") }
+        // Close-on-exec on every descriptor here, so a child spawned meanwhile by another test holds
+        // none of them (the dup2 onto 0-2 in this child clears the flag on its copies).
         _ = fcntl(ends[0], F_SETFD, FD_CLOEXEC)
+        _ = fcntl(ends[1], F_SETFD, FD_CLOEXEC)
         var template = Array("/tmp/sluice-child-stderr-XXXXXX".utf8CString)
         let stderrFD = mkstemp(&template)
         guard stderrFD >= 0 else { throw SpawnError("mkstemp: errno \(errno)") }
+        _ = fcntl(stderrFD, F_SETFD, FD_CLOEXEC)
         stderrPath = String(cString: template)
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)

@@ -41,9 +41,9 @@ public final class Pipeline: @unchecked Sendable {  // unchecked: stages are han
         return sink.deliveredCount
     }
 
-    /// Items filtered by any stage.
+    /// Items filtered by any stage (acquire: pairs with the sink's release, see `isDrained`).
     public var filtered: UInt64 {
-        stages.reduce(0) { $0 &+ $1.counters.filtered.load(ordering: .relaxed) }
+        stages.reduce(0) { $0 &+ $1.counters.filtered.load(ordering: .acquiring) }
     }
 
     /// Items queued on the pipeline's rings now.
@@ -51,6 +51,8 @@ public final class Pipeline: @unchecked Sendable {  // unchecked: stages are han
 
     /// True when the source is exhausted and every item that entered was delivered or filtered.
     /// Any thread: reads the exhausted flag (acquire) before `entered`, which the source counted first.
+    /// The sink stores its `delivered` and `filtered` counts with release after each burst and they
+    /// are loaded with acquire here, so a thread that sees true also sees all the sink body did.
     public var isDrained: Bool {
         guard sourceExhausted.load(ordering: .acquiring) else { return false }
         return delivered &+ filtered == entered.load(ordering: .acquiring)

@@ -248,8 +248,13 @@ final class SinkTask<Body: StageBody>: StageTask, @unchecked Sendable {
         let start = sluice_cycles()
         let kept = body.process(UnsafeMutableBufferPointer(rebasing: burst[0..<taken]))
         precondition(kept >= 0 && kept <= taken, "stage kept more items than it was given")
-        StageCounters.bump(delivered, by: UInt64(kept))
-        recordTurn(items: taken, filtered: taken - kept, cycles: sluice_cycles() &- start)
+        recordTurn(items: taken, filtered: 0, cycles: sluice_cycles() &- start)
+        // Release stores (plain stores on x86): a thread that acquire-loads these and finds the
+        // pipeline drained also sees everything the body wrote, e.g. a file buffer it then flushes.
+        if taken > kept {
+            counters.filtered.store(counters.filtered.load(ordering: .relaxed) &+ UInt64(taken - kept), ordering: .releasing)
+        }
+        delivered.store(delivered.load(ordering: .relaxed) &+ UInt64(kept), ordering: .releasing)
         return taken
     }
 }

@@ -103,7 +103,7 @@ public struct AFPacketReceiver: ~Copyable {
         let snapLength = Int(frame.snap_length)
         var length: Int
         var wireLength = frame.wire_length
-        if frame.has_vlan != 0 && snapLength >= 12 {
+        if frame.has_vlan != 0 && snapLength >= 12 && bytes.count >= 16 {
             // The kernel took the outer tag off (VLAN offload): put it back after the MAC addresses,
             // so the frame reads as it was on the wire (as libpcap does).
             length = min(snapLength + 4, bytes.count)
