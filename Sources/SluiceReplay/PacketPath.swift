@@ -13,8 +13,9 @@ import Synchronization
 public enum PacketInput: Sendable, Equatable {
     /// A pcap or pcapng savefile, paced, read `loopCount` times.
     case capture(path: String, pacing: ReplayPacing, loopCount: Int)
-    /// An interface, through an AF_PACKET TPACKET_V3 RX ring (never exhausted: stop it).
-    case interface(String)
+    /// An interface, through an AF_PACKET TPACKET_V3 RX ring (never exhausted: stop it). Pipelines
+    /// whose configurations name the same fanout group share the interface's frames by flow hash.
+    case interface(AFPacketRXConfiguration)
 }
 
 /// Everything one packet path needs; checked by `PacketPath.init`.
@@ -161,10 +162,10 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
             } catch { throw .capture(error) }
             input = .capture(source)
             builder.source(StoppableSource(body: source, signal: stopSignal, drainsOnStop: false), name: "pcap-rx")
-        case .interface(let name):
+        case .interface(let rx):
             let source: AFPacketSource
-            do { source = try AFPacketSource(configuration: AFPacketRXConfiguration(interface: name), pool: pool) }
-            catch { throw .input("\(name): \(error)") }
+            do { source = try AFPacketSource(configuration: rx, pool: pool) }
+            catch { throw .input("\(rx.interface): \(error)") }
             input = .interface(source)
             builder.source(StoppableSource(body: source, signal: stopSignal, drainsOnStop: true), name: "afpacket-rx")
         }

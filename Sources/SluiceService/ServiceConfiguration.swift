@@ -246,12 +246,15 @@ extension ServiceConfiguration {
             throw reader.child("name").invalid("'\(name)' must be 1-32 letters, digits, '-' or '_'")
         }
         let source = try reader.required("source")
-        try source.allowKeys(["pcap", "interface", "speed", "rate", "top_speed", "loop"])
+        try source.allowKeys(["pcap", "interface", "speed", "rate", "top_speed", "loop", "fanout_group", "port"])
         let input: PacketInput
         switch (source.optional("pcap"), source.optional("interface")) {
         case let (pcap?, nil):
             let path = try pcap.string()
             guard !path.isEmpty else { throw pcap.invalid("empty path") }
+            for key in ["fanout_group", "port"] where source.optional(key) != nil {
+                throw source.child(key).invalid("only an interface source has a fanout group or port number")
+            }
             let speed = try source.optional("speed").map { reader throws(ConfigError) in try reader.positiveDouble() }
             let rate = try source.optional("rate").map { reader throws(ConfigError) in try reader.positiveDouble() }
             let topSpeed = try source.optional("top_speed")?.bool() ?? false
@@ -266,7 +269,12 @@ extension ServiceConfiguration {
             for key in ["speed", "rate", "top_speed", "loop"] where source.optional(key) != nil {
                 throw source.child(key).invalid("only a pcap source is paced or looped")
             }
-            input = .interface(try interface.interfaceName())
+            var rx = AFPacketRXConfiguration(interface: try interface.interfaceName())
+            if let group = source.optional("fanout_group") {
+                rx.fanout = AFPacketFanout(group: UInt16(try group.int(in: 0...Int(UInt16.max))), defragment: true)
+            }
+            if let port = source.optional("port") { rx.port = UInt16(try port.int(in: 0...Int(UInt16.max))) }
+            input = .interface(rx)
         case (_?, _?):
             throw source.invalid("give pcap or interface, not both")
         case (nil, nil):

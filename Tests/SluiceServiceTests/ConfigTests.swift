@@ -80,7 +80,7 @@ let repositoryRoot: String = {
         #expect(configuration.cores == [2, 3])
         #expect(configuration.pipelines[0].path.input == .capture(path: "in.pcap", pacing: .rate(packetsPerSecond: 500), loopCount: 1))
         #expect(configuration.pipelines[0].cores == [3])
-        #expect(configuration.pipelines[1].path.input == .interface("veth0"))
+        #expect(configuration.pipelines[1].path.input == .interface(AFPacketRXConfiguration(interface: "veth0")))
         #expect(configuration.pipelines[1].path.output == .discard)
         #expect(configuration.storage?.listen.port == 0)
     }
@@ -186,6 +186,19 @@ extension ConfigTests {
 }
 
 extension ConfigTests {
+    @Test func interfaceSourcesTakeAFanoutGroupAndPort() throws {
+        let configuration = try load(minimal, overrides: [
+            "pipelines[0].source.pcap=", "pipelines[0].source.interface=veth0",
+            "pipelines[0].source.fanout_group=7", "pipelines[0].source.port=3"])
+        guard case .interface(let rx) = configuration.pipelines[0].path.input else {
+            Issue.record("not an interface source")
+            return
+        }
+        #expect(rx.fanout == AFPacketFanout(group: 7, defragment: true) && rx.port == 3)
+        let failure = try #require(error(minimal, overrides: ["pipelines[0].source.fanout_group=7"]))
+        #expect("\(failure)".contains("only an interface source"))
+    }
+
     @Test func exitWhenDrainedNeedsPipelinesThatEnd() throws {
         let live = try #require(error(minimal, overrides: ["pipelines[0].source.pcap=", "pipelines[0].source.interface=veth0",
                                                            "shutdown.exit_when_drained=true"]))

@@ -122,4 +122,53 @@ final class VethIntoNamespace {
             #expect(Array(version.payload.prefix(expected.count)) == expected)
         }
     }
+
+    /// Two pipelines in one fanout group on one interface (RSS in software): the frames split between
+    /// them by flow, none lost, none twice.
+    @Test(.enabled(if: isRoot || inCI, "needs root for namespaces and AF_PACKET (runs in CI, CI=true)"))
+    func fanoutGroupSplitsAnInterfaceBetweenPipelines() throws {
+        try #require(Self.isRoot, "CI=true: namespace and AF_PACKET tests need root")
+        let binary = try #require(sluiceBinary(), "no built `sluice` next to the test bundle")
+        let lab = try VethIntoNamespace()
+        defer { lab.destroy() }
+        let first = ScratchPaths("fanout-a")
+        let second = ScratchPaths("fanout-b")
+        defer { first.remove(); second.remove() }
+        let group = getpid() & 0x7FFF
+        let service = try RunningService(binary: binary, yaml: """
+            pipelines:
+              - name: rx0
+                source: {interface: "\(lab.outside)", fanout_group: \(group), port: 0}
+                stages: classify
+                sink: {pcap: "\(first.outputPcap)"}
+              - name: rx1
+                source: {interface: "\(lab.outside)", fanout_group: \(group), port: 1}
+                stages: classify
+                sink: {pcap: "\(second.outputPcap)"}
+            metrics: {listen: "127.0.0.1:0"}
+            """)
+        let sent = try runCommand(["/usr/sbin/ip", "netns", "exec", lab.namespace, binary, "replay", samplePcap,
+                                   "--iface", lab.inside, "--rate", "20000"], timeoutMs: 60_000)
+        #expect(sent.status == 0, "replay: \(sent.stderr)")
+        var counts = [0.0, 0.0]
+        for _ in 0..<500 {
+            let samples = try service.scrape()
+            counts = ["rx0", "rx1"].map { samples.value("sluice_pipeline_packets_in_total", ["pipeline": $0]) ?? 0 }
+            if counts[0] + counts[1] >= 2000 { break }
+            usleep(10_000)
+        }
+        #expect(counts[0] + counts[1] == 2000 && counts[0] > 0 && counts[1] > 0, "\(counts)")
+        let (status, _) = try service.terminate()
+        #expect(status == 0, "exit \(status): \(service.child.stderrText)")
+        var written: [[UInt8]] = []
+        for path in [first.outputPcap, second.outputPcap] {
+            var reader = try PcapReader(path: path)
+            while let record = try reader.next() { written.append(Array(record.bytes)) }
+        }
+        var original: [[UInt8]] = []
+        var reader = try PcapReader(path: samplePcap)
+        while let record = try reader.next() { original.append(Array(record.bytes)) }
+        #expect(written.count == 2000)
+        #expect(written.sorted { $0.lexicographicallyPrecedes($1) } == original.sorted { $0.lexicographicallyPrecedes($1) })
+    }
 }
