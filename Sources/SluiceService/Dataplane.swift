@@ -52,9 +52,11 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
     public let configuration: ServiceConfiguration
     public let paths: [PacketPath]
     public let runtime: Runtime
-    /// Worker index of each stage, per pipeline.
+    /// Worker index of each stage at start, per pipeline (the rebalancer may move stages later).
     public let placements: [[Int]]
-    private let logger: Logger
+    /// Stage moves the rebalancer made.
+    public let stageMoves = Atomic<UInt64>(0)
+    let logger: Logger
     private let controlStop = Atomic<Bool>(false)
     private let controlThreadDone = DispatchSemaphore(value: 0)
     /// The controllers' last snapshots (index = pipeline), written by the control thread.
@@ -77,14 +79,15 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
             do { paths.append(try PacketPath(pathConfiguration)) } catch {
                 throw .pipeline(name: settings.path.name, error)
             }
-            var workers: [Int] = []
-            for core in settings.cores {
-                guard let worker = configuration.cores.firstIndex(of: core) else {
-                    throw .pipeline(name: settings.path.name, .invalidConfiguration("core \(core) is not a service core"))
-                }
-                workers.append(worker)
+            for core in settings.cores + (settings.stageCores ?? []) where !configuration.cores.contains(core) {
+                throw .pipeline(name: settings.path.name, .invalidConfiguration("core \(core) is not a service core"))
             }
-            placements.append(spreadPlacement(stageCount: paths.last!.pipeline.stages.count, workers: workers))
+            let stageCount = paths.last!.pipeline.stages.count
+            let placement = configuration.placement(of: settings, stageCount: stageCount)
+            guard placement.count == stageCount else {
+                throw .pipeline(name: settings.path.name, .invalidConfiguration("stage_cores names \(placement.count) of \(stageCount) stages"))
+            }
+            placements.append(placement)
         }
         self.paths = paths
         self.placements = placements
@@ -119,6 +122,7 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
         defer { controlThreadDone.signal() }
         let hasControllers = paths.contains { $0.controller != nil }
         var lastSnapshotNs: UInt64 = 0
+        var rebalancer = configuration.rebalance.map { Rebalancer(settings: $0, dataplane: self) }
         while !controlStop.load(ordering: .acquiring) {
             let now = Clock.monotonicNs()
             for path in paths { path.controller?.poll(nowNs: now) }
@@ -127,6 +131,7 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
                 publishTrafficSnapshots()
             }
             finishDrainedPipelines()
+            rebalancer?.step(nowNs: now)
             usleep(hasControllers ? 100 : 1_000)
         }
     }
@@ -193,6 +198,68 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
                                    elapsedNs: drainedNs &- startedNs.load(ordering: .relaxed),
                                    delivered: path.pipeline.delivered, filtered: path.pipeline.filtered,
                                    leftOnRings: path.pipeline.queued, drops: path.dropCounts(), failure: failure)
+        }
+    }
+}
+
+/// Measures each stage's load every interval and moves the few stages `ResourceAllocator.rebalance`
+/// proposes, within each pipeline's cores. Control thread only. A move blocks that thread until the
+/// stage runs on its new worker (about a worker turn); the runtime loses and reorders nothing.
+struct Rebalancer {
+    let settings: RebalanceSettings
+    unowned let dataplane: Dataplane
+    private let allocator: ResourceAllocator
+    /// Worker index of each stage now, per pipeline.
+    private var placement: [[Int]]
+    private var previous: [[StageSnapshot]]
+    private var previousNs: UInt64
+    /// Workers each pipeline may use.
+    private let allowedWorkers: [Set<Int>]
+
+    init(settings: RebalanceSettings, dataplane: Dataplane) {
+        self.settings = settings
+        self.dataplane = dataplane
+        var allocatorConfiguration = ResourceAllocator.Configuration(workerCount: dataplane.runtime.workers.count)
+        allocatorConfiguration.imbalanceThreshold = settings.imbalance
+        allocator = ResourceAllocator(configuration: allocatorConfiguration)
+        placement = dataplane.placements
+        previous = dataplane.paths.map { $0.pipeline.snapshot() }
+        previousNs = Clock.monotonicNs()
+        let cores = dataplane.configuration.cores
+        allowedWorkers = dataplane.configuration.pipelines.map { pipeline in
+            Set(pipeline.cores.compactMap { cores.firstIndex(of: $0) })
+        }
+    }
+
+    mutating func step(nowNs: UInt64) {
+        let intervalNs = UInt64(settings.intervalMs) * 1_000_000
+        guard nowNs &- previousNs >= intervalNs else { return }
+        let paths = dataplane.paths
+        let current = paths.map { $0.pipeline.snapshot() }
+        let demands = paths.indices.map { index in
+            PipelineDemand(name: paths[index].configuration.name, weight: dataplane.configuration.pipelines[index].weight,
+                           stages: StageLoad.between(previous[index], current[index], intervalNs: nowNs &- previousNs))
+        }
+        previous = current
+        previousNs = nowNs
+        let allocation = Allocation(placement: placement, ringCapacities: paths.map(\.pipeline.ringCapacities),
+                                    poolBufferCounts: paths.map(\.configuration.poolBufferCount))
+        for move in allocator.rebalance(allocation, measured: demands)
+        where allowedWorkers[move.pipeline].contains(move.toWorker) && !paths[move.pipeline].pipeline.isDrained {
+            let stage = paths[move.pipeline].pipeline.stages[move.stage]
+            do {
+                try dataplane.runtime.move(stage, toWorker: move.toWorker)
+                placement[move.pipeline][move.stage] = move.toWorker
+                dataplane.stageMoves.add(1, ordering: .relaxed)
+                let cores = dataplane.configuration.cores
+                dataplane.logger.info("stage moved to even out load", metadata: [
+                    "pipeline": "\(paths[move.pipeline].configuration.name)", "stage": "\(stage.name)",
+                    "fromCore": "\(cores[move.fromWorker])", "toCore": "\(cores[move.toWorker])"])
+            } catch {
+                dataplane.logger.warning("stage move failed; the stage stays", metadata: [
+                    "stage": "\(stage.name)", "error": "\(error)"])
+                return
+            }
         }
     }
 }

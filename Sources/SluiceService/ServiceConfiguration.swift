@@ -36,6 +36,19 @@ public struct PipelineSettings: Sendable {
     public var path: PacketPathConfiguration
     /// The service cores its stages run on (the source on the first), a subset of `cores`.
     public var cores: [Int]
+    /// The core of each stage, source first (nil: the source on the first of `cores`, the other
+    /// stages spread over the rest).
+    public var stageCores: [Int]?
+    /// Share of the workers the rebalancer assumes for the pipeline before it has measured it.
+    public var weight: Double = 1
+}
+
+/// Moving stages between workers as load shifts (`ResourceAllocator.rebalance`), from the control thread.
+public struct RebalanceSettings: Sendable, Equatable {
+    /// How often load is measured and moves considered.
+    public var intervalMs = 1000
+    /// Moves happen only while the busiest and idlest workers differ by more than this (core shares).
+    public var imbalance = 0.2
 }
 
 /// The storage node of the service.
@@ -69,9 +82,21 @@ public struct ServiceConfiguration: Sendable {
     public var runForMs: Int?
     /// Stop by itself once every pipeline has drained (a replay job; the storage node stops too).
     public var exitWhenDrained = false
+    /// nil: stages stay where they started.
+    public var rebalance: RebalanceSettings?
 }
 
 extension ServiceConfiguration {
+    /// Worker indices (positions in `cores`) of a pipeline's stages at start: `stageCores` when
+    /// given, else the source on the first of its cores and the rest spread over the others.
+    public func placement(of pipeline: PipelineSettings, stageCount: Int) -> [Int] {
+        let workers = pipeline.cores.compactMap { cores.firstIndex(of: $0) }
+        if let stageCores = pipeline.stageCores, stageCores.count == stageCount {
+            return stageCores.compactMap { cores.firstIndex(of: $0) }
+        }
+        return spreadPlacement(stageCount: stageCount, workers: workers)
+    }
+
     /// The configuration with no file: the bundled sample capture through the full pipeline to a
     /// pcap file, the storage node on loopback with the embedded log, metrics on loopback.
     public static let defaultYAML = """
@@ -131,7 +156,8 @@ extension ServiceConfiguration {
     /// Checks the tree against the format, key by key.
     public static func decode(_ tree: ConfigNode, defaultCores: [Int]) throws(ConfigError) -> ServiceConfiguration {
         let root = ConfigReader(tree, key: "")
-        try root.allowKeys(["cores", "control_cores", "wait_mode", "log_level", "metrics", "pipelines", "storage", "shutdown"])
+        try root.allowKeys(["cores", "control_cores", "wait_mode", "log_level", "metrics", "pipelines", "storage", "shutdown",
+                            "rebalance"])
         let cores = try root.optional("cores").map { reader throws(ConfigError) in try reader.cores() } ?? defaultCores
         guard !cores.isEmpty else { throw .invalid(key: "cores", line: tree.line, reason: "no cores to run on") }
         var configuration = ServiceConfiguration(cores: cores)
@@ -161,6 +187,18 @@ extension ServiceConfiguration {
             let enabled = try metrics.optional("enabled")?.bool() ?? true
             let listen = try metrics.optional("listen")?.listenAddress() ?? ListenAddress(host: "127.0.0.1", port: 9464)
             configuration.metrics = enabled ? listen : nil
+        }
+        if let rebalance = root.optional("rebalance") {
+            try rebalance.allowKeys(["interval_ms", "imbalance"])
+            var settings = RebalanceSettings()
+            if let interval = rebalance.optional("interval_ms") { settings.intervalMs = try interval.int(in: 10...3_600_000) }
+            if let imbalance = rebalance.optional("imbalance") {
+                settings.imbalance = try imbalance.positiveDouble()
+                guard settings.imbalance <= Double(cores.count) else {
+                    throw imbalance.invalid("at most the worker count (\(cores.count)), got \(settings.imbalance)")
+                }
+            }
+            configuration.rebalance = settings
         }
         if let shutdown = root.optional("shutdown") {
             try shutdown.allowKeys(["drain_timeout_ms", "run_for_ms", "exit_when_drained"])
@@ -220,8 +258,7 @@ extension ServiceConfiguration {
         var perWorker = [Int](repeating: 0, count: configuration.cores.count)
         for pipeline in configuration.pipelines {
             let stageCount = pipeline.path.stages.rawValue  // the raw value is the stage count
-            let workers = pipeline.cores.compactMap { configuration.cores.firstIndex(of: $0) }
-            for worker in spreadPlacement(stageCount: stageCount, workers: workers) { perWorker[worker] += 1 }
+            for worker in configuration.placement(of: pipeline, stageCount: stageCount) { perWorker[worker] += 1 }
         }
         for (worker, count) in perWorker.enumerated() where count > Limits.stagesPerWorkerMax {
             throw (root.optional("pipelines") ?? root).invalid(
@@ -238,8 +275,8 @@ extension ServiceConfiguration {
 
     private static func decodePipeline(_ reader: ConfigReader, serviceCores: [Int],
                                        index: Int) throws(ConfigError) -> PipelineSettings {
-        try reader.allowKeys(["name", "source", "sink", "stages", "classify", "traffic", "cores", "burst",
-                              "ring_size", "buffers", "buffer_size"])
+        try reader.allowKeys(["name", "source", "sink", "stages", "classify", "traffic", "cores", "stage_cores", "weight",
+                              "burst", "ring_size", "buffers", "buffer_size"])
         let name = try reader.optional("name")?.string() ?? "pipeline\(index)"
         guard !name.isEmpty, name.count <= 32,
               name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }) else {
@@ -325,7 +362,22 @@ extension ServiceConfiguration {
                 throw coreList.invalid("core \(core) is not in the service's cores \(serviceCores)")
             }
         }
-        return PipelineSettings(path: path, cores: cores)
+        var settings = PipelineSettings(path: path, cores: cores)
+        if let weight = reader.optional("weight") { settings.weight = try weight.positiveDouble() }
+        if let stageCoresReader = reader.optional("stage_cores") {
+            let items = try stageCoresReader.list()
+            guard items.count == path.stages.rawValue else {
+                throw stageCoresReader.invalid("one core per stage (\(path.stages.rawValue), source first), got \(items.count)")
+            }
+            var stageCores: [Int] = []
+            for item in items {
+                let core = try item.int(in: 0...(ServiceLimits.cpuNumberMax - 1))
+                guard cores.contains(core) else { throw item.invalid("core \(core) is not in the pipeline's cores \(cores)") }
+                stageCores.append(core)
+            }
+            settings.stageCores = stageCores
+        }
+        return settings
     }
 
     private static func decodeClassifier(_ reader: ConfigReader) throws(ConfigError) -> ClassifierConfiguration {

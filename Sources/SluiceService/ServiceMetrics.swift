@@ -58,6 +58,7 @@ public final class ServiceMetrics: Sendable {
             advance(&state, seconds: "sluice_worker_cpu_seconds_total", labels, ns: snapshot.cpuNs)
             set(&state, gauge: "sluice_worker_utilisation", labels, snapshot.utilisation)
         }
+        advance(&state, "sluice_stage_moves_total", [], dataplane.stageMoves.load(ordering: .relaxed))
         let traffic = dataplane.trafficSnapshot
         for (index, path) in dataplane.paths.enumerated() {
             let pipeline = path.pipeline

@@ -120,6 +120,11 @@ let repositoryRoot: String = {
         ("pipelines[0].sink.pcap=in.pcap", "pipelines[0].sink.pcap", "is a pipeline's input capture"),
         ("pipelines[1]={name: q, source: {pcap: b.pcap}, sink: {pcap: out.pcap}}", "pipelines[1].sink.pcap", "also pipeline 'p''s output"),
         ("control_cores=[1]", "control_cores", "also a worker core"),
+        ("pipelines[0].stage_cores=[0,1]", "pipelines[0].stage_cores", "one core per stage (4"),
+        ("pipelines[0].stage_cores=[0,1,2,0]", "pipelines[0].stage_cores[2]", "not in the pipeline's cores"),
+        ("pipelines[0].weight=0", "pipelines[0].weight", "must be positive"),
+        ("rebalance.interval_ms=1", "rebalance.interval_ms", "10...3600000"),
+        ("rebalance.imbalance=5", "rebalance.imbalance", "at most the worker count"),
     ])
     func mistakesNameTheKey(override: String, key: String, phrase: String) throws {
         let failure = try #require(error(minimal, overrides: [override]), "\(override) was accepted")
@@ -186,6 +191,17 @@ extension ConfigTests {
 }
 
 extension ConfigTests {
+    @Test func stageCoresAndRebalance() throws {
+        let configuration = try load(minimal, overrides: ["pipelines[0].stage_cores=[0,0,1,1]", "pipelines[0].weight=2",
+                                                          "rebalance.interval_ms=250"])
+        #expect(configuration.pipelines[0].stageCores == [0, 0, 1, 1] && configuration.pipelines[0].weight == 2)
+        #expect(configuration.placement(of: configuration.pipelines[0], stageCount: 4) == [0, 0, 1, 1])
+        #expect(configuration.rebalance == RebalanceSettings(intervalMs: 250, imbalance: 0.2))
+        let spread = try load(minimal)
+        #expect(spread.placement(of: spread.pipelines[0], stageCount: 4) == [0, 1, 1, 1])
+        #expect(spread.rebalance == nil)
+    }
+
     @Test func interfaceSourcesTakeAFanoutGroupAndPort() throws {
         let configuration = try load(minimal, overrides: [
             "pipelines[0].source.pcap=", "pipelines[0].source.interface=veth0",

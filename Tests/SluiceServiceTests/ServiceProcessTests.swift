@@ -275,3 +275,31 @@ extension ServiceProcessTests {
         #expect(!lines.contains { $0.contains("ended with an error") }, "\(lines)")
     }
 }
+
+extension ServiceProcessTests {
+    /// Every stage of a top-speed pipeline starts on one core; the rebalancer measures that core
+    /// saturated and the other idle and moves a stage across while packets flow. Nothing is lost.
+    @Test(.enabled(if: ((try? CPU.allowedCPUs()) ?? []).count >= 2, "needs two CPUs"))
+    func rebalancerMovesAStageOffAnOverloadedCore() throws {
+        let binary = try #require(sluiceBinary(), "no built `sluice` next to the test bundle")
+        let allowed = try CPU.allowedCPUs()
+        let (busy, idle) = (allowed[0], allowed[1])
+        let child = try ChildProcess([binary, "run", "--set", "cores=[\(busy),\(idle)]",
+                                      "--set", "rebalance.interval_ms=100",
+                                      "--set", "pipelines[0].source.pcap=\(samplePcap)",
+                                      "--set", "pipelines[0].source.speed=", "--set", "pipelines[0].source.top_speed=true",
+                                      "--set", "pipelines[0].source.loop=250",
+                                      "--set", "pipelines[0].stage_cores=[\(busy),\(busy),\(busy),\(busy)]",
+                                      "--set", "pipelines[0].sink.pcap=", "--set", "pipelines[0].sink.discard=true",
+                                      "--set", "storage=", "--set", "metrics.enabled=false",
+                                      "--set", "shutdown.exit_when_drained=true"])
+        let status = try #require(child.wait(timeoutMs: 120_000), "the replay job did not end")
+        let lines = child.remainingLines(timeoutMs: 5_000)
+        #expect(status == 0, "\(child.stderrText)")
+        #expect(child.stderrText.contains("stage moved to even out load") && child.stderrText.contains("toCore=\(idle)"),
+                "\(child.stderrText)")
+        let row = try #require(lines.first { $0.hasPrefix("sample ") }, "\(lines)")
+        let fields = row.split(separator: " ")
+        #expect(fields[1] == "500000" && fields[2] == "500000" && fields[4] == "0" && fields.last == "ok", "\(row)")
+    }
+}

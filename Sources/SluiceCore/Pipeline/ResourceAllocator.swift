@@ -43,6 +43,13 @@ public struct Allocation: Sendable, Equatable {
     public var poolBufferCounts: [Int]
     /// Estimated load of each worker, in core shares.
     public var workerLoad: [Double]
+
+    public init(placement: [[Int]], ringCapacities: [[Int]], poolBufferCounts: [Int], workerLoad: [Double] = []) {
+        self.placement = placement
+        self.ringCapacities = ringCapacities
+        self.poolBufferCounts = poolBufferCounts
+        self.workerLoad = workerLoad
+    }
 }
 
 /// A stage to move to rebalance load.
