@@ -52,6 +52,13 @@ struct RunCommand: AsyncParsableCommand {
             FileHandleStderr.write("sluice run: \(error)\n")
             throw ExitCode(2)
         }
+        // The config format is pure; what this machine allows is checked here, before anything starts.
+        if let allowed = try? CPU.allowedCPUs() {
+            for core in configuration.cores + (configuration.controlCores ?? []) where !allowed.contains(core) {
+                FileHandleStderr.write("sluice run: config: core \(core) is not one this process may use \(allowed)\n")
+                throw ExitCode(2)
+            }
+        }
         if check {
             print("config OK: \(configuration.pipelines.count) pipeline(s) on cores \(configuration.cores)"
                 + (configuration.storage.map { ", storage on \($0.listen)" } ?? "")

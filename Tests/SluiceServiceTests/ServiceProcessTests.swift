@@ -165,6 +165,7 @@ struct Acknowledged: Sendable {
         (["--config", "/nonexistent/sluice.yaml"], "cannot read config /nonexistent/sluice.yaml"),
         (["--cores", "0,0"], "core 0 appears twice"),
         (["--log-level", "chatty"], "log_level: 'chatty' is not one of"),
+        (["--cores", "1000"], "core 1000 is not one this process may use"),
     ])
     func badConfigsExitNonZeroNamingTheKey(arguments: [String], message: String) throws {
         let binary = try #require(sluiceBinary(), "no built `sluice` next to the test bundle")
