@@ -13,7 +13,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Tests that pin threads and measure timing run one suite at a time on small machines.
 TEST_FLAGS ?= --no-parallel
 
-.PHONY: all deps bench-deps build build-tests test demo bench bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service soak clean
+.PHONY: all deps bench-deps build build-tests test demo bench bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle soak clean
 
 all: build
 
@@ -53,7 +53,7 @@ test: build-tests
 demo: build
 	scripts/demo.sh
 
-bench: bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service
+bench: bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle
 
 bench-ring: bench-deps
 	scripts/bench-ring.sh
@@ -77,6 +77,10 @@ bench-storage: bench-deps
 # `sluice run` against `sluice replay` on the same pipeline, with /metrics scraped; the cost of a scrape.
 bench-service: bench-deps
 	scripts/bench-service.sh
+
+# CPU of an interface pipeline on a quiet and a slow link, busy-poll vs adaptive (root: a veth pair).
+bench-service-idle: bench-deps
+	scripts/bench-service-idle.sh
 
 # Long stress runs: the runtime's tests repeated, for lost wake-ups and races that need many tries,
 # then a long fuzz run of the parser.

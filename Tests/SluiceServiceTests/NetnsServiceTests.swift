@@ -97,6 +97,9 @@ final class VethIntoNamespace {
         #expect(samples.value("sluice_stage_items_total", ["pipeline": "wire", "stage": "pcap-tx"]) == 2000)
         #expect(!samples.contains { $0.name == "sluice_pipeline_drops_total" && $0.value > 0 }, "drops: \(samples.filter { $0.name == "sluice_pipeline_drops_total" })")
         #expect(samples.value("sluice_ring_occupancy", ["pipeline": "wire", "ring": "afpacket-rx->classify"]) == 0)
+        // Worker 0 runs only the interface source: between frames it sleeps (adaptive wait mode),
+        // it does not spin on an empty ring.
+        #expect((samples.value("sluice_worker_sleeps_total", ["worker": "0"]) ?? 0) > 0, "the source's worker never slept")
         #expect(samples.value("sluice_storage_requests_total", ["op": "writePages", "status": "ok"]) == 32)
         #expect(samples.value("sluice_storage_conflicts_total", ["op": "writePages"]) == 0)
 

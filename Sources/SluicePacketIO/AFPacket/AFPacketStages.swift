@@ -13,20 +13,28 @@ public final class AFPacketSource: SourceBody, @unchecked Sendable {  // uncheck
     public let packetCountMax: UInt64?
     /// The receiver's counters, readable from any thread.
     public let statistics: AFPacketRXStatistics
+    /// With no frame ready, how long the worker may sleep (adaptive and interrupt wait modes; a
+    /// busy-polling worker ignores it). nil: the worker polls. TPACKET_V3 hands frames over a block
+    /// at a time, a partly filled one only after the block timeout, so at low rates polling more
+    /// often than that finds nothing new; sleeping half of it adds at most that much delay.
+    public let idlePollIntervalNs: UInt64?
     private var received: UInt64 = 0
 
     /// Takes over an open receiver (open it on a thread in the right network namespace).
-    public init(receiver: consuming AFPacketReceiver, packetCountMax: UInt64? = nil) {
+    public init(receiver: consuming AFPacketReceiver, packetCountMax: UInt64? = nil, idlePollIntervalNs: UInt64? = nil) {
         self.statistics = receiver.statistics
         self.receiver = receiver
         self.packetCountMax = packetCountMax
+        self.idlePollIntervalNs = idlePollIntervalNs
     }
 
-    /// Opens a receiver on `configuration.interface` in the calling thread's namespace.
+    /// Opens a receiver on `configuration.interface` in the calling thread's namespace. An idle
+    /// worker sleeps half the block timeout between polls (the kernel's 8 ms default when it is 0).
     public convenience init(configuration: AFPacketRXConfiguration, pool: BufferPool,
                             packetCountMax: UInt64? = nil) throws(AFPacketError) {
+        let blockTimeoutMs = configuration.blockTimeoutMs > 0 ? configuration.blockTimeoutMs : 8
         self.init(receiver: try AFPacketReceiver(configuration: configuration, pool: pool),
-                  packetCountMax: packetCountMax)
+                  packetCountMax: packetCountMax, idlePollIntervalNs: UInt64(blockTimeoutMs) * 500_000)
     }
 
     public var isExhausted: Bool {
@@ -46,8 +54,12 @@ public final class AFPacketSource: SourceBody, @unchecked Sendable {  // uncheck
         return count
     }
 
-    /// Items can arrive at any time: the worker polls (nil), and sleeps forever once exhausted.
-    public func sleepHintNs(nowNs: UInt64) -> UInt64? { isExhausted ? UInt64.max : nil }
+    /// Exhausted: sleep for good. Frames ready: poll (nil). Else `idlePollIntervalNs` (nil: poll).
+    public func sleepHintNs(nowNs: UInt64) -> UInt64? {
+        if isExhausted { return UInt64.max }
+        guard let idlePollIntervalNs, !receiver.hasFrames else { return nil }
+        return idlePollIntervalNs
+    }
 }
 
 /// The last stage of a pipeline: each buffer copied into the TX ring and freed, one kick per burst.
