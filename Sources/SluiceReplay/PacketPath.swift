@@ -261,6 +261,13 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
         }
     }
 
+    /// True when the sink keeps working on its worker after the pipeline drained (a shaped TX stage
+    /// serving its backlogs on idle turns): `finish` it only once the runtime has stopped.
+    public var sinkWorksWhenIdle: Bool {
+        if case .shaped = sink { return true }
+        return false
+    }
+
     /// Packets that entered the pipeline (a paced capture's next record, read but not yet due when
     /// the source stopped, did not).
     public var packetsIn: UInt64 { pipeline.entered.load(ordering: .acquiring) }
@@ -285,7 +292,8 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
         return nil
     }
 
-    /// Flushes the sink once the pipeline has drained and its workers no longer run it: the pcap
+    /// Flushes the sink once the pipeline has drained (and, for a sink that `sinkWorksWhenIdle`, once
+    /// its worker has stopped): the pcap
     /// file's buffer to disk, the TX ring's queued frames onto the wire (bounded waits). Returns the
     /// first failure (input or output), nil when clean. Later calls return the first call's answer.
     @discardableResult

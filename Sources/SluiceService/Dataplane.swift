@@ -153,6 +153,13 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
                 return true
             }
             guard isNew else { continue }
+            if path.sinkWorksWhenIdle {
+                // Its worker still serves the sink's backlogs and completions: flushed by `stop`.
+                logger.info("pipeline drained; its shaped TX stage finishes at shutdown",
+                            metadata: ["pipeline": "\(path.configuration.name)", "packets": "\(path.packetsIn)"])
+                flushedCount.add(1, ordering: .releasing)
+                continue
+            }
             Thread.detach(name: "sluice-flush") { [self] in
                 let failure = path.finish()
                 let seconds = Double(drainedNs &- startedNs.load(ordering: .relaxed)) / 1e9

@@ -140,6 +140,28 @@ public final class ShapedTXSink: StageBody, @unchecked Sendable {  // unchecked:
         return items.count - dropped
     }
 
+    /// The worker calls `idle` on turns without input: backlogs wait for tokens, sent frames for
+    /// their completions, and neither should wait for the next burst to arrive.
+    public static var hasIdleWork: Bool { true }
+
+    /// Serves the backlogs and scans the ring's completions (the free path that feeds the
+    /// controller) when anything is held back. Returns the frames it sent.
+    public func idle(nowNs: UInt64) -> Int {
+        guard holdsWork else { return 0 }
+        tap.nowNs = nowNs
+        return poolRef._withUnsafeGuaranteedRef { pool in serve(pool: pool, nowNs: nowNs) }
+    }
+
+    /// While frames wait in a backlog or on the ring: look again in 100 µs (a token refill, a
+    /// completion). Nothing held: nil, sleep until new input.
+    public func idleHintNs(nowNs: UInt64) -> UInt64? { holdsWork ? Self.idlePollIntervalNs : nil }
+
+    static let idlePollIntervalNs: UInt64 = 100_000
+
+    private var holdsWork: Bool {
+        transmitter.pendingCount > 0 || (0..<sourceCount).contains { backlogCount[$0] > 0 }
+    }
+
     /// Moves admitted frames from the backlogs to the ring: one frame per source in turn (round-robin),
     /// gathered into bursts of up to 32 so each burst costs one kick, as far as the ring has room.
     /// Returns how many went.

@@ -174,4 +174,67 @@ final class VethIntoNamespace {
         #expect(written.count == 2000)
         #expect(written.sorted { $0.lexicographicallyPrecedes($1) } == original.sorted { $0.lexicographicallyPrecedes($1) })
     }
+
+    /// A shaped TX stage on a port slower than its input (tbf on the veth) still holds frames in its
+    /// backlogs when the capture ends; with no further input and no shutdown, its worker's idle turns
+    /// send them all: every frame reaches the peer while the service keeps running.
+    @Test(.enabled(if: isRoot || inCI, "needs root for namespaces, AF_PACKET and tc (runs in CI, CI=true)"))
+    func shapedBacklogsDrainWithoutNewInput() throws {
+        try #require(Self.isRoot, "CI=true: namespace and AF_PACKET tests need root")
+        let binary = try #require(sluiceBinary(), "no built `sluice` next to the test bundle")
+        let lab = try VethIntoNamespace()
+        defer { lab.destroy() }
+        try VethIntoNamespace.run(["/usr/sbin/tc", "qdisc", "add", "dev", lab.outside, "root", "tbf", "rate", "1600kbit",
+                                   "burst", "16kb", "latency", "500ms"])
+        let capture = ScratchPaths("shaped-peer")
+        defer { capture.remove() }
+        // The peer records what arrives: tcpdump in the namespace, bounded by `timeout`.
+        let peer = try ChildProcess(["/usr/sbin/ip", "netns", "exec", lab.namespace, "/usr/bin/timeout", "30",
+                                     "/usr/bin/tcpdump", "-i", lab.inside, "-n", "-U", "-w", capture.outputPcap])
+        // SIGINT to tcpdump itself (the child is `ip netns exec`'s `timeout`, which does not pass it on).
+        let stopPeer = { _ = try? runCommand(["/usr/bin/pkill", "-INT", "-f", "tcpdump .*\(capture.outputPcap)"]) }
+        defer { stopPeer(); _ = peer.wait(timeoutMs: 1_000) }
+        for _ in 0..<100 where !peer.stderrText.contains("listening on") { usleep(50_000) }
+        let service = try RunningService(binary: binary, yaml: """
+            pipelines:
+              - name: shaped
+                source: {pcap: "\(samplePcap)", rate: 2000}
+                classify:
+                  by: source-mac
+                  sources: {"02:00:00:00:01:00": 0, "02:00:00:00:01:01": 1, "02:00:00:00:01:02": 2, "02:00:00:00:01:03": 3}
+                traffic: {weights: [1, 1, 1, 1]}
+                sink: {interface: "\(lab.outside)"}
+            metrics: {listen: "127.0.0.1:0"}
+            """)
+        // 2000 frames at 2000/s (~260 KB/s) into a 200 KB/s port: about a third still waits when the
+        // capture ends. Wait for the drain, then (service still running) for the peer to see them all.
+        var drained = false
+        for _ in 0..<1000 where !drained {
+            drained = service.child.stderrText.contains("pipeline drained")
+            usleep(10_000)
+        }
+        #expect(drained, "\(service.child.stderrText)")
+        var dropped = 0.0
+        for _ in 0..<100 {
+            let samples = try service.scrape()
+            dropped = samples.filter { $0.name == "sluice_pipeline_drops_total" }.reduce(0) { $0 + $1.value }
+            let sent = (0..<4).compactMap { samples.value("sluice_traffic_sent_bytes", ["port": "shaped", "source": "\($0)"]) }
+            if sent.count == 4, samples.value("sluice_traffic_pending_packets", ["port": "shaped", "source": "0"]) == 0,
+               (0..<4).allSatisfy({ samples.value("sluice_traffic_pending_packets", ["port": "shaped", "source": "\($0)"]) == 0 }) {
+                break
+            }
+            usleep(100_000)
+        }
+        // tcpdump -U writes each frame as it comes: the file can be read while it runs.
+        var seen = 0
+        for _ in 0..<50 {
+            seen = (try? pcapRecordCount(capture.outputPcap)) ?? 0
+            if seen >= 2000 { break }
+            usleep(100_000)
+        }
+        #expect(dropped == 0, "drops: \(dropped)")
+        #expect(seen == 2000, "the peer saw \(seen) of 2000 frames before the service stopped")
+        let (status, _) = try service.terminate()
+        #expect(status == 0, "\(service.child.stderrText)")
+    }
 }

@@ -25,6 +25,24 @@ public protocol StageBody: Sendable {
     /// Processes `items` in place and returns how many to pass on, compacted to the front
     /// (0...items.count). The rest count as filtered. The last stage's output is the pipeline's.
     mutating func process(_ items: UnsafeMutableBufferPointer<UInt64>) -> Int
+
+    /// True for a last stage that holds work back (a shaped TX stage's backlogs and TX completions):
+    /// its worker then calls `idle` on turns that find its input empty, and sleeps no longer than
+    /// `idleHintNs`. A constant; false by default, so other stages pay nothing.
+    static var hasIdleWork: Bool { get }
+
+    /// On a turn with nothing to take: do the held-back work. Returns how much it moved (0: none).
+    /// Called by the worker running the stage, only when `hasIdleWork`.
+    mutating func idle(nowNs: UInt64) -> Int
+
+    /// How long the worker may sleep before `idle` has work again; nil when the stage holds nothing.
+    func idleHintNs(nowNs: UInt64) -> UInt64?
+}
+
+extension StageBody {
+    public static var hasIdleWork: Bool { false }
+    public mutating func idle(nowNs: UInt64) -> Int { 0 }
+    public func idleHintNs(nowNs: UInt64) -> UInt64? { nil }
 }
 
 /// A stage that passes every item on unchanged.

@@ -242,9 +242,19 @@ final class SinkTask<Body: StageBody>: StageTask, @unchecked Sendable {
                    burstCount: burstCount, upstreamRings: upstreamRings, upstreamCounters: upstreamCounters)
     }
 
+    /// A stage holding work back asks to be woken in time for it; others let the worker sleep
+    /// until a producer wakes it.
+    override func sleepHintNs(nowNs: UInt64) -> UInt64? {
+        guard Body.hasIdleWork else { return UInt64.max }
+        return body.idleHintNs(nowNs: nowNs) ?? UInt64.max
+    }
+
     override func runOnce(waiter: OpaquePointer) -> Int {
         let (taken, _) = input.dequeueBurst(into: burst)
-        guard taken > 0 else { return 0 }
+        guard taken > 0 else {
+            // Constant-folded per body type: only a stage that holds work back pays for the call.
+            return Body.hasIdleWork ? body.idle(nowNs: sluice_monotonic_ns()) : 0
+        }
         let start = sluice_cycles()
         let kept = body.process(UnsafeMutableBufferPointer(rebasing: burst[0..<taken]))
         precondition(kept >= 0 && kept <= taken, "stage kept more items than it was given")
