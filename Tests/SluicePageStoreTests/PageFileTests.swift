@@ -83,9 +83,14 @@ import Testing
         #expect(read.operations > 0)
         // Corrupt a written page's payload: a random read over it must throw, not count it.
         let target = UInt64(pages.firstIndex { $0.header != nil } ?? 0)
+        // Flip the byte (its complement: a fixed value may be what the payload already held, since
+        // the benchmark writes whatever its buffers contain after the header), and make it durable.
         let fd = open(path, O_RDWR)
-        var byte: UInt8 = 0x5A
-        _ = pwrite(fd, &byte, 1, off_t(target) * 4096 + 2000)
+        var byte: UInt8 = 0
+        #expect(pread(fd, &byte, 1, off_t(target) * 4096 + 2000) == 1)
+        byte = ~byte
+        #expect(pwrite(fd, &byte, 1, off_t(target) * 4096 + 2000) == 1)
+        #expect(fsync(fd) == 0)
         close(fd)
         #expect(throws: PageStoreError.self) {
             _ = try file.randomIO(writes: false, pageCount: target + 1, depth: 1, seconds: 0.2)
