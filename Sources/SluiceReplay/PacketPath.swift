@@ -268,6 +268,13 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
         return false
     }
 
+    /// Frames such a sink still holds (backlogs, and on the ring unconfirmed), as of its last turn;
+    /// 0 for other sinks.
+    public var sinkHeldFrames: Int {
+        if case .shaped(let shaped) = sink { return shaped.heldFrames.load(ordering: .relaxed) }
+        return 0
+    }
+
     /// Packets that entered the pipeline (a paced capture's next record, read but not yet due when
     /// the source stopped, did not).
     public var packetsIn: UInt64 { pipeline.entered.load(ordering: .acquiring) }
@@ -292,8 +299,8 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
         return nil
     }
 
-    /// Flushes the sink once the pipeline has drained (and, for a sink that `sinkWorksWhenIdle`, once
-    /// its worker has stopped): the pcap
+    /// Flushes the sink. Call once the pipeline has drained and, for a sink that `sinkWorksWhenIdle`,
+    /// only after the runtime has stopped (its worker would race this thread on the TX ring): the pcap
     /// file's buffer to disk, the TX ring's queued frames onto the wire (bounded waits). Returns the
     /// first failure (input or output), nil when clean. Later calls return the first call's answer.
     @discardableResult

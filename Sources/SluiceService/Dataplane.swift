@@ -56,6 +56,9 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
     public let placements: [[Int]]
     /// Stage moves the rebalancer made.
     public let stageMoves = Atomic<UInt64>(0)
+    /// Set when `stop` begins: the rebalancer moves nothing from then on.
+    private let stopping = Atomic<Bool>(false)
+    var isStopping: Bool { stopping.load(ordering: .acquiring) }
     let logger: Logger
     private let controlStop = Atomic<Bool>(false)
     private let controlThreadDone = DispatchSemaphore(value: 0)
@@ -63,8 +66,10 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
     private let trafficSnapshots: Mutex<[TrafficSnapshot?]>
     /// Pipelines seen drained (index -> when), each then flushed once on a thread of its own.
     private let drainedAt: Mutex<[Int: UInt64]> = Mutex([:])
-    /// Pipelines whose sink the flush thread has finished.
+    /// Pipelines whose sink the flush thread has finished (or, for a shaped TX stage, that holds nothing).
     private let flushedCount = Atomic<Int>(0)
+    /// Shaped pipelines seen drained with nothing held. Control thread only.
+    private var idleSinksEmptied: Set<Int> = []
     /// When `start` launched the pipelines (monotonic ns).
     private let startedNs = Atomic<UInt64>(0)
 
@@ -152,14 +157,20 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
                 drained[index] = drainedNs
                 return true
             }
-            guard isNew else { continue }
             if path.sinkWorksWhenIdle {
-                // Its worker still serves the sink's backlogs and completions: flushed by `stop`.
-                logger.info("pipeline drained; its shaped TX stage finishes at shutdown",
-                            metadata: ["pipeline": "\(path.configuration.name)", "packets": "\(path.packetsIn)"])
-                flushedCount.add(1, ordering: .releasing)
+                // Its worker still serves the sink's backlogs and completions (the TX ring is that
+                // worker's): done when it holds nothing more; `stop` finishes it.
+                if isNew {
+                    logger.info("pipeline drained; its shaped TX stage sends what it holds",
+                                metadata: ["pipeline": "\(path.configuration.name)", "packets": "\(path.packetsIn)"])
+                }
+                if path.sinkHeldFrames == 0, idleSinksEmptied.insert(index).inserted {
+                    logger.info("pipeline drained, every frame sent", metadata: ["pipeline": "\(path.configuration.name)"])
+                    flushedCount.add(1, ordering: .releasing)
+                }
                 continue
             }
+            guard isNew else { continue }
             Thread.detach(name: "sluice-flush") { [self] in
                 let failure = path.finish()
                 let seconds = Double(drainedNs &- startedNs.load(ordering: .relaxed)) / 1e9
@@ -188,6 +199,7 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
     /// Graceful stop: stops every source, lets the pipelines drain what entered (up to
     /// `drainTimeoutNs`), stops the workers, flushes every sink. Blocks; call once, after `start`.
     public func stop(drainTimeoutNs: UInt64) -> [PipelineOutcome] {
+        stopping.store(true, ordering: .releasing)
         for path in paths { path.stopSignal.stop() }
         runtime.wakeAll()
         let drained = runtime.drain(timeoutNs: drainTimeoutNs)
@@ -222,6 +234,9 @@ struct Rebalancer {
     private var previousNs: UInt64
     /// Workers each pipeline may use.
     private let allowedWorkers: [Set<Int>]
+    /// Intervals to skip after a failed move.
+    private var pausedSteps = 0
+    static let pauseAfterFailure = 30
 
     init(settings: RebalanceSettings, dataplane: Dataplane) {
         self.settings = settings
@@ -240,31 +255,40 @@ struct Rebalancer {
 
     mutating func step(nowNs: UInt64) {
         let intervalNs = UInt64(settings.intervalMs) * 1_000_000
-        guard nowNs &- previousNs >= intervalNs else { return }
+        guard nowNs &- previousNs >= intervalNs, !dataplane.isStopping else { return }
         let paths = dataplane.paths
         let current = paths.map { $0.pipeline.snapshot() }
         let demands = paths.indices.map { index in
-            PipelineDemand(name: paths[index].configuration.name, weight: dataplane.configuration.pipelines[index].weight,
+            PipelineDemand(name: paths[index].configuration.name,
                            stages: StageLoad.between(previous[index], current[index], intervalNs: nowNs &- previousNs))
         }
         previous = current
         previousNs = nowNs
+        if pausedSteps > 0 {
+            pausedSteps -= 1
+            return
+        }
+        let drained = Set(paths.indices.filter { paths[$0].pipeline.isDrained })
         let allocation = Allocation(placement: placement, ringCapacities: paths.map(\.pipeline.ringCapacities),
                                     poolBufferCounts: paths.map(\.configuration.poolBufferCount))
-        for move in allocator.rebalance(allocation, measured: demands)
-        where allowedWorkers[move.pipeline].contains(move.toWorker) && !paths[move.pipeline].pipeline.isDrained {
+        for move in allocator.rebalance(allocation, measured: demands, allowedWorkers: allowedWorkers, frozen: drained) {
             let stage = paths[move.pipeline].pipeline.stages[move.stage]
+            let cores = dataplane.configuration.cores
             do {
                 try dataplane.runtime.move(stage, toWorker: move.toWorker)
                 placement[move.pipeline][move.stage] = move.toWorker
                 dataplane.stageMoves.add(1, ordering: .relaxed)
-                let cores = dataplane.configuration.cores
                 dataplane.logger.info("stage moved to even out load", metadata: [
                     "pipeline": "\(paths[move.pipeline].configuration.name)", "stage": "\(stage.name)",
                     "fromCore": "\(cores[move.fromWorker])", "toCore": "\(cores[move.toWorker])"])
             } catch {
-                dataplane.logger.warning("stage move failed; the stage stays", metadata: [
-                    "stage": "\(stage.name)", "error": "\(error)"])
+                // A timed-out move still lands on the target (the runtime recorded it). Either way,
+                // stop moving for a while rather than retry every interval.
+                if case .moveTimedOut = error { placement[move.pipeline][move.stage] = move.toWorker }
+                pausedSteps = Self.pauseAfterFailure
+                dataplane.logger.warning("stage move failed; rebalancing pauses", metadata: [
+                    "stage": "\(stage.name)", "toCore": "\(cores[move.toWorker])", "error": "\(error)",
+                    "pausedIntervals": "\(Self.pauseAfterFailure)"])
                 return
             }
         }

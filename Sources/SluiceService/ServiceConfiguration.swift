@@ -39,8 +39,6 @@ public struct PipelineSettings: Sendable {
     /// The core of each stage, source first (nil: the source on the first of `cores`, the other
     /// stages spread over the rest).
     public var stageCores: [Int]?
-    /// Share of the workers the rebalancer assumes for the pipeline before it has measured it.
-    public var weight: Double = 1
 }
 
 /// Moving stages between workers as load shifts (`ResourceAllocator.rebalance`), from the control thread.
@@ -224,6 +222,7 @@ extension ServiceConfiguration {
         }
         try checkPorts(configuration, root: root)
         try checkFiles(configuration, root: root)
+        try checkFanoutGroups(configuration, root: root)
         try checkStagesPerWorker(configuration, root: root)
         if configuration.exitWhenDrained {
             let reader = root.optional("shutdown")?.child("exit_when_drained") ?? root
@@ -253,6 +252,19 @@ extension ServiceConfiguration {
         }
     }
 
+    /// A fanout group id belongs to one interface (the kernel refuses a second one at start).
+    private static func checkFanoutGroups(_ configuration: ServiceConfiguration, root: ConfigReader) throws(ConfigError) {
+        var interfaces: [UInt16: String] = [:]
+        for (index, pipeline) in configuration.pipelines.enumerated() {
+            guard case .interface(let rx) = pipeline.path.input, let group = rx.fanout?.group else { continue }
+            if let other = interfaces[group], other != rx.interface {
+                let reader = root.optional("pipelines").flatMap { try? $0.list()[index].child("source").child("fanout_group") } ?? root
+                throw reader.invalid("group \(group) is already on interface '\(other)'; a group spans one interface")
+            }
+            interfaces[group] = rx.interface
+        }
+    }
+
     /// Each worker runs at most `Limits.stagesPerWorkerMax` stages over all pipelines.
     private static func checkStagesPerWorker(_ configuration: ServiceConfiguration, root: ConfigReader) throws(ConfigError) {
         var perWorker = [Int](repeating: 0, count: configuration.cores.count)
@@ -275,7 +287,7 @@ extension ServiceConfiguration {
 
     private static func decodePipeline(_ reader: ConfigReader, serviceCores: [Int],
                                        index: Int) throws(ConfigError) -> PipelineSettings {
-        try reader.allowKeys(["name", "source", "sink", "stages", "classify", "traffic", "cores", "stage_cores", "weight",
+        try reader.allowKeys(["name", "source", "sink", "stages", "classify", "traffic", "cores", "stage_cores",
                               "burst", "ring_size", "buffers", "buffer_size"])
         let name = try reader.optional("name")?.string() ?? "pipeline\(index)"
         guard !name.isEmpty, name.count <= 32,
@@ -363,7 +375,6 @@ extension ServiceConfiguration {
             }
         }
         var settings = PipelineSettings(path: path, cores: cores)
-        if let weight = reader.optional("weight") { settings.weight = try weight.positiveDouble() }
         if let stageCoresReader = reader.optional("stage_cores") {
             let items = try stageCoresReader.list()
             guard items.count == path.stages.rawValue else {

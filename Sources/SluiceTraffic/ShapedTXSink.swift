@@ -59,6 +59,13 @@ public final class ShapedTXSink: StageBody, @unchecked Sendable {  // unchecked:
     public let sourceCount: Int
     public let backlogCountMax: Int
     public let counters = ShapedTXCounters()
+    /// Frames in the backlogs plus frames on the ring not yet seen complete, as of the stage's last
+    /// turn (written by its worker, read by anyone: a drained pipeline is done when this is 0).
+    public let heldFrames = Atomic<Int>(0)
+    /// Frames in all backlogs (the worker's own count).
+    private var backlogTotal = 0
+    /// Idle turns in a row that sent nothing.
+    private var idleMisses = 0
     @exclusivity(unchecked) private var transmitter: AFPacketTransmitter
     private let tap: CompletionTap
     private let pool: BufferPool
@@ -132,6 +139,7 @@ public final class ShapedTXSink: StageBody, @unchecked Sendable {  // unchecked:
                 }
                 backlog[slot(source, backlogCount[source])] = item
                 backlogCount[source] += 1
+                backlogTotal += 1
             }
             let now = Clock.monotonicNs()
             tap.nowNs = now
@@ -146,21 +154,28 @@ public final class ShapedTXSink: StageBody, @unchecked Sendable {  // unchecked:
 
     /// Serves the backlogs and scans the ring's completions (the free path that feeds the
     /// controller) when anything is held back. Returns the frames it sent.
-    public func idle(nowNs: UInt64) -> Int {
-        guard holdsWork else { return 0 }
-        tap.nowNs = nowNs
-        return poolRef._withUnsafeGuaranteedRef { pool in serve(pool: pool, nowNs: nowNs) }
+    public func idle() -> Int {
+        guard backlogTotal > 0 || transmitter.pendingCount > 0 else {
+            heldFrames.store(0, ordering: .relaxed)
+            return 0
+        }
+        let now = Clock.monotonicNs()
+        tap.nowNs = now
+        let sent = poolRef._withUnsafeGuaranteedRef { pool in serve(pool: pool, nowNs: now) }
+        // Nothing went: look less often (up to 32x the base interval) until something does, so a
+        // link that stopped completing does not keep the worker awake at 10 kHz.
+        idleMisses = sent > 0 ? 0 : min(idleMisses + 1, 5)
+        return sent
     }
 
-    /// While frames wait in a backlog or on the ring: look again in 100 µs (a token refill, a
-    /// completion). Nothing held: nil, sleep until new input.
-    public func idleHintNs(nowNs: UInt64) -> UInt64? { holdsWork ? Self.idlePollIntervalNs : nil }
+    /// While frames wait in a backlog or on the ring: look again in 100 µs, backing off to 3.2 ms
+    /// while looking finds nothing to send. Nothing held: nil (sleep until new input).
+    public func idleHintNs(nowNs: UInt64) -> UInt64? {
+        guard heldFrames.load(ordering: .relaxed) > 0 else { return nil }
+        return Self.idlePollIntervalNs << UInt64(idleMisses)
+    }
 
     static let idlePollIntervalNs: UInt64 = 100_000
-
-    private var holdsWork: Bool {
-        transmitter.pendingCount > 0 || (0..<sourceCount).contains { backlogCount[$0] > 0 }
-    }
 
     /// Moves admitted frames from the backlogs to the ring: one frame per source in turn (round-robin),
     /// gathered into bursts of up to 32 so each burst costs one kick, as far as the ring has room.
@@ -183,6 +198,7 @@ public final class ShapedTXSink: StageBody, @unchecked Sendable {  // unchecked:
                         // Malformed for this port: dropped before admission, so nothing leaks.
                         backlogHead[source] = (backlogHead[source] + 1) % backlogCountMax
                         backlogCount[source] -= 1
+                        backlogTotal -= 1
                         pool.freeIndex(UInt32(truncatingIfNeeded: item))
                         counters.malformedDrops.add(1, ordering: .relaxed)
                     } else if tap.admission.admit(source: source, bytes: bytes, nowNs: nowNs) {
@@ -190,6 +206,7 @@ public final class ShapedTXSink: StageBody, @unchecked Sendable {  // unchecked:
                         count += 1
                         backlogHead[source] = (backlogHead[source] + 1) % backlogCountMax
                         backlogCount[source] -= 1
+                        backlogTotal -= 1
                         blocked = 0
                     } else {
                         blocked += 1
@@ -215,6 +232,7 @@ public final class ShapedTXSink: StageBody, @unchecked Sendable {  // unchecked:
         }
         nextSource = source
         counters.admitted.add(UInt64(sent), ordering: .relaxed)
+        heldFrames.store(backlogTotal + transmitter.pendingCount, ordering: .relaxed)
         return sent
     }
 

@@ -30,7 +30,7 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: "Log level (trace, debug, info, notice, warning, error, critical); overrides `log_level`.")
     var logLevel: String?
 
-    @Flag(help: "Check the config (file, overrides) and exit: 0 when valid.")
+    @Flag(help: "Check the config (file, overrides, and its cores against this machine's) and exit: 0 when valid.")
     var check = false
 
     @Flag(help: "Print the embedded default config and exit.")

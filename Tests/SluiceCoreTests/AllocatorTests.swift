@@ -35,6 +35,30 @@ import Testing
         #expect(moves == [StageMove(pipeline: 0, stage: 1, fromWorker: 0, toWorker: 1)])
     }
 
+    @Test func rebalanceKeepsEachPipelineOnItsWorkers() {
+        let heavy = StageLoad(serviceNsPerItem: 300, arrivalPerSecond: 1_000_000)  // 0.3 core
+        let three = ResourceAllocator(configuration: .init(workerCount: 3))
+        // Pipeline 0 may use workers 0 and 1; worker 2 (idle, pipeline 1's) is not an option for it.
+        let current = Allocation(placement: [[0, 0, 0], [2]], ringCapacities: [[1024, 1024], []], poolBufferCounts: [0, 0])
+        let demands = [PipelineDemand(name: "a", stages: [heavy, heavy, heavy]), PipelineDemand(name: "b", stages: [StageLoad()])]
+        let moves = three.rebalance(current, measured: demands, allowedWorkers: [[0, 1], [2]])
+        #expect(!moves.isEmpty && moves.allSatisfy { $0.pipeline == 0 && $0.toWorker == 1 }, "\(moves)")
+        // Unrestricted, the first move goes to the lowest of the equally idle workers 1 and 2; with
+        // worker 1 busier than 2, to worker 2.
+        #expect(three.rebalance(current, measured: demands).first?.toWorker == 1)
+        let busyOne = Allocation(placement: [[0, 0, 1]], ringCapacities: [[1024, 1024]], poolBufferCounts: [0])
+        #expect(three.rebalance(busyOne, measured: [demands[0]]).first?.toWorker == 2)
+        // A frozen pipeline's stages stay.
+        #expect(three.rebalance(current, measured: demands, frozen: [0]).isEmpty)
+    }
+
+    @Test func stagesThatDidNothingDoNotMove() {
+        // A quiet interval: nothing measured anywhere, whatever the placement.
+        let current = Allocation(placement: [[0, 1, 1, 1]], ringCapacities: [[1024, 1024, 1024]], poolBufferCounts: [0])
+        let quiet = PipelineDemand(name: "p", weight: 4, stages: Array(repeating: StageLoad(), count: 4))
+        #expect(allocator.rebalance(current, measured: [quiet]).isEmpty)
+    }
+
     @Test func balancedLoadIsLeftAlone() {
         let load = StageLoad(serviceNsPerItem: 100, arrivalPerSecond: 1_000_000)
         let current = Allocation(placement: [[0, 1]], ringCapacities: [[1024]], poolBufferCounts: [0], workerLoad: [0, 0])

@@ -122,7 +122,6 @@ let repositoryRoot: String = {
         ("control_cores=[1]", "control_cores", "also a worker core"),
         ("pipelines[0].stage_cores=[0,1]", "pipelines[0].stage_cores", "one core per stage (4"),
         ("pipelines[0].stage_cores=[0,1,2,0]", "pipelines[0].stage_cores[2]", "not in the pipeline's cores"),
-        ("pipelines[0].weight=0", "pipelines[0].weight", "must be positive"),
         ("rebalance.interval_ms=1", "rebalance.interval_ms", "10...3600000"),
         ("rebalance.imbalance=5", "rebalance.imbalance", "at most the worker count"),
     ])
@@ -192,9 +191,8 @@ extension ConfigTests {
 
 extension ConfigTests {
     @Test func stageCoresAndRebalance() throws {
-        let configuration = try load(minimal, overrides: ["pipelines[0].stage_cores=[0,0,1,1]", "pipelines[0].weight=2",
-                                                          "rebalance.interval_ms=250"])
-        #expect(configuration.pipelines[0].stageCores == [0, 0, 1, 1] && configuration.pipelines[0].weight == 2)
+        let configuration = try load(minimal, overrides: ["pipelines[0].stage_cores=[0,0,1,1]", "rebalance.interval_ms=250"])
+        #expect(configuration.pipelines[0].stageCores == [0, 0, 1, 1])
         #expect(configuration.placement(of: configuration.pipelines[0], stageCount: 4) == [0, 0, 1, 1])
         #expect(configuration.rebalance == RebalanceSettings(intervalMs: 250, imbalance: 0.2))
         let spread = try load(minimal)
@@ -213,6 +211,12 @@ extension ConfigTests {
         #expect(rx.fanout == AFPacketFanout(group: 7, defragment: true) && rx.port == 3)
         let failure = try #require(error(minimal, overrides: ["pipelines[0].source.fanout_group=7"]))
         #expect("\(failure)".contains("only an interface source"))
+        let twoInterfaces = try #require(error(minimal, overrides: [
+            "pipelines[0].source.pcap=", "pipelines[0].source.interface=veth0", "pipelines[0].source.fanout_group=7",
+            "pipelines[1].name=q", "pipelines[1].source.interface=veth1", "pipelines[1].source.fanout_group=7",
+            "pipelines[1].sink.discard=true"]))
+        #expect("\(twoInterfaces)".contains("pipelines[1].source.fanout_group") && "\(twoInterfaces)".contains("veth0"),
+                "\(twoInterfaces)")
     }
 
     @Test func exitWhenDrainedNeedsPipelinesThatEnd() throws {

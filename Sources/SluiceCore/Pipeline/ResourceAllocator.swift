@@ -121,29 +121,39 @@ public struct ResourceAllocator: Sendable {
     }
 
     /// Moves that bring the busiest worker closer to the idlest, given fresh measurements, applied
-    /// greedily one stage at a time while each move lowers the maximum load. Few moves, never a reshuffle.
-    public func rebalance(_ current: Allocation, measured demands: [PipelineDemand]) -> [StageMove] {
-        let loads = estimatedLoads(demands)
+    /// greedily one stage at a time while each move lowers the load of the worker it leaves below
+    /// where it was, by more than the imbalance threshold. Few moves, never a reshuffle.
+    /// Only measured load counts (a stage that did nothing in the interval weighs nothing, so a quiet
+    /// pause moves nothing). `allowedWorkers[p]` limits where pipeline p's stages may go (nil: any);
+    /// stages of pipelines in `frozen` stay where they are but their load counts.
+    public func rebalance(_ current: Allocation, measured demands: [PipelineDemand],
+                          allowedWorkers: [Set<Int>]? = nil, frozen: Set<Int> = []) -> [StageMove] {
+        let loads = demands.map { $0.stages.map(\.coreShare) }
         var placement = current.placement
         var moves: [StageMove] = []
+        let everyWorker = Set(0..<configuration.workerCount)
         for _ in 0..<(demands.reduce(0) { $0 + $1.stages.count }) {
             var workerLoad = [Double](repeating: 0, count: configuration.workerCount)
             for p in placement.indices { for s in placement[p].indices { workerLoad[placement[p][s]] += loads[p][s] } }
-            let busiest = workerLoad.indices.max { workerLoad[$0] < workerLoad[$1] }!
-            let idlest = workerLoad.indices.min { workerLoad[$0] < workerLoad[$1] }!
-            let gap = workerLoad[busiest] - workerLoad[idlest]
-            guard gap > configuration.imbalanceThreshold else { break }
-            // The stage on the busiest worker whose load best halves the gap.
-            var best: (p: Int, s: Int, newMax: Double)?
-            for p in placement.indices {
-                for s in placement[p].indices where placement[p][s] == busiest && loads[p][s] > 0 {
-                    let newMax = max(workerLoad[busiest] - loads[p][s], workerLoad[idlest] + loads[p][s])
-                    if newMax < workerLoad[busiest] - 1e-9, newMax < best?.newMax ?? .infinity { best = (p, s, newMax) }
+            // The busiest worker that has a stage worth moving; its stage whose move leaves the lowest
+            // maximum of the two workers, to the idlest worker that stage may use.
+            var best: (p: Int, s: Int, to: Int, newMax: Double)?
+            for from in workerLoad.indices.sorted(by: { workerLoad[$0] > workerLoad[$1] }) {
+                for p in placement.indices where !frozen.contains(p) {
+                    let targets = (allowedWorkers?[p] ?? everyWorker).subtracting([from])
+                    // Sorted: among equally idle workers the lowest index, the same every run.
+                    guard let to = targets.sorted().min(by: { workerLoad[$0] < workerLoad[$1] }),
+                          workerLoad[from] - workerLoad[to] > configuration.imbalanceThreshold else { continue }
+                    for s in placement[p].indices where placement[p][s] == from && loads[p][s] > 0 {
+                        let newMax = max(workerLoad[from] - loads[p][s], workerLoad[to] + loads[p][s])
+                        if newMax < workerLoad[from] - 1e-9, newMax < best?.newMax ?? .infinity { best = (p, s, to, newMax) }
+                    }
                 }
+                if best != nil { break }
             }
             guard let best else { break }
-            moves.append(StageMove(pipeline: best.p, stage: best.s, fromWorker: busiest, toWorker: idlest))
-            placement[best.p][best.s] = idlest
+            moves.append(StageMove(pipeline: best.p, stage: best.s, fromWorker: placement[best.p][best.s], toWorker: best.to))
+            placement[best.p][best.s] = best.to
         }
         return moves
     }

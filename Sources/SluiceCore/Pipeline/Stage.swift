@@ -32,16 +32,18 @@ public protocol StageBody: Sendable {
     static var hasIdleWork: Bool { get }
 
     /// On a turn with nothing to take: do the held-back work. Returns how much it moved (0: none).
-    /// Called by the worker running the stage, only when `hasIdleWork`.
-    mutating func idle(nowNs: UInt64) -> Int
+    /// Called by the worker running the stage, only when `hasIdleWork`; keep the nothing-held case cheap.
+    mutating func idle() -> Int
 
-    /// How long the worker may sleep before `idle` has work again; nil when the stage holds nothing.
+    /// How long the worker may sleep before `idle` has work again; nil when the stage holds nothing
+    /// (then the worker sleeps until new input). Note the difference to `SourceBody.sleepHintNs`,
+    /// where nil means "poll": a stage with nothing held has nothing to poll for.
     func idleHintNs(nowNs: UInt64) -> UInt64?
 }
 
 extension StageBody {
     public static var hasIdleWork: Bool { false }
-    public mutating func idle(nowNs: UInt64) -> Int { 0 }
+    public mutating func idle() -> Int { 0 }
     public func idleHintNs(nowNs: UInt64) -> UInt64? { nil }
 }
 

@@ -253,7 +253,7 @@ final class SinkTask<Body: StageBody>: StageTask, @unchecked Sendable {
         let (taken, _) = input.dequeueBurst(into: burst)
         guard taken > 0 else {
             // Constant-folded per body type: only a stage that holds work back pays for the call.
-            return Body.hasIdleWork ? body.idle(nowNs: sluice_monotonic_ns()) : 0
+            return Body.hasIdleWork ? body.idle() : 0
         }
         let start = sluice_cycles()
         let kept = body.process(UnsafeMutableBufferPointer(rebasing: burst[0..<taken]))

@@ -41,21 +41,28 @@ public enum CPU {
     /// call before starting workers, which then pin themselves elsewhere. A thread that exits
     /// meanwhile is skipped. Returns how many threads were moved.
     public static func confineAllThreads(to cpus: [Int]) throws(SyscallError) -> Int {
-        guard let directory = opendir("/proc/self/task") else { throw SyscallError("opendir(/proc/self/task)", negatedErrno: -errno) }
-        defer { closedir(directory) }
-        var moved = 0
-        while let entry = readdir(directory) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            guard let tid = Int32(name) else { continue }  // "." and ".."
-            let rc = cpus.withUnsafeBufferPointer { buffer in
-                let ints = buffer.map { Int32($0) }
-                return sluice_thread_set_affinity(tid, ints, Int32(ints.count))
+        let set = cpus.map { Int32($0) }
+        var moved: Set<Int32> = []
+        // A thread not yet moved may start another while the directory is read: read it again
+        // until a pass finds nobody new (bounded).
+        for _ in 0..<8 {
+            guard let directory = opendir("/proc/self/task") else {
+                throw SyscallError("opendir(/proc/self/task)", negatedErrno: -errno)
             }
-            if rc == -ESRCH { continue }
-            guard rc == 0 else { throw SyscallError("sched_setaffinity(\(tid))", negatedErrno: rc) }
-            moved += 1
+            defer { closedir(directory) }
+            var foundNew = false
+            while let entry = readdir(directory) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                guard let tid = Int32(name), !moved.contains(tid) else { continue }  // also skips "." and ".."
+                let rc = sluice_thread_set_affinity(tid, set, Int32(set.count))
+                if rc == -ESRCH { continue }
+                guard rc == 0 else { throw SyscallError("sched_setaffinity(\(tid))", negatedErrno: rc) }
+                moved.insert(tid)
+                foundNew = true
+            }
+            if !foundNew { break }
         }
-        return moved
+        return moved.count
     }
 
     /// The CPU the calling thread is on now.

@@ -29,13 +29,19 @@ public final class AFPacketSource: SourceBody, @unchecked Sendable {  // uncheck
     }
 
     /// Opens a receiver on `configuration.interface` in the calling thread's namespace. An idle
-    /// worker sleeps half the block timeout between polls (the kernel's 8 ms default when it is 0).
+    /// worker sleeps half the block timeout between polls (the kernel's 8 ms default when it is 0),
+    /// at most `idlePollIntervalNsMax`: blocks also retire when full, and a burst after a quiet spell
+    /// must not find the ring full.
     public convenience init(configuration: AFPacketRXConfiguration, pool: BufferPool,
                             packetCountMax: UInt64? = nil) throws(AFPacketError) {
         let blockTimeoutMs = configuration.blockTimeoutMs > 0 ? configuration.blockTimeoutMs : 8
         self.init(receiver: try AFPacketReceiver(configuration: configuration, pool: pool),
-                  packetCountMax: packetCountMax, idlePollIntervalNs: UInt64(blockTimeoutMs) * 500_000)
+                  packetCountMax: packetCountMax,
+                  idlePollIntervalNs: min(UInt64(blockTimeoutMs) * 500_000, Self.idlePollIntervalNsMax))
     }
+
+    /// The longest idle sleep the convenience initialiser picks: 1 ms.
+    public static let idlePollIntervalNsMax: UInt64 = 1_000_000
 
     public var isExhausted: Bool {
         guard let packetCountMax else { return false }
