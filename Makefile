@@ -42,10 +42,12 @@ build: deps
 build-tests: deps
 	$(SWIFT) build --build-tests
 
-# Every test, then the parser's fuzz target for a bounded time (libFuzzer; exits non-zero on a crash).
+# Every test, then the parser's fuzz target for a bounded time (libFuzzer; exits non-zero on a crash),
+# then 15 s of the service soak (scripts/soak-service.sh; root, as CI runs it).
 test: build-tests
 	$(SWIFT) test $(TEST_FLAGS)
 	FUZZ_SECONDS=$${FUZZ_SECONDS:-30} scripts/fuzz-parser.sh
+	SOAK_SECONDS=$${SERVICE_SOAK_SECONDS:-15} BIN=.build/debug/sluice scripts/soak-service.sh
 
 # The main job: `sluice run` with its embedded default (the bundled sample capture through the full
 # pipeline to out/run.pcap, the storage node on 127.0.0.1:7000, metrics on 127.0.0.1:9464), a storage
@@ -83,12 +85,13 @@ bench-service-idle: bench-deps
 	scripts/bench-service-idle.sh
 
 # Long stress runs: the runtime's tests repeated, for lost wake-ups and races that need many tries,
-# then a long fuzz run of the parser.
+# then a long fuzz run of the parser, then 10 minutes of the service with everything on (soak-service.sh).
 soak: build-tests
 	for round in $$(seq 1 $${SOAK_ROUNDS:-20}); do \
 	  $(SWIFT) test $(TEST_FLAGS) --skip-build --filter "PipelineTests|RingTests|BufferPoolTests" || exit 1; \
 	done
 	FUZZ_SECONDS=$${FUZZ_SOAK_SECONDS:-600} scripts/fuzz-parser.sh
+	SOAK_SECONDS=$${SERVICE_SOAK_SECONDS:-600} scripts/soak-service.sh
 
 clean:
 	rm -rf .build .build-fuzz Benchmarks/.build out

@@ -54,6 +54,7 @@ public final class ServiceMetrics: Sendable {
             advance(&state, "sluice_worker_busy_cycles_total", labels, snapshot.busyCycles)
             advance(&state, "sluice_worker_idle_cycles_total", labels, snapshot.idleCycles)
             advance(&state, "sluice_worker_sleeps_total", labels, snapshot.sleeps)
+            advance(&state, "sluice_worker_lost_wakeups_total", labels, snapshot.lostWakeups)
             advance(&state, seconds: "sluice_worker_sleep_seconds_total", labels, ns: snapshot.sleepNs)
             advance(&state, seconds: "sluice_worker_cpu_seconds_total", labels, ns: snapshot.cpuNs)
             set(&state, gauge: "sluice_worker_utilisation", labels, snapshot.utilisation)
