@@ -19,14 +19,15 @@ public enum StatsTable {
     static func service(_ index: SampleIndex) -> String? {
         guard let uptime = index.single("sluice_uptime_seconds") else { return nil }
         let up = index.single("sluice_up") == 1 ? "up" : "not up"
-        return "Service: \(up), uptime \(Cell.duration(uptime))\n"
+        let moves = index.single("sluice_stage_moves_total").map { ", stage moves \(Cell.count($0))" } ?? ""
+        return "Service: \(up), uptime \(Cell.duration(uptime))\(moves)\n"
     }
 
     static func workers(_ index: SampleIndex) -> String? {
         let rows = index.rows(by: ["worker", "core"], prefix: "sluice_worker_")
         guard !rows.isEmpty else { return nil }
-        var table = Table(["Worker", "Core", "Util %", "Busy polls", "Empty polls", "Items", "Sleeps", "CPU s"],
-                          leftColumns: 0)
+        var table = Table(["Worker", "Core", "Util %", "Busy polls", "Empty polls", "Items", "Sleeps", "Lost wakeups",
+                           "CPU s"], leftColumns: 0)
         for row in rows {
             table.add(row.key + [
                 Cell.fixed(row["sluice_worker_utilisation"].map { $0 * 100 }, digits: 1),
@@ -34,6 +35,7 @@ public enum StatsTable {
                 Cell.count(row["sluice_worker_empty_polls_total"]),
                 Cell.count(row["sluice_worker_items_total"]),
                 Cell.count(row["sluice_worker_sleeps_total"]),
+                Cell.count(row["sluice_worker_lost_wakeups_total"]),
                 Cell.fixed(row["sluice_worker_cpu_seconds_total"], digits: 2),
             ])
         }
@@ -41,7 +43,9 @@ public enum StatsTable {
     }
 
     static func stages(_ index: SampleIndex) -> String? {
-        let rows = index.rows(by: ["stage", "pipeline", "worker"], prefix: "sluice_stage_")
+        // The service-wide move count has no stage labels: it goes in the header, not here.
+        let rows = index.rows(by: ["stage", "pipeline", "worker"], prefix: "sluice_stage_",
+                              excluding: ["sluice_stage_moves_total"])
         guard !rows.isEmpty else { return nil }
         var table = Table(["Name", "Pipeline", "Worker", "Calls", "Vectors", "Filtered", "Blocked",
                            "Clocks/Vector", "Vectors/Call"], leftColumns: 2)

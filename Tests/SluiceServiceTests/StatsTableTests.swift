@@ -25,6 +25,11 @@ import Testing
         # TYPE sluice_worker_sleeps_total counter
         sluice_worker_sleeps_total{worker="0",core="2"} 0
         sluice_worker_sleeps_total{worker="1",core="3"} 17
+        # TYPE sluice_worker_lost_wakeups_total counter
+        sluice_worker_lost_wakeups_total{worker="0",core="2"} 0
+        sluice_worker_lost_wakeups_total{worker="1",core="3"} 0
+        # TYPE sluice_stage_moves_total counter
+        sluice_stage_moves_total 2
         # TYPE sluice_worker_cpu_seconds_total counter
         sluice_worker_cpu_seconds_total{worker="0",core="2"} 61.25
         sluice_worker_cpu_seconds_total{worker="1",core="3"} 3.5
@@ -115,12 +120,12 @@ import Testing
     @Test func realisticScrapeRendersEverySection() throws {
         let text = StatsTable.render(try MetricsText.parse(Self.scrape))
         let expected = """
-            Service: up, uptime 1h02m03s
+            Service: up, uptime 1h02m03s, stage moves 2
 
             Workers
-            Worker  Core  Util %  Busy polls  Empty polls    Items  Sleeps  CPU s
-                 0     2    87.5      120000          500  3840000       0  61.25
-                 1     3    25.0        4000        98000    64000      17   3.50
+            Worker  Core  Util %  Busy polls  Empty polls    Items  Sleeps  Lost wakeups  CPU s
+                 0     2    87.5      120000          500  3840000       0             0  61.25
+                 1     3    25.0        4000        98000    64000      17             0   3.50
 
             Stages
             Name      Pipeline  Worker   Calls  Vectors  Filtered  Blocked  Clocks/Vector  Vectors/Call
@@ -167,9 +172,9 @@ import Testing
         let lines = StatsTable.render(samples).split(separator: "\n").map(String.init)
         #expect(lines == [
             "Workers",
-            "Worker  Core  Util %  Busy polls  Empty polls  Items  Sleeps  CPU s",
-            "     9    11       -           -            -      2       -      -",
-            "    10    12       -           -            -      1       -      -",
+            "Worker  Core  Util %  Busy polls  Empty polls  Items  Sleeps  Lost wakeups  CPU s",
+            "     9    11       -           -            -      2       -             -      -",
+            "    10    12       -           -            -      1       -             -      -",
         ])
     }
 
