@@ -73,6 +73,9 @@ public final class ObjectStore {
     public static let pageIndexMax: UInt64 = 1 << 40
     /// Set when a page write or checkpoint failed after the log accepted the write.
     private var failure: ObjectStoreError?
+
+    /// Why the store refuses every operation (a log or page write failed; reopen to recover), or nil.
+    public var poisoned: ObjectStoreError? { failure }
     private var file: PageFile
     private let log: OperationLog
     private var objects: [UInt64: ObjectState] = [:]

@@ -75,6 +75,9 @@ public final class StorageNode: Sendable {
 
     public var lastOSN: UInt64 { store.withLock { $0.store.lastOSN } }
 
+    /// Why the node refuses every operation (see `ObjectStore.poisoned`), or nil when healthy.
+    public var poisoned: ObjectStoreError? { store.withLock { $0.store.poisoned } }
+
     /// Writes a checkpoint now (page map aside, then log compaction), so a restart replays nothing.
     /// Blocks other calls for its duration; for shutdown and maintenance.
     public func checkpoint() throws(ObjectStoreError) {

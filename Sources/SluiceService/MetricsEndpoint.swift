@@ -1,5 +1,5 @@
 // Path: Sources/SluiceService/MetricsEndpoint.swift — `GET /metrics` (Prometheus text) and
-// `GET /healthz` over HTTP/1.1 on one event loop thread; nothing else is served.
+// `GET /healthz` (200 "ok", or 503 with the reason) over HTTP/1.1 on one event loop thread.
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -13,8 +13,9 @@ public final class MetricsEndpoint: Sendable {
     private let group: MultiThreadedEventLoopGroup
     private let channel: Channel
 
-    public static func bind(_ address: ListenAddress,
-                            render: @escaping @Sendable () -> String) throws(ServiceError) -> MetricsEndpoint {
+    /// `health` returns nil when healthy, else why not (a 503 for load balancers and probes).
+    public static func bind(_ address: ListenAddress, render: @escaping @Sendable () -> String,
+                            health: @escaping @Sendable () -> String? = { nil }) throws(ServiceError) -> MetricsEndpoint {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.backlog, value: 64)
@@ -22,7 +23,7 @@ public final class MetricsEndpoint: Sendable {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                    try channel.pipeline.syncOperations.addHandler(MetricsHandler(render: render))
+                    try channel.pipeline.syncOperations.addHandler(MetricsHandler(render: render, health: health))
                 }
             }
         do {
@@ -55,10 +56,14 @@ private final class MetricsHandler: ChannelInboundHandler {
     typealias OutboundOut = HTTPServerResponsePart
 
     private let render: @Sendable () -> String
+    private let health: @Sendable () -> String?
     private var keepAlive = false
     private var pending: (status: HTTPResponseStatus, body: String, contentType: String)?
 
-    init(render: @escaping @Sendable () -> String) { self.render = render }
+    init(render: @escaping @Sendable () -> String, health: @escaping @Sendable () -> String?) {
+        self.render = render
+        self.health = health
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
@@ -69,7 +74,11 @@ private final class MetricsHandler: ChannelInboundHandler {
             case (.GET, "/metrics"):
                 pending = (.ok, render(), "text/plain; version=0.0.4; charset=utf-8")
             case (.GET, "/healthz"):
-                pending = (.ok, "ok\n", "text/plain; charset=utf-8")
+                if let problem = health() {
+                    pending = (.serviceUnavailable, "unhealthy: \(problem)\n", "text/plain; charset=utf-8")
+                } else {
+                    pending = (.ok, "ok\n", "text/plain; charset=utf-8")
+                }
             case (.GET, _):
                 pending = (.notFound, "not found: try /metrics\n", "text/plain; charset=utf-8")
             default:

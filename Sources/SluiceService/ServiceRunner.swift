@@ -46,10 +46,13 @@ public enum ServiceRunner {
         try confineControlThreads(configuration, logger: logger)
         do {
             if let address = configuration.metrics {
-                endpoint = try MetricsEndpoint.bind(address) {
+                endpoint = try MetricsEndpoint.bind(address, render: {
                     let (dataplane, storage) = parts.current
                     return metrics.render(dataplane: dataplane, storage: storage)
-                }
+                }, health: {
+                    let (dataplane, storage) = parts.current
+                    return healthProblem(dataplane: dataplane, storage: storage)
+                })
                 logger.info("metrics endpoint listening", metadata: ["listen": "\(endpoint!.host):\(endpoint!.port)"])
             }
             if let settings = configuration.storage {
@@ -107,6 +110,20 @@ public enum ServiceRunner {
         }
         return summary.value
     }
+}
+
+/// Why the service is not healthy, or nil: a poisoned storage node (it refuses everything until a
+/// restart recovers it from its log), a pipeline whose input failed (a bad record) or whose pcap
+/// output had write errors.
+func healthProblem(dataplane: Dataplane?, storage: StorageRuntime?) -> String? {
+    if let poisoned = storage?.node.poisoned { return "storage node: \(poisoned)" }
+    for path in dataplane?.paths ?? [] {
+        if let failure = path.inputFailure { return "pipeline \(path.configuration.name): \(failure)" }
+        if let errors = path.dropCounts().first(where: { $0.reason == "write-error" }) {
+            return "pipeline \(path.configuration.name): \(errors.count) write errors on its output"
+        }
+    }
+    return nil
 }
 
 /// Moves every thread there is (and so every thread they start, but the workers, which pin

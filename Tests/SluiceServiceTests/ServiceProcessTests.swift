@@ -308,3 +308,51 @@ extension ServiceProcessTests {
         #expect(fields[1] == "500000" && fields[2] == "500000" && fields[4] == "0" && fields.last == "ok", "\(row)")
     }
 }
+
+extension ServiceProcessTests {
+    /// A capture cut mid-record: the pipeline takes the records before the cut, stops with an error
+    /// naming the file, /healthz turns 503 with the reason (200 before), and the exit status is 3.
+    @Test func truncatedCaptureMakesTheServiceUnhealthyAndExitThree() throws {
+        let binary = try #require(sluiceBinary(), "no built `sluice` next to the test bundle")
+        let paths = ScratchPaths("truncated")
+        defer { paths.remove() }
+        let truncated = paths.outputPcap + ".in"
+        defer { unlink(truncated) }
+        // The sample cut at byte 100000 (mid-record), written with dd.
+        let cut = try runCommand(["/bin/dd", "if=\(samplePcap)", "of=\(truncated)", "bs=100000", "count=1"])
+        #expect(cut.status == 0, "\(cut.stderr)")
+        let healthy = try RunningService(binary: binary, yaml: """
+            pipelines:
+              - name: good
+                source: {pcap: "\(samplePcap)", rate: 100}
+                sink: {discard: true}
+            metrics: {listen: "127.0.0.1:0"}
+            """)
+        let fine = try httpGet(host: healthy.metrics.host, port: healthy.metrics.port, path: "/healthz")
+        #expect(fine.status == 200 && fine.body == "ok\n")
+        #expect(try healthy.terminate().status == 0)
+
+        let service = try RunningService(binary: binary, yaml: """
+            pipelines:
+              - name: bad
+                source: {pcap: "\(truncated)", top_speed: true}
+                sink: {discard: true}
+            metrics: {listen: "127.0.0.1:0"}
+            """)
+        var health = (status: 0, body: "")
+        for _ in 0..<500 {
+            health = try httpGet(host: service.metrics.host, port: service.metrics.port, path: "/healthz")
+            if health.status != 200 { break }
+            usleep(10_000)
+        }
+        #expect(health.status == 503 && health.body.hasPrefix("unhealthy: pipeline bad:") && health.body.contains(truncated),
+                "\(health)")
+        let (status, lines) = try service.terminate()
+        #expect(status == 3, "\(service.child.stderrText)")
+        let row = try #require(lines.first { $0.hasPrefix("bad ") }, "\(lines)")
+        let fields = row.split(separator: " ")
+        #expect(Int(fields[1]) ?? 0 > 0 && Int(fields[1]) ?? 0 < 2000 && fields[1] == fields[2], "records before the cut delivered: \(row)")
+        #expect(!row.hasSuffix(" ok"), "\(row)")
+        #expect(service.child.stderrText.contains("pipeline ended early"))
+    }
+}
