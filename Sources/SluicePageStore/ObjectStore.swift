@@ -219,6 +219,29 @@ public final class ObjectStore {
         return object.pages[pageIndex]?.osn ?? object.truncateOSN
     }
 
+    /// Where a single-page read stands after looking at the page map only (no I/O).
+    public enum ResolvedRead: Sendable {
+        /// Absent (never written, removed): the answer, complete.
+        case absent(PageVersion)
+        /// On `physicalPage` with version `osn`, as of `readOSN`: read it and check its header.
+        case present(physicalPage: UInt64, osn: UInt64, readOSN: UInt64)
+    }
+
+    /// What a read of the page would return, from the page map alone; the caller does the I/O (on a
+    /// `PageFile` of its own, without the store's lock) and must check the page's header against
+    /// `osn`, object and index: a mismatch means the page changed since, and the read is redone here.
+    public func resolve(objectID: UInt64, pageIndex: UInt64) -> ResolvedRead {
+        let readOSN = log.lastOSN
+        guard let entry = objects[objectID]?.pages[pageIndex] else {
+            return .absent(PageVersion(payload: [], pageOSN: currentOSN(objectID: objectID, pageIndex: pageIndex),
+                                       readOSN: readOSN))
+        }
+        return .present(physicalPage: entry.physical, osn: entry.osn, readOSN: readOSN)
+    }
+
+    /// The page file's configuration (for readers that open the file themselves).
+    public var pageFileConfiguration: PageFileConfiguration { file.configuration }
+
     /// Reads one page. An absent page reads as empty, with the OSN that removed it (0: never
     /// written). A corrupt page throws; it is never returned as data.
     public func read(objectID: UInt64, pageIndex: UInt64) throws(ObjectStoreError) -> PageVersion {

@@ -13,6 +13,7 @@ public final class StorageNode: Sendable {
     private let store: Mutex<ObjectStoreBox>
     private let writes: Batcher<(objectID: UInt64, pages: ObjectStore.PageWrites), UInt64>
     private let reads: Batcher<(objectID: UInt64, pageIndex: UInt64), PageVersion>
+    private let readers: ReaderPool
     /// Writes per group commit (and reads per read group) at most.
     public let groupCommitMax: Int
 
@@ -21,20 +22,44 @@ public final class StorageNode: Sendable {
         let store: ObjectStore
     }
 
-    public init(store: ObjectStore, groupCommitMax: Int = 64) {
+    public init(store: ObjectStore, groupCommitMax: Int = 64, parallelReadersMax: Int = 32) {
         precondition(groupCommitMax >= 1, "a group commit takes at least one write")
+        var readerConfiguration = store.pageFileConfiguration
+        readerConfiguration.queueDepth = 1
+        self.readers = ReaderPool(configuration: readerConfiguration, countMax: parallelReadersMax)
         self.store = Mutex(ObjectStoreBox(store: store))
         self.writes = Batcher(batchMax: groupCommitMax)
         self.reads = Batcher(batchMax: groupCommitMax)
         self.groupCommitMax = groupCommitMax
     }
 
-    /// Reads one page (see `ObjectStore.read`), grouped with the reads of other callers.
+    /// Reads one page (see `ObjectStore.read`). The page map is looked up under the node's mutex; the
+    /// I/O runs outside it, on a page file of the caller's own from a pool (its own io_uring), so
+    /// reads proceed in parallel and never wait behind a group commit's flush. A page that changed
+    /// between the lookup and the I/O (rewritten, freed) fails its header check and is read again
+    /// under the mutex, as is every read when no pooled reader is free (grouped with the others).
     public func read(objectID: UInt64, pageIndex: UInt64) throws(ObjectStoreError) -> PageVersion {
-        try reads.submit((objectID, pageIndex)) { batch in
-            store.withLock { box in box.store.read(batch: batch) }
-        }.get()
+        let resolved = store.withLock { box in box.store.resolve(objectID: objectID, pageIndex: pageIndex) }
+        switch resolved {
+        case .absent(let version):
+            return version
+        case .present(let physicalPage, let osn, let readOSN):
+            if let reader = readers.take() {
+                defer { readers.give(reader) }
+                if let page = reader.read(physicalPage), let header = page.header, header.osn == osn,
+                   header.objectID == objectID, header.pageIndex == pageIndex {
+                    readers.parallelReads.add(1, ordering: .relaxed)
+                    return PageVersion(payload: page.payload, pageOSN: osn, readOSN: readOSN)
+                }
+            }
+            return try reads.submit((objectID, pageIndex)) { batch in
+                store.withLock { box in box.store.read(batch: batch) }
+            }.get()
+        }
     }
+
+    /// Reads done outside the node's mutex, on pooled readers.
+    public var parallelReads: UInt64 { readers.parallelReads.load(ordering: .relaxed) }
 
     /// Writes pages of one object (all or nothing, see `ObjectStore.write`), group-committed with
     /// whatever other callers write meanwhile. Returns once durable.
@@ -85,6 +110,54 @@ public final class StorageNode: Sendable {
     }
 
     public var payloadSizeBytes: Int { store.withLock { $0.store.payloadSizeBytes } }
+}
+
+/// Page files for reads outside the node's mutex: made on demand up to `countMax` (each its own
+/// io_uring with one registered page buffer and the file opened again), kept for reuse. Any thread.
+final class ReaderPool: Sendable {
+    /// One page file, used by one thread at a time (taken from the pool, given back).
+    final class Reader: @unchecked Sendable {  // unchecked: one thread at a time, by the pool's hand-off
+        var file: PageFile
+        init(file: consuming PageFile) { self.file = file }
+
+        /// The page, checked (magic, CRC-32C); nil when the read or the check failed.
+        func read(_ physicalPage: UInt64) -> PageFile.PageRead? {
+            (try? file.read(physicalPages: [physicalPage]))?.first
+        }
+    }
+
+    let configuration: PageFileConfiguration
+    let countMax: Int
+    let parallelReads = Atomic<UInt64>(0)
+    private let state = Mutex<(idle: [Reader], made: Int, failed: Bool)>(([], 0, false))
+
+    init(configuration: PageFileConfiguration, countMax: Int) {
+        self.configuration = configuration
+        self.countMax = countMax
+    }
+
+    /// An idle reader, a new one while fewer than `countMax` exist, else nil (the caller reads under
+    /// the node's mutex). After a reader cannot be made (no memory, io_uring limits) none is tried again.
+    func take() -> Reader? {
+        let decision: Reader?? = state.withLock { state in
+            if let reader = state.idle.popLast() { return .some(reader) }
+            guard !state.failed, state.made < countMax else { return .some(nil) }
+            state.made += 1
+            return nil  // make one, outside the lock
+        }
+        if let decision { return decision }
+        do { return Reader(file: try PageFile(configuration: configuration)) } catch {
+            state.withLock { state in
+                state.made -= 1
+                state.failed = true
+            }
+            return nil
+        }
+    }
+
+    func give(_ reader: Reader) {
+        state.withLock { $0.idle.append(reader) }
+    }
 }
 
 /// Leader/follower batching: the first caller to find no leader becomes it and runs every request

@@ -13,7 +13,8 @@ public enum DataDirectoryError: Error, Equatable {
 /// A node opened on `path` (created if missing). The page file must be on a filesystem with
 /// O_DIRECT (not tmpfs) unless `directIO` is false. Blocks: replays the log and redoes pages.
 public func openStorageNode(dataDirectory path: String, pageSizeBytes: Int = 4096, queueDepth: Int = 32,
-                            directIO: Bool = true) throws(DataDirectoryError) -> (node: StorageNode, payloadSizeBytes: Int) {
+                            directIO: Bool = true, parallelReadersMax: Int = 32)
+    throws(DataDirectoryError) -> (node: StorageNode, payloadSizeBytes: Int) {
     if mkdir(path, 0o755) != 0 && errno != EEXIST { throw .cannotCreate(path: path, errno: errno) }
     var pages = PageFileConfiguration(path: path + "/pages")
     pages.pageSizeBytes = pageSizeBytes
@@ -34,7 +35,7 @@ public func openStorageNode(dataDirectory path: String, pageSizeBytes: Int = 409
         }
         close(fd)
     }
-    return (StorageNode(store: store), store.payloadSizeBytes)
+    return (StorageNode(store: store, parallelReadersMax: parallelReadersMax), store.payloadSizeBytes)
 }
 
 private func parentDirectory(of path: String) -> String {

@@ -37,16 +37,20 @@ extension StorageCommand {
         @Option(help: "Pages per client (each client has its own object).")
         var pagesPerClient = 256
 
+        @Option(help: "Readers that read pages outside the node's mutex (0: every read grouped under it).")
+        var parallelReaders = 32
+
         func validate() throws {
             guard (1...256).contains(clients) else { throw ValidationError("--clients must be 1...256") }
             guard seconds > 0, seconds <= 600 else { throw ValidationError("--seconds must be in (0, 600]") }
             guard (1...65_536).contains(pagesPerClient) else { throw ValidationError("--pages-per-client must be 1...65536") }
+            guard (0...256).contains(parallelReaders) else { throw ValidationError("--parallel-readers must be 0...256") }
         }
 
         func run() throws {
             for name in ["pages", "log", "pages.checkpoint"] { unlink(data + "/" + name) }
             let opened: (node: StorageNode, payloadSizeBytes: Int)
-            do { opened = try openStorageNode(dataDirectory: data) } catch {
+            do { opened = try openStorageNode(dataDirectory: data, parallelReadersMax: parallelReaders) } catch {
                 FileHandleStderr.write("sluice storage bench: cannot open \(data): \(error)\n")
                 throw ExitCode(1)
             }

@@ -68,6 +68,7 @@ func runOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
         let recorded = history.withLock { $0 }
         #expect(recorded.filter { if case .conditionalWrite(_, _, true, _) = $0.kind { true } else { false } }.count == 96)
         #expect(isLinearizable(recorded, initial: (0, 0)))
+        #expect(node.parallelReads > 0, "reads ran outside the node's mutex, concurrently with the writes")
     }
 
     /// The checker can say no: a read that returns the old value after a write completed.
@@ -163,8 +164,10 @@ func runOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
 
     /// Reads from 16 threads share io_uring submissions, each gets its own page, and a corrupt page
     /// in a group fails only the read of that page.
-    @Test func concurrentReadsShareSubmissionsAndFailAlone() throws {
-        let paths = ObjectStoreTests.Paths("readgroup")
+    /// With pooled readers (32) reads run outside the node's mutex; without (0) they are grouped.
+    @Test(arguments: [0, 32])
+    func concurrentReadsShareSubmissionsAndFailAlone(parallelReadersMax: Int) throws {
+        let paths = ObjectStoreTests.Paths("readgroup-\(parallelReadersMax)")
         defer { paths.remove() }
         let store = try ObjectStore(pages: PageFileConfiguration(path: paths.pages), log: try EmbeddedLog(path: paths.log))
         for object in 0..<16 {
@@ -177,7 +180,7 @@ func runOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
         var byte: UInt8 = 0xEE
         #expect(pwrite(fd, &byte, 1, off_t((3 * 8 + 5) * 4096 + 100)) == 1)
         close(fd)
-        let node = StorageNode(store: store)
+        let node = StorageNode(store: store, parallelReadersMax: parallelReadersMax)
         let wrong = Atomic<Int>(0)
         let corrupt = Atomic<Int>(0)
         runOnThreads(16) { object in
@@ -199,7 +202,13 @@ func runOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
         #expect(wrong.load(ordering: .relaxed) == 0)
         #expect(corrupt.load(ordering: .relaxed) == 25, "every read of the corrupt page, and only those, failed")
         let stats = node.readStats
-        #expect(stats.reads == 16 * 200)
-        #expect(stats.groups < stats.reads, "reads that queue during a submission share the next one")
+        #expect(stats.reads + node.parallelReads == 16 * 200, "every read either ran on a pooled reader or was grouped")
+        if parallelReadersMax == 0 {
+            #expect(node.parallelReads == 0)
+            #expect(stats.groups < stats.reads, "reads that queue during a submission share the next one")
+        } else {
+            #expect(node.parallelReads > 0, "reads ran outside the mutex")
+            #expect(stats.reads >= 25, "a page failing its check is read again under the mutex")
+        }
     }
 }
