@@ -131,6 +131,7 @@ public final class ServiceMetrics: Sendable {
         let reads = storage.node.readStats
         advance(&state, "sluice_storage_read_groups_total", [], reads.groups)
         advance(&state, "sluice_storage_grouped_reads_total", [], reads.reads)
+        advance(&state, "sluice_storage_parallel_reads_total", [], storage.node.parallelReads)
     }
 
     private static func key(_ label: String, _ labels: [(String, String)]) -> String {
