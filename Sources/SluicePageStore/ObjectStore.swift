@@ -225,12 +225,15 @@ public final class ObjectStore {
         case absent(PageVersion)
         /// On `physicalPage` with version `osn`, as of `readOSN`: read it and check its header.
         case present(physicalPage: UInt64, osn: UInt64, readOSN: UInt64)
+        /// The store is poisoned: read under its lock only, where its own state decides the answer.
+        case underLock
     }
 
     /// What a read of the page would return, from the page map alone; the caller does the I/O (on a
     /// `PageFile` of its own, without the store's lock) and must check the page's header against
     /// `osn`, object and index: a mismatch means the page changed since, and the read is redone here.
     public func resolve(objectID: UInt64, pageIndex: UInt64) -> ResolvedRead {
+        if failure != nil { return .underLock }
         let readOSN = log.lastOSN
         guard let entry = objects[objectID]?.pages[pageIndex] else {
             return .absent(PageVersion(payload: [], pageOSN: currentOSN(objectID: objectID, pageIndex: pageIndex),

@@ -69,6 +69,9 @@ public struct PageFile: ~Copyable {
 
     public var payloadSizeBytes: Int { configuration.pageSizeBytes - PageHeader.sizeBytes }
 
+    /// True once a submit failed: the file takes no more I/O (reopen it).
+    public var isFailed: Bool { ringFailure != nil }
+
     public init(configuration: PageFileConfiguration) throws(PageStoreError) {
         let size = configuration.pageSizeBytes
         guard size >= 512, size <= 1 << 20, size.nonzeroBitCount == 1 else {

@@ -2,6 +2,7 @@
 // client's retry helper (read, modify, conditional write, retry on conflict with backoff).
 import Dispatch
 import Glibc
+import SluiceCore
 import Synchronization
 
 /// An `ObjectStore` any thread may use: operations are serialised (the store's io_uring and page map
@@ -24,6 +25,7 @@ public final class StorageNode: Sendable {
 
     public init(store: ObjectStore, groupCommitMax: Int = 64, parallelReadersMax: Int = 32) {
         precondition(groupCommitMax >= 1, "a group commit takes at least one write")
+        precondition(parallelReadersMax >= 0, "a reader count is not negative")
         var readerConfiguration = store.pageFileConfiguration
         readerConfiguration.queueDepth = 1
         self.readers = ReaderPool(configuration: readerConfiguration, countMax: parallelReadersMax)
@@ -33,11 +35,12 @@ public final class StorageNode: Sendable {
         self.groupCommitMax = groupCommitMax
     }
 
-    /// Reads one page (see `ObjectStore.read`). The page map is looked up under the node's mutex; the
-    /// I/O runs outside it, on a page file of the caller's own from a pool (its own io_uring), so
-    /// reads proceed in parallel and never wait behind a group commit's flush. A page that changed
-    /// between the lookup and the I/O (rewritten, freed) fails its header check and is read again
-    /// under the mutex, as is every read when no pooled reader is free (grouped with the others).
+    /// Reads one page (see `ObjectStore.read`). The page map is looked up under the node's mutex (so
+    /// the lookup waits for a group commit in progress); the I/O runs outside it, on a page file of
+    /// the caller's own from a pool (its own io_uring), so reads do their I/O and CRC checks in
+    /// parallel. A page that changed between the lookup and the I/O (rewritten, freed) fails its
+    /// header check and is read again under the mutex, as is every read when no pooled reader is free
+    /// (grouped with the others) or the store is poisoned.
     public func read(objectID: UInt64, pageIndex: UInt64) throws(ObjectStoreError) -> PageVersion {
         let resolved = store.withLock { box in box.store.resolve(objectID: objectID, pageIndex: pageIndex) }
         switch resolved {
@@ -45,17 +48,20 @@ public final class StorageNode: Sendable {
             return version
         case .present(let physicalPage, let osn, let readOSN):
             if let reader = readers.take() {
-                defer { readers.give(reader) }
-                if let page = reader.read(physicalPage), let header = page.header, header.osn == osn,
+                let page = reader.read(physicalPage)
+                readers.give(reader)  // or drops it, when its ring failed
+                if let page, let header = page.header, header.osn == osn,
                    header.objectID == objectID, header.pageIndex == pageIndex {
                     readers.parallelReads.add(1, ordering: .relaxed)
                     return PageVersion(payload: page.payload, pageOSN: osn, readOSN: readOSN)
                 }
             }
-            return try reads.submit((objectID, pageIndex)) { batch in
-                store.withLock { box in box.store.read(batch: batch) }
-            }.get()
+        case .underLock:
+            break
         }
+        return try reads.submit((objectID, pageIndex)) { batch in
+            store.withLock { box in box.store.read(batch: batch) }
+        }.get()
     }
 
     /// Reads done outside the node's mutex, on pooled readers.
@@ -129,7 +135,10 @@ final class ReaderPool: Sendable {
     let configuration: PageFileConfiguration
     let countMax: Int
     let parallelReads = Atomic<UInt64>(0)
-    private let state = Mutex<(idle: [Reader], made: Int, failed: Bool)>(([], 0, false))
+    /// After a reader could not be made, none is tried again for this long (a transient EMFILE,
+    /// ENOMEM or io_uring limit must not turn pooled reads off for good).
+    static let retryAfterFailureNs: UInt64 = 1_000_000_000
+    private let state = Mutex<(idle: [Reader], made: Int, failedAtNs: UInt64?)>(([], 0, nil))
 
     init(configuration: PageFileConfiguration, countMax: Int) {
         self.configuration = configuration
@@ -139,24 +148,34 @@ final class ReaderPool: Sendable {
     /// An idle reader, a new one while fewer than `countMax` exist, else nil (the caller reads under
     /// the node's mutex). After a reader cannot be made (no memory, io_uring limits) none is tried again.
     func take() -> Reader? {
+        let now = Clock.monotonicNs()
         let decision: Reader?? = state.withLock { state in
             if let reader = state.idle.popLast() { return .some(reader) }
-            guard !state.failed, state.made < countMax else { return .some(nil) }
+            if let failedAt = state.failedAtNs, now &- failedAt < Self.retryAfterFailureNs { return .some(nil) }
+            guard state.made < countMax else { return .some(nil) }
             state.made += 1
             return nil  // make one, outside the lock
         }
         if let decision { return decision }
-        do { return Reader(file: try PageFile(configuration: configuration)) } catch {
+        do {
+            let reader = Reader(file: try PageFile(configuration: configuration))
+            state.withLock { $0.failedAtNs = nil }
+            return reader
+        } catch {
             state.withLock { state in
                 state.made -= 1
-                state.failed = true
+                state.failedAtNs = now
             }
             return nil
         }
     }
 
+    /// Back to the pool; a reader whose ring failed is dropped instead (a new one is made when needed).
     func give(_ reader: Reader) {
-        state.withLock { $0.idle.append(reader) }
+        let failed = reader.file.isFailed
+        state.withLock { state in
+            if failed { state.made -= 1 } else { state.idle.append(reader) }
+        }
     }
 }
 
