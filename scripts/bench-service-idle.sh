@@ -9,6 +9,7 @@
 # Usage: scripts/bench-service-idle.sh [RUNS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/veth-lib.sh
 runs=${1:-3}
 work=$(mktemp -d)
 ns="sluice-idle-$$"
@@ -17,18 +18,12 @@ outside="idl$$o"
 pid=""
 cleanup() {
   [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
-  ip netns del "$ns" 2>/dev/null || true
-  ip link del "$outside" 2>/dev/null || true
+  veth_down "$ns" "$outside"
   rm -rf "$work"
 }
 trap cleanup EXIT
 [ -n "${NO_BUILD:-}" ] || swift build -c release --product sluice >&2
-ip netns add "$ns"
-ip link add name "$outside" type veth peer name "$inside" netns "$ns"
-sysctl -qw "net.ipv6.conf.$outside.disable_ipv6=1"
-ip netns exec "$ns" sysctl -qw "net.ipv6.conf.$inside.disable_ipv6=1"
-ip link set dev "$outside" up
-ip -n "$ns" link set dev "$inside" up
+veth_up "$ns" "$inside" "$outside"
 ticks=$(getconf CLK_TCK)
 python3 scripts/anchors/write_udp_capture.py "$work/udp1m.pcap" 1000000
 

@@ -13,6 +13,7 @@
 # Usage: scripts/soak-service.sh  (env: SOAK_SECONDS, BIN: the sluice binary, default release build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/veth-lib.sh
 seconds=${SOAK_SECONDS:-600}
 if [ "$(id -u)" != 0 ]; then
   if [ "${CI:-}" = true ]; then echo "soak-service: CI=true needs root (veth, AF_PACKET)" >&2; exit 1; fi
@@ -25,19 +26,13 @@ pid=""; sender=""; writer=""
 cleanup() {
   for p in $sender $writer; do kill "$p" 2>/dev/null || true; done
   [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null || true
-  ip netns del "$ns" 2>/dev/null || true
-  ip link del "$outside" 2>/dev/null || true
+  veth_down "$ns" "$outside"
   rm -rf "$work"
 }
 trap cleanup EXIT
 fail() { echo "soak-service: FAILED: $*" >&2; tail -20 "$work/run.log" >&2 || true; exit 1; }
 
-ip netns add "$ns"
-ip link add name "$outside" type veth peer name "$inside" netns "$ns"
-sysctl -qw "net.ipv6.conf.$outside.disable_ipv6=1"
-ip netns exec "$ns" sysctl -qw "net.ipv6.conf.$inside.disable_ipv6=1"
-ip link set dev "$outside" up
-ip -n "$ns" link set dev "$inside" up
+veth_up "$ns" "$inside" "$outside"
 
 cat >"$work/soak.yaml" <<YAML
 wait_mode: adaptive
