@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Service benchmark (issue 6): what `sluice run` costs over `sluice replay` on the same pipeline.
 # 20M 64-byte UDP packets (a 1M-packet capture looped 20 times, about a second) through RX -> parse/classify -> action -> discard on 2 busy-polling cores:
-#   anchor  : a plain C pcap_next_ex loop over the file (scripts/anchors/pcap_next_loop.c)
+#   anchor  : a plain C pcap_next_ex loop (scripts/anchors/pcap_next_loop.c, one thread) reading the
+#             same 20M packets: the same file 20 times, reopened for each pass as sluice does
 #   replay  : `sluice replay --topspeed` (no service around it)
 #   service : `sluice run` with the same pipeline (exit_when_drained, control thread running), with
 #             the metrics endpoint off, and with /metrics scraped every 100 ms over a kept-alive
@@ -19,6 +20,11 @@ swift build -c release --product sluice >&2
 cc -O2 -o "$work/pcap_next_loop" scripts/anchors/pcap_next_loop.c -lpcap
 python3 scripts/anchors/write_udp_capture.py "$work/udp1m.pcap" 1000000
 cat "$work/udp1m.pcap" >/dev/null  # every side reads from the page cache
+
+model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+echo "Machine: ${model:-unknown CPU}, $(nproc) CPUs, kernel $(uname -r), load average" \
+  "$(cut -d ' ' -f 1-3 /proc/loadavg) before the run; $(swift --version 2>/dev/null | head -n 1)."
+echo
 
 cat >"$work/service.yaml" <<YAML
 wait_mode: busy-poll
@@ -62,7 +68,7 @@ print(scrapes)
 PY
 
 for r in $(seq 1 "$runs"); do
-  "$work/pcap_next_loop" "$work/udp1m.pcap" >>"$work/anchor.jsonl"
+  "$work/pcap_next_loop" "$work/udp1m.pcap" 20 >>"$work/anchor.jsonl"  # the same 20M packets
   .build/release/sluice replay "$work/udp1m.pcap" --topspeed --loop 20 --json --wait-mode busy-poll --stages 4 >>"$work/replay.jsonl"
   .build/release/sluice run --config "$work/service.yaml" --set metrics.enabled=false >"$work/quiet.out"
   awk '$1 == "bench" {print $7}' "$work/quiet.out" >>"$work/quiet.pps"
@@ -97,17 +103,20 @@ python3 - "$work" "$runs" <<'PY'
 import json, os, statistics, sys
 work, runs = sys.argv[1], sys.argv[2]
 def rows(name): return [json.loads(l) for l in open(os.path.join(work, name))]
+for a in rows("anchor.jsonl"): assert a["packets"] == 20_000_000, f"anchor read {a['packets']} packets, not 20M"
+for r in rows("replay.jsonl"): assert r["delivered"] == 20_000_000, f"replay delivered {r['delivered']}, not 20M"
 anchor = [a["packetsPerSecond"] for a in rows("anchor.jsonl")]
 replay = [r["packetsPerSecond"] for r in rows("replay.jsonl")]
 service = [float(l) for l in open(os.path.join(work, "service.pps")) if l.strip()]
 quiet = [float(l) for l in open(os.path.join(work, "quiet.pps")) if l.strip()]
 assert len(service) == len(anchor) == len(quiet), f"{len(service)}/{len(quiet)} service runs for {len(anchor)} rounds"
 scrapes = [int(l) for l in open(os.path.join(work, "scrape-counts")) if l.strip()]
-print(f"20M 64-byte UDP packets (1M-packet capture x 20), 4 stages, 2 busy-polling cores; medians of {runs} interleaved rounds, "
+print(f"20M 64-byte UDP packets (1M-packet capture x 20, reopened for each pass) for every row, the anchor included; "
+      f"sluice: 4 stages on 2 busy-polling cores, the anchor: one thread. Medians of {runs} interleaved rounds, "
       "ratios = median of per-round ratios.\n")
 print("| what | M packets/s | vs pcap_next_ex loop | vs sluice replay |")
 print("|---|---:|---:|---:|")
-print(f"| C pcap_next_ex loop (anchor) | {statistics.median(anchor)/1e6:.2f} | 1.00x | |")
+print(f"| C pcap_next_ex loop, 1 thread (anchor) | {statistics.median(anchor)/1e6:.2f} | 1.00x | |")
 print(f"| sluice replay | {statistics.median(replay)/1e6:.2f} | "
       f"{statistics.median(r/a for r, a in zip(replay, anchor)):.2f}x | 1.00x |")
 print(f"| sluice run, metrics endpoint off | {statistics.median(quiet)/1e6:.2f} | "
