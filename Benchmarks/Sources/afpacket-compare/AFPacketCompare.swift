@@ -1,11 +1,14 @@
 // Path: Benchmarks/Sources/afpacket-compare/AFPacketCompare.swift — Sluice's AF_PACKET rings against
 // plain-C anchors over a veth pair, same sender and same link in the same run.
 //
-// RX: a C TX-ring sender in namespace A floods 64-byte frames; in namespace B either Sluice's
-// TPACKET_V3 receiver (AFPacketReceiver, blocking receive) or a C recvfrom() loop receives them.
-// On veth the sender's core does the kernel's receive work, so pps is the sender's; the measure that
-// matters is the receiving thread's CPU time per packet. TX: Sluice's AFPacketTransmitter against a
-// plain C TX-ring loop, same frames, ring and QDISC_BYPASS. Variants alternate, first one rotating.
+// RX: a C TX-ring sender in namespace A floods 64-byte frames; in namespace B one receiver takes them:
+// Sluice's TPACKET_V3 receiver (AFPacketReceiver, blocking receive) or a C anchor: recvfrom() (one
+// syscall a frame), recvmmsg() (32 a call) or a TPACKET_V2 ring. On veth the sender's core does the
+// kernel's receive work (the copy into a ring or socket queue included), so pps is the sender's, and
+// CPU is reported three ways per packet: the receiving thread's, the process's (sender + receiver
+// threads, getrusage) and every core's (/proc/stat: softirq and other tasks too), over the same span.
+// TX: Sluice's AFPacketTransmitter against a plain C TX-ring loop, same frames, ring and
+// QDISC_BYPASS. Variants alternate, first one rotating.
 // scripts/bench-afpacket.sh makes the namespaces and veth pair (198.18.0.0/15) and removes them.
 import ArgumentParser
 import CPacketHarness
@@ -86,8 +89,9 @@ struct AFPacketCompare: ParsableCommand {
             switch variant {
             case .sluiceRing:
                 receiverOutcome.value = try sluiceReceive(pathB, ifaceB, cpu: receiverCPU, expected: expected, flags: flags)
-            case .recvfrom:
-                receiverOutcome.value = try recvfromReceive(pathB, ifaceB, cpu: receiverCPU, expected: expected, flags: flags)
+            case .recvfrom, .recvmmsg, .v2Ring:
+                receiverOutcome.value = try cReceive(variant, pathB, ifaceB, cpu: receiverCPU, expected: expected,
+                                                     flags: flags)
             }
         }
         guard flags.waitReady() else {
@@ -95,12 +99,20 @@ struct AFPacketCompare: ParsableCommand {
             _ = receiver.join()
             throw ValidationError("receiver \(variant.rawValue) never became ready: \(receiverOutcome.failure ?? "?")")
         }
+        // The span for process and all-core CPU: from starting the sender (its socket and ring set-up
+        // included, the same for every variant) to the receiver's end.
+        let machine0 = pkth_system_busy_ns()
+        let process0 = pkth_process_cpu_ns()
         let sender = try cSend(count: expected, frame: frame, qdiscBypass: true, start: nil)
         pkth_flag_set(flags.senderDone, 1)
         if let failure = receiver.join() ?? receiverOutcome.failure { throw ValidationError("receiver: \(failure)") }
+        let processNs = pkth_process_cpu_ns() - process0
+        let machineNs = pkth_system_busy_ns() - machine0
         var run = try receiverOutcome.value.unwrap("receiver result")
         run.sent = sender.sent
         run.senderWallNs = sender.wall_ns
+        run.processCPUNs = processNs
+        run.allCoresCPUNs = machineNs
         return run
     }
 
@@ -135,10 +147,12 @@ struct AFPacketCompare: ParsableCommand {
 
     func runTX(_ variant: TXVariant, frame: [UInt8]) throws -> TXRun {
         let count = UInt64(txPackets)
+        let machine0 = pkth_system_busy_ns()
+        var run: TXRun
         switch variant {
         case .cRing:
             let result = try cSend(count: count, frame: frame, qdiscBypass: true, start: nil)
-            return TXRun(sent: result.sent, wallNs: result.wall_ns, cpuNs: result.cpu_ns, retries: result.kick_retries)
+            run = TXRun(sent: result.sent, wallNs: result.wall_ns, cpuNs: result.cpu_ns, retries: result.kick_retries)
         case .sluiceRing:
             let outcome = ThreadOutcome<TXRun>()
             let (pathA, ifaceA, senderCPU, burst) = (self.pathA, self.ifaceA, self.senderCPU, self.burst)
@@ -146,12 +160,19 @@ struct AFPacketCompare: ParsableCommand {
                 outcome.value = try sluiceSend(pathA, ifaceA, cpu: senderCPU, count: count, burst: burst, frame: frame)
             }
             if let failure = thread.join() ?? outcome.failure { throw ValidationError(failure) }
-            return try outcome.value.unwrap("sluice sender result")
+            run = try outcome.value.unwrap("sluice sender result")
         }
+        run.allCoresCPUNs = pkth_system_busy_ns() - machine0
+        return run
     }
 }
 
-enum RXVariant: String, CaseIterable { case sluiceRing = "Sluice TPACKET_V3 ring", recvfrom = "C recvfrom()" }
+enum RXVariant: String, CaseIterable {
+    case sluiceRing = "Sluice TPACKET_V3 ring"
+    case recvfrom = "C recvfrom()"
+    case recvmmsg = "C recvmmsg(), batch 32"
+    case v2Ring = "C TPACKET_V2 ring"
+}
 enum TXVariant: String, CaseIterable { case sluiceRing = "Sluice TX ring", cRing = "C TX ring loop" }
 
 struct RXRun: CustomStringConvertible {
@@ -160,13 +181,18 @@ struct RXRun: CustomStringConvertible {
     var cpuNs: UInt64 = 0
     var sent: UInt64 = 0
     var senderWallNs: UInt64 = 0
+    var processCPUNs: UInt64 = 0   // sender + receiver threads (getrusage RUSAGE_SELF)
+    var allCoresCPUNs: UInt64 = 0  // every core, /proc/stat (softirq included)
 
     var pps: Double { Double(received) / max(Double(senderWallNs) / 1e9, 1e-9) }
     var cpuNsPerPacket: Double { Double(cpuNs) / Double(max(received, 1)) }
+    var processCPUNsPerPacket: Double { Double(processCPUNs) / Double(max(received, 1)) }
+    var allCoresCPUNsPerPacket: Double { Double(allCoresCPUNs) / Double(max(received, 1)) }
     var lost: UInt64 { sent > received ? sent - received : 0 }
     var description: String {
-        "received \(received)/\(sent), kernel drops \(kernelDrops), \(Int(pps)) pps, "
-            + "\(String(format1: cpuNsPerPacket)) ns CPU/packet"
+        "received \(received)/\(sent), kernel drops \(kernelDrops), \(Int(pps)) pps, CPU ns/packet: receiver "
+            + "\(String(format1: cpuNsPerPacket)), process \(String(format1: processCPUNsPerPacket)), all cores "
+            + "\(String(format1: allCoresCPUNsPerPacket))"
     }
 }
 
@@ -175,11 +201,14 @@ struct TXRun: CustomStringConvertible {
     var wallNs: UInt64
     var cpuNs: UInt64
     var retries: UInt64
+    var allCoresCPUNs: UInt64 = 0  // every core, /proc/stat, over the whole run (set-up included)
 
     var pps: Double { Double(sent) / max(Double(wallNs) / 1e9, 1e-9) }
     var cpuNsPerPacket: Double { Double(cpuNs) / Double(max(sent, 1)) }
+    var allCoresCPUNsPerPacket: Double { Double(allCoresCPUNs) / Double(max(sent, 1)) }
     var description: String {
-        "sent \(sent), \(Int(pps)) pps, \(String(format1: cpuNsPerPacket)) ns CPU/packet, \(retries) kick retries"
+        "sent \(sent), \(Int(pps)) pps, \(String(format1: cpuNsPerPacket)) ns CPU/packet (all cores "
+            + "\(String(format1: allCoresCPUNsPerPacket))), \(retries) kick retries"
     }
 }
 
@@ -215,18 +244,27 @@ func sluiceReceive(_ path: String, _ iface: String, cpu: Int, expected: UInt64, 
     return RXRun(received: received, kernelDrops: counters.kernelDrops, cpuNs: cpuNs)
 }
 
-/// The anchor receiver: one recvfrom() per frame, SO_RCVBUF as large as Sluice's ring.
-func recvfromReceive(_ path: String, _ iface: String, cpu: Int, expected: UInt64, flags: Flags) throws -> RXRun {
+/// The C anchor receivers: recvfrom() and recvmmsg() with SO_RCVBUF as large as Sluice's ring (16 MiB),
+/// and a TPACKET_V2 ring of the same size (16 blocks of 1 MiB).
+func cReceive(_ variant: RXVariant, _ path: String, _ iface: String, cpu: Int, expected: UInt64, flags: Flags) throws
+    -> RXRun
+{
     var result = pkth_receiver_result()
     let rc = path.withCString { path in
         iface.withCString { iface in
             var config = pkth_receiver_config(
-                netns_path: path, interface: iface, cpu: Int32(cpu), expected: expected, rcvbuf_bytes: 16 << 20,
-                quiet_ns: 100_000_000, ready: flags.ready, sender_done: flags.senderDone)
-            return pkth_recvfrom_receive(&config, &result)
+                netns_path: path, interface: iface, cpu: Int32(cpu), expected: expected,
+                rcvbuf_bytes: variant == .v2Ring ? 0 : 16 << 20, quiet_ns: 100_000_000, ready: flags.ready,
+                sender_done: flags.senderDone, batch: 32, ring_block_size: 1 << 20, ring_block_count: 16)
+            switch variant {
+            case .recvfrom: return pkth_recvfrom_receive(&config, &result)
+            case .recvmmsg: return pkth_recvmmsg_receive(&config, &result)
+            case .v2Ring: return pkth_v2ring_receive(&config, &result)
+            case .sluiceRing: preconditionFailure("Sluice's receiver is not a C anchor")
+            }
         }
     }
-    guard rc == 0 else { throw ValidationError("recvfrom receiver: errno \(-rc)") }
+    guard rc == 0 else { throw ValidationError("\(variant.rawValue) receiver: errno \(-rc)") }
     return RXRun(received: result.packets, kernelDrops: result.kernel_drops, cpuNs: result.cpu_ns)
 }
 

@@ -1,6 +1,7 @@
 /*
  * Path: Benchmarks/Sources/CPacketHarness/include/packet_harness.h — plain-C AF_PACKET anchors for
- * afpacket-compare: a TX-ring sender and a recvfrom() receiver, independent of Sluice's code.
+ * afpacket-compare: a TX-ring sender and three receivers (recvfrom(), recvmmsg(), a TPACKET_V2 ring),
+ * independent of Sluice's code, and the CPU clocks the benchmarks read (/proc/stat, getrusage).
  *
  * Each function runs on the calling thread and first moves that thread into a network namespace
  * (setns) and pins it, so call it from a thread made for the purpose. Flags shared with the Swift
@@ -42,19 +43,25 @@ struct pkth_sender_result {
  * the frame in, mark it SEND_REQUEST; one kick per burst; at the end wait for every slot. 0 or -errno. */
 int pkth_txring_send(const struct pkth_sender_config *config, struct pkth_sender_result *result);
 
-/* A recvfrom() receiver on a raw AF_PACKET socket (ETH_P_ALL, PACKET_IGNORE_OUTGOING, SO_RCVBUF forced
- * to rcvbuf_bytes): blocking receives with a 20 ms timeout, until `expected` frames arrived or, once
- * *sender_done, the link was quiet for quiet_ns. Sets *ready once it receives. */
+/* The anchor receivers on a raw AF_PACKET socket (ETH_P_ALL, PACKET_IGNORE_OUTGOING) all wait in the
+ * kernel when nothing is there (a 20 ms timeout), and run until `expected` frames arrived or, once
+ * *sender_done, the link was quiet for quiet_ns. Each sets *ready once it can receive. */
 struct pkth_receiver_config {
     const char *netns_path;
     const char *interface;
     int cpu;
     uint64_t expected;
-    int rcvbuf_bytes;
+    int rcvbuf_bytes;           /* recvfrom, recvmmsg: SO_RCVBUFFORCE */
     uint64_t quiet_ns;
     int *ready;
     const int *sender_done;
+    uint32_t batch;             /* recvmmsg: messages per call, 1..PKTH_RECVMMSG_BATCH_MAX */
+    uint32_t ring_block_size;   /* TPACKET_V2 ring: block bytes, a multiple of the page size */
+    uint32_t ring_block_count;  /* TPACKET_V2 ring: blocks; frames are 2048 bytes each */
 };
+
+/* Largest recvmmsg batch: the receiver keeps that many 2 KiB buffers on its stack. */
+#define PKTH_RECVMMSG_BATCH_MAX 64
 
 struct pkth_receiver_result {
     uint64_t packets;
@@ -64,7 +71,25 @@ struct pkth_receiver_result {
     uint64_t cpu_ns;            /* the receiving thread's CPU time from ready to the end */
 };
 
+/* One recvfrom() per frame, blocking (SO_RCVTIMEO 20 ms). 0 or -errno. */
 int pkth_recvfrom_receive(const struct pkth_receiver_config *config, struct pkth_receiver_result *result);
+
+/* recvmmsg() of up to `batch` frames per call: blocks (SO_RCVTIMEO 20 ms) for the first, returns with
+ * what is queued (MSG_WAITFORONE). 0 or -errno. */
+int pkth_recvmmsg_receive(const struct pkth_receiver_config *config, struct pkth_receiver_result *result);
+
+/* A TPACKET_V2 RX ring (ring_block_count blocks of ring_block_size bytes, 2048-byte frames): reads each
+ * frame the kernel hands over (TP_STATUS_USER), touches its first and last byte and gives the slot
+ * back; poll(POLLIN, 20 ms) when the next slot is still the kernel's. 0 or -errno. */
+int pkth_v2ring_receive(const struct pkth_receiver_config *config, struct pkth_receiver_result *result);
+
+/* CPU time of the whole machine, summed over every CPU: user + nice + system + irq + softirq from
+ * /proc/stat (kernel work on any core, softirq receive paths included; idle, iowait and steal left
+ * out), in ns (at USER_HZ resolution, 10 ms per CPU). 0 if /proc/stat cannot be read. */
+uint64_t pkth_system_busy_ns(void);
+
+/* User + system CPU time of every thread of this process (getrusage RUSAGE_SELF), in ns. */
+uint64_t pkth_process_cpu_ns(void);
 
 /* Flags between threads: release store, acquire load. */
 void pkth_flag_set(int *flag, int value);
