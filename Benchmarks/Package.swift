@@ -53,9 +53,11 @@ let package = Package(
             ]
         ),
         // The traffic controller: TX cost on vs off, and byte shares against Linux htb (scripts/bench-traffic.sh).
+        // CPacketHarness for its CPU clocks (/proc/stat, getrusage).
         .executableTarget(
             name: "traffic-compare",
             dependencies: [
+                "CPacketHarness",
                 .product(name: "SluiceCore", package: "Sluice"),
                 .product(name: "SluicePacketIO", package: "Sluice"),
                 .product(name: "SluiceTraffic", package: "Sluice"),

@@ -2,7 +2,9 @@
 # Traffic controller benchmarks (issue 4): builds Benchmarks/ in release, makes two throwaway network
 # namespaces joined by a veth pair (198.18.0.1/30 and 198.18.0.2/30, IPv6 off), runs traffic-compare in
 # them and deletes them again on any exit. Prints markdown tables of medians on stdout:
-#   cost:   TX pps through the shaped stage + completion tap + controller vs the plain transmitter;
+#   cost:   TX through the shaped stage + completion tap + controller vs the plain transmitter: pps and
+#           CPU per frame of the whole process (sender + controller threads, getrusage) and of every core
+#           (/proc/stat); frames written into the pool before the clock starts, no per-frame clock read;
 #   shares: 4 backlogged sources at weights 1:1:2:4 on 80 Mbit/s, Sluice (tbf + controller) vs htb.
 # Needs root and tc (iproute2). Usage: scripts/bench-traffic.sh [--runs N] [--frames N].
 set -euo pipefail

@@ -1,11 +1,17 @@
 // Path: Benchmarks/Sources/traffic-compare/TrafficCompare.swift — the traffic controller against its
 // anchors on a veth pair that scripts/bench-traffic.sh makes (198.18.0.0/15) and removes:
-//   cost:   TX pps through the shaped stage (completion tap, admission, controller thread) against the
-//           plain AFPacketTransmitter, same frames, same link (no qdisc, QDISC_BYPASS), same run;
+//   cost:   TX through the shaped stage (completion tap, admission, controller thread) against the
+//           plain AFPacketTransmitter, same frames, same link (no qdisc, QDISC_BYPASS), same run: pps,
+//           and CPU per frame of the whole process (sender and controller threads, getrusage) and of
+//           every core (/proc/stat, the veth peer's receive softirq included). The frames are written
+//           into the pool once before the clock starts; per frame both variants only take a buffer
+//           and set its source id; the shaped one stamps enqueueNs, one clock read per burst, as an
+//           RX stage does (the controller needs it for completion delays);
 //   shares: four backlogged sources at weights 1:1:2:4 on an 80 Mbit/s link: Sluice's controller over
 //           `tc tbf` against Linux `htb` with the same weights (four classes, u32 on the source byte),
 //           each source's received bytes counted by an RX ring on the far side.
 import ArgumentParser
+import CPacketHarness
 import Glibc
 import SluiceCore
 import SluicePacketIO
@@ -23,23 +29,21 @@ struct TrafficCompare: ParsableCommand {
     @Option var ifaceB: String
     @Option(help: "Frames per cost run.") var frames = 500_000
 
+    func validate() throws {
+        guard runs >= 1, frames >= 1_000 else { throw ValidationError("runs >= 1 and frames >= 1000") }
+    }
+
     func run() throws {
-        var plain: [Double] = []
-        var shaped: [Double] = []
+        var plain: [CostRun] = []
+        var shaped: [CostRun] = []
         for index in 0..<runs {
             for variant in (index % 2 == 0 ? [false, true] : [true, false]) {
-                let pps = try costRun(shaped: variant)
-                if variant { shaped.append(pps) } else { plain.append(pps) }
-                FileHandleErr.write("cost run \(index) shaped=\(variant): \(Int(pps)) pps\n")
+                let result = try costRun(shaped: variant)
+                if variant { shaped.append(result) } else { plain.append(result) }
+                FileHandleErr.write("cost run \(index) shaped=\(variant): \(result)\n")
             }
         }
-        let ratios = zip(shaped, plain).map { $0 / $1 }
-        print("TX cost, \(frames) x 64-byte frames, QDISC_BYPASS, no qdisc; medians of \(runs) interleaved runs:\n")
-        print("| TX path | pps | vs plain |")
-        print("|---|---:|---:|")
-        print("| plain AFPacketTransmitter | \(Int(median(plain))) | 1.00x |")
-        print("| shaped stage + completion tap + controller | \(Int(median(shaped))) | \(format(median(ratios)))x |")
-        print("")
+        printCost(plain: plain, shaped: shaped)
         let weights = [1.0, 1, 2, 4]
         var sluiceShares: [[Double]] = []
         var htbShares: [[Double]] = []
@@ -69,20 +73,27 @@ struct TrafficCompare: ParsableCommand {
 
     // MARK: cost
 
-    func costRun(shaped: Bool) throws -> Double {
+    /// One cost run: `frames` frames through the plain transmitter, or through the shaped stage with
+    /// the controller polling on CPU 1. The clocks run from the first frame to the flush.
+    func costRun(shaped: Bool) throws -> CostRun {
         try sh(["/usr/sbin/tc", "qdisc", "del", "dev", ifaceA, "root"], namespace: netnsA, allowFailure: true)
         let pool = try BufferPool(bufferCount: 4096, bufferSizeBytes: 2048)
-        let outcome = Outcome<Double>()
+        prepare(pool, size: 64)
+        let outcome = Outcome<CostRun>()
         let stop = Atomic<Bool>(false)
         let channel = try makeCompletionChannel(eventCapacity: 65_536, sourceCountMax: 4)
         var policy = TrafficPolicy(sources: Array(repeating: SourcePolicy(), count: 4))
         policy.probeHeadroom = 4  // grants far above capacity: this measures the mechanism, not shaping
         let controller = try TrafficController(policy: policy, receiver: channel.receiver)
         let reporter = Box(channel.reporter)
-        let controllerThread = try Spawn.start(namespace: nil, cpu: 1) {
-            while !stop.load(ordering: .relaxed) {
-                controller.poll(nowNs: Clock.monotonicNs())
-                usleep(100)
+        // The plain path has no controller: its thread exists only in the shaped variant.
+        var controllerThread: Spawn?
+        if shaped {
+            controllerThread = try Spawn.start(namespace: nil, cpu: 1) {
+                while !stop.load(ordering: .relaxed) {
+                    controller.poll(nowNs: Clock.monotonicNs())
+                    usleep(100)
+                }
             }
         }
         let sender = try Spawn.start(namespace: netnsA, cpu: 0) {
@@ -90,50 +101,79 @@ struct TrafficCompare: ParsableCommand {
             let items = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: 32)
             defer { items.deallocate() }
             var sent = 0
-            let start: UInt64
+            let start: CostClocks
             if shaped {
                 let sink = try ShapedTXSink(configuration: configuration, pool: pool, controller: controller,
                                             reporter: reporter.value.take()!, sourceCount: 4, backlogCountMax: 64)
-                start = Clock.monotonicNs()
+                start = CostClocks.now()
                 while sent < frames {
-                    let count = fill(items, pool: pool, first: sent, size: 64)
+                    let count = take(items, pool: pool, first: sent, enqueueNs: Clock.monotonicNs())
                     sent += sink.process(UnsafeMutableBufferPointer(rebasing: items[0..<count]))
                 }
                 _ = sink.finish(timeoutNs: 2_000_000_000)
             } else {
                 var transmitter = try AFPacketTransmitter(configuration: configuration, pool: pool)
-                start = Clock.monotonicNs()
+                start = CostClocks.now()
                 while sent < frames {
-                    let count = fill(items, pool: pool, first: sent, size: 64)
+                    let count = take(items, pool: pool, first: sent, enqueueNs: nil)
                     sent += transmitter.transmitOrDrop(UnsafeBufferPointer(rebasing: items[0..<count]))
                 }
                 _ = transmitter.flush(timeoutNs: 2_000_000_000)
             }
-            outcome.value = Double(sent) / (Double(Clock.monotonicNs() - start) / 1e9)
+            outcome.value = CostRun(frames: sent, since: start)
         }
         let failure = sender.join()
         stop.store(true, ordering: .relaxed)
-        _ = controllerThread.join()
+        _ = controllerThread?.join()
         if let failure { throw ValidationError(failure) }
-        return outcome.value ?? 0
+        return try outcome.value ?? { throw ValidationError("sender left no result") }()
     }
 
-    /// Takes `items.count` buffers and fills each with a frame of `size` bytes; the source id (frame
-    /// index mod 4) goes in metadata and in the first byte after the Ethernet header.
-    func fill(_ items: UnsafeMutableBufferPointer<UInt64>, pool: BufferPool, first: Int, size: Int) -> Int {
-        var count = 0
-        while count < items.count, let buffer = pool.allocate() {
-            let index = buffer.releaseIndex()
-            let source = (first + count) % 4
+    func printCost(plain: [CostRun], shaped: [CostRun]) {
+        let ratio = { (measure: KeyPath<CostRun, Double>) -> String in
+            format(median(zip(shaped, plain).map { $0[keyPath: measure] / max($1[keyPath: measure], 1e-9) })) + "x"
+        }
+        print("TX cost, \(frames) x 64-byte frames, QDISC_BYPASS, no qdisc; medians of \(runs) interleaved runs, "
+            + "ratios = median of per-run ratios. CPU per frame over the same span (first frame to flush): the whole "
+            + "process (sender and, when shaped, controller threads; getrusage) and every core (/proc/stat busy time, "
+            + "the veth peer's softirq included).\n")
+        print("| TX path | pps | vs plain | process CPU ns/frame | vs plain | all cores ns/frame | vs plain |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        print("| plain AFPacketTransmitter | \(Int(median(plain.map(\.pps)))) | 1.00x "
+            + "| \(formatTenths(median(plain.map(\.processNsPerFrame)))) | 1.00x "
+            + "| \(formatTenths(median(plain.map(\.allCoresNsPerFrame)))) | 1.00x |")
+        print("| shaped stage + completion tap + controller | \(Int(median(shaped.map(\.pps)))) | \(ratio(\.pps)) "
+            + "| \(formatTenths(median(shaped.map(\.processNsPerFrame)))) | \(ratio(\.processNsPerFrame)) "
+            + "| \(formatTenths(median(shaped.map(\.allCoresNsPerFrame)))) | \(ratio(\.allCoresNsPerFrame)) |")
+        print("")
+    }
+
+    /// Writes a frame of `size` bytes (Ethernet header, EtherType 0x88B5) and its length into every
+    /// buffer of `pool`, once, before any clock starts; `take` then only sets the source id.
+    func prepare(_ pool: BufferPool, size: Int) {
+        let header: [UInt8] = [0x02, 0x53, 0x4C, 0, 0, 2, 0x02, 0x53, 0x4C, 0, 0, 1, 0x88, 0xB5, 0]
+        for index in 0..<UInt32(pool.bufferCount) {
             let bytes = pool.bytes(at: index)
-            let header: [UInt8] = [0x02, 0x53, 0x4C, 0, 0, 2, 0x02, 0x53, 0x4C, 0, 0, 1, 0x88, 0xB5, UInt8(source)]
             for (position, byte) in header.enumerated() { bytes[position] = byte }
             var metadata = PacketMetadata()
             metadata.length = UInt32(size)
             metadata.wireLength = UInt32(size)
-            metadata.sourceID = UInt16(source)
-            metadata.enqueueNs = Clock.monotonicNs()
             pool.metadata(at: index).pointee = metadata
+        }
+    }
+
+    /// Takes up to `items.count` prepared buffers; the source id (frame index mod 4) goes in metadata
+    /// and in the first byte after the Ethernet header. `enqueueNs`, when given, is stamped on each
+    /// (one clock read per burst, by the caller). No allocation, no clock read.
+    func take(_ items: UnsafeMutableBufferPointer<UInt64>, pool: BufferPool, first: Int, enqueueNs: UInt64?) -> Int {
+        var count = 0
+        while count < items.count, let buffer = pool.allocate() {
+            let index = buffer.releaseIndex()
+            let source = (first + count) % 4
+            pool.bytes(at: index)[14] = UInt8(source)
+            let metadata = pool.metadata(at: index)
+            metadata.pointee.sourceID = UInt16(source)
+            if let enqueueNs { metadata.pointee.enqueueNs = enqueueNs }
             items[count] = UInt64(index)
             count += 1
         }
@@ -142,7 +182,7 @@ struct TrafficCompare: ParsableCommand {
 
     /// Fills `items` with frames of one source.
     func fillSource(_ items: UnsafeMutableBufferPointer<UInt64>, pool: BufferPool, source: Int, size: Int) -> Int {
-        let count = fill(items, pool: pool, first: 0, size: size)
+        let count = take(items, pool: pool, first: 0, enqueueNs: Clock.monotonicNs())
         for item in items[0..<count] {
             let index = UInt32(truncatingIfNeeded: item)
             pool.bytes(at: index)[14] = UInt8(source)
@@ -191,6 +231,7 @@ struct TrafficCompare: ParsableCommand {
             }
         }
         let pool = try BufferPool(bufferCount: 8192, bufferSizeBytes: 2048)
+        prepare(pool, size: 1000)
         let senderStop = Atomic<Bool>(false)
         let channel = try makeCompletionChannel(eventCapacity: 65_536, sourceCountMax: 4)
         let controller = try TrafficController(policy: TrafficPolicy(sources: weights.map { SourcePolicy(weight: $0) }),
@@ -222,7 +263,7 @@ struct TrafficCompare: ParsableCommand {
                 let sink = try ShapedTXSink(configuration: configuration, pool: pool, controller: controller,
                                             reporter: reporter.value.take()!, sourceCount: 4)
                 while !senderStop.load(ordering: .relaxed) {
-                    let count = fill(items, pool: pool, first: next, size: 1000)
+                    let count = take(items, pool: pool, first: next, enqueueNs: Clock.monotonicNs())
                     next += count
                     _ = sink.process(UnsafeMutableBufferPointer(rebasing: items[0..<count]))
                     usleep(20)  // offered ~1.6x the link: every source stays backlogged
@@ -247,6 +288,37 @@ struct TrafficCompare: ParsableCommand {
         let bytes = zip(atEnd!, atStart!).map { Double($0 - $1) }
         let total = bytes.reduce(0, +)
         return bytes.map { total > 0 ? $0 / total : 0 }
+    }
+}
+
+/// The three clocks of a cost run, read together at its start.
+struct CostClocks {
+    var wallNs: UInt64
+    var processNs: UInt64   // getrusage RUSAGE_SELF: every thread of this process
+    var allCoresNs: UInt64  // /proc/stat busy time of every core
+
+    static func now() -> CostClocks {
+        CostClocks(wallNs: Clock.monotonicNs(), processNs: pkth_process_cpu_ns(), allCoresNs: pkth_system_busy_ns())
+    }
+}
+
+/// One cost run: frames sent and the clocks' advance from the first frame to the flush.
+struct CostRun: CustomStringConvertible {
+    var frames: Int
+    var elapsed: CostClocks
+
+    init(frames: Int, since start: CostClocks) {
+        let end = CostClocks.now()
+        self.frames = frames
+        elapsed = CostClocks(wallNs: end.wallNs - start.wallNs, processNs: end.processNs - start.processNs,
+                             allCoresNs: end.allCoresNs - start.allCoresNs)
+    }
+
+    var pps: Double { Double(frames) / (Double(elapsed.wallNs) / 1e9) }
+    var processNsPerFrame: Double { Double(elapsed.processNs) / Double(max(frames, 1)) }
+    var allCoresNsPerFrame: Double { Double(elapsed.allCoresNs) / Double(max(frames, 1)) }
+    var description: String {
+        "\(Int(pps)) pps, process \(format(processNsPerFrame)) ns/frame, all cores \(format(allCoresNsPerFrame)) ns/frame"
     }
 }
 
@@ -321,6 +393,8 @@ func median(_ values: [Double]) -> Double {
 }
 
 func format(_ value: Double) -> String { String(Double(Int((value * 1000).rounded())) / 1000) }
+
+func formatTenths(_ value: Double) -> String { String(Double(Int((value * 10).rounded())) / 10) }
 
 enum FileHandleErr {
     static func write(_ text: String) {
