@@ -22,6 +22,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 swift build -c release --product sluice >&2
 cc -O2 -o "$work/pcap_next_loop" scripts/anchors/pcap_next_loop.c -lpcap
+scripts/anchors/check_pcap_next_loop.sh "$work/pcap_next_loop" >&2  # the anchor counts and clocks right
 python3 scripts/anchors/write_udp_capture.py "$work/udp.pcap" "$packets"
 cat "$work/udp.pcap" >/dev/null  # both sides read from the page cache
 

@@ -18,6 +18,7 @@ service_pid=""
 trap '[ -n "$service_pid" ] && kill -TERM $service_pid 2>/dev/null; rm -rf "$work"' EXIT
 swift build -c release --product sluice >&2
 cc -O2 -o "$work/pcap_next_loop" scripts/anchors/pcap_next_loop.c -lpcap
+scripts/anchors/check_pcap_next_loop.sh "$work/pcap_next_loop" >&2  # the anchor counts and clocks right
 python3 scripts/anchors/write_udp_capture.py "$work/udp1m.pcap" 1000000
 cat "$work/udp1m.pcap" >/dev/null  # every side reads from the page cache
 
