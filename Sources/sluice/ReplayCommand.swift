@@ -10,7 +10,19 @@ import SluiceTraffic
 struct ReplayCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "replay",
-        abstract: "Replay a pcap or pcapng capture through the packet pipeline to a file, an interface or nowhere.")
+        abstract: "Replay a pcap or pcapng capture through the packet pipeline to a file, an interface or nowhere.",
+        discussion: """
+            The capture may be a pipe or FIFO carrying classic pcap (as `tcpdump -r -` reads it), read once.
+            Frames up to the capture's snapshot length (at most 9216 bytes) are carried whole; longer ones
+            are dropped and counted as frame-larger-than-buffer, never cut.
+
+            --json prints, besides packets, bytes, delivered, drops, stages and workers:
+              elapsedNs        ns from the workers' start to the last packet delivered
+              wallNsFromOpen   ns from just before the capture is opened (before the pool is made and the
+                               workers start) to the last packet delivered
+              processCpuNs     CPU time (user + system) of all the process's threads over that same span,
+                               from getrusage(RUSAGE_SELF)
+            """)
 
     @Argument(help: "The capture to replay (pcap or pcapng).")
     var capture: String
@@ -21,10 +33,10 @@ struct ReplayCommand: ParsableCommand {
     @Option(help: "Send the packets on this interface (AF_PACKET TX ring).")
     var iface: String?
 
-    @Option(help: "Packets per second, evenly spaced.")
+    @Option(help: "Packets per second, evenly spaced (\(ReplayPacing.packetsPerSecondMin)...\(ReplayPacing.packetsPerSecondMax)).")
     var rate: Double?
 
-    @Option(help: "Replay at X times the capture's own timing (1 = real time).")
+    @Option(help: "Replay at X times the capture's own timing (1 = real time; \(ReplayPacing.speedMin)...\(ReplayPacing.speedMax)).")
     var speed: Double?
 
     @Flag(help: "As fast as possible.")
@@ -61,8 +73,13 @@ struct ReplayCommand: ParsableCommand {
         guard out == nil || iface == nil else { throw ValidationError("give --out or --iface, not both") }
         let pacings = [rate != nil, speed != nil, topspeed].filter { $0 }.count
         guard pacings <= 1 else { throw ValidationError("give one of --rate, --speed, --topspeed") }
-        if let rate, !(rate > 0) { throw ValidationError("--rate must be positive, got \(rate)") }
-        if let speed, !(speed > 0) { throw ValidationError("--speed must be positive, got \(speed)") }
+        if let rate {
+            do { try ReplayPacing.rate(packetsPerSecond: rate).validate() } catch { throw ValidationError("--rate: \(error)") }
+        }
+        if let speed {
+            do { try ReplayPacing.capture(speed: speed).validate() } catch { throw ValidationError("--speed: \(error)") }
+        }
+        if let cores { _ = try parseCores(cores) }
         guard loop >= 1 else { throw ValidationError("--loop must be at least 1, got \(loop)") }
         guard ReplayStages(rawValue: stages) != nil else { throw ValidationError("--stages must be 2, 3 or 4, got \(stages)") }
         _ = try classifier()
