@@ -12,19 +12,26 @@ struct ReplayCommand: ParsableCommand {
         commandName: "replay",
         abstract: "Replay a pcap or pcapng capture through the packet pipeline to a file, an interface or nowhere.",
         discussion: """
-            The capture may be a pipe or FIFO carrying classic pcap (as `tcpdump -r -` reads it), read once.
-            Frames up to the capture's snapshot length (at most 9216 bytes) are carried whole; longer ones
-            are dropped and counted as frame-larger-than-buffer, never cut.
+            The capture may be a pipe or FIFO carrying classic pcap, read once
+            (as tcpdump -r reads it; - is standard input). Frames up to the
+            capture's snapshot length, at most \(PacketPathConfiguration.captureBufferSizeBytesMax) bytes, are carried
+            whole; longer ones are dropped and counted as
+            frame-larger-than-buffer, never cut. An output that is the capture
+            itself is refused.
 
-            --json prints, besides packets, bytes, delivered, drops, stages and workers:
-              elapsedNs        ns from the workers' start to the last packet delivered
-              wallNsFromOpen   ns from just before the capture is opened (before the pool is made and the
-                               workers start) to the last packet delivered
-              processCpuNs     CPU time (user + system) of all the process's threads over that same span,
-                               from getrusage(RUSAGE_SELF)
+            --json reports, besides packets, bytes, delivered, drops, stages
+            and workers:
+              elapsedNs       ns from the workers' start to the last packet
+                              delivered
+              wallNsFromOpen  ns from just before the capture is opened
+                              (before the pool is made and the workers
+                              start) to the last packet delivered
+              processCpuNs    CPU time (user + system) of all the process's
+                              threads over that same span, from
+                              getrusage(RUSAGE_SELF)
             """)
 
-    @Argument(help: "The capture to replay (pcap or pcapng).")
+    @Argument(help: "The capture to replay (pcap or pcapng; - for classic pcap on standard input).")
     var capture: String
 
     @Option(help: "Write the packets to this pcap file.")
@@ -128,7 +135,8 @@ struct ReplayCommand: ParsableCommand {
         let pacing: ReplayPacing = topspeed ? .topSpeed
             : rate.map { .rate(packetsPerSecond: $0) } ?? .capture(speed: speed ?? 1)
         let coreList = try cores.map(parseCores) ?? Array(CPU.allowedCPUs().prefix(2))
-        var configuration = ReplayConfiguration(capturePath: capture, output: output, pacing: pacing,
+        let capturePath = capture == "-" ? "/dev/stdin" : capture
+        var configuration = ReplayConfiguration(capturePath: capturePath, output: output, pacing: pacing,
                                                 loopCount: loop, cores: coreList, waitMode: waitMode)
         configuration.stages = ReplayStages(rawValue: stages)!
         configuration.measuresLatency = latency

@@ -32,7 +32,7 @@ import Testing
         #expect(help.stdout.contains("busy-poll"))
         #expect(help.stdout.contains("wallNsFromOpen"))
         #expect(help.stdout.contains("processCpuNs"))
-        let good = try runSluice(["replay", Captures.sample, "--wait-mode", "busy-poll", "--json"])
+        let good = try runSluice(["replay", Captures.sample, "--wait-mode", "interrupt", "--topspeed", "--json"])
         #expect(good.status == 0, "\(good.stderr)")
         #expect(good.stdout.contains("\"wallNsFromOpen\":"))
         #expect(good.stdout.contains("\"processCpuNs\":"))
@@ -51,6 +51,17 @@ import Testing
         #expect(result.stderr.contains("refusing to overwrite"))
         #expect(fileBytes(input) == capture.bytes)
         #expect(fileBytes(Captures.sample) == sample)
+    }
+
+    /// `-` reads classic pcap from standard input (a pipe), as `tcpdump -r -` does.
+    @Test func captureFromStandardInput() throws {
+        let binary = try #require(sluiceBinary())
+        let output = temporaryPath("stdin-out.pcap")
+        defer { unlink(output) }
+        let status = run(["/bin/sh", "-c", "cat \"$1\" | exec \"$0\" replay - --topspeed --wait-mode interrupt --out \"$2\"",
+                          binary, Captures.sample, output])
+        #expect(status == 0)
+        #expect(fileBytes(output) == fileBytes(Captures.sample))
     }
 
     /// An output that cannot be created is named as the output, with the errno's words.
