@@ -167,6 +167,38 @@ import SluiceReplay
         try expectToolsReadTheSame(input, output)
     }
 
+    /// Records far longer than the snapshot length (150 000 bytes under 1000): the skipped part spans
+    /// several reads, on a file and on a FIFO; the same records as libpcap's.
+    @Test func longCutRecordsAreSkippedAcrossReads() throws {
+        let input = temporaryPath("longcut.pcap")
+        let fifo = temporaryPath("longcut.fifo")
+        defer { unlink(input); unlink(fifo) }
+        var capture = RawCapture()
+        capture.snapshotLength = 1000
+        capture.records = (0..<6).map { .init(seconds: 1_700_000_000, fraction: UInt32($0),
+                                               bytes: RawCapture.frame(length: $0 % 2 == 0 ? 150_000 : 300, seed: $0)) }
+        try capture.write(to: input)
+        #expect(mkfifo(fifo, 0o600) == 0)
+        let writer = try FIFOWriter(path: fifo, bytes: capture.bytes)
+        var slow = try PcapReader(path: input, libpcapRecords: true)
+        var file = try PcapReader(path: input)
+        var stream = try PcapReader(path: fifo)
+        var count = 0
+        while let expected = try slow.next() {
+            let a = try #require(try file.next())
+            let b = try #require(try stream.next())
+            #expect(expected.capturedLength == min(capture.records[count].bytes.count, 1000))
+            #expect(a.capturedLength == expected.capturedLength && b.capturedLength == expected.capturedLength)
+            #expect(a.wireLength == expected.wireLength && b.wireLength == expected.wireLength)
+            #expect(a.bytes.elementsEqual(expected.bytes) && b.bytes.elementsEqual(expected.bytes))
+            count += 1
+        }
+        #expect(try file.next() == nil)
+        #expect(try stream.next() == nil)
+        #expect(count == 6)
+        writer.join()
+    }
+
     /// Upper bits of the link-type field: libpcap keeps the FCS bits out of the link type (Ethernet
     /// here) and reports a reserved bit as part of it (65537, which tcpdump does not decode). The
     /// output keeps the field as it was, so it opens, and libpcap (and tcpdump, where it decodes the

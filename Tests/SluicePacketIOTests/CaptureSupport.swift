@@ -95,8 +95,8 @@ struct RawCapture {
     static func frame(length: Int, seed: Int = 0) -> [UInt8] {
         precondition(length >= 42, "Ethernet, IPv4 and UDP headers")
         var bytes: [UInt8] = [0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, 0x08, 0x00]
-        let ipLength = UInt16(length - 14)
-        let udpLength = ipLength - 20
+        let ipLength = UInt16(truncatingIfNeeded: length - 14)  // wraps above 64 KiB: bytes for the reader only
+        let udpLength = ipLength &- 20
         bytes += [0x45, 0, UInt8(ipLength >> 8), UInt8(ipLength & 0xFF), 0, 0, 0, 0, 64, 17, 0, 0,
                   198, 18, 0, 1, 198, 18, 0, 2]
         bytes += [0, 9, 0, 9, UInt8(udpLength >> 8), UInt8(udpLength & 0xFF), 0, 0]
