@@ -28,9 +28,12 @@ public struct PacketPathConfiguration: Sendable {
     public var burstCount = 32
     public var ringCapacity = 1024
     public var poolBufferCount = 8192
-    /// Pool buffer size; a capture input raises it to the capture's snapshot length, up to
-    /// `captureBufferSizeBytesMax`. Longer frames are dropped, counted (`frame-larger-than-buffer`).
+    /// Pool buffer size; with `bufferSizeFollowsCapture`, a capture input raises it to the capture's
+    /// snapshot length, up to `captureBufferSizeBytesMax`. Longer frames are dropped, counted
+    /// (`frame-larger-than-buffer`), never cut.
     public var bufferSizeBytes = 2048
+    /// Raise `bufferSizeBytes` to fit the capture's snapshot length (false: exactly `bufferSizeBytes`).
+    public var bufferSizeFollowsCapture = true
     /// Largest buffer a capture's snapshot length can ask for: a 9216-byte jumbo frame.
     public static let captureBufferSizeBytesMax = 9216
     public var stages = ReplayStages.classifyAndAct
@@ -163,8 +166,9 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
                     throw .outputIsInput(path: output)
                 }
             }
-            let bufferSizeBytes = Self.bufferSizeBytes(configured: configuration.bufferSizeBytes,
-                                                       snapshotLength: reader.snapshotLength)
+            let bufferSizeBytes = configuration.bufferSizeFollowsCapture
+                ? Self.bufferSizeBytes(configured: configuration.bufferSizeBytes, snapshotLength: reader.snapshotLength)
+                : configuration.bufferSizeBytes
             do {
                 pool = try BufferPool(bufferCount: configuration.poolBufferCount, bufferSizeBytes: bufferSizeBytes,
                                       numaNode: numaNode)

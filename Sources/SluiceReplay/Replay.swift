@@ -27,7 +27,9 @@ public struct ReplayConfiguration: Sendable {
     public var burstCount = 32
     public var ringCapacity = 1024
     public var poolBufferCount = 8192
-    public var bufferSizeBytes = 2048
+    /// Pool buffer size (see `PacketPathConfiguration`): nil follows the capture's snapshot length up
+    /// to `PacketPathConfiguration.captureBufferSizeBytesMax`.
+    public var bufferSizeBytes: Int?
     /// Which stages run between RX and TX.
     public var stages = ReplayStages.classifyAndAct
     /// Record each packet's time from release to the discard sink (reads every packet's metadata line
@@ -201,7 +203,10 @@ public final class Replay {
         pathConfiguration.burstCount = configuration.burstCount
         pathConfiguration.ringCapacity = configuration.ringCapacity
         pathConfiguration.poolBufferCount = configuration.poolBufferCount
-        pathConfiguration.bufferSizeBytes = configuration.bufferSizeBytes
+        if let size = configuration.bufferSizeBytes {
+            pathConfiguration.bufferSizeBytes = size
+            pathConfiguration.bufferSizeFollowsCapture = false
+        }
         pathConfiguration.stages = configuration.stages
         pathConfiguration.measuresLatency = configuration.measuresLatency
         pathConfiguration.classifier = configuration.classifier

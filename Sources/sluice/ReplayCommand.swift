@@ -70,6 +70,11 @@ struct ReplayCommand: ParsableCommand {
     @Option(help: "Divide the output among source ids 0..N-1 by these weights, e.g. 1,1,2,4 (a traffic controller; on --iface it enforces them).")
     var shape: String?
 
+    @Option(help: "Pool buffer size in bytes (\(ReplayCommand.bufferSizeRange)); longer frames are dropped and counted. Default: the capture's snapshot length, at most \(PacketPathConfiguration.captureBufferSizeBytesMax).")
+    var bufferSize: Int?
+
+    static let bufferSizeRange = 64...65_536
+
     @Flag(help: "With no --out or --iface: record each packet's time in the pipeline (costs a cache line per packet).")
     var latency = false
 
@@ -87,6 +92,9 @@ struct ReplayCommand: ParsableCommand {
             do { try ReplayPacing.capture(speed: speed).validate() } catch { throw ValidationError("--speed: \(error)") }
         }
         if let cores { _ = try parseCores(cores) }
+        if let bufferSize, !Self.bufferSizeRange.contains(bufferSize) {
+            throw ValidationError("--buffer-size must be in \(Self.bufferSizeRange), got \(bufferSize)")
+        }
         guard loop >= 1 else { throw ValidationError("--loop must be at least 1, got \(loop)") }
         guard ReplayStages(rawValue: stages) != nil else { throw ValidationError("--stages must be 2, 3 or 4, got \(stages)") }
         _ = try classifier()
@@ -140,6 +148,7 @@ struct ReplayCommand: ParsableCommand {
                                                 loopCount: loop, cores: coreList, waitMode: waitMode)
         configuration.stages = ReplayStages(rawValue: stages)!
         configuration.measuresLatency = latency
+        configuration.bufferSizeBytes = bufferSize
         configuration.traffic = try trafficPolicy()
         configuration.classifier = try classifier()
         let replay: Replay

@@ -11,10 +11,11 @@ import SluiceReplay
     static let cores = Array(((try? CPU.allowedCPUs()) ?? [0]).prefix(2))
 
     func replay(_ input: String, to output: ReplayOutput, pacing: ReplayPacing = .topSpeed,
-                stages: ReplayStages = .classifyAndAct) throws -> ReplaySummary {
+                stages: ReplayStages = .classifyAndAct, bufferSizeBytes: Int? = nil) throws -> ReplaySummary {
         var configuration = ReplayConfiguration(capturePath: input, output: output, pacing: pacing, cores: Self.cores)
         configuration.poolBufferCount = 4096
         configuration.stages = stages
+        configuration.bufferSizeBytes = bufferSizeBytes
         return try Replay(configuration).run()
     }
 
@@ -77,7 +78,7 @@ import SluiceReplay
     // MARK: frames longer than the buffer (item 3)
 
     /// 9000-byte frames: the pool's buffers follow the capture's snapshot length, so the output is
-    /// the input byte for byte.
+    /// the input byte for byte. With buffers set to 2048 bytes, every frame is a counted drop.
     @Test func jumboFramesAreCarriedWhole() throws {
         let input = temporaryPath("jumbo.pcap")
         let output = temporaryPath("jumbo-out.pcap")
@@ -91,6 +92,11 @@ import SluiceReplay
         #expect(summary.drops.isEmpty)
         #expect(summary.delivered == 20)
         #expect(fileBytes(output) == capture.bytes)
+        let small = try replay(input, to: .pcapFile(output), bufferSizeBytes: 2048)
+        #expect(small.failure == nil)
+        #expect(small.delivered == 0)
+        #expect(small.drops.map(\.reason) == ["frame-larger-than-buffer"])
+        #expect(small.drops.map(\.count) == [20])
     }
 
     /// Frames above the largest buffer are dropped and counted by reason, never cut; the frames around
