@@ -292,8 +292,8 @@ import SluiceReplay
     }
 }
 
-/// Writes `bytes` into a FIFO from a thread of its own (opening a FIFO for writing blocks until a
-/// reader opens it), then closes it. `join` waits for it.
+/// Writes `bytes` into a FIFO from a thread of its own, once a reader has opened it, then closes it.
+/// `join` waits for it.
 final class FIFOWriter: @unchecked Sendable {  // unchecked: fields are set before the thread starts
     private var thread = pthread_t()
     private let path: String
@@ -315,9 +315,17 @@ final class FIFOWriter: @unchecked Sendable {  // unchecked: fields are set befo
         }
     }
 
+    /// Waits at most 10 s for a reader (a non-blocking open fails with ENXIO until one comes), so a
+    /// test whose reader never opens the FIFO still ends.
     private func write() {
-        let fd = open(path, O_WRONLY | O_CLOEXEC)
+        var fd: Int32 = -1
+        for _ in 0..<10_000 {
+            fd = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC)
+            if fd >= 0 || errno != ENXIO { break }
+            usleep(1_000)
+        }
         guard fd >= 0 else { return }
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
         var offset = 0
         while offset < bytes.count {
             let count = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + offset, min(4096, $0.count - offset)) }
