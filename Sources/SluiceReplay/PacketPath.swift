@@ -28,7 +28,14 @@ public struct PacketPathConfiguration: Sendable {
     public var burstCount = 32
     public var ringCapacity = 1024
     public var poolBufferCount = 8192
+    /// Pool buffer size; with `bufferSizeFollowsCapture`, a capture input raises it to the capture's
+    /// snapshot length, up to `captureBufferSizeBytesMax`. Longer frames are dropped, counted
+    /// (`frame-larger-than-buffer`), never cut.
     public var bufferSizeBytes = 2048
+    /// Raise `bufferSizeBytes` to fit the capture's snapshot length (false: exactly `bufferSizeBytes`).
+    public var bufferSizeFollowsCapture = true
+    /// Largest buffer a capture's snapshot length can ask for: a 9216-byte jumbo frame.
+    public static let captureBufferSizeBytesMax = 9216
     public var stages = ReplayStages.classifyAndAct
     /// Record each packet's release-to-sink time (discard output only; a cross-core line per packet).
     public var measuresLatency = false
@@ -137,37 +144,58 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
         try Self.validate(configuration)
         self.configuration = configuration
         let numaNode = configuration.numaNode
-        do {
-            pool = try BufferPool(bufferCount: configuration.poolBufferCount,
-                                  bufferSizeBytes: configuration.bufferSizeBytes, numaNode: numaNode)
-        } catch { throw .pool(error) }
         // A capture's buffers come back from the last stage to the source on a ring of their own (one
         // line per 8 buffers) instead of through the shared free list (a contended cell per buffer).
         var returnsIn: RingProducer?
         var builder = PipelineBuilder(name: configuration.name, burstCount: configuration.burstCount)
         // What the pcap output records: the capture's own format, or Ethernet in nanoseconds.
-        var outputFormat = (linkType: 1, snapshotLength: 262_144, nanosecond: true)
+        var outputFormat: (linkType: Int, linkTypeField: UInt32?, snapshotLength: Int, nanosecond: Bool) =
+            (1, nil, 262_144, true)
+        var source: PcapSource?
+        var afSource: AFPacketSource?
         switch configuration.input {
         case .capture(let path, let pacing, let loopCount):
+            let reader = try Self.openCapture(path)
+            guard loopCount == 1 || reader.isRegularFile else {
+                throw .invalidConfiguration(.loopOnStream(path: path))
+            }
+            if case .pcapFile(let output) = configuration.output {
+                var status = stat()
+                if stat(output, &status) == 0, UInt64(status.st_dev) == reader.device,
+                   UInt64(status.st_ino) == reader.inode {
+                    throw .outputIsInput(path: output)
+                }
+            }
+            let bufferSizeBytes = configuration.bufferSizeFollowsCapture
+                ? Self.bufferSizeBytes(configured: configuration.bufferSizeBytes, snapshotLength: reader.snapshotLength)
+                : configuration.bufferSizeBytes
+            do {
+                pool = try BufferPool(bufferCount: configuration.poolBufferCount, bufferSizeBytes: bufferSizeBytes,
+                                      numaNode: numaNode)
+            } catch { throw .pool(error) }
             let returnEnds: RingEnds
             do { returnEnds = try makeRing(capacity: Self.returnRingCapacity(configuration.poolBufferCount), numaNode: numaNode) }
             catch { throw .pipeline(.ring(error)) }
             returnsIn = .some(returnEnds.producer)
-            let source: PcapSource
+            let capture = PcapSource(reader: reader, pool: pool, pacing: pacing, loopCount: loopCount,
+                                     returns: returnEnds.consumer)
+            outputFormat = (capture.linkType, capture.linkTypeField, capture.snapshotLength, capture.format.nanosecond)
+            source = capture
+        case .interface(let rx):
             do {
-                source = try PcapSource(path: path, pool: pool, pacing: pacing, loopCount: loopCount,
-                                        returns: returnEnds.consumer)
-                let reader = try PcapReader(path: path)
-                outputFormat = (reader.linkType, reader.snapshotLength, reader.format.nanosecond)
-            } catch { throw .capture(error) }
+                pool = try BufferPool(bufferCount: configuration.poolBufferCount,
+                                      bufferSizeBytes: configuration.bufferSizeBytes, numaNode: numaNode)
+            } catch { throw .pool(error) }
+            do { afSource = try AFPacketSource(configuration: rx, pool: pool) }
+            catch { throw .input(interface: rx.interface, error) }
+        }
+        if let source {
             input = .capture(source)
             builder.source(StoppableSource(body: source, signal: stopSignal, drainsOnStop: false), name: "pcap-rx")
-        case .interface(let rx):
-            let source: AFPacketSource
-            do { source = try AFPacketSource(configuration: rx, pool: pool) }
-            catch { throw .input("\(rx.interface): \(error)") }
-            input = .interface(source)
-            builder.source(StoppableSource(body: source, signal: stopSignal, drainsOnStop: true), name: "afpacket-rx")
+        } else {
+            let afSource = afSource!
+            input = .interface(afSource)
+            builder.source(StoppableSource(body: afSource, signal: stopSignal, drainsOnStop: true), name: "afpacket-rx")
         }
         var reporter: CompletionReporter?
         if let policy = configuration.traffic {
@@ -175,7 +203,7 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
                 let channel = try makeCompletionChannel(eventCapacity: 65_536, sourceCountMax: max(policy.sources.count, 1))
                 reporter = .some(channel.reporter)
                 controller = try TrafficController(policy: policy, receiver: channel.receiver)
-            } catch { throw .invalidConfiguration("traffic policy: \(error)") }
+            } catch { throw .traffic(error) }
         } else {
             controller = nil
         }
@@ -196,6 +224,7 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
             writtenTap = tap
             do {
                 let pcapSink = try PcapSink(path: path, pool: pool, linkType: outputFormat.linkType,
+                                            linkTypeField: outputFormat.linkTypeField,
                                             snapshotLength: outputFormat.snapshotLength,
                                             nanosecond: outputFormat.nanosecond, returns: returnsIn.take(),
                                             writtenHook: tap?.hook)
@@ -220,13 +249,23 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
                     sink = .interface(afSink)
                     builder.stage(afSink, name: "afpacket-tx")
                 }
-            } catch { throw .output("\(name): \(error)") }
+            } catch { throw .output(interface: name, error) }
         }
         let links = builder.stageCount - 1
         do {
             pipeline = try builder.build(ringCapacities: Array(repeating: configuration.ringCapacity, count: links),
                                          numaNode: numaNode)
         } catch { throw .pipeline(error) }
+    }
+
+    private static func openCapture(_ path: String) throws(ReplayError) -> PcapReader {
+        do { return try PcapReader(path: path) } catch { throw .capture(error) }
+    }
+
+    /// The pool's buffer size for a capture: the configured size, raised to the capture's snapshot
+    /// length up to `captureBufferSizeBytesMax`, so frames up to that size are carried whole.
+    public static func bufferSizeBytes(configured: Int, snapshotLength: Int) -> Int {
+        max(configured, min(snapshotLength, PacketPathConfiguration.captureBufferSizeBytesMax))
     }
 
     /// A power of two that holds every buffer of the pool, so recycling never overflows to the free list.
@@ -237,27 +276,21 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
     /// Sizes against bounds and pacing against sense. Bad values are typed errors, never traps.
     public static func validate(_ c: PacketPathConfiguration) throws(ReplayError) {
         if case .capture(_, let pacing, let loopCount) = c.input {
-            guard loopCount >= 1 else { throw .invalidConfiguration("loop count must be at least 1, got \(loopCount)") }
-            switch pacing {
-            case .capture(let speed) where !(speed > 0 && speed.isFinite):
-                throw .invalidConfiguration("speed must be positive, got \(speed)")
-            case .rate(let rate) where !(rate > 0 && rate.isFinite):
-                throw .invalidConfiguration("rate must be positive, got \(rate)")
-            default: break
-            }
+            guard loopCount >= 1 else { throw .invalidConfiguration(.loopCount(loopCount)) }
+            do { try pacing.validate() } catch { throw .invalidConfiguration(.pacing(error)) }
         }
         guard (1...Limits.burstCountMax).contains(c.burstCount) else {
-            throw .invalidConfiguration("burst must be 1...\(Limits.burstCountMax), got \(c.burstCount)")
+            throw .invalidConfiguration(.burstCount(c.burstCount, max: Limits.burstCountMax))
         }
         guard c.ringCapacity >= 2, c.ringCapacity <= Limits.ringCapacityMax, c.ringCapacity & (c.ringCapacity - 1) == 0 else {
-            throw .invalidConfiguration("ring size must be a power of two in 2...\(Limits.ringCapacityMax), got \(c.ringCapacity)")
+            throw .invalidConfiguration(.ringCapacity(c.ringCapacity, max: Limits.ringCapacityMax))
         }
         let inFlightMax = c.ringCapacity * 3 + c.burstCount * 4
         guard c.poolBufferCount <= Limits.ringCapacityMax else {
-            throw .invalidConfiguration("pool of \(c.poolBufferCount) buffers is above \(Limits.ringCapacityMax)")
+            throw .invalidConfiguration(.poolAboveMax(c.poolBufferCount, max: Limits.ringCapacityMax))
         }
         guard c.poolBufferCount > inFlightMax else {
-            throw .invalidConfiguration("pool of \(c.poolBufferCount) buffers cannot fill rings holding \(inFlightMax): more buffers or smaller rings")
+            throw .invalidConfiguration(.poolBelowInFlight(c.poolBufferCount, inFlight: inFlightMax))
         }
     }
 
@@ -294,8 +327,17 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
     }
 
     /// The input's error that ended it early (a bad record), if any.
-    public var inputFailure: String? {
-        if case .capture(let source) = input { return source.failure.map { "\($0)" } }
+    public var inputFailure: String? { inputError.map { "\($0)" } }
+
+    /// The capture's error that ended it early (a bad record), typed; nil for an interface input.
+    public var inputError: PcapError? {
+        if case .capture(let source) = input { return source.failure }
+        return nil
+    }
+
+    /// The pcap output's first write error, typed; nil for other outputs.
+    public var outputError: PcapError? {
+        if case .pcap(let pcapSink) = sink { return pcapSink.failure }
         return nil
     }
 
@@ -327,7 +369,13 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
     public func dropCounts() -> [(reason: String, count: UInt64)] {
         let counted = drops.snapshot()
         var result: [(reason: String, count: UInt64)] = []
-        if case .interface(let source) = input { result += source.statistics.snapshot().drops }
+        switch input {
+        case .interface(let source):
+            result += source.statistics.snapshot().drops
+        case .capture(let source):
+            let oversize = source.counters.oversizeDrops.load(ordering: .relaxed)
+            if oversize > 0 { result.append(("frame-larger-than-buffer", oversize)) }
+        }
         result += DropReason.allCases.compactMap { reason in
             counted[reason] > 0 ? (reason: reason.description, count: counted[reason]) : nil
         }

@@ -27,7 +27,9 @@ public struct ReplayConfiguration: Sendable {
     public var burstCount = 32
     public var ringCapacity = 1024
     public var poolBufferCount = 8192
-    public var bufferSizeBytes = 2048
+    /// Pool buffer size (see `PacketPathConfiguration`): nil follows the capture's snapshot length up
+    /// to `PacketPathConfiguration.captureBufferSizeBytesMax`.
+    public var bufferSizeBytes: Int?
     /// Which stages run between RX and TX.
     public var stages = ReplayStages.classifyAndAct
     /// Record each packet's time from release to the discard sink (reads every packet's metadata line
@@ -66,25 +68,66 @@ public enum ReplayStages: Int, Sendable, CaseIterable {
     case classifyAndAct = 4
 }
 
-/// Why a replay could not start or did not finish cleanly.
+/// Why a replay could not start or did not finish cleanly. Each case keeps the error underneath.
 public enum ReplayError: Error, Equatable, CustomStringConvertible {
-    case invalidConfiguration(String)
+    case invalidConfiguration(ReplayConfigurationError)
     case capture(PcapError)
     case pool(PoolError)
     case runtime(RuntimeError)
     case pipeline(PipelineError)
-    case input(String)
-    case output(String)
+    /// The input interface's RX ring could not be set up.
+    case input(interface: String, AFPacketError)
+    /// The output interface's TX ring could not be set up.
+    case output(interface: String, AFPacketError)
+    /// The traffic policy or its completion channel was refused.
+    case traffic(TrafficError)
+    /// The output file is the capture itself (same device and inode): writing would destroy it.
+    case outputIsInput(path: String)
 
     public var description: String {
         switch self {
-        case .invalidConfiguration(let message): "invalid replay: \(message)"
+        case .invalidConfiguration(let error): "invalid replay: \(error)"
         case .capture(let error): "\(error)"
         case .pool(let error): "buffer pool: \(error)"
         case .runtime(let error): "runtime: \(error)"
         case .pipeline(let error): "pipeline: \(error)"
-        case .input(let message): "input: \(message)"
-        case .output(let message): "output: \(message)"
+        case .input(let interface, let error): "input \(interface): \(error)"
+        case .output(let interface, let error): "output \(interface): \(error)"
+        case .traffic(let error): "traffic policy: \(error)"
+        case .outputIsInput(let path): "\(path): the output is the capture being replayed; refusing to overwrite it"
+        }
+    }
+}
+
+/// A replay or packet path configuration that cannot run (`ReplayError.invalidConfiguration`).
+public enum ReplayConfigurationError: Error, Equatable, CustomStringConvertible {
+    case noCores
+    case loopCount(Int)
+    /// More than one loop over a pipe or FIFO, which can be read only once.
+    case loopOnStream(path: String)
+    case pacing(PacingError)
+    case burstCount(Int, max: Int)
+    case ringCapacity(Int, max: Int)
+    case poolAboveMax(Int, max: Int)
+    case poolBelowInFlight(Int, inFlight: Int)
+    /// A core the pipeline is placed on is not one of the cores it may use.
+    case coreNotAvailable(Int)
+    /// A placement naming `named` stages for a pipeline of `stageCount`.
+    case placementCount(named: Int, stageCount: Int)
+
+    public var description: String {
+        switch self {
+        case .noCores: "no cores"
+        case .loopCount(let count): "loop count must be at least 1, got \(count)"
+        case .loopOnStream(let path): "\(path) is a pipe or FIFO, read once: it cannot be looped"
+        case .pacing(let error): "\(error)"
+        case .burstCount(let count, let max): "burst must be 1...\(max), got \(count)"
+        case .ringCapacity(let capacity, let max): "ring size must be a power of two in 2...\(max), got \(capacity)"
+        case .poolAboveMax(let count, let max): "pool of \(count) buffers is above \(max)"
+        case .poolBelowInFlight(let count, let inFlight):
+            "pool of \(count) buffers cannot fill rings holding \(inFlight): more buffers or smaller rings"
+        case .coreNotAvailable(let core): "core \(core) is not a service core"
+        case .placementCount(let named, let stageCount): "stage_cores names \(named) of \(stageCount) stages"
         }
     }
 }
@@ -104,6 +147,12 @@ public struct ReplaySummary: Sendable {
     public var bytes: UInt64
     public var delivered: UInt64
     public var elapsedNs: UInt64
+    /// Nanoseconds from just before the capture was opened (`Replay.init`, before any worker
+    /// started) to the last packet delivered: `elapsedNs` plus opening, pool and thread set-up.
+    public var wallNsFromOpen: UInt64
+    /// CPU time of all the process's threads over the same span (`getrusage(RUSAGE_SELF)`, user
+    /// plus system, difference), in nanoseconds.
+    public var processCpuNs: UInt64
     /// Drops by reason (name, count), only reasons that occurred.
     public var drops: [(reason: String, count: UInt64)]
     /// Times the source found no free pool buffer and waited (not a drop: nothing was lost).
@@ -113,8 +162,11 @@ public struct ReplaySummary: Sendable {
     public var stagePlacement: [Int]
     public var workers: [WorkerSnapshot]
     public var cores: [Int]
-    /// The error that ended the replay early (a bad record, a failed write), if any.
+    /// The error that ended the replay early (a bad record, a failed write), if any, for people.
     public var failure: String?
+    /// The same, typed: the capture's bad record, the output file's failed write.
+    public var inputError: PcapError?
+    public var outputError: PcapError?
     /// Time in the pipeline, source release to sink, in ns (discard output with `measuresLatency` only).
     public var latencyP50Ns: UInt64?
     public var latencyP99Ns: UInt64?
@@ -134,9 +186,14 @@ public final class Replay {
     private let placement: [Int]
     /// The controller's state as swift-metrics gauges, refreshed with each progress report.
     private let trafficMetrics: TrafficMetrics?
+    /// Monotonic time and process CPU time just before the capture was opened.
+    private let openedAtNs: UInt64
+    private let openedCpuNs: UInt64
 
     public init(_ configuration: ReplayConfiguration) throws(ReplayError) {
         try Self.validate(configuration)
+        openedCpuNs = processCPUTimeNs()
+        openedAtNs = Clock.monotonicNs()
         self.configuration = configuration
         var pathConfiguration = PacketPathConfiguration(
             name: "replay",
@@ -146,7 +203,10 @@ public final class Replay {
         pathConfiguration.burstCount = configuration.burstCount
         pathConfiguration.ringCapacity = configuration.ringCapacity
         pathConfiguration.poolBufferCount = configuration.poolBufferCount
-        pathConfiguration.bufferSizeBytes = configuration.bufferSizeBytes
+        if let size = configuration.bufferSizeBytes {
+            pathConfiguration.bufferSizeBytes = size
+            pathConfiguration.bufferSizeFollowsCapture = false
+        }
         pathConfiguration.stages = configuration.stages
         pathConfiguration.measuresLatency = configuration.measuresLatency
         pathConfiguration.classifier = configuration.classifier
@@ -159,8 +219,8 @@ public final class Replay {
 
     /// Checks what the CLI could not and `PacketPath` does not: the cores, the loop count's flag name.
     static func validate(_ c: ReplayConfiguration) throws(ReplayError) {
-        guard !c.cores.isEmpty else { throw .invalidConfiguration("no cores") }
-        guard c.loopCount >= 1 else { throw .invalidConfiguration("--loop must be at least 1, got \(c.loopCount)") }
+        guard !c.cores.isEmpty else { throw .invalidConfiguration(.noCores) }
+        guard c.loopCount >= 1 else { throw .invalidConfiguration(.loopCount(c.loopCount)) }
     }
 
     /// Runs the replay to the end of the capture (all loops), calling `progress` about every 200 ms
@@ -190,19 +250,31 @@ public final class Replay {
                                          elapsedNs: now - start, expectedPackets: nil))
             }
         }
-        let elapsed = Clock.monotonicNs() - start
+        let end = Clock.monotonicNs()
+        let endCpuNs = processCPUTimeNs()
+        let elapsed = end - start
         runtime.stop()
         let failure = path.finish()
         controller?.poll(nowNs: Clock.monotonicNs())
         if let controller { trafficMetrics?.record(controller.snapshot()) }
         return ReplaySummary(
             packets: path.packetsIn, bytes: path.bytesIn, delivered: pipeline.delivered,
-            elapsedNs: elapsed, drops: path.dropCounts(), poolWaits: path.poolWaits,
+            elapsedNs: elapsed, wallNsFromOpen: end - openedAtNs, processCpuNs: endCpuNs &- openedCpuNs,
+            drops: path.dropCounts(), poolWaits: path.poolWaits,
             stageNames: pipeline.stages.map(\.name),
             stages: pipeline.snapshot(), stagePlacement: placement,
             workers: zip(runtime.workers, before).map { $0.counters.snapshot().since($1) },
-            cores: configuration.cores, failure: failure,
+            cores: configuration.cores, failure: failure, inputError: path.inputError, outputError: path.outputError,
             latencyP50Ns: path.latencyPercentile(50), latencyP99Ns: path.latencyPercentile(99),
             traffic: controller?.snapshot())
     }
+}
+
+/// User plus system CPU time of every thread of this process so far (`getrusage(RUSAGE_SELF)`).
+func processCPUTimeNs() -> UInt64 {
+    var usage = rusage()
+    let rc = getrusage(RUSAGE_SELF.rawValue, &usage)
+    precondition(rc == 0, "getrusage(RUSAGE_SELF) fails only on a bad argument")
+    func ns(_ time: timeval) -> UInt64 { UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_usec) * 1_000 }
+    return ns(usage.ru_utime) + ns(usage.ru_stime)
 }

@@ -85,12 +85,12 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
                 throw .pipeline(name: settings.path.name, error)
             }
             for core in settings.cores + (settings.stageCores ?? []) where !configuration.cores.contains(core) {
-                throw .pipeline(name: settings.path.name, .invalidConfiguration("core \(core) is not a service core"))
+                throw .pipeline(name: settings.path.name, .invalidConfiguration(.coreNotAvailable(core)))
             }
             let stageCount = paths.last!.pipeline.stages.count
             let placement = configuration.placement(of: settings, stageCount: stageCount)
             guard placement.count == stageCount else {
-                throw .pipeline(name: settings.path.name, .invalidConfiguration("stage_cores names \(placement.count) of \(stageCount) stages"))
+                throw .pipeline(name: settings.path.name, .invalidConfiguration(.placementCount(named: placement.count, stageCount: stageCount)))
             }
             placements.append(placement)
         }

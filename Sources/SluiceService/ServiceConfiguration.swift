@@ -365,7 +365,7 @@ extension ServiceConfiguration {
         if let size = reader.optional("buffer_size") { path.bufferSizeBytes = try size.int(in: 256...65_536) }
         do { try PacketPath.validate(path) } catch {
             guard case .invalidConfiguration(let reason) = error else { throw reader.invalid("\(error)") }
-            throw reader.invalid(reason)
+            throw reader.invalid("\(reason)")
         }
         var cores = serviceCores
         if let coreList = reader.optional("cores") {

@@ -10,9 +10,28 @@ import SluiceTraffic
 struct ReplayCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "replay",
-        abstract: "Replay a pcap or pcapng capture through the packet pipeline to a file, an interface or nowhere.")
+        abstract: "Replay a pcap or pcapng capture through the packet pipeline to a file, an interface or nowhere.",
+        discussion: """
+            The capture may be a pipe or FIFO carrying classic pcap, read once
+            (as tcpdump -r reads it; - is standard input). Frames up to the
+            capture's snapshot length, at most \(PacketPathConfiguration.captureBufferSizeBytesMax) bytes, are carried
+            whole; longer ones are dropped and counted as
+            frame-larger-than-buffer, never cut. An output that is the capture
+            itself is refused.
 
-    @Argument(help: "The capture to replay (pcap or pcapng).")
+            --json reports, besides packets, bytes, delivered, drops, stages
+            and workers:
+              elapsedNs       ns from the workers' start to the last packet
+                              delivered
+              wallNsFromOpen  ns from just before the capture is opened
+                              (before the pool is made and the workers
+                              start) to the last packet delivered
+              processCpuNs    CPU time (user + system) of all the process's
+                              threads over that same span, from
+                              getrusage(RUSAGE_SELF)
+            """)
+
+    @Argument(help: "The capture to replay (pcap or pcapng; - for classic pcap on standard input).")
     var capture: String
 
     @Option(help: "Write the packets to this pcap file.")
@@ -21,10 +40,10 @@ struct ReplayCommand: ParsableCommand {
     @Option(help: "Send the packets on this interface (AF_PACKET TX ring).")
     var iface: String?
 
-    @Option(help: "Packets per second, evenly spaced.")
+    @Option(help: "Packets per second, evenly spaced (\(ReplayPacing.packetsPerSecondMin)...\(ReplayPacing.packetsPerSecondMax)).")
     var rate: Double?
 
-    @Option(help: "Replay at X times the capture's own timing (1 = real time).")
+    @Option(help: "Replay at X times the capture's own timing (1 = real time; \(ReplayPacing.speedMin)...\(ReplayPacing.speedMax)).")
     var speed: Double?
 
     @Flag(help: "As fast as possible.")
@@ -51,6 +70,11 @@ struct ReplayCommand: ParsableCommand {
     @Option(help: "Divide the output among source ids 0..N-1 by these weights, e.g. 1,1,2,4 (a traffic controller; on --iface it enforces them).")
     var shape: String?
 
+    @Option(help: "Pool buffer size in bytes (\(ReplayCommand.bufferSizeRange)); longer frames are dropped and counted. Default: the capture's snapshot length, at most \(PacketPathConfiguration.captureBufferSizeBytesMax).")
+    var bufferSize: Int?
+
+    static let bufferSizeRange = 64...65_536
+
     @Flag(help: "With no --out or --iface: record each packet's time in the pipeline (costs a cache line per packet).")
     var latency = false
 
@@ -61,8 +85,16 @@ struct ReplayCommand: ParsableCommand {
         guard out == nil || iface == nil else { throw ValidationError("give --out or --iface, not both") }
         let pacings = [rate != nil, speed != nil, topspeed].filter { $0 }.count
         guard pacings <= 1 else { throw ValidationError("give one of --rate, --speed, --topspeed") }
-        if let rate, !(rate > 0) { throw ValidationError("--rate must be positive, got \(rate)") }
-        if let speed, !(speed > 0) { throw ValidationError("--speed must be positive, got \(speed)") }
+        if let rate {
+            do { try ReplayPacing.rate(packetsPerSecond: rate).validate() } catch { throw ValidationError("--rate: \(error)") }
+        }
+        if let speed {
+            do { try ReplayPacing.capture(speed: speed).validate() } catch { throw ValidationError("--speed: \(error)") }
+        }
+        if let cores { _ = try parseCores(cores) }
+        if let bufferSize, !Self.bufferSizeRange.contains(bufferSize) {
+            throw ValidationError("--buffer-size must be in \(Self.bufferSizeRange), got \(bufferSize)")
+        }
         guard loop >= 1 else { throw ValidationError("--loop must be at least 1, got \(loop)") }
         guard ReplayStages(rawValue: stages) != nil else { throw ValidationError("--stages must be 2, 3 or 4, got \(stages)") }
         _ = try classifier()
@@ -111,10 +143,12 @@ struct ReplayCommand: ParsableCommand {
         let pacing: ReplayPacing = topspeed ? .topSpeed
             : rate.map { .rate(packetsPerSecond: $0) } ?? .capture(speed: speed ?? 1)
         let coreList = try cores.map(parseCores) ?? Array(CPU.allowedCPUs().prefix(2))
-        var configuration = ReplayConfiguration(capturePath: capture, output: output, pacing: pacing,
+        let capturePath = capture == "-" ? "/dev/stdin" : capture
+        var configuration = ReplayConfiguration(capturePath: capturePath, output: output, pacing: pacing,
                                                 loopCount: loop, cores: coreList, waitMode: waitMode)
         configuration.stages = ReplayStages(rawValue: stages)!
         configuration.measuresLatency = latency
+        configuration.bufferSizeBytes = bufferSize
         configuration.traffic = try trafficPolicy()
         configuration.classifier = try classifier()
         let replay: Replay

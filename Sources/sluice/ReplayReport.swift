@@ -10,6 +10,8 @@ enum ReplayReport {
         lines.append("replay: \(s.packets) packets, \(s.bytes) bytes read; \(s.delivered) delivered in "
             + "\(String(format1: seconds * 1000)) ms: \(Int(s.packetsPerSecond)) pps, "
             + "\(String(format1: s.bitsPerSecond / 1e6)) Mbit/s")
+        lines.append("from opening the capture: \(String(format1: Double(s.wallNsFromOpen) / 1e6)) ms wall, "
+            + "\(String(format1: Double(s.processCpuNs) / 1e6)) ms CPU (all threads)")
         if s.drops.isEmpty {
             lines.append("drops: none")
         } else {
@@ -63,7 +65,8 @@ enum ReplayReport {
         }
         let failure = s.failure.map { "\"\(escaped($0))\"" } ?? "null"
         return "{\"packets\":\(s.packets),\"bytes\":\(s.bytes),\"delivered\":\(s.delivered),"
-            + "\"elapsedNs\":\(s.elapsedNs),\"packetsPerSecond\":\(s.packetsPerSecond),"
+            + "\"elapsedNs\":\(s.elapsedNs),\"wallNsFromOpen\":\(s.wallNsFromOpen),\"processCpuNs\":\(s.processCpuNs),"
+            + "\"packetsPerSecond\":\(s.packetsPerSecond),"
             + "\"drops\":[\(drops.joined(separator: ","))],\"poolWaits\":\(s.poolWaits),\"stages\":[\(stages.joined(separator: ","))],"
             + "\"workers\":[\(workers.joined(separator: ","))],\"latencyP50Ns\":\(s.latencyP50Ns.map(String.init) ?? "null"),"
             + "\"latencyP99Ns\":\(s.latencyP99Ns.map(String.init) ?? "null"),\"failure\":\(failure)}"

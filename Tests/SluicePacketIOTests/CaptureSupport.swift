@@ -75,3 +75,103 @@ func run(_ arguments: [String], capture: UnsafeMutablePointer<String>? = nil) ->
 /// A trait for tests that need the tool-made captures: they run when scapy is there and must run in CI.
 let needsCaptures = Testing.ConditionTrait.enabled(if: Captures.available || Captures.inCI,
                                                    "needs /usr/bin/python3 with scapy (python3-scapy) to make captures")
+
+/// A classic pcap file written byte by byte, for headers and records no tool writes (a snapshot
+/// length below the records, reserved link-type bits, 2^32 s timestamp jumps, jumbo frames).
+struct RawCapture {
+    struct Record {
+        var seconds: UInt32
+        var fraction: UInt32
+        var bytes: [UInt8]
+        var wireLength: UInt32? = nil
+    }
+
+    var snapshotLength: UInt32 = 65_535
+    var linkTypeField: UInt32 = 1
+    var magic: UInt32 = 0xA1B2_C3D4
+    var records: [Record] = []
+
+    /// An Ethernet/IPv4/UDP frame of `length` bytes (198.18.0.1:9 to 198.18.0.2:9, payload counting up).
+    static func frame(length: Int, seed: Int = 0) -> [UInt8] {
+        precondition(length >= 42, "Ethernet, IPv4 and UDP headers")
+        var bytes: [UInt8] = [0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, 0x08, 0x00]
+        let ipLength = UInt16(truncatingIfNeeded: length - 14)  // wraps above 64 KiB: bytes for the reader only
+        let udpLength = ipLength &- 20
+        bytes += [0x45, 0, UInt8(ipLength >> 8), UInt8(ipLength & 0xFF), 0, 0, 0, 0, 64, 17, 0, 0,
+                  198, 18, 0, 1, 198, 18, 0, 2]
+        bytes += [0, 9, 0, 9, UInt8(udpLength >> 8), UInt8(udpLength & 0xFF), 0, 0]
+        while bytes.count < length { bytes.append(UInt8(truncatingIfNeeded: bytes.count &+ seed)) }
+        return Array(bytes.prefix(length))
+    }
+
+    var bytes: [UInt8] {
+        var out: [UInt8] = []
+        func put32(_ value: UInt32) { withUnsafeBytes(of: value.littleEndian) { out += $0 } }
+        func put16(_ value: UInt16) { withUnsafeBytes(of: value.littleEndian) { out += $0 } }
+        put32(magic); put16(2); put16(4); put32(0); put32(0); put32(snapshotLength); put32(linkTypeField)
+        for record in records {
+            put32(record.seconds); put32(record.fraction); put32(UInt32(record.bytes.count))
+            put32(record.wireLength ?? UInt32(record.bytes.count))
+            out += record.bytes
+        }
+        return out
+    }
+
+    func write(to path: String) throws {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw SpawnFailure("open \(path): errno \(errno)") }
+        defer { close(fd) }
+        let data = bytes
+        let written = data.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        guard written == data.count else { throw SpawnFailure("short write to \(path)") }
+    }
+}
+
+struct SpawnFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// A fresh path under /tmp for this test process.
+func temporaryPath(_ name: String) -> String { "/tmp/sluice-test-\(getpid())-\(name)" }
+
+/// The whole contents of a file, or nil.
+func fileBytes(_ path: String) -> [UInt8]? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65_536)
+    while true {
+        let count = read(fd, &chunk, chunk.count)
+        if count <= 0 { break }
+        bytes += chunk[0..<count]
+    }
+    return bytes
+}
+
+/// The built `sluice` next to the test bundle (`swift build --build-tests` builds both), or nil.
+func sluiceBinary() -> String? {
+    var buffer = [CChar](repeating: 0, count: 4096)
+    let count = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+    guard count > 0 else { return nil }
+    var path = String(decoding: buffer.prefix(count).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    for _ in 0..<4 {
+        guard let slash = path.lastIndex(of: "/") else { return nil }
+        path = String(path[..<slash])
+        if access(path + "/sluice", X_OK) == 0 { return path + "/sluice" }
+    }
+    return nil
+}
+
+/// Runs `sluice` with `arguments`; returns its exit status, stdout and stderr. Bounded by the
+/// commands the tests give it (short replays of small captures).
+func runSluice(_ arguments: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
+    let binary = try #require(sluiceBinary(), "build with `swift build --build-tests` first")
+    let errorPath = temporaryPath("stderr-\(UInt64.random(in: 0...UInt64.max))")
+    defer { unlink(errorPath) }
+    var stdout = ""
+    let status = run(["/bin/sh", "-c", "exec \"$0\" \"$@\" 2>\"\(errorPath)\"", binary] + arguments, capture: &stdout)
+    let stderr = String(decoding: fileBytes(errorPath) ?? [], as: UTF8.self)
+    return (status, stdout, stderr)
+}

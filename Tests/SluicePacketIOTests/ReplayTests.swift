@@ -62,9 +62,12 @@ import SluiceTraffic
         let output = Captures.output("truncated-out.pcap")
         defer { unlink(output) }
         let summary = try replay(input, to: .pcapFile(output))
-        let failure = try #require(summary.failure)
-        #expect(failure.contains(input))
-        #expect(failure.contains("record 99"))
+        #expect(summary.failure != nil)
+        guard case .badRecord(let path, 99, _, .truncatedData) = try #require(summary.inputError) else {
+            Issue.record("expected record 99 truncated, got \(String(describing: summary.inputError))")
+            return
+        }
+        #expect(path == input)
         #expect(summary.delivered == 99)
         var reader = try PcapReader(path: output)
         var count = 0
@@ -126,13 +129,15 @@ import SluiceTraffic
     @Test func badConfigurationIsATypedError() {
         var configuration = ReplayConfiguration(capturePath: Captures.sample, output: .discard, cores: Self.cores)
         configuration.loopCount = 0
-        #expect(throws: ReplayError.invalidConfiguration("--loop must be at least 1, got 0")) {
+        #expect(throws: ReplayError.invalidConfiguration(.loopCount(0))) {
             _ = try Replay(configuration)
         }
         configuration.loopCount = 1
         configuration.poolBufferCount = 16
-        #expect(throws: ReplayError.self) { _ = try Replay(configuration) }
-        #expect(throws: ReplayError.self) {
+        #expect(throws: ReplayError.invalidConfiguration(.poolBelowInFlight(16, inFlight: 1024 * 3 + 32 * 4))) {
+            _ = try Replay(configuration)
+        }
+        #expect(throws: ReplayError.capture(.openFailed(path: "/nonexistent.pcap", errno: .noSuchFileOrDirectory))) {
             _ = try Replay(ReplayConfiguration(capturePath: "/nonexistent.pcap", output: .discard, cores: Self.cores))
         }
     }

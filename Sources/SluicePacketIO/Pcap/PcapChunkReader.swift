@@ -1,54 +1,51 @@
 // Path: Sources/SluicePacketIO/Pcap/PcapChunkReader.swift — classic pcap records straight from 64 KiB
 // reads: one copy less and one call less per record than libpcap's two freads.
 import Glibc
+import SystemPackage
 
-/// Reads the records of a classic pcap file (either byte order, micro- or nanosecond) whose header
-/// libpcap has already accepted. Reads 64 KiB at a time, so what the kernel just copied is still in
-/// this core's cache when the records are parsed (1 MiB reads ran out of L2 and were slower). Records point into its buffer until the next call. Errors match
-/// libpcap's (same cases, same record index), checked record for record against it in the tests.
+/// Reads the records of a classic pcap file (either byte order, micro- or nanosecond, version 2.4)
+/// whose header libpcap has already accepted. Reads 64 KiB at a time, so what the kernel just copied
+/// is still in this core's cache when the records are parsed (1 MiB reads ran out of L2 and were
+/// slower). Records point into its buffer until the next call. Records and errors match libpcap's
+/// (same cases, same record index; a record longer than the snapshot length is cut to it, the rest
+/// skipped), checked record for record against it in the tests. Reads front to back only, so a
+/// pipe works as well as a file.
 struct PcapChunkReader: ~Copyable {
     /// Bytes asked of each read(2).
     static let readSizeBytes = 1 << 16
-    /// Longest record accepted: libpcap's limit for savefiles (MAXIMUM_SNAPLEN).
+    /// Longest record libpcap accepts for most link types (MAXIMUM_SNAPLEN).
     static let recordLengthMax = 262_144
 
     private let fd: Int32
     private let path: String
     private let swapped: Bool
     private let nanosecond: Bool
-    private let recordLengthLimit: Int
+    /// libpcap's snapshot length: longer records are cut to it.
+    private let snapshotLength: Int
+    /// Longer records are an error (`max_snaplen_for_dlt`).
+    private let capturedLengthMax: Int
     private let buffer: UnsafeMutableRawBufferPointer
     private var start = 0
     private var end = 0
     private var endOfFile = false
+    private var readError: Errno?
     /// File offset of `buffer[start]`: the next record.
-    private(set) var offset: Int64 = 24
+    private(set) var offset: Int64
 
-    /// Opens `path` past its 24-byte file header. nil if it is not a classic pcap file.
-    init?(path: String, snapshotLength: Int) {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        var header = [UInt8](repeating: 0, count: 24)
-        guard read(fd, &header, 24) == 24 else {
-            close(fd)
-            return nil
-        }
-        let magic = UInt32(header[0]) | UInt32(header[1]) << 8 | UInt32(header[2]) << 16 | UInt32(header[3]) << 24
-        switch magic {
-        case 0xA1B2_C3D4: (swapped, nanosecond) = (false, false)
-        case 0xD4C3_B2A1: (swapped, nanosecond) = (true, false)
-        case 0xA1B2_3C4D: (swapped, nanosecond) = (false, true)
-        case 0x4D3C_B2A1: (swapped, nanosecond) = (true, true)
-        default:
-            close(fd)
-            return nil
-        }
+    /// Takes `fd`, positioned at the first record (`offset` bytes into the file), and closes it.
+    init(fd: Int32, path: String, header: PcapFileHeader, snapshotLength: Int, capturedLengthMax: Int) {
+        precondition(snapshotLength > 0, "libpcap adjusts a 0 snapshot length to the maximum")
         _ = posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL)
         self.fd = fd
         self.path = path
-        self.recordLengthLimit = max(snapshotLength, Self.recordLengthMax)
-        // Room for the longest record plus one read, whatever the alignment of records to reads.
-        self.buffer = .allocate(byteCount: 16 + recordLengthLimit + Self.readSizeBytes, alignment: 64)
+        self.swapped = header.swapped
+        self.nanosecond = header.nanosecond
+        self.snapshotLength = snapshotLength
+        self.capturedLengthMax = capturedLengthMax
+        self.offset = Int64(PcapFileHeader.sizeBytes)
+        // Room for the longest kept record plus one read, whatever the alignment of records to reads.
+        self.buffer = .allocate(byteCount: 16 + min(snapshotLength, capturedLengthMax) + Self.readSizeBytes,
+                                alignment: 64)
     }
 
     deinit {
@@ -59,26 +56,66 @@ struct PcapChunkReader: ~Copyable {
     /// The next record, nil at the end of the file; `recordIndex` only names the record in errors.
     mutating func next(recordIndex: Int) throws(PcapError) -> PcapRecord? {
         guard end - start >= 16 || fill(atLeast: 16) else {
-            if end == start { return nil }
-            throw bad(recordIndex, "truncated dump file; tried to read 16 header bytes, only got \(end - start)")
+            if end == start, readError == nil { return nil }
+            throw bad(recordIndex, .truncatedHeader(bytesRead: end - start))
         }
         let header = UnsafeRawBufferPointer(rebasing: buffer[start..<(start + 16)])
         let seconds = field(header, 0)
         let fraction = field(header, 4)
         let captured = Int(field(header, 8))
         let wire = Int(field(header, 12))
-        guard captured <= recordLengthLimit else {
-            throw bad(recordIndex, "invalid packet capture length \(captured), bigger than maximum of \(recordLengthLimit)")
+        guard captured <= capturedLengthMax else {
+            throw bad(recordIndex, .lengthAboveMax(capturedLength: captured, max: capturedLengthMax))
         }
-        guard end - start >= 16 + captured || fill(atLeast: 16 + captured) else {
-            throw bad(recordIndex, "truncated dump file; tried to read \(captured) captured bytes, only got \(end - start - 16)")
+        // libpcap hands out at most the snapshot length and skips the rest of a longer record.
+        let kept = min(captured, snapshotLength)
+        guard end - start >= 16 + kept || fill(atLeast: 16 + kept) else {
+            throw bad(recordIndex, .truncatedData(capturedLength: kept, bytesRead: end - start - 16))
         }
-        let data = UnsafeRawBufferPointer(rebasing: buffer[(start + 16)..<(start + 16 + captured)])
-        start += 16 + captured
+        if kept < captured {
+            try skip(captured - kept, after: 16 + kept, recordIndex: recordIndex, captured: captured)
+        }
+        let data = UnsafeRawBufferPointer(rebasing: buffer[(start + 16)..<(start + 16 + kept)])
+        start += 16 + kept
         offset += Int64(16 + captured)
         let timestampNs = UInt64(seconds) &* 1_000_000_000 &+ UInt64(fraction) &* (nanosecond ? 1 : 1_000)
-        return PcapRecord(timestampNs: timestampNs, capturedLength: captured, wireLength: wire, bytes: data,
+        return PcapRecord(timestampNs: timestampNs, capturedLength: kept, wireLength: wire, bytes: data,
                           hasSlack: start + 32 <= buffer.count)
+    }
+
+    /// Drops `count` bytes that follow the first `keep` bytes at `start` (the cut part of a record
+    /// longer than the snapshot length), reading as needed; the kept bytes may move to the front.
+    @inline(never)
+    private mutating func skip(_ count: Int, after keep: Int, recordIndex: Int, captured: Int) throws(PcapError) {
+        var left = count
+        let buffered = min(left, end - start - keep)
+        if buffered > 0 {
+            let tail = end - (start + keep + buffered)
+            if tail > 0 {
+                (buffer.baseAddress! + start + keep).copyMemory(from: buffer.baseAddress! + start + keep + buffered,
+                                                                byteCount: tail)
+            }
+            end -= buffered
+            left -= buffered
+        }
+        if left > 0, start > 0 {
+            buffer.baseAddress!.copyMemory(from: buffer.baseAddress! + start, byteCount: keep)
+            start = 0
+            end = keep
+        }
+        while left > 0 {
+            // Read into the room past the kept bytes and forget what came.
+            let room = min(left, buffer.count - (start + keep))
+            let got = read(fd, buffer.baseAddress! + start + keep, room)
+            if got > 0 {
+                left -= got
+            } else if got < 0, errno == EINTR {
+                continue
+            } else {
+                if got < 0 { throw bad(recordIndex, .readFailed(Errno(rawValue: errno))) }
+                throw bad(recordIndex, .truncatedData(capturedLength: captured, bytesRead: captured - left))
+            }
+        }
     }
 
     @inline(__always) private func field(_ header: UnsafeRawBufferPointer, _ at: Int) -> UInt32 {
@@ -101,14 +138,18 @@ struct PcapChunkReader: ~Copyable {
             let got = read(fd, buffer.baseAddress! + end, min(Self.readSizeBytes, buffer.count - end))
             if got > 0 {
                 end += got
-            } else if got == 0 || errno != EINTR {
-                endOfFile = true  // an I/O error reads as a short file: the record is reported truncated
+            } else if got == 0 {
+                endOfFile = true
+            } else if errno != EINTR {
+                readError = Errno(rawValue: errno)
+                endOfFile = true
             }
         }
         return end - start >= count
     }
 
-    private func bad(_ recordIndex: Int, _ message: String) -> PcapError {
-        .badRecord(path: path, recordIndex: recordIndex, fileOffset: offset, message: message)
+    /// A read error, when one ended the file early, wins over the truncation it looks like.
+    private func bad(_ recordIndex: Int, _ problem: PcapRecordProblem) -> PcapError {
+        .badRecord(path: path, recordIndex: recordIndex, fileOffset: offset, problem: readError.map { .readFailed($0) } ?? problem)
     }
 }

@@ -40,16 +40,16 @@ public final class PcapLiveSource: SourceBody, @unchecked Sendable {  // uncheck
                 incomingOnly: Bool = false, port: UInt16 = 0, packetCountMax: UInt64? = nil) throws(PcapError) {
         var errbuf = [CChar](repeating: 0, count: Int(SLUICE_PCAP_ERRBUF_SIZE))
         guard let handle = sluice_pcap_open_live(device, Int32(snapshotLength), promiscuous ? 1 : 0, 1, &errbuf) else {
-            throw .openFailed(path: device, message: String(cString: errbuf))
+            throw .liveCaptureFailed(device: device, reason: String(cString: errbuf))
         }
         guard pcap_setnonblock(handle, 1, &errbuf) == 0 else {
             pcap_close(handle)
-            throw .openFailed(path: device, message: String(cString: errbuf))
+            throw .liveCaptureFailed(device: device, reason: String(cString: errbuf))
         }
         if incomingOnly, pcap_setdirection(handle, PCAP_D_IN) != 0 {
             let message = String(cString: pcap_geterr(handle))
             pcap_close(handle)
-            throw .openFailed(path: device, message: message)
+            throw .liveCaptureFailed(device: device, reason: message)
         }
         self.device = device
         self.handle = handle

@@ -13,6 +13,72 @@ public enum ReplayPacing: Sendable, Equatable {
     case rate(packetsPerSecond: Double)
     /// As fast as the pipeline takes them.
     case topSpeed
+
+    /// Slowest replay speed: a capture second lasts 11.6 days. Slower is a typo, not a replay.
+    public static let speedMin = 1e-6
+    /// Fastest replay speed short of `topSpeed`: a capture day in 86 µs.
+    public static let speedMax = 1e9
+    /// Slowest fixed rate: one packet every 1000 s.
+    public static let packetsPerSecondMin = 1e-3
+    /// Fastest fixed rate: a packet a nanosecond (the clock's resolution).
+    public static let packetsPerSecondMax = 1e9
+
+    /// Checks the speed or rate against `speedMin...speedMax` and
+    /// `packetsPerSecondMin...packetsPerSecondMax` (NaN and infinities fail). For the CLI and the
+    /// service's configuration check; past them, due times saturate and never trap anyway.
+    public func validate() throws(PacingError) {
+        switch self {
+        case .capture(let speed):
+            guard speed >= Self.speedMin, speed <= Self.speedMax else {
+                throw .speedOutOfRange(speed, min: Self.speedMin, max: Self.speedMax)
+            }
+        case .rate(let rate):
+            guard rate >= Self.packetsPerSecondMin, rate <= Self.packetsPerSecondMax else {
+                throw .rateOutOfRange(rate, min: Self.packetsPerSecondMin, max: Self.packetsPerSecondMax)
+            }
+        case .topSpeed:
+            break
+        }
+    }
+}
+
+/// A replay speed or rate outside its bounds (`ReplayPacing.validate`).
+public enum PacingError: Error, Equatable, CustomStringConvertible {
+    case speedOutOfRange(Double, min: Double, max: Double)
+    case rateOutOfRange(Double, min: Double, max: Double)
+
+    public var description: String {
+        switch self {
+        case .speedOutOfRange(let speed, let min, let max): "speed must be in \(min)...\(max), got \(speed)"
+        case .rateOutOfRange(let rate, let min, let max):
+            "rate must be in \(min)...\(max) packets per second, got \(rate)"
+        }
+    }
+}
+
+/// Due times in nanoseconds from capture timestamps and rates: saturating, so no capture (a 2^32 s
+/// jump in its timestamps) and no pacing can overflow; a packet past the clock's range is due never.
+enum DueTime {
+    /// `nanoseconds` as UInt64: 0 below, `UInt64.max` above the range and for NaN.
+    @inline(__always) static func saturating(_ nanoseconds: Double) -> UInt64 {
+        guard nanoseconds > 0 else { return nanoseconds.isNaN ? .max : 0 }
+        return nanoseconds >= 18_446_744_073_709_551_615.0 ? .max : UInt64(nanoseconds)  // 2^64 as a Double
+    }
+
+    @inline(__always) static func adding(_ a: UInt64, _ b: UInt64) -> UInt64 {
+        let (sum, overflow) = a.addingReportingOverflow(b)
+        return overflow ? .max : sum
+    }
+
+    /// Packet `sequence` of a fixed-rate replay that started at `startNs`.
+    static func rate(startNs: UInt64, sequence: UInt64, packetsPerSecond: Double) -> UInt64 {
+        adding(startNs, saturating(Double(sequence) * 1e9 / packetsPerSecond))
+    }
+
+    /// A record `offsetNs` of capture time after the first, replayed at `speed`, from `startNs`.
+    static func capture(startNs: UInt64, offsetNs: UInt64, speed: Double) -> UInt64 {
+        adding(startNs, saturating(Double(offsetNs) / speed))
+    }
 }
 
 /// Counters of a `PcapSource`, readable from any thread.
@@ -22,6 +88,8 @@ public final class PcapSourceCounters: Sendable {
     /// Records that found no free pool buffer; the source waits for one (nothing is skipped).
     public let poolWaits = Atomic<UInt64>(0)
     public let loopsDone = Atomic<UInt64>(0)
+    /// Records longer than a pool buffer: skipped, never cut (reported as `frame-larger-than-buffer`).
+    public let oversizeDrops = Atomic<UInt64>(0)
     init() {}
 }
 
@@ -31,6 +99,10 @@ public final class PcapSourceCounters: Sendable {
 public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: one worker at a time
     public let path: String
     public let linkType: Int
+    /// The capture's header as `PcapReader` read it: what an output needs to match it.
+    public let linkTypeField: UInt32?
+    public let snapshotLength: Int
+    public let format: PcapFormat
     public let pacing: ReplayPacing
     public let loopCount: Int
     public let port: UInt16
@@ -59,20 +131,32 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
     @exclusivity(unchecked) private var returns: RingConsumer?
     @exclusivity(unchecked) private var packetsRead: UInt64 = 0
     @exclusivity(unchecked) private var bytesRead: UInt64 = 0
+    @exclusivity(unchecked) private var oversizeDrops: UInt64 = 0
     static let cacheCountMax = 64
     static let prefetchDistance = 8
+    /// Oversize records skipped in one turn at most, so a turn stays short whatever the capture.
+    static let oversizeSkipsPerTurnMax = 64
 
     /// Opens `path` now, so a missing or unreadable file is an error before the pipeline starts.
     /// `returns` is the consuming end of the ring the last stage recycles buffers through, if any.
-    public init(path: String, pool: BufferPool, pacing: ReplayPacing, loopCount: Int = 1, port: UInt16 = 0,
-                returns: consuming RingConsumer? = nil)
-        throws(PcapError)
-    {
+    public convenience init(path: String, pool: BufferPool, pacing: ReplayPacing, loopCount: Int = 1,
+                            port: UInt16 = 0, returns: consuming RingConsumer? = nil) throws(PcapError) {
+        self.init(reader: try PcapReader(path: path), pool: pool, pacing: pacing, loopCount: loopCount, port: port,
+                  returns: returns)
+    }
+
+    /// Replays what `reader` has opened (it is reopened by path for each extra loop, so a reader on
+    /// a pipe allows one loop only). `returns` as above.
+    public init(reader: consuming PcapReader, pool: BufferPool, pacing: ReplayPacing, loopCount: Int = 1,
+                port: UInt16 = 0, returns: consuming RingConsumer? = nil) {
         precondition(loopCount >= 1, "a replay runs the capture at least once")
-        let reader = try PcapReader(path: path)
-        self.path = path
+        precondition(loopCount == 1 || reader.isRegularFile, "only a regular file can be read again")
+        self.path = reader.path
         self.linkType = reader.linkType
-        self.reader = consume reader
+        self.linkTypeField = reader.linkTypeField
+        self.snapshotLength = reader.snapshotLength
+        self.format = reader.format
+        self.reader = reader
         self.pool = pool
         self.poolRef = Unmanaged.passUnretained(pool)
         self.pacing = pacing
@@ -112,6 +196,7 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
         }
         counters.packets.store(packetsRead, ordering: .relaxed)
         counters.bytes.store(bytesRead, ordering: .relaxed)
+        counters.oversizeDrops.store(oversizeDrops, ordering: .relaxed)
         return count
     }
 
@@ -121,7 +206,8 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
     private func produceAtTopSpeed(into items: UnsafeMutableBufferPointer<UInt64>, now: UInt64,
                                    pool: BufferPool) -> Int {
         var count = 0
-        while count < items.count, !finished {
+        var skips = 0
+        while count < items.count, !finished, skips < Self.oversizeSkipsPerTurnMax {
             if cacheCount == 0 {
                 cacheCount = refill(pool)
                 guard cacheCount > 0 else { break }
@@ -134,6 +220,11 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
                 failureBox.withLock { $0 = error }
                 finished = true
                 break
+            }
+            if record.capturedLength > pool.bufferSizeBytes {
+                oversizeDrops &+= 1
+                skips += 1
+                continue
             }
             cacheCount -= 1
             let index = UInt32(truncatingIfNeeded: cache[cacheCount])
@@ -161,12 +252,25 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
     }
 
     private func readNext(now: UInt64, pool: BufferPool) -> Bool {
-        guard !finished else { return false }
+        for _ in 0..<Self.oversizeSkipsPerTurnMax {
+            switch readOne(now: now, pool: pool) {
+            case .pending: return true
+            case .none: return false
+            case .oversize: oversizeDrops &+= 1
+            }
+        }
+        return false  // the next turn goes on past the skipped records
+    }
+
+    private enum ReadOutcome { case pending, none, oversize }
+
+    private func readOne(now: UInt64, pool: BufferPool) -> ReadOutcome {
+        guard !finished else { return .none }
         if cacheCount == 0 {
             cacheCount = refill(pool)
             guard cacheCount > 0 else {
                 counters.poolWaits.add(1, ordering: .relaxed)
-                return false
+                return .none
             }
         }
         cacheCount -= 1
@@ -179,18 +283,22 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
         do {
             guard let record = try reader.next() else {
                 pool.freeIndex(index)
-                return startNextLoop(now: now) && readNext(now: now, pool: pool)
+                return startNextLoop(now: now) ? readOne(now: now, pool: pool) : .none
+            }
+            if record.capturedLength > pool.bufferSizeBytes {
+                cacheCount += 1  // the buffer goes back unused: the cache slot still holds it
+                return .oversize
             }
             fill(index, from: record, now: now, pool: pool)
             pending = index
             pendingDueNs = dueNs(timestampNs: record.timestampNs)
             sequence &+= 1
-            return true
+            return .pending
         } catch {
             pool.freeIndex(index)
             failureBox.withLock { $0 = error }
             finished = true
-            return false
+            return .none
         }
     }
 
@@ -205,7 +313,8 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
 
     private func fill(_ index: UInt32, from record: PcapRecord, now: UInt64, pool: BufferPool) {
         let bytes = pool.bytes(at: index)
-        let length = min(record.capturedLength, bytes.count)
+        let length = record.capturedLength
+        precondition(length <= bytes.count, "oversize records are skipped before a buffer is filled")
         if record.hasSlack, length + 32 <= bytes.count {
             // Both sides have 32 bytes of room past the record: whole vector moves, no memmove call.
             sluice_copy_padded(bytes.baseAddress!, record.bytes.baseAddress!, length)
@@ -229,13 +338,13 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
         case .topSpeed:
             return 0
         case .rate(let packetsPerSecond):
-            return startNs &+ UInt64(Double(sequence) * 1e9 / packetsPerSecond)
+            return DueTime.rate(startNs: startNs, sequence: sequence, packetsPerSecond: packetsPerSecond)
         case .capture(let speed):
             let first = firstTimestampNs ?? timestampNs
             if firstTimestampNs == nil { firstTimestampNs = timestampNs }
             lastTimestampNs = max(lastTimestampNs, timestampNs)
-            let offset = (timestampNs > first ? timestampNs - first : 0) &+ loopOffsetNs
-            return startNs &+ UInt64(Double(offset) / speed)
+            let offset = DueTime.adding(timestampNs > first ? timestampNs - first : 0, loopOffsetNs)
+            return DueTime.capture(startNs: startNs, offsetNs: offset, speed: speed)
         }
     }
 
@@ -248,7 +357,9 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
             return false
         }
         loopsLeft -= 1
-        if let first = firstTimestampNs { loopOffsetNs = loopOffsetNs &+ (lastTimestampNs - first) &+ 1_000 }
+        if let first = firstTimestampNs {
+            loopOffsetNs = DueTime.adding(DueTime.adding(loopOffsetNs, lastTimestampNs - first), 1_000)
+        }
         lastTimestampNs = firstTimestampNs ?? 0
         do {
             reader = try PcapReader(path: path)
@@ -277,14 +388,19 @@ public final class PcapSink: StageBody, @unchecked Sendable {  // unchecked: one
     public let written = Atomic<UInt64>(0)
     public let writeErrors = Atomic<UInt64>(0)
 
-    public init(path: String, pool: BufferPool, linkType: Int, snapshotLength: Int, nanosecond: Bool,
-                returns: consuming RingProducer? = nil, writtenHook: BufferFreeHook? = nil) throws(PcapError) {
+    /// Creates `path` now. `linkTypeField`: the input's stored link-type field, for a byte-identical
+    /// header (see `PcapWriter`).
+    public init(path: String, pool: BufferPool, linkType: Int, linkTypeField: UInt32? = nil, snapshotLength: Int,
+                nanosecond: Bool, returns: consuming RingProducer? = nil, writtenHook: BufferFreeHook? = nil)
+        throws(PcapError)
+    {
+        let writer = try PcapWriter(path: path, linkType: linkType, linkTypeField: linkTypeField,
+                                    snapshotLength: snapshotLength, nanosecond: nanosecond)
         self.returns = returns
         self.writtenHook = writtenHook
         self.pool = pool
         self.poolRef = Unmanaged.passUnretained(pool)
-        self.writer = try PcapWriter(path: path, linkType: linkType, snapshotLength: snapshotLength,
-                                     nanosecond: nanosecond)
+        self.writer = writer
     }
 
     public var failure: PcapError? { failureBox.withLock { $0 } }
