@@ -37,10 +37,13 @@ public enum ServiceError: Error, CustomStringConvertible {
         }
     }
 
-    /// A data directory error in words; cases other than `cannotCreate` print as their own description.
+    /// A data directory error in words: the errno's text, the store's or log's own description; any
+    /// other case (a lock held by another process, say) as it describes itself.
     private static func describe(_ error: DataDirectoryError) -> String {
-        guard case let .cannotCreate(path, code) = error else { return "\(error)" }
-        return "cannot create or sync \(path): \(String(cString: strerror(code)))"
+        if case let .cannotCreate(path, code) = error { return "cannot create or sync \(path): \(String(cString: strerror(code)))" }
+        if case let .store(underlying) = error { return "\(underlying)" }
+        if case let .log(underlying) = error { return "log: \(underlying)" }
+        return "\(error)"
     }
 }
 

@@ -4,6 +4,7 @@
 import Foundation
 import Glibc
 import SluiceService
+import SluiceTestSupport
 import SystemPackage
 import Testing
 
@@ -117,5 +118,17 @@ struct HTTPTestError: Error, CustomStringConvertible {
             }
             #expect(endpoint == "127.0.0.1:\(server.port)")
         }
+    }
+
+    /// `sluice stats` scrapes through this client: 1 when nothing answers, 2 when the answer is not HTTP.
+    @Test func statsCommandExitStatusFollowsTheTypedError() throws {
+        let binary = try #require(sluiceBinary(), "no built `sluice` next to the test bundle")
+        let closedPort = try RawServer(reply: nil, accepts: false).port
+        let refused = try runCommand([binary, "stats", "--port", "\(closedPort)"], timeoutMs: 30_000)
+        #expect(refused.status == 1)
+        #expect(refused.stderr.contains("cannot connect to 127.0.0.1:\(closedPort)"), "\(refused.stderr)")
+        let server = try RawServer(reply: Array("SSH-2.0-OpenSSH_9.6\r\n\r\n".utf8))
+        let garbage = try runCommand([binary, "stats", "--port", "\(server.port)"], timeoutMs: 30_000)
+        #expect(garbage.status == 2, "\(garbage.stderr)")
     }
 }
