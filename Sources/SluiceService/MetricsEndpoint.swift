@@ -79,7 +79,6 @@ private final class MetricsHandler: ChannelInboundHandler {
         var status: HTTPResponseStatus
         var body: String
         var contentType: String
-        var keepAlive: Bool
     }
 
     private let render: @Sendable () -> String
@@ -125,7 +124,7 @@ private final class MetricsHandler: ChannelInboundHandler {
     }
 
     private func respond(context: ChannelHandlerContext, method: HTTPMethod, path: String, keepAlive: Bool) {
-        let response = answer(method: method, path: path, keepAlive: keepAlive)
+        let response = answer(method: method, path: path)
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: response.contentType)
         headers.add(name: "Content-Length", value: "\(response.body.utf8.count)")
@@ -134,6 +133,8 @@ private final class MetricsHandler: ChannelInboundHandler {
         let size = response.body.utf8.count + 256  // the head, about
         responsesOutstanding += 1
         bytesOutstanding += size
+        // At a bound already: a client that sends nothing more but never reads is closed too.
+        if isOverBound { armStallTimer(context: context) }
         context.write(wrapOutboundOut(.head(head)), promise: nil)
         var buffer = context.channel.allocator.buffer(capacity: response.body.utf8.count)
         buffer.writeString(response.body)
@@ -167,23 +168,30 @@ private final class MetricsHandler: ChannelInboundHandler {
         stallTimer = context.eventLoop.scheduleTask(in: .milliseconds(Int64(limits.stalledTimeoutMs))) {
             let (handler, context) = loopBound.value
             handler.stallTimer = nil
-            if handler.isOverBound || handler.held != nil { context.close(promise: nil) }
+            guard handler.isOverBound || handler.held != nil else { return }
+            // Abort (RST): a plain close would queue the FIN behind replies the client never reads,
+            // and the kernel would keep them until its own orphan timeout.
+            guard let socket = context.channel as? SocketOptionProvider else {
+                context.close(promise: nil)
+                return
+            }
+            socket.setSoLinger(linger(l_onoff: 1, l_linger: 0)).whenComplete { _ in context.close(promise: nil) }
         }
     }
 
-    private func answer(method: HTTPMethod, path: String, keepAlive: Bool) -> Response {
+    private func answer(method: HTTPMethod, path: String) -> Response {
         switch (method, path) {
         case (.GET, "/metrics"):
-            return Response(status: .ok, body: render(), contentType: "text/plain; version=0.0.4; charset=utf-8", keepAlive: keepAlive)
+            return Response(status: .ok, body: render(), contentType: "text/plain; version=0.0.4; charset=utf-8")
         case (.GET, "/healthz"):
             if let problem = health() {
-                return Response(status: .serviceUnavailable, body: "unhealthy: \(problem)\n", contentType: "text/plain; charset=utf-8", keepAlive: keepAlive)
+                return Response(status: .serviceUnavailable, body: "unhealthy: \(problem)\n", contentType: "text/plain; charset=utf-8")
             }
-            return Response(status: .ok, body: "ok\n", contentType: "text/plain; charset=utf-8", keepAlive: keepAlive)
+            return Response(status: .ok, body: "ok\n", contentType: "text/plain; charset=utf-8")
         case (.GET, _):
-            return Response(status: .notFound, body: "not found: try /metrics\n", contentType: "text/plain; charset=utf-8", keepAlive: keepAlive)
+            return Response(status: .notFound, body: "not found: try /metrics\n", contentType: "text/plain; charset=utf-8")
         default:
-            return Response(status: .methodNotAllowed, body: "only GET\n", contentType: "text/plain; charset=utf-8", keepAlive: keepAlive)
+            return Response(status: .methodNotAllowed, body: "only GET\n", contentType: "text/plain; charset=utf-8")
         }
     }
 
