@@ -189,6 +189,9 @@ extension ConfigNode {
         let valueText = String(text[text.index(after: equals)...])
         let value: ConfigNode
         if valueText.hasPrefix("[") || valueText.hasPrefix("{") {
+            guard Self.firstAnchorOrAliasLine(valueText) == nil else {
+                throw .badOverride(text, reason: "anchors and aliases (&name, *name) are not supported")
+            }
             let parsed: Node?
             do { parsed = try Yams.compose(yaml: valueText) } catch {
                 throw .badOverride(text, reason: "value is not a YAML list or mapping")

@@ -284,6 +284,9 @@ extension ConfigTests {
         // An alias alone (its anchor missing) and an anchor alone are refused too, each at its line.
         #expect(throws: ConfigError.anchorOrAlias(line: 2)) { try ConfigNode.parse(yaml: "cores: [0]\nlog_level: *level\n") }
         #expect(throws: ConfigError.anchorOrAlias(line: 3)) { try ConfigNode.parse(yaml: "cores: [0]\n\nlog_level: &l info\n") }
+        #expect(throws: ConfigError.badOverride("cores=[&c 0, *c]", reason: "anchors and aliases (&name, *name) are not supported")) {
+            try ConfigNode.empty.applying(override: "cores=[&c 0, *c]")
+        }
         // An ampersand or asterisk inside a value is no anchor.
         #expect((try? ConfigNode.parse(yaml: "a: \"*x\"\nb: c&d\n")) != nil)
     }
