@@ -170,6 +170,8 @@ extension ConfigNode {
         switch error {
         case .scanner(_, let problem, _, _), .parser(_, let problem, _, _), .composer(_, let problem, _, _): problem
         case .duplicatedKeysInMapping(let duplicates, _): "duplicated keys \(duplicates.joined(separator: ", "))"
+        case .reader(let problem, _, let value, _) where value >= 0:
+            "\(problem) (U+\(String(repeating: "0", count: max(0, 4 - String(value, radix: 16).count)) + String(value, radix: 16, uppercase: true)))"
         default: "\(error)"
         }
     }
