@@ -1,5 +1,5 @@
 // Path: Sources/sluice/StatsCommand.swift — `sluice stats`: scrape a running `sluice run`'s
-// `GET /metrics` and print it as `show runtime` style tables (SluiceService.StatsTable).
+// `GET /metrics` (through SluiceService.HTTPClient) and print it as `show runtime` style tables (StatsTable).
 import ArgumentParser
 import Glibc
 import SluiceService
