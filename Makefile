@@ -4,12 +4,14 @@ SHELL := /bin/bash
 export PATH := $(PATH):/opt/swift/usr/bin
 
 SWIFT ?= swift
-# System packages the build and tests need: headers and libraries CShims links, and the tools tests
-# use to make and read captures (tcpdump, tshark, scapy), namespaces and tc (iproute2), sysctl and
-# pkill (procps), and curl (the service soak scrapes its metrics endpoint with it).
-APT_PACKAGES := liburing-dev libpcap-dev libnuma-dev pkg-config tcpdump tshark python3-scapy iproute2 procps curl
-# Extra packages for the benchmark anchors (DPDK's rte_ring, fio) and traffic senders.
-APT_BENCH_PACKAGES := libdpdk-dev tcpreplay netsniff-ng fio
+# System packages the build and tests need: headers and libraries CShims links (liburing, libpcap,
+# libnuma; Package.swift names them with linkedLibrary, no pkg-config), and the tools tests use to
+# make and read captures (tcpdump, tshark, scapy), namespaces and tc (iproute2), sysctl and pkill
+# (procps), and curl (the service soak scrapes its metrics endpoint with it).
+APT_PACKAGES := liburing-dev libpcap-dev libnuma-dev tcpdump tshark python3-scapy iproute2 procps curl
+# Extra packages for the benchmark anchors: DPDK's rte_ring headers (bench-ring) and fio (bench-pagestore,
+# bench-storage). bench-traffic sends with its own Benchmarks binary and compares with tc (iproute2).
+APT_BENCH_PACKAGES := libdpdk-dev fio
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Tests that pin threads and measure timing run one suite at a time on small machines.
 TEST_FLAGS ?= --no-parallel

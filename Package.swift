@@ -103,7 +103,8 @@ let package = Package(
         .testTarget(name: "SluiceCoreTests", dependencies: ["SluiceCore", "CShims"]),
         .testTarget(name: "SluicePageStoreTests", dependencies: ["SluicePageStore", "SluiceCore", "CShims"]),
         .testTarget(name: "SluiceStorageServerTests", dependencies: ["SluiceStorageServer", "SluicePageStore", "SluiceTestSupport"]),
-        // What the tests that run the `sluice` binary share: spawning it, reading its output, HTTP GET.
+        // What the tests that run the `sluice` binary share: spawning it, reading its output
+        // (HTTP GETs go through SluiceService.HTTPClient, as `sluice stats` does).
         .target(name: "SluiceTestSupport", path: "Tests/SluiceTestSupport"),
         .testTarget(
             name: "SluiceServiceTests",

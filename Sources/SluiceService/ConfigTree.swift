@@ -1,5 +1,6 @@
 // Path: Sources/SluiceService/ConfigTree.swift — a config file as a tree of keys, lists and scalars
 // with their line numbers, and `--set key.path=value` overrides applied to it before validation.
+import CYaml
 import Yams
 
 /// A parsed config value: where it came from (line, 0 for an override or a default) and what it is.
@@ -32,13 +33,18 @@ public indirect enum ConfigNode: Sendable, Equatable {
 public enum ConfigError: Error, Equatable, CustomStringConvertible {
     /// The file could not be read.
     case unreadable(path: String, reason: String)
-    /// Not YAML, or YAML the config cannot use (anchors, several documents).
+    /// Not YAML, or YAML the config cannot use (several documents, keys that are not words).
     case syntax(line: Int, reason: String)
+    /// An anchor (`&name`) or alias (`*name`): refused before any tree is built, so a few hundred bytes
+    /// of nested aliases cannot expand into gigabytes.
+    case anchorOrAlias(line: Int)
     /// A key the format does not have (a typo, usually).
     case unknownKey(key: String, line: Int, known: [String])
     case missingKey(key: String)
     /// A key whose value is wrong.
     case invalid(key: String, line: Int, reason: String)
+    /// A key whose number lies outside what it may be (`allowed` is inclusive).
+    case outOfRange(key: String, line: Int, value: Double, allowed: ClosedRange<Double>)
     /// A `--set` override that is not `key=value` or names a path the tree cannot take.
     case badOverride(String, reason: String)
 
@@ -46,23 +52,41 @@ public enum ConfigError: Error, Equatable, CustomStringConvertible {
         switch self {
         case let .unreadable(path, reason): "cannot read config \(path): \(reason)"
         case let .syntax(line, reason): "config line \(line): \(reason)"
+        case let .anchorOrAlias(line): "config line \(line): anchors and aliases (&name, *name) are not supported"
         case let .unknownKey(key, line, known):
             "config\(Self.at(line)): unknown key '\(key)'" + (known.isEmpty ? "" : " (known here: \(known.joined(separator: ", ")))")
         case let .missingKey(key): "config: '\(key)' is required"
         case let .invalid(key, line, reason): "config\(Self.at(line)): \(key): \(reason)"
+        case let .outOfRange(key, line, value, allowed):
+            "config\(Self.at(line)): \(key): must be \(Self.number(allowed.lowerBound))...\(Self.number(allowed.upperBound)), got \(Self.number(value))"
         case let .badOverride(text, reason): "--set '\(text)': \(reason)"
         }
     }
 
+    /// The key the error is about, when it names one.
+    public var key: String? {
+        switch self {
+        case let .unknownKey(key, _, _), let .missingKey(key), let .invalid(key, _, _), let .outOfRange(key, _, _, _): key
+        case .unreadable, .syntax, .anchorOrAlias, .badOverride: nil
+        }
+    }
+
     private static func at(_ line: Int) -> String { line > 0 ? " line \(line)" : "" }
+
+    /// A whole number without a fraction (`1000000`, not `1000000.0`), any other number as Swift prints it.
+    static func number(_ value: Double) -> String {
+        value.rounded() == value && abs(value) < 1e15 ? "\(Int(value))" : "\(value)"
+    }
 }
 
 extension ConfigNode {
-    /// Parses YAML text into a tree. A document must be a mapping (or empty).
+    /// Parses YAML text into a tree. A document must be a mapping (or empty). Anchors and aliases
+    /// are refused first, from the token stream (linear in the text), before anything is composed.
     public static func parse(yaml text: String) throws(ConfigError) -> ConfigNode {
+        if let line = firstAnchorOrAliasLine(text) { throw .anchorOrAlias(line: line) }
         let root: Node?
         do { root = try Yams.compose(yaml: text) } catch let error as YamlError {
-            throw .syntax(line: Self.line(of: error), reason: Self.reason(of: error))
+            throw .syntax(line: Self.line(of: error, in: text), reason: Self.reason(of: error))
         } catch {
             throw .syntax(line: 0, reason: "\(error)")
         }
@@ -104,14 +128,40 @@ extension ConfigNode {
             }
             return .map(pairs, line: line)
         case .alias:
-            throw .syntax(line: line, reason: "anchors and aliases are not supported")
+            throw .anchorOrAlias(line: line)
         }
     }
 
-    private static func line(of error: YamlError) -> Int {
+    /// The line (from 1) of the first anchor or alias token in `text`, or nil. Scans tokens only
+    /// (libyaml's scanner, which Yams parses with): no node is built, nothing is expanded. Text the
+    /// scanner refuses is left to `Yams.compose`, which reports it with its line.
+    static func firstAnchorOrAliasLine(_ text: String) -> Int? {
+        var parser = yaml_parser_t()
+        guard yaml_parser_initialize(&parser) == 1 else { return nil }
+        defer { yaml_parser_delete(&parser) }
+        let bytes = Array(text.utf8)
+        return bytes.withUnsafeBufferPointer { buffer -> Int? in
+            yaml_parser_set_input_string(&parser, buffer.baseAddress, buffer.count)
+            var token = yaml_token_t()
+            while yaml_parser_scan(&parser, &token) == 1 {
+                defer { yaml_token_delete(&token) }
+                switch token.type {
+                case YAML_ANCHOR_TOKEN, YAML_ALIAS_TOKEN: return Int(token.start_mark.line) + 1
+                case YAML_STREAM_END_TOKEN, YAML_NO_TOKEN: return nil
+                default: continue
+                }
+            }
+            return nil
+        }
+    }
+
+    /// The line (from 1) an error is at. A reader error (a NUL or other control byte, bad UTF-8)
+    /// carries a byte offset, not a mark: its line is counted from the text.
+    private static func line(of error: YamlError, in text: String) -> Int {
         switch error {
         case .scanner(_, _, let mark, _), .parser(_, _, let mark, _), .composer(_, _, let mark, _): mark.line
         case .duplicatedKeysInMapping(_, let context): context.mark.line
+        case .reader(_, let offset?, _, _): 1 + text.utf8.prefix(max(offset, 0)).lazy.filter { $0 == UInt8(ascii: "\n") }.count
         default: 0
         }
     }
@@ -120,6 +170,8 @@ extension ConfigNode {
         switch error {
         case .scanner(_, let problem, _, _), .parser(_, let problem, _, _), .composer(_, let problem, _, _): problem
         case .duplicatedKeysInMapping(let duplicates, _): "duplicated keys \(duplicates.joined(separator: ", "))"
+        case .reader(let problem, _, let value, _) where value >= 0:
+            "\(problem) (U+\(String(repeating: "0", count: max(0, 4 - String(value, radix: 16).count)) + String(value, radix: 16, uppercase: true)))"
         default: "\(error)"
         }
     }
@@ -139,6 +191,9 @@ extension ConfigNode {
         let valueText = String(text[text.index(after: equals)...])
         let value: ConfigNode
         if valueText.hasPrefix("[") || valueText.hasPrefix("{") {
+            guard Self.firstAnchorOrAliasLine(valueText) == nil else {
+                throw .badOverride(text, reason: "anchors and aliases (&name, *name) are not supported")
+            }
             let parsed: Node?
             do { parsed = try Yams.compose(yaml: valueText) } catch {
                 throw .badOverride(text, reason: "value is not a YAML list or mapping")

@@ -6,25 +6,44 @@ import Logging
 import SluiceCore
 import SluicePacketIO
 import SluiceReplay
+import SluiceStorageServer
 import SluiceTraffic
 import Synchronization
 
-/// Why the service could not start.
+/// Why the service could not start. Each case keeps the error underneath, for callers to match.
 public enum ServiceError: Error, CustomStringConvertible {
     case pipeline(name: String, ReplayError)
     case runtime(RuntimeError)
-    case storage(String)
-    case metrics(String)
-    case affinity(String)
+    /// The storage data directory could not be opened (created, locked, its log replayed).
+    case storageOpen(dataDirectory: String, DataDirectoryError)
+    /// The storage node could not listen.
+    case storageListen(StorageServerError)
+    /// The metrics endpoint could not listen (the error is swift-nio's: `IOError`, `SocketAddressError`).
+    case metricsListen(ListenAddress, any Error)
+    /// The process's CPUs could not be read, or its threads not moved to the control cores.
+    case affinity(SyscallError)
+    /// A control core this process may not use.
+    case controlCoreNotAllowed(core: Int, allowed: [Int])
 
     public var description: String {
         switch self {
         case let .pipeline(name, error): "pipeline '\(name)': \(error)"
         case let .runtime(error): "runtime: \(error)"
-        case let .storage(message): "storage: \(message)"
-        case let .metrics(message): "metrics endpoint: \(message)"
-        case let .affinity(message): "control cores: \(message)"
+        case let .storageOpen(directory, error): "storage: data directory \(directory): \(Self.describe(error))"
+        case let .storageListen(error): "storage: \(error)"
+        case let .metricsListen(address, error): "metrics endpoint: cannot listen on \(address): \(error)"
+        case let .affinity(error): "control cores: \(error)"
+        case let .controlCoreNotAllowed(core, allowed): "control cores: core \(core) is not one this process may use (\(allowed))"
         }
+    }
+
+    /// A data directory error in words: the errno's text, the store's or log's own description; any
+    /// other case (a lock held by another process, say) as it describes itself.
+    private static func describe(_ error: DataDirectoryError) -> String {
+        if case let .cannotCreate(path, code) = error { return "cannot create or sync \(path): \(String(cString: strerror(code)))" }
+        if case let .store(underlying) = error { return "\(underlying)" }
+        if case let .log(underlying) = error { return "log: \(underlying)" }
+        return "\(error)"
     }
 }
 

@@ -17,6 +17,13 @@ public enum ServiceLimits {
     public static let pipelineCountMax = 16
     /// CPU numbers are below this (glibc's CPU_SETSIZE).
     public static let cpuNumberMax = 1024
+    /// A capture's replay speed (a multiplier of its timestamps), as `sluice replay --speed` takes it.
+    /// Slower would put due times past what a UInt64 of nanoseconds holds.
+    public static let replaySpeedMin = 1e-3
+    public static let replaySpeedMax = 1e6
+    /// A capture's replay rate in packets per second, as `sluice replay --rate` takes it.
+    public static let replayRatePacketsPerSecondMin = 1.0
+    public static let replayRatePacketsPerSecondMax = 1e9
 }
 
 /// A host and port to listen on.
@@ -304,8 +311,12 @@ extension ServiceConfiguration {
             for key in ["fanout_group", "port"] where source.optional(key) != nil {
                 throw source.child(key).invalid("only an interface source has a fanout group or port number")
             }
-            let speed = try source.optional("speed").map { reader throws(ConfigError) in try reader.positiveDouble() }
-            let rate = try source.optional("rate").map { reader throws(ConfigError) in try reader.positiveDouble() }
+            let speed = try source.optional("speed").map { reader throws(ConfigError) in
+                try reader.double(in: ServiceLimits.replaySpeedMin...ServiceLimits.replaySpeedMax)
+            }
+            let rate = try source.optional("rate").map { reader throws(ConfigError) in
+                try reader.double(in: ServiceLimits.replayRatePacketsPerSecondMin...ServiceLimits.replayRatePacketsPerSecondMax)
+            }
             let topSpeed = try source.optional("top_speed")?.bool() ?? false
             guard [speed != nil, rate != nil, topSpeed].filter({ $0 }).count <= 1 else {
                 throw source.invalid("give one of speed, rate, top_speed")
@@ -514,7 +525,19 @@ struct ConfigReader {
         let text = try string()
         let digits = text.replacing("_", with: "")
         guard let value = Int(digits) else { throw invalid("expected a whole number, got '\(text)'") }
-        guard range.contains(value) else { throw invalid("must be \(range.lowerBound)...\(range.upperBound), got \(value)") }
+        guard range.contains(value) else { throw outOfRange(Double(value), Double(range.lowerBound)...Double(range.upperBound)) }
+        return value
+    }
+
+    func outOfRange(_ value: Double, _ allowed: ClosedRange<Double>) -> ConfigError {
+        .outOfRange(key: key.isEmpty ? "(top level)" : key, line: node.line, value: value, allowed: allowed)
+    }
+
+    /// A finite number within `range` (a bound for what the data path can compute with, not taste).
+    func double(in range: ClosedRange<Double>) throws(ConfigError) -> Double {
+        let text = try string()
+        guard let value = Double(text.replacing("_", with: "")), value.isFinite else { throw invalid("expected a number, got '\(text)'") }
+        guard range.contains(value) else { throw outOfRange(value, range) }
         return value
     }
 
@@ -551,7 +574,9 @@ struct ConfigReader {
         if case .list = node { parts = try list() } else { parts = [self] }
         for part in parts {
             for piece in try part.string().split(separator: ",") {
-                let bounds = piece.split(separator: "-", maxSplits: 1).map { Int($0.trimmingCharacters(in: .whitespaces)) }
+                // Empty parts are kept, so "-1" is an empty range start (refused), not CPU 1.
+                let bounds = piece.split(separator: "-", maxSplits: 1, omittingEmptySubsequences: false)
+                    .map { Int($0.trimmingCharacters(in: .whitespaces)) }
                 guard let low = bounds.first ?? nil, let high = bounds.last ?? nil, low >= 0, low <= high,
                       high < ServiceLimits.cpuNumberMax else {
                     throw part.invalid("'\(piece)' is not a CPU number or range below \(ServiceLimits.cpuNumberMax)")

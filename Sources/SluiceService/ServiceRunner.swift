@@ -35,7 +35,7 @@ public enum ServiceRunner {
     /// SIGINT (or `runForMs`), and shuts down gracefully. A part that cannot start stops those
     /// already started and throws.
     public static func run(_ configuration: ServiceConfiguration, logger: Logger,
-                           ready: @escaping @Sendable (ServiceEndpoints) -> Void) async throws -> ServiceSummary {
+                           ready: @escaping @Sendable (ServiceEndpoints) -> Void) async throws(ServiceError) -> ServiceSummary {
         let metrics = ServiceMetrics()
         let parts = PartsBox()
         var endpoint: MetricsEndpoint?
@@ -130,7 +130,7 @@ func healthProblem(dataplane: Dataplane?, storage: StorageRuntime?) -> String? {
 /// themselves) onto the control cores, as DPDK keeps its control threads off the lcores.
 private func confineControlThreads(_ configuration: ServiceConfiguration, logger: Logger) throws(ServiceError) {
     let allowed: [Int]
-    do { allowed = try CPU.allowedCPUs() } catch { throw .affinity("\(error)") }
+    do { allowed = try CPU.allowedCPUs() } catch { throw .affinity(error) }
     let control = configuration.controlCores ?? allowed.filter { !configuration.cores.contains($0) }
     guard !control.isEmpty else {
         logger.notice("no CPU left beside the worker cores: control threads share them",
@@ -138,12 +138,12 @@ private func confineControlThreads(_ configuration: ServiceConfiguration, logger
         return
     }
     for core in control where !allowed.contains(core) {
-        throw .affinity("core \(core) is not one this process may use (\(allowed))")
+        throw .controlCoreNotAllowed(core: core, allowed: allowed)
     }
     do {
         let moved = try CPU.confineAllThreads(to: control)
         logger.info("control threads confined", metadata: ["controlCores": "\(control)", "threads": "\(moved)"])
-    } catch { throw .affinity("\(error)") }
+    } catch { throw .affinity(error) }
 }
 
 /// A started part: waits for graceful shutdown, then runs its blocking `stop` off the async pool.

@@ -17,7 +17,7 @@ public final class StorageRuntime: Sendable {
         do {
             opened = try openStorageNode(dataDirectory: settings.dataDirectory, pageSizeBytes: settings.pageSizeBytes,
                                          queueDepth: settings.queueDepth, directIO: settings.directIO)
-        } catch { throw .storage("data directory \(settings.dataDirectory): \(error)") }
+        } catch { throw .storageOpen(dataDirectory: settings.dataDirectory, error) }
         var configuration = StorageServerConfiguration()
         configuration.frameBytesMax = settings.frameBytesMax
         configuration.blockingThreadCount = settings.blockingThreadCount
@@ -27,7 +27,7 @@ public final class StorageRuntime: Sendable {
         do {
             server = try StorageServer.bind(host: settings.listen.host, port: settings.listen.port, node: opened.node,
                                             payloadSizeBytes: opened.payloadSizeBytes, configuration: configuration)
-        } catch { throw .storage("\(error)") }
+        } catch { throw .storageListen(error) }
         logger.info("storage node serving", metadata: [
             "listen": "\(server.host):\(server.port)", "data": "\(settings.dataDirectory)",
             "lastOSN": "\(opened.node.lastOSN)", "pageSize": "\(settings.pageSizeBytes)"])

@@ -79,7 +79,9 @@ struct RunCommand: AsyncParsableCommand {
                 print("sluice: ready \(endpoints)")
                 fflush(nil)
             }
-        } catch let error as ServiceError {
+        } catch {
+            // Every start-up failure is a ServiceError carrying its cause (a data directory locked by
+            // another process, a port in use, ...): exit 1 with it on stderr.
             logger.critical("cannot start", metadata: ["error": "\(error)"])
             FileHandleStderr.write("sluice run: \(error)\n")
             throw ExitCode(1)

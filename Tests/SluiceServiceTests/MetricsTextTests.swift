@@ -83,14 +83,8 @@ import Testing
         #expect(throws: MetricsTextError(line: line, reason: reason)) { try MetricsText.parse(text) }
     }
 
-    @Test func errorDescriptionNamesTheLine() {
-        do {
-            _ = try MetricsText.parse("a 1\nb{x=\"1\"} one\n")
-            Issue.record("parsed a bad value")
-        } catch {
-            #expect(error.line == 2)
-            #expect(error.description == "line 2: value 'one' is not a number, NaN, +Inf or -Inf")
-        }
+    @Test func errorNamesTheLineAndTheValue() {
+        #expect(throws: MetricsTextError(line: 2, reason: .badValue("one"))) { try MetricsText.parse("a 1\nb{x=\"1\"} one\n") }
     }
 
     @Test func labelCountIsBounded() {

@@ -1,6 +1,7 @@
 // Path: Tests/SluiceServiceTests/ServiceSupport.swift — `sluice run` as a child process with a test
 // config: started, waited for ("sluice: ready ..."), scraped, signalled.
 import Glibc
+import SluiceCore
 import SluiceService
 import SluicePacketIO
 import SluiceTestSupport
@@ -42,7 +43,7 @@ final class RunningService {
 
     /// Scrapes /metrics and parses it.
     func scrape() throws -> [MetricSample] {
-        let response = try httpGet(host: metrics.host, port: metrics.port, path: "/metrics")
+        let response = try HTTPClient.get(host: metrics.host, port: metrics.port, path: "/metrics")
         try #require(response.status == 200, "GET /metrics: \(response.status)")
         return try MetricsText.parse(response.body)
     }
@@ -87,4 +88,23 @@ func pcapRecordCount(_ path: String) throws -> Int {
     var count = 0
     while try reader.next() != nil { count += 1 }
     return count
+}
+
+/// True under CI (`CI=true`), where a test that cannot run here must fail rather than skip.
+let isCI = getenv("CI").map { String(cString: $0) == "true" } ?? false
+
+/// Whether a test needing `count` CPUs should run: when the process may use that many, and always
+/// under CI (where `cpusOrRecordIssue` then fails it, saying why), so it never vanishes there.
+func runsWithCPUs(_ count: Int) -> Bool { isCI || ((try? CPU.allowedCPUs()) ?? []).count >= count }
+
+/// The CPUs this process may use when there are at least `count`; otherwise nil after recording an
+/// issue (the test fails, naming what it lacked).
+func cpusOrRecordIssue(_ count: Int, sourceLocation: SourceLocation = #_sourceLocation) -> [Int]? {
+    let allowed = (try? CPU.allowedCPUs()) ?? []
+    guard allowed.count >= count else {
+        Issue.record("needs \(count) CPUs, this process may use \(allowed): under CI=true this fails instead of skipping",
+                     sourceLocation: sourceLocation)
+        return nil
+    }
+    return allowed
 }

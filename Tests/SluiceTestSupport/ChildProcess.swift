@@ -149,38 +149,3 @@ public func runCommand(_ arguments: [String], timeoutMs: Int = 60_000) throws ->
     guard let status = child.wait(timeoutMs: 5_000) else { throw SpawnError("\(arguments.joined(separator: " ")) did not exit in time") }
     return (status, lines, child.stderrText)
 }
-
-/// `GET path` from `host:port` over HTTP/1.0: the status code and body. For local test servers only.
-public func httpGet(host: String, port: Int, path: String) throws -> (status: Int, body: String) {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-    guard fd >= 0 else { throw SpawnError("socket: errno \(errno)") }
-    defer { close(fd) }
-    var timeout = timeval(tv_sec: 5, tv_usec: 0)
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_port = in_port_t(UInt16(port).bigEndian)
-    guard inet_pton(AF_INET, host == "localhost" ? "127.0.0.1" : host, &address.sin_addr) == 1 else {
-        throw SpawnError("bad address \(host)")
-    }
-    let connected = withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-    }
-    guard connected == 0 else { throw SpawnError("connect \(host):\(port): errno \(errno)") }
-    let request = Array("GET \(path) HTTP/1.0\r\nHost: \(host)\r\n\r\n".utf8)
-    guard write(fd, request, request.count) == request.count else { throw SpawnError("write: errno \(errno)") }
-    var response: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 65_536)
-    while response.count < 64 << 20 {
-        let count = read(fd, &chunk, chunk.count)
-        guard count > 0 else { break }
-        response += chunk[0..<count]
-    }
-    let separator = Array("\r\n\r\n".utf8)
-    let headerEnd = response.indices.first { response[$0...].starts(with: separator) }
-    let head = String(decoding: response.prefix(headerEnd ?? 0), as: UTF8.self)
-    guard let headerEnd, let statusText = head.split(separator: " ").dropFirst().first, let status = Int(statusText) else {
-        throw SpawnError("no HTTP response: \(String(decoding: response.prefix(200), as: UTF8.self))")
-    }
-    return (status, String(decoding: response[(headerEnd + 4)...], as: UTF8.self))
-}
