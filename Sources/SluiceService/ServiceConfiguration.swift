@@ -17,13 +17,13 @@ public enum ServiceLimits {
     public static let pipelineCountMax = 16
     /// CPU numbers are below this (glibc's CPU_SETSIZE).
     public static let cpuNumberMax = 1024
-    /// A capture's replay speed (a multiplier of its timestamps), as `sluice replay --speed` takes it.
-    /// Slower would put due times past what a UInt64 of nanoseconds holds.
-    public static let replaySpeedMin = 1e-3
-    public static let replaySpeedMax = 1e6
+    /// A capture's replay speed (a multiplier of its timestamps): the bounds `sluice replay --speed`
+    /// checks (`ReplayPacing`), one definition for the CLI and the config.
+    public static let replaySpeedMin = ReplayPacing.speedMin
+    public static let replaySpeedMax = ReplayPacing.speedMax
     /// A capture's replay rate in packets per second, as `sluice replay --rate` takes it.
-    public static let replayRatePacketsPerSecondMin = 1.0
-    public static let replayRatePacketsPerSecondMax = 1e9
+    public static let replayRatePacketsPerSecondMin = ReplayPacing.packetsPerSecondMin
+    public static let replayRatePacketsPerSecondMax = ReplayPacing.packetsPerSecondMax
 }
 
 /// A host and port to listen on.

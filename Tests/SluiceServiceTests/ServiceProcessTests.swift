@@ -159,11 +159,11 @@ struct Acknowledged: Sendable {
     }
 
     @Test(arguments: [
-        (["--set", "pipelines[0].source.speed=0"], "pipelines[0].source.speed: must be 0.001...1000000, got 0"),
+        (["--set", "pipelines[0].source.speed=0"], "pipelines[0].source.speed: must be 1e-06...1000000000, got 0"),
         // Used to pass --check and then trap `sluice run` computing due times.
-        (["--set", "pipelines[0].source.speed=1e-300"], "pipelines[0].source.speed: must be 0.001...1000000, got 1e-300"),
+        (["--set", "pipelines[0].source.speed=1e-300"], "pipelines[0].source.speed: must be 1e-06...1000000000, got 1e-300"),
         (["--set", "pipelines[0].source.speed=", "--set", "pipelines[0].source.rate=1e-12"],
-         "pipelines[0].source.rate: must be 1...1000000000, got 1e-12"),
+         "pipelines[0].source.rate: must be 0.001...1000000000, got 1e-12"),
         // Used to be read as core 1.
         (["--cores=-1"], "cores: '-1' is not a CPU number"),
         (["--set", "storage.listen=127.0.0.1"], "storage.listen: expected host:port"),
