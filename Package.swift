@@ -101,7 +101,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "SluiceCoreTests", dependencies: ["SluiceCore", "CShims"]),
-        .testTarget(name: "SluicePageStoreTests", dependencies: ["SluicePageStore", "SluiceCore", "CShims"]),
+        .testTarget(name: "SluicePageStoreTests", dependencies: ["SluicePageStore", "SluiceCore", "CShims", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "SluiceStorageServerTests", dependencies: ["SluiceStorageServer", "SluicePageStore", "SluiceTestSupport"]),
         // What the tests that run the `sluice` binary share: spawning it, reading its output, HTTP GET.
         .target(name: "SluiceTestSupport", path: "Tests/SluiceTestSupport"),

@@ -8,7 +8,10 @@ import SystemPackage
 
 /// Why a page operation failed.
 public enum PageStoreError: Error, Equatable, CustomStringConvertible {
-    case invalidConfiguration(String)
+    /// The page size is not a power of two in `PageFile.pageSizeBytesRange`.
+    case invalidPageSize(Int)
+    /// The queue depth is outside 1...`PageFile.queueDepthMax`.
+    case invalidQueueDepth(Int, max: Int)
     case syscall(SyscallError)
     /// A page read back does not check out: never returned as data.
     case corruptPage(physicalPage: UInt64, reason: String)
@@ -17,7 +20,9 @@ public enum PageStoreError: Error, Equatable, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case .invalidConfiguration(let message): "page store: \(message)"
+        case .invalidPageSize(let size):
+            "page store: page size must be a power of two in \(PageFile.pageSizeBytesRange), got \(size)"
+        case .invalidQueueDepth(let depth, let max): "page store: queue depth must be 1...\(max), got \(depth)"
         case .syscall(let error): "page store: \(error)"
         case .corruptPage(let page, let reason): "page \(page) is corrupt: \(reason)"
         case .io(let page, let result):
@@ -58,6 +63,8 @@ public struct PageFileConfiguration: Sendable {
 /// One data file of pages. Owned by one thread (its io_uring is not shared); closes on deinit.
 public struct PageFile: ~Copyable {
     public static let queueDepthMax = 256
+    /// Page sizes a file may have (powers of two only).
+    public static let pageSizeBytesRange = 512...(1 << 20)
     public let configuration: PageFileConfiguration
     private let fd: Int32
     private let ring: OpaquePointer
@@ -74,11 +81,9 @@ public struct PageFile: ~Copyable {
 
     public init(configuration: PageFileConfiguration) throws(PageStoreError) {
         let size = configuration.pageSizeBytes
-        guard size >= 512, size <= 1 << 20, size.nonzeroBitCount == 1 else {
-            throw .invalidConfiguration("page size must be a power of two in 512...1048576, got \(size)")
-        }
+        guard Self.pageSizeBytesRange.contains(size), size.nonzeroBitCount == 1 else { throw .invalidPageSize(size) }
         guard (1...Self.queueDepthMax).contains(configuration.queueDepth) else {
-            throw .invalidConfiguration("queue depth must be 1...\(Self.queueDepthMax), got \(configuration.queueDepth)")
+            throw .invalidQueueDepth(configuration.queueDepth, max: Self.queueDepthMax)
         }
         let flags = O_RDWR | O_CREAT | O_CLOEXEC | (configuration.directIO ? sluice_open_flag_direct() : 0)
         let fd = open(configuration.path, flags, 0o644)

@@ -35,13 +35,19 @@ public final class StorageNode: Sendable {
         self.groupCommitMax = groupCommitMax
     }
 
-    /// Reads one page (see `ObjectStore.read`). The page map is looked up under the node's mutex (so
-    /// the lookup waits for a group commit in progress); the I/O runs outside it, on a page file of
-    /// the caller's own from a pool (its own io_uring), so reads do their I/O and CRC checks in
-    /// parallel. A page that changed between the lookup and the I/O (rewritten, freed) fails its
-    /// header check and is read again under the mutex, as is every read when no pooled reader is free
-    /// (grouped with the others) or the store is poisoned.
+    /// Reads one page (see `ObjectStore.read`). With `parallelReadersMax` 0 every read goes straight
+    /// into the grouped path: reads arriving while one group's submission runs form the next group,
+    /// one io_uring submission under the mutex for all of them. Otherwise the page map is looked up
+    /// under the node's mutex (so the lookup waits for a group commit in progress) and the I/O runs
+    /// outside it, on a page file of the caller's own from a pool (its own io_uring), so reads do
+    /// their I/O and CRC checks in parallel. A page that changed between the lookup and the I/O
+    /// (rewritten, freed) fails its header check and is read again in the grouped path, as is every
+    /// read when no pooled reader is free or the store is poisoned.
     public func read(objectID: UInt64, pageIndex: UInt64) throws(ObjectStoreError) -> PageVersion {
+        guard pageIndex < ObjectStore.pageIndexMax else { throw .pageIndexOutOfRange(pageIndex, max: ObjectStore.pageIndexMax) }
+        // Grouped reads must not take the mutex before joining the batch: a lookup under the mutex
+        // per read serialises the callers and leaves each group with one read.
+        guard readers.countMax > 0 else { return try readGrouped(objectID: objectID, pageIndex: pageIndex) }
         let resolved = store.withLock { box in box.store.resolve(objectID: objectID, pageIndex: pageIndex) }
         switch resolved {
         case .absent(let version):
@@ -59,7 +65,12 @@ public final class StorageNode: Sendable {
         case .underLock:
             break
         }
-        return try reads.submit((objectID, pageIndex)) { batch in
+        return try readGrouped(objectID: objectID, pageIndex: pageIndex)
+    }
+
+    /// One read in the leader/follower read batch: one io_uring submission under the mutex per group.
+    private func readGrouped(objectID: UInt64, pageIndex: UInt64) throws(ObjectStoreError) -> PageVersion {
+        try reads.submit((objectID, pageIndex)) { batch in
             store.withLock { box in box.store.read(batch: batch) }
         }.get()
     }

@@ -200,16 +200,26 @@ extension StorageCommand {
             print("object \(object) page \(page) osn \(osn)")
         }
 
-        /// The whole file, bounded by the largest page payload the protocol carries.
+        /// The whole file, bounded by the largest page payload the protocol carries. A directory (or
+        /// a read error) is refused: reading it would give no bytes and write an empty page.
         func readFile(_ path: String) throws -> [UInt8] {
             guard let handle = fopen(path, "rb") else {
-                FileHandleStderr.write("sluice storage put: cannot open \(path)\n")
+                FileHandleStderr.write("sluice storage put: cannot open \(path): \(String(cString: strerror(errno)))\n")
                 throw ExitCode(1)
             }
             defer { fclose(handle) }
+            var info = Glibc.stat()
+            guard fstat(fileno(handle), &info) == 0, info.st_mode & S_IFMT != S_IFDIR else {
+                FileHandleStderr.write("sluice storage put: \(path) is a directory, not a payload file\n")
+                throw ExitCode(1)
+            }
             let bytesMax = 1 << 20
             var bytes = [UInt8](repeating: 0, count: bytesMax + 1)
             let count = fread(&bytes, 1, bytes.count, handle)
+            guard ferror(handle) == 0 else {
+                FileHandleStderr.write("sluice storage put: cannot read \(path): \(String(cString: strerror(errno)))\n")
+                throw ExitCode(1)
+            }
             guard count <= bytesMax else {
                 FileHandleStderr.write("sluice storage put: \(path) is larger than \(bytesMax) bytes\n")
                 throw ExitCode(1)

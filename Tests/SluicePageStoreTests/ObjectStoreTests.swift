@@ -206,31 +206,31 @@ import Testing
             #expect(log.recordBytes > 0 && log.recordBytes < 5 * 64, "only the 5 records after the checkpoint stay")
         }
         let expected = try { () throws -> [ObjectInfo] in let (store, _) = try open(); return store.list() }()
-        let (store, log) = try open()
-        #expect(try log.records(after: 0).count == 5, "replay starts after the checkpoint")
-        #expect(store.list() == expected && store.lastOSN == 35)
-        #expect(try store.read(objectID: 1, pageIndex: 3).payload.first == 28, "rewritten after the truncate")
-        #expect(try store.read(objectID: 2, pageIndex: 0).payload.first == 20, "written after the delete")
-        #expect(try store.read(objectID: 2, pageIndex: 2).payload.first == 32)
-        let page = try store.read(objectID: 0, pageIndex: 3)
-        #expect(page.payload.first == 33 && page.pageOSN == 34)
-        #expect(try store.write(objectID: 0, pages: [(0, [99], .unconditional)]) == 36)
+        do {  // the store holds its lock until freed: scoped, so the reopens below can take it
+            let (store, log) = try open()
+            #expect(try log.records(after: 0).count == 5, "replay starts after the checkpoint")
+            #expect(store.list() == expected && store.lastOSN == 35)
+            #expect(try store.read(objectID: 1, pageIndex: 3).payload.first == 28, "rewritten after the truncate")
+            #expect(try store.read(objectID: 2, pageIndex: 0).payload.first == 20, "written after the delete")
+            #expect(try store.read(objectID: 2, pageIndex: 2).payload.first == 32)
+            let page = try store.read(objectID: 0, pageIndex: 3)
+            #expect(page.payload.first == 33 && page.pageOSN == 34)
+            #expect(try store.write(objectID: 0, pages: [(0, [99], .unconditional)]) == 36)
+        }
 
         // The log as it was before the third checkpoint: base 20, records 21...29 (a crash after
-        // the checkpoint file but before compaction would leave it with 21...30). Checkpoint 40
+        // the checkpoint file but before compaction would leave it with 21...30). Checkpoint 30
         // is ahead of it: records are missing, which must be an error, not silent loss.
         try writeFile(paths.log, logBeforeCheckpoint)
-        #expect(throws: ObjectStoreError.self) { _ = try open() }
-
-        var checkpoint = try readFile(paths.pages + ".checkpoint")
-        checkpoint[checkpoint.count / 2] ^= 0xFF
-        try writeFile(paths.pages + ".checkpoint", checkpoint)
-        do {
+        let checkpointPath = paths.pages + ".checkpoint"
+        #expect(throws: ObjectStoreError.checkpoint(path: checkpointPath, .logMismatch(checkpointOSN: 30, logOSN: 29))) {
             _ = try open()
-            Issue.record("a corrupt checkpoint must not open")
-        } catch {
-            guard case .checkpoint = error as? ObjectStoreError else { Issue.record("\(error)"); return }
         }
+
+        var checkpoint = try readFile(checkpointPath)
+        checkpoint[checkpoint.count / 2] ^= 0xFF
+        try writeFile(checkpointPath, checkpoint)
+        #expect(throws: ObjectStoreError.checkpoint(path: checkpointPath, .badFrame)) { _ = try open() }
     }
 
     /// A bad record at the end is a torn append (dropped); a bad record with good ones after it is
@@ -246,7 +246,9 @@ import Testing
         let recordBytes = (bytes.count - EmbeddedLog.headerBytes) / 3
         bytes[EmbeddedLog.headerBytes + recordBytes + 60] ^= 0x01  // inside the second record's payload
         try writeFile(paths.log, bytes)
-        #expect(throws: LogError.self) { _ = try EmbeddedLog(path: paths.log) }
+        #expect(throws: LogError.notALog(path: paths.log, .corruptRecordBeforeValidOnes(offset: EmbeddedLog.headerBytes + recordBytes))) {
+            _ = try EmbeddedLog(path: paths.log)
+        }
         bytes[EmbeddedLog.headerBytes + recordBytes + 60] ^= 0x01
         bytes[bytes.count - 10] ^= 0x01  // the last record: a torn tail
         try writeFile(paths.log, bytes)
@@ -277,7 +279,7 @@ import Testing
         #expect(throws: ObjectStoreError.payloadTooLarge(5000, max: store.payloadSizeBytes)) {
             _ = try store.write(objectID: 1, pages: [(0, [UInt8](repeating: 0, count: 5000), .unconditional)])
         }
-        #expect(throws: ObjectStoreError.self) {
+        #expect(throws: ObjectStoreError.tooManyPages(100, max: 32)) {
             _ = try store.write(objectID: 1, pages: (0..<100).map { (UInt64($0), [UInt8](), WriteCondition.unconditional) })
         }
         #expect(store.lastOSN == 0)

@@ -1,5 +1,7 @@
 import CShims
 import Glibc
+import SluiceCore
+import SystemPackage
 import Testing
 
 @testable import SluicePageStore
@@ -100,13 +102,13 @@ import Testing
     @Test func badConfigurationIsATypedError() {
         var configuration = PageFileConfiguration(path: temporaryPath("bad"))
         configuration.pageSizeBytes = 3000
-        #expect(throws: PageStoreError.invalidConfiguration("page size must be a power of two in 512...1048576, got 3000")) {
-            _ = try PageFile(configuration: configuration)
-        }
+        #expect(throws: PageStoreError.invalidPageSize(3000)) { _ = try PageFile(configuration: configuration) }
         configuration.pageSizeBytes = 4096
         configuration.queueDepth = 0
-        #expect(throws: PageStoreError.self) { _ = try PageFile(configuration: configuration) }
-        #expect(throws: PageStoreError.self) {
+        #expect(throws: PageStoreError.invalidQueueDepth(0, max: PageFile.queueDepthMax)) {
+            _ = try PageFile(configuration: configuration)
+        }
+        #expect(throws: PageStoreError.syscall(SyscallError("open(/nonexistent/dir/pages)", .noSuchFileOrDirectory))) {
             _ = try PageFile(configuration: PageFileConfiguration(path: "/nonexistent/dir/pages"))
         }
     }
