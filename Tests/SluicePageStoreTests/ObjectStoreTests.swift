@@ -15,6 +15,8 @@ import Testing
             unlink(pages)
             unlink(log)
             unlink(pages + ".checkpoint")
+            unlink(ObjectStore.lockPath(pages: pages))
+            unlink(ObjectStore.formatPath(pages: pages))
         }
         func open() throws -> ObjectStore {
             try ObjectStore(pages: PageFileConfiguration(path: pages), log: try EmbeddedLog(path: log))
@@ -283,5 +285,62 @@ import Testing
             _ = try store.write(objectID: 1, pages: (0..<100).map { (UInt64($0), [UInt8](), WriteCondition.unconditional) })
         }
         #expect(store.lastOSN == 0)
+    }
+
+    /// A single-page read at or above the page-index bound is refused, alone or in a read group.
+    @Test func readAtTheIndexBoundIsOutOfRange() throws {
+        let paths = Paths("readbound")
+        defer { paths.remove() }
+        let store = try paths.open()
+        let max = ObjectStore.pageIndexMax
+        _ = try store.write(objectID: 1, pages: [(0, [1], .unconditional)])
+        #expect(throws: ObjectStoreError.pageIndexOutOfRange(max, max: max)) { try store.read(objectID: 1, pageIndex: max) }
+        let results = store.read(batch: [(1, max), (1, 0)])
+        #expect(throws: ObjectStoreError.pageIndexOutOfRange(max, max: max)) { try results[0].get() }
+        #expect(try results[1].get().payload.first == 1)
+    }
+
+    /// One open store per page file: a second open (another file description, as another process
+    /// would have) is refused with the holder's pid; once the first is freed, the lock is free.
+    @Test func aSecondOpenIsRefusedWhileTheFirstLives() throws {
+        let paths = Paths("lock")
+        defer { paths.remove() }
+        do {
+            let store = try paths.open()
+            _ = try store.write(objectID: 1, pages: [(0, [1], .unconditional)])
+            #expect(throws: ObjectStoreError.locked(lockPath: ObjectStore.lockPath(pages: paths.pages), holderPID: getpid())) {
+                _ = try paths.open()
+            }
+            #expect(try store.write(objectID: 1, pages: [(0, [2], .unconditional)]) == 2)
+        }
+        #expect(try paths.open().read(objectID: 1, pageIndex: 0).payload.first == 2)
+    }
+
+    /// The page size is recorded at creation; opening with another is refused before anything is
+    /// read or redone. A store from before the record is checked against its first page.
+    @Test func pageSizeIsRecordedAndAMismatchRefused() throws {
+        let paths = Paths("format")
+        defer { paths.remove() }
+        func open(_ pageSizeBytes: Int) throws -> ObjectStore {
+            var configuration = PageFileConfiguration(path: paths.pages)
+            configuration.pageSizeBytes = pageSizeBytes
+            return try ObjectStore(pages: configuration, log: try EmbeddedLog(path: paths.log))
+        }
+        do { _ = try open(4096).write(objectID: 1, pages: [(0, [7], .unconditional)]) }
+        let formatPath = ObjectStore.formatPath(pages: paths.pages)
+        #expect(throws: ObjectStoreError.format(path: formatPath, .pageSizeMismatch(recorded: 4096, opened: 8192))) {
+            _ = try open(8192)
+        }
+        #expect(try open(4096).read(objectID: 1, pageIndex: 0).payload.first == 7)
+        // No record (a store made before records were kept): the first page decides.
+        unlink(formatPath)
+        #expect(throws: ObjectStoreError.format(path: formatPath, .unrecordedPageSizeMismatch(opened: 8192))) {
+            _ = try open(8192)
+        }
+        #expect(try open(4096).read(objectID: 1, pageIndex: 0).payload.first == 7)
+        #expect(access(formatPath, F_OK) == 0, "the record is written on the first good open")
+        // A record from another format version is refused.
+        try writeFile(formatPath, Array("sluice-store format 9 page-size 4096\n".utf8))
+        #expect(throws: ObjectStoreError.format(path: formatPath, .unsupportedVersion(9, supported: 1))) { _ = try open(4096) }
     }
 }

@@ -104,4 +104,22 @@ import Testing
         #expect(read.pages.count == 2)
     }
 
+    /// readPage at or above the bound is refused like readPages and writes (it once answered ok with
+    /// an empty page), on both read paths: grouped (no pooled readers) and pooled.
+    @Test(arguments: [0, 32]) func readPageAtTheBoundIsOutOfRange(parallelReadersMax: Int) throws {
+        let served = try ServedNode(parallelReadersMax: parallelReadersMax)
+        defer { served.close() }
+        let client = try served.client()
+        let max = ObjectStore.pageIndexMax
+        for index in [max, max + 1, UInt64.max] {
+            #expect(throws: StorageClientError.pageIndexOutOfRange(index: index, max: max)) {
+                try client.read(objectID: 1, pageIndex: index)
+            }
+        }
+        #expect(try client.read(objectID: 1, pageIndex: max - 1).pageOSN == 0)
+        #expect(throws: ObjectStoreError.pageIndexOutOfRange(max, max: max)) {
+            try served.node.read(objectID: 1, pageIndex: max)
+        }
+    }
+
 }
