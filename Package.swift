@@ -66,6 +66,7 @@ let package = Package(
             name: "SluiceStorageServer",
             dependencies: [
                 "SluicePageStore", "SluiceCore",
+                .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),

@@ -65,8 +65,27 @@ extension StorageCommand {
         @Option(help: "Threads running node calls (disk I/O); also bounds how many connections' writes share a group commit.")
         var blockingThreads = StorageServerConfiguration().blockingThreadCount
 
+        @Option(help: "Requests per connection received and not yet answered (reply unsent included) before reading pauses.")
+        var outstandingRequestsMax = StorageServerConfiguration().outstandingRequestsMax
+
+        @Option(help: "Reply bytes per connection written and not yet taken by the socket before reading pauses.")
+        var outstandingReplyBytesMax = StorageServerConfiguration().outstandingReplyBytesMax
+
+        @Option(help: "Close a connection whose unread replies stay at a bound this long (milliseconds).")
+        var stalledReplyDeadlineMs = Int(StorageServerConfiguration().stalledReplyDeadlineNs / 1_000_000)
+
         func validate() throws {
             guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535, got \(port)") }
+            guard (1...StorageServerConfiguration.outstandingRequestsMaxLimit).contains(outstandingRequestsMax) else {
+                throw ValidationError("--outstanding-requests-max must be 1...\(StorageServerConfiguration.outstandingRequestsMaxLimit)")
+            }
+            guard (1...StorageServerConfiguration.outstandingReplyBytesMaxLimit).contains(outstandingReplyBytesMax) else {
+                throw ValidationError("--outstanding-reply-bytes-max must be 1...\(StorageServerConfiguration.outstandingReplyBytesMaxLimit)")
+            }
+            let deadlineMsMax = Int(StorageServerConfiguration.stalledReplyDeadlineNsLimit / 1_000_000)
+            guard (1...deadlineMsMax).contains(stalledReplyDeadlineMs) else {
+                throw ValidationError("--stalled-reply-deadline-ms must be 1...\(deadlineMsMax)")
+            }
             guard pageSize >= 4096, pageSize % 4096 == 0, pageSize <= 1 << 20 else {
                 throw ValidationError("--page-size must be a multiple of 4096 up to 1 MiB, got \(pageSize)")
             }
@@ -88,6 +107,9 @@ extension StorageCommand {
             var configuration = StorageServerConfiguration()
             configuration.frameBytesMax = maxFrameBytes
             configuration.blockingThreadCount = blockingThreads
+            configuration.outstandingRequestsMax = outstandingRequestsMax
+            configuration.outstandingReplyBytesMax = outstandingReplyBytesMax
+            configuration.stalledReplyDeadlineNs = UInt64(stalledReplyDeadlineMs) * 1_000_000
             let server: StorageServer
             do {
                 server = try StorageServer.bind(host: host, port: port, node: opened.node,
