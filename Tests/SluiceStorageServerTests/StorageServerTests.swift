@@ -273,4 +273,22 @@ import Testing
         #expect(counterValue(final.payload) == UInt64(acknowledged.load(ordering: .relaxed)))
         #expect(acknowledged.load(ordering: .relaxed) == clientCount * incrementsPerClient)
     }
+
+    /// A write answered ioError may still be applied (here: durable and applied, its checkpoint
+    /// failed). updatePage reads the page back and settles it as applied instead of failing.
+    @Test func updatePageSettlesAnIOErrorByReadingBack() throws {
+        let served = try ServedNode(checkpointEveryRecords: 1)
+        let blocker = served.pagesPath + ".checkpoint.tmp"
+        #expect(mkdir(blocker, 0o755) == 0)  // the checkpoint cannot write its file aside: EISDIR
+        defer {
+            rmdir(blocker)
+            served.close()
+        }
+        let client = try served.client()
+        #expect(throws: StorageClientError.self) { try client.write(objectID: 1, pageIndex: 1, payload: [1]) }
+        let settled = try client.updatePage(objectID: 1, pageIndex: 0) { _ in [42] }
+        #expect(settled.osn == 2 && settled.payload == [42])
+        let page = try client.read(objectID: 1, pageIndex: 0)
+        #expect(page.pageOSN == 2 && page.payload.first == 42)
+    }
 }

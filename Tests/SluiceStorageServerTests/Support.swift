@@ -14,11 +14,13 @@ final class ServedNode: @unchecked Sendable {  // unchecked: fields are set once
     let payloadSizeBytes: Int
     private static let counter = Atomic<Int>(0)
 
-    init(configuration: StorageServerConfiguration = .init(), parallelReadersMax: Int = 32) throws {
+    init(configuration: StorageServerConfiguration = .init(), parallelReadersMax: Int = 32,
+         checkpointEveryRecords: UInt64 = 4_096) throws {
         let unique = "\(getpid())-\(Self.counter.add(1, ordering: .relaxed).newValue)"
         pagesPath = "/var/tmp/sluice-server-\(unique).pages"
         logPath = "/var/tmp/sluice-server-\(unique).log"
-        let store = try ObjectStore(pages: PageFileConfiguration(path: pagesPath), log: try EmbeddedLog(path: logPath))
+        let store = try ObjectStore(pages: PageFileConfiguration(path: pagesPath), log: try EmbeddedLog(path: logPath),
+                                    checkpointEveryRecords: checkpointEveryRecords)
         payloadSizeBytes = store.payloadSizeBytes
         node = StorageNode(store: store, parallelReadersMax: parallelReadersMax)
         server = try StorageServer.bind(host: "127.0.0.1", port: 0, node: node, payloadSizeBytes: payloadSizeBytes,
