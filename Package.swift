@@ -102,7 +102,13 @@ let package = Package(
             ]
         ),
         .testTarget(name: "SluiceCoreTests", dependencies: ["SluiceCore", "CShims"]),
-        .testTarget(name: "SluicePageStoreTests", dependencies: ["SluicePageStore", "SluiceCore", "CShims", .product(name: "SystemPackage", package: "swift-system")]),
+        // What the storage tests share: the linearizability checker for histories of one page.
+        .target(name: "SluiceStorageTestSupport", path: "Tests/SluiceStorageTestSupport"),
+        .testTarget(
+            name: "SluicePageStoreTests",
+            dependencies: ["SluicePageStore", "SluiceCore", "CShims", "SluiceStorageTestSupport",
+                           .product(name: "SystemPackage", package: "swift-system")]
+        ),
         .testTarget(name: "SluiceStorageServerTests", dependencies: ["SluiceStorageServer", "SluicePageStore", "SluiceTestSupport"]),
         // What the tests that run the `sluice` binary share: spawning it, reading its output, HTTP GET.
         .target(name: "SluiceTestSupport", path: "Tests/SluiceTestSupport"),

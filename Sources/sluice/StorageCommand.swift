@@ -9,7 +9,7 @@ struct StorageCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "storage",
         abstract: "Serve a storage node over TCP (docs/STORAGE-PROTOCOL.md) and talk to one.",
-        subcommands: [Serve.self, Get.self, Put.self, Stat.self, Bench.self])
+        subcommands: [Serve.self, Get.self, Put.self, Stat.self])
 }
 
 /// Where a client command connects.

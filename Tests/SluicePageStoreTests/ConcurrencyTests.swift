@@ -4,6 +4,7 @@ import Synchronization
 import Testing
 
 @testable import SluicePageStore
+import SluiceStorageTestSupport
 
 /// Runs `body(index)` on `count` threads of their own (real threads, not the cooperative pool: the
 /// node's calls block) and waits for all of them.
