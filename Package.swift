@@ -109,7 +109,10 @@ let package = Package(
             dependencies: ["SluicePageStore", "SluiceCore", "CShims", "SluiceStorageTestSupport",
                            .product(name: "SystemPackage", package: "swift-system")]
         ),
-        .testTarget(name: "SluiceStorageServerTests", dependencies: ["SluiceStorageServer", "SluicePageStore", "SluiceTestSupport"]),
+        .testTarget(
+            name: "SluiceStorageServerTests",
+            dependencies: ["SluiceStorageServer", "SluicePageStore", "SluiceTestSupport", .product(name: "NIOCore", package: "swift-nio")]
+        ),
         // What the tests that run the `sluice` binary share: spawning it, reading its output, HTTP GET.
         .target(name: "SluiceTestSupport", path: "Tests/SluiceTestSupport"),
         .testTarget(

@@ -196,7 +196,7 @@ final class StorageHandler: ChannelInboundHandler {
             stats?.recordRejected(status: reply.status)
             waiting.append(Work(immediate: reply, opcode: opcode, requestID: requestID, closeAfter: true))
         case .tooShort(let length):
-            let reply = StorageReply.malformedFrame(message: "frame length \(length) is below the 10-byte header")
+            let reply = StorageReply.malformedFrame(message: MalformedBody.frameBelowHeader(length: length).reason)
             stats?.recordRejected(status: reply.status)
             waiting.append(Work(immediate: reply, opcode: 0, requestID: 0))
         case .request(let version, let rawOpcode, let requestID, var body):

@@ -44,10 +44,10 @@ import Testing
         let reply = try client.receiveRaw()
         #expect(reply.requestID == 21)
         #expect(reply.opcode == Opcode.readPages.rawValue)
-        #expect(try reply.decoded() == .malformedFrame(message: "read of zero pages"))
+        #expect(try reply.decoded() == .malformedFrame(message: MalformedBody.readOfZeroPages.reason))
         // A body cut short is malformed too.
         try client.sendRaw(rawFrame(opcode: Opcode.readPages.rawValue, requestID: 22, body: bigEndian(1) + bigEndian(0) + [0, 1]))
-        #expect(try client.receiveRaw().decoded() == .malformedFrame(message: "count missing"))
+        #expect(try client.receiveRaw().decoded() == .malformedFrame(message: MalformedBody.missing(field: "count").reason))
         let read = try client.read(objectID: 1, pageRange: 0..<2)
         #expect(read.pages.map { $0.payload.first } == [1, nil])
     }
