@@ -88,10 +88,13 @@ struct StorageBench: ParsableCommand {
         let result = try Self.load(port: server.port, clients: clients, seconds: seconds, op: op,
                                    pagesPerClient: pagesPerClient, payload: payload, lastOSNs: lastOSNs)
         let stats = opened.node.commitStats
+        let reads = opened.node.readStats  // grouped reads only (pooled readers are counted apart)
         print("op=\(op.rawValue) clients=\(clients) ops=\(result.ops) errors=\(result.errors) "
               + "ops_per_s=\(Int(Double(result.ops) / result.seconds)) "
               + "p50_us=\(Double(result.p50Ns) / 1000) p99_us=\(Double(result.p99Ns) / 1000) "
-              + "writes_per_flush=\(stats.groupCommits == 0 ? 0 : Double(stats.writes) / Double(stats.groupCommits))")
+              + "writes_per_flush=\(stats.groupCommits == 0 ? 0 : Double(stats.writes) / Double(stats.groupCommits)) "
+              + "reads_per_group=\(reads.groups == 0 ? 0 : Double(reads.reads) / Double(reads.groups)) "
+              + "parallel_reads=\(opened.node.parallelReads)")
         if result.errors > 0 { throw ExitCode(2) }
     }
 
