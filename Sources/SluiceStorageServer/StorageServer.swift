@@ -285,8 +285,8 @@ final class StorageHandler: ChannelInboundHandler {
         let full = outstanding >= limits.outstandingRequestsMax || unsentBytes >= limits.outstandingReplyBytesMax
         if full != readingPaused {
             readingPaused = full
+            // Turning autoRead back on issues a read at once (NIO's BaseSocketChannel).
             channel.setOption(ChannelOptions.autoRead, value: !full).whenComplete { _ in }
-            if !full { channel.read() }
         }
         let stalled = unsentCount >= limits.outstandingRequestsMax || unsentBytes >= limits.outstandingReplyBytesMax
         if stalled, stallTimer == nil {
