@@ -66,6 +66,7 @@ let package = Package(
             name: "SluiceStorageServer",
             dependencies: [
                 "SluicePageStore", "SluiceCore",
+                .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
@@ -101,8 +102,17 @@ let package = Package(
             ]
         ),
         .testTarget(name: "SluiceCoreTests", dependencies: ["SluiceCore", "CShims"]),
-        .testTarget(name: "SluicePageStoreTests", dependencies: ["SluicePageStore", "SluiceCore", "CShims"]),
-        .testTarget(name: "SluiceStorageServerTests", dependencies: ["SluiceStorageServer", "SluicePageStore", "SluiceTestSupport"]),
+        // What the storage tests share: the linearizability checker for histories of one page.
+        .target(name: "SluiceStorageTestSupport", path: "Tests/SluiceStorageTestSupport"),
+        .testTarget(
+            name: "SluicePageStoreTests",
+            dependencies: ["SluicePageStore", "SluiceCore", "CShims", "SluiceStorageTestSupport",
+                           .product(name: "SystemPackage", package: "swift-system")]
+        ),
+        .testTarget(
+            name: "SluiceStorageServerTests",
+            dependencies: ["SluiceStorageServer", "SluicePageStore", "SluiceTestSupport", .product(name: "NIOCore", package: "swift-nio")]
+        ),
         // What the tests that run the `sluice` binary share: spawning it, reading its output
         // (HTTP GETs go through SluiceService.HTTPClient, as `sluice stats` does).
         .target(name: "SluiceTestSupport", path: "Tests/SluiceTestSupport"),

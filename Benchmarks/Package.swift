@@ -70,6 +70,16 @@ let package = Package(
             name: "pagestore-compare",
             dependencies: [.product(name: "SluicePageStore", package: "Sluice")]
         ),
+        // The storage node over loopback: a node served in-process, N client threads, ops/s and latency
+        // percentiles (scripts/bench-storage.sh, scripts/bench-storage-reads.sh).
+        .executableTarget(
+            name: "storage-bench",
+            dependencies: [
+                .product(name: "SluicePageStore", package: "Sluice"),
+                .product(name: "SluiceStorageServer", package: "Sluice"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
         // package-benchmark suites: one folder each beside this file (the plugin looks for a parent
         // folder named Benchmarks).
         .executableTarget(

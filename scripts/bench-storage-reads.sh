@@ -2,7 +2,7 @@
 # Storage node reads (issue 5's left-out, done later): single-page reads with the I/O outside the
 # node's mutex on pooled readers (each its own io_uring) vs every read grouped under the mutex (one
 # submission per group, the issue-5 design), 1 and 16 clients over loopback through
-# `sluice storage bench --op read [--parallel-readers 0]`. Interleaved rounds, medians, same run;
+# `storage-bench --op read [--parallel-readers 0]` (Benchmarks package). Interleaved rounds, medians, same run;
 # fio's io_uring 4 KiB random read at depth 1 and 16 in the same directory as the anchor.
 # Needs a file system with O_DIRECT (not tmpfs): set DIR to choose one.
 # Usage: scripts/bench-storage-reads.sh [RUNS] [SECONDS]
@@ -10,8 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-5}
 seconds=${2:-2}
-swift build -c release --product sluice >&2
-binary="$(swift build -c release --show-bin-path)/sluice"
+(cd Benchmarks && swift build -c release --product storage-bench >&2)
+binary="$(cd Benchmarks && swift build -c release --show-bin-path)/storage-bench"
 mkdir -p "${DIR:-$PWD/out}"
 work=$(mktemp -d "${DIR:-$PWD/out}/bench-reads.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -20,7 +20,7 @@ for r in $(seq 1 "$runs"); do
     order="32 0"
     [ $((r % 2)) = 1 ] || order="0 32"  # alternate who goes first
     for readers in $order; do
-      "$binary" storage bench --data "$work/node" --op read --clients "$clients" --seconds "$seconds" \
+      "$binary" --data "$work/node" --op read --clients "$clients" --seconds "$seconds" \
         --parallel-readers "$readers" >>"$work/read-$clients-$readers.txt"
     done
     if command -v fio >/dev/null; then

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Storage node over loopback (issue 5): reads/s, unconditional and conditional writes/s with 1 and 16
-# clients, p50/p99, through `sluice storage bench` (server and clients in one process, TCP on
+# clients, p50/p99, through `storage-bench` (Benchmarks package; server and clients in one process, TCP on
 # 127.0.0.1). Interleaved rounds, medians. The OSN check's cost is conditional vs unconditional writes
 # of the same rounds. Anchor for reads: fio's io_uring 4 KiB random read at depth 1 on a file in the
 # same directory (what one page read costs the disk), when fio is installed.
@@ -10,8 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-5}
 seconds=${2:-2}
-swift build -c release --product sluice >&2
-binary="$(swift build -c release --show-bin-path)/sluice"
+(cd Benchmarks && swift build -c release --product storage-bench >&2)
+binary="$(cd Benchmarks && swift build -c release --show-bin-path)/storage-bench"
 mkdir -p "${DIR:-$PWD/out}"
 work=$(mktemp -d "${DIR:-$PWD/out}/bench-storage.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -22,7 +22,7 @@ for r in $(seq 1 "$runs"); do
     [ $((r % 2)) = 1 ] || ops="conditional write read"  # alternate who goes first
     for op in $ops; do
       echo "round $r: $op, $clients clients" >&2
-      "$binary" storage bench --data "$work/node" --op "$op" --clients "$clients" --seconds "$seconds" \
+      "$binary" --data "$work/node" --op "$op" --clients "$clients" --seconds "$seconds" \
         >>"$work/$op-$clients.txt"
     done
   done

@@ -24,7 +24,7 @@ public enum WriteCondition: Sendable, Equatable {
     case absent
 }
 
-public enum ObjectStoreError: Error, Equatable {
+public enum ObjectStoreError: Error, Equatable, CustomStringConvertible {
     /// The page changed after the write's OSN (or exists, for `.absent`): nothing was written.
     case conflict(objectID: UInt64, pageIndex: UInt64, currentOSN: UInt64)
     case payloadTooLarge(Int, max: Int)
@@ -35,13 +35,61 @@ public enum ObjectStoreError: Error, Equatable {
     case noSuchObject(UInt64)
     case page(PageStoreError)
     case log(LogError)
-    /// The checkpoint file is unreadable or corrupt (path, what was wrong).
-    case checkpoint(String)
+    /// The checkpoint file at `path` is unreadable, corrupt or does not fit the log.
+    case checkpoint(path: String, CheckpointProblem)
     /// A page index (or page count) beyond `ObjectStore.pageIndexMax`.
     case pageIndexOutOfRange(UInt64, max: UInt64)
     /// An earlier page write or log flush failed: the map may be ahead of the disk, so the store takes
     /// no more writes or checkpoints until it is reopened (reopening redoes the pages from the log).
-    case failed(String)
+    case failed(StoreFailure)
+    /// Another open store (this process or another, `holderPID` as the lock file records it, nil when
+    /// unreadable) holds the exclusive lock on `lockPath`: two writers would hand out the same OSNs.
+    case locked(lockPath: String, holderPID: Int32?)
+    /// The lock file could not be opened, locked or written.
+    case lockFile(SyscallError)
+    /// The store's recorded format (at `path`) does not match how it is being opened.
+    case format(path: String, FormatProblem)
+
+    public var description: String {
+        switch self {
+        case .conflict(let objectID, let pageIndex, let currentOSN):
+            "object \(objectID) page \(pageIndex) changed at OSN \(currentOSN)"
+        case .payloadTooLarge(let size, let max): "payload of \(size) bytes is above the page payload of \(max)"
+        case .tooManyPages(let count, let max): "\(count) pages in one operation, at most \(max)"
+        case .objectExists(let objectID): "object \(objectID) exists"
+        case .noSuchObject(let objectID): "no object \(objectID)"
+        case .page(let error): "\(error)"
+        case .log(let error): "log: \(error)"
+        case .checkpoint(let path, let problem): "checkpoint \(path): \(problem)"
+        case .pageIndexOutOfRange(let index, let max): "page index \(index) is not below \(max)"
+        case .failed(let failure): "store failed (reopen to recover): \(failure)"
+        case .locked(let lockPath, let holderPID):
+            "data directory is in use: \(lockPath) is locked by "
+                + (holderPID.map { "process \($0)" } ?? "another process (pid not recorded)")
+        case .lockFile(let error): "lock file: \(error)"
+        case .format(let path, let problem): "\(path): \(problem)"
+        }
+    }
+}
+
+/// What is wrong with a checkpoint file.
+public enum CheckpointProblem: Sendable, Equatable {
+    case shortRead(sizeBytes: Int, readBytes: Int)
+    /// Magic, length or CRC-32C do not check out.
+    case badFrame
+    /// The content ends before the counts it declares.
+    case cutShort
+    /// A page map entry points at or past the file's end as the checkpoint itself records it.
+    case pageBeyondFile(physicalPage: UInt64, nextPhysical: UInt64)
+    /// The log holds no records after the checkpoint but ends elsewhere: records are missing.
+    case logMismatch(checkpointOSN: UInt64, logOSN: UInt64)
+}
+
+/// Why a store took no more writes: the underlying error of the write or flush that failed.
+public enum StoreFailure: Sendable, Equatable {
+    case logAppend(LogError)
+    case pageWrite(PageStoreError)
+    case pageSync(PageStoreError)
 }
 
 /// What `stat` and `list` say about an object.
@@ -73,6 +121,8 @@ public final class ObjectStore {
     public static let pageIndexMax: UInt64 = 1 << 40
     /// Set when a page write or checkpoint failed after the log accepted the write.
     private var failure: ObjectStoreError?
+    /// Held for the store's life: no other store opens these files meanwhile.
+    private let lock: StoreLock
 
     /// Why the store refuses every operation (a log or page write failed; reopen to recover), or nil.
     public var poisoned: ObjectStoreError? { failure }
@@ -105,16 +155,26 @@ public final class ObjectStore {
     public var payloadSizeBytes: Int { file.payloadSizeBytes }
     public var lastOSN: UInt64 { log.lastOSN }
 
-    /// Opens the page file and the log, loads the last checkpoint (default path: the page file's with
-    /// ".checkpoint"), replays the log after it and redoes pages whose on-disk OSN is older than the
-    /// log's (a write acknowledged by the log, cut off before its pages).
+    /// The lock every open store holds: the page file's path with ".lock".
+    public static func lockPath(pages: String) -> String { pages + ".lock" }
+    /// The format record (page size, format version): the page file's path with ".format".
+    public static func formatPath(pages: String) -> String { pages + ".format" }
+
+    /// Takes the store's lock (`lock`, else one on `lockPath(pages:)`; a store open elsewhere is
+    /// `.locked`), opens the page file and checks its size against the format record (written when
+    /// missing), loads the last checkpoint (default path: the page file's with ".checkpoint"), replays
+    /// the log after it and redoes pages whose on-disk OSN is older than the log's (a write
+    /// acknowledged by the log, cut off before its pages). The lock is held until the store is freed.
     public init(pages: PageFileConfiguration, log: OperationLog, checkpointPath: String? = nil,
-                checkpointEveryRecords: UInt64 = 4_096) throws(ObjectStoreError) {
+                checkpointEveryRecords: UInt64 = 4_096, lock: StoreLock? = nil) throws(ObjectStoreError) {
         precondition(checkpointEveryRecords > 0, "checkpoints need a positive interval")
+        if let lock { self.lock = lock } else { self.lock = try StoreLock(path: Self.lockPath(pages: pages.path)) }
         do { file = try PageFile(configuration: pages) } catch { throw .page(error) }
         self.log = log
         self.checkpointPath = checkpointPath ?? pages.path + ".checkpoint"
         self.checkpointEveryRecords = checkpointEveryRecords
+        // Before anything is read or redone: pages of another size would be rewritten as garbage.
+        try checkFormat(path: Self.formatPath(pages: pages.path))
         try loadCheckpoint()
         let records: [(osn: UInt64, record: LogRecord)]
         do { records = try log.records(after: checkpointOSN) } catch { throw .log(error) }
@@ -122,7 +182,7 @@ public final class ObjectStore {
             throw .log(.gap(expected: checkpointOSN + 1, found: first.osn))
         }
         if records.isEmpty, log.lastOSN != checkpointOSN {
-            throw .checkpoint("\(self.checkpointPath) is at OSN \(checkpointOSN), the log at \(log.lastOSN)")
+            throw .checkpoint(path: self.checkpointPath, .logMismatch(checkpointOSN: checkpointOSN, logOSN: log.lastOSN))
         }
         var latest: [PageKey: (osn: UInt64, payload: [UInt8])] = [:]
         for (osn, record) in records {
@@ -131,6 +191,26 @@ public final class ObjectStore {
             for page in record.pages { latest[PageKey(object: record.objectID, index: page.index)] = (osn, page.payload) }
         }
         try redo(latest)
+    }
+
+    /// Checks the page size against the format record, or writes the record when there is none (a
+    /// new store; or one older than format records, whose first page must check out at this size).
+    private func checkFormat(path: String) throws(ObjectStoreError) {
+        let pageSizeBytes = file.configuration.pageSizeBytes
+        if let recorded = try FormatRecord.read(path: path) {
+            guard recorded == pageSizeBytes else { throw .format(path: path, .pageSizeMismatch(recorded: recorded, opened: pageSizeBytes)) }
+            return
+        }
+        guard let sizeBytes = fileSizeBytes(file.configuration.path) else {
+            throw .format(path: path, .io(SyscallError("stat(\(file.configuration.path))", Errno(rawValue: errno))))
+        }
+        if sizeBytes > 0 {
+            guard sizeBytes % pageSizeBytes == 0, (try? file.read(physicalPages: [0])) != nil else {
+                throw .format(path: path, .unrecordedPageSizeMismatch(opened: pageSizeBytes))
+            }
+        }
+        try FormatRecord.write(path: path, pageSizeBytes: pageSizeBytes)
+        try syncDirectory(of: path)
     }
 
     /// Applies a logged operation to the page map (live and during replay, so physical pages are
@@ -206,11 +286,13 @@ public final class ObjectStore {
     }
 
     private func rewrite(_ pages: [(PageKey, (osn: UInt64, payload: [UInt8]))]) throws(ObjectStoreError) {
-        do {
-            try file.write(physicalPages: pages.map { physical($0.0) },
-                           headers: pages.map { PageHeader(osn: $0.1.osn, objectID: $0.0.object, pageIndex: $0.0.index) },
-                           payloads: pages.map { $0.1.payload })
-        } catch { throw .page(error) }
+        do { try rewritePages(pages) } catch { throw .page(error) }
+    }
+
+    private func rewritePages(_ pages: [(PageKey, (osn: UInt64, payload: [UInt8]))]) throws(PageStoreError) {
+        try file.write(physicalPages: pages.map { physical($0.0) },
+                       headers: pages.map { PageHeader(osn: $0.1.osn, objectID: $0.0.object, pageIndex: $0.0.index) },
+                       payloads: pages.map { $0.1.payload })
     }
 
     /// The OSN a condition compares against: the page's last write, else what last removed it.
@@ -248,6 +330,7 @@ public final class ObjectStore {
     /// Reads one page. An absent page reads as empty, with the OSN that removed it (0: never
     /// written). A corrupt page throws; it is never returned as data.
     public func read(objectID: UInt64, pageIndex: UInt64) throws(ObjectStoreError) -> PageVersion {
+        guard pageIndex < Self.pageIndexMax else { throw .pageIndexOutOfRange(pageIndex, max: Self.pageIndexMax) }
         let readOSN = log.lastOSN
         guard let entry = objects[objectID]?.pages[pageIndex] else {
             return PageVersion(payload: [], pageOSN: currentOSN(objectID: objectID, pageIndex: pageIndex), readOSN: readOSN)
@@ -268,10 +351,15 @@ public final class ObjectStore {
     public func read(batch requests: [(objectID: UInt64, pageIndex: UInt64)]) -> [Result<PageVersion, ObjectStoreError>] {
         let readOSN = log.lastOSN
         var results = requests.map { request -> Result<PageVersion, ObjectStoreError> in
-            .success(PageVersion(payload: [], pageOSN: currentOSN(objectID: request.objectID, pageIndex: request.pageIndex),
+            guard request.pageIndex < Self.pageIndexMax else {
+                return .failure(.pageIndexOutOfRange(request.pageIndex, max: Self.pageIndexMax))
+            }
+            return .success(PageVersion(payload: [], pageOSN: currentOSN(objectID: request.objectID, pageIndex: request.pageIndex),
                                  readOSN: readOSN))
         }
-        let present = requests.indices.filter { objects[requests[$0].objectID]?.pages[requests[$0].pageIndex] != nil }
+        let present = requests.indices.filter {
+            requests[$0].pageIndex < Self.pageIndexMax && objects[requests[$0].objectID]?.pages[requests[$0].pageIndex] != nil
+        }
         var start = 0
         while start < present.count {
             let slots = Array(present[start..<min(start + file.configuration.queueDepth, present.count)])
@@ -389,7 +477,7 @@ public final class ObjectStore {
         let first: UInt64
         do { first = try log.append(batch: records) } catch {
             for slot in accepted { results[slot] = .failure(.log(error)) }
-            failure = .failed("log append: \(error)")
+            failure = .failed(.logAppend(error))
             return results
         }
         var pages: [(PageKey, (osn: UInt64, payload: [UInt8]))] = []
@@ -402,13 +490,12 @@ public final class ObjectStore {
         var last: [PageKey: Int] = [:]
         for (position, page) in pages.enumerated() { last[page.0] = position }
         let unique = pages.indices.filter { last[pages[$0].0] == $0 }.map { pages[$0] }
-        var failure: ObjectStoreError?
         var start = 0
         while start < unique.count {
             let end = min(start + file.configuration.queueDepth, unique.count)
-            do { try rewrite(Array(unique[start..<end])) } catch {
+            do { try rewritePages(Array(unique[start..<end])) } catch {
                 // The log has these writes; the disk may not. Stop here: a reopen redoes them.
-                self.failure = .failed("page write: \(error)")
+                self.failure = .failed(.pageWrite(error))
                 break
             }
             start = end
@@ -429,7 +516,7 @@ public final class ObjectStore {
     public func checkpoint() throws(ObjectStoreError) {
         if let failure { throw failure }
         do { try file.sync() } catch {
-            failure = .failed("page file sync: \(error)")
+            failure = .failed(.pageSync(error))
             throw .page(error)
         }
         var out = CheckpointBytes()
@@ -497,29 +584,31 @@ public final class ObjectStore {
         guard fstat(fd, &info) == 0 else { throw .page(.syscall(SyscallError("fstat(\(checkpointPath))", Errno(rawValue: errno)))) }
         var data = [UInt8](repeating: 0, count: Int(info.st_size))
         let got = data.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-        guard got == data.count else { throw .checkpoint("\(checkpointPath): short read") }
+        guard got == data.count else { throw .checkpoint(path: checkpointPath, .shortRead(sizeBytes: data.count, readBytes: got)) }
         var input = CheckpointReader(bytes: data)
         guard let magic = input.u32(), magic == CheckpointBytes.magic, let crc = input.u32(), let length = input.u64(),
               length == UInt64(data.count - 16),
               sluice_crc32c(0, Array(data[16...]), data.count - 16) == crc
-        else { throw .checkpoint("\(checkpointPath): bad magic, length or CRC-32C") }
+        else { throw .checkpoint(path: checkpointPath, .badFrame) }
         guard let osn = input.u64(), let next = input.u64(), let deleted = input.u64(), let freeCount = input.u64()
-        else { throw .checkpoint("\(checkpointPath): cut short") }
+        else { throw .checkpoint(path: checkpointPath, .cutShort) }
         var free: [UInt64] = []
         for _ in 0..<freeCount {
-            guard let physical = input.u64() else { throw .checkpoint("\(checkpointPath): cut short") }
+            guard let physical = input.u64() else { throw .checkpoint(path: checkpointPath, .cutShort) }
             free.append(physical)
         }
-        guard let objectCount = input.u64() else { throw .checkpoint("\(checkpointPath): cut short") }
+        guard let objectCount = input.u64() else { throw .checkpoint(path: checkpointPath, .cutShort) }
         var loaded: [UInt64: ObjectState] = [:]
         for _ in 0..<objectCount {
             guard let id = input.u64(), let pageCount = input.u64(), let lastOSN = input.u64(),
                   let truncateOSN = input.u64(), let pages = input.u64()
-            else { throw .checkpoint("\(checkpointPath): cut short") }
+            else { throw .checkpoint(path: checkpointPath, .cutShort) }
             var object = ObjectState(pageCount: pageCount, lastOSN: lastOSN, truncateOSN: truncateOSN)
             for _ in 0..<pages {
-                guard let index = input.u64(), let physical = input.u64(), let pageOSN = input.u64(), physical < next
-                else { throw .checkpoint("\(checkpointPath): cut short or page beyond the file") }
+                guard let index = input.u64(), let physical = input.u64(), let pageOSN = input.u64()
+                else { throw .checkpoint(path: checkpointPath, .cutShort) }
+                guard physical < next
+                else { throw .checkpoint(path: checkpointPath, .pageBeyondFile(physicalPage: physical, nextPhysical: next)) }
                 object.pages[index] = (physical, pageOSN)
             }
             loaded[id] = object
@@ -536,7 +625,7 @@ public final class ObjectStore {
         if let failure { throw failure }
         let osn: UInt64
         do { osn = try log.append(record) } catch {
-            failure = .failed("log append: \(error)")
+            failure = .failed(.logAppend(error))
             throw .log(error)
         }
         apply(record, osn: osn)

@@ -44,8 +44,20 @@ public enum LogError: Error, Equatable {
     case syscall(SyscallError)
     /// The log's first record is not the one after the checkpoint: records are missing.
     case gap(expected: UInt64, found: UInt64)
-    case notALog(String)
+    /// The file at `path` is not a log this code wrote (see `NotALogReason`); nothing was changed.
+    case notALog(path: String, NotALogReason)
     case recordTooLarge(Int, max: Int)
+}
+
+/// Why a file is not a log: what was found where a log's header or records should be.
+public enum NotALogReason: Sendable, Equatable {
+    /// Non-zero bytes, fewer than a header.
+    case shorterThanHeader(sizeBytes: Int)
+    /// The first four bytes are not the log's magic.
+    case badMagic(UInt32)
+    /// The record at this file offset fails its CRC and valid records follow: corruption in the
+    /// middle, so the tail is not truncated.
+    case corruptRecordBeforeValidOnes(offset: Int)
 }
 
 /// Orders writes. `append` returns only once the record is durable (or throws: then it was not
@@ -219,12 +231,12 @@ public final class EmbeddedLog: OperationLog {
         let got = data.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, 0) }
         guard got == data.count else { throw .syscall(SyscallError("pread(\(path))", Errno(rawValue: errno))) }
         if data.count < Self.headerBytes {
-            guard data.allSatisfy({ $0 == 0 }) else { throw .notALog("\(path): \(data.count) bytes, shorter than a header") }
+            guard data.allSatisfy({ $0 == 0 }) else { throw .notALog(path: path, .shorterThanHeader(sizeBytes: data.count)) }
             try writeHeader(base: 0)
             endOffset = off_t(Self.headerBytes)
             return
         }
-        guard Self.get(UInt32.self, data, 0) == Self.magic else { throw .notALog("\(path): bad magic") }
+        guard Self.get(UInt32.self, data, 0) == Self.magic else { throw .notALog(path: path, .badMagic(Self.get(UInt32.self, data, 0))) }
         let base = Self.get(UInt64.self, data, 8)
         lastOSN = base
         var offset = Self.headerBytes
@@ -237,7 +249,7 @@ public final class EmbeddedLog: OperationLog {
                 // A torn append is the last thing in the file. A bad record with a good one after it
                 // is corruption in the middle: acknowledged records follow, so refuse to truncate.
                 if Self.validRecord(data, at: offset + 8 + length) {
-                    throw .notALog("\(path): record at offset \(offset) is corrupt and valid records follow it")
+                    throw .notALog(path: path, .corruptRecordBeforeValidOnes(offset: offset))
                 }
                 break
             }

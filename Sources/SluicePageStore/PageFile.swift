@@ -8,7 +8,10 @@ import SystemPackage
 
 /// Why a page operation failed.
 public enum PageStoreError: Error, Equatable, CustomStringConvertible {
-    case invalidConfiguration(String)
+    /// The page size is not a power of two in `PageFile.pageSizeBytesRange`.
+    case invalidPageSize(Int)
+    /// The queue depth is outside 1...`PageFile.queueDepthMax`.
+    case invalidQueueDepth(Int, max: Int)
     case syscall(SyscallError)
     /// A page read back does not check out: never returned as data.
     case corruptPage(physicalPage: UInt64, reason: String)
@@ -17,7 +20,9 @@ public enum PageStoreError: Error, Equatable, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case .invalidConfiguration(let message): "page store: \(message)"
+        case .invalidPageSize(let size):
+            "page store: page size must be a power of two in \(PageFile.pageSizeBytesRange), got \(size)"
+        case .invalidQueueDepth(let depth, let max): "page store: queue depth must be 1...\(max), got \(depth)"
         case .syscall(let error): "page store: \(error)"
         case .corruptPage(let page, let reason): "page \(page) is corrupt: \(reason)"
         case .io(let page, let result):
@@ -58,6 +63,8 @@ public struct PageFileConfiguration: Sendable {
 /// One data file of pages. Owned by one thread (its io_uring is not shared); closes on deinit.
 public struct PageFile: ~Copyable {
     public static let queueDepthMax = 256
+    /// Page sizes a file may have (powers of two only).
+    public static let pageSizeBytesRange = 512...(1 << 20)
     public let configuration: PageFileConfiguration
     private let fd: Int32
     private let ring: OpaquePointer
@@ -74,11 +81,9 @@ public struct PageFile: ~Copyable {
 
     public init(configuration: PageFileConfiguration) throws(PageStoreError) {
         let size = configuration.pageSizeBytes
-        guard size >= 512, size <= 1 << 20, size.nonzeroBitCount == 1 else {
-            throw .invalidConfiguration("page size must be a power of two in 512...1048576, got \(size)")
-        }
+        guard Self.pageSizeBytesRange.contains(size), size.nonzeroBitCount == 1 else { throw .invalidPageSize(size) }
         guard (1...Self.queueDepthMax).contains(configuration.queueDepth) else {
-            throw .invalidConfiguration("queue depth must be 1...\(Self.queueDepthMax), got \(configuration.queueDepth)")
+            throw .invalidQueueDepth(configuration.queueDepth, max: Self.queueDepthMax)
         }
         let flags = O_RDWR | O_CREAT | O_CLOEXEC | (configuration.directIO ? sluice_open_flag_direct() : 0)
         let fd = open(configuration.path, flags, 0o644)
@@ -205,117 +210,80 @@ public struct PageFile: ~Copyable {
         }
     }
 
-    /// Keeps `depth` (at most `queueDepth`) single-page reads or writes in flight at uniformly random
-    /// pages of `0..<pageCount` until `seconds` have passed, the way fio runs a random job: each
-    /// completion is checked and its slot refilled and resubmitted in the same `io_uring_enter` that
-    /// waits for the next one; nothing is allocated per operation. Reads verify magic and CRC-32C
-    /// (a page never written, all zeros, passes); writes store a header (OSN counting up, `objectID`,
-    /// the page number as index) over the slot's payload bytes and compute the CRC-32C per page.
-    /// Returns the operations completed and the nanoseconds elapsed. For benchmarks and scrubs.
-    /// `submitBatch` is fio's `iodepth_batch_submit`: refilled operations go to the kernel once that
-    /// many are queued (and always before waiting). 1, fio's default, submits each as soon as it is
-    /// queued: more system calls, but the device gets work sooner, which measured faster at depth 32.
-    public mutating func randomIO(writes: Bool, pageCount: UInt64, depth: Int, seconds: Double, seed: UInt64 = 1,
-                                  objectID: UInt64 = 0, submitBatch: Int = 1) throws(PageStoreError)
-        -> (operations: UInt64, nanoseconds: UInt64) {
-        precondition((1...configuration.queueDepth).contains(depth), "depth must be 1...queueDepth")
-        precondition(submitBatch >= 1, "submitBatch must be at least 1")
-        precondition(pageCount > 0, "at least one page")
+    // MARK: Slots: I/O kept in flight by the caller (benchmarks, scrubs)
+
+    /// The registered buffer of `slot` (0..<queueDepth), a whole page: fill it before `prepareWrite`,
+    /// read it after a `prepareRead` completed. Valid while the file lives; owned by the file's thread.
+    public func slotBuffer(_ slot: Int) -> UnsafeMutableRawBufferPointer {
+        precondition((0..<configuration.queueDepth).contains(slot), "slot within the queue depth")
+        return buffer(slot)
+    }
+
+    /// Queues a read of `physicalPage` into `slot`'s buffer; `submit` sends it, `reap` reports it
+    /// with `slot`. At most `queueDepth` prepared and in flight. Never blocks.
+    public mutating func prepareRead(slot: Int, physicalPage: UInt64) {
+        let bytes = slotBuffer(slot)
+        let rc = sluice_uring_prep_read_fixed(ring, 0, bytes.baseAddress, UInt32(bytes.count),
+                                              physicalPage * UInt64(bytes.count), Int32(slot), UInt64(slot))
+        precondition(rc == 0, "a submission slot per prepared page")
+    }
+
+    /// Seals the page in `slot`'s buffer (magic, `header`, CRC-32C over the rest; the payload bytes
+    /// are whatever the buffer holds) and queues its write to `physicalPage`. Never blocks.
+    public mutating func prepareWrite(slot: Int, physicalPage: UInt64, header: PageHeader) {
+        let bytes = slotBuffer(slot)
+        bytes.storeBytes(of: PageHeader.magic.littleEndian, toByteOffset: 0, as: UInt32.self)
+        bytes.storeBytes(of: header.osn.littleEndian, toByteOffset: 8, as: UInt64.self)
+        bytes.storeBytes(of: header.objectID.littleEndian, toByteOffset: 16, as: UInt64.self)
+        bytes.storeBytes(of: header.pageIndex.littleEndian, toByteOffset: 24, as: UInt64.self)
+        let crc = sluice_crc32c(0, bytes.baseAddress! + 8, bytes.count - 8)
+        bytes.storeBytes(of: crc.littleEndian, toByteOffset: 4, as: UInt32.self)
+        let rc = sluice_uring_prep_write_fixed(ring, 0, bytes.baseAddress, UInt32(bytes.count),
+                                               physicalPage * UInt64(bytes.count), Int32(slot), UInt64(slot))
+        precondition(rc == 0, "a submission slot per prepared page")
+    }
+
+    /// Sends the prepared operations and waits until `waitCount` completions are ready (0: no wait).
+    /// Returns how many the kernel took. A failed submit fails the file. Wraps `io_uring_submit_and_wait`.
+    @discardableResult
+    public mutating func submit(waitCount: Int) throws(PageStoreError) -> Int {
         if let ringFailure { throw ringFailure }
-        let size = configuration.pageSizeBytes
-        var state = seed | 1
-        func nextPage() -> UInt64 {  // xorshift64*
-            state ^= state >> 12; state ^= state << 25; state ^= state >> 27
-            return (state &* 0x2545_F491_4F6C_DD1D) % pageCount
+        let submitted = sluice_uring_submit(ring, UInt32(waitCount))
+        guard submitted >= 0 else {
+            let error = PageStoreError.syscall(SyscallError("io_uring_submit", negatedErrno: submitted))
+            ringFailure = error
+            throw error
         }
-        func now() -> UInt64 {
-            var time = timespec()
-            clock_gettime(CLOCK_MONOTONIC, &time)
-            return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
+        return Int(submitted)
+    }
+
+    /// One finished slot operation: the slot and the kernel's result (the page size when whole, else
+    /// a short count or `-errno`).
+    public struct SlotCompletion: Sendable {
+        public var slot: Int
+        public var result: Int32
+        public init(slot: Int, result: Int32) {
+            self.slot = slot
+            self.result = result
         }
-        var osn: UInt64 = 0
-        let pages = UnsafeMutablePointer<UInt64>.allocate(capacity: depth)
-        defer { pages.deallocate() }
-        func queue(_ slot: Int) {
-            let page = nextPage()
-            pages[slot] = page
-            let bytes = buffer(slot)
-            let rc: Int32
-            if writes {
-                osn &+= 1
-                bytes.storeBytes(of: PageHeader.magic.littleEndian, toByteOffset: 0, as: UInt32.self)
-                bytes.storeBytes(of: osn.littleEndian, toByteOffset: 8, as: UInt64.self)
-                bytes.storeBytes(of: objectID.littleEndian, toByteOffset: 16, as: UInt64.self)
-                bytes.storeBytes(of: page.littleEndian, toByteOffset: 24, as: UInt64.self)
-                let crc = sluice_crc32c(0, bytes.baseAddress! + 8, size - 8)
-                bytes.storeBytes(of: crc.littleEndian, toByteOffset: 4, as: UInt32.self)
-                rc = sluice_uring_prep_write_fixed(ring, 0, bytes.baseAddress, UInt32(size), page * UInt64(size),
-                                                   Int32(slot), UInt64(slot))
-            } else {
-                rc = sluice_uring_prep_read_fixed(ring, 0, bytes.baseAddress, UInt32(size), page * UInt64(size),
-                                                  Int32(slot), UInt64(slot))
-            }
-            precondition(rc == 0, "a submission slot per queued page")
+    }
+
+    /// Takes up to `into.count` (at most `queueDepth`) completions without waiting. Returns how many
+    /// it wrote to the front of `into`. Never allocates.
+    public mutating func reap(into completed: UnsafeMutableBufferPointer<SlotCompletion>) -> Int {
+        let reaped = Int(sluice_uring_reap(ring, completions, UInt32(min(completed.count, configuration.queueDepth))))
+        for index in 0..<reaped {
+            completed[index] = SlotCompletion(slot: Int(completions[index].user_data), result: completions[index].result)
         }
-        let start = now()
-        let deadline = start + UInt64(seconds * 1e9)
-        for slot in 0..<depth { queue(slot) }
-        var inFlight = depth
-        var operations: UInt64 = 0
-        var stopping = false
-        var failure: PageStoreError?
-        var queued = 0
-        while inFlight > 0 {
-            let submitted = sluice_uring_submit(ring, 1)
-            guard submitted >= 0 else {
-                let error = PageStoreError.syscall(SyscallError("io_uring_submit", negatedErrno: submitted))
-                ringFailure = error
-                throw error
-            }
-            queued = 0
-            let reaped = Int(sluice_uring_reap(ring, completions, UInt32(depth)))
-            if !stopping, now() >= deadline { stopping = true }
-            for index in 0..<reaped {
-                let slot = Int(completions[index].user_data)
-                let result = completions[index].result
-                inFlight -= 1
-                if result != Int32(size) {
-                    if failure == nil { failure = .io(physicalPage: pages[slot], result: result) }
-                    stopping = true
-                } else {
-                    operations += 1
-                    if !writes {
-                        let bytes = buffer(slot)
-                        let magic = UInt32(littleEndian: bytes.load(fromByteOffset: 0, as: UInt32.self))
-                        let stored = UInt32(littleEndian: bytes.load(fromByteOffset: 4, as: UInt32.self))
-                        let good = magic == PageHeader.magic
-                            ? stored == sluice_crc32c(0, bytes.baseAddress! + 8, size - 8)
-                            : magic == 0 && bytes.allSatisfy { $0 == 0 }
-                        if !good, failure == nil {
-                            failure = .corruptPage(physicalPage: pages[slot], reason: "bad magic or CRC-32C")
-                            stopping = true
-                        }
-                    }
-                }
-                if !stopping {
-                    queue(slot)
-                    inFlight += 1
-                    queued += 1
-                    if queued >= submitBatch, index + 1 < reaped {  // the last one goes with the wait
-                        let rc = sluice_uring_submit(ring, 0)
-                        guard rc >= 0 else {
-                            let error = PageStoreError.syscall(SyscallError("io_uring_submit", negatedErrno: rc))
-                            ringFailure = error
-                            throw error
-                        }
-                        queued = 0
-                    }
-                }
-            }
-        }
-        let elapsed = now() - start
-        if let failure { throw failure }
-        return (operations, elapsed)
+        return reaped
+    }
+
+    /// True when `bytes` (a whole page) checks out: magic and CRC-32C, or all zeros (never written).
+    public static func pageChecksOut(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        let magic = UInt32(littleEndian: bytes.load(fromByteOffset: 0, as: UInt32.self))
+        guard magic == PageHeader.magic else { return magic == 0 && bytes.allSatisfy { $0 == 0 } }
+        let stored = UInt32(littleEndian: bytes.load(fromByteOffset: 4, as: UInt32.self))
+        return stored == sluice_crc32c(0, bytes.baseAddress! + 8, bytes.count - 8)
     }
 
     private mutating func submitAndCheck(_ pages: [UInt64], allowShortReadAtEnd: Bool = false) throws(PageStoreError) {

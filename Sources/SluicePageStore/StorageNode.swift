@@ -35,13 +35,19 @@ public final class StorageNode: Sendable {
         self.groupCommitMax = groupCommitMax
     }
 
-    /// Reads one page (see `ObjectStore.read`). The page map is looked up under the node's mutex (so
-    /// the lookup waits for a group commit in progress); the I/O runs outside it, on a page file of
-    /// the caller's own from a pool (its own io_uring), so reads do their I/O and CRC checks in
-    /// parallel. A page that changed between the lookup and the I/O (rewritten, freed) fails its
-    /// header check and is read again under the mutex, as is every read when no pooled reader is free
-    /// (grouped with the others) or the store is poisoned.
+    /// Reads one page (see `ObjectStore.read`). With `parallelReadersMax` 0 every read goes straight
+    /// into the grouped path: reads arriving while one group's submission runs form the next group,
+    /// one io_uring submission under the mutex for all of them. Otherwise the page map is looked up
+    /// under the node's mutex (so the lookup waits for a group commit in progress) and the I/O runs
+    /// outside it, on a page file of the caller's own from a pool (its own io_uring), so reads do
+    /// their I/O and CRC checks in parallel. A page that changed between the lookup and the I/O
+    /// (rewritten, freed) fails its header check and is read again in the grouped path, as is every
+    /// read when no pooled reader is free or the store is poisoned.
     public func read(objectID: UInt64, pageIndex: UInt64) throws(ObjectStoreError) -> PageVersion {
+        guard pageIndex < ObjectStore.pageIndexMax else { throw .pageIndexOutOfRange(pageIndex, max: ObjectStore.pageIndexMax) }
+        // Grouped reads must not take the mutex before joining the batch: a lookup under the mutex
+        // per read serialises the callers and leaves each group with one read.
+        guard readers.countMax > 0 else { return try readGrouped(objectID: objectID, pageIndex: pageIndex) }
         let resolved = store.withLock { box in box.store.resolve(objectID: objectID, pageIndex: pageIndex) }
         switch resolved {
         case .absent(let version):
@@ -59,7 +65,12 @@ public final class StorageNode: Sendable {
         case .underLock:
             break
         }
-        return try reads.submit((objectID, pageIndex)) { batch in
+        return try readGrouped(objectID: objectID, pageIndex: pageIndex)
+    }
+
+    /// One read in the leader/follower read batch: one io_uring submission under the mutex per group.
+    private func readGrouped(objectID: UInt64, pageIndex: UInt64) throws(ObjectStoreError) -> PageVersion {
+        try reads.submit((objectID, pageIndex)) { batch in
             store.withLock { box in box.store.read(batch: batch) }
         }.get()
     }
@@ -264,7 +275,9 @@ public enum UpdateError: Error, Equatable {
 /// Read-modify-write of one page with optimistic concurrency: read the page and its OSN, compute the
 /// new bytes, write them on condition the page is unmodified since that OSN, and on a conflict wait
 /// (exponential backoff with jitter, bounded) and start again. Returns the write's OSN and the value
-/// written. `transform` may run several times; it must not have side effects.
+/// written. `transform` may run several times; it must not have side effects. A write that failed
+/// with an I/O error (an unknown outcome: it may be in the log) is read back, and settled as applied
+/// when the page holds it at a newer OSN; otherwise the error is thrown, never retried blindly.
 public func updatePage(
     _ node: StorageNode, objectID: UInt64, pageIndex: UInt64, attemptsMax: Int = 64,
     backoffNsMin: UInt64 = 10_000, backoffNsMax: UInt64 = 5_000_000,
@@ -282,11 +295,33 @@ public func updatePage(
             let osn = try node.write(objectID: objectID, pages: [(pageIndex, next, condition)])
             return (osn, next)
         } catch {
-            guard case .conflict(_, _, let osn) = error else { throw .store(error) }
+            guard case .conflict(_, _, let osn) = error else {
+                // An I/O error is an unknown outcome: the write may be applied (it reached the log).
+                // Settled when the page reads back as this write; never retried blindly.
+                if let osn = settledAsApplied(node, objectID: objectID, pageIndex: pageIndex, written: next, after: current.pageOSN) {
+                    return (osn, next)
+                }
+                throw .store(error)
+            }
             lastOSN = osn
         }
         usleep(useconds_t((backoff / 2 + UInt64.random(in: 0...backoff / 2)) / 1_000))
         backoff = min(backoff * 2, backoffNsMax)
     }
     throw .tooManyConflicts(attempts: attemptsMax, lastOSN: lastOSN)
+}
+
+/// The OSN of a write whose reply was an error, when the page now reads back as that write (its
+/// bytes, at an OSN newer than the version it was based on); nil when that cannot be shown.
+func settledAsApplied(_ node: StorageNode, objectID: UInt64, pageIndex: UInt64, written: [UInt8],
+                      after basedOnOSN: UInt64) -> UInt64? {
+    guard let page = try? node.read(objectID: objectID, pageIndex: pageIndex), page.pageOSN > basedOnOSN,
+          holdsPayload(page.payload, written) else { return nil }
+    return page.pageOSN
+}
+
+/// True when `stored` (zero-padded to the page's payload size) holds exactly `written`.
+public func holdsPayload(_ stored: [UInt8], _ written: [UInt8]) -> Bool {
+    stored.count >= written.count && stored.prefix(written.count).elementsEqual(written)
+        && stored.dropFirst(written.count).allSatisfy { $0 == 0 }
 }

@@ -2,8 +2,10 @@
 // over one TCP connection, and its retry helper (read, transform, conditional write, backoff).
 import Glibc
 import NIOCore
+import SluiceCore
 import SluicePageStore
 import Synchronization
+import SystemPackage
 
 /// Why a client call failed: a status the server replied with, or the connection.
 public enum StorageClientError: Error, Equatable {
@@ -22,15 +24,32 @@ public enum StorageClientError: Error, Equatable {
     case pageIndexOutOfRange(index: UInt64, max: UInt64)
     /// `updatePage` met a newer version on every attempt (the last conflict's OSN).
     case tooManyConflicts(attempts: Int, lastOSN: UInt64)
-    case invalidAddress(String)
-    /// A socket call failed (`operation` and errno); the connection is closed.
-    case socket(operation: String, errno: Int32)
+    /// Not an IPv4 literal (or "localhost") and a port in 0...65535.
+    case invalidAddress(host: String, port: Int)
+    /// A socket call failed (its name and errno); the connection is closed.
+    case socket(SyscallError)
     /// The server closed the connection (or it was closed locally).
     case connectionClosed
     /// No reply within the receive timeout; the connection is closed (its stream position is unknown).
     case timedOut
     /// The reply broke the protocol (bad version, wrong request id, bad body); the connection is closed.
-    case protocolViolation(String)
+    case protocolViolation(ProtocolViolation)
+}
+
+/// How a reply broke the protocol.
+public enum ProtocolViolation: Sendable, Equatable {
+    case unknownStatus(UInt8)
+    /// An `ok` reply to an opcode the client does not know (its body cannot be read).
+    case okToUnknownOpcode(UInt8)
+    case badBody(MalformedBody)
+    case replyLength(Int, range: ClosedRange<Int>)
+    case replyVersion(UInt8)
+    /// The reply answers another request than the one waiting.
+    case replyMismatch(requestID: UInt64, opcode: UInt8, expectedRequestID: UInt64, expectedOpcode: UInt8)
+    /// An `ok` reply of another shape than the request's opcode has.
+    case unexpectedReply(to: Opcode)
+    /// A range read answered with another number of pages.
+    case pageCount(Int, expected: Int)
 }
 
 /// A page as a server returned it (the remote twin of `PageVersion`).
@@ -52,14 +71,14 @@ public struct RawReply: Sendable, Equatable {
 
     /// The body decoded for this reply's opcode and status.
     public func decoded() throws(StorageClientError) -> StorageReply {
-        guard let status = StatusCode(rawValue: status) else { throw .protocolViolation("unknown status \(status)") }
+        guard let status = StatusCode(rawValue: status) else { throw .protocolViolation(.unknownStatus(status)) }
         // Error bodies do not depend on the opcode; `ok` bodies need a known one.
         guard let opcode = Opcode(rawValue: opcode) ?? (status == .ok ? nil : .statNode) else {
-            throw .protocolViolation("ok reply to unknown opcode \(opcode)")
+            throw .protocolViolation(.okToUnknownOpcode(opcode))
         }
         var buffer = ByteBuffer(bytes: body)
         do { return try StorageReply.decode(opcode: opcode, status: status, body: &buffer) } catch {
-            throw .protocolViolation(error.reason)
+            throw .protocolViolation(.badBody(error))
         }
     }
 }
@@ -89,10 +108,10 @@ public final class StorageClient: Sendable {
         address.sin_port = in_port_t(UInt16(clamping: port)).bigEndian
         let literal = host == "localhost" ? "127.0.0.1" : host
         guard (0...65535).contains(port), inet_pton(AF_INET, literal, &address.sin_addr) == 1 else {
-            throw .invalidAddress("\(host):\(port) (an IPv4 literal or localhost and a port 0...65535)")
+            throw .invalidAddress(host: host, port: port)
         }
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw .socket(operation: "socket", errno: errno) }
+        guard fd >= 0 else { throw .socket(SyscallError("socket", Errno(rawValue: errno))) }
         var one: Int32 = 1
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
         var timeout = timeval(tv_sec: receiveTimeoutMs / 1000, tv_usec: (receiveTimeoutMs % 1000) * 1000)
@@ -105,7 +124,7 @@ public final class StorageClient: Sendable {
         guard result == 0 else {
             let code = errno
             Glibc.close(fd)
-            throw .socket(operation: "connect", errno: code)
+            throw .socket(SyscallError("connect", Errno(rawValue: code)))
         }
         self.frameBytesMax = frameBytesMax
         state = Mutex(State(fd: fd))
@@ -124,7 +143,7 @@ public final class StorageClient: Sendable {
     /// Reads one page: its bytes, the OSN that last changed it (0: never written) and the read's OSN.
     public func read(objectID: UInt64, pageIndex: UInt64) throws(StorageClientError) -> RemotePage {
         guard case .page(let payload, let pageOSN, let readOSN) = try call(.readPage(objectID: objectID, pageIndex: pageIndex)) else {
-            throw .protocolViolation("readPage reply is not a page")
+            throw .protocolViolation(.unexpectedReply(to: .readPage))
         }
         return RemotePage(payload: payload, pageOSN: pageOSN, readOSN: readOSN)
     }
@@ -137,9 +156,10 @@ public final class StorageClient: Sendable {
             throw .tooManyPages(count: pageRange.count, max: Int(UInt32.max))
         }
         let request = StorageRequest.readPages(objectID: objectID, firstPage: pageRange.lowerBound, count: UInt32(pageRange.count))
-        guard case .pages(let readOSN, let pages) = try call(request), pages.count == pageRange.count else {
-            throw .protocolViolation("readPages reply is not \(pageRange.count) pages")
+        guard case .pages(let readOSN, let pages) = try call(request) else {
+            throw .protocolViolation(.unexpectedReply(to: .readPages))
         }
+        guard pages.count == pageRange.count else { throw .protocolViolation(.pageCount(pages.count, expected: pageRange.count)) }
         return (readOSN, pages)
     }
 
@@ -156,7 +176,7 @@ public final class StorageClient: Sendable {
 
     /// The node's last OSN and its page payload size.
     public func statNode() throws(StorageClientError) -> (lastOSN: UInt64, payloadSizeBytes: Int) {
-        guard case .node(let lastOSN, let size) = try call(.statNode) else { throw .protocolViolation("statNode reply") }
+        guard case .node(let lastOSN, let size) = try call(.statNode) else { throw .protocolViolation(.unexpectedReply(to: .statNode)) }
         return (lastOSN, Int(size))
     }
 
@@ -167,18 +187,18 @@ public final class StorageClient: Sendable {
     }
 
     public func stat(objectID: UInt64) throws(StorageClientError) -> ObjectSummary {
-        guard case .object(let summary) = try call(.statObject(objectID: objectID)) else { throw .protocolViolation("stat reply") }
+        guard case .object(let summary) = try call(.statObject(objectID: objectID)) else { throw .protocolViolation(.unexpectedReply(to: .statObject)) }
         return summary
     }
 
     /// Objects in id order, as many as fit in one reply frame, and how many exist.
     public func list() throws(StorageClientError) -> (totalCount: Int, objects: [ObjectSummary]) {
-        guard case .objects(let total, let objects) = try call(.listObjects) else { throw .protocolViolation("list reply") }
+        guard case .objects(let total, let objects) = try call(.listObjects) else { throw .protocolViolation(.unexpectedReply(to: .listObjects)) }
         return (Int(total), objects)
     }
 
     private func osn(of request: StorageRequest) throws(StorageClientError) -> UInt64 {
-        guard case .osn(let osn) = try call(request) else { throw .protocolViolation("\(request.opcode) reply is not an OSN") }
+        guard case .osn(let osn) = try call(request) else { throw .protocolViolation(.unexpectedReply(to: request.opcode)) }
         return osn
     }
 
@@ -193,7 +213,8 @@ public final class StorageClient: Sendable {
             let reply = try Self.receive(state: &state, frameBytesMax: frameBytesMax)
             guard reply.requestID == requestID, reply.opcode == request.opcode.rawValue else {
                 Self.shut(&state)
-                throw .protocolViolation("reply for request \(reply.requestID) op \(reply.opcode), expected \(requestID)")
+                throw .protocolViolation(.replyMismatch(requestID: reply.requestID, opcode: reply.opcode,
+                                                        expectedRequestID: requestID, expectedOpcode: request.opcode.rawValue))
             }
             return reply
         }
@@ -234,7 +255,7 @@ public final class StorageClient: Sendable {
                 let code = errno
                 if code == EINTR { continue }
                 shut(&state)
-                throw code == EPIPE || code == ECONNRESET ? .connectionClosed : .socket(operation: "send", errno: code)
+                throw code == EPIPE || code == ECONNRESET ? .connectionClosed : .socket(SyscallError("send", Errno(rawValue: code)))
             }
             sent += count
         }
@@ -255,7 +276,7 @@ public final class StorageClient: Sendable {
                 if code == EINTR { continue }
                 shut(&state)
                 if code == EAGAIN || code == EWOULDBLOCK { throw .timedOut }
-                throw code == ECONNRESET ? .connectionClosed : .socket(operation: "recv", errno: code)
+                throw code == ECONNRESET ? .connectionClosed : .socket(SyscallError("recv", Errno(rawValue: code)))
             }
             received += result
         }
@@ -267,13 +288,13 @@ public final class StorageClient: Sendable {
         let length = lengthBytes.reduce(0) { $0 << 8 | Int($1) }
         guard length >= StorageProtocol.replyHeaderBytes, length <= frameBytesMax else {
             shut(&state)
-            throw .protocolViolation("reply length \(length) outside \(StorageProtocol.replyHeaderBytes)...\(frameBytesMax)")
+            throw .protocolViolation(.replyLength(length, range: StorageProtocol.replyHeaderBytes...frameBytesMax))
         }
         var frame = ByteBuffer(bytes: try receiveExactly(length, state: &state))
         let version = frame.readInteger(as: UInt8.self)!
         guard version == StorageProtocol.version else {
             shut(&state)
-            throw .protocolViolation("reply version \(version)")
+            throw .protocolViolation(.replyVersion(version))
         }
         return RawReply(version: version, opcode: frame.readInteger()!, requestID: frame.readInteger()!,
                         status: frame.readInteger()!, body: frame.readBytes(length: frame.readableBytes)!)
@@ -311,7 +332,9 @@ extension StorageClient {
     /// the new bytes, write them on condition the page is unmodified since that OSN; on a conflict wait
     /// (exponential backoff from `backoffNsMin` to `backoffNsMax`, full jitter in the upper half) and
     /// start again. Returns the write's OSN and the bytes written. `transform` may run several times.
-    /// Blocks (sleeps between attempts).
+    /// A write answered `ioError` (an unknown outcome) is read back: the page holding this write at a
+    /// newer OSN settles it as applied; otherwise the `ioError` is thrown (settle it after the node's
+    /// restart, see docs/STORAGE-PROTOCOL.md). Blocks (sleeps between attempts).
     public func updatePage(objectID: UInt64, pageIndex: UInt64, attemptsMax: Int = 64,
                            backoffNsMin: UInt64 = 50_000, backoffNsMax: UInt64 = 20_000_000,
                            _ transform: ([UInt8]) -> [UInt8]) throws(StorageClientError) -> (osn: UInt64, payload: [UInt8]) {
@@ -330,7 +353,15 @@ extension StorageClient {
                                     condition: .unmodifiedSince(current.pageOSN))
                 return (osn, next)
             } catch {
-                guard case .conflict(_, _, let osn) = error else { throw error }
+                guard case .conflict(_, _, let osn) = error else {
+                    // `ioError` is an unknown outcome (docs/STORAGE-PROTOCOL.md): settled as applied
+                    // when the page reads back as this write, else reported, never retried blindly.
+                    if case .ioError = error, let page = try? read(objectID: objectID, pageIndex: pageIndex),
+                       page.pageOSN > current.pageOSN, holdsPayload(page.payload, next) {
+                        return (page.pageOSN, next)
+                    }
+                    throw error
+                }
                 lastOSN = osn
             }
             let sleepNs = backoffNs / 2 + UInt64.random(in: 0...backoffNs / 2)

@@ -144,10 +144,39 @@ public enum StorageReply: Sendable, Equatable {
     }
 }
 
-/// Why a body did not decode. The frame boundary is intact: the connection stays usable.
-public struct MalformedBody: Error, Equatable {
-    public var reason: String
-    public init(_ reason: String) { self.reason = reason }
+/// Why a body did not decode. The frame boundary is intact: the connection stays usable. `reason`
+/// is the text a `malformedFrame` reply carries.
+public enum MalformedBody: Error, Equatable, CustomStringConvertible {
+    /// The body ends before this field (named as in docs/STORAGE-PROTOCOL.md).
+    case missing(field: String)
+    /// A variable-length field (a payload, a message) runs past the end of the body.
+    case cutShort(field: String)
+    /// A count (pages, objects) needs more bytes than the body has.
+    case countPastEnd(field: String)
+    case readOfZeroPages
+    case writeOfZeroPages
+    case payloadPastEnd(length: UInt32, bytesLeft: Int)
+    case badConditionKind(UInt8)
+    /// Bytes after the whole body of a request (or of a reply, when `reply`).
+    case trailingBytes(Int, reply: Bool)
+    /// A frame length word below the request header: the frame was skipped.
+    case frameBelowHeader(length: UInt32)
+
+    public var reason: String {
+        switch self {
+        case .missing(let field): "\(field) missing"
+        case .cutShort(let field): "\(field) cut short"
+        case .countPastEnd(let field): "\(field) exceeds the body"
+        case .readOfZeroPages: "read of zero pages"
+        case .writeOfZeroPages: "write of zero pages"
+        case .payloadPastEnd(let length, let left): "payload length \(length) exceeds the \(left) bytes left"
+        case .badConditionKind(let kind): "condition kind \(kind) is not 0, 1 or 2"
+        case .trailingBytes(let count, let reply): "\(count) trailing bytes after the \(reply ? "reply" : "body")"
+        case .frameBelowHeader(let length): "frame length \(length) is below the \(StorageProtocol.requestHeaderBytes)-byte header"
+        }
+    }
+
+    public var description: String { reason }
 }
 
 // MARK: - Condition encoding
@@ -213,21 +242,21 @@ extension StorageRequest {
             let objectID = try body.readU64("objectID")
             let firstPage = try body.readU64("firstPage")
             let count = try body.readU32("count")
-            guard count > 0 else { throw MalformedBody("read of zero pages") }
+            guard count > 0 else { throw .readOfZeroPages }
             request = .readPages(objectID: objectID, firstPage: firstPage, count: count)
         case .writePages:
             let objectID = try body.readU64("objectID")
-            guard let count = body.readInteger(as: UInt16.self) else { throw MalformedBody("page count missing") }
-            guard count > 0 else { throw MalformedBody("write of zero pages") }
+            guard let count = body.readInteger(as: UInt16.self) else { throw .missing(field: "page count") }
+            guard count > 0 else { throw .writeOfZeroPages }
             var pages: [PageWrite] = []
             pages.reserveCapacity(min(Int(count), ObjectStore.pagesPerWriteMax + 1))
             for _ in 0..<count {
                 let index = try body.readU64("page index")
-                guard let kind = body.readInteger(as: UInt8.self) else { throw MalformedBody("condition kind missing") }
+                guard let kind = body.readInteger(as: UInt8.self) else { throw .missing(field: "condition kind") }
                 let osn = try body.readU64("condition osn")
-                guard let length = body.readInteger(as: UInt32.self) else { throw MalformedBody("payload length missing") }
+                guard let length = body.readInteger(as: UInt32.self) else { throw .missing(field: "payload length") }
                 guard Int(length) <= body.readableBytes else {
-                    throw MalformedBody("payload length \(length) exceeds the \(body.readableBytes) bytes left")
+                    throw .payloadPastEnd(length: length, bytesLeft: body.readableBytes)
                 }
                 let payload = body.readBytes(length: Int(length))!
                 let condition: WriteCondition
@@ -235,7 +264,7 @@ extension StorageRequest {
                 case 0: condition = .unconditional
                 case 1: condition = .unmodifiedSince(osn)
                 case 2: condition = .absent
-                default: throw MalformedBody("condition kind \(kind) is not 0, 1 or 2")
+                default: throw .badConditionKind(kind)
                 }
                 pages.append(PageWrite(index: index, payload: payload, condition: condition))
             }
@@ -248,7 +277,7 @@ extension StorageRequest {
         case .truncateObject:
             request = .truncateObject(objectID: try body.readU64("objectID"), pageCount: try body.readU64("pageCount"))
         }
-        guard body.readableBytes == 0 else { throw MalformedBody("\(body.readableBytes) trailing bytes after the body") }
+        guard body.readableBytes == 0 else { throw .trailingBytes(body.readableBytes, reply: false) }
         return request
     }
 }
@@ -311,19 +340,19 @@ extension StorageReply {
                 let pageOSN = try body.readU64("pageOSN")
                 let readOSN = try body.readU64("readOSN")
                 let length = try body.readU32("payload length")
-                guard let payload = body.readBytes(length: Int(length)) else { throw MalformedBody("payload cut short") }
+                guard let payload = body.readBytes(length: Int(length)) else { throw .cutShort(field: "payload") }
                 reply = .page(payload: payload, pageOSN: pageOSN, readOSN: readOSN)
             case .readPages:
                 let readOSN = try body.readU64("readOSN")
                 let count = try body.readU32("count")
                 // Each page is at least 12 bytes: a count past the body is not trusted for the allocation.
-                guard Int(count) * 12 <= body.readableBytes else { throw MalformedBody("page count exceeds the body") }
+                guard Int(count) * 12 <= body.readableBytes else { throw .countPastEnd(field: "page count") }
                 var pages: [RemotePage] = []
                 pages.reserveCapacity(Int(count))
                 for _ in 0..<count {
                     let pageOSN = try body.readU64("pageOSN")
                     let length = try body.readU32("payload length")
-                    guard let payload = body.readBytes(length: Int(length)) else { throw MalformedBody("payload cut short") }
+                    guard let payload = body.readBytes(length: Int(length)) else { throw .cutShort(field: "payload") }
                     pages.append(RemotePage(payload: payload, pageOSN: pageOSN, readOSN: readOSN))
                 }
                 reply = .pages(readOSN: readOSN, pages: pages)
@@ -333,7 +362,7 @@ extension StorageReply {
             case .listObjects:
                 let total = try body.readU32("total count")
                 let count = try body.readU32("count")
-                guard Int(count) * 24 <= body.readableBytes else { throw MalformedBody("object count exceeds the body") }
+                guard Int(count) * 24 <= body.readableBytes else { throw .countPastEnd(field: "object count") }
                 var objects: [ObjectSummary] = []
                 for _ in 0..<count { objects.append(try ObjectSummary.decode(from: &body)) }
                 reply = .objects(totalCount: total, objects: objects)
@@ -350,15 +379,15 @@ extension StorageReply {
         case .ioError: reply = .ioError(message: try body.readMessage())
         case .malformedFrame: reply = .malformedFrame(message: try body.readMessage())
         case .unsupportedVersion:
-            guard let value = body.readInteger(as: UInt8.self) else { throw MalformedBody("version missing") }
+            guard let value = body.readInteger(as: UInt8.self) else { throw .missing(field: "version") }
             reply = .unsupportedVersion(value)
         case .unknownOpcode:
-            guard let value = body.readInteger(as: UInt8.self) else { throw MalformedBody("opcode missing") }
+            guard let value = body.readInteger(as: UInt8.self) else { throw .missing(field: "opcode") }
             reply = .unknownOpcode(value)
         case .pageIndexOutOfRange:
             reply = .pageIndexOutOfRange(index: try body.readU64("index"), max: try body.readU64("max"))
         }
-        guard body.readableBytes == 0 else { throw MalformedBody("\(body.readableBytes) trailing bytes after the reply") }
+        guard body.readableBytes == 0 else { throw .trailingBytes(body.readableBytes, reply: true) }
         return reply
     }
 }
@@ -393,16 +422,16 @@ public func encodeFrame(version: UInt8 = StorageProtocol.version, opcode: UInt8,
 
 extension ByteBuffer {
     mutating func readU64(_ field: String) throws(MalformedBody) -> UInt64 {
-        guard let value = readInteger(as: UInt64.self) else { throw MalformedBody("\(field) missing") }
+        guard let value = readInteger(as: UInt64.self) else { throw .missing(field: field) }
         return value
     }
     mutating func readU32(_ field: String) throws(MalformedBody) -> UInt32 {
-        guard let value = readInteger(as: UInt32.self) else { throw MalformedBody("\(field) missing") }
+        guard let value = readInteger(as: UInt32.self) else { throw .missing(field: field) }
         return value
     }
     mutating func readMessage() throws(MalformedBody) -> String {
         guard let length = readInteger(as: UInt16.self), let text = readString(length: Int(length)) else {
-            throw MalformedBody("message cut short")
+            throw .cutShort(field: "message")
         }
         return text
     }

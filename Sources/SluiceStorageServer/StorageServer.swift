@@ -5,11 +5,54 @@ import NIOCore
 import SluiceCore
 import NIOPosix
 import SluicePageStore
+import Synchronization
+import SystemPackage
 
 /// Why the server could not start.
-public enum StorageServerError: Error, Equatable {
-    case invalidConfiguration(String)
-    case bindFailed(host: String, port: Int, reason: String)
+public enum StorageServerError: Error, Equatable, CustomStringConvertible {
+    /// A configuration value (or the port) outside what `bind` accepts.
+    case outOfRange(StorageServerSetting, value: Int, range: ClosedRange<Int>)
+    /// The listening socket could not be made: the system call's errno, or the address did not resolve.
+    case bindFailed(host: String, port: Int, BindFailure)
+
+    public var description: String {
+        switch self {
+        case .outOfRange(let setting, let value, let range): "\(setting.rawValue) \(value) outside \(range)"
+        case .bindFailed(let host, let port, let failure): "cannot listen on \(host):\(port): \(failure)"
+        }
+    }
+}
+
+/// What `StorageServerError.outOfRange` names.
+public enum StorageServerSetting: String, Sendable {
+    case frameBytesMax, eventLoopThreadCount, blockingThreadCount, port
+    case outstandingRequestsMax, outstandingReplyBytesMax, stalledReplyDeadlineMs
+}
+
+/// Why binding failed, keeping the underlying error.
+public enum BindFailure: Sendable, Equatable, CustomStringConvertible {
+    case syscall(SyscallError)
+    case address(SocketAddressError)
+    /// Anything else NIO threw (its type name and description).
+    case other(type: String, description: String)
+
+    init(_ error: any Error) {
+        if let error = error as? IOError {
+            self = .syscall(SyscallError("bind", Errno(rawValue: error.errnoCode)))
+        } else if let error = error as? SocketAddressError {
+            self = .address(error)
+        } else {
+            self = .other(type: "\(type(of: error))", description: "\(error)")
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .syscall(let error): "\(error)"
+        case .address(let error): "\(error)"
+        case .other(_, let description): description
+        }
+    }
 }
 
 /// What the server accepts. Validated by `StorageServer.bind`.
@@ -21,9 +64,23 @@ public struct StorageServerConfiguration: Sendable {
     /// Threads running node calls (which lock the node's mutex and do disk I/O). Also the most writes
     /// from different connections that can wait in one of the node's group commits at once.
     public var blockingThreadCount = 16
+    /// Requests per connection received and not yet answered (waiting, running, or replies the socket
+    /// has not taken). At this many, reading from the connection pauses.
+    public var outstandingRequestsMax = 64
+    /// Reply bytes per connection written and not yet taken by the socket. At this many, reading pauses
+    /// and no request starts (one reply may pass it: a reply is never cut).
+    public var outstandingReplyBytesMax = 8 << 20
+    /// A connection whose untaken replies stay at a bound this long is closed (its client is not
+    /// reading), and counted in `StorageServer.stalledConnectionsClosed`.
+    public var stalledReplyDeadlineNs: UInt64 = 30_000_000_000
     /// Where each request's reply status and latency are counted (nil: not counted).
     public var stats: StorageRequestStats?
     public init() {}
+
+    /// Largest values `StorageServer.bind` accepts.
+    public static let outstandingRequestsMaxLimit = 4_096
+    public static let outstandingReplyBytesMaxLimit = 1 << 30
+    public static let stalledReplyDeadlineNsLimit: UInt64 = 3_600_000_000_000
 }
 
 /// A frame as cut from the stream by `FrameDecoder`.
@@ -86,111 +143,162 @@ struct FrameDecoder: ByteToMessageDecoder {
     }
 }
 
-/// Answers frames of one connection, in order: each request waits for the previous one's node call,
-/// so replies leave in request order. Node calls run on `pool`, never on the event loop, because they
-/// block on the node's mutex and on fdatasync.
+/// Answers frames of one connection, in order: one node call at a time, so replies leave in request
+/// order. Node calls run on `pool`, never on the event loop, because they block on the node's mutex
+/// and on fdatasync. Replies are bounded: a reply counts as outstanding from its request's arrival
+/// until the socket took it (its write completed), not when it was queued. At `outstandingRequestsMax`
+/// outstanding, or `outstandingReplyBytesMax` bytes written and not yet taken, reading stops (TCP pushes
+/// back on the client) and no node call starts; a connection whose unsent replies stay over either
+/// bound for `stalledReplyDeadlineNs` is closed (the client is not reading) and counted.
 final class StorageHandler: ChannelInboundHandler {
     typealias InboundIn = InboundFrame
     typealias OutboundOut = ByteBuffer
 
+    /// A request waiting for its turn: a reply already known, or a node call to run.
+    private struct Work {
+        var immediate: StorageReply?
+        var request: StorageRequest?
+        var opcode: UInt8
+        var requestID: UInt64
+        /// Close the connection once this reply is written (a frame too large to read past).
+        var closeAfter = false
+    }
+
     private let node: StorageNode
     private let payloadSizeBytes: Int
-    private let frameBytesMax: Int
+    private let limits: StorageServerConfiguration
     private let pool: NIOThreadPool
     private let stats: StorageRequestStats?
-    /// The last reply scheduled on this connection; the next request chains after it.
-    private var tail: EventLoopFuture<Void>?
-    /// Requests received and not yet answered (event loop only).
-    private var pendingCount = 0
-    /// Queued requests per connection before reading pauses. Frames already read in one socket read
-    /// are still queued, so the queue may pass this by what one read holds.
-    static let pendingRequestsMax = 64
+    private let stalledConnections: StalledConnectionCounter
+    // Event loop only, all of it.
+    private var waiting = CircularBuffer<Work>()
+    private var running = false
+    private var unsentCount = 0
+    private var unsentBytes = 0
+    private var readingPaused = false
+    private var pumping = false
+    private var stallTimer: Scheduled<Void>?
 
-    init(node: StorageNode, payloadSizeBytes: Int, frameBytesMax: Int, pool: NIOThreadPool, stats: StorageRequestStats?) {
-        self.stats = stats
+    init(node: StorageNode, payloadSizeBytes: Int, limits: StorageServerConfiguration, pool: NIOThreadPool,
+         stalledConnections: StalledConnectionCounter) {
+        self.stats = limits.stats
         self.node = node
         self.payloadSizeBytes = payloadSizeBytes
-        self.frameBytesMax = frameBytesMax
+        self.limits = limits
         self.pool = pool
+        self.stalledConnections = stalledConnections
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let frame = unwrapInboundIn(data)
-        let channel = context.channel
-        let eventLoop = context.eventLoop
-        let frameBytesMax = frameBytesMax
-        switch frame {
+        switch unwrapInboundIn(data) {
         case .tooLarge(let length, let opcode, let requestID):
-            let reply = StorageReply.frameTooLarge(length: length, max: UInt32(frameBytesMax))
+            let reply = StorageReply.frameTooLarge(length: length, max: UInt32(limits.frameBytesMax))
             stats?.recordRejected(status: reply.status)
-            chain(eventLoop, channel) { eventLoop.makeSucceededFuture(reply) } send: { reply in
-                let buffer = Self.encode(reply, opcode: opcode, requestID: requestID, allocator: channel.allocator)
-                channel.writeAndFlush(buffer).whenComplete { _ in channel.close(promise: nil) }
-            }
+            waiting.append(Work(immediate: reply, opcode: opcode, requestID: requestID, closeAfter: true))
         case .tooShort(let length):
-            let reply = StorageReply.malformedFrame(message: "frame length \(length) is below the 10-byte header")
+            let reply = StorageReply.malformedFrame(message: MalformedBody.frameBelowHeader(length: length).reason)
             stats?.recordRejected(status: reply.status)
-            chain(eventLoop, channel) { eventLoop.makeSucceededFuture(reply) } send: { reply in
-                channel.writeAndFlush(Self.encode(reply, opcode: 0, requestID: 0, allocator: channel.allocator), promise: nil)
-            }
+            waiting.append(Work(immediate: reply, opcode: 0, requestID: 0))
         case .request(let version, let rawOpcode, let requestID, var body):
-            let immediate: StorageReply?
-            var request: StorageRequest?
+            var work = Work(opcode: rawOpcode, requestID: requestID)
             if version != StorageProtocol.version {
-                immediate = .unsupportedVersion(version)
+                work.immediate = .unsupportedVersion(version)
             } else if let opcode = Opcode(rawValue: rawOpcode) {
-                do {
-                    request = try StorageRequest.decode(opcode: opcode, body: &body)
-                    immediate = nil
-                } catch {
-                    immediate = .malformedFrame(message: error.reason)
+                do { work.request = try StorageRequest.decode(opcode: opcode, body: &body) } catch {
+                    work.immediate = .malformedFrame(message: error.reason)
                 }
             } else {
-                immediate = .unknownOpcode(rawOpcode)
+                work.immediate = .unknownOpcode(rawOpcode)
             }
-            let decoded = request
+            if let immediate = work.immediate { stats?.recordRejected(status: immediate.status) }
+            waiting.append(work)
+        }
+        pump(context.channel)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        stallTimer?.cancel()
+        stallTimer = nil
+        context.fireChannelInactive()
+    }
+
+    /// Starts what may start: immediate replies are sent at once, one node call runs at a time, and
+    /// nothing starts while the unsent replies are at a bound. Then pauses or resumes reading.
+    private func pump(_ channel: Channel) {
+        if pumping { return }  // a write completed synchronously inside the loop below: it goes on
+        pumping = true
+        defer { pumping = false }
+        while !running, unsentCount < limits.outstandingRequestsMax, unsentBytes < limits.outstandingReplyBytesMax,
+              let work = waiting.popFirst() {
+            if let reply = work.immediate {
+                send(reply, work, channel)
+                continue
+            }
+            running = true
+            let request = work.request!
             let node = node
             let payloadSizeBytes = payloadSizeBytes
-            let pool = pool
+            let frameBytesMax = limits.frameBytesMax
             let stats = stats
-            if let immediate { stats?.recordRejected(status: immediate.status) }
-            chain(eventLoop, channel) {
-                if let immediate { return eventLoop.makeSucceededFuture(immediate) }
-                let request = decoded!
-                return pool.runIfActive(eventLoop: eventLoop) {
-                    let startNs = Clock.monotonicNs()
-                    let reply = execute(request, node: node, payloadSizeBytes: payloadSizeBytes, frameBytesMax: frameBytesMax)
-                    stats?.record(request.opcode, status: reply.status, latencyNs: Clock.monotonicNs() &- startNs)
-                    return reply
+            let bound = NIOLoopBound(self, eventLoop: channel.eventLoop)
+            pool.runIfActive(eventLoop: channel.eventLoop) {
+                let startNs = Clock.monotonicNs()
+                let reply = execute(request, node: node, payloadSizeBytes: payloadSizeBytes, frameBytesMax: frameBytesMax)
+                stats?.record(request.opcode, status: reply.status, latencyNs: Clock.monotonicNs() &- startNs)
+                return reply
+            }.whenComplete { result in
+                let handler = bound.value
+                handler.running = false
+                switch result {
+                case .success(let reply): handler.send(reply, work, channel)
+                case .failure: channel.close(promise: nil)  // the pool shut down
                 }
-            } send: { reply in
-                channel.writeAndFlush(Self.encode(reply, opcode: rawOpcode, requestID: requestID, allocator: channel.allocator),
-                                      promise: nil)
+                handler.pump(channel)
             }
+        }
+        updateBounds(channel)
+    }
+
+    /// Writes a reply; it stays counted as unsent until the socket took it.
+    private func send(_ reply: StorageReply, _ work: Work, _ channel: Channel) {
+        let buffer = Self.encode(reply, opcode: work.opcode, requestID: work.requestID, allocator: channel.allocator)
+        let bytes = buffer.readableBytes
+        unsentCount += 1
+        unsentBytes += bytes
+        let bound = NIOLoopBound(self, eventLoop: channel.eventLoop)
+        let closeAfter = work.closeAfter
+        channel.writeAndFlush(buffer).whenComplete { result in
+            let handler = bound.value
+            handler.unsentCount -= 1
+            handler.unsentBytes -= bytes
+            precondition(handler.unsentCount >= 0 && handler.unsentBytes >= 0, "each reply is taken once")
+            if closeAfter { channel.close(promise: nil) }
+            if case .failure = result { channel.close(promise: nil) }
+            handler.pump(channel)
         }
     }
 
-    /// Runs `work` after the previous request's reply was sent, then `send`s its reply. A failure
-    /// (the pool shut down) closes the connection. At `pendingRequestsMax` queued requests the channel
-    /// stops reading (TCP pushes back on the client) until the queue drains below it.
-    private func chain(_ eventLoop: EventLoop, _ channel: Channel,
-                       _ work: @escaping @Sendable () -> EventLoopFuture<StorageReply>,
-                       send: @escaping @Sendable (StorageReply) -> Void) {
-        let previous = tail ?? eventLoop.makeSucceededVoidFuture()
-        pendingCount += 1
-        if pendingCount == Self.pendingRequestsMax { channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in } }
-        let bound = NIOLoopBound(self, eventLoop: eventLoop)
-        let next = previous.flatMap { work() }.map { send($0) }
-        next.whenComplete { result in
-            let handler = bound.value
-            handler.pendingCount -= 1
-            precondition(handler.pendingCount >= 0, "each request completes once")
-            if handler.pendingCount == Self.pendingRequestsMax - 1 {
-                channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
-            }
-            if case .failure = result { channel.close(promise: nil) }
+    /// Reading stops at either bound (requests outstanding, unsent bytes) and resumes below both; the
+    /// stall deadline runs while the unsent replies alone are at a bound.
+    private func updateBounds(_ channel: Channel) {
+        let outstanding = waiting.count + (running ? 1 : 0) + unsentCount
+        let full = outstanding >= limits.outstandingRequestsMax || unsentBytes >= limits.outstandingReplyBytesMax
+        if full != readingPaused {
+            readingPaused = full
+            // Turning autoRead back on issues a read at once (NIO's BaseSocketChannel).
+            channel.setOption(ChannelOptions.autoRead, value: !full).whenComplete { _ in }
         }
-        tail = next
+        let stalled = unsentCount >= limits.outstandingRequestsMax || unsentBytes >= limits.outstandingReplyBytesMax
+        if stalled, stallTimer == nil {
+            let stalledConnections = stalledConnections
+            stallTimer = channel.eventLoop.scheduleTask(in: .nanoseconds(Int64(limits.stalledReplyDeadlineNs))) {
+                stalledConnections.count.add(1, ordering: .relaxed)
+                channel.close(promise: nil)
+            }
+        } else if !stalled, let timer = stallTimer {
+            timer.cancel()
+            stallTimer = nil
+        }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
@@ -202,6 +310,11 @@ final class StorageHandler: ChannelInboundHandler {
         encodeFrame(opcode: opcode, requestID: requestID, status: reply.status, into: &buffer) { reply.encodeBody(into: &$0) }
         return buffer
     }
+}
+
+/// Connections closed because their client left replies unread past the deadline. Any thread.
+final class StalledConnectionCounter: Sendable {
+    let count = Atomic<UInt64>(0)
 }
 
 /// Runs one request against the node. Blocks (mutex, disk): call on a pool thread.
@@ -282,23 +395,34 @@ public final class StorageServer: Sendable {
     private let group: MultiThreadedEventLoopGroup
     private let pool: NIOThreadPool
     private let channel: Channel
+    private let stalledConnections: StalledConnectionCounter
+
+    /// Connections closed because their client left replies unread past `stalledReplyDeadlineNs`.
+    public var stalledConnectionsClosed: UInt64 { stalledConnections.count.load(ordering: .relaxed) }
 
     /// Binds `host:port` (port 0: any free port, see `port`) and starts serving `node`.
     /// `payloadSizeBytes` is what `statNode` reports (the store's page payload size).
     public static func bind(host: String, port: Int, node: StorageNode, payloadSizeBytes: Int,
                             configuration: StorageServerConfiguration = .init()) throws(StorageServerError) -> StorageServer {
-        guard configuration.frameBytesMax >= 64, configuration.frameBytesMax <= StorageProtocol.frameBytesMaxLimit else {
-            throw .invalidConfiguration("frameBytesMax \(configuration.frameBytesMax) outside 64...\(StorageProtocol.frameBytesMaxLimit)")
+        typealias Limits = StorageServerConfiguration
+        let deadlineMs = Int(clamping: configuration.stalledReplyDeadlineNs / 1_000_000)
+        let checks: [(StorageServerSetting, Int, ClosedRange<Int>)] = [
+            (.frameBytesMax, configuration.frameBytesMax, 64...StorageProtocol.frameBytesMaxLimit),
+            (.eventLoopThreadCount, configuration.eventLoopThreadCount, 1...64),
+            (.blockingThreadCount, configuration.blockingThreadCount, 1...256),
+            (.port, port, 0...65535),
+            (.outstandingRequestsMax, configuration.outstandingRequestsMax, 1...Limits.outstandingRequestsMaxLimit),
+            (.outstandingReplyBytesMax, configuration.outstandingReplyBytesMax, 1...Limits.outstandingReplyBytesMaxLimit),
+            (.stalledReplyDeadlineMs, deadlineMs, 1...Int(Limits.stalledReplyDeadlineNsLimit / 1_000_000)),
+        ]
+        for (setting, value, range) in checks where !range.contains(value) {
+            throw .outOfRange(setting, value: value, range: range)
         }
-        guard (1...64).contains(configuration.eventLoopThreadCount), (1...256).contains(configuration.blockingThreadCount) else {
-            throw .invalidConfiguration("thread counts outside 1...64 (event loops) or 1...256 (blocking)")
-        }
-        guard (0...65535).contains(port) else { throw .invalidConfiguration("port \(port) outside 0...65535") }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: configuration.eventLoopThreadCount)
         let pool = NIOThreadPool(numberOfThreads: configuration.blockingThreadCount)
         pool.start()
         let frameBytesMax = configuration.frameBytesMax
-        let stats = configuration.stats
+        let stalledConnections = StalledConnectionCounter()
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.backlog, value: 256)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
@@ -307,8 +431,8 @@ public final class StorageServer: Sendable {
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(frameBytesMax: frameBytesMax)))
                     try channel.pipeline.syncOperations.addHandler(
-                        StorageHandler(node: node, payloadSizeBytes: payloadSizeBytes, frameBytesMax: frameBytesMax, pool: pool,
-                                       stats: stats))
+                        StorageHandler(node: node, payloadSizeBytes: payloadSizeBytes, limits: configuration, pool: pool,
+                                       stalledConnections: stalledConnections))
                 }
             }
         let channel: Channel
@@ -317,14 +441,16 @@ public final class StorageServer: Sendable {
         } catch {
             try? group.syncShutdownGracefully()
             try? pool.syncShutdownGracefully()
-            throw .bindFailed(host: host, port: port, reason: "\(error)")
+            throw .bindFailed(host: host, port: port, BindFailure(error))
         }
         return StorageServer(configuration: configuration, host: host, port: channel.localAddress?.port ?? port,
-                             group: group, pool: pool, channel: channel)
+                             group: group, pool: pool, channel: channel, stalledConnections: stalledConnections)
     }
 
     private init(configuration: StorageServerConfiguration, host: String, port: Int,
-                 group: MultiThreadedEventLoopGroup, pool: NIOThreadPool, channel: Channel) {
+                 group: MultiThreadedEventLoopGroup, pool: NIOThreadPool, channel: Channel,
+                 stalledConnections: StalledConnectionCounter) {
+        self.stalledConnections = stalledConnections
         self.configuration = configuration
         self.host = host
         self.port = port

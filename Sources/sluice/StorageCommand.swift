@@ -9,7 +9,7 @@ struct StorageCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "storage",
         abstract: "Serve a storage node over TCP (docs/STORAGE-PROTOCOL.md) and talk to one.",
-        subcommands: [Serve.self, Get.self, Put.self, Stat.self, Bench.self])
+        subcommands: [Serve.self, Get.self, Put.self, Stat.self])
 }
 
 /// Where a client command connects.
@@ -65,8 +65,27 @@ extension StorageCommand {
         @Option(help: "Threads running node calls (disk I/O); also bounds how many connections' writes share a group commit.")
         var blockingThreads = StorageServerConfiguration().blockingThreadCount
 
+        @Option(help: "Requests per connection received and not yet answered (reply unsent included) before reading pauses.")
+        var outstandingRequestsMax = StorageServerConfiguration().outstandingRequestsMax
+
+        @Option(help: "Reply bytes per connection written and not yet taken by the socket before reading pauses.")
+        var outstandingReplyBytesMax = StorageServerConfiguration().outstandingReplyBytesMax
+
+        @Option(help: "Close a connection whose unread replies stay at a bound this long (milliseconds).")
+        var stalledReplyDeadlineMs = Int(StorageServerConfiguration().stalledReplyDeadlineNs / 1_000_000)
+
         func validate() throws {
             guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535, got \(port)") }
+            guard (1...StorageServerConfiguration.outstandingRequestsMaxLimit).contains(outstandingRequestsMax) else {
+                throw ValidationError("--outstanding-requests-max must be 1...\(StorageServerConfiguration.outstandingRequestsMaxLimit)")
+            }
+            guard (1...StorageServerConfiguration.outstandingReplyBytesMaxLimit).contains(outstandingReplyBytesMax) else {
+                throw ValidationError("--outstanding-reply-bytes-max must be 1...\(StorageServerConfiguration.outstandingReplyBytesMaxLimit)")
+            }
+            let deadlineMsMax = Int(StorageServerConfiguration.stalledReplyDeadlineNsLimit / 1_000_000)
+            guard (1...deadlineMsMax).contains(stalledReplyDeadlineMs) else {
+                throw ValidationError("--stalled-reply-deadline-ms must be 1...\(deadlineMsMax)")
+            }
             guard pageSize >= 4096, pageSize % 4096 == 0, pageSize <= 1 << 20 else {
                 throw ValidationError("--page-size must be a multiple of 4096 up to 1 MiB, got \(pageSize)")
             }
@@ -88,6 +107,9 @@ extension StorageCommand {
             var configuration = StorageServerConfiguration()
             configuration.frameBytesMax = maxFrameBytes
             configuration.blockingThreadCount = blockingThreads
+            configuration.outstandingRequestsMax = outstandingRequestsMax
+            configuration.outstandingReplyBytesMax = outstandingReplyBytesMax
+            configuration.stalledReplyDeadlineNs = UInt64(stalledReplyDeadlineMs) * 1_000_000
             let server: StorageServer
             do {
                 server = try StorageServer.bind(host: host, port: port, node: opened.node,
@@ -200,16 +222,26 @@ extension StorageCommand {
             print("object \(object) page \(page) osn \(osn)")
         }
 
-        /// The whole file, bounded by the largest page payload the protocol carries.
+        /// The whole file, bounded by the largest page payload the protocol carries. A directory (or
+        /// a read error) is refused: reading it would give no bytes and write an empty page.
         func readFile(_ path: String) throws -> [UInt8] {
             guard let handle = fopen(path, "rb") else {
-                FileHandleStderr.write("sluice storage put: cannot open \(path)\n")
+                FileHandleStderr.write("sluice storage put: cannot open \(path): \(String(cString: strerror(errno)))\n")
                 throw ExitCode(1)
             }
             defer { fclose(handle) }
+            var info = Glibc.stat()
+            guard fstat(fileno(handle), &info) == 0, info.st_mode & S_IFMT != S_IFDIR else {
+                FileHandleStderr.write("sluice storage put: \(path) is a directory, not a payload file\n")
+                throw ExitCode(1)
+            }
             let bytesMax = 1 << 20
             var bytes = [UInt8](repeating: 0, count: bytesMax + 1)
             let count = fread(&bytes, 1, bytes.count, handle)
+            guard ferror(handle) == 0 else {
+                FileHandleStderr.write("sluice storage put: cannot read \(path): \(String(cString: strerror(errno)))\n")
+                throw ExitCode(1)
+            }
             guard count <= bytesMax else {
                 FileHandleStderr.write("sluice storage put: \(path) is larger than \(bytesMax) bytes\n")
                 throw ExitCode(1)

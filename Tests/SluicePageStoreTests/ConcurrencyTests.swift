@@ -4,6 +4,7 @@ import Synchronization
 import Testing
 
 @testable import SluicePageStore
+import SluiceStorageTestSupport
 
 /// Runs `body(index)` on `count` threads of their own (real threads, not the cooperative pool: the
 /// node's calls block) and waits for all of them.
@@ -209,6 +210,28 @@ func runOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
         } else {
             #expect(node.parallelReads > 0, "reads ran outside the mutex")
             #expect(stats.reads >= 25, "a page failing its check is read again under the mutex")
+        }
+    }
+
+    /// A write that fails with an I/O error after reaching the log (here its checkpoint cannot be
+    /// written) is applied: updatePage settles it by reading the page back. A write that was not
+    /// applied is not settled: its error is thrown.
+    @Test func updatePageSettlesAnAppliedWriteByReadingBack() throws {
+        let paths = ObjectStoreTests.Paths("settle")
+        let blocker = paths.pages + ".checkpoint.tmp"
+        #expect(mkdir(blocker, 0o755) == 0)
+        defer {
+            rmdir(blocker)
+            paths.remove()
+        }
+        let node = StorageNode(store: try ObjectStore(pages: PageFileConfiguration(path: paths.pages),
+                                                       log: try EmbeddedLog(path: paths.log), checkpointEveryRecords: 1))
+        let settled = try updatePage(node, objectID: 1, pageIndex: 0) { _ in [5, 6] }
+        #expect(settled.osn == 1 && settled.payload == [5, 6])
+        #expect(try node.read(objectID: 1, pageIndex: 0).payload.prefix(2) == [5, 6])
+        let tooLarge = [UInt8](repeating: 1, count: node.payloadSizeBytes + 1)
+        #expect(throws: UpdateError.store(.payloadTooLarge(tooLarge.count, max: node.payloadSizeBytes))) {
+            _ = try updatePage(node, objectID: 1, pageIndex: 0) { _ in tooLarge }
         }
     }
 }

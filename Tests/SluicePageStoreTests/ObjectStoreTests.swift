@@ -15,6 +15,8 @@ import Testing
             unlink(pages)
             unlink(log)
             unlink(pages + ".checkpoint")
+            unlink(ObjectStore.lockPath(pages: pages))
+            unlink(ObjectStore.formatPath(pages: pages))
         }
         func open() throws -> ObjectStore {
             try ObjectStore(pages: PageFileConfiguration(path: pages), log: try EmbeddedLog(path: log))
@@ -206,31 +208,31 @@ import Testing
             #expect(log.recordBytes > 0 && log.recordBytes < 5 * 64, "only the 5 records after the checkpoint stay")
         }
         let expected = try { () throws -> [ObjectInfo] in let (store, _) = try open(); return store.list() }()
-        let (store, log) = try open()
-        #expect(try log.records(after: 0).count == 5, "replay starts after the checkpoint")
-        #expect(store.list() == expected && store.lastOSN == 35)
-        #expect(try store.read(objectID: 1, pageIndex: 3).payload.first == 28, "rewritten after the truncate")
-        #expect(try store.read(objectID: 2, pageIndex: 0).payload.first == 20, "written after the delete")
-        #expect(try store.read(objectID: 2, pageIndex: 2).payload.first == 32)
-        let page = try store.read(objectID: 0, pageIndex: 3)
-        #expect(page.payload.first == 33 && page.pageOSN == 34)
-        #expect(try store.write(objectID: 0, pages: [(0, [99], .unconditional)]) == 36)
+        do {  // the store holds its lock until freed: scoped, so the reopens below can take it
+            let (store, log) = try open()
+            #expect(try log.records(after: 0).count == 5, "replay starts after the checkpoint")
+            #expect(store.list() == expected && store.lastOSN == 35)
+            #expect(try store.read(objectID: 1, pageIndex: 3).payload.first == 28, "rewritten after the truncate")
+            #expect(try store.read(objectID: 2, pageIndex: 0).payload.first == 20, "written after the delete")
+            #expect(try store.read(objectID: 2, pageIndex: 2).payload.first == 32)
+            let page = try store.read(objectID: 0, pageIndex: 3)
+            #expect(page.payload.first == 33 && page.pageOSN == 34)
+            #expect(try store.write(objectID: 0, pages: [(0, [99], .unconditional)]) == 36)
+        }
 
         // The log as it was before the third checkpoint: base 20, records 21...29 (a crash after
-        // the checkpoint file but before compaction would leave it with 21...30). Checkpoint 40
+        // the checkpoint file but before compaction would leave it with 21...30). Checkpoint 30
         // is ahead of it: records are missing, which must be an error, not silent loss.
         try writeFile(paths.log, logBeforeCheckpoint)
-        #expect(throws: ObjectStoreError.self) { _ = try open() }
-
-        var checkpoint = try readFile(paths.pages + ".checkpoint")
-        checkpoint[checkpoint.count / 2] ^= 0xFF
-        try writeFile(paths.pages + ".checkpoint", checkpoint)
-        do {
+        let checkpointPath = paths.pages + ".checkpoint"
+        #expect(throws: ObjectStoreError.checkpoint(path: checkpointPath, .logMismatch(checkpointOSN: 30, logOSN: 29))) {
             _ = try open()
-            Issue.record("a corrupt checkpoint must not open")
-        } catch {
-            guard case .checkpoint = error as? ObjectStoreError else { Issue.record("\(error)"); return }
         }
+
+        var checkpoint = try readFile(checkpointPath)
+        checkpoint[checkpoint.count / 2] ^= 0xFF
+        try writeFile(checkpointPath, checkpoint)
+        #expect(throws: ObjectStoreError.checkpoint(path: checkpointPath, .badFrame)) { _ = try open() }
     }
 
     /// A bad record at the end is a torn append (dropped); a bad record with good ones after it is
@@ -246,7 +248,9 @@ import Testing
         let recordBytes = (bytes.count - EmbeddedLog.headerBytes) / 3
         bytes[EmbeddedLog.headerBytes + recordBytes + 60] ^= 0x01  // inside the second record's payload
         try writeFile(paths.log, bytes)
-        #expect(throws: LogError.self) { _ = try EmbeddedLog(path: paths.log) }
+        #expect(throws: LogError.notALog(path: paths.log, .corruptRecordBeforeValidOnes(offset: EmbeddedLog.headerBytes + recordBytes))) {
+            _ = try EmbeddedLog(path: paths.log)
+        }
         bytes[EmbeddedLog.headerBytes + recordBytes + 60] ^= 0x01
         bytes[bytes.count - 10] ^= 0x01  // the last record: a torn tail
         try writeFile(paths.log, bytes)
@@ -277,9 +281,66 @@ import Testing
         #expect(throws: ObjectStoreError.payloadTooLarge(5000, max: store.payloadSizeBytes)) {
             _ = try store.write(objectID: 1, pages: [(0, [UInt8](repeating: 0, count: 5000), .unconditional)])
         }
-        #expect(throws: ObjectStoreError.self) {
+        #expect(throws: ObjectStoreError.tooManyPages(100, max: 32)) {
             _ = try store.write(objectID: 1, pages: (0..<100).map { (UInt64($0), [UInt8](), WriteCondition.unconditional) })
         }
         #expect(store.lastOSN == 0)
+    }
+
+    /// A single-page read at or above the page-index bound is refused, alone or in a read group.
+    @Test func readAtTheIndexBoundIsOutOfRange() throws {
+        let paths = Paths("readbound")
+        defer { paths.remove() }
+        let store = try paths.open()
+        let max = ObjectStore.pageIndexMax
+        _ = try store.write(objectID: 1, pages: [(0, [1], .unconditional)])
+        #expect(throws: ObjectStoreError.pageIndexOutOfRange(max, max: max)) { try store.read(objectID: 1, pageIndex: max) }
+        let results = store.read(batch: [(1, max), (1, 0)])
+        #expect(throws: ObjectStoreError.pageIndexOutOfRange(max, max: max)) { try results[0].get() }
+        #expect(try results[1].get().payload.first == 1)
+    }
+
+    /// One open store per page file: a second open (another file description, as another process
+    /// would have) is refused with the holder's pid; once the first is freed, the lock is free.
+    @Test func aSecondOpenIsRefusedWhileTheFirstLives() throws {
+        let paths = Paths("lock")
+        defer { paths.remove() }
+        do {
+            let store = try paths.open()
+            _ = try store.write(objectID: 1, pages: [(0, [1], .unconditional)])
+            #expect(throws: ObjectStoreError.locked(lockPath: ObjectStore.lockPath(pages: paths.pages), holderPID: getpid())) {
+                _ = try paths.open()
+            }
+            #expect(try store.write(objectID: 1, pages: [(0, [2], .unconditional)]) == 2)
+        }
+        #expect(try paths.open().read(objectID: 1, pageIndex: 0).payload.first == 2)
+    }
+
+    /// The page size is recorded at creation; opening with another is refused before anything is
+    /// read or redone. A store from before the record is checked against its first page.
+    @Test func pageSizeIsRecordedAndAMismatchRefused() throws {
+        let paths = Paths("format")
+        defer { paths.remove() }
+        func open(_ pageSizeBytes: Int) throws -> ObjectStore {
+            var configuration = PageFileConfiguration(path: paths.pages)
+            configuration.pageSizeBytes = pageSizeBytes
+            return try ObjectStore(pages: configuration, log: try EmbeddedLog(path: paths.log))
+        }
+        do { _ = try open(4096).write(objectID: 1, pages: [(0, [7], .unconditional)]) }
+        let formatPath = ObjectStore.formatPath(pages: paths.pages)
+        #expect(throws: ObjectStoreError.format(path: formatPath, .pageSizeMismatch(recorded: 4096, opened: 8192))) {
+            _ = try open(8192)
+        }
+        #expect(try open(4096).read(objectID: 1, pageIndex: 0).payload.first == 7)
+        // No record (a store made before records were kept): the first page decides.
+        unlink(formatPath)
+        #expect(throws: ObjectStoreError.format(path: formatPath, .unrecordedPageSizeMismatch(opened: 8192))) {
+            _ = try open(8192)
+        }
+        #expect(try open(4096).read(objectID: 1, pageIndex: 0).payload.first == 7)
+        #expect(access(formatPath, F_OK) == 0, "the record is written on the first good open")
+        // A record from another format version is refused.
+        try writeFile(formatPath, Array("sluice-store format 9 page-size 4096\n".utf8))
+        #expect(throws: ObjectStoreError.format(path: formatPath, .unsupportedVersion(9, supported: 1))) { _ = try open(4096) }
     }
 }

@@ -1,5 +1,7 @@
 import CShims
 import Glibc
+import SluiceCore
+import SystemPackage
 import Testing
 
 @testable import SluicePageStore
@@ -66,47 +68,52 @@ import Testing
         }
     }
 
-    /// The benchmark loop: random writes leave pages that read back valid (their headers carry the
-    /// object and index), random reads over them find no corruption, and a flipped byte is found.
-    @Test(arguments: [1, 8])
-    func randomIOWritesValidPagesAndReadsCheckThem(submitBatch: Int) throws {
-        let path = temporaryPath("randomio-\(submitBatch)")
+    /// The slot API (what benchmarks drive): sealed writes read back valid with their headers, a
+    /// read's buffer checks out, and a flipped byte fails the check.
+    @Test func slotWritesAndReadsRoundTrip() throws {
+        let path = temporaryPath("slots")
         defer { unlink(path) }
-        var file = try PageFile(configuration: PageFileConfiguration(path: path))
-        let written = try file.randomIO(writes: true, pageCount: 64, depth: 8, seconds: 0.05, objectID: 9,
-                                        submitBatch: submitBatch)
-        #expect(written.operations > 0 && written.nanoseconds > 0)
-        try file.sync()
-        let pages = try file.read(physicalPages: Array(0..<32))
-        #expect(pages.allSatisfy { $0.header == nil || ($0.header!.objectID == 9 && $0.header!.pageIndex < 64) })
-        let read = try file.randomIO(writes: false, pageCount: 64, depth: 8, seconds: 0.05, submitBatch: submitBatch)
-        #expect(read.operations > 0)
-        // Corrupt a written page's payload: a random read over it must throw, not count it.
-        let target = UInt64(pages.firstIndex { $0.header != nil } ?? 0)
-        // Flip the byte (its complement: a fixed value may be what the payload already held, since
-        // the benchmark writes whatever its buffers contain after the header), and make it durable.
-        let fd = open(path, O_RDWR)
-        var byte: UInt8 = 0
-        #expect(pread(fd, &byte, 1, off_t(target) * 4096 + 2000) == 1)
-        byte = ~byte
-        #expect(pwrite(fd, &byte, 1, off_t(target) * 4096 + 2000) == 1)
-        #expect(fsync(fd) == 0)
-        close(fd)
-        #expect(throws: PageStoreError.self) {
-            _ = try file.randomIO(writes: false, pageCount: target + 1, depth: 1, seconds: 0.2)
+        var configuration = PageFileConfiguration(path: path)
+        configuration.queueDepth = 8
+        var file = try PageFile(configuration: configuration)
+        let completed = UnsafeMutableBufferPointer<PageFile.SlotCompletion>.allocate(capacity: 8)
+        defer { completed.deallocate() }
+        func runAll(_ file: inout PageFile) throws -> [PageFile.SlotCompletion] {
+            try file.submit(waitCount: 8)
+            var done: [PageFile.SlotCompletion] = []
+            while done.count < 8 {
+                let reaped = file.reap(into: completed)
+                done += completed.prefix(reaped)
+                if reaped == 0 { try file.submit(waitCount: 1) }
+            }
+            return done.sorted { $0.slot < $1.slot }
         }
+        for slot in 0..<8 {
+            let bytes = file.slotBuffer(slot)
+            bytes.initializeMemory(as: UInt8.self, repeating: UInt8(slot))
+            file.prepareWrite(slot: slot, physicalPage: UInt64(slot * 3), header: PageHeader(osn: 7, objectID: 9, pageIndex: UInt64(slot)))
+        }
+        #expect(try runAll(&file).map(\.result) == Array(repeating: 4096, count: 8))
+        let pages = try file.read(physicalPages: (0..<8).map { UInt64($0 * 3) })
+        #expect(pages.map(\.header) == (0..<8).map { PageHeader(osn: 7, objectID: 9, pageIndex: UInt64($0)) })
+        #expect(pages[5].payload.allSatisfy { $0 == 5 })
+        for slot in 0..<8 { file.prepareRead(slot: 7 - slot, physicalPage: UInt64(slot * 3)) }
+        #expect(try runAll(&file).map(\.slot) == Array(0..<8))
+        #expect((0..<8).allSatisfy { PageFile.pageChecksOut(UnsafeRawBufferPointer(file.slotBuffer($0))) })
+        file.slotBuffer(2)[2000] ^= 0xFF
+        #expect(!PageFile.pageChecksOut(UnsafeRawBufferPointer(file.slotBuffer(2))))
     }
 
     @Test func badConfigurationIsATypedError() {
         var configuration = PageFileConfiguration(path: temporaryPath("bad"))
         configuration.pageSizeBytes = 3000
-        #expect(throws: PageStoreError.invalidConfiguration("page size must be a power of two in 512...1048576, got 3000")) {
-            _ = try PageFile(configuration: configuration)
-        }
+        #expect(throws: PageStoreError.invalidPageSize(3000)) { _ = try PageFile(configuration: configuration) }
         configuration.pageSizeBytes = 4096
         configuration.queueDepth = 0
-        #expect(throws: PageStoreError.self) { _ = try PageFile(configuration: configuration) }
-        #expect(throws: PageStoreError.self) {
+        #expect(throws: PageStoreError.invalidQueueDepth(0, max: PageFile.queueDepthMax)) {
+            _ = try PageFile(configuration: configuration)
+        }
+        #expect(throws: PageStoreError.syscall(SyscallError("open(/nonexistent/dir/pages)", .noSuchFileOrDirectory))) {
             _ = try PageFile(configuration: PageFileConfiguration(path: "/nonexistent/dir/pages"))
         }
     }

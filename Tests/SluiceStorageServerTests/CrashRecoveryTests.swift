@@ -70,11 +70,7 @@ func patternPayload(_ sequence: UInt64, bytes: Int = 256) -> [UInt8] {
             return
         }
         let directory = "/var/tmp/sluice-kill9-\(getpid())"
-        defer {
-            unlink(directory + "/pages")
-            unlink(directory + "/log")
-            rmdir(directory)
-        }
+        defer { removeDataDirectory(directory) }
         // Last acknowledged (sequence, osn) per group, across rounds.
         let acked = Mutex<[UInt64: (sequence: UInt64, osn: UInt64)]>([:])
         var nextSequence: UInt64 = Self.groupCount

@@ -44,10 +44,10 @@ import Testing
         let reply = try client.receiveRaw()
         #expect(reply.requestID == 21)
         #expect(reply.opcode == Opcode.readPages.rawValue)
-        #expect(try reply.decoded() == .malformedFrame(message: "read of zero pages"))
+        #expect(try reply.decoded() == .malformedFrame(message: MalformedBody.readOfZeroPages.reason))
         // A body cut short is malformed too.
         try client.sendRaw(rawFrame(opcode: Opcode.readPages.rawValue, requestID: 22, body: bigEndian(1) + bigEndian(0) + [0, 1]))
-        #expect(try client.receiveRaw().decoded() == .malformedFrame(message: "count missing"))
+        #expect(try client.receiveRaw().decoded() == .malformedFrame(message: MalformedBody.missing(field: "count").reason))
         let read = try client.read(objectID: 1, pageRange: 0..<2)
         #expect(read.pages.map { $0.payload.first } == [1, nil])
     }
@@ -102,6 +102,24 @@ import Testing
         // The last pages below the bound are readable.
         let read = try client.read(objectID: 1, pageRange: (max - 2)..<max)
         #expect(read.pages.count == 2)
+    }
+
+    /// readPage at or above the bound is refused like readPages and writes (it once answered ok with
+    /// an empty page), on both read paths: grouped (no pooled readers) and pooled.
+    @Test(arguments: [0, 32]) func readPageAtTheBoundIsOutOfRange(parallelReadersMax: Int) throws {
+        let served = try ServedNode(parallelReadersMax: parallelReadersMax)
+        defer { served.close() }
+        let client = try served.client()
+        let max = ObjectStore.pageIndexMax
+        for index in [max, max + 1, UInt64.max] {
+            #expect(throws: StorageClientError.pageIndexOutOfRange(index: index, max: max)) {
+                try client.read(objectID: 1, pageIndex: index)
+            }
+        }
+        #expect(try client.read(objectID: 1, pageIndex: max - 1).pageOSN == 0)
+        #expect(throws: ObjectStoreError.pageIndexOutOfRange(max, max: max)) {
+            try served.node.read(objectID: 1, pageIndex: max)
+        }
     }
 
 }

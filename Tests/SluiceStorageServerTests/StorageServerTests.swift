@@ -1,4 +1,5 @@
 import Glibc
+import NIOCore
 import SluicePageStore
 import Synchronization
 import Testing
@@ -123,20 +124,20 @@ import Testing
         var body = bigEndian(1) + [0, 1] + bigEndian(0) + [0] + bigEndian(0)
         body += [0, 0, 0, 200] + [1, 2, 3]
         try expectRejected(rawFrame(opcode: Opcode.writePages.rawValue, requestID: 9, body: body), requestID: 9,
-                           .malformedFrame(message: "payload length 200 exceeds the 3 bytes left"))
+                           .malformedFrame(message: MalformedBody.payloadPastEnd(length: 200, bytesLeft: 3).reason))
     }
 
     @Test func trailingBytesAndBadConditionAreRejected() throws {
         try expectRejected(rawFrame(opcode: Opcode.readPage.rawValue, requestID: 5, body: bigEndian(1) + bigEndian(0) + [0]),
-                           requestID: 5, .malformedFrame(message: "1 trailing bytes after the body"))
+                           requestID: 5, .malformedFrame(message: MalformedBody.trailingBytes(1, reply: false).reason))
         let body = bigEndian(1) + [0, 1] + bigEndian(0) + [7] + bigEndian(0) + [0, 0, 0, 1] + [9]
         try expectRejected(rawFrame(opcode: Opcode.writePages.rawValue, requestID: 6, body: body), requestID: 6,
-                           .malformedFrame(message: "condition kind 7 is not 0, 1 or 2"))
+                           .malformedFrame(message: MalformedBody.badConditionKind(7).reason))
     }
 
     @Test func lengthBelowHeaderIsRejected() throws {
         try expectRejected([0, 0, 0, 3, 1, 2, 3], requestID: 0,
-                           .malformedFrame(message: "frame length 3 is below the 10-byte header"))
+                           .malformedFrame(message: MalformedBody.frameBelowHeader(length: 3).reason))
     }
 
     @Test func unknownVersionIsRejected() throws {
@@ -272,5 +273,55 @@ import Testing
         let final = try served.client().read(objectID: 5, pageIndex: 0)
         #expect(counterValue(final.payload) == UInt64(acknowledged.load(ordering: .relaxed)))
         #expect(acknowledged.load(ordering: .relaxed) == clientCount * incrementsPerClient)
+    }
+
+    /// A write answered ioError may still be applied (here: durable and applied, its checkpoint
+    /// failed). updatePage reads the page back and settles it as applied instead of failing.
+    @Test func updatePageSettlesAnIOErrorByReadingBack() throws {
+        let served = try ServedNode(checkpointEveryRecords: 1)
+        let blocker = served.pagesPath + ".checkpoint.tmp"
+        #expect(mkdir(blocker, 0o755) == 0)  // the checkpoint cannot write its file aside: EISDIR
+        defer {
+            rmdir(blocker)
+            served.close()
+        }
+        let client = try served.client()
+        #expect(throws: StorageClientError.self) { try client.write(objectID: 1, pageIndex: 1, payload: [1]) }
+        let settled = try client.updatePage(objectID: 1, pageIndex: 0) { _ in [42] }
+        #expect(settled.osn == 2 && settled.payload == [42])
+        let page = try client.read(objectID: 1, pageIndex: 0)
+        #expect(page.pageOSN == 2 && page.payload.first == 42)
+    }
+
+    /// Request bodies that do not decode are typed errors, one case per way of being malformed.
+    @Test func requestDecodingErrorsAreTyped() {
+        func decode(_ opcode: Opcode, _ bytes: [UInt8]) throws(MalformedBody) -> StorageRequest {
+            var body = ByteBuffer(bytes: bytes)
+            return try StorageRequest.decode(opcode: opcode, body: &body)
+        }
+        #expect(throws: MalformedBody.missing(field: "pageIndex")) { try decode(.readPage, bigEndian(1)) }
+        #expect(throws: MalformedBody.readOfZeroPages) { try decode(.readPages, bigEndian(1) + bigEndian(0) + [0, 0, 0, 0]) }
+        #expect(throws: MalformedBody.writeOfZeroPages) { try decode(.writePages, bigEndian(1) + [0, 0]) }
+        let page = bigEndian(0) + [3] + bigEndian(0) + [0, 0, 0, 1] + [9]
+        #expect(throws: MalformedBody.badConditionKind(3)) { try decode(.writePages, bigEndian(1) + [0, 1] + page) }
+        let long = bigEndian(0) + [0] + bigEndian(0) + [0, 0, 0, 9] + [9]
+        #expect(throws: MalformedBody.payloadPastEnd(length: 9, bytesLeft: 1)) { try decode(.writePages, bigEndian(1) + [0, 1] + long) }
+        #expect(throws: MalformedBody.trailingBytes(2, reply: false)) { try decode(.statNode, [1, 2]) }
+    }
+
+    /// A reply for another request is a typed protocol violation, and closes the client.
+    @Test func aMismatchedReplyIsATypedViolation() throws {
+        let served = try ServedNode()
+        defer { served.close() }
+        let client = try served.client()
+        // Request 1 (the client's next id) is answered to this raw frame first: the call sees it.
+        try client.sendRaw(rawFrame(opcode: Opcode.statNode.rawValue, requestID: 77, body: []))
+        #expect(throws: StorageClientError.protocolViolation(.replyMismatch(requestID: 77, opcode: Opcode.statNode.rawValue,
+                                                                            expectedRequestID: 1,
+                                                                            expectedOpcode: Opcode.statNode.rawValue))) {
+            try client.statNode()
+        }
+        #expect(throws: StorageClientError.connectionClosed) { try client.statNode() }
+        #expect(throws: StorageClientError.invalidAddress(host: "nowhere", port: 1)) { try StorageClient(host: "nowhere", port: 1) }
     }
 }

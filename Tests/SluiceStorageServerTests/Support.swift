@@ -14,13 +14,15 @@ final class ServedNode: @unchecked Sendable {  // unchecked: fields are set once
     let payloadSizeBytes: Int
     private static let counter = Atomic<Int>(0)
 
-    init(configuration: StorageServerConfiguration = .init()) throws {
+    init(configuration: StorageServerConfiguration = .init(), parallelReadersMax: Int = 32,
+         checkpointEveryRecords: UInt64 = 4_096) throws {
         let unique = "\(getpid())-\(Self.counter.add(1, ordering: .relaxed).newValue)"
         pagesPath = "/var/tmp/sluice-server-\(unique).pages"
         logPath = "/var/tmp/sluice-server-\(unique).log"
-        let store = try ObjectStore(pages: PageFileConfiguration(path: pagesPath), log: try EmbeddedLog(path: logPath))
+        let store = try ObjectStore(pages: PageFileConfiguration(path: pagesPath), log: try EmbeddedLog(path: logPath),
+                                    checkpointEveryRecords: checkpointEveryRecords)
         payloadSizeBytes = store.payloadSizeBytes
-        node = StorageNode(store: store)
+        node = StorageNode(store: store, parallelReadersMax: parallelReadersMax)
         server = try StorageServer.bind(host: "127.0.0.1", port: 0, node: node, payloadSizeBytes: payloadSizeBytes,
                                         configuration: configuration)
     }
@@ -29,9 +31,17 @@ final class ServedNode: @unchecked Sendable {  // unchecked: fields are set once
 
     func close() {
         server.close()
-        unlink(pagesPath)
-        unlink(logPath)
+        for path in [pagesPath, logPath, pagesPath + ".checkpoint", ObjectStore.lockPath(pages: pagesPath),
+                     ObjectStore.formatPath(pages: pagesPath)] { unlink(path) }
     }
+}
+
+/// Removes a data directory `openStorageNode` made, and every file a node keeps in it.
+func removeDataDirectory(_ path: String) {
+    for name in ["pages", "log", "pages.checkpoint", "pages.checkpoint.tmp", "pages.lock", "pages.format"] {
+        unlink(path + "/" + name)
+    }
+    rmdir(path)
 }
 
 /// Runs `body(i)` for i in 0..<count, each on its own thread, and waits for all.

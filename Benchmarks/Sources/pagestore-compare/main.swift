@@ -1,6 +1,6 @@
-// Path: Benchmarks/Sources/pagestore-compare/PageStoreCompare.swift — the page store's side of the
+// Path: Benchmarks/Sources/pagestore-compare/main.swift — the page store's side of the
 // fio comparison (scripts/bench-pagestore.sh): 4 KiB random reads or writes at a queue depth, O_DIRECT,
-// through PageFile's registered buffers and file, for a fixed time. Prints one JSON line per run.
+// through PageFile's slots (registered buffers and file; the loop is RandomIO.swift), for a fixed time. Prints one JSON line per run.
 //   pagestore-compare fill PATH PAGES                  writes every page once (valid headers and CRCs)
 //   pagestore-compare run PATH PAGES read|write DEPTH SECONDS [SUBMIT_BATCH [SEED]]
 //   pagestore-compare pwrite PATH PAGES SECONDS        plain buffered pwrite(2) of random pages, one thread
@@ -49,9 +49,8 @@ do {
         configuration.directIO = ProcessInfo.processInfo.environment["BUFFERED"] != "1"
         var file = try PageFile(configuration: configuration)
         let writes = arguments[4] == "write"
-        let (operations, nanoseconds) = try file.randomIO(writes: writes, pageCount: pages, depth: depth,
-                                                          seconds: seconds, seed: seed,
-                                                          submitBatch: submitBatch)
+        let (operations, nanoseconds) = try randomIO(&file, writes: writes, pageCount: pages, depth: depth,
+                                                     seconds: seconds, seed: seed, submitBatch: submitBatch)
         let iops = Double(operations) / (Double(nanoseconds) / 1e9)
         var usage = rusage()
         getrusage(RUSAGE_SELF.rawValue, &usage)  // the whole process, set-up included, as fio's usr_cpu + sys_cpu

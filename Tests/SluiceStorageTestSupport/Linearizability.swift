@@ -1,4 +1,4 @@
-// Path: Sources/SluicePageStore/Linearizability.swift — a checker for histories of one page used as a
+// Path: Tests/SluiceStorageTestSupport/Linearizability.swift — a checker for histories of one page used as a
 // versioned register: reads, and conditional writes that succeed with a new OSN or fail with the
 // current one. Wing & Gong's search with memoisation of (linearized set, register state), as in Lowe's
 // and Knossos' checkers.
