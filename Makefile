@@ -42,10 +42,13 @@ bench-deps: deps
 build: deps
 	$(SWIFT) build -c release
 
+# The allocation tests run the release build of their probe: what ships, not a debug build.
 build-tests: deps
 	$(SWIFT) build --build-tests
+	$(SWIFT) build -c release --product SluiceAllocationProbe
 
-# Every test, then the parser's fuzz target for a bounded time (libFuzzer; exits non-zero on a crash),
+# Every test (the hot-path allocation tests among them), then the parser's fuzz target for a bounded
+# time (libFuzzer; exits non-zero on a crash, and under CI=true also when libFuzzer cannot be built),
 # then 15 s of the service soak (scripts/soak-service.sh; root, as CI runs it).
 test: build-tests
 	$(SWIFT) test $(TEST_FLAGS)

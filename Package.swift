@@ -26,6 +26,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+        // Test only: counts mallocs (LD_PRELOAD) for the hot-path allocation tests.
+        .package(url: "https://github.com/ordo-one/malloc-interposer.git", from: "1.6.1"),
     ],
     targets: [
         // The only C: ring hot paths inline in include/, thin wrappers over the kernel and libnuma in *.c.
@@ -122,6 +124,15 @@ let package = Package(
                            "SluiceCore", "SluiceTestSupport"]
         ),
         .testTarget(name: "SluicePacketTests", dependencies: ["SluicePacket", "SluiceCore"]),
+        // Mallocs per packet on the hot paths: a probe run with the interposer preloaded, by a test that
+        // spawns it (the test process itself never loads the interposer).
+        .executableTarget(
+            name: "SluiceAllocationProbe",
+            dependencies: ["SluiceCore", "SluicePacketIO", "SluiceTraffic",
+                           .product(name: "MallocInterposerSwift", package: "malloc-interposer")],
+            path: "Tests/SluiceAllocationProbe"
+        ),
+        .testTarget(name: "SluiceAllocationTests", dependencies: ["SluiceTestSupport"]),
         .testTarget(
             name: "SluiceTrafficTests",
             dependencies: ["SluiceTraffic", "SluiceCore", "SluicePacketIO",

@@ -80,6 +80,14 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // The core runtime's 3-stage load test (generator -> relay -> latency sink): benchmark code kept
+        // out of SluiceCore, run by `pipeline-load` (scripts/bench-pipeline.sh) and PipelineBench.
+        .target(name: "PipelineLoad", dependencies: [.product(name: "SluiceCore", package: "Sluice")]),
+        .executableTarget(
+            name: "pipeline-load",
+            dependencies: ["PipelineLoad", .product(name: "SluiceCore", package: "Sluice"),
+                           .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
         // package-benchmark suites: one folder each beside this file (the plugin looks for a parent
         // folder named Benchmarks).
         .executableTarget(
@@ -90,7 +98,8 @@ let package = Package(
         ),
         .executableTarget(
             name: "PipelineBench",
-            dependencies: [.product(name: "SluiceCore", package: "Sluice"), .product(name: "Benchmark", package: "benchmark")],
+            dependencies: ["PipelineLoad", .product(name: "SluiceCore", package: "Sluice"),
+                           .product(name: "Benchmark", package: "benchmark")],
             path: "PipelineBench",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),

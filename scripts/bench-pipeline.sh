@@ -2,21 +2,22 @@
 # Pipeline benchmark: a 3-stage pipeline of 8-byte items (generator alone on worker 0; relay and sink
 # run-to-completion on worker 1), each wait mode at full load and at 1%, 10%, 50% and 100% of the
 # busy-poll peak. Modes are interleaved within each round so drift in machine speed hits all alike;
-# the table holds medians of RUNS rounds. The futex wake-up latency between the two cores (the floor
-# under any mode that sleeps) is measured in the same run. Usage: scripts/bench-pipeline.sh [RUNS]
+# the table holds medians of RUNS rounds of Benchmarks' `pipeline-load` (once `sluice pipeline`). The
+# futex wake-up latency between the two cores (the floor under any mode that sleeps) is measured in the
+# same run. Usage: scripts/bench-pipeline.sh [RUNS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-5}
 modes="busy-poll adaptive interrupt"
-bin=.build/release/sluice
-swift build -c release --product sluice >&2
-(cd Benchmarks && swift build -c release --product wake-latency >&2)
-wake_bin="$(cd Benchmarks && swift build -c release --show-bin-path)/wake-latency"
+(cd Benchmarks && swift build -c release --product pipeline-load >&2 && swift build -c release --product wake-latency >&2)
+bench_bin="$(cd Benchmarks && swift build -c release --show-bin-path)"
+bin="$bench_bin/pipeline-load"
+wake_bin="$bench_bin/wake-latency"
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
 round() {  # tag rate count: one run of every mode
-  for mode in $modes; do "$bin" pipeline --json --wait-mode "$mode" --rate "$2" --count "$3" >>"$out/$1-$mode.jsonl"; done
+  for mode in $modes; do "$bin" --json --wait-mode "$mode" --rate "$2" --count "$3" >>"$out/$1-$mode.jsonl"; done
 }
 
 for r in $(seq 1 "$runs"); do round full 0 20000000; done

@@ -8,7 +8,8 @@
 # Exits non-zero on a crash or broken invariant; the input is saved under .build-fuzz/artifacts/ and can
 # be replayed with `.build-fuzz/release/SluiceParserFuzz <file>`. If the libFuzzer build fails (no
 # libclang_rt.fuzzer in the toolchain), falls back to the normal build's bounded mutation loop for the
-# same time, and says so (FUZZ_FALLBACK=1 forces that path).
+# same time, and says so (FUZZ_FALLBACK=1 forces that path). Under CI=true there is no fallback: CI's
+# toolchain has libFuzzer, so a failed libFuzzer build (or FUZZ_FALLBACK=1) fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/opt/swift/usr/bin"
@@ -22,6 +23,11 @@ ARTIFACTS=$SCRATCH/artifacts
 BINARY=$SCRATCH/release/SluiceParserFuzz
 
 fallback() {
+    if [ "${CI:-}" = true ]; then
+        echo "fuzz-parser: FAILED: the libFuzzer build failed (or FUZZ_FALLBACK=1), and under CI=true the" \
+             "random mutation loop is no substitute for coverage-guided fuzzing; see the build output above" >&2
+        return 1
+    fi
     echo "fuzz-parser: no libFuzzer build; running the bounded mutation loop instead (not coverage-guided)" >&2
     "$SWIFT" build -c release --product SluiceParserFuzz
     local seed=$(( $(date +%s) % 100000 ))

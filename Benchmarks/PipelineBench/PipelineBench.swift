@@ -7,6 +7,7 @@
 // CPU and p99 per mode) come from scripts/bench-pipeline.sh, which interleaves runs and takes medians.
 // Run from Benchmarks/: `swift package benchmark --target PipelineBench`.
 import Benchmark
+import PipelineLoad
 import SluiceCore
 
 let itemsPerSecond = BenchmarkMetric.custom("items/s", polarity: .prefersLarger, useScalingFactor: false)

@@ -66,8 +66,9 @@ import Testing
     }
 
     /// The allocator's moves, applied to a running pipeline, keep every item.
-    @Test(.enabled(if: ((try? CPU.allowedCount()) ?? 0) >= 2, "needs two CPUs to move a stage between"))
+    @Test(.enabled(if: twoCPUsOrCI, "needs two CPUs (CI=true: fails without them) to move a stage between"))
     func appliedRebalanceKeepsEveryItem() throws {
+        guard requireTwoCPUs() else { return }
         try withRuntime(.adaptive) { runtime, _ in
             let tracker = SinkTracker()
             let pipeline = try makeCountingPipeline(

@@ -33,12 +33,19 @@ import Testing
         #expect(throws: RuntimeError.notRunning) { try runtime.launch(pipeline, placement: [0, 0, 0]) }
         try runtime.start()
         defer { runtime.stop() }
-        #expect(throws: RuntimeError.invalidPlacement("2 entries for 3 stages")) {
+        #expect(throws: RuntimeError.placementCount(given: 2, stages: 3)) {
             try runtime.launch(pipeline, placement: [0, 0])
         }
-        #expect(throws: RuntimeError.invalidPlacement("stage source on worker 5 of 1")) {
+        #expect(throws: RuntimeError.noSuchWorker(stage: "source", worker: 5, workerCount: 1)) {
             try runtime.launch(pipeline, placement: [5, 0, 0])
         }
+        try runtime.launch(pipeline, placement: [0, 0, 0])
+        #expect(throws: RuntimeError.noSuchWorker(stage: "stage2", worker: 7, workerCount: 1)) {
+            try runtime.move(pipeline.stages[1], toWorker: 7)
+        }
+        let stray = StageMove(pipeline: 1, stage: 0, fromWorker: 0, toWorker: 0)
+        #expect(throws: RuntimeError.noSuchStage(pipeline: 1, stage: 0)) { try runtime.apply([stray], to: [pipeline]) }
+        #expect(runtime.drain(timeoutNs: drainTimeoutNs))
     }
 
     @Test func workersRunOnTheirPinnedCore() throws {
@@ -105,7 +112,7 @@ import Testing
         let stray = try makeCountingPipeline(
             "stray", source: GeneratorSource(ratePerSecond: 0, totalCount: 1, payload: .sequence), tracker: tracker)
         try withRuntime(.interrupt) { runtime, _ in
-            #expect(throws: RuntimeError.unknownStage("stage2")) { try runtime.move(stray.stages[1], toWorker: 0) }
+            #expect(throws: RuntimeError.unknownStage(name: "stage2", position: 1)) { try runtime.move(stray.stages[1], toWorker: 0) }
         }
     }
 }

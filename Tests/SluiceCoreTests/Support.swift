@@ -1,4 +1,5 @@
 import Glibc
+import Testing
 @testable import SluiceCore
 
 /// Counters a test sink writes from its worker and the test reads after draining.
@@ -73,6 +74,24 @@ struct PausingSource: SourceBody {
     }
 
     func sleepHintNs(nowNs: UInt64) -> UInt64? { resumeNs > nowNs ? resumeNs - nowNs : 0 }
+}
+
+/// Set in CI (`CI=true`), where tests that need root or two CPUs must run, not skip.
+let isCI = getenv("CI").map { String(cString: $0) } == "true"
+
+/// CPUs this process may use.
+let allowedCPUCount = (try? CPU.allowedCount()) ?? 0
+
+/// Enables a test that needs two CPUs: on a machine with two or more, and always under CI=true, where
+/// `requireTwoCPUs()` then records a failure if there is only one (CI machines have two: a test that
+/// vanished there would hide a broken runner).
+let twoCPUsOrCI = allowedCPUCount >= 2 || isCI
+
+/// True with two CPUs; otherwise records an issue saying why the test cannot run, and returns false.
+func requireTwoCPUs() -> Bool {
+    guard allowedCPUCount < 2 else { return true }
+    Issue.record("this test needs two CPUs and the process may use \(allowedCPUCount): CI=true requires them")
+    return false
 }
 
 /// Up to two CPUs this process may use (CI machines have two).

@@ -15,6 +15,15 @@ public enum PoolError: Error, Equatable {
     case invalidNUMANode(Int, max: Int)
 }
 
+/// What a debug build knows about each buffer of a pool (`BufferPool.states`).
+@usableFromInline enum BufferState {
+    @usableFromInline static let free: UInt8 = 0
+    /// Taken from the free list (or a returns ring): some stage or ring owns it.
+    @usableFromInline static let owned: UInt8 = 1
+    /// On a ring of its pipeline when the pipeline was torn down: lost with the ring, not leaked.
+    @usableFromInline static let inFlightAtTeardown: UInt8 = 2
+}
+
 /// One buffer of a pool, by index. One owner at a time: moving it is handing the buffer over.
 /// Rings carry the raw index (`consume buffer.index`... `PacketBuffer(adopting:)`), Swift the ownership.
 @frozen
@@ -71,6 +80,15 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
     private let byteCount: Int
     /// Allocation attempts that found the pool empty.
     public let exhaustedCount = Atomic<UInt64>(0)
+    #if DEBUG
+    /// Debug builds only: one `BufferState` byte per buffer, to trap a double free at the free and
+    /// report leaked buffers when the pool of a pipeline goes away. Written by the buffer's owner;
+    /// the free list's and rings' release/acquire order the writes of successive owners. Release
+    /// builds have neither the bytes nor the checks.
+    @usableFromInline let states: UnsafeMutablePointer<UInt8>
+    /// Set (once) when a pipeline declares it carries this pool's buffers: the leak check then runs.
+    let leakCheckArmed = Atomic<Bool>(false)
+    #endif
 
     /// Makes a pool of `bufferCount` buffers of `bufferSizeBytes` each (rounded up to 64 bytes),
     /// on `numaNode` when libnuma is available. `freeHook` runs on every free.
@@ -119,9 +137,21 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
         self.freeList = freeList
         self.freeHook = freeHook
         self.byteCount = bytes
+        #if DEBUG
+        self.states = .allocate(capacity: bufferCount)
+        self.states.initialize(repeating: BufferState.free, count: bufferCount)
+        #endif
     }
 
     deinit {
+        #if DEBUG
+        if leakCheckArmed.load(ordering: .acquiring) {
+            let leaked = (0..<bufferCount).count { states[$0] == BufferState.owned }
+            precondition(leaked == 0, "BufferPool: \(leaked) of \(bufferCount) buffers leaked: neither free nor "
+                + "in flight on a ring when the pipeline carrying them stopped (a stage kept or dropped them)")
+        }
+        states.deallocate()
+        #endif
         sluice_mpmc_delete(freeList)
         if numaNode != nil { sluice_numa_free(base, byteCount) } else { Glibc.free(base) }
     }
@@ -133,6 +163,7 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
             exhaustedCount.add(1, ordering: .relaxed)
             return nil
         }
+        markTaken(UInt32(truncatingIfNeeded: index))
         return PacketBuffer(adopting: UInt32(truncatingIfNeeded: index))
     }
 
@@ -148,11 +179,15 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
         for position in indices.indices {
             var index: UInt64 = 0
             guard sluice_mpmc_dequeue(freeList, &index) == 1 else {
-                for taken in 0..<position { returnToFreeList(indices[taken]) }
+                for taken in 0..<position {
+                    markFreed(indices[taken])
+                    returnToFreeList(indices[taken])
+                }
                 exhaustedCount.add(1, ordering: .relaxed)
                 return 0
             }
             indices[position] = UInt32(truncatingIfNeeded: index)
+            markTaken(indices[position])
         }
         return indices.count
     }
@@ -165,6 +200,7 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
             var index: UInt64 = 0
             guard sluice_mpmc_dequeue(freeList, &index) == 1 else { break }
             indices[taken] = UInt32(truncatingIfNeeded: index)
+            markTaken(indices[taken])
             taken += 1
         }
         if taken == 0, indices.count > 0 { exhaustedCount.add(1, ordering: .relaxed) }
@@ -182,6 +218,9 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
     /// hook for each. What does not fit goes to the free list. Across cores this costs a ring line
     /// per 8 buffers instead of a contended free-list cell per buffer. Never blocks.
     @inlinable public func recycle(_ items: UnsafeBufferPointer<UInt64>, through returns: inout RingProducer) {
+        #if DEBUG
+        for item in items { markFreed(UInt32(truncatingIfNeeded: item)) }
+        #endif
         if let freeHook {
             for item in items { freeHook.function(freeHook.context, UInt32(truncatingIfNeeded: item)) }
         }
@@ -204,6 +243,9 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
                                         from returns: inout RingConsumer) -> Int {
         let burst = UnsafeMutableBufferPointer(rebasing: indices[0..<min(indices.count, Limits.burstCountMax)])
         let (taken, _) = returns.dequeueBurst(into: burst)
+        #if DEBUG
+        for position in 0..<taken { markTaken(UInt32(truncatingIfNeeded: burst[position])) }
+        #endif
         return taken > 0 ? taken : takeFree(into: indices)
     }
 
@@ -215,6 +257,7 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
             var index: UInt64 = 0
             guard sluice_mpmc_dequeue(freeList, &index) == 1 else { break }
             indices[count] = index
+            markTaken(UInt32(truncatingIfNeeded: index))
             count += 1
         }
         if count == 0, indices.count > 0 { exhaustedCount.add(1, ordering: .relaxed) }
@@ -229,6 +272,7 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
     /// Returns a buffer by raw index (one taken off a ring). The caller must own it.
     @inlinable public func freeIndex(_ index: UInt32) {
         precondition(Int(index) < bufferCount, "buffer index outside the pool")
+        markFreed(index)
         if let freeHook { freeHook.function(freeHook.context, index) }
         returnToFreeList(index)
     }
@@ -246,8 +290,56 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
     }
 
     /// PAUSEs a free may wait for a stalled allocator (seconds) before declaring the free list corrupt.
-    /// Double frees are not detected here: `PacketBuffer` ownership prevents them in safe code.
+    /// Double frees trap in debug builds (`markFreed`): rings carry raw indices, so ownership alone
+    /// cannot prevent them.
     @usableFromInline static let freeSpinsMax: UInt64 = 1 << 28
+
+    /// Debug builds: records that the buffer at `index` left the free list for an owner. Release: nothing.
+    @inlinable @inline(__always) func markTaken(_ index: UInt32) {
+        #if DEBUG
+        states[Int(index)] = BufferState.owned
+        #endif
+    }
+
+    /// Debug builds: traps unless the buffer at `index` is owned, i.e. on a double free or a free of a
+    /// buffer never taken, at the free that is wrong. Release: nothing.
+    @inlinable @inline(__always) func markFreed(_ index: UInt32) {
+        #if DEBUG
+        if states[Int(index)] != BufferState.owned { doubleFree(index) }
+        states[Int(index)] = BufferState.free
+        #endif
+    }
+
+    @usableFromInline @inline(never) func doubleFree(_ index: UInt32) -> Never {
+        preconditionFailure("BufferPool: double free of buffer \(index): it is not owned (already free, or never taken)")
+    }
+
+    /// Declares that a pipeline carries this pool's buffers: in debug builds, when the pool goes away,
+    /// any buffer still owned (not free, not in flight on a ring at the pipeline's teardown) is a leak
+    /// and traps with the count. Release builds: nothing. `PipelineBuilder.carriesBuffers(of:)` calls it.
+    public func armLeakCheck() {
+        #if DEBUG
+        leakCheckArmed.store(true, ordering: .releasing)
+        #endif
+    }
+
+    /// Debug builds: marks a buffer that was in flight on a pipeline's ring when the pipeline was torn
+    /// down: not free, but not leaked by a stage either. Nobody may run the pipeline any more.
+    func markInFlightAtTeardown(_ index: UInt32) {
+        #if DEBUG
+        precondition(Int(index) < bufferCount, "ring item outside the pool its pipeline carries")
+        if states[Int(index)] == BufferState.owned { states[Int(index)] = BufferState.inFlightAtTeardown }
+        #endif
+    }
+
+    /// Debug builds: buffers owned now (taken, not freed); a snapshot for tests. Release builds: nil.
+    public var ownedCountForDebugging: Int? {
+        #if DEBUG
+        return (0..<bufferCount).count { states[$0] == BufferState.owned }
+        #else
+        return nil
+        #endif
+    }
 
     /// The bytes of the buffer at `index`.
     @inlinable public func bytes(at index: UInt32) -> UnsafeMutableRawBufferPointer {

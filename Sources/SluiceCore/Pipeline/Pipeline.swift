@@ -1,4 +1,5 @@
 // Path: Sources/SluiceCore/Pipeline/Pipeline.swift — a chain of stages joined by SPSC rings.
+import CShims
 import Synchronization
 
 /// Why a pipeline could not be built.
@@ -29,10 +30,30 @@ public final class Pipeline: @unchecked Sendable {  // unchecked: stages are han
     /// Capacity of each ring, in link order.
     public internal(set) var ringCapacities: [Int] = []
     var links: [Link] = []
+    /// The pool whose buffer indices this pipeline's rings carry, if the builder was told
+    /// (`PipelineBuilder.carriesBuffers(of:)`): debug builds then account for its buffers at teardown.
+    public internal(set) var bufferPool: BufferPool?
 
     init(name: String) {
         self.name = name
         self.id = Pipeline.nextID.wrappingAdd(1, ordering: .relaxed).oldValue
+    }
+
+    deinit {
+        #if DEBUG
+        // Items still on the rings were in flight when the pipeline stopped (a live source stopped
+        // without a drain): not leaked by any stage. Mark them so the pool's leak check, when the
+        // pool goes away after the stages that hold its other buffers, counts only real leaks.
+        // Nobody runs a stage any more (they are only referenced from here), so taking the
+        // consumer's role on each ring is safe.
+        guard let bufferPool else { return }
+        var item: UInt64 = 0
+        for link in links {
+            while sluice_spsc_dequeue_burst(link.observer.ring, &item, 1, nil) == 1 {
+                bufferPool.markInFlightAtTeardown(UInt32(truncatingIfNeeded: item))
+            }
+        }
+        #endif
     }
 
     /// Items the last stage delivered.
@@ -76,6 +97,7 @@ public struct PipelineBuilder {
     private var source: (any SourceBody)?
     private var sourceName = "source"
     private var stages: [(name: String, body: any StageBody)] = []
+    private var bufferPool: BufferPool?
 
     public init(name: String, burstCount: Int = 32) {
         self.name = name
@@ -89,6 +111,14 @@ public struct PipelineBuilder {
 
     public mutating func stage(_ body: some StageBody, name: String? = nil) {
         stages.append((name ?? "stage\(stages.count + 2)", body))
+    }
+
+    /// Declares that the pipeline's items are buffer indices of `pool`, which serves no other
+    /// pipeline. Debug builds then check, when the pool goes away after the pipeline, that every
+    /// buffer came back: one neither free nor in flight on a ring at the pipeline's teardown is a
+    /// leak and traps with the count (double frees trap at the free in any case).
+    public mutating func carriesBuffers(of pool: BufferPool) {
+        bufferPool = pool
     }
 
     /// Stages so far, the source included.
@@ -118,6 +148,10 @@ public struct PipelineBuilder {
             } catch { throw .ring(error) }
         }
         pipeline.ringCapacities = ringCapacities
+        if let bufferPool {
+            pipeline.bufferPool = bufferPool
+            bufferPool.armLeakCheck()
+        }
         var tasks: [StageTask] = [
             makeSourceTask(source, output: producers[0].take(), pipeline: pipeline, link: pipeline.links[0])
         ]

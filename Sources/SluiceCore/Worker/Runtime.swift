@@ -18,12 +18,18 @@ public enum RuntimeError: Error, Equatable {
     case pinFailed(core: Int, SyscallError)
     /// A worker did not report in after its thread started.
     case workerDidNotStart(core: Int)
-    /// A placement names a worker that does not exist, or has the wrong number of entries.
-    case invalidPlacement(String)
+    /// A placement has `given` entries for a pipeline of `stages` stages (one worker index per stage).
+    case placementCount(given: Int, stages: Int)
+    /// A placement or move puts `stage` (nil: any stage of a move) on `worker`, which does not exist:
+    /// the runtime has `workerCount` workers.
+    case noSuchWorker(stage: String?, worker: Int, workerCount: Int)
+    /// A rebalance move names pipeline `pipeline` stage `stage`, and the list given has no such stage.
+    case noSuchStage(pipeline: Int, stage: Int)
     case tooManyStages(worker: Int, max: Int)
     /// The pipeline was launched before (a pipeline runs once), or the stage is not in this runtime.
     case alreadyLaunched(pipeline: String)
-    case unknownStage(String)
+    /// The stage named `name` at `position` was never launched on this runtime.
+    case unknownStage(name: String, position: Int)
     /// A stage did not arrive on its new worker in time (that worker is stuck or stopped).
     case moveTimedOut(stage: String, toWorker: Int)
     case notRunning
@@ -135,12 +141,12 @@ public final class Runtime: @unchecked Sendable {  // unchecked: control state i
         try control.withLock { state throws(RuntimeError) in
             guard state.phase == .running else { throw .notRunning }
             guard placement.count == pipeline.stages.count else {
-                throw .invalidPlacement("\(placement.count) entries for \(pipeline.stages.count) stages")
+                throw .placementCount(given: placement.count, stages: pipeline.stages.count)
             }
             var counts = state.stagesPerWorker
             for case let (stage, worker) in zip(pipeline.stages, placement) {
                 guard worker >= 0, worker < workers.count else {
-                    throw .invalidPlacement("stage \(stage.name) on worker \(worker) of \(workers.count)")
+                    throw .noSuchWorker(stage: stage.name, worker: worker, workerCount: workers.count)
                 }
                 counts[worker] += 1
                 guard counts[worker] <= Limits.stagesPerWorkerMax else {
@@ -166,8 +172,12 @@ public final class Runtime: @unchecked Sendable {  // unchecked: control state i
     public func move(_ stage: StageTask, toWorker target: Int, timeoutNs: UInt64 = 2_000_000_000) throws(RuntimeError) {
         try control.withLock { state throws(RuntimeError) in
             guard state.phase == .running else { throw .notRunning }
-            guard target >= 0, target < workers.count else { throw .invalidPlacement("no worker \(target)") }
-            guard let source = state.placement[ObjectIdentifier(stage)] else { throw .unknownStage(stage.name) }
+            guard target >= 0, target < workers.count else {
+                throw .noSuchWorker(stage: stage.name, worker: target, workerCount: workers.count)
+            }
+            guard let source = state.placement[ObjectIdentifier(stage)] else {
+                throw .unknownStage(name: stage.name, position: stage.position)
+            }
             let deadline = Clock.monotonicNs() &+ timeoutNs
             // A previous move or the launch may still be under way: let it land first.
             guard waitForArrival(stage, deadlineNs: deadline) else {
@@ -246,7 +256,7 @@ extension Runtime {
         for move in moves {
             guard pipelines.indices.contains(move.pipeline),
                   pipelines[move.pipeline].stages.indices.contains(move.stage)
-            else { throw .invalidPlacement("move names pipeline \(move.pipeline) stage \(move.stage)") }
+            else { throw .noSuchStage(pipeline: move.pipeline, stage: move.stage) }
             try self.move(pipelines[move.pipeline].stages[move.stage], toWorker: move.toWorker)
         }
     }

@@ -1,6 +1,7 @@
-// Path: Sources/SluiceCore/Pipeline/LoadTest.swift — a 3-stage pipeline of 8-byte items under a set
-// load: what `sluice pipeline`, `make demo` and the pipeline benchmark run.
+// Path: Benchmarks/Sources/PipelineLoad/LoadTest.swift — a 3-stage pipeline of 8-byte items under a
+// set load: what `pipeline-load` (scripts/bench-pipeline.sh) and PipelineBench run.
 import Glibc
+import SluiceCore
 
 /// A load test: generator -> pass-through -> latency sink, each stage on the worker `placement` names.
 public struct LoadTestConfiguration: Sendable {

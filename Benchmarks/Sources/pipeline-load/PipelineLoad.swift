@@ -1,10 +1,14 @@
-// Path: Sources/sluice/PipelineCommand.swift — `sluice pipeline`: the core runtime under a set load.
+// Path: Benchmarks/Sources/pipeline-load/PipelineLoad.swift — the core runtime under a set load
+// (what `sluice pipeline` was): scripts/bench-pipeline.sh runs it once per mode and load.
 import ArgumentParser
+import Glibc
+import PipelineLoad
 import SluiceCore
 
-struct PipelineCommand: ParsableCommand {
+@main
+struct PipelineLoadCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "pipeline",
+        commandName: "pipeline-load",
         abstract: "Run a 3-stage pipeline (generator -> relay -> latency sink) of 8-byte items on pinned workers.")
 
     @Option(help: "Cores for the workers, e.g. 0,1 or 0-3. Default: up to two allowed CPUs.")
@@ -62,3 +66,21 @@ struct PipelineCommand: ParsableCommand {
         }
     }
 }
+
+/// Parses a core list: "0,1", "0-3", "0-1,4".
+func parseCores(_ text: String) throws(ValidationError) -> [Int] {
+    var cores: [Int] = []
+    for part in text.split(separator: ",") {
+        let bounds = part.split(separator: "-", maxSplits: 1).map { Int($0.filter { $0 != " " }) }
+        guard let low = bounds.first ?? nil, low >= 0, bounds.count <= 2 else {
+            throw ValidationError("--cores: '\(part)' is not a core id or a range like 0-3")
+        }
+        let high = bounds.count == 2 ? bounds[1] : low
+        guard let high, high >= low else { throw ValidationError("--cores: range '\(part)' is empty or malformed") }
+        cores.append(contentsOf: low...high)
+    }
+    guard !cores.isEmpty else { throw ValidationError("--cores: no cores given") }
+    return cores
+}
+
+extension WaitMode: @retroactive ExpressibleByArgument {}

@@ -1,5 +1,17 @@
-// Path: Sources/sluice/Report.swift — prints a load test's result: a `show runtime` style table or JSON.
+// Path: Benchmarks/Sources/pipeline-load/Report.swift — prints a load test's result: a `show runtime`
+// style table or JSON.
+import PipelineLoad
 import SluiceCore
+
+/// Right-aligned columns: the first cell 10 wide, the others 13; an overlong cell gets a space.
+enum TextTable {
+    static func row(_ cells: [String]) -> String {
+        cells.enumerated().map { index, cell in
+            let width = index == 0 ? 10 : 13
+            return cell.count >= width ? cell + " " : String(repeating: " ", count: width - cell.count) + cell
+        }.joined()
+    }
+}
 
 enum Report {
     static func table(_ result: LoadTestResult) -> String {

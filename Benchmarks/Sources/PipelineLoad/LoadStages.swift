@@ -1,6 +1,6 @@
-// Path: Sources/SluiceCore/Pipeline/LoadStages.swift — a paced generator and a latency sink, for
-// benchmarks, the demo and tests of the runtime itself.
-import CShims
+// Path: Benchmarks/Sources/PipelineLoad/LoadStages.swift — a paced generator and a latency sink, for
+// the pipeline benchmarks (`pipeline-load`, PipelineBench). Benchmark code: not part of SluiceCore.
+import SluiceCore
 
 /// A source of 8-byte items at a fixed rate, in bursts: `burstCount` items every
 /// `burstCount / ratePerSecond` seconds (a NIC with interrupt coalescing looks like this), or as fast
@@ -41,7 +41,7 @@ public struct GeneratorSource: SourceBody {
     }
 
     public mutating func produce(into items: UnsafeMutableBufferPointer<UInt64>) -> Int {
-        let now = sluice_monotonic_ns()
+        let now = Clock.monotonicNs()
         if startNs == 0 { startNs = now }
         let due = due(nowNs: now)
         guard due > generated else { return 0 }
@@ -66,12 +66,12 @@ public struct GeneratorSource: SourceBody {
 
 /// A last stage that records each item's age (now minus the timestamp it carries) and delivers it.
 public struct LatencySink: StageBody {
-    @usableFromInline let recorder: LatencyHistogram.Recorder
+    let recorder: LatencyHistogram.Recorder
 
     public init(histogram: LatencyHistogram) { recorder = histogram.recorder }
 
-    @inlinable public mutating func process(_ items: UnsafeMutableBufferPointer<UInt64>) -> Int {
-        let now = sluice_monotonic_ns()
+    public mutating func process(_ items: UnsafeMutableBufferPointer<UInt64>) -> Int {
+        let now = Clock.monotonicNs()
         for item in items { recorder.record(now &- item) }
         return items.count
     }
