@@ -148,7 +148,6 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
         // line per 8 buffers) instead of through the shared free list (a contended cell per buffer).
         var returnsIn: RingProducer?
         var builder = PipelineBuilder(name: configuration.name, burstCount: configuration.burstCount)
-        builder.carriesBuffers(of: pool)  // debug builds: every buffer back or in flight at teardown
         // What the pcap output records: the capture's own format, or Ethernet in nanoseconds.
         var outputFormat: (linkType: Int, linkTypeField: UInt32?, snapshotLength: Int, nanosecond: Bool) =
             (1, nil, 262_144, true)
@@ -190,6 +189,7 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
             do { afSource = try AFPacketSource(configuration: rx, pool: pool) }
             catch { throw .input(interface: rx.interface, error) }
         }
+        builder.carriesBuffers(of: pool)  // debug builds: every buffer back or in flight at teardown
         if let source {
             input = .capture(source)
             builder.source(StoppableSource(body: source, signal: stopSignal, drainsOnStop: false), name: "pcap-rx")
