@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <numa.h>
+#include <sys/mman.h>
 
 int sluice_numa_available(void) { return numa_available(); }
 
@@ -17,3 +18,7 @@ int sluice_numa_max_node(void) { return numa_available() < 0 ? 0 : numa_max_node
 void *sluice_numa_alloc_onnode(size_t size, int node) { return numa_alloc_onnode(size, node); }
 
 void sluice_numa_free(void *memory, size_t size) { numa_free(memory, size); }
+
+int sluice_mem_advise_hugepages(void *memory, size_t size) {
+    return madvise(memory, size, MADV_HUGEPAGE) == 0 ? 0 : -errno;
+}

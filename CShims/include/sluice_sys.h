@@ -53,6 +53,10 @@ int sluice_numa_node_of_cpu(int cpu);
 int sluice_numa_max_node(void);
 /* size bytes on `node` (numa_alloc_onnode: page aligned, zeroed on first touch), NULL on failure. */
 void *sluice_numa_alloc_onnode(size_t size, int node);
+/* Asks for transparent huge pages on [memory, memory + size) (madvise MADV_HUGEPAGE; memory page
+ * aligned), before first touch: fewer faults when a pool is faulted in, fewer TLB misses after.
+ * 0, or -errno (EINVAL where THP is compiled out). Advisory: callers go on without it. */
+int sluice_mem_advise_hugepages(void *memory, size_t size);
 /* Frees memory from sluice_numa_alloc_onnode. */
 void sluice_numa_free(void *memory, size_t size);
 

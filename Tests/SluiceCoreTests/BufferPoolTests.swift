@@ -161,4 +161,42 @@ import Testing
             #expect(pool.metadata(at: index).pointee.length == index)
         }
     }
+
+    /// The pool asks for transparent huge pages before faulting itself in (fewer faults, fewer TLB
+    /// misses): the kernel marks its mapping THP-eligible unless THP is off on this machine.
+    @Test func poolMemoryIsEligibleForHugePages() throws {
+        let mode = readTextFile("/sys/kernel/mm/transparent_hugepage/enabled")
+        try #require(!mode.isEmpty, "no THP on this kernel")
+        guard !mode.contains("[never]") else { return }  // THP disabled by the administrator: nothing to ask
+        let pool = try BufferPool(bufferCount: 4096, bufferSizeBytes: 2048)
+        let address = UInt(bitPattern: pool.base)
+        let smaps = readTextFile("/proc/self/smaps")
+        try #require(!smaps.isEmpty, "cannot read /proc/self/smaps")
+        var inMapping = false
+        var eligible: Bool?
+        for line in smaps.split(separator: "\n") {
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            if let range = fields.first, range.contains("-"), !range.hasSuffix(":") {
+                let bounds = range.split(separator: "-").compactMap { UInt($0, radix: 16) }
+                inMapping = bounds.count == 2 && bounds[0] <= address && address < bounds[1]
+            } else if inMapping, fields.first == "THPeligible:" {
+                eligible = fields.last == "1"
+            }
+        }
+        #expect(eligible == true, "the pool's mapping is not THP-eligible (MADV_HUGEPAGE not applied)")
+    }
+}
+
+/// The whole text of a small file (procfs, sysfs), or "" when it cannot be read.
+private func readTextFile(_ path: String) -> String {
+    guard let file = fopen(path, "r") else { return "" }
+    defer { fclose(file) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65_536)
+    while true {
+        let count = fread(&chunk, 1, chunk.count, file)
+        if count == 0 { break }
+        bytes += chunk.prefix(count)
+    }
+    return String(decoding: bytes, as: UTF8.self)
 }

@@ -114,6 +114,10 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
             memory = nil
         }
         guard let memory else { throw PoolError.outOfMemory(bytes: bytes) }
+        // Huge pages where the kernel gives them (THP in `madvise` mode or `always`), as DPDK backs its
+        // pools with hugepages: faulting the pool in below then takes one fault per 2 MiB instead of
+        // one per buffer, and the data path misses the TLB less. Advisory; 4 KiB pages otherwise.
+        _ = sluice_mem_advise_hugepages(memory, bytes)
         let queueSize = UInt32(2) << UInt32(Int.bitWidth - (bufferCount - 1).leadingZeroBitCount)
         guard let freeList = sluice_mpmc_new(queueSize) else {
             if node != nil { sluice_numa_free(memory, bytes) } else { Glibc.free(memory) }
