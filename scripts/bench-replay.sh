@@ -80,7 +80,7 @@ for name, label in [("one", "**sluice replay, 1 core** (3 stages run to completi
     if name == "one": headline = ratio
     print(f"| {label} | {med(map(pps, data))/1e6:.2f} | {ratio:.2f}x | {med(d[2]/d[1] for d in data):.2f} | "
           f"{med(map(per_cpu, data))/1e6:.2f} | {cpu_ratio:.2f}x |")
-print(f"\nGoal, 1 core at least 0.8x the one-thread loop: {'met' if headline >= 0.8 else 'NOT met'} ({headline:.2f}x).")
+print(f"\nGoal, 1 core at least 0.8x the one-thread loop: {'met' if headline >= 0.8 else 'NOT met'} ({headline:.3f}x).")
 if fallback:
     print("\nFALLBACK: this sluice binary does not print wallNsFromOpen/processCpuNs; its rows use elapsedNs "
           "(clock started after the open and the worker start) and worker CPU only. NOT LIKE FOR LIKE: do not publish.")

@@ -23,7 +23,10 @@ public final class StorageNode: Sendable {
         let store: ObjectStore
     }
 
-    public init(store: ObjectStore, groupCommitMax: Int = 64, parallelReadersMax: Int = 32) {
+    /// `parallelReadersMax` 0 (the default) groups single-page reads: one io_uring submission per group
+    /// under the mutex. N > 0 reads outside the mutex on up to N pooled readers; measured slower than
+    /// grouping at 16 loopback clients (0.80x, docs/BENCHMARKS.md), so it is opt-in.
+    public init(store: ObjectStore, groupCommitMax: Int = 64, parallelReadersMax: Int = 0) {
         precondition(groupCommitMax >= 1, "a group commit takes at least one write")
         precondition(parallelReadersMax >= 0, "a reader count is not negative")
         var readerConfiguration = store.pageFileConfiguration

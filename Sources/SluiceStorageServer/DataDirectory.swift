@@ -25,7 +25,7 @@ public enum DataDirectoryError: Error, Equatable, CustomStringConvertible {
 /// in another node is `.store(.locked(lockPath:holderPID:))`; one created with another page size
 /// is `.store(.format(path:_:))` (the size and version are recorded in `path/pages.format`).
 public func openStorageNode(dataDirectory path: String, pageSizeBytes: Int = 4096, queueDepth: Int = 32,
-                            directIO: Bool = true, parallelReadersMax: Int = 32)
+                            directIO: Bool = true, parallelReadersMax: Int = 0)
     throws(DataDirectoryError) -> (node: StorageNode, payloadSizeBytes: Int) {
     if mkdir(path, 0o755) != 0 && errno != EEXIST { throw .cannotCreate(path: path, errno: errno) }
     var pages = PageFileConfiguration(path: path + "/pages")

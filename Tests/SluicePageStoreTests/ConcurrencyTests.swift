@@ -33,11 +33,12 @@ func runOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
 
     /// 16 clients × 6 increments, every read and conditional write recorded with its invocation and
     /// response time; the checker finds a linearization.
-    @Test func recordedHistoryIsLinearizable() throws {
-        let paths = ObjectStoreTests.Paths("history")
+    @Test(arguments: [0, 32]) func recordedHistoryIsLinearizable(parallelReadersMax: Int) throws {
+        let paths = ObjectStoreTests.Paths("history-\(parallelReadersMax)")
         defer { paths.remove() }
         let node = StorageNode(store: try ObjectStore(pages: PageFileConfiguration(path: paths.pages),
-                                                       log: try EmbeddedLog(path: paths.log)))
+                                                       log: try EmbeddedLog(path: paths.log)),
+                               parallelReadersMax: parallelReadersMax)
         let history = Mutex<[RegisterOperation]>([])
         runOnThreads(16) { _ in
             do {
@@ -94,11 +95,12 @@ func runOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
 
     /// 16 clients increment one counter page by read / conditional write / retry: the final value is
     /// the number of acknowledged writes, and their OSNs are distinct.
-    @Test func noLostUpdatesUnderSixteenClients() throws {
-        let paths = ObjectStoreTests.Paths("counter")
+    @Test(arguments: [0, 32]) func noLostUpdatesUnderSixteenClients(parallelReadersMax: Int) throws {
+        let paths = ObjectStoreTests.Paths("counter-\(parallelReadersMax)")
         defer { paths.remove() }
         let node = StorageNode(store: try ObjectStore(pages: PageFileConfiguration(path: paths.pages),
-                                                       log: try EmbeddedLog(path: paths.log)))
+                                                       log: try EmbeddedLog(path: paths.log)),
+                               parallelReadersMax: parallelReadersMax)
         let clients = 16
         let incrementsEach = 25
         let acknowledged = Mutex<[UInt64]>([])

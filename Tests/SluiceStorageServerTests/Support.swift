@@ -14,7 +14,7 @@ final class ServedNode: @unchecked Sendable {  // unchecked: fields are set once
     let payloadSizeBytes: Int
     private static let counter = Atomic<Int>(0)
 
-    init(configuration: StorageServerConfiguration = .init(), parallelReadersMax: Int = 32,
+    init(configuration: StorageServerConfiguration = .init(), parallelReadersMax: Int = 0,
          checkpointEveryRecords: UInt64 = 4_096) throws {
         let unique = "\(getpid())-\(Self.counter.add(1, ordering: .relaxed).newValue)"
         pagesPath = "/var/tmp/sluice-server-\(unique).pages"

@@ -45,7 +45,7 @@ struct StorageBench: ParsableCommand {
     var pagesPerClient = 256
 
     @Option(help: "Readers that read pages outside the node's mutex (0: every read grouped under it).")
-    var parallelReaders = 32
+    var parallelReaders = 0
 
     func validate() throws {
         guard (1...256).contains(clients) else { throw ValidationError("--clients must be 1...256") }
