@@ -90,11 +90,17 @@ bench-service: bench-deps
 bench-service-idle: bench-deps
 	scripts/bench-service-idle.sh
 
-# Long stress runs: the runtime's tests repeated, for lost wake-ups and races that need many tries,
-# then a long fuzz run of the parser, then 10 minutes of the service with everything on (soak-service.sh).
+# Long stress runs: the runtime's tests repeated, for lost wake-ups and races that need many tries, and
+# the robustness tests of hostile input (clients that pipeline and never read, to the storage server and
+# the metrics endpoint; captures that once trapped or were cut; kill -9 mid-write; two processes on one
+# store), then a long fuzz run of the parser, then 10 minutes of the service with everything on.
 soak: build-tests
 	for round in $$(seq 1 $${SOAK_ROUNDS:-20}); do \
-	  $(SWIFT) test $(TEST_FLAGS) --skip-build --filter "PipelineTests|RingTests|BufferPoolTests" || exit 1; \
+	  $(SWIFT) test $(TEST_FLAGS) --skip-build --filter "PipelineTests|RingTests|BufferPoolTests|BufferOwnershipTests" || exit 1; \
+	done
+	for round in $$(seq 1 $${ROBUSTNESS_ROUNDS:-10}); do \
+	  CI=true $(SWIFT) test $(TEST_FLAGS) --skip-build \
+	    --filter "BackPressureTests|MetricsEndpointTests|CaptureEdgeTests|ReplayCommandTests|CrashRecoveryTests|DataDirectoryTests|ConfigTests" || exit 1; \
 	done
 	FUZZ_SECONDS=$${FUZZ_SOAK_SECONDS:-600} scripts/fuzz-parser.sh
 	SOAK_SECONDS=$${SERVICE_SOAK_SECONDS:-600} scripts/soak-service.sh

@@ -138,7 +138,7 @@ let package = Package(
             dependencies: ["SluiceTraffic", "SluiceCore", "SluicePacketIO",
                            .product(name: "MetricsTestKit", package: "swift-metrics")]
         ),
-        .testTarget(name: "SluicePacketIOTests", dependencies: ["SluicePacketIO", "SluicePacket", "SluiceCore", "SluiceTraffic", "SluiceReplay", "CShims"]),
+        .testTarget(name: "SluicePacketIOTests", dependencies: ["SluicePacketIO", "SluicePacket", "SluiceCore", "SluiceTraffic", "SluiceReplay", "CShims", "SluiceTestSupport"]),
     ],
     cLanguageStandard: .gnu11
 )

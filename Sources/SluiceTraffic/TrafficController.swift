@@ -234,10 +234,17 @@ public final class TrafficController: @unchecked Sendable {  // unchecked: one o
             accounts[source].shareAchieved = achievedTotal > 0 ? accounts[source].rateBytesPerSecond / achievedTotal : 0
             // An inactive source keeps a trickle, so its first frames can go and wake it up again.
             let rate = max(target, capacityEstimate * 0.01)
-            board.rateBytesPerSecond[source].store(UInt64(rate), ordering: .relaxed)
+            board.rateBytesPerSecond[source].store(Self.saturatingBytes(rate), ordering: .relaxed)
             let quota = granted > 0 ? Double(portLimit) * target / granted : Double(portLimit)
-            board.quotaBytes[source].store(UInt64(max(quota, Double(TxAdmission.bucketFloorBytes))), ordering: .relaxed)
+            board.quotaBytes[source].store(Self.saturatingBytes(max(quota, Double(TxAdmission.bucketFloorBytes))), ordering: .relaxed)
         }
+    }
+
+    /// A byte count or rate computed in Double as the board stores it: NaN and negatives are 0, values
+    /// past UInt64's range saturate. Policy values and estimates must never trap the controller.
+    static func saturatingBytes(_ value: Double) -> UInt64 {
+        guard value > 0 else { return 0 }  // NaN compares false: 0
+        return value >= 18_446_744_073_709_551_615.0 ? .max : UInt64(value)  // 2^64 as a Double
     }
 
     /// The controller's state (for the replay summary and metrics). Allocates: call from the

@@ -16,27 +16,11 @@ enum Probe {
     /// (none expected), nowhere near one per burst (625 bursts of 32 in N packets).
     static let extraMallocsMax: Int64 = 8
 
-    /// `<build>/release/name`, found from this test runner at `<build>/debug/...`.
-    static func releaseFile(_ name: String) -> String? {
-        var buffer = [CChar](repeating: 0, count: 4096)
-        let count = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-        guard count > 0 else { return nil }
-        var path = String(decoding: buffer.prefix(count).map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        for _ in 0..<4 {
-            guard let slash = path.lastIndex(of: "/") else { return nil }
-            path = String(path[..<slash])
-            guard path.hasSuffix("/debug") else { continue }
-            let candidate = String(path.dropLast("debug".count)) + "release/" + name
-            return access(candidate, F_OK) == 0 ? candidate : nil
-        }
-        return nil
-    }
-
     /// Runs one scenario; returns the mallocs counted over N and over 2N packets.
     static func run(_ scenario: String) throws -> (single: Int64, double: Int64) {
         let build = "run `make build-tests` or `swift build -c release --product SluiceAllocationProbe`"
-        let probe = try #require(releaseFile("SluiceAllocationProbe"), "release probe not built: \(build)")
-        let interposer = try #require(releaseFile("libMallocInterposerSwift.so"), "interposer not built: \(build)")
+        let probe = try #require(builtProduct("SluiceAllocationProbe", configuration: "release"), "release probe not built: \(build)")
+        let interposer = try #require(builtProduct("libMallocInterposerSwift.so", configuration: "release"), "interposer not built: \(build)")
         let (status, lines, stderr) = try runCommand(
             ["/usr/bin/env", "LD_PRELOAD=\(interposer)", probe, scenario, "\(packetCount)"], timeoutMs: 120_000)
         try #require(status == 0, "probe \(scenario) exited with \(status): \(stderr)")

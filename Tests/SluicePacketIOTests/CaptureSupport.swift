@@ -1,4 +1,5 @@
 import Glibc
+import SluiceTestSupport
 import Testing
 
 /// Captures written by tools other than Sluice (scapy, via scripts/make-captures.py), made once per
@@ -150,19 +151,6 @@ func fileBytes(_ path: String) -> [UInt8]? {
     return bytes
 }
 
-/// The built `sluice` next to the test bundle (`swift build --build-tests` builds both), or nil.
-func sluiceBinary() -> String? {
-    var buffer = [CChar](repeating: 0, count: 4096)
-    let count = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-    guard count > 0 else { return nil }
-    var path = String(decoding: buffer.prefix(count).map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    for _ in 0..<4 {
-        guard let slash = path.lastIndex(of: "/") else { return nil }
-        path = String(path[..<slash])
-        if access(path + "/sluice", X_OK) == 0 { return path + "/sluice" }
-    }
-    return nil
-}
 
 /// Runs `sluice` with `arguments`; returns its exit status, stdout and stderr. Bounded by the
 /// commands the tests give it (short replays of small captures).

@@ -1,4 +1,5 @@
 import Glibc
+import SluiceTestSupport
 import Testing
 
 /// `sluice replay`'s flags, run as the built binary: bad values are usage errors (exit 64, as

@@ -200,6 +200,25 @@ struct Acknowledged: Sendable {
         let (status, _) = try blocker.terminate()
         #expect(status == 0)
     }
+
+    /// A data directory held by another process (here `sluice storage serve`) is refused: exit 1 with
+    /// the holder's pid, nothing opened. Two processes on one store used to hand out the same OSNs.
+    @Test func aDataDirectoryInUseIsRefused() throws {
+        let binary = try #require(sluiceBinary(), "no built `sluice` next to the test bundle")
+        let paths = ScratchPaths("heldstore")
+        defer { paths.remove() }
+        let holder = try ChildProcess([binary, "storage", "serve", "--data", paths.dataDirectory,
+                                       "--host", "127.0.0.1", "--port", "0"])
+        let line = try #require(holder.readLine(timeoutMs: 30_000), "stderr: \(holder.stderrText)")
+        #expect(line.hasPrefix("listening on"), "\(line)")
+        let result = try runCommand([binary, "run", "--set", "pipelines=[]", "--set", "metrics.listen=127.0.0.1:0",
+                                     "--set", "storage.data=\(paths.dataDirectory)",
+                                     "--set", "storage.listen=127.0.0.1:0"], timeoutMs: 30_000)
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("locked by process \(holder.pid)"), "\(result.stderr)")
+        holder.signal(SIGTERM)
+        _ = holder.wait(timeoutMs: 10_000)
+    }
 }
 
 extension ServiceProcessTests {

@@ -3,17 +3,29 @@
 import Glibc
 
 /// The built `sluice` next to the test bundle (`swift build --build-tests` builds both), or nil.
-public func sluiceBinary() -> String? {
+public func sluiceBinary() -> String? { builtProduct("sluice") }
+
+/// `<build>/<configuration>/<name>` found from this test runner, which runs from `<build>/debug/`
+/// (`<Package>PackageTests.xctest`, or a binary inside a bundle): the runner's own configuration when
+/// `configuration` is nil. Nil when no such file exists.
+public func builtProduct(_ name: String, configuration: String? = nil) -> String? {
     var buffer = [CChar](repeating: 0, count: 4096)
     let count = readlink("/proc/self/exe", &buffer, buffer.count - 1)
     guard count > 0 else { return nil }
     var path = String(decoding: buffer.prefix(count).map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    // The runner is `<build>/debug/<Package>PackageTests.xctest` (or a binary inside a bundle): walk up.
     for _ in 0..<4 {
         guard let slash = path.lastIndex(of: "/") else { return nil }
         path = String(path[..<slash])
-        let candidate = path + "/sluice"
-        if access(candidate, X_OK) == 0 { return candidate }
+        let directory: String
+        if let configuration {
+            guard let configurationSlash = path.lastIndex(of: "/"), path.hasSuffix("/debug") else { continue }
+            directory = String(path[..<configurationSlash]) + "/" + configuration
+        } else {
+            directory = path
+        }
+        let candidate = directory + "/" + name
+        if access(candidate, F_OK) == 0 { return candidate }
+        if configuration != nil { return nil }
     }
     return nil
 }

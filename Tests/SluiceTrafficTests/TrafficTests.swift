@@ -219,3 +219,13 @@ import MetricsTestKit
         #expect(try metrics.expectGauge("sluice_traffic_port_stalled", [("port", "0")]).lastValue == 1)
     }
 }
+
+/// Byte rates and quotas computed in Double reach the board saturated: a policy or an estimate that
+/// overflows UInt64 (or is NaN) must not trap the controller's thread, as `UInt64(Double)` would.
+@Suite struct SaturatingBytesTests {
+    @Test(arguments: [(Double.nan, UInt64(0)), (-1, 0), (0, 0), (1.9, 1), (1e300, .max), (Double.infinity, .max),
+                      (18_446_744_073_709_551_615.0, .max), (9.0e18, 9_000_000_000_000_000_000)])
+    func convertsWithoutTrapping(value: Double, expected: UInt64) {
+        #expect(TrafficController.saturatingBytes(value) == expected)
+    }
+}
