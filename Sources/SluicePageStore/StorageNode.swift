@@ -278,9 +278,10 @@ public enum UpdateError: Error, Equatable {
 /// Read-modify-write of one page with optimistic concurrency: read the page and its OSN, compute the
 /// new bytes, write them on condition the page is unmodified since that OSN, and on a conflict wait
 /// (exponential backoff with jitter, bounded) and start again. Returns the write's OSN and the value
-/// written. `transform` may run several times; it must not have side effects. A write that failed
-/// with an I/O error (an unknown outcome: it may be in the log) is read back, and settled as applied
-/// when the page holds it at a newer OSN; otherwise the error is thrown, never retried blindly.
+/// written. `transform` may run several times; it must not have side effects. A write durable in the
+/// log is returned with its OSN even when its page write or checkpoint failed after; any error but a
+/// conflict (a failed log append, an unknown outcome; a refusal by a poisoned store) is thrown,
+/// never retried: retrying the transform could apply it twice.
 public func updatePage(
     _ node: StorageNode, objectID: UInt64, pageIndex: UInt64, attemptsMax: Int = 64,
     backoffNsMin: UInt64 = 10_000, backoffNsMax: UInt64 = 5_000_000,
@@ -298,33 +299,14 @@ public func updatePage(
             let osn = try node.write(objectID: objectID, pages: [(pageIndex, next, condition)])
             return (osn, next)
         } catch {
-            guard case .conflict(_, _, let osn) = error else {
-                // An I/O error is an unknown outcome: the write may be applied (it reached the log).
-                // Settled when the page reads back as this write; never retried blindly.
-                if let osn = settledAsApplied(node, objectID: objectID, pageIndex: pageIndex, written: next, after: current.pageOSN) {
-                    return (osn, next)
-                }
-                throw .store(error)
-            }
+            // Anything but a conflict is thrown, never retried: a log error is an unknown outcome (the
+            // write may be applied after a reopen) and a refusal of a poisoned store is not applied; only
+            // the caller can settle the first, after the restart, by the write's effect it knows.
+            guard case .conflict(_, _, let osn) = error else { throw .store(error) }
             lastOSN = osn
         }
         usleep(useconds_t((backoff / 2 + UInt64.random(in: 0...backoff / 2)) / 1_000))
         backoff = min(backoff * 2, backoffNsMax)
     }
     throw .tooManyConflicts(attempts: attemptsMax, lastOSN: lastOSN)
-}
-
-/// The OSN of a write whose reply was an error, when the page now reads back as that write (its
-/// bytes, at an OSN newer than the version it was based on); nil when that cannot be shown.
-func settledAsApplied(_ node: StorageNode, objectID: UInt64, pageIndex: UInt64, written: [UInt8],
-                      after basedOnOSN: UInt64) -> UInt64? {
-    guard let page = try? node.read(objectID: objectID, pageIndex: pageIndex), page.pageOSN > basedOnOSN,
-          holdsPayload(page.payload, written) else { return nil }
-    return page.pageOSN
-}
-
-/// True when `stored` (zero-padded to the page's payload size) holds exactly `written`.
-public func holdsPayload(_ stored: [UInt8], _ written: [UInt8]) -> Bool {
-    stored.count >= written.count && stored.prefix(written.count).elementsEqual(written)
-        && stored.dropFirst(written.count).allSatisfy { $0 == 0 }
 }

@@ -332,9 +332,9 @@ extension StorageClient {
     /// the new bytes, write them on condition the page is unmodified since that OSN; on a conflict wait
     /// (exponential backoff from `backoffNsMin` to `backoffNsMax`, full jitter in the upper half) and
     /// start again. Returns the write's OSN and the bytes written. `transform` may run several times.
-    /// A write answered `ioError` (an unknown outcome) is read back: the page holding this write at a
-    /// newer OSN settles it as applied; otherwise the `ioError` is thrown (settle it after the node's
-    /// restart, see docs/STORAGE-PROTOCOL.md). Blocks (sleeps between attempts).
+    /// Any error but a conflict is thrown, never retried: `ioError` to a write is an unknown outcome or
+    /// a refusal (docs/STORAGE-PROTOCOL.md), and retrying the transform could apply it twice. Blocks
+    /// (sleeps between attempts).
     public func updatePage(objectID: UInt64, pageIndex: UInt64, attemptsMax: Int = 64,
                            backoffNsMin: UInt64 = 50_000, backoffNsMax: UInt64 = 20_000_000,
                            _ transform: ([UInt8]) -> [UInt8]) throws(StorageClientError) -> (osn: UInt64, payload: [UInt8]) {
@@ -353,15 +353,9 @@ extension StorageClient {
                                     condition: .unmodifiedSince(current.pageOSN))
                 return (osn, next)
             } catch {
-                guard case .conflict(_, _, let osn) = error else {
-                    // `ioError` is an unknown outcome (docs/STORAGE-PROTOCOL.md): settled as applied
-                    // when the page reads back as this write, else reported, never retried blindly.
-                    if case .ioError = error, let page = try? read(objectID: objectID, pageIndex: pageIndex),
-                       page.pageOSN > current.pageOSN, holdsPayload(page.payload, next) {
-                        return (page.pageOSN, next)
-                    }
-                    throw error
-                }
+                // `ioError` to a write is an unknown outcome or a refusal (docs/STORAGE-PROTOCOL.md): thrown,
+                // never retried, since retrying the transform could apply it twice.
+                guard case .conflict(_, _, let osn) = error else { throw error }
                 lastOSN = osn
             }
             let sleepNs = backoffNs / 2 + UInt64.random(in: 0...backoffNs / 2)

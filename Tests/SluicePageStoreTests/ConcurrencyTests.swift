@@ -219,10 +219,11 @@ func runOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
         }
     }
 
-    /// A write that fails with an I/O error after reaching the log (here its checkpoint cannot be
-    /// written) is applied: updatePage settles it by reading the page back. A write that was not
-    /// applied is not settled: its error is thrown.
-    @Test func updatePageSettlesAnAppliedWriteByReadingBack() throws {
+    /// A write durable in the log is acknowledged at its OSN even when the checkpoint after it fails
+    /// (here it cannot write its file aside): it was applied, and reporting an error would invite a
+    /// retry that applies it twice. The failure is counted; the store goes on taking writes. Errors
+    /// other than conflicts reach updatePage's caller, never retried.
+    @Test func aWriteDurableInTheLogIsAcknowledgedWhenItsCheckpointFails() throws {
         let paths = ObjectStoreTests.Paths("settle")
         let blocker = paths.pages + ".checkpoint.tmp"
         #expect(mkdir(blocker, 0o755) == 0)
@@ -230,11 +231,14 @@ func runOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
             rmdir(blocker)
             paths.remove()
         }
-        let node = StorageNode(store: try ObjectStore(pages: PageFileConfiguration(path: paths.pages),
-                                                       log: try EmbeddedLog(path: paths.log), checkpointEveryRecords: 1))
-        let settled = try updatePage(node, objectID: 1, pageIndex: 0) { _ in [5, 6] }
-        #expect(settled.osn == 1 && settled.payload == [5, 6])
-        #expect(try node.read(objectID: 1, pageIndex: 0).payload.prefix(2) == [5, 6])
+        let store = try ObjectStore(pages: PageFileConfiguration(path: paths.pages),
+                                    log: try EmbeddedLog(path: paths.log), checkpointEveryRecords: 1)
+        let node = StorageNode(store: store)
+        let updated = try updatePage(node, objectID: 1, pageIndex: 0) { _ in [5, 6] }
+        #expect(updated.osn == 1 && updated.payload == [5, 6])
+        #expect(try node.write(objectID: 1, pages: [(0, [7], .unmodifiedSince(1))]) == 2)
+        #expect(try node.read(objectID: 1, pageIndex: 0).payload.prefix(1) == [7])
+        #expect(store.checkpointFailureCount == 2, "both checkpoints failed and were counted")
         let tooLarge = [UInt8](repeating: 1, count: node.payloadSizeBytes + 1)
         #expect(throws: UpdateError.store(.payloadTooLarge(tooLarge.count, max: node.payloadSizeBytes))) {
             _ = try updatePage(node, objectID: 1, pageIndex: 0) { _ in tooLarge }
