@@ -212,7 +212,10 @@ func runOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
         #expect(stats.reads + node.parallelReads == 16 * 200, "every read either ran on a pooled reader or was grouped")
         if parallelReadersMax == 0 {
             #expect(node.parallelReads == 0)
-            #expect(stats.groups < stats.reads, "reads that queue during a submission share the next one")
+            // At least 3 reads a group on average (about 12 here): a path that serialises callers before
+            // they join (the regression issue 16 found) leaves about one read a group.
+            #expect(stats.reads >= stats.groups * 3,
+                    "reads that queue during a submission share the next one: \(stats.reads) reads in \(stats.groups) groups")
         } else {
             #expect(node.parallelReads > 0, "reads ran outside the mutex")
             #expect(stats.reads >= 25, "a page failing its check is read again under the mutex")

@@ -59,10 +59,7 @@ import Testing
     /// (about 2 GiB of replies) pipelined by a client that never reads. Before the bound, the server
     /// grew by hundreds of MiB a second; now its RSS stays within the reply-bytes bound plus slack.
     @Test func aClientThatNeverReadsLeavesTheServerBoundedAndIsClosed() throws {
-        guard let binary = sluiceBinary() else {
-            print("skipped: no built `sluice` next to the test bundle (run `swift build --build-tests`)")
-            return
-        }
+        let binary = try #require(sluiceBinary(), "no built `sluice` next to the test bundle (run `swift build --build-tests`)")
         let directory = "/var/tmp/sluice-backpressure-\(getpid())"
         defer { removeDataDirectory(directory) }
         let deadlineMs = 2_000

@@ -65,10 +65,7 @@ func patternPayload(_ sequence: UInt64, bytes: Int = 256) -> [UInt8] {
     /// OSN is at least the acked OSN, its bytes are one whole write's pattern (never a mix), from the
     /// acked write or a later one. Three rounds on one directory.
     @Test func acknowledgedWritesSurviveKill9() throws {
-        guard let binary = sluiceBinary() else {
-            print("skipped: no built `sluice` next to the test bundle (run `swift build --build-tests`)")
-            return
-        }
+        let binary = try #require(sluiceBinary(), "no built `sluice` next to the test bundle (run `swift build --build-tests`)")
         let directory = "/var/tmp/sluice-kill9-\(getpid())"
         defer { removeDataDirectory(directory) }
         // Last acknowledged (sequence, osn) per group, across rounds.

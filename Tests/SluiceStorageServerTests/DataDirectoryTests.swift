@@ -39,10 +39,7 @@ import Testing
     /// Two `sluice storage serve` processes on one directory: the second exits 1 naming the first's
     /// pid, and the first keeps serving. Once the first is gone, a new one starts.
     @Test func aSecondServeProcessIsRefused() throws {
-        guard let binary = sluiceBinary() else {
-            print("skipped: no built `sluice` next to the test bundle (run `swift build --build-tests`)")
-            return
-        }
+        let binary = try #require(sluiceBinary(), "no built `sluice` next to the test bundle (run `swift build --build-tests`)")
         let directory = Self.directory("twoserve")
         defer { removeDataDirectory(directory) }
         let serve = [binary, "storage", "serve", "--data", directory, "--host", "127.0.0.1", "--port", "0"]
@@ -63,10 +60,7 @@ import Testing
 
     /// A directory as `storage put`'s payload is an error (it once wrote an empty page).
     @Test func putOfADirectoryIsRefused() throws {
-        guard let binary = sluiceBinary() else {
-            print("skipped: no built `sluice` next to the test bundle (run `swift build --build-tests`)")
-            return
-        }
+        let binary = try #require(sluiceBinary(), "no built `sluice` next to the test bundle (run `swift build --build-tests`)")
         let served = try ServedNode()
         defer { served.close() }
         let result = try runCommand([binary, "storage", "put", "--port", "\(served.server.port)", "3", "0", "/var/tmp"],
