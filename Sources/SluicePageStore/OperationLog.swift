@@ -47,6 +47,9 @@ public enum LogError: Error, Equatable {
     /// The file at `path` is not a log this code wrote (see `NotALogReason`); nothing was changed.
     case notALog(path: String, NotALogReason)
     case recordTooLarge(Int, max: Int)
+    /// Another open log (this process or another) holds `path`: opening it would truncate or append
+    /// under a live owner.
+    case inUse(path: String)
 }
 
 /// Why a file is not a log: what was found where a log's header or records should be.
@@ -93,16 +96,35 @@ public final class EmbeddedLog: OperationLog {
     public let path: String
     public private(set) var lastOSN: UInt64 = 0
     private let fd: Int32
+    /// Holds the exclusive lock on `path + ".lock"` for the log's lifetime.
+    private let lockFD: Int32
     private let ring: OpaquePointer
     private var endOffset: off_t = 0
     private var recovered: [(osn: UInt64, record: LogRecord)] = []
 
     public init(path: String) throws(LogError) {
+        // Locked before anything is read or truncated, so a second opener (a store opened without its
+        // StoreLock first) cannot cut a live owner's tail. A lock file of its own: the log's descriptor
+        // is registered with io_uring, which keeps it (and a lock on it) alive past close.
+        let lockPath = path + ".lock"
+        let lockFD = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard lockFD >= 0 else { throw .syscall(SyscallError("open(\(lockPath))", Errno(rawValue: errno))) }
+        guard flock(lockFD, LOCK_EX | LOCK_NB) == 0 else {
+            let lockErrno = errno
+            close(lockFD)
+            if lockErrno == EWOULDBLOCK { throw .inUse(path: path) }
+            throw .syscall(SyscallError("flock(\(lockPath))", Errno(rawValue: lockErrno)))
+        }
         let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw .syscall(SyscallError("open(\(path))", Errno(rawValue: errno))) }
+        guard fd >= 0 else {
+            let openErrno = errno
+            close(lockFD)
+            throw .syscall(SyscallError("open(\(path))", Errno(rawValue: openErrno)))
+        }
         var error: Int32 = 0
         guard let ring = sluice_uring_new(4, &error) else {
             close(fd)
+            close(lockFD)
             throw .syscall(SyscallError("io_uring_queue_init", Errno(rawValue: -error)))
         }
         var fds = [fd]
@@ -110,10 +132,12 @@ public final class EmbeddedLog: OperationLog {
         guard rc == 0 else {
             sluice_uring_delete(ring)
             close(fd)
+            close(lockFD)
             throw .syscall(SyscallError("io_uring_register_files(\(path))", Errno(rawValue: -rc)))
         }
         self.path = path
         self.fd = fd
+        self.lockFD = lockFD
         self.ring = ring
         try recover()
     }
@@ -121,6 +145,7 @@ public final class EmbeddedLog: OperationLog {
     deinit {
         sluice_uring_delete(ring)
         close(fd)
+        close(lockFD)  // last: the log is no longer touched
     }
 
     public func append(batch records: [LogRecord]) throws(LogError) -> UInt64 {

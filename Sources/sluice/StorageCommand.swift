@@ -65,7 +65,7 @@ extension StorageCommand {
         @Option(help: "Threads running node calls (disk I/O); also bounds how many connections' writes share a group commit.")
         var blockingThreads = StorageServerConfiguration().blockingThreadCount
 
-        @Option(help: "Requests per connection received and not yet answered (reply unsent included) before reading pauses.")
+        @Option(help: "Requests per connection received and not yet answered (reply unsent included) before reading pauses; frames already read in the same socket read still queue (memory stays bounded by the read size).")
         var outstandingRequestsMax = StorageServerConfiguration().outstandingRequestsMax
 
         @Option(help: "Reply bytes per connection written and not yet taken by the socket before reading pauses.")

@@ -315,6 +315,8 @@ func shapedTX(_ count: Int, veth: Veth) -> (Int64, Int64) {
         return max(kept, 1)
     }
     _ = sink.finish()
+    // The drop paths allocate nothing either; make sure the admitted path is what was measured.
+    if sink.counters.admitted.load(ordering: .relaxed) == 0 { fail("shaped TX admitted nothing: its TX path was not measured") }
     return result
 }
 

@@ -14,6 +14,7 @@ import Testing
         func remove() {
             unlink(pages)
             unlink(log)
+            unlink(log + ".lock")
             unlink(pages + ".checkpoint")
             unlink(ObjectStore.lockPath(pages: pages))
             unlink(ObjectStore.formatPath(pages: pages))
@@ -301,16 +302,16 @@ import Testing
     }
 
     /// One open store per page file: a second open (another file description, as another process
-    /// would have) is refused with the holder's pid; once the first is freed, the lock is free.
+    /// would have) is refused; once the first is freed, the lock is free. Opened log first, as here,
+    /// the log's own lock refuses it before its tail is read (the store's lock, which names the
+    /// holder's pid, refuses openers that take it first: `openStorageNode`, DataDirectoryTests).
     @Test func aSecondOpenIsRefusedWhileTheFirstLives() throws {
         let paths = Paths("lock")
         defer { paths.remove() }
         do {
             let store = try paths.open()
             _ = try store.write(objectID: 1, pages: [(0, [1], .unconditional)])
-            #expect(throws: ObjectStoreError.locked(lockPath: ObjectStore.lockPath(pages: paths.pages), holderPID: getpid())) {
-                _ = try paths.open()
-            }
+            #expect(throws: LogError.inUse(path: paths.log)) { _ = try paths.open() }
             #expect(try store.write(objectID: 1, pages: [(0, [2], .unconditional)]) == 2)
         }
         #expect(try paths.open().read(objectID: 1, pageIndex: 0).payload.first == 2)
@@ -342,5 +343,24 @@ import Testing
         // A record from another format version is refused.
         try writeFile(formatPath, Array("sluice-store format 9 page-size 4096\n".utf8))
         #expect(throws: ObjectStoreError.format(path: formatPath, .unsupportedVersion(9, supported: 1))) { _ = try open(4096) }
+    }
+}
+
+/// The embedded log takes its own exclusive lock before it reads or truncates anything: a second
+/// opener (a store opened without taking its StoreLock first) cannot cut a live owner's tail.
+@Suite struct LogLockTests {
+    @Test func aSecondOpenerOfALiveLogIsRefused() throws {
+        let paths = ObjectStoreTests.Paths("loglock")
+        defer { paths.remove() }
+        let first = try EmbeddedLog(path: paths.log)
+        #expect(throws: LogError.inUse(path: paths.log)) { _ = try EmbeddedLog(path: paths.log) }
+        _ = first
+    }
+
+    @Test func theLockGoesWithTheLog() throws {
+        let paths = ObjectStoreTests.Paths("loglock-reopen")
+        defer { paths.remove() }
+        do { _ = try EmbeddedLog(path: paths.log) }
+        _ = try EmbeddedLog(path: paths.log)  // the first one's descriptor is closed: free again
     }
 }
