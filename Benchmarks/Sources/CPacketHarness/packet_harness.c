@@ -11,6 +11,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <sched.h>
 #include <string.h>
@@ -290,12 +291,18 @@ out:
 
 uint64_t pkth_system_busy_ns(void) {
     FILE *stat = fopen("/proc/stat", "re");
-    if (stat == NULL) return 0;
+    if (stat == NULL) {  /* a 0 would read as "no CPU used": stop the benchmark instead */
+        perror("pkth_system_busy_ns: /proc/stat");
+        exit(2);
+    }
     unsigned long long user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0;
     int fields = fscanf(stat, "cpu %llu %llu %llu %llu %llu %llu %llu", &user, &nice, &system, &idle, &iowait,
                         &irq, &softirq);
     fclose(stat);
-    if (fields != 7) return 0;
+    if (fields != 7) {
+        fprintf(stderr, "pkth_system_busy_ns: /proc/stat's cpu line has %d of 7 fields\n", fields);
+        exit(2);
+    }
     long ticks_per_second = sysconf(_SC_CLK_TCK);
     return (uint64_t)(user + nice + system + irq + softirq) * (1000000000ull / (uint64_t)ticks_per_second);
 }
