@@ -19,7 +19,7 @@ public enum ServiceError: Error, CustomStringConvertible {
     /// The storage node could not listen.
     case storageListen(StorageServerError)
     /// The metrics endpoint could not listen (the error is swift-nio's: `IOError`, `SocketAddressError`).
-    case metricsListen(ListenAddress, any Error)
+    case metricsListen(ListenAddress, BindFailure)
     /// The process's CPUs could not be read, or its threads not moved to the control cores.
     case affinity(SyscallError)
     /// A control core this process may not use.

@@ -4,6 +4,7 @@
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import SluiceStorageServer
 
 /// What one connection may have written but not yet taken by the kernel. Past either bound the next
 /// request waits (and with it reading: pipelined requests stay in the socket); a connection still
@@ -50,7 +51,7 @@ public final class MetricsEndpoint: Sendable {
                                    group: group, channel: channel)
         } catch {
             try? group.syncShutdownGracefully()
-            throw .metricsListen(address, error)
+            throw .metricsListen(address, BindFailure(error))
         }
     }
 

@@ -36,7 +36,8 @@ public enum BindFailure: Sendable, Equatable, CustomStringConvertible {
     /// Anything else NIO threw (its type name and description).
     case other(type: String, description: String)
 
-    init(_ error: any Error) {
+    /// Classifies what a NIO `bind` threw: its errno, an address that did not resolve, or else its text.
+    public init(_ error: any Error) {
         if let error = error as? IOError {
             self = .syscall(SyscallError("bind", Errno(rawValue: error.errnoCode)))
         } else if let error = error as? SocketAddressError {

@@ -3,6 +3,7 @@
 import Glibc
 import Logging
 import NIOCore
+import SluiceCore
 @testable import SluiceService
 import SluiceStorageServer
 import SluiceTestSupport
@@ -23,7 +24,11 @@ import Testing
                 return
             }
             #expect(failed == address)
-            #expect((underlying as? IOError)?.errnoCode == EADDRINUSE, "\(underlying)")
+            guard case .syscall(let syscallError) = underlying else {
+                Issue.record("not a system call failure: \(underlying)")
+                return
+            }
+            #expect(syscallError.errno.rawValue == EADDRINUSE, "\(underlying)")
         }
     }
 
