@@ -9,9 +9,12 @@ private func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
 
 /// A client for `cluster` with `timeoutMs` per call, shut down after `body`.
 private func withClient<Result>(
-    _ cluster: EtcdCluster, timeoutMs: Int64 = 3_000, _ body: (EtcdClient) async throws -> Result
+    _ cluster: EtcdCluster, timeoutMs: Int64 = 3_000, connectTimeoutMs: Int64 = EtcdLimits.connectTimeoutMsDefault,
+    _ body: (EtcdClient) async throws -> Result
 ) async throws -> Result {
-    try await EtcdClient.with(EtcdClientConfiguration(endpoints: cluster.clientURLs, callTimeoutMs: timeoutMs), body)
+    let configuration = EtcdClientConfiguration(
+        endpoints: cluster.clientURLs, callTimeoutMs: timeoutMs, connectTimeoutMs: connectTimeoutMs)
+    return try await EtcdClient.with(configuration, body)
 }
 
 @Suite(.serialized, .timeLimit(.minutes(1)),
@@ -264,17 +267,30 @@ struct EtcdClientTests {
                 let after = try await client.status()
                 #expect(after.endpoint != cluster.clientURLs[0])
                 #expect(after.memberID != before.memberID)
-                // Writes need a leader: while the survivors elect one (election timeout 500 ms), etcd may
-                // answer "no leader" (a 5xx); the connection itself must never be the problem.
+                // Writes need a leader. Once the survivors have one (election timeout 500 ms), a put goes
+                // through; until then etcd holds it or answers an error (a 5xx, or no answer before the
+                // deadline: an unknown outcome, which the last read below settles). The connection itself
+                // must never be the problem: no unreachable, no connection lost.
                 let deadline = ContinuousClock.now + .seconds(10)
+                var leader = after.leaderID
+                while (leader == 0 || leader == before.memberID) && ContinuousClock.now < deadline {
+                    try await Task.sleep(for: .milliseconds(100))
+                    leader = try await client.status().leaderID
+                }
+                #expect(leader != 0 && leader != before.memberID, "no new leader in 10 s")
                 var written = false
                 while !written && ContinuousClock.now < deadline {
                     do {
                         _ = try await client.put(bytes("f"), [2])
                         written = true
                     } catch let error as EtcdError {
-                        guard case .httpStatus = error else { Issue.record("put after fail-over: \(error)"); return }
-                        try await Task.sleep(for: .milliseconds(100))
+                        switch error {
+                        case .httpStatus, .timedOut(.put, outcomeUnknown: true):
+                            try await Task.sleep(for: .milliseconds(100))
+                        default:
+                            Issue.record("put after fail-over: \(error)")
+                            return
+                        }
                     }
                 }
                 #expect(written)
@@ -285,10 +301,14 @@ struct EtcdClientTests {
 
     @Test func callAgainstStoppedEtcdIsUnreachable() async throws {
         try await withEtcdCluster(members: 1) { cluster in
-            try await withClient(cluster) { client in
+            // A long connect timeout: a refused connection must fail the call at once all the same,
+            // not be retried until the connect timeout or the deadline passes.
+            try await withClient(cluster, timeoutMs: 5_000, connectTimeoutMs: 4_000) { client in
                 _ = try await client.put(bytes("u"), [1])
                 cluster.kill(member: 0)
                 for attempt in 0..<2 {  // a fresh connection and, before it, the pooled one that broke
+                    let start = ContinuousClock.now
+                    defer { #expect(ContinuousClock.now - start < .seconds(1), "unreachable only after \(ContinuousClock.now - start)") }
                     do {
                         _ = try await client.get(bytes("u"))
                         Issue.record("get against a killed etcd succeeded (attempt \(attempt))")
@@ -349,6 +369,68 @@ struct EtcdClientTests {
         }
     }
 
+    @Test func responseLargerThanTheBoundIsTypedNotBuffered() async throws {
+        try await withEtcdCluster(members: 1) { cluster in
+            try await withClient(cluster) { client in
+                // 7 values of 1 MiB (each under etcd's 1.5 MiB request limit) come back as over 9 MiB of
+                // base64 JSON: above `responseBytesMax`.
+                let value = [UInt8](repeating: 0xa5, count: 1 << 20)
+                for index in 0..<7 { _ = try await client.put(bytes("big/\(index)"), value) }
+                do {
+                    _ = try await client.range(.prefix(bytes("big/")))
+                    Issue.record("a range over \(EtcdLimits.responseBytesMax) bytes was read")
+                } catch let error as EtcdError {
+                    guard case .responseTooLarge(.range, let limit) = error else {
+                        Issue.record("expected responseTooLarge, got \(error)")
+                        return
+                    }
+                    #expect(limit == EtcdLimits.responseBytesMax)
+                }
+                // Under the bound, the same keys read fine.
+                let part = try await client.range(.prefix(bytes("big/")), limit: 2)
+                #expect(part.kvs.map(\.value) == [value, value])
+                #expect(part.more)
+            }
+        }
+    }
+
+    @Test func watchConsumerFallingBehindEndsTypedAfterTheBufferedEvents() async throws {
+        try await withEtcdCluster(members: 1) { cluster in
+            try await withClient(cluster) { client in
+                // More events than a watch buffers, 100 puts per txn (etcd allows 128 ops per txn).
+                let perTxn = 100
+                let txnCount = EtcdLimits.watchEventsBufferedMax / perTxn + 2
+                var first: Int64 = 0
+                for txn in 0..<txnCount {
+                    let ops: [EtcdTxnOp] = (0..<perTxn).map { .put(key: bytes("o/\(txn)/\($0)"), value: [1]) }
+                    let result = try await client.txn(compare: [], success: ops)
+                    if txn == 0 { first = result.revision }
+                }
+                let watch = try await client.watch(.prefix(bytes("o/")), fromRevision: first)
+                // Read nothing until the reader has filled the buffer and stopped.
+                try await Task.sleep(for: .milliseconds(500))
+                var count = 0
+                do {
+                    for try await event in watch {
+                        #expect(event.kv.modRevision >= first)
+                        count += 1
+                    }
+                    Issue.record("watch ended without an error after \(count) events")
+                } catch let error as EtcdError {
+                    guard case .watchBufferOverflow(let max) = error else {
+                        Issue.record("expected watchBufferOverflow, got \(error)")
+                        return
+                    }
+                    #expect(max == EtcdLimits.watchEventsBufferedMax)
+                }
+                #expect(count == EtcdLimits.watchEventsBufferedMax)
+            }
+        }
+    }
+}
+
+/// What needs no etcd: argument checks.
+@Suite struct EtcdClientArgumentTests {
     @Test func invalidConfigurationIsATypedError() {
         #expect(throws: EtcdError.self) { try EtcdClient(EtcdClientConfiguration(endpoints: [])) }
         #expect(throws: EtcdError.self) { try EtcdClient(EtcdClientConfiguration(endpoints: ["127.0.0.1:2379"])) }
