@@ -25,7 +25,8 @@ public struct EtcdClientConfiguration: Sendable {
 
 /// An etcd v3 client. Safe to share between tasks: calls run concurrently over pooled keep-alive
 /// connections. Each call fails over to the next endpoint on a connection error (nothing sent), and
-/// remembers the endpoint that answered. Create it with `EtcdClient.with`, which shuts it down.
+/// remembers the endpoint that answered. `EtcdClient.with` runs a body with one and shuts it down;
+/// a client made with `init` must be shut down with `shutdown()` once done.
 public final class EtcdClient: Sendable {
     public let configuration: EtcdClientConfiguration
     private let http: HTTPClient
@@ -48,7 +49,9 @@ public final class EtcdClient: Sendable {
         return result
     }
 
-    init(_ configuration: EtcdClientConfiguration) throws(EtcdError) {
+    /// Checks `configuration` (endpoint count and URLs, timeouts) and makes the connection pool; connects
+    /// nothing yet. Never blocks.
+    public init(_ configuration: EtcdClientConfiguration) throws(EtcdError) {
         guard !configuration.endpoints.isEmpty, configuration.endpoints.count <= EtcdLimits.endpointCountMax else {
             throw .invalidArgument("endpoint count \(configuration.endpoints.count) not in 1...\(EtcdLimits.endpointCountMax)")
         }
@@ -245,6 +248,8 @@ public final class EtcdClient: Sendable {
                 return (value, endpoints[index])
             case .etcdError(let status, let bytes):
                 throw Self.statusError(operation, status, bytes)
+            case .failed where Task.isCancelled:
+                throw .cancelled(operation: operation, outcomeUnknown: operation.mayWrite)
             case .failed(let error as EtcdError):
                 throw error
             case .failed(let error) where Self.isTimeout(error):

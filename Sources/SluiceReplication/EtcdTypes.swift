@@ -57,6 +57,9 @@ public enum EtcdError: Error, CustomStringConvertible {
     /// `grpcCode` its gRPC status code. A 4xx is known not applied; a 5xx from a call that may write
     /// (e.g. "etcdserver: request timed out") leaves the outcome unknown.
     case httpStatus(operation: EtcdOperation, code: Int, message: String, grpcCode: Int?)
+    /// The calling task was cancelled while the call was under way; as for a timeout, a call that may
+    /// write may have been applied.
+    case cancelled(operation: EtcdOperation, outcomeUnknown: Bool)
     /// A response that is not what etcd's gateway sends (bad JSON, a missing field, bad base64).
     case malformedResponse(String)
     /// A response body larger than `limitBytes` (`EtcdLimits.responseBytesMax`).
@@ -74,7 +77,7 @@ public enum EtcdError: Error, CustomStringConvertible {
     /// True when a write may have been applied although the call failed.
     public var outcomeUnknown: Bool {
         switch self {
-        case .timedOut(_, let unknown), .connectionLost(_, let unknown, _): unknown
+        case .timedOut(_, let unknown), .connectionLost(_, let unknown, _), .cancelled(_, let unknown): unknown
         case .httpStatus(let operation, let code, _, _): operation.mayWrite && code >= 500
         case .responseTooLarge(let operation, _): operation.mayWrite
         default: false
@@ -92,6 +95,8 @@ public enum EtcdError: Error, CustomStringConvertible {
             "etcd \(operation): connection lost (\(underlying))" + (unknown ? " (outcome unknown)" : "")
         case .httpStatus(let operation, let code, let message, let grpcCode):
             "etcd \(operation): HTTP \(code), gRPC code \(grpcCode.map(String.init) ?? "-"): \(message)"
+        case .cancelled(let operation, let unknown):
+            "etcd \(operation) cancelled" + (unknown ? " (outcome unknown: it may have been applied)" : "")
         case .malformedResponse(let what): "malformed etcd response: \(what)"
         case .responseTooLarge(let operation, let limit): "etcd \(operation): response over \(limit) bytes"
         case .compacted(let requested, let compact):

@@ -361,10 +361,28 @@ struct EtcdClientTests {
                         return
                     }
                 }
+                // Cancelling the calling task is like a timeout: a put's outcome is unknown.
+                let cancelled = Task { () async -> EtcdError? in
+                    do {
+                        _ = try await client.put(bytes("t"), [3], timeoutMs: 10_000)
+                        return nil
+                    } catch let error as EtcdError {
+                        return error
+                    } catch {
+                        return nil
+                    }
+                }
+                try await Task.sleep(for: .milliseconds(100))
+                cancelled.cancel()
+                let cancelError = await cancelled.value
+                guard case .cancelled(.put, outcomeUnknown: true)? = cancelError else {
+                    Issue.record("expected cancelled(put, outcomeUnknown: true), got \(String(describing: cancelError))")
+                    return
+                }
                 cluster.resume(member: 0)
                 // The put that timed out was sent; whether it applied is read back, never guessed.
                 let settled = try await client.get(bytes("t"), timeoutMs: 3_000)
-                #expect(settled?.value == [1] || settled?.value == [2])
+                #expect(settled?.value == [1] || settled?.value == [2] || settled?.value == [3])
             }
         }
     }
