@@ -247,12 +247,18 @@ public final class EtcdClient: Sendable {
                 preferred.withLock { $0 = index }
                 return (value, endpoints[index])
             case .etcdError(let status, let bytes):
+                // 503 is etcd's "unavailable" (no leader, or the member is stopping): the next call
+                // starts at another member. This call is not retried: a write may have been applied.
+                if status == 503 { rotate(from: index) }
                 throw Self.statusError(operation, status, bytes)
             case .failed where Task.isCancelled:
                 throw .cancelled(operation: operation, outcomeUnknown: operation.mayWrite)
             case .failed(let error as EtcdError):
                 throw error
             case .failed(let error) where Self.isTimeout(error):
+                // A member that accepts connections but does not answer (hung, or cut off from the
+                // others) would time out every call: the next call starts at another member.
+                rotate(from: index)
                 throw .timedOut(operation: operation, outcomeUnknown: operation.mayWrite)
             case .failed(let error) where Self.isConnectFailure(error):
                 failures.append(error)
@@ -268,6 +274,12 @@ public final class EtcdClient: Sendable {
             }
         }
         throw .unreachable(endpoints: endpoints, underlying: failures)
+    }
+
+    /// Makes the endpoint after `index` the first one tried, unless another call moved it meanwhile.
+    private func rotate(from index: Int) {
+        let count = configuration.endpoints.count
+        preferred.withLock { if $0 == index { $0 = (index + 1) % count } }
     }
 
     private enum Outcome<Value: Sendable>: Sendable {

@@ -109,9 +109,16 @@ public final class EtcdCluster: @unchecked Sendable {  // unchecked: members cha
 
     /// SIGSTOP to member `index`: it keeps its sockets (connections are accepted by the kernel) but
     /// answers nothing, as a hung or partitioned member would. `resume` sends SIGCONT.
+    /// Returns once every thread of the member is stopped (signal delivery to a busy multi-threaded
+    /// process is not instant), or after `pauseWaitMs`.
     public func pause(member index: Int) {
-        lock.withLock { if let process = members[index].process { Glibc.kill(process.processIdentifier, SIGSTOP) } }
+        guard let pid = lock.withLock({ members[index].process?.processIdentifier }) else { return }
+        Glibc.kill(pid, SIGSTOP)
+        let deadline = Date().addingTimeInterval(Double(Self.pauseWaitMs) / 1000)
+        while !allThreadsStopped(pid) && Date() < deadline { usleep(1_000) }
     }
+
+    public static let pauseWaitMs = 2_000
 
     public func resume(member index: Int) {
         lock.withLock { if let process = members[index].process { Glibc.kill(process.processIdentifier, SIGCONT) } }
@@ -130,6 +137,19 @@ public final class EtcdCluster: @unchecked Sendable {  // unchecked: members cha
         for index in lock.withLock({ members.indices }) { kill(member: index) }
         try? FileManager.default.removeItem(atPath: root)
     }
+}
+
+/// True when every thread of `pid` is in state T (stopped), read from /proc/PID/task/*/stat.
+private func allThreadsStopped(_ pid: pid_t) -> Bool {
+    guard let tasks = try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task") else { return false }
+    for task in tasks {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return false }
+        // The state is the first field after the command name, which is in parentheses.
+        let state = stat[stat.index(after: close)...].split(separator: " ").first
+        if state != "T" && state != "t" { return false }
+    }
+    return true
 }
 
 /// Runs `body` with a fresh `memberCount`-member cluster, and always kills it and removes its files after.

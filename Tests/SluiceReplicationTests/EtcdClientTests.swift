@@ -295,6 +295,27 @@ struct EtcdClientTests {
                 }
                 #expect(written)
                 #expect(try await client.get(bytes("f"))?.value == [2])
+
+                // A hung member (SIGSTOP: it accepts connections, answers nothing): the call to it times
+                // out, and the next call starts at the last member. Status and serializable reads need
+                // no quorum, which one member of three does not have.
+                let hung = try #require(cluster.clientURLs.firstIndex(of: try await client.status().endpoint))
+                cluster.pause(member: hung)
+                defer { cluster.resume(member: hung) }
+                do {
+                    _ = try await client.status(timeoutMs: 300)
+                    Issue.record("status from a stopped member")
+                } catch let error as EtcdError {
+                    guard case .timedOut(.status, outcomeUnknown: false) = error else {
+                        Issue.record("expected timedOut(status), got \(error)")
+                        return
+                    }
+                }
+                let last = try await client.status(timeoutMs: 1_000)
+                #expect(last.endpoint != cluster.clientURLs[hung])
+                #expect(last.endpoint != cluster.clientURLs[0])
+                let served = try await client.range(.key(bytes("f")), serializable: true, timeoutMs: 1_000)
+                #expect(served.kvs.first?.value == [2])
             }
         }
     }
