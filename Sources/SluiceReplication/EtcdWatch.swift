@@ -2,6 +2,7 @@
 // lines read by a task of its own, its events handed on in order through a bounded buffer.
 import AsyncHTTPClient
 import NIOCore
+import Synchronization
 
 /// The events of one watch, in revision order. One consumer iterates it. It ends with an `EtcdError`
 /// when etcd cancels the watch (`compacted` below the compaction revision), the connection breaks or
@@ -13,6 +14,11 @@ public struct EtcdWatch: AsyncSequence, Sendable {
 
     private let events: AsyncThrowingStream<EtcdWatchEvent, any Error>
     private let reader: Task<Void, Never>
+    private let progress: WatchProgress
+
+    /// True once the reader has stopped (etcd ended the watch, an error, an overflow or `cancel()`);
+    /// what it buffered may still be unread. For tests that must wait for the reader deterministically.
+    var readerFinished: Bool { progress.finished.load(ordering: .acquiring) }
 
     /// Stops reading and closes the watch's connection. The sequence then ends after what it buffered.
     public func cancel() { reader.cancel() }
@@ -28,7 +34,7 @@ public struct EtcdWatch: AsyncSequence, Sendable {
             } catch let error as EtcdError {
                 throw error
             } catch {
-                throw .watchCanceled(reason: "\(error)")
+                throw .connectionLost(operation: .watch, outcomeUnknown: false, underlying: error)
             }
         }
 
@@ -43,9 +49,11 @@ public struct EtcdWatch: AsyncSequence, Sendable {
         let (events, eventsOut) = AsyncThrowingStream<EtcdWatchEvent, any Error>.makeStream(
             bufferingPolicy: .bufferingOldest(EtcdLimits.watchEventsBufferedMax))
         let (created, createdOut) = AsyncThrowingStream<Void, any Error>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        let progress = WatchProgress()
         let reader = Task {
             var state = ReaderState(events: eventsOut, created: createdOut, fromRevision: fromRevision)
             await state.read(response.body)
+            progress.finished.store(true, ordering: .releasing)
         }
         eventsOut.onTermination = { _ in reader.cancel() }
         try await withTaskCancellationHandler {
@@ -55,8 +63,12 @@ public struct EtcdWatch: AsyncSequence, Sendable {
         } onCancel: {
             reader.cancel()
         }
-        return EtcdWatch(events: events, reader: reader)
+        return EtcdWatch(events: events, reader: reader, progress: progress)
     }
+}
+
+final class WatchProgress: Sendable {
+    let finished = Atomic(false)
 }
 
 /// The reader's side: splits the body into lines (one gateway message each) and acts on each.
@@ -87,8 +99,11 @@ private struct ReaderState {
             }
             if !pending.isEmpty { try handle(pending[...]) }
             finish(Task.isCancelled ? nil : EtcdError.watchCanceled(reason: "etcd closed the watch stream"))
-        } catch {
+        } catch let error as EtcdError {
             finish(Task.isCancelled ? nil : error)
+        } catch {
+            // The connection broke or etcd was killed: the consumer watches again from its next revision.
+            finish(Task.isCancelled ? nil : EtcdError.connectionLost(operation: .watch, outcomeUnknown: false, underlying: error))
         }
     }
 

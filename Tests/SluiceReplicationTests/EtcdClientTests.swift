@@ -261,9 +261,25 @@ struct EtcdClientTests {
             try await withClient(cluster) { client in
                 let before = try await client.status()
                 #expect(before.endpoint == cluster.clientURLs[0])
-                _ = try await client.put(bytes("f"), [1])
+                let firstPut = try await client.put(bytes("f"), [1])
+                let watch = try await client.watch(.key(bytes("f")), fromRevision: firstPut.revision)
+                var events = watch.makeAsyncIterator()
+                #expect(try await events.next()?.kv.value == [1])
                 // kill -9 the member the client talks to; the leader, when it is that one.
                 cluster.kill(member: 0)
+                // Its watch ends with a typed error instead of hanging; watching again from the next
+                // revision goes to another member.
+                do {
+                    while let event = try await events.next() { Issue.record("event from a killed member: \(event)") }
+                    Issue.record("watch on a killed member ended without an error")
+                } catch let error as EtcdError {
+                    guard case .connectionLost(.watch, outcomeUnknown: false, _) = error else {
+                        Issue.record("expected connectionLost(watch), got \(error)")
+                        return
+                    }
+                }
+                let rewatch = try await client.watch(.key(bytes("f")), fromRevision: firstPut.revision + 1)
+                defer { rewatch.cancel() }
                 let after = try await client.status()
                 #expect(after.endpoint != cluster.clientURLs[0])
                 #expect(after.memberID != before.memberID)
@@ -295,6 +311,8 @@ struct EtcdClientTests {
                 }
                 #expect(written)
                 #expect(try await client.get(bytes("f"))?.value == [2])
+                var rewatched = rewatch.makeAsyncIterator()
+                #expect(try await rewatched.next()?.kv.value == [2])
 
                 // A hung member (SIGSTOP: it accepts connections, answers nothing): the call to it times
                 // out, and the next call starts at the last member. Status and serializable reads need
@@ -447,7 +465,15 @@ struct EtcdClientTests {
                 }
                 let watch = try await client.watch(.prefix(bytes("o/")), fromRevision: first)
                 // Read nothing until the reader has filled the buffer and stopped.
-                try await Task.sleep(for: .milliseconds(500))
+                let start = ContinuousClock.now
+                while !watch.readerFinished && ContinuousClock.now - start < .seconds(20) {
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+                guard watch.readerFinished else {
+                    watch.cancel()
+                    Issue.record("the watch reader never stopped with \(txnCount * perTxn) events unread")
+                    return
+                }
                 var count = 0
                 do {
                     for try await event in watch {
