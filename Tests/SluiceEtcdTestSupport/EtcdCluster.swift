@@ -159,11 +159,24 @@ public func withEtcdCluster<Result>(
     guard etcdInstalled else {
         throw EtcdClusterError("\(etcdBinary) not installed: run `make deps` (apt-get install etcd-server etcd-client)")
     }
-    let cluster = try EtcdCluster(memberCount: memberCount)
-    defer { cluster.stopAll() }
-    try cluster.start()
-    return try await body(cluster)
+    // The free ports are only free until etcd binds them: a start that fails is tried again on new ones.
+    var failures: [String] = []
+    for _ in 0..<startAttemptsMax {
+        let cluster = try EtcdCluster(memberCount: memberCount)
+        defer { cluster.stopAll() }
+        do {
+            try cluster.start()
+        } catch {
+            failures.append("\(error)")
+            continue
+        }
+        return try await body(cluster)
+    }
+    throw EtcdClusterError("etcd cluster of \(memberCount) did not start:\n" + failures.joined(separator: "\n"))
 }
+
+/// Starts of a cluster tried before a test fails.
+public let startAttemptsMax = 3
 
 /// `count` distinct TCP ports that were free on 127.0.0.1 a moment ago (bound to port 0, then closed).
 func freePorts(count: Int) throws -> [Int] {
