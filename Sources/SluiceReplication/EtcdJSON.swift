@@ -6,9 +6,12 @@ enum EtcdJSON {
     static func base64(_ bytes: [UInt8]) -> String { Data(bytes).base64EncodedString() }
 
     static func encode(_ object: [String: Any]) -> [UInt8] {
-        // Only dictionaries of strings, numbers, bools and arrays built here: serialization cannot fail.
-        let data = try! JSONSerialization.data(withJSONObject: object)
-        return [UInt8](data)
+        // Only dictionaries of strings, numbers, bools and arrays built here: a failure is a bug.
+        do {
+            return [UInt8](try JSONSerialization.data(withJSONObject: object))
+        } catch {
+            preconditionFailure("etcd request JSON built by the client did not serialize: \(error)")
+        }
     }
 
     static func decodeObject(_ bytes: some Collection<UInt8>, _ what: String) throws(EtcdError) -> [String: Any] {
