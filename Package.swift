@@ -14,6 +14,7 @@ let package = Package(
         .library(name: "SluicePageStore", targets: ["SluicePageStore"]),
         .library(name: "SluiceStorageServer", targets: ["SluiceStorageServer"]),
         .library(name: "SluiceService", targets: ["SluiceService"]),
+        .library(name: "SluiceReplication", targets: ["SluiceReplication"]),
         .executable(name: "sluice", targets: ["sluice"]),
     ],
     dependencies: [
@@ -26,6 +27,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
         // Test only: counts mallocs (LD_PRELOAD) for the hot-path allocation tests.
         .package(url: "https://github.com/ordo-one/malloc-interposer.git", from: "1.6.1"),
     ],
@@ -93,6 +95,16 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
         ),
+        // The etcd v3 client over etcd's JSON gateway (docs/REPLICATION.md): the base of the replicated log.
+        .target(
+            name: "SluiceReplication",
+            dependencies: [
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]
+        ),
         // The parser's fuzz target: libFuzzer with `-sanitize=fuzzer`, a bounded random run otherwise.
         .executableTarget(name: "SluiceParserFuzz", dependencies: ["SluicePacket"]),
         .executableTarget(
@@ -123,6 +135,9 @@ let package = Package(
             dependencies: ["SluiceService", "SluiceStorageServer", "SluicePageStore", "SluicePacketIO", "SluiceReplay",
                            "SluiceCore", "SluiceTestSupport"]
         ),
+        // Real etcd clusters (1 or 3 members of /usr/bin/etcd) as child processes for the replication tests.
+        .target(name: "SluiceEtcdTestSupport", path: "Tests/SluiceEtcdTestSupport"),
+        .testTarget(name: "SluiceReplicationTests", dependencies: ["SluiceReplication", "SluiceEtcdTestSupport"]),
         .testTarget(name: "SluicePacketTests", dependencies: ["SluicePacket", "SluiceCore"]),
         // Mallocs per packet on the hot paths: a probe run with the interposer preloaded, by a test that
         // spawns it (the test process itself never loads the interposer).
