@@ -40,8 +40,9 @@ deps:
 bench-deps: deps
 	$(call apt_install,$(APT_BENCH_PACKAGES))
 
+# The CLI only: `make demo` needs nothing else (the etcd client's TLS stack would add minutes).
 build: deps
-	$(SWIFT) build -c release
+	$(SWIFT) build -c release --product sluice
 
 # The allocation tests run the release build of their probe: what ships, not a debug build.
 build-tests: deps
