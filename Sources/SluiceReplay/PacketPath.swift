@@ -27,7 +27,21 @@ public struct PacketPathConfiguration: Sendable {
     public var numaNode: Int?
     public var burstCount = 32
     public var ringCapacity = 1024
-    public var poolBufferCount = 8192
+    /// Buffers in the pipeline's pool. Unless set, sized to what the rings and bursts can hold: the
+    /// power of two above `inFlightMax` (4096 for rings of 1024 and bursts of 32). A larger pool only
+    /// costs set-up (the kernel zeroes it as it faults in) and cache and TLB reach.
+    public var poolBufferCount: Int {
+        get { poolBufferCountSet ?? Self.poolBufferCountFitting(ringCapacity: ringCapacity, burstCount: burstCount) }
+        set { poolBufferCountSet = newValue }
+    }
+    private var poolBufferCountSet: Int?
+    /// Items the rings, bursts and stage caches of a path can hold at once; the pool must exceed it.
+    public static func inFlightMax(ringCapacity: Int, burstCount: Int) -> Int { ringCapacity * 3 + burstCount * 4 }
+    /// The default pool: the power of two above `inFlightMax` (at least 256 more, for the source's cache).
+    public static func poolBufferCountFitting(ringCapacity: Int, burstCount: Int) -> Int {
+        let needed = inFlightMax(ringCapacity: ringCapacity, burstCount: burstCount) + 256
+        return min(1 << (Int.bitWidth - (needed - 1).leadingZeroBitCount), Limits.ringCapacityMax)
+    }
     /// Pool buffer size; with `bufferSizeFollowsCapture`, a capture input raises it to the capture's
     /// snapshot length, up to `captureBufferSizeBytesMax`. Longer frames are dropped, counted
     /// (`frame-larger-than-buffer`), never cut.
@@ -286,7 +300,7 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
         guard c.ringCapacity >= 2, c.ringCapacity <= Limits.ringCapacityMax, c.ringCapacity & (c.ringCapacity - 1) == 0 else {
             throw .invalidConfiguration(.ringCapacity(c.ringCapacity, max: Limits.ringCapacityMax))
         }
-        let inFlightMax = c.ringCapacity * 3 + c.burstCount * 4
+        let inFlightMax = PacketPathConfiguration.inFlightMax(ringCapacity: c.ringCapacity, burstCount: c.burstCount)
         guard c.poolBufferCount <= Limits.ringCapacityMax else {
             throw .invalidConfiguration(.poolAboveMax(c.poolBufferCount, max: Limits.ringCapacityMax))
         }

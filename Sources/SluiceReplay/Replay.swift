@@ -26,7 +26,8 @@ public struct ReplayConfiguration: Sendable {
     public var waitMode: WaitMode
     public var burstCount = 32
     public var ringCapacity = 1024
-    public var poolBufferCount = 8192
+    /// Pool buffers; nil sizes the pool to what the rings hold (`PacketPathConfiguration.poolBufferCount`).
+    public var poolBufferCount: Int?
     /// Pool buffer size (see `PacketPathConfiguration`): nil follows the capture's snapshot length up
     /// to `PacketPathConfiguration.captureBufferSizeBytesMax`.
     public var bufferSizeBytes: Int?
@@ -202,7 +203,7 @@ public final class Replay {
             output: configuration.output, numaNode: CPU.numaNode(of: configuration.cores[0]))
         pathConfiguration.burstCount = configuration.burstCount
         pathConfiguration.ringCapacity = configuration.ringCapacity
-        pathConfiguration.poolBufferCount = configuration.poolBufferCount
+        if let count = configuration.poolBufferCount { pathConfiguration.poolBufferCount = count }
         if let size = configuration.bufferSizeBytes {
             pathConfiguration.bufferSizeBytes = size
             pathConfiguration.bufferSizeFollowsCapture = false

@@ -142,3 +142,19 @@ import SluiceTraffic
         }
     }
 }
+
+/// The default pool holds what the rings and bursts can (plus the source's cache), no more: set-up
+/// zeroes every buffer, so a pool twice that size cost a 1M-packet replay about 10% (BENCHMARKS.md).
+@Suite struct PoolSizingTests {
+    @Test(arguments: [(1024, 32, 4096), (2048, 32, 8192), (64, 32, 1024), (16, 8, 512)])
+    func defaultPoolFitsTheRings(ring: Int, burst: Int, expected: Int) throws {
+        var configuration = PacketPathConfiguration(name: "p", input: .capture(path: "x", pacing: .topSpeed, loopCount: 1),
+                                                    output: .discard)
+        configuration.ringCapacity = ring
+        configuration.burstCount = burst
+        #expect(configuration.poolBufferCount == expected)
+        #expect(configuration.poolBufferCount > PacketPathConfiguration.inFlightMax(ringCapacity: ring, burstCount: burst) + 255)
+        configuration.poolBufferCount = 9000  // a configured count wins
+        #expect(configuration.poolBufferCount == 9000)
+    }
+}

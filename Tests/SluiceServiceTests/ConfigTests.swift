@@ -47,7 +47,7 @@ let repositoryRoot: String = {
         #expect(pipeline.path.output == .pcapFile("out/run.pcap"))
         #expect(pipeline.path.traffic?.sources.map(\.weight) == [1, 3])
         #expect(pipeline.path.classifier.entries.count == 1)
-        #expect(pipeline.path.ringCapacity == 1024 && pipeline.path.poolBufferCount == 8192 && pipeline.path.burstCount == 32)
+        #expect(pipeline.path.ringCapacity == 1024 && pipeline.path.poolBufferCount == 4096 && pipeline.path.burstCount == 32)
         let storage = try #require(configuration.storage)
         #expect(storage.dataDirectory == "out/storage" && storage.listen.port == 7000 && storage.queueDepth == 32)
         #expect(configuration.drainTimeoutMs == 5000 && configuration.runForMs == nil)
@@ -99,7 +99,7 @@ let repositoryRoot: String = {
         ("pipelines[0].source.interface=eth0", "pipelines[0].source", "not both"),
         ("pipelines[0].sink.discard=true", "pipelines[0].sink", "exactly one"),
         ("pipelines[0].stages=all", "pipelines[0].stages", "none, classify or classify-and-act"),
-        ("pipelines[0].ring_size=65536", "pipelines[0]", "more buffers or smaller rings"),
+        ("pipelines[0].buffers=1024", "pipelines[0]", "more buffers or smaller rings"),
         ("pipelines[0].cores=[9]", "pipelines[0].cores", "not in the service's cores"),
         ("pipelines[0].name=a b", "pipelines[0].name", "letters, digits"),
         ("pipelines[0].traffic.weights=[1,0]", "pipelines[0].traffic.weights[1]", "must be positive"),
