@@ -3,7 +3,7 @@
 # joined by a veth pair (198.18.0.1/30 and 198.18.0.2/30, IPv6 off), runs afpacket-compare in them and
 # deletes them again on any exit. Prints a markdown table of medians and ratios on stdout (build
 # output on stderr):
-#   RX: Sluice's TPACKET_V3 receiver vs three C anchors (recvfrom(), recvmmsg() batch 32, a TPACKET_V2
+#   RX: Sluice's TPACKET_V3 receiver vs four C anchors (recvfrom(), recvmmsg() batch 32, a TPACKET_V3 ring, a TPACKET_V2
 #       ring), same C TX-ring sender, same run; CPU per packet of the receiving thread, of the process
 #       (sender + receiver threads, getrusage) and of all cores (/proc/stat), over the same span;
 #   TX: Sluice's TX ring vs a plain C TX-ring loop, same frames, ring and QDISC_BYPASS.

@@ -3,7 +3,7 @@
 //
 // RX: a C TX-ring sender in namespace A floods 64-byte frames; in namespace B one receiver takes them:
 // Sluice's TPACKET_V3 receiver (AFPacketReceiver, blocking receive) or a C anchor: recvfrom() (one
-// syscall a frame), recvmmsg() (32 a call) or a TPACKET_V2 ring. On veth the sender's core does the
+// syscall a frame), recvmmsg() (32 a call) a TPACKET_V2 ring or a TPACKET_V3 ring. On veth the sender's core does the
 // kernel's receive work (the copy into a ring or socket queue included), so pps is the sender's, and
 // CPU is reported three ways per packet: the receiving thread's, the process's (sender + receiver
 // threads, getrusage) and every core's (/proc/stat: softirq and other tasks too), over the same span.
@@ -89,7 +89,7 @@ struct AFPacketCompare: ParsableCommand {
             switch variant {
             case .sluiceRing:
                 receiverOutcome.value = try sluiceReceive(pathB, ifaceB, cpu: receiverCPU, expected: expected, flags: flags)
-            case .recvfrom, .recvmmsg, .v2Ring:
+            case .recvfrom, .recvmmsg, .v2Ring, .v3Ring:
                 receiverOutcome.value = try cReceive(variant, pathB, ifaceB, cpu: receiverCPU, expected: expected,
                                                      flags: flags)
             }
@@ -172,6 +172,7 @@ enum RXVariant: String, CaseIterable {
     case recvfrom = "C recvfrom()"
     case recvmmsg = "C recvmmsg(), batch 32"
     case v2Ring = "C TPACKET_V2 ring"
+    case v3Ring = "C TPACKET_V3 ring"
 }
 enum TXVariant: String, CaseIterable { case sluiceRing = "Sluice TX ring", cRing = "C TX ring loop" }
 
@@ -245,7 +246,7 @@ func sluiceReceive(_ path: String, _ iface: String, cpu: Int, expected: UInt64, 
 }
 
 /// The C anchor receivers: recvfrom() and recvmmsg() with SO_RCVBUF as large as Sluice's ring (16 MiB),
-/// and a TPACKET_V2 ring of the same size (16 blocks of 1 MiB).
+/// and TPACKET_V2 and V3 rings of the same size (16 blocks of 1 MiB).
 func cReceive(_ variant: RXVariant, _ path: String, _ iface: String, cpu: Int, expected: UInt64, flags: Flags) throws
     -> RXRun
 {
@@ -254,12 +255,13 @@ func cReceive(_ variant: RXVariant, _ path: String, _ iface: String, cpu: Int, e
         iface.withCString { iface in
             var config = pkth_receiver_config(
                 netns_path: path, interface: iface, cpu: Int32(cpu), expected: expected,
-                rcvbuf_bytes: variant == .v2Ring ? 0 : 16 << 20, quiet_ns: 100_000_000, ready: flags.ready,
+                rcvbuf_bytes: variant == .v2Ring || variant == .v3Ring ? 0 : 16 << 20, quiet_ns: 100_000_000, ready: flags.ready,
                 sender_done: flags.senderDone, batch: 32, ring_block_size: 1 << 20, ring_block_count: 16)
             switch variant {
             case .recvfrom: return pkth_recvfrom_receive(&config, &result)
             case .recvmmsg: return pkth_recvmmsg_receive(&config, &result)
             case .v2Ring: return pkth_v2ring_receive(&config, &result)
+            case .v3Ring: return pkth_v3ring_receive(&config, &result)
             case .sluiceRing: preconditionFailure("Sluice's receiver is not a C anchor")
             }
         }

@@ -56,8 +56,8 @@ struct pkth_receiver_config {
     int *ready;
     const int *sender_done;
     uint32_t batch;             /* recvmmsg: messages per call, 1..PKTH_RECVMMSG_BATCH_MAX */
-    uint32_t ring_block_size;   /* TPACKET_V2 ring: block bytes, a multiple of the page size */
-    uint32_t ring_block_count;  /* TPACKET_V2 ring: blocks; frames are 2048 bytes each */
+    uint32_t ring_block_size;   /* TPACKET_V2/V3 rings: block bytes, a multiple of the page size */
+    uint32_t ring_block_count;  /* TPACKET_V2/V3 rings: blocks; frames are 2048 bytes each */
 };
 
 /* Largest recvmmsg batch: the receiver keeps that many 2 KiB buffers on its stack. */
@@ -82,6 +82,10 @@ int pkth_recvmmsg_receive(const struct pkth_receiver_config *config, struct pkth
  * frame the kernel hands over (TP_STATUS_USER), touches its first and last byte and gives the slot
  * back; poll(POLLIN, 20 ms) when the next slot is still the kernel's. 0 or -errno. */
 int pkth_v2ring_receive(const struct pkth_receiver_config *config, struct pkth_receiver_result *result);
+/* A TPACKET_V3 RX ring of the same blocks (1 ms block timeout, as Sluice's receiver): walks each ready
+ * block's frames in place, reading each frame's first and last byte, then hands the block back.
+ * The strongest plain-C form of what Sluice's ring receiver does (it also copies into pool buffers). */
+int pkth_v3ring_receive(const struct pkth_receiver_config *config, struct pkth_receiver_result *result);
 
 /* CPU time of the whole machine, summed over every CPU: user + nice + system + irq + softirq from
  * /proc/stat (kernel work on any core, softirq receive paths included; idle, iowait and steal left
