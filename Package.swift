@@ -84,7 +84,7 @@ let package = Package(
             name: "SluiceService",
             dependencies: [
                 "SluiceReplay", "SluiceStorageServer", "SluicePageStore", "SluiceTraffic", "SluicePacketIO",
-                "SluicePacket", "SluiceCore",
+                "SluicePacket", "SluiceCore", "SluiceReplication",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -99,6 +99,7 @@ let package = Package(
         .target(
             name: "SluiceReplication",
             dependencies: [
+                "SluicePageStore", "SluiceCore", "CShims",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -111,7 +112,7 @@ let package = Package(
             name: "sluice",
             dependencies: [
                 "SluiceCore", "SluicePacket", "SluicePacketIO", "SluiceTraffic", "SluiceReplay",
-                "SluicePageStore", "SluiceStorageServer", "SluiceService",
+                "SluicePageStore", "SluiceStorageServer", "SluiceService", "SluiceReplication",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -121,11 +122,13 @@ let package = Package(
         .testTarget(
             name: "SluicePageStoreTests",
             dependencies: ["SluicePageStore", "SluiceCore", "CShims", "SluiceStorageTestSupport",
+                           "SluiceReplication", "SluiceEtcdTestSupport", "SluiceReplicationTestSupport",
                            .product(name: "SystemPackage", package: "swift-system")]
         ),
         .testTarget(
             name: "SluiceStorageServerTests",
-            dependencies: ["SluiceStorageServer", "SluicePageStore", "SluiceTestSupport", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: ["SluiceStorageServer", "SluicePageStore", "SluiceTestSupport", "SluiceReplication",
+                           "SluiceEtcdTestSupport", "SluiceReplicationTestSupport", .product(name: "NIOCore", package: "swift-nio")]
         ),
         // What the tests that run the `sluice` binary share: spawning it, reading its output
         // (HTTP GETs go through SluiceService.HTTPClient, as `sluice stats` does).
@@ -133,11 +136,20 @@ let package = Package(
         .testTarget(
             name: "SluiceServiceTests",
             dependencies: ["SluiceService", "SluiceStorageServer", "SluicePageStore", "SluicePacketIO", "SluiceReplay",
-                           "SluiceCore", "SluiceTestSupport"]
+                           "SluiceCore", "SluiceTestSupport", "SluiceReplication", "SluiceEtcdTestSupport"]
         ),
         // Real etcd clusters (1 or 3 members of /usr/bin/etcd) as child processes for the replication tests.
         .target(name: "SluiceEtcdTestSupport", path: "Tests/SluiceEtcdTestSupport"),
-        .testTarget(name: "SluiceReplicationTests", dependencies: ["SluiceReplication", "SluiceEtcdTestSupport"]),
+        .target(
+            name: "SluiceReplicationTestSupport",
+            dependencies: ["SluiceReplication", "SluicePageStore", "SluiceEtcdTestSupport"],
+            path: "Tests/SluiceReplicationTestSupport"
+        ),
+        .testTarget(
+            name: "SluiceReplicationTests",
+            dependencies: ["SluiceReplication", "SluicePageStore", "SluiceEtcdTestSupport", "SluiceReplicationTestSupport",
+                           "SluiceStorageTestSupport", "SluiceTestSupport"]
+        ),
         .testTarget(name: "SluicePacketTests", dependencies: ["SluicePacket", "SluiceCore"]),
         // Mallocs per packet on the hot paths: a probe run with the interposer preloaded, by a test that
         // spawns it (the test process itself never loads the interposer).

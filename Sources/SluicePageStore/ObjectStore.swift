@@ -49,6 +49,8 @@ public enum ObjectStoreError: Error, Equatable, CustomStringConvertible {
     case lockFile(SyscallError)
     /// The store's recorded format (at `path`) does not match how it is being opened.
     case format(path: String, FormatProblem)
+    /// The shared (replicated) log refused, lost or has not yet settled the operation (see `ReplicationProblem`).
+    case replication(ReplicationProblem)
 
     public var description: String {
         switch self {
@@ -68,6 +70,7 @@ public enum ObjectStoreError: Error, Equatable, CustomStringConvertible {
                 + (holderPID.map { "process \($0)" } ?? "another process (pid not recorded)")
         case .lockFile(let error): "lock file: \(error)"
         case .format(let path, let problem): "\(path): \(problem)"
+        case .replication(let problem): "replicated log: \(problem)"
         }
     }
 }
@@ -130,7 +133,10 @@ public final class ObjectStore {
     /// due for a checkpoint tries again).
     public private(set) var checkpointFailureCount = 0
     private var file: PageFile
-    private let log: OperationLog
+    /// The store's own log, or nil for a replica, whose OSNs come from a shared log (`applyOrdered`).
+    private let log: OperationLog?
+    /// A replica's last applied OSN (a store with a log of its own asks the log).
+    private var appliedOSN: UInt64 = 0
     private var objects: [UInt64: ObjectState] = [:]
     /// Physical pages freed by delete and truncate, reused before the file grows.
     private var freePhysical: [UInt64] = []
@@ -156,7 +162,10 @@ public final class ObjectStore {
     }
 
     public var payloadSizeBytes: Int { file.payloadSizeBytes }
-    public var lastOSN: UInt64 { log.lastOSN }
+    /// The OSN every read is ordered at: the log's last record, or a replica's last applied one.
+    public var lastOSN: UInt64 { log?.lastOSN ?? appliedOSN }
+    /// True for a replica (OSNs from a shared log, applied through `applyOrdered`).
+    public var isReplica: Bool { log == nil }
 
     /// The lock every open store holds: the page file's path with ".lock".
     public static func lockPath(pages: String) -> String { pages + ".lock" }
@@ -168,8 +177,24 @@ public final class ObjectStore {
     /// missing), loads the last checkpoint (default path: the page file's with ".checkpoint"), replays
     /// the log after it and redoes pages whose on-disk OSN is older than the log's (a write
     /// acknowledged by the log, cut off before its pages). The lock is held until the store is freed.
-    public init(pages: PageFileConfiguration, log: OperationLog, checkpointPath: String? = nil,
-                checkpointEveryRecords: UInt64 = 4_096, lock: StoreLock? = nil) throws(ObjectStoreError) {
+    public convenience init(pages: PageFileConfiguration, log: OperationLog, checkpointPath: String? = nil,
+                            checkpointEveryRecords: UInt64 = 4_096, lock: StoreLock? = nil) throws(ObjectStoreError) {
+        try self.init(pages: pages, ownLog: log, checkpointPath: checkpointPath,
+                      checkpointEveryRecords: checkpointEveryRecords, lock: lock)
+    }
+
+    /// A replica's store: the lock, page file, format check and checkpoint as above, but no log of its
+    /// own. `lastOSN` starts at the checkpoint's OSN; the caller applies the shared log's records after it
+    /// with `applyOrdered` (which rewrites every page written since, so a crash leaves nothing to redo
+    /// here), and serves reads only once it has (a page written after the checkpoint reads as changed).
+    public convenience init(replicaPages pages: PageFileConfiguration, checkpointPath: String? = nil,
+                            checkpointEveryRecords: UInt64 = 4_096, lock: StoreLock? = nil) throws(ObjectStoreError) {
+        try self.init(pages: pages, ownLog: nil, checkpointPath: checkpointPath,
+                      checkpointEveryRecords: checkpointEveryRecords, lock: lock)
+    }
+
+    private init(pages: PageFileConfiguration, ownLog log: OperationLog?, checkpointPath: String?,
+                 checkpointEveryRecords: UInt64, lock: StoreLock?) throws(ObjectStoreError) {
         precondition(checkpointEveryRecords > 0, "checkpoints need a positive interval")
         if let lock { self.lock = lock } else { self.lock = try StoreLock(path: Self.lockPath(pages: pages.path)) }
         do { file = try PageFile(configuration: pages) } catch { throw .page(error) }
@@ -179,6 +204,10 @@ public final class ObjectStore {
         // Before anything is read or redone: pages of another size would be rewritten as garbage.
         try checkFormat(path: Self.formatPath(pages: pages.path))
         try loadCheckpoint()
+        guard let log else {
+            appliedOSN = checkpointOSN
+            return
+        }
         let records: [(osn: UInt64, record: LogRecord)]
         do { records = try log.records(after: checkpointOSN) } catch { throw .log(error) }
         if let first = records.first, first.osn != checkpointOSN + 1 {
@@ -319,7 +348,7 @@ public final class ObjectStore {
     /// `osn`, object and index: a mismatch means the page changed since, and the read is redone here.
     public func resolve(objectID: UInt64, pageIndex: UInt64) -> ResolvedRead {
         if failure != nil { return .underLock }
-        let readOSN = log.lastOSN
+        let readOSN = lastOSN
         guard let entry = objects[objectID]?.pages[pageIndex] else {
             return .absent(PageVersion(payload: [], pageOSN: currentOSN(objectID: objectID, pageIndex: pageIndex),
                                        readOSN: readOSN))
@@ -334,7 +363,7 @@ public final class ObjectStore {
     /// written). A corrupt page throws; it is never returned as data.
     public func read(objectID: UInt64, pageIndex: UInt64) throws(ObjectStoreError) -> PageVersion {
         guard pageIndex < Self.pageIndexMax else { throw .pageIndexOutOfRange(pageIndex, max: Self.pageIndexMax) }
-        let readOSN = log.lastOSN
+        let readOSN = lastOSN
         guard let entry = objects[objectID]?.pages[pageIndex] else {
             return PageVersion(payload: [], pageOSN: currentOSN(objectID: objectID, pageIndex: pageIndex), readOSN: readOSN)
         }
@@ -352,7 +381,7 @@ public final class ObjectStore {
     /// Several single-page reads in one io_uring batch per `queueDepth` pages, all ordered at the
     /// same OSN. A corrupt page fails only its own read.
     public func read(batch requests: [(objectID: UInt64, pageIndex: UInt64)]) -> [Result<PageVersion, ObjectStoreError>] {
-        let readOSN = log.lastOSN
+        let readOSN = lastOSN
         var results = requests.map { request -> Result<PageVersion, ObjectStoreError> in
             guard request.pageIndex < Self.pageIndexMax else {
                 return .failure(.pageIndexOutOfRange(request.pageIndex, max: Self.pageIndexMax))
@@ -397,7 +426,7 @@ public final class ObjectStore {
     public func read(objectID: UInt64, pageRange: Range<UInt64>) throws(ObjectStoreError) -> [PageVersion] {
         guard pageRange.upperBound <= Self.pageIndexMax else { throw .pageIndexOutOfRange(pageRange.upperBound, max: Self.pageIndexMax) }
         guard pageRange.count <= Self.pagesPerReadMax else { throw .tooManyPages(pageRange.count, max: Self.pagesPerReadMax) }
-        let readOSN = log.lastOSN
+        let readOSN = lastOSN
         var versions = pageRange.map {
             PageVersion(payload: [], pageOSN: currentOSN(objectID: objectID, pageIndex: $0), readOSN: readOSN)
         }
@@ -468,7 +497,7 @@ public final class ObjectStore {
                 default: continue
                 }
                 // Conflict with a write earlier in the batch: report the OSN it is about to get.
-                let currentOSN = touched[key].map { log.lastOSN + 1 + UInt64($0) } ?? current
+                let currentOSN = touched[key].map { lastOSN + 1 + UInt64($0) } ?? current
                 results[slot] = .failure(.conflict(objectID: request.objectID, pageIndex: page.index, currentOSN: currentOSN))
                 continue requestLoop
             }
@@ -477,6 +506,7 @@ public final class ObjectStore {
             records.append(LogRecord(objectID: request.objectID, pages: request.pages.map { ($0.index, $0.payload) }))
         }
         guard !records.isEmpty else { return results }
+        guard let log else { preconditionFailure("a replica's writes are proposed to its shared log, then applied with applyOrdered") }
         let first: UInt64
         do { first = try log.append(batch: records) } catch {
             for slot in accepted { results[slot] = .failure(.log(error)) }
@@ -517,6 +547,91 @@ public final class ObjectStore {
         return results
     }
 
+    /// Applies records of a shared log, in its order, to a replica (`init(replicaPages:)`); OSNs are
+    /// `lastOSN + 1`, `+ 2`, ... (the caller's order is the log's, gap-free). Each record's outcome is
+    /// decided here, against the state the records before it left, by checks that depend only on that
+    /// state and the record, so every replica decides the same: a write whose condition fails is a
+    /// conflict with the page's current OSN and changes nothing, but its OSN is spent like any other.
+    /// Then the changed pages are written (a page written twice: its last version) and a checkpoint is
+    /// taken when due. A poisoned replica applies nothing (every outcome is its failure, `lastOSN` stays):
+    /// reopening recovers it from its checkpoint and the shared log.
+    public func applyOrdered(_ records: [(osn: UInt64, record: LogRecord)]) -> [Result<UInt64, ObjectStoreError>] {
+        precondition(log == nil, "only a replica applies a shared log's records")
+        if let failure { return records.map { _ in .failure(failure) } }
+        var outcomes: [Result<UInt64, ObjectStoreError>] = []
+        outcomes.reserveCapacity(records.count)
+        var pending: [PageKey: (osn: UInt64, payload: [UInt8])] = [:]
+        var order: [PageKey] = []
+        for (osn, record) in records {
+            precondition(osn == appliedOSN + 1, "shared log records apply in order without gaps")
+            if let refusal = decide(record) {
+                outcomes.append(.failure(refusal))
+            } else {
+                for key in apply(record, osn: osn) { pending[key] = nil }
+                for page in record.pages {
+                    let key = PageKey(object: record.objectID, index: page.index)
+                    if pending.updateValue((osn, page.payload), forKey: key) == nil { order.append(key) }
+                }
+                outcomes.append(.success(osn))
+            }
+            appliedOSN = osn
+        }
+        let writes = order.compactMap { key in pending[key].map { (key, $0) } }
+        var start = 0
+        while start < writes.count {
+            let end = min(start + file.configuration.queueDepth, writes.count)
+            do { try rewritePages(Array(writes[start..<end])) } catch {
+                // The map is ahead of the disk: stop here; a reopen re-applies from the checkpoint.
+                failure = .failed(.pageWrite(error))
+                return outcomes
+            }
+            start = end
+        }
+        do { try checkpointIfDue() } catch { checkpointFailureCount += 1 }
+        return outcomes
+    }
+
+    /// Why a shared log's record is refused at apply time, or nil to apply it. Depends only on the
+    /// replica's state and the record (never on local settings but the page size, which every replica
+    /// of one log shares), so every replica decides the same.
+    private func decide(_ record: LogRecord) -> ObjectStoreError? {
+        let id = record.objectID
+        switch record.kind {
+        case .create:
+            return objects[id] == nil ? nil : .objectExists(id)
+        case .delete:
+            return objects[id] == nil ? .noSuchObject(id) : nil
+        case .truncate(let count):
+            guard objects[id] != nil else { return .noSuchObject(id) }
+            return count <= Self.pageIndexMax ? nil : .pageIndexOutOfRange(count, max: Self.pageIndexMax)
+        case .write:
+            guard record.pages.count <= Self.pagesPerWriteMax else {
+                return .tooManyPages(record.pages.count, max: Self.pagesPerWriteMax)
+            }
+            guard record.conditions.isEmpty || record.conditions.count == record.pages.count else {
+                return .tooManyPages(record.conditions.count, max: record.pages.count)
+            }
+            var seen = Set<UInt64>()
+            for (position, page) in record.pages.enumerated() {
+                guard page.index < Self.pageIndexMax else { return .pageIndexOutOfRange(page.index, max: Self.pageIndexMax) }
+                guard page.payload.count <= file.payloadSizeBytes else {
+                    return .payloadTooLarge(page.payload.count, max: file.payloadSizeBytes)
+                }
+                let current = currentOSN(objectID: id, pageIndex: page.index)
+                // A page twice in one write: its second condition was read before the first was applied.
+                let exists = !seen.insert(page.index).inserted || objects[id]?.pages[page.index] != nil
+                switch record.conditions.isEmpty ? .unconditional : record.conditions[position] {
+                case .unconditional: continue
+                case .unmodifiedSince(let osn) where current > osn: break
+                case .absent where exists: break
+                default: continue
+                }
+                return .conflict(objectID: id, pageIndex: page.index, currentOSN: current)
+            }
+            return nil
+        }
+    }
+
     /// Saves the page map at `lastOSN` (pages synced first, file written aside, fsynced, renamed),
     /// then compacts the log: a reopen replays only what came after. Blocks for three flushes.
     public func checkpoint() throws(ObjectStoreError) {
@@ -526,7 +641,7 @@ public final class ObjectStore {
             throw .page(error)
         }
         var out = CheckpointBytes()
-        out.put(log.lastOSN)
+        out.put(lastOSN)
         out.put(nextPhysical)
         out.put(lastDeleteOSN)
         out.put(UInt64(freePhysical.count))
@@ -563,12 +678,12 @@ public final class ObjectStore {
             throw .page(.syscall(SyscallError("rename(\(checkpointPath))", Errno(rawValue: errno))))
         }
         try syncDirectory(of: checkpointPath)
-        checkpointOSN = log.lastOSN
-        do { try log.compact() } catch { throw .log(error) }
+        checkpointOSN = lastOSN
+        do { try log?.compact() } catch { throw .log(error) }
     }
 
     private func checkpointIfDue() throws(ObjectStoreError) {
-        if log.lastOSN - checkpointOSN >= checkpointEveryRecords { try checkpoint() }
+        if lastOSN - checkpointOSN >= checkpointEveryRecords { try checkpoint() }
     }
 
     private func syncDirectory(of path: String) throws(ObjectStoreError) {
@@ -629,6 +744,7 @@ public final class ObjectStore {
     /// A create, delete or truncate: logged, applied, and a checkpoint if one is due.
     private func logAndApply(_ record: LogRecord) throws(ObjectStoreError) -> UInt64 {
         if let failure { throw failure }
+        guard let log else { preconditionFailure("a replica's operations are proposed to its shared log, then applied with applyOrdered") }
         let osn: UInt64
         do { osn = try log.append(record) } catch {
             failure = .failed(.logAppend(error))

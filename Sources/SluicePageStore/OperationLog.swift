@@ -20,11 +20,16 @@ public struct LogRecord: Sendable, Equatable {
     public var kind: Kind
     public var objectID: UInt64
     public var pages: [(index: UInt64, payload: [UInt8])]
+    /// One condition per page, decided when the record is applied (a shared log's proposals), or empty:
+    /// the record was checked before it was logged (the embedded log, which never stores conditions).
+    public var conditions: [WriteCondition]
 
-    public init(objectID: UInt64, pages: [(index: UInt64, payload: [UInt8])]) {
+    public init(objectID: UInt64, pages: [(index: UInt64, payload: [UInt8])], conditions: [WriteCondition] = []) {
+        precondition(conditions.isEmpty || conditions.count == pages.count, "one condition per page, or none")
         self.kind = .write
         self.objectID = objectID
         self.pages = pages
+        self.conditions = conditions
     }
 
     public init(_ kind: Kind, objectID: UInt64) {
@@ -32,10 +37,11 @@ public struct LogRecord: Sendable, Equatable {
         self.kind = kind
         self.objectID = objectID
         self.pages = []
+        self.conditions = []
     }
 
     public static func == (a: LogRecord, b: LogRecord) -> Bool {
-        a.kind == b.kind && a.objectID == b.objectID && a.pages.count == b.pages.count
+        a.kind == b.kind && a.objectID == b.objectID && a.pages.count == b.pages.count && a.conditions == b.conditions
             && zip(a.pages, b.pages).allSatisfy { $0.index == $1.index && $0.payload == $1.payload }
     }
 }

@@ -17,6 +17,11 @@ public final class StorageNode: Sendable {
     private let readers: ReaderPool
     /// Writes per group commit (and reads per read group) at most.
     public let groupCommitMax: Int
+    /// The shared log a replica's writes are proposed to; nil when the store has a log of its own.
+    public let sequencer: (any WriteSequencer)?
+    /// Checked before a proposal leaves this node (the store checks again when the record is applied).
+    private let payloadBytesMax: Int
+    private let pagesPerWriteMax: Int
 
     /// Wraps the store (the box exists because Mutex needs a Sendable, non-copyable-friendly value).
     private struct ObjectStoreBox: @unchecked Sendable {  // unchecked: only touched under the mutex
@@ -26,9 +31,17 @@ public final class StorageNode: Sendable {
     /// `parallelReadersMax` 0 (the default) groups single-page reads: one io_uring submission per group
     /// under the mutex. N > 0 reads outside the mutex on up to N pooled readers; measured slower than
     /// grouping at 16 loopback clients (0.80x, docs/BENCHMARKS.md), so it is opt-in.
-    public init(store: ObjectStore, groupCommitMax: Int = 64, parallelReadersMax: Int = 0) {
+    /// `sequencer` makes the node a replica of a shared log (the store must be one, `init(replicaPages:)`):
+    /// writes, creates, deletes and truncates are proposed to it, and the log's records come back
+    /// through `applyOrdered`.
+    public init(store: ObjectStore, groupCommitMax: Int = 64, parallelReadersMax: Int = 0,
+                sequencer: (any WriteSequencer)? = nil) {
         precondition(groupCommitMax >= 1, "a group commit takes at least one write")
         precondition(parallelReadersMax >= 0, "a reader count is not negative")
+        precondition(store.isReplica == (sequencer != nil), "a replica store goes with a sequencer, an own-log store without")
+        self.sequencer = sequencer
+        self.payloadBytesMax = store.payloadSizeBytes
+        self.pagesPerWriteMax = min(ObjectStore.pagesPerWriteMax, store.pageFileConfiguration.queueDepth)
         var readerConfiguration = store.pageFileConfiguration
         readerConfiguration.queueDepth = 1
         self.readers = ReaderPool(configuration: readerConfiguration, countMax: parallelReadersMax)
@@ -84,7 +97,18 @@ public final class StorageNode: Sendable {
     /// Writes pages of one object (all or nothing, see `ObjectStore.write`), group-committed with
     /// whatever other callers write meanwhile. Returns once durable.
     public func write(objectID: UInt64, pages: ObjectStore.PageWrites) throws(ObjectStoreError) -> UInt64 {
-        try writes.submit((objectID, pages)) { batch in
+        if let sequencer {
+            // Refused here, not in the log: a record every replica would refuse only spends an OSN.
+            guard pages.count <= pagesPerWriteMax else { throw .tooManyPages(pages.count, max: pagesPerWriteMax) }
+            for page in pages {
+                guard page.index < ObjectStore.pageIndexMax else { throw .pageIndexOutOfRange(page.index, max: ObjectStore.pageIndexMax) }
+                guard page.payload.count <= payloadBytesMax else { throw .payloadTooLarge(page.payload.count, max: payloadBytesMax) }
+            }
+            let record = LogRecord(objectID: objectID, pages: pages.map { ($0.index, $0.payload) },
+                                   conditions: pages.map(\.condition))
+            return try sequencer.propose(record).get()
+        }
+        return try writes.submit((objectID, pages)) { batch in
             store.withLock { box in box.store.write(batch: batch) }
         }.get()
     }
@@ -101,15 +125,46 @@ public final class StorageNode: Sendable {
     }
 
     public func create(objectID: UInt64) throws(ObjectStoreError) -> UInt64 {
-        try store.withLock { box throws(ObjectStoreError) in try box.store.create(objectID: objectID) }
+        if let sequencer { return try sequencer.propose(LogRecord(.create, objectID: objectID)).get() }
+        return try store.withLock { box throws(ObjectStoreError) in try box.store.create(objectID: objectID) }
     }
 
     public func delete(objectID: UInt64) throws(ObjectStoreError) -> UInt64 {
-        try store.withLock { box throws(ObjectStoreError) in try box.store.delete(objectID: objectID) }
+        if let sequencer { return try sequencer.propose(LogRecord(.delete, objectID: objectID)).get() }
+        return try store.withLock { box throws(ObjectStoreError) in try box.store.delete(objectID: objectID) }
     }
 
     public func truncate(objectID: UInt64, pageCount: UInt64) throws(ObjectStoreError) -> UInt64 {
-        try store.withLock { box throws(ObjectStoreError) in try box.store.truncate(objectID: objectID, pageCount: pageCount) }
+        if let sequencer {
+            guard pageCount <= ObjectStore.pageIndexMax else { throw .pageIndexOutOfRange(pageCount, max: ObjectStore.pageIndexMax) }
+            return try sequencer.propose(LogRecord(.truncate(pageCount: pageCount), objectID: objectID)).get()
+        }
+        return try store.withLock { box throws(ObjectStoreError) in try box.store.truncate(objectID: objectID, pageCount: pageCount) }
+    }
+
+    /// Applies a shared log's records in order (see `ObjectStore.applyOrdered`): for the replica's
+    /// sequencer only, one caller at a time. Blocks for the page writes.
+    public func applyOrdered(_ records: [(osn: UInt64, record: LogRecord)]) -> [Result<UInt64, ObjectStoreError>] {
+        store.withLock { box in box.store.applyOrdered(records) }
+    }
+
+    /// The checkpoint the store last wrote (a replica's sequencer publishes it, for log compaction).
+    public var checkpointOSN: UInt64 { store.withLock { $0.store.checkpointOSN } }
+
+    /// Where the node stands against its log: a node with its own log is always up to date.
+    public var replicaStatus: ReplicaStatus {
+        if let sequencer { return sequencer.status }
+        let osn = lastOSN
+        return ReplicaStatus(state: .following, appliedOSN: osn, logOSN: osn, contactAgeMs: 0)
+    }
+
+    /// Waits (at most `timeoutMs`) until the node has applied through `osn`, for reads that must see
+    /// a write acknowledged by another node. A node with its own log has every acknowledged write.
+    public func catchUp(to osn: UInt64, timeoutMs: Int) throws(ObjectStoreError) -> ReplicaStatus {
+        if let sequencer { return try sequencer.catchUp(to: osn, timeoutMs: timeoutMs).get() }
+        let status = replicaStatus
+        guard status.appliedOSN >= osn else { throw .replication(.behind(appliedOSN: status.appliedOSN, wantedOSN: osn)) }
+        return status
     }
 
     public func stat(objectID: UInt64) throws(ObjectStoreError) -> ObjectInfo {

@@ -117,6 +117,8 @@ enum EtcdJSON {
             ["request_put": putRequest(key: key, value: value, lease: lease, previous: false)]
         case .get(let range):
             ["request_range": rangeRequest(range, revision: 0, limit: 0, serializable: false)]
+        case .getFirst(let range, let limit):
+            ["request_range": rangeRequest(range, revision: 0, limit: limit, serializable: false)]
         case .delete(let range):
             ["request_delete_range": deleteRequest(range, previous: false)]
         }

@@ -199,6 +199,8 @@ public struct EtcdCompare: Sendable, Equatable {
 public enum EtcdTxnOp: Sendable, Equatable {
     case put(key: [UInt8], value: [UInt8], lease: Int64 = 0)
     case get(EtcdKeyRange)
+    /// The first `limit` keys of the range (in key order); its result is a `.get`, `more` set when cut.
+    case getFirst(EtcdKeyRange, limit: Int64)
     case delete(EtcdKeyRange)
 }
 
