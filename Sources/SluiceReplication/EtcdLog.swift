@@ -162,8 +162,12 @@ public final class EtcdLog: WriteSequencer {
         var open: [UInt64: Proposal] = [:]
         var nextSequence: UInt64 = 0
         var appliedOSN: UInt64 = 0
-        /// The newest OSN known to be in the log (at least `appliedOSN`).
+        /// The newest OSN known to be in the log (at least `appliedOSN`): a lower bound, for status.
         var logOSN: UInt64 = 0
+        /// The end of the newest batch whose extent is known (applied, put by this node, or decoded
+        /// from a lost claim): the next claim is the key after it. Never a batch's first OSN seen
+        /// without its length: a claim inside a batch would put an overlapping one beside it.
+        var chainEnd: UInt64 = 0
         var lastContactNs: UInt64?
         var disconnected = true
         /// `P/meta` checked (or written): proposals may be sent.
@@ -211,6 +215,7 @@ public final class EtcdLog: WriteSequencer {
         state.withLock { state in
             state.appliedOSN = appliedOSN
             state.logOSN = appliedOSN
+            state.chainEnd = appliedOSN
         }
         let started = [
             Task { await self.runFollower() },
@@ -394,6 +399,7 @@ public final class EtcdLog: WriteSequencer {
         state.withLock { state in
             state.appliedOSN = appliedOSN
             state.logOSN = max(state.logOSN, appliedOSN)
+            state.chainEnd = max(state.chainEnd, appliedOSN)
             for (position, entry) in batch.records.enumerated() where entry.id.node == proposerID {
                 guard let proposal = state.open.removeValue(forKey: entry.id.sequence) else { continue }
                 if proposal.abandoned { stats.settledApplied.add(1, ordering: .relaxed) }
@@ -446,7 +452,16 @@ public final class EtcdLog: WriteSequencer {
         }
     }
 
+    /// `osn` is in the log (a batch's first OSN seen, say): for status only.
     private func noteLogOSN(_ osn: UInt64) { state.withLock { $0.logOSN = max($0.logOSN, osn) } }
+
+    /// A batch is known to end at `osn`: claims go after it.
+    private func noteChainEnd(_ osn: UInt64) {
+        state.withLock { state in
+            state.chainEnd = max(state.chainEnd, osn)
+            state.logOSN = max(state.logOSN, osn)
+        }
+    }
 
     /// One etcd call, timed for the round-trip stats; a success counts as contact.
     private func timed<T>(_ call: () async throws(EtcdError) -> T) async throws(EtcdError) -> T {
@@ -612,6 +627,8 @@ public final class EtcdLog: WriteSequencer {
         var inDoubtAt: UInt64?
         var backoffMs: Int64 = 10
         while !isDone {
+            // Applied meanwhile (the follower found it, e.g. an attempt in doubt that landed): done.
+            if state.withLock({ _ in members.allSatisfy { $0.result != nil } }) { return }
             if inDoubtAt == nil {
                 members = state.withLock { state in
                     members.filter { proposal in
@@ -633,7 +650,7 @@ public final class EtcdLog: WriteSequencer {
                     encodedFor = identities
                 }
             }
-            let claim = inDoubtAt ?? state.withLock { $0.logOSN } + 1
+            let claim = inDoubtAt ?? state.withLock { $0.chainEnd } + 1
             let key = keys.batch(claim)
             let result: EtcdTxnResult
             do {
@@ -661,7 +678,7 @@ public final class EtcdLog: WriteSequencer {
                 if inDoubtAt != nil { state.withLock { _ in for proposal in members { proposal.abandoned = true } } }
                 stats.batches.add(1, ordering: .relaxed)
                 stats.batchedRecords.add(UInt64(members.count), ordering: .relaxed)
-                noteLogOSN(claim + UInt64(members.count) - 1)
+                noteChainEnd(claim + UInt64(members.count) - 1)
                 apply([EtcdKeyValue(key: key, value: value, createRevision: result.revision, modRevision: result.revision,
                                     version: 1, lease: 0)])
                 return
@@ -677,7 +694,7 @@ public final class EtcdLog: WriteSequencer {
                 stats.batches.add(1, ordering: .relaxed)
                 stats.batchedRecords.add(UInt64(members.count), ordering: .relaxed)
                 state.withLock { _ in for proposal in members { proposal.abandoned = true } }  // settled: counted when applied
-                noteLogOSN(claim + UInt64(members.count) - 1)
+                noteChainEnd(claim + UInt64(members.count) - 1)
                 apply(found)
                 return
             }
@@ -701,7 +718,7 @@ public final class EtcdLog: WriteSequencer {
                       !batch.records.isEmpty else { break }
                 next += UInt64(batch.records.count)
             }
-            noteLogOSN(next - 1)
+            noteChainEnd(next - 1)
             apply(found)
             if found.isEmpty { await sleep(ms: backoffMs) }
         }
