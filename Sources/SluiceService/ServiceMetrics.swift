@@ -140,16 +140,17 @@ public final class ServiceMetrics: Sendable {
     /// and where the node stands (`_state`: 1 following, 2 catching up, 3 disconnected, 4 failed).
     private func refresh(_ state: inout State, replication log: EtcdLog) {
         let stats = log.stats
-        let counters: [(String, Atomic<UInt64>)] = [
-            ("proposals", stats.proposals), ("batches", stats.batches), ("batched_records", stats.batchedRecords),
-            ("claims_lost", stats.claimsLost), ("unknown_outcomes", stats.unknownOutcomes),
-            ("settled_applied", stats.settledApplied), ("settled_not_applied", stats.settledNotApplied),
-            ("refused", stats.refused), ("applied_records", stats.appliedRecords),
-            ("watch_restarts", stats.watchRestarts), ("compactions", stats.compactions),
+        let counters: [(String, UInt64)] = [
+            ("proposals", stats.proposals.load(ordering: .relaxed)), ("batches", stats.batches.load(ordering: .relaxed)),
+            ("batched_records", stats.batchedRecords.load(ordering: .relaxed)),
+            ("claims_lost", stats.claimsLost.load(ordering: .relaxed)),
+            ("unknown_outcomes", stats.unknownOutcomes.load(ordering: .relaxed)),
+            ("settled_applied", stats.settledApplied.load(ordering: .relaxed)),
+            ("settled_not_applied", stats.settledNotApplied.load(ordering: .relaxed)),
+            ("refused", stats.refused.load(ordering: .relaxed)), ("applied_records", stats.appliedRecords.load(ordering: .relaxed)),
+            ("watch_restarts", stats.watchRestarts.load(ordering: .relaxed)), ("compactions", stats.compactions.load(ordering: .relaxed)),
         ]
-        for (name, counter) in counters {
-            advance(&state, "sluice_replication_\(name)_total", [], counter.load(ordering: .relaxed))
-        }
+        for (name, value) in counters { advance(&state, "sluice_replication_\(name)_total", [], value) }
         var cumulative: UInt64 = 0
         for (slot, count) in stats.roundTripBuckets.enumerated() {
             cumulative += count

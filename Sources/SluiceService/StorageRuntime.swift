@@ -28,7 +28,7 @@ public final class StorageRuntime: Sendable {
             let box = ResultBox()
             let done = DispatchSemaphore(value: 0)
             Task.detached {
-                do { box.result = .success(try await openReplicated(settings, log, logger: logger)) } catch {
+                do throws(ServiceError) { box.result = .success(try await openReplicated(settings, log, logger: logger)) } catch {
                     box.result = .failure(error)
                 }
                 done.signal()

@@ -163,7 +163,7 @@ extension StorageCommand {
             let done = DispatchSemaphore(value: 0)
             let (data, pageSize, queueDepth) = (data, pageSize, queueDepth)
             Task.detached {
-                do {
+                do throws(ReplicatedStorageError) {
                     box.result = .success(try await ReplicatedStorage.open(dataDirectory: data, configuration: configuration,
                                                                            pageSizeBytes: pageSize, queueDepth: queueDepth))
                 } catch { box.result = .failure(error) }

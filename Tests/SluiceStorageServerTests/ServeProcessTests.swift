@@ -159,7 +159,7 @@ func withServeDirectories<T>(_ count: Int, _ body: ([String]) throws -> T) throw
                     cluster.kill(member: 0)
                     let start = Date()
                     var refusal: StorageClientError?
-                    do { _ = try client.write(objectID: 1, pageIndex: 4, payload: [8]) } catch { refusal = error }
+                    do throws(StorageClientError) { _ = try client.write(objectID: 1, pageIndex: 4, payload: [8]) } catch { refusal = error }
                     let elapsedMs = Date().timeIntervalSince(start) * 1000
                     guard case .logUnavailable? = refusal else {
                         Issue.record("write with etcd down: \(String(describing: refusal))")
