@@ -55,6 +55,13 @@ func etcdURL(_ cluster: EtcdCluster) -> String {
 
 private let counter = Atomic<Int>(0)
 
+/// Failed checks of a test body that runs on a plain thread (where #expect has no test to report to).
+final class Problems: Sendable {
+    private let list = Mutex<[String]>([])
+    func note(_ problem: String) { list.withLock { $0.append(problem) } }
+    var all: [String] { list.withLock { $0 } }
+}
+
 /// Writes the writer thread had acknowledged: (page, OSN).
 final class Acknowledged: Sendable {
     let list = Mutex<[(page: UInt64, osn: UInt64)]>([])
@@ -76,20 +83,24 @@ func withServeDirectories<T>(_ count: Int, _ body: ([String]) throws -> T) throw
         let binary = try #require(sluiceBinary(), "no built `sluice` next to the test bundle (run `swift build --build-tests`)")
         try await withEtcdCluster(members: 1) { cluster in
             let url = etcdURL(cluster)
+            let problems = Problems()
+            @Sendable func check(_ condition: Bool, _ message: @autoclosure () -> String = "") {
+                if !condition { problems.note(message()) }
+            }
             try await blocking {
                 try withServeDirectories(2) { data in
                     var a = try LogServe(binary: binary, data: data[0], etcdURL: url, prefix: "serve-ryw")
                     let b = try LogServe(binary: binary, data: data[1], etcdURL: url, prefix: "serve-ryw")
-                    #expect(a.line.hasSuffix("state following"), "\(a.line)")
+                    check(a.line.hasSuffix("state following"), "\(a.line)")
 
                     // Read-your-writes across nodes: a write acknowledged by A, read through B after --min-osn.
                     let osn = try a.client().write(objectID: 1, pageIndex: 0, payload: Array("hello".utf8))
                     let got = try runCommand([binary, "storage", "get", "--port", "\(b.port)", "--min-osn", "\(osn)", "1", "0"])
-                    #expect(got.status == 0, "\(got.stderr)")
-                    #expect(got.lines.count >= 3 && got.lines[1].hasPrefix("object 1 page 0 pageOSN \(osn) "), "\(got.lines)")
-                    #expect(got.lines.last == "68656c6c6f")
+                    check(got.status == 0, "\(got.stderr)")
+                    check(got.lines.count >= 3 && got.lines[1].hasPrefix("object 1 page 0 pageOSN \(osn) "), "\(got.lines)")
+                    check(got.lines.last == "68656c6c6f")
                     let status = try runCommand([binary, "storage", "status", "--port", "\(b.port)", "--min-osn", "\(osn)"])
-                    #expect(status.lines.first?.hasPrefix("state following appliedOSN ") == true, "\(status.lines)")
+                    check(status.lines.first?.hasPrefix("state following appliedOSN ") == true, "\(status.lines)")
 
                     // A stream of conditional writes through A, killed with SIGKILL in the middle of it.
                     let acknowledged = Acknowledged()
@@ -111,12 +122,12 @@ func withServeDirectories<T>(_ count: Int, _ body: ([String]) throws -> T) throw
                         }
                     }
                     let deadline = Date().addingTimeInterval(20)
-                    while acknowledged.list.withLock({ $0.count }) < 40 && Date() < deadline { usleep(10_000) }
+                    while acknowledged.list.withLock({ $0.count }) < 400 && Date() < deadline { usleep(10_000) }
                     a.child.signal(SIGKILL)
                     _ = a.child.wait(timeoutMs: 10_000)
                     writerDone.wait()
                     let acks = acknowledged.list.withLock { $0 }
-                    #expect(acks.count >= 40, "only \(acks.count) writes acknowledged before the kill")
+                    check(acks.count >= 400, "only \(acks.count) writes acknowledged before the kill")
 
                     // A restarts on its data directory: checkpoint + log; then both nodes serve the same pages.
                     a = try LogServe(binary: binary, data: data[0], etcdURL: url, prefix: "serve-ryw")
@@ -125,21 +136,22 @@ func withServeDirectories<T>(_ count: Int, _ body: ([String]) throws -> T) throw
                     let logOSN = max(try clientA.sync().logOSN, try clientB.sync().logOSN)
                     let statusA = try clientA.sync(minOSN: logOSN, timeoutMs: 15_000)
                     let statusB = try clientB.sync(minOSN: logOSN, timeoutMs: 15_000)
-                    #expect(statusA.appliedOSN >= logOSN && statusB.appliedOSN >= logOSN)
+                    check(statusA.appliedOSN >= logOSN && statusB.appliedOSN >= logOSN)
                     let rangeA = try clientA.read(objectID: Self.objectID, pageRange: 0..<Self.pageCount)
                     let rangeB = try clientB.read(objectID: Self.objectID, pageRange: 0..<Self.pageCount)
                     for page in 0..<Int(Self.pageCount) {
                         let onA = rangeA.pages[page], onB = rangeB.pages[page]
-                        #expect(onA.pageOSN == onB.pageOSN, "page \(page): A \(onA.pageOSN) B \(onB.pageOSN)")
-                        #expect(onA.payload == onB.payload, "page \(page) payloads differ")
+                        check(onA.pageOSN == onB.pageOSN, "page \(page): A \(onA.pageOSN) B \(onB.pageOSN)")
+                        check(onA.payload == onB.payload, "page \(page) payloads differ")
                         // Every acknowledged write is there (or a later one over it).
                         let lastAck = acks.filter { $0.page == UInt64(page) }.map(\.osn).max() ?? 0
-                        #expect(onA.pageOSN >= lastAck, "page \(page): pageOSN \(onA.pageOSN) below acknowledged \(lastAck)")
+                        check(onA.pageOSN >= lastAck, "page \(page): pageOSN \(onA.pageOSN) below acknowledged \(lastAck)")
                     }
-                    #expect(a.stop() == 0, "A stderr: \(a.child.stderrText)")
-                    #expect(b.stop() == 0, "B stderr: \(b.child.stderrText)")
+                    check(a.stop() == 0, "A stderr: \(a.child.stderrText)")
+                    check(b.stop() == 0, "B stderr: \(b.child.stderrText)")
                 }
             }
+            #expect(problems.all.isEmpty, "\(problems.all)")
         }
     }
 
@@ -150,6 +162,10 @@ func withServeDirectories<T>(_ count: Int, _ body: ([String]) throws -> T) throw
         let binary = try #require(sluiceBinary(), "no built `sluice` next to the test bundle (run `swift build --build-tests`)")
         try await withEtcdCluster(members: 1) { cluster in
             let url = etcdURL(cluster)
+            let problems = Problems()
+            @Sendable func check(_ condition: Bool, _ message: @autoclosure () -> String = "") {
+                if !condition { problems.note(message()) }
+            }
             try await blocking {
                 try withServeDirectories(1) { data in
                     let node = try LogServe(binary: binary, data: data[0], etcdURL: url, prefix: "serve-down",
@@ -162,10 +178,10 @@ func withServeDirectories<T>(_ count: Int, _ body: ([String]) throws -> T) throw
                     do throws(StorageClientError) { _ = try client.write(objectID: 1, pageIndex: 4, payload: [8]) } catch { refusal = error }
                     let elapsedMs = Date().timeIntervalSince(start) * 1000
                     guard case .logUnavailable? = refusal else {
-                        Issue.record("write with etcd down: \(String(describing: refusal))")
+                        problems.note("write with etcd down: \(String(describing: refusal))")
                         return
                     }
-                    #expect(elapsedMs < 3_000, "refused after \(elapsedMs) ms")
+                    check(elapsedMs < 3_000, "refused after \(elapsedMs) ms")
                     // Disconnected, and the contact age grows.
                     var status = try client.sync()
                     let deadline = Date().addingTimeInterval(10)
@@ -173,23 +189,24 @@ func withServeDirectories<T>(_ count: Int, _ body: ([String]) throws -> T) throw
                         usleep(50_000)
                         status = try client.sync()
                     }
-                    #expect(status.state == .disconnected, "\(status)")
+                    check(status.state == .disconnected, "\(status)")
                     usleep(400_000)
                     let later = try client.sync()
-                    #expect(later.state == .disconnected)
+                    check(later.state == .disconnected)
                     if let first = status.contactAgeMs, let second = later.contactAgeMs {
-                        #expect(second >= first + 300, "contact age \(first) then \(second)")
+                        check(second >= first + 300, "contact age \(first) then \(second)")
                     } else {
-                        Issue.record("no contact age: \(status) \(later)")
+                        problems.note("no contact age: \(status) \(later)")
                     }
                     // Reads still answer, as of the applied OSN.
                     let read = try client.read(objectID: 1, pageIndex: 3)
-                    #expect(read.pageOSN == osn && Array(read.payload.prefix(3)) == [7, 7, 7])
+                    check(read.pageOSN == osn && Array(read.payload.prefix(3)) == [7, 7, 7])
                     let cli = try runCommand([binary, "storage", "status", "--port", "\(node.port)"])
-                    #expect(cli.lines.first?.hasPrefix("state disconnected ") == true, "\(cli.lines)")
-                    #expect(node.stop() == 0, "stderr: \(node.child.stderrText)")
+                    check(cli.lines.first?.hasPrefix("state disconnected ") == true, "\(cli.lines)")
+                    check(node.stop() == 0, "stderr: \(node.child.stderrText)")
                 }
             }
+            #expect(problems.all.isEmpty, "\(problems.all)")
         }
     }
 }
