@@ -5,6 +5,7 @@ import Foundation
 import Logging
 import SluiceEtcdTestSupport
 import SluiceStorageServer
+import SluiceTestSupport
 import Testing
 
 @testable import SluiceService
@@ -62,6 +63,42 @@ private func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) a
             #expect(table.contains("records/batch"))
             try await onThread { storage.shutdown(logger: logger) }
             #expect(replicated.log.status.state == .failed)  // stopped following
+        }
+    }
+}
+
+/// `sluice run` with `storage.log: {kind: etcd}`: the node serves, /metrics carries the replication
+/// gauges, `sluice stats` prints the Replication lines, and SIGTERM stops it cleanly.
+@Suite(.enabled(if: etcdTestsEnabled, "etcd not installed (make deps)")) struct ReplicatedServiceProcessTests {
+    @Test func runWithEtcdLog() async throws {
+        let binary = try #require(sluiceBinary(), "no built `sluice` next to the test bundle")
+        try await withEtcdCluster(members: 1) { cluster in
+            let directory = "/var/tmp/sluice-run-etcd-\(getpid())"
+            defer { try? FileManager.default.removeItem(atPath: directory) }
+            let endpoint = cluster.clientURLs[0]
+            let service = try RunningService(binary: binary, yaml: """
+                pipelines:
+                  - name: p
+                    source: {pcap: "\(samplePcap)", top_speed: true}
+                    sink: {discard: true}
+                metrics: {listen: "127.0.0.1:0"}
+                storage:
+                  data: \(directory)
+                  listen: 127.0.0.1:0
+                  log: {kind: etcd, endpoints: ["\(endpoint)"], prefix: run-test, call_timeout_ms: 1000}
+                """)
+            let storage = try #require(service.storage)
+            let osn = try await onThread {
+                try StorageClient(host: storage.host, port: storage.port).write(objectID: 1, pageIndex: 0, payload: [1])
+            }
+            let samples = try service.scrape()
+            #expect(samples.value("sluice_replication_applied_osn", [:]) == Double(osn))
+            #expect(samples.value("sluice_replication_proposals_total", [:]) == 1)
+            let stats = try runCommand([binary, "stats", "--port", "\(service.metrics.port)"])
+            #expect(stats.lines.contains { $0.hasPrefix("Replication: following, applied OSN \(osn)") }, "\(stats.lines)")
+            let (status, _) = try service.terminate()
+            #expect(status == 0, "\(service.child.stderrText)")
+            #expect(service.child.stderrText.contains("storage node stopped following its log"))
         }
     }
 }
