@@ -125,7 +125,8 @@ extension StorageCommand {
             }
         }
 
-        /// The shared log's configuration, nil without `--log`. Flag names in errors are the config keys'.
+        /// The shared log's configuration, nil without `--log`. `validate()` names the config keys
+        /// (`proposal_timeout_ms`, `batch_records_max`, ...): each is the flag of the same words.
         func logConfiguration() throws(EtcdError) -> EtcdLogConfiguration? {
             guard let log else { return nil }
             let endpoints = try EtcdLogConfiguration.endpoints(fromURL: log)
