@@ -6,6 +6,7 @@ import Logging
 import SluiceCore
 import SluicePacketIO
 import SluiceReplay
+import SluiceReplication
 import SluiceStorageServer
 import SluiceTraffic
 import Synchronization
@@ -16,6 +17,8 @@ public enum ServiceError: Error, CustomStringConvertible {
     case runtime(RuntimeError)
     /// The storage data directory could not be opened (created, locked, its log replayed).
     case storageOpen(dataDirectory: String, DataDirectoryError)
+    /// The storage data directory could not be opened as a replica of its shared etcd log.
+    case storageReplicated(dataDirectory: String, ReplicatedStorageError)
     /// The storage node could not listen.
     case storageListen(StorageServerError)
     /// The metrics endpoint could not listen (the error is swift-nio's: `IOError`, `SocketAddressError`).
@@ -30,6 +33,7 @@ public enum ServiceError: Error, CustomStringConvertible {
         case let .pipeline(name, error): "pipeline '\(name)': \(error)"
         case let .runtime(error): "runtime: \(error)"
         case let .storageOpen(directory, error): "storage: data directory \(directory): \(Self.describe(error))"
+        case let .storageReplicated(directory, error): "storage: data directory \(directory) on its etcd log: \(error)"
         case let .storageListen(error): "storage: \(error)"
         case let .metricsListen(address, error): "metrics endpoint: cannot listen on \(address): \(error)"
         case let .affinity(error): "control cores: \(error)"

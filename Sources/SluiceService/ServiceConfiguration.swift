@@ -8,6 +8,7 @@ import SluicePacket
 import SluicePacketIO
 import SluicePageStore
 import SluiceReplay
+import SluiceReplication
 import SluiceStorageServer
 import SluiceTraffic
 
@@ -67,6 +68,39 @@ public struct StorageSettings: Sendable, Equatable {
     public var directIO = true
     /// Write a checkpoint at shutdown, so the next start replays no log.
     public var checkpointOnShutdown = true
+    /// Where the node's operation log lives: its own file (embedded) or shared through etcd.
+    public var log = StorageLogSettings.embedded
+}
+
+/// `storage.log`: the embedded log (the default), or a log shared with other nodes through etcd.
+public enum StorageLogSettings: Sendable, Equatable {
+    case embedded
+    case etcd(EtcdLogSettings)
+}
+
+/// `storage.log` with `kind: etcd`. Bounds are `EtcdLogConfiguration`'s and `EtcdLimits`'.
+public struct EtcdLogSettings: Sendable, Equatable {
+    /// etcd client URLs (`http://HOST:PORT`).
+    public var endpoints: [String]
+    public var prefix = "sluice/storage"
+    public var callTimeoutMs: Int64 = EtcdLimits.callTimeoutMsDefault
+    public var proposalTimeoutMs: Int64 = 5_000
+    public var batchRecordsMax = 256
+    public var batchBytesMax = 1 << 20
+    public var batchWaitUs: Int64 = 0
+
+    public init(endpoints: [String]) { self.endpoints = endpoints }
+
+    /// The log configuration these settings stand for.
+    public var configuration: EtcdLogConfiguration {
+        var configuration = EtcdLogConfiguration(client: EtcdClientConfiguration(endpoints: endpoints, callTimeoutMs: callTimeoutMs),
+                                                 prefix: prefix)
+        configuration.proposalTimeoutMs = proposalTimeoutMs
+        configuration.batchRecordsMax = batchRecordsMax
+        configuration.batchBytesMax = batchBytesMax
+        configuration.batchWaitUs = batchWaitUs
+        return configuration
+    }
 }
 
 /// Everything `sluice run` needs, checked.
@@ -455,7 +489,7 @@ extension ServiceConfiguration {
 
     private static func decodeStorage(_ reader: ConfigReader) throws(ConfigError) -> StorageSettings {
         try reader.allowKeys(["data", "listen", "page_size", "queue_depth", "blocking_threads", "max_frame_bytes",
-                              "direct_io", "checkpoint_on_shutdown"])
+                              "direct_io", "checkpoint_on_shutdown", "log"])
         let dataReader = try reader.required("data")
         let data = try dataReader.string()
         guard !data.isEmpty else { throw dataReader.invalid("empty path") }
@@ -474,7 +508,58 @@ extension ServiceConfiguration {
         }
         if let direct = reader.optional("direct_io") { storage.directIO = try direct.bool() }
         if let checkpoint = reader.optional("checkpoint_on_shutdown") { storage.checkpointOnShutdown = try checkpoint.bool() }
+        if let log = reader.optional("log") { storage.log = try decodeStorageLog(log) }
         return storage
+    }
+
+    /// `storage.log`: `kind` embedded (nothing else allowed) or etcd (endpoints required).
+    private static func decodeStorageLog(_ reader: ConfigReader) throws(ConfigError) -> StorageLogSettings {
+        let kindReader = reader.optional("kind")
+        let kind = try kindReader?.string() ?? "embedded"
+        switch kind {
+        case "embedded":
+            try reader.allowKeys(["kind"])
+            return .embedded
+        case "etcd":
+            try reader.allowKeys(["kind", "endpoints", "prefix", "call_timeout_ms", "proposal_timeout_ms",
+                                  "batch_records_max", "batch_bytes_max", "batch_wait_us"])
+            let endpointsReader = try reader.required("endpoints")
+            let list = try endpointsReader.list()
+            guard (1...EtcdLimits.endpointCountMax).contains(list.count) else {
+                throw endpointsReader.invalid("\(list.count) endpoints, want 1...\(EtcdLimits.endpointCountMax)")
+            }
+            var endpoints: [String] = []
+            for entry in list {
+                let text = try entry.string()
+                // `http://HOST:PORT` as is; a bare `HOST:PORT` is checked like `--log etcd://HOST:PORT`.
+                let bare = text.hasPrefix("http://") ? String(text.dropFirst("http://".count)) : text
+                guard !bare.contains("/"), !bare.contains(",") else { throw entry.invalid("\"\(text)\" is not http://HOST:PORT or HOST:PORT") }
+                do { endpoints += try EtcdLogConfiguration.endpoints(fromURL: "etcd://" + bare) } catch {
+                    throw entry.invalid("\"\(text)\" is not http://HOST:PORT or HOST:PORT")
+                }
+            }
+            var settings = EtcdLogSettings(endpoints: endpoints)
+            if let prefix = reader.optional("prefix") {
+                settings.prefix = try prefix.string()
+                guard !settings.prefix.isEmpty, !settings.prefix.hasSuffix("/") else {
+                    throw prefix.invalid("must be non-empty, without a trailing /")
+                }
+            }
+            typealias Limits = EtcdLogConfiguration
+            func int64(_ reader: ConfigReader, _ range: ClosedRange<Int64>) throws(ConfigError) -> Int64 {
+                Int64(try reader.int(in: Int(range.lowerBound)...Int(range.upperBound)))
+            }
+            if let value = reader.optional("call_timeout_ms") { settings.callTimeoutMs = try int64(value, 1...EtcdLimits.callTimeoutMsMax) }
+            if let value = reader.optional("proposal_timeout_ms") {
+                settings.proposalTimeoutMs = try int64(value, Limits.proposalTimeoutMsLimit)
+            }
+            if let value = reader.optional("batch_records_max") { settings.batchRecordsMax = try value.int(in: Limits.batchRecordsMaxLimit) }
+            if let value = reader.optional("batch_bytes_max") { settings.batchBytesMax = try value.int(in: Limits.batchBytesMaxLimit) }
+            if let value = reader.optional("batch_wait_us") { settings.batchWaitUs = try int64(value, Limits.batchWaitUsLimit) }
+            return .etcd(settings)
+        default:
+            throw (kindReader ?? reader).invalid("kind must be embedded or etcd, got \"\(kind)\"")
+        }
     }
 }
 

@@ -5,6 +5,7 @@ import CoreMetrics
 import Prometheus
 import SluiceCore
 import SluicePageStore
+import SluiceReplication
 import SluiceStorageServer
 import SluiceTraffic
 import Synchronization
@@ -132,6 +133,40 @@ public final class ServiceMetrics: Sendable {
         advance(&state, "sluice_storage_read_groups_total", [], reads.groups)
         advance(&state, "sluice_storage_grouped_reads_total", [], reads.reads)
         advance(&state, "sluice_storage_parallel_reads_total", [], storage.node.parallelReads)
+        if let replicated = storage.replicated { refresh(&state, replication: replicated.log) }
+    }
+
+    /// The shared log's counters, its etcd round trips as a cumulative histogram (`le` in seconds),
+    /// and where the node stands (`_state`: 1 following, 2 catching up, 3 disconnected, 4 failed).
+    private func refresh(_ state: inout State, replication log: EtcdLog) {
+        let stats = log.stats
+        let counters: [(String, UInt64)] = [
+            ("proposals", stats.proposals.load(ordering: .relaxed)), ("batches", stats.batches.load(ordering: .relaxed)),
+            ("batched_records", stats.batchedRecords.load(ordering: .relaxed)),
+            ("claims_lost", stats.claimsLost.load(ordering: .relaxed)),
+            ("unknown_outcomes", stats.unknownOutcomes.load(ordering: .relaxed)),
+            ("settled_applied", stats.settledApplied.load(ordering: .relaxed)),
+            ("settled_not_applied", stats.settledNotApplied.load(ordering: .relaxed)),
+            ("refused", stats.refused.load(ordering: .relaxed)), ("applied_records", stats.appliedRecords.load(ordering: .relaxed)),
+            ("watch_restarts", stats.watchRestarts.load(ordering: .relaxed)), ("compactions", stats.compactions.load(ordering: .relaxed)),
+        ]
+        for (name, value) in counters { advance(&state, "sluice_replication_\(name)_total", [], value) }
+        var cumulative: UInt64 = 0
+        for (slot, count) in stats.roundTripBuckets.enumerated() {
+            cumulative += count
+            let bound = slot < ReplicationStats.roundTripBucketsMs.count
+                ? "\(ReplicationStats.roundTripBucketsMs[slot] / 1_000)" : "+Inf"
+            advance(&state, "sluice_replication_round_trip_seconds_bucket", [("le", bound)], cumulative)
+        }
+        advance(&state, "sluice_replication_round_trip_seconds_count", [], stats.roundTrips.load(ordering: .relaxed))
+        advance(&state, seconds: "sluice_replication_round_trip_seconds_sum", [], ns: stats.roundTripNsTotal.load(ordering: .relaxed))
+        let status = log.status
+        set(&state, gauge: "sluice_replication_applied_osn", [], Double(status.appliedOSN))
+        set(&state, gauge: "sluice_replication_log_osn", [], Double(status.logOSN))
+        set(&state, gauge: "sluice_replication_apply_lag", [], Double(status.logOSN &- min(status.appliedOSN, status.logOSN)))
+        // Never contacted: -1 (a gauge has no "none").
+        set(&state, gauge: "sluice_replication_contact_age_ms", [], status.contactAgeMs.map { Double($0) } ?? -1)
+        set(&state, gauge: "sluice_replication_state", [], Double(status.state.rawValue))
     }
 
     private static func key(_ label: String, _ labels: [(String, String)]) -> String {

@@ -56,7 +56,7 @@ public enum ServiceRunner {
                 logger.info("metrics endpoint listening", metadata: ["listen": "\(endpoint!.host):\(endpoint!.port)"])
             }
             if let settings = configuration.storage {
-                storage = try StorageRuntime.open(settings, logger: logger)
+                storage = try await StorageRuntime.open(settings, logger: logger)
                 parts.setStorage(storage!)
             }
             try dataplane.start()

@@ -11,7 +11,7 @@ public enum StatsTable {
         let index = SampleIndex(samples)
         let sections = [
             service(index), workers(index), stages(index), rings(index), pipelines(index), traffic(index),
-            storage(index),
+            storage(index), replication(index),
         ].compactMap { $0 }
         return sections.joined(separator: "\n")
     }
@@ -182,6 +182,37 @@ public enum StatsTable {
             text += "Last OSN \(Cell.count(osn))  group commits \(Cell.count(commits))"
                 + "  writes/flush \(Cell.fixed(perFlush, digits: 2))\n"
         }
+        return text
+    }
+
+    /// The shared log (a storage node on etcd): where the node stands, then proposals, batches and
+    /// their mean size, unknown outcomes and how they settled, refusals and the etcd round trips' mean.
+    static func replication(_ index: SampleIndex) -> String? {
+        guard let stateValue = index.single("sluice_replication_state") else { return nil }
+        let states = [1: "following", 2: "catching up", 3: "disconnected", 4: "failed"]
+        let state = states[Int(stateValue)] ?? "state \(Cell.count(stateValue))"
+        let age = index.single("sluice_replication_contact_age_ms")
+        let ageText = age.map { $0 < 0 ? "never" : "\(Cell.count($0)) ms ago" } ?? "-"
+        var text = "Replication: \(state), applied OSN \(Cell.count(index.single("sluice_replication_applied_osn")))"
+            + "  log OSN \(Cell.count(index.single("sluice_replication_log_osn")))"
+            + "  lag \(Cell.count(index.single("sluice_replication_apply_lag")))  etcd contact \(ageText)\n"
+        let batches = index.single("sluice_replication_batches_total")
+        let records = index.single("sluice_replication_batched_records_total")
+        let perBatch = batches.flatMap { b in b > 0 ? records.map { $0 / b } : nil }
+        text += "Proposals \(Cell.count(index.single("sluice_replication_proposals_total")))"
+            + "  batches \(Cell.count(batches))  records/batch \(Cell.fixed(perBatch, digits: 2))"
+            + "  applied records \(Cell.count(index.single("sluice_replication_applied_records_total")))\n"
+        text += "Unknown outcomes \(Cell.count(index.single("sluice_replication_unknown_outcomes_total")))"
+            + " (settled applied \(Cell.count(index.single("sluice_replication_settled_applied_total")))"
+            + ", not applied \(Cell.count(index.single("sluice_replication_settled_not_applied_total"))))"
+            + "  refused \(Cell.count(index.single("sluice_replication_refused_total")))"
+            + "  claims lost \(Cell.count(index.single("sluice_replication_claims_lost_total")))\n"
+        let trips = index.single("sluice_replication_round_trip_seconds_count")
+        let tripSeconds = index.single("sluice_replication_round_trip_seconds_sum")
+        let meanMs = trips.flatMap { t in t > 0 ? tripSeconds.map { $0 / t * 1e3 } : nil }
+        text += "etcd round trips \(Cell.count(trips))  mean ms \(Cell.fixed(meanMs, digits: 2))"
+            + "  watch restarts \(Cell.count(index.single("sluice_replication_watch_restarts_total")))"
+            + "  compactions \(Cell.count(index.single("sluice_replication_compactions_total")))\n"
         return text
     }
 

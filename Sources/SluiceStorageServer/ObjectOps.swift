@@ -15,7 +15,7 @@ func executeObjectOp(_ request: StorageRequest, node: StorageNode, frameBytesMax
         // Reply header 11 bytes + two u32 counts, then 24 bytes per object.
         let fitCount = max(0, (frameBytesMax - StorageProtocol.replyHeaderBytes - 8) / 24)
         return .objects(totalCount: UInt32(clamping: all.count), objects: all.prefix(fitCount).map(ObjectSummary.init))
-    case .readPage, .readPages, .writePages, .statNode:
+    case .readPage, .readPages, .writePages, .statNode, .syncNode:
         preconditionFailure("not an object operation: \(request.opcode)")
     }
 }

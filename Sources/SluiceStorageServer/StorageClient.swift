@@ -22,6 +22,16 @@ public enum StorageClientError: Error, Equatable {
     case unknownOpcode(UInt8)
     /// A page index (or range end) beyond the node's bound.
     case pageIndexOutOfRange(index: UInt64, max: UInt64)
+    /// Replicated node: the write was never put in the log (nothing applied anywhere): safe to retry.
+    case logUnavailable(String)
+    /// Replicated node: the write may be in the log. Do not blindly retry: read the page to tell.
+    case outcomeUnknown(String)
+    /// Replicated node: it had applied only through `appliedOSN` when the wait for `wantedOSN` ended.
+    case behind(appliedOSN: UInt64, wantedOSN: UInt64)
+    /// Replicated node: too many writes wait for the log; this one was not sent (safe to retry later).
+    case overloaded(String)
+    /// Replicated node: stopped following its log, or the operation does not fit the log.
+    case replicaFailed(String)
     /// `updatePage` met a newer version on every attempt (the last conflict's OSN).
     case tooManyConflicts(attempts: Int, lastOSN: UInt64)
     /// Not an IPv4 literal (or "localhost") and a port in 0...65535.
@@ -180,6 +190,18 @@ public final class StorageClient: Sendable {
         return (lastOSN, Int(size))
     }
 
+    /// Waits (at most `timeoutMs`, <= `SyncBounds.timeoutMsMax`) until the node applied its log through
+    /// `minOSN` (0: no wait), then its replica status; `.behind` when the wait ended first. For reads
+    /// that must see a write another node acknowledged at `minOSN`. The receive timeout must exceed
+    /// `timeoutMs`.
+    public func sync(minOSN: UInt64 = 0, timeoutMs: UInt32 = 0) throws(StorageClientError) -> RemoteReplicaStatus {
+        precondition(timeoutMs <= SyncBounds.timeoutMsMax, "sync wait bounded by SyncBounds.timeoutMsMax")
+        guard case .replica(let status) = try call(.syncNode(minOSN: minOSN, timeoutMs: timeoutMs)) else {
+            throw .protocolViolation(.unexpectedReply(to: .syncNode))
+        }
+        return status
+    }
+
     public func create(objectID: UInt64) throws(StorageClientError) -> UInt64 { try osn(of: .createObject(objectID: objectID)) }
     public func delete(objectID: UInt64) throws(StorageClientError) -> UInt64 { try osn(of: .deleteObject(objectID: objectID)) }
     public func truncate(objectID: UInt64, pageCount: UInt64) throws(StorageClientError) -> UInt64 {
@@ -305,7 +327,7 @@ extension StorageClientError {
     /// The typed error an error reply stands for; nil for `ok` replies.
     init?(_ reply: StorageReply) {
         switch reply {
-        case .page, .pages, .osn, .node, .object, .objects: return nil
+        case .page, .pages, .osn, .node, .object, .objects, .replica: return nil
         case .conflict(let objectID, let pageIndex, let currentOSN):
             self = .conflict(objectID: objectID, pageIndex: pageIndex, currentOSN: currentOSN)
         case .payloadTooLarge(let size, let max): self = .payloadTooLarge(size: Int(size), max: Int(max))
@@ -319,6 +341,11 @@ extension StorageClientError {
         case .unsupportedVersion(let version): self = .unsupportedVersion(version)
         case .unknownOpcode(let opcode): self = .unknownOpcode(opcode)
         case .pageIndexOutOfRange(let index, let max): self = .pageIndexOutOfRange(index: index, max: max)
+        case .logUnavailable(let message): self = .logUnavailable(message)
+        case .outcomeUnknown(let message): self = .outcomeUnknown(message)
+        case .behind(let applied, let wanted): self = .behind(appliedOSN: applied, wantedOSN: wanted)
+        case .overloaded(let message): self = .overloaded(message)
+        case .replicaFailed(let message): self = .replicaFailed(message)
         }
     }
 }

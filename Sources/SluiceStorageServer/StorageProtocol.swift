@@ -30,6 +30,9 @@ public enum Opcode: UInt8, Sendable, CaseIterable {
     case truncateObject = 0x12
     case statObject = 0x13
     case listObjects = 0x14
+    /// Waits until the node applied its shared log through `minOSN` (bounded), then answers the
+    /// node's replica status: how stale its reads are.
+    case syncNode = 0x20
 }
 
 /// The outcome a reply carries, with the body documented per case in docs/STORAGE-PROTOCOL.md.
@@ -47,6 +50,54 @@ public enum StatusCode: UInt8, Sendable {
     case unsupportedVersion = 10
     case unknownOpcode = 11
     case pageIndexOutOfRange = 12
+    /// Replicated node: the log could not be reached; the write was never put in it (safe to retry).
+    case logUnavailable = 13
+    /// Replicated node: the write may be in the log (do not blindly retry: read the page back).
+    case outcomeUnknown = 14
+    /// Replicated node: it had not applied through the wanted OSN when the wait ended.
+    case behind = 15
+    /// Replicated node: too many proposals already wait for the log; this one was not sent (retry later).
+    case overloaded = 16
+    /// Replicated node: it stopped following its log or cannot take this operation (compacted past,
+    /// corrupt record, incompatible log, stopped, record too large for the log); message says which.
+    case replicaFailed = 17
+}
+
+/// What a `syncNode` request asks: wait until `minOSN` is applied (0: no wait), at most `timeoutMs`.
+public enum SyncBounds {
+    /// Longest wait one `syncNode` request may ask for.
+    public static let timeoutMsMax: UInt32 = 60_000
+}
+
+/// A node's replica status on the wire (`syncNode`'s reply): `ReplicaStatus` with `contactAgeMs`
+/// `UInt64.max` for never.
+public struct RemoteReplicaStatus: Sendable, Equatable {
+    public var state: ReplicaStatus.State
+    public var appliedOSN: UInt64
+    public var logOSN: UInt64
+    /// Milliseconds since the node's log last answered; nil when it never has.
+    public var contactAgeMs: UInt64?
+
+    public init(state: ReplicaStatus.State, appliedOSN: UInt64, logOSN: UInt64, contactAgeMs: UInt64?) {
+        self.state = state
+        self.appliedOSN = appliedOSN
+        self.logOSN = logOSN
+        self.contactAgeMs = contactAgeMs
+    }
+
+    public init(_ status: ReplicaStatus) {
+        self.init(state: status.state, appliedOSN: status.appliedOSN, logOSN: status.logOSN, contactAgeMs: status.contactAgeMs)
+    }
+
+    /// `following`, `catchingUp`, `disconnected`, `failed`.
+    public var stateName: String {
+        switch state {
+        case .following: "following"
+        case .catchingUp: "catchingUp"
+        case .disconnected: "disconnected"
+        case .failed: "failed"
+        }
+    }
 }
 
 /// One page of a write request.
@@ -85,6 +136,8 @@ public enum StorageRequest: Sendable, Equatable {
     case truncateObject(objectID: UInt64, pageCount: UInt64)
     case statObject(objectID: UInt64)
     case listObjects
+    /// Wait (at most `timeoutMs`, <= `SyncBounds.timeoutMsMax`) until `minOSN` is applied; 0: no wait.
+    case syncNode(minOSN: UInt64, timeoutMs: UInt32)
 
     public var opcode: Opcode {
         switch self {
@@ -97,6 +150,7 @@ public enum StorageRequest: Sendable, Equatable {
         case .truncateObject: .truncateObject
         case .statObject: .statObject
         case .listObjects: .listObjects
+        case .syncNode: .syncNode
         }
     }
 }
@@ -124,10 +178,17 @@ public enum StorageReply: Sendable, Equatable {
     case unsupportedVersion(UInt8)
     case unknownOpcode(UInt8)
     case pageIndexOutOfRange(index: UInt64, max: UInt64)
+    /// `syncNode`'s answer.
+    case replica(RemoteReplicaStatus)
+    case logUnavailable(message: String)
+    case outcomeUnknown(message: String)
+    case behind(appliedOSN: UInt64, wantedOSN: UInt64)
+    case overloaded(message: String)
+    case replicaFailed(message: String)
 
     public var status: StatusCode {
         switch self {
-        case .page, .pages, .osn, .node, .object, .objects: .ok
+        case .page, .pages, .osn, .node, .object, .objects, .replica: .ok
         case .conflict: .conflict
         case .payloadTooLarge: .payloadTooLarge
         case .tooManyPages: .tooManyPages
@@ -140,6 +201,11 @@ public enum StorageReply: Sendable, Equatable {
         case .unsupportedVersion: .unsupportedVersion
         case .unknownOpcode: .unknownOpcode
         case .pageIndexOutOfRange: .pageIndexOutOfRange
+        case .logUnavailable: .logUnavailable
+        case .outcomeUnknown: .outcomeUnknown
+        case .behind: .behind
+        case .overloaded: .overloaded
+        case .replicaFailed: .replicaFailed
         }
     }
 }
@@ -157,6 +223,10 @@ public enum MalformedBody: Error, Equatable, CustomStringConvertible {
     case writeOfZeroPages
     case payloadPastEnd(length: UInt32, bytesLeft: Int)
     case badConditionKind(UInt8)
+    /// A `syncNode` timeout above `SyncBounds.timeoutMsMax`.
+    case syncTimeoutTooLong(UInt32)
+    /// A replica state byte that is not 1...4.
+    case badReplicaState(UInt8)
     /// Bytes after the whole body of a request (or of a reply, when `reply`).
     case trailingBytes(Int, reply: Bool)
     /// A frame length word below the request header: the frame was skipped.
@@ -171,6 +241,8 @@ public enum MalformedBody: Error, Equatable, CustomStringConvertible {
         case .writeOfZeroPages: "write of zero pages"
         case .payloadPastEnd(let length, let left): "payload length \(length) exceeds the \(left) bytes left"
         case .badConditionKind(let kind): "condition kind \(kind) is not 0, 1 or 2"
+        case .syncTimeoutTooLong(let ms): "sync timeout \(ms) ms above \(SyncBounds.timeoutMsMax)"
+        case .badReplicaState(let state): "replica state \(state) is not 1...4"
         case .trailingBytes(let count, let reply): "\(count) trailing bytes after the \(reply ? "reply" : "body")"
         case .frameBelowHeader(let length): "frame length \(length) is below the \(StorageProtocol.requestHeaderBytes)-byte header"
         }
@@ -228,6 +300,9 @@ extension StorageRequest {
         case .truncateObject(let objectID, let pageCount):
             buffer.writeInteger(objectID)
             buffer.writeInteger(pageCount)
+        case .syncNode(let minOSN, let timeoutMs):
+            buffer.writeInteger(minOSN)
+            buffer.writeInteger(timeoutMs)
         }
     }
 
@@ -276,6 +351,11 @@ extension StorageRequest {
         case .statObject: request = .statObject(objectID: try body.readU64("objectID"))
         case .truncateObject:
             request = .truncateObject(objectID: try body.readU64("objectID"), pageCount: try body.readU64("pageCount"))
+        case .syncNode:
+            let minOSN = try body.readU64("minOSN")
+            let timeoutMs = try body.readU32("timeoutMs")
+            guard timeoutMs <= SyncBounds.timeoutMsMax else { throw .syncTimeoutTooLong(timeoutMs) }
+            request = .syncNode(minOSN: minOSN, timeoutMs: timeoutMs)
         }
         guard body.readableBytes == 0 else { throw .trailingBytes(body.readableBytes, reply: false) }
         return request
@@ -319,7 +399,9 @@ extension StorageReply {
             buffer.writeInteger(a)
             buffer.writeInteger(b)
         case .objectExists(let objectID), .noSuchObject(let objectID): buffer.writeInteger(objectID)
-        case .corruptPage(let message), .ioError(let message), .malformedFrame(let message):
+        case .corruptPage(let message), .ioError(let message), .malformedFrame(let message),
+             .logUnavailable(let message), .outcomeUnknown(let message), .overloaded(let message),
+             .replicaFailed(let message):
             let bytes = Array(message.utf8.prefix(StorageProtocol.messageBytesMax))
             buffer.writeInteger(UInt16(bytes.count))
             buffer.writeBytes(bytes)
@@ -327,6 +409,14 @@ extension StorageReply {
         case .pageIndexOutOfRange(let index, let max):
             buffer.writeInteger(index)
             buffer.writeInteger(max)
+        case .behind(let applied, let wanted):
+            buffer.writeInteger(applied)
+            buffer.writeInteger(wanted)
+        case .replica(let status):
+            buffer.writeInteger(status.state.rawValue)
+            buffer.writeInteger(status.appliedOSN)
+            buffer.writeInteger(status.logOSN)
+            buffer.writeInteger(status.contactAgeMs ?? UInt64.max)
         }
     }
 
@@ -366,6 +456,14 @@ extension StorageReply {
                 var objects: [ObjectSummary] = []
                 for _ in 0..<count { objects.append(try ObjectSummary.decode(from: &body)) }
                 reply = .objects(totalCount: total, objects: objects)
+            case .syncNode:
+                guard let raw = body.readInteger(as: UInt8.self) else { throw .missing(field: "state") }
+                guard let state = ReplicaStatus.State(rawValue: raw) else { throw .badReplicaState(raw) }
+                let applied = try body.readU64("appliedOSN")
+                let logOSN = try body.readU64("logOSN")
+                let age = try body.readU64("contactAgeMs")
+                reply = .replica(RemoteReplicaStatus(state: state, appliedOSN: applied, logOSN: logOSN,
+                                                     contactAgeMs: age == UInt64.max ? nil : age))
             }
         case .conflict:
             reply = .conflict(objectID: try body.readU64("objectID"), pageIndex: try body.readU64("pageIndex"),
@@ -386,6 +484,11 @@ extension StorageReply {
             reply = .unknownOpcode(value)
         case .pageIndexOutOfRange:
             reply = .pageIndexOutOfRange(index: try body.readU64("index"), max: try body.readU64("max"))
+        case .logUnavailable: reply = .logUnavailable(message: try body.readMessage())
+        case .outcomeUnknown: reply = .outcomeUnknown(message: try body.readMessage())
+        case .overloaded: reply = .overloaded(message: try body.readMessage())
+        case .replicaFailed: reply = .replicaFailed(message: try body.readMessage())
+        case .behind: reply = .behind(appliedOSN: try body.readU64("appliedOSN"), wantedOSN: try body.readU64("wantedOSN"))
         }
         guard body.readableBytes == 0 else { throw .trailingBytes(body.readableBytes, reply: true) }
         return reply

@@ -333,6 +333,10 @@ func execute(_ request: StorageRequest, node: StorageNode, payloadSizeBytes: Int
             return .osn(osn)
         case .statNode:
             return .node(lastOSN: node.lastOSN, payloadSizeBytes: UInt32(payloadSizeBytes))
+        case .syncNode(let minOSN, let timeoutMs):
+            // An embedded node is always following: its catchUp answers at once.
+            let status = minOSN == 0 ? node.replicaStatus : try node.catchUp(to: minOSN, timeoutMs: Int(timeoutMs))
+            return .replica(RemoteReplicaStatus(status))
         case .createObject, .deleteObject, .truncateObject, .statObject, .listObjects:
             return try executeObjectOp(request, node: node, frameBytesMax: frameBytesMax)
         }
@@ -381,6 +385,15 @@ func reply(for error: ObjectStoreError) -> StorageReply {
     case .page(let pageError):
         if case .corruptPage = pageError { return .corruptPage(message: "\(pageError)") }
         return .ioError(message: "\(pageError)")
+    case .replication(let problem):
+        switch problem {
+        case .logUnavailable: return .logUnavailable(message: "\(problem)")
+        case .outcomeUnknown: return .outcomeUnknown(message: "\(problem)")
+        case .behind(let applied, let wanted): return .behind(appliedOSN: applied, wantedOSN: wanted)
+        case .overloaded: return .overloaded(message: "\(problem)")
+        case .recordTooLarge, .compactedPast, .corruptRecord, .incompatibleLog, .stopped:
+            return .replicaFailed(message: "\(problem)")
+        }
     default:
         return objectReply(for: error) ?? .ioError(message: "\(error)")
     }

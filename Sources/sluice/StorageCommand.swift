@@ -1,15 +1,17 @@
 // Path: Sources/sluice/StorageCommand.swift — `sluice storage`: serve a storage node over TCP, and a
 // small client (get, put, stat). Flags into the SluiceStorageServer API; no logic of its own.
 import ArgumentParser
+import Dispatch
 import Glibc
 import SluicePageStore
+import SluiceReplication
 import SluiceStorageServer
 
 struct StorageCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "storage",
         abstract: "Serve a storage node over TCP (docs/STORAGE-PROTOCOL.md) and talk to one.",
-        subcommands: [Serve.self, Get.self, Put.self, Stat.self])
+        subcommands: [Serve.self, Get.self, Put.self, Stat.self, Status.self])
 }
 
 /// Where a client command connects.
@@ -24,8 +26,8 @@ struct StorageAddress: ParsableArguments {
         guard (1...65535).contains(port) else { throw ValidationError("--port must be 1...65535, got \(port)") }
     }
 
-    func connect() throws -> StorageClient {
-        do { return try StorageClient(host: host, port: port) } catch {
+    func connect(receiveTimeoutMs: Int = 10_000) throws -> StorageClient {
+        do { return try StorageClient(host: host, port: port, receiveTimeoutMs: receiveTimeoutMs) } catch {
             FileHandleStderr.write("sluice storage: cannot connect to \(host):\(port): \(error)\n")
             throw ExitCode(1)
         }
@@ -42,7 +44,8 @@ func storageCall<T>(_ what: String, _ body: () throws(StorageClientError) -> T) 
 
 extension StorageCommand {
     struct Serve: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Open (or create) a data directory and serve it until killed.")
+        static let configuration = CommandConfiguration(
+            abstract: "Open (or create) a data directory and serve it until SIGTERM/SIGINT (then checkpoint; with --log, stop following the log).")
 
         @Option(help: "Data directory (created if missing; must support O_DIRECT, so not tmpfs).")
         var data: String
@@ -74,6 +77,27 @@ extension StorageCommand {
         @Option(help: "Close a connection whose unread replies stay at a bound this long (milliseconds).")
         var stalledReplyDeadlineMs = Int(StorageServerConfiguration().stalledReplyDeadlineNs / 1_000_000)
 
+        @Option(help: "Share the operation log with other nodes through etcd: etcd://HOST:PORT[,HOST:PORT...] (default: the embedded log in the data directory).")
+        var log: String?
+
+        @Option(help: "Key prefix of the shared log in etcd (nodes with one prefix share one log).")
+        var logPrefix = "sluice/storage"
+
+        @Option(help: "How long a write waits for a definite outcome from the shared log (milliseconds).")
+        var proposalTimeoutMs: Int64 = 5_000
+
+        @Option(help: "Deadline of each etcd call (milliseconds).")
+        var etcdTimeoutMs: Int64 = EtcdLimits.callTimeoutMsDefault
+
+        @Option(help: "Records per batch (one etcd transaction) at most.")
+        var batchRecordsMax = 256
+
+        @Option(help: "Encoded bytes per batch at most.")
+        var batchBytesMax = 1 << 20
+
+        @Option(help: "Extra wait before a batch is taken, so more writes join it (microseconds).")
+        var batchWaitUs: Int64 = 0
+
         func validate() throws {
             guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535, got \(port)") }
             guard (1...StorageServerConfiguration.outstandingRequestsMaxLimit).contains(outstandingRequestsMax) else {
@@ -96,14 +120,67 @@ extension StorageCommand {
                 throw ValidationError("--max-frame-bytes must hold a page (>= \(pageSize + 64)) and be <= \(StorageProtocol.frameBytesMaxLimit)")
             }
             guard (1...256).contains(blockingThreads) else { throw ValidationError("--blocking-threads must be 1...256") }
+            if log != nil {
+                do { _ = try logConfiguration()?.validate() } catch { throw ValidationError("--log: \(error)") }
+            }
         }
 
-        func run() throws {
-            let opened: (node: StorageNode, payloadSizeBytes: Int)
-            do { opened = try openStorageNode(dataDirectory: data, pageSizeBytes: pageSize, queueDepth: queueDepth) } catch {
+        /// The shared log's configuration, nil without `--log`. `validate()` names the config keys
+        /// (`proposal_timeout_ms`, `batch_records_max`, ...): each is the flag of the same words.
+        func logConfiguration() throws(EtcdError) -> EtcdLogConfiguration? {
+            guard let log else { return nil }
+            let endpoints = try EtcdLogConfiguration.endpoints(fromURL: log)
+            guard (1...EtcdLimits.callTimeoutMsMax).contains(etcdTimeoutMs) else {
+                throw .invalidArgument("--etcd-timeout-ms \(etcdTimeoutMs) not in 1...\(EtcdLimits.callTimeoutMsMax)")
+            }
+            var configuration = EtcdLogConfiguration(client: EtcdClientConfiguration(endpoints: endpoints, callTimeoutMs: etcdTimeoutMs),
+                                                     prefix: logPrefix)
+            configuration.proposalTimeoutMs = proposalTimeoutMs
+            configuration.batchRecordsMax = batchRecordsMax
+            configuration.batchBytesMax = batchBytesMax
+            configuration.batchWaitUs = batchWaitUs
+            try configuration.validate()
+            return configuration
+        }
+
+        /// Opens the data directory: with its embedded log, or as a replica of the shared log (the async
+        /// open bridged onto this plain thread).
+        func openNode() throws -> (node: StorageNode, payloadSizeBytes: Int, replicated: ReplicatedStorage?) {
+            let configuration: EtcdLogConfiguration?
+            do { configuration = try logConfiguration() } catch {
+                FileHandleStderr.write("sluice storage serve: --log: \(error)\n")
+                throw ExitCode(1)
+            }
+            guard let configuration else {
+                do {
+                    let opened = try openStorageNode(dataDirectory: data, pageSizeBytes: pageSize, queueDepth: queueDepth)
+                    return (opened.node, opened.payloadSizeBytes, nil)
+                } catch {
+                    FileHandleStderr.write("sluice storage serve: \(data): \(error)\n")
+                    throw ExitCode(1)
+                }
+            }
+            let box = OpenBox()
+            let done = DispatchSemaphore(value: 0)
+            let (data, pageSize, queueDepth) = (data, pageSize, queueDepth)
+            Task.detached {
+                do throws(ReplicatedStorageError) {
+                    box.result = .success(try await ReplicatedStorage.open(dataDirectory: data, configuration: configuration,
+                                                                           pageSizeBytes: pageSize, queueDepth: queueDepth))
+                } catch { box.result = .failure(error) }
+                done.signal()
+            }
+            done.wait()
+            switch box.result! {
+            case .success(let replicated): return (replicated.node, replicated.payloadSizeBytes, replicated)
+            case .failure(let error):
                 FileHandleStderr.write("sluice storage serve: \(data): \(error)\n")
                 throw ExitCode(1)
             }
+        }
+
+        func run() throws {
+            let opened = try openNode()
             var configuration = StorageServerConfiguration()
             configuration.frameBytesMax = maxFrameBytes
             configuration.blockingThreadCount = blockingThreads
@@ -116,12 +193,37 @@ extension StorageCommand {
                                                 payloadSizeBytes: opened.payloadSizeBytes, configuration: configuration)
             } catch {
                 FileHandleStderr.write("sluice storage serve: \(error)\n")
+                opened.replicated?.log.shutdownBlocking()
                 throw ExitCode(1)
             }
-            // One line a supervisor (or a test) can parse for the port.
-            print("listening on \(server.host):\(server.port) lastOSN \(opened.node.lastOSN)")
+            // SIGTERM/SIGINT close the server; this thread then checkpoints and stops following the log.
+            signal(SIGTERM, SIG_IGN)
+            signal(SIGINT, SIG_IGN)
+            let stop = DispatchSemaphore(value: 0)
+            let signals = [SIGTERM, SIGINT].map { number in
+                let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+                source.setEventHandler { stop.signal() }
+                source.resume()
+                return source
+            }
+            // One line a supervisor (or a test) can parse for the port (and, on a shared log, the replica state).
+            var line = "listening on \(server.host):\(server.port) lastOSN \(opened.node.lastOSN)"
+            if opened.replicated != nil {
+                let status = RemoteReplicaStatus(opened.node.replicaStatus)
+                line += " log etcd applied \(status.appliedOSN) logOSN \(status.logOSN) state \(status.stateName)"
+            }
+            print(line)
             fflush(nil)  // all streams: `stdout` itself is not concurrency-safe to name
-            server.waitUntilClosed()
+            stop.wait()
+            server.close()
+            signals.forEach { $0.cancel() }
+            var failed = false
+            do { try opened.node.checkpoint() } catch {
+                FileHandleStderr.write("sluice storage serve: checkpoint at shutdown failed (the log still holds every write): \(error)\n")
+                failed = true
+            }
+            opened.replicated?.log.shutdownBlocking()
+            if failed { throw ExitCode(1) }
         }
     }
 
@@ -143,6 +245,12 @@ extension StorageCommand {
         @Option(help: "Write the raw payload to this file instead of printing hex (with --count: the payloads concatenated).")
         var out: String?
 
+        @Option(help: "First wait until the node applied its log through this OSN (a write acknowledged by another node), at most --sync-timeout-ms.")
+        var minOsn: UInt64?
+
+        @Option(help: "Longest wait for --min-osn (milliseconds).")
+        var syncTimeoutMs: UInt32 = 10_000
+
         func validate() throws {
             if let count {
                 guard count >= 1 else { throw ValidationError("--count must be at least 1") }
@@ -150,10 +258,19 @@ extension StorageCommand {
                     throw ValidationError("PAGE + --count overflows")
                 }
             }
+            guard syncTimeoutMs <= SyncBounds.timeoutMsMax else {
+                throw ValidationError("--sync-timeout-ms must be at most \(SyncBounds.timeoutMsMax)")
+            }
         }
 
         func run() throws {
-            let client = try address.connect()
+            let client = try address.connect(receiveTimeoutMs: Int(syncTimeoutMs) + 10_000)
+            if let minOsn {
+                let status = try storageCall("get") { () throws(StorageClientError) in
+                    try client.sync(minOSN: minOsn, timeoutMs: syncTimeoutMs)
+                }
+                print("synced appliedOSN \(status.appliedOSN) state \(status.stateName)")
+            }
             let pages: [(index: UInt64, page: RemotePage)]
             if let count {
                 let range = page..<(page + UInt64(count))
@@ -273,4 +390,34 @@ extension StorageCommand {
             }
         }
     }
+}
+
+extension StorageCommand {
+    struct Status: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show how stale the node's reads are: its replica state, applied and log OSNs, and the age of its last contact with the log (syncNode).")
+
+        @OptionGroup var address: StorageAddress
+
+        @Option(help: "First wait until the node applied its log through this OSN, at most --timeout-ms.")
+        var minOsn: UInt64 = 0
+
+        @Option(help: "Longest wait for --min-osn (milliseconds).")
+        var timeoutMs: UInt32 = 10_000
+
+        func validate() throws {
+            guard timeoutMs <= SyncBounds.timeoutMsMax else { throw ValidationError("--timeout-ms must be at most \(SyncBounds.timeoutMsMax)") }
+        }
+
+        func run() throws {
+            let client = try address.connect(receiveTimeoutMs: Int(timeoutMs) + 10_000)
+            let status = try storageCall("status") { () throws(StorageClientError) in try client.sync(minOSN: minOsn, timeoutMs: timeoutMs) }
+            print("state \(status.stateName) appliedOSN \(status.appliedOSN) logOSN \(status.logOSN) contactAgeMs \(status.contactAgeMs.map { "\($0)" } ?? "never")")
+        }
+    }
+}
+
+/// Hands the replicated open's result from its task to the waiting main thread.
+private final class OpenBox: @unchecked Sendable {
+    var result: Result<ReplicatedStorage, ReplicatedStorageError>?
 }
