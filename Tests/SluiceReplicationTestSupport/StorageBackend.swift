@@ -146,6 +146,27 @@ public func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) as
     try await blocking(body)
 }
 
+/// Runs `body(i)` for i in 0..<count, each on a pthread of its own (not Swift concurrency's: node calls
+/// block), and waits for all. Blocks its caller: call it inside `blocking {}` in async tests.
+public func runClientThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
+    final class Context: @unchecked Sendable {  // handed to exactly one thread
+        let body: () -> Void
+        init(_ body: @escaping () -> Void) { self.body = body }
+    }
+    var threads: [pthread_t] = []
+    for index in 0..<count {
+        var thread = pthread_t()
+        let context = Context { body(index) }
+        let result = pthread_create(&thread, nil, { raw in
+            Unmanaged<Context>.fromOpaque(raw!).takeRetainedValue().body()
+            return nil
+        }, Unmanaged.passRetained(context).toOpaque())
+        precondition(result == 0, "pthread_create")
+        threads.append(thread)
+    }
+    for thread in threads { pthread_join(thread, nil) }
+}
+
 /// Monotonic nanoseconds (CLOCK_MONOTONIC), for recorded histories.
 public func monotonicNs() -> UInt64 {
     var now = timespec()
