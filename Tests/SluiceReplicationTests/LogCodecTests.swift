@@ -46,6 +46,8 @@ import Testing
         let bytes = LogCodec.encode(batch)
         let recordBytes = batch.records.reduce(0) { $0 + LogCodec.encodedSize($1.record) }
         #expect(bytes.count == LogCodec.batchSize(recordBytes: recordBytes))
+        #expect(Array(bytes.suffix(4)) == withUnsafeBytes(of: Self.crc32c(Array(bytes.dropLast(4))).littleEndian) { Array($0) },
+                "the checksum is CRC-32C of everything before it")
         let decoded = try LogCodec.decode(bytes)
         #expect(decoded == batch)
         #expect(decoded.records.map(\.id) == batch.records.map(\.id))
@@ -94,7 +96,7 @@ import Testing
         for cut in [1, 3, 10, 100, good.count - 20] {
             let short = Self.resealed(Array(good.prefix(good.count - 4 - cut)) + [0, 0, 0, 0])
             #expect(throws: LogDecodeProblem.self) { try LogCodec.decode(short) }
-            do {
+            do throws(LogDecodeProblem) {
                 _ = try LogCodec.decode(short)
             } catch {
                 guard case .cutShort = error else {

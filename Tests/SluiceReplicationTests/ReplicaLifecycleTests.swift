@@ -68,21 +68,22 @@ struct ReplicaLifecycleTests {
                 }
             }
             var last = try await write(a, 0..<10)
-            _ = try await blocking { try b.node.catchUp(to: last, timeoutMs: 3_000) }
+            _ = try await blocking { [b, last] in try b.node.catchUp(to: last, timeoutMs: 3_000) }
             #expect(b.node.checkpointOSN >= 4, "B checkpointed every 4 records while following")
             // B goes away without a final checkpoint; A writes on (mixing writes through B first).
             last = try await write(b, 10..<13)
             await b.close(checkpoint: false)
             last = try await write(a, 13..<40)
             b = try await openNode(paths[1], configuration, checkpointEveryRecords: 4)
-            let bStatus = try await blocking { try b.node.catchUp(to: last, timeoutMs: 5_000) }
+            let bStatus = try await blocking { [b, last] in try b.node.catchUp(to: last, timeoutMs: 5_000) }
             #expect(bStatus.appliedOSN == last && bStatus.state == .following)
             let expected = try await blocking { try pageSummary(a.node, count: 8) }
-            #expect(try await blocking { try pageSummary(b.node, count: 8) } == expected)
+            let bPages = try await blocking { [b] in try pageSummary(b.node, count: 8) }
+            #expect(bPages == expected)
             #expect(b.node.lastOSN == a.node.lastOSN)
 
             // Both checkpoint at the same OSN; the heartbeat publishes it and compacts below it.
-            try await blocking {
+            try await blocking { [b] in
                 try a.node.checkpoint()
                 try b.node.checkpoint()
             }
@@ -99,14 +100,8 @@ struct ReplicaLifecycleTests {
             }
             #expect(compacted, "P/floor at \(checkpoint) and no P/log/ batch at or below it, within 5 s")
             #expect(a.log.stats.compactions.load(ordering: .relaxed) + b.log.stats.compactions.load(ordering: .relaxed) >= 1)
-            // After compaction, B restarted from its checkpoint still follows (it needs nothing deleted).
-            await b.close(checkpoint: false)
-            last = try await write(a, 40..<45)
-            b = try await openNode(paths[1], configuration, checkpointEveryRecords: 4)
-            #expect(try await blocking { try b.node.catchUp(to: last, timeoutMs: 5_000) }.appliedOSN == last)
-            #expect(try await blocking { try pageSummary(b.node, count: 8) } == (try await blocking { try pageSummary(a.node, count: 8) }))
-
-            // An empty data directory cannot follow a log whose start was deleted.
+            // An empty data directory cannot follow a log whose start was deleted: here every batch is
+            // deleted (nothing was written since), so only the floor tells.
             let late = try await ReplicatedStorage.open(dataDirectory: paths[2], configuration: configuration, directIO: false,
                                                         catchUpTimeoutMs: 5_000)
             let failedClearly = await eventually(timeoutMs: 5_000) { late.node.replicaStatus.state == .failed }
@@ -119,6 +114,16 @@ struct ReplicaLifecycleTests {
             #expect(refused == .replication(.compactedPast(appliedOSN: 0, floorOSN: checkpoint)), "refused with \(String(describing: refused))")
             if let refused { #expect("\(refused)".contains("compacted")) }
             await late.close(checkpoint: false)
+            // After compaction, B restarted from its checkpoint still follows (it needs nothing deleted).
+            await b.close(checkpoint: false)
+            last = try await write(a, 40..<45)
+            b = try await openNode(paths[1], configuration, checkpointEveryRecords: 4)
+            let reopened = try await blocking { [b, last] in try b.node.catchUp(to: last, timeoutMs: 5_000) }
+            #expect(reopened.appliedOSN == last)
+            let bAfter = try await blocking { [b] in try pageSummary(b.node, count: 8) }
+            let aAfter = try await blocking { try pageSummary(a.node, count: 8) }
+            #expect(bAfter == aAfter)
+
             await a.close()
             await b.close()
         }

@@ -7,7 +7,7 @@ import Synchronization
 
 /// A node on `backend` (see SluiceReplicationTestSupport's StorageBackend) served on 127.0.0.1 at a
 /// kernel-chosen port. Made by `withServedNode`, which stops the server and closes the node after.
-final class ServedNode: Sendable {
+final class ServedNode: @unchecked Sendable {  // unchecked: fields are set once in init
     let backend: StorageBackend
     let node: StorageNode
     let server: StorageServer
