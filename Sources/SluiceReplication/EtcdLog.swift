@@ -245,6 +245,9 @@ public final class EtcdLog: WriteSequencer {
         if let node = applier.withLock({ $0.node }) {
             _ = try? await client.put(keys.node(nodeName), LogKeys.hex(node.checkpointOSN))
         }
+        // The node refers to this log (its sequencer) and the log to the node: let go of it, so the
+        // store (and its data directory's lock) is released once its owner drops it.
+        applier.withLock { $0.node = nil }
         await client.shutdown()
     }
 
