@@ -57,7 +57,8 @@ struct ReplicaLifecycleTests {
         let configuration = logConfiguration(cluster, prefix: freshPrefix())
         try await withTempDirectories(3) { paths in
             let a = try await openNode(paths[0], configuration, checkpointEveryRecords: 4)
-            var b = try await openNode(paths[1], configuration, checkpointEveryRecords: 4)
+            // B is reopened in this process: the closed one must be dropped first (it holds the lock).
+            var b: ReplicatedStorage! = try await openNode(paths[1], configuration, checkpointEveryRecords: 4)
             func write(_ node: ReplicatedStorage, _ range: Range<Int>) async throws -> UInt64 {
                 try await blocking {
                     var last: UInt64 = 0
@@ -68,24 +69,25 @@ struct ReplicaLifecycleTests {
                 }
             }
             var last = try await write(a, 0..<10)
-            _ = try await blocking { [b, last] in try b.node.catchUp(to: last, timeoutMs: 3_000) }
+            _ = try await blocking { [b, last] in try b!.node.catchUp(to: last, timeoutMs: 3_000) }
             #expect(b.node.checkpointOSN >= 4, "B checkpointed every 4 records while following")
             // B goes away without a final checkpoint; A writes on (mixing writes through B first).
             last = try await write(b, 10..<13)
             await b.close(checkpoint: false)
             last = try await write(a, 13..<40)
+            b = nil
             b = try await openNode(paths[1], configuration, checkpointEveryRecords: 4)
-            let bStatus = try await blocking { [b, last] in try b.node.catchUp(to: last, timeoutMs: 5_000) }
+            let bStatus = try await blocking { [b, last] in try b!.node.catchUp(to: last, timeoutMs: 5_000) }
             #expect(bStatus.appliedOSN == last && bStatus.state == .following)
             let expected = try await blocking { try pageSummary(a.node, count: 8) }
-            let bPages = try await blocking { [b] in try pageSummary(b.node, count: 8) }
+            let bPages = try await blocking { [b] in try pageSummary(b!.node, count: 8) }
             #expect(bPages == expected)
             #expect(b.node.lastOSN == a.node.lastOSN)
 
             // Both checkpoint at the same OSN; the heartbeat publishes it and compacts below it.
             try await blocking { [b] in
                 try a.node.checkpoint()
-                try b.node.checkpoint()
+                try b!.node.checkpoint()
             }
             let checkpoint = min(a.node.checkpointOSN, b.node.checkpointOSN)
             #expect(checkpoint == last)
@@ -117,10 +119,11 @@ struct ReplicaLifecycleTests {
             // After compaction, B restarted from its checkpoint still follows (it needs nothing deleted).
             await b.close(checkpoint: false)
             last = try await write(a, 40..<45)
+            b = nil
             b = try await openNode(paths[1], configuration, checkpointEveryRecords: 4)
-            let reopened = try await blocking { [b, last] in try b.node.catchUp(to: last, timeoutMs: 5_000) }
+            let reopened = try await blocking { [b, last] in try b!.node.catchUp(to: last, timeoutMs: 5_000) }
             #expect(reopened.appliedOSN == last)
-            let bAfter = try await blocking { [b] in try pageSummary(b.node, count: 8) }
+            let bAfter = try await blocking { [b] in try pageSummary(b!.node, count: 8) }
             let aAfter = try await blocking { try pageSummary(a.node, count: 8) }
             #expect(bAfter == aAfter)
 
