@@ -551,6 +551,15 @@ public final class EtcdLog: WriteSequencer {
                                                     reason: "batches \(from)...\(first - 1) are missing"))
                 return result.revision
             }
+            if result.kvs.isEmpty {
+                // Nothing after the applied OSN: caught up, unless compaction deleted what follows it
+                // (every batch, when nothing was written since).
+                let floor = try await readFloor()
+                if floor >= from {
+                    fail(.compactedPast(appliedOSN: from - 1, floorOSN: floor))
+                    return result.revision
+                }
+            }
             apply(result.kvs)
             if isDone || !result.more { return result.revision }
         }
