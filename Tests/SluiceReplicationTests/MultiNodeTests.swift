@@ -236,7 +236,8 @@ struct MultiNodeTests {
     @Test func leaderKillDuringWrites() async throws {
         try await withEtcdCluster(members: 3) { cluster in
             var configuration = logConfiguration(cluster, prefix: freshPrefix())
-            configuration.proposalTimeoutMs = 2_000
+            // Shorter than a fail-over (election timeout 500 ms): some clients get outcomeUnknown and settle it.
+            configuration.proposalTimeoutMs = 400
             try await withNodes(3, configuration) { nodes, _ in
                 let storage = nodes.map(\.node)
                 let leader = await etcdLeader(cluster)
