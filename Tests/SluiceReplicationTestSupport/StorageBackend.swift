@@ -140,10 +140,24 @@ public func withEtcdClient<R: Sendable>(_ cluster: EtcdCluster, _ body: (EtcdCli
     }
 }
 
-/// Runs `body` on a thread of its own (not one of Swift concurrency's: node and client calls block,
-/// and the etcd log's tasks need those threads) and waits for it. Errors are rethrown here.
-public func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await blocking(body)
+/// Runs `body` in the calling task but on a thread of its own (a task executor on a serial dispatch
+/// queue, not one of Swift concurrency's cooperative threads: node and client calls block, and the
+/// etcd log's tasks need those threads). Unlike `blocking`, the task's locals go along, so `#expect`
+/// inside `body` is recorded against the running test.
+public func onOwnThread<T: Sendable>(_ body: () throws -> T) async throws -> T {
+    let executor = QueueExecutor()
+    return try await withTaskExecutorPreference(executor) { try body() }
+}
+
+/// A task executor running each job on one serial dispatch queue (dispatch's own threads).
+final class QueueExecutor: TaskExecutor, @unchecked Sendable {  // unchecked: `queue` is thread-safe
+    private let queue = DispatchQueue(label: "sluice.test.own-thread")
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        let executor = asUnownedTaskExecutor()
+        queue.async { job.runSynchronously(on: executor) }
+    }
 }
 
 /// Runs `body(i)` for i in 0..<count, each on a pthread of its own (not Swift concurrency's: node calls

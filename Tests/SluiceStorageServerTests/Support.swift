@@ -27,7 +27,8 @@ final class ServedNode: @unchecked Sendable {  // unchecked: fields are set once
 }
 
 /// Serves a node on `backend` and runs `body` with it on a thread of its own (client and node calls
-/// block; the etcd log's tasks need Swift concurrency's threads), then stops the server and closes
+/// block; the etcd log's tasks need Swift concurrency's threads; the test's context goes along, so
+/// expectations in `body` count for the test), then stops the server and closes
 /// the node. Skipped (with the reason printed) when the backend is not available here.
 func withServedNode(_ backend: StorageBackend, configuration: StorageServerConfiguration = .init(),
                     parallelReadersMax: Int = 0, checkpointEveryRecords: UInt64 = 4_096,
@@ -36,7 +37,7 @@ func withServedNode(_ backend: StorageBackend, configuration: StorageServerConfi
                               checkpointEveryRecords: checkpointEveryRecords) { opened in
         let served = try ServedNode(opened, configuration: configuration)
         defer { served.server.close() }
-        try await blocking { try body(served) }
+        try await onOwnThread { try body(served) }
     }
 }
 
