@@ -133,7 +133,11 @@ func runIncrements(nodes: [StorageNode], clients: Int, pages: Int, incrementsEac
 /// The checks every increment run passes, given each page's final (value, OSN) as read after all nodes
 /// caught up: every acknowledged increment is in the value, none applied twice (values 1...final are
 /// each written once: by an acknowledged increment or by a settled unknown one), and the history of
-/// each page's conditional writes is linearizable.
+/// each page's conditional writes is linearizable. Reads are left out of the checker's history: a read
+/// through a node is ordered at that node's applied OSN, which may be older than a write another
+/// client saw acknowledged elsewhere (by design: reads say how stale they are); what a client is owed,
+/// read-your-writes after catchUp, is checked as `staleReads`, and every read's value reaches the
+/// checker through the conditional write made from it (value + 1 on condition of the OSN read).
 func checkIncrements(_ run: IncrementRun, finals: [UInt64: (value: UInt64, osn: UInt64)]) -> (settledApplied: Int, settledNot: Int) {
     var settledApplied = 0
     var settledNot = 0
