@@ -40,12 +40,17 @@ func runOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
         try await withStorageNode(backend, parallelReadersMax: parallelReadersMax) { opened in
             let node = opened.node
             let history = Mutex<[RegisterOperation]>([])
+            let errors = Mutex<[String]>([])
             try await blocking {
                 runOnThreads(16) { _ in
                     var done = 0
                     while done < 6 {
                         let readStart = Clock.monotonicNs()
-                        guard let current = try? node.read(objectID: 1, pageIndex: 0) else { return }
+                        let current: PageVersion
+                        do { current = try node.read(objectID: 1, pageIndex: 0) } catch {
+                            errors.withLock { $0.append("read: \(error)") }
+                            return
+                        }
                         let readEnd = Clock.monotonicNs()
                         let value = Self.counter(current.payload)
                         history.withLock { $0.append(RegisterOperation(invokeNs: readStart, responseNs: readEnd,
@@ -59,7 +64,10 @@ func runOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
                             done += 1
                         } catch {
                             guard let storeError = error as? ObjectStoreError,
-                                  case .conflict(_, _, let osn) = storeError else { return }
+                                  case .conflict(_, _, let osn) = storeError else {
+                                errors.withLock { $0.append("write: \(error)") }
+                                return
+                            }
                             kind = .conditionalWrite(value: value + 1, expectedOSN: current.pageOSN, succeeded: false, osn: osn)
                         }
                         let writeEnd = Clock.monotonicNs()
@@ -68,6 +76,7 @@ func runOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
                 }
             }
             let recorded = history.withLock { $0 }
+            #expect(errors.withLock { $0 } == [])
             #expect(recorded.filter { if case .conditionalWrite(_, _, true, _) = $0.kind { true } else { false } }.count == 96)
             #expect(isLinearizable(recorded, initial: (0, 0)))
             if parallelReadersMax > 0 {

@@ -71,6 +71,12 @@ public struct OpenedNode: @unchecked Sendable {
 
 private let nodeCounter = Atomic<Int>(0)
 
+/// The proposal deadline of nodes on the shared clusters: long, as the whole test suite runs beside
+/// them on two cores (in a full run etcd has taken seconds to answer a first call). These tests are
+/// about a node's behaviour, not fail-over: an outcome left unknown at 3 s there is load, not a finding
+/// (the fail-over tests use short deadlines on clusters of their own).
+public let sharedProposalTimeoutMs: Int64 = 10_000
+
 /// Opens a node on `backend` in a fresh data directory under /var/tmp (O_DIRECT needs a real
 /// filesystem), runs `body`, and closes the node (and its log) and removes its files, whatever `body`
 /// did. On etcd, the node's log is a new prefix of the process' shared cluster. When the backend is
@@ -96,7 +102,8 @@ public func withStorageNode<R: Sendable>(
                                          pagesPath: directory + "/pages", embeddedLog: log, replicated: nil))
     }
     let cluster = try sharedEtcdCluster(members: members)
-    let configuration = logConfiguration(cluster, prefix: "t\(getpid())-\(UUID().uuidString.prefix(8))")
+    let configuration = logConfiguration(cluster, prefix: "t\(getpid())-\(UUID().uuidString.prefix(8))",
+                                         proposalTimeoutMs: sharedProposalTimeoutMs)
     let storage = try await ReplicatedStorage.open(dataDirectory: directory + "/node", configuration: configuration,
                                                    directIO: true, parallelReadersMax: parallelReadersMax,
                                                    checkpointEveryRecords: checkpointEveryRecords,

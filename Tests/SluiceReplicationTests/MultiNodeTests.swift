@@ -191,7 +191,7 @@ struct MultiNodeTests {
     @Test(arguments: [(1, 2), (1, 3), (3, 2), (3, 3)])
     func writeThroughOneReadThroughEveryOther(members: Int, nodeCount: Int) async throws {
         let cluster = try sharedEtcdCluster(members: members)
-        let configuration = logConfiguration(cluster, prefix: freshPrefix())
+        let configuration = logConfiguration(cluster, prefix: freshPrefix(), proposalTimeoutMs: sharedProposalTimeoutMs)
         try await withNodes(nodeCount, configuration) { nodes, _ in
             for (writer, node) in nodes.enumerated() {
                 let payload = [UInt8](repeating: UInt8(writer + 1), count: 64)
@@ -220,7 +220,7 @@ struct MultiNodeTests {
     @Test(arguments: [(1, 2), (3, 3)])
     func sixteenClientsOverNodesLoseNoUpdate(members: Int, nodeCount: Int) async throws {
         let cluster = try sharedEtcdCluster(members: members)
-        let configuration = logConfiguration(cluster, prefix: freshPrefix())
+        let configuration = logConfiguration(cluster, prefix: freshPrefix(), proposalTimeoutMs: sharedProposalTimeoutMs)
         try await withNodes(nodeCount, configuration) { nodes, _ in
             let storage = nodes.map(\.node)
             let run = try await blocking {

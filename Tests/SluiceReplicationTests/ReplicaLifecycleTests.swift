@@ -54,7 +54,7 @@ struct ReplicaLifecycleTests {
     /// directory joining after that reports `compactedPast`: status failed, writes refused.
     @Test func restartCatchesUpAndCompactionLeavesLateJoinersClearlyFailed() async throws {
         let cluster = try sharedEtcdCluster(members: 1)
-        let configuration = logConfiguration(cluster, prefix: freshPrefix())
+        let configuration = logConfiguration(cluster, prefix: freshPrefix(), proposalTimeoutMs: sharedProposalTimeoutMs)
         try await withTempDirectories(3) { paths in
             let a = try await openNode(paths[0], configuration, checkpointEveryRecords: 4)
             // B is reopened in this process: the closed one must be dropped first (it holds the lock).
