@@ -198,7 +198,7 @@ struct MultiNodeTests {
                 let osn = try await blocking { try node.node.write(objectID: 2, pages: [(UInt64(writer), payload, .absent)]) }
                 for reader in nodes {
                     let page = try await blocking { () throws -> PageVersion in
-                        _ = try reader.node.catchUp(to: osn, timeoutMs: 3_000)
+                        _ = try reader.node.catchUp(to: osn, timeoutMs: 10_000)
                         return try reader.node.read(objectID: 2, pageIndex: UInt64(writer))
                     }
                     #expect(page.pageOSN == osn)
@@ -208,7 +208,7 @@ struct MultiNodeTests {
             }
             let lasts = try await blocking { () throws -> [UInt64] in
                 let target = nodes.map(\.node.lastOSN).max()!
-                return try nodes.map { try $0.node.catchUp(to: target, timeoutMs: 3_000).appliedOSN }
+                return try nodes.map { try $0.node.catchUp(to: target, timeoutMs: 10_000).appliedOSN }
             }
             #expect(lasts == Array(repeating: UInt64(nodeCount), count: nodeCount))
             #expect(nodes.allSatisfy { $0.node.replicaStatus.state == .following })

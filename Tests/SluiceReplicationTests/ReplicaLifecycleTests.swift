@@ -77,7 +77,7 @@ struct ReplicaLifecycleTests {
             last = try await write(a, 13..<40)
             b = nil
             b = try await openNode(paths[1], configuration, checkpointEveryRecords: 4)
-            let bStatus = try await blocking { [b, last] in try b!.node.catchUp(to: last, timeoutMs: 5_000) }
+            let bStatus = try await blocking { [b, last] in try b!.node.catchUp(to: last, timeoutMs: 10_000) }
             #expect(bStatus.appliedOSN == last && bStatus.state == .following)
             let expected = try await blocking { try pageSummary(a.node, count: 8) }
             let bPages = try await blocking { [b] in try pageSummary(b!.node, count: 8) }
@@ -92,7 +92,7 @@ struct ReplicaLifecycleTests {
             let checkpoint = min(a.node.checkpointOSN, b.node.checkpointOSN)
             #expect(checkpoint == last)
             let keys = LogKeys(prefix: configuration.prefix)
-            let compacted = try await eventually(timeoutMs: 5_000) {
+            let compacted = try await eventually(timeoutMs: 10_000) {
                 try await withEtcdClient(cluster) { client in
                     let floor = try await client.get(keys.floor).flatMap { LogKeys.parseHex($0.value) } ?? 0
                     let batches = try await client.range(keys.logRange)
@@ -106,7 +106,7 @@ struct ReplicaLifecycleTests {
             // deleted (nothing was written since), so only the floor tells.
             let late = try await ReplicatedStorage.open(dataDirectory: paths[2], configuration: configuration, directIO: false,
                                                         catchUpTimeoutMs: 5_000)
-            let failedClearly = await eventually(timeoutMs: 5_000) { late.node.replicaStatus.state == .failed }
+            let failedClearly = await eventually(timeoutMs: 10_000) { late.node.replicaStatus.state == .failed }
             #expect(failedClearly, "status \(late.node.replicaStatus)")
             #expect(late.log.failure == .compactedPast(appliedOSN: 0, floorOSN: checkpoint))
             let refused = try await blocking { () -> ObjectStoreError? in
@@ -121,7 +121,7 @@ struct ReplicaLifecycleTests {
             last = try await write(a, 40..<45)
             b = nil
             b = try await openNode(paths[1], configuration, checkpointEveryRecords: 4)
-            let reopened = try await blocking { [b, last] in try b!.node.catchUp(to: last, timeoutMs: 5_000) }
+            let reopened = try await blocking { [b, last] in try b!.node.catchUp(to: last, timeoutMs: 10_000) }
             #expect(reopened.appliedOSN == last)
             let bAfter = try await blocking { [b] in try pageSummary(b!.node, count: 8) }
             let aAfter = try await blocking { try pageSummary(a.node, count: 8) }
