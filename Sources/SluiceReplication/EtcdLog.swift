@@ -250,6 +250,9 @@ public final class EtcdLog: WriteSequencer {
         if let node = applier.withLock({ $0.node }) {
             _ = try? await client.put(keys.node(nodeName), LogKeys.hex(node.checkpointOSN))
         }
+        // The node refers to this log (its sequencer) and the log to the node: let go of it, so the
+        // store (and its data directory's lock) is released once its owner drops it.
+        applier.withLock { $0.node = nil }
         await client.shutdown()
     }
 
@@ -562,6 +565,15 @@ public final class EtcdLog: WriteSequencer {
                                    : .corruptRecord(key: String(decoding: head.key, as: UTF8.self),
                                                     reason: "batches \(from)...\(first - 1) are missing"))
                 return result.revision
+            }
+            if result.kvs.isEmpty {
+                // Nothing after the applied OSN: caught up, unless compaction deleted what follows it
+                // (every batch, when nothing was written since).
+                let floor = try await readFloor()
+                if floor >= from {
+                    fail(.compactedPast(appliedOSN: from - 1, floorOSN: floor))
+                    return result.revision
+                }
             }
             apply(result.kvs)
             if isDone || !result.more { return result.revision }

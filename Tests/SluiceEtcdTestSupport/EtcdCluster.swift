@@ -2,6 +2,7 @@
 // members of /usr/bin/etcd as child processes on 127.0.0.1, free ports, a temp data dir each.
 import Foundation
 import Glibc
+import Synchronization
 
 /// Where Debian's etcd-server puts etcd (`make deps` installs it).
 public let etcdBinary = "/usr/bin/etcd"
@@ -59,32 +60,44 @@ public final class EtcdCluster: @unchecked Sendable {  // unchecked: members cha
 
     /// Starts every member and waits until each answers /health (which needs an elected leader).
     func start() throws {
+        for index in members.indices { try launch(index) }
+        try waitHealthy(members.indices)
+    }
+
+    /// Starts member `index` (a new one, or one killed before: etcd then ignores the initial-cluster
+    /// flags and resumes from its data dir). Appends to its log.
+    private func launch(_ index: Int) throws {
         let initialCluster = members.map { "\($0.name)=\($0.peerURL)" }.joined(separator: ",")
-        for index in members.indices {
-            let member = members[index]
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: etcdBinary)
-            process.arguments = [
-                "--name", member.name, "--data-dir", member.dataDir,
-                "--listen-client-urls", member.clientURL, "--advertise-client-urls", member.clientURL,
-                "--listen-peer-urls", member.peerURL, "--initial-advertise-peer-urls", member.peerURL,
-                "--initial-cluster", initialCluster, "--initial-cluster-state", "new",
-                "--initial-cluster-token", "sluice-test-\(getpid())",
-                "--election-timeout=500", "--heartbeat-interval=100", "--log-level", "warn",
-            ]
+        let member = members[index]
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: etcdBinary)
+        process.arguments = [
+            "--name", member.name, "--data-dir", member.dataDir,
+            "--listen-client-urls", member.clientURL, "--advertise-client-urls", member.clientURL,
+            "--listen-peer-urls", member.peerURL, "--initial-advertise-peer-urls", member.peerURL,
+            "--initial-cluster", initialCluster, "--initial-cluster-state", "new",
+            "--initial-cluster-token", "sluice-test-\(getpid())",
+            "--election-timeout=500", "--heartbeat-interval=100", "--log-level", "warn",
+        ]
+        if !FileManager.default.fileExists(atPath: member.logPath) {
             guard FileManager.default.createFile(atPath: member.logPath, contents: nil) else {
                 throw EtcdClusterError("cannot create \(member.logPath)")
             }
-            let log = try FileHandle(forWritingTo: URL(fileURLWithPath: member.logPath))
-            process.standardOutput = log
-            process.standardError = log
-            process.standardInput = FileHandle.nullDevice
-            do { try process.run() } catch { throw EtcdClusterError("starting \(etcdBinary): \(error)") }
-            try? log.close()
-            members[index].process = process
         }
+        let log = try FileHandle(forWritingTo: URL(fileURLWithPath: member.logPath))
+        log.seekToEndOfFile()
+        process.standardOutput = log
+        process.standardError = log
+        process.standardInput = FileHandle.nullDevice
+        do { try process.run() } catch { throw EtcdClusterError("starting \(etcdBinary): \(error)") }
+        try? log.close()
+        members[index].process = process
+    }
+
+    private func waitHealthy(_ indices: some Sequence<Int>) throws {
         let deadline = Date().addingTimeInterval(Double(Self.startTimeoutMs) / 1000)
-        for member in members {
+        for index in indices {
+            let member = lock.withLock { members[index] }
             while !healthy(member.clientURL) {
                 if let process = member.process, !process.isRunning {
                     throw EtcdClusterError("etcd \(member.name) exited at start:\n\(logTail(member))")
@@ -96,6 +109,35 @@ public final class EtcdCluster: @unchecked Sendable {  // unchecked: members cha
             }
         }
     }
+
+    /// Starts again member `index` after `kill(member:)`, on its data dir and ports, and waits until
+    /// it answers /health. Blocks (up to `startTimeoutMs`): call it off Swift concurrency's threads.
+    public func restart(member index: Int) throws {
+        try lock.withLock {
+            precondition(members[index].process == nil, "restart of a running member")
+            try launch(index)
+        }
+        try waitHealthy([index])
+    }
+
+    /// Kills every member (kill -9): the whole cluster is gone, its data dirs stay. `restartAll` brings it back.
+    public func killAll() {
+        for index in lock.withLock({ members.indices }) { kill(member: index) }
+    }
+
+    /// Starts every killed member again on its data dir and waits until all answer /health (a quorum
+    /// must meet first). Blocks: call it off Swift concurrency's threads.
+    public func restartAll() throws {
+        let indices = try lock.withLock {
+            let stopped = members.indices.filter { members[$0].process == nil }
+            for index in stopped { try launch(index) }
+            return members.indices
+        }
+        try waitHealthy(indices)
+    }
+
+    /// Whether member `index` runs (not killed).
+    public func isRunning(member index: Int) -> Bool { lock.withLock { members[index].process != nil } }
 
     /// SIGKILL to member `index` (kill -9), reaped before returning. Its port then refuses connections.
     public func kill(member index: Int) {
@@ -173,6 +215,39 @@ public func withEtcdCluster<Result>(
         return try await body(cluster)
     }
     throw EtcdClusterError("etcd cluster of \(memberCount) did not start:\n" + failures.joined(separator: "\n"))
+}
+
+/// A cluster of `memberCount` members shared by every test of this process that asks for one (each
+/// test keeps to a prefix of its own): started on first use, killed when the process exits. For
+/// tests that never kill, pause or restart members (those start their own with `withEtcdCluster`).
+public func sharedEtcdCluster(members memberCount: Int) throws -> EtcdCluster {
+    try sharedClusters.withLock { clusters in
+        if let cluster = clusters[memberCount] { return cluster }
+        guard etcdInstalled else {
+            throw EtcdClusterError("\(etcdBinary) not installed: run `make deps` (apt-get install etcd-server etcd-client)")
+        }
+        var failures: [String] = []
+        for _ in 0..<startAttemptsMax {
+            let cluster = try EtcdCluster(memberCount: memberCount)
+            do {
+                try cluster.start()
+            } catch {
+                cluster.stopAll()
+                failures.append("\(error)")
+                continue
+            }
+            if clusters.isEmpty { atexit { stopSharedClusters() } }
+            clusters[memberCount] = cluster
+            return cluster
+        }
+        throw EtcdClusterError("shared etcd cluster of \(memberCount) did not start:\n" + failures.joined(separator: "\n"))
+    }
+}
+
+private let sharedClusters = Mutex<[Int: EtcdCluster]>([:])
+
+private func stopSharedClusters() {
+    for cluster in sharedClusters.withLock({ Array($0.values) }) { cluster.stopAll() }
 }
 
 /// Starts of a cluster tried before a test fails.

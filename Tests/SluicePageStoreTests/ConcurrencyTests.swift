@@ -4,6 +4,7 @@ import Synchronization
 import Testing
 
 @testable import SluicePageStore
+import SluiceReplicationTestSupport
 import SluiceStorageTestSupport
 
 /// Runs `body(index)` on `count` threads of their own (real threads, not the cooperative pool: the
@@ -32,48 +33,57 @@ func runOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
     }
 
     /// 16 clients × 6 increments, every read and conditional write recorded with its invocation and
-    /// response time; the checker finds a linearization.
-    @Test(arguments: [0, 32]) func recordedHistoryIsLinearizable(parallelReadersMax: Int) throws {
-        let paths = ObjectStoreTests.Paths("history-\(parallelReadersMax)")
-        defer { paths.remove() }
-        let node = StorageNode(store: try ObjectStore(pages: PageFileConfiguration(path: paths.pages),
-                                                       log: try EmbeddedLog(path: paths.log)),
-                               parallelReadersMax: parallelReadersMax)
-        let history = Mutex<[RegisterOperation]>([])
-        runOnThreads(16) { _ in
-            do {
-                var done = 0
-                while done < 6 {
-                    let readStart = Clock.monotonicNs()
-                    guard let current = try? node.read(objectID: 1, pageIndex: 0) else { return }
-                    let readEnd = Clock.monotonicNs()
-                    let value = Self.counter(current.payload)
-                    history.withLock { $0.append(RegisterOperation(invokeNs: readStart, responseNs: readEnd,
-                                                                   kind: .read(value: value, osn: current.pageOSN))) }
-                    let next = withUnsafeBytes(of: value + 1) { Array($0) }
-                    let writeStart = Clock.monotonicNs()
-                    let kind: RegisterOperation.Kind
-                    do {
-                        let osn = try node.write(objectID: 1, pages: [(0, next, .unmodifiedSince(current.pageOSN))])
-                        kind = .conditionalWrite(value: value + 1, expectedOSN: current.pageOSN, succeeded: true, osn: osn)
-                        done += 1
-                    } catch {
-                        guard let storeError = error as? ObjectStoreError,
-                              case .conflict(_, _, let osn) = storeError else { return }
-                        kind = .conditionalWrite(value: value + 1, expectedOSN: current.pageOSN, succeeded: false, osn: osn)
+    /// response time; the checker finds a linearization. On every backend (one node; on etcd a refused
+    /// conditional write spends an OSN, which the checker's conflicts allow: they carry the current OSN).
+    @Test(.timeLimit(.minutes(1)), arguments: [0, 32], StorageBackend.allCases)
+    func recordedHistoryIsLinearizable(parallelReadersMax: Int, backend: StorageBackend) async throws {
+        try await withStorageNode(backend, parallelReadersMax: parallelReadersMax) { opened in
+            let node = opened.node
+            let history = Mutex<[RegisterOperation]>([])
+            let errors = Mutex<[String]>([])
+            try await blocking {
+                runOnThreads(16) { _ in
+                    var done = 0
+                    while done < 6 {
+                        let readStart = Clock.monotonicNs()
+                        let current: PageVersion
+                        do { current = try node.read(objectID: 1, pageIndex: 0) } catch {
+                            errors.withLock { $0.append("read: \(error)") }
+                            return
+                        }
+                        let readEnd = Clock.monotonicNs()
+                        let value = Self.counter(current.payload)
+                        history.withLock { $0.append(RegisterOperation(invokeNs: readStart, responseNs: readEnd,
+                                                                       kind: .read(value: value, osn: current.pageOSN))) }
+                        let next = withUnsafeBytes(of: value + 1) { Array($0) }
+                        let writeStart = Clock.monotonicNs()
+                        let kind: RegisterOperation.Kind
+                        do {
+                            let osn = try node.write(objectID: 1, pages: [(0, next, .unmodifiedSince(current.pageOSN))])
+                            kind = .conditionalWrite(value: value + 1, expectedOSN: current.pageOSN, succeeded: true, osn: osn)
+                            done += 1
+                        } catch {
+                            guard let storeError = error as? ObjectStoreError,
+                                  case .conflict(_, _, let osn) = storeError else {
+                                errors.withLock { $0.append("write: \(error)") }
+                                return
+                            }
+                            kind = .conditionalWrite(value: value + 1, expectedOSN: current.pageOSN, succeeded: false, osn: osn)
+                        }
+                        let writeEnd = Clock.monotonicNs()
+                        history.withLock { $0.append(RegisterOperation(invokeNs: writeStart, responseNs: writeEnd, kind: kind)) }
                     }
-                    let writeEnd = Clock.monotonicNs()
-                    history.withLock { $0.append(RegisterOperation(invokeNs: writeStart, responseNs: writeEnd, kind: kind)) }
                 }
             }
-        }
-        let recorded = history.withLock { $0 }
-        #expect(recorded.filter { if case .conditionalWrite(_, _, true, _) = $0.kind { true } else { false } }.count == 96)
-        #expect(isLinearizable(recorded, initial: (0, 0)))
-        if parallelReadersMax > 0 {
-            #expect(node.parallelReads > 0, "reads ran outside the node's mutex, concurrently with the writes")
-        } else {
-            #expect(node.parallelReads == 0, "every read went through the grouped path")
+            let recorded = history.withLock { $0 }
+            #expect(errors.withLock { $0 } == [])
+            #expect(recorded.filter { if case .conditionalWrite(_, _, true, _) = $0.kind { true } else { false } }.count == 96)
+            #expect(isLinearizable(recorded, initial: (0, 0)))
+            if parallelReadersMax > 0 {
+                #expect(node.parallelReads > 0, "reads ran outside the node's mutex, concurrently with the writes")
+            } else {
+                #expect(node.parallelReads == 0, "every read went through the grouped path")
+            }
         }
     }
 
@@ -98,74 +108,87 @@ func runOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
     }
 
     /// 16 clients increment one counter page by read / conditional write / retry: the final value is
-    /// the number of acknowledged writes, and their OSNs are distinct.
-    @Test(arguments: [0, 32]) func noLostUpdatesUnderSixteenClients(parallelReadersMax: Int) throws {
-        let paths = ObjectStoreTests.Paths("counter-\(parallelReadersMax)")
-        defer { paths.remove() }
-        let node = StorageNode(store: try ObjectStore(pages: PageFileConfiguration(path: paths.pages),
-                                                       log: try EmbeddedLog(path: paths.log)),
-                               parallelReadersMax: parallelReadersMax)
-        let clients = 16
-        let incrementsEach = 25
-        let acknowledged = Mutex<[UInt64]>([])
-        let failures = Atomic<Int>(0)
-        runOnThreads(clients) { _ in
-            do {
-                for _ in 0..<incrementsEach {
-                    do {
-                        let (osn, _) = try updatePage(node, objectID: 1, pageIndex: 0, attemptsMax: 1_000) { bytes in
-                            var value = bytes.count >= 8 ? bytes.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) } : 0
-                            value += 1
-                            return withUnsafeBytes(of: value) { Array($0) }
+    /// the number of acknowledged writes, and their OSNs are distinct. On every backend.
+    @Test(.timeLimit(.minutes(1)), arguments: [0, 32], StorageBackend.allCases)
+    func noLostUpdatesUnderSixteenClients(parallelReadersMax: Int, backend: StorageBackend) async throws {
+        try await withStorageNode(backend, parallelReadersMax: parallelReadersMax) { opened in
+            let node = opened.node
+            let clients = 16
+            let incrementsEach = backend.replicated ? 10 : 25  // each increment is an etcd round trip or more
+            let acknowledged = Mutex<[UInt64]>([])
+            let failures = Mutex<[String]>([])
+            try await blocking {
+                runOnThreads(clients) { _ in
+                    for _ in 0..<incrementsEach {
+                        do {
+                            let (osn, _) = try updatePage(node, objectID: 1, pageIndex: 0, attemptsMax: 1_000) { bytes in
+                                var value = bytes.count >= 8 ? bytes.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) } : 0
+                                value += 1
+                                return withUnsafeBytes(of: value) { Array($0) }
+                            }
+                            acknowledged.withLock { $0.append(osn) }
+                        } catch {
+                            failures.withLock { $0.append("\(error)") }
                         }
-                        acknowledged.withLock { $0.append(osn) }
-                    } catch {
-                        failures.add(1, ordering: .relaxed)
                     }
                 }
             }
+            let osns = acknowledged.withLock { $0 }
+            let final = try await blocking { try node.read(objectID: 1, pageIndex: 0) }
+            let value = final.payload.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
+            #expect(failures.withLock { $0 } == [])
+            #expect(osns.count == clients * incrementsEach)
+            #expect(value == UInt64(osns.count), "every acknowledged increment is in the final value")
+            #expect(Set(osns).count == osns.count, "each write has its own OSN")
+            #expect(final.pageOSN == osns.max())
         }
-        let osns = acknowledged.withLock { $0 }
-        let final = try node.read(objectID: 1, pageIndex: 0)
-        let value = final.payload.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
-        #expect(failures.load(ordering: .relaxed) == 0)
-        #expect(osns.count == clients * incrementsEach)
-        #expect(value == UInt64(osns.count), "every acknowledged increment is in the final value")
-        #expect(Set(osns).count == osns.count, "each write has its own OSN")
-        #expect(final.pageOSN == osns.max())
     }
 
     /// 16 writers of distinct pages: writes that arrive during a flush share the next one (fewer
-    /// log flushes than writes), each gets its own gap-free OSN, and every page reads back.
-    @Test func concurrentWritesShareLogFlushes() throws {
-        let paths = ObjectStoreTests.Paths("group")
-        defer { paths.remove() }
-        let log = try EmbeddedLog(path: paths.log)
-        let node = StorageNode(store: try ObjectStore(pages: PageFileConfiguration(path: paths.pages), log: log))
-        let writers = 16
-        let writesEach = 20
-        let osns = Mutex<[UInt64]>([])
-        runOnThreads(writers) { writer in
-            do {
-                for round in 0..<writesEach {
-                    let value = UInt8(truncatingIfNeeded: writer &* 31 &+ round)
-                    if let osn = try? node.write(objectID: UInt64(writer), pages: [(UInt64(round), [value], .absent)]) {
-                        osns.withLock { $0.append(osn) }
+    /// log flushes than writes; on etcd, fewer batches than proposals), each gets its own gap-free
+    /// OSN, and every page reads back.
+    @Test(.timeLimit(.minutes(1)), arguments: StorageBackend.allCases)
+    func concurrentWritesShareLogFlushes(backend: StorageBackend) async throws {
+        try await withStorageNode(backend) { opened in
+            let node = opened.node
+            let writers = 16
+            let writesEach = 20
+            let osns = Mutex<[UInt64]>([])
+            try await blocking {
+                runOnThreads(writers) { writer in
+                    for round in 0..<writesEach {
+                        let value = UInt8(truncatingIfNeeded: writer &* 31 &+ round)
+                        if let osn = try? node.write(objectID: UInt64(writer), pages: [(UInt64(round), [value], .absent)]) {
+                            osns.withLock { $0.append(osn) }
+                        }
                     }
                 }
             }
-        }
-        let all = osns.withLock { $0 }.sorted()
-        #expect(all == Array(1...UInt64(writers * writesEach)), "every write acknowledged, OSNs gap-free")
-        let stats = node.commitStats
-        #expect(stats.writes == UInt64(writers * writesEach))
-        #expect(stats.groupCommits < stats.writes, "writes that queue during a flush share the next one")
-        #expect(log.groupCommits == stats.groupCommits, "one log flush per group commit")
-        for writer in 0..<writers {
-            for round in 0..<writesEach {
-                let page = try node.read(objectID: UInt64(writer), pageIndex: UInt64(round))
-                #expect(page.payload.first == UInt8(truncatingIfNeeded: writer &* 31 &+ round))
+            let all = osns.withLock { $0 }.sorted()
+            #expect(all == Array(1...UInt64(writers * writesEach)), "every write acknowledged, OSNs gap-free")
+            if let log = opened.embeddedLog {
+                let stats = node.commitStats
+                #expect(stats.writes == UInt64(writers * writesEach))
+                #expect(stats.groupCommits < stats.writes, "writes that queue during a flush share the next one")
+                #expect(log.groupCommits == stats.groupCommits, "one log flush per group commit")
+            } else if let replicated = opened.replicated {
+                let stats = replicated.log.stats
+                let proposals = stats.proposals.load(ordering: .relaxed)
+                let batches = stats.batches.load(ordering: .relaxed)
+                #expect(proposals == UInt64(writers * writesEach))
+                #expect(batches < proposals, "proposals that queue during a round trip share the next batch: \(batches) batches")
             }
+            let wrong = try await blocking {
+                var wrong = 0
+                for writer in 0..<writers {
+                    for round in 0..<writesEach {
+                        let page = try node.read(objectID: UInt64(writer), pageIndex: UInt64(round))
+                        if page.payload.first != UInt8(truncatingIfNeeded: writer &* 31 &+ round) { wrong += 1 }
+                    }
+                }
+                return wrong
+            }
+            #expect(wrong == 0, "every page reads back")
         }
     }
 

@@ -13,13 +13,13 @@ struct ReplicatedStorageTests {
     @Test func writeThroughOneNodeReadsWithSameOSNThroughAnother() async throws {
         try await withEtcdCluster(members: 1) { cluster in
             try await withTempDirectories(2) { paths in
-                let configuration = logConfiguration(cluster)
+                let configuration = logConfiguration(cluster, proposalTimeoutMs: sharedProposalTimeoutMs)  // the full suite loads 2 cores
                 let a = try await openNode(paths[0], configuration)
                 let b = try await openNode(paths[1], configuration)
                 let payload = Array(repeating: UInt8(7), count: 100)
                 let osn = try await blocking { try a.node.write(objectID: 1, pages: [(0, payload, .absent)]) }
                 #expect(osn == 1)
-                let status = try await blocking { try b.node.catchUp(to: osn, timeoutMs: 3_000) }
+                let status = try await blocking { try b.node.catchUp(to: osn, timeoutMs: 10_000) }
                 #expect(status.appliedOSN >= osn)
                 let read = try await blocking { try b.node.read(objectID: 1, pageIndex: 0) }
                 #expect(Array(read.payload.prefix(payload.count)) == payload && read.payload.dropFirst(payload.count).allSatisfy { $0 == 0 })
@@ -30,7 +30,7 @@ struct ReplicatedStorageTests {
                     try await blocking { try a.node.write(objectID: 1, pages: [(0, [2], .unmodifiedSince(osn))]) }
                 }
                 #expect(stale == .conflict(objectID: 1, pageIndex: 0, currentOSN: second))
-                _ = try await blocking { try a.node.catchUp(to: second + 1, timeoutMs: 3_000) }
+                _ = try await blocking { try a.node.catchUp(to: second + 1, timeoutMs: 10_000) }
                 #expect(try await blocking { try a.node.read(objectID: 1, pageIndex: 0) } ==
                         (try await blocking { try b.node.read(objectID: 1, pageIndex: 0) }))
                 await a.close()

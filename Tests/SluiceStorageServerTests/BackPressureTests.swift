@@ -1,5 +1,6 @@
 import Glibc
 import SluicePageStore
+import SluiceReplicationTestSupport
 import SluiceTestSupport
 import Testing
 
@@ -98,41 +99,41 @@ import Testing
 
     /// In-process, with small bounds: the close is counted in the server's stats, and a request on
     /// another connection is answered while the stalled one is over its bound.
-    @Test func aStalledConnectionIsClosedAndCounted() throws {
+    @Test(arguments: StorageBackend.allCases) func aStalledConnectionIsClosedAndCounted(backend: StorageBackend) async throws {
         var configuration = StorageServerConfiguration()
         configuration.outstandingReplyBytesMax = 1 << 20
         configuration.outstandingRequestsMax = 8
         configuration.stalledReplyDeadlineNs = 500_000_000
-        let served = try ServedNode(configuration: configuration)
-        defer { served.close() }
-        let normal = try served.client()
-        try Self.fill(normal, objectID: 1)
-        let stalled = try served.client()
-        try stalled.sendRaw(Self.pipelinedReads(objectID: 1, count: 200))
-        #expect(try normal.read(objectID: 1, pageIndex: 3).payload.first == 0xA5)
-        let giveUpMs = Self.nowMs() + 10_000
-        while served.server.stalledConnectionsClosed == 0, Self.nowMs() < giveUpMs { usleep(20_000) }
-        #expect(served.server.stalledConnectionsClosed == 1)
-        #expect(Self.repliesBeforeClose(stalled, repliesMax: 200) != nil)
-        #expect(try normal.statNode().lastOSN > 0)
+        try await withServedNode(backend, configuration: configuration) { served in
+            let normal = try served.client()
+            try Self.fill(normal, objectID: 1)
+            let stalled = try served.client()
+            try stalled.sendRaw(Self.pipelinedReads(objectID: 1, count: 200))
+            #expect(try normal.read(objectID: 1, pageIndex: 3).payload.first == 0xA5)
+            let giveUpMs = Self.nowMs() + 10_000
+            while served.server.stalledConnectionsClosed == 0, Self.nowMs() < giveUpMs { usleep(20_000) }
+            #expect(served.server.stalledConnectionsClosed == 1)
+            #expect(Self.repliesBeforeClose(stalled, repliesMax: 200) != nil)
+            #expect(try normal.statNode().lastOSN > 0)
+        }
     }
 
     /// A client that reads slowly but does read is never closed, however many requests it pipelines.
-    @Test func aSlowReaderIsServedInFull() throws {
+    @Test(arguments: StorageBackend.allCases) func aSlowReaderIsServedInFull(backend: StorageBackend) async throws {
         var configuration = StorageServerConfiguration()
         configuration.outstandingReplyBytesMax = 1 << 20
         configuration.outstandingRequestsMax = 8
         configuration.stalledReplyDeadlineNs = 2_000_000_000
-        let served = try ServedNode(configuration: configuration)
-        defer { served.close() }
-        let client = try served.client()
-        try Self.fill(client, objectID: 1)
-        try client.sendRaw(Self.pipelinedReads(objectID: 1, count: 40))
-        for requestID in 1...40 {
-            if requestID % 10 == 0 { usleep(100_000) }
-            #expect(try client.receiveRaw().requestID == UInt64(requestID))
+        try await withServedNode(backend, configuration: configuration) { served in
+            let client = try served.client()
+            try Self.fill(client, objectID: 1)
+            try client.sendRaw(Self.pipelinedReads(objectID: 1, count: 40))
+            for requestID in 1...40 {
+                if requestID % 10 == 0 { usleep(100_000) }
+                #expect(try client.receiveRaw().requestID == UInt64(requestID))
+            }
+            #expect(served.server.stalledConnectionsClosed == 0)
         }
-        #expect(served.server.stalledConnectionsClosed == 0)
     }
 
     static func nowMs() -> Int {

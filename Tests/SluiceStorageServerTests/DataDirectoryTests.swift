@@ -1,5 +1,6 @@
 import Glibc
 import SluicePageStore
+import SluiceReplicationTestSupport
 import SluiceTestSupport
 import Testing
 
@@ -59,14 +60,14 @@ import Testing
     }
 
     /// A directory as `storage put`'s payload is an error (it once wrote an empty page).
-    @Test func putOfADirectoryIsRefused() throws {
+    @Test func putOfADirectoryIsRefused() async throws {
         let binary = try #require(sluiceBinary(), "no built `sluice` next to the test bundle (run `swift build --build-tests`)")
-        let served = try ServedNode()
-        defer { served.close() }
-        let result = try runCommand([binary, "storage", "put", "--port", "\(served.server.port)", "3", "0", "/var/tmp"],
-                                    timeoutMs: 30_000)
-        #expect(result.status == 1)
-        #expect(result.stderr.contains("/var/tmp is a directory"), "stderr: \(result.stderr)")
-        #expect(try served.client().read(objectID: 3, pageIndex: 0).pageOSN == 0, "nothing was written")
+        try await withServedNode(.embedded) { served in
+            let result = try runCommand([binary, "storage", "put", "--port", "\(served.server.port)", "3", "0", "/var/tmp"],
+                                        timeoutMs: 30_000)
+            #expect(result.status == 1)
+            #expect(result.stderr.contains("/var/tmp is a directory"), "stderr: \(result.stderr)")
+            #expect(try served.client().read(objectID: 3, pageIndex: 0).pageOSN == 0, "nothing was written")
+        }
     }
 }

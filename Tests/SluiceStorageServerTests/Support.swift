@@ -1,38 +1,43 @@
 import Glibc
 import SluicePageStore
+import SluiceReplicationTestSupport
 import Synchronization
 
 @testable import SluiceStorageServer
 
-/// A node on a real filesystem (/var/tmp: O_DIRECT needs one, tmpfs refuses it) served on 127.0.0.1
-/// at a kernel-chosen port. `close()` stops the server and removes the files.
+/// A node on `backend` (see SluiceReplicationTestSupport's StorageBackend) served on 127.0.0.1 at a
+/// kernel-chosen port. Made by `withServedNode`, which stops the server and closes the node after.
 final class ServedNode: @unchecked Sendable {  // unchecked: fields are set once in init
+    let backend: StorageBackend
     let node: StorageNode
     let server: StorageServer
     let pagesPath: String
-    let logPath: String
     let payloadSizeBytes: Int
-    private static let counter = Atomic<Int>(0)
 
-    init(configuration: StorageServerConfiguration = .init(), parallelReadersMax: Int = 0,
-         checkpointEveryRecords: UInt64 = 4_096) throws {
-        let unique = "\(getpid())-\(Self.counter.add(1, ordering: .relaxed).newValue)"
-        pagesPath = "/var/tmp/sluice-server-\(unique).pages"
-        logPath = "/var/tmp/sluice-server-\(unique).log"
-        let store = try ObjectStore(pages: PageFileConfiguration(path: pagesPath), log: try EmbeddedLog(path: logPath),
-                                    checkpointEveryRecords: checkpointEveryRecords)
-        payloadSizeBytes = store.payloadSizeBytes
-        node = StorageNode(store: store, parallelReadersMax: parallelReadersMax)
+    init(_ opened: OpenedNode, configuration: StorageServerConfiguration) throws {
+        backend = opened.backend
+        node = opened.node
+        pagesPath = opened.pagesPath
+        payloadSizeBytes = opened.payloadSizeBytes
         server = try StorageServer.bind(host: "127.0.0.1", port: 0, node: node, payloadSizeBytes: payloadSizeBytes,
                                         configuration: configuration)
     }
 
     func client() throws -> StorageClient { try StorageClient(host: "127.0.0.1", port: server.port) }
+}
 
-    func close() {
-        server.close()
-        for path in [pagesPath, logPath, pagesPath + ".checkpoint", ObjectStore.lockPath(pages: pagesPath),
-                     ObjectStore.formatPath(pages: pagesPath)] { unlink(path) }
+/// Serves a node on `backend` and runs `body` with it on a thread of its own (client and node calls
+/// block; the etcd log's tasks need Swift concurrency's threads; the test's context goes along, so
+/// expectations in `body` count for the test), then stops the server and closes
+/// the node. Skipped (with the reason printed) when the backend is not available here.
+func withServedNode(_ backend: StorageBackend, configuration: StorageServerConfiguration = .init(),
+                    parallelReadersMax: Int = 0, checkpointEveryRecords: UInt64 = 4_096,
+                    _ body: @escaping @Sendable (ServedNode) throws -> Void) async throws {
+    try await withStorageNode(backend, parallelReadersMax: parallelReadersMax,
+                              checkpointEveryRecords: checkpointEveryRecords) { opened in
+        let served = try ServedNode(opened, configuration: configuration)
+        defer { served.server.close() }
+        try await onOwnThread { try body(served) }
     }
 }
 
