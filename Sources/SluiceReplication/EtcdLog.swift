@@ -172,6 +172,9 @@ public final class EtcdLog: WriteSequencer {
         var disconnected = true
         /// `P/meta` checked (or written): proposals may be sent.
         var metaChecked = false
+        /// A range read found this node's applied OSN continuing the log (not compacted past): only then
+        /// is its checkpoint published in `P/nodes/`, where it holds compaction back.
+        var continuityChecked = false
         var lastError = "etcd not contacted yet"
         var failure: ReplicationProblem?
         var stopped = false
@@ -247,7 +250,10 @@ public final class EtcdLog: WriteSequencer {
         let running = tasks.withLock { $0 }
         for task in running { task.cancel() }
         for task in running { await task.value }
-        if let node = applier.withLock({ $0.node }) {
+        // A node that failed (compacted past, corrupt log) publishes nothing: its checkpoint would hold
+        // compaction back for a node that cannot follow anyway.
+        let publish = state.withLock { $0.continuityChecked && $0.failure == nil }
+        if publish, let node = applier.withLock({ $0.node }) {
             _ = try? await client.put(keys.node(nodeName), LogKeys.hex(node.checkpointOSN))
         }
         // The node refers to this log (its sequencer) and the log to the node: let go of it, so the
@@ -576,7 +582,9 @@ public final class EtcdLog: WriteSequencer {
                 }
             }
             apply(result.kvs)
-            if isDone || !result.more { return result.revision }
+            if isDone { return result.revision }
+            state.withLock { $0.continuityChecked = true }
+            if !result.more { return result.revision }
         }
     }
 
@@ -765,7 +773,7 @@ public final class EtcdLog: WriteSequencer {
                     stalledBeats = 0
                 }
                 lastApplied = applied
-                guard state.withLock({ $0.metaChecked }) else { continue }
+                guard state.withLock({ $0.metaChecked && $0.continuityChecked && $0.failure == nil }) else { continue }
                 let checkpoint = applier.withLock { $0.node?.checkpointOSN } ?? 0
                 if published != checkpoint {
                     _ = try await timed { () async throws(EtcdError) -> EtcdPutResult in

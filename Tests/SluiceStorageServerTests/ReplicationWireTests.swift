@@ -79,9 +79,8 @@ import Testing
     }
 
     /// An embedded node is always following at its last OSN; a wait past it is `behind`.
-    @Test func syncAgainstEmbeddedNode() throws {
-        let served = try ServedNode()
-        defer { served.close() }
+    @Test func syncAgainstEmbeddedNode() async throws {
+        try await withServedNode(.embedded) { served in
         let client = try served.client()
         let osn = try client.write(objectID: 1, pageIndex: 0, payload: [1, 2, 3])
         let status = try client.sync()
@@ -94,5 +93,6 @@ import Testing
         try client.sendRaw(rawFrame(opcode: 0x20, requestID: 99, body: bigEndian(0) + [0, 1, 0, 0]))
         #expect(try client.receiveRaw().decoded() == .malformedFrame(message: MalformedBody.syncTimeoutTooLong(65_536).reason))
         #expect(try client.read(objectID: 1, pageIndex: 0).pageOSN == osn)
+        }
     }
 }
