@@ -11,6 +11,7 @@ import EtcdGRPC
 import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
+import NIOCore
 import SluiceReplication
 
 #if canImport(Glibc)
@@ -26,6 +27,8 @@ struct Options {
     var valueBytes = 4096
     var warmupCalls = 300
     var etcdPID: Int32?
+    /// Runs one transport only ("gateway" or "grpc"): for checking one alone; no ratio then.
+    var only: String?
 
     static func parse(_ arguments: [String]) -> Options {
         var options = Options()
@@ -53,11 +56,15 @@ struct Options {
             case "--value-bytes": options.valueBytes = int(value(), 0...(1 << 20))
             case "--warmup": options.warmupCalls = int(value(), 0...100_000)
             case "--etcd-pid": options.etcdPID = Int32(int(value(), 1...Int(Int32.max)))
+            case "--only":
+                let name = value()
+                guard ["gateway", "grpc"].contains(name) else { fail("--only wants gateway or grpc") }
+                options.only = name
             default:
                 fail("""
                     unknown argument \(arguments[index])
                     usage: etcd-transport --endpoint HOST:PORT [--rounds 5] [--calls 2000] [--concurrency 16] \
-                    [--value-bytes 4096] [--warmup 300] [--etcd-pid PID]
+                    [--value-bytes 4096] [--warmup 300] [--etcd-pid PID] [--only gateway|grpc]
                     """)
             }
             index += 1
@@ -173,8 +180,11 @@ func nanoseconds(_ duration: Duration) -> Int64 {
     return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
 }
 
+/// Fresh per run (process id and start time), so runs against one etcd never meet each other's keys.
+let runID = "\(getpid())-\(Int(Date().timeIntervalSince1970))"
+
 func key(_ transport: String, _ round: Int, _ phase: String, _ index: Int) -> [UInt8] {
-    Array("/etcd-transport/\(transport)/\(round)/\(phase)/\(String(format: "%08d", index))".utf8)
+    Array("/etcd-transport/\(runID)/\(transport)/\(round)/\(phase)/\(String(format: "%08d", index))".utf8)
 }
 
 /// Runs `calls` calls of `body` (given the call's index) from `tasks` tasks; returns the sample.
@@ -189,7 +199,7 @@ func measure(calls: Int, tasks: Int, etcdPID: Int32?,
     if tasks == 1 {
         for index in 0..<calls {
             let callStart = clock.now
-            try await body(index)
+            do { try await body(index) } catch { throw CallFailed(index: index, elapsed: clock.now - start, underlying: error) }
             latencies.append(nanoseconds(clock.now - callStart))
         }
     } else {
@@ -201,7 +211,9 @@ func measure(calls: Int, tasks: Int, etcdPID: Int32?,
                     var index = task
                     while index < calls {
                         let callStart = clock.now
-                        try await body(index)
+                        do { try await body(index) } catch {
+                            throw CallFailed(index: index, elapsed: clock.now - start, underlying: error)
+                        }
                         mine.append(nanoseconds(clock.now - callStart))
                         index += tasks
                     }
@@ -223,6 +235,14 @@ func measure(calls: Int, tasks: Int, etcdPID: Int32?,
         p99Microseconds: Double(latencies[min(calls - 1, calls * 99 / 100)]) / 1000,
         cpuMicrosecondsPerCall: Double(cpu) / Double(calls),
         etcdCPUMicrosecondsPerCall: etcdCPU.map { Double($0) / Double(calls) })
+}
+
+/// A call that failed: which one, after how long into its phase.
+struct CallFailed: Error, CustomStringConvertible {
+    var index: Int
+    var elapsed: Duration
+    var underlying: any Error
+    var description: String { "call \(index) failed \(elapsed) into its phase: \(underlying)" }
 }
 
 struct NotCreated: Error, CustomStringConvertible {
@@ -277,6 +297,64 @@ func median(_ values: [Double]) -> Double {
 
 func format(_ value: Double, _ digits: Int = 0) -> String { String(format: "%.\(digits)f", value) }
 
+/// Answers etcd's PINGs itself, in front of the HTTP/2 handler, and prints the frames etcd sent when
+/// the connection ends.
+///
+/// Why: etcd 3.4's gRPC server (grpc-go's flow-control BDP estimator) sends a PING after nearly every
+/// request it reads, one per unary call; swift-nio-http2 1.46 (under grpc-swift-nio-transport 2.9.2)
+/// counts inbound PING and SETTINGS frames as control frames and closes the connection past 200 in
+/// 30 s (its DoS heuristics, not configurable through the gRPC transport), so call 199 of a connection
+/// fails with "Stream unexpectedly closed". This handler takes each PING (not ACK) frame out of the
+/// byte stream and writes its ACK, which is what the HTTP/2 handler would have written. Every other
+/// frame passes through unchanged, whole frames at a time.
+final class PingAnswerer: ChannelDuplexHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    private static let frameHeaderBytes = 9
+    private var pending = ByteBuffer()
+    private var counts: [UInt8: Int] = [:]
+    private var pingsAnswered = 0
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var bytes = unwrapInboundIn(data)
+        pending.writeBuffer(&bytes)
+        var forward = context.channel.allocator.buffer(capacity: pending.readableBytes)
+        var answered = false
+        while pending.readableBytes >= Self.frameHeaderBytes {
+            let start = pending.readerIndex
+            let length = Int(pending.getInteger(at: start, as: UInt32.self)! >> 8)
+            guard pending.readableBytes >= Self.frameHeaderBytes + length else { break }
+            let type = pending.getInteger(at: start + 3, as: UInt8.self)!
+            let flags = pending.getInteger(at: start + 4, as: UInt8.self)!
+            counts[type, default: 0] += 1
+            var frame = pending.readSlice(length: Self.frameHeaderBytes + length)!
+            if type == 6, flags & 1 == 0, length == 8 {
+                var ack = context.channel.allocator.buffer(capacity: 17)
+                ack.writeBytes([0, 0, 8, 6, 1, 0, 0, 0, 0])
+                ack.writeBytes(frame.getSlice(at: frame.readerIndex + Self.frameHeaderBytes, length: 8)!.readableBytesView)
+                context.write(wrapOutboundOut(ack), promise: nil)
+                pingsAnswered += 1
+                answered = true
+            } else {
+                forward.writeBuffer(&frame)
+            }
+        }
+        pending.discardReadBytes()
+        if answered { context.flush() }
+        if forward.readableBytes > 0 { context.fireChannelRead(wrapInboundOut(forward)) }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        let names: [UInt8: String] = [0: "DATA", 1: "HEADERS", 3: "RST_STREAM", 4: "SETTINGS", 6: "PING", 7: "GOAWAY", 8: "WINDOW_UPDATE"]
+        let text = counts.sorted { $0.key < $1.key }.map { "\(names[$0.key] ?? String($0.key))=\($0.value)" }.joined(separator: " ")
+        FileHandle.standardError.write(Data(
+            "etcd-transport: gRPC connection closed; frames from etcd: \(text); PINGs answered here: \(pingsAnswered)\n".utf8))
+        context.fireChannelInactive()
+    }
+}
+
 // MARK: Main
 
 let options = Options.parse(CommandLine.arguments)
@@ -285,11 +363,20 @@ let gatewayClient = try EtcdClient(EtcdClientConfiguration(endpoints: ["http://\
 let gateway = GatewayTransport(client: gatewayClient, value: value)
 
 try await withGRPCClient(
-    transport: .http2NIOPosix(target: .ipv4(address: options.host, port: options.port), transportSecurity: .plaintext)
+    transport: .http2NIOPosix(
+        target: .ipv4(address: options.host, port: options.port), transportSecurity: .plaintext,
+        config: .defaults { config in
+            config.channelDebuggingCallbacks.onCreateTCPConnection = { channel in
+                channel.pipeline.addHandler(PingAnswerer(), position: .first)
+            }
+        })
 ) { grpcClient in
     let grpc = GRPCTransport(kv: Etcdserverpb_KV.Client(wrapping: grpcClient), value: Data(value))
-    let transports: [any Transport] = [gateway, grpc]
-    for transport in transports { try await warmUp(transport, options: options) }
+    let transports: [any Transport] = [gateway, grpc].filter { options.only == nil || $0.name == options.only }
+    // gRPC first: its connection opens with the client, and etcd 3.4's listener (cmux, which tells
+    // gRPC from HTTP by the first request's headers) was seen to close a connection that sent its
+    // first request only seconds after opening ("Stream unexpectedly closed").
+    for transport in transports.reversed() { try await warmUp(transport, options: options) }
 
     var samples: [String: [Phase: [Sample]]] = [:]
     for round in 1...options.rounds {
@@ -330,7 +417,7 @@ try await withGRPCClient(
     print("| phase | gRPC/gateway calls/s | gRPC/gateway p50 | gRPC/gateway p99 | gRPC/gateway client CPU/call |"
         + (etcdColumn ? " gRPC/gateway etcd CPU/call |" : ""))
     print("|---|---:|---:|---:|---:|" + (etcdColumn ? "---:|" : ""))
-    for phase in Phase.allCases {
+    for phase in Phase.allCases where options.only == nil {
         let g = medians["grpc"]![phase]!
         let h = medians["gateway"]![phase]!
         var row = "| \(phase.label(options)) | \(format(g.callsPerSecond / h.callsPerSecond, 2)) | "
