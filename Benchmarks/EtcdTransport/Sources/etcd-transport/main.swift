@@ -373,9 +373,7 @@ try await withGRPCClient(
 ) { grpcClient in
     let grpc = GRPCTransport(kv: Etcdserverpb_KV.Client(wrapping: grpcClient), value: Data(value))
     let transports: [any Transport] = [gateway, grpc].filter { options.only == nil || $0.name == options.only }
-    // gRPC first: its connection opens with the client, and etcd 3.4's listener (cmux, which tells
-    // gRPC from HTTP by the first request's headers) was seen to close a connection that sent its
-    // first request only seconds after opening ("Stream unexpectedly closed").
+    // Both warmed before the first measured round (connections open, code paths hot).
     for transport in transports.reversed() { try await warmUp(transport, options: options) }
 
     var samples: [String: [Phase: [Sample]]] = [:]
