@@ -107,14 +107,18 @@ done
 stop_cluster c1 "$c1_pids"
 stop_cluster c3 "$c3_pids"
 
+# The node's etcd calls at the client's default deadline, and at FAILOVER_TIMEOUT_MS (default 700).
 for f in $(seq 1 "$failovers"); do
-  echo "fail-over $f" >&2
-  start_cluster fo 3
-  sleep 1  # a settled leader
-  "$binary" --mode failover --clients 16 --data "$work/node-failover" --endpoints "$cluster_endpoints" \
-    --etcd-pids "$cluster_pids" >>"$work/failover.txt" || echo "  (fail-over $f: exit $?)" >&2
-  stop_cluster fo "$cluster_pids"
-  rm -rf "$work/node-failover"
+  for timeout in 2000 "${FAILOVER_TIMEOUT_MS:-700}"; do
+    echo "fail-over $f, etcd call deadline $timeout ms" >&2
+    start_cluster fo 3
+    sleep 1  # a settled leader
+    "$binary" --mode failover --clients 16 --data "$work/node-failover" --endpoints "$cluster_endpoints" \
+      --etcd-pids "$cluster_pids" --call-timeout-ms "$timeout" | tee -a "$work/failover.txt" >&2 ||
+      echo "  (fail-over $f: exit $?)" >&2
+    stop_cluster fo "$cluster_pids"
+    rm -rf "$work/node-failover"
+  done
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$work/machine.txt" >&2
 
@@ -122,7 +126,7 @@ python3 - "$work" "$runs" "$seconds" <<'PY'
 import os, statistics, sys
 work, runs, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 rows = {}
-for line in open(os.path.join(work, "results.txt")):
+for line in (open(os.path.join(work, "results.txt")) if os.path.exists(os.path.join(work, "results.txt")) else []):
     fields = dict(f.split("=", 1) for f in line.split())
     rows.setdefault((fields["mode"], int(fields["clients"])), []).append(fields)
 def med(mode, clients, key):
@@ -158,11 +162,13 @@ print(f"- goal (etcd mode at 16 clients >= 3x the anchor, 3 members): {goal:.2f}
       f" (1 member: {ratio('etcd1', 'anchor1', 16):.2f}x)")
 path = os.path.join(work, "failover.txt")
 if os.path.exists(path):
-    lines = [dict(f.split("=", 1) for f in line.split()) for line in open(path)]
+  every = [dict(f.split("=", 1) for f in line.split()) for line in open(path) if line.startswith("mode=failover")]
+  for deadline in sorted({x["call_timeout_ms"] for x in every}, key=int, reverse=True):
+    lines = [x for x in every if x["call_timeout_ms"] == deadline]
     def times(key):
         return [float(x[key]) for x in lines if x.get(key, "none") != "none"]
     new, anyack = times("first_new_write_ack_ms"), times("first_ack_ms")
-    print(f"\nfail-over, 3 members, 16 clients, kill -9 of the leader, {len(lines)} runs:")
+    print(f"\nfail-over, 3 members, 16 clients, kill -9 of the leader, node's etcd call deadline {deadline} ms, {len(lines)} runs:")
     if new:
         print(f"- kill -> first acknowledged write issued after the kill: median {statistics.median(new):.0f} ms, "
               f"max {max(new):.0f} ms ({len(new)}/{len(lines)} recovered); goal < 1500 ms: "

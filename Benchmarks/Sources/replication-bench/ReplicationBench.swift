@@ -24,9 +24,9 @@ func nowNs() -> UInt64 {
 }
 
 /// CPU time (user + system, ns) of this process.
-func selfCPUNs() -> UInt64 {
+func processCPUNs() -> UInt64 {
     var usage = rusage()
-    getrusage(RUSAGE_SELF, &usage)
+    getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
     let micros = (Int64(usage.ru_utime.tv_sec) + Int64(usage.ru_stime.tv_sec)) * 1_000_000
         + Int64(usage.ru_utime.tv_usec) + Int64(usage.ru_stime.tv_usec)
     return UInt64(micros) * 1_000
@@ -46,6 +46,17 @@ func processesCPUNs(_ pids: [Int32]) -> UInt64 {
         total += (user + system) * 1_000_000_000 / ticks
     }
     return total
+}
+
+/// Lowers `atomic` to `value` when that is smaller. (`Atomic<UInt64>.min` compares as signed in Swift
+/// 6.3.1 on x86-64: `min(5)` leaves `UInt64.max`, which reads as -1, so it is not used here.)
+func lowerTo(_ atomic: borrowing Atomic<UInt64>, _ value: UInt64) {
+    var current = atomic.load(ordering: .relaxed)
+    while value < current {
+        let (exchanged, original) = atomic.compareExchange(expected: current, desired: value, ordering: .relaxed)
+        if exchanged { return }
+        current = original
+    }
 }
 
 /// Runs `body` on a thread of its own (never on a cooperative thread: StorageNode calls block).
@@ -138,6 +149,9 @@ struct ReplicationBench: AsyncParsableCommand {
     @Option(help: "Open the page file with O_DIRECT (needs a file system that has it; not tmpfs).")
     var directIO = true
 
+    @Option(help: "Deadline of each etcd call of the node's log, ms (the client's default: \(EtcdLimits.callTimeoutMsDefault)).")
+    var callTimeoutMs = EtcdLimits.callTimeoutMsDefault
+
     @Option(help: "Fail-over: seconds of writes before the kill.")
     var killAfter = 1.5
 
@@ -188,7 +202,7 @@ struct ReplicationBench: AsyncParsableCommand {
                 throw ExitCode(1)
             }
         } else {
-            let log = EtcdLogConfiguration(client: EtcdClientConfiguration(endpoints: endpointList), prefix: prefix)
+            let log = EtcdLogConfiguration(client: EtcdClientConfiguration(endpoints: endpointList, callTimeoutMs: callTimeoutMs), prefix: prefix)
             do {
                 let opened = try await ReplicatedStorage.open(dataDirectory: data, configuration: log, directIO: directIO)
                 let status = opened.log.status
@@ -332,10 +346,10 @@ struct ReplicationBench: AsyncParsableCommand {
         static func measure(from: UInt64, to: UInt64, pids: [Int32]) -> Window {
             let now = nowNs()
             if from > now { usleep(UInt32((from - now) / 1_000)) }
-            let self0 = selfCPUNs(), etcd0 = processesCPUNs(pids), t0 = nowNs()
+            let self0 = processCPUNs(), etcd0 = processesCPUNs(pids), t0 = nowNs()
             let later = nowNs()
             if to > later { usleep(UInt32((to - later) / 1_000)) }
-            let self1 = selfCPUNs(), etcd1 = processesCPUNs(pids), t1 = nowNs()
+            let self1 = processCPUNs(), etcd1 = processesCPUNs(pids), t1 = nowNs()
             return Window(seconds: Double(t1 - t0) / 1e9, selfCPUNs: self1 - self0, etcdCPUNs: etcd1 &- etcd0)
         }
     }
@@ -398,7 +412,7 @@ struct ReplicationBench: AsyncParsableCommand {
                             }
                             seen = kv.modRevision
                         } catch {
-                            tally.errors["range." + kind(of: error), default: 0] += 1
+                            tally.errors["range." + ((error as? EtcdError).map { kind(of: $0) } ?? "\(error)"), default: 0] += 1
                             continue
                         }
                         let begin = nowNs()
@@ -407,7 +421,7 @@ struct ReplicationBench: AsyncParsableCommand {
                                                               success: [.put(key: key, value: payload)])
                             if !result.succeeded { tally.conflicts += 1; continue }
                         } catch {
-                            tally.errors["txn." + kind(of: error), default: 0] += 1
+                            tally.errors["txn." + ((error as? EtcdError).map { kind(of: $0) } ?? "\(error)"), default: 0] += 1
                             continue
                         }
                         let done = nowNs()
@@ -470,8 +484,8 @@ struct ReplicationBench: AsyncParsableCommand {
                     onAck: { begin, done in
                         let kill = killNs.load(ordering: .relaxed)
                         guard done > kill else { acksBeforeKill.add(1, ordering: .relaxed); return }
-                        _ = firstAckDone.min(done, ordering: .relaxed)
-                        if begin > kill { _ = firstIssuedAckDone.min(done, ordering: .relaxed) }
+                        lowerTo(firstAckDone, done)
+                        if begin > kill { lowerTo(firstIssuedAckDone, done) }
                     },
                     onError: { _, what in afterKillErrors.withLock { $0[what, default: 0] += 1 } })
                 results.withLock { $0.append(tally) }
@@ -504,7 +518,7 @@ struct ReplicationBench: AsyncParsableCommand {
         let ms = { (ns: UInt64) -> String in ns == UInt64.max ? "none" : String(Double(ns - killed) / 1e6) }
         let errors = afterKillErrors.withLock { $0 }
         let tallies = results.withLock { $0 }
-        print("mode=failover clients=\(clients) leader=\(leader) writes_before_kill=\(acksBeforeKill.load(ordering: .relaxed)) "
+        print("mode=failover clients=\(clients) call_timeout_ms=\(callTimeoutMs) leader=\(leader) writes_before_kill=\(acksBeforeKill.load(ordering: .relaxed)) "
               + "first_ack_ms=\(ms(firstAckDone.load(ordering: .relaxed))) "
               + "first_new_write_ack_ms=\(ms(firstIssuedAckDone.load(ordering: .relaxed))) "
               + "acked=\(tallies.reduce(0) { $0 + $1.ops }) conflicts=\(tallies.reduce(0) { $0 + $1.conflicts }) "
