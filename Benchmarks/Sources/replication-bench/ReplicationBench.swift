@@ -101,7 +101,10 @@ func kind(of error: StorageClientError) -> String {
     case .conflict: return "conflict"
     case .timedOut: return "clientTimeout"
     case .connectionClosed: return "connectionClosed"
-    default: return "other"
+    default:
+        // The case's name (a wire mapping with statuses of their own for replication problems gives
+        // logUnavailable, outcomeUnknown, overloaded, replicaFailed here).
+        return Mirror(reflecting: error).children.first?.label ?? "other"
     }
 }
 
