@@ -80,6 +80,17 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // Conditional writes through a node on the embedded log or on etcd, vs etcd transactions by
+        // hand on the same cluster and client stack; fail-over after a leader kill (scripts/bench-replication.sh).
+        .executableTarget(
+            name: "replication-bench",
+            dependencies: [
+                .product(name: "SluicePageStore", package: "Sluice"),
+                .product(name: "SluiceStorageServer", package: "Sluice"),
+                .product(name: "SluiceReplication", package: "Sluice"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
         // The core runtime's 3-stage load test (generator -> relay -> latency sink): benchmark code kept
         // out of SluiceCore, run by `pipeline-load` (scripts/bench-pipeline.sh) and PipelineBench.
         .target(name: "PipelineLoad", dependencies: [.product(name: "SluiceCore", package: "Sluice")]),
