@@ -6,11 +6,50 @@ enum EtcdJSON {
     static func base64(_ bytes: [UInt8]) -> String { Data(bytes).base64EncodedString() }
 
     static func encode(_ object: [String: Any]) -> [UInt8] {
-        // Only dictionaries of strings, numbers, bools and arrays built here: a failure is a bug.
-        do {
-            return [UInt8](try JSONSerialization.data(withJSONObject: object))
-        } catch {
-            preconditionFailure("etcd request JSON built by the client did not serialize: \(error)")
+        // Only dictionaries of strings, numbers, bools and arrays built here: anything else is a bug.
+        var out: [UInt8] = []
+        out.reserveCapacity(256)
+        write(object, into: &out)
+        return out
+    }
+
+    private static func write(_ value: Any, into out: inout [UInt8]) {
+        switch value {
+        case let string as String:
+            out.append(UInt8(ascii: "\""))
+            for byte in string.utf8 {
+                switch byte {
+                case UInt8(ascii: "\""), UInt8(ascii: "\\"):
+                    out.append(UInt8(ascii: "\\")); out.append(byte)
+                case 0..<0x20:
+                    out.append(contentsOf: Array("\\u00".utf8))
+                    let hex = Array("0123456789abcdef".utf8)
+                    out.append(hex[Int(byte >> 4)]); out.append(hex[Int(byte & 15)])
+                default: out.append(byte)
+                }
+            }
+            out.append(UInt8(ascii: "\""))
+        case let bool as Bool: out.append(contentsOf: Array((bool ? "true" : "false").utf8))
+        case let int as Int: out.append(contentsOf: Array(String(int).utf8))
+        case let int as Int64: out.append(contentsOf: Array(String(int).utf8))
+        case let array as [Any]:
+            out.append(UInt8(ascii: "["))
+            for (index, element) in array.enumerated() {
+                if index > 0 { out.append(UInt8(ascii: ",")) }
+                write(element, into: &out)
+            }
+            out.append(UInt8(ascii: "]"))
+        case let dictionary as [String: Any]:
+            out.append(UInt8(ascii: "{"))
+            for (index, (key, element)) in dictionary.enumerated() {
+                if index > 0 { out.append(UInt8(ascii: ",")) }
+                write(key, into: &out)
+                out.append(UInt8(ascii: ":"))
+                write(element, into: &out)
+            }
+            out.append(UInt8(ascii: "}"))
+        default:
+            preconditionFailure("etcd request JSON: unsupported value \(type(of: value))")
         }
     }
 

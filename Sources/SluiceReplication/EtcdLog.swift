@@ -29,6 +29,11 @@ public struct EtcdLogConfiguration: Sendable {
     /// How often the node checks the log's tail, publishes its checkpoint and tries compaction.
     public var heartbeatMs: Int64 = 250
 
+    /// Deadline of the log's etcd calls unless set otherwise: a claim in flight on a member that lost its
+    /// leader waits this long before it goes again to another member, so it bounds fail-over (about two
+    /// election timeouts of a cluster run with `--election-timeout=500`). A timed-out claim is settled
+    /// by repeating it, so a short deadline costs round trips, never correctness.
+    public static let callTimeoutMsDefault: Int64 = 1_000
     public static let proposalTimeoutMsLimit: ClosedRange<Int64> = 10...600_000
     public static let batchRecordsMaxLimit: ClosedRange<Int> = 1...4_096
     public static let batchBytesMaxLimit: ClosedRange<Int> = 4_096...1_400_000

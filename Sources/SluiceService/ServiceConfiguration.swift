@@ -83,7 +83,7 @@ public struct EtcdLogSettings: Sendable, Equatable {
     /// etcd client URLs (`http://HOST:PORT`).
     public var endpoints: [String]
     public var prefix = "sluice/storage"
-    public var callTimeoutMs: Int64 = EtcdLimits.callTimeoutMsDefault
+    public var callTimeoutMs: Int64 = EtcdLogConfiguration.callTimeoutMsDefault
     public var proposalTimeoutMs: Int64 = 5_000
     public var batchRecordsMax = 256
     public var batchBytesMax = 1 << 20

@@ -87,7 +87,7 @@ extension StorageCommand {
         var proposalTimeoutMs: Int64 = 5_000
 
         @Option(help: "Deadline of each etcd call (milliseconds).")
-        var etcdTimeoutMs: Int64 = EtcdLimits.callTimeoutMsDefault
+        var etcdTimeoutMs: Int64 = EtcdLogConfiguration.callTimeoutMsDefault
 
         @Option(help: "Records per batch (one etcd transaction) at most.")
         var batchRecordsMax = 256
