@@ -107,9 +107,9 @@ done
 stop_cluster c1 "$c1_pids"
 stop_cluster c3 "$c3_pids"
 
-# The node's etcd calls at the client's default deadline, and at FAILOVER_TIMEOUT_MS (default 700).
+# The node's etcd calls at the log's default deadline (1000 ms), and at FAILOVER_TIMEOUT_MS (default 2000).
 for f in $(seq 1 "$failovers"); do
-  for timeout in 2000 "${FAILOVER_TIMEOUT_MS:-700}"; do
+  for timeout in 1000 "${FAILOVER_TIMEOUT_MS:-2000}"; do
     echo "fail-over $f, etcd call deadline $timeout ms" >&2
     start_cluster fo 3
     sleep 1  # a settled leader

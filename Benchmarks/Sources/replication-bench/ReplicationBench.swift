@@ -152,8 +152,8 @@ struct ReplicationBench: AsyncParsableCommand {
     @Option(help: "Open the page file with O_DIRECT (needs a file system that has it; not tmpfs).")
     var directIO = true
 
-    @Option(help: "Deadline of each etcd call of the node's log, ms (the client's default: \(EtcdLimits.callTimeoutMsDefault)).")
-    var callTimeoutMs = EtcdLimits.callTimeoutMsDefault
+    @Option(help: "Deadline of each etcd call of the node's log, ms (the log's default: \(EtcdLogConfiguration.callTimeoutMsDefault)).")
+    var callTimeoutMs = EtcdLogConfiguration.callTimeoutMsDefault
 
     @Option(help: "Fail-over: seconds of writes before the kill.")
     var killAfter = 1.5
