@@ -12,15 +12,15 @@ public struct EtcdLogConfiguration: Sendable {
     /// etcd's client URLs and the deadline of each etcd call.
     public var client: EtcdClientConfiguration
     /// Key prefix of the log (`P/log/...`): nodes with the same prefix share one log.
-    public var prefix: String
+    public var prefix: String = Self.prefixDefault
     /// How long a write waits for a definite outcome before it is answered `logUnavailable` (never
     /// sent) or `outcomeUnknown` (sent, not settled yet).
-    public var proposalTimeoutMs: Int64 = 5_000
+    public var proposalTimeoutMs: Int64 = Self.proposalTimeoutMsDefault
     /// Records per batch (one etcd transaction) at most.
-    public var batchRecordsMax = 256
+    public var batchRecordsMax = Self.batchRecordsMaxDefault
     /// Encoded bytes per batch at most; one record must fit (its pages travel in it). Below etcd's
     /// request bound (1.5 MiB by default).
-    public var batchBytesMax = 1 << 20
+    public var batchBytesMax = Self.batchBytesMaxDefault
     /// Extra wait before a batch is taken, to let more proposals join (0: batch only what queued
     /// while the previous transaction was in flight).
     public var batchWaitUs: Int64 = 0
@@ -34,6 +34,10 @@ public struct EtcdLogConfiguration: Sendable {
     /// election timeouts of a cluster run with `--election-timeout=500`). A timed-out claim is settled
     /// by repeating it, so a short deadline costs round trips, never correctness.
     public static let callTimeoutMsDefault: Int64 = 1_000
+    public static let prefixDefault = "sluice/storage"
+    public static let proposalTimeoutMsDefault: Int64 = 5_000
+    public static let batchRecordsMaxDefault = 256
+    public static let batchBytesMaxDefault = 1 << 20
     public static let proposalTimeoutMsLimit: ClosedRange<Int64> = 10...600_000
     public static let batchRecordsMaxLimit: ClosedRange<Int> = 1...4_096
     public static let batchBytesMaxLimit: ClosedRange<Int> = 4_096...1_400_000
@@ -41,7 +45,7 @@ public struct EtcdLogConfiguration: Sendable {
     public static let pendingProposalsMaxLimit: ClosedRange<Int> = 1...65_536
     public static let heartbeatMsLimit: ClosedRange<Int64> = 10...60_000
 
-    public init(client: EtcdClientConfiguration, prefix: String = "sluice/storage") {
+    public init(client: EtcdClientConfiguration, prefix: String = Self.prefixDefault) {
         self.client = client
         self.prefix = prefix
     }

@@ -82,11 +82,11 @@ public enum StorageLogSettings: Sendable, Equatable {
 public struct EtcdLogSettings: Sendable, Equatable {
     /// etcd client URLs (`http://HOST:PORT`).
     public var endpoints: [String]
-    public var prefix = "sluice/storage"
+    public var prefix = EtcdLogConfiguration.prefixDefault
     public var callTimeoutMs: Int64 = EtcdLogConfiguration.callTimeoutMsDefault
-    public var proposalTimeoutMs: Int64 = 5_000
-    public var batchRecordsMax = 256
-    public var batchBytesMax = 1 << 20
+    public var proposalTimeoutMs: Int64 = EtcdLogConfiguration.proposalTimeoutMsDefault
+    public var batchRecordsMax = EtcdLogConfiguration.batchRecordsMaxDefault
+    public var batchBytesMax = EtcdLogConfiguration.batchBytesMaxDefault
     public var batchWaitUs: Int64 = 0
 
     public init(endpoints: [String]) { self.endpoints = endpoints }

@@ -5,6 +5,7 @@ import Dispatch
 import Glibc
 import SluicePageStore
 import SluiceReplication
+import SluiceService
 import SluiceStorageServer
 
 struct StorageCommand: ParsableCommand {
@@ -81,19 +82,19 @@ extension StorageCommand {
         var log: String?
 
         @Option(help: "Key prefix of the shared log in etcd (nodes with one prefix share one log).")
-        var logPrefix = "sluice/storage"
+        var logPrefix = EtcdLogConfiguration.prefixDefault
 
         @Option(help: "How long a write waits for a definite outcome from the shared log (milliseconds).")
-        var proposalTimeoutMs: Int64 = 5_000
+        var proposalTimeoutMs: Int64 = EtcdLogConfiguration.proposalTimeoutMsDefault
 
         @Option(help: "Deadline of each etcd call (milliseconds).")
         var etcdTimeoutMs: Int64 = EtcdLogConfiguration.callTimeoutMsDefault
 
         @Option(help: "Records per batch (one etcd transaction) at most.")
-        var batchRecordsMax = 256
+        var batchRecordsMax = EtcdLogConfiguration.batchRecordsMaxDefault
 
         @Option(help: "Encoded bytes per batch at most.")
-        var batchBytesMax = 1 << 20
+        var batchBytesMax = EtcdLogConfiguration.batchBytesMaxDefault
 
         @Option(help: "Extra wait before a batch is taken, so more writes join it (microseconds).")
         var batchWaitUs: Int64 = 0
@@ -133,12 +134,14 @@ extension StorageCommand {
             guard (1...EtcdLimits.callTimeoutMsMax).contains(etcdTimeoutMs) else {
                 throw .invalidArgument("--etcd-timeout-ms \(etcdTimeoutMs) not in 1...\(EtcdLimits.callTimeoutMsMax)")
             }
-            var configuration = EtcdLogConfiguration(client: EtcdClientConfiguration(endpoints: endpoints, callTimeoutMs: etcdTimeoutMs),
-                                                     prefix: logPrefix)
-            configuration.proposalTimeoutMs = proposalTimeoutMs
-            configuration.batchRecordsMax = batchRecordsMax
-            configuration.batchBytesMax = batchBytesMax
-            configuration.batchWaitUs = batchWaitUs
+            var settings = EtcdLogSettings(endpoints: endpoints)
+            settings.prefix = logPrefix
+            settings.callTimeoutMs = etcdTimeoutMs
+            settings.proposalTimeoutMs = proposalTimeoutMs
+            settings.batchRecordsMax = batchRecordsMax
+            settings.batchBytesMax = batchBytesMax
+            settings.batchWaitUs = batchWaitUs
+            let configuration = settings.configuration
             try configuration.validate()
             return configuration
         }
