@@ -203,6 +203,12 @@ public final class EtcdLog: WriteSequencer {
     private let wakes: AsyncStream<Void>
     private let tasks = Mutex<[Task<Void, Never>]>([])
     static let catchUpWaitersMax = 4_096
+    /// Batches a lost claim's failure branch brings back at most. Their JSON (base64: 4/3 of the bytes)
+    /// must fit the client's response bound even when every batch is as large as any node of the log
+    /// may make it (`batchBytesMaxLimit`, not this node's setting): a larger answer is
+    /// `responseTooLarge`, an unknown outcome, and the claim would be repeated as is for good.
+    static let claimFailureBatchesMax = max(1, min(8, (EtcdLimits.responseBytesMax - 65_536)
+        / (EtcdLogConfiguration.batchBytesMaxLimit.upperBound / 3 * 4 + 1_024)))
 
     /// Checks `configuration` and makes the etcd client; contacts nothing yet.
     public init(configuration: EtcdLogConfiguration, nodeName: String, payloadSizeBytes: Int) throws(EtcdError) {
@@ -688,7 +694,8 @@ public final class EtcdLog: WriteSequencer {
                     try await client.txn(
                         compare: [.absent(key), EtcdCompare(key: keys.floor, .value(LogKeys.hex(claim)), .less)],
                         success: [.put(key: key, value: payload)],
-                        failure: [.getFirst(keys.batches(from: claim), limit: 8), .get(.key(keys.floor))])
+                        failure: [.getFirst(keys.batches(from: claim), limit: Int64(Self.claimFailureBatchesMax)),
+                                  .get(.key(keys.floor))])
                 }
             } catch {
                 if error.outcomeUnknown {
