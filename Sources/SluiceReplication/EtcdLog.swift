@@ -543,12 +543,20 @@ public final class EtcdLog: WriteSequencer {
         }
     }
 
-    /// `P/meta` absent: a new log (meta and floor written together). Present: it must be ours.
+    /// `P/meta` absent: a new log (meta and floor written together), made only by a node that has
+    /// applied nothing. Present: it must be ours.
     private func checkMeta() async throws(EtcdError) {
+        // A node that applied records needs a log that holds them: finding none (etcd lost its data,
+        // another cluster answers, the prefix was deleted), it must not start a new one and claim the
+        // OSN after its own, which leaves a gap no other node can follow.
+        let applied = applier.withLock { $0.appliedOSN }
+        let create: [EtcdTxnOp] = applied > 0 ? [] : [.put(key: keys.meta, value: meta), .put(key: keys.floor, value: LogKeys.hex(0))]
         let result = try await timed { () async throws(EtcdError) -> EtcdTxnResult in
-            try await client.txn(compare: [.absent(keys.meta)],
-                                 success: [.put(key: keys.meta, value: meta), .put(key: keys.floor, value: LogKeys.hex(0))],
-                                 failure: [.get(.key(keys.meta))])
+            try await client.txn(compare: [.absent(keys.meta)], success: create, failure: [.get(.key(keys.meta))])
+        }
+        if result.succeeded, applied > 0 {
+            fail(.incompatibleLog(reason: "\(keys.prefix)/meta is absent (a new or deleted log) but this node applied through OSN \(applied): etcd lost the log, or this is another etcd"))
+            return
         }
         if !result.succeeded {
             guard case .get(let got) = result.results.first, let found = got.kvs.first?.value else {
