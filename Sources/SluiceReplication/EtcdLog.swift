@@ -184,6 +184,9 @@ public final class EtcdLog: WriteSequencer {
         /// A range read found this node's applied OSN continuing the log (not compacted past): only then
         /// is its checkpoint published in `P/nodes/`, where it holds compaction back.
         var continuityChecked = false
+        /// A range read reached the log's tail since the start (`logOSN` then bounds the log): before
+        /// it, the node is catching up whatever `logOSN` says.
+        var tailRead = false
         var lastError = "etcd not contacted yet"
         var failure: ReplicationProblem?
         var stopped = false
@@ -358,7 +361,8 @@ public final class EtcdLog: WriteSequencer {
             let phase: ReplicaStatus.State =
                 if state.failure != nil || state.stopped { .failed }
                 else if state.disconnected { .disconnected }
-                else if state.logOSN > state.appliedOSN { .catchingUp }
+                // Until a range read reached the log's tail, `logOSN` is only what this node knew before.
+                else if state.logOSN > state.appliedOSN || !state.tailRead { .catchingUp }
                 else { .following }
             return ReplicaStatus(state: phase, appliedOSN: state.appliedOSN, logOSN: state.logOSN,
                                  contactAgeMs: state.lastContactNs.map { (now &- $0) / 1_000_000 })
@@ -607,7 +611,12 @@ public final class EtcdLog: WriteSequencer {
             apply(result.kvs)
             if isDone { return result.revision }
             state.withLock { $0.continuityChecked = true }
-            if !result.more { return result.revision }
+            if !result.more {
+                state.withLock { $0.tailRead = true }
+                return result.revision
+            }
+            // More batches follow what was applied: the log holds at least the next OSN.
+            noteLogOSN(applier.withLock { $0.appliedOSN } + 1)
         }
     }
 
