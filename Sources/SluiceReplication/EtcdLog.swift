@@ -454,6 +454,9 @@ public final class EtcdLog: WriteSequencer {
             }
             state.open = [:]
             state.queue = []
+            // Nothing more is applied: catch-up waiters get their answer (`behind`) now, not at their deadline.
+            for waiter in state.catchUpWaiters { waiter.done.signal() }
+            state.catchUpWaiters = []
             return state.watch
         }
         watch?.cancel()
@@ -715,7 +718,10 @@ public final class EtcdLog: WriteSequencer {
                                   .get(.key(keys.floor))])
                 }
             } catch {
-                if error.outcomeUnknown {
+                // etcd answered, but not in a form this client reads: the claim may have been applied.
+                var malformed = false
+                if case .malformedResponse = error { malformed = true }
+                if error.outcomeUnknown || malformed {
                     if inDoubtAt == nil { stats.unknownOutcomes.add(1, ordering: .relaxed) }
                     inDoubtAt = claim
                 } else if inDoubtAt == nil {
@@ -763,6 +769,8 @@ public final class EtcdLog: WriteSequencer {
                 return
             }
             stats.claimsLost.add(1, ordering: .relaxed)
+            // Another batch holds the key: definitely not in the log (until the next attempt is sent).
+            state.withLock { _ in for proposal in members { proposal.mayBeInLog = false } }
             // Learn the tail from what holds the keys from `claim` on (a chain: each batch starts where
             // the one before ends), and apply what continues this node's applied prefix.
             var next = claim
@@ -785,6 +793,8 @@ public final class EtcdLog: WriteSequencer {
     /// has checkpointed past.
     private func runHeartbeat(checkpointOSN: UInt64) async {
         var published: UInt64?
+        /// A compaction that failed goes again at the next beat, not at the next checkpoint.
+        var compactionDue = false
         var lastApplied = applier.withLock { $0.appliedOSN }
         var stalledBeats = 0
         while !isDone {
@@ -813,7 +823,11 @@ public final class EtcdLog: WriteSequencer {
                         try await client.put(keys.node(nodeName), LogKeys.hex(checkpoint))
                     }
                     published = checkpoint
+                    compactionDue = true
+                }
+                if compactionDue {
                     try await compact()
+                    compactionDue = false
                 }
             } catch {
                 noted(error)
