@@ -17,7 +17,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Tests that pin threads and measure timing run one suite at a time on small machines.
 TEST_FLAGS ?= --no-parallel
 
-.PHONY: all deps bench-deps build build-tests test demo bench bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle soak clean
+.PHONY: all deps bench-deps build build-tests test demo bench bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport soak clean
 
 all: build
 
@@ -63,7 +63,7 @@ test: build-tests
 demo: build
 	scripts/demo.sh
 
-bench: bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle
+bench: bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport
 
 bench-ring: bench-deps
 	scripts/bench-ring.sh
@@ -91,6 +91,14 @@ bench-service: bench-deps
 # CPU of an interface pipeline on a quiet and a slow link, busy-poll vs adaptive (root: a veth pair).
 bench-service-idle: bench-deps
 	scripts/bench-service-idle.sh
+
+# Replicated log on etcd against a txn-by-hand anchor, and fail-over (etcd from deps).
+bench-replication: deps
+	scripts/bench-replication.sh
+
+# etcd's JSON gateway against gRPC (its own package, Benchmarks/EtcdTransport).
+bench-etcd-transport: deps
+	scripts/bench-etcd-transport.sh
 
 # Long stress runs: the runtime's tests repeated, for lost wake-ups and races that need many tries, and
 # the robustness tests of hostile input (clients that pipeline and never read, to the storage server and

@@ -192,6 +192,21 @@ public final class EtcdLog: WriteSequencer {
         var stopped = false
         var catchUpWaiters: [(osn: UInt64, done: DispatchSemaphore)] = []
         var watch: EtcdWatch?
+
+        /// Nothing more will be applied (stopped, failed): every open proposal is answered with
+        /// `problem` (`outcomeUnknown` where an attempt may have put it in the log), catch-up waiters
+        /// are woken now rather than at their deadline. Returns the watch to cancel.
+        mutating func answerEveryone(_ problem: ReplicationProblem) -> EtcdWatch? {
+            for proposal in open.values where proposal.result == nil {
+                proposal.result = .failure(.replication(proposal.mayBeInLog ? .outcomeUnknown(proposalID: "\(proposal.id)") : problem))
+                proposal.done.signal()
+            }
+            open = [:]
+            queue = []
+            for waiter in catchUpWaiters { waiter.done.signal() }
+            catchUpWaiters = []
+            return watch
+        }
     }
 
     /// The node applied to, and its applied OSN; held while applying (disk I/O), so one applier at a time.
@@ -252,16 +267,7 @@ public final class EtcdLog: WriteSequencer {
     public func shutdown() async {
         let watch = state.withLock { state -> EtcdWatch? in
             state.stopped = true
-            for proposal in state.open.values where proposal.result == nil {
-                proposal.result = .failure(.replication(proposal.mayBeInLog
-                    ? .outcomeUnknown(proposalID: "\(proposal.id)") : .stopped))
-                proposal.done.signal()
-            }
-            state.open = [:]
-            state.queue = []
-            for waiter in state.catchUpWaiters { waiter.done.signal() }
-            state.catchUpWaiters = []
-            return state.watch
+            return state.answerEveryone(.stopped)
         }
         wake.finish()
         watch?.cancel()
@@ -448,16 +454,7 @@ public final class EtcdLog: WriteSequencer {
     private func fail(_ problem: ReplicationProblem) {
         let watch = state.withLock { state -> EtcdWatch? in
             if state.failure == nil { state.failure = problem }
-            for proposal in state.open.values where proposal.result == nil {
-                proposal.result = .failure(.replication(proposal.mayBeInLog ? .outcomeUnknown(proposalID: "\(proposal.id)") : problem))
-                proposal.done.signal()
-            }
-            state.open = [:]
-            state.queue = []
-            // Nothing more is applied: catch-up waiters get their answer (`behind`) now, not at their deadline.
-            for waiter in state.catchUpWaiters { waiter.done.signal() }
-            state.catchUpWaiters = []
-            return state.watch
+            return state.answerEveryone(problem)
         }
         watch?.cancel()
     }

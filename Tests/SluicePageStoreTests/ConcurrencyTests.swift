@@ -7,26 +7,6 @@ import Testing
 import SluiceReplicationTestSupport
 import SluiceStorageTestSupport
 
-/// Runs `body(index)` on `count` threads of their own (real threads, not the cooperative pool: the
-/// node's calls block) and waits for all of them.
-func runOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
-    final class Context: @unchecked Sendable {  // handed to exactly one thread
-        let body: () -> Void
-        init(_ body: @escaping () -> Void) { self.body = body }
-    }
-    var threads: [pthread_t] = []
-    for index in 0..<count {
-        var thread = pthread_t()
-        let context = Context { body(index) }
-        pthread_create(&thread, nil, { raw in
-            Unmanaged<Context>.fromOpaque(raw!).takeRetainedValue().body()
-            return nil
-        }, Unmanaged.passRetained(context).toOpaque())
-        threads.append(thread)
-    }
-    for thread in threads { pthread_join(thread, nil) }
-}
-
 @Suite struct ConcurrencyTests {
     static func counter(_ bytes: [UInt8]) -> UInt64 {
         bytes.count >= 8 ? bytes.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) } : 0
@@ -42,7 +22,7 @@ func runOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
             let history = Mutex<[RegisterOperation]>([])
             let errors = Mutex<[String]>([])
             try await blocking {
-                runOnThreads(16) { _ in
+                runClientThreads(16) { _ in
                     var done = 0
                     while done < 6 {
                         let readStart = Clock.monotonicNs()
@@ -118,7 +98,7 @@ func runOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
             let acknowledged = Mutex<[UInt64]>([])
             let failures = Mutex<[String]>([])
             try await blocking {
-                runOnThreads(clients) { _ in
+                runClientThreads(clients) { _ in
                     for _ in 0..<incrementsEach {
                         do {
                             let (osn, _) = try updatePage(node, objectID: 1, pageIndex: 0, attemptsMax: 1_000) { bytes in
@@ -155,7 +135,7 @@ func runOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
             let writesEach = 20
             let osns = Mutex<[UInt64]>([])
             try await blocking {
-                runOnThreads(writers) { writer in
+                runClientThreads(writers) { writer in
                     for round in 0..<writesEach {
                         let value = UInt8(truncatingIfNeeded: writer &* 31 &+ round)
                         if let osn = try? node.write(objectID: UInt64(writer), pages: [(UInt64(round), [value], .absent)]) {
@@ -213,7 +193,7 @@ func runOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
         let node = StorageNode(store: store, parallelReadersMax: parallelReadersMax)
         let wrong = Atomic<Int>(0)
         let corrupt = Atomic<Int>(0)
-        runOnThreads(16) { object in
+        runClientThreads(16) { object in
             for round in 0..<200 {
                 let index = UInt64(round % 8)
                 let result = Result { () throws(ObjectStoreError) -> PageVersion in

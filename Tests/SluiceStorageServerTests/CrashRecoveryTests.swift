@@ -2,6 +2,7 @@ import Glibc
 import SluicePageStore
 import Synchronization
 import SluiceTestSupport
+import SluiceReplicationTestSupport
 import Testing
 
 @testable import SluiceStorageServer
@@ -81,7 +82,7 @@ func patternPayload(_ sequence: UInt64, bytes: Int = 256) -> [UInt8] {
             // Threads 0..<4 each write their own group over their own connection (so the node's group
             // commits carry several clients' writes); the last thread kills the server.
             let writerCount = Int(Self.groupCount)
-            runOnThreads(writerCount + 1) { thread in
+            runClientThreads(writerCount + 1) { thread in
                 if thread == writerCount {
                     // Kill once some writes were acknowledged (a random number, so the kill lands at
                     // different points of a write), or after a bound.

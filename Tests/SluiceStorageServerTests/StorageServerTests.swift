@@ -260,7 +260,7 @@ import Testing
             let acknowledged = Atomic<Int>(0)
             let failures = Mutex<[String]>([])
             let port = served.server.port
-            runOnThreads(clientCount) { _ in
+            runClientThreads(clientCount) { _ in
                 do {
                     let client = try StorageClient(host: "127.0.0.1", port: port)
                     for _ in 0..<incrementsPerClient {

@@ -49,26 +49,6 @@ func removeDataDirectory(_ path: String) {
     rmdir(path)
 }
 
-/// Runs `body(i)` for i in 0..<count, each on its own thread, and waits for all.
-func runOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
-    final class Context {
-        let body: () -> Void
-        init(_ body: @escaping () -> Void) { self.body = body }
-    }
-    var threads: [pthread_t] = []
-    for index in 0..<count {
-        let context = Context { body(index) }
-        var thread = pthread_t()
-        let result = pthread_create(&thread, nil, { raw in
-            Unmanaged<Context>.fromOpaque(raw!).takeRetainedValue().body()
-            return nil
-        }, Unmanaged.passRetained(context).toOpaque())
-        precondition(result == 0, "pthread_create")
-        threads.append(thread)
-    }
-    for thread in threads { pthread_join(thread, nil) }
-}
-
 /// A frame with any header values, for feeding the server bad input.
 func rawFrame(length: UInt32? = nil, version: UInt8 = 1, opcode: UInt8, requestID: UInt64, body: [UInt8]) -> [UInt8] {
     var bytes: [UInt8] = []
