@@ -15,6 +15,7 @@ let package = Package(
         .library(name: "SluiceStorageServer", targets: ["SluiceStorageServer"]),
         .library(name: "SluiceService", targets: ["SluiceService"]),
         .library(name: "SluiceReplication", targets: ["SluiceReplication"]),
+        .library(name: "SluiceGateway", targets: ["SluiceGateway"]),
         .executable(name: "sluice", targets: ["sluice"]),
     ],
     dependencies: [
@@ -106,13 +107,24 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
         ),
+        // The storage gateway (issue 11, docs/GATEWAY.md): the intermediate device's chunk cache, predictor and
+        // last-hop protocol server and client, over a remote object store.
+        .target(
+            name: "SluiceGateway",
+            dependencies: [
+                "SluiceCore", "CShims",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
         // The parser's fuzz target: libFuzzer with `-sanitize=fuzzer`, a bounded random run otherwise.
         .executableTarget(name: "SluiceParserFuzz", dependencies: ["SluicePacket"]),
         .executableTarget(
             name: "sluice",
             dependencies: [
                 "SluiceCore", "SluicePacket", "SluicePacketIO", "SluiceTraffic", "SluiceReplay",
-                "SluicePageStore", "SluiceStorageServer", "SluiceService", "SluiceReplication",
+                "SluicePageStore", "SluiceStorageServer", "SluiceService", "SluiceReplication", "SluiceGateway",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -149,6 +161,12 @@ let package = Package(
             name: "SluiceReplicationTests",
             dependencies: ["SluiceReplication", "SluicePageStore", "SluiceEtcdTestSupport", "SluiceReplicationTestSupport",
                            "SluiceStorageTestSupport", "SluiceTestSupport"]
+        ),
+        .testTarget(
+            name: "SluiceGatewayTests",
+            dependencies: ["SluiceGateway", "SluiceCore", "CShims", "SluiceTestSupport",
+                           .product(name: "NIOCore", package: "swift-nio"),
+                           .product(name: "NIOPosix", package: "swift-nio")]
         ),
         .testTarget(name: "SluicePacketTests", dependencies: ["SluicePacket", "SluiceCore"]),
         // Mallocs per packet on the hot paths: a probe run with the interposer preloaded, by a test that
