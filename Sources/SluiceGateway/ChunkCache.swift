@@ -165,6 +165,9 @@ public final class ChunkCache: Sendable {
         var lru = LRUOrder<ChunkID>()
         var chunksByKey: [String: Set<UInt64>] = [:]
         var flights: [FlightID: Flight] = [:]
+        /// Tasks storing fetched chunks (one per flight), for `waitUntilSettled`.
+        var storing: [UInt64: Task<Void, Never>] = [:]
+        var nextStoreID: UInt64 = 0
         var bytesUsed = 0
         /// Bytes of files being written (counted against the bound before they exist).
         var bytesReserved = 0
@@ -296,6 +299,13 @@ public final class ChunkCache: Sendable {
         return files.count
     }
 
+    /// Waits until every fetch started before the call has been stored on disk or dropped. A read
+    /// returns as soon as its bytes arrived, before they are stored; for tests and orderly shutdown.
+    public func waitUntilSettled() async {
+        let tasks = state.withLock { Array($0.storing.values) }
+        for task in tasks { await task.value }
+    }
+
     // MARK: Introspection (tests, reports)
 
     public var bytesUsed: Int { state.withLock { $0.bytesUsed } }
@@ -405,13 +415,19 @@ public final class ChunkCache: Sendable {
             }
             let flight = Flight(task: task)
             state.flights[flightID] = flight
+            // Stores the chunk, then ends the flight: until then a reader joins it (its bytes are in memory).
+            // Registered here, under the lock, so `waitUntilSettled` never misses it.
+            let storeID = state.nextStoreID
+            state.nextStoreID += 1
+            state.storing[storeID] = Task {
+                await self.store(flight, flightID)
+                self.state.withLock { state in _ = state.storing.removeValue(forKey: storeID) }
+            }
             return (flight, true)
         }
         let (flight, leader) = started
         if leader {
             counters.add(counters.chunkMisses)
-            // Stores the chunk, then ends the flight: until then a reader joins it (its bytes are in memory).
-            Task { await self.store(flight, flightID) }
         } else {
             counters.add(counters.chunkCoalesced)
         }
