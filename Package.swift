@@ -116,7 +116,9 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
-            ]
+            ],
+            // Needs S3Client (branch h-s3): drop this exclude when the two branches are merged.
+            exclude: ["S3RemoteStore.swift"]
         ),
         // The parser's fuzz target: libFuzzer with `-sanitize=fuzzer`, a bounded random run otherwise.
         .executableTarget(name: "SluiceParserFuzz", dependencies: ["SluicePacket"]),
@@ -166,7 +168,9 @@ let package = Package(
             name: "SluiceGatewayTests",
             dependencies: ["SluiceGateway", "SluiceCore", "CShims", "SluiceTestSupport",
                            .product(name: "NIOCore", package: "swift-nio"),
-                           .product(name: "NIOPosix", package: "swift-nio")]
+                           .product(name: "NIOPosix", package: "swift-nio")],
+            // Needs S3Client and SluiceS3TestSupport (branch h-s3): drop this exclude when merged.
+            exclude: ["IntermediateS3Tests.swift"]
         ),
         .testTarget(name: "SluicePacketTests", dependencies: ["SluicePacket", "SluiceCore"]),
         // Mallocs per packet on the hot paths: a probe run with the interposer preloaded, by a test that

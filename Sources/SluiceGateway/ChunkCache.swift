@@ -324,14 +324,14 @@ public final class ChunkCache: Sendable {
 
     // MARK: Index (under the mutex)
 
-    private struct Pinned {
+    struct Pinned {
         var fileName: String
         var headerBytes: Int
         var crcs: [UInt32]
     }
 
     /// Pins the entry when cached at this etag and length; drops it when cached at another.
-    private func pin(_ id: ChunkID, etag: String, dataBytes: Int) -> Pinned? {
+    func pin(_ id: ChunkID, etag: String, dataBytes: Int) -> Pinned? {
         var outdated: String?
         let pinned = state.withLock { state -> Pinned? in
             guard var entry = state.entries[id] else { return nil }
@@ -348,7 +348,7 @@ public final class ChunkCache: Sendable {
         return pinned
     }
 
-    private func unpin(_ id: ChunkID, fileName: String) {
+    func unpin(_ id: ChunkID, fileName: String) {
         state.withLock { state in
             // The entry may have been dropped or replaced meanwhile: its pins went with it.
             guard var entry = state.entries[id], entry.fileName == fileName else { return }

@@ -90,6 +90,31 @@ import Testing
         #expect(files.map { fileSize(fixture.cacheDirectory.path + "/cache/" + $0) }.reduce(0, +) == cache.bytesUsed)
     }
 
+    /// A chunk pinned by a read in progress is skipped by eviction; when every chunk is pinned, a fetched
+    /// chunk is served but not kept, and the bound holds.
+    @Test func aChunkBeingReadIsNeverEvicted() async throws {
+        let fixture = Fixture()
+        let capacity = 2 * fileBytes
+        let cache = try fixture.cache(capacityBytes: capacity)
+        let (_, etag) = try await fixture.sizeAndEtag()
+        for chunk: UInt64 in [0, 1] { _ = try await fixture.read(cache, chunk: chunk) }
+        let zero = try #require(cache.pin(ChunkCache.ChunkID(key: "obj", chunk: 0), etag: etag, dataBytes: 64 << 10))
+        _ = try await fixture.read(cache, chunk: 1)  // chunk 0 is now the least recently used, and pinned
+        _ = try await fixture.read(cache, chunk: 2)
+        #expect(cache.chunksOldestFirst.map(\.chunk) == [0, 2])
+        let two = try #require(cache.pin(ChunkCache.ChunkID(key: "obj", chunk: 2), etag: etag, dataBytes: 64 << 10))
+        let (source, runs) = try await fixture.read(cache, chunk: 3, runs: [2..<3])
+        #expect(source == .fetched)
+        #expect(runs[0].bytes == expectedBytes(fixture.object, chunk: 3, run: 2..<3, units: units))
+        #expect(cache.chunksOldestFirst.map(\.chunk) == [0, 2])
+        #expect(cache.counters.snapshot().notStored == 1)
+        #expect(cache.bytesUsed <= capacity)
+        cache.unpin(ChunkCache.ChunkID(key: "obj", chunk: 0), fileName: zero.fileName)
+        cache.unpin(ChunkCache.ChunkID(key: "obj", chunk: 2), fileName: two.fileName)
+        _ = try await fixture.read(cache, chunk: 3)
+        #expect(cache.chunksOldestFirst.map(\.chunk) == [2, 3])
+    }
+
     @Test func restartKeepsVerifiedChunksAndDiscardsTheRest() async throws {
         let fixture = Fixture()
         do {
