@@ -64,7 +64,11 @@ final class StatCache: Sendable {
             let flight = Flight(task: Task {
                 counters.add(counters.remoteStats)
                 do throws(RemoteStoreError) { return .success(try await store.size(key: key)) } catch {
-                    if error.status == .remoteUnavailable { counters.add(counters.remoteUnavailable) }
+                    if error.status == .remoteUnavailable {
+                        counters.add(counters.remoteUnavailable)
+                    } else {
+                        counters.add(counters.remoteErrors)
+                    }
                     return .failure(error)
                 }
             })
