@@ -63,7 +63,7 @@ public final class RangeDroppingProxy: @unchecked Sendable {  // unchecked: muta
 
     private func spawn(_ body: @escaping @Sendable () -> Void) {
         threads.add(1, ordering: .relaxed)
-        let thread = Thread { [threads] in
+        let thread = Thread { [self] in
             body()
             threads.subtract(1, ordering: .releasing)
         }
@@ -94,12 +94,12 @@ public final class RangeDroppingProxy: @unchecked Sendable {  // unchecked: muta
             var none = timeval(tv_sec: 0, tv_usec: 0)
             setsockopt(upstream, SOL_SOCKET, SO_RCVTIMEO, &none, socklen_t(MemoryLayout<timeval>.size))
             setsockopt(upstream, SOL_SOCKET, SO_SNDTIMEO, &none, socklen_t(MemoryLayout<timeval>.size))
-            let finished = Atomic<Int>(0)
+            let finished = PumpCount()
             let closeBoth: @Sendable () -> Void = { [self] in
                 shutdown(client, Int32(SHUT_RDWR))
                 shutdown(upstream, Int32(SHUT_RDWR))
                 // The second pump to end closes both sockets.
-                if finished.add(1, ordering: .acquiringAndReleasing).newValue == 2 {
+                if finished.ended.add(1, ordering: .acquiringAndReleasing).newValue == 2 {
                     lock.withLock {
                         sockets.remove(client)
                         sockets.remove(upstream)
@@ -158,6 +158,11 @@ public final class RangeDroppingProxy: @unchecked Sendable {  // unchecked: muta
             }
         }
     }
+}
+
+/// How many of a connection's two pumps have ended.
+private final class PumpCount: Sendable {
+    let ended = Atomic<Int>(0)
 }
 
 private func findHeadEnd(_ bytes: [UInt8]) -> Int? {

@@ -104,7 +104,7 @@ public final class RcloneS3Server: @unchecked Sendable {  // unchecked: `process
     public func kill() {
         lock.withLock {
             guard let process else { return }
-            Glibc.kill(process.processIdentifier, SIGCONT)  // a paused server dies as well
+            // SIGKILL ends a stopped (paused) process too, without letting it run first.
             Glibc.kill(process.processIdentifier, SIGKILL)
             process.waitUntilExit()
             self.process = nil

@@ -191,7 +191,9 @@ public final class S3Client: Sendable {
     public func createMultipartUpload(bucket: String, key: String, timeoutMs: Int64? = nil) async throws(S3Error) -> String {
         var call = try Call(.createMultipartUpload, bucket, key, .POST, timeoutMs: timeoutMs, configuration)
         call.query = [("uploads", "")]
-        let root = try Self.xml(try await perform(call), call, expecting: "InitiateMultipartUploadResult")
+        // rclone 1.75.2 names the root <InitiateMultipartUpload>, S3 <InitiateMultipartUploadResult>.
+        let root = try Self.xml(try await perform(call), call,
+                                expecting: "InitiateMultipartUploadResult", or: "InitiateMultipartUpload")
         guard let uploadID = root.text("UploadId"), !uploadID.isEmpty else {
             throw call.error(.malformedResponse("no UploadId"))
         }
@@ -449,9 +451,10 @@ public final class S3Client: Sendable {
         return .service(status: answer.status, code: nil, message: text.isEmpty ? nil : text)
     }
 
-    /// The XML body's root, which must be `expecting` (an `<Error>` root, which S3 may send with 200
-    /// for CompleteMultipartUpload, is thrown as S3's error).
-    private static func xml(_ answer: Answer, _ call: Call, expecting: String) throws(S3Error) -> S3XMLElement {
+    /// The XML body's root, which must be `expecting` (or `alternative`). An `<Error>` root, which S3
+    /// may send with 200 for CompleteMultipartUpload, is thrown as S3's error.
+    private static func xml(_ answer: Answer, _ call: Call, expecting: String,
+                            or alternative: String? = nil) throws(S3Error) -> S3XMLElement {
         let root: S3XMLElement
         do {
             root = try S3XML.parse(answer.body)
@@ -461,7 +464,7 @@ public final class S3Client: Sendable {
         if root.name == "Error" {
             throw call.error(.service(status: answer.status, code: root.text("Code"), message: root.text("Message")))
         }
-        guard root.name == expecting else {
+        guard root.name == expecting || root.name == alternative else {
             throw call.error(.malformedResponse("<\(root.name)> where <\(expecting)> was expected"))
         }
         return root
