@@ -158,7 +158,7 @@ struct S3ClientTests {
     /// comes back with 200, is cut to the range and counted; one larger than the bound is refused.
     @Test func rangeIgnoredByServerIsCutAndCounted() async throws {
         try await withRcloneS3Server { server in
-            let proxy = try RangeDroppingProxy(upstreamPort: server.port)
+            let proxy = try HTTPRelay(upstreamPort: server.port, dropRangeHeaders: true)
             defer { proxy.stop() }
             let bytes = randomBytes(300_000)
             try await withClient(server) { client in
@@ -186,6 +186,37 @@ struct S3ClientTests {
                 #expect(stats.rangeRequests == 3)
             }
             #expect(proxy.rangeHeadersDropped == 3)
+        }
+    }
+
+    /// One pool of keep-alive connections: sequential calls share one connection, concurrent ones
+    /// open at most `connectionsMax` (counted by a relay in front of rclone).
+    @Test func connectionsAreReused() async throws {
+        try await withRcloneS3Server { server in
+            let relay = try HTTPRelay(upstreamPort: server.port, dropRangeHeaders: false)
+            defer { relay.stop() }
+            try await withClient(server, endpoint: relay.endpoint, { $0.connectionsMax = 4 }) { client in
+                try await client.createBucket("reuse")
+                let bytes = randomBytes(10_000)
+                _ = try await client.putObject(bucket: "reuse", key: "k", bytes: bytes)
+                for index in 0..<50 {
+                    let range = S3ByteRange(offset: Int64(index * 100), length: 100)
+                    #expect(try await client.getObject(bucket: "reuse", key: "k", range: range).bytes
+                        == Array(bytes[(index * 100)..<(index * 100 + 100)]))
+                }
+                #expect(relay.connectionsAccepted == 1)
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for _ in 0..<32 {
+                        group.addTask {
+                            let data = try await client.getObject(bucket: "reuse", key: "k")
+                            #expect(data.bytes == bytes)
+                        }
+                    }
+                    try await group.waitForAll()
+                }
+                #expect(relay.connectionsAccepted <= 4)
+                #expect(client.stats.requests == 84)
+            }
         }
     }
 

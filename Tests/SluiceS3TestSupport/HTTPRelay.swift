@@ -1,12 +1,13 @@
-// Path: Tests/SluiceS3TestSupport/RangeDroppingProxy.swift — a TCP relay on 127.0.0.1 in front of an
-// S3 server that deletes the `Range` header from every request, so the server answers 200 with the
-// whole object: how a server that ignores ranges behaves, made from a real one. The rest of each
-// request and every answer pass unchanged (HTTP/1.1 keep-alive, Content-Length bodies only).
+// Path: Tests/SluiceS3TestSupport/HTTPRelay.swift — a TCP relay on 127.0.0.1 in front of an HTTP
+// server (rclone's S3) that counts the connections it relays and, when asked, deletes the `Range`
+// header from every request, so the server answers 200 with the whole object: how a server that
+// ignores ranges behaves, made from a real one. The rest of each request and every answer pass
+// unchanged (HTTP/1.1 keep-alive, Content-Length bodies only).
 import Foundation
 import Glibc
 import Synchronization
 
-public final class RangeDroppingProxy: @unchecked Sendable {  // unchecked: mutable state under `lock`
+public final class HTTPRelay: @unchecked Sendable {  // unchecked: mutable state under `lock`
     /// Connections relayed at once; more are closed at accept.
     public static let connectionsMax = 64
     /// Largest request head read (a longer one closes the connection).
@@ -15,19 +16,25 @@ public final class RangeDroppingProxy: @unchecked Sendable {  // unchecked: muta
     public let port: Int
     public var endpoint: String { "http://127.0.0.1:\(port)" }
     private let upstreamPort: Int
+    private let dropRangeHeaders: Bool
     private let listener: Int32
     private let lock = NSLock()
     private var sockets: Set<Int32> = []
     private var stopped = false
     private let dropped = Atomic<Int>(0)
+    private let accepted = Atomic<Int>(0)
     private let threads = Atomic<Int>(0)
 
     /// Range headers deleted so far.
     public var rangeHeadersDropped: Int { dropped.load(ordering: .relaxed) }
+    /// Client connections relayed so far (refused ones not counted).
+    public var connectionsAccepted: Int { accepted.load(ordering: .relaxed) }
 
-    /// Listens on a free port of 127.0.0.1 and relays to 127.0.0.1:`upstreamPort` until `stop()`.
-    public init(upstreamPort: Int) throws {
+    /// Listens on a free port of 127.0.0.1 and relays to 127.0.0.1:`upstreamPort` until `stop()`,
+    /// deleting Range headers when `dropRangeHeaders`.
+    public init(upstreamPort: Int, dropRangeHeaders: Bool) throws {
         self.upstreamPort = upstreamPort
+        self.dropRangeHeaders = dropRangeHeaders
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw RcloneServerError("proxy socket: errno \(errno)") }
         var address = loopback(port: 0)
@@ -90,6 +97,7 @@ public final class RangeDroppingProxy: @unchecked Sendable {  // unchecked: muta
                 if upstream >= 0 { close(upstream) }
                 continue
             }
+            accepted.add(1, ordering: .relaxed)
             // The upstream socket had 1 s timeouts for the health check: relays wait as long as needed.
             var none = timeval(tv_sec: 0, tv_usec: 0)
             setsockopt(upstream, SOL_SOCKET, SO_RCVTIMEO, &none, socklen_t(MemoryLayout<timeval>.size))
@@ -119,7 +127,8 @@ public final class RangeDroppingProxy: @unchecked Sendable {  // unchecked: muta
         }
     }
 
-    /// Request heads are rewritten without `Range`; each body (Content-Length bytes) is copied as is.
+    /// Request heads are rewritten without `Range` (when asked); each body (Content-Length bytes) is
+    /// copied as is.
     private func relayRequests(from client: Int32, to upstream: Int32) {
         var pending: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 64 << 10)
@@ -141,7 +150,7 @@ public final class RangeDroppingProxy: @unchecked Sendable {  // unchecked: muta
             pending.removeFirst(headEnd! + 4)
             var lines = head.components(separatedBy: "\r\n")
             let before = lines.count
-            lines.removeAll { $0.lowercased().hasPrefix("range:") }
+            if dropRangeHeaders { lines.removeAll { $0.lowercased().hasPrefix("range:") } }
             dropped.add(before - lines.count, ordering: .relaxed)
             let lower = lines.map { $0.lowercased() }
             guard !lower.contains(where: { $0.hasPrefix("transfer-encoding:") }) else { return }
