@@ -103,6 +103,32 @@ private let exampleHost = "examplebucket.s3.amazonaws.com"
         #expect(signature.signature == "34b48302e7b5fa45bde8084f4b7868a86f0a534bc59db6670ed5711ef69dc6f7")
     }
 
+    /// Path-style requests with keys and query values that need encoding, signed the same by botocore
+    /// 1.43.11 (`S3SigV4Auth`, host 127.0.0.1:9000, 2026-12-06T08:30:00Z, payload signing turned off
+    /// for the UNSIGNED-PAYLOAD case; how, in docs/GATEWAY.md).
+    @Test(arguments: [
+        ("GET", "/bkt/we ird/ke+y%=&~(1).bin", [(String, String)](), S3Signer.emptyPayloadHash,
+         "7f3e217fceee52c0a8307ae677af72f95f5695991e249ac663eb334279fd7368"),
+        ("GET", "/bkt", [("list-type", "2"), ("max-keys", "3"), ("encoding-type", "url"), ("prefix", "logs/2026 12/"),
+                         ("continuation-token", "ZGlyL2Ex+/==")], S3Signer.emptyPayloadHash,
+         "03d113e3fb7f51ee084079bdc9f292ed97893d3989b62d5965dcc6f13e3b5206"),
+        ("PUT", "/bkt/unicode/é€😀", [("partNumber", "2"), ("uploadId", "f07244e4-a24d")], S3Signer.unsignedPayload,
+         "5e512ea234e0ed5741d9cf8681a217505a54bfbc17322716b675ab50585cd347"),
+        ("POST", "/bkt/odd/a?b#c[d]!$'*,;:@", [("uploads", "")], S3Signer.emptyPayloadHash,
+         "fe769a1c6f871f2c7f1da13e9c13288581fcbbcef851d3b9c3b76e77b451b723"),
+    ])
+    func agreesWithBotocore(method: String, path: String, query: [(String, String)], payloadHash: String, expected: String) {
+        let signer = S3Signer(accessKey: "sluice-test-access", secretKey: "sluice-test-secret-key")
+        let time = S3Timestamp(secondsSince1970: 1_796_545_800)
+        #expect(time.amzDate == "20261206T083000Z")
+        let signature = signer.sign(method: method, path: path, query: query.map { (name: $0.0, value: $0.1) },
+                                    headers: [("host", "127.0.0.1:9000"), ("x-amz-content-sha256", payloadHash),
+                                              ("x-amz-date", time.amzDate)],
+                                    payloadHash: payloadHash, at: time)
+        #expect(signature.signature == expected)
+        #expect(signature.signedHeaders == "host;x-amz-content-sha256;x-amz-date")
+    }
+
     @Test func uriEncodingKeepsOnlyUnreservedBytes() {
         #expect(S3Signer.uriEncode("AZaz09-._~", keepSlash: false) == "AZaz09-._~")
         #expect(S3Signer.uriEncode("a b+c=d&e/f%g*h", keepSlash: false) == "a%20b%2Bc%3Dd%26e%2Ff%25g%2Ah")
