@@ -4,7 +4,7 @@
 import Testing
 @testable import SluiceGateway
 
-@Suite struct S3XMLTests {
+@Suite(.timeLimit(.minutes(1))) struct S3XMLTests {
     @Test func readsElementsTextEntitiesAndCDATA() throws {
         let text = """
             <?xml version="1.0" encoding="UTF-8"?>
@@ -44,7 +44,7 @@ import Testing
     }
 }
 
-@Suite struct S3RangeReadingTests {
+@Suite(.timeLimit(.minutes(1))) struct S3RangeReadingTests {
     private let object: [UInt8] = (0..<100).map { UInt8($0) }
     private let range = S3ByteRange(offset: 10, length: 5)
 
@@ -114,7 +114,7 @@ import Testing
     }
 }
 
-@Suite struct S3ResponsesTests {
+@Suite(.timeLimit(.minutes(1))) struct S3ResponsesTests {
     @Test func listPageDecodesURLEncodedKeys() throws {
         let text = """
             <ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>b</Name>
