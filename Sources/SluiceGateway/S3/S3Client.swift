@@ -103,7 +103,7 @@ public final class S3Client: Sendable {
             throw call.error(.invalidArgument("\(bytes.count) bytes: one PUT takes at most \(S3Limits.putObjectBytesMax)"))
         }
         call.body = bytes
-        return try Self.etag(try await perform(call), call)
+        return try etag(try await perform(call), call)
     }
 
     /// Reads `key`, or `range` of it. Answers with the range alone (206, or 200 with Content-Range)
@@ -129,8 +129,7 @@ public final class S3Client: Sendable {
                                            contentRange: answer.headers.first(name: "content-range"),
                                            body: answer.body, etag: answer.headers.first(name: "etag").map(Self.unquoted))
         } catch {
-            counters.failures.add(1, ordering: .relaxed)
-            throw call.error(error)
+            throw failed(call, error)
         }
         switch data.answer {
         case .rangeIgnored:
@@ -150,9 +149,9 @@ public final class S3Client: Sendable {
         let call = try Call(.headObject, bucket, key, .HEAD, timeoutMs: timeoutMs, configuration)
         let answer = try await perform(call)
         guard let length = answer.headers.first(name: "content-length").flatMap({ Int64($0) }), length >= 0 else {
-            throw call.error(.malformedResponse("no Content-Length"))
+            throw failed(call, .malformedResponse("no Content-Length"))
         }
-        return S3ObjectInfo(sizeBytes: length, etag: try Self.etag(answer, call),
+        return S3ObjectInfo(sizeBytes: length, etag: try etag(answer, call),
                             lastModified: answer.headers.first(name: "last-modified"))
     }
 
@@ -176,11 +175,11 @@ public final class S3Client: Sendable {
         call.query = [("list-type", "2"), ("max-keys", String(maxKeys)), ("encoding-type", "url")]
         if !prefix.isEmpty { call.query.append(("prefix", prefix)) }
         if let continuationToken { call.query.append(("continuation-token", continuationToken)) }
-        let root = try Self.xml(try await perform(call), call, expecting: "ListBucketResult")
+        let root = try xml(try await perform(call), call, expecting: "ListBucketResult")
         do throws(S3Error.Kind) {
             return try S3Responses.listPage(root)
         } catch {
-            throw call.error(error)
+            throw failed(call, error)
         }
     }
 
@@ -192,10 +191,10 @@ public final class S3Client: Sendable {
         var call = try Call(.createMultipartUpload, bucket, key, .POST, timeoutMs: timeoutMs, configuration)
         call.query = [("uploads", "")]
         // rclone 1.75.2 names the root <InitiateMultipartUpload>, S3 <InitiateMultipartUploadResult>.
-        let root = try Self.xml(try await perform(call), call,
-                                expecting: "InitiateMultipartUploadResult", or: "InitiateMultipartUpload")
+        let root = try xml(try await perform(call), call,
+                           expecting: "InitiateMultipartUploadResult", or: "InitiateMultipartUpload")
         guard let uploadID = root.text("UploadId"), !uploadID.isEmpty else {
-            throw call.error(.malformedResponse("no UploadId"))
+            throw failed(call, .malformedResponse("no UploadId"))
         }
         return uploadID
     }
@@ -214,7 +213,7 @@ public final class S3Client: Sendable {
         guard !uploadID.isEmpty else { throw call.error(.invalidArgument("empty upload ID")) }
         call.query = [("partNumber", String(partNumber)), ("uploadId", uploadID)]
         call.body = bytes
-        let etag = try Self.etag(try await perform(call), call)
+        let etag = try self.etag(try await perform(call), call)
         return S3UploadedPart(partNumber: partNumber, etag: etag, sizeBytes: bytes.count)
     }
 
@@ -230,7 +229,7 @@ public final class S3Client: Sendable {
         call.query = [("uploadId", uploadID)]
         call.headers = [("content-type", "application/xml")]
         call.body = Array(S3Responses.completeBody(parts).utf8)
-        let root = try Self.xml(try await perform(call), call, expecting: "CompleteMultipartUploadResult")
+        let root = try xml(try await perform(call), call, expecting: "CompleteMultipartUploadResult")
         return root.text("ETag").map(Self.unquoted) ?? ""
     }
 
@@ -334,11 +333,9 @@ public final class S3Client: Sendable {
             return answer
         case .answered(let answer):
             counters.bytesReceived.add(UInt64(answer.body.count), ordering: .relaxed)
-            counters.failures.add(1, ordering: .relaxed)
-            throw call.error(Self.statusError(answer, range: call.range))
+            throw failed(call, Self.statusError(answer, range: call.range))
         case .failed(let kind):
-            counters.failures.add(1, ordering: .relaxed)
-            throw call.error(kind)
+            throw failed(call, kind)
         }
     }
 
@@ -453,26 +450,32 @@ public final class S3Client: Sendable {
 
     /// The XML body's root, which must be `expecting` (or `alternative`). An `<Error>` root, which S3
     /// may send with 200 for CompleteMultipartUpload, is thrown as S3's error.
-    private static func xml(_ answer: Answer, _ call: Call, expecting: String,
-                            or alternative: String? = nil) throws(S3Error) -> S3XMLElement {
+    private func xml(_ answer: Answer, _ call: Call, expecting: String,
+                     or alternative: String? = nil) throws(S3Error) -> S3XMLElement {
         let root: S3XMLElement
         do {
             root = try S3XML.parse(answer.body)
         } catch {
-            throw call.error(.malformedResponse("\(error)"))
+            throw failed(call, .malformedResponse("\(error)"))
         }
         if root.name == "Error" {
-            throw call.error(.service(status: answer.status, code: root.text("Code"), message: root.text("Message")))
+            throw failed(call, .service(status: answer.status, code: root.text("Code"), message: root.text("Message")))
         }
         guard root.name == expecting || root.name == alternative else {
-            throw call.error(.malformedResponse("<\(root.name)> where <\(expecting)> was expected"))
+            throw failed(call, .malformedResponse("<\(root.name)> where <\(expecting)> was expected"))
         }
         return root
     }
 
-    private static func etag(_ answer: Answer, _ call: Call) throws(S3Error) -> String {
-        guard let etag = answer.headers.first(name: "etag") else { throw call.error(.malformedResponse("no ETag")) }
-        return unquoted(etag)
+    private func etag(_ answer: Answer, _ call: Call) throws(S3Error) -> String {
+        guard let etag = answer.headers.first(name: "etag") else { throw failed(call, .malformedResponse("no ETag")) }
+        return Self.unquoted(etag)
+    }
+
+    /// The error of a request whose answer could not be used, counted in `failures`.
+    private func failed(_ call: Call, _ kind: S3Error.Kind) -> S3Error {
+        counters.failures.add(1, ordering: .relaxed)
+        return call.error(kind)
     }
 
     /// An ETag without its surrounding quotes (S3 quotes it in headers; rclone lists it bare).

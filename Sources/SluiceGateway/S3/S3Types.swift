@@ -266,7 +266,8 @@ public struct S3UploadedPart: Sendable, Equatable {
 
 /// The client's counters since it was made (monotonic; the gateway reports them).
 public struct S3ClientStats: Sendable, Equatable {
-    /// Requests sent (every attempt), and calls that ended in an error.
+    /// Requests sent, and those that ended in an error (an error status, a transport failure, or an
+    /// answer that could not be used; arguments refused before sending are not counted).
     public var requests: UInt64 = 0
     public var failures: UInt64 = 0
     /// Request and response body bytes.
