@@ -311,7 +311,8 @@ public final class S3Client: Sendable {
         var path: String { "/\(bucket)" + (key.map { "/\($0)" } ?? "") }
     }
 
-    /// A 2xx answer with its body read (within the call's bound).
+    /// An answer with its body read: a 2xx body within the call's bound, an error body cut at
+    /// `S3Limits.errorBodyBytesMax`.
     private struct Answer: Sendable {
         let status: Int
         let headers: HTTPHeaders
@@ -381,11 +382,12 @@ public final class S3Client: Sendable {
                     let status = Int(response.status.code)
                     let success = (200...299).contains(status)
                     let limit = success ? bodyMax : S3Limits.errorBodyBytesMax
-                    if success, !head, let length = response.headers.first(name: "content-length").flatMap({ Int($0) }),
-                       length > limit {
-                        return .failed(.responseTooLarge(limitBytes: limit))
+                    let length = response.headers.first(name: "content-length").flatMap { Int($0) }
+                    if success, !head, let length, length > limit {
+                        return .failed(.responseTooLarge(limitBytes: limit))  // refused before reading it
                     }
-                    let body = head ? [] : try await readBody(response.body, limit: limit, truncate: !success)
+                    let body = head ? [] : try await readBody(response.body, limit: limit, truncate: !success,
+                                                              expectedBytes: length ?? 0)
                     guard let body else { return .failed(.responseTooLarge(limitBytes: limit)) }
                     return .answered(Answer(status: status, headers: response.headers, body: body))
                 }
@@ -403,8 +405,10 @@ public final class S3Client: Sendable {
 
     /// The body, at most `limit` bytes: nil past it, or the first `limit` bytes when `truncate`
     /// (error bodies: the rest is left unread and the connection closed).
-    private static func readBody(_ body: HTTPClientResponse.Body, limit: Int, truncate: Bool) async throws -> [UInt8]? {
+    private static func readBody(_ body: HTTPClientResponse.Body, limit: Int, truncate: Bool,
+                                 expectedBytes: Int) async throws -> [UInt8]? {
         var bytes: [UInt8] = []
+        bytes.reserveCapacity(min(max(expectedBytes, 0), limit))
         for try await buffer in body {
             guard bytes.count + buffer.readableBytes <= limit else {
                 if truncate {
