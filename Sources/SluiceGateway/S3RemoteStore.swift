@@ -1,5 +1,5 @@
 // Path: Sources/SluiceGateway/S3RemoteStore.swift — the S3 client as the intermediate device's remote
-// store: HEAD for size and etag, one ranged GET per chunk. Built only with S3Client (branch h-s3).
+// store: HEAD for size and etag, one ranged GET per chunk.
 
 /// One bucket of an S3 server as a `RemoteObjectStore`. A wrapper, not an extension of `S3Client`:
 /// the store needs the bucket, the client serves any. Errors map to block-protocol statuses: 404 is

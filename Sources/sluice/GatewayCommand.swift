@@ -70,14 +70,14 @@ extension GatewayCommand {
             return (String(parts[0]), port)
         }
 
-        /// Only `dir:` for now: the S3 store is added when the S3 client is built in.
+        /// Only `dir:` for now: an `s3:` store (`S3RemoteStore`) also needs credential flags.
         func parsedStore() throws -> String {
             if store.hasPrefix("dir:") {
                 let path = String(store.dropFirst(4))
                 guard path.hasPrefix("/") else { throw ValidationError("--store dir: needs an absolute path, got '\(store)'") }
                 return path
             }
-            throw ValidationError("--store must be dir:/path (s3: is not built into this binary yet), got '\(store)'")
+            throw ValidationError("--store must be dir:/path (s3: needs credential flags, not added yet), got '\(store)'")
         }
 
         func parsedUnits() throws -> GatewayUnits {

@@ -41,7 +41,7 @@ import Testing
     }
 
     @Test(arguments: [
-        (["--store", "s3:http://127.0.0.1:9000/bucket"], "s3: is not built"),
+        (["--store", "s3:http://127.0.0.1:9000/bucket"], "s3: needs credential flags"),
         (["--store", "dir:relative"], "absolute path"),
         (["--cache-bytes", "lots"], "--cache-bytes"),
         (["--chunk-bytes", "3mb"], "chunkBytes"),

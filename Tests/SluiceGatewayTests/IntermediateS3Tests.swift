@@ -1,6 +1,6 @@
 // Path: Tests/SluiceGatewayTests/IntermediateS3Tests.swift — the intermediate device over a real S3 server
 // (`rclone serve s3` on 127.0.0.1, Tests/SluiceS3TestSupport) through S3RemoteStore: sectors served and
-// verified, read-ahead, the store killed (a clear status) and back. Built once merged with the S3 client.
+// verified, read-ahead, the store killed (a clear status) and back.
 import SluiceS3TestSupport
 import Testing
 @testable import SluiceGateway
