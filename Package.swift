@@ -15,6 +15,7 @@ let package = Package(
         .library(name: "SluiceStorageServer", targets: ["SluiceStorageServer"]),
         .library(name: "SluiceService", targets: ["SluiceService"]),
         .library(name: "SluiceReplication", targets: ["SluiceReplication"]),
+        .library(name: "SluiceWAN", targets: ["SluiceWAN"]),
         .executable(name: "sluice", targets: ["sluice"]),
     ],
     dependencies: [
@@ -106,6 +107,11 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
         ),
+        // The WAN emulator: delay, jitter, loss, rate and queue limits between two interfaces (docs/WAN.md).
+        .target(
+            name: "SluiceWAN",
+            dependencies: ["SluicePacketIO", "SluiceCore", "CShims", .product(name: "SystemPackage", package: "swift-system")]
+        ),
         // The parser's fuzz target: libFuzzer with `-sanitize=fuzzer`, a bounded random run otherwise.
         .executableTarget(name: "SluiceParserFuzz", dependencies: ["SluicePacket"]),
         .executableTarget(
@@ -165,6 +171,7 @@ let package = Package(
             dependencies: ["SluiceTraffic", "SluiceCore", "SluicePacketIO",
                            .product(name: "MetricsTestKit", package: "swift-metrics")]
         ),
+        .testTarget(name: "SluiceWANTests", dependencies: ["SluiceWAN", "SluiceService", "SluicePacketIO", "SluiceCore", "SluiceTestSupport"]),
         .testTarget(name: "SluicePacketIOTests", dependencies: ["SluicePacketIO", "SluicePacket", "SluiceCore", "SluiceTraffic", "SluiceReplay", "CShims", "SluiceTestSupport"]),
     ],
     cLanguageStandard: .gnu11
