@@ -85,7 +85,7 @@ let package = Package(
             name: "SluiceService",
             dependencies: [
                 "SluiceReplay", "SluiceStorageServer", "SluicePageStore", "SluiceTraffic", "SluicePacketIO",
-                "SluicePacket", "SluiceCore", "SluiceReplication",
+                "SluicePacket", "SluiceCore", "SluiceReplication", "SluiceWAN",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -118,7 +118,7 @@ let package = Package(
             name: "sluice",
             dependencies: [
                 "SluiceCore", "SluicePacket", "SluicePacketIO", "SluiceTraffic", "SluiceReplay",
-                "SluicePageStore", "SluiceStorageServer", "SluiceService", "SluiceReplication",
+                "SluicePageStore", "SluiceStorageServer", "SluiceService", "SluiceReplication", "SluiceWAN",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -52,7 +52,7 @@ public struct WANDirectionCounters: Sendable, Equatable {
     public var queueBytes: UInt64 = 0
     public var queueBytesMax: UInt64 = 0
     /// How late frames went on the TX ring after their departure time: the worst, the sum (the mean
-    /// is `lateNsTotal / forwardedPackets`), and counts per `WANLimits.latenessBucketBoundsNs` bucket.
+    /// is `lateNsTotal / departures`), and counts per `WANLimits.latenessBucketBoundsNs` bucket.
     public var lateNsMax: UInt64 = 0
     public var lateNsTotal: UInt64 = 0
     public var lateBuckets: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
@@ -83,6 +83,10 @@ public struct WANDirectionCounters: Sendable, Equatable {
         case .stopped: drops.5 &+= count
         }
     }
+
+    /// Frames taken off the store when due: forwarded, or dropped as `txRingFull`. The lateness
+    /// counters cover exactly these.
+    public var departures: UInt64 { forwardedPackets &+ count(.txRingFull) }
 
     /// Counts in the lateness buckets, earliest first.
     public var lateBucketCounts: [UInt64] { [lateBuckets.0, lateBuckets.1, lateBuckets.2, lateBuckets.3] }
@@ -212,6 +216,7 @@ public struct WANDirectionSnapshot: Sendable {
 
     /// Mean lateness of departures in ns (0 before any).
     public var meanLateNs: Double {
-        counters.forwardedPackets > 0 ? Double(counters.lateNsTotal) / Double(counters.forwardedPackets) : 0
+        let departures = counters.departures
+        return departures > 0 ? Double(counters.lateNsTotal) / Double(departures) : 0
     }
 }

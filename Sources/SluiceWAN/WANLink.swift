@@ -178,6 +178,7 @@ private final class DirectionThread: @unchecked Sendable {  // unchecked: `threa
 
     func snapshot() -> WANDirectionSnapshot {
         let ports = ports.withLock { $0 }
+        try? ports?.0.refreshKernelCounters()  // the kernel's RX drops: one getsockopt
         return WANDirectionSnapshot(direction: direction, counters: statistics.snapshot(),
                                     receive: ports?.0.snapshot() ?? AFPacketRXCounters(),
                                     transmit: ports?.1.snapshot() ?? AFPacketTXCounters())

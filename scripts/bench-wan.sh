@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# How closely `sluice wan` keeps its settings (issue 11): three namespaces, nsA (198.18.0.1/24) —
+# veth — nsW (the emulator, no addresses) — veth — nsB (198.18.0.2/24), made and removed here.
+#   RTT:  ping nsA -> nsB at targets of 20, 40 and 100 ms (one-way --delay = target / 2, no rate
+#         limit); median of PINGS replies, the first (ARP) left out. Goal: within 1 ms.
+#   Rate: iperf3 TCP nsA -> nsB for TCP_SECONDS (first 2 s omitted) at --rate 10, 20 and 100 mbit
+#         (--delay 10ms, --queue 512kb); the emulator counts Ethernet frame bytes, so the goodput to
+#         expect is rate * 1448 / 1514 (MSS 1448 with timestamps in a 1514-byte frame). Median of
+#         RUNS runs. Goal: within 3%.
+#   Loss: iperf3 UDP, UDP_PACKETS datagrams of 64 bytes at 5000/s through --loss 1% (no rate limit);
+#         the receiver's lost share against 1%. Goal: within 10% of the set rate (0.9%...1.1%).
+# Offloads (checksum, TSO, GSO, GRO) are off on every veth end: frames cross the emulator as they
+# are on the wire, and a partial checksum or a 64 KiB GSO frame would not. Needs root, iperf3,
+# ping and ethtool (make bench-deps). Numbers on a shared or virtual machine are noisy.
+# Usage: scripts/bench-wan.sh   (PINGS=100 TCP_SECONDS=10 RUNS=3 UDP_PACKETS=100000 by default)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+pings=${PINGS:-100}
+tcp_seconds=${TCP_SECONDS:-10}
+runs=${RUNS:-3}
+udp_packets=${UDP_PACKETS:-100000}
+bin=${BIN:-.build/release/sluice}
+for tool in iperf3 ping ethtool; do
+  command -v "$tool" >/dev/null || { echo "bench-wan: $tool is missing (make bench-deps)" >&2; exit 1; }
+done
+[ "$(id -u)" = 0 ] || { echo "bench-wan: needs root (namespaces, AF_PACKET)" >&2; exit 1; }
+[ -n "${NO_BUILD:-}" ] || swift build -c release --product sluice >&2
+
+work=$(mktemp -d)
+nsA="sluicewan-bench-$$-a"; nsW="sluicewan-bench-$$-w"; nsB="sluicewan-bench-$$-b"
+ifA="wb$$a"; ifWA="wb$$wa"; ifWB="wb$$wb"; ifB="wb$$b"
+wan_pid=""; iperf_pid=""
+stop_wan() {
+  if [ -n "$wan_pid" ]; then kill -INT "$wan_pid" 2>/dev/null || true; wait "$wan_pid" 2>/dev/null || true; fi
+  wan_pid=""
+}
+cleanup() {
+  stop_wan
+  [ -n "$iperf_pid" ] && kill "$iperf_pid" 2>/dev/null || true
+  for ns in "$nsA" "$nsW" "$nsB"; do ip netns del "$ns" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+for ns in "$nsA" "$nsW" "$nsB"; do ip netns add "$ns"; done
+ip link add name "$ifA" netns "$nsA" type veth peer name "$ifWA" netns "$nsW"
+ip link add name "$ifWB" netns "$nsW" type veth peer name "$ifB" netns "$nsB"
+for pair in "$nsA:$ifA" "$nsW:$ifWA" "$nsW:$ifWB" "$nsB:$ifB"; do
+  ns=${pair%%:*}; dev=${pair#*:}
+  ip netns exec "$ns" sysctl -qw "net.ipv6.conf.$dev.disable_ipv6=1"
+  ip netns exec "$ns" ethtool -K "$dev" tx off tso off gso off gro off >/dev/null 2>&1 || true
+  ip -n "$ns" link set dev "$dev" up
+done
+ip -n "$nsA" address add 198.18.0.1/24 dev "$ifA"
+ip -n "$nsB" address add 198.18.0.2/24 dev "$ifB"
+for ns in "$nsA" "$nsB"; do ip -n "$ns" link set dev lo up; done
+
+# start_wan FLAGS...: the emulator in nsW, waiting for its ready line.
+start_wan() {
+  "$bin" wan --a "$ifWA" --b "$ifWB" --netns "$nsW" --name bench "$@" >"$work/wan.out" 2>"$work/wan.err" &
+  wan_pid=$!
+  for _ in $(seq 100); do grep -q '^sluice: ready' "$work/wan.out" && return 0; sleep 0.1; done
+  echo "bench-wan: sluice wan did not start:" >&2; cat "$work/wan.err" >&2; exit 1
+}
+
+rows=()
+# row SETTING TARGET MEASURED ERROR GOAL PASS
+row() { rows+=("$(printf '%-30s %12s %14s %12s %12s  %s' "$@")"); }
+
+# --- RTT -------------------------------------------------------------------------------------
+for target in 20 40 100; do
+  half=$(python3 -c "print($target / 2)")
+  start_wan --delay "${half}ms" --rate unlimited
+  ip netns exec "$nsA" ping -n -c 1 -W 2 198.18.0.2 >/dev/null || true  # ARP, and a warm path
+  ip netns exec "$nsA" ping -n -c "$pings" -i 0.05 -W 2 198.18.0.2 >"$work/ping.out" || true
+  median=$(python3 - "$work/ping.out" <<'PY'
+import re, statistics, sys
+rtts = [float(m) for m in re.findall(r"time=([0-9.]+) ms", open(sys.argv[1]).read())]
+print(f"{statistics.median(rtts):.3f} {len(rtts)}" if rtts else "nan 0")
+PY
+)
+  stop_wan
+  read -r value count <<<"$median"
+  error=$(python3 -c "print(f'{$value - $target:+.3f}')")
+  pass=$(python3 -c "print('yes' if abs($value - $target) <= 1 else 'NO')")
+  row "rtt delay ${half}ms x2 ($count)" "${target} ms" "${value} ms" "${error} ms" "+-1 ms" "$pass"
+done
+
+# --- TCP rate --------------------------------------------------------------------------------
+ip netns exec "$nsB" iperf3 -s -B 198.18.0.2 >/dev/null 2>&1 &
+iperf_pid=$!
+sleep 0.5
+for rate in 10 20 100; do
+  start_wan --delay 10ms --rate "${rate}mbit" --queue 512kb
+  results=()
+  for _ in $(seq "$runs"); do
+    ip netns exec "$nsA" iperf3 -c 198.18.0.2 -t "$tcp_seconds" -O 2 -J >"$work/tcp.json" || true
+    results+=("$(python3 -c "import json,sys; d=json.load(open('$work/tcp.json')); print(d['end']['sum_received']['bits_per_second'])" 2>/dev/null || echo nan)")
+  done
+  stop_wan
+  summary=$(python3 - "$rate" "${results[@]}" <<'PY'
+import math, statistics, sys
+rate = float(sys.argv[1]) * 1e6
+values = [float(v) for v in sys.argv[2:] if v != "nan"]
+expected = rate * 1448 / 1514
+if not values:
+    print("nan nan NO"); sys.exit()
+median = statistics.median(values)
+error = median / expected - 1
+print(f"{median / 1e6:.2f} {error * 100:+.2f} {'yes' if abs(error) <= 0.03 else 'NO'} {expected / 1e6:.2f}")
+PY
+)
+  read -r value error pass expected <<<"$summary"
+  row "tcp rate ${rate}mbit (x$runs)" "${expected} Mb/s" "${value} Mb/s" "${error}%" "+-3%" "$pass"
+done
+
+# --- Loss ------------------------------------------------------------------------------------
+start_wan --delay 1ms --rate unlimited --loss 1% --seed "$$"
+ip netns exec "$nsA" iperf3 -c 198.18.0.2 -u -l 64 -b "$((5000 * 64 * 8))" -k "$udp_packets" -J >"$work/udp.json" || true
+stop_wan
+summary=$(python3 - "$work/udp.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+s = d["end"]["sum"]
+lost, total = s["lost_packets"], s["packets"]
+share = lost / total
+error = share / 0.01 - 1
+print(f"{share * 100:.3f} {error * 100:+.1f} {'yes' if abs(error) <= 0.10 else 'NO'} {total}")
+PY
+) || summary="nan nan NO 0"
+read -r value error pass total <<<"$summary"
+row "udp loss 1% ($total pkts)" "1%" "${value}%" "${error}%" "+-10%" "$pass"
+kill "$iperf_pid" 2>/dev/null || true; iperf_pid=""
+
+printf '%-30s %12s %14s %12s %12s  %s\n' setting target measured error goal pass
+for r in "${rows[@]}"; do echo "$r"; done
