@@ -495,7 +495,8 @@ extension ServiceConfiguration {
     }
 
     /// `wan:`: a list of links, each `a`, `b`, `delay` and `rate` required; `jitter`, `loss`, `queue`
-    /// for both directions, overridden by `a_to_b:` and `b_to_a:`; `name`, `netns`, `seed` optional.
+    /// for both directions, overridden by `a_to_b:` and `b_to_a:`; `name`, `netns`, `seed`,
+    /// `realtime_priority` optional.
     /// Units as `sluice wan` takes them (WANUnits); names and interfaces unique per namespace.
     private static func decodeWAN(_ reader: ConfigReader) throws(ConfigError) -> [WANConfiguration] {
         let items = try reader.list()
@@ -520,7 +521,7 @@ extension ServiceConfiguration {
 
     private static func decodeWANLink(_ reader: ConfigReader) throws(ConfigError) -> WANConfiguration {
         let settingKeys = WANSetting.allCases.map(\.rawValue)
-        try reader.allowKeys(["name", "a", "b", "netns", "seed", "a_to_b", "b_to_a"] + settingKeys)
+        try reader.allowKeys(["name", "a", "b", "netns", "seed", "realtime_priority", "a_to_b", "b_to_a"] + settingKeys)
         let a = try reader.required("a").interfaceName()
         let b = try reader.required("b").interfaceName()
         _ = try reader.required("delay")
@@ -542,8 +543,11 @@ extension ServiceConfiguration {
         }
         let seed = try reader.optional("seed").map { seed throws(ConfigError) in UInt64(try seed.int(in: 0...Int.max)) } ?? 1
         let name = try reader.optional("name")?.string()
+        let priority = try reader.optional("realtime_priority").map { value throws(ConfigError) in
+            try value.int(in: WANLimits.realtimePriorityRange.lowerBound...WANLimits.realtimePriorityRange.upperBound)
+        }
         let link = WANConfiguration(name: name, interfaceA: a, interfaceB: b, aToB: aToB, bToA: bToA, seed: seed,
-                                    namespacePath: namespacePath)
+                                    namespacePath: namespacePath, realtimePriority: priority)
         do { try link.validate() } catch {
             if case .invalidName = error { throw reader.child("name").invalid("\(error)") }
             throw reader.invalid("\(error)")

@@ -15,6 +15,8 @@ public enum WANError: Error, CustomStringConvertible {
     case pool(PoolError)
     /// The network namespace could not be entered.
     case namespace(SyscallError)
+    /// SCHED_FIFO could not be set (not root, or RLIMIT_RTPRIO).
+    case realtimePriority(SyscallError)
     case threadCreate(SyscallError)
     /// A direction's thread did not report within 10 s.
     case startTimedOut(WANDirection)
@@ -27,6 +29,7 @@ public enum WANError: Error, CustomStringConvertible {
         case let .port(interface, role, error): "cannot \(role) on \(interface): \(error)"
         case let .pool(error): "staging pool: \(error)"
         case let .namespace(error): "network namespace: \(error)"
+        case let .realtimePriority(error): "realtime priority: \(error)"
         case let .threadCreate(error): "thread: \(error)"
         case let .startTimedOut(direction): "\(direction) thread did not start within 10 s"
         case .alreadyStarted: "link already started"
@@ -131,6 +134,15 @@ private final class DirectionThread: @unchecked Sendable {  // unchecked: `threa
         if let path = configuration.namespacePath {
             do { try NetworkNamespace.enterOnCurrentThread(path: path) } catch {
                 fail(.namespace(error))
+                return
+            }
+        }
+        if let priority = configuration.realtimePriority {
+            var parameters = sched_param()
+            parameters.sched_priority = Int32(priority)
+            let rc = pthread_setschedparam(pthread_self(), SCHED_FIFO, &parameters)
+            guard rc == 0 else {
+                fail(.realtimePriority(SyscallError("pthread_setschedparam(SCHED_FIFO)", Errno(rawValue: rc))))
                 return
             }
         }

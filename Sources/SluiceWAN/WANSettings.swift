@@ -27,9 +27,12 @@ public enum WANLimits {
     public static let txFrameCount = 1024
     /// Largest frame forwarded; longer ones are dropped as `tooLarge`.
     public static let frameBytesMax = txFrameSizeBytes - AFPacketLimits.txDataOffsetBytes
-    /// RX ring: 16 blocks of 512 KiB, retired after 1 ms when partly filled.
-    public static let rxBlockSizeBytes = 1 << 19
-    public static let rxBlockCount = 16
+    /// RX ring: 256 blocks of 64 KiB (16 MiB), each retired after 1 ms when partly filled. On a
+    /// quiet link every retired block holds a few frames, so the block count sets how long the
+    /// thread may go unscheduled before the kernel drops (`rxRingFull`): 256 blocks ride out a
+    /// quarter of a second (16 blocks lost frames on a loaded 2-core machine).
+    public static let rxBlockSizeBytes = 1 << 16
+    public static let rxBlockCount = 256
     public static let rxBlockTimeoutMs = 1
     /// Frames taken from the RX ring, or put on the TX ring, per turn.
     public static let burstCountMax = 64
@@ -50,6 +53,8 @@ public enum WANLimits {
     public static let latenessBucketBoundsNs: [UInt64] = [50_000, 200_000, 1_000_000]
     /// Longest link name (a metrics label and a log field).
     public static let nameLengthMax = 64
+    /// SCHED_FIFO priorities the threads may take (`WANConfiguration.realtimePriority`).
+    public static let realtimePriorityRange = 1...99
 }
 
 /// One direction of a link: how long frames take, how many are lost, how fast they leave and how
@@ -197,9 +202,13 @@ public struct WANConfiguration: Sendable, Equatable {
     public var seed: UInt64
     /// A network namespace to open the interfaces in (`/var/run/netns/NAME`); nil: the caller's.
     public var namespacePath: String?
+    /// Run both threads SCHED_FIFO at this priority (1...99; root), so a busy machine does not
+    /// delay departures; nil: the normal scheduler. Threads block between departures and spin at
+    /// most `WANLimits.spinWindowNs`, so they cannot take a CPU for long.
+    public var realtimePriority: Int?
 
     public init(name: String? = nil, interfaceA: String, interfaceB: String, aToB: WANDirectionSettings,
-                bToA: WANDirectionSettings, seed: UInt64 = 1, namespacePath: String? = nil) {
+                bToA: WANDirectionSettings, seed: UInt64 = 1, namespacePath: String? = nil, realtimePriority: Int? = nil) {
         self.name = name ?? "\(interfaceA)-\(interfaceB)"
         self.interfaceA = interfaceA
         self.interfaceB = interfaceB
@@ -207,6 +216,7 @@ public struct WANConfiguration: Sendable, Equatable {
         self.bToA = bToA
         self.seed = seed
         self.namespacePath = namespacePath
+        self.realtimePriority = realtimePriority
     }
 
     /// Checks names and both directions; opens nothing.
@@ -223,6 +233,9 @@ public struct WANConfiguration: Sendable, Equatable {
             else { throw .invalidInterfaceName(interface) }
         }
         guard interfaceA != interfaceB else { throw .sameInterface(interfaceA) }
+        if let priority = realtimePriority, !WANLimits.realtimePriorityRange.contains(priority) {
+            throw .outOfRange(setting: "realtime priority", value: "\(priority)", allowed: "1...99")
+        }
         try aToB.validate(direction: WANDirection.aToB.description)
         try bToA.validate(direction: WANDirection.bToA.description)
     }

@@ -61,6 +61,9 @@ struct WanCommand: ParsableCommand {
     @Option(help: "Link name in reports (default: A-B).")
     var name: String?
 
+    @Option(help: "Run the emulator's threads SCHED_FIFO at this priority (1-99, root): departures stay on time on a busy machine.")
+    var realtimePriority: Int?
+
     @Option(help: "Also print counters every this many seconds (0: only on SIGUSR1 and at exit).")
     var statsInterval: Double = 0
 
@@ -120,7 +123,8 @@ struct WanCommand: ParsableCommand {
             throw ValidationError("--stats-interval: \(statsInterval) must be 0...86400 seconds")
         }
         let configuration = WANConfiguration(name: name, interfaceA: interfaceA, interfaceB: interfaceB, aToB: aToB,
-                                             bToA: bToA, seed: seed, namespacePath: netns.map { "/var/run/netns/\($0)" })
+                                             bToA: bToA, seed: seed, namespacePath: netns.map { "/var/run/netns/\($0)" },
+                                             realtimePriority: realtimePriority)
         do { try configuration.validate() } catch { throw ValidationError("\(error)") }
         return configuration
     }

@@ -12,7 +12,7 @@ import Testing
         (["--delay", "20ms", "--rate", "1Mbit"], "--rate: '1Mbit': unknown unit 'Mbit'"),
         (["--delay", "20ms", "--rate", "1mbit", "--loss", "5"], "--loss: '5' has no unit (a percentage"),
         (["--delay", "20ms", "--rate", "1mbit", "--queue", "10"], "--queue: '10' has no unit"),
-        (["--delay", "20ms", "--rate", "1mbit", "--b-to-a-jitter", "-1ms"], "--b-to-a-jitter: '-1ms' is not a number"),
+        (["--delay", "20ms", "--rate", "1mbit", "--b-to-a-jitter=-1ms"], "--b-to-a-jitter: '-1ms' is not a number"),
         (["--delay", "20ms", "--rate", "1mbit", "--netns", "a/b"], "--netns: 'a/b' is not a namespace name"),
         (["--delay", "20ms", "--rate", "1mbit", "--b", "x0"], "both sides are 'x0'"),
     ])
@@ -93,13 +93,13 @@ import Testing
         let rtts = try ping(from: lab.pathA, to: lab.addressB, count: 5, intervalMs: 20, timeoutMs: 1_000)
         #expect(rtts.count == 5 && rtts.allSatisfy { $0 >= 10_000_000 }, "\(rtts)")
         let body = try HTTPClient.get(host: "127.0.0.1", port: port, path: "/metrics").body
-        let labels = "direction=\"a-to-b\",link=\"lab\""
+        let labels = "link=\"lab\",direction=\"a-to-b\""
         let forwarded = body.split(separator: "\n").first { $0.hasPrefix("sluice_wan_forwarded_packets_total{\(labels)}") }
         let count = try #require(forwarded.flatMap { Double($0.split(separator: " ").last ?? "") }, "\(body)")
         #expect(count >= 5)
         #expect(body.contains("sluice_wan_drops_total{\(labels),reason=\"queueFull\"} 0"), "\(body)")
-        #expect(body.contains("sluice_wan_queue_limit_bytes{\(labels)} 65536"), "\(body)")
-        #expect(body.contains("sluice_wan_delay_seconds{direction=\"b-to-a\",link=\"lab\"} 0.005"), "\(body)")
+        #expect(body.contains("sluice_wan_queue_limit_bytes{\(labels)} 65536.0"), "\(body)")
+        #expect(body.contains("sluice_wan_delay_seconds{link=\"lab\",direction=\"b-to-a\"} 0.005"), "\(body)")
         child.signal(SIGTERM)
         #expect(child.wait(timeoutMs: 20_000) == 0, "stderr: \(child.stderrText)")
         #expect(child.stderrText.contains("wan link stopped"), "\(child.stderrText)")
