@@ -106,7 +106,8 @@ struct WANForwarder: ~Copyable {
         return received
     }
 
-    /// One frame: too large, no room, or through the schedule into the store.
+    /// One frame: too large, or through the schedule into the store (a frame the schedule admits
+    /// but the store has no room for is taken back and dropped as `storeFull`).
     @inline(__always)
     private mutating func admit(_ index: UInt32, nowNs: UInt64) {
         let metadata = pool.metadata(at: index).pointee
@@ -117,18 +118,17 @@ struct WANForwarder: ~Copyable {
             counters.add(.tooLarge)
             return
         }
-        guard store.placement(forLength: length) != nil else {
-            counters.add(.storeFull)
-            return
-        }
         let arrivalNs = arrivalTime(realtimeNs: metadata.timestampNs, nowNs: nowNs)
         switch schedule.admit(arrivalNs: arrivalNs, bytes: length, heldBytes: store.heldBytes) {
         case .drop(let reason):
             counters.add(reason)
         case .depart(let departureNs):
             let frame = UnsafeRawBufferPointer(start: pool.bytes(at: index).baseAddress, count: length)
-            let stored = store.append(frame, departureNs: departureNs)
-            precondition(stored, "placement was checked")
+            guard store.append(frame, departureNs: departureNs) else {
+                schedule.revertLastAdmission()
+                counters.add(.storeFull)
+                return
+            }
             counters.queueBytes = UInt64(schedule.lastQueueBytes)
             if counters.queueBytes > counters.queueBytesMax { counters.queueBytesMax = counters.queueBytes }
             counters.heldBytes = UInt64(store.heldBytes)
@@ -155,7 +155,7 @@ struct WANForwarder: ~Copyable {
     /// late each went. Frames the ring cannot take are dropped (`txRingFull`). Returns frames sent.
     private mutating func transmitDue(nowNs: UInt64) -> Int {
         var sent = 0
-        while let front = store.front, front.departureNs <= nowNs {
+        while let due = store.front?.departureNs, due <= nowNs {
             var count = 0
             var bytes: UInt64 = 0
             while count < WANLimits.burstCountMax, let descriptor = store.front, descriptor.departureNs <= nowNs {
@@ -174,7 +174,6 @@ struct WANForwarder: ~Copyable {
                 store.popFront()
             }
             precondition(count > 0, "the staging pool holds two bursts; one is always free here")
-            _ = front
             let burst = transmitter.transmitBurst(UnsafeBufferPointer(rebasing: items[0..<count]))
             if burst.taken < count {
                 for position in burst.taken..<count {

@@ -33,6 +33,8 @@ public struct WANSchedule: Sendable {
     private var carryBitNs: UInt64 = 0
     /// The queue the last admitted frame joined, itself included (bytes).
     public private(set) var lastQueueBytes: Int = 0
+    /// The state before the last admission, for `revertLastAdmission`.
+    private var saved: (exitNs: UInt64, departureNs: UInt64, carryBitNs: UInt64, queueBytes: Int)?
 
     public init(settings: WANDirectionSettings, seed: UInt64) {
         precondition(settings.loss >= 0 && settings.loss <= 1, "loss outside 0...1")
@@ -53,8 +55,10 @@ public struct WANSchedule: Sendable {
         }
         let exitNs = max(arrivalNs &+ delaySampleNs(), lastExitNs)
         let rate = settings.rateBitsPerSecond
+        saved = nil
         guard rate > 0 else {
             guard heldBytes + bytes <= settings.queueBytes else { return .drop(.queueFull) }
+            saved = (lastExitNs, lastDepartureNs, carryBitNs, lastQueueBytes)
             lastExitNs = exitNs
             lastDepartureNs = exitNs
             lastQueueBytes = heldBytes + bytes
@@ -62,6 +66,7 @@ public struct WANSchedule: Sendable {
         }
         let backlog = backlogBytes(atNs: exitNs)
         guard backlog + bytes <= settings.queueBytes else { return .drop(.queueFull) }
+        saved = (lastExitNs, lastDepartureNs, carryBitNs, lastQueueBytes)
         let startNs = max(exitNs, lastDepartureNs)
         let bitNs = UInt64(bytes) * 8 * 1_000_000_000 + carryBitNs
         let serialisationNs = bitNs / rate
@@ -70,6 +75,18 @@ public struct WANSchedule: Sendable {
         lastDepartureNs = startNs + serialisationNs
         lastQueueBytes = backlog + bytes
         return .depart(atNs: lastDepartureNs)
+    }
+
+    /// Takes back the last admission, whose frame could not be stored after all (`storeFull`):
+    /// later frames are scheduled as if it had been dropped (its random draws stay drawn). Only
+    /// right after an admission that returned `.depart`.
+    public mutating func revertLastAdmission() {
+        guard let saved else { preconditionFailure("no admission to take back") }
+        lastExitNs = saved.exitNs
+        lastDepartureNs = saved.departureNs
+        carryBitNs = saved.carryBitNs
+        lastQueueBytes = saved.queueBytes
+        self.saved = nil
     }
 
     /// Bytes still to serialise at `ns` (frames that exited the delay line by then), rounded up.

@@ -120,6 +120,22 @@ import Testing
         #expect(schedule.lastQueueBytes == 4_000)
     }
 
+    @Test func aFrameTheStoreCannotTakeIsTakenBack() {
+        var schedule = WANSchedule(settings: settings(delay: 1_000_000, rate: 8_000_000), seed: 1)
+        #expect(schedule.admit(arrivalNs: 0, bytes: 1_000, heldBytes: 0) == .depart(atNs: 2_000_000))
+        #expect(schedule.admit(arrivalNs: 0, bytes: 1_000, heldBytes: 0) == .depart(atNs: 3_000_000))
+        schedule.revertLastAdmission()  // as if the second frame had been dropped
+        #expect(schedule.lastQueueBytes == 1_000)
+        #expect(schedule.admit(arrivalNs: 0, bytes: 500, heldBytes: 0) == .depart(atNs: 2_500_000))
+    }
+
+    @Test func takingBackWithoutAnAdmissionTraps() async {
+        await #expect(processExitsWith: .failure) {
+            var schedule = WANSchedule(settings: WANDirectionSettings(delayNs: 1), seed: 1)
+            schedule.revertLastAdmission()
+        }
+    }
+
     @Test func lossDropsAboutTheSetShareAndIsSeeded() {
         func losses(_ loss: Double, seed: UInt64, count: Int = 100_000) -> [Int] {
             var schedule = WANSchedule(settings: settings(loss: loss), seed: seed)
