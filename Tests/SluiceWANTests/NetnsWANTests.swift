@@ -26,15 +26,17 @@ struct NetnsWANTests {
         // RTT >= 2 * delay always (the emulator never sends early); the median within 2 * delay plus a
         // slack generous enough for a shared machine.
         #expect(try #require(sorted.first) >= 2 * delayNs)
-        #expect(median < 2 * delayNs + 10_000_000, "median RTT \(median) ns")
+        #expect(median < 2 * delayNs + 15_000_000, "median RTT \(median) ns")
         #expect(try #require(rtts.first) >= 4 * delayNs, "ARP then the echo: two round trips")
         let snapshot = link.snapshot()
         for direction in snapshot {
             #expect(direction.counters.forwardedPackets >= 12, "\(direction.direction)")
             #expect(direction.drops().isEmpty, "\(direction.direction): \(direction.drops())")
-            // Every frame went out within 1 ms of its departure time (machines in CI are busy: the
-            // mean, not the worst, is held to it).
-            #expect(direction.meanLateNs < 1_000_000, "\(direction.direction) mean lateness \(direction.meanLateNs) ns")
+            // Most frames went out within 1 ms of their departure time. Not all, nor the mean: on a
+            // busy machine one thread waiting 20 ms for a CPU would decide it (the bench measures).
+            let buckets = direction.counters.lateBucketCounts
+            #expect(2 * (buckets[0] + buckets[1] + buckets[2]) >= direction.counters.departures,
+                    "\(direction.direction) lateness buckets \(buckets)")
         }
     }
 
