@@ -17,7 +17,8 @@
 # Offloads (checksum, TSO, GSO, GRO) are off on every veth end: frames cross the emulator as they
 # are on the wire, and a partial checksum or a 64 KiB GSO frame would not. Needs root, iperf3 and
 # ethtool (make bench-deps). Numbers on a shared or virtual machine are noisy.
-# Usage: scripts/bench-wan.sh   (PINGS=100 TCP_SECONDS=10 RUNS=3 UDP_PACKETS=100000 by default)
+# Usage: scripts/bench-wan.sh   (PINGS=100 TCP_SECONDS=10 RUNS=3 UDP_PACKETS=100000 by default;
+#        WAN_FLAGS="--realtime-priority 50" adds flags to every `sluice wan`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pings=${PINGS:-100}
@@ -67,7 +68,8 @@ for ns in "$nsA" "$nsB"; do ip -n "$ns" link set dev lo up; done
 
 # start_wan FLAGS...: the emulator in nsW, waiting for its ready line.
 start_wan() {
-  "$bin" wan --a "$ifWA" --b "$ifWB" --netns "$nsW" --name bench "$@" >"$work/wan.out" 2>"$work/wan.err" &
+  # shellcheck disable=SC2086 # WAN_FLAGS is a list of flags
+  "$bin" wan --a "$ifWA" --b "$ifWB" --netns "$nsW" --name bench ${WAN_FLAGS:-} "$@" >"$work/wan.out" 2>"$work/wan.err" &
   wan_pid=$!
   for _ in $(seq 100); do grep -q '^sluice: ready' "$work/wan.out" && return 0; sleep 0.1; done
   echo "bench-wan: sluice wan did not start:" >&2; cat "$work/wan.err" >&2; exit 1
