@@ -30,6 +30,7 @@ import SluiceWAN
                 jitter: 2ms
                 queue: 128kb
                 seed: 42
+                realtime_priority: 10
                 b_to_a:
                   delay: 5ms
                   rate: unlimited
@@ -41,7 +42,7 @@ import SluiceWAN
         #expect(configuration.wan.count == 2)
         let link = configuration.wan[0]
         #expect(link.name == "wan0" && link.interfaceA == "veth-a" && link.interfaceB == "veth-b")
-        #expect(link.namespacePath == "/var/run/netns/lab" && link.seed == 42)
+        #expect(link.namespacePath == "/var/run/netns/lab" && link.seed == 42 && link.realtimePriority == 10)
         #expect(link.aToB == WANDirectionSettings(delayNs: 20_000_000, jitterNs: 2_000_000, rateBitsPerSecond: 20_000_000,
                                                   loss: 0.001, queueBytes: 131_072))
         #expect(link.bToA == WANDirectionSettings(delayNs: 5_000_000, jitterNs: 2_000_000, rateBitsPerSecond: 0,
@@ -62,6 +63,8 @@ import SluiceWAN
         ("netns: a/b", "wan[0].netns", "not a namespace name"),
         ("name: 'two words'", "wan[0].name", "link name 'two words'"),
         ("bandwidth: 1mbit", "wan[0].bandwidth", "unknown key"),
+        ("realtime_priority: 0", "wan[0].realtime_priority", "must be 1...99, got 0"),
+        ("seed: -1", "wan[0].seed", "must be 0..."),
     ])
     func mistakesNameTheKey(line: String, key: String, phrase: String) throws {
         // The first occurrence of a key wins in this parser only if unique: drop the base line it overrides.

@@ -15,6 +15,8 @@ import Testing
         (["--delay", "20ms", "--rate", "1mbit", "--b-to-a-jitter=-1ms"], "--b-to-a-jitter: '-1ms' is not a number"),
         (["--delay", "20ms", "--rate", "1mbit", "--netns", "a/b"], "--netns: 'a/b' is not a namespace name"),
         (["--delay", "20ms", "--rate", "1mbit", "--b", "x0"], "both sides are 'x0'"),
+        (["--delay", "20ms", "--rate", "1mbit", "--realtime-priority", "0"], "realtime priority 0 is out of range (1...99)"),
+        (["--delay", "11s", "--rate", "1mbit"], "--delay: '11s' is out of range (at most 10s)"),
     ])
     func badFlagsAreRefusedNamingTheFlag(extra: [String], phrase: String) throws {
         let binary = try #require(sluiceBinary(), "no built `sluice` next to the test bundle")
