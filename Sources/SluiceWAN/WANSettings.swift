@@ -39,7 +39,8 @@ public enum WANLimits {
     /// Staging buffers per direction (RX and TX copies pass through them; never more than two bursts).
     public static let stagingBufferCount = 2 * burstCountMax
     /// The thread sleeps (clock_nanosleep, 1 ns timer slack) until this long before a departure, then
-    /// spins on the clock to it. Wake-ups on this kernel land 5-60 µs late; the spin absorbs most.
+    /// spins on the clock to it: at most this much busy-polling per wake-up. With it, departures on a
+    /// quiet link went out 1-2 µs late on average here (docs/WAN.md).
     public static let spinWindowNs: UInt64 = 50_000
     /// With frames queued, the longest sleep before the RX ring is looked at again (admission stays
     /// prompt, the queue counters current and the kernel ring far from full).
