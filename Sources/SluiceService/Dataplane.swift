@@ -9,6 +9,7 @@ import SluiceReplay
 import SluiceReplication
 import SluiceStorageServer
 import SluiceTraffic
+import SluiceWAN
 import Synchronization
 
 /// Why the service could not start. Each case keeps the error underneath, for callers to match.
@@ -27,6 +28,8 @@ public enum ServiceError: Error, CustomStringConvertible {
     case affinity(SyscallError)
     /// A control core this process may not use.
     case controlCoreNotAllowed(core: Int, allowed: [Int])
+    /// A WAN link (`wan:`) could not start.
+    case wan(name: String, WANError)
 
     public var description: String {
         switch self {
@@ -38,6 +41,7 @@ public enum ServiceError: Error, CustomStringConvertible {
         case let .metricsListen(address, error): "metrics endpoint: cannot listen on \(address): \(error)"
         case let .affinity(error): "control cores: \(error)"
         case let .controlCoreNotAllowed(core, allowed): "control cores: core \(core) is not one this process may use (\(allowed))"
+        case let .wan(name, error): "wan link '\(name)': \(error)"
         }
     }
 

@@ -11,6 +11,7 @@ import SluiceReplay
 import SluiceReplication
 import SluiceStorageServer
 import SluiceTraffic
+import SluiceWAN
 
 /// Bounds of what one service runs.
 public enum ServiceLimits {
@@ -25,6 +26,8 @@ public enum ServiceLimits {
     /// A capture's replay rate in packets per second, as `sluice replay --rate` takes it.
     public static let replayRatePacketsPerSecondMin = ReplayPacing.packetsPerSecondMin
     public static let replayRatePacketsPerSecondMax = ReplayPacing.packetsPerSecondMax
+    /// WAN links (`wan:`) in one service.
+    public static let wanLinkCountMax = 16
 }
 
 /// A host and port to listen on.
@@ -123,6 +126,9 @@ public struct ServiceConfiguration: Sendable {
     public var exitWhenDrained = false
     /// nil: stages stay where they started.
     public var rebalance: RebalanceSettings?
+    /// WAN links (`wan:`), each on two threads of its own, started before the pipelines and stopped
+    /// after them (docs/WAN.md).
+    public var wan: [WANConfiguration] = []
 }
 
 extension ServiceConfiguration {
@@ -196,7 +202,7 @@ extension ServiceConfiguration {
     public static func decode(_ tree: ConfigNode, defaultCores: [Int]) throws(ConfigError) -> ServiceConfiguration {
         let root = ConfigReader(tree, key: "")
         try root.allowKeys(["cores", "control_cores", "wait_mode", "log_level", "metrics", "pipelines", "storage", "shutdown",
-                            "rebalance"])
+                            "rebalance", "wan"])
         let cores = try root.optional("cores").map { reader throws(ConfigError) in try reader.cores() } ?? defaultCores
         guard !cores.isEmpty else { throw .invalid(key: "cores", line: tree.line, reason: "no cores to run on") }
         var configuration = ServiceConfiguration(cores: cores)
@@ -261,6 +267,7 @@ extension ServiceConfiguration {
         if let storage = root.optional("storage") {
             configuration.storage = try decodeStorage(storage)
         }
+        if let wan = root.optional("wan") { configuration.wan = try decodeWAN(wan) }
         try checkPorts(configuration, root: root)
         try checkFiles(configuration, root: root)
         try checkFanoutGroups(configuration, root: root)
@@ -485,6 +492,76 @@ extension ServiceConfiguration {
         let policy = TrafficPolicy(sources: sources)
         do { try policy.validate() } catch { throw reader.invalid("\(error)") }
         return policy
+    }
+
+    /// `wan:`: a list of links, each `a`, `b`, `delay` and `rate` required; `jitter`, `loss`, `queue`
+    /// for both directions, overridden by `a_to_b:` and `b_to_a:`; `name`, `netns`, `seed`,
+    /// `realtime_priority` optional.
+    /// Units as `sluice wan` takes them (WANUnits); names and interfaces unique per namespace.
+    private static func decodeWAN(_ reader: ConfigReader) throws(ConfigError) -> [WANConfiguration] {
+        let items = try reader.list()
+        guard items.count <= ServiceLimits.wanLinkCountMax else {
+            throw reader.invalid("at most \(ServiceLimits.wanLinkCountMax) links, got \(items.count)")
+        }
+        var links: [WANConfiguration] = []
+        for item in items {
+            let link = try decodeWANLink(item)
+            if links.contains(where: { $0.name == link.name }) {
+                throw item.invalid("name '\(link.name)' is used by an earlier link")
+            }
+            for other in links where other.namespacePath == link.namespacePath {
+                for interface in [link.interfaceA, link.interfaceB] where [other.interfaceA, other.interfaceB].contains(interface) {
+                    throw item.invalid("interface '\(interface)' is also link '\(other.name)''s")
+                }
+            }
+            links.append(link)
+        }
+        return links
+    }
+
+    private static func decodeWANLink(_ reader: ConfigReader) throws(ConfigError) -> WANConfiguration {
+        let settingKeys = WANSetting.allCases.map(\.rawValue)
+        try reader.allowKeys(["name", "a", "b", "netns", "seed", "realtime_priority", "a_to_b", "b_to_a"] + settingKeys)
+        let a = try reader.required("a").interfaceName()
+        let b = try reader.required("b").interfaceName()
+        _ = try reader.required("delay")
+        _ = try reader.required("rate")
+        var common = WANDirectionSettings()
+        try applyWAN(reader, to: &common)
+        var aToB = common
+        var bToA = common
+        for (key, direction) in [("a_to_b", WANDirection.aToB), ("b_to_a", .bToA)] {
+            guard let overrides = reader.optional(key) else { continue }
+            try overrides.allowKeys(settingKeys)
+            if direction == .aToB { try applyWAN(overrides, to: &aToB) } else { try applyWAN(overrides, to: &bToA) }
+        }
+        var namespacePath: String?
+        if let netns = reader.optional("netns") {
+            let name = try netns.string()
+            guard !name.isEmpty, !name.contains("/") else { throw netns.invalid("'\(name)' is not a namespace name (as ip netns lists them)") }
+            namespacePath = "/var/run/netns/\(name)"
+        }
+        let seed = try reader.optional("seed").map { seed throws(ConfigError) in UInt64(try seed.int(in: 0...Int.max)) } ?? 1
+        let name = try reader.optional("name")?.string()
+        let priority = try reader.optional("realtime_priority").map { value throws(ConfigError) in
+            try value.int(in: WANLimits.realtimePriorityRange.lowerBound...WANLimits.realtimePriorityRange.upperBound)
+        }
+        let link = WANConfiguration(name: name, interfaceA: a, interfaceB: b, aToB: aToB, bToA: bToA, seed: seed,
+                                    namespacePath: namespacePath, realtimePriority: priority)
+        do { try link.validate() } catch {
+            if case .invalidName = error { throw reader.child("name").invalid("\(error)") }
+            throw reader.invalid("\(error)")
+        }
+        return link
+    }
+
+    /// Sets every WAN setting `reader` has (delay, jitter, rate, loss, queue), each error naming its key.
+    private static func applyWAN(_ reader: ConfigReader, to settings: inout WANDirectionSettings) throws(ConfigError) {
+        for setting in WANSetting.allCases {
+            guard let value = reader.optional(setting.rawValue) else { continue }
+            let text = try value.string()
+            do { try settings.set(setting, from: text) } catch { throw value.invalid("\(error)") }
+        }
     }
 
     private static func decodeStorage(_ reader: ConfigReader) throws(ConfigError) -> StorageSettings {

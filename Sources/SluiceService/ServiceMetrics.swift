@@ -8,6 +8,7 @@ import SluicePageStore
 import SluiceReplication
 import SluiceStorageServer
 import SluiceTraffic
+import SluiceWAN
 import Synchronization
 
 /// Turns snapshots of the running parts into Prometheus text. `render` may be called from any
@@ -33,14 +34,15 @@ public final class ServiceMetrics: Sendable {
         self.state = Mutex(State())
     }
 
-    /// Refreshes every metric from `dataplane` and `storage` (either may be absent) and returns the
-    /// registry in the Prometheus text format (0.0.4).
-    public func render(dataplane: Dataplane?, storage: StorageRuntime?) -> String {
+    /// Refreshes every metric from `dataplane`, `storage` and `wan` (each may be absent) and returns
+    /// the registry in the Prometheus text format (0.0.4).
+    public func render(dataplane: Dataplane?, storage: StorageRuntime?, wan: WANRuntime? = nil) -> String {
         state.withLock { state in
             set(&state, gauge: "sluice_up", [], 1)
             set(&state, gauge: "sluice_uptime_seconds", [], Double(Clock.monotonicNs() &- startNs) / 1e9)
             if let dataplane { refresh(&state, dataplane) }
             if let storage { refresh(&state, storage) }
+            if let wan { refresh(&state, wan) }
             return registry.emitToString()
         }
     }
@@ -134,6 +136,46 @@ public final class ServiceMetrics: Sendable {
         advance(&state, "sluice_storage_grouped_reads_total", [], reads.reads)
         advance(&state, "sluice_storage_parallel_reads_total", [], storage.node.parallelReads)
         if let replicated = storage.replicated { refresh(&state, replication: replicated.log) }
+    }
+
+    /// Each WAN link direction's counters (`link`, `direction` labels): frames and bytes received and
+    /// forwarded, drops by reason (every reason, zeros included), what is held and queued, departure
+    /// lateness as a cumulative histogram (`le` in seconds), and the settings as gauges.
+    private func refresh(_ state: inout State, _ wan: WANRuntime) {
+        for link in wan.links {
+            for snapshot in link.snapshot() {
+                let labels = [("link", link.configuration.name), ("direction", "\(snapshot.direction)")]
+                let c = snapshot.counters
+                advance(&state, "sluice_wan_received_packets_total", labels, c.receivedPackets)
+                advance(&state, "sluice_wan_received_bytes_total", labels, c.receivedBytes)
+                advance(&state, "sluice_wan_forwarded_packets_total", labels, c.forwardedPackets)
+                advance(&state, "sluice_wan_forwarded_bytes_total", labels, c.forwardedBytes)
+                for drop in snapshot.drops(includingZero: true) {
+                    advance(&state, "sluice_wan_drops_total", labels + [("reason", drop.reason)], drop.count)
+                }
+                set(&state, gauge: "sluice_wan_held_bytes", labels, Double(c.heldBytes))
+                set(&state, gauge: "sluice_wan_held_frames", labels, Double(c.heldFrames))
+                set(&state, gauge: "sluice_wan_held_bytes_max", labels, Double(c.heldBytesMax))
+                set(&state, gauge: "sluice_wan_queue_bytes", labels, Double(c.queueBytes))
+                set(&state, gauge: "sluice_wan_queue_bytes_max", labels, Double(c.queueBytesMax))
+                var cumulative: UInt64 = 0
+                for (slot, count) in c.lateBucketCounts.enumerated() {
+                    cumulative += count
+                    let bound = slot < WANLimits.latenessBucketBoundsNs.count
+                        ? "\(Double(WANLimits.latenessBucketBoundsNs[slot]) / 1e9)" : "+Inf"
+                    advance(&state, "sluice_wan_departure_lateness_seconds_bucket", labels + [("le", bound)], cumulative)
+                }
+                advance(&state, "sluice_wan_departure_lateness_seconds_count", labels, c.departures)
+                advance(&state, seconds: "sluice_wan_departure_lateness_seconds_sum", labels, ns: c.lateNsTotal)
+                set(&state, gauge: "sluice_wan_departure_lateness_seconds_max", labels, Double(c.lateNsMax) / 1e9)
+                let settings = link.configuration.settings(snapshot.direction)
+                set(&state, gauge: "sluice_wan_delay_seconds", labels, Double(settings.delayNs) / 1e9)
+                set(&state, gauge: "sluice_wan_jitter_seconds", labels, Double(settings.jitterNs) / 1e9)
+                set(&state, gauge: "sluice_wan_rate_bits_per_second", labels, Double(settings.rateBitsPerSecond))
+                set(&state, gauge: "sluice_wan_loss_ratio", labels, settings.loss)
+                set(&state, gauge: "sluice_wan_queue_limit_bytes", labels, Double(settings.queueBytes))
+            }
+        }
     }
 
     /// The shared log's counters, its etcd round trips as a cumulative histogram (`le` in seconds),

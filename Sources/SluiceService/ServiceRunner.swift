@@ -43,12 +43,14 @@ public enum ServiceRunner {
         // Built first: the runtime checks the worker cores against the process's CPUs, before the
         // threads are confined to the control cores.
         let dataplane = try Dataplane(configuration: configuration, logger: logger)
+        let wan = try WANRuntime(configurations: configuration.wan)
+        var wanStarted = false
         try confineControlThreads(configuration, logger: logger)
         do {
             if let address = configuration.metrics {
                 endpoint = try MetricsEndpoint.bind(address, render: {
                     let (dataplane, storage) = parts.current
-                    return metrics.render(dataplane: dataplane, storage: storage)
+                    return metrics.render(dataplane: dataplane, storage: storage, wan: wan)
                 }, health: {
                     let (dataplane, storage) = parts.current
                     return healthProblem(dataplane: dataplane, storage: storage)
@@ -59,9 +61,13 @@ public enum ServiceRunner {
                 storage = try await StorageRuntime.open(settings, logger: logger)
                 parts.setStorage(storage!)
             }
+            // The links first, so the pipelines' first frames find them up.
+            try wan.start(logger: logger)
+            wanStarted = true
             try dataplane.start()
             parts.setDataplane(dataplane)
         } catch {
+            if wanStarted { wan.stop(logger: logger) }
             storage?.shutdown(logger: logger)
             endpoint?.close()
             throw error
@@ -94,6 +100,10 @@ public enum ServiceRunner {
                 storage.shutdown(logger: logger)
                 summary.setStorageOSN(storage.node.lastOSN)
             }, serviceName: "storage"))
+        }
+        if !wan.links.isEmpty {
+            // Stopped after the dataplane (the group stops services in reverse order), before storage.
+            services.append(.init(service: Part(name: "wan") { wan.stop(logger: logger) }, serviceName: "wan"))
         }
         let drainTimeoutNs = UInt64(configuration.drainTimeoutMs) * 1_000_000
         services.append(.init(service: Part(name: "dataplane") {

@@ -1,0 +1,1 @@
+../SluicePacketIOTests/NetnsSupport.swift
