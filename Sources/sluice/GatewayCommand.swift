@@ -1,7 +1,6 @@
 // Path: Sources/sluice/GatewayCommand.swift — `sluice gateway`: the storage gateway's tiers (docs/GATEWAY.md).
 // Flags into the SluiceGateway API; no logic of its own.
 import ArgumentParser
-import Dispatch
 import Glibc
 import SluiceGateway
 
@@ -111,24 +110,34 @@ extension GatewayCommand {
                 FileHandleStderr.write("sluice gateway serve-intermediate: \(error)\n")
                 throw ExitCode(1)
             }
-            signal(SIGTERM, SIG_IGN)
-            signal(SIGINT, SIG_IGN)
-            let stop = DispatchSemaphore(value: 0)
-            let signals = [SIGTERM, SIGINT].map { number in
-                let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-                source.setEventHandler { stop.signal() }
-                source.resume()
-                return source
-            }
+            StopSignal.install()
             // One line a supervisor (or a test) can parse for the port.
             print("listening on \(server.host):\(server.port) \(units) cache \(cache.openReport)")
             fflush(nil)
-            stop.wait()
+            StopSignal.wait()
             server.close()
-            signals.forEach { $0.cancel() }
             print("counters \(server.counters.snapshot())")
             fflush(nil)
         }
+    }
+}
+
+/// SIGTERM and SIGINT as one wake-up of the main thread. The handlers are in place when `install`
+/// returns (a `DispatchSource` registers later, on its queue: a signal sent just after the start line
+/// could be lost). The handler only calls `sem_post`, which is async-signal-safe.
+enum StopSignal {
+    nonisolated(unsafe) static var semaphore = sem_t()
+
+    static func install() {
+        sem_init(&semaphore, 0, 0)
+        for number in [SIGTERM, SIGINT] {
+            signal(number) { _ in sem_post(&StopSignal.semaphore) }
+        }
+    }
+
+    /// Blocks until a signal came.
+    static func wait() {
+        while sem_wait(&semaphore) != 0, errno == EINTR {}
     }
 }
 

@@ -191,7 +191,7 @@ import Testing
     @Test func concurrentMissesFetchOnce() async throws {
         let fixture = Fixture()
         let cache = try fixture.cache(capacityBytes: 4 * fileBytes)
-        fixture.store.readDelayNs.store(200_000_000, ordering: .relaxed)
+        fixture.store.readDelayNs.store(500_000_000, ordering: .relaxed)  // long enough for every reader to join
         let readers = 16
         let results = try await withThrowingTaskGroup(of: (ChunkSource, [UInt8]).self) { group in
             for reader in 0..<readers {
@@ -215,7 +215,7 @@ import Testing
     @Test func fetchErrorReachesEveryWaiterAndIsNotCached() async throws {
         let fixture = Fixture()
         let cache = try fixture.cache(capacityBytes: 4 * fileBytes)
-        fixture.store.readDelayNs.store(300_000_000, ordering: .relaxed)
+        fixture.store.readDelayNs.store(1_000_000_000, ordering: .relaxed)
         let (size, etag) = try await fixture.sizeAndEtag()
         let length = smallUnits.chunkLength(1, objectSize: size)
         let store = fixture.store
@@ -231,8 +231,12 @@ import Testing
                     } catch { return error }
                 }
             }
-            // The object disappears while the one fetch waits.
-            try? await Task.sleep(nanoseconds: 100_000_000)
+            // The object disappears while the one fetch waits, once every reader has joined it.
+            for _ in 0..<200 {
+                let counters = cache.counters.snapshot()
+                if counters.chunkMisses + counters.chunkCoalesced == 8 { break }
+                try? await Task.sleep(nanoseconds: 5_000_000)
+            }
             unlink(fixture.storeDirectory.path + "/obj")
             return await group.reduce(into: []) { $0.append($1) }
         }
@@ -257,7 +261,7 @@ import Testing
         let cache = try fixture.cache(capacityBytes: 4 * fileBytes, fetchesInFlightMax: 1)
         fixture.store.readDelayNs.store(300_000_000, ordering: .relaxed)
         async let first = fixture.read(cache, chunk: 0)
-        try await Task.sleep(nanoseconds: 100_000_000)
+        for _ in 0..<200 where cache.fetchesInFlight == 0 { try await Task.sleep(nanoseconds: 5_000_000) }
         await #expect(throws: ChunkReadError.overloaded(fetchesInFlight: 1, max: 1)) { try await fixture.read(cache, chunk: 1) }
         #expect(try await first.0 == .fetched)
     }
@@ -270,7 +274,8 @@ import Testing
         #expect(cache.chunkCount == 0 && cache.bytesUsed == 0)
         fixture.store.readDelayNs.store(200_000_000, ordering: .relaxed)
         async let inFlight = fixture.read(cache, chunk: 5)
-        try await Task.sleep(nanoseconds: 50_000_000)
+        for _ in 0..<200 where cache.fetchesInFlight == 0 { try await Task.sleep(nanoseconds: 5_000_000) }
+        #expect(cache.fetchesInFlight == 1)
         cache.invalidate(key: "obj")
         #expect(try await inFlight.0 == .fetched)  // its waiters still get the bytes
         #expect(cache.chunkCount == 0)
