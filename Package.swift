@@ -110,11 +110,14 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
         ),
-        // The storage gateway (issue 11): for now its S3 client (SigV4, ranged GETs, multipart) over
-        // async-http-client; docs/GATEWAY.md.
+        // The storage gateway (issue 11, docs/GATEWAY.md): the S3 client (SigV4, ranged GETs, multipart) over
+        // async-http-client, and the intermediate device's chunk cache, predictor and last-hop protocol
+        // server and client over a remote object store (a directory or S3).
         .target(
             name: "SluiceGateway",
             dependencies: [
+                "SluiceCore", "CShims",
+                .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -133,7 +136,7 @@ let package = Package(
             name: "sluice",
             dependencies: [
                 "SluiceCore", "SluicePacket", "SluicePacketIO", "SluiceTraffic", "SluiceReplay",
-                "SluicePageStore", "SluiceStorageServer", "SluiceService", "SluiceReplication", "SluiceWAN",
+                "SluicePageStore", "SluiceStorageServer", "SluiceService", "SluiceReplication", "SluiceWAN", "SluiceGateway",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -175,7 +178,10 @@ let package = Package(
         .target(name: "SluiceS3TestSupport", path: "Tests/SluiceS3TestSupport"),
         .testTarget(
             name: "SluiceGatewayTests",
-            dependencies: ["SluiceGateway", "SluiceS3TestSupport", .product(name: "Crypto", package: "swift-crypto")]
+            dependencies: ["SluiceGateway", "SluiceS3TestSupport", "SluiceCore", "CShims", "SluiceTestSupport",
+                           .product(name: "Crypto", package: "swift-crypto"),
+                           .product(name: "NIOCore", package: "swift-nio"),
+                           .product(name: "NIOPosix", package: "swift-nio")]
         ),
         .testTarget(name: "SluicePacketTests", dependencies: ["SluicePacket", "SluiceCore"]),
         // Mallocs per packet on the hot paths: a probe run with the interposer preloaded, by a test that

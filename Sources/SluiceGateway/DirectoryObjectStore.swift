@@ -1,0 +1,116 @@
+// Path: Sources/SluiceGateway/DirectoryObjectStore.swift — a remote object store that is a directory
+// (local or NFS): key `a/b` is the file `root/a/b`, read with pread.
+import Glibc
+import SluiceCore
+import Synchronization
+import SystemPackage
+
+/// Objects as regular files under `root`. The etag is the file's inode, size and modification time
+/// (nanoseconds), so rewriting or replacing a file changes it. A key names a path below `root` only:
+/// no leading `/`, no empty, `.` or `..` component, no NUL. Blocking calls run off the cooperative pool.
+/// `root` missing is `unavailable` (the store is gone), a missing file under it `notFound`.
+public final class DirectoryObjectStore: RemoteObjectStore {
+    public let root: String
+    private let counters = Counters()
+    /// Test seam: each `read` first sleeps this long (nanoseconds), e.g. to hold a fetch in flight.
+    public let readDelayNs = Atomic<UInt64>(0)
+
+    private final class Counters: Sendable {
+        let reads = Atomic<UInt64>(0)
+        let bytesRead = Atomic<UInt64>(0)
+        let stats = Atomic<UInt64>(0)
+    }
+
+    /// `root` need not exist yet (a store that is down); it is looked up on every call.
+    public init(root: String) {
+        precondition(!root.isEmpty, "a directory store has a root")
+        self.root = root.count > 1 && root.hasSuffix("/") ? String(root.dropLast()) : root
+    }
+
+    /// `read` calls that reached the file system, and the bytes they returned; `size` calls.
+    public var readCount: UInt64 { counters.reads.load(ordering: .relaxed) }
+    public var bytesRead: UInt64 { counters.bytesRead.load(ordering: .relaxed) }
+    public var statCount: UInt64 { counters.stats.load(ordering: .relaxed) }
+
+    public func size(key: String) async throws(RemoteStoreError) -> (size: UInt64, etag: String) {
+        let path = try path(of: key)
+        counters.stats.add(1, ordering: .relaxed)
+        let root = root
+        let result = await runBlocking { () -> Result<(size: UInt64, etag: String), RemoteStoreError> in
+            switch GatewayFiles.stat(path) {
+            case .success(let info):
+                guard info.st_mode & S_IFMT == S_IFREG else { return .failure(.notFound(key: key)) }
+                return .success((UInt64(info.st_size), Self.etag(info)))
+            case .failure(let errno):
+                return .failure(Self.classify(errno, operation: "stat", path: path, key: key, root: root))
+            }
+        }
+        return try result.get()
+    }
+
+    public func read(key: String, range: Range<UInt64>) async throws(RemoteStoreError) -> [UInt8] {
+        precondition(!range.isEmpty, "a read asks for a byte at least")
+        precondition(range.count <= Int(Int32.max), "a read fits one buffer")
+        let path = try path(of: key)
+        let delayNs = readDelayNs.load(ordering: .relaxed)
+        if delayNs > 0 { try? await Task.sleep(nanoseconds: delayNs) }
+        counters.reads.add(1, ordering: .relaxed)
+        let root = root
+        let result = await runBlocking { () -> Result<[UInt8], RemoteStoreError> in
+            let fd: Int32
+            switch GatewayFiles.open(path, O_RDONLY) {
+            case .success(let opened): fd = opened
+            case .failure(let error): return .failure(Self.classify(error.errno, operation: "open", path: path, key: key, root: root))
+            }
+            defer { Glibc.close(fd) }
+            var info = Glibc.stat()
+            guard fstat(fd, &info) == 0 else { return .failure(.failed("fstat(\(path)): \(Errno(rawValue: errno))")) }
+            guard info.st_mode & S_IFMT == S_IFREG else { return .failure(.notFound(key: key)) }
+            let size = UInt64(info.st_size)
+            guard range.upperBound <= size else { return .failure(.rangeNotSatisfiable(key: key, range: range, size: size)) }
+            switch GatewayFiles.pread(fd, count: range.count, offset: Int64(range.lowerBound), what: path) {
+            case .success(let bytes): return .success(bytes)
+            case .failure(let error): return .failure(.failed("\(error)"))
+            }
+        }
+        let bytes = try result.get()
+        counters.bytesRead.add(UInt64(bytes.count), ordering: .relaxed)
+        return bytes
+    }
+
+    /// The file for `key`, refusing keys that would leave `root`.
+    func path(of key: String) throws(RemoteStoreError) -> String {
+        guard gatewayKeyIsValid(key) else { throw .invalidKey(key: key, reason: "not 1...\(GatewayProtocol.keyBytesMax) bytes") }
+        guard !key.utf8.contains(0) else { throw .invalidKey(key: key, reason: "contains NUL") }
+        guard !key.hasPrefix("/") else { throw .invalidKey(key: key, reason: "starts with /") }
+        for component in key.split(separator: "/", omittingEmptySubsequences: false) {
+            guard !component.isEmpty, component != ".", component != ".." else {
+                throw .invalidKey(key: key, reason: "has an empty, . or .. path component")
+            }
+        }
+        return root + "/" + key
+    }
+
+    /// Inode, size, mtime in nanoseconds, hex.
+    static func etag(_ info: Glibc.stat) -> String {
+        let mtimeNs = UInt64(bitPattern: Int64(info.st_mtim.tv_sec)) &* 1_000_000_000 &+ UInt64(info.st_mtim.tv_nsec)
+        return String(UInt64(info.st_ino), radix: 16) + "-" + String(UInt64(info.st_size), radix: 16) + "-" + String(mtimeNs, radix: 16)
+    }
+
+    /// ENOENT with the root gone is the store being unavailable; with the root there, no such object.
+    /// A path component that is a file (ENOTDIR) is no such object too.
+    static func classify(_ errno: Errno, operation: String, path: String, key: String, root: String) -> RemoteStoreError {
+        switch errno {
+        case .noSuchFileOrDirectory, .notDirectory:
+            if case .success(let info) = GatewayFiles.stat(root), info.st_mode & S_IFMT == S_IFDIR {
+                return .notFound(key: key)
+            }
+            return .unavailable("store directory \(root) is missing")
+        case .timedOut, .hostIsDown, .noRouteToHost, .connectionRefused, .staleNFSFileHandle:
+            // What an NFS mount that lost its server answers.
+            return .unavailable("\(operation)(\(path)): \(errno)")
+        default:
+            return .failed("\(operation)(\(path)): \(errno) (errno \(errno.rawValue))")
+        }
+    }
+}

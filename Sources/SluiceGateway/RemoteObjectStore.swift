@@ -1,0 +1,47 @@
+// Path: Sources/SluiceGateway/RemoteObjectStore.swift — what the intermediate device needs of the remote
+// store: an object's size and etag (HEAD) and a byte range of it (ranged GET).
+
+/// A remote object store as the intermediate device sees it. Implementations: `DirectoryObjectStore`
+/// (a local or NFS directory), `S3Client` (an extension in S3RemoteStore.swift, where built).
+/// Any task may call; calls may run concurrently.
+public protocol RemoteObjectStore: Sendable {
+    /// The object's size in bytes and an etag that changes whenever its bytes may have changed.
+    func size(key: String) async throws(RemoteStoreError) -> (size: UInt64, etag: String)
+    /// Exactly the bytes of `range` (non-empty, within the object): a shorter answer is an error.
+    func read(key: String, range: Range<UInt64>) async throws(RemoteStoreError) -> [UInt8]
+}
+
+/// Why the remote store did not answer with the object. Each maps to one status of the block protocol.
+public enum RemoteStoreError: Error, Equatable, CustomStringConvertible {
+    /// No object under this key (`notFound`).
+    case notFound(key: String)
+    /// The range is not within the object (`rangeNotSatisfiable`).
+    case rangeNotSatisfiable(key: String, range: Range<UInt64>, size: UInt64)
+    /// The store could not be reached or is gone (`remoteUnavailable`): nothing about the object is known.
+    case unavailable(String)
+    /// The store answered with an error, or bytes of another length than asked (`remoteError`).
+    case failed(String)
+    /// The key cannot name an object in this store (`badRequest`), e.g. `..` in a directory store.
+    case invalidKey(key: String, reason: String)
+
+    public var description: String {
+        switch self {
+        case .notFound(let key): "no object \(key)"
+        case .rangeNotSatisfiable(let key, let range, let size): "range \(range) of \(key) is past its size \(size)"
+        case .unavailable(let text): "remote store unavailable: \(text)"
+        case .failed(let text): "remote store error: \(text)"
+        case .invalidKey(let key, let reason): "key \(key): \(reason)"
+        }
+    }
+
+    /// The block-protocol status this error is answered with.
+    public var status: GatewayStatus {
+        switch self {
+        case .notFound: .notFound
+        case .rangeNotSatisfiable: .rangeNotSatisfiable
+        case .unavailable: .remoteUnavailable
+        case .failed: .remoteError
+        case .invalidKey: .badRequest
+        }
+    }
+}
