@@ -37,6 +37,14 @@ private func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) a
                 return try (0..<5).map { page in try client.write(objectID: 9, pageIndex: UInt64(page), payload: [UInt8(page)]) }
             }
             #expect(osns == osns.sorted() && Set(osns).count == 5)
+            // The proposer counts a batch (and its round trip) when etcd's answer to its claim arrives; the
+            // watch may deliver and apply that batch, answering the client, first. Bounded wait for the count.
+            let stats = replicated.log.stats
+            let settled = ContinuousClock.now + .seconds(5)
+            while stats.batchedRecords.load(ordering: .relaxed) < 5 || stats.roundTrips.load(ordering: .relaxed) < 5,
+                  ContinuousClock.now < settled {
+                try await Task.sleep(for: .milliseconds(10))
+            }
             let text = ServiceMetrics().render(dataplane: nil, storage: storage)
             let samples = try MetricsText.parse(text)
             func value(_ name: String, _ labels: [String: String] = [:]) -> Double? {
