@@ -395,10 +395,8 @@ public final class EtcdClient: Sendable {
         _ endpoint: EtcdEndpoint, _ progress: CallProgress, _ connectBy: ContinuousClock.Instant,
         _ deadline: ContinuousClock.Instant, _ body: @escaping @Sendable (EtcdEndpoint, CallOptions) async throws -> Value
     ) async -> Result<Value, any Error> {
-        var options = CallOptions.defaults
+        var options = Self.callOptions(responseBytesMax: EtcdLimits.responseBytesMax)
         options.timeout = ContinuousClock.now.duration(to: deadline)  // sent to etcd as grpc-timeout
-        options.waitForReady = false  // a member that refuses fails the call now, not at its deadline
-        options.maxResponseMessageBytes = EtcdLimits.responseBytesMax
         let callOptions = options
         do {
             return .success(try await withThrowingTaskGroup(of: Value?.self) { group in
@@ -418,6 +416,19 @@ public final class EtcdClient: Sendable {
         } catch {
             return .failure(error)
         }
+    }
+
+    /// Options of every RPC: no waiting for a connection that is not ready (a member that refuses fails
+    /// the call now, not at its deadline), and responses bounded by `responseBytesMax`. That bound is set
+    /// twice: grpc-swift-nio-transport 2.9.2 bounds a client's inbound messages by the call's
+    /// `maxRequestMessageBytes` (4 MiB when unset) and does not read `maxResponseMessageBytes`; etcd
+    /// bounds what it accepts itself (`--max-request-bytes`, 1.5 MiB by default).
+    static func callOptions(responseBytesMax: Int) -> CallOptions {
+        var options = CallOptions.defaults
+        options.waitForReady = false
+        options.maxResponseMessageBytes = responseBytesMax
+        options.maxRequestMessageBytes = responseBytesMax
+        return options
     }
 
     private enum Classified {
@@ -444,7 +455,7 @@ public final class EtcdClient: Sendable {
             switch rpc.code {
             case .deadlineExceeded:
                 return .fail(.timedOut(operation: operation, outcomeUnknown: operation.mayWrite))
-            case .resourceExhausted where CallProgress.isResponseTooLarge(rpc.message):
+            case _ where CallProgress.isResponseTooLarge(rpc.message):
                 return .fail(.responseTooLarge(operation: operation, limitBytes: EtcdLimits.responseBytesMax))
             case .invalidArgument where rpc.message.hasPrefix("Can't deserialize"):
                 return .fail(.malformedResponse("\(operation) response: \(rpc.message)"))

@@ -54,17 +54,25 @@ final class CallProgress: Sendable {
     func answered(_ status: Status) { state.withLock { $0.status = status } }
 
     /// The status etcd ended the call with; nil when the call ended without one (deadline, cancelled) or
-    /// with one the transport made up itself: the stream broke ("Stream unexpectedly closed", a connection
-    /// problem, not etcd's answer) or a response was over the size bound (see `isResponseTooLarge`).
+    /// with one grpc-swift-nio-transport 2.9.2 made up itself: the stream broke ("Stream unexpectedly
+    /// closed...", a connection problem, not etcd's answer) or a response message could not be decoded
+    /// ("Failed to decode message...", see `isResponseTooLarge`).
     var serverStatus: Status? {
         guard let status = state.withLock({ $0.status }) else { return nil }
-        if status.message.hasPrefix("Stream unexpectedly closed") || Self.isResponseTooLarge(status.message) { return nil }
+        if status.message.hasPrefix("Stream unexpectedly closed") || status.message.hasPrefix("Failed to decode message") {
+            return nil
+        }
         return status
     }
 
-    /// grpc-swift-nio-transport's error for a response message over `maxResponseMessageBytes` (its text in
-    /// 2.9.2: "Message has exceeded the configured maximum payload size (max: M, actual: N)").
-    static func isResponseTooLarge(_ message: String) -> Bool { message.contains("maximum payload size") }
+    /// The transport's error for a response message over its bound (`CallOptions.maxRequestMessageBytes`
+    /// in 2.9.2: see `EtcdClient.callOptions`). On a call whose request side is closed (a unary call) it
+    /// says "Failed to decode message ...: Message has exceeded the configured maximum payload size (max:
+    /// M, actual: N)"; while the request side is open (a watch) only "Failed to decode message". The
+    /// decoder's only other failure, a compressed message, cannot happen: the client asks for none.
+    static func isResponseTooLarge(_ message: String) -> Bool {
+        message.contains("maximum payload size") || message == "Failed to decode message"
+    }
 }
 
 /// Thrown inside the transport when a call was abandoned by its connect timeout before it was opened.

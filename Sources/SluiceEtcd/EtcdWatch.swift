@@ -114,9 +114,7 @@ public struct EtcdWatch: AsyncSequence, Sendable {
         events: AsyncThrowingStream<EtcdWatchEvent, any Error>.Continuation,
         created: AsyncThrowingStream<Void, any Error>.Continuation
     ) async {
-        var options = CallOptions.defaults
-        options.waitForReady = false
-        options.maxResponseMessageBytes = EtcdLimits.watchMessageBytesMax
+        let options = EtcdClient.callOptions(responseBytesMax: EtcdLimits.watchMessageBytesMax)
         var failure: (any Error)?
         do {
             try await endpoint.watch.watch(options: options) { writer in
@@ -162,7 +160,7 @@ public struct EtcdWatch: AsyncSequence, Sendable {
         if let status = CallProgress.current?.serverStatus, status.code != .ok {
             return .status(operation: .watch, code: status.code.rawValue, message: status.message)
         }
-        if let rpc = error as? RPCError, rpc.code == .resourceExhausted, CallProgress.isResponseTooLarge(rpc.message) {
+        if let rpc = error as? RPCError, CallProgress.isResponseTooLarge(rpc.message) {
             return .responseTooLarge(operation: .watch, limitBytes: EtcdLimits.watchMessageBytesMax)
         }
         // The connection broke, etcd was killed, or nothing could be sent: the consumer watches again

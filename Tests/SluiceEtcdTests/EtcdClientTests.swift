@@ -432,7 +432,11 @@ struct EtcdClientTests {
                 // 9 values of 1 MiB (each under etcd's 1.5 MiB request limit) come back as one range
                 // response of over 9 MiB: above `responseBytesMax`.
                 let value = [UInt8](repeating: 0xa5, count: 1 << 20)
-                for index in 0..<9 { _ = try await client.put(bytes("big/\(index)"), value) }
+                var first: Int64 = 0
+                for index in 0..<9 {
+                    let put = try await client.put(bytes("big/\(index)"), value)
+                    if index == 0 { first = put.revision }
+                }
                 do {
                     _ = try await client.range(.prefix(bytes("big/")))
                     Issue.record("a range over \(EtcdLimits.responseBytesMax) bytes was read")
@@ -447,6 +451,19 @@ struct EtcdClientTests {
                 let part = try await client.range(.prefix(bytes("big/")), limit: 2)
                 #expect(part.kvs.map(\.value) == [value, value])
                 #expect(part.more)
+                // A watch from the first of them gets its history as one message of over 9 MiB (etcd
+                // batches up to 1000 revisions per message): the watch ends typed, nothing buffered whole.
+                let watch = try await client.watch(.prefix(bytes("big/")), fromRevision: first)
+                do {
+                    for try await event in watch { Issue.record("event from an oversized message: \(event.kv.key)") }
+                    Issue.record("a watch message over \(EtcdLimits.watchMessageBytesMax) bytes ended the watch without an error")
+                } catch let error as EtcdError {
+                    guard case .responseTooLarge(.watch, let limit) = error else {
+                        Issue.record("expected responseTooLarge(watch), got \(error)")
+                        return
+                    }
+                    #expect(limit == EtcdLimits.watchMessageBytesMax)
+                }
             }
         }
     }

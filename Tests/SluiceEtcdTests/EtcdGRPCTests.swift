@@ -39,9 +39,9 @@ struct EtcdGRPCTests {
         // etcd 3.4 sends an HTTP/2 PING for nearly every call; swift-nio-http2 alone closes a connection
         // after 200 inbound PINGs in 30 s. With PingAnswerer in front, one connection carries them all.
         let calls = 1_200
-        try await withEtcdCluster(members: 1) { cluster in
+        try await withEtcdCluster(members: 1) { cluster async throws in
             let configuration = EtcdClientConfiguration(endpoints: cluster.clientURLs, callTimeoutMs: 5_000)
-            try await EtcdClient.with(configuration) { client in
+            try await EtcdClient.with(configuration) { client async throws in
                 let start = ContinuousClock.now
                 for index in 0..<calls / 2 {
                     let key = bytes("many/\(index)")
@@ -58,11 +58,11 @@ struct EtcdGRPCTests {
     }
 
     @Test func writeToARefusedEndpointGoesToTheNextKnownNotApplied() async throws {
-        try await withEtcdCluster(members: 1) { cluster in
+        try await withEtcdCluster(members: 1) { cluster async throws in
             let refused = "http://127.0.0.1:\(try refusedPort())"
             // Connection refused: nothing was sent, so even a write may go to the next endpoint.
             let configuration = EtcdClientConfiguration(endpoints: [refused] + cluster.clientURLs, callTimeoutMs: 3_000)
-            try await EtcdClient.with(configuration) { client in
+            try await EtcdClient.with(configuration) { client async throws in
                 let start = ContinuousClock.now
                 #expect(try await client.putIfAbsent(bytes("refused/a"), [1]))
                 #expect(ContinuousClock.now - start < .seconds(1))
@@ -70,7 +70,7 @@ struct EtcdGRPCTests {
                 #expect(try await client.get(bytes("refused/a"))?.value == [1])
             }
             // Only the refused endpoint: the write is unreachable and known not applied.
-            try await EtcdClient.with(EtcdClientConfiguration(endpoints: [refused], callTimeoutMs: 3_000)) { client in
+            try await EtcdClient.with(EtcdClientConfiguration(endpoints: [refused], callTimeoutMs: 3_000)) { client async throws in
                 do {
                     _ = try await client.put(bytes("refused/b"), [2])
                     Issue.record("put to a refused endpoint succeeded")
@@ -84,16 +84,16 @@ struct EtcdGRPCTests {
                     #expect(!error.outcomeUnknown)
                 }
             }
-            try await EtcdClient.with(EtcdClientConfiguration(endpoints: cluster.clientURLs)) { client in
+            try await EtcdClient.with(EtcdClientConfiguration(endpoints: cluster.clientURLs)) { client async throws in
                 #expect(try await client.get(bytes("refused/b")) == nil)
             }
         }
     }
 
     @Test func memberKilledMidWriteLeavesTheOutcomeUnknown() async throws {
-        try await withEtcdCluster(members: 1) { cluster in
+        try await withEtcdCluster(members: 1) { cluster async throws in
             let configuration = EtcdClientConfiguration(endpoints: cluster.clientURLs, callTimeoutMs: 10_000)
-            try await EtcdClient.with(configuration) { client in
+            try await EtcdClient.with(configuration) { client async throws in
                 _ = try await client.put(bytes("mid"), [1])  // the connection is up
                 // Stopped, the member takes the request into its socket and answers nothing: the write is
                 // under way when kill -9 resets the connection.
@@ -130,8 +130,8 @@ struct EtcdGRPCTests {
     }
 
     @Test func leaseKeepAliveHoldsTheLeaseAndRevokedLeasesAreNotFound() async throws {
-        try await withEtcdCluster(members: 1) { cluster in
-            try await EtcdClient.with(EtcdClientConfiguration(endpoints: cluster.clientURLs)) { client in
+        try await withEtcdCluster(members: 1) { cluster async throws in
+            try await EtcdClient.with(EtcdClientConfiguration(endpoints: cluster.clientURLs)) { client async throws in
                 let lease = try await client.grantLease(ttlSeconds: 2)
                 _ = try await client.put(bytes("held"), [1], lease: lease.id)
                 // Renewed every 500 ms for 4 s, twice its TTL: the key stays.
@@ -159,7 +159,7 @@ struct EtcdGRPCTests {
     }
 
     @Test func shutdownEndsOpenWatchesWithoutAnError() async throws {
-        try await withEtcdCluster(members: 1) { cluster in
+        try await withEtcdCluster(members: 1) { cluster async throws in
             let client = try EtcdClient(EtcdClientConfiguration(endpoints: cluster.clientURLs))
             let put = try await client.put(bytes("s"), [1])
             let watches = try await (0..<3).asyncMap { _ in try await client.watch(.key(bytes("s")), fromRevision: put.revision) }
