@@ -65,7 +65,7 @@ struct EtcdGRPCTests {
             try await EtcdClient.with(configuration) { client async throws in
                 let start = ContinuousClock.now
                 #expect(try await client.putIfAbsent(bytes("refused/a"), [1]))
-                #expect(ContinuousClock.now - start < .seconds(1))
+                #expect(ContinuousClock.now - start < .seconds(2), "a refused endpoint cost \(ContinuousClock.now - start)")
                 #expect(try await client.status().endpoint == cluster.clientURLs[0])
                 #expect(try await client.get(bytes("refused/a"))?.value == [1])
             }
