@@ -53,7 +53,8 @@ deps:
 bench-deps: deps
 	$(call apt_install,$(APT_BENCH_PACKAGES))
 
-# The CLI only: `make demo` needs nothing else (the etcd client's TLS stack would add minutes).
+# The CLI only: `make demo` needs nothing else. It holds the etcd client's gRPC stack (grpc-swift-nio-transport
+# brings swift-nio-ssl's BoringSSL even for plaintext): most of a clean build's minutes.
 build: deps
 	$(SWIFT) build -c release --product sluice
 
@@ -109,7 +110,7 @@ bench-service-idle: bench-deps
 bench-replication: deps
 	scripts/bench-replication.sh
 
-# etcd's JSON gateway against gRPC (its own package, Benchmarks/EtcdTransport).
+# Sluice's gRPC etcd client against etcd's JSON gateway (its own package, Benchmarks/EtcdTransport).
 bench-etcd-transport: deps
 	scripts/bench-etcd-transport.sh
 

@@ -17,6 +17,7 @@ let package = Package(
         .library(name: "SluiceReplication", targets: ["SluiceReplication"]),
         .library(name: "SluiceGateway", targets: ["SluiceGateway"]),
         .library(name: "SluiceWAN", targets: ["SluiceWAN"]),
+        .library(name: "SluiceEtcd", targets: ["SluiceEtcd"]),
         .executable(name: "sluice", targets: ["sluice"]),
     ],
     dependencies: [
@@ -32,6 +33,11 @@ let package = Package(
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
         // SigV4 for the gateway's S3 client (SHA256, HMAC<SHA256>); 3.x or 4.x, as swift-certificates takes.
         .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
+        // The etcd v3 client (SluiceEtcd): gRPC over HTTP/2, code generated once from etcd's protos and committed.
+        .package(url: "https://github.com/grpc/grpc-swift-2.git", from: "2.4.3"),
+        .package(url: "https://github.com/grpc/grpc-swift-nio-transport.git", from: "2.9.2"),
+        .package(url: "https://github.com/grpc/grpc-swift-protobuf.git", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.39.0"),
         // Test only: counts mallocs (LD_PRELOAD) for the hot-path allocation tests.
         .package(url: "https://github.com/ordo-one/malloc-interposer.git", from: "1.6.1"),
     ],
@@ -99,15 +105,22 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
         ),
-        // The etcd v3 client over etcd's JSON gateway (docs/REPLICATION.md): the base of the replicated log.
+        // The storage node's operation log shared through etcd (EtcdLog, ReplicatedStorage; docs/REPLICATION.md).
         .target(
             name: "SluiceReplication",
+            dependencies: ["SluicePageStore", "SluiceCore", "CShims", "SluiceEtcd"]
+        ),
+        // The etcd v3 client over gRPC (KV, txn, watch, leases, status; deadlines, fail-over, bounds). Its
+        // protobuf and gRPC code is generated once by scripts/gen-etcd-grpc.sh and committed in Generated/.
+        .target(
+            name: "SluiceEtcd",
             dependencies: [
-                "SluicePageStore", "SluiceCore", "CShims",
-                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
         ),
         // The storage gateway (issue 11, docs/GATEWAY.md): the S3 client (SigV4, ranged GETs, multipart) over
@@ -169,6 +182,8 @@ let package = Package(
             dependencies: ["SluiceReplication", "SluicePageStore", "SluiceEtcdTestSupport"],
             path: "Tests/SluiceReplicationTestSupport"
         ),
+        // The etcd client against real etcd clusters.
+        .testTarget(name: "SluiceEtcdTests", dependencies: ["SluiceEtcd", "SluiceEtcdTestSupport"]),
         .testTarget(
             name: "SluiceReplicationTests",
             dependencies: ["SluiceReplication", "SluicePageStore", "SluiceEtcdTestSupport", "SluiceReplicationTestSupport",

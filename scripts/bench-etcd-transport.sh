@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# etcd v3 transport (issue 10): Sluice's JSON-gateway client (SluiceReplication.EtcdClient over
-# async-http-client, HTTP/1.1) against etcd's gRPC API (grpc-swift-2, HTTP/2 plaintext, code generated
-# once and committed), through `etcd-transport` (Benchmarks/EtcdTransport, a package of its own).
+# etcd v3 transport (issue 10): Sluice's etcd client (SluiceEtcd.EtcdClient: etcd's gRPC API through
+# grpc-swift-2, HTTP/2 plaintext, code generated once and committed) against etcd's JSON gateway (the
+# bench's GatewayClient, Sluice's former client: async-http-client, HTTP/1.1), through `etcd-transport`
+# (Benchmarks/EtcdTransport, a package of its own).
 # Starts one etcd (/usr/bin/etcd, default durability: fsync on) on 127.0.0.1 with free ports and a
 # fresh data dir under ${DIR:-out/}, runs the interleaved rounds, stops etcd and removes the dir.
 # Usage: scripts/bench-etcd-transport.sh [extra etcd-transport arguments, e.g. --rounds 5 --calls 2000]

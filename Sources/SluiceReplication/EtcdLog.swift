@@ -6,6 +6,10 @@ import Dispatch
 import SluiceCore
 import SluicePageStore
 import Synchronization
+// The etcd client's types (EtcdError, EtcdLimits, EtcdClientConfiguration, ...) are part of this module's
+// API (EtcdLogConfiguration and ReplicatedStorage's errors carry them): re-exported, so a user of the log
+// needs no second import.
+@_exported import SluiceEtcd
 
 /// How a node uses its shared log. Validated by `validate()`; the bounds are `EtcdLogConfiguration.*Limit`.
 public struct EtcdLogConfiguration: Sendable {
@@ -474,7 +478,7 @@ public final class EtcdLog: WriteSequencer {
             state.lastError = "\(error)"
             switch error {
             case .unreachable, .timedOut, .connectionLost: state.disconnected = true
-            case .httpStatus(_, let code, _, _) where code >= 500: state.disconnected = true
+            case .status(_, let code, _) where EtcdStatusCode.inDoubt.contains(code): state.disconnected = true
             default: break
             }
         }

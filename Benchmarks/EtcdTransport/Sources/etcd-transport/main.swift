@@ -1,18 +1,15 @@
 // Path: Benchmarks/EtcdTransport/Sources/etcd-transport/main.swift — etcd v3 over its JSON gateway
-// (Sluice's EtcdClient, async-http-client, HTTP/1.1) against etcd v3 over gRPC (grpc-swift-2, HTTP/2
-// plaintext), on one running etcd. Starts nothing: scripts/bench-etcd-transport.sh starts etcd.
+// (GatewayClient: Sluice's former client, async-http-client, HTTP/1.1) against etcd v3 over gRPC (Sluice's
+// client, SluiceEtcd.EtcdClient: grpc-swift-2, HTTP/2 plaintext), on one running etcd. Starts nothing:
+// scripts/bench-etcd-transport.sh starts etcd.
 //
 // Each round runs, per transport (the order alternating between rounds): (a) `calls` sequential
 // put-if-absent txns of a fresh key with a `valueBytes` value, (b) the same from `concurrency` tasks,
 // `calls` in all, (c) `calls` sequential linearizable 1-key ranges of keys (a) wrote. It reports per
 // transport and phase the median over rounds of calls/s, p50 and p99 latency, this process's CPU
 // time per call (getrusage), and etcd's CPU time per call when `--etcd-pid` is given.
-import EtcdGRPC
 import Foundation
-import GRPCCore
-import GRPCNIOTransportHTTP2
-import NIOCore
-import SluiceReplication
+import SluiceEtcd
 
 #if canImport(Glibc)
 import Glibc
@@ -89,7 +86,7 @@ protocol Transport: Sendable {
 }
 
 struct GatewayTransport: Transport {
-    let client: EtcdClient
+    let client: GatewayClient
     let value: [UInt8]
     var name: String { "gateway" }
 
@@ -98,37 +95,21 @@ struct GatewayTransport: Transport {
     }
 
     func get(_ key: [UInt8]) async throws -> Int? {
-        try await client.get(key)?.value.count
+        try await client.get(key)?.count
     }
 }
 
 struct GRPCTransport: Transport {
-    let kv: Etcdserverpb_KV.Client<HTTP2ClientTransport.Posix>
-    let value: Data
+    let client: EtcdClient
+    let value: [UInt8]
     var name: String { "grpc" }
 
     func putIfAbsent(_ key: [UInt8]) async throws -> Bool {
-        let keyData = Data(key)
-        let request = Etcdserverpb_TxnRequest.with {
-            $0.compare = [.with {
-                $0.result = .equal
-                $0.target = .create
-                $0.key = keyData
-                $0.createRevision = 0
-            }]
-            $0.success = [.with {
-                $0.requestPut = .with {
-                    $0.key = keyData
-                    $0.value = value
-                }
-            }]
-        }
-        return try await kv.txn(request).succeeded
+        try await client.putIfAbsent(key, value)
     }
 
     func get(_ key: [UInt8]) async throws -> Int? {
-        let response = try await kv.range(.with { $0.key = Data(key) })
-        return response.kvs.first?.value.count
+        try await client.get(key)?.value.count
     }
 }
 
@@ -297,81 +278,16 @@ func median(_ values: [Double]) -> Double {
 
 func format(_ value: Double, _ digits: Int = 0) -> String { String(format: "%.\(digits)f", value) }
 
-/// Answers etcd's PINGs itself, in front of the HTTP/2 handler, and prints the frames etcd sent when
-/// the connection ends.
-///
-/// Why: etcd 3.4's gRPC server (grpc-go's flow-control BDP estimator) sends a PING after nearly every
-/// request it reads, one per unary call; swift-nio-http2 1.46 (under grpc-swift-nio-transport 2.9.2)
-/// counts inbound PING and SETTINGS frames as control frames and closes the connection past 200 in
-/// 30 s (its DoS heuristics, not configurable through the gRPC transport), so call 199 of a connection
-/// fails with "Stream unexpectedly closed". This handler takes each PING (not ACK) frame out of the
-/// byte stream and writes its ACK, which is what the HTTP/2 handler would have written. Every other
-/// frame passes through unchanged, whole frames at a time.
-final class PingAnswerer: ChannelDuplexHandler, @unchecked Sendable {
-    typealias InboundIn = ByteBuffer
-    typealias InboundOut = ByteBuffer
-    typealias OutboundIn = ByteBuffer
-    typealias OutboundOut = ByteBuffer
-    private static let frameHeaderBytes = 9
-    private var pending = ByteBuffer()
-    private var counts: [UInt8: Int] = [:]
-    private var pingsAnswered = 0
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var bytes = unwrapInboundIn(data)
-        pending.writeBuffer(&bytes)
-        var forward = context.channel.allocator.buffer(capacity: pending.readableBytes)
-        var answered = false
-        while pending.readableBytes >= Self.frameHeaderBytes {
-            let start = pending.readerIndex
-            let length = Int(pending.getInteger(at: start, as: UInt32.self)! >> 8)
-            guard pending.readableBytes >= Self.frameHeaderBytes + length else { break }
-            let type = pending.getInteger(at: start + 3, as: UInt8.self)!
-            let flags = pending.getInteger(at: start + 4, as: UInt8.self)!
-            counts[type, default: 0] += 1
-            var frame = pending.readSlice(length: Self.frameHeaderBytes + length)!
-            if type == 6, flags & 1 == 0, length == 8 {
-                var ack = context.channel.allocator.buffer(capacity: 17)
-                ack.writeBytes([0, 0, 8, 6, 1, 0, 0, 0, 0])
-                ack.writeBytes(frame.getSlice(at: frame.readerIndex + Self.frameHeaderBytes, length: 8)!.readableBytesView)
-                context.write(wrapOutboundOut(ack), promise: nil)
-                pingsAnswered += 1
-                answered = true
-            } else {
-                forward.writeBuffer(&frame)
-            }
-        }
-        pending.discardReadBytes()
-        if answered { context.flush() }
-        if forward.readableBytes > 0 { context.fireChannelRead(wrapInboundOut(forward)) }
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        let names: [UInt8: String] = [0: "DATA", 1: "HEADERS", 3: "RST_STREAM", 4: "SETTINGS", 6: "PING", 7: "GOAWAY", 8: "WINDOW_UPDATE"]
-        let text = counts.sorted { $0.key < $1.key }.map { "\(names[$0.key] ?? String($0.key))=\($0.value)" }.joined(separator: " ")
-        FileHandle.standardError.write(Data(
-            "etcd-transport: gRPC connection closed; frames from etcd: \(text); PINGs answered here: \(pingsAnswered)\n".utf8))
-        context.fireChannelInactive()
-    }
-}
-
 // MARK: Main
 
 let options = Options.parse(CommandLine.arguments)
 let value = (0..<options.valueBytes).map { UInt8(truncatingIfNeeded: $0 &* 131 &+ 7) }
-let gatewayClient = try EtcdClient(EtcdClientConfiguration(endpoints: ["http://\(options.host):\(options.port)"]))
+let endpoint = "http://\(options.host):\(options.port)"
+let gatewayClient = GatewayClient(endpoint: endpoint)
 let gateway = GatewayTransport(client: gatewayClient, value: value)
 
-try await withGRPCClient(
-    transport: .http2NIOPosix(
-        target: .ipv4(address: options.host, port: options.port), transportSecurity: .plaintext,
-        config: .defaults { config in
-            config.channelDebuggingCallbacks.onCreateTCPConnection = { channel in
-                channel.pipeline.addHandler(PingAnswerer(), position: .first)
-            }
-        })
-) { grpcClient in
-    let grpc = GRPCTransport(kv: Etcdserverpb_KV.Client(wrapping: grpcClient), value: Data(value))
+try await EtcdClient.with(EtcdClientConfiguration(endpoints: [endpoint])) { grpcClient in
+    let grpc = GRPCTransport(client: grpcClient, value: value)
     let transports: [any Transport] = [gateway, grpc].filter { options.only == nil || $0.name == options.only }
     // Both warmed before the first measured round (connections open, code paths hot).
     for transport in transports.reversed() { try await warmUp(transport, options: options) }

@@ -1,14 +1,15 @@
-// Path: Sources/SluiceReplication/EtcdTypes.swift — what the etcd client takes and returns: bounds,
-// errors, keys, values, compares and transaction operations (etcd v3's KV, Lease and Maintenance APIs).
+// Path: Sources/SluiceEtcd/EtcdTypes.swift — what the etcd client takes and returns: bounds, errors,
+// keys, values, compares and transaction operations (etcd v3's KV, Watch, Lease and Maintenance APIs).
 
 /// Bounds of the etcd client. Every buffer and every wait it has is below one of these.
 public enum EtcdLimits {
     /// Most endpoints one client fails over between (an etcd cluster has 3, 5 or 7 members).
     public static let endpointCountMax = 16
-    /// Largest response body read from etcd; a larger one is `responseTooLarge`, never buffered whole.
-    /// etcd's own request limit is 1.5 MiB, but a range over many keys can answer with more.
+    /// Largest response message read from etcd (gRPC's max receive message size); a larger one is
+    /// `responseTooLarge`, never buffered whole. etcd's own request limit is 1.5 MiB, but a range over
+    /// many keys can answer with more.
     public static let responseBytesMax = 8 << 20
-    /// Largest single message of a watch stream (one JSON line of events).
+    /// Largest single message of a watch stream (one WatchResponse: a batch of events).
     public static let watchMessageBytesMax = 8 << 20
     /// Events a watch buffers for a consumer that has not read them yet; past it the watch ends with
     /// `watchBufferOverflow` after the buffered events, so no event is ever silently dropped.
@@ -16,10 +17,13 @@ public enum EtcdLimits {
     /// Longest deadline a call may be given, and the default one.
     public static let callTimeoutMsMax: Int64 = 60_000
     public static let callTimeoutMsDefault: Int64 = 2_000
-    /// Connection establishment to one endpoint, so a dead member costs little of a call's deadline.
+    /// Connection establishment to one endpoint (TCP and the HTTP/2 handshake, up to the first stream),
+    /// so a dead or hung member costs little of a call's deadline.
     public static let connectTimeoutMsDefault: Int64 = 500
-    /// HTTP/1.1 connections kept per endpoint (each open watch holds one).
-    public static let connectionsPerEndpointMax = 32
+    /// Watches open at once on one client (each is one HTTP/2 stream of the endpoint's one connection).
+    public static let watchesOpenMax = 1024
+    /// How long `shutdown()` lets calls under way finish before it closes the connections under them.
+    public static let shutdownGraceMs: Int64 = 1_000
     /// Most keys one range may be asked for (`limit`); 0 means no limit, bounded by `responseBytesMax`.
     public static let rangeLimitMax: Int64 = 100_000
 }
@@ -39,30 +43,44 @@ public enum EtcdOperation: String, Sendable, Equatable, CustomStringConvertible 
     public var description: String { rawValue }
 }
 
+/// gRPC status codes (the numbers of grpc's `Status.Code`) as etcd answers them, and which of them
+/// leave a write in doubt.
+public enum EtcdStatusCode {
+    public static let cancelled = 1, unknown = 2, invalidArgument = 3, deadlineExceeded = 4, notFound = 5
+    public static let failedPrecondition = 9, outOfRange = 11, internalError = 13, unavailable = 14, dataLoss = 15
+
+    /// etcd could not serve the call now ("etcdserver: request timed out", "no leader", "leader changed",
+    /// "server stopped", a panic): the member or the cluster is unwell, and a write sent to it may have
+    /// been applied (e.g. proposed to raft before the answer was lost). Every other code is etcd refusing
+    /// the request before applying it (bad argument, compacted revision, lease not found, too many requests).
+    public static let inDoubt: Set<Int> = [cancelled, unknown, deadlineExceeded, internalError, unavailable, dataLoss]
+}
+
 /// Every way an etcd call fails. The cases that say `outcomeUnknown` are the only ones after which a
 /// write may or may not have been applied; every other case is known not to have applied it.
 public enum EtcdError: Error, CustomStringConvertible {
     /// A bad argument from the caller, caught before anything was sent.
     case invalidArgument(String)
-    /// No endpoint accepted a connection (refused, unreachable, connect timeout): nothing was sent.
+    /// No endpoint took the request: each refused the connection, failed it, or did not complete the
+    /// HTTP/2 handshake within the connect timeout. The request never left: nothing was applied.
     /// `underlying` has one error per endpoint tried, in the order tried.
     case unreachable(endpoints: [String], underlying: [any Error])
-    /// The call's deadline passed. For a call that may write, the request may have reached etcd and
-    /// been applied: `outcomeUnknown` is true, and only reading etcd back settles it.
+    /// The call's deadline passed. When the request may have left (for a call that may write),
+    /// `outcomeUnknown` is true, and only reading etcd back settles it.
     case timedOut(operation: EtcdOperation, outcomeUnknown: Bool)
     /// The connection broke after the request may have been sent (and the call could not be retried
     /// elsewhere because it may write).
     case connectionLost(operation: EtcdOperation, outcomeUnknown: Bool, underlying: any Error)
-    /// etcd answered with an error status: `code` is the HTTP status, `message` etcd's own text and
-    /// `grpcCode` its gRPC status code. A 4xx is known not applied; a 5xx from a call that may write
-    /// (e.g. "etcdserver: request timed out") leaves the outcome unknown.
-    case httpStatus(operation: EtcdOperation, code: Int, message: String, grpcCode: Int?)
+    /// etcd answered with a gRPC error status: `code` is the gRPC status code (`EtcdStatusCode`),
+    /// `message` etcd's own text. A code in `EtcdStatusCode.inDoubt` from a call that may write leaves
+    /// the outcome unknown; any other code is known not applied.
+    case status(operation: EtcdOperation, code: Int, message: String)
     /// The calling task was cancelled while the call was under way; as for a timeout, a call that may
-    /// write may have been applied.
+    /// write may have been applied once its request may have left.
     case cancelled(operation: EtcdOperation, outcomeUnknown: Bool)
-    /// A response that is not what etcd's gateway sends (bad JSON, a missing field, bad base64).
+    /// A response that is not what etcd sends (a message that does not decode, a missing field).
     case malformedResponse(String)
-    /// A response body larger than `limitBytes` (`EtcdLimits.responseBytesMax`).
+    /// A response message larger than `limitBytes` (`EtcdLimits.responseBytesMax`).
     case responseTooLarge(operation: EtcdOperation, limitBytes: Int)
     /// A range or watch asked for a revision etcd has compacted away. `compactRevision` is etcd's
     /// compaction revision when it says it (a watch does; a range error does not).
@@ -78,7 +96,7 @@ public enum EtcdError: Error, CustomStringConvertible {
     public var outcomeUnknown: Bool {
         switch self {
         case .timedOut(_, let unknown), .connectionLost(_, let unknown, _), .cancelled(_, let unknown): unknown
-        case .httpStatus(let operation, let code, _, _): operation.mayWrite && code >= 500
+        case .status(let operation, let code, _): operation.mayWrite && EtcdStatusCode.inDoubt.contains(code)
         case .responseTooLarge(let operation, _): operation.mayWrite
         default: false
         }
@@ -93,8 +111,8 @@ public enum EtcdError: Error, CustomStringConvertible {
             "etcd \(operation) timed out" + (unknown ? " (outcome unknown: it may have been applied)" : "")
         case .connectionLost(let operation, let unknown, let underlying):
             "etcd \(operation): connection lost (\(underlying))" + (unknown ? " (outcome unknown)" : "")
-        case .httpStatus(let operation, let code, let message, let grpcCode):
-            "etcd \(operation): HTTP \(code), gRPC code \(grpcCode.map(String.init) ?? "-"): \(message)"
+        case .status(let operation, let code, let message):
+            "etcd \(operation): gRPC status \(code): \(message)"
         case .cancelled(let operation, let unknown):
             "etcd \(operation) cancelled" + (unknown ? " (outcome unknown: it may have been applied)" : "")
         case .malformedResponse(let what): "malformed etcd response: \(what)"
@@ -125,7 +143,7 @@ public enum EtcdKeyRange: Sendable, Equatable {
 
     /// The first key after every key starting with `prefix`: the prefix with its last byte below 0xff
     /// incremented and the rest dropped; `[0]` (etcd's "to the end") when there is none.
-    static func prefixEnd(_ prefix: [UInt8]) -> [UInt8] {
+    public static func prefixEnd(_ prefix: [UInt8]) -> [UInt8] {
         var end = prefix
         while let last = end.last {
             if last < 0xff {
@@ -146,6 +164,15 @@ public struct EtcdKeyValue: Sendable, Equatable {
     public var modRevision: Int64
     public var version: Int64
     public var lease: Int64
+
+    public init(key: [UInt8], value: [UInt8], createRevision: Int64, modRevision: Int64, version: Int64, lease: Int64) {
+        self.key = key
+        self.value = value
+        self.createRevision = createRevision
+        self.modRevision = modRevision
+        self.version = version
+        self.lease = lease
+    }
 }
 
 public struct EtcdRangeResult: Sendable, Equatable {
@@ -223,7 +250,7 @@ public struct EtcdLease: Sendable, Equatable {
     public var ttlSeconds: Int64
 }
 
-/// What `/v3/maintenance/status` says about the member that answered.
+/// What etcd's Maintenance.Status says about the member that answered.
 public struct EtcdStatus: Sendable, Equatable {
     public var version: String
     public var memberID: UInt64

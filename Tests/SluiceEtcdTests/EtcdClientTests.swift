@@ -3,7 +3,7 @@ import Foundation
 import SluiceEtcdTestSupport
 import Testing
 
-@testable import SluiceReplication
+@testable import SluiceEtcd
 
 private func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
 
@@ -23,7 +23,7 @@ struct EtcdClientTests {
     @Test func putGetDeleteRoundTripBinaryKeysAndValues() async throws {
         try await withEtcdCluster(members: 1) { cluster in
             try await withClient(cluster) { client in
-                // Every byte value in keys and values, NUL and 0xff among them, goes through base64 intact.
+                // Every byte value in keys and values, NUL and 0xff among them, goes through intact.
                 let keys: [[UInt8]] = [[0x00], [0xff, 0x00, 0x01], Array(0...255), bytes("plain/key")]
                 for (index, key) in keys.enumerated() {
                     let value = Array(repeating: UInt8(index), count: 3) + Array((0...255).reversed())
@@ -284,7 +284,7 @@ struct EtcdClientTests {
                 #expect(after.endpoint != cluster.clientURLs[0])
                 #expect(after.memberID != before.memberID)
                 // Writes need a leader. Once the survivors have one (election timeout 500 ms), a put goes
-                // through; until then etcd holds it or answers an error (a 5xx, or no answer before the
+                // through; until then etcd holds it or answers an error (unavailable, or no answer before the
                 // deadline: an unknown outcome, which the last read below settles). The connection itself
                 // must never be the problem: no unreachable, no connection lost.
                 let deadline = ContinuousClock.now + .seconds(10)
@@ -301,7 +301,7 @@ struct EtcdClientTests {
                         written = true
                     } catch let error as EtcdError {
                         switch error {
-                        case .httpStatus, .timedOut(.put, outcomeUnknown: true):
+                        case .status, .timedOut(.put, outcomeUnknown: true):
                             try await Task.sleep(for: .milliseconds(100))
                         default:
                             Issue.record("put after fail-over: \(error)")
@@ -429,10 +429,14 @@ struct EtcdClientTests {
     @Test func responseLargerThanTheBoundIsTypedNotBuffered() async throws {
         try await withEtcdCluster(members: 1) { cluster in
             try await withClient(cluster) { client in
-                // 7 values of 1 MiB (each under etcd's 1.5 MiB request limit) come back as over 9 MiB of
-                // base64 JSON: above `responseBytesMax`.
+                // 9 values of 1 MiB (each under etcd's 1.5 MiB request limit) come back as one range
+                // response of over 9 MiB: above `responseBytesMax`.
                 let value = [UInt8](repeating: 0xa5, count: 1 << 20)
-                for index in 0..<7 { _ = try await client.put(bytes("big/\(index)"), value) }
+                var first: Int64 = 0
+                for index in 0..<9 {
+                    let put = try await client.put(bytes("big/\(index)"), value)
+                    if index == 0 { first = put.revision }
+                }
                 do {
                     _ = try await client.range(.prefix(bytes("big/")))
                     Issue.record("a range over \(EtcdLimits.responseBytesMax) bytes was read")
@@ -447,6 +451,19 @@ struct EtcdClientTests {
                 let part = try await client.range(.prefix(bytes("big/")), limit: 2)
                 #expect(part.kvs.map(\.value) == [value, value])
                 #expect(part.more)
+                // A watch from the first of them gets its history as one message of over 9 MiB (etcd
+                // batches up to 1000 revisions per message): the watch ends typed, nothing buffered whole.
+                let watch = try await client.watch(.prefix(bytes("big/")), fromRevision: first)
+                do {
+                    for try await event in watch { Issue.record("event from an oversized message: \(event.kv.key)") }
+                    Issue.record("a watch message over \(EtcdLimits.watchMessageBytesMax) bytes ended the watch without an error")
+                } catch let error as EtcdError {
+                    guard case .responseTooLarge(.watch, let limit) = error else {
+                        Issue.record("expected responseTooLarge(watch), got \(error)")
+                        return
+                    }
+                    #expect(limit == EtcdLimits.watchMessageBytesMax)
+                }
             }
         }
     }
