@@ -30,7 +30,10 @@ struct ReplicatedStorageTests {
                     try await blocking { try a.node.write(objectID: 1, pages: [(0, [2], .unmodifiedSince(osn))]) }
                 }
                 #expect(stale == .conflict(objectID: 1, pageIndex: 0, currentOSN: second))
+                // The refused write spent OSN second + 1: both nodes apply up to it before their reads
+                // (whose read OSNs are then equal) are compared.
                 _ = try await blocking { try a.node.catchUp(to: second + 1, timeoutMs: 10_000) }
+                _ = try await blocking { try b.node.catchUp(to: second + 1, timeoutMs: 10_000) }
                 #expect(try await blocking { try a.node.read(objectID: 1, pageIndex: 0) } ==
                         (try await blocking { try b.node.read(objectID: 1, pageIndex: 0) }))
                 await a.close()
