@@ -14,6 +14,9 @@ public struct ApplianceConfiguration: Sendable {
     public var budget = ApplianceBudget()
     /// How far ahead of a sequential read predicted bytes are asked for.
     public var readAheadBytes = 1 << 20
+    /// Contiguous reads before the one at hand that make it sequential (1: any read that starts where
+    /// the last ended; 2 keeps a random read that happens to follow its predecessor from reading ahead).
+    public var sequentialStreakMin = 2
     /// Largest read a client may ask for.
     public var readBytesMax = 16 << 20
     /// How long an object's size and etag are used before the intermediate is asked again (0: every read).
@@ -201,6 +204,7 @@ public final class Appliance: Sendable {
                              group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws(ApplianceError) -> Appliance {
         let checks: [(String, Int, ClosedRange<Int>)] = [
             ("readAheadBytes", configuration.readAheadBytes, 0...(64 << 20)),
+            ("sequentialStreakMin", configuration.sequentialStreakMin, 1...64),
             ("readBytesMax", configuration.readBytesMax, 1...ApplianceConfiguration.readBytesMaxLimit),
             ("statEntriesMax", configuration.statEntriesMax, 1...(1 << 22)),
             ("chunkRequestsPerReadMax", configuration.chunkRequestsPerReadMax, 1...256),
@@ -288,14 +292,14 @@ public final class Appliance: Sendable {
         }
         let share = try share(shareName)
         var observed = false
-        var streak = 0
+        var sequential = false
         for attempt in 0..<Self.attemptsMax {
             let stat = try await stat(key, fresh: attempt > 0)
             guard offset <= stat.size, UInt64(length) <= stat.size - offset else {
                 throw .rangeNotSatisfiable(key: key, offset: offset, length: length, size: stat.size)
             }
             if !observed {
-                streak = share.observe(key: key, offset: offset, length: length)
+                sequential = share.observe(key: key, offset: offset, length: length) >= configuration.sequentialStreakMin
                 observed = true
             }
             let range = offset..<(offset + UInt64(length))
@@ -305,7 +309,7 @@ public final class Appliance: Sendable {
             counters.add(counters.hitSectors, hits)
             if !missing.isEmpty {
                 counters.add(counters.missSectors, missing.reduce(0) { $0 + $1.count })
-                let replies = try await fetch(key: key, etag: stat.etag, missing: missing, share: share, sequential: streak > 0)
+                let replies = try await fetch(key: key, etag: stat.etag, missing: missing, share: share, sequential: sequential)
                 if let changed = replies.lazy.map(\.sectors).first(where: { $0.etag != stat.etag || $0.size != stat.size }) {
                     // Never mix: start over with the object as the intermediate now serves it.
                     counters.add(counters.etagChanges)
@@ -317,7 +321,7 @@ public final class Appliance: Sendable {
                 }
             }
             counters.add(counters.bytesServed, length)
-            if streak > 0 { readAhead(key: key, etag: stat.etag, size: stat.size, after: range.upperBound, share: share) }
+            if sequential { readAhead(key: key, etag: stat.etag, size: stat.size, after: range.upperBound, share: share) }
             return ApplianceReadResult(size: stat.size, etag: stat.etag, bytes: bytes)
         }
         throw .objectKeptChanging(key: key, attempts: Self.attemptsMax)

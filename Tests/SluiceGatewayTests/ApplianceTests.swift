@@ -136,7 +136,7 @@ final class ApplianceFixture: @unchecked Sendable {  // unchecked: used by one t
         let ratio = Double(counters.lastHopFrameBytes) / Double(counters.bytesServed)
         let measured = Double(intermediate.lastHopFrameBytes) / Double(counters.bytesServed)
         print("random 4 KiB reads of 16 MiB: \(reads) reads, served \(counters.bytesServed), last-hop frames \(counters.lastHopFrameBytes) "
-              + "(intermediate sent \(intermediate.lastHopFrameBytes) incl. hello/stat), ratio \(ratio) (\(measured)), hits \(counters.hitSectors)")
+              + "(intermediate sent \(intermediate.lastHopFrameBytes) incl. hello/stat), ratio \(ratio) (\(measured)), \(counters), intermediate \(intermediate)")
         // The intermediate's count adds its hello and stat replies (a few dozen bytes).
         #expect(counters.lastHopFrameBytes <= intermediate.lastHopFrameBytes && intermediate.lastHopFrameBytes - counters.lastHopFrameBytes < 200)
         #expect(ratio <= 1.25)
