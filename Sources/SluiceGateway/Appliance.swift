@@ -438,9 +438,11 @@ public final class Appliance: Sendable {
                     coalesced += before - after
                 }
             }
-            if !remaining.isEmpty {
-                guard s.flightCount < flightsMax else { return nil }
-                joined.append(startFlight(&s, flightKey, etag: etag, runs: remaining, share: share, extra: extra, readAhead: false))
+            // One flight per `wantedExtentsMax` runs (each at most u16 sectors): the protocol's bounds.
+            let pieces = protocolSized(remaining)
+            guard s.flightCount + pieces.count <= flightsMax else { return nil }
+            for piece in pieces {
+                joined.append(startFlight(&s, flightKey, etag: etag, runs: piece, share: share, extra: extra, readAhead: false))
             }
             return joined
         }
@@ -492,8 +494,10 @@ public final class Appliance: Sendable {
         var settled = false
         defer { if !settled { share.settle(granted: granted, requested: 0, predicted: 0) } }
         let firstBlock = chunk * UInt64(units.blocksPerChunk)
-        let held = cache.held(key: key, etag: etag, blocks: firstBlock..<(firstBlock + UInt64(units.blocksPerChunk)))
-            .map { HeldBlock(block: UInt16($0.block - firstBlock), sectorMask: $0.mask) }
+        // Advisory (it only keeps predictions off what is held): cut to the protocol's bound.
+        let inChunk = cache.held(key: key, etag: etag, blocks: firstBlock..<(firstBlock + UInt64(units.blocksPerChunk)))
+            .filter { $0.block - firstBlock <= UInt64(UInt16.max) }
+        let held = inChunk.prefix(GatewayProtocol.heldEntriesMax).map { HeldBlock(block: UInt16($0.block - firstBlock), sectorMask: $0.mask) }
         let request = ReadSectorsRequest(key: key, chunk: chunk, extraBudgetBytes: readAhead ? 0 : UInt32(granted),
                                          wanted: runs.map { SectorExtent(sectors: $0, units: units) }, held: held)
         counters.add(counters.fetches)
@@ -564,7 +568,7 @@ public final class Appliance: Sendable {
             share.settle(granted: granted - sectorsLeft * sectorBytes, requested: 0, predicted: 0)
             guard sectorsLeft > 0 else { return false }
             var trimmed: [Range<Int>] = []
-            for run in runs where sectorsLeft > 0 {
+            for run in protocolSized(runs).first ?? [] where sectorsLeft > 0 {
                 let take = min(run.count, sectorsLeft)
                 trimmed.append(run.lowerBound..<(run.lowerBound + take))
                 sectorsLeft -= take
@@ -650,6 +654,23 @@ public final class Appliance: Sendable {
 struct ChunkReply: Sendable {
     var chunk: UInt64
     var sectors: SectorsReply
+}
+
+/// `runs` cut into runs of at most `UInt16.max` sectors, grouped by `wantedExtentsMax`: one
+/// `readSectors` per group.
+func protocolSized(_ runs: [Range<Int>]) -> [[Range<Int>]] {
+    var cut: [Range<Int>] = []
+    for run in runs {
+        var start = run.lowerBound
+        while start < run.upperBound {
+            let end = min(run.upperBound, start + Int(UInt16.max))
+            cut.append(start..<end)
+            start = end
+        }
+    }
+    return stride(from: 0, to: cut.count, by: GatewayProtocol.wantedExtentsMax).map {
+        Array(cut[$0..<min(cut.count, $0 + GatewayProtocol.wantedExtentsMax)])
+    }
 }
 
 /// `runs` without the sectors of `minus` (both ascending, not overlapping within themselves).

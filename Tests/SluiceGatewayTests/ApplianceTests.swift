@@ -260,6 +260,16 @@ final class ApplianceFixture: @unchecked Sendable {  // unchecked: used by one t
         await appliance.close()
     }
 
+    @Test func requestsStayWithinTheProtocolBounds() {
+        let scattered = (0..<2500).map { ($0 * 2)..<($0 * 2 + 1) }
+        let groups = protocolSized(scattered)
+        #expect(groups.map(\.count) == [1024, 1024, 452] && Array(groups.joined()) == scattered)
+        let long = protocolSized([3..<(3 + 70_000)])
+        #expect(long == [[3..<(3 + 65_535), (3 + 65_535)..<(3 + 70_000)]])
+        #expect(subtract([0..<10, 20..<30], [5..<25]) == [0..<5, 25..<30])
+        #expect(subtract([0..<10], [0..<10]).isEmpty)
+    }
+
     @Test func overTCP() async throws {
         let fixture = try ApplianceFixture(units: smallUnits, objectBytes: 300_000)
         let appliance = try await fixture.appliance()
