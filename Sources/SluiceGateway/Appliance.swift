@@ -276,16 +276,37 @@ public final class Appliance: Sendable {
 
     /// `length` bytes at `offset` of `key`, for share `share`. The range must lie within the object.
     public func read(key: String, offset: UInt64, length: Int, share shareName: String = "default") async throws(ApplianceError) -> ApplianceReadResult {
+        guard (0...configuration.readBytesMax).contains(length) else {
+            counters.add(counters.reads)
+            counters.add(counters.readErrors)
+            throw .invalidRequest("length \(length) not in 0...\(configuration.readBytesMax)")
+        }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(length, 1), alignment: 16)
+        defer { buffer.deallocate() }
+        let stat = try await read(key: key, offset: offset, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<length]), share: shareName)
+        let bytes = [UInt8](unsafeUninitializedCapacity: length) { target, count in
+            if length > 0 { UnsafeMutableRawBufferPointer(target).copyMemory(from: UnsafeRawBufferPointer(rebasing: buffer[0..<length])) }
+            count = length
+        }
+        return ApplianceReadResult(size: stat.size, etag: stat.etag, bytes: bytes)
+    }
+
+    /// `out.count` bytes at `offset` of `key` into `out` (no allocation on a cache hit); the object's size
+    /// and etag. On a throw `out` holds nothing meaningful.
+    public func read(key: String, offset: UInt64, into out: UnsafeMutableRawBufferPointer,
+                     share shareName: String = "default") async throws(ApplianceError) -> (size: UInt64, etag: String) {
         counters.add(counters.reads)
         do {
-            return try await readOnce(key: key, offset: offset, length: length, shareName: shareName)
+            return try await readOnce(key: key, offset: offset, out: out, shareName: shareName)
         } catch {
             counters.add(counters.readErrors)
             throw error
         }
     }
 
-    private func readOnce(key: String, offset: UInt64, length: Int, shareName: String) async throws(ApplianceError) -> ApplianceReadResult {
+    private func readOnce(key: String, offset: UInt64, out: UnsafeMutableRawBufferPointer,
+                          shareName: String) async throws(ApplianceError) -> (size: UInt64, etag: String) {
+        let length = out.count
         guard gatewayKeyIsValid(key) else { throw .invalidRequest("key of \(key.utf8.count) bytes not in 1...\(GatewayProtocol.keyBytesMax)") }
         guard (0...configuration.readBytesMax).contains(length) else {
             throw .invalidRequest("length \(length) not in 0...\(configuration.readBytesMax)")
@@ -303,9 +324,10 @@ public final class Appliance: Sendable {
                 observed = true
             }
             let range = offset..<(offset + UInt64(length))
-            var bytes = [UInt8](repeating: 0, count: length)
             var missing: [Range<UInt64>] = []
-            let hits = bytes.withUnsafeMutableBytes { cache.copy(key: key, etag: stat.etag, range: range, into: $0, missing: &missing) }
+            // Every byte of `out` is written: by a cache hit, or by a requested extent (those come in
+            // full, their byte counts checked by `GatewayClient.verify`).
+            let hits = cache.copy(key: key, etag: stat.etag, range: range, into: out, missing: &missing)
             counters.add(counters.hitSectors, hits)
             if !missing.isEmpty {
                 counters.add(counters.missSectors, missing.reduce(0) { $0 + $1.count })
@@ -316,13 +338,11 @@ public final class Appliance: Sendable {
                     state.withLock { $0.stats[key] = (changed.size, changed.etag, monotonicNs()) }
                     continue
                 }
-                bytes.withUnsafeMutableBytes { out in
-                    for reply in replies { copy(reply, range: range, into: out) }
-                }
+                for reply in replies { copy(reply, range: range, into: out) }
             }
             counters.add(counters.bytesServed, length)
             if sequential { readAhead(key: key, etag: stat.etag, size: stat.size, after: range.upperBound, share: share) }
-            return ApplianceReadResult(size: stat.size, etag: stat.etag, bytes: bytes)
+            return (stat.size, stat.etag)
         }
         throw .objectKeptChanging(key: key, attempts: Self.attemptsMax)
     }

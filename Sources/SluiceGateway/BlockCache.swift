@@ -101,12 +101,17 @@ public final class BlockCache: Sendable {
                 let mask = slot.map { s.masks[Int($0)] } ?? 0
                 while sector < blockEnd {
                     if mask & (1 << UInt16(sector % perBlock)) != 0 {
+                        // One copy per run of valid sectors (a whole block when all are valid).
+                        var runEnd = sector + 1
+                        while runEnd < blockEnd, mask & (1 << UInt16(runEnd % perBlock)) != 0 { runEnd += 1 }
                         let from = max(range.lowerBound, sector * sectorBytes)
-                        let to = min(range.upperBound, (sector + 1) * sectorBytes)
+                        let to = min(range.upperBound, runEnd * sectorBytes)
                         let arenaOffset = Int(slot!) * blockBytes + Int(from - block * perBlock * sectorBytes)
                         out.baseAddress!.advanced(by: Int(from - range.lowerBound))
                             .copyMemory(from: arena.base.advanced(by: arenaOffset), byteCount: Int(to - from))
-                        hits += 1
+                        hits += Int(runEnd - sector)
+                        sector = runEnd
+                        continue
                     } else if let last = missing.last, last.upperBound == sector {
                         missing[missing.count - 1] = last.lowerBound..<(sector + 1)
                     } else {

@@ -121,6 +121,46 @@ final class ApplianceFixture: @unchecked Sendable {  // unchecked: used by one t
         await appliance.close()
     }
 
+    /// The cache-hit path against `pread` of the same bytes from the store's file (debug build: a rough
+    /// number, printed; the benchmark belongs to a release build).
+    @Test func hitPathThroughput() async throws {
+        let fixture = try ApplianceFixture(objectBytes: 8 << 20, statTTLNs: 60_000_000_000)
+        let appliance = try await fixture.appliance(budget: ApplianceBudget(bytesPerSecond: 0), statTTLNs: 60_000_000_000)
+        _ = try await appliance.read(key: fixture.key, offset: 0, length: 8 << 20)
+        let clock = ContinuousClock()
+        let rounds = 64
+        var started = clock.now
+        for round in 0..<rounds {
+            let result = try await appliance.read(key: fixture.key, offset: UInt64(round % 8) << 20, length: 1 << 20)
+            #expect(result.bytes.count == 1 << 20)
+        }
+        let cacheSeconds = (clock.now - started) / .seconds(1)
+        let reused = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 64)
+        defer { reused.deallocate() }
+        started = clock.now
+        for round in 0..<rounds {
+            _ = try await appliance.read(key: fixture.key, offset: UInt64(round % 8) << 20, into: reused)
+        }
+        let intoSeconds = (clock.now - started) / .seconds(1)
+        #expect(Array(UnsafeRawBufferPointer(reused)) == fixture.expected(UInt64((rounds - 1) % 8) << 20, 1 << 20))
+        let fd = open(fixture.storeDirectory.path + "/" + fixture.key, O_RDONLY)
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        started = clock.now
+        for round in 0..<rounds {
+            let count = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, 1 << 20, off_t((round % 8) << 20)) }
+            #expect(count == 1 << 20)
+        }
+        let preadSeconds = (clock.now - started) / .seconds(1)
+        close(fd)
+        let cacheMBs = Double(rounds) / cacheSeconds
+        let preadMBs = Double(rounds) / preadSeconds
+        let intoMBs = Double(rounds) / intoSeconds
+        print("hit path, 1 MiB reads (debug build): appliance cache to a new array \(Int(cacheMBs)) MiB/s, into a reused buffer \(Int(intoMBs)) MiB/s, "
+              + "pread \(Int(preadMBs)) MiB/s; ratios \(cacheMBs / preadMBs), \(intoMBs / preadMBs)")
+        #expect(appliance.counters.snapshot().fetches > 0)
+        await appliance.close()
+    }
+
     @Test func randomSectorReadsKeepTheLastHopNearWhatIsServed() async throws {
         let fixture = try ApplianceFixture(objectBytes: 16 << 20, statTTLNs: 60_000_000_000)
         let appliance = try await fixture.appliance(statTTLNs: 60_000_000_000)
