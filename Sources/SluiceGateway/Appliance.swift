@@ -179,6 +179,8 @@ private struct ApplianceState: ~Copyable {
     var stats: [String: (size: UInt64, etag: String, atNs: UInt64)] = [:]
     var shares: [String: ApplianceShare] = [:]
     var client: GatewayClient?
+    /// Set by `close`: no new connection is made.
+    var closed = false
 }
 
 /// The appliance: `read` serves bytes of objects of the intermediate's remote store. What the cache
@@ -252,9 +254,10 @@ public final class Appliance: Sendable {
         state = Mutex(initial)
     }
 
-    /// Closes the connection to the intermediate (reads in flight fail).
+    /// Closes the connection to the intermediate for good (reads in flight and later fail).
     public func close() async {
         let client = state.withLock { s -> GatewayClient? in
+            s.closed = true
             defer { s.client = nil }
             return s.client
         }
@@ -637,7 +640,9 @@ public final class Appliance: Sendable {
     }
 
     private func connection() async throws(ApplianceError) -> GatewayClient {
-        if let client = state.withLock({ $0.client }) { return client }
+        let (current, closed) = state.withLock { ($0.client, $0.closed) }
+        if closed { throw .intermediateUnavailable("the appliance was closed") }
+        if let current { return current }
         let client: GatewayClient
         do {
             client = try await GatewayClient.connect(host: intermediateHost, port: intermediatePort, configuration: configuration.client, group: group)
@@ -650,12 +655,14 @@ public final class Appliance: Sendable {
             counters.add(counters.intermediateErrors)
             throw .intermediateUnavailable("the intermediate's units changed to \(client.hello.units) (were \(units))")
         }
-        let (kept, spare) = state.withLock { s -> (GatewayClient, GatewayClient?) in
+        let (kept, spare) = state.withLock { s -> (GatewayClient?, GatewayClient?) in
+            if s.closed { return (nil, client) }
             if let existing = s.client { return (existing, client) }
             s.client = client
             return (client, nil)
         }
         await spare?.close()
+        guard let kept else { throw .intermediateUnavailable("the appliance was closed") }
         return kept
     }
 
