@@ -11,8 +11,8 @@ public enum ApplianceProtocol {
     public static let requestFrameBytesMax = 8 << 10
     /// Reply header, size, etag and byte count around the bytes of a read.
     public static let readReplyOverheadBytes = GatewayProtocol.replyHeaderBytes + 8 + 2 + GatewayProtocol.etagBytesMax + 4
-    /// Counter entries in a `counters` reply.
-    public static let counterEntriesMax = 256
+    /// Counter entries in a `counters` reply (the appliance's, then five per share while they fit).
+    public static let counterEntriesMax = 1_024
 }
 
 public enum ApplianceOpcode: UInt8, Sendable, CaseIterable {

@@ -126,7 +126,12 @@ final class ApplianceHandler: ChannelInboundHandler {
             let max = UInt32(appliance.configuration.readBytesMax)
             complete(sequence, encode(.hello(readBytesMax: max), opcode: opcode, requestID: requestID, channel), closeAfter: false, channel)
         case .counters:
-            let fields = appliance.counters.snapshot().fields
+            var fields = appliance.counters.snapshot().fields
+            for share in appliance.shares where fields.count + 5 <= ApplianceProtocol.counterEntriesMax {
+                fields += [("share_\(share.name)_served_bytes", share.servedBytes), ("share_\(share.name)_requested_bytes", share.requestedBytes),
+                           ("share_\(share.name)_predicted_bytes", share.predictedBytes),
+                           ("share_\(share.name)_granted_bytes", share.grantedBytes), ("share_\(share.name)_refused_grants", share.refusedGrants)]
+            }
             complete(sequence, encode(.counters(fields), opcode: opcode, requestID: requestID, channel), closeAfter: false, channel)
         case .stat(let key):
             run(sequence, requestID: requestID, opcode: opcode, channel) {

@@ -346,6 +346,7 @@ final class ApplianceFixture: @unchecked Sendable {  // unchecked: used by one t
         #expect(parallel)
         let counters = try await client.counters()
         #expect(counters.first { $0.0 == "reads" }!.1 >= 10)
+        #expect(counters.first { $0.0 == "share_team-a_served_bytes" }!.1 >= 100_000)
         #expect(appliance.shares.map(\.name) == ["team-a"])
         await client.close()
         await appliance.close()
