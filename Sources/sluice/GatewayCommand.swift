@@ -1,14 +1,15 @@
 // Path: Sources/sluice/GatewayCommand.swift — `sluice gateway`: the storage gateway's tiers (docs/GATEWAY.md).
 // Flags into the SluiceGateway API; no logic of its own.
 import ArgumentParser
+import Dispatch
 import Glibc
 import SluiceGateway
 
 struct GatewayCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gateway",
-        abstract: "The storage gateway: an intermediate device near the remote store (docs/GATEWAY.md).",
-        subcommands: [ServeIntermediate.self])
+        abstract: "The storage gateway: an intermediate device near the remote store, an appliance near its users (docs/GATEWAY.md).",
+        subcommands: [ServeIntermediate.self, ServeAppliance.self, Read.self])
 }
 
 extension GatewayCommand {
@@ -120,6 +121,168 @@ extension GatewayCommand {
             fflush(nil)
         }
     }
+}
+
+extension GatewayCommand {
+    struct ServeAppliance: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "serve-appliance",
+            abstract: "Serve object reads to clients from a block cache filled over the last hop from an intermediate, until SIGTERM/SIGINT (then print the counters).")
+
+        @Option(help: "Address to listen on for clients, IPV4:PORT (port 0: any free port, printed on start).")
+        var listen: String
+
+        @Option(help: "The intermediate device, HOST:PORT (it must be up at start: its hello fixes the units).")
+        var intermediate: String
+
+        @Option(help: "Bytes of the block cache (e.g. 256mb; k, m, g, t are powers of 1024).")
+        var cacheBytes: String
+
+        @Option(help: "Block size: must equal the intermediate's.")
+        var blockBytes = "64kb"
+
+        @Option(help: "Last-hop budget for predicted bytes per share: token bucket refill in bytes/s (e.g. 2mb; 0: no predicted bytes).")
+        var budgetBytesPerS: String?
+
+        @Option(help: "Last-hop budget per share: bytes fetched (requested + predicted) over bytes served at most (e.g. 1.5).")
+        var budgetRatio: Double?
+
+        @Option(help: "How far ahead of a sequential read predicted bytes are asked for.")
+        var readAheadBytes = "1mb"
+
+        @Option(help: "How long an object's size and etag are used before the intermediate is asked again (milliseconds).")
+        var statTtlMs = 1_000
+
+        func validate() throws {
+            _ = try hostPort(listen, flag: "--listen", portZero: true)
+            _ = try hostPort(intermediate, flag: "--intermediate", portZero: false)
+            _ = try byteCount(cacheBytes, flag: "--cache-bytes")
+            _ = try byteCount(blockBytes, flag: "--block-bytes")
+            _ = try byteCount(readAheadBytes, flag: "--read-ahead-bytes")
+            if let rate = budgetBytesPerS { _ = try byteCount(rate, flag: "--budget-bytes-per-s") }
+            if let ratio = budgetRatio, !(0...1_000).contains(ratio) { throw ValidationError("--budget-ratio must be 0...1000, got \(ratio)") }
+            guard (0...3_600_000).contains(statTtlMs) else { throw ValidationError("--stat-ttl-ms must be 0...3600000, got \(statTtlMs)") }
+        }
+
+        func run() async throws {
+            let (host, port) = try hostPort(listen, flag: "--listen", portZero: true)
+            let (intermediateHost, intermediatePort) = try hostPort(intermediate, flag: "--intermediate", portZero: false)
+            var configuration = ApplianceConfiguration()
+            configuration.cacheBytes = try byteCount(cacheBytes, flag: "--cache-bytes")
+            configuration.blockBytes = try byteCount(blockBytes, flag: "--block-bytes")
+            configuration.readAheadBytes = try byteCount(readAheadBytes, flag: "--read-ahead-bytes")
+            configuration.statTTLNs = UInt64(statTtlMs) * 1_000_000
+            configuration.budget = ApplianceBudget(bytesPerSecond: try budgetBytesPerS.map { UInt64(try byteCount($0, flag: "--budget-bytes-per-s")) },
+                                                   ratio: budgetRatio)
+            let appliance: Appliance
+            let server: ApplianceServer
+            do {
+                appliance = try await Appliance.start(intermediateHost: intermediateHost, port: intermediatePort, configuration: configuration)
+                server = try ApplianceServer.bind(host: host, port: port, appliance: appliance)
+            } catch {
+                FileHandleStderr.write("sluice gateway serve-appliance: \(error)\n")
+                throw ExitCode(1)
+            }
+            StopSignal.install()
+            print("listening on \(server.host):\(server.port) \(appliance.units) cache \(appliance.cache.capacityBlocks) blocks")
+            fflush(nil)
+            // Waits on a Dispatch thread: a blocked cooperative thread would starve the appliance's tasks.
+            await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+                DispatchQueue.global().async {
+                    StopSignal.wait()
+                    done.resume()
+                }
+            }
+            server.close()
+            print("counters \(appliance.counters.snapshot())")
+            for share in appliance.shares {
+                print("share \(share.name) served_bytes \(share.servedBytes) requested_bytes \(share.requestedBytes) "
+                      + "predicted_bytes \(share.predictedBytes) granted_bytes \(share.grantedBytes) refused_grants \(share.refusedGrants)")
+            }
+            fflush(nil)
+            await appliance.close()
+        }
+    }
+
+    struct Read: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "read",
+            abstract: "Read bytes of an object from an appliance to a file or stdout.")
+
+        @Option(help: "The appliance, HOST:PORT.")
+        var appliance: String
+
+        @Option(help: "Object key.")
+        var key: String
+
+        @Option(help: "First byte.")
+        var offset: UInt64 = 0
+
+        @Option(help: "Bytes to read (default: to the object's end).")
+        var length: UInt64?
+
+        @Option(help: "Write here instead of stdout (created or truncated).")
+        var out: String?
+
+        @Option(help: "The share the reads count against (its last-hop budget).")
+        var share = "default"
+
+        func validate() throws {
+            _ = try hostPort(appliance, flag: "--appliance", portZero: false)
+        }
+
+        func run() async throws {
+            let (host, port) = try hostPort(appliance, flag: "--appliance", portZero: false)
+            let fd: Int32 = out.map { open($0, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644) } ?? STDOUT_FILENO
+            guard fd >= 0 else {
+                FileHandleStderr.write("sluice gateway read: open \(out!): errno \(errno)\n")
+                throw ExitCode(1)
+            }
+            defer { if out != nil { close(fd) } }
+            do {
+                let client = try await ApplianceClient.connect(host: host, port: port, share: share)
+                let stat = try await client.stat(key: key)
+                guard offset <= stat.size else {
+                    throw ApplianceClientError.status(.rangeNotSatisfiable, message: "offset \(offset) is past the end of \(key) (\(stat.size) bytes)")
+                }
+                let end = offset + (length ?? (stat.size - offset))
+                var position = offset
+                while position < end {
+                    let piece = Int(min(UInt64(client.readBytesMax), end - position))
+                    let result = try await client.read(key: key, offset: position, length: piece)
+                    guard result.etag == stat.etag else {
+                        throw ApplianceClientError.status(.objectChanging, message: "\(key) changed during the read (etag \(stat.etag) then \(result.etag))")
+                    }
+                    var written = 0
+                    while written < piece {
+                        let count = result.bytes.withUnsafeBytes { write(fd, $0.baseAddress! + written, piece - written) }
+                        guard count > 0 else {
+                            FileHandleStderr.write("sluice gateway read: write: errno \(errno)\n")
+                            throw ExitCode(1)
+                        }
+                        written += count
+                    }
+                    position += UInt64(piece)
+                }
+                FileHandleStderr.write("read \(end - offset) bytes of \(key) (size \(stat.size), etag \(stat.etag))\n")
+                await client.close()
+            } catch let exit as ExitCode {
+                throw exit
+            } catch {
+                FileHandleStderr.write("sluice gateway read: \(error)\n")
+                throw ExitCode(1)
+            }
+        }
+    }
+}
+
+/// Parses HOST:PORT (`portZero`: port 0 allowed, for listening).
+func hostPort(_ text: String, flag: String, portZero: Bool) throws -> (host: String, port: Int) {
+    let parts = text.split(separator: ":", omittingEmptySubsequences: false)
+    guard parts.count == 2, let port = Int(parts[1]), ((portZero ? 0 : 1)...65535).contains(port), !parts[0].isEmpty else {
+        throw ValidationError("\(flag) must be HOST:PORT with a port \(portZero ? 0 : 1)...65535, got '\(text)'")
+    }
+    return (String(parts[0]), port)
 }
 
 /// SIGTERM and SIGINT as one wake-up of the main thread. The handlers are in place when `install`

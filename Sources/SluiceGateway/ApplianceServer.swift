@@ -1,0 +1,217 @@
+// Path: Sources/SluiceGateway/ApplianceServer.swift — the appliance's client-facing server (SwiftNIO):
+// the appliance protocol v1 over TCP, pipelined, answered in order.
+import NIOCore
+import NIOPosix
+
+public enum ApplianceServerError: Error, Equatable, CustomStringConvertible {
+    case bindFailed(host: String, port: Int, reason: String)
+    case setting(GatewaySettingError)
+
+    public var description: String {
+        switch self {
+        case .bindFailed(let host, let port, let reason): "cannot listen on \(host):\(port): \(reason)"
+        case .setting(let error): "\(error)"
+        }
+    }
+}
+
+/// Serves an `Appliance` to clients. Each connection has a share (default `default`, set by `hello`).
+public final class ApplianceServer: Sendable {
+    public let host: String
+    /// The port bound (the kernel's choice when 0 was asked for).
+    public let port: Int
+    public let appliance: Appliance
+    private let group: MultiThreadedEventLoopGroup
+    private let channel: Channel
+
+    /// Requests per connection received and not yet answered before reading pauses.
+    public static let outstandingRequestsMax = 64
+
+    public static func bind(host: String, port: Int, appliance: Appliance) throws(ApplianceServerError) -> ApplianceServer {
+        guard (0...65535).contains(port) else { throw .setting(.invalid(setting: "port", value: port, rule: "in 0...65535")) }
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(ChannelOptions.backlog, value: 256)
+            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(
+                        GatewayFrameDecoder(frameBytesMax: ApplianceProtocol.requestFrameBytesMax, withStatus: false)))
+                    try channel.pipeline.syncOperations.addHandler(ApplianceHandler(appliance: appliance))
+                }
+            }
+        let channel: Channel
+        do { channel = try bootstrap.bind(host: host, port: port).wait() } catch {
+            try? group.syncShutdownGracefully()
+            throw .bindFailed(host: host, port: port, reason: "\(error)")
+        }
+        return ApplianceServer(host: host, port: channel.localAddress?.port ?? port, appliance: appliance, group: group, channel: channel)
+    }
+
+    private init(host: String, port: Int, appliance: Appliance, group: MultiThreadedEventLoopGroup, channel: Channel) {
+        self.host = host
+        self.port = port
+        self.appliance = appliance
+        self.group = group
+        self.channel = channel
+    }
+
+    /// Stops accepting and closes every connection. Blocks; not from an event loop.
+    public func close() {
+        try? channel.close().wait()
+        try? group.syncShutdownGracefully()
+    }
+}
+
+/// One client connection: requests run concurrently, replies go out in request order. At
+/// `outstandingRequestsMax` unanswered requests reading pauses. Event loop only.
+final class ApplianceHandler: ChannelInboundHandler {
+    typealias InboundIn = GatewayInboundFrame
+    typealias OutboundOut = ByteBuffer
+
+    private let appliance: Appliance
+    private var share = "default"
+    private var nextSequence: UInt64 = 0
+    private var nextToSend: UInt64 = 0
+    private var ready: [UInt64: (buffer: ByteBuffer, closeAfter: Bool)] = [:]
+    private var outstanding = 0
+    private var readingPaused = false
+    private var closing = false
+
+    init(appliance: Appliance) {
+        self.appliance = appliance
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !closing else { return }
+        let sequence = nextSequence
+        nextSequence += 1
+        outstanding += 1
+        let channel = context.channel
+        switch unwrapInboundIn(data) {
+        case .tooLarge(let length, let opcode, let requestID):
+            let message = "frame length \(length) is above \(ApplianceProtocol.requestFrameBytesMax)"
+            complete(sequence, encode(.failure(.frameTooLarge, message: message), opcode: opcode, requestID: requestID, channel), closeAfter: true, channel)
+            closing = true
+        case .tooShort(let length):
+            let message = GatewayDecodeError.frameBelowHeader(length: length, header: GatewayProtocol.requestHeaderBytes).description
+            complete(sequence, encode(.failure(.badRequest, message: message), opcode: 0, requestID: 0, channel), closeAfter: false, channel)
+        case .frame(let version, let rawOpcode, let requestID, _, var body):
+            if version != ApplianceProtocol.version {
+                let failure = ApplianceReply.failure(.unsupportedVersion, message: "version \(version); this server speaks \(ApplianceProtocol.version)")
+                complete(sequence, encode(failure, opcode: rawOpcode, requestID: requestID, channel), closeAfter: false, channel)
+            } else if let opcode = ApplianceOpcode(rawValue: rawOpcode) {
+                do throws(GatewayDecodeError) {
+                    start(try ApplianceRequest.decode(opcode: opcode, body: &body), sequence: sequence, requestID: requestID, channel)
+                } catch {
+                    complete(sequence, encode(.failure(.badRequest, message: error.description), opcode: rawOpcode, requestID: requestID, channel),
+                             closeAfter: false, channel)
+                }
+            } else {
+                complete(sequence, encode(.failure(.unknownOpcode, message: "opcode \(rawOpcode)"), opcode: rawOpcode, requestID: requestID, channel),
+                         closeAfter: false, channel)
+            }
+        }
+        updateReading(channel)
+    }
+
+    private func start(_ request: ApplianceRequest, sequence: UInt64, requestID: UInt64, _ channel: Channel) {
+        let appliance = appliance
+        let opcode = request.opcode.rawValue
+        switch request {
+        case .hello(let name):
+            // Before any later request of this connection starts.
+            share = name
+            let max = UInt32(appliance.configuration.readBytesMax)
+            complete(sequence, encode(.hello(readBytesMax: max), opcode: opcode, requestID: requestID, channel), closeAfter: false, channel)
+        case .counters:
+            var fields = appliance.counters.snapshot().fields
+            for share in appliance.shares where fields.count + 5 <= ApplianceProtocol.counterEntriesMax {
+                fields += [("share_\(share.name)_served_bytes", share.servedBytes), ("share_\(share.name)_requested_bytes", share.requestedBytes),
+                           ("share_\(share.name)_predicted_bytes", share.predictedBytes),
+                           ("share_\(share.name)_granted_bytes", share.grantedBytes), ("share_\(share.name)_refused_grants", share.refusedGrants)]
+            }
+            complete(sequence, encode(.counters(fields), opcode: opcode, requestID: requestID, channel), closeAfter: false, channel)
+        case .stat(let key):
+            run(sequence, requestID: requestID, opcode: opcode, channel) {
+                do throws(ApplianceError) {
+                    let stat = try await appliance.stat(key: key)
+                    return .stat(size: stat.size, etag: stat.etag)
+                } catch {
+                    return .failure(ApplianceStatus(error), message: error.description)
+                }
+            }
+        case .read(let key, let offset, let length):
+            let share = share
+            run(sequence, requestID: requestID, opcode: opcode, channel) {
+                do throws(ApplianceError) {
+                    return .read(try await appliance.read(key: key, offset: offset, length: Int(length), share: share))
+                } catch {
+                    return .failure(ApplianceStatus(error), message: error.description)
+                }
+            }
+        }
+    }
+
+    private func run(_ sequence: UInt64, requestID: UInt64, opcode: UInt8, _ channel: Channel,
+                     _ work: @escaping @Sendable () async -> ApplianceReply) {
+        let promise = channel.eventLoop.makePromise(of: ApplianceReply.self)
+        promise.completeWithTask(work)
+        let bound = NIOLoopBound(self, eventLoop: channel.eventLoop)
+        promise.futureResult.whenComplete { result in
+            let handler = bound.value
+            let answer: ApplianceReply
+            switch result {
+            case .success(let value): answer = value
+            case .failure(let error): answer = .failure(.internal, message: "\(error)")
+            }
+            handler.complete(sequence, handler.encode(answer, opcode: opcode, requestID: requestID, channel), closeAfter: false, channel)
+            handler.updateReading(channel)
+        }
+    }
+
+    private func encode(_ reply: ApplianceReply, opcode: UInt8, requestID: UInt64, _ channel: Channel) -> ByteBuffer {
+        var capacity = 64
+        if case .read(let result) = reply { capacity += result.bytes.count + result.etag.utf8.count }
+        var buffer = channel.allocator.buffer(capacity: capacity)
+        let lengthIndex = buffer.writerIndex
+        buffer.writeInteger(UInt32(0))
+        buffer.writeInteger(ApplianceProtocol.version)
+        buffer.writeInteger(opcode)
+        buffer.writeInteger(requestID)
+        buffer.writeInteger(reply.status.rawValue)
+        reply.encodeBody(into: &buffer)
+        buffer.setInteger(UInt32(buffer.writerIndex - lengthIndex - 4), at: lengthIndex)
+        return buffer
+    }
+
+    private func complete(_ sequence: UInt64, _ buffer: ByteBuffer, closeAfter: Bool, _ channel: Channel) {
+        ready[sequence] = (buffer, closeAfter)
+        while let next = ready.removeValue(forKey: nextToSend) {
+            nextToSend += 1
+            let bound = NIOLoopBound(self, eventLoop: channel.eventLoop)
+            let closeAfter = next.closeAfter
+            channel.writeAndFlush(next.buffer).whenComplete { result in
+                let handler = bound.value
+                handler.outstanding -= 1
+                precondition(handler.outstanding >= 0, "each reply is taken once")
+                if closeAfter { channel.close(promise: nil) }
+                if case .failure = result { channel.close(promise: nil) }
+                handler.updateReading(channel)
+            }
+        }
+    }
+
+    private func updateReading(_ channel: Channel) {
+        let full = outstanding >= ApplianceServer.outstandingRequestsMax || closing
+        if full != readingPaused {
+            readingPaused = full
+            channel.setOption(ChannelOptions.autoRead, value: !full).whenComplete { _ in }
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
+    }
+}
