@@ -194,7 +194,7 @@ public final class EtcdClient: Sendable {
             let response = try await call(.put, timeoutMs) { endpoint, options in
                 try await endpoint.kv.put(request, options: options)
             }.value
-            return try EtcdProto.putResult(response)
+            return try Self.answered(.put) { () throws(EtcdError) in try EtcdProto.putResult(response) }
         } catch let error {
             throw Self.leaseNotFoundOr(error, id: lease)
         }
@@ -206,7 +206,7 @@ public final class EtcdClient: Sendable {
         let response = try await call(.deleteRange, timeoutMs) { endpoint, options in
             try await endpoint.kv.deleteRange(request, options: options)
         }.value
-        return try EtcdProto.deleteResult(response)
+        return try Self.answered(.deleteRange) { () throws(EtcdError) in try EtcdProto.deleteResult(response) }
     }
 
     /// If every compare holds, runs `success`, else `failure`, as one atomic step at one revision.
@@ -216,7 +216,7 @@ public final class EtcdClient: Sendable {
         let response = try await call(.txn, timeoutMs) { endpoint, options in
             try await endpoint.kv.txn(request, options: options)
         }.value
-        return try EtcdProto.txnResult(response)
+        return try Self.answered(.txn) { () throws(EtcdError) in try EtcdProto.txnResult(response) }
     }
 
     /// Puts `value` at `key` only if the key does not exist; returns whether it did.
@@ -458,7 +458,7 @@ public final class EtcdClient: Sendable {
             case _ where CallProgress.isResponseTooLarge(rpc.message):
                 return .fail(.responseTooLarge(operation: operation, limitBytes: EtcdLimits.responseBytesMax))
             case .invalidArgument where rpc.message.hasPrefix("Can't deserialize"):
-                return .fail(.malformedResponse("\(operation) response: \(rpc.message)"))
+                return .fail(.unreadableAnswer(operation: operation, what: rpc.message))
             default:
                 break
             }
@@ -466,6 +466,17 @@ public final class EtcdClient: Sendable {
         // The stream broke after the request may have left: only a call that cannot write may go elsewhere.
         guard !operation.mayWrite else { return .fail(.connectionLost(operation: operation, outcomeUnknown: true, underlying: error)) }
         return .nextEndpoint
+    }
+
+    /// Reads etcd's answer to a call that may write: an answer this client cannot read is not proof
+    /// that nothing was applied, so it becomes `unreadableAnswer` (outcome unknown), not `malformedResponse`.
+    private static func answered<Value>(_ operation: EtcdOperation,
+                                        _ read: () throws(EtcdError) -> Value) throws(EtcdError) -> Value {
+        do {
+            return try read()
+        } catch .malformedResponse(let what) {
+            throw .unreadableAnswer(operation: operation, what: what)
+        }
     }
 
     /// Makes the endpoint after `index` the first one tried, unless another call moved it meanwhile.

@@ -80,6 +80,8 @@ public enum EtcdError: Error, CustomStringConvertible {
     case cancelled(operation: EtcdOperation, outcomeUnknown: Bool)
     /// A response that is not what etcd sends (a message that does not decode, a missing field).
     case malformedResponse(String)
+    /// etcd answered `operation`, but in a form this client cannot read: a write may have been applied.
+    case unreadableAnswer(operation: EtcdOperation, what: String)
     /// A response message larger than `limitBytes` (`EtcdLimits.responseBytesMax`).
     case responseTooLarge(operation: EtcdOperation, limitBytes: Int)
     /// A range or watch asked for a revision etcd has compacted away. `compactRevision` is etcd's
@@ -97,7 +99,7 @@ public enum EtcdError: Error, CustomStringConvertible {
         switch self {
         case .timedOut(_, let unknown), .connectionLost(_, let unknown, _), .cancelled(_, let unknown): unknown
         case .status(let operation, let code, _): operation.mayWrite && EtcdStatusCode.inDoubt.contains(code)
-        case .responseTooLarge(let operation, _): operation.mayWrite
+        case .responseTooLarge(let operation, _), .unreadableAnswer(let operation, _): operation.mayWrite
         default: false
         }
     }
@@ -116,6 +118,8 @@ public enum EtcdError: Error, CustomStringConvertible {
         case .cancelled(let operation, let unknown):
             "etcd \(operation) cancelled" + (unknown ? " (outcome unknown: it may have been applied)" : "")
         case .malformedResponse(let what): "malformed etcd response: \(what)"
+        case .unreadableAnswer(let operation, let what):
+            "etcd \(operation): unreadable answer (\(what))" + (operation.mayWrite ? ", outcome unknown" : "")
         case .responseTooLarge(let operation, let limit): "etcd \(operation): response over \(limit) bytes"
         case .compacted(let requested, let compact):
             "revision \(requested) is compacted" + (compact.map { " (compaction revision \($0))" } ?? "")

@@ -15,6 +15,8 @@ public struct GatewayUnits: Sendable, Equatable, CustomStringConvertible {
     public static let sectorsPerBlockMax = 16
     /// A reply carries a whole chunk at most, so the chunk bounds the frame.
     public static let chunkBytesMax = 64 << 20
+    /// Block indices travel as u16.
+    public static let blocksPerChunkMax = 1 << 16
 
     /// Checks every bound; throws naming the first value outside it.
     public init(chunkBytes: Int = 4 << 20, blockBytes: Int = 64 << 10, sectorBytes: Int = 4 << 10) throws(GatewaySettingError) {
@@ -26,9 +28,10 @@ public struct GatewayUnits: Sendable, Equatable, CustomStringConvertible {
             throw .invalid(setting: "blockBytes", value: blockBytes,
                            rule: "a power of two, 1...\(Self.sectorsPerBlockMax) sectors of \(sectorBytes) bytes")
         }
-        guard chunkBytes >= blockBytes, chunkBytes.nonzeroBitCount == 1, chunkBytes <= Self.chunkBytesMax else {
+        guard chunkBytes >= blockBytes, chunkBytes.nonzeroBitCount == 1, chunkBytes <= Self.chunkBytesMax,
+              chunkBytes / blockBytes <= Self.blocksPerChunkMax else {
             throw .invalid(setting: "chunkBytes", value: chunkBytes,
-                           rule: "a power of two, at least one block (\(blockBytes)) and at most \(Self.chunkBytesMax)")
+                           rule: "a power of two, at least one block (\(blockBytes)), at most \(Self.chunkBytesMax) and \(Self.blocksPerChunkMax) blocks")
         }
         self.chunkBytes = chunkBytes
         self.blockBytes = blockBytes
@@ -309,6 +312,8 @@ public enum GatewayDecodeError: Error, Equatable, CustomStringConvertible {
     /// Wanted extent `index` starts before the end of the one before it (extents ascend, never overlap).
     case extentsOverlap(index: Int, extent: SectorExtent)
     case heldBlockOutOfChunk(index: Int, block: UInt16, blocksPerChunk: Int)
+    /// A chunk number whose byte offset is past any object (2^63 bytes).
+    case chunkOutOfRange(chunk: UInt64, chunksMax: UInt64)
     case badReason(index: Int, value: UInt8)
     /// Reply extent `index` carries `byteCount` bytes for `sectorCount` sectors (not within the last sector).
     case byteCountMismatch(index: Int, byteCount: Int, sectorCount: Int, sectorBytes: Int)
@@ -332,6 +337,7 @@ public enum GatewayDecodeError: Error, Equatable, CustomStringConvertible {
             "\(field)[\(index)] (\(extent)) is empty or not within a chunk of \(sectors) sectors"
         case .extentsOverlap(let index, let extent): "wanted[\(index)] (\(extent)) starts before the end of wanted[\(index - 1)]"
         case .heldBlockOutOfChunk(let index, let block, let blocks): "held[\(index)] block \(block) is not below \(blocks)"
+        case .chunkOutOfRange(let chunk, let max): "chunk \(chunk) is not below \(max) (objects end below 2^63 bytes)"
         case .badReason(let index, let value): "extents[\(index)] reason \(value) is not 0...2"
         case .byteCountMismatch(let index, let bytes, let sectors, let sectorBytes):
             "extents[\(index)] carries \(bytes) bytes for \(sectors) sectors of \(sectorBytes)"
@@ -393,6 +399,10 @@ extension GatewayRequest {
     static func decodeReadSectors(_ body: inout ByteBuffer, units: GatewayUnits) throws(GatewayDecodeError) -> ReadSectorsRequest {
         let key = try body.readKey()
         let chunk = try body.readField(UInt64.self, "chunk")
+        // Objects end below 2^63 bytes: a chunk past that is refused here, before any offset is computed.
+        guard chunk < UInt64(Int64.max) / UInt64(units.chunkBytes) else {
+            throw .chunkOutOfRange(chunk: chunk, chunksMax: UInt64(Int64.max) / UInt64(units.chunkBytes))
+        }
         let budget = try body.readField(UInt32.self, "extraBudgetBytes")
         let wantedCount = Int(try body.readField(UInt16.self, "wanted count"))
         guard wantedCount > 0 else { throw .emptyList(field: "wanted") }

@@ -63,7 +63,14 @@ final class StatCache: Sendable {
             if let flight = state.flights[key] { return (nil, flight) }
             let flight = Flight(task: Task {
                 counters.add(counters.remoteStats)
-                do throws(RemoteStoreError) { return .success(try await store.size(key: key)) } catch {
+                do throws(RemoteStoreError) {
+                    let stat = try await store.size(key: key)
+                    // The protocol carries etags of etagBytesMax bytes at most: a longer one is the store's error.
+                    guard stat.etag.utf8.count <= GatewayProtocol.etagBytesMax else {
+                        throw .failed("etag of \(key) is \(stat.etag.utf8.count) bytes, over \(GatewayProtocol.etagBytesMax)")
+                    }
+                    return .success(stat)
+                } catch {
                     if error.status == .remoteUnavailable {
                         counters.add(counters.remoteUnavailable)
                     } else {

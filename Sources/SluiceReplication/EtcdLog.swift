@@ -721,7 +721,7 @@ public final class EtcdLog: WriteSequencer {
             } catch {
                 // etcd answered, but not in a form this client reads: the claim may have been applied.
                 var malformed = false
-                if case .malformedResponse = error { malformed = true }
+                if case .malformedResponse = error { malformed = true }  // read-back answers, not the claim's own
                 if error.outcomeUnknown || malformed {
                     if inDoubtAt == nil { stats.unknownOutcomes.add(1, ordering: .relaxed) }
                     inDoubtAt = claim

@@ -144,7 +144,7 @@ struct WANForwarder: ~Copyable {
         let arrival = Int64(bitPattern: realtimeNs) &- realtimeOffsetNs
         let now = Int64(bitPattern: nowNs)
         if arrival > now { return nowNs }  // a few ns of offset error; never in the future
-        if realtimeNs == 0 || now &- arrival > Int64(WANLimits.arrivalSkewNsMax) {
+        if realtimeNs == 0 || arrival < 0 || now &- arrival > Int64(WANLimits.arrivalSkewNsMax) {
             counters.arrivalClockFallbacks &+= 1
             return nowNs
         }

@@ -29,6 +29,9 @@ import Testing
         }
         #expect(throws: GatewaySettingError.self) { try GatewayUnits(chunkBytes: 32 << 10, blockBytes: 64 << 10, sectorBytes: 4 << 10) }
         #expect(throws: GatewaySettingError.self) { try GatewayUnits(chunkBytes: 128 << 20, blockBytes: 64 << 10, sectorBytes: 4 << 10) }
+        // 131072 blocks of 512 bytes do not fit the u16 block index.
+        #expect(throws: GatewaySettingError.self) { try GatewayUnits(chunkBytes: 64 << 20, blockBytes: 512, sectorBytes: 512) }
+        #expect(throws: Never.self) { try GatewayUnits(chunkBytes: 32 << 20, blockBytes: 512, sectorBytes: 512) }
     }
 
     static let requests: [GatewayRequest] = [
@@ -39,7 +42,8 @@ import Testing
                                         wanted: [SectorExtent(block: 0, firstSector: 3, sectorCount: 1),
                                                  SectorExtent(block: 2, firstSector: 15, sectorCount: 40)],
                                         held: [HeldBlock(block: 1, sectorMask: 0xFFFF), HeldBlock(block: 63, sectorMask: 1)])),
-        .readSectors(ReadSectorsRequest(key: "x", chunk: UInt64.max, extraBudgetBytes: 0,
+        // The last chunk an object can have (objects end below 2^63 bytes).
+        .readSectors(ReadSectorsRequest(key: "x", chunk: UInt64(Int64.max) / (4 << 20) - 1, extraBudgetBytes: 0,
                                         wanted: [SectorExtent(block: 0, firstSector: 0, sectorCount: 1024)])),
     ]
 
@@ -121,6 +125,9 @@ import Testing
         ("key cut short", Body(keyLength: 10, key: [0x61], chunk: nil), .cutShort(field: "key", length: 10, bytesLeft: 1)),
         ("key not UTF-8", Body(key: [0xFF, 0xFE]), .notUTF8(field: "key")),
         ("chunk missing", Body(chunk: nil), .missing(field: "chunk")),
+        ("chunk past any object", Body(chunk: UInt64.max), .chunkOutOfRange(chunk: UInt64.max, chunksMax: UInt64(Int64.max) / (4 << 20))),
+        ("chunk offset at 2^63", Body(chunk: UInt64(Int64.max) / (4 << 20)),
+         .chunkOutOfRange(chunk: UInt64(Int64.max) / (4 << 20), chunksMax: UInt64(Int64.max) / (4 << 20))),
         ("budget missing", Body(budget: nil), .missing(field: "extraBudgetBytes")),
         ("no wanted extent", Body(wanted: []), .emptyList(field: "wanted")),
         ("too many wanted", Body(wantedCount: 1025), .tooMany(field: "wanted extents", count: 1025, max: 1024)),
