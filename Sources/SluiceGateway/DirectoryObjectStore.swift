@@ -48,7 +48,7 @@ public final class DirectoryObjectStore: RemoteObjectStore {
         return try result.get()
     }
 
-    public func read(key: String, range: Range<UInt64>) async throws(RemoteStoreError) -> [UInt8] {
+    public func read(key: String, range: Range<UInt64>, etag expected: String? = nil) async throws(RemoteStoreError) -> [UInt8] {
         precondition(!range.isEmpty, "a read asks for a byte at least")
         precondition(range.count <= Int(Int32.max), "a read fits one buffer")
         let path = try path(of: key)
@@ -66,12 +66,22 @@ public final class DirectoryObjectStore: RemoteObjectStore {
             var info = Glibc.stat()
             guard fstat(fd, &info) == 0 else { return .failure(.failed("fstat(\(path)): \(Errno(rawValue: errno))")) }
             guard info.st_mode & S_IFMT == S_IFREG else { return .failure(.notFound(key: key)) }
+            if let expected, Self.etag(info) != expected {
+                return .failure(.changed(key: key, expected: expected, found: Self.etag(info)))
+            }
             let size = UInt64(info.st_size)
             guard range.upperBound <= size else { return .failure(.rangeNotSatisfiable(key: key, range: range, size: size)) }
+            let bytes: [UInt8]
             switch GatewayFiles.pread(fd, count: range.count, offset: Int64(range.lowerBound), what: path) {
-            case .success(let bytes): return .success(bytes)
+            case .success(let read): bytes = read
             case .failure(let error): return .failure(.failed("\(error)"))
             }
+            // Written while it was read: the bytes may mix two versions.
+            if let expected {
+                guard fstat(fd, &info) == 0 else { return .failure(.failed("fstat(\(path)): \(Errno(rawValue: errno))")) }
+                if Self.etag(info) != expected { return .failure(.changed(key: key, expected: expected, found: Self.etag(info))) }
+            }
+            return .success(bytes)
         }
         let bytes = try result.get()
         counters.bytesRead.add(UInt64(bytes.count), ordering: .relaxed)

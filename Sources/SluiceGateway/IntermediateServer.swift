@@ -327,7 +327,7 @@ func readSectors(_ read: ReadSectorsRequest, selection: PredictionSelection, _ s
     let data: [SectorRunData]
     do throws(ChunkReadError) {
         data = try await shared.cache.read(key: key, etag: stat.etag, chunk: read.chunk, chunkLength: chunkLength, runs: runs) {
-            () async throws(RemoteStoreError) -> [UInt8] in try await store.read(key: key, range: range)
+            () async throws(RemoteStoreError) -> [UInt8] in try await store.read(key: key, range: range, etag: stat.etag)
         }.runs
     } catch {
         switch error {
@@ -346,7 +346,7 @@ func readSectors(_ read: ReadSectorsRequest, selection: PredictionSelection, _ s
 /// served after the store said so.
 func failure(_ error: RemoteStoreError, key: String, _ shared: ServerShared) -> GatewayReply {
     switch error {
-    case .notFound, .rangeNotSatisfiable:
+    case .notFound, .rangeNotSatisfiable, .changed:
         shared.cache.invalidate(key: key)
         shared.stats.invalidate(key)
     case .unavailable, .failed, .invalidKey:

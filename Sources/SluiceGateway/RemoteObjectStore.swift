@@ -7,8 +7,9 @@
 public protocol RemoteObjectStore: Sendable {
     /// The object's size in bytes and an etag that changes whenever its bytes may have changed.
     func size(key: String) async throws(RemoteStoreError) -> (size: UInt64, etag: String)
-    /// Exactly the bytes of `range` (non-empty, within the object): a shorter answer is an error.
-    func read(key: String, range: Range<UInt64>) async throws(RemoteStoreError) -> [UInt8]
+    /// Exactly the bytes of `range` (non-empty, within the object): a shorter answer is an error. With
+    /// `etag`, of that version only: bytes of another version are `changed`, never returned.
+    func read(key: String, range: Range<UInt64>, etag: String?) async throws(RemoteStoreError) -> [UInt8]
 }
 
 /// Why the remote store did not answer with the object. Each maps to one status of the block protocol.
@@ -23,6 +24,8 @@ public enum RemoteStoreError: Error, Equatable, CustomStringConvertible {
     case failed(String)
     /// The key cannot name an object in this store (`badRequest`), e.g. `..` in a directory store.
     case invalidKey(key: String, reason: String)
+    /// The object is no longer the version a read asked for (`remoteError`; a new stat finds the new one).
+    case changed(key: String, expected: String, found: String)
 
     public var description: String {
         switch self {
@@ -31,6 +34,7 @@ public enum RemoteStoreError: Error, Equatable, CustomStringConvertible {
         case .unavailable(let text): "remote store unavailable: \(text)"
         case .failed(let text): "remote store error: \(text)"
         case .invalidKey(let key, let reason): "key \(key): \(reason)"
+        case .changed(let key, let expected, let found): "\(key) changed during the read (etag \(expected), now \(found)): read again"
         }
     }
 
@@ -40,7 +44,7 @@ public enum RemoteStoreError: Error, Equatable, CustomStringConvertible {
         case .notFound: .notFound
         case .rangeNotSatisfiable: .rangeNotSatisfiable
         case .unavailable: .remoteUnavailable
-        case .failed: .remoteError
+        case .failed, .changed: .remoteError
         case .invalidKey: .badRequest
         }
     }

@@ -23,15 +23,21 @@ public struct S3RemoteStore: RemoteObjectStore {
         }
     }
 
-    public func read(key: String, range: Range<UInt64>) async throws(RemoteStoreError) -> [UInt8] {
+    /// With `etag`, the GET's own ETag must be it: an object replaced between the HEAD and the GET is
+    /// `changed`. A server that sends no ETag with a GET cannot be checked (S3 and rclone send one).
+    public func read(key: String, range: Range<UInt64>, etag expected: String? = nil) async throws(RemoteStoreError) -> [UInt8] {
         precondition(!range.isEmpty, "a read asks for a byte at least")
-        let bytes: [UInt8]
+        let data: S3ObjectData
         do throws(S3Error) {
             let byteRange = S3ByteRange(offset: Int64(range.lowerBound), length: Int64(range.count))
-            bytes = try await client.getObject(bucket: bucket, key: key, range: byteRange).bytes
+            data = try await client.getObject(bucket: bucket, key: key, range: byteRange)
         } catch {
             throw Self.storeError(error, key: key)
         }
+        if let expected, let found = data.etag, found != expected {
+            throw .changed(key: key, expected: expected, found: found)
+        }
+        let bytes = data.bytes
         // A range running past the end answers up to it: the caller asked within the size it knew.
         guard bytes.count == range.count else {
             throw .rangeNotSatisfiable(key: key, range: range, size: range.lowerBound + UInt64(bytes.count))

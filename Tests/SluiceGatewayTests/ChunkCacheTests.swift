@@ -48,6 +48,23 @@ import Testing
         }
     }
 
+    /// An object replaced (same size) after its stat: a read for the stat's etag is `changed`, never the
+    /// new version's bytes under the old etag; a read with the new etag gets them.
+    @Test func aReadForAnOldVersionIsRefused() async throws {
+        let fixture = Fixture()
+        let old = try await fixture.store.size(key: fixture.key)
+        let replacement = objectBytes(fixture.object.count, seed: 8)
+        writeObject(fixture.storeDirectory.path, fixture.key + ".new", replacement)
+        #expect(rename(fixture.storeDirectory.path + "/" + fixture.key + ".new", fixture.storeDirectory.path + "/" + fixture.key) == 0)
+        let new = try await fixture.store.size(key: fixture.key)
+        #expect(new.size == old.size && new.etag != old.etag)
+        await #expect(throws: RemoteStoreError.changed(key: fixture.key, expected: old.etag, found: new.etag)) {
+            try await fixture.store.read(key: fixture.key, range: 0..<4096, etag: old.etag)
+        }
+        let bytes = try await fixture.store.read(key: fixture.key, range: 0..<4096, etag: new.etag)
+        #expect(bytes == Array(replacement[0..<4096]))
+    }
+
     @Test func missThenHitReturnVerifiedBytes() async throws {
         let fixture = Fixture()
         let cache = try fixture.cache(capacityBytes: 4 * fileBytes)
