@@ -9,7 +9,9 @@
 # time to the first acknowledged write issued after the kill; FAILOVERS repetitions.
 # etcd members: /usr/bin/etcd on 127.0.0.1, free ports, --election-timeout=500 --heartbeat-interval=100,
 # data dirs under DIR (default ./out; put it on a disk, not tmpfs: etcd fsyncs every commit).
-# Usage: scripts/bench-replication.sh [RUNS] [SECONDS] [FAILOVERS]
+# Usage: [MODES="embedded etcd1 etcd3 anchor1 anchor3"] [EXTRA_ARGS="--flag value"] \
+#        scripts/bench-replication.sh [RUNS] [SECONDS] [FAILOVERS]
+# MODES picks the rows (order reversed every other round); EXTRA_ARGS go to every replication-bench run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-5}
@@ -85,14 +87,14 @@ run() {  # run MODE-LABEL CLIENTS ARGS...
   local label=$1 clients=$2
   shift 2
   echo "round $r: $label, $clients clients" >&2
-  "$binary" --clients "$clients" --seconds "$seconds" "$@" | sed "s/^mode=[a-z]*/mode=$label/" >>"$work/results.txt" ||
+  "$binary" --clients "$clients" --seconds "$seconds" "$@" ${EXTRA_ARGS:-} | sed "s/^mode=[a-z]*/mode=$label/" | tee -a "$work/results.txt" >&2 ||
     echo "  ($label, $clients clients: exit $?)" >&2
 }
 
 for r in $(seq 1 "$runs"); do
   for clients in 1 16; do
-    modes="embedded etcd1 etcd3 anchor1 anchor3"
-    [ $((r % 2)) = 1 ] || modes="anchor3 anchor1 etcd3 etcd1 embedded"  # alternate who goes first
+    modes=${MODES:-"embedded etcd1 etcd3 anchor1 anchor3"}
+    [ $((r % 2)) = 1 ] || modes=$(echo "$modes" | tr ' ' '\n' | tac | tr '\n' ' ')  # alternate who goes first
     for mode in $modes; do
       case $mode in
         embedded) run embedded "$clients" --mode embedded --data "$work/node-embedded" ;;
