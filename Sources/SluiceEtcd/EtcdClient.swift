@@ -99,6 +99,8 @@ public final class EtcdClient: Sendable {
     /// Index of the endpoint tried first: the last one that answered.
     private let preferred = Mutex(0)
     let watches = WatchRegistry()
+    /// `shutdown()` began: calls are refused with `shutDown`, not sent.
+    private let closed = Atomic(false)
 
     /// TCP connections made to all endpoints so far (tests: a connection that broke was made again).
     var connectionsOpened: Int { endpoints.reduce(0) { $0 + $1.counters.connectionsOpened.load(ordering: .relaxed) } }
@@ -150,6 +152,7 @@ public final class EtcdClient: Sendable {
     /// Ends every open watch (its sequence ends without an error), lets calls under way finish for up to
     /// `EtcdLimits.shutdownGraceMs`, then closes every connection. Call once, after the last call.
     public func shutdown() async {
+        closed.store(true, ordering: .releasing)
         for reader in watches.closeAll() { reader.cancel() }
         for endpoint in endpoints { endpoint.grpc.beginGracefulShutdown() }
         let connections = self.connections
@@ -301,6 +304,7 @@ public final class EtcdClient: Sendable {
     public func watch(_ range: EtcdKeyRange, fromRevision: Int64,
                       timeoutMs: Int64? = nil) async throws(EtcdError) -> EtcdWatch {
         guard fromRevision >= 0 else { throw .invalidArgument("watch revision \(fromRevision) is negative") }
+        guard !closed.load(ordering: .acquiring) else { throw .shutDown(operation: .watch) }
         let request = EtcdProto.watchCreateRequest(range, fromRevision: fromRevision)
         let deadline = try deadline(timeoutMs)
         let first = preferred.withLock { $0 }
@@ -353,6 +357,7 @@ public final class EtcdClient: Sendable {
         _ operation: EtcdOperation, _ timeoutMs: Int64?,
         _ body: @escaping @Sendable (EtcdEndpoint, CallOptions) async throws -> Value
     ) async throws(EtcdError) -> (value: Value, endpoint: String) {
+        guard !closed.load(ordering: .acquiring) else { throw .shutDown(operation: operation) }
         let deadline = try deadline(timeoutMs)
         let first = preferred.withLock { $0 }
         var failures: [any Error] = []

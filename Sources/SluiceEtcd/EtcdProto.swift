@@ -90,6 +90,8 @@ enum EtcdProto {
         create.key = Data(key)
         create.rangeEnd = Data(rangeEnd)
         create.startRevision = fromRevision
+        // A response larger than etcd's request bound comes in pieces, each below our message bound.
+        create.fragment = true
         var request = Etcdserverpb_WatchRequest()
         request.createRequest = create
         return request

@@ -11,9 +11,11 @@ public enum EtcdLimits {
     public static let responseBytesMax = 8 << 20
     /// Largest single message of a watch stream (one WatchResponse: a batch of events).
     public static let watchMessageBytesMax = 8 << 20
-    /// Events a watch buffers for a consumer that has not read them yet; past it the watch ends with
-    /// `watchBufferOverflow` after the buffered events, so no event is ever silently dropped.
+    /// Events, and bytes of keys and values, a watch buffers for a consumer that has not read them yet.
+    /// At either bound the watch stops reading its stream until the consumer catches up (HTTP/2 flow
+    /// control then holds etcd back), so no event is dropped and memory stays bounded.
     public static let watchEventsBufferedMax = 4096
+    public static let watchBytesBufferedMax = 64 << 20
     /// Longest deadline a call may be given, and the default one.
     public static let callTimeoutMsMax: Int64 = 60_000
     public static let callTimeoutMsDefault: Int64 = 2_000
@@ -89,8 +91,8 @@ public enum EtcdError: Error, CustomStringConvertible {
     case compacted(requestedRevision: Int64, compactRevision: Int64?)
     /// etcd canceled a watch for another reason than compaction.
     case watchCanceled(reason: String)
-    /// The consumer of a watch fell `EtcdLimits.watchEventsBufferedMax` events behind.
-    case watchBufferOverflow(max: Int)
+    /// A call made after `shutdown()`.
+    case shutDown(operation: EtcdOperation)
     /// A lease that etcd does not know (expired or revoked).
     case leaseNotFound(id: Int64)
 
@@ -124,8 +126,8 @@ public enum EtcdError: Error, CustomStringConvertible {
         case .compacted(let requested, let compact):
             "revision \(requested) is compacted" + (compact.map { " (compaction revision \($0))" } ?? "")
         case .watchCanceled(let reason): "etcd canceled the watch: \(reason)"
-        case .watchBufferOverflow(let max): "watch consumer fell \(max) events behind"
         case .leaseNotFound(let id): "etcd lease \(id) not found (expired or revoked)"
+        case .shutDown(let operation): "etcd \(operation) after the client was shut down (not sent)"
         }
     }
 }

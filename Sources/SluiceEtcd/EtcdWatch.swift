@@ -4,9 +4,11 @@ import GRPCCore
 import Synchronization
 
 /// The events of one watch, in revision order. One consumer iterates it. It ends with an `EtcdError`
-/// when etcd cancels the watch (`compacted` below the compaction revision), the connection breaks or
-/// the consumer falls `EtcdLimits.watchEventsBufferedMax` events behind; it ends without one after
-/// `cancel()` or the client's `shutdown()`. Dropping the iterator cancels it too.
+/// when etcd cancels the watch (`compacted` below the compaction revision; `watchCanceled` when the
+/// member lost its leader: the watch asks etcd to require one), or the connection breaks; it ends
+/// without one after `cancel()` or the client's `shutdown()`. Dropping the iterator cancels it too. A
+/// consumer that falls `EtcdLimits.watchEventsBufferedMax` events or `watchBytesBufferedMax` bytes
+/// behind holds the reader back (nothing is dropped).
 public struct EtcdWatch: AsyncSequence, Sendable {
     public typealias Element = EtcdWatchEvent
     public typealias Failure = EtcdError
@@ -25,14 +27,20 @@ public struct EtcdWatch: AsyncSequence, Sendable {
     /// The sequence then ends after what it buffered.
     public func cancel() { reader.cancel() }
 
-    public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(base: events.makeAsyncIterator()) }
+    public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(base: events.makeAsyncIterator(), progress: progress) }
+
+    /// Events read from etcd and not yet taken by the consumer (for tests of the back-pressure).
+    var bufferedEvents: Int { progress.bufferedEvents.load(ordering: .relaxed) }
 
     public struct AsyncIterator: AsyncIteratorProtocol {
         var base: AsyncThrowingStream<EtcdWatchEvent, any Error>.AsyncIterator
+        let progress: WatchProgress
 
         public mutating func next(isolation actor: isolated (any Actor)?) async throws(EtcdError) -> EtcdWatchEvent? {
             do {
-                return try await base.next(isolation: actor)
+                let event = try await base.next(isolation: actor)
+                if let event { progress.taken(event) }
+                return event
             } catch let error as EtcdError {
                 throw error
             } catch {
@@ -56,7 +64,8 @@ public struct EtcdWatch: AsyncSequence, Sendable {
         let reader = try registry.add { id in
             Task {
                 await CallProgress.$current.withValue(call) {
-                    await Self.read(endpoint, request, fromRevision: fromRevision, events: eventsOut, created: createdOut)
+                    await Self.read(endpoint, request, fromRevision: fromRevision, events: eventsOut, created: createdOut,
+                                    progress: progress)
                 }
                 progress.finished.store(true, ordering: .releasing)
                 registry.remove(id)
@@ -112,19 +121,22 @@ public struct EtcdWatch: AsyncSequence, Sendable {
     private static func read(
         _ endpoint: EtcdEndpoint, _ request: Etcdserverpb_WatchRequest, fromRevision: Int64,
         events: AsyncThrowingStream<EtcdWatchEvent, any Error>.Continuation,
-        created: AsyncThrowingStream<Void, any Error>.Continuation
+        created: AsyncThrowingStream<Void, any Error>.Continuation,
+        progress: WatchProgress
     ) async {
         let options = EtcdClient.callOptions(responseBytesMax: EtcdLimits.watchMessageBytesMax)
         var failure: (any Error)?
         do {
-            try await endpoint.watch.watch(options: options) { writer in
+            // etcd's WithRequireLeader: a member cut off from its cluster cancels the watch ("no
+            // leader") instead of going silent, so the consumer watches again elsewhere.
+            try await endpoint.watch.watch(metadata: ["hasleader": "true"], options: options) { writer in
                 try await writer.write(request)
                 // The request side stays open for the watch's life: etcd may take its end for the
                 // watch's. The RPC's end cancels this.
                 while true { try await Task.sleep(for: .seconds(3_600)) }
             } onResponse: { response in
                 for try await message in response.messages {
-                    try handle(message, fromRevision: fromRevision, events: events, created: created)
+                    try await handle(message, fromRevision: fromRevision, events: events, created: created, progress: progress)
                 }
                 throw EtcdError.watchCanceled(reason: "etcd closed the watch stream")
             }
@@ -135,23 +147,30 @@ public struct EtcdWatch: AsyncSequence, Sendable {
         created.finish(throwing: failure)
     }
 
-    /// One WatchResponse: creation, events (in order, into the bounded buffer), cancellation.
+    /// One WatchResponse (or fragment of one): creation, events (in order, into the bounded buffer,
+    /// waiting while it is full), cancellation.
     private static func handle(
         _ message: Etcdserverpb_WatchResponse, fromRevision: Int64,
         events: AsyncThrowingStream<EtcdWatchEvent, any Error>.Continuation,
-        created: AsyncThrowingStream<Void, any Error>.Continuation
-    ) throws(EtcdError) {
+        created: AsyncThrowingStream<Void, any Error>.Continuation,
+        progress: WatchProgress
+    ) async throws {
         if message.created { created.yield(()) }
         for event in message.events {
-            if case .dropped = events.yield(try EtcdProto.watchEvent(event)) {
-                throw .watchBufferOverflow(max: EtcdLimits.watchEventsBufferedMax)
+            let decoded = try EtcdProto.watchEvent(event)
+            // Back-pressure: the consumer is behind. Not reading holds etcd back through HTTP/2 flow control.
+            while progress.full {
+                try await Task.sleep(for: .milliseconds(1))
             }
+            progress.added(decoded)
+            let result = events.yield(decoded)
+            if case .dropped = result { preconditionFailure("a watch buffer below its bound dropped an event") }
         }
         if message.canceled {
             if message.compactRevision > 0 {
-                throw .compacted(requestedRevision: fromRevision, compactRevision: message.compactRevision)
+                throw EtcdError.compacted(requestedRevision: fromRevision, compactRevision: message.compactRevision)
             }
-            throw .watchCanceled(reason: message.cancelReason.isEmpty ? "no reason given" : message.cancelReason)
+            throw EtcdError.watchCanceled(reason: message.cancelReason.isEmpty ? "no reason given" : message.cancelReason)
         }
     }
 
@@ -171,6 +190,27 @@ public struct EtcdWatch: AsyncSequence, Sendable {
 
 final class WatchProgress: Sendable {
     let finished = Atomic(false)
+    let bufferedEvents = Atomic(0)
+    let bufferedBytes = Atomic(0)
+
+    /// At a bound: the reader waits. One event is always let in, however large.
+    var full: Bool {
+        let events = bufferedEvents.load(ordering: .acquiring)
+        return events >= EtcdLimits.watchEventsBufferedMax
+            || (events > 0 && bufferedBytes.load(ordering: .acquiring) >= EtcdLimits.watchBytesBufferedMax)
+    }
+
+    func added(_ event: EtcdWatchEvent) {
+        bufferedBytes.add(Self.bytes(event), ordering: .releasing)
+        bufferedEvents.add(1, ordering: .releasing)
+    }
+
+    func taken(_ event: EtcdWatchEvent) {
+        bufferedEvents.subtract(1, ordering: .releasing)
+        bufferedBytes.subtract(Self.bytes(event), ordering: .releasing)
+    }
+
+    static func bytes(_ event: EtcdWatchEvent) -> Int { event.kv.key.count + event.kv.value.count }
 }
 
 /// The readers of a client's open watches (at most `EtcdLimits.watchesOpenMax`), so `shutdown()` can end

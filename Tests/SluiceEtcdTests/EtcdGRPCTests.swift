@@ -169,7 +169,63 @@ struct EtcdGRPCTests {
             await client.shutdown()
             #expect(ContinuousClock.now - start < .milliseconds(Int(EtcdLimits.shutdownGraceMs)), "shutdown waited for its grace")
             for index in iterators.indices { #expect(try await iterators[index].next() == nil) }
-            await #expect(throws: EtcdError.self) { try await client.watch(.key(bytes("s")), fromRevision: 0) }
+            // After shutdown nothing is sent: each call says so, known not applied.
+            for operation in [EtcdOperation.watch, .put, .range] {
+                do {
+                    switch operation {
+                    case .watch: _ = try await client.watch(.key(bytes("s")), fromRevision: 0)
+                    case .put: _ = try await client.put(bytes("s"), [2])
+                    default: _ = try await client.get(bytes("s"))
+                    }
+                    Issue.record("\(operation) after shutdown succeeded")
+                } catch let error as EtcdError {
+                    guard case .shutDown(let failed) = error, failed == operation else {
+                        Issue.record("expected shutDown(\(operation)), got \(error)")
+                        continue
+                    }
+                    #expect(!error.outcomeUnknown)
+                }
+            }
+        }
+    }
+
+    /// The watch asks etcd to require a leader (`hasleader`): a member whose peers are gone (stopped)
+    /// ends the watch with an error once it has no leader, rather than staying silent while the rest
+    /// of the cluster may move on.
+    @Test func watchOnAMemberThatLostItsLeaderEnds() async throws {
+        try await withEtcdCluster(members: 3) { cluster async throws in
+            let configuration = EtcdClientConfiguration(endpoints: [cluster.clientURLs[0]], callTimeoutMs: 5_000)
+            try await EtcdClient.with(configuration) { client async throws in
+                let put = try await client.put(bytes("w"), [1])
+                let watch = try await client.watch(.key(bytes("w")), fromRevision: put.revision)
+                var iterator = watch.makeAsyncIterator()
+                #expect(try await iterator.next()?.kv.value == [1])
+                cluster.pause(member: 1)
+                cluster.pause(member: 2)
+                defer {
+                    cluster.resume(member: 1)
+                    cluster.resume(member: 2)
+                }
+                let start = ContinuousClock.now
+                let ended = Task { () async -> String in
+                    var iterator = iterator
+                    do {
+                        while try await iterator.next() != nil {}
+                        return "ended without an error"
+                    } catch {
+                        return "\(error)"
+                    }
+                }
+                // Election timeout 500 ms: the member notices within a few; bounded wait.
+                let watchdog = Task {
+                    try await Task.sleep(for: .seconds(20))
+                    watch.cancel()
+                }
+                let outcome = await ended.value
+                watchdog.cancel()
+                #expect(ContinuousClock.now - start < .seconds(20), "the watch stayed open without a leader")
+                #expect(outcome.contains("leader"), "the watch ended with: \(outcome)")
+            }
         }
     }
 }

@@ -205,7 +205,7 @@ struct ReplicaLifecycleTests {
                 var written: UInt64?
                 let back = monotonicNs()
                 while written == nil && monotonicNs() - back < 15_000_000_000 {
-                    written = try? await blocking { try storage.node.write(objectID: 1, pages: [(1, [3], .absent)]) }
+                    written = try? await blocking { try storage.node.write(objectID: 1, pages: [(1, [3], .unconditional)]) }
                     if written == nil { try? await Task.sleep(nanoseconds: 100_000_000) }
                 }
                 #expect(written != nil, "a write succeeds once etcd is back: \(storage.node.replicaStatus)")
