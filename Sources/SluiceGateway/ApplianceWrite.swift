@@ -124,8 +124,10 @@ final class ApplianceUploader: Sendable {
     private func upload(_ entry: JournalEntry) async throws(ApplianceError) {
         if state.withLock({ $0.backoffNs[entry.id] }) != nil { counters.add(counters.uploadsRetried) }
         let client = try await connection()
+        var begun: UInt64?
         do throws(GatewayClientError) {
             let id = try await client.uploadBegin(key: entry.key, size: entry.dataBytes)
+            begun = id
             var offset: UInt64 = 0
             while offset < entry.dataBytes {
                 guard !stopped else { throw GatewayClientError.connectionClosed }
@@ -161,9 +163,13 @@ final class ApplianceUploader: Sendable {
             }
             _ = try await client.uploadComplete(uploadID: id)
         } catch {
-            if case .connectionClosed = error { drop(client) }
-            if case .timedOut = error { drop(client) }
-            if case .protocolViolation = error { drop(client) }
+            switch error {
+            case .connectionClosed, .timedOut, .protocolViolation:
+                drop(client)
+            default:
+                // The connection is fine: free the intermediate's session now rather than at its idle bound.
+                if let begun { try? await client.uploadAbort(uploadID: begun) }
+            }
             throw Appliance.map(error)
         }
     }
