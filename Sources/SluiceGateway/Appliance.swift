@@ -155,7 +155,11 @@ public final class ApplianceCounters: Sendable {
             lastHopPredictedBytes: load(lastHopPredictedBytes), lastHopReadAheadBytes: load(lastHopReadAheadBytes),
             lastHopFrameBytes: load(lastHopFrameBytes), corruptSectorsRefused: load(corruptSectorsRefused),
             intermediateErrors: load(intermediateErrors), etagChanges: load(etagChanges), stats: load(stats),
-            bytesWritten: load(bytesWritten), writesClosed: load(writesClosed), uploadsDone: load(uploadsDone), uploadsFailed: load(uploadsFailed), uploadsRetried: load(uploadsRetried), uploadsSuperseded: load(uploadsSuperseded), uploadPieces: load(uploadPieces), uploadBytes: load(uploadBytes), uploadWaits: load(uploadWaits), journalRefusals: load(journalRefusals), journalDiscardedOpen: load(journalDiscardedOpen), uploadCorruptResent: load(uploadCorruptResent), journalReads: load(journalReads), journalBytes: load(journalBytes))
+            bytesWritten: load(bytesWritten), writesClosed: load(writesClosed), uploadsDone: load(uploadsDone),
+            uploadsFailed: load(uploadsFailed), uploadsRetried: load(uploadsRetried), uploadsSuperseded: load(uploadsSuperseded),
+            uploadPieces: load(uploadPieces), uploadBytes: load(uploadBytes), uploadWaits: load(uploadWaits),
+            journalRefusals: load(journalRefusals), journalDiscardedOpen: load(journalDiscardedOpen),
+            uploadCorruptResent: load(uploadCorruptResent), journalReads: load(journalReads), journalBytes: load(journalBytes))
     }
 }
 
@@ -203,7 +207,11 @@ public struct ApplianceCountersSnapshot: Sendable, Equatable, CustomStringConver
          ("last_hop_predicted_bytes", lastHopPredictedBytes), ("last_hop_read_ahead_bytes", lastHopReadAheadBytes),
          ("last_hop_frame_bytes", lastHopFrameBytes), ("corrupt_sectors_refused", corruptSectorsRefused),
          ("intermediate_errors", intermediateErrors), ("etag_changes", etagChanges), ("stats", stats),
-         ("bytes_written", bytesWritten), ("writes_closed", writesClosed), ("uploads_done", uploadsDone), ("uploads_failed", uploadsFailed), ("uploads_retried", uploadsRetried), ("uploads_superseded", uploadsSuperseded), ("upload_pieces", uploadPieces), ("upload_bytes", uploadBytes), ("upload_waits", uploadWaits), ("journal_refusals", journalRefusals), ("journal_discarded_open", journalDiscardedOpen), ("upload_corrupt_resent", uploadCorruptResent), ("journal_reads", journalReads), ("journal_bytes", journalBytes)]
+         ("bytes_written", bytesWritten), ("writes_closed", writesClosed), ("uploads_done", uploadsDone),
+         ("uploads_failed", uploadsFailed), ("uploads_retried", uploadsRetried), ("uploads_superseded", uploadsSuperseded),
+         ("upload_pieces", uploadPieces), ("upload_bytes", uploadBytes), ("upload_waits", uploadWaits),
+         ("journal_refusals", journalRefusals), ("journal_discarded_open", journalDiscardedOpen),
+         ("upload_corrupt_resent", uploadCorruptResent), ("journal_reads", journalReads), ("journal_bytes", journalBytes)]
     }
 
     public var description: String {
@@ -304,7 +312,8 @@ public final class Appliance: Sendable {
             guard (1...GatewayProtocol.uploadDataBytesMax).contains(configuration.upload.pieceBytes),
                   configuration.upload.pieceBytes % units.sectorBytes == 0 else {
                 await client.close()
-                throw .invalidRequest("upload pieceBytes \(configuration.upload.pieceBytes) is not a multiple of \(units.sectorBytes) in 1...\(GatewayProtocol.uploadDataBytesMax)")
+                throw .invalidRequest("upload pieceBytes \(configuration.upload.pieceBytes) is not a multiple of \(units.sectorBytes) "
+                                      + "in 1...\(GatewayProtocol.uploadDataBytesMax)")
             }
             do { journal = try ApplianceJournal(configuration: journalConfiguration, counters: counters) } catch {
                 await client.close()

@@ -201,7 +201,8 @@ final class ApplianceJournal: Sendable {
                 waited = true
                 guard monotonicNs() < deadline else {
                     counters.add(counters.journalRefusals)
-                    throw .overloaded("journal full: \(configuration.bytesMax) bytes await upload; \(count) more did not fit within \(configuration.spaceWaitNs / 1_000_000) ms")
+                    throw .overloaded("journal full: \(configuration.bytesMax) bytes await upload; \(count) more did not fit "
+                                      + "within \(configuration.spaceWaitNs / 1_000_000) ms")
                 }
                 try? await Task.sleep(nanoseconds: 2_000_000)
                 continue

@@ -71,7 +71,9 @@ public final class GatewayCounters: Sendable {
             lastHopRequestedBytes: load(lastHopRequestedBytes), lastHopSequentialBytes: load(lastHopSequentialBytes),
             lastHopStrideBytes: load(lastHopStrideBytes), lastHopFrameBytes: load(lastHopFrameBytes),
             requests: load(requests), failedReplies: load(failedReplies),
-            uploadsBegun: load(uploadsBegun), uploadsCompleted: load(uploadsCompleted), uploadsFailed: load(uploadsFailed), uploadsOverloaded: load(uploadsOverloaded), uploadBytesReceived: load(uploadBytesReceived), uploadPartsStored: load(uploadPartsStored), uploadCorruptRefused: load(uploadCorruptRefused))
+            uploadsBegun: load(uploadsBegun), uploadsCompleted: load(uploadsCompleted), uploadsFailed: load(uploadsFailed),
+            uploadsOverloaded: load(uploadsOverloaded), uploadBytesReceived: load(uploadBytesReceived),
+            uploadPartsStored: load(uploadPartsStored), uploadCorruptRefused: load(uploadCorruptRefused))
     }
 }
 
@@ -124,7 +126,9 @@ public struct GatewayCountersSnapshot: Sendable, Equatable, CustomStringConverti
          ("last_hop_requested_bytes", lastHopRequestedBytes), ("last_hop_sequential_bytes", lastHopSequentialBytes),
          ("last_hop_stride_bytes", lastHopStrideBytes), ("last_hop_frame_bytes", lastHopFrameBytes),
          ("requests", requests), ("failed_replies", failedReplies),
-         ("uploads_begun", uploadsBegun), ("uploads_completed", uploadsCompleted), ("uploads_failed", uploadsFailed), ("uploads_overloaded", uploadsOverloaded), ("upload_bytes_received", uploadBytesReceived), ("upload_parts_stored", uploadPartsStored), ("upload_corrupt_refused", uploadCorruptRefused)]
+         ("uploads_begun", uploadsBegun), ("uploads_completed", uploadsCompleted), ("uploads_failed", uploadsFailed),
+         ("uploads_overloaded", uploadsOverloaded), ("upload_bytes_received", uploadBytesReceived),
+         ("upload_parts_stored", uploadPartsStored), ("upload_corrupt_refused", uploadCorruptRefused)]
     }
 
     public var description: String { fields.map { "\($0.0) \($0.1)" }.joined(separator: " ") }
