@@ -32,6 +32,9 @@ public struct ApplianceConfiguration: Sendable {
     /// Objects whose last read each share remembers (sequential detection).
     public var patternEntriesMax = 4_096
     public var client = GatewayClientConfiguration()
+    /// Writes (docs/GATEWAY.md, "Writes"): nil refuses them.
+    public var journal: ApplianceJournalConfiguration?
+    public var upload = ApplianceUploadConfiguration()
 
     public static let sharesMaxLimit = 4_096
     public static let readBytesMaxLimit = 64 << 20
@@ -55,6 +58,13 @@ public enum ApplianceError: Error, Equatable, CustomStringConvertible {
     case invalidRequest(String)
     /// The object got a new etag during each of `attempts` tries of one read.
     case objectKeptChanging(key: String, attempts: Int)
+    /// The journal's file system failed (what, errno).
+    case journal(String)
+    /// No open write of this ID: never begun, closed, aborted, or the appliance restarted (an unclosed
+    /// write is not an object; its bytes are gone).
+    case writeNotOpen(writeID: UInt64)
+    /// `flush` waited its bound; what is left.
+    case flushTimedOut(String)
 
     public var description: String {
         switch self {
@@ -68,6 +78,9 @@ public enum ApplianceError: Error, Equatable, CustomStringConvertible {
         case .overloaded(let text): "overloaded: \(text)"
         case .invalidRequest(let text): "invalid request: \(text)"
         case .objectKeptChanging(let key, let attempts): "\(key) changed during each of \(attempts) attempts"
+        case .journal(let text): "journal: \(text)"
+        case .writeNotOpen(let id): "write \(id) is not open (closed, aborted, or lost with a restart: it is not an object)"
+        case .flushTimedOut(let text): "flush timed out: \(text)"
         }
     }
 }
@@ -101,6 +114,33 @@ public final class ApplianceCounters: Sendable {
     let intermediateErrors = Atomic<UInt64>(0)
     let etagChanges = Atomic<UInt64>(0)
     let stats = Atomic<UInt64>(0)
+    /// Bytes appended by clients (durable in the journal).
+    let bytesWritten = Atomic<UInt64>(0)
+    /// Writes sealed (acknowledged as objects).
+    let writesClosed = Atomic<UInt64>(0)
+    /// Objects in the remote store (journal deleted).
+    let uploadsDone = Atomic<UInt64>(0)
+    /// Upload attempts that failed (retried later).
+    let uploadsFailed = Atomic<UInt64>(0)
+    /// Upload attempts after a failed one.
+    let uploadsRetried = Atomic<UInt64>(0)
+    /// Sealed journals deleted unsent: a newer one of the key replaced them.
+    let uploadsSuperseded = Atomic<UInt64>(0)
+    /// `uploadData` pieces taken by the intermediate, and their bytes.
+    let uploadPieces = Atomic<UInt64>(0)
+    let uploadBytes = Atomic<UInt64>(0)
+    /// Appends that waited for journal space, and pieces the intermediate refused `overloaded`.
+    let uploadWaits = Atomic<UInt64>(0)
+    /// Appends refused `overloaded`: no journal space within the wait bound.
+    let journalRefusals = Atomic<UInt64>(0)
+    /// Open (never closed) journals deleted at start.
+    let journalDiscardedOpen = Atomic<UInt64>(0)
+    /// Pieces the intermediate refused for a CRC mismatch, sent again.
+    let uploadCorruptResent = Atomic<UInt64>(0)
+    /// Reads served from a sealed, not yet uploaded journal.
+    let journalReads = Atomic<UInt64>(0)
+    /// Bytes in the journal now (a gauge: open and sealed, not yet uploaded).
+    let journalBytes = Atomic<UInt64>(0)
 
     func add(_ counter: borrowing Atomic<UInt64>, _ value: Int = 1) {
         counter.add(UInt64(value), ordering: .relaxed)
@@ -114,7 +154,12 @@ public final class ApplianceCounters: Sendable {
             readAheads: load(readAheads), lastHopRequestedBytes: load(lastHopRequestedBytes),
             lastHopPredictedBytes: load(lastHopPredictedBytes), lastHopReadAheadBytes: load(lastHopReadAheadBytes),
             lastHopFrameBytes: load(lastHopFrameBytes), corruptSectorsRefused: load(corruptSectorsRefused),
-            intermediateErrors: load(intermediateErrors), etagChanges: load(etagChanges), stats: load(stats))
+            intermediateErrors: load(intermediateErrors), etagChanges: load(etagChanges), stats: load(stats),
+            bytesWritten: load(bytesWritten), writesClosed: load(writesClosed), uploadsDone: load(uploadsDone),
+            uploadsFailed: load(uploadsFailed), uploadsRetried: load(uploadsRetried), uploadsSuperseded: load(uploadsSuperseded),
+            uploadPieces: load(uploadPieces), uploadBytes: load(uploadBytes), uploadWaits: load(uploadWaits),
+            journalRefusals: load(journalRefusals), journalDiscardedOpen: load(journalDiscardedOpen),
+            uploadCorruptResent: load(uploadCorruptResent), journalReads: load(journalReads), journalBytes: load(journalBytes))
     }
 }
 
@@ -135,6 +180,20 @@ public struct ApplianceCountersSnapshot: Sendable, Equatable, CustomStringConver
     public var intermediateErrors: UInt64
     public var etagChanges: UInt64
     public var stats: UInt64
+    public var bytesWritten: UInt64
+    public var writesClosed: UInt64
+    public var uploadsDone: UInt64
+    public var uploadsFailed: UInt64
+    public var uploadsRetried: UInt64
+    public var uploadsSuperseded: UInt64
+    public var uploadPieces: UInt64
+    public var uploadBytes: UInt64
+    public var uploadWaits: UInt64
+    public var journalRefusals: UInt64
+    public var journalDiscardedOpen: UInt64
+    public var uploadCorruptResent: UInt64
+    public var journalReads: UInt64
+    public var journalBytes: UInt64
 
     /// Payload bytes over the last hop: requested, predicted and read-ahead.
     public var lastHopPayloadBytes: UInt64 { lastHopRequestedBytes + lastHopPredictedBytes + lastHopReadAheadBytes }
@@ -147,7 +206,12 @@ public struct ApplianceCountersSnapshot: Sendable, Equatable, CustomStringConver
          ("read_aheads", readAheads), ("last_hop_requested_bytes", lastHopRequestedBytes),
          ("last_hop_predicted_bytes", lastHopPredictedBytes), ("last_hop_read_ahead_bytes", lastHopReadAheadBytes),
          ("last_hop_frame_bytes", lastHopFrameBytes), ("corrupt_sectors_refused", corruptSectorsRefused),
-         ("intermediate_errors", intermediateErrors), ("etag_changes", etagChanges), ("stats", stats)]
+         ("intermediate_errors", intermediateErrors), ("etag_changes", etagChanges), ("stats", stats),
+         ("bytes_written", bytesWritten), ("writes_closed", writesClosed), ("uploads_done", uploadsDone),
+         ("uploads_failed", uploadsFailed), ("uploads_retried", uploadsRetried), ("uploads_superseded", uploadsSuperseded),
+         ("upload_pieces", uploadPieces), ("upload_bytes", uploadBytes), ("upload_waits", uploadWaits),
+         ("journal_refusals", journalRefusals), ("journal_discarded_open", journalDiscardedOpen),
+         ("upload_corrupt_resent", uploadCorruptResent), ("journal_reads", journalReads), ("journal_bytes", journalBytes)]
     }
 
     public var description: String {
@@ -192,11 +256,14 @@ public final class Appliance: Sendable {
     public let configuration: ApplianceConfiguration
     public let units: GatewayUnits
     public let cache: BlockCache
-    public let counters = ApplianceCounters()
+    public let counters: ApplianceCounters
     public let intermediateHost: String
     public let intermediatePort: Int
     private let state: Mutex<ApplianceState>
     private let group: any EventLoopGroup
+    /// Writes: the journal and its uploader (nil without `configuration.journal`).
+    let journal: ApplianceJournal?
+    let uploader: ApplianceUploader?
 
     private static let attemptsMax = 4
 
@@ -238,11 +305,39 @@ public final class Appliance: Sendable {
             await client.close()
             throw .invalidRequest("\(error)")
         }
-        return Appliance(configuration: configuration, units: units, cache: cache, client: client, host: host, port: port, group: group)
+        let counters = ApplianceCounters()
+        var journal: ApplianceJournal?
+        var uploader: ApplianceUploader?
+        if let journalConfiguration = configuration.journal {
+            guard (1...GatewayProtocol.uploadDataBytesMax).contains(configuration.upload.pieceBytes),
+                  configuration.upload.pieceBytes % units.sectorBytes == 0 else {
+                await client.close()
+                throw .invalidRequest("upload pieceBytes \(configuration.upload.pieceBytes) is not a multiple of \(units.sectorBytes) "
+                                      + "in 1...\(GatewayProtocol.uploadDataBytesMax)")
+            }
+            do { journal = try ApplianceJournal(configuration: journalConfiguration, counters: counters) } catch {
+                await client.close()
+                throw error
+            }
+            uploader = ApplianceUploader(journal: journal!, counters: counters, configuration: configuration.upload,
+                                         clientConfiguration: configuration.client, host: host, port: port, group: group)
+        }
+        let appliance = Appliance(configuration: configuration, units: units, cache: cache, client: client, host: host, port: port,
+                                  group: group, counters: counters, journal: journal, uploader: uploader)
+        if let uploader {
+            // After an upload: what this appliance cached of the old object goes.
+            uploader.setUploaded { [weak appliance] key in appliance?.forget(key: key) }
+            uploader.start()
+        }
+        return appliance
     }
 
     private init(configuration: ApplianceConfiguration, units: GatewayUnits, cache: BlockCache, client: GatewayClient,
-                 host: String, port: Int, group: any EventLoopGroup) {
+                 host: String, port: Int, group: any EventLoopGroup, counters: ApplianceCounters,
+                 journal: ApplianceJournal?, uploader: ApplianceUploader?) {
+        self.counters = counters
+        self.journal = journal
+        self.uploader = uploader
         self.configuration = configuration
         self.units = units
         self.cache = cache
@@ -256,6 +351,8 @@ public final class Appliance: Sendable {
 
     /// Closes the connection to the intermediate for good (reads in flight and later fail).
     public func close() async {
+        await uploader?.stop()
+        journal?.closeFiles()
         let client = state.withLock { s -> GatewayClient? in
             s.closed = true
             defer { s.client = nil }
@@ -274,7 +371,14 @@ public final class Appliance: Sendable {
     /// The object's size and etag (cached for `statTTLNs`).
     public func stat(key: String) async throws(ApplianceError) -> (size: UInt64, etag: String) {
         guard gatewayKeyIsValid(key) else { throw .invalidRequest("key of \(key.utf8.count) bytes not in 1...\(GatewayProtocol.keyBytesMax)") }
+        if let entry = journal?.newestSealed(key: key) { return (entry.dataBytes, "journal-\(entry.id)") }
         return try await stat(key, fresh: false)
+    }
+
+    /// Drops what this appliance knows of `key` (its stat and cached blocks): the object was replaced.
+    func forget(key: String) {
+        _ = state.withLock { $0.stats.removeValue(forKey: key) }
+        cache.invalidate(key: key)
     }
 
     /// `length` bytes at `offset` of `key`, for share `share`. The range must lie within the object.
@@ -300,6 +404,10 @@ public final class Appliance: Sendable {
                      share shareName: String = "default") async throws(ApplianceError) -> (size: UInt64, etag: String) {
         counters.add(counters.reads)
         do {
+            if journal != nil, let written = try await readJournal(key: key, offset: offset, into: out) {
+                counters.add(counters.bytesServed, out.count)
+                return written
+            }
             return try await readOnce(key: key, offset: offset, out: out, shareName: shareName)
         } catch {
             counters.add(counters.readErrors)

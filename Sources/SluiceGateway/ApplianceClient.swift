@@ -93,6 +93,56 @@ public final class ApplianceClient: Sendable {
         return fields
     }
 
+    // MARK: Writes
+
+    public func beginWrite(key: String) async throws(ApplianceClientError) -> UInt64 {
+        guard gatewayKeyIsValid(key) else { throw .invalidRequest("key of \(key.utf8.count) bytes not in 1...\(GatewayProtocol.keyBytesMax)") }
+        let reply = try await Self.call(channel, .beginWrite(key: key), requestID: nextRequestID.next())
+        guard case .writeBegun(let id) = reply else { throw Self.failure(reply, "beginWrite") }
+        return id
+    }
+
+    /// Appends `bytes` (1...appendBytesMax) at `offset`, the write's length so far. Returns once durable.
+    public func append(writeID: UInt64, offset: UInt64, bytes: [UInt8]) async throws(ApplianceClientError) -> UInt64 {
+        guard !bytes.isEmpty, bytes.count <= ApplianceProtocol.appendBytesMax else {
+            throw .invalidRequest("append of \(bytes.count) bytes not in 1...\(ApplianceProtocol.appendBytesMax)")
+        }
+        let reply = try await Self.call(channel, .append(writeID: writeID, offset: offset, bytes: bytes), requestID: nextRequestID.next())
+        guard case .appended(let length) = reply else { throw Self.failure(reply, "append") }
+        return length
+    }
+
+    /// Seals the write: acknowledged, it is an object (uploaded in the background).
+    public func closeWrite(writeID: UInt64) async throws(ApplianceClientError) -> UInt64 {
+        let reply = try await Self.call(channel, .closeWrite(writeID: writeID), requestID: nextRequestID.next())
+        guard case .closed(let size) = reply else { throw Self.failure(reply, "closeWrite") }
+        return size
+    }
+
+    public func abortWrite(writeID: UInt64) async throws(ApplianceClientError) {
+        let reply = try await Self.call(channel, .abortWrite(writeID: writeID), requestID: nextRequestID.next())
+        guard case .done = reply else { throw Self.failure(reply, "abortWrite") }
+    }
+
+    /// Waits until `key`'s closed writes (nil: every object's) are in the remote store, at most `timeoutMs`.
+    public func flush(key: String? = nil, timeoutMs: UInt32 = 60_000) async throws(ApplianceClientError) {
+        if let key, !gatewayKeyIsValid(key) { throw .invalidRequest("key of \(key.utf8.count) bytes not in 1...\(GatewayProtocol.keyBytesMax)") }
+        let reply = try await Self.call(channel, .flush(key: key, timeoutMs: timeoutMs), requestID: nextRequestID.next())
+        guard case .done = reply else { throw Self.failure(reply, "flush") }
+    }
+
+    /// Writes all of `bytes` as `key` (begin, appends of at most `pieceBytes`, close). Returns the size.
+    public func write(key: String, bytes: [UInt8], pieceBytes: Int = ApplianceProtocol.appendBytesMax) async throws(ApplianceClientError) -> UInt64 {
+        let id = try await beginWrite(key: key)
+        var offset = 0
+        while offset < bytes.count {
+            let end = min(bytes.count, offset + min(pieceBytes, ApplianceProtocol.appendBytesMax))
+            _ = try await append(writeID: id, offset: UInt64(offset), bytes: Array(bytes[offset..<end]))
+            offset = end
+        }
+        return try await closeWrite(writeID: id)
+    }
+
     private static func failure(_ reply: ApplianceReply, _ what: String) -> ApplianceClientError {
         if case .failure(let status, let message) = reply { return .status(status, message: message) }
         return .protocolViolation("\(what) answered with \(reply.status)")
@@ -100,6 +150,7 @@ public final class ApplianceClient: Sendable {
 
     private static func call(_ channel: Channel, _ request: ApplianceRequest, requestID: UInt64) async throws(ApplianceClientError) -> ApplianceReply {
         var frame = channel.allocator.buffer(capacity: 64)
+        if case .append(_, _, let bytes) = request { frame.reserveCapacity(64 + bytes.count) }
         encodeGatewayFrame(version: ApplianceProtocol.version, opcode: request.opcode.rawValue, requestID: requestID, into: &frame) {
             request.encodeBody(into: &$0)
         }

@@ -13,6 +13,10 @@ public enum ApplianceProtocol {
     public static let readReplyOverheadBytes = GatewayProtocol.replyHeaderBytes + 8 + 2 + GatewayProtocol.etagBytesMax + 4
     /// Counter entries in a `counters` reply (the appliance's, then five per share while they fit).
     public static let counterEntriesMax = 1_024
+    /// Bytes of one `append`.
+    public static let appendBytesMax = 1 << 20
+    /// `append` frames only (the one large request): its bytes and fields.
+    public static let appendFrameBytesMax = appendBytesMax + 64
 }
 
 public enum ApplianceOpcode: UInt8, Sendable, CaseIterable {
@@ -24,6 +28,16 @@ public enum ApplianceOpcode: UInt8, Sendable, CaseIterable {
     case read = 0x03
     /// {} -> {u16 n, n x (u16 n, name, u64 value)}: the appliance's counters.
     case counters = 0x04
+    /// {u16 n, key} -> {u64 writeID}: starts writing the whole object (create or replace).
+    case beginWrite = 0x05
+    /// {u64 writeID, u64 offset, u32 n, bytes} -> {u64 length}: acknowledged once durable in the journal.
+    case append = 0x06
+    /// {u64 writeID} -> {u64 size}: seals the write; it is an object from now on (uploaded after).
+    case closeWrite = 0x07
+    /// {u16 n, key (n = 0: every object), u32 timeoutMs} -> {}: waits until closed objects are in the store.
+    case flush = 0x08
+    /// {u64 writeID} -> {}: drops an open write.
+    case abortWrite = 0x09
 }
 
 /// A reply's outcome; every status but `ok` carries `u16 n, n bytes UTF-8 message`.
@@ -47,6 +61,12 @@ public enum ApplianceStatus: UInt8, Sendable, CaseIterable, CustomStringConverti
     case frameTooLarge = 11
     case unsupportedVersion = 12
     case unknownOpcode = 13
+    /// No open write of that ID (closed, aborted, or lost with a restart of the appliance).
+    case writeNotOpen = 14
+    /// The journal's file system failed.
+    case journalError = 15
+    /// `flush` waited its bound and objects are still not in the remote store.
+    case flushTimedOut = 16
 
     public var description: String {
         switch self {
@@ -64,6 +84,9 @@ public enum ApplianceStatus: UInt8, Sendable, CaseIterable, CustomStringConverti
         case .frameTooLarge: "frameTooLarge"
         case .unsupportedVersion: "unsupportedVersion"
         case .unknownOpcode: "unknownOpcode"
+        case .writeNotOpen: "writeNotOpen"
+        case .journalError: "journalError"
+        case .flushTimedOut: "flushTimedOut"
         }
     }
 
@@ -82,6 +105,9 @@ public enum ApplianceStatus: UInt8, Sendable, CaseIterable, CustomStringConverti
         case .overloaded: self = .overloaded
         case .invalidRequest: self = .badRequest
         case .objectKeptChanging: self = .objectChanging
+        case .journal: self = .journalError
+        case .writeNotOpen: self = .writeNotOpen
+        case .flushTimedOut: self = .flushTimedOut
         }
     }
 }
@@ -91,6 +117,12 @@ public enum ApplianceRequest: Sendable, Equatable {
     case stat(key: String)
     case read(key: String, offset: UInt64, length: UInt32)
     case counters
+    case beginWrite(key: String)
+    case append(writeID: UInt64, offset: UInt64, bytes: [UInt8])
+    case closeWrite(writeID: UInt64)
+    /// `key` nil: every object.
+    case flush(key: String?, timeoutMs: UInt32)
+    case abortWrite(writeID: UInt64)
 
     public var opcode: ApplianceOpcode {
         switch self {
@@ -98,6 +130,11 @@ public enum ApplianceRequest: Sendable, Equatable {
         case .stat: .stat
         case .read: .read
         case .counters: .counters
+        case .beginWrite: .beginWrite
+        case .append: .append
+        case .closeWrite: .closeWrite
+        case .flush: .flush
+        case .abortWrite: .abortWrite
         }
     }
 
@@ -115,6 +152,18 @@ public enum ApplianceRequest: Sendable, Equatable {
             buffer.writeInteger(length)
         case .counters:
             break
+        case .beginWrite(let key):
+            buffer.writeKey(key)
+        case .append(let id, let offset, let bytes):
+            buffer.writeInteger(id)
+            buffer.writeInteger(offset)
+            buffer.writeInteger(UInt32(bytes.count))
+            buffer.writeBytes(bytes)
+        case .closeWrite(let id), .abortWrite(let id):
+            buffer.writeInteger(id)
+        case .flush(let key, let timeoutMs):
+            if let key { buffer.writeKey(key) } else { buffer.writeInteger(UInt16(0)) }
+            buffer.writeInteger(timeoutMs)
         }
     }
 
@@ -138,6 +187,30 @@ public enum ApplianceRequest: Sendable, Equatable {
                             length: try body.readField(UInt32.self, "length"))
         case .counters:
             request = .counters
+        case .beginWrite:
+            request = .beginWrite(key: try body.readKey())
+        case .append:
+            let id = try body.readField(UInt64.self, "writeID")
+            let offset = try body.readField(UInt64.self, "offset")
+            let count = Int(try body.readField(UInt32.self, "byte count"))
+            guard count > 0, count <= ApplianceProtocol.appendBytesMax else {
+                throw .tooMany(field: "append bytes", count: count, max: ApplianceProtocol.appendBytesMax)
+            }
+            guard let bytes = body.readBytes(length: count) else { throw .cutShort(field: "bytes", length: count, bytesLeft: body.readableBytes) }
+            request = .append(writeID: id, offset: offset, bytes: bytes)
+        case .closeWrite:
+            request = .closeWrite(writeID: try body.readField(UInt64.self, "writeID"))
+        case .abortWrite:
+            request = .abortWrite(writeID: try body.readField(UInt64.self, "writeID"))
+        case .flush:
+            let key: String?
+            if body.getInteger(at: body.readerIndex, as: UInt16.self) == 0 {
+                body.moveReaderIndex(forwardBy: 2)
+                key = nil
+            } else {
+                key = try body.readKey()
+            }
+            request = .flush(key: key, timeoutMs: try body.readField(UInt32.self, "timeoutMs"))
         }
         guard body.readableBytes == 0 else { throw .trailingBytes(body.readableBytes) }
         return request
@@ -149,6 +222,12 @@ public enum ApplianceReply: Sendable, Equatable {
     case stat(size: UInt64, etag: String)
     case read(ApplianceReadResult)
     case counters([(String, UInt64)])
+    case writeBegun(writeID: UInt64)
+    /// The write's length after the append.
+    case appended(length: UInt64)
+    case closed(size: UInt64)
+    /// flush and abortWrite.
+    case done
     case failure(ApplianceStatus, message: String)
 
     public static func == (lhs: ApplianceReply, rhs: ApplianceReply) -> Bool {
@@ -158,6 +237,10 @@ public enum ApplianceReply: Sendable, Equatable {
         case (.read(let a), .read(let b)): a == b
         case (.counters(let a), .counters(let b)): a.elementsEqual(b) { $0.0 == $1.0 && $0.1 == $1.1 }
         case (.failure(let a, let b), .failure(let c, let d)): a == c && b == d
+        case (.writeBegun(let a), .writeBegun(let b)): a == b
+        case (.appended(let a), .appended(let b)): a == b
+        case (.closed(let a), .closed(let b)): a == b
+        case (.done, .done): true
         default: false
         }
     }
@@ -187,6 +270,14 @@ public enum ApplianceReply: Sendable, Equatable {
                 buffer.writeString(name)
                 buffer.writeInteger(value)
             }
+        case .writeBegun(let id):
+            buffer.writeInteger(id)
+        case .appended(let length):
+            buffer.writeInteger(length)
+        case .closed(let size):
+            buffer.writeInteger(size)
+        case .done:
+            break
         case .failure(_, let message):
             let bytes = Array(message.utf8)
             var count = min(bytes.count, GatewayProtocol.messageBytesMax)
@@ -230,6 +321,14 @@ public enum ApplianceReply: Sendable, Equatable {
                     fields.append((name, try body.readField(UInt64.self, "counters[\(index)] value")))
                 }
                 reply = .counters(fields)
+            case .beginWrite:
+                reply = .writeBegun(writeID: try body.readField(UInt64.self, "writeID"))
+            case .append:
+                reply = .appended(length: try body.readField(UInt64.self, "length"))
+            case .closeWrite:
+                reply = .closed(size: try body.readField(UInt64.self, "size"))
+            case .flush, .abortWrite:
+                reply = .done
             }
         }
         guard body.readableBytes == 0 else { throw .trailingBytes(body.readableBytes) }

@@ -37,7 +37,9 @@ public final class ApplianceServer: Sendable {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(
-                        GatewayFrameDecoder(frameBytesMax: ApplianceProtocol.requestFrameBytesMax, withStatus: false)))
+                        RequestFrameDecoder(frameBytesMax: ApplianceProtocol.requestFrameBytesMax,
+                                            largeOpcodes: [ApplianceOpcode.append.rawValue],
+                                            largeFrameBytesMax: ApplianceProtocol.appendFrameBytesMax)))
                     try channel.pipeline.syncOperations.addHandler(ApplianceHandler(appliance: appliance))
                 }
             }
@@ -78,6 +80,9 @@ final class ApplianceHandler: ChannelInboundHandler {
     private var outstanding = 0
     private var readingPaused = false
     private var closing = false
+    /// Writes this connection began and has not closed or aborted: aborted when it ends (bounded by
+    /// the journal's `openWritesMax`).
+    private var openWrites: Set<UInt64> = []
 
     init(appliance: Appliance) {
         self.appliance = appliance
@@ -142,6 +147,44 @@ final class ApplianceHandler: ChannelInboundHandler {
                     return .failure(ApplianceStatus(error), message: error.description)
                 }
             }
+        case .beginWrite(let key):
+            run(sequence, requestID: requestID, opcode: opcode, channel) {
+                do throws(ApplianceError) {
+                    return .writeBegun(writeID: try await appliance.beginWrite(key: key))
+                } catch {
+                    return .failure(ApplianceStatus(error), message: error.description)
+                }
+            }
+        case .append(let id, let offset, let bytes):
+            run(sequence, requestID: requestID, opcode: opcode, channel) {
+                do throws(ApplianceError) {
+                    return .appended(length: try await appliance.append(writeID: id, offset: offset, bytes: bytes))
+                } catch {
+                    return .failure(ApplianceStatus(error), message: error.description)
+                }
+            }
+        case .closeWrite(let id):
+            openWrites.remove(id)
+            run(sequence, requestID: requestID, opcode: opcode, channel) {
+                do throws(ApplianceError) {
+                    return .closed(size: try await appliance.closeWrite(writeID: id))
+                } catch {
+                    return .failure(ApplianceStatus(error), message: error.description)
+                }
+            }
+        case .abortWrite(let id):
+            openWrites.remove(id)
+            appliance.abortWrite(writeID: id)
+            complete(sequence, encode(.done, opcode: opcode, requestID: requestID, channel), closeAfter: false, channel)
+        case .flush(let key, let timeoutMs):
+            run(sequence, requestID: requestID, opcode: opcode, channel) {
+                do throws(ApplianceError) {
+                    try await appliance.flush(key: key, timeoutNs: UInt64(timeoutMs) * 1_000_000)
+                    return .done
+                } catch {
+                    return .failure(ApplianceStatus(error), message: error.description)
+                }
+            }
         case .read(let key, let offset, let length):
             let share = share
             run(sequence, requestID: requestID, opcode: opcode, channel) {
@@ -166,6 +209,7 @@ final class ApplianceHandler: ChannelInboundHandler {
             case .success(let value): answer = value
             case .failure(let error): answer = .failure(.internal, message: "\(error)")
             }
+            if case .writeBegun(let id) = answer { handler.openWrites.insert(id) }
             handler.complete(sequence, handler.encode(answer, opcode: opcode, requestID: requestID, channel), closeAfter: false, channel)
             handler.updateReading(channel)
         }
@@ -209,6 +253,13 @@ final class ApplianceHandler: ChannelInboundHandler {
             readingPaused = full
             channel.setOption(ChannelOptions.autoRead, value: !full).whenComplete { _ in }
         }
+    }
+
+    /// A client gone with writes open: they never become objects.
+    func channelInactive(context: ChannelHandlerContext) {
+        for id in openWrites { appliance.abortWrite(writeID: id) }
+        openWrites.removeAll()
+        context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {

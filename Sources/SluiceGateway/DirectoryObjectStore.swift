@@ -88,6 +88,147 @@ public final class DirectoryObjectStore: RemoteObjectStore {
         return bytes
     }
 
+    // MARK: Writes: a temporary file, fsync, rename, fsync of the directory
+
+    /// Where multipart uploads keep their parts until completed: `root/.sluice-uploads/ID/N`.
+    static let uploadsDirectory = ".sluice-uploads"
+
+    public func put(key: String, bytes: [UInt8]) async throws(RemoteStoreError) -> String {
+        let path = try path(of: key)
+        let root = root
+        let result = await runBlocking { () -> Result<String, RemoteStoreError> in
+            Self.replace(path: path, root: root, key: key) { fd, temporary in
+                bytes.withUnsafeBytes { GatewayFiles.pwrite(fd, $0, offset: 0, what: temporary) }
+            }
+        }
+        return try result.get()
+    }
+
+    public func createUpload(key: String) async throws(RemoteStoreError) -> String {
+        _ = try path(of: key)
+        let id = String(UInt64.random(in: 1...UInt64.max), radix: 16)
+        let directory = root + "/" + Self.uploadsDirectory + "/" + id
+        let root = root
+        let result = await runBlocking { () -> Result<String, RemoteStoreError> in
+            guard case .success = GatewayFiles.stat(root) else { return .failure(.unavailable("store directory \(root) is missing")) }
+            mkdir(root + "/" + Self.uploadsDirectory, 0o755)
+            guard mkdir(directory, 0o755) == 0 else { return .failure(.failed("mkdir(\(directory)): \(Errno(rawValue: errno))")) }
+            return .success(id)
+        }
+        return try result.get()
+    }
+
+    public func uploadPart(key: String, uploadID: String, partNumber: Int, bytes: [UInt8]) async throws(RemoteStoreError) -> RemoteUploadedPart {
+        _ = try path(of: key)
+        guard !uploadID.isEmpty, uploadID.allSatisfy(\.isHexDigit), (1...10_000).contains(partNumber) else {
+            throw .failed("upload \(uploadID) part \(partNumber): not an upload of this store")
+        }
+        let partPath = root + "/" + Self.uploadsDirectory + "/" + uploadID + "/" + String(partNumber)
+        let result = await runBlocking { () -> Result<RemoteUploadedPart, RemoteStoreError> in
+            let fd: Int32
+            switch GatewayFiles.open(partPath, O_WRONLY | O_CREAT | O_TRUNC) {
+            case .success(let opened): fd = opened
+            case .failure(let error): return .failure(.failed("\(error)"))
+            }
+            defer { Glibc.close(fd) }
+            if let error = bytes.withUnsafeBytes({ GatewayFiles.pwrite(fd, $0, offset: 0, what: partPath) }) {
+                return .failure(.failed("\(error)"))
+            }
+            let etag = String(sectorCRCs(bytes, sectorBytes: max(bytes.count, 1)).first ?? 0, radix: 16)
+            return .success(RemoteUploadedPart(partNumber: partNumber, etag: etag, bytes: bytes.count))
+        }
+        return try result.get()
+    }
+
+    public func completeUpload(key: String, uploadID: String, parts: [RemoteUploadedPart]) async throws(RemoteStoreError) -> String {
+        let path = try path(of: key)
+        guard !uploadID.isEmpty, uploadID.allSatisfy(\.isHexDigit) else { throw .failed("upload \(uploadID): not an upload of this store") }
+        let directory = root + "/" + Self.uploadsDirectory + "/" + uploadID
+        let root = root
+        let result = await runBlocking { () -> Result<String, RemoteStoreError> in
+            let written = Self.replace(path: path, root: root, key: key) { fd, temporary in
+                var offset: Int64 = 0
+                for part in parts {
+                    let partPath = directory + "/" + String(part.partNumber)
+                    let source: Int32
+                    switch GatewayFiles.open(partPath, O_RDONLY) {
+                    case .success(let opened): source = opened
+                    case .failure(let error): return error
+                    }
+                    defer { Glibc.close(source) }
+                    switch GatewayFiles.pread(source, count: part.bytes, offset: 0, what: partPath) {
+                    case .success(let bytes):
+                        if let error = bytes.withUnsafeBytes({ GatewayFiles.pwrite(fd, $0, offset: offset, what: temporary) }) { return error }
+                        offset += Int64(bytes.count)
+                    case .failure(let error): return error
+                    }
+                }
+                return nil
+            }
+            if case .success = written { Self.removeUpload(directory) }
+            return written
+        }
+        return try result.get()
+    }
+
+    public func abortUpload(key: String, uploadID: String) async {
+        guard !uploadID.isEmpty, uploadID.allSatisfy(\.isHexDigit) else { return }
+        let directory = root + "/" + Self.uploadsDirectory + "/" + uploadID
+        await runBlocking { Self.removeUpload(directory) }
+    }
+
+    static func removeUpload(_ directory: String) {
+        for number in 1...10_000 where unlink(directory + "/" + String(number)) != 0 && errno == ENOENT { break }
+        rmdir(directory)
+    }
+
+    /// Writes a new file next to `path` with `fill`, fsyncs it, renames it over `path` and fsyncs the
+    /// directory: a crash leaves the old object or the new one, never a mix. Missing directories of
+    /// the key are made. Returns the new file's etag.
+    static func replace(path: String, root: String, key: String,
+                        fill: (Int32, String) -> SyscallError?) -> Result<String, RemoteStoreError> {
+        guard case .success(let rootInfo) = GatewayFiles.stat(root), rootInfo.st_mode & S_IFMT == S_IFDIR else {
+            return .failure(.unavailable("store directory \(root) is missing"))
+        }
+        let slash = path.lastIndex(of: "/")!
+        let directory = String(path[..<slash])
+        var made = root
+        for component in key.split(separator: "/").dropLast() {
+            made += "/" + component
+            if mkdir(made, 0o755) != 0 && errno != EEXIST { return .failure(.failed("mkdir(\(made)): \(Errno(rawValue: errno))")) }
+        }
+        let temporary = directory + "/." + path[path.index(after: slash)...] + ".sluice-" + String(UInt64.random(in: 1...UInt64.max), radix: 16)
+        let fd: Int32
+        switch GatewayFiles.open(temporary, O_WRONLY | O_CREAT | O_EXCL) {
+        case .success(let opened): fd = opened
+        case .failure(let error): return .failure(.failed("\(error)"))
+        }
+        if let error = fill(fd, temporary) {
+            Glibc.close(fd)
+            unlink(temporary)
+            return .failure(.failed("\(error)"))
+        }
+        guard fsync(fd) == 0 else {
+            let code = Errno(rawValue: errno)
+            Glibc.close(fd)
+            unlink(temporary)
+            return .failure(.failed("fsync(\(temporary)): \(code)"))
+        }
+        var info = Glibc.stat()
+        fstat(fd, &info)
+        Glibc.close(fd)
+        guard rename(temporary, path) == 0 else {
+            let code = Errno(rawValue: errno)
+            unlink(temporary)
+            return .failure(.failed("rename(\(temporary), \(path)): \(code)"))
+        }
+        if case .success(let directoryFD) = GatewayFiles.open(directory, O_RDONLY | O_DIRECTORY) {
+            fsync(directoryFD)
+            Glibc.close(directoryFD)
+        }
+        return .success(etag(info))
+    }
+
     /// The file for `key`, refusing keys that would leave `root`.
     func path(of key: String) throws(RemoteStoreError) -> String {
         guard gatewayKeyIsValid(key) else { throw .invalidKey(key: key, reason: "not 1...\(GatewayProtocol.keyBytesMax) bytes") }

@@ -98,6 +98,10 @@ public enum GatewayProtocol {
     public static let frameBytesMaxLimit = 256 << 20
     /// Requests are small: a request frame above this is refused whatever the reply bound.
     public static let requestFrameBytesMax = 64 << 10
+    /// Payload of one `uploadData` (the appliance's upload pieces; the intermediate assembles parts).
+    public static let uploadDataBytesMax = 1 << 20
+    /// `uploadData` frames only: the payload, one CRC per sector of 512 B at the smallest, headers.
+    public static let uploadFrameBytesMax = uploadDataBytesMax + uploadDataBytesMax / 512 * 4 + 64
 }
 
 public enum GatewayOpcode: UInt8, Sendable, CaseIterable {
@@ -105,6 +109,11 @@ public enum GatewayOpcode: UInt8, Sendable, CaseIterable {
     case stat = 0x02
     case readSectors = 0x03
     case invalidate = 0x04
+    /// Writes (docs/GATEWAY.md, "Writes"). A server without them answers `unknownOpcode`.
+    case uploadBegin = 0x05
+    case uploadData = 0x06
+    case uploadComplete = 0x07
+    case uploadAbort = 0x08
 }
 
 /// A reply's outcome. Every status but `ok` carries `u16 n, n bytes UTF-8 message`.
@@ -127,6 +136,10 @@ public enum GatewayStatus: UInt8, Sendable, CaseIterable, CustomStringConvertibl
     case frameTooLarge = 8
     case unsupportedVersion = 9
     case unknownOpcode = 10
+    /// An `uploadData` sector failed its CRC-32C on arrival: nothing of the piece was kept; send it again.
+    case corrupt = 11
+    /// No upload of this ID (it expired, failed, or the intermediate restarted): begin again.
+    case noSuchUpload = 12
 
     public var description: String {
         switch self {
@@ -141,7 +154,25 @@ public enum GatewayStatus: UInt8, Sendable, CaseIterable, CustomStringConvertibl
         case .frameTooLarge: "frameTooLarge"
         case .unsupportedVersion: "unsupportedVersion"
         case .unknownOpcode: "unknownOpcode"
+        case .corrupt: "corrupt"
+        case .noSuchUpload: "noSuchUpload"
         }
+    }
+}
+
+/// `uploadData`: `bytes` at `offset` of upload `uploadID`, one CRC-32C per sector (`sectorBytes` of
+/// the connection's units, the last one short). Pieces arrive in order: `offset` is what the
+/// intermediate holds so far (a piece it already holds is acknowledged again, for a lost reply).
+public struct UploadDataRequest: Sendable, Equatable {
+    public var uploadID: UInt64
+    public var offset: UInt64
+    public var crcs: [UInt32]
+    public var bytes: [UInt8]
+    public init(uploadID: UInt64, offset: UInt64, crcs: [UInt32], bytes: [UInt8]) {
+        self.uploadID = uploadID
+        self.offset = offset
+        self.crcs = crcs
+        self.bytes = bytes
     }
 }
 
@@ -210,6 +241,14 @@ public enum GatewayRequest: Sendable, Equatable {
     case stat(key: String)
     case readSectors(ReadSectorsRequest)
     case invalidate(key: String)
+    /// {key, u64 size} -> {u64 uploadID}
+    case uploadBegin(key: String, size: UInt64)
+    /// {u64 uploadID, u64 offset, u32 sectorCount, sectorCount x u32 crc32c, u32 byteCount, bytes} -> {u64 received}
+    case uploadData(UploadDataRequest)
+    /// {u64 uploadID} -> {u64 size, etag}: the object is in the remote store.
+    case uploadComplete(uploadID: UInt64)
+    /// {u64 uploadID} -> {}
+    case uploadAbort(uploadID: UInt64)
 
     public var opcode: GatewayOpcode {
         switch self {
@@ -217,6 +256,10 @@ public enum GatewayRequest: Sendable, Equatable {
         case .stat: .stat
         case .readSectors: .readSectors
         case .invalidate: .invalidate
+        case .uploadBegin: .uploadBegin
+        case .uploadData: .uploadData
+        case .uploadComplete: .uploadComplete
+        case .uploadAbort: .uploadAbort
         }
     }
 }
@@ -284,6 +327,11 @@ public enum GatewayReply: Sendable, Equatable {
     case stat(size: UInt64, etag: String)
     case sectors(SectorsReply)
     case invalidated
+    case uploadBegun(uploadID: UInt64)
+    /// The bytes of the upload the intermediate holds after the piece.
+    case uploadReceived(bytes: UInt64)
+    case uploadCompleted(size: UInt64, etag: String)
+    case uploadAborted
     /// Any status but `ok`, with its message.
     case failure(GatewayStatus, message: String)
 
@@ -360,6 +408,19 @@ extension GatewayRequest {
             break
         case .stat(let key), .invalidate(let key):
             buffer.writeKey(key)
+        case .uploadBegin(let key, let size):
+            buffer.writeKey(key)
+            buffer.writeInteger(size)
+        case .uploadData(let data):
+            precondition(data.bytes.count <= GatewayProtocol.uploadDataBytesMax, "upload pieces bounded")
+            buffer.writeInteger(data.uploadID)
+            buffer.writeInteger(data.offset)
+            buffer.writeInteger(UInt32(data.crcs.count))
+            for crc in data.crcs { buffer.writeInteger(crc) }
+            buffer.writeInteger(UInt32(data.bytes.count))
+            buffer.writeBytes(data.bytes)
+        case .uploadComplete(let id), .uploadAbort(let id):
+            buffer.writeInteger(id)
         case .readSectors(let request):
             precondition(request.wanted.count <= Int(UInt16.max), "wanted count fits u16")
             precondition(request.held.count <= Int(UInt16.max), "held count fits u16")
@@ -391,9 +452,38 @@ extension GatewayRequest {
         case .stat: request = .stat(key: try body.readKey())
         case .invalidate: request = .invalidate(key: try body.readKey())
         case .readSectors: request = .readSectors(try decodeReadSectors(&body, units: units))
+        case .uploadBegin: request = .uploadBegin(key: try body.readKey(), size: try body.readField(UInt64.self, "size"))
+        case .uploadData: request = .uploadData(try decodeUploadData(&body, units: units))
+        case .uploadComplete: request = .uploadComplete(uploadID: try body.readField(UInt64.self, "uploadID"))
+        case .uploadAbort: request = .uploadAbort(uploadID: try body.readField(UInt64.self, "uploadID"))
         }
         guard body.readableBytes == 0 else { throw .trailingBytes(body.readableBytes) }
         return request
+    }
+
+    /// CRC count as the byte count implies (one per sector, the last short), payload within the bound.
+    static func decodeUploadData(_ body: inout ByteBuffer, units: GatewayUnits) throws(GatewayDecodeError) -> UploadDataRequest {
+        let id = try body.readField(UInt64.self, "uploadID")
+        let offset = try body.readField(UInt64.self, "offset")
+        guard offset % UInt64(units.sectorBytes) == 0, offset < UInt64(Int64.max) else {
+            throw .missing(field: "offset \(offset) on a sector boundary")
+        }
+        let crcCount = Int(try body.readField(UInt32.self, "sector count"))
+        let sectorsMax = GatewayProtocol.uploadDataBytesMax / units.sectorBytes
+        guard crcCount <= sectorsMax else { throw .tooMany(field: "upload sectors", count: crcCount, max: sectorsMax) }
+        guard crcCount * 4 <= body.readableBytes else { throw .cutShort(field: "crcs", length: crcCount * 4, bytesLeft: body.readableBytes) }
+        var crcs: [UInt32] = []
+        crcs.reserveCapacity(crcCount)
+        for _ in 0..<crcCount { crcs.append(body.readInteger()!) }
+        let byteCount = Int(try body.readField(UInt32.self, "byte count"))
+        guard byteCount > 0, byteCount <= GatewayProtocol.uploadDataBytesMax,
+              crcCount == (byteCount + units.sectorBytes - 1) / units.sectorBytes else {
+            throw .byteCountMismatch(index: 0, byteCount: byteCount, sectorCount: crcCount, sectorBytes: units.sectorBytes)
+        }
+        guard let bytes = body.readBytes(length: byteCount) else {
+            throw .cutShort(field: "bytes", length: byteCount, bytesLeft: body.readableBytes)
+        }
+        return UploadDataRequest(uploadID: id, offset: offset, crcs: crcs, bytes: bytes)
     }
 
     static func decodeReadSectors(_ body: inout ByteBuffer, units: GatewayUnits) throws(GatewayDecodeError) -> ReadSectorsRequest {
@@ -478,8 +568,15 @@ extension GatewayReply {
                 for crc in payload.crcs { buffer.writeInteger(crc) }
                 buffer.writeBytes(payload.bytes)
             }
-        case .invalidated:
+        case .invalidated, .uploadAborted:
             break
+        case .uploadBegun(let id):
+            buffer.writeInteger(id)
+        case .uploadReceived(let bytes):
+            buffer.writeInteger(bytes)
+        case .uploadCompleted(let size, let etag):
+            buffer.writeInteger(size)
+            buffer.writeEtag(etag)
         case .failure(_, let message):
             let bytes = Array(message.utf8)
             // Cut at a character boundary so the text stays UTF-8: never before a continuation byte.
@@ -517,6 +614,14 @@ extension GatewayReply {
                 reply = .stat(size: try body.readField(UInt64.self, "size"), etag: try body.readEtag())
             case .invalidate:
                 reply = .invalidated
+            case .uploadBegin:
+                reply = .uploadBegun(uploadID: try body.readField(UInt64.self, "uploadID"))
+            case .uploadData:
+                reply = .uploadReceived(bytes: try body.readField(UInt64.self, "received"))
+            case .uploadComplete:
+                reply = .uploadCompleted(size: try body.readField(UInt64.self, "size"), etag: try body.readEtag())
+            case .uploadAbort:
+                reply = .uploadAborted
             case .readSectors:
                 guard let units else { throw .missing(field: "units (no hello before readSectors)") }
                 reply = .sectors(try decodeSectors(&body, units: units))

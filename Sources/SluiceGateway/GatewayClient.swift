@@ -155,6 +155,45 @@ public final class GatewayClient: Sendable {
         guard case .invalidated = reply else { throw reply.clientError ?? .protocolViolation("invalidate answered with \(reply)") }
     }
 
+    // MARK: Writes
+
+    /// Opens an upload of `size` bytes to `key`; returns its ID (valid on any connection to this server).
+    public func uploadBegin(key: String, size: UInt64) async throws(GatewayClientError) -> UInt64 {
+        try checkKey(key)
+        let reply = try await request(.uploadBegin(key: key, size: size))
+        guard case .uploadBegun(let id) = reply else { throw reply.clientError ?? .protocolViolation("uploadBegin answered with \(reply)") }
+        return id
+    }
+
+    /// Sends one piece (at most `uploadDataBytesMax` bytes, at a sector boundary, with the CRC-32C of
+    /// each sector as the caller computed it). Returns the bytes the intermediate now holds. A piece
+    /// whose sector failed its CRC on arrival is refused `.status(.corrupt, ...)`: send it again.
+    public func uploadData(_ piece: UploadDataRequest) async throws(GatewayClientError) -> UInt64 {
+        let sectorBytes = hello.units.sectorBytes
+        guard !piece.bytes.isEmpty, piece.bytes.count <= GatewayProtocol.uploadDataBytesMax,
+              piece.offset % UInt64(sectorBytes) == 0,
+              piece.crcs.count == (piece.bytes.count + sectorBytes - 1) / sectorBytes else {
+            throw .invalidRequest("upload piece of \(piece.bytes.count) bytes at \(piece.offset) with \(piece.crcs.count) CRCs")
+        }
+        let reply = try await request(.uploadData(piece))
+        guard case .uploadReceived(let bytes) = reply else { throw reply.clientError ?? .protocolViolation("uploadData answered with \(reply)") }
+        return bytes
+    }
+
+    /// Ends an upload: the object is in the remote store (replaced whole). Its size and new etag.
+    public func uploadComplete(uploadID: UInt64) async throws(GatewayClientError) -> (size: UInt64, etag: String) {
+        let reply = try await request(.uploadComplete(uploadID: uploadID))
+        guard case .uploadCompleted(let size, let etag) = reply else {
+            throw reply.clientError ?? .protocolViolation("uploadComplete answered with \(reply)")
+        }
+        return (size, etag)
+    }
+
+    public func uploadAbort(uploadID: UInt64) async throws(GatewayClientError) {
+        let reply = try await request(.uploadAbort(uploadID: uploadID))
+        guard case .uploadAborted = reply else { throw reply.clientError ?? .protocolViolation("uploadAbort answered with \(reply)") }
+    }
+
     /// Sends a frame as given (any version, opcode and body) and returns the reply undecoded. For tests.
     public func sendRaw(version: UInt8 = GatewayProtocol.version, opcode: UInt8, body: [UInt8]) async throws(GatewayClientError) -> RawGatewayReply {
         let requestID = nextRequestID.wrappingAdd(1, ordering: .relaxed).oldValue

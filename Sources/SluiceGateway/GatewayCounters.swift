@@ -35,6 +35,16 @@ public final class GatewayCounters: Sendable {
     let requests = Atomic<UInt64>(0)
     /// Replies with a status other than ok.
     let failedReplies = Atomic<UInt64>(0)
+    /// Writes: uploads begun, completed (in the store), failed (a store error ended them), refused for a
+    /// bound (`overloaded`); bytes that arrived intact; parts (or single puts) written to the store;
+    /// pieces refused because a sector failed its CRC-32C on arrival.
+    let uploadsBegun = Atomic<UInt64>(0)
+    let uploadsCompleted = Atomic<UInt64>(0)
+    let uploadsFailed = Atomic<UInt64>(0)
+    let uploadsOverloaded = Atomic<UInt64>(0)
+    let uploadBytesReceived = Atomic<UInt64>(0)
+    let uploadPartsStored = Atomic<UInt64>(0)
+    let uploadCorruptRefused = Atomic<UInt64>(0)
 
     public init() {}
 
@@ -60,7 +70,10 @@ public final class GatewayCounters: Sendable {
             notStored: load(notStored), statHits: load(statHits), statMisses: load(statMisses),
             lastHopRequestedBytes: load(lastHopRequestedBytes), lastHopSequentialBytes: load(lastHopSequentialBytes),
             lastHopStrideBytes: load(lastHopStrideBytes), lastHopFrameBytes: load(lastHopFrameBytes),
-            requests: load(requests), failedReplies: load(failedReplies))
+            requests: load(requests), failedReplies: load(failedReplies),
+            uploadsBegun: load(uploadsBegun), uploadsCompleted: load(uploadsCompleted), uploadsFailed: load(uploadsFailed),
+            uploadsOverloaded: load(uploadsOverloaded), uploadBytesReceived: load(uploadBytesReceived),
+            uploadPartsStored: load(uploadPartsStored), uploadCorruptRefused: load(uploadCorruptRefused))
     }
 }
 
@@ -86,6 +99,13 @@ public struct GatewayCountersSnapshot: Sendable, Equatable, CustomStringConverti
     public var lastHopFrameBytes: UInt64
     public var requests: UInt64
     public var failedReplies: UInt64
+    public var uploadsBegun: UInt64
+    public var uploadsCompleted: UInt64
+    public var uploadsFailed: UInt64
+    public var uploadsOverloaded: UInt64
+    public var uploadBytesReceived: UInt64
+    public var uploadPartsStored: UInt64
+    public var uploadCorruptRefused: UInt64
 
     /// Payload bytes sent for `reason`.
     public func lastHopBytes(_ reason: ExtentReason) -> UInt64 {
@@ -105,7 +125,10 @@ public struct GatewayCountersSnapshot: Sendable, Equatable, CustomStringConverti
          ("not_stored", notStored), ("stat_hits", statHits), ("stat_misses", statMisses),
          ("last_hop_requested_bytes", lastHopRequestedBytes), ("last_hop_sequential_bytes", lastHopSequentialBytes),
          ("last_hop_stride_bytes", lastHopStrideBytes), ("last_hop_frame_bytes", lastHopFrameBytes),
-         ("requests", requests), ("failed_replies", failedReplies)]
+         ("requests", requests), ("failed_replies", failedReplies),
+         ("uploads_begun", uploadsBegun), ("uploads_completed", uploadsCompleted), ("uploads_failed", uploadsFailed),
+         ("uploads_overloaded", uploadsOverloaded), ("upload_bytes_received", uploadBytesReceived),
+         ("upload_parts_stored", uploadPartsStored), ("upload_corrupt_refused", uploadCorruptRefused)]
     }
 
     public var description: String { fields.map { "\($0.0) \($0.1)" }.joined(separator: " ") }

@@ -18,6 +18,8 @@ public struct IntermediateConfiguration: Sendable {
     public var statEntriesMax = 65_536
     public var eventLoopThreadCount = 1
     public var predictor = PredictorConfiguration()
+    /// Writes from the appliance (docs/GATEWAY.md, "Writes").
+    public var upload = UploadConfiguration()
 
     public static let outstandingRequestsMaxLimit = 4_096
     public static let statTTLNsLimit: UInt64 = 3_600_000_000_000
@@ -73,6 +75,9 @@ public final class IntermediateServer: Sendable {
             ("statEntriesMax", configuration.statEntriesMax, 1...Limits.statEntriesMaxLimit),
             ("eventLoopThreadCount", configuration.eventLoopThreadCount, 1...64),
             ("port", port, 0...65535),
+            ("upload.partBytes", configuration.upload.partBytes, UploadConfiguration.partBytesRange),
+            ("upload.uploadsMax", configuration.upload.uploadsMax, 1...4_096),
+            ("upload.bufferedBytesMax", configuration.upload.bufferedBytesMax, GatewayProtocol.uploadDataBytesMax...(16 << 30)),
         ]
         for (setting, value, range) in checks where !range.contains(value) {
             throw .setting(.invalid(setting: setting, value: value, rule: "in \(range)"))
@@ -90,7 +95,8 @@ public final class IntermediateServer: Sendable {
         }
         let shared = ServerShared(store: store, cache: cache, units: units, configuration: configuration, counters: cache.counters,
                                   stats: StatCache(ttlNs: configuration.statTTLNs, entriesMax: configuration.statEntriesMax,
-                                                   counters: cache.counters))
+                                                   counters: cache.counters),
+                                  uploads: UploadSessions(configuration: configuration.upload, units: units, counters: cache.counters))
         let group = MultiThreadedEventLoopGroup(numberOfThreads: configuration.eventLoopThreadCount)
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.backlog, value: 256)
@@ -99,7 +105,9 @@ public final class IntermediateServer: Sendable {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(
-                        GatewayFrameDecoder(frameBytesMax: GatewayProtocol.requestFrameBytesMax, withStatus: false)))
+                        RequestFrameDecoder(frameBytesMax: GatewayProtocol.requestFrameBytesMax,
+                                            largeOpcodes: [GatewayOpcode.uploadData.rawValue],
+                                            largeFrameBytesMax: GatewayProtocol.uploadFrameBytesMax)))
                     try channel.pipeline.syncOperations.addHandler(IntermediateHandler(shared: shared))
                 }
             }
@@ -146,6 +154,7 @@ struct ServerShared: Sendable {
     let configuration: IntermediateConfiguration
     let counters: GatewayCounters
     let stats: StatCache
+    let uploads: UploadSessions
 }
 
 /// One connection: decodes requests in order, runs them concurrently, writes replies in request order.
@@ -230,6 +239,31 @@ final class IntermediateHandler: ChannelInboundHandler {
                 } catch {
                     return failure(error, key: key, shared)
                 }
+            }
+        case .uploadBegin(let key, let size):
+            run(sequence, requestID: requestID, opcode: opcode, channel) {
+                if case .invalidKey(let key, let reason)? = validWriteKey(key, shared) {
+                    return .failure(.badRequest, message: "key \(key): \(reason)")
+                }
+                return await shared.uploads.begin(key: key, size: size, store: shared.store)
+            }
+        case .uploadData(let piece):
+            run(sequence, requestID: requestID, opcode: opcode, channel) {
+                await shared.uploads.data(piece, store: shared.store)
+            }
+        case .uploadComplete(let id):
+            run(sequence, requestID: requestID, opcode: opcode, channel) {
+                let (reply, key) = await shared.uploads.complete(id, store: shared.store)
+                // The object is new in the store: nothing cached of the old one is served again.
+                if let key {
+                    shared.cache.invalidate(key: key)
+                    shared.stats.invalidate(key)
+                }
+                return reply
+            }
+        case .uploadAbort(let id):
+            run(sequence, requestID: requestID, opcode: opcode, channel) {
+                await shared.uploads.abort(id, store: shared.store)
             }
         case .readSectors(let read):
             // Chosen here, in arrival order, so the history sees reads as the appliance sent them.
@@ -340,6 +374,13 @@ func readSectors(_ read: ReadSectorsRequest, selection: PredictionSelection, _ s
     precondition(data.count == extents.count, "one run of data per extent")
     let payloads = (0..<extents.count).map { ExtentPayload(reason: reasons[$0], extent: extents[$0], crcs: data[$0].crcs, bytes: data[$0].bytes) }
     return .sectors(SectorsReply(size: stat.size, etag: stat.etag, extents: payloads))
+}
+
+/// A directory store refuses keys that leave its root: checked before any byte is taken.
+func validWriteKey(_ key: String, _ shared: ServerShared) -> RemoteStoreError? {
+    guard let directory = shared.store as? DirectoryObjectStore else { return nil }
+    do throws(RemoteStoreError) { _ = try directory.path(of: key) } catch { return error }
+    return nil
 }
 
 /// The reply for a store error. An object gone or shrunk drops what is cached of it: nothing stale is

@@ -10,6 +10,48 @@ public protocol RemoteObjectStore: Sendable {
     /// Exactly the bytes of `range` (non-empty, within the object): a shorter answer is an error. With
     /// `etag`, of that version only: bytes of another version are `changed`, never returned.
     func read(key: String, range: Range<UInt64>, etag: String?) async throws(RemoteStoreError) -> [UInt8]
+
+    // The write side (the intermediate's uploads). A store that cannot be written keeps the defaults,
+    // which refuse (`failed`). A write replaces the whole object: readers see the old or the new bytes.
+
+    /// Stores `bytes` as `key` in one call (small objects). Returns the new etag.
+    func put(key: String, bytes: [UInt8]) async throws(RemoteStoreError) -> String
+    /// Starts a multipart upload of `key`; every started upload is completed or aborted.
+    func createUpload(key: String) async throws(RemoteStoreError) -> String
+    /// Part `partNumber` (1, 2, ... in order) of an upload: all but the last at least 5 MiB on S3.
+    func uploadPart(key: String, uploadID: String, partNumber: Int, bytes: [UInt8]) async throws(RemoteStoreError) -> RemoteUploadedPart
+    /// Joins the parts (in part order) into the object, replacing it. Returns the new etag.
+    func completeUpload(key: String, uploadID: String, parts: [RemoteUploadedPart]) async throws(RemoteStoreError) -> String
+    /// Drops an upload and its parts (best effort: errors are ignored).
+    func abortUpload(key: String, uploadID: String) async
+}
+
+/// A part a store took, to be passed back in order to `completeUpload`.
+public struct RemoteUploadedPart: Sendable, Equatable {
+    public var partNumber: Int
+    public var etag: String
+    public var bytes: Int
+    public init(partNumber: Int, etag: String, bytes: Int) {
+        self.partNumber = partNumber
+        self.etag = etag
+        self.bytes = bytes
+    }
+}
+
+extension RemoteObjectStore {
+    public func put(key: String, bytes: [UInt8]) async throws(RemoteStoreError) -> String {
+        throw .failed("this store cannot be written")
+    }
+    public func createUpload(key: String) async throws(RemoteStoreError) -> String {
+        throw .failed("this store cannot be written")
+    }
+    public func uploadPart(key: String, uploadID: String, partNumber: Int, bytes: [UInt8]) async throws(RemoteStoreError) -> RemoteUploadedPart {
+        throw .failed("this store cannot be written")
+    }
+    public func completeUpload(key: String, uploadID: String, parts: [RemoteUploadedPart]) async throws(RemoteStoreError) -> String {
+        throw .failed("this store cannot be written")
+    }
+    public func abortUpload(key: String, uploadID: String) async {}
 }
 
 /// Why the remote store did not answer with the object. Each maps to one status of the block protocol.

@@ -45,6 +45,44 @@ public struct S3RemoteStore: RemoteObjectStore {
         return bytes
     }
 
+    // MARK: Writes
+
+    public func put(key: String, bytes: [UInt8]) async throws(RemoteStoreError) -> String {
+        do throws(S3Error) { return try await client.putObject(bucket: bucket, key: key, bytes: bytes) } catch {
+            throw Self.storeError(error, key: key)
+        }
+    }
+
+    public func createUpload(key: String) async throws(RemoteStoreError) -> String {
+        do throws(S3Error) { return try await client.createMultipartUpload(bucket: bucket, key: key) } catch {
+            throw Self.storeError(error, key: key)
+        }
+    }
+
+    public func uploadPart(key: String, uploadID: String, partNumber: Int, bytes: [UInt8]) async throws(RemoteStoreError) -> RemoteUploadedPart {
+        do throws(S3Error) {
+            let part = try await client.uploadPart(bucket: bucket, key: key, uploadID: uploadID, partNumber: partNumber, bytes: bytes)
+            return RemoteUploadedPart(partNumber: part.partNumber, etag: part.etag, bytes: part.sizeBytes)
+        } catch {
+            throw Self.storeError(error, key: key)
+        }
+    }
+
+    public func completeUpload(key: String, uploadID: String, parts: [RemoteUploadedPart]) async throws(RemoteStoreError) -> String {
+        let s3Parts = parts.map { S3UploadedPart(partNumber: $0.partNumber, etag: $0.etag, sizeBytes: $0.bytes) }
+        do throws(S3Error) {
+            _ = try await client.completeMultipartUpload(bucket: bucket, key: key, uploadID: uploadID, parts: s3Parts)
+            // The object's etag as a HEAD reports it (what `size` and reads compare against).
+            return try await client.headObject(bucket: bucket, key: key).etag
+        } catch {
+            throw Self.storeError(error, key: key)
+        }
+    }
+
+    public func abortUpload(key: String, uploadID: String) async {
+        try? await client.abortMultipartUpload(bucket: bucket, key: key, uploadID: uploadID)
+    }
+
     static func storeError(_ error: S3Error, key: String) -> RemoteStoreError {
         switch error.kind {
         case .service(404, _, _):

@@ -9,7 +9,7 @@ struct GatewayCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gateway",
         abstract: "The storage gateway: an intermediate device near the remote store, an appliance near its users (docs/GATEWAY.md).",
-        subcommands: [ServeIntermediate.self, ServeAppliance.self, Read.self])
+        subcommands: [ServeIntermediate.self, ServeAppliance.self, Read.self, Write.self])
 }
 
 extension GatewayCommand {
@@ -153,9 +153,20 @@ extension GatewayCommand {
         @Option(help: "How long an object's size and etag are used before the intermediate is asked again (milliseconds).")
         var statTtlMs = 1_000
 
+        @Option(help: "Upload journal directory: enables writes (write-back; sealed objects left there are uploaded at start).")
+        var journal: String?
+
+        @Option(help: "Bytes the journal holds at most (writes waiting for upload); an append past it waits, then is refused.")
+        var journalBytes = "1gb"
+
+        @Option(help: "At SIGTERM/SIGINT, how long to wait for sealed objects to reach the remote store (milliseconds).")
+        var shutdownFlushMs = 30_000
+
         func validate() throws {
             _ = try hostPort(listen, flag: "--listen", portZero: true)
             _ = try hostPort(intermediate, flag: "--intermediate", portZero: false)
+            _ = try byteCount(journalBytes, flag: "--journal-bytes")
+            guard (0...3_600_000).contains(shutdownFlushMs) else { throw ValidationError("--shutdown-flush-ms must be 0...3600000, got \(shutdownFlushMs)") }
             _ = try byteCount(cacheBytes, flag: "--cache-bytes")
             _ = try byteCount(blockBytes, flag: "--block-bytes")
             _ = try byteCount(readAheadBytes, flag: "--read-ahead-bytes")
@@ -174,6 +185,11 @@ extension GatewayCommand {
             configuration.statTTLNs = UInt64(statTtlMs) * 1_000_000
             configuration.budget = ApplianceBudget(bytesPerSecond: try budgetBytesPerS.map { UInt64(try byteCount($0, flag: "--budget-bytes-per-s")) },
                                                    ratio: budgetRatio)
+            if let journal {
+                var journalConfiguration = ApplianceJournalConfiguration(directory: journal)
+                journalConfiguration.bytesMax = try byteCount(journalBytes, flag: "--journal-bytes")
+                configuration.journal = journalConfiguration
+            }
             let appliance: Appliance
             let server: ApplianceServer
             do {
@@ -185,6 +201,10 @@ extension GatewayCommand {
             }
             StopSignal.install()
             print("listening on \(server.host):\(server.port) \(appliance.units) cache \(appliance.cache.capacityBlocks) blocks")
+            if journal != nil {
+                let recovery = appliance.journalRecovery
+                print("journal: \(recovery.sealed) sealed object(s) to upload, \(recovery.discardedOpen) unclosed write(s) discarded")
+            }
             fflush(nil)
             // Waits on a Dispatch thread: a blocked cooperative thread would starve the appliance's tasks.
             await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
@@ -194,6 +214,11 @@ extension GatewayCommand {
                 }
             }
             server.close()
+            if journal != nil {
+                let left = await appliance.shutdown(flushWithinNs: UInt64(shutdownFlushMs) * 1_000_000)
+                print(left == 0 ? "journal: every closed object is in the remote store"
+                      : "journal: \(left) closed object(s) not yet uploaded; kept in the journal, uploaded at the next start")
+            }
             print("counters \(appliance.counters.snapshot())")
             for share in appliance.shares {
                 print("share \(share.name) served_bytes \(share.servedBytes) requested_bytes \(share.requestedBytes) "
@@ -270,6 +295,68 @@ extension GatewayCommand {
                 throw exit
             } catch {
                 FileHandleStderr.write("sluice gateway read: \(error)\n")
+                throw ExitCode(1)
+            }
+        }
+    }
+}
+
+extension GatewayCommand {
+    struct Write: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "write",
+            abstract: "Write a file as an object through an appliance (create or replace); acknowledged once durable in its journal.")
+
+        @Option(help: "The appliance, HOST:PORT.")
+        var appliance: String
+
+        @Option(help: "Object key.")
+        var key: String
+
+        @Option(name: .customLong("in"), help: "The file to write (read in pieces of 1 MiB).")
+        var input: String
+
+        @Flag(help: "Wait until the object is in the remote store.")
+        var flush = false
+
+        @Option(help: "How long --flush waits (milliseconds).")
+        var flushTimeoutMs: UInt32 = 600_000
+
+        func validate() throws {
+            _ = try hostPort(appliance, flag: "--appliance", portZero: false)
+        }
+
+        func run() async throws {
+            let (host, port) = try hostPort(appliance, flag: "--appliance", portZero: false)
+            let fd = open(input, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else {
+                FileHandleStderr.write("sluice gateway write: open \(input): errno \(errno)\n")
+                throw ExitCode(1)
+            }
+            defer { close(fd) }
+            do {
+                let client = try await ApplianceClient.connect(host: host, port: port)
+                let id = try await client.beginWrite(key: key)
+                var offset: UInt64 = 0
+                var piece = [UInt8](repeating: 0, count: ApplianceProtocol.appendBytesMax)
+                while true {
+                    let count = piece.withUnsafeMutableBytes { read(fd, $0.baseAddress!, $0.count) }
+                    guard count >= 0 else {
+                        FileHandleStderr.write("sluice gateway write: read \(input): errno \(errno)\n")
+                        try? await client.abortWrite(writeID: id)
+                        throw ExitCode(1)
+                    }
+                    if count == 0 { break }
+                    offset = try await client.append(writeID: id, offset: offset, bytes: Array(piece[0..<count]))
+                }
+                let size = try await client.closeWrite(writeID: id)
+                if flush { try await client.flush(key: key, timeoutMs: flushTimeoutMs) }
+                FileHandleStderr.write("wrote \(size) bytes as \(key)\(flush ? " (in the remote store)" : " (in the appliance's journal; uploaded in the background)")\n")
+                await client.close()
+            } catch let exit as ExitCode {
+                throw exit
+            } catch {
+                FileHandleStderr.write("sluice gateway write: \(error)\n")
                 throw ExitCode(1)
             }
         }
