@@ -18,6 +18,7 @@ let package = Package(
         .library(name: "SluiceGateway", targets: ["SluiceGateway"]),
         .library(name: "SluiceWAN", targets: ["SluiceWAN"]),
         .library(name: "SluiceEtcd", targets: ["SluiceEtcd"]),
+        .library(name: "SluiceFirmware", targets: ["SluiceFirmware"]),
         .executable(name: "sluice", targets: ["sluice"]),
     ],
     dependencies: [
@@ -46,7 +47,8 @@ let package = Package(
         .target(
             name: "CShims",
             path: "CShims",
-            linkerSettings: [.linkedLibrary("numa"), .linkedLibrary("pcap"), .linkedLibrary("uring"), .linkedLibrary("pthread")]
+            linkerSettings: [.linkedLibrary("numa"), .linkedLibrary("pcap"), .linkedLibrary("uring"), .linkedLibrary("pthread"),
+                             .linkedLibrary("tss2-esys"), .linkedLibrary("tss2-tctildr"), .linkedLibrary("tss2-rc")]
         ),
         .target(
             name: "SluiceCore",
@@ -138,6 +140,16 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
         ),
+        // Firmware-update attempt counters (TPM NV or software), signed confirmation records, A/B image
+        // slots, the update flow and the boot check that isolates devices (docs/FIRMWARE.md).
+        .target(
+            name: "SluiceFirmware",
+            dependencies: [
+                "SluiceCore", "CShims",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
         // The WAN emulator: delay, jitter, loss, rate and queue limits between two interfaces (docs/WAN.md).
         .target(
             name: "SluiceWAN",
@@ -152,6 +164,11 @@ let package = Package(
                 "SluicePageStore", "SluiceStorageServer", "SluiceService", "SluiceReplication", "SluiceWAN", "SluiceGateway",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
+        ),
+        .target(name: "SluiceFirmwareTestSupport", dependencies: ["SluiceFirmware"], path: "Tests/SluiceFirmwareTestSupport"),
+        .testTarget(
+            name: "SluiceFirmwareTests",
+            dependencies: ["SluiceFirmware", "SluiceFirmwareTestSupport", .product(name: "Crypto", package: "swift-crypto")]
         ),
         .testTarget(name: "SluiceCoreTests", dependencies: ["SluiceCore", "CShims"]),
         // What the storage tests share: the linearizability checker for histories of one page.

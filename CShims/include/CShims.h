@@ -6,5 +6,6 @@
 #include "sluice_pcap.h"
 #include "sluice_spsc.h"
 #include "sluice_sys.h"
+#include "sluice_tpm.h"
 #include "sluice_uring.h"
 #endif
