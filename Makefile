@@ -21,7 +21,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Tests that pin threads and measure timing run one suite at a time on small machines.
 TEST_FLAGS ?= --no-parallel
 
-.PHONY: all deps bench-deps build build-tests test demo bench bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan soak clean
+.PHONY: all deps bench-deps build build-tests test demo bench bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan bench-firmware soak clean
 
 all: build
 
@@ -120,6 +120,10 @@ bench-etcd-transport: deps
 # `sluice wan` against its settings: ping RTT, iperf3 TCP rate, UDP loss, in three namespaces (root; docs/WAN.md).
 bench-wan: bench-deps build
 	NO_BUILD=1 scripts/bench-wan.sh
+
+# The TPM attempt counter through ESAPI against tpm2-tools per operation, and the boot check (swtpm; docs/FIRMWARE.md).
+bench-firmware: bench-deps
+	scripts/bench-firmware.sh
 
 # Long stress runs: the runtime's tests repeated, for lost wake-ups and races that need many tries, and
 # the robustness tests of hostile input (clients that pipeline and never read, to the storage server and

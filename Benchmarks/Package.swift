@@ -91,6 +91,15 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // The firmware-update attempt counter: TPMCounter through ESAPI vs tpm2_nvincrement/tpm2_nvread spawned
+        // per operation on the same swtpm, and the boot check of N devices (scripts/bench-firmware.sh).
+        .executableTarget(
+            name: "firmware-bench",
+            dependencies: [
+                .product(name: "SluiceFirmware", package: "Sluice"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
         // The core runtime's 3-stage load test (generator -> relay -> latency sink): benchmark code kept
         // out of SluiceCore, run by `pipeline-load` (scripts/bench-pipeline.sh) and PipelineBench.
         .target(name: "PipelineLoad", dependencies: [.product(name: "SluiceCore", package: "Sluice")]),
