@@ -162,6 +162,7 @@ let package = Package(
             dependencies: [
                 "SluiceCore", "SluicePacket", "SluicePacketIO", "SluiceTraffic", "SluiceReplay",
                 "SluicePageStore", "SluiceStorageServer", "SluiceService", "SluiceReplication", "SluiceWAN", "SluiceGateway",
+                "SluiceFirmware", .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -19,8 +19,7 @@ export TSS2_LOG=${TSS2_LOG:-all+none}  # ESAPI logs the expected "not defined" l
 state=$(mktemp -d /tmp/bench-firmware.XXXXXX)
 swtpm_pid=""
 cleanup() {
-  [ -z "$swtpm_pid" ] || kill -9 "$swtpm_pid" 2>/dev/null || true
-  wait 2>/dev/null || true
+  [ -z "$swtpm_pid" ] || { kill -9 "$swtpm_pid"; wait "$swtpm_pid"; } 2>/dev/null || true
   rm -rf "$state"
 }
 trap cleanup EXIT
