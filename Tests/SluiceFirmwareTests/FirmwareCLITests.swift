@@ -222,4 +222,32 @@ struct FirmwareCLITPMTests {
             #expect(ran.status == 3 && ran.stdout.contains("port0: ISOLATED: counter unreadable"), "\(ran)")
         }
     }
+
+    /// TPM2_Clear (tpm2_clear with platform authorization, empty on swtpm) deletes every owner NV index,
+    /// these counters included: every device is isolated as "not defined"; readmission cannot help (the
+    /// statement needs the counter); a new update defines the counter again and confirms its value.
+    @Test func tpmClearIsolatesEveryDeviceUntilUpdated() throws {
+        try withSwtpm { swtpm in
+            let cli = try CLIFixture()
+            cli.counterFlags = ["--counter", "tpm", "--tpm", "127.0.0.1:\(swtpm.port)"]
+            #expect(try cli.update("port0").status == 0)
+            #expect(try cli.update("port0").status == 0)
+            #expect(try cli.update("disk0").status == 0)
+            #expect(try cli.check().status == 0)
+            let tool = try runChild("/usr/bin/tpm2_clear", ["-c", "p"],
+                                    environment: ["TPM2TOOLS_TCTI": "swtpm:host=127.0.0.1,port=\(swtpm.port)"])
+            #expect(tool.status == 0, "tpm2_clear: \(tool)")
+            var ran = try cli.check()
+            #expect(ran.status == 3 && ran.stdout.contains("0 healthy, 2 isolated"), "\(ran)")
+            #expect(ran.stdout.contains("port0: ISOLATED: counter unreadable") && ran.stdout.contains("is not defined"), "\(ran)")
+            ran = try cli.readmit("port0")
+            #expect(ran.status == 1 && ran.stderr.contains("is not defined"), "\(ran)")
+            ran = try cli.update("port0")
+            #expect(ran.status == 0, "\(ran)")
+            let confirmed = ran.stdout.split(separator: "\n").first { $0.contains("confirmed: counter") }.map(String.init) ?? ""
+            print("after TPM2_Clear, port0's redefined counter: \(confirmed)")
+            ran = try cli.check()
+            #expect(ran.status == 3 && ran.stdout.contains("port0: healthy") && ran.stdout.contains("disk0: ISOLATED"), "\(ran)")
+        }
+    }
 }
