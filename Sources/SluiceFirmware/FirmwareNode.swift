@@ -55,6 +55,14 @@ public struct DeviceCheck: Sendable, Equatable {
     public var incidentPath: String?
     public var isolated: Bool { if case .isolated = state { true } else { false } }
     public var reason: String? { if case .isolated(let reason) = state { reason } else { nil } }
+
+    public init(device: String, state: State, counter: UInt64? = nil, record: ConfirmationRecord? = nil, incidentPath: String? = nil) {
+        self.device = device
+        self.state = state
+        self.counter = counter
+        self.record = record
+        self.incidentPath = incidentPath
+    }
 }
 
 /// Steps of an update, in order (journaled; tests may stop after one to play a crash there).
@@ -96,6 +104,16 @@ public final class FirmwareNode: Sendable {
         self.nodeKey = nodeKey
         self.vendorKey = vendorKey
         self.operatorKey = operatorKey
+    }
+
+    /// A node with its keys read from files: the node's private key, the vendor's and the operator's
+    /// public keys (`FirmwareKeys` format).
+    public static func load(root: String, counterSource: CounterSource, nodeKeyPath: String, vendorKeyPath: String,
+                            operatorKeyPath: String?) throws(FirmwareError) -> FirmwareNode {
+        let node = try FirmwareKeys.privateKey(at: nodeKeyPath)
+        let vendor = try FirmwareKeys.publicKey(at: vendorKeyPath)
+        let operatorKey = try operatorKeyPath.map { path throws(FirmwareError) in try FirmwareKeys.publicKey(at: path) }
+        return FirmwareNode(root: root, counterSource: counterSource, nodeKey: node, vendorKey: vendor, operatorKey: operatorKey)
     }
 
     // MARK: Devices and files

@@ -38,6 +38,19 @@ public enum ServiceRunner {
                            ready: @escaping @Sendable (ServiceEndpoints) -> Void) async throws(ServiceError) -> ServiceSummary {
         let metrics = ServiceMetrics()
         let parts = PartsBox()
+        // The firmware check first: an isolated device's pipelines are never built, its storage never
+        // takes a write.
+        let firmware = try configuration.firmware.map { settings throws(ServiceError) in try FirmwareRuntime.boot(settings, logger: logger) }
+        var checked = configuration
+        if let firmware {
+            checked.pipelines = configuration.pipelines.filter { pipeline in
+                guard let (device, reason) = firmware.isolation(of: pipeline) else { return true }
+                logger.error("pipeline not started: its device is isolated", metadata: [
+                    "pipeline": "\(pipeline.path.name)", "device": "\(device)", "reason": "\(reason)"])
+                return false
+            }
+        }
+        let configuration = checked
         var endpoint: MetricsEndpoint?
         var storage: StorageRuntime?
         // Built first: the runtime checks the worker cores against the process's CPUs, before the
@@ -50,15 +63,19 @@ public enum ServiceRunner {
             if let address = configuration.metrics {
                 endpoint = try MetricsEndpoint.bind(address, render: {
                     let (dataplane, storage) = parts.current
-                    return metrics.render(dataplane: dataplane, storage: storage, wan: wan)
+                    return metrics.render(dataplane: dataplane, storage: storage, wan: wan, firmware: firmware)
                 }, health: {
                     let (dataplane, storage) = parts.current
-                    return healthProblem(dataplane: dataplane, storage: storage)
+                    return firmware?.healthProblem ?? healthProblem(dataplane: dataplane, storage: storage)
                 })
                 logger.info("metrics endpoint listening", metadata: ["listen": "\(endpoint!.host):\(endpoint!.port)"])
             }
             if let settings = configuration.storage {
                 storage = try await StorageRuntime.open(settings, logger: logger)
+                if let (device, reason) = firmware?.storageIsolation {
+                    storage!.node.isolate(reason: "device \(device): \(reason)")
+                    logger.error("storage takes no writes: its device is isolated", metadata: ["device": "\(device)", "reason": "\(reason)"])
+                }
                 parts.setStorage(storage!)
             }
             // The links first, so the pipelines' first frames find them up.
