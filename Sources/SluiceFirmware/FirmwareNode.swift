@@ -269,9 +269,10 @@ public final class FirmwareNode: Sendable {
 
     /// Compares the device's counter with its confirmation record and verifies the active image. On any
     /// mismatch, unreadable counter, bad record or failed image check the device is isolated: the
-    /// result says why, and a signed incident report is written (its path in the result). Never throws:
-    /// every failure is an isolation reason.
-    public func check(device: String) -> DeviceCheck {
+    /// result says why, and a signed incident report is written (its path in the result) unless
+    /// `writeIncident` is false (a re-check of a device already reported). Never throws: every failure
+    /// is an isolation reason.
+    public func check(device: String, writeIncident: Bool = true) -> DeviceCheck {
         var result = DeviceCheck(device: device, state: .healthy)
         var report = IncidentReport(device: device, reason: "", counterKind: "unknown", timeUnixMs: Self.nowMs(),
                                     node: ProcessInfo.processInfo.hostName)
@@ -280,7 +281,7 @@ public final class FirmwareNode: Sendable {
             report.reason = reason
             report.counter = result.counter
             report.record = result.record
-            result.incidentPath = try? writeIncident(report)
+            if writeIncident { result.incidentPath = try? self.writeIncident(report) }
             return result
         }
         do { try Self.validate(device: device) } catch { return isolate("\(error)") }

@@ -6,22 +6,25 @@ import Logging
 import SluiceCore
 import SluiceFirmware
 import SluiceReplay
+import Synchronization
 
-/// The boot check's outcome, for the service's lifetime. Read by the metrics and health closures.
+/// The firmware checks' outcome, for the service's lifetime: the boot check's, then each re-check's.
+/// Read by the metrics and health closures; `recheck` runs on one task.
 public final class FirmwareRuntime: Sendable {
     public let settings: FirmwareSettings
-    /// One per configured device, in configuration order.
-    public let checks: [DeviceCheck]
     /// "tpm" or "software".
     public let counterKind: String
-    /// How long the check of every device took.
+    /// How long the boot check of every device took.
     public let checkNs: UInt64
+    private let state: Mutex<[DeviceCheck]>
+    /// One per configured device, in configuration order: the latest check.
+    public var checks: [DeviceCheck] { state.withLock { $0 } }
 
-    init(settings: FirmwareSettings, checks: [DeviceCheck], counterKind: String, checkNs: UInt64) {
+    init(settings: FirmwareSettings, checks: [DeviceCheck], checkNs: UInt64) {
         self.settings = settings
-        self.checks = checks
-        self.counterKind = counterKind
+        self.counterKind = settings.counter.rawValue
         self.checkNs = checkNs
+        self.state = Mutex(checks)
     }
 
     /// Loads the keys, connects the counter (a TPM that does not answer isolates every device: its
@@ -29,17 +32,45 @@ public final class FirmwareRuntime: Sendable {
     /// cannot be read (a configuration error, not a device's state).
     public static func boot(_ settings: FirmwareSettings, logger: Logger) throws(ServiceError) -> FirmwareRuntime {
         let started = Clock.monotonicNs()
-        var checks: [DeviceCheck] = []
+        let checks = try checkAll(settings, previous: nil, logger: logger)
+        let elapsed = Clock.monotonicNs() &- started
+        logger.info("firmware: boot check done", metadata: [
+            "devices": "\(checks.count)", "isolated": "\(checks.filter(\.isolated).count)", "ms": "\(Double(elapsed) / 1e6)"])
+        return FirmwareRuntime(settings: settings, checks: checks, checkNs: elapsed)
+    }
+
+    /// Checks every device again; returns the devices isolated now that passed before (their pipelines
+    /// are to be stopped). A device that passes again (readmitted meanwhile) is logged; its storage takes
+    /// writes again, its stopped pipelines start at the next start of the service.
+    public func recheck(logger: Logger) -> [String] {
+        let previous = checks
+        guard let now = try? Self.checkAll(settings, previous: previous, logger: logger) else { return [] }
+        state.withLock { $0 = now }
+        var newlyIsolated: [String] = []
+        for (before, after) in zip(previous, now) {
+            if !before.isolated, after.isolated { newlyIsolated.append(after.device) }
+            if before.isolated, !after.isolated {
+                logger.notice("firmware: device passes again (readmitted); restart to start its pipelines", metadata: ["device": "\(after.device)"])
+            }
+        }
+        return newlyIsolated
+    }
+
+    /// One check of every device, logged where it changed (or at boot).
+    private static func checkAll(_ settings: FirmwareSettings, previous: [DeviceCheck]?, logger: Logger) throws(ServiceError) -> [DeviceCheck] {
         let source: CounterSource
         var unreachable: String?
         switch settings.counter {
         case .software:
             source = .software
-            logger.warning("firmware: software attempt counter (weaker than a TPM: a rollback of the store is not detected)")
+            if previous == nil {
+                logger.warning("firmware: software attempt counter (weaker than a TPM: a rollback of the store is not detected)")
+            }
         case .tpm:
             let address = settings.tpm ?? ""
             let colon = address.lastIndex(of: ":") ?? address.endIndex
-            let tcti = TPMConnection.swtpm(host: String(address[..<colon]), port: Int(address[address.index(after: colon)...]) ?? 0)
+            let port = colon < address.endIndex ? Int(address[address.index(after: colon)...]) ?? 0 : 0
+            let tcti = TPMConnection.swtpm(host: String(address[..<colon]), port: port)
             var auth: [UInt8] = []
             if let file = settings.tpmAuthFile {
                 do { auth = Array(try String(contentsOfFile: file, encoding: .utf8).trimmingCharacters(in: .newlines).utf8) } catch {
@@ -61,14 +92,13 @@ public final class FirmwareRuntime: Sendable {
             node = try FirmwareNode.load(root: settings.store, counterSource: source, nodeKeyPath: settings.nodeKey,
                                          vendorKeyPath: settings.vendorKey, operatorKeyPath: settings.operatorKey)
         } catch { throw .firmware(error) }
-        for device in settings.devices {
-            let check: DeviceCheck
-            if let unreachable {
-                check = DeviceCheck(device: device.name, state: .isolated(reason: "counter unreadable: TPM unreachable: \(unreachable)"))
-            } else {
-                check = node.check(device: device.name)
-            }
+        var checks: [DeviceCheck] = []
+        for (position, device) in settings.devices.enumerated() {
+            let check = unreachable.map { DeviceCheck(device: device.name, state: .isolated(reason: "counter unreadable: TPM unreachable: \($0)")) }
+                ?? node.check(device: device.name, writeIncident: previous?[position].isolated != true)
             checks.append(check)
+            let before = previous?[position]
+            guard before == nil || before!.isolated != check.isolated || before!.reason != check.reason else { continue }
             if let reason = check.reason {
                 logger.error("firmware: device isolated", metadata: [
                     "device": "\(device.name)", "reason": "\(reason)", "incident": "\(check.incidentPath ?? "none")"])
@@ -76,20 +106,17 @@ public final class FirmwareRuntime: Sendable {
                 logger.info("firmware: device passed", metadata: ["device": "\(device.name)", "counter": "\(check.counter.map(String.init) ?? "-")"])
             }
         }
-        let elapsed = Clock.monotonicNs() &- started
-        logger.info("firmware: boot check done", metadata: [
-            "devices": "\(checks.count)", "isolated": "\(checks.filter(\.isolated).count)", "ms": "\(Double(elapsed) / 1e6)"])
-        return FirmwareRuntime(settings: settings, checks: checks, counterKind: settings.counter.rawValue, checkNs: elapsed)
+        return checks
     }
 
-    /// The isolated device `pipeline` runs on (by name, or one of its interfaces), with why.
-    public func isolation(of pipeline: PipelineSettings) -> (device: String, reason: String)? {
+    /// The isolated device a pipeline runs on (by name, or one of its interfaces), with why.
+    public func isolation(of pipeline: PacketPathConfiguration) -> (device: String, reason: String)? {
         var interfaces: [String] = []
-        if case .interface(let rx) = pipeline.path.input { interfaces.append(rx.interface) }
-        if case .interface(let name) = pipeline.path.output { interfaces.append(name) }
+        if case .interface(let rx) = pipeline.input { interfaces.append(rx.interface) }
+        if case .interface(let name) = pipeline.output { interfaces.append(name) }
         for (device, check) in zip(settings.devices, checks) {
             guard let reason = check.reason else { continue }
-            if device.pipelines.contains(pipeline.path.name) || device.interfaces.contains(where: interfaces.contains) {
+            if device.pipelines.contains(pipeline.name) || device.interfaces.contains(where: interfaces.contains) {
                 return (device.name, reason)
             }
         }

@@ -160,6 +160,9 @@ public struct FirmwareSettings: Sendable, Equatable {
     public var vendorKey: String
     public var operatorKey: String?
     public var devices: [Device] = []
+    /// Check the devices again this often while running (nil: at start only). A device isolated then
+    /// has its pipelines' sources stopped (they drain) and its storage refuses writes from then on.
+    public var recheckMs: Int?
     public init(store: String, nodeKey: String, vendorKey: String) {
         self.store = store
         self.nodeKey = nodeKey
@@ -324,7 +327,7 @@ extension ServiceConfiguration {
     /// `firmware:` with its devices; every pipeline a device names exists, no interface or pipeline
     /// belongs to two devices, at most one device holds the storage.
     private static func decodeFirmware(_ reader: ConfigReader, _ configuration: ServiceConfiguration) throws(ConfigError) -> FirmwareSettings {
-        try reader.allowKeys(["store", "counter", "tpm", "tpm_auth_file", "node_key", "vendor_key", "operator_key", "devices"])
+        try reader.allowKeys(["store", "counter", "tpm", "tpm_auth_file", "node_key", "vendor_key", "operator_key", "devices", "recheck_ms"])
         var settings = FirmwareSettings(store: try reader.required("store").string(), nodeKey: try reader.required("node_key").string(),
                                         vendorKey: try reader.required("vendor_key").string())
         if let counter = reader.optional("counter") {
@@ -339,6 +342,7 @@ extension ServiceConfiguration {
         if settings.counter == .tpm, settings.tpm == nil { throw reader.child("tpm").invalid("counter tpm needs tpm: HOST:PORT") }
         settings.tpmAuthFile = try reader.optional("tpm_auth_file")?.string()
         settings.operatorKey = try reader.optional("operator_key")?.string()
+        settings.recheckMs = try reader.optional("recheck_ms")?.int(in: 100...86_400_000)
         let items = try reader.required("devices").list()
         guard (1...FirmwareLimits.devicesMax).contains(items.count) else {
             throw reader.child("devices").invalid("1...\(FirmwareLimits.devicesMax) devices, got \(items.count)")

@@ -44,7 +44,7 @@ public enum ServiceRunner {
         var checked = configuration
         if let firmware {
             checked.pipelines = configuration.pipelines.filter { pipeline in
-                guard let (device, reason) = firmware.isolation(of: pipeline) else { return true }
+                guard let (device, reason) = firmware.isolation(of: pipeline.path) else { return true }
                 logger.error("pipeline not started: its device is isolated", metadata: [
                     "pipeline": "\(pipeline.path.name)", "device": "\(device)", "reason": "\(reason)"])
                 return false
@@ -99,6 +99,10 @@ public enum ServiceRunner {
         // Announced from inside the group: its signal handlers are installed by then, so a SIGTERM
         // sent on seeing the ready line is a graceful stop, never the default (kill).
         services.append(.init(service: Announcer { ready(endpoints) }, serviceName: "ready"))
+        if let firmware, let recheckMs = firmware.settings.recheckMs {
+            services.append(.init(service: FirmwareRecheck(firmware: firmware, intervalMs: recheckMs, dataplane: dataplane,
+                                                           storage: storage, logger: logger), serviceName: "firmware-recheck"))
+        }
         if let runForMs = configuration.runForMs {
             services.append(.init(service: StopTrigger(group: groupBox, reason: "run_for_ms elapsed") {
                 try await Task.sleep(for: .milliseconds(runForMs))
@@ -188,6 +192,38 @@ private struct Part: Service, CustomStringConvertible {
                 done.resume()
             }
         }
+    }
+}
+
+/// Checks the devices every `intervalMs`; a device isolated meanwhile has its pipelines' sources
+/// stopped (they drain and flush as at the end of a capture) and, if it holds the storage, the node
+/// refuses writes from then on; one that passes again gets its storage writes back.
+private struct FirmwareRecheck: Service {
+    let firmware: FirmwareRuntime
+    let intervalMs: Int
+    let dataplane: Dataplane
+    let storage: StorageRuntime?
+    let logger: Logger
+
+    func run() async throws {
+        _ = try? await cancelWhenGracefulShutdown {
+            while true {
+                try await Task.sleep(for: .milliseconds(intervalMs))
+                let isolated = firmware.recheck(logger: logger)
+                for path in dataplane.paths {
+                    guard let (device, reason) = firmware.isolation(of: path.configuration), isolated.contains(device) else { continue }
+                    path.stopSignal.stop()
+                    logger.error("pipeline stopped: its device is isolated", metadata: [
+                        "pipeline": "\(path.configuration.name)", "device": "\(device)", "reason": "\(reason)"])
+                }
+                if !isolated.isEmpty { dataplane.runtime.wakeAll() }
+                if let storage {
+                    let isolation = firmware.storageIsolation
+                    storage.node.isolate(reason: isolation.map { "device \($0.device): \($0.reason)" })
+                }
+            }
+        }
+        try? await gracefulShutdown()
     }
 }
 

@@ -151,6 +151,44 @@ final class FirmwareLab: @unchecked Sendable {
         #expect(!lines.contains { $0.hasPrefix("good ") || $0.hasPrefix("held ") }, "\(lines)")
     }
 
+    /// `recheck_ms`: a device whose counter moves while the service runs is isolated within an
+    /// interval: its pipeline's source is stopped (it drains), its storage refuses writes, health says so.
+    @Test func recheckIsolatesADeviceWhileRunning() throws {
+        let binary = try #require(sluiceBinary(), "no built `sluice` next to the test bundle")
+        let lab = try FirmwareLab("recheck")
+        let paths = ScratchPaths("firmware-recheck")
+        defer { paths.remove() }
+        try lab.provision(["nic0", "nic1", "disk0"])
+        var yaml = lab.yaml(paths: paths, extra: "  recheck_ms: 200")
+        yaml = yaml.replacingOccurrences(of: "rate: 200}", with: "rate: 200, loop: 1000}")
+        let service = try RunningService(binary: binary, yaml: yaml)
+        let storage = try #require(service.storage)
+        let client = try StorageClient(host: storage.host, port: storage.port)
+        _ = try client.create(objectID: 1)
+        #expect(try HTTPClient.get(host: service.metrics.host, port: service.metrics.port, path: "/healthz").status == 200)
+        // An attempt on nic1 and disk0 that nobody confirms.
+        _ = try lab.node().counter(for: "nic1").increment()
+        _ = try lab.node().counter(for: "disk0").increment()
+        var health = HTTPClientResponse(status: 0, body: "")
+        for _ in 0..<300 where health.status != 503 {
+            usleep(10_000)
+            health = try HTTPClient.get(host: service.metrics.host, port: service.metrics.port, path: "/healthz")
+        }
+        #expect(health.status == 503 && health.body.contains("nic1") && health.body.contains("disk0"), "\(health)")
+        do {
+            _ = try client.write(objectID: 1, pageIndex: 0, payload: [1])
+            Issue.record("a write was accepted after the storage device was isolated")
+        } catch {
+            #expect("\(error)".contains("isolated"), "\(error)")
+        }
+        client.close()
+        let (_, lines) = try service.terminate()
+        #expect(service.child.stderrText.contains("pipeline stopped: its device is isolated"), "\(service.child.stderrText)")
+        #expect(lines.contains { $0.hasPrefix("held ") } && lines.contains { $0.hasPrefix("good ") }, "\(lines)")
+        let incidents = try FileManager.default.contentsOfDirectory(atPath: lab.store + "/nic1/incidents")
+        #expect(incidents.count == 1, "one incident for the transition, not one per re-check: \(incidents)")
+    }
+
     @Test func firmwareConfigErrorsNameTheKey() throws {
         let base = "firmware: {store: /s, node_key: /k, vendor_key: /v, devices: [%@]}"
         for (devices, key) in [("{name: a, pipelines: [nope]}", "firmware.devices"), ("{name: 'a b'}", "firmware.devices"),
