@@ -286,6 +286,31 @@ struct TPMCounterTests {
         }
     }
 
+    /// TPM2_Clear (what `tpm2_clear` does with the lockout hierarchy) deletes every owner-hierarchy NV
+    /// index, these counters among them: the node then finds no counter and isolates every device.
+    @Test func tpmClearIsolatesEveryDevice() throws {
+        try withSwtpm { swtpm in
+            let fixture = try Fixture()
+            let image = fixture.image(1)
+            do {
+                let node = fixture.node(try tpmSource(swtpm))
+                try node.update(device: "a", image: image.image, signature: image.signature)
+                try node.update(device: "b", image: image.image, signature: image.signature)
+            }
+            let clear = Process()
+            clear.executableURL = URL(fileURLWithPath: "/usr/bin/tpm2_clear")
+            clear.arguments = ["-T", swtpm.tcti]
+            clear.standardOutput = FileHandle.nullDevice
+            try clear.run()
+            clear.waitUntilExit()
+            #expect(clear.terminationStatus == 0, "tpm2_clear failed")
+            let node = fixture.node(try tpmSource(swtpm))
+            for device in ["a", "b"] {
+                #expect(node.check(device: device).reason?.contains("is not defined") == true, "\(node.check(device: device))")
+            }
+        }
+    }
+
     @Test func tpmUnreachableIsAClearError() throws {
         let ports = try Swtpm.freePorts(1)
         #expect(throws: FirmwareError.self) { try TPMConnection(tcti: TPMConnection.swtpm(host: "127.0.0.1", port: ports[0])) }
