@@ -44,7 +44,12 @@ public final class FirmwareRuntime: Sendable {
     /// writes again, its stopped pipelines start at the next start of the service.
     public func recheck(logger: Logger) -> [String] {
         let previous = checks
-        guard let now = try? Self.checkAll(settings, previous: previous, logger: logger) else { return [] }
+        let now: [DeviceCheck]
+        do { now = try Self.checkAll(settings, previous: previous, logger: logger) } catch {
+            // The check itself cannot run (a key file gone): nothing is known, so nothing passes.
+            logger.error("firmware: re-check failed; every device isolated", metadata: ["error": "\(error)"])
+            now = settings.devices.map { DeviceCheck(device: $0.name, state: .isolated(reason: "the firmware check could not run: \(error)")) }
+        }
         state.withLock { $0 = now }
         var newlyIsolated: [String] = []
         for (before, after) in zip(previous, now) {
@@ -67,10 +72,7 @@ public final class FirmwareRuntime: Sendable {
                 logger.warning("firmware: software attempt counter (weaker than a TPM: a rollback of the store is not detected)")
             }
         case .tpm:
-            let address = settings.tpm ?? ""
-            let colon = address.lastIndex(of: ":") ?? address.endIndex
-            let port = colon < address.endIndex ? Int(address[address.index(after: colon)...]) ?? 0 : 0
-            let tcti = TPMConnection.swtpm(host: String(address[..<colon]), port: port)
+            let tcti = settings.tcti
             var auth: [UInt8] = []
             if let file = settings.tpmAuthFile {
                 do { auth = Array(try String(contentsOfFile: file, encoding: .utf8).trimmingCharacters(in: .newlines).utf8) } catch {
@@ -114,9 +116,14 @@ public final class FirmwareRuntime: Sendable {
         var interfaces: [String] = []
         if case .interface(let rx) = pipeline.input { interfaces.append(rx.interface) }
         if case .interface(let name) = pipeline.output { interfaces.append(name) }
+        return isolation(ofInterfaces: interfaces, pipeline: pipeline.name)
+    }
+
+    /// The isolated device that owns one of `interfaces` (or the pipeline named `pipeline`), with why.
+    public func isolation(ofInterfaces interfaces: [String], pipeline: String? = nil) -> (device: String, reason: String)? {
         for (device, check) in zip(settings.devices, checks) {
             guard let reason = check.reason else { continue }
-            if device.pipelines.contains(pipeline.name) || device.interfaces.contains(where: interfaces.contains) {
+            if pipeline.map(device.pipelines.contains) == true || device.interfaces.contains(where: interfaces.contains) {
                 return (device.name, reason)
             }
         }

@@ -152,8 +152,17 @@ public struct FirmwareSettings: Sendable, Equatable {
     }
     public var store: String
     public var counter: Counter = .software
-    /// `HOST:PORT` of the TPM's swtpm-protocol socket (counter `tpm`).
+    /// The TPM (counter `tpm`): a TCTI string (`device:/dev/tpmrm0`, `tabrmd:`, `swtpm:host=H,port=P`)
+    /// or `HOST:PORT` of an swtpm-protocol socket.
     public var tpm: String?
+    /// `tpm` as a TCTI configuration string.
+    public var tcti: String {
+        let text = tpm ?? ""
+        for name in ["device:", "tabrmd:", "swtpm:", "mssim:", "cmd:"] where text.hasPrefix(name) { return text }
+        let colon = text.lastIndex(of: ":") ?? text.endIndex
+        let port = colon < text.endIndex ? Int(text[text.index(after: colon)...]) ?? 0 : 0
+        return TPMConnection.swtpm(host: String(text[..<colon]), port: port)
+    }
     /// File holding the counters' auth value (counter `tpm`; empty auth when absent).
     public var tpmAuthFile: String?
     public var nodeKey: String
@@ -336,8 +345,13 @@ extension ServiceConfiguration {
             settings.counter = kind
         }
         if let tpm = reader.optional("tpm") {
-            let address = try tpm.listenAddress()
-            settings.tpm = "\(address.host):\(address.port)"
+            let text = try tpm.string()
+            if ["device:", "tabrmd:", "swtpm:", "mssim:", "cmd:"].contains(where: text.hasPrefix) {
+                settings.tpm = text
+            } else {
+                let address = try tpm.listenAddress()
+                settings.tpm = "\(address.host):\(address.port)"
+            }
         }
         if settings.counter == .tpm, settings.tpm == nil { throw reader.child("tpm").invalid("counter tpm needs tpm: HOST:PORT") }
         settings.tpmAuthFile = try reader.optional("tpm_auth_file")?.string()
@@ -379,6 +393,17 @@ extension ServiceConfiguration {
                 device.tpmIndex = value
             }
             settings.devices.append(device)
+        }
+        // Two devices on one TPM counter would isolate each other on every update.
+        if settings.counter == .tpm {
+            var indices: [UInt32: String] = [:]
+            for device in settings.devices {
+                let index = device.tpmIndex ?? FirmwareNode.defaultIndex(device.name)
+                if let other = indices[index] {
+                    throw reader.child("devices").invalid("devices '\(other)' and '\(device.name)' use one TPM index 0x\(String(index, radix: 16)); set tpm_index")
+                }
+                indices[index] = device.name
+            }
         }
         return settings
     }

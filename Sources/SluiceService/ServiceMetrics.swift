@@ -49,12 +49,13 @@ public final class ServiceMetrics: Sendable {
         }
     }
 
-    /// Per device: isolated (1, with the reason as a label) or not (0), the attempt counter's value;
+    /// Per device: isolated (1) or not (0), the attempt counter's value;
     /// and how long the boot check took.
     private func refresh(_ state: inout State, _ firmware: FirmwareRuntime) {
         for check in firmware.checks {
             let labels = [("device", check.device), ("counter", firmware.counterKind)]
-            set(&state, gauge: "sluice_firmware_device_isolated", labels + [("reason", check.reason ?? "")], check.isolated ? 1 : 0)
+            // The reason is in /healthz and the log, not a label: one series per device, whatever happens.
+            set(&state, gauge: "sluice_firmware_device_isolated", labels, check.isolated ? 1 : 0)
             if let counter = check.counter { set(&state, gauge: "sluice_firmware_attempt_counter", labels, Double(counter)) }
         }
         set(&state, gauge: "sluice_firmware_boot_check_seconds", [], Double(firmware.checkNs) / 1e9)

@@ -56,7 +56,12 @@ public enum ServiceRunner {
         // Built first: the runtime checks the worker cores against the process's CPUs, before the
         // threads are confined to the control cores.
         let dataplane = try Dataplane(configuration: configuration, logger: logger)
-        let wan = try WANRuntime(configurations: configuration.wan)
+        let wan = try WANRuntime(configurations: configuration.wan.filter { link in
+            guard let (device, reason) = firmware?.isolation(ofInterfaces: [link.interfaceA, link.interfaceB]) else { return true }
+            logger.error("wan link not started: its device is isolated", metadata: [
+                "link": "\(link.name)", "device": "\(device)", "reason": "\(reason)"])
+            return false
+        })
         var wanStarted = false
         try confineControlThreads(configuration, logger: logger)
         do {
@@ -71,11 +76,12 @@ public enum ServiceRunner {
                 logger.info("metrics endpoint listening", metadata: ["listen": "\(endpoint!.host):\(endpoint!.port)"])
             }
             if let settings = configuration.storage {
-                storage = try await StorageRuntime.open(settings, logger: logger)
-                if let (device, reason) = firmware?.storageIsolation {
-                    storage!.node.isolate(reason: "device \(device): \(reason)")
+                let isolation = firmware?.storageIsolation
+                if let (device, reason) = isolation {
                     logger.error("storage takes no writes: its device is isolated", metadata: ["device": "\(device)", "reason": "\(reason)"])
                 }
+                storage = try await StorageRuntime.open(settings, logger: logger,
+                                                        isolation: isolation.map { "device \($0.device): \($0.reason)" })
                 parts.setStorage(storage!)
             }
             // The links first, so the pipelines' first frames find them up.
