@@ -119,7 +119,7 @@ extension GatewayCommand {
                     text = contents
                 } else {
                     guard let value = getenv(env) else {
-                        throw ValidationError("--store s3: needs credentials: \(flag) FILE or $\(env)")
+                        throw ValidationError("--store s3: needs credential flags: \(flag) FILE, or $\(env)")
                     }
                     text = String(cString: value)
                 }
