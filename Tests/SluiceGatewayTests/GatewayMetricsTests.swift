@@ -54,10 +54,19 @@ func portOfLine(_ line: String) -> Int? {
 
 @Suite(.timeLimit(.minutes(2))) struct GatewayMetricsTests {
     @Test func appliancePageNamesEveryTierAndShare() {
-        let counters = ApplianceCountersSnapshot(
-            reads: 10, readErrors: 1, hitSectors: 30, missSectors: 12, coalescedSectors: 2, bytesServed: 40_960, fetches: 5,
-            readAheads: 1, lastHopRequestedBytes: 49_152, lastHopPredictedBytes: 8_192, lastHopReadAheadBytes: 4_096,
-            lastHopFrameBytes: 51_200, corruptSectorsRefused: 3, intermediateErrors: 4, etagChanges: 0, stats: 6)
+        // Built from a fresh snapshot, field by field: the snapshot grows (write counters) without breaking this.
+        var counters = ApplianceCounters().snapshot()
+        counters.reads = 10
+        counters.readErrors = 1
+        counters.hitSectors = 30
+        counters.missSectors = 12
+        counters.bytesServed = 40_960
+        counters.lastHopRequestedBytes = 49_152
+        counters.lastHopPredictedBytes = 8_192
+        counters.lastHopReadAheadBytes = 4_096
+        counters.lastHopFrameBytes = 51_200
+        counters.corruptSectorsRefused = 3
+        counters.intermediateErrors = 4
         let cache = BlockCacheStats(blocks: 7, capacityBlocks: 4096, objects: 2, evictions: 9, dropped: 1)
         let shares = [ShareSnapshot(name: "a\"b\\c\nd", servedBytes: 100, requestedBytes: 80, predictedBytes: 40, grantedBytes: 50, refusedGrants: 2)]
         let page = GatewayMetrics.appliance(counters, cache: cache, shares: shares)
