@@ -121,6 +121,10 @@ bench-etcd-transport: deps
 bench-wan: bench-deps build
 	NO_BUILD=1 scripts/bench-wan.sh
 
+# The gateway over `sluice wan` (20 ms, 20 Mbit/s): two hops vs direct ranged GETs, and the cache-hit path vs pread (root; docs/GATEWAY.md).
+bench-gateway: bench-deps build
+	NO_BUILD=1 scripts/bench-gateway.sh
+
 # Long stress runs: the runtime's tests repeated, for lost wake-ups and races that need many tries, and
 # the robustness tests of hostile input (clients that pipeline and never read, to the storage server and
 # the metrics endpoint; captures that once trapped or were cut; kill -9 mid-write; two processes on one
