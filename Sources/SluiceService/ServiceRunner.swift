@@ -215,7 +215,10 @@ private struct FirmwareRecheck: Service {
         _ = try? await cancelWhenGracefulShutdown {
             while true {
                 try await Task.sleep(for: .milliseconds(intervalMs))
-                let isolated = firmware.recheck(logger: logger)
+                // TPM commands and fsyncs block: off the cooperative pool.
+                let isolated = await withCheckedContinuation { (done: CheckedContinuation<[String], Never>) in
+                    Thread.detach(name: "sluice-firmware") { done.resume(returning: firmware.recheck(logger: logger)) }
+                }
                 for path in dataplane.paths {
                     guard let (device, reason) = firmware.isolation(of: path.configuration), isolated.contains(device) else { continue }
                     path.stopSignal.stop()
