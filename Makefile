@@ -121,6 +121,10 @@ bench-etcd-transport: deps
 bench-wan: bench-deps build
 	NO_BUILD=1 scripts/bench-wan.sh
 
+# The gateway over `sluice wan` (20 ms, 20 Mbit/s): two hops vs direct ranged GETs, and the cache-hit path vs pread (root; docs/GATEWAY.md).
+bench-gateway: bench-deps build
+	NO_BUILD=1 scripts/bench-gateway.sh
+
 # The TPM attempt counter through ESAPI against tpm2-tools per operation, and the boot check (swtpm; docs/FIRMWARE.md).
 bench-firmware: bench-deps
 	scripts/bench-firmware.sh

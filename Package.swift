@@ -96,7 +96,7 @@ let package = Package(
             name: "SluiceService",
             dependencies: [
                 "SluiceReplay", "SluiceStorageServer", "SluicePageStore", "SluiceTraffic", "SluicePacketIO",
-                "SluicePacket", "SluiceCore", "SluiceReplication", "SluiceWAN",
+                "SluicePacket", "SluiceCore", "SluiceReplication", "SluiceWAN", "SluiceFirmware",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -191,7 +191,8 @@ let package = Package(
         .testTarget(
             name: "SluiceServiceTests",
             dependencies: ["SluiceService", "SluiceStorageServer", "SluicePageStore", "SluicePacketIO", "SluiceReplay",
-                           "SluiceCore", "SluiceTestSupport", "SluiceReplication", "SluiceEtcdTestSupport"]
+                           "SluiceCore", "SluiceTestSupport", "SluiceReplication", "SluiceEtcdTestSupport", "SluiceFirmware",
+                           "SluiceFirmwareTestSupport", .product(name: "Crypto", package: "swift-crypto")]
         ),
         // Real etcd clusters (1 or 3 members of /usr/bin/etcd) as child processes for the replication tests.
         .target(name: "SluiceEtcdTestSupport", path: "Tests/SluiceEtcdTestSupport"),

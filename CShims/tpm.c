@@ -51,6 +51,14 @@ uint32_t sluice_tpm_open(const char *tcti_conf, struct sluice_tpm **out) {
         free(tpm);
         return rc;
     }
+    /* A TPM that takes the connection but never answers must not hang the caller (the default waits forever). */
+    rc = Esys_SetTimeout(tpm->esys, SLUICE_TPM_TIMEOUT_MS);
+    if (rc != TSS2_RC_SUCCESS) {
+        Esys_Finalize(&tpm->esys);
+        Tss2_TctiLdr_Finalize(&tpm->tcti);
+        free(tpm);
+        return rc;
+    }
     rc = Esys_Startup(tpm->esys, TPM2_SU_CLEAR);
     if (rc != TSS2_RC_SUCCESS && (rc & ~TSS2_RC_LAYER_MASK) != TPM2_RC_INITIALIZE) {
         Esys_Finalize(&tpm->esys);
@@ -103,6 +111,11 @@ uint32_t sluice_tpm_nv_define_counter(struct sluice_tpm *tpm, uint32_t index, co
                                      &value, &public_info, &tr);
     if (rc == TSS2_RC_SUCCESS) Esys_TR_Close(tpm->esys, &tr);
     return normalized(rc);
+}
+
+void sluice_tpm_nv_close_handle(struct sluice_tpm *tpm, uint32_t handle) {
+    ESYS_TR tr = handle;
+    Esys_TR_Close(tpm->esys, &tr);
 }
 
 uint32_t sluice_tpm_nv_undefine(struct sluice_tpm *tpm, uint32_t handle) {

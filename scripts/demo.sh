@@ -55,3 +55,7 @@ tail -n +2 out/run.stdout
 echo
 echo "log (out/run.log):"
 cat out/run.log
+
+echo
+echo "================ firmware (issue 12): scripts/demo-firmware.sh"
+BIN="$BIN" scripts/demo-firmware.sh

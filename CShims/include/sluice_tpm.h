@@ -23,6 +23,8 @@ struct sluice_tpm;
  * attack lockout, never ORDERLY (an orderly counter jumps forward after a power loss). */
 uint32_t sluice_tpm_counter_attributes(void);
 
+/* Every TPM command answers within this or fails (Esys_SetTimeout). */
+#define SLUICE_TPM_TIMEOUT_MS 5000
 /* Connects through the TCTI described by `tcti_conf` (e.g. "swtpm:host=127.0.0.1,port=2321") and runs
  * TPM2_Startup(CLEAR) (a TPM already started is fine). *out is set only on success. */
 uint32_t sluice_tpm_open(const char *tcti_conf, struct sluice_tpm **out);
@@ -34,6 +36,8 @@ uint32_t sluice_tpm_nv_handle(struct sluice_tpm *tpm, uint32_t index, const uint
                               uint32_t *handle);
 /* Defines `index` as a counter (sluice_tpm_counter_attributes, 8 bytes, SHA-256 name, empty policy). */
 uint32_t sluice_tpm_nv_define_counter(struct sluice_tpm *tpm, uint32_t index, const uint8_t *auth, size_t auth_len);
+/* Releases ESAPI's object for `handle` (it does not touch the TPM). */
+void sluice_tpm_nv_close_handle(struct sluice_tpm *tpm, uint32_t handle);
 /* Deletes `index` (owner authorization). `handle` is from sluice_tpm_nv_handle and is gone after. */
 uint32_t sluice_tpm_nv_undefine(struct sluice_tpm *tpm, uint32_t handle);
 /* TPM2_NV_Increment with the index's own authorization. */

@@ -27,7 +27,16 @@ public struct EtcdWatch: AsyncSequence, Sendable {
     /// The sequence then ends after what it buffered.
     public func cancel() { reader.cancel() }
 
-    public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(base: events.makeAsyncIterator(), progress: progress) }
+    public func makeAsyncIterator() -> AsyncIterator {
+        AsyncIterator(base: events.makeAsyncIterator(), progress: progress, lifetime: IteratorLifetime(reader: reader))
+    }
+
+    /// Cancels the reader when the last copy of its iterator goes away (the consumer stopped iterating).
+    final class IteratorLifetime: Sendable {
+        let reader: Task<Void, Never>
+        init(reader: Task<Void, Never>) { self.reader = reader }
+        deinit { reader.cancel() }
+    }
 
     /// Events read from etcd and not yet taken by the consumer (for tests of the back-pressure).
     var bufferedEvents: Int { progress.bufferedEvents.load(ordering: .relaxed) }
@@ -35,6 +44,7 @@ public struct EtcdWatch: AsyncSequence, Sendable {
     public struct AsyncIterator: AsyncIteratorProtocol {
         var base: AsyncThrowingStream<EtcdWatchEvent, any Error>.AsyncIterator
         let progress: WatchProgress
+        let lifetime: IteratorLifetime
 
         public mutating func next(isolation actor: isolated (any Actor)?) async throws(EtcdError) -> EtcdWatchEvent? {
             do {

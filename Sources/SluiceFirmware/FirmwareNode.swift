@@ -13,7 +13,8 @@ import Glibc
 /// What the update flow confirmed: the counter value of the attempt, the slot and image, signed by the
 /// node's key (a tampered or foreign record does not verify).
 public struct ConfirmationRecord: Codable, Equatable, Sendable {
-    public var format = "sluice-firmware-record v1"
+    public static let currentFormat = "sluice-firmware-record v1"
+    public var format = ConfirmationRecord.currentFormat
     public var device: String
     public var counter: UInt64
     /// "tpm" or "software", and the TPM NV index (0 for software).
@@ -22,7 +23,8 @@ public struct ConfirmationRecord: Codable, Equatable, Sendable {
     public var slot: String
     public var imageSHA256: String
     public var confirmedAtUnixMs: Int64
-    /// "update" or "readmit".
+    /// "update", "readmit", or "update-while-isolated" (an update of a device that did not pass its
+    /// check: it stays isolated until the operator readmits it).
     public var how: String
 }
 
@@ -55,6 +57,14 @@ public struct DeviceCheck: Sendable, Equatable {
     public var incidentPath: String?
     public var isolated: Bool { if case .isolated = state { true } else { false } }
     public var reason: String? { if case .isolated(let reason) = state { reason } else { nil } }
+
+    public init(device: String, state: State, counter: UInt64? = nil, record: ConfirmationRecord? = nil, incidentPath: String? = nil) {
+        self.device = device
+        self.state = state
+        self.counter = counter
+        self.record = record
+        self.incidentPath = incidentPath
+    }
 }
 
 /// Steps of an update, in order (journaled; tests may stop after one to play a crash there).
@@ -96,6 +106,16 @@ public final class FirmwareNode: Sendable {
         self.nodeKey = nodeKey
         self.vendorKey = vendorKey
         self.operatorKey = operatorKey
+    }
+
+    /// A node with its keys read from files: the node's private key, the vendor's and the operator's
+    /// public keys (`FirmwareKeys` format).
+    public static func load(root: String, counterSource: CounterSource, nodeKeyPath: String, vendorKeyPath: String,
+                            operatorKeyPath: String?) throws(FirmwareError) -> FirmwareNode {
+        let node = try FirmwareKeys.privateKey(at: nodeKeyPath)
+        let vendor = try FirmwareKeys.publicKey(at: vendorKeyPath)
+        let operatorKey = try operatorKeyPath.map { path throws(FirmwareError) in try FirmwareKeys.publicKey(at: path) }
+        return FirmwareNode(root: root, counterSource: counterSource, nodeKey: node, vendorKey: vendor, operatorKey: operatorKey)
     }
 
     // MARK: Devices and files
@@ -164,11 +184,12 @@ public final class FirmwareNode: Sendable {
         try FileIO.replace(path(record.device, "record"), with: try SignedDocument.encode(record, signer: nodeKey))
     }
 
-    /// Holds the device's update lock (flock, non-blocking) while `body` runs. A held lock is
-    /// `updateInProgress`, journaled as a refused attempt.
+    /// Holds the device's update lock (flock, non-blocking, on the device directory itself, which a
+    /// store writer cannot swap for another file) while `body` runs. A held lock is `updateInProgress`,
+    /// journaled as a refused attempt.
     func withDeviceLock<T>(_ device: String, _ body: () throws(FirmwareError) -> T) throws(FirmwareError) -> T {
-        let lockPath = path(device, "update.lock")
-        let fd = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        let lockPath = directory(device)
+        let fd = open(lockPath, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
         guard fd >= 0 else { throw .system(SyscallError("open", Errno(rawValue: errno)), path: lockPath) }
         defer { close(fd) }
         guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
@@ -183,8 +204,19 @@ public final class FirmwareNode: Sendable {
         return try body()
     }
 
+    /// The device's directory exists and is a directory, not a symlink (which would send every file
+    /// of the flow elsewhere).
+    func requireDeviceDirectory(_ device: String) throws(FirmwareError) {
+        switch try FileIO.isRealDirectory(directory(device)) {
+        case nil: throw .unknownDevice(device)
+        case false?: throw .invalid("\(directory(device)) is not a directory (a symlink?): refused")
+        case true?: return
+        }
+    }
+
     func makeDirectory(_ device: String) throws(FirmwareError) {
         let directory = directory(device)
+        if try FileIO.isRealDirectory(directory) != nil { return try requireDeviceDirectory(device) }
         do {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             try FileIO.syncDirectory(of: directory)
@@ -206,8 +238,13 @@ public final class FirmwareNode: Sendable {
     public func update(device: String, image: [UInt8], signature: [UInt8],
                        stopAfter: UpdateStep? = nil, onStep: (@Sendable (UpdateStep) -> Void)? = nil) throws(FirmwareError) -> ConfirmationRecord? {
         try Self.validate(device: device)
+        // An update does not lift an isolation by itself: a device that fails its check now keeps
+        // failing it after the update, until the operator readmits it.
+        let provisioned = try FileIO.isRealDirectory(directory(device)) != nil
+        let priorIsolation = provisioned ? check(device: device, writeIncident: false).reason : nil
         try makeDirectory(device)
         let digest = Self.sha256(image)
+        if let priorIsolation { try journal(device, "update of an isolated device (\(priorIsolation)): readmission needed after it") }
         try journal(device, "update requested: image sha256 \(digest), \(image.count) bytes")
         do {
             try verifyImage(device, image, signature)
@@ -223,7 +260,14 @@ public final class FirmwareNode: Sendable {
             }
             if try step(.signatureVerified, "vendor key") { return nil }
             let counter = try counter(for: device)
+            let before = try? counter.read()
             let attempt = try counter.increment()
+            // Exactly one more than before: an increment by anyone else in between is not taken for ours
+            // (the device stays with its counter ahead of its record: isolated).
+            if let before = before ?? nil, attempt != before + 1 {
+                try journal(device, "aborted: the counter went from \(before) to \(attempt) across one increment")
+                throw .checkFailed(device: device, reason: "the counter went from \(before) to \(attempt) across one increment")
+            }
             if try step(.counterAdvanced, "attempt \(attempt) (\(counter.kind) counter)") { return nil }
             let slot = (try activeSlot(device)) == "a" ? "b" : "a"
             try FileIO.replace(path(device, "slot-\(slot).img"), with: image)
@@ -240,7 +284,7 @@ public final class FirmwareNode: Sendable {
             if try step(.slotActivated, "attempt \(attempt), slot \(slot)") { return nil }
             let record = ConfirmationRecord(device: device, counter: attempt, counterKind: counter.kind,
                                             counterIndex: counterIndex(counter), slot: slot, imageSHA256: digest,
-                                            confirmedAtUnixMs: Self.nowMs(), how: "update")
+                                            confirmedAtUnixMs: Self.nowMs(), how: priorIsolation == nil ? "update" : "update-while-isolated")
             try writeRecord(record)
             _ = try step(.confirmed, "attempt \(attempt), counter value recorded")
             return record
@@ -251,9 +295,10 @@ public final class FirmwareNode: Sendable {
 
     /// Compares the device's counter with its confirmation record and verifies the active image. On any
     /// mismatch, unreadable counter, bad record or failed image check the device is isolated: the
-    /// result says why, and a signed incident report is written (its path in the result). Never throws:
-    /// every failure is an isolation reason.
-    public func check(device: String) -> DeviceCheck {
+    /// result says why, and a signed incident report is written (its path in the result) unless
+    /// `writeIncident` is false (a re-check of a device already reported). Never throws: every failure
+    /// is an isolation reason.
+    public func check(device: String, writeIncident: Bool = true) -> DeviceCheck {
         var result = DeviceCheck(device: device, state: .healthy)
         var report = IncidentReport(device: device, reason: "", counterKind: "unknown", timeUnixMs: Self.nowMs(),
                                     node: ProcessInfo.processInfo.hostName)
@@ -262,12 +307,14 @@ public final class FirmwareNode: Sendable {
             report.reason = reason
             report.counter = result.counter
             report.record = result.record
-            result.incidentPath = try? writeIncident(report)
+            if writeIncident { result.incidentPath = try? self.writeIncident(report) }
             return result
         }
         do { try Self.validate(device: device) } catch { return isolate("\(error)") }
-        guard FileManager.default.fileExists(atPath: directory(device)) else {
+        do { try requireDeviceDirectory(device) } catch .unknownDevice {
             return isolate("no firmware store for the device (never provisioned)")
+        } catch {
+            return isolate("\(error)")
         }
         let counter: any MonotonicCounter
         let value: UInt64?
@@ -288,6 +335,10 @@ public final class FirmwareNode: Sendable {
         }
         result.record = record
         guard record.device == device else { return isolate("the confirmation record is for device \(record.device)") }
+        guard record.format == ConfirmationRecord.currentFormat else { return isolate("the confirmation record's format is \(record.format)") }
+        if record.how == "update-while-isolated" {
+            return isolate("updated while isolated: awaiting the operator's readmission")
+        }
         guard record.counterKind == counter.kind, record.counterIndex == counterIndex(counter) else {
             return isolate("the record was made with the \(record.counterKind) counter 0x\(String(record.counterIndex, radix: 16)), "
                            + "this node uses the \(counter.kind) counter 0x\(String(counterIndex(counter), radix: 16))")
@@ -321,16 +372,27 @@ public final class FirmwareNode: Sendable {
         return result
     }
 
-    /// Writes `report`, signed, under the device's `incidents/`; keeps the newest `incidentsKeptMax`.
+    /// Writes `report`, signed, under the device's `incidents/`; keeps the newest `incidentsKeptMax`
+    /// (only files of its own naming are pruned; a symlinked directory is refused).
     func writeIncident(_ report: IncidentReport) throws(FirmwareError) -> String {
-        let directory = FileManager.default.fileExists(atPath: directory(report.device))
+        let directory = (try? FileIO.isRealDirectory(self.directory(report.device))) == true
             ? path(report.device, "incidents") : root + "/incidents-" + report.device
-        do { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) } catch {
-            throw .invalid("\(directory): \(error)")
+        switch try FileIO.isRealDirectory(directory) {
+        case nil:
+            do { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) } catch {
+                throw .invalid("\(directory): \(error)")
+            }
+            do { try FileIO.syncDirectory(of: directory) } catch { throw .system(SyscallError("fsync", error), path: directory) }
+        case false?: throw .invalid("\(directory) is not a directory (a symlink?): refused")
+        case true?: break
         }
         let file = directory + "/\(report.timeUnixMs)-\(UInt32.random(in: 0...UInt32.max)).json"
         try FileIO.replace(file, with: try SignedDocument.encode(report, signer: nodeKey))
-        let reports = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { $0.hasSuffix(".json") }.sorted {
+        let reports = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { name in
+            // `<ms>-<random>.json`, as written above.
+            let parts = name.dropLast(5).split(separator: "-")
+            return name.hasSuffix(".json") && parts.count == 2 && parts.allSatisfy { !$0.isEmpty && $0.allSatisfy(\.isNumber) }
+        }.sorted {
             (Int64($0.split(separator: "-").first ?? "") ?? 0) < (Int64($1.split(separator: "-").first ?? "") ?? 0)
         }
         for old in reports.dropLast(Self.incidentsKeptMax) { unlink(directory + "/" + old) }
@@ -344,38 +406,63 @@ public final class FirmwareNode: Sendable {
 
     // MARK: Readmission
 
-    /// What the operator signs to readmit `device` as it is now: its counter value and active image.
+    /// What the operator signs to readmit `device` as it is now: this node's key, the device's counter
+    /// value ("missing" after its index was deleted, "uninitialised" before its first increment), the
+    /// active slot and the SHA-256 of its image. Readmission advances the counter, so a signature is
+    /// good for one readmission of one state on one node.
     public func readmissionStatement(device: String) throws(FirmwareError) -> [UInt8] {
         try Self.validate(device: device)
-        let value = try counter(for: device).read()
-        let slot = try activeSlot(device) ?? "none"
-        let digest = slot == "none" ? "none" : Self.sha256(try FileIO.read(path(device, "slot-\(slot).img")))
-        return Array("sluice-firmware-readmit v1 \(device) counter=\(value.map(String.init) ?? "uninitialised") slot=\(slot) sha256=\(digest)".utf8)
+        try requireDeviceDirectory(device)
+        return try readmissionState(device).statement
+    }
+
+    /// The device's state as a readmission sees it, read once.
+    private func readmissionState(_ device: String) throws(FirmwareError)
+        -> (statement: [UInt8], counter: UInt64?, slot: String?, image: [UInt8]?) {
+        let value: UInt64?
+        var counterText: String
+        do {
+            value = try counter(for: device).read()
+            counterText = value.map(String.init) ?? "uninitialised"
+        } catch .counterMissing {
+            value = nil
+            counterText = "missing"
+        }
+        let slot = try activeSlot(device)
+        let image = try slot.map { slot throws(FirmwareError) in try FileIO.read(path(device, "slot-\(slot).img")) }
+        let node = FirmwareKeys.hex(Array(nodeKey.publicKey.rawRepresentation))
+        let statement = Array(("sluice-firmware-readmit v2 node=\(node) device=\(device) counter=\(counterText) "
+                               + "slot=\(slot ?? "none") sha256=\(image.map(Self.sha256) ?? "none")").utf8)
+        return (statement, value, slot, image)
     }
 
     /// Readmits an isolated device: the operator's signature over `readmissionStatement(device:)` must
     /// verify with the operator's key, and the active image must pass its checks (vendor signature).
-    /// Records the counter's current value as confirmed (incrementing an uninitialised counter once).
+    /// The counter is advanced (defined again if it was deleted) and its new value recorded as
+    /// confirmed, so the readmission is itself a counted change and an older record can never pass
+    /// again. Everything is read once, under the device's lock.
     @discardableResult
     public func readmit(device: String, operatorSignature: [UInt8]) throws(FirmwareError) -> ConfirmationRecord {
         guard let operatorKey else { throw .invalid("no operator key configured: readmission is disabled") }
         try Self.validate(device: device)
-        guard FileManager.default.fileExists(atPath: directory(device)) else { throw .unknownDevice(device) }
+        try requireDeviceDirectory(device)
         return try withDeviceLock(device) { () throws(FirmwareError) -> ConfirmationRecord in
-            let statement = try readmissionStatement(device: device)
-            guard operatorKey.isValidSignature(operatorSignature, for: statement) else {
+            let state = try readmissionState(device)
+            guard operatorKey.isValidSignature(operatorSignature, for: state.statement) else {
                 try journal(device, "readmission refused: operator signature does not verify")
                 throw .operatorNotAuthenticated(device: device)
             }
-            guard let slot = try activeSlot(device) else { throw .checkFailed(device: device, reason: "no active slot") }
-            let image = try FileIO.read(path(device, "slot-\(slot).img"))
+            guard let slot = state.slot, let image = state.image else { throw .checkFailed(device: device, reason: "no active slot") }
             do { try verifyImage(device, image, try FileIO.read(path(device, "slot-\(slot).sig"))) } catch {
                 try journal(device, "readmission refused: \(error)")
                 throw .checkFailed(device: device, reason: "\(error)")
             }
             let counter = try counter(for: device)
-            let value: UInt64
-            if let read = try counter.read() { value = read } else { value = try counter.increment() }
+            let value = try counter.increment()
+            if let before = state.counter, value != before + 1 {
+                try journal(device, "readmission aborted: the counter went from \(before) to \(value) across one increment")
+                throw .checkFailed(device: device, reason: "the counter moved during the readmission")
+            }
             let record = ConfirmationRecord(device: device, counter: value, counterKind: counter.kind,
                                             counterIndex: counterIndex(counter), slot: slot, imageSHA256: Self.sha256(image),
                                             confirmedAtUnixMs: Self.nowMs(), how: "readmit")

@@ -21,7 +21,8 @@ public protocol MonotonicCounter: Sendable {
     func increment() throws(FirmwareError) -> UInt64
 }
 
-/// A file-backed counter: `value` and an HMAC-SHA256 of it under the node's key, replaced by write +
+/// A file-backed counter: `value` and an HMAC-SHA256 of its path and value under the node's key (a
+/// copy from another device's file does not verify), replaced by write +
 /// fsync + rename + directory fsync. It detects edits and corruption, not a rollback to an older valid
 /// copy of the file (a TPM counter does): labelled weaker wherever it is reported.
 public struct SoftwareCounter: MonotonicCounter {
@@ -43,7 +44,7 @@ public struct SoftwareCounter: MonotonicCounter {
               let value = UInt64(fields[0].dropFirst(6)) else {
             throw .counterTampered(path: path, reason: "not a counter file")
         }
-        let expected = Self.hex(Array(HMAC<SHA256>.authenticationCode(for: Array(fields[0].utf8), using: key)))
+        let expected = Self.hex(Array(HMAC<SHA256>.authenticationCode(for: Array((path + "\n" + fields[0]).utf8), using: key)))
         guard expected == String(fields[1].dropFirst(5)) else { throw .counterTampered(path: path, reason: "MAC mismatch") }
         return value
     }
@@ -51,7 +52,7 @@ public struct SoftwareCounter: MonotonicCounter {
     public func increment() throws(FirmwareError) -> UInt64 {
         let next = (try read() ?? 0) + 1
         let line = "value \(next)"
-        let mac = Self.hex(Array(HMAC<SHA256>.authenticationCode(for: Array(line.utf8), using: key)))
+        let mac = Self.hex(Array(HMAC<SHA256>.authenticationCode(for: Array((path + "\n" + line).utf8), using: key)))
         try FileIO.replace(path, with: Array("\(line)\nhmac \(mac)\n".utf8))
         return next
     }
@@ -62,13 +63,27 @@ public struct SoftwareCounter: MonotonicCounter {
 /// Durable file operations of the store: whole-file reads, replace by rename with fsyncs, appends.
 enum FileIO {
     static func readIfExists(_ path: String) throws(FirmwareError) -> [UInt8]? {
-        guard FileManager.default.fileExists(atPath: path) else { return nil }
+        var status = stat()
+        if lstat(path, &status) != 0 {
+            if errno == ENOENT { return nil }
+            throw .system(SyscallError("lstat", Errno(rawValue: errno)), path: path)
+        }
         return try read(path)
+    }
+
+    /// `path` is a directory itself, not a symlink to one (nil when absent).
+    static func isRealDirectory(_ path: String) throws(FirmwareError) -> Bool? {
+        var status = stat()
+        if lstat(path, &status) != 0 {
+            if errno == ENOENT { return nil }
+            throw .system(SyscallError("lstat", Errno(rawValue: errno)), path: path)
+        }
+        return (status.st_mode & S_IFMT) == S_IFDIR
     }
 
     static func read(_ path: String) throws(FirmwareError) -> [UInt8] {
         do {
-            let fd = try FileDescriptor.open(path, .readOnly)
+            let fd = try FileDescriptor.open(path, .readOnly, options: [.noFollow])
             defer { try? fd.close() }
             var bytes: [UInt8] = []
             var chunk = [UInt8](repeating: 0, count: 1 << 16)
@@ -95,7 +110,11 @@ enum FileIO {
     static func replace(_ path: String, with bytes: [UInt8]) throws(FirmwareError) {
         let temporary = path + ".tmp"
         do {
-            let fd = try FileDescriptor.open(temporary, .writeOnly, options: [.create, .truncate], permissions: [.ownerReadWrite])
+            // A stale temporary (a crash) or anything planted there (a symlink to another file) is
+            // removed, never written through: the new one is created exclusively, not following links.
+            if unlink(temporary) != 0, errno != ENOENT { throw Errno(rawValue: errno) }
+            let fd = try FileDescriptor.open(temporary, .writeOnly, options: [.create, .exclusiveCreate, .noFollow],
+                                             permissions: [.ownerReadWrite])
             do {
                 _ = try fd.writeAll(bytes)
                 try sync(fd)
@@ -116,8 +135,14 @@ enum FileIO {
     /// Appends one line and fsyncs (the update journal).
     static func appendLine(_ path: String, _ line: String) throws(FirmwareError) {
         do {
-            let fd = try FileDescriptor.open(path, .writeOnly, options: [.create, .append], permissions: [.ownerReadWrite])
+            let fd = try FileDescriptor.open(path, .writeOnly, options: [.create, .append, .noFollow], permissions: [.ownerReadWrite])
             defer { try? fd.close() }
+            // Bounded: past `journalBytesMax` the journal starts again with a line saying so.
+            var status = stat()
+            if fstat(fd.rawValue, &status) == 0, Int(status.st_size) > FirmwareLimits.journalBytesMax {
+                guard ftruncate(fd.rawValue, 0) == 0 else { throw Errno(rawValue: errno) }
+                _ = try fd.writeAll(Array("(journal restarted: it passed \(FirmwareLimits.journalBytesMax) bytes)\n".utf8))
+            }
             _ = try fd.writeAll(Array((line + "\n").utf8))
             try sync(fd)
         } catch let error as Errno {
@@ -146,6 +171,8 @@ public enum FirmwareLimits {
     public static let fileBytesMax = 256 << 20
     /// Devices one node checks.
     public static let devicesMax = 64
+    /// The update journal of a device starts again past this size.
+    public static let journalBytesMax = 1 << 20
     /// Longest device name (a directory name: letters, digits, `-`, `_`, `.`).
     public static let deviceNameBytesMax = 64
 }

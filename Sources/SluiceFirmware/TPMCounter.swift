@@ -51,7 +51,7 @@ public final class TPMConnection: Sendable {
                 context.handles[index] = found
             }
             let (value, rc) = body(tpm, handle)
-            if rc != 0 { context.handles[index] = nil }
+            if rc != 0, context.handles.removeValue(forKey: index) != nil { sluice_tpm_nv_close_handle(tpm, handle) }
             if let value { return .success(value) }
             return .failure(Self.error("NV index 0x\(String(index, radix: 16))", rc))
         }

@@ -51,6 +51,9 @@ public enum ObjectStoreError: Error, Equatable, CustomStringConvertible {
     case format(path: String, FormatProblem)
     /// The shared (replicated) log refused, lost or has not yet settled the operation (see `ReplicationProblem`).
     case replication(ReplicationProblem)
+    /// The device under the node is isolated (its firmware check failed): writes are refused until an
+    /// operator readmits it.
+    case isolated(reason: String)
 
     public var description: String {
         switch self {
@@ -71,6 +74,7 @@ public enum ObjectStoreError: Error, Equatable, CustomStringConvertible {
         case .lockFile(let error): "lock file: \(error)"
         case .format(let path, let problem): "\(path): \(problem)"
         case .replication(let problem): "replicated log: \(problem)"
+        case .isolated(let reason): "storage device isolated, writes refused: \(reason)"
         }
     }
 }

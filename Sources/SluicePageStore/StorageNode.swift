@@ -19,6 +19,9 @@ public final class StorageNode: Sendable {
     public let groupCommitMax: Int
     /// The shared log a replica's writes are proposed to; nil when the store has a log of its own.
     public let sequencer: (any WriteSequencer)?
+    /// Set while the device under the node is isolated (firmware check): writes are refused with it.
+    private let isolation = Mutex<String?>(nil)
+    private let isolated = Atomic(false)
     /// Checked before a proposal leaves this node (the store checks again when the record is applied).
     private let payloadBytesMax: Int
     private let pagesPerWriteMax: Int
@@ -97,6 +100,7 @@ public final class StorageNode: Sendable {
     /// Writes pages of one object (all or nothing, see `ObjectStore.write`), group-committed with
     /// whatever other callers write meanwhile. Returns once durable.
     public func write(objectID: UInt64, pages: ObjectStore.PageWrites) throws(ObjectStoreError) -> UInt64 {
+        try refuseIfIsolated()
         if let sequencer {
             // Refused here, not in the log: a record every replica would refuse only spends an OSN.
             guard pages.count <= pagesPerWriteMax else { throw .tooManyPages(pages.count, max: pagesPerWriteMax) }
@@ -125,16 +129,19 @@ public final class StorageNode: Sendable {
     }
 
     public func create(objectID: UInt64) throws(ObjectStoreError) -> UInt64 {
+        try refuseIfIsolated()
         if let sequencer { return try sequencer.propose(LogRecord(.create, objectID: objectID)).get() }
         return try store.withLock { box throws(ObjectStoreError) in try box.store.create(objectID: objectID) }
     }
 
     public func delete(objectID: UInt64) throws(ObjectStoreError) -> UInt64 {
+        try refuseIfIsolated()
         if let sequencer { return try sequencer.propose(LogRecord(.delete, objectID: objectID)).get() }
         return try store.withLock { box throws(ObjectStoreError) in try box.store.delete(objectID: objectID) }
     }
 
     public func truncate(objectID: UInt64, pageCount: UInt64) throws(ObjectStoreError) -> UInt64 {
+        try refuseIfIsolated()
         if let sequencer {
             guard pageCount <= ObjectStore.pageIndexMax else { throw .pageIndexOutOfRange(pageCount, max: ObjectStore.pageIndexMax) }
             return try sequencer.propose(LogRecord(.truncate(pageCount: pageCount), objectID: objectID)).get()
@@ -177,6 +184,22 @@ public final class StorageNode: Sendable {
 
     /// Why the node refuses every operation (see `ObjectStore.poisoned`), or nil when healthy.
     public var poisoned: ObjectStoreError? { store.withLock { $0.store.poisoned } }
+
+    /// Refuses every client write (write, create, delete, truncate) with `isolated(reason)` from now on,
+    /// or takes writes again (nil). Reads go on. With a shared log, records of other nodes are still
+    /// applied (the log is the state machine's input); this node proposes nothing.
+    public func isolate(reason: String?) {
+        isolation.withLock { $0 = reason }
+        isolated.store(reason != nil, ordering: .releasing)
+    }
+
+    /// Why writes are refused, or nil.
+    public var isolationReason: String? { isolation.withLock { $0 } }
+
+    private func refuseIfIsolated() throws(ObjectStoreError) {
+        guard isolated.load(ordering: .acquiring), let reason = isolationReason else { return }
+        throw .isolated(reason: reason)
+    }
 
     /// Writes a checkpoint now (page map aside, then log compaction), so a restart replays nothing.
     /// Blocks other calls for its duration; for shutdown and maintenance.

@@ -4,6 +4,7 @@
 import Foundation
 import Logging
 import SluiceCore
+import SluiceFirmware
 import SluicePacketIO
 import SluiceReplay
 import SluiceReplication
@@ -30,6 +31,8 @@ public enum ServiceError: Error, CustomStringConvertible {
     case controlCoreNotAllowed(core: Int, allowed: [Int])
     /// A WAN link (`wan:`) could not start.
     case wan(name: String, WANError)
+    /// The firmware boot check could not run (its keys or settings), as opposed to a device failing it.
+    case firmware(FirmwareError)
 
     public var description: String {
         switch self {
@@ -42,6 +45,7 @@ public enum ServiceError: Error, CustomStringConvertible {
         case let .affinity(error): "control cores: \(error)"
         case let .controlCoreNotAllowed(core, allowed): "control cores: core \(core) is not one this process may use (\(allowed))"
         case let .wan(name, error): "wan link '\(name)': \(error)"
+        case let .firmware(error): "firmware: \(error)"
         }
     }
 

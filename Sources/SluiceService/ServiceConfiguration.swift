@@ -12,6 +12,7 @@ import SluiceReplication
 import SluiceStorageServer
 import SluiceTraffic
 import SluiceWAN
+import SluiceFirmware
 
 /// Bounds of what one service runs.
 public enum ServiceLimits {
@@ -129,6 +130,53 @@ public struct ServiceConfiguration: Sendable {
     /// WAN links (`wan:`), each on two threads of its own, started before the pipelines and stopped
     /// after them (docs/WAN.md).
     public var wan: [WANConfiguration] = []
+    /// The firmware boot check (`firmware:`): devices checked before anything starts; an isolated
+    /// device's pipelines do not start and its storage takes no writes (docs/FIRMWARE.md).
+    public var firmware: FirmwareSettings?
+}
+
+/// `firmware:`: where the store and keys are, which counter, and the devices with what runs on them.
+public struct FirmwareSettings: Sendable, Equatable {
+    public enum Counter: String, Sendable, Equatable { case software, tpm }
+    public struct Device: Sendable, Equatable {
+        public var name: String
+        /// Interfaces of this device: a pipeline that reads or writes one is the device's.
+        public var interfaces: [String] = []
+        /// Pipelines (by name) that run on this device whatever their source.
+        public var pipelines: [String] = []
+        /// The storage node's data lives on this device.
+        public var storage = false
+        /// The TPM NV index of its counter (default: `FirmwareNode.defaultIndex(name)`).
+        public var tpmIndex: UInt32?
+        public init(name: String) { self.name = name }
+    }
+    public var store: String
+    public var counter: Counter = .software
+    /// The TPM (counter `tpm`): a TCTI string (`device:/dev/tpmrm0`, `tabrmd:`, `swtpm:host=H,port=P`)
+    /// or `HOST:PORT` of an swtpm-protocol socket.
+    public var tpm: String?
+    /// `tpm` as a TCTI configuration string.
+    public var tcti: String {
+        let text = tpm ?? ""
+        for name in ["device:", "tabrmd:", "swtpm:", "mssim:", "cmd:"] where text.hasPrefix(name) { return text }
+        let colon = text.lastIndex(of: ":") ?? text.endIndex
+        let port = colon < text.endIndex ? Int(text[text.index(after: colon)...]) ?? 0 : 0
+        return TPMConnection.swtpm(host: String(text[..<colon]), port: port)
+    }
+    /// File holding the counters' auth value (counter `tpm`; empty auth when absent).
+    public var tpmAuthFile: String?
+    public var nodeKey: String
+    public var vendorKey: String
+    public var operatorKey: String?
+    public var devices: [Device] = []
+    /// Check the devices again this often while running (nil: at start only). A device isolated then
+    /// has its pipelines' sources stopped (they drain) and its storage refuses writes from then on.
+    public var recheckMs: Int?
+    public init(store: String, nodeKey: String, vendorKey: String) {
+        self.store = store
+        self.nodeKey = nodeKey
+        self.vendorKey = vendorKey
+    }
 }
 
 extension ServiceConfiguration {
@@ -202,7 +250,7 @@ extension ServiceConfiguration {
     public static func decode(_ tree: ConfigNode, defaultCores: [Int]) throws(ConfigError) -> ServiceConfiguration {
         let root = ConfigReader(tree, key: "")
         try root.allowKeys(["cores", "control_cores", "wait_mode", "log_level", "metrics", "pipelines", "storage", "shutdown",
-                            "rebalance", "wan"])
+                            "rebalance", "wan", "firmware"])
         let cores = try root.optional("cores").map { reader throws(ConfigError) in try reader.cores() } ?? defaultCores
         guard !cores.isEmpty else { throw .invalid(key: "cores", line: tree.line, reason: "no cores to run on") }
         var configuration = ServiceConfiguration(cores: cores)
@@ -268,6 +316,7 @@ extension ServiceConfiguration {
             configuration.storage = try decodeStorage(storage)
         }
         if let wan = root.optional("wan") { configuration.wan = try decodeWAN(wan) }
+        if let firmware = root.optional("firmware") { configuration.firmware = try decodeFirmware(firmware, configuration) }
         try checkPorts(configuration, root: root)
         try checkFiles(configuration, root: root)
         try checkFanoutGroups(configuration, root: root)
@@ -282,6 +331,81 @@ extension ServiceConfiguration {
             }
         }
         return configuration
+    }
+
+    /// `firmware:` with its devices; every pipeline a device names exists, no interface or pipeline
+    /// belongs to two devices, at most one device holds the storage.
+    private static func decodeFirmware(_ reader: ConfigReader, _ configuration: ServiceConfiguration) throws(ConfigError) -> FirmwareSettings {
+        try reader.allowKeys(["store", "counter", "tpm", "tpm_auth_file", "node_key", "vendor_key", "operator_key", "devices", "recheck_ms"])
+        var settings = FirmwareSettings(store: try reader.required("store").string(), nodeKey: try reader.required("node_key").string(),
+                                        vendorKey: try reader.required("vendor_key").string())
+        if let counter = reader.optional("counter") {
+            let text = try counter.string()
+            guard let kind = FirmwareSettings.Counter(rawValue: text) else { throw counter.invalid("'\(text)' is not software or tpm") }
+            settings.counter = kind
+        }
+        if let tpm = reader.optional("tpm") {
+            let text = try tpm.string()
+            if ["device:", "tabrmd:", "swtpm:", "mssim:", "cmd:"].contains(where: text.hasPrefix) {
+                settings.tpm = text
+            } else {
+                let address = try tpm.listenAddress()
+                settings.tpm = "\(address.host):\(address.port)"
+            }
+        }
+        if settings.counter == .tpm, settings.tpm == nil { throw reader.child("tpm").invalid("counter tpm needs tpm: HOST:PORT") }
+        settings.tpmAuthFile = try reader.optional("tpm_auth_file")?.string()
+        settings.operatorKey = try reader.optional("operator_key")?.string()
+        settings.recheckMs = try reader.optional("recheck_ms")?.int(in: 100...86_400_000)
+        let items = try reader.required("devices").list()
+        guard (1...FirmwareLimits.devicesMax).contains(items.count) else {
+            throw reader.child("devices").invalid("1...\(FirmwareLimits.devicesMax) devices, got \(items.count)")
+        }
+        var owners: [String: String] = [:]
+        for item in items {
+            try item.allowKeys(["name", "interfaces", "pipelines", "storage", "tpm_index"])
+            let nameReader = try item.required("name")
+            var device = FirmwareSettings.Device(name: try nameReader.string())
+            do { try FirmwareNode.validate(device: device.name) } catch { throw nameReader.invalid("\(error)") }
+            guard !settings.devices.contains(where: { $0.name == device.name }) else { throw nameReader.invalid("device '\(device.name)' twice") }
+            if let list = item.optional("interfaces") { device.interfaces = try list.list().map { entry throws(ConfigError) in try entry.interfaceName() } }
+            if let list = item.optional("pipelines") {
+                device.pipelines = try list.list().map { entry throws(ConfigError) in
+                    let name = try entry.string()
+                    guard configuration.pipelines.contains(where: { $0.path.name == name }) else { throw entry.invalid("no pipeline '\(name)'") }
+                    return name
+                }
+            }
+            for owned in device.interfaces.map({ "interface \($0)" }) + device.pipelines.map({ "pipeline \($0)" }) {
+                if let other = owners[owned] { throw item.invalid("\(owned) is also device '\(other)''s") }
+                owners[owned] = device.name
+            }
+            if let storage = item.optional("storage") {
+                device.storage = try storage.bool()
+                if device.storage, settings.devices.contains(where: \.storage) { throw storage.invalid("another device holds the storage") }
+            }
+            if let index = item.optional("tpm_index") {
+                let text = try index.string()
+                let digits = text.hasPrefix("0x") ? String(text.dropFirst(2)) : text
+                guard let value = UInt32(digits, radix: text.hasPrefix("0x") ? 16 : 10), (0x0100_0000...0x01BF_FFFF).contains(value) else {
+                    throw index.invalid("'\(text)' is not an NV index in 0x01000000...0x01BFFFFF")
+                }
+                device.tpmIndex = value
+            }
+            settings.devices.append(device)
+        }
+        // Two devices on one TPM counter would isolate each other on every update.
+        if settings.counter == .tpm {
+            var indices: [UInt32: String] = [:]
+            for device in settings.devices {
+                let index = device.tpmIndex ?? FirmwareNode.defaultIndex(device.name)
+                if let other = indices[index] {
+                    throw reader.child("devices").invalid("devices '\(other)' and '\(device.name)' use one TPM index 0x\(String(index, radix: 16)); set tpm_index")
+                }
+                indices[index] = device.name
+            }
+        }
+        return settings
     }
 
     /// No two sinks write one file, and no sink overwrites a capture a pipeline reads.

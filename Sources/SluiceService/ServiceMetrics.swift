@@ -36,15 +36,29 @@ public final class ServiceMetrics: Sendable {
 
     /// Refreshes every metric from `dataplane`, `storage` and `wan` (each may be absent) and returns
     /// the registry in the Prometheus text format (0.0.4).
-    public func render(dataplane: Dataplane?, storage: StorageRuntime?, wan: WANRuntime? = nil) -> String {
+    public func render(dataplane: Dataplane?, storage: StorageRuntime?, wan: WANRuntime? = nil,
+                       firmware: FirmwareRuntime? = nil) -> String {
         state.withLock { state in
             set(&state, gauge: "sluice_up", [], 1)
             set(&state, gauge: "sluice_uptime_seconds", [], Double(Clock.monotonicNs() &- startNs) / 1e9)
             if let dataplane { refresh(&state, dataplane) }
             if let storage { refresh(&state, storage) }
             if let wan { refresh(&state, wan) }
+            if let firmware { refresh(&state, firmware) }
             return registry.emitToString()
         }
+    }
+
+    /// Per device: isolated (1) or not (0), the attempt counter's value;
+    /// and how long the boot check took.
+    private func refresh(_ state: inout State, _ firmware: FirmwareRuntime) {
+        for check in firmware.checks {
+            let labels = [("device", check.device), ("counter", firmware.counterKind)]
+            // The reason is in /healthz and the log, not a label: one series per device, whatever happens.
+            set(&state, gauge: "sluice_firmware_device_isolated", labels, check.isolated ? 1 : 0)
+            if let counter = check.counter { set(&state, gauge: "sluice_firmware_attempt_counter", labels, Double(counter)) }
+        }
+        set(&state, gauge: "sluice_firmware_boot_check_seconds", [], Double(firmware.checkNs) / 1e9)
     }
 
     private func refresh(_ state: inout State, _ dataplane: Dataplane) {

@@ -38,27 +38,50 @@ public enum ServiceRunner {
                            ready: @escaping @Sendable (ServiceEndpoints) -> Void) async throws(ServiceError) -> ServiceSummary {
         let metrics = ServiceMetrics()
         let parts = PartsBox()
+        // The firmware check first: an isolated device's pipelines are never built, its storage never
+        // takes a write.
+        let firmware = try configuration.firmware.map { settings throws(ServiceError) in try FirmwareRuntime.boot(settings, logger: logger) }
+        var checked = configuration
+        if let firmware {
+            checked.pipelines = configuration.pipelines.filter { pipeline in
+                guard let (device, reason) = firmware.isolation(of: pipeline.path) else { return true }
+                logger.error("pipeline not started: its device is isolated", metadata: [
+                    "pipeline": "\(pipeline.path.name)", "device": "\(device)", "reason": "\(reason)"])
+                return false
+            }
+        }
+        let configuration = checked
         var endpoint: MetricsEndpoint?
         var storage: StorageRuntime?
         // Built first: the runtime checks the worker cores against the process's CPUs, before the
         // threads are confined to the control cores.
         let dataplane = try Dataplane(configuration: configuration, logger: logger)
-        let wan = try WANRuntime(configurations: configuration.wan)
+        let wan = try WANRuntime(configurations: configuration.wan.filter { link in
+            guard let (device, reason) = firmware?.isolation(ofInterfaces: [link.interfaceA, link.interfaceB]) else { return true }
+            logger.error("wan link not started: its device is isolated", metadata: [
+                "link": "\(link.name)", "device": "\(device)", "reason": "\(reason)"])
+            return false
+        })
         var wanStarted = false
         try confineControlThreads(configuration, logger: logger)
         do {
             if let address = configuration.metrics {
                 endpoint = try MetricsEndpoint.bind(address, render: {
                     let (dataplane, storage) = parts.current
-                    return metrics.render(dataplane: dataplane, storage: storage, wan: wan)
+                    return metrics.render(dataplane: dataplane, storage: storage, wan: wan, firmware: firmware)
                 }, health: {
                     let (dataplane, storage) = parts.current
-                    return healthProblem(dataplane: dataplane, storage: storage)
+                    return firmware?.healthProblem ?? healthProblem(dataplane: dataplane, storage: storage)
                 })
                 logger.info("metrics endpoint listening", metadata: ["listen": "\(endpoint!.host):\(endpoint!.port)"])
             }
             if let settings = configuration.storage {
-                storage = try await StorageRuntime.open(settings, logger: logger)
+                let isolation = firmware?.storageIsolation
+                if let (device, reason) = isolation {
+                    logger.error("storage takes no writes: its device is isolated", metadata: ["device": "\(device)", "reason": "\(reason)"])
+                }
+                storage = try await StorageRuntime.open(settings, logger: logger,
+                                                        isolation: isolation.map { "device \($0.device): \($0.reason)" })
                 parts.setStorage(storage!)
             }
             // The links first, so the pipelines' first frames find them up.
@@ -82,6 +105,10 @@ public enum ServiceRunner {
         // Announced from inside the group: its signal handlers are installed by then, so a SIGTERM
         // sent on seeing the ready line is a graceful stop, never the default (kill).
         services.append(.init(service: Announcer { ready(endpoints) }, serviceName: "ready"))
+        if let firmware, let recheckMs = firmware.settings.recheckMs {
+            services.append(.init(service: FirmwareRecheck(firmware: firmware, intervalMs: recheckMs, dataplane: dataplane,
+                                                           storage: storage, logger: logger), serviceName: "firmware-recheck"))
+        }
         if let runForMs = configuration.runForMs {
             services.append(.init(service: StopTrigger(group: groupBox, reason: "run_for_ms elapsed") {
                 try await Task.sleep(for: .milliseconds(runForMs))
@@ -171,6 +198,41 @@ private struct Part: Service, CustomStringConvertible {
                 done.resume()
             }
         }
+    }
+}
+
+/// Checks the devices every `intervalMs`; a device isolated meanwhile has its pipelines' sources
+/// stopped (they drain and flush as at the end of a capture) and, if it holds the storage, the node
+/// refuses writes from then on; one that passes again gets its storage writes back.
+private struct FirmwareRecheck: Service {
+    let firmware: FirmwareRuntime
+    let intervalMs: Int
+    let dataplane: Dataplane
+    let storage: StorageRuntime?
+    let logger: Logger
+
+    func run() async throws {
+        _ = try? await cancelWhenGracefulShutdown {
+            while true {
+                try await Task.sleep(for: .milliseconds(intervalMs))
+                // TPM commands and fsyncs block: off the cooperative pool.
+                let isolated = await withCheckedContinuation { (done: CheckedContinuation<[String], Never>) in
+                    Thread.detach(name: "sluice-firmware") { done.resume(returning: firmware.recheck(logger: logger)) }
+                }
+                for path in dataplane.paths {
+                    guard let (device, reason) = firmware.isolation(of: path.configuration), isolated.contains(device) else { continue }
+                    path.stopSignal.stop()
+                    logger.error("pipeline stopped: its device is isolated", metadata: [
+                        "pipeline": "\(path.configuration.name)", "device": "\(device)", "reason": "\(reason)"])
+                }
+                if !isolated.isEmpty { dataplane.runtime.wakeAll() }
+                if let storage {
+                    let isolation = firmware.storageIsolation
+                    storage.node.isolate(reason: isolation.map { "device \($0.device): \($0.reason)" })
+                }
+            }
+        }
+        try? await gracefulShutdown()
     }
 }
 

@@ -39,24 +39,27 @@ public final class StorageRuntime: Sendable {
     }
 
     /// `open` for async callers: the etcd log is opened without blocking a cooperative thread.
-    public static func open(_ settings: StorageSettings, logger: Logger) async throws(ServiceError) -> StorageRuntime {
+    /// `isolation`: the storage device failed its firmware check; the node refuses writes from before
+    /// it accepts its first client.
+    public static func open(_ settings: StorageSettings, logger: Logger, isolation: String? = nil) async throws(ServiceError) -> StorageRuntime {
         switch settings.log {
-        case .embedded: return try openEmbedded(settings, logger: logger)
-        case .etcd(let log): return try await openReplicated(settings, log, logger: logger)
+        case .embedded: return try openEmbedded(settings, logger: logger, isolation: isolation)
+        case .etcd(let log): return try await openReplicated(settings, log, logger: logger, isolation: isolation)
         }
     }
 
-    private static func openEmbedded(_ settings: StorageSettings, logger: Logger) throws(ServiceError) -> StorageRuntime {
+    private static func openEmbedded(_ settings: StorageSettings, logger: Logger, isolation: String? = nil) throws(ServiceError) -> StorageRuntime {
         let opened: (node: StorageNode, payloadSizeBytes: Int)
         do {
             opened = try openStorageNode(dataDirectory: settings.dataDirectory, pageSizeBytes: settings.pageSizeBytes,
                                          queueDepth: settings.queueDepth, directIO: settings.directIO)
         } catch { throw .storageOpen(dataDirectory: settings.dataDirectory, error) }
-        return try serve(settings, node: opened.node, payloadSizeBytes: opened.payloadSizeBytes, replicated: nil, logger: logger)
+        return try serve(settings, node: opened.node, payloadSizeBytes: opened.payloadSizeBytes, replicated: nil, logger: logger,
+                         isolation: isolation)
     }
 
     private static func openReplicated(_ settings: StorageSettings, _ log: EtcdLogSettings,
-                                       logger: Logger) async throws(ServiceError) -> StorageRuntime {
+                                       logger: Logger, isolation: String? = nil) async throws(ServiceError) -> StorageRuntime {
         let replicated: ReplicatedStorage
         do {
             replicated = try await ReplicatedStorage.open(dataDirectory: settings.dataDirectory, configuration: log.configuration,
@@ -69,7 +72,7 @@ public final class StorageRuntime: Sendable {
             "state": "\(status.state)", "appliedOSN": "\(status.appliedOSN)", "logOSN": "\(status.logOSN)"])
         do {
             return try serve(settings, node: replicated.node, payloadSizeBytes: replicated.payloadSizeBytes,
-                             replicated: replicated, logger: logger)
+                             replicated: replicated, logger: logger, isolation: isolation)
         } catch {
             await replicated.close()
             throw error
@@ -77,7 +80,8 @@ public final class StorageRuntime: Sendable {
     }
 
     private static func serve(_ settings: StorageSettings, node: StorageNode, payloadSizeBytes: Int,
-                              replicated: ReplicatedStorage?, logger: Logger) throws(ServiceError) -> StorageRuntime {
+                              replicated: ReplicatedStorage?, logger: Logger, isolation: String? = nil) throws(ServiceError) -> StorageRuntime {
+        if let isolation { node.isolate(reason: isolation) }
         var configuration = StorageServerConfiguration()
         configuration.frameBytesMax = settings.frameBytesMax
         configuration.blockingThreadCount = settings.blockingThreadCount
@@ -117,7 +121,8 @@ public final class StorageRuntime: Sendable {
                 logger.info("storage node stopped following its log", metadata: ["appliedOSN": "\(replicated.log.status.appliedOSN)"])
             }
         }
-        guard settings.checkpointOnShutdown else {
+        // A checkpoint writes to the device: not while it is isolated.
+        guard settings.checkpointOnShutdown, node.isolationReason == nil else {
             logger.info("storage node closed", metadata: ["lastOSN": "\(lastOSN)"])
             return
         }

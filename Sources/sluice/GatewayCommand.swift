@@ -4,6 +4,7 @@ import ArgumentParser
 import Dispatch
 import Glibc
 import SluiceGateway
+import SluiceService
 
 struct GatewayCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -21,8 +22,20 @@ extension GatewayCommand {
         @Option(help: "Address to listen on, IPV4:PORT (port 0: any free port, printed on start).")
         var listen: String
 
-        @Option(help: "The remote store: dir:/path (a local or NFS directory; key a/b is the file /path/a/b).")
+        @Option(help: "The remote store: dir:/path (a local or NFS directory; key a/b is the file /path/a/b) or s3:http://HOST:PORT/BUCKET (path-style, no TLS).")
         var store: String
+
+        @Option(help: "s3: the region requests are signed for.")
+        var s3Region = "us-east-1"
+
+        @Option(help: "s3: a file holding the access key (default: $AWS_ACCESS_KEY_ID).")
+        var s3AccessKeyFile: String?
+
+        @Option(help: "s3: a file holding the secret key (default: $AWS_SECRET_ACCESS_KEY).")
+        var s3SecretKeyFile: String?
+
+        @Option(help: "Serve Prometheus metrics (text format) on GET /metrics at HOST:PORT (port 0: any free port, printed on start).")
+        var metrics: String?
 
         @Option(help: "Directory of the chunk cache (created if missing; reopened and verified at start).")
         var cacheDir: String
@@ -50,9 +63,11 @@ extension GatewayCommand {
 
         func validate() throws {
             _ = try parsedListen()
-            _ = try parsedStore()
+            if case .s3 = try parsedStore() { _ = try s3Credentials() }
             _ = try parsedUnits()
             _ = try byteCount(cacheBytes, flag: "--cache-bytes")
+            if let metrics { _ = try hostPort(metrics, flag: "--metrics", portZero: true) }
+            guard !s3Region.isEmpty else { throw ValidationError("--s3-region must not be empty") }
             guard (0...3_600_000).contains(statTtlMs) else { throw ValidationError("--stat-ttl-ms must be 0...3600000, got \(statTtlMs)") }
             guard (1...IntermediateConfiguration.outstandingRequestsMaxLimit).contains(outstandingRequestsMax) else {
                 throw ValidationError("--outstanding-requests-max must be 1...\(IntermediateConfiguration.outstandingRequestsMaxLimit)")
@@ -70,14 +85,50 @@ extension GatewayCommand {
             return (String(parts[0]), port)
         }
 
-        /// Only `dir:` for now: an `s3:` store (`S3RemoteStore`) also needs credential flags.
-        func parsedStore() throws -> String {
+        /// The store named by `--store`: a directory, or an S3 endpoint and bucket (credentials are read in `run`).
+        func parsedStore() throws -> StoreSpec {
             if store.hasPrefix("dir:") {
                 let path = String(store.dropFirst(4))
                 guard path.hasPrefix("/") else { throw ValidationError("--store dir: needs an absolute path, got '\(store)'") }
-                return path
+                return .directory(path)
             }
-            throw ValidationError("--store must be dir:/path (s3: needs credential flags, not added yet), got '\(store)'")
+            if store.hasPrefix("s3:") {
+                let url = String(store.dropFirst(3))
+                guard url.hasPrefix("http://") else {
+                    throw ValidationError("--store s3: needs an http:// URL (no TLS), s3:http://HOST:PORT/BUCKET, got '\(store)'")
+                }
+                let rest = url.dropFirst(7)
+                let parts = rest.split(separator: "/", omittingEmptySubsequences: false)
+                guard parts.count == 2 || (parts.count == 3 && parts[2].isEmpty), !parts[0].isEmpty, !parts[1].isEmpty else {
+                    throw ValidationError("--store s3: must be s3:http://HOST:PORT/BUCKET (one bucket, no key prefix), got '\(store)'")
+                }
+                return .s3(endpoint: "http://" + parts[0], bucket: String(parts[1]))
+            }
+            throw ValidationError("--store must be dir:/path or s3:http://HOST:PORT/BUCKET, got '\(store)'")
+        }
+
+        /// The S3 credentials: from the key files when given, else from the environment. Leading and
+        /// trailing white space (a file's final newline) is dropped.
+        func s3Credentials() throws -> (accessKey: String, secretKey: String) {
+            func read(_ file: String?, env: String, flag: String) throws -> String {
+                let text: String
+                if let file {
+                    guard let contents = readSmallFile(file) else {
+                        throw ValidationError("\(flag) \(file): cannot read it (errno \(errno))")
+                    }
+                    text = contents
+                } else {
+                    guard let value = getenv(env) else {
+                        throw ValidationError("--store s3: needs credential flags: \(flag) FILE, or $\(env)")
+                    }
+                    text = String(cString: value)
+                }
+                let trimmed = String(text.drop { $0.isWhitespace }.reversed().drop { $0.isWhitespace }.reversed())
+                guard !trimmed.isEmpty else { throw ValidationError("\(file.map { "\(flag) \($0)" } ?? "$\(env)") is empty") }
+                return trimmed
+            }
+            return (try read(s3AccessKeyFile, env: "AWS_ACCESS_KEY_ID", flag: "--s3-access-key-file"),
+                    try read(s3SecretKeyFile, env: "AWS_SECRET_ACCESS_KEY", flag: "--s3-secret-key-file"))
         }
 
         func parsedUnits() throws -> GatewayUnits {
@@ -103,20 +154,53 @@ extension GatewayCommand {
             var configuration = IntermediateConfiguration(units: units)
             configuration.statTTLNs = UInt64(statTtlMs) * 1_000_000
             configuration.outstandingRequestsMax = outstandingRequestsMax
+            let remote: any RemoteObjectStore
+            var s3Client: S3Client?
+            switch try parsedStore() {
+            case .directory(let path):
+                remote = DirectoryObjectStore(root: path)
+            case .s3(let endpoint, let bucket):
+                let (accessKey, secretKey) = try s3Credentials()
+                do {
+                    let client = try S3Client(S3Configuration(endpoint: endpoint, accessKey: accessKey, secretKey: secretKey, region: s3Region))
+                    s3Client = client
+                    remote = S3RemoteStore(client: client, bucket: bucket)
+                } catch {
+                    FileHandleStderr.write("sluice gateway serve-intermediate: --store \(store): \(error)\n")
+                    throw ExitCode(1)
+                }
+            }
             let server: IntermediateServer
             do {
-                server = try IntermediateServer.bind(host: host, port: port, store: DirectoryObjectStore(root: try parsedStore()),
-                                                     cache: cache, configuration: configuration)
+                server = try IntermediateServer.bind(host: host, port: port, store: remote, cache: cache, configuration: configuration)
             } catch {
                 FileHandleStderr.write("sluice gateway serve-intermediate: \(error)\n")
+                if let s3Client { shutDownBlocking(s3Client) }
                 throw ExitCode(1)
+            }
+            var endpoint: MetricsEndpoint?
+            if let metrics {
+                let (metricsHost, metricsPort) = try hostPort(metrics, flag: "--metrics", portZero: true)
+                let counters = server.counters
+                do {
+                    endpoint = try MetricsEndpoint.bind(ListenAddress(host: metricsHost, port: metricsPort),
+                                                        render: { GatewayMetrics.intermediate(counters.snapshot()) })
+                } catch {
+                    FileHandleStderr.write("sluice gateway serve-intermediate: \(error)\n")
+                    server.close()
+                    if let s3Client { shutDownBlocking(s3Client) }
+                    throw ExitCode(1)
+                }
             }
             StopSignal.install()
             // One line a supervisor (or a test) can parse for the port.
             print("listening on \(server.host):\(server.port) \(units) cache \(cache.openReport)")
+            if let endpoint { print("metrics on \(endpoint.host):\(endpoint.port)") }
             fflush(nil)
             StopSignal.wait()
+            endpoint?.close()
             server.close()
+            if let s3Client { shutDownBlocking(s3Client) }
             print("counters \(server.counters.snapshot())")
             fflush(nil)
         }
@@ -161,9 +245,12 @@ extension GatewayCommand {
 
         @Option(help: "At SIGTERM/SIGINT, how long to wait for sealed objects to reach the remote store (milliseconds).")
         var shutdownFlushMs = 30_000
+        @Option(help: "Serve Prometheus metrics (text format) on GET /metrics at HOST:PORT (port 0: any free port, printed on start).")
+        var metrics: String?
 
         func validate() throws {
             _ = try hostPort(listen, flag: "--listen", portZero: true)
+            if let metrics { _ = try hostPort(metrics, flag: "--metrics", portZero: true) }
             _ = try hostPort(intermediate, flag: "--intermediate", portZero: false)
             _ = try byteCount(journalBytes, flag: "--journal-bytes")
             guard (0...3_600_000).contains(shutdownFlushMs) else { throw ValidationError("--shutdown-flush-ms must be 0...3600000, got \(shutdownFlushMs)") }
@@ -199,12 +286,27 @@ extension GatewayCommand {
                 FileHandleStderr.write("sluice gateway serve-appliance: \(error)\n")
                 throw ExitCode(1)
             }
+            var endpoint: MetricsEndpoint?
+            if let metrics {
+                let (metricsHost, metricsPort) = try hostPort(metrics, flag: "--metrics", portZero: true)
+                do {
+                    endpoint = try MetricsEndpoint.bind(ListenAddress(host: metricsHost, port: metricsPort), render: {
+                        GatewayMetrics.appliance(appliance.counters.snapshot(), cache: appliance.cache.stats, shares: appliance.shares)
+                    })
+                } catch {
+                    FileHandleStderr.write("sluice gateway serve-appliance: \(error)\n")
+                    server.close()
+                    await appliance.close()
+                    throw ExitCode(1)
+                }
+            }
             StopSignal.install()
             print("listening on \(server.host):\(server.port) \(appliance.units) cache \(appliance.cache.capacityBlocks) blocks")
             if journal != nil {
                 let recovery = appliance.journalRecovery
                 print("journal: \(recovery.sealed) sealed object(s) to upload, \(recovery.discardedOpen) unclosed write(s) discarded")
             }
+            if let endpoint { print("metrics on \(endpoint.host):\(endpoint.port)") }
             fflush(nil)
             // Waits on a Dispatch thread: a blocked cooperative thread would starve the appliance's tasks.
             await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
@@ -213,6 +315,7 @@ extension GatewayCommand {
                     done.resume()
                 }
             }
+            endpoint?.close()
             server.close()
             if journal != nil {
                 let left = await appliance.shutdown(flushWithinNs: UInt64(shutdownFlushMs) * 1_000_000)
@@ -402,4 +505,37 @@ func byteCount(_ text: String, flag: String) throws -> Int {
         throw ValidationError("\(flag): '\(text)' is not a byte count like 4096, 64kb, 4mb or 1gb")
     }
     return value << shift
+}
+
+/// A remote store named by `--store`.
+enum StoreSpec {
+    case directory(String)
+    case s3(endpoint: String, bucket: String)
+}
+
+/// The contents of a small file (a key file), or nil with `errno` set. At most 64 KiB are read.
+func readSmallFile(_ path: String) -> String? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var bytes = [UInt8](repeating: 0, count: 64 << 10)
+    var count = 0
+    while count < bytes.count {
+        let got = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress! + count, $0.count - count) }
+        if got < 0, errno == EINTR { continue }
+        guard got >= 0 else { return nil }
+        if got == 0 { break }
+        count += got
+    }
+    return String(decoding: bytes[0..<count], as: UTF8.self)
+}
+
+/// Shuts an S3 client down from synchronous code (not from a cooperative thread: it blocks until done).
+func shutDownBlocking(_ client: S3Client) {
+    let done = DispatchSemaphore(value: 0)
+    Task.detached {
+        await client.shutdown()
+        done.signal()
+    }
+    done.wait()
 }

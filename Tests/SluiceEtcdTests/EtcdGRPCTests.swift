@@ -189,6 +189,26 @@ struct EtcdGRPCTests {
         }
     }
 
+    /// A consumer that stops iterating (its iterator goes away) ends the watch's stream, though the
+    /// `EtcdWatch` value is still held.
+    @Test func droppingTheIteratorCancelsTheWatch() async throws {
+        try await withEtcdCluster(members: 1) { cluster async throws in
+            try await EtcdClient.with(EtcdClientConfiguration(endpoints: cluster.clientURLs)) { client async throws in
+                let put = try await client.put(bytes("d"), [1])
+                let watch = try await client.watch(.key(bytes("d")), fromRevision: put.revision)
+                do {
+                    var iterator = watch.makeAsyncIterator()
+                    #expect(try await iterator.next()?.kv.value == [1])
+                }
+                let start = ContinuousClock.now
+                while !watch.readerFinished && ContinuousClock.now - start < .seconds(5) {
+                    try await Task.sleep(for: .milliseconds(10))
+                }
+                #expect(watch.readerFinished, "the reader still runs after its iterator was dropped")
+            }
+        }
+    }
+
     /// The watch asks etcd to require a leader (`hasleader`): a member whose peers are gone (stopped)
     /// ends the watch with an error once it has no leader, rather than staying silent while the rest
     /// of the cluster may move on.

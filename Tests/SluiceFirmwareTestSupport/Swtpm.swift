@@ -89,26 +89,23 @@ public final class Swtpm: @unchecked Sendable {  // used from one test at a time
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { return false }
         defer { close(fd) }
+        return withLoopback(port) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } == 0
+    }
+
+    /// `body` with 127.0.0.1:`port` as a `sockaddr`.
+    static func withLoopback<T>(_ port: Int, _ body: (UnsafePointer<sockaddr>) -> T) -> T {
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_port = UInt16(port).bigEndian
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        return withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        } == 0
+        return withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1, body) }
     }
 
     static func bindable(_ port: Int) throws -> Bool {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw SwtpmError("socket: errno \(errno)") }
         defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = UInt16(port).bigEndian
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        return withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        } == 0
+        return withLoopback(port) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } == 0
     }
 
     /// `count` TCP ports free on 127.0.0.1 a moment ago.

@@ -3,7 +3,7 @@
 // the right reason; the other devices keep passing.
 import Crypto
 import Foundation
-import SluiceFirmware
+@testable import SluiceFirmware
 import SluiceFirmwareTestSupport
 import Testing
 
@@ -145,15 +145,59 @@ func tpmSource(_ swtpm: Swtpm) throws -> CounterSource {
         corrupt[at] = UInt8(ascii: "7")
         try corrupt.write(to: URL(fileURLWithPath: recordPath))
         #expect(node.check(device: "a").reason?.contains("confirmation record invalid") == true)
-        // A record made by another node (another key) for the same state.
-        let other = fixture.node(nodeKey: Curve25519.Signing.PrivateKey())
+        // The same record, signed by another node's key.
         try original.write(to: URL(fileURLWithPath: recordPath))
         #expect(node.check(device: "a").state == .healthy)
-        // (Its counter's MAC key differs too: the first thing it finds wrong is the counter.)
-        #expect(other.check(device: "a").isolated)
+        let record = try #require(try node.record("a"))
+        try fixture.node(nodeKey: Curve25519.Signing.PrivateKey()).writeRecord(record)
+        #expect(node.check(device: "a").reason?.contains("does not verify") == true, "\(node.check(device: "a"))")
         // Deleted.
         unlink(recordPath)
         #expect(node.check(device: "a").reason?.contains("no confirmation record") == true)
+    }
+
+    /// Readmission is a counted change: the counter moves, so the record it replaces (and any older
+    /// one) can never pass again; an update of an isolated device leaves it isolated until readmitted.
+    @Test func readmissionAdvancesTheCounterAndUpdatesDoNotReadmit() throws {
+        let fixture = try Fixture()
+        let node = fixture.node()
+        let image = fixture.image(1)
+        try node.update(device: "a", image: image.image, signature: image.signature)
+        let oldRecord = try Data(contentsOf: URL(fileURLWithPath: fixture.path("a", "record")))
+        _ = try node.counter(for: "a").increment()  // an attempt nobody confirmed: counter 2, record 1
+        try node.update(device: "a", image: fixture.image(2).image, signature: fixture.image(2).signature)
+        #expect(node.check(device: "a").reason?.contains("awaiting the operator's readmission") == true, "\(node.check(device: "a"))")
+        let statement = try node.readmissionStatement(device: "a")
+        let readmitted = try node.readmit(device: "a", operatorSignature: Array(try fixture.operatorKey.signature(for: statement)))
+        #expect(readmitted.counter == 4, "counter 3 after the update, 4 after the readmission: \(readmitted)")
+        #expect(node.check(device: "a").state == .healthy)
+        // The same signature again: the state it named is gone.
+        #expect(throws: FirmwareError.operatorNotAuthenticated(device: "a")) {
+            try node.readmit(device: "a", operatorSignature: Array(try fixture.operatorKey.signature(for: statement)))
+        }
+        // The first record put back (with its slot): the counter has moved past it.
+        try oldRecord.write(to: URL(fileURLWithPath: fixture.path("a", "record")))
+        try "a\n".write(toFile: fixture.path("a", "active"), atomically: true, encoding: .utf8)
+        #expect(node.check(device: "a").reason?.contains("counter 4, confirmed 1") == true, "\(node.check(device: "a"))")
+    }
+
+    /// Files planted in the store are never written through: a symlink at a temporary name is replaced,
+    /// a symlinked device directory is refused.
+    @Test func symlinksInTheStoreAreNotFollowed() throws {
+        let fixture = try Fixture()
+        let node = fixture.node()
+        let image = fixture.image(1)
+        try node.update(device: "a", image: image.image, signature: image.signature)
+        let victim = fixture.root + "/victim"
+        try "keep me".write(toFile: victim, atomically: true, encoding: .utf8)
+        #expect(symlink(victim, fixture.path("a", "record.tmp")) == 0)
+        try node.update(device: "a", image: image.image, signature: image.signature)
+        #expect(try String(contentsOfFile: victim, encoding: .utf8) == "keep me")
+        #expect(node.check(device: "a").state == .healthy)
+        try FileManager.default.createDirectory(atPath: fixture.root + "/elsewhere", withIntermediateDirectories: true)
+        #expect(symlink(fixture.root + "/elsewhere", fixture.root + "/b") == 0)
+        #expect(node.check(device: "b").reason?.contains("not a directory") == true, "\(node.check(device: "b"))")
+        #expect(throws: FirmwareError.self) { try node.update(device: "b", image: image.image, signature: image.signature) }
     }
 
     @Test func softwareCounterRolledBackIsDetected() throws {
@@ -283,6 +327,60 @@ struct TPMCounterTests {
             #expect(redefined > 2, "a redefined counter started at \(redefined)")
             print("redefined counter 0x\(String(index, radix: 16)) reads \(redefined) after its first increment (was 2)")
             #expect(node.check(device: "a").reason?.contains("not confirmed") == true)
+        }
+    }
+
+    /// TPM2_Clear (what `tpm2_clear` does with the lockout hierarchy) deletes every owner-hierarchy NV
+    /// index, these counters among them: the node then finds no counter and isolates every device.
+    @Test func tpmClearIsolatesEveryDevice() throws {
+        try withSwtpm { swtpm in
+            let fixture = try Fixture()
+            let image = fixture.image(1)
+            do {
+                let node = fixture.node(try tpmSource(swtpm))
+                try node.update(device: "a", image: image.image, signature: image.signature)
+                try node.update(device: "b", image: image.image, signature: image.signature)
+            }
+            let clear = Process()
+            clear.executableURL = URL(fileURLWithPath: "/usr/bin/tpm2_clear")
+            clear.arguments = ["-T", swtpm.tcti]
+            clear.standardOutput = FileHandle.nullDevice
+            try clear.run()
+            clear.waitUntilExit()
+            #expect(clear.terminationStatus == 0, "tpm2_clear failed")
+            let node = fixture.node(try tpmSource(swtpm))
+            for device in ["a", "b"] {
+                #expect(node.check(device: device).reason?.contains("is not defined") == true, "\(node.check(device: device))")
+            }
+        }
+    }
+
+    /// A counter defined but never incremented reads "uninitialised"; an older record with its slot put
+    /// back after a newer update does not pass (the TPM counter has moved on).
+    @Test func uninitialisedCounterAndReplayedRecord() throws {
+        try withSwtpm { swtpm in
+            let fixture = try Fixture()
+            let connection = try TPMConnection(tcti: swtpm.tcti)
+            let auth = Array("counter-auth".utf8)
+            let node = fixture.node(.tpm(connection, auth: auth, indices: [:]))
+            let image = fixture.image(1)
+            try node.update(device: "a", image: image.image, signature: image.signature)
+            let first = try Data(contentsOf: URL(fileURLWithPath: fixture.path("a", "record")))
+            try node.update(device: "a", image: fixture.image(2).image, signature: fixture.image(2).signature)
+            try first.write(to: URL(fileURLWithPath: fixture.path("a", "record")))
+            try "a\n".write(toFile: fixture.path("a", "active"), atomically: true, encoding: .utf8)
+            #expect(node.check(device: "a").reason?.contains("counter 2, confirmed 1") == true, "\(node.check(device: "a"))")
+            // A fresh index, defined, never incremented.
+            try node.update(device: "u", image: image.image, signature: image.signature)
+            let index = FirmwareNode.defaultIndex("u")
+            try connection.undefine(index, auth: auth)
+            try connection.defineCounter(index, auth: auth)
+            #expect(node.check(device: "u").reason?.contains("counter uninitialised") == true, "\(node.check(device: "u"))")
+            // Readmission after a redefinition: the operator signs "counter=uninitialised"; the counter is advanced.
+            let statement = try node.readmissionStatement(device: "u")
+            #expect(String(decoding: statement, as: UTF8.self).contains("counter=uninitialised"))
+            try node.readmit(device: "u", operatorSignature: Array(try fixture.operatorKey.signature(for: statement)))
+            #expect(node.check(device: "u").state == .healthy)
         }
     }
 
