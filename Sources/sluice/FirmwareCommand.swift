@@ -45,9 +45,21 @@ struct FirmwareNodeOptions: ParsableArguments {
     @Option(help: "Attempt counter: tpm (a TPM 2.0 NV counter index per device) or software (weaker: a MAC'd file).")
     var counter: FirmwareCounterKind = .software
 
-    @Option(help: ArgumentHelp("The TPM (swtpm protocol) at HOST:PORT; its control port is PORT + 1. With --counter tpm.",
-                               valueName: "host:port"))
+    @Option(help: ArgumentHelp("The TPM: HOST:PORT of an swtpm (its control port is PORT + 1), or a TCTI string "
+                               + "(device:/dev/tpmrm0, tabrmd:, swtpm:host=H,port=P, mssim:...). With --counter tpm.",
+                               valueName: "host:port|tcti"))
     var tpm: String?
+
+    /// TCTI prefixes taken as they are (as in `sluice run`'s `firmware: tpm:`).
+    static let tctiPrefixes = ["device:", "tabrmd:", "swtpm:", "mssim:", "cmd:"]
+
+    /// `--tpm` as a TCTI configuration string.
+    func tcti() throws(ValidationError) -> String {
+        let text = tpm ?? ""
+        if Self.tctiPrefixes.contains(where: text.hasPrefix) { return text }
+        let (host, port) = try parseTPMAddress(text)
+        return TPMConnection.swtpm(host: host, port: port)
+    }
 
     @Option(help: ArgumentHelp("File whose bytes are the NV indices' auth value (at most 64; a final newline is dropped). Default: empty.",
                                valueName: "file"))
@@ -60,8 +72,8 @@ struct FirmwareNodeOptions: ParsableArguments {
     func validate() throws {
         switch counter {
         case .tpm:
-            guard let tpm else { throw ValidationError("--counter tpm needs --tpm HOST:PORT") }
-            _ = try parseTPMAddress(tpm)
+            guard tpm != nil else { throw ValidationError("--counter tpm needs --tpm HOST:PORT (or a TCTI string)") }
+            _ = try tcti()
             _ = try parseIndices()
         case .software:
             guard tpm == nil, tpmAuthFile == nil, tpmIndex.isEmpty else {
@@ -73,7 +85,7 @@ struct FirmwareNodeOptions: ParsableArguments {
     func parseTPMAddress(_ text: String) throws(ValidationError) -> (host: String, port: Int) {
         guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
               (1...65534).contains(port), colon != text.startIndex else {
-            throw ValidationError("--tpm: '\(text)' is not HOST:PORT (port 1-65534; the control port is PORT + 1)")
+            throw ValidationError("--tpm: '\(text)' is not HOST:PORT (port 1-65534; the control port is PORT + 1) or a TCTI string")
         }
         return (String(text[..<colon]), port)
     }
@@ -110,7 +122,7 @@ struct FirmwareNodeOptions: ParsableArguments {
                                        + "counter and record files to an older valid copy is not detected). Use --counter tpm.\n")
                 source = .software
             case .tpm:
-                let (host, port) = try parseTPMAddress(tpm ?? "")
+                let tcti = try tcti()
                 var auth: [UInt8] = []
                 if let tpmAuthFile {
                     guard let data = FileManager.default.contents(atPath: tpmAuthFile) else {
@@ -121,7 +133,7 @@ struct FirmwareNodeOptions: ParsableArguments {
                     guard auth.count <= 64 else { throw ValidationError("--tpm-auth-file: \(auth.count) bytes, at most 64") }
                 }
                 let connection: TPMConnection
-                do { connection = try TPMConnection(tcti: TPMConnection.swtpm(host: host, port: port)) } catch {
+                do { connection = try TPMConnection(tcti: tcti) } catch {
                     throw FirmwareTPMUnreachable(error: error)
                 }
                 source = .tpm(connection, auth: auth, indices: try parseIndices())
