@@ -384,6 +384,30 @@ struct TPMCounterTests {
         }
     }
 
+    /// The counter cannot be rewritten: the TPM refuses TPM2_NV_Write on a counter index (tpm2_nvwrite
+    /// with owner authorization), and the value is unchanged after the attempt.
+    @Test func counterCannotBeRewritten() throws {
+        try withSwtpm { swtpm in
+            let fixture = try Fixture()
+            let node = fixture.node(try tpmSource(swtpm))
+            let image = fixture.image(1)
+            try node.update(device: "a", image: image.image, signature: image.signature)
+            try node.update(device: "a", image: image.image, signature: image.signature)
+            let zeros = fixture.root + "/zeros"
+            try Data(count: 8).write(to: URL(fileURLWithPath: zeros))
+            let write = Process()
+            write.executableURL = URL(fileURLWithPath: "/usr/bin/tpm2_nvwrite")
+            write.arguments = ["-T", swtpm.tcti, "-C", "o", "-i", zeros, "0x" + String(FirmwareNode.defaultIndex("a"), radix: 16)]
+            write.standardOutput = FileHandle.nullDevice
+            write.standardError = FileHandle.nullDevice
+            try write.run()
+            write.waitUntilExit()
+            #expect(write.terminationStatus != 0, "the TPM let a counter index be written")
+            #expect(try node.counter(for: "a").read() == 2)
+            #expect(node.check(device: "a").state == .healthy)
+        }
+    }
+
     @Test func tpmUnreachableIsAClearError() throws {
         let ports = try Swtpm.freePorts(1)
         #expect(throws: FirmwareError.self) { try TPMConnection(tcti: TPMConnection.swtpm(host: "127.0.0.1", port: ports[0])) }
