@@ -424,6 +424,9 @@ public final class Appliance: Sendable {
         }
         let share = try share(shareName)
         var observed = false
+        var succeeded = false
+        // Served bytes count once the read succeeded, never for one that threw.
+        defer { if observed { share.finish(length: length, succeeded: succeeded) } }
         var sequential = false
         for attempt in 0..<Self.attemptsMax {
             let stat = try await stat(key, fresh: attempt > 0)
@@ -446,12 +449,14 @@ public final class Appliance: Sendable {
                 if let changed = replies.lazy.map(\.sectors).first(where: { $0.etag != stat.etag || $0.size != stat.size }) {
                     // Never mix: start over with the object as the intermediate now serves it.
                     counters.add(counters.etagChanges)
-                    state.withLock { $0.stats[key] = (changed.size, changed.etag, monotonicNs()) }
+                    let entriesMax = configuration.statEntriesMax
+                    state.withLock { Self.insertStat(key, (changed.size, changed.etag, monotonicNs()), into: &$0.stats, entriesMax: entriesMax) }
                     continue
                 }
                 for reply in replies { copy(reply, range: range, into: out) }
             }
             counters.add(counters.bytesServed, length)
+            succeeded = true
             if sequential { readAhead(key: key, etag: stat.etag, size: stat.size, after: range.upperBound, share: share) }
             return (stat.size, stat.etag)
         }
@@ -496,12 +501,22 @@ public final class Appliance: Sendable {
         let result = try await withClient { client throws(GatewayClientError) in try await client.stat(key: key) }
         counters.add(counters.lastHopFrameBytes, 4 + GatewayProtocol.replyHeaderBytes + 8 + 2 + result.etag.utf8.count)
         let entriesMax = configuration.statEntriesMax
-        state.withLock { s in
-            if s.stats[key] == nil, s.stats.count >= entriesMax, let victim = s.stats.keys.first { s.stats[victim] = nil }
-            s.stats[key] = (result.size, result.etag, monotonicNs())
-        }
+        state.withLock { Self.insertStat(key, (result.size, result.etag, monotonicNs()), into: &$0.stats, entriesMax: entriesMax) }
         return result
     }
+
+    /// Every insert into the stat table: a new key at `entriesMax` entries first evicts one (any: the
+    /// table is a bound, not an LRU), so the table never holds more than `entriesMax`.
+    static func insertStat(_ key: String, _ stat: (size: UInt64, etag: String, atNs: UInt64),
+                           into stats: inout [String: (size: UInt64, etag: String, atNs: UInt64)], entriesMax: Int) {
+        precondition(entriesMax > 0, "the table holds an entry")
+        if stats[key] == nil, stats.count >= entriesMax, let victim = stats.keys.first { stats[victim] = nil }
+        stats[key] = stat
+        precondition(stats.count <= entriesMax, "the stat table is bounded")
+    }
+
+    /// Entries in the stat table (tests).
+    var statEntryCount: Int { state.withLock { $0.stats.count } }
 
     // MARK: Fetching
 

@@ -50,7 +50,11 @@ final class ApplianceShare: Sendable {
     private struct Account {
         var tokens: Double
         var refilledNs: UInt64
+        /// Bytes of reads that succeeded.
         var served: UInt64 = 0
+        /// Bytes of reads observed and not yet finished: the ratio cap counts them (a read's own
+        /// predictions are allowed against it), `servedBytes` only once they succeeded.
+        var serving: UInt64 = 0
         var requested: UInt64 = 0
         var predicted: UInt64 = 0
         /// Granted and not yet settled.
@@ -68,10 +72,10 @@ final class ApplianceShare: Sendable {
     }
 
     /// Records a read of `length` bytes at `offset` of `key` (to be served). Returns the number of
-    /// contiguous reads before it (0: not sequential).
+    /// contiguous reads before it (0: not sequential). The caller finishes it once with `finish`.
     func observe(key: String, offset: UInt64, length: Int) -> Int {
         account.withLock { a in
-            a.served += UInt64(length)
+            a.serving += UInt64(length)
             let previous = a.lastEnd[key]
             let streak = previous.map { $0.end == offset ? $0.streak + 1 : 0 } ?? 0
             if previous == nil, a.lastEnd.count >= patternEntriesMax, let victim = a.lastEnd.keys.first {
@@ -79,6 +83,15 @@ final class ApplianceShare: Sendable {
             }
             a.lastEnd[key] = (offset + UInt64(length), streak)
             return streak
+        }
+    }
+
+    /// Ends a read `observe` recorded: its bytes count as served only when it succeeded.
+    func finish(length: Int, succeeded: Bool) {
+        account.withLock { a in
+            precondition(a.serving >= UInt64(length), "each observed read finishes once")
+            a.serving -= UInt64(length)
+            if succeeded { a.served += UInt64(length) }
         }
     }
 
@@ -98,7 +111,7 @@ final class ApplianceShare: Sendable {
             }
             if let ratio = budget.ratio {
                 let spent = Double(a.requested + a.predicted + a.reserved)
-                allowed = min(allowed, max(0, ratio * Double(a.served) - spent))
+                allowed = min(allowed, max(0, ratio * Double(a.served + a.serving) - spent))
             }
             let granted = Int(allowed)
             if granted == 0 { a.refused += 1 }

@@ -2,6 +2,7 @@
 // the appliance protocol v1 over TCP, pipelined, answered in order.
 import NIOCore
 import NIOPosix
+import Synchronization
 
 public enum ApplianceServerError: Error, Equatable, CustomStringConvertible {
     case bindFailed(host: String, port: Int, reason: String)
@@ -21,14 +22,28 @@ public final class ApplianceServer: Sendable {
     /// The port bound (the kernel's choice when 0 was asked for).
     public let port: Int
     public let appliance: Appliance
+    /// Bytes of requests in progress across connections (a read holds its length, an append its
+    /// bytes), and the high-water marks tests look at.
+    public let budget: RequestBudget
+    /// Request tasks still running (`close` waits for them).
+    public let tasks: RequestTasks
     private let group: MultiThreadedEventLoopGroup
     private let channel: Channel
+    private let closed = Atomic<Bool>(false)
 
     /// Requests per connection received and not yet answered before reading pauses.
     public static let outstandingRequestsMax = 64
 
-    public static func bind(host: String, port: Int, appliance: Appliance) throws(ApplianceServerError) -> ApplianceServer {
+    /// Binds `host:port` (0: any free port). `requestBytesInFlightMax` bounds the bytes of requests in
+    /// progress across connections (`RequestBudget`).
+    public static func bind(host: String, port: Int, appliance: Appliance,
+                            requestBytesInFlightMax: Int = RequestBudget.bytesMaxDefault) throws(ApplianceServerError) -> ApplianceServer {
         guard (0...65535).contains(port) else { throw .setting(.invalid(setting: "port", value: port, rule: "in 0...65535")) }
+        guard RequestBudget.bytesMaxRange.contains(requestBytesInFlightMax) else {
+            throw .setting(.invalid(setting: "requestBytesInFlightMax", value: requestBytesInFlightMax, rule: "in \(RequestBudget.bytesMaxRange)"))
+        }
+        let budget = RequestBudget(bytesMax: requestBytesInFlightMax)
+        let tasks = RequestTasks()
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.backlog, value: 256)
@@ -40,7 +55,7 @@ public final class ApplianceServer: Sendable {
                         RequestFrameDecoder(frameBytesMax: ApplianceProtocol.requestFrameBytesMax,
                                             largeOpcodes: [ApplianceOpcode.append.rawValue],
                                             largeFrameBytesMax: ApplianceProtocol.appendFrameBytesMax)))
-                    try channel.pipeline.syncOperations.addHandler(ApplianceHandler(appliance: appliance))
+                    try channel.pipeline.syncOperations.addHandler(ApplianceHandler(appliance: appliance, budget: budget, tasks: tasks))
                 }
             }
         let channel: Channel
@@ -48,10 +63,14 @@ public final class ApplianceServer: Sendable {
             try? group.syncShutdownGracefully()
             throw .bindFailed(host: host, port: port, reason: "\(error)")
         }
-        return ApplianceServer(host: host, port: channel.localAddress?.port ?? port, appliance: appliance, group: group, channel: channel)
+        return ApplianceServer(host: host, port: channel.localAddress?.port ?? port, appliance: appliance, budget: budget, tasks: tasks,
+                               group: group, channel: channel)
     }
 
-    private init(host: String, port: Int, appliance: Appliance, group: MultiThreadedEventLoopGroup, channel: Channel) {
+    private init(host: String, port: Int, appliance: Appliance, budget: RequestBudget, tasks: RequestTasks,
+                 group: MultiThreadedEventLoopGroup, channel: Channel) {
+        self.budget = budget
+        self.tasks = tasks
         self.host = host
         self.port = port
         self.appliance = appliance
@@ -59,15 +78,21 @@ public final class ApplianceServer: Sendable {
         self.channel = channel
     }
 
-    /// Stops accepting and closes every connection. Blocks; not from an event loop.
-    public func close() {
+    /// Stops accepting, waits up to `waitingUpToNs` for request tasks in progress to finish (their
+    /// replies are written while the connections stay open), then closes every connection. Blocks;
+    /// not from an event loop.
+    /// A second call does nothing.
+    public func close(waitingUpToNs: UInt64 = 5_000_000_000) {
+        guard !closed.exchange(true, ordering: .relaxed) else { return }
         try? channel.close().wait()
+        _ = tasks.waitUntilIdle(timeoutNs: waitingUpToNs)
         try? group.syncShutdownGracefully()
     }
 }
 
 /// One client connection: requests run concurrently, replies go out in request order. At
-/// `outstandingRequestsMax` unanswered requests reading pauses. Event loop only.
+/// `outstandingRequestsMax` unanswered requests reading pauses. Requests start in arrival order under
+/// the server's `RequestBudget`; while one waits for bytes, reading pauses too. Event loop only.
 final class ApplianceHandler: ChannelInboundHandler {
     typealias InboundIn = GatewayInboundFrame
     typealias OutboundOut = ByteBuffer
@@ -83,18 +108,49 @@ final class ApplianceHandler: ChannelInboundHandler {
     /// Writes this connection began and has not closed or aborted: aborted when it ends (bounded by
     /// the journal's `openWritesMax`).
     private var openWrites: Set<UInt64> = []
+    private let budget: RequestBudget
+    private let tasks: RequestTasks
+    private var starts: BudgetedStarts!
 
-    init(appliance: Appliance) {
+    init(appliance: Appliance, budget: RequestBudget, tasks: RequestTasks) {
         self.appliance = appliance
+        self.budget = budget
+        self.tasks = tasks
+        starts = BudgetedStarts(budget: budget) { [unowned self] channel in self.process(channel) }
     }
+
+    /// Frames decoded and not yet handled: a socket read may hold many after reading paused, they wait
+    /// here (bounded by one read's bytes) so no more than `outstandingRequestsMax` are ever outstanding.
+    private var inbox = CircularBuffer<GatewayInboundFrame>()
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !closing else { return }
+        inbox.append(unwrapInboundIn(data))
+        process(context.channel)
+    }
+
+    private var processing = false
+
+    /// Handles queued frames while the connection has room (outstanding below the bound, no request
+    /// waiting for budget), then pauses or resumes reading. Not reentrant: a reply written at once
+    /// calls it back, and the outer call's loop goes on instead (no recursion per frame).
+    private func process(_ channel: Channel) {
+        guard !processing else { return }
+        processing = true
+        defer { processing = false }
+        while !closing, !starts.isWaiting, outstanding < ApplianceServer.outstandingRequestsMax, let frame = inbox.popFirst() {
+            handle(frame, channel)
+        }
+        if closing { inbox.removeAll() }
+        updateReading(channel)
+    }
+
+    private func handle(_ frame: GatewayInboundFrame, _ channel: Channel) {
         let sequence = nextSequence
         nextSequence += 1
         outstanding += 1
-        let channel = context.channel
-        switch unwrapInboundIn(data) {
+        budget.noteOutstanding(outstanding)
+        switch frame {
         case .tooLarge(let length, let opcode, let requestID):
             let message = "frame length \(length) is above \(ApplianceProtocol.requestFrameBytesMax)"
             complete(sequence, encode(.failure(.frameTooLarge, message: message), opcode: opcode, requestID: requestID, channel), closeAfter: true, channel)
@@ -108,7 +164,10 @@ final class ApplianceHandler: ChannelInboundHandler {
                 complete(sequence, encode(failure, opcode: rawOpcode, requestID: requestID, channel), closeAfter: false, channel)
             } else if let opcode = ApplianceOpcode(rawValue: rawOpcode) {
                 do throws(GatewayDecodeError) {
-                    start(try ApplianceRequest.decode(opcode: opcode, body: &body), sequence: sequence, requestID: requestID, channel)
+                    let request = try ApplianceRequest.decode(opcode: opcode, body: &body)
+                    starts.admit(sequence: sequence, cost: cost(of: request), channel) { [unowned self] in
+                        self.start(request, sequence: sequence, requestID: requestID, channel)
+                    }
                 } catch {
                     complete(sequence, encode(.failure(.badRequest, message: error.description), opcode: rawOpcode, requestID: requestID, channel),
                              closeAfter: false, channel)
@@ -118,7 +177,15 @@ final class ApplianceHandler: ChannelInboundHandler {
                          closeAfter: false, channel)
             }
         }
-        updateReading(channel)
+    }
+
+    /// What `request` holds of the budget: a read the most its reply can take, an append its bytes.
+    private func cost(of request: ApplianceRequest) -> Int {
+        switch request {
+        case .read(_, _, let length): Int(min(length, UInt32(appliance.configuration.readBytesMax))) + GatewayProtocol.etagBytesMax + 64
+        case .append(_, _, let bytes): bytes.count
+        case .hello, .counters, .stat, .beginWrite, .closeWrite, .abortWrite, .flush: 0
+        }
     }
 
     private func start(_ request: ApplianceRequest, sequence: UInt64, requestID: UInt64, _ channel: Channel) {
@@ -200,7 +267,12 @@ final class ApplianceHandler: ChannelInboundHandler {
     private func run(_ sequence: UInt64, requestID: UInt64, opcode: UInt8, _ channel: Channel,
                      _ work: @escaping @Sendable () async -> ApplianceReply) {
         let promise = channel.eventLoop.makePromise(of: ApplianceReply.self)
-        promise.completeWithTask(work)
+        let tasks = tasks
+        tasks.started()
+        promise.completeWithTask {
+            defer { tasks.ended() }
+            return await work()
+        }
         let bound = NIOLoopBound(self, eventLoop: channel.eventLoop)
         promise.futureResult.whenComplete { result in
             let handler = bound.value
@@ -233,6 +305,7 @@ final class ApplianceHandler: ChannelInboundHandler {
     private func complete(_ sequence: UInt64, _ buffer: ByteBuffer, closeAfter: Bool, _ channel: Channel) {
         ready[sequence] = (buffer, closeAfter)
         while let next = ready.removeValue(forKey: nextToSend) {
+            let written = nextToSend
             nextToSend += 1
             let bound = NIOLoopBound(self, eventLoop: channel.eventLoop)
             let closeAfter = next.closeAfter
@@ -240,15 +313,16 @@ final class ApplianceHandler: ChannelInboundHandler {
                 let handler = bound.value
                 handler.outstanding -= 1
                 precondition(handler.outstanding >= 0, "each reply is taken once")
+                handler.starts.finished(written)
                 if closeAfter { channel.close(promise: nil) }
                 if case .failure = result { channel.close(promise: nil) }
-                handler.updateReading(channel)
+                handler.process(channel)
             }
         }
     }
 
     private func updateReading(_ channel: Channel) {
-        let full = outstanding >= ApplianceServer.outstandingRequestsMax || closing
+        let full = outstanding >= ApplianceServer.outstandingRequestsMax || closing || starts.isWaiting || !inbox.isEmpty
         if full != readingPaused {
             readingPaused = full
             channel.setOption(ChannelOptions.autoRead, value: !full).whenComplete { _ in }
@@ -257,6 +331,8 @@ final class ApplianceHandler: ChannelInboundHandler {
 
     /// A client gone with writes open: they never become objects.
     func channelInactive(context: ChannelHandlerContext) {
+        starts.dropWaiting()
+        inbox.removeAll()
         for id in openWrites { appliance.abortWrite(writeID: id) }
         openWrites.removeAll()
         context.fireChannelInactive()

@@ -152,12 +152,19 @@ public final class ChunkCache: Sendable {
         var crcs: [UInt32]
     }
 
-    /// One remote fetch in flight. `stale` is set when the key is invalidated meanwhile: its bytes still
-    /// answer the reads that waited for it, but are not kept.
-    private final class Flight: Sendable {
-        let task: Task<Result<FetchedChunk, ChunkReadError>, Never>
+    /// What a flight's fetch task and its store task both mark. `stale` is set when the key is
+    /// invalidated meanwhile: its bytes still answer the reads that waited for it, but are not kept.
+    /// `ended` is set (under the state mutex) once the flight no longer counts against
+    /// `fetchesInFlightMax`.
+    private final class FlightMarks: Sendable {
         let stale = Atomic<Bool>(false)
-        init(task: Task<Result<FetchedChunk, ChunkReadError>, Never>) { self.task = task }
+        let ended = Atomic<Bool>(false)
+    }
+
+    /// One remote fetch in flight, joinable while in `State.flights`.
+    private struct Flight: Sendable {
+        let task: Task<Result<FetchedChunk, ChunkReadError>, Never>
+        let marks: FlightMarks
     }
 
     private struct State {
@@ -165,6 +172,9 @@ public final class ChunkCache: Sendable {
         var lru = LRUOrder<ChunkID>()
         var chunksByKey: [String: Set<UInt64>] = [:]
         var flights: [FlightID: Flight] = [:]
+        /// Flights not yet ended, joinable or not (an invalidate removes a flight from `flights` but its
+        /// fetch still runs and holds its bytes): what `fetchesInFlightMax` bounds.
+        var fetchesRunning = 0
         /// Tasks storing fetched chunks (one per flight), for `waitUntilSettled`.
         var storing: [UInt64: Task<Void, Never>] = [:]
         var nextStoreID: UInt64 = 0
@@ -289,7 +299,7 @@ public final class ChunkCache: Sendable {
         let files = state.withLock { state -> [String] in
             // A later read must not join a fetch that may have been answered before the write.
             for (flightID, flight) in state.flights where flightID.id.key == key {
-                flight.stale.store(true, ordering: .relaxed)
+                flight.marks.stale.store(true, ordering: .relaxed)
                 state.flights[flightID] = nil
             }
             guard let chunks = state.chunksByKey[key] else { return [] }
@@ -310,7 +320,8 @@ public final class ChunkCache: Sendable {
 
     public var bytesUsed: Int { state.withLock { $0.bytesUsed } }
     public var chunkCount: Int { state.withLock { $0.entries.count } }
-    public var fetchesInFlight: Int { state.withLock { $0.flights.count } }
+    /// Fetches not yet ended, including those an invalidate made unjoinable.
+    public var fetchesInFlight: Int { state.withLock { $0.fetchesRunning } }
 
     /// Cached chunks from the least to the most recently used.
     public var chunksOldestFirst: [(key: String, chunk: UInt64)] {
@@ -394,27 +405,36 @@ public final class ChunkCache: Sendable {
         let counters = counters
         let started = try state.withLock { state throws(ChunkReadError) -> (Flight, Bool) in
             if let flight = state.flights[flightID] { return (flight, false) }
-            guard state.flights.count < limit else { throw .overloaded(fetchesInFlight: state.flights.count, max: limit) }
+            guard state.fetchesRunning < limit else { throw .overloaded(fetchesInFlight: state.fetchesRunning, max: limit) }
+            let marks = FlightMarks()
             let task = Task { () -> Result<FetchedChunk, ChunkReadError> in
                 counters.add(counters.remoteReads)
-                let bytes: [UInt8]
-                do throws(RemoteStoreError) { bytes = try await fetch() } catch {
+                let result: Result<FetchedChunk, ChunkReadError>
+                do throws(RemoteStoreError) {
+                    let bytes = try await fetch()
+                    counters.add(counters.bytesFromRemote, bytes.count)
+                    if bytes.count == chunkLength {
+                        result = .success(FetchedChunk(bytes: bytes, crcs: sectorCRCs(bytes, sectorBytes: sectorBytes)))
+                    } else {
+                        counters.add(counters.remoteErrors)
+                        result = .failure(.remote(.failed("chunk \(id.chunk) of \(id.key): \(bytes.count) bytes, expected \(chunkLength)")))
+                    }
+                } catch {
                     if error.status == .remoteUnavailable {
                         counters.add(counters.remoteUnavailable)
                     } else {
                         counters.add(counters.remoteErrors)
                     }
-                    return .failure(.remote(error))
+                    result = .failure(.remote(error))
                 }
-                counters.add(counters.bytesFromRemote, bytes.count)
-                guard bytes.count == chunkLength else {
-                    counters.add(counters.remoteErrors)
-                    return .failure(.remote(.failed("chunk \(id.chunk) of \(id.key): \(bytes.count) bytes, expected \(chunkLength)")))
-                }
-                return .success(FetchedChunk(bytes: bytes, crcs: sectorCRCs(bytes, sectorBytes: sectorBytes)))
+                // A failure leaves the table before any waiter sees it: a read after this starts a new
+                // fetch, never joins this one for its stale error.
+                if case .failure = result { self.state.withLock { state in Self.endFlight(marks, flightID, in: &state) } }
+                return result
             }
-            let flight = Flight(task: task)
+            let flight = Flight(task: task, marks: marks)
             state.flights[flightID] = flight
+            state.fetchesRunning += 1
             // Stores the chunk, then ends the flight: until then a reader joins it (its bytes are in memory).
             // Registered here, under the lock, so `waitUntilSettled` never misses it.
             let storeID = state.nextStoreID
@@ -439,8 +459,8 @@ public final class ChunkCache: Sendable {
     /// and fits (evicting least recently used unpinned chunks), then removes the flight.
     private func store(_ flight: Flight, _ flightID: FlightID) async {
         let result = await flight.task.value
-        guard case .success(let fetched) = result, !flight.stale.load(ordering: .relaxed) else {
-            state.withLock { state in Self.endFlight(flight, flightID, in: &state) }
+        guard case .success(let fetched) = result, !flight.marks.stale.load(ordering: .relaxed) else {
+            state.withLock { state in Self.endFlight(flight.marks, flightID, in: &state) }
             return
         }
         let id = flightID.id
@@ -455,7 +475,7 @@ public final class ChunkCache: Sendable {
                 evicted.append(Self.remove(victim, from: &state)!.fileName)
             }
             guard state.bytesUsed + state.bytesReserved + fileBytes <= capacity else {
-                Self.endFlight(flight, flightID, in: &state)
+                Self.endFlight(flight.marks, flightID, in: &state)
                 return nil
             }
             state.bytesReserved += fileBytes
@@ -477,8 +497,8 @@ public final class ChunkCache: Sendable {
         var replaced: String?
         let kept = state.withLock { state -> Bool in
             state.bytesReserved -= fileBytes
-            Self.endFlight(flight, flightID, in: &state)
-            guard failure == nil, !flight.stale.load(ordering: .relaxed) else { return false }
+            Self.endFlight(flight.marks, flightID, in: &state)
+            guard failure == nil, !flight.marks.stale.load(ordering: .relaxed) else { return false }
             replaced = Self.remove(id, from: &state)?.fileName
             state.entries[id] = Entry(etag: flightID.etag, dataBytes: fetched.bytes.count, headerBytes: headerBytes,
                                       fileName: fileName, crcs: fetched.crcs)
@@ -492,9 +512,14 @@ public final class ChunkCache: Sendable {
         if !kept { unlink([fileName]) }
     }
 
-    /// Removes `flight` from the table unless an invalidate already replaced or removed it.
-    private static func endFlight(_ flight: Flight, _ flightID: FlightID, in state: inout State) {
-        if state.flights[flightID] === flight { state.flights[flightID] = nil }
+    /// Ends a flight once (its fetch failed, or its chunk was stored or dropped): it stops counting
+    /// against `fetchesInFlightMax` and leaves the table unless an invalidate already removed it or a
+    /// newer flight replaced it.
+    private static func endFlight(_ marks: FlightMarks, _ flightID: FlightID, in state: inout State) {
+        guard !marks.ended.exchange(true, ordering: .relaxed) else { return }
+        state.fetchesRunning -= 1
+        precondition(state.fetchesRunning >= 0, "each flight ends once")
+        if state.flights[flightID]?.marks === marks { state.flights[flightID] = nil }
     }
 
     // MARK: Disk reads (blocking)

@@ -349,6 +349,9 @@ public enum GatewayDecodeError: Error, Equatable, CustomStringConvertible {
     case cutShort(field: String, length: Int, bytesLeft: Int)
     case emptyKey
     case keyTooLong(bytes: Int, max: Int)
+    /// A key the store would read as another path: a NUL, or an empty (`//`, leading or trailing `/`),
+    /// `.` or `..` segment. Refused before any store sees it.
+    case invalidKey(key: String, reason: String)
     case notUTF8(field: String)
     case etagTooLong(bytes: Int, max: Int)
     /// A list count of zero where one item at least is required.
@@ -377,6 +380,7 @@ public enum GatewayDecodeError: Error, Equatable, CustomStringConvertible {
         case .cutShort(let field, let length, let left): "\(field) of \(length) bytes runs past the \(left) bytes left"
         case .emptyKey: "key is empty"
         case .keyTooLong(let bytes, let max): "key of \(bytes) bytes is above \(max)"
+        case .invalidKey(let key, let reason): "key \(key): \(reason)"
         case .notUTF8(let field): "\(field) is not UTF-8"
         case .etagTooLong(let bytes, let max): "etag of \(bytes) bytes is above \(max)"
         case .emptyList(let field): "\(field) is empty"
@@ -697,6 +701,7 @@ extension ByteBuffer {
         guard length <= GatewayProtocol.keyBytesMax else { throw .keyTooLong(bytes: length, max: GatewayProtocol.keyBytesMax) }
         guard let bytes = readBytes(length: length) else { throw .cutShort(field: "key", length: length, bytesLeft: readableBytes) }
         guard let key = String(validating: bytes, as: UTF8.self) else { throw .notUTF8(field: "key") }
+        if let reason = gatewayKeyPathProblem(key) { throw .invalidKey(key: key, reason: reason) }
         return key
     }
 
@@ -719,6 +724,19 @@ extension ByteBuffer {
         writeInteger(UInt16(etag.utf8.count))
         writeString(etag)
     }
+}
+
+/// Why `key` is not a plain path of segments (nil: it is): a NUL, or an empty, `.` or `..` segment
+/// (`//`, a leading or trailing `/`). Servers refuse such keys (`badRequest`) when decoding: S3 would
+/// take them raw and a directory store would leave its root.
+public func gatewayKeyPathProblem(_ key: String) -> String? {
+    if key.utf8.contains(0) { return "contains NUL" }
+    for segment in key.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false) {
+        if segment.isEmpty || segment.elementsEqual(".".utf8) || segment.elementsEqual("..".utf8) {
+            return "has an empty, . or .. path component"
+        }
+    }
+    return nil
 }
 
 /// The key check `GatewayClient` and the server share: 1...keyBytesMax bytes.

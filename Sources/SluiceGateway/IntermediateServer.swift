@@ -13,6 +13,9 @@ public struct IntermediateConfiguration: Sendable {
     /// Requests per connection received and not yet written to the socket (decoding, fetching, or
     /// waiting for an earlier reply: replies leave in request order). At this many, reading pauses.
     public var outstandingRequestsMax = 64
+    /// Bytes of requests in progress across every connection (`RequestBudget`): a `readSectors` holds
+    /// the most its reply can take, an `uploadData` its body. Past it, requests wait and reading pauses.
+    public var requestBytesInFlightMax = RequestBudget.bytesMaxDefault
     /// How long a stat answer is used before the store is asked again (0: every request asks).
     public var statTTLNs: UInt64 = 1_000_000_000
     public var statEntriesMax = 65_536
@@ -59,8 +62,13 @@ public final class IntermediateServer: Sendable {
     public let units: GatewayUnits
     public let counters: GatewayCounters
     public let cache: ChunkCache
+    /// Bytes of requests in progress across connections, and the high-water marks tests look at.
+    public let budget: RequestBudget
+    /// Request tasks still running (`close` waits for them).
+    public let tasks: RequestTasks
     private let group: MultiThreadedEventLoopGroup
     private let channel: Channel
+    private let closed = Atomic<Bool>(false)
 
     /// Binds `host:port` (0: any free port) and serves `store` through `cache` (whose units it uses).
     public static func bind(host: String, port: Int, store: any RemoteObjectStore, cache: ChunkCache,
@@ -71,6 +79,7 @@ public final class IntermediateServer: Sendable {
         let checks: [(String, Int, ClosedRange<Int>)] = [
             ("frameBytesMax", configuration.frameBytesMax, units.frameBytesNeeded...GatewayProtocol.frameBytesMaxLimit),
             ("outstandingRequestsMax", configuration.outstandingRequestsMax, 1...Limits.outstandingRequestsMaxLimit),
+            ("requestBytesInFlightMax", configuration.requestBytesInFlightMax, RequestBudget.bytesMaxRange),
             ("statTTLMs", ttlMs, 0...Int(Limits.statTTLNsLimit / 1_000_000)),
             ("statEntriesMax", configuration.statEntriesMax, 1...Limits.statEntriesMaxLimit),
             ("eventLoopThreadCount", configuration.eventLoopThreadCount, 1...64),
@@ -93,7 +102,10 @@ public final class IntermediateServer: Sendable {
         for (setting, value, range) in predictorChecks where !range.contains(value) {
             throw .setting(.invalid(setting: setting, value: value, rule: "in \(range)"))
         }
+        let budget = RequestBudget(bytesMax: configuration.requestBytesInFlightMax)
+        let tasks = RequestTasks()
         let shared = ServerShared(store: store, cache: cache, units: units, configuration: configuration, counters: cache.counters,
+                                  budget: budget, tasks: tasks,
                                   stats: StatCache(ttlNs: configuration.statTTLNs, entriesMax: configuration.statEntriesMax,
                                                    counters: cache.counters),
                                   uploads: UploadSessions(configuration: configuration.upload, units: units, counters: cache.counters))
@@ -119,11 +131,13 @@ public final class IntermediateServer: Sendable {
             throw .bindFailed(host: host, port: port, reason: "\(error)")
         }
         return IntermediateServer(host: host, port: channel.localAddress?.port ?? port, units: units, counters: cache.counters,
-                                  cache: cache, group: group, channel: channel)
+                                  cache: cache, budget: budget, tasks: tasks, group: group, channel: channel)
     }
 
     private init(host: String, port: Int, units: GatewayUnits, counters: GatewayCounters, cache: ChunkCache,
-                 group: MultiThreadedEventLoopGroup, channel: Channel) {
+                 budget: RequestBudget, tasks: RequestTasks, group: MultiThreadedEventLoopGroup, channel: Channel) {
+        self.budget = budget
+        self.tasks = tasks
         self.host = host
         self.port = port
         self.units = units
@@ -138,10 +152,14 @@ public final class IntermediateServer: Sendable {
         try? channel.closeFuture.wait()
     }
 
-    /// Stops accepting, closes every connection and stops the event loops. Requests still running finish
-    /// on their tasks and are dropped. Blocks; do not call from an event loop.
-    public func close() {
+    /// Stops accepting, waits up to `waitingUpToNs` for request tasks in progress to finish (their
+    /// replies are written while the connections stay open), then closes every connection and stops
+    /// the event loops. Blocks; do not call from an event loop.
+    /// A second call does nothing.
+    public func close(waitingUpToNs: UInt64 = 5_000_000_000) {
+        guard !closed.exchange(true, ordering: .relaxed) else { return }
         try? channel.close().wait()
+        _ = tasks.waitUntilIdle(timeoutNs: waitingUpToNs)
         try? group.syncShutdownGracefully()
     }
 }
@@ -153,13 +171,16 @@ struct ServerShared: Sendable {
     let units: GatewayUnits
     let configuration: IntermediateConfiguration
     let counters: GatewayCounters
+    let budget: RequestBudget
+    let tasks: RequestTasks
     let stats: StatCache
     let uploads: UploadSessions
 }
 
 /// One connection: decodes requests in order, runs them concurrently, writes replies in request order.
 /// Event loop only. A request is outstanding from its arrival until its reply's write completed; at
-/// `outstandingRequestsMax` reading pauses (TCP pushes back on the appliance).
+/// `outstandingRequestsMax` reading pauses (TCP pushes back on the appliance). Requests start in arrival
+/// order under the server's `RequestBudget`; while one waits for bytes, reading pauses too.
 final class IntermediateHandler: ChannelInboundHandler {
     typealias InboundIn = GatewayInboundFrame
     typealias OutboundOut = ByteBuffer
@@ -173,20 +194,47 @@ final class IntermediateHandler: ChannelInboundHandler {
     private var outstanding = 0
     private var readingPaused = false
     private var closing = false
+    private var starts: BudgetedStarts!
 
     init(shared: ServerShared) {
         self.shared = shared
         predictor = Predictor(configuration: shared.configuration.predictor, units: shared.units)
+        starts = BudgetedStarts(budget: shared.budget) { [unowned self] channel in self.process(channel) }
     }
+
+    /// Frames decoded and not yet handled: a socket read may hold many after reading paused, they wait
+    /// here (bounded by one read's bytes) so no more than `outstandingRequestsMax` are ever outstanding.
+    private var inbox = CircularBuffer<GatewayInboundFrame>()
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !closing else { return }
+        inbox.append(unwrapInboundIn(data))
+        process(context.channel)
+    }
+
+    private var processing = false
+
+    /// Handles queued frames while the connection has room (outstanding below the bound, no request
+    /// waiting for budget), then pauses or resumes reading. Not reentrant: a reply written at once
+    /// calls it back, and the outer call's loop goes on instead (no recursion per frame).
+    private func process(_ channel: Channel) {
+        guard !processing else { return }
+        processing = true
+        defer { processing = false }
+        while !closing, !starts.isWaiting, outstanding < shared.configuration.outstandingRequestsMax, let frame = inbox.popFirst() {
+            handle(frame, channel)
+        }
+        if closing { inbox.removeAll() }
+        updateReading(channel)
+    }
+
+    private func handle(_ frame: GatewayInboundFrame, _ channel: Channel) {
         let sequence = nextSequence
         nextSequence += 1
         outstanding += 1
+        shared.budget.noteOutstanding(outstanding)
         shared.counters.add(shared.counters.requests)
-        let channel = context.channel
-        switch unwrapInboundIn(data) {
+        switch frame {
         case .tooLarge(let length, let opcode, let requestID):
             let message = "frame length \(length) is above \(GatewayProtocol.requestFrameBytesMax)"
             complete(sequence, reply(.failure(.frameTooLarge, message: message), opcode: opcode, requestID: requestID, channel),
@@ -208,13 +256,30 @@ final class IntermediateHandler: ChannelInboundHandler {
             }
             do throws(GatewayDecodeError) {
                 let request = try GatewayRequest.decode(opcode: opcode, body: &body, units: shared.units)
-                start(request, sequence: sequence, requestID: requestID, channel)
+                starts.admit(sequence: sequence, cost: cost(of: request), channel) { [unowned self] in
+                    self.start(request, sequence: sequence, requestID: requestID, channel)
+                }
             } catch {
                 complete(sequence, reply(.failure(.badRequest, message: error.description), opcode: rawOpcode, requestID: requestID, channel),
                          closeAfter: false, channel)
             }
         }
-        updateReading(channel)
+    }
+
+    /// What `request` holds of the budget: the most its reply can take (wanted sectors with their CRCs,
+    /// the predicted bytes within `extraBudgetBytes`, at most a frame), or an upload's body.
+    private func cost(of request: GatewayRequest) -> Int {
+        let units = shared.units
+        switch request {
+        case .readSectors(let read):
+            let wanted = read.wanted.reduce(0) { $0 + Int($1.sectorCount) }
+            let predicted = min(Int(read.extraBudgetBytes), units.chunkBytes) / units.sectorBytes + 1
+            let bound = (wanted + predicted) * (units.sectorBytes + 4) + (read.wanted.count + shared.configuration.predictor.predictedExtentsMax) * 16
+                + GatewayProtocol.etagBytesMax + 64
+            return min(bound, shared.configuration.frameBytesMax + 4)
+        case .uploadData(let piece): return piece.bytes.count + piece.crcs.count * 4
+        case .hello, .stat, .invalidate, .uploadBegin, .uploadComplete, .uploadAbort: return 0
+        }
     }
 
     /// Answers at once what needs no I/O; runs the rest on a task and completes in order.
@@ -277,7 +342,12 @@ final class IntermediateHandler: ChannelInboundHandler {
     private func run(_ sequence: UInt64, requestID: UInt64, opcode: UInt8, _ channel: Channel,
                      _ work: @escaping @Sendable () async -> GatewayReply) {
         let promise = channel.eventLoop.makePromise(of: GatewayReply.self)
-        promise.completeWithTask(work)
+        let tasks = shared.tasks
+        tasks.started()
+        promise.completeWithTask {
+            defer { tasks.ended() }
+            return await work()
+        }
         let bound = NIOLoopBound(self, eventLoop: channel.eventLoop)
         promise.futureResult.whenComplete { result in
             let handler = bound.value
@@ -306,6 +376,7 @@ final class IntermediateHandler: ChannelInboundHandler {
     private func complete(_ sequence: UInt64, _ buffer: ByteBuffer, closeAfter: Bool, _ channel: Channel) {
         ready[sequence] = (buffer, closeAfter)
         while let next = ready.removeValue(forKey: nextToSend) {
+            let written = nextToSend
             nextToSend += 1
             let bytes = next.buffer.readableBytes
             shared.counters.add(shared.counters.lastHopFrameBytes, bytes)
@@ -315,19 +386,26 @@ final class IntermediateHandler: ChannelInboundHandler {
                 let handler = bound.value
                 handler.outstanding -= 1
                 precondition(handler.outstanding >= 0, "each reply is taken once")
+                handler.starts.finished(written)
                 if closeAfter { channel.close(promise: nil) }
                 if case .failure = result { channel.close(promise: nil) }
-                handler.updateReading(channel)
+                handler.process(channel)
             }
         }
     }
 
     private func updateReading(_ channel: Channel) {
-        let full = outstanding >= shared.configuration.outstandingRequestsMax || closing
+        let full = outstanding >= shared.configuration.outstandingRequestsMax || closing || starts.isWaiting || !inbox.isEmpty
         if full != readingPaused {
             readingPaused = full
             channel.setOption(ChannelOptions.autoRead, value: !full).whenComplete { _ in }
         }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        starts.dropWaiting()
+        inbox.removeAll()
+        context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {

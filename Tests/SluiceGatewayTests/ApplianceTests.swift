@@ -264,6 +264,51 @@ final class ApplianceFixture: @unchecked Sendable {  // unchecked: used by one t
         await appliance.close()
     }
 
+    /// A read that fails (the intermediate down, its stat still fresh) is not counted as served to
+    /// its share; the next one that succeeds is.
+    @Test func failedReadsAreNotServedBytes() async throws {
+        let fixture = try ApplianceFixture(objectBytes: 1 << 20)
+        let appliance = try await fixture.appliance(statTTLNs: 60_000_000_000)
+        _ = try await appliance.read(key: fixture.key, offset: 0, length: 4096, share: "s")
+        #expect(appliance.shares.first { $0.name == "s" }?.servedBytes == 4096)
+        fixture.stopIntermediate()
+        await #expect(throws: ApplianceError.self) { try await appliance.read(key: fixture.key, offset: 500_000, length: 8192, share: "s") }
+        #expect(appliance.shares.first { $0.name == "s" }?.servedBytes == 4096)
+        try fixture.startIntermediate()
+        _ = try await appliance.read(key: fixture.key, offset: 500_000, length: 8192, share: "s")
+        #expect(appliance.shares.first { $0.name == "s" }?.servedBytes == 4096 + 8192)
+        await appliance.close()
+    }
+
+    /// Every insert into the appliance's stat table keeps its bound (the etag-change path did not).
+    @Test func statTableInsertsKeepTheBound() {
+        var stats: [String: (size: UInt64, etag: String, atNs: UInt64)] = [:]
+        for index in 0..<100 {
+            Appliance.insertStat("k\(index)", (UInt64(index), "e", 0), into: &stats, entriesMax: 8)
+            #expect(stats.count == min(index + 1, 8))
+            #expect(stats["k\(index)"]?.size == UInt64(index))
+        }
+        Appliance.insertStat("k99", (7, "f", 1), into: &stats, entriesMax: 8)  // an existing key evicts nothing
+        #expect(stats.count == 8 && stats["k99"]?.etag == "f")
+    }
+
+    /// The stat table of a running appliance stays within `statEntriesMax` over many keys.
+    @Test func statTableIsBounded() async throws {
+        let fixture = try ApplianceFixture(units: smallUnits, objectBytes: 64 << 10)
+        for index in 0..<6 { writeObject(fixture.storeDirectory.path, "dir/o\(index)", objectBytes(4096, seed: UInt64(index))) }
+        var configuration = ApplianceConfiguration()
+        configuration.blockBytes = smallUnits.blockBytes
+        configuration.statEntriesMax = 2
+        configuration.cacheBytes = 16 << 20
+        configuration.statTTLNs = 60_000_000_000
+        let appliance = try await Appliance.start(intermediateHost: "127.0.0.1", port: fixture.port, configuration: configuration)
+        for index in 0..<6 {
+            #expect(try await appliance.read(key: "dir/o\(index)", offset: 0, length: 4096).bytes == objectBytes(4096, seed: UInt64(index)))
+            #expect(appliance.statEntryCount <= 2)
+        }
+        await appliance.close()
+    }
+
     @Test func replacedObjectGivesNewBytesNeverAMix() async throws {
         let fixture = try ApplianceFixture(units: smallUnits, objectBytes: 256 << 10)
         let appliance = try await fixture.appliance(budget: ApplianceBudget(bytesPerSecond: 0))

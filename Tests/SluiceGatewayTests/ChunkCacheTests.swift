@@ -300,6 +300,44 @@ import Testing
         #expect(files.isEmpty)
     }
 
+    /// An invalidate makes a fetch unjoinable but it still runs and holds its bytes: it still counts
+    /// against `fetchesInFlightMax`, so a read of the same chunk after the invalidate is refused.
+    @Test func invalidatedFetchesStillCountAgainstTheBound() async throws {
+        let fixture = Fixture()
+        let cache = try fixture.cache(capacityBytes: 4 * fileBytes, fetchesInFlightMax: 1)
+        fixture.store.readDelayNs.store(300_000_000, ordering: .relaxed)
+        async let first = fixture.read(cache, chunk: 0)
+        for _ in 0..<200 where cache.fetchesInFlight == 0 { try await Task.sleep(nanoseconds: 5_000_000) }
+        cache.invalidate(key: fixture.key)
+        #expect(cache.fetchesInFlight == 1)
+        await #expect(throws: ChunkReadError.overloaded(fetchesInFlight: 1, max: 1)) { try await fixture.read(cache, chunk: 0) }
+        #expect(try await first.0 == .fetched)
+        #expect(cache.fetchesInFlight == 0)
+        #expect(try await fixture.read(cache, chunk: 0).0 == .fetched)
+    }
+
+    /// A failed fetch leaves the single-flight table before its waiters hear of it: a read that starts
+    /// after the failure fetches anew, never gets the old error (nor hangs).
+    @Test func aReadAfterAFailedFetchFetchesAgain() async throws {
+        let fixture = Fixture()
+        let cache = try fixture.cache(capacityBytes: 4 * fileBytes)
+        let bytes = [UInt8](repeating: 7, count: 4096)
+        for round in 0..<200 {
+            await #expect(throws: ChunkReadError.remote(.unavailable("down \(round)"))) {
+                _ = try await cache.read(key: "k", etag: "e", chunk: 0, chunkLength: 4096, runs: [0..<1]) {
+                    () async throws(RemoteStoreError) -> [UInt8] in throw .unavailable("down \(round)")
+                }
+            }
+            let again = try await cache.read(key: "k", etag: "e", chunk: 0, chunkLength: 4096, runs: [0..<1]) {
+                () async throws(RemoteStoreError) -> [UInt8] in bytes
+            }
+            #expect(again.source == .fetched && again.runs[0].bytes == bytes, "round \(round)")
+            cache.invalidate(key: "k")
+            await cache.waitUntilSettled()
+        }
+        #expect(cache.fetchesInFlight == 0)
+    }
+
     @Test func otherEtagIsAMiss() async throws {
         let fixture = Fixture()
         let cache = try fixture.cache(capacityBytes: 4 * fileBytes)

@@ -124,6 +124,11 @@ import Testing
         ("key too long", Body(key: [UInt8](repeating: 0x61, count: 1025)), .keyTooLong(bytes: 1025, max: 1024)),
         ("key cut short", Body(keyLength: 10, key: [0x61], chunk: nil), .cutShort(field: "key", length: 10, bytesLeft: 1)),
         ("key not UTF-8", Body(key: [0xFF, 0xFE]), .notUTF8(field: "key")),
+        ("key with ..", Body(key: Array("a/../b".utf8)), .invalidKey(key: "a/../b", reason: "has an empty, . or .. path component")),
+        ("key with .", Body(key: Array("./b".utf8)), .invalidKey(key: "./b", reason: "has an empty, . or .. path component")),
+        ("key with //", Body(key: Array("a//b".utf8)), .invalidKey(key: "a//b", reason: "has an empty, . or .. path component")),
+        ("key with leading /", Body(key: Array("/etc".utf8)), .invalidKey(key: "/etc", reason: "has an empty, . or .. path component")),
+        ("key with NUL", Body(key: [0x61, 0, 0x62]), .invalidKey(key: "a\0b", reason: "contains NUL")),
         ("chunk missing", Body(chunk: nil), .missing(field: "chunk")),
         ("chunk past any object", Body(chunk: UInt64.max), .chunkOutOfRange(chunk: UInt64.max, chunksMax: UInt64(Int64.max) / (4 << 20))),
         ("chunk offset at 2^63", Body(chunk: UInt64(Int64.max) / (4 << 20)),
@@ -154,6 +159,31 @@ import Testing
         let (name, body, expected) = Self.malformed[index]
         var buffer = body.buffer
         #expect(throws: expected, "\(name)") { try GatewayRequest.decode(opcode: .readSectors, body: &buffer, units: units) }
+    }
+
+    /// Keys a store would read as another path are refused when decoded, by every opcode that takes a
+    /// key, in both protocols; plain keys with dots inside a segment pass.
+    @Test func keysWithPathSegmentsAreRefusedAtDecode() throws {
+        for key in ["..", "a/..", "a/./b", "a//b", "/a", "a/"] {
+            var body = ByteBuffer()
+            body.writeInteger(UInt16(key.utf8.count))
+            body.writeString(key)
+            let expected = GatewayDecodeError.invalidKey(key: key, reason: "has an empty, . or .. path component")
+            for opcode in [GatewayOpcode.stat, .invalidate] {
+                var copy = body
+                #expect(throws: expected) { try GatewayRequest.decode(opcode: opcode, body: &copy, units: units) }
+            }
+            for opcode in [ApplianceOpcode.stat, .beginWrite] {
+                var copy = body
+                #expect(throws: expected) { try ApplianceRequest.decode(opcode: opcode, body: &copy) }
+            }
+        }
+        for key in ["a.b/..c/d..", "...", "x"] {
+            var body = ByteBuffer()
+            body.writeInteger(UInt16(key.utf8.count))
+            body.writeString(key)
+            #expect(try GatewayRequest.decode(opcode: .stat, body: &body, units: units) == .stat(key: key))
+        }
     }
 
     @Test func malformedRepliesNameTheExtent() {

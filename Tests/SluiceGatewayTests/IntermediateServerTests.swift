@@ -18,7 +18,7 @@ final class ServerFixture: Sendable {
     let key = "dir/object"
 
     init(units: GatewayUnits = .standard, objectBytes count: Int = (16 << 20) + 5000, cacheBytes: Int = 64 << 20,
-         statTTLNs: UInt64 = 0) throws {
+         statTTLNs: UInt64 = 0, requestBytesInFlightMax: Int = RequestBudget.bytesMaxDefault) throws {
         self.units = units
         store = DirectoryObjectStore(root: storeDirectory.path)
         object = objectBytes(count, seed: 11)
@@ -27,6 +27,7 @@ final class ServerFixture: Sendable {
         let cache = try ChunkCache(configuration: ChunkCacheConfiguration(directory: cacheDirectory.path + "/c", capacityBytes: cacheBytes, units: units))
         var configuration = IntermediateConfiguration(units: units)
         configuration.statTTLNs = statTTLNs
+        configuration.requestBytesInFlightMax = requestBytesInFlightMax
         server = try IntermediateServer.bind(host: "127.0.0.1", port: 0, store: store, cache: cache, configuration: configuration)
     }
 
@@ -302,6 +303,19 @@ final class ServerFixture: Sendable {
         #expect(counters.remoteReads == 4)
         #expect(counters.chunkMisses + counters.chunkCoalesced + counters.chunkHits == 200)
         await client.close()
+    }
+
+    /// `close` waits for a request in progress (a slow store holds it) before it stops the loops.
+    @Test func closeWaitsForRequestsInProgress() async throws {
+        let fixture = try ServerFixture(units: smallUnits, objectBytes: 1 << 20, statTTLNs: 60_000_000_000)
+        fixture.store.readDelayNs.store(400_000_000, ordering: .relaxed)
+        let socket = RawSocket(port: fixture.server.port)
+        socket.send(GatewayBackpressureTests.chunkReads(fixture, count: 1))
+        #expect(try await eventually { fixture.server.tasks.running == 1 })
+        let started = monotonicNs()
+        try await offPool { fixture.server.close() }
+        #expect(fixture.server.tasks.running == 0)
+        #expect(monotonicNs() - started >= 100_000_000)
     }
 
     func message(_ reply: RawGatewayReply) -> String? {
