@@ -322,7 +322,9 @@ final class ApplianceHandler: ChannelInboundHandler {
     }
 
     private func updateReading(_ channel: Channel) {
-        let full = outstanding >= ApplianceServer.outstandingRequestsMax || closing || starts.isWaiting || !inbox.isEmpty
+        // Not paused while closing: the decoder discards what follows an oversized frame, so the close
+        // after its reply is an orderly FIN, not a reset that could lose that reply at the client.
+        let full = outstanding >= ApplianceServer.outstandingRequestsMax || starts.isWaiting || (!inbox.isEmpty && !closing)
         if full != readingPaused {
             readingPaused = full
             channel.setOption(ChannelOptions.autoRead, value: !full).whenComplete { _ in }
