@@ -16,7 +16,8 @@
 # measured so neither side pays that. The intermediate's and appliance's counters are printed at the end.
 # Needs root, ethtool, python3 and rclone (make deps). A shared machine makes the numbers noisy.
 # Usage: scripts/bench-gateway.sh   (DELAY=20ms RATE=20mbit ROUNDS=3 READS=100 SEQ_MIB=16; NO_BUILD=1 uses
-#        the existing release build; BIN=path overrides the binary)
+#        the existing release build; BIN=path overrides the binary; APPLIANCE_ARGS adds serve-appliance flags,
+#        e.g. APPLIANCE_ARGS="--read-ahead-bytes 4mb")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 delay=${DELAY:-20ms}
@@ -85,7 +86,7 @@ wait_line "$work/intermediate.out" '^listening on' serve-intermediate
 pids+=($!)
 wait_line "$work/wan.out" '^sluice: ready' "sluice wan"
 ip netns exec "$nsA" "$bin" gateway serve-appliance --listen 127.0.0.1:7200 --intermediate 198.18.0.2:7100 \
-  --cache-bytes 512mb --stat-ttl-ms 60000 --metrics 127.0.0.1:9465 >"$work/appliance.out" 2>"$work/appliance.out.err" &
+  --cache-bytes 512mb --stat-ttl-ms 60000 --metrics 127.0.0.1:9465 ${APPLIANCE_ARGS:-} >"$work/appliance.out" 2>"$work/appliance.out.err" &
 pids+=($!)
 wait_line "$work/appliance.out" '^listening on' serve-appliance
 
