@@ -13,7 +13,7 @@ public struct ApplianceConfiguration: Sendable {
     public var blockBytes = 64 << 10
     public var budget = ApplianceBudget()
     /// How far ahead of a sequential read predicted bytes are asked for.
-    public var readAheadBytes = 1 << 20
+    public var readAheadBytes = 4 << 20
     /// Contiguous reads before the one at hand that make it sequential (1: any read that starts where
     /// the last ended; 2 keeps a random read that happens to follow its predecessor from reading ahead).
     public var sequentialStreakMin = 2

@@ -232,7 +232,7 @@ extension GatewayCommand {
         var budgetRatio: Double?
 
         @Option(help: "How far ahead of a sequential read predicted bytes are asked for.")
-        var readAheadBytes = "1mb"
+        var readAheadBytes = "4mb"
 
         @Option(help: "How long an object's size and etag are used before the intermediate is asked again (milliseconds).")
         var statTtlMs = 1_000
