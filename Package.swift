@@ -19,6 +19,7 @@ let package = Package(
         .library(name: "SluiceWAN", targets: ["SluiceWAN"]),
         .library(name: "SluiceEtcd", targets: ["SluiceEtcd"]),
         .library(name: "SluiceFirmware", targets: ["SluiceFirmware"]),
+        .library(name: "SluiceMigration", targets: ["SluiceMigration"]),
         .executable(name: "sluice", targets: ["sluice"]),
     ],
     dependencies: [
@@ -150,6 +151,19 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
+        // VM migration across heterogeneous hosts: the QMP client, host inventory, the guests' migration
+        // agents over virtio-serial, templates and migratability proofs, the executor (docs/MIGRATION.md).
+        .target(
+            name: "SluiceMigration",
+            dependencies: [
+                "SluiceCore",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+            ]
+        ),
         // The WAN emulator: delay, jitter, loss, rate and queue limits between two interfaces (docs/WAN.md).
         .target(
             name: "SluiceWAN",
@@ -171,6 +185,9 @@ let package = Package(
             name: "SluiceFirmwareTests",
             dependencies: ["SluiceFirmware", "SluiceFirmwareTestSupport", .product(name: "Crypto", package: "swift-crypto")]
         ),
+        // QEMU processes (tcg) and the test guest image (kernel + busybox initramfs with the agent).
+        .target(name: "SluiceMigrationTestSupport", dependencies: ["SluiceMigration"], path: "Tests/SluiceMigrationTestSupport"),
+        .testTarget(name: "SluiceMigrationTests", dependencies: ["SluiceMigration", "SluiceMigrationTestSupport"]),
         .testTarget(name: "SluiceCoreTests", dependencies: ["SluiceCore", "CShims"]),
         // What the storage tests share: the linearizability checker for histories of one page.
         .target(name: "SluiceStorageTestSupport", path: "Tests/SluiceStorageTestSupport"),
