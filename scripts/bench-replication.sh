@@ -12,6 +12,11 @@
 # Usage: [MODES="embedded etcd1 etcd3 anchor1 anchor3"] [EXTRA_ARGS="--flag value"] \
 #        scripts/bench-replication.sh [RUNS] [SECONDS] [FAILOVERS]
 # MODES picks the rows (order reversed every other round); EXTRA_ARGS go to every replication-bench run.
+# The anchor's read half: anchorN a linearizable range per cycle, anchorNs a serializable one (the
+# answering member's copy, like a node's local read), anchorNc none after the first (the revision of its
+# own last put: one etcd call per write, the strongest form by hand). batchMxN: no node, etcd alone on the
+# M-member cluster: concurrent put-if-absent of fresh keys holding N page payloads each (what etcd costs
+# per record when records come N to a key, as the log's batches do).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-5}
@@ -87,7 +92,7 @@ run() {  # run MODE-LABEL CLIENTS ARGS...
   local label=$1 clients=$2
   shift 2
   echo "round $r: $label, $clients clients" >&2
-  "$binary" --clients "$clients" --seconds "$seconds" "$@" ${EXTRA_ARGS:-} | sed "s/^mode=[a-z]*/mode=$label/" | tee -a "$work/results.txt" >&2 ||
+  "$binary" --clients "$clients" --seconds "$seconds" "$@" ${EXTRA_ARGS:-} | sed "s/^mode=[a-z0-9]*/mode=$label/" | tee -a "$work/results.txt" >&2 ||
     echo "  ($label, $clients clients: exit $?)" >&2
 }
 
@@ -102,6 +107,12 @@ for r in $(seq 1 "$runs"); do
         etcd3) run etcd3 "$clients" --mode etcd --data "$work/node-etcd3" --endpoints "$c3_endpoints" --etcd-pids "$c3_pids" ;;
         anchor1) run anchor1 "$clients" --mode anchor --endpoints "$c1_endpoints" --etcd-pids "$c1_pids" ;;
         anchor3) run anchor3 "$clients" --mode anchor --endpoints "$c3_endpoints" --etcd-pids "$c3_pids" ;;
+        anchor1s) run anchor1s "$clients" --mode anchor --anchor-read serializable --endpoints "$c1_endpoints" --etcd-pids "$c1_pids" ;;
+        anchor3s) run anchor3s "$clients" --mode anchor --anchor-read serializable --endpoints "$c3_endpoints" --etcd-pids "$c3_pids" ;;
+        anchor1c) run anchor1c "$clients" --mode anchor --anchor-read cached --endpoints "$c1_endpoints" --etcd-pids "$c1_pids" ;;
+        anchor3c) run anchor3c "$clients" --mode anchor --anchor-read cached --endpoints "$c3_endpoints" --etcd-pids "$c3_pids" ;;
+        batch1x*) run "$mode" "$clients" --mode batchcost --batch-records "${mode#batch1x}" --endpoints "$c1_endpoints" --etcd-pids "$c1_pids" ;;
+        batch3x*) run "$mode" "$clients" --mode batchcost --batch-records "${mode#batch3x}" --endpoints "$c3_endpoints" --etcd-pids "$c3_pids" ;;
       esac
     done
   done
@@ -141,27 +152,36 @@ def ratio(a, b, clients):
     return statistics.median(values) if values else float("nan")
 print("".join(open(os.path.join(work, "machine.txt"))).strip())
 print(f"\n{runs} interleaved rounds of {seconds} s each, medians; latency is of the write (node: the conditional "
-      "write; anchor: the txn), the cycle also holds a read (node: local; anchor: a linearizable range)\n")
-print("| log | clients | writes/s | p50 µs | p99 µs | records/txn | bench CPU µs/write | etcd CPU µs/write | errors (sum) |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+      "write; anchor: the txn), the cycle also holds a read (node: local; anchor: a linearizable range, a "
+      "serializable one (s), or the revision of its own last put (c))\n")
+print("| log | clients | writes/s | p50 µs | p99 µs | records/txn | bench CPU µs/write | etcd CPU µs/write | errors (sum) | conflicts (sum) |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 names = {"embedded": "Sluice, embedded log", "etcd1": "Sluice, etcd 1 member", "etcd3": "Sluice, etcd 3 members",
-         "anchor1": "anchor: txn by hand, etcd 1 member", "anchor3": "anchor: txn by hand, etcd 3 members"}
+         "anchor1": "anchor: txn by hand, etcd 1 member", "anchor3": "anchor: txn by hand, etcd 3 members",
+         "anchor1s": "anchor, serializable read, etcd 1 member", "anchor3s": "anchor, serializable read, etcd 3 members",
+         "anchor1c": "anchor, own last revision, etcd 1 member", "anchor3c": "anchor, own last revision, etcd 3 members"}
+anchors = [a for a in ("anchor3", "anchor3s", "anchor3c") if any(k[0] == a for k in rows)]
+batches = sorted({k[0] for k in rows if k[0].startswith("batch")}, key=lambda m: (m[5], int(m[7:])))
+for mode in batches:
+    names[mode] = f"etcd alone, {mode[7:]} records per key, {mode[5]} member{'s' if mode[5] != '1' else ''}"
 for clients in (1, 16):
-    for mode in ("embedded", "etcd1", "etcd3", "anchor1", "anchor3"):
+    for mode in ["embedded", "etcd1", "etcd3", "anchor1", "anchor3", "anchor1s", "anchor3s", "anchor1c", "anchor3c"] + batches:
         if (mode, clients) not in rows: continue
         errors = sum(int(x["errors"]) for x in rows[(mode, clients)])
         etcd_cpu = "-" if mode == "embedded" else f"{med(mode, clients, 'etcd_cpu_us_per_write'):.0f}"
         print(f"| {names[mode]} | {clients} | {med(mode, clients, 'ops_per_s'):.0f} | {med(mode, clients, 'p50_us'):.0f} "
               f"| {med(mode, clients, 'p99_us'):.0f} | {med(mode, clients, 'records_per_batch'):.1f} "
-              f"| {med(mode, clients, 'self_cpu_us_per_write'):.0f} | {etcd_cpu} | {errors} |")
+              f"| {med(mode, clients, 'self_cpu_us_per_write'):.0f} | {etcd_cpu} | {errors} "
+              f"| {sum(int(x['conflicts']) for x in rows[(mode, clients)])} |")
 print()
 for clients in (1, 16):
     print(f"- {clients} clients: Sluice etcd3 / anchor3 {ratio('etcd3', 'anchor3', clients):.2f}x, "
           f"etcd1 / anchor1 {ratio('etcd1', 'anchor1', clients):.2f}x, "
           f"etcd3 / embedded {ratio('etcd3', 'embedded', clients):.3f}x, etcd1 / embedded {ratio('etcd1', 'embedded', clients):.3f}x")
-goal = ratio("etcd3", "anchor3", 16)
-print(f"- goal (etcd mode at 16 clients >= 3x the anchor, 3 members): {goal:.2f}x -> {'met' if goal >= 3 else 'NOT met'}"
-      f" (1 member: {ratio('etcd1', 'anchor1', 16):.2f}x)")
+for anchor in anchors:
+    goal = ratio("etcd3", anchor, 16)
+    print(f"- goal (etcd mode at 16 clients >= 3x the anchor, 3 members) against {names[anchor]}: {goal:.2f}x -> "
+          f"{'met' if goal >= 3 else 'NOT met'} (1 member: {ratio('etcd1', anchor.replace('3', '1'), 16):.2f}x)")
 path = os.path.join(work, "failover.txt")
 if os.path.exists(path):
   every = [dict(f.split("=", 1) for f in line.split()) for line in open(path) if line.startswith("mode=failover")]

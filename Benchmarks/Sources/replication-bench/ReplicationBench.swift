@@ -129,6 +129,10 @@ struct ReplicationBench: AsyncParsableCommand {
         case anchor
         /// etcd mode with 16 clients; the etcd leader is killed (-9) and the time to the next acknowledged write measured.
         case failover
+        /// No node: what etcd itself costs per record when records come in batches. Each concurrent task
+        /// loops one put-if-absent of a fresh key whose value holds `--batch-records` records of a page's
+        /// payload (as the log's batch keys do); a write is one record.
+        case batchcost
     }
 
     @Option(help: "Mode: \(Mode.allCases.map(\.rawValue).joined(separator: ", ")).")
@@ -155,6 +159,24 @@ struct ReplicationBench: AsyncParsableCommand {
     @Option(help: "Deadline of each etcd call of the node's log, ms (the log's default: \(EtcdLogConfiguration.callTimeoutMsDefault)).")
     var callTimeoutMs = EtcdLogConfiguration.callTimeoutMsDefault
 
+    /// How the anchor learns the mod_revision it compares: the read half of its read-then-write cycle.
+    enum AnchorRead: String, ExpressibleByArgument, CaseIterable {
+        /// A linearizable range per cycle (a quorum round trip through the leader).
+        case linearizable
+        /// A serializable range per cycle: the answering member's copy, like a node's local read; a stale
+        /// copy makes the txn fail its compare (counted as a conflict, and the cycle goes again).
+        case serializable
+        /// No read after the first: the txn's revision is the key's new mod_revision (one call per write;
+        /// a range only after a conflict). The strongest form a user of etcd can write by hand.
+        case cached
+    }
+
+    @Option(help: "Anchor: how each cycle learns the mod_revision: \(AnchorRead.allCases.map(\.rawValue).joined(separator: ", ")).")
+    var anchorRead: AnchorRead = .linearizable
+
+    @Option(help: "batchcost: records per batch key (each a page payload), 1...64.")
+    var batchRecords = 8
+
     @Option(help: "Fail-over: seconds of writes before the kill.")
     var killAfter = 1.5
 
@@ -164,7 +186,8 @@ struct ReplicationBench: AsyncParsableCommand {
     func validate() throws {
         guard (1...256).contains(clients) else { throw ValidationError("--clients must be 1...256") }
         guard seconds > 0, seconds <= 600 else { throw ValidationError("--seconds must be in (0, 600]") }
-        if mode != .anchor, data.isEmpty { throw ValidationError("--data is needed for \(mode.rawValue)") }
+        guard (1...64).contains(batchRecords) else { throw ValidationError("--batch-records must be 1...64") }
+        if mode != .anchor, mode != .batchcost, data.isEmpty { throw ValidationError("--data is needed for \(mode.rawValue)") }
         if mode != .embedded, endpointList.isEmpty { throw ValidationError("--endpoints is needed for \(mode.rawValue)") }
         if mode == .failover, pidList.count != endpointList.count {
             throw ValidationError("--etcd-pids must name one PID per endpoint for failover")
@@ -179,6 +202,7 @@ struct ReplicationBench: AsyncParsableCommand {
         case .anchor: try await runAnchor()
         case .embedded, .etcd: try await runNode()
         case .failover: try await runFailover()
+        case .batchcost: try await runBatchCost()
         }
     }
 
@@ -377,8 +401,9 @@ struct ReplicationBench: AsyncParsableCommand {
 
     // MARK: Anchor
 
-    /// Per cycle: range the client's key (value and mod_revision), then one transaction: if the
-    /// key's mod_revision is still the one seen, put the new value. Clients are concurrent tasks on one
+    /// Per cycle: learn the key's mod_revision (`--anchor-read`: a linearizable or serializable range, or
+    /// the revision of the task's own last put), then one transaction: if the key's mod_revision is still
+    /// the one seen, put the new value. Clients are concurrent tasks on one
     /// client (pooled keep-alive connections), as a user of the same client stack would write it.
     func runAnchor() async throws {
         let client: EtcdClient
@@ -389,6 +414,7 @@ struct ReplicationBench: AsyncParsableCommand {
         let prefix = "anchor/\(String(UInt64.random(in: 1...UInt64.max), radix: 16))/"
         let payload = [UInt8](repeating: 0xA5, count: 4096 - PageHeader.sizeBytes)  // what a node page carries
         let keys = (0..<clients).map { Array((prefix + String($0)).utf8) }
+        let read = anchorRead
         do {
             for key in keys { _ = try await client.put(key, payload) }
         } catch {
@@ -406,24 +432,31 @@ struct ReplicationBench: AsyncParsableCommand {
                 group.addTask {
                     var tally = ClientTally()
                     var generator = SystemRandomNumberGenerator()
+                    var known: Int64? = nil  // .cached: the revision of this task's own last put
                     while nowNs() < end {
                         let seen: Int64
-                        do {
-                            guard let kv = try await client.get(key) else {
-                                tally.errors["missingKey", default: 0] += 1
+                        if read == .cached, let known {
+                            seen = known
+                        } else {
+                            do {
+                                guard let kv = try await client.range(.key(key), serializable: read == .serializable).kvs.first else {
+                                    tally.errors["missingKey", default: 0] += 1
+                                    continue
+                                }
+                                seen = kv.modRevision
+                            } catch {
+                                tally.errors["range." + ((error as? EtcdError).map { kind(of: $0) } ?? "\(error)"), default: 0] += 1
                                 continue
                             }
-                            seen = kv.modRevision
-                        } catch {
-                            tally.errors["range." + ((error as? EtcdError).map { kind(of: $0) } ?? "\(error)"), default: 0] += 1
-                            continue
                         }
                         let begin = nowNs()
                         do {
                             let result = try await client.txn(compare: [EtcdCompare(key: key, .modRevision(seen))],
                                                               success: [.put(key: key, value: payload)])
-                            if !result.succeeded { tally.conflicts += 1; continue }
+                            if !result.succeeded { tally.conflicts += 1; known = nil; continue }
+                            known = result.revision  // the only put of its revision: the key's new mod_revision
                         } catch {
+                            known = nil
                             tally.errors["txn." + ((error as? EtcdError).map { kind(of: $0) } ?? "\(error)"), default: 0] += 1
                             continue
                         }
@@ -440,7 +473,63 @@ struct ReplicationBench: AsyncParsableCommand {
         let measured = await window
         await client.shutdown()
         await compactHistory()
-        report(tallies: tallies, window: measured, extra: "records_per_batch=1")
+        report(tallies: tallies, window: measured, extra: "records_per_batch=1 anchor_read=\(read.rawValue)")
+        if tallies.contains(where: { !$0.errors.isEmpty }) { throw ExitCode(2) }
+    }
+
+    // MARK: etcd's cost per record
+
+    /// Concurrent tasks, each looping a put-if-absent of a fresh key holding `batchRecords` page payloads.
+    /// Counts records (not transactions) so CPU per write compares with the node's and the anchor's.
+    func runBatchCost() async throws {
+        let client: EtcdClient
+        do { client = try EtcdClient(EtcdClientConfiguration(endpoints: endpointList)) } catch {
+            printError("replication-bench: \(error)\n")
+            throw ExitCode(1)
+        }
+        let prefix = "batchcost/\(String(UInt64.random(in: 1...UInt64.max), radix: 16))/"
+        let value = [UInt8](repeating: 0xA5, count: batchRecords * (4096 - PageHeader.sizeBytes))
+        let records = batchRecords
+        let start = nowNs()
+        let warmEnd = start + UInt64(max(0.3, seconds / 10) * 1e9)
+        let end = warmEnd + UInt64(seconds * 1e9)
+        let pids = pidList
+        async let window = blocking { Window.measure(from: warmEnd, to: end, pids: pids) }
+        let tallies = await withTaskGroup(of: ClientTally.self) { group in
+            for task in 0..<clients {
+                group.addTask {
+                    var tally = ClientTally()
+                    var generator = SystemRandomNumberGenerator()
+                    var sequence = 0
+                    while nowNs() < end {
+                        sequence += 1
+                        let key = Array("\(prefix)\(task)/\(sequence)".utf8)
+                        let begin = nowNs()
+                        do {
+                            let result = try await client.txn(compare: [.absent(key)], success: [.put(key: key, value: value)])
+                            if !result.succeeded { tally.conflicts += 1; continue }
+                        } catch {
+                            tally.errors["txn." + ((error as? EtcdError).map { kind(of: $0) } ?? "\(error)"), default: 0] += 1
+                            continue
+                        }
+                        let done = nowNs()
+                        if begin >= warmEnd {
+                            for _ in 0..<records { tally.record(done - begin, &generator) }
+                        }
+                    }
+                    return tally
+                }
+            }
+            var all: [ClientTally] = []
+            for await tally in group { all.append(tally) }
+            return all
+        }
+        let measured = await window
+        // Keep etcd's history small for the next rounds: delete the keys, then compact.
+        _ = try? await client.delete(.prefix(Array(prefix.utf8)))
+        await client.shutdown()
+        await compactHistory()
+        report(tallies: tallies, window: measured, extra: "records_per_batch=\(records)")
         if tallies.contains(where: { !$0.errors.isEmpty }) { throw ExitCode(2) }
     }
 
