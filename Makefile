@@ -22,7 +22,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Tests that pin threads and measure timing run one suite at a time on small machines.
 TEST_FLAGS ?= --no-parallel
 
-.PHONY: all deps bench-deps build build-tests test demo bench bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan bench-gateway bench-firmware soak clean
+.PHONY: all deps bench-deps build build-tests test demo bench bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan bench-gateway bench-firmware bench-migration soak clean
 
 all: build
 
@@ -81,7 +81,7 @@ test: build-tests
 demo: build
 	scripts/demo.sh
 
-bench: bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan bench-gateway bench-firmware
+bench: bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan bench-gateway bench-firmware bench-migration
 
 bench-ring: bench-deps
 	scripts/bench-ring.sh
@@ -129,6 +129,9 @@ bench-gateway: bench-deps build
 # The TPM attempt counter through ESAPI against tpm2-tools per operation, and the boot check (swtpm; docs/FIRMWARE.md).
 bench-firmware: bench-deps
 	scripts/bench-firmware.sh
+
+bench-migration: bench-deps
+	scripts/bench-migration.sh
 
 # Long stress runs: the runtime's tests repeated, for lost wake-ups and races that need many tries, and
 # the robustness tests of hostile input (clients that pipeline and never read, to the storage server and

@@ -176,7 +176,7 @@ let package = Package(
             dependencies: [
                 "SluiceCore", "SluicePacket", "SluicePacketIO", "SluiceTraffic", "SluiceReplay",
                 "SluicePageStore", "SluiceStorageServer", "SluiceService", "SluiceReplication", "SluiceWAN", "SluiceGateway",
-                "SluiceFirmware", .product(name: "Crypto", package: "swift-crypto"),
+                "SluiceFirmware", "SluiceMigration", .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -187,7 +187,7 @@ let package = Package(
         ),
         // QEMU processes (tcg) and the test guest image (kernel + busybox initramfs with the agent).
         .target(name: "SluiceMigrationTestSupport", dependencies: ["SluiceMigration"], path: "Tests/SluiceMigrationTestSupport"),
-        .testTarget(name: "SluiceMigrationTests", dependencies: ["SluiceMigration", "SluiceMigrationTestSupport"]),
+        .testTarget(name: "SluiceMigrationTests", dependencies: ["SluiceMigration", "SluiceMigrationTestSupport", "SluiceTestSupport"]),
         .testTarget(name: "SluiceCoreTests", dependencies: ["SluiceCore", "CShims"]),
         // What the storage tests share: the linearizability checker for histories of one page.
         .target(name: "SluiceStorageTestSupport", path: "Tests/SluiceStorageTestSupport"),

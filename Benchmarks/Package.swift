@@ -93,6 +93,15 @@ let package = Package(
         ),
         // The firmware-update attempt counter: TPMCounter through ESAPI vs tpm2_nvincrement/tpm2_nvread spawned
         // per operation on the same swtpm, and the boot check of N devices (scripts/bench-firmware.sh).
+        // VM migration (issue 13): Sluice-driven moves against plain QMP with default parameters, idle and
+        // dirtying guests under tcg (scripts/bench-migration.sh).
+        .executableTarget(
+            name: "migration-bench",
+            dependencies: [
+                .product(name: "SluiceMigration", package: "Sluice"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
         .executableTarget(
             name: "firmware-bench",
             dependencies: [

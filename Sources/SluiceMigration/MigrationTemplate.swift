@@ -298,12 +298,17 @@ public struct MigrationTemplate: Codable, Sendable, Equatable {
     static func neededFeatures(of report: AgentReport, universe: Set<String>) -> (Set<String>, [String]) {
         var needed: Set<String> = []
         var unknown: [String] = []
-        for flag in Set(report.cpuFlags + report.requiredFlags) {
+        for flag in Set(report.cpuFlags + report.requiredFlags) where !topologyFlags.contains(flag) {
             guard let feature = qemuFeature(forCPUInfoFlag: flag) else { continue }
             if universe.contains(feature) { needed.insert(feature) } else { unknown.append(flag) }
         }
         return (needed, unknown.sorted())
     }
+
+    /// Flags QEMU sets from the `-smp` topology, not from the CPU model (`ht`: more than one logical CPU
+    /// per package; `cmp_legacy`: its AMD twin). The destination has the source's shape, so the same
+    /// topology gives the guest the same flags; no model lists them.
+    static let topologyFlags: Set<String> = ["ht", "cmp_legacy"]
 
     /// The model with the fewest features (ties: by name), nil when none.
     static func narrowest(_ models: [CPUModelDefinition]) -> CPUModelDefinition? {

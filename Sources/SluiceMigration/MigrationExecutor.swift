@@ -1,0 +1,449 @@
+// Path: Sources/SluiceMigration/MigrationExecutor.swift — runs one planned move through QMP: starts the
+// destination from the template, sets the convergence parameters, migrates, follows it, cuts over, grows
+// the guest to its target type, confirms through the agent, and only then stops the source.
+import CoreMetrics
+import Glibc
+import SluiceCore
+import Synchronization
+import SystemPackage
+
+/// A connection to a guest's migration agent (the host end of its virtio-serial port).
+public protocol GuestAgentConnection: Sendable {
+    /// The agent's report now.
+    func report() async throws -> AgentReport
+    /// Brings hot-added vCPUs and memory online in the guest, then reports.
+    func online() async throws -> AgentReport
+    func close() async
+}
+
+/// Connects to the agent behind a chardev socket, retrying until `timeout` (the guest may still boot).
+public typealias GuestAgentConnector = @Sendable (_ socketPath: String, _ timeout: Duration) async throws -> any GuestAgentConnection
+
+/// A guest running in a QEMU process, with the spec it was started from.
+///
+/// `process` is set when this process started QEMU (tests, `sluice vm` with `--start`); otherwise the
+/// guest is reached through its QMP socket only and stopped with QMP `quit`.
+public struct RunningGuest: Sendable {
+    public var name: String
+    public var spec: GuestLaunchSpec
+    public var qmp: QMPClient
+    public var agentSocketPath: String
+    public var process: QEMUProcess?
+
+    public init(name: String, spec: GuestLaunchSpec, process: QEMUProcess) {
+        self.name = name
+        self.spec = spec
+        self.qmp = process.qmp
+        self.agentSocketPath = GuestLaunchSpec.agentSocketPath(runDirectory: process.runDirectory)
+        self.process = process
+    }
+
+    public init(name: String, spec: GuestLaunchSpec, qmp: QMPClient, agentSocketPath: String) {
+        self.name = name
+        self.spec = spec
+        self.qmp = qmp
+        self.agentSocketPath = agentSocketPath
+        self.process = nil
+    }
+
+    /// Stops the guest's QEMU: through the process when it is ours, else QMP `quit`.
+    public func stop() async {
+        if let process { _ = await process.terminate(grace: .seconds(3)) } else { _ = try? await qmp.quit() }
+    }
+}
+
+/// Why a move failed. In every case but `postcopyLost` the source still runs the guest.
+public enum MigrationFailure: Error, Sendable, CustomStringConvertible {
+    /// The proof refused the move: nothing was started.
+    case refused(vm: String, blockers: [MigrationBlocker])
+    /// The source's agent did not answer before the move (nothing was started).
+    case sourceAgentSilent(vm: String, error: String)
+    /// The destination did not start (QEMU's own words, e.g. a CPU model's missing features).
+    case destinationDidNotStart(vm: String, reason: String)
+    /// A QMP command failed (which, and QEMU's answer).
+    case qmp(vm: String, step: String, error: QMPError)
+    /// QEMU reported the migration failed: the source's `error-desc` and the destination's stderr
+    /// (the source alone often says only "Broken pipe").
+    case migrationFailed(vm: String, sourceError: String, destinationStderr: String)
+    /// The migration did not complete within its deadline and was cancelled.
+    case noConvergence(vm: String, afterMs: Int64, lastStatus: String, remainingBytes: UInt64)
+    /// The destination ran the guest but its agent did not confirm it (silent, restarted, or short of
+    /// the target capacity); the destination was stopped and the source resumed.
+    case notConfirmed(vm: String, reason: String)
+    /// Post-copy had started when the move failed: the guest's memory is split between the two ends,
+    /// so neither can run it (QEMU's `postcopy-paused`). Reported, never hidden.
+    case postcopyLost(vm: String, reason: String)
+
+    /// A short label for metrics (`sluice_migration_failures_total{reason=...}`).
+    public var reason: String {
+        switch self {
+        case .refused: "refused"
+        case .sourceAgentSilent: "source_agent_silent"
+        case .destinationDidNotStart: "destination_did_not_start"
+        case .qmp: "qmp"
+        case .migrationFailed: "migration_failed"
+        case .noConvergence: "no_convergence"
+        case .notConfirmed: "not_confirmed"
+        case .postcopyLost: "postcopy_lost"
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .refused(let vm, let blockers):
+            "\(vm): refused before start: \(blockers.map(\.description).joined(separator: "; "))"
+        case .sourceAgentSilent(let vm, let error): "\(vm): the source's agent did not answer: \(error)"
+        case .destinationDidNotStart(let vm, let reason): "\(vm): the destination did not start: \(reason)"
+        case .qmp(let vm, let step, let error): "\(vm): \(step): \(error)"
+        case .migrationFailed(let vm, let sourceError, let stderr):
+            "\(vm): migration failed: source says \"\(sourceError)\"; destination stderr: \(stderr.isEmpty ? "(empty)" : stderr)"
+        case .noConvergence(let vm, let ms, let status, let remaining):
+            "\(vm): not done after \(ms) ms (status \(status), \(remaining) bytes remaining): cancelled"
+        case .notConfirmed(let vm, let reason): "\(vm): the destination's guest was not confirmed: \(reason)"
+        case .postcopyLost(let vm, let reason): "\(vm): failed during post-copy, the guest is lost: \(reason)"
+        }
+    }
+}
+
+/// What a completed move did and measured.
+public struct MigrationOutcome: Sendable, Codable, Equatable {
+    public var vm: String
+    public var strategy: ConvergenceStrategy
+    /// Whether post-copy was switched on (post-copy strategy, after the first pass).
+    public var postcopyStarted: Bool
+    /// QEMU's own figures from `query-migrate` on the source once completed.
+    public var totalTimeMs: UInt64
+    public var downtimeMs: UInt64
+    public var setupTimeMs: UInt64
+    public var transferredBytes: UInt64
+    public var dirtySyncCount: UInt64
+    /// The highest auto-converge throttle seen, percent.
+    public var maxThrottlePercent: UInt64
+    /// From the executor's start to the agent's confirmation on the destination, ms.
+    public var wallTimeMs: Int64
+    /// The agent's reports before the move (source) and after the type change (destination).
+    public var before: AgentReport
+    public var after: AgentReport
+}
+
+/// Runs planned moves. One executor may run several moves at once (each its own source and destination).
+///
+/// Contract: `migrate` never leaves two running copies of a guest and never stops the source before the
+/// destination's agent has confirmed the guest (same boot, counter moving, target capacity online),
+/// except after post-copy started, when the source cannot resume (`MigrationFailure.postcopyLost`).
+public final class MigrationExecutor: Sendable {
+    public struct Configuration: Sendable {
+        public var qemuBinary: String
+        /// Destinations' run directories go under it (`<root>/<vm>-<n>`); made when missing (its parent
+        /// must exist).
+        public var runRoot: String
+        public var accel: String
+        /// How often `query-migrate` is polled.
+        public var pollInterval: Duration
+        /// How long the destination's agent may take to confirm after cut-over.
+        public var confirmTimeout: Duration
+        /// The move's deadline: the plan's prediction times `deadlineFactor` plus `deadlineSlack`,
+        /// at most the policy's `maxSeconds`.
+        public var deadlineFactor: Double
+        public var deadlineSlack: Duration
+        /// Called once the destination's QEMU answers, before the migration starts (tests kill it mid-move).
+        public var onDestinationStarted: (@Sendable (QEMUProcess) -> Void)?
+
+        public init(qemuBinary: String = "/usr/bin/qemu-system-x86_64", runRoot: String, accel: String = "tcg",
+                    pollInterval: Duration = .milliseconds(100), confirmTimeout: Duration = .seconds(60),
+                    deadlineFactor: Double = 3, deadlineSlack: Duration = .seconds(30)) {
+            self.qemuBinary = qemuBinary
+            self.runRoot = runRoot
+            self.accel = accel
+            self.pollInterval = pollInterval
+            self.confirmTimeout = confirmTimeout
+            self.deadlineFactor = deadlineFactor
+            self.deadlineSlack = deadlineSlack
+            self.onDestinationStarted = nil
+        }
+    }
+
+    public let configuration: Configuration
+    let connectAgent: GuestAgentConnector
+    let sequence = Atomic<Int>(0)
+    let running = Atomic<Int>(0)
+
+    // Metrics (swift-metrics; the service exports them when a backend is bootstrapped).
+    let runningGauge = Gauge(label: "sluice_migration_running")
+    let bytesCounter = Counter(label: "sluice_migration_transferred_bytes_total")
+    let downtimeRecorder = Recorder(label: "sluice_migration_downtime_ms")
+    let totalTimeRecorder = Recorder(label: "sluice_migration_total_time_ms")
+    let completedCounter = Counter(label: "sluice_migration_completed_total")
+
+    public init(_ configuration: Configuration, connectAgent: @escaping GuestAgentConnector) {
+        self.configuration = configuration
+        self.connectAgent = connectAgent
+    }
+
+    /// Moves `source` as `plan` says, under `proof`. Returns the outcome and the guest on its destination
+    /// (whose spec has the new shape), or why it failed, with the source still running (but see
+    /// `MigrationFailure.postcopyLost`). Blocks (asynchronously) for the whole move.
+    public func migrate(_ source: RunningGuest, plan: VMMovePlan, proof: MigratabilityProof,
+                        policy: MigrationPolicy) async -> Result<(MigrationOutcome, RunningGuest), MigrationFailure> {
+        running.add(1, ordering: .relaxed)
+        runningGauge.record(running.load(ordering: .relaxed))
+        defer {
+            running.subtract(1, ordering: .relaxed)
+            runningGauge.record(running.load(ordering: .relaxed))
+        }
+        let result = await move(source, plan: plan, proof: proof, policy: policy)
+        switch result {
+        case .success(let (outcome, _)):
+            completedCounter.increment()
+            bytesCounter.increment(by: Int64(clamping: outcome.transferredBytes))
+            downtimeRecorder.record(Int64(clamping: outcome.downtimeMs))
+            totalTimeRecorder.record(Int64(clamping: outcome.totalTimeMs))
+        case .failure(let failure):
+            Counter(label: "sluice_migration_failures_total", dimensions: [("reason", failure.reason)]).increment()
+        }
+        return result
+    }
+
+    private func move(_ source: RunningGuest, plan: VMMovePlan, proof: MigratabilityProof,
+                      policy: MigrationPolicy) async -> Result<(MigrationOutcome, RunningGuest), MigrationFailure> {
+        let vm = source.name
+        precondition(plan.vm == proof.vm, "plan and proof of different guests")
+        guard proof.canMove else { return .failure(.refused(vm: vm, blockers: proof.blockers)) }
+        let clock = ContinuousClock()
+        let start = clock.now
+
+        // Before: the source's agent answers (baseline boot id and counter).
+        let before: AgentReport
+        do {
+            let agent = try await connectAgent(source.agentSocketPath, .seconds(10))
+            let answer: Result<AgentReport, any Error>
+            do { answer = .success(try await agent.report()) } catch { answer = .failure(error) }
+            await agent.close()
+            before = try answer.get()
+        } catch {
+            return .failure(.sourceAgentSilent(vm: vm, error: "\(error)"))
+        }
+
+        // The destination, from the template: same shape, the template's CPU model, enforced.
+        var destinationSpec = source.spec
+        destinationSpec.cpuModel = plan.cpuModel
+        destinationSpec.shape = plan.destinationShape
+        let runDirectory = "\(configuration.runRoot)/\(vm)-\(sequence.add(1, ordering: .relaxed).newValue)"
+        if mkdir(configuration.runRoot, 0o755) != 0, errno != EEXIST {
+            return .failure(.destinationDidNotStart(
+                vm: vm, reason: "\(SyscallError("mkdir \(configuration.runRoot)", Errno(rawValue: errno)))"))
+        }
+        let destination: QEMUProcess
+        do {
+            destination = try await QEMUProcess.launch(QEMUProcess.Configuration(
+                binary: configuration.qemuBinary, arguments: destinationSpec.arguments(runDirectory: runDirectory, incoming: true),
+                runDirectory: runDirectory, accel: configuration.accel))
+        } catch {
+            return .failure(.destinationDidNotStart(vm: vm, reason: "\(error)"))
+        }
+        configuration.onDestinationStarted?(destination)
+        let target = RunningGuest(name: vm, spec: destinationSpec, process: destination)
+
+        /// Stops the destination and makes sure the source runs again; returns `failure`.
+        func abandon(_ failure: MigrationFailure) async -> Result<(MigrationOutcome, RunningGuest), MigrationFailure> {
+            destination.kill()
+            _ = await destination.waitForExit(timeout: .seconds(5))
+            if let state = try? await source.qmp.queryStatus(), !state.running {
+                _ = try? await source.qmp.cont()
+            }
+            return .failure(failure)
+        }
+
+        let convergence = plan.convergence
+        let source_ = source.qmp, destination_ = destination.qmp
+        let port: UInt16
+        do { port = try freeLoopbackPort() } catch {
+            return await abandon(.destinationDidNotStart(vm: vm, reason: "no free port for the migration stream: \(error)"))
+        }
+        do {
+            // Only what the strategy needs (progress is polled, so no MIGRATION events): a pre-copy move
+            // is then exactly QEMU's default one at the planned bandwidth and downtime limit.
+            if convergence.strategy == .autoConverge { try await source_.migrateSetCapabilities([.autoConverge: true]) }
+            if convergence.strategy == .postcopy {
+                try await source_.migrateSetCapabilities([.postcopyRAM: true])
+                try await destination_.migrateSetCapabilities([.postcopyRAM: true])
+            }
+            try await source_.migrateSetParameters(convergence.qmpParameters)
+            try await destination_.migrateIncoming(uri: "tcp:127.0.0.1:\(port)")
+            try await source_.migrate(uri: "tcp:127.0.0.1:\(port)")
+        } catch {
+            return await abandon(.qmp(vm: vm, step: "setting up the migration", error: error))
+        }
+
+        // Follow it to the end (or the deadline).
+        let predicted = Duration.milliseconds(Int64(convergence.predictedSeconds * configuration.deadlineFactor * 1000))
+        let deadline = start.advanced(by: min(predicted + configuration.deadlineSlack, .seconds(policy.maxSeconds)))
+        var postcopyStarted = false
+        var maxThrottle: UInt64 = 0
+        var info: MigrationInfo
+        while true {
+            do {
+                info = try await source_.queryMigrate()
+            } catch {
+                if postcopyStarted { return .failure(.postcopyLost(vm: vm, reason: "source QMP: \(error)")) }
+                return await abandon(.qmp(vm: vm, step: "query-migrate", error: error))
+            }
+            maxThrottle = max(maxThrottle, info.cpuThrottlePercentage ?? 0)
+            if info.status.isFinal { break }
+            if convergence.strategy == .postcopy, !postcopyStarted, info.status == .active,
+               (info.ram?.dirtySyncCount ?? 0) >= 2 {
+                // The first full pass is over: switch to post-copy so the guest runs on the destination.
+                do { try await source_.migrateStartPostcopy() } catch {
+                    return await abandon(.qmp(vm: vm, step: "migrate-start-postcopy", error: error))
+                }
+                postcopyStarted = true
+            }
+            if info.status == .postcopyPaused {
+                return .failure(.postcopyLost(vm: vm, reason: "postcopy-paused; destination: \(destination.stderrTail(maxBytes: 1024))"))
+            }
+            if clock.now >= deadline, !postcopyStarted {
+                _ = try? await source_.migrateCancel()
+                _ = try? await source_.waitForMigrationEnd(timeout: .seconds(10))
+                return await abandon(.noConvergence(
+                    vm: vm, afterMs: Self.milliseconds(clock.now - start), lastStatus: info.status.rawValue,
+                    remainingBytes: info.ram?.remainingBytes ?? 0))
+            }
+            try? await Task.sleep(for: configuration.pollInterval)
+        }
+        guard info.status == .completed else {
+            // Give the destination a moment to print why it gave up, then quote it.
+            _ = await destination.waitForExit(timeout: .milliseconds(500))
+            let stderr = destination.stderrTail(maxBytes: 2048)
+            let failure = MigrationFailure.migrationFailed(
+                vm: vm, sourceError: info.errorDescription ?? info.status.rawValue, destinationStderr: stderr)
+            if postcopyStarted { return .failure(.postcopyLost(vm: vm, reason: failure.description)) }
+            return await abandon(failure)
+        }
+
+        // Cut over: the destination runs the guest; grow it to the target type.
+        var grown = destinationSpec.shape
+        do {
+            try await waitUntilRunning(destination_, timeout: .seconds(10))
+            let free = try await destination_.queryHotpluggableCPUs().filter { !$0.isPlugged }
+                .sorted { ($0.socketID ?? 0, $0.coreID ?? 0) < ($1.socketID ?? 0, $1.coreID ?? 0) }
+            guard free.count >= plan.addVCPUs else {
+                return await abandon(.notConfirmed(vm: vm, reason: "\(plan.addVCPUs) vCPUs to add, \(free.count) free slots"))
+            }
+            for slot in free.prefix(plan.addVCPUs) {
+                try await destination_.deviceAdd(arguments: slot.deviceAddArguments(id: GuestLaunchSpec.hotCPUID(grown.hotAddedVCPUs)))
+                grown.hotAddedVCPUs += 1
+            }
+            for mib in plan.addDIMMsMiB {
+                let index = grown.dimmsMiB.count
+                try await destination_.addMemoryBackendRAM(id: GuestLaunchSpec.hotMemoryID(index), sizeBytes: UInt64(mib) << 20)
+                try await destination_.deviceAdd(arguments: [
+                    "driver": .string("pc-dimm"), "id": .string(GuestLaunchSpec.hotDIMMID(index)),
+                    "memdev": .string(GuestLaunchSpec.hotMemoryID(index))])
+                grown.dimmsMiB.append(mib)
+            }
+        } catch {
+            return await abandon(.notConfirmed(vm: vm, reason: "growing to the target type: \(error)"))
+        }
+
+        // Confirm through the agent on the destination: same boot, counter moving, capacity online.
+        let after: AgentReport
+        switch await confirm(target, before: before, plan: plan, until: clock.now.advanced(by: configuration.confirmTimeout)) {
+        case .confirmed(let report): after = report
+        case .notConfirmed(let reason):
+            if postcopyStarted { return .failure(.postcopyLost(vm: vm, reason: reason)) }
+            return await abandon(.notConfirmed(vm: vm, reason: reason))
+        }
+
+        // Only now is the source no longer needed.
+        await source.stop()
+        var moved = target
+        moved.spec.shape = grown
+        let outcome = MigrationOutcome(
+            vm: vm, strategy: convergence.strategy, postcopyStarted: postcopyStarted, totalTimeMs: info.totalTimeMs ?? 0,
+            downtimeMs: info.downtimeMs ?? 0, setupTimeMs: info.setupTimeMs ?? 0,
+            transferredBytes: info.ram?.transferredBytes ?? 0, dirtySyncCount: info.ram?.dirtySyncCount ?? 0,
+            maxThrottlePercent: maxThrottle, wallTimeMs: Self.milliseconds(clock.now - start), before: before, after: after)
+        return .success((outcome, moved))
+    }
+
+    /// Polls the destination's agent until it confirms the guest, or says why not by `deadline`.
+    private func confirm(_ guest: RunningGuest, before: AgentReport, plan: VMMovePlan,
+                         until deadline: ContinuousClock.Instant) async -> Confirmation {
+        let clock = ContinuousClock()
+        var last = "no answer"
+        while clock.now < deadline {
+            if let process = guest.process, let status = process.exitStatus {
+                return .notConfirmed("destination \(status): \(process.stderrTail(maxBytes: 1024))")
+            }
+            do {
+                let remaining = clock.now.duration(to: deadline)
+                let agent = try await connectAgent(guest.agentSocketPath, min(remaining, .seconds(10)))
+                let report = try await agent.online()
+                await agent.close()
+                if report.bootID != before.bootID {
+                    return .notConfirmed("the guest restarted (boot id \(before.bootID) → \(report.bootID))")
+                }
+                // Memory by online blocks when the guest has them (MemTotal loses ~1.6% of added memory
+                // to page structures), else by MemTotal within that loss.
+                let added = UInt64(plan.addDIMMsMiB.reduce(0, +)) << 20
+                let memoryMiB = Int(report.memoryTotalKiB / 1024)
+                let expectedMemoryMiB = Int(before.memoryTotalKiB / 1024) + Int(added >> 20)
+                let memoryOnline = report.memoryBlockBytes > 0
+                    ? UInt64(report.memoryBlocksOnline) * report.memoryBlockBytes
+                        >= UInt64(before.memoryBlocksOnline) * before.memoryBlockBytes + added
+                    : UInt64(report.memoryTotalKiB) * 1024 + added / 32 >= UInt64(before.memoryTotalKiB) * 1024 + added
+                if report.vcpusOnline >= plan.targetVCPUs, memoryOnline,
+                   (report.workloadCounter ?? 0) > (before.workloadCounter ?? 0) || before.workloadCounter == nil {
+                    return .confirmed(report)
+                }
+                last = "vCPUs online \(report.vcpusOnline)/\(plan.targetVCPUs), memory \(memoryMiB)/\(expectedMemoryMiB) MiB, "
+                    + "counter \(report.workloadCounter.map(String.init) ?? "none") (before \(before.workloadCounter.map(String.init) ?? "none"))"
+            } catch {
+                last = "\(error)"
+            }
+            try? await Task.sleep(for: .milliseconds(500))
+        }
+        return .notConfirmed("agent did not confirm within \(Self.milliseconds(configuration.confirmTimeout)) ms: \(last)")
+    }
+
+    enum Confirmation {
+        case confirmed(AgentReport)
+        case notConfirmed(String)
+    }
+
+    private func waitUntilRunning(_ qmp: QMPClient, timeout: Duration) async throws(QMPError) {
+        let clock = ContinuousClock()
+        let deadline = clock.now.advanced(by: timeout)
+        while true {
+            let state = try await qmp.queryStatus()
+            if state.running { return }
+            if clock.now >= deadline {
+                throw .unexpectedReply(command: "query-status", detail: "destination \(state.status), not running, after cut-over")
+            }
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+    }
+
+    static func milliseconds(_ duration: Duration) -> Int64 {
+        duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000
+    }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then closed).
+func freeLoopbackPort() throws(SyscallError) -> UInt16 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { throw SyscallError("socket", Errno(rawValue: errno)) }
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = 0
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
+            bind(fd, pointer, length) == 0 && getsockname(fd, pointer, &length) == 0
+        }
+    }
+    guard bound else { throw SyscallError("bind 127.0.0.1:0", Errno(rawValue: errno)) }
+    return UInt16(bigEndian: address.sin_port)
+}

@@ -1,0 +1,248 @@
+// Path: Sources/sluice/VMCommand.swift — `sluice vm`: host inventory through QMP, a guest's description
+// from its agent, templates and migratability proofs, and a move run through QMP. Flags and JSON files in,
+// SluiceMigration called, its result printed (docs/MIGRATION.md).
+import ArgumentParser
+import Foundation
+import Glibc
+import SluiceMigration
+
+struct VMCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vm",
+        abstract: "VM migration across heterogeneous hosts: inventory, templates, proofs, moves.",
+        discussion: """
+            Files are JSON: a host type (name, cpuModel, maxVCPUs, maxMemoryMiB, \
+            migrationBandwidthBytesPerSecond), a guest's launch spec (how its QEMU was started), a guest's \
+            description (`describe`), an inventory (`inventory`), a template (`template`). `plan` prints the \
+            proofs and exits 3 when a guest cannot move. See docs/MIGRATION.md.
+            """,
+        subcommands: [Inventory.self, Describe.self, Template.self, Plan.self, Migrate.self])
+
+    /// Reads a JSON file into `T`, naming the file and the flag in the error.
+    static func load<T: Decodable>(_ type: T.Type, _ path: String, flag: String) throws -> T {
+        let data: Data
+        do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
+            throw ValidationError("\(flag) \(path): cannot read: \(error.localizedDescription)")
+        }
+        do { return try JSONDecoder().decode(T.self, from: data) } catch {
+            throw ValidationError("\(flag) \(path): not a \(T.self): \(error)")
+        }
+    }
+
+    static func printJSON<T: Encodable>(_ value: T) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        print(String(decoding: try encoder.encode(value), as: UTF8.self))
+    }
+
+    /// `--vm-type NAME:VCPUS:MEMORY_MIB` (either number may be `-` to keep the guest's).
+    static func parseVMType(_ text: String) throws -> VMType {
+        let parts = text.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+        guard parts.count == 3, !parts[0].isEmpty else {
+            throw ValidationError("--vm-type '\(text)': expected NAME:VCPUS:MEMORY_MIB (a number may be '-')")
+        }
+        func number(_ part: String, _ what: String) throws -> Int? {
+            if part == "-" { return nil }
+            guard let value = Int(part), value > 0 else { throw ValidationError("--vm-type '\(text)': \(what) '\(part)' is not a positive number") }
+            return value
+        }
+        return VMType(name: parts[0], vcpus: try number(parts[1], "vCPUs"), memoryMiB: try number(parts[2], "memory MiB"))
+    }
+
+    struct Inventory: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "What a host offers, read through QMP from a QEMU running on it (JSON).")
+
+        @Option(help: ArgumentHelp("QMP socket of a QEMU on the host.", valueName: "path"))
+        var qmp: String
+
+        @Option(help: ArgumentHelp("Restrict to what this host type offers (JSON).", valueName: "file"))
+        var hostType: String?
+
+        @Flag(help: "Print the offered CPU models as a table instead of JSON.")
+        var models = false
+
+        func run() async throws {
+            let type = try hostType.map { try VMCommand.load(HostType.self, $0, flag: "--host-type") }
+            let client = try await QMPClient.connect(path: qmp)
+            let inventory: HostInventory
+            do { inventory = try await HostInventory.read(from: client, hostType: type) } catch {
+                await client.close()
+                throw error
+            }
+            await client.close()
+            guard models else { return try VMCommand.printJSON(inventory) }
+            print("QEMU \(inventory.qemuVersion); host model \(inventory.hostCPUModel) (\(inventory.hostCPUFeatures.count) features)")
+            for model in inventory.cpuModels {
+                print("\(model.name)\t\(model.features?.count ?? 0) features\t\(model.migrationSafe ? "migration-safe" : "not migration-safe")")
+            }
+        }
+    }
+
+    struct Describe: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "A running guest as a template sees it: its agent's report and its host's dirty-rate measurement (JSON).")
+
+        @Option(help: "The guest's name.")
+        var name: String
+
+        @Option(help: ArgumentHelp("The guest's QMP socket.", valueName: "path"))
+        var qmp: String
+
+        @Option(help: ArgumentHelp("The guest's agent chardev socket.", valueName: "path"))
+        var agent: String
+
+        @Option(help: ArgumentHelp("How the guest's QEMU was started (JSON launch spec).", valueName: "file"))
+        var spec: String
+
+        @Option(help: "Seconds QEMU measures the dirty rate (calc-dirty-rate), 0 to skip, at most 60.")
+        var dirtySeconds = 1
+
+        func validate() throws {
+            guard (0...60).contains(dirtySeconds) else { throw ValidationError("--dirty-seconds must be 0...60") }
+        }
+
+        func run() async throws {
+            let launch = try VMCommand.load(GuestLaunchSpec.self, spec, flag: "--spec")
+            let client = try await QMPClient.connect(path: qmp)
+            let guest = RunningGuest(name: name, spec: launch, qmp: client, agentSocketPath: agent)
+            let description: VMDescription
+            do {
+                description = try await VMDescription.survey(guest, connectAgent: AgentChannelConnection.connector,
+                                                             dirtyRateSeconds: dirtySeconds)
+            } catch {
+                await client.close()
+                throw error
+            }
+            await client.close()
+            try VMCommand.printJSON(description)
+        }
+    }
+
+    /// What `template` and `plan` both take.
+    struct TemplateOptions: ParsableArguments {
+        @Option(name: .customLong("vm"), help: ArgumentHelp("A guest's description (`describe`); repeat for a set.", valueName: "file"))
+        var vms: [String] = []
+
+        @Option(help: ArgumentHelp("The target host's inventory (`inventory`).", valueName: "file"))
+        var inventory: String
+
+        @Option(help: ArgumentHelp("The target host type.", valueName: "file"))
+        var hostType: String
+
+        @Option(help: ArgumentHelp("The type to change to on the way.", valueName: "name:vcpus:memory-mib"))
+        var vmType: String?
+
+        @Option(help: ArgumentHelp("The migration policy (JSON; default: 300 ms downtime, post-copy allowed).", valueName: "file"))
+        var policy: String?
+
+        func validate() throws {
+            guard !vms.isEmpty else { throw ValidationError("give at least one --vm") }
+        }
+
+        func build() throws -> MigrationTemplate {
+            let descriptions = try vms.map { try VMCommand.load(VMDescription.self, $0, flag: "--vm") }
+            return MigrationTemplate.build(
+                vms: descriptions, to: try VMCommand.load(HostInventory.self, inventory, flag: "--inventory"),
+                hostType: try VMCommand.load(HostType.self, hostType, flag: "--host-type"),
+                vmType: try vmType.map(VMCommand.parseVMType),
+                policy: try policy.map { try VMCommand.load(MigrationPolicy.self, $0, flag: "--policy") } ?? MigrationPolicy())
+        }
+    }
+
+    struct Template: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "The migration template of a set of guests for a host type (JSON, with each guest's proof).")
+
+        @OptionGroup var options: TemplateOptions
+
+        func run() async throws { try VMCommand.printJSON(try options.build()) }
+    }
+
+    struct Plan: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "The template's proofs and moves in words; exit status 3 when a guest cannot move.")
+
+        @OptionGroup var options: TemplateOptions
+
+        func run() async throws {
+            let template = try options.build()
+            print("host type \(template.hostType); CPU model for the set: \(template.cpuModel ?? "none")")
+            for proof in template.proofs {
+                guard proof.canMove, let plan = template.plans.first(where: { $0.vm == proof.vm }) else {
+                    print("\(proof.vm): REFUSED")
+                    for blocker in proof.blockers { print("  - \(blocker)") }
+                    continue
+                }
+                print("\(proof.vm): moves on -cpu \(plan.cpuModel),enforce; \(plan.destinationShape.vcpus) -> \(plan.targetVCPUs) vCPUs, "
+                      + "\(plan.destinationShape.memoryMiB) -> \(plan.targetMemoryMiB) MiB; \(plan.convergence.strategy.rawValue): "
+                      + "\(plan.convergence.reason); about \(Int(plan.convergence.predictedSeconds.rounded(.up))) s")
+            }
+            if template.proofs.contains(where: { !$0.canMove }) { throw ExitCode(3) }
+        }
+    }
+
+    struct Migrate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Move one guest as its template says; the destination QEMU runs as this command's child.",
+            discussion: """
+                Starts the destination from the template (-incoming defer, -cpu MODEL,enforce), migrates, \
+                follows query-migrate, grows the guest to its target type, confirms through its agent, then \
+                quits the source. On failure the source keeps running and the reason is printed with QEMU's \
+                own words (exit 4). On success the outcome is printed (JSON) and the command stays until \
+                the destination exits.
+                """)
+
+        @Option(help: "The guest's name (as in the template).")
+        var name: String
+
+        @Option(help: ArgumentHelp("The source guest's QMP socket.", valueName: "path"))
+        var qmp: String
+
+        @Option(help: ArgumentHelp("The source guest's agent chardev socket.", valueName: "path"))
+        var agent: String
+
+        @Option(help: ArgumentHelp("How the source's QEMU was started (JSON launch spec).", valueName: "file"))
+        var spec: String
+
+        @Option(help: ArgumentHelp("The template (`template`).", valueName: "file"))
+        var template: String
+
+        @Option(help: ArgumentHelp("Where the destination's run directory goes.", valueName: "dir"))
+        var runRoot: String
+
+        @Option(help: "QEMU binary.")
+        var qemu = "/usr/bin/qemu-system-x86_64"
+
+        func run() async throws {
+            let launch = try VMCommand.load(GuestLaunchSpec.self, spec, flag: "--spec")
+            let loaded = try VMCommand.load(MigrationTemplate.self, template, flag: "--template")
+            guard let proof = loaded.proofs.first(where: { $0.vm == name }) else {
+                throw ValidationError("--template \(template) has no guest named \(name)")
+            }
+            let client = try await QMPClient.connect(path: qmp)
+            let source = RunningGuest(name: name, spec: launch, qmp: client, agentSocketPath: agent)
+            let executor = MigrationExecutor(.init(qemuBinary: qemu, runRoot: runRoot), connectAgent: AgentChannelConnection.connector)
+            let result: Result<(MigrationOutcome, RunningGuest), MigrationFailure>
+            if let plan = loaded.plans.first(where: { $0.vm == name }) {
+                result = await executor.migrate(source, plan: plan, proof: proof, policy: loaded.policy)
+            } else {
+                result = .failure(.refused(vm: name, blockers: proof.blockers))
+            }
+            switch result {
+            case .failure(let failure):
+                await client.close()
+                FileHandle.standardError.write(Data("sluice vm migrate: \(failure)\n".utf8))
+                throw ExitCode(4)
+            case .success(let (outcome, moved)):
+                try VMCommand.printJSON(outcome)
+                if let process = moved.process {
+                    print("destination: QMP \(GuestLaunchSpec.operatorQMPPath(runDirectory: process.runDirectory)), "
+                          + "agent \(moved.agentSocketPath), pid \(process.pid)")
+                    fflush(nil)  // the outcome must reach a pipe now, not when the destination exits
+                    while await process.waitForExit(timeout: .seconds(3600)) == nil {}
+                }
+            }
+        }
+    }
+}

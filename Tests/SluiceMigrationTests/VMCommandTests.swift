@@ -1,0 +1,88 @@
+// Path: Tests/SluiceMigrationTests/VMCommandTests.swift — `sluice vm` end to end on one real guest: inventory,
+// describe, template, plan (a refused host type exits 3 and names the missing flags), migrate (the guest
+// moves, changes type, and the outcome is printed).
+import Foundation
+import Glibc
+import SluiceMigration
+import SluiceMigrationTestSupport
+import SluiceTestSupport
+import Testing
+
+@Suite(.serialized) struct VMCommandTests {
+    static func write<T: Encodable>(_ value: T, to path: String) throws {
+        try JSONEncoder().encode(value).write(to: URL(fileURLWithPath: path))
+    }
+
+    @Test(.timeLimit(.minutes(6)))
+    func inventoryDescribeTemplatePlanAndMigrate() async throws {
+        if let reason = MigrationTestEnvironment.skipReason { print("skipped: \(reason)"); return }
+        guard let sluice = sluiceBinary() else {
+            Issue.record("the sluice binary is not built (swift build --product sluice)")
+            return
+        }
+        let image = try GuestImage.prepared()
+        let root = try MigrationExecutorTests.scratch()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let spec = MigrationExecutorTests.spec(image, cpu: "Westmere", vcpus: 1, memoryMiB: 256)
+        let source = try await MigrationExecutorTests.boot("cli", spec, in: root + "/src")
+        let probe = try await QEMUProcess.launch(QEMUProcess.Configuration(
+            arguments: ["-machine", "q35", "-nodefaults", "-display", "none", "-m", "64M", "-S",
+                        "-qmp", "unix:\(root)/probe-ops.sock,server=on,wait=off"], runDirectory: root + "/probe"))
+        defer { probe.kill() }
+        try Self.write(spec, to: root + "/spec.json")
+        try Self.write(MigrationExecutorTests.bigType, to: root + "/big.json")
+        try Self.write(MigrationExecutorTests.oldType, to: root + "/old.json")
+        guard let process = source.process else { return }
+
+        for (type, file) in [("big", "inv-big.json"), ("old", "inv-old.json")] {
+            let inventory = try runCommand([sluice, "vm", "inventory", "--qmp", "\(root)/probe-ops.sock", "--host-type", "\(root)/\(type).json"])
+            #expect(inventory.status == 0, "\(inventory.stderr)")
+            try inventory.lines.joined(separator: "\n").write(toFile: "\(root)/\(file)", atomically: true, encoding: .utf8)
+        }
+        let described = try runCommand([sluice, "vm", "describe", "--name", "cli", "--qmp", GuestLaunchSpec.operatorQMPPath(runDirectory: process.runDirectory),
+                                        "--agent", source.agentSocketPath, "--spec", root + "/spec.json"])
+        #expect(described.status == 0, "\(described.stderr)")
+        try described.lines.joined(separator: "\n").write(toFile: root + "/cli.json", atomically: true, encoding: .utf8)
+        let report = try JSONDecoder().decode(VMDescription.self, from: Data(contentsOf: URL(fileURLWithPath: root + "/cli.json")))
+        #expect(report.report.cpuFlags.contains("aes"))
+
+        // The older host type cannot take a Westmere guest: plan says why and exits 3.
+        let refused = try runCommand([sluice, "vm", "plan", "--vm", root + "/cli.json", "--inventory", root + "/inv-old.json",
+                                      "--host-type", root + "/old.json"])
+        #expect(refused.status == 3)
+        #expect(refused.lines.contains { $0.contains("REFUSED") })
+        #expect(refused.lines.contains { $0.contains("aes") && $0.contains("Nehalem") })
+
+        let template = try runCommand([sluice, "vm", "template", "--vm", root + "/cli.json", "--inventory", root + "/inv-big.json",
+                                       "--host-type", root + "/big.json", "--vm-type", "2x512:2:512"])
+        #expect(template.status == 0, "\(template.stderr)")
+        try template.lines.joined(separator: "\n").write(toFile: root + "/template.json", atomically: true, encoding: .utf8)
+        let planned = try runCommand([sluice, "vm", "plan", "--vm", root + "/cli.json", "--inventory", root + "/inv-big.json",
+                                      "--host-type", root + "/big.json", "--vm-type", "2x512:2:512"])
+        #expect(planned.status == 0)
+        #expect(planned.lines.contains { $0.contains("cli: moves on -cpu Westmere,enforce; 1 -> 2 vCPUs, 256 -> 512 MiB") })
+
+        // The move: the command prints the outcome, then stays with the destination as its child.
+        let migrate = try ChildProcess([sluice, "vm", "migrate", "--name", "cli", "--qmp", GuestLaunchSpec.operatorQMPPath(runDirectory: process.runDirectory),
+                                        "--agent", source.agentSocketPath, "--spec", root + "/spec.json",
+                                        "--template", root + "/template.json", "--run-root", root + "/dst"])
+        var lines: [String] = []
+        let deadline = ContinuousClock.now + .seconds(180)
+        while ContinuousClock.now < deadline, !lines.contains(where: { $0.hasPrefix("destination:") }) {
+            if let line = migrate.readLine(timeoutMs: 1000) { lines.append(line) }
+            if migrate.wait(timeoutMs: 0) != nil { break }
+        }
+        let outcomeText = lines.prefix { !$0.hasPrefix("destination:") }.joined(separator: "\n")
+        let outcome = try? JSONDecoder().decode(MigrationOutcome.self, from: Data(outcomeText.utf8))
+        #expect(outcome?.after.vcpusOnline == 2, "stdout: \(lines.joined(separator: "\n")); stderr: \(migrate.stderrText)")
+        #expect(outcome?.after.bootID == outcome?.before.bootID)
+        let sourceEnded = await process.waitForExit(timeout: .seconds(10))
+        #expect(sourceEnded != nil)  // the source quit once the destination was confirmed
+        migrate.signal(SIGTERM)
+        _ = migrate.wait(timeoutMs: 10_000)
+        // The destination was the command's child in its own process group: stop it if it outlived the command.
+        if let line = lines.first(where: { $0.hasPrefix("destination:") }), let pid = line.split(separator: " ").last.flatMap({ Int32($0) }) {
+            kill(pid, SIGKILL)
+        }
+    }
+}
