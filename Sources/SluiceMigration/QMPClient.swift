@@ -519,8 +519,10 @@ final class QMPChannelHandler: ChannelInboundHandler, Sendable {
         context.fireChannelInactive()
     }
 
+    /// A decoder's `QMPError` (an over-long line) is a protocol violation; an I/O error (e.g.
+    /// ECONNRESET when QEMU dies) is a disconnect.
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        core.closed(reason: (error as? QMPError) ?? .protocolViolation("\(error)"))
+        core.closed(reason: error as? QMPError)
         context.close(promise: nil)
     }
 }
