@@ -21,19 +21,17 @@ struct QEMUProcessTests {
     }
 
     @Test func skylakeServerEnforcedFailsWithQEMUsReason() async throws {
-        do {
-            let qemu = try await QEMUTestSupport.launch("skylake", cpu: "Skylake-Server,enforce")
-            await QEMUTestSupport.dispose(qemu)
-            Issue.record("Skylake-Server,enforce started under tcg")
-        } catch let error as QEMUProcessError {
-            guard case .exitedBeforeReady(let status, let stderrTail) = error else {
-                Issue.record("unexpected \(error)")
-                return
-            }
-            #expect(status == .exited(code: 1))
-            #expect(stderrTail.contains("TCG doesn't support requested feature"))
-            #expect(stderrTail.contains("avx512f"))
+        let directory = QEMUTestSupport.makeRunDirectory("skylake")
+        let arguments = QEMUTestSupport.baseArguments + ["-m", "64M", "-cpu", "Skylake-Server,enforce"]
+        let error = await launchError(.init(arguments: arguments, runDirectory: directory))
+        try? FileManager.default.removeItem(atPath: directory)
+        guard case .exitedBeforeReady(let status, let stderrTail) = error else {
+            Issue.record("expected exitedBeforeReady, got \(String(describing: error))")
+            return
         }
+        #expect(status == .exited(code: 1))
+        #expect(stderrTail.contains("TCG doesn't support requested feature"))
+        #expect(stderrTail.contains("avx512f"))
     }
 
     @Test func terminateQuitsThroughQMP() async throws {
@@ -55,17 +53,25 @@ struct QEMUProcessTests {
     }
 
     @Test func aMissingBinaryIsASpawnError() async throws {
+        let directory = QEMUTestSupport.makeRunDirectory("nobin")
+        let error = await launchError(.init(binary: "/nonexistent/qemu", arguments: [], runDirectory: directory))
+        try? FileManager.default.removeItem(atPath: directory)
+        guard case .spawn(let binary, let syscallError) = error else {
+            Issue.record("expected spawn, got \(String(describing: error))")
+            return
+        }
+        #expect(binary == "/nonexistent/qemu")
+        #expect(syscallError.errno.rawValue == ENOENT)
+    }
+
+    /// The error `launch` fails with; nil (and the process disposed of) when it started.
+    private func launchError(_ configuration: QEMUProcess.Configuration) async -> QEMUProcessError? {
         do {
-            _ = try await QEMUProcess.launch(
-                .init(binary: "/nonexistent/qemu", arguments: [], runDirectory: QEMUTestSupport.makeRunDirectory("nobin")))
-            Issue.record("spawned a missing binary")
+            let qemu = try await QEMUProcess.launch(configuration)
+            await QEMUTestSupport.dispose(qemu)
+            return nil
         } catch {
-            guard case .spawn(let binary, let syscallError) = error else {
-                Issue.record("unexpected \(error)")
-                return
-            }
-            #expect(binary == "/nonexistent/qemu")
-            #expect(syscallError.errno.rawValue == ENOENT)
+            return error
         }
     }
 }

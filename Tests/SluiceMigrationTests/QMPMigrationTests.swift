@@ -96,6 +96,41 @@ struct QMPMigrationTests {
         }
     }
 
+    /// The numbers in docs/MIGRATION-QMP.md: spawn → QMP ready, connect + negotiate on a running QEMU,
+    /// and a 64 MiB no-kernel migration's total time and downtime, 5 runs each (printed, loosely checked).
+    @Test func timings() async throws {
+        var ready: [Int64] = []
+        var handshake: [Int64] = []
+        var total: [UInt64] = []
+        var downtime: [UInt64] = []
+        for run in 0..<5 {
+            let directory = QEMUTestSupport.makeRunDirectory("t-mon")
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(atPath: directory) }
+            let monitor = directory + "/m2.sock"
+            try await QEMUTestSupport.withQEMU(
+                "t-src\(run)", extra: ["-chardev", "socket,id=m2,path=\(monitor),server=on,wait=off", "-mon", "chardev=m2,mode=control"]
+            ) { source in
+                ready.append(source.readyAfterMs)
+                let started = ContinuousClock.now
+                let second = try await QMPClient.connect(path: monitor)
+                handshake.append(Int64((ContinuousClock.now - started) / .microseconds(1)))
+                await second.close()
+                try await QEMUTestSupport.withQEMU("t-dst\(run)", extra: ["-incoming", "defer"]) { destination in
+                    let uri = "tcp:127.0.0.1:\(QEMUTestSupport.freeLoopbackPort())"
+                    try await destination.qmp.migrateIncoming(uri: uri)
+                    try await source.qmp.migrate(uri: uri)
+                    let info = try await source.qmp.waitForMigrationEnd(interval: .milliseconds(5), timeout: .seconds(60))
+                    #expect(info.status == .completed)
+                    total.append(info.totalTimeMs ?? 0)
+                    downtime.append(info.downtimeMs ?? 0)
+                }
+            }
+        }
+        print("timings: spawn→QMP ready ms \(ready); connect+qmp_capabilities µs \(handshake); migration 64M total ms \(total), downtime ms \(downtime)")
+        #expect(ready.allSatisfy { $0 < 20_000 })
+    }
+
     private func waitForStatus(_ status: String, of qemu: QEMUProcess, timeout: Duration) async throws -> RunState {
         let clock = ContinuousClock()
         let deadline = clock.now.advanced(by: timeout)
