@@ -71,6 +71,11 @@ public final class QMPClient: Sendable {
         self.core = core
     }
 
+    /// Dropping the last reference closes the connection.
+    deinit {
+        channel.close(promise: nil)
+    }
+
     /// Connects to the QMP socket at `path`, reads the greeting and sends `qmp_capabilities`, all within
     /// `timeout`. `eventBufferMax` bounds the event buffer (> 0).
     public static func connect(
