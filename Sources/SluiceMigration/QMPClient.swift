@@ -71,6 +71,11 @@ public final class QMPClient: Sendable {
         self.core = core
     }
 
+    /// Dropping the last reference closes the connection.
+    deinit {
+        channel.close(promise: nil)
+    }
+
     /// Connects to the QMP socket at `path`, reads the greeting and sends `qmp_capabilities`, all within
     /// `timeout`. `eventBufferMax` bounds the event buffer (> 0).
     public static func connect(
@@ -519,8 +524,10 @@ final class QMPChannelHandler: ChannelInboundHandler, Sendable {
         context.fireChannelInactive()
     }
 
+    /// A decoder's `QMPError` (an over-long line) is a protocol violation; an I/O error (e.g.
+    /// ECONNRESET when QEMU dies) is a disconnect.
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        core.closed(reason: (error as? QMPError) ?? .protocolViolation("\(error)"))
+        core.closed(reason: error as? QMPError)
         context.close(promise: nil)
     }
 }

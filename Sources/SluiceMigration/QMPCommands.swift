@@ -7,6 +7,11 @@ public struct RunState: Sendable, Equatable {
     /// "running", "paused", "postmigrate", "inmigrate", "finish-migrate", "shutdown", "prelaunch", ...
     public var status: String
     public var running: Bool
+
+    public init(status: String, running: Bool) {
+        self.status = status
+        self.running = running
+    }
 }
 
 /// A migration's status as `query-migrate` says it (QEMU's `MigrationStatus`).
@@ -45,6 +50,23 @@ public struct MigrationRAMStats: Sendable, Equatable, Codable {
     public var mbps: Double
     public var pageSizeBytes: UInt64
     public var postcopyRequests: UInt64
+
+    public init(
+        transferredBytes: UInt64 = 0, remainingBytes: UInt64 = 0, totalBytes: UInt64 = 0, duplicatePages: UInt64 = 0,
+        normalPages: UInt64 = 0, dirtyPagesRate: UInt64 = 0, dirtySyncCount: UInt64 = 0, mbps: Double = 0,
+        pageSizeBytes: UInt64 = 4096, postcopyRequests: UInt64 = 0
+    ) {
+        self.transferredBytes = transferredBytes
+        self.remainingBytes = remainingBytes
+        self.totalBytes = totalBytes
+        self.duplicatePages = duplicatePages
+        self.normalPages = normalPages
+        self.dirtyPagesRate = dirtyPagesRate
+        self.dirtySyncCount = dirtySyncCount
+        self.mbps = mbps
+        self.pageSizeBytes = pageSizeBytes
+        self.postcopyRequests = postcopyRequests
+    }
 }
 
 /// `query-migrate`: one snapshot of the outgoing (or incoming) migration.
@@ -62,6 +84,21 @@ public struct MigrationInfo: Sendable, Equatable, Codable {
     public var cpuThrottlePercentage: UInt64?
     /// QEMU's own words on why the migration failed (status failed).
     public var errorDescription: String?
+
+    public init(
+        status: MigrationStatus, totalTimeMs: UInt64? = nil, downtimeMs: UInt64? = nil, expectedDowntimeMs: UInt64? = nil,
+        setupTimeMs: UInt64? = nil, ram: MigrationRAMStats? = nil, cpuThrottlePercentage: UInt64? = nil,
+        errorDescription: String? = nil
+    ) {
+        self.status = status
+        self.totalTimeMs = totalTimeMs
+        self.downtimeMs = downtimeMs
+        self.expectedDowntimeMs = expectedDowntimeMs
+        self.setupTimeMs = setupTimeMs
+        self.ram = ram
+        self.cpuThrottlePercentage = cpuThrottlePercentage
+        self.errorDescription = errorDescription
+    }
 
     /// Reads the `return` of `query-migrate` (`{}` before any migration: status `none`).
     public init(reply: QMPValue) {
