@@ -11,7 +11,7 @@
  * The host side may disconnect and reconnect at any time: the agent never exits and never spins.
  *
  * `agent --dirty MIB` is the "guest dirtying memory fast" workload: it writes one byte per 4 KiB page of
- * MIB MiB, forever.
+ * MIB MiB, forever, at nice 10.
  *
  * Static, libc only: gcc -static -O2 (scripts/guest/build-guest-image.sh). */
 #define _GNU_SOURCE
@@ -609,7 +609,10 @@ static int run_dirty(const char *arg) {
     size_t bytes = (size_t)mib << 20;
     volatile unsigned char *memory = malloc(bytes);
     if (!memory) { logf_console("--dirty: cannot allocate %ld MiB", mib); return 1; }
-    logf_console("dirtying %ld MiB, one byte per 4 KiB page, forever", mib);
+    /* Below the agent and the counter, so that they keep answering while this takes the rest of the CPU. */
+    errno = 0;
+    if (nice(10) == -1 && errno != 0) logf_console("--dirty: nice: %s", strerror(errno));
+    logf_console("dirtying %ld MiB, one byte per 4 KiB page, forever (nice 10)", mib);
     for (unsigned char round = 1;; round++) {
         for (size_t offset = 0; offset < bytes; offset += 4096) memory[offset] = round;
     }
