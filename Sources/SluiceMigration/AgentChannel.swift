@@ -4,14 +4,16 @@
 import Foundation
 import Glibc
 import SluiceCore
+import Synchronization
 import SystemPackage
 
 /// A connection to one guest's migration agent through QEMU's chardev socket
 /// (`-chardev socket,id=agent0,path=SOCK,server=on,wait=off -device virtserialport,chardev=agent0,name=org.sluice.agent.0`).
 ///
 /// Blocking: every call waits in `poll(2)` for at most its timeout, on the calling thread. Owns its socket
-/// (closed in `deinit`); one caller at a time. Replies are matched to requests by id: a late reply to an
-/// earlier request that timed out, or a ping queued while the guest was still booting, is skipped.
+/// (closed in `deinit`); one caller at a time. Replies are matched to requests by id (unique in the
+/// process): a late reply to an earlier request that timed out, a ping queued while the guest was still
+/// booting, or a reply written for an earlier connection is skipped.
 public struct AgentChannel: ~Copyable, Sendable {
     /// Longest reply line accepted (a report is about 2 KiB; cpuinfo flags are most of it).
     public static let replyBytesMax = 64 << 10
@@ -34,7 +36,10 @@ public struct AgentChannel: ~Copyable, Sendable {
     private var pending: [UInt8] = []
     /// Inside an over-long reply: skip bytes up to its newline before reading the next line.
     private var skippingLongLine = false
-    private var nextID: Int64 = 1
+    /// Request ids are unique in this process, across channels: a reply the agent wrote for an earlier
+    /// connection can reach the next one (the guest does not always see the hang-up in between), and
+    /// must not match a new request by chance.
+    private static let nextID = Atomic<Int64>(1)
     /// Replies skipped because they answered an earlier request (late or queued before the agent ran).
     public private(set) var staleRepliesSkipped = 0
 
@@ -112,9 +117,10 @@ public struct AgentChannel: ~Copyable, Sendable {
     }
 
     /// Sends `line` as it is (a newline is appended) and returns the next reply line, unmatched. For tests
-    /// of the agent's handling of bad input; `line` must hold no newline.
+    /// of the agent's handling of bad input, oversized lines included; `line` must hold no newline.
     public mutating func exchangeRaw(_ line: String, timeout: Duration = AgentChannel.timeoutDefault) throws(AgentError) -> String {
         precondition(!line.contains("\n"), "one request per line")
+        precondition(line.utf8.count <= Self.replyBytesMax, "a raw line, even an oversized one, is bounded")
         let deadline = ContinuousClock.now + timeout
         try send(Array(line.utf8) + [0x0A], op: "raw", deadline: deadline)
         return String(decoding: try readLine(op: "raw", deadline: deadline, timeout: timeout), as: UTF8.self)
@@ -133,39 +139,45 @@ public struct AgentChannel: ~Copyable, Sendable {
 
     /// Sends `{"id":N,"op":op}` and returns the reply line that carries id N (`ok` checked).
     private mutating func call(op: String, timeout: Duration) throws(AgentError) -> [UInt8] {
-        let id = nextID
-        nextID += 1
+        let id = Self.nextID.wrappingAdd(1, ordering: .relaxed).oldValue
         let deadline = ContinuousClock.now + timeout
-        try send(Array(#"{"id":\#(id),"op":"\#(op)"}"#.utf8) + [0x0A], op: op, deadline: deadline)
+        let request = Array(#"{"id":\#(id),"op":"\#(op)"}"#.utf8) + [0x0A]
+        precondition(request.count <= Self.requestBytesMax, "request longer than the agent accepts")
+        try send(request, op: op, deadline: deadline)
         var skipped = 0
+        // A line that is no reply object may be the tail of a reply cut by an earlier connection's
+        // hang-up: skipped, but if no answer comes it is what the timeout reports.
+        var undecodable: (line: [UInt8], error: String)? = nil
         while true {
-            let line = try readLine(op: op, deadline: deadline, timeout: timeout)
+            let line: [UInt8]
+            do {
+                line = try readLine(op: op, deadline: deadline, timeout: timeout)
+            } catch .timeout(let op, let afterMs) {
+                guard let undecodable else { throw .timeout(op: op, afterMs: afterMs) }
+                throw .malformedReply(op: op, reason: "not a reply object: \(undecodable.error)", line: Self.excerpt(undecodable.line))
+            }
             let envelope: Envelope
             do {
                 envelope = try JSONDecoder().decode(Envelope.self, from: Data(line))
             } catch {
-                throw .malformedReply(op: op, reason: "not a reply object: \(error)", line: Self.excerpt(line))
-            }
-            if let replyID = envelope.id, replyID < id {
+                undecodable = (line, "\(error)")
                 skipped += 1
                 staleRepliesSkipped += 1
                 guard skipped <= Self.staleRepliesMax else {
-                    throw .malformedReply(op: op, reason: "more than \(Self.staleRepliesMax) stale replies", line: Self.excerpt(line))
+                    throw .malformedReply(op: op, reason: "more than \(Self.staleRepliesMax) lines that are no reply", line: Self.excerpt(line))
                 }
                 continue
             }
-            // A null id answers a line the agent could not parse: ours always parse, so it answers bytes
-            // an earlier connection or `exchangeRaw` left behind. Skipped like a late reply.
-            if envelope.id == nil {
+            // Another id answers an earlier request (timed out, or sent on an earlier connection); a null
+            // id answers a line the agent could not parse, and ours always parse: bytes an earlier
+            // connection or `exchangeRaw` left behind. Both are skipped, up to `staleRepliesMax` per call.
+            if envelope.id != id {
                 skipped += 1
                 staleRepliesSkipped += 1
                 guard skipped <= Self.staleRepliesMax else {
-                    throw .malformedReply(op: op, reason: "more than \(Self.staleRepliesMax) stale replies", line: Self.excerpt(line))
+                    throw .malformedReply(op: op, reason: "more than \(Self.staleRepliesMax) replies to other requests", line: Self.excerpt(line))
                 }
                 continue
-            }
-            if let replyID = envelope.id, replyID != id {
-                throw .malformedReply(op: op, reason: "reply to id \(replyID), never sent (expected \(id))", line: Self.excerpt(line))
             }
             guard envelope.ok else {
                 throw .agentError(op: op, message: envelope.error ?? "(no error text)")
@@ -189,7 +201,6 @@ public struct AgentChannel: ~Copyable, Sendable {
     // MARK: - Socket I/O
 
     private mutating func send(_ line: [UInt8], op: String, deadline: ContinuousClock.Instant) throws(AgentError) {
-        precondition(line.count <= Self.requestBytesMax + 1, "request longer than the agent accepts")
         guard fd >= 0 else { throw .disconnected(op: op, socketPath: socketPath) }
         let bytes = sentOnThisConnection ? line : [0x0A] + line
         sentOnThisConnection = true
