@@ -21,8 +21,8 @@ public struct AgentChannel: ~Copyable, Sendable {
     public static let requestBytesMax = 4096
     /// Replies to earlier requests one call may skip before it gives up on the channel's order.
     public static let staleRepliesMax = 64
-    /// How long `report` and `ping` wait by default; `online` waits longer (onlining memory under tcg takes
-    /// seconds per block: docs/MIGRATION.md).
+    /// How long `report` and `ping` wait by default; `online` waits longer (bringing a hot-added vCPU up
+    /// under tcg takes 13-20 s, and the agent bounds each CPU at 60 s: docs/MIGRATION.md).
     public static let timeoutDefault: Duration = .seconds(10)
     public static let onlineTimeoutDefault: Duration = .seconds(120)
 
@@ -55,7 +55,8 @@ public struct AgentChannel: ~Copyable, Sendable {
     }
 
     /// Connects and pings until the guest's agent answers, retrying both until `deadline` (a guest under
-    /// tcg needs 5 to 30 s to boot). Throws `.timeout(op: "waitUntilReady", ...)` with the time waited.
+    /// tcg needs 5 to 30 s to boot). Throws `.timeout(op: "waitUntilReady(<socketPath>)", ...)` with the
+    /// time waited. While another client holds QEMU's chardev, this waits in vain: QEMU serves one at a time.
     public static func waitUntilReady(
         socketPath: String, deadline: ContinuousClock.Instant, pingTimeout: Duration = .seconds(2)
     ) throws(AgentError) -> AgentChannel {
