@@ -204,6 +204,35 @@ public final class MigrationExecutor: Sendable {
         return result
     }
 
+    /// Moves the guests of a template's set: each with its plan, at most `concurrently` at once (each move
+    /// runs two QEMU processes). A guest the template refused, or with no plan, gets `.refused` without
+    /// anything started. Results come in the order of `guests`.
+    public func migrate(_ guests: [RunningGuest], template: MigrationTemplate,
+                        concurrently: Int = 1) async -> [(vm: String, result: Result<(MigrationOutcome, RunningGuest), MigrationFailure>)] {
+        precondition(concurrently >= 1, "at least one move at a time")
+        typealias Moved = Result<(MigrationOutcome, RunningGuest), MigrationFailure>
+        var results = [Moved?](repeating: nil, count: guests.count)
+        await withTaskGroup(of: (Int, Moved).self) { group in
+            var next = 0
+            func start(_ index: Int) {
+                let guest = guests[index]
+                let proof = template.proofs.first { $0.vm == guest.name }
+                    ?? MigratabilityProof(vm: guest.name, hostType: template.hostType, blockers: [])
+                guard proof.canMove, let plan = template.plans.first(where: { $0.vm == guest.name }) else {
+                    group.addTask { (index, .failure(.refused(vm: guest.name, blockers: proof.blockers))) }
+                    return
+                }
+                group.addTask { (index, await self.migrate(guest, plan: plan, proof: proof, policy: template.policy)) }
+            }
+            while next < min(concurrently, guests.count) { start(next); next += 1 }
+            for await (index, result) in group {
+                results[index] = result
+                if next < guests.count { start(next); next += 1 }
+            }
+        }
+        return zip(guests, results).map { ($0.name, $1!) }
+    }
+
     private func move(_ source: RunningGuest, plan: VMMovePlan, proof: MigratabilityProof,
                       policy: MigrationPolicy) async -> Result<(MigrationOutcome, RunningGuest), MigrationFailure> {
         let vm = source.name

@@ -62,37 +62,41 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: root) }
         let inventory = try await Self.inventory(of: Self.bigType, in: root + "/probe")
         let executor = MigrationExecutor(.init(runRoot: root + "/dst"), connectAgent: AgentChannelConnection.connector)
-        let policy = MigrationPolicy()
         let vmType = VMType(name: "2x512", vcpus: 2, memoryMiB: 512)
-        // Two guests of different CPU models and sizes, one at a time (at most 3 QEMU processes at once).
+        // Two guests of different CPU models and sizes, moved as one set, both at once (4 QEMU processes).
+        var sources: [RunningGuest] = []
         for (name, cpu, memory) in [("small-nehalem", "Nehalem", 256), ("mid-westmere", "Westmere", 384)] {
-            let source = try await Self.boot(name, Self.spec(image, cpu: cpu, vcpus: 1, memoryMiB: memory), in: root + "/" + name)
-            let description = try await Self.describe(source)
-            let template = MigrationTemplate.build(vms: [description], to: inventory, hostType: Self.bigType,
-                                                   vmType: vmType, policy: policy)
-            let proof = template.proofs[0]
-            #expect(proof.canMove, "\(name): \(proof.blockers)")
-            guard let plan = template.plans.first else { await source.stop(); continue }
-            #expect(plan.cpuModel == cpu)  // the narrowest covering what the guest's kernel sees is its own model
-            #expect(plan.addVCPUs == 1 && plan.addDIMMsMiB == [512 - memory])
-            switch await executor.migrate(source, plan: plan, proof: proof, policy: policy) {
+            sources.append(try await Self.boot(name, Self.spec(image, cpu: cpu, vcpus: 1, memoryMiB: memory), in: root + "/" + name))
+        }
+        var descriptions: [VMDescription] = []
+        for source in sources { descriptions.append(try await Self.describe(source)) }
+        let template = MigrationTemplate.build(vms: descriptions, to: inventory, hostType: Self.bigType, vmType: vmType)
+        #expect(template.proofs.allSatisfy { $0.canMove }, "\(template.proofs)")
+        // One model for the set: the narrowest covering both guests' flags (the Westmere guest's AES-NI).
+        #expect(template.cpuModel == "Westmere")
+        #expect(template.plans.map(\.addDIMMsMiB) == [[256], [128]])
+        #expect(template.plans.allSatisfy { $0.addVCPUs == 1 })
+        let results = await executor.migrate(sources, template: template, concurrently: 2)
+        for ((vm, result), source) in zip(results, sources) {
+            switch result {
             case .success(let (outcome, moved)):
                 #expect(outcome.after.bootID == outcome.before.bootID)  // no restart
                 #expect(outcome.after.vcpusOnline == 2)
                 #expect((outcome.after.workloadCounter ?? 0) > (outcome.before.workloadCounter ?? 0))
-                #expect(outcome.after.memoryTotalKiB > outcome.before.memoryTotalKiB + UInt64(512 - memory - 16) * 1024)
+                #expect(outcome.after.memoryTotalKiB > outcome.before.memoryTotalKiB + UInt64(512 - source.spec.shape.memoryMiB - 16) * 1024)
                 #expect(moved.spec.shape.vcpus == 2 && moved.spec.shape.memoryMiB == 512)
+                #expect(moved.spec.cpuModel == "Westmere")
                 #expect(source.process?.exitStatus != nil)  // the source was stopped after confirmation
                 // The workload keeps counting on the destination.
                 let agent = try await AgentChannelConnection.connect(socketPath: moved.agentSocketPath, timeout: .seconds(10))
                 let later = try await agent.report()
                 await agent.close()
                 #expect((later.workloadCounter ?? 0) >= (outcome.after.workloadCounter ?? 0))
-                print("\(name): \(outcome.strategy) total \(outcome.totalTimeMs) ms, downtime \(outcome.downtimeMs) ms, "
+                print("\(vm): \(outcome.strategy) total \(outcome.totalTimeMs) ms, downtime \(outcome.downtimeMs) ms, "
                       + "\(outcome.transferredBytes) bytes, wall \(outcome.wallTimeMs) ms")
                 await moved.stop()
             case .failure(let failure):
-                Issue.record("\(name): \(failure)")
+                Issue.record("\(vm): \(failure)")
                 await source.stop()
             }
         }
