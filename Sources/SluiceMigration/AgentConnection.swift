@@ -31,8 +31,10 @@ public final class AgentChannelConnection: GuestAgentConnection {
         try await offPool { () throws(AgentError) -> AgentReport in try self.withChannel { (channel: inout AgentChannel) throws(AgentError) in try channel.report() } }
     }
 
-    public func online() async throws -> AgentReport {
-        try await offPool { () throws(AgentError) -> AgentReport in try self.withChannel { (channel: inout AgentChannel) throws(AgentError) in try channel.online() } }
+    public func online(timeout: Duration) async throws -> AgentReport {
+        try await offPool { () throws(AgentError) -> AgentReport in
+            try self.withChannel { (channel: inout AgentChannel) throws(AgentError) in try channel.online(timeout: timeout) }
+        }
     }
 
     /// Closes the socket; later calls fail with `.disconnected`.

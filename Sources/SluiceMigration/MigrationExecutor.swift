@@ -11,8 +11,8 @@ import SystemPackage
 public protocol GuestAgentConnection: Sendable {
     /// The agent's report now.
     func report() async throws -> AgentReport
-    /// Brings hot-added vCPUs and memory online in the guest, then reports.
-    func online() async throws -> AgentReport
+    /// Brings hot-added vCPUs and memory online in the guest, then reports; waits at most `timeout`.
+    func online(timeout: Duration) async throws -> AgentReport
     func close() async
 }
 
@@ -70,9 +70,13 @@ public enum MigrationFailure: Error, Sendable, CustomStringConvertible {
     /// The destination ran the guest but its agent did not confirm it (silent, restarted, or short of
     /// the target capacity); the destination was stopped and the source resumed.
     case notConfirmed(vm: String, reason: String)
-    /// Post-copy had started when the move failed: the guest's memory is split between the two ends,
-    /// so neither can run it (QEMU's `postcopy-paused`). Reported, never hidden.
-    case postcopyLost(vm: String, reason: String)
+    /// Post-copy had started when the move failed or was not confirmed: the source cannot resume (its
+    /// memory went over), so the destination is kept as it is, never killed, for the operator:
+    /// `destination` is nil only when it died.
+    case postcopyLost(vm: String, reason: String, destination: RunningGuest?)
+    /// The move failed and the source could not be resumed safely (the destination did not exit after
+    /// SIGKILL, or the source's state is unknown): `cause` says why the move failed.
+    case sourceNotResumed(vm: String, reason: String, cause: String)
 
     /// A short label for metrics (`sluice_migration_failures_total{reason=...}`).
     public var reason: String {
@@ -85,6 +89,7 @@ public enum MigrationFailure: Error, Sendable, CustomStringConvertible {
         case .noConvergence: "no_convergence"
         case .notConfirmed: "not_confirmed"
         case .postcopyLost: "postcopy_lost"
+        case .sourceNotResumed: "source_not_resumed"
         }
     }
 
@@ -100,7 +105,11 @@ public enum MigrationFailure: Error, Sendable, CustomStringConvertible {
         case .noConvergence(let vm, let ms, let status, let remaining):
             "\(vm): not done after \(ms) ms (status \(status), \(remaining) bytes remaining): cancelled"
         case .notConfirmed(let vm, let reason): "\(vm): the destination's guest was not confirmed: \(reason)"
-        case .postcopyLost(let vm, let reason): "\(vm): failed during post-copy, the guest is lost: \(reason)"
+        case .postcopyLost(let vm, let reason, let destination):
+            "\(vm): failed after post-copy started (the source cannot resume): \(reason); "
+                + (destination.map { "the destination is kept (QMP \($0.process.map { GuestLaunchSpec.operatorQMPPath(runDirectory: $0.runDirectory) } ?? "?"))" }
+                    ?? "the destination is gone")
+        case .sourceNotResumed(let vm, let reason, let cause): "\(vm): \(cause); the source was NOT resumed: \(reason)"
         }
     }
 }
@@ -146,6 +155,9 @@ public final class MigrationExecutor: Sendable {
         /// at most the policy's `maxSeconds`.
         public var deadlineFactor: Double
         public var deadlineSlack: Duration
+        /// How long post-copy may run past the move's deadline before it is reported (the destination is
+        /// then kept, never killed: it holds the guest).
+        public var postcopyGrace: Duration
         /// Called once the destination's QEMU answers, before the migration starts (tests kill it mid-move).
         public var onDestinationStarted: (@Sendable (QEMUProcess) -> Void)?
 
@@ -160,6 +172,7 @@ public final class MigrationExecutor: Sendable {
             self.deadlineFactor = deadlineFactor
             self.deadlineSlack = deadlineSlack
             self.onDestinationStarted = nil
+            self.postcopyGrace = .seconds(120)
         }
     }
 
@@ -217,7 +230,7 @@ public final class MigrationExecutor: Sendable {
             func start(_ index: Int) {
                 let guest = guests[index]
                 let proof = template.proofs.first { $0.vm == guest.name }
-                    ?? MigratabilityProof(vm: guest.name, hostType: template.hostType, blockers: [])
+                    ?? MigratabilityProof(vm: guest.name, hostType: template.hostType, blockers: [.notInTemplate])
                 guard proof.canMove, let plan = template.plans.first(where: { $0.vm == guest.name }) else {
                     group.addTask { (index, .failure(.refused(vm: guest.name, blockers: proof.blockers))) }
                     return
@@ -236,8 +249,17 @@ public final class MigrationExecutor: Sendable {
     private func move(_ source: RunningGuest, plan: VMMovePlan, proof: MigratabilityProof,
                       policy: MigrationPolicy) async -> Result<(MigrationOutcome, RunningGuest), MigrationFailure> {
         let vm = source.name
-        precondition(plan.vm == proof.vm, "plan and proof of different guests")
+        guard plan.vm == vm, proof.vm == vm else { return .failure(.refused(vm: vm, blockers: [.notInTemplate])) }
         guard proof.canMove else { return .failure(.refused(vm: vm, blockers: proof.blockers)) }
+        // The plan must be for the guest as it runs now (a stale or edited template is refused).
+        guard plan.destinationShape == source.spec.shape else {
+            return .failure(.refused(vm: vm, blockers: [.stalePlan("the guest's shape changed since the template")]))
+        }
+        // Whether the source runs now: only then is it resumed after a failed move.
+        let sourceWasRunning: Bool
+        do { sourceWasRunning = try await source.qmp.queryStatus().running } catch {
+            return .failure(.qmp(vm: vm, step: "query-status of the source", error: error))
+        }
         let clock = ContinuousClock()
         let start = clock.now
 
@@ -273,33 +295,37 @@ public final class MigrationExecutor: Sendable {
         configuration.onDestinationStarted?(destination)
         let target = RunningGuest(name: vm, spec: destinationSpec, process: destination)
 
-        /// Stops the destination and makes sure the source runs again; returns `failure`.
+        /// Stops the destination and, once it is gone, resumes the source if it ran before; returns
+        /// `failure`, or `sourceNotResumed` when that could not be done safely. Never before post-copy.
         func abandon(_ failure: MigrationFailure) async -> Result<(MigrationOutcome, RunningGuest), MigrationFailure> {
             destination.kill()
-            _ = await destination.waitForExit(timeout: .seconds(5))
-            if let state = try? await source.qmp.queryStatus(), !state.running {
-                _ = try? await source.qmp.cont()
+            guard await destination.waitForExit(timeout: .seconds(10)) != nil else {
+                return .failure(.sourceNotResumed(vm: vm, reason: "the destination (pid \(destination.pid)) did not exit after SIGKILL",
+                                                  cause: failure.description))
+            }
+            guard sourceWasRunning else { return .failure(failure) }  // it was paused: it stays so
+            do {
+                if try await source.qmp.queryStatus().running == false { try await source.qmp.cont() }
+            } catch {
+                return .failure(.sourceNotResumed(vm: vm, reason: "resuming it failed: \(error)", cause: failure.description))
             }
             return .failure(failure)
         }
 
         let convergence = plan.convergence
         let source_ = source.qmp, destination_ = destination.qmp
-        let port: UInt16
-        do { port = try freeLoopbackPort() } catch {
-            return await abandon(.destinationDidNotStart(vm: vm, reason: "no free port for the migration stream: \(error)"))
-        }
+        // The stream goes over a Unix socket in the destination's run directory: no port to race for, and
+        // no other local process can connect first and feed the destination a guest state.
+        let streamURI = "unix:\(runDirectory)/migration.sock"
         do {
-            // Only what the strategy needs (progress is polled, so no MIGRATION events): a pre-copy move
-            // is then exactly QEMU's default one at the planned bandwidth and downtime limit.
-            if convergence.strategy == .autoConverge { try await source_.migrateSetCapabilities([.autoConverge: true]) }
-            if convergence.strategy == .postcopy {
-                try await source_.migrateSetCapabilities([.postcopyRAM: true])
-                try await destination_.migrateSetCapabilities([.postcopyRAM: true])
-            }
+            // Every capability the executor uses is set on every move, on or off (a source keeps them from
+            // an earlier try); progress is polled, so no MIGRATION events.
+            let postcopy = convergence.strategy == .postcopy
+            try await source_.migrateSetCapabilities([.autoConverge: convergence.strategy == .autoConverge, .postcopyRAM: postcopy])
+            try await destination_.migrateSetCapabilities([.postcopyRAM: postcopy])
             try await source_.migrateSetParameters(convergence.qmpParameters)
-            try await destination_.migrateIncoming(uri: "tcp:127.0.0.1:\(port)")
-            try await source_.migrate(uri: "tcp:127.0.0.1:\(port)")
+            try await destination_.migrateIncoming(uri: streamURI)
+            try await source_.migrate(uri: streamURI)
         } catch {
             return await abandon(.qmp(vm: vm, step: "setting up the migration", error: error))
         }
@@ -313,8 +339,12 @@ public final class MigrationExecutor: Sendable {
         while true {
             do {
                 info = try await source_.queryMigrate()
+            } catch .timeout where clock.now < deadline {
+                continue  // a busy source (tcg on few cores) answers late: ask again until the deadline
             } catch {
-                if postcopyStarted { return .failure(.postcopyLost(vm: vm, reason: "source QMP: \(error)")) }
+                if postcopyStarted {
+                    return .failure(.postcopyLost(vm: vm, reason: "source QMP: \(error)", destination: target))
+                }
                 return await abandon(.qmp(vm: vm, step: "query-migrate", error: error))
             }
             maxThrottle = max(maxThrottle, info.cpuThrottlePercentage ?? 0)
@@ -328,7 +358,12 @@ public final class MigrationExecutor: Sendable {
                 postcopyStarted = true
             }
             if info.status == .postcopyPaused {
-                return .failure(.postcopyLost(vm: vm, reason: "postcopy-paused; destination: \(destination.stderrTail(maxBytes: 1024))"))
+                return .failure(.postcopyLost(vm: vm, reason: "postcopy-paused; destination: \(destination.stderrTail(maxBytes: 1024))",
+                                              destination: destination.exitStatus == nil ? target : nil))
+            }
+            if postcopyStarted, clock.now >= deadline.advanced(by: configuration.postcopyGrace) {
+                return .failure(.postcopyLost(vm: vm, reason: "post-copy still \(info.status) after its deadline",
+                                              destination: destination.exitStatus == nil ? target : nil))
             }
             if clock.now >= deadline, !postcopyStarted {
                 _ = try? await source_.migrateCancel()
@@ -345,7 +380,9 @@ public final class MigrationExecutor: Sendable {
             let stderr = destination.stderrTail(maxBytes: 2048)
             let failure = MigrationFailure.migrationFailed(
                 vm: vm, sourceError: info.errorDescription ?? info.status.rawValue, destinationStderr: stderr)
-            if postcopyStarted { return .failure(.postcopyLost(vm: vm, reason: failure.description)) }
+            if postcopyStarted {
+                return .failure(.postcopyLost(vm: vm, reason: failure.description, destination: destination.exitStatus == nil ? target : nil))
+            }
             return await abandon(failure)
         }
 
@@ -356,7 +393,8 @@ public final class MigrationExecutor: Sendable {
             let free = try await destination_.queryHotpluggableCPUs().filter { !$0.isPlugged }
                 .sorted { ($0.socketID ?? 0, $0.coreID ?? 0) < ($1.socketID ?? 0, $1.coreID ?? 0) }
             guard free.count >= plan.addVCPUs else {
-                return await abandon(.notConfirmed(vm: vm, reason: "\(plan.addVCPUs) vCPUs to add, \(free.count) free slots"))
+                throw QMPError.unexpectedReply(command: "query-hotpluggable-cpus",
+                                               detail: "\(plan.addVCPUs) vCPUs to add, \(free.count) free slots")
             }
             for slot in free.prefix(plan.addVCPUs) {
                 try await destination_.deviceAdd(arguments: slot.deviceAddArguments(id: GuestLaunchSpec.hotCPUID(grown.hotAddedVCPUs)))
@@ -371,6 +409,9 @@ public final class MigrationExecutor: Sendable {
                 grown.dimmsMiB.append(mib)
             }
         } catch {
+            if postcopyStarted {
+                return .failure(.postcopyLost(vm: vm, reason: "growing to the target type: \(error)", destination: target))
+            }
             return await abandon(.notConfirmed(vm: vm, reason: "growing to the target type: \(error)"))
         }
 
@@ -379,7 +420,8 @@ public final class MigrationExecutor: Sendable {
         switch await confirm(target, before: before, plan: plan, until: clock.now.advanced(by: configuration.confirmTimeout)) {
         case .confirmed(let report): after = report
         case .notConfirmed(let reason):
-            if postcopyStarted { return .failure(.postcopyLost(vm: vm, reason: reason)) }
+            // After post-copy the destination holds the only copy: keep it, never kill it.
+            if postcopyStarted { return .failure(.postcopyLost(vm: vm, reason: reason, destination: target)) }
             return await abandon(.notConfirmed(vm: vm, reason: reason))
         }
 
@@ -407,26 +449,43 @@ public final class MigrationExecutor: Sendable {
             do {
                 let remaining = clock.now.duration(to: deadline)
                 let agent = try await connectAgent(guest.agentSocketPath, min(remaining, .seconds(10)))
-                let report = try await agent.online()
+                let answer: Result<(AgentReport, AgentReport), any Error>
+                do {
+                    let report = try await agent.online(timeout: max(clock.now.duration(to: deadline), .seconds(1)))
+                    try? await Task.sleep(for: .milliseconds(500))
+                    answer = .success((report, try await agent.report()))
+                } catch { answer = .failure(error) }
                 await agent.close()
+                let (report, later) = try answer.get()
                 if report.bootID != before.bootID {
                     return .notConfirmed("the guest restarted (boot id \(before.bootID) → \(report.bootID))")
                 }
                 // Memory by online blocks when the guest has them (MemTotal loses ~1.6% of added memory
                 // to page structures), else by MemTotal within that loss.
-                let added = UInt64(plan.addDIMMsMiB.reduce(0, +)) << 20
-                let memoryMiB = Int(report.memoryTotalKiB / 1024)
-                let expectedMemoryMiB = Int(before.memoryTotalKiB / 1024) + Int(added >> 20)
+                // The agent's numbers are the guest's: never trusted not to overflow.
+                let added = UInt64(clamping: plan.addDIMMsMiB.reduce(0, +)) << 20
+                let memoryMiB = Int(clamping: report.memoryTotalKiB / 1024)
+                let expectedMemoryMiB = Int(clamping: before.memoryTotalKiB / 1024) + Int(added >> 20)
+                func bytes(_ blocks: Int, _ blockBytes: UInt64) -> UInt64 {
+                    let (product, overflow) = UInt64(clamping: blocks).multipliedReportingOverflow(by: blockBytes)
+                    return overflow ? .max : product
+                }
                 let memoryOnline = report.memoryBlockBytes > 0
-                    ? UInt64(report.memoryBlocksOnline) * report.memoryBlockBytes
-                        >= UInt64(before.memoryBlocksOnline) * before.memoryBlockBytes + added
-                    : UInt64(report.memoryTotalKiB) * 1024 + added / 32 >= UInt64(before.memoryTotalKiB) * 1024 + added
-                if report.vcpusOnline >= plan.targetVCPUs, memoryOnline,
-                   (report.workloadCounter ?? 0) > (before.workloadCounter ?? 0) || before.workloadCounter == nil {
-                    return .confirmed(report)
+                    ? bytes(report.memoryBlocksOnline, report.memoryBlockBytes)
+                        >= bytes(before.memoryBlocksOnline, before.memoryBlockBytes) &+ added
+                    : report.memoryTotalKiB &* 1024 &+ added / 32 >= before.memoryTotalKiB &* 1024 &+ added
+                // The workload runs here: its counter rose between two reports of the destination (the
+                // copied memory alone would match the report from before the move).
+                let counterMoving = before.workloadCounter == nil
+                    || (later.workloadCounter ?? 0) > (report.workloadCounter ?? 0)
+                if later.bootID != before.bootID {
+                    return .notConfirmed("the guest restarted (boot id \(before.bootID) → \(later.bootID))")
+                }
+                if report.vcpusOnline >= plan.targetVCPUs, memoryOnline, counterMoving {
+                    return .confirmed(later)
                 }
                 last = "vCPUs online \(report.vcpusOnline)/\(plan.targetVCPUs), memory \(memoryMiB)/\(expectedMemoryMiB) MiB, "
-                    + "counter \(report.workloadCounter.map(String.init) ?? "none") (before \(before.workloadCounter.map(String.init) ?? "none"))"
+                    + "counter \(report.workloadCounter.map(String.init) ?? "none") then \(later.workloadCounter.map(String.init) ?? "none")"
             } catch {
                 last = "\(error)"
             }
@@ -456,23 +515,4 @@ public final class MigrationExecutor: Sendable {
     static func milliseconds(_ duration: Duration) -> Int64 {
         duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000
     }
-}
-
-/// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then closed).
-func freeLoopbackPort() throws(SyscallError) -> UInt16 {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { throw SyscallError("socket", Errno(rawValue: errno)) }
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    address.sin_port = 0
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let bound = withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
-            bind(fd, pointer, length) == 0 && getsockname(fd, pointer, &length) == 0
-        }
-    }
-    guard bound else { throw SyscallError("bind 127.0.0.1:0", Errno(rawValue: errno)) }
-    return UInt16(bigEndian: address.sin_port)
 }

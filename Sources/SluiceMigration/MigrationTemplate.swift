@@ -66,7 +66,9 @@ public struct VMDescription: Codable, Sendable, Equatable {
 
     /// The dirty rate the template plans for: the larger of the host's measurement and the agent's.
     public var dirtyBytesPerSecond: UInt64 {
-        let agent = UInt64(max(0, report.dirtiedPagesPerSecond) * 4096)
+        // The agent's figure is the guest's: clamped, never trusted to be finite or in range.
+        let pages = report.dirtiedPagesPerSecond
+        let agent = pages.isFinite && pages > 0 ? UInt64(min(pages * 4096, Double(UInt64.max >> 1))) : 0
         return max(agent, hostDirtyBytesPerSecond ?? 0)
     }
 }
@@ -142,7 +144,8 @@ public struct ConvergencePlan: Codable, Sendable, Equatable {
     /// The `migrate-set-parameters` arguments of this plan (capabilities follow `strategy`).
     public var qmpParameters: MigrationParameters {
         MigrationParameters(maxBandwidthBytesPerSecond: maxBandwidthBytesPerSecond, downtimeLimitMs: UInt64(downtimeLimitMs),
-                            cpuThrottleInitial: strategy == .autoConverge ? cpuThrottleInitialPercent : nil)
+                            cpuThrottleInitial: strategy == .autoConverge ? cpuThrottleInitialPercent : nil,
+                            maxCPUThrottle: maxCPUThrottlePercent)
     }
 }
 
@@ -165,6 +168,10 @@ public enum MigrationBlocker: Error, Codable, Sendable, Equatable, Hashable, Cus
     case memoryNotBlockAligned(deltaMiB: Int, blockMiB: Int)
     /// The move would not finish within the policy's limit (or converge at all) with what is allowed.
     case wontConverge(dirtyBytesPerSecond: UInt64, bandwidthBytesPerSecond: UInt64, reason: String)
+    /// The guest has no proof or plan in the template it was handed with.
+    case notInTemplate
+    /// The plan no longer fits the guest as it runs (`reason`): make a new template.
+    case stalePlan(String)
 
     public var description: String {
         switch self {
@@ -184,6 +191,8 @@ public enum MigrationBlocker: Error, Codable, Sendable, Equatable, Hashable, Cus
             "\(delta) MiB more memory is not a whole number of the guest's \(block) MiB memory blocks"
         case .wontConverge(let dirty, let bandwidth, let reason):
             "dirty rate \(dirty) B/s against \(bandwidth) B/s: \(reason)"
+        case .notInTemplate: "the guest has no proof or plan in this template"
+        case .stalePlan(let reason): "the plan is stale: \(reason)"
         }
     }
 }

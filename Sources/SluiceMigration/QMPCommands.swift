@@ -148,6 +148,8 @@ public struct MigrationParameters: Sendable, Equatable, Codable {
     /// Auto-converge's first throttle and its step, percent.
     public var cpuThrottleInitial: Int?
     public var cpuThrottleIncrement: Int?
+    /// Auto-converge's highest throttle, percent (QEMU's default 99).
+    public var maxCPUThrottle: Int?
     /// Bytes per second post-copy may use (0: unlimited).
     public var maxPostcopyBandwidthBytesPerSecond: UInt64?
     public var multifdChannels: Int?
@@ -156,8 +158,9 @@ public struct MigrationParameters: Sendable, Equatable, Codable {
     public init(
         maxBandwidthBytesPerSecond: UInt64? = nil, downtimeLimitMs: UInt64? = nil, cpuThrottleInitial: Int? = nil,
         cpuThrottleIncrement: Int? = nil, maxPostcopyBandwidthBytesPerSecond: UInt64? = nil,
-        multifdChannels: Int? = nil, xbzrleCacheSizeBytes: UInt64? = nil
+        multifdChannels: Int? = nil, xbzrleCacheSizeBytes: UInt64? = nil, maxCPUThrottle: Int? = nil
     ) {
+        self.maxCPUThrottle = maxCPUThrottle
         self.maxBandwidthBytesPerSecond = maxBandwidthBytesPerSecond
         self.downtimeLimitMs = downtimeLimitMs
         self.cpuThrottleInitial = cpuThrottleInitial
@@ -176,6 +179,7 @@ public struct MigrationParameters: Sendable, Equatable, Codable {
         if let v = cpuThrottleIncrement { a["cpu-throttle-increment"] = .int(Int64(v)) }
         if let v = maxPostcopyBandwidthBytesPerSecond { a["max-postcopy-bandwidth"] = .uint(v) }
         if let v = multifdChannels { a["multifd-channels"] = .int(Int64(v)) }
+        if let v = maxCPUThrottle { a["max-cpu-throttle"] = .int(Int64(v)) }
         if let v = xbzrleCacheSizeBytes { a["xbzrle-cache-size"] = .uint(v) }
         return a
     }
