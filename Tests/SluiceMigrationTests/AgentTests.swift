@@ -18,8 +18,7 @@ struct AgentTests {
         defer { guest.stop() }
         do {
             var channel = try guest.waitForAgent()
-            let bootSeconds = Double((ContinuousClock.now - guest.startedAt).components.seconds)
-            print("AgentTests: agent ready \(bootSeconds) s after QEMU started (tcg)")
+            print("AgentTests: agent ready \(ContinuousClock.now - guest.startedAt) after QEMU started (tcg)")
             try body(guest, &channel)
         } catch {
             Issue.record("guest failed: \(error)\n--- serial (end) ---\n\(guest.serialLog.suffix(2000))\n--- QEMU stderr ---\n\(guest.qemuStderr)")
