@@ -1,6 +1,7 @@
 // Path: Benchmarks/Sources/gateway-cachehit/main.swift — the gateway appliance's cache-hit path (issue 11),
 // like for like in one process and one run: (a) `Appliance.read(key:offset:into:)` over an object held
-// whole in the appliance's block cache, (b) the same reads over loopback TCP from raw-socket clients
+// whole in the appliance's block cache, and `Appliance.readIfCached` (the call the server makes for a
+// read on its event loop: hits only, no task), (b) the same reads over loopback TCP from raw-socket clients
 // (one thread and one connection each, a reused buffer) against `ApplianceServer` on 127.0.0.1, and
 // (c) `pread` of the same bytes from the same file in the page cache. Same read size, same thread
 // count, rounds interleaved, medians; CPU of every thread of the process (getrusage) per MB.
@@ -95,10 +96,11 @@ struct GatewayCacheHit: AsyncParsableCommand {
 }
 
 enum Path: CaseIterable, Hashable {
-    case inProcess, tcp, pread
+    case inProcess, hitOnly, tcp, pread
     var label: String {
         switch self {
         case .inProcess: "(a) Appliance.read(into:)"
+        case .hitOnly: "(a) Appliance.readIfCached"
         case .tcp: "(b) loopback TCP"
         case .pread: "(c) pread"
         }
@@ -226,6 +228,9 @@ struct Setup {
             case .inProcess:
                 _ = try await appliance.read(key: key, offset: UInt64(offset), into: target)
                 got = UnsafeRawPointer(target.baseAddress!)
+            case .hitOnly:
+                guard appliance.readIfCached(key: key, offset: UInt64(offset), into: target) != nil else { throw BenchError("readIfCached missed at \(offset)") }
+                got = UnsafeRawPointer(target.baseAddress!)
             case .tcp:
                 requestID += 1
                 got = try RawClient.read(connection, key: key, offset: offset, length: readBytes, requestID: requestID, frame: buffer.raw)
@@ -269,6 +274,21 @@ struct Setup {
                             }
                             if !expected.matchesEnds(target.baseAddress!, offset: offset, count: readBytes) { failures.add() }
                         }
+                    }
+                }
+            }
+        case .hitOnly:
+            let appliance = appliance
+            let key = key
+            let expected = expected
+            runThreads(threads) { worker in
+                let target = UnsafeMutableRawBufferPointer(rebasing: buffers[worker].raw[0..<readBytes])
+                for index in 0..<readsPerWorker {
+                    let offset = ((starts[worker] + index) % slots) * readBytes
+                    guard appliance.readIfCached(key: key, offset: UInt64(offset), into: target) != nil,
+                          expected.matchesEnds(target.baseAddress!, offset: offset, count: readBytes) else {
+                        failures.add()
+                        continue
                     }
                 }
             }
@@ -467,7 +487,7 @@ func runThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
 
 func cpuMicros() -> Int {
     var usage = rusage()
-    getrusage(RUSAGE_SELF, &usage)
+    getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
     return (usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) * 1_000_000 + Int(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec)
 }
 
