@@ -236,16 +236,29 @@ public final class BlockCache: Sendable {
         let first = range.lowerBound / sectorBytes
         let end = (range.upperBound + sectorBytes - 1) / sectorBytes
         var runs: [Range<UInt64>] = []
+        let full = fullMask
         state.withLock { s in
             let known = s.objects[key]?.etag == etag
-            for sector in first..<end {
-                let slot = known ? s.index[BlockID(key: key, block: sector / perBlock)] : nil
+            var sector = first
+            // One table lookup per block (read-ahead asks this of megabytes after every sequential read).
+            while sector < end {
+                let block = sector / perBlock
+                let blockEnd = min(end, (block + 1) * perBlock)
+                let slot = known ? s.index[BlockID(key: key, block: block)] : nil
                 let mask = slot.map { s.masks[Int($0)] } ?? 0
-                if mask & (1 << UInt16(sector % perBlock)) != 0 { continue }
-                if let last = runs.last, last.upperBound == sector {
-                    runs[runs.count - 1] = last.lowerBound..<(sector + 1)
-                } else {
-                    runs.append(sector..<(sector + 1))
+                if mask == full {
+                    sector = blockEnd
+                    continue
+                }
+                while sector < blockEnd {
+                    if mask & (1 << UInt16(sector % perBlock)) == 0 {
+                        if let last = runs.last, last.upperBound == sector {
+                            runs[runs.count - 1] = last.lowerBound..<(sector + 1)
+                        } else {
+                            runs.append(sector..<(sector + 1))
+                        }
+                    }
+                    sector += 1
                 }
             }
         }
