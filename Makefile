@@ -23,7 +23,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Tests that pin threads and measure timing run one suite at a time on small machines.
 TEST_FLAGS ?= --no-parallel
 
-.PHONY: all deps bench-deps build build-tests guest-image test demo bench bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan bench-gateway bench-firmware bench-migration soak clean
+.PHONY: all deps bench-deps build build-tests guest-image test demo bench bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan bench-gateway bench-gateway-cachehit bench-firmware bench-migration soak clean
 
 all: build
 
@@ -89,7 +89,7 @@ test: build-tests guest-image
 demo: build
 	scripts/demo.sh
 
-bench: bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan bench-gateway bench-firmware bench-migration
+bench: bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan bench-gateway bench-gateway-cachehit bench-firmware bench-migration
 
 bench-ring: bench-deps
 	scripts/bench-ring.sh
@@ -133,6 +133,10 @@ bench-wan: bench-deps build
 # The gateway over `sluice wan` (20 ms, 20 Mbit/s): two hops vs direct ranged GETs, and the cache-hit path vs pread (root; docs/GATEWAY.md).
 bench-gateway: bench-deps build
 	NO_BUILD=1 scripts/bench-gateway.sh
+
+# The appliance's cache-hit path in process and over loopback TCP vs pread of the same bytes (no root; docs/BENCHMARKS.md).
+bench-gateway-cachehit:
+	scripts/bench-gateway-cachehit.sh
 
 # The TPM attempt counter through ESAPI against tpm2-tools per operation, and the boot check (swtpm; docs/FIRMWARE.md).
 bench-firmware: bench-deps

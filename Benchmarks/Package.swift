@@ -109,6 +109,15 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // The gateway appliance's cache-hit path: in process, over loopback TCP (ApplianceServer + a Swift
+        // client), and pread of the same bytes from a local file, same run (scripts/bench-gateway-cachehit.sh).
+        .executableTarget(
+            name: "gateway-cachehit",
+            dependencies: [
+                .product(name: "SluiceGateway", package: "Sluice"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
         // The core runtime's 3-stage load test (generator -> relay -> latency sink): benchmark code kept
         // out of SluiceCore, run by `pipeline-load` (scripts/bench-pipeline.sh) and PipelineBench.
         .target(name: "PipelineLoad", dependencies: [.product(name: "SluiceCore", package: "Sluice")]),

@@ -463,6 +463,34 @@ public final class Appliance: Sendable {
         throw .objectKeptChanging(key: key, attempts: Self.attemptsMax)
     }
 
+    /// A read the cache answers alone, without suspending: `out.count` bytes at `offset` of `key` into
+    /// `out` when the object's stat is fresh (`statTTLNs`), no sealed journal holds the key, and the
+    /// cache holds every sector of the range; then the object's size and etag, the read counted as
+    /// `read` counts a hit (and read-ahead started when it is sequential). nil when anything is
+    /// missing: nothing counted, `out` undefined; the caller then calls `read`, which also reports every
+    /// error. The server calls it on its event loop, so a hit costs no task and one copy.
+    public func readIfCached(key: String, offset: UInt64, into out: UnsafeMutableRawBufferPointer,
+                             share shareName: String = "default") -> (size: UInt64, etag: String)? {
+        let length = out.count
+        guard length <= configuration.readBytesMax, gatewayKeyIsValid(key) else { return nil }
+        if let journal, journal.newestSealed(key: key) != nil { return nil }
+        let ttl = configuration.statTTLNs
+        guard ttl > 0, let stat = state.withLock({ $0.stats[key] }), monotonicNs() &- stat.atNs < ttl else { return nil }
+        guard offset <= stat.size, UInt64(length) <= stat.size - offset else { return nil }
+        guard let share = try? share(shareName) else { return nil }
+        let range = offset..<(offset + UInt64(length))
+        guard cache.copyIfComplete(key: key, etag: stat.etag, range: range, into: out) else { return nil }
+        let sequential = share.observe(key: key, offset: offset, length: length) >= configuration.sequentialStreakMin
+        share.finish(length: length, succeeded: true)
+        let sectorBytes = UInt64(units.sectorBytes)
+        let sectors = range.isEmpty ? 0 : (range.upperBound + sectorBytes - 1) / sectorBytes - range.lowerBound / sectorBytes
+        counters.add(counters.reads)
+        counters.add(counters.hitSectors, Int(sectors))
+        counters.add(counters.bytesServed, length)
+        if sequential { readAhead(key: key, etag: stat.etag, size: stat.size, after: range.upperBound, share: share) }
+        return (stat.size, stat.etag)
+    }
+
     /// Copies the bytes of `reply`'s extents that fall in object bytes `range` into `out`.
     private func copy(_ reply: ChunkReply, range: Range<UInt64>, into out: UnsafeMutableRawBufferPointer) {
         let base = reply.chunk * UInt64(units.chunkBytes)

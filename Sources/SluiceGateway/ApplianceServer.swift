@@ -254,6 +254,10 @@ final class ApplianceHandler: ChannelInboundHandler {
             }
         case .read(let key, let offset, let length):
             let share = share
+            if let reply = cachedRead(key: key, offset: offset, length: Int(length), share: share, requestID: requestID, channel) {
+                complete(sequence, reply, closeAfter: false, channel)
+                return
+            }
             run(sequence, requestID: requestID, opcode: opcode, channel) {
                 do throws(ApplianceError) {
                     return .read(try await appliance.read(key: key, offset: offset, length: Int(length), share: share))
@@ -262,6 +266,40 @@ final class ApplianceHandler: ChannelInboundHandler {
                 }
             }
         }
+    }
+
+    /// A read the cache answers whole (`Appliance.readIfCached`), copied on the event loop straight
+    /// from the cache into the reply buffer behind room for the largest header; the header is then
+    /// written right before the bytes (the frame `encode` makes for `.read`, with no other copy). nil:
+    /// the read needs the intermediate, or fails (`run` then answers it).
+    private func cachedRead(key: String, offset: UInt64, length: Int, share: String, requestID: UInt64, _ channel: Channel) -> ByteBuffer? {
+        guard length <= appliance.configuration.readBytesMax else { return nil }
+        let prefixMax = 4 + GatewayProtocol.replyHeaderBytes + 8 + 2 + GatewayProtocol.etagBytesMax + 4
+        var buffer = channel.allocator.buffer(capacity: prefixMax + length)
+        buffer.writeRepeatingByte(0, count: prefixMax)
+        var stat: (size: UInt64, etag: String)?
+        let appliance = appliance
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { target in
+            stat = appliance.readIfCached(key: key, offset: offset, into: UnsafeMutableRawBufferPointer(rebasing: target[0..<length]), share: share)
+            return stat == nil ? 0 : length
+        }
+        guard let stat else { return nil }
+        let etagBytes = stat.etag.utf8.count
+        precondition(etagBytes <= GatewayProtocol.etagBytesMax, "etags are bounded where they are decoded")
+        let prefix = 4 + GatewayProtocol.replyHeaderBytes + 8 + 2 + etagBytes + 4
+        var at = prefixMax - prefix
+        buffer.moveReaderIndex(to: at)
+        at += buffer.setInteger(UInt32(prefix - 4 + length), at: at)
+        at += buffer.setInteger(ApplianceProtocol.version, at: at)
+        at += buffer.setInteger(ApplianceOpcode.read.rawValue, at: at)
+        at += buffer.setInteger(requestID, at: at)
+        at += buffer.setInteger(ApplianceStatus.ok.rawValue, at: at)
+        at += buffer.setInteger(stat.size, at: at)
+        at += buffer.setInteger(UInt16(etagBytes), at: at)
+        at += buffer.setString(stat.etag, at: at)
+        at += buffer.setInteger(UInt32(length), at: at)
+        precondition(at == prefixMax && buffer.readableBytes == prefix + length, "the header ends where the bytes start")
+        return buffer
     }
 
     private func run(_ sequence: UInt64, requestID: UInt64, opcode: UInt8, _ channel: Channel,

@@ -32,6 +32,18 @@ public struct BlockCacheStats: Sendable, Equatable {
     public var evictions: UInt64
     /// Blocks dropped because their object came back with another etag (or was invalidated).
     public var dropped: UInt64
+    /// Verified sectors not stored because every block was pinned by readers copying out of it.
+    public var skippedSectors: UInt64 = 0
+    /// Blocks pinned now (0 when no read is copying).
+    public var pinnedBlocks: Int = 0
+}
+
+/// One stretch of valid bytes a read copies out of the arena (found under the lock, copied after).
+private struct CopyRun {
+    var slot: Int32
+    var arenaOffset: Int
+    var outOffset: Int
+    var count: Int
 }
 
 /// Blocks of objects, each with a mask of its sectors that hold verified bytes. A block belongs to one
@@ -73,7 +85,8 @@ public final class BlockCache: Sendable {
     public var stats: BlockCacheStats {
         state.withLock { s in
             BlockCacheStats(blocks: s.index.count, capacityBlocks: capacityBlocks, objects: s.objects.count,
-                            evictions: s.evictions, dropped: s.dropped)
+                            evictions: s.evictions, dropped: s.dropped, skippedSectors: s.skippedSectors,
+                            pinnedBlocks: s.pins.reduce(0) { $0 + ($1 > 0 ? 1 : 0) })
         }
     }
 
@@ -83,45 +96,85 @@ public final class BlockCache: Sendable {
     @discardableResult
     public func copy(key: String, etag: String, range: Range<UInt64>, into out: UnsafeMutableRawBufferPointer,
                      missing: inout [Range<UInt64>]) -> Int {
+        copy(key: key, etag: etag, range: range, into: out, missing: &missing, onlyIfComplete: false) ?? 0
+    }
+
+    /// Copies bytes `range` of object (`key`, `etag`) into `out` when the cache holds every sector of
+    /// it (then true, the blocks touched); false without copying anything otherwise.
+    public func copyIfComplete(key: String, etag: String, range: Range<UInt64>, into out: UnsafeMutableRawBufferPointer) -> Bool {
+        var missing: [Range<UInt64>] = []
+        return copy(key: key, etag: etag, range: range, into: out, missing: &missing, onlyIfComplete: true) != nil
+    }
+
+    /// The copy behind both: the lock is held to find the valid runs and pin their blocks, not for
+    /// the copying (readers copy in parallel; a pinned block is neither evicted nor reused, and `store`
+    /// never rewrites a valid sector, so the bytes copied do not change under the copy). nil: something
+    /// was missing and `onlyIfComplete` (nothing copied, nothing pinned).
+    private func copy(key: String, etag: String, range: Range<UInt64>, into out: UnsafeMutableRawBufferPointer,
+                      missing: inout [Range<UInt64>], onlyIfComplete: Bool) -> Int? {
         precondition(out.count >= range.count, "the output holds the range")
         guard !range.isEmpty else { return 0 }
         let sectorBytes = UInt64(self.sectorBytes)
         let perBlock = UInt64(sectorsPerBlock)
         let first = range.lowerBound / sectorBytes
         let end = (range.upperBound + sectorBytes - 1) / sectorBytes
-        var hits = 0
-        state.withLock { s in
-            let known = s.objects[key]?.etag == etag
-            var sector = first
-            while sector < end {
-                let block = sector / perBlock
-                let blockEnd = min(end, (block + 1) * perBlock)
-                let slot = known ? s.index[BlockID(key: key, block: block)] : nil
-                if let slot { s.touch(slot) }
-                let mask = slot.map { s.masks[Int($0)] } ?? 0
-                while sector < blockEnd {
-                    if mask & (1 << UInt16(sector % perBlock)) != 0 {
-                        // One copy per run of valid sectors (a whole block when all are valid).
-                        var runEnd = sector + 1
-                        while runEnd < blockEnd, mask & (1 << UInt16(runEnd % perBlock)) != 0 { runEnd += 1 }
-                        let from = max(range.lowerBound, sector * sectorBytes)
-                        let to = min(range.upperBound, runEnd * sectorBytes)
-                        let arenaOffset = Int(slot!) * blockBytes + Int(from - block * perBlock * sectorBytes)
-                        out.baseAddress!.advanced(by: Int(from - range.lowerBound))
-                            .copyMemory(from: arena.base.advanced(by: arenaOffset), byteCount: Int(to - from))
-                        hits += Int(runEnd - sector)
-                        sector = runEnd
-                        continue
-                    } else if let last = missing.last, last.upperBound == sector {
-                        missing[missing.count - 1] = last.lowerBound..<(sector + 1)
-                    } else {
-                        missing.append(sector..<(sector + 1))
+        let blockBytes = self.blockBytes
+        // At most one run per valid sector: the bound of the run list.
+        let runsMax = Int(end - first)
+        return withUnsafeTemporaryAllocation(of: CopyRun.self, capacity: runsMax) { runs -> Int? in
+            var runCount = 0
+            var hits = 0
+            let complete: Bool = state.withLock { s in
+                let known = s.objects[key]?.etag == etag
+                var sector = first
+                var complete = true
+                while sector < end {
+                    let block = sector / perBlock
+                    let blockEnd = min(end, (block + 1) * perBlock)
+                    let slot = known ? s.index[BlockID(key: key, block: block)] : nil
+                    if let slot { s.touch(slot) }
+                    let mask = slot.map { s.masks[Int($0)] } ?? 0
+                    while sector < blockEnd {
+                        if mask & (1 << UInt16(sector % perBlock)) != 0 {
+                            // One run per stretch of valid sectors (a whole block when all are valid).
+                            var runEnd = sector + 1
+                            while runEnd < blockEnd, mask & (1 << UInt16(runEnd % perBlock)) != 0 { runEnd += 1 }
+                            let from = max(range.lowerBound, sector * sectorBytes)
+                            let to = min(range.upperBound, runEnd * sectorBytes)
+                            precondition(runCount < runsMax, "one run per valid sector at most")
+                            runs[runCount] = CopyRun(slot: slot!, arenaOffset: Int(slot!) * blockBytes + Int(from - block * perBlock * sectorBytes),
+                                                     outOffset: Int(from - range.lowerBound), count: Int(to - from))
+                            runCount += 1
+                            hits += Int(runEnd - sector)
+                            sector = runEnd
+                            continue
+                        }
+                        complete = false
+                        if !onlyIfComplete {
+                            if let last = missing.last, last.upperBound == sector {
+                                missing[missing.count - 1] = last.lowerBound..<(sector + 1)
+                            } else {
+                                missing.append(sector..<(sector + 1))
+                            }
+                        }
+                        sector += 1
                     }
-                    sector += 1
+                    if !complete && onlyIfComplete { return false }
                 }
+                for index in 0..<runCount { s.pins[Int(runs[index].slot)] += 1 }
+                return complete
             }
+            if !complete && onlyIfComplete { return nil }
+            guard runCount > 0 else { return 0 }
+            for index in 0..<runCount {
+                let run = runs[index]
+                out.baseAddress!.advanced(by: run.outOffset).copyMemory(from: arena.base.advanced(by: run.arenaOffset), byteCount: run.count)
+            }
+            state.withLock { s in
+                for index in 0..<runCount { s.unpin(runs[index].slot) }
+            }
+            return hits
         }
-        return hits
     }
 
     /// Stores verified sectors of object (`key`, `etag`) from object-relative sector `firstSector`:
@@ -145,7 +198,12 @@ public final class BlockCache: Sendable {
                 if let existing = s.index[id] {
                     slot = existing
                 } else {
-                    slot = s.allocate(arenaBlocks: capacityBlocks)
+                    // Every block pinned by readers copying out of them: the rest is not cached.
+                    guard let fresh = s.allocate(arenaBlocks: capacityBlocks) else {
+                        s.skippedSectors += UInt64(sectorCount - index)
+                        break
+                    }
+                    slot = fresh
                     s.ids[Int(slot)] = id
                     s.masks[Int(slot)] = 0
                     s.index[id] = slot
@@ -155,10 +213,14 @@ public final class BlockCache: Sendable {
                 s.touch(slot)
                 var inBlock = Int(sector % perBlock)
                 while index < sectorCount, inBlock < Int(perBlock) {
-                    let length = min(sectorBytes, bytes.count - index * sectorBytes)
-                    let target = arena.base.advanced(by: Int(slot) * blockBytes + inBlock * sectorBytes)
-                    target.copyMemory(from: bytes.baseAddress!.advanced(by: index * sectorBytes), byteCount: length)
-                    s.masks[Int(slot)] |= 1 << UInt16(inBlock)
+                    // A valid sector is never rewritten (same etag, same verified bytes): readers may
+                    // be copying it out without the lock.
+                    if s.masks[Int(slot)] & (1 << UInt16(inBlock)) == 0 {
+                        let length = min(sectorBytes, bytes.count - index * sectorBytes)
+                        let target = arena.base.advanced(by: Int(slot) * blockBytes + inBlock * sectorBytes)
+                        target.copyMemory(from: bytes.baseAddress!.advanced(by: index * sectorBytes), byteCount: length)
+                        s.masks[Int(slot)] |= 1 << UInt16(inBlock)
+                    }
                     index += 1
                     inBlock += 1
                 }
@@ -174,16 +236,29 @@ public final class BlockCache: Sendable {
         let first = range.lowerBound / sectorBytes
         let end = (range.upperBound + sectorBytes - 1) / sectorBytes
         var runs: [Range<UInt64>] = []
+        let full = fullMask
         state.withLock { s in
             let known = s.objects[key]?.etag == etag
-            for sector in first..<end {
-                let slot = known ? s.index[BlockID(key: key, block: sector / perBlock)] : nil
+            var sector = first
+            // One table lookup per block (read-ahead asks this of megabytes after every sequential read).
+            while sector < end {
+                let block = sector / perBlock
+                let blockEnd = min(end, (block + 1) * perBlock)
+                let slot = known ? s.index[BlockID(key: key, block: block)] : nil
                 let mask = slot.map { s.masks[Int($0)] } ?? 0
-                if mask & (1 << UInt16(sector % perBlock)) != 0 { continue }
-                if let last = runs.last, last.upperBound == sector {
-                    runs[runs.count - 1] = last.lowerBound..<(sector + 1)
-                } else {
-                    runs.append(sector..<(sector + 1))
+                if mask == full {
+                    sector = blockEnd
+                    continue
+                }
+                while sector < blockEnd {
+                    if mask & (1 << UInt16(sector % perBlock)) == 0 {
+                        if let last = runs.last, last.upperBound == sector {
+                            runs[runs.count - 1] = last.lowerBound..<(sector + 1)
+                        } else {
+                            runs.append(sector..<(sector + 1))
+                        }
+                    }
+                    sector += 1
                 }
             }
         }
@@ -218,7 +293,7 @@ public final class BlockCache: Sendable {
     /// Checks the tables against each other (tests).
     func checkInvariants() {
         state.withLock { s in
-            precondition(s.index.count + s.free.count == s.used, "every used slot is indexed or free")
+            precondition(s.index.count + s.free.count + s.retiredCount == s.used, "every used slot is indexed, free or retired")
             precondition(s.used <= capacityBlocks, "slots within the capacity")
             let blocks = s.objects.values.reduce(0) { $0 + $1.blocks.count }
             precondition(blocks == s.index.count, "object block sets match the index")
@@ -261,6 +336,12 @@ private struct State: ~Copyable {
     var index: [BlockID: Int32] = [:]
     var objects: [String: ObjectEntry] = [:]
     var free: [Int32] = []
+    /// Readers copying out of each slot now: a pinned slot is never evicted or reused.
+    var pins: [Int32]
+    /// Released while pinned: unindexed, put on the free list by the last unpin.
+    var retired: [Bool]
+    var retiredCount = 0
+    var skippedSectors: UInt64 = 0
     /// Slots handed out at least once (the rest of the arena was never touched).
     var used = 0
     var evictions: UInt64 = 0
@@ -272,6 +353,8 @@ private struct State: ~Copyable {
         masks = Array(repeating: 0, count: capacity)
         older = Array(repeating: -1, count: capacity)
         newer = Array(repeating: -1, count: capacity)
+        pins = Array(repeating: 0, count: capacity)
+        retired = Array(repeating: false, count: capacity)
         free.reserveCapacity(capacity)
     }
 
@@ -293,21 +376,28 @@ private struct State: ~Copyable {
         if oldest < 0 { oldest = slot }
     }
 
-    /// A slot for a new block: a free one, a never used one, or the least recently used (evicted).
-    mutating func allocate(arenaBlocks: Int) -> Int32 {
+    /// A slot for a new block: a free one, a never used one, or the least recently used one no reader
+    /// has pinned (evicted). nil: every slot is pinned.
+    mutating func allocate(arenaBlocks: Int) -> Int32? {
         if let slot = free.popLast() { return slot }
         if used < arenaBlocks {
             used += 1
             return Int32(used - 1)
         }
-        let victim = oldest
-        precondition(victim >= 0, "a full cache has a least recently used block")
+        var victim = oldest
+        var steps = 0
+        while victim >= 0, pins[Int(victim)] > 0 {
+            victim = newer[Int(victim)]
+            steps += 1
+            precondition(steps <= arenaBlocks, "the LRU list is acyclic")
+        }
+        guard victim >= 0 else { return nil }
         release(victim)
         evictions += 1
         return free.popLast()!
     }
 
-    /// Unindexes `slot` and puts it on the free list.
+    /// Unindexes `slot`; it goes on the free list now, or when its last reader unpins it.
     mutating func release(_ slot: Int32) {
         let id = ids[Int(slot)]!
         unlink(slot)
@@ -316,7 +406,22 @@ private struct State: ~Copyable {
         masks[Int(slot)] = 0
         objects[id.key]?.blocks.remove(id.block)
         if objects[id.key]?.blocks.isEmpty == true { objects[id.key] = nil }
-        free.append(slot)
+        if pins[Int(slot)] > 0 {
+            retired[Int(slot)] = true
+            retiredCount += 1
+        } else {
+            free.append(slot)
+        }
+    }
+
+    mutating func unpin(_ slot: Int32) {
+        precondition(pins[Int(slot)] > 0, "each pin is released once")
+        pins[Int(slot)] -= 1
+        if pins[Int(slot)] == 0, retired[Int(slot)] {
+            retired[Int(slot)] = false
+            retiredCount -= 1
+            free.append(slot)
+        }
     }
 
     mutating func dropObject(_ key: String) {
