@@ -1,7 +1,6 @@
 // Path: Sources/SluiceMigration/MigrationExecutor.swift — runs one planned move through QMP: starts the
 // destination from the template, sets the convergence parameters, migrates, follows it, cuts over, grows
 // the guest to its target type, confirms through the agent, and only then stops the source.
-import CoreMetrics
 import Glibc
 import SluiceCore
 import Synchronization
@@ -179,14 +178,9 @@ public final class MigrationExecutor: Sendable {
     public let configuration: Configuration
     let connectAgent: GuestAgentConnector
     let sequence = Atomic<Int>(0)
-    let running = Atomic<Int>(0)
 
-    // Metrics (swift-metrics; the service exports them when a backend is bootstrapped).
-    let runningGauge = Gauge(label: "sluice_migration_running")
-    let bytesCounter = Counter(label: "sluice_migration_transferred_bytes_total")
-    let downtimeRecorder = Recorder(label: "sluice_migration_downtime_ms")
-    let totalTimeRecorder = Recorder(label: "sluice_migration_total_time_ms")
-    let completedCounter = Counter(label: "sluice_migration_completed_total")
+    /// What this executor has done (`sluice vm migrate --metrics` serves them).
+    public let counters = MigrationCounters()
 
     public init(_ configuration: Configuration, connectAgent: @escaping GuestAgentConnector) {
         self.configuration = configuration
@@ -198,21 +192,15 @@ public final class MigrationExecutor: Sendable {
     /// `MigrationFailure.postcopyLost`). Blocks (asynchronously) for the whole move.
     public func migrate(_ source: RunningGuest, plan: VMMovePlan, proof: MigratabilityProof,
                         policy: MigrationPolicy) async -> Result<(MigrationOutcome, RunningGuest), MigrationFailure> {
-        running.add(1, ordering: .relaxed)
-        runningGauge.record(running.load(ordering: .relaxed))
-        defer {
-            running.subtract(1, ordering: .relaxed)
-            runningGauge.record(running.load(ordering: .relaxed))
-        }
+        counters.started.add(1, ordering: .relaxed)
+        counters.running.add(1, ordering: .relaxed)
+        defer { counters.running.subtract(1, ordering: .relaxed) }
         let result = await move(source, plan: plan, proof: proof, policy: policy)
         switch result {
         case .success(let (outcome, _)):
-            completedCounter.increment()
-            bytesCounter.increment(by: Int64(clamping: outcome.transferredBytes))
-            downtimeRecorder.record(Int64(clamping: outcome.downtimeMs))
-            totalTimeRecorder.record(Int64(clamping: outcome.totalTimeMs))
+            counters.completed(outcome)
         case .failure(let failure):
-            Counter(label: "sluice_migration_failures_total", dimensions: [("reason", failure.reason)]).increment()
+            counters.failed(failure.reason)
         }
         return result
     }

@@ -5,6 +5,7 @@ import ArgumentParser
 import Foundation
 import Glibc
 import SluiceMigration
+import SluiceService
 
 struct VMCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -27,6 +28,15 @@ struct VMCommand: AsyncParsableCommand {
         do { return try JSONDecoder().decode(T.self, from: data) } catch {
             throw ValidationError("\(flag) \(path): not a \(T.self): \(error)")
         }
+    }
+
+    /// Runs `body` with a QMP connection to `path`, closed afterwards whatever `body` does.
+    static func withQMP<T>(_ path: String, _ body: (QMPClient) async throws -> T) async throws -> T {
+        let client = try await QMPClient.connect(path: path)
+        let result: Result<T, any Error>
+        do { result = .success(try await body(client)) } catch { result = .failure(error) }
+        await client.close()
+        return try result.get()
     }
 
     static func printJSON<T: Encodable>(_ value: T) throws {
@@ -64,13 +74,7 @@ struct VMCommand: AsyncParsableCommand {
 
         func run() async throws {
             let type = try hostType.map { try VMCommand.load(HostType.self, $0, flag: "--host-type") }
-            let client = try await QMPClient.connect(path: qmp)
-            let inventory: HostInventory
-            do { inventory = try await HostInventory.read(from: client, hostType: type) } catch {
-                await client.close()
-                throw error
-            }
-            await client.close()
+            let inventory = try await VMCommand.withQMP(qmp) { try await HostInventory.read(from: $0, hostType: type) }
             guard models else { return try VMCommand.printJSON(inventory) }
             print("QEMU \(inventory.qemuVersion); host model \(inventory.hostCPUModel) (\(inventory.hostCPUFeatures.count) features)")
             for model in inventory.cpuModels {
@@ -104,17 +108,10 @@ struct VMCommand: AsyncParsableCommand {
 
         func run() async throws {
             let launch = try VMCommand.load(GuestLaunchSpec.self, spec, flag: "--spec")
-            let client = try await QMPClient.connect(path: qmp)
-            let guest = RunningGuest(name: name, spec: launch, qmp: client, agentSocketPath: agent)
-            let description: VMDescription
-            do {
-                description = try await VMDescription.survey(guest, connectAgent: AgentChannelConnection.connector,
-                                                             dirtyRateSeconds: dirtySeconds)
-            } catch {
-                await client.close()
-                throw error
+            let description = try await VMCommand.withQMP(qmp) { client in
+                try await VMDescription.survey(RunningGuest(name: name, spec: launch, qmp: client, agentSocketPath: agent),
+                                               connectAgent: AgentChannelConnection.connector, dirtyRateSeconds: dirtySeconds)
             }
-            await client.close()
             try VMCommand.printJSON(description)
         }
     }
@@ -214,6 +211,14 @@ struct VMCommand: AsyncParsableCommand {
         @Option(help: "QEMU binary.")
         var qemu = "/usr/bin/qemu-system-x86_64"
 
+        @Option(help: "Serve Prometheus metrics (text format) on GET /metrics at HOST:PORT while the move runs and after "
+                    + "(port 0: any free port, printed on start).")
+        var metrics: String?
+
+        func validate() throws {
+            if let metrics { _ = try hostPort(metrics, flag: "--metrics", portZero: true) }
+        }
+
         func run() async throws {
             let launch = try VMCommand.load(GuestLaunchSpec.self, spec, flag: "--spec")
             let loaded = try VMCommand.load(MigrationTemplate.self, template, flag: "--template")
@@ -223,6 +228,15 @@ struct VMCommand: AsyncParsableCommand {
             let client = try await QMPClient.connect(path: qmp)
             let source = RunningGuest(name: name, spec: launch, qmp: client, agentSocketPath: agent)
             let executor = MigrationExecutor(.init(qemuBinary: qemu, runRoot: runRoot), connectAgent: AgentChannelConnection.connector)
+            var endpoint: MetricsEndpoint?
+            if let metrics {
+                let (host, port) = try hostPort(metrics, flag: "--metrics", portZero: true)
+                let counters = executor.counters
+                endpoint = try MetricsEndpoint.bind(ListenAddress(host: host, port: port), render: { counters.prometheusText() })
+                print("metrics on \(endpoint!.host):\(endpoint!.port)")
+                fflush(nil)
+            }
+            defer { endpoint?.close() }
             let result: Result<(MigrationOutcome, RunningGuest), MigrationFailure>
             if let plan = loaded.plans.first(where: { $0.vm == name }) {
                 result = await executor.migrate(source, plan: plan, proof: proof, policy: loaded.policy)

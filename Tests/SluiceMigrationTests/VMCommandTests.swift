@@ -65,7 +65,8 @@ import Testing
         // The move: the command prints the outcome, then stays with the destination as its child.
         let migrate = try ChildProcess([sluice, "vm", "migrate", "--name", "cli", "--qmp", GuestLaunchSpec.operatorQMPPath(runDirectory: process.runDirectory),
                                         "--agent", source.agentSocketPath, "--spec", root + "/spec.json",
-                                        "--template", root + "/template.json", "--run-root", root + "/dst"])
+                                        "--template", root + "/template.json", "--run-root", root + "/dst",
+                                        "--metrics", "127.0.0.1:0"])
         var lines: [String] = []
         let deadline = ContinuousClock.now + .seconds(180)
         while ContinuousClock.now < deadline, !lines.contains(where: { $0.hasPrefix("destination:") }) {
@@ -80,10 +81,21 @@ import Testing
             }
             return
         }
-        let outcomeText = lines.prefix { !$0.hasPrefix("destination:") }.joined(separator: "\n")
+        let outcomeText = lines.prefix { !$0.hasPrefix("destination:") }.filter { !$0.hasPrefix("metrics on ") }
+            .joined(separator: "\n")
         let outcome = try? JSONDecoder().decode(MigrationOutcome.self, from: Data(outcomeText.utf8))
         #expect(outcome?.after.vcpusOnline == 2, "stdout: \(lines.joined(separator: "\n")); stderr: \(migrate.stderrText)")
         #expect(outcome?.after.bootID == outcome?.before.bootID)
+        // The metrics endpoint counts the move (scraped with curl while the command holds the destination).
+        if let address = lines.first(where: { $0.hasPrefix("metrics on ") })?.dropFirst("metrics on ".count) {
+            let scrape = try runCommand(["/usr/bin/curl", "-sf", "http://\(address)/metrics"])
+            #expect(scrape.status == 0, "\(scrape.stderr)")
+            #expect(scrape.lines.contains("sluice_migration_completed_total 1"), "\(scrape.lines)")
+            #expect(scrape.lines.contains("sluice_migration_running 0"))
+            #expect(scrape.lines.contains("sluice_migration_failures_total{reason=\"not_confirmed\"} 0"))
+        } else {
+            Issue.record("no 'metrics on' line: \(lines)")
+        }
         let sourceEnded = await process.waitForExit(timeout: .seconds(10))
         #expect(sourceEnded != nil)  // the source quit once the destination was confirmed
         migrate.signal(SIGTERM)

@@ -125,7 +125,9 @@ static void out_string(struct out *o, const char *s) {
     out_raw(o, "\"", 1);
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
         if (*p == '"' || *p == '\\') { char e[2] = {'\\', (char)*p}; out_raw(o, e, 2); }
-        else if (*p < 0x20) out_fmt(o, "\\u%04x", *p);
+        /* Control bytes and every byte >= 0x7f as \u00XX: the reply is always valid JSON and UTF-8,
+           whatever bytes a model name or the requires file hold. */
+        else if (*p < 0x20 || *p >= 0x7f) out_fmt(o, "\\u%04x", *p);
         else out_raw(o, (const char *)p, 1);
     }
     out_raw(o, "\"", 1);
@@ -150,6 +152,7 @@ static int count_cpu_list(const char *path) {
 }
 
 /* The value after "key\s*:\s*" on the first line of /proc/cpuinfo that starts with key. */
+/* 0 when found whole, 1 when cut to fit `size`, -1 when absent. */
 static int cpuinfo_field(const char *cpuinfo, const char *key, char *value, size_t size) {
     size_t key_len = strlen(key);
     for (const char *line = cpuinfo; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
@@ -161,10 +164,11 @@ static int cpuinfo_field(const char *cpuinfo, const char *key, char *value, size
         while (*p == ' ') p++;
         const char *end = strchr(p, '\n');
         size_t n = end ? (size_t)(end - p) : strlen(p);
-        if (n >= size) n = size - 1;
+        int cut = n >= size;
+        if (cut) n = size - 1;
         memcpy(value, p, n);
         value[n] = '\0';
-        return 0;
+        return cut;
     }
     value[0] = '\0';
     return -1;
@@ -295,11 +299,11 @@ static void append_report(struct out *o) {
 
     if (read_file("/proc/cpuinfo", cpuinfo, sizeof cpuinfo) < 0) cpuinfo[0] = '\0';
     cpuinfo_field(cpuinfo, "model name", model, sizeof model);
-    cpuinfo_field(cpuinfo, "flags", flags_line, sizeof flags_line);
-    for (char *save = NULL, *f = strtok_r(flags_line, " ", &save); f && flag_count < AGENT_FLAGS_COUNT_MAX;
-         f = strtok_r(NULL, " ", &save)) {
-        flags[flag_count++] = f;
-    }
+    /* A cut flags line would drop flags a destination must provide: the report fails instead. */
+    if (cpuinfo_field(cpuinfo, "flags", flags_line, sizeof flags_line) > 0) o->overflow = 1;
+    char *save = NULL, *f = strtok_r(flags_line, " ", &save);
+    for (; f && flag_count < AGENT_FLAGS_COUNT_MAX; f = strtok_r(NULL, " ", &save)) flags[flag_count++] = f;
+    if (f) o->overflow = 1;
 
     out_fmt(o, "{\"version\":%d,\"bootID\":", AGENT_PROTOCOL_VERSION);
     if (read_file("/proc/sys/kernel/random/boot_id", text, sizeof text) < 0) text[0] = '\0';
