@@ -211,8 +211,7 @@ struct VMCommand: AsyncParsableCommand {
         @Option(help: "QEMU binary.")
         var qemu = "/usr/bin/qemu-system-x86_64"
 
-        @Option(help: "Serve Prometheus metrics (text format) on GET /metrics at HOST:PORT while the move runs and after "
-                    + "(port 0: any free port, printed on start).")
+        @Option(help: "Serve Prometheus metrics on GET /metrics at HOST:PORT during and after the move (port 0: any, printed).")
         var metrics: String?
 
         func validate() throws {
