@@ -22,7 +22,12 @@ import Testing
         }
         let image = try GuestImage.prepared()
         let root = try MigrationExecutorTests.scratch()
-        defer { try? FileManager.default.removeItem(atPath: root) }
+        defer {
+            // `sluice vm migrate` leaves its destination running when it is stopped (the destination holds
+            // the guest): kill every QEMU whose files are under this test's directory, whatever happened.
+            Self.killQEMUs(under: root)
+            try? FileManager.default.removeItem(atPath: root)
+        }
         let spec = MigrationExecutorTests.spec(image, cpu: "Westmere", vcpus: 1, memoryMiB: 256)
         let source = try await MigrationExecutorTests.boot("cli", spec, in: root + "/src")
         let probe = try await QEMUProcess.launch(QEMUProcess.Configuration(
@@ -100,8 +105,17 @@ import Testing
         #expect(sourceEnded != nil)  // the source quit once the destination was confirmed
         migrate.signal(SIGTERM)
         _ = migrate.wait(timeoutMs: 10_000)
-        // The destination was the command's child in its own process group: stop it if it outlived the command.
-        if let line = lines.first(where: { $0.hasPrefix("destination:") }), let pid = line.split(separator: " ").last.flatMap({ Int32($0) }) {
+    }
+
+    /// SIGKILLs every qemu-system process whose command line names a path under `root`.
+    static func killQEMUs(under root: String) {
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return }
+        for entry in entries {
+            guard let pid = Int32(entry),
+                  let raw = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { continue }
+            let arguments = raw.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+            guard arguments.first?.hasSuffix("qemu-system-x86_64") == true,
+                  arguments.contains(where: { $0.contains(root + "/") }) else { continue }
             kill(pid, SIGKILL)
         }
     }
