@@ -237,6 +237,8 @@ public final class MigrationExecutor: Sendable {
     private func move(_ source: RunningGuest, plan: VMMovePlan, proof: MigratabilityProof,
                       policy: MigrationPolicy) async -> Result<(MigrationOutcome, RunningGuest), MigrationFailure> {
         let vm = source.name
+        // The name becomes a path: letters, digits, '.', '_', '-', not starting with '.', at most 64 bytes.
+        guard MigrationExecutor.isValidGuestName(vm) else { return .failure(.refused(vm: vm, blockers: [.invalidName])) }
         guard plan.vm == vm, proof.vm == vm else { return .failure(.refused(vm: vm, blockers: [.notInTemplate])) }
         guard proof.canMove else { return .failure(.refused(vm: vm, blockers: proof.blockers)) }
         // The plan must be for the guest as it runs now (a stale or edited template is refused).
@@ -267,7 +269,8 @@ public final class MigrationExecutor: Sendable {
         var destinationSpec = source.spec
         destinationSpec.cpuModel = plan.cpuModel
         destinationSpec.shape = plan.destinationShape
-        let runDirectory = "\(configuration.runRoot)/\(vm)-\(sequence.add(1, ordering: .relaxed).newValue)"
+        // The pid keeps two processes on one run root (same guest name) out of each other's directories.
+        let runDirectory = "\(configuration.runRoot)/\(vm)-\(getpid())-\(sequence.add(1, ordering: .relaxed).newValue)"
         if mkdir(configuration.runRoot, 0o755) != 0, errno != EEXIST {
             return .failure(.destinationDidNotStart(
                 vm: vm, reason: "\(SyscallError("mkdir \(configuration.runRoot)", Errno(rawValue: errno)))"))
@@ -480,6 +483,13 @@ public final class MigrationExecutor: Sendable {
             try? await Task.sleep(for: .milliseconds(500))
         }
         return .notConfirmed("agent did not confirm within \(Self.milliseconds(configuration.confirmTimeout)) ms: \(last)")
+    }
+
+    /// Whether `name` may name a guest (it becomes part of a run directory's path).
+    public static func isValidGuestName(_ name: String) -> Bool {
+        guard (1...64).contains(name.utf8.count), name.first != "." else { return false }
+        return name.utf8.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x61 && $0 <= 0x7A)
+            || $0 == 0x2E || $0 == 0x5F || $0 == 0x2D }
     }
 
     enum Confirmation {

@@ -170,6 +170,8 @@ public enum MigrationBlocker: Error, Codable, Sendable, Equatable, Hashable, Cus
     case wontConverge(dirtyBytesPerSecond: UInt64, bandwidthBytesPerSecond: UInt64, reason: String)
     /// The guest has no proof or plan in the template it was handed with.
     case notInTemplate
+    /// The guest's name cannot name a run directory (letters, digits, '.', '_', '-'; 1...64 bytes).
+    case invalidName
     /// The plan no longer fits the guest as it runs (`reason`): make a new template.
     case stalePlan(String)
 
@@ -192,6 +194,7 @@ public enum MigrationBlocker: Error, Codable, Sendable, Equatable, Hashable, Cus
         case .wontConverge(let dirty, let bandwidth, let reason):
             "dirty rate \(dirty) B/s against \(bandwidth) B/s: \(reason)"
         case .notInTemplate: "the guest has no proof or plan in this template"
+        case .invalidName: "the guest's name may hold only letters, digits, '.', '_', '-' (1 to 64, not starting with '.')"
         case .stalePlan(let reason): "the plan is stale: \(reason)"
         }
     }

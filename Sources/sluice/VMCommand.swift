@@ -20,9 +20,20 @@ struct VMCommand: AsyncParsableCommand {
         subcommands: [Inventory.self, Describe.self, Template.self, Plan.self, Migrate.self])
 
     /// Reads a JSON file into `T`, naming the file and the flag in the error.
+    /// The largest JSON file read (an inventory of every CPU model is about 200 KiB).
+    static let fileBytesMax = 4 << 20
+
     static func load<T: Decodable>(_ type: T.Type, _ path: String, flag: String) throws -> T {
         let data: Data
-        do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
+        do {
+            let size = try FileManager.default.attributesOfItem(atPath: path)[.size] as? Int ?? 0
+            guard size <= fileBytesMax else {
+                throw ValidationError("\(flag) \(path): \(size) bytes, more than the \(fileBytesMax) a \(T.self) may take")
+            }
+            data = try Data(contentsOf: URL(fileURLWithPath: path))
+        } catch let error as ValidationError {
+            throw error
+        } catch {
             throw ValidationError("\(flag) \(path): cannot read: \(error.localizedDescription)")
         }
         do { return try JSONDecoder().decode(T.self, from: data) } catch {
@@ -135,6 +146,7 @@ struct VMCommand: AsyncParsableCommand {
 
         func validate() throws {
             guard !vms.isEmpty else { throw ValidationError("give at least one --vm") }
+            if let vmType { _ = try VMCommand.parseVMType(vmType) }
         }
 
         func build() throws -> MigrationTemplate {

@@ -223,7 +223,11 @@ import Testing
             return
         }
         #expect(plan.convergence.strategy != .precopy, "\(plan.convergence.reason)")
-        let executor = MigrationExecutor(.init(runRoot: root + "/dst"), connectAgent: AgentChannelConnection.connector)
+        // The move may take the policy's whole limit (auto-converge under tcg took 23-70 s here): the
+        // executor's deadline is then the policy's 120 s, not the prediction's.
+        var configuration = MigrationExecutor.Configuration(runRoot: root + "/dst")
+        configuration.deadlineSlack = .seconds(policy.maxSeconds)
+        let executor = MigrationExecutor(configuration, connectAgent: AgentChannelConnection.connector)
         switch await executor.migrate(source, plan: plan, proof: template.proofs[0], policy: policy) {
         case .success(let (outcome, moved)):
             #expect(outcome.downtimeMs <= UInt64(policy.downtimeLimitMs) * 3)

@@ -120,3 +120,48 @@ import Testing
         }
     }
 }
+
+/// `sluice vm` on bad input: no guest or QEMU needed; each is refused with a message naming the flag.
+@Suite struct VMCommandBadInputTests {
+    @Test func badInputIsRefusedNamingTheFlag() throws {
+        guard let sluice = sluiceBinary() else {
+            Issue.record("the sluice binary is not built (swift build --product sluice)")
+            return
+        }
+        let root = try MigrationExecutorTests.scratch()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        // A file far larger than any description: refused before it is read.
+        FileManager.default.createFile(atPath: root + "/huge.json", contents: Data(count: (4 << 20) + 1))
+        try "{\"name\": 1}".write(toFile: root + "/wrong.json", atomically: true, encoding: .utf8)
+        let cases: [([String], String)] = [
+            (["template", "--vm", root + "/huge.json", "--inventory", root + "/huge.json", "--host-type", root + "/huge.json"],
+             "more than the"),
+            (["template", "--vm", root + "/wrong.json", "--inventory", root + "/wrong.json", "--host-type", root + "/wrong.json"],
+             "not a"),
+            (["template", "--vm", root + "/missing.json", "--inventory", root + "/m.json", "--host-type", root + "/m.json"],
+             "cannot read"),
+            (["template", "--inventory", root + "/m.json", "--host-type", root + "/m.json"], "at least one --vm"),
+            (["describe", "--name", "x", "--qmp", root + "/q", "--agent", root + "/a", "--spec", root + "/s",
+              "--dirty-seconds", "9999999999"], "--dirty-seconds"),
+            (["migrate", "--name", "x", "--qmp", root + "/q", "--agent", root + "/a", "--spec", root + "/s",
+              "--template", root + "/t", "--run-root", root, "--metrics", "127.0.0.1:99999999"], "--metrics"),
+        ]
+        for (arguments, expected) in cases {
+            let result = try runCommand([sluice, "vm"] + arguments)
+            #expect(result.status != 0, "\(arguments)")
+            #expect(result.stderr.contains(expected), "\(arguments): \(result.stderr)")
+        }
+        let planned = try runCommand([sluice, "vm", "plan", "--vm", root + "/m.json", "--inventory", root + "/m.json",
+                                      "--host-type", root + "/m.json", "--vm-type", "big:0:512"])
+        #expect(planned.status != 0 && planned.stderr.contains("--vm-type"), "\(planned.stderr)")
+    }
+
+    @Test func guestNamesThatWouldEscapeTheRunRootAreRefused() {
+        for bad in ["", "../x", ".hidden", "a/b", String(repeating: "a", count: 65), "sp ace"] {
+            #expect(!MigrationExecutor.isValidGuestName(bad), "\(bad)")
+        }
+        for good in ["web-1", "small_nehalem.2", String(repeating: "a", count: 64)] {
+            #expect(MigrationExecutor.isValidGuestName(good), "\(good)")
+        }
+    }
+}
