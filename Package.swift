@@ -20,6 +20,7 @@ let package = Package(
         .library(name: "SluiceEtcd", targets: ["SluiceEtcd"]),
         .library(name: "SluiceFirmware", targets: ["SluiceFirmware"]),
         .library(name: "SluiceMigration", targets: ["SluiceMigration"]),
+        .library(name: "SluiceOverlay", targets: ["SluiceOverlay"]),
         .executable(name: "sluice", targets: ["sluice"]),
     ],
     dependencies: [
@@ -164,6 +165,15 @@ let package = Package(
                 .product(name: "CoreMetrics", package: "swift-metrics"),
             ]
         ),
+        // Overlay network: producer leasing through etcd, VXLAN redirect on the consumer host (docs/OVERLAY.md).
+        .target(
+            name: "SluiceOverlay",
+            dependencies: [
+                "SluiceCore", "SluicePacket", "SluicePacketIO", "SluiceEtcd", "CShims",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // The WAN emulator: delay, jitter, loss, rate and queue limits between two interfaces (docs/WAN.md).
         .target(
             name: "SluiceWAN",
@@ -176,7 +186,7 @@ let package = Package(
             dependencies: [
                 "SluiceCore", "SluicePacket", "SluicePacketIO", "SluiceTraffic", "SluiceReplay",
                 "SluicePageStore", "SluiceStorageServer", "SluiceService", "SluiceReplication", "SluiceWAN", "SluiceGateway",
-                "SluiceFirmware", "SluiceMigration", .product(name: "Crypto", package: "swift-crypto"),
+                "SluiceFirmware", "SluiceMigration", "SluiceOverlay", .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -233,6 +243,11 @@ let package = Package(
                            .product(name: "Crypto", package: "swift-crypto"),
                            .product(name: "NIOCore", package: "swift-nio"),
                            .product(name: "NIOPosix", package: "swift-nio")]
+        ),
+        .testTarget(
+            name: "SluiceOverlayTests",
+            dependencies: ["SluiceOverlay", "SluiceEtcd", "SluiceEtcdTestSupport", "SluicePacket", "SluicePacketIO",
+                           "SluiceCore", "SluiceTestSupport"]
         ),
         .testTarget(name: "SluicePacketTests", dependencies: ["SluicePacket", "SluiceCore"]),
         // Mallocs per packet on the hot paths: a probe run with the interposer preloaded, by a test that
