@@ -8,7 +8,7 @@ struct Sluice: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Sluice: a data plane in Swift with a C core.",
         subcommands: [RunCommand.self, ReplayCommand.self, StorageCommand.self, StatsCommand.self, WanCommand.self,
-                      GatewayCommand.self, FirmwareCommand.self, VMCommand.self])
+                      GatewayCommand.self, FirmwareCommand.self, VMCommand.self, OverlayCommand.self])
 }
 
 /// Parses a core list: "0,1", "0-3", "0-1,4". Core ids are 0...`CPU.coreIDMax`; a negative id,
