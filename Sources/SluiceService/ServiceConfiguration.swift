@@ -618,8 +618,8 @@ extension ServiceConfiguration {
         return policy
     }
 
-    /// `wan:`: a list of links, each `a`, `b`, `delay` and `rate` required; `jitter`, `loss`, `queue`
-    /// for both directions, overridden by `a_to_b:` and `b_to_a:`; `name`, `netns`, `seed`,
+    /// `wan:`: a list of links, each `a`, `b`, `delay` and `rate` required; `jitter`, `loss`, `queue`,
+    /// `corrupt` for both directions, overridden by `a_to_b:` and `b_to_a:`; `name`, `netns`, `seed`,
     /// `realtime_priority` optional.
     /// Units as `sluice wan` takes them (WANUnits); names and interfaces unique per namespace.
     private static func decodeWAN(_ reader: ConfigReader) throws(ConfigError) -> [WANConfiguration] {
@@ -679,7 +679,7 @@ extension ServiceConfiguration {
         return link
     }
 
-    /// Sets every WAN setting `reader` has (delay, jitter, rate, loss, queue), each error naming its key.
+    /// Sets every WAN setting `reader` has (delay, jitter, rate, loss, queue, corrupt), each error naming its key.
     private static func applyWAN(_ reader: ConfigReader, to settings: inout WANDirectionSettings) throws(ConfigError) {
         for setting in WANSetting.allCases {
             guard let value = reader.optional(setting.rawValue) else { continue }

@@ -58,6 +58,10 @@ public struct WANDirectionCounters: Sendable, Equatable {
     public var lateBuckets: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
     /// Frames whose kernel timestamp was not trusted (see `WANLimits.arrivalSkewNsMax`).
     public var arrivalClockFallbacks: UInt64 = 0
+    /// Frames admitted with one bit flipped by the emulated corruption (`WANCorruption`); counted
+    /// when admitted, so a corrupted frame later dropped (`storeFull`, `txRingFull`, `stopped`) is
+    /// counted here too.
+    public var corruptedPackets: UInt64 = 0
 
     public init() {}
 
@@ -114,6 +118,7 @@ public struct WANDirectionCounters: Sendable, Equatable {
             && lhs.queueBytes == rhs.queueBytes && lhs.queueBytesMax == rhs.queueBytesMax
             && lhs.lateNsMax == rhs.lateNsMax && lhs.lateNsTotal == rhs.lateNsTotal
             && lhs.lateBucketCounts == rhs.lateBucketCounts && lhs.arrivalClockFallbacks == rhs.arrivalClockFallbacks
+            && lhs.corruptedPackets == rhs.corruptedPackets
     }
 }
 
@@ -142,6 +147,7 @@ public final class WANDirectionStatistics: Sendable {
     private let late2 = Atomic<UInt64>(0)
     private let late3 = Atomic<UInt64>(0)
     private let arrivalClockFallbacks = Atomic<UInt64>(0)
+    private let corruptedPackets = Atomic<UInt64>(0)
 
     public init() {}
 
@@ -164,6 +170,7 @@ public final class WANDirectionStatistics: Sendable {
         c.lateBuckets = (late0.load(ordering: .relaxed), late1.load(ordering: .relaxed), late2.load(ordering: .relaxed),
                          late3.load(ordering: .relaxed))
         c.arrivalClockFallbacks = arrivalClockFallbacks.load(ordering: .relaxed)
+        c.corruptedPackets = corruptedPackets.load(ordering: .relaxed)
         return c
     }
 
@@ -191,6 +198,7 @@ public final class WANDirectionStatistics: Sendable {
         late2.store(c.lateBuckets.2, ordering: .relaxed)
         late3.store(c.lateBuckets.3, ordering: .relaxed)
         arrivalClockFallbacks.store(c.arrivalClockFallbacks, ordering: .relaxed)
+        corruptedPackets.store(c.corruptedPackets, ordering: .relaxed)
     }
 }
 

@@ -17,6 +17,7 @@ struct WANForwarder: ~Copyable {
     private var transmitter: AFPacketTransmitter
     private let pool: BufferPool
     private var schedule: WANSchedule
+    private var corrupter: WANCorrupter
     private var store: WANFrameStore
     private var counters = WANDirectionCounters()
     let statistics: WANDirectionStatistics
@@ -58,6 +59,7 @@ struct WANForwarder: ~Copyable {
         self.transmitter = transmitter
         self.pool = pool
         self.schedule = WANSchedule(settings: settings, seed: seed)
+        self.corrupter = WANCorrupter(probability: settings.corrupt, seed: seed)
         self.store = WANFrameStore(capacityBytes: settings.storeBytes, frameCapacity: settings.storeFrameCount)
         self.statistics = statistics
         self.items = .allocate(capacity: WANLimits.burstCountMax)
@@ -107,7 +109,8 @@ struct WANForwarder: ~Copyable {
     }
 
     /// One frame: too large, or through the schedule into the store (a frame the schedule admits
-    /// but the store has no room for is taken back and dropped as `storeFull`).
+    /// but the store has no room for is taken back and dropped as `storeFull`). A frame admitted
+    /// may then be corrupted (`WANCorrupter`, `WANCorruption`) before it is stored.
     @inline(__always)
     private mutating func admit(_ index: UInt32, nowNs: UInt64) {
         let metadata = pool.metadata(at: index).pointee
@@ -123,6 +126,10 @@ struct WANForwarder: ~Copyable {
         case .drop(let reason):
             counters.add(reason)
         case .depart(let departureNs):
+            if let draw = corrupter.next() {
+                let bytes = UnsafeMutableRawBufferPointer(rebasing: pool.bytes(at: index)[0..<length])
+                if WANCorruption.corrupt(bytes, draw: draw) != nil { counters.corruptedPackets &+= 1 }
+            }
             let frame = UnsafeRawBufferPointer(start: pool.bytes(at: index).baseAddress, count: length)
             guard store.append(frame, departureNs: departureNs) else {
                 schedule.revertLastAdmission()

@@ -16,6 +16,7 @@ public enum WANReport {
                 + " late-max-us \(c.lateNsMax / 1_000)"
             let buckets = c.lateBucketCounts
             line += " late<=50us \(buckets[0]) late<=200us \(buckets[1]) late<=1ms \(buckets[2]) late>1ms \(buckets[3])"
+            line += " corrupted \(c.corruptedPackets)"
             if c.arrivalClockFallbacks > 0 { line += " arrival-clock-fallbacks \(c.arrivalClockFallbacks)" }
             let drops = snapshot.drops()
             line += drops.isEmpty ? " drops 0" : drops.map { " drop-\($0.reason) \($0.count)" }.joined()

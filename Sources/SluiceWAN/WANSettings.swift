@@ -1,5 +1,5 @@
 // Path: Sources/SluiceWAN/WANSettings.swift — what a WAN link emulates (per direction: delay, jitter,
-// rate, loss, queue), its bounds, and the checks made before any socket is opened.
+// rate, loss, corruption, queue), its bounds, and the checks made before any socket is opened.
 import SluicePacketIO
 
 /// Every bound of the emulator, one place. Sizes of rings, stores and bursts are fixed here, so a
@@ -70,14 +70,19 @@ public struct WANDirectionSettings: Sendable, Equatable {
     /// With a rate: the bottleneck queue, bytes waiting for or in serialisation. Without: every byte
     /// held in the delay line. See docs/WAN.md.
     public var queueBytes: Int
+    /// Probability that a forwarded frame gets one bit flipped, 0...1 (independent per frame, drawn
+    /// from a generator of its own): in the TCP/UDP payload with the checksum repaired, so the
+    /// receiver's transport does not notice (`WANCorruption`); elsewhere after the L2 header.
+    public var corrupt: Double
 
     public init(delayNs: UInt64 = 0, jitterNs: UInt64 = 0, rateBitsPerSecond: UInt64 = 0, loss: Double = 0,
-                queueBytes: Int = WANDirectionSettings.queueBytesDefault) {
+                queueBytes: Int = WANDirectionSettings.queueBytesDefault, corrupt: Double = 0) {
         self.delayNs = delayNs
         self.jitterNs = jitterNs
         self.rateBitsPerSecond = rateBitsPerSecond
         self.loss = loss
         self.queueBytes = queueBytes
+        self.corrupt = corrupt
     }
 
     /// 256 KiB, the queue when none is given.
@@ -121,6 +126,9 @@ public struct WANDirectionSettings: Sendable, Equatable {
         guard loss >= 0, loss <= 1 else {
             throw .outOfRange(setting: "\(direction) loss", value: "\(loss * 100)%", allowed: "0%...100%")
         }
+        guard corrupt >= 0, corrupt <= 1 else {
+            throw .outOfRange(setting: "\(direction) corrupt", value: "\(corrupt * 100)%", allowed: "0%...100%")
+        }
         guard queueBytes >= WANLimits.queueBytesMin, queueBytes <= WANLimits.queueBytesMax else {
             throw .outOfRange(setting: "\(direction) queue", value: "\(queueBytes) bytes",
                               allowed: "\(WANLimits.queueBytesMin)...\(WANLimits.queueBytesMax) bytes")
@@ -134,14 +142,14 @@ public struct WANDirectionSettings: Sendable, Equatable {
 /// The settings as people type them, each one optional: what `sluice wan` flags and the `wan:`
 /// config section give, before and after per-direction overrides.
 public enum WANSetting: String, CaseIterable, Sendable {
-    case delay, jitter, rate, loss, queue
+    case delay, jitter, rate, loss, queue, corrupt
 
     /// What the setting takes, for help texts and errors.
     public var units: String {
         switch self {
         case .delay, .jitter: WANUnits.durationUnits
         case .rate: WANUnits.rateUnits + ", or unlimited"
-        case .loss: WANUnits.percentUnits
+        case .loss, .corrupt: WANUnits.percentUnits
         case .queue: WANUnits.sizeUnits
         }
     }
@@ -157,14 +165,16 @@ extension WANDirectionSettings {
             rateBitsPerSecond = text == "unlimited" ? 0 : try WANUnits.rateBitsPerSecond(
                 text, range: WANLimits.rateBitsPerSecondMin...WANLimits.rateBitsPerSecondMax)
         case .loss: loss = try WANUnits.probability(text)
+        case .corrupt: corrupt = try WANUnits.probability(text)
         case .queue: queueBytes = try WANUnits.bytes(text, range: WANLimits.queueBytesMin...WANLimits.queueBytesMax)
         }
     }
 
-    /// "delay 20ms jitter 0ms rate 20mbit loss 0.1% queue 262144b", for logs and reports.
+    /// "delay 20ms jitter 0ms rate 20mbit loss 0.1% queue 262144b corrupt 0%", for logs and reports.
     public var summary: String {
         "delay \(WANUnits.formatDuration(delayNs)) jitter \(WANUnits.formatDuration(jitterNs)) "
             + "rate \(WANUnits.formatRate(rateBitsPerSecond)) loss \(WANUnits.trimmed(loss * 100))% queue \(queueBytes)b"
+            + " corrupt \(WANUnits.trimmed(corrupt * 100))%"
     }
 }
 
@@ -199,7 +209,7 @@ public struct WANConfiguration: Sendable, Equatable {
     public var interfaceB: String
     public var aToB: WANDirectionSettings
     public var bToA: WANDirectionSettings
-    /// Seeds the loss and jitter generators (direction a-to-b uses `seed`, b-to-a `seed + 1`).
+    /// Seeds the loss, jitter and corruption generators (direction a-to-b uses `seed`, b-to-a `seed + 1`).
     public var seed: UInt64
     /// A network namespace to open the interfaces in (`/var/run/netns/NAME`); nil: the caller's.
     public var namespacePath: String?

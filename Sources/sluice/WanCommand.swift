@@ -8,7 +8,7 @@ import Synchronization
 struct WanCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "wan",
-        abstract: "Emulate a WAN link between two interfaces: delay, jitter, loss, rate and queue limit per direction.",
+        abstract: "Emulate a WAN link between two interfaces: delay, jitter, loss, corruption, rate and queue limit per direction.",
         discussion: """
             Frames received on --a leave on --b, and the other way round, after the \
             settings of their direction (the common flags, overridden by --a-to-b-* and \
@@ -35,6 +35,9 @@ struct WanCommand: ParsableCommand {
     @Option(help: "Loss probability per frame (e.g. 0.1%). Default 0%.")
     var loss: String?
 
+    @Option(help: "Corruption probability per frame (e.g. 0.1%): one bit of the TCP/UDP payload flipped, checksum repaired. Default 0%.")
+    var corrupt: String?
+
     @Option(help: "Jitter: each frame's delay varies uniformly by up to this much either way (no reordering). Default 0ms.")
     var jitter: String?
 
@@ -44,15 +47,17 @@ struct WanCommand: ParsableCommand {
     @Option(name: .customLong("a-to-b-delay"), help: "Override for frames from a to b.") var aToBDelay: String?
     @Option(name: .customLong("a-to-b-rate"), help: "Override for frames from a to b.") var aToBRate: String?
     @Option(name: .customLong("a-to-b-loss"), help: "Override for frames from a to b.") var aToBLoss: String?
+    @Option(name: .customLong("a-to-b-corrupt"), help: "Override for frames from a to b.") var aToBCorrupt: String?
     @Option(name: .customLong("a-to-b-jitter"), help: "Override for frames from a to b.") var aToBJitter: String?
     @Option(name: .customLong("a-to-b-queue"), help: "Override for frames from a to b.") var aToBQueue: String?
     @Option(name: .customLong("b-to-a-delay"), help: "Override for frames from b to a.") var bToADelay: String?
     @Option(name: .customLong("b-to-a-rate"), help: "Override for frames from b to a.") var bToARate: String?
     @Option(name: .customLong("b-to-a-loss"), help: "Override for frames from b to a.") var bToALoss: String?
+    @Option(name: .customLong("b-to-a-corrupt"), help: "Override for frames from b to a.") var bToACorrupt: String?
     @Option(name: .customLong("b-to-a-jitter"), help: "Override for frames from b to a.") var bToAJitter: String?
     @Option(name: .customLong("b-to-a-queue"), help: "Override for frames from b to a.") var bToAQueue: String?
 
-    @Option(help: "Seed of the loss and jitter generators (a-to-b uses it, b-to-a the next number).")
+    @Option(help: "Seed of the loss, jitter and corruption generators (a-to-b uses it, b-to-a the next number).")
     var seed: UInt64 = 1
 
     @Option(help: "Open the interfaces in this network namespace (/var/run/netns/NAME).")
@@ -107,15 +112,15 @@ struct WanCommand: ParsableCommand {
     func makeConfiguration() throws(ValidationError) -> WANConfiguration {
         var common = WANDirectionSettings()
         try apply(&common, [(.delay, delay, "--delay"), (.rate, rate, "--rate"), (.loss, loss, "--loss"),
-                            (.jitter, jitter, "--jitter"), (.queue, queue, "--queue")])
+                            (.jitter, jitter, "--jitter"), (.queue, queue, "--queue"), (.corrupt, corrupt, "--corrupt")])
         var aToB = common
         try apply(&aToB, [(.delay, aToBDelay, "--a-to-b-delay"), (.rate, aToBRate, "--a-to-b-rate"),
                           (.loss, aToBLoss, "--a-to-b-loss"), (.jitter, aToBJitter, "--a-to-b-jitter"),
-                          (.queue, aToBQueue, "--a-to-b-queue")])
+                          (.queue, aToBQueue, "--a-to-b-queue"), (.corrupt, aToBCorrupt, "--a-to-b-corrupt")])
         var bToA = common
         try apply(&bToA, [(.delay, bToADelay, "--b-to-a-delay"), (.rate, bToARate, "--b-to-a-rate"),
                           (.loss, bToALoss, "--b-to-a-loss"), (.jitter, bToAJitter, "--b-to-a-jitter"),
-                          (.queue, bToAQueue, "--b-to-a-queue")])
+                          (.queue, bToAQueue, "--b-to-a-queue"), (.corrupt, bToACorrupt, "--b-to-a-corrupt")])
         if let netns, netns.isEmpty || netns.contains("/") {
             throw ValidationError("--netns: '\(netns)' is not a namespace name (as ip netns lists them)")
         }

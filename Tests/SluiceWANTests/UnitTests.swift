@@ -67,9 +67,10 @@ import Testing
         try settings.set(.rate, from: "20mbit")
         try settings.set(.loss, from: "0.1%")
         try settings.set(.queue, from: "64kb")
+        try settings.set(.corrupt, from: "0.05%")
         #expect(settings == WANDirectionSettings(delayNs: 20_000_000, jitterNs: 2_000_000, rateBitsPerSecond: 20_000_000,
-                                                 loss: 0.001, queueBytes: 65_536))
-        #expect(settings.summary == "delay 20ms jitter 2ms rate 20mbit loss 0.1% queue 65536b")
+                                                 loss: 0.001, queueBytes: 65_536, corrupt: 0.0005))
+        #expect(settings.summary == "delay 20ms jitter 2ms rate 20mbit loss 0.1% queue 65536b corrupt 0.05%")
         try settings.set(.rate, from: "unlimited")
         #expect(settings.rateBitsPerSecond == 0)
     }

@@ -56,6 +56,8 @@ import SluiceWAN
         ("delay: 20 ms", "wan[0].delay", "unknown unit ' ms'"),
         ("rate: 20Mbit", "wan[0].rate", "unknown unit 'Mbit'"),
         ("loss: 200%", "wan[0].loss", "'200%' is out of range (0%...100%)"),
+        ("corrupt: 101%", "wan[0].corrupt", "'101%' is out of range (0%...100%)"),
+        ("b_to_a: {corrupt: 1}", "wan[0].b_to_a.corrupt", "'1' has no unit (a percentage"),
         ("queue: 1kb", "wan[0].queue", "out of range (2048...1073741824 bytes)"),
         ("a_to_b: {jitter: 1x}", "wan[0].a_to_b.jitter", "unknown unit 'x'"),
         ("a_to_b: {dealy: 1ms}", "wan[0].a_to_b.dealy", "unknown key"),

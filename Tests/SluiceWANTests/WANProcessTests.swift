@@ -12,6 +12,8 @@ import Testing
         (["--delay", "20ms", "--rate", "1Mbit"], "--rate: '1Mbit': unknown unit 'Mbit'"),
         (["--delay", "20ms", "--rate", "1mbit", "--loss", "5"], "--loss: '5' has no unit (a percentage"),
         (["--delay", "20ms", "--rate", "1mbit", "--queue", "10"], "--queue: '10' has no unit"),
+        (["--delay", "20ms", "--rate", "1mbit", "--corrupt", "0.1"], "--corrupt: '0.1' has no unit (a percentage"),
+        (["--delay", "20ms", "--rate", "1mbit", "--a-to-b-corrupt", "150%"], "--a-to-b-corrupt: '150%' is out of range (0%...100%)"),
         (["--delay", "20ms", "--rate", "1mbit", "--b-to-a-jitter=-1ms"], "--b-to-a-jitter: '-1ms' is not a number"),
         (["--delay", "20ms", "--rate", "1mbit", "--netns", "a/b"], "--netns: 'a/b' is not a namespace name"),
         (["--delay", "20ms", "--rate", "1mbit", "--b", "x0"], "both sides are 'x0'"),
