@@ -12,8 +12,13 @@ public struct ApplianceConfiguration: Sendable {
     /// The cache's block: must equal the intermediate's block (its `hello`).
     public var blockBytes = 64 << 10
     public var budget = ApplianceBudget()
-    /// How far ahead of a sequential read predicted bytes are asked for.
+    /// How far ahead of a sequential read predicted bytes are asked for (without `readAheadAuto`).
     public var readAheadBytes = 4 << 20
+    /// Size the read-ahead window from the last hop instead (`ReadAheadSizing`): the read's length plus
+    /// twice the bandwidth-delay product the appliance measures (`LastHopEstimator`), at least a chunk,
+    /// at most `readAheadBytesMax` and the share's bucket depth.
+    public var readAheadAuto = false
+    public var readAheadBytesMax = 32 << 20
     /// Contiguous reads before the one at hand that make it sequential (1: any read that starts where
     /// the last ended; 2 keeps a random read that happens to follow its predecessor from reading ahead).
     public var sequentialStreakMin = 2
@@ -112,6 +117,13 @@ public final class ApplianceCounters: Sendable {
     let lastHopFrameBytes = Atomic<UInt64>(0)
     let corruptSectorsRefused = Atomic<UInt64>(0)
     let intermediateErrors = Atomic<UInt64>(0)
+    /// Connections made to the intermediate (the first included): more than one means it reconnected.
+    let intermediateConnects = Atomic<UInt64>(0)
+    /// The read-ahead window last used (a gauge), and the last hop's estimates behind it (gauges:
+    /// min round trip in µs, max delivery rate in bytes/s; 0 before the first sample).
+    let readAheadWindowBytes = Atomic<UInt64>(0)
+    let lastHopMinRTTUs = Atomic<UInt64>(0)
+    let lastHopMaxRateBytesPerSecond = Atomic<UInt64>(0)
     let etagChanges = Atomic<UInt64>(0)
     let stats = Atomic<UInt64>(0)
     /// Bytes appended by clients (durable in the journal).
@@ -154,7 +166,9 @@ public final class ApplianceCounters: Sendable {
             readAheads: load(readAheads), lastHopRequestedBytes: load(lastHopRequestedBytes),
             lastHopPredictedBytes: load(lastHopPredictedBytes), lastHopReadAheadBytes: load(lastHopReadAheadBytes),
             lastHopFrameBytes: load(lastHopFrameBytes), corruptSectorsRefused: load(corruptSectorsRefused),
-            intermediateErrors: load(intermediateErrors), etagChanges: load(etagChanges), stats: load(stats),
+            intermediateErrors: load(intermediateErrors), intermediateConnects: load(intermediateConnects),
+            readAheadWindowBytes: load(readAheadWindowBytes), lastHopMinRTTUs: load(lastHopMinRTTUs),
+            lastHopMaxRateBytesPerSecond: load(lastHopMaxRateBytesPerSecond), etagChanges: load(etagChanges), stats: load(stats),
             bytesWritten: load(bytesWritten), writesClosed: load(writesClosed), uploadsDone: load(uploadsDone),
             uploadsFailed: load(uploadsFailed), uploadsRetried: load(uploadsRetried), uploadsSuperseded: load(uploadsSuperseded),
             uploadPieces: load(uploadPieces), uploadBytes: load(uploadBytes), uploadWaits: load(uploadWaits),
@@ -178,6 +192,10 @@ public struct ApplianceCountersSnapshot: Sendable, Equatable, CustomStringConver
     public var lastHopFrameBytes: UInt64
     public var corruptSectorsRefused: UInt64
     public var intermediateErrors: UInt64
+    public var intermediateConnects: UInt64
+    public var readAheadWindowBytes: UInt64
+    public var lastHopMinRTTUs: UInt64
+    public var lastHopMaxRateBytesPerSecond: UInt64
     public var etagChanges: UInt64
     public var stats: UInt64
     public var bytesWritten: UInt64
@@ -206,7 +224,9 @@ public struct ApplianceCountersSnapshot: Sendable, Equatable, CustomStringConver
          ("read_aheads", readAheads), ("last_hop_requested_bytes", lastHopRequestedBytes),
          ("last_hop_predicted_bytes", lastHopPredictedBytes), ("last_hop_read_ahead_bytes", lastHopReadAheadBytes),
          ("last_hop_frame_bytes", lastHopFrameBytes), ("corrupt_sectors_refused", corruptSectorsRefused),
-         ("intermediate_errors", intermediateErrors), ("etag_changes", etagChanges), ("stats", stats),
+         ("intermediate_errors", intermediateErrors), ("intermediate_connects", intermediateConnects),
+         ("read_ahead_window_bytes", readAheadWindowBytes), ("last_hop_min_rtt_us", lastHopMinRTTUs),
+         ("last_hop_max_rate_bytes_per_s", lastHopMaxRateBytesPerSecond), ("etag_changes", etagChanges), ("stats", stats),
          ("bytes_written", bytesWritten), ("writes_closed", writesClosed), ("uploads_done", uploadsDone),
          ("uploads_failed", uploadsFailed), ("uploads_retried", uploadsRetried), ("uploads_superseded", uploadsSuperseded),
          ("upload_pieces", uploadPieces), ("upload_bytes", uploadBytes), ("upload_waits", uploadWaits),
@@ -259,6 +279,8 @@ public final class Appliance: Sendable {
     public let counters: ApplianceCounters
     public let intermediateHost: String
     public let intermediatePort: Int
+    /// The last hop's rate and round trip, from this appliance's own calls (sizes `readAheadAuto`).
+    public let lastHop = LastHopEstimator()
     private let state: Mutex<ApplianceState>
     private let group: any EventLoopGroup
     /// Writes: the journal and its uploader (nil without `configuration.journal`).
@@ -273,6 +295,7 @@ public final class Appliance: Sendable {
                              group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws(ApplianceError) -> Appliance {
         let checks: [(String, Int, ClosedRange<Int>)] = [
             ("readAheadBytes", configuration.readAheadBytes, 0...(64 << 20)),
+            ("readAheadBytesMax", configuration.readAheadBytesMax, 0...(64 << 20)),
             ("sequentialStreakMin", configuration.sequentialStreakMin, 1...64),
             ("readBytesMax", configuration.readBytesMax, 1...ApplianceConfiguration.readBytesMaxLimit),
             ("statEntriesMax", configuration.statEntriesMax, 1...(1 << 22)),
@@ -306,6 +329,7 @@ public final class Appliance: Sendable {
             throw .invalidRequest("\(error)")
         }
         let counters = ApplianceCounters()
+        counters.add(counters.intermediateConnects)
         var journal: ApplianceJournal?
         var uploader: ApplianceUploader?
         if let journalConfiguration = configuration.journal {
@@ -445,7 +469,8 @@ public final class Appliance: Sendable {
             counters.add(counters.hitSectors, hits)
             if !missing.isEmpty {
                 counters.add(counters.missSectors, missing.reduce(0) { $0 + $1.count })
-                let replies = try await fetch(key: key, etag: stat.etag, missing: missing, share: share, sequential: sequential)
+                let extra = sequential ? readAheadWindow(readLength: length, share: share) : 0
+                let replies = try await fetch(key: key, etag: stat.etag, missing: missing, share: share, extra: extra)
                 if let changed = replies.lazy.map(\.sectors).first(where: { $0.etag != stat.etag || $0.size != stat.size }) {
                     // Never mix: start over with the object as the intermediate now serves it.
                     counters.add(counters.etagChanges)
@@ -457,7 +482,10 @@ public final class Appliance: Sendable {
             }
             counters.add(counters.bytesServed, length)
             succeeded = true
-            if sequential { readAhead(key: key, etag: stat.etag, size: stat.size, after: range.upperBound, share: share) }
+            if sequential {
+                readAhead(key: key, etag: stat.etag, size: stat.size, after: range.upperBound, share: share,
+                          window: readAheadWindow(readLength: length, share: share))
+            }
             return (stat.size, stat.etag)
         }
         throw .objectKeptChanging(key: key, attempts: Self.attemptsMax)
@@ -487,8 +515,33 @@ public final class Appliance: Sendable {
         counters.add(counters.reads)
         counters.add(counters.hitSectors, Int(sectors))
         counters.add(counters.bytesServed, length)
-        if sequential { readAhead(key: key, etag: stat.etag, size: stat.size, after: range.upperBound, share: share) }
+        if sequential {
+            readAhead(key: key, etag: stat.etag, size: stat.size, after: range.upperBound, share: share,
+                      window: readAheadWindow(readLength: length, share: share))
+        }
         return (stat.size, stat.etag)
+    }
+
+    /// How far ahead of a sequential read of `readLength` bytes to fetch: `readAheadBytes`, or with
+    /// `readAheadAuto` the window `ReadAheadSizing` derives from the last hop's estimates.
+    func readAheadWindow(readLength: Int, share: ApplianceShare) -> Int {
+        let window: Int
+        if configuration.readAheadAuto {
+            window = ReadAheadSizing.windowBytes(readLength: readLength, bandwidthDelayBytes: lastHop.bandwidthDelayBytes,
+                                                 chunkBytes: units.chunkBytes, maxBytes: configuration.readAheadBytesMax,
+                                                 budget: share.budget)
+        } else {
+            window = configuration.readAheadBytes
+        }
+        counters.readAheadWindowBytes.store(UInt64(window), ordering: .relaxed)
+        return window
+    }
+
+    /// Feeds one call's timing to `lastHop` and publishes its estimates as gauges.
+    private func recordLastHop(startNs: UInt64, bytes: Int) {
+        lastHop.record(startNs: startNs, endNs: monotonicNs(), bytes: bytes)
+        if let rtt = lastHop.minRTTNs { counters.lastHopMinRTTUs.store(rtt / 1_000, ordering: .relaxed) }
+        if let rate = lastHop.maxRateBytesPerSecond { counters.lastHopMaxRateBytesPerSecond.store(UInt64(rate), ordering: .relaxed) }
     }
 
     /// Copies the bytes of `reply`'s extents that fall in object bytes `range` into `out`.
@@ -526,8 +579,11 @@ public final class Appliance: Sendable {
             return (cached.size, cached.etag)
         }
         counters.add(counters.stats)
+        let startNs = monotonicNs()
         let result = try await withClient { client throws(GatewayClientError) in try await client.stat(key: key) }
-        counters.add(counters.lastHopFrameBytes, 4 + GatewayProtocol.replyHeaderBytes + 8 + 2 + result.etag.utf8.count)
+        let frameBytes = 4 + GatewayProtocol.replyHeaderBytes + 8 + 2 + result.etag.utf8.count
+        recordLastHop(startNs: startNs, bytes: frameBytes)
+        counters.add(counters.lastHopFrameBytes, frameBytes)
         let entriesMax = configuration.statEntriesMax
         state.withLock { Self.insertStat(key, (result.size, result.etag, monotonicNs()), into: &$0.stats, entriesMax: entriesMax) }
         return result
@@ -551,7 +607,7 @@ public final class Appliance: Sendable {
     /// Fetches object sector runs `missing` (ascending), chunk by chunk, at most
     /// `chunkRequestsPerReadMax` chunks at once. Returns the replies that carry them (own or joined).
     private func fetch(key: String, etag: String, missing: [Range<UInt64>], share: ApplianceShare,
-                       sequential: Bool) async throws(ApplianceError) -> [ChunkReply] {
+                       extra: Int) async throws(ApplianceError) -> [ChunkReply] {
         let perChunk = UInt64(units.sectorsPerChunk)
         var byChunk: [(chunk: UInt64, runs: [Range<Int>])] = []
         for run in missing {
@@ -577,7 +633,7 @@ public final class Appliance: Sendable {
                         running += 1
                         // Budget for the intermediate's predictions: only for sequential reads.
                         group.addTask { try await self.fetchChunk(key: key, etag: etag, chunk: chunk, runs: runs, share: share,
-                                                                  extra: sequential ? self.configuration.readAheadBytes : 0) }
+                                                                  extra: extra) }
                     }
                     guard let done = try await group.next() else { break }
                     running -= 1
@@ -678,8 +734,10 @@ public final class Appliance: Sendable {
         if readAhead { counters.add(counters.readAheads) }
         var corruptSeen = false
         var reply: SectorsReply?
+        var startNs = monotonicNs()
         while reply == nil {
             do throws(ApplianceError) {
+                startNs = monotonicNs()
                 reply = try await withClient { client throws(GatewayClientError) in try await client.readSectors(request) }
             } catch {
                 guard case .corrupt = error, !corruptSeen else { throw error }
@@ -697,6 +755,7 @@ public final class Appliance: Sendable {
             let first = chunkFirstSector + UInt64(payload.extent.sectors(units).lowerBound)
             payload.bytes.withUnsafeBytes { cache.store(key: key, etag: sectors.etag, firstSector: first, bytes: $0) }
         }
+        recordLastHop(startNs: startNs, bytes: frame)
         counters.add(counters.lastHopFrameBytes, frame)
         if readAhead {
             counters.add(counters.lastHopReadAheadBytes, requested)
@@ -712,9 +771,9 @@ public final class Appliance: Sendable {
     }
 
     /// After a sequential read that ended at `end`: asks for the first missing, not yet asked for sectors
-    /// of the next `readAheadBytes` (one chunk's worth per call), as far as the share's budget allows.
-    private func readAhead(key: String, etag: String, size: UInt64, after end: UInt64, share: ApplianceShare) {
-        let windowEnd = min(size, end + UInt64(configuration.readAheadBytes))
+    /// of the next `window` bytes (one chunk's worth per call), as far as the share's budget allows.
+    private func readAhead(key: String, etag: String, size: UInt64, after end: UInt64, share: ApplianceShare, window: Int) {
+        let windowEnd = min(size, end + UInt64(window))
         guard end < windowEnd else { return }
         let missing = cache.missing(key: key, etag: etag, range: end..<windowEnd)
         guard let firstRun = missing.first else { return }
@@ -801,6 +860,7 @@ public final class Appliance: Sendable {
             counters.add(counters.intermediateErrors)
             throw Self.map(error)
         }
+        counters.add(counters.intermediateConnects)
         guard client.hello.units == units else {
             await client.close()
             counters.add(counters.intermediateErrors)

@@ -34,6 +34,14 @@ public enum GatewayMetrics {
         page.counter("sluice_gateway_corrupt_sectors_total", "Sectors that failed their CRC-32C on arrival (never served).",
                      counters.corruptSectorsRefused, labels: ["where": "wire"])
         page.counter("sluice_gateway_appliance_intermediate_errors_total", "Requests to the intermediate that failed.", counters.intermediateErrors)
+        page.counter("sluice_gateway_appliance_intermediate_connects_total", "Connections made to the intermediate (reconnects included).",
+                     counters.intermediateConnects)
+        page.gauge("sluice_gateway_appliance_read_ahead_window_bytes", "Read-ahead window last used (fixed, or sized from the last hop).",
+                   Double(counters.readAheadWindowBytes))
+        page.gauge("sluice_gateway_last_hop_min_rtt_seconds", "Shortest recent round trip of the appliance's calls to the intermediate.",
+                   Double(counters.lastHopMinRTTUs) / 1e6)
+        page.gauge("sluice_gateway_last_hop_max_delivery_rate_bytes", "Fastest recent delivery rate of replies from the intermediate (bytes/s).",
+                   Double(counters.lastHopMaxRateBytesPerSecond))
         page.counter("sluice_gateway_appliance_etag_changes_total", "Reads that met a new version of their object.", counters.etagChanges)
         page.counter("sluice_gateway_appliance_stats_total", "stat requests sent to the intermediate.", counters.stats)
         page.counter("sluice_gateway_appliance_written_bytes_total", "Bytes clients wrote (acknowledged once in the journal).", counters.bytesWritten)

@@ -231,8 +231,14 @@ extension GatewayCommand {
         @Option(help: "Last-hop budget per share: bytes fetched (requested + predicted) over bytes served at most (e.g. 1.5).")
         var budgetRatio: Double?
 
-        @Option(help: "How far ahead of a sequential read predicted bytes are asked for.")
-        var readAheadBytes = "4mb"
+        @Option(help: "How far ahead of a sequential read predicted bytes are asked for (default: sized from the last hop: the read plus twice its measured bandwidth-delay product, at least a chunk, at most --read-ahead-max-bytes).")
+        var readAheadBytes: String?
+
+        @Option(help: "The largest read-ahead window sized from the last hop (when --read-ahead-bytes is not given).")
+        var readAheadMaxBytes = "32mb"
+
+        @Option(help: "How long a request to the intermediate may wait for its reply (milliseconds); past it the connection is closed, the request fails, and the next one reconnects.")
+        var callTimeoutMs = 30_000
 
         @Option(help: "How long an object's size and etag are used before the intermediate is asked again (milliseconds).")
         var statTtlMs = 1_000
@@ -256,7 +262,9 @@ extension GatewayCommand {
             guard (0...3_600_000).contains(shutdownFlushMs) else { throw ValidationError("--shutdown-flush-ms must be 0...3600000, got \(shutdownFlushMs)") }
             _ = try byteCount(cacheBytes, flag: "--cache-bytes")
             _ = try byteCount(blockBytes, flag: "--block-bytes")
-            _ = try byteCount(readAheadBytes, flag: "--read-ahead-bytes")
+            if let readAheadBytes { _ = try byteCount(readAheadBytes, flag: "--read-ahead-bytes") }
+            _ = try byteCount(readAheadMaxBytes, flag: "--read-ahead-max-bytes")
+            guard (1...3_600_000).contains(callTimeoutMs) else { throw ValidationError("--call-timeout-ms must be 1...3600000, got \(callTimeoutMs)") }
             if let rate = budgetBytesPerS { _ = try byteCount(rate, flag: "--budget-bytes-per-s") }
             if let ratio = budgetRatio, !(0...1_000).contains(ratio) { throw ValidationError("--budget-ratio must be 0...1000, got \(ratio)") }
             guard (0...3_600_000).contains(statTtlMs) else { throw ValidationError("--stat-ttl-ms must be 0...3600000, got \(statTtlMs)") }
@@ -268,7 +276,13 @@ extension GatewayCommand {
             var configuration = ApplianceConfiguration()
             configuration.cacheBytes = try byteCount(cacheBytes, flag: "--cache-bytes")
             configuration.blockBytes = try byteCount(blockBytes, flag: "--block-bytes")
-            configuration.readAheadBytes = try byteCount(readAheadBytes, flag: "--read-ahead-bytes")
+            if let readAheadBytes {
+                configuration.readAheadBytes = try byteCount(readAheadBytes, flag: "--read-ahead-bytes")
+            } else {
+                configuration.readAheadAuto = true
+            }
+            configuration.readAheadBytesMax = try byteCount(readAheadMaxBytes, flag: "--read-ahead-max-bytes")
+            configuration.client.callTimeoutNs = UInt64(callTimeoutMs) * 1_000_000
             configuration.statTTLNs = UInt64(statTtlMs) * 1_000_000
             configuration.budget = ApplianceBudget(bytesPerSecond: try budgetBytesPerS.map { UInt64(try byteCount($0, flag: "--budget-bytes-per-s")) },
                                                    ratio: budgetRatio)
