@@ -56,7 +56,7 @@ public enum ApplianceError: Error, Equatable, CustomStringConvertible {
     case intermediateUnavailable(String)
     /// The intermediate answered with a failure (e.g. the remote store is down).
     case intermediate(GatewayStatus, message: String)
-    /// A sector failed its CRC-32C twice in a row: nothing of it was returned.
+    /// A sector failed its CRC-32C in every try (`corruptRetriesMax` + 1): nothing of it was returned.
     case corrupt(key: String, chunk: UInt64, block: Int, sector: Int)
     /// A bound of the appliance was reached (requests in flight, shares).
     case overloaded(String)
@@ -79,7 +79,7 @@ public enum ApplianceError: Error, Equatable, CustomStringConvertible {
         case .intermediateUnavailable(let text): "intermediate unavailable: \(text)"
         case .intermediate(let status, let message): "intermediate: \(status): \(message)"
         case .corrupt(let key, let chunk, let block, let sector):
-            "sector \(sector) of block \(block) of chunk \(chunk) of \(key) failed its CRC-32C twice"
+            "sector \(sector) of block \(block) of chunk \(chunk) of \(key) failed its CRC-32C in every try"
         case .overloaded(let text): "overloaded: \(text)"
         case .invalidRequest(let text): "invalid request: \(text)"
         case .objectKeptChanging(let key, let attempts): "\(key) changed during each of \(attempts) attempts"
@@ -288,6 +288,8 @@ public final class Appliance: Sendable {
     let uploader: ApplianceUploader?
 
     private static let attemptsMax = 4
+    /// Times a `readSectors` whose reply failed a sector's CRC is sent again before the read fails `.corrupt`.
+    static let corruptRetriesMax = 2
 
     /// Connects to the intermediate at `host:port` (it must be up: its `hello` fixes the units) and
     /// builds the cache. Later connection losses are repaired on the next request.
@@ -714,8 +716,9 @@ public final class Appliance: Sendable {
     }
 
     /// One `readSectors`: asks for `runs` of `chunk`, with what the cache holds of the chunk and the
-    /// granted budget; stores every sector of the reply (already CRC-verified by the client). A corrupt
-    /// sector is asked for once more; a broken connection is replaced once.
+    /// granted budget; stores every sector of the reply (already CRC-verified by the client). A reply
+    /// with a corrupt sector is asked for again, `corruptRetriesMax` times at most (nothing of it is
+    /// stored or served); a broken connection is replaced once.
     private func perform(key: String, etag: String, chunk: UInt64, runs: [Range<Int>], share: ApplianceShare,
                          extra: Int, readAhead: Bool) async throws(ApplianceError) -> SectorsReply {
         let units = units
@@ -732,7 +735,7 @@ public final class Appliance: Sendable {
                                          wanted: runs.map { SectorExtent(sectors: $0, units: units) }, held: held)
         counters.add(counters.fetches)
         if readAhead { counters.add(counters.readAheads) }
-        var corruptSeen = false
+        var corruptRetries = 0
         var reply: SectorsReply?
         var startNs = monotonicNs()
         while reply == nil {
@@ -740,8 +743,8 @@ public final class Appliance: Sendable {
                 startNs = monotonicNs()
                 reply = try await withClient { client throws(GatewayClientError) in try await client.readSectors(request) }
             } catch {
-                guard case .corrupt = error, !corruptSeen else { throw error }
-                corruptSeen = true
+                guard case .corrupt = error, corruptRetries < Self.corruptRetriesMax else { throw error }
+                corruptRetries += 1
             }
         }
         let sectors = reply!

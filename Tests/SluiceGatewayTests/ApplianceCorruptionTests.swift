@@ -7,11 +7,13 @@ import Testing
 @testable import SluiceGateway
 
 /// A TCP proxy on 127.0.0.1 in front of `upstreamPort`. Replies pass frame by frame; the next `flips`
-/// successful `readSectors` replies get their last byte (payload) inverted. Blocking I/O on Dispatch
-/// threads; `close` shuts every socket.
+/// successful `readSectors` replies get their last byte (payload) inverted; the next `breaks` ones are
+/// replaced by a length word above any bound (a corrupted frame header), after which that connection
+/// forwards nothing more. Blocking I/O on Dispatch threads; `close` shuts every socket.
 final class FlippingProxy: Sendable {
     let port: Int
     let flips = Atomic<Int>(0)
+    let breaks = Atomic<Int>(0)
     private let listenFD: Int32
     private let sockets = Mutex<[Int32]>([])
 
@@ -78,6 +80,11 @@ final class FlippingProxy: Sendable {
                 flips.subtract(1, ordering: .relaxed)
                 frame[frame.count - 1] ^= 0xFF
             }
+            if frame.count > 11, frame[1] == GatewayOpcode.readSectors.rawValue, breaks.load(ordering: .relaxed) > 0 {
+                breaks.subtract(1, ordering: .relaxed)
+                _ = Self.writeAll(to, [0xFF, 0xFF, 0xFF, 0xF0])
+                break
+            }
             guard Self.writeAll(to, head + frame) else { break }
         }
         shutdown(to, Int32(SHUT_WR))
@@ -122,8 +129,8 @@ final class FlippingProxy: Sendable {
         var counters = appliance.counters.snapshot()
         #expect(counters.corruptSectorsRefused == 1 && counters.fetches == 1)
 
-        // Corrupt twice in a row: a clear error, nothing returned, nothing cached.
-        proxy.flips.store(2, ordering: .relaxed)
+        // Corrupt in every try: a clear error, nothing returned, nothing cached.
+        proxy.flips.store(1 + Appliance.corruptRetriesMax, ordering: .relaxed)
         do {
             _ = try await appliance.read(key: fixture.key, offset: 1 << 20, length: 4096)
             Issue.record("a read of a sector corrupt twice succeeded")
@@ -134,11 +141,39 @@ final class FlippingProxy: Sendable {
         }
         #expect(appliance.cache.missing(key: fixture.key, etag: first.etag, range: (1 << 20)..<((1 << 20) + 4096)) == [256..<257])
         counters = appliance.counters.snapshot()
-        #expect(counters.corruptSectorsRefused == 3)
+        #expect(counters.corruptSectorsRefused == UInt64(2 + Appliance.corruptRetriesMax))
 
         // And then served once the wire is clean.
         let again = try await appliance.read(key: fixture.key, offset: 1 << 20, length: 4096)
         #expect(again.bytes == fixture.expected(1 << 20, 4096))
+        await appliance.close()
+    }
+
+    /// A reply header corrupted on the wire (its length word above every bound): that read fails
+    /// clearly (`intermediateUnavailable`, saying what broke), the connection is dropped, and the next
+    /// read connects again and is served.
+    @Test func brokenReplyStreamFailsTheReadAndTheNextOneReconnects() async throws {
+        let fixture = try ApplianceFixture(objectBytes: 2 << 20, statTTLNs: 60_000_000_000)
+        let proxy = FlippingProxy(upstreamPort: fixture.port)
+        defer { proxy.close() }
+        var configuration = ApplianceConfiguration()
+        configuration.statTTLNs = 60_000_000_000
+        configuration.client.callTimeoutNs = 5_000_000_000
+        let appliance = try await Appliance.start(intermediateHost: "127.0.0.1", port: proxy.port, configuration: configuration)
+        _ = try await appliance.read(key: fixture.key, offset: 0, length: 4096)
+        proxy.breaks.store(1, ordering: .relaxed)
+        do {
+            _ = try await appliance.read(key: fixture.key, offset: 1 << 20, length: 4096)
+            Issue.record("a read whose reply stream broke succeeded")
+        } catch {
+            guard case .intermediateUnavailable(let text) = error else { Issue.record("unexpected \(error)"); return }
+            #expect(text.contains("protocol violation"), "\(text)")
+            print("broken reply stream: \(error)")
+        }
+        let again = try await appliance.read(key: fixture.key, offset: 1 << 20, length: 4096)
+        #expect(again.bytes == fixture.expected(1 << 20, 4096))
+        let counters = appliance.counters.snapshot()
+        #expect(counters.intermediateConnects == 2 && counters.intermediateErrors == 1, "\(counters)")
         await appliance.close()
     }
 }
