@@ -773,51 +773,62 @@ public final class Appliance: Sendable {
         return sectors
     }
 
-    /// After a sequential read that ended at `end`: asks for the first missing, not yet asked for sectors
-    /// of the next `window` bytes (one chunk's worth per call), as far as the share's budget allows.
+    /// After a sequential read that ended at `end`: asks for the missing sectors of the next `window`
+    /// bytes that no flight asks for yet, one `readSectors` per chunk (in order), while fewer than
+    /// `readAheadsInFlightMax` read-aheads are in flight and the share's budget grants bytes. A chunk
+    /// whose missing sectors are all in flight is skipped, so the window stays full past it.
     private func readAhead(key: String, etag: String, size: UInt64, after end: UInt64, share: ApplianceShare, window: Int) {
         let windowEnd = min(size, end + UInt64(window))
         guard end < windowEnd else { return }
         let missing = cache.missing(key: key, etag: etag, range: end..<windowEnd)
-        guard let firstRun = missing.first else { return }
+        guard !missing.isEmpty else { return }
         let perChunk = UInt64(units.sectorsPerChunk)
-        let chunk = firstRun.lowerBound / perChunk
-        let chunkStart = chunk * perChunk
-        var runs: [Range<Int>] = missing.compactMap { run in
-            let from = max(run.lowerBound, chunkStart)
-            let to = min(run.upperBound, chunkStart + perChunk)
-            return from < to ? Int(from - chunkStart)..<Int(to - chunkStart) : nil
+        var byChunk: [(chunk: UInt64, runs: [Range<Int>])] = []
+        for run in missing {
+            var sector = run.lowerBound
+            while sector < run.upperBound {
+                let chunk = sector / perChunk
+                let stop = min(run.upperBound, (chunk + 1) * perChunk)
+                let local = Int(sector - chunk * perChunk)..<Int(stop - chunk * perChunk)
+                if byChunk.last?.chunk == chunk { byChunk[byChunk.count - 1].runs.append(local) } else { byChunk.append((chunk, [local])) }
+                sector = stop
+            }
         }
-        let flightKey = FlightKey(key: key, chunk: chunk)
         let readAheadsMax = configuration.readAheadsInFlightMax
         let flightsMax = configuration.flightsMax
         let sectorBytes = units.sectorBytes
-        let started: Bool = state.withLock { s in
-            guard s.readAheadsInFlight < readAheadsMax, s.flightCount < flightsMax else { return false }
-            for flight in (s.flights[flightKey] ?? [:]).values { runs = subtract(runs, flight.sectors) }
-            let wanted = runs.reduce(0) { $0 + $1.count } * sectorBytes
-            guard wanted > 0 else { return false }
-            // The grant is taken whole or trimmed to whole sectors; nothing granted: no read-ahead.
-            // The flight settles the whole sectors it asks for; the rest of the grant is returned now.
-            let granted = share.grant(wanted)
-            var sectorsLeft = granted / sectorBytes
-            share.settle(granted: granted - sectorsLeft * sectorBytes, requested: 0, predicted: 0)
-            guard sectorsLeft > 0 else { return false }
-            var trimmed: [Range<Int>] = []
-            for run in protocolSized(runs).first ?? [] where sectorsLeft > 0 {
-                let take = min(run.count, sectorsLeft)
-                trimmed.append(run.lowerBound..<(run.lowerBound + take))
-                sectorsLeft -= take
+        var started: [Flight] = []
+        state.withLock { s in
+            for (chunk, chunkRuns) in byChunk {
+                guard s.readAheadsInFlight < readAheadsMax, s.flightCount < flightsMax else { return }
+                let flightKey = FlightKey(key: key, chunk: chunk)
+                var runs = chunkRuns
+                for flight in (s.flights[flightKey] ?? [:]).values { runs = subtract(runs, flight.sectors) }
+                guard let group = protocolSized(runs).first else { continue }
+                let wanted = group.reduce(0) { $0 + $1.count } * sectorBytes
+                // The grant is taken whole or trimmed to whole sectors; nothing granted: no more read-ahead.
+                // The flight settles the whole sectors it asks for; the rest of the grant is returned now.
+                let granted = share.grant(wanted)
+                var sectorsLeft = granted / sectorBytes
+                share.settle(granted: granted - sectorsLeft * sectorBytes, requested: 0, predicted: 0)
+                guard sectorsLeft > 0 else { return }
+                var trimmed: [Range<Int>] = []
+                for run in group where sectorsLeft > 0 {
+                    let take = min(run.count, sectorsLeft)
+                    trimmed.append(run.lowerBound..<(run.lowerBound + take))
+                    sectorsLeft -= take
+                }
+                s.readAheadsInFlight += 1
+                started.append(startFlight(&s, flightKey, etag: etag, runs: trimmed, share: share, extra: 0, readAhead: true))
+                if trimmed.reduce(0, { $0 + $1.count }) * sectorBytes < wanted { return }  // the budget ran out
             }
-            s.readAheadsInFlight += 1
-            let flight = startFlight(&s, flightKey, etag: etag, runs: trimmed, share: share, extra: 0, readAhead: true)
+        }
+        for flight in started {
             Task {
                 _ = try? await flight.task.value
                 self.state.withLock { $0.readAheadsInFlight -= 1 }
             }
-            return true
         }
-        _ = started
     }
 
     // MARK: The connection

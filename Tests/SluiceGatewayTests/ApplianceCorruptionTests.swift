@@ -1,6 +1,6 @@
 // Path: Tests/SluiceGatewayTests/ApplianceCorruptionTests.swift — corruption on the wire: a proxy between
 // the appliance and the intermediate flips the last payload byte of chosen `readSectors` replies.
-import Dispatch
+import Foundation
 import Glibc
 import Synchronization
 import Testing
@@ -9,7 +9,8 @@ import Testing
 /// A TCP proxy on 127.0.0.1 in front of `upstreamPort`. Replies pass frame by frame; the next `flips`
 /// successful `readSectors` replies get their last byte (payload) inverted; the next `breaks` ones are
 /// replaced by a length word above any bound (a corrupted frame header), after which that connection
-/// forwards nothing more. Blocking I/O on Dispatch threads; `close` shuts every socket.
+/// forwards nothing more. Blocking I/O on threads of its own (not Dispatch's pool: Swift concurrency
+/// runs on it, and blocked pumps there starved every test of the process); `close` shuts every socket.
 final class FlippingProxy: Sendable {
     let port: Int
     let flips = Atomic<Int>(0)
@@ -29,15 +30,15 @@ final class FlippingProxy: Sendable {
         precondition(bound == 0 && listen(fd, 16) == 0, "proxy bind/listen: errno \(errno)")
         _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
         port = Int(UInt16(bigEndian: address.sin_port))
-        DispatchQueue.global().async { [self] in
+        Self.spawn { [self] in
             while true {
                 let client = accept(fd, nil, nil)
                 guard client >= 0 else { return }
                 let upstream = Self.connectLoopback(upstreamPort)
                 guard upstream >= 0 else { Glibc.close(client); continue }
                 sockets.withLock { $0 += [client, upstream] }
-                DispatchQueue.global().async { Self.pump(from: client, to: upstream) }
-                DispatchQueue.global().async { self.pumpReplies(from: upstream, to: client) }
+                Self.spawn { Self.pump(from: client, to: upstream) }
+                Self.spawn { self.pumpReplies(from: upstream, to: client) }
             }
         }
     }
@@ -46,6 +47,11 @@ final class FlippingProxy: Sendable {
         shutdown(listenFD, Int32(SHUT_RDWR))
         Glibc.close(listenFD)
         for fd in sockets.withLock({ $0 }) { shutdown(fd, Int32(SHUT_RDWR)) }
+    }
+
+    /// Runs `body` on a new thread.
+    static func spawn(_ body: @escaping @Sendable () -> Void) {
+        Thread(block: body).start()
     }
 
     static func connectLoopback(_ port: Int) -> Int32 {

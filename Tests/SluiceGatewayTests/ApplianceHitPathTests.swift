@@ -67,6 +67,9 @@ import Testing
                             cache.store(key: "k\(key)", etag: "e", firstSector: UInt64(block * 4), bytes: $0)
                         }
                         if step % 97 == 0 { cache.invalidate(key: "k\(key)") }
+                        // Yield now and then: six CPU-bound loops on the 2-thread cooperative pool (debug build)
+                        // starved every other test of the process for ~20 s (their calls timed out).
+                        if step % 50 == 0 { await Task.yield() }
                     }
                     return 0
                 }
@@ -76,7 +79,8 @@ import Testing
                     var state = UInt64(reader + 10) &* 0x9E37_79B9_7F4A_7C15
                     var wrong = 0
                     var out = [UInt8](repeating: 0, count: 48 << 10)
-                    for _ in 0..<3_000 {
+                    for step in 0..<3_000 {
+                        if step % 50 == 0 { await Task.yield() }
                         state = state &* 6364136223846793005 &+ 1442695040888963407
                         let key = Int(state >> 33) % keys
                         let offset = Int(state >> 16) % (objectSize - (48 << 10))
