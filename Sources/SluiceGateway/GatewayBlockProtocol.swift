@@ -569,7 +569,7 @@ extension GatewayReply {
                 buffer.writeInteger(payload.extent.firstSector)
                 buffer.writeInteger(payload.extent.sectorCount)
                 buffer.writeInteger(UInt32(payload.bytes.count))
-                for crc in payload.crcs { buffer.writeInteger(crc) }
+                for (k, crc) in payload.crcs.enumerated() { buffer.writeInteger(crc ^ sectorPositionTag(payload.extent, k)) }
                 buffer.writeBytes(payload.bytes)
             }
         case .invalidated, .uploadAborted:
@@ -665,7 +665,7 @@ extension GatewayReply {
             }
             var crcs: [UInt32] = []
             crcs.reserveCapacity(sectors)
-            for _ in 0..<sectors { crcs.append(body.readInteger()!) }
+            for k in 0..<sectors { crcs.append(body.readInteger(as: UInt32.self)! ^ sectorPositionTag(extent, k)) }
             extents.append(ExtentPayload(reason: reason, extent: extent, crcs: crcs, bytes: body.readBytes(length: byteCount)!))
         }
         return SectorsReply(size: size, etag: etag, extents: extents)
@@ -742,4 +742,16 @@ public func gatewayKeyPathProblem(_ key: String) -> String? {
 /// The key check `GatewayClient` and the server share: 1...keyBytesMax bytes.
 public func gatewayKeyIsValid(_ key: String) -> Bool {
     !key.utf8.isEmpty && key.utf8.count <= GatewayProtocol.keyBytesMax
+}
+
+/// What a `sectors` reply XORs into the CRC-32C of the `k`-th sector of `extent` on the wire (and the
+/// decoder XORs out again with the extent it parsed): (block << 16 + firstSector + k) times an odd
+/// constant, a bijection of the sector's position. The CRC then binds the bytes to where the reply
+/// says they go: a header corrupted on the wire that moves a (predicted) extent elsewhere makes every
+/// sector of it fail its CRC, so right bytes are never stored at the wrong place. In memory
+/// (`ExtentPayload.crcs`) CRCs stay plain CRC-32C.
+@inline(__always)
+func sectorPositionTag(_ extent: SectorExtent, _ k: Int) -> UInt32 {
+    let position = UInt32(extent.block) << 16 &+ UInt32(extent.firstSector) &+ UInt32(truncatingIfNeeded: k)
+    return position &* 0x9E37_79B1
 }
