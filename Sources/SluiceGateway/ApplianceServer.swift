@@ -52,7 +52,7 @@ public final class ApplianceServer: Sendable {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(
-                        RequestFrameDecoder(frameBytesMax: ApplianceProtocol.requestFrameBytesMax,
+                        GatewayFrameDecoder(frameBytesMax: ApplianceProtocol.requestFrameBytesMax, withStatus: false,
                                             largeOpcodes: [ApplianceOpcode.append.rawValue],
                                             largeFrameBytesMax: ApplianceProtocol.appendFrameBytesMax)))
                     try channel.pipeline.syncOperations.addHandler(ApplianceHandler(appliance: appliance, budget: budget, tasks: tasks))

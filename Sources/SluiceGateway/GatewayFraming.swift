@@ -1,5 +1,6 @@
 // Path: Sources/SluiceGateway/GatewayFraming.swift — cutting gateway frames out of a TCP stream (server
-// side: requests; client side: replies), never buffering more than one bounded frame.
+// side: requests, with a larger bound for the data-carrying opcodes; client side: replies), never
+// buffering more than one bounded frame. One decoder for both servers and both clients.
 import NIOCore
 
 /// A frame cut from the stream by `GatewayFrameDecoder`.
@@ -13,18 +14,26 @@ enum GatewayInboundFrame: Sendable {
 }
 
 /// Cuts frames by their length word: requests (`withStatus` false, 10-byte header) or replies (true,
-/// 11 bytes). Never buffers more than `frameBytesMax + 4` bytes of one frame: an oversized length is
-/// reported at once and everything after it is discarded.
+/// 11 bytes). A frame above `frameBytesMax` is taken only when its opcode is one of `largeOpcodes`
+/// (requests that carry write data: `uploadData` on the last hop, `append` from clients) and it is
+/// within `largeFrameBytesMax`; the opcode is waited for (14 bytes) before deciding. Anything larger is
+/// reported `tooLarge` at once (opcode and request id echoed when they already arrived; the body is
+/// never waited for) and everything after it is discarded. Never buffers more than one bounded frame.
 struct GatewayFrameDecoder: ByteToMessageDecoder {
     typealias InboundOut = GatewayInboundFrame
     let frameBytesMax: Int
     let withStatus: Bool
+    let largeOpcodes: Set<UInt8>
+    let largeFrameBytesMax: Int
     private var discarding = false
 
-    init(frameBytesMax: Int, withStatus: Bool) {
+    init(frameBytesMax: Int, withStatus: Bool, largeOpcodes: Set<UInt8> = [], largeFrameBytesMax: Int? = nil) {
         precondition(frameBytesMax >= GatewayProtocol.replyHeaderBytes, "a frame must fit its header")
+        precondition((largeFrameBytesMax ?? frameBytesMax) >= frameBytesMax, "the large bound is the larger one")
         self.frameBytesMax = frameBytesMax
         self.withStatus = withStatus
+        self.largeOpcodes = largeOpcodes
+        self.largeFrameBytesMax = largeFrameBytesMax ?? frameBytesMax
     }
 
     private var headerBytes: Int { withStatus ? GatewayProtocol.replyHeaderBytes : GatewayProtocol.requestHeaderBytes }
@@ -36,14 +45,18 @@ struct GatewayFrameDecoder: ByteToMessageDecoder {
         }
         guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) else { return .needMoreData }
         if Int(length) > frameBytesMax {
-            // The opcode and request id are echoed when they already arrived; the body is never waited for.
+            // Version, opcode and request id sit at the same offsets in requests and replies.
             let header = buffer.readableBytes >= 4 + GatewayProtocol.requestHeaderBytes
+            let large = Int(length) <= largeFrameBytesMax && !largeOpcodes.isEmpty
+            if large && !header { return .needMoreData }
             let opcode = header ? buffer.getInteger(at: buffer.readerIndex + 5, as: UInt8.self)! : 0
-            let requestID = header ? buffer.getInteger(at: buffer.readerIndex + 6, as: UInt64.self)! : 0
-            discarding = true
-            buffer.moveReaderIndex(forwardBy: buffer.readableBytes)
-            context.fireChannelRead(NIOAny(GatewayInboundFrame.tooLarge(length: length, opcode: opcode, requestID: requestID)))
-            return .needMoreData
+            if !(large && largeOpcodes.contains(opcode)) {
+                let requestID = header ? buffer.getInteger(at: buffer.readerIndex + 6, as: UInt64.self)! : 0
+                discarding = true
+                buffer.moveReaderIndex(forwardBy: buffer.readableBytes)
+                context.fireChannelRead(NIOAny(GatewayInboundFrame.tooLarge(length: length, opcode: opcode, requestID: requestID)))
+                return .needMoreData
+            }
         }
         guard buffer.readableBytes >= 4 + Int(length) else { return .needMoreData }
         buffer.moveReaderIndex(forwardBy: 4)

@@ -117,7 +117,7 @@ public final class IntermediateServer: Sendable {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(
-                        RequestFrameDecoder(frameBytesMax: GatewayProtocol.requestFrameBytesMax,
+                        GatewayFrameDecoder(frameBytesMax: GatewayProtocol.requestFrameBytesMax, withStatus: false,
                                             largeOpcodes: [GatewayOpcode.uploadData.rawValue],
                                             largeFrameBytesMax: GatewayProtocol.uploadFrameBytesMax)))
                     try channel.pipeline.syncOperations.addHandler(IntermediateHandler(shared: shared))
