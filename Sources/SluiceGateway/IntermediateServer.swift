@@ -187,59 +187,29 @@ final class IntermediateHandler: ChannelInboundHandler {
 
     private let shared: ServerShared
     private var predictor: Predictor
-    private var nextSequence: UInt64 = 0
-    private var nextToSend: UInt64 = 0
-    /// Replies ready before an earlier one (at most `outstandingRequestsMax`).
-    private var ready: [UInt64: (buffer: ByteBuffer, closeAfter: Bool)] = [:]
-    private var outstanding = 0
-    private var readingPaused = false
-    private var closing = false
-    private var starts: BudgetedStarts!
+    private let replies: OrderedReplies
 
     init(shared: ServerShared) {
         self.shared = shared
         predictor = Predictor(configuration: shared.configuration.predictor, units: shared.units)
-        starts = BudgetedStarts(budget: shared.budget) { [unowned self] channel in self.process(channel) }
+        replies = OrderedReplies(outstandingMax: shared.configuration.outstandingRequestsMax, budget: shared.budget)
+        let counters = shared.counters
+        replies.onWrite = { bytes in counters.add(counters.lastHopFrameBytes, bytes) }
+        replies.handle = { [unowned self] frame, sequence, channel in self.handle(frame, sequence, channel) }
     }
-
-    /// Frames decoded and not yet handled: a socket read may hold many after reading paused, they wait
-    /// here (bounded by one read's bytes) so no more than `outstandingRequestsMax` are ever outstanding.
-    private var inbox = CircularBuffer<GatewayInboundFrame>()
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard !closing else { return }
-        inbox.append(unwrapInboundIn(data))
-        process(context.channel)
+        replies.receive(unwrapInboundIn(data), context.channel)
     }
 
-    private var processing = false
-
-    /// Handles queued frames while the connection has room (outstanding below the bound, no request
-    /// waiting for budget), then pauses or resumes reading. Not reentrant: a reply written at once
-    /// calls it back, and the outer call's loop goes on instead (no recursion per frame).
-    private func process(_ channel: Channel) {
-        guard !processing else { return }
-        processing = true
-        defer { processing = false }
-        while !closing, !starts.isWaiting, outstanding < shared.configuration.outstandingRequestsMax, let frame = inbox.popFirst() {
-            handle(frame, channel)
-        }
-        if closing { inbox.removeAll() }
-        updateReading(channel)
-    }
-
-    private func handle(_ frame: GatewayInboundFrame, _ channel: Channel) {
-        let sequence = nextSequence
-        nextSequence += 1
-        outstanding += 1
-        shared.budget.noteOutstanding(outstanding)
+    private func handle(_ frame: GatewayInboundFrame, _ sequence: UInt64, _ channel: Channel) {
         shared.counters.add(shared.counters.requests)
         switch frame {
         case .tooLarge(let length, let opcode, let requestID):
             let message = "frame length \(length) is above \(GatewayProtocol.requestFrameBytesMax)"
             complete(sequence, reply(.failure(.frameTooLarge, message: message), opcode: opcode, requestID: requestID, channel),
                      closeAfter: true, channel)
-            closing = true
+            replies.closeAfterReplies()
         case .tooShort(let length):
             let message = GatewayDecodeError.frameBelowHeader(length: length, header: GatewayProtocol.requestHeaderBytes).description
             complete(sequence, reply(.failure(.badRequest, message: message), opcode: 0, requestID: 0, channel), closeAfter: false, channel)
@@ -256,7 +226,7 @@ final class IntermediateHandler: ChannelInboundHandler {
             }
             do throws(GatewayDecodeError) {
                 let request = try GatewayRequest.decode(opcode: opcode, body: &body, units: shared.units)
-                starts.admit(sequence: sequence, cost: cost(of: request), channel) { [unowned self] in
+                replies.starts.admit(sequence: sequence, cost: cost(of: request), channel) { [unowned self] in
                     self.start(request, sequence: sequence, requestID: requestID, channel)
                 }
             } catch {
@@ -357,7 +327,7 @@ final class IntermediateHandler: ChannelInboundHandler {
             case .failure(let error): answer = .failure(.internal, message: "\(error)")
             }
             handler.complete(sequence, handler.reply(answer, opcode: opcode, requestID: requestID, channel), closeAfter: false, channel)
-            handler.updateReading(channel)
+            handler.replies.updateReading(channel)
         }
     }
 
@@ -374,39 +344,11 @@ final class IntermediateHandler: ChannelInboundHandler {
 
     /// Queues reply `sequence`; writes every reply whose turn has come.
     private func complete(_ sequence: UInt64, _ buffer: ByteBuffer, closeAfter: Bool, _ channel: Channel) {
-        ready[sequence] = (buffer, closeAfter)
-        while let next = ready.removeValue(forKey: nextToSend) {
-            let written = nextToSend
-            nextToSend += 1
-            let bytes = next.buffer.readableBytes
-            shared.counters.add(shared.counters.lastHopFrameBytes, bytes)
-            let bound = NIOLoopBound(self, eventLoop: channel.eventLoop)
-            let closeAfter = next.closeAfter
-            channel.writeAndFlush(next.buffer).whenComplete { result in
-                let handler = bound.value
-                handler.outstanding -= 1
-                precondition(handler.outstanding >= 0, "each reply is taken once")
-                handler.starts.finished(written)
-                if closeAfter { channel.close(promise: nil) }
-                if case .failure = result { channel.close(promise: nil) }
-                handler.process(channel)
-            }
-        }
-    }
-
-    private func updateReading(_ channel: Channel) {
-        // Not paused while closing: the decoder discards what follows an oversized frame, so the close
-        // after its reply is an orderly FIN, not a reset that could lose that reply at the client.
-        let full = outstanding >= shared.configuration.outstandingRequestsMax || starts.isWaiting || (!inbox.isEmpty && !closing)
-        if full != readingPaused {
-            readingPaused = full
-            channel.setOption(ChannelOptions.autoRead, value: !full).whenComplete { _ in }
-        }
+        replies.complete(sequence, buffer, closeAfter: closeAfter, channel)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        starts.dropWaiting()
-        inbox.removeAll()
+        replies.dropPending()
         context.fireChannelInactive()
     }
 
