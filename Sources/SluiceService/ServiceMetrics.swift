@@ -164,6 +164,7 @@ public final class ServiceMetrics: Sendable {
                 advance(&state, "sluice_wan_received_bytes_total", labels, c.receivedBytes)
                 advance(&state, "sluice_wan_forwarded_packets_total", labels, c.forwardedPackets)
                 advance(&state, "sluice_wan_forwarded_bytes_total", labels, c.forwardedBytes)
+                advance(&state, "sluice_wan_corrupted_packets_total", labels, c.corruptedPackets)
                 for drop in snapshot.drops(includingZero: true) {
                     advance(&state, "sluice_wan_drops_total", labels + [("reason", drop.reason)], drop.count)
                 }
@@ -187,6 +188,7 @@ public final class ServiceMetrics: Sendable {
                 set(&state, gauge: "sluice_wan_jitter_seconds", labels, Double(settings.jitterNs) / 1e9)
                 set(&state, gauge: "sluice_wan_rate_bits_per_second", labels, Double(settings.rateBitsPerSecond))
                 set(&state, gauge: "sluice_wan_loss_ratio", labels, settings.loss)
+                set(&state, gauge: "sluice_wan_corrupt_ratio", labels, settings.corrupt)
                 set(&state, gauge: "sluice_wan_queue_limit_bytes", labels, Double(settings.queueBytes))
             }
         }

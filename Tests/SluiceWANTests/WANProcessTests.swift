@@ -104,6 +104,8 @@ import Testing
         #expect(body.contains("sluice_wan_drops_total{\(labels),reason=\"queueFull\"} 0"), "\(body)")
         #expect(body.contains("sluice_wan_queue_limit_bytes{\(labels)} 65536.0"), "\(body)")
         #expect(body.contains("sluice_wan_delay_seconds{link=\"lab\",direction=\"b-to-a\"} 0.005"), "\(body)")
+        #expect(body.contains("sluice_wan_corrupted_packets_total{\(labels)} 0"), "\(body)")
+        #expect(body.contains("sluice_wan_corrupt_ratio{\(labels)} 0.0"), "\(body)")
         child.signal(SIGTERM)
         #expect(child.wait(timeoutMs: 20_000) == 0, "stderr: \(child.stderrText)")
         #expect(child.stderrText.contains("wan link stopped"), "\(child.stderrText)")
