@@ -141,7 +141,7 @@ public struct OverlayLeaseWatch: AsyncSequence, AsyncIteratorProtocol {
 
     /// One etcd event into at most one lease event (updating what is known).
     private mutating func take(_ event: EtcdWatchEvent) -> OverlayLeaseEvent? {
-        revision = max(revision, event.kv.modRevision)
+        revision = Swift.max(revision, event.kv.modRevision)
         switch event.kind {
         case .put:
             guard let record = try? OverlayJSON.decodeLease(event.kv) else { malformed += 1; return nil }

@@ -158,7 +158,7 @@ struct OverlayAgentCommand: AsyncParsableCommand {
                 name: name, keys: keys, ttlSeconds: ttl, callTimeoutMs: etcd.etcdTimeoutMs))
             let server = try await OverlayAgentServer.bind(agent: agent, host: host, port: port)
             print("agent \(name) listening on \(host):\(server.port)")
-            fflush(stdout)
+            fflush(nil)
             let serving = Task { await server.run() }
             let renewing = Task { await agent.run() }
             await waitForStopSignal()
@@ -167,7 +167,7 @@ struct OverlayAgentCommand: AsyncParsableCommand {
             await serving.value
             await renewing.value
             print(agent.counters.report)
-            fflush(stdout)
+            fflush(nil)
             await client.shutdown()
         } catch {
             await client.shutdown()
@@ -223,7 +223,7 @@ struct OverlayRegisterCommand: AsyncParsableCommand {
         do {
             let registration = try await OverlayRegistration.start(client, keys: keys, endpoints: endpoints, ttlSeconds: ttl)
             print("registered \(endpoints.count) endpoints of \(host) on etcd lease \(registration.leaseID)")
-            fflush(stdout)
+            fflush(nil)
             let renewing = Task { try await registration.run() }
             await waitForStopSignal()
             renewing.cancel()
@@ -325,7 +325,7 @@ struct OverlayWatchCommand: AsyncParsableCommand {
                 case .ended(let id, let epoch, let reason):
                     print("ended lease \(id) epoch \(epoch) reason \(reason.rawValue)")
                 }
-                fflush(stdout)
+                fflush(nil)
                 seen += 1
                 if count > 0, seen >= count { break }
             }
