@@ -27,13 +27,22 @@ final class LeaseEvents: @unchecked Sendable {  // unchecked: state under `lock`
     private var events: [OverlayLeaseEvent] = []
     private var taken = 0
     private(set) var failure: OverlayLeasingError?
+    /// The watch's reconnects, as of its last event.
+    var reconnects: Int { lock.withLock { reconnectsSeen } }
+    private var reconnectsSeen = 0
     private var reader: Task<Void, Never>?
 
     init(_ watch: sending OverlayLeaseWatch) {
         reader = Task { [watch] in
             var watch = watch
             do throws(OverlayLeasingError) {
-                while let event = try await watch.next() { self.lock.withLock { self.events.append(event) } }
+                while let event = try await watch.next() {
+                    let reconnects = watch.reconnects
+                    self.lock.withLock {
+                        self.events.append(event)
+                        self.reconnectsSeen = reconnects
+                    }
+                }
             } catch {
                 self.lock.withLock { self.failure = error }
             }
