@@ -198,6 +198,11 @@ public final class OverlayLeasingAgent: Sendable {
 
     /// Renews `leaseID` now (the agent renews its own grants anyway); returns its TTL.
     public func renew(leaseID: Int64) async throws(OverlayLeasingError) -> Int64 {
+        try await renew(leaseID: leaseID, requested: true)
+    }
+
+    /// `requested`: a client asked (a failure is a refusal, counted); else the agent's own keep-alive.
+    private func renew(leaseID: Int64, requested: Bool) async throws(OverlayLeasingError) -> Int64 {
         do {
             let ttl = try await client.keepAlive(lease: leaseID, timeoutMs: configuration.callTimeoutMs)
             counters.renewals.add(1, ordering: .relaxed)
@@ -205,9 +210,11 @@ public final class OverlayLeasingAgent: Sendable {
         } catch {
             if case .leaseNotFound = error {
                 if held.withLock({ $0.removeValue(forKey: leaseID) }) != nil { counters.expiries.add(1, ordering: .relaxed) }
-                throw refuse(.leaseNotFound, "lease \(leaseID) expired or was revoked")
+                let message = "lease \(leaseID) expired or was revoked"
+                throw requested ? refuse(.leaseNotFound, message) : .refused(.leaseNotFound, message: message)
             }
-            throw refuse(.etcdUnavailable, "renew \(leaseID): \(error)")
+            let message = "renew \(leaseID): \(error)"
+            throw requested ? refuse(.etcdUnavailable, message) : .refused(.etcdUnavailable, message: message)
         }
     }
 
@@ -232,7 +239,7 @@ public final class OverlayLeasingAgent: Sendable {
             start += batch.count
             await withTaskGroup(of: Void.self) { group in
                 for id in batch {
-                    group.addTask { _ = try? await self.renew(leaseID: id) }
+                    group.addTask { _ = try? await self.renew(leaseID: id, requested: false) }
                 }
             }
         }

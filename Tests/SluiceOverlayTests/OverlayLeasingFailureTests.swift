@@ -135,6 +135,41 @@ struct OverlayLeasingFailureTests {
         #expect(listed.status == 0)
         #expect(listed.lines.count == 3, "\(listed.lines)")
         #expect(listed.lines.contains { $0.hasPrefix("web\tp1\tph1\t198.18.0.2\t198.19.1.2\t8080\t42\t2\t0") })
+        // An agent child, then lease / leases / revoke through the CLI.
+        let agent = try Child([sluice, "overlay", "agent", "--etcd", url, "--prefix", keys.prefix, "--name", "cli",
+                               "--listen", "127.0.0.1:0", "--ttl", "5"])
+        let started = try #require(try await agent.readLine(timeoutMs: 20_000), "agent did not start: \(agent.process.stderrText)")
+        let port = try #require(started.split(separator: ":").last.flatMap { Int($0) }, "start line: \(started)")
+        let leased = try await offThread {
+            try runCommand([sluice, "overlay", "lease", "--agents", "127.0.0.1:\(port)", "--consumer", "c1", "--consumer-host", "h1",
+                            "--service", "dns"], timeoutMs: 20_000)
+        }
+        #expect(leased.status == 0, "\(leased.stderr)")
+        let words = leased.lines.first?.split(separator: " ").map(String.init) ?? []
+        #expect(words.count > 2 && words[0] == "lease" && words.contains("h1/c1") && words.contains("ph1/p2"), "\(leased.lines)")
+        let leaseID = words.count > 1 ? words[1] : "0"
+        let table = try await offThread {
+            try runCommand([sluice, "overlay", "leases", "--etcd", url, "--prefix", keys.prefix, "--consumer-host", "h1"])
+        }
+        #expect(table.lines.count == 2 && table.lines[1].hasPrefix("\(leaseID)\t"), "\(table.lines)")
+        // dns has one slot: a second consumer is refused, exit 1 with the reason.
+        let full = try await offThread {
+            try runCommand([sluice, "overlay", "lease", "--agents", "127.0.0.1:\(port)", "--consumer", "c2", "--consumer-host", "h1",
+                            "--service", "dns"], timeoutMs: 20_000)
+        }
+        #expect(full.status == 1)
+        #expect(full.stderr.contains("no_capacity"), "\(full.stderr)")
+        let revoked = try await offThread {
+            try runCommand([sluice, "overlay", "revoke", "--agents", "127.0.0.1:\(port)", "--consumer-host", "h1", "--lease", leaseID],
+                           timeoutMs: 20_000)
+        }
+        #expect(revoked.status == 0 && revoked.lines == ["revoked \(leaseID)"], "\(revoked.lines) \(revoked.stderr)")
+        agent.process.signal(SIGTERM)
+        #expect(try await offThread { agent.process.wait(timeoutMs: 10_000) } == 0)
+        let report = agent.process.remainingLines(timeoutMs: 1_000)
+        #expect(report.contains("grants 1") && report.contains("revokes 1") && report.contains("refusals{reason=\"no_capacity\"} 1"),
+                "\(report)")
+
         register.process.signal(SIGTERM)
         let status = try await offThread { register.process.wait(timeoutMs: 10_000) }
         #expect(status == 0)
