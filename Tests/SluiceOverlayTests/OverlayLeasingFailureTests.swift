@@ -121,6 +121,52 @@ struct OverlayLeasingFailureTests {
         }
     }
 
+    @Test func leaseViewCatchesUpAfterItsOnlyMemberRestartsPastACompaction() async throws {
+        try await withEtcdCluster(members: 3) { cluster in
+            let urls = cluster.clientURLs
+            let keys = try testKeys()
+            let etcd = try client(urls, timeoutMs: 2_000)
+            // The view talks to member 0 only: its death stops the view until member 0 is back.
+            let watchClient = try client([urls[0]], timeoutMs: 2_000)
+            _ = try await OverlayRegistration.start(etcd, keys: keys, endpoints: [producer("web", "p1", capacity: 4)], ttlSeconds: 30)
+            let agent = try OverlayLeasingAgent(client: etcd, configuration: .init(name: "a1", keys: keys, ttlSeconds: 10))
+            let watch = LeaseEvents(try await OverlayLeaseWatch.start(watchClient, keys: keys, consumerHost: "ch1"))
+            let first = try await agent.grant(service: "web", consumerHost: "ch1", consumerVM: "c1")
+            #expect(await watch.next() == .granted(first.lease))
+            cluster.kill(member: 0)
+            // Meanwhile: the first lease revoked, a second granted, and the history compacted past both.
+            var revoked = false
+            let deadline = ContinuousClock.now + .seconds(10)
+            while !revoked && ContinuousClock.now < deadline {
+                do {
+                    try await agent.revoke(consumerHost: "ch1", leaseID: first.record.leaseID)
+                    revoked = true
+                } catch {
+                    try await Task.sleep(for: .milliseconds(200))  // a new leader is being elected
+                }
+            }
+            try #require(revoked)
+            let second = try await agent.grant(service: "web", consumerHost: "ch1", consumerVM: "c2")
+            try await etcd.compact(revision: second.epoch)
+            try await offThread { try cluster.restart(member: 0) }
+            // The view reports the end of the first (revoked when it replays the history, expired when it
+            // had to read a fresh snapshot) and the second grant, each once.
+            let ended = await watch.next(timeoutMs: 20_000)
+            guard case .ended(let id, let epoch, let reason)? = ended else {
+                Issue.record("expected the first lease to end, got \(String(describing: ended)); failure \(String(describing: watch.failure))")
+                return
+            }
+            #expect(id == first.record.leaseID && epoch == first.epoch && (reason == .revoked || reason == .expired))
+            #expect(await watch.next() == .granted(second.lease))
+            #expect(await watch.next(timeoutMs: 300) == nil)
+            #expect(watch.reconnects >= 1)
+            print("overlay leasing: view after member restart: ended(\(reason.rawValue)), reconnects \(watch.reconnects)")
+            watch.cancel()
+            await etcd.shutdown()
+            await watchClient.shutdown()
+        }
+    }
+
     @Test func cliRegistersUntilSIGTERMAndRefusesBadFlags() async throws {
         let sluice = try #require(sluiceBinary(), "sluice not built: swift build --build-tests")
         let cluster = try sharedEtcdCluster(members: 1)
