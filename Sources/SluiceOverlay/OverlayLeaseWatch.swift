@@ -79,6 +79,10 @@ public struct OverlayLeaseWatch: AsyncSequence, AsyncIteratorProtocol {
     private mutating func resync() async throws(EtcdError) {
         let result = try await client.range(.prefix(keys.leases(consumerHost: consumerHost)),
                                             limit: Int64(OverlayLimits.leaseCountMax))
+        // The redirect table holds at most `leaseCountMax` leases: more records is a bug of the agents.
+        guard !result.more else {
+            throw .invalidArgument("consumer host \(consumerHost) has over \(OverlayLimits.leaseCountMax) lease records")
+        }
         var present = Set<Int64>()
         var granted: [(Int64, OverlayLeaseEvent)] = []
         for kv in result.kvs {
