@@ -172,6 +172,8 @@ let package = Package(
                 "SluiceCore", "SluicePacket", "SluicePacketIO", "SluiceEtcd", "CShims",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
         // The WAN emulator: delay, jitter, loss, rate and queue limits between two interfaces (docs/WAN.md).
