@@ -44,6 +44,15 @@ import Testing
             #expect(inventory.status == 0, "\(inventory.stderr)")
             try inventory.lines.joined(separator: "\n").write(toFile: "\(root)/\(file)", atomically: true, encoding: .utf8)
         }
+        // Free migration bandwidth, measured on the link toward the destination (127.0.0.1: lo, whose speed
+        // the kernel does not know: the host type's rate is its capacity).
+        let measured = try runCommand([sluice, "vm", "inventory", "--qmp", "\(root)/probe-ops.sock", "--host-type", "\(root)/big.json",
+                                       "--toward", "127.0.0.1", "--sample-seconds", "1", "--models"])
+        #expect(measured.status == 0, "\(measured.stderr)")
+        #expect(measured.lines.contains { $0.hasPrefix("free migration bandwidth: measured free ") && $0.contains("of capacity 256.0 MiB/s (host type's configured rate) on lo") },
+                "\(measured.lines.prefix(3))")
+        let noType = try runCommand([sluice, "vm", "inventory", "--qmp", "\(root)/probe-ops.sock", "--toward", "127.0.0.1"])
+        #expect(noType.status != 0 && noType.stderr.contains("--toward needs --host-type"))
         let described = try runCommand([sluice, "vm", "describe", "--name", "cli", "--qmp", GuestLaunchSpec.operatorQMPPath(runDirectory: process.runDirectory),
                                         "--agent", source.agentSocketPath, "--spec", root + "/spec.json"])
         #expect(described.status == 0, "\(described.stderr)")
