@@ -40,6 +40,25 @@ public struct GuestLaunchSpec: Codable, Sendable, Equatable {
         self.extraArguments = extraArguments
     }
 
+    private enum CodingKeys: String, CodingKey {
+        case machine, cpuModel, shape, kernel, initrd, append, agentPortName, extraArguments, devices
+    }
+
+    /// Decodes a spec; `devices` may be absent (specs written before it existed: no extra devices).
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let devices = try c.decodeIfPresent([String].self, forKey: .devices) ?? []
+        guard devices.allSatisfy({ !$0.isEmpty && !$0.contains(",") && !$0.contains(" ") }) else {
+            throw DecodingError.dataCorruptedError(forKey: .devices, in: c, debugDescription: "device drivers are bare names (no ',' or spaces)")
+        }
+        self.init(machine: try c.decode(String.self, forKey: .machine), cpuModel: try c.decode(String.self, forKey: .cpuModel),
+                  shape: try c.decode(VMShape.self, forKey: .shape), kernel: try c.decode(String.self, forKey: .kernel),
+                  initrd: try c.decode(String.self, forKey: .initrd), append: try c.decode(String.self, forKey: .append),
+                  agentPortName: try c.decode(String.self, forKey: .agentPortName),
+                  extraArguments: try c.decode([String].self, forKey: .extraArguments),
+                  devices: devices)
+    }
+
     /// The agent's chardev socket of a QEMU run in `runDirectory`.
     public static func agentSocketPath(runDirectory: String) -> String { runDirectory + "/agent.sock" }
     /// The guest's serial console log of a QEMU run in `runDirectory`.

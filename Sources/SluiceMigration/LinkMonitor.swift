@@ -119,6 +119,11 @@ public func formatRate(_ bytesPerSecond: UInt64) -> String {
 public struct LinkSample: Sendable, Equatable {
     public var at: ContinuousClock.Instant
     public var counters: InterfaceCounters
+
+    public init(at: ContinuousClock.Instant, counters: InterfaceCounters) {
+        self.at = at
+        self.counters = counters
+    }
 }
 
 /// A bounded ring of samples, oldest first; appending past `capacity` drops the oldest.

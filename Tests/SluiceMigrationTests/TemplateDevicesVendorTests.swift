@@ -22,7 +22,7 @@ import Testing
             vms: [Self.vm("a", agentDevices: ["console", "rng"], sourceDevices: ["virtio-serial-pci", "virtio-rng-pci"]),
                   Self.vm("b", agentDevices: ["console", "net"])],
             to: T.westmereHost, hostType: T.bigType)
-        #expect(template.proofs.allSatisfy(\.canMove))
+        #expect(template.proofs.allSatisfy { $0.canMove })
         #expect(template.devices == ["virtio-net-pci", "virtio-rng-pci", "virtio-serial-pci"])
         #expect(template.plans[0].devices == ["virtio-rng-pci", "virtio-serial-pci"])
         #expect(template.plans[1].devices == ["virtio-net-pci", "virtio-serial-pci"])
