@@ -143,10 +143,13 @@ public struct ConvergencePlan: Codable, Sendable, Equatable {
     /// The measured link the bandwidth came from (nil: the host type's configured rate).
     public var link: LinkBandwidth?
 
-    /// The `migrate-set-parameters` arguments of this plan (capabilities follow `strategy`).
+    /// The `migrate-set-parameters` arguments of this plan (capabilities follow `strategy`). The bandwidth
+    /// caps post-copy too (`max-postcopy-bandwidth`; QEMU's default 0 is unlimited, so a post-copy move
+    /// would otherwise take more of the link than planned), set on every move so no earlier value stays.
     public var qmpParameters: MigrationParameters {
         MigrationParameters(maxBandwidthBytesPerSecond: maxBandwidthBytesPerSecond, downtimeLimitMs: UInt64(downtimeLimitMs),
                             cpuThrottleInitial: strategy == .autoConverge ? cpuThrottleInitialPercent : nil,
+                            maxPostcopyBandwidthBytesPerSecond: maxBandwidthBytesPerSecond,
                             maxCPUThrottle: maxCPUThrottlePercent)
     }
 }

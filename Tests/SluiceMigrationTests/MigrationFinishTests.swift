@@ -101,6 +101,9 @@ import Testing
             #expect(moved.spec.devices == ["virtio-rng-pci"])
             #expect(source.process?.exitStatus != nil)
             #expect(monitor.observations.count == 1 && outcome.achievedBytesPerSecond > 0)
+            // The plan's bandwidth caps post-copy too (max-postcopy-bandwidth), not only the first pass.
+            #expect(outcome.achievedBytesPerSecond <= plan.convergence.maxBandwidthBytesPerSecond * 5 / 4,
+                    "achieved \(formatRate(outcome.achievedBytesPerSecond))")
             print("post-copy: \(plan.convergence.reason); total \(outcome.totalTimeMs) ms, downtime \(outcome.downtimeMs) ms, "
                   + "\(outcome.transferredBytes >> 20) MiB, achieved \(formatRate(outcome.achievedBytesPerSecond)), wall \(outcome.wallTimeMs) ms")
             await moved.stop()
