@@ -253,6 +253,10 @@ struct VMCommand: AsyncParsableCommand {
         @Option(help: "Serve Prometheus metrics on GET /metrics at HOST:PORT during and after the move (port 0: any, printed).")
         var metrics: String?
 
+        @Option(help: ArgumentHelp("Record the rate QEMU achieves on the link toward this address (printed as `link: ...`).",
+                                   valueName: "address"))
+        var toward: String?
+
         func validate() throws {
             if let metrics { _ = try hostPort(metrics, flag: "--metrics", portZero: true) }
         }
@@ -265,7 +269,15 @@ struct VMCommand: AsyncParsableCommand {
             }
             let client = try await QMPClient.connect(path: qmp)
             let source = RunningGuest(name: name, spec: launch, qmp: client, agentSocketPath: agent)
-            let executor = MigrationExecutor(.init(qemuBinary: qemu, runRoot: runRoot), connectAgent: AgentChannelConnection.connector)
+            var configuration = MigrationExecutor.Configuration(qemuBinary: qemu, runRoot: runRoot)
+            if let toward {
+                do {
+                    configuration.linkMonitor = try LinkMonitor.toward(toward, configuredCapacityBytesPerSecond: loaded.bandwidthBytesPerSecond)
+                } catch {
+                    throw ValidationError("--toward \(toward): \(error)")
+                }
+            }
+            let executor = MigrationExecutor(configuration, connectAgent: AgentChannelConnection.connector)
             var endpoint: MetricsEndpoint?
             if let metrics {
                 let (host, port) = try hostPort(metrics, flag: "--metrics", portZero: true)
@@ -288,6 +300,10 @@ struct VMCommand: AsyncParsableCommand {
                 throw ExitCode(4)
             case .success(let (outcome, moved)):
                 try VMCommand.printJSON(outcome)
+                if let monitor = configuration.linkMonitor, let observation = monitor.observations.last {
+                    print("link: \(monitor.configuration.interface): QEMU achieved \(formatRate(observation.bytesPerSecond)) "
+                          + "(planned \(formatRate(loaded.bandwidthBytesPerSecond)))")
+                }
                 if let process = moved.process {
                     print("destination: QMP \(GuestLaunchSpec.operatorQMPPath(runDirectory: process.runDirectory)), "
                           + "agent \(moved.agentSocketPath), pid \(process.pid)")
