@@ -15,6 +15,9 @@ public struct AgentReport: Codable, Sendable, Equatable {
     public var uptimeSeconds: Double
     /// `model name` of the first processor in `/proc/cpuinfo`.
     public var cpuModelName: String
+    /// `vendor_id` of the first processor in `/proc/cpuinfo` ("GenuineIntel", "AuthenticAMD"); nil from
+    /// an agent that does not report it. A move never changes it (`MigrationBlocker.vendorMismatch`).
+    public var cpuVendor: String?
     /// `flags` of the first processor in `/proc/cpuinfo`, as the guest kernel sees them.
     public var cpuFlags: [String]
     /// The CPU flags the guest's workloads declare they need (`/etc/sluice-agent/requires`, one per line),
@@ -47,8 +50,9 @@ public struct AgentReport: Codable, Sendable, Equatable {
         version: Int = AgentReport.protocolVersion, bootID: String, uptimeSeconds: Double, cpuModelName: String,
         cpuFlags: [String], requiredFlags: [String], vcpusOnline: Int, vcpusPresent: Int, memoryTotalKiB: UInt64,
         memoryBlocksOnline: Int, memoryBlocksTotal: Int, memoryBlockBytes: UInt64, devices: [String],
-        dirtiedPagesPerSecond: Double, workloadCounter: UInt64?
+        dirtiedPagesPerSecond: Double, workloadCounter: UInt64?, cpuVendor: String? = nil
     ) {
+        self.cpuVendor = cpuVendor
         self.version = version
         self.bootID = bootID
         self.uptimeSeconds = uptimeSeconds

@@ -19,11 +19,17 @@ public struct GuestLaunchSpec: Codable, Sendable, Equatable {
     public var agentPortName: String
     /// Appended as they are (e.g. `-netdev` pairs); the same on both ends.
     public var extraArguments: [String]
+    /// Extra devices by QEMU driver (`virtio-rng-pci`, ...), each started as `-device DRIVER,id=devN` in
+    /// this order on both ends (the template's devices; the agent's port needs none of them).
+    public var devices: [String]
 
     public static let defaultAgentPortName = "org.sluice.agent.0"
 
     public init(machine: String = "q35", cpuModel: String, shape: VMShape, kernel: String, initrd: String, append: String,
-                agentPortName: String = GuestLaunchSpec.defaultAgentPortName, extraArguments: [String] = []) {
+                agentPortName: String = GuestLaunchSpec.defaultAgentPortName, extraArguments: [String] = [],
+                devices: [String] = []) {
+        precondition(devices.allSatisfy { !$0.isEmpty && !$0.contains(",") && !$0.contains(" ") }, "device drivers are bare names")
+        self.devices = devices
         self.machine = machine
         self.cpuModel = cpuModel
         self.shape = shape
@@ -32,6 +38,25 @@ public struct GuestLaunchSpec: Codable, Sendable, Equatable {
         self.append = append
         self.agentPortName = agentPortName
         self.extraArguments = extraArguments
+    }
+
+    private enum CodingKeys: String, CodingKey {
+        case machine, cpuModel, shape, kernel, initrd, append, agentPortName, extraArguments, devices
+    }
+
+    /// Decodes a spec; `devices` may be absent (specs written before it existed: no extra devices).
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let devices = try c.decodeIfPresent([String].self, forKey: .devices) ?? []
+        guard devices.allSatisfy({ !$0.isEmpty && !$0.contains(",") && !$0.contains(" ") }) else {
+            throw DecodingError.dataCorruptedError(forKey: .devices, in: c, debugDescription: "device drivers are bare names (no ',' or spaces)")
+        }
+        self.init(machine: try c.decode(String.self, forKey: .machine), cpuModel: try c.decode(String.self, forKey: .cpuModel),
+                  shape: try c.decode(VMShape.self, forKey: .shape), kernel: try c.decode(String.self, forKey: .kernel),
+                  initrd: try c.decode(String.self, forKey: .initrd), append: try c.decode(String.self, forKey: .append),
+                  agentPortName: try c.decode(String.self, forKey: .agentPortName),
+                  extraArguments: try c.decode([String].self, forKey: .extraArguments),
+                  devices: devices)
     }
 
     /// The agent's chardev socket of a QEMU run in `runDirectory`.
@@ -47,6 +72,17 @@ public struct GuestLaunchSpec: Codable, Sendable, Equatable {
     public static func hotCPUID(_ index: Int) -> String { "cpu-hot-\(index)" }
     public static func hotDIMMID(_ index: Int) -> String { "dimm-hot-\(index)" }
     public static func hotMemoryID(_ index: Int) -> String { "mem-hot-\(index)" }
+
+    /// The QEMU device drivers a guest of this spec has, sorted: the agent's `virtio-serial-pci`, `devices`,
+    /// and each `-device DRIVER,...` of `extraArguments` (hot-plugged vCPUs and DIMMs are not devices here).
+    public var deviceDrivers: [String] {
+        var drivers: Set<String> = ["virtio-serial-pci"]
+        drivers.formUnion(devices)
+        for (flag, value) in zip(extraArguments, extraArguments.dropFirst()) where flag == "-device" {
+            if let driver = value.split(separator: ",").first, !driver.hasPrefix("driver=") { drivers.insert(String(driver)) }
+        }
+        return drivers.sorted()
+    }
 
     /// QEMU's arguments (without `-qmp` and `-accel`, which `QEMUProcess` adds) for a process whose
     /// files live in `runDirectory`; `incoming` adds `-incoming defer` (a destination).
@@ -66,6 +102,7 @@ public struct GuestLaunchSpec: Codable, Sendable, Equatable {
             "-chardev", "socket,id=ops,path=\(Self.operatorQMPPath(runDirectory: runDirectory)),server=on,wait=off",
             "-mon", "chardev=ops,mode=control",
         ]
+        for (index, driver) in devices.enumerated() { arguments += ["-device", "\(driver),id=dev\(index)"] }
         // What was hot-plugged on the source exists on the destination from the start.
         for index in 0..<shape.hotAddedVCPUs {
             arguments += ["-device", "\(cpuModel)-x86_64-cpu,id=\(Self.hotCPUID(index)),socket-id=\(shape.bootVCPUs + index),core-id=0,thread-id=0"]

@@ -3,10 +3,11 @@
 
 extension VMDescription {
     /// Describes `guest` for a template: its agent's report (within `agentTimeout`), its spec's CPU model and
-    /// shape, and, when `dirtyRateSeconds` > 0, the dirty rate QEMU measures over that many seconds.
+    /// shape and devices (`devices`, else its spec's `deviceDrivers`), and, when `dirtyRateSeconds` > 0, the
+    /// dirty rate QEMU measures over that many seconds.
     public static func survey(
         _ guest: RunningGuest, connectAgent: GuestAgentConnector, dirtyRateSeconds: Int = 1,
-        agentTimeout: Duration = .seconds(30), devices: [String] = ["virtio-serial-pci"]
+        agentTimeout: Duration = .seconds(30), devices: [String]? = nil
     ) async throws -> VMDescription {
         let agent = try await connectAgent(guest.agentSocketPath, agentTimeout)
         let answer: Result<AgentReport, any Error>
@@ -14,7 +15,7 @@ extension VMDescription {
         await agent.close()
         let dirty = dirtyRateSeconds > 0 ? try await measureDirtyRate(guest.qmp, seconds: dirtyRateSeconds) : nil
         return VMDescription(name: guest.name, report: try answer.get(), cpuModel: guest.spec.cpuModel,
-                             shape: guest.spec.shape, devices: devices, hostDirtyBytesPerSecond: dirty)
+                             shape: guest.spec.shape, devices: devices ?? guest.spec.deviceDrivers, hostDirtyBytesPerSecond: dirty)
     }
 }
 

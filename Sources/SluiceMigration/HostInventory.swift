@@ -42,11 +42,15 @@ public struct CPUModelDefinition: Codable, Sendable, Equatable, Hashable {
     /// The model's CPU features (QEMU names, sorted): the boolean properties set in its static
     /// expansion (`query-cpu-model-expansion` type `static`). Nil when not expanded.
     public var features: [String]?
+    /// The CPUID vendor the model presents ("GenuineIntel", "AuthenticAMD", ...): the `vendor` property of
+    /// its static expansion. Nil when not expanded.
+    public var vendor: String?
 
     public init(
         name: String, aliasOf: String? = nil, unavailableFeatures: [String] = [], migrationSafe: Bool,
-        isStatic: Bool = false, deprecated: Bool = false, features: [String]? = nil
+        isStatic: Bool = false, deprecated: Bool = false, features: [String]? = nil, vendor: String? = nil
     ) {
+        self.vendor = vendor
         self.name = name
         self.aliasOf = aliasOf
         self.unavailableFeatures = unavailableFeatures
@@ -175,10 +179,18 @@ public struct HostType: Codable, Sendable, Equatable, Hashable {
     public var cpuModel: String
     public var maxVCPUs: Int
     public var maxMemoryMiB: Int
-    /// The bandwidth a migration to or from this host may use, bytes per second.
+    /// The bandwidth a migration to or from this host may use, bytes per second: the link's capacity when
+    /// the kernel does not know its speed, and the ceiling of the measured free bandwidth (`LinkMonitor`).
     public var migrationBandwidthBytesPerSecond: UInt64
+    /// The QEMU device drivers a host of this type offers its guests (`virtio-serial-pci`,
+    /// `virtio-net-pci`, `virtio-rng-pci`, ...). A guest using a device not listed is refused
+    /// (`MigrationBlocker.deviceUnavailable`). Nil: the type does not restrict devices (every device this
+    /// host's QEMU has).
+    public var devices: [String]?
 
-    public init(name: String, cpuModel: String, maxVCPUs: Int, maxMemoryMiB: Int, migrationBandwidthBytesPerSecond: UInt64) {
+    public init(name: String, cpuModel: String, maxVCPUs: Int, maxMemoryMiB: Int, migrationBandwidthBytesPerSecond: UInt64,
+                devices: [String]? = nil) {
+        self.devices = devices
         precondition(!name.isEmpty)
         precondition(!cpuModel.isEmpty)
         precondition(maxVCPUs > 0)
@@ -217,12 +229,16 @@ public struct HostInventory: Codable, Sendable, Equatable {
     public var memory: MemorySizeSummary
     /// vCPU slots of the queried QEMU (plugged and free).
     public var hotpluggableCPUs: [HotpluggableCPU]
+    /// Free migration bandwidth, measured on the link toward the destination (`LinkMonitor`); nil when not
+    /// measured (templates then use the host type's configured rate).
+    public var link: LinkBandwidth?
 
     public init(
         qemuVersion: QEMUVersion, hostType: HostType?, hostCPUModel: String, hostCPUFeatures: [String],
         hostCPUExpansion: CPUModelExpansion, cpuModels: [CPUModelDefinition], allCPUModels: [CPUModelDefinition],
-        memory: MemorySizeSummary, hotpluggableCPUs: [HotpluggableCPU]
+        memory: MemorySizeSummary, hotpluggableCPUs: [HotpluggableCPU], link: LinkBandwidth? = nil
     ) {
+        self.link = link
         self.qemuVersion = qemuVersion
         self.hostType = hostType
         self.hostCPUModel = hostCPUModel
@@ -301,10 +317,12 @@ public struct HostInventory: Codable, Sendable, Equatable {
             var expanded = definition
             if definition.name == hostModel {
                 expanded.features = hostStatic.enabledFeatures
+                expanded.vendor = hostStatic.otherProperties["vendor"]?.stringValue
             } else {
                 let expansion = try await client.queryCPUModelExpansion(
                     type: .static, model: definition.name, timeout: timeout)
                 expanded.features = expansion.enabledFeatures
+                expanded.vendor = expansion.otherProperties["vendor"]?.stringValue
             }
             if hostType != nil, !Set(expanded.features ?? []).isSubset(of: hostFeatures) { continue }
             offered.append(expanded)

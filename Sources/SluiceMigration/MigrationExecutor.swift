@@ -159,6 +159,9 @@ public final class MigrationExecutor: Sendable {
         public var postcopyGrace: Duration
         /// Called once the destination's QEMU answers, before the migration starts (tests kill it mid-move).
         public var onDestinationStarted: (@Sendable (QEMUProcess) -> Void)?
+        /// The link toward the destinations: each completed move records the rate QEMU achieved on it
+        /// (`MigrationOutcome.achievedBytesPerSecond`) as an observation. Nil: nothing recorded.
+        public var linkMonitor: LinkMonitor?
 
         public init(qemuBinary: String = "/usr/bin/qemu-system-x86_64", runRoot: String, accel: String = "tcg",
                     pollInterval: Duration = .milliseconds(100), confirmTimeout: Duration = .seconds(60),
@@ -171,6 +174,7 @@ public final class MigrationExecutor: Sendable {
             self.deadlineFactor = deadlineFactor
             self.deadlineSlack = deadlineSlack
             self.onDestinationStarted = nil
+            self.linkMonitor = nil
             self.postcopyGrace = .seconds(120)
         }
     }
@@ -197,8 +201,10 @@ public final class MigrationExecutor: Sendable {
         defer { counters.running.subtract(1, ordering: .relaxed) }
         let result = await move(source, plan: plan, proof: proof, policy: policy)
         switch result {
-        case .success(let (outcome, _)):
+        case .success(let (outcome, moved)):
             counters.completed(outcome)
+            configuration.linkMonitor?.recordAchieved(destination: moved.process?.runDirectory ?? moved.name,
+                                                      bytesPerSecond: outcome.achievedBytesPerSecond)
         case .failure(let failure):
             counters.failed(failure.reason)
         }
@@ -244,6 +250,11 @@ public final class MigrationExecutor: Sendable {
         // The plan must be for the guest as it runs now (a stale or edited template is refused).
         guard plan.destinationShape == source.spec.shape else {
             return .failure(.refused(vm: vm, blockers: [.stalePlan("the guest's shape changed since the template")]))
+        }
+        // The destination carries the template's devices: every one must be in the guest's launch spec.
+        let specDevices = Set(source.spec.deviceDrivers)
+        if let missing = plan.devices.first(where: { !specDevices.contains($0) }) {
+            return .failure(.refused(vm: vm, blockers: [.stalePlan("the plan's device \(missing) is not in the guest's launch spec")]))
         }
         // Whether the source runs now: only then is it resumed after a failed move.
         let sourceWasRunning: Bool

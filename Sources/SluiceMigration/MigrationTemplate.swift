@@ -138,13 +138,18 @@ public struct ConvergencePlan: Codable, Sendable, Equatable {
     /// The planned dirty rate, bytes/s, and the prediction it gives.
     public var dirtyBytesPerSecond: UInt64
     public var predictedSeconds: Double
-    /// One sentence: why this strategy.
+    /// One sentence: why this strategy, and where the bandwidth figure comes from.
     public var reason: String
+    /// The measured link the bandwidth came from (nil: the host type's configured rate).
+    public var link: LinkBandwidth?
 
-    /// The `migrate-set-parameters` arguments of this plan (capabilities follow `strategy`).
+    /// The `migrate-set-parameters` arguments of this plan (capabilities follow `strategy`). The bandwidth
+    /// caps post-copy too (`max-postcopy-bandwidth`; QEMU's default 0 is unlimited, so a post-copy move
+    /// would otherwise take more of the link than planned), set on every move so no earlier value stays.
     public var qmpParameters: MigrationParameters {
         MigrationParameters(maxBandwidthBytesPerSecond: maxBandwidthBytesPerSecond, downtimeLimitMs: UInt64(downtimeLimitMs),
                             cpuThrottleInitial: strategy == .autoConverge ? cpuThrottleInitialPercent : nil,
+                            maxPostcopyBandwidthBytesPerSecond: maxBandwidthBytesPerSecond,
                             maxCPUThrottle: maxCPUThrottlePercent)
     }
 }
@@ -174,6 +179,11 @@ public enum MigrationBlocker: Error, Codable, Sendable, Equatable, Hashable, Cus
     case invalidName
     /// The plan no longer fits the guest as it runs (`reason`): make a new template.
     case stalePlan(String)
+    /// The guest uses a device (QEMU driver) that the host type does not offer.
+    case deviceUnavailable(device: String)
+    /// Offered models cover the guest's CPU flags, but none presents the guest's CPU vendor: moving would
+    /// change the vendor under a running kernel. `covering` names the models of other vendors that would.
+    case vendorMismatch(guestVendor: String, covering: [String])
 
     public var description: String {
         switch self {
@@ -196,6 +206,9 @@ public enum MigrationBlocker: Error, Codable, Sendable, Equatable, Hashable, Cus
         case .notInTemplate: "the guest has no proof or plan in this template"
         case .invalidName: "the guest's name may hold only letters, digits, '.', '_', '-' (1 to 64, not starting with '.')"
         case .stalePlan(let reason): "the plan is stale: \(reason)"
+        case .deviceUnavailable(let device): "the guest uses device \(device), which the host type does not offer"
+        case .vendorMismatch(let vendor, let covering):
+            "no offered model of the guest's CPU vendor \(vendor) covers its flags (\(covering.joined(separator: ",")) would, but change the vendor)"
         }
     }
 }
@@ -236,6 +249,11 @@ public struct MigrationTemplate: Codable, Sendable, Equatable {
     public var policy: MigrationPolicy
     /// The narrowest offered CPU model covering every movable guest: the destinations' `-cpu`.
     public var cpuModel: String?
+    /// The devices (QEMU drivers) the set's guests use, sorted: every destination offers them.
+    public var devices: [String]
+    /// The bandwidth the moves are planned with, bytes/s, and where it comes from (one sentence).
+    public var bandwidthBytesPerSecond: UInt64
+    public var bandwidthSource: String
     /// One plan per guest the proof lets move, in the order given.
     public var plans: [VMMovePlan]
     /// One proof per guest, in the order given (movable or not).
@@ -260,14 +278,21 @@ public struct MigrationTemplate: Codable, Sendable, Equatable {
         let universe = Set(inventory.hostCPUExpansion.enabledFeatures + inventory.hostCPUExpansion.disabledFeatures)
             .union(inventory.hostCPUFeatures)
         let offered = inventory.cpuModels.filter { $0.migrationSafe && $0.features != nil }
+        let (bandwidth, bandwidthSource) = plannedBandwidth(inventory: inventory, hostType: hostType)
+        var setDevices: Set<String> = []
         for vm in vms {
             var blockers: [MigrationBlocker] = []
             if vm.report.version != AgentReport.protocolVersion {
                 blockers.append(.agentVersion(reported: vm.report.version, expected: AgentReport.protocolVersion))
             }
             let (needed, unknown) = neededFeatures(of: vm.report, universe: universe)
-            let covering = offered.filter { Set($0.features!).isSuperset(of: needed) }
-            if covering.isEmpty {
+            let anyVendor = offered.filter { Set($0.features!).isSuperset(of: needed) }
+            let vendor = guestVendor(vm, inventory: inventory)
+            // The narrowest model must not change the vendor a running kernel saw at boot.
+            let covering = vendor.map { v in anyVendor.filter { modelVendor($0) == v } } ?? anyVendor
+            if covering.isEmpty, !anyVendor.isEmpty, let vendor {
+                blockers.append(.vendorMismatch(guestVendor: vendor, covering: anyVendor.map(\.name).sorted()))
+            } else if covering.isEmpty {
                 let closest = offered.min {
                     let a = needed.subtracting($0.features!).count, b = needed.subtracting($1.features!).count
                     return a != b ? a < b : $0.name < $1.name
@@ -275,34 +300,105 @@ public struct MigrationTemplate: Codable, Sendable, Equatable {
                 let missing = needed.subtracting(closest?.features ?? []).compactMap(cpuinfoFlag(forQEMUFeature:)).sorted()
                 blockers.append(.cpuFeaturesMissing(closest: closest?.name ?? "none", missing: missing))
             }
+            let devices = guestDevices(vm)
+            if let offeredDevices = hostType.devices {
+                for device in devices where !offeredDevices.contains(device) { blockers.append(.deviceUnavailable(device: device)) }
+            }
             blockers += sizingBlockers(vm, vmType: vmType, hostType: hostType, policy: policy)
-            let parameters = convergence(vm, hostType: hostType, policy: policy)
+            let parameters = convergence(vm, bandwidth: bandwidth, source: bandwidthSource, link: inventory.link, policy: policy)
             if case .failure(let blocker) = parameters { blockers.append(blocker) }
             proofs.append(MigratabilityProof(vm: vm.name, hostType: hostType.name, blockers: blockers))
-            if blockers.isEmpty { candidates.append((vm, needed.sorted(), unknown, covering)) }
+            if blockers.isEmpty {
+                candidates.append((vm, needed.sorted(), unknown, covering))
+                setDevices.formUnion(devices)
+            }
         }
         // One model for the set when one covers every movable guest: the narrowest of those.
         let common = candidates.isEmpty ? [] : offered.filter { model in
-            candidates.allSatisfy { Set(model.features!).isSuperset(of: $0.1) }
+            candidates.allSatisfy { candidate in candidate.3.contains { $0.name == model.name } }
         }
         let setModel = narrowest(common)
         var plans: [VMMovePlan] = []
         for (vm, _, unknown, covering) in candidates {
             let model = setModel ?? narrowest(covering)!
-            guard case .success(let parameters) = convergence(vm, hostType: hostType, policy: policy) else {
+            guard case .success(let parameters) = convergence(vm, bandwidth: bandwidth, source: bandwidthSource,
+                                                              link: inventory.link, policy: policy) else {
                 preconditionFailure("a movable guest has converging parameters")
             }
             let targetVCPUs = vmType?.vcpus ?? vm.shape.vcpus
             let targetMemory = vmType?.memoryMiB ?? vm.shape.memoryMiB
             let delta = targetMemory - vm.shape.memoryMiB
             plans.append(VMMovePlan(
-                vm: vm.name, cpuModel: model.name, destinationShape: vm.shape, devices: vm.devices,
+                vm: vm.name, cpuModel: model.name, destinationShape: vm.shape, devices: guestDevices(vm),
                 addVCPUs: targetVCPUs - vm.shape.vcpus, addDIMMsMiB: delta > 0 ? [delta] : [],
                 convergence: parameters, targetVCPUs: targetVCPUs, targetMemoryMiB: targetMemory,
                 flagsWithoutQEMUFeature: unknown))
         }
         return MigrationTemplate(hostType: hostType.name, vmType: vmType, policy: policy,
-                                 cpuModel: setModel?.name, plans: plans, proofs: proofs)
+                                 cpuModel: setModel?.name, devices: setDevices.sorted(), bandwidthBytesPerSecond: bandwidth,
+                                 bandwidthSource: bandwidthSource, plans: plans, proofs: proofs)
+    }
+
+    /// The bandwidth moves are planned with: the measured free bandwidth of the link toward the destination
+    /// (`inventory.link`), at most the host type's configured migration rate; the configured rate alone
+    /// when nothing was measured. The sentence says which.
+    public static func plannedBandwidth(inventory: HostInventory, hostType: HostType) -> (UInt64, String) {
+        let configured = hostType.migrationBandwidthBytesPerSecond
+        guard let link = inventory.link else {
+            return (configured, "configured \(formatRate(configured)) of host type \(hostType.name) (not measured)")
+        }
+        if link.freeBytesPerSecond > configured {
+            return (configured, "\(link), capped at host type \(hostType.name)'s \(formatRate(configured))")
+        }
+        return (link.freeBytesPerSecond, "\(link)")
+    }
+
+    /// The QEMU device driver of each virtio device kind an agent reports (`AgentReport.devices`).
+    public static let driverForVirtioKind: [String: String] = [
+        "net": "virtio-net-pci", "block": "virtio-blk-pci", "console": "virtio-serial-pci", "rng": "virtio-rng-pci",
+        "balloon": "virtio-balloon-pci", "scsi": "virtio-scsi-pci", "9p": "virtio-9p-pci", "input": "virtio-input-host-pci",
+        "vsock": "vhost-vsock-pci", "mem": "virtio-mem-pci", "fs": "vhost-user-fs-pci", "pmem": "virtio-pmem-pci",
+    ]
+
+    /// The devices (QEMU drivers) a guest uses, sorted: its source's (`VMDescription.devices`) and what its
+    /// agent sees (kinds mapped by `driverForVirtioKind`; a kind with no driver is kept as the agent
+    /// named it, so a host type cannot offer it by accident).
+    public static func guestDevices(_ vm: VMDescription) -> [String] {
+        var devices = Set(vm.devices)
+        for kind in vm.report.devices { devices.insert(driverForVirtioKind[kind] ?? kind) }
+        return devices.sorted()
+    }
+
+    /// The CPU vendor the guest's kernel saw: its agent's `cpuVendor`, else the vendor of its source's
+    /// model (from the inventory's expansion, else by name); nil when unknown (no vendor check then).
+    static func guestVendor(_ vm: VMDescription, inventory: HostInventory) -> String? {
+        if let reported = vm.report.cpuVendor, !reported.isEmpty { return reported }
+        if let model = inventory.cpuModels.first(where: { $0.name == vm.cpuModel }), let vendor = model.vendor, !vendor.isEmpty {
+            return vendor
+        }
+        return cpuVendor(ofModelNamed: vm.cpuModel)
+    }
+
+    /// A model's vendor: from its static expansion, else by its name; nil when unknown (never chosen for a
+    /// guest whose vendor is known).
+    static func modelVendor(_ model: CPUModelDefinition) -> String? {
+        if let vendor = model.vendor, !vendor.isEmpty { return vendor }
+        return cpuVendor(ofModelNamed: model.name)
+    }
+
+    /// The vendor QEMU 7.2 gives a named model (its `vendor` property), for models not expanded: AMD for
+    /// `qemu64`, `athlon`, `phenom`, `Opteron_*`, `EPYC*`, Hygon for `Dhyana`, Intel for QEMU's Intel
+    /// models; nil for `max`, `host`, `base` (the host's vendor, or none) and names it does not know.
+    public static func cpuVendor(ofModelNamed name: String) -> String? {
+        let base = name.split(separator: "-v").first.map(String.init) ?? name
+        if base == "qemu64" || base == "athlon" || base == "phenom" || base.hasPrefix("Opteron") || base.hasPrefix("EPYC") {
+            return "AuthenticAMD"
+        }
+        if base.hasPrefix("Dhyana") { return "HygonGenuine" }
+        let intel = ["Nehalem", "Westmere", "SandyBridge", "IvyBridge", "Haswell", "Broadwell", "Skylake", "Cascadelake",
+                     "Cooperlake", "Icelake", "SapphireRapids", "Snowridge", "Denverton", "KnightsMill", "Conroe", "Penryn",
+                     "core2duo", "coreduo", "kvm64", "kvm32", "qemu32", "n270", "pentium", "486"]
+        return intel.contains(where: { base.hasPrefix($0) }) ? "GenuineIntel" : nil
     }
 
     /// The QEMU features the guest's CPU flags need (within `universe`, the feature names this QEMU
@@ -368,10 +464,10 @@ public struct MigrationTemplate: Codable, Sendable, Equatable {
 
     static func percent(_ share: Double) -> String { "\(Int((share * 100).rounded()))%" }
 
-    /// The convergence plan for `vm` over the host type's bandwidth, or why none works.
-    static func convergence(_ vm: VMDescription, hostType: HostType,
+    /// The convergence plan for `vm` over `bandwidth` (bytes/s; `source` says where it comes from), or why
+    /// none works.
+    static func convergence(_ vm: VMDescription, bandwidth: UInt64, source: String, link: LinkBandwidth?,
                             policy: MigrationPolicy) -> Result<ConvergencePlan, MigrationBlocker> {
-        let bandwidth = hostType.migrationBandwidthBytesPerSecond
         let dirty = vm.dirtyBytesPerSecond
         let memory = Double(vm.shape.memoryMiB) * 1_048_576
         let b = Double(max(bandwidth, 1)), d = Double(dirty)
@@ -380,10 +476,11 @@ public struct MigrationTemplate: Codable, Sendable, Equatable {
                 maxBandwidthBytesPerSecond: bandwidth, downtimeLimitMs: policy.downtimeLimitMs, strategy: strategy,
                 cpuThrottleInitialPercent: strategy == .autoConverge ? max(20, min(99, Int((throttle * 100).rounded(.up)))) : 20,
                 maxCPUThrottlePercent: Int((policy.maxCPUThrottle * 100).rounded(.down)),
-                dirtyBytesPerSecond: dirty, predictedSeconds: seconds, reason: reason)
+                dirtyBytesPerSecond: dirty, predictedSeconds: seconds, reason: reason + "; bandwidth \(formatRate(bandwidth)): \(source)",
+                link: link)
         }
         guard bandwidth > 0 else {
-            return .failure(.wontConverge(dirtyBytesPerSecond: dirty, bandwidthBytesPerSecond: 0, reason: "no migration bandwidth"))
+            return .failure(.wontConverge(dirtyBytesPerSecond: dirty, bandwidthBytesPerSecond: 0, reason: "no migration bandwidth (\(source))"))
         }
         if d <= policy.precopyDirtyShareMax * b {
             // Geometric rounds: memory/b, then what was dirtied meanwhile, ... ≈ memory / (b - d).

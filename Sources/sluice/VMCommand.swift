@@ -13,7 +13,7 @@ struct VMCommand: AsyncParsableCommand {
         abstract: "VM migration across heterogeneous hosts: inventory, templates, proofs, moves.",
         discussion: """
             Files are JSON: a host type (name, cpuModel, maxVCPUs, maxMemoryMiB, \
-            migrationBandwidthBytesPerSecond), a guest's launch spec (how its QEMU was started), a guest's \
+            migrationBandwidthBytesPerSecond, optional devices), a guest's launch spec (how its QEMU was started), a guest's \
             description (`describe`), an inventory (`inventory`), a template (`template`). `plan` prints the \
             proofs and exits 3 when a guest cannot move. See docs/MIGRATION.md.
             """,
@@ -83,13 +83,38 @@ struct VMCommand: AsyncParsableCommand {
         @Flag(help: "Print the offered CPU models as a table instead of JSON.")
         var models = false
 
+        @Option(help: ArgumentHelp("Measure the free migration bandwidth of the link toward this address (127.0.0.1: lo); needs --host-type.",
+                                   valueName: "address"))
+        var toward: String?
+
+        @Option(help: "Seconds the link's byte counters are sampled (every 100 ms), 1...60.")
+        var sampleSeconds = 2
+
+        func validate() throws {
+            guard (1...60).contains(sampleSeconds) else { throw ValidationError("--sample-seconds must be 1...60") }
+            if toward != nil, hostType == nil {
+                throw ValidationError("--toward needs --host-type (its configured rate is the capacity of a link whose speed the kernel does not know)")
+            }
+        }
+
         func run() async throws {
             let type = try hostType.map { try VMCommand.load(HostType.self, $0, flag: "--host-type") }
-            let inventory = try await VMCommand.withQMP(qmp) { try await HostInventory.read(from: $0, hostType: type) }
+            var inventory = try await VMCommand.withQMP(qmp) { try await HostInventory.read(from: $0, hostType: type) }
+            if let toward, let type {
+                let monitor: LinkMonitor
+                do {
+                    monitor = try LinkMonitor.toward(toward, configuredCapacityBytesPerSecond: type.migrationBandwidthBytesPerSecond)
+                    inventory.link = try await monitor.measure(for: .seconds(sampleSeconds))
+                } catch {
+                    throw ValidationError("--toward \(toward): \(error)")
+                }
+            }
             guard models else { return try VMCommand.printJSON(inventory) }
             print("QEMU \(inventory.qemuVersion); host model \(inventory.hostCPUModel) (\(inventory.hostCPUFeatures.count) features)")
+            if let link = inventory.link { print("free migration bandwidth: \(link)") }
+            if let devices = type?.devices { print("devices offered: \(devices.joined(separator: ", "))") }
             for model in inventory.cpuModels {
-                print("\(model.name)\t\(model.features?.count ?? 0) features\t\(model.migrationSafe ? "migration-safe" : "not migration-safe")")
+                print("\(model.name)\t\(model.vendor ?? "?")\t\(model.features?.count ?? 0) features\t\(model.migrationSafe ? "migration-safe" : "not migration-safe")")
             }
         }
     }
@@ -176,7 +201,9 @@ struct VMCommand: AsyncParsableCommand {
 
         func run() async throws {
             let template = try options.build()
-            print("host type \(template.hostType); CPU model for the set: \(template.cpuModel ?? "none")")
+            print("host type \(template.hostType); CPU model for the set: \(template.cpuModel ?? "none"); devices: "
+                  + (template.devices.isEmpty ? "none" : template.devices.joined(separator: ", ")))
+            print("bandwidth \(formatRate(template.bandwidthBytesPerSecond)): \(template.bandwidthSource)")
             for proof in template.proofs {
                 guard proof.canMove, let plan = template.plans.first(where: { $0.vm == proof.vm }) else {
                     print("\(proof.vm): REFUSED")
@@ -226,6 +253,10 @@ struct VMCommand: AsyncParsableCommand {
         @Option(help: "Serve Prometheus metrics on GET /metrics at HOST:PORT during and after the move (port 0: any, printed).")
         var metrics: String?
 
+        @Option(help: ArgumentHelp("Record the rate QEMU achieves on the link toward this address (printed as `link: ...`).",
+                                   valueName: "address"))
+        var toward: String?
+
         func validate() throws {
             if let metrics { _ = try hostPort(metrics, flag: "--metrics", portZero: true) }
         }
@@ -238,7 +269,15 @@ struct VMCommand: AsyncParsableCommand {
             }
             let client = try await QMPClient.connect(path: qmp)
             let source = RunningGuest(name: name, spec: launch, qmp: client, agentSocketPath: agent)
-            let executor = MigrationExecutor(.init(qemuBinary: qemu, runRoot: runRoot), connectAgent: AgentChannelConnection.connector)
+            var configuration = MigrationExecutor.Configuration(qemuBinary: qemu, runRoot: runRoot)
+            if let toward {
+                do {
+                    configuration.linkMonitor = try LinkMonitor.toward(toward, configuredCapacityBytesPerSecond: loaded.bandwidthBytesPerSecond)
+                } catch {
+                    throw ValidationError("--toward \(toward): \(error)")
+                }
+            }
+            let executor = MigrationExecutor(configuration, connectAgent: AgentChannelConnection.connector)
             var endpoint: MetricsEndpoint?
             if let metrics {
                 let (host, port) = try hostPort(metrics, flag: "--metrics", portZero: true)
@@ -261,6 +300,10 @@ struct VMCommand: AsyncParsableCommand {
                 throw ExitCode(4)
             case .success(let (outcome, moved)):
                 try VMCommand.printJSON(outcome)
+                if let monitor = configuration.linkMonitor, let observation = monitor.observations.last {
+                    print("link: \(monitor.configuration.interface): QEMU achieved \(formatRate(observation.bytesPerSecond)) "
+                          + "(planned \(formatRate(loaded.bandwidthBytesPerSecond)))")
+                }
                 if let process = moved.process {
                     print("destination: QMP \(GuestLaunchSpec.operatorQMPPath(runDirectory: process.runDirectory)), "
                           + "agent \(moved.agentSocketPath), pid \(process.pid)")

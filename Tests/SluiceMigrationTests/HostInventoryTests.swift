@@ -22,6 +22,8 @@ struct HostInventoryTests {
             let max = try #require(inventory.model(named: "max"))
             #expect(qemu64.migrationSafe && nehalem.migrationSafe && !max.migrationSafe)
             #expect(nehalem.aliasOf == "Nehalem-v1")
+            // Vendors from the static expansions: qemu64 and (under tcg) max are AMD, Nehalem Intel.
+            #expect(qemu64.vendor == "AuthenticAMD" && nehalem.vendor == "GenuineIntel" && max.vendor == "AuthenticAMD")
             let nehalemFeatures = Set(try #require(nehalem.features))
             #expect(nehalemFeatures.isSuperset(of: ["sse4.2", "sse4.1", "ssse3", "popcnt", "cx16", "lm", "nx"]))
             #expect(!nehalemFeatures.contains("pclmulqdq") && !nehalemFeatures.contains("avx"))

@@ -44,6 +44,15 @@ import Testing
             #expect(inventory.status == 0, "\(inventory.stderr)")
             try inventory.lines.joined(separator: "\n").write(toFile: "\(root)/\(file)", atomically: true, encoding: .utf8)
         }
+        // Free migration bandwidth, measured on the link toward the destination (127.0.0.1: lo, whose speed
+        // the kernel does not know: the host type's rate is its capacity).
+        let measured = try runCommand([sluice, "vm", "inventory", "--qmp", "\(root)/probe-ops.sock", "--host-type", "\(root)/big.json",
+                                       "--toward", "127.0.0.1", "--sample-seconds", "1", "--models"])
+        #expect(measured.status == 0, "\(measured.stderr)")
+        #expect(measured.lines.contains { $0.hasPrefix("free migration bandwidth: measured free ") && $0.contains("of capacity 256.0 MiB/s (host type's configured rate) on lo") },
+                "\(measured.lines.prefix(3))")
+        let noType = try runCommand([sluice, "vm", "inventory", "--qmp", "\(root)/probe-ops.sock", "--toward", "127.0.0.1"])
+        #expect(noType.status != 0 && noType.stderr.contains("--toward needs --host-type"))
         let described = try runCommand([sluice, "vm", "describe", "--name", "cli", "--qmp", GuestLaunchSpec.operatorQMPPath(runDirectory: process.runDirectory),
                                         "--agent", source.agentSocketPath, "--spec", root + "/spec.json"])
         #expect(described.status == 0, "\(described.stderr)")
@@ -66,12 +75,15 @@ import Testing
                                       "--host-type", root + "/big.json", "--vm-type", "2x512:2:512"])
         #expect(planned.status == 0)
         #expect(planned.lines.contains { $0.contains("cli: moves on -cpu Westmere,enforce; 1 -> 2 vCPUs, 256 -> 512 MiB") })
+        #expect(planned.lines.contains { $0.hasPrefix("bandwidth 256.0 MiB/s: configured 256.0 MiB/s of host type big-westmere (not measured)") },
+                "\(planned.lines)")
+        #expect(planned.lines.first?.hasSuffix("devices: virtio-serial-pci") == true, "\(planned.lines)")
 
         // The move: the command prints the outcome, then stays with the destination as its child.
         let migrate = try ChildProcess([sluice, "vm", "migrate", "--name", "cli", "--qmp", GuestLaunchSpec.operatorQMPPath(runDirectory: process.runDirectory),
                                         "--agent", source.agentSocketPath, "--spec", root + "/spec.json",
                                         "--template", root + "/template.json", "--run-root", root + "/dst",
-                                        "--metrics", "127.0.0.1:0"])
+                                        "--metrics", "127.0.0.1:0", "--toward", "127.0.0.1"])
         var lines: [String] = []
         let deadline = ContinuousClock.now + .seconds(180)
         while ContinuousClock.now < deadline, !lines.contains(where: { $0.hasPrefix("destination:") }) {
@@ -86,11 +98,13 @@ import Testing
             }
             return
         }
-        let outcomeText = lines.prefix { !$0.hasPrefix("destination:") }.filter { !$0.hasPrefix("metrics on ") }
+        let outcomeText = lines.prefix { !$0.hasPrefix("destination:") }.filter { !$0.hasPrefix("metrics on ") && !$0.hasPrefix("link: ") }
             .joined(separator: "\n")
         let outcome = try? JSONDecoder().decode(MigrationOutcome.self, from: Data(outcomeText.utf8))
         #expect(outcome?.after.vcpusOnline == 2, "stdout: \(lines.joined(separator: "\n")); stderr: \(migrate.stderrText)")
         #expect(outcome?.after.bootID == outcome?.before.bootID)
+        // The rate QEMU achieved is recorded on the link toward the destination (127.0.0.1: lo).
+        #expect(lines.contains { $0.hasPrefix("link: lo: QEMU achieved ") && $0.contains("(planned 256.0 MiB/s)") }, "\(lines)")
         // The metrics endpoint counts the move (scraped with curl while the command holds the destination).
         if let address = lines.first(where: { $0.hasPrefix("metrics on ") })?.dropFirst("metrics on ".count) {
             let scrape = try runCommand(["/usr/bin/curl", "-sf", "http://\(address)/metrics"])

@@ -293,12 +293,13 @@ static void sample_dirty_rate(void) {
 static void append_report(struct out *o) {
     static char cpuinfo[65536];
     static char flags_line[8192];
-    char model[256], text[512];
+    char model[256], vendor[64], text[512];
     char *flags[AGENT_FLAGS_COUNT_MAX];
     int flag_count = 0;
 
     if (read_file("/proc/cpuinfo", cpuinfo, sizeof cpuinfo) < 0) cpuinfo[0] = '\0';
     cpuinfo_field(cpuinfo, "model name", model, sizeof model);
+    cpuinfo_field(cpuinfo, "vendor_id", vendor, sizeof vendor);
     /* A cut flags line would drop flags a destination must provide: the report fails instead. */
     if (cpuinfo_field(cpuinfo, "flags", flags_line, sizeof flags_line) > 0) o->overflow = 1;
     char *save = NULL, *f = strtok_r(flags_line, " ", &save);
@@ -313,6 +314,8 @@ static void append_report(struct out *o) {
     if (read_file("/proc/uptime", text, sizeof text) >= 0) uptime = strtod(text, NULL);
     out_fmt(o, ",\"uptimeSeconds\":%.2f,\"cpuModelName\":", uptime);
     out_string(o, model);
+    out_raw(o, ",\"cpuVendor\":", 13);
+    out_string(o, vendor);
 
     out_raw(o, ",\"cpuFlags\":[", 13);
     for (int i = 0; i < flag_count; i++) {
