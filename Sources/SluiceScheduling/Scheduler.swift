@@ -20,8 +20,8 @@ public struct HostResources: Sendable, Equatable {
 /// service, the simulator's Sluice run) or the future itself (the simulator's oracle).
 public protocol ProductionOutlook {
     /// Production traffic (bytes/s) on `host`'s link at `minute`, as the scheduler must plan for it:
-    /// the forecast's high side at the chosen confidence.
-    func plannedProduction(host: Int, minute: Int) -> Double
+    /// the forecast's high side at `confidence` (one-sided, 0.5 is the forecast's mean).
+    func plannedProduction(host: Int, minute: Int, confidence: Double) -> Double
 }
 
 /// A request to move one VM: where from, where it may go, the window it must finish in.
@@ -63,6 +63,8 @@ public struct Booking: Sendable, Equatable {
     public var rates: [Double]
     public var prediction: DurationPrediction
     public var memoryBytes: Double
+    /// The forecast confidence the booking was planned at.
+    public var confidence: Double
 
     /// Predicted finish, in seconds from the minute epoch.
     public var predictedFinishSecond: Double { Double(start) * 60 + prediction.totalSeconds }
@@ -127,6 +129,9 @@ public struct MigrationScheduler: Sendable {
         public var stepMinutes = 5
         /// Below this a move is not run (QEMU cannot be held at 0 bytes/s): such a minute is busy.
         public var minimumRate: Double = 8 * 1_048_576
+        /// Confidences tried in turn: a request that fits nowhere at the first is planned at the next
+        /// (its booking says which), and refused only when it fits at none.
+        public var confidences: [Double] = [0.9, 0.5]
         public init() {}
     }
 
@@ -141,6 +146,8 @@ public struct MigrationScheduler: Sendable {
                 horizonMinutes: Int = ScheduleLimits.horizonMinutesMax) {
         precondition(!hosts.isEmpty && hosts.count <= ScheduleLimits.hostCountMax, "hosts \(hosts.count)")
         precondition(parameters.stepMinutes > 0 && parameters.minimumRate > 0, "scheduler parameters")
+        precondition(!parameters.confidences.isEmpty && parameters.confidences.allSatisfy { $0 > 0 && $0 < 1 },
+                     "confidences \(parameters.confidences)")
         self.hosts = hosts
         self.parameters = parameters
         table = BookingTable(hostCount: hosts.count, horizonMinutes: horizonMinutes, origin: now)
@@ -154,25 +161,36 @@ public struct MigrationScheduler: Sendable {
         freeMemory[host] = max(0, bytes)
     }
 
-    /// Plans `request` at the earliest feasible start from `now` and books it; or refuses, with why.
+    /// Plans `request` at the earliest feasible start from `now` and books it; or refuses, with why (the
+    /// reasons at the first confidence).
     public mutating func plan<Outlook: ProductionOutlook>(_ request: MigrationRequest, now: Int, outlook: Outlook) -> PlanOutcome {
         precondition(bookings.count < ScheduleLimits.requestCountMax, "booking table full (\(bookings.count))")
         precondition(bookings[request.id] == nil, "request \(request.id) is booked already")
-        let search = earliest(request, now: now, outlook: outlook)
-        guard let found = search.found else { return .refused(search.firstVerdicts) }
-        table.book(source: request.source, destination: found.destination, start: found.start,
-                   rates: found.rates[...], memory: request.demand.memoryBytes)
-        let booking = Booking(requestID: request.id, source: request.source, destination: found.destination,
-                              start: found.start, rates: found.rates, prediction: found.prediction,
-                              memoryBytes: request.demand.memoryBytes)
-        bookings[request.id] = booking
-        return .booked(booking)
+        var firstVerdicts: [StartVerdict]?
+        for confidence in parameters.confidences {
+            let search = earliest(request, now: now, outlook: outlook, confidence: confidence)
+            guard let found = search.found else {
+                if firstVerdicts == nil { firstVerdicts = search.firstVerdicts }
+                continue
+            }
+            table.book(source: request.source, destination: found.destination, start: found.start,
+                       rates: found.rates[...], memory: request.demand.memoryBytes)
+            let booking = Booking(requestID: request.id, source: request.source, destination: found.destination,
+                                  start: found.start, rates: found.rates, prediction: found.prediction,
+                                  memoryBytes: request.demand.memoryBytes, confidence: confidence)
+            bookings[request.id] = booking
+            return .booked(booking)
+        }
+        return .refused(firstVerdicts ?? [])
     }
 
     /// Why `request` cannot start at `now` (per destination) and the earliest start that works, booking nothing.
     public func explain<Outlook: ProductionOutlook>(_ request: MigrationRequest, now: Int, outlook: Outlook) -> Explanation {
-        let atNow = request.candidates.map { verdict(request, start: now, destination: $0, outlook: outlook).verdict }
-        let search = earliest(request, now: now, outlook: outlook)
+        let confidence = parameters.confidences[0]
+        let atNow = request.candidates.map {
+            verdict(request, start: now, destination: $0, outlook: outlook, confidence: confidence).verdict
+        }
+        let search = earliest(request, now: now, outlook: outlook, confidence: confidence)
         return Explanation(requestID: request.id, now: now, atNow: atNow,
                            earliest: search.found.map { ($0.start, $0.destination, Double($0.start) * 60 + $0.prediction.totalSeconds) })
     }
@@ -188,7 +206,7 @@ public struct MigrationScheduler: Sendable {
 
     /// Bandwidth the outlook leaves free on `host`'s link at `minute`, after every booking.
     public func freeBandwidth<Outlook: ProductionOutlook>(host: Int, minute: Int, outlook: Outlook) -> Double {
-        max(0, hosts[host].linkBytesPerSecond - outlook.plannedProduction(host: host, minute: minute)
+        max(0, hosts[host].linkBytesPerSecond - outlook.plannedProduction(host: host, minute: minute, confidence: parameters.confidences[0])
             - table.bandwidth(host: host, minute: minute))
     }
 
@@ -215,13 +233,13 @@ public struct MigrationScheduler: Sendable {
             guard let request = requests[old.requestID] else { continue }
             release(old.requestID)
             let still = verdict(request, start: old.start, destination: old.destination, outlook: outlook,
-                                spanMinutes: old.rates.count + 30)
+                                confidence: old.confidence, spanMinutes: old.rates.count + 30)
             if let found = still.found, found.start == old.start {
                 table.book(source: old.source, destination: old.destination, start: found.start, rates: found.rates[...],
                            memory: old.memoryBytes)
                 bookings[old.requestID] = Booking(requestID: old.requestID, source: old.source, destination: old.destination,
                                                   start: found.start, rates: found.rates, prediction: found.prediction,
-                                                  memoryBytes: old.memoryBytes)
+                                                  memoryBytes: old.memoryBytes, confidence: old.confidence)
                 continue
             }
             changed.append(old.requestID)
@@ -243,7 +261,7 @@ public struct MigrationScheduler: Sendable {
         var prediction: DurationPrediction
     }
 
-    private func earliest<Outlook: ProductionOutlook>(_ request: MigrationRequest, now: Int, outlook: Outlook)
+    private func earliest<Outlook: ProductionOutlook>(_ request: MigrationRequest, now: Int, outlook: Outlook, confidence: Double)
         -> (found: Found?, firstVerdicts: [StartVerdict]) {
         let first = max(now, request.earliestStart, table.origin)
         let last = min(request.deadline, table.origin + table.horizonMinutes)
@@ -251,10 +269,10 @@ public struct MigrationScheduler: Sendable {
             return (nil, request.candidates.map { _ in .windowClosed(deadline: request.deadline) })
         }
         // Free bandwidth per minute of the window: the source's, then each destination's joined with it.
-        let sourceFree = free(request.source, from: first, to: last, outlook: outlook)
+        let sourceFree = free(request.source, from: first, to: last, outlook: outlook, confidence: confidence)
         var joined: [Int: [Double]] = [:]
         for destination in request.candidates where destination != request.source && destination >= 0 && destination < hosts.count {
-            let destinationFree = free(destination, from: first, to: last, outlook: outlook)
+            let destinationFree = free(destination, from: first, to: last, outlook: outlook, confidence: confidence)
             joined[destination] = zip(sourceFree, destinationFree).map { min($0, $1) }
         }
         var firstVerdicts: [StartVerdict] = []
@@ -276,15 +294,16 @@ public struct MigrationScheduler: Sendable {
     /// One start and destination, on free bandwidth looked up for at most `spanMinutes` from `start`
     /// (the whole window when nil).
     private func verdict<Outlook: ProductionOutlook>(_ request: MigrationRequest, start: Int, destination: Int,
-                                                     outlook: Outlook, spanMinutes: Int? = nil) -> (verdict: StartVerdict, found: Found?) {
+                                                     outlook: Outlook, confidence: Double, spanMinutes: Int? = nil)
+        -> (verdict: StartVerdict, found: Found?) {
         if start < request.earliestStart { return (.beforeWindow(opens: request.earliestStart), nil) }
         let last = min(request.deadline, table.origin + table.horizonMinutes, spanMinutes.map { start + $0 } ?? Int.max)
         guard start < last, start >= table.origin else { return (.windowClosed(deadline: request.deadline), nil) }
         guard destination != request.source, destination >= 0, destination < hosts.count else {
             return (.notACandidate(host: destination), nil)
         }
-        let joined = zip(free(request.source, from: start, to: last, outlook: outlook),
-                         free(destination, from: start, to: last, outlook: outlook)).map { min($0, $1) }
+        let joined = zip(free(request.source, from: start, to: last, outlook: outlook, confidence: confidence),
+                         free(destination, from: start, to: last, outlook: outlook, confidence: confidence)).map { min($0, $1) }
         return evaluate(request, start: start, destination: destination, windowStart: start, free: joined)
     }
 
@@ -331,12 +350,14 @@ public struct MigrationScheduler: Sendable {
                 Found(start: start, destination: destination, rates: rates, prediction: prediction))
     }
 
-    private func free<Outlook: ProductionOutlook>(_ host: Int, from first: Int, to last: Int, outlook: Outlook) -> [Double] {
+    private func free<Outlook: ProductionOutlook>(_ host: Int, from first: Int, to last: Int, outlook: Outlook,
+                                                  confidence: Double) -> [Double] {
         var result: [Double] = []
         result.reserveCapacity(max(0, last - first))
         let capacity = hosts[host].linkBytesPerSecond
         for minute in first..<last {
-            result.append(max(0, capacity - outlook.plannedProduction(host: host, minute: minute) - table.bandwidth(host: host, minute: minute)))
+            result.append(max(0, capacity - outlook.plannedProduction(host: host, minute: minute, confidence: confidence)
+                                 - table.bandwidth(host: host, minute: minute)))
         }
         return result
     }

@@ -21,12 +21,15 @@ public struct SimulationConfig: Sendable, Equatable {
     /// The share of a link a migration stream keeps against production (TCP fairness): when production
     /// leaves less, the move takes this much and production waits.
     public var fairShare = 0.1
-    /// Sluice plans for production at this one-sided confidence of its forecast.
+    /// Sluice plans for production at this one-sided confidence of its forecast (then at 0.5 for a
+    /// request that fits nowhere at it).
     public var confidence = 0.9
     /// Window lengths of requests, minutes.
     public var windowMinutes: ClosedRange<Int> = 120...2160
     public var candidatesPerRequest = 3
     public var replanEveryMinutes = 60
+    /// Refused requests are planned again this often while their window is open.
+    public var retryEveryMinutes = 15
     /// The off-peak anchor starts every move at this minute of the day (02:00).
     public var offPeakMinuteOfDay = 120
     /// How far a VM's actual dirty rate strays from what its agent reported (log-normal sigma).
@@ -60,6 +63,8 @@ public struct RequestOutcome: Sendable, Equatable {
     public var predictedSeconds: Double?
     public var actualSeconds: Double?
     public var method: ConvergenceMethod?
+    /// Why the scheduler refused it (per candidate destination at the window's first start).
+    public var refusal: [String] = []
 }
 
 public struct SimulationResult: Sendable {
@@ -160,16 +165,14 @@ public struct SimulationWorld: Sendable {
 /// Production as Sluice plans for it: per host, a forecaster fed minute by minute, read at a confidence.
 public struct ForecastOutlook: ProductionOutlook, Sendable {
     public var forecasters: [SeasonalForecaster]
-    public let confidence: Double
     public let capacity: [Double]
 
-    public init(hosts: Int, confidence: Double, capacity: [Double]) {
+    public init(hosts: Int, capacity: [Double]) {
         forecasters = Array(repeating: SeasonalForecaster(), count: hosts)
-        self.confidence = confidence
         self.capacity = capacity
     }
 
-    public func plannedProduction(host: Int, minute: Int) -> Double {
+    public func plannedProduction(host: Int, minute: Int, confidence: Double) -> Double {
         min(capacity[host], max(0, forecasters[host].forecast(at: minute).upper(confidence: confidence)))
     }
 }
@@ -177,7 +180,7 @@ public struct ForecastOutlook: ProductionOutlook, Sendable {
 /// Production as it will be: the oracle's outlook.
 public struct TraceOutlook: ProductionOutlook, Sendable {
     public let traces: ProductionTraces
-    public func plannedProduction(host: Int, minute: Int) -> Double {
+    public func plannedProduction(host: Int, minute: Int, confidence: Double) -> Double {
         minute < traces.minutes ? traces.value(host: host, minute: minute) : 0
     }
 }
@@ -190,8 +193,10 @@ public enum Simulator {
         let hostResources = Array(repeating: HostResources(linkBytesPerSecond: config.linkBytesPerSecond,
                                                            migrationSlots: config.migrationSlots,
                                                            memoryBytes: config.hostMemoryBytes), count: config.hosts)
-        var scheduler = MigrationScheduler(hosts: hostResources, now: config.warmupMinutes)
-        var outlook = ForecastOutlook(hosts: config.hosts, confidence: config.confidence,
+        var parameters = MigrationScheduler.Parameters()
+        parameters.confidences = config.confidence > 0.5 ? [config.confidence, 0.5] : [config.confidence]
+        var scheduler = MigrationScheduler(hosts: hostResources, now: config.warmupMinutes, parameters: parameters)
+        var outlook = ForecastOutlook(hosts: config.hosts,
                                       capacity: Array(repeating: config.linkBytesPerSecond, count: config.hosts))
         let oracle = TraceOutlook(traces: world.traces)
         var trackers = Array(repeating: ForecastErrorTracker(leadMinutes: 60, floor: 0.05 * config.linkBytesPerSecond),
@@ -210,6 +215,7 @@ public enum Simulator {
         }
         var running: [Running] = []
         var queue: [Int] = []  // anchors: FIFO of request ids, each with its earliest start
+        var retry: [Int] = []  // Sluice and the oracle: refused requests tried again while their window is open
         var slotsInUse = Array(repeating: 0, count: config.hosts)
         var used = Array(repeating: 0.0, count: config.hosts)
         var delayed = 0.0
@@ -243,7 +249,11 @@ public enum Simulator {
                     let outcome = policy == .oracle
                         ? scheduler.plan(request, now: minute, outlook: oracle)
                         : scheduler.plan(request, now: minute, outlook: outlook)
-                    if case .refused = outcome { outcomes[request.id].refused = true }
+                    if case .refused(let verdicts) = outcome {
+                        outcomes[request.id].refused = true
+                        outcomes[request.id].refusal = verdicts.map(\.description)
+                        retry.append(request.id)
+                    }
                 case .startAtOnce:
                     queue.append(request.id)
                 case .offPeak:
@@ -252,6 +262,18 @@ public enum Simulator {
             }
             if policy == .sluice, (minute - config.warmupMinutes) % config.replanEveryMinutes == 0 {
                 replans += scheduler.replan(now: minute, requests: requestsByID, outlook: outlook).count
+            }
+            // A request refused for what may free up (memory, slots, a busy link) is tried again.
+            if (policy == .sluice || policy == .oracle), (minute - config.warmupMinutes) % config.retryEveryMinutes == 0 {
+                var still: [Int] = []
+                for id in retry where world.requests[id].deadline > minute {
+                    let request = requestsByID[id]!
+                    let outcome = policy == .oracle
+                        ? scheduler.plan(request, now: minute, outlook: oracle)
+                        : scheduler.plan(request, now: minute, outlook: outlook)
+                    if case .booked = outcome { outcomes[id].refused = false; outcomes[id].refusal = [] } else { still.append(id) }
+                }
+                retry = still
             }
 
             // Starts.

@@ -4,7 +4,7 @@ import Testing
 /// Production given per minute by a closure (tests only).
 struct FixedOutlook: ProductionOutlook {
     var production: @Sendable (Int, Int) -> Double
-    func plannedProduction(host: Int, minute: Int) -> Double { production(host, minute) }
+    func plannedProduction(host: Int, minute: Int, confidence: Double) -> Double { production(host, minute) }
 }
 
 @Suite struct SchedulerTests {
