@@ -28,9 +28,10 @@ public struct ForecastPoint: Sendable, Equatable {
 ///
 /// Model: value(m) = profile(slot of m) + trend(now) * decay(m - now) + noise. The profile is kept per
 /// 15-minute slot of the week (each week's visit of a slot moves it by `weeklyWeight`), and per slot of
-/// the day for days of the week not seen yet; between slot centres it is interpolated. The trend is an
+/// the day for days of the week not seen yet. The trend is an
 /// exponentially weighted mean of the recent residuals (value minus profile), decaying over
-/// `trendDecayMinutes` into the future. The band comes from each slot's residual variance.
+/// `trendDecayMinutes` into the future. The band comes from each slot's variance and, as the trend fades,
+/// the profile's recent misfit (the mean square of recent residuals).
 /// Memory is fixed: 2 x (672 + 96) slots.
 public struct SeasonalForecaster: Sendable {
     public struct Parameters: Sendable, Equatable {
@@ -64,6 +65,8 @@ public struct SeasonalForecaster: Sendable {
     private var overallMean = 0.0
     private var overallSamples = 0
     private var trend = 0.0
+    /// Exponentially weighted mean square of recent residuals: how wrong the profile has lately been.
+    private var residualVariance = 0.0
     private var openWeekly = -1
     private var openDaily = -1
     public private(set) var lastMinute = Int.min
@@ -83,6 +86,7 @@ public struct SeasonalForecaster: Sendable {
         if overallSamples > 0 {
             let residual = value - profile(at: minute)
             trend += parameters.trendWeight * (residual - trend)
+            residualVariance += parameters.trendWeight * (residual * residual - residualVariance)
         }
         overallSamples += 1
         overallMean += (value - overallMean) / Double(min(overallSamples, 10_080))
@@ -103,20 +107,15 @@ public struct SeasonalForecaster: Sendable {
         let base = profile(at: minute)
         let mean = base + trend * exp(-ahead / parameters.trendDecayMinutes)
         let (variance, known) = spread(at: minute)
+        // Near now the trend carries the recent residuals; as it fades, the profile's recent misfit comes back
+        // into the band. A profile from days, not weeks, is less sure.
         let trendShare = 1 - exp(-ahead / parameters.trendDecayMinutes)
-        // The trend's own error grows as it fades; a profile from days, not weeks, is less sure.
-        let sigma = (variance + trend * trend * trendShare).squareRoot() * (known ? 1 : 1.5)
+        let sigma = (variance + residualVariance * trendShare).squareRoot() * (known ? 1 : 1.5)
         return ForecastPoint(mean: mean, sigma: max(sigma, parameters.sigmaFloorFraction * abs(base)))
     }
 
-    /// The profile's value at `minute` without the trend, interpolated between slot centres.
-    public func profile(at minute: Int) -> Double {
-        let slotMinutes = Double(ScheduleLimits.profileSlotMinutes)
-        let position = Double(Self.minuteOfWeek(minute)) / slotMinutes - 0.5
-        let low = Int(position.rounded(.down))
-        let fraction = position - Double(low)
-        return slotValue(low) * (1 - fraction) + slotValue(low + 1) * fraction
-    }
+    /// The profile's value at `minute` without the trend: its slot's mean.
+    public func profile(at minute: Int) -> Double { slotValue(Self.weeklySlot(minute)) }
 
     private func slotValue(_ index: Int) -> Double {
         let count = weekly.count
@@ -161,20 +160,24 @@ public struct SeasonalForecaster: Sendable {
 }
 
 /// Forecast error of one series at one lead time, as MAPE: each forecast made `leadMinutes` ahead is
-/// compared with the sample that later arrives for its minute. Fixed memory (one slot per minute of lead).
+/// compared with the sample that later arrives for its minute. The mean covers about the last
+/// `memory` scores (a plain mean until then, exponentially weighted after), so the learning phase
+/// fades out. Fixed memory (one slot per minute of lead).
 public struct ForecastErrorTracker: Sendable, Equatable {
     public let leadMinutes: Int
     /// Samples smaller than this are compared against it instead (no division by ~0 at idle).
     public let floor: Double
     private var pending: [Double]
     private var pendingMinute: [Int]
+    public let memory: Int
     public private(set) var count = 0
-    private var sumAbsolutePercent = 0.0
+    private var meanAbsolutePercent = 0.0
 
-    public init(leadMinutes: Int, floor: Double) {
+    public init(leadMinutes: Int, floor: Double, memory: Int = ScheduleLimits.minutesPerDay) {
         precondition(leadMinutes > 0 && leadMinutes <= ScheduleLimits.horizonMinutesMax, "lead \(leadMinutes)")
-        precondition(floor > 0, "MAPE floor \(floor)")
+        precondition(floor > 0 && memory > 0, "MAPE floor \(floor), memory \(memory)")
         self.leadMinutes = leadMinutes
+        self.memory = memory
         self.floor = floor
         pending = Array(repeating: 0, count: leadMinutes + 1)
         pendingMinute = Array(repeating: Int.min, count: leadMinutes + 1)
@@ -191,13 +194,14 @@ public struct ForecastErrorTracker: Sendable, Equatable {
     public mutating func observe(minute: Int, actual: Double) {
         let slot = ((minute % pending.count) + pending.count) % pending.count
         guard pendingMinute[slot] == minute else { return }
-        sumAbsolutePercent += abs(actual - pending[slot]) / max(abs(actual), floor)
         count += 1
+        let score = abs(actual - pending[slot]) / max(abs(actual), floor)
+        meanAbsolutePercent += (score - meanAbsolutePercent) / Double(min(count, memory))
         pendingMinute[slot] = Int.min
     }
 
-    /// Mean absolute percentage error, 0...; nil before the first scored forecast.
-    public var mape: Double? { count == 0 ? nil : sumAbsolutePercent / Double(count) }
+    /// Mean absolute percentage error over about the last `memory` scores, 0...; nil before the first.
+    public var mape: Double? { count == 0 ? nil : meanAbsolutePercent }
 }
 
 /// The standard normal's quantile function (Acklam's rational approximation, relative error < 1.2e-9).

@@ -162,21 +162,6 @@ public struct SimulationWorld: Sendable {
     public func vmIndex(_ request: MigrationRequest) -> Int { Int(request.vm.dropFirst(2))! }
 }
 
-/// Production as Sluice plans for it: per host, a forecaster fed minute by minute, read at a confidence.
-public struct ForecastOutlook: ProductionOutlook, Sendable {
-    public var forecasters: [SeasonalForecaster]
-    public let capacity: [Double]
-
-    public init(hosts: Int, capacity: [Double]) {
-        forecasters = Array(repeating: SeasonalForecaster(), count: hosts)
-        self.capacity = capacity
-    }
-
-    public func plannedProduction(host: Int, minute: Int, confidence: Double) -> Double {
-        min(capacity[host], max(0, forecasters[host].forecast(at: minute).upper(confidence: confidence)))
-    }
-}
-
 /// Production as it will be: the oracle's outlook.
 public struct TraceOutlook: ProductionOutlook, Sendable {
     public let traces: ProductionTraces
@@ -196,11 +181,9 @@ public enum Simulator {
         var parameters = MigrationScheduler.Parameters()
         parameters.confidences = config.confidence > 0.5 ? [config.confidence, 0.5] : [config.confidence]
         var scheduler = MigrationScheduler(hosts: hostResources, now: config.warmupMinutes, parameters: parameters)
-        var outlook = ForecastOutlook(hosts: config.hosts,
-                                      capacity: Array(repeating: config.linkBytesPerSecond, count: config.hosts))
+        // Sluice's view: a monitor per host (short series: the simulator needs only the forecasts).
+        var outlook = ResourceMonitor(hosts: hostResources, seriesCapacity: 60)
         let oracle = TraceOutlook(traces: world.traces)
-        var trackers = Array(repeating: ForecastErrorTracker(leadMinutes: 60, floor: 0.05 * config.linkBytesPerSecond),
-                             count: config.hosts)
         var free = world.initialFreeMemory
         var outcomes = world.requests.map { RequestOutcome(requestID: $0.id, met: false, refused: false) }
         var requestsByID: [Int: MigrationRequest] = [:]
@@ -226,10 +209,8 @@ public enum Simulator {
         for minute in 0..<end {
             if policy == .sluice {
                 for host in 0..<config.hosts {
-                    let value = world.traces.value(host: host, minute: minute)
-                    trackers[host].observe(minute: minute, actual: value)
-                    outlook.forecasters[host].observe(minute: minute, value: value)
-                    trackers[host].expect(minute: minute + 60, forecast: outlook.forecasters[host].forecast(at: minute + 60).mean)
+                    outlook.record(host: host, minute: minute, productionBytesPerSecond: world.traces.value(host: host, minute: minute),
+                                   freeMemoryBytes: free[host], slotsInUse: scheduler.table.slots(host: host, minute: minute))
                 }
             }
             guard minute >= config.warmupMinutes else { continue }
@@ -382,7 +363,7 @@ public enum Simulator {
                 delayed += min(used[host], max(0, production + used[host] - config.linkBytesPerSecond)) * 60
             }
         }
-        let mape = policy == .sluice ? trackers.compactMap(\.mape) : []
+        let mape = policy == .sluice ? (0..<config.hosts).compactMap { outlook.forecastError(host: $0) } : []
         return SimulationResult(policy: policy, outcomes: outcomes, productionDelayedBytes: delayed, replans: replans,
                                 forecastMAPE: mape, wallSeconds: monotonicSeconds() - began)
     }

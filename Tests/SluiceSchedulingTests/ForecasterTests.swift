@@ -78,3 +78,27 @@ import Glibc
         #expect(series.mean(lastMinutes: 2) == 4.5)
     }
 }
+
+@Suite struct ResourceMonitorTests {
+    @Test func keepsBoundedSeriesAndPlansOnTheBand() {
+        let hosts = [HostResources(linkBytesPerSecond: 1000, migrationSlots: 2, memoryBytes: 1e9)]
+        var monitor = ResourceMonitor(hosts: hosts, seriesCapacity: 30)
+        let days = 4
+        for minute in 0..<(days * ScheduleLimits.minutesPerDay) {
+            let busy = minute % ScheduleLimits.minutesPerDay < 600
+            let recorded = monitor.record(host: 0, minute: minute, productionBytesPerSecond: busy ? 900 : 100,
+                                          freeMemoryBytes: 5e8, slotsInUse: 1)
+            #expect(recorded)
+        }
+        let stale = monitor.record(host: 0, minute: 10, productionBytesPerSecond: 0, freeMemoryBytes: 0, slotsInUse: 0)
+        #expect(!stale)
+        let tomorrow = days * ScheduleLimits.minutesPerDay
+        #expect(monitor.production[0].count == 30 && monitor.freeMemory[0].value(at: tomorrow - 1) == 5e8)
+        // Busy mornings: planned production near 900 in the morning, near 100 in the evening; never above the link.
+        #expect(monitor.plannedProduction(host: 0, minute: tomorrow + 300, confidence: 0.9) > 850)
+        #expect(monitor.plannedProduction(host: 0, minute: tomorrow + 1200, confidence: 0.9) < 200)
+        #expect(monitor.plannedProduction(host: 0, minute: tomorrow + 300, confidence: 0.999) <= 1000)
+        // The first day's forecasts (nothing learnt yet) fade out of the error over the next days.
+        #expect((monitor.forecastError(host: 0) ?? 1) < 0.2)
+    }
+}
