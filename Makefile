@@ -23,7 +23,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Tests that pin threads and measure timing run one suite at a time on small machines.
 TEST_FLAGS ?= --no-parallel
 
-.PHONY: all deps bench-deps build build-tests guest-image test demo bench bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan bench-gateway bench-gateway-cachehit bench-firmware bench-migration soak clean
+.PHONY: all deps bench-deps build build-tests guest-image test demo bench bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan bench-gateway bench-gateway-cachehit bench-firmware bench-migration bench-scheduling soak clean
 
 all: build
 
@@ -89,7 +89,7 @@ test: build-tests guest-image
 demo: build
 	scripts/demo.sh
 
-bench: bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan bench-gateway bench-gateway-cachehit bench-firmware bench-migration
+bench: bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan bench-gateway bench-gateway-cachehit bench-firmware bench-migration bench-scheduling
 
 bench-ring: bench-deps
 	scripts/bench-ring.sh
@@ -144,6 +144,9 @@ bench-firmware: bench-deps
 
 bench-migration: bench-deps
 	scripts/bench-migration.sh
+
+bench-scheduling: bench-deps
+	scripts/bench-scheduling.sh
 
 # Long stress runs: the runtime's tests repeated, for lost wake-ups and races that need many tries, and
 # the robustness tests of hostile input (clients that pipeline and never read, to the storage server and

@@ -21,6 +21,7 @@ let package = Package(
         .library(name: "SluiceFirmware", targets: ["SluiceFirmware"]),
         .library(name: "SluiceMigration", targets: ["SluiceMigration"]),
         .library(name: "SluiceOverlay", targets: ["SluiceOverlay"]),
+        .library(name: "SluiceScheduling", targets: ["SluiceScheduling"]),
         .executable(name: "sluice", targets: ["sluice"]),
     ],
     dependencies: [
@@ -176,6 +177,9 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
+        // Migration scheduling on predicted resources: forecasts, the duration model, bookings, the
+        // simulator (docs/SCHEDULING.md). Pure Swift: no I/O.
+        .target(name: "SluiceScheduling"),
         // The WAN emulator: delay, jitter, loss, rate and queue limits between two interfaces (docs/WAN.md).
         .target(
             name: "SluiceWAN",
@@ -251,6 +255,7 @@ let package = Package(
             dependencies: ["SluiceOverlay", "SluiceEtcd", "SluiceEtcdTestSupport", "SluicePacket", "SluicePacketIO",
                            "SluiceCore", "SluiceTestSupport"]
         ),
+        .testTarget(name: "SluiceSchedulingTests", dependencies: ["SluiceScheduling"]),
         .testTarget(name: "SluicePacketTests", dependencies: ["SluicePacket", "SluiceCore"]),
         // Mallocs per packet on the hot paths: a probe run with the interposer preloaded, by a test that
         // spawns it (the test process itself never loads the interposer).

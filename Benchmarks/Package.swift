@@ -118,6 +118,13 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // The migration scheduler's simulator at scale (issue 14): Sluice, the oracle and both anchors on
+        // one generated world; scripts/bench-scheduling.sh.
+        .executableTarget(
+            name: "schedule-sim",
+            dependencies: [.product(name: "SluiceScheduling", package: "Sluice"),
+                           .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
         // The core runtime's 3-stage load test (generator -> relay -> latency sink): benchmark code kept
         // out of SluiceCore, run by `pipeline-load` (scripts/bench-pipeline.sh) and PipelineBench.
         .target(name: "PipelineLoad", dependencies: [.product(name: "SluiceCore", package: "Sluice")]),

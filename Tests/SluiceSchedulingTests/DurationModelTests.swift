@@ -1,0 +1,62 @@
+import Testing
+@testable import SluiceScheduling
+
+@Suite struct DurationModelTests {
+    static let gib = 1_073_741_824.0
+    static let mib = 1_048_576.0
+    static func flat(_ rate: Double, minutes: Int = 60) -> BandwidthProfile {
+        BandwidthProfile(rates: Array(repeating: rate, count: minutes))
+    }
+
+    @Test func anIdleGuestIsOnePass() throws {
+        let demand = MigrationDemand(memoryBytes: 8 * Self.gib, dirtyBytesPerSecond: 0, maxBandwidth: 10 * Self.gib)
+        let p = try DurationModel.predict(demand, allowance: .init(), bandwidth: Self.flat(Self.gib)).get()
+        #expect(p.method == .precopy && p.rounds == 1)
+        #expect(abs(p.totalSeconds - 8) < 1e-9)
+    }
+
+    /// 8 GiB at 1 GiB/s dirtying 100 MiB/s: round 1 takes 8 s and leaves 800 MiB; round 2 takes 0.78 s and
+    /// leaves 78.1 MiB, which fits a 0.3 s stop (0.076 s).
+    @Test func preCopyRoundsByHand() throws {
+        let demand = MigrationDemand(memoryBytes: 8 * Self.gib, dirtyBytesPerSecond: 100 * Self.mib,
+                                     downtimeLimitSeconds: 0.3, maxBandwidth: 10 * Self.gib)
+        let p = try DurationModel.predict(demand, allowance: .init(), bandwidth: Self.flat(Self.gib)).get()
+        #expect(p.method == .precopy && p.rounds == 2)
+        #expect(abs(p.totalSeconds - (8 + 0.78125 + 0.0762939453125)) < 1e-6)
+        #expect(abs(p.downtimeSeconds - 0.0762939453125) < 1e-9)
+    }
+
+    @Test func theMoveIsCappedAtItsMaxBandwidth() throws {
+        let demand = MigrationDemand(memoryBytes: 8 * Self.gib, dirtyBytesPerSecond: 0, maxBandwidth: 0.5 * Self.gib)
+        let p = try DurationModel.predict(demand, allowance: .init(), bandwidth: Self.flat(Self.gib)).get()
+        #expect(abs(p.totalSeconds - 16) < 1e-9)
+    }
+
+    @Test func aFastDirtierNeedsAutoConvergeOrPostCopy() throws {
+        let demand = MigrationDemand(memoryBytes: 4 * Self.gib, dirtyBytesPerSecond: 300 * Self.mib,
+                                     maxBandwidth: 10 * Self.gib)
+        let bandwidth = Self.flat(200 * Self.mib)
+        let none = DurationModel.predict(demand, allowance: .init(autoConverge: false, postcopy: false), bandwidth: bandwidth)
+        guard case .failure(.wontConverge) = none else { Issue.record("plain pre-copy: \(none)"); return }
+        let throttled = try DurationModel.predict(demand, allowance: .init(autoConverge: true), bandwidth: bandwidth).get()
+        #expect(throttled.method == .autoConverge && throttled.throttle >= 0.2)
+        let post = try DurationModel.predict(demand, allowance: .init(autoConverge: false, postcopy: true), bandwidth: bandwidth).get()
+        #expect(post.method == .postcopy && post.downtimeSeconds == DurationModel.postcopySwitchSeconds)
+        #expect(post.totalSeconds > 20.48 && post.totalSeconds < 45)  // one 4 GiB pass at 200 MiB/s, then the working set
+    }
+
+    @Test func aMoveLongerThanTheProfileIsBeyondTheHorizon() {
+        let demand = MigrationDemand(memoryBytes: 64 * Self.gib, dirtyBytesPerSecond: 0, maxBandwidth: 10 * Self.gib)
+        let result = DurationModel.predict(demand, allowance: .init(), bandwidth: Self.flat(10 * Self.mib, minutes: 5))
+        #expect(result == .failure(.beyondHorizon(minutes: 5)))
+    }
+
+    @Test func bandwidthThatChangesMinuteByMinute() {
+        let profile = BandwidthProfile(rates: [0, 100, 50], start: 0, count: 3)
+        #expect(profile.secondsToSend(6000, from: 0) == 120)  // nothing in minute 0, all of minute 1
+        #expect(profile.secondsToSend(6000 + 1500, from: 0) == 150)
+        #expect(profile.secondsToSend(1e9, from: 0) == nil)
+        let window = BandwidthProfile(rates: [0, 100, 50], start: 1, count: 2, cap: 60)
+        #expect(window.rate(minute: 0) == 60 && window.rate(minute: 1) == 50 && window.rate(minute: 2) == 0)
+    }
+}
