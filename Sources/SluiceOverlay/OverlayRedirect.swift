@@ -193,7 +193,7 @@ public struct OverlayRedirect: ~Copyable {
     var parsed = ParsedPacket()
     var decap = OverlayDecapsulated()
     public private(set) var flows: OverlayFlowTable
-    public private(set) var drops = OverlayDropCounters()
+    public internal(set) var drops = OverlayDropCounters()
 
     // Ports (POD copies of the config for the packet path).
     let portRoles: UnsafeMutablePointer<UInt8>  // 1 consumer, 2 producer
