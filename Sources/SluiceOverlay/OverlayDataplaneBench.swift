@@ -9,6 +9,7 @@ public struct OverlayBenchResult: Sendable {
     public var frames: Int
     public var flows: Int
     public var rounds: Int
+    public var flowCapacity: Int
     public var redirectPPS: [Double]
     public var forwardPPS: [Double]
     public var redirectMedian: Double { Self.median(redirectPPS) }
@@ -47,8 +48,9 @@ public enum OverlayBench {
                                            producerOverlayIPv4: 0xC613_0202, producerPort: 8000, vni: 42)
 
     /// Runs `rounds` rounds of `framesPerRound` frames through each loop (alternating, redirect first).
+    /// `flowCapacity` 0: the smallest power of two >= 4 x `flows` (the table sized for its load).
     public static func run(flows: Int = 1024, payloadBytes: Int = 64, framesPerRound: Int = 2_000_000,
-                           rounds: Int = 5) -> OverlayBenchResult {
+                           rounds: Int = 5, flowCapacity: Int = 0) -> OverlayBenchResult {
         precondition(flows > 0 && flows <= 1 << 16, "flows in 1...65536")
         precondition(rounds > 0, "no rounds")
         let frames = consumerFrames(flows: flows, payloadBytes: payloadBytes)
@@ -60,11 +62,17 @@ public enum OverlayBench {
         }
         let work = UnsafeMutableRawBufferPointer.allocate(byteCount: 2048, alignment: 64)
         defer { work.deallocate() }
-        var redirect = OverlayRedirect(config: consumerConfig())
+        var capacity = flowCapacity
+        if capacity == 0 {
+            capacity = 1
+            while capacity < 4 * flows { capacity <<= 1 }
+        }
+        var redirect = OverlayRedirect(config: consumerConfig(flowCapacity: capacity))
         redirect.apply(.granted(lease))
         let parser = PacketParser()
         var parsed = ParsedPacket()
-        var result = OverlayBenchResult(frames: framesPerRound, flows: flows, rounds: rounds, redirectPPS: [], forwardPPS: [])
+        var result = OverlayBenchResult(frames: framesPerRound, flows: flows, rounds: rounds, flowCapacity: capacity,
+                                        redirectPPS: [], forwardPPS: [])
         var sink = 0
         for _ in 0..<rounds {
             var start = Clock.monotonicNs()

@@ -92,10 +92,15 @@ public struct OverlayFlowTable: ~Copyable {
     private let inUse: UnsafeMutablePointer<Bool>
     private let freeStack: UnsafeMutablePointer<Int32>
     private var freeCount: Int
-    /// Index slots: flow index + 1 (0 = empty), and each slot's key.
-    private let slotFlow: UnsafeMutablePointer<Int32>
-    private let slotKeys: UnsafeMutablePointer<OverlayFlowKey>
+    /// Index slots: each slot's key and flow index + 1 (0 = empty), together so a probe touches one
+    /// cache line.
+    private let slots: UnsafeMutablePointer<IndexSlot>
     private let slotMask: Int
+
+    struct IndexSlot {
+        var key: OverlayFlowKey
+        var flow: Int32
+    }
 
     public var count: Int { capacity - freeCount }
 
@@ -115,12 +120,10 @@ public struct OverlayFlowTable: ~Copyable {
         freeStack = .allocate(capacity: capacity)
         for index in 0..<capacity { freeStack[index] = Int32(capacity - 1 - index) }
         freeCount = capacity
-        let slots = capacity * 4
-        slotFlow = .allocate(capacity: slots)
-        slotFlow.initialize(repeating: 0, count: slots)
-        slotKeys = .allocate(capacity: slots)
-        slotKeys.initialize(repeating: empty, count: slots)
-        slotMask = slots - 1
+        let slotCount = capacity * 4
+        slots = .allocate(capacity: slotCount)
+        slots.initialize(repeating: IndexSlot(key: empty, flow: 0), count: slotCount)
+        slotMask = slotCount - 1
     }
 
     deinit {
@@ -128,17 +131,16 @@ public struct OverlayFlowTable: ~Copyable {
         flows.deallocate()
         inUse.deallocate()
         freeStack.deallocate()
-        slotFlow.deallocate()
-        slotKeys.deallocate()
+        slots.deallocate()
     }
 
     /// The flow a key names, or -1.
     @inline(__always) public func find(_ key: OverlayFlowKey) -> Int32 {
         var slot = Int(truncatingIfNeeded: key.hash) & slotMask
         while true {
-            let entry = slotFlow[slot]
+            let entry = slots[slot].flow
             if entry == 0 { return -1 }
-            if slotKeys[slot] == key { return entry - 1 }
+            if slots[slot].key == key { return entry - 1 }
             slot = (slot + 1) & slotMask
         }
     }
@@ -188,32 +190,30 @@ public struct OverlayFlowTable: ~Copyable {
 
     private func place(_ key: OverlayFlowKey, _ index: Int32) {
         var slot = Int(truncatingIfNeeded: key.hash) & slotMask
-        while slotFlow[slot] != 0 { slot = (slot + 1) & slotMask }
-        slotFlow[slot] = index + 1
-        slotKeys[slot] = key
+        while slots[slot].flow != 0 { slot = (slot + 1) & slotMask }
+        slots[slot] = IndexSlot(key: key, flow: index + 1)
     }
 
     /// Backward-shift deletion (Knuth 6.4 algorithm R): later entries of the probe run move into the
     /// hole when their home slot does not lie cyclically between the hole and them.
     private func unplace(_ key: OverlayFlowKey) {
         var slot = Int(truncatingIfNeeded: key.hash) & slotMask
-        while slotKeys[slot] != key || slotFlow[slot] == 0 {
-            precondition(slotFlow[slot] != 0, "flow key missing from the index")
+        while slots[slot].key != key || slots[slot].flow == 0 {
+            precondition(slots[slot].flow != 0, "flow key missing from the index")
             slot = (slot + 1) & slotMask
         }
         var hole = slot
         var next = (hole + 1) & slotMask
-        while slotFlow[next] != 0 {
-            let home = Int(truncatingIfNeeded: slotKeys[next].hash) & slotMask
+        while slots[next].flow != 0 {
+            let home = Int(truncatingIfNeeded: slots[next].key.hash) & slotMask
             let distanceNext = (next - home) & slotMask
             let distanceHole = (hole - home) & slotMask
             if distanceHole <= distanceNext {
-                slotFlow[hole] = slotFlow[next]
-                slotKeys[hole] = slotKeys[next]
+                slots[hole] = slots[next]
                 hole = next
             }
             next = (next + 1) & slotMask
         }
-        slotFlow[hole] = 0
+        slots[hole].flow = 0
     }
 }

@@ -138,17 +138,22 @@ struct OverlayBenchCommand: ParsableCommand {
     @Option(help: "TCP payload bytes per frame.") var payload = 64
     @Option(help: "Frames per round and loop.") var frames = 2_000_000
     @Option(help: "Rounds (the medians are reported).") var rounds = 5
+    @Option(help: "Flow table capacity, a power of two (0: the smallest >= 4 x flows).") var flowCapacity = 0
 
     func validate() throws {
         guard flows > 0, flows <= 1 << 16 else { throw ValidationError("--flows must be in 1...65536") }
         guard payload >= 0, payload <= 1400 else { throw ValidationError("--payload must be in 0...1400") }
         guard frames > 0, rounds > 0, rounds <= 100 else { throw ValidationError("--frames > 0, --rounds in 1...100") }
+        guard flowCapacity == 0 || (flowCapacity.nonzeroBitCount == 1 && flowCapacity >= flows && flowCapacity <= 1 << 20) else {
+            throw ValidationError("--flow-capacity must be 0 or a power of two in flows...1048576")
+        }
     }
 
     func run() throws {
-        let result = OverlayBench.run(flows: flows, payloadBytes: payload, framesPerRound: frames, rounds: rounds)
+        let result = OverlayBench.run(flows: flows, payloadBytes: payload, framesPerRound: frames, rounds: rounds,
+                                      flowCapacity: flowCapacity)
         func mpps(_ value: Double) -> String { String(format: "%.2f Mpps", value / 1e6) }
-        print("overlay bench: \(flows) flows, \(payload) B payload, \(frames) frames x \(rounds) rounds")
+        print("overlay bench: \(flows) flows (table \(result.flowCapacity)), \(payload) B payload, \(frames) frames x \(rounds) rounds")
         print("  redirect (lookup+rewrite+encap): median \(mpps(result.redirectMedian))  rounds "
             + result.redirectPPS.map(mpps).joined(separator: " "))
         print("  forward (parse+MAC rewrite):     median \(mpps(result.forwardMedian))  rounds "
