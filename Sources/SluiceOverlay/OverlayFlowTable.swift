@@ -103,6 +103,9 @@ public struct OverlayFlowTable: ~Copyable {
     }
 
     public var count: Int { capacity - freeCount }
+    /// One past the highest record index ever used: scans of the records (a lease's end, reports)
+    /// stop here. Records are taken lowest index first, so this follows the peak flow count.
+    public private(set) var highWater = 0
 
     /// Capacity 1...`capacityMax`, a power of two.
     public init(capacity: Int) {
@@ -162,6 +165,7 @@ public struct OverlayFlowTable: ~Copyable {
         let index = freeStack[freeCount]
         flows[Int(index)] = flow
         inUse[Int(index)] = true
+        if Int(index) >= highWater { highWater = Int(index) + 1 }
         place(flow.forwardKey, index)
         place(flow.replyKey, index)
         return index

@@ -330,7 +330,7 @@ public struct OverlayRedirect: ~Copyable {
         leases[Int(slot)] = nil
         freeSlots.append(slot)
         guard config.endedFlowPolicy == .reset else { return }
-        for index in 0..<Int32(flows.capacity) where flows.isInUse(index) {
+        for index in 0..<Int32(flows.highWater) where flows.isInUse(index) {
             let flow = flows.flow(index)
             guard flow.pointee.kind == .consumerForward, flow.pointee.leaseSlot == slot,
                   flow.pointee.leaseID == lease.leaseID, flow.pointee.epoch == lease.epoch, flow.pointee.isTCP

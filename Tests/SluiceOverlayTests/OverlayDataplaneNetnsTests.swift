@@ -4,6 +4,7 @@
 // producer 2 is granted: new GETs reach producer 2 and producer 1's port sees no packet after the end.
 import Foundation
 import Glibc
+import SluiceCore
 import SluicePacket
 import SluiceTestSupport
 import Synchronization
@@ -220,8 +221,19 @@ struct OverlayDataplaneNetnsTests {
 
         // End lease 1 and grant producer 2 (epoch order), then wait until the consumer host applied both.
         let applied = beforeEnd.eventsApplied
+        let drainsBefore = consumerHost.lastEventsApplied.count
+        let submittedNs = Clock.monotonicNs()
         consumerHost.submit(.ended(leaseID: 1, epoch: 1, reason: .revoked))
         consumerHost.submit(.granted(OverlayLab.lease(2, epoch: 2, producer: 2)))
+        var drain = consumerHost.lastEventsApplied
+        for _ in 0..<1000 where drain.count == drainsBefore {
+            usleep(100)
+            drain = consumerHost.lastEventsApplied
+        }
+        // From `drain.atNs` on no packet of lease 1 is forwarded: revoke-to-cut time. The goal is 10 ms;
+        // the bound here is loose (a shared CI machine can keep the thread off a CPU for a while).
+        let revokeToCutNs = drain.atNs &- submittedNs
+        #expect(drain.count > drainsBefore && revokeToCutNs < 100_000_000, "revoke applied after \(revokeToCutNs) ns")
         var afterEnd = consumerHost.snapshot()
         for _ in 0..<100 where afterEnd.leases.map(\.leaseID) != [2] || afterEnd.eventsApplied == applied {
             usleep(10_000)
@@ -249,6 +261,6 @@ struct OverlayDataplaneNetnsTests {
         #expect(consumerSnapshot.drops["malformed"] == nil, "\(consumerSnapshot.drops)")
         #expect(producerSnapshot.drops["malformed"] == nil, "\(producerSnapshot.drops)")
         print("overlay netns: consumer \(consumerSnapshot.drops), producer \(producerSnapshot.drops), "
-              + "p1 tx \(producer1Later.sentPackets), p2 tx \(producer2Later.sentPackets)")
+              + "p1 tx \(producer1Later.sentPackets), p2 tx \(producer2Later.sentPackets), revoke to cut \(revokeToCutNs) ns")
     }
 }
