@@ -1,4 +1,163 @@
-// Path: Sources/sluice/OverlayHostCommands.swift — `sluice overlay` subcommands of the host data plane.
+// Path: Sources/sluice/OverlayHostCommands.swift — `sluice overlay` subcommands of the host data plane:
+// `host` (run one host's forwarding thread from a JSON config), `flows` (print a running host's stats
+// file) and `bench` (the redirect path's packet rate, release builds).
 import ArgumentParser
+import Foundation
+import SluiceOverlay
+import Synchronization
 
-let overlayHostSubcommands: [ParsableCommand.Type] = []
+let overlayHostSubcommands: [ParsableCommand.Type] = [OverlayHostCommand.self, OverlayFlowsCommand.self,
+                                                      OverlayBenchCommand.self]
+
+struct OverlayHostCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "host",
+        abstract: "Run a host's overlay data plane (VXLAN redirect / producer delivery) until SIGINT or SIGTERM.",
+        discussion: """
+            Reads a JSON config (docs/OVERLAY.md, "Data plane"): VM veths, underlay interface and address, VNI, \
+            services, static leases. Writes its counters, leases and flows as JSON to the config's statsFile \
+            (or --stats-file) once a second and at exit; `sluice overlay flows --stats-file FILE` prints them.
+            """)
+
+    @Option(help: "The host config (JSON).") var config: String
+    @Option(help: "Stats file to write once a second (overrides the config's statsFile).") var statsFile: String?
+    @Option(help: "Stop after this many seconds (0: run until a signal).") var duration: Double = 0
+
+    func run() throws {
+        let file: OverlayHostConfigFile
+        let resolved: (OverlayHostConfiguration, [OverlayLease])
+        do {
+            file = try OverlayHostConfigFile.load(path: config)
+            resolved = try file.resolve()
+        } catch { throw ValidationError("\(config): \(error)") }
+        let host = try OverlayHost(configuration: resolved.0)
+        host.onLeaseRequest { vm, service in
+            FileHandle.standardError.write(Data("lease wanted: consumer \(vm), service \(service)\n".utf8))
+        }
+        for lease in resolved.1 { host.submit(.granted(lease)) }
+        OverlaySignals.install()
+        try host.start()
+        defer { host.stop() }
+        let statsPath = statsFile ?? file.statsFile
+        let started = Date()
+        var lastWrite = Date.distantPast
+        while !OverlaySignals.stop.load(ordering: .relaxed) {
+            if duration > 0, Date().timeIntervalSince(started) >= duration { break }
+            usleep(50_000)
+            if let statsPath, Date().timeIntervalSince(lastWrite) >= 1 {
+                try? Self.write(host.snapshot(), to: statsPath)
+                lastWrite = Date()
+            }
+        }
+        host.stop()
+        let final = host.snapshot()
+        if let statsPath { try? Self.write(final, to: statsPath) }
+        print(OverlayFlowsCommand.render(final))
+    }
+
+    static func write(_ snapshot: OverlayHostSnapshot, to path: String) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        let data = try encoder.encode(snapshot)
+        let temporary = path + ".tmp"
+        try data.write(to: URL(fileURLWithPath: temporary))
+        _ = rename(temporary, path)
+    }
+}
+
+/// SIGINT/SIGTERM as a flag the main loop polls (the handler only stores to an atomic).
+enum OverlaySignals {
+    static let stop = Atomic<Bool>(false)
+    static func install() {
+        _ = stop.load(ordering: .relaxed)
+        signal(SIGINT) { _ in OverlaySignals.stop.store(true, ordering: .relaxed) }
+        signal(SIGTERM) { _ in OverlaySignals.stop.store(true, ordering: .relaxed) }
+    }
+}
+
+struct OverlayFlowsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "flows",
+        abstract: "Print a running overlay host's flows, leases and counters (from its stats file).")
+
+    @Option(help: "The stats file `sluice overlay host` writes.") var statsFile: String
+    @Flag(help: "Print the JSON as written.") var json = false
+
+    func run() throws {
+        guard let data = FileManager.default.contents(atPath: statsFile) else {
+            throw ValidationError("cannot read \(statsFile)")
+        }
+        if json {
+            print(String(decoding: data, as: UTF8.self))
+            return
+        }
+        let snapshot: OverlayHostSnapshot
+        do { snapshot = try JSONDecoder().decode(OverlayHostSnapshot.self, from: data) } catch {
+            throw ValidationError("\(statsFile): not an overlay stats file: \(error)")
+        }
+        print(Self.render(snapshot))
+    }
+
+    static func render(_ snapshot: OverlayHostSnapshot) -> String {
+        var lines = ["host \(snapshot.host): \(snapshot.flowCount) flows, events applied \(snapshot.eventsApplied), "
+            + "ignored \(snapshot.eventsIgnored), resets sent \(snapshot.resetsSent), lease requests \(snapshot.leaseRequests)"]
+        lines.append("ports:")
+        for port in snapshot.ports {
+            lines.append("  \(port.name) (\(port.interface)): rx \(port.receivedPackets) pkts \(port.receivedBytes) B, "
+                + "tx \(port.sentPackets) pkts \(port.sentBytes) B")
+        }
+        if !snapshot.services.isEmpty { lines.append("services:") }
+        for service in snapshot.services {
+            lines.append("  \(service.name): flows \(service.flows) packets \(service.packets) bytes \(service.bytes) "
+                + "redirect misses \(service.redirectMisses)")
+        }
+        if !snapshot.leases.isEmpty { lines.append("leases:") }
+        for lease in snapshot.leases {
+            lines.append("  \(lease.leaseID)@\(lease.epoch) \(lease.service) \(lease.consumerVM) -> \(lease.producerVM) on "
+                + "\(lease.producerHost): flows \(lease.flows) packets \(lease.packets) bytes \(lease.bytes)")
+        }
+        if !snapshot.drops.isEmpty {
+            lines.append("drops: " + snapshot.drops.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
+        }
+        if !snapshot.flows.isEmpty { lines.append("flows:") }
+        for flow in snapshot.flows {
+            lines.append("  \(flow.kind) \(flow.protocolName) \(flow.source) -> \(flow.destination) => \(flow.redirectedTo) "
+                + "via \(flow.underlayPeer) lease \(flow.leaseID)@\(flow.epoch)\(flow.isLive ? "" : " ENDED") "
+                + "packets \(flow.packets) bytes \(flow.bytes)")
+        }
+        return lines.joined(separator: "\n")
+    }
+}
+
+struct OverlayBenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Redirect path (lookup, rewrite, encapsulate) packets/s vs forwarding without redirect, on prebuilt frames.")
+
+    @Option(help: "Flows (distinct source ports), a power of two.") var flows = 1024
+    @Option(help: "TCP payload bytes per frame.") var payload = 64
+    @Option(help: "Frames per round and loop.") var frames = 2_000_000
+    @Option(help: "Rounds (the medians are reported).") var rounds = 5
+    @Option(help: "Flow table capacity, a power of two (0: the smallest >= 4 x flows).") var flowCapacity = 0
+
+    func validate() throws {
+        guard flows > 0, flows <= 1 << 16 else { throw ValidationError("--flows must be in 1...65536") }
+        guard payload >= 0, payload <= 1400 else { throw ValidationError("--payload must be in 0...1400") }
+        guard frames > 0, rounds > 0, rounds <= 100 else { throw ValidationError("--frames > 0, --rounds in 1...100") }
+        guard flowCapacity == 0 || (flowCapacity.nonzeroBitCount == 1 && flowCapacity >= flows && flowCapacity <= 1 << 20) else {
+            throw ValidationError("--flow-capacity must be 0 or a power of two in flows...1048576")
+        }
+    }
+
+    func run() throws {
+        let result = OverlayBench.run(flows: flows, payloadBytes: payload, framesPerRound: frames, rounds: rounds,
+                                      flowCapacity: flowCapacity)
+        func mpps(_ value: Double) -> String { String(format: "%.2f Mpps", value / 1e6) }
+        print("overlay bench: \(flows) flows (table \(result.flowCapacity)), \(payload) B payload, \(frames) frames x \(rounds) rounds")
+        print("  redirect (lookup+rewrite+encap): median \(mpps(result.redirectMedian))  rounds "
+            + result.redirectPPS.map(mpps).joined(separator: " "))
+        print("  forward (parse+MAC rewrite):     median \(mpps(result.forwardMedian))  rounds "
+            + result.forwardPPS.map(mpps).joined(separator: " "))
+        print(String(format: "  ratio redirect/forward: %.2f (goal >= 0.80)", result.ratio))
+    }
+}
