@@ -192,7 +192,7 @@ let package = Package(
             dependencies: [
                 "SluiceCore", "SluicePacket", "SluicePacketIO", "SluiceTraffic", "SluiceReplay",
                 "SluicePageStore", "SluiceStorageServer", "SluiceService", "SluiceReplication", "SluiceWAN", "SluiceGateway",
-                "SluiceFirmware", "SluiceMigration", "SluiceOverlay", .product(name: "Crypto", package: "swift-crypto"),
+                "SluiceFirmware", "SluiceMigration", "SluiceOverlay", "SluiceScheduling", .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -255,7 +255,7 @@ let package = Package(
             dependencies: ["SluiceOverlay", "SluiceEtcd", "SluiceEtcdTestSupport", "SluicePacket", "SluicePacketIO",
                            "SluiceCore", "SluiceTestSupport"]
         ),
-        .testTarget(name: "SluiceSchedulingTests", dependencies: ["SluiceScheduling"]),
+        .testTarget(name: "SluiceSchedulingTests", dependencies: ["SluiceScheduling", "SluiceTestSupport"]),
         .testTarget(name: "SluicePacketTests", dependencies: ["SluicePacket", "SluiceCore"]),
         // Mallocs per packet on the hot paths: a probe run with the interposer preloaded, by a test that
         // spawns it (the test process itself never loads the interposer).

@@ -195,6 +195,24 @@ public struct MigrationScheduler: Sendable {
                            earliest: search.found.map { ($0.start, $0.destination, Double($0.start) * 60 + $0.prediction.totalSeconds) })
     }
 
+    /// Puts back a booking made earlier (read from the state file): it holds what it held, for the
+    /// minutes still in the horizon.
+    public mutating func restore(_ booking: Booking) {
+        precondition(bookings[booking.requestID] == nil, "request \(booking.requestID) is booked already")
+        precondition(bookings.count < ScheduleLimits.requestCountMax, "booking table full (\(bookings.count))")
+        var start = booking.start
+        var rates = booking.rates[...]
+        if start < table.origin {
+            rates = rates.dropFirst(table.origin - start)
+            start = table.origin
+        }
+        if start + rates.count > table.origin + table.horizonMinutes {
+            rates = rates.prefix(max(0, table.origin + table.horizonMinutes - start))
+        }
+        table.book(source: booking.source, destination: booking.destination, start: start, rates: rates, memory: booking.memoryBytes)
+        bookings[booking.requestID] = booking
+    }
+
     /// Drops a booking (the move ran, or was cancelled), giving back what it held.
     @discardableResult
     public mutating func release(_ requestID: Int) -> Booking? {

@@ -17,7 +17,8 @@ struct VMCommand: AsyncParsableCommand {
             description (`describe`), an inventory (`inventory`), a template (`template`). `plan` prints the \
             proofs and exits 3 when a guest cannot move. See docs/MIGRATION.md.
             """,
-        subcommands: [Inventory.self, Describe.self, Template.self, Plan.self, Migrate.self])
+        subcommands: [Inventory.self, Describe.self, Template.self, Plan.self, Migrate.self,
+                      Monitor.self, Schedule.self, Bookings.self, Explain.self])
 
     /// Reads a JSON file into `T`, naming the file and the flag in the error.
     /// The largest JSON file read (an inventory of every CPU model is about 200 KiB).
