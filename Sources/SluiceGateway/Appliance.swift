@@ -750,7 +750,7 @@ public final class Appliance: Sendable {
         let sectors = reply!
         var requested = 0
         var predicted = 0
-        var frame = GatewayProtocol.replyHeaderBytes + 4 + 8 + 2 + sectors.etag.utf8.count + 2
+        var frame = GatewayProtocol.replyHeaderBytes + 4 + 8 + 2 + sectors.etag.utf8.count + 8 + 4 + 2
         let chunkFirstSector = chunk * UInt64(units.sectorsPerChunk)
         for payload in sectors.extents {
             frame += GatewayProtocol.replyExtentHeaderBytes + 4 * Int(payload.extent.sectorCount) + payload.bytes.count

@@ -1,5 +1,6 @@
 // Path: Sources/SluiceGateway/GatewayBlockProtocol.swift — the gateway block protocol v1 (docs/GATEWAY.md,
 // "Intermediate device and last-hop protocol"): units, bounds, requests and replies, and their codec.
+import CShims
 import NIOCore
 
 /// The units of the gateway, fixed for a connection by `hello`. All powers of two:
@@ -54,7 +55,7 @@ public struct GatewayUnits: Sendable, Equatable, CustomStringConvertible {
 
     /// The smallest frame bound that carries any valid reply (a whole chunk in the most extents).
     public var frameBytesNeeded: Int {
-        GatewayProtocol.replyHeaderBytes + 8 + 2 + GatewayProtocol.etagBytesMax + 2
+        GatewayProtocol.replyHeaderBytes + 8 + 2 + GatewayProtocol.etagBytesMax + 8 + 4 + 2
             + GatewayProtocol.replyExtentsMax * GatewayProtocol.replyExtentHeaderBytes
             + sectorsPerChunk * 4 + chunkBytes
     }
@@ -303,13 +304,26 @@ public struct ExtentPayload: Sendable, Equatable {
 public struct SectorsReply: Sendable, Equatable {
     public var size: UInt64
     public var etag: String
+    /// The request this answers, as the server read it: its chunk and the CRC-32C of its key. A request
+    /// corrupted on the wire (another chunk or key) is answered with valid sectors of the wrong place;
+    /// the client compares these with what it asked and refuses the reply as corrupt.
+    public var chunk: UInt64
+    public var keyCRC: UInt32
     public var extents: [ExtentPayload]
 
-    public init(size: UInt64, etag: String, extents: [ExtentPayload]) {
+    public init(size: UInt64, etag: String, chunk: UInt64 = 0, keyCRC: UInt32 = 0, extents: [ExtentPayload]) {
         self.size = size
         self.etag = etag
+        self.chunk = chunk
+        self.keyCRC = keyCRC
         self.extents = extents
     }
+}
+
+/// CRC-32C of a key's UTF-8 bytes: how a `sectors` reply names the key it answers.
+public func gatewayKeyCRC(_ key: String) -> UInt32 {
+    var copy = key
+    return copy.withUTF8 { bytes in bytes.isEmpty ? 0 : sluice_crc32c(0, bytes.baseAddress!, bytes.count) }
 }
 
 /// `hello`'s answer: the server's units and its frame bound.
@@ -561,6 +575,8 @@ extension GatewayReply {
             precondition(reply.extents.count <= GatewayProtocol.replyExtentsMax, "reply extents bounded by replyExtentsMax")
             buffer.writeInteger(reply.size)
             buffer.writeEtag(reply.etag)
+            buffer.writeInteger(reply.chunk)
+            buffer.writeInteger(reply.keyCRC)
             buffer.writeInteger(UInt16(reply.extents.count))
             for payload in reply.extents {
                 precondition(payload.crcs.count == Int(payload.extent.sectorCount), "one CRC per sector")
@@ -638,6 +654,8 @@ extension GatewayReply {
     static func decodeSectors(_ body: inout ByteBuffer, units: GatewayUnits) throws(GatewayDecodeError) -> SectorsReply {
         let size = try body.readField(UInt64.self, "size")
         let etag = try body.readEtag()
+        let chunk = try body.readField(UInt64.self, "chunk")
+        let keyCRC = try body.readField(UInt32.self, "key CRC")
         let count = Int(try body.readField(UInt16.self, "extent count"))
         guard count <= GatewayProtocol.replyExtentsMax else {
             throw .tooMany(field: "reply extents", count: count, max: GatewayProtocol.replyExtentsMax)
@@ -668,7 +686,7 @@ extension GatewayReply {
             for k in 0..<sectors { crcs.append(body.readInteger(as: UInt32.self)! ^ sectorPositionTag(extent, k)) }
             extents.append(ExtentPayload(reason: reason, extent: extent, crcs: crcs, bytes: body.readBytes(length: byteCount)!))
         }
-        return SectorsReply(size: size, etag: etag, extents: extents)
+        return SectorsReply(size: size, etag: etag, chunk: chunk, keyCRC: keyCRC, extents: extents)
     }
 }
 

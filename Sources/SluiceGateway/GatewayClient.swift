@@ -257,6 +257,12 @@ public final class GatewayClient: Sendable {
     /// predicted extents outside what was wanted or held and not overlapping each other; every extent's
     /// byte count as the object's size implies; every sector's CRC-32C.
     public static func verify(_ reply: SectorsReply, for read: ReadSectorsRequest, units: GatewayUnits) throws(GatewayClientError) {
+        // A request corrupted on its way answers another chunk or key with valid sectors: refuse it as
+        // corrupt, so it is asked for again and never stored.
+        guard reply.chunk == read.chunk, reply.keyCRC == gatewayKeyCRC(read.key) else {
+            let first = read.wanted.first.map { Int($0.block) * units.sectorsPerBlock + Int($0.firstSector) } ?? 0
+            throw .corruptSector(key: read.key, chunk: read.chunk, block: first / units.sectorsPerBlock, sector: first % units.sectorsPerBlock)
+        }
         guard reply.extents.count >= read.wanted.count else {
             throw .protocolViolation("\(reply.extents.count) extents for \(read.wanted.count) wanted")
         }

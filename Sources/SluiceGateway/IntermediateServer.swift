@@ -395,7 +395,7 @@ func readSectors(_ read: ReadSectorsRequest, selection: PredictionSelection, _ s
     let extents = read.wanted + predicted.map(\.extent)
     precondition(data.count == extents.count, "one run of data per extent")
     let payloads = (0..<extents.count).map { ExtentPayload(reason: reasons[$0], extent: extents[$0], crcs: data[$0].crcs, bytes: data[$0].bytes) }
-    return .sectors(SectorsReply(size: stat.size, etag: stat.etag, extents: payloads))
+    return .sectors(SectorsReply(size: stat.size, etag: stat.etag, chunk: read.chunk, keyCRC: gatewayKeyCRC(read.key), extents: payloads))
 }
 
 /// A directory store refuses keys that leave its root: checked before any byte is taken.

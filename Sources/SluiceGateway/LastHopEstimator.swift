@@ -8,21 +8,27 @@ import Synchronization
 ///
 /// - Round trip: each call's time from send to complete reply. The min over the last
 ///   `rttSamplesMax` calls is the round trip with no queue (small calls, a stat, give it).
-/// - Delivery rate: a reply of at least `rateSampleBytesMin` bytes delivered its bytes in
-///   `end - max(start, previous reply's end)`: the replies are answered in order on one connection,
-///   so a reply that waited behind another only counts the time after that one ended (the link was
-///   busy with it). The max over the last `rateSamplesMax` samples is the link's rate, as BBR keeps it.
+/// - Delivery rate: over the last `deliveriesMax` replies of at least `rateSampleBytesMin` bytes, the
+///   bytes of all but the earliest-ending one divided by the time from the earliest end to the latest.
+///   Ends are measured the same way for every reply (after its sectors are stored), so the time a
+///   store takes cancels out, and replies pipelined on one connection count together rather than each
+///   against a few microseconds. The max over the last `rateSamplesMax` such samples is the link's
+///   rate, as BBR keeps it.
 public final class LastHopEstimator: Sendable {
     public static let rttSamplesMax = 64
     public static let rateSamplesMax = 16
     public static let rateSampleBytesMin = 64 << 10
+    /// Replies one delivery-rate sample spans (at least `deliveriesMin` before the first sample).
+    public static let deliveriesMax = 8
+    public static let deliveriesMin = 4
 
     private struct State {
         var rtts: [UInt64] = []
         var rttNext = 0
         var rates: [Double] = []
         var rateNext = 0
-        var lastEndNs: UInt64 = 0
+        var deliveries: [(endNs: UInt64, bytes: Int)] = []
+        var deliveryNext = 0
     }
 
     private let state = Mutex(State())
@@ -35,12 +41,20 @@ public final class LastHopEstimator: Sendable {
         state.withLock { s in
             Self.push(endNs - startNs, into: &s.rtts, next: &s.rttNext, max: Self.rttSamplesMax)
             if bytes >= Self.rateSampleBytesMin {
-                let busyFrom = max(startNs, s.lastEndNs)
-                if endNs > busyFrom {
-                    Self.push(Double(bytes) * 1e9 / Double(endNs - busyFrom), into: &s.rates, next: &s.rateNext, max: Self.rateSamplesMax)
+                Self.push((endNs, bytes), into: &s.deliveries, next: &s.deliveryNext, max: Self.deliveriesMax)
+                if s.deliveries.count >= Self.deliveriesMin {
+                    var first = s.deliveries[0], last = s.deliveries[0], total = 0
+                    for delivery in s.deliveries {
+                        total += delivery.bytes
+                        if delivery.endNs < first.endNs { first = delivery }
+                        if delivery.endNs > last.endNs { last = delivery }
+                    }
+                    if last.endNs > first.endNs {
+                        Self.push(Double(total - first.bytes) * 1e9 / Double(last.endNs - first.endNs),
+                                  into: &s.rates, next: &s.rateNext, max: Self.rateSamplesMax)
+                    }
                 }
             }
-            s.lastEndNs = max(s.lastEndNs, endNs)
         }
     }
 

@@ -251,10 +251,12 @@ public final class MigrationExecutor: Sendable {
         guard plan.destinationShape == source.spec.shape else {
             return .failure(.refused(vm: vm, blockers: [.stalePlan("the guest's shape changed since the template")]))
         }
-        // The destination carries the template's devices: every one must be in the guest's launch spec.
-        let specDevices = Set(source.spec.deviceDrivers)
-        if let missing = plan.devices.first(where: { !specDevices.contains($0) }) {
-            return .failure(.refused(vm: vm, blockers: [.stalePlan("the plan's device \(missing) is not in the guest's launch spec")]))
+        // The destination starts from the guest's launch spec, so it carries the spec's devices: the proof
+        // must have considered every one of them (devices the agent sees without a -device of their own,
+        // such as a -drive if=virtio, are in the plan but not in the spec, and that is fine).
+        let planned = Set(plan.devices)
+        if let missing = source.spec.deviceDrivers.first(where: { !planned.contains($0) }) {
+            return .failure(.refused(vm: vm, blockers: [.stalePlan("the guest's device \(missing) is not in the plan")]))
         }
         // Whether the source runs now: only then is it resumed after a failed move.
         let sourceWasRunning: Bool

@@ -356,7 +356,9 @@ public struct MigrationTemplate: Codable, Sendable, Equatable {
     /// The QEMU device driver of each virtio device kind an agent reports (`AgentReport.devices`).
     public static let driverForVirtioKind: [String: String] = [
         "net": "virtio-net-pci", "block": "virtio-blk-pci", "console": "virtio-serial-pci", "rng": "virtio-rng-pci",
-        "balloon": "virtio-balloon-pci", "scsi": "virtio-scsi-pci", "9p": "virtio-9p-pci", "input": "virtio-input-host-pci",
+        "balloon": "virtio-balloon-pci", "scsi": "virtio-scsi-pci", "9p": "virtio-9p-pci",
+        // Keyboard, mouse, tablet and host passthrough all report as virtio id 18: a host type offers the class.
+        "input": "virtio-input",
         "vsock": "vhost-vsock-pci", "mem": "virtio-mem-pci", "fs": "vhost-user-fs-pci", "pmem": "virtio-pmem-pci",
     ]
 

@@ -260,7 +260,8 @@ public enum Simulator {
             // Starts.
             switch policy {
             case .sluice, .oracle:
-                for booking in scheduler.bookings.values where booking.start == minute {
+                // In request order: the order of `running` decides which move takes what production leaves first.
+                for booking in scheduler.bookings.values.filter({ $0.start == minute }).sorted(by: { $0.requestID < $1.requestID }) {
                     let request = world.requests[booking.requestID]
                     let vm = world.vms[world.vmIndex(request)]
                     // Sluice turns auto-converge on whenever the VM allows it: a guest that dirties faster than

@@ -33,6 +33,8 @@ public enum WANCorruption {
             l2 += vlanTagBytes
             tags += 1
         }
+        // A runt tagged frame (18 bytes with one tag, 22 with two) ends with its tags.
+        guard frame.count > l2 else { return nil }
         if etherType == 0x0800, let (payloadStart, payloadEnd, checksumOffset) = transportPayload(frame, ipStart: l2) {
             let bit = Int(draw.multipliedFullWidth(by: UInt64((payloadEnd - payloadStart) * 8)).high)
             let byteOffset = payloadStart + bit / 8

@@ -57,7 +57,7 @@ import Testing
         (.hello, .hello(GatewayHello(units: .standard, frameBytesMax: 5 << 20))),
         (.stat, .stat(size: 64 << 20, etag: "\"abc-1\"")),
         (.invalidate, .invalidated),
-        (.readSectors, .sectors(SectorsReply(size: 4096 + 100, etag: "e", extents: [
+        (.readSectors, .sectors(SectorsReply(size: 4096 + 100, etag: "e", chunk: 7, keyCRC: 0xDEAD_BEEF, extents: [
             ExtentPayload(reason: .requested, extent: SectorExtent(block: 0, firstSector: 0, sectorCount: 1),
                           crcs: sectorCRCs(objectBytes(4096, seed: 1), sectorBytes: 4096), bytes: objectBytes(4096, seed: 1)),
             // The object's last sector is short.
@@ -192,6 +192,8 @@ import Testing
             buffer.writeInteger(UInt64(1 << 20))
             buffer.writeInteger(UInt16(1))
             buffer.writeString("e")
+            buffer.writeInteger(UInt64(0))  // chunk
+            buffer.writeInteger(UInt32(0))  // key CRC
             buffer.writeInteger(UInt16(1))
             buffer.writeInteger(reason)
             buffer.writeInteger(UInt16(0))
@@ -238,10 +240,19 @@ import Testing
         let bytes = objectBytes(3 * 4096, seed: 9)
         let request = ReadSectorsRequest(key: "obj", chunk: 2, extraBudgetBytes: 0,
                                          wanted: [SectorExtent(block: 1, firstSector: 14, sectorCount: 3)])
-        var reply = SectorsReply(size: 64 << 20, etag: "e", extents: [
+        var reply = SectorsReply(size: 64 << 20, etag: "e", chunk: 2, keyCRC: gatewayKeyCRC("obj"), extents: [
             ExtentPayload(reason: .requested, extent: request.wanted[0], crcs: sectorCRCs(bytes, sectorBytes: 4096), bytes: bytes),
         ])
         try GatewayClient.verify(reply, for: request, units: units)
+        // A reply to a request corrupted on its way (another chunk, another key): valid sectors, wrong place.
+        for (chunk, key) in [(UInt64(3), "obj"), (2, "obk")] {
+            var other = reply
+            other.chunk = chunk
+            other.keyCRC = gatewayKeyCRC(key)
+            #expect(throws: GatewayClientError.corruptSector(key: "obj", chunk: 2, block: 1, sector: 14)) {
+                try GatewayClient.verify(other, for: request, units: units)
+            }
+        }
         reply.extents[0].bytes[4096 + 7] ^= 1  // second sector: block 1 sector 15
         #expect(throws: GatewayClientError.corruptSector(key: "obj", chunk: 2, block: 1, sector: 15)) {
             try GatewayClient.verify(reply, for: request, units: units)
@@ -258,7 +269,7 @@ import Testing
                                          wanted: [SectorExtent(block: 0, firstSector: 0, sectorCount: 1)],
                                          held: [HeldBlock(block: 0, sectorMask: 0b10)])
         let one = objectBytes(4096, seed: 3)
-        let reply = SectorsReply(size: 64 << 20, etag: "e", extents: [
+        let reply = SectorsReply(size: 64 << 20, etag: "e", chunk: 0, keyCRC: gatewayKeyCRC("obj"), extents: [
             ExtentPayload(reason: .requested, extent: request.wanted[0], crcs: sectorCRCs(one, sectorBytes: 4096), bytes: one),
             ExtentPayload(reason: .sequential, extent: SectorExtent(block: 0, firstSector: 1, sectorCount: 1),
                           crcs: sectorCRCs(one, sectorBytes: 4096), bytes: one),

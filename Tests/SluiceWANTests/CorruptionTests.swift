@@ -116,6 +116,13 @@ private func corrupted(_ frame: [UInt8], draw: UInt64) -> ([UInt8], WANCorruptio
         }
         let (short, target) = corrupted([UInt8](repeating: 0, count: 14), draw: 1)
         #expect(target == nil && short == [UInt8](repeating: 0, count: 14))
+        // Runt tagged frames: one tag (18 bytes), two tags (22 bytes): nothing past the tags, nothing flipped.
+        let oneTag: [UInt8] = Array(repeating: 0, count: 12) + [0x81, 0x00, 0, 1, 0x08, 0x00]
+        let twoTags: [UInt8] = Array(repeating: 0, count: 12) + [0x88, 0xA8, 0, 1, 0x81, 0x00, 0, 2, 0x08, 0x00]
+        for runt in [oneTag, twoTags] {
+            let (same, none) = corrupted(runt, draw: 0)
+            #expect(none == nil && same == runt)
+        }
     }
 
     @Test func repairMatchesRecomputation() {
