@@ -275,6 +275,56 @@ func readEventually(_ client: ApplianceClient, key: String, offset: UInt64, leng
         await baseline.close()
     }
 
+    /// (c) The appliance killed (-9) mid-write across the WAN: what it acknowledged as closed reaches the
+    /// remote store after its restart (from its journal), the write it had not closed is discarded, and
+    /// nothing acknowledged is lost. The intermediate is down meanwhile, so the closed object is still
+    /// only in the journal when the appliance dies.
+    @Test(.enabled(if: GatewayNetns.enabled, "\(GatewayNetns.reason)"))
+    func applianceKilledMidWriteLosesNothingAcknowledged() async throws {
+        try #require(GatewayNetns.isRoot, "CI=true: the namespace tests need root")
+        let lab = try GatewayLab()
+        defer { lab.destroy() }
+        let world = try GatewayWorld(lab: lab, statTTLMs: 300)
+        world.put("seed.bin", objectBytes(4096, seed: 40))
+        let rclone = try world.startRclone()
+        var intermediate = try world.startIntermediate()
+        let wan = try world.startWAN(delay: "5ms", rate: "100mbit")
+        let journal = ["--journal", world.root.path + "/journal", "--journal-bytes", "64mb", "--shutdown-flush-ms", "10000"]
+        var appliance = try world.startAppliance(port: 7200, journal)
+        defer {
+            for child in [appliance, intermediate, rclone, wan] { _ = stop(child) }
+        }
+        let client = try await world.connect(port: 7200, key: "seed.bin")
+        let uploaded = objectBytes((3 << 20) + 17, seed: 41)
+        _ = try await client.write(key: "uploaded.bin", bytes: uploaded)
+        try await client.flush(key: "uploaded.bin", timeoutMs: 30_000)
+        #expect(try ChildProcessFile.read(world.dataDir + "/" + GatewayWorld.bucket + "/uploaded.bin") == uploaded)
+
+        // The intermediate down: the next object is acknowledged (closed in the journal) but not uploaded.
+        intermediate.signal(SIGKILL)
+        _ = intermediate.wait(timeoutMs: 5_000)
+        let acknowledged = objectBytes((1 << 20) + 3, seed: 42)
+        _ = try await client.write(key: "acknowledged.bin", bytes: acknowledged)
+        let open = try await client.beginWrite(key: "unclosed.bin")
+        #expect(try await client.append(writeID: open, offset: 0, bytes: objectBytes(70_000, seed: 43)) == 70_000)
+        appliance.signal(SIGKILL)
+        _ = appliance.wait(timeoutMs: 10_000)
+        await client.close()
+
+        intermediate = try world.startIntermediate()
+        appliance = try world.startAppliance(port: 7200, journal)
+        let again = try await world.connect(port: 7200, key: "seed.bin")
+        try await again.flush(timeoutMs: 60_000)
+        let path = world.dataDir + "/" + GatewayWorld.bucket
+        #expect(try ChildProcessFile.read(path + "/acknowledged.bin") == acknowledged, "the acknowledged object reached the store")
+        #expect(fileSize(path + "/unclosed.bin") == -1, "the unclosed write was discarded")
+        let read = try await readEventually(again, key: "acknowledged.bin", offset: 1 << 20, length: 3)
+        #expect(read == Array(acknowledged[(1 << 20)...]), "read back across the WAN")
+        let counters = try await again.counters()
+        print("gateway-netns appliance killed mid-write: acknowledged object uploaded after restart, unclosed discarded; counters \(counters)")
+        await again.close()
+    }
+
     /// (c) S3 down: a clear error, nothing stale (an object replaced meanwhile is read new after);
     /// the intermediate down: a clear error, recovery on its restart; a sector flipped in the
     /// intermediate's chunk file is never served (it is refetched).
