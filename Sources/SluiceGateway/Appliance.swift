@@ -610,18 +610,7 @@ public final class Appliance: Sendable {
     /// `chunkRequestsPerReadMax` chunks at once. Returns the replies that carry them (own or joined).
     private func fetch(key: String, etag: String, missing: [Range<UInt64>], share: ApplianceShare,
                        extra: Int) async throws(ApplianceError) -> [ChunkReply] {
-        let perChunk = UInt64(units.sectorsPerChunk)
-        var byChunk: [(chunk: UInt64, runs: [Range<Int>])] = []
-        for run in missing {
-            var sector = run.lowerBound
-            while sector < run.upperBound {
-                let chunk = sector / perChunk
-                let end = min(run.upperBound, (chunk + 1) * perChunk)
-                let local = Int(sector - chunk * perChunk)..<Int(end - chunk * perChunk)
-                if byChunk.last?.chunk == chunk { byChunk[byChunk.count - 1].runs.append(local) } else { byChunk.append((chunk, [local])) }
-                sector = end
-            }
-        }
+        let byChunk = splitByChunk(missing)
         let parallel = configuration.chunkRequestsPerReadMax
         do {
             return try await withThrowingTaskGroup(of: [ChunkReply].self) { group in
@@ -777,23 +766,29 @@ public final class Appliance: Sendable {
     /// bytes that no flight asks for yet, one `readSectors` per chunk (in order), while fewer than
     /// `readAheadsInFlightMax` read-aheads are in flight and the share's budget grants bytes. A chunk
     /// whose missing sectors are all in flight is skipped, so the window stays full past it.
-    private func readAhead(key: String, etag: String, size: UInt64, after end: UInt64, share: ApplianceShare, window: Int) {
-        let windowEnd = min(size, end + UInt64(window))
-        guard end < windowEnd else { return }
-        let missing = cache.missing(key: key, etag: etag, range: end..<windowEnd)
-        guard !missing.isEmpty else { return }
+    /// Object sector runs (ascending) cut at chunk boundaries: per chunk, its runs in chunk-relative sectors.
+    private func splitByChunk(_ missing: [Range<UInt64>]) -> [(chunk: UInt64, runs: [Range<Int>])] {
         let perChunk = UInt64(units.sectorsPerChunk)
         var byChunk: [(chunk: UInt64, runs: [Range<Int>])] = []
         for run in missing {
             var sector = run.lowerBound
             while sector < run.upperBound {
                 let chunk = sector / perChunk
-                let stop = min(run.upperBound, (chunk + 1) * perChunk)
-                let local = Int(sector - chunk * perChunk)..<Int(stop - chunk * perChunk)
+                let end = min(run.upperBound, (chunk + 1) * perChunk)
+                let local = Int(sector - chunk * perChunk)..<Int(end - chunk * perChunk)
                 if byChunk.last?.chunk == chunk { byChunk[byChunk.count - 1].runs.append(local) } else { byChunk.append((chunk, [local])) }
-                sector = stop
+                sector = end
             }
         }
+        return byChunk
+    }
+
+    private func readAhead(key: String, etag: String, size: UInt64, after end: UInt64, share: ApplianceShare, window: Int) {
+        let windowEnd = min(size, end + UInt64(window))
+        guard end < windowEnd else { return }
+        let missing = cache.missing(key: key, etag: etag, range: end..<windowEnd)
+        guard !missing.isEmpty else { return }
+        let byChunk = splitByChunk(missing)
         let readAheadsMax = configuration.readAheadsInFlightMax
         let flightsMax = configuration.flightsMax
         let sectorBytes = units.sectorBytes
