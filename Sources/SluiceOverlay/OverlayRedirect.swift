@@ -406,6 +406,19 @@ public struct OverlayRedirect: ~Copyable {
     }
 
     /// True if the flow's lease slot still holds the lease (id and epoch) the flow was bound under.
+    /// One packet of a leased flow (either direction on the consumer host): the flow's, its lease's and
+    /// its service's counters.
+    @inline(__always) func countLeased(_ flow: UnsafeMutablePointer<OverlayFlow>, bytes: Int, nowNs: UInt64) {
+        let slot = slots + Int(flow.pointee.leaseSlot)
+        flow.pointee.packets &+= 1
+        flow.pointee.bytes &+= UInt64(bytes)
+        flow.pointee.lastSeenNs = nowNs
+        slot.pointee.counters.packets &+= 1
+        slot.pointee.counters.bytes &+= UInt64(bytes)
+        serviceCounts[Int(flow.pointee.serviceIndex)].packets &+= 1
+        serviceCounts[Int(flow.pointee.serviceIndex)].bytes &+= UInt64(bytes)
+    }
+
     @inline(__always) func isLive(_ flow: UnsafeMutablePointer<OverlayFlow>) -> Bool {
         let slot = slots + Int(flow.pointee.leaseSlot)
         return slot.pointee.isActive && slot.pointee.leaseID == flow.pointee.leaseID
@@ -478,14 +491,7 @@ public struct OverlayRedirect: ~Copyable {
             serviceCounts[service].flows &+= 1
         }
         let flow = flows.flow(index)
-        let slot = slots + Int(flow.pointee.leaseSlot)
-        flow.pointee.packets &+= 1
-        flow.pointee.bytes &+= UInt64(length)
-        flow.pointee.lastSeenNs = nowNs
-        slot.pointee.counters.packets &+= 1
-        slot.pointee.counters.bytes &+= UInt64(length)
-        serviceCounts[Int(flow.pointee.serviceIndex)].packets &+= 1
-        serviceCounts[Int(flow.pointee.serviceIndex)].bytes &+= UInt64(length)
+        countLeased(flow, bytes: length, nowNs: nowNs)
         let base = buffer.baseAddress!
         let l3 = Int(headers.l3Offset)
         let l4 = Int(headers.l4Offset)
@@ -493,7 +499,7 @@ public struct OverlayRedirect: ~Copyable {
         OverlayRewrite.set(base, l3: l3, l4: l4, ipProtocol: headers.ipProtocol, isDestination: true,
                            ipv4: flow.pointee.producerIPv4, port: flow.pointee.producerPort)
         return encapsulate(buffer, length: length, vni: flow.pointee.vni, entropyPort: flow.pointee.entropyPort,
-                           destinationIPv4: flow.pointee.peerUnderlayIPv4, destinationMAC: slot.pointee.nextHopMAC)
+                           destinationIPv4: flow.pointee.peerUnderlayIPv4, destinationMAC: slots[Int(flow.pointee.leaseSlot)].nextHopMAC)
     }
 
     /// Binds a flow to the lease in `slot` (first packet, or a move).
@@ -601,14 +607,7 @@ public struct OverlayRedirect: ~Copyable {
             return .drop(.noFlow)
         }
         guard isLive(flow) else { return .drop(.leaseEnded) }
-        let slot = slots + Int(flow.pointee.leaseSlot)
-        flow.pointee.packets &+= 1
-        flow.pointee.bytes &+= UInt64(innerLength)
-        flow.pointee.lastSeenNs = nowNs
-        slot.pointee.counters.packets &+= 1
-        slot.pointee.counters.bytes &+= UInt64(innerLength)
-        serviceCounts[Int(flow.pointee.serviceIndex)].packets &+= 1
-        serviceCounts[Int(flow.pointee.serviceIndex)].bytes &+= UInt64(innerLength)
+        countLeased(flow, bytes: innerLength, nowNs: nowNs)
         memmove(base, base + innerOffset, innerLength)
         let vmPort = Int(flow.pointee.vmPort)
         store48(base, 0, flow.pointee.vmMAC)
