@@ -3,6 +3,7 @@
 // the monitor, the hosts, a request, and the bookings kept between runs. No logic of its own.
 import ArgumentParser
 import Foundation
+import Glibc
 import SluiceMigration
 import SluiceScheduling
 
@@ -14,6 +15,18 @@ enum VMSchedule {
         guard size <= bytesMax else { throw ValidationError("\(flag) \(path): \(size) bytes, more than \(bytesMax)") }
         guard let data = FileManager.default.contents(atPath: path) else { throw ValidationError("\(flag) \(path): cannot read") }
         return String(decoding: data, as: UTF8.self)
+    }
+
+    /// Holds an exclusive lock on `<state>.lock` until the process exits (flock; released by the kernel):
+    /// two `sluice vm schedule` runs on one state file take turns, so neither loses the other's booking.
+    /// Blocks while another run holds it.
+    static func lockState(_ path: String) throws {
+        let fd = open(path + ".lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw ValidationError("--state \(path): cannot open \(path).lock: errno \(errno)") }
+        while flock(fd, LOCK_EX) != 0 {
+            guard errno == EINTR else { throw ValidationError("--state \(path): cannot lock \(path).lock: errno \(errno)") }
+        }
+        // The descriptor stays open (and the lock held) for the rest of the process.
     }
 
     static func loadState(_ path: String) throws -> ScheduleState {
@@ -145,6 +158,7 @@ extension VMCommand {
 
         func run() async throws {
             let now = options.now ?? VMSchedule.nowMinute()
+            try VMSchedule.lockState(options.state)
             var (hosts, monitor, scheduler, state) = try VMSchedule.world(hostsPath: options.hosts, statePath: options.state, now: now)
             if let finished, let actualSeconds {
                 guard let index = state.bookings.firstIndex(where: { $0.request.id == finished }) else {

@@ -58,6 +58,18 @@ import Glibc
         #expect(booked.status == 0, "\(booked.lines) \(booked.stderr)")
         #expect(booked.lines.first?.contains("booked request 1 (g1): start minute \(busyEnds)") == true, "\(booked.lines)")
 
+        // Two runs at once on one state file, each booking its own request: both bookings are kept.
+        for id in [3, 4] {
+            Self.write("\(directory)/r\(id).json", """
+                {"id": \(id), "vm": "g\(id)", "source": "b", "candidates": ["a"], "earliestStart": \(now + 20 * 60), "deadline": \(now + 40 * 60),
+                 "memoryBytes": \(1 << 30), "dirtyBytesPerSecond": 0, "maxBandwidth": 100000000}
+                """)
+        }
+        let racers = try [3, 4].map { try ChildProcess([sluice, "vm", "schedule"] + common + ["--request", "\(directory)/r\($0).json"]) }
+        for racer in racers { #expect(racer.wait(timeoutMs: 60_000) == 0, "\(racer.stderrText)") }
+        let listed = try runCommand([sluice, "vm", "bookings", "--state", "\(directory)/state.json"])
+        #expect(listed.lines.filter { $0.hasPrefix("3\t") || $0.hasPrefix("4\t") }.count == 2, "\(listed.lines)")
+
         let refused = try runCommand([sluice, "vm", "schedule"] + common + ["--request", "\(directory)/tight.json"])
         #expect(refused.status == 3, "\(refused.lines) \(refused.stderr)")
         #expect(refused.lines.contains { $0.contains("b:") && $0.contains("predicted to have") }, "\(refused.lines)")
