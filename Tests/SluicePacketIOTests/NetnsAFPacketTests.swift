@@ -215,20 +215,23 @@ struct NetnsAFPacketTests {
         let signals = Signals()
         let counters = Outcome<AFPacketRXCounters>()
         let receiverThread = try NamespaceThread.start(namespace: lab.pathB) {
-            var receiver = try AFPacketReceiver(configuration: AFPacketRXConfiguration(interface: lab.interfaceB),
-                                                pool: rxPool)
+            // Blocks retire after 50 ms, not 1: the ring holds ~800 ms of frames even if this thread
+            // is starved on a loaded machine, so every frame reaches the pool check.
+            var receiver = try AFPacketReceiver(
+                configuration: AFPacketRXConfiguration(interface: lab.interfaceB, blockTimeoutMs: 50), pool: rxPool)
             signals.receiverReady.add(1, ordering: .releasing)
-            while !signals.senderDone.load(ordering: .acquiring) { usleep(1_000) }
-            // Take everything without freeing a buffer: after 64 the pool is empty.
+            // Take everything while the sender sends, without freeing a buffer: after 64 the pool is empty.
             let items = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: 32)
             defer { items.deallocate() }
             var held: [UInt32] = []
-            for _ in 0..<10_000 {
+            held.reserveCapacity(64)
+            let deadline = Clock.monotonicNs() + 20_000_000_000
+            while Clock.monotonicNs() < deadline {
                 let count = try receiver.receive(into: items, timeoutMs: 50)
                 held += items[0..<count].map { UInt32($0) }
-                if count == 0, !receiver.hasFrames, receiver.counters.packets + receiver.counters.poolExhausted >= UInt64(total) {
-                    break
-                }
+                guard count == 0, signals.senderDone.load(ordering: .acquiring), !receiver.hasFrames else { continue }
+                let seen = try receiver.refreshKernelCounters()
+                if seen.packets + seen.poolExhausted + seen.kernelDrops >= UInt64(total) { break }
             }
             counters.value = try receiver.refreshKernelCounters()
             for index in held { rxPool.freeIndex(index) }
@@ -240,7 +243,6 @@ struct NetnsAFPacketTests {
             guard signals.waitForReceivers(1) else { throw NetnsError(description: "receiver never became ready") }
             _ = sendTestFrames(&transmitter, pool: txPool, lab: lab, total: total, ratePerSecond: 100_000,
                                deadlineNs: Clock.monotonicNs() + 10_000_000_000)
-            usleep(20_000)  // let the last block time out (1 ms) before the receiver looks
         }
         #expect(senderThread.join() == nil)
         #expect(receiverThread.join() == nil)
