@@ -178,8 +178,9 @@ let package = Package(
             ]
         ),
         // Migration scheduling on predicted resources: forecasts, the duration model, bookings, the
-        // simulator (docs/SCHEDULING.md). Pure Swift: no I/O.
-        .target(name: "SluiceScheduling"),
+        // simulator (docs/SCHEDULING.md); the live manager samples hosts (the dataplane's metrics, else
+        // /proc/net/dev) and runs moves through the migration module's executor.
+        .target(name: "SluiceScheduling", dependencies: ["SluiceMigration", "SluiceService"]),
         // The WAN emulator: delay, jitter, loss, rate and queue limits between two interfaces (docs/WAN.md).
         .target(
             name: "SluiceWAN",
@@ -255,7 +256,7 @@ let package = Package(
             dependencies: ["SluiceOverlay", "SluiceEtcd", "SluiceEtcdTestSupport", "SluicePacket", "SluicePacketIO",
                            "SluiceCore", "SluiceTestSupport"]
         ),
-        .testTarget(name: "SluiceSchedulingTests", dependencies: ["SluiceScheduling", "SluiceTestSupport"]),
+        .testTarget(name: "SluiceSchedulingTests", dependencies: ["SluiceScheduling", "SluiceTestSupport", "SluiceMigrationTestSupport", "SluiceService", "SluiceMigration"]),
         .testTarget(name: "SluicePacketTests", dependencies: ["SluicePacket", "SluiceCore"]),
         // Mallocs per packet on the hot paths: a probe run with the interposer preloaded, by a test that
         // spawns it (the test process itself never loads the interposer).

@@ -7,15 +7,30 @@ public struct ScheduleHost: Codable, Sendable, Equatable {
     public var linkBytesPerSecond: Double
     public var migrationSlots: Int
     public var memoryBytes: Double
-    /// History file (`HistoryFile` lines) written by `sluice vm monitor`.
+    /// History file (`HistoryFile` lines) written by `sluice vm monitor` (and by `sluice vm manager`,
+    /// which reads it at start and appends a line per tick).
     public var history: String
+    /// `sluice vm manager` only: `sluice run`'s metrics endpoint (`HOST:PORT`) and the pipeline (port)
+    /// toward the destinations whose counters give the used bandwidth.
+    public var metrics: String?
+    public var port: String?
+    /// `sluice vm manager` only: the interface whose /proc/net/dev counters give the used bandwidth when
+    /// there is no dataplane (or it does not answer).
+    public var interface: String?
+    /// `sluice vm manager` only: where the QEMU run directories of guests moved to this host go.
+    public var runRoot: String?
 
-    public init(name: String, linkBytesPerSecond: Double, migrationSlots: Int, memoryBytes: Double, history: String) {
+    public init(name: String, linkBytesPerSecond: Double, migrationSlots: Int, memoryBytes: Double, history: String,
+                metrics: String? = nil, port: String? = nil, interface: String? = nil, runRoot: String? = nil) {
         self.name = name
         self.linkBytesPerSecond = linkBytesPerSecond
         self.migrationSlots = migrationSlots
         self.memoryBytes = memoryBytes
         self.history = history
+        self.metrics = metrics
+        self.port = port
+        self.interface = interface
+        self.runRoot = runRoot
     }
 
     public var resources: HostResources {
@@ -123,6 +138,10 @@ public struct ScheduleState: Codable, Sendable, Equatable {
         public var confidence: Double
         /// Reported by `sluice vm schedule --finished`: seconds from the start the move really took.
         public var actualSeconds: Double?
+        /// `sluice vm manager` only: how to reach the guest when the booking starts.
+        public var guest: GuestFiles?
+        /// `sluice vm manager` only: why the move failed (then `actualSeconds` stays nil).
+        public var failure: String?
     }
 
     public var bookings: [Entry]
@@ -132,7 +151,7 @@ public struct ScheduleState: Codable, Sendable, Equatable {
 
     /// Puts every stored booking back into `scheduler` (those that ended before its horizon are skipped).
     public func restore(into scheduler: inout MigrationScheduler, hosts: ScheduleHostsFile) throws(ScheduleFileError) {
-        for entry in bookings where entry.actualSeconds == nil {
+        for entry in bookings where entry.actualSeconds == nil && entry.failure == nil {
             let request = try entry.request.request(hosts: hosts)
             guard let method = ConvergenceMethod(rawValue: entry.method) else {
                 throw .invalid("booking \(entry.request.id): unknown method '\(entry.method)'")
@@ -147,12 +166,24 @@ public struct ScheduleState: Codable, Sendable, Equatable {
         }
     }
 
-    public static func entry(_ booking: Booking, request: ScheduleRequestFile, hosts: ScheduleHostsFile) -> Entry {
+    public static func entry(_ booking: Booking, request: ScheduleRequestFile, hosts: ScheduleHostsFile, guest: GuestFiles? = nil) -> Entry {
         Entry(request: request, destination: hosts.hosts[booking.destination].name, start: booking.start, rates: booking.rates,
               method: booking.prediction.method.rawValue, rounds: booking.prediction.rounds,
               predictedSeconds: booking.prediction.totalSeconds, downtimeSeconds: booking.prediction.downtimeSeconds,
               throttle: booking.prediction.throttle, bytes: booking.prediction.bytes, confidence: booking.confidence,
-              actualSeconds: nil)
+              actualSeconds: nil, guest: guest, failure: nil)
+    }
+}
+
+/// A request handed to `sluice vm manager` (a JSON file in its spool directory): the move, in ticks of
+/// the manager's time scale and real rates, and the guest's files for the executor.
+public struct ManagerRequestFile: Codable, Sendable, Equatable {
+    public var request: ScheduleRequestFile
+    public var guest: GuestFiles?
+
+    public init(request: ScheduleRequestFile, guest: GuestFiles? = nil) {
+        self.request = request
+        self.guest = guest
     }
 }
 

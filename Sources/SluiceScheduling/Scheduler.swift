@@ -82,6 +82,22 @@ public enum StartVerdict: Sendable, Equatable, CustomStringConvertible {
     case wontConverge(String)
     case finishesLate(finishSecond: Double, deadline: Int)
 
+    /// A short label for metrics: `feasible`, `not_a_candidate`, `before_window`, `window_closed`,
+    /// `destination_memory`, `slots_taken`, `link_busy`, `wont_converge`, `finishes_late`.
+    public var reason: String {
+        switch self {
+        case .feasible: "feasible"
+        case .notACandidate: "not_a_candidate"
+        case .beforeWindow: "before_window"
+        case .windowClosed: "window_closed"
+        case .destinationMemory: "destination_memory"
+        case .slotsTaken: "slots_taken"
+        case .linkBusy: "link_busy"
+        case .wontConverge: "wont_converge"
+        case .finishesLate: "finishes_late"
+        }
+    }
+
     public var description: String {
         switch self {
         case .feasible(let finish, let method): "feasible: \(method.rawValue), finishes at minute \(Int(finish / 60))"

@@ -203,7 +203,8 @@ extension VMCommand {
         @Flag(help: "Print Prometheus text (bookings, forecast error, predicted and actual seconds) instead of a table.") var prometheus = false
 
         func run() async throws {
-            let state = try VMSchedule.loadState(state)
+            let statePath = self.state
+            let state = try VMSchedule.loadState(statePath)
             guard prometheus else {
                 print("id\tvm\tsource\tdestination\tstart\tmethod\tpredicted_s\tactual_s\tconfidence")
                 for entry in state.bookings.sorted(by: { ($0.start, $0.request.id) < ($1.start, $1.request.id) }) {
@@ -224,8 +225,7 @@ extension VMCommand {
                 if let actual = entry.actualSeconds { lines.append("sluice_schedule_actual_seconds{\(labels)} \(actual)") }
             }
             if let hostsPath = hosts {
-                let (file, monitor, _, _) = try VMSchedule.world(hostsPath: hostsPath, statePath: state.bookings.isEmpty ? "/nonexistent" : "/nonexistent",
-                                                                 now: VMSchedule.nowMinute())
+                let (file, monitor, _, _) = try VMSchedule.world(hostsPath: hostsPath, statePath: statePath, now: VMSchedule.nowMinute())
                 lines.append("# TYPE sluice_schedule_forecast_mape gauge")
                 for (index, host) in file.hosts.enumerated() {
                     if let mape = monitor.forecastError(host: index) { lines.append("sluice_schedule_forecast_mape{host=\"\(host.name)\"} \(mape)") }

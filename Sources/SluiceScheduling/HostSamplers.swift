@@ -1,0 +1,190 @@
+// Path: Sources/SluiceScheduling/HostSamplers.swift — where the live manager's per-host samples come
+// from: `sluice run`'s metrics endpoint (per-port byte counters, the traffic controller's per-source
+// bytes) when the dataplane drives the port, else the kernel's /proc/net/dev; free memory from
+// /proc/meminfo. Each sample says which source it came from.
+import Foundation
+import SluiceMigration
+import SluiceService
+
+/// Where one sample's used bandwidth came from.
+public enum SampleSource: Sendable, Equatable, CustomStringConvertible {
+    /// `sluice run`'s metrics: `rx` when `sluice_pipeline_bytes_in_total{pipeline=PORT}` was read, `tx`
+    /// when `sluice_traffic_sent_bytes{port=PORT,source=*}` (the traffic controller's per-source bytes) was.
+    case dataplane(rx: Bool, tx: Bool)
+    /// The kernel's counters of `interface` (/proc/net/dev); `why` says why not the dataplane, if it was asked.
+    case procNetDev(interface: String, why: String?)
+    /// No rate this tick (the first reading of a counter, or every source failed: `why`).
+    case none(why: String)
+
+    /// The Prometheus label value: `dataplane`, `proc_net_dev` or `none`.
+    public var label: String {
+        switch self {
+        case .dataplane: "dataplane"
+        case .procNetDev: "proc_net_dev"
+        case .none: "none"
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .dataplane(let rx, let tx): "dataplane (" + [rx ? "rx bytes" : nil, tx ? "per-source tx bytes" : nil].compactMap { $0 }.joined(separator: ", ") + ")"
+        case .procNetDev(let interface, let why): "/proc/net/dev \(interface)" + (why.map { " (dataplane: \($0))" } ?? "")
+        case .none(let why): "none (\(why))"
+        }
+    }
+}
+
+/// One reading of a host: the bandwidth production uses on its link (real bytes/s, nil when no rate is
+/// known yet), its free memory, and the source.
+public struct HostSample: Sendable, Equatable {
+    public var usedBytesPerSecond: Double?
+    public var freeMemoryBytes: Double
+    public var source: SampleSource
+
+    public init(usedBytesPerSecond: Double?, freeMemoryBytes: Double, source: SampleSource) {
+        self.usedBytesPerSecond = usedBytesPerSecond
+        self.freeMemoryBytes = freeMemoryBytes
+        self.source = source
+    }
+}
+
+/// Reads one host once per tick. Called by the manager only (one caller, in tick order); may block
+/// briefly (a file read, one HTTP GET with a deadline). `atSeconds` is a monotonic reading in seconds.
+public protocol HostSampler: Sendable {
+    mutating func sample(atSeconds: Double) -> HostSample
+}
+
+/// A byte counter turned into a rate between two readings. A counter that went backwards (a restarted
+/// `sluice run`) gives no rate for that reading.
+public struct CounterRate: Sendable, Equatable {
+    private var last: (seconds: Double, bytes: Double)?
+
+    public init() {}
+
+    public mutating func rate(bytes: Double, atSeconds seconds: Double) -> Double? {
+        defer { last = (seconds, bytes) }
+        guard let last, seconds > last.seconds, bytes >= last.bytes else { return nil }
+        return (bytes - last.bytes) / (seconds - last.seconds)
+    }
+
+    public static func == (a: CounterRate, b: CounterRate) -> Bool { a.last?.seconds == b.last?.seconds && a.last?.bytes == b.last?.bytes }
+}
+
+/// Free memory as the kernel reports it (`MemAvailable` in /proc/meminfo), at most `cap` bytes (a test
+/// "host" on a shared machine has less than the machine). Nil when the file cannot be read.
+public func memAvailableBytes(cap: Double, path: String = "/proc/meminfo") -> Double? {
+    guard let text = try? String(contentsOfFile: path, encoding: .utf8),
+          let line = text.split(separator: "\n").first(where: { $0.hasPrefix("MemAvailable:") }),
+          let kib = Double(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") else { return nil }
+    return min(cap, kib * 1024)
+}
+
+/// Used bandwidth from the kernel's counters of one interface (max of RX and TX rate, as `LinkMonitor`).
+public struct ProcNetDevSampler: HostSampler {
+    public let link: LinkMonitor
+    public let memoryCapBytes: Double
+    private var rx = CounterRate()
+    private var tx = CounterRate()
+
+    public init(interface: String, memoryCapBytes: Double, netDevPath: String = "/proc/net/dev") {
+        link = LinkMonitor(.init(interface: interface, configuredCapacityBytesPerSecond: 1, netDevPath: netDevPath))
+        self.memoryCapBytes = memoryCapBytes
+    }
+
+    public mutating func sample(atSeconds seconds: Double) -> HostSample {
+        sample(atSeconds: seconds, why: nil)
+    }
+
+    mutating func sample(atSeconds seconds: Double, why: String?) -> HostSample {
+        let memory = memAvailableBytes(cap: memoryCapBytes) ?? memoryCapBytes
+        let counters: InterfaceCounters
+        do { counters = try link.sample() } catch {
+            return HostSample(usedBytesPerSecond: nil, freeMemoryBytes: memory, source: .none(why: "\(error)"))
+        }
+        let r = rx.rate(bytes: Double(counters.receivedBytes), atSeconds: seconds)
+        let t = tx.rate(bytes: Double(counters.transmittedBytes), atSeconds: seconds)
+        guard let r, let t else { return HostSample(usedBytesPerSecond: nil, freeMemoryBytes: memory, source: .none(why: "first reading")) }
+        return HostSample(usedBytesPerSecond: max(r, t), freeMemoryBytes: memory,
+                          source: .procNetDev(interface: link.configuration.interface, why: why))
+    }
+}
+
+/// The dataplane's counters of one port, read from a metrics scrape: RX bytes of the pipeline named
+/// `port` and the sum of the traffic controller's per-source sent bytes on it (either may be absent).
+public struct DataplanePortCounters: Sendable, Equatable {
+    public var rxBytes: Double?
+    public var txBytes: Double?
+    /// The traffic controller's estimate of the port's capacity (bytes/s), when it runs.
+    public var capacityBytesPerSecond: Double?
+
+    public static func read(_ samples: [MetricSample], port: String) -> DataplanePortCounters {
+        var result = DataplanePortCounters()
+        for sample in samples {
+            switch sample.name {
+            case "sluice_pipeline_bytes_in_total" where sample.labels["pipeline"] == port:
+                result.rxBytes = (result.rxBytes ?? 0) + sample.value
+            case "sluice_traffic_sent_bytes" where sample.labels["port"] == port:
+                result.txBytes = (result.txBytes ?? 0) + sample.value
+            case "sluice_traffic_port_capacity_bytes_per_second" where sample.labels["port"] == port:
+                result.capacityBytesPerSecond = sample.value
+            default: continue
+            }
+        }
+        return result
+    }
+}
+
+/// Used bandwidth from `sluice run`'s metrics endpoint (GET /metrics, `deadlineMs` each): the larger of
+/// the port's RX and TX byte rates. When the endpoint does not answer or has neither counter for the
+/// port, the sample comes from `fallback` (/proc/net/dev), which is read every tick so it has a rate ready.
+public struct DataplaneSampler: HostSampler {
+    public let endpoint: ListenAddress
+    public let port: String
+    public let deadlineMs: Int
+    public let memoryCapBytes: Double
+    private var fallback: ProcNetDevSampler?
+    private var rx = CounterRate()
+    private var tx = CounterRate()
+    /// The last scrape's counters (for tests and the manager's log).
+    public private(set) var lastCounters: DataplanePortCounters?
+
+    public init(endpoint: ListenAddress, port: String, memoryCapBytes: Double, fallback: ProcNetDevSampler?, deadlineMs: Int = 1_000) {
+        precondition(deadlineMs > 0, "scrape deadline")
+        self.endpoint = endpoint
+        self.port = port
+        self.memoryCapBytes = memoryCapBytes
+        self.fallback = fallback
+        self.deadlineMs = deadlineMs
+    }
+
+    public mutating func sample(atSeconds seconds: Double) -> HostSample {
+        let scraped = scrape()
+        let kernel = fallback?.sample(atSeconds: seconds, why: scraped.why)
+        guard let counters = scraped.counters else {
+            lastCounters = nil
+            return kernel ?? HostSample(usedBytesPerSecond: nil, freeMemoryBytes: memAvailableBytes(cap: memoryCapBytes) ?? memoryCapBytes,
+                                        source: .none(why: scraped.why ?? "no counters"))
+        }
+        lastCounters = counters
+        let memory = kernel?.freeMemoryBytes ?? memAvailableBytes(cap: memoryCapBytes) ?? memoryCapBytes
+        let r = counters.rxBytes.flatMap { rx.rate(bytes: $0, atSeconds: seconds) }
+        let t = counters.txBytes.flatMap { tx.rate(bytes: $0, atSeconds: seconds) }
+        guard r != nil || t != nil else {
+            return HostSample(usedBytesPerSecond: nil, freeMemoryBytes: memory, source: .none(why: "first dataplane reading"))
+        }
+        return HostSample(usedBytesPerSecond: max(r ?? 0, t ?? 0), freeMemoryBytes: memory, source: .dataplane(rx: r != nil, tx: t != nil))
+    }
+
+    private func scrape() -> (counters: DataplanePortCounters?, why: String?) {
+        let response: HTTPClientResponse
+        do { response = try HTTPClient.get(host: endpoint.host, port: endpoint.port, path: "/metrics", deadlineMs: deadlineMs) } catch {
+            return (nil, "\(endpoint): \(error)")
+        }
+        guard response.status == 200 else { return (nil, "\(endpoint): HTTP \(response.status)") }
+        let samples: [MetricSample]
+        do { samples = try MetricsText.parse(response.body) } catch { return (nil, "\(endpoint): \(error)") }
+        let counters = DataplanePortCounters.read(samples, port: port)
+        guard counters.rxBytes != nil || counters.txBytes != nil else { return (nil, "\(endpoint): no counters for port '\(port)'") }
+        return (counters, nil)
+    }
+}

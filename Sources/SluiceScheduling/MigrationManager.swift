@@ -1,0 +1,398 @@
+// Path: Sources/SluiceScheduling/MigrationManager.swift — the live migration manager: samples every
+// host once per tick into the monitor, takes requests, books them, re-plans when a forecast changes or a
+// running move falls behind, starts each booking at its tick through a `MoveRunner`, and records the
+// actual finish against the predicted one. `sluice vm manager` drives it (docs/SCHEDULING.md).
+import Foundation
+import Synchronization
+
+/// One finished (or failed) move, for the metrics and the report: predicted against actual.
+public struct FinishedMove: Sendable, Equatable {
+    public var requestID: Int
+    public var vm: String
+    public var destination: String
+    /// Real seconds the duration model predicted for the migration, and QEMU's own total time of it.
+    public var predictedSeconds: Double
+    public var actualSeconds: Double?
+    /// Unix seconds: the booked start, the predicted finish (booked start plus the prediction), the real
+    /// start (the tick the runner was called) and the real finish (start plus QEMU's total time).
+    public var bookedStartUnix: Double
+    public var predictedFinishUnix: Double
+    public var startedUnix: Double
+    public var finishedUnix: Double?
+    public var wallSeconds: Double
+    public var failure: String?
+    /// How the move ran, when it completed.
+    public var report: MoveReport?
+}
+
+/// The live manager. One instance per process; `tick()` is called once per tick (`run(period:)` does so),
+/// `submit` by whoever takes requests (the spool, a test). Everything it holds is bounded: requests and
+/// bookings by `ScheduleLimits.requestCountMax`, finished moves by `finishedMax`, series by the monitor.
+public actor MigrationManager {
+    public struct Configuration: Sendable {
+        public var hosts: ScheduleHostsFile
+        public var timeScale: TimeScale
+        /// Bookings kept between runs (nil: none kept).
+        public var statePath: String?
+        /// Requests are taken from `*.json` files here each tick; each moves to `done/` with a `.result`.
+        public var spoolDirectory: String?
+        /// A sample further than this many sigmas from its forecast means the forecast changed: re-plan.
+        public var replanSigmas = 3.0
+        /// Samples a host needs before its deviations count (the forecast knows nothing before).
+        public var replanWarmupSamples = 30
+        /// Below this free rate (real bytes/s) a minute is busy: no move is run in it.
+        public var minimumRateBytesPerSecond = 8.0 * 1_048_576
+        /// Append each tick's samples to the hosts' history files.
+        public var appendHistory = true
+        /// Real seconds since the Unix epoch (tests pass their own).
+        public var clock: @Sendable () -> Double = { Date().timeIntervalSince1970 }
+
+        public init(hosts: ScheduleHostsFile, timeScale: TimeScale, statePath: String? = nil, spoolDirectory: String? = nil) {
+            self.hosts = hosts
+            self.timeScale = timeScale
+            self.statePath = statePath
+            self.spoolDirectory = spoolDirectory
+        }
+    }
+
+    public static let finishedMax = 1_000
+    /// Most request files taken from the spool per tick.
+    public static let spoolFilesPerTickMax = 64
+
+    public let configuration: Configuration
+    public nonisolated let metrics = Mutex<String>("")
+    private var monitor: ResourceMonitor
+    private var scheduler: MigrationScheduler
+    private var samplers: [any HostSampler]
+    private let runner: any MoveRunner
+    private var state: ScheduleState
+    private var requests: [Int: MigrationRequest] = [:]
+    private var running: [Int: (cell: RateCell, startedUnix: Double)] = [:]
+    public private(set) var finished: [FinishedMove] = []
+    private var refusals: [String: Int] = [:]
+    private var replans: [String: Int] = [:]
+    private var samplesBySource: [[String: Int]]
+    private var lastSamples: [HostSample?]
+    private var lastTick: Int?
+    private var history: [FileHandle?]
+
+    /// Loads each host's history (samples before now) into the forecasts, and the stored bookings.
+    public init(_ configuration: Configuration, samplers: [any HostSampler], runner: any MoveRunner) throws(ScheduleFileError) {
+        let hosts = try configuration.hosts.validated()
+        precondition(samplers.count == hosts.hosts.count, "one sampler per host")
+        let scale = configuration.timeScale
+        let now = scale.tick(atUnixSeconds: configuration.clock())
+        let modelHosts = hosts.hosts.map { scale.model($0.resources) }
+        var parameters = MigrationScheduler.Parameters()
+        parameters.minimumRate = scale.modelRate(configuration.minimumRateBytesPerSecond)  // real, whatever the scale
+        var monitor = ResourceMonitor(hosts: modelHosts)
+        var scheduler = MigrationScheduler(hosts: modelHosts, now: now, parameters: parameters)
+        for (index, host) in hosts.hosts.enumerated() {
+            guard let data = FileManager.default.contents(atPath: host.history) else { continue }  // no history yet
+            let samples = try HistoryFile.parse(String(decoding: data, as: UTF8.self), path: host.history)
+            for sample in samples where sample.minute < now {
+                monitor.record(host: index, minute: sample.minute, productionBytesPerSecond: scale.modelRate(sample.production),
+                               freeMemoryBytes: sample.freeMemory, slotsInUse: sample.slots)
+            }
+            if let last = samples.last(where: { $0.minute < now }) { scheduler.observeFreeMemory(host: index, bytes: last.freeMemory) }
+        }
+        var state = ScheduleState()
+        if let path = configuration.statePath, let data = FileManager.default.contents(atPath: path) {
+            do { state = try JSONDecoder().decode(ScheduleState.self, from: data) } catch { throw .invalid("state \(path): \(error)") }
+            try state.restore(into: &scheduler, hosts: hosts)
+        }
+        var restored: [Int: MigrationRequest] = [:]
+        for entry in state.bookings where entry.actualSeconds == nil && entry.failure == nil {
+            var request = try entry.request.request(hosts: hosts)
+            request.demand = scale.model(request.demand)
+            restored[request.id] = request
+        }
+        requests = restored
+        self.configuration = configuration
+        self.monitor = monitor
+        self.scheduler = scheduler
+        self.samplers = samplers
+        self.runner = runner
+        self.state = state
+        samplesBySource = Array(repeating: [:], count: hosts.hosts.count)
+        lastSamples = Array(repeating: nil, count: hosts.hosts.count)
+        history = hosts.hosts.map { host in
+            guard configuration.appendHistory else { return nil }
+            if !FileManager.default.fileExists(atPath: host.history) { FileManager.default.createFile(atPath: host.history, contents: nil) }
+            let handle = FileHandle(forWritingAtPath: host.history)
+            _ = try? handle?.seekToEnd()
+            return handle
+        }
+        metrics.withLock { $0 = "" }
+    }
+
+    /// Runs ticks every `tickSeconds` (of the time scale) until the task is cancelled.
+    public func run() async {
+        let period = Duration.milliseconds(Int64(configuration.timeScale.tickSeconds * 1000))
+        while !Task.isCancelled {
+            await tick()
+            try? await Task.sleep(for: period)
+        }
+    }
+
+    /// One tick: samples, the spool, re-planning, starting due bookings. Does nothing twice in one tick
+    /// except starting due bookings (a move whose runner was busy starts on the next call).
+    public func tick() async {
+        let scale = configuration.timeScale
+        let nowUnix = configuration.clock()
+        let now = scale.tick(atUnixSeconds: nowUnix)
+        if lastTick.map({ now > $0 }) ?? true {
+            lastTick = now
+            scheduler.advance(to: now)
+            let changed = sample(now: now, atSeconds: nowUnix)
+            let behind = extendLateMoves(now: now)
+            if changed || behind { replan(now: now, reason: changed ? "forecast" : "behind") }
+            drainSpool(now: now)
+        }
+        startDue(now: now, nowUnix: nowUnix)
+        publishMetrics(now: now)
+    }
+
+    /// Plans `file` now; books it (and keeps it in the state file) or refuses it with the verdicts.
+    /// Times in `file` are ticks; rates are real bytes/s.
+    public func submit(_ file: ManagerRequestFile) -> Result<PlanOutcome, ScheduleFileError> {
+        let scale = configuration.timeScale
+        let now = lastTick ?? scale.tick(atUnixSeconds: configuration.clock())
+        var request: MigrationRequest
+        do { request = try file.request.request(hosts: configuration.hosts) } catch { return .failure(error) }
+        guard requests[request.id] == nil, !state.bookings.contains(where: { $0.request.id == request.id }) else {
+            return .failure(.invalid("request \(request.id) is known already"))
+        }
+        guard requests.count < ScheduleLimits.requestCountMax, state.bookings.count < ScheduleState.bookingsMax else {
+            return .failure(.invalid("request \(request.id): the manager holds \(requests.count) requests, its most"))
+        }
+        request.demand = scale.model(request.demand)
+        request.earliestStart = max(request.earliestStart, now)
+        let outcome = scheduler.plan(request, now: now, outlook: monitor)
+        switch outcome {
+        case .booked(let booking):
+            requests[request.id] = request
+            state.bookings.append(ScheduleState.entry(booking, request: file.request, hosts: configuration.hosts, guest: file.guest))
+            saveState()
+        case .refused(let verdicts):
+            for reason in Set(verdicts.map(\.reason)) { refusals[reason, default: 0] += 1 }
+        }
+        publishMetrics(now: now)
+        return .success(outcome)
+    }
+
+    /// Why `file` cannot start now and its earliest feasible start; books nothing.
+    public func explain(_ file: ManagerRequestFile) -> Result<Explanation, ScheduleFileError> {
+        let now = lastTick ?? configuration.timeScale.tick(atUnixSeconds: configuration.clock())
+        var request: MigrationRequest
+        do { request = try file.request.request(hosts: configuration.hosts) } catch { return .failure(error) }
+        request.demand = configuration.timeScale.model(request.demand)
+        request.earliestStart = max(request.earliestStart, now)
+        return .success(scheduler.explain(request, now: now, outlook: monitor))
+    }
+
+    /// The bookings not yet finished, by request id.
+    public var bookings: [Int: Booking] { scheduler.bookings }
+    public var runningCount: Int { running.count }
+    public func lastSample(host: Int) -> HostSample? { lastSamples[host] }
+    public func forecastError(host: Int) -> Double? { monitor.forecastError(host: host) }
+    public func replanCount(_ reason: String) -> Int { replans[reason] ?? 0 }
+
+    // MARK: - Tick steps
+
+    /// Samples every host into the monitor; true when a sample strayed from its forecast.
+    private func sample(now: Int, atSeconds seconds: Double) -> Bool {
+        let scale = configuration.timeScale
+        var changed = false
+        for index in samplers.indices {
+            let sample = samplers[index].sample(atSeconds: seconds)
+            lastSamples[index] = sample
+            samplesBySource[index][sample.source.label, default: 0] += 1
+            guard let used = sample.usedBytesPerSecond else { continue }
+            let model = scale.modelRate(used)
+            let point = monitor.forecast(host: index, minute: now)
+            if monitor.production[index].count >= configuration.replanWarmupSamples,
+               abs(model - point.mean) > configuration.replanSigmas * max(point.sigma, 1e-9) {
+                changed = true
+            }
+            let slots = running.keys.filter { id in scheduler.bookings[id].map { $0.source == index || $0.destination == index } ?? false }.count
+            monitor.record(host: index, minute: now, productionBytesPerSecond: model, freeMemoryBytes: sample.freeMemoryBytes, slotsInUse: slots)
+            scheduler.observeFreeMemory(host: index, bytes: sample.freeMemoryBytes)
+            if let handle = history[index] {
+                let line = HistoryFile.line(minute: now, production: used, freeMemory: sample.freeMemoryBytes, slots: slots) + "\n"
+                try? handle.write(contentsOf: Data(line.utf8))
+            }
+        }
+        return changed
+    }
+
+    /// A running move past its booked minutes holds its last rate for this minute too; true if any did.
+    private func extendLateMoves(now: Int) -> Bool {
+        var behind = false
+        for (id, move) in running {
+            guard let booking = scheduler.bookings[id] else { continue }
+            let index = now - booking.start
+            if index >= booking.rates.count {
+                let rate = booking.rates.last ?? scheduler.parameters.minimumRate
+                scheduler.extend(id, minute: now, rate: rate)
+                behind = true
+            }
+            let rates = scheduler.bookings[id]?.rates ?? booking.rates
+            move.cell.store(configuration.timeScale.realRate(rates[min(max(0, index), rates.count - 1)]))
+        }
+        return behind
+    }
+
+    private func replan(now: Int, reason: String) {
+        replans[reason, default: 0] += 1
+        let pending = requests.filter { running[$0.key] == nil }
+        let changed = scheduler.replan(now: now, requests: pending, outlook: monitor)
+        for id in changed {
+            guard let booking = scheduler.bookings[id], let index = state.bookings.firstIndex(where: { $0.request.id == id }) else { continue }
+            let old = state.bookings[index]
+            var entry = ScheduleState.entry(booking, request: old.request, hosts: configuration.hosts, guest: old.guest)
+            entry.failure = old.failure
+            state.bookings[index] = entry
+        }
+        if !changed.isEmpty { saveState() }
+    }
+
+    private func startDue(now: Int, nowUnix: Double) {
+        let due = scheduler.bookings.values.filter { $0.start <= now && running[$0.requestID] == nil && requests[$0.requestID] != nil }
+        for booking in due.sorted(by: { $0.requestID < $1.requestID }) {
+            guard let entry = state.bookings.first(where: { $0.request.id == booking.requestID }) else { continue }
+            let scale = configuration.timeScale
+            let index = min(max(0, now - booking.start), max(0, booking.rates.count - 1))
+            let cell = RateCell(scale.realRate(booking.rates.isEmpty ? scheduler.parameters.minimumRate : booking.rates[index]))
+            running[booking.requestID] = (cell, nowUnix)
+            let destination = configuration.hosts.hosts[booking.destination]
+            let order = MoveOrder(requestID: booking.requestID, vm: entry.request.vm, guest: entry.guest, destination: destination.name,
+                                  destinationRunRoot: destination.runRoot ?? "/tmp/sluice-manager-\(destination.name)", cap: cell)
+            let runner = self.runner
+            Task { [weak self] in
+                let result = await runner.run(order)
+                await self?.finish(booking.requestID, result)
+            }
+        }
+    }
+
+    private func finish(_ id: Int, _ result: Result<MoveReport, MoveRunError>) {
+        guard let move = running.removeValue(forKey: id), let booking = scheduler.release(id) else { return }
+        requests[id] = nil
+        let scale = configuration.timeScale
+        let bookedStart = scale.unixSeconds(ofTick: booking.start)
+        let predicted = scale.realSeconds(booking.prediction.totalSeconds)
+        var record = FinishedMove(requestID: id, vm: "", destination: configuration.hosts.hosts[booking.destination].name,
+                                  predictedSeconds: predicted, actualSeconds: nil, bookedStartUnix: bookedStart,
+                                  predictedFinishUnix: bookedStart + predicted, startedUnix: move.startedUnix, finishedUnix: nil,
+                                  wallSeconds: configuration.clock() - move.startedUnix, failure: nil)
+        let index = state.bookings.firstIndex(where: { $0.request.id == id })
+        if let index { record.vm = state.bookings[index].request.vm }
+        switch result {
+        case .success(let report):
+            record.actualSeconds = report.migrationSeconds
+            record.report = report
+            // QEMU's total time ends the migration; the rest of the wall time is the destination's start
+            // (before) and the agent's confirmation (after): the migration ends that much before the run.
+            record.finishedUnix = configuration.clock() - max(0, report.wallSeconds - report.migrationSeconds) / 2
+            if let index { state.bookings[index].actualSeconds = scale.modelSeconds(report.migrationSeconds) }
+        case .failure(let failure):
+            record.failure = failure.description
+            if let index { state.bookings[index].failure = failure.description }
+        }
+        if finished.count == Self.finishedMax { finished.removeFirst() }
+        finished.append(record)
+        saveState()
+        publishMetrics(now: lastTick ?? scale.tick(atUnixSeconds: configuration.clock()))
+    }
+
+    // MARK: - Spool, state, metrics
+
+    private func drainSpool(now: Int) {
+        guard let spool = configuration.spoolDirectory,
+              let names = try? FileManager.default.contentsOfDirectory(atPath: spool) else { return }
+        let done = spool + "/done"
+        try? FileManager.default.createDirectory(atPath: done, withIntermediateDirectories: true)
+        for name in names.filter({ $0.hasSuffix(".json") }).sorted().prefix(Self.spoolFilesPerTickMax) {
+            let path = spool + "/" + name
+            let text: String
+            switch readRequest(path) {
+            case .failure(let error): text = "invalid: \(error)\n"
+            case .success(let file):
+                switch submit(file) {
+                case .failure(let error): text = "invalid: \(error)\n"
+                case .success(.booked(let booking)):
+                    text = "booked request \(booking.requestID): start tick \(booking.start), destination "
+                        + "\(configuration.hosts.hosts[booking.destination].name), predicted "
+                        + String(format: "%.1f", configuration.timeScale.realSeconds(booking.prediction.totalSeconds)) + " s\n"
+                case .success(.refused(let verdicts)):
+                    text = "refused request \(file.request.id):\n" + zip(file.request.candidates, verdicts).map { "  \($0): \($1)\n" }.joined()
+                }
+            }
+            _ = rename(path, done + "/" + name)
+            FileManager.default.createFile(atPath: done + "/" + name + ".result", contents: Data(text.utf8))
+        }
+    }
+
+    private func readRequest(_ path: String) -> Result<ManagerRequestFile, ScheduleFileError> {
+        guard let data = FileManager.default.contents(atPath: path), data.count <= 1 << 20 else {
+            return .failure(.invalid("\(path): cannot read or larger than 1 MiB"))
+        }
+        do { return .success(try JSONDecoder().decode(ManagerRequestFile.self, from: data)) } catch {
+            return .failure(.invalid("\(path): not a request: \(error)"))
+        }
+    }
+
+    private func saveState() {
+        guard let path = configuration.statePath else { return }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        guard let data = try? encoder.encode(state) else { return }
+        if FileManager.default.createFile(atPath: path + ".tmp", contents: data) { _ = rename(path + ".tmp", path) }
+    }
+
+    /// Prometheus text of the manager's state, kept in `metrics` for the endpoint to serve.
+    private func publishMetrics(now: Int) {
+        let hosts = configuration.hosts.hosts
+        var lines = ["# TYPE sluice_manager_tick gauge", "sluice_manager_tick \(now)",
+                     "# TYPE sluice_manager_tick_seconds gauge", "sluice_manager_tick_seconds \(configuration.timeScale.tickSeconds)",
+                     "# TYPE sluice_manager_bookings gauge", "sluice_manager_bookings \(scheduler.bookings.count - running.count)",
+                     "# TYPE sluice_manager_running_moves gauge", "sluice_manager_running_moves \(running.count)",
+                     "# TYPE sluice_manager_finished_total counter",
+                     "sluice_manager_finished_total{result=\"completed\"} \(finished.filter { $0.failure == nil }.count)",
+                     "sluice_manager_finished_total{result=\"failed\"} \(finished.filter { $0.failure != nil }.count)",
+                     "# TYPE sluice_manager_refusals_total counter"]
+        for (reason, count) in refusals.sorted(by: { $0.key < $1.key }) { lines.append("sluice_manager_refusals_total{reason=\"\(reason)\"} \(count)") }
+        lines.append("# TYPE sluice_manager_replans_total counter")
+        for (reason, count) in replans.sorted(by: { $0.key < $1.key }) { lines.append("sluice_manager_replans_total{reason=\"\(reason)\"} \(count)") }
+        lines += ["# TYPE sluice_manager_forecast_mape gauge", "# TYPE sluice_manager_used_bytes_per_second gauge",
+                  "# TYPE sluice_manager_samples_total counter"]
+        for (index, host) in hosts.enumerated() {
+            if let mape = monitor.forecastError(host: index) { lines.append("sluice_manager_forecast_mape{host=\"\(host.name)\"} \(mape)") }
+            if let sample = lastSamples[index], let used = sample.usedBytesPerSecond {
+                lines.append("sluice_manager_used_bytes_per_second{host=\"\(host.name)\",source=\"\(sample.source.label)\"} \(used)")
+            }
+            for (source, count) in samplesBySource[index].sorted(by: { $0.key < $1.key }) {
+                lines.append("sluice_manager_samples_total{host=\"\(host.name)\",source=\"\(source)\"} \(count)")
+            }
+        }
+        lines += ["# TYPE sluice_manager_predicted_finish_unix_seconds gauge", "# TYPE sluice_manager_actual_finish_unix_seconds gauge",
+                  "# TYPE sluice_manager_predicted_move_seconds gauge", "# TYPE sluice_manager_actual_move_seconds gauge"]
+        let scale = configuration.timeScale
+        for booking in scheduler.bookings.values.sorted(by: { $0.requestID < $1.requestID }) {
+            let labels = "request=\"\(booking.requestID)\",state=\"\(running[booking.requestID] == nil ? "booked" : "running")\""
+            let predicted = scale.realSeconds(booking.prediction.totalSeconds)
+            lines.append("sluice_manager_predicted_finish_unix_seconds{\(labels)} \(scale.unixSeconds(ofTick: booking.start) + predicted)")
+            lines.append("sluice_manager_predicted_move_seconds{\(labels)} \(predicted)")
+        }
+        for move in finished.suffix(100) {
+            let labels = "request=\"\(move.requestID)\",state=\"\(move.failure == nil ? "finished" : "failed")\""
+            lines.append("sluice_manager_predicted_finish_unix_seconds{\(labels)} \(move.predictedFinishUnix)")
+            lines.append("sluice_manager_predicted_move_seconds{\(labels)} \(move.predictedSeconds)")
+            if let actual = move.actualSeconds { lines.append("sluice_manager_actual_move_seconds{\(labels)} \(actual)") }
+            if let finish = move.finishedUnix { lines.append("sluice_manager_actual_finish_unix_seconds{\(labels)} \(finish)") }
+        }
+        let text = lines.joined(separator: "\n") + "\n"
+        metrics.withLock { $0 = text }
+    }
+}
