@@ -4,6 +4,9 @@
 // actual finish against the predicted one. `sluice vm manager` drives it (docs/SCHEDULING.md).
 import Foundation
 import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// One finished (or failed) move, for the metrics and the report: predicted against actual.
 public struct FinishedMove: Sendable, Equatable {

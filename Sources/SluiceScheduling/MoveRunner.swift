@@ -130,13 +130,14 @@ public final class ExecutorMoveRunner: MoveRunner {
         let executor = MigrationExecutor(configuration, connectAgent: AgentChannelConnection.connector)
         let source = RunningGuest(name: order.vm, spec: spec, qmp: qmp, agentSocketPath: files.agent)
         let started = ContinuousClock.now
+        let poll = capPoll
         let result = await withTaskGroup(of: Result<(MigrationOutcome, RunningGuest), MigrationFailure>?.self) { group in
             group.addTask { await executor.migrate(source, plan: chosenPlan, proof: proof, policy: template.policy) }
             group.addTask {
                 // Follows the booking: a new cap is sent to the source while the move runs.
                 var applied = initialCap
                 while !Task.isCancelled {
-                    try? await Task.sleep(for: capPoll)
+                    try? await Task.sleep(for: poll)
                     let cap = UInt64(max(1, order.cap.load().rounded()))
                     if cap != applied, (try? await qmp.migrateSetParameters(MigrationParameters(maxBandwidthBytesPerSecond: cap))) != nil {
                         applied = cap

@@ -3,6 +3,9 @@
 // the sampler's rate matches the replay's byte rate and says it came from the dataplane; with the
 // endpoint gone it falls back to /proc/net/dev and says so.
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import SluiceScheduling
 import SluiceService
 import SluiceTestSupport
@@ -64,8 +67,8 @@ import Testing
             if child.wait(timeoutMs: 20_000) == nil { child.signal(SIGKILL); _ = child.wait(timeoutMs: 5_000) }
             unlink(config)
         }
-        var sampler = DataplaneSampler(endpoint: endpoint, port: "toward-b", memoryCapBytes: 1 << 30,
-                                       fallback: ProcNetDevSampler(interface: "lo", memoryCapBytes: 1 << 30))
+        var sampler = DataplaneSampler(endpoint: endpoint, port: "toward-b", memoryCapBytes: 1_073_741_824,
+                                       fallback: ProcNetDevSampler(interface: "lo", memoryCapBytes: 1_073_741_824))
         let clock = ContinuousClock()
         let origin = clock.now
         func seconds() -> Double { let d = clock.now - origin; return Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18 }

@@ -6,6 +6,9 @@
 // (QMP) at the booked max-bandwidth, and a request whose window closes in the busy period refused up front.
 // The recorded actual time is printed next to the prediction; the bound is lenient (see docs/SCHEDULING.md).
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import SluiceMigration
 import SluiceMigrationTestSupport
 import SluiceScheduling

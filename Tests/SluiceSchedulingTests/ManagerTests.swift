@@ -4,6 +4,9 @@
 // busy period, started at its tick, its finish recorded against the prediction; a window that closes
 // before the link frees is refused with the reason; a sample far off its forecast re-plans.
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import SluiceScheduling
 import Synchronization
 import Testing
@@ -28,9 +31,10 @@ final class TestClock: Sendable {
 
 /// A move that takes what its cap says: memory over the cap, reported at once (the test's clock does not
 /// move while it "runs"). Records the caps it was given.
-struct InstantRunner: MoveRunner {
+final class InstantRunner: MoveRunner {
     let memoryBytes: Double
     let caps: Mutex<[Double]> = Mutex([])
+    init(memoryBytes: Double) { self.memoryBytes = memoryBytes }
     func run(_ order: MoveOrder) async -> Result<MoveReport, MoveRunError> {
         let cap = order.cap.load()
         caps.withLock { $0.append(cap) }
@@ -107,8 +111,9 @@ struct InstantRunner: MoveRunner {
         let booking = try #require(await manager.bookings[2])
         print("booked: start tick +\(booking.start - dayStart), predicted \(scale.realSeconds(booking.prediction.totalSeconds)) s")
         #expect(booking.start >= dayStart + 25 && booking.start <= dayStart + 60, "start +\(booking.start - dayStart)")
-        #expect(await manager.metrics.withLock { $0 }.contains("sluice_manager_refusals_total{reason=\"link_busy\"} 1")
-                || manager.metrics.withLock { $0 }.contains("sluice_manager_refusals_total{reason=\"finishes_late\"} 1"))
+        let afterBooking = manager.metrics.withLock { $0 }
+        #expect(afterBooking.contains("sluice_manager_refusals_total{reason=\"link_busy\"} 1")
+                || afterBooking.contains("sluice_manager_refusals_total{reason=\"finishes_late\"} 1"), "\(afterBooking)")
 
         // Tick on to the start: the move runs, at the booked rate, and finishes.
         while clock.now() < Double(booking.start) + 1.5 {
