@@ -1,3 +1,5 @@
+import Foundation
+import SluiceService
 import Testing
 import SluiceTestSupport
 #if canImport(Glibc)
@@ -82,6 +84,51 @@ import Glibc
         let metrics = try runCommand([sluice, "vm", "bookings", "--state", "\(directory)/state.json", "--prometheus"])
         #expect(metrics.lines.contains("sluice_schedule_finished_total 1"), "\(metrics.lines)")
         #expect(metrics.lines.contains("sluice_schedule_actual_seconds{request=\"1\",vm=\"g1\"} 40.0"), "\(metrics.lines)")
+        // With --hosts, the forecast error per host from the histories, the state file being the real one.
+        let withHosts = try runCommand([sluice, "vm", "bookings", "--state", "\(directory)/state.json", "--prometheus",
+                                        "--hosts", "\(directory)/hosts.json"])
+        #expect(withHosts.status == 0 && withHosts.lines.contains { $0.hasPrefix("sluice_schedule_forecast_mape{host=\"a\"}") },
+                "\(withHosts.lines) \(withHosts.stderr)")
+    }
+
+    /// `sluice vm manager` for a few half-second ticks: a spooled request that fits is booked (and, naming
+    /// no guest files, fails at its start, recorded as such), one whose window is too short is refused
+    /// with the reason; host a's dataplane endpoint does not answer, so its samples fall back to
+    /// /proc/net/dev and say so; the metrics endpoint serves all of it.
+    @Test func managerTakesSpooledRequestsAndServesMetrics() throws {
+        guard let sluice = sluiceBinary() else { Issue.record("the sluice binary is not built"); return }
+        var template = Array("/tmp/sluice-manager-cli-XXXXXX".utf8CString)
+        let directory = String(cString: mkdtemp(&template)!)
+        defer { _ = try? runCommand(["/bin/rm", "-rf", directory]) }
+        mkdir("\(directory)/spool", 0o755)
+        Self.write("\(directory)/hosts.json", """
+            {"hosts": [{"name": "a", "linkBytesPerSecond": 1e9, "migrationSlots": 1, "memoryBytes": 8e9, "history": "\(directory)/a.history",
+                        "metrics": "127.0.0.1:1", "port": "p"},
+                       {"name": "b", "linkBytesPerSecond": 1e9, "migrationSlots": 1, "memoryBytes": 8e9, "history": "\(directory)/b.history"}]}
+            """)
+        let now = Int(Date().timeIntervalSince1970 / 0.5)
+        for (id, window) in [(7, 200), (8, 3)] {
+            Self.write("\(directory)/spool/\(id).json", """
+                {"request": {"id": \(id), "vm": "v\(id)", "source": "a", "candidates": ["b"], "earliestStart": \(now), "deadline": \(now + window),
+                 "memoryBytes": 1e9, "dirtyBytesPerSecond": 1e6, "maxBandwidth": 1e8}}
+                """)
+        }
+        let manager = try ChildProcess([sluice, "vm", "manager", "--hosts", "\(directory)/hosts.json", "--state", "\(directory)/state.json",
+                                        "--spool", "\(directory)/spool", "--metrics", "127.0.0.1:0", "--period", "0.5", "--ticks", "8"])
+        let line = try #require(manager.readLine(timeoutMs: 30_000), "\(manager.stderrText)")
+        let port = try #require(line.split(separator: ":").last.flatMap { Int($0) }, "\(line)")
+        usleep(2_500_000)
+        let body: String = try HTTPClient.get(host: "127.0.0.1", port: port, path: "/metrics").body
+        #expect(manager.wait(timeoutMs: 30_000) == 0, "\(manager.stderrText)")
+        let booked = try String(contentsOfFile: "\(directory)/spool/done/7.json.result", encoding: .utf8)
+        let refused = try String(contentsOfFile: "\(directory)/spool/done/8.json.result", encoding: .utf8)
+        #expect(booked.hasPrefix("booked request 7"), "\(booked)")
+        #expect(refused.hasPrefix("refused request 8") && refused.contains("b: "), "\(refused)")
+        #expect(body.contains("sluice_manager_refusals_total{reason=\"finishes_late\"} 1"), "\(body)")
+        #expect(body.contains("sluice_manager_samples_total{host=\"a\",source=\"proc_net_dev\"}"), "\(body)")
+        #expect(body.contains("sluice_manager_finished_total{result=\"failed\"} 1"), "\(body)")
+        let history = try String(contentsOfFile: "\(directory)/a.history", encoding: .utf8)
+        #expect(history.split(separator: "\n").count >= 5, "\(history)")
     }
 
     @Test func badFilesAreNamed() throws {
