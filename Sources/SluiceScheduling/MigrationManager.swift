@@ -78,6 +78,7 @@ public actor MigrationManager {
     private var lastSamples: [HostSample?]
     private var lastTick: Int?
     private var history: [FileHandle?]
+    private var historyLinesSinceTrim = 0
 
     /// Loads each host's history (samples before now) into the forecasts, and the stored bookings.
     public init(_ configuration: Configuration, samplers: [any HostSampler], runner: any MoveRunner) throws(ScheduleFileError) {
@@ -121,7 +122,7 @@ public actor MigrationManager {
         lastSamples = Array(repeating: nil, count: hosts.hosts.count)
         history = hosts.hosts.map { host in
             guard configuration.appendHistory else { return nil }
-            if !FileManager.default.fileExists(atPath: host.history) { FileManager.default.createFile(atPath: host.history, contents: nil) }
+            Self.trimHistory(host.history)
             let handle = FileHandle(forWritingAtPath: host.history)
             _ = try? handle?.seekToEnd()
             return handle
@@ -226,6 +227,17 @@ public actor MigrationManager {
                 try? handle.write(contentsOf: Data(line.utf8))
             }
         }
+        // Every `HistoryFile.linesMax` ticks each history is cut back to its newest week of lines.
+        historyLinesSinceTrim += 1
+        if historyLinesSinceTrim >= HistoryFile.linesMax {
+            historyLinesSinceTrim = 0
+            for (index, host) in configuration.hosts.hosts.enumerated() where history[index] != nil {
+                try? history[index]?.close()
+                Self.trimHistory(host.history)
+                history[index] = FileHandle(forWritingAtPath: host.history)
+                _ = try? history[index]?.seekToEnd()
+            }
+        }
         return changed
     }
 
@@ -305,6 +317,12 @@ public actor MigrationManager {
         }
         if finished.count == Self.finishedMax { finished.removeFirst() }
         finished.append(record)
+        // The state file keeps the newest `finishedMax` finished moves; older ones leave it.
+        let done = state.bookings.indices.filter { state.bookings[$0].actualSeconds != nil || state.bookings[$0].failure != nil }
+        if done.count > Self.finishedMax {
+            let drop = Set(done.prefix(done.count - Self.finishedMax))
+            state.bookings = state.bookings.enumerated().filter { !drop.contains($0.offset) }.map(\.element)
+        }
         saveState()
         publishMetrics(now: lastTick ?? scale.tick(atUnixSeconds: configuration.clock()))
     }
@@ -335,6 +353,18 @@ public actor MigrationManager {
             _ = rename(path, done + "/" + name)
             FileManager.default.createFile(atPath: done + "/" + name + ".result", contents: Data(text.utf8))
         }
+    }
+
+    /// Creates `path` if missing; keeps only its newest `HistoryFile.linesMax` lines.
+    private static func trimHistory(_ path: String) {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            FileManager.default.createFile(atPath: path, contents: nil)
+            return
+        }
+        let lines = data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: true)
+        guard lines.count > HistoryFile.linesMax else { return }
+        let kept = lines.suffix(HistoryFile.linesMax).map { String(decoding: $0, as: UTF8.self) }.joined(separator: "\n") + "\n"
+        if FileManager.default.createFile(atPath: path + ".tmp", contents: Data(kept.utf8)) { _ = rename(path + ".tmp", path) }
     }
 
     private func readRequest(_ path: String) -> Result<ManagerRequestFile, ScheduleFileError> {
