@@ -282,7 +282,8 @@ public actor MigrationManager {
             running[booking.requestID] = (cell, nowUnix)
             let destination = configuration.hosts.hosts[booking.destination]
             let order = MoveOrder(requestID: booking.requestID, vm: entry.request.vm, guest: entry.guest, destination: destination.name,
-                                  destinationRunRoot: destination.runRoot ?? "/tmp/sluice-manager-\(destination.name)", cap: cell)
+                                  destinationRunRoot: destination.runRoot ?? "/tmp/sluice-manager-\(destination.name)", cap: cell,
+                                  predictedSeconds: scale.realSeconds(booking.prediction.totalSeconds))
             let runner = self.runner
             Task { [weak self] in
                 let result = await runner.run(order)

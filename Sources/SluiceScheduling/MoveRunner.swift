@@ -32,6 +32,9 @@ public struct MoveOrder: Sendable {
     /// Where the destination's QEMU run directory goes.
     public var destinationRunRoot: String
     public var cap: RateCell
+    /// The booking's predicted real seconds: the executor's deadline is counted from it (never from
+    /// less than the template's own prediction).
+    public var predictedSeconds: Double
 }
 
 /// A rate shared between the manager (writer) and a running move (reader). Lock-free: one atomic word.
@@ -124,6 +127,7 @@ public final class ExecutorMoveRunner: MoveRunner {
         }
         let initialCap = UInt64(max(1, order.cap.load().rounded()))
         plan.convergence.maxBandwidthBytesPerSecond = initialCap
+        plan.convergence.predictedSeconds = max(plan.convergence.predictedSeconds, order.predictedSeconds)
         let chosenPlan = plan
         var configuration = MigrationExecutor.Configuration(qemuBinary: qemuBinary, runRoot: order.destinationRunRoot, accel: accel)
         configuration.deadlineFactor = 4
