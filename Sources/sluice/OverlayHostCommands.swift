@@ -133,6 +133,8 @@ struct OverlayFlowsCommand: ParsableCommand {
 
     @Option(help: "The stats file `sluice overlay host` writes.") var statsFile: String
     @Flag(help: "Print the JSON as written.") var json = false
+    @Flag(help: "Print the counters as Prometheus text (sluice_overlay_*, as `sluice run`'s metrics endpoint serves them).")
+    var prometheus = false
 
     func run() throws {
         guard let data = FileManager.default.contents(atPath: statsFile) else {
@@ -146,7 +148,7 @@ struct OverlayFlowsCommand: ParsableCommand {
         do { snapshot = try JSONDecoder().decode(OverlayHostSnapshot.self, from: data) } catch {
             throw ValidationError("\(statsFile): not an overlay stats file: \(error)")
         }
-        print(Self.render(snapshot))
+        print(prometheus ? OverlayMetrics.text(snapshot) : Self.render(snapshot))
     }
 
     static func render(_ snapshot: OverlayHostSnapshot) -> String {
