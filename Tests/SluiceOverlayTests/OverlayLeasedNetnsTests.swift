@@ -216,6 +216,104 @@ struct OverlayLeasedNetnsTests {
     }
 }
 
+extension OverlayLeasedNetnsTests {
+    /// `sluice run` with an `overlay:` section as the consumer host (leases from etcd and an agent), HTTP
+    /// through it, and its metrics endpoint scraped: per service, per lease, drops by reason.
+    @Test func sluiceRunServesTheOverlayAndItsMetrics() async throws {
+        try #require(OverlayNetnsEnvironment.isRoot, "CI=true: the overlay namespace test needs root")
+        let sluice = try #require(sluiceBinary(), "sluice not built: swift build --build-tests")
+        let lab = try OverlayLab(variant: "R")
+        defer { lab.destroy() }
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-overlay-run-\(getpid())")
+        defer { try? FileManager.default.removeItem(at: root) }
+        let servers = try lab.startHTTPServers(root: root)
+        defer {
+            for server in servers {
+                server.signal(SIGKILL)
+                _ = server.wait(timeoutMs: 2_000)
+            }
+        }
+        let cluster = try sharedEtcdCluster(members: 1)
+        let url = cluster.clientURLs[0]
+        let keys = try testKeys()
+        let etcd = try client([url])
+        defer { Task { await etcd.shutdown() } }
+        _ = try await OverlayRegistration.start(etcd, keys: keys, endpoints: [labProducer(1, capacity: 1)], ttlSeconds: 60)
+        let agent = try OverlayLeasingAgent(client: etcd, configuration: .init(name: "a1", keys: keys, ttlSeconds: 10))
+        let renewing = Task { await agent.run() }
+        defer { renewing.cancel() }
+        let server = try await OverlayAgentServer.bind(agent: agent, host: "127.0.0.1", port: 0)
+        let serving = Task { await server.run() }
+        defer { serving.cancel() }
+        let producerHost = try OverlayHost(configuration: lab.producerHost())
+        try producerHost.start()
+        defer { producerHost.stop() }
+        let yaml = """
+            cores: [0]
+            metrics: { listen: "127.0.0.1:0" }
+            overlay:
+              name: consumer-host
+              namespace: \(lab.path("ch"))
+              vni: 42
+              underlay:
+                interface: \(lab.dev("chu"))
+                ipv4: 198.18.0.1
+                mac: "\(OverlayLab.consumerUnderlayMAC)"
+                neighbors:
+                  - { ipv4: 198.18.0.2, mac: "\(OverlayLab.producerUnderlayMAC)" }
+              vms:
+                - { name: c1, interface: \(lab.dev("chv")), role: consumer, host_mac: "\(OverlayLab.consumerPortMAC)" }
+              services:
+                - { name: web, ipv4: 198.19.100.1, port: 80, protocol: tcp }
+              leasing:
+                etcd: ["\(url)"]
+                agents: ["127.0.0.1:\(server.port)"]
+                prefix: "\(keys.prefix)"
+            """
+        try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
+        let configPath = root.appendingPathComponent("overlay.yaml").path
+        try yaml.write(toFile: configPath, atomically: true, encoding: .utf8)
+        let check = try await offThread { try runCommand([sluice, "run", "--config", configPath, "--check"], timeoutMs: 20_000) }
+        #expect(check.status == 0, "\(check.stderr)")
+        let run = try Child([sluice, "run", "--config", configPath])
+        defer {
+            run.process.signal(SIGKILL)
+            _ = run.process.wait(timeoutMs: 2_000)
+        }
+        var metricsPort = 0
+        for _ in 0..<20 where metricsPort == 0 {
+            guard let line = try await run.readLine(timeoutMs: 20_000) else { break }
+            if line.hasPrefix("sluice: ready"), let range = line.range(of: "metrics=127.0.0.1:") {
+                metricsPort = Int(line[range.upperBound...].prefix(while: \.isNumber)) ?? 0
+            }
+        }
+        try #require(metricsPort > 0, "no ready line: \(run.process.stderrText)")
+        let body = await offThreadGet(lab, "http://198.19.100.1/name.txt", timeoutSeconds: 8)
+        #expect(body == "producer-1", "GET through sluice run: \(body ?? "failed")")
+        for _ in 0..<2 { #expect(await offThreadGet(lab, "http://198.19.100.1/name.txt") == "producer-1") }
+        try await Task.sleep(for: .milliseconds(100))
+        let scrape = try await offThread {
+            try runCommand(["/usr/bin/curl", "-s", "--max-time", "5", "http://127.0.0.1:\(metricsPort)/metrics"], timeoutMs: 10_000)
+        }
+        #expect(scrape.status == 0)
+        func value(_ prefix: String) -> UInt64? {
+            scrape.lines.first { $0.hasPrefix(prefix) }.flatMap { UInt64($0.split(separator: " ").last ?? "") }
+        }
+        let host = "host=\"consumer-host\""
+        #expect(value("sluice_overlay_service_flows_total{\(host),service=\"web\"}") ?? 0 >= 3, "\(scrape.lines.filter { $0.contains("overlay") })")
+        #expect(value("sluice_overlay_service_redirect_misses_total{\(host),service=\"web\"}") ?? 0 >= 1)
+        #expect(value("sluice_overlay_drops_total{\(host),reason=\"awaitingLease\"}") ?? 0 >= 1)
+        let leaseLine = scrape.lines.first { $0.hasPrefix("sluice_overlay_lease_packets_total{") }
+        #expect(leaseLine?.contains("producer_vm=\"p1\"") == true, "\(leaseLine ?? "no lease series")")
+        #expect(leaseLine.flatMap { UInt64($0.split(separator: " ").last ?? "") } ?? 0 > 0)
+        #expect(value("sluice_overlay_grants_total{\(host)}") == 1)
+        run.process.signal(SIGTERM)
+        #expect(try await offThread { run.process.wait(timeoutMs: 10_000) } == 0, "\(run.process.stderrText)")
+        print("overlay leased: sluice run served \(value("sluice_overlay_service_packets_total{\(host),service=\"web\"}") ?? 0) "
+              + "packets of web, metrics scraped")
+    }
+}
+
 /// `lab.get` on a thread of its own (it blocks on curl).
 func offThreadGet(_ lab: OverlayLab, _ url: String, timeoutSeconds: Int = 4) async -> String? {
     let box = UncheckedBox(lab)
