@@ -95,28 +95,31 @@ public final class OverlayHostLeasing: Sendable {
     /// Watches and serves requests until cancelled (returns), or throws when etcd cannot be watched again
     /// within the watch's reconnect deadline.
     public func run() async throws(OverlayLeasingError) {
-        let watch = try await OverlayLeaseWatch.start(etcd, keys: configuration.keys, consumerHost: configuration.consumerHost)
-        let failure = Mutex<OverlayLeasingError?>(nil)
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask { [watch] in
-                var watch = watch
+        let failure = await withTaskGroup(of: OverlayLeasingError?.self) { group -> OverlayLeasingError? in
+            group.addTask {
                 do throws(OverlayLeasingError) {
+                    var watch = try await OverlayLeaseWatch.start(self.etcd, keys: self.configuration.keys,
+                                                                  consumerHost: self.configuration.consumerHost)
                     while let event = try await watch.next() { await self.deliver(event) }
+                    watch.cancel()
+                    return nil
                 } catch {
-                    failure.withLock { $0 = error }
+                    return error
                 }
             }
             group.addTask {
                 for await request in self.requests {
                     await self.ask(consumerVM: request.consumerVM, service: request.service)
                 }
+                return nil
             }
             // Either task ending ends both: the watch ended (cancelled or failed) or the requests stream did.
-            _ = await group.next()
+            let first = await group.next() ?? nil
             requestInput.finish()
             group.cancelAll()
+            return first
         }
-        if let error = failure.withLock({ $0 }) { throw error }
+        if let failure, !Task.isCancelled { throw failure }
     }
 
     /// Hands one event to the host, waiting (1 ms steps) while its inbox is full: the watch is held back

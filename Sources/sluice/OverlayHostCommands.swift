@@ -80,7 +80,7 @@ struct OverlayHostCommand: ParsableCommand {
         OverlaySignals.install()
         try host.start()
         defer { host.stop() }
-        if leasing != nil { print("overlay host \(resolved.0.name): started, leases from etcd"); fflush(stdout) }
+        if leasing != nil { print("overlay host \(resolved.0.name): started, leases from etcd"); fflush(nil) }
         let statsPath = statsFile ?? file.statsFile
         let started = Date()
         var lastWrite = Date.distantPast

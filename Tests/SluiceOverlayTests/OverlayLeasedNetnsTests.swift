@@ -288,12 +288,13 @@ extension OverlayLeasedNetnsTests {
             }
         }
         try #require(metricsPort > 0, "no ready line: \(run.process.stderrText)")
+        let scrapeURL = "http://127.0.0.1:\(metricsPort)/metrics"
         let body = await offThreadGet(lab, "http://198.19.100.1/name.txt", timeoutSeconds: 8)
         #expect(body == "producer-1", "GET through sluice run: \(body ?? "failed")")
         for _ in 0..<2 { #expect(await offThreadGet(lab, "http://198.19.100.1/name.txt") == "producer-1") }
         try await Task.sleep(for: .milliseconds(100))
         let scrape = try await offThread {
-            try runCommand(["/usr/bin/curl", "-s", "--max-time", "5", "http://127.0.0.1:\(metricsPort)/metrics"], timeoutMs: 10_000)
+            try runCommand(["/usr/bin/curl", "-s", "--max-time", "5", scrapeURL], timeoutMs: 10_000)
         }
         #expect(scrape.status == 0)
         func value(_ prefix: String) -> UInt64? {
