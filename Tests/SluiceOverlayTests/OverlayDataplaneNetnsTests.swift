@@ -193,22 +193,14 @@ struct OverlayDataplaneNetnsTests {
         let lab = try OverlayLab()
         defer { lab.destroy() }
         // A real TCP service in each producer VM, each serving a file naming its producer.
-        var servers: [ChildProcess] = []
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-overlay-\(getpid())")
+        defer { try? FileManager.default.removeItem(at: root) }
+        let servers = try lab.startHTTPServers(root: root)
         defer {
             for server in servers {
                 server.signal(SIGKILL)
                 _ = server.wait(timeoutMs: 2_000)
             }
-        }
-        let root = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-overlay-\(getpid())")
-        defer { try? FileManager.default.removeItem(at: root) }
-        for producer in 1...2 {
-            let directory = root.appendingPathComponent("p\(producer)")
-            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-            try "producer-\(producer)\n".write(to: directory.appendingPathComponent("name.txt"), atomically: true, encoding: .utf8)
-            servers.append(try ChildProcess(["/usr/sbin/ip", "netns", "exec", lab.ns("p\(producer)"), "/usr/bin/python3",
-                                             "-m", "http.server", "8000", "--bind", "198.19.\(producer + 1).2",
-                                             "--directory", directory.path]))
         }
         let producerHost = try OverlayHost(configuration: lab.producerHost())
         let consumerHost = try OverlayHost(configuration: lab.consumerHost())
@@ -227,17 +219,6 @@ struct OverlayDataplaneNetnsTests {
         defer { producerHost.stop() }
         try consumerHost.start()
         defer { consumerHost.stop() }
-        // Wait for the servers (each answers on its own address inside its namespace).
-        for producer in 1...2 {
-            var ready = false
-            for _ in 0..<40 where !ready {
-                let probe = try runCommand(["/usr/sbin/ip", "netns", "exec", lab.ns("p\(producer)"), "/usr/bin/curl", "-s",
-                                            "--max-time", "1", "http://198.19.\(producer + 1).2:8000/name.txt"])
-                ready = probe.status == 0
-                if !ready { usleep(250_000) }
-            }
-            try #require(ready, "http.server in p\(producer) did not come up")
-        }
         let first = lab.get("http://198.19.100.1/name.txt", timeoutSeconds: 6)
         #expect(first == "producer-1", "first GET: \(first ?? "failed")")
         for _ in 0..<3 { #expect(lab.get("http://198.19.100.1/name.txt") == "producer-1") }
