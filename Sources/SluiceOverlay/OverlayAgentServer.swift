@@ -24,8 +24,9 @@ public enum OverlayAgentProtocol {
     /// A connection with no request read and no answer written for this long is closed (a client that
     /// went quiet, or one that sends and never reads: its answers stop leaving, the agent stops reading).
     public static let idleTimeoutMsDefault: Int64 = 30_000
-    /// Answers queued on one connection beyond what its socket took: past the high mark the connection's
-    /// task waits (it reads no further request) until the client reads, or the idle timeout closes it.
+    /// Answers queued on one connection beyond what its socket took (and the socket's send buffer, set to the
+    /// same, which the kernel doubles): past the high mark the connection's task waits (it reads no further
+    /// request) until the client reads, or the idle timeout closes it.
     public static let outputBufferedBytesMax = 64 * 1024
 
     public struct Request: Codable, Sendable, Equatable {
@@ -165,12 +166,19 @@ public final class OverlayAgentServer: Sendable {
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(.writeBufferWaterMark, value: .init(low: OverlayAgentProtocol.outputBufferedBytesMax / 2,
                                                                          high: OverlayAgentProtocol.outputBufferedBytesMax))
+                .childChannelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: OverlayAgentProtocol.frameBytesMax))
+                // The kernel's share too: without it the send buffer autotunes up to tcp_wmem's max (MBs).
+                .childChannelOption(.socketOption(.so_sndbuf), value: SocketOptionValue(OverlayAgentProtocol.outputBufferedBytesMax))
+                .childChannelOption(.socketOption(.so_rcvbuf), value: SocketOptionValue(OverlayAgentProtocol.outputBufferedBytesMax))
                 .bind(host: host, port: port) { child in
                     child.eventLoop.makeCompletedFuture {
                         // Idle = no read and no completed write (a write stuck on a full socket does not count).
                         try child.pipeline.syncOperations.addHandler(IdleStateHandler(allTimeout: .milliseconds(idleTimeoutMs)))
                         try child.pipeline.syncOperations.addHandler(OverlayIdleCloser())
-                        return try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: child)
+                        // Inbound bounded too: at most 4 reads of at most 16 KiB wait for the connection's task.
+                        return try NIOAsyncChannel<ByteBuffer, ByteBuffer>(
+                            wrappingChannelSynchronously: child,
+                            configuration: .init(backPressureStrategy: .init(lowWatermark: 2, highWatermark: 4)))
                     }
                 }
             let bound = channel.channel.localAddress?.port ?? port

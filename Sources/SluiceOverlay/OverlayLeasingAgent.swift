@@ -170,11 +170,18 @@ public final class OverlayLeasingAgent: Sendable {
                 counters.grants.add(1, ordering: .relaxed)
                 return OverlayGrant(record: record, epoch: result.revision)
             }
-            if let requestKey, let earlier = try await earlierGrant(requestKey, consumerHost: consumerHost) {
-                // Another agent granted this very request meanwhile: that grant is the answer.
-                await dropLease(etcdLease.id)
-                counters.grantsRepeated.add(1, ordering: .relaxed)
-                return earlier
+            if let requestKey {
+                let earlier: OverlayGrant?
+                do { earlier = try await earlierGrant(requestKey, consumerHost: consumerHost) } catch {
+                    await dropLease(etcdLease.id)
+                    throw error
+                }
+                if let earlier {
+                    // Another agent granted this very request meanwhile: that grant is the answer.
+                    await dropLease(etcdLease.id)
+                    counters.grantsRepeated.add(1, ordering: .relaxed)
+                    return earlier
+                }
             }
             counters.slotConflicts.add(1, ordering: .relaxed)
         }

@@ -66,7 +66,7 @@ struct OverlayLeasingRetryTests {
         let etcd = try client(cluster.clientURLs)
         defer { Task { await etcd.shutdown() } }
         let agent = try OverlayLeasingAgent(client: etcd, configuration: .init(name: "a1", keys: keys, ttlSeconds: 10))
-        let server = try await OverlayAgentServer.bind(agent: agent, host: "127.0.0.1", port: 0, idleTimeoutMs: 500)
+        let server = try await OverlayAgentServer.bind(agent: agent, host: "127.0.0.1", port: 0, idleTimeoutMs: 1_000)
         let serving = Task { await server.run() }
         defer { serving.cancel() }
         // One connection that sends requests without end and never reads an answer, one that only idles.
@@ -92,12 +92,16 @@ struct OverlayLeasingRetryTests {
             }
         }
         #expect(blocked, "the agent took \(sent) requests without its answers being read")
+        // Bounded (22-byte requests): answers (~400 B each) fill at most NIO's 64 KiB, the agent socket's send
+        // buffer (64 KiB, doubled by the kernel) and ours; requests wait in NIO's 4 x 16 KiB inbound, the agent
+        // socket's receive buffer (64 KiB, doubled) and our send buffer. Unbounded it took 23,000-35,000.
+        #expect(sent < 12_000, "the agent took \(sent) requests")
         // Meanwhile everyone else is served.
         let others = try OverlayAgentClient(agents: ["127.0.0.1:\(server.port)"], callTimeoutMs: 2_000)
         let stats = try await others.call(.init(op: "stats"))
         #expect(stats.ok && stats.stats?.contains("grants 0") == true)
         #expect(server.openConnections >= 2)
-        // Both are closed by the idle timeout (nothing read, nothing written for 500 ms).
+        // Both are closed by the idle timeout (nothing read, nothing written for 1 s).
         let deadline = ContinuousClock.now + .seconds(5)
         while server.openConnections > 0 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
         #expect(server.openConnections == 0, "\(server.openConnections) connections still open")
