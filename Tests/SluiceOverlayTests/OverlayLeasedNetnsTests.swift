@@ -59,7 +59,7 @@ struct OverlayLeasedNetnsTests {
         let cluster = try sharedEtcdCluster(members: 1)
         let url = cluster.clientURLs[0]
         let keys = try testKeys()
-        let etcd = try client([url])
+        let etcd = try client([url], timeoutMs: 10_000)
         defer { Task { await etcd.shutdown() } }
         // Producer 1 only, at first: the first grant goes there.
         _ = try await OverlayRegistration.start(etcd, keys: keys, endpoints: [labProducer(1, capacity: 1)], ttlSeconds: 60)
@@ -236,7 +236,7 @@ extension OverlayLeasedNetnsTests {
         let cluster = try sharedEtcdCluster(members: 1)
         let url = cluster.clientURLs[0]
         let keys = try testKeys()
-        let etcd = try client([url])
+        let etcd = try client([url], timeoutMs: 10_000)
         defer { Task { await etcd.shutdown() } }
         _ = try await OverlayRegistration.start(etcd, keys: keys, endpoints: [labProducer(1, capacity: 1)], ttlSeconds: 60)
         let agent = try OverlayLeasingAgent(client: etcd, configuration: .init(name: "a1", keys: keys, ttlSeconds: 10))

@@ -15,11 +15,11 @@ struct OverlayLeasingRetryTests {
 
     @Test func aGrantRetriedAtAnotherAgentHoldsOneSlot() async throws {
         let keys = try testKeys()
-        let etcd = try client(cluster.clientURLs)
+        let etcd = try client(cluster.clientURLs, timeoutMs: 10_000)
         defer { Task { await etcd.shutdown() } }
         _ = try await OverlayRegistration.start(etcd, keys: keys, endpoints: [producer("web", "p1", capacity: 4)], ttlSeconds: 10)
-        let etcdA = try client(cluster.clientURLs)
-        let etcdB = try client(cluster.clientURLs)
+        let etcdA = try client(cluster.clientURLs, timeoutMs: 10_000)
+        let etcdB = try client(cluster.clientURLs, timeoutMs: 10_000)
         defer { Task { await etcdA.shutdown(); await etcdB.shutdown() } }
         let agents = [
             try OverlayLeasingAgent(client: etcdA, configuration: .init(name: "a", keys: keys, ttlSeconds: 10)),
@@ -63,7 +63,7 @@ struct OverlayLeasingRetryTests {
 
     @Test func idleAndNeverReadingConnectionsAreClosedWhileOthersAreServed() async throws {
         let keys = try testKeys()
-        let etcd = try client(cluster.clientURLs)
+        let etcd = try client(cluster.clientURLs, timeoutMs: 10_000)
         defer { Task { await etcd.shutdown() } }
         let agent = try OverlayLeasingAgent(client: etcd, configuration: .init(name: "a1", keys: keys, ttlSeconds: 10))
         let server = try await OverlayAgentServer.bind(agent: agent, host: "127.0.0.1", port: 0, idleTimeoutMs: 1_000)
