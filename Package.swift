@@ -99,7 +99,7 @@ let package = Package(
             name: "SluiceService",
             dependencies: [
                 "SluiceReplay", "SluiceStorageServer", "SluicePageStore", "SluiceTraffic", "SluicePacketIO",
-                "SluicePacket", "SluiceCore", "SluiceReplication", "SluiceWAN", "SluiceFirmware",
+                "SluicePacket", "SluiceCore", "SluiceReplication", "SluiceWAN", "SluiceFirmware", "SluiceOverlay",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

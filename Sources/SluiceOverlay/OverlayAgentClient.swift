@@ -36,10 +36,21 @@ public struct OverlayAgentClient: Sendable {
         self.roundsMax = roundsMax
     }
 
-    public func grant(service: String, consumerHost: String, consumerVM: String) async throws(OverlayLeasingError) -> OverlayGrant {
-        let response = try await call(.init(op: "grant", service: service, consumerHost: consumerHost, consumerVM: consumerVM))
+    /// One grant request: a fresh request ID goes to every agent tried, so an agent that timed out and
+    /// still grants and the next agent asked answer the same grant (one slot, not two).
+    public func grant(service: String, consumerHost: String, consumerVM: String,
+                      requestID: String = OverlayAgentClient.makeRequestID()) async throws(OverlayLeasingError) -> OverlayGrant {
+        let response = try await call(.init(op: "grant", service: service, consumerHost: consumerHost, consumerVM: consumerVM,
+                                            requestID: requestID))
         guard let grant = response.grant else { throw .protocolError(peer: "agent", what: "grant answered without a grant") }
         return grant
+    }
+
+    /// 16 random hex digits.
+    public static func makeRequestID() -> String {
+        let value = UInt64.random(in: 0...UInt64.max)
+        let digits = String(value, radix: 16)
+        return String(repeating: "0", count: 16 - digits.count) + digits
     }
 
     public func revoke(consumerHost: String, leaseID: Int64) async throws(OverlayLeasingError) {

@@ -8,7 +8,7 @@ import Synchronization
 /// The agent protocol, version 1. A request is one JSON object on one line (`\n`-terminated), at most
 /// `frameBytesMax` bytes; the answer is one line too, in request order on the connection.
 ///
-///     {"v":1,"op":"grant","service":"web","consumerHost":"h1","consumerVM":"c1"}
+///     {"v":1,"op":"grant","service":"web","consumerHost":"h1","consumerVM":"c1","requestID":"9f3a..."}
 ///     {"v":1,"op":"revoke","consumerHost":"h1","leaseID":7587}
 ///     {"v":1,"op":"renew","leaseID":7587}
 ///     {"v":1,"op":"stats"}
@@ -21,6 +21,13 @@ public enum OverlayAgentProtocol {
     public static let frameBytesMax = 16 * 1024
     /// Connections one agent serves at once; more are answered `agent_full` and closed.
     public static let connectionsMax = 256
+    /// A connection with no request read and no answer written for this long is closed (a client that
+    /// went quiet, or one that sends and never reads: its answers stop leaving, the agent stops reading).
+    public static let idleTimeoutMsDefault: Int64 = 30_000
+    /// Answers queued on one connection beyond what its socket took (and the socket's send buffer, set to the
+    /// same, which the kernel doubles): past the high mark the connection's task waits (it reads no further
+    /// request) until the client reads, or the idle timeout closes it.
+    public static let outputBufferedBytesMax = 64 * 1024
 
     public struct Request: Codable, Sendable, Equatable {
         public var v: Int
@@ -29,9 +36,13 @@ public enum OverlayAgentProtocol {
         public var consumerHost: String?
         public var consumerVM: String?
         public var leaseID: Int64?
+        /// `grant`: names the request; every agent asked with the same ID answers the same grant.
+        public var requestID: String?
 
-        public init(op: String, service: String? = nil, consumerHost: String? = nil, consumerVM: String? = nil, leaseID: Int64? = nil) {
+        public init(op: String, service: String? = nil, consumerHost: String? = nil, consumerVM: String? = nil, leaseID: Int64? = nil,
+                    requestID: String? = nil) {
             self.v = OverlayAgentProtocol.version
+            self.requestID = requestID
             self.op = op
             self.service = service
             self.consumerHost = consumerHost
@@ -83,7 +94,7 @@ public enum OverlayAgentProtocol {
                     agent.counters.refused(.malformedRequest)
                     return .refusal(.malformedRequest, "grant needs service, consumerHost and consumerVM")
                 }
-                let grant = try await agent.grant(service: service, consumerHost: host, consumerVM: vm)
+                let grant = try await agent.grant(service: service, consumerHost: host, consumerVM: vm, requestID: request.requestID)
                 return Response(v: version, ok: true, grant: grant)
             case "revoke":
                 guard let host = request.consumerHost, let id = request.leaseID else {
@@ -111,6 +122,19 @@ public enum OverlayAgentProtocol {
     }
 }
 
+/// Closes its channel on an idle event (from the `IdleStateHandler` before it).
+final class OverlayIdleCloser: ChannelInboundHandler, Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+}
+
 /// An agent's TCP listener. `bind` opens it; `run` serves connections until the task is cancelled.
 public final class OverlayAgentServer: Sendable {
     public let agent: OverlayLeasingAgent
@@ -125,18 +149,36 @@ public final class OverlayAgentServer: Sendable {
         self.channel = channel
     }
 
-    /// Listens on `host:port` (an IPv4 address; port 0: any free port).
-    public static func bind(agent: OverlayLeasingAgent, host: String, port: Int) async throws(OverlayLeasingError) -> OverlayAgentServer {
+    /// Connections being served now.
+    public var openConnections: Int { open.load(ordering: .relaxed) }
+
+    /// Listens on `host:port` (an IPv4 address; port 0: any free port). Connections idle for
+    /// `idleTimeoutMs` (nothing read and nothing written) are closed.
+    public static func bind(agent: OverlayLeasingAgent, host: String, port: Int,
+                            idleTimeoutMs: Int64 = OverlayAgentProtocol.idleTimeoutMsDefault) async throws(OverlayLeasingError) -> OverlayAgentServer {
         guard OverlayIPv4.parse(host) != nil, (0...65535).contains(port) else {
             throw .invalidValue("listen address \(host.prefix(40)):\(port) is not IPv4:PORT")
         }
+        guard (1...3_600_000).contains(idleTimeoutMs) else { throw .invalidValue("idle timeout \(idleTimeoutMs) ms not in 1...3600000") }
         do {
             let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .serverChannelOption(.backlog, value: 128)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(.writeBufferWaterMark, value: .init(low: OverlayAgentProtocol.outputBufferedBytesMax / 2,
+                                                                         high: OverlayAgentProtocol.outputBufferedBytesMax))
+                .childChannelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: OverlayAgentProtocol.frameBytesMax))
+                // The kernel's share too: without it the send buffer autotunes up to tcp_wmem's max (MBs).
+                .childChannelOption(.socketOption(.so_sndbuf), value: SocketOptionValue(OverlayAgentProtocol.outputBufferedBytesMax))
+                .childChannelOption(.socketOption(.so_rcvbuf), value: SocketOptionValue(OverlayAgentProtocol.outputBufferedBytesMax))
                 .bind(host: host, port: port) { child in
                     child.eventLoop.makeCompletedFuture {
-                        try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: child)
+                        // Idle = no read and no completed write (a write stuck on a full socket does not count).
+                        try child.pipeline.syncOperations.addHandler(IdleStateHandler(allTimeout: .milliseconds(idleTimeoutMs)))
+                        try child.pipeline.syncOperations.addHandler(OverlayIdleCloser())
+                        // Inbound bounded too: at most 4 reads of at most 16 KiB wait for the connection's task.
+                        return try NIOAsyncChannel<ByteBuffer, ByteBuffer>(
+                            wrappingChannelSynchronously: child,
+                            configuration: .init(backPressureStrategy: .init(lowWatermark: 2, highWatermark: 4)))
                     }
                 }
             let bound = channel.channel.localAddress?.port ?? port

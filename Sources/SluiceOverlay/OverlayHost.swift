@@ -94,6 +94,9 @@ public struct OverlayLeaseReport: Sendable, Equatable, Codable {
     public var flows: UInt64
     public var packets: UInt64
     public var bytes: UInt64
+    /// CLOCK_MONOTONIC ns: grant applied by the forwarding thread, first packet of its first flow (0: none yet).
+    public var appliedNs: UInt64 = 0
+    public var firstPacketNs: UInt64 = 0
 }
 
 /// One service's counters as a snapshot reports them.
@@ -139,6 +142,12 @@ public struct OverlayHostSnapshot: Sendable, Equatable, Codable {
     public func port(_ name: String) -> OverlayPortCounters? { ports.first { $0.name == name } }
 }
 
+/// What the control side hands the forwarding thread through its inbox.
+enum OverlayHostInput: Sendable {
+    case event(OverlayLeaseEvent)
+    case rearm(consumerVM: String, service: String)
+}
+
 /// A running host: one forwarding thread. `start()` returns once the ports are open (or with the
 /// reason they are not); `stop()` ends the thread. Events go in through `submit`, a bounded inbox the
 /// thread drains each turn.
@@ -151,7 +160,7 @@ public final class OverlayHost: @unchecked Sendable {  // unchecked: `thread` is
     private let inboxCount = Atomic<Int>(0)
     private let appliedAtNs = Atomic<UInt64>(0)
     private let appliedCount = Atomic<UInt64>(0)
-    private let inbox = Mutex<[OverlayLeaseEvent]>([])
+    private let inbox = Mutex<[OverlayHostInput]>([])
     private let published = Mutex(OverlayHostSnapshot())
     private let requestHook = Mutex<(@Sendable (String, String) -> Void)?>(nil)
     private var thread: pthread_t?
@@ -172,10 +181,19 @@ public final class OverlayHost: @unchecked Sendable {  // unchecked: `thread` is
 
     /// Queues a lease event for the forwarding thread. False if the inbox is full (`eventInboxMax`).
     @discardableResult
-    public func submit(_ event: OverlayLeaseEvent) -> Bool {
+    public func submit(_ event: OverlayLeaseEvent) -> Bool { enqueue(.event(event)) }
+
+    /// Lets the next packet of `consumerVM` to `service` ask for a lease again (the leasing side's last
+    /// request failed). Goes through the inbox like events. False if the inbox is full.
+    @discardableResult
+    public func rearmLeaseRequest(consumerVM: String, service: String) -> Bool {
+        enqueue(.rearm(consumerVM: consumerVM, service: service))
+    }
+
+    private func enqueue(_ input: OverlayHostInput) -> Bool {
         let accepted = inbox.withLock { events -> Bool in
             guard events.count < OverlayHostLimits.eventInboxMax else { return false }
-            events.append(event)
+            events.append(input)
             return true
         }
         if accepted { inboxCount.wrappingAdd(1, ordering: .releasing) }
@@ -257,8 +275,8 @@ public final class OverlayHost: @unchecked Sendable {  // unchecked: `thread` is
     // For the loop.
     var isStopping: Bool { stopFlag.load(ordering: .relaxed) }
     var hasEvents: Bool { inboxCount.load(ordering: .acquiring) > 0 }
-    func takeEvents() -> [OverlayLeaseEvent] {
-        let events = inbox.withLock { events -> [OverlayLeaseEvent] in
+    func takeEvents() -> [OverlayHostInput] {
+        let events = inbox.withLock { events -> [OverlayHostInput] in
             let taken = events
             events.removeAll(keepingCapacity: true)
             return taken
@@ -373,7 +391,12 @@ struct OverlayHostLoop: ~Copyable {
         while !host.isStopping {
             let nowNs = Clock.monotonicNs()
             if host.hasEvents {
-                for event in host.takeEvents() { redirect.apply(event, nowNs: nowNs) }
+                for input in host.takeEvents() {
+                    switch input {
+                    case .event(let event): redirect.apply(event, nowNs: nowNs)
+                    case .rearm(let vm, let service): redirect.rearmLeaseRequest(consumerVM: vm, service: service)
+                    }
+                }
                 host.markApplied(nowNs: Clock.monotonicNs())
                 eventsApplied &+= 1
                 dirty = true
@@ -502,7 +525,8 @@ struct OverlayHostLoop: ~Copyable {
             snapshot.leases.append(OverlayLeaseReport(
                 leaseID: lease.leaseID, epoch: lease.epoch, service: lease.service, consumerVM: lease.consumerVM,
                 producerVM: lease.producerVM, producerHost: lease.producerHost, flows: counts.flows,
-                packets: counts.packets, bytes: counts.bytes))
+                packets: counts.packets, bytes: counts.bytes, appliedNs: counts.appliedNs,
+                firstPacketNs: counts.firstPacketNs))
         }
         snapshot.flowCount = redirect.flows.count
         if listingFlows { snapshot.flows = redirect.flowReports(limit: OverlayHostLimits.flowsListedMax) }

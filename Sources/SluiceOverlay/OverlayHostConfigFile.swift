@@ -51,6 +51,51 @@ public struct OverlayHostConfigFile: Codable, Sendable {
         public var vni: UInt32?
     }
 
+    /// A consumer host's leasing side: etcd to watch its lease records in, agents to ask for leases.
+    public struct Leasing: Codable, Sendable {
+        /// etcd client URLs (`http://HOST:PORT`).
+        public var etcd: [String]
+        /// Leasing agents, `IPv4:PORT` each.
+        public var agents: [String]
+        /// Key prefix (default `/sluice/overlay/`).
+        public var prefix: String?
+        /// This host's name in lease records (default: `name`).
+        public var consumerHost: String?
+        public var agentCallTimeoutMs: Int64?
+        public var retryPauseMs: Int64?
+
+        public init(etcd: [String], agents: [String], prefix: String? = nil, consumerHost: String? = nil) {
+            self.etcd = etcd
+            self.agents = agents
+            self.prefix = prefix
+            self.consumerHost = consumerHost
+        }
+
+        /// The join's configuration for host `hostName`, or the first mistake.
+        public func resolve(hostName: String) throws(OverlayConfigError) -> OverlayHostLeasingConfiguration {
+            guard !etcd.isEmpty, etcd.allSatisfy({ $0.hasPrefix("http://") }) else {
+                throw .invalid("leasing.etcd must be one or more http://HOST:PORT URLs")
+            }
+            let keys: OverlayKeys
+            do { keys = try OverlayKeys(prefix: prefix ?? OverlayKeys.prefixDefault) } catch {
+                throw .invalid("leasing.prefix: \(error)")
+            }
+            let host = consumerHost ?? hostName
+            guard OverlayNames.isValid(host) else { throw .invalid("leasing.consumerHost '\(host.prefix(80))' is not a valid name") }
+            guard (1...OverlayAgentClient.agentsMax).contains(agents.count) else {
+                throw .invalid("leasing.agents: 1...\(OverlayAgentClient.agentsMax) agents, IPv4:PORT each")
+            }
+            let configuration = OverlayHostLeasingConfiguration(
+                consumerHost: host, keys: keys, agents: agents, agentCallTimeoutMs: agentCallTimeoutMs ?? 3_000,
+                retryPauseMs: retryPauseMs ?? 500)
+            do { _ = try OverlayAgentClient(agents: agents, callTimeoutMs: configuration.agentCallTimeoutMs) } catch {
+                throw .invalid("leasing.agents: \(error)")
+            }
+            guard (1...60_000).contains(configuration.retryPauseMs) else { throw .invalid("leasing.retryPauseMs must be in 1...60000") }
+            return configuration
+        }
+    }
+
     public var name: String
     /// Network namespace to open the interfaces in (`/var/run/netns/NAME` or a name there).
     public var namespace: String?
@@ -65,6 +110,8 @@ public struct OverlayHostConfigFile: Codable, Sendable {
     public var udpChecksum: Bool?
     /// Where `sluice overlay host` writes its snapshot (JSON) once a second.
     public var statsFile: String?
+    /// Leases from etcd and the agents (consumer hosts); absent: only the static `leases`.
+    public var leasing: Leasing?
 
     /// Reads and decodes a file of at most 4 MiB.
     public static func load(path: String) throws(OverlayConfigError) -> OverlayHostConfigFile {

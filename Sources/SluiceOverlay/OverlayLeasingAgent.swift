@@ -67,9 +67,23 @@ public final class OverlayLeasingAgent: Sendable {
     /// Grants `consumerVM` on `consumerHost` one slot of a producer of `service`: the producer with the
     /// most free slots (ties at random), a random free slot of it. Refuses `unknownService` when no
     /// producer is registered, `noCapacity` when none has a free slot after `grantAttemptsMax` tries.
-    public func grant(service: String, consumerHost: String, consumerVM: String) async throws(OverlayLeasingError) -> OverlayGrant {
-        for (name, what) in [(service, "service"), (consumerHost, "consumer host"), (consumerVM, "consumer VM")] {
+    ///
+    /// Idempotent per `requestID` (a name the client makes once per request and sends to every agent it
+    /// tries): the grant transaction also creates `P/requests/<host>/<vm>/<service>/<requestID>` (absent
+    /// before, on the grant's etcd lease), so of two agents working on one request at most one grants, and
+    /// the other (or a later try) answers that same grant. Without a request ID every call is a new grant.
+    public func grant(service: String, consumerHost: String, consumerVM: String,
+                      requestID: String? = nil) async throws(OverlayLeasingError) -> OverlayGrant {
+        for (name, what) in [(service, "service"), (consumerHost, "consumer host"), (consumerVM, "consumer VM"),
+                             (requestID ?? "r", "request ID")] {
             guard OverlayNames.isValid(name) else { throw refuse(.invalidName, OverlayLeasingError.invalidName(what: what, value: name).description) }
+        }
+        let requestKey = requestID.map {
+            configuration.keys.request(consumerHost: consumerHost, consumerVM: consumerVM, service: service, requestID: $0)
+        }
+        if let requestKey, let earlier = try await earlierGrant(requestKey, consumerHost: consumerHost) {
+            counters.grantsRepeated.add(1, ordering: .relaxed)
+            return earlier
         }
         guard heldCount < OverlayLeasingLimits.leasesPerAgentMax else {
             throw refuse(.agentFull, "agent \(configuration.name) keeps \(OverlayLeasingLimits.leasesPerAgentMax) leases alive already")
@@ -126,14 +140,18 @@ public final class OverlayLeasingAgent: Sendable {
                                                consumerHost: consumerHost, consumerVM: consumerVM, agent: configuration.name)
             let slotKey = keys.slot(service: service, vm: producer.producerVM, slot: slot)
             let recordKey = keys.lease(consumerHost: consumerHost, leaseID: etcdLease.id)
+            var compare: [EtcdCompare] = [.absent(slotKey), .absent(recordKey),
+                                          EtcdCompare(key: producerKV.key, .modRevision(producerKV.modRevision))]
+            var success: [EtcdTxnOp] = [.put(key: slotKey, value: OverlayJSON.encode(slotRecord), lease: etcdLease.id),
+                                        .put(key: recordKey, value: OverlayJSON.encode(record), lease: etcdLease.id)]
+            if let requestKey {
+                compare.append(.absent(requestKey))
+                success.append(.put(key: requestKey, value: OverlayJSON.encode(OverlayRequestRecord(
+                    version: OverlayLeasingLimits.recordVersion, leaseID: etcdLease.id)), lease: etcdLease.id))
+            }
             let result: EtcdTxnResult
             do {
-                result = try await client.txn(
-                    compare: [.absent(slotKey), .absent(recordKey),
-                              EtcdCompare(key: producerKV.key, .modRevision(producerKV.modRevision))],
-                    success: [.put(key: slotKey, value: OverlayJSON.encode(slotRecord), lease: etcdLease.id),
-                              .put(key: recordKey, value: OverlayJSON.encode(record), lease: etcdLease.id)],
-                    timeoutMs: timeout)
+                result = try await client.txn(compare: compare, success: success, timeoutMs: timeout)
             } catch {
                 // Applied or not, revoking the etcd lease removes whatever the transaction wrote.
                 await dropLease(etcdLease.id)
@@ -152,11 +170,43 @@ public final class OverlayLeasingAgent: Sendable {
                 counters.grants.add(1, ordering: .relaxed)
                 return OverlayGrant(record: record, epoch: result.revision)
             }
+            if let requestKey {
+                let earlier: OverlayGrant?
+                do { earlier = try await earlierGrant(requestKey, consumerHost: consumerHost) } catch {
+                    await dropLease(etcdLease.id)
+                    throw error
+                }
+                if let earlier {
+                    // Another agent granted this very request meanwhile: that grant is the answer.
+                    await dropLease(etcdLease.id)
+                    counters.grantsRepeated.add(1, ordering: .relaxed)
+                    return earlier
+                }
+            }
             counters.slotConflicts.add(1, ordering: .relaxed)
         }
         await dropLease(etcdLease.id)
         if !everRegistered { throw refuse(.unknownService, "no producer of service \(service) is registered") }
         throw refuse(.noCapacity, "no producer of service \(service) has a free slot")
+    }
+
+    /// The grant an earlier try of the request at `requestKey` made, if its records are there.
+    private func earlierGrant(_ requestKey: [UInt8], consumerHost: String) async throws(OverlayLeasingError) -> OverlayGrant? {
+        let timeout = configuration.callTimeoutMs
+        do {
+            guard let requestKV = try await client.get(requestKey, timeoutMs: timeout) else { return nil }
+            let request = try OverlayJSON.decode(OverlayRequestRecord.self, requestKV.value,
+                                                 key: String(decoding: requestKey, as: UTF8.self))
+            let recordKey = configuration.keys.lease(consumerHost: consumerHost, leaseID: request.leaseID)
+            guard let recordKV = try await client.get(recordKey, timeoutMs: timeout) else { return nil }
+            return OverlayGrant(record: try OverlayJSON.decodeLease(recordKV), epoch: recordKV.createRevision)
+        } catch let error as EtcdError {
+            throw refuse(.etcdUnavailable, "reading request \(String(decoding: requestKey, as: UTF8.self)): \(error)")
+        } catch let error as OverlayLeasingError {
+            throw error
+        } catch {
+            preconditionFailure("unexpected error \(error)")
+        }
     }
 
     private func dropLease(_ id: Int64) async {

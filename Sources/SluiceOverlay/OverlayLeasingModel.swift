@@ -114,6 +114,9 @@ public enum OverlayIPv4 {
 ///     P/producers/<service>/<producerVM>          OverlayProducer (JSON), on the producer host's etcd lease
 ///     P/slots/<service>/<producerVM>/<slot>       OverlaySlotRecord, on the grant's etcd lease
 ///     P/leases/<consumerHost>/<leaseID>           OverlayLeaseRecord, on the same etcd lease as its slot
+///     P/requests/<consumerHost>/<consumerVM>/<service>/<requestID>
+///                                                 OverlayRequestRecord (which lease answered the request),
+///                                                 on the same etcd lease: a retried request finds its grant
 ///
 /// A slot number is 0..<capacity (6 decimal digits, zero-padded), a lease ID the etcd lease in decimal.
 public struct OverlayKeys: Sendable, Equatable {
@@ -139,6 +142,10 @@ public struct OverlayKeys: Sendable, Equatable {
     public func leases(consumerHost: String) -> [UInt8] { Array((prefix + "leases/\(consumerHost)/").utf8) }
     public func lease(consumerHost: String, leaseID: Int64) -> [UInt8] {
         Array((prefix + "leases/\(consumerHost)/\(leaseID)").utf8)
+    }
+
+    public func request(consumerHost: String, consumerVM: String, service: String, requestID: String) -> [UInt8] {
+        Array((prefix + "requests/\(consumerHost)/\(consumerVM)/\(service)/\(requestID)").utf8)
     }
 
     /// The producer VM of a slot key (`P/slots/<service>/<vm>/<slot>`), nil for another key.
@@ -204,6 +211,13 @@ struct OverlaySlotRecord: Codable, Equatable {
     var consumerHost: String
     var consumerVM: String
     var agent: String
+}
+
+/// The value of a request key: the lease that answered one grant request (its ID names the request,
+/// the client sends the same ID to every agent it tries).
+struct OverlayRequestRecord: Codable, Equatable {
+    var version: Int
+    var leaseID: Int64
 }
 
 /// The value of a lease record: the grant, and once revoked, why (written before the etcd lease goes).
@@ -294,6 +308,8 @@ public final class OverlayLeasingCounters: Sendable {
     public let expiries = Atomic(0)
     /// Grant transactions that lost a race for a slot (then retried).
     public let slotConflicts = Atomic(0)
+    /// Grant requests answered with the grant an earlier try of the same request ID made (no new slot).
+    public let grantsRepeated = Atomic(0)
     /// Refusals by reason (`OverlayRefusal.allCases` order); refusals are rare, a lock is enough.
     private let refusalCounts = Mutex([Int](repeating: 0, count: OverlayRefusal.allCases.count))
 
@@ -315,6 +331,7 @@ public final class OverlayLeasingCounters: Sendable {
             "grants \(grants.load(ordering: .relaxed))", "renewals \(renewals.load(ordering: .relaxed))",
             "revokes \(revokes.load(ordering: .relaxed))", "expiries \(expiries.load(ordering: .relaxed))",
             "slot_conflicts \(slotConflicts.load(ordering: .relaxed))",
+            "grants_repeated \(grantsRepeated.load(ordering: .relaxed))",
         ]
         for reason in OverlayRefusal.allCases { lines.append("refusals{reason=\"\(reason.rawValue)\"} \(refusals(reason))") }
         return lines.joined(separator: "\n")

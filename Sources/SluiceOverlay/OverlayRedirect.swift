@@ -141,6 +141,10 @@ public struct OverlayLeaseCounters: Sendable, Equatable {
     public var flows: UInt64 = 0
     public var packets: UInt64 = 0
     public var bytes: UInt64 = 0
+    /// When the grant was applied, and when its first flow's first packet was redirected (CLOCK_MONOTONIC
+    /// ns as the caller passes them; 0: not yet). Set off the per-packet path (grant, flow creation).
+    public var appliedNs: UInt64 = 0
+    public var firstPacketNs: UInt64 = 0
     public init() {}
 }
 
@@ -149,7 +153,7 @@ public struct OverlayServiceCounters: Sendable, Equatable {
     public var flows: UInt64 = 0
     public var packets: UInt64 = 0
     public var bytes: UInt64 = 0
-    /// First packets that found no lease (each also a `noLease` drop).
+    /// First packets that found no lease (each also an `awaitingLease` or `noLease` drop).
     public var redirectMisses: UInt64 = 0
     public init() {}
 }
@@ -309,6 +313,7 @@ public struct OverlayRedirect: ~Copyable {
                                          producerIPv4: lease.producerOverlayIPv4, producerPort: lease.producerPort,
                                          producerUnderlayIPv4: lease.producerUnderlayIPv4,
                                          nextHopMAC: nextHop.rawValue, vni: lease.vni)
+            slots[Int(slot)].counters.appliedNs = nowNs
             leases[Int(slot)] = lease
             slotByLeaseID[lease.leaseID] = slot
             current[pair] = slot
@@ -343,6 +348,17 @@ public struct OverlayRedirect: ~Copyable {
                 serviceIPv4: flow.pointee.serviceIPv4, servicePort: flow.pointee.servicePort,
                 sequence: flow.pointee.consumerAck))
         }
+    }
+
+    /// Lets the next packet of `consumerVM` to `service` ask for a lease again (the last request failed).
+    /// Ignored (false) for names this host does not have.
+    @discardableResult
+    public mutating func rearmLeaseRequest(consumerVM: String, service: String) -> Bool {
+        guard let port = config.vmPorts.firstIndex(where: { $0.name == consumerVM && $0.role == .consumer }),
+              let service = config.services.firstIndex(where: { $0.name == service })
+        else { return false }
+        requested[port * serviceCount + service] = false
+        return true
     }
 
     /// Takes the queued lease requests as (consumer VM, service) names.
@@ -470,7 +486,7 @@ public struct OverlayRedirect: ~Copyable {
                     requested[pair] = true
                     requestQueue.append((Int32(port), Int32(service)))
                 }
-                return .drop(.noLease)
+                return .drop(requested[pair] ? .awaitingLease : .noLease)
             }
             let lease = slots[Int(slot)]
             let reply = OverlayFlowKey(kind: .consumerReply, source: lease.producerIPv4, destination: source,
@@ -487,6 +503,7 @@ public struct OverlayRedirect: ~Copyable {
             guard let inserted = flows.insert(flow) else { return .drop(.flowTableFull) }
             index = inserted
             bind(flows.flow(index), slot: slot)
+            if slots[Int(slot)].counters.flows == 0 { slots[Int(slot)].counters.firstPacketNs = nowNs }
             slots[Int(slot)].counters.flows &+= 1
             serviceCounts[service].flows &+= 1
         }

@@ -27,7 +27,8 @@ public enum OverlayDropReason: UInt8, CaseIterable, Sendable, CustomStringConver
     case unknownProducerVM
     /// Reply from the underlay with no flow (consumer side) or VM packet of no known flow (producer side).
     case noFlow
-    /// First packet to a service for which the consumer holds no lease (the request hook fires).
+    /// Packet to a service for which the consumer holds no lease, and none could be asked for (the
+    /// request queue was full, or the last request failed and its retry pause has not passed).
     case noLease
     /// Packet of a flow whose lease ended (revoked, expired, producer moved).
     case leaseEnded
@@ -41,6 +42,10 @@ public enum OverlayDropReason: UInt8, CaseIterable, Sendable, CustomStringConver
     case txRingFull
     /// A frame from a VM port that is neither consumer nor producer VM traffic the config knows.
     case unknownVM
+    /// Packet to a service for which the consumer holds no lease yet, one being asked for (the request
+    /// hook fired for this consumer VM and service and no grant or failure came back yet). Dropped, not
+    /// held: TCP's SYN retransmit (1 s) or the application's retry carries the flow once the grant lands.
+    case awaitingLease
 
     public var description: String { Self.names[Int(rawValue)] }
 
@@ -48,6 +53,7 @@ public enum OverlayDropReason: UInt8, CaseIterable, Sendable, CustomStringConver
         "malformed", "notVXLAN", "notForThisHost", "badOuterChecksum", "outerFragmentOrOptions", "badUDPChecksum",
         "badVXLANFlags", "unknownVNI", "innerNotTransport", "unknownProducerVM", "noFlow", "noLease", "leaseEnded",
         "notOverlay", "flowTableFull", "tooLarge", "txRingFull", "unknownVM",
+        "awaitingLease",
     ]
 }
 

@@ -33,6 +33,8 @@ public enum ServiceError: Error, CustomStringConvertible {
     case wan(name: String, WANError)
     /// The firmware boot check could not run (its keys or settings), as opposed to a device failing it.
     case firmware(FirmwareError)
+    /// The overlay host (`overlay:`) could not start (its ports, its etcd client).
+    case overlay(String)
 
     public var description: String {
         switch self {
@@ -46,6 +48,7 @@ public enum ServiceError: Error, CustomStringConvertible {
         case let .controlCoreNotAllowed(core, allowed): "control cores: core \(core) is not one this process may use (\(allowed))"
         case let .wan(name, error): "wan link '\(name)': \(error)"
         case let .firmware(error): "firmware: \(error)"
+        case let .overlay(problem): "overlay: \(problem)"
         }
     }
 

@@ -133,6 +133,8 @@ public struct ServiceConfiguration: Sendable {
     /// The firmware boot check (`firmware:`): devices checked before anything starts; an isolated
     /// device's pipelines do not start and its storage takes no writes (docs/FIRMWARE.md).
     public var firmware: FirmwareSettings?
+    /// The overlay host (`overlay:`, docs/OVERLAY.md): started after the WAN links, stopped with them.
+    public var overlay: OverlaySettings?
 }
 
 /// `firmware:`: where the store and keys are, which counter, and the devices with what runs on them.
@@ -250,7 +252,7 @@ extension ServiceConfiguration {
     public static func decode(_ tree: ConfigNode, defaultCores: [Int]) throws(ConfigError) -> ServiceConfiguration {
         let root = ConfigReader(tree, key: "")
         try root.allowKeys(["cores", "control_cores", "wait_mode", "log_level", "metrics", "pipelines", "storage", "shutdown",
-                            "rebalance", "wan", "firmware"])
+                            "rebalance", "wan", "firmware", "overlay"])
         let cores = try root.optional("cores").map { reader throws(ConfigError) in try reader.cores() } ?? defaultCores
         guard !cores.isEmpty else { throw .invalid(key: "cores", line: tree.line, reason: "no cores to run on") }
         var configuration = ServiceConfiguration(cores: cores)
@@ -317,6 +319,7 @@ extension ServiceConfiguration {
         }
         if let wan = root.optional("wan") { configuration.wan = try decodeWAN(wan) }
         if let firmware = root.optional("firmware") { configuration.firmware = try decodeFirmware(firmware, configuration) }
+        if let overlay = root.optional("overlay") { configuration.overlay = try decodeOverlay(overlay) }
         try checkPorts(configuration, root: root)
         try checkFiles(configuration, root: root)
         try checkFanoutGroups(configuration, root: root)

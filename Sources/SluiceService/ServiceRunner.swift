@@ -63,12 +63,15 @@ public enum ServiceRunner {
             return false
         })
         var wanStarted = false
+        let overlay = try configuration.overlay.map { settings throws(ServiceError) in try OverlayRuntime(settings: settings) }
+        var overlayStarted = false
         try confineControlThreads(configuration, logger: logger)
         do {
             if let address = configuration.metrics {
                 endpoint = try MetricsEndpoint.bind(address, render: {
                     let (dataplane, storage) = parts.current
                     return metrics.render(dataplane: dataplane, storage: storage, wan: wan, firmware: firmware)
+                        + (overlay?.metricsText() ?? "")
                 }, health: {
                     let (dataplane, storage) = parts.current
                     return firmware?.healthProblem ?? healthProblem(dataplane: dataplane, storage: storage)
@@ -87,9 +90,12 @@ public enum ServiceRunner {
             // The links first, so the pipelines' first frames find them up.
             try wan.start(logger: logger)
             wanStarted = true
+            try overlay?.start(logger: logger)
+            overlayStarted = true
             try dataplane.start()
             parts.setDataplane(dataplane)
         } catch {
+            if overlayStarted { overlay?.stop(logger: logger) }
             if wanStarted { wan.stop(logger: logger) }
             storage?.shutdown(logger: logger)
             endpoint?.close()
@@ -131,6 +137,9 @@ public enum ServiceRunner {
         if !wan.links.isEmpty {
             // Stopped after the dataplane (the group stops services in reverse order), before storage.
             services.append(.init(service: Part(name: "wan") { wan.stop(logger: logger) }, serviceName: "wan"))
+        }
+        if let overlay {
+            services.append(.init(service: Part(name: "overlay") { overlay.stop(logger: logger) }, serviceName: "overlay"))
         }
         let drainTimeoutNs = UInt64(configuration.drainTimeoutMs) * 1_000_000
         services.append(.init(service: Part(name: "dataplane") {

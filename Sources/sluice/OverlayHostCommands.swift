@@ -3,6 +3,7 @@
 // file) and `bench` (the redirect path's packet rate, release builds).
 import ArgumentParser
 import Foundation
+import SluiceEtcd
 import SluiceOverlay
 import Synchronization
 
@@ -22,6 +23,11 @@ struct OverlayHostCommand: ParsableCommand {
     @Option(help: "The host config (JSON).") var config: String
     @Option(help: "Stats file to write once a second (overrides the config's statsFile).") var statsFile: String?
     @Option(help: "Stop after this many seconds (0: run until a signal).") var duration: Double = 0
+    @Option(help: "etcd client URLs, comma-separated: take leases from etcd (overrides the config's leasing.etcd).")
+    var etcd: String?
+    @Option(help: "Leasing agents IPv4:PORT, comma-separated (overrides the config's leasing.agents).") var agents: String?
+    @Option(help: "Key prefix of the overlay in etcd (overrides leasing.prefix).") var prefix: String?
+    @Option(help: "This host's name in lease records (default: the config's name).") var consumerHost: String?
 
     func run() throws {
         let file: OverlayHostConfigFile
@@ -30,14 +36,51 @@ struct OverlayHostCommand: ParsableCommand {
             file = try OverlayHostConfigFile.load(path: config)
             resolved = try file.resolve()
         } catch { throw ValidationError("\(config): \(error)") }
+        var leasingFile = file.leasing
+        if etcd != nil || agents != nil || prefix != nil || consumerHost != nil {
+            guard let etcd = etcd ?? leasingFile?.etcd.joined(separator: ","),
+                  let agents = agents ?? leasingFile?.agents.joined(separator: ",") else {
+                throw ValidationError("--etcd and --agents go together (or the config's leasing section)")
+            }
+            var merged = OverlayHostConfigFile.Leasing(
+                etcd: etcd.split(separator: ",").map(String.init), agents: agents.split(separator: ",").map(String.init),
+                prefix: prefix ?? leasingFile?.prefix, consumerHost: consumerHost ?? leasingFile?.consumerHost)
+            merged.agentCallTimeoutMs = leasingFile?.agentCallTimeoutMs
+            merged.retryPauseMs = leasingFile?.retryPauseMs
+            leasingFile = merged
+        }
+        let leasingConfiguration: OverlayHostLeasingConfiguration?
+        do { leasingConfiguration = try leasingFile?.resolve(hostName: resolved.0.name) } catch {
+            throw ValidationError("\(config): \(error)")
+        }
         let host = try OverlayHost(configuration: resolved.0)
-        host.onLeaseRequest { vm, service in
-            FileHandle.standardError.write(Data("lease wanted: consumer \(vm), service \(service)\n".utf8))
+        var leasingTask: Task<Void, Never>?
+        var leasing: OverlayHostLeasing?
+        if let leasingConfiguration, let file = leasingFile {
+            let client: EtcdClient
+            do { client = try EtcdClient(EtcdClientConfiguration(endpoints: file.etcd)) } catch {
+                throw ValidationError("--etcd: \(error)")
+            }
+            let join = try OverlayHostLeasing(host: host, etcd: client, configuration: leasingConfiguration)
+            leasing = join
+            leasingTask = Task {
+                do throws(OverlayLeasingError) { try await join.run() } catch {
+                    FileHandle.standardError.write(Data("overlay host: leasing stopped: \(error)\n".utf8))
+                    OverlaySignals.failed.store(true, ordering: .relaxed)
+                    OverlaySignals.stop.store(true, ordering: .relaxed)
+                }
+                await client.shutdown()
+            }
+        } else {
+            host.onLeaseRequest { vm, service in
+                FileHandle.standardError.write(Data("lease wanted: consumer \(vm), service \(service)\n".utf8))
+            }
         }
         for lease in resolved.1 { host.submit(.granted(lease)) }
         OverlaySignals.install()
         try host.start()
         defer { host.stop() }
+        if leasing != nil { print("overlay host \(resolved.0.name): started, leases from etcd"); fflush(nil) }
         let statsPath = statsFile ?? file.statsFile
         let started = Date()
         var lastWrite = Date.distantPast
@@ -49,10 +92,17 @@ struct OverlayHostCommand: ParsableCommand {
                 lastWrite = Date()
             }
         }
+        leasingTask?.cancel()
         host.stop()
         let final = host.snapshot()
         if let statsPath { try? Self.write(final, to: statsPath) }
         print(OverlayFlowsCommand.render(final))
+        if let counters = leasing?.counters {
+            print("leasing: requests \(counters.requests.load(ordering: .relaxed)) grants \(counters.grants.load(ordering: .relaxed)) "
+                + "failures \(counters.requestFailures.load(ordering: .relaxed)) events granted "
+                + "\(counters.eventsGranted.load(ordering: .relaxed)) ended \(counters.eventsEnded.load(ordering: .relaxed))")
+        }
+        if OverlaySignals.failed.load(ordering: .relaxed) { throw ExitCode(1) }
     }
 
     static func write(_ snapshot: OverlayHostSnapshot, to path: String) throws {
@@ -68,6 +118,7 @@ struct OverlayHostCommand: ParsableCommand {
 /// SIGINT/SIGTERM as a flag the main loop polls (the handler only stores to an atomic).
 enum OverlaySignals {
     static let stop = Atomic<Bool>(false)
+    static let failed = Atomic<Bool>(false)
     static func install() {
         _ = stop.load(ordering: .relaxed)
         signal(SIGINT) { _ in OverlaySignals.stop.store(true, ordering: .relaxed) }
@@ -82,6 +133,8 @@ struct OverlayFlowsCommand: ParsableCommand {
 
     @Option(help: "The stats file `sluice overlay host` writes.") var statsFile: String
     @Flag(help: "Print the JSON as written.") var json = false
+    @Flag(help: "Print the counters as Prometheus text (sluice_overlay_*, as `sluice run`'s metrics endpoint serves them).")
+    var prometheus = false
 
     func run() throws {
         guard let data = FileManager.default.contents(atPath: statsFile) else {
@@ -95,7 +148,7 @@ struct OverlayFlowsCommand: ParsableCommand {
         do { snapshot = try JSONDecoder().decode(OverlayHostSnapshot.self, from: data) } catch {
             throw ValidationError("\(statsFile): not an overlay stats file: \(error)")
         }
-        print(Self.render(snapshot))
+        print(prometheus ? OverlayMetrics.text(snapshot) : Self.render(snapshot))
     }
 
     static func render(_ snapshot: OverlayHostSnapshot) -> String {

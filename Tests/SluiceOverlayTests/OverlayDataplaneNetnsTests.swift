@@ -38,8 +38,9 @@ final class OverlayLab {
     static let producer2PortMAC = "02:53:4c:03:00:01"
     static let producer2VMMAC = "02:53:4c:03:00:02"
 
-    init() throws {
-        tag = "\(getpid() % 100_000)"
+    /// `variant`: one letter that keeps two labs of one process (suites run in parallel) apart.
+    init(variant: String = "") throws {
+        tag = "\(getpid() % 100_000)\(variant)"
         do { try setUp() } catch {
             destroy()
             throw error
@@ -146,6 +147,34 @@ final class OverlayLab {
                      producerOverlayIPv4: producer == 1 ? 0xC613_0202 : 0xC613_0302, producerPort: 8000, vni: 42)
     }
 
+    /// `python3 -m http.server 8000` in each producer VM, serving `name.txt` = "producer-N"; waits until
+    /// both answer. Kill the returned children (and remove `root`) when done.
+    func startHTTPServers(root: URL) throws -> [ChildProcess] {
+        var servers: [ChildProcess] = []
+        for producer in 1...2 {
+            let directory = root.appendingPathComponent("p\(producer)")
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            try "producer-\(producer)\n".write(to: directory.appendingPathComponent("name.txt"), atomically: true, encoding: .utf8)
+            servers.append(try ChildProcess(["/usr/sbin/ip", "netns", "exec", ns("p\(producer)"), "/usr/bin/python3",
+                                             "-m", "http.server", "8000", "--bind", "198.19.\(producer + 1).2",
+                                             "--directory", directory.path]))
+        }
+        for producer in 1...2 {
+            var ready = false
+            for _ in 0..<40 where !ready {
+                let probe = try runCommand(["/usr/sbin/ip", "netns", "exec", ns("p\(producer)"), "/usr/bin/curl", "-s",
+                                            "--max-time", "1", "http://198.19.\(producer + 1).2:8000/name.txt"])
+                ready = probe.status == 0
+                if !ready { usleep(250_000) }
+            }
+            guard ready else {
+                for server in servers { server.signal(SIGKILL) }
+                throw SpawnError("http.server in p\(producer) did not come up")
+            }
+        }
+        return servers
+    }
+
     /// An HTTP GET from the consumer VM; the body, or nil on failure.
     func get(_ url: String, timeoutSeconds: Int = 4) -> String? {
         guard let result = try? runCommand(["/usr/sbin/ip", "netns", "exec", ns("c"), "/usr/bin/curl", "-s", "--max-time",
@@ -164,22 +193,14 @@ struct OverlayDataplaneNetnsTests {
         let lab = try OverlayLab()
         defer { lab.destroy() }
         // A real TCP service in each producer VM, each serving a file naming its producer.
-        var servers: [ChildProcess] = []
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-overlay-\(getpid())")
+        defer { try? FileManager.default.removeItem(at: root) }
+        let servers = try lab.startHTTPServers(root: root)
         defer {
             for server in servers {
                 server.signal(SIGKILL)
                 _ = server.wait(timeoutMs: 2_000)
             }
-        }
-        let root = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-overlay-\(getpid())")
-        defer { try? FileManager.default.removeItem(at: root) }
-        for producer in 1...2 {
-            let directory = root.appendingPathComponent("p\(producer)")
-            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-            try "producer-\(producer)\n".write(to: directory.appendingPathComponent("name.txt"), atomically: true, encoding: .utf8)
-            servers.append(try ChildProcess(["/usr/sbin/ip", "netns", "exec", lab.ns("p\(producer)"), "/usr/bin/python3",
-                                             "-m", "http.server", "8000", "--bind", "198.19.\(producer + 1).2",
-                                             "--directory", directory.path]))
         }
         let producerHost = try OverlayHost(configuration: lab.producerHost())
         let consumerHost = try OverlayHost(configuration: lab.consumerHost())
@@ -198,23 +219,12 @@ struct OverlayDataplaneNetnsTests {
         defer { producerHost.stop() }
         try consumerHost.start()
         defer { consumerHost.stop() }
-        // Wait for the servers (each answers on its own address inside its namespace).
-        for producer in 1...2 {
-            var ready = false
-            for _ in 0..<40 where !ready {
-                let probe = try runCommand(["/usr/sbin/ip", "netns", "exec", lab.ns("p\(producer)"), "/usr/bin/curl", "-s",
-                                            "--max-time", "1", "http://198.19.\(producer + 1).2:8000/name.txt"])
-                ready = probe.status == 0
-                if !ready { usleep(250_000) }
-            }
-            try #require(ready, "http.server in p\(producer) did not come up")
-        }
         let first = lab.get("http://198.19.100.1/name.txt", timeoutSeconds: 6)
         #expect(first == "producer-1", "first GET: \(first ?? "failed")")
         for _ in 0..<3 { #expect(lab.get("http://198.19.100.1/name.txt") == "producer-1") }
         usleep(100_000)
         let beforeEnd = consumerHost.snapshot()
-        #expect(beforeEnd.drops["noLease"] ?? 0 >= 1, "\(beforeEnd.drops)")
+        #expect(beforeEnd.drops["awaitingLease"] ?? 0 >= 1, "\(beforeEnd.drops)")
         #expect(beforeEnd.services.first?.redirectMisses ?? 0 >= 1)
         #expect(requests.withLock { $0 } >= 1)
         #expect(beforeEnd.leases.map(\.leaseID) == [1])

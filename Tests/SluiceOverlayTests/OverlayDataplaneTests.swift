@@ -283,14 +283,20 @@ func checksumsValid(_ frame: [UInt8], l3: Int = 14) -> Bool {
 
     @Test func noLeaseIsACountedMissAndOneRequest() {
         var redirect = OverlayRedirect(config: Net.consumerConfig())
-        #expect(run(&redirect, Net.consumerTCP(), port: 0).0 == .drop(.noLease))
-        #expect(run(&redirect, Net.consumerTCP(sourcePort: 40001), port: 0).0 == .drop(.noLease))
+        #expect(run(&redirect, Net.consumerTCP(), port: 0).0 == .drop(.awaitingLease))
+        #expect(run(&redirect, Net.consumerTCP(sourcePort: 40001), port: 0).0 == .drop(.awaitingLease))
         let requests = redirect.takeLeaseRequests()
         #expect(requests.count == 1)
         #expect(requests.first?.consumerVM == "c1" && requests.first?.service == "web")
         #expect(redirect.serviceCounters[0].redirectMisses == 2)
-        #expect(redirect.drops[.noLease] == 2)
+        #expect(redirect.drops[.awaitingLease] == 2)
         #expect(redirect.flows.count == 0)
+        // The request failed: re-armed, the next packet asks again (one more request).
+        let rearmed = redirect.rearmLeaseRequest(consumerVM: "c1", service: "web")
+        let unknown = redirect.rearmLeaseRequest(consumerVM: "nobody", service: "web")
+        #expect(rearmed && !unknown)
+        #expect(run(&redirect, Net.consumerTCP(sourcePort: 40002), port: 0).0 == .drop(.awaitingLease))
+        #expect(redirect.takeLeaseRequests().count == 1)
         // The grant arrives: the next packet goes through.
         redirect.apply(.granted(Net.lease(1, epoch: 1)))
         #expect(run(&redirect, Net.consumerTCP(), port: 0).0 == .forward(port: 1, length: Net.consumerTCP().count + 50))

@@ -1,0 +1,155 @@
+// Path: Sources/SluiceOverlay/OverlayHostLeasing.swift — joins a consumer host's data plane to the leasing
+// side: its etcd lease view feeds the host's inbox, and the host's lease requests go to the agents.
+import SluiceCore
+import SluiceEtcd
+import Synchronization
+
+/// Where a consumer host's leases come from.
+public struct OverlayHostLeasingConfiguration: Sendable {
+    /// The consumer host's name in etcd (`P/leases/<consumerHost>/`), the same the agents are told.
+    public var consumerHost: String
+    public var keys: OverlayKeys
+    /// Agents as `IPv4:PORT` (1...`OverlayAgentClient.agentsMax`).
+    public var agents: [String]
+    /// Deadline of one agent call.
+    public var agentCallTimeoutMs: Int64
+    /// After a failed request, how long the consumer VM and service stay unasked (their packets drop as
+    /// `noLease`) before the next packet asks again.
+    public var retryPauseMs: Int64
+
+    public init(consumerHost: String, keys: OverlayKeys, agents: [String], agentCallTimeoutMs: Int64 = 3_000,
+                retryPauseMs: Int64 = 500) {
+        self.consumerHost = consumerHost
+        self.keys = keys
+        self.agents = agents
+        self.agentCallTimeoutMs = agentCallTimeoutMs
+        self.retryPauseMs = retryPauseMs
+    }
+}
+
+/// Counters of the join (atomics: read from any thread).
+public final class OverlayHostLeasingCounters: Sendable {
+    /// Lease requests the forwarding thread raised and the request queue took.
+    public let requests = Atomic<UInt64>(0)
+    /// Requests the queue refused (it holds `OverlayDataplaneLimits.leaseRequestQueueMax`).
+    public let requestsDropped = Atomic<UInt64>(0)
+    /// Grants the agents answered, and requests that failed (refused or no agent answered).
+    public let grants = Atomic<UInt64>(0)
+    public let requestFailures = Atomic<UInt64>(0)
+    /// Lease events handed to the host (granted, ended), and times the host's inbox was full (retried).
+    public let eventsGranted = Atomic<UInt64>(0)
+    public let eventsEnded = Atomic<UInt64>(0)
+    public let inboxFullRetries = Atomic<UInt64>(0)
+    init() {}
+}
+
+/// The join of one consumer host (`OverlayHost`) to the leasing side. `run()`:
+/// - reads the host's lease records and watches them (`OverlayLeaseWatch`) and submits every event to
+///   the host's inbox: a grant installs the redirect, an end removes the redirect and cuts its flows in
+///   one step on the forwarding thread (see `OverlayRedirect.apply`);
+/// - takes the host's lease requests (raised on the forwarding thread by a consumer VM's first packet to
+///   a service it holds no lease for; that packet and the next ones are dropped as `awaitingLease`, not
+///   held) from a bounded queue and asks the agents (`OverlayAgentClient`), one request at a time, off the
+///   packet thread. The grant itself reaches the host through the watch, like any other (one path for
+///   every grant, in revision order). A failed request is counted; after `retryPauseMs` the pair is
+///   re-armed so the next packet asks again.
+public final class OverlayHostLeasing: Sendable {
+    public let configuration: OverlayHostLeasingConfiguration
+    public let counters = OverlayHostLeasingCounters()
+    public let host: OverlayHost
+    private let etcd: EtcdClient
+    private let agents: OverlayAgentClient
+    private let requests: AsyncStream<(consumerVM: String, service: String)>
+    private let requestInput: AsyncStream<(consumerVM: String, service: String)>.Continuation
+    /// CLOCK_MONOTONIC ns at which the agents answered each grant (bounded: the last `grantTimesMax`).
+    private let grantTimes = Mutex<[Int64: UInt64]>([:])
+    static let grantTimesMax = 4096
+
+    public init(host: OverlayHost, etcd: EtcdClient, configuration: OverlayHostLeasingConfiguration) throws(OverlayLeasingError) {
+        try OverlayNames.check(configuration.consumerHost, "consumer host")
+        guard (1...60_000).contains(configuration.retryPauseMs) else {
+            throw .invalidValue("retry pause \(configuration.retryPauseMs) ms not in 1...60000")
+        }
+        self.agents = try OverlayAgentClient(agents: configuration.agents, callTimeoutMs: configuration.agentCallTimeoutMs)
+        self.configuration = configuration
+        self.host = host
+        self.etcd = etcd
+        (requests, requestInput) = AsyncStream.makeStream(
+            of: (consumerVM: String, service: String).self,
+            bufferingPolicy: .bufferingOldest(OverlayDataplaneLimits.leaseRequestQueueMax))
+        let input = requestInput
+        let counters = counters
+        host.onLeaseRequest { vm, service in
+            // On the forwarding thread: a non-blocking enqueue, nothing more.
+            if case .enqueued = input.yield((consumerVM: vm, service: service)) {
+                counters.requests.add(1, ordering: .relaxed)
+            } else {
+                counters.requestsDropped.add(1, ordering: .relaxed)
+            }
+        }
+    }
+
+    /// When the agents answered the grant of `leaseID` (CLOCK_MONOTONIC ns), if this join asked for it.
+    public func grantAnsweredNs(leaseID: Int64) -> UInt64? { grantTimes.withLock { $0[leaseID] } }
+
+    /// Watches and serves requests until cancelled (returns), or throws when etcd cannot be watched again
+    /// within the watch's reconnect deadline.
+    public func run() async throws(OverlayLeasingError) {
+        let failure = await withTaskGroup(of: OverlayLeasingError?.self) { group -> OverlayLeasingError? in
+            group.addTask {
+                do throws(OverlayLeasingError) {
+                    var watch = try await OverlayLeaseWatch.start(self.etcd, keys: self.configuration.keys,
+                                                                  consumerHost: self.configuration.consumerHost)
+                    while let event = try await watch.next() { await self.deliver(event) }
+                    watch.cancel()
+                    return nil
+                } catch {
+                    return error
+                }
+            }
+            group.addTask {
+                for await request in self.requests {
+                    await self.ask(consumerVM: request.consumerVM, service: request.service)
+                }
+                return nil
+            }
+            // Either task ending ends both: the watch ended (cancelled or failed) or the requests stream did.
+            let first = await group.next() ?? nil
+            requestInput.finish()
+            group.cancelAll()
+            return first
+        }
+        if let failure, !Task.isCancelled { throw failure }
+    }
+
+    /// Hands one event to the host, waiting (1 ms steps) while its inbox is full: the watch is held back
+    /// meanwhile, and etcd behind it.
+    func deliver(_ event: OverlayLeaseEvent) async {
+        while !host.submit(event) {
+            counters.inboxFullRetries.add(1, ordering: .relaxed)
+            if Task.isCancelled { return }
+            try? await Task.sleep(for: .milliseconds(1))
+        }
+        if case .granted = event { counters.eventsGranted.add(1, ordering: .relaxed) } else {
+            counters.eventsEnded.add(1, ordering: .relaxed)
+        }
+    }
+
+    func ask(consumerVM: String, service: String) async {
+        do {
+            let grant = try await agents.grant(service: service, consumerHost: configuration.consumerHost, consumerVM: consumerVM)
+            let now = Clock.monotonicNs()
+            grantTimes.withLock { times in
+                if times.count >= Self.grantTimesMax { times.removeAll() }
+                times[grant.record.leaseID] = now
+            }
+            counters.grants.add(1, ordering: .relaxed)
+        } catch {
+            counters.requestFailures.add(1, ordering: .relaxed)
+            try? await Task.sleep(for: .milliseconds(configuration.retryPauseMs))
+            while !host.rearmLeaseRequest(consumerVM: consumerVM, service: service), !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(1))
+            }
+        }
+    }
+}
