@@ -35,7 +35,9 @@ enum ReplayReport {
         }
         if let handoff = s.handoff { lines.append("hand-off: \(handoff)") }
         if let failure = s.calibrationFailure { lines.append("placement: not measured (\(failure)); the first one held") }
-        if let first = s.firstDecision, s.placementChanges.isEmpty { lines.append("placement: kept \(first)") }
+        if let first = s.firstDecision, s.placementChanges.isEmpty {
+            lines.append("placement: stayed at \(s.stagePlacement) (a move must predict 10% more); the planner's best: \(first)")
+        }
         for change in s.placementChanges {
             lines.append("placement: at \(String(format1: Double(change.atNs) / 1e6)) ms moved \(change.from) -> \(change.decision)")
         }
