@@ -44,6 +44,8 @@ public struct ReplayConfiguration: Sendable {
     /// traffic controller learns from the TX free path and, on an interface, the TX stage enforces
     /// its grants (packets of other source ids are dropped, counted). nil: no controller.
     public var traffic: TrafficPolicy?
+    /// How stages are placed on `cores`: measured (the default) or the fixed spread.
+    public var placement = ReplayPlacement.auto
 
     public init(capturePath: String, output: ReplayOutput, pacing: ReplayPacing = .topSpeed, loopCount: Int = 1,
                 cores: [Int], waitMode: WaitMode = .adaptive) {
@@ -57,6 +59,16 @@ public struct ReplayConfiguration: Sendable {
         self.classifier = try! ClassifierConfiguration(key: .sourceMAC)
         self.rules = try! RuleTable(rules: [])
     }
+}
+
+/// How a replay's stages are placed on its cores.
+public enum ReplayPlacement: String, Sendable, Equatable, CaseIterable {
+    /// Measured: calibrate the hand-off between the first two cores, start run to completion on the
+    /// first, and move stages when measured costs predict a clear gain (`PlacementPlanner`), without
+    /// losing or reordering packets (`Runtime.move`).
+    case auto
+    /// Fixed: the source on the first core, the other stages spread in order over the rest.
+    case spread
 }
 
 /// The stages between RX and TX.
@@ -160,7 +172,17 @@ public struct ReplaySummary: Sendable {
     public var poolWaits: UInt64
     public var stageNames: [String]
     public var stages: [StageSnapshot]
+    /// Worker index of each stage at the end (see `placementChanges` for how it got there).
     public var stagePlacement: [Int]
+    /// Placements the measured allocator moved to, in order (empty: the first one held).
+    public var placementChanges: [PlacementChange]
+    /// The first decision the measured allocator made, moved or not (nil: fixed placement, one core,
+    /// or too few packets to measure).
+    public var firstDecision: PlacementDecision?
+    /// Hand-off cost between the first two cores, measured before the run (auto placement, 2+ cores).
+    public var handoff: HandoffCost?
+    /// Why the measured allocator could not calibrate (it then kept the first placement).
+    public var calibrationFailure: String?
     public var workers: [WorkerSnapshot]
     public var cores: [Int]
     /// The error that ended the replay early (a bad record, a failed write), if any, for people.
@@ -184,7 +206,8 @@ public struct ReplaySummary: Sendable {
 public final class Replay {
     public let configuration: ReplayConfiguration
     private let path: PacketPath
-    private let placement: [Int]
+    /// Where each stage starts (worker indices).
+    private let initialPlacement: [Int]
     /// The controller's state as swift-metrics gauges, refreshed with each progress report.
     private let trafficMetrics: TrafficMetrics?
     /// Monotonic time and process CPU time just before the capture was opened.
@@ -215,7 +238,10 @@ public final class Replay {
         pathConfiguration.traffic = configuration.traffic
         path = try PacketPath(pathConfiguration)
         trafficMetrics = configuration.traffic.map { TrafficMetrics(sourceCount: max($0.sources.count, 1)) }
-        placement = spreadPlacement(stageCount: path.pipeline.stages.count, workers: Array(configuration.cores.indices))
+        let stageCount = path.pipeline.stages.count
+        initialPlacement = configuration.placement == .auto
+            ? Array(repeating: 0, count: stageCount)
+            : spreadPlacement(stageCount: stageCount, workers: Array(configuration.cores.indices))
     }
 
     /// Checks what the CLI could not and `PacketPath` does not: the cores, the loop count's flag name.
@@ -227,6 +253,9 @@ public final class Replay {
     /// Runs the replay to the end of the capture (all loops), calling `progress` about every 200 ms
     /// on this thread. A bad record or failed write ends it early: the summary's `failure` says why.
     public func run(progress: ((ReplayProgress) -> Void)? = nil) throws(ReplayError) -> ReplaySummary {
+        var allocator = configuration.placement == .auto && configuration.cores.count > 1
+            ? MeasuredPlacement(workers: Array(configuration.cores.indices), initial: initialPlacement,
+                                handoff: MeasuredPlacement.calibrate(cores: configuration.cores)) : nil
         let runtime: Runtime
         do {
             runtime = try Runtime(configuration: RuntimeConfiguration(cores: configuration.cores,
@@ -238,12 +267,14 @@ public final class Replay {
         let start = Clock.monotonicNs()
         let pipeline = path.pipeline
         let controller = path.controller
-        do { try runtime.launch(pipeline, placement: placement) } catch { throw .runtime(error) }
+        do { try runtime.launch(pipeline, placement: initialPlacement) } catch { throw .runtime(error) }
+        allocator?.begin(pipeline, nowNs: Clock.monotonicNs())
         // With a traffic controller this thread runs it, polling every 100 µs between drain checks.
         var lastProgressNs = start
-        while !runtime.drain(timeoutNs: controller == nil ? 200_000_000 : 100_000) {
+        while !runtime.drain(timeoutNs: controller == nil ? (allocator == nil ? 200_000_000 : 10_000_000) : 100_000) {
             controller?.poll(nowNs: Clock.monotonicNs())
             let now = Clock.monotonicNs()
+            do { try allocator?.step(pipeline, runtime: runtime, nowNs: now) } catch { throw .runtime(error) }
             if now - lastProgressNs >= 200_000_000 {
                 lastProgressNs = now
                 if let controller { trafficMetrics?.record(controller.snapshot()) }
@@ -263,7 +294,9 @@ public final class Replay {
             elapsedNs: elapsed, wallNsFromOpen: end - openedAtNs, processCpuNs: endCpuNs &- openedCpuNs,
             drops: path.dropCounts(), poolWaits: path.poolWaits,
             stageNames: pipeline.stages.map(\.name),
-            stages: pipeline.snapshot(), stagePlacement: placement,
+            stages: pipeline.snapshot(), stagePlacement: allocator?.placement ?? initialPlacement,
+            placementChanges: allocator?.changes ?? [], firstDecision: allocator?.firstDecision,
+            handoff: allocator?.handoff, calibrationFailure: allocator?.calibrationFailure,
             workers: zip(runtime.workers, before).map { $0.counters.snapshot().since($1) },
             cores: configuration.cores, failure: failure, inputError: path.inputError, outputError: path.outputError,
             latencyP50Ns: path.latencyPercentile(50), latencyP99Ns: path.latencyPercentile(99),

@@ -62,6 +62,17 @@ public enum ServiceError: Error, CustomStringConvertible {
     }
 }
 
+/// Where a measured pipeline's stages run now and why (`Dataplane.placement(ofPipeline:)`).
+public struct PlacementStatus: Sendable, Equatable {
+    /// The core of each stage, source first.
+    public var cores: [Int]
+    /// Placements moved to since the start.
+    public var changes: Int
+    public var handoffNsPerItem: Double?
+    /// The decision behind the current placement (the last move's, or the first kept one's).
+    public var decision: PlacementDecision?
+}
+
 /// How a pipeline ended, for the shutdown log and the exit status.
 public struct PipelineOutcome: Sendable {
     public var name: String
@@ -88,8 +99,13 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
     public let runtime: Runtime
     /// Worker index of each stage at start, per pipeline (the rebalancer may move stages later).
     public let placements: [[Int]]
-    /// Stage moves the rebalancer made.
+    /// Stage moves the rebalancer and the measured placements made.
     public let stageMoves = Atomic<UInt64>(0)
+    /// Measured placements by pipeline index (`ServiceConfiguration.isMeasured`). Made by `start`
+    /// before the workers run, then stepped by the control thread only.
+    private var measured: [Int: MeasuredPlacement] = [:]
+    /// What the measured placements decided, published by the control thread for metrics and stats.
+    private let placementStatus: Mutex<[Int: PlacementStatus]> = Mutex([:])
     /// Set when `stop` begins: the rebalancer moves nothing from then on.
     private let stopping = Atomic<Bool>(false)
     var isStopping: Bool { stopping.load(ordering: .acquiring) }
@@ -137,8 +153,25 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
         } catch { throw .runtime(error) }
     }
 
-    /// Pins the workers, launches every pipeline and starts the control thread.
+    /// Pins the workers, launches every pipeline and starts the control thread. Pipelines placed by
+    /// measured cost first calibrate the hand-off between their first two cores (~50-100 ms each
+    /// distinct pair), before any worker runs.
     public func start() throws(ServiceError) {
+        var handoffs: [[Int]: Result<HandoffCost, HandoffCalibrationError>] = [:]
+        for (index, settings) in configuration.pipelines.enumerated() where configuration.isMeasured(settings) {
+            let pair = Array(settings.cores.prefix(2))
+            let handoff = handoffs[pair] ?? MeasuredPlacement.calibrate(cores: pair)
+            handoffs[pair] = handoff
+            let workers = settings.cores.compactMap { configuration.cores.firstIndex(of: $0) }
+            measured[index] = MeasuredPlacement(workers: workers, initial: placements[index], handoff: handoff)
+            switch handoff {
+            case .success(let cost):
+                logger.info("hand-off measured", metadata: ["pipeline": "\(settings.path.name)", "cost": "\(cost)"])
+            case .failure(let error):
+                logger.warning("hand-off not measured: the pipeline keeps running to completion on its first core",
+                               metadata: ["pipeline": "\(settings.path.name)", "error": "\(error)"])
+            }
+        }
         do {
             try runtime.start()
             for (path, placement) in zip(paths, placements) { try runtime.launch(path.pipeline, placement: placement) }
@@ -146,6 +179,8 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
             runtime.stop()
             throw .runtime(error)
         }
+        let launchedNs = Clock.monotonicNs()
+        for index in measured.keys { measured[index]!.begin(paths[index].pipeline, nowNs: launchedNs) }
         startedNs.store(Clock.monotonicNs(), ordering: .relaxed)
         for (path, placement) in zip(paths, placements) {
             logger.info("pipeline started", metadata: [
@@ -170,9 +205,46 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
                 publishTrafficSnapshots()
             }
             finishDrainedPipelines()
-            rebalancer?.step(nowNs: now)
+            stepMeasuredPlacements(nowNs: now)
+            rebalancer?.step(nowNs: now, measured: measured.mapValues(\.placement))
             usleep(hasControllers ? 100 : 1_000)
         }
+    }
+
+    /// Re-decides each measured pipeline's placement when due; logs and publishes every move with its
+    /// reason. A failed move stops measuring that pipeline (it keeps running where it is). Control thread.
+    private func stepMeasuredPlacements(nowNs: UInt64) {
+        guard !isStopping else { return }
+        for index in measured.keys.sorted() {
+            let path = paths[index]
+            guard !path.pipeline.isDrained else { continue }
+            let before = measured[index]!.changes.count
+            do {
+                try measured[index]!.step(path.pipeline, runtime: runtime, nowNs: nowNs)
+            } catch {
+                logger.warning("stage move failed; this pipeline's placement is no longer re-decided",
+                               metadata: ["pipeline": "\(path.configuration.name)", "error": "\(error)"])
+                measured[index] = nil
+                continue
+            }
+            let allocator = measured[index]!
+            for change in allocator.changes.dropFirst(before) {
+                stageMoves.add(UInt64(zip(change.from, change.to).filter { $0 != $1 }.count), ordering: .relaxed)
+                logger.info("stages placed by measured cost", metadata: [
+                    "pipeline": "\(path.configuration.name)",
+                    "fromCores": "\(change.from.map { configuration.cores[$0] })",
+                    "toCores": "\(change.to.map { configuration.cores[$0] })", "why": "\(change.decision)"])
+            }
+            let status = PlacementStatus(cores: allocator.placement.map { configuration.cores[$0] },
+                                         changes: allocator.changes.count, handoffNsPerItem: allocator.handoff?.handoffNsPerItem,
+                                         decision: allocator.changes.last?.decision ?? allocator.firstDecision)
+            placementStatus.withLock { $0[index] = status }
+        }
+    }
+
+    /// The measured placement of pipeline `index` (nil: fixed placement, or nothing decided yet).
+    public func placement(ofPipeline index: Int) -> PlacementStatus? {
+        placementStatus.withLock { $0[index] }
     }
 
     private func publishTrafficSnapshots() {
@@ -287,7 +359,10 @@ struct Rebalancer {
         }
     }
 
-    mutating func step(nowNs: UInt64) {
+    /// `measured`: the current placement of pipelines whose placement is measured; the rebalancer
+    /// counts their load where they are but leaves them alone.
+    mutating func step(nowNs: UInt64, measured: [Int: [Int]] = [:]) {
+        for (index, current) in measured { placement[index] = current }
         let intervalNs = UInt64(settings.intervalMs) * 1_000_000
         guard nowNs &- previousNs >= intervalNs, !dataplane.isStopping else { return }
         let paths = dataplane.paths
@@ -302,7 +377,7 @@ struct Rebalancer {
             pausedSteps -= 1
             return
         }
-        let drained = Set(paths.indices.filter { paths[$0].pipeline.isDrained })
+        let drained = Set(paths.indices.filter { paths[$0].pipeline.isDrained }).union(measured.keys)
         let allocation = Allocation(placement: placement, ringCapacities: paths.map(\.pipeline.ringCapacities),
                                     poolBufferCounts: paths.map(\.configuration.poolBufferCount))
         for move in allocator.rebalance(allocation, measured: demands, allowedWorkers: allowedWorkers, frozen: drained) {

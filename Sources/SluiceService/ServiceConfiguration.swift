@@ -48,9 +48,11 @@ public struct PipelineSettings: Sendable {
     public var path: PacketPathConfiguration
     /// The service cores its stages run on (the source on the first), a subset of `cores`.
     public var cores: [Int]
-    /// The core of each stage, source first (nil: the source on the first of `cores`, the other
-    /// stages spread over the rest).
+    /// The core of each stage, source first (nil: `placement` decides).
     public var stageCores: [Int]?
+    /// Without `stageCores`: measured (`auto`, the default: start run to completion on the first
+    /// core, move stages when measured costs predict a clear gain) or the fixed `spread`.
+    public var placement = ReplayPlacement.auto
 }
 
 /// Moving stages between workers as load shifts (`ResourceAllocator.rebalance`), from the control thread.
@@ -183,13 +185,21 @@ public struct FirmwareSettings: Sendable, Equatable {
 
 extension ServiceConfiguration {
     /// Worker indices (positions in `cores`) of a pipeline's stages at start: `stageCores` when
-    /// given, else the source on the first of its cores and the rest spread over the others.
+    /// given; all on the first of its cores when the placement is measured (`isMeasured`); else the
+    /// source on the first of its cores and the rest spread over the others.
     public func placement(of pipeline: PipelineSettings, stageCount: Int) -> [Int] {
         let workers = pipeline.cores.compactMap { cores.firstIndex(of: $0) }
         if let stageCores = pipeline.stageCores, stageCores.count == stageCount {
             return stageCores.compactMap { cores.firstIndex(of: $0) }
         }
+        if isMeasured(pipeline) { return Array(repeating: workers[0], count: stageCount) }
         return spreadPlacement(stageCount: stageCount, workers: workers)
+    }
+
+    /// Whether the pipeline's stages are placed by measured cost: `placement: auto`, no `stage_cores`,
+    /// and two or more cores to choose between.
+    public func isMeasured(_ pipeline: PipelineSettings) -> Bool {
+        pipeline.stageCores == nil && pipeline.placement == .auto && pipeline.cores.count >= 2
     }
 
     /// The configuration with no file: the bundled sample capture through the full pipeline to a
@@ -463,7 +473,7 @@ extension ServiceConfiguration {
     private static func decodePipeline(_ reader: ConfigReader, serviceCores: [Int],
                                        index: Int) throws(ConfigError) -> PipelineSettings {
         try reader.allowKeys(["name", "source", "sink", "stages", "classify", "traffic", "cores", "stage_cores",
-                              "burst", "ring_size", "buffers", "buffer_size"])
+                              "placement", "burst", "ring_size", "buffers", "buffer_size"])
         let name = try reader.optional("name")?.string() ?? "pipeline\(index)"
         guard !name.isEmpty, name.count <= 32,
               name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }) else {
@@ -566,6 +576,16 @@ extension ServiceConfiguration {
                 stageCores.append(core)
             }
             settings.stageCores = stageCores
+        }
+        if let placementReader = reader.optional("placement") {
+            let text = try placementReader.string()
+            guard let placement = ReplayPlacement(rawValue: text) else {
+                throw placementReader.invalid("'\(text)' is not auto or spread")
+            }
+            guard settings.stageCores == nil else {
+                throw placementReader.invalid("stage_cores fixes every stage's core: give one of placement and stage_cores")
+            }
+            settings.placement = placement
         }
         return settings
     }

@@ -107,6 +107,9 @@ public final class ServiceMetrics: Sendable {
                 advance(&state, "sluice_ring_drops_total", labels, 0)
             }
             let labels = [("pipeline", name)]
+            if let placement = dataplane.placement(ofPipeline: index) {
+                refresh(&state, placement: placement, pipeline: name)
+            }
             advance(&state, "sluice_pipeline_packets_in_total", labels, path.packetsIn)
             advance(&state, "sluice_pipeline_bytes_in_total", labels, path.bytesIn)
             advance(&state, "sluice_pipeline_packets_out_total", labels, pipeline.delivered)
@@ -122,6 +125,24 @@ public final class ServiceMetrics: Sendable {
                 }
                 state.traffic[index]!.record(snapshot)
             }
+        }
+    }
+
+    /// A measured placement: moves so far, the hand-off cost, the cores the placement in force uses,
+    /// and the best predicted rate per core count: the reason for each move, as numbers.
+    private func refresh(_ state: inout State, placement: PlacementStatus, pipeline name: String) {
+        let labels = [("pipeline", name)]
+        advance(&state, "sluice_placement_changes_total", labels, UInt64(placement.changes))
+        if let handoff = placement.handoffNsPerItem { set(&state, gauge: "sluice_placement_handoff_ns_per_item", labels, handoff) }
+        guard let decision = placement.decision else { return }
+        set(&state, gauge: "sluice_placement_cores_used", labels, Double(Set(placement.cores).count))
+        for choice in [decision.chosen] + decision.alternatives {
+            let shape = [("pipeline", name), ("cores_used", "\(choice.coresUsed)")]
+            set(&state, gauge: "sluice_placement_predicted_items_per_second", shape,
+                choice.predictedItemsPerSecond.isFinite ? choice.predictedItemsPerSecond : 0)
+        }
+        for (stage, ns) in decision.costs.stageNsPerItem.enumerated() {
+            set(&state, gauge: "sluice_placement_stage_ns_per_item", [("pipeline", name), ("stage", "\(stage)")], ns)
         }
     }
 

@@ -10,7 +10,7 @@ public enum StatsTable {
     public static func render(_ samples: [MetricSample]) -> String {
         let index = SampleIndex(samples)
         let sections = [
-            service(index), workers(index), stages(index), rings(index), pipelines(index), traffic(index),
+            service(index), workers(index), stages(index), rings(index), pipelines(index), placement(index), traffic(index),
             storage(index), replication(index),
         ].compactMap { $0 }
         return sections.joined(separator: "\n")
@@ -109,6 +109,26 @@ public enum StatsTable {
             text += (text.isEmpty ? "" : "\n") + dropTable.render(title: "Pipeline drops")
         }
         return text.isEmpty ? nil : text
+    }
+
+    /// Measured placements: the cores in use, how often they changed, the hand-off cost, and the
+    /// predicted rate of the shape in force against the best other one (why it is in force).
+    static func placement(_ index: SampleIndex) -> String? {
+        let rows = index.rows(by: ["pipeline"], names: ["sluice_placement_changes_total", "sluice_placement_handoff_ns_per_item",
+                                                        "sluice_placement_cores_used"])
+        guard !rows.isEmpty else { return nil }
+        let predicted = index.rows(by: ["pipeline", "cores_used"], names: ["sluice_placement_predicted_items_per_second"])
+        var table = Table(["Pipeline", "Cores used", "Changes", "Hand-off ns", "Predicted/s", "Best other/s"], leftColumns: 1)
+        for row in rows {
+            let used = row["sluice_placement_cores_used"].map { "\(Int($0))" }
+            let mine = predicted.filter { $0.key[0] == row.key[0] }
+            let inForce = mine.first { $0.key[1] == used }?["sluice_placement_predicted_items_per_second"]
+            let other = mine.filter { $0.key[1] != used }.compactMap { $0["sluice_placement_predicted_items_per_second"] }.max()
+            table.add(row.key + [used ?? "-", Cell.count(row["sluice_placement_changes_total"]),
+                                 Cell.fixed(row["sluice_placement_handoff_ns_per_item"], digits: 1),
+                                 Cell.count(inForce), Cell.count(other)])
+        }
+        return table.render(title: "Placement")
     }
 
     /// Per (port, source) shares and backlog, then per port capacity and stall state when exported.

@@ -58,6 +58,9 @@ struct ReplayCommand: ParsableCommand {
     @Option(help: "How idle workers wait: busy-poll, adaptive or interrupt.")
     var waitMode: WaitMode = .adaptive
 
+    @Option(help: "Where stages run: auto (measured: run to completion or pipelined, whichever the measured stage and hand-off costs favour) or spread (fixed: the source on the first core, the rest over the others).")
+    var placement: ReplayPlacement = .auto
+
     @Option(help: "Stages between RX and TX: 2 (none), 3 (parse/classify), 4 (parse/classify, action).")
     var stages = 4
 
@@ -147,6 +150,7 @@ struct ReplayCommand: ParsableCommand {
         var configuration = ReplayConfiguration(capturePath: capturePath, output: output, pacing: pacing,
                                                 loopCount: loop, cores: coreList, waitMode: waitMode)
         configuration.stages = ReplayStages(rawValue: stages)!
+        configuration.placement = placement
         configuration.measuresLatency = latency
         configuration.bufferSizeBytes = bufferSize
         configuration.traffic = try trafficPolicy()
@@ -196,3 +200,5 @@ extension String {
         self = "\(tenths / 10).\(abs(tenths % 10))"
     }
 }
+
+extension ReplayPlacement: ExpressibleByArgument {}

@@ -33,6 +33,14 @@ enum ReplayReport {
                                             String(format1: Double(source.delayNs) / 1e3)]))
             }
         }
+        if let handoff = s.handoff { lines.append("hand-off: \(handoff)") }
+        if let failure = s.calibrationFailure { lines.append("placement: not measured (\(failure)); the first one held") }
+        if let first = s.firstDecision, s.placementChanges.isEmpty {
+            lines.append("placement: stayed at \(s.stagePlacement) (a move must predict 10% more); the planner's best: \(first)")
+        }
+        for change in s.placementChanges {
+            lines.append("placement: at \(String(format1: Double(change.atNs) / 1e6)) ms moved \(change.from) -> \(change.decision)")
+        }
         lines.append("")
         lines.append(TextTable.row(["stage", "worker", "calls", "items", "items/call", "cycles/item", "filtered", "blocked"]))
         for (index, stage) in s.stages.enumerated() {
@@ -64,12 +72,17 @@ enum ReplayReport {
                 + "\"sleeps\":\(w.sleeps),\"cpuNs\":\(w.cpuNs),\"utilisation\":\(w.utilisation)}"
         }
         let failure = s.failure.map { "\"\(escaped($0))\"" } ?? "null"
+        let changes = s.placementChanges.map { change in
+            "{\"atNs\":\(change.atNs),\"from\":\(change.from),\"to\":\(change.to),\"reason\":\"\(escaped("\(change.decision)"))\"}"
+        }
+        let handoff = s.handoff.map { "{\"localNsPerItem\":\($0.localNsPerItem),\"crossNsPerItem\":\($0.crossNsPerItem),\"handoffNsPerItem\":\($0.handoffNsPerItem)}" } ?? "null"
         return "{\"packets\":\(s.packets),\"bytes\":\(s.bytes),\"delivered\":\(s.delivered),"
             + "\"elapsedNs\":\(s.elapsedNs),\"wallNsFromOpen\":\(s.wallNsFromOpen),\"processCpuNs\":\(s.processCpuNs),"
             + "\"packetsPerSecond\":\(s.packetsPerSecond),"
             + "\"drops\":[\(drops.joined(separator: ","))],\"poolWaits\":\(s.poolWaits),\"stages\":[\(stages.joined(separator: ","))],"
             + "\"workers\":[\(workers.joined(separator: ","))],\"latencyP50Ns\":\(s.latencyP50Ns.map(String.init) ?? "null"),"
-            + "\"latencyP99Ns\":\(s.latencyP99Ns.map(String.init) ?? "null"),\"failure\":\(failure)}"
+            + "\"latencyP99Ns\":\(s.latencyP99Ns.map(String.init) ?? "null"),\"failure\":\(failure),"
+            + "\"placement\":\(s.stagePlacement),\"placementChanges\":[\(changes.joined(separator: ","))],\"handoff\":\(handoff)}"
     }
 
     private static func escaped(_ text: String) -> String {

@@ -120,6 +120,7 @@ let repositoryRoot: String = {
         ("pipelines[0].stage_cores=[0,1]", "pipelines[0].stage_cores", "one core per stage (4"),
         ("pipelines[0].stage_cores=[0,1,2,0]", "pipelines[0].stage_cores[2]", "not in the pipeline's cores"),
         ("rebalance.imbalance=5", "rebalance.imbalance", "at most the worker count"),
+        ("pipelines[0].placement=fast", "pipelines[0].placement", "'fast' is not auto or spread"),
     ])
     func mistakesNameTheKey(override: String, key: String, phrase: String) throws {
         let failure = try #require(error(minimal, overrides: [override]), "\(override) was accepted")
@@ -226,9 +227,16 @@ extension ConfigTests {
         #expect(configuration.pipelines[0].stageCores == [0, 0, 1, 1])
         #expect(configuration.placement(of: configuration.pipelines[0], stageCount: 4) == [0, 0, 1, 1])
         #expect(configuration.rebalance == RebalanceSettings(intervalMs: 250, imbalance: 0.2))
-        let spread = try load(minimal)
+        let measured = try load(minimal)
+        #expect(measured.isMeasured(measured.pipelines[0]))
+        #expect(measured.placement(of: measured.pipelines[0], stageCount: 4) == [0, 0, 0, 0], "measured: starts on one core")
+        #expect(measured.rebalance == nil)
+        let spread = try load(minimal, overrides: ["pipelines[0].placement=spread"])
+        #expect(!spread.isMeasured(spread.pipelines[0]))
         #expect(spread.placement(of: spread.pipelines[0], stageCount: 4) == [0, 1, 1, 1])
-        #expect(spread.rebalance == nil)
+        #expect(!configuration.isMeasured(configuration.pipelines[0]), "stage_cores fix the placement")
+        let both = try #require(error(minimal, overrides: ["pipelines[0].stage_cores=[0,0,1,1]", "pipelines[0].placement=auto"]))
+        #expect("\(both)".contains("pipelines[0].placement") && "\(both)".contains("give one of placement and stage_cores"), "\(both)")
     }
 
     @Test func interfaceSourcesTakeAFanoutGroupAndPort() throws {

@@ -1,0 +1,102 @@
+// Path: Sources/SluiceCore/Pipeline/MeasuredPlacement.swift — one pipeline's placement, re-decided
+// from its stages' measured costs while it runs.
+
+/// A placement the pipeline moved to while it ran, and why.
+public struct PlacementChange: Sendable, Equatable {
+    /// Nanoseconds since the pipeline was launched.
+    public var atNs: UInt64
+    public var from: [Int]
+    public var to: [Int]
+    /// The planner's reasoning: the chosen and the other shapes' predicted rates, and the costs.
+    public var decision: PlacementDecision
+}
+
+/// Runs `PlacementPlanner` on a live pipeline: calibrates the hand-off between the first two
+/// workers' cores when made, measures each stage's cycles per entered item over intervals, and moves
+/// stages (`Runtime.move`: nothing lost or reordered) when a placement predicts a clear gain.
+/// Control plane: one thread calls `begin` then `step`; it allocates and may block in a move.
+public struct MeasuredPlacement {
+    /// The first decision waits for this many items (enough to measure), later ones for the same
+    /// again, and at least `intervalNs` apart.
+    public static let itemsPerDecision: UInt64 = 50_000
+    public static let firstIntervalNs: UInt64 = 20_000_000
+    public static let intervalNs: UInt64 = 250_000_000
+    /// Most moves in one run: measurement noise cannot make it flap for ever.
+    public static let changesMax = 4
+
+    /// Worker index (in the runtime) of each stage now.
+    public private(set) var placement: [Int]
+    public private(set) var changes: [PlacementChange] = []
+    public private(set) var firstDecision: PlacementDecision?
+    public let handoff: HandoffCost?
+    public let calibrationFailure: String?
+    /// The runtime's worker indices this pipeline may use; the planner's worker i is `workers[i]`.
+    private let workers: [Int]
+    private let planner: PlacementPlanner
+    private var startNs: UInt64 = 0
+    private var lastNs: UInt64 = 0
+    private var last: [StageSnapshot] = []
+
+    /// Measures the hand-off between the first two of `cores` (blocks ~50-100 ms: call before the
+    /// workers start, so they do not compete).
+    public static func calibrate(cores: [Int]) -> Result<HandoffCost, HandoffCalibrationError> {
+        precondition(cores.count >= 2, "a hand-off needs two cores")
+        do { return .success(try HandoffCalibration.measure(fromCore: cores[0], toCore: cores[1], itemCount: 1 << 18)) } catch {
+            return .failure(error)
+        }
+    }
+
+    /// `workers`: the runtime worker indices the pipeline may use (at least two); `initial`: where
+    /// its stages start (indices among `workers`' values); `handoff`: from `calibrate`.
+    public init(workers: [Int], initial: [Int], handoff: Result<HandoffCost, HandoffCalibrationError>,
+                planner: PlacementPlanner = PlacementPlanner()) {
+        precondition(workers.count >= 2 && Set(workers).count == workers.count, "two or more distinct workers")
+        precondition(initial.allSatisfy(workers.contains), "the initial placement uses the pipeline's workers")
+        placement = initial
+        self.workers = workers
+        self.planner = planner
+        switch handoff {
+        case .success(let cost): (self.handoff, calibrationFailure) = (cost, nil)
+        case .failure(let error): (self.handoff, calibrationFailure) = (nil, "\(error)")
+        }
+    }
+
+    /// Marks the launch: measurement starts here.
+    public mutating func begin(_ pipeline: Pipeline, nowNs: UInt64) {
+        startNs = nowNs
+        lastNs = nowNs
+        last = pipeline.snapshot()
+    }
+
+    /// Measures since the last decision and moves stages if the planner says so. Cheap when not due.
+    public mutating func step(_ pipeline: Pipeline, runtime: Runtime, nowNs: UInt64) throws(RuntimeError) {
+        guard let handoff, changes.count < Self.changesMax else { return }
+        let interval = firstDecision == nil ? Self.firstIntervalNs : Self.intervalNs
+        guard nowNs &- lastNs >= interval else { return }
+        let now = pipeline.snapshot()
+        let entered = now[0].items &- last[0].items
+        guard entered >= Self.itemsPerDecision else { return }
+        let measured = zip(last, now).map { before, after in
+            Double(after.cycles &- before.cycles) / Clock.cyclesPerNs / Double(entered)
+        }
+        last = now
+        lastNs = nowNs
+        let costs = PlacementCosts(
+            stageNsPerItem: PlacementPlanner.localCosts(measured: measured, placement: placement,
+                                                        handoffNsPerItem: handoff.handoffNsPerItem),
+            handoffNsPerItem: handoff.handoffNsPerItem)
+        let decision = planner.plan(costs: costs, workerCount: workers.count)
+        if firstDecision == nil { firstDecision = decision }
+        let local = placement.map { workers.firstIndex(of: $0)! }
+        guard planner.shouldChange(from: local, to: decision, workerCount: workers.count) else { return }
+        let target = decision.chosen.placement.map { workers[$0] }
+        for (stage, worker) in target.enumerated() where placement[stage] != worker {
+            try runtime.move(pipeline.stages[stage], toWorker: worker)
+        }
+        changes.append(PlacementChange(atNs: nowNs &- startNs, from: placement, to: target, decision: decision))
+        placement = target
+        // Costs measured across the move mix two placements: start the next interval afresh.
+        last = pipeline.snapshot()
+        lastNs = Clock.monotonicNs()
+    }
+}

@@ -1,0 +1,149 @@
+// Path: Tests/SluiceCoreTests/PlacementPlannerTests.swift — placement chosen from measured costs, and
+// the hand-off calibration that feeds it.
+import SluiceCore
+import Testing
+
+@Suite struct PlacementPlannerTests {
+    let planner = PlacementPlanner()
+
+    @Test func cheapStagesRunToCompletionOnOneCore() {
+        // 3 stages of 20 ns, hand-off 30 ns a side: pipelining makes the busiest core 50-70 ns, worse than 60.
+        let costs = PlacementCosts(stageNsPerItem: [20, 20, 20], handoffNsPerItem: 30)
+        let decision = planner.plan(costs: costs, workerCount: 2)
+        #expect(decision.chosen.placement == [0, 0, 0])
+        #expect(decision.chosen.coresUsed == 1)
+        #expect(abs(decision.chosen.predictedItemsPerSecond - 1e9 / 60) < 1)
+        #expect(decision.alternatives.map(\.coresUsed) == [2])
+        #expect("\(decision)".contains("run to completion on 1 core"))
+    }
+
+    @Test func expensiveStagesSpreadOut() {
+        // A 100 ns source and a 100 ns middle stage: one core needs 220 ns an item, [0,1,1] 135.
+        let costs = PlacementCosts(stageNsPerItem: [100, 100, 20], handoffNsPerItem: 15)
+        let two = planner.plan(costs: costs, workerCount: 2)
+        #expect(two.chosen.coresUsed == 2)
+        #expect(two.chosen.placement == [0, 1, 1])
+        let three = planner.plan(costs: costs, workerCount: 3)
+        // [0,1,2] predicts 130 ns against 135: under the 5% a third core must earn.
+        #expect(three.chosen.placement == [0, 1, 1])
+        #expect(three.chosen.predictedItemsPerSecond >= two.chosen.predictedItemsPerSecond)
+    }
+
+    @Test func moreCoresOnlyForAClearGain() {
+        // Pipelining predicts 2% more: within the 5% margin, so one core stays.
+        let costs = PlacementCosts(stageNsPerItem: [51, 51], handoffNsPerItem: 49)
+        #expect(planner.plan(costs: costs, workerCount: 2).chosen.coresUsed == 1)
+        // One worker: nothing to choose.
+        #expect(planner.plan(costs: PlacementCosts(stageNsPerItem: [10, 500, 10], handoffNsPerItem: 0),
+                             workerCount: 1).chosen.placement == [0, 0, 0])
+    }
+
+    @Test func loadsCountBothSidesOfEveryCrossing() {
+        let costs = PlacementCosts(stageNsPerItem: [10, 20, 30, 40], handoffNsPerItem: 5)
+        let interleaved: [Double] = [55, 75]  // 10 + 30 and 20 + 40, plus three crossings of 5 each
+        #expect(PlacementPlanner.workerLoads([0, 1, 0, 1], costs: costs, workerCount: 2) == interleaved)
+        #expect(PlacementPlanner.workerLoads([0, 0, 0, 0], costs: costs, workerCount: 2) == [100, 0])
+    }
+
+    @Test func measuredCostsUnderASplitAreCorrectedToLocal() {
+        let local = PlacementPlanner.localCosts(measured: [45, 60, 20], placement: [0, 1, 1], handoffNsPerItem: 25)
+        #expect(local == [20, 35, 20])
+        #expect(PlacementPlanner.localCosts(measured: [5], placement: [0], handoffNsPerItem: 25) == [5])
+    }
+
+    @Test func changesOnlyForAGainAboveTheMargin() {
+        let costs = PlacementCosts(stageNsPerItem: [60, 60], handoffNsPerItem: 5)
+        let decision = planner.plan(costs: costs, workerCount: 2)
+        #expect(decision.chosen.placement == [0, 1])
+        // 120 ns on one core against 65: an 85% gain.
+        #expect(planner.shouldChange(from: [0, 0], to: decision, workerCount: 2))
+        #expect(!planner.shouldChange(from: [0, 1], to: decision, workerCount: 2))
+        #expect(!PlacementPlanner(changeMargin: 1.0).shouldChange(from: [0, 0], to: decision, workerCount: 2))
+    }
+
+    @Test func calibrationMeasuresBothWaysOfRunning() throws {
+        let cpus = try CPU.allowedCPUs()
+        guard cpus.count >= 2 else { return }
+        let cost = try HandoffCalibration.measure(fromCore: cpus[0], toCore: cpus[1], itemCount: 1 << 16, rounds: 1)
+        #expect(cost.localNsPerItem > 0 && cost.localNsPerItem < 10_000)
+        #expect(cost.crossNsPerItem > 0 && cost.crossNsPerItem < 100_000)
+        #expect(cost.handoffNsPerItem >= 0)
+        #expect("\(cost)".contains("hand-off"))
+    }
+
+    @Test func calibrationRefusesBadRequests() throws {
+        #expect(throws: HandoffCalibrationError.sameCore(0)) { try HandoffCalibration.measure(fromCore: 0, toCore: 0) }
+        #expect(throws: HandoffCalibrationError.coreUnavailable(100_000)) {
+            try HandoffCalibration.measure(fromCore: 0, toCore: 100_000)
+        }
+        let cpus = try CPU.allowedCPUs()
+        guard cpus.count >= 2 else { return }
+        #expect(throws: HandoffCalibrationError.itemCount(10, max: HandoffCalibration.itemCountMax)) {
+            try HandoffCalibration.measure(fromCore: cpus[0], toCore: cpus[1], itemCount: 10)
+        }
+    }
+}
+
+/// Spins about `nsPerItem` per item: a stage as expensive as a heavy parser.
+private struct SpinStage: StageBody {
+    let nsPerItem: UInt64
+    mutating func process(_ items: UnsafeMutableBufferPointer<UInt64>) -> Int {
+        let until = Clock.monotonicNs() &+ nsPerItem &* UInt64(items.count)
+        while Clock.monotonicNs() < until {}
+        return items.count
+    }
+}
+
+@Suite(.serialized, .enabled(if: twoCPUsOrCI, "needs two CPUs"))
+struct MeasuredPlacementTests {
+    /// Runs `relays` between a sequence source and an order-checking sink with a measured placement
+    /// that starts run to completion; returns the allocator and what the sink saw. The hand-off cost
+    /// is given, not calibrated: a debug build's loops say nothing about a release build's, and a
+    /// loaded test machine less; `calibrationMeasuresBothWaysOfRunning` covers the calibration.
+    private func run(relays: [any StageBody], items: UInt64,
+                     handoffNs: Double) throws -> (MeasuredPlacement, SinkTracker) {
+        let tracker = SinkTracker()
+        let pipeline = try makeCountingPipeline("measured", source: GeneratorSource(ratePerSecond: 0, totalCount: items,
+                                                                                    payload: .sequence),
+                                                relays: relays, tracker: tracker)
+        let cores = try testCores()
+        let handoff = HandoffCost(fromCore: cores[0], toCore: cores[1], localNsPerItem: 20, crossNsPerItem: 10 + handoffNs)
+        var allocator = MeasuredPlacement(workers: [0, 1], initial: Array(repeating: 0, count: pipeline.stages.count),
+                                          handoff: .success(handoff))
+        let runtime = try Runtime(configuration: .init(cores: cores, waitMode: .busyPoll))
+        try runtime.start()
+        defer { runtime.stop() }
+        try runtime.launch(pipeline, placement: allocator.placement)
+        allocator.begin(pipeline, nowNs: Clock.monotonicNs())
+        let deadline = Clock.monotonicNs() + drainTimeoutNs
+        while !runtime.drain(timeoutNs: 5_000_000), Clock.monotonicNs() < deadline {
+            try allocator.step(pipeline, runtime: runtime, nowNs: Clock.monotonicNs())
+        }
+        #expect(pipeline.isDrained)
+        return (allocator, tracker)
+    }
+
+    @Test func twoExpensiveStagesSpreadOverTwoCoresWithoutLossOrReordering() throws {
+        guard requireTwoCPUs() else { return }
+        // Two stages of ~2 µs per item and a 50 ns hand-off: one on each core nearly doubles the rate.
+        let (allocator, tracker) = try run(relays: [SpinStage(nsPerItem: 2_000), SpinStage(nsPerItem: 2_000)],
+                                           items: 120_000, handoffNs: 50)
+        let first = try #require(allocator.firstDecision)
+        #expect(first.chosen.coresUsed == 2, "\(first) \(allocator.handoff.map { "\($0)" } ?? "")")
+        #expect(allocator.changes.count >= 1)
+        #expect(Set(allocator.placement).count == 2, "\(allocator.changes.map { "\($0.from) -> \($0.decision)" })")
+        #expect(tracker.received == 120_000)
+        #expect(tracker.outOfOrder == 0)
+    }
+
+    @Test func cheapStagesStayRunToCompletion() throws {
+        guard requireTwoCPUs() else { return }
+        // Pass-through stages cost little (even in a debug build) against a 5 µs hand-off.
+        let (allocator, tracker) = try run(relays: [PassThrough(), PassThrough()], items: 1_000_000, handoffNs: 5_000)
+        let first = try #require(allocator.firstDecision)
+        #expect(first.chosen.coresUsed == 1, "\(first); hand-off \(allocator.handoff.map { "\($0)" } ?? "-")")
+        #expect(allocator.changes.isEmpty)
+        #expect(tracker.received == 1_000_000)
+        #expect(tracker.outOfOrder == 0)
+    }
+}
