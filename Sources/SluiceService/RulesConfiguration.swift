@@ -150,9 +150,10 @@ public enum RulesConfiguration {
 
     static func decodeRewrite(_ reader: ConfigReader) throws(ConfigError) -> Rewrite {
         let pairs = try reader.pairs()
-        guard pairs.count == 1, let (key, value) = pairs.first else {
+        guard pairs.count == 1 else {
             throw reader.invalid("each rewrite is one of \(rewriteKeys.joined(separator: ", ")) with its value")
         }
+        let (key, value) = pairs[0]
         switch key {
         case "set_src_mac": return .setSourceMAC(try value.macAddress())
         case "set_dst_mac": return .setDestinationMAC(try value.macAddress())

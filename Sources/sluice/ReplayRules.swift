@@ -31,9 +31,10 @@ extension ReplayCommand {
         for (flag, texts, destination) in [("--srcipmap", srcipmap, false), ("--dstipmap", dstipmap, true)] {
             for text in texts {
                 for pair in text.split(separator: ",") {
-                    guard let (from, to) = Self.prefixPair(String(pair)) else {
+                    guard let prefixes = Self.prefixPair(String(pair)) else {
                         throw ValidationError("\(flag) '\(pair)': expected FROM:TO prefixes of one family, e.g. 10.0.0.0/8:198.18.0.0/16 or [2001:db8::]/32:[2001:db9::]/32")
                     }
+                    let (from, to) = prefixes
                     rewrites.append(destination ? .mapDestinationPrefix(from: from, to: to) : .mapSourcePrefix(from: from, to: to))
                 }
             }
