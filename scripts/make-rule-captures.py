@@ -7,7 +7,9 @@ Usage: scripts/make-rule-captures.py OUTDIR
   OUTDIR/rules-in.pcap           the input
   OUTDIR/rules-cases.txt         NAME<TAB>RULE per line
   OUTDIR/rules-NAME.pcap         the expected output of each case
-  OUTDIR/tcprewrite-in.pcap      input for the tcprewrite comparisons (correct checksums)
+  OUTDIR/tcprewrite-in.pcap      input for the tcprewrite comparisons (correct checksums; IPv4 only:
+                                 tcprewrite 4.4.3 sets an IPv6 frame's MACs to 33:33:00:00:00:01/02 whatever
+                                 its flags, which sluice does not copy)
   OUTDIR/tcprewrite-badsum.pcap  input with wrong IPv4 and UDP checksums (for --fixcsum)
 
 Addresses come from 198.18.0.0/15 and 2001:db8::/32 (documentation/benchmarking ranges) only.
@@ -119,7 +121,6 @@ def tcprewrite_inputs():
         Ether(src=A, dst=B) / IP(src="198.18.255.255", dst="198.19.0.0") / TCP(sport=5, dport=6) / Raw(b"y" * 10),
         Ether(src=A, dst=B) / IP(src="198.18.3.4", dst="198.19.5.6") / ICMP() / Raw(b"z" * 1600),
         Ether(src=A, dst=B) / Dot1Q(vlan=5) / IP(src="198.18.0.9", dst="198.19.0.9") / TCP(sport=7, dport=8) / Raw(b"w" * 1200),
-        Ether(src=A, dst=B) / IPv6(src="2001:db8::1", dst="2001:db8:1::2") / UDP(sport=1, dport=2) / Raw(b"v" * 20),
         Ether(src=C, dst=B) / IP(src="198.19.0.1", dst="198.18.0.1") / UDP(sport=3, dport=4) / Raw(b"u" * 30),
     ]
 

@@ -16,21 +16,16 @@ public enum RulesConfiguration {
                               "set_src_port", "set_dst_port", "set_ttl", "dec_ttl", "set_dscp", "fix_checksums"]
     static let protocols: [String: UInt8] = ["tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "gre": 47, "esp": 50, "sctp": 132]
 
-    /// A table from a YAML text holding a list of rules, or a mapping whose `rules` key holds one
-    /// (what `--rules FILE` reads). `origin` names a top-level list in key paths.
-    public static func table(yaml text: String, origin: String, extraRules: [String] = [],
+    /// A table from a YAML text holding a mapping whose `rules` key holds the list (what
+    /// `--rules FILE` reads; empty text: no rules), then the `extraRules` (each one rule as a YAML
+    /// flow mapping, `--rule`), then `tableRewrites` for every forwarded packet.
+    public static func table(yaml text: String, origin: String = "rules", extraRules: [String] = [],
                              tableRewrites: [Rewrite] = []) throws(ConfigError) -> RuleTable {
         var readers: [ConfigReader] = []
         if !text.isEmpty {
-            let node = try ConfigNode.parse(yaml: text)
-            switch node {
-            case .map:
-                let root = ConfigReader(node, key: "")
-                try root.allowKeys(["rules"])
-                readers += try root.required("rules").list()
-            case .scalar("", _): break  // an empty file: no rules
-            default: readers += try ConfigReader(node, key: origin).list()
-            }
+            let root = ConfigReader(try ConfigNode.parse(yaml: text), key: "")
+            try root.allowKeys([origin])
+            readers += try root.required(origin).list()
         }
         for (index, rule) in extraRules.enumerated() {
             readers.append(ConfigReader(try ConfigNode.parse(yaml: rule), key: "--rule[\(index)]"))

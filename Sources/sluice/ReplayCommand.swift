@@ -84,7 +84,7 @@ struct ReplayCommand: ParsableCommand {
 
     // Rules and tcprewrite's jobs (ReplayRules.swift, docs/RULES.md): need --stages 4.
 
-    @Option(help: "A YAML file with a list of rules (or a mapping with `rules:`); first match wins. A bad file is exit 2.")
+    @Option(help: "A YAML file whose `rules:` key lists rules (docs/RULES.md); first match wins. A bad file is exit 2.")
     var rules: String?
 
     @Option(help: "One rule as a YAML mapping, e.g. '{name: web, match: {protocol: tcp, dst_port: 80}, action: drop}'. Repeatable; after --rules' rules.")

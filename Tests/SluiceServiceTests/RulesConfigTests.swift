@@ -107,9 +107,9 @@ import Testing
         }
     }
 
-    @Test func ruleFilesTakeAListOrARulesKey() throws {
-        #expect(try RulesConfiguration.table(yaml: "- {action: drop}\n- {}", origin: "rules").rules.count == 2)
-        #expect(try RulesConfiguration.table(yaml: "rules:\n  - {action: drop}", origin: "rules").rules.count == 1)
+    @Test func ruleFilesHoldARulesKey() throws {
+        #expect(try RulesConfiguration.table(yaml: "rules:\n  - {action: drop}\n  - {}", origin: "rules").rules.count == 2)
+        #expect(throws: ConfigError.self) { try RulesConfiguration.table(yaml: "- {action: drop}", origin: "rules") }
         #expect(try RulesConfiguration.table(yaml: "", origin: "rules", extraRules: ["{name: x}"]).names == ["x"])
         #expect(throws: ConfigError.self) { try RulesConfiguration.table(yaml: "rulez: []", origin: "rules") }
     }
