@@ -1,8 +1,10 @@
 // Path: Tests/SluiceServiceTests/RulesConfigTests.swift — a pipeline's `rules:` decoded into its rule
 // table; every mistake names the rule (index and name), the key path and the line.
+import Glibc
 import SluicePacket
 import SluiceReplay
 import SluiceService
+import SluiceTestSupport
 import Testing
 
 @Suite struct RulesConfigTests {
@@ -112,5 +114,45 @@ import Testing
         #expect(throws: ConfigError.self) { try RulesConfiguration.table(yaml: "- {action: drop}", origin: "rules") }
         #expect(try RulesConfiguration.table(yaml: "", origin: "rules", extraRules: ["{name: x}"]).names == ["x"])
         #expect(throws: ConfigError.self) { try RulesConfiguration.table(yaml: "rulez: []", origin: "rules") }
+    }
+}
+
+/// `sluice run` with a pipeline's rules: the hits reach the metrics endpoint, and `sluice stats`
+/// renders them as a Rules table.
+@Suite struct RulesMetricsTests {
+    @Test func ruleHitsReachTheMetricsAndStats() throws {
+        let binary = try #require(sluiceBinary(), "no built `sluice` next to the test bundle")
+        // The sample: 2000 frames; a rule per protocol, the rest under "(no match)".
+        let service = try RunningService(binary: binary, yaml: """
+            pipelines:
+              - name: replay
+                source: {pcap: "\(samplePcap)", top_speed: true, loop: 2}
+                sink: {discard: true}
+                rules:
+                  - {name: udp, match: {protocol: udp}, action: drop}
+                  - {name: tcp, match: {protocol: tcp}, action: count}
+            metrics: {listen: "127.0.0.1:0"}
+            """)
+        var samples: [MetricSample] = []
+        for _ in 0..<100 {  // until the 4000 packets are counted (10 s at most)
+            samples = try service.scrape()
+            let udp = samples.value("sluice_rule_hits_total", ["pipeline": "replay", "rule": "udp"]) ?? 0
+            let tcp = samples.value("sluice_rule_hits_total", ["pipeline": "replay", "rule": "tcp"]) ?? 0
+            let none = samples.value("sluice_rule_hits_total", ["pipeline": "replay", "rule": "(no match)"]) ?? 0
+            if udp + tcp + none >= 4000 { break }
+            usleep(100_000)
+        }
+        let hits = ["udp", "tcp", "(no match)"].map {
+            samples.value("sluice_rule_hits_total", ["pipeline": "replay", "rule": $0]) ?? 0
+        }
+        #expect(hits.reduce(0, +) == 4000, "\(hits)")
+        #expect(hits[0] > 0, "the sample has UDP")
+        let drops = samples.value("sluice_pipeline_drops_total", ["pipeline": "replay", "reason": "droppedByRule"]) ?? 0
+        #expect(drops == hits[0])
+        #expect((samples.value("sluice_rule_bytes_total", ["pipeline": "replay", "rule": "udp"]) ?? 0) > hits[0] * 40)
+        let table = StatsTable.render(samples)
+        #expect(table.contains("Rules") && table.contains("(no match)") && table.contains("udp"), "\(table)")
+        let (status, _) = try service.terminate()
+        #expect(status == 0)
     }
 }
