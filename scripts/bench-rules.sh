@@ -6,8 +6,19 @@
 # fails on its /32 destination, so every packet walks every rule and matches none.
 # Rounds rotate the variants; medians of RUNS rounds.
 # Usage: scripts/bench-rules.sh [RUNS] [PACKETS]   (defaults 5 and 1000000); BIN=path skips the build.
+#        scripts/bench-rules.sh --walk   the table walk alone, in process (scripts/rules-walk-bench.swift,
+#                                        SluicePacket's sources without its stages, swiftc -O -wmo), on CPU 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = --walk ]; then
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  cp scripts/rules-walk-bench.swift "$work/main.swift"
+  swiftc -O -wmo -module-name RulesWalk Sources/SluicePacket/{Action,Bytes,Classify,Parse}/*.swift \
+    Sources/SluicePacket/PacketLimits.swift "$work/main.swift" -o "$work/walk"
+  echo "load average $(cut -d ' ' -f 1-3 /proc/loadavg) before the run"
+  exec taskset -c 1 "$work/walk"
+fi
 runs=${1:-5}
 packets=${2:-1000000}
 work=$(mktemp -d)
