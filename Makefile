@@ -12,9 +12,10 @@ SWIFT ?= swift
 # tpm2-tss (libtss2-dev: CShims links ESAPI for the firmware counters) and swtpm (the firmware tests start a
 # real TPM 2.0 simulator; tpm2-tools is the counter benchmark's anchor and swtpm-tools sets up its state), and
 # QEMU under tcg with busybox-static and cpio (the migration tests boot guests they build: docs/MIGRATION.md),
-# gcc and libc6-dev (the guest's agent is linked with gcc -static).
+# gcc and libc6-dev (the guest's agent is linked with gcc -static), and tcpreplay (the rule tests compare
+# `sluice replay`'s tcprewrite flags with tcprewrite's output byte for byte).
 APT_PACKAGES := liburing-dev libpcap-dev libnuma-dev tcpdump tshark python3-scapy iproute2 procps curl etcd-server etcd-client python3-pip \
-	libtss2-dev swtpm swtpm-tools tpm2-tools qemu-system-x86 qemu-utils busybox-static cpio gcc libc6-dev
+	libtss2-dev swtpm swtpm-tools tpm2-tools qemu-system-x86 qemu-utils busybox-static cpio gcc libc6-dev tcpreplay
 # Extra packages for the benchmark anchors: DPDK's rte_ring headers (bench-ring) and fio (bench-pagestore,
 # bench-storage). bench-traffic sends with its own Benchmarks binary and compares with tc (iproute2).
 # bench-wan measures the WAN emulator with iperf3 and turns veth offloads off with ethtool.

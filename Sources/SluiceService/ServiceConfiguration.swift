@@ -238,7 +238,7 @@ extension ServiceConfiguration {
         return try decode(tree, defaultCores: defaultCores)
     }
 
-    private static func readFile(_ path: String) throws(ConfigError) -> String {
+    static func readFile(_ path: String) throws(ConfigError) -> String {  // also RulesConfiguration
         guard let file = fopen(path, "r") else {
             throw .unreadable(path: path, reason: String(cString: strerror(errno)))
         }
@@ -473,7 +473,7 @@ extension ServiceConfiguration {
     private static func decodePipeline(_ reader: ConfigReader, serviceCores: [Int],
                                        index: Int) throws(ConfigError) -> PipelineSettings {
         try reader.allowKeys(["name", "source", "sink", "stages", "classify", "traffic", "cores", "stage_cores",
-                              "placement", "burst", "ring_size", "buffers", "buffer_size"])
+                              "placement", "burst", "ring_size", "buffers", "buffer_size", "rules"])
         let name = try reader.optional("name")?.string() ?? "pipeline\(index)"
         guard !name.isEmpty, name.count <= 32,
               name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }) else {
@@ -542,6 +542,10 @@ extension ServiceConfiguration {
             path.stages = value
         }
         if let classify = reader.optional("classify") { path.classifier = try decodeClassifier(classify) }
+        if let rules = reader.optional("rules") {  // RulesConfiguration.swift
+            path.rules = try RulesConfiguration.decode(rules)
+            guard path.stages == .classifyAndAct else { throw rules.invalid("rules run in the action stage: needs stages: classify-and-act") }
+        }
         if let traffic = reader.optional("traffic") { path.traffic = try decodeTraffic(traffic) }
         if let burst = reader.optional("burst") { path.burstCount = try burst.int(in: 1...Limits.burstCountMax) }
         if let ring = reader.optional("ring_size") {

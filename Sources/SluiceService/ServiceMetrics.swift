@@ -118,6 +118,10 @@ public final class ServiceMetrics: Sendable {
             for drop in path.dropCounts() {
                 advance(&state, "sluice_pipeline_drops_total", [("pipeline", name), ("reason", drop.reason)], drop.count)
             }
+            for hit in RulesConfiguration.hits(path.configuration.rules) {  // per rule, then "(no match)"
+                advance(&state, "sluice_rule_hits_total", [("pipeline", name), ("rule", hit.rule)], hit.packets)
+                advance(&state, "sluice_rule_bytes_total", [("pipeline", name), ("rule", hit.rule)], hit.bytes)
+            }
             if index < traffic.count, let snapshot = traffic[index] {
                 if state.traffic[index] == nil {
                     state.traffic[index] = TrafficMetrics(sourceCount: max(snapshot.sources.count, 1), port: name,

@@ -3,15 +3,15 @@
 
 /// Renders the samples `sluice run` exports as aligned plain-text tables (no ANSI codes).
 public enum StatsTable {
-    /// Sections in a fixed order: Workers, Stages, Rings, Pipelines, Traffic sources, Storage. A section
+    /// Sections in a fixed order: Workers, Stages, Rings, Pipelines, Rules, Traffic sources, Storage. A section
     /// with none of its samples is left out; a missing cell prints "-". Rows sort by their labels
     /// (numbers numerically), stages and rings in pipeline order as the ring names (`a->b`) give it.
     /// Unknown metric names are ignored. Pure: no I/O.
     public static func render(_ samples: [MetricSample]) -> String {
         let index = SampleIndex(samples)
         let sections = [
-            service(index), workers(index), stages(index), rings(index), pipelines(index), placement(index), traffic(index),
-            storage(index), replication(index),
+            service(index), workers(index), stages(index), rings(index), pipelines(index), placement(index), rules(index),
+            traffic(index), storage(index), replication(index),
         ].compactMap { $0 }
         return sections.joined(separator: "\n")
     }
@@ -84,6 +84,17 @@ public enum StatsTable {
                                  Cell.count(row["sluice_ring_drops_total"])])
         }
         return table.render(title: "Rings")
+    }
+
+    /// Hits per pipeline and rule (`sluice_rule_hits_total`, `sluice_rule_bytes_total`).
+    static func rules(_ index: SampleIndex) -> String? {
+        let rows = index.rows(by: ["pipeline", "rule"], names: ["sluice_rule_hits_total", "sluice_rule_bytes_total"])
+        guard !rows.isEmpty else { return nil }
+        var table = Table(["Pipeline", "Rule", "Packets", "Bytes"], leftColumns: 2)
+        for row in rows {
+            table.add(row.key + [Cell.count(row["sluice_rule_hits_total"]), Cell.count(row["sluice_rule_bytes_total"])])
+        }
+        return table.render(title: "Rules")
     }
 
     /// Totals per pipeline, then a drop table with one row per nonzero reason.

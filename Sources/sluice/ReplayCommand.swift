@@ -5,6 +5,7 @@ import SluiceCore
 import SluicePacket
 import SluicePacketIO
 import SluiceReplay
+import SluiceService
 import SluiceTraffic
 
 struct ReplayCommand: ParsableCommand {
@@ -84,6 +85,35 @@ struct ReplayCommand: ParsableCommand {
     @Flag(help: "Print the summary as JSON.")
     var json = false
 
+    // Rules and tcprewrite's jobs (ReplayRules.swift, docs/RULES.md): need --stages 4.
+
+    @Option(help: "A YAML file whose `rules:` key lists rules (docs/RULES.md); first match wins. A bad file is exit 2.")
+    var rules: String?
+
+    @Option(help: "One rule as a YAML mapping, e.g. '{name: web, match: {protocol: tcp, dst_port: 80}, action: drop}'. Repeatable; after --rules' rules.")
+    var rule: [String] = []
+
+    @Option(help: "Map source addresses FROM:TO[,FROM:TO...] as tcprewrite does (keep host bits), e.g. 10.0.0.0/8:198.18.0.0/16; IPv6 as [2001:db8::]/32:[2001:db9::]/32. Repeatable.")
+    var srcipmap: [String] = []
+
+    @Option(help: "Map destination addresses, as --srcipmap. Repeatable.")
+    var dstipmap: [String] = []
+
+    @Option(help: "Set every Ethernet frame's source MAC.")
+    var enetSmac: String?
+
+    @Option(help: "Set every Ethernet frame's destination MAC.")
+    var enetDmac: String?
+
+    @Flag(help: "Recompute IPv4, TCP, UDP, ICMP and ICMPv6 checksums of every packet.")
+    var fixcsum = false
+
+    @Option(help: "The MTU for --mtu-trunc (\(PacketLimits.mtuMin)...65535).")
+    var mtu = 1500
+
+    @Flag(help: "Cut packets longer than --mtu past their L2 header to --mtu bytes, fixing IP lengths and checksums.")
+    var mtuTrunc = false
+
     func validate() throws {
         guard out == nil || iface == nil else { throw ValidationError("give --out or --iface, not both") }
         let pacings = [rate != nil, speed != nil, topspeed].filter { $0 }.count
@@ -102,6 +132,7 @@ struct ReplayCommand: ParsableCommand {
         guard ReplayStages(rawValue: stages) != nil else { throw ValidationError("--stages must be 2, 3 or 4, got \(stages)") }
         _ = try classifier()
         _ = try trafficPolicy()
+        try validateRules()
     }
 
     /// The traffic policy from --shape: one positive weight per source id.
@@ -155,6 +186,7 @@ struct ReplayCommand: ParsableCommand {
         configuration.bufferSizeBytes = bufferSize
         configuration.traffic = try trafficPolicy()
         configuration.classifier = try classifier()
+        configuration.rules = try ruleTable()
         let replay: Replay
         let summary: ReplaySummary
         do {
@@ -167,6 +199,7 @@ struct ReplayCommand: ParsableCommand {
             throw ExitCode(1)
         }
         print(json ? ReplayReport.json(summary) : ReplayReport.table(summary))
+        if !json { printRuleHits(configuration.rules) }
         if let failure = summary.failure {
             FileHandleStderr.write("sluice replay: \(failure)\n")
             throw ExitCode(2)

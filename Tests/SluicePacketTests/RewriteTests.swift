@@ -216,8 +216,9 @@ struct RewriteBuffer {
     }
 
     @Test func ruleErrorsAreTyped() {
-        #expect(throws: RuleError.tooManyRules(65, max: PacketLimits.ruleCountMax)) {
-            _ = try RuleTable(rules: [Rule](repeating: Rule(.any), count: 65))
+        let tooMany = PacketLimits.ruleCountMax + 1
+        #expect(throws: RuleError.tooManyRules(tooMany, max: PacketLimits.ruleCountMax)) {
+            _ = try RuleTable(rules: (0..<tooMany).map { Rule(.any, name: "r\($0)") })
         }
         #expect(throws: RuleError.tooManyRewrites(5, rule: 0, max: PacketLimits.rewritesPerRuleMax)) {
             _ = try RuleTable(rules: [Rule(.any, rewrites: [Rewrite](repeating: .decrementTTL, count: 5))])

@@ -1,5 +1,6 @@
 // Path: Sources/SluicePacket/Action/Rewrite.swift — header rewrites applied in place: MACs, VLAN tags,
-// DSCP and TTL (with an incremental IPv4 checksum update).
+// DSCP, TTL, addresses and ports (with incremental checksum updates), checksum recomputation and
+// MTU truncation.
 import Glibc
 
 /// One change to a packet's outer headers. Values are checked when a `RuleTable` is made.
@@ -18,6 +19,28 @@ public enum Rewrite: Hashable, Sendable, BitwiseCopyable {
     case setDSCP(UInt8)
     /// Decrements the IPv4 TTL / IPv6 hop limit; a packet arriving with 0 or 1 is dropped (`ttlExpired`).
     case decrementTTL
+    /// Sets the IPv4 TTL / IPv6 hop limit.
+    case setTTL(UInt8)
+    /// Overwrites the first `length` bits of the source (destination) address with the prefix's,
+    /// keeping the host bits (a /32 or /128 sets the whole address). Only on packets of the prefix's
+    /// family; the IPv4 header checksum and the TCP, UDP (unless 0 over IPv4) or ICMPv6 checksum
+    /// are updated incrementally (RFC 1624).
+    case setSourceAddress(IPPrefix)
+    case setDestinationAddress(IPPrefix)
+    /// tcprewrite's pseudo-NAT (`--srcipmap`/`--dstipmap` from:to): an address inside `from` gets
+    /// `to`'s prefix bits, keeping its other bits; others are left alone.
+    case mapSourcePrefix(from: IPPrefix, to: IPPrefix)
+    case mapDestinationPrefix(from: IPPrefix, to: IPPrefix)
+    /// Sets the TCP/UDP source (destination) port, updating the L4 checksum. Other packets unchanged.
+    case setSourcePort(UInt16)
+    case setDestinationPort(UInt16)
+    /// Recomputes the IPv4 header checksum and the TCP, UDP, ICMP or ICMPv6 checksum from scratch
+    /// (skipped for fragments and for L4 data the capture cut).
+    case fixChecksums
+    /// Cuts a packet whose network layer is longer than `mtu` bytes to `mtu` (tcprewrite
+    /// `--mtu-trunc`), sets the IPv4 total length / IPv6 payload length and recomputes checksums
+    /// over what is left. `mtu` at least `PacketLimits.mtuMin`.
+    case truncateToMTU(UInt16)
 
     /// True if every value is in range: VLAN id 0...4095, priority 0...7, a VLAN TPID, DSCP 0...63.
     /// `RuleTable` reports which is not with a typed error; `PacketRewriter` traps on an invalid one.
@@ -26,7 +49,10 @@ public enum Rewrite: Hashable, Sendable, BitwiseCopyable {
         case .setVLAN(let id): id <= 0x0FFF
         case .pushVLAN(let id, let priority, let tpid): id <= 0x0FFF && priority <= 7 && EtherType.isVLAN(tpid)
         case .setDSCP(let dscp): dscp <= 63
-        case .setDestinationMAC, .setSourceMAC, .stripVLAN, .decrementTTL: true
+        case .truncateToMTU(let mtu): mtu >= PacketLimits.mtuMin
+        case .setDestinationMAC, .setSourceMAC, .stripVLAN, .decrementTTL, .setTTL, .setSourceAddress,
+             .setDestinationAddress, .mapSourcePrefix, .mapDestinationPrefix, .setSourcePort, .setDestinationPort,
+             .fixChecksums: true
         }
     }
 }
@@ -42,19 +68,25 @@ public struct PacketLayout: Hashable, Sendable {
     public var l4Offset: UInt16
     /// Outer IP version: 4, 6 or 0.
     public var ipVersion: UInt8
+    /// Outer upper-layer protocol (after IPv6 extension headers); meaningful with `ipVersion` and
+    /// `l4Offset`. 0 (the default) leaves L4 headers alone.
+    public var ipProtocol: UInt8
 
-    @inlinable public init(length: Int, linkType: LinkType, l3Offset: UInt16, l4Offset: UInt16, ipVersion: UInt8) {
+    @inlinable public init(length: Int, linkType: LinkType, l3Offset: UInt16, l4Offset: UInt16, ipVersion: UInt8,
+                           ipProtocol: UInt8 = 0) {
         self.length = length
         self.linkType = linkType
         self.l3Offset = l3Offset
         self.l4Offset = l4Offset
         self.ipVersion = ipVersion
+        self.ipProtocol = ipProtocol
     }
 
     /// The layout of a parsed packet's outer headers.
     @inlinable public init(_ packet: ParsedPacket) {
         self.init(length: Int(packet.length), linkType: packet.linkType, l3Offset: packet.outer.l3Offset,
-                  l4Offset: packet.outer.l4Offset, ipVersion: packet.outer.ipVersion)
+                  l4Offset: packet.outer.l4Offset, ipVersion: packet.outer.ipVersion,
+                  ipProtocol: packet.outer.ipProtocol)
     }
 
     /// Moves L3 and L4 by `delta` bytes (a tag pushed or stripped in front of them).
@@ -87,6 +119,15 @@ public enum PacketRewriter {
         case .stripVLAN: return stripVLAN(buffer, &layout)
         case .setDSCP(let dscp): return setDSCP(dscp, buffer, layout)
         case .decrementTTL: return decrementTTL(buffer, layout)
+        case .setTTL(let ttl): return setTTL(ttl, buffer, layout)
+        case .setSourceAddress(let prefix): return setAddress(prefix, destination: false, from: nil, buffer, layout)
+        case .setDestinationAddress(let prefix): return setAddress(prefix, destination: true, from: nil, buffer, layout)
+        case .mapSourcePrefix(let from, let to): return setAddress(to, destination: false, from: from, buffer, layout)
+        case .mapDestinationPrefix(let from, let to): return setAddress(to, destination: true, from: from, buffer, layout)
+        case .setSourcePort(let port): return setPort(port, at: 0, buffer, layout)
+        case .setDestinationPort(let port): return setPort(port, at: 2, buffer, layout)
+        case .fixChecksums: fixChecksums(buffer, layout); return nil
+        case .truncateToMTU(let mtu): return truncate(toMTU: Int(mtu), buffer, &layout)
         }
     }
 

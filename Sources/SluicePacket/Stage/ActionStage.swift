@@ -6,7 +6,8 @@ import SluiceCore
 /// ports read at `l4Offset`) against `rules` and forwards, drops or rewrites it in place. A rewrite
 /// that changes the length (VLAN push/strip) updates `length`, `wireLength`, the offsets and the VLAN
 /// flag; a push needs 4 free bytes past the packet in its pool buffer. Dropped buffers are freed and
-/// counted by reason. Never allocates, locks or retains: pool and table must outlive the pipeline.
+/// counted by reason. Every packet is counted (packets, bytes as matched) under the rule that decided
+/// in `rules.hits`. Never allocates, locks or retains: pool and table must outlive the pipeline.
 public struct ActionStage: StageBody, @unchecked Sendable {  // unchecked: unmanaged pool and table
     let pool: Unmanaged<BufferPool>
     let drops: Unmanaged<DropCounterTable>
@@ -31,21 +32,48 @@ public struct ActionStage: StageBody, @unchecked Sendable {  // unchecked: unman
     }
 }
 
+/// A run of packets that hit one rule, counted once at its end (one pair of atomic adds per run,
+/// not per packet).
+struct HitRun {
+    var rule = -1
+    var packets: UInt64 = 0
+    var bytes: UInt64 = 0
+
+    @inline(__always) mutating func count(rule index: Int, bytes length: Int, into rules: borrowing RuleTable) {
+        if index != rule {
+            flush(into: rules)
+            rule = index
+        }
+        packets &+= 1
+        bytes &+= UInt64(length)
+    }
+
+    @inline(__always) mutating func flush(into rules: borrowing RuleTable) {
+        if packets > 0 { rules.countHits(rule: rule, packets: packets, bytes: bytes) }
+        (rule, packets, bytes) = (-1, 0, 0)
+    }
+}
+
 /// The action stage's loop over one burst: explicit arguments, nothing retained. Returns the kept
-/// count; sets each drop reason's bit in `dirtyMask`.
+/// count; sets each drop reason's bit in `dirtyMask`; counts each packet under the rule that decided.
 @inline(__always)
 func actionBurst(
     _ items: UnsafeMutableBufferPointer<UInt64>, pool: Unmanaged<BufferPool>, rules: borrowing RuleTable,
     pending: inout DropCounters, dirtyMask: inout UInt64
 ) -> Int {
     var kept = 0
+    var run = HitRun()
     for position in 0..<items.count {
         let item = items[position]
         precondition(item <= UInt64(UInt32.max), "item is not a buffer index")
         let index = UInt32(truncatingIfNeeded: item)
         let metadata = pool._withUnsafeGuaranteedRef { $0.metadata(at: index) }
         let buffer = pool._withUnsafeGuaranteedRef { $0.bytes(at: index) }
-        if let reason = applyRules(rules, to: buffer, metadata: metadata) {
+        let length = Int(metadata.pointee.length)
+        var matched = -1
+        let reason = applyRules(rules, to: buffer, metadata: metadata, matched: &matched)
+        if matched >= 0 { run.count(rule: matched, bytes: length, into: rules) }
+        if let reason {
             pending.count(reason)
             dirtyMask |= 1 << UInt64(reason.rawValue)
             pool._withUnsafeGuaranteedRef { $0.freeIndex(index) }
@@ -54,31 +82,65 @@ func actionBurst(
         items[kept] = item
         kept += 1
     }
+    run.flush(into: rules)
     return kept
 }
 
-/// Runs the rule table on one buffer and updates its metadata. Returns nil to forward, or why to drop.
+/// The fields `rules` match on, read from the buffer and its metadata (MACs, VLAN id and addresses
+/// only when some rule looks at them).
 @inline(__always)
-func applyRules(
-    _ rules: borrowing RuleTable, to buffer: UnsafeMutableRawBufferPointer, metadata: UnsafeMutablePointer<PacketMetadata>
-) -> DropReason? {
-    var flags = MetadataFlags(rawValue: metadata.pointee.flags)
-    guard flags.contains(.classified) else { return .notClassified }
-    let length = Int(metadata.pointee.length)
-    precondition(length <= buffer.count, "metadata length past the end of its buffer")
-    let bytes = PacketBytes(UnsafeRawBufferPointer(start: buffer.baseAddress, count: length))
+func ruleKey(
+    _ rules: borrowing RuleTable, bytes: PacketBytes, metadata: UnsafeMutablePointer<PacketMetadata>,
+    flags: MetadataFlags
+) -> RuleKey {
+    let length = bytes.count
+    let l3 = Int(metadata.pointee.l3Offset)
     let l4 = Int(metadata.pointee.l4Offset)
     var ports: (source: UInt16, destination: UInt16)?
     if flags.contains(.ports), bytes.contains(l4, size: 4, limit: length) {
         ports = (bytes.u16(l4), bytes.u16(l4 + 2))
     }
     let ipVersion = flags.ipVersion
-    let key = RuleKey(sourceID: metadata.pointee.sourceID, ipProtocol: ipVersion != 0 ? flags.ipProtocol : nil,
-                      ports: ports)
+    let isEthernet = metadata.pointee.linkType == LinkType.ethernet.rawValue && length >= 14
+    var vlanID: UInt16?
+    if rules.needs.contains(.vlan), isEthernet, flags.contains(.vlan), bytes.contains(14, size: 2, limit: length) {
+        vlanID = bytes.u16(14) & 0x0FFF
+    }
+    var macs: (source: MACAddress, destination: MACAddress)?
+    if rules.needs.contains(.macs), isEthernet {
+        macs = (MACAddress(bytes.u48(6)), MACAddress(bytes.u48(0)))
+    }
+    var addresses: (source: IPAddress, destination: IPAddress, version: UInt8)?
+    if rules.needs.contains(.addresses) {
+        if ipVersion == 4, bytes.contains(l3, size: 20, limit: length) {
+            addresses = (IPAddress(ipv4: bytes.u32(l3 + 12)), IPAddress(ipv4: bytes.u32(l3 + 16)), 4)
+        } else if ipVersion == 6, bytes.contains(l3, size: 40, limit: length) {
+            addresses = (IPAddress(high: bytes.u64(l3 + 8), low: bytes.u64(l3 + 16)),
+                         IPAddress(high: bytes.u64(l3 + 24), low: bytes.u64(l3 + 32)), 6)
+        }
+    }
+    return RuleKey(inputPort: metadata.pointee.port, sourceID: metadata.pointee.sourceID,
+                   ipProtocol: ipVersion != 0 ? flags.ipProtocol : nil, ports: ports, vlanID: vlanID, macs: macs,
+                   addresses: addresses)
+}
+
+/// Runs the rule table on one buffer and updates its metadata. Returns nil to forward, or why to
+/// drop; `matched` is the rule that decided (`rules.rules.count` for none), -1 if none ran.
+@inline(__always)
+func applyRules(
+    _ rules: borrowing RuleTable, to buffer: UnsafeMutableRawBufferPointer, metadata: UnsafeMutablePointer<PacketMetadata>,
+    matched: inout Int
+) -> DropReason? {
+    var flags = MetadataFlags(rawValue: metadata.pointee.flags)
+    guard flags.contains(.classified) else { return .notClassified }
+    let length = Int(metadata.pointee.length)
+    precondition(length <= buffer.count, "metadata length past the end of its buffer")
+    let bytes = PacketBytes(UnsafeRawBufferPointer(start: buffer.baseAddress, count: length))
+    let key = ruleKey(rules, bytes: bytes, metadata: metadata, flags: flags)
     var layout = PacketLayout(length: length, linkType: LinkType(rawValue: metadata.pointee.linkType),
                               l3Offset: metadata.pointee.l3Offset, l4Offset: metadata.pointee.l4Offset,
-                              ipVersion: ipVersion)
-    switch rules.apply(key, to: buffer, layout: &layout) {
+                              ipVersion: flags.ipVersion, ipProtocol: flags.ipProtocol)
+    switch rules.apply(key, to: buffer, layout: &layout, matched: &matched) {
     case .forwarded: return nil
     case .dropped(let reason): return reason
     case .rewritten: break
