@@ -3,7 +3,7 @@
 
 /// Renders the samples `sluice run` exports as aligned plain-text tables (no ANSI codes).
 public enum StatsTable {
-    /// Sections in a fixed order: Workers, Stages, Rings, Pipelines, Rules, Traffic sources, Storage. A section
+    /// Sections in a fixed order: Workers, Stages, Rings, Pipelines, Placement, Rules, Traffic sources, Storage. A section
     /// with none of its samples is left out; a missing cell prints "-". Rows sort by their labels
     /// (numbers numerically), stages and rings in pipeline order as the ring names (`a->b`) give it.
     /// Unknown metric names are ignored. Pure: no I/O.
