@@ -24,7 +24,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Tests that pin threads and measure timing run one suite at a time on small machines.
 TEST_FLAGS ?= --no-parallel
 
-.PHONY: all deps bench-deps build build-tests guest-image test demo bench bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan bench-gateway bench-gateway-cachehit bench-firmware bench-migration bench-scheduling soak clean
+.PHONY: all deps bench-deps build build-tests guest-image test demo bench bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan bench-gateway bench-gateway-cachehit bench-firmware bench-migration bench-scheduling bench-placement bench-rules soak clean
 
 all: build
 
@@ -90,7 +90,7 @@ test: build-tests guest-image
 demo: build
 	scripts/demo.sh
 
-bench: bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan bench-gateway bench-gateway-cachehit bench-firmware bench-migration bench-scheduling
+bench: bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan bench-gateway bench-gateway-cachehit bench-firmware bench-migration bench-scheduling bench-placement bench-rules
 
 bench-ring: bench-deps
 	scripts/bench-ring.sh
@@ -100,6 +100,14 @@ bench-pipeline: build
 
 bench-replay: build
 	scripts/bench-replay.sh
+
+# Measured placement (issue 18) against every fixed placement on the same cores and the pcap_next_ex loop.
+bench-placement: build
+	scripts/bench-placement.sh
+
+# The rule table's walk (issue 17): empty, 16 and 256 rules, in process (scripts/bench-rules.sh --walk).
+bench-rules:
+	scripts/bench-rules.sh --walk
 
 bench-afpacket: bench-deps
 	scripts/bench-afpacket.sh

@@ -154,7 +154,7 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
     }
 
     /// Pins the workers, launches every pipeline and starts the control thread. Pipelines placed by
-    /// measured cost first calibrate the hand-off between their first two cores (~50-100 ms each
+    /// measured cost first calibrate the hand-off between their first two cores (a few ms each
     /// distinct pair), before any worker runs.
     public func start() throws(ServiceError) {
         var handoffs: [[Int]: Result<HandoffCost, HandoffCalibrationError>] = [:]

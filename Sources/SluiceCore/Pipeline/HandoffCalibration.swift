@@ -59,7 +59,8 @@ public enum HandoffCalibrationError: Error, Equatable, CustomStringConvertible {
 /// "packet" per item and enqueues its index in bursts, the consumer reads that line and returns the
 /// index on a second ring, as a sink frees buffers back to the source's pool. Timed across two cores
 /// and interleaved on one; the difference is the hand-off. Control plane: blocks about
-/// `rounds` x (two runs of `itemCount` items), typically 50-200 ms; allocates; starts one thread.
+/// `rounds` x (two runs of `itemCount` items): about 20 ns x items x rounds in a release build;
+/// allocates; starts two threads.
 public enum HandoffCalibration {
     public static let itemCountMax = 1 << 24
     static let slotCount = 4_096  // buffers in flight, as a pool of that size would allow

@@ -37,11 +37,11 @@ public struct MeasuredPlacement {
     private var lastNs: UInt64 = 0
     private var last: [StageSnapshot] = []
 
-    /// Measures the hand-off between the first two of `cores` (blocks ~50-100 ms: call before the
-    /// workers start, so they do not compete).
+    /// Measures the hand-off between the first two of `cores` (3 x 64k items each way: a few ms in a
+    /// release build, more in debug). Call before the workers start, so they do not compete.
     public static func calibrate(cores: [Int]) -> Result<HandoffCost, HandoffCalibrationError> {
         precondition(cores.count >= 2, "a hand-off needs two cores")
-        do { return .success(try HandoffCalibration.measure(fromCore: cores[0], toCore: cores[1], itemCount: 1 << 18)) } catch {
+        do { return .success(try HandoffCalibration.measure(fromCore: cores[0], toCore: cores[1], itemCount: 1 << 16)) } catch {
             return .failure(error)
         }
     }

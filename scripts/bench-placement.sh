@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Placement benchmark (issue 18): the measured placement (`--placement auto`, the default) against every
+# fixed placement on the same cores, and the 1-thread pcap_next_ex loop, on the same capture in the same
+# run. Interleaved rounds (the order rotates), medians; ratios are medians of per-round ratios.
+#
+# Variants, all `sluice replay --topspeed --loop LOOPS --stages 4 --wait-mode busy-poll` to a null sink:
+#   one      --cores 0                      run to completion on one core (fixed)
+#   spread   --cores 0,1 --placement spread the source on core 0, the other stages on core 1 (fixed)
+#   auto     --cores 0,1 --placement auto   measured: calibrates, starts on core 0, moves if it pays
+#   anchor   the pcap_next_ex loop on core 0 over the same file LOOPS times (scripts/anchors/pcap_next_loop.c)
+# Clock: from just before the capture is opened to the last packet (sluice's wallNsFromOpen: the
+# calibration and any moves are inside it); CPU: the whole process (getrusage), same span.
+# Goal: auto >= 0.95x the best fixed placement of the same round.
+# Usage: scripts/bench-placement.sh [RUNS] [PACKETS] [LOOPS]   (defaults 7, 1000000, 5)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-7}
+packets=${2:-1000000}
+loops=${3:-5}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+swift build -c release --product sluice >&2
+cc -O2 -o "$work/pcap_next_loop" scripts/anchors/pcap_next_loop.c -lpcap
+python3 scripts/anchors/write_udp_capture.py "$work/udp.pcap" "$packets"
+cat "$work/udp.pcap" >/dev/null
+
+model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+echo "Machine: ${model:-unknown CPU}, $(nproc) CPUs, kernel $(uname -r), load average" \
+  "$(cut -d ' ' -f 1-3 /proc/loadavg) before the run."
+echo
+
+replay() { .build/release/sluice replay "$work/udp.pcap" --topspeed --json --wait-mode busy-poll --stages 4 \
+  --loop "$loops" "$@"; }
+for r in $(seq 1 "$runs"); do
+  variants=(anchor one spread auto)
+  shift_by=$(( (r - 1) % ${#variants[@]} ))
+  for v in "${variants[@]:shift_by}" "${variants[@]:0:shift_by}"; do
+    case $v in
+      anchor) taskset -c 0 "$work/pcap_next_loop" "$work/udp.pcap" "$loops" >>"$work/anchor.jsonl" ;;
+      one) replay --cores 0 >>"$work/one.jsonl" ;;
+      spread) replay --cores 0,1 --placement spread >>"$work/spread.jsonl" ;;
+      auto) replay --cores 0,1 --placement auto >>"$work/auto.jsonl" ;;
+    esac
+  done
+done
+
+python3 - "$work" "$runs" "$((packets * loops))" <<'PY'
+import json, os, statistics, sys
+work, runs, total = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def rows(name): return [json.loads(l) for l in open(os.path.join(work, name + ".jsonl"))]
+def measure(d):
+    count = d.get("delivered", d.get("packets"))
+    assert count == total, f"{count} packets of {total}: {d.get('failure')}"
+    return count, d["wallNsFromOpen"], d["processCpuNs"]
+med = statistics.median
+pps = lambda m: m[0] / (m[1] / 1e9)
+per_cpu = lambda m: m[0] / (m[2] / 1e9)
+data = {name: [measure(d) for d in rows(name)] for name in ["anchor", "one", "spread", "auto"]}
+print(f"{total} 64-byte UDP packets (a capture read LOOPS times), null sink, 4 stages, "
+      f"medians of {runs} interleaved rounds.\n")
+print("| what | M packets/s | vs loop | cores busy | M packets per CPU-second |")
+print("|---|---:|---:|---:|---:|")
+labels = {"anchor": "C pcap_next_ex loop, core 0 (anchor)", "one": "fixed: 1 core, run to completion",
+          "spread": "fixed: 2 cores, spread", "auto": "**measured (auto), 2 cores**"}
+for name in ["anchor", "one", "spread", "auto"]:
+    rows_ = data[name]
+    ratio = med(pps(d) / pps(a) for d, a in zip(rows_, data["anchor"]))
+    print(f"| {labels[name]} | {med(map(pps, rows_))/1e6:.2f} | {ratio:.2f}x | {med(d[2]/d[1] for d in rows_):.2f} | "
+          f"{med(map(per_cpu, rows_))/1e6:.2f} |")
+best = [max(pps(o), pps(s)) for o, s in zip(data["one"], data["spread"])]
+vs_best = med(pps(a) / b for a, b in zip(data["auto"], best))
+print(f"\nGoal, auto at least 0.95x the best fixed placement of each round: {'met' if vs_best >= 0.95 else 'NOT met'} ({vs_best:.3f}x).")
+one_vs_loop = med(pps(o) / pps(a) for o, a in zip(data["one"], data["anchor"]))
+print(f"Goal, 1 core at least 0.8x the one-thread loop: {'met' if one_vs_loop >= 0.8 else 'NOT met'} ({one_vs_loop:.3f}x).")
+decisions = [d for d in rows("auto")]
+shapes = {}
+for d in decisions:
+    key = str(d.get("placement"))
+    shapes[key] = shapes.get(key, 0) + 1
+print(f"auto's final placements over the rounds: {shapes}; hand-off per side (ns/item), median: "
+      f"{med(d['handoff']['handoffNsPerItem'] for d in decisions if d.get('handoff')):.1f}")
+PY
