@@ -183,6 +183,8 @@ public struct ReplaySummary: Sendable {
     public var handoff: HandoffCost?
     /// Why the measured allocator could not calibrate (it then kept the first placement).
     public var calibrationFailure: String?
+    /// A stage move that failed (the replay ran on where its stages were; nothing lost).
+    public var placementFailure: String?
     public var workers: [WorkerSnapshot]
     public var cores: [Int]
     /// The error that ended the replay early (a bad record, a failed write), if any, for people.
@@ -274,7 +276,7 @@ public final class Replay {
         while !runtime.drain(timeoutNs: controller == nil ? (allocator == nil ? 200_000_000 : 10_000_000) : 100_000) {
             controller?.poll(nowNs: Clock.monotonicNs())
             let now = Clock.monotonicNs()
-            do { try allocator?.step(pipeline, runtime: runtime, nowNs: now) } catch { throw .runtime(error) }
+            allocator?.step(pipeline, runtime: runtime, nowNs: now)
             if now - lastProgressNs >= 200_000_000 {
                 lastProgressNs = now
                 if let controller { trafficMetrics?.record(controller.snapshot()) }
@@ -297,6 +299,7 @@ public final class Replay {
             stages: pipeline.snapshot(), stagePlacement: allocator?.placement ?? initialPlacement,
             placementChanges: allocator?.changes ?? [], firstDecision: allocator?.firstDecision,
             handoff: allocator?.handoff, calibrationFailure: allocator?.calibrationFailure,
+            placementFailure: allocator?.moveFailure.map { "\($0)" },
             workers: zip(runtime.workers, before).map { $0.counters.snapshot().since($1) },
             cores: configuration.cores, failure: failure, inputError: path.inputError, outputError: path.outputError,
             latencyP50Ns: path.latencyPercentile(50), latencyP99Ns: path.latencyPercentile(99),

@@ -104,6 +104,8 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
     /// Measured placements by pipeline index (`ServiceConfiguration.isMeasured`). Made by `start`
     /// before the workers run, then stepped by the control thread only.
     private var measured: [Int: MeasuredPlacement] = [:]
+    /// Hand-off costs by core pair, measured in `init`.
+    private let handoffs: [[Int]: Result<HandoffCost, HandoffCalibrationError>]
     /// What the measured placements decided, published by the control thread for metrics and stats.
     private let placementStatus: Mutex<[Int: PlacementStatus]> = Mutex([:])
     /// Set when `stop` begins: the rebalancer moves nothing from then on.
@@ -146,6 +148,14 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
         }
         self.paths = paths
         self.placements = placements
+        // Calibrated here, not in `start`: the service confines its own threads to the control cores
+        // between the two, and the calibration's threads must be able to run on the worker cores.
+        var handoffs: [[Int]: Result<HandoffCost, HandoffCalibrationError>] = [:]
+        for settings in configuration.pipelines where configuration.isMeasured(settings) {
+            let pair = Array(settings.cores.prefix(2))
+            if handoffs[pair] == nil { handoffs[pair] = MeasuredPlacement.calibrate(cores: pair) }
+        }
+        self.handoffs = handoffs
         trafficSnapshots = Mutex(Array(repeating: nil, count: paths.count))
         do {
             runtime = try Runtime(configuration: RuntimeConfiguration(cores: configuration.cores,
@@ -154,14 +164,16 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
     }
 
     /// Pins the workers, launches every pipeline and starts the control thread. Pipelines placed by
-    /// measured cost first calibrate the hand-off between their first two cores (a few ms each
-    /// distinct pair), before any worker runs.
+    /// measured cost use the hand-off `init` calibrated between their first two cores.
     public func start() throws(ServiceError) {
-        var handoffs: [[Int]: Result<HandoffCost, HandoffCalibrationError>] = [:]
+        for settings in configuration.pipelines
+        where settings.placement == .auto && settings.stageCores == nil && settings.cores.count >= 2
+            && !configuration.isMeasured(settings) {
+            logger.info("placement: spread; measured placement needs cores no other pipeline uses",
+                        metadata: ["pipeline": "\(settings.path.name)", "cores": "\(settings.cores)"])
+        }
         for (index, settings) in configuration.pipelines.enumerated() where configuration.isMeasured(settings) {
-            let pair = Array(settings.cores.prefix(2))
-            let handoff = handoffs[pair] ?? MeasuredPlacement.calibrate(cores: pair)
-            handoffs[pair] = handoff
+            let handoff = handoffs[Array(settings.cores.prefix(2))]!
             let workers = settings.cores.compactMap { configuration.cores.firstIndex(of: $0) }
             measured[index] = MeasuredPlacement(workers: workers, initial: placements[index], handoff: handoff)
             switch handoff {
@@ -219,15 +231,13 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
             let path = paths[index]
             guard !path.pipeline.isDrained else { continue }
             let before = measured[index]!.changes.count
-            do {
-                try measured[index]!.step(path.pipeline, runtime: runtime, nowNs: nowNs)
-            } catch {
-                logger.warning("stage move failed; this pipeline's placement is no longer re-decided",
-                               metadata: ["pipeline": "\(path.configuration.name)", "error": "\(error)"])
-                measured[index] = nil
-                continue
-            }
+            measured[index]!.step(path.pipeline, runtime: runtime, nowNs: nowNs)
             let allocator = measured[index]!
+            if allocator.changes.count > before, let failure = allocator.moveFailure {
+                logger.warning("stage move failed; this pipeline's placement is no longer re-decided",
+                               metadata: ["pipeline": "\(path.configuration.name)", "error": "\(failure)",
+                                          "cores": "\(allocator.placement.map { configuration.cores[$0] })"])
+            }
             for change in allocator.changes.dropFirst(before) {
                 stageMoves.add(UInt64(zip(change.from, change.to).filter { $0 != $1 }.count), ordering: .relaxed)
                 logger.info("stages placed by measured cost", metadata: [

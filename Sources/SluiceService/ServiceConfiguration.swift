@@ -197,9 +197,14 @@ extension ServiceConfiguration {
     }
 
     /// Whether the pipeline's stages are placed by measured cost: `placement: auto`, no `stage_cores`,
-    /// and two or more cores to choose between.
+    /// two or more cores to choose between, and no other pipeline on any of them (the planner assumes
+    /// its cores are its own; pipelines that share cores keep the spread rule, and `rebalance:` evens
+    /// them out).
     public func isMeasured(_ pipeline: PipelineSettings) -> Bool {
-        pipeline.stageCores == nil && pipeline.placement == .auto && pipeline.cores.count >= 2
+        guard pipeline.stageCores == nil, pipeline.placement == .auto, pipeline.cores.count >= 2 else { return false }
+        return pipelines.allSatisfy { other in
+            other.path.name == pipeline.path.name || Set(other.cores).isDisjoint(with: pipeline.cores)
+        }
     }
 
     /// The configuration with no file: the bundled sample capture through the full pipeline to a

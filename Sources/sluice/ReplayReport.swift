@@ -35,6 +35,7 @@ enum ReplayReport {
         }
         if let handoff = s.handoff { lines.append("hand-off: \(handoff)") }
         if let failure = s.calibrationFailure { lines.append("placement: not measured (\(failure)); the first one held") }
+        if let failure = s.placementFailure { lines.append("placement: a move failed (\(failure)); stages stayed where they were") }
         if let first = s.firstDecision, s.placementChanges.isEmpty {
             lines.append("placement: stayed at \(s.stagePlacement) (a move must predict 10% more); the planner's best: \(first)")
         }

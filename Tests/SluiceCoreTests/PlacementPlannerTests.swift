@@ -1,5 +1,6 @@
 // Path: Tests/SluiceCoreTests/PlacementPlannerTests.swift — placement chosen from measured costs, and
 // the hand-off calibration that feeds it.
+import Glibc
 import SluiceCore
 import Testing
 
@@ -117,8 +118,9 @@ struct MeasuredPlacementTests {
         allocator.begin(pipeline, nowNs: Clock.monotonicNs())
         let deadline = Clock.monotonicNs() + drainTimeoutNs
         while !runtime.drain(timeoutNs: 5_000_000), Clock.monotonicNs() < deadline {
-            try allocator.step(pipeline, runtime: runtime, nowNs: Clock.monotonicNs())
+            allocator.step(pipeline, runtime: runtime, nowNs: Clock.monotonicNs())
         }
+        #expect(allocator.moveFailure == nil)
         #expect(pipeline.isDrained)
         return (allocator, tracker)
     }
@@ -145,5 +147,34 @@ struct MeasuredPlacementTests {
         #expect(allocator.changes.isEmpty)
         #expect(tracker.received == 1_000_000)
         #expect(tracker.outOfOrder == 0)
+    }
+
+    /// A move that cannot happen (here: the runtime was stopped) is recorded, not thrown; the
+    /// placement stays where the stages are and nothing more is decided.
+    @Test func aFailedMoveIsRecordedAndTheStagesStayPut() throws {
+        guard requireTwoCPUs() else { return }
+        let tracker = SinkTracker()
+        let pipeline = try makeCountingPipeline("measured", source: GeneratorSource(ratePerSecond: 0, totalCount: 200_000,
+                                                                                    payload: .sequence),
+                                                relays: [SpinStage(nsPerItem: 2_000), SpinStage(nsPerItem: 2_000)],
+                                                tracker: tracker)
+        let cores = try testCores()
+        let handoff = HandoffCost(fromCore: cores[0], toCore: cores[1], localNsPerItem: 20, crossNsPerItem: 60)
+        var allocator = MeasuredPlacement(workers: [0, 1], initial: [0, 0, 0, 0], handoff: .success(handoff))
+        let runtime = try Runtime(configuration: .init(cores: cores, waitMode: .busyPoll))
+        try runtime.start()
+        try runtime.launch(pipeline, placement: allocator.placement)
+        allocator.begin(pipeline, nowNs: Clock.monotonicNs())
+        let deadline = Clock.monotonicNs() + drainTimeoutNs
+        while pipeline.stages[0].counters.items.load(ordering: .relaxed) < 60_000, Clock.monotonicNs() < deadline {
+            usleep(1_000)
+        }
+        runtime.stop()
+        allocator.step(pipeline, runtime: runtime, nowNs: Clock.monotonicNs() + MeasuredPlacement.firstIntervalNs)
+        #expect(allocator.moveFailure == .notRunning)
+        #expect(allocator.placement == [0, 0, 0, 0])
+        #expect(allocator.changes.count == 1 && allocator.changes[0].to == [0, 0, 0, 0])
+        allocator.step(pipeline, runtime: runtime, nowNs: Clock.monotonicNs() + 10 * MeasuredPlacement.intervalNs)
+        #expect(allocator.changes.count == 1, "nothing more is decided after a failed move")
     }
 }

@@ -235,6 +235,10 @@ extension ConfigTests {
         #expect(!spread.isMeasured(spread.pipelines[0]))
         #expect(spread.placement(of: spread.pipelines[0], stageCount: 4) == [0, 1, 1, 1])
         #expect(!configuration.isMeasured(configuration.pipelines[0]), "stage_cores fix the placement")
+        let shared = try load(minimal, overrides: ["pipelines[1]={name: q, source: {pcap: b.pcap}, sink: {discard: true}}"])
+        #expect(!shared.isMeasured(shared.pipelines[0]) && !shared.isMeasured(shared.pipelines[1]),
+                "pipelines on the same cores keep the spread rule")
+        #expect(shared.placement(of: shared.pipelines[1], stageCount: 4) == [0, 1, 1, 1])
         let both = try #require(error(minimal, overrides: ["pipelines[0].stage_cores=[0,0,1,1]", "pipelines[0].placement=auto"]))
         #expect("\(both)".contains("pipelines[0].placement") && "\(both)".contains("give one of placement and stage_cores"), "\(both)")
     }

@@ -30,6 +30,9 @@ public struct MeasuredPlacement {
     public private(set) var firstDecision: PlacementDecision?
     public let handoff: HandoffCost?
     public let calibrationFailure: String?
+    /// The move that failed, if one did: from then on the placement is no longer re-decided (the
+    /// pipeline keeps running where its stages are; `placement` says where that is).
+    public private(set) var moveFailure: RuntimeError?
     /// The runtime's worker indices this pipeline may use; the planner's worker i is `workers[i]`.
     private let workers: [Int]
     private let planner: PlacementPlanner
@@ -69,8 +72,10 @@ public struct MeasuredPlacement {
     }
 
     /// Measures since the last decision and moves stages if the planner says so. Cheap when not due.
-    public mutating func step(_ pipeline: Pipeline, runtime: Runtime, nowNs: UInt64) throws(RuntimeError) {
-        guard let handoff, changes.count < Self.changesMax else { return }
+    /// A failed move is recorded in `moveFailure` (not thrown: the pipeline runs on), and `placement`
+    /// follows the stages that did move, including one whose move timed out (it still lands).
+    public mutating func step(_ pipeline: Pipeline, runtime: Runtime, nowNs: UInt64) {
+        guard let handoff, moveFailure == nil, changes.count < Self.changesMax else { return }
         let interval = firstDecision == nil ? Self.firstIntervalNs : Self.intervalNs
         guard nowNs &- lastNs >= interval else { return }
         let now = pipeline.snapshot()
@@ -90,11 +95,18 @@ public struct MeasuredPlacement {
         let local = placement.map { workers.firstIndex(of: $0)! }
         guard planner.shouldChange(from: local, to: decision, workerCount: workers.count) else { return }
         let target = decision.chosen.placement.map { workers[$0] }
+        let from = placement
         for (stage, worker) in target.enumerated() where placement[stage] != worker {
-            try runtime.move(pipeline.stages[stage], toWorker: worker)
+            do throws(RuntimeError) {
+                try runtime.move(pipeline.stages[stage], toWorker: worker)
+                placement[stage] = worker
+            } catch {
+                if case .moveTimedOut = error { placement[stage] = worker }  // posted: it lands there
+                moveFailure = error
+                break
+            }
         }
-        changes.append(PlacementChange(atNs: nowNs &- startNs, from: placement, to: target, decision: decision))
-        placement = target
+        changes.append(PlacementChange(atNs: nowNs &- startNs, from: from, to: placement, decision: decision))
         // Costs measured across the move mix two placements: start the next interval afresh.
         last = pipeline.snapshot()
         lastNs = Clock.monotonicNs()
