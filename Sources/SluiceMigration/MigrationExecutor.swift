@@ -330,8 +330,9 @@ public final class MigrationExecutor: Sendable {
 
         let convergence = plan.convergence
         let source_ = source.qmp, destination_ = destination.qmp
-        // The stream goes over a Unix socket in the destination's run directory: no port to race for, and
-        // no other local process can connect first and feed the destination a guest state.
+        // By default the stream goes over a Unix socket in the destination's run directory: no port to race
+        // for, and no other local process can connect first and feed the destination a guest state. With
+        // `streamAddress` it goes over TCP (another network namespace or machine).
         let streamURI = configuration.streamAddress.map { "tcp:\($0)" } ?? "unix:\(runDirectory)/migration.sock"
         do {
             // Every capability the executor uses is set on every move, on or off (a source keeps them from

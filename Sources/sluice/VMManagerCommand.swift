@@ -32,11 +32,9 @@ extension VMCommand {
         func validate() throws {
             guard TimeScale.tickSecondsRange.contains(period) else { throw ValidationError("--period must be 0.5...60 seconds") }
             guard ticks >= 0 else { throw ValidationError("--ticks must be >= 0") }
-            var season = SeasonalForecaster.Parameters()
             guard SeasonalForecaster.Parameters.seasonRange.contains(seasonTicks), seasonTicks % max(1, seasonTicks / 96) == 0 else {
                 throw ValidationError("--season-ticks must be 4...1440 and a multiple of \(max(1, seasonTicks / 96)) (its slot length)")
             }
-            season.seasonMinutes = seasonTicks
             if let metrics { _ = try hostPort(metrics, flag: "--metrics", portZero: true) }
         }
 
