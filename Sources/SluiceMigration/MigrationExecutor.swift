@@ -162,6 +162,15 @@ public final class MigrationExecutor: Sendable {
         /// The link toward the destinations: each completed move records the rate QEMU achieved on it
         /// (`MigrationOutcome.achievedBytesPerSecond`) as an observation. Nil: nothing recorded.
         public var linkMonitor: LinkMonitor?
+        /// Words run before the destination's QEMU binary, e.g. `["/usr/sbin/ip", "netns", "exec", "b"]` to
+        /// start it in another network namespace (the command must exec QEMU: its pid is the one kept).
+        /// Empty: QEMU is started directly.
+        public var destinationLaunchPrefix: [String] = []
+        /// The migration stream over TCP: the destination listens on `tcp:<streamAddress>` ("HOST:PORT",
+        /// e.g. "198.18.0.2:4444") and the source connects to it. Nil: a Unix socket in the destination's
+        /// run directory (no port to race for; the default). Over TCP any process that reaches the port
+        /// first could feed the destination a state: use it on a link only the two hosts share.
+        public var streamAddress: String?
 
         public init(qemuBinary: String = "/usr/bin/qemu-system-x86_64", runRoot: String, accel: String = "tcg",
                     pollInterval: Duration = .milliseconds(100), confirmTimeout: Duration = .seconds(60),
@@ -290,8 +299,11 @@ public final class MigrationExecutor: Sendable {
         }
         let destination: QEMUProcess
         do {
+            let prefix = configuration.destinationLaunchPrefix
+            let arguments = destinationSpec.arguments(runDirectory: runDirectory, incoming: true)
             destination = try await QEMUProcess.launch(QEMUProcess.Configuration(
-                binary: configuration.qemuBinary, arguments: destinationSpec.arguments(runDirectory: runDirectory, incoming: true),
+                binary: prefix.first ?? configuration.qemuBinary,
+                arguments: prefix.isEmpty ? arguments : Array(prefix.dropFirst()) + [configuration.qemuBinary] + arguments,
                 runDirectory: runDirectory, accel: configuration.accel))
         } catch {
             return .failure(.destinationDidNotStart(vm: vm, reason: "\(error)"))
@@ -318,9 +330,10 @@ public final class MigrationExecutor: Sendable {
 
         let convergence = plan.convergence
         let source_ = source.qmp, destination_ = destination.qmp
-        // The stream goes over a Unix socket in the destination's run directory: no port to race for, and
-        // no other local process can connect first and feed the destination a guest state.
-        let streamURI = "unix:\(runDirectory)/migration.sock"
+        // By default the stream goes over a Unix socket in the destination's run directory: no port to race
+        // for, and no other local process can connect first and feed the destination a guest state. With
+        // `streamAddress` it goes over TCP (another network namespace or machine).
+        let streamURI = configuration.streamAddress.map { "tcp:\($0)" } ?? "unix:\(runDirectory)/migration.sock"
         do {
             // Every capability the executor uses is set on every move, on or off (a source keeps them from
             // an earlier try); progress is polled, so no MIGRATION events.

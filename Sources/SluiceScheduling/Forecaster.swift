@@ -32,7 +32,8 @@ public struct ForecastPoint: Sendable, Equatable {
 /// exponentially weighted mean of the recent residuals (value minus profile), decaying over
 /// `trendDecayMinutes` into the future. The band comes from each slot's variance and, as the trend fades,
 /// the profile's recent misfit (the mean square of recent residuals).
-/// Memory is fixed: 2 x (672 + 96) slots.
+/// The seasons are `Parameters.seasonMinutes` (a day by default) and 7 of them (a week).
+/// Memory is fixed: at most 8 x 191 slots (672 + 96 with the default season).
 public struct SeasonalForecaster: Sendable {
     public struct Parameters: Sendable, Equatable {
         /// Weight of the newest week's visit in a weekly slot (0...1).
@@ -45,8 +46,21 @@ public struct SeasonalForecaster: Sendable {
         public var trendDecayMinutes = 90.0
         /// Smallest sigma reported, as a fraction of the profile's mean (no band is ever zero-width).
         public var sigmaFloorFraction = 0.02
+        /// The short season ("day") in minutes (ticks); the long one ("week") is 7 of them. 1440 by
+        /// default; a live manager on compressed time may learn a pattern of a few dozen ticks.
+        /// 4...1440, and a whole number of profile slots (see `slotMinutes`).
+        public var seasonMinutes = ScheduleLimits.minutesPerDay {
+            didSet { precondition(Self.seasonRange.contains(seasonMinutes) && seasonMinutes % slotMinutes == 0,
+                                  "season of \(seasonMinutes) minutes") }
+        }
+        /// Profile slot length: 15 minutes for a 1440-minute season (96 slots), 1 minute for a season
+        /// shorter than 192 minutes, else the season / 96 (rounded down).
+        public var slotMinutes: Int { max(1, seasonMinutes / 96) }
+        public static let seasonRange = 4...ScheduleLimits.minutesPerDay
 
         public init() {}
+        /// The default parameters with a season of `seasonMinutes` (4...1440, a multiple of its slot length).
+        public init(seasonMinutes: Int) { self.seasonMinutes = seasonMinutes }
     }
 
     private struct Slot: Sendable {
@@ -60,6 +74,8 @@ public struct SeasonalForecaster: Sendable {
     }
 
     public let parameters: Parameters
+    private let slotMinutes: Int
+    private let dayMinutes: Int
     private var weekly: [Slot]
     private var daily: [Slot]
     private var overallMean = 0.0
@@ -74,8 +90,12 @@ public struct SeasonalForecaster: Sendable {
 
     public init(parameters: Parameters = .init()) {
         self.parameters = parameters
-        weekly = Array(repeating: Slot(), count: ScheduleLimits.minutesPerWeek / ScheduleLimits.profileSlotMinutes)
-        daily = Array(repeating: Slot(), count: ScheduleLimits.minutesPerDay / ScheduleLimits.profileSlotMinutes)
+        precondition(Parameters.seasonRange.contains(parameters.seasonMinutes)
+                     && parameters.seasonMinutes % parameters.slotMinutes == 0, "season of \(parameters.seasonMinutes) minutes")
+        slotMinutes = parameters.slotMinutes
+        dayMinutes = parameters.seasonMinutes
+        weekly = Array(repeating: Slot(), count: 7 * parameters.seasonMinutes / parameters.slotMinutes)
+        daily = Array(repeating: Slot(), count: parameters.seasonMinutes / parameters.slotMinutes)
     }
 
     /// Takes the sample of `minute`. Minutes must increase; an older or repeated one is ignored (false).
@@ -90,8 +110,8 @@ public struct SeasonalForecaster: Sendable {
         }
         overallSamples += 1
         overallMean += (value - overallMean) / Double(min(overallSamples, 10_080))
-        let w = Self.weeklySlot(minute)
-        let d = Self.dailySlot(minute)
+        let w = weeklySlot(minute)
+        let d = dailySlot(minute)
         if w != openWeekly { if openWeekly >= 0 { close(&weekly[openWeekly], weight: parameters.weeklyWeight) }; openWeekly = w }
         if d != openDaily { if openDaily >= 0 { close(&daily[openDaily], weight: parameters.dailyWeight) }; openDaily = d }
         weekly[w].sum += value; weekly[w].sumSquares += value * value; weekly[w].samples += 1
@@ -115,7 +135,7 @@ public struct SeasonalForecaster: Sendable {
     }
 
     /// The profile's value at `minute` without the trend: its slot's mean.
-    public func profile(at minute: Int) -> Double { slotValue(Self.weeklySlot(minute)) }
+    public func profile(at minute: Int) -> Double { slotValue(weeklySlot(minute)) }
 
     private func slotValue(_ index: Int) -> Double {
         let count = weekly.count
@@ -128,9 +148,9 @@ public struct SeasonalForecaster: Sendable {
     }
 
     private func spread(at minute: Int) -> (variance: Double, weekKnown: Bool) {
-        let w = Self.weeklySlot(minute)
+        let w = weeklySlot(minute)
         if weekly[w].visits > 0 { return (weekly[w].variance, true) }
-        let d = Self.dailySlot(minute)
+        let d = dailySlot(minute)
         if daily[d].visits > 0 { return (daily[d].variance, false) }
         return (overallMean * overallMean * 0.25, false)
     }
@@ -152,11 +172,12 @@ public struct SeasonalForecaster: Sendable {
         slot.sum = 0; slot.sumSquares = 0; slot.samples = 0
     }
 
-    static func minuteOfWeek(_ minute: Int) -> Int {
-        ((minute % ScheduleLimits.minutesPerWeek) + ScheduleLimits.minutesPerWeek) % ScheduleLimits.minutesPerWeek
+    func minuteOfWeek(_ minute: Int) -> Int {
+        let week = 7 * dayMinutes
+        return ((minute % week) + week) % week
     }
-    static func weeklySlot(_ minute: Int) -> Int { minuteOfWeek(minute) / ScheduleLimits.profileSlotMinutes }
-    static func dailySlot(_ minute: Int) -> Int { (minuteOfWeek(minute) % ScheduleLimits.minutesPerDay) / ScheduleLimits.profileSlotMinutes }
+    func weeklySlot(_ minute: Int) -> Int { minuteOfWeek(minute) / slotMinutes }
+    func dailySlot(_ minute: Int) -> Int { (minuteOfWeek(minute) % dayMinutes) / slotMinutes }
 }
 
 /// Forecast error of one series at one lead time, as MAPE: each forecast made `leadMinutes` ahead is

@@ -47,6 +47,10 @@ public actor MigrationManager {
         public var minimumRateBytesPerSecond = 8.0 * 1_048_576
         /// Append each tick's samples to the hosts' history files.
         public var appendHistory = true
+        /// The forecaster's short season in ticks (its long one is 7 of them): 1440 (a day of minutes)
+        /// by default; a test on compressed time learns a pattern that repeats every few dozen ticks.
+        /// `SeasonalForecaster.Parameters.seasonRange`, a multiple of its slot length.
+        public var seasonTicks = ScheduleLimits.minutesPerDay
         /// Real seconds since the Unix epoch (tests pass their own).
         public var clock: @Sendable () -> Double = { Date().timeIntervalSince1970 }
 
@@ -89,7 +93,7 @@ public actor MigrationManager {
         let modelHosts = hosts.hosts.map { scale.model($0.resources) }
         var parameters = MigrationScheduler.Parameters()
         parameters.minimumRate = scale.modelRate(configuration.minimumRateBytesPerSecond)  // real, whatever the scale
-        var monitor = ResourceMonitor(hosts: modelHosts)
+        var monitor = ResourceMonitor(hosts: modelHosts, forecaster: .init(seasonMinutes: configuration.seasonTicks))
         var scheduler = MigrationScheduler(hosts: modelHosts, now: now, parameters: parameters)
         for (index, host) in hosts.hosts.enumerated() {
             guard let data = FileManager.default.contents(atPath: host.history) else { continue }  // no history yet
@@ -281,9 +285,11 @@ public actor MigrationManager {
             let cell = RateCell(scale.realRate(booking.rates.isEmpty ? scheduler.parameters.minimumRate : booking.rates[index]))
             running[booking.requestID] = (cell, nowUnix)
             let destination = configuration.hosts.hosts[booking.destination]
-            let order = MoveOrder(requestID: booking.requestID, vm: entry.request.vm, guest: entry.guest, destination: destination.name,
+            var order = MoveOrder(requestID: booking.requestID, vm: entry.request.vm, guest: entry.guest, destination: destination.name,
                                   destinationRunRoot: destination.runRoot ?? "/tmp/sluice-manager-\(destination.name)", cap: cell,
                                   predictedSeconds: scale.realSeconds(booking.prediction.totalSeconds))
+            if let netns = destination.netns { order.destinationLaunchPrefix = ["/usr/sbin/ip", "netns", "exec", netns] }
+            order.streamAddress = destination.migrationAddress
             let runner = self.runner
             Task { [weak self] in
                 let result = await runner.run(order)

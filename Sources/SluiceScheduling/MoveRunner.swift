@@ -35,6 +35,10 @@ public struct MoveOrder: Sendable {
     /// The booking's predicted real seconds: the executor's deadline is counted from it (never from
     /// less than the template's own prediction).
     public var predictedSeconds: Double
+    /// The destination's QEMU is started after these words (its host's `netns`: `ip netns exec NAME`).
+    public var destinationLaunchPrefix: [String] = []
+    /// The migration stream's TCP address on the destination ("HOST:PORT"); nil: a Unix socket.
+    public var streamAddress: String?
 }
 
 /// A rate shared between the manager (writer) and a running move (reader). Lock-free: one atomic word.
@@ -131,6 +135,8 @@ public final class ExecutorMoveRunner: MoveRunner {
         let chosenPlan = plan
         var configuration = MigrationExecutor.Configuration(qemuBinary: qemuBinary, runRoot: order.destinationRunRoot, accel: accel)
         configuration.deadlineFactor = 4
+        configuration.destinationLaunchPrefix = order.destinationLaunchPrefix
+        configuration.streamAddress = order.streamAddress
         let executor = MigrationExecutor(configuration, connectAgent: AgentChannelConnection.connector)
         let source = RunningGuest(name: order.vm, spec: spec, qmp: qmp, agentSocketPath: files.agent)
         let started = ContinuousClock.now

@@ -19,9 +19,17 @@ public struct ScheduleHost: Codable, Sendable, Equatable {
     public var interface: String?
     /// `sluice vm manager` only: where the QEMU run directories of guests moved to this host go.
     public var runRoot: String?
+    /// `sluice vm manager` only: the network namespace guests moved to this host run in (their QEMU is
+    /// started with `ip netns exec NAME`), and the "HOST:PORT" the migration stream comes in on over
+    /// TCP (nil: a Unix socket in the run directory).
+    public var netns: String?
+    public var migrationAddress: String?
 
     public init(name: String, linkBytesPerSecond: Double, migrationSlots: Int, memoryBytes: Double, history: String,
-                metrics: String? = nil, port: String? = nil, interface: String? = nil, runRoot: String? = nil) {
+                metrics: String? = nil, port: String? = nil, interface: String? = nil, runRoot: String? = nil,
+                netns: String? = nil, migrationAddress: String? = nil) {
+        self.netns = netns
+        self.migrationAddress = migrationAddress
         self.name = name
         self.linkBytesPerSecond = linkBytesPerSecond
         self.migrationSlots = migrationSlots

@@ -25,11 +25,16 @@ extension VMCommand {
         @Option(help: "Serve Prometheus metrics on GET /metrics at HOST:PORT (port 0: any, printed).") var metrics: String?
         @Option(help: "Real seconds per tick (one scheduler minute), 0.5...60.") var period: Double = 60
         @Option(help: "Ticks to run, then exit (0: until stopped).") var ticks = 0
+        @Option(help: "The forecast's short season in ticks (the long one is 7 of them), 4...1440; slots of 1 tick below 192.")
+        var seasonTicks = 1440
         @Option(help: "QEMU binary for the destinations.") var qemu = "/usr/bin/qemu-system-x86_64"
 
         func validate() throws {
             guard TimeScale.tickSecondsRange.contains(period) else { throw ValidationError("--period must be 0.5...60 seconds") }
             guard ticks >= 0 else { throw ValidationError("--ticks must be >= 0") }
+            guard SeasonalForecaster.Parameters.seasonRange.contains(seasonTicks), seasonTicks % max(1, seasonTicks / 96) == 0 else {
+                throw ValidationError("--season-ticks must be 4...1440 and a multiple of \(max(1, seasonTicks / 96)) (its slot length)")
+            }
             if let metrics { _ = try hostPort(metrics, flag: "--metrics", portZero: true) }
         }
 
@@ -52,9 +57,11 @@ extension VMCommand {
             }
             try VMSchedule.lockState(state)
             let manager: MigrationManager
+            var configuration = MigrationManager.Configuration(hosts: file, timeScale: TimeScale(tickSeconds: period), statePath: state,
+                                                               spoolDirectory: spool)
+            configuration.seasonTicks = seasonTicks
             do {
-                manager = try MigrationManager(.init(hosts: file, timeScale: TimeScale(tickSeconds: period), statePath: state, spoolDirectory: spool),
-                                               samplers: samplers, runner: ExecutorMoveRunner(qemuBinary: qemu))
+                manager = try MigrationManager(configuration, samplers: samplers, runner: ExecutorMoveRunner(qemuBinary: qemu))
             } catch { throw ValidationError("\(error)") }
             var endpoint: MetricsEndpoint?
             if let metrics {

@@ -101,4 +101,26 @@ import Glibc
         // The first day's forecasts (nothing learnt yet) fade out of the error over the next days.
         #expect((monitor.forecastError(host: 0) ?? 1) < 0.2)
     }
+
+    /// A season of 20 ticks (slots of one tick): busy for ticks 0-7 of each season. After two seasons the
+    /// third's busy ticks are forecast busy and its quiet ticks quiet, from the daily profile (wider band).
+    @Test func learnsAShortSeasonInTicks() {
+        let parameters = SeasonalForecaster.Parameters(seasonMinutes: 20)
+        #expect(parameters.slotMinutes == 1)
+        #expect(SeasonalForecaster.Parameters(seasonMinutes: 480).slotMinutes == 5)
+        #expect(SeasonalForecaster.Parameters().slotMinutes == 15)
+        var forecaster = SeasonalForecaster(parameters: parameters)
+        var random = SplitMix64(seed: 9)
+        let start = 1_000_000  // any tick: seasons count from tick 0
+        for tick in start..<(start + 40) {
+            let busy = tick % 20 < 8
+            forecaster.observe(minute: tick, value: (busy ? 1000 : 50) * (0.97 + 0.06 * random.unit()))
+        }
+        for tick in (start + 40)..<(start + 60) {
+            let point = forecaster.forecast(at: tick)
+            if tick % 20 < 8 { #expect(point.mean > 900, "tick \(tick % 20): \(point)") } else if tick % 20 > 8 {
+                #expect(point.upper(confidence: 0.9) < 200, "tick \(tick % 20): \(point)")
+            }
+        }
+    }
 }

@@ -114,7 +114,8 @@ import Glibc
                 """)
         }
         let manager = try ChildProcess([sluice, "vm", "manager", "--hosts", "\(directory)/hosts.json", "--state", "\(directory)/state.json",
-                                        "--spool", "\(directory)/spool", "--metrics", "127.0.0.1:0", "--period", "0.5", "--ticks", "8"])
+                                        "--spool", "\(directory)/spool", "--metrics", "127.0.0.1:0", "--period", "0.5", "--ticks", "8",
+                                        "--season-ticks", "20"])
         let line = try #require(manager.readLine(timeoutMs: 30_000), "\(manager.stderrText)")
         let port = try #require(line.split(separator: ":").last.flatMap { Int($0) }, "\(line)")
         usleep(2_500_000)
@@ -152,5 +153,8 @@ import Glibc
         #expect(unknownHost.status != 0 && unknownHost.stderr.contains("no host named 'zz'"), "\(unknownHost.stderr)")
         let both = try runCommand([sluice, "vm", "schedule", "--hosts", "x", "--state", "y"])
         #expect(both.status != 0 && both.stderr.contains("give --request or --finished"), "\(both.stderr)")
+        let season = try runCommand([sluice, "vm", "manager", "--hosts", "\(directory)/hosts.json", "--state", "\(directory)/s.json",
+                                     "--season-ticks", "3"])
+        #expect(season.status != 0 && season.stderr.contains("--season-ticks must be 4...1440"), "\(season.stderr)")
     }
 }
