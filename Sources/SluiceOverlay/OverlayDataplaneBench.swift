@@ -80,7 +80,7 @@ public enum OverlayBench {
                 work.baseAddress!.copyMemory(from: templates.baseAddress! + (position % flows) * length, byteCount: length)
                 switch redirect.process(work, length: length, port: 0, nowNs: start) {
                 case .forward(_, let newLength): sink &+= newLength
-                case .drop: sink &+= 1
+                case .drop, .held: sink &+= 1
                 }
             }
             var elapsed = Clock.monotonicNs() &- start

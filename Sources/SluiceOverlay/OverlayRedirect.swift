@@ -16,6 +16,14 @@ public enum OverlayDataplaneLimits {
     public static let resetQueueMax = 1024
     /// Default flow table capacity.
     public static let flowCapacityDefault = 1 << 16
+    /// First packets held per consumer VM and service while its lease is asked for (more: `awaitingLease`).
+    public static let heldPerPairMax = 32
+    /// Consumer VM and service pairs holding packets at once (each a preallocated queue; more: `awaitingLease`).
+    public static let heldPairsMax = 16
+    /// Longest frame held (longer first packets are dropped `awaitingLease`).
+    public static let heldFrameBytesMax = 2048
+    /// Default of `OverlayDataplaneConfig.heldTimeoutNs`.
+    public static let heldTimeoutNsDefault: UInt64 = 5_000_000_000
 }
 
 /// What a VM port connects.
@@ -89,12 +97,15 @@ public struct OverlayDataplaneConfig: Sendable {
     public var flowIdleNs: UInt64
     public var endedFlowPolicy: OverlayEndedFlowPolicy
     public var computesUDPChecksum: Bool
+    /// Held first packets are dropped (`heldTimedOut`) this long after the first of their pair was held.
+    public var heldTimeoutNs: UInt64
 
     public init(underlayIPv4: UInt32, underlayMAC: MACAddress, neighborMACs: [UInt32: MACAddress] = [:],
                 underlayGatewayMAC: MACAddress = MACAddress(0xFFFF_FFFF_FFFF), vnis: [UInt32],
                 vmPorts: [OverlayVMPort], services: [OverlayService],
                 flowCapacity: Int = OverlayDataplaneLimits.flowCapacityDefault, flowIdleNs: UInt64 = 120_000_000_000,
-                endedFlowPolicy: OverlayEndedFlowPolicy = .reset, computesUDPChecksum: Bool = false) {
+                endedFlowPolicy: OverlayEndedFlowPolicy = .reset, computesUDPChecksum: Bool = false,
+                heldTimeoutNs: UInt64 = OverlayDataplaneLimits.heldTimeoutNsDefault) {
         self.underlayIPv4 = underlayIPv4
         self.underlayMAC = underlayMAC
         self.neighborMACs = neighborMACs
@@ -106,6 +117,7 @@ public struct OverlayDataplaneConfig: Sendable {
         self.flowIdleNs = flowIdleNs
         self.endedFlowPolicy = endedFlowPolicy
         self.computesUDPChecksum = computesUDPChecksum
+        self.heldTimeoutNs = heldTimeoutNs
     }
 
     /// The config's first mistake, if any (the CLI reports it; `OverlayRedirect` traps on one).
@@ -134,6 +146,28 @@ public enum OverlayVerdict: Equatable, Sendable {
     /// Send `length` bytes from the start of the buffer on `port` (VM ports 0..<n, then the underlay).
     case forward(port: Int, length: Int)
     case drop(OverlayDropReason)
+    /// The frame was copied into the hold queue of its consumer VM and service (a lease is being asked
+    /// for); the caller's buffer is free again. `takeReleasedFrame` hands it back once the grant is applied.
+    case held
+}
+
+/// One pair's hold queue (frames in `OverlayRedirect.heldBytes`).
+struct HoldQueue {
+    /// The (consumer port, service) pair, -1 when free.
+    var pair: Int32 = -1
+    var count: Int32 = 0
+    /// Next frame to hand out once released.
+    var next: Int32 = 0
+    var releasing = false
+    var firstHeldNs: UInt64 = 0
+}
+
+/// Counters of the hold queues.
+public struct OverlayHoldCounters: Sendable, Equatable {
+    /// Frames held, and frames handed back after their grant (then processed like new ones).
+    public var held: UInt64 = 0
+    public var released: UInt64 = 0
+    public init() {}
 }
 
 /// Counters of one lease slot (what it carried while it held a lease).
@@ -229,6 +263,14 @@ public struct OverlayRedirect: ~Copyable {
     public private(set) var eventsIgnored: UInt64 = 0
     var ipID: UInt16 = 0
     var sweepCursor = 0
+    // Hold queues: `heldPairsMax` queues of `heldPerPairMax` frames, the queue per pair (-1: none).
+    let holdQueues: UnsafeMutablePointer<HoldQueue>
+    let holdOfPair: UnsafeMutablePointer<Int16>
+    let heldBytes: UnsafeMutableRawPointer
+    let heldLengths: UnsafeMutablePointer<UInt16>
+    var holdQueuesInUse = 0
+    var holdQueuesReleasing = 0
+    public private(set) var holdCounters = OverlayHoldCounters()
 
     public init(config: OverlayDataplaneConfig) {
         precondition(config.problem == nil, "invalid overlay config: \(config.problem ?? "")")
@@ -270,6 +312,14 @@ public struct OverlayRedirect: ~Copyable {
         requestQueue.reserveCapacity(OverlayDataplaneLimits.leaseRequestQueueMax)
         resetQueue = []
         resetQueue.reserveCapacity(OverlayDataplaneLimits.resetQueueMax)
+        holdQueues = .allocate(capacity: OverlayDataplaneLimits.heldPairsMax)
+        holdQueues.initialize(repeating: HoldQueue(), count: OverlayDataplaneLimits.heldPairsMax)
+        holdOfPair = .allocate(capacity: pairs)
+        holdOfPair.initialize(repeating: -1, count: pairs)
+        let heldFrames = OverlayDataplaneLimits.heldPairsMax * OverlayDataplaneLimits.heldPerPairMax
+        heldBytes = .allocate(byteCount: heldFrames * OverlayDataplaneLimits.heldFrameBytesMax, alignment: 64)
+        heldLengths = .allocate(capacity: heldFrames)
+        heldLengths.initialize(repeating: 0, count: heldFrames)
     }
 
     deinit {
@@ -283,6 +333,10 @@ public struct OverlayRedirect: ~Copyable {
         slots.deallocate()
         current.deallocate()
         requested.deallocate()
+        holdQueues.deallocate()
+        holdOfPair.deallocate()
+        heldBytes.deallocate()
+        heldLengths.deallocate()
     }
 
     // MARK: Lease events (control path, on the owner thread)
@@ -318,6 +372,11 @@ public struct OverlayRedirect: ~Copyable {
             slotByLeaseID[lease.leaseID] = slot
             current[pair] = slot
             requested[pair] = false
+            let hold = Int(holdOfPair[pair])
+            if hold >= 0, !holdQueues[hold].releasing {
+                holdQueues[hold].releasing = true
+                holdQueuesReleasing += 1
+            }
         case .ended(let leaseID, let epoch, _):
             guard let slot = slotByLeaseID[leaseID], slots[Int(slot)].epoch <= epoch else { eventsIgnored &+= 1; return }
             end(slot: slot)
@@ -357,8 +416,81 @@ public struct OverlayRedirect: ~Copyable {
         guard let port = config.vmPorts.firstIndex(where: { $0.name == consumerVM && $0.role == .consumer }),
               let service = config.services.firstIndex(where: { $0.name == service })
         else { return false }
-        requested[port * serviceCount + service] = false
+        let pair = port * serviceCount + service
+        requested[pair] = false
+        let hold = Int(holdOfPair[pair])
+        if hold >= 0, !holdQueues[hold].releasing { freeHoldQueue(hold, dropping: .leaseAskFailed) }
         return true
+    }
+
+    // MARK: Hold queues (first packets while a lease is asked for)
+
+    /// Copies a frame into `pair`'s hold queue (made on its first frame). False if it cannot be held.
+    mutating func hold(_ base: UnsafeRawPointer, length: Int, pair: Int, nowNs: UInt64) -> Bool {
+        guard length <= OverlayDataplaneLimits.heldFrameBytesMax else { return false }
+        var hold = Int(holdOfPair[pair])
+        if hold < 0 {
+            guard holdQueuesInUse < OverlayDataplaneLimits.heldPairsMax else { return false }
+            hold = 0
+            while holdQueues[hold].pair >= 0 { hold += 1 }
+            holdQueues[hold] = HoldQueue(pair: Int32(pair), count: 0, next: 0, releasing: false, firstHeldNs: nowNs)
+            holdOfPair[pair] = Int16(hold)
+            holdQueuesInUse += 1
+        }
+        let queue = holdQueues + hold
+        guard !queue.pointee.releasing, Int(queue.pointee.count) < OverlayDataplaneLimits.heldPerPairMax else { return false }
+        let frame = hold * OverlayDataplaneLimits.heldPerPairMax + Int(queue.pointee.count)
+        memcpy(heldBytes + frame * OverlayDataplaneLimits.heldFrameBytesMax, base, length)
+        heldLengths[frame] = UInt16(length)
+        queue.pointee.count += 1
+        holdCounters.held &+= 1
+        return true
+    }
+
+    /// Frees hold queue `hold`, counting its frames not yet handed out as `reason` drops.
+    mutating func freeHoldQueue(_ hold: Int, dropping reason: OverlayDropReason) {
+        let queue = holdQueues[hold]
+        precondition(queue.pair >= 0, "freeing a free hold queue")
+        drops.add(reason, UInt64(queue.count - queue.next))
+        if queue.releasing { holdQueuesReleasing -= 1 }
+        holdOfPair[Int(queue.pair)] = -1
+        holdQueues[hold] = HoldQueue()
+        holdQueuesInUse -= 1
+    }
+
+    /// True if held frames of granted pairs wait to be handed back (`takeReleasedFrame`).
+    public var hasReleasedFrames: Bool { holdQueuesReleasing > 0 }
+
+    /// Copies the next held frame of a pair whose grant was applied into `buffer` and says which VM port
+    /// it came from; the caller then passes it to `process` like a frame just received. Nil when none wait.
+    public mutating func takeReleasedFrame(into buffer: UnsafeMutableRawBufferPointer) -> (port: Int, length: Int)? {
+        guard holdQueuesReleasing > 0 else { return nil }
+        for hold in 0..<OverlayDataplaneLimits.heldPairsMax where holdQueues[hold].pair >= 0 && holdQueues[hold].releasing {
+            let queue = holdQueues + hold
+            if queue.pointee.next == queue.pointee.count {
+                freeHoldQueue(hold, dropping: .heldTimedOut)  // all handed out: counts zero drops
+                continue
+            }
+            let frame = hold * OverlayDataplaneLimits.heldPerPairMax + Int(queue.pointee.next)
+            let length = Int(heldLengths[frame])
+            precondition(length <= buffer.count, "held frame longer than the buffer it goes back into")
+            memcpy(buffer.baseAddress!, heldBytes + frame * OverlayDataplaneLimits.heldFrameBytesMax, length)
+            queue.pointee.next += 1
+            holdCounters.released &+= 1
+            let port = Int(queue.pointee.pair) / serviceCount
+            if queue.pointee.next == queue.pointee.count { freeHoldQueue(hold, dropping: .heldTimedOut) }
+            return (port, length)
+        }
+        return nil
+    }
+
+    /// Drops the frames of hold queues older than `heldTimeoutNs` (no grant came).
+    mutating func expireHoldQueues(nowNs: UInt64) {
+        for hold in 0..<OverlayDataplaneLimits.heldPairsMax where holdQueues[hold].pair >= 0 && !holdQueues[hold].releasing {
+            if nowNs > holdQueues[hold].firstHeldNs, nowNs - holdQueues[hold].firstHeldNs > config.heldTimeoutNs {
+                freeHoldQueue(hold, dropping: .heldTimedOut)
+            }
+        }
     }
 
     /// Takes the queued lease requests as (consumer VM, service) names.
@@ -381,6 +513,7 @@ public struct OverlayRedirect: ~Copyable {
     /// Removes up to `budget` flows idle longer than `flowIdleNs`, continuing where the last call
     /// stopped. Bounded work per call: the host calls it once per loop turn.
     public mutating func sweep(nowNs: UInt64, budget: Int = 64) {
+        if holdQueuesInUse > holdQueuesReleasing { expireHoldQueues(nowNs: nowNs) }
         let capacity = flows.capacity
         for _ in 0..<min(budget, capacity) {
             let index = Int32(sweepCursor)
@@ -486,7 +619,8 @@ public struct OverlayRedirect: ~Copyable {
                     requested[pair] = true
                     requestQueue.append((Int32(port), Int32(service)))
                 }
-                return .drop(requested[pair] ? .awaitingLease : .noLease)
+                guard requested[pair] else { return .drop(.noLease) }
+                return hold(buffer.baseAddress!, length: length, pair: pair, nowNs: nowNs) ? .held : .drop(.awaitingLease)
             }
             let lease = slots[Int(slot)]
             let reply = OverlayFlowKey(kind: .consumerReply, source: lease.producerIPv4, destination: source,
