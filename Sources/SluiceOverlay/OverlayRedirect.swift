@@ -268,6 +268,11 @@ public struct OverlayRedirect: ~Copyable {
     let holdOfPair: UnsafeMutablePointer<Int16>
     let heldBytes: UnsafeMutableRawPointer
     let heldLengths: UnsafeMutablePointer<UInt16>
+    /// Per lease slot: the 50 outer header bytes (`outerTemplateStride` apart) with length, IP id, IP
+    /// checksum and UDP source port zero, and the IPv4 header's one's-complement sum without those.
+    let outerTemplates: UnsafeMutableRawPointer
+    let outerSums: UnsafeMutablePointer<UInt32>
+    static let outerTemplateStride = 64
     var holdQueuesInUse = 0
     var holdQueuesReleasing = 0
     public private(set) var holdCounters = OverlayHoldCounters()
@@ -320,6 +325,11 @@ public struct OverlayRedirect: ~Copyable {
         heldBytes = .allocate(byteCount: heldFrames * OverlayDataplaneLimits.heldFrameBytesMax, alignment: 64)
         heldLengths = .allocate(capacity: heldFrames)
         heldLengths.initialize(repeating: 0, count: heldFrames)
+        outerTemplates = .allocate(byteCount: OverlayLimits.leaseCountMax * Self.outerTemplateStride, alignment: 64)
+        outerTemplates.initializeMemory(as: UInt8.self, repeating: 0,
+                                        count: OverlayLimits.leaseCountMax * Self.outerTemplateStride)
+        outerSums = .allocate(capacity: OverlayLimits.leaseCountMax)
+        outerSums.initialize(repeating: 0, count: OverlayLimits.leaseCountMax)
     }
 
     deinit {
@@ -337,6 +347,8 @@ public struct OverlayRedirect: ~Copyable {
         holdOfPair.deallocate()
         heldBytes.deallocate()
         heldLengths.deallocate()
+        outerTemplates.deallocate()
+        outerSums.deallocate()
     }
 
     // MARK: Lease events (control path, on the owner thread)
@@ -368,6 +380,16 @@ public struct OverlayRedirect: ~Copyable {
                                          producerUnderlayIPv4: lease.producerUnderlayIPv4,
                                          nextHopMAC: nextHop.rawValue, vni: lease.vni)
             slots[Int(slot)].counters.appliedNs = nowNs
+            let template = outerTemplates + Int(slot) * Self.outerTemplateStride
+            let header = OverlayUnderlayHeader(sourceMAC: config.underlayMAC, destinationMAC: nextHop,
+                                               sourceIPv4: config.underlayIPv4,
+                                               destinationIPv4: lease.producerUnderlayIPv4)
+            OverlayVXLAN.writeOuter(template, innerLength: -36, vni: lease.vni, sourcePort: 0, header: header, ipID: 0)
+            store16(template, 24, 0)
+            store16(template, 38, 0)
+            outerSums[Int(slot)] = 0x4500 &+ 0x4000 &+ (UInt32(header.ttl) << 8 | UInt32(IPProtocol.udp))
+                &+ header.sourceIPv4 >> 16 &+ header.sourceIPv4 & 0xFFFF
+                &+ header.destinationIPv4 >> 16 &+ header.destinationIPv4 & 0xFFFF
             leases[Int(slot)] = lease
             slotByLeaseID[lease.leaseID] = slot
             current[pair] = slot
@@ -528,6 +550,22 @@ public struct OverlayRedirect: ~Copyable {
 
     // MARK: The packet path
 
+    /// A hint for burst loops: for a frame that will be passed to `process` a few frames from now,
+    /// starts pulling its flow's index slot into cache. Reads only the frame's fixed header bytes
+    /// (untagged Ethernet, IPv4, TCP/UDP from a consumer VM port); any other frame is ignored. Never
+    /// changes state or results.
+    @inline(__always)
+    public func prefetch(_ frame: UnsafeRawPointer, length: Int, port: Int) {
+        guard port < portCount, portRoles[port] == 1, length >= 54, load16(frame, 12) == EtherType.ipv4 else { return }
+        let versionIHL = frame.load(fromByteOffset: 14, as: UInt8.self)
+        let ipProtocol = frame.load(fromByteOffset: 23, as: UInt8.self)
+        let l4 = 14 + Int(versionIHL & 0x0F) * 4
+        guard versionIHL >> 4 == 4, l4 + 4 <= length else { return }
+        flows.prefetch(OverlayFlowKey(kind: .consumerForward, source: load32(frame, 26), destination: load32(frame, 30),
+                                      sourcePort: load16(frame, l4), destinationPort: load16(frame, l4 + 2),
+                                      ipProtocol: ipProtocol, vni: UInt32(port)))
+    }
+
     /// Decides one frame received on `port` (held in `buffer[0..<length]`, `buffer` being the whole
     /// writable buffer): rewrites/encapsulates/decapsulates in place and says where the result goes.
     public mutating func process(_ buffer: UnsafeMutableRawBufferPointer, length: Int, port: Int,
@@ -649,8 +687,32 @@ public struct OverlayRedirect: ~Copyable {
         if flow.pointee.isTCP, load16(base, l4 + 12) & 0x0010 != 0 { flow.pointee.consumerAck = load32(base, l4 + 8) }
         OverlayRewrite.set(base, l3: l3, l4: l4, ipProtocol: headers.ipProtocol, isDestination: true,
                            ipv4: flow.pointee.producerIPv4, port: flow.pointee.producerPort)
-        return encapsulate(buffer, length: length, vni: flow.pointee.vni, entropyPort: flow.pointee.entropyPort,
-                           destinationIPv4: flow.pointee.peerUnderlayIPv4, destinationMAC: slots[Int(flow.pointee.leaseSlot)].nextHopMAC)
+        if config.computesUDPChecksum {
+            return encapsulate(buffer, length: length, vni: flow.pointee.vni, entropyPort: flow.pointee.entropyPort,
+                               destinationIPv4: flow.pointee.peerUnderlayIPv4,
+                               destinationMAC: slots[Int(flow.pointee.leaseSlot)].nextHopMAC)
+        }
+        return encapsulate(buffer, length: length, slot: Int(flow.pointee.leaseSlot), entropyPort: flow.pointee.entropyPort)
+    }
+
+    /// Encapsulation from the lease slot's precomputed outer headers: copy the 50 bytes, patch lengths,
+    /// IP id, IP checksum (the slot's constant sum plus those two words) and the UDP source port. The
+    /// same bytes as `OverlayVXLAN.encapsulate` with a zero UDP checksum.
+    @inline(__always)
+    mutating func encapsulate(_ buffer: UnsafeMutableRawBufferPointer, length: Int, slot: Int,
+                              entropyPort: UInt16) -> OverlayVerdict {
+        guard length <= buffer.count - OverlayVXLAN.outerHeaderBytes, length + 36 <= 0xFFFF else { return .drop(.tooLarge) }
+        ipID &+= 1
+        let base = buffer.baseAddress!
+        memmove(base + OverlayVXLAN.outerHeaderBytes, base, length)
+        memcpy(base, outerTemplates + slot * Self.outerTemplateStride, OverlayVXLAN.outerHeaderBytes)
+        let totalLength = UInt16(truncatingIfNeeded: length + 36)
+        store16(base, 16, totalLength)
+        store16(base, 18, ipID)
+        store16(base, 24, ~OverlayVXLAN.fold(outerSums[slot] &+ UInt32(totalLength) &+ UInt32(ipID)))
+        store16(base, 34, entropyPort)
+        store16(base, 38, UInt16(truncatingIfNeeded: length + 16))
+        return .forward(port: underlayPort, length: length + OverlayVXLAN.outerHeaderBytes)
     }
 
     /// Binds a flow to the lease in `slot` (first packet, or a move).
