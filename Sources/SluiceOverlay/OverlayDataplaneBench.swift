@@ -47,10 +47,15 @@ public enum OverlayBench {
                                            producerHost: "h2", producerUnderlayIPv4: 0xC612_0002,
                                            producerOverlayIPv4: 0xC613_0202, producerPort: 8000, vni: 42)
 
+    /// Frames between a flow index prefetch and the frame's `process` (0: no prefetch, the default: it
+    /// measured no gain, docs/BENCHMARKS.md).
+    public static let prefetchDistanceDefault = 0
+
     /// Runs `rounds` rounds of `framesPerRound` frames through each loop (alternating, redirect first).
     /// `flowCapacity` 0: the smallest power of two >= 4 x `flows` (the table sized for its load).
     public static func run(flows: Int = 1024, payloadBytes: Int = 64, framesPerRound: Int = 2_000_000,
-                           rounds: Int = 5, flowCapacity: Int = 0) -> OverlayBenchResult {
+                           rounds: Int = 5, flowCapacity: Int = 0,
+                           prefetchDistance: Int = prefetchDistanceDefault) -> OverlayBenchResult {
         precondition(flows > 0 && flows <= 1 << 16, "flows in 1...65536")
         precondition(rounds > 0, "no rounds")
         let frames = consumerFrames(flows: flows, payloadBytes: payloadBytes)
@@ -77,10 +82,15 @@ public enum OverlayBench {
         for _ in 0..<rounds {
             var start = Clock.monotonicNs()
             for position in 0..<framesPerRound {
+                // As the host's receive loop does: hint the flow index slot `prefetchDistance` frames ahead.
+                if prefetchDistance > 0 {
+                    redirect.prefetch(templates.baseAddress! + ((position &+ prefetchDistance) % flows) * length,
+                                      length: length, port: 0)
+                }
                 work.baseAddress!.copyMemory(from: templates.baseAddress! + (position % flows) * length, byteCount: length)
                 switch redirect.process(work, length: length, port: 0, nowNs: start) {
                 case .forward(_, let newLength): sink &+= newLength
-                case .drop: sink &+= 1
+                case .drop, .held: sink &+= 1
                 }
             }
             var elapsed = Clock.monotonicNs() &- start

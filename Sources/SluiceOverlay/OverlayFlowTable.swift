@@ -1,5 +1,6 @@
 // Path: Sources/SluiceOverlay/OverlayFlowTable.swift — the bounded flow table of a host's overlay data
 // plane: 5-tuple keys (two per flow, one per direction) to flow records carrying lease id and epoch.
+import CShims
 
 /// A flow key: IPv4 5-tuple plus which table side it names, packed in two words.
 public struct OverlayFlowKey: Hashable, Sendable {
@@ -37,18 +38,35 @@ public struct OverlayFlowKey: Hashable, Sendable {
     }
 }
 
-/// What the data plane keeps per flow. Plain values: the table stores them inline.
+/// What the data plane keeps per flow. Plain values: the table stores them inline. Field order is
+/// layout: the fields every packet of a leased flow reads or writes come first (the first 64 bytes plus
+/// a few), the keys and what only first packets, ends and reports use come after.
 public struct OverlayFlow: Sendable, Equatable {
+    /// Consumer side: the lease id and epoch the flow was bound under, and its lease slot; the
+    /// packet path forwards only while the slot still holds exactly this lease id and epoch.
+    public var leaseID: Int64 = 0
+    public var epoch: Int64 = 0
+    public var packets: UInt64 = 0
+    public var bytes: UInt64 = 0
+    public var lastSeenNs: UInt64 = 0
+    public var leaseSlot: Int32 = -1
+    public var serviceIndex: Int32 = -1
+    /// Producer VM address the flow is redirected to.
+    public var producerIPv4: UInt32 = 0
+    /// The underlay peer: producer host (consumer side) or consumer host (producer side, learned from
+    /// the outer source), with its MAC on the producer side.
+    public var peerUnderlayIPv4: UInt32 = 0
+    public var vni: UInt32 = 0
+    /// Consumer side, TCP: the last acknowledgment number the consumer sent (the RST's sequence number).
+    public var consumerAck: UInt32 = 0
+    public var producerPort: UInt16 = 0
+    /// Outer UDP source port (from the inner flow hash).
+    public var entropyPort: UInt16 = 0
+    public var isTCP = false
+    public var kind: OverlayFlowKey.Kind
     public var forwardKey: OverlayFlowKey
     /// The reply direction's key (a flow is found from either direction).
     public var replyKey: OverlayFlowKey
-    public var kind: OverlayFlowKey.Kind
-    /// Consumer side: the lease slot, and the lease id and epoch the flow was bound under; the
-    /// packet path forwards only while the slot still holds exactly this lease id and epoch.
-    public var leaseSlot: Int32 = -1
-    public var leaseID: Int64 = 0
-    public var epoch: Int64 = 0
-    public var serviceIndex: Int32 = -1
     /// The VM port the flow's VM is behind (consumer VM or producer VM).
     public var vmPort: Int32 = -1
     /// The VM's MAC as learned from its first packet (consumer side: where replies go).
@@ -56,22 +74,7 @@ public struct OverlayFlow: Sendable, Equatable {
     /// Service address the consumer used (consumer side), host order.
     public var serviceIPv4: UInt32 = 0
     public var servicePort: UInt16 = 0
-    /// Producer VM address the flow is redirected to.
-    public var producerIPv4: UInt32 = 0
-    public var producerPort: UInt16 = 0
-    /// The underlay peer: producer host (consumer side) or consumer host (producer side, learned from
-    /// the outer source), with its MAC on the producer side.
-    public var peerUnderlayIPv4: UInt32 = 0
     public var peerMAC: UInt64 = 0
-    public var vni: UInt32 = 0
-    /// Outer UDP source port (from the inner flow hash).
-    public var entropyPort: UInt16 = 0
-    /// Consumer side, TCP: the last acknowledgment number the consumer sent (the RST's sequence number).
-    public var consumerAck: UInt32 = 0
-    public var isTCP = false
-    public var packets: UInt64 = 0
-    public var bytes: UInt64 = 0
-    public var lastSeenNs: UInt64 = 0
 
     public init(forwardKey: OverlayFlowKey, replyKey: OverlayFlowKey, kind: OverlayFlowKey.Kind) {
         self.forwardKey = forwardKey
@@ -115,7 +118,8 @@ public struct OverlayFlowTable: ~Copyable {
         self.capacity = capacity
         let empty = OverlayFlowKey(kind: .consumerForward, source: 0, destination: 0, sourcePort: 0,
                                    destinationPort: 0, ipProtocol: 0)
-        flows = .allocate(capacity: capacity)
+        flows = UnsafeMutableRawPointer.allocate(byteCount: capacity * MemoryLayout<OverlayFlow>.stride, alignment: 64)
+            .bindMemory(to: OverlayFlow.self, capacity: capacity)
         flows.initialize(repeating: OverlayFlow(forwardKey: empty, replyKey: empty, kind: .consumerForward),
                          count: capacity)
         inUse = .allocate(capacity: capacity)
@@ -146,6 +150,12 @@ public struct OverlayFlowTable: ~Copyable {
             if slots[slot].key == key { return entry - 1 }
             slot = (slot + 1) & slotMask
         }
+    }
+
+    /// Starts pulling the index slot `key` hashes to into cache (a hint: burst loops call it a few
+    /// frames ahead of `find`, so the probe does not wait on memory).
+    @inline(__always) public func prefetch(_ key: OverlayFlowKey) {
+        sluice_prefetch_read(slots + (Int(truncatingIfNeeded: key.hash) & slotMask))
     }
 
     /// The record of flow `index` (valid while the flow is in the table).

@@ -136,6 +136,9 @@ public struct OverlayHostSnapshot: Sendable, Equatable, Codable {
     public var eventsIgnored: UInt64 = 0
     public var resetsSent: UInt64 = 0
     public var leaseRequests: UInt64 = 0
+    /// First packets held while their lease was asked for, and those handed on after the grant.
+    public var heldPackets: UInt64 = 0
+    public var releasedPackets: UInt64 = 0
     public init() {}
 
     /// The port named `name` (a VM name, or "underlay").
@@ -401,6 +404,7 @@ struct OverlayHostLoop: ~Copyable {
                 eventsApplied &+= 1
                 dirty = true
             }
+            if redirect.hasReleasedFrames { releaseHeld(nowNs: nowNs) }
             if redirect.hasResets { sendResets() }
             var moved = 0
             for port in 0..<portCount { moved += receive(port: port, nowNs: nowNs) }
@@ -448,18 +452,42 @@ struct OverlayHostLoop: ~Copyable {
                 pool.freeIndex(index)
                 continue
             }
-            switch redirect.process(pool.bytes(at: index), length: length, port: port, nowNs: nowNs) {
-            case .drop:
-                pool.freeIndex(index)
-            case .forward(let output, let newLength):
-                metadata.pointee.length = UInt32(newLength)
-                metadata.pointee.wireLength = UInt32(newLength)
-                if outCounts[output] == OverlayHostLimits.burstCountMax { flush(port: output) }
-                outItems[output * OverlayHostLimits.burstCountMax + outCounts[output]] = UInt64(index)
-                outCounts[output] += 1
-            }
+            dispatch(index, redirect.process(pool.bytes(at: index), length: length, port: port, nowNs: nowNs))
         }
         return received
+    }
+
+    /// Frees the buffer at `index` or queues it on its output port, as the verdict says.
+    @inline(__always) mutating func dispatch(_ index: UInt32, _ verdict: OverlayVerdict) {
+        switch verdict {
+        case .drop, .held:
+            pool.freeIndex(index)
+        case .forward(let output, let newLength):
+            let metadata = pool.metadata(at: index)
+            metadata.pointee.length = UInt32(newLength)
+            metadata.pointee.wireLength = UInt32(newLength)
+            if outCounts[output] == OverlayHostLimits.burstCountMax { flush(port: output) }
+            outItems[output * OverlayHostLimits.burstCountMax + outCounts[output]] = UInt64(index)
+            outCounts[output] += 1
+        }
+    }
+
+    /// Runs the held first packets of newly granted pairs through the redirect (in arrival order). Stops
+    /// early if the pool is empty; the rest go next turn.
+    mutating func releaseHeld(nowNs: UInt64) {
+        while redirect.hasReleasedFrames {
+            guard let buffer = pool.allocate() else { return }
+            let index = buffer.releaseIndex()
+            guard let (port, length) = redirect.takeReleasedFrame(into: pool.bytes(at: index)) else {
+                pool.freeIndex(index)
+                return
+            }
+            var metadata = PacketMetadata()
+            metadata.length = UInt32(length)
+            metadata.wireLength = UInt32(length)
+            pool.metadata(at: index).pointee = metadata
+            dispatch(index, redirect.process(pool.bytes(at: index), length: length, port: port, nowNs: nowNs))
+        }
     }
 
     /// Sends the frames gathered for `port`; what the ring does not take is freed and counted.
@@ -534,6 +562,8 @@ struct OverlayHostLoop: ~Copyable {
         snapshot.eventsIgnored = redirect.eventsIgnored
         snapshot.resetsSent = resetsSent
         snapshot.leaseRequests = leaseRequests
+        snapshot.heldPackets = redirect.holdCounters.held
+        snapshot.releasedPackets = redirect.holdCounters.released
         return snapshot
     }
 }

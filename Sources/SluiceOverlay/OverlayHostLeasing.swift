@@ -14,7 +14,8 @@ public struct OverlayHostLeasingConfiguration: Sendable {
     /// Deadline of one agent call.
     public var agentCallTimeoutMs: Int64
     /// After a failed request, how long the consumer VM and service stay unasked (their packets drop as
-    /// `noLease`) before the next packet asks again.
+    /// `noLease`; the ones held while the request was out drop as `leaseAskFailed`) before the next packet
+    /// asks again.
     public var retryPauseMs: Int64
 
     public init(consumerHost: String, keys: OverlayKeys, agents: [String], agentCallTimeoutMs: Int64 = 3_000,
@@ -48,8 +49,8 @@ public final class OverlayHostLeasingCounters: Sendable {
 ///   the host's inbox: a grant installs the redirect, an end removes the redirect and cuts its flows in
 ///   one step on the forwarding thread (see `OverlayRedirect.apply`);
 /// - takes the host's lease requests (raised on the forwarding thread by a consumer VM's first packet to
-///   a service it holds no lease for; that packet and the next ones are dropped as `awaitingLease`, not
-///   held) from a bounded queue and asks the agents (`OverlayAgentClient`), one request at a time, off the
+///   a service it holds no lease for; that packet and the next ones are held, bounded, and go on once the
+///   grant is applied: `OverlayRedirect`) from a bounded queue and asks the agents (`OverlayAgentClient`), one request at a time, off the
 ///   packet thread. The grant itself reaches the host through the watch, like any other (one path for
 ///   every grant, in revision order). A failed request is counted; after `retryPauseMs` the pair is
 ///   re-armed so the next packet asks again.

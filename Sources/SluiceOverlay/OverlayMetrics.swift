@@ -51,6 +51,10 @@ public enum OverlayMetrics {
         out.sample([host], snapshot.eventsIgnored)
         out.family("sluice_overlay_resets_sent_total", "counter", "TCP resets sent to consumer VMs for flows of ended leases.")
         out.sample([host], snapshot.resetsSent)
+        out.family("sluice_overlay_held_packets_total", "counter", "First packets held while their lease was asked for.")
+        out.sample([host], snapshot.heldPackets)
+        out.family("sluice_overlay_released_packets_total", "counter", "Held packets handed on after their grant.")
+        out.sample([host], snapshot.releasedPackets)
         if let leasing {
             let counters: [(String, String, UInt64)] = [
                 ("lease_requests", "Lease requests raised by first packets.", leasing.requests.load(ordering: .relaxed)),

@@ -16,6 +16,14 @@ public enum OverlayDataplaneLimits {
     public static let resetQueueMax = 1024
     /// Default flow table capacity.
     public static let flowCapacityDefault = 1 << 16
+    /// First packets held per consumer VM and service while its lease is asked for (more: `awaitingLease`).
+    public static let heldPerPairMax = 32
+    /// Consumer VM and service pairs holding packets at once (each a preallocated queue; more: `awaitingLease`).
+    public static let heldPairsMax = 16
+    /// Longest frame held (longer first packets are dropped `awaitingLease`).
+    public static let heldFrameBytesMax = 2048
+    /// Default of `OverlayDataplaneConfig.heldTimeoutNs`.
+    public static let heldTimeoutNsDefault: UInt64 = 5_000_000_000
 }
 
 /// What a VM port connects.
@@ -89,12 +97,15 @@ public struct OverlayDataplaneConfig: Sendable {
     public var flowIdleNs: UInt64
     public var endedFlowPolicy: OverlayEndedFlowPolicy
     public var computesUDPChecksum: Bool
+    /// Held first packets are dropped (`heldTimedOut`) this long after the first of their pair was held.
+    public var heldTimeoutNs: UInt64
 
     public init(underlayIPv4: UInt32, underlayMAC: MACAddress, neighborMACs: [UInt32: MACAddress] = [:],
                 underlayGatewayMAC: MACAddress = MACAddress(0xFFFF_FFFF_FFFF), vnis: [UInt32],
                 vmPorts: [OverlayVMPort], services: [OverlayService],
                 flowCapacity: Int = OverlayDataplaneLimits.flowCapacityDefault, flowIdleNs: UInt64 = 120_000_000_000,
-                endedFlowPolicy: OverlayEndedFlowPolicy = .reset, computesUDPChecksum: Bool = false) {
+                endedFlowPolicy: OverlayEndedFlowPolicy = .reset, computesUDPChecksum: Bool = false,
+                heldTimeoutNs: UInt64 = OverlayDataplaneLimits.heldTimeoutNsDefault) {
         self.underlayIPv4 = underlayIPv4
         self.underlayMAC = underlayMAC
         self.neighborMACs = neighborMACs
@@ -106,6 +117,7 @@ public struct OverlayDataplaneConfig: Sendable {
         self.flowIdleNs = flowIdleNs
         self.endedFlowPolicy = endedFlowPolicy
         self.computesUDPChecksum = computesUDPChecksum
+        self.heldTimeoutNs = heldTimeoutNs
     }
 
     /// The config's first mistake, if any (the CLI reports it; `OverlayRedirect` traps on one).
@@ -134,6 +146,28 @@ public enum OverlayVerdict: Equatable, Sendable {
     /// Send `length` bytes from the start of the buffer on `port` (VM ports 0..<n, then the underlay).
     case forward(port: Int, length: Int)
     case drop(OverlayDropReason)
+    /// The frame was copied into the hold queue of its consumer VM and service (a lease is being asked
+    /// for); the caller's buffer is free again. `takeReleasedFrame` hands it back once the grant is applied.
+    case held
+}
+
+/// One pair's hold queue (frames in `OverlayRedirect.heldBytes`).
+struct HoldQueue {
+    /// The (consumer port, service) pair, -1 when free.
+    var pair: Int32 = -1
+    var count: Int32 = 0
+    /// Next frame to hand out once released.
+    var next: Int32 = 0
+    var releasing = false
+    var firstHeldNs: UInt64 = 0
+}
+
+/// Counters of the hold queues.
+public struct OverlayHoldCounters: Sendable, Equatable {
+    /// Frames held, and frames handed back after their grant (then processed like new ones).
+    public var held: UInt64 = 0
+    public var released: UInt64 = 0
+    public init() {}
 }
 
 /// Counters of one lease slot (what it carried while it held a lease).
@@ -229,6 +263,19 @@ public struct OverlayRedirect: ~Copyable {
     public private(set) var eventsIgnored: UInt64 = 0
     var ipID: UInt16 = 0
     var sweepCursor = 0
+    // Hold queues: `heldPairsMax` queues of `heldPerPairMax` frames, the queue per pair (-1: none).
+    let holdQueues: UnsafeMutablePointer<HoldQueue>
+    let holdOfPair: UnsafeMutablePointer<Int16>
+    let heldBytes: UnsafeMutableRawPointer
+    let heldLengths: UnsafeMutablePointer<UInt16>
+    /// Per lease slot: the 50 outer header bytes (`outerTemplateStride` apart) with length, IP id, IP
+    /// checksum and UDP source port zero, and the IPv4 header's one's-complement sum without those.
+    let outerTemplates: UnsafeMutableRawPointer
+    let outerSums: UnsafeMutablePointer<UInt32>
+    static let outerTemplateStride = 64
+    var holdQueuesInUse = 0
+    var holdQueuesReleasing = 0
+    public private(set) var holdCounters = OverlayHoldCounters()
 
     public init(config: OverlayDataplaneConfig) {
         precondition(config.problem == nil, "invalid overlay config: \(config.problem ?? "")")
@@ -270,6 +317,19 @@ public struct OverlayRedirect: ~Copyable {
         requestQueue.reserveCapacity(OverlayDataplaneLimits.leaseRequestQueueMax)
         resetQueue = []
         resetQueue.reserveCapacity(OverlayDataplaneLimits.resetQueueMax)
+        holdQueues = .allocate(capacity: OverlayDataplaneLimits.heldPairsMax)
+        holdQueues.initialize(repeating: HoldQueue(), count: OverlayDataplaneLimits.heldPairsMax)
+        holdOfPair = .allocate(capacity: pairs)
+        holdOfPair.initialize(repeating: -1, count: pairs)
+        let heldFrames = OverlayDataplaneLimits.heldPairsMax * OverlayDataplaneLimits.heldPerPairMax
+        heldBytes = .allocate(byteCount: heldFrames * OverlayDataplaneLimits.heldFrameBytesMax, alignment: 64)
+        heldLengths = .allocate(capacity: heldFrames)
+        heldLengths.initialize(repeating: 0, count: heldFrames)
+        outerTemplates = .allocate(byteCount: OverlayLimits.leaseCountMax * Self.outerTemplateStride, alignment: 64)
+        outerTemplates.initializeMemory(as: UInt8.self, repeating: 0,
+                                        count: OverlayLimits.leaseCountMax * Self.outerTemplateStride)
+        outerSums = .allocate(capacity: OverlayLimits.leaseCountMax)
+        outerSums.initialize(repeating: 0, count: OverlayLimits.leaseCountMax)
     }
 
     deinit {
@@ -283,6 +343,12 @@ public struct OverlayRedirect: ~Copyable {
         slots.deallocate()
         current.deallocate()
         requested.deallocate()
+        holdQueues.deallocate()
+        holdOfPair.deallocate()
+        heldBytes.deallocate()
+        heldLengths.deallocate()
+        outerTemplates.deallocate()
+        outerSums.deallocate()
     }
 
     // MARK: Lease events (control path, on the owner thread)
@@ -314,10 +380,25 @@ public struct OverlayRedirect: ~Copyable {
                                          producerUnderlayIPv4: lease.producerUnderlayIPv4,
                                          nextHopMAC: nextHop.rawValue, vni: lease.vni)
             slots[Int(slot)].counters.appliedNs = nowNs
+            let template = outerTemplates + Int(slot) * Self.outerTemplateStride
+            let header = OverlayUnderlayHeader(sourceMAC: config.underlayMAC, destinationMAC: nextHop,
+                                               sourceIPv4: config.underlayIPv4,
+                                               destinationIPv4: lease.producerUnderlayIPv4)
+            OverlayVXLAN.writeOuter(template, innerLength: -36, vni: lease.vni, sourcePort: 0, header: header, ipID: 0)
+            store16(template, 24, 0)
+            store16(template, 38, 0)
+            outerSums[Int(slot)] = 0x4500 &+ 0x4000 &+ (UInt32(header.ttl) << 8 | UInt32(IPProtocol.udp))
+                &+ header.sourceIPv4 >> 16 &+ header.sourceIPv4 & 0xFFFF
+                &+ header.destinationIPv4 >> 16 &+ header.destinationIPv4 & 0xFFFF
             leases[Int(slot)] = lease
             slotByLeaseID[lease.leaseID] = slot
             current[pair] = slot
             requested[pair] = false
+            let hold = Int(holdOfPair[pair])
+            if hold >= 0, !holdQueues[hold].releasing {
+                holdQueues[hold].releasing = true
+                holdQueuesReleasing += 1
+            }
         case .ended(let leaseID, let epoch, _):
             guard let slot = slotByLeaseID[leaseID], slots[Int(slot)].epoch <= epoch else { eventsIgnored &+= 1; return }
             end(slot: slot)
@@ -357,8 +438,81 @@ public struct OverlayRedirect: ~Copyable {
         guard let port = config.vmPorts.firstIndex(where: { $0.name == consumerVM && $0.role == .consumer }),
               let service = config.services.firstIndex(where: { $0.name == service })
         else { return false }
-        requested[port * serviceCount + service] = false
+        let pair = port * serviceCount + service
+        requested[pair] = false
+        let hold = Int(holdOfPair[pair])
+        if hold >= 0, !holdQueues[hold].releasing { freeHoldQueue(hold, dropping: .leaseAskFailed) }
         return true
+    }
+
+    // MARK: Hold queues (first packets while a lease is asked for)
+
+    /// Copies a frame into `pair`'s hold queue (made on its first frame). False if it cannot be held.
+    mutating func hold(_ base: UnsafeRawPointer, length: Int, pair: Int, nowNs: UInt64) -> Bool {
+        guard length <= OverlayDataplaneLimits.heldFrameBytesMax else { return false }
+        var hold = Int(holdOfPair[pair])
+        if hold < 0 {
+            guard holdQueuesInUse < OverlayDataplaneLimits.heldPairsMax else { return false }
+            hold = 0
+            while holdQueues[hold].pair >= 0 { hold += 1 }
+            holdQueues[hold] = HoldQueue(pair: Int32(pair), count: 0, next: 0, releasing: false, firstHeldNs: nowNs)
+            holdOfPair[pair] = Int16(hold)
+            holdQueuesInUse += 1
+        }
+        let queue = holdQueues + hold
+        guard !queue.pointee.releasing, Int(queue.pointee.count) < OverlayDataplaneLimits.heldPerPairMax else { return false }
+        let frame = hold * OverlayDataplaneLimits.heldPerPairMax + Int(queue.pointee.count)
+        memcpy(heldBytes + frame * OverlayDataplaneLimits.heldFrameBytesMax, base, length)
+        heldLengths[frame] = UInt16(length)
+        queue.pointee.count += 1
+        holdCounters.held &+= 1
+        return true
+    }
+
+    /// Frees hold queue `hold`, counting its frames not yet handed out as `reason` drops.
+    mutating func freeHoldQueue(_ hold: Int, dropping reason: OverlayDropReason) {
+        let queue = holdQueues[hold]
+        precondition(queue.pair >= 0, "freeing a free hold queue")
+        drops.add(reason, UInt64(queue.count - queue.next))
+        if queue.releasing { holdQueuesReleasing -= 1 }
+        holdOfPair[Int(queue.pair)] = -1
+        holdQueues[hold] = HoldQueue()
+        holdQueuesInUse -= 1
+    }
+
+    /// True if held frames of granted pairs wait to be handed back (`takeReleasedFrame`).
+    public var hasReleasedFrames: Bool { holdQueuesReleasing > 0 }
+
+    /// Copies the next held frame of a pair whose grant was applied into `buffer` and says which VM port
+    /// it came from; the caller then passes it to `process` like a frame just received. Nil when none wait.
+    public mutating func takeReleasedFrame(into buffer: UnsafeMutableRawBufferPointer) -> (port: Int, length: Int)? {
+        guard holdQueuesReleasing > 0 else { return nil }
+        for hold in 0..<OverlayDataplaneLimits.heldPairsMax where holdQueues[hold].pair >= 0 && holdQueues[hold].releasing {
+            let queue = holdQueues + hold
+            if queue.pointee.next == queue.pointee.count {
+                freeHoldQueue(hold, dropping: .heldTimedOut)  // all handed out: counts zero drops
+                continue
+            }
+            let frame = hold * OverlayDataplaneLimits.heldPerPairMax + Int(queue.pointee.next)
+            let length = Int(heldLengths[frame])
+            precondition(length <= buffer.count, "held frame longer than the buffer it goes back into")
+            memcpy(buffer.baseAddress!, heldBytes + frame * OverlayDataplaneLimits.heldFrameBytesMax, length)
+            queue.pointee.next += 1
+            holdCounters.released &+= 1
+            let port = Int(queue.pointee.pair) / serviceCount
+            if queue.pointee.next == queue.pointee.count { freeHoldQueue(hold, dropping: .heldTimedOut) }
+            return (port, length)
+        }
+        return nil
+    }
+
+    /// Drops the frames of hold queues older than `heldTimeoutNs` (no grant came).
+    mutating func expireHoldQueues(nowNs: UInt64) {
+        for hold in 0..<OverlayDataplaneLimits.heldPairsMax where holdQueues[hold].pair >= 0 && !holdQueues[hold].releasing {
+            if nowNs > holdQueues[hold].firstHeldNs, nowNs - holdQueues[hold].firstHeldNs > config.heldTimeoutNs {
+                freeHoldQueue(hold, dropping: .heldTimedOut)
+            }
+        }
     }
 
     /// Takes the queued lease requests as (consumer VM, service) names.
@@ -381,6 +535,7 @@ public struct OverlayRedirect: ~Copyable {
     /// Removes up to `budget` flows idle longer than `flowIdleNs`, continuing where the last call
     /// stopped. Bounded work per call: the host calls it once per loop turn.
     public mutating func sweep(nowNs: UInt64, budget: Int = 64) {
+        if holdQueuesInUse > holdQueuesReleasing { expireHoldQueues(nowNs: nowNs) }
         let capacity = flows.capacity
         for _ in 0..<min(budget, capacity) {
             let index = Int32(sweepCursor)
@@ -394,6 +549,22 @@ public struct OverlayRedirect: ~Copyable {
     }
 
     // MARK: The packet path
+
+    /// A hint for burst loops: for a frame that will be passed to `process` a few frames from now,
+    /// starts pulling its flow's index slot into cache. Reads only the frame's fixed header bytes
+    /// (untagged Ethernet, IPv4, TCP/UDP from a consumer VM port); any other frame is ignored. Never
+    /// changes state or results.
+    @inline(__always)
+    public func prefetch(_ frame: UnsafeRawPointer, length: Int, port: Int) {
+        guard port < portCount, portRoles[port] == 1, length >= 54, load16(frame, 12) == EtherType.ipv4 else { return }
+        let versionIHL = frame.load(fromByteOffset: 14, as: UInt8.self)
+        let ipProtocol = frame.load(fromByteOffset: 23, as: UInt8.self)
+        let l4 = 14 + Int(versionIHL & 0x0F) * 4
+        guard versionIHL >> 4 == 4, l4 + 4 <= length else { return }
+        flows.prefetch(OverlayFlowKey(kind: .consumerForward, source: load32(frame, 26), destination: load32(frame, 30),
+                                      sourcePort: load16(frame, l4), destinationPort: load16(frame, l4 + 2),
+                                      ipProtocol: ipProtocol, vni: UInt32(port)))
+    }
 
     /// Decides one frame received on `port` (held in `buffer[0..<length]`, `buffer` being the whole
     /// writable buffer): rewrites/encapsulates/decapsulates in place and says where the result goes.
@@ -486,7 +657,8 @@ public struct OverlayRedirect: ~Copyable {
                     requested[pair] = true
                     requestQueue.append((Int32(port), Int32(service)))
                 }
-                return .drop(requested[pair] ? .awaitingLease : .noLease)
+                guard requested[pair] else { return .drop(.noLease) }
+                return hold(buffer.baseAddress!, length: length, pair: pair, nowNs: nowNs) ? .held : .drop(.awaitingLease)
             }
             let lease = slots[Int(slot)]
             let reply = OverlayFlowKey(kind: .consumerReply, source: lease.producerIPv4, destination: source,
@@ -515,8 +687,32 @@ public struct OverlayRedirect: ~Copyable {
         if flow.pointee.isTCP, load16(base, l4 + 12) & 0x0010 != 0 { flow.pointee.consumerAck = load32(base, l4 + 8) }
         OverlayRewrite.set(base, l3: l3, l4: l4, ipProtocol: headers.ipProtocol, isDestination: true,
                            ipv4: flow.pointee.producerIPv4, port: flow.pointee.producerPort)
-        return encapsulate(buffer, length: length, vni: flow.pointee.vni, entropyPort: flow.pointee.entropyPort,
-                           destinationIPv4: flow.pointee.peerUnderlayIPv4, destinationMAC: slots[Int(flow.pointee.leaseSlot)].nextHopMAC)
+        if config.computesUDPChecksum {
+            return encapsulate(buffer, length: length, vni: flow.pointee.vni, entropyPort: flow.pointee.entropyPort,
+                               destinationIPv4: flow.pointee.peerUnderlayIPv4,
+                               destinationMAC: slots[Int(flow.pointee.leaseSlot)].nextHopMAC)
+        }
+        return encapsulate(buffer, length: length, slot: Int(flow.pointee.leaseSlot), entropyPort: flow.pointee.entropyPort)
+    }
+
+    /// Encapsulation from the lease slot's precomputed outer headers: copy the 50 bytes, patch lengths,
+    /// IP id, IP checksum (the slot's constant sum plus those two words) and the UDP source port. The
+    /// same bytes as `OverlayVXLAN.encapsulate` with a zero UDP checksum.
+    @inline(__always)
+    mutating func encapsulate(_ buffer: UnsafeMutableRawBufferPointer, length: Int, slot: Int,
+                              entropyPort: UInt16) -> OverlayVerdict {
+        guard length <= buffer.count - OverlayVXLAN.outerHeaderBytes, length + 36 <= 0xFFFF else { return .drop(.tooLarge) }
+        ipID &+= 1
+        let base = buffer.baseAddress!
+        memmove(base + OverlayVXLAN.outerHeaderBytes, base, length)
+        memcpy(base, outerTemplates + slot * Self.outerTemplateStride, OverlayVXLAN.outerHeaderBytes)
+        let totalLength = UInt16(truncatingIfNeeded: length + 36)
+        store16(base, 16, totalLength)
+        store16(base, 18, ipID)
+        store16(base, 24, ~OverlayVXLAN.fold(outerSums[slot] &+ UInt32(totalLength) &+ UInt32(ipID)))
+        store16(base, 34, entropyPort)
+        store16(base, 38, UInt16(truncatingIfNeeded: length + 16))
+        return .forward(port: underlayPort, length: length + OverlayVXLAN.outerHeaderBytes)
     }
 
     /// Binds a flow to the lease in `slot` (first packet, or a move).

@@ -43,9 +43,14 @@ public enum OverlayDropReason: UInt8, CaseIterable, Sendable, CustomStringConver
     /// A frame from a VM port that is neither consumer nor producer VM traffic the config knows.
     case unknownVM
     /// Packet to a service for which the consumer holds no lease yet, one being asked for (the request
-    /// hook fired for this consumer VM and service and no grant or failure came back yet). Dropped, not
-    /// held: TCP's SYN retransmit (1 s) or the application's retry carries the flow once the grant lands.
+    /// hook fired for this consumer VM and service and no grant or failure came back yet), that could not
+    /// be held: the pair's hold queue is full (`heldPerPairMax`), no hold queue is free (`heldPairsMax`),
+    /// or the frame is longer than `heldFrameBytesMax`. Held packets are not drops (`OverlayVerdict.held`).
     case awaitingLease
+    /// A held first packet dropped because the lease request for its consumer VM and service failed.
+    case leaseAskFailed
+    /// A held first packet dropped because no grant came within `heldTimeoutNs` of the first one held.
+    case heldTimedOut
 
     public var description: String { Self.names[Int(rawValue)] }
 
@@ -53,7 +58,7 @@ public enum OverlayDropReason: UInt8, CaseIterable, Sendable, CustomStringConver
         "malformed", "notVXLAN", "notForThisHost", "badOuterChecksum", "outerFragmentOrOptions", "badUDPChecksum",
         "badVXLANFlags", "unknownVNI", "innerNotTransport", "unknownProducerVM", "noFlow", "noLease", "leaseEnded",
         "notOverlay", "flowTableFull", "tooLarge", "txRingFull", "unknownVM",
-        "awaitingLease",
+        "awaitingLease", "leaseAskFailed", "heldTimedOut",
     ]
 }
 

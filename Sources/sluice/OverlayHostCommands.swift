@@ -153,7 +153,8 @@ struct OverlayFlowsCommand: ParsableCommand {
 
     static func render(_ snapshot: OverlayHostSnapshot) -> String {
         var lines = ["host \(snapshot.host): \(snapshot.flowCount) flows, events applied \(snapshot.eventsApplied), "
-            + "ignored \(snapshot.eventsIgnored), resets sent \(snapshot.resetsSent), lease requests \(snapshot.leaseRequests)"]
+            + "ignored \(snapshot.eventsIgnored), resets sent \(snapshot.resetsSent), lease requests \(snapshot.leaseRequests), "
+            + "held \(snapshot.heldPackets), released \(snapshot.releasedPackets)"]
         lines.append("ports:")
         for port in snapshot.ports {
             lines.append("  \(port.name) (\(port.interface)): rx \(port.receivedPackets) pkts \(port.receivedBytes) B, "

@@ -75,6 +75,17 @@ enum Net {
 }
 
 /// Runs frames through a redirect in a 2048-byte buffer, as the host does.
+/// Every frame the redirect hands back from its hold queues, as (VM port, frame).
+func takeReleased(_ redirect: inout OverlayRedirect) -> [(Int, [UInt8])] {
+    var out: [(Int, [UInt8])] = []
+    var buffer = [UInt8](repeating: 0, count: 2048)
+    while true {
+        let taken = buffer.withUnsafeMutableBytes { redirect.takeReleasedFrame(into: $0) }
+        guard let (port, length) = taken else { return out }
+        out.append((port, Array(buffer[0..<length])))
+    }
+}
+
 func run(_ redirect: inout OverlayRedirect, _ frame: [UInt8], port: Int, nowNs: UInt64 = 1_000)
     -> (OverlayVerdict, [UInt8])
 {
@@ -283,27 +294,64 @@ func checksumsValid(_ frame: [UInt8], l3: Int = 14) -> Bool {
 
     @Test func noLeaseIsACountedMissAndOneRequest() {
         var redirect = OverlayRedirect(config: Net.consumerConfig())
-        #expect(run(&redirect, Net.consumerTCP(), port: 0).0 == .drop(.awaitingLease))
-        #expect(run(&redirect, Net.consumerTCP(sourcePort: 40001), port: 0).0 == .drop(.awaitingLease))
+        #expect(run(&redirect, Net.consumerTCP(), port: 0).0 == .held)
+        #expect(run(&redirect, Net.consumerTCP(sourcePort: 40001), port: 0).0 == .held)
         let requests = redirect.takeLeaseRequests()
         #expect(requests.count == 1)
         #expect(requests.first?.consumerVM == "c1" && requests.first?.service == "web")
         #expect(redirect.serviceCounters[0].redirectMisses == 2)
-        #expect(redirect.drops[.awaitingLease] == 2)
+        #expect(redirect.holdCounters.held == 2)
+        #expect(redirect.drops[.awaitingLease] == 0)
         #expect(redirect.flows.count == 0)
-        // The request failed: re-armed, the next packet asks again (one more request).
+        // The request failed: re-armed (the held packets drop, counted), the next packet asks again.
         let rearmed = redirect.rearmLeaseRequest(consumerVM: "c1", service: "web")
         let unknown = redirect.rearmLeaseRequest(consumerVM: "nobody", service: "web")
         #expect(rearmed && !unknown)
-        #expect(run(&redirect, Net.consumerTCP(sourcePort: 40002), port: 0).0 == .drop(.awaitingLease))
+        #expect(redirect.drops[.leaseAskFailed] == 2)
+        let nothingReleased = !redirect.hasReleasedFrames
+        #expect(nothingReleased)
+        #expect(run(&redirect, Net.consumerTCP(sourcePort: 40002), port: 0).0 == .held)
         #expect(redirect.takeLeaseRequests().count == 1)
-        // The grant arrives: the next packet goes through.
+        // The grant arrives: the held packet comes back and goes through, then the next one.
         redirect.apply(.granted(Net.lease(1, epoch: 1)))
+        let releasing = redirect.hasReleasedFrames
+        #expect(releasing)
+        let released = takeReleased(&redirect)
+        #expect(released.count == 1)
+        #expect(released.first?.0 == 0 && released.first?.1 == Net.consumerTCP(sourcePort: 40002))
+        #expect(run(&redirect, released[0].1, port: 0).0 == .forward(port: 1, length: Net.consumerTCP().count + 50))
+        let drained = !redirect.hasReleasedFrames && redirect.holdCounters.released == 1
+        #expect(drained)
         #expect(run(&redirect, Net.consumerTCP(), port: 0).0 == .forward(port: 1, length: Net.consumerTCP().count + 50))
         // Not a service address: not the overlay's business.
         var other = Net.consumerTCP()
         other[37] = 81
         #expect(run(&redirect, other, port: 0).0 == .drop(.notOverlay))
+    }
+
+    @Test func heldPacketsAreBoundedReleasedInOrderAndTimeOut() {
+        var redirect = OverlayRedirect(config: Net.consumerConfig())
+        let limit = OverlayDataplaneLimits.heldPerPairMax
+        for index in 0..<(limit + 3) {
+            let verdict = run(&redirect, Net.consumerTCP(sourcePort: 41000 + UInt16(index)), port: 0, nowNs: 1_000).0
+            #expect(verdict == (index < limit ? .held : .drop(.awaitingLease)))
+        }
+        #expect(redirect.drops[.awaitingLease] == 3 && redirect.holdCounters.held == UInt64(limit))
+        // No grant within the timeout: the held packets drop as `heldTimedOut`.
+        redirect.sweep(nowNs: 1_000 + redirect.config.heldTimeoutNs)
+        #expect(redirect.drops[.heldTimedOut] == 0)
+        redirect.sweep(nowNs: 2_000 + redirect.config.heldTimeoutNs)
+        #expect(redirect.drops[.heldTimedOut] == UInt64(limit))
+        let idle = !redirect.hasReleasedFrames
+        #expect(idle)
+        // Held again (the request is still out), then granted: handed back in arrival order.
+        for index in 0..<4 { _ = run(&redirect, Net.consumerTCP(sourcePort: 42000 + UInt16(index)), port: 0) }
+        redirect.apply(.granted(Net.lease(1, epoch: 1)))
+        let released = takeReleased(&redirect)
+        #expect(released.map(\.1) == (0..<4).map { Net.consumerTCP(sourcePort: 42000 + UInt16($0)) })
+        for (port, frame) in released { #expect(run(&redirect, frame, port: port).0 == .forward(port: 1, length: frame.count + 50)) }
+        #expect(redirect.flows.count == 4)
+        #expect(redirect.leaseCounters(slot: 0).packets == 4)
     }
 
     @Test func anEndedLeaseCutsItsFlowsInOneStepAndResetsThem() throws {
