@@ -80,12 +80,14 @@ public final class OverlayHostLeasing: Sendable {
             bufferingPolicy: .bufferingOldest(OverlayDataplaneLimits.leaseRequestQueueMax))
         let input = requestInput
         let counters = counters
-        host.onLeaseRequest { vm, service in
-            // On the forwarding thread: a non-blocking enqueue, nothing more.
+        host.onLeaseRequest { [unowned host] vm, service in
+            // On the forwarding thread: a non-blocking enqueue, nothing more. A refused one re-arms the
+            // pair at once, so a later packet asks again instead of waiting for an answer that never comes.
             if case .enqueued = input.yield((consumerVM: vm, service: service)) {
                 counters.requests.add(1, ordering: .relaxed)
             } else {
                 counters.requestsDropped.add(1, ordering: .relaxed)
+                _ = host.rearmLeaseRequest(consumerVM: vm, service: service)
             }
         }
     }

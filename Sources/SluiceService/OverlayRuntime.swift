@@ -92,7 +92,9 @@ struct OverlayKey: CodingKey {
 public final class OverlayRuntime: Sendable {
     public let settings: OverlaySettings
     public let host: OverlayHost
-    public let leasing: OverlayHostLeasing?
+    /// The leasing join in force (replaced by a fresh one after etcd was lost; see `start`).
+    public var leasing: OverlayHostLeasing? { currentLeasing.withLock { $0 } }
+    private let currentLeasing: Mutex<OverlayHostLeasing?>
     private let client: EtcdClient?
     private let task = Mutex<Task<Void, Never>?>(nil)
 
@@ -103,12 +105,14 @@ public final class OverlayRuntime: Sendable {
             do { client = try EtcdClient(EtcdClientConfiguration(endpoints: settings.etcdEndpoints)) } catch {
                 throw .overlay("etcd: \(error)")
             }
-            do { leasing = try OverlayHostLeasing(host: host, etcd: client, configuration: configuration) } catch {
+            do {
+                currentLeasing = Mutex(try OverlayHostLeasing(host: host, etcd: client, configuration: configuration))
+            } catch {
                 throw .overlay("leasing: \(error)")
             }
             self.client = client
         } else {
-            leasing = nil
+            currentLeasing = Mutex(nil)
             client = nil
         }
         self.settings = settings
@@ -118,20 +122,56 @@ public final class OverlayRuntime: Sendable {
     public func start(logger: Logger) throws(ServiceError) {
         for lease in settings.staticLeases { host.submit(.granted(lease)) }
         do { try host.start() } catch { throw .overlay("\(error)") }
-        if let leasing {
-            let host = settings.host.name
+        if leasing != nil, let client, let configuration = settings.leasing {
+            let name = settings.host.name
             task.withLock {
-                $0 = Task {
-                    do throws(OverlayLeasingError) { try await leasing.run() } catch {
-                        logger.error("overlay leasing stopped: leases no longer follow etcd", metadata: [
-                            "host": "\(host)", "error": "\(error)"])
-                    }
-                }
+                $0 = Task { [self] in await followLeases(client: client, configuration: configuration, host: name, logger: logger) }
             }
         }
         logger.info("overlay host started", metadata: [
             "host": "\(settings.host.name)", "vms": "\(settings.host.vmInterfaces)", "underlay": "\(settings.host.underlayInterface)",
             "leases": leasing == nil ? "static (\(settings.staticLeases.count))" : "etcd \(settings.etcdEndpoints), agents \(settings.leasing!.agents)"])
+    }
+
+    /// Runs the leasing join until cancelled. When etcd cannot be watched again within the watch's
+    /// reconnect deadline, the host can no longer know which leases hold: it fails closed, ending
+    /// every redirect it has (no packet may reach a producer whose lease may be gone), then starts a
+    /// fresh join (a new snapshot re-grants the live leases) after a backoff of 0.5 s doubling to 30 s.
+    private func followLeases(client: EtcdClient, configuration: OverlayHostLeasingConfiguration, host name: String,
+                              logger: Logger) async {
+        var backoffMs: Int64 = 500
+        while !Task.isCancelled {
+            guard let current = leasing else { return }
+            do throws(OverlayLeasingError) {
+                try await current.run()
+                return  // cancelled
+            } catch {
+                let withdrawn = withdrawAllLeases()
+                logger.error("overlay leasing lost etcd: every redirect withdrawn until it is back", metadata: [
+                    "host": "\(name)", "error": "\(error)", "withdrawn": "\(withdrawn)", "retryInMs": "\(backoffMs)"])
+            }
+            try? await Task.sleep(for: .milliseconds(backoffMs))
+            backoffMs = min(backoffMs * 2, 30_000)
+            do throws(OverlayLeasingError) {
+                let fresh = try OverlayHostLeasing(host: host, etcd: client, configuration: configuration)
+                currentLeasing.withLock { $0 = fresh }
+            } catch {
+                logger.error("overlay leasing could not restart", metadata: ["host": "\(name)", "error": "\(error)"])
+            }
+        }
+    }
+
+    /// Ends every lease the host holds (reason `expired`: nothing says it still holds). Returns how many.
+    private func withdrawAllLeases() -> Int {
+        let leases = host.snapshot().leases
+        for lease in leases {
+            var tries = 0
+            while !host.submit(.ended(leaseID: lease.leaseID, epoch: lease.epoch, reason: .expired)), tries < 1_000 {
+                tries += 1
+                usleep(1_000)
+            }
+        }
+        return leases.count
     }
 
     /// Stops the join and the thread; logs the final counters.
