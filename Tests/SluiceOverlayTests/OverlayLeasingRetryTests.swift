@@ -72,6 +72,9 @@ struct OverlayLeasingRetryTests {
         // One connection that sends requests without end and never reads an answer, one that only idles.
         let greedy = try rawConnect(port: server.port)
         defer { close(greedy) }
+        // A fixed send buffer on our side (no autotuning): what the agent took is then what the agent bounds.
+        var sendBufferBytes: Int32 = 16_384
+        #expect(setsockopt(greedy, SOL_SOCKET, SO_SNDBUF, &sendBufferBytes, socklen_t(MemoryLayout<Int32>.size)) == 0)
         let quiet = try rawConnect(port: server.port)
         defer { close(quiet) }
         let request = Array("{\"v\":1,\"op\":\"stats\"}\n".utf8)
