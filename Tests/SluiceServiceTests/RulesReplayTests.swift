@@ -97,6 +97,8 @@ let needsTcprewrite = Testing.ConditionTrait.enabled(if: RuleCaptures.tcprewrite
         let cases: [(name: String, input: String, flags: [String])] = [
             ("ipmap", "tcprewrite-in.pcap", ["--srcipmap=198.18.0.0/16:198.19.0.0/16", "--dstipmap=198.19.0.0/16:198.18.128.0/17"]),
             ("ipmap-narrow", "tcprewrite-in.pcap", ["--srcipmap=198.18.1.0/24:198.19.7.0/24,198.18.3.0/24:198.18.9.9/32"]),
+            ("ipmap-swap", "tcprewrite-in.pcap", ["--srcipmap=198.18.0.0/16:198.19.0.0/16,198.19.0.0/16:198.18.0.0/16",
+                                                  "--dstipmap=198.19.0.0/16:198.18.0.0/16,198.18.0.0/16:198.19.0.0/16"]),
             ("macs", "tcprewrite-in.pcap", ["--enet-smac=02:aa:00:00:00:01", "--enet-dmac=02:bb:00:00:00:02"]),
             ("mtu", "tcprewrite-in.pcap", ["--mtu=1000", "--mtu-trunc"]),
             ("fixcsum", "tcprewrite-badsum.pcap", ["--fixcsum"]),

@@ -5,7 +5,7 @@
 struct L4Checksum {
     let offset: Int
     let isUDP: Bool
-    /// UDP over IPv4 with a zero field: no checksum (RFC 768), left as is.
+    /// UDP with a zero field: no checksum (RFC 768; over IPv6 the tunnel case of RFC 6935), left as is.
     let isAbsent: Bool
 }
 
@@ -23,7 +23,7 @@ extension PacketRewriter {
         let offset = Int(layout.l4Offset) + field
         guard bytes.contains(offset, size: 2, limit: bytes.count) else { return nil }
         let isUDP = layout.ipProtocol == IPProtocol.udp
-        return L4Checksum(offset: offset, isUDP: isUDP, isAbsent: isUDP && layout.ipVersion == 4 && bytes.u16(offset) == 0)
+        return L4Checksum(offset: offset, isUDP: isUDP, isAbsent: isUDP && bytes.u16(offset) == 0)
     }
 
     /// Writes `new` over the 16-bit word at `offset` and updates the IPv4 header checksum at
@@ -63,10 +63,11 @@ extension PacketRewriter {
         return nil
     }
 
-    /// Sets an address's first `prefix.length` bits (when `from` is nil or holds the address).
+    /// Sets an address's first `prefix.length` bits (when `from` is nil or holds the address);
+    /// `matched` is set when it did.
     static func setAddress(
         _ prefix: IPPrefix, destination: Bool, from: IPPrefix?, _ buffer: UnsafeMutableRawBufferPointer,
-        _ layout: PacketLayout
+        _ layout: PacketLayout, matched: inout Bool
     ) -> DropReason? {
         let bytes = view(buffer, layout)
         let l3 = Int(layout.l3Offset)
@@ -77,6 +78,7 @@ extension PacketRewriter {
             let at = l3 + (destination ? 16 : 12)
             let old = IPAddress(ipv4: bytes.u32(at))
             if let from, !from.contains(old) { return nil }
+            matched = true
             let new = UInt32(truncatingIfNeeded: old.low & ~mask.low | prefix.address.low & mask.low)
             let l4 = l4Checksum(bytes, layout)
             for word in 0..<2 {
@@ -88,6 +90,7 @@ extension PacketRewriter {
             let at = l3 + (destination ? 24 : 8)
             let old = IPAddress(high: bytes.u64(at), low: bytes.u64(at + 8))
             if let from, !from.contains(old) { return nil }
+            matched = true
             let new = IPAddress(high: old.high & ~mask.high | prefix.address.high & mask.high,
                                 low: old.low & ~mask.low | prefix.address.low & mask.low)
             let l4 = l4Checksum(bytes, layout)
@@ -116,7 +119,9 @@ extension PacketRewriter {
     }
 
     /// Recomputes the IPv4 header checksum, then the L4 checksum over the IP payload when it is all
-    /// in the buffer and the packet is not a fragment.
+    /// in the buffer and the packet is not a fragment (IPv4 offset/MF, or `layout.isFragment`: an
+    /// IPv6 fragment header); a first fragment's checksum covers the whole datagram, so it is kept.
+    /// A UDP checksum of 0 (none) stays 0, as tcprewrite leaves it.
     static func fixChecksums(_ buffer: UnsafeMutableRawBufferPointer, _ layout: PacketLayout) {
         let bytes = view(buffer, layout)
         let l3 = Int(layout.l3Offset)
@@ -126,10 +131,10 @@ extension PacketRewriter {
             let headerSize = Int(bytes.u8(l3) & 0x0F) * 4
             guard headerSize >= 20, bytes.contains(l3, size: headerSize, limit: bytes.count) else { return }
             buffer.storeBigEndian(Checksum.ipv4Header(bytes, at: l3, headerSize: headerSize), at: l3 + 10)
-            guard bytes.u16(l3 + 6) & 0x3FFF == 0 else { return }  // a fragment: L4 spans several packets
+            guard bytes.u16(l3 + 6) & 0x3FFF == 0, !layout.isFragment else { return }  // L4 spans several packets
             fixTransport(buffer, layout, end: l3 + Int(bytes.u16(l3 + 2)))
         case 6:
-            guard bytes.contains(l3, size: 40, limit: bytes.count) else { return }
+            guard bytes.contains(l3, size: 40, limit: bytes.count), !layout.isFragment else { return }
             fixTransport(buffer, layout, end: l3 + 40 + Int(bytes.u16(l3 + 4)))
         default: break
         }
@@ -151,6 +156,8 @@ extension PacketRewriter {
         default: return
         }
         guard end <= layout.length, l4 + field + 2 <= end else { return }  // cut by the capture
+        // tcprewrite: "no need to recalculate UDP checksums if already 0" (both families).
+        if layout.ipProtocol == IPProtocol.udp && bytes.u16(l4 + field) == 0 { return }
         var sum: UInt32 = 0
         if pseudo {
             let (start, words) = layout.ipVersion == 4 ? (l3 + 12, 4) : (l3 + 8, 16)
@@ -171,7 +178,9 @@ extension PacketRewriter {
         buffer.storeBigEndian(checksum, at: l4 + field)
     }
 
-    /// Cuts the packet to `mtu` bytes past its network-layer start (the L2 header stays whole).
+    /// Cuts the packet to `mtu` bytes past its network-layer start (the L2 header stays whole). The IP
+    /// length becomes min(`mtu`, its old value): bytes past the IP packet (an Ethernet FCS or padding)
+    /// are cut first and never counted into it. tcprewrite sets it to `mtu` even then (growing it).
     static func truncate(toMTU mtu: Int, _ buffer: UnsafeMutableRawBufferPointer,
                          _ layout: inout PacketLayout) -> DropReason? {
         let start = layout.l3Offset != PacketHeaders.absentOffset ? Int(layout.l3Offset)
@@ -185,9 +194,9 @@ extension PacketRewriter {
         let l3 = Int(layout.l3Offset)
         switch layout.ipVersion {
         case 4 where bytes.contains(l3, size: 20, limit: bytes.count):
-            buffer.storeBigEndian(UInt16(mtu), at: l3 + 2)
+            buffer.storeBigEndian(UInt16(min(mtu, Int(bytes.u16(l3 + 2)))), at: l3 + 2)
         case 6 where bytes.contains(l3, size: 40, limit: bytes.count):
-            buffer.storeBigEndian(UInt16(mtu - 40), at: l3 + 4)
+            buffer.storeBigEndian(UInt16(min(mtu - 40, Int(bytes.u16(l3 + 4)))), at: l3 + 4)
         default: return nil
         }
         fixChecksums(buffer, layout)

@@ -28,7 +28,9 @@ public enum Rewrite: Hashable, Sendable, BitwiseCopyable {
     case setSourceAddress(IPPrefix)
     case setDestinationAddress(IPPrefix)
     /// tcprewrite's pseudo-NAT (`--srcipmap`/`--dstipmap` from:to): an address inside `from` gets
-    /// `to`'s prefix bits, keeping its other bits; others are left alone.
+    /// `to`'s prefix bits, keeping its other bits; others are left alone. The maps of one direction
+    /// in one rewrite list are one map: the first pair whose `from` holds the address applies, the
+    /// later ones are skipped (tcprewrite's order; pairs never chain).
     case mapSourcePrefix(from: IPPrefix, to: IPPrefix)
     case mapDestinationPrefix(from: IPPrefix, to: IPPrefix)
     /// Sets the TCP/UDP source (destination) port, updating the L4 checksum. Other packets unchanged.
@@ -71,22 +73,26 @@ public struct PacketLayout: Hashable, Sendable {
     /// Outer upper-layer protocol (after IPv6 extension headers); meaningful with `ipVersion` and
     /// `l4Offset`. 0 (the default) leaves L4 headers alone.
     public var ipProtocol: UInt8
+    /// The outer IP packet is a fragment (the parser's `.fragment` flag: IPv4 offset/MF, or an IPv6
+    /// fragment header that is not atomic). Its L4 checksum covers bytes in other packets.
+    public var isFragment: Bool
 
     @inlinable public init(length: Int, linkType: LinkType, l3Offset: UInt16, l4Offset: UInt16, ipVersion: UInt8,
-                           ipProtocol: UInt8 = 0) {
+                           ipProtocol: UInt8 = 0, isFragment: Bool = false) {
         self.length = length
         self.linkType = linkType
         self.l3Offset = l3Offset
         self.l4Offset = l4Offset
         self.ipVersion = ipVersion
         self.ipProtocol = ipProtocol
+        self.isFragment = isFragment
     }
 
     /// The layout of a parsed packet's outer headers.
     @inlinable public init(_ packet: ParsedPacket) {
         self.init(length: Int(packet.length), linkType: packet.linkType, l3Offset: packet.outer.l3Offset,
                   l4Offset: packet.outer.l4Offset, ipVersion: packet.outer.ipVersion,
-                  ipProtocol: packet.outer.ipProtocol)
+                  ipProtocol: packet.outer.ipProtocol, isFragment: packet.outer.flags.contains(.fragment))
     }
 
     /// Moves L3 and L4 by `delta` bytes (a tag pushed or stripped in front of them).
@@ -95,6 +101,14 @@ public struct PacketLayout: Hashable, Sendable {
         if l3Offset != PacketHeaders.absentOffset { l3Offset = UInt16(truncatingIfNeeded: Int(l3Offset) + delta) }
         if l4Offset != PacketHeaders.absentOffset { l4Offset = UInt16(truncatingIfNeeded: Int(l4Offset) + delta) }
     }
+}
+
+/// Which address a list's prefix maps already rewrote (first matching pair wins per direction).
+@frozen
+public struct PrefixMapState: Sendable {
+    public var sourceMapped = false
+    public var destinationMapped = false
+    @inlinable public init() {}
 }
 
 /// Applies rewrites to a packet in a mutable buffer. Contract: `buffer` holds the packet in its first
@@ -106,6 +120,18 @@ public enum PacketRewriter {
     /// Applies `rewrite`, updating `layout`. Returns nil, or why the packet must be dropped.
     public static func apply(
         _ rewrite: Rewrite, to buffer: UnsafeMutableRawBufferPointer, layout: inout PacketLayout
+    ) -> DropReason? {
+        var maps = PrefixMapState()
+        return apply(rewrite, to: buffer, layout: &layout, maps: &maps)
+    }
+
+    /// As `apply(_:to:layout:)` inside a list of rewrites: the list's `mapSourcePrefix`
+    /// (`mapDestinationPrefix`) entries form one map, as tcprewrite's --srcipmap (--dstipmap) pairs
+    /// do: once one pair's `from` held the address, later pairs of that direction are skipped (no
+    /// chaining, so 10/8->11/8 then 11/8->10/8 swaps). Start each list with a fresh `maps`.
+    public static func apply(
+        _ rewrite: Rewrite, to buffer: UnsafeMutableRawBufferPointer, layout: inout PacketLayout,
+        maps: inout PrefixMapState
     ) -> DropReason? {
         precondition(layout.length >= 0, "negative packet length")
         precondition(layout.length <= buffer.count, "packet longer than its buffer")
@@ -120,10 +146,18 @@ public enum PacketRewriter {
         case .setDSCP(let dscp): return setDSCP(dscp, buffer, layout)
         case .decrementTTL: return decrementTTL(buffer, layout)
         case .setTTL(let ttl): return setTTL(ttl, buffer, layout)
-        case .setSourceAddress(let prefix): return setAddress(prefix, destination: false, from: nil, buffer, layout)
-        case .setDestinationAddress(let prefix): return setAddress(prefix, destination: true, from: nil, buffer, layout)
-        case .mapSourcePrefix(let from, let to): return setAddress(to, destination: false, from: from, buffer, layout)
-        case .mapDestinationPrefix(let from, let to): return setAddress(to, destination: true, from: from, buffer, layout)
+        case .setSourceAddress(let prefix):
+            var matched = false
+            return setAddress(prefix, destination: false, from: nil, buffer, layout, matched: &matched)
+        case .setDestinationAddress(let prefix):
+            var matched = false
+            return setAddress(prefix, destination: true, from: nil, buffer, layout, matched: &matched)
+        case .mapSourcePrefix(let from, let to):
+            guard !maps.sourceMapped else { return nil }
+            return setAddress(to, destination: false, from: from, buffer, layout, matched: &maps.sourceMapped)
+        case .mapDestinationPrefix(let from, let to):
+            guard !maps.destinationMapped else { return nil }
+            return setAddress(to, destination: true, from: from, buffer, layout, matched: &maps.destinationMapped)
         case .setSourcePort(let port): return setPort(port, at: 0, buffer, layout)
         case .setDestinationPort(let port): return setPort(port, at: 2, buffer, layout)
         case .fixChecksums: fixChecksums(buffer, layout); return nil

@@ -404,16 +404,22 @@ public struct RuleTable: @unchecked Sendable {  // unchecked: the columns are re
             if drops[index] != 0 { return .dropped(.droppedByRule) }
             let first = index * PacketLimits.rewritesPerRuleMax
             let end = first + Int(rewriteCounts[index])
+            var maps = PrefixMapState()
             for slot in first..<end {
-                if let reason = PacketRewriter.apply(rewrites[slot], to: buffer, layout: &layout) { return .dropped(reason) }
+                if let reason = PacketRewriter.apply(rewrites[slot], to: buffer, layout: &layout, maps: &maps) {
+                    return .dropped(reason)
+                }
             }
             rewritten = end > first
         } else {
             matched = ruleCount
             if defaultVerdict == .drop { return .dropped(.droppedByRule) }
         }
+        var maps = PrefixMapState()
         for slot in tableRewriteStart..<(tableRewriteStart + tableRewriteCount) {
-            if let reason = PacketRewriter.apply(rewrites[slot], to: buffer, layout: &layout) { return .dropped(reason) }
+            if let reason = PacketRewriter.apply(rewrites[slot], to: buffer, layout: &layout, maps: &maps) {
+                return .dropped(reason)
+            }
             rewritten = true
         }
         return rewritten ? .rewritten : .forwarded
@@ -432,9 +438,6 @@ public enum RuleOutcome: Hashable, Sendable {
 }
 
 extension IPPrefix {
-    /// True for an IPv4 prefix (held IPv4-mapped, length 96 or more).
-    @inlinable public var isIPv4: Bool { length >= 96 && address.high == 0 && address.low >> 32 == 0xFFFF }
-
     /// The prefix's bits as a mask over the 128-bit space.
     @inlinable public var mask: IPAddress {
         let highMask: UInt64 = length >= 64 ? ~0 : (length == 0 ? 0 : ~0 << UInt64(64 - length))

@@ -91,23 +91,32 @@ public struct IPAddress: Hashable, Sendable, Comparable, CustomStringConvertible
 }
 
 /// An address prefix over the 128-bit space; an IPv4 prefix a.b.c.d/n is held as ::ffff:a.b.c.d/(96+n).
+/// The family is kept: an IPv6 prefix written as ::ffff:a.b.c.d/(96+n) has the same bits but is IPv6
+/// (rules match it only against IPv6 packets).
 @frozen
 public struct IPPrefix: Hashable, Sendable, CustomStringConvertible {
     public let address: IPAddress
     /// Prefix length in the 128-bit space (0...128).
     public let length: Int
+    /// True for a prefix made as IPv4 (`init(ipv4:length:)`, or dotted text without ':').
+    public let isIPv4: Bool
 
     /// An IPv6 prefix. Fails (nil) for a length above 128 or host bits set past the prefix.
     public init?(ipv6 address: IPAddress, length: Int) {
         guard length >= 0, length <= 128, Self.masked(address, length: length) == address else { return nil }
         self.address = address
         self.length = length
+        isIPv4 = false
     }
 
     /// An IPv4 prefix (`address` in host order). Fails for a length above 32 or host bits set.
     public init?(ipv4 address: UInt32, length: Int) {
         guard length >= 0, length <= 32 else { return nil }
-        self.init(ipv6: IPAddress(ipv4: address), length: 96 + length)
+        let mapped = IPAddress(ipv4: address)
+        guard Self.masked(mapped, length: 96 + length) == mapped else { return nil }
+        self.address = mapped
+        self.length = 96 + length
+        isIPv4 = true
     }
 
     /// Parses "10.0.0.0/8" or "2001:db8::/32". For configuration.
@@ -136,6 +145,7 @@ public struct IPPrefix: Hashable, Sendable, CustomStringConvertible {
     }
 
     public var description: String {
-        address.ipv4 != nil && length >= 96 ? "\(address)/\(length - 96)" : "\(address)/\(length)"
+        if isIPv4 { return "\(address)/\(length - 96)" }
+        return address.ipv4 != nil ? "::ffff:\(address)/\(length)" : "\(address)/\(length)"
     }
 }

@@ -139,7 +139,8 @@ func applyRules(
     let key = ruleKey(rules, bytes: bytes, metadata: metadata, flags: flags)
     var layout = PacketLayout(length: length, linkType: LinkType(rawValue: metadata.pointee.linkType),
                               l3Offset: metadata.pointee.l3Offset, l4Offset: metadata.pointee.l4Offset,
-                              ipVersion: flags.ipVersion, ipProtocol: flags.ipProtocol)
+                              ipVersion: flags.ipVersion, ipProtocol: flags.ipProtocol,
+                              isFragment: flags.contains(.fragment))
     switch rules.apply(key, to: buffer, layout: &layout, matched: &matched) {
     case .forwarded: return nil
     case .dropped(let reason): return reason
