@@ -110,18 +110,24 @@ public enum HandoffCalibration {
             }
         }
         let box = Box(core: core, body: body)
+        pthread_join(try spawn(box.run), nil)
+        return box.result!
+    }
+
+    /// Starts a thread running `body` (which holds its own state); the caller joins it.
+    private static func spawn(_ body: @escaping () -> Void) throws(HandoffCalibrationError) -> pthread_t {
+        final class Start { let body: () -> Void; init(_ body: @escaping () -> Void) { self.body = body } }
         var thread = pthread_t()
-        let retained = Unmanaged.passRetained(box).toOpaque()
+        let retained = Unmanaged.passRetained(Start(body)).toOpaque()
         let rc = pthread_create(&thread, nil, { raw in
-            Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue().run()
+            Unmanaged<Start>.fromOpaque(raw!).takeRetainedValue().body()
             return nil
         }, retained)
         guard rc == 0 else {
-            Unmanaged<Box>.fromOpaque(retained).release()
+            Unmanaged<Start>.fromOpaque(retained).release()
             throw .thread(SyscallError("pthread_create", Errno(rawValue: rc)))
         }
-        pthread_join(thread, nil)
-        return box.result!
+        return thread
     }
 
     private static func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
@@ -270,16 +276,7 @@ public enum HandoffCalibration {
         var returns = backward.consumer
         let context = ConsumerContext(input: forward.consumer, returns: backward.producer, slots: slots, core: toCore,
                                       itemCount: itemCount)
-        var thread = pthread_t()
-        let retained = Unmanaged.passRetained(context).toOpaque()
-        let rc = pthread_create(&thread, nil, { raw in
-            Unmanaged<ConsumerContext>.fromOpaque(raw!).takeRetainedValue().run()
-            return nil
-        }, retained)
-        guard rc == 0 else {
-            Unmanaged<ConsumerContext>.fromOpaque(retained).release()
-            throw .thread(SyscallError("pthread_create", Errno(rawValue: rc)))
-        }
+        let thread = try spawn(context.run)
         while !context.started.load(ordering: .acquiring) { sched_yield() }
         if let error = context.pinError {
             pthread_join(thread, nil)
