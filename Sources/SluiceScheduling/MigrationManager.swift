@@ -83,6 +83,8 @@ public actor MigrationManager {
     private var lastTick: Int?
     private var history: [FileHandle?]
     private var historyLinesSinceTrim = 0
+    /// Set by `finishRunning`: no booking is started any more.
+    private var stopping = false
 
     /// Loads each host's history (samples before now) into the forecasts, and the stored bookings.
     public init(_ configuration: Configuration, samplers: [any HostSampler], runner: any MoveRunner) throws(ScheduleFileError) {
@@ -107,7 +109,21 @@ public actor MigrationManager {
         var state = ScheduleState()
         if let path = configuration.statePath, let data = FileManager.default.contents(atPath: path) {
             do { state = try JSONDecoder().decode(ScheduleState.self, from: data) } catch { throw .invalid("state \(path): \(error)") }
+            // A move started but never finished: the manager stopped while it ran. QEMU may have moved the
+            // guest since, so it is never started again; it is kept as failed, marked interrupted.
+            var marked = false
+            for index in state.bookings.indices {
+                let entry = state.bookings[index]
+                guard let started = entry.startedUnix, entry.actualSeconds == nil, entry.failure == nil else { continue }
+                state.bookings[index].interrupted = true
+                state.bookings[index].failure = "interrupted: the manager stopped while the move ran (started at Unix "
+                    + "\(Int(started))); not started again, the guest may be on either host"
+                state.totals = state.totals ?? .init()
+                state.totals!.interrupted += 1
+                marked = true
+            }
             try state.restore(into: &scheduler, hosts: hosts)
+            if marked { Self.write(state, to: path) }
         }
         var restored: [Int: MigrationRequest] = [:]
         for entry in state.bookings where entry.actualSeconds == nil && entry.failure == nil {
@@ -194,13 +210,28 @@ public actor MigrationManager {
         let now = lastTick ?? configuration.timeScale.tick(atUnixSeconds: configuration.clock())
         var request: MigrationRequest
         do { request = try file.request.request(hosts: configuration.hosts) } catch { return .failure(error) }
+        if let entry = state.bookings.first(where: { $0.request.id == request.id && $0.interrupted == true }) {
+            return .failure(.invalid("request \(request.id) (\(entry.request.vm)): \(entry.failure ?? "interrupted")"))
+        }
         request.demand = configuration.timeScale.model(request.demand)
         request.earliestStart = max(request.earliestStart, now)
         return .success(scheduler.explain(request, now: now, outlook: monitor))
     }
 
+    /// Stops starting bookings and waits until every running move has finished (each is bounded by the
+    /// executor's deadline). `sluice vm manager` calls it before a normal exit, so that no move is left
+    /// running unrecorded; a crash leaves it started, and the next run marks it interrupted.
+    public func finishRunning(poll: Duration = .milliseconds(100)) async {
+        stopping = true
+        while !running.isEmpty { try? await Task.sleep(for: poll) }
+    }
+
     /// The bookings not yet finished, by request id.
     public var bookings: [Int: Booking] { scheduler.bookings }
+    /// Request ids of moves found started but unfinished when the manager started (never run again).
+    public var interrupted: [Int] { state.bookings.filter { $0.interrupted == true }.map(\.request.id) }
+    /// Moves ended since the state file was made (monotonic; `finished` keeps only the newest).
+    public var totals: ScheduleState.Totals { state.totals ?? .init() }
     public var runningCount: Int { running.count }
     public func lastSample(host: Int) -> HostSample? { lastSamples[host] }
     public func forecastError(host: Int) -> Double? { monitor.forecastError(host: host) }
@@ -277,9 +308,13 @@ public actor MigrationManager {
     }
 
     private func startDue(now: Int, nowUnix: Double) {
+        guard !stopping else { return }
         let due = scheduler.bookings.values.filter { $0.start <= now && running[$0.requestID] == nil && requests[$0.requestID] != nil }
+        var started = false
+        defer { if started { saveState() } }
         for booking in due.sorted(by: { $0.requestID < $1.requestID }) {
-            guard let entry = state.bookings.first(where: { $0.request.id == booking.requestID }) else { continue }
+            guard let entryIndex = state.bookings.firstIndex(where: { $0.request.id == booking.requestID }) else { continue }
+            let entry = state.bookings[entryIndex]
             let scale = configuration.timeScale
             let index = min(max(0, now - booking.start), max(0, booking.rates.count - 1))
             let cell = RateCell(scale.realRate(booking.rates.isEmpty ? scheduler.parameters.minimumRate : booking.rates[index]))
@@ -291,6 +326,9 @@ public actor MigrationManager {
             if let netns = destination.netns { order.destinationLaunchPrefix = ["/usr/sbin/ip", "netns", "exec", netns] }
             order.streamAddress = destination.migrationAddress
             let runner = self.runner
+            // Kept before the runner is called: a manager that stops now finds it started when it restarts.
+            state.bookings[entryIndex].startedUnix = nowUnix
+            started = true
             Task { [weak self] in
                 let result = await runner.run(order)
                 await self?.finish(booking.requestID, result)
@@ -318,9 +356,13 @@ public actor MigrationManager {
             // (before) and the agent's confirmation (after): the migration ends that much before the run.
             record.finishedUnix = configuration.clock() - max(0, report.wallSeconds - report.migrationSeconds) / 2
             if let index { state.bookings[index].actualSeconds = scale.modelSeconds(report.migrationSeconds) }
+            state.totals = state.totals ?? .init()
+            state.totals!.completed += 1
         case .failure(let failure):
             record.failure = failure.description
             if let index { state.bookings[index].failure = failure.description }
+            state.totals = state.totals ?? .init()
+            state.totals!.failed += 1
         }
         if finished.count == Self.finishedMax { finished.removeFirst() }
         finished.append(record)
@@ -385,6 +427,11 @@ public actor MigrationManager {
 
     private func saveState() {
         guard let path = configuration.statePath else { return }
+        Self.write(state, to: path)
+    }
+
+    /// Writes `state` to `path` through a temporary file and a rename (a reader sees the old or the new).
+    private static func write(_ state: ScheduleState, to path: String) {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         guard let data = try? encoder.encode(state) else { return }
@@ -399,8 +446,9 @@ public actor MigrationManager {
                      "# TYPE sluice_manager_bookings gauge", "sluice_manager_bookings \(scheduler.bookings.count - running.count)",
                      "# TYPE sluice_manager_running_moves gauge", "sluice_manager_running_moves \(running.count)",
                      "# TYPE sluice_manager_finished_total counter",
-                     "sluice_manager_finished_total{result=\"completed\"} \(finished.filter { $0.failure == nil }.count)",
-                     "sluice_manager_finished_total{result=\"failed\"} \(finished.filter { $0.failure != nil }.count)",
+                     "sluice_manager_finished_total{result=\"completed\"} \(totals.completed)",
+                     "sluice_manager_finished_total{result=\"failed\"} \(totals.failed)",
+                     "sluice_manager_finished_total{result=\"interrupted\"} \(totals.interrupted)",
                      "# TYPE sluice_manager_refusals_total counter"]
         for (reason, count) in refusals.sorted(by: { $0.key < $1.key }) { lines.append("sluice_manager_refusals_total{reason=\"\(reason)\"} \(count)") }
         lines.append("# TYPE sluice_manager_replans_total counter")
@@ -424,6 +472,10 @@ public actor MigrationManager {
             let predicted = scale.realSeconds(booking.prediction.totalSeconds)
             lines.append("sluice_manager_predicted_finish_unix_seconds{\(labels)} \(scale.unixSeconds(ofTick: booking.start) + predicted)")
             lines.append("sluice_manager_predicted_move_seconds{\(labels)} \(predicted)")
+        }
+        for entry in state.bookings.filter({ $0.interrupted == true }).suffix(100) {
+            lines.append("sluice_manager_predicted_move_seconds{request=\"\(entry.request.id)\",state=\"interrupted\"} "
+                         + "\(scale.realSeconds(entry.predictedSeconds))")
         }
         for move in finished.suffix(100) {
             let labels = "request=\"\(move.requestID)\",state=\"\(move.failure == nil ? "finished" : "failed")\""

@@ -39,6 +39,17 @@ public struct MoveOrder: Sendable {
     public var destinationLaunchPrefix: [String] = []
     /// The migration stream's TCP address on the destination ("HOST:PORT"); nil: a Unix socket.
     public var streamAddress: String?
+
+    public init(requestID: Int, vm: String, guest: GuestFiles?, destination: String, destinationRunRoot: String, cap: RateCell,
+                predictedSeconds: Double) {
+        self.requestID = requestID
+        self.vm = vm
+        self.guest = guest
+        self.destination = destination
+        self.destinationRunRoot = destinationRunRoot
+        self.cap = cap
+        self.predictedSeconds = predictedSeconds
+    }
 }
 
 /// A rate shared between the manager (writer) and a running move (reader). Lock-free: one atomic word.
@@ -88,30 +99,90 @@ public protocol MoveRunner: Sendable {
     func run(_ order: MoveOrder) async -> Result<MoveReport, MoveRunError>
 }
 
+/// The destinations a runner started and still owns, by VM name, at most `capacity`: a slot is reserved
+/// before a move starts and filled (or given back) when it ends, so a full table refuses the move up front
+/// and never drops a guest it holds (dropping a `RunningGuest` kills the QEMU that runs the guest).
+public struct KeptGuests<Guest> {
+    public let capacity: Int
+    public private(set) var guests: [String: Guest] = [:]
+    /// Slots promised to moves still running.
+    public private(set) var reserved = 0
+
+    public init(capacity: Int) {
+        precondition(capacity >= 0, "capacity must not be negative")
+        self.capacity = capacity
+    }
+
+    /// Takes a slot for a move about to start; false when every slot is held or promised.
+    public mutating func reserve() -> Bool {
+        guard guests.count + reserved < capacity else { return false }
+        reserved += 1
+        return true
+    }
+
+    /// Gives back a reserved slot (the move failed: no destination to keep).
+    public mutating func release() {
+        precondition(reserved > 0, "release without reserve")
+        reserved -= 1
+    }
+
+    /// Fills a reserved slot with the destination now running `vm`. A guest kept under the same name is
+    /// returned, not dropped here: it was this move's source (the executor has quit it).
+    public mutating func fill(_ vm: String, _ guest: Guest) -> Guest? {
+        precondition(reserved > 0, "fill without reserve")
+        reserved -= 1
+        return guests.updateValue(guest, forKey: vm)  // a replaced entry's slot is reused: the count stays
+    }
+
+    /// Takes every guest out of the table.
+    public mutating func removeAll() -> [Guest] {
+        defer { guests = [:] }
+        return Array(guests.values)
+    }
+}
+
 /// Runs each move through `MigrationExecutor` (QMP): reads the guest's spec and template, connects to
 /// its QMP socket, sets the plan's max-bandwidth to the order's cap, and while the move runs applies
 /// each change of the cap with `migrate-set-parameters` (checked every `capPoll`). The destinations it
-/// started are kept (a dropped `QEMUProcess` is killed), at most `keptMax`; `stopAll` stops them.
+/// started are kept (a dropped `QEMUProcess` is killed), at most `keptMax` of them counting the moves
+/// running: once full, a move is refused (`kept_full`) before it starts; `stopAll` stops them all.
 public final class ExecutorMoveRunner: MoveRunner {
     public let qemuBinary: String
     public let accel: String
     public let capPoll: Duration
-    public static let keptMax = 1_024
-    private let kept = Mutex<[String: RunningGuest]>([:])
+    public static let keptMaxDefault = 1_024
+    private let kept: Mutex<KeptGuests<RunningGuest>>
 
-    public init(qemuBinary: String = "/usr/bin/qemu-system-x86_64", accel: String = "tcg", capPoll: Duration = .milliseconds(250)) {
+    public init(qemuBinary: String = "/usr/bin/qemu-system-x86_64", accel: String = "tcg", capPoll: Duration = .milliseconds(250),
+                keptMax: Int = ExecutorMoveRunner.keptMaxDefault) {
         self.qemuBinary = qemuBinary
         self.accel = accel
         self.capPoll = capPoll
+        kept = Mutex(KeptGuests(capacity: keptMax))
     }
+
+    /// Destinations kept, and slots promised to running moves.
+    public var keptCount: (guests: Int, reserved: Int) { kept.withLock { ($0.guests.count, $0.reserved) } }
 
     /// Stops every destination this runner started (QMP quit, then the process).
     public func stopAll() async {
-        let guests = kept.withLock { guests in defer { guests = [:] }; return Array(guests.values) }
+        let guests = kept.withLock { $0.removeAll() }
         for guest in guests { await guest.stop() }
     }
 
     public func run(_ order: MoveOrder) async -> Result<MoveReport, MoveRunError> {
+        guard kept.withLock({ $0.reserve() }) else {
+            let capacity = kept.withLock { $0.capacity }
+            return .failure(MoveRunError(reason: "kept_full", description: "request \(order.requestID): this runner already keeps "
+                + "\(capacity) destination QEMUs (its most, moves running included); \(order.vm) not moved"))
+        }
+        let result = await runReserved(order)
+        if case .failure = result { kept.withLock { $0.release() } }
+        return result
+    }
+
+    /// `run` with a slot of `kept` reserved: filled on success, given back by the caller on failure.
+    private func runReserved(_ order: MoveOrder) async -> Result<MoveReport, MoveRunError> {
         guard let files = order.guest else {
             return .failure(MoveRunError(reason: "files", description: "request \(order.requestID) names no guest files"))
         }
@@ -166,10 +237,10 @@ public final class ExecutorMoveRunner: MoveRunner {
         switch result {
         case .success(let (outcome, moved)):
             // The destination QEMU keeps running as this process's child: it holds the guest now.
-            kept.withLock { guests in
-                if guests.count >= Self.keptMax, let oldest = guests.keys.sorted().first { guests[oldest] = nil }
-                guests[order.vm] = moved
-            }
+            // The same name kept already: that QEMU was this move's source, which the executor quit;
+            // it is dropped here, outside the lock.
+            let previous = kept.withLock { $0.fill(order.vm, moved) }
+            _ = previous
             return .success(MoveReport(migrationSeconds: Double(outcome.totalTimeMs) / 1000,
                                        wallSeconds: Double(wall.components.seconds) + Double(wall.components.attoseconds) / 1e18,
                                        downtimeMs: outcome.downtimeMs, transferredBytes: outcome.transferredBytes,

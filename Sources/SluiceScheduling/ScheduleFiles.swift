@@ -150,9 +150,24 @@ public struct ScheduleState: Codable, Sendable, Equatable {
         public var guest: GuestFiles?
         /// `sluice vm manager` only: why the move failed (then `actualSeconds` stays nil).
         public var failure: String?
+        /// `sluice vm manager` only: Unix seconds the move was started (written before the runner is called).
+        public var startedUnix: Double?
+        /// `sluice vm manager` only: started but never finished (the manager stopped while it ran). Such a
+        /// booking is never started again: the guest may have moved already. `failure` says so too.
+        public var interrupted: Bool?
+    }
+
+    /// Monotonic counts of moves that ended, kept with the state (the bookings list forgets old ones).
+    public struct Totals: Codable, Sendable, Equatable {
+        public var completed = 0
+        public var failed = 0
+        public var interrupted = 0
+        public init() {}
     }
 
     public var bookings: [Entry]
+    /// `sluice vm manager` only (nil in older files: all zero).
+    public var totals: Totals?
     public init(bookings: [Entry] = []) { self.bookings = bookings }
 
     public static let bookingsMax = 10_000
@@ -179,7 +194,7 @@ public struct ScheduleState: Codable, Sendable, Equatable {
               method: booking.prediction.method.rawValue, rounds: booking.prediction.rounds,
               predictedSeconds: booking.prediction.totalSeconds, downtimeSeconds: booking.prediction.downtimeSeconds,
               throttle: booking.prediction.throttle, bytes: booking.prediction.bytes, confidence: booking.confidence,
-              actualSeconds: nil, guest: guest, failure: nil)
+              actualSeconds: nil, guest: guest, failure: nil, startedUnix: nil, interrupted: nil)
     }
 }
 

@@ -16,7 +16,9 @@ extension VMCommand {
                 /proc/net/dev of `interface` (default lo). A request is a JSON file dropped into --spool: \
                 {"request": {...as for schedule, times in ticks...}, "guest": {"qmp", "agent", "spec", "template"}}; \
                 it moves to <spool>/done with a .result file saying booked or refused and why. One tick is --period \
-                real seconds and counts as one scheduler minute (docs/SCHEDULING.md, "Time scale").
+                real seconds and counts as one scheduler minute (docs/SCHEDULING.md, "Time scale"). After --ticks, \
+                running moves are waited for; a move found started but unfinished at start (the manager was killed) is \
+                marked interrupted and never started again.
                 """)
 
         @Option(help: ArgumentHelp("Hosts (JSON).", valueName: "file")) var hosts: String
@@ -78,6 +80,8 @@ extension VMCommand {
                 done += 1
                 try await Task.sleep(for: period)
             }
+            // A normal exit: no new move starts, the running ones are waited for and recorded.
+            await manager.finishRunning()
         }
     }
 }
