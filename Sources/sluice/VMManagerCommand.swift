@@ -57,7 +57,7 @@ extension VMCommand {
                     samplers.append(kernel)
                 }
             }
-            try VMSchedule.lockState(state)
+            try VMSchedule.lockState(state, waitSeconds: 0)
             let manager: MigrationManager
             var configuration = MigrationManager.Configuration(hosts: file, timeScale: TimeScale(tickSeconds: period), statePath: state,
                                                                spoolDirectory: spool)

@@ -20,11 +20,22 @@ enum VMSchedule {
     /// Holds an exclusive lock on `<state>.lock` until the process exits (flock; released by the kernel):
     /// two `sluice vm schedule` runs on one state file take turns, so neither loses the other's booking.
     /// Blocks while another run holds it.
-    static func lockState(_ path: String) throws {
+    static func lockState(_ path: String, waitSeconds: Double = 30) throws {
         let fd = open(path + ".lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw ValidationError("--state \(path): cannot open \(path).lock: errno \(errno)") }
-        while flock(fd, LOCK_EX) != 0 {
-            guard errno == EINTR else { throw ValidationError("--state \(path): cannot lock \(path).lock: errno \(errno)") }
+        // Short commands take turns; a manager holds the lock for its whole life, so nobody waits for
+        // ever behind one: after `waitSeconds` (0 for a manager) the holder is named as the reason.
+        let deadline = Date().addingTimeInterval(waitSeconds)
+        while flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            guard errno == EWOULDBLOCK || errno == EINTR else {
+                throw ValidationError("--state \(path): cannot lock \(path).lock: errno \(errno)")
+            }
+            guard Date() < deadline else {
+                close(fd)
+                throw ValidationError("--state \(path): another process holds \(path).lock (a `sluice vm manager` on this "
+                    + "state takes requests through its --spool)")
+            }
+            usleep(10_000)
         }
         // The descriptor stays open (and the lock held) for the rest of the process.
     }

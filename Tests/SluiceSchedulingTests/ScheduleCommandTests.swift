@@ -118,6 +118,10 @@ import Glibc
                                         "--season-ticks", "20"])
         let line = try #require(manager.readLine(timeoutMs: 30_000), "\(manager.stderrText)")
         let port = try #require(line.split(separator: ":").last.flatMap { Int($0) }, "\(line)")
+        // A second manager on the same state is refused at once, naming the lock, instead of waiting behind it.
+        let second = try runCommand([sluice, "vm", "manager", "--hosts", "\(directory)/hosts.json", "--state", "\(directory)/state.json",
+                                     "--period", "0.5", "--ticks", "1"])
+        #expect(second.status != 0 && second.stderr.contains("another process holds"), "\(second.stderr)")
         usleep(2_500_000)
         let body: String = try HTTPClient.get(host: "127.0.0.1", port: port, path: "/metrics").body
         #expect(manager.wait(timeoutMs: 30_000) == 0, "\(manager.stderrText)")
