@@ -76,11 +76,12 @@ build-tests: deps
 guest-image: deps
 	scripts/guest/build-guest-image.sh .build/guest
 
-# Every test (the hot-path allocation tests among them), then the parser's fuzz target for a bounded
+# Every test (the hot-path allocation tests among them; `build-tests` built them, so `swift test` does not
+# build again: after the release probe's build it would recompile SwiftProtobuf for ~45 s), then the parser's fuzz target for a bounded
 # time (libFuzzer; exits non-zero on a crash, and under CI=true also when libFuzzer cannot be built),
 # then 15 s of the service soak (scripts/soak-service.sh; root, as CI runs it).
 test: build-tests guest-image
-	$(SWIFT) test $(TEST_FLAGS)
+	$(SWIFT) test --skip-build $(TEST_FLAGS)
 	FUZZ_SECONDS=$${FUZZ_SECONDS:-30} scripts/fuzz-parser.sh
 	SOAK_SECONDS=$${SERVICE_SOAK_SECONDS:-15} BIN=.build/debug/sluice scripts/soak-service.sh
 

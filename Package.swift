@@ -158,7 +158,7 @@ let package = Package(
         .target(
             name: "SluiceMigration",
             dependencies: [
-                "SluiceCore",
+                "SluiceCore", "CShims",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -185,4 +185,23 @@ static inline int sluice_waiter_notify(struct sluice_waiter *w) {
     return 1;
 }
 
+/* ---- A QEMU guest's memory, read from the host (guestmem.c) ---- */
+
+/* The process listening on the unix stream socket at `path` (SO_PEERCRED of a connection made and
+ * closed at once). *pid set; 0 or -errno. */
+int sluice_unix_socket_peer_pid(const char *path, int32_t *pid);
+
+/* What one scan of another process's memory range found, in 4 KiB pages. */
+struct sluice_mem_scan {
+    uint64_t pages;     /* pages in the range */
+    uint64_t present;   /* resident or swapped (/proc/<pid>/pagemap bits 63, 62) */
+    uint64_t nonzero;   /* present pages holding a non-zero byte (read through /proc/<pid>/mem) */
+};
+
+/* Scans [address, address + length) of process `pid` (address and length 4 KiB aligned): which pages
+ * are present and, of those, which hold a non-zero byte; pages never faulted in read as zero. Needs
+ * ptrace-read access to `pid` (root, or the same user with ptrace allowed). Reads in 2 MiB chunks with
+ * one 2 MiB buffer; blocks for the whole scan (about 0.1 s per GiB present). 0 or -errno. */
+int sluice_mem_scan_range(int32_t pid, uint64_t address, uint64_t length, struct sluice_mem_scan *out);
+
 #endif /* SLUICE_SYS_H */

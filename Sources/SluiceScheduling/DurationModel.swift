@@ -4,6 +4,9 @@
 /// What one VM's move needs: sizes and rates as the guest's agent reports them.
 public struct MigrationDemand: Sendable, Equatable {
     public var memoryBytes: Double
+    /// What the first pass sends: the guest's non-zero pages in full and a header per zero page
+    /// (`GuestMemoryScan.firstPassBytes`); `memoryBytes` when not measured. At most `memoryBytes`.
+    public var firstPassBytes: Double
     /// Bytes the guest dirties per second (the agent's dirty-page rate).
     public var dirtyBytesPerSecond: Double
     /// Most bytes a round can find dirty (the guest's writable working set); at most `memoryBytes`.
@@ -13,11 +16,13 @@ public struct MigrationDemand: Sendable, Equatable {
     /// The most bandwidth the move may take (QEMU's max-bandwidth).
     public var maxBandwidth: Double
 
-    public init(memoryBytes: Double, dirtyBytesPerSecond: Double, workingSetBytes: Double? = nil,
+    public init(memoryBytes: Double, firstPassBytes: Double? = nil, dirtyBytesPerSecond: Double, workingSetBytes: Double? = nil,
                 downtimeLimitSeconds: Double = 0.3, maxBandwidth: Double) {
-        precondition(memoryBytes > 0 && dirtyBytesPerSecond >= 0 && downtimeLimitSeconds > 0 && maxBandwidth > 0,
-                     "migration demand \(memoryBytes) \(dirtyBytesPerSecond) \(downtimeLimitSeconds) \(maxBandwidth)")
+        precondition(memoryBytes > 0 && dirtyBytesPerSecond >= 0 && downtimeLimitSeconds > 0 && maxBandwidth > 0
+                     && (firstPassBytes ?? 1) > 0,
+                     "migration demand \(memoryBytes) \(dirtyBytesPerSecond) \(downtimeLimitSeconds) \(maxBandwidth) \(firstPassBytes ?? 0)")
         self.memoryBytes = memoryBytes
+        self.firstPassBytes = min(firstPassBytes ?? memoryBytes, memoryBytes)
         self.dirtyBytesPerSecond = dirtyBytesPerSecond
         self.workingSetBytes = min(workingSetBytes ?? memoryBytes, memoryBytes)
         self.downtimeLimitSeconds = downtimeLimitSeconds

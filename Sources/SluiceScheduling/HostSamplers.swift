@@ -73,10 +73,7 @@ public struct CounterRate: Sendable, Equatable {
 /// Free memory as the kernel reports it (`MemAvailable` in /proc/meminfo), at most `cap` bytes (a test
 /// "host" on a shared machine has less than the machine). Nil when the file cannot be read.
 public func memAvailableBytes(cap: Double, path: String = "/proc/meminfo") -> Double? {
-    guard let text = try? String(contentsOfFile: path, encoding: .utf8),
-          let line = text.split(separator: "\n").first(where: { $0.hasPrefix("MemAvailable:") }),
-          let kib = Double(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") else { return nil }
-    return min(cap, kib * 1024)
+    NodeMemory.availableBytes(path: path).map { min(cap, $0) }
 }
 
 /// Used bandwidth from the kernel's counters of one interface (max of RX and TX rate, as `LinkMonitor`).
@@ -116,6 +113,8 @@ public struct DataplanePortCounters: Sendable, Equatable {
     public var txBytes: Double?
     /// The traffic controller's estimate of the port's capacity (bytes/s), when it runs.
     public var capacityBytesPerSecond: Double?
+    /// The serving machine's `MemAvailable` (`sluice_node_memory_available_bytes`): a remote host's own.
+    public var memoryAvailableBytes: Double?
 
     public static func read(_ samples: [MetricSample], port: String) -> DataplanePortCounters {
         var result = DataplanePortCounters()
@@ -127,6 +126,8 @@ public struct DataplanePortCounters: Sendable, Equatable {
                 result.txBytes = (result.txBytes ?? 0) + sample.value
             case "sluice_traffic_port_capacity_bytes_per_second" where sample.labels["port"] == port:
                 result.capacityBytesPerSecond = sample.value
+            case "sluice_node_memory_available_bytes":
+                result.memoryAvailableBytes = sample.value
             default: continue
             }
         }
@@ -166,7 +167,9 @@ public struct DataplaneSampler: HostSampler {
                                         source: .none(why: scraped.why ?? "no counters"))
         }
         lastCounters = counters
-        let memory = kernel?.freeMemoryBytes ?? memAvailableBytes(cap: memoryCapBytes) ?? memoryCapBytes
+        // Free memory of the machine that serves the endpoint (a remote host's own), else this one's.
+        let memory = counters.memoryAvailableBytes.map { min(memoryCapBytes, $0) }
+            ?? kernel?.freeMemoryBytes ?? memAvailableBytes(cap: memoryCapBytes) ?? memoryCapBytes
         let r = counters.rxBytes.flatMap { rx.rate(bytes: $0, atSeconds: seconds) }
         let t = counters.txBytes.flatMap { tx.rate(bytes: $0, atSeconds: seconds) }
         guard r != nil || t != nil else {

@@ -3,6 +3,7 @@
 // running move falls behind, starts each booking at its tick through a `MoveRunner`, and records the
 // actual finish against the predicted one. `sluice vm manager` drives it (docs/SCHEDULING.md).
 import Foundation
+import SluiceMigration
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -77,6 +78,8 @@ public actor MigrationManager {
     private var running: [Int: (cell: RateCell, startedUnix: Double)] = [:]
     public private(set) var finished: [FinishedMove] = []
     private var refusals: [String: Int] = [:]
+    /// First passes measured on the source guest, scans that failed, and the last failure.
+    public private(set) var firstPassScans = (measured: 0, failed: 0, lastFailure: "")
     private var replans: [String: Int] = [:]
     private var samplesBySource: [[String: Int]]
     private var lastSamples: [HostSample?]
@@ -171,15 +174,17 @@ public actor MigrationManager {
             let changed = sample(now: now, atSeconds: nowUnix)
             let behind = extendLateMoves(now: now)
             if changed || behind { replan(now: now, reason: changed ? "forecast" : "behind") }
-            drainSpool(now: now)
+            await drainSpool(now: now)
         }
         startDue(now: now, nowUnix: nowUnix)
         publishMetrics(now: now)
     }
 
     /// Plans `file` now; books it (and keeps it in the state file) or refuses it with the verdicts.
-    /// Times in `file` are ticks; rates are real bytes/s.
-    public func submit(_ file: ManagerRequestFile) -> Result<PlanOutcome, ScheduleFileError> {
+    /// Times in `file` are ticks; rates are real bytes/s. A request that names its guest and leaves
+    /// `firstPassBytes` out has it measured on the source first (`GuestMemoryScan`, blocks ~0.1 s per GiB).
+    public func submit(_ file: ManagerRequestFile) async -> Result<PlanOutcome, ScheduleFileError> {
+        let file = await measuringFirstPass(file)
         let scale = configuration.timeScale
         let now = lastTick ?? scale.tick(atUnixSeconds: configuration.clock())
         var request: MigrationRequest
@@ -205,8 +210,25 @@ public actor MigrationManager {
         return .success(outcome)
     }
 
+    /// `file` with `firstPassBytes` measured on its source guest when it names one and leaves it out.
+    /// A failed scan leaves it out (the whole memory is assumed) and is counted.
+    public func measuringFirstPass(_ file: ManagerRequestFile) async -> ManagerRequestFile {
+        guard file.request.firstPassBytes == nil, let guest = file.guest else { return file }
+        var file = file
+        do {
+            let scan = try await GuestMemoryScan.scan(qmpSocketPath: guest.qmp)
+            file.request.firstPassBytes = Double(scan.firstPassBytes)
+            firstPassScans.measured += 1
+        } catch {
+            firstPassScans.failed += 1
+            firstPassScans.lastFailure = "\(error)"
+        }
+        return file
+    }
+
     /// Why `file` cannot start now and its earliest feasible start; books nothing.
-    public func explain(_ file: ManagerRequestFile) -> Result<Explanation, ScheduleFileError> {
+    public func explain(_ file: ManagerRequestFile) async -> Result<Explanation, ScheduleFileError> {
+        let file = await measuringFirstPass(file)
         let now = lastTick ?? configuration.timeScale.tick(atUnixSeconds: configuration.clock())
         var request: MigrationRequest
         do { request = try file.request.request(hosts: configuration.hosts) } catch { return .failure(error) }
@@ -378,7 +400,7 @@ public actor MigrationManager {
 
     // MARK: - Spool, state, metrics
 
-    private func drainSpool(now: Int) {
+    private func drainSpool(now: Int) async {
         guard let spool = configuration.spoolDirectory,
               let names = try? FileManager.default.contentsOfDirectory(atPath: spool) else { return }
         let done = spool + "/done"
@@ -389,12 +411,14 @@ public actor MigrationManager {
             switch readRequest(path) {
             case .failure(let error): text = "invalid: \(error)\n"
             case .success(let file):
-                switch submit(file) {
+                switch await submit(file) {
                 case .failure(let error): text = "invalid: \(error)\n"
                 case .success(.booked(let booking)):
+                    let firstPass = state.bookings.last(where: { $0.request.id == booking.requestID })?.request.firstPassBytes
                     text = "booked request \(booking.requestID): start tick \(booking.start), destination "
                         + "\(configuration.hosts.hosts[booking.destination].name), predicted "
-                        + String(format: "%.1f", configuration.timeScale.realSeconds(booking.prediction.totalSeconds)) + " s\n"
+                        + String(format: "%.1f", configuration.timeScale.realSeconds(booking.prediction.totalSeconds)) + " s, first pass "
+                        + (firstPass.map { "\(Int($0) >> 20) MiB of \(Int(file.request.memoryBytes) >> 20) MiB" } ?? "the whole memory") + "\n"
                 case .success(.refused(let verdicts)):
                     text = "refused request \(file.request.id):\n" + zip(file.request.candidates, verdicts).map { "  \($0): \($1)\n" }.joined()
                 }
@@ -451,6 +475,9 @@ public actor MigrationManager {
                      "sluice_manager_finished_total{result=\"interrupted\"} \(totals.interrupted)",
                      "# TYPE sluice_manager_refusals_total counter"]
         for (reason, count) in refusals.sorted(by: { $0.key < $1.key }) { lines.append("sluice_manager_refusals_total{reason=\"\(reason)\"} \(count)") }
+        lines += ["# TYPE sluice_manager_first_pass_scans_total counter",
+                  "sluice_manager_first_pass_scans_total{result=\"measured\"} \(firstPassScans.measured)",
+                  "sluice_manager_first_pass_scans_total{result=\"failed\"} \(firstPassScans.failed)"]
         lines.append("# TYPE sluice_manager_replans_total counter")
         for (reason, count) in replans.sorted(by: { $0.key < $1.key }) { lines.append("sluice_manager_replans_total{reason=\"\(reason)\"} \(count)") }
         lines += ["# TYPE sluice_manager_forecast_mape gauge", "# TYPE sluice_manager_used_bytes_per_second gauge",
@@ -465,13 +492,17 @@ public actor MigrationManager {
             }
         }
         lines += ["# TYPE sluice_manager_predicted_finish_unix_seconds gauge", "# TYPE sluice_manager_actual_finish_unix_seconds gauge",
-                  "# TYPE sluice_manager_predicted_move_seconds gauge", "# TYPE sluice_manager_actual_move_seconds gauge"]
+                  "# TYPE sluice_manager_predicted_move_seconds gauge", "# TYPE sluice_manager_actual_move_seconds gauge",
+                  "# TYPE sluice_manager_first_pass_bytes gauge"]
         let scale = configuration.timeScale
         for booking in scheduler.bookings.values.sorted(by: { $0.requestID < $1.requestID }) {
             let labels = "request=\"\(booking.requestID)\",state=\"\(running[booking.requestID] == nil ? "booked" : "running")\""
             let predicted = scale.realSeconds(booking.prediction.totalSeconds)
             lines.append("sluice_manager_predicted_finish_unix_seconds{\(labels)} \(scale.unixSeconds(ofTick: booking.start) + predicted)")
             lines.append("sluice_manager_predicted_move_seconds{\(labels)} \(predicted)")
+            if let request = requests[booking.requestID] {
+                lines.append("sluice_manager_first_pass_bytes{\(labels)} \(request.demand.firstPassBytes)")
+            }
         }
         for entry in state.bookings.filter({ $0.interrupted == true }).suffix(100) {
             lines.append("sluice_manager_predicted_move_seconds{request=\"\(entry.request.id)\",state=\"interrupted\"} "

@@ -2,7 +2,8 @@
 // duration model runs it on predicted bandwidth and the reported dirty rate; the simulator runs it on
 // the bandwidth the move really gets and the guest's actual dirty rate.
 
-/// A running move's state. Pre-copy: round 1 sends all memory; each next round sends what the guest
+/// A running move's state. Pre-copy: round 1 sends all memory (its non-zero pages in full, a header per
+/// zero page: `MigrationDemand.firstPassBytes`); each next round sends what the guest
 /// dirtied during the one before (at most its working set); the guest stops when the rest fits in the
 /// downtime limit at the current rate. With auto-converge, a round that leaves more than half of what
 /// it sent dirty raises the vCPU throttle (QEMU: 20 % first, then +10 %, up to the maximum). Post-copy:
@@ -34,8 +35,8 @@ public struct MoveProgress: Sendable, Equatable {
         self.dirtyBytesPerSecond = dirtyBytesPerSecond
         workingSetBytes = demand.workingSetBytes
         downtimeLimitSeconds = demand.downtimeLimitSeconds
-        remaining = demand.memoryBytes
-        roundBytes = demand.memoryBytes
+        remaining = demand.firstPassBytes
+        roundBytes = demand.firstPassBytes
     }
 
     /// Runs `seconds` at `rate` bytes/s. Returns the seconds into this span at which the guest resumed on

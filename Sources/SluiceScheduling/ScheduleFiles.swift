@@ -83,6 +83,9 @@ public struct ScheduleRequestFile: Codable, Sendable, Equatable {
     public var earliestStart: Int
     public var deadline: Int
     public var memoryBytes: Double
+    /// What the first pass sends (non-zero pages plus zero-page headers); `sluice vm manager` measures
+    /// it on the source (`GuestMemoryScan`) when a request names the guest and leaves this out.
+    public var firstPassBytes: Double?
     public var dirtyBytesPerSecond: Double
     public var workingSetBytes: Double?
     public var downtimeLimitSeconds: Double?
@@ -91,8 +94,8 @@ public struct ScheduleRequestFile: Codable, Sendable, Equatable {
     public var postcopy: Bool?
 
     public init(id: Int, vm: String, source: String, candidates: [String], earliestStart: Int, deadline: Int, memoryBytes: Double,
-                dirtyBytesPerSecond: Double, workingSetBytes: Double? = nil, downtimeLimitSeconds: Double? = nil,
-                maxBandwidth: Double, autoConverge: Bool? = nil, postcopy: Bool? = nil) {
+                firstPassBytes: Double? = nil, dirtyBytesPerSecond: Double, workingSetBytes: Double? = nil,
+                downtimeLimitSeconds: Double? = nil, maxBandwidth: Double, autoConverge: Bool? = nil, postcopy: Bool? = nil) {
         self.id = id
         self.vm = vm
         self.source = source
@@ -100,6 +103,7 @@ public struct ScheduleRequestFile: Codable, Sendable, Equatable {
         self.earliestStart = earliestStart
         self.deadline = deadline
         self.memoryBytes = memoryBytes
+        self.firstPassBytes = firstPassBytes
         self.dirtyBytesPerSecond = dirtyBytesPerSecond
         self.workingSetBytes = workingSetBytes
         self.downtimeLimitSeconds = downtimeLimitSeconds
@@ -115,15 +119,15 @@ public struct ScheduleRequestFile: Codable, Sendable, Equatable {
         guard deadline > earliestStart else { throw .invalid("request \(id): deadline \(deadline) is not after earliestStart \(earliestStart)") }
         guard memoryBytes > 0, memoryBytes.isFinite, dirtyBytesPerSecond >= 0, dirtyBytesPerSecond.isFinite,
               maxBandwidth > 0, maxBandwidth.isFinite, (downtimeLimitSeconds ?? 0.3) > 0,
-              (workingSetBytes ?? 0) >= 0 else {
-            throw .invalid("request \(id): memory, dirty rate, working set, downtime limit or max bandwidth out of range")
+              (workingSetBytes ?? 0) >= 0, (firstPassBytes ?? 1) > 0, (firstPassBytes ?? 1).isFinite else {
+            throw .invalid("request \(id): memory, first pass, dirty rate, working set, downtime limit or max bandwidth out of range")
         }
         let source = try hosts.index(of: source)
         var indices: [Int] = []
         for name in candidates { indices.append(try hosts.index(of: name)) }
         return MigrationRequest(
             id: id, vm: vm, source: source, candidates: indices, earliestStart: earliestStart, deadline: deadline,
-            demand: MigrationDemand(memoryBytes: memoryBytes, dirtyBytesPerSecond: dirtyBytesPerSecond,
+            demand: MigrationDemand(memoryBytes: memoryBytes, firstPassBytes: firstPassBytes, dirtyBytesPerSecond: dirtyBytesPerSecond,
                                     workingSetBytes: workingSetBytes, downtimeLimitSeconds: downtimeLimitSeconds ?? 0.3,
                                     maxBandwidth: maxBandwidth),
             allowance: ConvergenceAllowance(autoConverge: autoConverge ?? true, postcopy: postcopy ?? false))

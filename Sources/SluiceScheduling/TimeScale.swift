@@ -44,7 +44,7 @@ public struct TimeScale: Sendable, Equatable {
 
     /// A move's demand (dirty rate, max bandwidth, downtime limit) in scheduler units.
     public func model(_ demand: MigrationDemand) -> MigrationDemand {
-        MigrationDemand(memoryBytes: demand.memoryBytes, dirtyBytesPerSecond: modelRate(demand.dirtyBytesPerSecond),
+        MigrationDemand(memoryBytes: demand.memoryBytes, firstPassBytes: demand.firstPassBytes, dirtyBytesPerSecond: modelRate(demand.dirtyBytesPerSecond),
                         workingSetBytes: demand.workingSetBytes, downtimeLimitSeconds: modelSeconds(demand.downtimeLimitSeconds),
                         maxBandwidth: modelRate(demand.maxBandwidth))
     }

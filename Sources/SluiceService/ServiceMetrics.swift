@@ -41,6 +41,7 @@ public final class ServiceMetrics: Sendable {
         state.withLock { state in
             set(&state, gauge: "sluice_up", [], 1)
             set(&state, gauge: "sluice_uptime_seconds", [], Double(Clock.monotonicNs() &- startNs) / 1e9)
+            if let available = NodeMemory.availableBytes() { set(&state, gauge: "sluice_node_memory_available_bytes", [], available) }
             if let dataplane { refresh(&state, dataplane) }
             if let storage { refresh(&state, storage) }
             if let wan { refresh(&state, wan) }

@@ -6,6 +6,7 @@ import Foundation
 import Glibc
 import SluiceMigration
 import SluiceScheduling
+import SluiceService
 
 enum VMSchedule {
     static func nowMinute() -> Int { Int(Date().timeIntervalSince1970 / 60) }
@@ -127,12 +128,7 @@ extension VMCommand {
             }
         }
 
-        static func memAvailableBytes() -> Double {
-            guard let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8),
-                  let line = text.split(separator: "\n").first(where: { $0.hasPrefix("MemAvailable:") }),
-                  let kib = Double(line.split(separator: " ").dropFirst().first ?? "") else { return 0 }
-            return kib * 1024
-        }
+        static func memAvailableBytes() -> Double { NodeMemory.availableBytes() ?? 0 }
 
         /// Appends a line; when the file passes twice the kept length, keeps the newest week.
         static func append(_ line: String, to path: String) throws {

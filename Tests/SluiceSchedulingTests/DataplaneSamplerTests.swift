@@ -79,6 +79,9 @@ import Testing
             Thread.sleep(forTimeInterval: 1)
             let sample = sampler.sample(atSeconds: seconds())
             #expect(sample.source == .dataplane(rx: true, tx: false), "\(sample.source)")
+            // The endpoint's machine's free memory (here the same machine), under the cap.
+            #expect(sample.freeMemoryBytes > 0 && sample.freeMemoryBytes <= 1_073_741_824)
+            #expect(sampler.lastCounters?.memoryAvailableBytes != nil)
             if let used = sample.usedBytesPerSecond { rates.append(used) }
         }
         let mean = rates.reduce(0, +) / Double(max(1, rates.count))
@@ -106,9 +109,11 @@ import Testing
             sluice_traffic_sent_bytes{port="p",source="0"} 300
             sluice_traffic_sent_bytes{port="p",source="1"} 400
             sluice_traffic_port_capacity_bytes_per_second{port="p"} 125000
+            sluice_node_memory_available_bytes 4096000
             """
         let counters = DataplanePortCounters.read(try MetricsText.parse(text), port: "p")
         #expect(counters.rxBytes == 1000 && counters.txBytes == 700 && counters.capacityBytesPerSecond == 125_000)
+        #expect(counters.memoryAvailableBytes == 4_096_000)
         #expect(DataplanePortCounters.read(try MetricsText.parse(text), port: "none").rxBytes == nil)
         var rate = CounterRate()
         #expect(rate.rate(bytes: 100, atSeconds: 1) == nil)
