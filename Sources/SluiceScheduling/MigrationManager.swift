@@ -75,7 +75,13 @@ public actor MigrationManager {
     private let runner: any MoveRunner
     private var state: ScheduleState
     private var requests: [Int: MigrationRequest] = [:]
-    private var running: [Int: (cell: RateCell, startedUnix: Double)] = [:]
+    /// Moves running now: the cap the runner follows, QEMU's bytes sent so far (the runner updates it)
+    /// and how many of them the samples have already had taken out.
+    private var running: [Int: (cell: RateCell, startedUnix: Double, sent: RateCell, counted: Double)] = [:]
+    /// When the hosts were last sampled (real seconds): the moves' own stream rate is taken over it.
+    private var lastSampleSeconds: Double?
+    /// Per host, the move streams' rate taken out of the last sample (real bytes/s).
+    private var ownStream: [Double]
     public private(set) var finished: [FinishedMove] = []
     private var refusals: [String: Int] = [:]
     /// First passes measured on the source guest, scans that failed, and the last failure.
@@ -142,6 +148,7 @@ public actor MigrationManager {
         self.runner = runner
         self.state = state
         samplesBySource = Array(repeating: [:], count: hosts.hosts.count)
+        ownStream = Array(repeating: 0, count: hosts.hosts.count)
         lastSamples = Array(repeating: nil, count: hosts.hosts.count)
         history = hosts.hosts.map { host in
             guard configuration.appendHistory else { return nil }
@@ -265,11 +272,25 @@ public actor MigrationManager {
     private func sample(now: Int, atSeconds seconds: Double) -> Bool {
         let scale = configuration.timeScale
         var changed = false
+        // A running move's stream crosses its source's and destination's links: the counters cannot tell
+        // it from production, so what QEMU sent since the last sample is taken out of both.
+        let elapsed = lastSampleSeconds.map { seconds - $0 } ?? 0
+        lastSampleSeconds = seconds
+        for index in ownStream.indices { ownStream[index] = 0 }
+        for id in running.keys {
+            let sent = running[id]!.sent.load()
+            let delta = max(0, sent - running[id]!.counted)
+            running[id]!.counted = sent
+            guard elapsed > 0, let booking = scheduler.bookings[id] else { continue }
+            ownStream[booking.source] += delta / elapsed
+            ownStream[booking.destination] += delta / elapsed
+        }
         for index in samplers.indices {
             let sample = samplers[index].sample(atSeconds: seconds)
             lastSamples[index] = sample
             samplesBySource[index][sample.source.label, default: 0] += 1
-            guard let used = sample.usedBytesPerSecond else { continue }
+            guard let measured = sample.usedBytesPerSecond else { continue }
+            let used = max(0, measured - ownStream[index])
             let model = scale.modelRate(used)
             let point = monitor.forecast(host: index, minute: now)
             if monitor.production[index].count >= configuration.replanWarmupSamples,
@@ -340,11 +361,13 @@ public actor MigrationManager {
             let scale = configuration.timeScale
             let index = min(max(0, now - booking.start), max(0, booking.rates.count - 1))
             let cell = RateCell(scale.realRate(booking.rates.isEmpty ? scheduler.parameters.minimumRate : booking.rates[index]))
-            running[booking.requestID] = (cell, nowUnix)
+            let sent = RateCell(0)
+            running[booking.requestID] = (cell, nowUnix, sent, 0)
             let destination = configuration.hosts.hosts[booking.destination]
             var order = MoveOrder(requestID: booking.requestID, vm: entry.request.vm, guest: entry.guest, destination: destination.name,
                                   destinationRunRoot: destination.runRoot ?? "/tmp/sluice-manager-\(destination.name)", cap: cell,
                                   predictedSeconds: scale.realSeconds(booking.prediction.totalSeconds))
+            order.sent = sent
             if let netns = destination.netns { order.destinationLaunchPrefix = ["/usr/sbin/ip", "netns", "exec", netns] }
             order.streamAddress = destination.migrationAddress
             let runner = self.runner
@@ -481,12 +504,14 @@ public actor MigrationManager {
         lines.append("# TYPE sluice_manager_replans_total counter")
         for (reason, count) in replans.sorted(by: { $0.key < $1.key }) { lines.append("sluice_manager_replans_total{reason=\"\(reason)\"} \(count)") }
         lines += ["# TYPE sluice_manager_forecast_mape gauge", "# TYPE sluice_manager_used_bytes_per_second gauge",
+                  "# TYPE sluice_manager_move_stream_bytes_per_second gauge",
                   "# TYPE sluice_manager_samples_total counter"]
         for (index, host) in hosts.enumerated() {
             if let mape = monitor.forecastError(host: index) { lines.append("sluice_manager_forecast_mape{host=\"\(host.name)\"} \(mape)") }
             if let sample = lastSamples[index], let used = sample.usedBytesPerSecond {
                 lines.append("sluice_manager_used_bytes_per_second{host=\"\(host.name)\",source=\"\(sample.source.label)\"} \(used)")
             }
+            lines.append("sluice_manager_move_stream_bytes_per_second{host=\"\(host.name)\"} \(ownStream[index])")
             for (source, count) in samplesBySource[index].sorted(by: { $0.key < $1.key }) {
                 lines.append("sluice_manager_samples_total{host=\"\(host.name)\",source=\"\(source)\"} \(count)")
             }

@@ -32,6 +32,9 @@ public struct MoveOrder: Sendable {
     /// Where the destination's QEMU run directory goes.
     public var destinationRunRoot: String
     public var cap: RateCell
+    /// QEMU's `ram.transferred` of this move so far (real bytes), stored by the runner while it runs: the
+    /// manager takes the move's own stream out of its hosts' bandwidth samples.
+    public var sent = RateCell(0)
     /// The booking's predicted real seconds: the executor's deadline is counted from it (never from
     /// less than the template's own prediction).
     public var predictedSeconds: Double
@@ -143,7 +146,8 @@ public struct KeptGuests<Guest> {
 
 /// Runs each move through `MigrationExecutor` (QMP): reads the guest's spec and template, connects to
 /// its QMP socket, sets the plan's max-bandwidth to the order's cap, and while the move runs applies
-/// each change of the cap with `migrate-set-parameters` (checked every `capPoll`). The destinations it
+/// each change of the cap with `migrate-set-parameters` and stores QEMU's bytes sent (`MoveOrder.sent`),
+/// both every `capPoll`. The destinations it
 /// started are kept (a dropped `QEMUProcess` is killed), at most `keptMax` of them counting the moves
 /// running: once full, a move is refused (`kept_full`) before it starts; `stopAll` stops them all.
 public final class ExecutorMoveRunner: MoveRunner {
@@ -219,6 +223,7 @@ public final class ExecutorMoveRunner: MoveRunner {
                 var applied = initialCap
                 while !Task.isCancelled {
                     try? await Task.sleep(for: poll)
+                    if let transferred = try? await qmp.queryMigrate().ram?.transferredBytes { order.sent.store(Double(transferred)) }
                     let cap = UInt64(max(1, order.cap.load().rounded()))
                     if cap != applied, (try? await qmp.migrateSetParameters(MigrationParameters(maxBandwidthBytesPerSecond: cap))) != nil {
                         applied = cap

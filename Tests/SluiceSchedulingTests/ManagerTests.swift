@@ -154,6 +154,61 @@ final class InstantRunner: MoveRunner {
         #expect(await manager.replanCount("forecast") >= 1)
     }
 
+    /// A move's own stream crosses both links: the samples the manager records (history, forecast) are
+    /// production only. The runner holds the move open; the test plays QEMU's bytes-sent counter.
+    @Test func aRunningMovesOwnStreamIsNotProduction() async throws {
+        final class HeldRunner: MoveRunner {
+            let sent = Mutex<RateCell?>(nil)
+            let release = Mutex(false)
+            func run(_ order: MoveOrder) async -> Result<MoveReport, MoveRunError> {
+                sent.withLock { $0 = order.sent }
+                while !release.withLock({ $0 }) { try? await Task.sleep(for: .milliseconds(5)) }
+                return .success(MoveReport(migrationSeconds: 5, wallSeconds: 5, downtimeMs: 1, transferredBytes: 1, method: "precopy"))
+            }
+        }
+        let directory = Self.scratch()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let scale = TimeScale(tickSeconds: 1)
+        let dayStart = 20_000 * Self.day + 40  // a's link is quiet (10 % of it) from tick 30 of the day
+        let clock = TestClock(Double(dayStart) + 0.1)
+        var configuration = MigrationManager.Configuration(hosts: Self.world(directory, now: dayStart), timeScale: scale)
+        configuration.clock = { clock.now() }
+        let stream = 50_000_000.0  // the move's bytes/s, on both links while it runs
+        let runner = HeldRunner()
+        let samplers: [any HostSampler] = ["a", "b"].map { name in
+            ScriptedSampler(clock: clock, scale: scale, used: { tick in
+                Self.production(tick, host: name) + (runner.sent.withLock { $0 } == nil ? 0 : stream)
+            })
+        }
+        let manager = try MigrationManager(configuration, samplers: samplers, runner: runner)
+        await manager.tick()
+        guard case .success(.booked(let booking)) = await manager.submit(Self.request(id: 3, now: dayStart, window: 200)) else {
+            Issue.record("not booked")
+            return
+        }
+        #expect(booking.start <= dayStart + 5)
+        while runner.sent.withLock({ $0 }) == nil, clock.now() < Double(dayStart + 20) {
+            clock.advance(1)
+            await manager.tick()
+            try await Task.sleep(for: .milliseconds(20))  // the runner's task takes the order
+        }
+        let cell = try #require(runner.sent.withLock { $0 }, "the move did not start")
+        let started = clock.now()
+        for _ in 0..<5 {
+            clock.advance(1)
+            cell.store(stream * (clock.now() - started))  // QEMU's ram.transferred as the runner stores it
+            await manager.tick()
+        }
+        let metrics = manager.metrics.withLock { $0 }
+        #expect(metrics.contains("sluice_manager_move_stream_bytes_per_second{host=\"a\"} 50000000"), "\(metrics)")
+        runner.release.withLock { $0 = true }
+        // The history's last five ticks (the move's) hold a's production, 10 % of the link, not the stream too.
+        let history = try String(contentsOfFile: directory + "/a.history", encoding: .utf8)
+        let recorded = try HistoryFile.parse(history, path: "a.history").suffix(5).map(\.production)
+        #expect(recorded.count == 5 && recorded.allSatisfy { abs($0 - 0.1 * Self.link) < 1 }, "\(recorded)")
+        for _ in 0..<100 where await manager.finished.isEmpty { try await Task.sleep(for: .milliseconds(10)) }
+    }
+
     @Test func timeScaleConvertsRatesAndDurations() {
         let scale = TimeScale(tickSeconds: 2)
         #expect(scale.factor == 30)
