@@ -17,7 +17,9 @@ int sluice_unix_socket_peer_pid(const char *path, int32_t *pid) {
     struct sockaddr_un address = {.sun_family = AF_UNIX};
     if (strlen(path) >= sizeof(address.sun_path)) return -ENAMETOOLONG;
     strcpy(address.sun_path, path);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    /* Non-blocking: QEMU's monitor listens with a backlog of one and accepts no second client, so a
+     * held socket fails at once (EAGAIN) instead of blocking the caller until the holder leaves. */
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0) return -errno;
     int rc = 0;
     if (connect(fd, (struct sockaddr *)&address, sizeof(address)) != 0) {
@@ -49,6 +51,7 @@ static int read_full(int fd, void *buffer, size_t size, off_t offset) {
 }
 
 int sluice_mem_scan_range(int32_t pid, uint64_t address, uint64_t length, struct sluice_mem_scan *out) {
+    if (sysconf(_SC_PAGESIZE) != PAGE) return -ENOTSUP; /* pagemap is indexed by the host's page size */
     if (address % PAGE != 0 || length % PAGE != 0) return -EINVAL;
     char path[64];
     snprintf(path, sizeof(path), "/proc/%d/pagemap", (int)pid);
@@ -71,21 +74,29 @@ int sluice_mem_scan_range(int32_t pid, uint64_t address, uint64_t length, struct
         uint64_t base = address + page * PAGE;
         rc = read_full(pagemap, entries, count * sizeof(uint64_t), (off_t)(base / PAGE * sizeof(uint64_t)));
         if (rc != 0) break;
-        /* One read for the run from the first to the last present page of the chunk. */
-        uint64_t first = count, last = 0;
-        for (uint64_t i = 0; i < count; i++) {
-            if ((entries[i] >> 62) & 3) {
-                if (first == count) first = i;
-                last = i;
+        /* Only runs of pages in RAM (bit 63) are read: reading a hole would fault it in (a real page for
+         * memfd, file or hugetlbfs RAM). A swapped page (bit 62) is counted as data without reading it
+         * back in. */
+        uint64_t i = 0;
+        while (i < count) {
+            uint64_t entry = entries[i];
+            if ((entry >> 63) & 1) {
+                uint64_t run = i;
+                while (run < count && ((entries[run] >> 63) & 1)) run++;
+                rc = read_full(memory, data, (run - i) * PAGE, (off_t)(base + i * PAGE));
+                if (rc != 0) break;
+                for (uint64_t k = 0; k < run - i; k++) {
+                    scan.present++;
+                    if (memcmp(data + k * PAGE, zero, PAGE) != 0) scan.nonzero++;
+                }
+                i = run;
+            } else {
+                if ((entry >> 62) & 1) {
+                    scan.present++;
+                    scan.nonzero++;
+                }
+                i++;
             }
-        }
-        if (first == count) continue;
-        rc = read_full(memory, data + first * PAGE, (last - first + 1) * PAGE, (off_t)(base + first * PAGE));
-        if (rc != 0) break;
-        for (uint64_t i = first; i <= last; i++) {
-            if (!((entries[i] >> 62) & 3)) continue;
-            scan.present++;
-            if (memcmp(data + i * PAGE, zero, PAGE) != 0) scan.nonzero++;
         }
     }
     free(data);

@@ -187,8 +187,8 @@ static inline int sluice_waiter_notify(struct sluice_waiter *w) {
 
 /* ---- A QEMU guest's memory, read from the host (guestmem.c) ---- */
 
-/* The process listening on the unix stream socket at `path` (SO_PEERCRED of a connection made and
- * closed at once). *pid set; 0 or -errno. */
+/* The process listening on the unix stream socket at `path` (SO_PEERCRED of a non-blocking connection
+ * made and closed at once; -EAGAIN when the listener's backlog is full). *pid set; 0 or -errno. */
 int sluice_unix_socket_peer_pid(const char *path, int32_t *pid);
 
 /* What one scan of another process's memory range found, in 4 KiB pages. */
@@ -199,9 +199,10 @@ struct sluice_mem_scan {
 };
 
 /* Scans [address, address + length) of process `pid` (address and length 4 KiB aligned): which pages
- * are present and, of those, which hold a non-zero byte; pages never faulted in read as zero. Needs
- * ptrace-read access to `pid` (root, or the same user with ptrace allowed). Reads in 2 MiB chunks with
- * one 2 MiB buffer; blocks for the whole scan (about 0.1 s per GiB present). 0 or -errno. */
+ * are present and, of those, which hold a non-zero byte. Only pages in RAM are read (runs of them, at
+ * most 2 MiB at a time into one buffer); pages never faulted in count as zero, swapped pages as data,
+ * neither is read. Needs ptrace-read access to `pid` (root). Blocks for the whole scan (about 0.1 s per
+ * GiB present). 0 or -errno; -ENOTSUP on a host whose page size is not 4 KiB. */
 int sluice_mem_scan_range(int32_t pid, uint64_t address, uint64_t length, struct sluice_mem_scan *out);
 
 #endif /* SLUICE_SYS_H */

@@ -3,6 +3,7 @@
 // header only, so a mostly idle guest moves far fewer bytes than its memory size (measured: 98 MB sent
 // for a 256 MiB test guest, 92 MiB of non-zero pages found by this scan).
 import CShims
+import Foundation
 import SluiceCore
 import SystemPackage
 
@@ -36,22 +37,26 @@ public struct GuestMemoryScan: Sendable, Equatable {
     public static let mappingsMax = 257
 
     /// Scans the guest behind the QMP socket at `qmpSocketPath`: its pid from the socket's peer
-    /// credentials, its RAM sizes from `query-memory-size-summary` and `query-memory-devices`, the
-    /// mappings of those sizes from `/proc/<pid>/maps`, then each page through `/proc/<pid>/pagemap`
-    /// and `/proc/<pid>/mem`. Needs root (ptrace-read of QEMU) and the QMP socket free for a moment.
-    /// Blocks the calling thread for the page scan (about 0.1 s per GiB resident). The guest runs on:
-    /// the count is a snapshot, as QEMU's own first pass is.
-    public static func scan(qmpSocketPath: String, timeout: Duration = .seconds(5)) async throws(GuestMemoryScanError) -> GuestMemoryScan {
+    /// credentials (a qemu-system process, checked), its RAM backends' sizes from `query-memdev` (the
+    /// machine's own RAM, DIMMs, NUMA nodes' and virtio-mem backends), the mappings of those sizes from
+    /// `/proc/<pid>/maps`, then each page through `/proc/<pid>/pagemap` and `/proc/<pid>/mem`. Needs root
+    /// (ptrace-read of QEMU) and the QMP socket free: a held socket fails at once (EAGAIN) or after
+    /// `timeout`. Blocks the calling thread for the page scan (about 0.1 s per GiB resident). The guest
+    /// runs on: the count is a snapshot, as QEMU's own first pass is.
+    public static func scan(qmpSocketPath: String, timeout: Duration = .seconds(2)) async throws(GuestMemoryScanError) -> GuestMemoryScan {
         var pid: Int32 = 0
         let rc = sluice_unix_socket_peer_pid(qmpSocketPath, &pid)
         guard rc == 0 else { throw .syscall(SyscallError("SO_PEERCRED of \(qmpSocketPath)", negatedErrno: rc)) }
+        // The listener must be QEMU itself, not a launcher holding the socket or another process.
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/exe")) ?? ""
+        guard exe.split(separator: "/").last?.hasPrefix("qemu-system") == true else { throw .notQEMU(pid: pid, executable: exe) }
         let client: QMPClient
         do { client = try await QMPClient.connect(path: qmpSocketPath, timeout: timeout) } catch { throw .qmp(error) }
         let sizes: Result<[UInt64], QMPError>
         do {
-            let summary = try await client.queryMemorySizeSummary(timeout: timeout)
-            let devices = try await client.execute("query-memory-devices", timeout: timeout)
-            sizes = .success([summary.baseMemoryBytes] + (devices.arrayValue ?? []).prefix(mappingsMax - 1).compactMap { $0["data"]?["size"]?.uint64Value })
+            let backends = try await client.execute("query-memdev", timeout: timeout)
+            let listed = (backends.arrayValue ?? []).prefix(mappingsMax).compactMap { $0["size"]?.uint64Value }
+            sizes = .success(listed.isEmpty ? [try await client.queryMemorySizeSummary(timeout: timeout).baseMemoryBytes] : Array(listed))
         } catch {
             sizes = .failure(error)
         }
@@ -100,7 +105,7 @@ public struct GuestMemoryScan: Sendable, Equatable {
         var candidates: [Mapping] = []
         for line in maps.split(separator: "\n") {
             let fields = line.split(separator: " ", omittingEmptySubsequences: true)
-            guard fields.count >= 5, fields[1].hasPrefix("rw") else { continue }
+            guard fields.count >= 5, fields[1] == "rw-p" || fields[1] == "rw-s" else { continue }  // not TCG's rwx code buffer
             let bounds = fields[0].split(separator: "-")
             guard bounds.count == 2, let start = UInt64(bounds[0], radix: 16), let end = UInt64(bounds[1], radix: 16), end > start else { continue }
             candidates.append(Mapping(start: start, length: end - start, anonymous: fields.count == 5 && fields[4] == "0"))
@@ -122,12 +127,15 @@ public enum GuestMemoryScanError: Error, Equatable, Sendable, CustomStringConver
     case qmp(QMPError)
     /// No read-write mapping of one of the guest's RAM sizes in the process.
     case ramNotFound(pid: Int32, sizes: [UInt64])
+    /// The socket's listener is not a qemu-system process.
+    case notQEMU(pid: Int32, executable: String)
 
     public var description: String {
         switch self {
         case .syscall(let error): "guest memory scan: \(error)"
         case .qmp(let error): "guest memory scan: \(error)"
         case .ramNotFound(let pid, let sizes): "guest memory scan: process \(pid) has no read-write mapping of each RAM size \(sizes)"
+        case .notQEMU(let pid, let executable): "guest memory scan: the QMP socket's listener \(pid) is '\(executable)', not qemu-system"
         }
     }
 }

@@ -40,11 +40,26 @@ public struct HostSample: Sendable, Equatable {
     public var usedBytesPerSecond: Double?
     public var freeMemoryBytes: Double
     public var source: SampleSource
+    /// The two directions `usedBytesPerSecond` is the larger of, when the source has both: the manager
+    /// takes a move's stream out of the direction it used (TX on its source, RX on its destination).
+    public var rxBytesPerSecond: Double?
+    public var txBytesPerSecond: Double?
 
-    public init(usedBytesPerSecond: Double?, freeMemoryBytes: Double, source: SampleSource) {
+    public init(usedBytesPerSecond: Double?, freeMemoryBytes: Double, source: SampleSource,
+                rxBytesPerSecond: Double? = nil, txBytesPerSecond: Double? = nil) {
         self.usedBytesPerSecond = usedBytesPerSecond
         self.freeMemoryBytes = freeMemoryBytes
         self.source = source
+        self.rxBytesPerSecond = rxBytesPerSecond
+        self.txBytesPerSecond = txBytesPerSecond
+    }
+
+    /// Used bandwidth with `outgoing` bytes/s taken out of TX and `incoming` out of RX (a running move's
+    /// stream), then the larger direction; without directions, both out of the larger one.
+    public func used(lessOutgoing outgoing: Double, incoming: Double) -> Double? {
+        guard let used = usedBytesPerSecond else { return nil }
+        guard rxBytesPerSecond != nil || txBytesPerSecond != nil else { return max(0, used - outgoing - incoming) }
+        return max(max(0, (rxBytesPerSecond ?? 0) - incoming), max(0, (txBytesPerSecond ?? 0) - outgoing))
     }
 }
 
@@ -102,7 +117,7 @@ public struct ProcNetDevSampler: HostSampler {
         let t = tx.rate(bytes: Double(counters.transmittedBytes), atSeconds: seconds)
         guard let r, let t else { return HostSample(usedBytesPerSecond: nil, freeMemoryBytes: memory, source: .none(why: "first reading")) }
         return HostSample(usedBytesPerSecond: max(r, t), freeMemoryBytes: memory,
-                          source: .procNetDev(interface: link.configuration.interface, why: why))
+                          source: .procNetDev(interface: link.configuration.interface, why: why), rxBytesPerSecond: r, txBytesPerSecond: t)
     }
 }
 
@@ -148,6 +163,8 @@ public struct DataplaneSampler: HostSampler {
     private var tx = CounterRate()
     /// The last scrape's counters (for tests and the manager's log).
     public private(set) var lastCounters: DataplanePortCounters?
+    /// The endpoint machine's free memory as last scraped (capped).
+    public private(set) var lastRemoteMemoryBytes: Double?
 
     public init(endpoint: ListenAddress, port: String, memoryCapBytes: Double, fallback: ProcNetDevSampler?, deadlineMs: Int = 1_000) {
         precondition(deadlineMs > 0, "scrape deadline")
@@ -160,34 +177,41 @@ public struct DataplaneSampler: HostSampler {
 
     public mutating func sample(atSeconds seconds: Double) -> HostSample {
         let scraped = scrape()
+        if let remote = scraped.memory { lastRemoteMemoryBytes = min(memoryCapBytes, remote) }
         let kernel = fallback?.sample(atSeconds: seconds, why: scraped.why)
+        // Free memory of the machine that serves the endpoint (a remote host's own; the last one read
+        // while a scrape fails), else, for an endpoint that never said, this machine's.
+        let memory = lastRemoteMemoryBytes ?? kernel?.freeMemoryBytes ?? memAvailableBytes(cap: memoryCapBytes) ?? memoryCapBytes
         guard let counters = scraped.counters else {
             lastCounters = nil
-            return kernel ?? HostSample(usedBytesPerSecond: nil, freeMemoryBytes: memAvailableBytes(cap: memoryCapBytes) ?? memoryCapBytes,
-                                        source: .none(why: scraped.why ?? "no counters"))
+            if var kernel {
+                kernel.freeMemoryBytes = memory
+                return kernel
+            }
+            return HostSample(usedBytesPerSecond: nil, freeMemoryBytes: memory, source: .none(why: scraped.why ?? "no counters"))
         }
         lastCounters = counters
-        // Free memory of the machine that serves the endpoint (a remote host's own), else this one's.
-        let memory = counters.memoryAvailableBytes.map { min(memoryCapBytes, $0) }
-            ?? kernel?.freeMemoryBytes ?? memAvailableBytes(cap: memoryCapBytes) ?? memoryCapBytes
         let r = counters.rxBytes.flatMap { rx.rate(bytes: $0, atSeconds: seconds) }
         let t = counters.txBytes.flatMap { tx.rate(bytes: $0, atSeconds: seconds) }
         guard r != nil || t != nil else {
             return HostSample(usedBytesPerSecond: nil, freeMemoryBytes: memory, source: .none(why: "first dataplane reading"))
         }
-        return HostSample(usedBytesPerSecond: max(r ?? 0, t ?? 0), freeMemoryBytes: memory, source: .dataplane(rx: r != nil, tx: t != nil))
+        return HostSample(usedBytesPerSecond: max(r ?? 0, t ?? 0), freeMemoryBytes: memory, source: .dataplane(rx: r != nil, tx: t != nil),
+                          rxBytesPerSecond: r, txBytesPerSecond: t)
     }
 
-    private func scrape() -> (counters: DataplanePortCounters?, why: String?) {
+    private func scrape() -> (counters: DataplanePortCounters?, memory: Double?, why: String?) {
         let response: HTTPClientResponse
         do { response = try HTTPClient.get(host: endpoint.host, port: endpoint.port, path: "/metrics", deadlineMs: deadlineMs) } catch {
-            return (nil, "\(endpoint): \(error)")
+            return (nil, nil, "\(endpoint): \(error)")
         }
-        guard response.status == 200 else { return (nil, "\(endpoint): HTTP \(response.status)") }
+        guard response.status == 200 else { return (nil, nil, "\(endpoint): HTTP \(response.status)") }
         let samples: [MetricSample]
-        do { samples = try MetricsText.parse(response.body) } catch { return (nil, "\(endpoint): \(error)") }
+        do { samples = try MetricsText.parse(response.body) } catch { return (nil, nil, "\(endpoint): \(error)") }
         let counters = DataplanePortCounters.read(samples, port: port)
-        guard counters.rxBytes != nil || counters.txBytes != nil else { return (nil, "\(endpoint): no counters for port '\(port)'") }
-        return (counters, nil)
+        guard counters.rxBytes != nil || counters.txBytes != nil else {
+            return (nil, counters.memoryAvailableBytes, "\(endpoint): no counters for port '\(port)'")
+        }
+        return (counters, counters.memoryAvailableBytes, nil)
     }
 }

@@ -80,12 +80,17 @@ public actor MigrationManager {
     private var running: [Int: (cell: RateCell, startedUnix: Double, sent: RateCell, counted: Double)] = [:]
     /// When the hosts were last sampled (real seconds): the moves' own stream rate is taken over it.
     private var lastSampleSeconds: Double?
-    /// Per host, the move streams' rate taken out of the last sample (real bytes/s).
-    private var ownStream: [Double]
+    /// Per host, the move streams' rates taken out of the last sample (real bytes/s): sent from the
+    /// host (its moves' sources) and received (their destinations).
+    private var ownStream: [(outgoing: Double, incoming: Double)]
+    /// Per host, bytes of moves that finished since the last sample and were not yet taken out.
+    private var finishedStreamBytes: [(outgoing: Double, incoming: Double)]
     public private(set) var finished: [FinishedMove] = []
     private var refusals: [String: Int] = [:]
     /// First passes measured on the source guest, scans that failed, and the last failure.
     public private(set) var firstPassScans = (measured: 0, failed: 0, lastFailure: "")
+    /// Dirty rates asked of the guests' agents, asks that failed, and the last failure.
+    public private(set) var agentReports = (measured: 0, failed: 0, lastFailure: "")
     private var replans: [String: Int] = [:]
     private var samplesBySource: [[String: Int]]
     private var lastSamples: [HostSample?]
@@ -148,7 +153,8 @@ public actor MigrationManager {
         self.runner = runner
         self.state = state
         samplesBySource = Array(repeating: [:], count: hosts.hosts.count)
-        ownStream = Array(repeating: 0, count: hosts.hosts.count)
+        ownStream = Array(repeating: (0, 0), count: hosts.hosts.count)
+        finishedStreamBytes = Array(repeating: (0, 0), count: hosts.hosts.count)
         lastSamples = Array(repeating: nil, count: hosts.hosts.count)
         history = hosts.hosts.map { host in
             guard configuration.appendHistory else { return nil }
@@ -183,7 +189,9 @@ public actor MigrationManager {
             if changed || behind { replan(now: now, reason: changed ? "forecast" : "behind") }
             await drainSpool(now: now)
         }
-        startDue(now: now, nowUnix: nowUnix)
+        // Measuring requests' guests in the spool may have taken a while: start what is due by the clock now.
+        let startUnix = configuration.clock()
+        startDue(now: scale.tick(atUnixSeconds: startUnix), nowUnix: startUnix)
         publishMetrics(now: now)
     }
 
@@ -191,16 +199,16 @@ public actor MigrationManager {
     /// Times in `file` are ticks; rates are real bytes/s. A request that names its guest and leaves
     /// `firstPassBytes` out has it measured on the source first (`GuestMemoryScan`, blocks ~0.1 s per GiB).
     public func submit(_ file: ManagerRequestFile) async -> Result<PlanOutcome, ScheduleFileError> {
-        let file = await measuringFirstPass(file)
+        // Checked before the guest is measured (a bad or known request costs no scan) and again after
+        // (another submit may have taken the id while this one waited).
+        if case .failure(let error) = admissible(file) { return .failure(error) }
+        let file = await measuringGuest(file)
         let scale = configuration.timeScale
         let now = lastTick ?? scale.tick(atUnixSeconds: configuration.clock())
         var request: MigrationRequest
-        do { request = try file.request.request(hosts: configuration.hosts) } catch { return .failure(error) }
-        guard requests[request.id] == nil, !state.bookings.contains(where: { $0.request.id == request.id }) else {
-            return .failure(.invalid("request \(request.id) is known already"))
-        }
-        guard requests.count < ScheduleLimits.requestCountMax, state.bookings.count < ScheduleState.bookingsMax else {
-            return .failure(.invalid("request \(request.id): the manager holds \(requests.count) requests, its most"))
+        switch admissible(file) {
+        case .failure(let error): return .failure(error)
+        case .success(let checked): request = checked
         }
         request.demand = scale.model(request.demand)
         request.earliestStart = max(request.earliestStart, now)
@@ -217,25 +225,52 @@ public actor MigrationManager {
         return .success(outcome)
     }
 
-    /// `file` with `firstPassBytes` measured on its source guest when it names one and leaves it out.
-    /// A failed scan leaves it out (the whole memory is assumed) and is counted.
-    public func measuringFirstPass(_ file: ManagerRequestFile) async -> ManagerRequestFile {
-        guard file.request.firstPassBytes == nil, let guest = file.guest else { return file }
+    /// The request in host indices if it is valid, new, and the tables have room.
+    private func admissible(_ file: ManagerRequestFile) -> Result<MigrationRequest, ScheduleFileError> {
+        let request: MigrationRequest
+        do { request = try file.request.request(hosts: configuration.hosts) } catch { return .failure(error) }
+        guard requests[request.id] == nil, !state.bookings.contains(where: { $0.request.id == request.id }) else {
+            return .failure(.invalid("request \(request.id) is known already"))
+        }
+        guard requests.count < ScheduleLimits.requestCountMax, state.bookings.count < ScheduleState.bookingsMax else {
+            return .failure(.invalid("request \(request.id): the manager holds \(requests.count) requests, its most"))
+        }
+        return .success(request)
+    }
+
+    /// `file` measured on its source guest when it names one: the first pass (`GuestMemoryScan`) when
+    /// the request leaves it out, and the dirty rate the guest's agent reports when that is higher than
+    /// the request's. A failed measurement keeps the request's figures (the whole memory for the first
+    /// pass) and is counted. Blocks the manager for the scan (~0.1 s per GiB) and at most 2 s per socket.
+    public func measuringGuest(_ file: ManagerRequestFile) async -> ManagerRequestFile {
+        guard let guest = file.guest else { return file }
         var file = file
+        if file.request.firstPassBytes == nil {
+            do {
+                let scan = try await GuestMemoryScan.scan(qmpSocketPath: guest.qmp)
+                file.request.firstPassBytes = min(Double(scan.firstPassBytes), file.request.memoryBytes)
+                firstPassScans.measured += 1
+            } catch {
+                firstPassScans.failed += 1
+                firstPassScans.lastFailure = "\(error)"
+            }
+        }
         do {
-            let scan = try await GuestMemoryScan.scan(qmpSocketPath: guest.qmp)
-            file.request.firstPassBytes = Double(scan.firstPassBytes)
-            firstPassScans.measured += 1
+            let agent = try await AgentChannelConnection.connect(socketPath: guest.agent, timeout: .seconds(2))
+            let report = try await agent.report()
+            await agent.close()
+            file.request.dirtyBytesPerSecond = max(file.request.dirtyBytesPerSecond, report.dirtiedPagesPerSecond * 4096)
+            agentReports.measured += 1
         } catch {
-            firstPassScans.failed += 1
-            firstPassScans.lastFailure = "\(error)"
+            agentReports.failed += 1
+            agentReports.lastFailure = "\(error)"
         }
         return file
     }
 
     /// Why `file` cannot start now and its earliest feasible start; books nothing.
     public func explain(_ file: ManagerRequestFile) async -> Result<Explanation, ScheduleFileError> {
-        let file = await measuringFirstPass(file)
+        let file = await measuringGuest(file)
         let now = lastTick ?? configuration.timeScale.tick(atUnixSeconds: configuration.clock())
         var request: MigrationRequest
         do { request = try file.request.request(hosts: configuration.hosts) } catch { return .failure(error) }
@@ -274,23 +309,33 @@ public actor MigrationManager {
         var changed = false
         // A running move's stream crosses its source's and destination's links: the counters cannot tell
         // it from production, so what QEMU sent since the last sample is taken out of both.
+        // A finished move's last bytes (since the runner's last poll) count in the interval it ended in.
+        // A clock that did not advance leaves everything for the next sample.
         let elapsed = lastSampleSeconds.map { seconds - $0 } ?? 0
-        lastSampleSeconds = seconds
-        for index in ownStream.indices { ownStream[index] = 0 }
-        for id in running.keys {
-            let sent = running[id]!.sent.load()
-            let delta = max(0, sent - running[id]!.counted)
-            running[id]!.counted = sent
-            guard elapsed > 0, let booking = scheduler.bookings[id] else { continue }
-            ownStream[booking.source] += delta / elapsed
-            ownStream[booking.destination] += delta / elapsed
+        for index in ownStream.indices { ownStream[index] = (0, 0) }
+        if elapsed > 0 || lastSampleSeconds == nil {
+            lastSampleSeconds = seconds
+            for id in running.keys {
+                let sent = running[id]!.sent.load()
+                let delta = max(0, sent - running[id]!.counted)
+                running[id]!.counted = max(sent, running[id]!.counted)
+                guard elapsed > 0, let booking = scheduler.bookings[id] else { continue }
+                ownStream[booking.source].outgoing += delta / elapsed
+                ownStream[booking.destination].incoming += delta / elapsed
+            }
+            if elapsed > 0 {
+                for index in ownStream.indices {
+                    ownStream[index].outgoing += finishedStreamBytes[index].outgoing / elapsed
+                    ownStream[index].incoming += finishedStreamBytes[index].incoming / elapsed
+                    finishedStreamBytes[index] = (0, 0)
+                }
+            }
         }
         for index in samplers.indices {
             let sample = samplers[index].sample(atSeconds: seconds)
             lastSamples[index] = sample
             samplesBySource[index][sample.source.label, default: 0] += 1
-            guard let measured = sample.usedBytesPerSecond else { continue }
-            let used = max(0, measured - ownStream[index])
+            guard let used = sample.used(lessOutgoing: ownStream[index].outgoing, incoming: ownStream[index].incoming) else { continue }
             let model = scale.modelRate(used)
             let point = monitor.forecast(host: index, minute: now)
             if monitor.production[index].count >= configuration.replanWarmupSamples,
@@ -383,6 +428,11 @@ public actor MigrationManager {
 
     private func finish(_ id: Int, _ result: Result<MoveReport, MoveRunError>) {
         guard let move = running.removeValue(forKey: id), let booking = scheduler.release(id) else { return }
+        if case .success(let report) = result {
+            let rest = max(0, Double(report.transferredBytes) - move.counted)
+            finishedStreamBytes[booking.source].outgoing += rest
+            finishedStreamBytes[booking.destination].incoming += rest
+        }
         requests[id] = nil
         let scale = configuration.timeScale
         let bookedStart = scale.unixSeconds(ofTick: booking.start)
@@ -437,11 +487,12 @@ public actor MigrationManager {
                 switch await submit(file) {
                 case .failure(let error): text = "invalid: \(error)\n"
                 case .success(.booked(let booking)):
-                    let firstPass = state.bookings.last(where: { $0.request.id == booking.requestID })?.request.firstPassBytes
+                    let demand = requests[booking.requestID]?.demand
                     text = "booked request \(booking.requestID): start tick \(booking.start), destination "
                         + "\(configuration.hosts.hosts[booking.destination].name), predicted "
                         + String(format: "%.1f", configuration.timeScale.realSeconds(booking.prediction.totalSeconds)) + " s, first pass "
-                        + (firstPass.map { "\(Int($0) >> 20) MiB of \(Int(file.request.memoryBytes) >> 20) MiB" } ?? "the whole memory") + "\n"
+                        + (demand.map { String(format: "%.0f MiB of %.0f MiB", $0.firstPassBytes / 1_048_576, $0.memoryBytes / 1_048_576) } ?? "?")
+                        + "\n"
                 case .success(.refused(let verdicts)):
                     text = "refused request \(file.request.id):\n" + zip(file.request.candidates, verdicts).map { "  \($0): \($1)\n" }.joined()
                 }
@@ -500,7 +551,10 @@ public actor MigrationManager {
         for (reason, count) in refusals.sorted(by: { $0.key < $1.key }) { lines.append("sluice_manager_refusals_total{reason=\"\(reason)\"} \(count)") }
         lines += ["# TYPE sluice_manager_first_pass_scans_total counter",
                   "sluice_manager_first_pass_scans_total{result=\"measured\"} \(firstPassScans.measured)",
-                  "sluice_manager_first_pass_scans_total{result=\"failed\"} \(firstPassScans.failed)"]
+                  "sluice_manager_first_pass_scans_total{result=\"failed\"} \(firstPassScans.failed)",
+                  "# TYPE sluice_manager_agent_reports_total counter",
+                  "sluice_manager_agent_reports_total{result=\"measured\"} \(agentReports.measured)",
+                  "sluice_manager_agent_reports_total{result=\"failed\"} \(agentReports.failed)"]
         lines.append("# TYPE sluice_manager_replans_total counter")
         for (reason, count) in replans.sorted(by: { $0.key < $1.key }) { lines.append("sluice_manager_replans_total{reason=\"\(reason)\"} \(count)") }
         lines += ["# TYPE sluice_manager_forecast_mape gauge", "# TYPE sluice_manager_used_bytes_per_second gauge",
@@ -511,7 +565,8 @@ public actor MigrationManager {
             if let sample = lastSamples[index], let used = sample.usedBytesPerSecond {
                 lines.append("sluice_manager_used_bytes_per_second{host=\"\(host.name)\",source=\"\(sample.source.label)\"} \(used)")
             }
-            lines.append("sluice_manager_move_stream_bytes_per_second{host=\"\(host.name)\"} \(ownStream[index])")
+            lines.append("sluice_manager_move_stream_bytes_per_second{host=\"\(host.name)\",direction=\"out\"} \(ownStream[index].outgoing)")
+            lines.append("sluice_manager_move_stream_bytes_per_second{host=\"\(host.name)\",direction=\"in\"} \(ownStream[index].incoming)")
             for (source, count) in samplesBySource[index].sorted(by: { $0.key < $1.key }) {
                 lines.append("sluice_manager_samples_total{host=\"\(host.name)\",source=\"\(source)\"} \(count)")
             }

@@ -223,7 +223,11 @@ public final class ExecutorMoveRunner: MoveRunner {
                 var applied = initialCap
                 while !Task.isCancelled {
                     try? await Task.sleep(for: poll)
-                    if let transferred = try? await qmp.queryMigrate().ram?.transferredBytes { order.sent.store(Double(transferred)) }
+                    // Only this move's figures: before `migrate` the status is none, or an earlier attempt's end.
+                    if let info = try? await qmp.queryMigrate(), info.status != .none, !info.status.isFinal,
+                       let transferred = info.ram?.transferredBytes {
+                        order.sent.store(Double(transferred))
+                    }
                     let cap = UInt64(max(1, order.cap.load().rounded()))
                     if cap != applied, (try? await qmp.migrateSetParameters(MigrationParameters(maxBandwidthBytesPerSecond: cap))) != nil {
                         applied = cap

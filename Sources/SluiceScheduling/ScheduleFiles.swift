@@ -119,7 +119,7 @@ public struct ScheduleRequestFile: Codable, Sendable, Equatable {
         guard deadline > earliestStart else { throw .invalid("request \(id): deadline \(deadline) is not after earliestStart \(earliestStart)") }
         guard memoryBytes > 0, memoryBytes.isFinite, dirtyBytesPerSecond >= 0, dirtyBytesPerSecond.isFinite,
               maxBandwidth > 0, maxBandwidth.isFinite, (downtimeLimitSeconds ?? 0.3) > 0,
-              (workingSetBytes ?? 0) >= 0, (firstPassBytes ?? 1) > 0, (firstPassBytes ?? 1).isFinite else {
+              (workingSetBytes ?? 0) >= 0, (firstPassBytes ?? 1) > 0, (firstPassBytes ?? 1) <= memoryBytes else {
             throw .invalid("request \(id): memory, first pass, dirty rate, working set, downtime limit or max bandwidth out of range")
         }
         let source = try hosts.index(of: source)

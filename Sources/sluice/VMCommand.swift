@@ -18,7 +18,7 @@ struct VMCommand: AsyncParsableCommand {
             proofs and exits 3 when a guest cannot move. See docs/MIGRATION.md.
             """,
         subcommands: [Inventory.self, Describe.self, Template.self, Plan.self, Migrate.self,
-                      Monitor.self, Schedule.self, Bookings.self, Explain.self, Manager.self])
+                      Monitor.self, Schedule.self, Bookings.self, Explain.self, FirstPass.self, Manager.self])
 
     /// Reads a JSON file into `T`, naming the file and the flag in the error.
     /// The largest JSON file read (an inventory of every CPU model is about 200 KiB).

@@ -242,16 +242,44 @@ extension VMCommand {
         }
     }
 
+    struct FirstPass: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "first-pass",
+            abstract: "What a move's first pass of a running guest would send (its non-zero pages), as JSON: put firstPassBytes in a request.")
+
+        @Option(help: ArgumentHelp("The guest's QMP socket (root: QEMU's memory is read).", valueName: "path"))
+        var qmp: String
+
+        func run() async throws {
+            let scan: GuestMemoryScan
+            do { scan = try await GuestMemoryScan.scan(qmpSocketPath: qmp) } catch { throw ValidationError("--qmp: \(error)") }
+            print(#"{"qemuPID":\#(scan.qemuPID),"ramBytes":\#(scan.ramBytes),"presentBytes":\#(scan.presentBytes),"#
+                  + #""nonZeroBytes":\#(scan.nonZeroBytes),"firstPassBytes":\#(scan.firstPassBytes)}"#)
+        }
+    }
+
     struct Explain: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Why a request cannot start now, and its earliest feasible start (books nothing).")
 
         @OptionGroup var options: ScheduleOptions
         @Option(help: ArgumentHelp("The move request (JSON).", valueName: "file")) var request: String
+        @Option(help: ArgumentHelp("The guest's QMP socket: its first pass is measured when the request leaves firstPassBytes out (root).",
+                                   valueName: "path"))
+        var qmp: String?
 
         func run() async throws {
             let now = options.now ?? VMSchedule.nowMinute()
             let (hosts, monitor, scheduler, _) = try VMSchedule.world(hostsPath: options.hosts, statePath: options.state, now: now)
-            let file = try VMCommand.load(ScheduleRequestFile.self, request, flag: "--request")
+            var file = try VMCommand.load(ScheduleRequestFile.self, request, flag: "--request")
+            if file.firstPassBytes == nil, let qmp {
+                do {
+                    let scan = try await GuestMemoryScan.scan(qmpSocketPath: qmp)
+                    file.firstPassBytes = min(Double(scan.firstPassBytes), file.memoryBytes)
+                    print("first pass measured: \(scan.firstPassBytes) B (\(scan.nonZeroBytes >> 20) MiB of \(scan.ramBytes >> 20) MiB hold data)")
+                } catch {
+                    throw ValidationError("--qmp: \(error)")
+                }
+            }
             let request: MigrationRequest
             do { request = try file.request(hosts: hosts) } catch { throw ValidationError("--request: \(error)") }
             let explanation = scheduler.explain(request, now: now, outlook: monitor)

@@ -171,7 +171,8 @@ struct AgentTests {
                 }
                 return
             }
-            print("AgentTests: online() of a hot-added vCPU took \(ContinuousClock.now - started)")
+            let took = ContinuousClock.now - started
+            print("AgentTests: online() of a hot-added vCPU took \(took)")
             #expect(after.vcpusPresent == 2)
             #expect(after.bootID == before.bootID)
             if after.vcpusOnline == 2 {
@@ -181,6 +182,8 @@ struct AgentTests {
                     try channel.ping(timeout: .seconds(30))
                 } catch {
                     print("AgentTests: ping after a vCPU bring-up failed: \(error)")
+                    // Only a bring-up that already stalled (13 s and more) is the known issue.
+                    guard took > .seconds(13) else { throw error }
                     withKnownIssue("bringing a hot-added vCPU up under tcg takes 13-20 s and sometimes never ends (docs/MIGRATION.md)",
                                    isIntermittent: true) {
                         throw error

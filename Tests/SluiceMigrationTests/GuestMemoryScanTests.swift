@@ -8,6 +8,7 @@ import Testing
 @Suite struct GuestMemoryScanMappingTests {
     static let maps = """
         55d0c0a00000-55d0c0e00000 r-xp 00000000 fd:01 1234                       /usr/bin/qemu-system-x86_64
+        7f3300000000-7f3310000000 rwxp 00000000 00:00 0
         7f3400000000-7f3410000000 rw-s 00000000 00:01 77                         /memfd:dimm0 (deleted)
         7f3410000000-7f3418000000 rw-p 00000000 00:00 0
         7f3427e00000-7f3437e00000 rw-p 00000000 00:00 0
@@ -17,8 +18,8 @@ import Testing
 
     @Test func eachSizeTakesItsOwnReadWriteMappingAnonymousFirst() throws {
         let mib: UInt64 = 1 << 20
-        // 256 MiB twice: two anonymous rw mappings of that size, the read-only one skipped; the file-backed
-        // one is taken only when no anonymous one is left; 128 MiB: the one anonymous mapping of that size.
+        // 256 MiB three times: the two anonymous rw mappings of that size first (TCG's rwx code buffer and
+        // the read-only one skipped), then the file-backed one; 128 MiB: its one anonymous mapping.
         let found = try #require(GuestMemoryScan.ramMappings(maps: Self.maps, sizes: [256 * mib, 128 * mib, 256 * mib, 256 * mib]))
         #expect(found.map(\.start) == [0x7f34_27e0_0000, 0x7f34_1000_0000, 0x7f34_5000_0000, 0x7f34_0000_0000])
         #expect(GuestMemoryScan.ramMappings(maps: Self.maps, sizes: [512 * mib]) == nil)

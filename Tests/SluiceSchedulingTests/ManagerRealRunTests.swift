@@ -23,7 +23,7 @@ import Testing
     /// 30 ticks: 12 busy, 18 free, room for the idle guest's ~10 s move (its first pass is measured).
     static let seasonTicks = 30
     static let busyTicks = 12
-    static let link = 10_000_000.0  // both veths' configured link (bytes/s)
+    static let link = 10_000_000.0  // both hosts' link (bytes/s): a's veth is shaped to it (tbf)
     static let frameBytes = 1514
     static let busyRate = 6_000     // frames/s: 9.1 MB/s offered, leaving under 1 MB/s of the link
 
@@ -142,6 +142,11 @@ import Testing
                      ["-n", nsA, "link", "set", "lo", "up"], ["-n", nsB, "link", "set", "lo", "up"]] {
             try #require(Self.run(["/usr/sbin/ip"] + argv) == 0, "ip \(argv.joined(separator: " "))")
         }
+        // The link is real, not notional: a's side sends at most `link` bytes/s (tbf; the replayed traffic
+        // goes through the qdisc, the migration stream too), so the two contend for it.
+        let shaping = ["-n", nsA, "qdisc", "add", "dev", vethA, "root", "tbf", "rate", "\(Int(Self.link) * 8 / 1_000_000)mbit",
+                       "burst", "32kb", "latency", "100ms"]
+        try #require(Self.run(["/usr/sbin/tc"] + shaping) == 0, "tc \(shaping.joined(separator: " "))")
         // A process in each namespace whose /proc/<pid>/net/dev the samplers read.
         let holderA = try ChildProcess(["/usr/sbin/ip", "netns", "exec", nsA, "sleep", "900"])
         let holderB = try ChildProcess(["/usr/sbin/ip", "netns", "exec", nsB, "sleep", "900"])

@@ -155,15 +155,37 @@ final class InstantRunner: MoveRunner {
     }
 
     /// A move's own stream crosses both links: the samples the manager records (history, forecast) are
-    /// production only. The runner holds the move open; the test plays QEMU's bytes-sent counter.
+    /// production only. The stream is taken out of the direction it used (TX on the source, RX on the
+    /// destination), so production the other way stays; a move's last bytes (after the runner's last
+    /// poll) come out of the interval it finished in. The runner holds the move open; the test plays
+    /// QEMU's bytes-sent counter.
     @Test func aRunningMovesOwnStreamIsNotProduction() async throws {
         final class HeldRunner: MoveRunner {
             let sent = Mutex<RateCell?>(nil)
-            let release = Mutex(false)
+            let release = Mutex<UInt64?>(nil)  // the transferred bytes to report when released
             func run(_ order: MoveOrder) async -> Result<MoveReport, MoveRunError> {
                 sent.withLock { $0 = order.sent }
-                while !release.withLock({ $0 }) { try? await Task.sleep(for: .milliseconds(5)) }
-                return .success(MoveReport(migrationSeconds: 5, wallSeconds: 5, downtimeMs: 1, transferredBytes: 1, method: "precopy"))
+                while true {
+                    if let total = release.withLock({ $0 }) {
+                        return .success(MoveReport(migrationSeconds: 5, wallSeconds: 5, downtimeMs: 1, transferredBytes: total, method: "precopy"))
+                    }
+                    try? await Task.sleep(for: .milliseconds(5))
+                }
+            }
+        }
+        /// Production RX on a (10 % of the link, incoming) and TX on b; the stream (a's TX, b's RX) added
+        /// at `streamRate` bytes/s while the test says so.
+        final class StreamRate: Sendable { let value = Mutex(0.0) }
+        struct DirectionalSampler: HostSampler {
+            let host: String
+            let stream: StreamRate
+            mutating func sample(atSeconds: Double) -> HostSample {
+                let production = 0.1 * ManagerTests.link
+                let streamRate = stream.value.withLock { $0 }
+                let rx = host == "a" ? production : streamRate
+                let tx = host == "a" ? streamRate : production
+                return HostSample(usedBytesPerSecond: max(rx, tx), freeMemoryBytes: 64 * 1_073_741_824,
+                                  source: .procNetDev(interface: "script", why: nil), rxBytesPerSecond: rx, txBytesPerSecond: tx)
             }
         }
         let directory = Self.scratch()
@@ -173,14 +195,11 @@ final class InstantRunner: MoveRunner {
         let clock = TestClock(Double(dayStart) + 0.1)
         var configuration = MigrationManager.Configuration(hosts: Self.world(directory, now: dayStart), timeScale: scale)
         configuration.clock = { clock.now() }
-        let stream = 50_000_000.0  // the move's bytes/s, on both links while it runs
+        let stream = 50_000_000.0  // the move's bytes/s while it runs
         let runner = HeldRunner()
-        let samplers: [any HostSampler] = ["a", "b"].map { name in
-            ScriptedSampler(clock: clock, scale: scale, used: { tick in
-                Self.production(tick, host: name) + (runner.sent.withLock { $0 } == nil ? 0 : stream)
-            })
-        }
-        let manager = try MigrationManager(configuration, samplers: samplers, runner: runner)
+        let streamA = StreamRate(), streamB = StreamRate()
+        let manager = try MigrationManager(configuration, samplers: [DirectionalSampler(host: "a", stream: streamA),
+                                                                     DirectionalSampler(host: "b", stream: streamB)], runner: runner)
         await manager.tick()
         guard case .success(.booked(let booking)) = await manager.submit(Self.request(id: 3, now: dayStart, window: 200)) else {
             Issue.record("not booked")
@@ -194,19 +213,31 @@ final class InstantRunner: MoveRunner {
         }
         let cell = try #require(runner.sent.withLock { $0 }, "the move did not start")
         let started = clock.now()
+        for rate in [streamA, streamB] { rate.value.withLock { $0 = stream } }
         for _ in 0..<5 {
             clock.advance(1)
             cell.store(stream * (clock.now() - started))  // QEMU's ram.transferred as the runner stores it
             await manager.tick()
         }
         let metrics = manager.metrics.withLock { $0 }
-        #expect(metrics.contains("sluice_manager_move_stream_bytes_per_second{host=\"a\"} 50000000"), "\(metrics)")
-        runner.release.withLock { $0 = true }
-        // The history's last five ticks (the move's) hold a's production, 10 % of the link, not the stream too.
-        let history = try String(contentsOfFile: directory + "/a.history", encoding: .utf8)
-        let recorded = try HistoryFile.parse(history, path: "a.history").suffix(5).map(\.production)
-        #expect(recorded.count == 5 && recorded.allSatisfy { abs($0 - 0.1 * Self.link) < 1 }, "\(recorded)")
+        #expect(metrics.contains("sluice_manager_move_stream_bytes_per_second{host=\"a\",direction=\"out\"} 50000000"), "\(metrics)")
+        #expect(metrics.contains("sluice_manager_move_stream_bytes_per_second{host=\"b\",direction=\"in\"} 50000000"), "\(metrics)")
+        // The move ends 20 MB after the runner's last poll, within the next interval.
+        let polled = UInt64(cell.load())
+        for rate in [streamA, streamB] { rate.value.withLock { $0 = 20_000_000 } }
+        runner.release.withLock { $0 = polled + 20_000_000 }
         for _ in 0..<100 where await manager.finished.isEmpty { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(await manager.finished.count == 1)
+        clock.advance(1)
+        await manager.tick()
+        // a's last six ticks (the move's and the one it ended in): its RX production, 10 % of the link;
+        // neither the stream nor its RX-TX mix-up (max(rx, tx) less the stream would record 0).
+        let history = try String(contentsOfFile: directory + "/a.history", encoding: .utf8)
+        let recorded = try HistoryFile.parse(history, path: "a.history").suffix(6).map(\.production)
+        #expect(recorded.count == 6 && recorded.allSatisfy { abs($0 - 0.1 * Self.link) < 1 }, "\(recorded)")
+        let historyB = try String(contentsOfFile: directory + "/b.history", encoding: .utf8)
+        let recordedB = try HistoryFile.parse(historyB, path: "b.history").suffix(6).map(\.production)
+        #expect(recordedB.allSatisfy { abs($0 - 0.1 * Self.link) < 1 }, "\(recordedB)")
     }
 
     @Test func timeScaleConvertsRatesAndDurations() {
