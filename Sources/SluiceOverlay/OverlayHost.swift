@@ -62,9 +62,13 @@ public struct OverlayHostConfiguration: Sendable {
     public var underlayInterface: String
     /// Open the ports in this network namespace (`/var/run/netns/NAME`), or the caller's if nil.
     public var namespacePath: String?
+    /// Bench baseline only: every frame takes `OverlayRedirect.forwardPlain` (parse, MAC rewrite, out on
+    /// the other side) instead of the redirect; leases and flows are ignored.
+    public var forwardOnly: Bool
 
     public init(name: String, dataplane: OverlayDataplaneConfig, vmInterfaces: [String], underlayInterface: String,
-                namespacePath: String? = nil) {
+                namespacePath: String? = nil, forwardOnly: Bool = false) {
+        self.forwardOnly = forwardOnly
         self.name = name
         self.dataplane = dataplane
         self.vmInterfaces = vmInterfaces
@@ -315,6 +319,7 @@ struct OverlayHostLoop: ~Copyable {
     var resetsSent: UInt64 = 0
     var leaseRequests: UInt64 = 0
     var txRingFullDrops: UInt64 = 0
+    let forwardOnly: Bool
 
     init(configuration: OverlayHostConfiguration) throws(OverlayHostError) {
         let pool: BufferPool
@@ -360,6 +365,7 @@ struct OverlayHostLoop: ~Copyable {
             preconditionFailure("only OverlayHostError is thrown here")
         }
         self.configuration = configuration
+        self.forwardOnly = configuration.forwardOnly
         self.pool = pool
         self.portCount = count
         self.receivers = receivers
@@ -452,7 +458,11 @@ struct OverlayHostLoop: ~Copyable {
                 pool.freeIndex(index)
                 continue
             }
-            dispatch(index, redirect.process(pool.bytes(at: index), length: length, port: port, nowNs: nowNs))
+            if forwardOnly {
+                dispatch(index, redirect.forwardPlain(pool.bytes(at: index), length: length, port: port))
+            } else {
+                dispatch(index, redirect.process(pool.bytes(at: index), length: length, port: port, nowNs: nowNs))
+            }
         }
         return received
     }

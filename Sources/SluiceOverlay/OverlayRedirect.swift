@@ -273,6 +273,8 @@ public struct OverlayRedirect: ~Copyable {
     let outerTemplates: UnsafeMutableRawPointer
     let outerSums: UnsafeMutablePointer<UInt32>
     static let outerTemplateStride = 64
+    /// `forwardPlain`'s next hop: the first neighbour's MAC (lowest underlay address), else the gateway's.
+    let plainNextHopMAC: UInt64
     var holdQueuesInUse = 0
     var holdQueuesReleasing = 0
     public private(set) var holdCounters = OverlayHoldCounters()
@@ -330,6 +332,7 @@ public struct OverlayRedirect: ~Copyable {
                                         count: OverlayLimits.leaseCountMax * Self.outerTemplateStride)
         outerSums = .allocate(capacity: OverlayLimits.leaseCountMax)
         outerSums.initialize(repeating: 0, count: OverlayLimits.leaseCountMax)
+        plainNextHopMAC = (config.neighborMACs.min { $0.key < $1.key }?.value ?? config.underlayGatewayMAC).rawValue
     }
 
     deinit {
@@ -585,6 +588,27 @@ public struct OverlayRedirect: ~Copyable {
         else { return count(.drop(.notOverlay)) }
         if portRoles[port] == 1 { return count(fromConsumer(buffer, length: length, port: port, nowNs: nowNs)) }
         return count(fromProducer(buffer, length: length, port: port, nowNs: nowNs))
+    }
+
+    /// The baseline the redirect is measured against (`OverlayHostConfiguration.forwardOnly`, bench
+    /// only): the same parse, then a consumer VM's frame goes out on the underlay with its MACs set to
+    /// (gateway, underlay) and nothing else changed; an underlay frame goes to VM port 0 the same way.
+    /// No flow, lease or service state is touched.
+    public mutating func forwardPlain(_ buffer: UnsafeMutableRawBufferPointer, length: Int, port: Int) -> OverlayVerdict {
+        precondition(length >= 0 && length <= buffer.count, "frame longer than its buffer")
+        precondition(port >= 0 && port <= underlayPort, "port out of range")
+        let frame = UnsafeRawBufferPointer(rebasing: buffer[0..<length])
+        if parser.parse(PacketBytes(frame), linkType: .ethernet, into: &parsed) != nil { return count(.drop(.malformed)) }
+        let base = buffer.baseAddress!
+        if port == underlayPort {
+            guard portCount > 0 else { return count(.drop(.notOverlay)) }
+            store48(base, 0, portVMMAC[0])
+            store48(base, 6, portHostMAC[0])
+            return .forward(port: 0, length: length)
+        }
+        store48(base, 0, plainNextHopMAC)
+        store48(base, 6, config.underlayMAC.rawValue)
+        return .forward(port: underlayPort, length: length)
     }
 
     @inline(__always) mutating func count(_ verdict: OverlayVerdict) -> OverlayVerdict {
