@@ -65,10 +65,13 @@ public struct OverlayHostConfiguration: Sendable {
     /// Bench baseline only: every frame takes `OverlayRedirect.forwardPlain` (parse, MAC rewrite, out on
     /// the other side) instead of the redirect; leases and flows are ignored.
     public var forwardOnly: Bool
+    /// `OverlayRedirect.usesFastParse` (true; false only to measure the difference).
+    public var usesFastParse: Bool
 
     public init(name: String, dataplane: OverlayDataplaneConfig, vmInterfaces: [String], underlayInterface: String,
-                namespacePath: String? = nil, forwardOnly: Bool = false) {
+                namespacePath: String? = nil, forwardOnly: Bool = false, usesFastParse: Bool = true) {
         self.forwardOnly = forwardOnly
+        self.usesFastParse = usesFastParse
         self.name = name
         self.dataplane = dataplane
         self.vmInterfaces = vmInterfaces
@@ -143,6 +146,8 @@ public struct OverlayHostSnapshot: Sendable, Equatable, Codable {
     /// First packets held while their lease was asked for, and those handed on after the grant.
     public var heldPackets: UInt64 = 0
     public var releasedPackets: UInt64 = 0
+    /// Grants refused because every lease slot was taken (each handed to the refusal hook to give back).
+    public var leaseSlotsFull: UInt64 = 0
     public init() {}
 
     /// The port named `name` (a VM name, or "underlay").
@@ -170,6 +175,7 @@ public final class OverlayHost: @unchecked Sendable {  // unchecked: `thread` is
     private let inbox = Mutex<[OverlayHostInput]>([])
     private let published = Mutex(OverlayHostSnapshot())
     private let requestHook = Mutex<(@Sendable (String, String) -> Void)?>(nil)
+    private let refusalHook = Mutex<(@Sendable (OverlayLease) -> Void)?>(nil)
     private var thread: pthread_t?
 
     public init(configuration: OverlayHostConfiguration) throws(OverlayHostError) {
@@ -184,6 +190,13 @@ public final class OverlayHost: @unchecked Sendable {  // unchecked: `thread` is
     /// (once per consumer VM and service until a grant arrives): the leasing side's cue to ask.
     public func onLeaseRequest(_ hook: @escaping @Sendable (_ consumerVM: String, _ service: String) -> Void) {
         requestHook.withLock { $0 = hook }
+    }
+
+    /// Called on the forwarding thread for a grant the data plane refused because every lease slot was
+    /// taken: the leasing side's cue to give the lease back (revoke it) and, later, re-arm the pair
+    /// (`rearmLeaseRequest`); until then the pair's packets drop as `leaseSlotsFull`.
+    public func onGrantRefused(_ hook: @escaping @Sendable (OverlayLease) -> Void) {
+        refusalHook.withLock { $0 = hook }
     }
 
     /// Queues a lease event for the forwarding thread. False if the inbox is full (`eventInboxMax`).
@@ -296,6 +309,10 @@ public final class OverlayHost: @unchecked Sendable {  // unchecked: `thread` is
         appliedAtNs.store(nowNs, ordering: .releasing)
         appliedCount.wrappingAdd(1, ordering: .releasing)
     }
+    func refuseGrant(_ lease: OverlayLease) {
+        let hook = refusalHook.withLock { $0 }
+        hook?(lease)
+    }
     func requestLease(consumerVM: String, service: String) {
         let hook = requestHook.withLock { $0 }
         hook?(consumerVM, service)
@@ -371,6 +388,7 @@ struct OverlayHostLoop: ~Copyable {
         self.receivers = receivers
         self.transmitters = transmitters
         self.redirect = OverlayRedirect(config: configuration.dataplane)
+        self.redirect.usesFastParse = configuration.usesFastParse
         self.items = .allocate(capacity: OverlayHostLimits.burstCountMax)
         self.items.initialize(repeating: 0)
         self.outItems = .allocate(capacity: count * OverlayHostLimits.burstCountMax)
@@ -421,6 +439,7 @@ struct OverlayHostLoop: ~Copyable {
                 leaseRequests &+= 1
                 host.requestLease(consumerVM: request.consumerVM, service: request.service)
             }
+            for lease in redirect.takeRefusedGrants() { host.refuseGrant(lease) }
             redirect.sweep(nowNs: nowNs)
             if moved > 0 { dirty = true }
             if dirty, nowNs &- lastPublishNs >= OverlayHostLimits.publishIntervalNs {
@@ -574,6 +593,7 @@ struct OverlayHostLoop: ~Copyable {
         snapshot.leaseRequests = leaseRequests
         snapshot.heldPackets = redirect.holdCounters.held
         snapshot.releasedPackets = redirect.holdCounters.released
+        snapshot.leaseSlotsFull = redirect.leaseSlotsFull
         return snapshot
     }
 }

@@ -20,6 +20,13 @@ func labProducer(_ number: Int, capacity: Int) -> OverlayProducer {
                     overlayIPv4: number == 1 ? 0xC613_0202 : 0xC613_0302, port: 8000, vni: 42, capacity: capacity)
 }
 
+/// The shared 1-member etcd's URL, a key prefix of the test's own, and a client (shut it down after).
+func labEtcd(_ name: String = #function) throws -> (url: String, keys: OverlayKeys, etcd: EtcdClient) {
+    let cluster = try sharedEtcdCluster(members: 1)
+    let url = cluster.clientURLs[0]
+    return (url, try testKeys(name), try client([url], timeoutMs: 10_000))
+}
+
 /// Waits up to `timeoutMs` (10 ms steps) for `condition`.
 func waitUntil(timeoutMs: Int, _ condition: () -> Bool) -> Bool {
     for _ in 0..<(timeoutMs / 10) {
@@ -45,21 +52,10 @@ struct OverlayLeasedNetnsTests {
     @Test func leasesFromAgentsDriveTheRedirect() async throws {
         try #require(OverlayNetnsEnvironment.isRoot, "CI=true: the overlay namespace test needs root")
         let sluice = try #require(sluiceBinary(), "sluice not built: swift build --build-tests")
-        let lab = try OverlayLab(variant: "L")
-        defer { lab.destroy() }
-        let root = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-overlay-leased-\(getpid())")
-        defer { try? FileManager.default.removeItem(at: root) }
-        let servers = try lab.startHTTPServers(root: root)
-        defer {
-            for server in servers {
-                server.signal(SIGKILL)
-                _ = server.wait(timeoutMs: 2_000)
-            }
-        }
-        let cluster = try sharedEtcdCluster(members: 1)
-        let url = cluster.clientURLs[0]
-        let keys = try testKeys()
-        let etcd = try client([url], timeoutMs: 10_000)
+        let served = try ServedLab(variant: "L")
+        defer { served.close() }
+        let lab = served.lab
+        let (url, keys, etcd) = try labEtcd()
         defer { Task { await etcd.shutdown() } }
         // Producer 1 only, at first: the first grant goes there.
         _ = try await OverlayRegistration.start(etcd, keys: keys, endpoints: [labProducer(1, capacity: 1)], ttlSeconds: 60)
@@ -150,17 +146,9 @@ struct OverlayLeasedNetnsTests {
 
     @Test func redirectsStayWhenTheEtcdLeaderDies() async throws {
         try #require(OverlayNetnsEnvironment.isRoot, "CI=true: the overlay namespace test needs root")
-        let lab = try OverlayLab(variant: "E")
-        defer { lab.destroy() }
-        let root = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-overlay-leader-\(getpid())")
-        defer { try? FileManager.default.removeItem(at: root) }
-        let servers = try lab.startHTTPServers(root: root)
-        defer {
-            for server in servers {
-                server.signal(SIGKILL)
-                _ = server.wait(timeoutMs: 2_000)
-            }
-        }
+        let served = try ServedLab(variant: "E")
+        defer { served.close() }
+        let lab = served.lab
         try await withEtcdCluster(members: 3) { cluster in
             let urls = cluster.clientURLs
             var leader = -1
@@ -229,21 +217,10 @@ extension OverlayLeasedNetnsTests {
     @Test func sluiceRunServesTheOverlayAndItsMetrics() async throws {
         try #require(OverlayNetnsEnvironment.isRoot, "CI=true: the overlay namespace test needs root")
         let sluice = try #require(sluiceBinary(), "sluice not built: swift build --build-tests")
-        let lab = try OverlayLab(variant: "R")
-        defer { lab.destroy() }
-        let root = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-overlay-run-\(getpid())")
-        defer { try? FileManager.default.removeItem(at: root) }
-        let servers = try lab.startHTTPServers(root: root)
-        defer {
-            for server in servers {
-                server.signal(SIGKILL)
-                _ = server.wait(timeoutMs: 2_000)
-            }
-        }
-        let cluster = try sharedEtcdCluster(members: 1)
-        let url = cluster.clientURLs[0]
-        let keys = try testKeys()
-        let etcd = try client([url], timeoutMs: 10_000)
+        let served = try ServedLab(variant: "R")
+        defer { served.close() }
+        let lab = served.lab
+        let (url, keys, etcd) = try labEtcd()
         defer { Task { await etcd.shutdown() } }
         _ = try await OverlayRegistration.start(etcd, keys: keys, endpoints: [labProducer(1, capacity: 1)], ttlSeconds: 60)
         let agent = try OverlayLeasingAgent(client: etcd, configuration: .init(name: "a1", keys: keys, ttlSeconds: 10))
@@ -277,8 +254,8 @@ extension OverlayLeasedNetnsTests {
                 agents: ["127.0.0.1:\(server.port)"]
                 prefix: "\(keys.prefix)"
             """
-        try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
-        let configPath = root.appendingPathComponent("overlay.yaml").path
+        try FileManager.default.createDirectory(at: served.root, withIntermediateDirectories: true)
+        let configPath = served.root.appendingPathComponent("overlay.yaml").path
         try yaml.write(toFile: configPath, atomically: true, encoding: .utf8)
         let check = try await offThread { try runCommand([sluice, "run", "--config", configPath, "--check"], timeoutMs: 20_000) }
         #expect(check.status == 0, "\(check.stderr)")

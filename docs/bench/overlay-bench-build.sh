@@ -9,7 +9,7 @@ swiftc -O -wmo -g -module-name OverlayBenchDriver -I $R/Modules \
   -Xcc -fmodule-map-file=$R/CShims.build/module.modulemap -Xcc -ICShims/include \
   -Xcc -fmodule-map-file=.build/checkouts/swift-system/Sources/CSystem/include/module.modulemap \
   $W/OverlayLease.swift $W/OverlayVXLAN.swift $W/OverlayFlowTable.swift $W/OverlayRedirect.swift \
-  $W/OverlayDataplaneBench.swift $W/OverlayHost.swift .bench/main.swift \
+  $W/OverlayDataplaneBench.swift $W/OverlayFastParse.swift $W/OverlayHost.swift .bench/main.swift \
   $R/SluiceCore.build/*.o $R/SluicePacket.build/*.o $R/SluicePacketIO.build/*.o $R/CShims.build/*.o $R/SystemPackage.build/*.o \
   $R/CSystem.build/*.o -lnuma -luring -lpcap -o "$1"
 rm -f OverlayBenchDriver-1.swiftdoc OverlayBenchDriver-1.swiftmodule OverlayBenchDriver-1.swiftsourceinfo  # left by swiftc -g

@@ -9,7 +9,8 @@
 # Per round and mode: the host (pinned to CPU 1) and the generator (CPU 0) start, WARMUP s later the counters
 # are read, SECONDS later again. Reported per round: offered pps (CV rx), forwarded pps (CU tx), host
 # process CPU ns per forwarded frame, whole-machine busy CPU ns per forwarded frame (/proc/stat, all cores).
-# Modes alternate (order flipped each round); medians at the end.
+# Modes (MODES, default "redirect forward"; also redirect-fullparse, forward-fullparse: PacketParser for every
+# frame instead of OverlayFastParse) run in turn each round, the order rotated every round; medians at the end.
 # usage (root): overlay-pipeline-bench.sh DRIVER SLUICE [FLOWS] [PAYLOAD] [ROUNDS] [SECONDS] [WARMUP]
 #   DRIVER: docs/bench/overlay-bench-build.sh's output; SLUICE: a release sluice with `replay --iface`.
 set -eu
@@ -37,9 +38,11 @@ proc_cpu() { awk '{print $14+$15}' /proc/$1/stat 2>/dev/null || echo 0; }
 HZ=$(getconf CLK_TCK)
 RESULTS=/tmp/$P.results
 : > $RESULTS
+MODES=${MODES:-redirect forward}
 one() {  # mode
   mode=$1
-  taskset -c 1 "$DRIVER" host $mode $C ${P}cv ${P}cu $((WARM + SECS + 2)) > /tmp/$P.host 2>&1 &
+  base=${mode%-fullparse}; fast=1; [ "$base" = "$mode" ] || fast=0
+  taskset -c 1 "$DRIVER" host $base $C ${P}cv ${P}cu $((WARM + SECS + 2)) $fast > /tmp/$P.host 2>&1 &
   hpid=$!
   sleep 0.5
   ip netns exec $G "$SLUICE" replay --topspeed --iface ${P}g0 --loop 1000000 --cores 0 --stages 2 $PCAP >/dev/null 2>&1 &
@@ -59,12 +62,17 @@ one() {  # mode
 echo "flows $FLOWS payload $PAYLOAD rounds $ROUNDS seconds $SECS warmup $WARM load $(cut -d' ' -f1-3 /proc/loadavg) $(date -u +%H:%M) UTC"
 r=1
 while [ $r -le "$ROUNDS" ]; do
-  if [ $((r % 2)) -eq 1 ]; then one redirect; one forward; else one forward; one redirect; fi
+  set -- $MODES
+  i=1; while [ $i -lt $r ]; do m=$1; shift; set -- "$@" $m; i=$((i + 1)); done  # rotate by r-1
+  for m in "$@"; do one $m; done
   r=$((r + 1))
 done
 med() { grep "^$1 " $RESULTS | awk -v k=$2 '{for(i=2;i<NF;i+=2) if($i==k) print $(i+1)}' | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 for k in offered_pps forwarded_pps host_ns_per_frame machine_ns_per_frame; do
-  echo "median $k redirect $(med redirect $k) forward $(med forward $k)"
+  line="median $k"; for m in $MODES; do line="$line $m $(med $m $k)"; done; echo "$line"
 done
-echo "ratio forwarded_pps redirect/forward $(echo "$(med redirect forwarded_pps) $(med forward forwarded_pps)" | awk '{printf "%.3f", $1/$2}')"
+case " $MODES " in *" redirect "*" forward "*|*" forward "*" redirect "*)
+  echo "ratio forwarded_pps redirect/forward $(echo "$(med redirect forwarded_pps) $(med forward forwarded_pps)" | awk '{printf "%.3f", $1/$2}')"
+  echo "ratio host_ns_per_frame forward/redirect $(echo "$(med forward host_ns_per_frame) $(med redirect host_ns_per_frame)" | awk '{printf "%.3f", $1/$2}')";;
+esac
 rm -f $RESULTS /tmp/$P.host
