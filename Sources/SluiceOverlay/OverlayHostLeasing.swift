@@ -41,6 +41,9 @@ public final class OverlayHostLeasingCounters: Sendable {
     public let eventsGranted = Atomic<UInt64>(0)
     public let eventsEnded = Atomic<UInt64>(0)
     public let inboxFullRetries = Atomic<UInt64>(0)
+    /// CLOCK_MONOTONIC ns at which the last end event went into the host's inbox (timings: the watch's
+    /// share of a revoke's time, and the hand-off's after it, `OverlayHost.lastEventsApplied`).
+    public let lastEndSubmittedNs = Atomic<UInt64>(0)
     /// Grants the host refused for want of a lease slot, those given back (revoked at the agents), and
     /// refusals the queue (`leaseRequestQueueMax`) could not take (not given back: counted to be seen).
     public let grantsRefused = Atomic<UInt64>(0)
@@ -154,6 +157,7 @@ public final class OverlayHostLeasing: Sendable {
             try? await Task.sleep(for: .milliseconds(1))
         }
         if case .granted = event { counters.eventsGranted.add(1, ordering: .relaxed) } else {
+            counters.lastEndSubmittedNs.store(Clock.monotonicNs(), ordering: .relaxed)
             counters.eventsEnded.add(1, ordering: .relaxed)
         }
     }

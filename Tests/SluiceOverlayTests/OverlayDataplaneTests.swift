@@ -346,10 +346,12 @@ func checksumsValid(_ frame: [UInt8], l3: Int = 14) -> Bool {
         }
         #expect(run(&redirect, dns(), port: 0).0 == .held)
         #expect(run(&redirect, dns(5354), port: 0).0 == .held)
-        #expect(redirect.takeLeaseRequests().map(\.service) == ["dns"])
+        let asked = redirect.takeLeaseRequests().map { $0.service }
+        #expect(asked == ["dns"])
         redirect.apply(.granted(dnsLease(2, epoch: 2)))
         #expect(redirect.leaseSlotsFull == 1)
-        #expect(redirect.takeRefusedGrants() == [dnsLease(2, epoch: 2)])
+        let refused = redirect.takeRefusedGrants()
+        #expect(refused == [dnsLease(2, epoch: 2)])
         #expect(redirect.drops[.leaseSlotsFull] == 2)
         let nothingReleased = !redirect.hasReleasedFrames
         #expect(nothingReleased)
@@ -361,11 +363,15 @@ func checksumsValid(_ frame: [UInt8], l3: Int = 14) -> Bool {
         #expect(run(&redirect, Net.consumerTCP(), port: 0).0 == .forward(port: 1, length: Net.consumerTCP().count + 50))
         // The web lease ends (slot free), the pair is re-armed: the next packet asks, the grant is applied.
         redirect.apply(.ended(leaseID: 1, epoch: 1, reason: .revoked))
-        #expect(redirect.rearmLeaseRequest(consumerVM: "c1", service: "dns"))
+        let rearmed = redirect.rearmLeaseRequest(consumerVM: "c1", service: "dns")
+        #expect(rearmed)
         #expect(run(&redirect, dns(5356), port: 0).0 == .held)
-        #expect(redirect.takeLeaseRequests().map(\.service) == ["dns"])
+        let askedAgain = redirect.takeLeaseRequests().map { $0.service }
+        #expect(askedAgain == ["dns"])
         redirect.apply(.granted(dnsLease(3, epoch: 3)))
-        #expect(redirect.leaseSlotsFull == 1 && redirect.takeRefusedGrants().isEmpty)
+        let refusedAgain = redirect.takeRefusedGrants()
+        #expect(redirect.leaseSlotsFull == 1)
+        #expect(refusedAgain.isEmpty)
         let released = takeReleased(&redirect)
         #expect(released.count == 1)
         #expect(run(&redirect, released[0].1, port: 0).0 == .forward(port: 1, length: dns().count + 50))

@@ -125,6 +125,43 @@ struct OverlayLeasedNetnsTests {
         let lease2 = try #require(snapshot.leases.first)
         #expect(lease2.producerVM == "p2" && lease2.flows >= 3)
 
+        // Revoke timing, `revokeRounds` times: a grant of service "timing" (registered here, unknown to the
+        // consumer host, so its events change nothing in the data plane but go the whole way: etcd, the
+        // watch, the inbox, a loop turn's drain), then its revoke. Split: revoke call -> end event in the
+        // inbox (etcd and the watch), inbox -> applied by the forwarding thread (the hand-off).
+        _ = try await OverlayRegistration.start(etcd, keys: keys, endpoints: [
+            OverlayProducer(service: "timing", producerVM: "t1", producerHost: "producer-host", underlayIPv4: 0xC612_0002,
+                            overlayIPv4: 0xC613_0402, port: 9, vni: 42, capacity: 1)], ttlSeconds: 60)
+        let revokeRounds = Int(ProcessInfo.processInfo.environment["SLUICE_OVERLAY_REVOKE_ROUNDS"] ?? "") ?? 12
+        var watchMs: [Double] = []
+        var handOffMs: [Double] = []
+        var totalMs: [Double] = []
+        for _ in 0..<revokeRounds {
+            let endsBefore = leasing.counters.eventsEnded.load(ordering: .relaxed)
+            let grantsBefore = leasing.counters.eventsGranted.load(ordering: .relaxed)
+            let grant = try await agents.grant(service: "timing", consumerHost: "consumer-host", consumerVM: "c1")
+            #expect(await offThreadWait(timeoutMs: 3_000) { leasing.counters.eventsGranted.load(ordering: .relaxed) > grantsBefore })
+            try await Task.sleep(for: .milliseconds(20))
+            let start = Clock.monotonicNs()
+            try await agents.revoke(consumerHost: "consumer-host", leaseID: grant.record.leaseID)
+            let seen = await offThreadWait(timeoutMs: 3_000) {
+                leasing.counters.eventsEnded.load(ordering: .relaxed) > endsBefore
+                    && consumerHost.lastEventsApplied.atNs >= leasing.counters.lastEndSubmittedNs.load(ordering: .relaxed)
+            }
+            #expect(seen)
+            let submitted = leasing.counters.lastEndSubmittedNs.load(ordering: .relaxed)
+            let applied = consumerHost.lastEventsApplied.atNs
+            watchMs.append(Double(submitted &- start) / 1e6)
+            handOffMs.append(Double(applied &- submitted) / 1e6)
+            totalMs.append(Double(applied &- start) / 1e6)
+        }
+        func quantile(_ values: [Double], _ q: Double) -> String {
+            String(format: "%.2f", values.sorted()[min(values.count - 1, Int(Double(values.count) * q))])
+        }
+        print("overlay leased: \(revokeRounds) revokes, revoke call -> applied median \(quantile(totalMs, 0.5)) ms p90 "
+              + "\(quantile(totalMs, 0.9)) ms (revoke -> end in the inbox median \(quantile(watchMs, 0.5)) p90 "
+              + "\(quantile(watchMs, 0.9)); inbox -> applied median \(quantile(handOffMs, 0.5)) p90 \(quantile(handOffMs, 0.9)))")
+
         // 3. The agent killed -9: nobody renews lease 2, etcd expires it after the TTL (2 s), the watch ends
         // it, and the redirect goes with it.
         agent.process.signal(SIGKILL)
@@ -134,7 +171,7 @@ struct OverlayLeasedNetnsTests {
         let took = ContinuousClock.now - killed
         #expect(expired, "lease 2 still in the data plane \(took) after the agent's kill")
         #expect(took < .seconds(6))
-        #expect(leasing.counters.eventsEnded.load(ordering: .relaxed) == 2)
+        #expect(leasing.counters.eventsEnded.load(ordering: .relaxed) == 2 + UInt64(revokeRounds))
         #expect(leasing.counters.grants.load(ordering: .relaxed) == 2)
         // No agent left: a new GET misses, its request fails (counted), nothing reaches a producer.
         let producer2AtExpiry = try #require(producerHost.snapshot().port("p2"))
