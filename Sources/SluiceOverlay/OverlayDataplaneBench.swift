@@ -52,10 +52,13 @@ public enum OverlayBench {
     public static let prefetchDistanceDefault = 0
 
     /// Runs `rounds` rounds of `framesPerRound` frames through each loop (alternating, redirect first).
+    /// The forward loop always uses `PacketParser` (the first step's baseline); `usesFastParse` sets the
+    /// redirect's `OverlayRedirect.usesFastParse`.
     /// `flowCapacity` 0: the smallest power of two >= 4 x `flows` (the table sized for its load).
     public static func run(flows: Int = 1024, payloadBytes: Int = 64, framesPerRound: Int = 2_000_000,
                            rounds: Int = 5, flowCapacity: Int = 0,
-                           prefetchDistance: Int = prefetchDistanceDefault) -> OverlayBenchResult {
+                           prefetchDistance: Int = prefetchDistanceDefault,
+                           usesFastParse: Bool = true) -> OverlayBenchResult {
         precondition(flows > 0 && flows <= 1 << 16, "flows in 1...65536")
         precondition(rounds > 0, "no rounds")
         let frames = consumerFrames(flows: flows, payloadBytes: payloadBytes)
@@ -74,6 +77,7 @@ public enum OverlayBench {
         }
         var redirect = OverlayRedirect(config: consumerConfig(flowCapacity: capacity))
         redirect.apply(.granted(lease))
+        redirect.usesFastParse = usesFastParse
         let parser = PacketParser()
         var parsed = ParsedPacket()
         var result = OverlayBenchResult(frames: framesPerRound, flows: flows, rounds: rounds, flowCapacity: capacity,

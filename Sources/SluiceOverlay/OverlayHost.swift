@@ -62,9 +62,16 @@ public struct OverlayHostConfiguration: Sendable {
     public var underlayInterface: String
     /// Open the ports in this network namespace (`/var/run/netns/NAME`), or the caller's if nil.
     public var namespacePath: String?
+    /// Bench baseline only: every frame takes `OverlayRedirect.forwardPlain` (parse, MAC rewrite, out on
+    /// the other side) instead of the redirect; leases and flows are ignored.
+    public var forwardOnly: Bool
+    /// `OverlayRedirect.usesFastParse` (true; false only to measure the difference).
+    public var usesFastParse: Bool
 
     public init(name: String, dataplane: OverlayDataplaneConfig, vmInterfaces: [String], underlayInterface: String,
-                namespacePath: String? = nil) {
+                namespacePath: String? = nil, forwardOnly: Bool = false, usesFastParse: Bool = true) {
+        self.forwardOnly = forwardOnly
+        self.usesFastParse = usesFastParse
         self.name = name
         self.dataplane = dataplane
         self.vmInterfaces = vmInterfaces
@@ -139,6 +146,8 @@ public struct OverlayHostSnapshot: Sendable, Equatable, Codable {
     /// First packets held while their lease was asked for, and those handed on after the grant.
     public var heldPackets: UInt64 = 0
     public var releasedPackets: UInt64 = 0
+    /// Grants refused because every lease slot was taken (each handed to the refusal hook to give back).
+    public var leaseSlotsFull: UInt64 = 0
     public init() {}
 
     /// The port named `name` (a VM name, or "underlay").
@@ -166,6 +175,7 @@ public final class OverlayHost: @unchecked Sendable {  // unchecked: `thread` is
     private let inbox = Mutex<[OverlayHostInput]>([])
     private let published = Mutex(OverlayHostSnapshot())
     private let requestHook = Mutex<(@Sendable (String, String) -> Void)?>(nil)
+    private let refusalHook = Mutex<(@Sendable (OverlayLease) -> Void)?>(nil)
     private var thread: pthread_t?
 
     public init(configuration: OverlayHostConfiguration) throws(OverlayHostError) {
@@ -180,6 +190,13 @@ public final class OverlayHost: @unchecked Sendable {  // unchecked: `thread` is
     /// (once per consumer VM and service until a grant arrives): the leasing side's cue to ask.
     public func onLeaseRequest(_ hook: @escaping @Sendable (_ consumerVM: String, _ service: String) -> Void) {
         requestHook.withLock { $0 = hook }
+    }
+
+    /// Called on the forwarding thread for a grant the data plane refused because every lease slot was
+    /// taken: the leasing side's cue to give the lease back (revoke it) and, later, re-arm the pair
+    /// (`rearmLeaseRequest`); until then the pair's packets drop as `leaseSlotsFull`.
+    public func onGrantRefused(_ hook: @escaping @Sendable (OverlayLease) -> Void) {
+        refusalHook.withLock { $0 = hook }
     }
 
     /// Queues a lease event for the forwarding thread. False if the inbox is full (`eventInboxMax`).
@@ -292,6 +309,10 @@ public final class OverlayHost: @unchecked Sendable {  // unchecked: `thread` is
         appliedAtNs.store(nowNs, ordering: .releasing)
         appliedCount.wrappingAdd(1, ordering: .releasing)
     }
+    func refuseGrant(_ lease: OverlayLease) {
+        let hook = refusalHook.withLock { $0 }
+        hook?(lease)
+    }
     func requestLease(consumerVM: String, service: String) {
         let hook = requestHook.withLock { $0 }
         hook?(consumerVM, service)
@@ -315,6 +336,7 @@ struct OverlayHostLoop: ~Copyable {
     var resetsSent: UInt64 = 0
     var leaseRequests: UInt64 = 0
     var txRingFullDrops: UInt64 = 0
+    let forwardOnly: Bool
 
     init(configuration: OverlayHostConfiguration) throws(OverlayHostError) {
         let pool: BufferPool
@@ -360,11 +382,13 @@ struct OverlayHostLoop: ~Copyable {
             preconditionFailure("only OverlayHostError is thrown here")
         }
         self.configuration = configuration
+        self.forwardOnly = configuration.forwardOnly
         self.pool = pool
         self.portCount = count
         self.receivers = receivers
         self.transmitters = transmitters
         self.redirect = OverlayRedirect(config: configuration.dataplane)
+        self.redirect.usesFastParse = configuration.usesFastParse
         self.items = .allocate(capacity: OverlayHostLimits.burstCountMax)
         self.items.initialize(repeating: 0)
         self.outItems = .allocate(capacity: count * OverlayHostLimits.burstCountMax)
@@ -415,6 +439,7 @@ struct OverlayHostLoop: ~Copyable {
                 leaseRequests &+= 1
                 host.requestLease(consumerVM: request.consumerVM, service: request.service)
             }
+            for lease in redirect.takeRefusedGrants() { host.refuseGrant(lease) }
             redirect.sweep(nowNs: nowNs)
             if moved > 0 { dirty = true }
             if dirty, nowNs &- lastPublishNs >= OverlayHostLimits.publishIntervalNs {
@@ -452,7 +477,11 @@ struct OverlayHostLoop: ~Copyable {
                 pool.freeIndex(index)
                 continue
             }
-            dispatch(index, redirect.process(pool.bytes(at: index), length: length, port: port, nowNs: nowNs))
+            if forwardOnly {
+                dispatch(index, redirect.forwardPlain(pool.bytes(at: index), length: length, port: port))
+            } else {
+                dispatch(index, redirect.process(pool.bytes(at: index), length: length, port: port, nowNs: nowNs))
+            }
         }
         return received
     }
@@ -564,6 +593,7 @@ struct OverlayHostLoop: ~Copyable {
         snapshot.leaseRequests = leaseRequests
         snapshot.heldPackets = redirect.holdCounters.held
         snapshot.releasedPackets = redirect.holdCounters.released
+        snapshot.leaseSlotsFull = redirect.leaseSlotsFull
         return snapshot
     }
 }

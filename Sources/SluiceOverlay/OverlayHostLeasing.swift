@@ -41,6 +41,14 @@ public final class OverlayHostLeasingCounters: Sendable {
     public let eventsGranted = Atomic<UInt64>(0)
     public let eventsEnded = Atomic<UInt64>(0)
     public let inboxFullRetries = Atomic<UInt64>(0)
+    /// CLOCK_MONOTONIC ns at which the last end event went into the host's inbox (timings: the watch's
+    /// share of a revoke's time, and the hand-off's after it, `OverlayHost.lastEventsApplied`).
+    public let lastEndSubmittedNs = Atomic<UInt64>(0)
+    /// Grants the host refused for want of a lease slot, those given back (revoked at the agents), and
+    /// refusals the queue (`leaseRequestQueueMax`) could not take (not given back: counted to be seen).
+    public let grantsRefused = Atomic<UInt64>(0)
+    public let grantsReturned = Atomic<UInt64>(0)
+    public let refusalsDropped = Atomic<UInt64>(0)
     init() {}
 }
 
@@ -62,6 +70,8 @@ public final class OverlayHostLeasing: Sendable {
     private let agents: OverlayAgentClient
     private let requests: AsyncStream<(consumerVM: String, service: String)>
     private let requestInput: AsyncStream<(consumerVM: String, service: String)>.Continuation
+    private let refusals: AsyncStream<OverlayLease>
+    private let refusalInput: AsyncStream<OverlayLease>.Continuation
     /// CLOCK_MONOTONIC ns at which the agents answered each grant (bounded: the last `grantTimesMax`).
     private let grantTimes = Mutex<[Int64: UInt64]>([:])
     static let grantTimesMax = 4096
@@ -78,8 +88,16 @@ public final class OverlayHostLeasing: Sendable {
         (requests, requestInput) = AsyncStream.makeStream(
             of: (consumerVM: String, service: String).self,
             bufferingPolicy: .bufferingOldest(OverlayDataplaneLimits.leaseRequestQueueMax))
+        (refusals, refusalInput) = AsyncStream.makeStream(
+            of: OverlayLease.self, bufferingPolicy: .bufferingOldest(OverlayDataplaneLimits.leaseRequestQueueMax))
         let input = requestInput
+        let refusalInput = refusalInput
         let counters = counters
+        host.onGrantRefused { lease in
+            // On the forwarding thread: a non-blocking enqueue.
+            counters.grantsRefused.add(1, ordering: .relaxed)
+            if case .enqueued = refusalInput.yield(lease) {} else { counters.refusalsDropped.add(1, ordering: .relaxed) }
+        }
         host.onLeaseRequest { [unowned host] vm, service in
             // On the forwarding thread: a non-blocking enqueue, nothing more. A refused one re-arms the
             // pair at once, so a later packet asks again instead of waiting for an answer that never comes.
@@ -116,9 +134,14 @@ public final class OverlayHostLeasing: Sendable {
                 }
                 return nil
             }
-            // Either task ending ends both: the watch ended (cancelled or failed) or the requests stream did.
+            group.addTask {
+                for await lease in self.refusals { await self.giveBack(lease) }
+                return nil
+            }
+            // Any task ending ends all: the watch ended (cancelled or failed) or a stream did.
             let first = await group.next() ?? nil
             requestInput.finish()
+            refusalInput.finish()
             group.cancelAll()
             return first
         }
@@ -134,7 +157,24 @@ public final class OverlayHostLeasing: Sendable {
             try? await Task.sleep(for: .milliseconds(1))
         }
         if case .granted = event { counters.eventsGranted.add(1, ordering: .relaxed) } else {
+            counters.lastEndSubmittedNs.store(Clock.monotonicNs(), ordering: .relaxed)
             counters.eventsEnded.add(1, ordering: .relaxed)
+        }
+    }
+
+    /// Gives back a grant the host refused (no lease slot): revokes it at the agents, then, after
+    /// `retryPauseMs`, re-arms its pair so a later packet asks again.
+    func giveBack(_ lease: OverlayLease) async {
+        do {
+            try await agents.revoke(consumerHost: configuration.consumerHost, leaseID: lease.leaseID)
+            counters.grantsReturned.add(1, ordering: .relaxed)
+        } catch {
+            // Already gone (expired, revoked) or no agent answered: the lease ends with its TTL at worst
+            // once its agent stops renewing it; counted as not returned.
+        }
+        try? await Task.sleep(for: .milliseconds(configuration.retryPauseMs))
+        while !host.rearmLeaseRequest(consumerVM: lease.consumerVM, service: lease.service), !Task.isCancelled {
+            try? await Task.sleep(for: .milliseconds(1))
         }
     }
 

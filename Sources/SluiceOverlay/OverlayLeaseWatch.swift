@@ -4,7 +4,9 @@ import SluiceEtcd
 
 /// The lease events of one consumer host, in etcd revision order, starting with a `granted` for every lease
 /// it holds now (from one consistent range). A record created is `granted`; a record deleted is `ended`,
-/// `revoked` (or the reason recorded) when a revoke wrote its reason first, `expired` otherwise.
+/// `revoked` (or the reason recorded) when a revoke wrote its reason first, `expired` otherwise. A revoke
+/// writes the reason and then revokes the etcd lease: the lease is reported ended at the reason write
+/// (one etcd commit earlier), and its delete is not reported again.
 ///
 /// It survives an etcd member or leader loss: the watch is opened again (any member) from the last
 /// revision seen, and an event is reported once (a lease is granted once and ended once; epochs of
@@ -24,6 +26,9 @@ public struct OverlayLeaseWatch: AsyncSequence, AsyncIteratorProtocol {
     private let client: EtcdClient
     private let keys: OverlayKeys
     private let reconnectDeadlineMs: Int64
+    /// End a lease when its record gets an end reason (a revoke's first step), not only when the record
+    /// goes (default true; false: the older behaviour, kept to measure the difference).
+    let endsOnReasonWrite: Bool
     /// Leases reported granted and not yet ended: etcd lease -> (epoch, end reason recorded so far).
     private var live: [Int64: (epoch: Int64, reason: OverlayLeaseEndReason?)] = [:]
     /// Events decided and not yet returned (a snapshot's, at most `OverlayLimits.leaseCountMax`, or a
@@ -41,9 +46,11 @@ public struct OverlayLeaseWatch: AsyncSequence, AsyncIteratorProtocol {
 
     /// Reads the snapshot and opens the watch. Nothing is reported before the first `next()`.
     public static func start(_ client: EtcdClient, keys: OverlayKeys, consumerHost: String,
-                             reconnectDeadlineMs: Int64 = reconnectDeadlineMsDefault) async throws(OverlayLeasingError) -> OverlayLeaseWatch {
+                             reconnectDeadlineMs: Int64 = reconnectDeadlineMsDefault,
+                             endsOnReasonWrite: Bool = true) async throws(OverlayLeasingError) -> OverlayLeaseWatch {
         try OverlayNames.check(consumerHost, "consumer host")
-        var watch = OverlayLeaseWatch(consumerHost: consumerHost, client: client, keys: keys, reconnectDeadlineMs: reconnectDeadlineMs)
+        var watch = OverlayLeaseWatch(consumerHost: consumerHost, client: client, keys: keys, reconnectDeadlineMs: reconnectDeadlineMs,
+                                      endsOnReasonWrite: endsOnReasonWrite)
         do {
             try await watch.resync()
             try await watch.open()
@@ -53,7 +60,9 @@ public struct OverlayLeaseWatch: AsyncSequence, AsyncIteratorProtocol {
         return watch
     }
 
-    private init(consumerHost: String, client: EtcdClient, keys: OverlayKeys, reconnectDeadlineMs: Int64) {
+    private init(consumerHost: String, client: EtcdClient, keys: OverlayKeys, reconnectDeadlineMs: Int64,
+                 endsOnReasonWrite: Bool) {
+        self.endsOnReasonWrite = endsOnReasonWrite
         self.consumerHost = consumerHost
         self.client = client
         self.keys = keys
@@ -84,20 +93,28 @@ public struct OverlayLeaseWatch: AsyncSequence, AsyncIteratorProtocol {
             throw .invalidArgument("consumer host \(consumerHost) has over \(OverlayLimits.leaseCountMax) lease records")
         }
         var present = Set<Int64>()
+        var revoking: [Int64: OverlayLeaseEndReason] = [:]
         var granted: [(Int64, OverlayLeaseEvent)] = []
         for kv in result.kvs {
             guard let record = try? OverlayJSON.decodeLease(kv) else { malformed += 1; continue }
-            present.insert(record.leaseID)
             let reason = record.endReason.flatMap(OverlayLeaseEndReason.init(rawValue:))
-            if live[record.leaseID] != nil {
-                if let reason { live[record.leaseID]?.reason = reason }
+            if endsOnReasonWrite, let reason {
+                // Being revoked: ends now if it was live (below, as not present), is never granted.
+                revoking[record.leaseID] = reason
+                remember(ended: record.leaseID)
                 continue
             }
+            if live[record.leaseID] != nil {
+                if let reason { live[record.leaseID]?.reason = reason }
+                present.insert(record.leaseID)
+                continue
+            }
+            present.insert(record.leaseID)
             live[record.leaseID] = (kv.createRevision, reason)
             granted.append((kv.createRevision, .granted(record.lease(epoch: kv.createRevision))))
         }
         for (id, state) in live.sorted(by: { $0.value.epoch < $1.value.epoch }) where !present.contains(id) {
-            queued.append(.ended(leaseID: id, epoch: state.epoch, reason: state.reason ?? .expired))
+            queued.append(.ended(leaseID: id, epoch: state.epoch, reason: state.reason ?? revoking[id] ?? .expired))
             live[id] = nil
         }
         queued.append(contentsOf: granted.sorted { $0.0 < $1.0 }.map { $0.1 })
@@ -150,9 +167,18 @@ public struct OverlayLeaseWatch: AsyncSequence, AsyncIteratorProtocol {
         case .put:
             guard let record = try? OverlayJSON.decodeLease(event.kv) else { malformed += 1; return nil }
             let reason = record.endReason.flatMap(OverlayLeaseEndReason.init(rawValue:))
-            if live[record.leaseID] != nil {
-                if let reason { live[record.leaseID]?.reason = reason }
-                return nil
+            if let state = live[record.leaseID] {
+                guard let reason else { return nil }
+                guard endsOnReasonWrite else {
+                    live[record.leaseID]?.reason = reason
+                    return nil
+                }
+                // The revoke's first commit: the record now says why it ends, and its etcd lease is
+                // revoked next. The lease ends here, one etcd commit (and watch delivery) earlier than at
+                // the delete; the delete that follows is then skipped (not live any more).
+                live[record.leaseID] = nil
+                remember(ended: record.leaseID)
+                return .ended(leaseID: record.leaseID, epoch: state.epoch, reason: reason)
             }
             // A record not live: new (its first version), or one that ended already (seen again on a re-watch).
             guard event.kv.version == 1, !ended.contains(record.leaseID) else { return nil }

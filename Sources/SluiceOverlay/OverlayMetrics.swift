@@ -55,6 +55,8 @@ public enum OverlayMetrics {
         out.sample([host], snapshot.heldPackets)
         out.family("sluice_overlay_released_packets_total", "counter", "Held packets handed on after their grant.")
         out.sample([host], snapshot.releasedPackets)
+        out.family("sluice_overlay_lease_slots_full_total", "counter", "Grants refused because every lease slot was taken.")
+        out.sample([host], snapshot.leaseSlotsFull)
         if let leasing {
             let counters: [(String, String, UInt64)] = [
                 ("lease_requests", "Lease requests raised by first packets.", leasing.requests.load(ordering: .relaxed)),
@@ -63,11 +65,41 @@ public enum OverlayMetrics {
                 ("lease_request_failures", "Lease requests refused or unanswered.", leasing.requestFailures.load(ordering: .relaxed)),
                 ("lease_events_granted", "Grant events from the etcd watch.", leasing.eventsGranted.load(ordering: .relaxed)),
                 ("lease_events_ended", "End events (revoked, expired) from the etcd watch.", leasing.eventsEnded.load(ordering: .relaxed)),
+                ("grants_returned", "Grants refused for want of a lease slot and revoked at the agents.", leasing.grantsReturned.load(ordering: .relaxed)),
+                ("grant_refusals_dropped", "Refused grants the bounded queue could not take (not given back).", leasing.refusalsDropped.load(ordering: .relaxed)),
             ]
             for (name, help, value) in counters {
                 out.family("sluice_overlay_\(name)_total", "counter", help)
                 out.sample([host], value)
             }
+        }
+        return out.text
+    }
+}
+
+extension OverlayMetrics {
+    /// A leasing agent's own counters as `sluice_overlay_agent_*{agent}`: grants, renewals, revokes,
+    /// expiries, races lost (`slot_conflicts`: a grant transaction beaten to its slot, then retried),
+    /// repeated grants, and refusals by reason (every reason, zeros included). `sluice overlay agent
+    /// --metrics` serves it.
+    public static func agentText(agent: String, _ counters: OverlayLeasingCounters) -> String {
+        var out = MetricsWriter()
+        let label = ("agent", agent)
+        let values: [(String, String, Int)] = [
+            ("grants", "Leases granted.", counters.grants.load(ordering: .relaxed)),
+            ("renewals", "Lease keep-alives that succeeded (the agent's own and requested ones).", counters.renewals.load(ordering: .relaxed)),
+            ("revokes", "Leases revoked.", counters.revokes.load(ordering: .relaxed)),
+            ("expiries", "Held grants found expired at their keep-alive.", counters.expiries.load(ordering: .relaxed)),
+            ("slot_conflicts", "Grant transactions that lost the race for a slot (then retried).", counters.slotConflicts.load(ordering: .relaxed)),
+            ("grants_repeated", "Grant requests answered with an earlier try's grant (same request ID).", counters.grantsRepeated.load(ordering: .relaxed)),
+        ]
+        for (name, help, value) in values {
+            out.family("sluice_overlay_agent_\(name)_total", "counter", help)
+            out.sample([label], UInt64(max(0, value)))
+        }
+        out.family("sluice_overlay_agent_refusals_total", "counter", "Requests refused, by reason.")
+        for reason in OverlayRefusal.allCases {
+            out.sample([label, ("reason", reason.rawValue)], UInt64(max(0, counters.refusals(reason))))
         }
         return out.text
     }

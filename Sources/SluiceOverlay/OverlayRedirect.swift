@@ -99,6 +99,9 @@ public struct OverlayDataplaneConfig: Sendable {
     public var computesUDPChecksum: Bool
     /// Held first packets are dropped (`heldTimedOut`) this long after the first of their pair was held.
     public var heldTimeoutNs: UInt64
+    /// Lease slots (leases held at once), 1...`OverlayLimits.leaseCountMax`. A grant finding none free is
+    /// refused (`takeRefusedGrants`, `leaseSlotsFull`).
+    public var leaseSlotCount: Int = OverlayLimits.leaseCountMax
 
     public init(underlayIPv4: UInt32, underlayMAC: MACAddress, neighborMACs: [UInt32: MACAddress] = [:],
                 underlayGatewayMAC: MACAddress = MACAddress(0xFFFF_FFFF_FFFF), vnis: [UInt32],
@@ -134,6 +137,9 @@ public struct OverlayDataplaneConfig: Sendable {
         }
         if let long = (vmPorts.map(\.name) + services.map(\.name)).first(where: { $0.utf8.count > OverlayLimits.nameLengthMax }) {
             return "name \(long) is longer than \(OverlayLimits.nameLengthMax) bytes"
+        }
+        if !(1...OverlayLimits.leaseCountMax).contains(leaseSlotCount) {
+            return "lease slot count \(leaseSlotCount) not in 1...\(OverlayLimits.leaseCountMax)"
         }
         if Set(vmPorts.map(\.name)).count != vmPorts.count { return "two VM ports share a name" }
         if Set(services.map(\.name)).count != services.count { return "two services share a name" }
@@ -257,11 +263,23 @@ public struct OverlayRedirect: ~Copyable {
     /// Requests for leases the consumer lacks: (consumer port, service) pairs, drained by the host.
     var requestQueue: [(Int32, Int32)]
     let requested: UnsafeMutablePointer<Bool>
+    /// Pairs whose grant was refused for want of a lease slot: their packets drop `leaseSlotsFull` until
+    /// the leasing side re-arms them.
+    let slotsFullPair: UnsafeMutablePointer<Bool>
+    /// Grants refused for want of a lease slot, for the leasing side to give back (drained by the host;
+    /// at most `leaseRequestQueueMax`, more are counted in `refusedGrantsDropped`).
+    var refusedGrants: [OverlayLease]
+    /// Grants refused because every lease slot was taken, and refusals the queue could not take.
+    public private(set) var leaseSlotsFull: UInt64 = 0
+    public private(set) var refusedGrantsDropped: UInt64 = 0
     /// Resets to send, drained by the host.
     var resetQueue: [OverlayReset]
     public private(set) var resetsDropped: UInt64 = 0
     public private(set) var eventsIgnored: UInt64 = 0
     var ipID: UInt16 = 0
+    /// Consumer frames of the common shape take `OverlayFastParse` instead of `PacketParser` (same result;
+    /// off only to measure the difference).
+    public var usesFastParse = true
     var sweepCursor = 0
     // Hold queues: `heldPairsMax` queues of `heldPerPairMax` frames, the queue per pair (-1: none).
     let holdQueues: UnsafeMutablePointer<HoldQueue>
@@ -273,6 +291,8 @@ public struct OverlayRedirect: ~Copyable {
     let outerTemplates: UnsafeMutableRawPointer
     let outerSums: UnsafeMutablePointer<UInt32>
     static let outerTemplateStride = 64
+    /// `forwardPlain`'s next hop: the first neighbour's MAC (lowest underlay address), else the gateway's.
+    let plainNextHopMAC: UInt64
     var holdQueuesInUse = 0
     var holdQueuesReleasing = 0
     public private(set) var holdCounters = OverlayHoldCounters()
@@ -311,7 +331,11 @@ public struct OverlayRedirect: ~Copyable {
         current.initialize(repeating: -1, count: pairs)
         requested = .allocate(capacity: pairs)
         requested.initialize(repeating: false, count: pairs)
-        freeSlots = (0..<Int32(OverlayLimits.leaseCountMax)).reversed()
+        freeSlots = (0..<Int32(config.leaseSlotCount)).reversed()
+        refusedGrants = []
+        refusedGrants.reserveCapacity(OverlayDataplaneLimits.leaseRequestQueueMax)
+        slotsFullPair = .allocate(capacity: pairs)
+        slotsFullPair.initialize(repeating: false, count: pairs)
         leases = Array(repeating: nil, count: OverlayLimits.leaseCountMax)
         requestQueue = []
         requestQueue.reserveCapacity(OverlayDataplaneLimits.leaseRequestQueueMax)
@@ -330,6 +354,7 @@ public struct OverlayRedirect: ~Copyable {
                                         count: OverlayLimits.leaseCountMax * Self.outerTemplateStride)
         outerSums = .allocate(capacity: OverlayLimits.leaseCountMax)
         outerSums.initialize(repeating: 0, count: OverlayLimits.leaseCountMax)
+        plainNextHopMAC = (config.neighborMACs.min { $0.key < $1.key }?.value ?? config.underlayGatewayMAC).rawValue
     }
 
     deinit {
@@ -343,6 +368,7 @@ public struct OverlayRedirect: ~Copyable {
         slots.deallocate()
         current.deallocate()
         requested.deallocate()
+        slotsFullPair.deallocate()
         holdQueues.deallocate()
         holdOfPair.deallocate()
         heldBytes.deallocate()
@@ -372,7 +398,20 @@ public struct OverlayRedirect: ~Copyable {
                 end(slot: existing)
             }
             if let old = slotByLeaseID[lease.leaseID] { end(slot: old) }  // same etcd lease, new grant
-            guard let slot = freeSlots.popLast() else { eventsIgnored &+= 1; return }
+            guard let slot = freeSlots.popLast() else {
+                // No slot: refuse the grant (the leasing side gives it back, so the producer's capacity is
+                // not held for nothing) and drop what the pair holds.
+                leaseSlotsFull &+= 1
+                if refusedGrants.count < OverlayDataplaneLimits.leaseRequestQueueMax {
+                    refusedGrants.append(lease)
+                } else {
+                    refusedGrantsDropped &+= 1
+                }
+                slotsFullPair[pair] = true
+                let hold = Int(holdOfPair[pair])
+                if hold >= 0, !holdQueues[hold].releasing { freeHoldQueue(hold, dropping: .leaseSlotsFull) }
+                return
+            }
             let nextHop = config.neighborMACs[lease.producerUnderlayIPv4] ?? config.underlayGatewayMAC
             slots[Int(slot)] = LeaseSlot(leaseID: lease.leaseID, epoch: lease.epoch, isActive: true,
                                          consumerPort: Int32(port), service: Int32(service),
@@ -394,6 +433,7 @@ public struct OverlayRedirect: ~Copyable {
             slotByLeaseID[lease.leaseID] = slot
             current[pair] = slot
             requested[pair] = false
+            slotsFullPair[pair] = false
             let hold = Int(holdOfPair[pair])
             if hold >= 0, !holdQueues[hold].releasing {
                 holdQueues[hold].releasing = true
@@ -440,6 +480,7 @@ public struct OverlayRedirect: ~Copyable {
         else { return false }
         let pair = port * serviceCount + service
         requested[pair] = false
+        slotsFullPair[pair] = false
         let hold = Int(holdOfPair[pair])
         if hold >= 0, !holdQueues[hold].releasing { freeHoldQueue(hold, dropping: .leaseAskFailed) }
         return true
@@ -525,6 +566,15 @@ public struct OverlayRedirect: ~Copyable {
         return names
     }
 
+    /// Takes the grants refused for want of a lease slot (the leasing side gives them back, then re-arms
+    /// their pairs).
+    public mutating func takeRefusedGrants() -> [OverlayLease] {
+        guard !refusedGrants.isEmpty else { return [] }
+        let taken = refusedGrants
+        refusedGrants.removeAll(keepingCapacity: true)
+        return taken
+    }
+
     /// True if resets wait; `takeReset` hands them out one at a time (no allocation).
     public var hasResets: Bool { !resetQueue.isEmpty }
     public mutating func takeReset() -> OverlayReset? { resetQueue.popLast() }
@@ -573,6 +623,10 @@ public struct OverlayRedirect: ~Copyable {
         precondition(length >= 0 && length <= buffer.count, "frame longer than its buffer")
         precondition(port >= 0 && port <= underlayPort, "port out of range")
         let frame = UnsafeRawBufferPointer(rebasing: buffer[0..<length])
+        if port < underlayPort, usesFastParse, portRoles[port] == 1,
+           OverlayFastParse.parse(frame.baseAddress!, length: length, vxlanPort: parser.vxlanPort, into: &parsed) {
+            return count(fromConsumer(buffer, length: length, port: port, nowNs: nowNs))
+        }
         if let reason = parser.parse(PacketBytes(frame), linkType: .ethernet, into: &parsed) {
             let verdict = OverlayVerdict.drop(reason == .badVXLANFlags ? .badVXLANFlags : .malformed)
             return count(verdict)
@@ -585,6 +639,29 @@ public struct OverlayRedirect: ~Copyable {
         else { return count(.drop(.notOverlay)) }
         if portRoles[port] == 1 { return count(fromConsumer(buffer, length: length, port: port, nowNs: nowNs)) }
         return count(fromProducer(buffer, length: length, port: port, nowNs: nowNs))
+    }
+
+    /// The baseline the redirect is measured against (`OverlayHostConfiguration.forwardOnly`, bench
+    /// only): the same parse (`OverlayFastParse` for VM frames when `usesFastParse`, as the redirect), then a consumer VM's frame goes out on the underlay with its MACs set to
+    /// (gateway, underlay) and nothing else changed; an underlay frame goes to VM port 0 the same way.
+    /// No flow, lease or service state is touched.
+    public mutating func forwardPlain(_ buffer: UnsafeMutableRawBufferPointer, length: Int, port: Int) -> OverlayVerdict {
+        precondition(length >= 0 && length <= buffer.count, "frame longer than its buffer")
+        precondition(port >= 0 && port <= underlayPort, "port out of range")
+        let frame = UnsafeRawBufferPointer(rebasing: buffer[0..<length])
+        let fast = port < underlayPort && usesFastParse
+            && OverlayFastParse.parse(frame.baseAddress!, length: length, vxlanPort: parser.vxlanPort, into: &parsed)
+        if !fast, parser.parse(PacketBytes(frame), linkType: .ethernet, into: &parsed) != nil { return count(.drop(.malformed)) }
+        let base = buffer.baseAddress!
+        if port == underlayPort {
+            guard portCount > 0 else { return count(.drop(.notOverlay)) }
+            store48(base, 0, portVMMAC[0])
+            store48(base, 6, portHostMAC[0])
+            return .forward(port: 0, length: length)
+        }
+        store48(base, 0, plainNextHopMAC)
+        store48(base, 6, config.underlayMAC.rawValue)
+        return .forward(port: underlayPort, length: length)
     }
 
     @inline(__always) mutating func count(_ verdict: OverlayVerdict) -> OverlayVerdict {
@@ -653,6 +730,7 @@ public struct OverlayRedirect: ~Copyable {
             let slot = current[pair]
             guard slot >= 0 else {
                 serviceCounts[service].redirectMisses &+= 1
+                if slotsFullPair[pair] { return .drop(.leaseSlotsFull) }
                 if !requested[pair], requestQueue.count < OverlayDataplaneLimits.leaseRequestQueueMax {
                     requested[pair] = true
                     requestQueue.append((Int32(port), Int32(service)))

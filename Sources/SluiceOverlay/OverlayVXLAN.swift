@@ -51,6 +51,10 @@ public enum OverlayDropReason: UInt8, CaseIterable, Sendable, CustomStringConver
     case leaseAskFailed
     /// A held first packet dropped because no grant came within `heldTimeoutNs` of the first one held.
     case heldTimedOut
+    /// A packet to a service whose grant came while every lease slot was taken (`leaseSlotCount`): the
+    /// grant was refused and given back; held packets of the pair and the next ones until the pair is
+    /// re-armed drop with this reason.
+    case leaseSlotsFull
 
     public var description: String { Self.names[Int(rawValue)] }
 
@@ -58,7 +62,7 @@ public enum OverlayDropReason: UInt8, CaseIterable, Sendable, CustomStringConver
         "malformed", "notVXLAN", "notForThisHost", "badOuterChecksum", "outerFragmentOrOptions", "badUDPChecksum",
         "badVXLANFlags", "unknownVNI", "innerNotTransport", "unknownProducerVM", "noFlow", "noLease", "leaseEnded",
         "notOverlay", "flowTableFull", "tooLarge", "txRingFull", "unknownVM",
-        "awaitingLease", "leaseAskFailed", "heldTimedOut",
+        "awaitingLease", "leaseAskFailed", "heldTimedOut", "leaseSlotsFull",
     ]
 }
 

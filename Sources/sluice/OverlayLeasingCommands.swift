@@ -5,6 +5,7 @@ import Foundation
 import Glibc
 import SluiceEtcd
 import SluiceOverlay
+import SluiceService
 
 let overlayLeasingSubcommands: [ParsableCommand.Type] = [
     OverlayProducersCommand.self, OverlayLeasesCommand.self, OverlayAgentCommand.self, OverlayRegisterCommand.self,
@@ -139,9 +140,15 @@ struct OverlayAgentCommand: AsyncParsableCommand {
     @Option(help: "The agent's name (recorded in its grants).") var name: String
     @Option(help: "Address to listen on, IPV4:PORT (port 0: any free port, printed on start).") var listen: String
     @Option(help: "TTL of each grant's etcd lease (seconds): a dead agent's grants expire after it.") var ttl: Int64 = 10
+    @Option(help: "Serve the agent's counters as Prometheus text on http://IPV4:PORT/metrics (port 0: any free port, printed on start).")
+    var metrics: String?
 
     func validate() throws {
         try checkName(name, flag: "--name")
+        if let metrics {
+            let (host, _) = try hostPort(metrics, flag: "--metrics", portZero: true)
+            guard OverlayIPv4.parse(host) != nil else { throw ValidationError("--metrics host '\(host)' is not an IPv4 address") }
+        }
         guard OverlayLeasingLimits.ttlSecondsRange.contains(ttl) else {
             throw ValidationError("--ttl \(ttl) not in \(OverlayLeasingLimits.ttlSecondsRange)")
         }
@@ -158,6 +165,16 @@ struct OverlayAgentCommand: AsyncParsableCommand {
                 name: name, keys: keys, ttlSeconds: ttl, callTimeoutMs: etcd.etcdTimeoutMs))
             let server = try await OverlayAgentServer.bind(agent: agent, host: host, port: port)
             print("agent \(name) listening on \(host):\(server.port)")
+            var endpoint: MetricsEndpoint?
+            if let metrics {
+                let (metricsHost, metricsPort) = try hostPort(metrics, flag: "--metrics", portZero: true)
+                let counters = agent.counters
+                let agentName = name
+                endpoint = try MetricsEndpoint.bind(ListenAddress(host: metricsHost, port: metricsPort),
+                                                    render: { OverlayMetrics.agentText(agent: agentName, counters) })
+                print("agent \(name) metrics on \(metricsHost):\(endpoint!.port)")
+            }
+            defer { endpoint?.close() }
             fflush(nil)
             let serving = Task { await server.run() }
             let renewing = Task { await agent.run() }

@@ -185,23 +185,45 @@ final class OverlayLab {
     }
 }
 
+/// A lab with a real TCP service in each producer VM (each serving a file naming its producer): the one
+/// setup every overlay namespace test shares. `close()` (defer it) kills the servers, removes their files
+/// and the namespaces.
+final class ServedLab {
+    let lab: OverlayLab
+    /// A directory of the test's own (the servers' files; tests may add theirs).
+    let root: URL
+    private let servers: [ChildProcess]
+
+    init(variant: String = "") throws {
+        lab = try OverlayLab(variant: variant)
+        root = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-overlay\(variant)-\(getpid())")
+        do {
+            servers = try lab.startHTTPServers(root: root)
+        } catch {
+            try? FileManager.default.removeItem(at: root)
+            lab.destroy()
+            throw error
+        }
+    }
+
+    func close() {
+        for server in servers {
+            server.signal(SIGKILL)
+            _ = server.wait(timeoutMs: 2_000)
+        }
+        try? FileManager.default.removeItem(at: root)
+        lab.destroy()
+    }
+}
+
 @Suite(.serialized, .enabled(if: OverlayNetnsEnvironment.enabled, "needs root, namespaces and AF_PACKET (CI=true runs it)"),
        .timeLimit(.minutes(2)))
 struct OverlayDataplaneNetnsTests {
     @Test func httpThroughTheRedirectThenTheNextProducerAfterTheEnd() throws {
         try #require(OverlayNetnsEnvironment.isRoot, "CI=true: the overlay namespace test needs root")
-        let lab = try OverlayLab()
-        defer { lab.destroy() }
-        // A real TCP service in each producer VM, each serving a file naming its producer.
-        let root = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-overlay-\(getpid())")
-        defer { try? FileManager.default.removeItem(at: root) }
-        let servers = try lab.startHTTPServers(root: root)
-        defer {
-            for server in servers {
-                server.signal(SIGKILL)
-                _ = server.wait(timeoutMs: 2_000)
-            }
-        }
+        let served = try ServedLab()
+        defer { served.close() }
+        let lab = served.lab
         let producerHost = try OverlayHost(configuration: lab.producerHost())
         let consumerHost = try OverlayHost(configuration: lab.consumerHost())
         // No lease at first: the first SYN is a redirect miss; the request hook grants lease 1

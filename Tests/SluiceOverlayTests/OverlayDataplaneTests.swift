@@ -329,6 +329,57 @@ func checksumsValid(_ frame: [UInt8], l3: Int = 14) -> Bool {
         #expect(run(&redirect, other, port: 0).0 == .drop(.notOverlay))
     }
 
+    /// A grant that finds every lease slot taken is refused, not ignored: counted, handed out to be given
+    /// back, the pair's held packets drop `leaseSlotsFull`, and so do its next ones until it is re-armed.
+    @Test func aGrantWithNoFreeLeaseSlotIsRefusedAndItsHeldPacketsDrop() {
+        var config = Net.consumerConfig()
+        config.leaseSlotCount = 1
+        var redirect = OverlayRedirect(config: config)
+        redirect.apply(.granted(Net.lease(1, epoch: 1)))
+        func dns(_ port: UInt16 = 5353) -> [UInt8] {
+            OverlayTestFrames.udp(sourceMAC: Net.consumerVMMAC, destinationMAC: Net.consumerPortMAC, source: Net.consumerVM,
+                                  destination: Net.service, sourcePort: port, destinationPort: 53, payload: [1, 2, 3])
+        }
+        func dnsLease(_ id: Int64, epoch: Int64) -> OverlayLease {
+            OverlayLease(leaseID: id, epoch: epoch, service: "dns", consumerVM: "c1", producerVM: "p1", producerHost: "h2",
+                         producerUnderlayIPv4: Net.producerHost, producerOverlayIPv4: Net.producer1, producerPort: 53, vni: 42)
+        }
+        #expect(run(&redirect, dns(), port: 0).0 == .held)
+        #expect(run(&redirect, dns(5354), port: 0).0 == .held)
+        let asked = redirect.takeLeaseRequests().map { $0.service }
+        #expect(asked == ["dns"])
+        redirect.apply(.granted(dnsLease(2, epoch: 2)))
+        #expect(redirect.leaseSlotsFull == 1)
+        let refused = redirect.takeRefusedGrants()
+        #expect(refused == [dnsLease(2, epoch: 2)])
+        #expect(redirect.drops[.leaseSlotsFull] == 2)
+        let nothingReleased = !redirect.hasReleasedFrames
+        #expect(nothingReleased)
+        // Until re-armed: dropped at once, no new request, nothing held.
+        #expect(run(&redirect, dns(5355), port: 0).0 == .drop(.leaseSlotsFull))
+        #expect(redirect.takeLeaseRequests().isEmpty)
+        #expect(redirect.holdCounters.held == 2)
+        // The web lease still works.
+        #expect(run(&redirect, Net.consumerTCP(), port: 0).0 == .forward(port: 1, length: Net.consumerTCP().count + 50))
+        // The web lease ends (slot free), the pair is re-armed: the next packet asks, the grant is applied.
+        redirect.apply(.ended(leaseID: 1, epoch: 1, reason: .revoked))
+        let rearmed = redirect.rearmLeaseRequest(consumerVM: "c1", service: "dns")
+        #expect(rearmed)
+        #expect(run(&redirect, dns(5356), port: 0).0 == .held)
+        let askedAgain = redirect.takeLeaseRequests().map { $0.service }
+        #expect(askedAgain == ["dns"])
+        redirect.apply(.granted(dnsLease(3, epoch: 3)))
+        let refusedAgain = redirect.takeRefusedGrants()
+        #expect(redirect.leaseSlotsFull == 1)
+        #expect(refusedAgain.isEmpty)
+        let released = takeReleased(&redirect)
+        #expect(released.count == 1)
+        #expect(run(&redirect, released[0].1, port: 0).0 == .forward(port: 1, length: dns().count + 50))
+        // A bad slot count is a config problem.
+        config.leaseSlotCount = 0
+        #expect(config.problem != nil)
+    }
+
     @Test func heldPacketsAreBoundedReleasedInOrderAndTimeOut() {
         var redirect = OverlayRedirect(config: Net.consumerConfig())
         let limit = OverlayDataplaneLimits.heldPerPairMax
@@ -508,5 +559,76 @@ func checksumsValid(_ frame: [UInt8], l3: Int = 14) -> Bool {
         var spoof = Net.producerReply()
         spoof[29] = 99  // a source address that is not the VM's
         #expect(run(&producer, spoof, port: 0).0 == .drop(.unknownVM))
+    }
+}
+
+/// `OverlayFastParse` gives exactly `PacketParser`'s result on the frames it takes, and declines the rest.
+@Suite struct OverlayFastParseTests {
+    static func parse(_ frame: [UInt8]) -> (fast: ParsedPacket?, full: ParsedPacket?) {
+        frame.withUnsafeBytes { bytes in
+            var fast = ParsedPacket()
+            let took = OverlayFastParse.parse(bytes.baseAddress!, length: bytes.count, vxlanPort: 4789, into: &fast)
+            var full = ParsedPacket()
+            let reason = PacketParser().parse(PacketBytes(bytes), linkType: .ethernet, into: &full)
+            return (took ? fast : nil, reason == nil ? full : nil)
+        }
+    }
+
+    @Test func sameResultAsThePacketParserOrDeclined() {
+        var taken: [[UInt8]] = [
+            Net.consumerTCP(), Net.consumerTCP(flags: 0x02, payload: []), Net.consumerTCP(payload: Array(repeating: 7, count: 1400)),
+            OverlayTestFrames.udp(sourceMAC: 1, destinationMAC: 2, source: 3, destination: 4, sourcePort: 5, destinationPort: 53,
+                                  payload: [1, 2, 3]),
+            OverlayTestFrames.udp(sourceMAC: 1, destinationMAC: 2, source: 3, destination: 4, sourcePort: 5, destinationPort: 53,
+                                  payload: [], zeroChecksum: true),
+        ]
+        var padded = Net.consumerTCP(payload: [])
+        padded += [0, 0, 0, 0, 0, 0]  // Ethernet padding past the IPv4 total length
+        taken.append(padded)
+        var noDF = Net.consumerTCP()
+        noDF[20] = 0
+        taken.append(noDF)
+        for frame in taken {
+            let (fast, full) = Self.parse(frame)
+            #expect(fast != nil && fast == full, "\(frame.count) bytes")
+        }
+        // Declined: each goes to the full parser (whatever it decides).
+        var declined: [[UInt8]] = []
+        var options = Net.consumerTCP()
+        options[14] = 0x46
+        declined.append(options)
+        var fragment = Net.consumerTCP()
+        fragment[20] = 0x20  // more fragments
+        declined.append(fragment)
+        var shortIP = Net.consumerTCP()
+        shortIP[17] &+= 40  // total length past the frame
+        declined.append(shortIP)
+        var longTCPHeader = Net.consumerTCP(payload: [])
+        longTCPHeader[46] = 0x60  // data offset 6 words: the TCP header would end past the IPv4 payload
+        declined.append(longTCPHeader)
+        declined.append(OverlayTestFrames.udp(sourceMAC: 1, destinationMAC: 2, source: 3, destination: 4, sourcePort: 5,
+                                              destinationPort: 4789, payload: Array(repeating: 0, count: 30)))
+        var vlan = Net.consumerTCP()
+        vlan.insert(contentsOf: [0x81, 0x00, 0x00, 0x05], at: 12)
+        declined.append(vlan)
+        var icmp = Net.consumerTCP()
+        icmp[23] = 1
+        declined.append(icmp)
+        declined.append(Array(Net.consumerTCP().prefix(40)))
+        for (index, frame) in declined.enumerated() {
+            #expect(Self.parse(frame).fast == nil, "declined #\(index)")
+        }
+        // The redirect gives the same verdicts and bytes with and without it.
+        for fastParse in [true, false] {
+            var redirect = OverlayRedirect(config: Net.consumerConfig())
+            redirect.usesFastParse = fastParse
+            redirect.apply(.granted(Net.lease(1, epoch: 1)))
+            let (verdict, bytes) = run(&redirect, Net.consumerTCP(), port: 0)
+            #expect(verdict == .forward(port: 1, length: Net.consumerTCP().count + 50))
+            var reference = OverlayRedirect(config: Net.consumerConfig())
+            reference.usesFastParse = false
+            reference.apply(.granted(Net.lease(1, epoch: 1)))
+            #expect(run(&reference, Net.consumerTCP(), port: 0).1 == bytes)
+        }
     }
 }

@@ -20,6 +20,13 @@ func labProducer(_ number: Int, capacity: Int) -> OverlayProducer {
                     overlayIPv4: number == 1 ? 0xC613_0202 : 0xC613_0302, port: 8000, vni: 42, capacity: capacity)
 }
 
+/// The shared 1-member etcd's URL, a key prefix of the test's own, and a client (shut it down after).
+func labEtcd(_ name: String = #function) throws -> (url: String, keys: OverlayKeys, etcd: EtcdClient) {
+    let cluster = try sharedEtcdCluster(members: 1)
+    let url = cluster.clientURLs[0]
+    return (url, try testKeys(name), try client([url], timeoutMs: 10_000))
+}
+
 /// Waits up to `timeoutMs` (10 ms steps) for `condition`.
 func waitUntil(timeoutMs: Int, _ condition: () -> Bool) -> Bool {
     for _ in 0..<(timeoutMs / 10) {
@@ -45,21 +52,10 @@ struct OverlayLeasedNetnsTests {
     @Test func leasesFromAgentsDriveTheRedirect() async throws {
         try #require(OverlayNetnsEnvironment.isRoot, "CI=true: the overlay namespace test needs root")
         let sluice = try #require(sluiceBinary(), "sluice not built: swift build --build-tests")
-        let lab = try OverlayLab(variant: "L")
-        defer { lab.destroy() }
-        let root = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-overlay-leased-\(getpid())")
-        defer { try? FileManager.default.removeItem(at: root) }
-        let servers = try lab.startHTTPServers(root: root)
-        defer {
-            for server in servers {
-                server.signal(SIGKILL)
-                _ = server.wait(timeoutMs: 2_000)
-            }
-        }
-        let cluster = try sharedEtcdCluster(members: 1)
-        let url = cluster.clientURLs[0]
-        let keys = try testKeys()
-        let etcd = try client([url], timeoutMs: 10_000)
+        let served = try ServedLab(variant: "L")
+        defer { served.close() }
+        let lab = served.lab
+        let (url, keys, etcd) = try labEtcd()
         defer { Task { await etcd.shutdown() } }
         // Producer 1 only, at first: the first grant goes there.
         _ = try await OverlayRegistration.start(etcd, keys: keys, endpoints: [labProducer(1, capacity: 1)], ttlSeconds: 60)
@@ -129,6 +125,43 @@ struct OverlayLeasedNetnsTests {
         let lease2 = try #require(snapshot.leases.first)
         #expect(lease2.producerVM == "p2" && lease2.flows >= 3)
 
+        // Revoke timing, `revokeRounds` times: a grant of service "timing" (registered here, unknown to the
+        // consumer host, so its events change nothing in the data plane but go the whole way: etcd, the
+        // watch, the inbox, a loop turn's drain), then its revoke. Split: revoke call -> end event in the
+        // inbox (etcd and the watch), inbox -> applied by the forwarding thread (the hand-off).
+        _ = try await OverlayRegistration.start(etcd, keys: keys, endpoints: [
+            OverlayProducer(service: "timing", producerVM: "t1", producerHost: "producer-host", underlayIPv4: 0xC612_0002,
+                            overlayIPv4: 0xC613_0402, port: 9, vni: 42, capacity: 1)], ttlSeconds: 60)
+        let revokeRounds = Int(ProcessInfo.processInfo.environment["SLUICE_OVERLAY_REVOKE_ROUNDS"] ?? "") ?? 12
+        var watchMs: [Double] = []
+        var handOffMs: [Double] = []
+        var totalMs: [Double] = []
+        for _ in 0..<revokeRounds {
+            let endsBefore = leasing.counters.eventsEnded.load(ordering: .relaxed)
+            let grantsBefore = leasing.counters.eventsGranted.load(ordering: .relaxed)
+            let grant = try await agents.grant(service: "timing", consumerHost: "consumer-host", consumerVM: "c1")
+            #expect(await offThreadWait(timeoutMs: 3_000) { leasing.counters.eventsGranted.load(ordering: .relaxed) > grantsBefore })
+            try await Task.sleep(for: .milliseconds(20))
+            let start = Clock.monotonicNs()
+            try await agents.revoke(consumerHost: "consumer-host", leaseID: grant.record.leaseID)
+            let seen = await offThreadWait(timeoutMs: 3_000) {
+                leasing.counters.eventsEnded.load(ordering: .relaxed) > endsBefore
+                    && consumerHost.lastEventsApplied.atNs >= leasing.counters.lastEndSubmittedNs.load(ordering: .relaxed)
+            }
+            #expect(seen)
+            let submitted = leasing.counters.lastEndSubmittedNs.load(ordering: .relaxed)
+            let applied = consumerHost.lastEventsApplied.atNs
+            watchMs.append(Double(submitted &- start) / 1e6)
+            handOffMs.append(Double(applied &- submitted) / 1e6)
+            totalMs.append(Double(applied &- start) / 1e6)
+        }
+        func quantile(_ values: [Double], _ q: Double) -> String {
+            String(format: "%.2f", values.sorted()[min(values.count - 1, Int(Double(values.count) * q))])
+        }
+        print("overlay leased: \(revokeRounds) revokes, revoke call -> applied median \(quantile(totalMs, 0.5)) ms p90 "
+              + "\(quantile(totalMs, 0.9)) ms (revoke -> end in the inbox median \(quantile(watchMs, 0.5)) p90 "
+              + "\(quantile(watchMs, 0.9)); inbox -> applied median \(quantile(handOffMs, 0.5)) p90 \(quantile(handOffMs, 0.9)))")
+
         // 3. The agent killed -9: nobody renews lease 2, etcd expires it after the TTL (2 s), the watch ends
         // it, and the redirect goes with it.
         agent.process.signal(SIGKILL)
@@ -138,7 +171,7 @@ struct OverlayLeasedNetnsTests {
         let took = ContinuousClock.now - killed
         #expect(expired, "lease 2 still in the data plane \(took) after the agent's kill")
         #expect(took < .seconds(6))
-        #expect(leasing.counters.eventsEnded.load(ordering: .relaxed) == 2)
+        #expect(leasing.counters.eventsEnded.load(ordering: .relaxed) == 2 + UInt64(revokeRounds))
         #expect(leasing.counters.grants.load(ordering: .relaxed) == 2)
         // No agent left: a new GET misses, its request fails (counted), nothing reaches a producer.
         let producer2AtExpiry = try #require(producerHost.snapshot().port("p2"))
@@ -150,17 +183,9 @@ struct OverlayLeasedNetnsTests {
 
     @Test func redirectsStayWhenTheEtcdLeaderDies() async throws {
         try #require(OverlayNetnsEnvironment.isRoot, "CI=true: the overlay namespace test needs root")
-        let lab = try OverlayLab(variant: "E")
-        defer { lab.destroy() }
-        let root = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-overlay-leader-\(getpid())")
-        defer { try? FileManager.default.removeItem(at: root) }
-        let servers = try lab.startHTTPServers(root: root)
-        defer {
-            for server in servers {
-                server.signal(SIGKILL)
-                _ = server.wait(timeoutMs: 2_000)
-            }
-        }
+        let served = try ServedLab(variant: "E")
+        defer { served.close() }
+        let lab = served.lab
         try await withEtcdCluster(members: 3) { cluster in
             let urls = cluster.clientURLs
             var leader = -1
@@ -229,21 +254,10 @@ extension OverlayLeasedNetnsTests {
     @Test func sluiceRunServesTheOverlayAndItsMetrics() async throws {
         try #require(OverlayNetnsEnvironment.isRoot, "CI=true: the overlay namespace test needs root")
         let sluice = try #require(sluiceBinary(), "sluice not built: swift build --build-tests")
-        let lab = try OverlayLab(variant: "R")
-        defer { lab.destroy() }
-        let root = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-overlay-run-\(getpid())")
-        defer { try? FileManager.default.removeItem(at: root) }
-        let servers = try lab.startHTTPServers(root: root)
-        defer {
-            for server in servers {
-                server.signal(SIGKILL)
-                _ = server.wait(timeoutMs: 2_000)
-            }
-        }
-        let cluster = try sharedEtcdCluster(members: 1)
-        let url = cluster.clientURLs[0]
-        let keys = try testKeys()
-        let etcd = try client([url], timeoutMs: 10_000)
+        let served = try ServedLab(variant: "R")
+        defer { served.close() }
+        let lab = served.lab
+        let (url, keys, etcd) = try labEtcd()
         defer { Task { await etcd.shutdown() } }
         _ = try await OverlayRegistration.start(etcd, keys: keys, endpoints: [labProducer(1, capacity: 1)], ttlSeconds: 60)
         let agent = try OverlayLeasingAgent(client: etcd, configuration: .init(name: "a1", keys: keys, ttlSeconds: 10))
@@ -277,8 +291,8 @@ extension OverlayLeasedNetnsTests {
                 agents: ["127.0.0.1:\(server.port)"]
                 prefix: "\(keys.prefix)"
             """
-        try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
-        let configPath = root.appendingPathComponent("overlay.yaml").path
+        try FileManager.default.createDirectory(at: served.root, withIntermediateDirectories: true)
+        let configPath = served.root.appendingPathComponent("overlay.yaml").path
         try yaml.write(toFile: configPath, atomically: true, encoding: .utf8)
         let check = try await offThread { try runCommand([sluice, "run", "--config", configPath, "--check"], timeoutMs: 20_000) }
         #expect(check.status == 0, "\(check.stderr)")

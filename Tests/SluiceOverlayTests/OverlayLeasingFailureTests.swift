@@ -27,6 +27,50 @@ final class Child: @unchecked Sendable {  // unchecked: used by one test at a ti
 @Suite(.serialized, .timeLimit(.minutes(2)),
        .enabled(if: etcdTestsEnabled, "etcd not installed (/usr/bin/etcd); `make deps` installs it"))
 struct OverlayLeasingFailureTests {
+    /// `sluice overlay agent --metrics`: its own counters (grants, renewals, revokes, races lost, refusals by
+    /// reason) scraped as Prometheus text after a grant, a refusal, a renewal and a revoke.
+    @Test func agentServesItsCountersToPrometheus() async throws {
+        let sluice = try #require(sluiceBinary(), "sluice not built: swift build --build-tests")
+        let cluster = try sharedEtcdCluster(members: 1)
+        let keys = try testKeys()
+        let etcd = try client(cluster.clientURLs)
+        defer { Task { await etcd.shutdown() } }
+        _ = try await OverlayRegistration.start(etcd, keys: keys, endpoints: [producer("web", "p1", capacity: 1)], ttlSeconds: 30)
+        let agent = try Child([sluice, "overlay", "agent", "--etcd", cluster.clientURLs[0], "--prefix", keys.prefix,
+                               "--name", "scraped", "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
+        defer {
+            agent.process.signal(SIGKILL)
+            _ = agent.process.wait(timeoutMs: 5_000)
+        }
+        let started = try #require(try await agent.readLine(timeoutMs: 20_000), "agent did not start: \(agent.process.stderrText)")
+        let port = try #require(started.split(separator: ":").last.flatMap { Int($0) }, "start line: \(started)")
+        let metricsLine = try #require(try await agent.readLine(timeoutMs: 5_000), "no metrics line: \(agent.process.stderrText)")
+        #expect(metricsLine.contains("metrics on 127.0.0.1:"), "\(metricsLine)")
+        let metricsPort = try #require(metricsLine.split(separator: ":").last.flatMap { Int($0) }, "metrics line: \(metricsLine)")
+        let agents = try OverlayAgentClient(agents: ["127.0.0.1:\(port)"], callTimeoutMs: 5_000)
+        let grant = try await agents.grant(service: "web", consumerHost: "ch1", consumerVM: "c1")
+        await #expect(throws: OverlayLeasingError.self) {
+            _ = try await agents.grant(service: "web", consumerHost: "ch1", consumerVM: "c2")
+        }
+        _ = try await agents.renew(leaseID: grant.record.leaseID)
+        try await agents.revoke(consumerHost: "ch1", leaseID: grant.record.leaseID)
+        let scrape = try await offThread {
+            try runCommand(["/usr/bin/curl", "-s", "--max-time", "5", "http://127.0.0.1:\(metricsPort)/metrics"], timeoutMs: 10_000)
+        }
+        #expect(scrape.status == 0)
+        func value(_ series: String) -> Int? {
+            scrape.lines.first { $0.hasPrefix(series + " ") }.flatMap { Int($0.split(separator: " ").last ?? "") }
+        }
+        let label = "agent=\"scraped\""
+        #expect(value("sluice_overlay_agent_grants_total{\(label)}") == 1, "\(scrape.lines)")
+        #expect(value("sluice_overlay_agent_revokes_total{\(label)}") == 1)
+        #expect(value("sluice_overlay_agent_renewals_total{\(label)}") ?? 0 >= 1)
+        #expect(value("sluice_overlay_agent_slot_conflicts_total{\(label)}") == 0)
+        #expect(value("sluice_overlay_agent_refusals_total{\(label),reason=\"no_capacity\"}") == 1)
+        #expect(value("sluice_overlay_agent_refusals_total{\(label),reason=\"lease_not_found\"}") == 0)
+        #expect(scrape.lines.contains("# TYPE sluice_overlay_agent_grants_total counter"))
+    }
+
     @Test func killedAgentsLeasesExpireAfterTheTTL() async throws {
         let sluice = try #require(sluiceBinary(), "sluice not built: swift build --build-tests")
         let cluster = try sharedEtcdCluster(members: 1)

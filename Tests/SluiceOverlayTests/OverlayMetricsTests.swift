@@ -31,4 +31,19 @@ struct OverlayMetricsTests {
         snapshot.leases = []
         #expect(!OverlayMetrics.text(snapshot).contains("lease=\"77\""))
     }
+
+    @Test func agentCountersAsPrometheus() {
+        let counters = OverlayLeasingCounters()
+        counters.grants.add(3, ordering: .relaxed)
+        counters.slotConflicts.add(2, ordering: .relaxed)
+        counters.refused(.noCapacity)
+        let lines = OverlayMetrics.agentText(agent: "a1", counters).split(separator: "\n").map(String.init)
+        #expect(lines.contains("sluice_overlay_agent_grants_total{agent=\"a1\"} 3"))
+        #expect(lines.contains("sluice_overlay_agent_slot_conflicts_total{agent=\"a1\"} 2"))
+        #expect(lines.contains("sluice_overlay_agent_revokes_total{agent=\"a1\"} 0"))
+        #expect(lines.contains("sluice_overlay_agent_refusals_total{agent=\"a1\",reason=\"no_capacity\"} 1"))
+        #expect(lines.contains("sluice_overlay_agent_refusals_total{agent=\"a1\",reason=\"etcd_unavailable\"} 0"))
+        let types = lines.filter { $0.hasPrefix("# TYPE ") }
+        #expect(Set(types).count == types.count && types.count == 7)
+    }
 }
