@@ -18,7 +18,8 @@ func producer(_ service: String, _ vm: String, host: String = "ph1", capacity: I
                     overlayIPv4: 0xC613_0100 | last, port: 8080, vni: 42, capacity: capacity)
 }
 
-func client(_ urls: [String], timeoutMs: Int64 = 3_000) throws -> EtcdClient {
+/// A test client: 10 s per call (the first call also connects, which on a loaded 2-core machine took over 3 s).
+func client(_ urls: [String], timeoutMs: Int64 = 10_000) throws -> EtcdClient {
     try EtcdClient(EtcdClientConfiguration(endpoints: urls, callTimeoutMs: timeoutMs))
 }
 
