@@ -74,6 +74,7 @@ import Testing
         case .invalid(let key, _, _)?: key
         case .unknownKey(let key, _, _)?: key
         case .missingKey(let key)?: key
+        case .outOfRange(let key, _, _, _)?: key
         default: nil
         }
         #expect(named == key, "\(source): \(String(describing: error))")
