@@ -25,7 +25,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Tests that pin threads and measure timing run one suite at a time on small machines.
 TEST_FLAGS ?= --no-parallel
 
-.PHONY: all deps bench-deps build build-tests guest-image test demo bench bench-ring bench-pipeline bench-replay bench-afpacket bench-afxdp bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan bench-gateway bench-gateway-cachehit bench-firmware bench-migration bench-scheduling bench-placement bench-rules soak clean
+.PHONY: all deps bench-deps build build-tests guest-image test demo bench bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan bench-gateway bench-gateway-cachehit bench-firmware bench-migration bench-scheduling bench-placement bench-rules soak clean
 
 all: build
 
@@ -91,7 +91,7 @@ test: build-tests guest-image
 demo: build
 	scripts/demo.sh
 
-bench: bench-ring bench-pipeline bench-replay bench-afpacket bench-afxdp bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan bench-gateway bench-gateway-cachehit bench-firmware bench-migration bench-scheduling bench-placement bench-rules
+bench: bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan bench-gateway bench-gateway-cachehit bench-firmware bench-migration bench-scheduling bench-placement bench-rules
 
 bench-ring: bench-deps
 	scripts/bench-ring.sh
@@ -114,7 +114,7 @@ bench-afpacket: bench-deps
 	scripts/bench-afpacket.sh
 
 # AF_XDP vs AF_PACKET TPACKET_V3, RX and TX, over one veth pair in namespaces the script makes (docs/AFXDP.md).
-bench-afxdp: bench-deps build
+bench-afxdp: bench-deps
 	scripts/bench-afxdp.sh
 
 # 4 KiB random I/O through PageFile vs fio's io_uring engine on one O_DIRECT file under out/ (DIR= to move it).
