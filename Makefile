@@ -15,7 +15,8 @@ SWIFT ?= swift
 # gcc and libc6-dev (the guest's agent is linked with gcc -static), and tcpreplay (the rule tests compare
 # `sluice replay`'s tcprewrite flags with tcprewrite's output byte for byte).
 APT_PACKAGES := liburing-dev libpcap-dev libnuma-dev tcpdump tshark python3-scapy iproute2 procps curl etcd-server etcd-client python3-pip \
-	libtss2-dev swtpm swtpm-tools tpm2-tools qemu-system-x86 qemu-utils busybox-static cpio gcc libc6-dev tcpreplay
+	libtss2-dev swtpm swtpm-tools tpm2-tools qemu-system-x86 qemu-utils busybox-static cpio gcc libc6-dev tcpreplay \
+	libxdp-dev libbpf-dev
 # Extra packages for the benchmark anchors: DPDK's rte_ring headers (bench-ring) and fio (bench-pagestore,
 # bench-storage). bench-traffic sends with its own Benchmarks binary and compares with tc (iproute2).
 # bench-wan measures the WAN emulator with iperf3 and turns veth offloads off with ethtool.
@@ -112,6 +113,10 @@ bench-rules:
 
 bench-afpacket: bench-deps
 	scripts/bench-afpacket.sh
+
+# AF_XDP vs AF_PACKET TPACKET_V3, RX and TX, over one veth pair in namespaces the script makes (docs/AFXDP.md).
+bench-afxdp: bench-deps
+	scripts/bench-afxdp.sh
 
 # 4 KiB random I/O through PageFile vs fio's io_uring engine on one O_DIRECT file under out/ (DIR= to move it).
 bench-pagestore: bench-deps

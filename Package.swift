@@ -51,7 +51,8 @@ let package = Package(
             name: "CShims",
             path: "CShims",
             linkerSettings: [.linkedLibrary("numa"), .linkedLibrary("pcap"), .linkedLibrary("uring"), .linkedLibrary("pthread"),
-                             .linkedLibrary("tss2-esys"), .linkedLibrary("tss2-tctildr"), .linkedLibrary("tss2-rc")]
+                             .linkedLibrary("tss2-esys"), .linkedLibrary("tss2-tctildr"), .linkedLibrary("tss2-rc"),
+                             .linkedLibrary("xdp"), .linkedLibrary("bpf")]
         ),
         .target(
             name: "SluiceCore",

@@ -8,4 +8,5 @@
 #include "sluice_sys.h"
 #include "sluice_tpm.h"
 #include "sluice_uring.h"
+#include "sluice_xdp.h"
 #endif

@@ -35,6 +35,9 @@ public enum ServiceError: Error, CustomStringConvertible {
     case firmware(FirmwareError)
     /// The overlay host (`overlay:`) could not start (its ports, its etcd client).
     case overlay(String)
+    /// An AF_XDP source or sink (`kind: af_xdp`) could not run and no fallback was allowed; `key` is
+    /// the config key (`pipelines[N].source` or `.sink`), `reason` says why.
+    case afXDP(pipeline: String, key: String, reason: String)
 
     public var description: String {
         switch self {
@@ -49,6 +52,7 @@ public enum ServiceError: Error, CustomStringConvertible {
         case let .wan(name, error): "wan link '\(name)': \(error)"
         case let .firmware(error): "firmware: \(error)"
         case let .overlay(problem): "overlay: \(problem)"
+        case let .afXDP(pipeline, key, reason): "pipeline '\(pipeline)': \(key) (kind: af_xdp): \(reason)"
         }
     }
 
@@ -130,7 +134,8 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
         self.logger = logger
         var paths: [PacketPath] = []
         var placements: [[Int]] = []
-        for settings in configuration.pipelines {
+        for (index, settings) in configuration.pipelines.enumerated() {
+            try Self.resolveAFXDP(settings, index: index, logger: logger)
             var pathConfiguration = settings.path
             pathConfiguration.numaNode = CPU.numaNode(of: settings.cores[0])
             do { paths.append(try PacketPath(pathConfiguration)) } catch {
@@ -161,6 +166,42 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
             runtime = try Runtime(configuration: RuntimeConfiguration(cores: configuration.cores,
                                                                       waitMode: configuration.waitMode))
         } catch { throw .runtime(error) }
+    }
+
+    /// Decides what runs an `af_xdp` source or sink. The XDP program is attached once here (and
+    /// detached at once), so the log says which mode the kernel allows, or why it refuses. The
+    /// pipeline stages themselves are built by `PacketPath` (SluiceReplay), which has no AF_XDP input
+    /// or output yet: with `fallback: af_packet` the port runs as AF_PACKET on the same interface,
+    /// saying why; without it the service refuses to start, naming the key. docs/AFXDP.md.
+    static func resolveAFXDP(_ settings: PipelineSettings, index: Int, logger: Logger) throws(ServiceError) {
+        let name = settings.path.name
+        for (role, port) in [("source", settings.afXDPSource), ("sink", settings.afXDPSink)] {
+            guard let port else { continue }
+            let key = "pipelines[\(index)].\(role)"
+            let interface = port.configuration.interface
+            var reason: String
+            do {
+                let pool = try BufferPool(bufferCount: 64, bufferSizeBytes: 2048)
+                if role == "source" {
+                    let receiver = try AFXDPReceiver(configuration: port.configuration, pool: pool)
+                    logger.info("af_xdp: XDP program attaches", metadata: [
+                        "pipeline": "\(name)", "key": "\(key)", "interface": "\(interface)", "mode": "\(receiver.mode)",
+                        "program": "libxdp xsk_def_xdp_prog from \(AFXDPInterface.objectPath)"])
+                } else {
+                    _ = try AFXDPTransmitter(configuration: port.configuration, pool: pool)
+                    logger.info("af_xdp: TX socket opens (no XDP program needed)", metadata: [
+                        "pipeline": "\(name)", "key": "\(key)", "interface": "\(interface)"])
+                }
+                reason = "XDP works here, but this build's pipelines (SluiceReplay PacketPath) have no AF_XDP stage"
+            } catch let error as AFXDPError {
+                reason = "\(error)"
+            } catch {
+                reason = "probe pool: \(error)"
+            }
+            guard port.fallbackToAFPacket else { throw .afXDP(pipeline: name, key: key, reason: reason) }
+            logger.warning("af_xdp: falling back to AF_PACKET (fallback: af_packet)", metadata: [
+                "pipeline": "\(name)", "key": "\(key)", "interface": "\(interface)", "reason": "\(reason)"])
+        }
     }
 
     /// Pins the workers, launches every pipeline and starts the control thread. Pipelines placed by

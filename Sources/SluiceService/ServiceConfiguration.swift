@@ -53,6 +53,18 @@ public struct PipelineSettings: Sendable {
     /// Without `stageCores`: measured (`auto`, the default: start run to completion on the first
     /// core, move stages when measured costs predict a clear gain) or the fixed `spread`.
     public var placement = ReplayPlacement.auto
+    /// `source: {kind: af_xdp}` / `sink: {kind: af_xdp}`; `path` then holds the AF_PACKET stand-in on
+    /// the same interface, used only when the fallback is allowed.
+    public var afXDPSource: AFXDPPortSettings?
+    public var afXDPSink: AFXDPPortSettings?
+}
+
+/// An AF_XDP source or sink (`kind: af_xdp`): the socket's settings, and whether the service may fall
+/// back to AF_PACKET on the same interface when XDP cannot be attached (`fallback: af_packet`).
+public struct AFXDPPortSettings: Sendable, Equatable {
+    public var configuration: AFXDPConfiguration
+    public var fallbackToAFPacket = false
+    public init(configuration: AFXDPConfiguration) { self.configuration = configuration }
 }
 
 /// Moving stages between workers as load shifts (`ResourceAllocator.rebalance`), from the control thread.
@@ -485,59 +497,71 @@ extension ServiceConfiguration {
             throw reader.child("name").invalid("'\(name)' must be 1-32 letters, digits, '-' or '_'")
         }
         let source = try reader.required("source")
-        try source.allowKeys(["pcap", "interface", "speed", "rate", "top_speed", "loop", "fanout_group", "port"])
         let input: PacketInput
-        switch (source.optional("pcap"), source.optional("interface")) {
-        case let (pcap?, nil):
-            let path = try pcap.string()
-            guard !path.isEmpty else { throw pcap.invalid("empty path") }
-            for key in ["fanout_group", "port"] where source.optional(key) != nil {
-                throw source.child(key).invalid("only an interface source has a fanout group or port number")
+        var afXDPSource: AFXDPPortSettings?
+        if let kind = source.optional("kind") {
+            afXDPSource = try decodeAFXDP(source, kind: kind)
+            input = .interface(AFPacketRXConfiguration(interface: afXDPSource!.configuration.interface))
+        } else {
+            try source.allowKeys(["pcap", "interface", "speed", "rate", "top_speed", "loop", "fanout_group", "port"])
+            switch (source.optional("pcap"), source.optional("interface")) {
+            case let (pcap?, nil):
+                let path = try pcap.string()
+                guard !path.isEmpty else { throw pcap.invalid("empty path") }
+                for key in ["fanout_group", "port"] where source.optional(key) != nil {
+                    throw source.child(key).invalid("only an interface source has a fanout group or port number")
+                }
+                let speed = try source.optional("speed").map { reader throws(ConfigError) in
+                    try reader.double(in: ServiceLimits.replaySpeedMin...ServiceLimits.replaySpeedMax)
+                }
+                let rate = try source.optional("rate").map { reader throws(ConfigError) in
+                    try reader.double(in: ServiceLimits.replayRatePacketsPerSecondMin...ServiceLimits.replayRatePacketsPerSecondMax)
+                }
+                let topSpeed = try source.optional("top_speed")?.bool() ?? false
+                guard [speed != nil, rate != nil, topSpeed].filter({ $0 }).count <= 1 else {
+                    throw source.invalid("give one of speed, rate, top_speed")
+                }
+                let pacing: ReplayPacing = topSpeed ? .topSpeed
+                    : rate.map { .rate(packetsPerSecond: $0) } ?? .capture(speed: speed ?? 1)
+                let loop = try source.optional("loop")?.int(in: 1...1_000_000) ?? 1
+                input = .capture(path: path, pacing: pacing, loopCount: loop)
+            case let (nil, interface?):
+                for key in ["speed", "rate", "top_speed", "loop"] where source.optional(key) != nil {
+                    throw source.child(key).invalid("only a pcap source is paced or looped")
+                }
+                var rx = AFPacketRXConfiguration(interface: try interface.interfaceName())
+                if let group = source.optional("fanout_group") {
+                    rx.fanout = AFPacketFanout(group: UInt16(try group.int(in: 0...Int(UInt16.max))), defragment: true)
+                }
+                if let port = source.optional("port") { rx.port = UInt16(try port.int(in: 0...Int(UInt16.max))) }
+                input = .interface(rx)
+            case (_?, _?):
+                throw source.invalid("give pcap or interface, not both")
+            case (nil, nil):
+                throw source.invalid("needs pcap (a capture file), interface (AF_PACKET RX) or kind: af_xdp")
             }
-            let speed = try source.optional("speed").map { reader throws(ConfigError) in
-                try reader.double(in: ServiceLimits.replaySpeedMin...ServiceLimits.replaySpeedMax)
-            }
-            let rate = try source.optional("rate").map { reader throws(ConfigError) in
-                try reader.double(in: ServiceLimits.replayRatePacketsPerSecondMin...ServiceLimits.replayRatePacketsPerSecondMax)
-            }
-            let topSpeed = try source.optional("top_speed")?.bool() ?? false
-            guard [speed != nil, rate != nil, topSpeed].filter({ $0 }).count <= 1 else {
-                throw source.invalid("give one of speed, rate, top_speed")
-            }
-            let pacing: ReplayPacing = topSpeed ? .topSpeed
-                : rate.map { .rate(packetsPerSecond: $0) } ?? .capture(speed: speed ?? 1)
-            let loop = try source.optional("loop")?.int(in: 1...1_000_000) ?? 1
-            input = .capture(path: path, pacing: pacing, loopCount: loop)
-        case let (nil, interface?):
-            for key in ["speed", "rate", "top_speed", "loop"] where source.optional(key) != nil {
-                throw source.child(key).invalid("only a pcap source is paced or looped")
-            }
-            var rx = AFPacketRXConfiguration(interface: try interface.interfaceName())
-            if let group = source.optional("fanout_group") {
-                rx.fanout = AFPacketFanout(group: UInt16(try group.int(in: 0...Int(UInt16.max))), defragment: true)
-            }
-            if let port = source.optional("port") { rx.port = UInt16(try port.int(in: 0...Int(UInt16.max))) }
-            input = .interface(rx)
-        case (_?, _?):
-            throw source.invalid("give pcap or interface, not both")
-        case (nil, nil):
-            throw source.invalid("needs pcap (a capture file) or interface (AF_PACKET RX)")
         }
         let sink = try reader.required("sink")
-        try sink.allowKeys(["pcap", "interface", "discard"])
-        let outputs = ["pcap", "interface", "discard"].filter { sink.optional($0) != nil }
-        guard outputs.count == 1 else { throw sink.invalid("give exactly one of pcap, interface, discard") }
         let output: ReplayOutput
-        switch outputs[0] {
-        case "pcap":
-            let path = try sink.child("pcap").string()
-            guard !path.isEmpty else { throw sink.child("pcap").invalid("empty path") }
-            output = .pcapFile(path)
-        case "interface":
-            output = .interface(try sink.child("interface").interfaceName())
-        default:
-            guard try sink.child("discard").bool() else { throw sink.child("discard").invalid("only `discard: true` makes sense") }
-            output = .discard
+        var afXDPSink: AFXDPPortSettings?
+        if let kind = sink.optional("kind") {
+            afXDPSink = try decodeAFXDP(sink, kind: kind)
+            output = .interface(afXDPSink!.configuration.interface)
+        } else {
+            try sink.allowKeys(["pcap", "interface", "discard"])
+            let outputs = ["pcap", "interface", "discard"].filter { sink.optional($0) != nil }
+            guard outputs.count == 1 else { throw sink.invalid("give exactly one of pcap, interface, discard, kind: af_xdp") }
+            switch outputs[0] {
+            case "pcap":
+                let path = try sink.child("pcap").string()
+                guard !path.isEmpty else { throw sink.child("pcap").invalid("empty path") }
+                output = .pcapFile(path)
+            case "interface":
+                output = .interface(try sink.child("interface").interfaceName())
+            default:
+                guard try sink.child("discard").bool() else { throw sink.child("discard").invalid("only `discard: true` makes sense") }
+                output = .discard
+            }
         }
         var path = PacketPathConfiguration(name: name, input: input, output: output)
         if let stages = reader.optional("stages") {
@@ -573,6 +597,8 @@ extension ServiceConfiguration {
             }
         }
         var settings = PipelineSettings(path: path, cores: cores)
+        settings.afXDPSource = afXDPSource
+        settings.afXDPSink = afXDPSink
         if let stageCoresReader = reader.optional("stage_cores") {
             let items = try stageCoresReader.list()
             guard items.count == path.stages.rawValue else {
@@ -595,6 +621,42 @@ extension ServiceConfiguration {
                 throw placementReader.invalid("stage_cores fixes every stage's core: give one of placement and stage_cores")
             }
             settings.placement = placement
+        }
+        return settings
+    }
+
+    /// `kind: af_xdp` with iface (required), queue, mode (auto|native|generic), frames, frame_size and
+    /// fallback (af_packet). Bounds are `AFXDPLimits`; each bad value is an error naming its key.
+    private static func decodeAFXDP(_ reader: ConfigReader, kind: ConfigReader) throws(ConfigError) -> AFXDPPortSettings {
+        let text = try kind.string()
+        guard text == "af_xdp" else {
+            throw kind.invalid("'\(text)' is not af_xdp (an AF_PACKET port is `interface: NAME`, without kind)")
+        }
+        try reader.allowKeys(["kind", "iface", "queue", "mode", "frames", "frame_size", "fallback"])
+        var settings = AFXDPPortSettings(configuration: AFXDPConfiguration(interface: try reader.required("iface").interfaceName()))
+        if let queue = reader.optional("queue") {
+            settings.configuration.queue = UInt32(try queue.int(in: 0...Int(AFXDPLimits.queueMax)))
+        }
+        if let mode = reader.optional("mode") {
+            let text = try mode.string()
+            guard let value = AFXDPMode(rawValue: text) else { throw mode.invalid("'\(text)' is not auto, native or generic") }
+            settings.configuration.mode = value
+        }
+        if let frames = reader.optional("frames") {
+            let count = try frames.int(in: AFXDPLimits.frameCountMin...AFXDPLimits.frameCountMax)
+            guard count.nonzeroBitCount == 1 else { throw frames.invalid("must be a power of two, got \(count)") }
+            settings.configuration.frameCount = count
+            settings.configuration.ringSize = min(settings.configuration.ringSize, count)
+        }
+        if let size = reader.optional("frame_size") {
+            let bytes = try size.int(in: AFXDPLimits.frameSizeMin...AFXDPLimits.frameSizeMax)
+            guard bytes == 2048 || bytes == 4096 else { throw size.invalid("must be 2048 or 4096, got \(bytes)") }
+            settings.configuration.frameSizeBytes = bytes
+        }
+        if let fallback = reader.optional("fallback") {
+            let text = try fallback.string()
+            guard text == "af_packet" else { throw fallback.invalid("'\(text)' is not af_packet (the only fallback)") }
+            settings.fallbackToAFPacket = true
         }
         return settings
     }

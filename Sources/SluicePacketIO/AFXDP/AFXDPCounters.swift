@@ -1,0 +1,146 @@
+// Path: Sources/SluicePacketIO/AFXDP/AFXDPCounters.swift — what the AF_XDP port counts: plain values for
+// the owning thread, atomics for everyone else, and the kernel's XDP_STATISTICS.
+import CShims
+import SluiceCore
+import Synchronization
+
+/// A receiver's counters at one moment.
+public struct AFXDPRXCounters: Sendable, Equatable {
+    /// Frames copied into pool buffers and handed on.
+    public var packets: UInt64 = 0
+    public var bytes: UInt64 = 0
+    /// Frames longer than a pool buffer, handed on cut to the buffer's size.
+    public var truncated: UInt64 = 0
+    /// Frames skipped because the pool was empty (their UMEM frame went straight back to the fill ring).
+    public var poolExhausted: UInt64 = 0
+    /// Times the fill ring asked for a wakeup (recvfrom) after a refill.
+    public var fillWakeups: UInt64 = 0
+    /// XDP_STATISTICS rx_dropped: frames the kernel dropped for the socket (RX ring full among them).
+    public var kernelDropped: UInt64 = 0
+    /// XDP_STATISTICS rx_ring_full: dropped because the RX ring was full.
+    public var kernelRingFull: UInt64 = 0
+    /// XDP_STATISTICS rx_fill_ring_empty_descs: times a frame found no UMEM frame in the fill ring.
+    public var fillRingEmpty: UInt64 = 0
+    /// XDP_STATISTICS rx_invalid_descs.
+    public var kernelInvalid: UInt64 = 0
+
+    public init() {}
+
+    /// Drops by reason, only reasons that occurred.
+    public var drops: [(reason: String, count: UInt64)] {
+        var drops: [(reason: String, count: UInt64)] = []
+        if poolExhausted > 0 { drops.append(("pool-exhausted", poolExhausted)) }
+        if kernelDropped > 0 { drops.append(("xdp-rx-dropped", kernelDropped)) }
+        return drops
+    }
+}
+
+/// A transmitter's counters at one moment.
+public struct AFXDPTXCounters: Sendable, Equatable {
+    /// Frames copied into the UMEM and put on the TX ring.
+    public var queued: UInt64 = 0
+    /// Frames the kernel finished sending (seen on the completion ring).
+    public var packets: UInt64 = 0
+    public var bytes: UInt64 = 0
+    /// Kicks (`sendto`), those the kernel pushed back (EAGAIN, EBUSY, ENOBUFS: frames stay queued),
+    /// and those that failed otherwise, with the last such errno.
+    public var kicks: UInt64 = 0
+    public var kickRetries: UInt64 = 0
+    public var kickErrors: UInt64 = 0
+    public var lastKickErrno: Int32 = 0
+    /// Frames dropped before queueing: no free UMEM frame or TX slot (last stage only), too short, too long.
+    public var ringFull: UInt64 = 0
+    public var frameTooShort: UInt64 = 0
+    public var frameTooLong: UInt64 = 0
+    /// XDP_STATISTICS tx_invalid_descs: descriptors the kernel refused.
+    public var kernelInvalid: UInt64 = 0
+
+    public init() {}
+
+    public var drops: [(reason: String, count: UInt64)] {
+        var drops: [(reason: String, count: UInt64)] = []
+        if ringFull > 0 { drops.append(("tx-ring-full", ringFull)) }
+        if frameTooShort > 0 { drops.append(("tx-frame-too-short", frameTooShort)) }
+        if frameTooLong > 0 { drops.append(("tx-frame-too-long", frameTooLong)) }
+        if kernelInvalid > 0 { drops.append(("xdp-tx-invalid", kernelInvalid)) }
+        return drops
+    }
+}
+
+/// A receiver's counters for other threads: the receiving thread publishes after each burst that did
+/// work (relaxed stores, one writer); the kernel's counters are read on request, under a lock that
+/// also guards the fd against the receiver's close.
+public final class AFXDPRXStatistics: Sendable {
+    private let published = Mutex(AFXDPRXCounters())
+    private let socket: Mutex<Int32>
+
+    init(fd: Int32) { socket = Mutex(fd) }
+
+    /// Everything counted so far; kernel counters as of the last `refreshKernelCounters()`.
+    public func snapshot() -> AFXDPRXCounters { published.withLock { $0 } }
+
+    /// Reads XDP_STATISTICS (running totals). Any thread; one system call; nothing after close.
+    public func refreshKernelCounters() throws(SyscallError) {
+        // Under the lock, so the receiver cannot close (and the fd be reused) mid-read.
+        var stats = sluice_xdp_stats()
+        let rc: Int32 = socket.withLock { fd in fd >= 0 ? sluice_xdp_statistics(fd, &stats) : 1 }
+        guard rc <= 0 else { return }
+        guard rc == 0 else { throw SyscallError("getsockopt(XDP_STATISTICS)", negatedErrno: rc) }
+        published.withLock {
+            $0.kernelDropped = stats.rx_dropped
+            $0.kernelRingFull = stats.rx_ring_full
+            $0.fillRingEmpty = stats.rx_fill_ring_empty_descs
+            $0.kernelInvalid = stats.rx_invalid_descs
+        }
+    }
+
+    func detach() {
+        try? refreshKernelCounters()
+        socket.withLock { $0 = -1 }
+    }
+
+    /// Publishes the owner's counters, keeping the kernel's. Owner only; an uncontended lock per burst
+    /// that did work (readers are rare: metrics scrapes).
+    func publish(_ counters: AFXDPRXCounters) {
+        published.withLock {
+            let kernel = $0
+            $0 = counters
+            $0.kernelDropped = kernel.kernelDropped
+            $0.kernelRingFull = kernel.kernelRingFull
+            $0.fillRingEmpty = kernel.fillRingEmpty
+            $0.kernelInvalid = kernel.kernelInvalid
+        }
+    }
+}
+
+/// A transmitter's counters for other threads, published by the transmitting thread.
+public final class AFXDPTXStatistics: Sendable {
+    private let published = Mutex(AFXDPTXCounters())
+    private let socket: Mutex<Int32>
+
+    init(fd: Int32) { socket = Mutex(fd) }
+
+    public func snapshot() -> AFXDPTXCounters { published.withLock { $0 } }
+
+    /// Reads XDP_STATISTICS tx_invalid_descs. Any thread; nothing after close.
+    public func refreshKernelCounters() throws(SyscallError) {
+        var stats = sluice_xdp_stats()
+        let rc: Int32 = socket.withLock { fd in fd >= 0 ? sluice_xdp_statistics(fd, &stats) : 1 }
+        guard rc <= 0 else { return }
+        guard rc == 0 else { throw SyscallError("getsockopt(XDP_STATISTICS)", negatedErrno: rc) }
+        published.withLock { $0.kernelInvalid = stats.tx_invalid_descs }
+    }
+
+    func detach() {
+        try? refreshKernelCounters()
+        socket.withLock { $0 = -1 }
+    }
+
+    func publish(_ counters: AFXDPTXCounters) {
+        published.withLock {
+            let invalid = $0.kernelInvalid
+            $0 = counters
+            $0.kernelInvalid = invalid
+        }
+    }
+}
