@@ -11,7 +11,9 @@
 # and the captures (64-byte and 1000-byte UDP frames, 198.18.0.1 -> 198.18.0.2) and removes them
 # on any exit. Prints markdown on stdout. Needs root, tcpreplay and python3.
 # Usage: scripts/bench-tcpreplay.sh [--rounds N] [--packets N] [--loops N]
-#        SLUICE=path/to/sluice skips the release build.
+#        SLUICE=path/to/sluice skips the release build; SLUICE_SENDER=path runs the sender runs with a
+#        binary that takes `sluice replay`'s sender flags without `replay --engine sender` (a release
+#        build of SluiceReplay alone, when the full release build is not at hand: say so in the results).
 set -euo pipefail
 rounds=5
 packets=100000
@@ -71,6 +73,7 @@ run() {
   after=$(busy_jiffies)
   echo "$out" | awk -v name="$name" -v busy=$((after - before)) -v hz="$hz" '
     /^Actual:/ { packets = $2 }
+    /^replay:/ { for (i = 2; i <= NF; i++) { if ($i == "delivered") packets = $(i - 1); if ($i == "pps,") pps = $(i - 1) } }
     /^Rated:/ { gsub(",", ""); mbps = $4; pps = $6 }
     /^TIME/ { cpu = $3 + $4 }
     END { if (packets == 0) packets = 1;
@@ -79,23 +82,24 @@ run() {
 }
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
+if [ -n "${SLUICE_SENDER:-}" ]; then sender=("$SLUICE_SENDER"); else sender=("$SLUICE" replay --engine sender); fi
 small="$work/small.pcap"
 large="$work/large.pcap"
 total=$((packets * loops))
-echo "sluice: $SLUICE ($(cd "$root" && git rev-parse --short HEAD)); tcpreplay: $(tcpreplay -V 2>&1 | head -1)" >&2
+echo "sluice: $SLUICE, sender: ${sender[*]} ($(cd "$root" && git rev-parse --short HEAD)); tcpreplay: $(tcpreplay -V 2>&1 | head -1)" >&2
 echo "load before: $(uptime)" >&2
 for round in $(seq "$rounds"); do
   echo "round $round/$rounds" >&2
   run sluice-pipeline "$SLUICE" replay "$small" --topspeed --loop "$loops" --iface "$outside"
   run tcpreplay tcpreplay -i "$outside" --topspeed --loop "$loops" "$small"
-  run sluice-sender "$SLUICE" replay "$small" --topspeed --loop "$loops" --iface "$outside" --engine sender
+  run sluice-sender "${sender[@]}" "$small" --topspeed --loop "$loops" --iface "$outside"
   run tcpreplay-preload tcpreplay -i "$outside" --topspeed --preload-pcap --loop "$loops" "$small"
-  run sluice-sender-preload "$SLUICE" replay "$small" --topspeed --loop "$loops" --iface "$outside" --preload
+  run sluice-sender-preload "${sender[@]}" "$small" --topspeed --loop "$loops" --iface "$outside" --preload
 done
 for mbps in 10 100 1000; do
   limit=$((mbps * 1000000 * 2 / 8000))  # ~2 s of 1000-byte frames
   for round in $(seq 3); do
-    run "sluice-mbps-$mbps" "$SLUICE" replay "$large" --mbps "$mbps" --loop 0 --limit "$limit" --iface "$outside" --preload
+    run "sluice-mbps-$mbps" "${sender[@]}" "$large" --mbps "$mbps" --loop 0 --limit "$limit" --iface "$outside" --preload
     run "tcpreplay-mbps-$mbps" tcpreplay -i "$outside" --mbps "$mbps" --loop 0 --limit "$limit" --preload-pcap "$large"
   done
 done
