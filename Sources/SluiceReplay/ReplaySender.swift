@@ -44,7 +44,7 @@ public enum SenderOutput: Sendable, Equatable {
 public enum SenderSplit: Sendable, Equatable {
     /// Classify each packet as it is read.
     case rule(ReplaySplitRule)
-    /// Use a `sluice replay prep` cache file (one capture only).
+    /// Use a `sluice replay --write-cachefile` cache file (one capture only).
     case cacheFile(String)
 }
 

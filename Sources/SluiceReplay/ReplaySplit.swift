@@ -150,7 +150,7 @@ public enum ReplayCacheError: Error, Equatable, CustomStringConvertible {
         switch self {
         case .io(let path, let operation, let errno):
             "\(path): \(operation) failed: \(String(cString: strerror(errno))) (errno \(errno))"
-        case .notACacheFile(let path): "\(path): not a sluice replay cache file (made by `sluice replay prep`)"
+        case .notACacheFile(let path): "\(path): not a sluice replay cache file (made by `sluice replay --write-cachefile`)"
         case .tooManyPackets(let path, let count, let max): "\(path): \(count) packets, at most \(max)"
         case .captureChanged(let cache, let capture, let expected, let actual):
             "\(cache) was made from a capture of \(expected) bytes; \(capture) has \(actual): not the same capture"

@@ -38,8 +38,7 @@ struct ReplayCommand: ParsableCommand {
                               threads over that same span, from
                               getrusage(RUSAGE_SELF)
             The sender's --json is one object of its own (docs/REPLAY.md).
-            """,
-        subcommands: [ReplayPrepCommand.self])
+            """)
 
     @Argument(help: "The captures to replay, in order (pcap or pcapng; - for classic pcap on standard input). More than one runs the sender.")
     var captures: [String] = []
@@ -98,8 +97,11 @@ struct ReplayCommand: ParsableCommand {
     @Option(help: "Split by a rule: port:P[,P...] (server ports) or cidr:PREFIX[,PREFIX...] (server addresses). Sender.")
     var splitBy: String?
 
-    @Option(help: "Split by a cache file from `sluice replay prep` (one capture). Sender.")
+    @Option(help: "Split by a cache file from --write-cachefile (one capture). Sender.")
     var cachefile: String?
+
+    @Option(help: "tcpprep: classify the one capture by --split-by into this cache file and exit (nothing is sent).")
+    var writeCachefile: String?
 
     @Option(help: "pipeline, sender, or auto (the sender when a sender-only flag or several captures are given).")
     var engine: ReplayEngine = .auto

@@ -29,6 +29,7 @@ extension ReplayCommand {
         if out2 != nil { flags.append("--out2") }
         if splitBy != nil { flags.append("--split-by") }
         if cachefile != nil { flags.append("--cachefile") }
+        if writeCachefile != nil { flags.append("--write-cachefile") }
         return flags
     }
 
@@ -83,6 +84,14 @@ extension ReplayCommand {
         guard out2 == nil || out != nil else { throw ValidationError("--out2 needs --out (the primary)") }
         guard iface2 == nil || out2 == nil else { throw ValidationError("give --iface2 or --out2, not both") }
         guard splitBy == nil || cachefile == nil else { throw ValidationError("give --split-by or --cachefile, not both") }
+        if let writeCachefile {
+            guard splitBy != nil else { throw ValidationError("--write-cachefile \(writeCachefile) needs --split-by port:...|cidr:...") }
+            guard captures.count == 1 else { throw ValidationError("--write-cachefile classifies one capture; \(captures.count) given") }
+            guard cachefile == nil, iface2 == nil, out2 == nil else {
+                throw ValidationError("--write-cachefile only writes the cache file: drop --cachefile, --iface2 and --out2")
+            }
+            return
+        }
         let splits = splitBy != nil || cachefile != nil
         let second = iface2 != nil || out2 != nil
         if splits, !second { throw ValidationError("\(splitBy != nil ? "--split-by" : "--cachefile") needs a secondary output: --iface2 or --out2") }
@@ -115,6 +124,19 @@ extension ReplayCommand {
     }
 
     func runSender() throws {
+        if let writeCachefile, let splitBy, let rule = ReplaySplitRule(splitBy) {
+            do {
+                let cache = try ReplayCacheFile.make(capture: captures[0], rule: rule)
+                try cache.write(to: writeCachefile)
+                let secondary = cache.sides.count { $0 == .secondary }
+                print("\(captures[0]): \(cache.sides.count) packets, \(cache.sides.count - secondary) client->server (primary), "
+                    + "\(secondary) server->client (secondary); wrote \(writeCachefile)")
+            } catch {
+                FileHandleStderr.write("sluice replay: \(error)\n")
+                throw ExitCode(1)
+            }
+            return
+        }
         let summary: SenderSummary
         do {
             let sender = try ReplaySender(try senderConfiguration())
@@ -127,58 +149,6 @@ extension ReplayCommand {
         if let failure = summary.failure {
             FileHandleStderr.write("sluice replay: \(failure)\n")
             throw ExitCode(2)
-        }
-    }
-}
-
-/// `sluice replay prep`: tcpprep's job, a cache file classifying each packet of a capture
-/// client->server (primary) or server->client (secondary).
-struct ReplayPrepCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "prep",
-        abstract: "Classify a capture's packets client->server or server->client into a cache file (tcpprep).",
-        discussion: """
-            --port P[,P...]: a TCP, UDP or SCTP packet to a server port is
-            client->server (primary); one from a server port is server->client
-            (secondary); everything else is primary.
-            --cidr PREFIX[,PREFIX...]: a packet whose source address is in a
-            server prefix is server->client (secondary); everything else is
-            primary. Replay with `sluice replay --cachefile F --iface A --iface2 B`.
-            """)
-
-    @Option(help: "Server ports, comma separated.")
-    var port: String?
-
-    @Option(help: "Server prefixes, comma separated, e.g. 198.18.1.0/24.")
-    var cidr: String?
-
-    @Option(name: [.short, .customLong("output")], help: "The cache file to write.")
-    var output: String
-
-    @Argument(help: "The capture to classify.")
-    var capture: String
-
-    func validate() throws {
-        guard (port == nil) != (cidr == nil) else { throw ValidationError("give --port or --cidr, one of them") }
-        if let port, ReplaySplitRule("port:" + port) == nil {
-            throw ValidationError("--port '\(port)': expected ports 0...65535, comma separated")
-        }
-        if let cidr, ReplaySplitRule("cidr:" + cidr) == nil {
-            throw ValidationError("--cidr '\(cidr)': expected prefixes like 198.18.1.0/24, comma separated")
-        }
-    }
-
-    func run() throws {
-        let rule = ReplaySplitRule(port.map { "port:" + $0 } ?? "cidr:" + cidr!)!
-        do {
-            let cache = try ReplayCacheFile.make(capture: capture, rule: rule)
-            try cache.write(to: output)
-            let secondary = cache.sides.count { $0 == .secondary }
-            print("\(capture): \(cache.sides.count) packets, \(cache.sides.count - secondary) client->server (primary), "
-                + "\(secondary) server->client (secondary); wrote \(output)")
-        } catch {
-            FileHandleStderr.write("sluice replay prep: \(error)\n")
-            throw ExitCode(1)
         }
     }
 }

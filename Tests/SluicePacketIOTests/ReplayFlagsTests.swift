@@ -178,7 +178,7 @@ struct SenderReport {
         #expect(result.stderr.contains("--preload-max-mb"), "\(result.stderr)")
     }
 
-    /// The split, inline by port and through a `sluice replay prep` cache file by prefix: every
+    /// The split, inline by port and through a `--write-cachefile` cache file by prefix: every
     /// client->server packet in the primary output, every server->client one in the secondary, in order.
     @Test func splitSendsEachSideToItsOutput() throws {
         let path = temporaryPath("split.pcap")
@@ -198,7 +198,7 @@ struct SenderReport {
         #expect(try SenderFrames.read(secondary) == serverSide)
         #expect(try SenderReport(inline.stdout).number("packets") == 41)
 
-        let prep = try runSluice(["replay", "prep", "--cidr", "198.19.0.0/16", "-o", cache, path])
+        let prep = try runSluice(["replay", path, "--split-by", "cidr:198.19.0.0/16", "--write-cachefile", cache])
         #expect(prep.status == 0, "\(prep.stderr)")
         #expect(prep.stdout.contains("21 client->server"), "\(prep.stdout)")
         let cached = try runSluice(["replay", path, "--pps", "20000", "--cachefile", cache, "--out", primary,
@@ -215,8 +215,9 @@ struct SenderReport {
         let stale = try runSluice(["replay", path, "--cachefile", cache, "--out", primary, "--out2", secondary])
         #expect(stale.status == 1)
         #expect(stale.stderr.contains("not the same capture"), "\(stale.stderr)")
-        let bad = try runSluice(["replay", "prep", "--port", "80", "--cidr", "198.18.0.0/15", "-o", cache, path])
+        let bad = try runSluice(["replay", path, "--write-cachefile", cache])
         #expect(bad.status == Self.usageError)
+        #expect(bad.stderr.contains("--write-cachefile"), "\(bad.stderr)")
     }
 }
 
