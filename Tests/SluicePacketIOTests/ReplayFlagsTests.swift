@@ -131,9 +131,10 @@ struct SenderReport {
         // 200 frames of 1000 bytes, 2 ms apart in the capture (0.398 s of capture time).
         try SenderFrames.write(SenderFrames.conversation(count: 200, length: 1000), to: path, gapUs: 2000)
         let cases: [(flags: [String], seconds: Double, key: String, target: Double)] = [
-            (["--pps", "1000"], 0.2, "packetsPerSecond", 1000),
+            // One capture and no sender-only flag runs the pipeline: --engine sender for its report.
+            (["--pps", "1000", "--engine", "sender"], 0.2, "packetsPerSecond", 1000),
             (["--mbps", "8"], 0.2, "megabitsPerSecond", 8),  // 200 x 8000 bits at 8 Mbit/s
-            (["--multiplier", "2"], 0.199, "packetsPerSecond", 200 / 0.199),
+            (["--multiplier", "2", "--engine", "sender"], 0.199, "packetsPerSecond", 200 / 0.199),
             (["--rate", "2000", "--engine", "sender"], 0.1, "packetsPerSecond", 2000),
         ]
         for item in cases {
