@@ -25,7 +25,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Tests that pin threads and measure timing run one suite at a time on small machines.
 TEST_FLAGS ?= --no-parallel
 
-.PHONY: all deps bench-deps build build-tests guest-image test demo bench bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan bench-gateway bench-gateway-cachehit bench-firmware bench-migration bench-scheduling bench-placement bench-rules soak clean
+.PHONY: all deps bench-deps build build-tests guest-image test demo bench bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan bench-gateway bench-gateway-cachehit bench-firmware bench-migration bench-scheduling bench-placement bench-rules bench-tcpreplay soak clean
 
 all: build
 
@@ -110,6 +110,10 @@ bench-placement: build
 # The rule table's walk (issue 17): empty, 16 and 256 rules, in process (scripts/bench-rules.sh --walk).
 bench-rules:
 	scripts/bench-rules.sh --walk
+
+# `sluice replay` vs Debian's tcpreplay (issue 17): top-speed pps and CPU per packet, --mbps accuracy.
+bench-tcpreplay: build
+	scripts/bench-tcpreplay.sh
 
 bench-afpacket: bench-deps
 	scripts/bench-afpacket.sh

@@ -96,6 +96,12 @@ public enum ReplayError: Error, Equatable, CustomStringConvertible {
     case traffic(TrafficError)
     /// The output file is the capture itself (same device and inode): writing would destroy it.
     case outputIsInput(path: String)
+    /// A split cache file could not be made, read or used.
+    case cache(ReplayCacheError)
+    /// `--preload`: the captures hold more than the memory cap allows.
+    case preloadTooLarge(bytes: UInt64, max: UInt64)
+    /// Captures replayed in one run must share a link type.
+    case linkTypesDiffer(path: String, linkType: Int, first: Int)
 
     public var description: String {
         switch self {
@@ -108,6 +114,11 @@ public enum ReplayError: Error, Equatable, CustomStringConvertible {
         case .output(let interface, let error): "output \(interface): \(error)"
         case .traffic(let error): "traffic policy: \(error)"
         case .outputIsInput(let path): "\(path): the output is the capture being replayed; refusing to overwrite it"
+        case .cache(let error): "\(error)"
+        case .preloadTooLarge(let bytes, let max):
+            "--preload: the captures need more than \(max / (1 << 20)) MiB in memory (\(bytes) bytes read so far); raise --preload-max-mb or drop --preload"
+        case .linkTypesDiffer(let path, let linkType, let first):
+            "\(path) has link type \(linkType), the first capture \(first): captures of one run share a link type"
         }
     }
 }

@@ -11,8 +11,15 @@ import SluiceTraffic
 struct ReplayCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "replay",
-        abstract: "Replay a pcap or pcapng capture through the packet pipeline to a file, an interface or nowhere.",
+        abstract: "Replay pcap or pcapng captures through the packet pipeline or tcpreplay's way, to a file, an interface or nowhere.",
         discussion: """
+            Two engines (docs/REPLAY.md). The pipeline (the default for one
+            capture) runs parse/classify/action stages on pinned workers. The
+            sender (tcpreplay's flags: several captures, --mbps, --limit,
+            --duration, --preload, --loopdelay-ms, --loop 0, --iface2/--out2,
+            --split-by, --cachefile, or --engine sender) is one thread that
+            paces on an absolute schedule and prints tcpreplay's summary.
+
             The capture may be a pipe or FIFO carrying classic pcap, read once
             (as tcpdump -r reads it; - is standard input). Frames up to the
             capture's snapshot length, at most \(PacketPathConfiguration.captureBufferSizeBytesMax) bytes, are carried
@@ -30,10 +37,14 @@ struct ReplayCommand: ParsableCommand {
               processCpuNs    CPU time (user + system) of all the process's
                               threads over that same span, from
                               getrusage(RUSAGE_SELF)
+            The sender's --json is one object of its own (docs/REPLAY.md).
             """)
 
-    @Argument(help: "The capture to replay (pcap or pcapng; - for classic pcap on standard input).")
-    var capture: String
+    @Argument(help: "The captures to replay, in order (pcap or pcapng; - for classic pcap on standard input). More than one runs the sender.")
+    var captures: [String] = []
+
+    /// The first capture (the pipeline takes one).
+    var capture: String { captures.first ?? "-" }
 
     @Option(help: "Write the packets to this pcap file.")
     var out: String?
@@ -41,17 +52,59 @@ struct ReplayCommand: ParsableCommand {
     @Option(help: "Send the packets on this interface (AF_PACKET TX ring).")
     var iface: String?
 
-    @Option(help: "Packets per second, evenly spaced (\(ReplayPacing.packetsPerSecondMin)...\(ReplayPacing.packetsPerSecondMax)).")
+    @Option(help: "Packets per second, evenly spaced (\(ReplayPacing.packetsPerSecondMin)...\(ReplayPacing.packetsPerSecondMax)); --pps is the same.")
     var rate: Double?
 
-    @Option(help: "Replay at X times the capture's own timing (1 = real time; \(ReplayPacing.speedMin)...\(ReplayPacing.speedMax)).")
+    @Option(help: "Packets per second (tcpreplay's --pps): --rate under tcpreplay's name.")
+    var pps: Double?
+
+    @Option(help: "Replay at X times the capture's own timing (1 = real time; \(ReplayPacing.speedMin)...\(ReplayPacing.speedMax)); --multiplier is the same.")
     var speed: Double?
+
+    @Option(help: "tcpreplay's --multiplier: --speed under tcpreplay's name.")
+    var multiplier: Double?
+
+    @Option(help: "Megabits per second on the wire, 8 bits a byte of each frame (\(SenderPacing.megabitsPerSecondRange)). Sender.")
+    var mbps: Double?
 
     @Flag(help: "As fast as possible.")
     var topspeed = false
 
-    @Option(help: "Replay the capture N times.")
+    @Option(help: "Replay the captures N times; 0 (sender) runs until --limit or --duration stops it.")
     var loop = 1
+
+    @Option(help: "Milliseconds between loops (0...\(SenderConfiguration.loopDelayNsMax / 1_000_000)). Sender.")
+    var loopdelayMs: Int?
+
+    @Option(help: "Stop after N packets, over all loops (1...). Sender.")
+    var limit: Int?
+
+    @Option(help: "Stop S seconds after the first packet (0 < S <= \(ReplayCommand.durationSecondsMax)). Sender.")
+    var duration: Double?
+
+    @Flag(help: "Read every capture into memory before sending (tcpreplay's --preload-pcap). Sender.")
+    var preload = false
+
+    @Option(help: "Memory --preload may use, in MiB: frames plus 24 bytes a record (1...\(SenderConfiguration.preloadBytesMaxLimit >> 20); default 1024).")
+    var preloadMaxMb: Int?
+
+    @Option(help: "The secondary interface of a split (tcpreplay's -I): server->client packets. Sender.")
+    var iface2: String?
+
+    @Option(help: "The secondary output file of a split. Sender.")
+    var out2: String?
+
+    @Option(help: "Split by a rule: port:P[,P...] (server ports) or cidr:PREFIX[,PREFIX...] (server addresses). Sender.")
+    var splitBy: String?
+
+    @Option(help: "Split by a cache file from --write-cachefile (one capture). Sender.")
+    var cachefile: String?
+
+    @Option(help: "tcpprep: classify the one capture by --split-by into this cache file and exit (nothing is sent).")
+    var writeCachefile: String?
+
+    @Option(help: "pipeline, sender, or auto (the sender when a sender-only flag or several captures are given).")
+    var engine: ReplayEngine = .auto
 
     @Option(help: "Cores for the workers, e.g. 0,1 or 0-3. Default: up to two allowed CPUs.")
     var cores: String?
@@ -115,20 +168,25 @@ struct ReplayCommand: ParsableCommand {
     var mtuTrunc = false
 
     func validate() throws {
+        guard !captures.isEmpty else { throw ValidationError("give at least one capture") }
         guard out == nil || iface == nil else { throw ValidationError("give --out or --iface, not both") }
-        let pacings = [rate != nil, speed != nil, topspeed].filter { $0 }.count
-        guard pacings <= 1 else { throw ValidationError("give one of --rate, --speed, --topspeed") }
-        if let rate {
-            do { try ReplayPacing.rate(packetsPerSecond: rate).validate() } catch { throw ValidationError("--rate: \(error)") }
+        let pacings = [rate != nil, pps != nil, speed != nil, multiplier != nil, mbps != nil, topspeed].filter { $0 }.count
+        guard pacings <= 1 else { throw ValidationError("give one of --rate (--pps), --speed (--multiplier), --mbps, --topspeed") }
+        for (flag, value) in [("--rate", rate), ("--pps", pps)] {
+            guard let value else { continue }
+            do { try ReplayPacing.rate(packetsPerSecond: value).validate() } catch { throw ValidationError("\(flag): \(error)") }
         }
-        if let speed {
-            do { try ReplayPacing.capture(speed: speed).validate() } catch { throw ValidationError("--speed: \(error)") }
+        for (flag, value) in [("--speed", speed), ("--multiplier", multiplier)] {
+            guard let value else { continue }
+            do { try ReplayPacing.capture(speed: value).validate() } catch { throw ValidationError("\(flag): \(error)") }
         }
+        try validateSender()
+        if usesSender { return }
         if let cores { _ = try parseCores(cores) }
         if let bufferSize, !Self.bufferSizeRange.contains(bufferSize) {
             throw ValidationError("--buffer-size must be in \(Self.bufferSizeRange), got \(bufferSize)")
         }
-        guard loop >= 1 else { throw ValidationError("--loop must be at least 1, got \(loop)") }
+        guard loop >= 1 else { throw ValidationError("--loop must be at least 1, got \(loop) (0 needs --limit or --duration)") }
         guard ReplayStages(rawValue: stages) != nil else { throw ValidationError("--stages must be 2, 3 or 4, got \(stages)") }
         _ = try classifier()
         _ = try trafficPolicy()
@@ -173,9 +231,10 @@ struct ReplayCommand: ParsableCommand {
     }
 
     func run() throws {
+        if usesSender { return try runSender() }
         let output: ReplayOutput = out.map { .pcapFile($0) } ?? iface.map { .interface($0) } ?? .discard
         let pacing: ReplayPacing = topspeed ? .topSpeed
-            : rate.map { .rate(packetsPerSecond: $0) } ?? .capture(speed: speed ?? 1)
+            : (rate ?? pps).map { .rate(packetsPerSecond: $0) } ?? .capture(speed: speed ?? multiplier ?? 1)
         let coreList = try cores.map(parseCores) ?? Array(CPU.allowedCPUs().prefix(2))
         let capturePath = capture == "-" ? "/dev/stdin" : capture
         var configuration = ReplayConfiguration(capturePath: capturePath, output: output, pacing: pacing,
@@ -198,7 +257,7 @@ struct ReplayCommand: ParsableCommand {
             FileHandleStderr.write("sluice replay: \(error)\n")
             throw ExitCode(1)
         }
-        print(json ? ReplayReport.json(summary) : ReplayReport.table(summary))
+        print(json ? ReplayReport.json(summary) : ReplayReport.tcpreplayLines(summary, output: output) + "\n\n" + ReplayReport.table(summary))
         if !json { printRuleHits(configuration.rules) }
         if let failure = summary.failure {
             FileHandleStderr.write("sluice replay: \(failure)\n")

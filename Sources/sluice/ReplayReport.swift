@@ -4,6 +4,69 @@ import SluicePacketIO
 import SluiceReplay
 
 enum ReplayReport {
+    /// `value` with `digits` decimals (0...9), without Foundation.
+    static func fixed(_ value: Double, _ digits: Int) -> String {
+        guard value.isFinite else { return "0" }
+        var scale = 1.0
+        for _ in 0..<digits { scale *= 10 }
+        let scaled = (abs(value) * scale).rounded()
+        guard scaled < 9e18 else { return "\(Int(value))" }
+        let units = UInt64(scaled)
+        let whole = units / UInt64(scale)
+        var text = "\(value < 0 && units > 0 ? "-" : "")\(whole)"
+        if digits > 0 {
+            let fraction = String(units % UInt64(scale))
+            text += "." + String(repeating: "0", count: digits - fraction.count) + fraction
+        }
+        return text
+    }
+
+    /// tcpreplay's first two lines for a pipeline replay: what was delivered, at what rate.
+    static func tcpreplayLines(_ s: ReplaySummary, output: ReplayOutput) -> String {
+        let seconds = Double(s.elapsedNs) / 1e9
+        let bps = Double(s.bytes) / max(seconds, 1e-9)
+        return "Actual: \(s.delivered) packets (\(s.bytes) bytes) sent in \(fixed(seconds, 6)) seconds\n"
+            + "Rated: \(fixed(bps, 1)) Bps, \(fixed(bps * 8 / 1e6, 2)) Mbps, \(fixed(s.packetsPerSecond, 2)) pps"
+    }
+
+    /// The sender's summary, as tcpreplay prints it, then what Sluice adds.
+    static func senderText(_ s: SenderSummary) -> String {
+        var lines = [
+            "Actual: \(s.packets) packets (\(s.bytes) bytes) sent in \(fixed(s.seconds, 6)) seconds",
+            "Rated: \(fixed(s.bytesPerSecond, 1)) Bps, \(fixed(s.megabitsPerSecond, 2)) Mbps, \(fixed(s.packetsPerSecond, 2)) pps",
+            "Flows: \(s.flowTableFull ? "at least " : "")\(s.flows) flows, \(fixed(s.flowsPerSecond, 2)) fps, "
+                + "\(s.flowPackets) unique flow packets, \(s.nonFlowPackets) unique non-flow packets",
+        ]
+        for port in s.ports {
+            lines.append("Statistics for network device: \(port.name)")
+            lines.append("\tSuccessful packets:        \(port.successfulPackets)")
+            lines.append("\tFailed packets:            \(port.failedPackets)")
+            lines.append("\tTruncated packets:         \(port.truncatedPackets)")
+            lines.append("\tRetried packets (ENOBUFS/EAGAIN): \(port.retriedPackets)")
+        }
+        let perPacket = s.packets > 0 ? Double(s.processCpuNs) / Double(s.packets) : 0
+        lines.append("Loops completed: \(s.loopsCompleted), stopped by: \(s.stoppedBy), latest release: "
+            + "\(fixed(Double(s.lateNsMax) / 1e3, 1)) us late, CPU: \(fixed(Double(s.processCpuNs) / 1e6, 1)) ms "
+            + "(\(fixed(perPacket, 1)) ns/packet, this process)")
+        return lines.joined(separator: "\n")
+    }
+
+    /// The sender's summary as one JSON object; keys documented in docs/REPLAY.md.
+    static func senderJSON(_ s: SenderSummary) -> String {
+        let ports = s.ports.map { p in
+            "{\"name\":\"\(escaped(p.name))\",\"kind\":\"\(p.kind)\",\"successfulPackets\":\(p.successfulPackets),"
+                + "\"successfulBytes\":\(p.successfulBytes),\"failedPackets\":\(p.failedPackets),"
+                + "\"truncatedPackets\":\(p.truncatedPackets),\"retriedPackets\":\(p.retriedPackets)}"
+        }
+        return "{\"engine\":\"sender\",\"packets\":\(s.packets),\"bytes\":\(s.bytes),\"elapsedNs\":\(s.elapsedNs),"
+            + "\"seconds\":\(s.seconds),\"bytesPerSecond\":\(s.bytesPerSecond),\"megabitsPerSecond\":\(s.megabitsPerSecond),"
+            + "\"packetsPerSecond\":\(s.packetsPerSecond),\"flows\":\(s.flows),\"flowTableFull\":\(s.flowTableFull),"
+            + "\"flowsPerSecond\":\(s.flowsPerSecond),\"flowPackets\":\(s.flowPackets),\"nonFlowPackets\":\(s.nonFlowPackets),"
+            + "\"loopsCompleted\":\(s.loopsCompleted),\"stoppedBy\":\"\(s.stoppedBy)\",\"lateNsMax\":\(s.lateNsMax),"
+            + "\"processCpuNs\":\(s.processCpuNs),\"ports\":[\(ports.joined(separator: ","))],"
+            + "\"failure\":\(s.failure.map { "\"\(escaped($0))\"" } ?? "null")}"
+    }
+
     static func table(_ s: ReplaySummary) -> String {
         var lines: [String] = []
         let seconds = Double(s.elapsedNs) / 1e9
