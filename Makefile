@@ -25,7 +25,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Tests that pin threads and measure timing run one suite at a time on small machines.
 TEST_FLAGS ?= --no-parallel
 
-.PHONY: all deps bench-deps build build-tests guest-image test demo bench bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan bench-gateway bench-gateway-cachehit bench-firmware bench-migration bench-scheduling bench-placement bench-rules bench-tcpreplay soak clean
+.PHONY: all deps bench-deps build build-tests guest-image test demo bench bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan bench-gateway bench-gateway-cachehit bench-firmware bench-migration bench-scheduling bench-placement bench-rules bench-tcpreplay bench-afxdp bench-overlay-pipeline soak clean
 
 all: build
 
@@ -92,7 +92,7 @@ test: build-tests guest-image
 demo: build
 	scripts/demo.sh
 
-bench: bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan bench-gateway bench-gateway-cachehit bench-firmware bench-migration bench-scheduling bench-placement bench-rules
+bench: bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan bench-gateway bench-gateway-cachehit bench-firmware bench-migration bench-scheduling bench-placement bench-rules bench-tcpreplay bench-afxdp bench-overlay-pipeline
 
 bench-ring: bench-deps
 	scripts/bench-ring.sh
@@ -117,6 +117,12 @@ bench-tcpreplay: build
 
 bench-afpacket: bench-deps
 	scripts/bench-afpacket.sh
+
+# The consumer host's redirect against the same host loop forwarding without redirect, through AF_PACKET on
+# veths in namespaces the script makes, fed by `sluice replay --topspeed` (issue 15, docs/OVERLAY.md).
+bench-overlay-pipeline: build
+	docs/bench/overlay-bench-build.sh .build/overlay-bench
+	docs/bench/overlay-pipeline-bench.sh .build/overlay-bench .build/release/sluice 1024 64 7 3 1
 
 # AF_XDP vs AF_PACKET TPACKET_V3, RX and TX, over one veth pair in namespaces the script makes (docs/AFXDP.md).
 bench-afxdp: bench-deps

@@ -1,10 +1,10 @@
 #!/bin/sh
 # usage: docs/bench/overlay-bench-build.sh OUT (OUT relative to the package root): the overlay bench
-# driver (CPU-only loops, and OverlayHost for docs/bench/overlay-pipeline-bench.sh) built from this checkout's SluiceOverlay sources against /work/main's release modules (docs/BENCHMARKS.md).
+# driver (CPU-only loops, and OverlayHost for docs/bench/overlay-pipeline-bench.sh) built from this checkout's SluiceOverlay sources against this checkout's release modules (`make build`) (docs/BENCHMARKS.md).
 set -e
 cd "$(dirname "$0")/../.."  # the package root; the driver main.swift is copied from docs/bench/overlay-bench-driver.swift.txt
 mkdir -p .bench && cp docs/bench/overlay-bench-driver.swift.txt .bench/main.swift
-R=/work/main/.build/release; W=Sources/SluiceOverlay
+R=${RELEASE:-$PWD/.build/release}; W=Sources/SluiceOverlay  # `make build` (release sluice) made these modules
 swiftc -O -wmo -g -module-name OverlayBenchDriver -I $R/Modules \
   -Xcc -fmodule-map-file=$R/CShims.build/module.modulemap -Xcc -ICShims/include \
   -Xcc -fmodule-map-file=.build/checkouts/swift-system/Sources/CSystem/include/module.modulemap \
