@@ -490,21 +490,28 @@ public final class ReplaySender {
         var loop = 0
         outer: while configuration.loopCount == 0 || loop < configuration.loopCount {
             if loop > 0 { realOffsetNs &+= configuration.loopDelayNs }
+            let sequenceBefore = sequence
             for index in opened.indices {
                 if !sendCapture(index) { break outer }
             }
             loopsCompleted += 1
             loop += 1
+            // Captures without a frame: `--loop 0` would reopen them for ever (no limit or deadline is reached).
+            if configuration.loopCount == 0, sequence == sequenceBefore {
+                if failure == nil { failure = "the captures hold no frame to send" }
+                break
+            }
         }
         release()
-        let endNs = max(lastReleaseNs, lastDueNs)
+        // Nothing released (every frame too long, or none at all): no span, not a negative one.
+        let endNs = max(lastReleaseNs, lastDueNs, startNs)
         var failures: [String] = []
         if let failure { failures.append(failure) }
         for sink in sinks { if let failure = sink.finish() { failures.append(failure) } }
         let cpuNs = processCPUTimeNs() &- cpuStart
         var ports = sinks.map { $0.summary() }
         for index in ports.indices { ports[index].failedPackets += oversize[index] }
-        let elapsed = startNs == 0 ? 0 : endNs - startNs + lastSlotNs
+        let elapsed = startNs == 0 ? 0 : (endNs - startNs) &+ lastSlotNs
         return SenderSummary(
             packets: ports.reduce(0) { $0 + $1.successfulPackets }, bytes: ports.reduce(0) { $0 + $1.successfulBytes },
             elapsedNs: elapsed, flows: flowCount, flowTableFull: flowCount >= UInt64(Self.flowTableCapacity * 3 / 4),

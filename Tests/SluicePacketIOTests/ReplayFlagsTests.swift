@@ -168,6 +168,28 @@ struct SenderReport {
         #expect(wall < 3)
     }
 
+    /// A capture with no frame under --loop 0 (nothing ever reaches a limit or a deadline) ends with a
+    /// failure instead of reopening it for ever; frames all longer than a buffer at top speed give a
+    /// summary of nothing sent, not a trap.
+    @Test func capturesWithNothingToSendEnd() throws {
+        let empty = temporaryPath("empty.pcap"), long = temporaryPath("long.pcap")
+        defer { unlink(empty); unlink(long) }
+        try SenderFrames.write([], to: empty)
+        let started = Clock.monotonicNs()
+        // --duration's deadline starts with the first frame sent, --limit counts frames: neither ever ends it.
+        let endless = try runSluice(["replay", empty, "--loop", "0", "--duration", "1", "--limit", "5", "--pps", "1000", "--json"])
+        #expect(Double(Clock.monotonicNs() - started) / 1e9 < 10)
+        #expect(endless.status != 0, "\(endless.stdout)")
+        #expect((endless.stderr + endless.stdout).contains("no frame to send"), "\(endless.stderr)")
+        try SenderFrames.write([SenderFrames.tcp(SenderFrames.client, SenderFrames.server, sourcePort: 40_000,
+                                                 destinationPort: 80, serial: 1, length: 9_300)], to: long)
+        let oversize = try runSluice(["replay", long, "--topspeed", "--limit", "1", "--json"])
+        #expect(oversize.status == 0 || oversize.status == 1, "status \(oversize.status): \(oversize.stderr)")
+        #expect(!oversize.stderr.contains("Fatal error"), "\(oversize.stderr)")
+        let report = try SenderReport(oversize.stdout)
+        #expect(try report.number("packets") == 0)
+    }
+
     /// --preload over its cap: a clear error naming the flag, nothing sent.
     @Test func preloadOverItsCapIsRefused() throws {
         let path = temporaryPath("big.pcap")

@@ -13,6 +13,11 @@ public struct AFXDPRXCounters: Sendable, Equatable {
     public var truncated: UInt64 = 0
     /// Frames skipped because the pool was empty (their UMEM frame went straight back to the fill ring).
     public var poolExhausted: UInt64 = 0
+    /// RX descriptors pointing outside the UMEM or longer than a frame: skipped, never read.
+    public var invalidDescriptors: UInt64 = 0
+    /// UMEM frames that found the fill ring without room (its consumer index not yet advanced by the
+    /// kernel): kept and given back at the next burst.
+    public var refillsDeferred: UInt64 = 0
     /// Times the fill ring asked for a wakeup (recvfrom) after a refill.
     public var fillWakeups: UInt64 = 0
     /// XDP_STATISTICS rx_dropped: frames the kernel dropped for the socket (RX ring full among them).

@@ -21,6 +21,11 @@ public struct AFXDPReceiver: ~Copyable {
     private let socket: AFXDPSocket
     /// UMEM addresses going back to the fill ring at the end of a burst (`Limits.burstCountMax`).
     private let refill: UnsafeMutablePointer<UInt64>
+    /// UMEM addresses the fill ring had no room for yet (at most the frames given), retried first.
+    private let stash: UnsafeMutablePointer<UInt64>
+    private var stashed = 0
+    private let given: Int
+    private let areaBytes: UInt64
     public private(set) var counters: AFXDPRXCounters
 
     /// Opens the socket on `configuration.interface` / `queue` in the calling thread's namespace,
@@ -43,12 +48,16 @@ public struct AFXDPReceiver: ~Copyable {
         self.port = configuration.port
         self.socket = socket
         self.refill = .allocate(capacity: Limits.burstCountMax)
+        self.stash = .allocate(capacity: given)
+        self.given = given
+        self.areaBytes = UInt64(configuration.frameCount) * UInt64(configuration.frameSizeBytes)
         self.counters = AFXDPRXCounters()
     }
 
     deinit {
         statistics.detach()
         refill.deallocate()
+        stash.deallocate()
     }
 
     /// Takes up to `items.count` frames (at most `Limits.burstCountMax`), each copied into a fresh pool
@@ -58,6 +67,15 @@ public struct AFXDPReceiver: ~Copyable {
     public mutating func receiveBurst(into items: UnsafeMutableBufferPointer<UInt64>) -> Int {
         precondition(items.count <= Limits.burstCountMax, "burst larger than Limits.burstCountMax")
         let state = socket.state
+        // The kernel shows received frames before it advances the fill ring's consumer index: frames
+        // that found no room last time go back first.
+        if stashed > 0 {
+            let pushed = Int(sluice_xdp_fill_burst(&state.pointee.fill, stash, UInt32(stashed)))
+            if pushed > 0 {
+                stashed -= pushed
+                for index in 0..<stashed { stash[index] = stash[index + pushed] }  // forward: overlap-safe
+            }
+        }
         var first: UInt32 = 0
         let taken = Int(sluice_xdp_cons_peek(&state.pointee.rx, UInt32(items.count), &first))
         guard taken > 0 else { return 0 }
@@ -68,10 +86,20 @@ public struct AFXDPReceiver: ~Copyable {
         let enqueueNs = sluice_monotonic_ns()
         var received = 0
         var skipped: UInt64 = 0
+        var refills = 0
         for position in 0..<taken {
             let descriptor = sluice_xdp_desc_at(&state.pointee.rx, first &+ UInt32(position))!.pointee
+            // The kernel's descriptor is checked before it is read: inside the UMEM, within one frame.
+            let frameStart = descriptor.addr - descriptor.addr % UInt64(configuration.frameSizeBytes)
+            guard descriptor.addr < areaBytes, UInt64(descriptor.len) <= areaBytes - descriptor.addr,
+                  descriptor.addr + UInt64(descriptor.len) <= frameStart + UInt64(configuration.frameSizeBytes) else {
+                counters.invalidDescriptors &+= 1
+                if frameStart < areaBytes { refill[refills] = frameStart; refills += 1 }
+                continue
+            }
             // Copy mode: addr is the frame's start plus the kernel's headroom; the frame goes back whole.
-            refill[position] = descriptor.addr - descriptor.addr % UInt64(configuration.frameSizeBytes)
+            refill[refills] = frameStart
+            refills += 1
             guard let buffer = pool.allocate() else {
                 skipped &+= 1
                 continue
@@ -83,9 +111,15 @@ public struct AFXDPReceiver: ~Copyable {
             received += 1
         }
         sluice_xdp_cons_release(&state.pointee.rx, UInt32(taken))
-        // The kernel holds at most `given` <= ringSize frames, so the fill ring has room for these.
-        let refilled = sluice_xdp_fill_burst(&state.pointee.fill, refill, UInt32(taken))
-        precondition(refilled == UInt32(taken), "fill ring full: more UMEM frames in flight than given")
+        // Frames the fill ring has no room for yet (the kernel advances its consumer index after it
+        // shows the RX descriptors) wait in the stash; with the kernel's, never more than were given.
+        let refilled = Int(sluice_xdp_fill_burst(&state.pointee.fill, refill, UInt32(refills)))
+        if refilled < refills {
+            precondition(stashed + refills - refilled <= given, "more UMEM frames in flight than given")
+            (stash + stashed).update(from: refill + refilled, count: refills - refilled)
+            stashed += refills - refilled
+            counters.refillsDeferred &+= UInt64(refills - refilled)
+        }
         if sluice_xdp_needs_wakeup(&state.pointee.fill) != 0 {
             _ = sluice_xdp_kick_rx(state.pointee.fd)
             counters.fillWakeups &+= 1
