@@ -34,6 +34,22 @@ import Testing
             .firstPassBytes == Self.gib)
     }
 
+    /// Extreme first-pass values in a request file are refused with the field named, never trapped on
+    /// (the manager formats the booked value; 1e30 used to reach an Int conversion).
+    @Test func extremeFirstPassValuesAreRefused() throws {
+        let hosts = ScheduleHostsFile(hosts: ["a", "b"].map {
+            ScheduleHost(name: $0, linkBytesPerSecond: 1e8, migrationSlots: 1, memoryBytes: 1e10, history: "/dev/null")
+        })
+        for value in [1e30, 0, -1, Double.infinity, Double.nan, 2 * Self.gib] {
+            let file = ScheduleRequestFile(id: 1, vm: "v", source: "a", candidates: ["b"], earliestStart: 0, deadline: 10,
+                                           memoryBytes: Self.gib, firstPassBytes: value, dirtyBytesPerSecond: 0, maxBandwidth: 1e8)
+            #expect(throws: ScheduleFileError.self, "firstPassBytes \(value)") { _ = try file.request(hosts: hosts) }
+        }
+        let fine = ScheduleRequestFile(id: 1, vm: "v", source: "a", candidates: ["b"], earliestStart: 0, deadline: 10,
+                                       memoryBytes: Self.gib, firstPassBytes: Self.gib / 4, dirtyBytesPerSecond: 0, maxBandwidth: 1e8)
+        #expect(try fine.request(hosts: hosts).demand.firstPassBytes == Self.gib / 4)
+    }
+
     /// 8 GiB at 1 GiB/s dirtying 100 MiB/s: round 1 takes 8 s and leaves 800 MiB; round 2 takes 0.78 s and
     /// leaves 78.1 MiB, which fits a 0.3 s stop (0.076 s).
     @Test func preCopyRoundsByHand() throws {
