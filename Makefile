@@ -25,7 +25,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Tests that pin threads and measure timing run one suite at a time on small machines.
 TEST_FLAGS ?= --no-parallel
 
-.PHONY: all deps bench-deps build build-tests guest-image test demo bench bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan bench-gateway bench-gateway-cachehit bench-firmware bench-migration bench-scheduling bench-placement bench-rules bench-tcpreplay bench-afxdp bench-overlay-pipeline soak clean
+.PHONY: all deps bench-deps build build-tests guest-image test demo bench bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan bench-gateway bench-gateway-cachehit bench-firmware bench-migration bench-scheduling bench-placement bench-rules bench-tcpreplay bench-afxdp bench-overlay-pipeline bench-overlay-revoke soak clean
 
 all: build
 
@@ -92,7 +92,7 @@ test: build-tests guest-image
 demo: build
 	scripts/demo.sh
 
-bench: bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan bench-gateway bench-gateway-cachehit bench-firmware bench-migration bench-scheduling bench-placement bench-rules bench-tcpreplay bench-afxdp bench-overlay-pipeline
+bench: bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan bench-gateway bench-gateway-cachehit bench-firmware bench-migration bench-scheduling bench-placement bench-rules bench-tcpreplay bench-afxdp bench-overlay-pipeline bench-overlay-revoke
 
 bench-ring: bench-deps
 	scripts/bench-ring.sh
@@ -123,6 +123,11 @@ bench-afpacket: bench-deps
 bench-overlay-pipeline: build
 	docs/bench/overlay-bench-build.sh .build/overlay-bench
 	docs/bench/overlay-pipeline-bench.sh .build/overlay-bench .build/release/sluice 1024 64 7 3 1
+
+# Revoke to cut through the whole system: real etcd, a `sluice overlay agent`, a consumer host's forwarding
+# thread (namespace made by the script); 3 runs of 50 revokes, etcd's own fsync/commit means beside them.
+bench-overlay-revoke: build
+	scripts/bench-overlay-revoke.sh .build/release/sluice 50 3
 
 # AF_XDP vs AF_PACKET TPACKET_V3, RX and TX, over one veth pair in namespaces the script makes (docs/AFXDP.md).
 bench-afxdp: bench-deps

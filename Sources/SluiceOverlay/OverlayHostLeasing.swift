@@ -17,9 +17,14 @@ public struct OverlayHostLeasingConfiguration: Sendable {
     /// `noLease`; the ones held while the request was out drop as `leaseAskFailed`) before the next packet
     /// asks again.
     public var retryPauseMs: Int64
+    /// A lease of this host that etcd holds and the data plane does not (its grant refused and the refusal
+    /// lost to a full queue, replaced by a newer grant, or for a VM or service the host does not have) is
+    /// given back once it has been granted this long: checked every `reconcileGraceMs` (100...600000).
+    public var reconcileGraceMs: Int64
 
     public init(consumerHost: String, keys: OverlayKeys, agents: [String], agentCallTimeoutMs: Int64 = 3_000,
-                retryPauseMs: Int64 = 500) {
+                retryPauseMs: Int64 = 500, reconcileGraceMs: Int64 = 2_000) {
+        self.reconcileGraceMs = reconcileGraceMs
         self.consumerHost = consumerHost
         self.keys = keys
         self.agents = agents
@@ -49,6 +54,12 @@ public final class OverlayHostLeasingCounters: Sendable {
     public let grantsRefused = Atomic<UInt64>(0)
     public let grantsReturned = Atomic<UInt64>(0)
     public let refusalsDropped = Atomic<UInt64>(0)
+    /// Give-backs that failed every try (no agent answered): the lease ends with its TTL once its agent stops
+    /// renewing it, or at the next reconcile.
+    public let grantsReturnFailed = Atomic<UInt64>(0)
+    /// Leases the reconcile gave back: held in etcd for this host, not in its data plane (see
+    /// `OverlayHostLeasingConfiguration.reconcileGraceMs`).
+    public let leasesReconciled = Atomic<UInt64>(0)
     init() {}
 }
 
@@ -75,11 +86,22 @@ public final class OverlayHostLeasing: Sendable {
     /// CLOCK_MONOTONIC ns at which the agents answered each grant (bounded: the last `grantTimesMax`).
     private let grantTimes = Mutex<[Int64: UInt64]>([:])
     static let grantTimesMax = 4096
+    /// Leases the watch reported granted and not ended: lease ID -> (lease, CLOCK_MONOTONIC ns handed to the
+    /// host). At most `watchedMax` (the watch reads at most `leaseCountMax` records).
+    private let watched = Mutex<[Int64: (lease: OverlayLease, sinceNs: UInt64)]>([:])
+    static let watchedMax = 2 * OverlayLimits.leaseCountMax
+    /// Leases a give-back is working on (the reconcile leaves them alone).
+    private let givingBack = Mutex<Set<Int64>>([])
+    /// Tries of one give-back (revoke at the agents), `retryPauseMs` apart, doubling.
+    static let giveBackTriesMax = 5
 
     public init(host: OverlayHost, etcd: EtcdClient, configuration: OverlayHostLeasingConfiguration) throws(OverlayLeasingError) {
         try OverlayNames.check(configuration.consumerHost, "consumer host")
         guard (1...60_000).contains(configuration.retryPauseMs) else {
             throw .invalidValue("retry pause \(configuration.retryPauseMs) ms not in 1...60000")
+        }
+        guard (100...600_000).contains(configuration.reconcileGraceMs) else {
+            throw .invalidValue("reconcile grace \(configuration.reconcileGraceMs) ms not in 100...600000")
         }
         self.agents = try OverlayAgentClient(agents: configuration.agents, callTimeoutMs: configuration.agentCallTimeoutMs)
         self.configuration = configuration
@@ -135,7 +157,14 @@ public final class OverlayHostLeasing: Sendable {
                 return nil
             }
             group.addTask {
-                for await lease in self.refusals { await self.giveBack(lease) }
+                for await lease in self.refusals { await self.giveBack(lease, rearm: true) }
+                return nil
+            }
+            group.addTask {
+                while !Task.isCancelled {
+                    do { try await Task.sleep(for: .milliseconds(self.configuration.reconcileGraceMs)) } catch { break }
+                    await self.reconcile()
+                }
                 return nil
             }
             // Any task ending ends all: the watch ended (cancelled or failed) or a stream did.
@@ -156,22 +185,68 @@ public final class OverlayHostLeasing: Sendable {
             if Task.isCancelled { return }
             try? await Task.sleep(for: .milliseconds(1))
         }
-        if case .granted = event { counters.eventsGranted.add(1, ordering: .relaxed) } else {
+        switch event {
+        case .granted(let lease):
+            counters.eventsGranted.add(1, ordering: .relaxed)
+            let now = Clock.monotonicNs()
+            watched.withLock { watched in
+                if watched.count < Self.watchedMax { watched[lease.leaseID] = (lease, now) }
+            }
+        case .ended(let leaseID, _, _):
             counters.lastEndSubmittedNs.store(Clock.monotonicNs(), ordering: .relaxed)
             counters.eventsEnded.add(1, ordering: .relaxed)
+            _ = watched.withLock { $0.removeValue(forKey: leaseID) }
         }
     }
 
-    /// Gives back a grant the host refused (no lease slot): revokes it at the agents, then, after
-    /// `retryPauseMs`, re-arms its pair so a later packet asks again.
-    func giveBack(_ lease: OverlayLease) async {
-        do {
-            try await agents.revoke(consumerHost: configuration.consumerHost, leaseID: lease.leaseID)
-            counters.grantsReturned.add(1, ordering: .relaxed)
-        } catch {
-            // Already gone (expired, revoked) or no agent answered: the lease ends with its TTL at worst
-            // once its agent stops renewing it; counted as not returned.
+    /// Gives back every lease etcd holds for this host (as the watch reported) that the data plane has not
+    /// held for `reconcileGraceMs`: a refusal the bounded queues lost, a grant replaced by a newer one for
+    /// the same pair, a grant for a VM or service the host does not have. Without this its agent would
+    /// renew it, and hold the producer's slot, for nothing.
+    func reconcile() async {
+        let held = Set(host.snapshot().leases.map(\.leaseID))
+        let graceNs = UInt64(configuration.reconcileGraceMs) * 1_000_000
+        let now = Clock.monotonicNs()
+        let unused = watched.withLock { watched in
+            watched.values.filter { !held.contains($0.lease.leaseID) && now &- $0.sinceNs >= graceNs }.map(\.lease)
+        }.filter { lease in givingBack.withLock { !$0.contains(lease.leaseID) } }
+        for lease in unused.sorted(by: { $0.leaseID < $1.leaseID }) {
+            if Task.isCancelled { return }
+            // Held after all (applied since the snapshot was published): keep it.
+            if host.snapshot().leases.contains(where: { $0.leaseID == lease.leaseID }) { continue }
+            counters.leasesReconciled.add(1, ordering: .relaxed)
+            await giveBack(lease, rearm: false)
         }
+    }
+
+    /// Gives back a lease the host does not use: revokes it at the agents, `giveBackTriesMax` tries
+    /// (`retryPauseMs` apart, doubling) while no agent answers; a lease already gone counts as given back.
+    /// `rearm` (a grant refused for want of a slot): after `retryPauseMs` the pair is re-armed so a later
+    /// packet asks again.
+    func giveBack(_ lease: OverlayLease, rearm: Bool) async {
+        _ = givingBack.withLock { $0.insert(lease.leaseID) }
+        defer { _ = givingBack.withLock { $0.remove(lease.leaseID) } }
+        var pauseMs = configuration.retryPauseMs
+        for attempt in 1...Self.giveBackTriesMax {
+            do {
+                try await agents.revoke(consumerHost: configuration.consumerHost, leaseID: lease.leaseID)
+                counters.grantsReturned.add(1, ordering: .relaxed)
+                break
+            } catch {
+                if case .refused(.leaseNotFound, _) = error {
+                    // Expired or revoked meanwhile: nothing is held any more.
+                    counters.grantsReturned.add(1, ordering: .relaxed)
+                    break
+                }
+                if attempt == Self.giveBackTriesMax || Task.isCancelled {
+                    counters.grantsReturnFailed.add(1, ordering: .relaxed)
+                    break
+                }
+                try? await Task.sleep(for: .milliseconds(pauseMs))
+                pauseMs = min(pauseMs * 2, 60_000)
+            }
+        }
+        guard rearm else { return }
         try? await Task.sleep(for: .milliseconds(configuration.retryPauseMs))
         while !host.rearmLeaseRequest(consumerVM: lease.consumerVM, service: lease.service), !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(1))

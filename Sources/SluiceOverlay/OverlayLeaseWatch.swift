@@ -4,9 +4,10 @@ import SluiceEtcd
 
 /// The lease events of one consumer host, in etcd revision order, starting with a `granted` for every lease
 /// it holds now (from one consistent range). A record created is `granted`; a record deleted is `ended`,
-/// `revoked` (or the reason recorded) when a revoke wrote its reason first, `expired` otherwise. A revoke
-/// writes the reason and then revokes the etcd lease: the lease is reported ended at the reason write
-/// (one etcd commit earlier), and its delete is not reported again.
+/// `revoked` (or the reason recorded) when a revoke marked it first, `expired` otherwise. A revoke writes
+/// the end marker (`P/leases/<host>/<id>/end`) and then revokes the etcd lease: the lease is reported
+/// ended at the marker (one etcd commit earlier), and its delete is not reported again. An earlier
+/// version's revoke wrote the reason into the record itself: read the same way.
 ///
 /// It survives an etcd member or leader loss: the watch is opened again (any member) from the last
 /// revision seen, and an event is reported once (a lease is granted once and ended once; epochs of
@@ -86,31 +87,40 @@ public struct OverlayLeaseWatch: AsyncSequence, AsyncIteratorProtocol {
     /// Ranges the host's records at one revision: queues `granted` for new ones, `ended` for known
     /// ones gone, and sets `revision` to the range's.
     private mutating func resync() async throws(EtcdError) {
+        // Each lease has its record and, while being revoked, its end marker: at most two keys.
         let result = try await client.range(.prefix(keys.leases(consumerHost: consumerHost)),
-                                            limit: Int64(OverlayLimits.leaseCountMax))
+                                            limit: Int64(2 * OverlayLimits.leaseCountMax))
         // The redirect table holds at most `leaseCountMax` leases: more records is a bug of the agents.
         guard !result.more else {
             throw .invalidArgument("consumer host \(consumerHost) has over \(OverlayLimits.leaseCountMax) lease records")
+        }
+        var marked: [Int64: OverlayLeaseEndReason] = [:]
+        for kv in result.kvs {
+            guard let (id, isEnd) = keys.leaseKey(kv.key, consumerHost: consumerHost), isEnd else { continue }
+            guard let reason = try? OverlayJSON.decodeLeaseEnd(kv) else { malformed += 1; continue }
+            marked[id] = reason
         }
         var present = Set<Int64>()
         var revoking: [Int64: OverlayLeaseEndReason] = [:]
         var granted: [(Int64, OverlayLeaseEvent)] = []
         for kv in result.kvs {
-            guard let record = try? OverlayJSON.decodeLease(kv) else { malformed += 1; continue }
-            let reason = record.endReason.flatMap(OverlayLeaseEndReason.init(rawValue:))
+            guard let (id, isEnd) = keys.leaseKey(kv.key, consumerHost: consumerHost) else { malformed += 1; continue }
+            if isEnd { continue }
+            guard let record = try? OverlayJSON.decodeLease(kv), record.leaseID == id else { malformed += 1; continue }
+            let reason = marked[id] ?? record.endReason.flatMap(OverlayLeaseEndReason.init(rawValue:))
             if endsOnReasonWrite, let reason {
                 // Being revoked: ends now if it was live (below, as not present), is never granted.
-                revoking[record.leaseID] = reason
-                remember(ended: record.leaseID)
+                revoking[id] = reason
+                remember(ended: id)
                 continue
             }
-            if live[record.leaseID] != nil {
-                if let reason { live[record.leaseID]?.reason = reason }
-                present.insert(record.leaseID)
+            if live[id] != nil {
+                if let reason { live[id]?.reason = reason }
+                present.insert(id)
                 continue
             }
-            present.insert(record.leaseID)
-            live[record.leaseID] = (kv.createRevision, reason)
+            present.insert(id)
+            live[id] = (kv.createRevision, reason)
             granted.append((kv.createRevision, .granted(record.lease(epoch: kv.createRevision))))
         }
         for (id, state) in live.sorted(by: { $0.value.epoch < $1.value.epoch }) where !present.contains(id) {
@@ -163,32 +173,49 @@ public struct OverlayLeaseWatch: AsyncSequence, AsyncIteratorProtocol {
     /// One etcd event into at most one lease event (updating what is known).
     private mutating func take(_ event: EtcdWatchEvent) -> OverlayLeaseEvent? {
         revision = Swift.max(revision, event.kv.modRevision)
-        switch event.kind {
-        case .put:
-            guard let record = try? OverlayJSON.decodeLease(event.kv) else { malformed += 1; return nil }
-            let reason = record.endReason.flatMap(OverlayLeaseEndReason.init(rawValue:))
-            if let state = live[record.leaseID] {
-                guard let reason else { return nil }
-                guard endsOnReasonWrite else {
-                    live[record.leaseID]?.reason = reason
-                    return nil
-                }
-                // The revoke's first commit: the record now says why it ends, and its etcd lease is
-                // revoked next. The lease ends here, one etcd commit (and watch delivery) earlier than at
-                // the delete; the delete that follows is then skipped (not live any more).
-                live[record.leaseID] = nil
-                remember(ended: record.leaseID)
-                return .ended(leaseID: record.leaseID, epoch: state.epoch, reason: reason)
+        guard let (id, isEnd) = keys.leaseKey(event.kv.key, consumerHost: consumerHost) else {
+            if event.kind == .put { malformed += 1 }
+            return nil
+        }
+        switch (event.kind, isEnd) {
+        case (.put, true):
+            guard let reason = try? OverlayJSON.decodeLeaseEnd(event.kv) else { malformed += 1; return nil }
+            return marked(id, reason)
+        case (.put, false):
+            guard let record = try? OverlayJSON.decodeLease(event.kv), record.leaseID == id else { malformed += 1; return nil }
+            if live[id] != nil {
+                // An earlier version's revoke: the reason written into the record.
+                guard let reason = record.endReason.flatMap(OverlayLeaseEndReason.init(rawValue:)) else { return nil }
+                return marked(id, reason)
             }
             // A record not live: new (its first version), or one that ended already (seen again on a re-watch).
-            guard event.kv.version == 1, !ended.contains(record.leaseID) else { return nil }
-            live[record.leaseID] = (event.kv.createRevision, reason)
+            guard event.kv.version == 1, !ended.contains(id) else { return nil }
+            live[id] = (event.kv.createRevision, record.endReason.flatMap(OverlayLeaseEndReason.init(rawValue:)))
             return .granted(record.lease(epoch: event.kv.createRevision))
-        case .delete:
-            guard let id = leaseID(event.kv.key), let state = live.removeValue(forKey: id) else { return nil }
+        case (.delete, true):
+            return nil
+        case (.delete, false):
+            guard let state = live.removeValue(forKey: id) else { return nil }
             remember(ended: id)
             return .ended(leaseID: id, epoch: state.epoch, reason: state.reason ?? .expired)
         }
+    }
+
+    /// A revoke's first commit for lease `id`: it ends here, one etcd commit (and watch delivery) earlier
+    /// than at the delete, which is then skipped (not live any more). A marker for a lease not live (ended,
+    /// or never seen) only keeps it from being granted again.
+    private mutating func marked(_ id: Int64, _ reason: OverlayLeaseEndReason) -> OverlayLeaseEvent? {
+        guard let state = live[id] else {
+            remember(ended: id)
+            return nil
+        }
+        guard endsOnReasonWrite else {
+            live[id]?.reason = reason
+            return nil
+        }
+        live[id] = nil
+        remember(ended: id)
+        return .ended(leaseID: id, epoch: state.epoch, reason: reason)
     }
 
     /// Leases ended recently (bounded), so a re-watch from an older revision does not grant them again.
@@ -203,12 +230,6 @@ public struct OverlayLeaseWatch: AsyncSequence, AsyncIteratorProtocol {
             for old in endedOrder.prefix(drop) { ended.remove(old) }
             endedOrder.removeFirst(drop)
         }
-    }
-
-    private func leaseID(_ key: [UInt8]) -> Int64? {
-        let prefix = keys.leases(consumerHost: consumerHost)
-        guard key.starts(with: prefix) else { return nil }
-        return Int64(String(decoding: key[prefix.count...], as: UTF8.self))
     }
 
     /// Opens the watch again from `revision` (a fresh snapshot when etcd compacted past it), pausing

@@ -214,27 +214,41 @@ public final class OverlayLeasingAgent: Sendable {
         try? await client.revokeLease(id, timeoutMs: configuration.callTimeoutMs)
     }
 
-    /// Ends the grant `leaseID` of `consumerHost` (any agent's): records `reason` in its lease record,
-    /// then revokes its etcd lease, so its slot and record vanish together and watchers see the reason.
+    /// Ends the grant `leaseID` of `consumerHost` (any agent's) in two etcd commits: first the end marker
+    /// (`P/leases/<host>/<leaseID>/end`, `reason`, on the grant's own etcd lease) in one transaction that
+    /// checks the record is there, no read before it: the consumer host's watch cuts the redirect at this
+    /// commit. Then the etcd lease is revoked, so slot, record and marker vanish together and the
+    /// capacity is free again. A grant's etcd lease is its lease ID (`grant`).
     public func revoke(consumerHost: String, leaseID: Int64,
                        reason: OverlayLeaseEndReason = .revoked) async throws(OverlayLeasingError) {
         guard OverlayNames.isValid(consumerHost) else {
             throw refuse(.invalidName, OverlayLeasingError.invalidName(what: "consumer host", value: consumerHost).description)
         }
-        let key = configuration.keys.lease(consumerHost: consumerHost, leaseID: leaseID)
+        guard leaseID > 0 else { throw refuse(.leaseNotFound, "no lease \(leaseID) of consumer host \(consumerHost)") }
+        let keys = configuration.keys
+        let recordKey = keys.lease(consumerHost: consumerHost, leaseID: leaseID)
+        let endKey = keys.leaseEnd(consumerHost: consumerHost, leaseID: leaseID)
         let timeout = configuration.callTimeoutMs
         do {
-            guard let kv = try await client.get(key, timeoutMs: timeout) else {
+            let marked = try await client.txn(
+                compare: [EtcdCompare(key: recordKey, .createRevision(0), .greater)],
+                success: [.put(key: endKey, value: OverlayJSON.encode(OverlayLeaseEndRecord(leaseID: leaseID, reason: reason)),
+                               lease: leaseID)],
+                timeoutMs: timeout)
+            guard marked.succeeded else {
                 throw refuse(.leaseNotFound, "no lease \(leaseID) of consumer host \(consumerHost)")
             }
-            var record = try OverlayJSON.decodeLease(kv)
-            record.endReason = reason.rawValue
-            // Only onto the record as read, on its own etcd lease: a record that changed or went is left alone.
-            _ = try await client.txn(compare: [EtcdCompare(key: key, .modRevision(kv.modRevision))],
-                                     success: [.put(key: key, value: OverlayJSON.encode(record), lease: kv.lease)],
-                                     timeoutMs: timeout)
-            try await client.revokeLease(kv.lease, timeoutMs: timeout)
-            _ = held.withLock { $0.removeValue(forKey: kv.lease) }
+            // The consumer host cuts at the marker: from here the grant is only capacity held. This agent
+            // stops renewing it first, so if the revoke below fails it still goes within its TTL (when
+            // this agent granted it; another granting agent renews it until a revoke is retried).
+            _ = held.withLock { $0.removeValue(forKey: leaseID) }
+            do {
+                try await client.revokeLease(leaseID, timeoutMs: timeout)
+            } catch {
+                if case .leaseNotFound = error {} else {
+                    throw refuse(.etcdUnavailable, "revoke \(leaseID): end marked (the consumer host cuts it), etcd lease not revoked: \(error)")
+                }
+            }
             counters.revokes.add(1, ordering: .relaxed)
         } catch let error as OverlayLeasingError {
             throw error

@@ -114,6 +114,8 @@ public enum OverlayIPv4 {
 ///     P/producers/<service>/<producerVM>          OverlayProducer (JSON), on the producer host's etcd lease
 ///     P/slots/<service>/<producerVM>/<slot>       OverlaySlotRecord, on the grant's etcd lease
 ///     P/leases/<consumerHost>/<leaseID>           OverlayLeaseRecord, on the same etcd lease as its slot
+///     P/leases/<consumerHost>/<leaseID>/end       OverlayLeaseEndRecord: a revoke's first commit (why it
+///                                                 ends), on the same etcd lease, so it goes with the record
 ///     P/requests/<consumerHost>/<consumerVM>/<service>/<requestID>
 ///                                                 OverlayRequestRecord (which lease answered the request),
 ///                                                 on the same etcd lease: a retried request finds its grant
@@ -142,6 +144,21 @@ public struct OverlayKeys: Sendable, Equatable {
     public func leases(consumerHost: String) -> [UInt8] { Array((prefix + "leases/\(consumerHost)/").utf8) }
     public func lease(consumerHost: String, leaseID: Int64) -> [UInt8] {
         Array((prefix + "leases/\(consumerHost)/\(leaseID)").utf8)
+    }
+
+    /// The end marker a revoke writes next to the record before it revokes the etcd lease.
+    public func leaseEnd(consumerHost: String, leaseID: Int64) -> [UInt8] {
+        Array((prefix + "leases/\(consumerHost)/\(leaseID)/end").utf8)
+    }
+
+    /// A key under `leases(consumerHost:)`: its lease ID, and whether it is the end marker; nil for
+    /// anything else.
+    func leaseKey(_ key: [UInt8], consumerHost: String) -> (leaseID: Int64, isEnd: Bool)? {
+        let base = leases(consumerHost: consumerHost)
+        guard key.starts(with: base) else { return nil }
+        let rest = String(decoding: key[base.count...], as: UTF8.self)
+        if rest.hasSuffix("/end") { return Int64(rest.dropLast(4)).map { ($0, true) } }
+        return Int64(rest).map { ($0, false) }
     }
 
     public func request(consumerHost: String, consumerVM: String, service: String, requestID: String) -> [UInt8] {
@@ -220,7 +237,27 @@ struct OverlayRequestRecord: Codable, Equatable {
     var leaseID: Int64
 }
 
-/// The value of a lease record: the grant, and once revoked, why (written before the etcd lease goes).
+/// A revoke's end marker (`P/leases/<host>/<leaseID>/end`): why the lease ends. Written in one transaction
+/// that checks the record is there, so a revoke needs no read before it (one etcd commit to the cut).
+public struct OverlayLeaseEndRecord: Sendable, Equatable, Codable {
+    public var version: Int
+    public var leaseID: Int64
+    public var reason: String
+
+    public init(leaseID: Int64, reason: OverlayLeaseEndReason) {
+        self.version = OverlayLeasingLimits.recordVersion
+        self.leaseID = leaseID
+        self.reason = reason.rawValue
+    }
+
+    /// The reason, nil when the marker is not one this version writes.
+    public var endReason: OverlayLeaseEndReason? {
+        version == OverlayLeasingLimits.recordVersion ? OverlayLeaseEndReason(rawValue: reason) : nil
+    }
+}
+
+/// The value of a lease record: the grant. `endReason` is what an earlier version's revoke wrote into the
+/// record itself (read still; revokes now write `OverlayLeaseEndRecord` beside it).
 public struct OverlayLeaseRecord: Sendable, Equatable, Codable {
     public var version: Int
     public var leaseID: Int64
@@ -236,7 +273,7 @@ public struct OverlayLeaseRecord: Sendable, Equatable, Codable {
     public var slot: Int
     public var agent: String
     public var ttlSeconds: Int64
-    /// Set by a revoke just before it revokes the etcd lease (`OverlayLeaseEndReason.rawValue`).
+    /// An earlier version's revoke set this before revoking the etcd lease (`OverlayLeaseEndReason.rawValue`).
     public var endReason: String?
 
     /// The contract's lease at `epoch` (the revision of the grant's transaction: its create revision).
@@ -289,6 +326,13 @@ enum OverlayJSON {
         let producer = try decode(OverlayProducer.self, kv.value, key: key)
         do { try producer.validate() } catch { throw .malformedRecord(key: key, what: error.description) }
         return producer
+    }
+
+    static func decodeLeaseEnd(_ kv: EtcdKeyValue) throws(OverlayLeasingError) -> OverlayLeaseEndReason {
+        let key = String(decoding: kv.key, as: UTF8.self)
+        let end = try decode(OverlayLeaseEndRecord.self, kv.value, key: key)
+        guard let reason = end.endReason else { throw .malformedRecord(key: key, what: "end marker version \(end.version) reason '\(end.reason.prefix(40))'") }
+        return reason
     }
 
     static func decodeLease(_ kv: EtcdKeyValue) throws(OverlayLeasingError) -> OverlayLeaseRecord {

@@ -66,7 +66,9 @@ public enum OverlayMetrics {
                 ("lease_events_granted", "Grant events from the etcd watch.", leasing.eventsGranted.load(ordering: .relaxed)),
                 ("lease_events_ended", "End events (revoked, expired) from the etcd watch.", leasing.eventsEnded.load(ordering: .relaxed)),
                 ("grants_returned", "Grants refused for want of a lease slot and revoked at the agents.", leasing.grantsReturned.load(ordering: .relaxed)),
-                ("grant_refusals_dropped", "Refused grants the bounded queue could not take (not given back).", leasing.refusalsDropped.load(ordering: .relaxed)),
+                ("grant_refusals_dropped", "Refused grants the bounded queue could not take (the reconcile gives them back).", leasing.refusalsDropped.load(ordering: .relaxed)),
+                ("grants_return_failed", "Give-backs no agent answered in any try.", leasing.grantsReturnFailed.load(ordering: .relaxed)),
+                ("leases_reconciled", "Leases held in etcd for this host but unused by its data plane past the grace, given back.", leasing.leasesReconciled.load(ordering: .relaxed)),
             ]
             for (name, help, value) in counters {
                 out.family("sluice_overlay_\(name)_total", "counter", help)

@@ -429,11 +429,7 @@ public final class ReplaySender {
         switch configuration.split {
         case .cacheFile(let path):
             let cache = try ReplayCacheFile.read(path: path)
-            let size = try ReplayCacheFile.fileSize(configuration.captures[0])
-            guard size == cache.captureBytes else {
-                throw .cache(.captureChanged(cache: path, capture: configuration.captures[0],
-                                             expectedBytes: cache.captureBytes, actualBytes: size))
-            }
+            try cache.check(capture: configuration.captures[0], cachePath: path)
             cacheSides = cache.sides
             cachePath = path
             splitRule = nil
@@ -582,6 +578,12 @@ public final class ReplaySender {
     @inline(__always)
     private func enqueue(_ bytes: UnsafeRawBufferPointer, wire: Int, timestampNs: UInt64, offsetNs: UInt64,
                          side: Int) -> Bool {
+        // Longer than the snapshot length said: a failed packet, as tcpreplay counts one it could not send.
+        // It takes no schedule time (`--pps`/`--mbps` pace what is sent) and no part of `--limit`.
+        guard bytes.count <= pool.bufferSizeBytes else {
+            oversize[side] += 1
+            return true
+        }
         let due: UInt64
         var slot: UInt64 = 0
         switch configuration.pacing {
@@ -611,8 +613,8 @@ public final class ReplaySender {
         }
         sequence &+= 1
         bytesScheduled &+= UInt64(bytes.count)
-        guard bytes.count <= pool.bufferSizeBytes, let buffer = pool.allocate() else {
-            oversize[side] += 1  // longer than the snapshot length said (the pool never runs dry here)
+        guard let buffer = pool.allocate() else {
+            oversize[side] += 1  // not expected: the pool holds two bursts and more, each released before the next fills
             return checkLimit()
         }
         let index = buffer.releaseIndex()

@@ -143,6 +143,8 @@ public enum ReplayCacheError: Error, Equatable, CustomStringConvertible {
     case tooManyPackets(path: String, count: UInt64, max: UInt64)
     /// The capture is not the one the cache file was made from (its size differs).
     case captureChanged(cache: String, capture: String, expectedBytes: UInt64, actualBytes: UInt64)
+    /// Same size, other bytes: the fingerprint (FNV-1a of its first and last MiB) differs.
+    case captureContentChanged(cache: String, capture: String)
     /// The capture holds more packets than the cache file classifies.
     case packetBeyondCache(cache: String, packets: UInt64)
 
@@ -155,23 +157,66 @@ public enum ReplayCacheError: Error, Equatable, CustomStringConvertible {
         case .captureChanged(let cache, let capture, let expected, let actual):
             "\(cache) was made from a capture of \(expected) bytes; \(capture) has \(actual): not the same capture"
         case .packetBeyondCache(let cache, let packets): "\(cache) classifies \(packets) packets; the capture has more"
+        case .captureContentChanged(let cache, let capture):
+            "\(cache) was made from another capture of the same size as \(capture) (their first and last MiB differ)"
         }
     }
 }
 
-/// tcpprep's cache file, Sluice's format: the magic "SLUICEC1", the capture's size in bytes
-/// (UInt64 little endian), the packet count (UInt64 LE), then one bit per packet in capture order
-/// (bit i of byte i/8; 1 = secondary, server->client).
+/// tcpprep's cache file, Sluice's format: the magic "SLUICEC2", the capture's size in bytes
+/// (UInt64 little endian), its fingerprint (UInt64 LE, `fingerprint(of:)`), the packet count (UInt64 LE),
+/// then one bit per packet in capture order (bit i of byte i/8; 1 = secondary, server->client).
 public struct ReplayCacheFile: Sendable, Equatable {
-    public static let magic = Array("SLUICEC1".utf8)
+    public static let magic = Array("SLUICEC2".utf8)
     /// Most packets one cache file classifies (16 MiB of bits).
     public static let packetCountMax: UInt64 = 1 << 27
+    /// Bytes of the capture's head and of its tail the fingerprint covers.
+    static let fingerprintSpanBytes = 1 << 20
     public var captureBytes: UInt64
+    public var captureFingerprint: UInt64
     public var sides: [ReplaySide]
 
-    public init(captureBytes: UInt64, sides: [ReplaySide]) {
+    public init(captureBytes: UInt64, captureFingerprint: UInt64, sides: [ReplaySide]) {
         self.captureBytes = captureBytes
+        self.captureFingerprint = captureFingerprint
         self.sides = sides
+    }
+
+    /// Checks that `capture` is the capture this file was made from: same size, same fingerprint.
+    public func check(capture: String, cachePath: String) throws(ReplayError) {
+        let size = try Self.fileSize(capture)
+        guard size == captureBytes else {
+            throw .cache(.captureChanged(cache: cachePath, capture: capture, expectedBytes: captureBytes, actualBytes: size))
+        }
+        guard try Self.fingerprint(of: capture) == captureFingerprint else {
+            throw .cache(.captureContentChanged(cache: cachePath, capture: capture))
+        }
+    }
+
+    /// FNV-1a (64 bit) of the file's first and last `fingerprintSpanBytes` (the whole file when shorter than
+    /// twice that): two reads of at most 1 MiB, whatever the capture's size.
+    public static func fingerprint(of path: String) throws(ReplayError) -> UInt64 {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw .cache(.io(path: path, operation: "open", errno: errno)) }
+        defer { close(fd) }
+        let size = try fileSize(path)
+        let span = UInt64(fingerprintSpanBytes)
+        let whole = size <= 2 * span
+        let offsets: [UInt64] = whole ? [0] : [0, size - span]
+        let length = whole ? Int(truncatingIfNeeded: size) : fingerprintSpanBytes
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        var buffer = [UInt8](repeating: 0, count: fingerprintSpanBytes)
+        for offset in offsets {
+            let count = length
+            var done = 0
+            while done < count {
+                let got = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, count - done, off_t(offset) + off_t(done)) }
+                guard got > 0 else { throw .cache(.io(path: path, operation: "read", errno: got == 0 ? EIO : errno)) }
+                done += got
+            }
+            for byte in buffer[0..<count] { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01B3 }
+        }
+        return hash
     }
 
     /// Classifies every packet of `capture` by `rule`.
@@ -194,12 +239,13 @@ public struct ReplayCacheFile: Sendable, Equatable {
         } catch {
             preconditionFailure("only PcapError and ReplayError are thrown here")
         }
-        return ReplayCacheFile(captureBytes: try fileSize(capture), sides: sides)
+        return ReplayCacheFile(captureBytes: try fileSize(capture), captureFingerprint: try fingerprint(of: capture), sides: sides)
     }
 
     public var bytes: [UInt8] {
         var out = Self.magic
         withUnsafeBytes(of: captureBytes.littleEndian) { out += $0 }
+        withUnsafeBytes(of: captureFingerprint.littleEndian) { out += $0 }
         withUnsafeBytes(of: UInt64(sides.count).littleEndian) { out += $0 }
         var bits = [UInt8](repeating: 0, count: (sides.count + 7) / 8)
         for (index, side) in sides.enumerated() where side == .secondary { bits[index / 8] |= 1 << UInt8(index % 8) }
@@ -223,19 +269,20 @@ public struct ReplayCacheFile: Sendable, Equatable {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw .cache(.io(path: path, operation: "open", errno: errno)) }
         defer { close(fd) }
-        var header = [UInt8](repeating: 0, count: 24)
-        guard readFully(fd, &header, 0, 24) == 24, Array(header[0..<8]) == magic else {
+        var header = [UInt8](repeating: 0, count: 32)
+        guard readFully(fd, &header, 0, 32) == 32, Array(header[0..<8]) == magic else {
             throw .cache(.notACacheFile(path: path))
         }
         func u64(_ offset: Int) -> UInt64 { (0..<8).reduce(UInt64(0)) { $0 | UInt64(header[offset + $1]) << (8 * UInt64($1)) } }
         let size = u64(8)
-        let count = u64(16)
+        let fingerprint = u64(16)
+        let count = u64(24)
         guard count <= packetCountMax else { throw .cache(.tooManyPackets(path: path, count: count, max: packetCountMax)) }
         let byteCount = Int((count + 7) / 8)
         var bits = [UInt8](repeating: 0, count: byteCount)
         guard readFully(fd, &bits, 0, byteCount) == byteCount else { throw .cache(.notACacheFile(path: path)) }
         let sides = (0..<Int(count)).map { bits[$0 / 8] >> UInt8($0 % 8) & 1 == 1 ? ReplaySide.secondary : .primary }
-        return ReplayCacheFile(captureBytes: size, sides: sides)
+        return ReplayCacheFile(captureBytes: size, captureFingerprint: fingerprint, sides: sides)
     }
 
     private static func readFully(_ fd: Int32, _ buffer: inout [UInt8], _ start: Int, _ count: Int) -> Int {

@@ -8,7 +8,7 @@ import SluiceOverlay
 import Synchronization
 
 let overlayHostSubcommands: [ParsableCommand.Type] = [OverlayHostCommand.self, OverlayFlowsCommand.self,
-                                                      OverlayBenchCommand.self]
+                                                      OverlayBenchCommand.self, OverlayRevokeBenchCommand.self]
 
 struct OverlayHostCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -30,29 +30,8 @@ struct OverlayHostCommand: ParsableCommand {
     @Option(help: "This host's name in lease records (default: the config's name).") var consumerHost: String?
 
     func run() throws {
-        let file: OverlayHostConfigFile
-        let resolved: (OverlayHostConfiguration, [OverlayLease])
-        do {
-            file = try OverlayHostConfigFile.load(path: config)
-            resolved = try file.resolve()
-        } catch { throw ValidationError("\(config): \(error)") }
-        var leasingFile = file.leasing
-        if etcd != nil || agents != nil || prefix != nil || consumerHost != nil {
-            guard let etcd = etcd ?? leasingFile?.etcd.joined(separator: ","),
-                  let agents = agents ?? leasingFile?.agents.joined(separator: ",") else {
-                throw ValidationError("--etcd and --agents go together (or the config's leasing section)")
-            }
-            var merged = OverlayHostConfigFile.Leasing(
-                etcd: etcd.split(separator: ",").map(String.init), agents: agents.split(separator: ",").map(String.init),
-                prefix: prefix ?? leasingFile?.prefix, consumerHost: consumerHost ?? leasingFile?.consumerHost)
-            merged.agentCallTimeoutMs = leasingFile?.agentCallTimeoutMs
-            merged.retryPauseMs = leasingFile?.retryPauseMs
-            leasingFile = merged
-        }
-        let leasingConfiguration: OverlayHostLeasingConfiguration?
-        do { leasingConfiguration = try leasingFile?.resolve(hostName: resolved.0.name) } catch {
-            throw ValidationError("\(config): \(error)")
-        }
+        let (file, resolved, leasingFile, leasingConfiguration) = try Self.load(
+            config: config, etcd: etcd, agents: agents, prefix: prefix, consumerHost: consumerHost)
         let host = try OverlayHost(configuration: resolved.0)
         var leasingTask: Task<Void, Never>?
         var leasing: OverlayHostLeasing?
@@ -103,6 +82,37 @@ struct OverlayHostCommand: ParsableCommand {
                 + "\(counters.eventsGranted.load(ordering: .relaxed)) ended \(counters.eventsEnded.load(ordering: .relaxed))")
         }
         if OverlaySignals.failed.load(ordering: .relaxed) { throw ExitCode(1) }
+    }
+
+    /// The host config at `config`, its static leases, and its leasing side with the command-line overrides
+    /// (`--etcd` and `--agents` together, or the config's `leasing` section; nil: no leasing).
+    static func load(config: String, etcd: String?, agents: String?, prefix: String?, consumerHost: String?) throws
+        -> (OverlayHostConfigFile, (OverlayHostConfiguration, [OverlayLease]), OverlayHostConfigFile.Leasing?,
+            OverlayHostLeasingConfiguration?) {
+        let file: OverlayHostConfigFile
+        let resolved: (OverlayHostConfiguration, [OverlayLease])
+        do {
+            file = try OverlayHostConfigFile.load(path: config)
+            resolved = try file.resolve()
+        } catch { throw ValidationError("\(config): \(error)") }
+        var leasingFile = file.leasing
+        if etcd != nil || agents != nil || prefix != nil || consumerHost != nil {
+            guard let etcd = etcd ?? leasingFile?.etcd.joined(separator: ","),
+                  let agents = agents ?? leasingFile?.agents.joined(separator: ",") else {
+                throw ValidationError("--etcd and --agents go together (or the config's leasing section)")
+            }
+            var merged = OverlayHostConfigFile.Leasing(
+                etcd: etcd.split(separator: ",").map(String.init), agents: agents.split(separator: ",").map(String.init),
+                prefix: prefix ?? leasingFile?.prefix, consumerHost: consumerHost ?? leasingFile?.consumerHost)
+            merged.agentCallTimeoutMs = leasingFile?.agentCallTimeoutMs
+            merged.retryPauseMs = leasingFile?.retryPauseMs
+            leasingFile = merged
+        }
+        let leasingConfiguration: OverlayHostLeasingConfiguration?
+        do { leasingConfiguration = try leasingFile?.resolve(hostName: resolved.0.name) } catch {
+            throw ValidationError("\(config): \(error)")
+        }
+        return (file, resolved, leasingFile, leasingConfiguration)
     }
 
     static func write(_ snapshot: OverlayHostSnapshot, to path: String) throws {
@@ -213,5 +223,75 @@ struct OverlayBenchCommand: ParsableCommand {
         print("  forward (parse+MAC rewrite):     median \(mpps(result.forwardMedian))  rounds "
             + result.forwardPPS.map(mpps).joined(separator: " "))
         print(String(format: "  ratio redirect/forward: %.2f (goal >= 0.80)", result.ratio))
+    }
+}
+
+struct OverlayRevokeBenchCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench-revoke",
+        abstract: "Revoke to cut on a running consumer host: grant and revoke through the agents, timed to the forwarding thread.",
+        discussion: """
+            Starts the host of --config (its interfaces must exist) with its leasing side (--etcd/--agents or the \
+            config's leasing section), registers a producer of --service (a service the host does not serve, so \
+            no flow changes), then --rounds times: a grant, a pause, its revoke, timed until the forwarding \
+            thread applied the end (docs/OVERLAY.md, "Revoke to cut"). Prints medians and p90. scripts/bench-overlay-revoke.sh.
+            """)
+
+    @Option(help: "The consumer host config (JSON).") var config: String
+    @Option(help: "etcd client URLs, comma-separated (overrides leasing.etcd).") var etcd: String?
+    @Option(help: "Leasing agents IPv4:PORT, comma-separated (overrides leasing.agents).") var agents: String?
+    @Option(help: "Key prefix of the overlay in etcd (overrides leasing.prefix).") var prefix: String?
+    @Option(help: "Revokes to time.") var rounds: Int = 50
+    @Option(help: "The service the timing producer registers (not one the host serves).") var service: String = "revoke-timing"
+    @Option(help: "The consumer VM named in the grants.") var consumerVM: String = "timing-vm"
+    @Flag(help: "Print the samples as JSON (ms) after the summary.") var json = false
+
+    func run() async throws {
+        guard (1...10_000).contains(rounds) else { throw ValidationError("--rounds must be 1...10000") }
+        let (_, resolved, leasingFile, leasingConfiguration) = try OverlayHostCommand.load(
+            config: config, etcd: etcd, agents: agents, prefix: prefix, consumerHost: nil)
+        guard let leasingFile, let leasingConfiguration else {
+            throw ValidationError("bench-revoke needs a leasing side: --etcd and --agents, or the config's leasing section")
+        }
+        guard !resolved.0.dataplane.services.contains(where: { $0.name == service }) else {
+            throw ValidationError("--service \(service) is served by the host: give one it does not serve")
+        }
+        let client: EtcdClient
+        do { client = try EtcdClient(EtcdClientConfiguration(endpoints: leasingFile.etcd)) } catch {
+            throw ValidationError("--etcd: \(error)")
+        }
+        let host = try OverlayHost(configuration: resolved.0)
+        let leasing = try OverlayHostLeasing(host: host, etcd: client, configuration: leasingConfiguration)
+        let agentClient = try OverlayAgentClient(agents: leasingConfiguration.agents)
+        try host.start()
+        let joined = Task { try await leasing.run() }
+        let registration: OverlayRegistration
+        let timing: OverlayRevokeTiming
+        do {
+            registration = try await OverlayRegistration.start(client, keys: leasingConfiguration.keys, endpoints: [
+                OverlayProducer(service: service, producerVM: "timing-producer", producerHost: "timing-host",
+                                underlayIPv4: 0xC612_00FE, overlayIPv4: 0xC613_00FE, port: 9, vni: 1, capacity: 1)],
+                ttlSeconds: 30)
+            timing = try await OverlayRevokeTiming.measure(leasing: leasing, agents: agentClient, service: service,
+                                                           consumerVM: consumerVM, rounds: rounds)
+        } catch {
+            joined.cancel()
+            host.stop()
+            await client.shutdown()
+            throw ValidationError("bench-revoke: \(error)")
+        }
+        try? await registration.stop()
+        joined.cancel()
+        _ = try? await joined.value
+        host.stop()
+        await client.shutdown()
+        print("overlay bench-revoke: \(timing.summary)")
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            let samples = ["totalMs": timing.totalMs, "toInboxMs": timing.toInboxMs, "handOffMs": timing.handOffMs,
+                           "callMs": timing.callMs]
+            print(String(decoding: try encoder.encode(samples), as: UTF8.self))
+        }
     }
 }

@@ -114,13 +114,18 @@ struct OverlayLeasesCommand: AsyncParsableCommand {
             let result = try await client.range(.prefix(prefix), limit: EtcdLimits.rangeLimitMax)
             print(["LEASE", "EPOCH", "SERVICE", "CONSUMER_HOST", "CONSUMER_VM", "PRODUCER_VM", "PRODUCER_HOST", "SLOT", "AGENT", "END"]
                 .joined(separator: "\t"))
-            for kv in result.kvs {
+            // End markers (`<record key>/end`, written by a revoke before the lease goes) fill the END column.
+            var ends: [Int64: String] = [:]
+            for kv in result.kvs where kv.key.count > 4 && kv.key.suffix(4).elementsEqual("/end".utf8) {
+                if let end = try? JSONDecoder().decode(OverlayLeaseEndRecord.self, from: Data(kv.value)) { ends[end.leaseID] = end.reason }
+            }
+            for kv in result.kvs where !(kv.key.count > 4 && kv.key.suffix(4).elementsEqual("/end".utf8)) {
                 guard let record = try? JSONDecoder().decode(OverlayLeaseRecord.self, from: Data(kv.value)) else {
                     FileHandle.standardError.write(Data("warning: malformed record at \(String(decoding: kv.key, as: UTF8.self))\n".utf8))
                     continue
                 }
                 print(["\(record.leaseID)", "\(kv.createRevision)", record.service, record.consumerHost, record.consumerVM,
-                       record.producerVM, record.producerHost, "\(record.slot)", record.agent, record.endReason ?? "-"]
+                       record.producerVM, record.producerHost, "\(record.slot)", record.agent, ends[record.leaseID] ?? record.endReason ?? "-"]
                     .joined(separator: "\t"))
             }
             await client.shutdown()

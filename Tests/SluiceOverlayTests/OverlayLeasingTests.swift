@@ -207,6 +207,57 @@ struct OverlayLeasingTests {
         late.cancel()
     }
 
+    /// A revoke between its two commits (end marker written, etcd lease not yet revoked): a watch started
+    /// then does not grant the lease, and one running ends it at the marker, once. A record an earlier
+    /// version's revoke wrote its reason into is read the same way. A marker for no record is refused.
+    @Test func endMarkersEndLeasesForEveryWatch() async throws {
+        let keys = try testKeys()
+        let etcd = try client(cluster.clientURLs)
+        defer { Task { await etcd.shutdown() } }
+        let registration = try await OverlayRegistration.start(
+            etcd, keys: keys, endpoints: [producer("web", "p1", capacity: 4)], ttlSeconds: 10)
+        let agent = try OverlayLeasingAgent(client: etcd, configuration: .init(name: "a1", keys: keys, ttlSeconds: 10))
+        let running = LeaseEvents(try await OverlayLeaseWatch.start(etcd, keys: keys, consumerHost: "ch1"))
+        let marked = try await agent.grant(service: "web", consumerHost: "ch1", consumerVM: "c1")
+        let older = try await agent.grant(service: "web", consumerHost: "ch1", consumerVM: "c2")
+        let kept = try await agent.grant(service: "web", consumerHost: "ch1", consumerVM: "c3")
+        for grant in [marked, older, kept] { #expect(await running.nextQuickly() == .granted(grant.lease)) }
+        // The revoke's first commit only, by hand: the marker on the grant's own etcd lease.
+        let endKey = keys.leaseEnd(consumerHost: "ch1", leaseID: marked.record.leaseID)
+        _ = try await etcd.put(endKey, Array(try JSONEncoder().encode(OverlayLeaseEndRecord(leaseID: marked.record.leaseID, reason: .producerMoved))),
+                               lease: marked.record.leaseID)
+        #expect(await running.nextQuickly() == .ended(leaseID: marked.record.leaseID, epoch: marked.epoch, reason: .producerMoved))
+        // An earlier version's revoke: the reason inside the record.
+        var record = older.record
+        record.endReason = OverlayLeaseEndReason.revoked.rawValue
+        _ = try await etcd.put(keys.lease(consumerHost: "ch1", leaseID: older.record.leaseID), Array(try JSONEncoder().encode(record)),
+                               lease: older.record.leaseID)
+        #expect(await running.nextQuickly() == .ended(leaseID: older.record.leaseID, epoch: older.epoch, reason: .revoked))
+        // A watch started now grants only the lease nobody is revoking.
+        let late = LeaseEvents(try await OverlayLeaseWatch.start(etcd, keys: keys, consumerHost: "ch1"))
+        #expect(await late.nextQuickly() == .granted(kept.lease))
+        #expect(await late.next(timeoutMs: 300) == nil)
+        // The etcd leases go: nothing more is reported by either (ended once).
+        try await agent.revoke(consumerHost: "ch1", leaseID: marked.record.leaseID)
+        try await agent.revoke(consumerHost: "ch1", leaseID: older.record.leaseID)
+        #expect(await running.next(timeoutMs: 300) == nil)
+        #expect(await late.next(timeoutMs: 100) == nil)
+        // Revoking a lease with no record writes no marker: lease_not_found.
+        do {
+            try await agent.revoke(consumerHost: "ch2", leaseID: kept.record.leaseID)
+            Issue.record("revoke of another host's lease succeeded")
+        } catch OverlayLeasingError.refused(let reason, _) {
+            #expect(reason == .leaseNotFound)
+        }
+        #expect(try await etcd.get(keys.leaseEnd(consumerHost: "ch2", leaseID: kept.record.leaseID)) == nil)
+        try await agent.revoke(consumerHost: "ch1", leaseID: kept.record.leaseID)
+        #expect(await running.nextQuickly() == .ended(leaseID: kept.record.leaseID, epoch: kept.epoch, reason: .revoked))
+        #expect(await late.nextQuickly() == .ended(leaseID: kept.record.leaseID, epoch: kept.epoch, reason: .revoked))
+        running.cancel()
+        late.cancel()
+        try await registration.stop()
+    }
+
     @Test func grantsSpreadOverProducersAndSkipGoneRegistrations() async throws {
         let keys = try testKeys()
         let etcd = try client(cluster.clientURLs)

@@ -188,6 +188,18 @@ struct SenderReport {
         #expect(!oversize.stderr.contains("Fatal error"), "\(oversize.stderr)")
         let report = try SenderReport(oversize.stdout)
         #expect(try report.number("packets") == 0)
+        // Between frames that fit, a frame too long fails and counts no part of --limit: the limit of 2 sends
+        // the two frames after it.
+        let mixed = temporaryPath("mixed.pcap"), out = temporaryPath("mixed-out.pcap")
+        defer { unlink(mixed); unlink(out) }
+        let fitting = (2...4).map { SenderFrames.tcp(SenderFrames.client, SenderFrames.server, sourcePort: 40_000,
+                                                     destinationPort: 80, serial: $0, length: 200) }
+        try SenderFrames.write([SenderFrames.tcp(SenderFrames.client, SenderFrames.server, sourcePort: 40_000,
+                                                 destinationPort: 80, serial: 1, length: 9_300)] + fitting, to: mixed)
+        let limited = try runSluice(["replay", mixed, "--pps", "1000", "--limit", "2", "--out", out, "--json"])
+        #expect(limited.status == 0 || limited.status == 1, "status \(limited.status): \(limited.stderr)")
+        #expect(try SenderFrames.read(out) == Array(fitting.prefix(2)))
+        #expect(limited.stdout.contains("\"failedPackets\":1"), "\(limited.stdout)")
     }
 
     /// --preload over its cap: a clear error naming the flag, nothing sent.
@@ -232,6 +244,14 @@ struct SenderReport {
         #expect(cached.stdout.contains("Actual: 41 packets"), "\(cached.stdout)")
         #expect(cached.stdout.contains("Statistics for network device: \(secondary)"), "\(cached.stdout)")
         #expect(cached.stdout.contains("Successful packets:        20"), "\(cached.stdout)")
+
+        // A capture of the same size with other bytes (its last byte changed) is refused too.
+        var bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: path)))
+        bytes[bytes.count - 1] ^= 0xFF
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        let changed = try runSluice(["replay", path, "--cachefile", cache, "--out", primary, "--out2", secondary])
+        #expect(changed.status == 1)
+        #expect(changed.stderr.contains("another capture of the same size"), "\(changed.stderr)")
 
         // A cache file made from another capture is refused.
         try SenderFrames.write(SenderFrames.conversation(count: 3), to: path)
