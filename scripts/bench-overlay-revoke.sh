@@ -41,10 +41,11 @@ ip netns add "$NS"
 ip -n "$NS" link add chv type veth peer name chvp
 ip -n "$NS" link add chu type veth peer name chup
 for dev in chv chvp chu chup; do ip -n "$NS" link set "$dev" up; done
+UMAC=$(ip netns exec "$NS" cat /sys/class/net/chu/address); VMAC=$(ip netns exec "$NS" cat /sys/class/net/chv/address)
 cat > "$DIR/host.json" <<EOF
 { "name": "bench-host", "namespace": "$NS", "vni": 42,
-  "underlay": { "interface": "chu", "ipv4": "198.18.0.1" },
-  "vms": [ { "name": "c1", "interface": "chv", "role": "consumer" } ],
+  "underlay": { "interface": "chu", "ipv4": "198.18.0.1", "mac": "$UMAC" },
+  "vms": [ { "name": "c1", "interface": "chv", "role": "consumer", "hostMAC": "$VMAC" } ],
   "services": [ { "name": "web", "ipv4": "198.19.100.1", "port": 80, "protocol": "tcp" } ] }
 EOF
 metric() { curl -s "$URL/metrics" | awk -v m="$1" '$1==m {print $2}'; }

@@ -11,5 +11,5 @@ swiftc -O -wmo -g -module-name OverlayBenchDriver -I $R/Modules \
   $W/OverlayLease.swift $W/OverlayVXLAN.swift $W/OverlayFlowTable.swift $W/OverlayRedirect.swift \
   $W/OverlayDataplaneBench.swift $W/OverlayFastParse.swift $W/OverlayHost.swift .bench/main.swift \
   $R/SluiceCore.build/*.o $R/SluicePacket.build/*.o $R/SluicePacketIO.build/*.o $R/CShims.build/*.o $R/SystemPackage.build/*.o \
-  $R/CSystem.build/*.o -lnuma -luring -lpcap -o "$1"
+  $R/CSystem.build/*.o -lnuma -luring -lpcap -lxdp -lbpf -ltss2-esys -ltss2-tctildr -ltss2-rc -o "$1"  # CShims's libraries (Package.swift)
 rm -f OverlayBenchDriver-1.swiftdoc OverlayBenchDriver-1.swiftmodule OverlayBenchDriver-1.swiftsourceinfo  # left by swiftc -g
