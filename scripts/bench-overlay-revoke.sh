@@ -2,8 +2,9 @@
 # Revoke to cut through the whole system (issue 15): a real etcd (one member, data dir on this machine's
 # disk), a `sluice overlay agent` process, and a consumer host (`sluice overlay bench-revoke`: OverlayHost's
 # forwarding thread on AF_PACKET ports in a namespace made here, its etcd watch, its agent client). Each
-# round grants a lease, then times its revoke from the call to the forwarding thread having applied the end
-# (from then on no packet of the lease is forwarded). The floor beside it, same run: etcd's own WAL fsync
+# round grants a lease of a service the host serves (installed as the redirect), then times its revoke from
+# the call to the forwarding thread having applied the end (the redirect gone, the lease's flows cut: from
+# then on no packet of the lease is forwarded; there is no traffic here, so no flow to cut). The floor beside it, same run: etcd's own WAL fsync
 # and backend commit means over the bench (from etcd's /metrics), since every revoke waits for one commit.
 #
 # usage (root): scripts/bench-overlay-revoke.sh [SLUICE] [ROUNDS] [RUNS]
@@ -30,12 +31,16 @@ etcd --name bench --data-dir "$DIR/etcd" --listen-client-urls "http://127.0.0.1:
   --initial-advertise-peer-urls "http://127.0.0.1:$PP" --initial-cluster "bench=http://127.0.0.1:$PP" \
   > "$DIR/etcd.log" 2>&1 &
 EPID=$!
-for _ in $(seq 100); do curl -s "http://127.0.0.1:$CP/health" | grep -q true && break; sleep 0.1; done
+up=0
+for _ in $(seq 100); do curl -s "http://127.0.0.1:$CP/health" | grep -q true && { up=1; break; }; sleep 0.1; done
+[ "$up" = 1 ] || { echo "bench-overlay-revoke: etcd did not come up:" >&2; tail -5 "$DIR/etcd.log" >&2; exit 1; }
+echo "etcd data dir on $(stat -f -c %T "$DIR") ($DIR)"
 URL=http://127.0.0.1:$CP
 "$SLUICE" overlay agent --etcd "$URL" --prefix /bench-revoke/ --name a1 --listen 127.0.0.1:0 --ttl 10 > "$DIR/agent.out" 2>&1 &
 APID=$!
 for _ in $(seq 100); do grep -q ':[0-9]' "$DIR/agent.out" 2>/dev/null && break; sleep 0.1; done
 AP=$(head -1 "$DIR/agent.out" | sed 's/.*://')
+case "$AP" in ''|*[!0-9]*) echo "bench-overlay-revoke: the agent did not start:" >&2; cat "$DIR/agent.out" >&2; exit 1;; esac
 # The consumer host's ports: a VM veth and an underlay veth, both ends in the namespace (no traffic).
 ip netns add "$NS"
 ip -n "$NS" link add chv type veth peer name chvp
@@ -52,8 +57,11 @@ metric() { curl -s "$URL/metrics" | awk -v m="$1" '$1==m {print $2}'; }
 for run in $(seq "$RUNS"); do
   f0=$(metric etcd_disk_wal_fsync_duration_seconds_sum); n0=$(metric etcd_disk_wal_fsync_duration_seconds_count)
   c0=$(metric etcd_disk_backend_commit_duration_seconds_sum); m0=$(metric etcd_disk_backend_commit_duration_seconds_count)
-  "$SLUICE" overlay bench-revoke --config "$DIR/host.json" --etcd "$URL" --agents "127.0.0.1:$AP" \
-    --prefix /bench-revoke/ --rounds "$ROUNDS" | sed "s/^/run $run: /"
+  if ! "$SLUICE" overlay bench-revoke --config "$DIR/host.json" --etcd "$URL" --agents "127.0.0.1:$AP" \
+      --prefix /bench-revoke/ --rounds "$ROUNDS" > "$DIR/run.out" 2>&1; then
+    echo "bench-overlay-revoke: run $run failed:" >&2; cat "$DIR/run.out" >&2; exit 1
+  fi
+  sed "s/^/run $run: /" "$DIR/run.out"
   f1=$(metric etcd_disk_wal_fsync_duration_seconds_sum); n1=$(metric etcd_disk_wal_fsync_duration_seconds_count)
   c1=$(metric etcd_disk_backend_commit_duration_seconds_sum); m1=$(metric etcd_disk_backend_commit_duration_seconds_count)
   echo "$f0 $f1 $n0 $n1 $c0 $c1 $m0 $m1" | awk -v r="$run" '{

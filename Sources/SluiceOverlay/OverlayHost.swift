@@ -172,6 +172,9 @@ public final class OverlayHost: @unchecked Sendable {  // unchecked: `thread` is
     private let inboxCount = Atomic<Int>(0)
     private let appliedAtNs = Atomic<UInt64>(0)
     private let appliedCount = Atomic<UInt64>(0)
+    /// Inputs queued so far (numbered in inbox order, under the inbox's lock) and inputs applied so far.
+    private let inputsQueued = Atomic<UInt64>(0)
+    private let inputsApplied = Atomic<UInt64>(0)
     private let inbox = Mutex<[OverlayHostInput]>([])
     private let published = Mutex(OverlayHostSnapshot())
     private let requestHook = Mutex<(@Sendable (String, String) -> Void)?>(nil)
@@ -201,23 +204,31 @@ public final class OverlayHost: @unchecked Sendable {  // unchecked: `thread` is
 
     /// Queues a lease event for the forwarding thread. False if the inbox is full (`eventInboxMax`).
     @discardableResult
-    public func submit(_ event: OverlayLeaseEvent) -> Bool { enqueue(.event(event)) }
+    public func submit(_ event: OverlayLeaseEvent) -> Bool { enqueue(.event(event)) != nil }
+
+    /// `submit`, returning the event's number in inbox order (nil: the inbox is full). Once
+    /// `inputsAppliedCount` reaches it the forwarding thread has applied the event.
+    public func submitNumbered(_ event: OverlayLeaseEvent) -> UInt64? { enqueue(.event(event)) }
+
+    /// Inputs (events, re-arms) the forwarding thread has applied, in inbox order.
+    public var inputsAppliedCount: UInt64 { inputsApplied.load(ordering: .acquiring) }
 
     /// Lets the next packet of `consumerVM` to `service` ask for a lease again (the leasing side's last
     /// request failed). Goes through the inbox like events. False if the inbox is full.
     @discardableResult
     public func rearmLeaseRequest(consumerVM: String, service: String) -> Bool {
-        enqueue(.rearm(consumerVM: consumerVM, service: service))
+        enqueue(.rearm(consumerVM: consumerVM, service: service)) != nil
     }
 
-    private func enqueue(_ input: OverlayHostInput) -> Bool {
-        let accepted = inbox.withLock { events -> Bool in
-            guard events.count < OverlayHostLimits.eventInboxMax else { return false }
+    /// Queues `input`; its number in inbox order, or nil if the inbox is full.
+    private func enqueue(_ input: OverlayHostInput) -> UInt64? {
+        let number = inbox.withLock { events -> UInt64? in
+            guard events.count < OverlayHostLimits.eventInboxMax else { return nil }
             events.append(input)
-            return true
+            return inputsQueued.wrappingAdd(1, ordering: .relaxed).newValue
         }
-        if accepted { inboxCount.wrappingAdd(1, ordering: .releasing) }
-        return accepted
+        if number != nil { inboxCount.wrappingAdd(1, ordering: .releasing) }
+        return number
     }
 
     /// How many inbox drains applied events, and when the last one finished (CLOCK_MONOTONIC ns): from
@@ -305,9 +316,12 @@ public final class OverlayHost: @unchecked Sendable {  // unchecked: `thread` is
         return events
     }
     func publish(_ snapshot: OverlayHostSnapshot) { published.withLock { $0 = snapshot } }
-    func markApplied(nowNs: UInt64) {
+    /// After a drain applied `inputs` inputs: the time first, then the counts, so a reader that sees the
+    /// counts (acquiring) sees this drain's time or a later one.
+    func markApplied(nowNs: UInt64, inputs: Int) {
         appliedAtNs.store(nowNs, ordering: .releasing)
         appliedCount.wrappingAdd(1, ordering: .releasing)
+        inputsApplied.wrappingAdd(UInt64(inputs), ordering: .releasing)
     }
     func refuseGrant(_ lease: OverlayLease) {
         let hook = refusalHook.withLock { $0 }
@@ -418,13 +432,14 @@ struct OverlayHostLoop: ~Copyable {
         while !host.isStopping {
             let nowNs = Clock.monotonicNs()
             if host.hasEvents {
-                for input in host.takeEvents() {
+                let inputs = host.takeEvents()
+                for input in inputs {
                     switch input {
                     case .event(let event): redirect.apply(event, nowNs: nowNs)
                     case .rearm(let vm, let service): redirect.rearmLeaseRequest(consumerVM: vm, service: service)
                     }
                 }
-                host.markApplied(nowNs: Clock.monotonicNs())
+                host.markApplied(nowNs: Clock.monotonicNs(), inputs: inputs.count)
                 eventsApplied &+= 1
                 dirty = true
             }

@@ -49,6 +49,9 @@ public final class OverlayHostLeasingCounters: Sendable {
     /// CLOCK_MONOTONIC ns at which the last end event went into the host's inbox (timings: the watch's
     /// share of a revoke's time, and the hand-off's after it, `OverlayHost.lastEventsApplied`).
     public let lastEndSubmittedNs = Atomic<UInt64>(0)
+    /// The last end event's number in the host's inbox order: applied once `OverlayHost.inputsAppliedCount`
+    /// reaches it.
+    public let lastEndInputNumber = Atomic<UInt64>(0)
     /// Grants the host refused for want of a lease slot, those given back (revoked at the agents), and
     /// refusals the queue (`leaseRequestQueueMax`) could not take (not given back: counted to be seen).
     public let grantsRefused = Atomic<UInt64>(0)
@@ -92,6 +95,8 @@ public final class OverlayHostLeasing: Sendable {
     static let watchedMax = 2 * OverlayLimits.leaseCountMax
     /// Leases a give-back is working on (the reconcile leaves them alone).
     private let givingBack = Mutex<Set<Int64>>([])
+    /// Leases ended at a revoke's marker, until their record is seen gone (at most `watchedMax`).
+    private let marked = Mutex<[Int64: (lease: OverlayLease, sinceNs: UInt64)]>([:])
     /// Tries of one give-back (revoke at the agents), `retryPauseMs` apart, doubling.
     static let giveBackTriesMax = 5
 
@@ -115,10 +120,16 @@ public final class OverlayHostLeasing: Sendable {
         let input = requestInput
         let refusalInput = refusalInput
         let counters = counters
-        host.onGrantRefused { lease in
-            // On the forwarding thread: a non-blocking enqueue.
+        host.onGrantRefused { [weak self] lease in
+            // On the forwarding thread (a refusal: rare): a non-blocking enqueue. Marked as being given back
+            // from here on, so the reconcile leaves it to the queue; a refusal the queue cannot take is left
+            // to the reconcile.
             counters.grantsRefused.add(1, ordering: .relaxed)
-            if case .enqueued = refusalInput.yield(lease) {} else { counters.refusalsDropped.add(1, ordering: .relaxed) }
+            _ = self?.givingBack.withLock { $0.insert(lease.leaseID) }
+            if case .enqueued = refusalInput.yield(lease) {} else {
+                counters.refusalsDropped.add(1, ordering: .relaxed)
+                _ = self?.givingBack.withLock { $0.remove(lease.leaseID) }
+            }
         }
         host.onLeaseRequest { [unowned host] vm, service in
             // On the forwarding thread: a non-blocking enqueue, nothing more. A refused one re-arms the
@@ -138,6 +149,9 @@ public final class OverlayHostLeasing: Sendable {
     /// Watches and serves requests until cancelled (returns), or throws when etcd cannot be watched again
     /// within the watch's reconnect deadline.
     public func run() async throws(OverlayLeasingError) {
+        // A new watch reports every lease again from its snapshot.
+        watched.withLock { $0.removeAll() }
+        marked.withLock { $0.removeAll() }
         let failure = await withTaskGroup(of: OverlayLeasingError?.self) { group -> OverlayLeasingError? in
             group.addTask {
                 do throws(OverlayLeasingError) {
@@ -180,22 +194,34 @@ public final class OverlayHostLeasing: Sendable {
     /// Hands one event to the host, waiting (1 ms steps) while its inbox is full: the watch is held back
     /// meanwhile, and etcd behind it.
     func deliver(_ event: OverlayLeaseEvent) async {
-        while !host.submit(event) {
+        var submittedNs = Clock.monotonicNs()
+        var number = host.submitNumbered(event)
+        while number == nil {
             counters.inboxFullRetries.add(1, ordering: .relaxed)
             if Task.isCancelled { return }
             try? await Task.sleep(for: .milliseconds(1))
+            submittedNs = Clock.monotonicNs()
+            number = host.submitNumbered(event)
         }
         switch event {
         case .granted(let lease):
             counters.eventsGranted.add(1, ordering: .relaxed)
-            let now = Clock.monotonicNs()
             watched.withLock { watched in
-                if watched.count < Self.watchedMax { watched[lease.leaseID] = (lease, now) }
+                if watched.count < Self.watchedMax { watched[lease.leaseID] = (lease, submittedNs) }
             }
-        case .ended(let leaseID, _, _):
-            counters.lastEndSubmittedNs.store(Clock.monotonicNs(), ordering: .relaxed)
+        case .ended(let leaseID, _, let reason):
+            // Stamped before the submit: the forwarding thread may apply it before this line runs.
+            counters.lastEndSubmittedNs.store(submittedNs, ordering: .relaxed)
+            counters.lastEndInputNumber.store(number!, ordering: .releasing)
             counters.eventsEnded.add(1, ordering: .relaxed)
-            _ = watched.withLock { $0.removeValue(forKey: leaseID) }
+            let lease = watched.withLock { $0.removeValue(forKey: leaseID) }
+            // Ended at a revoke's marker: the record should go with its etcd lease right after. If that
+            // revoke failed, the slot stays held (renewed by its granting agent): checked by the reconcile.
+            if reason != .expired, let lease {
+                marked.withLock { marked in
+                    if marked.count < Self.watchedMax { marked[leaseID] = (lease.lease, submittedNs) }
+                }
+            }
         }
     }
 
@@ -203,6 +229,9 @@ public final class OverlayHostLeasing: Sendable {
     /// held for `reconcileGraceMs`: a refusal the bounded queues lost, a grant replaced by a newer one for
     /// the same pair, a grant for a VM or service the host does not have. Without this its agent would
     /// renew it, and hold the producer's slot, for nothing.
+    ///
+    /// Also: a lease ended at a revoke's marker whose record is still in etcd a grace later (the revoke's
+    /// second step failed, or its agent died between the two) is revoked again, so its slot is freed.
     func reconcile() async {
         let held = Set(host.snapshot().leases.map(\.leaseID))
         let graceNs = UInt64(configuration.reconcileGraceMs) * 1_000_000
@@ -213,9 +242,27 @@ public final class OverlayHostLeasing: Sendable {
         for lease in unused.sorted(by: { $0.leaseID < $1.leaseID }) {
             if Task.isCancelled { return }
             // Held after all (applied since the snapshot was published): keep it.
-            if host.snapshot().leases.contains(where: { $0.leaseID == lease.leaseID }) { continue }
+            let snapshot = host.snapshot()
+            if snapshot.leases.contains(where: { $0.leaseID == lease.leaseID }) { continue }
             counters.leasesReconciled.add(1, ordering: .relaxed)
-            await giveBack(lease, rearm: false)
+            // A pair holding no lease may be stuck on a refusal the queues lost (its packets drop
+            // `leaseSlotsFull` and ask nothing until re-armed): re-arm it after the give-back.
+            let pairIdle = !snapshot.leases.contains { $0.consumerVM == lease.consumerVM && $0.service == lease.service }
+            await giveBack(lease, rearm: pairIdle)
+        }
+        let due = marked.withLock { marked in
+            marked.filter { now &- $0.value.sinceNs >= graceNs }.map { ($0.key, $0.value.lease) }
+        }
+        for (leaseID, lease) in due.sorted(by: { $0.0 < $1.0 }) {
+            if Task.isCancelled { return }
+            let recordKey = configuration.keys.lease(consumerHost: configuration.consumerHost, leaseID: leaseID)
+            guard let present = try? await etcd.get(recordKey, timeoutMs: configuration.agentCallTimeoutMs) else { continue }
+            if present != nil {
+                counters.leasesReconciled.add(1, ordering: .relaxed)
+                await giveBack(lease, rearm: false)
+            } else {
+                _ = marked.withLock { $0.removeValue(forKey: leaseID) }
+            }
         }
     }
 
@@ -231,11 +278,13 @@ public final class OverlayHostLeasing: Sendable {
             do {
                 try await agents.revoke(consumerHost: configuration.consumerHost, leaseID: lease.leaseID)
                 counters.grantsReturned.add(1, ordering: .relaxed)
+                forget(lease.leaseID)
                 break
             } catch {
                 if case .refused(.leaseNotFound, _) = error {
                     // Expired or revoked meanwhile: nothing is held any more.
                     counters.grantsReturned.add(1, ordering: .relaxed)
+                    forget(lease.leaseID)
                     break
                 }
                 if attempt == Self.giveBackTriesMax || Task.isCancelled {
@@ -251,6 +300,12 @@ public final class OverlayHostLeasing: Sendable {
         while !host.rearmLeaseRequest(consumerVM: lease.consumerVM, service: lease.service), !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(1))
         }
+    }
+
+    /// A lease given back: the reconcile has nothing more to do with it.
+    private func forget(_ leaseID: Int64) {
+        _ = watched.withLock { $0.removeValue(forKey: leaseID) }
+        _ = marked.withLock { $0.removeValue(forKey: leaseID) }
     }
 
     func ask(consumerVM: String, service: String) async {

@@ -220,16 +220,20 @@ public struct OverlayLeaseWatch: AsyncSequence, AsyncIteratorProtocol {
 
     /// Leases ended recently (bounded), so a re-watch from an older revision does not grant them again.
     private var ended = Set<Int64>()
+    /// `ended` in insertion order, a ring of `endedRememberedMax` (the oldest is forgotten first).
     private var endedOrder: [Int64] = []
+    private var endedNext = 0
     static let endedRememberedMax = 4 * OverlayLimits.leaseCountMax
 
     private mutating func remember(ended id: Int64) {
-        if ended.insert(id).inserted { endedOrder.append(id) }
-        if endedOrder.count > Self.endedRememberedMax {
-            let drop = endedOrder.count - Self.endedRememberedMax
-            for old in endedOrder.prefix(drop) { ended.remove(old) }
-            endedOrder.removeFirst(drop)
+        guard ended.insert(id).inserted else { return }
+        if endedOrder.count < Self.endedRememberedMax {
+            endedOrder.append(id)
+            return
         }
+        ended.remove(endedOrder[endedNext])
+        endedOrder[endedNext] = id
+        endedNext = (endedNext + 1) % Self.endedRememberedMax
     }
 
     /// Opens the watch again from `revision` (a fresh snapshot when etcd compacted past it), pausing

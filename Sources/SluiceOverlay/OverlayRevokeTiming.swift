@@ -44,8 +44,10 @@ public struct OverlayRevokeTiming: Sendable {
 
     /// `rounds` times: a grant of `service` for `consumerVM` through `agents`, waited for on the host (its
     /// grant event handed over), a pause of `settleMs`, then its revoke, timed until the host's forwarding
-    /// thread applied the end. Give a service the host does not serve (its events go the whole way and
-    /// change no flow). Callers: one at a time per `leasing` (it reads the join's last-end time).
+    /// thread applied the end. For a service and consumer VM the host serves, the end is the real cut
+    /// (`OverlayRedirect.end(slot:)`: redirect gone, flows cut); for others the data plane ignores the
+    /// events (they still go the whole way). Callers: one at a time per `leasing` (it reads the join's
+    /// last-end time), with nothing else ending leases of the host meanwhile.
     public static func measure(leasing: OverlayHostLeasing, agents: OverlayAgentClient, service: String,
                                consumerVM: String, rounds: Int, settleMs: Int = 20) async throws -> OverlayRevokeTiming {
         precondition(rounds > 0 && rounds <= 100_000)
@@ -64,9 +66,10 @@ public struct OverlayRevokeTiming: Sendable {
             let start = Clock.monotonicNs()
             try await agents.revoke(consumerHost: consumerHost, leaseID: grant.record.leaseID)
             let returned = Clock.monotonicNs()
+            // Applied once the host's applied-input count reaches the end's number in its inbox (FIFO).
             let seen = await waitFor(timeoutMs: 3_000) {
                 counters.eventsEnded.load(ordering: .relaxed) > endsBefore
-                    && host.lastEventsApplied.atNs >= counters.lastEndSubmittedNs.load(ordering: .relaxed)
+                    && host.inputsAppliedCount >= counters.lastEndInputNumber.load(ordering: .acquiring)
             }
             guard seen else { throw Failure.endNotSeen(round: round) }
             let submitted = counters.lastEndSubmittedNs.load(ordering: .relaxed)

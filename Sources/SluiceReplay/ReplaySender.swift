@@ -494,7 +494,11 @@ public final class ReplaySender {
             loop += 1
             // Captures without a frame: `--loop 0` would reopen them for ever (no limit or deadline is reached).
             if configuration.loopCount == 0, sequence == sequenceBefore {
-                if failure == nil { failure = "the captures hold no frame to send" }
+                let tooLong = oversize.reduce(0, +)
+                if failure == nil {
+                    failure = tooLong > 0 ? "every frame of the captures is longer than \(pool.bufferSizeBytes) bytes (\(tooLong) frames)"
+                        : "the captures hold no frame to send"
+                }
                 break
             }
         }

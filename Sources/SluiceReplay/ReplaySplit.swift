@@ -140,6 +140,8 @@ struct FiveTuple: Hashable {
 public enum ReplayCacheError: Error, Equatable, CustomStringConvertible {
     case io(path: String, operation: String, errno: Int32)
     case notACacheFile(path: String)
+    /// A cache file of an earlier format (no capture fingerprint): made again with --write-cachefile.
+    case olderCacheFile(path: String)
     case tooManyPackets(path: String, count: UInt64, max: UInt64)
     /// The capture is not the one the cache file was made from (its size differs).
     case captureChanged(cache: String, capture: String, expectedBytes: UInt64, actualBytes: UInt64)
@@ -153,6 +155,7 @@ public enum ReplayCacheError: Error, Equatable, CustomStringConvertible {
         case .io(let path, let operation, let errno):
             "\(path): \(operation) failed: \(String(cString: strerror(errno))) (errno \(errno))"
         case .notACacheFile(let path): "\(path): not a sluice replay cache file (made by `sluice replay --write-cachefile`)"
+        case .olderCacheFile(let path): "\(path): a cache file of an earlier sluice (no capture fingerprint): make it again with --write-cachefile"
         case .tooManyPackets(let path, let count, let max): "\(path): \(count) packets, at most \(max)"
         case .captureChanged(let cache, let capture, let expected, let actual):
             "\(cache) was made from a capture of \(expected) bytes; \(capture) has \(actual): not the same capture"
@@ -270,7 +273,9 @@ public struct ReplayCacheFile: Sendable, Equatable {
         guard fd >= 0 else { throw .cache(.io(path: path, operation: "open", errno: errno)) }
         defer { close(fd) }
         var header = [UInt8](repeating: 0, count: 32)
-        guard readFully(fd, &header, 0, 32) == 32, Array(header[0..<8]) == magic else {
+        let got = readFully(fd, &header, 0, 32)
+        if got >= 8, Array(header[0..<8]) == Array("SLUICEC1".utf8) { throw .cache(.olderCacheFile(path: path)) }
+        guard got == 32, Array(header[0..<8]) == magic else {
             throw .cache(.notACacheFile(path: path))
         }
         func u64(_ offset: Int) -> UInt64 { (0..<8).reduce(UInt64(0)) { $0 | UInt64(header[offset + $1]) << (8 * UInt64($1)) } }

@@ -232,9 +232,11 @@ struct OverlayRevokeBenchCommand: AsyncParsableCommand {
         abstract: "Revoke to cut on a running consumer host: grant and revoke through the agents, timed to the forwarding thread.",
         discussion: """
             Starts the host of --config (its interfaces must exist) with its leasing side (--etcd/--agents or the \
-            config's leasing section), registers a producer of --service (a service the host does not serve, so \
-            no flow changes), then --rounds times: a grant, a pause, its revoke, timed until the forwarding \
-            thread applied the end (docs/OVERLAY.md, "Revoke to cut"). Prints medians and p90. scripts/bench-overlay-revoke.sh.
+            config's leasing section), registers a producer of --service (one the host serves, default its first) \
+            for --consumer-vm (default its first consumer VM), then --rounds times: a grant (installed as the \
+            pair's redirect), a pause, its revoke, timed until the forwarding thread applied the end: the \
+            redirect removed and the lease's flows cut (docs/OVERLAY.md, "Revoke to cut"). Prints medians and \
+            p90. scripts/bench-overlay-revoke.sh.
             """)
 
     @Option(help: "The consumer host config (JSON).") var config: String
@@ -242,8 +244,8 @@ struct OverlayRevokeBenchCommand: AsyncParsableCommand {
     @Option(help: "Leasing agents IPv4:PORT, comma-separated (overrides leasing.agents).") var agents: String?
     @Option(help: "Key prefix of the overlay in etcd (overrides leasing.prefix).") var prefix: String?
     @Option(help: "Revokes to time.") var rounds: Int = 50
-    @Option(help: "The service the timing producer registers (not one the host serves).") var service: String = "revoke-timing"
-    @Option(help: "The consumer VM named in the grants.") var consumerVM: String = "timing-vm"
+    @Option(help: "A service the host serves (default: its first).") var service: String?
+    @Option(help: "A consumer VM of the host (default: its first).") var consumerVM: String?
     @Flag(help: "Print the samples as JSON (ms) after the summary.") var json = false
 
     func run() async throws {
@@ -253,8 +255,13 @@ struct OverlayRevokeBenchCommand: AsyncParsableCommand {
         guard let leasingFile, let leasingConfiguration else {
             throw ValidationError("bench-revoke needs a leasing side: --etcd and --agents, or the config's leasing section")
         }
-        guard !resolved.0.dataplane.services.contains(where: { $0.name == service }) else {
-            throw ValidationError("--service \(service) is served by the host: give one it does not serve")
+        let dataplane = resolved.0.dataplane
+        guard let served = dataplane.services.first(where: { $0.name == (service ?? dataplane.services.first?.name) }) else {
+            throw ValidationError("--service \(service ?? "-"): the host serves \(dataplane.services.map(\.name))")
+        }
+        let consumers = dataplane.vmPorts.filter { $0.role == .consumer }.map(\.name)
+        guard let vm = consumerVM ?? consumers.first, consumers.contains(vm) else {
+            throw ValidationError("--consumer-vm \(consumerVM ?? "-"): the host's consumer VMs are \(consumers)")
         }
         let client: EtcdClient
         do { client = try EtcdClient(EtcdClientConfiguration(endpoints: leasingFile.etcd)) } catch {
@@ -265,26 +272,29 @@ struct OverlayRevokeBenchCommand: AsyncParsableCommand {
         let agentClient = try OverlayAgentClient(agents: leasingConfiguration.agents)
         try host.start()
         let joined = Task { try await leasing.run() }
-        let registration: OverlayRegistration
-        let timing: OverlayRevokeTiming
+        var registration: OverlayRegistration?
+        var outcome: Result<OverlayRevokeTiming, Error>
         do {
             registration = try await OverlayRegistration.start(client, keys: leasingConfiguration.keys, endpoints: [
-                OverlayProducer(service: service, producerVM: "timing-producer", producerHost: "timing-host",
-                                underlayIPv4: 0xC612_00FE, overlayIPv4: 0xC613_00FE, port: 9, vni: 1, capacity: 1)],
+                OverlayProducer(service: served.name, producerVM: "timing-producer", producerHost: "timing-host",
+                                underlayIPv4: 0xC612_00FE, overlayIPv4: 0xC613_00FE, port: served.port,
+                                vni: dataplane.vnis.first ?? 1, capacity: 1)],
                 ttlSeconds: 30)
-            timing = try await OverlayRevokeTiming.measure(leasing: leasing, agents: agentClient, service: service,
-                                                           consumerVM: consumerVM, rounds: rounds)
+            outcome = .success(try await OverlayRevokeTiming.measure(leasing: leasing, agents: agentClient, service: served.name,
+                                                                     consumerVM: vm, rounds: rounds))
         } catch {
-            joined.cancel()
-            host.stop()
-            await client.shutdown()
-            throw ValidationError("bench-revoke: \(error)")
+            outcome = .failure(error)
         }
-        try? await registration.stop()
+        try? await registration?.stop()
         joined.cancel()
         _ = try? await joined.value
         host.stop()
         await client.shutdown()
+        let timing: OverlayRevokeTiming
+        switch outcome {
+        case .success(let measured): timing = measured
+        case .failure(let error): throw ValidationError("bench-revoke: \(error)")
+        }
         print("overlay bench-revoke: \(timing.summary)")
         if json {
             let encoder = JSONEncoder()

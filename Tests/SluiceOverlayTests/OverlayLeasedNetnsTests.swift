@@ -160,7 +160,8 @@ struct OverlayLeasedNetnsTests {
     /// Grants the consumer host does not use are given back, so no producer slot is held for nothing: one
     /// refused for want of a lease slot (the host has one) is revoked through the agents at once; one for
     /// a service the host does not serve (ignored by the data plane) is given back by the reconcile after
-    /// its grace. The lease in use stays.
+    /// its grace. The lease in use stays, until a revoke that stopped after its end marker leaves its slot
+    /// held: the reconcile revokes it again.
     @Test func unusedGrantsAreGivenBack() async throws {
         try #require(OverlayNetnsEnvironment.isRoot, "CI=true: the overlay namespace test needs root")
         let sluice = try #require(sluiceBinary(), "sluice not built: swift build --build-tests")
@@ -211,6 +212,16 @@ struct OverlayLeasedNetnsTests {
         #expect(try await inUse("web") == 1)
         #expect(leasing.counters.leasesReconciled.load(ordering: .relaxed) == 1)
         #expect(leasing.counters.grantsReturnFailed.load(ordering: .relaxed) == 0)
+        // A revoke that stopped after its first step (the end marker, by hand here): the host cuts at the
+        // marker; the record and slot stay (the granting agent renews them) until the reconcile, a grace
+        // later, finds the record still there and revokes it again.
+        let endKey = keys.leaseEnd(consumerHost: "consumer-host", leaseID: web.record.leaseID)
+        _ = try await etcd.put(endKey, Array(try JSONEncoder().encode(OverlayLeaseEndRecord(leaseID: web.record.leaseID, reason: .revoked))),
+                               lease: web.record.leaseID)
+        #expect(await offThreadWait(timeoutMs: 3_000) { consumerHost.snapshot().leases.isEmpty })
+        #expect(await offThreadWait(timeoutMs: 5_000) { leasing.counters.leasesReconciled.load(ordering: .relaxed) == 2 })
+        #expect(await offThreadWait(timeoutMs: 3_000) { leasing.counters.grantsReturned.load(ordering: .relaxed) == 3 })
+        #expect(try await inUse("web") == 0)
         try await registration.stop()
     }
 

@@ -25,7 +25,7 @@ G=${P}g; C=${P}c; S=${P}s
 PCAP=/tmp/$P.pcap
 cleanup() {
   for n in $G $C $S; do ip netns del $n 2>/dev/null || true; done
-  rm -f $PCAP
+  rm -f $PCAP /tmp/$P.results /tmp/$P.host
 }
 trap cleanup EXIT INT TERM
 for n in $G $C $S; do ip netns add $n; ip -n $n link set lo up; done
