@@ -59,15 +59,25 @@ public struct AFXDPTXCounters: Sendable, Equatable {
     public var frameTooLong: UInt64 = 0
     /// XDP_STATISTICS tx_invalid_descs: descriptors the kernel refused.
     public var kernelInvalid: UInt64 = 0
+    /// Frames whose descriptor the kernel refused, taken back into the free frames (dropped: not sent).
+    public var rejected: UInt64 = 0
+    /// Completion entries naming no frame in flight (outside the UMEM, or already complete): skipped.
+    public var invalidCompletions: UInt64 = 0
+    /// Frames still on the TX ring or in flight when `flush` gave up (at its last call).
+    public var unsentAtFinish: UInt64 = 0
 
     public init() {}
 
+    /// Drops by reason, only reasons that occurred. Refused descriptors count once, as the frames
+    /// taken back (`xdp-tx-invalid`), or as the kernel's count while not yet taken back.
     public var drops: [(reason: String, count: UInt64)] {
         var drops: [(reason: String, count: UInt64)] = []
         if ringFull > 0 { drops.append(("tx-ring-full", ringFull)) }
         if frameTooShort > 0 { drops.append(("tx-frame-too-short", frameTooShort)) }
         if frameTooLong > 0 { drops.append(("tx-frame-too-long", frameTooLong)) }
-        if kernelInvalid > 0 { drops.append(("xdp-tx-invalid", kernelInvalid)) }
+        let refused = max(kernelInvalid, rejected)
+        if refused > 0 { drops.append(("xdp-tx-invalid", refused)) }
+        if unsentAtFinish > 0 { drops.append(("tx-unsent-at-finish", unsentAtFinish)) }
         return drops
     }
 }
@@ -143,7 +153,7 @@ public final class AFXDPTXStatistics: Sendable {
 
     func publish(_ counters: AFXDPTXCounters) {
         published.withLock {
-            let invalid = $0.kernelInvalid
+            let invalid = max($0.kernelInvalid, counters.kernelInvalid)  // running totals: the later is larger
             $0 = counters
             $0.kernelInvalid = invalid
         }

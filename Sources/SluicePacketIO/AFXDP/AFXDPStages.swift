@@ -56,9 +56,10 @@ public final class AFXDPSource: SourceBody, @unchecked Sendable {  // unchecked:
     }
 }
 
-/// The last stage of a pipeline: each buffer copied into a UMEM frame and freed, one kick per burst.
-/// No free frame or slot drops (`ringFull`). After the pipeline drains, `finish(timeoutNs:)` sends what
-/// is queued. Owns its transmitter; runs on one worker at a time.
+/// The last stage of a pipeline: each buffer copied into a UMEM frame and freed, one kick per burst,
+/// then the completion ring scanned (the completion hook runs there, on this stage's worker). No free
+/// frame or slot drops (`ringFull`). After the pipeline drains, `finish(timeoutNs:)` sends what is
+/// queued and takes the last completions. Owns its transmitter; runs on one worker at a time.
 public final class AFXDPSink: StageBody, @unchecked Sendable {  // unchecked: one worker at a time
     private var transmitter: AFXDPTransmitter
     public let statistics: AFXDPTXStatistics
@@ -75,12 +76,20 @@ public final class AFXDPSink: StageBody, @unchecked Sendable {  // unchecked: on
                                                     completionHook: completionHook))
     }
 
+    /// Per UMEM frame: what the frame carries (flow hash, length, enqueue time), for a completion hook
+    /// that reports events. Read it from the hook only (the stage's worker, or `finish`'s caller).
+    public var frameRecords: UnsafeMutablePointer<AFPacketTXSlotRecord> { transmitter.frameRecords }
+
     public func process(_ items: UnsafeMutableBufferPointer<UInt64>) -> Int {
-        transmitter.transmitOrDrop(UnsafeBufferPointer(items))
+        let queued = transmitter.transmitOrDrop(UnsafeBufferPointer(items))
+        // Copy mode completes frames inside the kick: report them now, not when frames run short.
+        transmitter.reapCompletions()
+        return queued
     }
 
-    /// Sends what is still queued and waits for completions, at most `timeoutNs`. Call only once no
-    /// worker runs this stage. True if nothing is pending.
+    /// Sends what is still queued and waits for completions, at most `timeoutNs`; frames the kernel
+    /// refused are taken back (counted). Call only once no worker runs this stage. True if nothing
+    /// is pending.
     public func finish(timeoutNs: UInt64 = 1_000_000_000) -> Bool {
         transmitter.flush(timeoutNs: timeoutNs)
     }
