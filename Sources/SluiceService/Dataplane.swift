@@ -135,11 +135,21 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
         var paths: [PacketPath] = []
         var placements: [[Int]] = []
         for (index, settings) in configuration.pipelines.enumerated() {
-            try Self.resolveAFXDP(settings, index: index, logger: logger)
-            var pathConfiguration = settings.path
+            var pathConfiguration = try Self.resolveAFXDP(settings, index: index, logger: logger)
             pathConfiguration.numaNode = CPU.numaNode(of: settings.cores[0])
             do { paths.append(try PacketPath(pathConfiguration)) } catch {
                 throw .pipeline(name: settings.path.name, error)
+            }
+            if let mode = paths.last!.afXDPInputMode, let port = settings.afXDPSource {
+                logger.info("af_xdp: source runs on AF_XDP", metadata: [
+                    "pipeline": "\(settings.path.name)", "key": "pipelines[\(index)].source",
+                    "interface": "\(port.configuration.interface)", "queue": "\(port.configuration.queue)",
+                    "mode": "\(mode)"])
+            }
+            if case .afXDP(let port) = pathConfiguration.output {
+                logger.info("af_xdp: sink runs on AF_XDP", metadata: [
+                    "pipeline": "\(settings.path.name)", "key": "pipelines[\(index)].sink",
+                    "interface": "\(port.interface)", "queue": "\(port.queue)"])
             }
             for core in settings.cores + (settings.stageCores ?? []) where !configuration.cores.contains(core) {
                 throw .pipeline(name: settings.path.name, .invalidConfiguration(.coreNotAvailable(core)))
@@ -168,18 +178,24 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
         } catch { throw .runtime(error) }
     }
 
-    /// Decides what runs an `af_xdp` source or sink. The XDP program is attached once here (and
-    /// detached at once), so the log says which mode the kernel allows, or why it refuses. The
-    /// pipeline stages themselves are built by `PacketPath` (SluiceReplay), which has no AF_XDP input
-    /// or output yet: with `fallback: af_packet` the port runs as AF_PACKET on the same interface,
-    /// saying why; without it the service refuses to start, naming the key. docs/AFXDP.md.
-    static func resolveAFXDP(_ settings: PipelineSettings, index: Int, logger: Logger) throws(ServiceError) {
+    /// Decides what runs an `af_xdp` source or sink and returns the pipeline's path configuration
+    /// with it. Each AF_XDP port is probed first, in the calling thread's namespace (the one the
+    /// pipeline opens its sockets in): a receiver attaches the XDP program (and detaches it at once),
+    /// so the log says which mode the kernel allows (native on veth and capable drivers, else
+    /// generic), or why it refuses. A port that opens runs as AF_XDP. One that does not runs as
+    /// AF_PACKET on the same interface only under `fallback: af_packet`, with a warning saying why;
+    /// without it the service refuses to start, naming the key. docs/AFXDP.md.
+    @discardableResult
+    static func resolveAFXDP(_ settings: PipelineSettings, index: Int, logger: Logger) throws(ServiceError)
+        -> PacketPathConfiguration
+    {
         let name = settings.path.name
+        var path = settings.path
         for (role, port) in [("source", settings.afXDPSource), ("sink", settings.afXDPSink)] {
             guard let port else { continue }
             let key = "pipelines[\(index)].\(role)"
             let interface = port.configuration.interface
-            var reason: String
+            let reason: String
             do {
                 let pool = try BufferPool(bufferCount: 64, bufferSizeBytes: 2048)
                 if role == "source" {
@@ -187,21 +203,25 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
                     logger.info("af_xdp: XDP program attaches", metadata: [
                         "pipeline": "\(name)", "key": "\(key)", "interface": "\(interface)", "mode": "\(receiver.mode)",
                         "program": "libxdp xsk_def_xdp_prog from \(AFXDPInterface.objectPath)"])
+                    path.input = .afXDP(port.configuration)
                 } else {
                     _ = try AFXDPTransmitter(configuration: port.configuration, pool: pool)
                     logger.info("af_xdp: TX socket opens (no XDP program needed)", metadata: [
                         "pipeline": "\(name)", "key": "\(key)", "interface": "\(interface)"])
+                    path.output = .afXDP(port.configuration)
                 }
-                reason = "XDP works here, but this build's pipelines (SluiceReplay PacketPath) have no AF_XDP stage"
+                continue
             } catch let error as AFXDPError {
                 reason = "\(error)"
             } catch {
                 reason = "probe pool: \(error)"
             }
             guard port.fallbackToAFPacket else { throw .afXDP(pipeline: name, key: key, reason: reason) }
+            // `settings.path` already holds the AF_PACKET stand-in on the same interface.
             logger.warning("af_xdp: falling back to AF_PACKET (fallback: af_packet)", metadata: [
                 "pipeline": "\(name)", "key": "\(key)", "interface": "\(interface)", "reason": "\(reason)"])
         }
+        return path
     }
 
     /// Pins the workers, launches every pipeline and starts the control thread. Pipelines placed by

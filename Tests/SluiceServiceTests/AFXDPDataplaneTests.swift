@@ -1,0 +1,170 @@
+// Path: Tests/SluiceServiceTests/AFXDPDataplaneTests.swift — `kind: af_xdp` as a real source and sink
+// of the service's dataplane (in process, as `sluice run` builds it): frames replayed into one veth
+// pair reach the AF_XDP source, leave through the AF_XDP sink on a second pair, and reach a peer in
+// its own namespace exactly once, in order per flow; every completion reaches the traffic controller.
+import Glibc
+import Logging
+import SluicePacketIO
+import SluiceReplay
+import SluiceTestSupport
+import Testing
+
+@testable import SluiceService
+
+/// Two veth pairs, each with one end in a namespace of its own and the other here: `generatorOutside`
+/// (the service's source) faces `generatorInside` in `generatorNamespace`, `peerOutside` (the
+/// service's sink) faces `peerInside` in `peerNamespace`. Up, IPv6 off, no addresses, so nothing but
+/// the replayed frames crosses. `destroy` (also deinit) deletes both namespaces and pairs.
+final class AFXDPServiceLab {
+    let generatorNamespace: String
+    let generatorInside: String
+    let generatorOutside: String
+    let peerNamespace: String
+    let peerInside: String
+    let peerOutside: String
+
+    init() throws {
+        let pid = getpid()
+        generatorNamespace = "sluice-xdpg-\(pid)"
+        generatorInside = "xg\(pid)i"
+        generatorOutside = "xg\(pid)o"
+        peerNamespace = "sluice-xdpp-\(pid)"
+        peerInside = "xp\(pid)i"
+        peerOutside = "xp\(pid)o"
+        destroy()
+        do {
+            for (namespace, inside, outside) in [(generatorNamespace, generatorInside, generatorOutside),
+                                                 (peerNamespace, peerInside, peerOutside)] {
+                try VethIntoNamespace.run(["/usr/sbin/ip", "netns", "add", namespace])
+                try VethIntoNamespace.run(["/usr/sbin/ip", "link", "add", "name", outside, "type", "veth",
+                                           "peer", "name", inside, "netns", namespace])
+                try VethIntoNamespace.run(["/usr/sbin/sysctl", "-qw", "net.ipv6.conf.\(outside).disable_ipv6=1"])
+                try VethIntoNamespace.run(["/usr/sbin/ip", "netns", "exec", namespace, "/usr/sbin/sysctl", "-qw",
+                                           "net.ipv6.conf.\(inside).disable_ipv6=1"])
+                try VethIntoNamespace.run(["/usr/sbin/ip", "link", "set", "dev", outside, "up"])
+                try VethIntoNamespace.run(["/usr/sbin/ip", "-n", namespace, "link", "set", "dev", inside, "up"])
+            }
+        } catch {
+            destroy()
+            throw error
+        }
+    }
+
+    deinit { destroy() }
+
+    func destroy() {
+        for namespace in [generatorNamespace, peerNamespace] {
+            _ = try? runCommand(["/usr/sbin/ip", "netns", "del", namespace])
+        }
+        for outside in [generatorOutside, peerOutside] { _ = try? runCommand(["/usr/sbin/ip", "link", "del", outside]) }
+    }
+}
+
+@Suite(.serialized) struct AFXDPDataplaneTests {
+    static let frameCount = 2000
+
+    /// The frames of a capture grouped by flow (source MAC: the sample's four sources), in order.
+    static func flows(_ path: String) throws -> [[UInt8]: [[UInt8]]] {
+        var reader = try PcapReader(path: path)
+        var flows: [[UInt8]: [[UInt8]]] = [:]
+        while let record = try reader.next() {
+            let bytes = Array(record.bytes)
+            flows[Array(bytes[6..<12]), default: []].append(bytes)
+        }
+        return flows
+    }
+
+    @Test(.enabled(if: NetnsServiceTests.isRoot || NetnsServiceTests.inCI,
+                   "needs root for namespaces and AF_XDP (runs in CI, CI=true)"),
+          .timeLimit(.minutes(2)))
+    func afXDPSourceAndSinkCarryEveryFrameOnceInOrderAndFeedTheController() throws {
+        try #require(NetnsServiceTests.isRoot, "CI=true: namespace and AF_XDP tests need root")
+        let binary = try #require(sluiceBinary(), "no built `sluice` next to the test bundle")
+        let lab = try AFXDPServiceLab()
+        defer { lab.destroy() }
+        let capture = ScratchPaths("afxdp-peer")
+        defer { capture.remove() }
+        // The peer records what arrives and exits after the expected count (bounded by `timeout`).
+        let peer = try ChildProcess(["/usr/sbin/ip", "netns", "exec", lab.peerNamespace, "/usr/bin/timeout", "60",
+                                     "/usr/bin/tcpdump", "-i", lab.peerInside, "-n", "-U", "-c", "\(Self.frameCount)",
+                                     "-w", capture.outputPcap])
+        defer { if peer.wait(timeoutMs: 0) == nil { peer.signal(SIGKILL); _ = peer.wait(timeoutMs: 2_000) } }
+        for _ in 0..<100 where !peer.stderrText.contains("listening on") { usleep(50_000) }
+        try #require(peer.stderrText.contains("listening on"), "tcpdump: \(peer.stderrText)")
+
+        let yaml = """
+            pipelines:
+              - name: xdp
+                source: {kind: af_xdp, iface: "\(lab.generatorOutside)"}
+                classify:
+                  by: source-mac
+                  sources: {"02:00:00:00:01:00": 0, "02:00:00:00:01:01": 1, "02:00:00:00:01:02": 2, "02:00:00:00:01:03": 3}
+                traffic: {weights: [1, 1, 1, 1]}
+                sink: {kind: af_xdp, iface: "\(lab.peerOutside)"}
+            """
+        let configuration = try ServiceConfiguration.decode(try ConfigNode.parse(yaml: yaml), defaultCores: [0, 1])
+        let dataplane = try Dataplane(configuration: configuration, logger: Logger(label: "afxdp-test"))
+        let path = dataplane.paths[0]
+        // AF_XDP runs, not the AF_PACKET stand-in.
+        let stages = path.pipeline.stages.map(\.name)
+        #expect(stages.first == "afxdp-rx" && stages.last == "afxdp-tx", "\(stages)")
+        let mode = try #require(path.afXDPInputMode)
+        #expect(mode == .native || mode == .generic)
+        try dataplane.start()
+        var stopped = false
+        defer { if !stopped { _ = dataplane.stop(drainTimeoutNs: 1_000_000_000) } }
+
+        let sent = try runCommand(["/usr/sbin/ip", "netns", "exec", lab.generatorNamespace, binary, "replay", samplePcap,
+                                   "--iface", lab.generatorInside, "--rate", "20000"], timeoutMs: 60_000)
+        #expect(sent.status == 0, "replay: \(sent.stderr)")
+        let peerStatus = peer.wait(timeoutMs: 10_000)
+        #expect(peerStatus == 0, "tcpdump did not see \(Self.frameCount) frames: \(peer.stderrText)")
+        // While the service runs, the controller has heard of every frame the kernel finished.
+        var completed: UInt64 = 0
+        for _ in 0..<100 {  // snapshots are published every 100 ms
+            completed = dataplane.trafficSnapshot.first??.sources.reduce(0) { $0 + $1.completedPackets } ?? 0
+            if completed >= UInt64(Self.frameCount) { break }
+            usleep(50_000)
+        }
+        #expect(completed == UInt64(Self.frameCount), "the controller heard of \(completed) completions")
+
+        stopped = true
+        let outcomes = dataplane.stop(drainTimeoutNs: 2_000_000_000)
+        let outcome = try #require(outcomes.first)
+        #expect(outcome.failure == nil, "\(outcome.failure ?? "")")
+        #expect(outcome.packetsIn == UInt64(Self.frameCount))
+        #expect(outcome.drops.isEmpty, "\(outcome.drops)")
+        let final = dataplane.trafficSnapshot.first??.sources.reduce(0) { $0 + $1.completedPackets } ?? 0
+        #expect(final == UInt64(Self.frameCount), "completions after the stop: \(final)")
+        #expect(path.controller?.isStalled == false)
+
+        // Every frame out once, each flow in its original order, byte for byte.
+        let original = try Self.flows(samplePcap)
+        let received = try Self.flows(capture.outputPcap)
+        #expect(received.values.reduce(0) { $0 + $1.count } == Self.frameCount)
+        #expect(received.keys.count == original.keys.count)
+        for (flow, frames) in original {
+            #expect(received[flow] == frames, "flow \(flow) differs: \(received[flow]?.count ?? 0) of \(frames.count) frames")
+        }
+    }
+
+    /// Without `fallback`, the probe's failure on a missing interface is the refusal naming the key;
+    /// an interface that exists and takes XDP runs as AF_XDP (the path's input and output say so).
+    @Test(.enabled(if: NetnsServiceTests.isRoot || NetnsServiceTests.inCI,
+                   "needs root for namespaces and AF_XDP (runs in CI, CI=true)"))
+    func aWorkingPortResolvesToAFXDPAndAMissingOneToTheFallback() throws {
+        try #require(NetnsServiceTests.isRoot, "CI=true: namespace and AF_XDP tests need root")
+        let lab = try AFXDPServiceLab()
+        defer { lab.destroy() }
+        let yaml = """
+            pipelines:
+              - name: x
+                source: {kind: af_xdp, iface: "\(lab.generatorOutside)", fallback: af_packet}
+                sink: {kind: af_xdp, iface: "sluicenoif8", fallback: af_packet}
+            """
+        let configuration = try ServiceConfiguration.decode(try ConfigNode.parse(yaml: yaml), defaultCores: [0, 1])
+        let resolved = try Dataplane.resolveAFXDP(configuration.pipelines[0], index: 0, logger: Logger(label: "test"))
+        #expect(resolved.input == .afXDP(AFXDPConfiguration(interface: lab.generatorOutside)))
+        #expect(resolved.output == .interface("sluicenoif8"))  // the AF_PACKET stand-in
+    }
+}
