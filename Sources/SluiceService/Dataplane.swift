@@ -137,9 +137,16 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
         for (index, settings) in configuration.pipelines.enumerated() {
             var pathConfiguration = try Self.resolveAFXDP(settings, index: index, logger: logger)
             pathConfiguration.numaNode = CPU.numaNode(of: settings.cores[0])
-            do { paths.append(try PacketPath(pathConfiguration)) } catch {
-                throw .pipeline(name: settings.path.name, error)
+            // A port the probe opened can still fail here (another XDP program attached in between):
+            // each retry puts one AF_XDP port back on its fallback, so at most two.
+            var built: PacketPath?
+            for _ in 0..<3 where built == nil {
+                do { built = try PacketPath(pathConfiguration) } catch {
+                    pathConfiguration = try Self.fallingBack(from: error, pathConfiguration, settings: settings,
+                                                             index: index, logger: logger)
+                }
             }
+            paths.append(built!)
             if let mode = paths.last!.afXDPInputMode, let port = settings.afXDPSource {
                 logger.info("af_xdp: source runs on AF_XDP", metadata: [
                     "pipeline": "\(settings.path.name)", "key": "pipelines[\(index)].source",
@@ -222,6 +229,37 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
                 "pipeline": "\(name)", "key": "\(key)", "interface": "\(interface)", "reason": "\(reason)"])
         }
         return path
+    }
+
+    /// After `PacketPath` failed to open an AF_XDP port that the probe had opened: `configuration`
+    /// with that port's AF_PACKET stand-in when its fallback is allowed (logged), else the error
+    /// naming the port's key. Any other error is the pipeline's.
+    static func fallingBack(from error: ReplayError, _ configuration: PacketPathConfiguration,
+                            settings: PipelineSettings, index: Int, logger: Logger) throws(ServiceError)
+        -> PacketPathConfiguration
+    {
+        var configuration = configuration
+        let role: String
+        let port: AFXDPPortSettings?
+        let reason: String
+        switch error {
+        case .afXDPInput(_, let underlying):
+            (role, port, reason) = ("source", settings.afXDPSource, "\(underlying)")
+            configuration.input = settings.path.input
+        case .afXDPOutput(_, let underlying):
+            (role, port, reason) = ("sink", settings.afXDPSink, "\(underlying)")
+            configuration.output = settings.path.output
+        default:
+            throw .pipeline(name: settings.path.name, error)
+        }
+        let key = "pipelines[\(index)].\(role)"
+        guard let port, port.fallbackToAFPacket else {
+            throw .afXDP(pipeline: settings.path.name, key: key, reason: reason)
+        }
+        logger.warning("af_xdp: falling back to AF_PACKET (fallback: af_packet)", metadata: [
+            "pipeline": "\(settings.path.name)", "key": "\(key)", "interface": "\(port.configuration.interface)",
+            "reason": "\(reason)"])
+        return configuration
     }
 
     /// Pins the workers, launches every pipeline and starts the control thread. Pipelines placed by

@@ -167,4 +167,32 @@ final class AFXDPServiceLab {
         #expect(resolved.input == .afXDP(AFXDPConfiguration(interface: lab.generatorOutside)))
         #expect(resolved.output == .interface("sluicenoif8"))  // the AF_PACKET stand-in
     }
+
+    /// A port the probe opened but the pipeline could not (an attach race): with `fallback` the
+    /// AF_PACKET stand-in takes its place; without, the error names the port's key.
+    @Test func aPortThatFailsAfterTheProbeFallsBackOrIsNamed() throws {
+        let yaml = """
+            pipelines:
+              - name: x
+                source: {kind: af_xdp, iface: veth0, fallback: af_packet}
+                sink: {kind: af_xdp, iface: veth1}
+            """
+        let configuration = try ServiceConfiguration.decode(try ConfigNode.parse(yaml: yaml), defaultCores: [0, 1])
+        let settings = configuration.pipelines[0]
+        var resolved = settings.path
+        resolved.input = .afXDP(settings.afXDPSource!.configuration)
+        resolved.output = .afXDP(settings.afXDPSink!.configuration)
+        let logger = Logger(label: "test")
+        let back = try Dataplane.fallingBack(from: .afXDPInput(interface: "veth0", .interfaceNotFound("veth0")), resolved,
+                                             settings: settings, index: 0, logger: logger)
+        #expect(back.input == .interface(AFPacketRXConfiguration(interface: "veth0")))
+        #expect(back.output == .afXDP(settings.afXDPSink!.configuration))
+        #expect {
+            _ = try Dataplane.fallingBack(from: .afXDPOutput(interface: "veth1", .interfaceNotFound("veth1")), back,
+                                          settings: settings, index: 0, logger: logger)
+        } throws: { error in
+            guard case .afXDP(let pipeline, let key, let reason)? = error as? ServiceError else { return false }
+            return pipeline == "x" && key == "pipelines[0].sink" && reason.contains("veth1")
+        }
+    }
 }
