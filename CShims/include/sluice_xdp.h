@@ -100,6 +100,18 @@ int sluice_xdp_open(struct sluice_xdp_socket *s, const char *ifname, uint32_t qu
  * namespace than the opening one, it moves into that namespace for the delete and back after. */
 void sluice_xdp_close(struct sluice_xdp_socket *s);
 
+/* Learns, once on a fresh TX-only socket, whether this kernel puts the frames of descriptors it refuses on
+ * the completion ring (6.18 does; older kernels never do). Puts one descriptor for frame 0 (60 zero
+ * bytes) with `bad_option` set (an option bit no kernel defines: refused, never sent) on the TX ring,
+ * kicks, and watches the completion ring for up to `rounds` rounds of 100 us. Returns 1 when frame 0
+ * came back refused (the entry is taken off the ring, tx_invalid_descs one higher), 0 when the kernel
+ * consumed and counted the descriptor as invalid without completing it. Neither clear: -ENOMSG when
+ * frame 0 is back, -EPROTO when it may still complete (the caller must never reuse frame 0), another
+ * -errno when nothing was submitted. *invalid gets tx_invalid_descs afterwards (the probe's refusal
+ * included), so the caller can count from there. Blocks at most rounds * 100 us; control path only. */
+int sluice_xdp_tx_learn_refused(struct sluice_xdp_socket *s, uint32_t bad_option, uint32_t rounds,
+                                uint64_t *invalid);
+
 /* getsockopt(SOL_XDP, XDP_STATISTICS): running totals kept by the kernel (never reset by reading). */
 struct sluice_xdp_stats {
     uint64_t rx_dropped;             /* frames dropped for other reasons (RX ring full among them) */
@@ -218,7 +230,9 @@ static inline uint32_t sluice_xdp_prod_outstanding(const struct sluice_xdp_ring 
  * address is checked before it is used: its frame (addr / frame_size) must be below frame_count and,
  * when in_flight is not NULL, marked in flight there (the mark is then cleared, so a frame completes
  * once). A valid frame gets fn (if not NULL) with tags[frame] and lengths[frame], and is appended to
- * free_slots (room for max); *freed gets how many were. Entries that fail the check are skipped
+ * free_slots; *freed gets how many were. free_slots needs room for max entries, or, with in_flight, for
+ * as many as are marked there (a marked frame is appended at most once; the transmitter passes the
+ * top of its free stack, whose room is exactly its in-flight count). Entries that fail the check are skipped
  * (taken - *freed of them) and never index tags, lengths or in_flight. C2 ordering via
  * sluice_xdp_cons_release. */
 static inline uint32_t sluice_xdp_tx_complete(struct sluice_xdp_ring *completion, uint32_t frame_size,
