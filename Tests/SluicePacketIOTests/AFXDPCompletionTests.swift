@@ -105,15 +105,55 @@ private final class CompletionRing {
 struct AFXDPRejectedDescriptorTests {
     static let total = 200
     /// An option bit no kernel defines: the kernel refuses the descriptor (XDP_STATISTICS
-    /// tx_invalid_descs), consumes it and never completes its frame.
+    /// tx_invalid_descs) and never sends it.
     static let unknownOption: UInt32 = 0x80
+
+    /// Buffers of `TestFrames` for `count` frames from sequence `first`, as pool indices in `items`.
+    static func fill(_ items: UnsafeMutableBufferPointer<UInt64>, count: Int, first: Int, pool: BufferPool,
+                     lab: VethLab) -> Int {
+        var filled = 0
+        while filled < count, let buffer = pool.allocate() {
+            let index = buffer.releaseIndex()
+            TestFrames.write(sequence: UInt64(first + filled), flowCount: 1, lab: lab, into: pool.bytes(at: index))
+            pool.metadata(at: index).pointee = PacketMetadata()
+            pool.metadata(at: index).pointee.length = UInt32(TestFrames.lengthBytes)
+            items[filled] = UInt64(index)
+            filled += 1
+        }
+        return filled
+    }
+
+    /// The socket learns at open whether refused frames complete (one refused descriptor, never sent),
+    /// and its counters start after that probe: nothing refused, queued or completed yet.
+    @Test(.timeLimit(.minutes(1)))
+    func whetherRefusedFramesCompleteIsLearntAtOpen() throws {
+        try NetnsEnvironment.requireRoot()
+        let lab = try VethLab()
+        defer { lab.destroy() }
+        let pool = try BufferPool(bufferCount: 64, bufferSizeBytes: 2048)
+        let outcome = Outcome<(learnt: Bool?, pending: Int, counters: AFXDPTXCounters)>()
+        try NamespaceThread.run(namespace: lab.pathA) {
+            let transmitter = try AFXDPTransmitter(configuration: AFXDPConfiguration(interface: lab.interfaceA), pool: pool)
+            try transmitter.statistics.refreshKernelCounters()
+            outcome.value = (transmitter.refusedFramesComplete, transmitter.pendingCount, transmitter.statistics.snapshot())
+        }
+        let result = try #require(outcome.value)
+        print("AF_XDP open-time probe: this kernel completes refused frames: \(String(describing: result.learnt))")
+        #expect(result.learnt != nil, "the probe could not tell")
+        #expect(result.counters.refusedFramesComplete == result.learnt)
+        #expect(result.pending == 0)
+        #expect(result.counters.kernelInvalid == 0, "the probe's own refusal is not counted")
+        #expect(result.counters.completions == 0 && result.counters.queued == 0)
+        #expect(result.counters.drops.isEmpty, "\(result.counters.drops)")
+    }
 
     /// Every other descriptor refused, 200 frames through a UMEM of 64. A kernel that never completes
     /// refused frames would leave the transmitter without frames after 128 sends unless it takes them
     /// back; a kernel that completes them (6.18 does) must not make it take back anything. Either
-    /// way: all 200 taken, every frame back, each reaching the hook once, 100 counted as refused.
+    /// way, by what the socket learnt at open: all 200 taken, every frame back once, each reaching the
+    /// hook once; 100 count as refused and 100 as sent, so sent + dropped = offered.
     @Test(.timeLimit(.minutes(1)))
-    func refusedDescriptorsComeBackToThePoolCountedAndReachTheHook() throws {
+    func refusedDescriptorsComeBackToThePoolCountedOnceAndReachTheHook() throws {
         try NetnsEnvironment.requireRoot()
         let lab = try VethLab()
         defer { lab.destroy() }
@@ -127,21 +167,15 @@ struct AFXDPRejectedDescriptorTests {
             configuration.ringSize = 64
             let hook = AFPacketTXCompletionHook(tallyHook, context: Unmanaged.passUnretained(tally).toOpaque())
             var transmitter = try AFXDPTransmitter(configuration: configuration, pool: pool, completionHook: hook)
-            transmitter.injectedDescriptorOptions = (0..<Self.total).map { $0 % 2 == 1 ? Self.unknownOption : 0 }
+            transmitter.injectedOptionPeriod = 2
+            transmitter.injectedOptionLimit = UInt64(Self.total)
+            transmitter.injectedOption = Self.unknownOption
             let deadline = Clock.monotonicNs() + 20_000_000_000
             let items = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: 16)
             defer { items.deallocate() }
             var count = 0
             while count < Self.total, Clock.monotonicNs() < deadline {
-                var filled = 0
-                while filled < min(16, Self.total - count), let buffer = pool.allocate() {
-                    let index = buffer.releaseIndex()
-                    TestFrames.write(sequence: UInt64(count + filled), flowCount: 1, lab: lab, into: pool.bytes(at: index))
-                    pool.metadata(at: index).pointee = PacketMetadata()
-                    pool.metadata(at: index).pointee.length = UInt32(TestFrames.lengthBytes)
-                    items[filled] = UInt64(index)
-                    filled += 1
-                }
+                let filled = Self.fill(items, count: min(16, Self.total - count), first: count, pool: pool, lab: lab)
                 var offset = 0
                 while offset < filled, Clock.monotonicNs() < deadline {
                     offset += transmitter.transmitBurst(UnsafeBufferPointer(rebasing: items[offset..<filled])).taken
@@ -165,15 +199,57 @@ struct AFXDPRejectedDescriptorTests {
         #expect(result.counters.kernelInvalid == half)
         #expect(result.counters.invalidCompletions == 0)
         #expect(result.drops == ["xdp-tx-invalid": half], "\(result.drops)")
+        // Delivered + dropped = offered: a refused frame is a drop, never also a packet sent.
+        #expect(result.counters.packets == half)
+        #expect(result.counters.packets + result.drops.values.reduce(0, +) == result.counters.queued)
         // Each frame back once: by the kernel's completion, or taken back as refused (never both).
-        #expect(result.counters.packets + result.counters.rejected == UInt64(Self.total))
+        #expect(result.counters.completions + result.counters.rejected == UInt64(Self.total))
         #expect(tally.sent + tally.rejected == Self.total)
         #expect(UInt64(tally.rejected) == result.counters.rejected)
-        if result.refusedComplete == true {
-            #expect(result.counters.rejected == 0)
-        } else {
-            #expect(result.counters.rejected == half)
+        let learnt = try #require(result.refusedComplete, "the open-time probe could not tell")
+        // Frames are taken back only on a kernel known never to complete them.
+        #expect(result.counters.rejected == (learnt ? 0 : half))
+        #expect(result.counters.completions == (learnt ? UInt64(Self.total) : half))
+        #expect(pool.freeCount == pool.bufferCount)
+    }
+
+    /// The AF_XDP sink has idle work: on turns without input it kicks and scans while frames are
+    /// pending, and asks to be woken for that; once finished it does nothing more and asks nothing.
+    @Test(.timeLimit(.minutes(1)))
+    func theSinkDoesIdleWorkUntilFinished() throws {
+        try NetnsEnvironment.requireRoot()
+        #expect(AFXDPSink.hasIdleWork)
+        let lab = try VethLab()
+        defer { lab.destroy() }
+        let pool = try BufferPool(bufferCount: 256, bufferSizeBytes: 2048)
+        let outcome = Outcome<(held: Int, hint: UInt64?, packets: UInt64, flushed: Bool, idleAfter: Int,
+                               hintAfter: UInt64?, again: Bool)>()
+        try NamespaceThread.run(namespace: lab.pathA) {
+            let sink = try AFXDPSink(configuration: AFXDPConfiguration(interface: lab.interfaceA), pool: pool)
+            let items = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: 32)
+            defer { items.deallocate() }
+            let filled = Self.fill(items, count: 32, first: 0, pool: pool, lab: lab)
+            let queued = sink.process(UnsafeMutableBufferPointer(rebasing: items[0..<filled]))
+            if queued != filled { throw NetnsError(description: "queued \(queued) of \(filled)") }
+            // Idle turns alone (no further input) bring every completion in; bounded.
+            for _ in 0..<20_000 where sink.heldFrames.load(ordering: .relaxed) > 0 {
+                _ = sink.idle()
+                usleep(50)
+            }
+            let held = sink.heldFrames.load(ordering: .relaxed)
+            let hint = sink.idleHintNs(nowNs: 0)
+            let packets = sink.statistics.snapshot().packets
+            let flushed = sink.finish()
+            outcome.value = (held, hint, packets, flushed, sink.idle(), sink.idleHintNs(nowNs: 0), sink.finish())
         }
+        let result = try #require(outcome.value)
+        #expect(result.held == 0)
+        #expect(result.hint == nil, "nothing pending: no wake-up asked")
+        #expect(result.packets == 32)
+        #expect(result.flushed)
+        #expect(result.idleAfter == 0)
+        #expect(result.hintAfter == nil)
+        #expect(result.again, "a second finish returns the first one's answer")
         #expect(pool.freeCount == pool.bufferCount)
     }
 }
