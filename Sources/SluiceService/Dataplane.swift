@@ -157,6 +157,10 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
                 logger.info("af_xdp: sink runs on AF_XDP", metadata: [
                     "pipeline": "\(settings.path.name)", "key": "pipelines[\(index)].sink",
                     "interface": "\(port.interface)", "queue": "\(port.queue)"])
+                if let warning = Self.unenforcedPolicyWarning(pathConfiguration, index: index) {
+                    logger.warning("\(warning)", metadata: ["pipeline": "\(settings.path.name)",
+                                                            "key": "pipelines[\(index)].traffic"])
+                }
             }
             for core in settings.cores + (settings.stageCores ?? []) where !configuration.cores.contains(core) {
                 throw .pipeline(name: settings.path.name, .invalidConfiguration(.coreNotAvailable(core)))
@@ -229,6 +233,15 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
                 "pipeline": "\(name)", "key": "\(key)", "interface": "\(interface)", "reason": "\(reason)"])
         }
         return path
+    }
+
+    /// The warning for a `traffic:` policy on a pipeline whose sink runs on AF_XDP: the controller
+    /// hears every completion (it measures), but no shaped TX stage holds frames back (it does not
+    /// enforce). nil when there is no policy or the sink is not AF_XDP.
+    static func unenforcedPolicyWarning(_ path: PacketPathConfiguration, index: Int) -> String? {
+        guard path.traffic != nil, case .afXDP(let port) = path.output else { return nil }
+        return "traffic: policy measured, not enforced on an AF_XDP sink (pipelines[\(index)].traffic, sink "
+            + "\(port.interface) queue \(port.queue)): frames leave as they come; use an AF_PACKET sink to enforce it"
     }
 
     /// After `PacketPath` failed to open an AF_XDP port that the probe had opened: `configuration`

@@ -2,11 +2,14 @@
 // of the service's dataplane (in process, as `sluice run` builds it): frames replayed into one veth
 // pair reach the AF_XDP source, leave through the AF_XDP sink on a second pair, and reach a peer in
 // its own namespace exactly once, in order per flow; every completion reaches the traffic controller.
+import Foundation
 import Glibc
 import Logging
+import Synchronization
 import SluicePacketIO
 import SluiceReplay
 import SluiceTestSupport
+import SluiceTraffic
 import Testing
 
 @testable import SluiceService
@@ -24,6 +27,7 @@ final class AFXDPServiceLab {
     let peerOutside: String
 
     init() throws {
+        _ = Self.swept
         let pid = getpid()
         generatorNamespace = "sluice-xdpg-\(pid)"
         generatorInside = "xg\(pid)i"
@@ -52,11 +56,43 @@ final class AFXDPServiceLab {
 
     deinit { destroy() }
 
+    /// Once per process: deletes the namespaces and veths a crashed earlier run left (names carry the
+    /// run's pid; only those whose process is gone).
+    static let swept: Void = {
+        let listed = (try? runCommand(["/usr/sbin/ip", "netns", "list"]))?.lines ?? []
+        for line in listed {
+            let name = String(line.split(separator: " ").first ?? "")
+            for prefix in ["sluice-xdpg-", "sluice-xdpp-"] where name.hasPrefix(prefix) {
+                guard let pid = Int32(name.dropFirst(prefix.count)), pid != getpid(), kill(pid, 0) != 0 else { continue }
+                _ = try? runCommand(["/usr/sbin/ip", "netns", "del", name])
+                for side in ["xg", "xp"] { _ = try? runCommand(["/usr/sbin/ip", "link", "del", "\(side)\(pid)o"]) }
+            }
+        }
+    }()
+
     func destroy() {
         for namespace in [generatorNamespace, peerNamespace] {
             _ = try? runCommand(["/usr/sbin/ip", "netns", "del", namespace])
         }
         for outside in [generatorOutside, peerOutside] { _ = try? runCommand(["/usr/sbin/ip", "link", "del", outside]) }
+    }
+}
+
+/// Keeps every log message (level and text), for tests that check what the service says.
+final class CollectingLogHandler: LogHandler, @unchecked Sendable {  // unchecked: messages behind a Mutex
+    let messages = Mutex<[(Logger.Level, String)]>([])
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .trace
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+    func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String,
+             file: String, function: String, line: UInt) {
+        messages.withLock { $0.append((level, message.description)) }
+    }
+    func warnings(containing text: String) -> [String] {
+        messages.withLock { $0.filter { $0.0 == .warning && $0.1.contains(text) }.map(\.1) }
     }
 }
 
@@ -103,8 +139,11 @@ final class AFXDPServiceLab {
                 sink: {kind: af_xdp, iface: "\(lab.peerOutside)"}
             """
         let configuration = try ServiceConfiguration.decode(try ConfigNode.parse(yaml: yaml), defaultCores: [0, 1])
-        let dataplane = try Dataplane(configuration: configuration, logger: Logger(label: "afxdp-test"))
+        let logs = CollectingLogHandler()
+        let dataplane = try Dataplane(configuration: configuration, logger: Logger(label: "afxdp-test") { _ in logs })
         let path = dataplane.paths[0]
+        // The policy is measured (the controller hears every completion) but not enforced: said once.
+        #expect(logs.warnings(containing: "policy measured, not enforced on an AF_XDP sink").count == 1)
         // AF_XDP runs, not the AF_PACKET stand-in.
         let stages = path.pipeline.stages.map(\.name)
         #expect(stages.first == "afxdp-rx" && stages.last == "afxdp-tx", "\(stages)")
@@ -148,8 +187,9 @@ final class AFXDPServiceLab {
         }
     }
 
-    /// Without `fallback`, the probe's failure on a missing interface is the refusal naming the key;
-    /// an interface that exists and takes XDP runs as AF_XDP (the path's input and output say so).
+    /// With `fallback`, a port whose probe fails (a missing interface) runs on its AF_PACKET stand-in;
+    /// without it, the same failure is the refusal naming the key. An interface that exists and takes
+    /// XDP runs as AF_XDP (the path's input and output say so).
     @Test(.enabled(if: NetnsServiceTests.isRoot || NetnsServiceTests.inCI,
                    "needs root for namespaces and AF_XDP (runs in CI, CI=true)"))
     func aWorkingPortResolvesToAFXDPAndAMissingOneToTheFallback() throws {
@@ -166,6 +206,32 @@ final class AFXDPServiceLab {
         let resolved = try Dataplane.resolveAFXDP(configuration.pipelines[0], index: 0, logger: Logger(label: "test"))
         #expect(resolved.input == .afXDP(AFXDPConfiguration(interface: lab.generatorOutside)))
         #expect(resolved.output == .interface("sluicenoif8"))  // the AF_PACKET stand-in
+        let strict = try ServiceConfiguration.decode(try ConfigNode.parse(yaml: """
+            pipelines:
+              - name: y
+                source: {kind: af_xdp, iface: "\(lab.generatorOutside)"}
+                sink: {kind: af_xdp, iface: "sluicenoif8"}
+            """), defaultCores: [0, 1])
+        #expect {
+            _ = try Dataplane.resolveAFXDP(strict.pipelines[0], index: 0, logger: Logger(label: "test"))
+        } throws: { error in
+            guard case .afXDP(let pipeline, let key, let reason)? = error as? ServiceError else { return false }
+            return pipeline == "y" && key == "pipelines[0].sink" && reason.contains("sluicenoif8")
+        }
+    }
+
+    /// A `traffic:` policy on an AF_XDP sink draws the warning that it is measured, not enforced;
+    /// without a policy, or on an AF_PACKET sink (where a shaped TX stage enforces it), none.
+    @Test func aPolicyOnAnAFXDPSinkIsSaidToBeMeasuredNotEnforced() throws {
+        var path = PacketPathConfiguration(name: "p", input: .afXDP(AFXDPConfiguration(interface: "xa")),
+                                           output: .afXDP(AFXDPConfiguration(interface: "xb")))
+        #expect(Dataplane.unenforcedPolicyWarning(path, index: 3) == nil)
+        path.traffic = TrafficPolicy(sources: [SourcePolicy(), SourcePolicy()])
+        let warning = try #require(Dataplane.unenforcedPolicyWarning(path, index: 3))
+        #expect(warning.contains("policy measured, not enforced on an AF_XDP sink"))
+        #expect(warning.contains("pipelines[3].traffic") && warning.contains("xb"))
+        path.output = .interface("xb")
+        #expect(Dataplane.unenforcedPolicyWarning(path, index: 3) == nil)
     }
 
     /// A port the probe opened but the pipeline could not (an attach race): with `fallback` the
