@@ -134,8 +134,9 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
         self.logger = logger
         var paths: [PacketPath] = []
         var placements: [[Int]] = []
+        var claimed: [String: String] = [:]  // AF_XDP interface queues taken by earlier pipelines
         for (index, settings) in configuration.pipelines.enumerated() {
-            var pathConfiguration = try Self.resolveAFXDP(settings, index: index, logger: logger)
+            var pathConfiguration = try Self.resolveAFXDP(settings, index: index, claimed: &claimed, logger: logger)
             pathConfiguration.numaNode = CPU.numaNode(of: settings.cores[0])
             // A port the probe opened can still fail here (another XDP program attached in between):
             // each retry puts one AF_XDP port back on its fallback, so at most two.
@@ -200,14 +201,30 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
     static func resolveAFXDP(_ settings: PipelineSettings, index: Int, logger: Logger) throws(ServiceError)
         -> PacketPathConfiguration
     {
+        var claimed: [String: String] = [:]
+        return try resolveAFXDP(settings, index: index, claimed: &claimed, logger: logger)
+    }
+
+    /// `resolveAFXDP` across pipelines: `claimed` maps "interface queue N" to the key of the AF_XDP port
+    /// that took it. The kernel binds one AF_XDP socket (one UMEM) per interface queue, RX or TX, and
+    /// the probe opens one port at a time, so a second port on a taken queue would pass its probe and
+    /// fail when the pipelines open together: it counts as a failed probe instead. Ports that run as
+    /// AF_XDP are added to `claimed`.
+    static func resolveAFXDP(_ settings: PipelineSettings, index: Int, claimed: inout [String: String],
+                             logger: Logger) throws(ServiceError) -> PacketPathConfiguration
+    {
         let name = settings.path.name
         var path = settings.path
         for (role, port) in [("source", settings.afXDPSource), ("sink", settings.afXDPSink)] {
             guard let port else { continue }
             let key = "pipelines[\(index)].\(role)"
             let interface = port.configuration.interface
+            let queueName = "\(interface) queue \(port.configuration.queue)"
             let reason: String
             do {
+                if let owner = claimed[queueName] {
+                    throw AFXDPQueueTaken(description: "\(queueName) is already taken by \(owner) (one AF_XDP socket per queue)")
+                }
                 let pool = try BufferPool(bufferCount: 64, bufferSizeBytes: 2048)
                 if role == "source" {
                     let receiver = try AFXDPReceiver(configuration: port.configuration, pool: pool)
@@ -221,7 +238,10 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
                         "pipeline": "\(name)", "key": "\(key)", "interface": "\(interface)"])
                     path.output = .afXDP(port.configuration)
                 }
+                claimed[queueName] = key
                 continue
+            } catch let error as AFXDPQueueTaken {
+                reason = error.description
             } catch let error as AFXDPError {
                 reason = "\(error)"
             } catch {
@@ -243,6 +263,9 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
         return "traffic: policy measured, not enforced on an AF_XDP sink (pipelines[\(index)].traffic, sink "
             + "\(port.interface) queue \(port.queue)): frames leave as they come; use an AF_PACKET sink to enforce it"
     }
+
+    /// A second AF_XDP port on an interface queue another port took (a failed probe).
+    struct AFXDPQueueTaken: Error, CustomStringConvertible { let description: String }
 
     /// After `PacketPath` failed to open an AF_XDP port that the probe had opened: `configuration`
     /// with that port's AF_PACKET stand-in when its fallback is allowed (logged), else the error

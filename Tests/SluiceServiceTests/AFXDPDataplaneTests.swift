@@ -5,6 +5,7 @@
 import Foundation
 import Glibc
 import Logging
+import SluiceCore
 import Synchronization
 import SluicePacketIO
 import SluiceReplay
@@ -218,6 +219,54 @@ final class CollectingLogHandler: LogHandler, @unchecked Sendable {  // unchecke
             guard case .afXDP(let pipeline, let key, let reason)? = error as? ServiceError else { return false }
             return pipeline == "y" && key == "pipelines[0].sink" && reason.contains("sluicenoif8")
         }
+    }
+
+    /// The kernel binds one AF_XDP socket per interface queue (RX or TX alike): a port on a queue an
+    /// earlier port took is a failed probe, named (`pipelines[1].sink` here), or its AF_PACKET
+    /// stand-in with `fallback`; the probe alone, one port at a time, would have passed it.
+    @Test(.enabled(if: NetnsServiceTests.isRoot || NetnsServiceTests.inCI,
+                   "needs root for namespaces and AF_XDP (runs in CI, CI=true)"))
+    func aSecondPortOnATakenQueueIsAFailedProbe() throws {
+        try #require(NetnsServiceTests.isRoot, "CI=true: namespace and AF_XDP tests need root")
+        let lab = try AFXDPServiceLab()
+        defer { lab.destroy() }
+        // What the check stands for: a receiver holds the queue, a transmitter cannot bind it too.
+        let pool = try BufferPool(bufferCount: 64, bufferSizeBytes: 2048)
+        let receiver = try AFXDPReceiver(configuration: AFXDPConfiguration(interface: lab.generatorOutside), pool: pool)
+        #expect(throws: AFXDPError.self) {
+            _ = try AFXDPTransmitter(configuration: AFXDPConfiguration(interface: lab.generatorOutside), pool: pool)
+        }
+        _ = consume receiver
+        let yaml = """
+            pipelines:
+              - name: a
+                source: {kind: af_xdp, iface: "\(lab.generatorOutside)"}
+                sink: {kind: af_xdp, iface: "\(lab.peerOutside)"}
+              - name: b
+                source: {kind: af_xdp, iface: "\(lab.peerOutside)", fallback: af_packet}
+                sink: {kind: af_xdp, iface: "\(lab.generatorOutside)"}
+            """
+        let configuration = try ServiceConfiguration.decode(try ConfigNode.parse(yaml: yaml), defaultCores: [0, 1])
+        var claimed: [String: String] = [:]
+        let logger = Logger(label: "test")
+        let first = try Dataplane.resolveAFXDP(configuration.pipelines[0], index: 0, claimed: &claimed, logger: logger)
+        #expect(first.input == .afXDP(configuration.pipelines[0].afXDPSource!.configuration))
+        #expect(first.output == .afXDP(configuration.pipelines[0].afXDPSink!.configuration))
+        // b's source (taken by a's sink) falls back; b's sink (taken by a's source) has no fallback.
+        var claimedByA = claimed
+        #expect {
+            _ = try Dataplane.resolveAFXDP(configuration.pipelines[1], index: 1, claimed: &claimedByA, logger: logger)
+        } throws: { error in
+            guard case .afXDP(let pipeline, let key, let reason)? = error as? ServiceError else { return false }
+            return pipeline == "b" && key == "pipelines[1].sink" && reason.contains("already taken by pipelines[0].source")
+        }
+        // With fallback on the sink too, pipeline b runs its sink on AF_PACKET.
+        var lenient = configuration.pipelines[1]
+        lenient.afXDPSink!.fallbackToAFPacket = true
+        var claimedAgain = claimed
+        let second = try Dataplane.resolveAFXDP(lenient, index: 1, claimed: &claimedAgain, logger: logger)
+        #expect(second.input == .interface(AFPacketRXConfiguration(interface: lab.peerOutside)))
+        #expect(second.output == .interface(lab.generatorOutside))
     }
 
     /// A `traffic:` policy on an AF_XDP sink draws the warning that it is measured, not enforced;
