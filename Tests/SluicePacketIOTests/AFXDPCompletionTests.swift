@@ -4,6 +4,7 @@
 import CShims
 import Glibc
 import SluiceCore
+import Synchronization
 import Testing
 
 @testable import SluicePacketIO
@@ -19,6 +20,14 @@ private let tallyHook: AFPacketTXCompletionHook.Function = { context, slot, _, _
     let tally = Unmanaged<HookTally>.fromOpaque(context!).takeUnretainedValue()
     tally.slots.append(slot)
     if status == AFPacketTXCompletionHook.statusSent { tally.sent += 1 } else { tally.rejected += 1 }
+}
+
+/// Hand-offs between a test and the worker thread running a sink's idle turns.
+private final class IdleRaceFlags: Sendable {
+    let processed = Atomic<Bool>(false)
+    let finished = Atomic<Bool>(false)
+    let stop = Atomic<Bool>(false)
+    let idleAfterFinish = Atomic<Int>(0)
 }
 
 /// A completion ring laid out in memory as the kernel lays out its own (producer and consumer words,
@@ -251,5 +260,51 @@ struct AFXDPRejectedDescriptorTests {
         #expect(result.hintAfter == nil)
         #expect(result.again, "a second finish returns the first one's answer")
         #expect(pool.freeCount == pool.bufferCount)
+    }
+
+    /// `finish` on another thread while the worker still runs idle turns (the service's flush thread
+    /// at drain, before the runtime stops): it waits for the turn in progress, flushes, and the worker's
+    /// later idle turns do nothing. 20 rounds, each with frames in flight.
+    @Test(.timeLimit(.minutes(1)))
+    func finishWhileTheWorkerStillIdlesTakesOverCleanly() throws {
+        try NetnsEnvironment.requireRoot()
+        let lab = try VethLab()
+        defer { lab.destroy() }
+        for round in 0..<20 {
+            let pool = try BufferPool(bufferCount: 256, bufferSizeBytes: 2048)
+            let made = Outcome<AFXDPSink>()
+            try NamespaceThread.run(namespace: lab.pathA) {
+                made.value = try AFXDPSink(configuration: AFXDPConfiguration(interface: lab.interfaceA), pool: pool)
+            }
+            let sink = try #require(made.value)
+            let flags = IdleRaceFlags()
+            let worker = try NamespaceThread.start(namespace: lab.pathA) {
+                let items = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: 64)
+                defer { items.deallocate() }
+                let filled = Self.fill(items, count: 64, first: 0, pool: pool, lab: lab)
+                _ = sink.process(UnsafeMutableBufferPointer(rebasing: items[0..<filled]))
+                flags.processed.store(true, ordering: .releasing)
+                let deadline = Clock.monotonicNs() + 5_000_000_000
+                while !flags.stop.load(ordering: .acquiring), Clock.monotonicNs() < deadline {
+                    let finished = flags.finished.load(ordering: .acquiring)
+                    let moved = sink.idle()
+                    if finished { flags.idleAfterFinish.add(moved, ordering: .relaxed) }
+                }
+            }
+            while !flags.processed.load(ordering: .acquiring) { usleep(10) }
+            if round % 2 == 1 { usleep(UInt32(round) * 10) }  // vary where in the idle turns finish lands
+            let flushed = sink.finish()
+            flags.finished.store(true, ordering: .releasing)
+            usleep(1_000)  // some idle turns after the finish
+            flags.stop.store(true, ordering: .releasing)
+            let failure = worker.join()
+            #expect(failure == nil, "\(failure ?? "")")
+            #expect(flushed, "round \(round)")
+            #expect(flags.idleAfterFinish.load(ordering: .relaxed) == 0)
+            #expect(sink.idle() == 0 && sink.heldFrames.load(ordering: .relaxed) == 0)
+            let counters = sink.statistics.snapshot()
+            #expect(counters.packets == 64 && counters.queued == 64, "round \(round): \(counters)")
+            #expect(pool.freeCount == pool.bufferCount)
+        }
     }
 }
