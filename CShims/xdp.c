@@ -145,6 +145,39 @@ int sluice_xdp_statistics(int fd, struct sluice_xdp_stats *stats) {
     return 0;
 }
 
+int sluice_xdp_tx_learn_refused(struct sluice_xdp_socket *s, uint32_t bad_option, uint32_t rounds,
+                                uint64_t *invalid) {
+    struct sluice_xdp_stats before, after;
+    int rc = sluice_xdp_statistics(s->fd, &before);
+    if (rc) return rc;
+    *invalid = before.tx_invalid_descs;
+    uint32_t index;
+    if (s->frame_size < 60 || sluice_xdp_prod_reserve(&s->tx, 1, &index) != 1) return -ENOSPC;
+    memset(s->area, 0, 60);
+    struct sluice_xdp_desc *desc = sluice_xdp_desc_at(&s->tx, index);
+    desc->addr = 0;
+    desc->len = 60;
+    desc->options = bad_option;
+    sluice_xdp_prod_submit(&s->tx, 1);
+    for (uint32_t round = 0; round < rounds; round++) {
+        (void)sluice_xdp_kick_tx(s->fd);  /* -EAGAIN and the like: the next round kicks again */
+        uint32_t first;
+        if (sluice_xdp_cons_peek(&s->completion, 1, &first) == 1) {
+            uint64_t address = *sluice_xdp_addr_at(&s->completion, first);
+            sluice_xdp_cons_release(&s->completion, 1);
+            if (address / s->frame_size != 0) return -EPROTO;  /* not ours: frame 0 may still come */
+            if (sluice_xdp_statistics(s->fd, &after) != 0) return -ENOMSG;
+            *invalid = after.tx_invalid_descs;
+            return after.tx_invalid_descs == before.tx_invalid_descs + 1 ? 1 : -ENOMSG;
+        }
+        usleep(100);
+    }
+    if (sluice_xdp_prod_outstanding(&s->tx) != 0) return -EPROTO;
+    if (sluice_xdp_statistics(s->fd, &after) != 0) return -EPROTO;
+    *invalid = after.tx_invalid_descs;
+    return after.tx_invalid_descs == before.tx_invalid_descs + 1 ? 0 : -EPROTO;
+}
+
 int sluice_xdp_kick_tx(int fd) {
     return sendto(fd, NULL, 0, MSG_DONTWAIT, NULL, 0) < 0 ? -errno : 0;
 }

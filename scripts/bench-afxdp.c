@@ -128,7 +128,9 @@ static uint32_t xdp_tx_step(struct sluice_xdp_socket *s, uint32_t *free_frames, 
     }
     if (sluice_xdp_needs_wakeup(&s->tx)) sluice_xdp_kick_tx(s->fd);
     uint64_t bytes = 0;
-    uint32_t done = sluice_xdp_tx_complete(&s->completion, s->frame_size, 4096, tags, lengths, NULL, NULL, scratch, &bytes);
+    uint32_t done = 0;
+    (void)sluice_xdp_tx_complete(&s->completion, s->frame_size, s->frame_count, 4096, tags, lengths, NULL, NULL, NULL,
+                                 scratch, &done, &bytes);
     for (uint32_t i = 0; i < done; i++) free_frames[(*free_count)++] = scratch[i];
     return done;
 }

@@ -100,6 +100,18 @@ int sluice_xdp_open(struct sluice_xdp_socket *s, const char *ifname, uint32_t qu
  * namespace than the opening one, it moves into that namespace for the delete and back after. */
 void sluice_xdp_close(struct sluice_xdp_socket *s);
 
+/* Learns, once on a fresh TX-only socket, whether this kernel puts the frames of descriptors it refuses on
+ * the completion ring (6.18 does; older kernels never do). Puts one descriptor for frame 0 (60 zero
+ * bytes) with `bad_option` set (an option bit no kernel defines: refused, never sent) on the TX ring,
+ * kicks, and watches the completion ring for up to `rounds` rounds of 100 us. Returns 1 when frame 0
+ * came back refused (the entry is taken off the ring, tx_invalid_descs one higher), 0 when the kernel
+ * consumed and counted the descriptor as invalid without completing it. Neither clear: -ENOMSG when
+ * frame 0 is back, -EPROTO when it may still complete (the caller must never reuse frame 0), another
+ * -errno when nothing was submitted. *invalid gets tx_invalid_descs afterwards (the probe's refusal
+ * included), so the caller can count from there. Blocks at most rounds * 100 us; control path only. */
+int sluice_xdp_tx_learn_refused(struct sluice_xdp_socket *s, uint32_t bad_option, uint32_t rounds,
+                                uint64_t *invalid);
+
 /* getsockopt(SOL_XDP, XDP_STATISTICS): running totals kept by the kernel (never reset by reading). */
 struct sluice_xdp_stats {
     uint64_t rx_dropped;             /* frames dropped for other reasons (RX ring full among them) */
@@ -208,22 +220,43 @@ static inline uint32_t sluice_xdp_fill_burst(struct sluice_xdp_ring *fill, const
 typedef void (*sluice_xdp_tx_completion_fn)(void *context, uint32_t slot, uint32_t tag, uint32_t length,
                                             uint32_t status);
 
-/* Scans up to max completion entries, returns how many. For each, frame slot = addr / frame_size;
- * calls fn (if not NULL) with tags[slot] and lengths[slot], then appends the slot to free_slots
- * (room for max). C2 ordering via sluice_xdp_cons_release. */
+/* Entries the kernel has not yet consumed from a producer ring (tx, fill), seen with P2's acquire:
+ * 0 once it took every descriptor submitted. */
+static inline uint32_t sluice_xdp_prod_outstanding(const struct sluice_xdp_ring *r) {
+    return r->cached_prod - __atomic_load_n(r->consumer, __ATOMIC_ACQUIRE);
+}
+
+/* Scans up to max completion entries and returns how many it took off the ring. Each entry's UMEM
+ * address is checked before it is used: its frame (addr / frame_size) must be below frame_count and,
+ * when in_flight is not NULL, marked in flight there (the mark is then cleared, so a frame completes
+ * once). A valid frame gets fn (if not NULL) with tags[frame] and lengths[frame], and is appended to
+ * free_slots; *freed gets how many were. free_slots needs room for max entries, or, with in_flight, for
+ * as many as are marked there (a marked frame is appended at most once; the transmitter passes the
+ * top of its free stack, whose room is exactly its in-flight count). Entries that fail the check are skipped
+ * (taken - *freed of them) and never index tags, lengths or in_flight. C2 ordering via
+ * sluice_xdp_cons_release. */
 static inline uint32_t sluice_xdp_tx_complete(struct sluice_xdp_ring *completion, uint32_t frame_size,
-                                              uint32_t max, const uint32_t *tags, const uint32_t *lengths,
+                                              uint32_t frame_count, uint32_t max, const uint32_t *tags,
+                                              const uint32_t *lengths, uint8_t *in_flight,
                                               sluice_xdp_tx_completion_fn fn, void *context,
-                                              uint32_t *free_slots, uint64_t *bytes) {
+                                              uint32_t *free_slots, uint32_t *freed, uint64_t *bytes) {
     uint32_t index;
     uint32_t n = sluice_xdp_cons_peek(completion, max, &index);
+    uint32_t valid = 0;
     for (uint32_t i = 0; i < n; i++) {
-        uint32_t slot = (uint32_t)(*sluice_xdp_addr_at(completion, index + i) / frame_size);
+        uint64_t frame = *sluice_xdp_addr_at(completion, index + i) / frame_size;
+        if (frame >= frame_count) continue;
+        uint32_t slot = (uint32_t)frame;
+        if (in_flight) {
+            if (!in_flight[slot]) continue;
+            in_flight[slot] = 0;
+        }
         *bytes += lengths[slot];
         if (fn) fn(context, slot, tags[slot], lengths[slot], 0);
-        free_slots[i] = slot;
+        free_slots[valid++] = slot;
     }
     if (n) sluice_xdp_cons_release(completion, n);
+    *freed = valid;
     return n;
 }
 

@@ -16,6 +16,9 @@ public enum PacketInput: Sendable, Equatable {
     /// An interface, through an AF_PACKET TPACKET_V3 RX ring (never exhausted: stop it). Pipelines
     /// whose configurations name the same fanout group share the interface's frames by flow hash.
     case interface(AFPacketRXConfiguration)
+    /// An interface queue, through an AF_XDP socket and the XDP program libxdp attaches for it
+    /// (native, else generic, as `mode` allows; never exhausted: stop it).
+    case afXDP(AFXDPConfiguration)
 }
 
 /// Everything one packet path needs; checked by `PacketPath.init`.
@@ -140,17 +143,21 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
     private let sink: Sink
     /// Keeps the pcap sink's completion tap alive (the sink holds it unretained).
     private let writtenTap: WrittenRecordTap?
+    /// Keeps the AF_XDP sink's completion tap alive (its transmitter holds it unretained).
+    private let xdpTap: XDPCompletionTap?
     private let finished = Mutex<String??>(nil)
 
     private enum Input {
         case capture(PcapSource)
         case interface(AFPacketSource)
+        case afXDP(AFXDPSource)
     }
 
     private enum Sink {
         case pcap(PcapSink)
         case interface(AFPacketSink)
         case shaped(ShapedTXSink)
+        case afXDP(AFXDPSink)
         case discard
     }
 
@@ -167,6 +174,7 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
             (1, nil, 262_144, true)
         var source: PcapSource?
         var afSource: AFPacketSource?
+        var xdpSource: AFXDPSource?
         switch configuration.input {
         case .capture(let path, let pacing, let loopCount):
             let reader = try Self.openCapture(path)
@@ -202,11 +210,23 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
             } catch { throw .pool(error) }
             do { afSource = try AFPacketSource(configuration: rx, pool: pool) }
             catch { throw .input(interface: rx.interface, error) }
+        case .afXDP(let rx):
+            do {
+                pool = try BufferPool(bufferCount: configuration.poolBufferCount,
+                                      bufferSizeBytes: configuration.bufferSizeBytes, numaNode: numaNode)
+            } catch { throw .pool(error) }
+            var settings = rx
+            settings.numaNode = settings.numaNode ?? numaNode
+            do { xdpSource = try AFXDPSource(configuration: settings, pool: pool) }
+            catch { throw .afXDPInput(interface: rx.interface, error) }
         }
         builder.carriesBuffers(of: pool)  // debug builds: every buffer back or in flight at teardown
         if let source {
             input = .capture(source)
             builder.source(StoppableSource(body: source, signal: stopSignal, drainsOnStop: false), name: "pcap-rx")
+        } else if let xdpSource {
+            input = .afXDP(xdpSource)
+            builder.source(StoppableSource(body: xdpSource, signal: stopSignal, drainsOnStop: true), name: "afxdp-rx")
         } else {
             let afSource = afSource!
             input = .interface(afSource)
@@ -237,6 +257,7 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
                 tap = WrittenRecordTap(pool: pool, reporter: completions, sourceCount: sourceCount)
             }
             writtenTap = tap
+            xdpTap = nil
             do {
                 let pcapSink = try PcapSink(path: path, pool: pool, linkType: outputFormat.linkType,
                                             linkTypeField: outputFormat.linkTypeField,
@@ -248,11 +269,13 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
             } catch { throw .capture(error) }
         case .discard:
             writtenTap = nil
+            xdpTap = nil
             sink = .discard
             builder.stage(DiscardSink(pool: pool, returns: returnsIn.take(),
                                       latency: configuration.measuresLatency ? latency : nil), name: "discard")
         case .interface(let name):
             writtenTap = nil
+            xdpTap = nil
             do {
                 if let controller, let completions = reporter.take() {
                     let shaped = try ShapedTXSink(configuration: AFPacketTXConfiguration(interface: name), pool: pool,
@@ -265,6 +288,23 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
                     builder.stage(afSink, name: "afpacket-tx")
                 }
             } catch { throw .output(interface: name, error) }
+        case .afXDP(let tx):
+            writtenTap = nil
+            // With a policy, the completion ring feeds the controller as the AF_PACKET TX ring's free
+            // path does: one event per frame the kernel finished (or refused), on the sink's worker.
+            var tap: XDPCompletionTap?
+            if let completions = reporter.take() {
+                tap = XDPCompletionTap(reporter: completions, sourceCount: sourceCount)
+            }
+            xdpTap = tap
+            var settings = tx
+            settings.numaNode = settings.numaNode ?? numaNode
+            do {
+                let xdpSink = try AFXDPSink(configuration: settings, pool: pool, completionHook: tap?.hook)
+                tap?.records = xdpSink.frameRecords
+                sink = .afXDP(xdpSink)
+                builder.stage(xdpSink, name: "afxdp-tx")
+            } catch { throw .afXDPOutput(interface: tx.interface, error) }
         }
         let links = builder.stageCount - 1
         do {
@@ -332,6 +372,7 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
         switch input {
         case .capture(let source): source.counters.bytes.load(ordering: .relaxed)
         case .interface(let source): source.statistics.snapshot().bytes
+        case .afXDP(let source): source.statistics.snapshot().bytes
         }
     }
 
@@ -339,6 +380,12 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
     public var poolWaits: UInt64 {
         if case .capture(let source) = input { return source.counters.poolWaits.load(ordering: .relaxed) }
         return 0
+    }
+
+    /// The mode the AF_XDP input's XDP program was attached in (native or generic); nil for other inputs.
+    public var afXDPInputMode: AFXDPMode? {
+        if case .afXDP(let source) = input { return source.mode }
+        return nil
     }
 
     /// The input's error that ended it early (a bad record), if any.
@@ -372,6 +419,8 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
                 if !afSink.finish() { failure = failure ?? "frames still queued on the TX ring after 1 s" }
             case .shaped(let shaped):
                 if !shaped.finish() { failure = failure ?? "frames still waiting to be sent after 2 s" }
+            case .afXDP(let xdpSink):
+                if !xdpSink.finish() { failure = failure ?? "frames still queued on the AF_XDP TX ring after 1 s" }
             case .discard:
                 break
             }
@@ -387,6 +436,9 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
         switch input {
         case .interface(let source):
             result += source.statistics.snapshot().drops
+        case .afXDP(let source):
+            try? source.statistics.refreshKernelCounters()  // the kernel's RX drops: one getsockopt
+            result += source.statistics.snapshot().drops
         case .capture(let source):
             let oversize = source.counters.oversizeDrops.load(ordering: .relaxed)
             if oversize > 0 { result.append(("frame-larger-than-buffer", oversize)) }
@@ -400,6 +452,9 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
             if errors > 0 { result.append(("write-error", errors)) }
         case .interface(let afSink):
             result += afSink.statistics.snapshot().drops
+        case .afXDP(let xdpSink):
+            try? xdpSink.statistics.refreshKernelCounters()  // tx_invalid_descs: one getsockopt
+            result += xdpSink.statistics.snapshot().drops
         case .shaped(let shaped):
             result += shaped.statistics.snapshot().drops
             let backlog = shaped.counters.backlogDrops.load(ordering: .relaxed)
@@ -422,5 +477,39 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
     public func latencyPercentile(_ percentile: Double) -> UInt64? {
         guard case .discard = sink, configuration.measuresLatency else { return nil }
         return latency.value(atPercentile: percentile)
+    }
+}
+
+/// The AF_XDP sink's completion scan as a completion source for the traffic controller, the way
+/// `ShapedTXSink`'s tap serves the AF_PACKET TX ring: per frame the kernel finished (or refused),
+/// one event with the frame's source id, flow hash, length and enqueue time. Runs on the sink's
+/// worker (or `finish`'s thread). Not shaped: the sink does not wait for the controller's grants.
+final class XDPCompletionTap: @unchecked Sendable {  // unchecked: used only on the TX stage's thread
+    @exclusivity(unchecked) var reporter: CompletionReporter
+    /// The transmitter's per-frame records; set once the sink exists, before any frame is sent.
+    var records: UnsafeMutablePointer<AFPacketTXSlotRecord>?
+    let sourceCount: Int
+
+    init(reporter: consuming CompletionReporter, sourceCount: Int) {
+        precondition(sourceCount > 0, "a tap reports for at least one source")
+        self.reporter = reporter
+        self.sourceCount = sourceCount
+    }
+
+    /// The hook to give the transmitter. Holds the tap unretained: keep the tap as long as the sink.
+    var hook: AFPacketTXCompletionHook {
+        AFPacketTXCompletionHook(Self.function, context: Unmanaged.passUnretained(self).toOpaque())
+    }
+
+    static let function: AFPacketTXCompletionHook.Function = { context, slot, tag, length, _ in
+        Unmanaged<XDPCompletionTap>.fromOpaque(context!)._withUnsafeGuaranteedRef { tap in
+            // A refused frame also left the queue: report it, as the AF_PACKET tap does.
+            guard let records = tap.records else { return }
+            let record = records[Int(slot)]
+            let source = min(Int(tag), tap.sourceCount - 1)
+            tap.reporter.report(CompletionEvent(sourceID: UInt16(source), flowHash: record.flowHash, bytes: length,
+                                                enqueueNs: record.enqueueNs,
+                                                completionNs: max(Clock.monotonicNs(), record.enqueueNs)))
+        }
     }
 }

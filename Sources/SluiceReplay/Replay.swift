@@ -14,6 +14,8 @@ public enum ReplayOutput: Sendable, Equatable {
     case interface(String)
     /// Nowhere: buffers are freed (benchmarks).
     case discard
+    /// An interface queue, through an AF_XDP TX socket (`sluice run`'s `kind: af_xdp` sink).
+    case afXDP(AFXDPConfiguration)
 }
 
 /// Everything a replay needs; validated by `Replay.init`.
@@ -92,6 +94,10 @@ public enum ReplayError: Error, Equatable, CustomStringConvertible {
     case input(interface: String, AFPacketError)
     /// The output interface's TX ring could not be set up.
     case output(interface: String, AFPacketError)
+    /// The AF_XDP input's socket (and XDP program) could not be set up.
+    case afXDPInput(interface: String, AFXDPError)
+    /// The AF_XDP output's socket could not be set up.
+    case afXDPOutput(interface: String, AFXDPError)
     /// The traffic policy or its completion channel was refused.
     case traffic(TrafficError)
     /// The output file is the capture itself (same device and inode): writing would destroy it.
@@ -112,6 +118,8 @@ public enum ReplayError: Error, Equatable, CustomStringConvertible {
         case .pipeline(let error): "pipeline: \(error)"
         case .input(let interface, let error): "input \(interface): \(error)"
         case .output(let interface, let error): "output \(interface): \(error)"
+        case .afXDPInput(let interface, let error): "AF_XDP input \(interface): \(error)"
+        case .afXDPOutput(let interface, let error): "AF_XDP output \(interface): \(error)"
         case .traffic(let error): "traffic policy: \(error)"
         case .outputIsInput(let path): "\(path): the output is the capture being replayed; refusing to overwrite it"
         case .cache(let error): "\(error)"

@@ -134,12 +134,34 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
         self.logger = logger
         var paths: [PacketPath] = []
         var placements: [[Int]] = []
+        var claimed: [String: String] = [:]  // AF_XDP interface queues taken by earlier pipelines
         for (index, settings) in configuration.pipelines.enumerated() {
-            try Self.resolveAFXDP(settings, index: index, logger: logger)
-            var pathConfiguration = settings.path
+            var pathConfiguration = try Self.resolveAFXDP(settings, index: index, claimed: &claimed, logger: logger)
             pathConfiguration.numaNode = CPU.numaNode(of: settings.cores[0])
-            do { paths.append(try PacketPath(pathConfiguration)) } catch {
-                throw .pipeline(name: settings.path.name, error)
+            // A port the probe opened can still fail here (another XDP program attached in between):
+            // each retry puts one AF_XDP port back on its fallback, so at most two.
+            var built: PacketPath?
+            for _ in 0..<3 where built == nil {
+                do { built = try PacketPath(pathConfiguration) } catch {
+                    pathConfiguration = try Self.fallingBack(from: error, pathConfiguration, settings: settings,
+                                                             index: index, logger: logger)
+                }
+            }
+            paths.append(built!)
+            if let mode = paths.last!.afXDPInputMode, let port = settings.afXDPSource {
+                logger.info("af_xdp: source runs on AF_XDP", metadata: [
+                    "pipeline": "\(settings.path.name)", "key": "pipelines[\(index)].source",
+                    "interface": "\(port.configuration.interface)", "queue": "\(port.configuration.queue)",
+                    "mode": "\(mode)"])
+            }
+            if case .afXDP(let port) = pathConfiguration.output {
+                logger.info("af_xdp: sink runs on AF_XDP", metadata: [
+                    "pipeline": "\(settings.path.name)", "key": "pipelines[\(index)].sink",
+                    "interface": "\(port.interface)", "queue": "\(port.queue)"])
+                if let warning = Self.unenforcedPolicyWarning(pathConfiguration, index: index) {
+                    logger.warning("\(warning)", metadata: ["pipeline": "\(settings.path.name)",
+                                                            "key": "pipelines[\(index)].traffic"])
+                }
             }
             for core in settings.cores + (settings.stageCores ?? []) where !configuration.cores.contains(core) {
                 throw .pipeline(name: settings.path.name, .invalidConfiguration(.coreNotAvailable(core)))
@@ -168,40 +190,112 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
         } catch { throw .runtime(error) }
     }
 
-    /// Decides what runs an `af_xdp` source or sink. The XDP program is attached once here (and
-    /// detached at once), so the log says which mode the kernel allows, or why it refuses. The
-    /// pipeline stages themselves are built by `PacketPath` (SluiceReplay), which has no AF_XDP input
-    /// or output yet: with `fallback: af_packet` the port runs as AF_PACKET on the same interface,
-    /// saying why; without it the service refuses to start, naming the key. docs/AFXDP.md.
-    static func resolveAFXDP(_ settings: PipelineSettings, index: Int, logger: Logger) throws(ServiceError) {
+    /// Decides what runs an `af_xdp` source or sink and returns the pipeline's path configuration
+    /// with it. Each AF_XDP port is probed first, in the calling thread's namespace (the one the
+    /// pipeline opens its sockets in): a receiver attaches the XDP program (and detaches it at once),
+    /// so the log says which mode the kernel allows (native on veth and capable drivers, else
+    /// generic), or why it refuses. A port that opens runs as AF_XDP. One that does not runs as
+    /// AF_PACKET on the same interface only under `fallback: af_packet`, with a warning saying why;
+    /// without it the service refuses to start, naming the key. docs/AFXDP.md.
+    @discardableResult
+    static func resolveAFXDP(_ settings: PipelineSettings, index: Int, logger: Logger) throws(ServiceError)
+        -> PacketPathConfiguration
+    {
+        var claimed: [String: String] = [:]
+        return try resolveAFXDP(settings, index: index, claimed: &claimed, logger: logger)
+    }
+
+    /// `resolveAFXDP` across pipelines: `claimed` maps "interface queue N" to the key of the AF_XDP port
+    /// that took it. The kernel binds one AF_XDP socket (one UMEM) per interface queue, RX or TX, and
+    /// the probe opens one port at a time, so a second port on a taken queue would pass its probe and
+    /// fail when the pipelines open together: it counts as a failed probe instead. Ports that run as
+    /// AF_XDP are added to `claimed`.
+    static func resolveAFXDP(_ settings: PipelineSettings, index: Int, claimed: inout [String: String],
+                             logger: Logger) throws(ServiceError) -> PacketPathConfiguration
+    {
         let name = settings.path.name
+        var path = settings.path
         for (role, port) in [("source", settings.afXDPSource), ("sink", settings.afXDPSink)] {
             guard let port else { continue }
             let key = "pipelines[\(index)].\(role)"
             let interface = port.configuration.interface
-            var reason: String
+            let queueName = "\(interface) queue \(port.configuration.queue)"
+            let reason: String
             do {
+                if let owner = claimed[queueName] {
+                    throw AFXDPQueueTaken(description: "\(queueName) is already taken by \(owner) (one AF_XDP socket per queue)")
+                }
                 let pool = try BufferPool(bufferCount: 64, bufferSizeBytes: 2048)
                 if role == "source" {
                     let receiver = try AFXDPReceiver(configuration: port.configuration, pool: pool)
                     logger.info("af_xdp: XDP program attaches", metadata: [
                         "pipeline": "\(name)", "key": "\(key)", "interface": "\(interface)", "mode": "\(receiver.mode)",
                         "program": "libxdp xsk_def_xdp_prog from \(AFXDPInterface.objectPath)"])
+                    path.input = .afXDP(port.configuration)
                 } else {
                     _ = try AFXDPTransmitter(configuration: port.configuration, pool: pool)
                     logger.info("af_xdp: TX socket opens (no XDP program needed)", metadata: [
                         "pipeline": "\(name)", "key": "\(key)", "interface": "\(interface)"])
+                    path.output = .afXDP(port.configuration)
                 }
-                reason = "XDP works here, but this build's pipelines (SluiceReplay PacketPath) have no AF_XDP stage"
+                claimed[queueName] = key
+                continue
+            } catch let error as AFXDPQueueTaken {
+                reason = error.description
             } catch let error as AFXDPError {
                 reason = "\(error)"
             } catch {
                 reason = "probe pool: \(error)"
             }
             guard port.fallbackToAFPacket else { throw .afXDP(pipeline: name, key: key, reason: reason) }
+            // `settings.path` already holds the AF_PACKET stand-in on the same interface.
             logger.warning("af_xdp: falling back to AF_PACKET (fallback: af_packet)", metadata: [
                 "pipeline": "\(name)", "key": "\(key)", "interface": "\(interface)", "reason": "\(reason)"])
         }
+        return path
+    }
+
+    /// The warning for a `traffic:` policy on a pipeline whose sink runs on AF_XDP: the controller
+    /// hears every completion (it measures), but no shaped TX stage holds frames back (it does not
+    /// enforce). nil when there is no policy or the sink is not AF_XDP.
+    static func unenforcedPolicyWarning(_ path: PacketPathConfiguration, index: Int) -> String? {
+        guard path.traffic != nil, case .afXDP(let port) = path.output else { return nil }
+        return "traffic: policy measured, not enforced on an AF_XDP sink (pipelines[\(index)].traffic, sink "
+            + "\(port.interface) queue \(port.queue)): frames leave as they come; use an AF_PACKET sink to enforce it"
+    }
+
+    /// A second AF_XDP port on an interface queue another port took (a failed probe).
+    struct AFXDPQueueTaken: Error, CustomStringConvertible { let description: String }
+
+    /// After `PacketPath` failed to open an AF_XDP port that the probe had opened: `configuration`
+    /// with that port's AF_PACKET stand-in when its fallback is allowed (logged), else the error
+    /// naming the port's key. Any other error is the pipeline's.
+    static func fallingBack(from error: ReplayError, _ configuration: PacketPathConfiguration,
+                            settings: PipelineSettings, index: Int, logger: Logger) throws(ServiceError)
+        -> PacketPathConfiguration
+    {
+        var configuration = configuration
+        let role: String
+        let port: AFXDPPortSettings?
+        let reason: String
+        switch error {
+        case .afXDPInput(_, let underlying):
+            (role, port, reason) = ("source", settings.afXDPSource, "\(underlying)")
+            configuration.input = settings.path.input
+        case .afXDPOutput(_, let underlying):
+            (role, port, reason) = ("sink", settings.afXDPSink, "\(underlying)")
+            configuration.output = settings.path.output
+        default:
+            throw .pipeline(name: settings.path.name, error)
+        }
+        let key = "pipelines[\(index)].\(role)"
+        guard let port, port.fallbackToAFPacket else {
+            throw .afXDP(pipeline: settings.path.name, key: key, reason: reason)
+        }
+        logger.warning("af_xdp: falling back to AF_PACKET (fallback: af_packet)", metadata: [
+            "pipeline": "\(settings.path.name)", "key": "\(key)", "interface": "\(port.configuration.interface)",
+            "reason": "\(reason)"])
+        return configuration
     }
 
     /// Pins the workers, launches every pipeline and starts the control thread. Pipelines placed by

@@ -111,11 +111,20 @@ public final class FirmwareRuntime: Sendable {
         return checks
     }
 
-    /// The isolated device a pipeline runs on (by name, or one of its interfaces), with why.
+    /// The isolated device a pipeline runs on (by name, or one of the interfaces it reads or writes,
+    /// through AF_PACKET or AF_XDP), with why.
     public func isolation(of pipeline: PacketPathConfiguration) -> (device: String, reason: String)? {
         var interfaces: [String] = []
-        if case .interface(let rx) = pipeline.input { interfaces.append(rx.interface) }
-        if case .interface(let name) = pipeline.output { interfaces.append(name) }
+        switch pipeline.input {
+        case .interface(let rx): interfaces.append(rx.interface)
+        case .afXDP(let rx): interfaces.append(rx.interface)
+        case .capture: break
+        }
+        switch pipeline.output {
+        case .interface(let name): interfaces.append(name)
+        case .afXDP(let tx): interfaces.append(tx.interface)
+        case .pcapFile, .discard: break
+        }
         return isolation(ofInterfaces: interfaces, pipeline: pipeline.name)
     }
 

@@ -54,7 +54,8 @@ public struct PipelineSettings: Sendable {
     /// core, move stages when measured costs predict a clear gain) or the fixed `spread`.
     public var placement = ReplayPlacement.auto
     /// `source: {kind: af_xdp}` / `sink: {kind: af_xdp}`; `path` then holds the AF_PACKET stand-in on
-    /// the same interface, used only when the fallback is allowed.
+    /// the same interface. `Dataplane.resolveAFXDP` puts the AF_XDP port in its place when the port
+    /// opens; the stand-in runs only when it does not and the fallback is allowed.
     public var afXDPSource: AFXDPPortSettings?
     public var afXDPSink: AFXDPPortSettings?
 }

@@ -44,9 +44,14 @@ public struct AFXDPRXCounters: Sendable, Equatable {
 public struct AFXDPTXCounters: Sendable, Equatable {
     /// Frames copied into the UMEM and put on the TX ring.
     public var queued: UInt64 = 0
-    /// Frames the kernel finished sending (seen on the completion ring).
-    public var packets: UInt64 = 0
+    /// Frames seen on the completion ring: those sent and, on a kernel that completes refused
+    /// descriptors' frames (`refusedFramesComplete`), the refused ones too.
+    public var completions: UInt64 = 0
+    /// Bytes of the frames seen on the completion ring (refused ones included where they complete).
     public var bytes: UInt64 = 0
+    /// Learnt when the socket opened: the kernel completes refused descriptors' frames (true), never
+    /// does (false), or could not be told (nil).
+    public var refusedFramesComplete: Bool?
     /// Kicks (`sendto`), those the kernel pushed back (EAGAIN, EBUSY, ENOBUFS: frames stay queued),
     /// and those that failed otherwise, with the last such errno.
     public var kicks: UInt64 = 0
@@ -57,17 +62,36 @@ public struct AFXDPTXCounters: Sendable, Equatable {
     public var ringFull: UInt64 = 0
     public var frameTooShort: UInt64 = 0
     public var frameTooLong: UInt64 = 0
-    /// XDP_STATISTICS tx_invalid_descs: descriptors the kernel refused.
+    /// XDP_STATISTICS tx_invalid_descs since the socket opened (the open-time probe's own refusal
+    /// left out): descriptors the kernel refused.
     public var kernelInvalid: UInt64 = 0
+    /// Frames whose descriptor the kernel refused, taken back into the free frames (dropped: not sent).
+    public var rejected: UInt64 = 0
+    /// Completion entries naming no frame in flight (outside the UMEM, or already complete): skipped.
+    public var invalidCompletions: UInt64 = 0
+    /// Frames still on the TX ring or in flight when `flush` gave up (at its last call).
+    public var unsentAtFinish: UInt64 = 0
 
     public init() {}
 
+    /// Frames the kernel sent: the completions, less the refused descriptors where their frames
+    /// complete too. So `packets` + the drops of `drops` = `queued` + the drops before queueing, once
+    /// nothing is pending.
+    public var packets: UInt64 {
+        guard refusedFramesComplete == true else { return completions }
+        return completions &- min(kernelInvalid, completions)
+    }
+
+    /// Drops by reason, only reasons that occurred. Refused descriptors count once (`xdp-tx-invalid`),
+    /// whether their frames complete, are taken back (`rejected`) or are still pending at finish.
     public var drops: [(reason: String, count: UInt64)] {
         var drops: [(reason: String, count: UInt64)] = []
         if ringFull > 0 { drops.append(("tx-ring-full", ringFull)) }
         if frameTooShort > 0 { drops.append(("tx-frame-too-short", frameTooShort)) }
         if frameTooLong > 0 { drops.append(("tx-frame-too-long", frameTooLong)) }
-        if kernelInvalid > 0 { drops.append(("xdp-tx-invalid", kernelInvalid)) }
+        let refused = max(kernelInvalid, rejected)
+        if refused > 0 { drops.append(("xdp-tx-invalid", refused)) }
+        if unsentAtFinish > 0 { drops.append(("tx-unsent-at-finish", unsentAtFinish)) }
         return drops
     }
 }
@@ -122,8 +146,13 @@ public final class AFXDPRXStatistics: Sendable {
 public final class AFXDPTXStatistics: Sendable {
     private let published = Mutex(AFXDPTXCounters())
     private let socket: Mutex<Int32>
+    /// tx_invalid_descs when the socket opened (the open-time probe's refusal included).
+    private let invalidBaseline: UInt64
 
-    init(fd: Int32) { socket = Mutex(fd) }
+    init(fd: Int32, invalidBaseline: UInt64) {
+        socket = Mutex(fd)
+        self.invalidBaseline = invalidBaseline
+    }
 
     public func snapshot() -> AFXDPTXCounters { published.withLock { $0 } }
 
@@ -133,7 +162,7 @@ public final class AFXDPTXStatistics: Sendable {
         let rc: Int32 = socket.withLock { fd in fd >= 0 ? sluice_xdp_statistics(fd, &stats) : 1 }
         guard rc <= 0 else { return }
         guard rc == 0 else { throw SyscallError("getsockopt(XDP_STATISTICS)", negatedErrno: rc) }
-        published.withLock { $0.kernelInvalid = stats.tx_invalid_descs }
+        published.withLock { $0.kernelInvalid = stats.tx_invalid_descs &- invalidBaseline }
     }
 
     func detach() {
@@ -143,7 +172,7 @@ public final class AFXDPTXStatistics: Sendable {
 
     func publish(_ counters: AFXDPTXCounters) {
         published.withLock {
-            let invalid = $0.kernelInvalid
+            let invalid = max($0.kernelInvalid, counters.kernelInvalid)  // running totals: the later is larger
             $0 = counters
             $0.kernelInvalid = invalid
         }

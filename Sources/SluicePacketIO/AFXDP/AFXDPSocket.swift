@@ -1,6 +1,7 @@
 // Path: Sources/SluicePacketIO/AFXDP/AFXDPSocket.swift — the kernel objects behind an AF_XDP port: the
 // UMEM, its fill and completion rings, the socket and (for a receiver) the XDP program libxdp attached.
 import CShims
+import Glibc
 import SluiceCore
 import SystemPackage
 
@@ -28,9 +29,16 @@ struct AFXDPSocket: ~Copyable {
             var step: Int32 = 0
             let flag: Int32 = !receive ? SLUICE_XDP_MODE_NONE
                 : mode == .native ? SLUICE_XDP_MODE_NATIVE : SLUICE_XDP_MODE_GENERIC
-            let rc = sluice_xdp_open(state, configuration.interface, configuration.queue, receive ? 1 : 0, flag,
+            var rc: Int32 = 0
+            // A socket just closed on this queue (the service's probe) frees the queue from a kernel
+            // work item a little later (xp_release_deferred): EBUSY until then, so try again briefly.
+            for attempt in 0...Self.busyRetriesMax {
+                rc = sluice_xdp_open(state, configuration.interface, configuration.queue, receive ? 1 : 0, flag,
                                      UInt32(configuration.frameCount), UInt32(configuration.frameSizeBytes),
                                      UInt32(configuration.ringSize), Int32(configuration.numaNode ?? -1), &step)
+                guard rc == -Errno.resourceBusy.rawValue, step == SLUICE_XDP_STEP_SOCKET, attempt < Self.busyRetriesMax else { break }
+                usleep(Self.busyRetryIntervalUs)
+            }
             if rc == 0 {
                 opened = mode
                 break
@@ -58,6 +66,10 @@ struct AFXDPSocket: ~Copyable {
         self.state = state
         self.mode = receive ? opened : nil
     }
+
+    /// Tries after EBUSY from xsk_socket__create, `busyRetryIntervalUs` apart (200 ms in all).
+    static let busyRetriesMax = 40
+    static let busyRetryIntervalUs: UInt32 = 5_000
 
     deinit {
         sluice_xdp_close(state)
