@@ -27,13 +27,16 @@ public enum SenderPacing: Sendable, Equatable {
 
 /// Where the sender puts packets of one side.
 public enum SenderOutput: Sendable, Equatable {
+    /// An AF_PACKET TX ring on the interface.
     case interface(String)
+    /// An AF_XDP socket on the interface's queue 0 (copy mode, TX only: no XDP program).
+    case afXDP(String)
     case pcapFile(String)
     case discard
 
     public var name: String {
         switch self {
-        case .interface(let name): name
+        case .interface(let name), .afXDP(let name): name
         case .pcapFile(let path): path
         case .discard: "discard"
         }
@@ -200,6 +203,64 @@ final class InterfaceSenderSink: SenderSink {
         return SenderPortSummary(name: name, kind: "interface", successfulPackets: c.packets, successfulBytes: c.bytes,
                                  failedPackets: c.wrongFormat + c.frameTooShort + c.frameTooLong + c.ringFull
                                     + stalledDrops + unsentAtFinish,
+                                 truncatedPackets: 0, retriedPackets: c.kickRetries)
+    }
+}
+
+/// The AF_XDP twin of `InterfaceSenderSink`: frames copied into the UMEM, one kick per burst, the
+/// completion ring freeing them; same stall bound and failure accounting.
+final class XDPSenderSink: SenderSink {
+    let name: String
+    private let pool: BufferPool
+    private var transmitter: AFXDPTransmitter
+    private var stalledDrops: UInt64 = 0
+
+    init(interface: String, pool: BufferPool) throws(ReplayError) {
+        name = interface
+        self.pool = pool
+        var configuration = AFXDPConfiguration(interface: interface)
+        configuration.frameSizeBytes = 4096  // the largest UMEM chunk: frames up to 4 KiB
+        do {
+            try configuration.validate()
+            transmitter = try AFXDPTransmitter(configuration: configuration, pool: pool)
+        } catch { throw .afXDPOutput(interface: interface, error) }
+    }
+
+    func send(_ items: UnsafeBufferPointer<UInt64>) {
+        var done = 0
+        var stallStart: UInt64 = 0
+        while done < items.count {
+            let burst = transmitter.transmitBurst(UnsafeBufferPointer(rebasing: items[done...]))
+            done += burst.taken
+            if burst.taken > 0 {
+                stallStart = 0
+                continue
+            }
+            // No free UMEM frame or TX slot even after a completion scan: the device is behind.
+            let now = sluice_monotonic_ns()
+            if stallStart == 0 { stallStart = now }
+            if now - stallStart > InterfaceSenderSink.stallTimeoutNs {
+                for item in items[done...] { pool.freeIndex(UInt32(truncatingIfNeeded: item)) }
+                stalledDrops += UInt64(items.count - done)
+                return
+            }
+            transmitter.kickIfNeeded()
+            sched_yield()
+        }
+    }
+
+    func finish() -> String? {
+        if !transmitter.flush(timeoutNs: InterfaceSenderSink.stallTimeoutNs) {
+            return "\(name): \(transmitter.pendingCount) frames still on the AF_XDP TX ring 2 s after the last"
+        }
+        if stalledDrops > 0 { return "\(name): the AF_XDP TX ring stayed full for 2 s; \(stalledDrops) frames not sent" }
+        return nil
+    }
+
+    func summary() -> SenderPortSummary {
+        let c = transmitter.counters
+        return SenderPortSummary(name: name, kind: "af_xdp", successfulPackets: c.packets, successfulBytes: c.bytes,
+                                 failedPackets: c.drops.reduce(0) { $0 + $1.count } + stalledDrops,
                                  truncatedPackets: 0, retriedPackets: c.kickRetries)
     }
 }
@@ -456,6 +517,8 @@ public final class ReplaySender {
             switch output {
             case .interface(let name):
                 sinks.append(try InterfaceSenderSink(interface: name, frameSizeBytes: frameSize, pool: pool))
+            case .afXDP(let name):
+                sinks.append(try XDPSenderSink(interface: name, pool: pool))
             case .pcapFile(let path):
                 sinks.append(try FileSenderSink(path: path, pool: pool, linkType: first!.linkType,
                                                 linkTypeField: first!.field, snapshotLength: max(snapshotMax, 1),

@@ -51,6 +51,8 @@ struct ReplayCommand: ParsableCommand {
 
     @Option(help: "Send the packets on this interface (AF_PACKET TX ring).")
     var iface: String?
+    @Flag(name: .customLong("af-xdp"), help: "Send on --iface/--iface2 through AF_XDP sockets (queue 0, copy mode) instead of AF_PACKET TX rings (the sender).")
+    var afXDP = false
 
     @Option(help: "Packets per second, evenly spaced (\(ReplayPacing.packetsPerSecondMin)...\(ReplayPacing.packetsPerSecondMax)); --pps is the same.")
     var rate: Double?

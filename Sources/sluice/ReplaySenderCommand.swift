@@ -30,6 +30,7 @@ extension ReplayCommand {
         if splitBy != nil { flags.append("--split-by") }
         if cachefile != nil { flags.append("--cachefile") }
         if writeCachefile != nil { flags.append("--write-cachefile") }
+        if afXDP { flags.append("--af-xdp") }
         return flags
     }
 
@@ -81,6 +82,8 @@ extension ReplayCommand {
         }
         if preloadMaxMb != nil, !preload { throw ValidationError("--preload-max-mb needs --preload") }
         guard iface2 == nil || iface != nil else { throw ValidationError("--iface2 needs --iface (the primary)") }
+        if afXDP, iface == nil { throw ValidationError("--af-xdp sends on --iface: give one") }
+        if afXDP, out2 != nil { throw ValidationError("--af-xdp with --out2: give --iface2 for the secondary") }
         guard out2 == nil || out != nil else { throw ValidationError("--out2 needs --out (the primary)") }
         guard iface2 == nil || out2 == nil else { throw ValidationError("give --iface2 or --out2, not both") }
         guard splitBy == nil || cachefile == nil else { throw ValidationError("give --split-by or --cachefile, not both") }
@@ -104,8 +107,9 @@ extension ReplayCommand {
     }
 
     func senderConfiguration() throws -> SenderConfiguration {
-        var outputs: [SenderOutput] = [out.map { .pcapFile($0) } ?? iface.map { .interface($0) } ?? .discard]
-        if let iface2 { outputs.append(.interface(iface2)) }
+        let onInterface: (String) -> SenderOutput = { afXDP ? .afXDP($0) : .interface($0) }
+        var outputs: [SenderOutput] = [out.map { .pcapFile($0) } ?? iface.map(onInterface) ?? .discard]
+        if let iface2 { outputs.append(onInterface(iface2)) }
         if let out2 { outputs.append(.pcapFile(out2)) }
         var c = SenderConfiguration(captures: captures.map { $0 == "-" ? "/dev/stdin" : $0 }, outputs: outputs)
         c.pacing = topspeed ? .topSpeed

@@ -269,14 +269,16 @@ struct SenderReport {
 @Suite(.serialized, .enabled(if: NetnsEnvironment.enabled,
                              "needs root (network namespaces, AF_PACKET); with CI=true it runs and fails without root"))
 struct NetnsReplaySplitTests {
-    @Test func splitOntoTwoVeths() throws {
+    /// Through AF_PACKET TX rings, and through AF_XDP sockets (`--af-xdp`).
+    @Test(arguments: [false, true]) func splitOntoTwoVeths(afXDP: Bool) throws {
         try NetnsEnvironment.requireRoot()
         let binary = try #require(sluiceBinary())
         try #require(access("/usr/bin/tcpdump", X_OK) == 0 || access("/usr/sbin/tcpdump", X_OK) == 0, "needs tcpdump")
         let tcpdump = access("/usr/bin/tcpdump", X_OK) == 0 ? "/usr/bin/tcpdump" : "/usr/sbin/tcpdump"
         let pid = getpid()
-        let sender = "slsplit-\(pid)-s", receiver = "slsplit-\(pid)-r"
-        let links = [("sp\(pid)a", "sp\(pid)A"), ("sp\(pid)b", "sp\(pid)B")]
+        let kind = afXDP ? "x" : ""
+        let sender = "slsplit-\(pid)-s\(kind)", receiver = "slsplit-\(pid)-r\(kind)"
+        let links = [("sp\(pid)a\(kind)", "sp\(pid)A\(kind)"), ("sp\(pid)b\(kind)", "sp\(pid)B\(kind)")]
         defer {
             _ = run(["/usr/sbin/ip", "netns", "del", sender])
             _ = run(["/usr/sbin/ip", "netns", "del", receiver])
@@ -318,7 +320,8 @@ struct NetnsReplaySplitTests {
         usleep(1_500_000)  // tcpdump attaches
         var stdout = ""
         let status = run(["/usr/sbin/ip", "netns", "exec", sender, binary, "replay", path, "--pps", "20000",
-                          "--split-by", "port:80", "--iface", links[0].0, "--iface2", links[1].0], capture: &stdout)
+                          "--split-by", "port:80", "--iface", links[0].0, "--iface2", links[1].0] + (afXDP ? ["--af-xdp"] : []),
+                         capture: &stdout)
         #expect(status == 0, "\(stdout)")
         #expect(stdout.contains("Actual: 400 packets"), "\(stdout)")
         for child in pids {
