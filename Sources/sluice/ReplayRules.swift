@@ -7,10 +7,10 @@ import SluiceReplay
 import SluiceService
 
 extension ReplayCommand {
-    /// True when any rule or tcprewrite flag is given.
+    /// True when any rule, named output or tcprewrite flag is given.
     var hasRuleFlags: Bool {
-        rules != nil || !rule.isEmpty || !outputs.isEmpty || !srcipmap.isEmpty || !dstipmap.isEmpty || enetSmac != nil || enetDmac != nil
-            || fixcsum || mtuTrunc
+        rules != nil || !rule.isEmpty || !outputs.isEmpty || !srcipmap.isEmpty || !dstipmap.isEmpty || enetSmac != nil
+            || enetDmac != nil || fixcsum || mtuTrunc
     }
 
     /// Checks the tcprewrite flags (usage errors); the rules themselves are read in `run` (exit 2).

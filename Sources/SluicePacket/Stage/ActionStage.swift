@@ -8,7 +8,8 @@ import SluiceCore
 /// flag; a push needs 4 free bytes past the packet in its pool buffer. Dropped buffers are freed and
 /// counted by reason. Every packet is counted (packets, bytes as matched) under the rule that decided
 /// in `rules.hits`. When the table has named outputs, each packet passed on carries its output index
-/// in `PacketMetadata.outputIndex` (0: the sink) for the dispatch stage before the sink. Never allocates, locks or retains: pool and table must outlive the pipeline.
+/// in `PacketMetadata.outputIndex` (0: the sink) for the dispatch stage before the sink. Never
+/// allocates, locks or retains: pool and table must outlive the pipeline.
 public struct ActionStage: StageBody, @unchecked Sendable {  // unchecked: unmanaged pool and table
     let pool: Unmanaged<BufferPool>
     let drops: Unmanaged<DropCounterTable>
