@@ -62,6 +62,9 @@ public struct PacketPathConfiguration: Sendable {
     /// `OutputLimits.outputCountMax`), in the order of `rules.outputs`, whose names they carry.
     /// Packets a rule sends to one go there instead of `output`. Needs the action stage.
     public var outputs: [NamedOutput] = []
+    /// Stages of the built pipeline, source and sink included: `stages`' count, plus the dispatch
+    /// stage ("outputs") when there are named outputs.
+    public var stageCount: Int { stages.rawValue + (outputs.isEmpty ? 0 : 1) }
     /// Divide the output among source ids by this policy (see `ReplayConfiguration.traffic`).
     public var traffic: TrafficPolicy?
 

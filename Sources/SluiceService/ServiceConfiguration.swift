@@ -516,7 +516,7 @@ extension ServiceConfiguration {
     private static func checkStagesPerWorker(_ configuration: ServiceConfiguration, root: ConfigReader) throws(ConfigError) {
         var perWorker = [Int](repeating: 0, count: configuration.cores.count)
         for pipeline in configuration.pipelines {
-            let stageCount = pipeline.path.stages.rawValue  // the raw value is the stage count
+            let stageCount = pipeline.path.stageCount  // outputs add the dispatch stage
             for worker in configuration.placement(of: pipeline, stageCount: stageCount) { perWorker[worker] += 1 }
         }
         for (worker, count) in perWorker.enumerated() where count > Limits.stagesPerWorkerMax {
@@ -654,8 +654,8 @@ extension ServiceConfiguration {
         settings.afXDPSink = afXDPSink
         if let stageCoresReader = reader.optional("stage_cores") {
             let items = try stageCoresReader.list()
-            guard items.count == path.stages.rawValue else {
-                throw stageCoresReader.invalid("one core per stage (\(path.stages.rawValue), source first), got \(items.count)")
+            guard items.count == path.stageCount else {
+                throw stageCoresReader.invalid("one core per stage (\(path.stageCount), source first, the outputs stage before the sink), got \(items.count)")
             }
             var stageCores: [Int] = []
             for item in items {

@@ -87,6 +87,16 @@ import Testing
         #expect(noAction.contains("outputs") && noAction.contains("classify-and-act"), "\(noAction)")
     }
 
+    /// The dispatch stage is one more stage: `stage_cores` names it.
+    @Test func stageCoresCountTheOutputsStage() throws {
+        let yaml = Self.pipeline(outputs: "      a: {discard: true}", rules: "      - {output: a}")
+        let five = try load(yaml + "\n    stage_cores: [0, 1, 1, 1, 1]")
+        #expect(five.pipelines[0].path.stageCount == 5)
+        #expect(five.pipelines[0].stageCores == [0, 1, 1, 1, 1])
+        let four = error(yaml + "\n    stage_cores: [0, 1, 1, 1]")
+        #expect(four.contains("stage_cores") && four.contains("one core per stage (5"), "\(four)")
+    }
+
     @Test func ruleTableChecksOutputs() {
         #expect(throws: RuleError.unknownOutput("b", rule: 0, known: ["a"])) {
             try RuleTable(rules: [Rule(.any, output: "b")], outputs: ["a"])
