@@ -58,6 +58,13 @@ public struct PacketPathConfiguration: Sendable {
     public var measuresLatency = false
     public var classifier: ClassifierConfiguration
     public var rules: RuleTable
+    /// Named outputs besides `output` (pcap file, interface or discard; at most
+    /// `OutputLimits.outputCountMax`), in the order of `rules.outputs`, whose names they carry.
+    /// Packets a rule sends to one go there instead of `output`. Needs the action stage.
+    public var outputs: [NamedOutput] = []
+    /// Stages of the built pipeline, source and sink included: `stages`' count, plus the dispatch
+    /// stage ("outputs") when there are named outputs.
+    public var stageCount: Int { stages.rawValue + (outputs.isEmpty ? 0 : 1) }
     /// Divide the output among source ids by this policy (see `ReplayConfiguration.traffic`).
     public var traffic: TrafficPolicy?
 
@@ -146,6 +153,8 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
     /// Keeps the AF_XDP sink's completion tap alive (its transmitter holds it unretained).
     private let xdpTap: XDPCompletionTap?
     private let finished = Mutex<String??>(nil)
+    /// The named outputs' sinks and the per-output counters; nil without named outputs.
+    private let namedOutputs: NamedOutputSinks?
 
     private enum Input {
         case capture(PcapSource)
@@ -181,7 +190,7 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
             guard loopCount == 1 || reader.isRegularFile else {
                 throw .invalidConfiguration(.loopOnStream(path: path))
             }
-            if case .pcapFile(let output) = configuration.output {
+            for case .pcapFile(let output) in [configuration.output] + configuration.outputs.map(\.output) {
                 var status = stat()
                 if stat(output, &status) == 0, UInt64(status.st_dev) == reader.device,
                    UInt64(status.st_ino) == reader.inode {
@@ -249,6 +258,14 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
         }
         if configuration.stages == .classifyAndAct {
             builder.stage(ActionStage(pool: pool, rules: configuration.rules, drops: drops), name: "action")
+        }
+        if configuration.outputs.isEmpty {
+            namedOutputs = nil
+        } else {
+            let sinks = try NamedOutputSinks(configuration.outputs, pool: pool, burstCount: configuration.burstCount,
+                                             format: outputFormat)
+            namedOutputs = sinks
+            builder.stage(OutputDispatchStage(pool: pool, sinks: sinks), name: "outputs")
         }
         switch configuration.output {
         case .pcapFile(let path):
@@ -340,12 +357,44 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
         guard c.ringCapacity >= 2, c.ringCapacity <= Limits.ringCapacityMax, c.ringCapacity & (c.ringCapacity - 1) == 0 else {
             throw .invalidConfiguration(.ringCapacity(c.ringCapacity, max: Limits.ringCapacityMax))
         }
+        try validateOutputs(c)
         let inFlightMax = PacketPathConfiguration.inFlightMax(ringCapacity: c.ringCapacity, burstCount: c.burstCount)
         guard c.poolBufferCount <= Limits.ringCapacityMax else {
             throw .invalidConfiguration(.poolAboveMax(c.poolBufferCount, max: Limits.ringCapacityMax))
         }
         guard c.poolBufferCount > inFlightMax else {
             throw .invalidConfiguration(.poolBelowInFlight(c.poolBufferCount, inFlight: inFlightMax))
+        }
+    }
+
+    /// Named outputs: within the bound, the rule table's names in its order, pcap, interface or
+    /// discard, only with the action stage, and no file written twice.
+    static func validateOutputs(_ c: PacketPathConfiguration) throws(ReplayError) {
+        guard !c.outputs.isEmpty || !c.rules.hasOutputs else {
+            throw .invalidConfiguration(.outputs("the rules name outputs \(c.rules.outputs) the pipeline does not declare"))
+        }
+        guard !c.outputs.isEmpty else { return }
+        guard c.outputs.count <= OutputLimits.outputCountMax else {
+            throw .invalidConfiguration(.outputs("\(c.outputs.count) named outputs, at most \(OutputLimits.outputCountMax)"))
+        }
+        guard c.stages == .classifyAndAct else {
+            throw .invalidConfiguration(.outputs("rules pick the output in the action stage: needs all stages"))
+        }
+        guard c.rules.outputs == c.outputs.map(\.name) else {
+            throw .invalidConfiguration(.outputs("the rule table was built for outputs \(c.rules.outputs), the pipeline declares \(c.outputs.map(\.name))"))
+        }
+        var files: Set<String> = []
+        if case .pcapFile(let path) = c.output { files.insert(path) }
+        for named in c.outputs {
+            switch named.output {
+            case .pcapFile(let path):
+                guard files.insert(path).inserted else {
+                    throw .invalidConfiguration(.outputs("output '\(named.name)': '\(path)' is written by another output"))
+                }
+            case .interface, .discard: break
+            case .afXDP:
+                throw .invalidConfiguration(.outputs("output '\(named.name)': AF_XDP named outputs are not supported (pcap, interface, discard)"))
+            }
         }
     }
 
@@ -424,6 +473,7 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
             case .discard:
                 break
             }
+            if let namedOutputs, let named = namedOutputs.finish() { failure = failure ?? named }
             done = .some(failure)
             return failure
         }
@@ -446,6 +496,14 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
         result += DropReason.allCases.compactMap { reason in
             counted[reason] > 0 ? (reason: reason.description, count: counted[reason]) : nil
         }
+        result += sinkDropCounts()
+        if let namedOutputs { result += namedOutputs.dropCounts() }
+        return result
+    }
+
+    /// The sink's drops by reason: write errors, TX drops.
+    private func sinkDropCounts() -> [(reason: String, count: UInt64)] {
+        var result: [(reason: String, count: UInt64)] = []
         switch sink {
         case .pcap(let pcapSink):
             let errors = pcapSink.writeErrors.load(ordering: .relaxed)
@@ -469,6 +527,22 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
             if unsent > 0 { result.append(("unsent-at-finish", unsent)) }
         case .discard:
             break
+        }
+        return result
+    }
+
+    /// Packets, bytes and drops per output: the sink as "default", then each named output. Empty
+    /// without named outputs. The sink's drops are its own, as in `dropCounts`.
+    public func outputCounts() -> [OutputCount] {
+        guard let namedOutputs else { return [] }
+        let sinkCounts = namedOutputs.counters.counts(output: 0)
+        let sinkDrops = sinkDropCounts()
+        var result = [OutputCount(name: OutputLimits.sinkName, packets: sinkCounts.packets, bytes: sinkCounts.bytes,
+                                  drops: sinkDrops.reduce(0) { $0 + $1.count })]
+        for (index, output) in configuration.outputs.enumerated() {
+            let counts = namedOutputs.counters.counts(output: index + 1)
+            result.append(OutputCount(name: output.name, packets: counts.packets, bytes: counts.bytes,
+                                      drops: namedOutputs.drops(output: index)))
         }
         return result
     }
@@ -510,6 +584,229 @@ final class XDPCompletionTap: @unchecked Sendable {  // unchecked: used only on 
             tap.reporter.report(CompletionEvent(sourceID: UInt16(source), flowHash: record.flowHash, bytes: length,
                                                 enqueueNs: record.enqueueNs,
                                                 completionNs: max(Clock.monotonicNs(), record.enqueueNs)))
+        }
+    }
+}
+
+/// A named extra output of a packet path: packets whose rule names `name` go to `output`.
+public struct NamedOutput: Sendable, Equatable {
+    public var name: String
+    /// A pcap file, an interface (AF_PACKET TX ring) or discard; not AF_XDP.
+    public var output: ReplayOutput
+
+    public init(name: String, output: ReplayOutput) {
+        self.name = name
+        self.output = output
+    }
+}
+
+/// What one output took: packets and bytes handed to it, and what it dropped (failed writes,
+/// a full TX ring).
+public struct OutputCount: Sendable, Equatable {
+    public var name: String
+    public var packets: UInt64
+    public var bytes: UInt64
+    public var drops: UInt64
+}
+
+/// The sinks of a path's named outputs, made with the path and kept as long as it: the dispatch
+/// stage reaches them unretained, through `kinds` and `references`, and stages bursts for them in
+/// `staged` (`burstCount` slots per output). Counters readable from any thread; the rest belongs to
+/// the dispatch stage's worker (and `finish`, once the pipeline has drained).
+final class NamedOutputSinks: @unchecked Sendable {  // unchecked: staging touched by one worker at a time
+    enum Sink {
+        case pcap(PcapSink)
+        case interface(AFPacketSink)
+        case discard
+    }
+
+    static let kindPcap: UInt8 = 0
+    static let kindInterface: UInt8 = 1
+    static let kindDiscard: UInt8 = 2
+
+    let names: [String]
+    let sinks: [Sink]
+    let counters: OutputCounters
+    let burstCount: Int
+    let count: Int
+    let kinds: UnsafeMutablePointer<UInt8>
+    let references: UnsafeMutablePointer<UnsafeMutableRawPointer?>
+    /// Buffer indices waiting for output n at n * burstCount ..< + stagedCounts[n].
+    let staged: UnsafeMutablePointer<UInt64>
+    let stagedCounts: UnsafeMutablePointer<Int>
+    let stagedBytes: UnsafeMutablePointer<UInt64>
+    /// Packets each discard output freed (its drops: sent nowhere, on purpose, so counted apart).
+    let discarded: UnsafeMutablePointer<Atomic<UInt64>>
+
+    init(_ outputs: [NamedOutput], pool: BufferPool, burstCount: Int,
+         format: (linkType: Int, linkTypeField: UInt32?, snapshotLength: Int, nanosecond: Bool)) throws(ReplayError) {
+        precondition(!outputs.isEmpty, "no named outputs: no dispatch")
+        precondition(outputs.count <= OutputLimits.outputCountMax, "more named outputs than the bound")
+        var sinks: [Sink] = []
+        for output in outputs {
+            switch output.output {
+            case .pcapFile(let path):
+                do {
+                    sinks.append(.pcap(try PcapSink(path: path, pool: pool, linkType: format.linkType,
+                                                    linkTypeField: format.linkTypeField,
+                                                    snapshotLength: format.snapshotLength,
+                                                    nanosecond: format.nanosecond)))
+                } catch { throw .capture(error) }
+            case .interface(let name):
+                do {
+                    sinks.append(.interface(try AFPacketSink(configuration: AFPacketTXConfiguration(interface: name),
+                                                             pool: pool)))
+                } catch { throw .output(interface: name, error) }
+            case .discard:
+                sinks.append(.discard)
+            case .afXDP:
+                preconditionFailure("validated: no AF_XDP named output")
+            }
+        }
+        names = outputs.map(\.name)
+        self.sinks = sinks
+        self.burstCount = burstCount
+        count = outputs.count
+        counters = OutputCounters(outputCount: outputs.count + 1)
+        kinds = .allocate(capacity: count)
+        references = .allocate(capacity: count)
+        for (index, sink) in sinks.enumerated() {
+            switch sink {
+            case .pcap(let pcap):
+                kinds[index] = Self.kindPcap
+                references[index] = Unmanaged.passUnretained(pcap).toOpaque()
+            case .interface(let interface):
+                kinds[index] = Self.kindInterface
+                references[index] = Unmanaged.passUnretained(interface).toOpaque()
+            case .discard:
+                kinds[index] = Self.kindDiscard
+                references[index] = nil
+            }
+        }
+        staged = .allocate(capacity: count * burstCount)
+        stagedCounts = .allocate(capacity: count)
+        stagedCounts.initialize(repeating: 0, count: count)
+        stagedBytes = .allocate(capacity: count)
+        stagedBytes.initialize(repeating: 0, count: count)
+        discarded = .allocate(capacity: count)
+        for index in 0..<count { (discarded + index).initialize(to: Atomic<UInt64>(0)) }
+    }
+
+    deinit {
+        kinds.deallocate()
+        references.deallocate()
+        staged.deallocate()
+        stagedCounts.deallocate()
+        stagedBytes.deallocate()
+        discarded.deinitialize(count: count)
+        discarded.deallocate()
+    }
+
+    /// Hands output `index`'s staged burst to its sink (which frees every buffer) and counts it.
+    @inline(__always)
+    func flush(_ index: Int, pool: Unmanaged<BufferPool>) {
+        let filled = stagedCounts[index]
+        guard filled > 0 else { return }
+        let burst = UnsafeMutableBufferPointer(start: staged + index * burstCount, count: filled)
+        switch kinds[index] {
+        case Self.kindPcap:
+            _ = Unmanaged<PcapSink>.fromOpaque(references[index]!)._withUnsafeGuaranteedRef { $0.process(burst) }
+        case Self.kindInterface:
+            _ = Unmanaged<AFPacketSink>.fromOpaque(references[index]!)._withUnsafeGuaranteedRef { $0.process(burst) }
+        default:
+            pool._withUnsafeGuaranteedRef { $0.freeBurst(UnsafeBufferPointer(burst)) }
+            discarded[index].wrappingAdd(UInt64(filled), ordering: .relaxed)
+        }
+        counters.add(output: index + 1, packets: UInt64(filled), bytes: stagedBytes[index])
+        stagedCounts[index] = 0
+        stagedBytes[index] = 0
+    }
+
+    /// Closes the files and sends what the TX rings hold. Call once the pipeline has drained.
+    /// Returns the first failure, naming the output.
+    func finish() -> String? {
+        var failure: String?
+        for (index, sink) in sinks.enumerated() {
+            switch sink {
+            case .pcap(let pcap):
+                do { try pcap.finish() } catch { failure = failure ?? "output '\(names[index])': \(error)" }
+            case .interface(let interface):
+                if !interface.finish() { failure = failure ?? "output '\(names[index])': frames still queued on the TX ring after 1 s" }
+            case .discard:
+                break
+            }
+        }
+        return failure
+    }
+
+    /// Drops of output `index`: failed writes, TX ring drops (a discard output drops nothing: it
+    /// frees what it is sent, counted in its packets).
+    func drops(output index: Int) -> UInt64 {
+        switch sinks[index] {
+        case .pcap(let pcap): pcap.writeErrors.load(ordering: .relaxed)
+        case .interface(let interface): interface.statistics.snapshot().drops.reduce(0) { $0 + $1.count }
+        case .discard: 0
+        }
+    }
+
+    /// Each named output's drops by reason, as "REASON:NAME".
+    func dropCounts() -> [(reason: String, count: UInt64)] {
+        var result: [(reason: String, count: UInt64)] = []
+        for (index, sink) in sinks.enumerated() {
+            switch sink {
+            case .pcap(let pcap):
+                let errors = pcap.writeErrors.load(ordering: .relaxed)
+                if errors > 0 { result.append(("write-error:\(names[index])", errors)) }
+            case .interface(let interface):
+                result += interface.statistics.snapshot().drops.map { ("\($0.reason):\(names[index])", $0.count) }
+            case .discard:
+                break
+            }
+        }
+        return result
+    }
+}
+
+/// The stage after the action stage when a path has named outputs: each packet whose
+/// `PacketMetadata.outputIndex` is n > 0 is staged for named output n - 1 and handed to its sink a
+/// burst at a time (at the end of each burst, or when `burstCount` are staged); packets of output 0
+/// are passed on, in order, to the path's sink. Order is kept within each output. Never allocates,
+/// locks or retains: pool and sinks must outlive the pipeline.
+struct OutputDispatchStage: StageBody, @unchecked Sendable {  // unchecked: unmanaged pool and sinks
+    let pool: Unmanaged<BufferPool>
+    let sinks: Unmanaged<NamedOutputSinks>
+
+    init(pool: BufferPool, sinks: NamedOutputSinks) {
+        self.pool = Unmanaged.passUnretained(pool)
+        self.sinks = Unmanaged.passUnretained(sinks)
+    }
+
+    mutating func process(_ items: UnsafeMutableBufferPointer<UInt64>) -> Int {
+        sinks._withUnsafeGuaranteedRef { sinks in
+            var kept = 0
+            var keptBytes: UInt64 = 0
+            for position in 0..<items.count {
+                let item = items[position]
+                precondition(item <= UInt64(UInt32.max), "item is not a buffer index")
+                let metadata = pool._withUnsafeGuaranteedRef { $0.metadata(at: UInt32(truncatingIfNeeded: item)) }
+                let output = Int(metadata.pointee.outputIndex)
+                let length = UInt64(metadata.pointee.length)
+                if output == 0 {
+                    items[kept] = item
+                    kept += 1
+                    keptBytes &+= length
+                    continue
+                }
+                precondition(output <= sinks.count, "output index past the named outputs")
+                let slot = output - 1
+                sinks.staged[slot * sinks.burstCount + sinks.stagedCounts[slot]] = item
+                sinks.stagedCounts[slot] += 1
+                sinks.stagedBytes[slot] &+= length
+                if sinks.stagedCounts[slot] == sinks.burstCount { sinks.flush(slot, pool: pool) }
+            }
+            for slot in 0..<sinks.count { sinks.flush(slot, pool: pool) }
+            if kept > 0 { sinks.counters.add(output: 0, packets: UInt64(kept), bytes: keptBytes) }
+            return kept
         }
     }
 }

@@ -42,6 +42,9 @@ public struct ReplayConfiguration: Sendable {
     public var classifier: ClassifierConfiguration
     /// What happens to each packet after classification.
     public var rules: RuleTable
+    /// Named outputs besides `output` that rules send to (`Rule.output`); their names must be the
+    /// table's `outputs`, in order. At most `OutputLimits.outputCountMax`.
+    public var outputs: [NamedOutput] = []
     /// Divide the output among sources (`PacketMetadata.sourceID` 0..<sources.count) by this policy: a
     /// traffic controller learns from the TX free path and, on an interface, the TX stage enforces
     /// its grants (packets of other source ids are dropped, counted). nil: no controller.
@@ -146,6 +149,9 @@ public enum ReplayConfigurationError: Error, Equatable, CustomStringConvertible 
     case coreNotAvailable(Int)
     /// A placement naming `named` stages for a pipeline of `stageCount`.
     case placementCount(named: Int, stageCount: Int)
+    /// Named outputs that do not fit: too many, not the rule table's, of a kind not supported, or
+    /// without the action stage.
+    case outputs(String)
 
     public var description: String {
         switch self {
@@ -160,6 +166,7 @@ public enum ReplayConfigurationError: Error, Equatable, CustomStringConvertible 
             "pool of \(count) buffers cannot fill rings holding \(inFlight): more buffers or smaller rings"
         case .coreNotAvailable(let core): "core \(core) is not a service core"
         case .placementCount(let named, let stageCount): "stage_cores names \(named) of \(stageCount) stages"
+        case .outputs(let reason): "outputs: \(reason)"
         }
     }
 }
@@ -217,6 +224,9 @@ public struct ReplaySummary: Sendable {
     /// The traffic controller's view at the end (per source: share target and achieved, pending,
     /// delay), when the replay had one.
     public var traffic: TrafficSnapshot?
+    /// Per output (the sink as "default", then the named outputs): packets, bytes, drops. Empty
+    /// without named outputs.
+    public var outputs: [OutputCount] = []
 
     public var packetsPerSecond: Double { Double(delivered) / max(Double(elapsedNs) / 1e9, 1e-9) }
     public var bitsPerSecond: Double { Double(bytes) * 8 / max(Double(elapsedNs) / 1e9, 1e-9) }
@@ -256,6 +266,7 @@ public final class Replay {
         pathConfiguration.measuresLatency = configuration.measuresLatency
         pathConfiguration.classifier = configuration.classifier
         pathConfiguration.rules = configuration.rules
+        pathConfiguration.outputs = configuration.outputs
         pathConfiguration.traffic = configuration.traffic
         path = try PacketPath(pathConfiguration)
         trafficMetrics = configuration.traffic.map { TrafficMetrics(sourceCount: max($0.sources.count, 1)) }
@@ -322,7 +333,7 @@ public final class Replay {
             workers: zip(runtime.workers, before).map { $0.counters.snapshot().since($1) },
             cores: configuration.cores, failure: failure, inputError: path.inputError, outputError: path.outputError,
             latencyP50Ns: path.latencyPercentile(50), latencyP99Ns: path.latencyPercentile(99),
-            traffic: controller?.snapshot())
+            traffic: controller?.snapshot(), outputs: path.outputCounts())
     }
 }
 

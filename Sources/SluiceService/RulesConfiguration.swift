@@ -7,7 +7,7 @@ import SluicePacket
 /// and line: `config line 12: pipelines[0].rules[2].match.dst_port: rule 2 'web': ...`.
 public enum RulesConfiguration {
     /// Keys of one rule.
-    static let ruleKeys = ["name", "match", "action", "rewrite"]
+    static let ruleKeys = ["name", "match", "action", "rewrite", "output"]
     /// Keys of a rule's `match`.
     static let matchKeys = ["in_port", "source_id", "vlan", "src_mac", "dst_mac", "src_prefix", "dst_prefix", "protocol",
                             "src_port", "dst_port"]
@@ -18,9 +18,10 @@ public enum RulesConfiguration {
 
     /// A table from a YAML text holding a mapping whose `rules` key holds the list (what
     /// `--rules FILE` reads; empty text: no rules), then the `extraRules` (each one rule as a YAML
-    /// flow mapping, `--rule`), then `tableRewrites` for every forwarded packet.
+    /// flow mapping, `--rule`), then `tableRewrites` for every forwarded packet. `outputs`: the
+    /// named outputs a rule's `output` may name.
     public static func table(yaml text: String, origin: String = "rules", extraRules: [String] = [],
-                             tableRewrites: [Rewrite] = []) throws(ConfigError) -> RuleTable {
+                             tableRewrites: [Rewrite] = [], outputs: [String] = []) throws(ConfigError) -> RuleTable {
         var readers: [ConfigReader] = []
         if !text.isEmpty {
             let root = ConfigReader(try ConfigNode.parse(yaml: text), key: "")
@@ -30,7 +31,7 @@ public enum RulesConfiguration {
         for (index, rule) in extraRules.enumerated() {
             readers.append(ConfigReader(try ConfigNode.parse(yaml: rule), key: "--rule[\(index)]"))
         }
-        return try table(readers, tableRewrites: tableRewrites)
+        return try table(readers, tableRewrites: tableRewrites, outputs: outputs)
     }
 
     /// Hits of each rule by name, then of "(no match)"; nothing for a table without rules.
@@ -43,18 +44,20 @@ public enum RulesConfiguration {
     }
 
     /// A table from the rules in the file at `path` (if any), then the `--rule` texts in `extraRules`.
-    public static func table(file path: String?, extraRules: [String],
-                             tableRewrites: [Rewrite]) throws(ConfigError) -> RuleTable {
+    public static func table(file path: String?, extraRules: [String], tableRewrites: [Rewrite],
+                             outputs: [String] = []) throws(ConfigError) -> RuleTable {
         let text = try path.map { path throws(ConfigError) in try ServiceConfiguration.readFile(path) } ?? ""
-        return try table(yaml: text, origin: "rules", extraRules: extraRules, tableRewrites: tableRewrites)
+        return try table(yaml: text, origin: "rules", extraRules: extraRules, tableRewrites: tableRewrites,
+                         outputs: outputs)
     }
 
-    /// A pipeline's `rules:` list.
-    static func decode(_ reader: ConfigReader) throws(ConfigError) -> RuleTable {
-        try table(try reader.list(), tableRewrites: [])
+    /// A pipeline's `rules:` list, whose rules may name the pipeline's `outputs`.
+    static func decode(_ reader: ConfigReader, outputs: [String] = []) throws(ConfigError) -> RuleTable {
+        try table(try reader.list(), tableRewrites: [], outputs: outputs)
     }
 
-    static func table(_ readers: [ConfigReader], tableRewrites: [Rewrite]) throws(ConfigError) -> RuleTable {
+    static func table(_ readers: [ConfigReader], tableRewrites: [Rewrite],
+                      outputs: [String] = []) throws(ConfigError) -> RuleTable {
         guard readers.count <= PacketLimits.ruleCountMax else {
             throw (readers.last ?? ConfigReader(.empty, key: "rules")).invalid(
                 "\(readers.count) rules, at most \(PacketLimits.ruleCountMax)")
@@ -66,9 +69,13 @@ public enum RulesConfiguration {
                 throw naming(error, rule: index, name: name)
             }
         }
-        do { return try RuleTable(rules: rules, tableRewrites: tableRewrites) } catch {
+        do { return try RuleTable(rules: rules, tableRewrites: tableRewrites, outputs: outputs) } catch {
             let index = error.ruleIndex ?? 0
-            let reader = index < readers.count ? readers[index] : ConfigReader(.empty, key: "rules")
+            var reader = index < readers.count ? readers[index] : ConfigReader(.empty, key: "rules")
+            switch error {
+            case .unknownOutput, .outputOnDropRule: reader = reader.child("output")
+            default: break
+            }
             throw naming(reader.invalid("\(error)"), rule: index, name: index < rules.count ? rules[index].name : "")
         }
     }
@@ -113,7 +120,14 @@ public enum RulesConfiguration {
             }
             for entry in entries { rewrites.append(try decodeRewrite(entry)) }
         }
-        return Rule(match, verdict, rewrites: rewrites, name: name)
+        var output: String?
+        if let outputReader = reader.optional("output") {
+            let text = try outputReader.string()
+            guard !text.isEmpty else { throw outputReader.invalid("empty output name") }
+            guard verdict == .forward else { throw outputReader.invalid("a drop rule sends to no output") }
+            output = text
+        }
+        return Rule(match, verdict, rewrites: rewrites, name: name, output: output)
     }
 
     static func decodeMatch(_ reader: ConfigReader) throws(ConfigError) -> RuleMatch {
@@ -198,8 +212,8 @@ extension RuleError {
         case let .tooManyRewrites(_, rule, _), let .rewritesOnDropRule(rule), let .invalidVLANID(_, rule),
              let .invalidVLANPriority(_, rule), let .invalidTPID(_, rule), let .invalidDSCP(_, rule),
              let .invalidMTU(_, rule), let .emptyPortRange(rule), let .mixedAddressFamilies(rule),
-             let .duplicateName(_, rule): rule
-        case .tooManyRules, .tooManyTableRewrites: nil
+             let .duplicateName(_, rule), let .unknownOutput(_, rule, _), let .outputOnDropRule(rule): rule
+        case .tooManyRules, .tooManyTableRewrites, .tooManyOutputs, .invalidOutputName: nil
         }
     }
 }

@@ -439,6 +439,42 @@ extension ServiceConfiguration {
         return settings
     }
 
+    /// A pipeline's `outputs:` mapping: NAME: {pcap: FILE} | {interface: IFACE} | {discard: true},
+    /// at most `OutputLimits.outputCountMax`, in the order given (docs/RULES.md).
+    static func decodeOutputs(_ reader: ConfigReader, sink: ReplayOutput) throws(ConfigError) -> [NamedOutput] {
+        let pairs = try reader.pairs()
+        guard pairs.count <= OutputLimits.outputCountMax else {
+            throw reader.invalid("\(pairs.count) named outputs, at most \(OutputLimits.outputCountMax)")
+        }
+        var outputs: [NamedOutput] = []
+        for (name, value) in pairs {
+            guard name != OutputLimits.sinkName, !name.isEmpty, name.count <= 64,
+                  name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "-_.".contains($0)) }) else {
+                throw value.invalid("output name '\(name)' must be 1-64 letters, digits, '-', '_' or '.', and not '\(OutputLimits.sinkName)' (the sink)")
+            }
+            try value.allowKeys(["pcap", "interface", "discard"])
+            let kinds = ["pcap", "interface", "discard"].filter { value.optional($0) != nil }
+            guard kinds.count == 1 else { throw value.invalid("give exactly one of pcap, interface, discard") }
+            let output: ReplayOutput
+            switch kinds[0] {
+            case "pcap":
+                let path = try value.child("pcap").string()
+                guard !path.isEmpty else { throw value.child("pcap").invalid("empty path") }
+                output = .pcapFile(path)
+                guard output != sink, !outputs.contains(where: { $0.output == output }) else {
+                    throw value.child("pcap").invalid("'\(path)' is written by another output of this pipeline")
+                }
+            case "interface":
+                output = .interface(try value.child("interface").interfaceName())
+            default:
+                guard try value.child("discard").bool() else { throw value.child("discard").invalid("only `discard: true` makes sense") }
+                output = .discard
+            }
+            outputs.append(NamedOutput(name: name, output: output))
+        }
+        return outputs
+    }
+
     /// No two sinks write one file, and no sink overwrites a capture a pipeline reads.
     private static func checkFiles(_ configuration: ServiceConfiguration, root: ConfigReader) throws(ConfigError) {
         var outputs: [String: String] = [:]
@@ -447,11 +483,19 @@ extension ServiceConfiguration {
             if case .capture(let path, _, _) = pipeline.path.input { inputs.insert(path) }
         }
         for (index, pipeline) in configuration.pipelines.enumerated() {
-            guard case .pcapFile(let path) = pipeline.path.output else { continue }
-            let reader = root.optional("pipelines").flatMap { try? $0.list()[index].child("sink").child("pcap") } ?? root
-            if let other = outputs[path] { throw reader.invalid("'\(path)' is also pipeline '\(other)''s output") }
-            if inputs.contains(path) { throw reader.invalid("'\(path)' is a pipeline's input capture") }
-            outputs[path] = pipeline.path.name
+            let named = pipeline.path.outputs.map { ("outputs.\($0.name)", $0.output) }
+            for (key, output) in [("sink", pipeline.path.output)] + named {
+                guard case .pcapFile(let path) = output else { continue }
+                let reader = root.optional("pipelines").flatMap { pipelines -> ConfigReader? in
+                    guard let entries = try? pipelines.list(), index < entries.count else { return nil }
+                    let parent = key == "sink" ? entries[index].child("sink")
+                        : entries[index].child("outputs").child(String(key.dropFirst("outputs.".count)))
+                    return parent.child("pcap")
+                } ?? root
+                if let other = outputs[path] { throw reader.invalid("'\(path)' is also pipeline '\(other)''s output") }
+                if inputs.contains(path) { throw reader.invalid("'\(path)' is a pipeline's input capture") }
+                outputs[path] = pipeline.path.name
+            }
         }
     }
 
@@ -472,7 +516,7 @@ extension ServiceConfiguration {
     private static func checkStagesPerWorker(_ configuration: ServiceConfiguration, root: ConfigReader) throws(ConfigError) {
         var perWorker = [Int](repeating: 0, count: configuration.cores.count)
         for pipeline in configuration.pipelines {
-            let stageCount = pipeline.path.stages.rawValue  // the raw value is the stage count
+            let stageCount = pipeline.path.stageCount  // outputs add the dispatch stage
             for worker in configuration.placement(of: pipeline, stageCount: stageCount) { perWorker[worker] += 1 }
         }
         for (worker, count) in perWorker.enumerated() where count > Limits.stagesPerWorkerMax {
@@ -491,7 +535,7 @@ extension ServiceConfiguration {
     private static func decodePipeline(_ reader: ConfigReader, serviceCores: [Int],
                                        index: Int) throws(ConfigError) -> PipelineSettings {
         try reader.allowKeys(["name", "source", "sink", "stages", "classify", "traffic", "cores", "stage_cores",
-                              "placement", "burst", "ring_size", "buffers", "buffer_size", "rules"])
+                              "placement", "burst", "ring_size", "buffers", "buffer_size", "rules", "outputs"])
         let name = try reader.optional("name")?.string() ?? "pipeline\(index)"
         guard !name.isEmpty, name.count <= 32,
               name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }) else {
@@ -572,9 +616,17 @@ extension ServiceConfiguration {
             path.stages = value
         }
         if let classify = reader.optional("classify") { path.classifier = try decodeClassifier(classify) }
+        if let outputs = reader.optional("outputs") { path.outputs = try decodeOutputs(outputs, sink: output) }
         if let rules = reader.optional("rules") {  // RulesConfiguration.swift
-            path.rules = try RulesConfiguration.decode(rules)
+            path.rules = try RulesConfiguration.decode(rules, outputs: path.outputs.map(\.name))
             guard path.stages == .classifyAndAct else { throw rules.invalid("rules run in the action stage: needs stages: classify-and-act") }
+        } else if !path.outputs.isEmpty, let outputs = reader.optional("outputs") {
+            do { path.rules = try RuleTable(rules: [], outputs: path.outputs.map(\.name)) } catch {
+                throw outputs.invalid("\(error)")
+            }
+        }
+        if !path.outputs.isEmpty, path.stages != .classifyAndAct, let outputs = reader.optional("outputs") {
+            throw outputs.invalid("rules pick the output in the action stage: needs stages: classify-and-act")
         }
         if let traffic = reader.optional("traffic") { path.traffic = try decodeTraffic(traffic) }
         if let burst = reader.optional("burst") { path.burstCount = try burst.int(in: 1...Limits.burstCountMax) }
@@ -602,8 +654,8 @@ extension ServiceConfiguration {
         settings.afXDPSink = afXDPSink
         if let stageCoresReader = reader.optional("stage_cores") {
             let items = try stageCoresReader.list()
-            guard items.count == path.stages.rawValue else {
-                throw stageCoresReader.invalid("one core per stage (\(path.stages.rawValue), source first), got \(items.count)")
+            guard items.count == path.stageCount else {
+                throw stageCoresReader.invalid("one core per stage (\(path.stageCount), source first, the outputs stage before the sink), got \(items.count)")
             }
             var stageCores: [Int] = []
             for item in items {

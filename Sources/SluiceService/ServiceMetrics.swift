@@ -123,6 +123,12 @@ public final class ServiceMetrics: Sendable {
                 advance(&state, "sluice_rule_hits_total", [("pipeline", name), ("rule", hit.rule)], hit.packets)
                 advance(&state, "sluice_rule_bytes_total", [("pipeline", name), ("rule", hit.rule)], hit.bytes)
             }
+            for output in path.outputCounts() {  // with named outputs: the sink as "default", then each
+                let labels = [("pipeline", name), ("output", output.name)]
+                advance(&state, "sluice_output_packets_total", labels, output.packets)
+                advance(&state, "sluice_output_bytes_total", labels, output.bytes)
+                advance(&state, "sluice_output_drops_total", labels, output.drops)
+            }
             if index < traffic.count, let snapshot = traffic[index] {
                 if state.traffic[index] == nil {
                     state.traffic[index] = TrafficMetrics(sourceCount: max(snapshot.sources.count, 1), port: name,

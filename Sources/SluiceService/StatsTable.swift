@@ -11,7 +11,7 @@ public enum StatsTable {
         let index = SampleIndex(samples)
         let sections = [
             service(index), workers(index), stages(index), rings(index), pipelines(index), placement(index), rules(index),
-            traffic(index), storage(index), replication(index),
+            outputs(index), traffic(index), storage(index), replication(index),
         ].compactMap { $0 }
         return sections.joined(separator: "\n")
     }
@@ -95,6 +95,19 @@ public enum StatsTable {
             table.add(row.key + [Cell.count(row["sluice_rule_hits_total"]), Cell.count(row["sluice_rule_bytes_total"])])
         }
         return table.render(title: "Rules")
+    }
+
+    /// Packets, bytes and drops per pipeline and output, for pipelines with named outputs
+    /// (`sluice_output_packets_total`, `sluice_output_bytes_total`, `sluice_output_drops_total`).
+    static func outputs(_ index: SampleIndex) -> String? {
+        let names = ["sluice_output_packets_total", "sluice_output_bytes_total", "sluice_output_drops_total"]
+        let rows = index.rows(by: ["pipeline", "output"], names: names)
+        guard !rows.isEmpty else { return nil }
+        var table = Table(["Pipeline", "Output", "Packets", "Bytes", "Drops"], leftColumns: 2)
+        for row in rows {
+            table.add(row.key + names.map { Cell.count(row[$0]) })
+        }
+        return table.render(title: "Outputs")
     }
 
     /// Totals per pipeline, then a drop table with one row per nonzero reason.

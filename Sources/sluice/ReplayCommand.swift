@@ -148,6 +148,9 @@ struct ReplayCommand: ParsableCommand {
     @Option(help: "One rule as a YAML mapping, e.g. '{name: web, match: {protocol: tcp, dst_port: 80}, action: drop}'. Repeatable; after --rules' rules.")
     var rule: [String] = []
 
+    @Option(name: .customLong("output"), help: "A named output NAME=FILE.pcap, NAME=iface:IFACE or NAME=discard that rules send to with `output: NAME` instead of --out/--iface (at most \(OutputLimits.outputCountMax)). Repeatable.")
+    var outputs: [String] = []
+
     @Option(help: "Map source addresses FROM:TO[,FROM:TO...] as tcprewrite does (keep host bits), e.g. 10.0.0.0/8:198.18.0.0/16; IPv6 as [2001:db8::]/32:[2001:db9::]/32. Repeatable.")
     var srcipmap: [String] = []
 
@@ -247,6 +250,7 @@ struct ReplayCommand: ParsableCommand {
         configuration.bufferSizeBytes = bufferSize
         configuration.traffic = try trafficPolicy()
         configuration.classifier = try classifier()
+        configuration.outputs = try namedOutputs()
         configuration.rules = try ruleTable()
         let replay: Replay
         let summary: ReplaySummary
@@ -260,7 +264,10 @@ struct ReplayCommand: ParsableCommand {
             throw ExitCode(1)
         }
         print(json ? ReplayReport.json(summary) : ReplayReport.tcpreplayLines(summary, output: output) + "\n\n" + ReplayReport.table(summary))
-        if !json { printRuleHits(configuration.rules) }
+        if !json {
+            printRuleHits(configuration.rules)
+            printOutputCounts(summary.outputs)
+        }
         if let failure = summary.failure {
             FileHandleStderr.write("sluice replay: \(failure)\n")
             throw ExitCode(2)

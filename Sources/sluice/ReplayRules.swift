@@ -7,10 +7,10 @@ import SluiceReplay
 import SluiceService
 
 extension ReplayCommand {
-    /// True when any rule or tcprewrite flag is given.
+    /// True when any rule, named output or tcprewrite flag is given.
     var hasRuleFlags: Bool {
-        rules != nil || !rule.isEmpty || !srcipmap.isEmpty || !dstipmap.isEmpty || enetSmac != nil || enetDmac != nil
-            || fixcsum || mtuTrunc
+        rules != nil || !rule.isEmpty || !outputs.isEmpty || !srcipmap.isEmpty || !dstipmap.isEmpty || enetSmac != nil
+            || enetDmac != nil || fixcsum || mtuTrunc
     }
 
     /// Checks the tcprewrite flags (usage errors); the rules themselves are read in `run` (exit 2).
@@ -22,6 +22,37 @@ extension ReplayCommand {
             throw ValidationError("--mtu must be in \(PacketLimits.mtuMin)...65535, got \(mtu)")
         }
         _ = try tableRewrites()
+        _ = try namedOutputs()
+    }
+
+    /// The --output flags: NAME=FILE (pcap), NAME=iface:IFACE or NAME=discard; names unique, at most
+    /// `OutputLimits.outputCountMax`, never "default" (the sink's name in counters).
+    func namedOutputs() throws -> [NamedOutput] {
+        guard outputs.count <= OutputLimits.outputCountMax else {
+            throw ValidationError("--output: \(outputs.count) named outputs, at most \(OutputLimits.outputCountMax)")
+        }
+        var result: [NamedOutput] = []
+        for text in outputs {
+            let parts = text.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2, !parts[1].isEmpty else {
+                throw ValidationError("--output '\(text)': expected NAME=FILE.pcap, NAME=iface:IFACE or NAME=discard")
+            }
+            let name = parts[0]
+            guard !name.isEmpty, name.count <= 64, name != OutputLimits.sinkName,
+                  name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "-_.".contains($0)) }) else {
+                throw ValidationError("--output '\(text)': the name must be 1-64 letters, digits, '-', '_' or '.', not '\(OutputLimits.sinkName)'")
+            }
+            guard !result.contains(where: { $0.name == name }) else {
+                throw ValidationError("--output '\(text)': '\(name)' is given twice")
+            }
+            let output: ReplayOutput = parts[1] == "discard" ? .discard
+                : parts[1].hasPrefix("iface:") ? .interface(String(parts[1].dropFirst("iface:".count))) : .pcapFile(parts[1])
+            if case .pcapFile(let path) = output, path == out || result.contains(where: { $0.output == output }) {
+                throw ValidationError("--output '\(text)': '\(path)' is written by another output")
+            }
+            result.append(NamedOutput(name: name, output: output))
+        }
+        return result
     }
 
     /// The edits every forwarded packet gets, in tcprewrite's order: address maps, MACs, MTU cut,
@@ -71,10 +102,21 @@ extension ReplayCommand {
     func ruleTable() throws -> RuleTable {
         guard hasRuleFlags else { return try RuleTable(rules: []) }
         do {
-            return try RulesConfiguration.table(file: rules, extraRules: rule, tableRewrites: try tableRewrites())
+            return try RulesConfiguration.table(file: rules, extraRules: rule, tableRewrites: try tableRewrites(),
+                                                outputs: try namedOutputs().map(\.name))
         } catch let error as ConfigError {
             FileHandleStderr.write("sluice replay: \(rules.map { "--rules \($0): " } ?? "")\(error)\n")
             throw ExitCode(2)
+        }
+    }
+
+    /// One line per output (the sink as "default") after the rule hits, with named outputs.
+    func printOutputCounts(_ counts: [OutputCount]) {
+        guard !counts.isEmpty else { return }
+        let width = counts.map(\.name.count).max() ?? 0
+        print("Outputs:")
+        for count in counts {
+            print("  \(count.name)\(String(repeating: " ", count: width - count.name.count))  \(count.packets) packets  \(count.bytes) bytes  \(count.drops) drops")
         }
     }
 

@@ -51,18 +51,23 @@ public enum RuleVerdict: Hashable, Sendable {
 }
 
 /// A match, a verdict and, for `.forward`, up to `PacketLimits.rewritesPerRuleMax` rewrites in order.
-/// `name` labels the rule's hit counters and errors (empty: "rule<index>").
+/// `name` labels the rule's hit counters and errors (empty: "rule<index>"). `output` (forward rules
+/// only) sends the packet to the pipeline's named output of that name instead of its sink: exclusive,
+/// as VPP's next node (no copy goes to the sink). nil: the sink.
 public struct Rule: Hashable, Sendable {
     public var match: RuleMatch
     public var verdict: RuleVerdict
     public var rewrites: [Rewrite]
     public var name: String
+    public var output: String?
 
-    public init(_ match: RuleMatch, _ verdict: RuleVerdict = .forward, rewrites: [Rewrite] = [], name: String = "") {
+    public init(_ match: RuleMatch, _ verdict: RuleVerdict = .forward, rewrites: [Rewrite] = [], name: String = "",
+                output: String? = nil) {
         self.match = match
         self.verdict = verdict
         self.rewrites = rewrites
         self.name = name
+        self.output = output
     }
 }
 
@@ -82,6 +87,14 @@ public enum RuleError: Error, Equatable, CustomStringConvertible {
     /// A match on an IPv4 and an IPv6 prefix at once: no packet has both.
     case mixedAddressFamilies(rule: Int)
     case duplicateName(String, rule: Int)
+    /// More named outputs than `OutputLimits.outputCountMax`.
+    case tooManyOutputs(Int, max: Int)
+    /// An output name declared twice, empty, or "default" (the sink's name in counters).
+    case invalidOutputName(String)
+    /// A rule's `output` names no declared output.
+    case unknownOutput(String, rule: Int, known: [String])
+    /// A drop rule with an `output`.
+    case outputOnDropRule(rule: Int)
 
     public var description: String {
         switch self {
@@ -97,6 +110,12 @@ public enum RuleError: Error, Equatable, CustomStringConvertible {
         case let .emptyPortRange(rule): "rule \(rule): a port range's low end is above its high end"
         case let .mixedAddressFamilies(rule): "rule \(rule): an IPv4 and an IPv6 prefix never match one packet"
         case let .duplicateName(name, rule): "rule \(rule): the name '\(name)' is taken by an earlier rule"
+        case let .tooManyOutputs(count, max): "\(count) named outputs, at most \(max)"
+        case let .invalidOutputName(name): "output name '\(name)' is empty, 'default' or given twice"
+        case let .unknownOutput(name, rule, known):
+            "rule \(rule): output '\(name)' is not declared" + (known.isEmpty ? " (the pipeline declares no outputs)"
+                : " (declared: \(known.joined(separator: ", ")))")
+        case let .outputOnDropRule(rule): "rule \(rule): a drop rule sends to no output"
         }
     }
 }
@@ -225,13 +244,16 @@ public final class RuleHits: @unchecked Sendable {  // unchecked: atomics behind
 /// `defaultVerdict`. `tableRewrites` then run on every packet that is forwarded (tcprewrite-style
 /// edits: prefix maps, MACs, checksum fix, MTU cut), at most `PacketLimits.tableRewritesMax`.
 /// Validated when made; never allocates or retains when matching or applying. Copies share one
-/// set of hit counters (`hits`).
+/// set of hit counters (`hits`). `outputs` are the pipeline's named outputs rules may send to
+/// (at most `OutputLimits.outputCountMax`); output index 0 is the sink, n is `outputs[n - 1]`.
 public struct RuleTable: @unchecked Sendable {  // unchecked: the columns are read-only after init
     public let rules: [Rule]
     public let defaultVerdict: RuleVerdict
     public let tableRewrites: [Rewrite]
     /// Rule names as counters show them ("rule<index>" for unnamed rules).
     public let names: [String]
+    /// The named outputs rules may send to (index n + 1 in `outputIndex(rule:)`).
+    public let outputs: [String]
     public let hits: RuleHits
     public let needs: RuleKeyNeeds
     @usableFromInline let ruleCount: Int
@@ -242,14 +264,26 @@ public struct RuleTable: @unchecked Sendable {  // unchecked: the columns are re
     /// 1 for a drop rule.
     @usableFromInline let drops: UnsafePointer<UInt8>
     @usableFromInline let rewriteCounts: UnsafePointer<UInt8>
+    /// Each rule's output index: 0 the sink, n `outputs[n - 1]`.
+    @usableFromInline let outputIndices: UnsafePointer<UInt8>
+    /// `outputs.count`: 0 when every packet goes to the sink (the stage then leaves metadata alone).
+    @usableFromInline let outputCount: Int
     /// Rule n's rewrites are at n * rewritesPerRuleMax ..< + rewriteCounts[n]; the table's rewrites
     /// follow the last rule's slots.
     @usableFromInline let rewrites: UnsafePointer<Rewrite>
 
     /// Builds a table; packets no rule matches get `defaultVerdict`.
-    public init(rules: [Rule], defaultVerdict: RuleVerdict = .forward, tableRewrites: [Rewrite] = []) throws(RuleError) {
+    public init(rules: [Rule], defaultVerdict: RuleVerdict = .forward, tableRewrites: [Rewrite] = [],
+                outputs: [String] = []) throws(RuleError) {
         guard rules.count <= PacketLimits.ruleCountMax else {
             throw .tooManyRules(rules.count, max: PacketLimits.ruleCountMax)
+        }
+        guard outputs.count <= OutputLimits.outputCountMax else {
+            throw .tooManyOutputs(outputs.count, max: OutputLimits.outputCountMax)
+        }
+        for (index, output) in outputs.enumerated()
+        where output.isEmpty || output == OutputLimits.sinkName || outputs[..<index].contains(output) {
+            throw .invalidOutputName(output)
         }
         guard tableRewrites.count <= PacketLimits.tableRewritesMax else {
             throw .tooManyTableRewrites(tableRewrites.count, max: PacketLimits.tableRewritesMax)
@@ -257,6 +291,10 @@ public struct RuleTable: @unchecked Sendable {  // unchecked: the columns are re
         var names: [String] = []
         for (index, rule) in rules.enumerated() {
             try Self.validate(rule, index: index)
+            if let output = rule.output {
+                guard rule.verdict == .forward else { throw .outputOnDropRule(rule: index) }
+                guard outputs.contains(output) else { throw .unknownOutput(output, rule: index, known: outputs) }
+            }
             let name = rule.name.isEmpty ? "rule\(index)" : rule.name
             guard !names.contains(name) else { throw .duplicateName(name, rule: index) }
             names.append(name)
@@ -266,11 +304,12 @@ public struct RuleTable: @unchecked Sendable {  // unchecked: the columns are re
         let rewriteSlots = slots * PacketLimits.rewritesPerRuleMax + PacketLimits.tableRewritesMax
         let matchBytes = slots * MemoryLayout<CompiledMatch>.stride
         let dropOffset = (matchBytes + 63) & ~63
-        let rewriteOffset = (dropOffset + 2 * slots + 63) & ~63
+        let rewriteOffset = (dropOffset + 3 * slots + 63) & ~63
         storage = TableStorage(byteCount: rewriteOffset + rewriteSlots * MemoryLayout<Rewrite>.stride)
         let matches = storage.column(CompiledMatch.self, at: 0, count: slots)
         let drops = storage.column(UInt8.self, at: dropOffset, count: slots)
         let rewriteCounts = storage.column(UInt8.self, at: dropOffset + slots, count: slots)
+        let outputIndices = storage.column(UInt8.self, at: dropOffset + 2 * slots, count: slots)
         let rewrites = storage.column(Rewrite.self, at: rewriteOffset, count: rewriteSlots)
         var needs: RuleKeyNeeds = []
         for (index, rule) in rules.enumerated() {
@@ -280,6 +319,7 @@ public struct RuleTable: @unchecked Sendable {  // unchecked: the columns are re
             if rule.match.sourcePrefix != nil || rule.match.destinationPrefix != nil { needs.insert(.addresses) }
             drops[index] = rule.verdict == .drop ? 1 : 0
             rewriteCounts[index] = UInt8(rule.rewrites.count)
+            outputIndices[index] = rule.output.map { name in UInt8(outputs.firstIndex(of: name)! + 1) } ?? 0
             for (slot, rewrite) in rule.rewrites.enumerated() {
                 (rewrites + index * PacketLimits.rewritesPerRuleMax + slot).initialize(to: rewrite)
             }
@@ -291,6 +331,9 @@ public struct RuleTable: @unchecked Sendable {  // unchecked: the columns are re
         self.defaultVerdict = defaultVerdict
         self.tableRewrites = tableRewrites
         self.names = names
+        self.outputs = outputs
+        outputCount = outputs.count
+        self.outputIndices = UnsafePointer(outputIndices)
         self.needs = needs
         hits = RuleHits(ruleCount: rules.count)
         hitSlots = hits.slots
@@ -377,6 +420,16 @@ public struct RuleTable: @unchecked Sendable {  // unchecked: the columns are re
             || match.destinationMAC != nil || match.sourcePrefix != nil || match.destinationPrefix != nil
         return compiled
     }
+
+    /// The output of the packets rule `index` decided (`rules.count`, no match: 0, the sink). 0 is
+    /// the sink, n `outputs[n - 1]`.
+    @inlinable public func outputIndex(rule index: Int) -> Int {
+        precondition(index >= 0 && index <= ruleCount, "rule index out of range")
+        return index < ruleCount ? Int(outputIndices[index]) : 0
+    }
+
+    /// True when the table has named outputs (the action stage then tags every packet it passes on).
+    @inlinable public var hasOutputs: Bool { outputCount > 0 }
 
     /// Index of the first rule matching `key`, or nil.
     @inlinable public func firstMatch(_ key: RuleKey) -> Int? {

@@ -7,7 +7,9 @@ import SluiceCore
 /// that changes the length (VLAN push/strip) updates `length`, `wireLength`, the offsets and the VLAN
 /// flag; a push needs 4 free bytes past the packet in its pool buffer. Dropped buffers are freed and
 /// counted by reason. Every packet is counted (packets, bytes as matched) under the rule that decided
-/// in `rules.hits`. Never allocates, locks or retains: pool and table must outlive the pipeline.
+/// in `rules.hits`. When the table has named outputs, each packet passed on carries its output index
+/// in `PacketMetadata.outputIndex` (0: the sink) for the dispatch stage before the sink. Never
+/// allocates, locks or retains: pool and table must outlive the pipeline.
 public struct ActionStage: StageBody, @unchecked Sendable {  // unchecked: unmanaged pool and table
     let pool: Unmanaged<BufferPool>
     let drops: Unmanaged<DropCounterTable>
@@ -78,6 +80,10 @@ func actionBurst(
             dirtyMask |= 1 << UInt64(reason.rawValue)
             pool._withUnsafeGuaranteedRef { $0.freeIndex(index) }
             continue
+        }
+        if rules.hasOutputs {
+            precondition(matched >= 0, "a forwarded packet was decided by a rule or the default")
+            metadata.pointee.outputIndex = UInt16(truncatingIfNeeded: rules.outputIndex(rule: matched))
         }
         items[kept] = item
         kept += 1
