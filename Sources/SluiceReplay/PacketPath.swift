@@ -402,6 +402,7 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
     /// serving its backlogs on idle turns): `finish` it only once the runtime has stopped.
     public var sinkWorksWhenIdle: Bool {
         if case .shaped = sink { return true }
+        if case .afXDP = sink { return true }  // kicks and completion scans while frames are pending
         return false
     }
 
@@ -409,6 +410,7 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
     /// 0 for other sinks.
     public var sinkHeldFrames: Int {
         if case .shaped(let shaped) = sink { return shaped.heldFrames.load(ordering: .relaxed) }
+        if case .afXDP(let xdpSink) = sink { return xdpSink.heldFrames.load(ordering: .relaxed) }
         return 0
     }
 
