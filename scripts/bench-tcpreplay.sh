@@ -4,7 +4,8 @@
 #              --preload) vs tcpreplay --topspeed and tcpreplay --topspeed --preload-pcap, rounds
 #              interleaved, medians of pps (as each tool reports it), process CPU per packet (user +
 #              system of the tool, /usr/bin/time) and all-core CPU per packet (/proc/stat busy time
-#              over the run, every core: the kernel's veth and softirq work included);
+#              over the run, every core: the kernel's veth and softirq work included); the sender also
+#              with --preload --af-xdp (AF_XDP TX socket, copy mode, instead of the AF_PACKET TX ring);
 #   accuracy:  --mbps 10, 100 and 1000 for both tools (1000-byte frames, --limit for ~2 s), the
 #              Mbps each reports against the target; and --mbps 1000 again with 8000-byte frames on
 #              the veth pair at MTU 9000 (the same rate at an eighth of the packets: where a loaded
@@ -101,6 +102,7 @@ for round in $(seq "$rounds"); do
   run sluice-sender "${sender[@]}" "$small" --topspeed --loop "$loops" --iface "$outside"
   run tcpreplay-preload tcpreplay -i "$outside" --topspeed --preload-pcap --loop "$loops" "$small"
   run sluice-sender-preload "${sender[@]}" "$small" --topspeed --loop "$loops" --iface "$outside" --preload
+  run sluice-sender-afxdp "${sender[@]}" "$small" --topspeed --loop "$loops" --iface "$outside" --preload --af-xdp
 done
 for mbps in 10 100 1000; do
   limit=$((mbps * 1000000 * 2 / 8000))  # ~2 s of 1000-byte frames
@@ -122,7 +124,7 @@ echo "| tool | pps | process CPU ns/packet | all-core CPU ns/packet | pps vs tcp
 echo "|---|---|---|---|---|---|"
 base=$(awk '$1 == "tcpreplay" { print $2 }' "$work/results" | median)
 base_preload=$(awk '$1 == "tcpreplay-preload" { print $2 }' "$work/results" | median)
-for name in sluice-pipeline sluice-sender sluice-sender-preload tcpreplay tcpreplay-preload; do
+for name in sluice-pipeline sluice-sender sluice-sender-preload sluice-sender-afxdp tcpreplay tcpreplay-preload; do
   pps=$(awk -v n="$name" '$1 == n { print $2 }' "$work/results" | median)
   proc=$(awk -v n="$name" '$1 == n { print $4 }' "$work/results" | median)
   all=$(awk -v n="$name" '$1 == n { print $5 }' "$work/results" | median)
