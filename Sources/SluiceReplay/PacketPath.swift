@@ -34,15 +34,19 @@ public struct PacketPathConfiguration: Sendable {
     /// power of two above `inFlightMax` (4096 for rings of 1024 and bursts of 32). A larger pool only
     /// costs set-up (the kernel zeroes it as it faults in) and cache and TLB reach.
     public var poolBufferCount: Int {
-        get { poolBufferCountSet ?? Self.poolBufferCountFitting(ringCapacity: ringCapacity, burstCount: burstCount) }
+        get { poolBufferCountSet ?? Self.poolBufferCountFitting(ringCapacity: ringCapacity, burstCount: burstCount, links: linkCount) }
         set { poolBufferCountSet = newValue }
     }
     private var poolBufferCountSet: Int?
-    /// Items the rings, bursts and stage caches of a path can hold at once; the pool must exceed it.
-    public static func inFlightMax(ringCapacity: Int, burstCount: Int) -> Int { ringCapacity * 3 + burstCount * 4 }
+    /// Items the rings, bursts and stage caches of a path with `links` rings (at least 3 counted) can
+    /// hold at once; the pool must exceed it.
+    public static func inFlightMax(ringCapacity: Int, burstCount: Int, links: Int = 3) -> Int {
+        let rings = max(3, links)
+        return ringCapacity * rings + burstCount * (rings + 1)
+    }
     /// The default pool: the power of two above `inFlightMax` (at least 256 more, for the source's cache).
-    public static func poolBufferCountFitting(ringCapacity: Int, burstCount: Int) -> Int {
-        let needed = inFlightMax(ringCapacity: ringCapacity, burstCount: burstCount) + 256
+    public static func poolBufferCountFitting(ringCapacity: Int, burstCount: Int, links: Int = 3) -> Int {
+        let needed = inFlightMax(ringCapacity: ringCapacity, burstCount: burstCount, links: links) + 256
         return min(1 << (Int.bitWidth - (needed - 1).leadingZeroBitCount), Limits.ringCapacityMax)
     }
     /// Pool buffer size; with `bufferSizeFollowsCapture`, a capture input raises it to the capture's
@@ -65,6 +69,8 @@ public struct PacketPathConfiguration: Sendable {
     /// Stages of the built pipeline, source and sink included: `stages`' count, plus the dispatch
     /// stage ("outputs") when there are named outputs.
     public var stageCount: Int { stages.rawValue + (outputs.isEmpty ? 0 : 1) }
+    /// Rings between the stages (the outputs stage adds one).
+    public var linkCount: Int { stageCount - 1 }
     /// Divide the output among source ids by this policy (see `ReplayConfiguration.traffic`).
     public var traffic: TrafficPolicy?
 
@@ -358,7 +364,7 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
             throw .invalidConfiguration(.ringCapacity(c.ringCapacity, max: Limits.ringCapacityMax))
         }
         try validateOutputs(c)
-        let inFlightMax = PacketPathConfiguration.inFlightMax(ringCapacity: c.ringCapacity, burstCount: c.burstCount)
+        let inFlightMax = PacketPathConfiguration.inFlightMax(ringCapacity: c.ringCapacity, burstCount: c.burstCount, links: c.linkCount)
         guard c.poolBufferCount <= Limits.ringCapacityMax else {
             throw .invalidConfiguration(.poolAboveMax(c.poolBufferCount, max: Limits.ringCapacityMax))
         }
@@ -745,10 +751,18 @@ final class NamedOutputSinks: @unchecked Sendable {  // unchecked: staging touch
     /// frees what it is sent, counted in its packets).
     func drops(output index: Int) -> UInt64 {
         switch sinks[index] {
-        case .pcap(let pcap): pcap.writeErrors.load(ordering: .relaxed)
+        case .pcap(let pcap): pcapDrops(index, pcap)
         case .interface(let interface): interface.statistics.snapshot().drops.reduce(0) { $0 + $1.count }
         case .discard: 0
         }
+    }
+
+    /// A pcap output's drops: what it was handed and did not write (after a write error it writes
+    /// nothing more), at least its write errors.
+    private func pcapDrops(_ index: Int, _ pcap: PcapSink) -> UInt64 {
+        let handed = counters.counts(output: index + 1).packets
+        let written = pcap.written.load(ordering: .relaxed)
+        return max(pcap.writeErrors.load(ordering: .relaxed), handed > written ? handed - written : 0)
     }
 
     /// Each named output's drops by reason, as "REASON:NAME".
@@ -757,7 +771,7 @@ final class NamedOutputSinks: @unchecked Sendable {  // unchecked: staging touch
         for (index, sink) in sinks.enumerated() {
             switch sink {
             case .pcap(let pcap):
-                let errors = pcap.writeErrors.load(ordering: .relaxed)
+                let errors = pcapDrops(index, pcap)
                 if errors > 0 { result.append(("write-error:\(names[index])", errors)) }
             case .interface(let interface):
                 result += interface.statistics.snapshot().drops.map { ("\($0.reason):\(names[index])", $0.count) }

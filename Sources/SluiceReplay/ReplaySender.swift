@@ -148,6 +148,32 @@ protocol SenderSink: AnyObject {
     func summary() -> SenderPortSummary
 }
 
+/// Sends `items` in order through `transmit` (how many of the items it took), calling `wait` while it
+/// takes none (the ring is full: the device is behind; tcpreplay retries too), for at most
+/// `InterfaceSenderSink.stallTimeoutNs`; then frees the rest. Returns how many were freed unsent.
+@inline(__always)
+func sendBounded(_ items: UnsafeBufferPointer<UInt64>, pool: BufferPool,
+                 transmit: (UnsafeBufferPointer<UInt64>) -> Int, wait: () -> Void) -> UInt64 {
+    var done = 0
+    var stallStart: UInt64 = 0
+    while done < items.count {
+        let taken = transmit(UnsafeBufferPointer(rebasing: items[done...]))
+        done += taken
+        if taken > 0 {
+            stallStart = 0
+            continue
+        }
+        let now = sluice_monotonic_ns()
+        if stallStart == 0 { stallStart = now }
+        if now - stallStart > InterfaceSenderSink.stallTimeoutNs {
+            for item in items[done...] { pool.freeIndex(UInt32(truncatingIfNeeded: item)) }
+            return UInt64(items.count - done)
+        }
+        wait()
+    }
+    return 0
+}
+
 final class InterfaceSenderSink: SenderSink {
     let name: String
     private let pool: BufferPool
@@ -168,25 +194,7 @@ final class InterfaceSenderSink: SenderSink {
     }
 
     func send(_ items: UnsafeBufferPointer<UInt64>) {
-        var done = 0
-        var stallStart: UInt64 = 0
-        while done < items.count {
-            let burst = transmitter.transmitBurst(UnsafeBufferPointer(rebasing: items[done...]))
-            done += burst.taken
-            if burst.taken > 0 {
-                stallStart = 0
-                continue
-            }
-            // The ring is full: the device is behind. Wait for it (tcpreplay retries too), bounded.
-            let now = sluice_monotonic_ns()
-            if stallStart == 0 { stallStart = now }
-            if now - stallStart > Self.stallTimeoutNs {
-                for item in items[done...] { pool.freeIndex(UInt32(truncatingIfNeeded: item)) }
-                stalledDrops += UInt64(items.count - done)
-                return
-            }
-            sched_yield()
-        }
+        stalledDrops += sendBounded(items, pool: pool, transmit: { transmitter.transmitBurst($0).taken }, wait: { sched_yield() })
     }
 
     func finish() -> String? {
@@ -227,34 +235,22 @@ final class XDPSenderSink: SenderSink {
     }
 
     func send(_ items: UnsafeBufferPointer<UInt64>) {
-        var done = 0
-        var stallStart: UInt64 = 0
-        while done < items.count {
-            let burst = transmitter.transmitBurst(UnsafeBufferPointer(rebasing: items[done...]))
-            done += burst.taken
-            if burst.taken > 0 {
-                stallStart = 0
-                continue
-            }
-            // No free UMEM frame or TX slot even after a completion scan: the device is behind.
-            let now = sluice_monotonic_ns()
-            if stallStart == 0 { stallStart = now }
-            if now - stallStart > InterfaceSenderSink.stallTimeoutNs {
-                for item in items[done...] { pool.freeIndex(UInt32(truncatingIfNeeded: item)) }
-                stalledDrops += UInt64(items.count - done)
-                return
-            }
-            transmitter.kickIfNeeded()
-            sched_yield()
-        }
+        // No free UMEM frame or TX slot even after a completion scan: kick, then wait.
+        stalledDrops += sendBounded(items, pool: pool, transmit: { transmitter.transmitBurst($0).taken },
+                                    wait: { transmitter.kickIfNeeded(); sched_yield() })
     }
 
     func finish() -> String? {
+        var failures: [String] = []
         if !transmitter.flush(timeoutNs: InterfaceSenderSink.stallTimeoutNs) {
-            return "\(name): \(transmitter.pendingCount) frames still on the AF_XDP TX ring 2 s after the last"
+            failures.append("\(transmitter.pendingCount) frames still on the AF_XDP TX ring 2 s after the last")
         }
-        if stalledDrops > 0 { return "\(name): the AF_XDP TX ring stayed full for 2 s; \(stalledDrops) frames not sent" }
-        return nil
+        if stalledDrops > 0 { failures.append("the AF_XDP TX ring stayed full for 2 s; \(stalledDrops) frames not sent") }
+        let tooLong = transmitter.counters.frameTooLong
+        if tooLong > 0 {
+            failures.append("\(tooLong) frames longer than an AF_XDP frame (\(transmitter.configuration.frameSizeBytes) bytes) not sent")
+        }
+        return failures.isEmpty ? nil : "\(name): " + failures.joined(separator: "; ")
     }
 
     func summary() -> SenderPortSummary {

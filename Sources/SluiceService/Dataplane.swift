@@ -400,6 +400,10 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
     /// A pipeline whose source ended and whose items all left: flush its sink now, on a thread of its
     /// own (a TX ring may take a second to empty; the controllers keep being polled), while the
     /// service goes on. A capture replayed into a file is complete on disk from here.
+    /// How long a drained pipeline's idle-working sink (shaped TX, AF_XDP) may hold frames before the
+    /// pipeline counts as flushed anyway.
+    static let idleSinkFlushTimeoutNs: UInt64 = 2_000_000_000
+
     private func finishDrainedPipelines() {
         for (index, path) in paths.enumerated() where path.pipeline.isDrained {
             let drainedNs = Clock.monotonicNs()
@@ -415,8 +419,18 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
                     logger.info("pipeline drained; its shaped TX stage sends what it holds",
                                 metadata: ["pipeline": "\(path.configuration.name)", "packets": "\(path.packetsIn)"])
                 }
-                if path.sinkHeldFrames == 0, idleSinksEmptied.insert(index).inserted {
-                    logger.info("pipeline drained, every frame sent", metadata: ["pipeline": "\(path.configuration.name)"])
+                // Bounded: a sink still holding frames 2 s after the drain (a wedged queue, frames the
+                // kernel never completes) counts as flushed, saying how many it holds.
+                let held = path.sinkHeldFrames
+                let since = drainedAt.withLock { $0[index] } ?? drainedNs
+                let givenUp = held > 0 && Clock.monotonicNs() &- since > Self.idleSinkFlushTimeoutNs
+                if held == 0 || givenUp, idleSinksEmptied.insert(index).inserted {
+                    if givenUp {
+                        logger.warning("pipeline drained; its sink still holds frames 2 s later, not waiting for them",
+                                       metadata: ["pipeline": "\(path.configuration.name)", "frames": "\(held)"])
+                    } else {
+                        logger.info("pipeline drained, every frame sent", metadata: ["pipeline": "\(path.configuration.name)"])
+                    }
                     flushedCount.add(1, ordering: .releasing)
                 }
                 continue

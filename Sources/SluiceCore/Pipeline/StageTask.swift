@@ -136,7 +136,11 @@ public class StageTask: @unchecked Sendable {  // unchecked: one worker at a tim
     @inline(__always) final func recordTurn(items: Int, filtered: Int, cycles: UInt64) {
         StageCounters.bump(counters.calls, by: 1)
         StageCounters.bump(counters.items, by: UInt64(items))
-        if filtered > 0 { StageCounters.bump(counters.filtered, by: UInt64(filtered)) }
+        // Release (a plain store on x86): `Pipeline.isDrained` acquire-loads it, so a thread that finds the
+        // pipeline drained also sees what this stage's body wrote before (a named output's file buffer).
+        if filtered > 0 {
+            counters.filtered.store(counters.filtered.load(ordering: .relaxed) &+ UInt64(filtered), ordering: .releasing)
+        }
         StageCounters.bump(counters.cycles, by: cycles)
     }
 }
