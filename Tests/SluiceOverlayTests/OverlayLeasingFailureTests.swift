@@ -276,6 +276,9 @@ struct OverlayLeasingFailureTests {
             ["overlay", "register", "--etcd", url, "--host", "h", "--underlay", "1.2.3", "--endpoint", "web,p1,1.1.1.1,80,1,1"],
             ["overlay", "register", "--etcd", url, "--host", "h", "--underlay", "1.2.3.4", "--endpoint", "web,p1,1.1.1.1,80,99999999,1"],
             ["overlay", "producers", "--etcd", "ftp://x"],
+            ["overlay", "bench-revoke", "--config", "/nonexistent.json", "--rounds", "0"],
+            ["overlay", "bench-revoke", "--config", "/nonexistent.json", "--rounds", "99999999999"],
+            ["overlay", "bench-revoke", "--config", "/nonexistent.json"],
         ]
         for arguments in bad {
             let result = try await offThread { try runCommand([sluice] + arguments, timeoutMs: 20_000) }

@@ -19,10 +19,7 @@ struct NamedOutputsVethTests {
         let path = temporaryPath("veth-outputs.pcap")
         let outputs = [temporaryPath("veth-outputs-a.pcap"), temporaryPath("veth-outputs-b.pcap")]
         defer { for file in ([path] + outputs) { unlink(file) } }
-        let frames = SenderFrames.conversation(count: 400)
-        try SenderFrames.write(frames, to: path)
-        let sides = [frames.filter { SenderFrames.serial($0) % 2 == 0 }, frames.filter { SenderFrames.serial($0) % 2 == 1 }]
-
+        let sides = try TwoVethLab.writeConversation(to: path)
         let pids = lab.startCaptures(tcpdump: tcpdump, files: outputs, counts: sides.map(\.count))
         var stdout = ""
         // Client->server (dst port 80) to the named output on the first veth, the rest to the sink on the second.

@@ -87,6 +87,9 @@ struct SenderReport {
         (["--out", "/tmp/x", "--out2", "/tmp/y", "--split-by", "cidr:10.0.0.1/8"], "--split-by"),
         (["--engine", "pipeline", "--limit", "5"], "--limit"), (["--limit", "5", "--shape", "1,1"], "--shape"),
         (["--limit", "5", "--rule", "{name: x, action: drop}"], "rules"), (["--engine", "sender", "--cores", "x"], "--cores"),
+        (["--af-xdp"], "--af-xdp"), (["--af-xdp", "--out", "/tmp/x"], "--af-xdp"),
+        (["--af-xdp", "--iface", "x", "--out2", "/tmp/y", "--split-by", "port:80"], "--af-xdp"),
+        (["--af-xdp", "--iface", "x", "--shape", "1,1"], "--shape"),
     ] as [([String], String)])
     func badFlagsAreUsageErrorsNamingTheFlag(_ flags: [String], _ named: String) throws {
         let result = try runSluice(["replay", Captures.sample] + flags)
@@ -280,10 +283,7 @@ struct NetnsReplaySplitTests {
         let path = temporaryPath("veth-split.pcap")
         let outputs = [temporaryPath("veth-a.pcap"), temporaryPath("veth-b.pcap")]
         defer { for file in ([path] + outputs) { unlink(file) } }
-        let frames = SenderFrames.conversation(count: 400)
-        try SenderFrames.write(frames, to: path)
-        let sides = [frames.filter { SenderFrames.serial($0) % 2 == 0 }, frames.filter { SenderFrames.serial($0) % 2 == 1 }]
-
+        let sides = try TwoVethLab.writeConversation(to: path)
         let pids = lab.startCaptures(tcpdump: tcpdump, files: outputs, counts: sides.map(\.count))
         var stdout = ""
         let status = run(["/usr/sbin/ip", "netns", "exec", sender, binary, "replay", path, "--pps", "20000",

@@ -42,6 +42,14 @@ struct TwoVethLab {
         _ = run(["/usr/sbin/ip", "netns", "del", receiver])
     }
 
+    /// Writes a 400-frame conversation to `path`; returns its two sides in order: client->server
+    /// (even serials, destination port 80) and server->client (odd).
+    static func writeConversation(to path: String) throws -> [[[UInt8]]] {
+        let frames = SenderFrames.conversation(count: 400)
+        try SenderFrames.write(frames, to: path)
+        return [frames.filter { SenderFrames.serial($0) % 2 == 0 }, frames.filter { SenderFrames.serial($0) % 2 == 1 }]
+    }
+
     static var tcpdump: String? {
         ["/usr/bin/tcpdump", "/usr/sbin/tcpdump"].first { access($0, X_OK) == 0 }
     }
