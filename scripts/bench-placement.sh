@@ -3,23 +3,30 @@
 # fixed placement on the same cores, and the 1-thread pcap_next_ex loop, on the same capture in the same
 # run. Interleaved rounds (the order rotates), medians; ratios are medians of per-round ratios.
 #
-# Variants, all `sluice replay --topspeed --loop LOOPS --stages 4 --wait-mode busy-poll` to a null sink:
-#   one      --cores 0                      run to completion on one core (fixed)
+# Variants, all `sluice replay --topspeed --loop LOOPS --stages STAGES --wait-mode busy-poll` to a null sink
+# (issue 18's command; STAGES 3 there):
+#   one      --cores 0                      run to completion on one core, fused (fixed)
+#   staged   --cores 0 --no-fuse            the same through the rings between stages (fixed, for the gain)
 #   spread   --cores 0,1 --placement spread the source on core 0, the other stages on core 1 (fixed)
-#   auto     --cores 0,1 --placement auto   measured: calibrates, starts on core 0, moves if it pays
+#   fanout   --cores 0,1 --placement fanout one instance per core, the capture split by flow (fixed)
+#   auto     --cores 0,1 --placement auto   measured: fans out, or calibrates and moves stages, if it pays
 #   anchor   the pcap_next_ex loop on core 0 over the same file LOOPS times (scripts/anchors/pcap_next_loop.c)
 # Clock: from just before the capture is opened to the last packet (sluice's wallNsFromOpen: the
 # calibration and any moves are inside it); CPU: the whole process (getrusage), same span.
-# Goal: auto >= 0.95x the best fixed placement of the same round.
-# Usage: scripts/bench-placement.sh [RUNS] [PACKETS] [LOOPS]   (defaults 7, 1000000, 5)
+# Goals: auto >= 0.95x the best fixed placement of the same round; fanout >= 1.6x one core; one core
+# >= 0.8x the loop.
+# Usage: scripts/bench-placement.sh [RUNS] [PACKETS] [LOOPS] [STAGES]   (defaults 7, 1000000, 5, 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-7}
 packets=${2:-1000000}
 loops=${3:-5}
+stages=${4:-3}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-swift build -c release --product sluice >&2
+# SLUICE_BIN: an already built release binary (skips the build).
+sluice=${SLUICE_BIN:-.build/release/sluice}
+[ -n "${SLUICE_BIN:-}" ] || swift build -c release --product sluice >&2
 cc -O2 -o "$work/pcap_next_loop" scripts/anchors/pcap_next_loop.c -lpcap
 python3 scripts/anchors/write_udp_capture.py "$work/udp.pcap" "$packets"
 cat "$work/udp.pcap" >/dev/null
@@ -29,24 +36,26 @@ echo "Machine: ${model:-unknown CPU}, $(nproc) CPUs, kernel $(uname -r), load av
   "$(cut -d ' ' -f 1-3 /proc/loadavg) before the run."
 echo
 
-replay() { .build/release/sluice replay "$work/udp.pcap" --topspeed --json --wait-mode busy-poll --stages 4 \
+replay() { "$sluice" replay "$work/udp.pcap" --topspeed --json --wait-mode busy-poll --stages "$stages" \
   --loop "$loops" "$@"; }
 for r in $(seq 1 "$runs"); do
-  variants=(anchor one spread auto)
+  variants=(anchor one staged spread fanout auto)
   shift_by=$(( (r - 1) % ${#variants[@]} ))
   for v in "${variants[@]:shift_by}" "${variants[@]:0:shift_by}"; do
     case $v in
       anchor) taskset -c 0 "$work/pcap_next_loop" "$work/udp.pcap" "$loops" >>"$work/anchor.jsonl" ;;
       one) replay --cores 0 >>"$work/one.jsonl" ;;
+      staged) replay --cores 0 --no-fuse >>"$work/staged.jsonl" ;;
+      fanout) replay --cores 0,1 --placement fanout >>"$work/fanout.jsonl" ;;
       spread) replay --cores 0,1 --placement spread >>"$work/spread.jsonl" ;;
       auto) replay --cores 0,1 --placement auto >>"$work/auto.jsonl" ;;
     esac
   done
 done
 
-python3 - "$work" "$runs" "$((packets * loops))" <<'PY'
+python3 - "$work" "$runs" "$((packets * loops))" "$stages" <<'PY'
 import json, os, statistics, sys
-work, runs, total = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+work, runs, total, stages = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 def rows(name): return [json.loads(l) for l in open(os.path.join(work, name + ".jsonl"))]
 def measure(d):
     count = d.get("delivered", d.get("packets"))
@@ -55,28 +64,37 @@ def measure(d):
 med = statistics.median
 pps = lambda m: m[0] / (m[1] / 1e9)
 per_cpu = lambda m: m[0] / (m[2] / 1e9)
-data = {name: [measure(d) for d in rows(name)] for name in ["anchor", "one", "spread", "auto"]}
-print(f"{total} 64-byte UDP packets (a capture read LOOPS times), null sink, 4 stages, "
+names = ["anchor", "one", "staged", "spread", "fanout", "auto"]
+data = {name: [measure(d) for d in rows(name)] for name in names}
+print(f"{total} 64-byte UDP packets (a capture read LOOPS times), null sink, {stages} stages, "
       f"medians of {runs} interleaved rounds.\n")
 print("| what | M packets/s | vs loop | cores busy | M packets per CPU-second |")
 print("|---|---:|---:|---:|---:|")
-labels = {"anchor": "C pcap_next_ex loop, core 0 (anchor)", "one": "fixed: 1 core, run to completion",
-          "spread": "fixed: 2 cores, spread", "auto": "**measured (auto), 2 cores**"}
-for name in ["anchor", "one", "spread", "auto"]:
+labels = {"anchor": "C pcap_next_ex loop, core 0 (anchor)", "one": "fixed: 1 core, run to completion (fused)",
+          "staged": "fixed: 1 core, through the rings (--no-fuse)", "spread": "fixed: 2 cores, spread",
+          "fanout": "fixed: 2 instances fanned out by flow", "auto": "**measured (auto), 2 cores**"}
+for name in names:
     rows_ = data[name]
     ratio = med(pps(d) / pps(a) for d, a in zip(rows_, data["anchor"]))
     print(f"| {labels[name]} | {med(map(pps, rows_))/1e6:.2f} | {ratio:.2f}x | {med(d[2]/d[1] for d in rows_):.2f} | "
           f"{med(map(per_cpu, rows_))/1e6:.2f} |")
-best = [max(pps(o), pps(s)) for o, s in zip(data["one"], data["spread"])]
+best = [max(pps(o), pps(s), pps(f)) for o, s, f in zip(data["one"], data["spread"], data["fanout"])]
 vs_best = med(pps(a) / b for a, b in zip(data["auto"], best))
 print(f"\nGoal, auto at least 0.95x the best fixed placement of each round: {'met' if vs_best >= 0.95 else 'NOT met'} ({vs_best:.3f}x).")
 one_vs_loop = med(pps(o) / pps(a) for o, a in zip(data["one"], data["anchor"]))
 print(f"Goal, 1 core at least 0.8x the one-thread loop: {'met' if one_vs_loop >= 0.8 else 'NOT met'} ({one_vs_loop:.3f}x).")
+fan_vs_one = med(pps(f) / pps(o) for f, o in zip(data["fanout"], data["one"]))
+print(f"Goal, 2 instances fanned out at least 1.6x one core: {'met' if fan_vs_one >= 1.6 else 'NOT met'} ({fan_vs_one:.3f}x).")
+fused_gain = med(pps(o) / pps(s) for o, s in zip(data["one"], data["staged"]))
+print(f"Fusing one core's stages: {fused_gain:.3f}x the same core through the rings.")
 decisions = [d for d in rows("auto")]
 shapes = {}
 for d in decisions:
     key = str(d.get("placement"))
     shapes[key] = shapes.get(key, 0) + 1
+handoffs = [d['handoff']['handoffNsPerItem'] for d in decisions if d.get('handoff')]
+others = [d['fanout']['othersNsPerRecord'] for d in decisions if d.get('fanout')]
 print(f"auto's final placements over the rounds: {shapes}; hand-off per side (ns/item), median: "
-      f"{med(d['handoff']['handoffNsPerItem'] for d in decisions if d.get('handoff')):.1f}")
+      f"{med(handoffs) if handoffs else float('nan'):.1f}; another instance's record (ns), median: "
+      f"{med(others) if others else float('nan'):.1f}")
 PY

@@ -73,6 +73,8 @@ public struct PacketPathConfiguration: Sendable {
     public var linkCount: Int { stageCount - 1 }
     /// Divide the output among source ids by this policy (see `ReplayConfiguration.traffic`).
     public var traffic: TrafficPolicy?
+    /// A capture input read by several paths: this one takes only its share of the flows.
+    public var captureSplit: CaptureSplit?
 
     public init(name: String, input: PacketInput, output: ReplayOutput, numaNode: Int? = nil) {
         self.name = name
@@ -215,7 +217,7 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
             catch { throw .pipeline(.ring(error)) }
             returnsIn = .some(returnEnds.producer)
             let capture = PcapSource(reader: reader, pool: pool, pacing: pacing, loopCount: loopCount,
-                                     returns: returnEnds.consumer)
+                                     returns: returnEnds.consumer, split: configuration.captureSplit)
             outputFormat = (capture.linkType, capture.linkTypeField, capture.snapshotLength, capture.format.nanosecond)
             source = capture
         case .interface(let rx):
@@ -431,6 +433,12 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
         case .interface(let source): source.statistics.snapshot().bytes
         case .afXDP(let source): source.statistics.snapshot().bytes
         }
+    }
+
+    /// Records of a split capture that other paths took (`captureSplit`); 0 otherwise.
+    public var othersRecords: UInt64 {
+        if case .capture(let source) = input { return source.counters.othersRecords.load(ordering: .relaxed) }
+        return 0
     }
 
     /// Times a capture source found no free buffer and waited (not a drop).

@@ -49,8 +49,11 @@ public struct ReplayConfiguration: Sendable {
     /// traffic controller learns from the TX free path and, on an interface, the TX stage enforces
     /// its grants (packets of other source ids are dropped, counted). nil: no controller.
     public var traffic: TrafficPolicy?
-    /// How stages are placed on `cores`: measured (the default) or the fixed spread.
+    /// How stages are placed on `cores`: measured (the default), the fixed spread, or fanned out.
     public var placement = ReplayPlacement.auto
+    /// A worker running every stage runs each burst through them in one call chain, skipping the
+    /// rings (`RuntimeConfiguration.fusesRunToCompletion`); false keeps the rings (benchmarks).
+    public var fusesRunToCompletion = true
 
     public init(capturePath: String, output: ReplayOutput, pacing: ReplayPacing = .topSpeed, loopCount: Int = 1,
                 cores: [Int], waitMode: WaitMode = .adaptive) {
@@ -74,6 +77,42 @@ public enum ReplayPlacement: String, Sendable, Equatable, CaseIterable {
     case auto
     /// Fixed: the source on the first core, the other stages spread in order over the rest.
     case spread
+    /// Fixed: one instance of the whole pipeline per core, each run to completion on its core, the
+    /// capture read by every instance and split between them by flow (`CaptureSplit`): no hand-off
+    /// between cores, each flow through one instance in order. Needs a splittable run
+    /// (`Replay.splitRefusal`).
+    case fanout
+}
+
+/// What `--placement auto` weighed before fanning out over its cores, and what it chose. Fanning out
+/// costs each instance a record read and a flow hash for every record another instance takes
+/// (`othersNsPerRecord`, measured); it never hands a packet to another core. It beats one core
+/// whenever passing over a record is cheaper than taking it, which reading it, copying it and
+/// running the stages always is, so a run that can be split is fanned out. The hand-off is reported
+/// beside it: pipelining would pay it on both sides of every crossing, plus the packet's own cache
+/// lines, which the calibration does not move (docs/PLACEMENT.md has the measurements).
+public struct FanoutDecision: Sendable, Equatable, CustomStringConvertible {
+    public var instances: Int
+    /// Measured before the run: reading a record and hashing its flow, per record.
+    public var othersNsPerRecord: Double
+    /// The hand-off per item and side between the first two cores, when calibrated.
+    public var handoffNsPerItem: Double?
+    public var chosen: Bool
+    /// Why the run cannot be split (then nothing was measured and `chosen` is false).
+    public var notSplittable: String?
+
+    public var description: String {
+        if let notSplittable { return "not fanned out: \(notSplittable)" }
+        let others = "passing over a record of another instance's flows costs \(Self.ns(othersNsPerRecord)) ns, no hand-off"
+        let handoff = handoffNsPerItem.map { "pipelining would hand off at \(Self.ns($0)) ns/item a side" }
+            ?? "the hand-off was not measured"
+        return "fanned out over \(instances) instances, each run to completion: \(others); \(handoff)"
+    }
+
+    private static func ns(_ value: Double) -> String {
+        let tenths = Int((value * 10).rounded())
+        return "\(tenths / 10).\(tenths % 10)"
+    }
 }
 
 /// The stages between RX and TX.
@@ -152,6 +191,8 @@ public enum ReplayConfigurationError: Error, Equatable, CustomStringConvertible 
     /// Named outputs that do not fit: too many, not the rule table's, of a kind not supported, or
     /// without the action stage.
     case outputs(String)
+    /// `--placement fanout` on a run that cannot be split over instances, and why.
+    case fanout(String)
 
     public var description: String {
         switch self {
@@ -167,6 +208,7 @@ public enum ReplayConfigurationError: Error, Equatable, CustomStringConvertible 
         case .coreNotAvailable(let core): "core \(core) is not a service core"
         case .placementCount(let named, let stageCount): "stage_cores names \(named) of \(stageCount) stages"
         case .outputs(let reason): "outputs: \(reason)"
+        case .fanout(let reason): "--placement fanout: \(reason)"
         }
     }
 }
@@ -227,53 +269,96 @@ public struct ReplaySummary: Sendable {
     /// Per output (the sink as "default", then the named outputs): packets, bytes, drops. Empty
     /// without named outputs.
     public var outputs: [OutputCount] = []
+    /// Instances of the pipeline (more than one: fanned out, instance i on worker i; the counters
+    /// above are their sums and `stagePlacement` is the first instance's).
+    public var instances = 1
+    /// Packets each instance delivered (one entry per instance).
+    public var instanceDelivered: [UInt64] = []
+    /// What `--placement auto` weighed about fanning out (nil: one core, or a fixed placement).
+    public var fanout: FanoutDecision?
+    /// Bursts that ran through every stage in one call chain, skipping the rings (run to completion).
+    public var fusedBursts: UInt64 = 0
 
     public var packetsPerSecond: Double { Double(delivered) / max(Double(elapsedNs) / 1e9, 1e-9) }
     public var bitsPerSecond: Double { Double(bytes) * 8 / max(Double(elapsedNs) / 1e9, 1e-9) }
 }
 
-/// A replay ready to run: the capture opened, the pool allocated, the pipeline built.
-/// Control-plane object: `run` blocks the calling thread until the capture has gone through.
+/// A replay ready to run: the capture opened, the pool allocated, the pipeline built (one per
+/// instance when fanned out). Control-plane object: `run` blocks the calling thread until the
+/// capture has gone through.
 public final class Replay {
     public let configuration: ReplayConfiguration
-    private let path: PacketPath
-    /// Where each stage starts (worker indices).
+    /// One path, or one per core when fanned out (path i on worker i, taking flows i of n).
+    private let paths: [PacketPath]
+    /// Where each stage of a single path starts (worker indices).
     private let initialPlacement: [Int]
     /// The controller's state as swift-metrics gauges, refreshed with each progress report.
     private let trafficMetrics: TrafficMetrics?
     /// Monotonic time and process CPU time just before the capture was opened.
     private let openedAtNs: UInt64
     private let openedCpuNs: UInt64
+    /// The hand-off between the first two cores (auto placement on two or more cores).
+    private let handoff: Result<HandoffCost, HandoffCalibrationError>?
+    private let fanout: FanoutDecision?
 
     public init(_ configuration: ReplayConfiguration) throws(ReplayError) {
         try Self.validate(configuration)
         openedCpuNs = processCPUTimeNs()
         openedAtNs = Clock.monotonicNs()
         self.configuration = configuration
-        var pathConfiguration = PacketPathConfiguration(
-            name: "replay",
-            input: .capture(path: configuration.capturePath, pacing: configuration.pacing,
-                            loopCount: configuration.loopCount),
-            output: configuration.output, numaNode: CPU.numaNode(of: configuration.cores[0]))
-        pathConfiguration.burstCount = configuration.burstCount
-        pathConfiguration.ringCapacity = configuration.ringCapacity
-        if let count = configuration.poolBufferCount { pathConfiguration.poolBufferCount = count }
-        if let size = configuration.bufferSizeBytes {
-            pathConfiguration.bufferSizeBytes = size
-            pathConfiguration.bufferSizeFollowsCapture = false
+        let cores = configuration.cores
+        var instances = 1
+        switch configuration.placement {
+        case .fanout:
+            if let reason = Self.splitRefusal(configuration) { throw .invalidConfiguration(.fanout(reason)) }
+            instances = cores.count
+            (handoff, fanout) = (nil, nil)
+        case .auto where cores.count > 1:
+            // Measured before any worker starts, inside the run's clock and CPU span.
+            let calibrated = MeasuredPlacement.calibrate(cores: cores)
+            handoff = calibrated
+            let handoffNs = try? calibrated.get().handoffNsPerItem
+            if let reason = Self.splitRefusal(configuration) {
+                fanout = FanoutDecision(instances: cores.count, othersNsPerRecord: 0, handoffNsPerItem: handoffNs,
+                                        chosen: false, notSplittable: reason)
+            } else {
+                let others = Self.othersCostNsPerRecord(configuration.capturePath, instances: cores.count)
+                fanout = FanoutDecision(instances: cores.count, othersNsPerRecord: others, handoffNsPerItem: handoffNs,
+                                        chosen: true, notSplittable: nil)
+                instances = cores.count
+            }
+        case .auto, .spread:
+            (handoff, fanout) = (nil, nil)
         }
-        pathConfiguration.stages = configuration.stages
-        pathConfiguration.measuresLatency = configuration.measuresLatency
-        pathConfiguration.classifier = configuration.classifier
-        pathConfiguration.rules = configuration.rules
-        pathConfiguration.outputs = configuration.outputs
-        pathConfiguration.traffic = configuration.traffic
-        path = try PacketPath(pathConfiguration)
+        var built: [PacketPath] = []
+        for instance in 0..<instances {
+            var pathConfiguration = PacketPathConfiguration(
+                name: instances == 1 ? "replay" : "replay-\(instance)",
+                input: .capture(path: configuration.capturePath, pacing: configuration.pacing,
+                                loopCount: configuration.loopCount),
+                output: configuration.output, numaNode: CPU.numaNode(of: cores[instance]))
+            pathConfiguration.burstCount = configuration.burstCount
+            pathConfiguration.ringCapacity = configuration.ringCapacity
+            if let count = configuration.poolBufferCount { pathConfiguration.poolBufferCount = count }
+            if let size = configuration.bufferSizeBytes {
+                pathConfiguration.bufferSizeBytes = size
+                pathConfiguration.bufferSizeFollowsCapture = false
+            }
+            pathConfiguration.stages = configuration.stages
+            pathConfiguration.measuresLatency = configuration.measuresLatency
+            pathConfiguration.classifier = configuration.classifier
+            pathConfiguration.rules = configuration.rules
+            pathConfiguration.outputs = configuration.outputs
+            pathConfiguration.traffic = configuration.traffic
+            pathConfiguration.captureSplit = instances > 1 ? CaptureSplit(index: instance, count: instances) : nil
+            built.append(try PacketPath(pathConfiguration))
+        }
+        paths = built
         trafficMetrics = configuration.traffic.map { TrafficMetrics(sourceCount: max($0.sources.count, 1)) }
-        let stageCount = path.pipeline.stages.count
-        initialPlacement = configuration.placement == .auto
-            ? Array(repeating: 0, count: stageCount)
-            : spreadPlacement(stageCount: stageCount, workers: Array(configuration.cores.indices))
+        let stageCount = built[0].pipeline.stages.count
+        initialPlacement = configuration.placement == .spread
+            ? spreadPlacement(stageCount: stageCount, workers: Array(cores.indices))
+            : Array(repeating: 0, count: stageCount)
     }
 
     /// Checks what the CLI could not and `PacketPath` does not: the cores, the loop count's flag name.
@@ -282,24 +367,73 @@ public final class Replay {
         guard c.loopCount >= 1 else { throw .invalidConfiguration(.loopCount(c.loopCount)) }
     }
 
+    /// Why the run cannot be fanned out over instances, or nil when it can: instances each read the
+    /// whole capture (a regular file) and pace their own share (so not at a fixed total rate), and
+    /// each has its own output (discard, or its own socket on the interface) and nothing shared.
+    public static func splitRefusal(_ c: ReplayConfiguration) -> String? {
+        guard c.cores.count >= 2, c.cores.count <= CaptureSplit.countMax else {
+            return "needs 2...\(CaptureSplit.countMax) cores, one per instance"
+        }
+        var status = stat()
+        guard stat(c.capturePath, &status) == 0, status.st_mode & S_IFMT == S_IFREG else {
+            return "the capture is not a regular file every instance can read"
+        }
+        if case .rate = c.pacing { return "a fixed rate is one schedule over all packets; instances pace their own" }
+        switch c.output {
+        case .discard, .interface: break
+        case .pcapFile: return "instances cannot write one pcap file in order"
+        case .afXDP: return "an AF_XDP queue has one socket"
+        }
+        if !c.outputs.isEmpty { return "named outputs are one set of files and sockets" }
+        if c.traffic != nil { return "one traffic controller divides one TX ring" }
+        if c.measuresLatency { return "latency is measured on one instance's sink" }
+        return nil
+    }
+
+    /// What an instance pays per record of another instance's flows: reading it and hashing its flow,
+    /// timed over the capture's first 65,536 records (a millisecond or two; it also warms the page
+    /// cache for the instances). 0 when nothing could be read (the instances then report why).
+    static func othersCostNsPerRecord(_ path: String, instances: Int) -> Double {
+        guard var reader = try? PcapReader(path: path) else { return 0 }
+        let split = CaptureSplit(index: 0, count: instances)
+        let linkType = reader.linkType
+        var records = 0
+        var taken = 0
+        let start = Clock.monotonicNs()
+        while records < 65_536, let record = try? reader.next() {
+            if split.takes(record.bytes, linkType: linkType) { taken &+= 1 }
+            records += 1
+        }
+        let elapsed = Clock.monotonicNs() &- start
+        precondition(taken <= records, "a split takes only records it read")
+        return records > 0 ? Double(elapsed) / Double(records) : 0
+    }
+
     /// Runs the replay to the end of the capture (all loops), calling `progress` about every 200 ms
     /// on this thread. A bad record or failed write ends it early: the summary's `failure` says why.
     public func run(progress: ((ReplayProgress) -> Void)? = nil) throws(ReplayError) -> ReplaySummary {
-        var allocator = configuration.placement == .auto && configuration.cores.count > 1
+        let fannedOut = paths.count > 1
+        var allocator = !fannedOut && configuration.placement == .auto && configuration.cores.count > 1
             ? MeasuredPlacement(workers: Array(configuration.cores.indices), initial: initialPlacement,
-                                handoff: MeasuredPlacement.calibrate(cores: configuration.cores)) : nil
+                                handoff: handoff ?? MeasuredPlacement.calibrate(cores: configuration.cores)) : nil
         let runtime: Runtime
         do {
-            runtime = try Runtime(configuration: RuntimeConfiguration(cores: configuration.cores,
-                                                                      waitMode: configuration.waitMode))
+            runtime = try Runtime(configuration: RuntimeConfiguration(
+                cores: configuration.cores, waitMode: configuration.waitMode,
+                fusesRunToCompletion: configuration.fusesRunToCompletion))
             try runtime.start()
         } catch { throw .runtime(error) }
         defer { runtime.stop() }
         let before = runtime.workers.map { $0.counters.snapshot() }
         let start = Clock.monotonicNs()
-        let pipeline = path.pipeline
-        let controller = path.controller
-        do { try runtime.launch(pipeline, placement: initialPlacement) } catch { throw .runtime(error) }
+        let pipeline = paths[0].pipeline
+        let controller = paths[0].controller
+        do {
+            for (instance, path) in paths.enumerated() {
+                try runtime.launch(path.pipeline, placement: fannedOut
+                    ? Array(repeating: instance, count: path.pipeline.stages.count) : initialPlacement)
+            }
+        } catch { throw .runtime(error) }
         allocator?.begin(pipeline, nowNs: Clock.monotonicNs())
         // With a traffic controller this thread runs it, polling every 100 µs between drain checks.
         var lastProgressNs = start
@@ -310,7 +444,8 @@ public final class Replay {
             if now - lastProgressNs >= 200_000_000 {
                 lastProgressNs = now
                 if let controller { trafficMetrics?.record(controller.snapshot()) }
-                progress?(ReplayProgress(packets: path.packetsIn, bytes: path.bytesIn,
+                progress?(ReplayProgress(packets: paths.reduce(0) { $0 &+ $1.packetsIn },
+                                         bytes: paths.reduce(0) { $0 &+ $1.bytesIn },
                                          elapsedNs: now - start, expectedPackets: nil))
             }
         }
@@ -318,22 +453,46 @@ public final class Replay {
         let endCpuNs = processCPUTimeNs()
         let elapsed = end - start
         runtime.stop()
-        let failure = path.finish()
+        let failures = paths.map { $0.finish() }
         controller?.poll(nowNs: Clock.monotonicNs())
         if let controller { trafficMetrics?.record(controller.snapshot()) }
-        return ReplaySummary(
-            packets: path.packetsIn, bytes: path.bytesIn, delivered: pipeline.delivered,
+        var summary = ReplaySummary(
+            packets: paths.reduce(0) { $0 &+ $1.packetsIn }, bytes: paths.reduce(0) { $0 &+ $1.bytesIn },
+            delivered: paths.reduce(0) { $0 &+ $1.pipeline.delivered },
             elapsedNs: elapsed, wallNsFromOpen: end - openedAtNs, processCpuNs: endCpuNs &- openedCpuNs,
-            drops: path.dropCounts(), poolWaits: path.poolWaits,
+            drops: Self.mergedDrops(paths), poolWaits: paths.reduce(0) { $0 &+ $1.poolWaits },
             stageNames: pipeline.stages.map(\.name),
-            stages: pipeline.snapshot(), stagePlacement: allocator?.placement ?? initialPlacement,
+            stages: paths.dropFirst().reduce(pipeline.snapshot()) { zip($0, $1.pipeline.snapshot()).map { $0.adding($1) } },
+            stagePlacement: allocator?.placement ?? initialPlacement,
             placementChanges: allocator?.changes ?? [], firstDecision: allocator?.firstDecision,
-            handoff: allocator?.handoff, calibrationFailure: allocator?.calibrationFailure,
+            handoff: allocator?.handoff ?? (try? handoff?.get()),
+            calibrationFailure: allocator?.calibrationFailure,
             placementFailure: allocator?.moveFailure.map { "\($0)" },
             workers: zip(runtime.workers, before).map { $0.counters.snapshot().since($1) },
-            cores: configuration.cores, failure: failure, inputError: path.inputError, outputError: path.outputError,
-            latencyP50Ns: path.latencyPercentile(50), latencyP99Ns: path.latencyPercentile(99),
-            traffic: controller?.snapshot(), outputs: path.outputCounts())
+            cores: configuration.cores, failure: failures.lazy.compactMap { $0 }.first,
+            inputError: paths.lazy.compactMap(\.inputError).first, outputError: paths.lazy.compactMap(\.outputError).first,
+            latencyP50Ns: paths[0].latencyPercentile(50), latencyP99Ns: paths[0].latencyPercentile(99),
+            traffic: controller?.snapshot(), outputs: paths[0].outputCounts())
+        summary.instances = paths.count
+        summary.instanceDelivered = paths.map(\.pipeline.delivered)
+        summary.fanout = fanout
+        summary.fusedBursts = paths.reduce(0) { $0 &+ $1.pipeline.fusedBursts.load(ordering: .relaxed) }
+        return summary
+    }
+
+    /// Every instance's drops, summed by reason, in the order reasons first appear.
+    private static func mergedDrops(_ paths: [PacketPath]) -> [(reason: String, count: UInt64)] {
+        var merged: [(reason: String, count: UInt64)] = []
+        for path in paths {
+            for drop in path.dropCounts() {
+                if let slot = merged.firstIndex(where: { $0.reason == drop.reason }) {
+                    merged[slot].count &+= drop.count
+                } else {
+                    merged.append(drop)
+                }
+            }
+        }
+        return merged
     }
 }
 

@@ -667,8 +667,10 @@ extension ServiceConfiguration {
         }
         if let placementReader = reader.optional("placement") {
             let text = try placementReader.string()
-            guard let placement = ReplayPlacement(rawValue: text) else {
-                throw placementReader.invalid("'\(text)' is not auto or spread")
+            guard let placement = ReplayPlacement(rawValue: text), placement != .fanout else {
+                throw placementReader.invalid(text == "fanout"
+                    ? "fanout is sluice replay's: a service fans out with pipelines sharing a source's fanout_group"
+                    : "'\(text)' is not auto or spread")
             }
             guard settings.stageCores == nil else {
                 throw placementReader.invalid("stage_cores fixes every stage's core: give one of placement and stage_cores")

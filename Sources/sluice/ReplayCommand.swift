@@ -114,8 +114,11 @@ struct ReplayCommand: ParsableCommand {
     @Option(help: "How idle workers wait: busy-poll, adaptive or interrupt.")
     var waitMode: WaitMode = .adaptive
 
-    @Option(help: "Where stages run: auto (measured: run to completion or pipelined, whichever the measured stage and hand-off costs favour) or spread (fixed: the source on the first core, the rest over the others).")
+    @Option(help: "Where stages run: auto (measured: one instance per core fanned out by flow, run to completion, or pipelined, whichever the measured costs favour), spread (fixed: the source on the first core, the rest over the others) or fanout (fixed: one instance per core, the capture split by flow).")
     var placement: ReplayPlacement = .auto
+
+    @Flag(inversion: .prefixedNo, help: "Run a core's whole pipeline as one call chain per burst, skipping the rings between its stages (--no-fuse keeps the rings: benchmarks).")
+    var fuse = true
 
     @Option(help: "Stages between RX and TX: 2 (none), 3 (parse/classify), 4 (parse/classify, action).")
     var stages = 4
@@ -246,6 +249,7 @@ struct ReplayCommand: ParsableCommand {
                                                 loopCount: loop, cores: coreList, waitMode: waitMode)
         configuration.stages = ReplayStages(rawValue: stages)!
         configuration.placement = placement
+        configuration.fusesRunToCompletion = fuse
         configuration.measuresLatency = latency
         configuration.bufferSizeBytes = bufferSize
         configuration.traffic = try trafficPolicy()

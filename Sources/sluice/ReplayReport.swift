@@ -97,6 +97,11 @@ enum ReplayReport {
             }
         }
         if let handoff = s.handoff { lines.append("hand-off: \(handoff)") }
+        if let fanout = s.fanout { lines.append("placement: \(fanout)") }
+        if s.instances > 1 {
+            lines.append("instances: \(s.instances), one per core, each run to completion; delivered "
+                + s.instanceDelivered.map(String.init).joined(separator: " + "))
+        }
         if let failure = s.calibrationFailure { lines.append("placement: not measured (\(failure)); the first one held") }
         if let failure = s.placementFailure { lines.append("placement: a move failed (\(failure)); stages stayed where they were") }
         if let first = s.firstDecision, s.placementChanges.isEmpty {
@@ -139,6 +144,11 @@ enum ReplayReport {
         let changes = s.placementChanges.map { change in
             "{\"atNs\":\(change.atNs),\"from\":\(change.from),\"to\":\(change.to),\"reason\":\"\(escaped("\(change.decision)"))\"}"
         }
+        let fanout = s.fanout.map { f in
+            "{\"instances\":\(f.instances),\"othersNsPerRecord\":\(f.othersNsPerRecord),"
+                + "\"handoffNsPerItem\":\(f.handoffNsPerItem.map { "\($0)" } ?? "null"),\"chosen\":\(f.chosen),"
+                + "\"reason\":\"\(escaped("\(f)"))\"}"
+        } ?? "null"
         let handoff = s.handoff.map { "{\"localNsPerItem\":\($0.localNsPerItem),\"crossNsPerItem\":\($0.crossNsPerItem),\"handoffNsPerItem\":\($0.handoffNsPerItem)}" } ?? "null"
         return "{\"packets\":\(s.packets),\"bytes\":\(s.bytes),\"delivered\":\(s.delivered),"
             + "\"elapsedNs\":\(s.elapsedNs),\"wallNsFromOpen\":\(s.wallNsFromOpen),\"processCpuNs\":\(s.processCpuNs),"
@@ -146,7 +156,10 @@ enum ReplayReport {
             + "\"drops\":[\(drops.joined(separator: ","))],\"poolWaits\":\(s.poolWaits),\"stages\":[\(stages.joined(separator: ","))],"
             + "\"workers\":[\(workers.joined(separator: ","))],\"latencyP50Ns\":\(s.latencyP50Ns.map(String.init) ?? "null"),"
             + "\"latencyP99Ns\":\(s.latencyP99Ns.map(String.init) ?? "null"),\"failure\":\(failure),"
-            + "\"placement\":\(s.stagePlacement),\"placementChanges\":[\(changes.joined(separator: ","))],\"handoff\":\(handoff)}"
+            + "\"placement\":\(s.instances > 1 ? "\"fanout\"" : "\(s.stagePlacement)"),"
+            + "\"placementChanges\":[\(changes.joined(separator: ","))],\"handoff\":\(handoff),"
+            + "\"instances\":\(s.instances),\"instanceDelivered\":\(s.instanceDelivered),\"fusedBursts\":\(s.fusedBursts),"
+            + "\"fanout\":\(fanout)}"
     }
 
     private static func escaped(_ text: String) -> String {

@@ -23,6 +23,10 @@ public final class Pipeline: @unchecked Sendable {  // unchecked: stages are han
     public let entered = Atomic<UInt64>(0)
     /// Set (release) by the source's worker once its body is exhausted and its last items are counted.
     public let sourceExhausted = Atomic<Bool>(false)
+    /// Bursts that went from the source through every stage in one call chain, without a ring
+    /// (run to completion on one worker, `RuntimeConfiguration.fusesRunToCompletion`). Written by the
+    /// worker running the source, read by anyone.
+    public let fusedBursts = Atomic<UInt64>(0)
     /// Set when a runtime launches the pipeline; a pipeline runs once.
     let launched = Atomic<Bool>(false)
     /// Stages in order, the source first. Set once by the builder.

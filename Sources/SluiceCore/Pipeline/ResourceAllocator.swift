@@ -209,6 +209,13 @@ extension StageLoad {
 public struct StageSnapshot: Sendable, Equatable {
     public var calls, items, filtered, cycles, blockedTurns, wakeups: UInt64
     public var queued: Int
+
+    /// The same stage of another instance added in (fanned-out instances' totals).
+    public func adding(_ other: StageSnapshot) -> StageSnapshot {
+        StageSnapshot(calls: calls &+ other.calls, items: items &+ other.items, filtered: filtered &+ other.filtered,
+                      cycles: cycles &+ other.cycles, blockedTurns: blockedTurns &+ other.blockedTurns,
+                      wakeups: wakeups &+ other.wakeups, queued: queued + other.queued)
+    }
 }
 
 extension Pipeline {

@@ -98,6 +98,20 @@ public class StageTask: @unchecked Sendable {  // unchecked: one worker at a tim
     /// Runs one burst. Returns the items moved (0: no work or blocked). Worker thread only.
     func runOnce(waiter: OpaquePointer) -> Int { preconditionFailure("StageTask is abstract") }
 
+    // Run to completion, fused: when one worker runs every stage of the pipeline and its rings are
+    // empty, a burst goes from the source through every stage in one call chain, in the source's
+    // burst buffer, without touching a ring (`Worker.runFused`). Same counters, same order.
+
+    /// Source only: produces a burst into `burst` (no ring, so no room check) and counts it as
+    /// entered. `now` is the cycle count at the call and is advanced past the body. Worker thread only.
+    func fusedProduce(now: inout UInt64) -> Int { preconditionFailure("only a source produces") }
+
+    /// Relay or sink: runs the body on `items` in place and returns the kept count, compacted to the
+    /// front. `now` as above. Worker thread only.
+    func fusedProcess(_ items: UnsafeMutableBufferPointer<UInt64>, now: inout UInt64) -> Int {
+        preconditionFailure("a source takes no input")
+    }
+
     /// True if this stage's input ring holds items. Any thread.
     func hasInput() -> Bool {
         guard let inputLink else { return false }
@@ -116,6 +130,13 @@ public class StageTask: @unchecked Sendable {  // unchecked: one worker at a tim
         if pipeline.entered.load(ordering: .acquiring) > resolved { return true }
         for ring in upstreamRings where sluice_spsc_is_empty(ring) == 0 { return true }
         return false
+    }
+
+    /// True when every ring upstream of this stage is empty (for the last stage: every ring of the
+    /// pipeline). Worker thread; exact only when one worker runs every stage of the pipeline.
+    @inline(__always) final func upstreamRingsEmpty() -> Bool {
+        for ring in upstreamRings where sluice_spsc_is_empty(ring) == 0 { return false }
+        return true
     }
 
     /// True while a blocked stage should leave its full output ring alone.
@@ -188,6 +209,22 @@ final class SourceTask<Body: SourceBody>: StageTask, @unchecked Sendable {
     override func sleepHintNs(nowNs: UInt64) -> UInt64? {
         body.isExhausted ? UInt64.max : body.sleepHintNs(nowNs: nowNs)
     }
+
+    override func fusedProduce(now: inout UInt64) -> Int {
+        let start = now
+        let produced = body.produce(into: burst)
+        guard produced > 0 else {
+            if body.isExhausted { pipeline.sourceExhausted.store(true, ordering: .releasing) }
+            return 0
+        }
+        precondition(produced <= burst.count, "source produced more than it was given room for")
+        // Counted before any stage sees the items, so `entered` is never behind what was delivered.
+        StageCounters.bump(pipeline.entered, by: UInt64(produced))
+        if body.isExhausted { pipeline.sourceExhausted.store(true, ordering: .releasing) }
+        now = sluice_cycles()
+        recordTurn(items: produced, filtered: 0, cycles: now &- start)
+        return produced
+    }
 }
 
 /// A middle stage: takes a burst from its input ring, runs its body, passes the survivors on.
@@ -227,6 +264,15 @@ final class RelayTask<Body: StageBody>: StageTask, @unchecked Sendable {
         }
         recordTurn(items: taken, filtered: taken - kept, cycles: sluice_cycles() &- start)
         return taken
+    }
+
+    override func fusedProcess(_ items: UnsafeMutableBufferPointer<UInt64>, now: inout UInt64) -> Int {
+        let start = now
+        let kept = body.process(items)
+        precondition(kept >= 0 && kept <= items.count, "stage kept more items than it was given")
+        now = sluice_cycles()
+        recordTurn(items: items.count, filtered: items.count - kept, cycles: now &- start)
+        return kept
     }
 }
 
@@ -270,5 +316,19 @@ final class SinkTask<Body: StageBody>: StageTask, @unchecked Sendable {
         }
         delivered.store(delivered.load(ordering: .relaxed) &+ UInt64(kept), ordering: .releasing)
         return taken
+    }
+
+    override func fusedProcess(_ items: UnsafeMutableBufferPointer<UInt64>, now: inout UInt64) -> Int {
+        let start = now
+        let kept = body.process(items)
+        precondition(kept >= 0 && kept <= items.count, "stage kept more items than it was given")
+        now = sluice_cycles()
+        recordTurn(items: items.count, filtered: 0, cycles: now &- start)
+        if items.count > kept {
+            counters.filtered.store(counters.filtered.load(ordering: .relaxed) &+ UInt64(items.count - kept),
+                                    ordering: .releasing)
+        }
+        delivered.store(delivered.load(ordering: .relaxed) &+ UInt64(kept), ordering: .releasing)
+        return kept
     }
 }

@@ -43,12 +43,18 @@ public struct RuntimeConfiguration: Sendable {
     public var cores: [Int]
     public var waitMode: WaitMode
     public var predictor: IdlePredictor.Configuration
+    /// A worker that runs every stage of a pipeline runs each burst through all of them in one call
+    /// chain, without the rings between them, whenever those rings are empty (`Pipeline.fusedBursts`).
+    /// Off: every stage takes its burst from its ring, as when the stages are spread (tests, benches).
+    public var fusesRunToCompletion: Bool
 
     public init(cores: [Int], waitMode: WaitMode = .adaptive,
-                predictor: IdlePredictor.Configuration = IdlePredictor.Configuration()) {
+                predictor: IdlePredictor.Configuration = IdlePredictor.Configuration(),
+                fusesRunToCompletion: Bool = true) {
         self.cores = cores
         self.waitMode = waitMode
         self.predictor = predictor
+        self.fusesRunToCompletion = fusesRunToCompletion
     }
 }
 
@@ -88,7 +94,8 @@ public final class Runtime: @unchecked Sendable {  // unchecked: control state i
             guard isAllowed else { throw .coreUnavailable(core) }
         }
         workers = cores.enumerated().map { index, core in
-            Worker(index: index, cpu: core, waitMode: configuration.waitMode, predictor: configuration.predictor)
+            Worker(index: index, cpu: core, waitMode: configuration.waitMode, predictor: configuration.predictor,
+                   fuses: configuration.fusesRunToCompletion)
         }
         control = Mutex(ControlState(stagesPerWorker: Array(repeating: 0, count: cores.count)))
     }

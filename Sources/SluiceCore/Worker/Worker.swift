@@ -34,9 +34,13 @@ public final class Worker: @unchecked Sendable {  // unchecked: `stages` is touc
     /// Stages this worker runs, in (pipeline, position) order. Worker thread only once started.
     private let stages: UnsafeMutableBufferPointer<Unmanaged<StageTask>>
     private var stageCount = 0
+    /// fusedSpan[slot] = n > 0: the slot holds a pipeline's source and the next n slots the rest of
+    /// that pipeline, in order, so the worker may run it fused (`runFused`). Recomputed with the mail.
+    private let fusedSpan: UnsafeMutableBufferPointer<Int>
+    private let fuses: Bool
     var thread: pthread_t?
 
-    init(index: Int, cpu: Int, waitMode: WaitMode, predictor: IdlePredictor.Configuration) {
+    init(index: Int, cpu: Int, waitMode: WaitMode, predictor: IdlePredictor.Configuration, fuses: Bool = true) {
         guard let waiter = sluice_waiter_new() else { fatalError("out of memory for a 64-byte waiter") }
         self.index = index
         self.cpu = cpu
@@ -44,11 +48,15 @@ public final class Worker: @unchecked Sendable {  // unchecked: `stages` is touc
         self.waiter = waiter
         self.predictorConfiguration = predictor
         self.stages = .allocate(capacity: Limits.stagesPerWorkerMax)
+        self.fusedSpan = .allocate(capacity: Limits.stagesPerWorkerMax)
+        self.fusedSpan.initialize(repeating: 0)
+        self.fuses = fuses
     }
 
     deinit {
         for slot in 0..<stageCount { stages[slot].release() }
         stages.deallocate()
+        fusedSpan.deallocate()
         sluice_waiter_delete(waiter)
     }
 
@@ -105,8 +113,16 @@ public final class Worker: @unchecked Sendable {  // unchecked: `stages` is touc
             if stopRequested.load(ordering: .relaxed) { break }
             let start = sluice_cycles()
             var moved = 0
-            for slot in 0..<stageCount {
-                moved &+= stages[slot]._withUnsafeGuaranteedRef { $0.runOnce(waiter: waiter) }
+            var slot = 0
+            while slot < stageCount {
+                let span = fusedSpan[slot]
+                if span > 0 {
+                    moved &+= runFused(from: slot, span: span)
+                    slot &+= span &+ 1
+                } else {
+                    moved &+= stages[slot]._withUnsafeGuaranteedRef { $0.runOnce(waiter: waiter) }
+                    slot &+= 1
+                }
             }
             let elapsed = sluice_cycles() &- start
             turns &+= 1
@@ -142,6 +158,63 @@ public final class Worker: @unchecked Sendable {  // unchecked: `stages` is touc
             }
         }
         tally.publish(to: counters, withCPUTime: true)
+    }
+
+    /// One turn of a pipeline whose every stage this worker runs (slots `slot...slot + span`). While
+    /// its rings hold items (it just arrived here, or was spread before) the stages take turns as
+    /// usual and drain them; once empty, a burst goes from the source through every stage in the
+    /// source's burst buffer: no ring, no wake-up, one cycle-counter read per stage. Order and
+    /// counters are those of the staged turn; a stage that keeps nothing ends the chain.
+    @inline(__always)
+    private func runFused(from slot: Int, span: Int) -> Int {
+        let last = slot &+ span
+        let ringsEmpty = stages[last]._withUnsafeGuaranteedRef { $0.upstreamRingsEmpty() }
+        var now = sluice_cycles()
+        let produced = ringsEmpty ? stages[slot]._withUnsafeGuaranteedRef { $0.fusedProduce(now: &now) } : 0
+        guard produced > 0 else {
+            // Rings to drain, or nothing new: the staged turn (which also gives a sink its idle work).
+            var moved = 0
+            for other in (ringsEmpty ? slot &+ 1 : slot)...last {
+                moved &+= stages[other]._withUnsafeGuaranteedRef { $0.runOnce(waiter: waiter) }
+            }
+            return moved
+        }
+        var moved = produced
+        var count = produced
+        stages[slot]._withUnsafeGuaranteedRef { source in
+            let burst = source.burst
+            var next = slot &+ 1
+            while next <= last, count > 0 {
+                count = stages[next]._withUnsafeGuaranteedRef {
+                    $0.fusedProcess(UnsafeMutableBufferPointer(rebasing: burst[0..<count]), now: &now)
+                }
+                moved &+= count
+                next &+= 1
+            }
+            StageCounters.bump(source.pipeline.fusedBursts, by: 1)
+        }
+        return moved
+    }
+
+    /// Marks each pipeline whose every stage this worker runs, for `runFused`. After mail only.
+    private func recomputeFusedSpans() {
+        for slot in 0..<stageCount { fusedSpan[slot] = 0 }
+        guard fuses else { return }
+        var slot = 0
+        while slot < stageCount {
+            let first = stages[slot].takeUnretainedValue()
+            let length = first.pipeline.stages.count
+            let whole = first.position == 0 && slot + length <= stageCount && (1..<length).allSatisfy { offset in
+                let stage = stages[slot + offset].takeUnretainedValue()
+                return stage.pipeline === first.pipeline && stage.position == offset
+            }
+            if whole {
+                fusedSpan[slot] = length - 1
+                slot += length
+            } else {
+                slot += 1
+            }
+        }
     }
 
     /// Idle prediction: items are on their way to one of this worker's stages.
@@ -208,6 +281,7 @@ public final class Worker: @unchecked Sendable {  // unchecked: `stages` is touc
             case .remove(let stage, let target): release(stage, to: target)
             }
         }
+        recomputeFusedSpans()
     }
 
     private func adopt(_ stage: StageTask) {

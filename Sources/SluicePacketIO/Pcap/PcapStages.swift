@@ -90,6 +90,9 @@ public final class PcapSourceCounters: Sendable {
     public let loopsDone = Atomic<UInt64>(0)
     /// Records longer than a pool buffer: skipped, never cut (reported as `frame-larger-than-buffer`).
     public let oversizeDrops = Atomic<UInt64>(0)
+    /// Records of other readers' flows (`CaptureSplit`), passed over: read, not copied, not counted
+    /// in `packets`.
+    public let othersRecords = Atomic<UInt64>(0)
     init() {}
 }
 
@@ -106,6 +109,8 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
     public let pacing: ReplayPacing
     public let loopCount: Int
     public let port: UInt16
+    /// The flows this source takes when several read the capture; nil: every record.
+    public let split: CaptureSplit?
     public let counters = PcapSourceCounters()
     private let failureBox = Mutex<PcapError?>(nil)
     /// Keeps the pool alive for as long as the source (its cached buffers go back in deinit)...
@@ -132,23 +137,29 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
     @exclusivity(unchecked) private var packetsRead: UInt64 = 0
     @exclusivity(unchecked) private var bytesRead: UInt64 = 0
     @exclusivity(unchecked) private var oversizeDrops: UInt64 = 0
+    @exclusivity(unchecked) private var othersRecords: UInt64 = 0
     static let cacheCountMax = 64
     static let prefetchDistance = 8
     /// Oversize records skipped in one turn at most, so a turn stays short whatever the capture.
     static let oversizeSkipsPerTurnMax = 64
+    /// Other readers' records passed over in one turn at most (a capture of one flow that is not
+    /// ours still ends the turn).
+    static let othersSkipsPerTurnMax = 1_024
 
     /// Opens `path` now, so a missing or unreadable file is an error before the pipeline starts.
     /// `returns` is the consuming end of the ring the last stage recycles buffers through, if any.
     public convenience init(path: String, pool: BufferPool, pacing: ReplayPacing, loopCount: Int = 1,
-                            port: UInt16 = 0, returns: consuming RingConsumer? = nil) throws(PcapError) {
+                            port: UInt16 = 0, returns: consuming RingConsumer? = nil,
+                            split: CaptureSplit? = nil) throws(PcapError) {
         self.init(reader: try PcapReader(path: path), pool: pool, pacing: pacing, loopCount: loopCount, port: port,
-                  returns: returns)
+                  returns: returns, split: split)
     }
 
     /// Replays what `reader` has opened (it is reopened by path for each extra loop, so a reader on
     /// a pipe allows one loop only). `returns` as above.
+    /// With `split`, only the records of that share of the flows (other sources read the rest).
     public init(reader: consuming PcapReader, pool: BufferPool, pacing: ReplayPacing, loopCount: Int = 1,
-                port: UInt16 = 0, returns: consuming RingConsumer? = nil) {
+                port: UInt16 = 0, returns: consuming RingConsumer? = nil, split: CaptureSplit? = nil) {
         precondition(loopCount >= 1, "a replay runs the capture at least once")
         precondition(loopCount == 1 || reader.isRegularFile, "only a regular file can be read again")
         self.path = reader.path
@@ -164,6 +175,7 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
         self.loopsLeft = loopCount - 1
         self.port = port
         self.returns = returns
+        self.split = split
     }
 
     deinit {
@@ -197,6 +209,7 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
         counters.packets.store(packetsRead, ordering: .relaxed)
         counters.bytes.store(bytesRead, ordering: .relaxed)
         counters.oversizeDrops.store(oversizeDrops, ordering: .relaxed)
+        if split != nil { counters.othersRecords.store(othersRecords, ordering: .relaxed) }
         return count
     }
 
@@ -207,7 +220,9 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
                                    pool: BufferPool) -> Int {
         var count = 0
         var skips = 0
-        while count < items.count, !finished, skips < Self.oversizeSkipsPerTurnMax {
+        var othersSkips = 0
+        while count < items.count, !finished, skips < Self.oversizeSkipsPerTurnMax,
+              othersSkips < Self.othersSkipsPerTurnMax {
             if cacheCount == 0 {
                 cacheCount = refill(pool)
                 guard cacheCount > 0 else { break }
@@ -220,6 +235,11 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
                 failureBox.withLock { $0 = error }
                 finished = true
                 break
+            }
+            if let split, !split.takes(record.bytes, linkType: linkType) {
+                othersRecords &+= 1
+                othersSkips &+= 1
+                continue
             }
             if record.capturedLength > pool.bufferSizeBytes {
                 oversizeDrops &+= 1
@@ -252,17 +272,18 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
     }
 
     private func readNext(now: UInt64, pool: BufferPool) -> Bool {
-        for _ in 0..<Self.oversizeSkipsPerTurnMax {
+        for _ in 0..<Self.othersSkipsPerTurnMax {
             switch readOne(now: now, pool: pool) {
             case .pending: return true
             case .none: return false
             case .oversize: oversizeDrops &+= 1
+            case .others: othersRecords &+= 1
             }
         }
         return false  // the next turn goes on past the skipped records
     }
 
-    private enum ReadOutcome { case pending, none, oversize }
+    private enum ReadOutcome { case pending, none, oversize, others }
 
     private func readOne(now: UInt64, pool: BufferPool) -> ReadOutcome {
         guard !finished else { return .none }
@@ -285,8 +306,12 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
                 pool.freeIndex(index)
                 return startNextLoop(now: now) ? readOne(now: now, pool: pool) : .none
             }
-            if record.capturedLength > pool.bufferSizeBytes {
+            if let split, !split.takes(record.bytes, linkType: linkType) {
                 cacheCount += 1  // the buffer goes back unused: the cache slot still holds it
+                return .others
+            }
+            if record.capturedLength > pool.bufferSizeBytes {
+                cacheCount += 1
                 return .oversize
             }
             fill(index, from: record, now: now, pool: pool)

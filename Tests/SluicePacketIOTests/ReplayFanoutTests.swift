@@ -1,0 +1,150 @@
+// Path: Tests/SluicePacketIOTests/ReplayFanoutTests.swift — one capture read by several sources, each
+// taking its flows (`CaptureSplit`), and `sluice replay` fanned out over instances on that split.
+import Glibc
+import SluiceCore
+import SluicePacketIO
+import SluiceReplay
+import Testing
+
+@Suite(.serialized) struct ReplayFanoutTests {
+    static let cores = Array(((try? CPU.allowedCPUs()) ?? [0]).prefix(2))
+
+    /// An Ethernet/IPv4 frame from `a:pa` to `b:pb` (UDP), optionally a fragment.
+    private func frame(_ a: UInt32, _ pa: UInt16, _ b: UInt32, _ pb: UInt16, fragmentBits: UInt16 = 0) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: 60)
+        bytes[12] = 0x08
+        bytes[14] = 0x45
+        bytes[20] = UInt8(fragmentBits >> 8)
+        bytes[21] = UInt8(fragmentBits & 0xFF)
+        bytes[23] = 17
+        for (offset, value) in [(26, a), (30, b)] {
+            for i in 0..<4 { bytes[offset + i] = UInt8(truncatingIfNeeded: value >> (24 - 8 * UInt32(i))) }
+        }
+        for (offset, port) in [(34, pa), (36, pb)] {
+            bytes[offset] = UInt8(port >> 8)
+            bytes[offset + 1] = UInt8(port & 0xFF)
+        }
+        return bytes
+    }
+
+    private func hash(_ bytes: [UInt8]) -> UInt64 {
+        bytes.withUnsafeBytes { CaptureSplit.flowHash($0, linkType: 1) }
+    }
+
+    @Test func bothDirectionsOfAFlowAndAllItsFragmentsHashAlike() {
+        let client: UInt32 = 0xC612_0001, server: UInt32 = 0xC612_0102  // 198.18.0.1, 198.18.1.2
+        #expect(hash(frame(client, 40_000, server, 53)) == hash(frame(server, 53, client, 40_000)))
+        #expect(hash(frame(client, 40_000, server, 53)) != hash(frame(client, 40_001, server, 53)))
+        // First fragment (MF) and a later one (offset) carry the addresses only: they stay together.
+        #expect(hash(frame(client, 40_000, server, 53, fragmentBits: 0x2000))
+            == hash(frame(server, 9, client, 7, fragmentBits: 0x0010)))
+        // Short and odd frames hash without reading past their end.
+        for length in [0, 1, 13, 14, 20, 33, 37] {
+            let bytes = Array(frame(client, 1, server, 2).prefix(length))
+            _ = hash(bytes)
+            _ = bytes.withUnsafeBytes { CaptureSplit.flowHash($0, linkType: 228) }
+        }
+        // Flows spread over the readers (1000 flows, 4 readers: none gets nothing).
+        var counts = [Int](repeating: 0, count: 4)
+        for port in 0..<1000 {
+            let bytes = frame(client, UInt16(port), server, 80)
+            let owners = (0..<4).filter { index in
+                bytes.withUnsafeBytes { CaptureSplit(index: index, count: 4).takes($0, linkType: 1) }
+            }
+            #expect(owners.count == 1, "each flow has exactly one reader")
+            counts[owners[0]] += 1
+        }
+        #expect(counts.allSatisfy { $0 > 150 }, "\(counts)")
+    }
+
+    /// Two sources over one capture: each takes exactly its flows' records, in capture order, and
+    /// together every record once.
+    @Test func twoSourcesSplitTheCaptureByFlow() throws {
+        var reader = try PcapReader(path: Captures.sample)
+        var all: [[UInt8]] = []
+        while let record = try reader.next() { all.append(Array(record.bytes)) }
+        var seen = 0
+        for index in 0..<2 {
+            let split = CaptureSplit(index: index, count: 2)
+            let pool = try BufferPool(bufferCount: 4096, bufferSizeBytes: 2048)
+            let source = try PcapSource(path: Captures.sample, pool: pool, pacing: .topSpeed, split: split)
+            let items = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: 32)
+            defer { items.deallocate() }
+            var taken: [[UInt8]] = []
+            var turns = 0
+            while !source.isExhausted, turns < 10_000 {
+                let count = source.produce(into: items)
+                for item in items[0..<count] {
+                    let index = UInt32(item)
+                    let length = Int(pool.metadata(at: index).pointee.length)
+                    taken.append(Array(UnsafeRawBufferPointer(rebasing: pool.bytes(at: index)[0..<length])))
+                    pool.freeIndex(index)
+                }
+                turns += 1
+            }
+            let expected = all.filter { bytes in bytes.withUnsafeBytes { split.takes($0, linkType: 1) } }
+            #expect(taken == expected)
+            #expect(!taken.isEmpty && taken.count < all.count)
+            #expect(source.counters.othersRecords.load(ordering: .relaxed) == UInt64(all.count - taken.count))
+            seen += taken.count
+        }
+        #expect(seen == all.count)
+    }
+
+    private func configuration(_ placement: ReplayPlacement, output: ReplayOutput = .discard,
+                               loops: Int = 5) -> ReplayConfiguration {
+        var configuration = ReplayConfiguration(capturePath: Captures.sample, output: output, pacing: .topSpeed,
+                                                loopCount: loops, cores: Self.cores, waitMode: .busyPoll)
+        configuration.placement = placement
+        return configuration
+    }
+
+    @Test(.enabled(if: Self.cores.count >= 2 || Captures.inCI, "needs two CPUs"))
+    func fanoutRunsOneInstancePerCoreAndDeliversEveryPacketOnce() throws {
+        try #require(Self.cores.count >= 2, "CI machines have two CPUs")
+        let summary = try Replay(configuration(.fanout)).run()
+        #expect(summary.failure == nil && summary.drops.isEmpty)
+        #expect(summary.instances == 2 && summary.delivered == 10_000 && summary.packets == 10_000)
+        #expect(summary.instanceDelivered.count == 2 && summary.instanceDelivered.allSatisfy { $0 > 0 })
+        #expect(summary.instanceDelivered.reduce(0, +) == 10_000)
+        #expect(summary.stages.map(\.items) == [10_000, 10_000, 10_000, 10_000])
+        #expect(summary.fusedBursts > 0, "each instance runs to completion on its core")
+    }
+
+    @Test(.enabled(if: Self.cores.count >= 2 || Captures.inCI, "needs two CPUs"))
+    func autoFansOutWhatCanBeSplit() throws {
+        try #require(Self.cores.count >= 2, "CI machines have two CPUs")
+        let summary = try Replay(configuration(.auto)).run()
+        let decision = try #require(summary.fanout)
+        #expect(decision.notSplittable == nil && decision.othersNsPerRecord > 0)
+        #expect(decision.handoffNsPerItem != nil && decision.chosen && summary.instances == 2)
+        #expect(summary.instanceDelivered.allSatisfy { $0 > 0 })
+        #expect(summary.delivered == 10_000 && summary.failure == nil)
+        // A pcap output cannot be split: auto says so and runs one instance.
+        let path = Captures.output("fanout-auto.pcap")
+        defer { unlink(path) }
+        let single = try Replay(configuration(.auto, output: .pcapFile(path), loops: 1)).run()
+        #expect(single.instances == 1 && single.fanout?.chosen == false)
+        #expect(single.fanout?.notSplittable?.contains("pcap") == true)
+    }
+
+    @Test func fanoutRefusesWhatCannotBeSplit() throws {
+        let path = Captures.output("fanout-refused.pcap")
+        defer { unlink(path) }
+        var cases: [(ReplayConfiguration, String)] = [(configuration(.fanout, output: .pcapFile(path)), "pcap")]
+        var paced = configuration(.fanout)
+        paced.pacing = .rate(packetsPerSecond: 1_000)
+        cases.append((paced, "rate"))
+        var oneCore = configuration(.fanout)
+        oneCore.cores = [Self.cores[0]]
+        cases.append((oneCore, "cores"))
+        for (configuration, word) in cases {
+            #expect {
+                _ = try Replay(configuration)
+            } throws: { error in
+                guard case ReplayError.invalidConfiguration(.fanout(let reason)) = error else { return false }
+                return reason.contains(word)
+            }
+        }
+    }
+}
