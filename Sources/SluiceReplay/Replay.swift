@@ -88,15 +88,17 @@ public enum ReplayPlacement: String, Sendable, Equatable, CaseIterable {
 /// costs each instance a record read and a flow hash for every record another instance takes
 /// (`othersNsPerRecord`, measured); it never hands a packet to another core. It beats one core
 /// whenever passing over a record is cheaper than taking it, which reading it, copying it and
-/// running the stages always is, so a run that can be split is fanned out. The hand-off is reported
-/// beside it: pipelining would pay it on both sides of every crossing, plus the packet's own cache
-/// lines, which the calibration does not move (docs/PLACEMENT.md has the measurements).
+/// running the stages always is, provided the flows spread: a run that can be split is fanned out
+/// unless the sample puts more than 1.5/n of the records on one instance. The hand-off is reported
+/// beside it (docs/PLACEMENT.md has the measurements of both shapes).
 public struct FanoutDecision: Sendable, Equatable, CustomStringConvertible {
     public var instances: Int
     /// Measured before the run: reading a record and hashing its flow, per record.
     public var othersNsPerRecord: Double
     /// The hand-off per item and side between the first two cores, when calibrated.
     public var handoffNsPerItem: Double?
+    /// The largest share of the sampled records one instance would take (1/instances when even).
+    public var largestShare: Double
     public var chosen: Bool
     /// Why the run cannot be split (then nothing was measured and `chosen` is false).
     public var notSplittable: String?
@@ -106,7 +108,10 @@ public struct FanoutDecision: Sendable, Equatable, CustomStringConvertible {
         let others = "passing over a record of another instance's flows costs \(Self.ns(othersNsPerRecord)) ns, no hand-off"
         let handoff = handoffNsPerItem.map { "pipelining would hand off at \(Self.ns($0)) ns/item a side" }
             ?? "the hand-off was not measured"
-        return "fanned out over \(instances) instances, each run to completion: \(others); \(handoff)"
+        let share = "the busiest instance takes \(Self.ns(largestShare * 100))% of the sampled records"
+        return chosen
+            ? "fanned out over \(instances) instances, each run to completion: \(others); \(share); \(handoff)"
+            : "not fanned out: \(share) (at most \(Self.ns(150 / Double(instances)))%: too few flows to share)"
     }
 
     private static func ns(_ value: Double) -> String {
@@ -320,12 +325,15 @@ public final class Replay {
             let handoffNs = try? calibrated.get().handoffNsPerItem
             if let reason = Self.splitRefusal(configuration) {
                 fanout = FanoutDecision(instances: cores.count, othersNsPerRecord: 0, handoffNsPerItem: handoffNs,
-                                        chosen: false, notSplittable: reason)
+                                        largestShare: 0, chosen: false, notSplittable: reason)
             } else {
-                let others = Self.othersCostNsPerRecord(configuration.capturePath, instances: cores.count)
-                fanout = FanoutDecision(instances: cores.count, othersNsPerRecord: others, handoffNsPerItem: handoffNs,
-                                        chosen: true, notSplittable: nil)
-                instances = cores.count
+                let sample = Self.sampleSplit(configuration.capturePath, instances: cores.count)
+                // Flows bunched on one instance (one big flow, a few) leave the others reading for nothing.
+                let chosen = sample.largestShare <= 1.5 / Double(cores.count)
+                fanout = FanoutDecision(instances: cores.count, othersNsPerRecord: sample.othersNsPerRecord,
+                                        handoffNsPerItem: handoffNs, largestShare: sample.largestShare, chosen: chosen,
+                                        notSplittable: nil)
+                if chosen { instances = cores.count }
             }
         case .auto, .spread:
             (handoff, fanout) = (nil, nil)
@@ -368,8 +376,9 @@ public final class Replay {
     }
 
     /// Why the run cannot be fanned out over instances, or nil when it can: instances each read the
-    /// whole capture (a regular file) and pace their own share (so not at a fixed total rate), and
-    /// each has its own output (discard, or its own socket on the interface) and nothing shared.
+    /// whole capture (a regular file of a link type `CaptureSplit` hashes) at top speed (a paced
+    /// replay is one schedule), and each has its own output (discard, or its own socket on the
+    /// interface) and nothing shared. Each instance has its own pool: n times the memory.
     public static func splitRefusal(_ c: ReplayConfiguration) -> String? {
         guard c.cores.count >= 2, c.cores.count <= CaptureSplit.countMax else {
             return "needs 2...\(CaptureSplit.countMax) cores, one per instance"
@@ -378,7 +387,12 @@ public final class Replay {
         guard stat(c.capturePath, &status) == 0, status.st_mode & S_IFMT == S_IFREG else {
             return "the capture is not a regular file every instance can read"
         }
-        if case .rate = c.pacing { return "a fixed rate is one schedule over all packets; instances pace their own" }
+        guard c.pacing == .topSpeed else {
+            return "a paced replay is one schedule over all packets (fanning out is for --topspeed)"
+        }
+        if let reader = try? PcapReader(path: c.capturePath), !CaptureSplit.splits(linkType: reader.linkType) {
+            return "link type \(reader.linkType) is not one whose flows Sluice hashes (Ethernet, raw IP, Linux cooked)"
+        }
         switch c.output {
         case .discard, .interface: break
         case .pcapFile: return "instances cannot write one pcap file in order"
@@ -390,23 +404,24 @@ public final class Replay {
         return nil
     }
 
-    /// What an instance pays per record of another instance's flows: reading it and hashing its flow,
-    /// timed over the capture's first 65,536 records (a millisecond or two; it also warms the page
-    /// cache for the instances). 0 when nothing could be read (the instances then report why).
-    static func othersCostNsPerRecord(_ path: String, instances: Int) -> Double {
-        guard var reader = try? PcapReader(path: path) else { return 0 }
-        let split = CaptureSplit(index: 0, count: instances)
+    /// The capture's first 65,536 records read and split as the instances will: what an instance pays
+    /// per record of another's flows (reading it and hashing its flow), and the largest share of
+    /// records one instance would take. A millisecond or two; it also warms the page cache for the
+    /// instances. Zeros when nothing could be read (the instances then report why).
+    static func sampleSplit(_ path: String, instances: Int) -> (othersNsPerRecord: Double, largestShare: Double) {
+        guard var reader = try? PcapReader(path: path) else { return (0, 0) }
         let linkType = reader.linkType
+        var perInstance = [Int](repeating: 0, count: instances)
         var records = 0
-        var taken = 0
         let start = Clock.monotonicNs()
         while records < 65_536, let record = try? reader.next() {
-            if split.takes(record.bytes, linkType: linkType) { taken &+= 1 }
+            let hash = CaptureSplit.flowHash(record.bytes, linkType: linkType)
+            perInstance[Int(truncatingIfNeeded: ((hash >> 32) &* UInt64(instances)) >> 32)] += 1
             records += 1
         }
         let elapsed = Clock.monotonicNs() &- start
-        precondition(taken <= records, "a split takes only records it read")
-        return records > 0 ? Double(elapsed) / Double(records) : 0
+        guard records > 0 else { return (0, 0) }
+        return (Double(elapsed) / Double(records), Double(perInstance.max()!) / Double(records))
     }
 
     /// Runs the replay to the end of the capture (all loops), calling `progress` about every 200 ms
@@ -466,7 +481,9 @@ public final class Replay {
             stagePlacement: allocator?.placement ?? initialPlacement,
             placementChanges: allocator?.changes ?? [], firstDecision: allocator?.firstDecision,
             handoff: allocator?.handoff ?? (try? handoff?.get()),
-            calibrationFailure: allocator?.calibrationFailure,
+            calibrationFailure: allocator?.calibrationFailure ?? handoff.flatMap { result in
+                if case .failure(let error) = result { return "\(error)" } else { return nil }
+            },
             placementFailure: allocator?.moveFailure.map { "\($0)" },
             workers: zip(runtime.workers, before).map { $0.counters.snapshot().since($1) },
             cores: configuration.cores, failure: failures.lazy.compactMap { $0 }.first,

@@ -77,6 +77,32 @@ public struct PlacementStatus: Sendable, Equatable {
     public var decision: PlacementDecision?
 }
 
+/// A core moved from one pipeline to another (`CoreBroker`, with `rebalance: move_cores`), and why.
+public struct CoreMoveRecord: Sendable, Equatable {
+    /// Nanoseconds since the pipelines started.
+    public var atNs: UInt64
+    public var core: Int
+    public var from: String
+    public var to: String
+    public var reason: CoreMove.Reason
+    /// The measured demands, weights and shares behind it.
+    public var detail: String
+}
+
+/// Core moves counted by giver, receiver and reason (`Dataplane.coreMoveCounts`).
+public struct CoreMoveKey: Sendable, Hashable {
+    public var from: String
+    public var to: String
+    public var reason: CoreMove.Reason
+}
+
+/// The cores a pipeline may use now, its weight and its last measured demand (rebalanced services).
+public struct PipelineCoreStatus: Sendable, Equatable {
+    public var cores: [Int]
+    public var weight: Double
+    public var demandCores: Double
+}
+
 /// How a pipeline ended, for the shutdown log and the exit status.
 public struct PipelineOutcome: Sendable {
     public var name: String
@@ -112,6 +138,11 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
     private let handoffs: [[Int]: Result<HandoffCost, HandoffCalibrationError>]
     /// What the measured placements decided, published by the control thread for metrics and stats.
     private let placementStatus: Mutex<[Int: PlacementStatus]> = Mutex([:])
+    /// The rebalancer's view of each pipeline's cores, and the last core moves (at most
+    /// `coreMovesKept`), published by the control thread for metrics and stats.
+    private let coreState: Mutex<(pipelines: [Int: PipelineCoreStatus], moves: [CoreMoveRecord], total: [CoreMoveKey: UInt64])> =
+        Mutex(([:], [], [:]))
+    static let coreMovesKept = 32
     /// Set when `stop` begins: the rebalancer moves nothing from then on.
     private let stopping = Atomic<Bool>(false)
     var isStopping: Bool { stopping.load(ordering: .acquiring) }
@@ -387,6 +418,30 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
         }
     }
 
+    /// Cores, weight and demand of pipeline `index` as the rebalancer last measured (nil: no rebalancer).
+    public func cores(ofPipeline index: Int) -> PipelineCoreStatus? {
+        coreState.withLock { $0.pipelines[index] }
+    }
+
+    /// The last core moves between pipelines, oldest first (at most `coreMovesKept`).
+    public var coreMoves: [CoreMoveRecord] { coreState.withLock { $0.moves } }
+
+    /// Core moves so far by giver, receiver and reason (every one, not only those kept).
+    public var coreMoveCounts: [CoreMoveKey: UInt64] { coreState.withLock { $0.total } }
+
+    func publishCores(_ pipelines: [Int: PipelineCoreStatus], move: CoreMoveRecord?) {
+        coreState.withLock { state in
+            state.pipelines = pipelines
+            guard let move else { return }
+            if state.moves.count == Self.coreMovesKept { state.moves.removeFirst() }
+            state.moves.append(move)
+            state.total[CoreMoveKey(from: move.from, to: move.to, reason: move.reason), default: 0] += 1
+        }
+    }
+
+    /// When the pipelines started (monotonic ns; 0 before `start`).
+    var startedAtNs: UInt64 { startedNs.load(ordering: .relaxed) }
+
     /// The measured placement of pipeline `index` (nil: fixed placement, or nothing decided yet).
     public func placement(ofPipeline index: Int) -> PlacementStatus? {
         placementStatus.withLock { $0[index] }
@@ -487,8 +542,10 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
 }
 
 /// Measures each stage's load every interval and moves the few stages `ResourceAllocator.rebalance`
-/// proposes, within each pipeline's cores. Control thread only. A move blocks that thread until the
-/// stage runs on its new worker (about a worker turn); the runtime loses and reorders nothing.
+/// proposes, within each pipeline's cores; with `movesCores`, first moves a core between pipelines
+/// when `CoreBroker` says one needs it (the giver's stages leave that core, then the receiver's
+/// rebalance onto it). Control thread only. A move blocks that thread until the stage runs on its
+/// new worker (about a worker turn); the runtime loses and reorders nothing.
 struct Rebalancer {
     let settings: RebalanceSettings
     unowned let dataplane: Dataplane
@@ -497,11 +554,15 @@ struct Rebalancer {
     private var placement: [[Int]]
     private var previous: [[StageSnapshot]]
     private var previousNs: UInt64
-    /// Workers each pipeline may use.
-    private let allowedWorkers: [Set<Int>]
+    /// Workers each pipeline may use (core moves change them).
+    private var allowedWorkers: [Set<Int>]
     /// Intervals to skip after a failed move.
     private var pausedSteps = 0
     static let pauseAfterFailure = 30
+    private let broker = CoreBroker()
+    /// Intervals before the next core move may be considered (loads are measured afresh after one).
+    private var coreMoveCooldown = 0
+    static let coreMoveCooldownSteps = 3
 
     init(settings: RebalanceSettings, dataplane: Dataplane) {
         self.settings = settings
@@ -530,13 +591,20 @@ struct Rebalancer {
             PipelineDemand(name: paths[index].configuration.name,
                            stages: StageLoad.between(previous[index], current[index], intervalNs: nowNs &- previousNs))
         }
+        // Pushed back: the source found its ring full during the interval.
+        let backlogged = paths.indices.map { current[$0][0].blockedTurns > previous[$0][0].blockedTurns }
         previous = current
         previousNs = nowNs
         if pausedSteps > 0 {
             pausedSteps -= 1
             return
         }
-        let drained = Set(paths.indices.filter { paths[$0].pipeline.isDrained }).union(measured.keys)
+        let finished = Set(paths.indices.filter { paths[$0].pipeline.isDrained })
+        if settings.movesCores {
+            guard moveCoreIfNeeded(demands: demands, backlogged: backlogged, fixed: finished.union(measured.keys), nowNs: nowNs)
+            else { return }
+        }
+        let drained = finished.union(measured.keys)
         let allocation = Allocation(placement: placement, ringCapacities: paths.map(\.pipeline.ringCapacities),
                                     poolBufferCounts: paths.map(\.configuration.poolBufferCount))
         for move in allocator.rebalance(allocation, measured: demands, allowedWorkers: allowedWorkers, frozen: drained) {
@@ -560,6 +628,69 @@ struct Rebalancer {
                 return
             }
         }
+    }
+
+    /// Publishes each pipeline's cores and demand and, when the broker proposes a move and none was
+    /// made lately, moves the giver's stages off the core (to its least loaded remaining one) and
+    /// hands the core to the receiver. False when a stage move failed (rebalancing then pauses).
+    /// `fixed`: pipelines whose cores stay (drained, or placed by measured cost); pipelines with
+    /// `stage_cores` stay too.
+    private mutating func moveCoreIfNeeded(demands: [PipelineDemand], backlogged: [Bool], fixed: Set<Int>,
+                                           nowNs: UInt64) -> Bool {
+        let pipelines = dataplane.configuration.pipelines
+        let cores = dataplane.configuration.cores
+        let loads = demands.map { $0.stages.map(\.coreShare) }
+        let views = demands.indices.map { index in
+            var byWorker: [Int: Double] = [:]
+            for (stage, worker) in placement[index].enumerated() { byWorker[worker, default: 0] += loads[index][stage] }
+            return PipelineCoreDemand(name: demands[index].name, weight: pipelines[index].weight,
+                                      workers: allowedWorkers[index], demandCores: loads[index].reduce(0, +),
+                                      backlogged: backlogged[index], loadByWorker: byWorker,
+                                      movable: !fixed.contains(index) && pipelines[index].stageCores == nil)
+        }
+        func status() -> [Int: PipelineCoreStatus] {
+            Dictionary(uniqueKeysWithValues: views.indices.map { index in
+                (index, PipelineCoreStatus(cores: allowedWorkers[index].sorted().map { cores[$0] },
+                                           weight: views[index].weight, demandCores: views[index].demandCores))
+            })
+        }
+        if coreMoveCooldown > 0 { coreMoveCooldown -= 1 }
+        guard coreMoveCooldown == 0, let move = broker.propose(views, workerCount: dataplane.runtime.workers.count) else {
+            dataplane.publishCores(status(), move: nil)
+            return true
+        }
+        // The giver's stages leave the core first, each to its least loaded remaining worker.
+        var remaining = allowedWorkers[move.from]
+        remaining.remove(move.worker)
+        var workerLoad = views[move.from].loadByWorker
+        for (index, worker) in placement[move.from].enumerated() where worker == move.worker {
+            let target = remaining.sorted().min { (workerLoad[$0] ?? 0) < (workerLoad[$1] ?? 0) }!
+            let stage = dataplane.paths[move.from].pipeline.stages[index]
+            do {
+                try dataplane.runtime.move(stage, toWorker: target)
+            } catch {
+                if case .moveTimedOut = error { placement[move.from][index] = target }
+                pausedSteps = Self.pauseAfterFailure
+                dataplane.logger.warning("stage move for a core move failed; the core stays; rebalancing pauses", metadata: [
+                    "stage": "\(stage.name)", "toCore": "\(cores[target])", "error": "\(error)"])
+                dataplane.publishCores(status(), move: nil)
+                return false
+            }
+            placement[move.from][index] = target
+            workerLoad[target, default: 0] += loads[move.from][index]
+            dataplane.stageMoves.add(1, ordering: .relaxed)
+        }
+        allowedWorkers[move.from] = remaining
+        allowedWorkers[move.to].insert(move.worker)
+        coreMoveCooldown = Self.coreMoveCooldownSteps
+        let record = CoreMoveRecord(atNs: nowNs &- dataplane.startedAtNs, core: cores[move.worker],
+                                    from: views[move.from].name, to: views[move.to].name, reason: move.reason,
+                                    detail: move.detail)
+        dataplane.publishCores(status(), move: record)
+        dataplane.logger.info("core moved between pipelines", metadata: [
+            "core": "\(record.core)", "from": "\(record.from)", "to": "\(record.to)",
+            "reason": "\(move.reason.rawValue)", "why": "\(move.detail)"])
+        return true
     }
 }
 

@@ -53,6 +53,8 @@ public struct PipelineSettings: Sendable {
     /// Without `stageCores`: measured (`auto`, the default: start run to completion on the first
     /// core, move stages when measured costs predict a clear gain) or the fixed `spread`.
     public var placement = ReplayPlacement.auto
+    /// Its share of the cores when pipelines contend for them (`weight`, relative to the others'; 1).
+    public var weight = 1.0
     /// `source: {kind: af_xdp}` / `sink: {kind: af_xdp}`; `path` then holds the AF_PACKET stand-in on
     /// the same interface. `Dataplane.resolveAFXDP` puts the AF_XDP port in its place when the port
     /// opens; the stand-in runs only when it does not and the fallback is allowed.
@@ -74,6 +76,9 @@ public struct RebalanceSettings: Sendable, Equatable {
     public var intervalMs = 1000
     /// Moves happen only while the busiest and idlest workers differ by more than this (core shares).
     public var imbalance = 0.2
+    /// Also move cores between pipelines (`CoreBroker`): from one with slack to one that needs them,
+    /// by measured demand, and by `weight` when all are busy (`move_cores`, default true).
+    public var movesCores = true
 }
 
 /// The storage node of the service.
@@ -312,7 +317,9 @@ extension ServiceConfiguration {
             configuration.metrics = enabled ? listen : nil
         }
         if let rebalance = root.optional("rebalance") {
-            try rebalance.allowKeys(["interval_ms", "imbalance"])
+            try rebalance.allowKeys(["interval_ms", "imbalance", "move_cores"])
+            var movesCores = true
+            if let move = rebalance.optional("move_cores") { movesCores = try move.bool() }
             var settings = RebalanceSettings()
             if let interval = rebalance.optional("interval_ms") { settings.intervalMs = try interval.int(in: 10...3_600_000) }
             if let imbalance = rebalance.optional("imbalance") {
@@ -321,6 +328,7 @@ extension ServiceConfiguration {
                     throw imbalance.invalid("at most the worker count (\(cores.count)), got \(settings.imbalance)")
                 }
             }
+            settings.movesCores = movesCores
             configuration.rebalance = settings
         }
         if let shutdown = root.optional("shutdown") {
@@ -535,7 +543,7 @@ extension ServiceConfiguration {
     private static func decodePipeline(_ reader: ConfigReader, serviceCores: [Int],
                                        index: Int) throws(ConfigError) -> PipelineSettings {
         try reader.allowKeys(["name", "source", "sink", "stages", "classify", "traffic", "cores", "stage_cores",
-                              "placement", "burst", "ring_size", "buffers", "buffer_size", "rules", "outputs"])
+                              "placement", "burst", "ring_size", "buffers", "buffer_size", "rules", "outputs", "weight"])
         let name = try reader.optional("name")?.string() ?? "pipeline\(index)"
         guard !name.isEmpty, name.count <= 32,
               name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }) else {
@@ -650,6 +658,10 @@ extension ServiceConfiguration {
             }
         }
         var settings = PipelineSettings(path: path, cores: cores)
+        if let weight = reader.optional("weight") {
+            settings.weight = try weight.positiveDouble()
+            guard settings.weight <= 1_000_000 else { throw weight.invalid("at most 1000000, got \(settings.weight)") }
+        }
         settings.afXDPSource = afXDPSource
         settings.afXDPSink = afXDPSink
         if let stageCoresReader = reader.optional("stage_cores") {

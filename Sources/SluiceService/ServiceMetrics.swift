@@ -78,6 +78,11 @@ public final class ServiceMetrics: Sendable {
             set(&state, gauge: "sluice_worker_utilisation", labels, snapshot.utilisation)
         }
         advance(&state, "sluice_stage_moves_total", [], dataplane.stageMoves.load(ordering: .relaxed))
+        // Why each core moved between pipelines: the reason label (`demand` or `weight`); the numbers
+        // behind each move are in the log ("core moved between pipelines").
+        for (key, count) in dataplane.coreMoveCounts {
+            advance(&state, "sluice_core_moves_total", [("from", key.from), ("to", key.to), ("reason", key.reason.rawValue)], count)
+        }
         let traffic = dataplane.trafficSnapshot
         for (index, path) in dataplane.paths.enumerated() {
             let pipeline = path.pipeline
@@ -110,6 +115,11 @@ public final class ServiceMetrics: Sendable {
             let labels = [("pipeline", name)]
             if let placement = dataplane.placement(ofPipeline: index) {
                 refresh(&state, placement: placement, pipeline: name)
+            }
+            if let cores = dataplane.cores(ofPipeline: index) {  // rebalanced services: cores follow demand
+                set(&state, gauge: "sluice_pipeline_cores", labels, Double(cores.cores.count))
+                set(&state, gauge: "sluice_pipeline_weight", labels, cores.weight)
+                set(&state, gauge: "sluice_pipeline_demand_cores", labels, cores.demandCores)
             }
             advance(&state, "sluice_pipeline_packets_in_total", labels, path.packetsIn)
             advance(&state, "sluice_pipeline_bytes_in_total", labels, path.bytesIn)

@@ -3,14 +3,15 @@
 
 /// Renders the samples `sluice run` exports as aligned plain-text tables (no ANSI codes).
 public enum StatsTable {
-    /// Sections in a fixed order: Workers, Stages, Rings, Pipelines, Placement, Rules, Traffic sources, Storage. A section
+    /// Sections in a fixed order: Workers, Stages, Rings, Pipelines, Placement, Cores, Rules, Traffic sources, Storage. A section
     /// with none of its samples is left out; a missing cell prints "-". Rows sort by their labels
     /// (numbers numerically), stages and rings in pipeline order as the ring names (`a->b`) give it.
     /// Unknown metric names are ignored. Pure: no I/O.
     public static func render(_ samples: [MetricSample]) -> String {
         let index = SampleIndex(samples)
         let sections = [
-            service(index), workers(index), stages(index), rings(index), pipelines(index), placement(index), rules(index),
+            service(index), workers(index), stages(index), rings(index), pipelines(index), placement(index),
+            cores(index), rules(index),
             outputs(index), traffic(index), storage(index), replication(index),
         ].compactMap { $0 }
         return sections.joined(separator: "\n")
@@ -112,7 +113,8 @@ public enum StatsTable {
 
     /// Totals per pipeline, then a drop table with one row per nonzero reason.
     static func pipelines(_ index: SampleIndex) -> String? {
-        let rows = index.rows(by: ["pipeline"], prefix: "sluice_pipeline_", excluding: ["sluice_pipeline_drops_total"])
+        let rows = index.rows(by: ["pipeline"], prefix: "sluice_pipeline_", excluding: [
+            "sluice_pipeline_drops_total", "sluice_pipeline_cores", "sluice_pipeline_weight", "sluice_pipeline_demand_cores"])
         let drops = index.rows(by: ["pipeline", "reason"], names: ["sluice_pipeline_drops_total"])
         guard !rows.isEmpty || !drops.isEmpty else { return nil }
         var table = Table(["Pipeline", "Packets in", "Bytes in", "Packets out", "Filtered"], leftColumns: 1)
@@ -153,6 +155,28 @@ public enum StatsTable {
                                  Cell.count(inForce), Cell.count(other)])
         }
         return table.render(title: "Placement")
+    }
+
+    /// Rebalanced services: each pipeline's cores, weight and measured demand, then the core moves
+    /// between pipelines by giver, receiver and reason (`demand`: the receiver needed more and the
+    /// giver had slack; `weight`: both busy, cores follow the weights).
+    static func cores(_ index: SampleIndex) -> String? {
+        let rows = index.rows(by: ["pipeline"], names: ["sluice_pipeline_cores", "sluice_pipeline_weight",
+                                                        "sluice_pipeline_demand_cores"])
+        guard !rows.isEmpty else { return nil }
+        var table = Table(["Pipeline", "Cores", "Weight", "Demand (cores)"], leftColumns: 1)
+        for row in rows {
+            table.add(row.key + [Cell.count(row["sluice_pipeline_cores"]), Cell.fixed(row["sluice_pipeline_weight"], digits: 2),
+                                 Cell.fixed(row["sluice_pipeline_demand_cores"], digits: 2)])
+        }
+        var text = table.render(title: "Cores")
+        let moves = index.rows(by: ["from", "to", "reason"], names: ["sluice_core_moves_total"])
+        if !moves.isEmpty {
+            var moveTable = Table(["From", "To", "Reason", "Moves"], leftColumns: 3)
+            for row in moves { moveTable.add(row.key + [Cell.count(row["sluice_core_moves_total"])]) }
+            text += "\n" + moveTable.render(title: "Core moves")
+        }
+        return text
     }
 
     /// Per (port, source) shares and backlog, then per port capacity and stall state when exported.

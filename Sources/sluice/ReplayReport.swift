@@ -115,7 +115,8 @@ enum ReplayReport {
         for (index, stage) in s.stages.enumerated() {
             let perCall = stage.calls > 0 ? Double(stage.items) / Double(stage.calls) : 0
             let perItem = stage.items > 0 ? Double(stage.cycles) / Double(stage.items) : 0
-            lines.append(TextTable.row([s.stageNames[index], "\(s.stagePlacement[index])", "\(stage.calls)", "\(stage.items)",
+            let worker = s.instances > 1 ? "all" : "\(s.stagePlacement[index])"  // fanned out: the instances' sums
+            lines.append(TextTable.row([s.stageNames[index], worker, "\(stage.calls)", "\(stage.items)",
                               String(format1: perCall), String(format1: perItem), "\(stage.filtered)",
                               "\(stage.blockedTurns)"]))
         }
@@ -132,7 +133,7 @@ enum ReplayReport {
     static func json(_ s: ReplaySummary) -> String {
         let drops = s.drops.map { "{\"reason\":\"\(escaped($0.reason))\",\"count\":\($0.count)}" }
         let stages = s.stages.enumerated().map { index, stage in
-            "{\"name\":\"\(s.stageNames[index])\",\"worker\":\(s.stagePlacement[index]),\"calls\":\(stage.calls),"
+            "{\"name\":\"\(s.stageNames[index])\",\"worker\":\(s.instances > 1 ? "null" : "\(s.stagePlacement[index])"),\"calls\":\(stage.calls),"
                 + "\"items\":\(stage.items),\"cycles\":\(stage.cycles),\"filtered\":\(stage.filtered),"
                 + "\"blockedTurns\":\(stage.blockedTurns)}"
         }
@@ -146,7 +147,8 @@ enum ReplayReport {
         }
         let fanout = s.fanout.map { f in
             "{\"instances\":\(f.instances),\"othersNsPerRecord\":\(f.othersNsPerRecord),"
-                + "\"handoffNsPerItem\":\(f.handoffNsPerItem.map { "\($0)" } ?? "null"),\"chosen\":\(f.chosen),"
+                + "\"handoffNsPerItem\":\(f.handoffNsPerItem.map { "\($0)" } ?? "null"),\"largestShare\":\(f.largestShare),"
+                + "\"chosen\":\(f.chosen),"
                 + "\"reason\":\"\(escaped("\(f)"))\"}"
         } ?? "null"
         let handoff = s.handoff.map { "{\"localNsPerItem\":\($0.localNsPerItem),\"crossNsPerItem\":\($0.crossNsPerItem),\"handoffNsPerItem\":\($0.handoffNsPerItem)}" } ?? "null"

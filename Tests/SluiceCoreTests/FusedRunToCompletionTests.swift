@@ -34,6 +34,26 @@ import Testing
         #expect(stages[0].calls == pipeline.fusedBursts.load(ordering: .relaxed))
     }
 
+    /// A burst the middle stage filters whole ends the chain, and the last stage, which holds work
+    /// back, still gets its idle turn (as it would find its ring empty when staged).
+    @Test func aSinkWithIdleWorkGetsItsIdleTurnWhenEverythingIsFiltered() throws {
+        let idleCalls = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
+        idleCalls.initialize(to: 0)
+        defer { idleCalls.deallocate() }
+        var builder = PipelineBuilder(name: "filtered", burstCount: 32)
+        builder.source(GeneratorSource(ratePerSecond: 0, totalCount: 100_000, payload: .sequence))
+        builder.stage(DropAll())
+        builder.stage(IdleCountingSink(idleCalls: idleCalls), name: "sink")
+        let pipeline = try builder.build(ringCapacities: [1024, 1024])
+        let runtime = try Runtime(configuration: .init(cores: [try testCores(1)[0]], waitMode: .busyPoll))
+        try runtime.start()
+        try runtime.launch(pipeline, placement: [0, 0, 0])
+        #expect(runtime.drain(timeoutNs: drainTimeoutNs))
+        runtime.stop()
+        #expect(pipeline.filtered == 100_000 && pipeline.fusedBursts.load(ordering: .relaxed) > 0)
+        #expect(idleCalls.pointee >= pipeline.fusedBursts.load(ordering: .relaxed), "one idle turn per filtered burst")
+    }
+
     @Test func withoutFusionTheSameItemsGoThroughTheRings() throws {
         let (pipeline, tracker) = try runOnOneWorker(fuses: false)
         #expect(tracker.received == 100_000 && tracker.outOfOrder == 0)
@@ -42,29 +62,48 @@ import Testing
     }
 
     /// Spreading a fused pipeline and gathering it back, again and again while items flow: each
-    /// gather finds items on the rings, drains them staged first, then fuses again.
+    /// gather finds items on the rings, drains them with the source waiting, then fuses again.
     @Test(.enabled(if: twoCPUsOrCI, "needs two CPUs"))
     func movesInAndOutOfFusionLoseAndReorderNothing() throws {
         guard requireTwoCPUs() else { return }
         let tracker = SinkTracker()
-        let total: UInt64 = 2_000_000
+        let total: UInt64 = 1_000_000
+        // Paced at 2M items/s: the source still produces after the last gather below.
         let pipeline = try makeCountingPipeline(
-            "fused-moves", source: GeneratorSource(ratePerSecond: 0, totalCount: total, payload: .sequence),
+            "fused-moves", source: GeneratorSource(ratePerSecond: 2_000_000, totalCount: total, payload: .sequence),
             relays: [PassThrough(), PassThrough()], tracker: tracker)
+        var fusedAtLastGather: UInt64 = 0
         try withRuntime(.busyPoll) { runtime, _ in
             try runtime.launch(pipeline, placement: [0, 0, 0, 0])
-            var round = 0
-            while !pipeline.isDrained, round < 40 {
+            for round in 0..<10 {
                 let target = round % 2 == 0 ? 1 : 0
                 for stage in pipeline.stages.dropFirst() { try runtime.move(stage, toWorker: target) }
-                usleep(2_000)
-                round += 1
+                usleep(5_000)
             }
             for stage in pipeline.stages.dropFirst() { try runtime.move(stage, toWorker: 0) }
+            fusedAtLastGather = pipeline.fusedBursts.load(ordering: .relaxed)
+            let exhausted = pipeline.sourceExhausted.load(ordering: .relaxed)
+            #expect(!exhausted, "the source outlives the moves")
             #expect(runtime.drain(timeoutNs: drainTimeoutNs))
         }
         #expect(tracker.received == total)
         #expect(tracker.outOfOrder == 0)
-        #expect(pipeline.fusedBursts.load(ordering: .relaxed) > 0)
+        #expect(pipeline.fusedBursts.load(ordering: .relaxed) > fusedAtLastGather, "fused again after the last gather")
+    }
+}
+
+/// Keeps nothing.
+private struct DropAll: StageBody {
+    mutating func process(_ items: UnsafeMutableBufferPointer<UInt64>) -> Int { 0 }
+}
+
+/// A last stage that holds work back (as a shaped TX stage does) and counts its idle turns.
+private struct IdleCountingSink: StageBody, @unchecked Sendable {  // unchecked: one worker writes, read after the drain
+    let idleCalls: UnsafeMutablePointer<UInt64>
+    static var hasIdleWork: Bool { true }
+    mutating func process(_ items: UnsafeMutableBufferPointer<UInt64>) -> Int { items.count }
+    mutating func idle() -> Int {
+        idleCalls.pointee &+= 1
+        return 0
     }
 }

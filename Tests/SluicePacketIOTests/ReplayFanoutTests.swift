@@ -134,7 +134,10 @@ import Testing
         var cases: [(ReplayConfiguration, String)] = [(configuration(.fanout, output: .pcapFile(path)), "pcap")]
         var paced = configuration(.fanout)
         paced.pacing = .rate(packetsPerSecond: 1_000)
-        cases.append((paced, "rate"))
+        cases.append((paced, "paced"))
+        var timed = configuration(.fanout)
+        timed.pacing = .capture(speed: 1)
+        cases.append((timed, "paced"))
         var oneCore = configuration(.fanout)
         oneCore.cores = [Self.cores[0]]
         cases.append((oneCore, "cores"))

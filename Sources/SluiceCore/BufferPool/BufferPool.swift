@@ -133,7 +133,8 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
         // pools with hugepages, so the data path misses the TLB less. Advised only after the pages are
         // in: advised first, each 2 MiB fault above compacts memory on the spot when no huge page is
         // free (`defrag` = madvise, the default), which measured 65-90 ms for a 38 MB pool against
-        // 5 ms in 4 KiB pages; advised now, khugepaged merges them in the background. Advisory.
+        // 5 ms in 4 KiB pages; advised now, khugepaged merges them in the background, at its own pace
+        // (by default 4096 pages every 10 s: a short replay runs on 4 KiB pages). Advisory.
         _ = sluice_mem_advise_hugepages(memory, bytes)
         self.objectStride = objectStride
         self.bufferCount = bufferCount

@@ -161,10 +161,12 @@ public final class Worker: @unchecked Sendable {  // unchecked: `stages` is touc
     }
 
     /// One turn of a pipeline whose every stage this worker runs (slots `slot...slot + span`). While
-    /// its rings hold items (it just arrived here, or was spread before) the stages take turns as
-    /// usual and drain them; once empty, a burst goes from the source through every stage in the
-    /// source's burst buffer: no ring, no wake-up, one cycle-counter read per stage. Order and
-    /// counters are those of the staged turn; a stage that keeps nothing ends the chain.
+    /// its rings hold items (it just arrived here, or was spread before) the source waits and the
+    /// other stages take their staged turns until the rings are empty (a few turns: they only take);
+    /// then a burst goes from the source through every stage in the source's burst buffer: no ring,
+    /// no wake-up, one cycle-counter read per stage. Order and counters are those of the staged turn;
+    /// a stage that keeps nothing ends the chain, and a last stage with idle work then still gets its
+    /// idle turn.
     @inline(__always)
     private func runFused(from slot: Int, span: Int) -> Int {
         let last = slot &+ span
@@ -172,27 +174,31 @@ public final class Worker: @unchecked Sendable {  // unchecked: `stages` is touc
         var now = sluice_cycles()
         let produced = ringsEmpty ? stages[slot]._withUnsafeGuaranteedRef { $0.fusedProduce(now: &now) } : 0
         guard produced > 0 else {
-            // Rings to drain, or nothing new: the staged turn (which also gives a sink its idle work).
+            // Rings to drain (the source waits, or it would keep them as full as they are), or
+            // nothing new: the staged turn of the others (which also gives a sink its idle work).
             var moved = 0
-            for other in (ringsEmpty ? slot &+ 1 : slot)...last {
+            for other in (slot &+ 1)...last {
                 moved &+= stages[other]._withUnsafeGuaranteedRef { $0.runOnce(waiter: waiter) }
             }
             return moved
         }
         var moved = produced
         var count = produced
+        var next = slot &+ 1
         stages[slot]._withUnsafeGuaranteedRef { source in
             let burst = source.burst
-            var next = slot &+ 1
             while next <= last, count > 0 {
+                moved &+= count  // what the stage takes, as the staged turn counts it
                 count = stages[next]._withUnsafeGuaranteedRef {
                     $0.fusedProcess(UnsafeMutableBufferPointer(rebasing: burst[0..<count]), now: &now)
                 }
-                moved &+= count
                 next &+= 1
             }
             StageCounters.bump(source.pipeline.fusedBursts, by: 1)
         }
+        // The chain ended early (everything filtered): the last stage's staged turn finds its ring
+        // empty and does its idle work, if it has any.
+        if next <= last { moved &+= stages[last]._withUnsafeGuaranteedRef { $0.runOnce(waiter: waiter) } }
         return moved
     }
 

@@ -142,8 +142,8 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
     static let prefetchDistance = 8
     /// Oversize records skipped in one turn at most, so a turn stays short whatever the capture.
     static let oversizeSkipsPerTurnMax = 64
-    /// Other readers' records passed over in one turn at most (a capture of one flow that is not
-    /// ours still ends the turn).
+    /// Other readers' records passed over in one `produce` call at most, on either path (a capture
+    /// of one flow that is not ours still ends the turn).
     static let othersSkipsPerTurnMax = 1_024
 
     /// Opens `path` now, so a missing or unreadable file is an error before the pipeline starts.
@@ -193,11 +193,15 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
         let now = sluice_monotonic_ns()
         if startNs == 0 { startNs = now }
         var count = 0
+        // Other readers' records this call may pass over, whichever path reads them (`split`).
+        var othersBudget = Self.othersSkipsPerTurnMax
         if pacing == .topSpeed, pending == nil {
-            count = poolRef._withUnsafeGuaranteedRef { pool in produceAtTopSpeed(into: items, now: now, pool: pool) }
+            count = poolRef._withUnsafeGuaranteedRef { pool in
+                produceAtTopSpeed(into: items, now: now, pool: pool, othersBudget: &othersBudget)
+            }
         }
         while count < items.count {
-            if pending == nil, !readNext(now: now) { break }
+            if pending == nil, !readNext(now: now, othersBudget: &othersBudget) { break }
             guard let index = pending, pendingDueNs <= now else { break }
             if pacing != .topSpeed {  // latency starts at release, not at read
                 poolRef._withUnsafeGuaranteedRef { $0.metadata(at: index).pointee.enqueueNs = now }
@@ -217,12 +221,10 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
     /// pending record paced replays keep between turns. Stops early at the end of the file (for
     /// `produce` to start the next loop), on a bad record (kept in `failure`) or when no buffer is free.
     private func produceAtTopSpeed(into items: UnsafeMutableBufferPointer<UInt64>, now: UInt64,
-                                   pool: BufferPool) -> Int {
+                                   pool: BufferPool, othersBudget: inout Int) -> Int {
         var count = 0
         var skips = 0
-        var othersSkips = 0
-        while count < items.count, !finished, skips < Self.oversizeSkipsPerTurnMax,
-              othersSkips < Self.othersSkipsPerTurnMax {
+        while count < items.count, !finished, skips < Self.oversizeSkipsPerTurnMax, othersBudget > 0 {
             if cacheCount == 0 {
                 cacheCount = refill(pool)
                 guard cacheCount > 0 else { break }
@@ -238,7 +240,7 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
             }
             if let split, !split.takes(record.bytes, linkType: linkType) {
                 othersRecords &+= 1
-                othersSkips &+= 1
+                othersBudget &-= 1
                 continue
             }
             if record.capturedLength > pool.bufferSizeBytes {
@@ -267,17 +269,22 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
 
     /// Reads the next record into a fresh buffer as `pending`. False at the end (or on error, or when
     /// no buffer is free: then the record stays unread and the next turn tries again).
-    private func readNext(now: UInt64) -> Bool {
-        poolRef._withUnsafeGuaranteedRef { pool in readNext(now: now, pool: pool) }
+    private func readNext(now: UInt64, othersBudget: inout Int) -> Bool {
+        poolRef._withUnsafeGuaranteedRef { pool in readNext(now: now, pool: pool, othersBudget: &othersBudget) }
     }
 
-    private func readNext(now: UInt64, pool: BufferPool) -> Bool {
-        for _ in 0..<Self.othersSkipsPerTurnMax {
+    private func readNext(now: UInt64, pool: BufferPool, othersBudget: inout Int) -> Bool {
+        var oversize = 0
+        while oversize < Self.oversizeSkipsPerTurnMax, othersBudget > 0 {
             switch readOne(now: now, pool: pool) {
             case .pending: return true
             case .none: return false
-            case .oversize: oversizeDrops &+= 1
-            case .others: othersRecords &+= 1
+            case .oversize:
+                oversizeDrops &+= 1
+                oversize += 1
+            case .others:
+                othersRecords &+= 1
+                othersBudget -= 1
             }
         }
         return false  // the next turn goes on past the skipped records
@@ -306,6 +313,9 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
                 pool.freeIndex(index)
                 return startNextLoop(now: now) ? readOne(now: now, pool: pool) : .none
             }
+            // Every record moves the capture clock, ours or not: instances splitting one capture keep
+            // one timeline (same first timestamp, same loop length).
+            noteCaptureTime(record.timestampNs)
             if let split, !split.takes(record.bytes, linkType: linkType) {
                 cacheCount += 1  // the buffer goes back unused: the cache slot still holds it
                 return .others
@@ -365,12 +375,18 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
         case .rate(let packetsPerSecond):
             return DueTime.rate(startNs: startNs, sequence: sequence, packetsPerSecond: packetsPerSecond)
         case .capture(let speed):
+            noteCaptureTime(timestampNs)
             let first = firstTimestampNs ?? timestampNs
-            if firstTimestampNs == nil { firstTimestampNs = timestampNs }
-            lastTimestampNs = max(lastTimestampNs, timestampNs)
             let offset = DueTime.adding(timestampNs > first ? timestampNs - first : 0, loopOffsetNs)
             return DueTime.capture(startNs: startNs, offsetNs: offset, speed: speed)
         }
+    }
+
+    /// The capture's first and latest timestamps, for capture pacing (a no-op otherwise).
+    private func noteCaptureTime(_ timestampNs: UInt64) {
+        guard case .capture = pacing else { return }
+        if firstTimestampNs == nil { firstTimestampNs = timestampNs }
+        lastTimestampNs = max(lastTimestampNs, timestampNs)
     }
 
     /// At the end of the file: reopen it for another loop, continuing the capture's clock one
