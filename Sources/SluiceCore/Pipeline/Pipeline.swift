@@ -31,8 +31,14 @@ public final class Pipeline: @unchecked Sendable {  // unchecked: stages are han
     let launched = Atomic<Bool>(false)
     /// Stages in order, the source first. Set once by the builder.
     public internal(set) var stages: [StageTask] = []
-    /// Capacity of each ring, in link order.
-    public internal(set) var ringCapacities: [Int] = []
+    /// Capacity of each ring, in link order. Any thread; changed by `Runtime.resizeRing`.
+    public internal(set) var ringCapacities: [Int] {
+        get { capacities.withLock { $0 } }
+        set { capacities.withLock { $0 = newValue } }
+    }
+    private let capacities = Mutex<[Int]>([])
+    /// The NUMA node the builder put the rings on (nil: no node asked); resized rings go there too.
+    public internal(set) var numaNode: Int?
     var links: [Link] = []
     /// The pool whose buffer indices this pipeline's rings carry, if the builder was told
     /// (`PipelineBuilder.carriesBuffers(of:)`): debug builds then account for its buffers at teardown.
@@ -83,7 +89,8 @@ public final class Pipeline: @unchecked Sendable {  // unchecked: stages are han
         return delivered &+ filtered == entered.load(ordering: .acquiring)
     }
 
-    /// Observers of the pipeline's rings, in link order (metrics, tests).
+    /// Observers of the pipeline's rings, in link order (metrics, tests). Any thread; an observer
+    /// taken before a resize keeps reading the replaced ring, which stays valid while it is held.
     public var ringObservers: [RingObserver] { links.map(\.observer) }
 }
 
@@ -152,6 +159,7 @@ public struct PipelineBuilder {
             } catch { throw .ring(error) }
         }
         pipeline.ringCapacities = ringCapacities
+        pipeline.numaNode = numaNode
         if let bufferPool {
             pipeline.bufferPool = bufferPool
             bufferPool.armLeakCheck()

@@ -27,12 +27,21 @@ public final class StageCounters: Sendable {
 }
 
 /// The ring between two adjacent stages, plus what the producer needs to wake the consumer.
+/// The ring can be replaced while the pipeline runs (`Runtime.resizeRing`): control threads read the
+/// observer under a lock; worker-side readers use the raw pointers their stage owns instead.
 final class Link: Sendable {
-    let observer: RingObserver
+    private let current: Mutex<RingObserver>
     /// Address of the consuming worker's `sluice_waiter`; 0 while no worker runs the consumer.
     let consumerWaiter = Atomic<UInt>(0)
 
-    init(observer: RingObserver) { self.observer = observer }
+    init(observer: RingObserver) { current = Mutex(observer) }
+
+    /// The ring's observer now. Any thread; takes a lock (control plane, metrics). The copy keeps
+    /// its ring's memory alive, so it stays readable after a resize replaced it.
+    var observer: RingObserver { current.withLock { $0 } }
+
+    /// Installs a new ring's observer. `Runtime.resizeRing` only, with both ring ends' stages parked.
+    func replaceObserver(_ observer: RingObserver) { current.withLock { $0 = observer } }
 
     /// Wakes the consuming worker if it announced sleep. Called after every enqueue that added items.
     /// Returns true if it made the futex wake call.
@@ -69,6 +78,9 @@ public class StageTask: @unchecked Sendable {  // unchecked: one worker at a tim
     let upstreamRings: UnsafeMutableBufferPointer<OpaquePointer>
     /// Counters of every stage before this one: their filtered items count as resolved here.
     let upstreamCounters: [StageCounters]
+    /// The input ring (nil for the source), for `hasInput`. Like `upstreamRings`, rewritten only while
+    /// the stage is parked (`replaceRing`); the ring's memory is kept alive by the stage's input end.
+    @exclusivity(unchecked) final var inputRing: OpaquePointer?
     /// While the output ring is full: the cycle count before which the stage does not look at it
     /// again (0: not blocked). Polling a full ring at full speed keeps pulling the consumer's index
     /// line away from the consumer, slowing the very stage everything waits for.
@@ -88,6 +100,7 @@ public class StageTask: @unchecked Sendable {  // unchecked: one worker at a tim
         self.upstreamRings = .allocate(capacity: max(upstreamRings.count, 1))
         _ = self.upstreamRings.initialize(from: upstreamRings)
         self.upstreamCounters = upstreamCounters
+        self.inputRing = upstreamRings.last
     }
 
     deinit {
@@ -112,10 +125,26 @@ public class StageTask: @unchecked Sendable {  // unchecked: one worker at a tim
         preconditionFailure("a source takes no input")
     }
 
-    /// True if this stage's input ring holds items. Any thread.
+    /// True if this stage's input ring holds items. The worker running the stage only (the pointer
+    /// changes while the stage is parked).
     func hasInput() -> Bool {
-        guard let inputLink else { return false }
-        return !inputLink.observer.isEmpty
+        guard let inputRing else { return false }
+        return sluice_spsc_is_empty(inputRing) == 0
+    }
+
+    // Ring replacement (`Runtime.resizeRing`). Control thread only, while this stage is parked (owner
+    // -1, seen with acquire after the worker's release): no worker runs it, and the mailbox hand-back
+    // publishes the new state to the next worker that adopts it.
+
+    /// Replaces this stage's output end. The old ring must be empty and its consumer parked.
+    func replaceOutput(_ end: consuming RingProducer) { preconditionFailure("\(name) has no output ring") }
+
+    /// Replaces this stage's input end (and `inputRing`). The old ring must be empty.
+    func replaceInput(_ end: consuming RingConsumer) { preconditionFailure("\(name) has no input ring") }
+
+    /// Rewrites every `upstreamRings` entry equal to `old` to `new` (idle prediction, fused check).
+    final func replaceUpstreamRing(_ old: OpaquePointer, with new: OpaquePointer) {
+        for index in upstreamRings.indices where upstreamRings[index] == old { upstreamRings[index] = new }
     }
 
     /// For sources: how long the worker may sleep (nil: must poll). Others: no limit.
@@ -210,6 +239,12 @@ final class SourceTask<Body: SourceBody>: StageTask, @unchecked Sendable {
         body.isExhausted ? UInt64.max : body.sleepHintNs(nowNs: nowNs)
     }
 
+    override func replaceOutput(_ end: consuming RingProducer) {
+        var end = end
+        swap(&output, &end)
+        retryAtCycles = 0
+    }
+
     override func fusedProduce(now: inout UInt64) -> Int {
         let start = now
         let produced = body.produce(into: burst)
@@ -243,6 +278,18 @@ final class RelayTask<Body: StageBody>: StageTask, @unchecked Sendable {
         super.init(name: name, position: position, pipeline: pipeline, inputLink: inputLink,
                    outputLink: outputLink, burstCount: burstCount, upstreamRings: upstreamRings,
                    upstreamCounters: upstreamCounters)
+    }
+
+    override func replaceOutput(_ end: consuming RingProducer) {
+        var end = end
+        swap(&output, &end)
+        retryAtCycles = 0
+    }
+
+    override func replaceInput(_ end: consuming RingConsumer) {
+        inputRing = end.ring
+        var end = end
+        swap(&input, &end)
     }
 
     override func runOnce(waiter: OpaquePointer) -> Int {
@@ -290,6 +337,12 @@ final class SinkTask<Body: StageBody>: StageTask, @unchecked Sendable {
         self.input = input
         super.init(name: name, position: position, pipeline: pipeline, inputLink: inputLink, outputLink: nil,
                    burstCount: burstCount, upstreamRings: upstreamRings, upstreamCounters: upstreamCounters)
+    }
+
+    override func replaceInput(_ end: consuming RingConsumer) {
+        inputRing = end.ring
+        var end = end
+        swap(&input, &end)
     }
 
     /// A stage holding work back asks to be woken in time for it; others let the worker sleep

@@ -33,6 +33,19 @@ public enum RuntimeError: Error, Equatable {
     /// A stage did not arrive on its new worker in time (that worker is stuck or stopped).
     case moveTimedOut(stage: String, toWorker: Int)
     case notRunning
+    /// A ring resize names link `link` of a pipeline with `links` rings (link i joins stage i to i+1).
+    case noSuchLink(pipeline: String, link: Int, links: Int)
+    /// A ring capacity that is not a power of two in 2...`max`.
+    case invalidRingCapacity(Int, max: Int)
+    /// `resizeRings` got `given` capacities for a pipeline with `links` rings.
+    case ringCapacityCount(given: Int, links: Int)
+    /// The pipeline was never launched on this runtime.
+    case notLaunched(pipeline: String)
+    /// The new ring could not be made (memory, NUMA node). Nothing changed.
+    case ringAllocationFailed(RingError)
+    /// A ring resize did not finish in time: a stage did not leave its worker, or the old ring's
+    /// consumer did not empty it. Nothing changed: every parked stage was sent back to its worker.
+    case resizeTimedOut(pipeline: String, link: Int)
     /// A runtime starts once; make a new one to start again.
     case alreadyStarted
 }
@@ -203,6 +216,163 @@ public final class Runtime: @unchecked Sendable {  // unchecked: control state i
                 usleep(50)
             }
         }
+    }
+
+    /// Replaces ring `link` (stage `link` to stage `link + 1`) of a launched, running pipeline with a
+    /// new ring of `capacity` items (a power of two, 2...`Limits.ringCapacityMax`, on the pipeline's
+    /// NUMA node) while items flow: every item is delivered once and in order. Control plane: blocks
+    /// (at most about `timeoutNs` per phase) and holds the control lock, so no move or other resize runs
+    /// meanwhile. Items keep flowing upstream of the producer and downstream of the consumer throughout;
+    /// the producer stands still from the start, the consumer and everything after it only for the swap.
+    ///
+    /// Protocol, and why nothing is lost, duplicated or reordered:
+    /// 1. Validate and allocate first: any failure before step 2 changes nothing.
+    /// 2. Park the producer (mailbox remove, no target; owner -1, loaded with acquire after the worker's
+    ///    release). Stages move only between turns, so from here nothing is enqueued on the old ring.
+    /// 3. Wait until the old ring is empty: its consumer keeps running and takes every item, in order.
+    ///    With no producer the ring cannot refill, so empty stays empty. On timeout the producer goes
+    ///    back to its worker (`.resizeTimedOut`): the old ring and its items are untouched.
+    /// 4. Park the consumer and every stage after it: the only stages holding the old ring's raw
+    ///    pointer (`upstreamRings`, `inputRing`); stages before the producer never look at it.
+    /// 5. Swap, with every stage that touches the ring parked: the producer's output end, the consumer's
+    ///    input end, the parked stages' raw pointers, the Link's observer (under its lock, for metrics
+    ///    readers) and `ringCapacities`. The old ring was empty, so the new one starts with exactly the
+    ///    items not yet sent: none. The old ring's memory lives while any observer copy holds it.
+    /// 6. Send the parked stages back to their workers, downstream first as `launch` does (each
+    ///    consumer's waiter is in place before its producer runs); the mailbox lock and the worker's
+    ///    acquire of `hasMail` publish the swapped fields to the worker that adopts each stage.
+    /// A fused pipeline (all stages on one worker) runs staged while any of its stages is parked (its
+    /// worker recomputes fused spans with the mail) and fuses again once all are back.
+    /// Throws `.moveTimedOut` if the swap is done but a stage has not reached its worker by the deadline
+    /// (that worker is stuck or stopped; the stage is posted and lands there).
+    public func resizeRing(_ pipeline: Pipeline, link: Int, capacity: Int,
+                           timeoutNs: UInt64 = 2_000_000_000) throws(RuntimeError) {
+        try control.withLock { state throws(RuntimeError) in
+            guard state.phase == .running else { throw .notRunning }
+            guard state.pipelines.contains(where: { $0 === pipeline }) else {
+                throw .notLaunched(pipeline: pipeline.name)
+            }
+            let links = pipeline.links.count
+            guard link >= 0, link < links else { throw .noSuchLink(pipeline: pipeline.name, link: link, links: links) }
+            try Self.checkRingCapacity(capacity)
+            let ends: RingEnds
+            do throws(RingError) { ends = try makeRing(capacity: capacity, numaNode: pipeline.numaNode) } catch {
+                throw .ringAllocationFailed(error)
+            }
+            let producer = pipeline.stages[link]
+            let downstream = Array(pipeline.stages[(link + 1)...])  // the consumer first
+            var home: [ObjectIdentifier: Int] = [:]
+            for stage in pipeline.stages[link...] {
+                guard let worker = state.placement[ObjectIdentifier(stage)] else {
+                    preconditionFailure("a launched pipeline's stage has no placement")
+                }
+                home[ObjectIdentifier(stage)] = worker
+            }
+            let timedOut = RuntimeError.resizeTimedOut(pipeline: pipeline.name, link: link)
+            let deadline = Clock.monotonicNs() &+ timeoutNs
+            // A move or the launch may still be under way: every stage involved must run where the
+            // control state put it, so each remove below goes to the worker that runs the stage.
+            for stage in pipeline.stages[link...] {
+                guard waitForOwner(stage, home[ObjectIdentifier(stage)]!, deadlineNs: deadline) else { throw timedOut }
+            }
+
+            // 2. Park the producer.
+            guard park([producer], home: home, deadlineNs: deadline) else {
+                sendBack([producer], home: home, timeoutNs: timeoutNs)
+                throw timedOut
+            }
+            // 3. The consumer drains the old ring; nothing refills it.
+            let old = pipeline.links[link].observer
+            while !old.isEmpty {
+                guard Clock.monotonicNs() < deadline else {
+                    sendBack([producer], home: home, timeoutNs: timeoutNs)
+                    throw timedOut
+                }
+                usleep(20)
+            }
+            // 4. Park the consumer and every stage after it.
+            guard park(downstream, home: home, deadlineNs: deadline) else {
+                sendBack(downstream + [producer], home: home, timeoutNs: timeoutNs)
+                throw timedOut
+            }
+            precondition(old.isEmpty, "a ring refilled with its producer parked")
+
+            // 5. Swap, every stage touching the old ring parked.
+            let newObserver = ends.producer.observer
+            producer.replaceOutput(ends.producer)
+            downstream[0].replaceInput(ends.consumer)
+            for stage in downstream { stage.replaceUpstreamRing(old.ring, with: newObserver.ring) }
+            pipeline.links[link].replaceObserver(newObserver)
+            pipeline.ringCapacities[link] = capacity
+            withExtendedLifetime(old) {}  // the old ring's memory outlives every pointer compared above
+
+            // 6. Back to their workers, downstream first.
+            for stage in ([producer] + downstream).reversed() {
+                workers[home[ObjectIdentifier(stage)]!].post(.add(stage))
+            }
+            let arrival = Clock.monotonicNs() &+ timeoutNs
+            for stage in [producer] + downstream where !waitForArrival(stage, deadlineNs: arrival) {
+                throw .moveTimedOut(stage: stage.name, toWorker: home[ObjectIdentifier(stage)]!)
+            }
+        }
+    }
+
+    /// Resizes each ring of `pipeline` whose capacity differs from `capacities[link]`, in link order
+    /// (`resizeRing`). Every capacity is checked before any ring changes; a later failure leaves the
+    /// earlier rings resized (`ringCapacities` says which).
+    public func resizeRings(_ pipeline: Pipeline, capacities: [Int],
+                            timeoutNs: UInt64 = 2_000_000_000) throws(RuntimeError) {
+        let current = pipeline.ringCapacities
+        guard capacities.count == current.count else {
+            throw .ringCapacityCount(given: capacities.count, links: current.count)
+        }
+        for capacity in capacities { try Self.checkRingCapacity(capacity) }
+        for (link, capacity) in capacities.enumerated() where capacity != current[link] {
+            try resizeRing(pipeline, link: link, capacity: capacity, timeoutNs: timeoutNs)
+        }
+    }
+
+    private static func checkRingCapacity(_ capacity: Int) throws(RuntimeError) {
+        guard capacity >= 2, capacity <= Limits.ringCapacityMax, capacity.nonzeroBitCount == 1 else {
+            throw .invalidRingCapacity(capacity, max: Limits.ringCapacityMax)
+        }
+    }
+
+    /// Posts each of `stages` back to its `home` worker, downstream first, and waits (up to
+    /// `timeoutNs`) for them to land. A stage whose remove is still queued is removed, then re-added.
+    private func sendBack(_ stages: [StageTask], home: [ObjectIdentifier: Int], timeoutNs: UInt64) {
+        let ordered = stages.sorted { $0.position > $1.position }
+        for stage in ordered { workers[home[ObjectIdentifier(stage)]!].post(.add(stage)) }
+        let deadline = Clock.monotonicNs() &+ timeoutNs
+        for stage in ordered { _ = waitForArrival(stage, deadlineNs: deadline) }
+    }
+
+    /// Posts a remove without target for each of `stages` to its `home` worker and waits until each
+    /// worker has applied it (its ticket, acquire: pairs with the worker's release, so the stage's state
+    /// is this thread's to read and change until it is posted again). False at the deadline: a remove
+    /// may then still be queued, and `sendBack` (FIFO mailboxes) undoes it after it is applied.
+    private func park(_ stages: [StageTask], home: [ObjectIdentifier: Int], deadlineNs: UInt64) -> Bool {
+        let tickets = stages.map { stage in
+            (stage, workers[home[ObjectIdentifier(stage)]!].post(.remove(stage, then: nil)))
+        }
+        for (stage, ticket) in tickets {
+            let worker = workers[home[ObjectIdentifier(stage)]!]
+            while worker.mailHandled.load(ordering: .acquiring) < ticket {
+                if Clock.monotonicNs() >= deadlineNs { return false }
+                usleep(20)
+            }
+            precondition(stage.owner.load(ordering: .acquiring) == -1, "a parked stage still has an owner")
+        }
+        return true
+    }
+
+    /// Waits until `stage` runs on worker `index`. False at the deadline.
+    private func waitForOwner(_ stage: StageTask, _ index: Int, deadlineNs: UInt64) -> Bool {
+        while stage.owner.load(ordering: .acquiring) != index {
+            if Clock.monotonicNs() >= deadlineNs { return false }
+            usleep(50)
+        }
+        return true
     }
 
     /// Waits until `stage` runs on some worker. False at the deadline.

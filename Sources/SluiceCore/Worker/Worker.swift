@@ -21,7 +21,12 @@ public final class Worker: @unchecked Sendable {  // unchecked: `stages` is touc
     let waiter: OpaquePointer
     let stopRequested = Atomic<Bool>(false)
     let hasMail = Atomic<Bool>(false)
-    let mailbox = Mutex<[Request]>([])
+    /// Queued requests, and how many were ever posted (the last one's ticket).
+    let mailbox = Mutex<(requests: [Request], posted: UInt64)>(([], 0))
+    /// Requests applied so far, in posting order: request `ticket` (from `post`) has been applied once
+    /// this is at least `ticket`. Stored with release after each request, by the worker thread only.
+    let mailHandled = Atomic<UInt64>(0)
+    private var handledCount: UInt64 = 0
     /// Where the worker thread is in its life (a `ThreadState` raw value).
     let state = Atomic<Int>(ThreadState.starting.rawValue)
 
@@ -69,14 +74,19 @@ public final class Worker: @unchecked Sendable {  // unchecked: `stages` is touc
         }
     }
 
-    /// Queues a control request and wakes the worker. Control threads only; takes a lock.
-    func post(_ request: Request) {
-        mailbox.withLock { requests in
-            precondition(requests.count < Limits.workerMailboxCountMax, "worker mailbox over its bound")
-            requests.append(request)
+    /// Queues a control request and wakes the worker. Returns its ticket (see `mailHandled`).
+    /// Control threads (and a worker handing a stage on); takes a lock.
+    @discardableResult
+    func post(_ request: Request) -> UInt64 {
+        let ticket = mailbox.withLock { box in
+            precondition(box.requests.count < Limits.workerMailboxCountMax, "worker mailbox over its bound")
+            box.requests.append(request)
+            box.posted += 1
+            return box.posted
         }
         hasMail.store(true, ordering: .releasing)
         sluice_waiter_notify(waiter)
+        return ticket
     }
 
     /// Asks the worker to leave its loop; `Runtime.stop` joins the thread.
@@ -277,15 +287,17 @@ public final class Worker: @unchecked Sendable {  // unchecked: `stages` is touc
     @inline(never)
     private func handleMail() {
         hasMail.store(false, ordering: .relaxed)
-        let requests = mailbox.withLock { requests in
-            defer { requests.removeAll(keepingCapacity: true) }
-            return requests
+        let requests = mailbox.withLock { box in
+            defer { box.requests.removeAll(keepingCapacity: true) }
+            return box.requests
         }
         for request in requests {
             switch request {
             case .add(let stage): adopt(stage)
             case .remove(let stage, let target): release(stage, to: target)
             }
+            handledCount += 1
+            mailHandled.store(handledCount, ordering: .releasing)
         }
         recomputeFusedSpans()
     }
