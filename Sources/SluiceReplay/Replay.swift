@@ -86,11 +86,11 @@ public enum ReplayPlacement: String, Sendable, Equatable, CaseIterable {
 
 /// What `--placement auto` weighed before fanning out over its cores, and what it chose. Fanning out
 /// costs each instance a record read and a flow hash for every record another instance takes
-/// (`othersNsPerRecord`, measured); it never hands a packet to another core. It beats one core
-/// whenever passing over a record is cheaper than taking it, which reading it, copying it and
-/// running the stages always is, provided the flows spread: a run that can be split is fanned out
-/// unless the sample puts more than 1.5/n of the records on one instance. The hand-off is reported
-/// beside it (docs/PLACEMENT.md has the measurements of both shapes).
+/// (`othersNsPerRecord`, measured on a sample of the capture, which also gives the busiest
+/// instance's share); it never hands a packet to another core. A probe runs the stages on one core
+/// over the capture's first records (`stageNsPerItem`); from those costs the fanned-out rate is
+/// predicted and compared with `PlacementPlanner`'s best single-instance shape (one core, or
+/// pipelined with the calibrated hand-off). It fans out for at least 5% more predicted rate.
 public struct FanoutDecision: Sendable, Equatable, CustomStringConvertible {
     public var instances: Int
     /// Measured before the run: reading a record and hashing its flow, per record.
@@ -99,6 +99,12 @@ public struct FanoutDecision: Sendable, Equatable, CustomStringConvertible {
     public var handoffNsPerItem: Double?
     /// The largest share of the sampled records one instance would take (1/instances when even).
     public var largestShare: Double
+    /// Each stage's ns per packet run to completion, from a probe run before the instances start.
+    public var stageNsPerItem: [Double]?
+    /// Fanned out: packets per second the busiest instance allows (nil without a probe).
+    public var predictedItemsPerSecond: Double?
+    /// The planner's best shape on the same costs: one core or pipelined (nil without a probe).
+    public var planner: PlacementDecision?
     public var chosen: Bool
     /// Why the run cannot be split (then nothing was measured and `chosen` is false).
     public var notSplittable: String?
@@ -109,9 +115,15 @@ public struct FanoutDecision: Sendable, Equatable, CustomStringConvertible {
         let handoff = handoffNsPerItem.map { "pipelining would hand off at \(Self.ns($0)) ns/item a side" }
             ?? "the hand-off was not measured"
         let share = "the busiest instance takes \(Self.ns(largestShare * 100))% of the sampled records"
-        return chosen
-            ? "fanned out over \(instances) instances, each run to completion: \(others); \(share); \(handoff)"
-            : "not fanned out: \(share) (at most \(Self.ns(150 / Double(instances)))%: too few flows to share)"
+        guard let predicted = predictedItemsPerSecond, let planner else {
+            return chosen
+                ? "fanned out over \(instances) instances, each run to completion: \(others); \(share); \(handoff) (no probe)"
+                : "not fanned out: \(share) (at most \(Self.ns(150 / Double(instances)))%: too few flows to share)"
+        }
+        let fanned = "\(instances) instances predicted \(Self.ns(predicted / 1e6)) Mpps (\(others); \(share))"
+        let best = "\(planner.chosen) (stages \(planner.costs.stageNsPerItem.map { Self.ns($0) }.joined(separator: "/")) ns, hand-off \(Self.ns(planner.costs.handoffNsPerItem)) ns)"
+        return chosen ? "fanned out: \(fanned), against the best single instance: \(best)"
+                      : "not fanned out: \(best), against \(fanned)"
     }
 
     private static func ns(_ value: Double) -> String {
@@ -328,12 +340,28 @@ public final class Replay {
                                         largestShare: 0, chosen: false, notSplittable: reason)
             } else {
                 let sample = Self.sampleSplit(configuration.capturePath, instances: cores.count)
-                // Flows bunched on one instance (one big flow, a few) leave the others reading for nothing.
-                let chosen = sample.largestShare <= 1.5 / Double(cores.count)
-                fanout = FanoutDecision(instances: cores.count, othersNsPerRecord: sample.othersNsPerRecord,
-                                        handoffNsPerItem: handoffNs, largestShare: sample.largestShare, chosen: chosen,
-                                        notSplittable: nil)
-                if chosen { instances = cores.count }
+                let stageNs = Self.probeStageCosts(configuration)
+                var decision = FanoutDecision(instances: cores.count, othersNsPerRecord: sample.othersNsPerRecord,
+                                              handoffNsPerItem: handoffNs, largestShare: sample.largestShare,
+                                              chosen: false, notSplittable: nil)
+                decision.stageNsPerItem = stageNs
+                if let stageNs, let handoffNs {
+                    // Fanned out, the busiest instance takes `largestShare` of the records and reads all.
+                    let own = stageNs.reduce(0, +)
+                    let busiest = sample.largestShare * own + (1 - sample.largestShare) * sample.othersNsPerRecord
+                    let predicted = busiest > 0 ? 1e9 / busiest : .infinity
+                    let planner = PlacementPlanner()
+                    let single = planner.plan(costs: PlacementCosts(stageNsPerItem: stageNs, handoffNsPerItem: handoffNs),
+                                              workerCount: cores.count)
+                    decision.predictedItemsPerSecond = predicted
+                    decision.planner = single
+                    // Fan out only for a clear gain over the planner's best shape (one core or pipelined).
+                    decision.chosen = predicted >= single.chosen.predictedItemsPerSecond * (1 + planner.moreCoresMargin)
+                } else {
+                    decision.chosen = sample.largestShare <= 1.5 / Double(cores.count)  // nothing to compare: spread
+                }
+                fanout = decision
+                if decision.chosen { instances = cores.count }
             }
         case .auto, .spread:
             (handoff, fanout) = (nil, nil)
@@ -364,9 +392,15 @@ public final class Replay {
         paths = built
         trafficMetrics = configuration.traffic.map { TrafficMetrics(sourceCount: max($0.sources.count, 1)) }
         let stageCount = built[0].pipeline.stages.count
-        initialPlacement = configuration.placement == .spread
-            ? spreadPlacement(stageCount: stageCount, workers: Array(cores.indices))
-            : Array(repeating: 0, count: stageCount)
+        // Auto with a probe's costs starts where the planner put the stages; the measured placement
+        // then re-decides from live costs as before.
+        if configuration.placement == .spread {
+            initialPlacement = spreadPlacement(stageCount: stageCount, workers: Array(cores.indices))
+        } else if instances == 1, let planned = fanout?.planner?.chosen.placement, planned.count == stageCount {
+            initialPlacement = planned
+        } else {
+            initialPlacement = Array(repeating: 0, count: stageCount)
+        }
     }
 
     /// Checks what the CLI could not and `PacketPath` does not: the cores, the loop count's flag name.
@@ -404,24 +438,70 @@ public final class Replay {
         return nil
     }
 
-    /// The capture's first 65,536 records read and split as the instances will: what an instance pays
-    /// per record of another's flows (reading it and hashing its flow), and the largest share of
-    /// records one instance would take. A millisecond or two; it also warms the page cache for the
-    /// instances. Zeros when nothing could be read (the instances then report why).
+    /// Records the probe runs and the sample reads (after `sampleWarmUpRecords` untimed ones).
+    static let probeRecords = 16_384
+    static let sampleRecords = 16_384
+    static let sampleWarmUpRecords = 2_048
+
+    /// Each stage's cost in ns per packet, run to completion: the pipeline's own stages (a copy of the
+    /// rule table, so no hits are counted) on the first core over the capture's first `probeRecords`
+    /// records into a discard sink: nothing reaches the output. A few milliseconds; nil when it cannot run.
+    static func probeStageCosts(_ c: ReplayConfiguration) -> [Double]? {
+        var probe = PacketPathConfiguration(
+            name: "probe", input: .capture(path: c.capturePath, pacing: .topSpeed, loopCount: 1), output: .discard,
+            numaNode: CPU.numaNode(of: c.cores[0]))
+        probe.burstCount = c.burstCount
+        probe.ringCapacity = 64  // fused: the rings stay empty; small, so the pool is too
+        if let size = c.bufferSizeBytes {
+            probe.bufferSizeBytes = size
+            probe.bufferSizeFollowsCapture = false
+        }
+        probe.stages = c.stages
+        probe.classifier = c.classifier
+        guard let rules = try? RuleTable(rules: c.rules.rules, defaultVerdict: c.rules.defaultVerdict,
+                                         tableRewrites: c.rules.tableRewrites),
+              let path = try? PacketPath({ var p = probe; p.rules = rules; return p }()),
+              let runtime = try? Runtime(configuration: RuntimeConfiguration(cores: [c.cores[0]], waitMode: .busyPoll))
+        else { return nil }
+        defer { runtime.stop() }
+        guard (try? runtime.start()) != nil, (try? runtime.launch(path.pipeline, placement:
+            Array(repeating: 0, count: path.pipeline.stages.count))) != nil else { return nil }
+        let deadline = Clock.monotonicNs() &+ 2_000_000_000
+        while path.packetsIn < UInt64(Self.probeRecords), !path.pipeline.isDrained, Clock.monotonicNs() < deadline {
+            usleep(100)
+        }
+        path.stopSignal.stop()
+        runtime.wakeAll()
+        guard runtime.drain(timeoutNs: 1_000_000_000) else { return nil }
+        runtime.stop()
+        let stages = path.pipeline.snapshot()
+        guard stages[0].items > 0 else { return nil }
+        return stages.map { Double($0.cycles) / Clock.cyclesPerNs / Double(stages[0].items) }
+    }
+
+    /// The capture's first records read and split as the instances will: what an instance pays per
+    /// record of another's flows (reading it and hashing its flow; timed after `sampleWarmUpRecords`,
+    /// over `sampleRecords`), and the largest share of records one instance would take. Under a
+    /// millisecond. Zeros when nothing could be read (the instances then report why).
     static func sampleSplit(_ path: String, instances: Int) -> (othersNsPerRecord: Double, largestShare: Double) {
         guard var reader = try? PcapReader(path: path) else { return (0, 0) }
         let linkType = reader.linkType
         var perInstance = [Int](repeating: 0, count: instances)
         var records = 0
-        let start = Clock.monotonicNs()
-        while records < 65_536, let record = try? reader.next() {
+        var timed = 0
+        var start = Clock.monotonicNs()
+        while records < Self.sampleWarmUpRecords + Self.sampleRecords, let record = try? reader.next() {
+            if records == Self.sampleWarmUpRecords { start = Clock.monotonicNs() }
             let hash = CaptureSplit.flowHash(record.bytes, linkType: linkType)
             perInstance[Int(truncatingIfNeeded: ((hash >> 32) &* UInt64(instances)) >> 32)] += 1
             records += 1
+            if records > Self.sampleWarmUpRecords { timed += 1 }
         }
         let elapsed = Clock.monotonicNs() &- start
         guard records > 0 else { return (0, 0) }
-        return (Double(elapsed) / Double(records), Double(perInstance.max()!) / Double(records))
+        // A capture shorter than the warm-up: every record timed.
+        let ns = timed > 0 ? Double(elapsed) / Double(timed) : Double(elapsed) / Double(records)
+        return (ns, Double(perInstance.max()!) / Double(records))
     }
 
     /// Runs the replay to the end of the capture (all loops), calling `progress` about every 200 ms

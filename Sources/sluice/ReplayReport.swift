@@ -148,6 +148,8 @@ enum ReplayReport {
         let fanout = s.fanout.map { f in
             "{\"instances\":\(f.instances),\"othersNsPerRecord\":\(f.othersNsPerRecord),"
                 + "\"handoffNsPerItem\":\(f.handoffNsPerItem.map { "\($0)" } ?? "null"),\"largestShare\":\(f.largestShare),"
+                + "\"predictedItemsPerSecond\":\(f.predictedItemsPerSecond.map { "\($0)" } ?? "null"),"
+                + "\"plannerPredictedItemsPerSecond\":\(f.planner.map { "\($0.chosen.predictedItemsPerSecond)" } ?? "null"),"
                 + "\"chosen\":\(f.chosen),"
                 + "\"reason\":\"\(escaped("\(f)"))\"}"
         } ?? "null"

@@ -112,13 +112,19 @@ import Testing
     }
 
     @Test(.enabled(if: Self.cores.count >= 2 || Captures.inCI, "needs two CPUs"))
-    func autoFansOutWhatCanBeSplit() throws {
+    func autoFansOutOnlyWhenThePredictionsFavourIt() throws {
         try #require(Self.cores.count >= 2, "CI machines have two CPUs")
         let summary = try Replay(configuration(.auto)).run()
         let decision = try #require(summary.fanout)
         #expect(decision.notSplittable == nil && decision.othersNsPerRecord > 0)
-        #expect(decision.handoffNsPerItem != nil && decision.chosen && summary.instances == 2)
-        #expect(summary.instanceDelivered.allSatisfy { $0 > 0 })
+        // The probe measured the stages, and the choice follows the predictions it prints.
+        let stageNs = try #require(decision.stageNsPerItem, "\(decision)")
+        #expect(stageNs.count == 4 && stageNs.allSatisfy { $0 > 0 })
+        let planner = try #require(decision.planner)
+        let predicted = try #require(decision.predictedItemsPerSecond)
+        #expect(decision.chosen == (predicted >= planner.chosen.predictedItemsPerSecond * 1.05), "\(decision)")
+        #expect(summary.instances == (decision.chosen ? 2 : 1))
+        #expect(summary.instanceDelivered.count == summary.instances && summary.instanceDelivered.allSatisfy { $0 > 0 })
         #expect(summary.delivered == 10_000 && summary.failure == nil)
         // A pcap output cannot be split: auto says so and runs one instance.
         let path = Captures.output("fanout-auto.pcap")
