@@ -131,6 +131,8 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
     public let placements: [[Int]]
     /// Stage moves the rebalancer and the measured placements made.
     public let stageMoves = Atomic<UInt64>(0)
+    /// Rings the rebalancer resized (`rebalance.resize_rings`).
+    public let ringResizes = Atomic<UInt64>(0)
     /// Measured placements by pipeline index (`ServiceConfiguration.isMeasured`). Made by `start`
     /// before the workers run, then stepped by the control thread only.
     private var measured: [Int: MeasuredPlacement] = [:]
@@ -563,6 +565,11 @@ struct Rebalancer {
     /// Intervals before the next core move may be considered (loads are measured afresh after one).
     private var coreMoveCooldown = 0
     static let coreMoveCooldownSteps = 3
+    /// Intervals between ring sizings (each resize parks stages for a moment: not every interval).
+    private var stepsToRingSizing = Self.ringSizingEverySteps
+    static let ringSizingEverySteps = 5
+    /// A ring is resized only when the wanted capacity is this many times larger or smaller.
+    static let ringResizeFactor = 4
 
     init(settings: RebalanceSettings, dataplane: Dataplane) {
         self.settings = settings
@@ -604,6 +611,13 @@ struct Rebalancer {
             guard moveCoreIfNeeded(demands: demands, backlogged: backlogged, fixed: finished.union(measured.keys), nowNs: nowNs)
             else { return }
         }
+        if settings.resizesRings {
+            stepsToRingSizing -= 1
+            if stepsToRingSizing <= 0 {
+                stepsToRingSizing = Self.ringSizingEverySteps
+                guard resizeRingsIfNeeded(demands: demands, skipping: finished) else { return }
+            }
+        }
         let drained = finished.union(measured.keys)
         let allocation = Allocation(placement: placement, ringCapacities: paths.map(\.pipeline.ringCapacities),
                                     poolBufferCounts: paths.map(\.configuration.poolBufferCount))
@@ -628,6 +642,47 @@ struct Rebalancer {
                 return
             }
         }
+    }
+
+    /// Sizes each running pipeline's rings to hold `bufferingNs` of its measured arrivals
+    /// (`ResourceAllocator.plan`), resizing those `ringResizeFactor` off, growth capped so the pool can
+    /// still fill every ring and burst. False when a resize failed (rebalancing then pauses).
+    private mutating func resizeRingsIfNeeded(demands: [PipelineDemand], skipping: Set<Int>) -> Bool {
+        let wanted = allocator.plan(demands).ringCapacities
+        for (index, path) in dataplane.paths.enumerated() where !skipping.contains(index) {
+            let pipeline = path.pipeline
+            let current = pipeline.ringCapacities
+            var target = current
+            for link in current.indices
+            where wanted[index][link] >= current[link] * Self.ringResizeFactor
+                || wanted[index][link] * Self.ringResizeFactor <= current[link] {
+                target[link] = wanted[index][link]
+            }
+            // The pool fills every ring and burst at once (PacketPathConfiguration.inFlightMax): growth
+            // beyond that is left out (the source would wait for buffers; nothing is lost either way).
+            let bursts = path.configuration.burstCount * (current.count + 2)
+            while target.reduce(0, +) + bursts >= path.configuration.poolBufferCount,
+                  let link = target.indices.filter({ target[$0] > current[$0] }).max(by: { target[$0] < target[$1] }) {
+                target[link] = max(current[link], target[link] / 2)
+                if target[link] < current[link] * Self.ringResizeFactor { target[link] = current[link] }
+            }
+            guard target != current else { continue }
+            let arrivals = demands[index].stages.dropFirst().map { Int($0.arrivalPerSecond) }
+            do {
+                try dataplane.runtime.resizeRings(pipeline, capacities: target)
+            } catch {
+                pausedSteps = Self.pauseAfterFailure
+                dataplane.logger.warning("ring resize failed; rebalancing pauses", metadata: [
+                    "pipeline": "\(path.configuration.name)", "to": "\(target)", "now": "\(pipeline.ringCapacities)",
+                    "error": "\(error)"])
+                return false
+            }
+            dataplane.ringResizes.add(UInt64(zip(current, target).filter { $0 != $1 }.count), ordering: .relaxed)
+            dataplane.logger.info("rings resized to the measured arrivals", metadata: [
+                "pipeline": "\(path.configuration.name)", "from": "\(current)", "to": "\(target)",
+                "why": "arrivals \(arrivals) items/s per link; rings hold 1 ms of them, 4x off triggers"])
+        }
+        return true
     }
 
     /// Publishes each pipeline's cores and demand and, when the broker proposes a move and none was

@@ -79,6 +79,10 @@ public struct RebalanceSettings: Sendable, Equatable {
     /// Also move cores between pipelines (`CoreBroker`): from one with slack to one that needs them,
     /// by measured demand, and by `weight` when all are busy (`move_cores`, default true).
     public var movesCores = true
+    /// Also resize each pipeline's rings to hold `ResourceAllocator.Configuration.bufferingNs` of its
+    /// measured arrivals, when that is 4x off what they are, within what its pool can fill
+    /// (`resize_rings`, default true; `Runtime.resizeRing`: nothing lost or reordered).
+    public var resizesRings = true
 }
 
 /// The storage node of the service.
@@ -317,9 +321,11 @@ extension ServiceConfiguration {
             configuration.metrics = enabled ? listen : nil
         }
         if let rebalance = root.optional("rebalance") {
-            try rebalance.allowKeys(["interval_ms", "imbalance", "move_cores"])
+            try rebalance.allowKeys(["interval_ms", "imbalance", "move_cores", "resize_rings"])
             var movesCores = true
             if let move = rebalance.optional("move_cores") { movesCores = try move.bool() }
+            var resizesRings = true
+            if let resize = rebalance.optional("resize_rings") { resizesRings = try resize.bool() }
             var settings = RebalanceSettings()
             if let interval = rebalance.optional("interval_ms") { settings.intervalMs = try interval.int(in: 10...3_600_000) }
             if let imbalance = rebalance.optional("imbalance") {
@@ -329,6 +335,7 @@ extension ServiceConfiguration {
                 }
             }
             settings.movesCores = movesCores
+            settings.resizesRings = resizesRings
             configuration.rebalance = settings
         }
         if let shutdown = root.optional("shutdown") {

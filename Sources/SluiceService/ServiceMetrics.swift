@@ -78,6 +78,7 @@ public final class ServiceMetrics: Sendable {
             set(&state, gauge: "sluice_worker_utilisation", labels, snapshot.utilisation)
         }
         advance(&state, "sluice_stage_moves_total", [], dataplane.stageMoves.load(ordering: .relaxed))
+        advance(&state, "sluice_ring_resizes_total", [], dataplane.ringResizes.load(ordering: .relaxed))
         // Why each core moved between pipelines: the reason label (`demand` or `weight`); the numbers
         // behind each move are in the log ("core moved between pipelines").
         for (key, count) in dataplane.coreMoveCounts {

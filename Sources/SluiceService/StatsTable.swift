@@ -21,7 +21,8 @@ public enum StatsTable {
         guard let uptime = index.single("sluice_uptime_seconds") else { return nil }
         let up = index.single("sluice_up") == 1 ? "up" : "not up"
         let moves = index.single("sluice_stage_moves_total").map { ", stage moves \(Cell.count($0))" } ?? ""
-        return "Service: \(up), uptime \(Cell.duration(uptime))\(moves)\n"
+        let resizes = index.single("sluice_ring_resizes_total").map { ", ring resizes \(Cell.count($0))" } ?? ""
+        return "Service: \(up), uptime \(Cell.duration(uptime))\(moves)\(resizes)\n"
     }
 
     static func workers(_ index: SampleIndex) -> String? {
@@ -70,7 +71,7 @@ public enum StatsTable {
     }
 
     static func rings(_ index: SampleIndex) -> String? {
-        let rows = index.rows(by: ["pipeline", "ring"], prefix: "sluice_ring_")
+        let rows = index.rows(by: ["pipeline", "ring"], prefix: "sluice_ring_", excluding: ["sluice_ring_resizes_total"])
         guard !rows.isEmpty else { return nil }
         var table = Table(["Pipeline", "Ring", "Occupancy", "Full", "Drops"], leftColumns: 2)
         let order = stageOrder(index)

@@ -95,3 +95,38 @@ import Testing
         #expect(throws: ConfigError.self) { _ = try decode(base + "rebalance: {move_cores: 3}\n") }
     }
 }
+
+extension CoreMoveServiceTests {
+    /// A pipeline at 2000 packets/s with 16384-slot rings: the rebalancer sizes them to its arrivals
+    /// (1 ms of them, at least 256 slots) while it runs, and every packet still arrives.
+    @Test func ringsAreResizedToTheMeasuredArrivalsWithoutLoss() throws {
+        let core = try #require(try CPU.allowedCPUs().first)
+        let yaml = """
+            cores: [\(core)]
+            rebalance: {interval_ms: 20, move_cores: false}
+            pipelines:
+              - name: slow
+                source: {pcap: "\(samplePcap)", rate: 2000, loop: 1}
+                sink: {discard: true}
+                ring_size: 16384
+                buffers: 65536
+            """
+        let configuration = try ServiceConfiguration.decode(try ConfigNode.parse(yaml: yaml), defaultCores: [core])
+        #expect(configuration.rebalance?.resizesRings == true)
+        let logs = CollectingLogHandler()
+        let dataplane = try Dataplane(configuration: configuration, logger: Logger(label: "ring-resize-test") { _ in logs })
+        try dataplane.start()
+        var stopped = false
+        defer { if !stopped { _ = dataplane.stop(drainTimeoutNs: 2_000_000_000) } }
+        let pipeline = dataplane.paths[0].pipeline
+        let deadline = Date().addingTimeInterval(20)
+        while pipeline.ringCapacities.contains(16_384), Date() < deadline { usleep(10_000) }
+        #expect(pipeline.ringCapacities.allSatisfy { $0 == 256 }, "\(pipeline.ringCapacities)")
+        #expect(dataplane.ringResizes.load(ordering: .relaxed) >= 3)
+        #expect(logs.messages.withLock { $0.contains { $0.1.contains("rings resized to the measured arrivals") } })
+        while !pipeline.isDrained, Date() < deadline { usleep(10_000) }
+        stopped = true
+        let outcome = try #require(dataplane.stop(drainTimeoutNs: 5_000_000_000).first)
+        #expect(outcome.packetsIn == 2000 && outcome.delivered == 2000 && outcome.leftOnRings == 0, "\(outcome.packetsIn) \(outcome.delivered)")
+    }
+}
