@@ -331,8 +331,9 @@ public final class Replay {
             instances = cores.count
             (handoff, fanout) = (nil, nil)
         case .auto where cores.count > 1:
-            // Measured before any worker starts, inside the run's clock and CPU span.
-            let calibrated = MeasuredPlacement.calibrate(cores: cores)
+            // Measured before any worker starts, inside the run's clock and CPU span: kept short (16k
+            // items a round, a sample and a probe of 8k records: about 10 ms in all).
+            let calibrated = MeasuredPlacement.calibrate(cores: cores, itemCount: 1 << 14)
             handoff = calibrated
             let handoffNs = try? calibrated.get().handoffNsPerItem
             if let reason = Self.splitRefusal(configuration) {
@@ -439,9 +440,9 @@ public final class Replay {
     }
 
     /// Records the probe runs and the sample reads (after `sampleWarmUpRecords` untimed ones).
-    static let probeRecords = 16_384
-    static let sampleRecords = 16_384
-    static let sampleWarmUpRecords = 2_048
+    static let probeRecords = 8_192
+    static let sampleRecords = 8_192
+    static let sampleWarmUpRecords = 1_024
 
     /// Each stage's cost in ns per packet, run to completion: the pipeline's own stages (a copy of the
     /// rule table, so no hits are counted) on the first core over the capture's first `probeRecords`

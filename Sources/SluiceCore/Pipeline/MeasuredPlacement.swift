@@ -40,11 +40,12 @@ public struct MeasuredPlacement {
     private var lastNs: UInt64 = 0
     private var last: [StageSnapshot] = []
 
-    /// Measures the hand-off between the first two of `cores` (3 x 64k items each way: a few ms in a
-    /// release build, more in debug). Call before the workers start, so they do not compete.
-    public static func calibrate(cores: [Int]) -> Result<HandoffCost, HandoffCalibrationError> {
+    /// Measures the hand-off between the first two of `cores` (3 x `itemCount` items each way: 64k
+    /// take a few ms in a release build, more in debug). Call before the workers start, so they do
+    /// not compete.
+    public static func calibrate(cores: [Int], itemCount: Int = 1 << 16) -> Result<HandoffCost, HandoffCalibrationError> {
         precondition(cores.count >= 2, "a hand-off needs two cores")
-        do { return .success(try HandoffCalibration.measure(fromCore: cores[0], toCore: cores[1], itemCount: 1 << 16)) } catch {
+        do { return .success(try HandoffCalibration.measure(fromCore: cores[0], toCore: cores[1], itemCount: itemCount)) } catch {
             return .failure(error)
         }
     }
