@@ -44,9 +44,18 @@ public struct PacketPathConfiguration: Sendable {
         let rings = max(3, links)
         return ringCapacity * rings + burstCount * (rings + 1)
     }
+    /// `inFlightMax` for rings of different sizes (a resized pipeline): every ring full, every burst
+    /// and the source's cache (`sourceCacheReserve`) held at once. The pool must exceed it.
+    public static func inFlightMax(ringCapacities: [Int], burstCount: Int) -> Int {
+        let rings = max(3, ringCapacities.count)
+        let missing = (rings - ringCapacities.count) * (ringCapacities.max() ?? 0)
+        return ringCapacities.reduce(0, +) + missing + burstCount * (rings + 1) + sourceCacheReserve
+    }
+    /// Buffers a source may hold in its cache besides the rings and bursts.
+    public static let sourceCacheReserve = 256
     /// The default pool: the power of two above `inFlightMax` (at least 256 more, for the source's cache).
     public static func poolBufferCountFitting(ringCapacity: Int, burstCount: Int, links: Int = 3) -> Int {
-        let needed = inFlightMax(ringCapacity: ringCapacity, burstCount: burstCount, links: links) + 256
+        let needed = inFlightMax(ringCapacity: ringCapacity, burstCount: burstCount, links: links) + sourceCacheReserve
         return min(1 << (Int.bitWidth - (needed - 1).leadingZeroBitCount), Limits.ringCapacityMax)
     }
     /// Pool buffer size; with `bufferSizeFollowsCapture`, a capture input raises it to the capture's
@@ -433,6 +442,13 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
         case .interface(let source): source.statistics.snapshot().bytes
         case .afXDP(let source): source.statistics.snapshot().bytes
         }
+    }
+
+    /// True when the input is a capture file (its source waits for buffers and ring room; an
+    /// interface's kernel ring does not wait).
+    public var isCaptureInput: Bool {
+        if case .capture = input { return true }
+        return false
     }
 
     /// Records of a split capture that other paths took (`captureSplit`); 0 otherwise.

@@ -441,6 +441,7 @@ public final class Replay {
 
     /// Records the probe runs and the sample reads (after `sampleWarmUpRecords` untimed ones).
     static let probeRecords = 8_192
+    static let probeTimeNsMax: UInt64 = 50_000_000
     static let sampleRecords = 8_192
     static let sampleWarmUpRecords = 1_024
 
@@ -467,13 +468,14 @@ public final class Replay {
         defer { runtime.stop() }
         guard (try? runtime.start()) != nil, (try? runtime.launch(path.pipeline, placement:
             Array(repeating: 0, count: path.pipeline.stages.count))) != nil else { return nil }
-        let deadline = Clock.monotonicNs() &+ 2_000_000_000
+        // Bounded: a slow pipeline (a debug build) measures what it did in 50 ms.
+        let deadline = Clock.monotonicNs() &+ Self.probeTimeNsMax
         while path.packetsIn < UInt64(Self.probeRecords), !path.pipeline.isDrained, Clock.monotonicNs() < deadline {
             usleep(100)
         }
         path.stopSignal.stop()
         runtime.wakeAll()
-        guard runtime.drain(timeoutNs: 1_000_000_000) else { return nil }
+        guard runtime.drain(timeoutNs: Self.probeTimeNsMax) else { return nil }
         runtime.stop()
         let stages = path.pipeline.snapshot()
         guard stages[0].items > 0 else { return nil }

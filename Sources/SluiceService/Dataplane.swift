@@ -570,6 +570,8 @@ struct Rebalancer {
     static let ringSizingEverySteps = 5
     /// A ring is resized only when the wanted capacity is this many times larger or smaller.
     static let ringResizeFactor = 4
+    /// How long one ring's resize may wait for its consumer to drain it before it is undone.
+    static let ringResizeTimeoutNs: UInt64 = 50_000_000
 
     init(settings: RebalanceSettings, dataplane: Dataplane) {
         self.settings = settings
@@ -622,6 +624,7 @@ struct Rebalancer {
         let allocation = Allocation(placement: placement, ringCapacities: paths.map(\.pipeline.ringCapacities),
                                     poolBufferCounts: paths.map(\.configuration.poolBufferCount))
         for move in allocator.rebalance(allocation, measured: demands, allowedWorkers: allowedWorkers, frozen: drained) {
+            guard !dataplane.isStopping else { return }
             let stage = paths[move.pipeline].pipeline.stages[move.stage]
             let cores = dataplane.configuration.cores
             do {
@@ -645,42 +648,54 @@ struct Rebalancer {
     }
 
     /// Sizes each running pipeline's rings to hold `bufferingNs` of its measured arrivals
-    /// (`ResourceAllocator.plan`), resizing those `ringResizeFactor` off, growth capped so the pool can
-    /// still fill every ring and burst. False when a resize failed (rebalancing then pauses).
+    /// (`ResourceAllocator.plan`): a ring grows when that is `ringResizeFactor` times its capacity,
+    /// as far as the pool can still fill every ring, burst and the source's cache
+    /// (`PacketPathConfiguration.inFlightMax`), and shrinks back when it is that much smaller, never
+    /// below the configured `ring_size`. Links with no arrivals in the interval keep their size, and
+    /// the first ring of a live source (interface, AF_XDP) is never resized (its producer would be
+    /// parked while the ring drains). Each resize may take `ringResizeTimeoutNs`. False when one failed
+    /// (rebalancing then pauses).
     private mutating func resizeRingsIfNeeded(demands: [PipelineDemand], skipping: Set<Int>) -> Bool {
         let wanted = allocator.plan(demands).ringCapacities
         for (index, path) in dataplane.paths.enumerated() where !skipping.contains(index) {
+            guard !dataplane.isStopping else { return false }
             let pipeline = path.pipeline
             let current = pipeline.ringCapacities
+            let floor = path.configuration.ringCapacity
             var target = current
-            for link in current.indices
-            where wanted[index][link] >= current[link] * Self.ringResizeFactor
-                || wanted[index][link] * Self.ringResizeFactor <= current[link] {
-                target[link] = wanted[index][link]
+            for link in current.indices where demands[index].stages[link + 1].arrivalPerSecond > 0 {
+                if link == 0, !path.isCaptureInput { continue }
+                let want = max(wanted[index][link], floor)
+                if want >= current[link] * Self.ringResizeFactor || want * Self.ringResizeFactor <= current[link] {
+                    target[link] = want
+                }
             }
-            // The pool fills every ring and burst at once (PacketPathConfiguration.inFlightMax): growth
-            // beyond that is left out (the source would wait for buffers; nothing is lost either way).
-            let bursts = path.configuration.burstCount * (current.count + 2)
-            while target.reduce(0, +) + bursts >= path.configuration.poolBufferCount,
+            // Growth stops where the pool could no longer fill everything at once.
+            while PacketPathConfiguration.inFlightMax(ringCapacities: target, burstCount: path.configuration.burstCount)
+                    >= path.configuration.poolBufferCount,
                   let link = target.indices.filter({ target[$0] > current[$0] }).max(by: { target[$0] < target[$1] }) {
-                target[link] = max(current[link], target[link] / 2)
+                target[link] /= 2
                 if target[link] < current[link] * Self.ringResizeFactor { target[link] = current[link] }
             }
             guard target != current else { continue }
             let arrivals = demands[index].stages.dropFirst().map { Int($0.arrivalPerSecond) }
-            do {
-                try dataplane.runtime.resizeRings(pipeline, capacities: target)
+            var failure: RuntimeError?
+            do throws(RuntimeError) {
+                try dataplane.runtime.resizeRings(pipeline, capacities: target, timeoutNs: Self.ringResizeTimeoutNs)
             } catch {
+                failure = error
+            }
+            let now = pipeline.ringCapacities  // a partial failure leaves the earlier rings resized
+            dataplane.ringResizes.add(UInt64(zip(current, now).filter { $0 != $1 }.count), ordering: .relaxed)
+            if let failure {
                 pausedSteps = Self.pauseAfterFailure
                 dataplane.logger.warning("ring resize failed; rebalancing pauses", metadata: [
-                    "pipeline": "\(path.configuration.name)", "to": "\(target)", "now": "\(pipeline.ringCapacities)",
-                    "error": "\(error)"])
+                    "pipeline": "\(path.configuration.name)", "to": "\(target)", "now": "\(now)", "error": "\(failure)"])
                 return false
             }
-            dataplane.ringResizes.add(UInt64(zip(current, target).filter { $0 != $1 }.count), ordering: .relaxed)
             dataplane.logger.info("rings resized to the measured arrivals", metadata: [
                 "pipeline": "\(path.configuration.name)", "from": "\(current)", "to": "\(target)",
-                "why": "arrivals \(arrivals) items/s per link; rings hold 1 ms of them, 4x off triggers"])
+                "why": "arrivals \(arrivals) items/s per link; rings hold 1 ms of them (at least ring_size), 4x off triggers"])
         }
         return true
     }
@@ -701,7 +716,8 @@ struct Rebalancer {
             return PipelineCoreDemand(name: demands[index].name, weight: pipelines[index].weight,
                                       workers: allowedWorkers[index], demandCores: loads[index].reduce(0, +),
                                       backlogged: backlogged[index], loadByWorker: byWorker,
-                                      movable: !fixed.contains(index) && pipelines[index].stageCores == nil)
+                                      movable: !fixed.contains(index) && pipelines[index].stageCores == nil,
+                                      usableWorkers: placement[index].count)
         }
         func status() -> [Int: PipelineCoreStatus] {
             Dictionary(uniqueKeysWithValues: views.indices.map { index in
@@ -719,6 +735,7 @@ struct Rebalancer {
         remaining.remove(move.worker)
         var workerLoad = views[move.from].loadByWorker
         for (index, worker) in placement[move.from].enumerated() where worker == move.worker {
+            guard !dataplane.isStopping else { return false }
             let target = remaining.sorted().min { (workerLoad[$0] ?? 0) < (workerLoad[$1] ?? 0) }!
             let stage = dataplane.paths[move.from].pipeline.stages[index]
             do {

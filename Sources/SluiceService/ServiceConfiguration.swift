@@ -79,10 +79,13 @@ public struct RebalanceSettings: Sendable, Equatable {
     /// Also move cores between pipelines (`CoreBroker`): from one with slack to one that needs them,
     /// by measured demand, and by `weight` when all are busy (`move_cores`, default true).
     public var movesCores = true
-    /// Also resize each pipeline's rings to hold `ResourceAllocator.Configuration.bufferingNs` of its
-    /// measured arrivals, when that is 4x off what they are, within what its pool can fill
-    /// (`resize_rings`, default true; `Runtime.resizeRing`: nothing lost or reordered).
-    public var resizesRings = true
+    /// Also grow each pipeline's rings to hold `ResourceAllocator.Configuration.bufferingNs` of its
+    /// measured arrivals when that is 4x what they hold, within what its pool can fill, and shrink
+    /// them back towards (never below) `ring_size` when it is 4x less (`resize_rings`, default false:
+    /// a resize parks the ring's producer while the ring drains; `Runtime.resizeRing` loses and
+    /// reorders nothing, but a live interface source parked that long may overflow its kernel ring,
+    /// so the first ring of an interface or AF_XDP source is never resized).
+    public var resizesRings = false
 }
 
 /// The storage node of the service.
@@ -324,7 +327,7 @@ extension ServiceConfiguration {
             try rebalance.allowKeys(["interval_ms", "imbalance", "move_cores", "resize_rings"])
             var movesCores = true
             if let move = rebalance.optional("move_cores") { movesCores = try move.bool() }
-            var resizesRings = true
+            var resizesRings = false
             if let resize = rebalance.optional("resize_rings") { resizesRings = try resize.bool() }
             var settings = RebalanceSettings()
             if let interval = rebalance.optional("interval_ms") { settings.intervalMs = try interval.int(in: 10...3_600_000) }

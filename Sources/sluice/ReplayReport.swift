@@ -148,8 +148,8 @@ enum ReplayReport {
         let fanout = s.fanout.map { f in
             "{\"instances\":\(f.instances),\"othersNsPerRecord\":\(f.othersNsPerRecord),"
                 + "\"handoffNsPerItem\":\(f.handoffNsPerItem.map { "\($0)" } ?? "null"),\"largestShare\":\(f.largestShare),"
-                + "\"predictedItemsPerSecond\":\(f.predictedItemsPerSecond.map { "\($0)" } ?? "null"),"
-                + "\"plannerPredictedItemsPerSecond\":\(f.planner.map { "\($0.chosen.predictedItemsPerSecond)" } ?? "null"),"
+                + "\"predictedItemsPerSecond\":\(number(f.predictedItemsPerSecond)),"
+                + "\"plannerPredictedItemsPerSecond\":\(number(f.planner?.chosen.predictedItemsPerSecond)),"
                 + "\"chosen\":\(f.chosen),"
                 + "\"reason\":\"\(escaped("\(f)"))\"}"
         } ?? "null"
@@ -164,6 +164,12 @@ enum ReplayReport {
             + "\"placementChanges\":[\(changes.joined(separator: ","))],\"handoff\":\(handoff),"
             + "\"instances\":\(s.instances),\"instanceDelivered\":\(s.instanceDelivered),\"fusedBursts\":\(s.fusedBursts),"
             + "\"fanout\":\(fanout)}"
+    }
+
+    /// A JSON number, or null for nil and for infinities and NaN (not JSON).
+    private static func number(_ value: Double?) -> String {
+        guard let value, value.isFinite else { return "null" }
+        return "\(value)"
     }
 
     private static func escaped(_ text: String) -> String {

@@ -43,6 +43,20 @@ import Testing
                                 pipeline("b", workers: [2], demand: 1.0, movable: false)], workerCount: 3) == nil)
     }
 
+    /// A pipeline with as many cores as stages gains nothing from another; one holding more cores
+    /// than stages gives the extra away whatever its load.
+    @Test func coresGoOnlyWhereAStageCanUseThem() throws {
+        let full = PipelineCoreDemand(name: "full", weight: 1, workers: [0, 1], demandCores: 2.0, backlogged: true,
+                                      usableWorkers: 2)
+        let quiet = pipeline("quiet", workers: [2, 3], demand: 0.1)
+        #expect(broker.propose([full, quiet], workerCount: 4) == nil)
+        let hoarder = PipelineCoreDemand(name: "hoarder", weight: 1, workers: [0, 1, 2], demandCores: 2.0,
+                                         backlogged: true, usableWorkers: 2)
+        let busy = pipeline("busy", workers: [3], demand: 1.0)
+        let move = try #require(broker.propose([hoarder, busy], workerCount: 4))
+        #expect(move.from == 0 && move.to == 1 && move.reason == .demand)
+    }
+
     /// Sharing: a core the receiver already has is no gift; another one is.
     @Test func theGiftIsACoreTheReceiverDoesNotHave() throws {
         let quiet = pipeline("quiet", workers: [0, 1], demand: 0.05)

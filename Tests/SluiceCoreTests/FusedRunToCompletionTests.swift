@@ -35,23 +35,25 @@ import Testing
     }
 
     /// A burst the middle stage filters whole ends the chain, and the last stage, which holds work
-    /// back, still gets its idle turn (as it would find its ring empty when staged).
+    /// back, still gets its idle turn (as it would find its ring empty when staged). The source never
+    /// runs dry, so no turn without input gives the sink its idle turn instead.
     @Test func aSinkWithIdleWorkGetsItsIdleTurnWhenEverythingIsFiltered() throws {
         let idleCalls = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
         idleCalls.initialize(to: 0)
         defer { idleCalls.deallocate() }
         var builder = PipelineBuilder(name: "filtered", burstCount: 32)
-        builder.source(GeneratorSource(ratePerSecond: 0, totalCount: 100_000, payload: .sequence))
+        builder.source(GeneratorSource(ratePerSecond: 0, totalCount: .max, payload: .sequence))
         builder.stage(DropAll())
         builder.stage(IdleCountingSink(idleCalls: idleCalls), name: "sink")
         let pipeline = try builder.build(ringCapacities: [1024, 1024])
         let runtime = try Runtime(configuration: .init(cores: [try testCores(1)[0]], waitMode: .busyPoll))
         try runtime.start()
         try runtime.launch(pipeline, placement: [0, 0, 0])
-        #expect(runtime.drain(timeoutNs: drainTimeoutNs))
+        usleep(50_000)
         runtime.stop()
-        #expect(pipeline.filtered == 100_000 && pipeline.fusedBursts.load(ordering: .relaxed) > 0)
-        #expect(idleCalls.pointee >= pipeline.fusedBursts.load(ordering: .relaxed), "one idle turn per filtered burst")
+        let fused = pipeline.fusedBursts.load(ordering: .relaxed)
+        #expect(fused > 0 && pipeline.filtered == pipeline.entered.load(ordering: .relaxed))
+        #expect(idleCalls.pointee >= fused, "one idle turn per filtered burst: \(idleCalls.pointee) for \(fused)")
     }
 
     @Test func withoutFusionTheSameItemsGoThroughTheRings() throws {

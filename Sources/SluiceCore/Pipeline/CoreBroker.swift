@@ -17,9 +17,11 @@ public struct PipelineCoreDemand: Sendable, Equatable {
     public var loadByWorker: [Int: Double]
     /// False for a pipeline whose cores are fixed (stage cores given, placed by measured cost, drained).
     public var movable: Bool
+    /// Most cores it can use: its stage count (a stage runs on one core at a time).
+    public var usableWorkers: Int
 
     public init(name: String, weight: Double, workers: Set<Int>, demandCores: Double, backlogged: Bool,
-                loadByWorker: [Int: Double] = [:], movable: Bool = true) {
+                loadByWorker: [Int: Double] = [:], movable: Bool = true, usableWorkers: Int = .max) {
         precondition(weight > 0 && weight.isFinite, "a pipeline's weight is positive")
         self.name = name
         self.weight = weight
@@ -28,6 +30,7 @@ public struct PipelineCoreDemand: Sendable, Equatable {
         self.backlogged = backlogged
         self.loadByWorker = loadByWorker
         self.movable = movable
+        self.usableWorkers = usableWorkers
     }
 
     /// Demand per core it holds: 1 means every core it has is busy.
@@ -82,14 +85,18 @@ public struct CoreBroker: Sendable {
         precondition(workerCount > 0, "at least one worker")
         let totalWeight = pipelines.reduce(0) { $0 + $1.weight }
         func share(_ p: Int) -> Double { Double(workerCount) * pipelines[p].weight / totalWeight }
+        // Only a pipeline that can use another core asks for one: fewer cores than stages.
         func needs(_ p: Int) -> Bool {
             let pipeline = pipelines[p]
-            return pipeline.movable && (pipeline.backlogged || pipeline.pressure >= configuration.highWater)
+            return pipeline.movable && pipeline.workers.count < pipeline.usableWorkers
+                && (pipeline.backlogged || pipeline.pressure >= configuration.highWater)
         }
+        // Cores beyond its stage count are slack whatever its load.
         func hasSlack(_ p: Int) -> Bool {
             let pipeline = pipelines[p]
-            return pipeline.movable && pipeline.workers.count >= 2 && !pipeline.backlogged
-                && pipeline.demandCores <= Double(pipeline.workers.count - 1) * configuration.lowWater
+            guard pipeline.movable, pipeline.workers.count >= 2 else { return false }
+            if pipeline.workers.count > pipeline.usableWorkers { return true }
+            return !pipeline.backlogged && pipeline.demandCores <= Double(pipeline.workers.count - 1) * configuration.lowWater
         }
         // Furthest below its weighted share first; then the busiest.
         let receivers = pipelines.indices.filter(needs).sorted { a, b in

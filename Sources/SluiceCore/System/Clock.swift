@@ -13,13 +13,24 @@ public enum Clock {
 
     /// Cycle-counter ticks per nanosecond, measured once over about 2 ms.
     public static let cyclesPerNs: Double = {
-        let ns0 = sluice_monotonic_ns()
-        let c0 = sluice_cycles()
-        var ns1 = ns0
-        // 2 ms: the clock reads are tens of ns, so the rate is good to 0.01%; a longer spin only
-        // delays whoever asks first (a replay's placement probe, before its clock's first packet).
-        while ns1 &- ns0 < 2_000_000 { ns1 = sluice_monotonic_ns() }
-        let c1 = sluice_cycles()
-        return Double(c1 &- c0) / Double(ns1 &- ns0)
+        // Each clock read bracketed by two counter reads, retried if something came between them
+        // (a preemption there would skew the rate for good: it is measured once).
+        func pair() -> (cycles: UInt64, ns: UInt64) {
+            var best = (cycles: UInt64(0), ns: UInt64(0), width: UInt64.max)
+            for _ in 0..<16 {
+                let before = sluice_cycles()
+                let ns = sluice_monotonic_ns()
+                let after = sluice_cycles()
+                if after &- before < best.width { best = (before / 2 &+ after / 2, ns, after &- before) }
+                if best.width < 4_096 { break }
+            }
+            return (best.cycles, best.ns)
+        }
+        let start = pair()
+        // 2 ms: the bracketed reads are good to about a microsecond, so the rate is good to 0.05%; a
+        // longer spin only delays whoever asks first (a replay's placement probe, before its first packet).
+        while sluice_monotonic_ns() &- start.ns < 2_000_000 {}
+        let end = pair()
+        return Double(end.cycles &- start.cycles) / Double(end.ns &- start.ns)
     }()
 }
