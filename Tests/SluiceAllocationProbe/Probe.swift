@@ -116,8 +116,9 @@ struct CountingSink: StageBody, @unchecked Sendable {  // unchecked: one writer,
 
 /// A running pipeline (source -> relay -> sink on two workers, or one with one CPU): the main thread
 /// sleeps while it counts the workers' mallocs over N and 2N delivered items.
-func pipelineSteadyState(_ count: Int, waitMode: WaitMode, ratePerSecond: UInt64?) -> (Int64, Int64) {
-    let cores = Array(((try? CPU.allowedCPUs()) ?? [0]).prefix(2))
+/// `fused`: all three stages on the first worker, run to completion in one call chain per burst.
+func pipelineSteadyState(_ count: Int, waitMode: WaitMode, ratePerSecond: UInt64?, fused: Bool = false) -> (Int64, Int64) {
+    let cores = Array(((try? CPU.allowedCPUs()) ?? [0]).prefix(fused ? 1 : 2))
     let runtime = try! Runtime(configuration: RuntimeConfiguration(cores: cores, waitMode: waitMode))
     try! runtime.start()
     let delivered = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
@@ -332,6 +333,7 @@ switch scenario {
 case "canary": result = canary(count)
 case "ring": result = ringBursts(count)
 case "pipeline-busy-poll": result = pipelineSteadyState(count, waitMode: .busyPoll, ratePerSecond: nil)
+case "pipeline-fused": result = pipelineSteadyState(count, waitMode: .busyPoll, ratePerSecond: nil, fused: true)
 case "pipeline-adaptive": result = pipelineSteadyState(count, waitMode: .adaptive, ratePerSecond: 400_000)
 case "pcap": result = pcapSourceToSink(count)
 case "afpacket", "shaped-tx":

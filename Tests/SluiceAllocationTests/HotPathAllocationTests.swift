@@ -49,6 +49,9 @@ enum Probe {
     /// Workers and rings of a running pipeline, busy-polling at full speed.
     @Test func pipelineSteadyStateAllocatesNothing() throws { try Probe.expectNoMallocPerPacket("pipeline-busy-poll") }
 
+    /// All stages on one worker, run to completion without the rings (the fused path).
+    @Test func fusedRunToCompletionAllocatesNothing() throws { try Probe.expectNoMallocPerPacket("pipeline-fused") }
+
     /// The same with adaptive waiting at a paced rate: workers sleep and are woken between bursts.
     @Test func sleepingAndWakingWorkersAllocateNothing() throws { try Probe.expectNoMallocPerPacket("pipeline-adaptive") }
 
