@@ -53,6 +53,10 @@ public struct PacketPathConfiguration: Sendable {
     }
     /// Buffers a source may hold in its cache besides the rings and bursts.
     public static let sourceCacheReserve = 256
+    /// A capture input's pool may grow to this many buffers while running (`PacketPath.growPool`,
+    /// the service's `buffers_max`); nil: it stays at `poolBufferCount`. Interface and AF_XDP inputs
+    /// keep their pools (their sockets hold buffers by address), so this is refused for them.
+    public var poolBufferCountMax: Int?
     /// The default pool: the power of two above `inFlightMax` (at least 256 more, for the source's cache).
     public static func poolBufferCountFitting(ringCapacity: Int, burstCount: Int, links: Int = 3) -> Int {
         let needed = inFlightMax(ringCapacity: ringCapacity, burstCount: burstCount, links: links) + sourceCacheReserve
@@ -219,10 +223,12 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
                 : configuration.bufferSizeBytes
             do {
                 pool = try BufferPool(bufferCount: configuration.poolBufferCount, bufferSizeBytes: bufferSizeBytes,
-                                      numaNode: numaNode)
+                                      numaNode: numaNode, bufferCountMax: configuration.poolBufferCountMax)
             } catch { throw .pool(error) }
             let returnEnds: RingEnds
-            do { returnEnds = try makeRing(capacity: Self.returnRingCapacity(configuration.poolBufferCount), numaNode: numaNode) }
+            // Holds every buffer the pool may ever have, grown or not.
+            let returnCapacity = Self.returnRingCapacity(configuration.poolBufferCountMax ?? configuration.poolBufferCount)
+            do { returnEnds = try makeRing(capacity: returnCapacity, numaNode: numaNode) }
             catch { throw .pipeline(.ring(error)) }
             returnsIn = .some(returnEnds.producer)
             let capture = PcapSource(reader: reader, pool: pool, pacing: pacing, loopCount: loopCount,
@@ -382,6 +388,14 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
         guard c.poolBufferCount > inFlightMax else {
             throw .invalidConfiguration(.poolBelowInFlight(c.poolBufferCount, inFlight: inFlightMax))
         }
+        if let max = c.poolBufferCountMax {
+            guard max >= c.poolBufferCount, max <= Limits.ringCapacityMax else {
+                throw .invalidConfiguration(.poolAboveMax(max, max: Limits.ringCapacityMax))
+            }
+            guard case .capture = c.input else {
+                throw .invalidConfiguration(.poolGrowthNeedsCapture)
+            }
+        }
     }
 
     /// Named outputs: within the bound, the rule table's names in its order, pcap, interface or
@@ -443,6 +457,13 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
         case .afXDP(let source): source.statistics.snapshot().bytes
         }
     }
+
+    /// Buffers in the pool now, and the most it may grow to (`PacketPathConfiguration.poolBufferCountMax`).
+    public var poolBufferCount: Int { pool.bufferCount }
+    public var poolBufferCountMax: Int { pool.bufferCountMax }
+
+    /// Grows the pool to `count` buffers while the path runs (control plane; see `BufferPool.grow`).
+    public func growPool(to count: Int) throws(PoolError) { try pool.grow(to: count) }
 
     /// True when the input is a capture file (its source waits for buffers and ring room; an
     /// interface's kernel ring does not wait).

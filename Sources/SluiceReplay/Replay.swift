@@ -210,6 +210,8 @@ public enum ReplayConfigurationError: Error, Equatable, CustomStringConvertible 
     case outputs(String)
     /// `--placement fanout` on a run that cannot be split over instances, and why.
     case fanout(String)
+    /// A pool that may grow (`poolBufferCountMax`) needs a capture input.
+    case poolGrowthNeedsCapture
 
     public var description: String {
         switch self {
@@ -226,6 +228,7 @@ public enum ReplayConfigurationError: Error, Equatable, CustomStringConvertible 
         case .placementCount(let named, let stageCount): "stage_cores names \(named) of \(stageCount) stages"
         case .outputs(let reason): "outputs: \(reason)"
         case .fanout(let reason): "--placement fanout: \(reason)"
+        case .poolGrowthNeedsCapture: "buffers_max: only a capture input's pool can grow (an interface's sockets hold its buffers)"
         }
     }
 }

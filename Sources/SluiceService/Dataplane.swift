@@ -133,6 +133,8 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
     public let stageMoves = Atomic<UInt64>(0)
     /// Rings the rebalancer resized (`rebalance.resize_rings`).
     public let ringResizes = Atomic<UInt64>(0)
+    /// Pools the rebalancer grew so their pipeline's rings could (`buffers_max`).
+    public let poolGrowths = Atomic<UInt64>(0)
     /// Measured placements by pipeline index (`ServiceConfiguration.isMeasured`). Made by `start`
     /// before the workers run, then stepped by the control thread only.
     private var measured: [Int: MeasuredPlacement] = [:]
@@ -670,9 +672,26 @@ struct Rebalancer {
                     target[link] = want
                 }
             }
+            // The pool grows first when it may (`buffers_max`): to the power of two above what the
+            // rings, bursts and the source's cache can hold.
+            let needed = PacketPathConfiguration.inFlightMax(ringCapacities: target, burstCount: path.configuration.burstCount)
+            if needed >= path.poolBufferCount, path.poolBufferCountMax > path.poolBufferCount {
+                let grown = min(1 << (Int.bitWidth - needed.leadingZeroBitCount), path.poolBufferCountMax)
+                let before = path.poolBufferCount
+                do throws(PoolError) {
+                    try path.growPool(to: grown)
+                    dataplane.poolGrowths.add(1, ordering: .relaxed)
+                    dataplane.logger.info("pool grown for larger rings", metadata: [
+                        "pipeline": "\(path.configuration.name)", "from": "\(before)", "to": "\(grown)",
+                        "max": "\(path.poolBufferCountMax)"])
+                } catch {
+                    dataplane.logger.warning("pool could not grow; rings grow only as far as it allows", metadata: [
+                        "pipeline": "\(path.configuration.name)", "to": "\(grown)", "error": "\(error)"])
+                }
+            }
             // Growth stops where the pool could no longer fill everything at once.
             while PacketPathConfiguration.inFlightMax(ringCapacities: target, burstCount: path.configuration.burstCount)
-                    >= path.configuration.poolBufferCount,
+                    >= path.poolBufferCount,
                   let link = target.indices.filter({ target[$0] > current[$0] }).max(by: { target[$0] < target[$1] }) {
                 target[link] /= 2
                 if target[link] < current[link] * Self.ringResizeFactor { target[link] = current[link] }

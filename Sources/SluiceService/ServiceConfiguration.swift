@@ -553,7 +553,8 @@ extension ServiceConfiguration {
     private static func decodePipeline(_ reader: ConfigReader, serviceCores: [Int],
                                        index: Int) throws(ConfigError) -> PipelineSettings {
         try reader.allowKeys(["name", "source", "sink", "stages", "classify", "traffic", "cores", "stage_cores",
-                              "placement", "burst", "ring_size", "buffers", "buffer_size", "rules", "outputs", "weight"])
+                              "placement", "burst", "ring_size", "buffers", "buffers_max", "buffer_size", "rules", "outputs",
+                              "weight"])
         let name = try reader.optional("name")?.string() ?? "pipeline\(index)"
         guard !name.isEmpty, name.count <= 32,
               name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }) else {
@@ -655,6 +656,12 @@ extension ServiceConfiguration {
             }
         }
         if let buffers = reader.optional("buffers") { path.poolBufferCount = try buffers.int(in: 64...Limits.ringCapacityMax) }
+        if let buffersMax = reader.optional("buffers_max") {
+            path.poolBufferCountMax = try buffersMax.int(in: 64...Limits.ringCapacityMax)
+            guard path.poolBufferCountMax! >= path.poolBufferCount else {
+                throw buffersMax.invalid("at least buffers (\(path.poolBufferCount)), got \(path.poolBufferCountMax!)")
+            }
+        }
         if let size = reader.optional("buffer_size") { path.bufferSizeBytes = try size.int(in: 256...65_536) }
         do { try PacketPath.validate(path) } catch {
             guard case .invalidConfiguration(let reason) = error else { throw reader.invalid("\(error)") }

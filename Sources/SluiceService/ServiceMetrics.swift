@@ -79,6 +79,7 @@ public final class ServiceMetrics: Sendable {
         }
         advance(&state, "sluice_stage_moves_total", [], dataplane.stageMoves.load(ordering: .relaxed))
         advance(&state, "sluice_ring_resizes_total", [], dataplane.ringResizes.load(ordering: .relaxed))
+        advance(&state, "sluice_pool_growths_total", [], dataplane.poolGrowths.load(ordering: .relaxed))
         // Why each core moved between pipelines: the reason label (`demand` or `weight`); the numbers
         // behind each move are in the log ("core moved between pipelines").
         for (key, count) in dataplane.coreMoveCounts {
@@ -127,6 +128,7 @@ public final class ServiceMetrics: Sendable {
             advance(&state, "sluice_pipeline_packets_out_total", labels, pipeline.delivered)
             advance(&state, "sluice_pipeline_filtered_total", labels, pipeline.filtered)
             advance(&state, "sluice_pipeline_pool_waits_total", labels, path.poolWaits)
+            set(&state, gauge: "sluice_pipeline_pool_buffers", labels, Double(path.poolBufferCount))
             for drop in path.dropCounts() {
                 advance(&state, "sluice_pipeline_drops_total", [("pipeline", name), ("reason", drop.reason)], drop.count)
             }

@@ -115,7 +115,8 @@ public enum StatsTable {
     /// Totals per pipeline, then a drop table with one row per nonzero reason.
     static func pipelines(_ index: SampleIndex) -> String? {
         let rows = index.rows(by: ["pipeline"], prefix: "sluice_pipeline_", excluding: [
-            "sluice_pipeline_drops_total", "sluice_pipeline_cores", "sluice_pipeline_weight", "sluice_pipeline_demand_cores"])
+            "sluice_pipeline_drops_total", "sluice_pipeline_cores", "sluice_pipeline_weight", "sluice_pipeline_demand_cores",
+            "sluice_pipeline_pool_buffers"])
         let drops = index.rows(by: ["pipeline", "reason"], names: ["sluice_pipeline_drops_total"])
         guard !rows.isEmpty || !drops.isEmpty else { return nil }
         var table = Table(["Pipeline", "Packets in", "Bytes in", "Packets out", "Filtered"], leftColumns: 1)

@@ -11,6 +11,30 @@ import Testing
         }
     }
 
+    /// A pool grows while in use up to what it reserved: the new buffers are handed out, writable and
+    /// distinct; it never shrinks nor passes its reservation; buffers taken before stay valid.
+    @Test func aPoolGrowsWhileInUseUpToItsReservation() throws {
+        let pool = try BufferPool(bufferCount: 64, bufferSizeBytes: 256, bufferCountMax: 1024)
+        #expect(pool.bufferCount == 64 && pool.bufferCountMax == 1024)
+        var held: [UInt32] = []
+        while let buffer = pool.allocate() { held.append(buffer.releaseIndex()) }
+        #expect(held.count == 64 && pool.exhaustedCount.load(ordering: .relaxed) == 1)
+        for index in held { pool.bytes(at: index).storeBytes(of: index, as: UInt32.self) }
+        try pool.grow(to: 1000)
+        #expect(pool.bufferCount == 1000)
+        while let buffer = pool.allocate() { held.append(buffer.releaseIndex()) }
+        #expect(held.count == 1000 && Set(held).count == 1000 && held.allSatisfy { $0 < 1000 })
+        for index in held.suffix(936) { pool.bytes(at: index).storeBytes(of: index, as: UInt32.self) }
+        #expect(held.allSatisfy { pool.bytes(at: $0).load(as: UInt32.self) == $0 }, "each buffer its own memory")
+        #expect(throws: PoolError.cannotGrow(from: 1000, to: 1000, max: 1024)) { try pool.grow(to: 1000) }
+        #expect(throws: PoolError.cannotGrow(from: 1000, to: 2048, max: 1024)) { try pool.grow(to: 2048) }
+        for index in held { pool.freeIndex(index) }
+        #expect(pool.ownedCountForDebugging.map { $0 == 0 } ?? true)
+        // Without a reservation there is no room to grow.
+        let fixed = try BufferPool(bufferCount: 64, bufferSizeBytes: 256)
+        #expect(throws: PoolError.cannotGrow(from: 64, to: 65, max: 64)) { try fixed.grow(to: 65) }
+    }
+
     @Test func missingNUMANodeIsATypedError() {
         #expect(throws: PoolError.invalidNUMANode(4096, max: CPU.numaNodeMax)) {
             _ = try BufferPool(bufferCount: 4, bufferSizeBytes: 64, numaNode: 4096)

@@ -97,6 +97,43 @@ import Testing
 }
 
 extension CoreMoveServiceTests {
+    /// The same with a pool too small for larger rings but allowed to grow (`buffers_max`): the pool
+    /// grows first, then the rings, and nothing is lost.
+    @Test func thePoolGrowsSoTheRingsCan() throws {
+        let core = try #require(try CPU.allowedCPUs().first)
+        let loops = 400
+        let yaml = """
+            cores: [\(core)]
+            rebalance: {interval_ms: 20, move_cores: false, resize_rings: true}
+            pipelines:
+              - name: fast
+                source: {pcap: "\(samplePcap)", top_speed: true, loop: \(loops)}
+                sink: {discard: true}
+                placement: spread
+                ring_size: 64
+                buffers: 1024
+                buffers_max: 16384
+            """
+        let configuration = try ServiceConfiguration.decode(try ConfigNode.parse(yaml: yaml), defaultCores: [core])
+        #expect(configuration.pipelines[0].path.poolBufferCountMax == 16_384)
+        let logs = CollectingLogHandler()
+        let dataplane = try Dataplane(configuration: configuration, logger: Logger(label: "pool-growth-test") { _ in logs })
+        try dataplane.start()
+        var stopped = false
+        defer { if !stopped { _ = dataplane.stop(drainTimeoutNs: 2_000_000_000) } }
+        let path = dataplane.paths[0]
+        let deadline = Date().addingTimeInterval(30)
+        while !path.pipeline.isDrained, Date() < deadline { usleep(10_000) }
+        #expect(path.poolBufferCount > 1024 && dataplane.poolGrowths.load(ordering: .relaxed) >= 1, "\(path.poolBufferCount)")
+        #expect(path.pipeline.ringCapacities.contains { $0 >= 256 }, "\(path.pipeline.ringCapacities)")
+        stopped = true
+        let outcome = try #require(dataplane.stop(drainTimeoutNs: 5_000_000_000).first)
+        #expect(outcome.packetsIn == UInt64(2000 * loops) && outcome.delivered == outcome.packetsIn && outcome.drops.isEmpty)
+        // An interface's pool cannot grow: refused at start, naming the key.
+        let bad = "pipelines:\n  - name: p\n    source: {interface: lo}\n    sink: {discard: true}\n    buffers_max: 8192\n"
+        #expect(throws: ConfigError.self) { _ = try ServiceConfiguration.decode(try ConfigNode.parse(yaml: bad), defaultCores: [core]) }
+    }
+
     /// A top-speed pipeline with 64-slot rings and a large pool: the rebalancer grows the rings to hold
     /// 1 ms of its measured arrivals (at least the allocator's 256 slots) while it runs (opt-in:
     /// `resize_rings: true`), and every packet still arrives.

@@ -13,6 +13,8 @@ public enum PoolError: Error, Equatable {
     case exhausted(bufferCount: Int)
     /// No such NUMA node on this machine.
     case invalidNUMANode(Int, max: Int)
+    /// `grow` asked for no more buffers than the pool has, or more than it reserved room for.
+    case cannotGrow(from: Int, to: Int, max: Int)
 }
 
 /// What a debug build knows about each buffer of a pool (`BufferPool.states`).
@@ -66,7 +68,14 @@ public struct BufferFreeHook: @unchecked Sendable {  // unchecked: the context's
 /// never allocates memory; exhaustion is counted. A free can wait a moment for another thread that
 /// is in the middle of an allocation (see the queue's caveat), never for anything else.
 public final class BufferPool: @unchecked Sendable {  // unchecked: the C free list is the synchronisation
-    public let bufferCount: Int
+    /// Buffers in the pool now (`grow` raises it, up to `bufferCountMax`).
+    public var bufferCount: Int { count.load(ordering: .acquiring) }
+    @usableFromInline let count: Atomic<Int>
+    /// Buffers the pool reserved address space (and free-list cells) for at creation: `grow`'s bound,
+    /// and the bound every index is checked against (memory past `bufferCount` is mapped, unused).
+    public let bufferCountMax: Int
+    /// One `grow` at a time.
+    private let growing = Mutex<Void>(())
     public let bufferSizeBytes: Int
     /// NUMA node the buffers live on; nil when NUMA placement was unavailable.
     public let numaNode: Int?
@@ -91,17 +100,21 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
     #endif
 
     /// Makes a pool of `bufferCount` buffers of `bufferSizeBytes` each (rounded up to 64 bytes),
-    /// on `numaNode` when libnuma is available. `freeHook` runs on every free.
+    /// on `numaNode` when libnuma is available. `freeHook` runs on every free. With `bufferCountMax`
+    /// above `bufferCount`, address space and free-list cells for that many are reserved (not
+    /// touched: the kernel commits pages as `grow` faults them in), so the pool can grow while in use.
     public init(
-        bufferCount: Int, bufferSizeBytes: Int, numaNode: Int? = nil, freeHook: BufferFreeHook? = nil
+        bufferCount: Int, bufferSizeBytes: Int, numaNode: Int? = nil, freeHook: BufferFreeHook? = nil,
+        bufferCountMax: Int? = nil
     ) throws(PoolError) {
-        guard bufferCount > 0, bufferCount <= Limits.poolBufferCountMax,
+        let reserved = bufferCountMax ?? bufferCount
+        guard bufferCount > 0, bufferCount <= reserved, reserved <= Limits.poolBufferCountMax,
             bufferSizeBytes > 0, bufferSizeBytes <= Limits.poolBufferSizeMax
         else { throw PoolError.invalidConfiguration(bufferCount: bufferCount, bufferSizeBytes: bufferSizeBytes) }
         let stride = (bufferSizeBytes + 63) & ~63
         var objectStride = Self.metadataStride + stride
         if (objectStride / 64) % 2 == 0 { objectStride += 64 }
-        let bytes = objectStride * bufferCount
+        let bytes = objectStride * reserved
         if let numaNode, !(0...CPU.numaNodeMax).contains(numaNode) {
             throw .invalidNUMANode(numaNode, max: CPU.numaNodeMax)
         }
@@ -114,7 +127,7 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
             memory = nil
         }
         guard let memory else { throw PoolError.outOfMemory(bytes: bytes) }
-        let queueSize = UInt32(2) << UInt32(Int.bitWidth - (bufferCount - 1).leadingZeroBitCount)
+        let queueSize = UInt32(2) << UInt32(Int.bitWidth - (reserved - 1).leadingZeroBitCount)
         guard let freeList = sluice_mpmc_new(queueSize) else {
             if node != nil { sluice_numa_free(memory, bytes) } else { Glibc.free(memory) }
             throw PoolError.outOfMemory(bytes: Int(queueSize) * 16)
@@ -124,20 +137,17 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
             precondition(added == 1, "free list smaller than the pool")
         }
         // Writing every metadata line also faults every page in now, not on the data path.
-        for index in 0..<bufferCount {
-            (memory + index * objectStride).initializeMemory(as: PacketMetadata.self, repeating: PacketMetadata(),
-                                                             count: 1)
-            (memory + index * objectStride + Self.metadataStride).storeBytes(of: 0, as: UInt64.self)
-        }
+        Self.faultIn(memory, objectStride: objectStride, buffers: 0..<bufferCount)
         // Huge pages where the kernel gives them (THP in `madvise` mode or `always`), as DPDK backs its
         // pools with hugepages, so the data path misses the TLB less. Advised only after the pages are
         // in: advised first, each 2 MiB fault above compacts memory on the spot when no huge page is
         // free (`defrag` = madvise, the default), which measured 65-90 ms for a 38 MB pool against
         // 5 ms in 4 KiB pages; advised now, khugepaged merges them in the background, at its own pace
         // (by default 4096 pages every 10 s: a short replay runs on 4 KiB pages). Advisory.
-        _ = sluice_mem_advise_hugepages(memory, bytes)
+        Self.adviseHugePages(memory, objectStride: objectStride, buffers: 0..<bufferCount)
         self.objectStride = objectStride
-        self.bufferCount = bufferCount
+        self.count = Atomic(bufferCount)
+        self.bufferCountMax = reserved
         self.bufferSizeBytes = stride
         self.numaNode = node
         self.base = memory
@@ -145,8 +155,8 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
         self.freeHook = freeHook
         self.byteCount = bytes
         #if DEBUG
-        self.states = .allocate(capacity: bufferCount)
-        self.states.initialize(repeating: BufferState.free, count: bufferCount)
+        self.states = .allocate(capacity: reserved)
+        self.states.initialize(repeating: BufferState.free, count: reserved)
         #endif
     }
 
@@ -161,6 +171,42 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
         #endif
         sluice_mpmc_delete(freeList)
         if numaNode != nil { sluice_numa_free(base, byteCount) } else { Glibc.free(base) }
+    }
+
+    /// Writes each buffer's metadata line and first data word: the kernel faults its pages in now.
+    private static func faultIn(_ memory: UnsafeMutableRawPointer, objectStride: Int, buffers: Range<Int>) {
+        for index in buffers {
+            (memory + index * objectStride).initializeMemory(as: PacketMetadata.self, repeating: PacketMetadata(),
+                                                             count: 1)
+            (memory + index * objectStride + metadataStride).storeBytes(of: 0, as: UInt64.self)
+        }
+    }
+
+    /// Advises huge pages for the whole pages `buffers` cover (advisory; see the call in `init`).
+    private static func adviseHugePages(_ memory: UnsafeMutableRawPointer, objectStride: Int, buffers: Range<Int>) {
+        let page = 4096
+        let start = (Int(bitPattern: memory) + buffers.lowerBound * objectStride + page - 1) & ~(page - 1)
+        let end = (Int(bitPattern: memory) + buffers.upperBound * objectStride) & ~(page - 1)
+        guard end > start, let address = UnsafeMutableRawPointer(bitPattern: start) else { return }
+        _ = sluice_mem_advise_hugepages(address, end - start)
+    }
+
+    /// Adds buffers up to `newCount` (at most `bufferCountMax`) while the pool is in use: faults their
+    /// pages in and puts them on the free list. Control plane: blocks for the page faults (a few ms
+    /// per 10 MB), one grow at a time; allocating and freeing threads go on meanwhile. A pool never
+    /// shrinks (its buffers may be anywhere in a pipeline).
+    public func grow(to newCount: Int) throws(PoolError) {
+        try growing.withLock { _ throws(PoolError) in
+            let old = bufferCount
+            guard newCount > old, newCount <= bufferCountMax else {
+                throw .cannotGrow(from: old, to: newCount, max: bufferCountMax)
+            }
+            Self.faultIn(base, objectStride: objectStride, buffers: old..<newCount)
+            Self.adviseHugePages(base, objectStride: objectStride, buffers: old..<newCount)
+            // Counted before they are handed out: whoever takes one sees a count that includes it.
+            count.store(newCount, ordering: .releasing)
+            for index in old..<newCount { returnToFreeList(UInt32(index)) }
+        }
     }
 
     /// A free buffer, or nil when all are in use (counted in `exhaustedCount`). Any thread; never blocks.
@@ -278,7 +324,7 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
 
     /// Returns a buffer by raw index (one taken off a ring). The caller must own it.
     @inlinable public func freeIndex(_ index: UInt32) {
-        precondition(Int(index) < bufferCount, "buffer index outside the pool")
+        precondition(Int(index) < bufferCountMax, "buffer index outside the pool")
         markFreed(index)
         if let freeHook { freeHook.function(freeHook.context, index) }
         returnToFreeList(index)
@@ -350,7 +396,7 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
 
     /// The bytes of the buffer at `index`.
     @inlinable public func bytes(at index: UInt32) -> UnsafeMutableRawBufferPointer {
-        precondition(Int(index) < bufferCount, "buffer index outside the pool")
+        precondition(Int(index) < bufferCountMax, "buffer index outside the pool")
         return UnsafeMutableRawBufferPointer(start: base + Int(index) * objectStride + Self.metadataStride,
                                              count: bufferSizeBytes)
     }
@@ -362,7 +408,7 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
 
     /// The metadata of the buffer at `index`. Only the buffer's owner may read or write it.
     @inlinable public func metadata(at index: UInt32) -> UnsafeMutablePointer<PacketMetadata> {
-        precondition(Int(index) < bufferCount, "buffer index outside the pool")
+        precondition(Int(index) < bufferCountMax, "buffer index outside the pool")
         return (base + Int(index) * objectStride).assumingMemoryBound(to: PacketMetadata.self)
     }
 
