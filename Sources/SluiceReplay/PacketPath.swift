@@ -45,7 +45,9 @@ public struct PacketPathConfiguration: Sendable {
         return ringCapacity * rings + burstCount * (rings + 1)
     }
     /// `inFlightMax` for rings of different sizes (a resized pipeline): every ring full, every burst
-    /// and the source's cache (`sourceCacheReserve`) held at once. The pool must exceed it.
+    /// and the source's cache (`sourceCacheReserve`) held at once. The pool must exceed it. As the
+    /// fixed-ring formula does, a pipeline of fewer than 3 rings is counted as 3 (the missing ones
+    /// at its largest ring): the same bound at every size.
     public static func inFlightMax(ringCapacities: [Int], burstCount: Int) -> Int {
         let rings = max(3, ringCapacities.count)
         let missing = (rings - ringCapacities.count) * (ringCapacities.max() ?? 0)
@@ -389,7 +391,10 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
             throw .invalidConfiguration(.poolBelowInFlight(c.poolBufferCount, inFlight: inFlightMax))
         }
         if let max = c.poolBufferCountMax {
-            guard max >= c.poolBufferCount, max <= Limits.ringCapacityMax else {
+            guard max >= c.poolBufferCount else {
+                throw .invalidConfiguration(.poolMaxBelowCount(max: max, count: c.poolBufferCount))
+            }
+            guard max <= Limits.ringCapacityMax else {
                 throw .invalidConfiguration(.poolAboveMax(max, max: Limits.ringCapacityMax))
             }
             guard case .capture = c.input else {

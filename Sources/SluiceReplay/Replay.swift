@@ -212,6 +212,8 @@ public enum ReplayConfigurationError: Error, Equatable, CustomStringConvertible 
     case fanout(String)
     /// A pool that may grow (`poolBufferCountMax`) needs a capture input.
     case poolGrowthNeedsCapture
+    /// `poolBufferCountMax` below `poolBufferCount`.
+    case poolMaxBelowCount(max: Int, count: Int)
 
     public var description: String {
         switch self {
@@ -229,6 +231,7 @@ public enum ReplayConfigurationError: Error, Equatable, CustomStringConvertible 
         case .outputs(let reason): "outputs: \(reason)"
         case .fanout(let reason): "--placement fanout: \(reason)"
         case .poolGrowthNeedsCapture: "buffers_max: only a capture input's pool can grow (an interface's sockets hold its buffers)"
+        case .poolMaxBelowCount(let max, let count): "buffers_max \(max) is below buffers \(count)"
         }
     }
 }
@@ -478,7 +481,7 @@ public final class Replay {
         }
         path.stopSignal.stop()
         runtime.wakeAll()
-        guard runtime.drain(timeoutNs: Self.probeTimeNsMax) else { return nil }
+        guard runtime.drain(timeoutNs: 10 * Self.probeTimeNsMax) else { return nil }  // only slow when something is wrong
         runtime.stop()
         let stages = path.pipeline.snapshot()
         guard stages[0].items > 0 else { return nil }

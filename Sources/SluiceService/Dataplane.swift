@@ -667,34 +667,41 @@ struct Rebalancer {
             var target = current
             for link in current.indices where demands[index].stages[link + 1].arrivalPerSecond > 0 {
                 if link == 0, !path.isCaptureInput { continue }
+                // Both ends on one worker: the ring holds at most a burst (or none, fused).
+                if placement[index][link] == placement[index][link + 1] { continue }
                 let want = max(wanted[index][link], floor)
                 if want >= current[link] * Self.ringResizeFactor || want * Self.ringResizeFactor <= current[link] {
                     target[link] = want
                 }
             }
-            // The pool grows first when it may (`buffers_max`): to the power of two above what the
-            // rings, bursts and the source's cache can hold.
-            let needed = PacketPathConfiguration.inFlightMax(ringCapacities: target, burstCount: path.configuration.burstCount)
-            if needed >= path.poolBufferCount, path.poolBufferCountMax > path.poolBufferCount {
-                let grown = min(1 << (Int.bitWidth - needed.leadingZeroBitCount), path.poolBufferCountMax)
-                let before = path.poolBufferCount
-                do throws(PoolError) {
-                    try path.growPool(to: grown)
-                    dataplane.poolGrowths.add(1, ordering: .relaxed)
-                    dataplane.logger.info("pool grown for larger rings", metadata: [
-                        "pipeline": "\(path.configuration.name)", "from": "\(before)", "to": "\(grown)",
-                        "max": "\(path.poolBufferCountMax)"])
-                } catch {
-                    dataplane.logger.warning("pool could not grow; rings grow only as far as it allows", metadata: [
-                        "pipeline": "\(path.configuration.name)", "to": "\(grown)", "error": "\(error)"])
-                }
+            // Growth stops where the pool could no longer fill every ring, burst and the source's cache
+            // at once: the pool as it may grow (`buffers_max`), to the power of two above that need.
+            let burst = path.configuration.burstCount
+            func poolFor(_ capacities: [Int]) -> Int {
+                let needed = PacketPathConfiguration.inFlightMax(ringCapacities: capacities, burstCount: burst)
+                return min(max(1 << (Int.bitWidth - needed.leadingZeroBitCount), path.poolBufferCount),
+                           path.poolBufferCountMax)
             }
-            // Growth stops where the pool could no longer fill everything at once.
-            while PacketPathConfiguration.inFlightMax(ringCapacities: target, burstCount: path.configuration.burstCount)
-                    >= path.poolBufferCount,
+            while PacketPathConfiguration.inFlightMax(ringCapacities: target, burstCount: burst) >= poolFor(target),
                   let link = target.indices.filter({ target[$0] > current[$0] }).max(by: { target[$0] < target[$1] }) {
                 target[link] /= 2
                 if target[link] < current[link] * Self.ringResizeFactor { target[link] = current[link] }
+            }
+            // Only a ring that grows makes the pool grow, and only as far as the rings need.
+            let pool = poolFor(target)
+            if zip(target, current).contains(where: { $0 > $1 }), pool > path.poolBufferCount {
+                let before = path.poolBufferCount
+                do throws(PoolError) {
+                    try path.growPool(to: pool)
+                    dataplane.poolGrowths.add(1, ordering: .relaxed)
+                    dataplane.logger.info("pool grown for larger rings", metadata: [
+                        "pipeline": "\(path.configuration.name)", "from": "\(before)", "to": "\(pool)",
+                        "max": "\(path.poolBufferCountMax)"])
+                } catch {
+                    dataplane.logger.warning("pool could not grow; its rings stay as they are", metadata: [
+                        "pipeline": "\(path.configuration.name)", "to": "\(pool)", "error": "\(error)"])
+                    continue
+                }
             }
             guard target != current else { continue }
             let arrivals = demands[index].stages.dropFirst().map { Int($0.arrivalPerSecond) }

@@ -147,6 +147,8 @@ func pipelineSteadyState(_ count: Int, waitMode: WaitMode, ratePerSecond: UInt64
         return Int(now - before)
     }
     runtime.stop()
+    // The fused scenario must have run fused, or it measured the staged path.
+    precondition(!fused || pipeline.fusedBursts.load(ordering: .relaxed) > 0, "the fused probe never fused")
     return result
 }
 

@@ -102,7 +102,9 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
     /// Makes a pool of `bufferCount` buffers of `bufferSizeBytes` each (rounded up to 64 bytes),
     /// on `numaNode` when libnuma is available. `freeHook` runs on every free. With `bufferCountMax`
     /// above `bufferCount`, address space and free-list cells for that many are reserved (not
-    /// touched: the kernel commits pages as `grow` faults them in), so the pool can grow while in use.
+    /// touched: pages become resident as `grow` faults them in, though a kernel with strict overcommit
+    /// accounting charges the whole reservation at once; the free list's cells for every reserved
+    /// buffer, 32 bytes each, are allocated now), so the pool can grow while in use.
     public init(
         bufferCount: Int, bufferSizeBytes: Int, numaNode: Int? = nil, freeHook: BufferFreeHook? = nil,
         bufferCountMax: Int? = nil
@@ -182,10 +184,14 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
         }
     }
 
-    /// Advises huge pages for the whole pages `buffers` cover (advisory; see the call in `init`).
-    private static func adviseHugePages(_ memory: UnsafeMutableRawPointer, objectStride: Int, buffers: Range<Int>) {
+    /// Advises huge pages for the pages `buffers` cover (advisory; see the call in `init`): the whole
+    /// pages, or from the page the range starts in when `fromStartPage` (a grown range, whose first
+    /// page was faulted in with the buffers before it).
+    private static func adviseHugePages(_ memory: UnsafeMutableRawPointer, objectStride: Int, buffers: Range<Int>,
+                                        fromStartPage: Bool = false) {
         let page = 4096
-        let start = (Int(bitPattern: memory) + buffers.lowerBound * objectStride + page - 1) & ~(page - 1)
+        let first = Int(bitPattern: memory) + buffers.lowerBound * objectStride
+        let start = fromStartPage ? first & ~(page - 1) : (first + page - 1) & ~(page - 1)
         let end = (Int(bitPattern: memory) + buffers.upperBound * objectStride) & ~(page - 1)
         guard end > start, let address = UnsafeMutableRawPointer(bitPattern: start) else { return }
         _ = sluice_mem_advise_hugepages(address, end - start)
@@ -202,7 +208,7 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
                 throw .cannotGrow(from: old, to: newCount, max: bufferCountMax)
             }
             Self.faultIn(base, objectStride: objectStride, buffers: old..<newCount)
-            Self.adviseHugePages(base, objectStride: objectStride, buffers: old..<newCount)
+            Self.adviseHugePages(base, objectStride: objectStride, buffers: old..<newCount, fromStartPage: true)
             // Counted before they are handed out: whoever takes one sees a count that includes it.
             count.store(newCount, ordering: .releasing)
             for index in old..<newCount { returnToFreeList(UInt32(index)) }
@@ -324,7 +330,10 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
 
     /// Returns a buffer by raw index (one taken off a ring). The caller must own it.
     @inlinable public func freeIndex(_ index: UInt32) {
-        precondition(Int(index) < bufferCountMax, "buffer index outside the pool")
+        // Against the current count (a plain load): an index past it was never handed out, and freeing
+        // one would give it two owners once `grow` hands it out too. The index came to this thread
+        // after the release store that counted it.
+        precondition(Int(index) < count.load(ordering: .relaxed), "buffer index outside the pool")
         markFreed(index)
         if let freeHook { freeHook.function(freeHook.context, index) }
         returnToFreeList(index)
