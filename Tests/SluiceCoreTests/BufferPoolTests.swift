@@ -154,6 +154,52 @@ import Testing
         #expect(shared.doubleOwned == 0)
     }
 
+    /// Growing while another thread allocates and frees: every buffer, old or new, has one owner at a
+    /// time, and all of them come back.
+    @Test func growingWhileInUseNeverHandsOutABufferTwice() throws {
+        let pool = try BufferPool(bufferCount: 64, bufferSizeBytes: 64, bufferCountMax: 4096)
+        let owners = UnsafeMutablePointer<UInt8>.allocate(capacity: 4096)
+        owners.initialize(repeating: 0, count: 4096)
+        defer { owners.deallocate() }
+        final class Churn: @unchecked Sendable {  // unchecked: `owners` cells are each touched by their buffer's owner
+            let pool: BufferPool
+            let owners: UnsafeMutablePointer<UInt8>
+            var doubleOwned = 0
+            init(_ pool: BufferPool, _ owners: UnsafeMutablePointer<UInt8>) { self.pool = pool; self.owners = owners }
+            func run(rounds: Int) {
+                var held: [UInt32] = []
+                held.reserveCapacity(600)
+                for round in 0..<rounds {
+                    if let buffer = pool.allocate() {
+                        let index = Int(buffer.releaseIndex())
+                        if owners[index] != 0 { doubleOwned += 1 }
+                        owners[index] = 1
+                        held.append(UInt32(index))
+                    }
+                    if held.count > 512 || (round % 5 == 0 && !held.isEmpty) {
+                        let index = held.removeFirst()
+                        owners[Int(index)] = 0
+                        pool.freeIndex(index)
+                    }
+                }
+                for index in held { owners[Int(index)] = 0; pool.freeIndex(index) }
+            }
+        }
+        let churn = Churn(pool, owners)
+        var thread = pthread_t()
+        pthread_create(&thread, nil, { context in
+            Unmanaged<Churn>.fromOpaque(context!).takeRetainedValue().run(rounds: 300_000)
+            return nil
+        }, Unmanaged.passRetained(churn).toOpaque())
+        for size in [128, 512, 1024, 4096] {
+            usleep(2_000)
+            try pool.grow(to: size)
+        }
+        pthread_join(thread, nil)
+        #expect(churn.doubleOwned == 0)
+        #expect(pool.bufferCount == 4096 && pool.freeCount == 4096, "every buffer came back: \(pool.freeCount)")
+    }
+
     @Test func droppingABufferTraps() async {
         await #expect(processExitsWith: .failure) {
             let pool = try! BufferPool(bufferCount: 1, bufferSizeBytes: 64)
