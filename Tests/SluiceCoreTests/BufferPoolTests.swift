@@ -115,40 +115,13 @@ import Testing
         let owners = UnsafeMutablePointer<UInt8>.allocate(capacity: 64)
         owners.initialize(repeating: 0, count: 64)
         defer { owners.deallocate() }
-        final class Shared: @unchecked Sendable {
-            let pool: BufferPool
-            let owners: UnsafeMutablePointer<UInt8>
-            var doubleOwned = 0
-            init(_ pool: BufferPool, _ owners: UnsafeMutablePointer<UInt8>) { self.pool = pool; self.owners = owners }
-            func churn(rounds: Int) {
-                var held: [UInt32] = []
-                held.reserveCapacity(16)
-                for round in 0..<rounds {
-                    if let buffer = pool.allocate() {
-                        let index = buffer.releaseIndex()
-                        // Exchange to 1: seeing 1 already means someone else holds it.
-                        let previous = UnsafeMutableRawPointer(owners + Int(index))
-                            .assumingMemoryBound(to: UInt8.self)
-                        if previous.pointee != 0 { doubleOwned += 1 }
-                        previous.pointee = 1
-                        held.append(index)
-                    }
-                    if held.count > 8 || (round % 3 == 0 && !held.isEmpty) {
-                        let index = held.removeFirst()
-                        owners[Int(index)] = 0
-                        pool.freeIndex(index)
-                    }
-                }
-                for index in held { owners[Int(index)] = 0; pool.freeIndex(index) }
-            }
-        }
-        let shared = Shared(pool, owners)
+        let shared = Churn(pool, owners, holdMax: 8, freeEvery: 3)
         var thread = pthread_t()
         pthread_create(&thread, nil, { context in
-            Unmanaged<Shared>.fromOpaque(context!).takeRetainedValue().churn(rounds: 200_000)
+            Unmanaged<Churn>.fromOpaque(context!).takeRetainedValue().run(rounds: 200_000)
             return nil
         }, Unmanaged.passRetained(shared).toOpaque())
-        shared.churn(rounds: 200_000)
+        shared.run(rounds: 200_000)
         pthread_join(thread, nil)
         #expect(pool.freeCount == 64, "every buffer came back")
         #expect(shared.doubleOwned == 0)
@@ -161,31 +134,7 @@ import Testing
         let owners = UnsafeMutablePointer<UInt8>.allocate(capacity: 4096)
         owners.initialize(repeating: 0, count: 4096)
         defer { owners.deallocate() }
-        final class Churn: @unchecked Sendable {  // unchecked: `owners` cells are each touched by their buffer's owner
-            let pool: BufferPool
-            let owners: UnsafeMutablePointer<UInt8>
-            var doubleOwned = 0
-            init(_ pool: BufferPool, _ owners: UnsafeMutablePointer<UInt8>) { self.pool = pool; self.owners = owners }
-            func run(rounds: Int) {
-                var held: [UInt32] = []
-                held.reserveCapacity(600)
-                for round in 0..<rounds {
-                    if let buffer = pool.allocate() {
-                        let index = Int(buffer.releaseIndex())
-                        if owners[index] != 0 { doubleOwned += 1 }
-                        owners[index] = 1
-                        held.append(UInt32(index))
-                    }
-                    if held.count > 512 || (round % 5 == 0 && !held.isEmpty) {
-                        let index = held.removeFirst()
-                        owners[Int(index)] = 0
-                        pool.freeIndex(index)
-                    }
-                }
-                for index in held { owners[Int(index)] = 0; pool.freeIndex(index) }
-            }
-        }
-        let churn = Churn(pool, owners)
+        let churn = Churn(pool, owners, holdMax: 512, freeEvery: 5)
         var thread = pthread_t()
         pthread_create(&thread, nil, { context in
             Unmanaged<Churn>.fromOpaque(context!).takeRetainedValue().run(rounds: 300_000)
@@ -269,4 +218,38 @@ private func readTextFile(_ path: String) -> String {
         bytes += chunk.prefix(count)
     }
     return String(decoding: bytes, as: UTF8.self)
+}
+
+/// Allocates and frees from a pool for `rounds` rounds, holding at most `holdMax` buffers and freeing
+/// one every `freeEvery` rounds, and counts buffers it was handed while another owner held them.
+private final class Churn: @unchecked Sendable {  // unchecked: each `owners` cell is touched by its buffer's owner
+    let pool: BufferPool
+    let owners: UnsafeMutablePointer<UInt8>
+    let holdMax: Int
+    let freeEvery: Int
+    var doubleOwned = 0
+    init(_ pool: BufferPool, _ owners: UnsafeMutablePointer<UInt8>, holdMax: Int, freeEvery: Int) {
+        self.pool = pool
+        self.owners = owners
+        self.holdMax = holdMax
+        self.freeEvery = freeEvery
+    }
+    func run(rounds: Int) {
+        var held: [UInt32] = []
+        held.reserveCapacity(holdMax + 1)
+        for round in 0..<rounds {
+            if let buffer = pool.allocate() {
+                let index = Int(buffer.releaseIndex())
+                if owners[index] != 0 { doubleOwned += 1 }  // seeing 1 means someone else holds it
+                owners[index] = 1
+                held.append(UInt32(index))
+            }
+            if held.count > holdMax || (round % freeEvery == 0 && !held.isEmpty) {
+                let index = held.removeFirst()
+                owners[Int(index)] = 0
+                pool.freeIndex(index)
+            }
+        }
+        for index in held { owners[Int(index)] = 0; pool.freeIndex(index) }
+    }
 }

@@ -97,6 +97,21 @@ import Testing
 }
 
 extension CoreMoveServiceTests {
+    /// One capture pipeline spread over both CPUs, rebalanced every 20 ms with ring sizing on.
+    private func resizingYAML(cpus: [Int], rate: Int, loops: Int, ringSize: Int, buffers: Int, buffersMax: Int? = nil) -> String {
+        """
+        cores: [\(cpus[0]), \(cpus[1])]
+        rebalance: {interval_ms: 20, move_cores: false, resize_rings: true}
+        pipelines:
+          - name: p
+            source: {pcap: "\(samplePcap)", rate: \(rate), loop: \(loops)}
+            sink: {discard: true}
+            placement: spread
+            ring_size: \(ringSize)
+            buffers: \(buffers)
+        """ + (buffersMax.map { "\n    buffers_max: \($0)\n" } ?? "\n")
+    }
+
     /// Runs `yaml`'s one pipeline until `done` holds or it drains (30 s at most), then stops it.
     private func runUntil(_ yaml: String, cpus: [Int], _ done: (Dataplane) -> Bool) throws
         -> (Dataplane, PipelineOutcome, CollectingLogHandler) {
@@ -115,18 +130,7 @@ extension CoreMoveServiceTests {
     @Test(.enabled(if: runsWithCPUs(2), "needs two CPUs (runs, and fails, under CI=true)"))
     func thePoolGrowsSoTheRingCan() throws {
         guard let cpus = cpusOrRecordIssue(2) else { return }
-        let yaml = """
-            cores: [\(cpus[0]), \(cpus[1])]
-            rebalance: {interval_ms: 20, move_cores: false, resize_rings: true}
-            pipelines:
-              - name: fast
-                source: {pcap: "\(samplePcap)", rate: 400000, loop: 2000}
-                sink: {discard: true}
-                placement: spread
-                ring_size: 64
-                buffers: 512
-                buffers_max: 16384
-            """
+        let yaml = resizingYAML(cpus: cpus, rate: 400_000, loops: 2000, ringSize: 64, buffers: 512, buffersMax: 16_384)
         let (dataplane, outcome, logs) = try runUntil(yaml, cpus: cpus) { $0.ringResizes.load(ordering: .relaxed) >= 1 }
         let path = dataplane.paths[0]
         #expect(path.poolBufferCount > 512 && dataplane.poolGrowths.load(ordering: .relaxed) >= 1, "\(path.poolBufferCount)")
@@ -146,17 +150,7 @@ extension CoreMoveServiceTests {
     @Test(.enabled(if: runsWithCPUs(2), "needs two CPUs (runs, and fails, under CI=true)"))
     func theRingGrowsToTheMeasuredArrivalsWithoutLoss() throws {
         guard let cpus = cpusOrRecordIssue(2) else { return }
-        let yaml = """
-            cores: [\(cpus[0]), \(cpus[1])]
-            rebalance: {interval_ms: 20, move_cores: false, resize_rings: true}
-            pipelines:
-              - name: fast
-                source: {pcap: "\(samplePcap)", rate: 400000, loop: 2000}
-                sink: {discard: true}
-                placement: spread
-                ring_size: 64
-                buffers: 65536
-            """
+        let yaml = resizingYAML(cpus: cpus, rate: 400_000, loops: 2000, ringSize: 64, buffers: 65_536)
         let (dataplane, outcome, logs) = try runUntil(yaml, cpus: cpus) { $0.ringResizes.load(ordering: .relaxed) >= 1 }
         let rings = dataplane.paths[0].pipeline.ringCapacities
         #expect(rings[0] >= 256 && dataplane.poolGrowths.load(ordering: .relaxed) == 0, "\(rings)")
@@ -168,17 +162,7 @@ extension CoreMoveServiceTests {
     @Test(.enabled(if: runsWithCPUs(2), "needs two CPUs (runs, and fails, under CI=true)"))
     func ringsNeverShrinkBelowTheConfiguredSize() throws {
         guard let cpus = cpusOrRecordIssue(2) else { return }
-        let yaml = """
-            cores: [\(cpus[0]), \(cpus[1])]
-            rebalance: {interval_ms: 20, move_cores: false, resize_rings: true}
-            pipelines:
-              - name: slow
-                source: {pcap: "\(samplePcap)", rate: 4000}
-                sink: {discard: true}
-                placement: spread
-                ring_size: 16384
-                buffers: 65536
-            """
+        let yaml = resizingYAML(cpus: cpus, rate: 4_000, loops: 1, ringSize: 16_384, buffers: 65_536)
         var sizings = 0
         let (dataplane, outcome, _) = try runUntil(yaml, cpus: cpus) { _ in
             sizings += 1
