@@ -337,7 +337,8 @@ public final class MigrationExecutor: Sendable {
         do {
             // Every capability the executor uses is set on every move, on or off (a source keeps them from
             // an earlier try); progress is polled, so no MIGRATION events.
-            let postcopy = convergence.strategy == .postcopy
+            // Auto-converge keeps post-copy armed where the policy allows it: the fallback below.
+            let postcopy = convergence.strategy == .postcopy || (convergence.strategy == .autoConverge && policy.allowPostcopy)
             try await source_.migrateSetCapabilities([.autoConverge: convergence.strategy == .autoConverge, .postcopyRAM: postcopy])
             try await destination_.migrateSetCapabilities([.postcopyRAM: postcopy])
             try await source_.migrateSetParameters(convergence.qmpParameters)
@@ -351,6 +352,9 @@ public final class MigrationExecutor: Sendable {
         let predicted = Duration.milliseconds(Int64(convergence.predictedSeconds * configuration.deadlineFactor * 1000))
         let deadline = start.advanced(by: min(predicted + configuration.deadlineSlack, .seconds(policy.maxSeconds)))
         var postcopyStarted = false
+        // Auto-converge that has not converged by half the deadline (a guest dirtying faster than the
+        // throttle model assumed: tcg on a faster host) switches to post-copy when the policy allows it.
+        let autoConvergeFallback = start.advanced(by: (deadline - start) / 2)
         var maxThrottle: UInt64 = 0
         var info: MigrationInfo
         while true {
@@ -366,7 +370,9 @@ public final class MigrationExecutor: Sendable {
             }
             maxThrottle = max(maxThrottle, info.cpuThrottlePercentage ?? 0)
             if info.status.isFinal { break }
-            if convergence.strategy == .postcopy, !postcopyStarted, info.status == .active,
+            let autoConvergeStalled = convergence.strategy == .autoConverge && policy.allowPostcopy
+                && clock.now >= autoConvergeFallback
+            if convergence.strategy == .postcopy || autoConvergeStalled, !postcopyStarted, info.status == .active,
                (info.ram?.dirtySyncCount ?? 0) >= 2 {
                 // The first full pass is over: switch to post-copy so the guest runs on the destination.
                 do { try await source_.migrateStartPostcopy() } catch {
