@@ -265,7 +265,14 @@ struct OverlayLeasedNetnsTests {
                 producerHost.stop()
             }
             #expect(await offThreadGet(lab, "http://198.19.100.1/name.txt", timeoutSeconds: 8) == "producer-1")
-            let lease = try #require(consumerHost.snapshot().leases.first)
+            // The host publishes its snapshot on its own thread's turn: the lease may show a moment
+            // after the first answer came back through it.
+            var published = consumerHost.snapshot().leases.first
+            for _ in 0..<100 where published == nil {
+                try await Task.sleep(for: .milliseconds(20))
+                published = consumerHost.snapshot().leases.first
+            }
+            let lease = try #require(published)
             cluster.kill(member: leader)
             // 7 s (over twice the 3 s TTL): a new connection every 500 ms, each through the same lease.
             var ok = 0
