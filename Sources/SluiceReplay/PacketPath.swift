@@ -90,6 +90,9 @@ public struct PacketPathConfiguration: Sendable {
     public var traffic: TrafficPolicy?
     /// A capture input read by several paths: this one takes only its share of the flows.
     public var captureSplit: CaptureSplit?
+    /// With a capture input at top speed: read only these blocks of the capture (several paths read
+    /// the others), every loop of `CaptureBlocks.loopCount`. Not with `captureSplit`.
+    public var captureBlocks: CaptureBlockShare?
 
     public init(name: String, input: PacketInput, output: ReplayOutput, numaNode: Int? = nil) {
         self.name = name
@@ -233,8 +236,16 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
             do { returnEnds = try makeRing(capacity: returnCapacity, numaNode: numaNode) }
             catch { throw .pipeline(.ring(error)) }
             returnsIn = .some(returnEnds.producer)
-            let capture = PcapSource(reader: reader, pool: pool, pacing: pacing, loopCount: loopCount,
+            let capture: PcapSource
+            if let share = configuration.captureBlocks {
+                precondition(configuration.captureSplit == nil && pacing == .topSpeed
+                             && share.blocks.loopCount == loopCount, "blocks are read at top speed, by themselves")
+                do { capture = try PcapSource(reader: reader, pool: pool, blocks: share, returns: returnEnds.consumer) }
+                catch { throw .capture(error) }
+            } else {
+                capture = PcapSource(reader: reader, pool: pool, pacing: pacing, loopCount: loopCount,
                                      returns: returnEnds.consumer, split: configuration.captureSplit)
+            }
             outputFormat = (capture.linkType, capture.linkTypeField, capture.snapshotLength, capture.format.nanosecond)
             source = capture
         case .interface(let rx):

@@ -54,6 +54,9 @@ public struct ReplayConfiguration: Sendable {
     /// A worker running every stage runs each burst through them in one call chain, skipping the
     /// rings (`RuntimeConfiguration.fusesRunToCompletion`); false keeps the rings (benchmarks).
     public var fusesRunToCompletion = true
+    /// How fanned-out instances share the capture: by flow (the default: each flow through one
+    /// instance, in order) or by blocks of the file (each record read once; order kept within a block only).
+    public var split = ReplaySplit.flows
 
     public init(capturePath: String, output: ReplayOutput, pacing: ReplayPacing = .topSpeed, loopCount: Int = 1,
                 cores: [Int], waitMode: WaitMode = .adaptive) {
@@ -84,6 +87,19 @@ public enum ReplayPlacement: String, Sendable, Equatable, CaseIterable {
     case fanout
 }
 
+/// How fanned-out instances (`ReplayPlacement.fanout`, or auto fanning out) share one capture.
+public enum ReplaySplit: String, Sendable, Equatable, CaseIterable {
+    /// Every instance reads every record and takes its share of the flows (`CaptureSplit`, as RSS
+    /// splits a NIC's input): each flow goes through one instance, in capture order. Each instance
+    /// pays a read and a hash for every record of the others' flows.
+    case flows
+    /// Instances read the file's blocks in turn (`CaptureBlocks`, 256 KiB each): every record is read
+    /// once, by one instance, and no hash is taken; records keep capture order within a block, not
+    /// across instances, so a flow's packets may leave out of order. For load and throughput runs
+    /// where order within a flow does not matter. Classic pcap files (version 2.4) only.
+    case blocks
+}
+
 /// What `--placement auto` weighed before fanning out over its cores, and what it chose. Fanning out
 /// costs each instance a record read and a flow hash for every record another instance takes
 /// (`othersNsPerRecord`, measured on a sample of the capture, which also gives the busiest
@@ -106,11 +122,18 @@ public struct FanoutDecision: Sendable, Equatable, CustomStringConvertible {
     /// The planner's best shape on the same costs: one core or pipelined (nil without a probe).
     public var planner: PlacementDecision?
     public var chosen: Bool
+    /// How the instances would share the capture; with `.blocks`, `blockCount` blocks a loop.
+    public var split = ReplaySplit.flows
+    public var blockCount = 0
     /// Why the run cannot be split (then nothing was measured and `chosen` is false).
     public var notSplittable: String?
 
     public var description: String {
         if let notSplittable { return "not fanned out: \(notSplittable)" }
+        if split == .blocks {
+            return "fanned out over \(instances) instances reading the capture's \(blockCount) blocks in turn, each run to "
+                + "completion: every record read once, no flow hash, no hand-off (order kept within a block)"
+        }
         let others = "passing over a record of another instance's flows costs \(Self.ns(othersNsPerRecord)) ns, no hand-off"
         let handoff = handoffNsPerItem.map { "pipelining would hand off at \(Self.ns($0)) ns/item a side" }
             ?? "the hand-off was not measured"
@@ -297,6 +320,8 @@ public struct ReplaySummary: Sendable {
     public var instances = 1
     /// Packets each instance delivered (one entry per instance).
     public var instanceDelivered: [UInt64] = []
+    /// How the instances shared the capture (nil: one instance).
+    public var split: ReplaySplit?
     /// What `--placement auto` weighed about fanning out (nil: one core, or a fixed placement).
     public var fanout: FanoutDecision?
     /// Bursts that ran through every stage in one call chain, skipping the rings (run to completion).
@@ -336,6 +361,38 @@ public final class Replay {
             if let reason = Self.splitRefusal(configuration) { throw .invalidConfiguration(.fanout(reason)) }
             instances = cores.count
             (handoff, fanout) = (nil, nil)
+        case .auto where cores.count > 1 && configuration.split == .blocks:
+            // Instances reading blocks in turn share the work with no pass-over and no hand-off: nothing
+            // to weigh but whether the capture is large enough to share (two blocks an instance, all loops).
+            let refusal = Self.splitRefusal(configuration)
+            var reason = refusal
+            let blockCount = (try? CaptureBlocks(path: configuration.capturePath, readerCount: cores.count,
+                                                 loopCount: 1))?.blockCount ?? 0
+            if reason == nil, blockCount * configuration.loopCount < 2 * cores.count {
+                reason = "the capture has \(blockCount) blocks of \(CaptureBlocks.blockSizeBytesDefault / 1024) KiB "
+                    + "(\(configuration.loopCount) loops), fewer than 2 an instance"
+            }
+            var decision = FanoutDecision(instances: cores.count, othersNsPerRecord: 0, handoffNsPerItem: nil,
+                                          largestShare: 1 / Double(cores.count), chosen: reason == nil,
+                                          notSplittable: reason)
+            decision.split = .blocks
+            decision.blockCount = blockCount
+            if decision.chosen {
+                instances = cores.count
+                handoff = nil
+            } else {
+                let calibrated = MeasuredPlacement.calibrate(cores: cores, itemCount: 1 << 14)
+                handoff = calibrated
+                let handoffNs = try? calibrated.get().handoffNsPerItem
+                decision.handoffNsPerItem = handoffNs
+                // Too small to share: start where the planner puts the stages, as without blocks.
+                if refusal == nil, let handoffNs, let stageNs = Self.probeStageCosts(configuration) {
+                    decision.stageNsPerItem = stageNs
+                    decision.planner = PlacementPlanner().plan(
+                        costs: PlacementCosts(stageNsPerItem: stageNs, handoffNsPerItem: handoffNs), workerCount: cores.count)
+                }
+            }
+            fanout = decision
         case .auto where cores.count > 1:
             // Measured before any worker starts, inside the run's clock and CPU span: kept short (16k
             // items a round, a sample and a probe of 8k records: about 10 ms in all).
@@ -373,6 +430,12 @@ public final class Replay {
         case .auto, .spread:
             (handoff, fanout) = (nil, nil)
         }
+        var blocks: CaptureBlocks?
+        if instances > 1, configuration.split == .blocks {
+            do { blocks = try CaptureBlocks(path: configuration.capturePath, readerCount: instances,
+                                            loopCount: configuration.loopCount) }
+            catch { throw .capture(error) }
+        }
         var built: [PacketPath] = []
         for instance in 0..<instances {
             var pathConfiguration = PacketPathConfiguration(
@@ -393,7 +456,11 @@ public final class Replay {
             pathConfiguration.rules = configuration.rules
             pathConfiguration.outputs = configuration.outputs
             pathConfiguration.traffic = configuration.traffic
-            pathConfiguration.captureSplit = instances > 1 ? CaptureSplit(index: instance, count: instances) : nil
+            if let blocks {
+                pathConfiguration.captureBlocks = CaptureBlockShare(blocks: blocks, index: instance)
+            } else if instances > 1 {
+                pathConfiguration.captureSplit = CaptureSplit(index: instance, count: instances)
+            }
             built.append(try PacketPath(pathConfiguration))
         }
         paths = built
@@ -414,6 +481,9 @@ public final class Replay {
     static func validate(_ c: ReplayConfiguration) throws(ReplayError) {
         guard !c.cores.isEmpty else { throw .invalidConfiguration(.noCores) }
         guard c.loopCount >= 1 else { throw .invalidConfiguration(.loopCount(c.loopCount)) }
+        if c.split == .blocks, c.placement == .spread {
+            throw .invalidConfiguration(.fanout("--fanout-by blocks is for fanned-out instances (fanout or auto), not spread"))
+        }
     }
 
     /// Why the run cannot be fanned out over instances, or nil when it can: instances each read the
@@ -431,8 +501,14 @@ public final class Replay {
         guard c.pacing == .topSpeed else {
             return "a paced replay is one schedule over all packets (fanning out is for --topspeed)"
         }
-        if let reader = try? PcapReader(path: c.capturePath), !CaptureSplit.splits(linkType: reader.linkType) {
-            return "link type \(reader.linkType) is not one whose flows Sluice hashes (Ethernet, raw IP, Linux cooked)"
+        if let reader = try? PcapReader(path: c.capturePath) {
+            switch c.split {
+            case .flows where !CaptureSplit.splits(linkType: reader.linkType):
+                return "link type \(reader.linkType) is not one whose flows Sluice hashes (Ethernet, raw IP, Linux cooked)"
+            case .blocks where !reader.readsInBlocks:
+                return "only a classic pcap file (version 2.4) is read in blocks (--fanout-by flows reads pcapng)"
+            default: break
+            }
         }
         switch c.output {
         case .discard, .interface: break
@@ -582,6 +658,7 @@ public final class Replay {
         summary.instances = paths.count
         summary.instanceDelivered = paths.map(\.pipeline.delivered)
         summary.fanout = fanout
+        summary.split = paths.count > 1 ? configuration.split : nil
         summary.fusedBursts = paths.reduce(0) { $0 &+ $1.pipeline.fusedBursts.load(ordering: .relaxed) }
         return summary
     }

@@ -114,8 +114,11 @@ struct ReplayCommand: ParsableCommand {
     @Option(help: "How idle workers wait: busy-poll, adaptive or interrupt.")
     var waitMode: WaitMode = .adaptive
 
-    @Option(help: "Where stages run: auto (measured: one instance per core fanned out by flow, run to completion, or pipelined, whichever the measured costs favour), spread (fixed: the source on the first core, the rest over the others) or fanout (fixed: one instance per core, the capture split by flow).")
+    @Option(help: "Where stages run: auto (measured: one instance per core fanned out, run to completion, or pipelined, whichever the measured costs favour), spread (fixed: the source on the first core, the rest over the others) or fanout (fixed: one instance per core, the capture shared as --fanout-by says).")
     var placement: ReplayPlacement = .auto
+
+    @Option(help: "How fanned-out instances share the capture: flows (each flow through one instance, in order; every instance reads every record) or blocks (the file's 256 KiB blocks in turn, each record read once; order within a flow is not kept across blocks; classic pcap only).")
+    var fanoutBy: ReplaySplit = .flows
 
     @Flag(inversion: .prefixedNo, help: "Run a core's whole pipeline as one call chain per burst, skipping the rings between its stages (--no-fuse keeps the rings: benchmarks).")
     var fuse = true
@@ -249,6 +252,7 @@ struct ReplayCommand: ParsableCommand {
                                                 loopCount: loop, cores: coreList, waitMode: waitMode)
         configuration.stages = ReplayStages(rawValue: stages)!
         configuration.placement = placement
+        configuration.split = fanoutBy
         configuration.fusesRunToCompletion = fuse
         configuration.measuresLatency = latency
         configuration.bufferSizeBytes = bufferSize
@@ -307,3 +311,4 @@ extension String {
 }
 
 extension ReplayPlacement: ExpressibleByArgument {}
+extension ReplaySplit: ExpressibleByArgument {}

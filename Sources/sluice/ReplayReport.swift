@@ -99,7 +99,8 @@ enum ReplayReport {
         if let handoff = s.handoff { lines.append("hand-off: \(handoff)") }
         if let fanout = s.fanout { lines.append("placement: \(fanout)") }
         if s.instances > 1 {
-            lines.append("instances: \(s.instances), one per core, each run to completion; delivered "
+            lines.append("instances: \(s.instances), one per core, each run to completion, the capture shared by "
+                + (s.split == .blocks ? "blocks" : "flow") + "; delivered "
                 + s.instanceDelivered.map(String.init).joined(separator: " + "))
         }
         if let failure = s.calibrationFailure { lines.append("placement: not measured (\(failure)); the first one held") }
@@ -150,7 +151,7 @@ enum ReplayReport {
                 + "\"handoffNsPerItem\":\(f.handoffNsPerItem.map { "\($0)" } ?? "null"),\"largestShare\":\(f.largestShare),"
                 + "\"predictedItemsPerSecond\":\(number(f.predictedItemsPerSecond)),"
                 + "\"plannerPredictedItemsPerSecond\":\(number(f.planner?.chosen.predictedItemsPerSecond)),"
-                + "\"chosen\":\(f.chosen),"
+                + "\"chosen\":\(f.chosen),\"split\":\"\(f.split.rawValue)\",\"blockCount\":\(f.blockCount),"
                 + "\"reason\":\"\(escaped("\(f)"))\"}"
         } ?? "null"
         let handoff = s.handoff.map { "{\"localNsPerItem\":\($0.localNsPerItem),\"crossNsPerItem\":\($0.crossNsPerItem),\"handoffNsPerItem\":\($0.handoffNsPerItem)}" } ?? "null"
@@ -162,7 +163,8 @@ enum ReplayReport {
             + "\"latencyP99Ns\":\(s.latencyP99Ns.map(String.init) ?? "null"),\"failure\":\(failure),"
             + "\"placement\":\(s.instances > 1 ? "\"fanout\"" : "\(s.stagePlacement)"),"
             + "\"placementChanges\":[\(changes.joined(separator: ","))],\"handoff\":\(handoff),"
-            + "\"instances\":\(s.instances),\"instanceDelivered\":\(s.instanceDelivered),\"fusedBursts\":\(s.fusedBursts),"
+            + "\"instances\":\(s.instances),\"instanceDelivered\":\(s.instanceDelivered),"
+            + "\"split\":\(s.split.map { "\"\($0.rawValue)\"" } ?? "null"),\"fusedBursts\":\(s.fusedBursts),"
             + "\"fanout\":\(fanout)}"
     }
 

@@ -156,4 +156,92 @@ import Testing
             }
         }
     }
+
+    /// A capture of `count` 60-byte frames (RawCapture), its path, and its bytes once through.
+    private func largeCapture(_ name: String, count: Int) throws -> (path: String, bytes: UInt64) {
+        var capture = RawCapture()
+        for index in 0..<count {
+            capture.records.append(.init(seconds: UInt32(index / 1_000), fraction: UInt32(index % 1_000),
+                                         bytes: RawCapture.frame(length: 60, seed: index)))
+        }
+        let path = temporaryPath(name)
+        try capture.write(to: path)
+        return (path, UInt64(count * 60))
+    }
+
+    @Test(.enabled(if: Self.cores.count >= 2 || Captures.inCI, "needs two CPUs"))
+    func fanoutByBlocksReadsEveryRecordOnceOverAllLoops() throws {
+        try #require(Self.cores.count >= 2, "CI machines have two CPUs")
+        let (path, bytes) = try largeCapture("blocks-fanout.pcap", count: 20_000)  // 1.5 MB: 6 blocks a loop
+        defer { unlink(path) }
+        var configuration = ReplayConfiguration(capturePath: path, output: .discard, pacing: .topSpeed, loopCount: 3,
+                                                cores: Self.cores, waitMode: .busyPoll)
+        configuration.placement = .fanout
+        configuration.split = .blocks
+        let summary = try Replay(configuration).run()
+        #expect(summary.failure == nil && summary.drops.isEmpty)
+        #expect(summary.instances == 2 && summary.split == .blocks)
+        #expect(summary.packets == 60_000 && summary.delivered == 60_000 && summary.bytes == 3 * bytes)
+        #expect(summary.instanceDelivered.count == 2 && summary.instanceDelivered.allSatisfy { $0 > 0 },
+                "\(summary.instanceDelivered): both instances claimed blocks")
+        #expect(summary.stages.map(\.items) == [60_000, 60_000, 60_000, 60_000])
+        // Auto allowed to fan out by blocks does so on a capture of at least two blocks an instance...
+        configuration.placement = .auto
+        let auto = try Replay(configuration).run()
+        let decision = try #require(auto.fanout)
+        #expect(decision.chosen && decision.split == .blocks && decision.blockCount == 6, "\(decision)")
+        #expect(auto.instances == 2 && auto.delivered == 60_000 && auto.failure == nil)
+        // ...and not on one of fewer (the sample once: 2 blocks), where it measures and places one instance.
+        var small = self.configuration(.auto, loops: 1)
+        small.split = .blocks
+        let single = try Replay(small).run()
+        #expect(single.instances == 1 && single.delivered == 2_000 && single.split == nil)
+        let declined = try #require(single.fanout)
+        #expect(!declined.chosen && declined.notSplittable?.contains("fewer than 2") == true, "\(declined)")
+        #expect(declined.stageNsPerItem?.count == 4 && declined.planner != nil, "the probe placed the single instance")
+    }
+
+    @Test(.enabled(if: Self.cores.count >= 2 || Captures.inCI, "needs two CPUs"))
+    func fanoutByBlocksEndsAtABadRecordAfterEveryRecordBeforeIt() throws {
+        try #require(Self.cores.count >= 2, "CI machines have two CPUs")
+        let (path, _) = try largeCapture("blocks-cut.pcap", count: 10_000)
+        defer { unlink(path) }
+        #expect(truncate(path, off_t(24 + 9_000 * 76 + 30)) == 0)  // record 9,000 cut in its data
+        var configuration = ReplayConfiguration(capturePath: path, output: .discard, pacing: .topSpeed, loopCount: 2,
+                                                cores: Self.cores, waitMode: .busyPoll)
+        configuration.placement = .fanout
+        configuration.split = .blocks
+        let summary = try Replay(configuration).run()
+        #expect(summary.delivered == 9_000, "every record before the cut one, once; no second loop")
+        guard case .badRecord(_, let index, let offset, .truncatedData) = try #require(summary.inputError) else {
+            Issue.record("\(String(describing: summary.inputError))")
+            return
+        }
+        #expect(index == 9_000 && offset == 24 + 9_000 * 76)
+    }
+
+    @Test(.enabled(if: Self.cores.count >= 2 || Captures.inCI, "needs two CPUs"))
+    func theCommandLineFansOutByBlocks() throws {
+        try #require(Self.cores.count >= 2, "CI machines have two CPUs")
+        let cores = Self.cores.map(String.init).joined(separator: ",")
+        let result = try runSluice(["replay", Captures.sample, "--topspeed", "--loop", "3", "--cores", cores,
+                                    "--placement", "fanout", "--fanout-by", "blocks", "--json"])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout.contains("\"split\":\"blocks\"") && result.stdout.contains("\"delivered\":6000"))
+        let wrong = try runSluice(["replay", Captures.sample, "--fanout-by", "rows"])
+        #expect(wrong.status != 0 && wrong.stderr.contains("fanout-by"))
+    }
+
+    @Test(needsCaptures) func aPcapngCaptureIsNotFannedOutByBlocks() throws {
+        var configuration = ReplayConfiguration(capturePath: Captures.path("mixed.pcapng"), output: .discard,
+                                                cores: [0, 0], waitMode: .busyPoll)
+        configuration.placement = .fanout
+        configuration.split = .blocks
+        #expect {
+            _ = try Replay(configuration)
+        } throws: { error in
+            guard case ReplayError.invalidConfiguration(.fanout(let reason)) = error else { return false }
+            return reason.contains("classic pcap")
+        }
+    }
 }

@@ -154,6 +154,8 @@ public struct PcapReader: ~Copyable {
     /// The header a stream's handle was opened from (its FILE reads this memory).
     private let headerCopy: UnsafeMutableRawBufferPointer?
     private var chunks: PcapChunkReader?
+    /// The header of a regular classic pcap file (version 2.4) whose records Sluice reads itself.
+    private let classicHeader: PcapFileHeader?
 
     /// Opens `path`. `libpcapRecords` reads a regular file's classic pcap records through libpcap too
     /// (slower; the tests compare both ways).
@@ -181,6 +183,7 @@ public struct PcapReader: ~Copyable {
         self.inode = UInt64(status.st_ino)
         self.linkType = linkType
         self.snapshotLength = snapshotLength
+        self.classicHeader = regular && opened.chunkFD != nil ? opened.header : nil
         if let chunkFD = opened.chunkFD, let header = opened.header {
             chunks = PcapChunkReader(fd: chunkFD, path: path, header: header, snapshotLength: snapshotLength,
                                      capturedLengthMax: Self.capturedLengthMax(linkType: linkType))
@@ -279,6 +282,19 @@ public struct PcapReader: ~Copyable {
             throw .notACapture(path: path, reason: String(cString: errbuf))
         }
         return handle
+    }
+
+    /// True for a regular classic pcap file (version 2.4): one that can be read in blocks (`blockReader`).
+    public var readsInBlocks: Bool { classicHeader != nil }
+
+    /// A reader of `share`'s blocks of this file, on a descriptor of its own. Throws `notACapture`
+    /// unless `readsInBlocks`.
+    public func blockReader(_ share: CaptureBlockShare) throws(PcapError) -> PcapBlockReader {
+        guard let classicHeader else {
+            throw .notACapture(path: path, reason: "only a regular classic pcap file (version 2.4) is read in blocks")
+        }
+        return try PcapBlockReader(share: share, path: path, header: classicHeader, snapshotLength: snapshotLength,
+                                   capturedLengthMax: Self.capturedLengthMax(linkType: linkType))
     }
 
     /// libpcap's `max_snaplen_for_dlt`: the longest record it takes for a link type.

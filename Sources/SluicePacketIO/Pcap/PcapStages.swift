@@ -111,6 +111,8 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
     public let port: UInt16
     /// The flows this source takes when several read the capture; nil: every record.
     public let split: CaptureSplit?
+    /// The blocks this source reads when several read the capture in blocks (`--fanout-by blocks`); nil: all.
+    public let blockShare: CaptureBlockShare?
     public let counters = PcapSourceCounters()
     private let failureBox = Mutex<PcapError?>(nil)
     /// Keeps the pool alive for as long as the source (its cached buffers go back in deinit)...
@@ -119,6 +121,8 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
     /// even an `unowned(unsafe)` reference is retained around each call).
     private let poolRef: Unmanaged<BufferPool>
     @exclusivity(unchecked) private var reader: PcapReader
+    /// Reads this source's blocks instead of `reader` (top speed only; loops inside).
+    @exclusivity(unchecked) private var blocks: PcapBlockReader?
     @exclusivity(unchecked) private var pending: UInt32?        // the next record, read into a buffer, not yet due
     @exclusivity(unchecked) private var pendingDueNs: UInt64 = 0
     @exclusivity(unchecked) private var firstTimestampNs: UInt64?
@@ -155,12 +159,30 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
                   returns: returns, split: split)
     }
 
+    /// Replays `share`'s blocks of the capture `reader` has opened, at top speed, `share.blocks.loopCount`
+    /// times (other sources read the other blocks). Throws when the file cannot be read in blocks
+    /// (`PcapReader.readsInBlocks`).
+    public convenience init(reader: consuming PcapReader, pool: BufferPool, blocks share: CaptureBlockShare,
+                            returns: consuming RingConsumer? = nil) throws(PcapError) {
+        let blocks = try reader.blockReader(share)
+        self.init(reader: reader, pool: pool, pacing: .topSpeed, loopCount: share.blocks.loopCount,
+                  returns: returns, split: nil, blocks: blocks, share: share)
+    }
+
     /// Replays what `reader` has opened (it is reopened by path for each extra loop, so a reader on
     /// a pipe allows one loop only). `returns` as above.
     /// With `split`, only the records of that share of the flows (other sources read the rest).
-    public init(reader: consuming PcapReader, pool: BufferPool, pacing: ReplayPacing, loopCount: Int = 1,
-                port: UInt16 = 0, returns: consuming RingConsumer? = nil, split: CaptureSplit? = nil) {
+    public convenience init(reader: consuming PcapReader, pool: BufferPool, pacing: ReplayPacing, loopCount: Int = 1,
+                            port: UInt16 = 0, returns: consuming RingConsumer? = nil, split: CaptureSplit? = nil) {
+        self.init(reader: reader, pool: pool, pacing: pacing, loopCount: loopCount, port: port, returns: returns,
+                  split: split, blocks: nil, share: nil)
+    }
+
+    private init(reader: consuming PcapReader, pool: BufferPool, pacing: ReplayPacing, loopCount: Int,
+                 port: UInt16 = 0, returns: consuming RingConsumer?, split: CaptureSplit?,
+                 blocks: consuming PcapBlockReader?, share: CaptureBlockShare?) {
         precondition(loopCount >= 1, "a replay runs the capture at least once")
+        precondition(blocks == nil || pacing == .topSpeed, "blocks are read at top speed")
         precondition(loopCount == 1 || reader.isRegularFile, "only a regular file can be read again")
         self.path = reader.path
         self.linkType = reader.linkType
@@ -176,6 +198,8 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
         self.port = port
         self.returns = returns
         self.split = split
+        self.blocks = blocks
+        self.blockShare = share
     }
 
     deinit {
@@ -195,12 +219,14 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
         var count = 0
         // Other readers' records this call may pass over, whichever path reads them (`split`).
         var othersBudget = Self.othersSkipsPerTurnMax
-        if pacing == .topSpeed, pending == nil {
+        if blockShare != nil {
+            count = poolRef._withUnsafeGuaranteedRef { pool in produceFromBlocks(into: items, now: now, pool: pool) }
+        } else if pacing == .topSpeed, pending == nil {
             count = poolRef._withUnsafeGuaranteedRef { pool in
                 produceAtTopSpeed(into: items, now: now, pool: pool, othersBudget: &othersBudget)
             }
         }
-        while count < items.count {
+        while blockShare == nil, count < items.count {
             if pending == nil, !readNext(now: now, othersBudget: &othersBudget) { break }
             guard let index = pending, pendingDueNs <= now else { break }
             if pacing != .topSpeed {  // latency starts at release, not at read
@@ -242,6 +268,55 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
                 othersRecords &+= 1
                 othersBudget &-= 1
                 continue
+            }
+            if record.capturedLength > pool.bufferSizeBytes {
+                oversizeDrops &+= 1
+                skips += 1
+                continue
+            }
+            cacheCount -= 1
+            let index = UInt32(truncatingIfNeeded: cache[cacheCount])
+            if cacheCount >= Self.prefetchDistance {
+                pool.prefetch(UInt32(truncatingIfNeeded: cache[cacheCount - Self.prefetchDistance]), forWriting: true)
+            }
+            fill(index, from: record, now: now, pool: pool)
+            sequence &+= 1
+            items[count] = UInt64(index)
+            count += 1
+        }
+        return count
+    }
+
+    /// Top speed from this source's blocks: as `produceAtTopSpeed`, and the loops are the block
+    /// reader's. Returns early while the next block is not walked yet (the next turn tries again).
+    private func produceFromBlocks(into items: UnsafeMutableBufferPointer<UInt64>, now: UInt64, pool: BufferPool) -> Int {
+        var count = 0
+        var skips = 0
+        blocks!.readAhead()  // the next block walked while this one's records go out
+        reading: while count < items.count, !finished, skips < Self.oversizeSkipsPerTurnMax {
+            if cacheCount == 0 {
+                cacheCount = refill(pool)
+                guard cacheCount > 0 else {
+                    counters.poolWaits.add(1, ordering: .relaxed)
+                    break
+                }
+            }
+            let record: PcapRecord
+            do {
+                switch try blocks!.next() {
+                case .record(let next): record = next
+                case .waiting: break reading
+                case .end:
+                    finished = true
+                    // Loops every block of which went out: all, or those before the loop a bad record ended.
+                    counters.loopsDone.store(UInt64(blockShare!.blocks.failedLoop ?? loopCount), ordering: .relaxed)
+                    break reading
+                }
+            } catch {
+                failureBox.withLock { $0 = error }
+                finished = true
+                counters.loopsDone.store(UInt64(blockShare!.blocks.failedLoop ?? 0), ordering: .relaxed)
+                break
             }
             if record.capturedLength > pool.bufferSizeBytes {
                 oversizeDrops &+= 1
