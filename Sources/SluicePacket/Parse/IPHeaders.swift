@@ -3,7 +3,7 @@
 
 extension LayerParser {
     /// An IPv4 header at `start`, then its upper layer unless it is a non-first fragment.
-    func parseIPv4(at start: Int, limit: Int, _ headers: inout PacketHeaders) -> DropReason? {
+    @inline(__always) func parseIPv4(at start: Int, limit: Int, _ headers: inout PacketHeaders) -> DropReason? {
         guard bytes.contains(start, size: 20, limit: limit) else { return .truncatedIPv4 }
         let versionAndLength = bytes.u8(start)
         guard versionAndLength >> 4 == 4 else { return .badIPv4Version }

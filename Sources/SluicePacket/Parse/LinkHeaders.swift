@@ -3,7 +3,7 @@
 
 extension LayerParser {
     /// An Ethernet header at `start`, its tags, and the network layer after them.
-    func parseEthernet(at start: Int, limit: Int, _ headers: inout PacketHeaders) -> DropReason? {
+    @inline(__always) func parseEthernet(at start: Int, limit: Int, _ headers: inout PacketHeaders) -> DropReason? {
         guard bytes.contains(start, size: 14, limit: limit) else { return .truncatedEthernet }
         headers.l2Offset = Self.offset16(start)
         headers.destinationMAC = MACAddress(bytes.u48(start))
@@ -36,7 +36,7 @@ extension LayerParser {
 
     /// Up to `PacketLimits.vlanTagCountMax` VLAN tags starting at `start` when `type` is a TPID, then the
     /// network layer. A non-IP EtherType (ARP, LLDP, an 802.3 length) ends the parse successfully.
-    func parseEtherType(_ type: UInt16, at start: Int, limit: Int, _ headers: inout PacketHeaders) -> DropReason? {
+    @inline(__always) func parseEtherType(_ type: UInt16, at start: Int, limit: Int, _ headers: inout PacketHeaders) -> DropReason? {
         var type = type
         var cursor = start
         var tagCount = 0

@@ -97,7 +97,7 @@ struct LayerParser {
     }
 
     /// Dispatches on the link type.
-    func parseLink(_ linkType: LinkType, _ headers: inout PacketHeaders) -> DropReason? {
+    @inline(__always) func parseLink(_ linkType: LinkType, _ headers: inout PacketHeaders) -> DropReason? {
         let count = bytes.count
         switch linkType {
         case .ethernet: return parseEthernet(at: 0, limit: count, &headers)

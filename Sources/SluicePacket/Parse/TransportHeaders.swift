@@ -4,7 +4,7 @@ extension LayerParser {
     /// The upper-layer header `proto` at `start`, readable up to `limit`. `declaredEnd` is where the IP
     /// header says the payload ends (past `limit` only for a cut capture). Other protocols (GRE, ESP,
     /// SCTP...) get an L4 offset and nothing else.
-    func parseTransport(
+    @inline(__always) func parseTransport(
         _ proto: UInt8, at start: Int, limit: Int, declaredEnd: Int, _ headers: inout PacketHeaders
     ) -> DropReason? {
         headers.l4Offset = Self.offset16(start)
@@ -19,7 +19,7 @@ extension LayerParser {
         }
     }
 
-    func parseTCP(at start: Int, limit: Int, _ headers: inout PacketHeaders) -> DropReason? {
+    @inline(__always) func parseTCP(at start: Int, limit: Int, _ headers: inout PacketHeaders) -> DropReason? {
         guard bytes.contains(start, size: 20, limit: limit) else { return .truncatedTCP }
         let headerSize = Int(bytes.u8(start + 12) >> 4) * 4
         guard headerSize >= 20 else { return .badTCPDataOffset }
@@ -34,7 +34,7 @@ extension LayerParser {
 
     /// The UDP length must cover the header and fit the IP payload; a first fragment is exempt from
     /// the second check (its UDP length spans every fragment).
-    func parseUDP(at start: Int, limit: Int, declaredEnd: Int, _ headers: inout PacketHeaders) -> DropReason? {
+    @inline(__always) func parseUDP(at start: Int, limit: Int, declaredEnd: Int, _ headers: inout PacketHeaders) -> DropReason? {
         guard bytes.contains(start, size: 8, limit: limit) else { return .truncatedUDP }
         let length = Int(bytes.u16(start + 4))
         guard length >= 8 else { return .badUDPLength }
