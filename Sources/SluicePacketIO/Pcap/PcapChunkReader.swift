@@ -54,7 +54,7 @@ struct PcapChunkReader: ~Copyable {
     }
 
     /// The next record, nil at the end of the file; `recordIndex` only names the record in errors.
-    mutating func next(recordIndex: Int) throws(PcapError) -> PcapRecord? {
+    @inline(__always) mutating func next(recordIndex: Int) throws(PcapError) -> PcapRecord? {
         guard end - start >= 16 || fill(atLeast: 16) else {
             if end == start, readError == nil { return nil }
             throw bad(recordIndex, .truncatedHeader(bytesRead: end - start))

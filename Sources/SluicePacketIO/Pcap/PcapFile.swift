@@ -310,7 +310,7 @@ public struct PcapReader: ~Copyable {
     /// The next record, or nil at the end of the file. A truncated or corrupt record throws
     /// `badRecord` naming its index and offset; the records before it were returned normally.
     /// A record longer than the snapshot length comes back cut to it, as libpcap returns it.
-    public mutating func next() throws(PcapError) -> PcapRecord? {
+    @inline(__always) public mutating func next() throws(PcapError) -> PcapRecord? {
         if chunks != nil {
             guard let record = try chunks!.next(recordIndex: recordIndex) else { return nil }
             recordIndex += 1
