@@ -182,8 +182,9 @@ import Testing
         #expect(summary.failure == nil && summary.drops.isEmpty)
         #expect(summary.instances == 2 && summary.split == .blocks)
         #expect(summary.packets == 60_000 && summary.delivered == 60_000 && summary.bytes == 3 * bytes)
-        #expect(summary.instanceDelivered.count == 2 && summary.instanceDelivered.allSatisfy { $0 > 0 },
-                "\(summary.instanceDelivered): both instances claimed blocks")
+        // How many blocks each instance claims depends on when its worker starts (CaptureBlocksTests
+        // checks every reader gets blocks, deterministically).
+        #expect(summary.instanceDelivered.count == 2 && summary.instanceDelivered.reduce(0, +) == 60_000)
         #expect(summary.stages.map(\.items) == [60_000, 60_000, 60_000, 60_000])
         // Auto allowed to fan out by blocks does so on a capture of at least two blocks an instance...
         configuration.placement = .auto

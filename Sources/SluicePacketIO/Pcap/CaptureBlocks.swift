@@ -12,7 +12,8 @@ import SystemPackage
 /// and publishes where the next block's first record starts (and that record's index): the next
 /// reader starts while this one still runs its records through the stages. Later loops reuse what
 /// the first one published, once all of the first loop has been walked without a bad record (so a
-/// bad record ends every loop). Unlike `CaptureSplit`, flows are not kept together: records keep
+/// bad record ends every loop; in a file that changes during the replay, one first met in a later
+/// loop stops the other readers only at their next block). Unlike `CaptureSplit`, flows are not kept together: records keep
 /// capture order within a block, not across readers. Shared by the readers; lock-free. The file's
 /// size is taken once, at creation: what is appended later is not read, a file cut shorter reads as
 /// truncated.
@@ -156,6 +157,7 @@ public enum PcapBlockRead {
 public struct PcapBlockReader: ~Copyable {
     /// A block read and walked: its records start at offset 0 of its buffer.
     private struct Walked {
+        var global: Int64
         var records: Int
         var firstIndex: Int64
         var loop: Int
@@ -228,6 +230,12 @@ public struct PcapBlockReader: ~Copyable {
                 if walkedAll { ended = true }
                 return ended ? .end : .waiting
             }
+            // A bad record another reader met since (in a later loop, in a file that changed) ends this one.
+            if walked.error == nil, share.blocks.hasFailed(before: walked.global) {
+                ahead = nil
+                ended = true
+                return .end
+            }
             let spare = buffer
             buffer = aheadBuffer
             aheadBuffer = spare
@@ -282,7 +290,7 @@ public struct PcapBlockReader: ~Copyable {
                 if loop == 0 { blocks.publish(block: block + 1, offset: start, recordIndex: firstIndex) }
                 continue
             }
-            var walked = Walked(records: 0, firstIndex: firstIndex, loop: loop, error: nil)
+            var walked = Walked(global: global, records: 0, firstIndex: firstIndex, loop: loop, error: nil)
             let end = walk(from: start, to: range.end, records: &walked.records)
             if let (offset, problem) = end.problem {
                 walked.error = .badRecord(path: path, recordIndex: Int(firstIndex) + walked.records, fileOffset: offset,
@@ -312,7 +320,7 @@ public struct PcapBlockReader: ~Copyable {
             let left = fileSize - offset
             guard left >= 16 else { return (offset, (offset, .truncatedHeader(bytesRead: Int(left)))) }
             if buffered < at + 16, let failure = fill(aheadBuffer, from: start, buffered: &buffered, through: at + 16) {
-                return (offset, (offset, failure.error.map { .readFailed($0) } ?? .truncatedHeader(bytesRead: buffered - at)))
+                return (offset, (offset, failure.error.map { .readFailed($0) } ?? .truncatedHeader(bytesRead: max(buffered - at, 0))))
             }
             let captured = Int(field(UnsafeRawBufferPointer(start: base + at, count: 16), 8))
             guard captured <= capturedLengthMax else {
@@ -327,7 +335,7 @@ public struct PcapBlockReader: ~Copyable {
             if buffered < at + 16 + kept,
                let failure = fill(aheadBuffer, from: start, buffered: &buffered, through: at + 16 + kept) {
                 return (offset, (offset, failure.error.map { .readFailed($0) }
-                    ?? .truncatedData(capturedLength: kept, bytesRead: buffered - at - 16)))
+                    ?? .truncatedData(capturedLength: kept, bytesRead: max(buffered - at - 16, 0))))
             }
             at += 16 + captured
             records += 1
@@ -358,7 +366,6 @@ public struct PcapBlockReader: ~Copyable {
     }
 
     @inline(__always) private func field(_ header: UnsafeRawBufferPointer, _ at: Int) -> UInt32 {
-        let value = header.loadUnaligned(fromByteOffset: at, as: UInt32.self)
-        return swapped ? value.byteSwapped : value
+        PcapFileHeader.field(header, at, swapped: swapped)
     }
 }

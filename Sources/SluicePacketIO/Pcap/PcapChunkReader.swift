@@ -119,8 +119,7 @@ struct PcapChunkReader: ~Copyable {
     }
 
     @inline(__always) private func field(_ header: UnsafeRawBufferPointer, _ at: Int) -> UInt32 {
-        let value = header.loadUnaligned(fromByteOffset: at, as: UInt32.self)
-        return swapped ? value.byteSwapped : value
+        PcapFileHeader.field(header, at, swapped: swapped)
     }
 
     /// Makes at least `count` bytes available from `start`, moving the tail to the front and

@@ -96,6 +96,12 @@ struct PcapFileHeader {
     /// The link-type field as stored: LINKTYPE_ value and, in the upper bits, FCS and reserved bits.
     var linkTypeField: UInt32
 
+    /// The 32-bit field at `at` of a record header written in the file's byte order.
+    @inline(__always) static func field(_ header: UnsafeRawBufferPointer, _ at: Int, swapped: Bool) -> UInt32 {
+        let value = header.loadUnaligned(fromByteOffset: at, as: UInt32.self)
+        return swapped ? value.byteSwapped : value
+    }
+
     /// nil unless `bytes` (at least 24) start with a classic pcap magic libpcap reads records of.
     init?(_ bytes: UnsafeRawBufferPointer) {
         precondition(bytes.count >= Self.sizeBytes, "a pcap file header is 24 bytes")

@@ -87,6 +87,8 @@ public final class PcapSourceCounters: Sendable {
     public let bytes = Atomic<UInt64>(0)
     /// Records that found no free pool buffer; the source waits for one (nothing is skipped).
     public let poolWaits = Atomic<UInt64>(0)
+    /// Loops done. A source reading blocks (`CaptureBlocks`) sets it when it ends: every loop, or the
+    /// loop a bad record ended (a bad record another reader meets after this source ended is not seen).
     public let loopsDone = Atomic<UInt64>(0)
     /// Records longer than a pool buffer: skipped, never cut (reported as `frame-larger-than-buffer`).
     public let oversizeDrops = Atomic<UInt64>(0)
@@ -274,17 +276,24 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
                 skips += 1
                 continue
             }
-            cacheCount -= 1
-            let index = UInt32(truncatingIfNeeded: cache[cacheCount])
-            if cacheCount >= Self.prefetchDistance {
-                pool.prefetch(UInt32(truncatingIfNeeded: cache[cacheCount - Self.prefetchDistance]), forWriting: true)
-            }
-            fill(index, from: record, now: now, pool: pool)
-            sequence &+= 1
-            items[count] = UInt64(index)
+            items[count] = UInt64(fillCached(from: record, now: now, pool: pool))
             count += 1
         }
         return count
+    }
+
+    /// Copies `record` into the next cached buffer (the cache is not empty) and returns its index,
+    /// pulling a buffer a few records ahead into this core's cache for writing.
+    @inline(__always)
+    private func fillCached(from record: PcapRecord, now: UInt64, pool: BufferPool) -> UInt32 {
+        cacheCount -= 1
+        let index = UInt32(truncatingIfNeeded: cache[cacheCount])
+        if cacheCount >= Self.prefetchDistance {
+            pool.prefetch(UInt32(truncatingIfNeeded: cache[cacheCount - Self.prefetchDistance]), forWriting: true)
+        }
+        fill(index, from: record, now: now, pool: pool)
+        sequence &+= 1
+        return index
     }
 
     /// Top speed from this source's blocks: as `produceAtTopSpeed`, and the loops are the block
@@ -323,14 +332,7 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
                 skips += 1
                 continue
             }
-            cacheCount -= 1
-            let index = UInt32(truncatingIfNeeded: cache[cacheCount])
-            if cacheCount >= Self.prefetchDistance {
-                pool.prefetch(UInt32(truncatingIfNeeded: cache[cacheCount - Self.prefetchDistance]), forWriting: true)
-            }
-            fill(index, from: record, now: now, pool: pool)
-            sequence &+= 1
-            items[count] = UInt64(index)
+            items[count] = UInt64(fillCached(from: record, now: now, pool: pool))
             count += 1
         }
         return count
