@@ -147,6 +147,9 @@ import Testing
         var oneCore = configuration(.fanout)
         oneCore.cores = [Self.cores[0]]
         cases.append((oneCore, "cores"))
+        var spreadByBlocks = configuration(.spread)
+        spreadByBlocks.split = .blocks
+        cases.append((spreadByBlocks, "not spread"))
         for (configuration, word) in cases {
             #expect {
                 _ = try Replay(configuration)
