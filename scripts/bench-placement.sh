@@ -111,4 +111,11 @@ others = [d['fanout']['othersNsPerRecord'] for d in decisions if d.get('fanout')
 print(f"auto's final placements over the rounds: {shapes}; hand-off per side (ns/item), median: "
       f"{med(handoffs) if handoffs else float('nan'):.1f}; another instance's record (ns), median: "
       f"{med(others) if others else float('nan'):.1f}")
+# auto's trials before each round's run (M records/s), next to what each fixed shape then ran.
+trials = [d['fanout'].get('trials') or {} for d in decisions if d.get('fanout')]
+def trial_median(key):
+    values = [t[key] / 1e6 for t in trials if t.get(key)]
+    return f"{med(values):.2f}" if values else "-"
+print(f"auto's trials, median M records/s: one core {trial_median('oneCore')}, pipelined {trial_median('pipelined')}, "
+      f"fanned out {trial_median('fannedOut')}")
 PY

@@ -103,10 +103,13 @@ public enum ReplaySplit: String, Sendable, Equatable, CaseIterable {
 /// What `--placement auto` weighed before fanning out over its cores, and what it chose. Fanning out
 /// costs each instance a record read and a flow hash for every record another instance takes
 /// (`othersNsPerRecord`, measured on a sample of the capture, which also gives the busiest
-/// instance's share); it never hands a packet to another core. A probe runs the stages on one core
+/// instance's share); it never hands a packet to another core. A trial runs the stages on one core
 /// over the capture's first records (`stageNsPerItem`); from those costs the fanned-out rate is
 /// predicted and compared with `PlacementPlanner`'s best single-instance shape (one core, or
-/// pipelined with the calibrated hand-off). It fans out for at least 5% more predicted rate.
+/// pipelined with the calibrated hand-off). Then the shapes are tried for real on the run's cores
+/// (`Replay.trial`): one core, the planner's best pipelined split, and the instances fanned out,
+/// both cores busy at once. The trials decide: fanned out for at least 5% more than the best single
+/// shape tried (pipelined counting only for 5% more than one core). Without trials, the predictions do.
 public struct FanoutDecision: Sendable, Equatable, CustomStringConvertible {
     public var instances: Int
     /// Measured before the run: reading a record and hashing its flow, per record.
@@ -121,6 +124,16 @@ public struct FanoutDecision: Sendable, Equatable, CustomStringConvertible {
     public var predictedItemsPerSecond: Double?
     /// The planner's best shape on the same costs: one core or pipelined (nil without a probe).
     public var planner: PlacementDecision?
+    /// Trials (`Replay.trial`): capture records a second each shape went through over the capture's
+    /// first records before the run, on the run's cores. These decide when they ran: the predictions
+    /// above leave out what both cores busy at once cost each other. nil: not run or measured nothing.
+    public var trialOneCore: Double?
+    public var trialPipelined: Double?
+    /// The pipelined shape tried: the planner's best over two or more cores (worker per stage).
+    public var trialPipelinedPlacement: [Int]?
+    public var trialFannedOut: Double?
+    /// Where the single instance starts when not fanned out (worker per stage); nil: the planner's.
+    public var startPlacement: [Int]?
     public var chosen: Bool
     /// How the instances would share the capture; with `.blocks`, `blockCount` blocks a loop.
     public var split = ReplaySplit.flows
@@ -138,6 +151,15 @@ public struct FanoutDecision: Sendable, Equatable, CustomStringConvertible {
         let handoff = handoffNsPerItem.map { "pipelining would hand off at \(Self.ns($0)) ns/item a side" }
             ?? "the hand-off was not measured"
         let share = "the busiest instance takes \(Self.ns(largestShare * 100))% of the sampled records"
+        if let fanned = trialFannedOut, let one = trialOneCore {
+            let pipelined = trialPipelined.flatMap { rate in
+                trialPipelinedPlacement.map { ", pipelined \($0) \(Self.ns(rate / 1e6))" }
+            } ?? ""
+            let tried = "in trials over the capture's first records \(instances) instances ran \(Self.ns(fanned / 1e6)) Mpps, "
+                + "one core \(Self.ns(one / 1e6))\(pipelined) (\(others); \(share))"
+            return chosen ? "fanned out: \(tried)"
+                          : "not fanned out: \(startPlacement.map { "starts at \($0): " } ?? "")\(tried)"
+        }
         guard let predicted = predictedItemsPerSecond, let planner else {
             return chosen
                 ? "fanned out over \(instances) instances, each run to completion: \(others); \(share); \(handoff) (no probe)"
@@ -386,7 +408,7 @@ public final class Replay {
                 let handoffNs = try? calibrated.get().handoffNsPerItem
                 decision.handoffNsPerItem = handoffNs
                 // Too small to share: start where the planner puts the stages, as without blocks.
-                if refusal == nil, let handoffNs, let stageNs = Self.probeStageCosts(configuration) {
+                if refusal == nil, let handoffNs, let stageNs = Self.trial(configuration)?.stageNsPerItem {
                     decision.stageNsPerItem = stageNs
                     decision.planner = PlacementPlanner().plan(
                         costs: PlacementCosts(stageNsPerItem: stageNs, handoffNsPerItem: handoffNs), workerCount: cores.count)
@@ -395,7 +417,7 @@ public final class Replay {
             fanout = decision
         case .auto where cores.count > 1:
             // Measured before any worker starts, inside the run's clock and CPU span: kept short (16k
-            // items a round, a sample and a probe of 8k records: about 10 ms in all).
+            // items a round, a sample of 8k records, three trials of about 18k: 10-20 ms in all).
             let calibrated = MeasuredPlacement.calibrate(cores: cores, itemCount: 1 << 14)
             handoff = calibrated
             let handoffNs = try? calibrated.get().handoffNsPerItem
@@ -404,23 +426,40 @@ public final class Replay {
                                         largestShare: 0, chosen: false, notSplittable: reason)
             } else {
                 let sample = Self.sampleSplit(configuration.capturePath, instances: cores.count)
-                let stageNs = Self.probeStageCosts(configuration)
+                let one = Self.trial(configuration)
+                let stageNs = one?.stageNsPerItem
                 var decision = FanoutDecision(instances: cores.count, othersNsPerRecord: sample.othersNsPerRecord,
                                               handoffNsPerItem: handoffNs, largestShare: sample.largestShare,
                                               chosen: false, notSplittable: nil)
                 decision.stageNsPerItem = stageNs
+                let planner = PlacementPlanner()
                 if let stageNs, let handoffNs {
                     // Fanned out, the busiest instance takes `largestShare` of the records and reads all.
                     let own = stageNs.reduce(0, +)
                     let busiest = sample.largestShare * own + (1 - sample.largestShare) * sample.othersNsPerRecord
                     let predicted = busiest > 0 ? 1e9 / busiest : .infinity
-                    let planner = PlacementPlanner()
                     let single = planner.plan(costs: PlacementCosts(stageNsPerItem: stageNs, handoffNsPerItem: handoffNs),
                                               workerCount: cores.count)
                     decision.predictedItemsPerSecond = predicted
                     decision.planner = single
                     // Fan out only for a clear gain over the planner's best shape (one core or pipelined).
                     decision.chosen = predicted >= single.chosen.predictedItemsPerSecond * (1 + planner.moreCoresMargin)
+                    // Then try the shapes on the cores, both busy at once where the shape has them so.
+                    if let one, let fanned = Self.trial(configuration, instances: cores.count) {
+                        let spread = ([single.chosen] + single.alternatives).filter { Set($0.placement).count > 1 }
+                            .max { $0.predictedItemsPerSecond < $1.predictedItemsPerSecond }
+                        let pipelined = spread.flatMap { Self.trial(configuration, placement: $0.placement) }
+                        (decision.trialOneCore, decision.trialFannedOut) = (one.recordsPerSecond, fanned.recordsPerSecond)
+                        (decision.trialPipelined, decision.trialPipelinedPlacement) = (pipelined?.recordsPerSecond, spread?.placement)
+                        let margin = 1 + planner.moreCoresMargin
+                        // More cores must run clearly faster: pipelined than one core, fanned out than either.
+                        var best = (placement: Array(repeating: 0, count: stageNs.count), rate: one.recordsPerSecond)
+                        if let pipelined, let spread, pipelined.recordsPerSecond >= one.recordsPerSecond * margin {
+                            best = (spread.placement, pipelined.recordsPerSecond)
+                        }
+                        decision.chosen = fanned.recordsPerSecond >= best.rate * margin
+                        decision.startPlacement = best.placement
+                    }
                 } else {
                     decision.chosen = sample.largestShare <= 1.5 / Double(cores.count)  // nothing to compare: spread
                 }
@@ -466,11 +505,12 @@ public final class Replay {
         paths = built
         trafficMetrics = configuration.traffic.map { TrafficMetrics(sourceCount: max($0.sources.count, 1)) }
         let stageCount = built[0].pipeline.stages.count
-        // Auto with a probe's costs starts where the planner put the stages; the measured placement
-        // then re-decides from live costs as before.
+        // Auto with a probe's costs starts where its trials (or, without them, the planner) put the
+        // stages; the measured placement then re-decides from live costs.
         if configuration.placement == .spread {
             initialPlacement = spreadPlacement(stageCount: stageCount, workers: Array(cores.indices))
-        } else if instances == 1, let planned = fanout?.planner?.chosen.placement, planned.count == stageCount {
+        } else if instances == 1, let planned = fanout?.startPlacement ?? fanout?.planner?.chosen.placement,
+                  planned.count == stageCount {
             initialPlacement = planned
         } else {
             initialPlacement = Array(repeating: 0, count: stageCount)
@@ -521,48 +561,9 @@ public final class Replay {
         return nil
     }
 
-    /// Records the probe runs and the sample reads (after `sampleWarmUpRecords` untimed ones).
-    static let probeRecords = 8_192
-    static let probeTimeNsMax: UInt64 = 50_000_000
+    /// Records the sample reads (after `sampleWarmUpRecords` untimed ones).
     static let sampleRecords = 8_192
     static let sampleWarmUpRecords = 1_024
-
-    /// Each stage's cost in ns per packet, run to completion: the pipeline's own stages (a copy of the
-    /// rule table, so no hits are counted) on the first core over the capture's first `probeRecords`
-    /// records into a discard sink: nothing reaches the output. A few milliseconds; nil when it cannot run.
-    static func probeStageCosts(_ c: ReplayConfiguration) -> [Double]? {
-        var probe = PacketPathConfiguration(
-            name: "probe", input: .capture(path: c.capturePath, pacing: .topSpeed, loopCount: 1), output: .discard,
-            numaNode: CPU.numaNode(of: c.cores[0]))
-        probe.burstCount = c.burstCount
-        probe.ringCapacity = 64  // fused: the rings stay empty; small, so the pool is too
-        if let size = c.bufferSizeBytes {
-            probe.bufferSizeBytes = size
-            probe.bufferSizeFollowsCapture = false
-        }
-        probe.stages = c.stages
-        probe.classifier = c.classifier
-        guard let rules = try? RuleTable(rules: c.rules.rules, defaultVerdict: c.rules.defaultVerdict,
-                                         tableRewrites: c.rules.tableRewrites),
-              let path = try? PacketPath({ var p = probe; p.rules = rules; return p }()),
-              let runtime = try? Runtime(configuration: RuntimeConfiguration(cores: [c.cores[0]], waitMode: .busyPoll))
-        else { return nil }
-        defer { runtime.stop() }
-        guard (try? runtime.start()) != nil, (try? runtime.launch(path.pipeline, placement:
-            Array(repeating: 0, count: path.pipeline.stages.count))) != nil else { return nil }
-        // Bounded: a slow pipeline (a debug build) measures what it did in 50 ms.
-        let deadline = Clock.monotonicNs() &+ Self.probeTimeNsMax
-        while path.packetsIn < UInt64(Self.probeRecords), !path.pipeline.isDrained, Clock.monotonicNs() < deadline {
-            usleep(100)
-        }
-        path.stopSignal.stop()
-        runtime.wakeAll()
-        guard runtime.drain(timeoutNs: 10 * Self.probeTimeNsMax) else { return nil }  // only slow when something is wrong
-        runtime.stop()
-        let stages = path.pipeline.snapshot()
-        guard stages[0].items > 0 else { return nil }
-        return stages.map { Double($0.cycles) / Clock.cyclesPerNs / Double(stages[0].items) }
-    }
 
     /// The capture's first records read and split as the instances will: what an instance pays per
     /// record of another's flows (reading it and hashing its flow; timed after `sampleWarmUpRecords`,

@@ -112,18 +112,29 @@ import Testing
     }
 
     @Test(.enabled(if: Self.cores.count >= 2 || Captures.inCI, "needs two CPUs"))
-    func autoFansOutOnlyWhenThePredictionsFavourIt() throws {
+    func autoFansOutOnlyWhenItsTrialsFavourIt() throws {
         try #require(Self.cores.count >= 2, "CI machines have two CPUs")
         let summary = try Replay(configuration(.auto)).run()
         let decision = try #require(summary.fanout)
         #expect(decision.notSplittable == nil && decision.othersNsPerRecord > 0)
-        // The probe measured the stages, and the choice follows the predictions it prints.
+        // The one-core trial measured the stages; the planner predicted from them.
         let stageNs = try #require(decision.stageNsPerItem, "\(decision)")
         #expect(stageNs.count == 4 && stageNs.allSatisfy { $0 > 0 })
         let planner = try #require(decision.planner)
-        let predicted = try #require(decision.predictedItemsPerSecond)
-        #expect(decision.chosen == (predicted >= planner.chosen.predictedItemsPerSecond * 1.05), "\(decision)")
+        #expect(decision.predictedItemsPerSecond != nil)
+        // The shapes were tried (the sample's 2,000 records over 5 loops fill every trial's window),
+        // the pipelined one where the planner put it, and the choice follows the trials' rates.
+        let one = try #require(decision.trialOneCore, "\(decision)")
+        let fanned = try #require(decision.trialFannedOut, "\(decision)")
+        let tried = try #require(decision.trialPipelinedPlacement, "\(decision)")
+        #expect(Set(tried).count == 2 && ([planner.chosen] + planner.alternatives).contains { $0.placement == tried })
+        let pipelined = try #require(decision.trialPipelined, "\(decision)")
+        #expect(one > 0 && fanned > 0 && pipelined > 0)
+        let bestSingle = pipelined >= one * 1.05 ? pipelined : one
+        #expect(decision.chosen == (fanned >= bestSingle * 1.05), "\(decision)")
         #expect(summary.instances == (decision.chosen ? 2 : 1))
+        #expect(decision.startPlacement == (pipelined >= one * 1.05 ? tried : [0, 0, 0, 0]), "\(decision)")
+        #expect("\(decision)".contains("in trials over the capture's first records"), "\(decision)")
         #expect(summary.instanceDelivered.count == summary.instances && summary.instanceDelivered.allSatisfy { $0 > 0 })
         #expect(summary.delivered == 10_000 && summary.failure == nil)
         // A pcap output cannot be split: auto says so and runs one instance.
