@@ -413,7 +413,7 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
                 logger.info("stages placed by measured cost", metadata: [
                     "pipeline": "\(path.configuration.name)",
                     "fromCores": "\(change.from.map { configuration.cores[$0] })",
-                    "toCores": "\(change.to.map { configuration.cores[$0] })", "why": "\(change.decision)"])
+                    "toCores": "\(change.to.map { configuration.cores[$0] })", "why": "\(change.why)"])
             }
             let status = PlacementStatus(cores: allocator.placement.map { configuration.cores[$0] },
                                          changes: allocator.changes.count, handoffNsPerItem: allocator.handoff?.handoffNsPerItem,

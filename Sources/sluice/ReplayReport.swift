@@ -109,7 +109,8 @@ enum ReplayReport {
             lines.append("placement: stayed at \(s.stagePlacement) (a move must predict 10% more); the planner's best: \(first)")
         }
         for change in s.placementChanges {
-            lines.append("placement: at \(String(format1: Double(change.atNs) / 1e6)) ms moved \(change.from) -> \(change.decision)")
+            let moved = change.undone == nil ? "moved \(change.from) -> \(change.decision)" : "\(change.from) -> \(change.to) \(change.why)"
+            lines.append("placement: at \(String(format1: Double(change.atNs) / 1e6)) ms \(moved)")
         }
         lines.append("")
         lines.append(TextTable.row(["stage", "worker", "calls", "items", "items/call", "cycles/item", "filtered", "blocked"]))
@@ -144,7 +145,7 @@ enum ReplayReport {
         }
         let failure = s.failure.map { "\"\(escaped($0))\"" } ?? "null"
         let changes = s.placementChanges.map { change in
-            "{\"atNs\":\(change.atNs),\"from\":\(change.from),\"to\":\(change.to),\"reason\":\"\(escaped("\(change.decision)"))\"}"
+            "{\"atNs\":\(change.atNs),\"from\":\(change.from),\"to\":\(change.to),\"reason\":\"\(escaped(change.why))\",\"undone\":\(change.undone != nil)}"
         }
         let fanout = s.fanout.map { f in
             "{\"instances\":\(f.instances),\"othersNsPerRecord\":\(f.othersNsPerRecord),"

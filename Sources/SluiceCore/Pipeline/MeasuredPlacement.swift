@@ -8,12 +8,37 @@ public struct PlacementChange: Sendable, Equatable {
     public var from: [Int]
     public var to: [Int]
     /// The planner's reasoning: the chosen and the other shapes' predicted rates, and the costs.
+    /// For a move undone, the decision that made the move.
     public var decision: PlacementDecision
+    /// Set when this change undid the move before it, which measured no faster than where it came from.
+    public var undone: PlacementUndo?
+
+    /// Why the stages moved: the planner's decision, or why a move was undone.
+    public var why: String { undone.map { "\($0)" } ?? "\(decision)" }
+}
+
+/// A move measured no faster than the placement it left, and so undone.
+public struct PlacementUndo: Sendable, Equatable, CustomStringConvertible {
+    /// The busiest worker's measured ns per item that entered the pipeline, before and after the move.
+    public var beforeNsPerItem: Double
+    public var afterNsPerItem: Double
+
+    public var description: String {
+        "moved back: the busiest worker measured \(Self.tenths(afterNsPerItem)) ns/item after the move against "
+            + "\(Self.tenths(beforeNsPerItem)) before it (the planner predicted a gain; measured, there was none)"
+    }
+
+    private static func tenths(_ value: Double) -> String {
+        let tenths = Int((value * 10).rounded())
+        return "\(tenths / 10).\(tenths % 10)"
+    }
 }
 
 /// Runs `PlacementPlanner` on a live pipeline: calibrates the hand-off between the first two
 /// workers' cores when made, measures each stage's cycles per entered item over intervals, and moves
-/// stages (`Runtime.move`: nothing lost or reordered) when a placement predicts a clear gain.
+/// stages (`Runtime.move`: nothing lost or reordered) when a placement predicts a clear gain. The
+/// interval after a move checks it: when the busiest worker measures no fewer ns per item than it
+/// did before the move, the stages go back and the placement is no longer re-decided.
 /// Control plane: one thread calls `begin` then `step`; it allocates and may block in a move.
 public struct MeasuredPlacement {
     /// The first decision waits for this many items (enough to measure), later ones for the same
@@ -33,6 +58,11 @@ public struct MeasuredPlacement {
     /// The move that failed, if one did: from then on the placement is no longer re-decided (the
     /// pipeline keeps running where its stages are; `placement` says where that is).
     public private(set) var moveFailure: RuntimeError?
+    /// Set when a move was undone: the placement is no longer re-decided.
+    public private(set) var settled = false
+    /// The move being checked: the placement it left, the busiest worker's ns per item there, and
+    /// the decision that made it.
+    private var check: (from: [Int], bottleneckNs: Double, decision: PlacementDecision)?
     /// The runtime's worker indices this pipeline may use; the planner's worker i is `workers[i]`.
     private let workers: [Int]
     private let planner: PlacementPlanner
@@ -76,7 +106,7 @@ public struct MeasuredPlacement {
     /// A failed move is recorded in `moveFailure` (not thrown: the pipeline runs on), and `placement`
     /// follows the stages that did move, including one whose move timed out (it still lands).
     public mutating func step(_ pipeline: Pipeline, runtime: Runtime, nowNs: UInt64) {
-        guard let handoff, moveFailure == nil, changes.count < Self.changesMax else { return }
+        guard let handoff, moveFailure == nil, !settled, changes.count < Self.changesMax || check != nil else { return }
         let interval = firstDecision == nil ? Self.firstIntervalNs : Self.intervalNs
         guard nowNs &- lastNs >= interval else { return }
         let now = pipeline.snapshot()
@@ -87,6 +117,20 @@ public struct MeasuredPlacement {
         }
         last = now
         lastNs = nowNs
+        // The busiest worker's measured ns per item: what bounds the rate where the stages are now.
+        var load: [Int: Double] = [:]
+        for (stage, worker) in placement.enumerated() { load[worker, default: 0] += measured[stage] }
+        let bottleneck = load.values.max() ?? 0
+        if let check {
+            self.check = nil
+            if bottleneck >= check.bottleneckNs {
+                let undo = PlacementUndo(beforeNsPerItem: check.bottleneckNs, afterNsPerItem: bottleneck)
+                move(pipeline, runtime: runtime, to: check.from, nowNs: nowNs, decision: check.decision, undone: undo)
+                settled = true
+                return
+            }
+        }
+        guard changes.count < Self.changesMax else { return }
         let costs = PlacementCosts(
             stageNsPerItem: PlacementPlanner.localCosts(measured: measured, placement: placement,
                                                         handoffNsPerItem: handoff.handoffNsPerItem),
@@ -95,7 +139,15 @@ public struct MeasuredPlacement {
         if firstDecision == nil { firstDecision = decision }
         let local = placement.map { workers.firstIndex(of: $0)! }
         guard planner.shouldChange(from: local, to: decision, workerCount: workers.count) else { return }
-        let target = decision.chosen.placement.map { workers[$0] }
+        check = (placement, bottleneck, decision)
+        move(pipeline, runtime: runtime, to: decision.chosen.placement.map { workers[$0] }, nowNs: nowNs,
+             decision: decision, undone: nil)
+    }
+
+    /// Moves each stage not yet on its `target` worker and records the change; a failed move ends
+    /// the re-deciding (`moveFailure`).
+    private mutating func move(_ pipeline: Pipeline, runtime: Runtime, to target: [Int], nowNs: UInt64,
+                               decision: PlacementDecision, undone: PlacementUndo?) {
         let from = placement
         for (stage, worker) in target.enumerated() where placement[stage] != worker {
             do throws(RuntimeError) {
@@ -107,7 +159,8 @@ public struct MeasuredPlacement {
                 break
             }
         }
-        changes.append(PlacementChange(atNs: nowNs &- startNs, from: from, to: placement, decision: decision))
+        changes.append(PlacementChange(atNs: nowNs &- startNs, from: from, to: placement, decision: decision,
+                                       undone: undone))
         // Costs measured across the move mix two placements: start the next interval afresh.
         last = pipeline.snapshot()
         lastNs = Clock.monotonicNs()
