@@ -134,6 +134,8 @@ public struct FanoutDecision: Sendable, Equatable, CustomStringConvertible {
     public var trialFannedOut: Double?
     /// Where the single instance starts when not fanned out (worker per stage); nil: the planner's.
     public var startPlacement: [Int]?
+    /// Placements a trial measured slower than the start: the measured placement does not move to them.
+    public var refuted: [[Int]] = []
     public var chosen: Bool
     /// How the instances would share the capture; with `.blocks`, `blockCount` blocks a loop.
     public var split = ReplaySplit.flows
@@ -433,35 +435,42 @@ public final class Replay {
                                               chosen: false, notSplittable: nil)
                 decision.stageNsPerItem = stageNs
                 let planner = PlacementPlanner()
+                let margin = 1 + planner.moreCoresMargin
+                var single: PlacementDecision?
                 if let stageNs, let handoffNs {
                     // Fanned out, the busiest instance takes `largestShare` of the records and reads all.
                     let own = stageNs.reduce(0, +)
                     let busiest = sample.largestShare * own + (1 - sample.largestShare) * sample.othersNsPerRecord
                     let predicted = busiest > 0 ? 1e9 / busiest : .infinity
-                    let single = planner.plan(costs: PlacementCosts(stageNsPerItem: stageNs, handoffNsPerItem: handoffNs),
-                                              workerCount: cores.count)
+                    single = planner.plan(costs: PlacementCosts(stageNsPerItem: stageNs, handoffNsPerItem: handoffNs),
+                                          workerCount: cores.count)
                     decision.predictedItemsPerSecond = predicted
                     decision.planner = single
                     // Fan out only for a clear gain over the planner's best shape (one core or pipelined).
-                    decision.chosen = predicted >= single.chosen.predictedItemsPerSecond * (1 + planner.moreCoresMargin)
-                    // Then try the shapes on the cores, both busy at once where the shape has them so.
-                    if let one, let fanned = Self.trial(configuration, instances: cores.count) {
-                        let spread = ([single.chosen] + single.alternatives).filter { Set($0.placement).count > 1 }
-                            .max { $0.predictedItemsPerSecond < $1.predictedItemsPerSecond }
-                        let pipelined = spread.flatMap { Self.trial(configuration, placement: $0.placement) }
-                        (decision.trialOneCore, decision.trialFannedOut) = (one.recordsPerSecond, fanned.recordsPerSecond)
-                        (decision.trialPipelined, decision.trialPipelinedPlacement) = (pipelined?.recordsPerSecond, spread?.placement)
-                        let margin = 1 + planner.moreCoresMargin
-                        // More cores must run clearly faster: pipelined than one core, fanned out than either.
-                        var best = (placement: Array(repeating: 0, count: stageNs.count), rate: one.recordsPerSecond)
-                        if let pipelined, let spread, pipelined.recordsPerSecond >= one.recordsPerSecond * margin {
-                            best = (spread.placement, pipelined.recordsPerSecond)
-                        }
-                        decision.chosen = fanned.recordsPerSecond >= best.rate * margin
-                        decision.startPlacement = best.placement
-                    }
+                    decision.chosen = predicted >= single!.chosen.predictedItemsPerSecond * margin
                 } else {
                     decision.chosen = sample.largestShare <= 1.5 / Double(cores.count)  // nothing to compare: spread
+                }
+                // Then the shapes are tried on the cores (both busy at once where the shape has them so),
+                // and what the trials measured decides over what was predicted.
+                let spread = single.flatMap { plan in
+                    ([plan.chosen] + plan.alternatives).filter { Set($0.placement).count > 1 }
+                        .max { $0.predictedItemsPerSecond < $1.predictedItemsPerSecond }
+                }
+                let fanned = Self.trial(configuration, instances: cores.count)
+                let pipelined = spread.flatMap { Self.trial(configuration, placement: $0.placement) }
+                (decision.trialOneCore, decision.trialFannedOut) = (one?.recordsPerSecond, fanned?.recordsPerSecond)
+                (decision.trialPipelined, decision.trialPipelinedPlacement) = (pipelined?.recordsPerSecond, spread?.placement)
+                if let one, let fanned {
+                    // More cores must run clearly faster: pipelined than one core, fanned out than either.
+                    var best = (placement: Array(repeating: 0, count: one.stageNsPerItem.count), rate: one.recordsPerSecond)
+                    if let pipelined, let spread, pipelined.recordsPerSecond >= one.recordsPerSecond * margin {
+                        best = (spread.placement, pipelined.recordsPerSecond)
+                    }
+                    decision.chosen = fanned.recordsPerSecond >= best.rate * margin
+                    decision.startPlacement = best.placement
+                    // The pipelined shape tried and measured no faster than one core is not moved to later.
+                    if let pipelined, let spread, best.rate > pipelined.recordsPerSecond { decision.refuted = [spread.placement] }
                 }
                 fanout = decision
                 if decision.chosen { instances = cores.count }
@@ -596,7 +605,8 @@ public final class Replay {
         let fannedOut = paths.count > 1
         var allocator = !fannedOut && configuration.placement == .auto && configuration.cores.count > 1
             ? MeasuredPlacement(workers: Array(configuration.cores.indices), initial: initialPlacement,
-                                handoff: handoff ?? MeasuredPlacement.calibrate(cores: configuration.cores)) : nil
+                                handoff: handoff ?? MeasuredPlacement.calibrate(cores: configuration.cores),
+                                avoiding: fanout?.refuted ?? []) : nil
         let runtime: Runtime
         do {
             runtime = try Runtime(configuration: RuntimeConfiguration(

@@ -17,10 +17,10 @@ public struct TrialResult: Sendable, Equatable {
 }
 
 extension Replay {
-    /// A trial measures after each instance has read this many records...
+    /// A trial measures after each instance has put this many records out...
     static let trialWarmUpRecords: UInt64 = 2_048
-    /// ...until one of them has read this many more, has read the whole capture (all loops), or
-    /// `trialTimeNsMax` has passed since the launch.
+    /// ...until one of them has put this many more out, has drained (the whole capture, all loops),
+    /// or `trialTimeNsMax` has passed since the launch.
     static let trialRecords: UInt64 = 16_384
     static let trialTimeNsMax: UInt64 = 50_000_000
     /// Fewer records than this in the window measure nothing (nil).
@@ -44,9 +44,10 @@ extension Replay {
                 name: "trial-\(instance)", input: .capture(path: c.capturePath, pacing: .topSpeed, loopCount: c.loopCount),
                 output: .discard, numaNode: CPU.numaNode(of: c.cores[instance]))
             probe.burstCount = c.burstCount
-            // Run to completion the rings stay empty: small, so the pool is too. Pipelined: the run's.
-            probe.ringCapacity = workerCount > 1 && instances == 1 ? c.ringCapacity : 64
-            if workerCount > 1, instances == 1, let count = c.poolBufferCount { probe.poolBufferCount = count }
+            // Small rings, so the pools are small too: each trial's pool is allocated and faulted in
+            // inside the run's measured span (the run's own can be tens of MB). Run to completion
+            // the rings stay empty; pipelined, 256 slots hold 8 bursts a link.
+            probe.ringCapacity = min(c.ringCapacity, workerCount > 1 && instances == 1 ? 256 : 64)
             if let size = c.bufferSizeBytes {
                 probe.bufferSizeBytes = size
                 probe.bufferSizeFollowsCapture = false
@@ -59,11 +60,11 @@ extension Replay {
             paths.append(path)
         }
         guard let runtime = try? Runtime(configuration: RuntimeConfiguration(
-            cores: Array(c.cores.prefix(workerCount)), waitMode: .busyPoll, fusesRunToCompletion: c.fusesRunToCompletion))
+            cores: Array(c.cores.prefix(workerCount)), waitMode: c.waitMode, fusesRunToCompletion: c.fusesRunToCompletion))
         else { return nil }
         defer { runtime.stop() }
         guard (try? runtime.start()) != nil else { return nil }
-        let launch = Mark(ns: Clock.monotonicNs(), read: Array(repeating: 0, count: instances), stages: paths[0].pipeline.snapshot())
+        let launch = Mark(ns: Clock.monotonicNs(), done: Array(repeating: 0, count: instances), stages: paths[0].pipeline.snapshot())
         for (instance, path) in paths.enumerated() {
             let stageCount = path.pipeline.stages.count
             let at = instances > 1 ? Array(repeating: instance, count: stageCount)
@@ -85,35 +86,48 @@ extension Replay {
     /// Counters at one instant of a trial.
     private struct Mark {
         var ns: UInt64
-        var read: [UInt64]
+        /// Per instance: records out of it (delivered or filtered, and passed over for another).
+        var done: [UInt64]
         var stages: [StageSnapshot]
     }
 
-    /// Polls the running trial's counters: from when every instance has read `trialWarmUpRecords` to
-    /// when one has read `trialRecords` more, read all it will, or `deadlineNs` passed. A capture too
-    /// short for the warm-up is measured from the `launch`.
+    /// Polls the running trial's counters (every 250 µs, so the control thread takes little from
+    /// workers busy on every core): from when every instance has put `trialWarmUpRecords` records
+    /// out (so a pipelined shape's rings have filled) to when one has put `trialRecords` more out,
+    /// drained, or `deadlineNs` passed. Records are counted where they leave, not where they enter,
+    /// so records queued on rings are not counted as done. A window that ends drained ends when the
+    /// counts last moved; one too short for `trialRecordsMin` is measured from the `launch` instead
+    /// (a capture too short for the warm-up).
     private static func window(_ paths: [PacketPath], launch: Mark, deadlineNs: UInt64) -> TrialResult? {
-        func read(_ path: PacketPath) -> UInt64 { path.packetsIn &+ path.othersRecords }
+        func done(_ path: PacketPath) -> UInt64 { path.pipeline.delivered &+ path.pipeline.filtered &+ path.othersRecords }
         var start: Mark?
+        var counts = launch.done
+        var movedNs = launch.ns
         while true {
+            usleep(250)
             let now = Clock.monotonicNs()
-            let counts = paths.map(read)
-            let over = now >= deadlineNs || paths.contains { $0.pipeline.isDrained }
+            let drained = paths.contains { $0.pipeline.isDrained }
+            let latest = paths.map(done)
+            if latest != counts { (counts, movedNs) = (latest, now) }
+            let over = now >= deadlineNs || drained
             if start == nil, !over, counts.allSatisfy({ $0 >= Self.trialWarmUpRecords }) {
-                start = Mark(ns: now, read: counts, stages: paths[0].pipeline.snapshot())
-            } else if over || start.map({ first in zip(counts, first.read).contains { $0 &- $1 >= Self.trialRecords } }) == true {
-                let first = start ?? launch
-                let stages = paths[0].pipeline.snapshot()
-                let records = zip(counts, first.read).map { $0 &- $1 }.min()!
-                let entered = stages[0].items &- first.stages[0].items
-                guard records >= Self.trialRecordsMin, entered > 0, now > first.ns else { return nil }
-                let seconds = Double(now &- first.ns) / 1e9
-                let stageNs = zip(first.stages, stages).map { before, after in
-                    Double(after.cycles &- before.cycles) / Clock.cyclesPerNs / Double(entered)
-                }
-                return TrialResult(recordsPerSecond: Double(records) / seconds, stageNsPerItem: stageNs, windowRecords: records)
+                start = Mark(ns: now, done: counts, stages: paths[0].pipeline.snapshot())
+                continue
             }
-            usleep(100)
+            guard over || start.map({ first in zip(counts, first.done).contains { $0 &- $1 >= Self.trialRecords } }) == true
+            else { continue }
+            let endNs = drained ? movedNs : now
+            var first = start ?? launch
+            if zip(counts, first.done).map({ $0 &- $1 }).min()! < Self.trialRecordsMin { first = launch }
+            let stages = paths[0].pipeline.snapshot()
+            let records = zip(counts, first.done).map { $0 &- $1 }.min()!
+            guard records >= Self.trialRecordsMin, endNs > first.ns else { return nil }
+            let entered = max(stages[0].items &- first.stages[0].items, 1)  // an instance can take none of a few flows
+            let stageNs = zip(first.stages, stages).map { before, after in
+                Double(after.cycles &- before.cycles) / Clock.cyclesPerNs / Double(entered)
+            }
+            return TrialResult(recordsPerSecond: Double(records) / (Double(endNs &- first.ns) / 1e9),
+                               stageNsPerItem: stageNs, windowRecords: records)
         }
     }
 }

@@ -115,8 +115,8 @@ struct MeasuredPlacementTests {
     /// that starts run to completion; returns the allocator and what the sink saw. The hand-off cost
     /// is given, not calibrated: a debug build's loops say nothing about a release build's, and a
     /// loaded test machine less; `calibrationMeasuresBothWaysOfRunning` covers the calibration.
-    private func run(relays: [any StageBody], items: UInt64,
-                     handoffNs: Double) throws -> (MeasuredPlacement, SinkTracker) {
+    private func run(relays: [any StageBody], items: UInt64, handoffNs: Double,
+                     avoiding: [[Int]] = []) throws -> (MeasuredPlacement, SinkTracker) {
         let tracker = SinkTracker()
         let pipeline = try makeCountingPipeline("measured", source: GeneratorSource(ratePerSecond: 0, totalCount: items,
                                                                                     payload: .sequence),
@@ -124,7 +124,7 @@ struct MeasuredPlacementTests {
         let cores = try testCores()
         let handoff = HandoffCost(fromCore: cores[0], toCore: cores[1], localNsPerItem: 20, crossNsPerItem: 10 + handoffNs)
         var allocator = MeasuredPlacement(workers: [0, 1], initial: Array(repeating: 0, count: pipeline.stages.count),
-                                          handoff: .success(handoff))
+                                          handoff: .success(handoff), avoiding: avoiding)
         let runtime = try Runtime(configuration: .init(cores: cores, waitMode: .busyPoll))
         try runtime.start()
         defer { runtime.stop() }
@@ -172,6 +172,18 @@ struct MeasuredPlacementTests {
         #expect(back.why.contains("moved back") && allocator.settled)
         #expect(tracker.received == 150_000)
         #expect(tracker.outOfOrder == 0)
+    }
+
+    /// The same two stages, with the split the planner picks already measured slower (a replay's
+    /// trial): the planner still predicts it best, and the stages stay where they are.
+    @Test func aPlacementMeasuredSlowerIsNotMovedTo() throws {
+        guard requireTwoCPUs() else { return }
+        let (allocator, tracker) = try run(relays: [SpinStage(nsPerItem: 2_000), SpinStage(nsPerItem: 2_000)],
+                                           items: 60_000, handoffNs: 50, avoiding: [[0, 0, 1, 1]])
+        let first = try #require(allocator.firstDecision)
+        #expect(first.chosen.placement == [0, 0, 1, 1], "\(first)")
+        #expect(allocator.changes.isEmpty && allocator.placement == [0, 0, 0, 0], "\(allocator.changes.map(\.why))")
+        #expect(tracker.received == 60_000 && tracker.outOfOrder == 0)
     }
 
     @Test func cheapStagesStayRunToCompletion() throws {

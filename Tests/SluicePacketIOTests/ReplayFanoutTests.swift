@@ -114,15 +114,17 @@ import Testing
     @Test(.enabled(if: Self.cores.count >= 2 || Captures.inCI, "needs two CPUs"))
     func autoFansOutOnlyWhenItsTrialsFavourIt() throws {
         try #require(Self.cores.count >= 2, "CI machines have two CPUs")
-        let summary = try Replay(configuration(.auto)).run()
+        let summary = try Replay(configuration(.auto, loops: 20)).run()
         let decision = try #require(summary.fanout)
         #expect(decision.notSplittable == nil && decision.othersNsPerRecord > 0)
+        // Nothing a trial ran reached the run: every stage saw the run's packets once.
+        #expect(summary.stages.map(\.items) == [40_000, 40_000, 40_000, 40_000], "\(summary.stages.map(\.items))")
         // The one-core trial measured the stages; the planner predicted from them.
         let stageNs = try #require(decision.stageNsPerItem, "\(decision)")
         #expect(stageNs.count == 4 && stageNs.allSatisfy { $0 > 0 })
         let planner = try #require(decision.planner)
         #expect(decision.predictedItemsPerSecond != nil)
-        // The shapes were tried (the sample's 2,000 records over 5 loops fill every trial's window),
+        // The shapes were tried (the sample's 2,000 records over 20 loops fill every trial's window),
         // the pipelined one where the planner put it, and the choice follows the trials' rates.
         let one = try #require(decision.trialOneCore, "\(decision)")
         let fanned = try #require(decision.trialFannedOut, "\(decision)")
@@ -134,9 +136,10 @@ import Testing
         #expect(decision.chosen == (fanned >= bestSingle * 1.05), "\(decision)")
         #expect(summary.instances == (decision.chosen ? 2 : 1))
         #expect(decision.startPlacement == (pipelined >= one * 1.05 ? tried : [0, 0, 0, 0]), "\(decision)")
+        #expect(decision.refuted == (pipelined < bestSingle ? [tried] : []), "\(decision)")
         #expect("\(decision)".contains("in trials over the capture's first records"), "\(decision)")
         #expect(summary.instanceDelivered.count == summary.instances && summary.instanceDelivered.allSatisfy { $0 > 0 })
-        #expect(summary.delivered == 10_000 && summary.failure == nil)
+        #expect(summary.delivered == 40_000 && summary.failure == nil)
         // A pcap output cannot be split: auto says so and runs one instance.
         let path = Captures.output("fanout-auto.pcap")
         defer { unlink(path) }

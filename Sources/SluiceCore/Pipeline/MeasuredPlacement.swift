@@ -46,7 +46,8 @@ public struct MeasuredPlacement {
     public static let itemsPerDecision: UInt64 = 50_000
     public static let firstIntervalNs: UInt64 = 20_000_000
     public static let intervalNs: UInt64 = 250_000_000
-    /// Most moves in one run: measurement noise cannot make it flap for ever.
+    /// Most moves in one run: measurement noise cannot make it flap for ever. (The undo of the last
+    /// one, when measured no faster, is made even at the cap.)
     public static let changesMax = 4
 
     /// Worker index (in the runtime) of each stage now.
@@ -63,6 +64,8 @@ public struct MeasuredPlacement {
     /// The move being checked: the placement it left, the busiest worker's ns per item there, and
     /// the decision that made it.
     private var check: (from: [Int], bottleneckNs: Double, decision: PlacementDecision)?
+    /// Placements measured slower (before the run, or undone): never moved to.
+    private var avoided: [[Int]]
     /// The runtime's worker indices this pipeline may use; the planner's worker i is `workers[i]`.
     private let workers: [Int]
     private let planner: PlacementPlanner
@@ -81,12 +84,14 @@ public struct MeasuredPlacement {
     }
 
     /// `workers`: the runtime worker indices the pipeline may use (at least two); `initial`: where
-    /// its stages start (indices among `workers`' values); `handoff`: from `calibrate`.
+    /// its stages start (indices among `workers`' values); `handoff`: from `calibrate`; `avoiding`:
+    /// placements (like `initial`) already measured slower, which it never moves to.
     public init(workers: [Int], initial: [Int], handoff: Result<HandoffCost, HandoffCalibrationError>,
-                planner: PlacementPlanner = PlacementPlanner()) {
+                avoiding: [[Int]] = [], planner: PlacementPlanner = PlacementPlanner()) {
         precondition(workers.count >= 2 && Set(workers).count == workers.count, "two or more distinct workers")
         precondition(initial.allSatisfy(workers.contains), "the initial placement uses the pipeline's workers")
         placement = initial
+        avoided = avoiding
         self.workers = workers
         self.planner = planner
         switch handoff {
@@ -138,10 +143,11 @@ public struct MeasuredPlacement {
         let decision = planner.plan(costs: costs, workerCount: workers.count)
         if firstDecision == nil { firstDecision = decision }
         let local = placement.map { workers.firstIndex(of: $0)! }
-        guard planner.shouldChange(from: local, to: decision, workerCount: workers.count) else { return }
+        let target = decision.chosen.placement.map { workers[$0] }
+        guard planner.shouldChange(from: local, to: decision, workerCount: workers.count), !avoided.contains(target)
+        else { return }
         check = (placement, bottleneck, decision)
-        move(pipeline, runtime: runtime, to: decision.chosen.placement.map { workers[$0] }, nowNs: nowNs,
-             decision: decision, undone: nil)
+        move(pipeline, runtime: runtime, to: target, nowNs: nowNs, decision: decision, undone: nil)
     }
 
     /// Moves each stage not yet on its `target` worker and records the change; a failed move ends
