@@ -51,6 +51,10 @@ public struct ReplayConfiguration: Sendable {
     public var traffic: TrafficPolicy?
     /// How stages are placed on `cores`: measured (the default), the fixed spread, or fanned out.
     public var placement = ReplayPlacement.auto
+    /// Auto: predictions of fanning out and of the best single instance closer than this factor are
+    /// a close call, tried on the cores before the run (`Replay.trial`); further apart they decide.
+    /// At least 1 (1: never tried; `.infinity`: always).
+    public var trialsWithin = 1.3
     /// A worker running every stage runs each burst through them in one call chain, skipping the
     /// rings (`RuntimeConfiguration.fusesRunToCompletion`); false keeps the rings (benchmarks).
     public var fusesRunToCompletion = true
@@ -132,6 +136,9 @@ public struct FanoutDecision: Sendable, Equatable, CustomStringConvertible {
     /// The pipelined shape tried: the planner's best over two or more cores (worker per stage).
     public var trialPipelinedPlacement: [Int]?
     public var trialFannedOut: Double?
+    /// Whether the predictions were close enough (`ReplayConfiguration.trialsWithin`) for the pipelined
+    /// and fanned-out shapes to be tried.
+    public var closeCall = true
     /// Where the single instance starts when not fanned out (worker per stage); nil: the planner's.
     public var startPlacement: [Int]?
     /// Placements a trial measured slower than the start: the measured placement does not move to them.
@@ -162,6 +169,7 @@ public struct FanoutDecision: Sendable, Equatable, CustomStringConvertible {
             return chosen ? "fanned out: \(tried)"
                           : "not fanned out: \(startPlacement.map { "starts at \($0): " } ?? "")\(tried)"
         }
+        let clear = closeCall ? "" : "; clear enough without trials"
         guard let predicted = predictedItemsPerSecond, let planner else {
             return chosen
                 ? "fanned out over \(instances) instances, each run to completion: \(others); \(share); \(handoff) (no probe)"
@@ -169,8 +177,8 @@ public struct FanoutDecision: Sendable, Equatable, CustomStringConvertible {
         }
         let fanned = "\(instances) instances predicted \(Self.ns(predicted / 1e6)) Mpps (\(others); \(share))"
         let best = "\(planner.chosen) (stages \(planner.costs.stageNsPerItem.map { Self.ns($0) }.joined(separator: "/")) ns, hand-off \(Self.ns(planner.costs.handoffNsPerItem)) ns)"
-        return chosen ? "fanned out: \(fanned), against the best single instance: \(best)"
-                      : "not fanned out: \(best), against \(fanned)"
+        return chosen ? "fanned out: \(fanned), against the best single instance: \(best)\(clear)"
+                      : "not fanned out: \(best), against \(fanned)\(clear)"
     }
 
     private static func ns(_ value: Double) -> String {
@@ -451,16 +459,22 @@ public final class Replay {
                 } else {
                     decision.chosen = sample.largestShare <= 1.5 / Double(cores.count)  // nothing to compare: spread
                 }
-                // Then the shapes are tried on the cores (both busy at once where the shape has them so),
-                // and what the trials measured decides over what was predicted.
+                // A close call is tried on the cores (both busy at once where the shape has them so),
+                // and what the trials measure decides over what was predicted. Not a clear one: with both
+                // cores busy each instance's stages ran up to 30% slower, which no wider gap can flip,
+                // and each trial costs milliseconds of the run's span.
+                let close = decision.predictedItemsPerSecond.flatMap { fanned in
+                    single.map { max(fanned, $0.chosen.predictedItemsPerSecond) < configuration.trialsWithin * min(fanned, $0.chosen.predictedItemsPerSecond) }
+                } ?? true
+                decision.closeCall = close
                 let spread = single.flatMap { plan in
                     ([plan.chosen] + plan.alternatives).filter { Set($0.placement).count > 1 }
                         .max { $0.predictedItemsPerSecond < $1.predictedItemsPerSecond }
                 }
-                let fanned = Self.trial(configuration, instances: cores.count)
-                let pipelined = spread.flatMap { Self.trial(configuration, placement: $0.placement) }
+                let fanned = close ? Self.trial(configuration, instances: cores.count) : nil
+                let pipelined = close ? spread.flatMap { Self.trial(configuration, placement: $0.placement) } : nil
                 (decision.trialOneCore, decision.trialFannedOut) = (one?.recordsPerSecond, fanned?.recordsPerSecond)
-                (decision.trialPipelined, decision.trialPipelinedPlacement) = (pipelined?.recordsPerSecond, spread?.placement)
+                (decision.trialPipelined, decision.trialPipelinedPlacement) = (pipelined?.recordsPerSecond, close ? spread?.placement : nil)
                 if let one, let fanned {
                     // More cores must run clearly faster: pipelined than one core, fanned out than either.
                     var best = (placement: Array(repeating: 0, count: one.stageNsPerItem.count), rate: one.recordsPerSecond)
@@ -530,6 +544,9 @@ public final class Replay {
     static func validate(_ c: ReplayConfiguration) throws(ReplayError) {
         guard !c.cores.isEmpty else { throw .invalidConfiguration(.noCores) }
         guard c.loopCount >= 1 else { throw .invalidConfiguration(.loopCount(c.loopCount)) }
+        guard c.trialsWithin >= 1 else {  // NaN fails too
+            throw .invalidConfiguration(.fanout("trialsWithin is a factor of at least 1 (1: no trials), got \(c.trialsWithin)"))
+        }
         if c.split == .blocks, c.placement == .spread {
             throw .invalidConfiguration(.fanout("--fanout-by blocks is for fanned-out instances (fanout or auto), not spread"))
         }

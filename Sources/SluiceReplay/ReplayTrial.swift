@@ -18,10 +18,10 @@ public struct TrialResult: Sendable, Equatable {
 
 extension Replay {
     /// A trial measures after each instance has put this many records out...
-    static let trialWarmUpRecords: UInt64 = 2_048
+    static let trialWarmUpRecords: UInt64 = 1_024
     /// ...until one of them has put this many more out, has drained (the whole capture, all loops),
     /// or `trialTimeNsMax` has passed since the launch.
-    static let trialRecords: UInt64 = 16_384
+    static let trialRecords: UInt64 = 8_192
     static let trialTimeNsMax: UInt64 = 50_000_000
     /// Fewer records than this in the window measure nothing (nil).
     static let trialRecordsMin: UInt64 = 1_024
@@ -46,8 +46,8 @@ extension Replay {
             probe.burstCount = c.burstCount
             // Small rings, so the pools are small too: each trial's pool is allocated and faulted in
             // inside the run's measured span (the run's own can be tens of MB). Run to completion
-            // the rings stay empty; pipelined, 256 slots hold 8 bursts a link.
-            probe.ringCapacity = min(c.ringCapacity, workerCount > 1 && instances == 1 ? 256 : 64)
+            // the rings stay empty; pipelined, 128 slots hold 4 bursts a link.
+            probe.ringCapacity = min(c.ringCapacity, workerCount > 1 && instances == 1 ? 128 : 32)
             if let size = c.bufferSizeBytes {
                 probe.bufferSizeBytes = size
                 probe.bufferSizeFollowsCapture = false

@@ -114,7 +114,9 @@ import Testing
     @Test(.enabled(if: Self.cores.count >= 2 || Captures.inCI, "needs two CPUs"))
     func autoFansOutOnlyWhenItsTrialsFavourIt() throws {
         try #require(Self.cores.count >= 2, "CI machines have two CPUs")
-        let summary = try Replay(configuration(.auto, loops: 20)).run()
+        var tried = configuration(.auto, loops: 20)
+        tried.trialsWithin = .infinity  // every decision a close call: the shapes are tried
+        let summary = try Replay(tried).run()
         let decision = try #require(summary.fanout)
         #expect(decision.notSplittable == nil && decision.othersNsPerRecord > 0)
         // Nothing a trial ran reached the run: every stage saw the run's packets once.
@@ -128,16 +130,27 @@ import Testing
         // the pipelined one where the planner put it, and the choice follows the trials' rates.
         let one = try #require(decision.trialOneCore, "\(decision)")
         let fanned = try #require(decision.trialFannedOut, "\(decision)")
-        let tried = try #require(decision.trialPipelinedPlacement, "\(decision)")
-        #expect(Set(tried).count == 2 && ([planner.chosen] + planner.alternatives).contains { $0.placement == tried })
+        let split = try #require(decision.trialPipelinedPlacement, "\(decision)")
+        #expect(Set(split).count == 2 && ([planner.chosen] + planner.alternatives).contains { $0.placement == split })
         let pipelined = try #require(decision.trialPipelined, "\(decision)")
         #expect(one > 0 && fanned > 0 && pipelined > 0)
         let bestSingle = pipelined >= one * 1.05 ? pipelined : one
         #expect(decision.chosen == (fanned >= bestSingle * 1.05), "\(decision)")
         #expect(summary.instances == (decision.chosen ? 2 : 1))
-        #expect(decision.startPlacement == (pipelined >= one * 1.05 ? tried : [0, 0, 0, 0]), "\(decision)")
-        #expect(decision.refuted == (pipelined < bestSingle ? [tried] : []), "\(decision)")
-        #expect("\(decision)".contains("in trials over the capture's first records"), "\(decision)")
+        #expect(decision.startPlacement == (pipelined >= one * 1.05 ? split : [0, 0, 0, 0]), "\(decision)")
+        #expect(decision.refuted == (pipelined < bestSingle ? [split] : []), "\(decision)")
+        #expect(decision.closeCall && "\(decision)".contains("in trials over the capture's first records"), "\(decision)")
+        // Never a close call: the predictions decide, only the one-core trial ran (for the stages' costs).
+        var predicted = configuration(.auto, loops: 20)
+        predicted.trialsWithin = 1
+        let clear = try #require(try Replay(predicted).run().fanout)
+        #expect(!clear.closeCall && clear.trialOneCore != nil && clear.trialFannedOut == nil && clear.trialPipelined == nil)
+        let prediction = try #require(clear.predictedItemsPerSecond)
+        let best = try #require(clear.planner?.chosen.predictedItemsPerSecond)
+        #expect(clear.chosen == (prediction >= best * 1.05), "\(clear)")
+        #expect("\(clear)".contains("clear enough without trials"), "\(clear)")
+        predicted.trialsWithin = 0.5
+        #expect(throws: ReplayError.self) { _ = try Replay(predicted) }
         #expect(summary.instanceDelivered.count == summary.instances && summary.instanceDelivered.allSatisfy { $0 > 0 })
         #expect(summary.delivered == 40_000 && summary.failure == nil)
         // A pcap output cannot be split: auto says so and runs one instance.
