@@ -22,3 +22,7 @@ void sluice_numa_free(void *memory, size_t size) { numa_free(memory, size); }
 int sluice_mem_advise_hugepages(void *memory, size_t size) {
     return madvise(memory, size, MADV_HUGEPAGE) == 0 ? 0 : -errno;
 }
+
+int sluice_mem_release(void *memory, size_t size) {
+    return madvise(memory, size, MADV_DONTNEED) == 0 ? 0 : -errno;
+}

@@ -57,6 +57,10 @@ void *sluice_numa_alloc_onnode(size_t size, int node);
  * aligned), before first touch: fewer faults when a pool is faulted in, fewer TLB misses after.
  * 0, or -errno (EINVAL where THP is compiled out). Advisory: callers go on without it. */
 int sluice_mem_advise_hugepages(void *memory, size_t size);
+/* Gives the pages of [memory, memory + size) back to the kernel (madvise MADV_DONTNEED; memory page
+ * aligned, size a multiple of the page size): private anonymous pages read as zero when next touched,
+ * faulted in again on the node the memory was bound to. 0, or -errno. */
+int sluice_mem_release(void *memory, size_t size);
 /* Frees memory from sluice_numa_alloc_onnode. */
 void sluice_numa_free(void *memory, size_t size);
 

@@ -481,6 +481,27 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
     /// Grows the pool to `count` buffers while the path runs (control plane; see `BufferPool.grow`).
     public func growPool(to count: Int) throws(PoolError) { try pool.grow(to: count) }
 
+    /// The fewest buffers the pool may shrink to now: its configured `poolBufferCount`, and more than
+    /// its rings (at their current capacities), bursts and the source's cache can hold at once
+    /// (`PacketPathConfiguration.inFlightMax`). An interface or AF_XDP input's pool keeps its size (its
+    /// socket holds buffers by address, UMEM pages stay pinned): its floor is its size.
+    public var poolBufferCountFloor: Int {
+        guard isCaptureInput else { return pool.bufferCount }
+        let needed = PacketPathConfiguration.inFlightMax(ringCapacities: pipeline.ringCapacities,
+                                                         burstCount: configuration.burstCount)
+        return max(configuration.poolBufferCount, needed + 1)
+    }
+
+    /// Shrinks the pool towards `count` buffers while the path runs, retiring only free ones (control
+    /// plane; see `BufferPool.shrink`); returns how many it retired. Throws `cannotShrink` when `count`
+    /// is below `poolBufferCountFloor`. Call it after shrinking the rings, never before.
+    @discardableResult
+    public func shrinkPool(to count: Int) throws(PoolError) -> Int {
+        let floor = poolBufferCountFloor
+        guard count >= floor else { throw .cannotShrink(from: pool.bufferCount, to: count, min: floor) }
+        return try pool.shrink(to: count)
+    }
+
     /// True when the input is a capture file (its source waits for buffers and ring room; an
     /// interface's kernel ring does not wait).
     public var isCaptureInput: Bool {

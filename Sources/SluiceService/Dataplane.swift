@@ -135,6 +135,8 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
     public let ringResizes = Atomic<UInt64>(0)
     /// Pools the rebalancer grew so their pipeline's rings could (`buffers_max`).
     public let poolGrowths = Atomic<UInt64>(0)
+    /// Pools the rebalancer shrank back to what their pipeline's smaller rings need.
+    public let poolShrinks = Atomic<UInt64>(0)
     /// Measured placements by pipeline index (`ServiceConfiguration.isMeasured`). Made by `start`
     /// before the workers run, then stepped by the control thread only.
     private var measured: [Int: MeasuredPlacement] = [:]
@@ -703,7 +705,10 @@ struct Rebalancer {
                     continue
                 }
             }
-            guard target != current else { continue }
+            guard target != current else {
+                shrinkPoolIfNeeded(path)
+                continue
+            }
             let arrivals = demands[index].stages.dropFirst().map { Int($0.arrivalPerSecond) }
             var failure: RuntimeError?
             do throws(RuntimeError) {
@@ -722,8 +727,33 @@ struct Rebalancer {
             dataplane.logger.info("rings resized to the measured arrivals", metadata: [
                 "pipeline": "\(path.configuration.name)", "from": "\(current)", "to": "\(target)",
                 "why": "arrivals \(arrivals) items/s per link; rings hold 1 ms of them (at least ring_size), 4x off triggers"])
+            shrinkPoolIfNeeded(path)
         }
         return true
+    }
+
+    /// After its rings shrank (or while they are small), gives back a pool grown beyond what they now
+    /// need: the power of two above `inFlightMax`, never below the configured `buffers`. Only free
+    /// buffers are retired (`PacketPath.shrinkPool`), so it may retire fewer than asked; the next
+    /// sizing tries again.
+    private func shrinkPoolIfNeeded(_ path: PacketPath) {
+        guard path.isCaptureInput, path.poolBufferCountMax > path.configuration.poolBufferCount else { return }
+        let needed = PacketPathConfiguration.inFlightMax(ringCapacities: path.pipeline.ringCapacities,
+                                                         burstCount: path.configuration.burstCount)
+        let pool = max(1 << (Int.bitWidth - needed.leadingZeroBitCount), path.configuration.poolBufferCount)
+        let before = path.poolBufferCount
+        guard before > pool else { return }
+        do throws(PoolError) {
+            let retired = try path.shrinkPool(to: pool)
+            guard retired > 0 else { return }
+            dataplane.poolShrinks.add(1, ordering: .relaxed)
+            dataplane.logger.info("pool shrunk to the rings' need", metadata: [
+                "pipeline": "\(path.configuration.name)", "from": "\(before)", "to": "\(path.poolBufferCount)",
+                "retired": "\(retired)", "target": "\(pool)"])
+        } catch {
+            dataplane.logger.warning("pool could not shrink", metadata: [
+                "pipeline": "\(path.configuration.name)", "to": "\(pool)", "error": "\(error)"])
+        }
     }
 
     /// Publishes each pipeline's cores and demand and, when the broker proposes a move and none was

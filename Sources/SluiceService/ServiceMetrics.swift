@@ -80,6 +80,7 @@ public final class ServiceMetrics: Sendable {
         advance(&state, "sluice_stage_moves_total", [], dataplane.stageMoves.load(ordering: .relaxed))
         advance(&state, "sluice_ring_resizes_total", [], dataplane.ringResizes.load(ordering: .relaxed))
         advance(&state, "sluice_pool_growths_total", [], dataplane.poolGrowths.load(ordering: .relaxed))
+        advance(&state, "sluice_pool_shrinks_total", [], dataplane.poolShrinks.load(ordering: .relaxed))
         // Why each core moved between pipelines: the reason label (`demand` or `weight`); the numbers
         // behind each move are in the log ("core moved between pipelines").
         for (key, count) in dataplane.coreMoveCounts {

@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 import Testing
 
 @testable import SluiceCore
@@ -149,6 +150,115 @@ import Testing
         #expect(pool.bufferCount == 4096 && pool.freeCount == 4096, "every buffer came back: \(pool.freeCount)")
     }
 
+    /// Shrinking an idle pool retires exactly the free buffers asked for, never below 1; a busy pool
+    /// retires only what is free; grow puts retired buffers back before never-used ones.
+    @Test func shrinkRetiresOnlyFreeBuffersAndGrowReusesThemFirst() throws {
+        let pool = try BufferPool(bufferCount: 256, bufferSizeBytes: 2048, bufferCountMax: 1024)
+        #expect(try pool.shrink(to: 256) == 0, "nothing to retire")
+        #expect(try pool.shrink(to: 300) == 0)
+        #expect(throws: PoolError.cannotShrink(from: 256, to: 0, min: 1)) { try pool.shrink(to: 0) }
+        #expect(try pool.shrink(to: 100) == 156)
+        #expect(pool.bufferCount == 100 && pool.retiredCount == 156 && pool.freeCount == 100 && pool.buffersMade == 256)
+        // Busy: 60 of the 100 held, so at most 40 can go, and the pool stops at 60.
+        var held: [UInt32] = []
+        for _ in 0..<60 { held.append(pool.allocate()!.releaseIndex()) }
+        #expect(try pool.shrink(to: 1) == 40)
+        #expect(pool.bufferCount == 60 && pool.retiredCount == 196 && pool.freeCount == 0)
+        #expect(pool.exhaustedCount.load(ordering: .relaxed) == 0, "shrinking is not exhaustion")
+        #expect(throws: PoolError.exhausted(bufferCount: 60)) { _ = try pool.allocateOrThrow() }
+        #expect(pool.exhaustedCount.load(ordering: .relaxed) == 1)
+        #expect(try pool.shrink(to: 1) == 0, "nothing free: nothing retired")
+        // Held buffers above the new count are still freed normally.
+        for index in held { pool.freeIndex(index) }
+        #expect(pool.freeCount == 60 && pool.ownedCountForDebugging.map { $0 == 0 } ?? true)
+        #expect(try pool.shrink(to: 1) == 59 && pool.bufferCount == 1, "never below one buffer")
+        // Grow: the 255 retired first (nothing new made), then fresh ones from the reservation.
+        try pool.grow(to: 200)
+        #expect(pool.bufferCount == 200 && pool.retiredCount == 56 && pool.buffersMade == 256)
+        try pool.grow(to: 300)
+        #expect(pool.bufferCount == 300 && pool.retiredCount == 0 && pool.buffersMade == 300)
+        held = []
+        while let buffer = pool.allocate() { held.append(buffer.releaseIndex()) }
+        #expect(held.count == 300 && Set(held).count == 300 && held.allSatisfy { $0 < 300 })
+        for index in held { pool.bytes(at: index).storeBytes(of: index, as: UInt32.self) }
+        #expect(held.allSatisfy { pool.bytes(at: $0).load(as: UInt32.self) == $0 }, "reused buffers are writable")
+        #expect(held.allSatisfy { pool.metadata(at: $0).pointee.length == 0 }, "reused metadata is reset")
+        for index in held { pool.freeIndex(index) }
+        #expect(throws: PoolError.cannotGrow(from: 300, to: 1025, max: 1024)) { try pool.grow(to: 1025) }
+    }
+
+    /// Retired buffers' pages go back to the kernel (whole pages only), and come back on grow.
+    @Test func shrinkGivesPagesBackToTheKernel() throws {
+        let pool = try BufferPool(bufferCount: 64, bufferSizeBytes: 16_384, bufferCountMax: 64)
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        // Touch every page so all are resident.
+        for index in UInt32(0)..<64 { pool.bytes(at: index).initializeMemory(as: UInt8.self, repeating: 1) }
+        #expect(residentPages(pool, page: page) == totalPages(pool, page: page))
+        #expect(try pool.shrink(to: 1) == 63)
+        let after = residentPages(pool, page: page)
+        // At most the one buffer left and the pages it shares with retired neighbours stay.
+        #expect(after <= pool.objectStride / page + 2, "\(after) pages still resident")
+        try pool.grow(to: 64)
+        #expect(residentPages(pool, page: page) == totalPages(pool, page: page), "grow faults every page back in")
+    }
+
+    /// Several threads allocate and free bursts while the control thread shrinks and grows the pool:
+    /// no buffer is handed out twice, no retired one is ever handed out, and at the end every buffer
+    /// made is free or retired, exactly once.
+    @Test func shrinkAndGrowWhileThreadsAllocateAndFree() throws {
+        let max = 4096
+        let pool = try BufferPool(bufferCount: 1024, bufferSizeBytes: 64, bufferCountMax: max)
+        let owners = UnsafeMutablePointer<Atomic<UInt8>>.allocate(capacity: max)
+        for index in 0..<max { (owners + index).initialize(to: Atomic(0)) }
+        defer { owners.deallocate() }
+        let threads = 3
+        let workers = (0..<threads).map { _ in BurstChurn(pool, owners, rounds: 40_000) }
+        var ids: [pthread_t] = []
+        for worker in workers {
+            var thread = pthread_t()
+            pthread_create(&thread, nil, { context in
+                Unmanaged<BurstChurn>.fromOpaque(context!).takeRetainedValue().run()
+                return nil
+            }, Unmanaged.passRetained(worker).toOpaque())
+            ids.append(thread)
+        }
+        var retiredTotal = 0
+        var cycles = 0
+        while workers.contains(where: { !$0.done.load(ordering: .acquiring) }), cycles < 2000 {
+            let before = pool.bufferCount
+            let retired = try pool.shrink(to: 64)
+            #expect(retired <= before - 64 && pool.bufferCount == before - retired)
+            retiredTotal += retired
+            usleep(200)
+            let next = [1024, 2048, 4096][cycles % 3]
+            if next > pool.bufferCount { try pool.grow(to: next) }
+            usleep(200)
+            cycles += 1
+        }
+        for thread in ids { pthread_join(thread, nil) }
+        #expect(cycles > 2 && retiredTotal > 0, "\(cycles) cycles, \(retiredTotal) retired")
+        #expect(workers.allSatisfy { $0.doubleOwned == 0 && $0.retiredSeen == 0 })
+        #expect(pool.freeCount + pool.retiredCount == pool.buffersMade, "every buffer free or retired")
+        #expect(pool.freeCount == pool.bufferCount && pool.ownedCountForDebugging.map { $0 == 0 } ?? true)
+        // Each buffer exactly once: drain the free list and count.
+        var seen = Set<UInt32>()
+        while let buffer = pool.allocate() { seen.insert(buffer.releaseIndex()) }
+        #expect(seen.count == pool.bufferCount && seen.allSatisfy { Int($0) < pool.buffersMade })
+        for index in seen { pool.freeIndex(index) }
+    }
+
+    /// Debug builds: freeing a buffer `shrink` retired traps (it was never handed out).
+    @Test func freeingARetiredBufferTraps() async {
+        #if DEBUG
+        await #expect(processExitsWith: .failure) {
+            let pool = try! BufferPool(bufferCount: 2, bufferSizeBytes: 64)
+            _ = try! pool.shrink(to: 1)
+            let kept = pool.allocate()!.releaseIndex()
+            pool.freeIndex(1 - kept)
+        }
+        #endif
+    }
+
     @Test func droppingABufferTraps() async {
         await #expect(processExitsWith: .failure) {
             let pool = try! BufferPool(bufferCount: 1, bufferSizeBytes: 64)
@@ -252,4 +362,59 @@ private final class Churn: @unchecked Sendable {  // unchecked: each `owners` ce
         }
         for index in held { owners[Int(index)] = 0; pool.freeIndex(index) }
     }
+}
+
+/// Allocates bursts of 1-32 buffers and frees them, `rounds` times, flagging each buffer it holds in
+/// `owners` (an atomic exchange: 1 already there means another owner holds it) and counting any buffer
+/// handed out while `shrink` had it retired.
+private final class BurstChurn: @unchecked Sendable {  // unchecked: counters read after the thread joined
+    let pool: BufferPool
+    let owners: UnsafeMutablePointer<Atomic<UInt8>>
+    let rounds: Int
+    let done = Atomic<Bool>(false)
+    var doubleOwned = 0
+    var retiredSeen = 0
+    init(_ pool: BufferPool, _ owners: UnsafeMutablePointer<Atomic<UInt8>>, rounds: Int) {
+        self.pool = pool
+        self.owners = owners
+        self.rounds = rounds
+    }
+    func run() {
+        let burst = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: 32)
+        defer { burst.deallocate() }
+        var seed: UInt64 = UInt64(UInt(bitPattern: ObjectIdentifier(self).hashValue))
+        for _ in 0..<rounds {
+            seed = seed &* 6364136223846793005 &+ 1442695040888963407
+            let want = 1 + Int(seed >> 59)
+            let taken = pool.takeFree(into: UnsafeMutableBufferPointer(rebasing: burst[0..<want]))
+            for position in 0..<taken {
+                let index = Int(burst[position])
+                if owners[index].exchange(1, ordering: .acquiringAndReleasing) != 0 { doubleOwned += 1 }
+                #if DEBUG
+                if pool.states[index] == BufferState.retired { retiredSeen += 1 }
+                #endif
+            }
+            for position in 0..<taken {
+                owners[Int(burst[position])].store(0, ordering: .releasing)
+            }
+            pool.freeBurst(UnsafeBufferPointer(rebasing: burst[0..<taken]))
+        }
+        done.store(true, ordering: .releasing)
+    }
+}
+
+/// Pages of the pool's buffers (`0..<bufferCountMax`) resident now, by mincore.
+private func residentPages(_ pool: BufferPool, page: Int) -> Int {
+    let start = Int(bitPattern: pool.base) & ~(page - 1)
+    let end = Int(bitPattern: pool.base) + pool.bufferCountMax * pool.objectStride
+    let pages = (end - start + page - 1) / page
+    var vector = [UInt8](repeating: 0, count: pages)
+    guard mincore(UnsafeMutableRawPointer(bitPattern: start), end - start, &vector) == 0 else { return -1 }
+    return vector.count { $0 & 1 != 0 }
+}
+
+private func totalPages(_ pool: BufferPool, page: Int) -> Int {
+    let start = Int(bitPattern: pool.base) & ~(page - 1)
+    let end = Int(bitPattern: pool.base) + pool.bufferCountMax * pool.objectStride
+    return (end - start + page - 1) / page
 }

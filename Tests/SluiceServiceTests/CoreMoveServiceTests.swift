@@ -146,6 +146,69 @@ extension CoreMoveServiceTests {
         } throws: { "\($0)".contains("buffers_max") }
     }
 
+    /// The same pipeline, its pool grown by hand far beyond what its rings need (as it would be after
+    /// its rings grew and shrank back): the rebalancer shrinks the pool back to the rings' need
+    /// (never below `buffers`), says so, and nothing is lost.
+    @Test(.enabled(if: runsWithCPUs(2), "needs two CPUs (runs, and fails, under CI=true)"))
+    func aPoolGrownBeyondTheRingsNeedShrinksBack() throws {
+        guard let cpus = cpusOrRecordIssue(2) else { return }
+        let yaml = resizingYAML(cpus: cpus, rate: 400_000, loops: 2000, ringSize: 64, buffers: 512, buffersMax: 16_384)
+        var grown = false
+        let (dataplane, outcome, logs) = try runUntil(yaml, cpus: cpus) { running in
+            if !grown, let path = running.paths.first {
+                grown = (try? path.growPool(to: 16_384)) != nil
+            }
+            return running.poolShrinks.load(ordering: .relaxed) >= 1
+        }
+        let path = dataplane.paths[0]
+        #expect(grown && dataplane.poolShrinks.load(ordering: .relaxed) >= 1)
+        #expect(path.poolBufferCount < 16_384 && path.poolBufferCount >= 512, "\(path.poolBufferCount)")
+        #expect(logs.messages.withLock { $0.contains { $0.1.contains("pool shrunk to the rings' need") } })
+        #expect(outcome.delivered == outcome.packetsIn && outcome.leftOnRings == 0 && outcome.drops.isEmpty,
+                "\(outcome.packetsIn) in, \(outcome.delivered) delivered, drops \(outcome.drops)")
+    }
+
+    /// Mid-stream, by hand (no rebalancer): the pool grows, the rings grow, the rings shrink, the
+    /// pool shrinks, three times; never below what the rings need; every packet delivered, none dropped.
+    @Test(.enabled(if: runsWithCPUs(2), "needs two CPUs (runs, and fails, under CI=true)"))
+    func ringsAndPoolGrowAndShrinkMidStreamWithoutLoss() throws {
+        guard let cpus = cpusOrRecordIssue(2) else { return }
+        let yaml = resizingYAML(cpus: cpus, rate: 400_000, loops: 2000, ringSize: 64, buffers: 512, buffersMax: 16_384)
+            .replacingOccurrences(of: "resize_rings: true", with: "resize_rings: false")
+        var rounds = 0
+        var retired: [Int] = []
+        var failure: String?
+        var midStream = 0
+        let (_, outcome, _) = try runUntil(yaml, cpus: cpus) { running in
+            let path = running.paths[0]
+            if !path.pipeline.isDrained { midStream += 1 }
+            let small = path.pipeline.ringCapacities
+            do {
+                try path.growPool(to: 16_384)
+                try running.runtime.resizeRings(path.pipeline, capacities: small.map { _ in 2048 })
+                usleep(50_000)
+                try running.runtime.resizeRings(path.pipeline, capacities: small)
+                let floor = path.poolBufferCountFloor
+                #expect(throws: PoolError.cannotShrink(from: 16_384, to: floor - 1, min: floor)) {
+                    try path.shrinkPool(to: floor - 1)
+                }
+                let count = try path.shrinkPool(to: floor)
+                retired.append(count)
+                #expect(path.poolBufferCount >= floor, "\(path.poolBufferCount) below \(floor)")
+            } catch {
+                failure = "\(error)"
+                return true
+            }
+            rounds += 1
+            return rounds == 3
+        }
+        #expect(failure == nil && rounds == 3, "\(failure ?? "") after \(rounds) rounds")
+        #expect(retired.count == 3 && retired.allSatisfy { $0 > 0 }, "\(retired)")
+        #expect(midStream == 3, "only \(midStream) rounds began before the pipeline drained")
+        #expect(outcome.packetsIn > 0 && outcome.delivered == outcome.packetsIn && outcome.leftOnRings == 0
+                && outcome.drops.isEmpty, "\(outcome.packetsIn) in, \(outcome.delivered) delivered, drops \(outcome.drops)")
+    }
+
     /// The same shape with a large pool: the ring grows to hold 1 ms of arrivals (at least 256 slots).
     @Test(.enabled(if: runsWithCPUs(2), "needs two CPUs (runs, and fails, under CI=true)"))
     func theRingGrowsToTheMeasuredArrivalsWithoutLoss() throws {

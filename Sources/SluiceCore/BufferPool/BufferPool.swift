@@ -15,6 +15,8 @@ public enum PoolError: Error, Equatable {
     case invalidNUMANode(Int, max: Int)
     /// `grow` asked for no more buffers than the pool has, or more than it reserved room for.
     case cannotGrow(from: Int, to: Int, max: Int)
+    /// `shrink` asked for fewer buffers than `min` (1 for a pool; what its rings need for a pipeline's).
+    case cannotShrink(from: Int, to: Int, min: Int)
 }
 
 /// What a debug build knows about each buffer of a pool (`BufferPool.states`).
@@ -24,6 +26,8 @@ public enum PoolError: Error, Equatable {
     @usableFromInline static let owned: UInt8 = 1
     /// On a ring of its pipeline when the pipeline was torn down: lost with the ring, not leaked.
     @usableFromInline static let inFlightAtTeardown: UInt8 = 2
+    /// Taken off the free list by `shrink`: out of circulation until `grow` puts it back.
+    @usableFromInline static let retired: UInt8 = 3
 }
 
 /// One buffer of a pool, by index. One owner at a time: moving it is handing the buffer over.
@@ -66,16 +70,28 @@ public struct BufferFreeHook: @unchecked Sendable {  // unchecked: the context's
 /// when NUMA is unavailable), handed out by index. Any thread may allocate and free: the free list
 /// is a bounded MPMC queue (CShims/sluice_mpmc.h) with twice as many cells as buffers. Allocation
 /// never allocates memory; exhaustion is counted. A free can wait a moment for another thread that
-/// is in the middle of an allocation (see the queue's caveat), never for anything else.
+/// is in the middle of an allocation (see the queue's caveat), never for anything else. The control
+/// plane may put reserved buffers in circulation (`grow`) and take free ones out (`shrink`).
 public final class BufferPool: @unchecked Sendable {  // unchecked: the C free list is the synchronisation
-    /// Buffers in the pool now (`grow` raises it, up to `bufferCountMax`).
+    /// Buffers in circulation now (free or owned): `grow` raises it, up to `bufferCountMax`; `shrink`
+    /// lowers it. Equals `buffersMade - retiredCount`.
     public var bufferCount: Int { count.load(ordering: .acquiring) }
     @usableFromInline let count: Atomic<Int>
+    /// Buffers ever made (indices `0..<buffersMade`), in circulation or retired: frees are checked
+    /// against it. Only `grow` raises it; it never falls.
+    public var buffersMade: Int { made.load(ordering: .acquiring) }
+    @usableFromInline let made: Atomic<Int>
+    /// Buffers `shrink` retired and `grow` has not put back; a snapshot.
+    public var retiredCount: Int { retiredTotal.load(ordering: .acquiring) }
+    private let retiredTotal = Atomic<Int>(0)
+    /// The retired stash: one byte per reserved buffer, nonzero while it is retired (allocated at
+    /// creation; touched only under `resizing`).
+    private let retiredFlags: UnsafeMutablePointer<UInt8>
     /// Buffers the pool reserved address space (and free-list cells) for at creation: `grow`'s bound,
-    /// and the bound every index is checked against (memory past `bufferCount` is mapped, unused).
+    /// and the bound every index is checked against (memory past `buffersMade` is mapped, unused).
     public let bufferCountMax: Int
-    /// One `grow` at a time.
-    private let growing = Mutex<Void>(())
+    /// One `grow` or `shrink` at a time.
+    private let resizing = Mutex<Void>(())
     public let bufferSizeBytes: Int
     /// NUMA node the buffers live on; nil when NUMA placement was unavailable.
     public let numaNode: Int?
@@ -149,6 +165,9 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
         Self.adviseHugePages(memory, objectStride: objectStride, buffers: 0..<bufferCount)
         self.objectStride = objectStride
         self.count = Atomic(bufferCount)
+        self.made = Atomic(bufferCount)
+        self.retiredFlags = .allocate(capacity: reserved)
+        self.retiredFlags.initialize(repeating: 0, count: reserved)
         self.bufferCountMax = reserved
         self.bufferSizeBytes = stride
         self.numaNode = node
@@ -165,22 +184,32 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
     deinit {
         #if DEBUG
         if leakCheckArmed.load(ordering: .acquiring) {
-            let leaked = (0..<bufferCount).count { states[$0] == BufferState.owned }
+            let leaked = (0..<buffersMade).count { states[$0] == BufferState.owned }
             precondition(leaked == 0, "BufferPool: \(leaked) of \(bufferCount) buffers leaked: neither free nor "
                 + "in flight on a ring when the pipeline carrying them stopped (a stage kept or dropped them)")
         }
         states.deallocate()
         #endif
+        retiredFlags.deallocate()
         sluice_mpmc_delete(freeList)
         if numaNode != nil { sluice_numa_free(base, byteCount) } else { Glibc.free(base) }
     }
 
-    /// Writes each buffer's metadata line and first data word: the kernel faults its pages in now.
-    private static func faultIn(_ memory: UnsafeMutableRawPointer, objectStride: Int, buffers: Range<Int>) {
+    /// Writes each buffer's metadata line and first data word: the kernel faults its pages in now;
+    /// with `everyPage`, a byte in each page the buffer covers too (a retired buffer, whose pages were
+    /// given back).
+    private static func faultIn(_ memory: UnsafeMutableRawPointer, objectStride: Int, buffers: Range<Int>,
+                                everyPage: Bool = false) {
         for index in buffers {
-            (memory + index * objectStride).initializeMemory(as: PacketMetadata.self, repeating: PacketMetadata(),
-                                                             count: 1)
-            (memory + index * objectStride + metadataStride).storeBytes(of: 0, as: UInt64.self)
+            let object = memory + index * objectStride
+            object.initializeMemory(as: PacketMetadata.self, repeating: PacketMetadata(), count: 1)
+            (object + metadataStride).storeBytes(of: 0, as: UInt64.self)
+            guard everyPage else { continue }
+            var offset = pageSize - (Int(bitPattern: object) & (pageSize - 1))
+            while offset < objectStride {
+                (object + offset).storeBytes(of: 0, as: UInt8.self)
+                offset += pageSize
+            }
         }
     }
 
@@ -197,23 +226,113 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
         _ = sluice_mem_advise_hugepages(address, end - start)
     }
 
-    /// Adds buffers up to `newCount` (at most `bufferCountMax`) while the pool is in use: faults their
-    /// pages in and puts them on the free list. Control plane: blocks for the page faults (a few ms
-    /// per 10 MB), one grow at a time; allocating and freeing threads go on meanwhile. A pool never
-    /// shrinks (its buffers may be anywhere in a pipeline).
+    /// Puts buffers in circulation up to `newCount` (at most `bufferCountMax`) while the pool is in use:
+    /// retired ones first (their pages faulted in again), then never-used reserved ones; faults their
+    /// pages in and puts them on the free list. Control plane: blocks for the page faults (a few ms per
+    /// 10 MB), one grow or shrink at a time; allocating and freeing threads go on meanwhile.
     public func grow(to newCount: Int) throws(PoolError) {
-        try growing.withLock { _ throws(PoolError) in
+        try resizing.withLock { _ throws(PoolError) in
             let old = bufferCount
             guard newCount > old, newCount <= bufferCountMax else {
                 throw .cannotGrow(from: old, to: newCount, max: bufferCountMax)
             }
-            Self.faultIn(base, objectStride: objectStride, buffers: old..<newCount)
-            Self.adviseHugePages(base, objectStride: objectStride, buffers: old..<newCount, fromStartPage: true)
-            // Counted before they are handed out: whoever takes one sees a count that includes it.
+            let oldMade = buffersMade
+            let retired = retiredCount
+            let reused = min(newCount - old, retired)
+            let newMade = oldMade + (newCount - old - reused)
+            precondition(newMade <= bufferCountMax, "pool counts out of step: \(old) + \(retired) retired != \(oldMade)")
+            // Retired buffers back first, lowest index first: marked 2 until they are counted.
+            var left = reused
+            var index = 0
+            while left > 0 {
+                if retiredFlags[index] != 0 {
+                    retiredFlags[index] = 2
+                    Self.faultIn(base, objectStride: objectStride, buffers: index..<(index + 1), everyPage: true)
+                    #if DEBUG
+                    states[index] = BufferState.free
+                    #endif
+                    left -= 1
+                }
+                index += 1
+            }
+            Self.faultIn(base, objectStride: objectStride, buffers: oldMade..<newMade)
+            Self.adviseHugePages(base, objectStride: objectStride, buffers: oldMade..<newMade, fromStartPage: true)
+            // Counted before they are handed out: whoever takes one sees counts that include it.
+            made.store(newMade, ordering: .releasing)
+            retiredTotal.store(retired - reused, ordering: .releasing)
             count.store(newCount, ordering: .releasing)
-            for index in old..<newCount { returnToFreeList(UInt32(index)) }
+            for reusedIndex in 0..<index where retiredFlags[reusedIndex] == 2 {
+                retiredFlags[reusedIndex] = 0
+                returnToFreeList(UInt32(reusedIndex))
+            }
+            for fresh in oldMade..<newMade { returnToFreeList(UInt32(fresh)) }
         }
     }
+
+    /// Takes buffers out of circulation until `target` remain or none is free now; returns how many it
+    /// retired (0 when `target >= bufferCount`: best effort, partial when the free list runs dry).
+    /// Only buffers on the free list are taken, never one a stage, ring, returns ring or cache holds.
+    /// They go to a stash reserved at creation (nothing is allocated), the whole pages that only retired
+    /// buffers cover go back to the kernel (MADV_DONTNEED), and `grow` puts them back first. Control
+    /// plane, while threads allocate and free; one grow or shrink at a time; never counts exhaustion.
+    /// Throws `cannotShrink` when `target` is below 1.
+    @discardableResult
+    public func shrink(to target: Int) throws(PoolError) -> Int {
+        try resizing.withLock { _ throws(PoolError) -> Int in
+            let old = bufferCount
+            guard target >= 1 else { throw .cannotShrink(from: old, to: target, min: 1) }
+            var taken = 0
+            var lowest = Int.max
+            var highest = -1
+            while old - taken > target {
+                var item: UInt64 = 0
+                guard sluice_mpmc_dequeue(freeList, &item) == 1 else { break }
+                let index = Int(truncatingIfNeeded: item)
+                precondition(index < buffersMade && retiredFlags[index] == 0, "free list held buffer \(index) twice")
+                #if DEBUG
+                precondition(states[index] == BufferState.free, "buffer \(index) on the free list but not free")
+                states[index] = BufferState.retired
+                #endif
+                retiredFlags[index] = 1
+                lowest = min(lowest, index)
+                highest = max(highest, index)
+                taken += 1
+            }
+            guard taken > 0 else { return 0 }
+            retiredTotal.add(taken, ordering: .releasing)
+            count.store(old - taken, ordering: .releasing)
+            releasePages(around: lowest...highest)
+            return taken
+        }
+    }
+
+    /// Gives back to the kernel the whole pages inside each run of consecutive retired buffers that
+    /// overlaps `indices` (a page shared with a buffer in circulation stays). Under `resizing`.
+    private func releasePages(around indices: ClosedRange<Int>) {
+        let page = Self.pageSize
+        let made = buffersMade
+        var first = indices.lowerBound
+        while first > 0, retiredFlags[first - 1] != 0 { first -= 1 }
+        var index = first
+        while index <= indices.upperBound {
+            guard retiredFlags[index] != 0 else {
+                index += 1
+                continue
+            }
+            var end = index
+            while end < made, retiredFlags[end] != 0 { end += 1 }
+            let start = (Int(bitPattern: base) + index * objectStride + page - 1) & ~(page - 1)
+            let stop = (Int(bitPattern: base) + end * objectStride) & ~(page - 1)
+            if stop > start, let address = UnsafeMutableRawPointer(bitPattern: start) {
+                // Private anonymous memory: fails only on locked pages (EINVAL), which then stay resident.
+                _ = sluice_mem_release(address, stop - start)
+            }
+            index = end
+        }
+    }
+
+    /// The kernel's page size: what `madvise` rounds to.
+    private static let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
 
     /// A free buffer, or nil when all are in use (counted in `exhaustedCount`). Any thread; never blocks.
     @inlinable public func allocate() -> PacketBuffer? {
@@ -330,10 +449,10 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
 
     /// Returns a buffer by raw index (one taken off a ring). The caller must own it.
     @inlinable public func freeIndex(_ index: UInt32) {
-        // Against the current count (a plain load): an index past it was never handed out, and freeing
+        // Against the buffers made (a plain load): an index past them was never handed out, and freeing
         // one would give it two owners once `grow` hands it out too. The index came to this thread
-        // after the release store that counted it.
-        precondition(Int(index) < count.load(ordering: .relaxed), "buffer index outside the pool")
+        // after the release store that counted it. (A retired index traps in debug builds, `markFreed`.)
+        precondition(Int(index) < made.load(ordering: .relaxed), "buffer index outside the pool")
         markFreed(index)
         if let freeHook { freeHook.function(freeHook.context, index) }
         returnToFreeList(index)
@@ -359,6 +478,7 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
     /// Debug builds: records that the buffer at `index` left the free list for an owner. Release: nothing.
     @inlinable @inline(__always) func markTaken(_ index: UInt32) {
         #if DEBUG
+        if states[Int(index)] == BufferState.retired { retiredTaken(index) }
         states[Int(index)] = BufferState.owned
         #endif
     }
@@ -373,7 +493,16 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
     }
 
     @usableFromInline @inline(never) func doubleFree(_ index: UInt32) -> Never {
+        #if DEBUG
+        if states[Int(index)] == BufferState.retired {
+            preconditionFailure("BufferPool: free of buffer \(index), which shrink retired (it was free, not owned)")
+        }
+        #endif
         preconditionFailure("BufferPool: double free of buffer \(index): it is not owned (already free, or never taken)")
+    }
+
+    @usableFromInline @inline(never) func retiredTaken(_ index: UInt32) -> Never {
+        preconditionFailure("BufferPool: buffer \(index) taken while retired by shrink (it is out of circulation)")
     }
 
     /// Declares that a pipeline carries this pool's buffers: in debug builds, when the pool goes away,
@@ -389,7 +518,8 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
     /// down: not free, but not leaked by a stage either. Nobody may run the pipeline any more.
     func markInFlightAtTeardown(_ index: UInt32) {
         #if DEBUG
-        precondition(Int(index) < bufferCount, "ring item outside the pool its pipeline carries")
+        precondition(Int(index) < buffersMade, "ring item outside the pool its pipeline carries")
+        precondition(states[Int(index)] != BufferState.retired, "ring item \(index) retired by shrink")
         if states[Int(index)] == BufferState.owned { states[Int(index)] = BufferState.inFlightAtTeardown }
         #endif
     }
@@ -397,7 +527,7 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
     /// Debug builds: buffers owned now (taken, not freed); a snapshot for tests. Release builds: nil.
     public var ownedCountForDebugging: Int? {
         #if DEBUG
-        return (0..<bufferCount).count { states[$0] == BufferState.owned }
+        return (0..<buffersMade).count { states[$0] == BufferState.owned }
         #else
         return nil
         #endif
