@@ -483,8 +483,8 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
 
     /// The fewest buffers the pool may shrink to now: its configured `poolBufferCount`, and more than
     /// its rings (at their current capacities), bursts and the source's cache can hold at once
-    /// (`PacketPathConfiguration.inFlightMax`). An interface or AF_XDP input's pool keeps its size (its
-    /// socket holds buffers by address, UMEM pages stay pinned): its floor is its size.
+    /// (`PacketPathConfiguration.inFlightMax`). An interface or AF_XDP input's pool keeps its size (those
+    /// inputs are sized at start, not resized): its floor is its size.
     public var poolBufferCountFloor: Int {
         guard isCaptureInput else { return pool.bufferCount }
         let needed = PacketPathConfiguration.inFlightMax(ringCapacities: pipeline.ringCapacities,
@@ -492,14 +492,14 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
         return max(configuration.poolBufferCount, needed + 1)
     }
 
-    /// Shrinks the pool towards `count` buffers while the path runs, retiring only free ones (control
-    /// plane; see `BufferPool.shrink`); returns how many it retired. Throws `cannotShrink` when `count`
+    /// Shrinks the pool towards `count` buffers while the path runs, retiring only free ones, waiting
+    /// up to `waitNs` for recycled ones (control plane; see `BufferPool.shrink`); returns how many it retired. Throws `cannotShrink` when `count`
     /// is below `poolBufferCountFloor`. Call it after shrinking the rings, never before.
     @discardableResult
-    public func shrinkPool(to count: Int) throws(PoolError) -> Int {
+    public func shrinkPool(to count: Int, waitNs: UInt64 = 0) throws(PoolError) -> Int {
         let floor = poolBufferCountFloor
         guard count >= floor else { throw .cannotShrink(from: pool.bufferCount, to: count, min: floor) }
-        return try pool.shrink(to: count)
+        return try pool.shrink(to: count, waitNs: waitNs)
     }
 
     /// True when the input is a capture file (its source waits for buffers and ring room; an

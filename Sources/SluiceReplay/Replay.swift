@@ -54,7 +54,7 @@ public struct ReplayConfiguration: Sendable {
     /// Auto: predictions of fanning out and of the best single instance closer than this factor are
     /// a close call, tried on the cores before the run (`Replay.trial`); further apart they decide.
     /// At least 1 (1: never tried; `.infinity`: always).
-    public var trialsWithin = 1.3
+    public var trialsWithin = 1.4
     /// A worker running every stage runs each burst through them in one call chain, skipping the
     /// rings (`RuntimeConfiguration.fusesRunToCompletion`); false keeps the rings (benchmarks).
     public var fusesRunToCompletion = true
@@ -110,10 +110,11 @@ public enum ReplaySplit: String, Sendable, Equatable, CaseIterable {
 /// instance's share); it never hands a packet to another core. A trial runs the stages on one core
 /// over the capture's first records (`stageNsPerItem`); from those costs the fanned-out rate is
 /// predicted and compared with `PlacementPlanner`'s best single-instance shape (one core, or
-/// pipelined with the calibrated hand-off). Then the shapes are tried for real on the run's cores
-/// (`Replay.trial`): one core, the planner's best pipelined split, and the instances fanned out,
-/// both cores busy at once. The trials decide: fanned out for at least 5% more than the best single
-/// shape tried (pipelined counting only for 5% more than one core). Without trials, the predictions do.
+/// pipelined with the calibrated hand-off). On a close call (`ReplayConfiguration.trialsWithin`) the
+/// shapes are tried for real on the run's cores (`Replay.trial`): the planner's best pipelined split
+/// and the instances fanned out, both cores busy at once. The trials then decide: fanned out for at
+/// least 5% more than the best single shape tried (pipelined counting only for 5% more than one
+/// core). On a clear call the predictions decide (a predicted pipelined start is still tried).
 public struct FanoutDecision: Sendable, Equatable, CustomStringConvertible {
     public var instances: Int
     /// Measured before the run: reading a record and hashing its flow, per record.
@@ -427,7 +428,8 @@ public final class Replay {
             fanout = decision
         case .auto where cores.count > 1:
             // Measured before any worker starts, inside the run's clock and CPU span: kept short (16k
-            // items a round, a sample of 8k records, three trials of about 18k: 10-20 ms in all).
+            // items a round, a sample of 8k records, one trial of about 9k records, two more on a close
+            // call: about 10 ms, 20 ms with the two).
             let calibrated = MeasuredPlacement.calibrate(cores: cores, itemCount: 1 << 14)
             handoff = calibrated
             let handoffNs = try? calibrated.get().handoffNsPerItem
@@ -461,27 +463,31 @@ public final class Replay {
                 }
                 // A close call is tried on the cores (both busy at once where the shape has them so),
                 // and what the trials measure decides over what was predicted. Not a clear one: with both
-                // cores busy each instance's stages ran up to 30% slower, which no wider gap can flip,
-                // and each trial costs milliseconds of the run's span.
-                let close = decision.predictedItemsPerSecond.flatMap { fanned in
-                    single.map { max(fanned, $0.chosen.predictedItemsPerSecond) < configuration.trialsWithin * min(fanned, $0.chosen.predictedItemsPerSecond) }
-                } ?? true
+                // cores busy each instance's stages ran up to 30% slower, and fanning out needs 5% more,
+                // so no gap wider than 1.3 x 1.05 can flip; each trial costs milliseconds of the span.
+                let within = configuration.trialsWithin
+                let close = one != nil && within > 1 && (within.isInfinite || decision.predictedItemsPerSecond.flatMap { fanned in
+                    single.map { max(fanned, $0.chosen.predictedItemsPerSecond) < within * min(fanned, $0.chosen.predictedItemsPerSecond) }
+                } ?? true)
                 decision.closeCall = close
                 let spread = single.flatMap { plan in
                     ([plan.chosen] + plan.alternatives).filter { Set($0.placement).count > 1 }
                         .max { $0.predictedItemsPerSecond < $1.predictedItemsPerSecond }
                 }
+                // The pipelined split is tried on a close call, and on a clear call for one instance whose
+                // predicted best shape is that split: against the one-core trial, it sets where it starts.
+                let triesSpread = close || (!decision.chosen && single.map { Set($0.chosen.placement).count > 1 } == true)
                 let fanned = close ? Self.trial(configuration, instances: cores.count) : nil
-                let pipelined = close ? spread.flatMap { Self.trial(configuration, placement: $0.placement) } : nil
+                let pipelined = triesSpread ? spread.flatMap { Self.trial(configuration, placement: $0.placement) } : nil
                 (decision.trialOneCore, decision.trialFannedOut) = (one?.recordsPerSecond, fanned?.recordsPerSecond)
-                (decision.trialPipelined, decision.trialPipelinedPlacement) = (pipelined?.recordsPerSecond, close ? spread?.placement : nil)
-                if let one, let fanned {
+                (decision.trialPipelined, decision.trialPipelinedPlacement) = (pipelined?.recordsPerSecond, triesSpread ? spread?.placement : nil)
+                if let one, fanned != nil || pipelined != nil {
                     // More cores must run clearly faster: pipelined than one core, fanned out than either.
                     var best = (placement: Array(repeating: 0, count: one.stageNsPerItem.count), rate: one.recordsPerSecond)
                     if let pipelined, let spread, pipelined.recordsPerSecond >= one.recordsPerSecond * margin {
                         best = (spread.placement, pipelined.recordsPerSecond)
                     }
-                    decision.chosen = fanned.recordsPerSecond >= best.rate * margin
+                    if let fanned { decision.chosen = fanned.recordsPerSecond >= best.rate * margin }
                     decision.startPlacement = best.placement
                     // The pipelined shape tried and measured no faster than one core is not moved to later.
                     if let pipelined, let spread, best.rate > pipelined.recordsPerSecond { decision.refuted = [spread.placement] }

@@ -46,8 +46,11 @@ extension Replay {
             probe.burstCount = c.burstCount
             // Small rings, so the pools are small too: each trial's pool is allocated and faulted in
             // inside the run's measured span (the run's own can be tens of MB). Run to completion
-            // the rings stay empty; pipelined, 128 slots hold 4 bursts a link.
-            probe.ringCapacity = min(c.ringCapacity, workerCount > 1 && instances == 1 ? 128 : 32)
+            // the rings stay empty (one burst each); pipelined, four bursts a link.
+            let pipelined = workerCount > 1 && instances == 1
+            let bursts = (pipelined ? 4 : 1) * c.burstCount
+            let powerOfTwo = 1 << (Int.bitWidth - (bursts - 1).leadingZeroBitCount)  // at or above
+            probe.ringCapacity = min(c.ringCapacity, max(pipelined ? 128 : 32, powerOfTwo))
             if let size = c.bufferSizeBytes {
                 probe.bufferSizeBytes = size
                 probe.bufferSizeFollowsCapture = false

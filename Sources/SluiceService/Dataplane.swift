@@ -574,6 +574,8 @@ struct Rebalancer {
     static let ringSizingEverySteps = 5
     /// A ring is resized only when the wanted capacity is this many times larger or smaller.
     static let ringResizeFactor = 4
+    /// How long a pool's shrink may wait for buffers its pipeline recycles (`BufferPool.shrink`).
+    static let poolShrinkWaitNs: UInt64 = 20_000_000
     /// How long one ring's resize may wait for its consumer to drain it before it is undone.
     static let ringResizeTimeoutNs: UInt64 = 50_000_000
 
@@ -735,7 +737,7 @@ struct Rebalancer {
     /// After its rings shrank (or while they are small), gives back a pool grown beyond what they now
     /// need: the power of two above `inFlightMax`, never below the configured `buffers`. Only free
     /// buffers are retired (`PacketPath.shrinkPool`), so it may retire fewer than asked; the next
-    /// sizing tries again.
+    /// sizing tries again. It waits up to `poolShrinkWaitNs` for buffers the pipeline recycles.
     private func shrinkPoolIfNeeded(_ path: PacketPath) {
         guard path.isCaptureInput, path.poolBufferCountMax > path.configuration.poolBufferCount else { return }
         let needed = PacketPathConfiguration.inFlightMax(ringCapacities: path.pipeline.ringCapacities,
@@ -744,7 +746,7 @@ struct Rebalancer {
         let before = path.poolBufferCount
         guard before > pool else { return }
         do throws(PoolError) {
-            let retired = try path.shrinkPool(to: pool)
+            let retired = try path.shrinkPool(to: pool, waitNs: Self.poolShrinkWaitNs)
             guard retired > 0 else { return }
             dataplane.poolShrinks.add(1, ordering: .relaxed)
             dataplane.logger.info("pool shrunk to the rings' need", metadata: [

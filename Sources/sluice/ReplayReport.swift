@@ -152,7 +152,7 @@ enum ReplayReport {
                 + "\"handoffNsPerItem\":\(f.handoffNsPerItem.map { "\($0)" } ?? "null"),\"largestShare\":\(f.largestShare),"
                 + "\"predictedItemsPerSecond\":\(number(f.predictedItemsPerSecond)),"
                 + "\"plannerPredictedItemsPerSecond\":\(number(f.planner?.chosen.predictedItemsPerSecond)),"
-                + "\"trials\":{\"oneCore\":\(number(f.trialOneCore)),\"pipelined\":\(number(f.trialPipelined)),"
+                + "\"closeCall\":\(f.closeCall),\"trials\":{\"oneCore\":\(number(f.trialOneCore)),\"pipelined\":\(number(f.trialPipelined)),"
                 + "\"pipelinedPlacement\":\(f.trialPipelinedPlacement.map { "\($0)" } ?? "null"),"
                 + "\"fannedOut\":\(number(f.trialFannedOut)),"
                 + "\"startPlacement\":\(f.startPlacement.map { "\($0)" } ?? "null"),\"refuted\":\(f.refuted)},"

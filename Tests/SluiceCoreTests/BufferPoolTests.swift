@@ -247,6 +247,35 @@ import Testing
         for index in seen { pool.freeIndex(index) }
     }
 
+    /// A busy pipeline's buffers circulate through its returns ring and never reach the free list: a
+    /// shrink that does not wait retires none; one that waits has them recycled to the free list and
+    /// reaches its target, and recycling goes back to the returns ring after it.
+    @Test func aWaitingShrinkTakesBuffersThatCirculateThroughTheReturnsRing() throws {
+        let pool = try BufferPool(bufferCount: 256, bufferSizeBytes: 64)
+        let churn = ReturnsChurn(pool)
+        var thread = pthread_t()
+        pthread_create(&thread, nil, { context in
+            Unmanaged<ReturnsChurn>.fromOpaque(context!).takeRetainedValue().run()
+            return nil
+        }, Unmanaged.passRetained(churn).toOpaque())
+        defer {
+            churn.stop.store(true, ordering: .releasing)
+            pthread_join(thread, nil)
+        }
+        let deadline = Clock.monotonicNs() + 5_000_000_000
+        while !churn.started.load(ordering: .acquiring), Clock.monotonicNs() < deadline { usleep(100) }
+        let started = churn.started.load(ordering: .acquiring)
+        try #require(started)
+        #expect(try pool.shrink(to: 64) == 0, "every buffer is on the returns ring or in the thread's hands")
+        let retired = try pool.shrink(to: 64, waitNs: 2_000_000_000)
+        #expect(retired == 192 && pool.bufferCount == 64 && pool.retiredCount == 192, "\(retired) retired")
+        let wanted = pool.retireWanted.load(ordering: .relaxed)
+        #expect(!wanted, "recycling goes back to the returns ring")
+        let turns = churn.turns.load(ordering: .acquiring)
+        while churn.turns.load(ordering: .acquiring) < turns + 1_000, Clock.monotonicNs() < deadline { usleep(100) }
+        #expect(churn.turns.load(ordering: .acquiring) >= turns + 1_000, "the thread goes on with 64 buffers")
+    }
+
     /// Debug builds: freeing a buffer `shrink` retired traps (it was never handed out).
     @Test func freeingARetiredBufferTraps() async {
         #if DEBUG
@@ -417,4 +446,32 @@ private func totalPages(_ pool: BufferPool, page: Int) -> Int {
     let start = Int(bitPattern: pool.base) & ~(page - 1)
     let end = Int(bitPattern: pool.base) + pool.bufferCountMax * pool.objectStride
     return (end - start + page - 1) / page
+}
+
+/// Takes every buffer of a pool, then circulates them through a returns ring as a source and sink
+/// on one thread do (take a burst back, recycle it) until `stop`.
+private final class ReturnsChurn: @unchecked Sendable {
+    let pool: BufferPool
+    let started = Atomic<Bool>(false)
+    let stop = Atomic<Bool>(false)
+    let turns = Atomic<Int>(0)
+
+    init(_ pool: BufferPool) { self.pool = pool }
+
+    func run() {
+        var ends = try! makeRing(capacity: pool.bufferCountMax)
+        let raw = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: 32)
+        defer { raw.deallocate() }
+        while true {  // every buffer onto the returns ring: the free list is empty
+            let taken = pool.takeFree(into: raw)
+            if taken == 0 { break }
+            pool.recycle(UnsafeBufferPointer(rebasing: raw[0..<taken]), through: &ends.producer)
+        }
+        started.store(true, ordering: .releasing)
+        while !stop.load(ordering: .acquiring) {
+            let taken = pool.takeReturned(into: raw, from: &ends.consumer)
+            if taken > 0 { pool.recycle(UnsafeBufferPointer(rebasing: raw[0..<taken]), through: &ends.producer) }
+            turns.add(1, ordering: .releasing)
+        }
+    }
 }

@@ -74,13 +74,15 @@ public struct BufferFreeHook: @unchecked Sendable {  // unchecked: the context's
 /// plane may put reserved buffers in circulation (`grow`) and take free ones out (`shrink`).
 public final class BufferPool: @unchecked Sendable {  // unchecked: the C free list is the synchronisation
     /// Buffers in circulation now (free or owned): `grow` raises it, up to `bufferCountMax`; `shrink`
-    /// lowers it. Equals `buffersMade - retiredCount`.
+    /// lowers it. Equals `buffersMade - retiredCount` between resizes.
     public var bufferCount: Int { count.load(ordering: .acquiring) }
     @usableFromInline let count: Atomic<Int>
     /// Buffers ever made (indices `0..<buffersMade`), in circulation or retired: frees are checked
     /// against it. Only `grow` raises it; it never falls.
     public var buffersMade: Int { made.load(ordering: .acquiring) }
     @usableFromInline let made: Atomic<Int>
+    /// Set while a `shrink` waits for buffers: `recycle` then frees to the free list. Read once a burst.
+    @usableFromInline let retireWanted = Atomic<Bool>(false)
     /// Buffers `shrink` retired and `grow` has not put back; a snapshot.
     public var retiredCount: Int { retiredTotal.load(ordering: .acquiring) }
     private let retiredTotal = Atomic<Int>(0)
@@ -245,6 +247,7 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
             var left = reused
             var index = 0
             while left > 0 {
+                precondition(index < bufferCountMax, "pool counts out of step: \(left) retired buffers not found")
                 if retiredFlags[index] != 0 {
                     retiredFlags[index] = 2
                     Self.faultIn(base, objectStride: objectStride, buffers: index..<(index + 1), everyPage: true)
@@ -272,21 +275,32 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
     /// Takes buffers out of circulation until `target` remain or none is free now; returns how many it
     /// retired (0 when `target >= bufferCount`: best effort, partial when the free list runs dry).
     /// Only buffers on the free list are taken, never one a stage, ring, returns ring or cache holds.
-    /// They go to a stash reserved at creation (nothing is allocated), the whole pages that only retired
-    /// buffers cover go back to the kernel (MADV_DONTNEED), and `grow` puts them back first. Control
-    /// plane, while threads allocate and free; one grow or shrink at a time; never counts exhaustion.
-    /// Throws `cannotShrink` when `target` is below 1.
+    /// With `waitNs`, when the free list runs dry first, it asks `recycle` to send buffers to the free
+    /// list instead of their returns ring (where a busy pipeline keeps them circulating) and takes them
+    /// as they come, sleeping 1 ms between tries, for up to `waitNs`; recycling goes back to the returns
+    /// ring before it returns. They go to a stash reserved at creation (nothing is allocated), the
+    /// whole pages that only retired buffers cover go back to the kernel (MADV_DONTNEED), and `grow`
+    /// puts them back first. Control plane, while threads allocate and free: blocks up to `waitNs`;
+    /// one grow or shrink at a time; never counts exhaustion. Throws `cannotShrink` when `target` is
+    /// below 1.
     @discardableResult
-    public func shrink(to target: Int) throws(PoolError) -> Int {
+    public func shrink(to target: Int, waitNs: UInt64 = 0) throws(PoolError) -> Int {
         try resizing.withLock { _ throws(PoolError) -> Int in
             let old = bufferCount
             guard target >= 1 else { throw .cannotShrink(from: old, to: target, min: 1) }
             var taken = 0
             var lowest = Int.max
             var highest = -1
+            let deadline = Clock.monotonicNs() &+ waitNs
+            defer { retireWanted.store(false, ordering: .relaxed) }
             while old - taken > target {
                 var item: UInt64 = 0
-                guard sluice_mpmc_dequeue(freeList, &item) == 1 else { break }
+                guard sluice_mpmc_dequeue(freeList, &item) == 1 else {
+                    guard Clock.monotonicNs() < deadline else { break }
+                    retireWanted.store(true, ordering: .relaxed)
+                    usleep(1_000)
+                    continue
+                }
                 let index = Int(truncatingIfNeeded: item)
                 precondition(index < buffersMade && retiredFlags[index] == 0, "free list held buffer \(index) twice")
                 #if DEBUG
@@ -403,7 +417,8 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
             for item in items { freeHook.function(freeHook.context, UInt32(truncatingIfNeeded: item)) }
         }
         var offset = 0
-        while offset < items.count {
+        // A shrink waiting for free buffers takes them off the free list: none to the returns ring.
+        while offset < items.count, !retireWanted.load(ordering: .relaxed) {
             let chunk = min(items.count - offset, Limits.burstCountMax)
             let (added, _) = returns.enqueueBurst(UnsafeBufferPointer(rebasing: items[offset..<(offset + chunk)]))
             offset += added
