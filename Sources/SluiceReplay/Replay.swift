@@ -504,7 +504,7 @@ public final class Replay {
                                             loopCount: configuration.loopCount) }
             catch { throw .capture(error) }
         }
-        var built: [PacketPath] = []
+        var configurations: [PacketPathConfiguration] = []
         for instance in 0..<instances {
             var pathConfiguration = PacketPathConfiguration(
                 name: instances == 1 ? "replay" : "replay-\(instance)",
@@ -529,8 +529,17 @@ public final class Replay {
             } else if instances > 1 {
                 pathConfiguration.captureSplit = CaptureSplit(index: instance, count: instances)
             }
-            built.append(try PacketPath(pathConfiguration))
+            configurations.append(pathConfiguration)
         }
+        // Fanned out, each instance's path (its pool faulting in is most of it) is made on its own
+        // core, all at once: the pages fault in where they will be used, n pools in the time of one.
+        let made: [Result<PacketPath, ReplayError>] = instances == 1
+            ? [Result { () throws(ReplayError) in try PacketPath(configurations[0]) }]
+            : CPU.runPinned(on: Array(cores.prefix(instances))) { [configurations] instance in
+                Result { () throws(ReplayError) in try PacketPath(configurations[instance]) }
+            }
+        var built: [PacketPath] = []
+        for result in made { built.append(try result.get()) }
         paths = built
         trafficMetrics = configuration.traffic.map { TrafficMetrics(sourceCount: max($0.sources.count, 1)) }
         let stageCount = built[0].pipeline.stages.count
