@@ -170,7 +170,11 @@ public struct FanoutDecision: Sendable, Equatable, CustomStringConvertible {
             return chosen ? "fanned out: \(tried)"
                           : "not fanned out: \(startPlacement.map { "starts at \($0): " } ?? "")\(tried)"
         }
-        let clear = closeCall ? "" : "; clear enough without trials"
+        var clear = closeCall ? "" : "; clear enough without the fanned-out trial"
+        if let one = trialOneCore, let rate = trialPipelined, let split = trialPipelinedPlacement {
+            clear += "; the split \(split) tried at \(Self.ns(rate / 1e6)) Mpps against one core \(Self.ns(one / 1e6))"
+                + (startPlacement.map { ": starts at \($0)" } ?? "")
+        }
         guard let predicted = predictedItemsPerSecond, let planner else {
             return chosen
                 ? "fanned out over \(instances) instances, each run to completion: \(others); \(share); \(handoff) (no probe)"
@@ -487,7 +491,19 @@ public final class Replay {
                     if let pipelined, let spread, pipelined.recordsPerSecond >= one.recordsPerSecond * margin {
                         best = (spread.placement, pipelined.recordsPerSecond)
                     }
-                    if let fanned { decision.chosen = fanned.recordsPerSecond >= best.rate * margin }
+                    var fannedRate = fanned?.recordsPerSecond
+                    // A clear call made against a predicted pipelined rate the trial did not bear out: weigh
+                    // fanning out against what was measured, trying it too when that is a close call.
+                    if fannedRate == nil, let predicted = decision.predictedItemsPerSecond,
+                       let planned = single?.chosen.predictedItemsPerSecond, best.rate < planned {
+                        if within.isInfinite || max(predicted, best.rate) < within * min(predicted, best.rate) {
+                            fannedRate = Self.trial(configuration, instances: cores.count)?.recordsPerSecond
+                            (decision.trialFannedOut, decision.closeCall) = (fannedRate, true)
+                        } else {
+                            decision.chosen = predicted >= best.rate * margin
+                        }
+                    }
+                    if let fannedRate { decision.chosen = fannedRate >= best.rate * margin }
                     decision.startPlacement = best.placement
                     // The pipelined shape tried and measured no faster than one core is not moved to later.
                     if let pipelined, let spread, best.rate > pipelined.recordsPerSecond { decision.refuted = [spread.placement] }

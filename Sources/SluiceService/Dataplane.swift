@@ -707,8 +707,10 @@ struct Rebalancer {
                     continue
                 }
             }
+            // A pool shrinks only while its pipeline runs (its recycled buffers are what a shrink waits for).
+            let active = demands[index].stages[0].arrivalPerSecond > 0 && !dataplane.isStopping
             guard target != current else {
-                shrinkPoolIfNeeded(path)
+                if active { shrinkPoolIfNeeded(path) }
                 continue
             }
             let arrivals = demands[index].stages.dropFirst().map { Int($0.arrivalPerSecond) }
@@ -729,7 +731,7 @@ struct Rebalancer {
             dataplane.logger.info("rings resized to the measured arrivals", metadata: [
                 "pipeline": "\(path.configuration.name)", "from": "\(current)", "to": "\(target)",
                 "why": "arrivals \(arrivals) items/s per link; rings hold 1 ms of them (at least ring_size), 4x off triggers"])
-            shrinkPoolIfNeeded(path)
+            if active { shrinkPoolIfNeeded(path) }
         }
         return true
     }

@@ -254,10 +254,11 @@ import Testing
         let pool = try BufferPool(bufferCount: 256, bufferSizeBytes: 64)
         let churn = ReturnsChurn(pool)
         var thread = pthread_t()
-        pthread_create(&thread, nil, { context in
+        let rc = pthread_create(&thread, nil, { context in
             Unmanaged<ReturnsChurn>.fromOpaque(context!).takeRetainedValue().run()
             return nil
         }, Unmanaged.passRetained(churn).toOpaque())
+        try #require(rc == 0, "pthread_create: \(rc)")
         defer {
             churn.stop.store(true, ordering: .releasing)
             pthread_join(thread, nil)
@@ -271,9 +272,10 @@ import Testing
         #expect(retired == 192 && pool.bufferCount == 64 && pool.retiredCount == 192, "\(retired) retired")
         let wanted = pool.retireWanted.load(ordering: .relaxed)
         #expect(!wanted, "recycling goes back to the returns ring")
-        let turns = churn.turns.load(ordering: .acquiring)
-        while churn.turns.load(ordering: .acquiring) < turns + 1_000, Clock.monotonicNs() < deadline { usleep(100) }
-        #expect(churn.turns.load(ordering: .acquiring) >= turns + 1_000, "the thread goes on with 64 buffers")
+        let moved = churn.moved.load(ordering: .acquiring)
+        while churn.moved.load(ordering: .acquiring) < moved + 64_000, Clock.monotonicNs() < deadline { usleep(100) }
+        #expect(churn.moved.load(ordering: .acquiring) >= moved + 64_000, "the thread goes on with 64 buffers")
+        #expect(pool.bufferCount == 64 && pool.retiredCount == 192)
     }
 
     /// Debug builds: freeing a buffer `shrink` retired traps (it was never handed out).
@@ -454,7 +456,8 @@ private final class ReturnsChurn: @unchecked Sendable {
     let pool: BufferPool
     let started = Atomic<Bool>(false)
     let stop = Atomic<Bool>(false)
-    let turns = Atomic<Int>(0)
+    /// Buffers taken back and recycled again.
+    let moved = Atomic<Int>(0)
 
     init(_ pool: BufferPool) { self.pool = pool }
 
@@ -471,7 +474,7 @@ private final class ReturnsChurn: @unchecked Sendable {
         while !stop.load(ordering: .acquiring) {
             let taken = pool.takeReturned(into: raw, from: &ends.consumer)
             if taken > 0 { pool.recycle(UnsafeBufferPointer(rebasing: raw[0..<taken]), through: &ends.producer) }
-            turns.add(1, ordering: .releasing)
+            moved.add(taken, ordering: .releasing)
         }
     }
 }

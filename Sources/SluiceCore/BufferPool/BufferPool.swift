@@ -291,7 +291,8 @@ public final class BufferPool: @unchecked Sendable {  // unchecked: the C free l
             var taken = 0
             var lowest = Int.max
             var highest = -1
-            let deadline = Clock.monotonicNs() &+ waitNs
+            let (sum, overflow) = Clock.monotonicNs().addingReportingOverflow(waitNs)
+            let deadline = overflow ? .max : sum
             defer { retireWanted.store(false, ordering: .relaxed) }
             while old - taken > target {
                 var item: UInt64 = 0

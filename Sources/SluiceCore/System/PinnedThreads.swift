@@ -8,7 +8,8 @@ extension CPU {
     /// For set-up that touches memory the thread on that core will use (a pool's pages fault in on
     /// its NUMA node) and takes the time of one such set-up instead of n. Control plane: blocks the
     /// caller until every body returns; a body whose thread cannot start runs on the caller's thread.
-    public static func runPinned<T>(on cores: [Int], _ body: @escaping @Sendable (Int) -> T) -> [T] {
+    /// A body must not start threads or async work: they would inherit its one-core affinity.
+    public static func runPinned<T: Sendable>(on cores: [Int], _ body: @escaping @Sendable (Int) -> T) -> [T] {
         let slots = UnsafeMutableBufferPointer<T?>.allocate(capacity: cores.count)
         slots.initialize(repeating: nil)
         defer {
