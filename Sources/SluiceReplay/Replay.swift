@@ -468,7 +468,8 @@ public final class Replay {
                 // A close call is tried on the cores (both busy at once where the shape has them so),
                 // and what the trials measure decides over what was predicted. Not a clear one: with both
                 // cores busy each instance's stages ran up to 30% slower, and fanning out needs 5% more,
-                // so no gap wider than 1.3 x 1.05 can flip; each trial costs milliseconds of the span.
+                // so no gap wider than 1.3 x 1.05 (about 1.37; the default is 1.4) can flip; each trial costs milliseconds
+                // of the span.
                 let within = configuration.trialsWithin
                 let close = one != nil && within > 1 && (within.isInfinite || decision.predictedItemsPerSecond.flatMap { fanned in
                     single.map { max(fanned, $0.chosen.predictedItemsPerSecond) < within * min(fanned, $0.chosen.predictedItemsPerSecond) }
@@ -548,7 +549,7 @@ public final class Replay {
             configurations.append(pathConfiguration)
         }
         // Fanned out, each instance's path (its pool faulting in is most of it) is made on its own
-        // core, all at once: the pages fault in where they will be used, n pools in the time of one.
+        // core, all at once: the pages fault in where they will be used, the pools together.
         let made: [Result<PacketPath, ReplayError>] = instances == 1
             ? [Result { () throws(ReplayError) in try PacketPath(configurations[0]) }]
             : CPU.runPinned(on: Array(cores.prefix(instances))) { [configurations] instance in

@@ -6,7 +6,7 @@ extension CPU {
     /// Runs `body(i)` for every index of `cores` at once, each on a thread of its own pinned to
     /// `cores[i]` (unpinned when pinning fails), and returns the results in order when all are done.
     /// For set-up that touches memory the thread on that core will use (a pool's pages fault in on
-    /// its NUMA node) and takes the time of one such set-up instead of n. Control plane: blocks the
+    /// its NUMA node) and runs the set-ups together instead of one after another. Control plane: blocks the
     /// caller until every body returns; a body whose thread cannot start runs on the caller's thread.
     /// A body must not start threads or async work: they would inherit its one-core affinity.
     public static func runPinned<T: Sendable>(on cores: [Int], _ body: @escaping @Sendable (Int) -> T) -> [T] {
