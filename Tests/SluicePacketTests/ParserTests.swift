@@ -319,6 +319,33 @@ import Testing
         #expect(try viaResult.get() == parsed(frame))
     }
 
+    /// The parse resets a reused packet's inner headers only when a parse left them set: whatever came
+    /// before, each parse leaves exactly what a parse into a fresh packet leaves, drops included.
+    @Test func aReusedPacketHoldsOnlyItsLastParse() {
+        func parseInto(_ packet: inout ParsedPacket, _ bytes: [UInt8]) -> DropReason? {
+            bytes.withUnsafeBytes { PacketParser().parse(PacketBytes($0), linkType: .ethernet, into: &packet) }
+        }
+        let brokenInner = Build.ethernet(etherType: 0x0800, payload: Build.ipv4(proto: 17, payload: Build.udp(
+            destination: 4789, payload: Build.vxlan(vni: 9, inner: Build.ethernet(
+                etherType: 0x0800, payload: Build.ipv4(proto: 6, payload: Build.tcp(dataOffsetWords: 15)))))))
+        let frames = [Sample.vxlan(vni: 7), Sample.ipv4UDP(), Sample.vxlan(vni: 8), brokenInner, Sample.ipv4TCP(),
+                      brokenInner, Sample.vxlan(vni: 3), Array(Sample.ipv4TCP().prefix(13)), Sample.ipv4UDP()]
+        var reused = ParsedPacket()
+        for (step, frame) in frames.enumerated() {
+            var fresh = ParsedPacket()
+            let expected = parseInto(&fresh, frame)
+            #expect(parseInto(&reused, frame) == expected, "step \(step)")
+            #expect(reused == fresh, "step \(step)")
+            if !fresh.isTunnel { #expect(reused.inner == PacketHeaders() && reused.vxlanVNI == 0, "step \(step)") }
+        }
+        #expect(parseInto(&reused, brokenInner) == .truncatedTCP)
+        // Inner headers a caller set (with their l2Offset) are reset too.
+        reused.inner.l2Offset = 50
+        reused.inner.sourcePort = 1
+        #expect(parseInto(&reused, Sample.ipv4UDP()) == nil)
+        #expect(reused.inner == PacketHeaders())
+    }
+
     @Test func addressTextRoundTrips() throws {
         #expect(MACAddress("02:00:00:00:00:0a") == MACAddress(Addr.macA))
         #expect(MACAddress(Addr.macA).description == "02:00:00:00:00:0a")

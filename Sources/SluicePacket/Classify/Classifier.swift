@@ -160,14 +160,19 @@ public struct Classifier: @unchecked Sendable {  // unchecked: the columns are r
         }
     }
 
-    /// The flow hash and source id of `packet`, which arrived on `inputPort`.
-    @inlinable public func classify(_ packet: ParsedPacket, inputPort: UInt16) -> Classification {
-        let headers = usesInnerHeaders && packet.isTunnel ? packet.inner : packet.outer
-        return Classification(flowHash: flowHash.hash(headers), sourceID: sourceID(of: headers, inputPort: inputPort))
+    /// The flow hash and source id of `packet`, which arrived on `inputPort`. Reads the headers in
+    /// place: a copy of a just-parsed packet would load it wider than the parse stored it.
+    @inlinable @inline(__always)
+    public func classify(_ packet: ParsedPacket, inputPort: UInt16) -> Classification {
+        if usesInnerHeaders && packet.isTunnel {
+            return Classification(flowHash: flowHash.hash(packet.inner), sourceID: sourceID(of: packet.inner, inputPort: inputPort))
+        }
+        return Classification(flowHash: flowHash.hash(packet.outer), sourceID: sourceID(of: packet.outer, inputPort: inputPort))
     }
 
     /// The source id of a packet with `headers` from `inputPort`; the default when nothing matches.
-    @inlinable public func sourceID(of headers: PacketHeaders, inputPort: UInt16) -> UInt16 {
+    @inlinable @inline(__always)
+    public func sourceID(of headers: PacketHeaders, inputPort: UInt16) -> UInt16 {
         switch key {
         case .sourceMAC:
             guard headers.flags.contains(.ethernet) || headers.flags.contains(.cookedSourceMAC) else {

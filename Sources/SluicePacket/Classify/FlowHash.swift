@@ -21,7 +21,7 @@ public struct FlowHash: Sendable, Equatable {
     }
 
     /// The hash of `headers`' flow. Never allocates.
-    @inlinable public func hash(_ headers: PacketHeaders) -> UInt32 {
+    @inlinable @inline(__always) public func hash(_ headers: PacketHeaders) -> UInt32 {
         guard headers.isIP else {
             return hashLink(headers.sourceMAC.rawValue, headers.destinationMAC.rawValue, headers.etherType)
         }

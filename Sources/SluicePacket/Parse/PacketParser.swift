@@ -19,16 +19,27 @@ public struct PacketParser: Sendable {
     /// the reason to drop it. Strict by default: an IP length past the captured bytes is a drop; when
     /// `isCaptureTruncated` (the capture cut the packet, wire length > captured length) IP payloads
     /// may end early, but every header read must still be present.
+    ///
+    /// `packet` should come from `ParsedPacket()` or an earlier parse: its inner headers are reset only
+    /// when `inner.l2Offset` is set (as every tunnel's parse sets it), which saves most of a reset's
+    /// stores per packet. A parse that drops a tunnel packet leaves them absent.
     public func parse(
         _ bytes: PacketBytes, linkType: LinkType, into packet: inout ParsedPacket, isCaptureTruncated: Bool = false
     ) -> DropReason? {
-        packet = ParsedPacket()
+        if packet.inner.l2Offset != PacketHeaders.absentOffset {
+            packet.inner = PacketHeaders()
+        }
+        packet.outer = PacketHeaders()
+        packet.isTunnel = false
+        packet.vxlanVNI = 0
         packet.linkType = linkType
         packet.length = UInt32(truncatingIfNeeded: bytes.count)
         let layers = LayerParser(bytes: bytes, acceptsShortCapture: isCaptureTruncated)
         if let reason = layers.parseLink(linkType, &packet.outer) { return reason }
         guard followsTunnels, isVXLAN(packet.outer) else { return nil }
         if let reason = layers.parseVXLAN(outer: packet.outer, vni: &packet.vxlanVNI, inner: &packet.inner) {
+            packet.inner = PacketHeaders()  // what the inner parse wrote before it failed
+            packet.vxlanVNI = 0
             return reason
         }
         packet.isTunnel = true

@@ -26,14 +26,13 @@ public struct MetadataFlags: OptionSet, Hashable, Sendable {
     @inlinable public static var rewritten: MetadataFlags { MetadataFlags(rawValue: 1 << 15) }
 
     /// The flags and protocol of a parsed packet's outer headers.
-    @inlinable public init(_ packet: ParsedPacket) {
-        let outer = packet.outer
-        var raw = UInt16(outer.ipProtocol) | Self.classified.rawValue
-        if outer.ipVersion == 4 { raw |= Self.ipv4.rawValue }
-        if outer.ipVersion == 6 { raw |= Self.ipv6.rawValue }
-        if outer.vlanCount > 0 { raw |= Self.vlan.rawValue }
-        if outer.flags.contains(.fragment) { raw |= Self.fragment.rawValue }
-        if outer.flags.contains(.ports) { raw |= Self.ports.rawValue }
+    @inlinable @inline(__always) public init(_ packet: ParsedPacket) {
+        var raw = UInt16(packet.outer.ipProtocol) | Self.classified.rawValue
+        if packet.outer.ipVersion == 4 { raw |= Self.ipv4.rawValue }
+        if packet.outer.ipVersion == 6 { raw |= Self.ipv6.rawValue }
+        if packet.outer.vlanCount > 0 { raw |= Self.vlan.rawValue }
+        if packet.outer.flags.contains(.fragment) { raw |= Self.fragment.rawValue }
+        if packet.outer.flags.contains(.ports) { raw |= Self.ports.rawValue }
         if packet.isTunnel { raw |= Self.tunnel.rawValue }
         self.init(rawValue: raw)
     }
