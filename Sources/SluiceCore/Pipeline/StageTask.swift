@@ -229,7 +229,9 @@ final class SourceTask<Body: SourceBody>: StageTask, @unchecked Sendable {
         StageCounters.bump(pipeline.entered, by: UInt64(produced))
         let (added, _) = output.enqueueBulk(UnsafeBufferPointer(rebasing: burst[0..<produced]))
         precondition(added == produced, "output ring lost room only its producer can take")
-        if body.isExhausted { pipeline.sourceExhausted.store(true, ordering: .releasing) }
+        // Only a short burst can be the last: a full one's end is seen on the next turn. (In this
+        // unspecialised generic code the getter copies the body, retaining its references.)
+        if produced < room, body.isExhausted { pipeline.sourceExhausted.store(true, ordering: .releasing) }
         if outputLink!.notifyConsumer(from: waiter) { StageCounters.bump(counters.wakeups, by: 1) }
         recordTurn(items: produced, filtered: 0, cycles: sluice_cycles() &- start)
         return produced
@@ -255,7 +257,7 @@ final class SourceTask<Body: SourceBody>: StageTask, @unchecked Sendable {
         precondition(produced <= burst.count, "source produced more than it was given room for")
         // Counted before any stage sees the items, so `entered` is never behind what was delivered.
         StageCounters.bump(pipeline.entered, by: UInt64(produced))
-        if body.isExhausted { pipeline.sourceExhausted.store(true, ordering: .releasing) }
+        if produced < burst.count, body.isExhausted { pipeline.sourceExhausted.store(true, ordering: .releasing) }  // as `runOnce`
         now = sluice_cycles()
         recordTurn(items: produced, filtered: 0, cycles: now &- start)
         return produced

@@ -217,7 +217,31 @@ public struct PcapBlockReader: ~Copyable {
 
     /// The next record of this reader's blocks, `.waiting` while the next block is not walked yet,
     /// `.end` when done. Throws the bad record that ended the capture (once; `.end` after).
+    @inline(__always)
     public mutating func next() throws(PcapError) -> PcapBlockRead {
+        if recordsLeft == 0, let read = try nextBlock() { return read }
+        let header = UnsafeRawBufferPointer(start: buffer.baseAddress! + cursor, count: 16)
+        let seconds = field(header, 0)
+        let fraction = field(header, 4)
+        let captured = Int(field(header, 8))
+        let wire = Int(field(header, 12))
+        let kept = min(captured, snapshotLength)
+        let data = UnsafeRawBufferPointer(start: buffer.baseAddress! + cursor + 16, count: kept)
+        let dataEnd = cursor + 16 + kept
+        cursor += 16 + captured  // past the cut bytes too (only the block's last record has them unread)
+        recordsLeft -= 1
+        lastRecordIndex = nextRecordIndex
+        lastLoop = loop
+        nextRecordIndex += 1
+        let timestampNs = UInt64(seconds) &* 1_000_000_000 &+ UInt64(fraction) &* (nanosecond ? 1 : 1_000)
+        return .record(PcapRecord(timestampNs: timestampNs, capturedLength: kept, wireLength: wire, bytes: data,
+                                  hasSlack: dataEnd + 32 <= buffer.count))
+    }
+
+    /// `next` out of records in the current block: moves to the walked block read ahead, or says why
+    /// there is none (nil: the current block has records again).
+    @inline(never)
+    private mutating func nextBlock() throws(PcapError) -> PcapBlockRead? {
         while recordsLeft == 0 {
             if let error = pendingError {
                 pendingError = nil
@@ -246,22 +270,7 @@ public struct PcapBlockReader: ~Copyable {
             loop = walked.loop
             pendingError = walked.error
         }
-        let header = UnsafeRawBufferPointer(start: buffer.baseAddress! + cursor, count: 16)
-        let seconds = field(header, 0)
-        let fraction = field(header, 4)
-        let captured = Int(field(header, 8))
-        let wire = Int(field(header, 12))
-        let kept = min(captured, snapshotLength)
-        let data = UnsafeRawBufferPointer(start: buffer.baseAddress! + cursor + 16, count: kept)
-        let dataEnd = cursor + 16 + kept
-        cursor += 16 + captured  // past the cut bytes too (only the block's last record has them unread)
-        recordsLeft -= 1
-        lastRecordIndex = nextRecordIndex
-        lastLoop = loop
-        nextRecordIndex += 1
-        let timestampNs = UInt64(seconds) &* 1_000_000_000 &+ UInt64(fraction) &* (nanosecond ? 1 : 1_000)
-        return .record(PcapRecord(timestampNs: timestampNs, capturedLength: kept, wireLength: wire, bytes: data,
-                                  hasSlack: dataEnd + 32 <= buffer.count))
+        return nil
     }
 
     /// Reads and walks this reader's next block into the spare buffer if there is room and the block

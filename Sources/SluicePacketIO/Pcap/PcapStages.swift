@@ -423,6 +423,7 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
         return count
     }
 
+    @inline(__always)
     private func fill(_ index: UInt32, from record: PcapRecord, now: UInt64, pool: BufferPool) {
         let bytes = pool.bytes(at: index)
         let length = record.capturedLength
