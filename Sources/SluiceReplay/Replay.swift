@@ -418,7 +418,7 @@ public final class Replay {
                 instances = cores.count
                 handoff = nil
             } else {
-                let calibrated = MeasuredPlacement.calibrate(cores: cores, itemCount: 1 << 14)
+                let calibrated = MeasuredPlacement.calibrate(cores: cores, itemCount: 1 << 13)
                 handoff = calibrated
                 let handoffNs = try? calibrated.get().handoffNsPerItem
                 decision.handoffNsPerItem = handoffNs
@@ -431,10 +431,10 @@ public final class Replay {
             }
             fanout = decision
         case .auto where cores.count > 1:
-            // Measured before any worker starts, inside the run's clock and CPU span: kept short (16k
+            // Measured before any worker starts, inside the run's clock and CPU span: kept short (8k
             // items a round, a sample of 8k records, one trial of about 9k records, two more on a close
             // call: about 10 ms, 20 ms with the two).
-            let calibrated = MeasuredPlacement.calibrate(cores: cores, itemCount: 1 << 14)
+            let calibrated = MeasuredPlacement.calibrate(cores: cores, itemCount: 1 << 13)
             handoff = calibrated
             let handoffNs = try? calibrated.get().handoffNsPerItem
             if let reason = Self.splitRefusal(configuration) {
@@ -442,7 +442,8 @@ public final class Replay {
                                         largestShare: 0, chosen: false, notSplittable: reason)
             } else {
                 let sample = Self.sampleSplit(configuration.capturePath, instances: cores.count)
-                let one = Self.trial(configuration)
+                let recordBytes = sample.largestRecordBytes
+                let one = Self.trial(configuration, recordBytes: recordBytes)
                 let stageNs = one?.stageNsPerItem
                 var decision = FanoutDecision(instances: cores.count, othersNsPerRecord: sample.othersNsPerRecord,
                                               handoffNsPerItem: handoffNs, largestShare: sample.largestShare,
@@ -482,8 +483,9 @@ public final class Replay {
                 // The pipelined split is tried on a close call, and on a clear call for one instance whose
                 // predicted best shape is that split: against the one-core trial, it sets where it starts.
                 let triesSpread = close || (!decision.chosen && single.map { Set($0.chosen.placement).count > 1 } == true)
-                let fanned = close ? Self.trial(configuration, instances: cores.count) : nil
-                let pipelined = triesSpread ? spread.flatMap { Self.trial(configuration, placement: $0.placement) } : nil
+                let fanned = close ? Self.trial(configuration, instances: cores.count, recordBytes: recordBytes) : nil
+                let pipelined = triesSpread
+                    ? spread.flatMap { Self.trial(configuration, placement: $0.placement, recordBytes: recordBytes) } : nil
                 (decision.trialOneCore, decision.trialFannedOut) = (one?.recordsPerSecond, fanned?.recordsPerSecond)
                 (decision.trialPipelined, decision.trialPipelinedPlacement) = (pipelined?.recordsPerSecond, triesSpread ? spread?.placement : nil)
                 if let one, fanned != nil || pipelined != nil {
@@ -498,7 +500,7 @@ public final class Replay {
                     if fannedRate == nil, let predicted = decision.predictedItemsPerSecond,
                        let planned = single?.chosen.predictedItemsPerSecond, best.rate < planned {
                         if within.isInfinite || max(predicted, best.rate) < within * min(predicted, best.rate) {
-                            fannedRate = Self.trial(configuration, instances: cores.count)?.recordsPerSecond
+                            fannedRate = Self.trial(configuration, instances: cores.count, recordBytes: recordBytes)?.recordsPerSecond
                             (decision.trialFannedOut, decision.closeCall) = (fannedRate, true)
                         } else {
                             decision.chosen = predicted >= best.rate * margin
@@ -626,26 +628,30 @@ public final class Replay {
     /// The capture's first records read and split as the instances will: what an instance pays per
     /// record of another's flows (reading it and hashing its flow; timed after `sampleWarmUpRecords`,
     /// over `sampleRecords`), and the largest share of records one instance would take. Under a
-    /// millisecond. Zeros when nothing could be read (the instances then report why).
-    static func sampleSplit(_ path: String, instances: Int) -> (othersNsPerRecord: Double, largestShare: Double) {
-        guard var reader = try? PcapReader(path: path) else { return (0, 0) }
+    /// millisecond. Zeros when nothing could be read (the instances then report why). Also the
+    /// largest record it read (bytes captured): what the trials' buffers hold.
+    static func sampleSplit(_ path: String, instances: Int)
+        -> (othersNsPerRecord: Double, largestShare: Double, largestRecordBytes: Int) {
+        guard var reader = try? PcapReader(path: path) else { return (0, 0, 0) }
         let linkType = reader.linkType
         var perInstance = [Int](repeating: 0, count: instances)
         var records = 0
         var timed = 0
         var start = Clock.monotonicNs()
+        var largest = 0
         while records < Self.sampleWarmUpRecords + Self.sampleRecords, let record = try? reader.next() {
             if records == Self.sampleWarmUpRecords { start = Clock.monotonicNs() }
+            largest = max(largest, record.capturedLength)
             let hash = CaptureSplit.flowHash(record.bytes, linkType: linkType)
             perInstance[Int(truncatingIfNeeded: ((hash >> 32) &* UInt64(instances)) >> 32)] += 1
             records += 1
             if records > Self.sampleWarmUpRecords { timed += 1 }
         }
         let elapsed = Clock.monotonicNs() &- start
-        guard records > 0 else { return (0, 0) }
+        guard records > 0 else { return (0, 0, 0) }
         // A capture shorter than the warm-up: every record timed.
         let ns = timed > 0 ? Double(elapsed) / Double(timed) : Double(elapsed) / Double(records)
-        return (ns, Double(perInstance.max()!) / Double(records))
+        return (ns, Double(perInstance.max()!) / Double(records), largest)
     }
 
     /// Runs the replay to the end of the capture (all loops), calling `progress` about every 200 ms

@@ -32,7 +32,11 @@ extension Replay {
     /// first cores; nil: all on the first). Nothing reaches the output. Blocks the calling thread for
     /// a few milliseconds (at most `trialTimeNsMax` and the drain). nil when it cannot run or its
     /// window held fewer than `trialRecordsMin` records (a tiny capture, a slow debug build).
-    static func trial(_ c: ReplayConfiguration, instances: Int = 1, placement: [Int]? = nil) -> TrialResult? {
+    /// `recordBytes`: the largest record the sample met; a buffer size following the capture then
+    /// follows that instead (at least the default 2 KiB), so the trial's pool faults in fewer pages
+    /// (a later, larger record is skipped, counted as oversize, and the pace barely moves).
+    static func trial(_ c: ReplayConfiguration, instances: Int = 1, placement: [Int]? = nil,
+                      recordBytes: Int? = nil) -> TrialResult? {
         precondition(instances >= 1 && (instances == 1 || placement == nil), "fanned-out instances run to completion")
         let workerCount = instances > 1 ? instances : (placement?.max() ?? 0) + 1
         precondition(workerCount <= c.cores.count, "a trial runs on the replay's cores")
@@ -51,7 +55,7 @@ extension Replay {
             let bursts = (pipelined ? 4 : 1) * c.burstCount
             let powerOfTwo = 1 << (Int.bitWidth - (bursts - 1).leadingZeroBitCount)  // at or above
             probe.ringCapacity = min(c.ringCapacity, max(pipelined ? 128 : 32, powerOfTwo))
-            if let size = c.bufferSizeBytes {
+            if let size = c.bufferSizeBytes ?? recordBytes.map({ max($0, probe.bufferSizeBytes) }) {
                 probe.bufferSizeBytes = size
                 probe.bufferSizeFollowsCapture = false
             }
@@ -67,6 +71,10 @@ extension Replay {
         else { return nil }
         defer { runtime.stop() }
         guard (try? runtime.start()) != nil else { return nil }
+        // A trial on fewer cores than the run's: the polling thread keeps off the trial's cores.
+        let spare = c.cores.count > workerCount ? Array(c.cores[workerCount...]) : []
+        let restore = spare.isEmpty ? nil : CPU.confineCurrentThread(to: spare)
+        defer { if let restore { _ = CPU.confineCurrentThread(to: restore) } }
         let launch = Mark(ns: Clock.monotonicNs(), done: Array(repeating: 0, count: instances), stages: paths[0].pipeline.snapshot())
         for (instance, path) in paths.enumerated() {
             let stageCount = path.pipeline.stages.count

@@ -83,6 +83,21 @@ import Testing
             try HandoffCalibration.measure(fromCore: cpus[0], toCore: cpus[1], itemCount: 10)
         }
     }
+
+    /// A trial's polling thread keeps off the trial's cores and gets its set back after.
+    @Test func aThreadConfinedToCPUsGetsItsSetBack() throws {
+        let before = try CPU.allowedCPUs()
+        let last = try #require(before.last)
+        let restore = try #require(CPU.confineCurrentThread(to: [last]))
+        defer { _ = CPU.confineCurrentThread(to: restore) }
+        #expect(restore == before)
+        #expect(try CPU.allowedCPUs() == [last])
+        #expect(CPU.current() == last)
+        #expect(CPU.confineCurrentThread(to: []) == nil, "an empty set is refused, the thread keeps its set")
+        #expect(try CPU.allowedCPUs() == [last])
+        _ = CPU.confineCurrentThread(to: restore)
+        #expect(try CPU.allowedCPUs() == before)
+    }
 }
 
 /// Spins about `nsPerItem` per item: a stage as expensive as a heavy parser.

@@ -36,6 +36,14 @@ public enum CPU {
         guard rc == 0 else { throw SyscallError("pthread_setaffinity_np", negatedErrno: rc) }
     }
 
+    /// Restricts the calling thread to `cpus`; returns the CPUs it was allowed before (to restore
+    /// with another call), or nil when either step failed (the thread then keeps its set).
+    public static func confineCurrentThread(to cpus: [Int]) -> [Int]? {
+        guard !cpus.isEmpty, let before = try? allowedCPUs() else { return nil }
+        let set = cpus.map { Int32($0) }
+        return sluice_thread_set_affinity(0, set, Int32(set.count)) == 0 ? before : nil
+    }
+
     /// Moves every thread of this process now running (each entry of /proc/self/task) onto `cpus`;
     /// threads created later inherit their creator's set. For a service's housekeeping threads:
     /// call before starting workers, which then pin themselves elsewhere. A thread that exits
