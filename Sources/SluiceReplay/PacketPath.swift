@@ -515,6 +515,12 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
         return 0
     }
 
+    /// Records of a capture too large for the pool's buffers, skipped (and counted as drops).
+    public var oversizeRecords: UInt64 {
+        if case .capture(let source) = input { return source.counters.oversizeDrops.load(ordering: .relaxed) }
+        return 0
+    }
+
     /// Times a capture source found no free buffer and waited (not a drop).
     public var poolWaits: UInt64 {
         if case .capture(let source) = input { return source.counters.poolWaits.load(ordering: .relaxed) }

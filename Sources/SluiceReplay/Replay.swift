@@ -388,6 +388,9 @@ public final class Replay {
 
     public init(_ configuration: ReplayConfiguration) throws(ReplayError) {
         try Self.validate(configuration)
+        // The cycle counter's rate is measured once a process (a 2 ms spin), as DPDK's EAL init
+        // measures its TSC: here, before the replay's clock starts, not in its first stage-cost read.
+        _ = Clock.cyclesPerNs
         openedCpuNs = processCPUTimeNs()
         openedAtNs = Clock.monotonicNs()
         self.configuration = configuration

@@ -33,8 +33,9 @@ extension Replay {
     /// a few milliseconds (at most `trialTimeNsMax` and the drain). nil when it cannot run or its
     /// window held fewer than `trialRecordsMin` records (a tiny capture, a slow debug build).
     /// `recordBytes`: the largest record the sample met; a buffer size following the capture then
-    /// follows that instead (at least the default 2 KiB), so the trial's pool faults in fewer pages
-    /// (a later, larger record is skipped, counted as oversize, and the pace barely moves).
+    /// follows that instead (at least the default 2 KiB, at most what the run's buffers hold), so the
+    /// trial's pool faults in fewer pages. A later, larger record is skipped as oversize, and counted
+    /// done as records passed over are: the pace is the capture's.
     static func trial(_ c: ReplayConfiguration, instances: Int = 1, placement: [Int]? = nil,
                       recordBytes: Int? = nil) -> TrialResult? {
         precondition(instances >= 1 && (instances == 1 || placement == nil), "fanned-out instances run to completion")
@@ -55,7 +56,8 @@ extension Replay {
             let bursts = (pipelined ? 4 : 1) * c.burstCount
             let powerOfTwo = 1 << (Int.bitWidth - (bursts - 1).leadingZeroBitCount)  // at or above
             probe.ringCapacity = min(c.ringCapacity, max(pipelined ? 128 : 32, powerOfTwo))
-            if let size = c.bufferSizeBytes ?? recordBytes.map({ max($0, probe.bufferSizeBytes) }) {
+            if let size = c.bufferSizeBytes
+                ?? recordBytes.map({ min(max($0, probe.bufferSizeBytes), PacketPathConfiguration.captureBufferSizeBytesMax) }) {
                 probe.bufferSizeBytes = size
                 probe.bufferSizeFollowsCapture = false
             }
@@ -74,7 +76,10 @@ extension Replay {
         // A trial on fewer cores than the run's: the polling thread keeps off the trial's cores.
         let spare = c.cores.count > workerCount ? Array(c.cores[workerCount...]) : []
         let restore = spare.isEmpty ? nil : CPU.confineCurrentThread(to: spare)
-        defer { if let restore { _ = CPU.confineCurrentThread(to: restore) } }
+        defer {
+            // Failing that, at least the run's cores: the run checks them against this thread's set.
+            if let restore, CPU.confineCurrentThread(to: restore) == nil { _ = CPU.confineCurrentThread(to: c.cores) }
+        }
         let launch = Mark(ns: Clock.monotonicNs(), done: Array(repeating: 0, count: instances), stages: paths[0].pipeline.snapshot())
         for (instance, path) in paths.enumerated() {
             let stageCount = path.pipeline.stages.count
@@ -97,7 +102,7 @@ extension Replay {
     /// Counters at one instant of a trial.
     private struct Mark {
         var ns: UInt64
-        /// Per instance: records out of it (delivered or filtered, and passed over for another).
+        /// Per instance: records out of it (delivered or filtered, passed over for another, or too large).
         var done: [UInt64]
         var stages: [StageSnapshot]
     }
@@ -110,7 +115,9 @@ extension Replay {
     /// counts last moved; one too short for `trialRecordsMin` is measured from the `launch` instead
     /// (a capture too short for the warm-up).
     private static func window(_ paths: [PacketPath], launch: Mark, deadlineNs: UInt64) -> TrialResult? {
-        func done(_ path: PacketPath) -> UInt64 { path.pipeline.delivered &+ path.pipeline.filtered &+ path.othersRecords }
+        func done(_ path: PacketPath) -> UInt64 {
+            path.pipeline.delivered &+ path.pipeline.filtered &+ path.othersRecords &+ path.oversizeRecords
+        }
         var start: Mark?
         var counts = launch.done
         var movedNs = launch.ns

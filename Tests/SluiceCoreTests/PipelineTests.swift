@@ -99,6 +99,19 @@ import Testing
         }
     }
 
+    /// A source that ran out on a full burst and then found its ring full has not marked the
+    /// pipeline exhausted in a turn; its worker asking how long to sleep marks it, so a drain does
+    /// not wait for the sleep's timeout.
+    @Test func anExhaustedSourceAskedForASleepMarksThePipelineExhausted() throws {
+        let pipeline = try makeCountingPipeline(
+            "exhausted", source: GeneratorSource(ratePerSecond: 0, totalCount: 0), tracker: SinkTracker())
+        let before = pipeline.sourceExhausted.load(ordering: .acquiring)
+        #expect(!before)
+        #expect(pipeline.stages[0].sleepHintNs(nowNs: 0) == UInt64.max)
+        let after = pipeline.sourceExhausted.load(ordering: .acquiring)
+        #expect(after)
+    }
+
     @Test func waitModeSwitchesWhileRunning() throws {
         try withRuntime(.busyPoll) { runtime, cores in
             let tracker = SinkTracker()

@@ -328,8 +328,12 @@ import Testing
         let brokenInner = Build.ethernet(etherType: 0x0800, payload: Build.ipv4(proto: 17, payload: Build.udp(
             destination: 4789, payload: Build.vxlan(vni: 9, inner: Build.ethernet(
                 etherType: 0x0800, payload: Build.ipv4(proto: 6, payload: Build.tcp(dataOffsetWords: 15)))))))
+        // The VNI read, then an inner frame too short for its Ethernet header (no inner field set).
+        let shortInner = Build.ethernet(etherType: 0x0800, payload: Build.ipv4(proto: 17, payload: Build.udp(
+            destination: 4789, payload: Build.vxlan(vni: 5, inner: Array(Sample.ipv4TCP().prefix(10))))))
         let frames = [Sample.vxlan(vni: 7), Sample.ipv4UDP(), Sample.vxlan(vni: 8), brokenInner, Sample.ipv4TCP(),
-                      brokenInner, Sample.vxlan(vni: 3), Array(Sample.ipv4TCP().prefix(13)), Sample.ipv4UDP()]
+                      brokenInner, Sample.vxlan(vni: 3), Array(Sample.ipv4TCP().prefix(13)), Sample.ipv4UDP(),
+                      shortInner, Sample.vxlan(vni: 4), shortInner]
         var reused = ParsedPacket()
         for (step, frame) in frames.enumerated() {
             var fresh = ParsedPacket()
@@ -339,6 +343,7 @@ import Testing
             if !fresh.isTunnel { #expect(reused.inner == PacketHeaders() && reused.vxlanVNI == 0, "step \(step)") }
         }
         #expect(parseInto(&reused, brokenInner) == .truncatedTCP)
+        #expect(parseInto(&reused, shortInner) == .truncatedEthernet)
         // Inner headers a caller set (with their l2Offset) are reset too.
         reused.inner.l2Offset = 50
         reused.inner.sourcePort = 1

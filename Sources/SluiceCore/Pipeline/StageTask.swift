@@ -238,7 +238,11 @@ final class SourceTask<Body: SourceBody>: StageTask, @unchecked Sendable {
     }
 
     override func sleepHintNs(nowNs: UInt64) -> UInt64? {
-        body.isExhausted ? UInt64.max : body.sleepHintNs(nowNs: nowNs)
+        guard body.isExhausted else { return body.sleepHintNs(nowNs: nowNs) }
+        // A source that ran out on a full burst, then found its ring full, has not said so yet: say it
+        // before its worker sleeps, or the drain would wait for the sleep's timeout.
+        pipeline.sourceExhausted.store(true, ordering: .releasing)
+        return UInt64.max
     }
 
     override func replaceOutput(_ end: consuming RingProducer) {

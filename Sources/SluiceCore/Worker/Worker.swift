@@ -150,6 +150,10 @@ public final class Worker: @unchecked Sendable {  // unchecked: `stages` is touc
             tally.emptyPolls &+= 1
             tally.idleCycles &+= elapsed
             switch waitMode {
+            case .busyPoll where stageCount == 0:
+                // Nothing to poll: sleep until mail (a launch, a stage moved here) or stop, and leave
+                // the core to the control thread meanwhile (starting a runtime, setting up a pipeline).
+                sleep(timeoutNs: UInt64(Limits.sleepTimeoutNsMax), tally: &tally)
             case .busyPoll:
                 sluice_cpu_relax()
             case .interrupt:
@@ -252,7 +256,7 @@ public final class Worker: @unchecked Sendable {  // unchecked: `stages` is touc
         // After announcing, re-check everything that can wake us: mail, stop, a switch to busy-poll
         // (whose notify may have come before the announcement), and input.
         var workWaiting = hasMail.load(ordering: .relaxed) || stopRequested.load(ordering: .relaxed)
-            || waitMode == .busyPoll
+            || (waitMode == .busyPoll && stageCount > 0)
         for slot in 0..<stageCount where !workWaiting {
             stages[slot]._withUnsafeGuaranteedRef { stage in
                 // A source's next item is due in `hint`: sleep only if waking early enough is possible,

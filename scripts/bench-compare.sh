@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Two sluice binaries (an older build and a newer one) on the same capture, same cores, same run:
+# `sluice replay --topspeed --loop LOOPS --stages STAGES --wait-mode busy-poll` to a null sink, one core
+# fused (--cores 0), two instances fanned out by blocks and spread over two cores, and the 1-thread
+# pcap_next_ex loop on core 0 (the anchor). Interleaved rounds (the order rotates), medians; the ratio
+# of the newer to the older binary is the median of per-round ratios. Output goes to files while a
+# variant runs (nothing else started beside it). Clock: sluice's wallNsFromOpen (capture open to
+# last packet), the loop's own from pcap_open_offline.
+# Usage: scripts/bench-compare.sh OLD_BIN NEW_BIN [ROUNDS] [PACKETS] [LOOPS] [STAGES]  (7, 1000000, 5, 3)
+set -euo pipefail
+old=$(realpath "$1")
+new=$(realpath "$2")
+cd "$(dirname "$0")/.."
+rounds=${3:-7}
+packets=${4:-1000000}
+loops=${5:-5}
+stages=${6:-3}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cc -O2 -o "$work/pcap_next_loop" scripts/anchors/pcap_next_loop.c -lpcap
+python3 scripts/anchors/write_udp_capture.py "$work/udp.pcap" "$packets"
+cat "$work/udp.pcap" >/dev/null
+echo "Machine: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1), $(nproc) CPUs, load average" \
+  "$(cut -d ' ' -f 1-3 /proc/loadavg) before the run. old: $old, new: $new"
+variants=(anchor old-one new-one old-blocks new-blocks old-spread new-spread)
+for r in $(seq 1 "$rounds"); do
+  shift_by=$(( (r - 1) % ${#variants[@]} ))
+  for v in "${variants[@]:shift_by}" "${variants[@]:0:shift_by}"; do
+    bin=$old; [[ $v == new-* ]] && bin=$new
+    args=(replay "$work/udp.pcap" --topspeed --json --wait-mode busy-poll --stages "$stages" --loop "$loops")
+    case $v in
+      anchor) taskset -c 0 "$work/pcap_next_loop" "$work/udp.pcap" "$loops" >"$work/$v.$r" ;;
+      *-one) "$bin" "${args[@]}" --cores 0 >"$work/$v.$r" ;;
+      *-blocks) "$bin" "${args[@]}" --cores 0,1 --placement fanout --fanout-by blocks >"$work/$v.$r" ;;
+      *-spread) "$bin" "${args[@]}" --cores 0,1 --placement spread >"$work/$v.$r" ;;
+    esac
+  done
+done
+python3 - "$work" "$rounds" "$((packets * loops))" <<'PY'
+import json, statistics, sys
+work, rounds, total = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def rate(name, r):
+    d = json.load(open(f"{work}/{name}.{r}"))
+    count = d.get("delivered", d.get("packets"))
+    assert count == total, f"{name}: {count} packets of {total}"
+    return count / (d["wallNsFromOpen"] / 1e9) / 1e6
+med = statistics.median
+rs = range(1, rounds + 1)
+print(f"{total} 64-byte UDP packets, null sink, medians of {rounds} interleaved rounds (M packets/s):")
+anchor = [rate("anchor", r) for r in rs]
+print(f"  pcap_next_ex loop, core 0: {med(anchor):.2f}")
+for what, label in [("one", "1 core, fused"), ("blocks", "2 instances fanned out by blocks"), ("spread", "2 cores, spread")]:
+    o = [rate(f"old-{what}", r) for r in rs]
+    n = [rate(f"new-{what}", r) for r in rs]
+    print(f"  {label}: old {med(o):.2f} ({med([a / b for a, b in zip(o, anchor)]):.3f}x the loop), "
+          f"new {med(n):.2f} ({med([a / b for a, b in zip(n, anchor)]):.3f}x the loop); "
+          f"new/old {med([a / b for a, b in zip(n, o)]):.3f}x")
+PY
