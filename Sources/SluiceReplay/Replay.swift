@@ -436,7 +436,7 @@ public final class Replay {
         case .auto where cores.count > 1:
             // Measured before any worker starts, inside the run's clock and CPU span: kept short (8k
             // items a round, a sample of 8k records, one trial of about 9k records, two more on a close
-            // call: about 10 ms, 20 ms with the two).
+            // call: about 6 ms, 12 ms with the two).
             let calibrated = MeasuredPlacement.calibrate(cores: cores, itemCount: 1 << 13)
             handoff = calibrated
             let handoffNs = try? calibrated.get().handoffNsPerItem

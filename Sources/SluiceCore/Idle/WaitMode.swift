@@ -3,7 +3,8 @@ import Synchronization
 
 /// How a worker waits when its stages find no work. Switchable at runtime (`Worker.waitMode`).
 public enum WaitMode: UInt8, Sendable, CaseIterable, CustomStringConvertible {
-    /// Never sleeps: lowest latency, one full core whatever the load.
+    /// Never sleeps while it has a stage: lowest latency, one full core whatever the load. A worker
+    /// with no stage sleeps until one is posted to it.
     case busyPoll = 0
     /// Polls while items are in flight towards its stages, then spins a budget learned from the
     /// inter-arrival gaps and its load (`IdlePredictor`), then sleeps until a producer wakes it or
