@@ -5,7 +5,8 @@
 # pcap_next_ex loop on core 0 (the anchor). Interleaved rounds (the order rotates), medians; the ratio
 # of the newer to the older binary is the median of per-round ratios. Output goes to files while a
 # variant runs (nothing else started beside it). Clock: sluice's wallNsFromOpen (capture open to
-# last packet), the loop's own from pcap_open_offline.
+# last packet), the loop's own from pcap_open_offline; CPU: each process's whole CPU time over the
+# same span (getrusage, every thread), as packets per CPU-second.
 # Usage: scripts/bench-compare.sh OLD_BIN NEW_BIN [ROUNDS] [PACKETS] [LOOPS] [STAGES]  (7, 1000000, 5, 3)
 set -euo pipefail
 old=$(realpath "$1")
@@ -39,20 +40,28 @@ done
 python3 - "$work" "$rounds" "$((packets * loops))" <<'PY'
 import json, statistics, sys
 work, rounds, total = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-def rate(name, r):
+def load(name, r):
     d = json.load(open(f"{work}/{name}.{r}"))
     count = d.get("delivered", d.get("packets"))
     assert count == total, f"{name}: {count} packets of {total}"
+    return d, count
+def rate(name, r):
+    d, count = load(name, r)
     return count / (d["wallNsFromOpen"] / 1e9) / 1e6
+def per_cpu(name, r):
+    d, count = load(name, r)
+    return count / (d["processCpuNs"] / 1e9) / 1e6
 med = statistics.median
 rs = range(1, rounds + 1)
 print(f"{total} 64-byte UDP packets, null sink, medians of {rounds} interleaved rounds (M packets/s):")
 anchor = [rate("anchor", r) for r in rs]
-print(f"  pcap_next_ex loop, core 0: {med(anchor):.2f}")
+print(f"  pcap_next_ex loop, core 0: {med(anchor):.2f} ({med([per_cpu('anchor', r) for r in rs]):.2f} per CPU-second)")
 for what, label in [("one", "1 core, fused"), ("blocks", "2 instances fanned out by blocks"), ("spread", "2 cores, spread")]:
     o = [rate(f"old-{what}", r) for r in rs]
     n = [rate(f"new-{what}", r) for r in rs]
     print(f"  {label}: old {med(o):.2f} ({med([a / b for a, b in zip(o, anchor)]):.3f}x the loop), "
           f"new {med(n):.2f} ({med([a / b for a, b in zip(n, anchor)]):.3f}x the loop); "
-          f"new/old {med([a / b for a, b in zip(n, o)]):.3f}x")
+          f"new/old {med([a / b for a, b in zip(n, o)]):.3f}x; per CPU-second old "
+          f"{med([per_cpu(f'old-{what}', r) for r in rs]):.2f}, new {med([per_cpu(f'new-{what}', r) for r in rs]):.2f}, "
+          f"new/old {med([per_cpu(f'new-{what}', r) / per_cpu(f'old-{what}', r) for r in rs]):.3f}x")
 PY
