@@ -3,6 +3,11 @@
 # time with libFuzzer (+ AddressSanitizer), starting from a seed corpus of valid packets of every kind.
 #
 #   FUZZ_SECONDS=30 scripts/fuzz-parser.sh      # `make test` runs it short, `make soak` longer
+#   scripts/fuzz-parser.sh --build-only         # only the libFuzzer build; exits with its status
+#
+# `make test` runs the --build-only part beside the release probe's build, then this script with
+# FUZZ_PREBUILT=1 when that build succeeded: the binary is then used as built (a no-op `swift build` of
+# the package still costs ~12 s of planning). Without FUZZ_PREBUILT=1 it always builds first.
 #
 # Builds the fuzz variant into its own scratch path (.build-fuzz) so the normal build stays untouched.
 # Exits non-zero on a crash or broken invariant; the input is saved under .build-fuzz/artifacts/ and can
@@ -22,6 +27,17 @@ SEEDS=$SCRATCH/seeds
 ARTIFACTS=$SCRATCH/artifacts
 BINARY=$SCRATCH/release/SluiceParserFuzz
 
+# The libFuzzer variant's build, in one place for both modes.
+fuzz_build() {
+    "$SWIFT" build -c release --scratch-path "$SCRATCH" --product SluiceParserFuzz \
+        -Xswiftc -sanitize=fuzzer,address -Xswiftc -DSLUICE_LIBFUZZER
+}
+
+if [ "${1:-}" = --build-only ]; then
+    fuzz_build
+    exit $?
+fi
+
 fallback() {
     if [ "${CI:-}" = true ]; then
         echo "fuzz-parser: FAILED: the libFuzzer build failed (or FUZZ_FALLBACK=1), and under CI=true the" \
@@ -35,11 +51,14 @@ fallback() {
     .build/release/SluiceParserFuzz --seed "$seed" --iterations 2000000000 --seconds "$FUZZ_SECONDS"
 }
 
-[ "${FUZZ_FALLBACK:-0}" = 1 ] || echo "fuzz-parser: building the libFuzzer variant into $SCRATCH"
-if [ "${FUZZ_FALLBACK:-0}" = 1 ] || ! "$SWIFT" build -c release --scratch-path "$SCRATCH" --product SluiceParserFuzz \
-        -Xswiftc -sanitize=fuzzer,address -Xswiftc -DSLUICE_LIBFUZZER; then
-    fallback
-    exit $?
+if [ "${FUZZ_FALLBACK:-0}" != 1 ] && [ "${FUZZ_PREBUILT:-0}" = 1 ] && [ -x "$BINARY" ]; then
+    echo "fuzz-parser: using the libFuzzer variant built just before (FUZZ_PREBUILT=1): $BINARY (build output: $SCRATCH/prebuild.log)"
+else
+    [ "${FUZZ_FALLBACK:-0}" = 1 ] || echo "fuzz-parser: building the libFuzzer variant into $SCRATCH"
+    if [ "${FUZZ_FALLBACK:-0}" = 1 ] || ! fuzz_build; then
+        fallback
+        exit $?
+    fi
 fi
 
 mkdir -p "$CORPUS" "$SEEDS" "$ARTIFACTS"

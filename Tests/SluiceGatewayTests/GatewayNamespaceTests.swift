@@ -248,14 +248,16 @@ func readEventually(_ client: ApplianceClient, key: String, offset: UInt64, leng
               + "(min RTT \(rttUs) us, max delivery \(fixed(Double(rate) * 8 / 1e6, 1)) Mbit/s, window \(window) bytes): "
               + "link busy \(fixed(100 * utilisation, 1))% (\(linkAfter - linkBefore) frame bytes in \(fixed(spanSeconds, 2)) s; goal >= 80%), "
               + "goodput \(fixed(bitsPerS / 1e6, 1)) Mbit/s = \(fixed(100 * bitsPerS / rateBitsPerS, 1))% of the link rate")
-        // For contrast: the same from a third cold appliance with four 1 MiB reads in flight (the client
-        // pipelines; the appliance's read-ahead is then not what keeps the link busy).
+        // For contrast: the first half of the same from a third cold appliance with four 1 MiB reads in
+        // flight (the client pipelines; the appliance's read-ahead is then not what keeps the link busy).
+        // Half: four rounds of four reads show the rate, and it is printed, not checked.
+        let pipelinedBytes = sequential.count / 2
         let pipelinedStart = monotonicSeconds()
         try await withThrowingTaskGroup(of: Void.self) { group in
             for lane in 0..<4 {
                 group.addTask {
                     var position = lane << 20
-                    while position < sequential.count {
+                    while position < pipelinedBytes {
                         let result = try await third.read(key: "sequential.bin", offset: UInt64(position), length: 1 << 20)
                         #expect(result.bytes.elementsEqual(sequential[position..<(position + (1 << 20))]))
                         position += 4 << 20
@@ -264,8 +266,8 @@ func readEventually(_ client: ApplianceClient, key: String, offset: UInt64, leng
             }
             try await group.waitForAll()
         }
-        let pipelinedBitsPerS = Double(sequential.count) * 8 / (monotonicSeconds() - pipelinedStart)
-        print("gateway-netns sequential, 4 reads in flight: \(fixed(pipelinedBitsPerS / 1e6, 1)) Mbit/s "
+        let pipelinedBitsPerS = Double(pipelinedBytes) * 8 / (monotonicSeconds() - pipelinedStart)
+        print("gateway-netns sequential \(pipelinedBytes >> 20) MiB, 4 reads in flight: \(fixed(pipelinedBitsPerS / 1e6, 1)) Mbit/s "
               + "= \(fixed(100 * pipelinedBitsPerS / rateBitsPerS, 1))% of the link rate")
         #expect(utilisation >= 0.8, "sequential read kept the link \(100 * utilisation)% busy")
         #expect(window >= UInt64(Self.chunkBytes), "read-ahead window \(window)")
@@ -400,9 +402,10 @@ func readEventually(_ client: ApplianceClient, key: String, offset: UInt64, leng
 }
 
 extension GatewayNamespaceTests {
-    /// (d) Corruption on the wire: the WAN flips one bit in 0.2% of the frames from the intermediate to
-    /// the appliance, TCP/UDP checksums repaired (only the gateway's CRC-32C can see it). Random 64 KiB
-    /// reads of an object with known bytes: each returns exactly the right bytes or fails with a clear
+    /// (d) Corruption on the wire: the WAN flips one bit in 0.4% of the frames from the intermediate to
+    /// the appliance, TCP/UDP checksums repaired (only the gateway's CRC-32C can see it). 250 random 64 KiB
+    /// reads of an object with known bytes (at 0.4%, about as many corrupted frames as 500 reads at 0.2%
+    /// took, in half the time): each returns exactly the right bytes or fails with a clear
     /// error, never wrong bytes; the appliance refused corrupt sectors (and refetched); a read after a
     /// failure works (a broken connection is replaced). Then the WAN without corruption: everything
     /// read again (cache included) is right, every read succeeds.
@@ -416,7 +419,7 @@ extension GatewayNamespaceTests {
         world.put("c.bin", object)
         let rclone = try world.startRclone()
         let intermediate = try world.startIntermediate()
-        var wan = try world.startWAN(delay: "5ms", rate: "100mbit", ["--b-to-a-corrupt", "0.2%", "--seed", "7"])
+        var wan = try world.startWAN(delay: "5ms", rate: "100mbit", ["--b-to-a-corrupt", "0.4%", "--seed", "7"])
         // A short call timeout: a corrupted length word leaves the reply stream waiting for bytes that never come.
         let appliance = try world.startAppliance(port: 7200, ["--call-timeout-ms", "3000"])
         defer {
@@ -426,7 +429,8 @@ extension GatewayNamespaceTests {
         let client = try await world.connect(port: 7200, key: "c.bin")
         let blockBytes = 64 << 10
         var generator = SplitMix(seed: 4_141)
-        let offsets = (0..<500).map { _ in Int(generator.next() % UInt64(object.count / blockBytes)) * blockBytes }
+        let reads = 250
+        let offsets = (0..<reads).map { _ in Int(generator.next() % UInt64(object.count / blockBytes)) * blockBytes }
         var good = 0
         var wrong = 0
         var failures: [String] = []
@@ -449,7 +453,7 @@ extension GatewayNamespaceTests {
         let corruptedFrames = counterValue(wanLine, "corrupted") ?? 0
         let refused = try await applianceCounter(client, "corrupt_sectors_refused")
         let connects = try await applianceCounter(client, "intermediate_connects")
-        print("gateway-netns corruption 0.2% b-to-a, \(good + wrong + failures.count) random 64 KiB reads: \(good) right, "
+        print("gateway-netns corruption 0.4% b-to-a, \(good + wrong + failures.count) random 64 KiB reads: \(good) right, "
               + "\(wrong) wrong, \(failures.count) failed, \(recoveredAfterFailure) recovered on the next read; "
               + "WAN corrupted \(corruptedFrames) frames; appliance refused \(refused) corrupt sectors, "
               + "\(connects) connections to the intermediate; failures: \(Set(failures).sorted().prefix(5))")
@@ -465,7 +469,7 @@ extension GatewayNamespaceTests {
         wan = try world.startWAN(delay: "5ms", rate: "100mbit")
         var clean = 0
         // Half of the offsets again (cached or refetched) and half shifted by 5 blocks (mostly not read yet).
-        for offset in offsets.prefix(250) + offsets.suffix(250).map({ ($0 + 5 * blockBytes) % object.count }) {
+        for offset in offsets.prefix(reads / 2) + offsets.suffix(reads / 2).map({ ($0 + 5 * blockBytes) % object.count }) {
             let bytes = try await client.read(key: "c.bin", offset: UInt64(offset), length: blockBytes).bytes
             #expect(bytes.elementsEqual(object[offset..<(offset + blockBytes)]), "bytes at \(offset) after corruption stopped")
             clean += 1

@@ -1,4 +1,4 @@
-// Path: Tests/SluiceSchedulingTests/ManagerRealRunTests.swift — the issue's real run, one tick per second:
+// Path: Tests/SluiceSchedulingTests/ManagerRealRunTests.swift — the issue's real run, one tick per half second:
 // two network namespaces ("host a", "host b") joined by a veth pair (198.18.77.1/24 - .2/24); a QEMU guest
 // (tcg, the test image and its agent) in a; `sluice replay --iface <a's veth> --shape 3,1` (the traffic
 // controller dividing the port between two sources) makes the link busy for the first `busyTicks` of
@@ -20,9 +20,16 @@ import Synchronization
 import Testing
 
 @Suite(.serialized) struct ManagerRealRunTests {
-    /// 30 ticks: 12 busy, 18 free, room for the idle guest's ~10 s move (its first pass is measured).
-    static let seasonTicks = 30
+    /// Real seconds per tick: the shortest `TimeScale` allows, so that two learnt seasons cost 44 s, not 60.
+    static let tickSeconds = 0.5
+    /// 44 ticks (22 s): 12 busy (6 s), 32 free (16 s), room for the idle guest's ~10 s move (its first
+    /// pass is measured; ~21 ticks) when it is booked 5 ticks after the busy period ends, as it is here,
+    /// with 3 s to spare before the next busy period.
+    static let seasonTicks = 44
     static let busyTicks = 12
+    /// A season and its busy period in real seconds (what the traffic thread waits and sends for).
+    static var seasonSeconds: Double { Double(seasonTicks) * tickSeconds }
+    static var busySeconds: Double { Double(busyTicks) * tickSeconds }
     static let link = 10_000_000.0  // both hosts' link (bytes/s): a's veth is shaped to it (tbf)
     static let frameBytes = 1514
     static let busyRate = 6_000     // frames/s: 9.1 MB/s offered, leaving under 1 MB/s of the link
@@ -83,28 +90,28 @@ import Testing
         let log = Mutex<[String]>([])
     }
 
-    /// The schedule: at the start of every season (tick % seasonTicks == 0, ticks of 1 s since the Unix
-    /// epoch) one `sluice replay` on `veth` in `netns` sends busyRate frames/s for busyTicks seconds through
+    /// The schedule: at the start of every season (tick % seasonTicks == 0, ticks of `tickSeconds` since the
+    /// Unix epoch) one `sluice replay` on `veth` in `netns` sends busyRate frames/s for busySeconds through
     /// the traffic controller (`--shape 3,1`). At most `seasons` busy periods; stops when `stop` is set.
     static func startTraffic(binary: String, capture: String, netns: String, veth: String, seasons: Int, stop: Flag) {
         let thread = Thread {
             defer { stop.done.withLock { $0 = true } }
             for _ in 0..<seasons {
                 let now = Date().timeIntervalSince1970
-                let boundary = (now / Double(seasonTicks)).rounded(.up) * Double(seasonTicks)
+                let boundary = (now / seasonSeconds).rounded(.up) * seasonSeconds
                 while Date().timeIntervalSince1970 < boundary - 0.15 {
                     if stop.value.withLock({ $0 }) { return }
                     usleep(50_000)
                 }
                 guard let child = try? ChildProcess(["/usr/sbin/ip", "netns", "exec", netns, binary, "replay", capture,
-                                                     "--iface", veth, "--rate", "\(busyRate)", "--loop", "\(busyRate * busyTicks / 1_000)",
+                                                     "--iface", veth, "--rate", "\(busyRate)", "--loop", "\(Int(Double(busyRate) * busySeconds) / 1_000)",
                                                      "--wait-mode", "interrupt", "--source", "02:00:00:00:00:01=0",
                                                      "--source", "02:00:00:00:00:02=1", "--shape", "3,1"]) else {
                     stop.log.withLock { $0.append("replay did not start") }
                     return
                 }
                 var status: Int32?
-                for _ in 0..<(busyTicks + 10) * 10 where status == nil {
+                for _ in 0..<(Int(busySeconds) + 10) * 10 where status == nil {
                     status = child.wait(timeoutMs: 100)
                     if stop.value.withLock({ $0 }) { break }
                 }
@@ -184,11 +191,12 @@ import Testing
         let files = GuestFiles(qmp: GuestLaunchSpec.operatorQMPPath(runDirectory: sourceDirectory), agent: guest.agentSocketPath,
                                spec: root + "/spec.json", template: root + "/template.json")
 
-        // Start 3 ticks before a season begins: the manager then sees two whole seasons before the request.
-        let scale = TimeScale(tickSeconds: 1)
+        // Start 6 ticks (3 s) before a season begins: the manager then sees two whole seasons before the request.
+        let scale = TimeScale(tickSeconds: Self.tickSeconds)
         let season = Self.seasonTicks
-        while scale.tick(atUnixSeconds: Date().timeIntervalSince1970) % season != season - 3 { try await Task.sleep(for: .milliseconds(100)) }
-        let first = scale.tick(atUnixSeconds: Date().timeIntervalSince1970) + 3  // the first season's start
+        let lead = 6
+        while scale.tick(atUnixSeconds: Date().timeIntervalSince1970) % season != season - lead { try await Task.sleep(for: .milliseconds(50)) }
+        let first = scale.tick(atUnixSeconds: Date().timeIntervalSince1970) + lead  // the first season's start
 
         // The busy schedule: `sluice replay` shaped by the traffic controller, on for busyTicks of each season.
         Self.writeCapture(root + "/busy.pcap", count: 1_000)
@@ -222,12 +230,13 @@ import Testing
         let ticking = Task { await manager.run() }
         defer { ticking.cancel() }
 
-        // Two seasons observed live; the request comes 2 ticks into the third season's busy period.
-        let asking = first + 2 * season + 2
-        while scale.tick(atUnixSeconds: Date().timeIntervalSince1970) < asking { try await Task.sleep(for: .milliseconds(200)) }
+        // Two seasons observed live; the request comes 4 ticks (2 s) into the third season's busy period.
+        let seasonStart = first + 2 * season
+        let asking = seasonStart + 4
+        while scale.tick(atUnixSeconds: Date().timeIntervalSince1970) < asking { try await Task.sleep(for: .milliseconds(100)) }
         let now = scale.tick(atUnixSeconds: Date().timeIntervalSince1970)
         let sample = await manager.lastSample(host: 0)
-        print("host a sample 2 ticks into the busy period: \(sample.map { "\(Int($0.usedBytesPerSecond ?? -1)) B/s from \($0.source)" } ?? "none")")
+        print("host a sample 4 ticks into the busy period: \(sample.map { "\(Int($0.usedBytesPerSecond ?? -1)) B/s from \($0.source)" } ?? "none")")
         for line in traffic.log.withLock({ $0 }) { print("traffic: \(line)") }
         func request(_ id: Int, window: Int) -> ManagerRequestFile {
             ManagerRequestFile(request: ScheduleRequestFile(
@@ -235,15 +244,15 @@ import Testing
                 memoryBytes: Double(256 << 20), dirtyBytesPerSecond: Double(report.dirtiedPagesPerSecond * 4096),
                 maxBandwidth: Double(16 << 20), autoConverge: false), guest: files)
         }
-        // A window of 6 ticks closes inside the busy period: refused up front, with the reason.
+        // A window of 6 ticks (3 s) closes inside the busy period (at its tick 10): refused up front, with the reason.
         let short = await manager.submit(request(1, window: 6))
         guard case .success(.refused(let verdicts)) = short else { Issue.record("short window: \(short)"); return }
         print("refused request 1: \(verdicts)")
         #expect("\(verdicts)".contains("link"), "refused for the busy link")
         let asked = await manager.submit(request(2, window: 90))
         guard case .success(.booked(let booking)) = asked else { Issue.record("not booked: \(asked)"); return }
-        let busyEnds = first + 2 * season + Self.busyTicks
-        print("booked request 2 at tick \(booking.start - (first + 2 * season)) of the season (busy: 0-\(Self.busyTicks - 1)), "
+        let busyEnds = seasonStart + Self.busyTicks
+        print("booked request 2 at tick \(booking.start - seasonStart) of the season (busy: 0-\(Self.busyTicks - 1)), "
               + "predicted \(scale.realSeconds(booking.prediction.totalSeconds)) s, cap \(booking.rates.prefix(3).map { Int(scale.realRate($0)) }) B/s")
         #expect(booking.start >= busyEnds - 1, "booked inside the learnt busy period")
         let before = Self.counters(pid: holderB.pid, interface: vethB)
