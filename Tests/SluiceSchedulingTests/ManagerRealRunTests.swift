@@ -23,8 +23,8 @@ import Testing
     /// Real seconds per tick: the shortest `TimeScale` allows, so that two learnt seasons cost 44 s, not 60.
     static let tickSeconds = 0.5
     /// 44 ticks (22 s): 12 busy (6 s), 32 free (16 s), room for the idle guest's ~10 s move (its first
-    /// pass is measured; ~21 ticks) when it is booked 5 ticks after the busy period ends, as it is here,
-    /// with 3 s to spare before the next busy period.
+    /// pass is measured; ~21 ticks): booked at tick 14 in the runs that set this (2 ticks after the busy
+    /// period, the first 5-tick step after the request at tick 4), it ended a few seconds before the next.
     static let seasonTicks = 44
     static let busyTicks = 12
     /// A season and its busy period in real seconds (what the traffic thread waits and sends for).
