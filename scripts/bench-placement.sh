@@ -118,4 +118,8 @@ def trial_median(key):
     return f"{med(values):.2f}" if values else "-"
 print(f"auto's trials, median M records/s: one core {trial_median('oneCore')}, pipelined {trial_median('pipelined')}, "
       f"fanned out {trial_median('fannedOut')}")
+measuring = [d['fanout']['measuringNs'] / 1e6 for d in decisions if (d.get('fanout') or {}).get('measuringNs')]
+if measuring:
+    print(f"auto's measuring before its run (calibration, sample, trials), median: {med(measuring):.1f} ms "
+          f"(rounds {min(measuring):.1f}-{max(measuring):.1f})")
 PY

@@ -113,8 +113,9 @@ public enum ReplaySplit: String, Sendable, Equatable, CaseIterable {
 /// pipelined with the calibrated hand-off). On a close call (`ReplayConfiguration.trialsWithin`) the
 /// shapes are tried for real on the run's cores (`Replay.trial`): the planner's best pipelined split
 /// and the instances fanned out, both cores busy at once. The trials then decide: fanned out for at
-/// least 5% more than the best single shape tried (pipelined counting only for 5% more than one
-/// core). On a clear call the predictions decide (a predicted pipelined start is still tried).
+/// least 5% more than one core (pipelined counting only for 5% more than one core); between fanned
+/// out and a pipelined split on as many cores, the one predicted faster unless the other measured 5%
+/// faster. On a clear call the predictions decide (a predicted pipelined start is still tried).
 public struct FanoutDecision: Sendable, Equatable, CustomStringConvertible {
     public var instances: Int
     /// Measured before the run: reading a record and hashing its flow, per record.
@@ -133,6 +134,7 @@ public struct FanoutDecision: Sendable, Equatable, CustomStringConvertible {
     /// first records before the run, on the run's cores. These decide when they ran: the predictions
     /// above leave out what both cores busy at once cost each other. nil: not run or measured nothing.
     public var trialOneCore: Double?
+    /// Measured on the one-core trial's path and runtime after its window, the stages moved live.
     public var trialPipelined: Double?
     /// The pipelined shape tried: the planner's best over two or more cores (worker per stage).
     public var trialPipelinedPlacement: [Int]?
@@ -150,6 +152,9 @@ public struct FanoutDecision: Sendable, Equatable, CustomStringConvertible {
     public var blockCount = 0
     /// Why the run cannot be split (then nothing was measured and `chosen` is false).
     public var notSplittable: String?
+    /// Wall time auto spent measuring (calibration, sample, trials) before the run's paths were made,
+    /// inside the run's clock and CPU span.
+    public var measuringNs: UInt64 = 0
 
     public var description: String {
         if let notSplittable { return "not fanned out: \(notSplittable)" }
@@ -432,11 +437,13 @@ public final class Replay {
                         costs: PlacementCosts(stageNsPerItem: stageNs, handoffNsPerItem: handoffNs), workerCount: cores.count)
                 }
             }
+            decision.measuringNs = Clock.monotonicNs() &- openedAtNs
             fanout = decision
         case .auto where cores.count > 1:
             // Measured before any worker starts, inside the run's clock and CPU span: kept short (8k
-            // items a round, a sample of 8k records, one trial of about 9k records, two more on a close
-            // call: about 6 ms, 12 ms with the two).
+            // items a round, a sample of 8k records, one trial of about 9k records; on a close call the
+            // pipelined split on the same path after a move, and the fanned-out trial): about 6 ms,
+            // 10-13 ms on a close call (`FanoutDecision.measuringNs`).
             let calibrated = MeasuredPlacement.calibrate(cores: cores, itemCount: 1 << 13)
             handoff = calibrated
             let handoffNs = try? calibrated.get().handoffNsPerItem
@@ -446,51 +453,58 @@ public final class Replay {
             } else {
                 let sample = Self.sampleSplit(configuration.capturePath, instances: cores.count)
                 let recordBytes = sample.largestRecordBytes
-                let one = Self.trial(configuration, recordBytes: recordBytes)
-                let stageNs = one?.stageNsPerItem
                 var decision = FanoutDecision(instances: cores.count, othersNsPerRecord: sample.othersNsPerRecord,
                                               handoffNsPerItem: handoffNs, largestShare: sample.largestShare,
                                               chosen: false, notSplittable: nil)
-                decision.stageNsPerItem = stageNs
                 let planner = PlacementPlanner()
                 let margin = 1 + planner.moreCoresMargin
-                var single: PlacementDecision?
-                if let stageNs, let handoffNs {
-                    // Fanned out, the busiest instance takes `largestShare` of the records and reads all.
-                    let own = stageNs.reduce(0, +)
-                    let busiest = sample.largestShare * own + (1 - sample.largestShare) * sample.othersNsPerRecord
-                    let predicted = busiest > 0 ? 1e9 / busiest : .infinity
-                    single = planner.plan(costs: PlacementCosts(stageNsPerItem: stageNs, handoffNsPerItem: handoffNs),
-                                          workerCount: cores.count)
-                    decision.predictedItemsPerSecond = predicted
-                    decision.planner = single
-                    // Fan out only for a clear gain over the planner's best shape (one core or pipelined).
-                    decision.chosen = predicted >= single!.chosen.predictedItemsPerSecond * margin
-                } else {
-                    decision.chosen = sample.largestShare <= 1.5 / Double(cores.count)  // nothing to compare: spread
-                }
-                // A close call is tried on the cores (both busy at once where the shape has them so),
-                // and what the trials measure decides over what was predicted. Not a clear one: with both
-                // cores busy each instance's stages ran up to 30% slower, and fanning out needs 5% more,
-                // so no gap wider than 1.3 x 1.05 (about 1.37; the default is 1.4) can flip; each trial costs milliseconds
-                // of the span.
                 let within = configuration.trialsWithin
-                let close = one != nil && within > 1 && (within.isInfinite || decision.predictedItemsPerSecond.flatMap { fanned in
-                    single.map { max(fanned, $0.chosen.predictedItemsPerSecond) < within * min(fanned, $0.chosen.predictedItemsPerSecond) }
-                } ?? true)
-                decision.closeCall = close
-                let spread = single.flatMap { plan in
-                    ([plan.chosen] + plan.alternatives).filter { Set($0.placement).count > 1 }
-                        .max { $0.predictedItemsPerSecond < $1.predictedItemsPerSecond }
+                var single: PlacementDecision?
+                var spread: PlacementChoice?
+                var close = false
+                // The one-core trial; then, on the same path and runtime, the pipelined split its costs
+                // call for (a move and a window: no second path or runtime).
+                let shapes = Self.trials(configuration, recordBytes: recordBytes) { one in
+                    let stageNs = one.stageNsPerItem
+                    decision.stageNsPerItem = stageNs
+                    if let handoffNs {
+                        // Fanned out, the busiest instance takes `largestShare` of the records and reads all.
+                        let own = stageNs.reduce(0, +)
+                        let busiest = sample.largestShare * own + (1 - sample.largestShare) * sample.othersNsPerRecord
+                        let predicted = busiest > 0 ? 1e9 / busiest : .infinity
+                        let plan = planner.plan(costs: PlacementCosts(stageNsPerItem: stageNs, handoffNsPerItem: handoffNs),
+                                                workerCount: cores.count)
+                        (single, decision.predictedItemsPerSecond, decision.planner) = (plan, predicted, plan)
+                        // Fan out only for a clear gain over the planner's best shape (one core or pipelined).
+                        decision.chosen = predicted >= plan.chosen.predictedItemsPerSecond * margin
+                    } else {
+                        decision.chosen = sample.largestShare <= 1.5 / Double(cores.count)  // nothing to compare: spread
+                    }
+                    // A close call is tried on the cores (both busy at once where the shape has them so),
+                    // and what the trials measure decides over what was predicted. Not a clear one: with both
+                    // cores busy each instance's stages ran up to 30% slower, and fanning out needs 5% more,
+                    // so no gap wider than 1.3 x 1.05 (about 1.37; the default is 1.4) can flip; each trial
+                    // costs milliseconds of the span.
+                    close = within > 1 && (within.isInfinite || decision.predictedItemsPerSecond.flatMap { fanned in
+                        single.map { max(fanned, $0.chosen.predictedItemsPerSecond) < within * min(fanned, $0.chosen.predictedItemsPerSecond) }
+                    } ?? true)
+                    spread = single.flatMap { plan in
+                        ([plan.chosen] + plan.alternatives).filter { Set($0.placement).count > 1 }
+                            .max { $0.predictedItemsPerSecond < $1.predictedItemsPerSecond }
+                    }
+                    // The pipelined split is tried on a close call, and on a clear call for one instance whose
+                    // predicted best shape is that split: against the one-core trial, it sets where it starts.
+                    let triesSpread = close || (!decision.chosen && single.map { Set($0.chosen.placement).count > 1 } == true)
+                    decision.trialPipelinedPlacement = triesSpread ? spread?.placement : nil
+                    return decision.trialPipelinedPlacement
                 }
-                // The pipelined split is tried on a close call, and on a clear call for one instance whose
-                // predicted best shape is that split: against the one-core trial, it sets where it starts.
-                let triesSpread = close || (!decision.chosen && single.map { Set($0.chosen.placement).count > 1 } == true)
+                let one = shapes.first
+                let pipelined = shapes.count > 1 ? shapes[1] : nil
+                if one == nil { decision.chosen = sample.largestShare <= 1.5 / Double(cores.count) }
+                decision.closeCall = close
                 let fanned = close ? Self.trial(configuration, instances: cores.count, recordBytes: recordBytes) : nil
-                let pipelined = triesSpread
-                    ? spread.flatMap { Self.trial(configuration, placement: $0.placement, recordBytes: recordBytes) } : nil
                 (decision.trialOneCore, decision.trialFannedOut) = (one?.recordsPerSecond, fanned?.recordsPerSecond)
-                (decision.trialPipelined, decision.trialPipelinedPlacement) = (pipelined?.recordsPerSecond, triesSpread ? spread?.placement : nil)
+                decision.trialPipelined = pipelined?.recordsPerSecond
                 if let one, fanned != nil || pipelined != nil {
                     // More cores must run clearly faster: pipelined than one core, fanned out than either.
                     var best = (placement: Array(repeating: 0, count: one.stageNsPerItem.count), rate: one.recordsPerSecond)
@@ -509,11 +523,23 @@ public final class Replay {
                             decision.chosen = predicted >= best.rate * margin
                         }
                     }
-                    if let fannedRate { decision.chosen = fannedRate >= best.rate * margin }
+                    if let fannedRate {
+                        if Set(best.placement).count >= cores.count, let spread, let predicted = decision.predictedItemsPerSecond {
+                            // Two shapes on every core: each trial is one short window, and a near tie between
+                            // them is noise (a fanned-out window read 8.8-11.3 M records/s over ten runs, the
+                            // pipelined 8.9-11.0). The shape the stable one-core costs predict faster stands
+                            // unless the other measured the margin faster.
+                            decision.chosen = predicted >= spread.predictedItemsPerSecond
+                                ? fannedRate * margin > best.rate : fannedRate >= best.rate * margin
+                        } else {
+                            decision.chosen = fannedRate >= best.rate * margin
+                        }
+                    }
                     decision.startPlacement = best.placement
                     // The pipelined shape tried and measured no faster than one core is not moved to later.
                     if let pipelined, let spread, best.rate > pipelined.recordsPerSecond { decision.refuted = [spread.placement] }
                 }
+                decision.measuringNs = Clock.monotonicNs() &- openedAtNs
                 fanout = decision
                 if decision.chosen { instances = cores.count }
             }

@@ -25,6 +25,9 @@ extension Replay {
     static let trialTimeNsMax: UInt64 = 50_000_000
     /// Fewer records than this in the window measure nothing (nil).
     static let trialRecordsMin: UInt64 = 1_024
+    /// Room a trial's buffer keeps beyond the largest sampled record, for rules that add headers
+    /// (a VXLAN encapsulation adds 50 bytes).
+    static let trialBufferRoomBytes = 256
 
     /// Runs the pipeline's own stages (a copy of the rule table, so no hits are counted) over the
     /// capture's first records into a discard sink: `instances` instances fanned out by flow (instance
@@ -33,16 +36,31 @@ extension Replay {
     /// a few milliseconds (at most `trialTimeNsMax` and the drain). nil when it cannot run or its
     /// window held fewer than `trialRecordsMin` records (a tiny capture, a slow debug build).
     /// `recordBytes`: the largest record the sample met; a buffer size following the capture then
-    /// follows that instead (at least the default 2 KiB, at most what the run's buffers hold), so the
-    /// trial's pool faults in fewer pages. A later, larger record is skipped as oversize, and counted
-    /// done as records passed over are: the pace is the capture's.
+    /// follows that instead (plus `trialBufferRoomBytes`, at most what the run's buffers hold), so the
+    /// trial's pool faults in fewer pages: 64-byte records fill a pool a third the size of 2 KiB
+    /// buffers', and that fault-in was most of a trial's set-up. A later, larger record is skipped
+    /// as oversize, and counted done as records passed over are: the pace is the capture's.
     static func trial(_ c: ReplayConfiguration, instances: Int = 1, placement: [Int]? = nil,
                       recordBytes: Int? = nil) -> TrialResult? {
+        trials(c, instances: instances, placement: placement, recordBytes: recordBytes).first
+    }
+
+    /// `trial`, then (one instance only) what `next` asks for after the first window: the stages
+    /// moved live to the placement it returns (worker indices over the run's cores; nil: stop) and
+    /// measured again on the same path and runtime, the records after the first window's. A second
+    /// shape costs a move and a window, not another path, runtime and drain. Returns the windows
+    /// measured, in order: empty when the first failed; one when `next` declined or the move or the
+    /// second window failed. `next` runs on the calling thread while the first shape keeps running.
+    static func trials(_ c: ReplayConfiguration, instances: Int = 1, placement: [Int]? = nil,
+                       recordBytes: Int? = nil, then next: ((TrialResult) -> [Int]?)? = nil) -> [TrialResult] {
         precondition(instances >= 1 && (instances == 1 || placement == nil), "fanned-out instances run to completion")
-        let workerCount = instances > 1 ? instances : (placement?.max() ?? 0) + 1
-        precondition(workerCount <= c.cores.count, "a trial runs on the replay's cores")
+        precondition(next == nil || instances == 1, "a second shape is a placement of one instance")
+        let shapeWorkers = instances > 1 ? instances : (placement?.max() ?? 0) + 1
+        precondition(shapeWorkers <= c.cores.count, "a trial runs on the replay's cores")
+        // A second shape may use every core: its workers start with the runtime and idle until then.
+        let workerCount = next == nil ? shapeWorkers : c.cores.count
         guard let rules = try? RuleTable(rules: c.rules.rules, defaultVerdict: c.rules.defaultVerdict,
-                                         tableRewrites: c.rules.tableRewrites) else { return nil }
+                                         tableRewrites: c.rules.tableRewrites) else { return [] }
         var paths: [PacketPath] = []
         for instance in 0..<instances {
             var probe = PacketPathConfiguration(
@@ -51,13 +69,15 @@ extension Replay {
             probe.burstCount = c.burstCount
             // Small rings, so the pools are small too: each trial's pool is allocated and faulted in
             // inside the run's measured span (the run's own can be tens of MB). Run to completion
-            // the rings stay empty (one burst each); pipelined, four bursts a link.
+            // the rings stay empty (one burst each); pipelined (now or after a move), four bursts a link.
             let pipelined = workerCount > 1 && instances == 1
             let bursts = (pipelined ? 4 : 1) * c.burstCount
             let powerOfTwo = 1 << (Int.bitWidth - (bursts - 1).leadingZeroBitCount)  // at or above
             probe.ringCapacity = min(c.ringCapacity, max(pipelined ? 128 : 32, powerOfTwo))
             if let size = c.bufferSizeBytes
-                ?? recordBytes.map({ min(max($0, probe.bufferSizeBytes), PacketPathConfiguration.captureBufferSizeBytesMax) }) {
+                ?? recordBytes.map({ record in
+                    min((record + Self.trialBufferRoomBytes + 63) & ~63, PacketPathConfiguration.captureBufferSizeBytesMax)
+                }) {
                 probe.bufferSizeBytes = size
                 probe.bufferSizeFollowsCapture = false
             }
@@ -65,38 +85,68 @@ extension Replay {
             probe.classifier = c.classifier
             probe.rules = rules
             if instances > 1 { probe.captureSplit = CaptureSplit(index: instance, count: instances) }
-            guard let path = try? PacketPath(probe) else { return nil }
+            guard let path = try? PacketPath(probe) else { return [] }
             paths.append(path)
         }
         guard let runtime = try? Runtime(configuration: RuntimeConfiguration(
             cores: Array(c.cores.prefix(workerCount)), waitMode: c.waitMode, fusesRunToCompletion: c.fusesRunToCompletion))
-        else { return nil }
+        else { return [] }
         defer { runtime.stop() }
-        guard (try? runtime.start()) != nil else { return nil }
-        // A trial on fewer cores than the run's: the polling thread keeps off the trial's cores.
-        let spare = c.cores.count > workerCount ? Array(c.cores[workerCount...]) : []
-        let restore = spare.isEmpty ? nil : CPU.confineCurrentThread(to: spare)
-        defer {
+        guard (try? runtime.start()) != nil else { return [] }
+        // A shape on fewer cores than the run's: the polling thread keeps off the shape's cores.
+        let spare = c.cores.count > shapeWorkers ? Array(c.cores[shapeWorkers...]) : []
+        var restore = spare.isEmpty ? nil : CPU.confineCurrentThread(to: spare)
+        func restoreAffinity() {
             // Failing that, at least the run's cores: the run checks them against this thread's set.
-            if let restore, CPU.confineCurrentThread(to: restore) == nil { _ = CPU.confineCurrentThread(to: c.cores) }
+            if let set = restore, CPU.confineCurrentThread(to: set) == nil { _ = CPU.confineCurrentThread(to: c.cores) }
+            restore = nil
+        }
+        defer { restoreAffinity() }
+        func stopAll() -> Bool {
+            for path in paths { path.stopSignal.stop() }
+            runtime.wakeAll()
+            return runtime.drain(timeoutNs: 10 * Self.trialTimeNsMax)  // only slow when something is wrong
         }
         let launch = Mark(ns: Clock.monotonicNs(), done: Array(repeating: 0, count: instances), stages: paths[0].pipeline.snapshot())
+        var at: [Int] = []
         for (instance, path) in paths.enumerated() {
             let stageCount = path.pipeline.stages.count
-            let at = instances > 1 ? Array(repeating: instance, count: stageCount)
-                                   : placement ?? Array(repeating: 0, count: stageCount)
+            at = instances > 1 ? Array(repeating: instance, count: stageCount)
+                               : placement ?? Array(repeating: 0, count: stageCount)
             guard at.count == stageCount, (try? runtime.launch(path.pipeline, placement: at)) != nil else {
-                for launched in paths { launched.stopSignal.stop() }
-                runtime.wakeAll()
-                _ = runtime.drain(timeoutNs: 10 * Self.trialTimeNsMax)
-                return nil
+                _ = stopAll()
+                return []
             }
         }
-        let measured = Self.window(paths, launch: launch, deadlineNs: Clock.monotonicNs() &+ Self.trialTimeNsMax)
-        for path in paths { path.stopSignal.stop() }
-        runtime.wakeAll()
-        guard runtime.drain(timeoutNs: 10 * Self.trialTimeNsMax) else { return nil }  // only slow when something is wrong
-        return measured
+        var measured: [TrialResult] = []
+        // With a core of its own the polling thread takes nothing from the shape: it polls finely.
+        let firstPollUs: UInt32 = spare.isEmpty ? 250 : 50
+        if let first = Self.window(paths, launch: launch, deadlineNs: Clock.monotonicNs() &+ Self.trialTimeNsMax,
+                                   pollUs: firstPollUs) {
+            measured.append(first)
+            let stages = paths[0].pipeline.stages
+            if let next, let target = next(first), target != at {
+                precondition(target.count == stages.count && target.allSatisfy { $0 >= 0 && $0 < workerCount },
+                             "a second shape places every stage on the run's cores")
+                restoreAffinity()
+                var moved = true
+                for (stage, worker) in zip(stages, target) where moved {
+                    moved = (try? runtime.move(stage, toWorker: worker, timeoutNs: Self.trialTimeNsMax)) != nil
+                }
+                let from = Mark(ns: Clock.monotonicNs(), done: paths.map(Self.done),
+                                stages: paths[0].pipeline.snapshot())
+                if moved, let second = Self.window(paths, launch: from,
+                                                   deadlineNs: Clock.monotonicNs() &+ Self.trialTimeNsMax, pollUs: 250) {
+                    measured.append(second)
+                }
+            }
+        }
+        return stopAll() ? measured : []
+    }
+
+    /// Records out of an instance: delivered or filtered, passed over for another, or too large.
+    private static func done(_ path: PacketPath) -> UInt64 {
+        path.pipeline.delivered &+ path.pipeline.filtered &+ path.othersRecords &+ path.oversizeRecords
     }
 
     /// Counters at one instant of a trial.
@@ -107,28 +157,25 @@ extension Replay {
         var stages: [StageSnapshot]
     }
 
-    /// Polls the running trial's counters (every 250 µs, so the control thread takes little from
-    /// workers busy on every core): from when every instance has put `trialWarmUpRecords` records
-    /// out (so a pipelined shape's rings have filled) to when one has put `trialRecords` more out,
-    /// drained, or `deadlineNs` passed. Records are counted where they leave, not where they enter,
-    /// so records queued on rings are not counted as done. A window that ends drained ends when the
-    /// counts last moved; one too short for `trialRecordsMin` is measured from the `launch` instead
-    /// (a capture too short for the warm-up).
-    private static func window(_ paths: [PacketPath], launch: Mark, deadlineNs: UInt64) -> TrialResult? {
-        func done(_ path: PacketPath) -> UInt64 {
-            path.pipeline.delivered &+ path.pipeline.filtered &+ path.othersRecords &+ path.oversizeRecords
-        }
+    /// Polls the running trial's counters every `pollUs` (250 µs where workers are busy on every
+    /// core, so the control thread takes little from them): from when every instance has put
+    /// `trialWarmUpRecords` records out since `launch` (the launch or a move; so a pipelined shape's
+    /// rings have filled) to when one has put `trialRecords` more out, drained, or `deadlineNs` passed.
+    /// Records are counted where they leave, not where they enter, so records queued on rings are not
+    /// counted as done. A window that ends drained ends when the counts last moved; one too short for
+    /// `trialRecordsMin` is measured from the `launch` instead (a capture too short for the warm-up).
+    private static func window(_ paths: [PacketPath], launch: Mark, deadlineNs: UInt64, pollUs: UInt32) -> TrialResult? {
         var start: Mark?
         var counts = launch.done
         var movedNs = launch.ns
         while true {
-            usleep(250)
+            usleep(pollUs)
             let now = Clock.monotonicNs()
             let drained = paths.contains { $0.pipeline.isDrained }
-            let latest = paths.map(done)
+            let latest = paths.map(Self.done)
             if latest != counts { (counts, movedNs) = (latest, now) }
             let over = now >= deadlineNs || drained
-            if start == nil, !over, counts.allSatisfy({ $0 >= Self.trialWarmUpRecords }) {
+            if start == nil, !over, zip(counts, launch.done).allSatisfy({ $0 &- $1 >= Self.trialWarmUpRecords }) {
                 start = Mark(ns: now, done: counts, stages: paths[0].pipeline.snapshot())
                 continue
             }

@@ -157,6 +157,7 @@ enum ReplayReport {
                 + "\"fannedOut\":\(number(f.trialFannedOut)),"
                 + "\"startPlacement\":\(f.startPlacement.map { "\($0)" } ?? "null"),\"refuted\":\(f.refuted)},"
                 + "\"chosen\":\(f.chosen),\"split\":\"\(f.split.rawValue)\",\"blockCount\":\(f.blockCount),"
+                + "\"measuringNs\":\(f.measuringNs),"
                 + "\"reason\":\"\(escaped("\(f)"))\"}"
         } ?? "null"
         let handoff = s.handoff.map { "{\"localNsPerItem\":\($0.localNsPerItem),\"crossNsPerItem\":\($0.crossNsPerItem),\"handoffNsPerItem\":\($0.handoffNsPerItem)}" } ?? "null"

@@ -79,9 +79,11 @@ public enum HandoffCalibration {
         let outcome = try onPinnedThread(core: fromCore) { () throws(HandoffCalibrationError) -> HandoffCost in
             var local: [Double] = []
             var cross: [Double] = []
+            // One set of slots for every round: each allocation faults in its pages.
+            let slots = Slots()
             for _ in 0..<rounds {
-                local.append(try runLocal(itemCount: itemCount))
-                cross.append(try runCross(toCore: toCore, itemCount: itemCount))
+                local.append(try runLocal(itemCount: itemCount, slots: slots))
+                cross.append(try runCross(toCore: toCore, itemCount: itemCount, slots: slots))
             }
             return HandoffCost(fromCore: fromCore, toCore: toCore, localNsPerItem: median(local),
                                crossNsPerItem: median(cross))
@@ -193,10 +195,9 @@ public enum HandoffCalibration {
     }
 
     /// Both halves interleaved on the calling thread.
-    private static func runLocal(itemCount: Int) throws(HandoffCalibrationError) -> Double {
+    private static func runLocal(itemCount: Int, slots: Slots) throws(HandoffCalibrationError) -> Double {
         var forward = try ring(ringCapacity)
         var backward = try ring(slotCount)
-        let slots = Slots()
         var free = (0..<UInt64(slotCount)).map { $0 }
         let producerBurst = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: burst)
         let consumerBurst = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: burst)
@@ -268,10 +269,9 @@ public enum HandoffCalibration {
     }
 
     /// Producer on the calling thread, consumer on a thread pinned to `toCore`.
-    private static func runCross(toCore: Int, itemCount: Int) throws(HandoffCalibrationError) -> Double {
+    private static func runCross(toCore: Int, itemCount: Int, slots: Slots) throws(HandoffCalibrationError) -> Double {
         let forward = try ring(ringCapacity)
         let backward = try ring(slotCount)
-        let slots = Slots()
         var out = forward.producer
         var returns = backward.consumer
         let context = ConsumerContext(input: forward.consumer, returns: backward.producer, slots: slots, core: toCore,
