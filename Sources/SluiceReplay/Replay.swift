@@ -448,8 +448,10 @@ public final class Replay {
             handoff = calibrated
             let handoffNs = try? calibrated.get().handoffNsPerItem
             if let reason = Self.splitRefusal(configuration) {
-                fanout = FanoutDecision(instances: cores.count, othersNsPerRecord: 0, handoffNsPerItem: handoffNs,
-                                        largestShare: 0, chosen: false, notSplittable: reason)
+                var decision = FanoutDecision(instances: cores.count, othersNsPerRecord: 0, handoffNsPerItem: handoffNs,
+                                              largestShare: 0, chosen: false, notSplittable: reason)
+                decision.measuringNs = Clock.monotonicNs() &- openedAtNs
+                fanout = decision
             } else {
                 let sample = Self.sampleSplit(configuration.capturePath, instances: cores.count)
                 let recordBytes = sample.largestRecordBytes
@@ -462,6 +464,7 @@ public final class Replay {
                 var single: PlacementDecision?
                 var spread: PlacementChoice?
                 var close = false
+                let undecided = decision
                 // The one-core trial; then, on the same path and runtime, the pipelined split its costs
                 // call for (a move and a window: no second path or runtime).
                 let shapes = Self.trials(configuration, recordBytes: recordBytes) { one in
@@ -499,8 +502,17 @@ public final class Replay {
                     return decision.trialPipelinedPlacement
                 }
                 let one = shapes.first
-                let pipelined = shapes.count > 1 ? shapes[1] : nil
-                if one == nil { decision.chosen = sample.largestShare <= 1.5 / Double(cores.count) }
+                var pipelined = shapes.count > 1 ? shapes[1] : nil
+                if one == nil {
+                    // Nothing measured (or a trial that would not drain): nothing the closure decided stands.
+                    (decision, single, spread, close) = (undecided, nil, nil, false)
+                    decision.chosen = sample.largestShare <= 1.5 / Double(cores.count)
+                } else if pipelined == nil, let split = decision.trialPipelinedPlacement {
+                    // The same path could not take the second shape (the capture drained in the first
+                    // window, or a record too large for its buffers fell in the second): a trial of its
+                    // own, from the capture's first records, as the one-core trial read them.
+                    pipelined = Self.trial(configuration, placement: split, recordBytes: recordBytes)
+                }
                 decision.closeCall = close
                 let fanned = close ? Self.trial(configuration, instances: cores.count, recordBytes: recordBytes) : nil
                 (decision.trialOneCore, decision.trialFannedOut) = (one?.recordsPerSecond, fanned?.recordsPerSecond)
@@ -524,16 +536,11 @@ public final class Replay {
                         }
                     }
                     if let fannedRate {
-                        if Set(best.placement).count >= cores.count, let spread, let predicted = decision.predictedItemsPerSecond {
-                            // Two shapes on every core: each trial is one short window, and a near tie between
-                            // them is noise (a fanned-out window read 8.8-11.3 M records/s over ten runs, the
-                            // pipelined 8.9-11.0). The shape the stable one-core costs predict faster stands
-                            // unless the other measured the margin faster.
-                            decision.chosen = predicted >= spread.predictedItemsPerSecond
-                                ? fannedRate * margin > best.rate : fannedRate >= best.rate * margin
-                        } else {
-                            decision.chosen = fannedRate >= best.rate * margin
-                        }
+                        let bestIsSplit = Set(best.placement).count > 1
+                        decision.chosen = Self.fansOut(
+                            fanned: fannedRate, best: best.rate, bestUsesEveryCore: Set(best.placement).count >= cores.count,
+                            predictedFanned: decision.predictedItemsPerSecond,
+                            predictedBest: bestIsSplit ? spread?.predictedItemsPerSecond : nil, margin: margin)
                     }
                     decision.startPlacement = best.placement
                     // The pipelined shape tried and measured no faster than one core is not moved to later.
@@ -601,6 +608,21 @@ public final class Replay {
         } else {
             initialPlacement = Array(repeating: 0, count: stageCount)
         }
+    }
+
+    /// A close call's last step, from the trials: whether the instances fan out against the best
+    /// single-instance shape measured (`best`). Against one core, or a split on fewer cores than the
+    /// instances take, fanning out must measure `margin` times faster (a core saved is worth a little
+    /// rate). Against a split on every core, both shapes take the cores, and each trial is one short
+    /// window: a near tie between them is noise (a fanned-out window read 8.8-11.3 M records/s over
+    /// ten runs, the pipelined 8.9-11.0). The shape the one-core costs predict faster (steadier: that
+    /// window read 7.2-7.8) stands unless the other measured `margin` times faster. Pure.
+    static func fansOut(fanned: Double, best: Double, bestUsesEveryCore: Bool, predictedFanned: Double?,
+                        predictedBest: Double?, margin: Double) -> Bool {
+        if bestUsesEveryCore, let predictedFanned, let predictedBest {
+            return predictedFanned >= predictedBest ? fanned * margin > best : fanned >= best * margin
+        }
+        return fanned >= best * margin
     }
 
     /// Checks what the CLI could not and `PacketPath` does not: the cores, the loop count's flag name.

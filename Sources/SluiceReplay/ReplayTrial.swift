@@ -14,6 +14,10 @@ public struct TrialResult: Sendable, Equatable {
     public var stageNsPerItem: [Double]
     /// Records the pace was measured over (the slowest instance's, fanned out).
     public var windowRecords: UInt64
+    /// Records the slowest instance had put out when the window began.
+    public var startRecord: UInt64
+    /// The worker each stage of the first instance ran on at the window's end.
+    public var placement: [Int]
 }
 
 extension Replay {
@@ -33,13 +37,15 @@ extension Replay {
     /// capture's first records into a discard sink: `instances` instances fanned out by flow (instance
     /// i run to completion on core i), or one instance placed as `placement` (worker indices over the
     /// first cores; nil: all on the first). Nothing reaches the output. Blocks the calling thread for
-    /// a few milliseconds (at most `trialTimeNsMax` and the drain). nil when it cannot run or its
-    /// window held fewer than `trialRecordsMin` records (a tiny capture, a slow debug build).
+    /// a few milliseconds (at most `trialTimeNsMax` and the drain). nil when it cannot run, its
+    /// window held fewer than `trialRecordsMin` records (a tiny capture, a slow debug build), or a
+    /// record too large for the trial's buffers was skipped in it (see `recordBytes`).
     /// `recordBytes`: the largest record the sample met; a buffer size following the capture then
     /// follows that instead (plus `trialBufferRoomBytes`, at most what the run's buffers hold), so the
     /// trial's pool faults in fewer pages: 64-byte records fill a pool a third the size of 2 KiB
     /// buffers', and that fault-in was most of a trial's set-up. A later, larger record is skipped
-    /// as oversize, and counted done as records passed over are: the pace is the capture's.
+    /// as oversize and ends the drain as a record done, but a window it fell in measures nothing: a
+    /// skipped record costs almost nothing, so it would inflate the pace.
     static func trial(_ c: ReplayConfiguration, instances: Int = 1, placement: [Int]? = nil,
                       recordBytes: Int? = nil) -> TrialResult? {
         trials(c, instances: instances, placement: placement, recordBytes: recordBytes).first
@@ -50,7 +56,9 @@ extension Replay {
     /// measured again on the same path and runtime, the records after the first window's. A second
     /// shape costs a move and a window, not another path, runtime and drain. Returns the windows
     /// measured, in order: empty when the first failed; one when `next` declined or the move or the
-    /// second window failed. `next` runs on the calling thread while the first shape keeps running.
+    /// second window failed, or the capture drained in the first. `next` runs on the calling thread
+    /// while the first shape keeps running. Blocks for up to two windows, the moves (each at most
+    /// `trialTimeNsMax`) and the drain.
     static func trials(_ c: ReplayConfiguration, instances: Int = 1, placement: [Int]? = nil,
                        recordBytes: Int? = nil, then next: ((TrialResult) -> [Int]?)? = nil) -> [TrialResult] {
         precondition(instances >= 1 && (instances == 1 || placement == nil), "fanned-out instances run to completion")
@@ -107,7 +115,8 @@ extension Replay {
             runtime.wakeAll()
             return runtime.drain(timeoutNs: 10 * Self.trialTimeNsMax)  // only slow when something is wrong
         }
-        let launch = Mark(ns: Clock.monotonicNs(), done: Array(repeating: 0, count: instances), stages: paths[0].pipeline.snapshot())
+        let launch = Mark(ns: Clock.monotonicNs(), done: Array(repeating: 0, count: instances),
+                          stages: paths[0].pipeline.snapshot(), oversize: 0)
         var at: [Int] = []
         for (instance, path) in paths.enumerated() {
             let stageCount = path.pipeline.stages.count
@@ -125,7 +134,7 @@ extension Replay {
                                    pollUs: firstPollUs) {
             measured.append(first)
             let stages = paths[0].pipeline.stages
-            if let next, let target = next(first), target != at {
+            if let next, let target = next(first), target != at, !paths.contains(where: { $0.pipeline.isDrained }) {
                 precondition(target.count == stages.count && target.allSatisfy { $0 >= 0 && $0 < workerCount },
                              "a second shape places every stage on the run's cores")
                 restoreAffinity()
@@ -134,7 +143,7 @@ extension Replay {
                     moved = (try? runtime.move(stage, toWorker: worker, timeoutNs: Self.trialTimeNsMax)) != nil
                 }
                 let from = Mark(ns: Clock.monotonicNs(), done: paths.map(Self.done),
-                                stages: paths[0].pipeline.snapshot())
+                                stages: paths[0].pipeline.snapshot(), oversize: Self.oversize(paths))
                 if moved, let second = Self.window(paths, launch: from,
                                                    deadlineNs: Clock.monotonicNs() &+ Self.trialTimeNsMax, pollUs: 250) {
                     measured.append(second)
@@ -149,12 +158,18 @@ extension Replay {
         path.pipeline.delivered &+ path.pipeline.filtered &+ path.othersRecords &+ path.oversizeRecords
     }
 
+    /// Records skipped as too large for the trial's buffers, over every instance.
+    private static func oversize(_ paths: [PacketPath]) -> UInt64 {
+        paths.reduce(0) { $0 &+ $1.oversizeRecords }
+    }
+
     /// Counters at one instant of a trial.
     private struct Mark {
         var ns: UInt64
         /// Per instance: records out of it (delivered or filtered, passed over for another, or too large).
         var done: [UInt64]
         var stages: [StageSnapshot]
+        var oversize: UInt64
     }
 
     /// Polls the running trial's counters every `pollUs` (250 µs where workers are busy on every
@@ -164,6 +179,7 @@ extension Replay {
     /// Records are counted where they leave, not where they enter, so records queued on rings are not
     /// counted as done. A window that ends drained ends when the counts last moved; one too short for
     /// `trialRecordsMin` is measured from the `launch` instead (a capture too short for the warm-up).
+    /// nil when a record was skipped as too large for the buffers within it.
     private static func window(_ paths: [PacketPath], launch: Mark, deadlineNs: UInt64, pollUs: UInt32) -> TrialResult? {
         var start: Mark?
         var counts = launch.done
@@ -176,7 +192,7 @@ extension Replay {
             if latest != counts { (counts, movedNs) = (latest, now) }
             let over = now >= deadlineNs || drained
             if start == nil, !over, zip(counts, launch.done).allSatisfy({ $0 &- $1 >= Self.trialWarmUpRecords }) {
-                start = Mark(ns: now, done: counts, stages: paths[0].pipeline.snapshot())
+                start = Mark(ns: now, done: counts, stages: paths[0].pipeline.snapshot(), oversize: Self.oversize(paths))
                 continue
             }
             guard over || start.map({ first in zip(counts, first.done).contains { $0 &- $1 >= Self.trialRecords } }) == true
@@ -186,13 +202,14 @@ extension Replay {
             if zip(counts, first.done).map({ $0 &- $1 }).min()! < Self.trialRecordsMin { first = launch }
             let stages = paths[0].pipeline.snapshot()
             let records = zip(counts, first.done).map { $0 &- $1 }.min()!
-            guard records >= Self.trialRecordsMin, endNs > first.ns else { return nil }
+            guard records >= Self.trialRecordsMin, endNs > first.ns, Self.oversize(paths) == first.oversize else { return nil }
             let entered = max(stages[0].items &- first.stages[0].items, 1)  // an instance can take none of a few flows
             let stageNs = zip(first.stages, stages).map { before, after in
                 Double(after.cycles &- before.cycles) / Clock.cyclesPerNs / Double(entered)
             }
             return TrialResult(recordsPerSecond: Double(records) / (Double(endNs &- first.ns) / 1e9),
-                               stageNsPerItem: stageNs, windowRecords: records)
+                               stageNsPerItem: stageNs, windowRecords: records, startRecord: first.done.min()!,
+                               placement: paths[0].pipeline.stages.map { $0.owner.load(ordering: .acquiring) })
         }
     }
 }

@@ -134,15 +134,13 @@ import Testing
         #expect(Set(split).count == 2 && ([planner.chosen] + planner.alternatives).contains { $0.placement == split })
         let pipelined = try #require(decision.trialPipelined, "\(decision)")
         #expect(one > 0 && fanned > 0 && pipelined > 0)
-        // Against one core, fanning out needs 5% more; against a pipelined split on both cores, the
-        // shape predicted faster stands unless the other measured 5% faster.
+        // The rule (`Replay.fansOut`, tested by itself below) on what was measured and predicted.
         let pipelinedBest = pipelined >= one * 1.05
         let bestSingle = pipelinedBest ? pipelined : one
         let splitPredicted = try #require(([planner.chosen] + planner.alternatives).first { $0.placement == split })
-        let fannedPredicted = try #require(decision.predictedItemsPerSecond)
-        let fansOut = !pipelinedBest ? fanned >= one * 1.05
-            : fannedPredicted >= splitPredicted.predictedItemsPerSecond ? fanned * 1.05 > pipelined : fanned >= pipelined * 1.05
-        #expect(decision.chosen == fansOut, "\(decision)")
+        #expect(decision.chosen == Replay.fansOut(
+            fanned: fanned, best: bestSingle, bestUsesEveryCore: pipelinedBest, predictedFanned: decision.predictedItemsPerSecond,
+            predictedBest: pipelinedBest ? splitPredicted.predictedItemsPerSecond : nil, margin: 1.05), "\(decision)")
         #expect(summary.instances == (decision.chosen ? 2 : 1))
         #expect(decision.startPlacement == (pipelined >= one * 1.05 ? split : [0, 0, 0, 0]), "\(decision)")
         #expect(decision.refuted == (pipelined < bestSingle ? [split] : []), "\(decision)")
@@ -178,23 +176,75 @@ import Testing
     func aSecondShapeIsMeasuredOnTheSamePathAfterALiveMove() throws {
         try #require(Self.cores.count >= 2, "CI machines have two CPUs")
         let c = configuration(.auto, loops: 20)
+        let affinity = try CPU.allowedCPUs()
         var seen: [TrialResult] = []
         let shapes = Replay.trials(c) { first in
             seen.append(first)
             return [0, 0, 1, 1]
         }
-        // The first window went to `next`; the second, after the move, measured the split.
+        // The first window went to `next`; the second, after the move, measured the split, over
+        // records after the first window's.
         try #require(shapes.count == 2, "\(shapes)")
         #expect(seen == [shapes[0]])
+        #expect(shapes[0].placement == [0, 0, 0, 0] && shapes[1].placement == [0, 0, 1, 1], "\(shapes)")
+        #expect(shapes[1].startRecord >= shapes[0].startRecord + shapes[0].windowRecords, "\(shapes)")
         for shape in shapes {
             #expect(shape.recordsPerSecond > 0 && shape.windowRecords >= Replay.trialRecordsMin, "\(shape)")
             #expect(shape.stageNsPerItem.count == 4 && shape.stageNsPerItem.allSatisfy { $0 > 0 }, "\(shape)")
         }
+        // The polling thread kept off the one-core shape's core, and has the run's cores back.
+        #expect(try CPU.allowedCPUs() == affinity)
         // Declined: one window, as `trial` measures.
         let once = Replay.trials(c) { _ in nil }
         #expect(once.count == 1 && once[0].windowRecords >= Replay.trialRecordsMin, "\(once)")
         // The same placement again is no second shape.
         #expect(Replay.trials(c) { _ in [0, 0, 0, 0] }.count == 1)
+        // A capture that drains in the first window leaves nothing for a second (2,000 records, once).
+        let short = configuration(.auto, loops: 1)
+        #expect(Replay.trials(short) { _ in [0, 0, 1, 1] }.count <= 1)
+    }
+
+    @Test(.enabled(if: Self.cores.count >= 2 || Captures.inCI, "needs two CPUs"))
+    func aRecordTooLargeForTheTrialsBuffersVoidsTheWindowItFallsIn() throws {
+        try #require(Self.cores.count >= 2, "CI machines have two CPUs")
+        // Every tenth record of 1,400 bytes, the rest of 64: with buffers for the small ones only (as
+        // when the sample met no large record), the window skips large records as oversize and, since a
+        // skipped record costs almost nothing, measures nothing. Whatever the build's speed, every
+        // window meets them.
+        var capture = RawCapture()
+        for index in 0..<4_000 {
+            capture.records.append(.init(seconds: 1, fraction: UInt32(index),
+                                         bytes: RawCapture.frame(length: index % 10 == 9 ? 1_400 : 64, seed: index)))
+        }
+        let path = temporaryPath("trial-oversize.pcap")
+        try capture.write(to: path)
+        defer { unlink(path) }
+        var c = configuration(.auto, loops: 20)
+        c.capturePath = path
+        #expect(Replay.trials(c, recordBytes: 64) { _ in [0, 0, 1, 1] }.isEmpty)
+        #expect(Replay.trial(c, instances: 2, recordBytes: 64) == nil)
+        // Buffers that hold them all: both windows measure.
+        let shapes = Replay.trials(c, recordBytes: 1_400) { _ in [0, 0, 1, 1] }
+        #expect(shapes.count == 2, "\(shapes)")
+    }
+
+    @Test func fanningOutAgainstTheBestSingleShapeFollowsTheRule() {
+        func fans(_ fanned: Double, _ best: Double, everyCore: Bool, predicted: (Double, Double)?) -> Bool {
+            Replay.fansOut(fanned: fanned, best: best, bestUsesEveryCore: everyCore, predictedFanned: predicted?.0,
+                           predictedBest: predicted?.1, margin: 1.05)
+        }
+        // Against one core (or fewer cores than the instances take): 5% more, whatever was predicted.
+        #expect(!fans(10.4, 10, everyCore: false, predicted: (13, 9)))
+        #expect(fans(10.5, 10, everyCore: false, predicted: (9, 13)))
+        // Against a split on every core, predicted slower than fanning out: fanning out stands unless
+        // the split measured 5% faster.
+        #expect(fans(10, 10.4, everyCore: true, predicted: (13, 10)))
+        #expect(!fans(10, 10.6, everyCore: true, predicted: (13, 10)))
+        // Predicted faster than fanning out: the split stands unless fanning out measured 5% faster.
+        #expect(!fans(10.4, 10, everyCore: true, predicted: (10, 13)))
+        #expect(fans(10.5, 10, everyCore: true, predicted: (10, 13)))
+        // Without predictions (no calibrated hand-off): the margin, as against one core.
+        #expect(!fans(10.4, 10, everyCore: true, predicted: nil))
     }
 
     @Test func fanoutRefusesWhatCannotBeSplit() throws {
