@@ -42,8 +42,8 @@ extension Replay {
     /// record too large for the trial's buffers was skipped in it (see `recordBytes`).
     /// `recordBytes`: the largest record the sample met; a buffer size following the capture then
     /// follows that instead (plus `trialBufferRoomBytes`, at most what the run's buffers hold), so the
-    /// trial's pool faults in fewer pages: 64-byte records fill a pool a third the size of 2 KiB
-    /// buffers', and that fault-in was most of a trial's set-up. A later, larger record is skipped
+    /// trial's pool faults in fewer pages: 64-byte records take 448 bytes a buffer with its metadata,
+    /// a fifth of 2 KiB buffers' 2,112, and that fault-in was most of a trial's set-up. A later, larger record is skipped
     /// as oversize and ends the drain as a record done, but a window it fell in measures nothing: a
     /// skipped record costs almost nothing, so it would inflate the pace.
     static func trial(_ c: ReplayConfiguration, instances: Int = 1, placement: [Int]? = nil,
