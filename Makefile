@@ -24,10 +24,6 @@ APT_BENCH_PACKAGES := libdpdk-dev fio iperf3 ethtool
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Tests that pin threads and measure timing run one suite at a time on small machines.
 TEST_FLAGS ?= --no-parallel
-# The debug build of the tests without indexing-while-building (on by default for debug builds: an
-# index store for editors, about 110 MB here, that no test reads). A clean build with it took 911 s in
-# CI; one without it, sharing the 2 CPUs with other builds for about 5 of its minutes, 960 s.
-DEBUG_BUILD_FLAGS ?= --disable-index-store
 
 .PHONY: all deps bench-deps build build-tests test-builds guest-image test demo bench bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan bench-gateway bench-gateway-cachehit bench-firmware bench-migration bench-scheduling bench-placement bench-rules bench-tcpreplay bench-afxdp bench-overlay-pipeline bench-overlay-revoke soak clean
 
@@ -71,7 +67,7 @@ build: deps
 
 # The allocation tests run the release build of their probe: what ships, not a debug build.
 build-tests: deps
-	$(SWIFT) build --build-tests $(DEBUG_BUILD_FLAGS)
+	$(SWIFT) build --build-tests
 	$(SWIFT) build -c release --product SluiceAllocationProbe
 
 # What `test` builds: build-tests' two builds, with the parser's libFuzzer variant (scripts/fuzz-parser.sh
@@ -81,7 +77,7 @@ build-tests: deps
 # .build-fuzz/prebuild.log and its status to .build-fuzz/prebuilt: when it failed, fuzz-parser.sh builds
 # again after the tests and fails (or falls back) there as before, with the compiler's output in the log.
 test-builds: deps
-	$(SWIFT) build --build-tests $(DEBUG_BUILD_FLAGS)
+	$(SWIFT) build --build-tests
 	@mkdir -p .build-fuzz && rm -f .build-fuzz/prebuilt
 	(scripts/fuzz-parser.sh --build-only > .build-fuzz/prebuild.log 2>&1 && touch .build-fuzz/prebuilt) & fuzz=$$!; \
 	$(SWIFT) build -c release --product SluiceAllocationProbe; status=$$?; wait $$fuzz; exit $$status
