@@ -55,9 +55,9 @@ public struct PacketPathConfiguration: Sendable {
     }
     /// Buffers a source may hold in its cache besides the rings and bursts.
     public static let sourceCacheReserve = 256
-    /// A capture input's pool may grow to this many buffers while running (`PacketPath.growPool`,
-    /// the service's `buffers_max`); nil: it stays at `poolBufferCount`. Interface and AF_XDP inputs
-    /// keep their pools (their sockets hold buffers by address), so this is refused for them.
+    /// The pool may grow to this many buffers while running (`PacketPath.growPool`, the service's
+    /// `buffers_max`); nil: it stays at `poolBufferCount`. Any input: interface and AF_XDP sources copy
+    /// each frame out of the kernel's ring into a pool buffer, so no socket holds a pool buffer.
     public var poolBufferCountMax: Int?
     /// The default pool: the power of two above `inFlightMax` (at least 256 more, for the source's cache).
     public static func poolBufferCountFitting(ringCapacity: Int, burstCount: Int, links: Int = 3) -> Int {
@@ -250,15 +250,15 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
             source = capture
         case .interface(let rx):
             do {
-                pool = try BufferPool(bufferCount: configuration.poolBufferCount,
-                                      bufferSizeBytes: configuration.bufferSizeBytes, numaNode: numaNode)
+                pool = try BufferPool(bufferCount: configuration.poolBufferCount, bufferSizeBytes: configuration.bufferSizeBytes,
+                                      numaNode: numaNode, bufferCountMax: configuration.poolBufferCountMax)
             } catch { throw .pool(error) }
             do { afSource = try AFPacketSource(configuration: rx, pool: pool) }
             catch { throw .input(interface: rx.interface, error) }
         case .afXDP(let rx):
             do {
-                pool = try BufferPool(bufferCount: configuration.poolBufferCount,
-                                      bufferSizeBytes: configuration.bufferSizeBytes, numaNode: numaNode)
+                pool = try BufferPool(bufferCount: configuration.poolBufferCount, bufferSizeBytes: configuration.bufferSizeBytes,
+                                      numaNode: numaNode, bufferCountMax: configuration.poolBufferCountMax)
             } catch { throw .pool(error) }
             var settings = rx
             settings.numaNode = settings.numaNode ?? numaNode
@@ -408,9 +408,6 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
             guard max <= Limits.ringCapacityMax else {
                 throw .invalidConfiguration(.poolAboveMax(max, max: Limits.ringCapacityMax))
             }
-            guard case .capture = c.input else {
-                throw .invalidConfiguration(.poolGrowthNeedsCapture)
-            }
         }
     }
 
@@ -483,10 +480,8 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
 
     /// The fewest buffers the pool may shrink to now: its configured `poolBufferCount`, and more than
     /// its rings (at their current capacities), bursts and the source's cache can hold at once
-    /// (`PacketPathConfiguration.inFlightMax`). An interface or AF_XDP input's pool keeps its size (those
-    /// inputs are sized at start, not resized): its floor is its size.
+    /// (`PacketPathConfiguration.inFlightMax`).
     public var poolBufferCountFloor: Int {
-        guard isCaptureInput else { return pool.bufferCount }
         let needed = PacketPathConfiguration.inFlightMax(ringCapacities: pipeline.ringCapacities,
                                                          burstCount: configuration.burstCount)
         return max(configuration.poolBufferCount, needed + 1)
@@ -520,6 +515,10 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
         if case .capture(let source) = input { return source.counters.oversizeDrops.load(ordering: .relaxed) }
         return 0
     }
+
+    /// Allocations that found the pool empty: for an interface or AF_XDP input, frames dropped
+    /// (`pool-exhausted`); for a capture, the source waited (`poolWaits`). Any thread.
+    public var poolExhaustions: UInt64 { pool.exhaustedCount.load(ordering: .relaxed) }
 
     /// Times a capture source found no free buffer and waited (not a drop).
     public var poolWaits: UInt64 {

@@ -275,8 +275,6 @@ public enum ReplayConfigurationError: Error, Equatable, CustomStringConvertible 
     case outputs(String)
     /// `--placement fanout` on a run that cannot be split over instances, and why.
     case fanout(String)
-    /// A pool that may grow (`poolBufferCountMax`) needs a capture input.
-    case poolGrowthNeedsCapture
     /// `poolBufferCountMax` below `poolBufferCount`.
     case poolMaxBelowCount(max: Int, count: Int)
 
@@ -295,7 +293,6 @@ public enum ReplayConfigurationError: Error, Equatable, CustomStringConvertible 
         case .placementCount(let named, let stageCount): "stage_cores names \(named) of \(stageCount) stages"
         case .outputs(let reason): "outputs: \(reason)"
         case .fanout(let reason): "--placement fanout: \(reason)"
-        case .poolGrowthNeedsCapture: "buffers_max: only a capture input's pool can grow (an interface's sockets hold its buffers)"
         case .poolMaxBelowCount(let max, let count): "buffers_max \(max) is below buffers \(count)"
         }
     }

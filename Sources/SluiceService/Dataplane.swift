@@ -216,7 +216,7 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
         // between the two, and the calibration's threads must be able to run on the worker cores.
         var handoffs: [[Int]: Result<HandoffCost, HandoffCalibrationError>] = [:]
         for settings in configuration.pipelines where configuration.isMeasured(settings) {
-            let pair = Array(settings.cores.prefix(2))
+            let pair = configuration.handoffCores(of: settings)
             if handoffs[pair] == nil { handoffs[pair] = MeasuredPlacement.calibrate(cores: pair) }
         }
         self.handoffs = handoffs
@@ -336,16 +336,16 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
     }
 
     /// Pins the workers, launches every pipeline and starts the control thread. Pipelines placed by
-    /// measured cost use the hand-off `init` calibrated between their first two cores.
+    /// measured cost use the hand-off `init` calibrated between their `handoffCores`.
     public func start() throws(ServiceError) {
         for settings in configuration.pipelines
         where settings.placement == .auto && settings.stageCores == nil && settings.cores.count >= 2
             && !configuration.isMeasured(settings) {
-            logger.info("placement: spread; measured placement needs cores no other pipeline uses",
+            logger.info("placement: spread; measured placement needs cores no other pipeline uses, or rebalance.move_cores",
                         metadata: ["pipeline": "\(settings.path.name)", "cores": "\(settings.cores)"])
         }
         for (index, settings) in configuration.pipelines.enumerated() where configuration.isMeasured(settings) {
-            let handoff = handoffs[Array(settings.cores.prefix(2))]!
+            let handoff = handoffs[configuration.handoffCores(of: settings)]!
             let workers = settings.cores.compactMap { configuration.cores.firstIndex(of: $0) }
             measured[index] = MeasuredPlacement(workers: workers, initial: placements[index], handoff: handoff)
             switch handoff {
@@ -404,24 +404,56 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
             guard !path.pipeline.isDrained else { continue }
             let before = measured[index]!.changes.count
             measured[index]!.step(path.pipeline, runtime: runtime, nowNs: nowNs)
-            let allocator = measured[index]!
-            if allocator.changes.count > before, let failure = allocator.moveFailure {
-                logger.warning("stage move failed; this pipeline's placement is no longer re-decided",
-                               metadata: ["pipeline": "\(path.configuration.name)", "error": "\(failure)",
-                                          "cores": "\(allocator.placement.map { configuration.cores[$0] })"])
-            }
-            for change in allocator.changes.dropFirst(before) {
-                stageMoves.add(UInt64(zip(change.from, change.to).filter { $0 != $1 }.count), ordering: .relaxed)
-                logger.info("stages placed by measured cost", metadata: [
-                    "pipeline": "\(path.configuration.name)",
-                    "fromCores": "\(change.from.map { configuration.cores[$0] })",
-                    "toCores": "\(change.to.map { configuration.cores[$0] })", "why": "\(change.why)"])
-            }
-            let status = PlacementStatus(cores: allocator.placement.map { configuration.cores[$0] },
-                                         changes: allocator.changes.count, handoffNsPerItem: allocator.handoff?.handoffNsPerItem,
-                                         decision: allocator.changes.last?.decision ?? allocator.firstDecision)
-            placementStatus.withLock { $0[index] = status }
+            publishMeasured(index, changesBefore: before)
         }
+    }
+
+    /// Logs measured pipeline `index`'s placement changes since the first `changesBefore` (and a
+    /// failed move), counts its stage moves and publishes its placement. Control thread.
+    private func publishMeasured(_ index: Int, changesBefore before: Int) {
+        let path = paths[index]
+        let allocator = measured[index]!
+        if allocator.changes.count > before, let failure = allocator.moveFailure {
+            logger.warning("stage move failed; this pipeline's placement is no longer re-decided",
+                           metadata: ["pipeline": "\(path.configuration.name)", "error": "\(failure)",
+                                      "cores": "\(allocator.placement.map { configuration.cores[$0] })"])
+        }
+        for change in allocator.changes.dropFirst(before) {
+            stageMoves.add(UInt64(zip(change.from, change.to).filter { $0 != $1 }.count), ordering: .relaxed)
+            logger.info("stages placed by measured cost", metadata: [
+                "pipeline": "\(path.configuration.name)",
+                "fromCores": "\(change.from.map { configuration.cores[$0] })",
+                "toCores": "\(change.to.map { configuration.cores[$0] })", "why": "\(change.why)"])
+        }
+        let status = PlacementStatus(cores: allocator.placement.map { configuration.cores[$0] },
+                                     changes: allocator.changes.count, handoffNsPerItem: allocator.handoff?.handoffNsPerItem,
+                                     decision: allocator.changes.last?.decision ?? allocator.firstDecision)
+        placementStatus.withLock { $0[index] = status }
+    }
+
+    /// Pipelines placed by measured cost (their `MeasuredPlacement`), by index.
+    var measuredPipelines: Set<Int> { Set(measured.keys) }
+
+    /// False for a measured pipeline whose stage move failed: its placement is no longer re-decided,
+    /// so its cores stay. Control thread.
+    func measuredCanMove(_ index: Int) -> Bool { measured[index]?.moveFailure == nil }
+
+    /// How many workers measured pipeline `index` would use if it held `holding + 1`
+    /// (`MeasuredPlacement.workersWanted`); nil when it is not measured or nothing was measured yet.
+    /// Control thread.
+    func measuredWorkersWanted(_ index: Int, holding: Int) -> Int? {
+        measured[index]?.workersWanted(holding: holding)
+    }
+
+    /// Gives measured pipeline `index` the workers a core move left it (`MeasuredPlacement.setWorkers`:
+    /// its stages leave a lost core, and may spread onto a gained one), logged and published as its
+    /// other placement changes. False when a stage move failed. Control thread; blocks during moves.
+    func setMeasuredWorkers(_ index: Int, _ workers: Set<Int>, nowNs: UInt64) -> Bool {
+        guard measured[index] != nil, !isStopping else { return true }
+        let before = measured[index]!.changes.count
+        measured[index]!.setWorkers(Array(workers), pipeline: paths[index].pipeline, runtime: runtime, nowNs: nowNs)
+        publishMeasured(index, changesBefore: before)
+        return measured[index]!.moveFailure == nil
     }
 
     /// Cores, weight and demand of pipeline `index` as the rebalancer last measured (nil: no rebalancer).
@@ -578,6 +610,13 @@ struct Rebalancer {
     static let poolShrinkWaitNs: UInt64 = 20_000_000
     /// How long one ring's resize may wait for its consumer to drain it before it is undone.
     static let ringResizeTimeoutNs: UInt64 = 50_000_000
+    /// Each live input's (interface, AF_XDP) pool allocations that found it empty, at the last interval.
+    private var liveExhaustions: [UInt64]
+    /// Intervals in a row in which each live input's pool never ran empty.
+    private var liveQuietSteps: [Int]
+    /// A live input's pool grown beyond its configured size halves (towards what its rings need) after
+    /// this many intervals in a row without running empty.
+    static let livePoolQuietSteps = 30
 
     init(settings: RebalanceSettings, dataplane: Dataplane) {
         self.settings = settings
@@ -588,6 +627,8 @@ struct Rebalancer {
         placement = dataplane.placements
         previous = dataplane.paths.map { $0.pipeline.snapshot() }
         previousNs = Clock.monotonicNs()
+        liveExhaustions = dataplane.paths.map(\.poolExhaustions)
+        liveQuietSteps = Array(repeating: 0, count: dataplane.paths.count)
         let cores = dataplane.configuration.cores
         allowedWorkers = dataplane.configuration.pipelines.map { pipeline in
             Set(pipeline.cores.compactMap { cores.firstIndex(of: $0) })
@@ -615,9 +656,9 @@ struct Rebalancer {
             return
         }
         let finished = Set(paths.indices.filter { paths[$0].pipeline.isDrained })
+        sizeLivePools(skipping: finished)
         if settings.movesCores {
-            guard moveCoreIfNeeded(demands: demands, backlogged: backlogged, fixed: finished.union(measured.keys), nowNs: nowNs)
-            else { return }
+            guard moveCoreIfNeeded(demands: demands, backlogged: backlogged, fixed: finished, nowNs: nowNs) else { return }
         }
         if settings.resizesRings {
             stepsToRingSizing -= 1
@@ -707,8 +748,9 @@ struct Rebalancer {
                     continue
                 }
             }
-            // A pool shrinks only while its pipeline runs (its recycled buffers are what a shrink waits for).
-            let active = demands[index].stages[0].arrivalPerSecond > 0 && !dataplane.isStopping
+            // A capture's pool shrinks here only while its pipeline runs (its recycled buffers are what a
+            // shrink waits for); a live input's shrinks only after quiet intervals (`sizeLivePools`).
+            let active = path.isCaptureInput && demands[index].stages[0].arrivalPerSecond > 0 && !dataplane.isStopping
             guard target != current else {
                 if active { shrinkPoolIfNeeded(path) }
                 continue
@@ -736,24 +778,66 @@ struct Rebalancer {
         return true
     }
 
+    /// A live input (interface, AF_XDP) drops each frame that finds its pool empty (`pool-exhausted`),
+    /// where a capture waits: so with `buffers_max` its pool is sized every interval, whether or not
+    /// `resize_rings` is on. Doubled (up to `buffers_max`) after an interval in which it ran empty;
+    /// halved towards what its rings need (never below `buffers`) after `livePoolQuietSteps` intervals
+    /// in a row in which it did not. Frames dropped before the growth are counted, never lost silently.
+    private mutating func sizeLivePools(skipping: Set<Int>) {
+        for (index, path) in dataplane.paths.enumerated() where !path.isCaptureInput {
+            let exhaustions = path.poolExhaustions
+            let emptied = exhaustions &- liveExhaustions[index]
+            liveExhaustions[index] = exhaustions
+            guard !skipping.contains(index), !dataplane.isStopping,
+                  path.poolBufferCountMax > path.configuration.poolBufferCount else { continue }
+            guard emptied > 0 else {
+                liveQuietSteps[index] += 1
+                if liveQuietSteps[index] >= Self.livePoolQuietSteps {
+                    liveQuietSteps[index] = 0
+                    shrinkPoolIfNeeded(path, halving: true)
+                }
+                continue
+            }
+            liveQuietSteps[index] = 0
+            let before = path.poolBufferCount
+            guard before < path.poolBufferCountMax else { continue }
+            let target = min(before * 2, path.poolBufferCountMax)
+            do throws(PoolError) {
+                try path.growPool(to: target)
+                // Frames dropped while it grew belong to the emptiness just answered: not counted again.
+                liveExhaustions[index] = path.poolExhaustions
+                dataplane.poolGrowths.add(1, ordering: .relaxed)
+                dataplane.logger.info("pool grown: its source found it empty", metadata: [
+                    "pipeline": "\(path.configuration.name)", "from": "\(before)", "to": "\(target)",
+                    "max": "\(path.poolBufferCountMax)", "emptyAllocations": "\(emptied)"])
+            } catch {
+                dataplane.logger.warning("pool could not grow", metadata: [
+                    "pipeline": "\(path.configuration.name)", "to": "\(target)", "error": "\(error)"])
+            }
+        }
+    }
+
     /// After its rings shrank (or while they are small), gives back a pool grown beyond what they now
-    /// need: the power of two above `inFlightMax`, never below the configured `buffers`. Only free
-    /// buffers are retired (`PacketPath.shrinkPool`), so it may retire fewer than asked; the next
-    /// sizing tries again. It waits up to `poolShrinkWaitNs` for buffers the pipeline recycles.
-    private func shrinkPoolIfNeeded(_ path: PacketPath) {
-        guard path.isCaptureInput, path.poolBufferCountMax > path.configuration.poolBufferCount else { return }
+    /// need: the power of two above `inFlightMax`, never below the configured `buffers` (`halving`: at
+    /// most half the pool at a time). Only free buffers are retired (`PacketPath.shrinkPool`), so it
+    /// may retire fewer than asked; the next sizing tries again. It waits up to `poolShrinkWaitNs` for
+    /// buffers the pipeline recycles.
+    private func shrinkPoolIfNeeded(_ path: PacketPath, halving: Bool = false) {
+        guard path.poolBufferCountMax > path.configuration.poolBufferCount else { return }
         let needed = PacketPathConfiguration.inFlightMax(ringCapacities: path.pipeline.ringCapacities,
                                                          burstCount: path.configuration.burstCount)
-        let pool = max(1 << (Int.bitWidth - needed.leadingZeroBitCount), path.configuration.poolBufferCount)
         let before = path.poolBufferCount
+        var pool = max(1 << (Int.bitWidth - needed.leadingZeroBitCount), path.configuration.poolBufferCount)
+        if halving { pool = max(pool, before / 2) }
         guard before > pool else { return }
         do throws(PoolError) {
             let retired = try path.shrinkPool(to: pool, waitNs: Self.poolShrinkWaitNs)
             guard retired > 0 else { return }
             dataplane.poolShrinks.add(1, ordering: .relaxed)
-            dataplane.logger.info("pool shrunk to the rings' need", metadata: [
+            dataplane.logger.info(halving ? "pool halved: its source found it never empty" : "pool shrunk to the rings' need", metadata: [
                 "pipeline": "\(path.configuration.name)", "from": "\(before)", "to": "\(path.poolBufferCount)",
-                "retired": "\(retired)", "target": "\(pool)"])
+                "retired": "\(retired)", "target": "\(pool)",
+                "why": "\(halving ? "\(Self.livePoolQuietSteps) intervals in a row without running empty" : "rings need \(needed)")"])
         } catch {
             dataplane.logger.warning("pool could not shrink", metadata: [
                 "pipeline": "\(path.configuration.name)", "to": "\(pool)", "error": "\(error)"])
@@ -762,22 +846,30 @@ struct Rebalancer {
 
     /// Publishes each pipeline's cores and demand and, when the broker proposes a move and none was
     /// made lately, moves the giver's stages off the core (to its least loaded remaining one) and
-    /// hands the core to the receiver. False when a stage move failed (rebalancing then pauses).
-    /// `fixed`: pipelines whose cores stay (drained, or placed by measured cost); pipelines with
+    /// hands the core to the receiver. A pipeline placed by measured cost says how many cores it can
+    /// use (`MeasuredPlacement.workersWanted`: more than it holds only when its planner predicts a
+    /// gain from one more, fewer when some it holds are slack), and its own placement moves its
+    /// stages when its cores change (`Dataplane.setMeasuredWorkers`). False when a stage move failed
+    /// (rebalancing then pauses). `fixed`: pipelines whose cores stay (drained); pipelines with
     /// `stage_cores` stay too.
     private mutating func moveCoreIfNeeded(demands: [PipelineDemand], backlogged: [Bool], fixed: Set<Int>,
                                            nowNs: UInt64) -> Bool {
         let pipelines = dataplane.configuration.pipelines
         let cores = dataplane.configuration.cores
         let loads = demands.map { $0.stages.map(\.coreShare) }
+        let measured = dataplane.measuredPipelines
         let views = demands.indices.map { index in
             var byWorker: [Int: Double] = [:]
             for (stage, worker) in placement[index].enumerated() { byWorker[worker, default: 0] += loads[index][stage] }
+            let usable = measured.contains(index)
+                ? dataplane.measuredWorkersWanted(index, holding: allowedWorkers[index].count) ?? placement[index].count
+                : placement[index].count
             return PipelineCoreDemand(name: demands[index].name, weight: pipelines[index].weight,
                                       workers: allowedWorkers[index], demandCores: loads[index].reduce(0, +),
                                       backlogged: backlogged[index], loadByWorker: byWorker,
-                                      movable: !fixed.contains(index) && pipelines[index].stageCores == nil,
-                                      usableWorkers: placement[index].count)
+                                      movable: !fixed.contains(index) && pipelines[index].stageCores == nil
+                                          && dataplane.measuredCanMove(index),
+                                      usableWorkers: usable)
         }
         func status() -> [Int: PipelineCoreStatus] {
             Dictionary(uniqueKeysWithValues: views.indices.map { index in
@@ -790,11 +882,19 @@ struct Rebalancer {
             dataplane.publishCores(status(), move: nil)
             return true
         }
-        // The giver's stages leave the core first, each to its least loaded remaining worker.
+        // The giver's stages leave the core first: a measured giver's placement moves them; others go
+        // each to its least loaded remaining worker.
         var remaining = allowedWorkers[move.from]
         remaining.remove(move.worker)
         var workerLoad = views[move.from].loadByWorker
-        for (index, worker) in placement[move.from].enumerated() where worker == move.worker {
+        if measured.contains(move.from), !dataplane.setMeasuredWorkers(move.from, remaining, nowNs: nowNs) {
+            pausedSteps = Self.pauseAfterFailure
+            dataplane.logger.warning("stage move for a core move failed; the core stays; rebalancing pauses", metadata: [
+                "pipeline": "\(views[move.from].name)", "core": "\(cores[move.worker])"])
+            dataplane.publishCores(status(), move: nil)
+            return false
+        }
+        for (index, worker) in placement[move.from].enumerated() where worker == move.worker && !measured.contains(move.from) {
             guard !dataplane.isStopping else { return false }
             let target = remaining.sorted().min { (workerLoad[$0] ?? 0) < (workerLoad[$1] ?? 0) }!
             let stage = dataplane.paths[move.from].pipeline.stages[index]
@@ -815,6 +915,12 @@ struct Rebalancer {
         allowedWorkers[move.from] = remaining
         allowedWorkers[move.to].insert(move.worker)
         coreMoveCooldown = Self.coreMoveCooldownSteps
+        // A measured receiver decides now whether its stages spread onto the core.
+        if measured.contains(move.to), !dataplane.setMeasuredWorkers(move.to, allowedWorkers[move.to], nowNs: nowNs) {
+            pausedSteps = Self.pauseAfterFailure
+            dataplane.logger.warning("stage move onto a moved core failed; rebalancing pauses", metadata: [
+                "pipeline": "\(views[move.to].name)", "core": "\(cores[move.worker])"])
+        }
         let record = CoreMoveRecord(atNs: nowNs &- dataplane.startedAtNs, core: cores[move.worker],
                                     from: views[move.from].name, to: views[move.to].name, reason: move.reason,
                                     detail: move.detail)

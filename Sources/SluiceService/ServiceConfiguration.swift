@@ -222,14 +222,25 @@ extension ServiceConfiguration {
     }
 
     /// Whether the pipeline's stages are placed by measured cost: `placement: auto`, no `stage_cores`,
-    /// two or more cores to choose between, and no other pipeline on any of them (the planner assumes
-    /// its cores are its own; pipelines that share cores keep the spread rule, and `rebalance:` evens
-    /// them out).
+    /// and either two or more cores with no other pipeline on any of them (the planner assumes its
+    /// cores are its own), or `rebalance: {move_cores: true}` on a service of two or more cores: its
+    /// cores then change as the broker moves them, and it plans over those it holds at each moment,
+    /// from one core up, shared or not (`Dataplane`; docs/PLACEMENT.md). Otherwise pipelines that
+    /// share cores keep the spread rule, and `rebalance:` evens them out.
     public func isMeasured(_ pipeline: PipelineSettings) -> Bool {
-        guard pipeline.stageCores == nil, pipeline.placement == .auto, pipeline.cores.count >= 2 else { return false }
+        guard pipeline.stageCores == nil, pipeline.placement == .auto else { return false }
+        if rebalance?.movesCores == true, cores.count >= 2 { return true }
+        guard pipeline.cores.count >= 2 else { return false }
         return pipelines.allSatisfy { other in
             other.path.name == pipeline.path.name || Set(other.cores).isDisjoint(with: pipeline.cores)
         }
+    }
+
+    /// The two cores whose hand-off cost a measured pipeline plans with: its first two, or with one
+    /// core of its own (cores moved to it later), that core and the service's first other core.
+    public func handoffCores(of pipeline: PipelineSettings) -> [Int] {
+        if pipeline.cores.count >= 2 { return Array(pipeline.cores.prefix(2)) }
+        return [pipeline.cores[0], cores.first { $0 != pipeline.cores[0] }!]
     }
 
     /// The configuration with no file: the bundled sample capture through the full pipeline to a

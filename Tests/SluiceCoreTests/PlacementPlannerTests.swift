@@ -212,6 +212,59 @@ struct MeasuredPlacementTests {
         #expect(tracker.outOfOrder == 0)
     }
 
+    /// Its workers change as cores move between pipelines. On one worker it only measures, and wants
+    /// a second for two 2 µs stages; given one, it spreads at once; losing it, its stages come back to
+    /// the worker it keeps; moved wholly to the other worker, they all go there. Nothing is lost or
+    /// reordered, and each change names the workers it followed.
+    @Test func itsStagesFollowItsWorkersAsCoresMove() throws {
+        guard requireTwoCPUs() else { return }
+        let tracker = SinkTracker()
+        let items: UInt64 = 300_000
+        let pipeline = try makeCountingPipeline("moving", source: GeneratorSource(ratePerSecond: 0, totalCount: items,
+                                                                                  payload: .sequence),
+                                                relays: [SpinStage(nsPerItem: 2_000), SpinStage(nsPerItem: 2_000)],
+                                                tracker: tracker)
+        let cores = try testCores()
+        let handoff = HandoffCost(fromCore: cores[0], toCore: cores[1], localNsPerItem: 20, crossNsPerItem: 60)
+        var allocator = MeasuredPlacement(workers: [0], initial: [0, 0, 0, 0], handoff: .success(handoff))
+        #expect(allocator.workersWanted(holding: 1) == nil, "nothing measured yet")
+        let runtime = try Runtime(configuration: .init(cores: cores, waitMode: .busyPoll))
+        try runtime.start()
+        defer { runtime.stop() }
+        try runtime.launch(pipeline, placement: allocator.placement)
+        allocator.begin(pipeline, nowNs: Clock.monotonicNs())
+        var phase = 0
+        var phaseStart: UInt64 = 0
+        let deadline = Clock.monotonicNs() + drainTimeoutNs
+        while !runtime.drain(timeoutNs: 2_000_000), Clock.monotonicNs() < deadline {
+            let now = Clock.monotonicNs()
+            allocator.step(pipeline, runtime: runtime, nowNs: now)
+            let entered = pipeline.stages[0].counters.items.load(ordering: .relaxed)
+            switch phase {
+            case 0 where allocator.lastCosts != nil:
+                #expect(allocator.changes.isEmpty && allocator.firstDecision == nil, "one worker: nothing to decide")
+                #expect(allocator.workersWanted(holding: 1) == 2, "\(allocator.lastCosts.map { "\($0)" } ?? "-")")
+                allocator.setWorkers([0, 1], pipeline: pipeline, runtime: runtime, nowNs: now)
+                #expect(Set(allocator.placement) == [0, 1] && allocator.changes.last?.workersNow == [0, 1],
+                        "\(allocator.changes.map(\.why))")
+                #expect(allocator.changes.last?.why.hasPrefix("its workers changed to [0, 1]: pipelined") == true)
+            case 1 where entered >= phaseStart + 40_000:
+                allocator.setWorkers([0], pipeline: pipeline, runtime: runtime, nowNs: now)
+                #expect(allocator.placement == [0, 0, 0, 0] && allocator.changes.last?.workersNow == [0])
+            case 2 where entered >= phaseStart + 40_000:
+                allocator.setWorkers([1], pipeline: pipeline, runtime: runtime, nowNs: now)
+                #expect(allocator.placement == [1, 1, 1, 1] && allocator.workers == [1])
+            default:
+                continue
+            }
+            phase += 1
+            phaseStart = entered
+        }
+        #expect(phase == 3, "only \(phase) of 3 worker changes before the pipeline drained")
+        #expect(allocator.moveFailure == nil && pipeline.isDrained)
+        #expect(tracker.received == items && tracker.outOfOrder == 0)
+    }
+
     /// A move that cannot happen (here: the runtime was stopped) is recorded, not thrown; the
     /// placement stays where the stages are and nothing more is decided.
     @Test func aFailedMoveIsRecordedAndTheStagesStayPut() throws {

@@ -9,8 +9,9 @@ import Testing
 
 @Suite(.serialized) struct CoreMoveServiceTests {
     /// "quiet" (2000 packets/s, spread over both cores) and "busy" (top speed, on the first core only,
-    /// which it shares with quiet's source): the load sits on busy, so the second core moves to it,
-    /// quiet's stages leave that core, and busy's stages spread onto it.
+    /// which it shares with quiet's source; placed by measured cost, the default with `move_cores`):
+    /// the load sits on busy and its planner predicts a gain from a second core, so the second core
+    /// moves to it, quiet's stages leave that core, and busy's measured placement spreads onto it.
     @Test(.enabled(if: runsWithCPUs(2), "needs two CPUs (runs, and fails, under CI=true)"))
     func aLoadShiftMovesACoreToTheBusyPipeline() throws {
         guard let cpus = cpusOrRecordIssue(2) else { return }
@@ -48,6 +49,13 @@ import Testing
         #expect(dataplane.cores(ofPipeline: 1)?.cores == [cpus[0], cpus[1]] || dataplane.coreMoves.count > 1)
         #expect(dataplane.coreMoveCounts[CoreMoveKey(from: "quiet", to: "busy", reason: .demand)] ?? 0 >= 1)
         #expect(dataplane.paths[1].pipeline.isDrained, "busy did not finish in 60 s")
+        // Busy's own placement, by measured cost, used the core (a debug build's stages cost far more
+        // than a hand-off): moved onto both cores (and possibly back, when measured no faster).
+        #expect(configuration.isMeasured(configuration.pipelines[1]) && !configuration.isMeasured(configuration.pipelines[0]))
+        let placed = try #require(dataplane.placement(ofPipeline: 1), "busy's placement was never published")
+        #expect(placed.changes >= 1 && placed.decision?.chosen.coresUsed == 2,
+                "\(placed.cores) after \(placed.changes) changes: \(placed.decision.map { "\($0)" } ?? "no decision")")
+        #expect(logs.messages.withLock { $0.contains { $0.1.contains("stages placed by measured cost") } })
 
         stopped = true
         let outcomes = dataplane.stop(drainTimeoutNs: 5_000_000_000)
@@ -139,8 +147,11 @@ extension CoreMoveServiceTests {
         #expect(logs.messages.withLock { $0.contains { $0.1.contains("pool grown for larger rings") } })
         #expect(outcome.delivered == outcome.packetsIn && outcome.leftOnRings == 0 && outcome.drops.isEmpty,
                 "\(outcome.packetsIn) in, \(outcome.delivered) delivered")
-        // An interface's pool cannot grow: refused at start, naming the key.
-        let bad = "pipelines:\n  - name: p\n    source: {interface: lo}\n    sink: {discard: true}\n    buffers_max: 8192\n"
+        // An interface's pool may grow too (LivePoolResizeTests); below `buffers` is refused, naming the key.
+        let live = "pipelines:\n  - name: p\n    source: {interface: lo}\n    sink: {discard: true}\n    buffers_max: 8192\n"
+        let decoded = try ServiceConfiguration.decode(try ConfigNode.parse(yaml: live), defaultCores: cpus)
+        #expect(decoded.pipelines[0].path.poolBufferCountMax == 8192)
+        let bad = live.replacingOccurrences(of: "buffers_max: 8192", with: "buffers: 4096\n    buffers_max: 2048")
         #expect {
             _ = try ServiceConfiguration.decode(try ConfigNode.parse(yaml: bad), defaultCores: cpus)
         } throws: { "\($0)".contains("buffers_max") }

@@ -12,9 +12,15 @@ public struct PlacementChange: Sendable, Equatable {
     public var decision: PlacementDecision
     /// Set when this change undid the move before it, which measured no faster than where it came from.
     public var undone: PlacementUndo?
+    /// Set when the change followed a change of the pipeline's workers (a core moved between
+    /// pipelines): the workers it holds from then on.
+    public var workersNow: [Int]?
 
     /// Why the stages moved: the planner's decision, or why a move was undone.
-    public var why: String { undone.map { "\($0)" } ?? "\(decision)" }
+    public var why: String {
+        let reason = undone.map { "\($0)" } ?? "\(decision)"
+        return workersNow.map { "its workers changed to \($0.sorted()): \(reason)" } ?? reason
+    }
 }
 
 /// A move measured no faster than the placement it left, and so undone.
@@ -38,8 +44,10 @@ public struct PlacementUndo: Sendable, Equatable, CustomStringConvertible {
 /// workers' cores when made, measures each stage's cycles per entered item over intervals, and moves
 /// stages (`Runtime.move`: nothing lost or reordered) when a placement predicts a clear gain. The
 /// interval after a move checks it: when the busiest worker measures no fewer ns per item than it
-/// did before the move, the stages go back and the placement is no longer re-decided.
-/// Control plane: one thread calls `begin` then `step`; it allocates and may block in a move.
+/// did before the move, the stages go back and the placement is no longer re-decided. The workers
+/// it may use can change while it runs (`setWorkers`: a core moved between pipelines); with one
+/// worker it only measures, which tells the broker whether another core would help (`workersWanted`).
+/// Control plane: one thread calls `begin`, then `step` and `setWorkers`; it allocates and may block in a move.
 public struct MeasuredPlacement {
     /// The first decision waits for this many items (enough to measure), later ones for the same
     /// again, and at least `intervalNs` apart.
@@ -66,8 +74,13 @@ public struct MeasuredPlacement {
     private var check: (from: [Int], bottleneckNs: Double, decision: PlacementDecision)?
     /// Placements measured slower (before the run, or undone): never moved to.
     private var avoided: [[Int]]
-    /// The runtime's worker indices this pipeline may use; the planner's worker i is `workers[i]`.
-    private let workers: [Int]
+    /// The runtime's worker indices this pipeline may use now (`setWorkers` changes them); the
+    /// planner's worker i is `workers[i]`, and the source's worker comes first.
+    public private(set) var workers: [Int]
+    /// The last interval's costs, as if each stage's neighbours shared its core; nil before one was measured.
+    public private(set) var lastCosts: PlacementCosts?
+    /// The busiest worker's ns per item in the last interval (what a move is checked against).
+    private var lastBottleneckNs: Double?
     private let planner: PlacementPlanner
     private var startNs: UInt64 = 0
     private var lastNs: UInt64 = 0
@@ -83,12 +96,12 @@ public struct MeasuredPlacement {
         }
     }
 
-    /// `workers`: the runtime worker indices the pipeline may use (at least two); `initial`: where
+    /// `workers`: the runtime worker indices the pipeline may use (one or more); `initial`: where
     /// its stages start (indices among `workers`' values); `handoff`: from `calibrate`; `avoiding`:
     /// placements (like `initial`) already measured slower, which it never moves to.
     public init(workers: [Int], initial: [Int], handoff: Result<HandoffCost, HandoffCalibrationError>,
                 avoiding: [[Int]] = [], planner: PlacementPlanner = PlacementPlanner()) {
-        precondition(workers.count >= 2 && Set(workers).count == workers.count, "two or more distinct workers")
+        precondition(!workers.isEmpty && Set(workers).count == workers.count, "one or more distinct workers")
         precondition(initial.allSatisfy(workers.contains), "the initial placement uses the pipeline's workers")
         placement = initial
         avoided = avoiding
@@ -111,8 +124,8 @@ public struct MeasuredPlacement {
     /// A failed move is recorded in `moveFailure` (not thrown: the pipeline runs on), and `placement`
     /// follows the stages that did move, including one whose move timed out (it still lands).
     public mutating func step(_ pipeline: Pipeline, runtime: Runtime, nowNs: UInt64) {
-        guard let handoff, moveFailure == nil, !settled, changes.count < Self.changesMax || check != nil else { return }
-        let interval = firstDecision == nil ? Self.firstIntervalNs : Self.intervalNs
+        guard let handoff, moveFailure == nil else { return }
+        let interval = lastCosts == nil ? Self.firstIntervalNs : Self.intervalNs
         guard nowNs &- lastNs >= interval else { return }
         let now = pipeline.snapshot()
         let entered = now[0].items &- last[0].items
@@ -126,6 +139,12 @@ public struct MeasuredPlacement {
         var load: [Int: Double] = [:]
         for (stage, worker) in placement.enumerated() { load[worker, default: 0] += measured[stage] }
         let bottleneck = load.values.max() ?? 0
+        lastBottleneckNs = bottleneck
+        let costs = PlacementCosts(
+            stageNsPerItem: PlacementPlanner.localCosts(measured: measured, placement: placement,
+                                                        handoffNsPerItem: handoff.handoffNsPerItem),
+            handoffNsPerItem: handoff.handoffNsPerItem)
+        lastCosts = costs
         if let check {
             self.check = nil
             if bottleneck >= check.bottleneckNs {
@@ -135,11 +154,8 @@ public struct MeasuredPlacement {
                 return
             }
         }
-        guard changes.count < Self.changesMax else { return }
-        let costs = PlacementCosts(
-            stageNsPerItem: PlacementPlanner.localCosts(measured: measured, placement: placement,
-                                                        handoffNsPerItem: handoff.handoffNsPerItem),
-            handoffNsPerItem: handoff.handoffNsPerItem)
+        // One worker: nothing to choose (the costs are kept for `workersWanted`).
+        guard !settled, changes.count < Self.changesMax, workers.count >= 2 else { return }
         let decision = planner.plan(costs: costs, workerCount: workers.count)
         if firstDecision == nil { firstDecision = decision }
         let local = placement.map { workers.firstIndex(of: $0)! }
@@ -150,10 +166,52 @@ public struct MeasuredPlacement {
         move(pipeline, runtime: runtime, to: target, nowNs: nowNs, decision: decision, undone: nil)
     }
 
+    /// How many workers its best shape would use if it held `holding + 1`, by the last measured
+    /// costs (the planner's margins included): above `holding`, another core would raise its rate;
+    /// below, some it holds are slack. Once settled (a move undone), the workers its stages use now.
+    /// nil before anything was measured, or without a hand-off cost.
+    public func workersWanted(holding: Int) -> Int? {
+        precondition(holding >= 1, "a pipeline holds a worker")
+        if settled || moveFailure != nil { return Set(placement).count }
+        guard let lastCosts else { return nil }
+        return planner.plan(costs: lastCosts, workerCount: holding + 1).chosen.coresUsed
+    }
+
+    /// Gives the pipeline a new set of workers (a core moved between pipelines; control thread, may
+    /// block in a move). Stages on a worker it no longer holds move now, to the planner's best
+    /// placement over the new set by the last measured costs (all to the source's worker when none
+    /// were measured). On a gained worker the planner decides now, and the stages move only for a
+    /// gain above its margin; the next interval checks that move as any other (undone when measured
+    /// no faster). A move undone before is forgotten: the new set is a new question. Recorded in
+    /// `changes` with the new workers, past `changesMax`.
+    public mutating func setWorkers(_ newWorkers: [Int], pipeline: Pipeline, runtime: Runtime, nowNs: UInt64) {
+        precondition(!newWorkers.isEmpty && Set(newWorkers).count == newWorkers.count, "one or more distinct workers")
+        var ordered = newWorkers.sorted()
+        if let source = ordered.firstIndex(of: placement[0]) { ordered.insert(ordered.remove(at: source), at: 0) }
+        workers = ordered
+        settled = false
+        check = nil
+        guard moveFailure == nil else { return }
+        let lost = placement.contains { !workers.contains($0) }
+        let costs = lastCosts ?? PlacementCosts(stageNsPerItem: Array(repeating: 0, count: placement.count),
+                                                handoffNsPerItem: handoff?.handoffNsPerItem ?? 0)
+        let decision = planner.plan(costs: costs, workerCount: workers.count)
+        let target = decision.chosen.placement.map { workers[$0] }
+        if lost {
+            move(pipeline, runtime: runtime, to: target, nowNs: nowNs, decision: decision, undone: nil, workersNow: workers)
+            return
+        }
+        guard lastCosts != nil, handoff != nil, !avoided.contains(target),
+              planner.shouldChange(from: placement.map { workers.firstIndex(of: $0)! }, to: decision, workerCount: workers.count)
+        else { return }
+        if let lastBottleneckNs { check = (placement, lastBottleneckNs, decision) }
+        move(pipeline, runtime: runtime, to: target, nowNs: nowNs, decision: decision, undone: nil, workersNow: workers)
+    }
+
     /// Moves each stage not yet on its `target` worker and records the change; a failed move ends
     /// the re-deciding (`moveFailure`).
     private mutating func move(_ pipeline: Pipeline, runtime: Runtime, to target: [Int], nowNs: UInt64,
-                               decision: PlacementDecision, undone: PlacementUndo?) {
+                               decision: PlacementDecision, undone: PlacementUndo?, workersNow: [Int]? = nil) {
         let from = placement
         for (stage, worker) in target.enumerated() where placement[stage] != worker {
             do throws(RuntimeError) {
@@ -166,7 +224,7 @@ public struct MeasuredPlacement {
             }
         }
         changes.append(PlacementChange(atNs: nowNs &- startNs, from: from, to: placement, decision: decision,
-                                       undone: undone))
+                                       undone: undone, workersNow: workersNow))
         // Costs measured across the move mix two placements: start the next interval afresh.
         last = pipeline.snapshot()
         lastNs = Clock.monotonicNs()
