@@ -402,7 +402,7 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
         for index in measured.keys.sorted() {
             let path = paths[index]
             guard !path.pipeline.isDrained else { continue }
-            let before = measured[index]!.changes.count
+            let before = measured[index]!.changeCount
             measured[index]!.step(path.pipeline, runtime: runtime, nowNs: nowNs)
             publishMeasured(index, changesBefore: before)
         }
@@ -413,12 +413,13 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
     private func publishMeasured(_ index: Int, changesBefore before: Int) {
         let path = paths[index]
         let allocator = measured[index]!
-        if allocator.changes.count > before, let failure = allocator.moveFailure {
+        let new = allocator.changeCount - before
+        if new > 0, let failure = allocator.moveFailure {
             logger.warning("stage move failed; this pipeline's placement is no longer re-decided",
                            metadata: ["pipeline": "\(path.configuration.name)", "error": "\(failure)",
                                       "cores": "\(allocator.placement.map { configuration.cores[$0] })"])
         }
-        for change in allocator.changes.dropFirst(before) {
+        for change in allocator.changes.suffix(new) {
             stageMoves.add(UInt64(zip(change.from, change.to).filter { $0 != $1 }.count), ordering: .relaxed)
             logger.info("stages placed by measured cost", metadata: [
                 "pipeline": "\(path.configuration.name)",
@@ -426,7 +427,7 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
                 "toCores": "\(change.to.map { configuration.cores[$0] })", "why": "\(change.why)"])
         }
         let status = PlacementStatus(cores: allocator.placement.map { configuration.cores[$0] },
-                                     changes: allocator.changes.count, handoffNsPerItem: allocator.handoff?.handoffNsPerItem,
+                                     changes: allocator.changeCount, handoffNsPerItem: allocator.handoff?.handoffNsPerItem,
                                      decision: allocator.changes.last?.decision ?? allocator.firstDecision)
         placementStatus.withLock { $0[index] = status }
     }
@@ -438,19 +439,20 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
     /// so its cores stay. Control thread.
     func measuredCanMove(_ index: Int) -> Bool { measured[index]?.moveFailure == nil }
 
-    /// How many workers measured pipeline `index` would use if it held `holding + 1`
-    /// (`MeasuredPlacement.workersWanted`); nil when it is not measured or nothing was measured yet.
-    /// Control thread.
-    func measuredWorkersWanted(_ index: Int, holding: Int) -> Int? {
-        measured[index]?.workersWanted(holding: holding)
-    }
+    /// How many workers measured pipeline `index` can use now (`MeasuredPlacement.workersWanted`);
+    /// nil when it is not measured or nothing was measured yet. Control thread.
+    func measuredWorkersWanted(_ index: Int) -> Int? { measured[index]?.workersWanted() }
+
+    /// Where measured pipeline `index`'s stages run now (runtime worker indices). Control thread.
+    func measuredPlacement(_ index: Int) -> [Int]? { measured[index]?.placement }
 
     /// Gives measured pipeline `index` the workers a core move left it (`MeasuredPlacement.setWorkers`:
     /// its stages leave a lost core, and may spread onto a gained one), logged and published as its
     /// other placement changes. False when a stage move failed. Control thread; blocks during moves.
     func setMeasuredWorkers(_ index: Int, _ workers: Set<Int>, nowNs: UInt64) -> Bool {
-        guard measured[index] != nil, !isStopping else { return true }
-        let before = measured[index]!.changes.count
+        guard measured[index] != nil else { return true }
+        guard !isStopping else { return false }
+        let before = measured[index]!.changeCount
         measured[index]!.setWorkers(Array(workers), pipeline: paths[index].pipeline, runtime: runtime, nowNs: nowNs)
         publishMeasured(index, changesBefore: before)
         return measured[index]!.moveFailure == nil
@@ -612,10 +614,15 @@ struct Rebalancer {
     static let ringResizeTimeoutNs: UInt64 = 50_000_000
     /// Each live input's (interface, AF_XDP) pool allocations that found it empty, at the last interval.
     private var liveExhaustions: [UInt64]
-    /// Intervals in a row in which each live input's pool never ran empty.
+    /// Intervals with arrivals in a row in which each live input's pool never ran empty.
     private var liveQuietSteps: [Int]
+    /// Such intervals each live input's pool needs before it halves: `livePoolQuietSteps`, doubled
+    /// (up to 16x) each time it runs empty again after a halving.
+    private var liveQuietNeeded: [Int]
+    /// Whether each live input's pool was halved since it last grew.
+    private var liveHalved: [Bool]
     /// A live input's pool grown beyond its configured size halves (towards what its rings need) after
-    /// this many intervals in a row without running empty.
+    /// this many intervals with arrivals in a row without running empty.
     static let livePoolQuietSteps = 30
 
     init(settings: RebalanceSettings, dataplane: Dataplane) {
@@ -629,6 +636,8 @@ struct Rebalancer {
         previousNs = Clock.monotonicNs()
         liveExhaustions = dataplane.paths.map(\.poolExhaustions)
         liveQuietSteps = Array(repeating: 0, count: dataplane.paths.count)
+        liveQuietNeeded = Array(repeating: Self.livePoolQuietSteps, count: dataplane.paths.count)
+        liveHalved = Array(repeating: false, count: dataplane.paths.count)
         let cores = dataplane.configuration.cores
         allowedWorkers = dataplane.configuration.pipelines.map { pipeline in
             Set(pipeline.cores.compactMap { cores.firstIndex(of: $0) })
@@ -651,12 +660,13 @@ struct Rebalancer {
         let backlogged = paths.indices.map { current[$0][0].blockedTurns > previous[$0][0].blockedTurns }
         previous = current
         previousNs = nowNs
+        let finished = Set(paths.indices.filter { paths[$0].pipeline.isDrained })
+        // Every interval, paused or not: a live source drops what finds its pool empty.
+        sizeLivePools(skipping: finished, arriving: demands.map { $0.stages[0].arrivalPerSecond > 0 })
         if pausedSteps > 0 {
             pausedSteps -= 1
             return
         }
-        let finished = Set(paths.indices.filter { paths[$0].pipeline.isDrained })
-        sizeLivePools(skipping: finished)
         if settings.movesCores {
             guard moveCoreIfNeeded(demands: demands, backlogged: backlogged, fixed: finished, nowNs: nowNs) else { return }
         }
@@ -779,11 +789,14 @@ struct Rebalancer {
     }
 
     /// A live input (interface, AF_XDP) drops each frame that finds its pool empty (`pool-exhausted`),
-    /// where a capture waits: so with `buffers_max` its pool is sized every interval, whether or not
-    /// `resize_rings` is on. Doubled (up to `buffers_max`) after an interval in which it ran empty;
-    /// halved towards what its rings need (never below `buffers`) after `livePoolQuietSteps` intervals
-    /// in a row in which it did not. Frames dropped before the growth are counted, never lost silently.
-    private mutating func sizeLivePools(skipping: Set<Int>) {
+    /// where a capture waits: so with `buffers_max` its pool is sized every interval (paused or not),
+    /// whether or not `resize_rings` is on. Doubled (up to `buffers_max`) after an interval in which
+    /// it ran empty; halved towards what its rings need (never below `buffers`) after
+    /// `liveQuietNeeded` intervals with arrivals in a row in which it did not (intervals without
+    /// arrivals say nothing, so an idle pool keeps its size). Each time it runs empty again after a
+    /// halving, the intervals needed double (up to 16x): a load that needs the larger pool now and
+    /// then makes it halve ever more rarely. Frames dropped before a growth are counted, never lost silently.
+    private mutating func sizeLivePools(skipping: Set<Int>, arriving: [Bool]) {
         for (index, path) in dataplane.paths.enumerated() where !path.isCaptureInput {
             let exhaustions = path.poolExhaustions
             let emptied = exhaustions &- liveExhaustions[index]
@@ -791,14 +804,19 @@ struct Rebalancer {
             guard !skipping.contains(index), !dataplane.isStopping,
                   path.poolBufferCountMax > path.configuration.poolBufferCount else { continue }
             guard emptied > 0 else {
+                guard arriving[index] else { continue }
                 liveQuietSteps[index] += 1
-                if liveQuietSteps[index] >= Self.livePoolQuietSteps {
+                if liveQuietSteps[index] >= liveQuietNeeded[index] {
                     liveQuietSteps[index] = 0
-                    shrinkPoolIfNeeded(path, halving: true)
+                    if shrinkPoolIfNeeded(path, halving: true, quietSteps: liveQuietNeeded[index]) { liveHalved[index] = true }
                 }
                 continue
             }
             liveQuietSteps[index] = 0
+            if liveHalved[index] {
+                liveHalved[index] = false
+                liveQuietNeeded[index] = min(liveQuietNeeded[index] * 2, 16 * Self.livePoolQuietSteps)
+            }
             let before = path.poolBufferCount
             guard before < path.poolBufferCountMax else { continue }
             let target = min(before * 2, path.poolBufferCountMax)
@@ -822,25 +840,28 @@ struct Rebalancer {
     /// most half the pool at a time). Only free buffers are retired (`PacketPath.shrinkPool`), so it
     /// may retire fewer than asked; the next sizing tries again. It waits up to `poolShrinkWaitNs` for
     /// buffers the pipeline recycles.
-    private func shrinkPoolIfNeeded(_ path: PacketPath, halving: Bool = false) {
-        guard path.poolBufferCountMax > path.configuration.poolBufferCount else { return }
+    @discardableResult
+    private func shrinkPoolIfNeeded(_ path: PacketPath, halving: Bool = false, quietSteps: Int = 0) -> Bool {
+        guard path.poolBufferCountMax > path.configuration.poolBufferCount else { return false }
         let needed = PacketPathConfiguration.inFlightMax(ringCapacities: path.pipeline.ringCapacities,
                                                          burstCount: path.configuration.burstCount)
         let before = path.poolBufferCount
         var pool = max(1 << (Int.bitWidth - needed.leadingZeroBitCount), path.configuration.poolBufferCount)
         if halving { pool = max(pool, before / 2) }
-        guard before > pool else { return }
+        guard before > pool else { return false }
         do throws(PoolError) {
             let retired = try path.shrinkPool(to: pool, waitNs: Self.poolShrinkWaitNs)
-            guard retired > 0 else { return }
+            guard retired > 0 else { return false }
             dataplane.poolShrinks.add(1, ordering: .relaxed)
             dataplane.logger.info(halving ? "pool halved: its source found it never empty" : "pool shrunk to the rings' need", metadata: [
                 "pipeline": "\(path.configuration.name)", "from": "\(before)", "to": "\(path.poolBufferCount)",
                 "retired": "\(retired)", "target": "\(pool)",
-                "why": "\(halving ? "\(Self.livePoolQuietSteps) intervals in a row without running empty" : "rings need \(needed)")"])
+                "why": "\(halving ? "\(quietSteps) intervals with arrivals in a row without running empty" : "rings need \(needed)")"])
+            return true
         } catch {
             dataplane.logger.warning("pool could not shrink", metadata: [
                 "pipeline": "\(path.configuration.name)", "to": "\(pool)", "error": "\(error)"])
+            return false
         }
     }
 
@@ -861,8 +882,10 @@ struct Rebalancer {
         let views = demands.indices.map { index in
             var byWorker: [Int: Double] = [:]
             for (stage, worker) in placement[index].enumerated() { byWorker[worker, default: 0] += loads[index][stage] }
+            // A measured pipeline: what its planner can use (nothing measured yet: what it holds,
+            // so it neither asks nor counts as slack beyond its load); others: their stage count.
             let usable = measured.contains(index)
-                ? dataplane.measuredWorkersWanted(index, holding: allowedWorkers[index].count) ?? placement[index].count
+                ? dataplane.measuredWorkersWanted(index) ?? allowedWorkers[index].count
                 : placement[index].count
             return PipelineCoreDemand(name: demands[index].name, weight: pipelines[index].weight,
                                       workers: allowedWorkers[index], demandCores: loads[index].reduce(0, +),
@@ -894,6 +917,7 @@ struct Rebalancer {
             dataplane.publishCores(status(), move: nil)
             return false
         }
+        if let now = dataplane.measuredPlacement(move.from) { placement[move.from] = now }
         for (index, worker) in placement[move.from].enumerated() where worker == move.worker && !measured.contains(move.from) {
             guard !dataplane.isStopping else { return false }
             let target = remaining.sorted().min { (workerLoad[$0] ?? 0) < (workerLoad[$1] ?? 0) }!
@@ -915,12 +939,6 @@ struct Rebalancer {
         allowedWorkers[move.from] = remaining
         allowedWorkers[move.to].insert(move.worker)
         coreMoveCooldown = Self.coreMoveCooldownSteps
-        // A measured receiver decides now whether its stages spread onto the core.
-        if measured.contains(move.to), !dataplane.setMeasuredWorkers(move.to, allowedWorkers[move.to], nowNs: nowNs) {
-            pausedSteps = Self.pauseAfterFailure
-            dataplane.logger.warning("stage move onto a moved core failed; rebalancing pauses", metadata: [
-                "pipeline": "\(views[move.to].name)", "core": "\(cores[move.worker])"])
-        }
         let record = CoreMoveRecord(atNs: nowNs &- dataplane.startedAtNs, core: cores[move.worker],
                                     from: views[move.from].name, to: views[move.to].name, reason: move.reason,
                                     detail: move.detail)
@@ -928,6 +946,16 @@ struct Rebalancer {
         dataplane.logger.info("core moved between pipelines", metadata: [
             "core": "\(record.core)", "from": "\(record.from)", "to": "\(record.to)",
             "reason": "\(move.reason.rawValue)", "why": "\(move.detail)"])
+        // A measured receiver decides now whether its stages spread onto the core.
+        guard measured.contains(move.to) else { return true }
+        let spread = dataplane.setMeasuredWorkers(move.to, allowedWorkers[move.to], nowNs: nowNs)
+        if let now = dataplane.measuredPlacement(move.to) { placement[move.to] = now }
+        guard spread else {
+            pausedSteps = Self.pauseAfterFailure
+            dataplane.logger.warning("stage move onto a moved core failed; rebalancing pauses", metadata: [
+                "pipeline": "\(views[move.to].name)", "core": "\(cores[move.worker])"])
+            return false
+        }
         return true
     }
 }

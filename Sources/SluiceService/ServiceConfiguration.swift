@@ -223,16 +223,19 @@ extension ServiceConfiguration {
 
     /// Whether the pipeline's stages are placed by measured cost: `placement: auto`, no `stage_cores`,
     /// and either two or more cores with no other pipeline on any of them (the planner assumes its
-    /// cores are its own), or `rebalance: {move_cores: true}` on a service of two or more cores: its
-    /// cores then change as the broker moves them, and it plans over those it holds at each moment,
-    /// from one core up, shared or not (`Dataplane`; docs/PLACEMENT.md). Otherwise pipelines that
-    /// share cores keep the spread rule, and `rebalance:` evens them out.
+    /// cores are its own), or, with `rebalance: {move_cores: true}` on a service of two or more cores,
+    /// any cores no other such `auto` pipeline shares (spread pipelines may): its cores then change as
+    /// the broker moves them, and it plans over those it holds at each moment, from one core up
+    /// (`Dataplane`; docs/PLACEMENT.md). Two `auto` pipelines on shared cores both keep the spread
+    /// rule (each planner would count only its own stages and start them on the same first core), and
+    /// `rebalance:` evens them out.
     public func isMeasured(_ pipeline: PipelineSettings) -> Bool {
         guard pipeline.stageCores == nil, pipeline.placement == .auto else { return false }
-        if rebalance?.movesCores == true, cores.count >= 2 { return true }
-        guard pipeline.cores.count >= 2 else { return false }
+        let movesCores = rebalance?.movesCores == true && cores.count >= 2
+        guard movesCores || pipeline.cores.count >= 2 else { return false }
         return pipelines.allSatisfy { other in
             other.path.name == pipeline.path.name || Set(other.cores).isDisjoint(with: pipeline.cores)
+                || (movesCores && (other.placement != .auto || other.stageCores != nil))
         }
     }
 

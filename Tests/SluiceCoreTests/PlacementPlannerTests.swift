@@ -39,6 +39,24 @@ import Testing
                              workerCount: 1).chosen.placement == [0, 0, 0])
     }
 
+    /// A pipeline asks for a core only for a shape it would move to (the 10% a move needs, not the
+    /// 5% that picks more cores), and the cores its stages do not use are slack.
+    @Test func aCoreIsWantedOnlyWhenItWouldBeUsed() {
+        // Two 60 ns stages, 5 ns hand-off: one more core, 85% more.
+        let clear = PlacementCosts(stageNsPerItem: [60, 60], handoffNsPerItem: 5)
+        #expect(planner.workersWanted(costs: clear, current: [0, 0], holding: 1) == 2)
+        // Using both of two: a third cannot split two stages further; nothing beyond what it uses.
+        #expect(planner.workersWanted(costs: clear, current: [0, 1], holding: 2) == 2)
+        // 108 ns on one core against 101 split: the planner would pick 2 cores (6.9% > 5%), but a
+        // move needs 10%, so the second core would sit idle: not asked for.
+        let close = PlacementCosts(stageNsPerItem: [100, 8], handoffNsPerItem: 1)
+        #expect(planner.plan(costs: close, workerCount: 2).chosen.coresUsed == 2)
+        #expect(planner.workersWanted(costs: close, current: [0, 0], holding: 1) == 1)
+        // Cheap stages on one of two held cores: one is wanted, the other is slack.
+        let cheap = PlacementCosts(stageNsPerItem: [5, 5, 5, 5], handoffNsPerItem: 50)
+        #expect(planner.workersWanted(costs: cheap, current: [0, 0, 0, 0], holding: 2) == 1)
+    }
+
     @Test func loadsCountBothSidesOfEveryCrossing() {
         let costs = PlacementCosts(stageNsPerItem: [10, 20, 30, 40], handoffNsPerItem: 5)
         let interleaved: [Double] = [55, 75]  // 10 + 30 and 20 + 40, plus three crossings of 5 each
@@ -227,7 +245,7 @@ struct MeasuredPlacementTests {
         let cores = try testCores()
         let handoff = HandoffCost(fromCore: cores[0], toCore: cores[1], localNsPerItem: 20, crossNsPerItem: 60)
         var allocator = MeasuredPlacement(workers: [0], initial: [0, 0, 0, 0], handoff: .success(handoff))
-        #expect(allocator.workersWanted(holding: 1) == nil, "nothing measured yet")
+        #expect(allocator.workersWanted() == nil, "nothing measured yet")
         let runtime = try Runtime(configuration: .init(cores: cores, waitMode: .busyPoll))
         try runtime.start()
         defer { runtime.stop() }
@@ -243,7 +261,7 @@ struct MeasuredPlacementTests {
             switch phase {
             case 0 where allocator.lastCosts != nil:
                 #expect(allocator.changes.isEmpty && allocator.firstDecision == nil, "one worker: nothing to decide")
-                #expect(allocator.workersWanted(holding: 1) == 2, "\(allocator.lastCosts.map { "\($0)" } ?? "-")")
+                #expect(allocator.workersWanted() == 2, "\(allocator.lastCosts.map { "\($0)" } ?? "-")")
                 allocator.setWorkers([0, 1], pipeline: pipeline, runtime: runtime, nowNs: now)
                 #expect(Set(allocator.placement) == [0, 1] && allocator.changes.last?.workersNow == [0, 1],
                         "\(allocator.changes.map(\.why))")

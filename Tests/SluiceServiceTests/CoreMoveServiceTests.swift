@@ -90,6 +90,30 @@ import Testing
         #expect(moved.split(separator: " ").map(String.init) == ["quiet", "busy", "demand", "1"], "\(moved)")
     }
 
+    /// With `move_cores`, an `auto` pipeline is placed by measured cost on any cores no other `auto`
+    /// pipeline shares (from one core up); two `auto` pipelines on shared cores keep the spread rule.
+    @Test func whichPipelinesArePlacedByMeasuredCost() throws {
+        func measured(_ pipelines: String, rebalance: String?) throws -> [Bool] {
+            let yaml = "cores: [0, 1]\n" + (rebalance.map { "rebalance: \($0)\n" } ?? "") + "pipelines:\n" + pipelines
+            let configuration = try ServiceConfiguration.decode(try ConfigNode.parse(yaml: yaml), defaultCores: [0, 1])
+            return configuration.pipelines.map(configuration.isMeasured)
+        }
+        func pipeline(_ name: String, _ extra: String) -> String {
+            "  - name: \(name)\n    source: {pcap: \"\(samplePcap)\"}\n    sink: {discard: true}\n" + extra
+        }
+        let busyAndSpread = pipeline("quiet", "    cores: [0, 1]\n    placement: spread\n") + pipeline("busy", "    cores: [0]\n")
+        #expect(try measured(busyAndSpread, rebalance: "{move_cores: true}") == [false, true])
+        #expect(try measured(busyAndSpread, rebalance: "{move_cores: false}") == [false, false])
+        #expect(try measured(busyAndSpread, rebalance: nil) == [false, false])
+        let twoAutoShared = pipeline("a", "") + pipeline("b", "")
+        #expect(try measured(twoAutoShared, rebalance: "{interval_ms: 100}") == [false, false])
+        let twoAutoApart = pipeline("a", "    cores: [0]\n") + pipeline("b", "    cores: [1]\n")
+        #expect(try measured(twoAutoApart, rebalance: "{interval_ms: 100}") == [true, true])
+        #expect(try measured(twoAutoApart, rebalance: nil) == [false, false])
+        #expect(try measured(pipeline("alone", ""), rebalance: nil) == [true])
+        #expect(try measured(pipeline("pinned", "    stage_cores: [0, 1, 1, 1]\n"), rebalance: "{}") == [false])
+    }
+
     @Test func weightAndMoveCoresAreCheckedAtStart() throws {
         func decode(_ yaml: String) throws -> ServiceConfiguration {
             try ServiceConfiguration.decode(try ConfigNode.parse(yaml: yaml), defaultCores: [0, 1])

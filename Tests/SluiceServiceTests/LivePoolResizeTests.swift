@@ -24,13 +24,15 @@ import Testing
     /// every free buffer of the pool, so the source finds it empty, while the sample is replayed into
     /// the interface at 20,000 frames/s, twice; the rebalancer (every 20 ms) doubles the pool each time
     /// (512 -> 1024 -> 2048). Then the test gives its buffers back and the sample is replayed at
-    /// 2,000 frames/s: after 30 intervals without running empty the pool halves (2048 -> 1024, the
-    /// power of two above what its rings need), with no drop.
+    /// 2,000 frames/s (1 s): after 30 intervals with arrivals without running empty (only those count,
+    /// so this is within the replay) the pool halves (2048 -> 1024, the power of two above what its
+    /// rings need), while frames still arrive, with no drop.
     @Test(.enabled(if: NetnsServiceTests.isRoot || NetnsServiceTests.inCI,
                    "needs root for namespaces, AF_PACKET and AF_XDP (runs in CI, CI=true)"),
           .timeLimit(.minutes(2)), arguments: Input.allCases)
     func aLiveSourcesPoolGrowsWhenItRunsEmptyAndHalvesWhenItDoesNot(_ input: Input) throws {
         try #require(NetnsServiceTests.isRoot, "CI=true: namespace, AF_PACKET and AF_XDP tests need root")
+        guard let cpus = cpusOrRecordIssue(2) else { return }
         let binary = try #require(sluiceBinary(), "no built `sluice` next to the test bundle")
         let lab = try VethIntoNamespace()
         defer { lab.destroy() }
@@ -38,7 +40,7 @@ import Testing
         defer { paths.remove() }
         let source = input == .afPacket ? "{interface: \"\(lab.outside)\"}" : "{kind: af_xdp, iface: \"\(lab.outside)\"}"
         let yaml = """
-            cores: [0, 1]
+            cores: [\(cpus[0]), \(cpus[1])]
             rebalance: {interval_ms: 20, move_cores: false}
             pipelines:
               - name: wire
@@ -49,7 +51,7 @@ import Testing
                 buffers: 512
                 buffers_max: 4096
             """
-        let configuration = try ServiceConfiguration.decode(try ConfigNode.parse(yaml: yaml), defaultCores: [0, 1])
+        let configuration = try ServiceConfiguration.decode(try ConfigNode.parse(yaml: yaml), defaultCores: cpus)
         let logs = CollectingLogHandler()
         let dataplane = try Dataplane(configuration: configuration, logger: Logger(label: "live-pool-test") { _ in logs })
         let path = dataplane.paths[0]
@@ -66,11 +68,18 @@ import Testing
             path.dropCounts().filter { $0.reason == "pool-exhausted" }.reduce(0) { $0 + $1.count }
         }
         func allDrops() -> UInt64 { path.dropCounts().reduce(0) { $0 + $1.count } }
-        /// Replays the sample into the interface and waits until every frame entered or was dropped.
-        func replay(rate: Int, expectingSeen seen: UInt64) throws {
-            let sent = try runCommand(["/usr/sbin/ip", "netns", "exec", lab.namespace, binary, "replay", samplePcap,
-                                       "--iface", lab.inside, "--rate", "\(rate)"], timeoutMs: 60_000)
-            #expect(sent.status == 0, "replay: \(sent.stderr)")
+        /// Replays the sample into the interface and waits until every frame entered or was dropped;
+        /// `meanwhile` runs every 5 ms while the sender runs.
+        func replay(rate: Int, expectingSeen seen: UInt64, meanwhile: () -> Void = {}) throws {
+            let sender = try ChildProcess(["/usr/sbin/ip", "netns", "exec", lab.namespace, binary, "replay", samplePcap,
+                                           "--iface", lab.inside, "--rate", "\(rate)"])
+            var status: Int32?
+            for _ in 0..<12_000 where status == nil {  // 60 s at most
+                meanwhile()
+                status = sender.wait(timeoutMs: 5)
+            }
+            if status == nil { sender.signal(SIGKILL); _ = sender.wait(timeoutMs: 2_000) }
+            #expect(status == 0, "replay: \(sender.stderrText)")
             for _ in 0..<300 where path.packetsIn + allDrops() < seen { usleep(10_000) }
             #expect(path.packetsIn + allDrops() == seen, "\(path.packetsIn) in, drops \(path.dropCounts())")
             for _ in 0..<300 where path.pipeline.delivered < path.packetsIn { usleep(10_000) }
@@ -98,8 +107,15 @@ import Testing
         for index in held { pool.freeIndex(index) }
         held = []
         let dropsBefore = allDrops()
-        try replay(rate: 2_000, expectingSeen: 6000)
-        for _ in 0..<200 where dataplane.poolShrinks.load(ordering: .relaxed) == 0 { usleep(10_000) }
+        // Frames seen when the pool halved: after the replay's first and before its last.
+        var seenAtHalving: UInt64?
+        try replay(rate: 2_000, expectingSeen: 6000) {
+            if seenAtHalving == nil, dataplane.poolShrinks.load(ordering: .relaxed) > 0 {
+                seenAtHalving = path.packetsIn + allDrops()
+            }
+        }
+        let halvedAt = try #require(seenAtHalving, "the pool did not halve during the replay at 2,000 frames/s")
+        #expect(halvedAt > 4000 && halvedAt < 6000, "halved after \(halvedAt) frames, not mid-replay")
         #expect(allDrops() == dropsBefore, "drops while the pool shrank: \(path.dropCounts())")
         #expect(dataplane.poolShrinks.load(ordering: .relaxed) == 1 && path.poolBufferCount == 1024, "\(path.poolBufferCount)")
         #expect(logs.messages.withLock { $0.contains { $0.1.contains("pool halved: its source found it never empty") } })

@@ -60,14 +60,20 @@ public struct MeasuredPlacement {
 
     /// Worker index (in the runtime) of each stage now.
     public private(set) var placement: [Int]
+    /// The last `changesKept` placement changes, oldest first (`changeCount` counts them all).
     public private(set) var changes: [PlacementChange] = []
+    /// Placement changes since the start, kept or not.
+    public private(set) var changeCount = 0
+    /// Changes kept in `changes`: core moves can change a long-running pipeline's placement without end.
+    public static let changesKept = 16
     public private(set) var firstDecision: PlacementDecision?
     public let handoff: HandoffCost?
     public let calibrationFailure: String?
     /// The move that failed, if one did: from then on the placement is no longer re-decided (the
     /// pipeline keeps running where its stages are; `placement` says where that is).
     public private(set) var moveFailure: RuntimeError?
-    /// Set when a move was undone: the placement is no longer re-decided.
+    /// Set when a move was undone: the placement is no longer re-decided, and it asks for no core
+    /// (a change of its workers does not reset it: the measurement refuted its planner).
     public private(set) var settled = false
     /// The move being checked: the placement it left, the busiest worker's ns per item there, and
     /// the decision that made it.
@@ -155,7 +161,7 @@ public struct MeasuredPlacement {
             }
         }
         // One worker: nothing to choose (the costs are kept for `workersWanted`).
-        guard !settled, changes.count < Self.changesMax, workers.count >= 2 else { return }
+        guard !settled, changeCount < Self.changesMax, workers.count >= 2 else { return }
         let decision = planner.plan(costs: costs, workerCount: workers.count)
         if firstDecision == nil { firstDecision = decision }
         let local = placement.map { workers.firstIndex(of: $0)! }
@@ -166,15 +172,16 @@ public struct MeasuredPlacement {
         move(pipeline, runtime: runtime, to: target, nowNs: nowNs, decision: decision, undone: nil)
     }
 
-    /// How many workers its best shape would use if it held `holding + 1`, by the last measured
-    /// costs (the planner's margins included): above `holding`, another core would raise its rate;
-    /// below, some it holds are slack. Once settled (a move undone), the workers its stages use now.
-    /// nil before anything was measured, or without a hand-off cost.
-    public func workersWanted(holding: Int) -> Int? {
-        precondition(holding >= 1, "a pipeline holds a worker")
-        if settled || moveFailure != nil { return Set(placement).count }
+    /// How many workers it can use now (`PlacementPlanner.workersWanted` on the last measured costs):
+    /// one more than it holds only when the planner's best shape with one more would be moved to (its
+    /// 10% margin), else the workers its stages use (any others it holds are slack). Settled, after a
+    /// failed move or without a hand-off cost: the workers its stages use. nil before anything was measured.
+    public func workersWanted() -> Int? {
+        let used = Set(placement).count
+        if settled || moveFailure != nil || handoff == nil { return used }
         guard let lastCosts else { return nil }
-        return planner.plan(costs: lastCosts, workerCount: holding + 1).chosen.coresUsed
+        return planner.workersWanted(costs: lastCosts, current: placement.map { workers.firstIndex(of: $0)! },
+                                     holding: workers.count)
     }
 
     /// Gives the pipeline a new set of workers (a core moved between pipelines; control thread, may
@@ -182,14 +189,13 @@ public struct MeasuredPlacement {
     /// placement over the new set by the last measured costs (all to the source's worker when none
     /// were measured). On a gained worker the planner decides now, and the stages move only for a
     /// gain above its margin; the next interval checks that move as any other (undone when measured
-    /// no faster). A move undone before is forgotten: the new set is a new question. Recorded in
-    /// `changes` with the new workers, past `changesMax`.
+    /// no faster). Settled, it only leaves lost workers. Recorded in `changes` with the new workers,
+    /// past `changesMax`; a move that fails leaves `workers` holding the workers its stages are on.
     public mutating func setWorkers(_ newWorkers: [Int], pipeline: Pipeline, runtime: Runtime, nowNs: UInt64) {
         precondition(!newWorkers.isEmpty && Set(newWorkers).count == newWorkers.count, "one or more distinct workers")
         var ordered = newWorkers.sorted()
         if let source = ordered.firstIndex(of: placement[0]) { ordered.insert(ordered.remove(at: source), at: 0) }
         workers = ordered
-        settled = false
         check = nil
         guard moveFailure == nil else { return }
         let lost = placement.contains { !workers.contains($0) }
@@ -199,9 +205,10 @@ public struct MeasuredPlacement {
         let target = decision.chosen.placement.map { workers[$0] }
         if lost {
             move(pipeline, runtime: runtime, to: target, nowNs: nowNs, decision: decision, undone: nil, workersNow: workers)
+            if moveFailure != nil { workers += Set(placement).subtracting(workers).sorted() }
             return
         }
-        guard lastCosts != nil, handoff != nil, !avoided.contains(target),
+        guard !settled, lastCosts != nil, handoff != nil, !avoided.contains(target),
               planner.shouldChange(from: placement.map { workers.firstIndex(of: $0)! }, to: decision, workerCount: workers.count)
         else { return }
         if let lastBottleneckNs { check = (placement, lastBottleneckNs, decision) }
@@ -223,8 +230,10 @@ public struct MeasuredPlacement {
                 break
             }
         }
+        if changes.count == Self.changesKept { changes.removeFirst() }
         changes.append(PlacementChange(atNs: nowNs &- startNs, from: from, to: placement, decision: decision,
                                        undone: undone, workersNow: workersNow))
+        changeCount += 1
         // Costs measured across the move mix two placements: start the next interval afresh.
         last = pipeline.snapshot()
         lastNs = Clock.monotonicNs()

@@ -127,6 +127,19 @@ public struct PlacementPlanner: Sendable {
         return decision.chosen.predictedItemsPerSecond > now.predictedItemsPerSecond * (1 + changeMargin)
     }
 
+    /// How many workers a pipeline placed at `current` (indices among the `holding` workers it holds)
+    /// can use under `costs`: `holding + 1` when the best plan over one more worker uses it and would
+    /// be moved to (`shouldChange`: the same margin a move needs, so a core asked for is a core used),
+    /// else the workers `current` uses (those it holds beyond them are slack).
+    public func workersWanted(costs: PlacementCosts, current: [Int], holding: Int) -> Int {
+        precondition(holding >= 1 && current.allSatisfy { $0 >= 0 && $0 < holding }, "current uses the workers held")
+        let used = Set(current).count
+        let decision = plan(costs: costs, workerCount: holding + 1)
+        guard decision.chosen.coresUsed > holding, shouldChange(from: current, to: decision, workerCount: holding + 1)
+        else { return used }
+        return holding + 1
+    }
+
     /// Per-stage costs as if each stage's neighbours shared its core, from costs measured under
     /// `placement`: a stage that handed items across cores paid `handoffNsPerItem` per crossing.
     public static func localCosts(measured: [Double], placement: [Int], handoffNsPerItem: Double) -> [Double] {
