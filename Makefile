@@ -25,7 +25,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Tests that pin threads and measure timing run one suite at a time on small machines.
 TEST_FLAGS ?= --no-parallel
 
-.PHONY: all deps bench-deps build build-tests test-builds guest-image test demo bench bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan bench-gateway bench-gateway-cachehit bench-firmware bench-migration bench-scheduling bench-placement bench-rules bench-tcpreplay bench-afxdp bench-overlay-pipeline bench-overlay-revoke soak clean
+.PHONY: all deps bench-deps build build-tests test-builds guest-image test demo bench bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan bench-gateway bench-gateway-cachehit bench-firmware bench-migration bench-scheduling bench-placement bench-coremove bench-rules bench-tcpreplay bench-afxdp bench-overlay-pipeline bench-overlay-revoke soak clean
 
 all: build
 
@@ -104,7 +104,7 @@ test: test-builds guest-image
 demo: build
 	scripts/demo.sh
 
-bench: bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan bench-gateway bench-gateway-cachehit bench-firmware bench-migration bench-scheduling bench-placement bench-rules bench-tcpreplay bench-afxdp bench-overlay-pipeline bench-overlay-revoke
+bench: bench-ring bench-pipeline bench-replay bench-afpacket bench-pagestore bench-storage bench-service bench-service-idle bench-replication bench-etcd-transport bench-wan bench-gateway bench-gateway-cachehit bench-firmware bench-migration bench-scheduling bench-placement bench-coremove bench-rules bench-tcpreplay bench-afxdp bench-overlay-pipeline bench-overlay-revoke
 
 bench-ring: bench-deps
 	scripts/bench-ring.sh
@@ -118,6 +118,10 @@ bench-replay: build
 # Measured placement (issue 18) against every fixed placement on the same cores and the pcap_next_ex loop.
 bench-placement: build
 	scripts/bench-placement.sh
+
+# A busy pipeline given a core by the broker: placed by measured cost against spread and one core.
+bench-coremove: build
+	scripts/bench-coremove.sh
 
 # The rule table's walk (issue 17): empty, 16 and 256 rules, in process (scripts/bench-rules.sh --walk).
 bench-rules:

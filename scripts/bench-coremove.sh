@@ -114,8 +114,13 @@ for v in ("spread", "one"):
 moves = {v: sum("core moved between pipelines" in open(f).read() for f in glob.glob(f"{work}/{v}.*.log"))
          for v in ("auto", "spread", "one")}
 print("runs in which a core moved to busy:", ", ".join(f"{v} {n}/{rounds}" for v, n in moves.items()))
-for f in sorted(glob.glob(f"{work}/auto.1.log")):
-    for line in open(f):
-        if "stages placed by measured cost" in line or "core moved" in line:
-            print("auto round 1:", line.strip()[:400])
+for r in range(1, rounds + 1):
+    text = open(f"{work}/auto.{r}.log").read()
+    handoff = re.search(r'hand-off ([0-9.]+) ns/item per side pipeline=busy', text)
+    moves = re.findall(r'toCores=(\[[0-9, ]*\]) why=(its workers changed|moved back|[a-z]+)', text)
+    print(f"auto round {r}: {pps[f'auto.{r}'] / 1e6:.2f} Mpps; hand-off {handoff.group(1) if handoff else '?'} ns; "
+          + "busy's placements: " + ("; ".join(f"{to} ({why})" for to, why in moves) or "none"))
+for line in open(f"{work}/auto.1.log"):
+    if "stages placed by measured cost" in line or "core moved" in line or "hand-off measured" in line:
+        print("auto round 1:", line.strip()[:420])
 PY

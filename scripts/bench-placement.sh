@@ -118,6 +118,11 @@ def trial_median(key):
     return f"{med(values):.2f}" if values else "-"
 print(f"auto's trials, median M records/s: one core {trial_median('oneCore')}, pipelined {trial_median('pipelined')}, "
       f"fanned out {trial_median('fannedOut')}")
+# Each round (M packets/s), as the goals' per-round ratios see them.
+for r, (o, s_, f, a, d) in enumerate(zip(data["one"], data["spread"], data["fanout"], data["auto"], decisions), 1):
+    print(f"round {r}: one {pps(o)/1e6:.2f}, spread {pps(s_)/1e6:.2f}, fanout {pps(f)/1e6:.2f}, auto {pps(a)/1e6:.2f} "
+          f"({d.get('placement')}, hand-off {(d.get('handoff') or {}).get('handoffNsPerItem', float('nan')):.1f} ns): "
+          f"{pps(a) / max(pps(o), pps(s_), pps(f)):.3f}x the best")
 measuring = [d['fanout']['measuringNs'] / 1e6 for d in decisions if (d.get('fanout') or {}).get('measuringNs')]
 if measuring:
     print(f"auto's measuring before its run (calibration, sample, trials), median: {med(measuring):.1f} ms "
