@@ -446,6 +446,9 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
     /// Where measured pipeline `index`'s stages run now (runtime worker indices). Control thread.
     func measuredPlacement(_ index: Int) -> [Int]? { measured[index]?.placement }
 
+    /// The workers measured pipeline `index` holds (`MeasuredPlacement.workers`). Control thread.
+    func measuredWorkers(_ index: Int) -> [Int]? { measured[index]?.workers }
+
     /// Gives measured pipeline `index` the workers a core move left it (`MeasuredPlacement.setWorkers`:
     /// its stages leave a lost core, and may spread onto a gained one), logged and published as its
     /// other placement changes. False when a stage move failed. Control thread; blocks during moves.
@@ -792,8 +795,8 @@ struct Rebalancer {
     /// where a capture waits: so with `buffers_max` its pool is sized every interval (paused or not),
     /// whether or not `resize_rings` is on. Doubled (up to `buffers_max`) after an interval in which
     /// it ran empty; halved towards what its rings need (never below `buffers`) after
-    /// `liveQuietNeeded` intervals with arrivals in a row in which it did not (intervals without
-    /// arrivals say nothing, so an idle pool keeps its size). Each time it runs empty again after a
+    /// `liveQuietNeeded` intervals with arrivals in a row in which it did not (an interval without
+    /// arrivals starts the count again, so an idle pool keeps its size). Each time it runs empty again after a
     /// halving, the intervals needed double (up to 16x): a load that needs the larger pool now and
     /// then makes it halve ever more rarely. Frames dropped before a growth are counted, never lost silently.
     private mutating func sizeLivePools(skipping: Set<Int>, arriving: [Bool]) {
@@ -804,7 +807,11 @@ struct Rebalancer {
             guard !skipping.contains(index), !dataplane.isStopping,
                   path.poolBufferCountMax > path.configuration.poolBufferCount else { continue }
             guard emptied > 0 else {
-                guard arriving[index] else { continue }
+                // An idle interval says nothing about the next burst: the count starts again.
+                guard arriving[index] else {
+                    liveQuietSteps[index] = 0
+                    continue
+                }
                 liveQuietSteps[index] += 1
                 if liveQuietSteps[index] >= liveQuietNeeded[index] {
                     liveQuietSteps[index] = 0
@@ -892,7 +899,7 @@ struct Rebalancer {
                                       backlogged: backlogged[index], loadByWorker: byWorker,
                                       movable: !fixed.contains(index) && pipelines[index].stageCores == nil
                                           && dataplane.measuredCanMove(index),
-                                      usableWorkers: usable)
+                                      usableWorkers: usable, measured: measured.contains(index))
         }
         func status() -> [Int: PipelineCoreStatus] {
             Dictionary(uniqueKeysWithValues: views.indices.map { index in
@@ -911,6 +918,9 @@ struct Rebalancer {
         remaining.remove(move.worker)
         var workerLoad = views[move.from].loadByWorker
         if measured.contains(move.from), !dataplane.setMeasuredWorkers(move.from, remaining, nowNs: nowNs) {
+            guard !dataplane.isStopping else { return false }
+            // Its stages stay where they landed: the cores it may use are those its placement holds.
+            if let held = dataplane.measuredWorkers(move.from) { allowedWorkers[move.from] = Set(held) }
             pausedSteps = Self.pauseAfterFailure
             dataplane.logger.warning("stage move for a core move failed; the core stays; rebalancing pauses", metadata: [
                 "pipeline": "\(views[move.from].name)", "core": "\(cores[move.worker])"])
@@ -951,6 +961,7 @@ struct Rebalancer {
         let spread = dataplane.setMeasuredWorkers(move.to, allowedWorkers[move.to], nowNs: nowNs)
         if let now = dataplane.measuredPlacement(move.to) { placement[move.to] = now }
         guard spread else {
+            guard !dataplane.isStopping else { return false }
             pausedSteps = Self.pauseAfterFailure
             dataplane.logger.warning("stage move onto a moved core failed; rebalancing pauses", metadata: [
                 "pipeline": "\(views[move.to].name)", "core": "\(cores[move.worker])"])

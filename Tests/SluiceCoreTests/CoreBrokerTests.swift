@@ -20,6 +20,23 @@ import Testing
         #expect(move.detail.contains("busy (demand 0.97 cores on 1") && move.detail.contains("quiet"), "\(move.detail)")
     }
 
+    /// A pipeline placed by measured cost takes its cores as its own: it is not given a core another
+    /// measured pipeline holds, even when that core is a spread pipeline's slack too.
+    @Test func aMeasuredPipelineIsGivenNoCoreAnotherMeasuredOneHolds() throws {
+        let spread = pipeline("spread", workers: [0, 1, 2], demand: 0.05)
+        var busy = pipeline("busy", workers: [0], demand: 0.97)
+        busy.measured = true
+        busy.usableWorkers = 2
+        var other = pipeline("other", workers: [2], demand: 0.1)
+        other.measured = true
+        let move = try #require(broker.propose([spread, busy, other], workerCount: 3))
+        #expect(move.to == 1 && move.worker == 1, "core 2 is the other measured pipeline's: \(move)")
+        other.workers = [1, 2]
+        #expect(broker.propose([spread, busy, other], workerCount: 3) == nil, "every spare core is another measured one's")
+        busy.measured = false
+        #expect(try #require(broker.propose([spread, busy, other], workerCount: 3)).worker == 2)
+    }
+
     @Test func aBackedUpInputCountsAsNeedEvenBelowTheHighWaterMark() throws {
         let quiet = pipeline("quiet", workers: [0, 1], demand: 0.1)
         let pushedBack = pipeline("pushed-back", workers: [2], demand: 0.5, backlogged: true)

@@ -17,11 +17,16 @@ public struct PipelineCoreDemand: Sendable, Equatable {
     public var loadByWorker: [Int: Double]
     /// False for a pipeline whose cores are fixed (stage cores given, placed by measured cost, drained).
     public var movable: Bool
-    /// Most cores it can use: its stage count (a stage runs on one core at a time).
+    /// Most cores it can use: its stage count (a stage runs on one core at a time), or what its
+    /// planner can use when placed by measured cost.
     public var usableWorkers: Int
+    /// Placed by measured cost: its planner takes the cores it holds as its own, so it is given no core
+    /// another such pipeline holds.
+    public var measured: Bool
 
     public init(name: String, weight: Double, workers: Set<Int>, demandCores: Double, backlogged: Bool,
-                loadByWorker: [Int: Double] = [:], movable: Bool = true, usableWorkers: Int = .max) {
+                loadByWorker: [Int: Double] = [:], movable: Bool = true, usableWorkers: Int = .max,
+                measured: Bool = false) {
         precondition(weight > 0 && weight.isFinite, "a pipeline's weight is positive")
         self.name = name
         self.weight = weight
@@ -31,6 +36,7 @@ public struct PipelineCoreDemand: Sendable, Equatable {
         self.loadByWorker = loadByWorker
         self.movable = movable
         self.usableWorkers = usableWorkers
+        self.measured = measured
     }
 
     /// Demand per core it holds: 1 means every core it has is busy.
@@ -104,11 +110,18 @@ public struct CoreBroker: Sendable {
             return ra != rb ? ra < rb : pipelines[a].pressure > pipelines[b].pressure
         }
         for to in receivers {
-            // A worker the giver holds and the receiver does not: the giver's least loaded one (on
-            // ties the highest index, so a pipeline keeps its first core, where its source started).
+            // A worker the giver holds and the receiver does not (nor, for a measured receiver, another
+            // measured pipeline): the giver's least loaded one (on ties the highest index, so a
+            // pipeline keeps its first core, where its source started).
             func spare(_ from: Int) -> Int? {
                 let giver = pipelines[from]
-                return giver.workers.subtracting(pipelines[to].workers).sorted(by: >)
+                var taken = pipelines[to].workers
+                if pipelines[to].measured {
+                    for other in pipelines.indices where other != to && pipelines[other].measured {
+                        taken.formUnion(pipelines[other].workers)
+                    }
+                }
+                return giver.workers.subtracting(taken).sorted(by: >)
                     .min { (giver.loadByWorker[$0] ?? 0) < (giver.loadByWorker[$1] ?? 0) }
             }
             let slack = pipelines.indices.filter { $0 != to && hasSlack($0) && spare($0) != nil }
