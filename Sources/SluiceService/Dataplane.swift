@@ -341,7 +341,7 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
         for settings in configuration.pipelines
         where settings.placement == .auto && settings.stageCores == nil && settings.cores.count >= 2
             && !configuration.isMeasured(settings) {
-            logger.info("placement: spread; measured placement needs cores no other pipeline uses, or rebalance.move_cores",
+            logger.info("placement: spread; measured placement needs cores no other pipeline uses (with rebalance.move_cores, no other auto pipeline)",
                         metadata: ["pipeline": "\(settings.path.name)", "cores": "\(settings.cores)"])
         }
         for (index, settings) in configuration.pipelines.enumerated() where configuration.isMeasured(settings) {
@@ -875,8 +875,8 @@ struct Rebalancer {
     /// Publishes each pipeline's cores and demand and, when the broker proposes a move and none was
     /// made lately, moves the giver's stages off the core (to its least loaded remaining one) and
     /// hands the core to the receiver. A pipeline placed by measured cost says how many cores it can
-    /// use (`MeasuredPlacement.workersWanted`: more than it holds only when its planner predicts a
-    /// gain from one more, fewer when some it holds are slack), and its own placement moves its
+    /// use (`MeasuredPlacement.workersWanted`: more than it holds only when its planner would move to
+    /// a shape on one more, fewer when some it holds are slack), and its own placement moves its
     /// stages when its cores change (`Dataplane.setMeasuredWorkers`). False when a stage move failed
     /// (rebalancing then pauses). `fixed`: pipelines whose cores stay (drained); pipelines with
     /// `stage_cores` stay too.

@@ -283,6 +283,48 @@ struct MeasuredPlacementTests {
         #expect(tracker.received == items && tracker.outOfOrder == 0)
     }
 
+    /// Given a second worker, it splits two 2 µs stages, but they take 8 µs on that core: the split,
+    /// made because its workers changed, is checked after 20 ms and 10,000 items (not 250 ms and
+    /// 50,000), measured slower, and undone; nothing lost or reordered.
+    @Test func aSplitOntoASlowGainedCoreIsUndoneSoon() throws {
+        guard requireTwoCPUs() else { return }
+        let tracker = SinkTracker()
+        let items: UInt64 = 150_000
+        let slowCore = try testCores()[1]
+        let pipeline = try makeCountingPipeline("slow-gain", source: GeneratorSource(ratePerSecond: 0, totalCount: items,
+                                                                                     payload: .sequence),
+                                                relays: [CoreSensitiveSpinStage(nsPerItem: 2_000, slowCore: slowCore, slowFactor: 4),
+                                                         CoreSensitiveSpinStage(nsPerItem: 2_000, slowCore: slowCore, slowFactor: 4)],
+                                                tracker: tracker)
+        let cores = try testCores()
+        let handoff = HandoffCost(fromCore: cores[0], toCore: cores[1], localNsPerItem: 20, crossNsPerItem: 60)
+        var allocator = MeasuredPlacement(workers: [0], initial: [0, 0, 0, 0], handoff: .success(handoff))
+        let runtime = try Runtime(configuration: .init(cores: cores, waitMode: .busyPoll))
+        try runtime.start()
+        defer { runtime.stop() }
+        try runtime.launch(pipeline, placement: allocator.placement)
+        allocator.begin(pipeline, nowNs: Clock.monotonicNs())
+        var gained = false
+        let deadline = Clock.monotonicNs() + drainTimeoutNs
+        while !runtime.drain(timeoutNs: 2_000_000), Clock.monotonicNs() < deadline {
+            let now = Clock.monotonicNs()
+            allocator.step(pipeline, runtime: runtime, nowNs: now)
+            if !gained, allocator.lastCosts != nil {
+                allocator.setWorkers([0, 1], pipeline: pipeline, runtime: runtime, nowNs: now)
+                gained = true
+            }
+        }
+        #expect(allocator.changeCount == 2, "\(allocator.changes.map(\.why))")
+        let split = try #require(allocator.changes.first)
+        let back = try #require(allocator.changes.last)
+        #expect(Set(split.to).count == 2 && split.workersNow == [0, 1])
+        #expect(back.undone != nil && allocator.placement == [0, 0, 0, 0] && allocator.settled, "\(back.why)")
+        // 10,000 items at 8 µs is 80 ms: well under the 250 ms a check of the planner's own moves waits.
+        #expect(back.atNs - split.atNs < MeasuredPlacement.intervalNs, "checked \(back.atNs - split.atNs) ns after the split")
+        #expect(allocator.workersWanted() == 1, "settled: it wants only the core its stages use")
+        #expect(tracker.received == items && tracker.outOfOrder == 0)
+    }
+
     /// A move that cannot happen (here: the runtime was stopped) is recorded, not thrown; the
     /// placement stays where the stages are and nothing more is decided.
     @Test func aFailedMoveIsRecordedAndTheStagesStayPut() throws {

@@ -54,6 +54,9 @@ public struct MeasuredPlacement {
     public static let itemsPerDecision: UInt64 = 50_000
     public static let firstIntervalNs: UInt64 = 20_000_000
     public static let intervalNs: UInt64 = 250_000_000
+    /// A move made because its workers changed is checked sooner: after `firstIntervalNs` and this
+    /// many items (a split onto a core the host runs slowly costs one such interval, not 250 ms).
+    public static let itemsPerSoonCheck: UInt64 = 10_000
     /// Most moves in one run: measurement noise cannot make it flap for ever. (The undo of the last
     /// one, when measured no faster, is made even at the cap.)
     public static let changesMax = 4
@@ -78,6 +81,8 @@ public struct MeasuredPlacement {
     /// The move being checked: the placement it left, the busiest worker's ns per item there, and
     /// the decision that made it.
     private var check: (from: [Int], bottleneckNs: Double, decision: PlacementDecision)?
+    /// The pending check is of a move `setWorkers` made: due after `firstIntervalNs` and `itemsPerSoonCheck`.
+    private var checkSoon = false
     /// Placements measured slower (before the run, or undone): never moved to.
     private var avoided: [[Int]]
     /// The runtime's worker indices this pipeline may use now (`setWorkers` changes them); the
@@ -131,11 +136,12 @@ public struct MeasuredPlacement {
     /// follows the stages that did move, including one whose move timed out (it still lands).
     public mutating func step(_ pipeline: Pipeline, runtime: Runtime, nowNs: UInt64) {
         guard let handoff, moveFailure == nil else { return }
-        let interval = lastCosts == nil ? Self.firstIntervalNs : Self.intervalNs
+        let soon = check != nil && checkSoon
+        let interval = lastCosts == nil || soon ? Self.firstIntervalNs : Self.intervalNs
         guard nowNs &- lastNs >= interval else { return }
         let now = pipeline.snapshot()
         let entered = now[0].items &- last[0].items
-        guard entered >= Self.itemsPerDecision else { return }
+        guard entered >= (soon ? Self.itemsPerSoonCheck : Self.itemsPerDecision) else { return }
         let measured = zip(last, now).map { before, after in
             Double(after.cycles &- before.cycles) / Clock.cyclesPerNs / Double(entered)
         }
@@ -153,6 +159,7 @@ public struct MeasuredPlacement {
         lastCosts = costs
         if let check {
             self.check = nil
+            checkSoon = false
             if bottleneck >= check.bottleneckNs {
                 let undo = PlacementUndo(beforeNsPerItem: check.bottleneckNs, afterNsPerItem: bottleneck)
                 move(pipeline, runtime: runtime, to: check.from, nowNs: nowNs, decision: check.decision, undone: undo)
@@ -188,15 +195,15 @@ public struct MeasuredPlacement {
     /// block in a move). Stages on a worker it no longer holds move now, to the planner's best
     /// placement over the new set by the last measured costs (all to the source's worker when none
     /// were measured). On a gained worker the planner decides now, and the stages move only for a
-    /// gain above its margin; the next interval checks that move as any other (undone when measured
-    /// no faster). Settled, it only leaves lost workers. Recorded in `changes` with the new workers,
+    /// gain above its margin; that move is checked after `firstIntervalNs` and `itemsPerSoonCheck`
+    /// (undone when measured no faster), not a whole `intervalNs` later. Settled, it only leaves lost workers. Recorded in `changes` with the new workers,
     /// past `changesMax`; a move that fails leaves `workers` holding the workers its stages are on.
     public mutating func setWorkers(_ newWorkers: [Int], pipeline: Pipeline, runtime: Runtime, nowNs: UInt64) {
         precondition(!newWorkers.isEmpty && Set(newWorkers).count == newWorkers.count, "one or more distinct workers")
         var ordered = newWorkers.sorted()
         if let source = ordered.firstIndex(of: placement[0]) { ordered.insert(ordered.remove(at: source), at: 0) }
         workers = ordered
-        check = nil
+        (check, checkSoon) = (nil, false)
         guard moveFailure == nil else { return }
         let lost = placement.contains { !workers.contains($0) }
         let costs = lastCosts ?? PlacementCosts(stageNsPerItem: Array(repeating: 0, count: placement.count),
@@ -211,7 +218,7 @@ public struct MeasuredPlacement {
         guard !settled, lastCosts != nil, handoff != nil, !avoided.contains(target),
               planner.shouldChange(from: placement.map { workers.firstIndex(of: $0)! }, to: decision, workerCount: workers.count)
         else { return }
-        if let lastBottleneckNs { check = (placement, lastBottleneckNs, decision) }
+        if let lastBottleneckNs { (check, checkSoon) = ((placement, lastBottleneckNs, decision), true) }
         move(pipeline, runtime: runtime, to: target, nowNs: nowNs, decision: decision, undone: nil, workersNow: workers)
     }
 
