@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Placement benchmark (issue 18): the measured placement (`--placement auto`, the default) against every
 # fixed placement on the same cores, and the 1-thread pcap_next_ex loop, on the same capture in the same
-# run. Interleaved rounds (the order rotates), medians; ratios are medians of per-round ratios.
+# run. Interleaved rounds (the order rotates), medians; ratios are medians of per-round ratios, except the
+# first goal's, which is auto's median against the median of the fixed placement with the highest one.
 #
 # Variants, all `sluice replay --topspeed --loop LOOPS --stages STAGES --wait-mode busy-poll` to a null sink
 # (issue 18's command; STAGES 3 there):
@@ -14,11 +15,16 @@
 #            read in turn: every record read once (fixed; order kept within a block, not within a flow)
 #   autoblocks --cores 0,1 --placement auto --fanout-by blocks    measured, allowed to fan out by blocks
 #   anchor   the pcap_next_ex loop on core 0 over the same file LOOPS times (scripts/anchors/pcap_next_loop.c)
+#   spread2, fanout2  spread and fanout run a second time in each round (a control: how far a fixed
+#            placement falls below the best of three noisy runs of the same round by noise alone)
 # Clock: from just before the capture is opened to the last packet (sluice's wallNsFromOpen: the
 # calibration and any moves are inside it); CPU: the whole process (getrusage), same span.
-# Goals: auto >= 0.95x the best fixed placement of the same round (auto by flow against one, spread and
-# fanout by flow; auto by blocks against one, spread and fanout by blocks); two instances fanned out
-# >= 1.6x one core; one core >= 0.8x the loop.
+# Goals: auto's median >= 0.95x the median of the best fixed placement (the fixed placement whose median is
+# highest; auto by flow against one, spread and fanout by flow; auto by blocks against one, spread and
+# fanout by blocks); two instances fanned out >= 1.6x one core; one core >= 0.8x the loop. Also printed:
+# auto against the fastest of the three fixed runs of each round (the median of per-round ratios), with
+# the second spread and fanout runs' same ratio as its noise floor: the best of three noisy runs is
+# biased upward, so a fixed placement equal to the best one reads below 1 by that statistic alone.
 # Usage: scripts/bench-placement.sh [RUNS] [PACKETS] [LOOPS] [STAGES]   (defaults 7, 1000000, 5, 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,7 +49,7 @@ echo
 replay() { "$sluice" replay "$work/udp.pcap" --topspeed --json --wait-mode busy-poll --stages "$stages" \
   --loop "$loops" "$@"; }
 for r in $(seq 1 "$runs"); do
-  variants=(anchor one staged spread fanout auto fanblocks autoblocks)
+  variants=(anchor one staged spread fanout auto fanblocks autoblocks spread2 fanout2)
   shift_by=$(( (r - 1) % ${#variants[@]} ))
   for v in "${variants[@]:shift_by}" "${variants[@]:0:shift_by}"; do
     case $v in
@@ -52,6 +58,8 @@ for r in $(seq 1 "$runs"); do
       staged) replay --cores 0 --no-fuse >>"$work/staged.jsonl" ;;
       fanout) replay --cores 0,1 --placement fanout >>"$work/fanout.jsonl" ;;
       spread) replay --cores 0,1 --placement spread >>"$work/spread.jsonl" ;;
+      spread2) replay --cores 0,1 --placement spread >>"$work/spread2.jsonl" ;;
+      fanout2) replay --cores 0,1 --placement fanout >>"$work/fanout2.jsonl" ;;
       auto) replay --cores 0,1 --placement auto >>"$work/auto.jsonl" ;;
       fanblocks) replay --cores 0,1 --placement fanout --fanout-by blocks >>"$work/fanblocks.jsonl" ;;
       autoblocks) replay --cores 0,1 --placement auto --fanout-by blocks >>"$work/autoblocks.jsonl" ;;
@@ -70,7 +78,7 @@ def measure(d):
 med = statistics.median
 pps = lambda m: m[0] / (m[1] / 1e9)
 per_cpu = lambda m: m[0] / (m[2] / 1e9)
-names = ["anchor", "one", "staged", "spread", "fanout", "auto", "fanblocks", "autoblocks"]
+names = ["anchor", "one", "staged", "spread", "fanout", "auto", "fanblocks", "autoblocks", "spread2", "fanout2"]
 data = {name: [measure(d) for d in rows(name)] for name in names}
 print(f"{total} 64-byte UDP packets (a capture read LOOPS times), null sink, {stages} stages, "
       f"medians of {runs} interleaved rounds.\n")
@@ -80,19 +88,36 @@ labels = {"anchor": "C pcap_next_ex loop, core 0 (anchor)", "one": "fixed: 1 cor
           "staged": "fixed: 1 core, through the rings (--no-fuse)", "spread": "fixed: 2 cores, spread",
           "fanout": "fixed: 2 instances fanned out by flow", "auto": "**measured (auto), 2 cores**",
           "fanblocks": "fixed: 2 instances fanned out by blocks",
-          "autoblocks": "**measured (auto, --fanout-by blocks), 2 cores**"}
+          "autoblocks": "**measured (auto, --fanout-by blocks), 2 cores**",
+          "spread2": "control: spread again (same round)", "fanout2": "control: fanned out by flow again (same round)"}
 for name in names:
     rows_ = data[name]
     ratio = med(pps(d) / pps(a) for d, a in zip(rows_, data["anchor"]))
     print(f"| {labels[name]} | {med(map(pps, rows_))/1e6:.2f} | {ratio:.2f}x | {med(d[2]/d[1] for d in rows_):.2f} | "
           f"{med(map(per_cpu, rows_))/1e6:.2f} |")
-best = [max(pps(o), pps(s), pps(f)) for o, s, f in zip(data["one"], data["spread"], data["fanout"])]
-vs_best = med(pps(a) / b for a, b in zip(data["auto"], best))
-print(f"\nGoal, auto at least 0.95x the best fixed placement of each round: {'met' if vs_best >= 0.95 else 'NOT met'} ({vs_best:.3f}x).")
-best_blocks = [max(pps(o), pps(s), pps(f)) for o, s, f in zip(data["one"], data["spread"], data["fanblocks"])]
-vs_best_blocks = med(pps(a) / b for a, b in zip(data["autoblocks"], best_blocks))
-print(f"Goal, auto --fanout-by blocks at least 0.95x the best fixed placement by blocks of each round: "
+def best_fixed(fixed):
+    """The fixed placement whose median rate is highest: (name, median rate)."""
+    return max(((name, med(map(pps, data[name]))) for name in fixed), key=lambda pair: pair[1])
+auto_med = med(map(pps, data["auto"]))
+best_name, best_med = best_fixed(["one", "spread", "fanout"])
+vs_best = auto_med / best_med
+print(f"\nGoal, auto at least 0.95x the best fixed placement ({best_name}, by median): "
+      f"{'met' if vs_best >= 0.95 else 'NOT met'} ({vs_best:.3f}x).")
+blocks_med = med(map(pps, data["autoblocks"]))
+best_blocks_name, best_blocks_med = best_fixed(["one", "spread", "fanblocks"])
+vs_best_blocks = blocks_med / best_blocks_med
+print(f"Goal, auto --fanout-by blocks at least 0.95x the best fixed placement by blocks ({best_blocks_name}, by median): "
       f"{'met' if vs_best_blocks >= 0.95 else 'NOT met'} ({vs_best_blocks:.3f}x).")
+best = [max(pps(o), pps(s), pps(f)) for o, s, f in zip(data["one"], data["spread"], data["fanout"])]
+per_round = lambda name: med(pps(a) / b for a, b in zip(data[name], best))
+twin = {"spread": "spread2", "fanout": "fanout2"}.get(best_name)
+floor = f"; {best_name} run again, the same way: {per_round(twin):.3f}x" if twin else ""
+print(f"Against the fastest of the three fixed runs of each round (median of per-round ratios): auto {per_round('auto'):.3f}x{floor}.")
+best_blocks = [max(pps(o), pps(s), pps(f)) for o, s, f in zip(data["one"], data["spread"], data["fanblocks"])]
+print(f"auto --fanout-by blocks against the fastest fixed run by blocks of each round: "
+      f"{med(pps(a) / b for a, b in zip(data['autoblocks'], best_blocks)):.3f}x.")
+if twin:
+    print(f"{best_name} run twice in each round: its second run's median {med(map(pps, data[twin])) / best_med:.3f}x its first's.")
 one_vs_loop = med(pps(o) / pps(a) for o, a in zip(data["one"], data["anchor"]))
 print(f"Goal, 1 core at least 0.8x the one-thread loop: {'met' if one_vs_loop >= 0.8 else 'NOT met'} ({one_vs_loop:.3f}x).")
 fan_vs_one = med(pps(f) / pps(o) for f, o in zip(data["fanout"], data["one"]))
@@ -118,11 +143,13 @@ def trial_median(key):
     return f"{med(values):.2f}" if values else "-"
 print(f"auto's trials, median M records/s: one core {trial_median('oneCore')}, pipelined {trial_median('pipelined')}, "
       f"fanned out {trial_median('fannedOut')}")
-# Each round (M packets/s), as the goals' per-round ratios see them.
-for r, (o, s_, f, a, d) in enumerate(zip(data["one"], data["spread"], data["fanout"], data["auto"], decisions), 1):
-    print(f"round {r}: one {pps(o)/1e6:.2f}, spread {pps(s_)/1e6:.2f}, fanout {pps(f)/1e6:.2f}, auto {pps(a)/1e6:.2f} "
+# Each round (M packets/s), as the per-round ratios see them.
+for r, (o, s_, f, a, d, s2, f2) in enumerate(zip(data["one"], data["spread"], data["fanout"], data["auto"], decisions,
+                                                 data["spread2"], data["fanout2"]), 1):
+    print(f"round {r}: one {pps(o)/1e6:.2f}, spread {pps(s_)/1e6:.2f} (again {pps(s2)/1e6:.2f}), fanout {pps(f)/1e6:.2f} "
+          f"(again {pps(f2)/1e6:.2f}), auto {pps(a)/1e6:.2f} "
           f"({d.get('placement')}, hand-off {(d.get('handoff') or {}).get('handoffNsPerItem', float('nan')):.1f} ns): "
-          f"{pps(a) / max(pps(o), pps(s_), pps(f)):.3f}x the best")
+          f"{pps(a) / max(pps(o), pps(s_), pps(f)):.3f}x the fastest fixed run")
 measuring = [d['fanout']['measuringNs'] / 1e6 for d in decisions if (d.get('fanout') or {}).get('measuringNs')]
 if measuring:
     print(f"auto's measuring before its run (calibration, sample, trials), median: {med(measuring):.1f} ms "
