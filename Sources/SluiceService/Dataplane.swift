@@ -403,7 +403,12 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
             let path = paths[index]
             guard !path.pipeline.isDrained else { continue }
             let before = measured[index]!.changeCount
+            let reopenedBefore = measured[index]!.reopenCount
             measured[index]!.step(path.pipeline, runtime: runtime, nowNs: nowNs)
+            if measured[index]!.reopenCount != reopenedBefore, let why = measured[index]!.lastReopenWhy {
+                logger.info("settled placement re-decided: its costs or load changed",
+                            metadata: ["pipeline": "\(path.configuration.name)", "why": "\(why)"])
+            }
             publishMeasured(index, changesBefore: before)
         }
     }

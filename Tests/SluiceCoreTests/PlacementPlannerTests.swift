@@ -1,6 +1,7 @@
 // Path: Tests/SluiceCoreTests/PlacementPlannerTests.swift — placement chosen from measured costs, and
 // the hand-off calibration that feeds it.
 import Glibc
+import Synchronization
 import SluiceCore
 import Testing
 
@@ -136,6 +137,30 @@ private struct CoreSensitiveSpinStage: StageBody {
     let slowFactor: UInt64
     mutating func process(_ items: UnsafeMutableBufferPointer<UInt64>) -> Int {
         let perItem = CPU.current() == slowCore ? nsPerItem &* slowFactor : nsPerItem
+        let until = Clock.monotonicNs() &+ perItem &* UInt64(items.count)
+        while Clock.monotonicNs() < until {}
+        return items.count
+    }
+}
+
+/// What a `TunableSpinStage` spins per item, and how much slower on its slow core; a test changes
+/// them while the pipeline runs (a load whose cost changes).
+private final class SpinKnobs: Sendable {
+    let nsPerItem: Atomic<UInt64>
+    let slowFactor: Atomic<UInt64>
+    init(nsPerItem: UInt64, slowFactor: UInt64) {
+        self.nsPerItem = Atomic(nsPerItem)
+        self.slowFactor = Atomic(slowFactor)
+    }
+}
+
+/// `CoreSensitiveSpinStage` with its cost and slow factor read from `knobs` every burst.
+private struct TunableSpinStage: StageBody {
+    let knobs: SpinKnobs
+    let slowCore: Int
+    mutating func process(_ items: UnsafeMutableBufferPointer<UInt64>) -> Int {
+        let base = knobs.nsPerItem.load(ordering: .relaxed)
+        let perItem = CPU.current() == slowCore ? base &* knobs.slowFactor.load(ordering: .relaxed) : base
         let until = Clock.monotonicNs() &+ perItem &* UInt64(items.count)
         while Clock.monotonicNs() < until {}
         return items.count
@@ -322,6 +347,63 @@ struct MeasuredPlacementTests {
         // 10,000 items at 8 µs is 80 ms: well under the 250 ms a check of the planner's own moves waits.
         #expect(back.atNs - split.atNs < MeasuredPlacement.intervalNs, "checked \(back.atNs - split.atNs) ns after the split")
         #expect(allocator.workersWanted() == 1, "settled: it wants only the core its stages use")
+        #expect(tracker.received == items && tracker.outOfOrder == 0)
+    }
+
+    /// A settled placement is re-decided when its costs change. The split is measured slower (the
+    /// second core runs the stages 4x slower) and undone: settled. While nothing changes it stays
+    /// settled; once the stages cost twice as much and the second core is no longer slow, it re-opens
+    /// (after `reopenAfterNs`), splits again, and this time the check keeps the split. Nothing is
+    /// lost or reordered. The allocator's clock runs 10x real time, so 250 ms intervals take 25 ms.
+    @Test func aSettledPlacementIsReDecidedWhenItsCostsChange() throws {
+        guard requireTwoCPUs() else { return }
+        let cores = try testCores()
+        let knobs = SpinKnobs(nsPerItem: 300, slowFactor: 6)
+        let tracker = SinkTracker()
+        let items: UInt64 = 3_000_000
+        let pipeline = try makeCountingPipeline(
+            "reopen", source: GeneratorSource(ratePerSecond: 0, totalCount: items, payload: .sequence),
+            relays: [TunableSpinStage(knobs: knobs, slowCore: cores[1]), TunableSpinStage(knobs: knobs, slowCore: cores[1])],
+            tracker: tracker)
+        let handoff = HandoffCost(fromCore: cores[0], toCore: cores[1], localNsPerItem: 20, crossNsPerItem: 40)
+        var allocator = MeasuredPlacement(workers: [0, 1], initial: [0, 0, 0, 0], handoff: .success(handoff),
+                                          reopenAfterNs: 500_000_000)
+        let runtime = try Runtime(configuration: .init(cores: cores, waitMode: .busyPoll))
+        try runtime.start()
+        defer { runtime.stop() }
+        try runtime.launch(pipeline, placement: allocator.placement)
+        let origin = Clock.monotonicNs()
+        func fastNs() -> UInt64 { origin &+ (Clock.monotonicNs() &- origin) &* 10 }
+        allocator.begin(pipeline, nowNs: fastNs())
+        let deadline = Clock.monotonicNs() + drainTimeoutNs
+        /// Steps until `done` or the pipeline drained; false if it drained (or the deadline passed) first.
+        func stepUntil(_ done: (MeasuredPlacement) -> Bool) -> Bool {
+            while !done(allocator) {
+                if runtime.drain(timeoutNs: 1_000_000) || Clock.monotonicNs() > deadline { return false }
+                allocator.step(pipeline, runtime: runtime, nowNs: fastNs())
+            }
+            return true
+        }
+        #expect(stepUntil { $0.settled }, "the split onto the slow core was never undone: \(allocator.changes.map(\.why))")
+        #expect(allocator.changeCount == 2 && allocator.placement == [0, 0, 0, 0], "\(allocator.changes.map(\.why))")
+        // Nothing changed: settled through 2 s of its clock (eight intervals).
+        let quietUntil = fastNs() + 2_000_000_000
+        #expect(stepUntil { _ in fastNs() >= quietUntil }, "drained while settled")
+        #expect(allocator.settled && allocator.reopenCount == 0 && allocator.changeCount == 2,
+                "re-opened with nothing changed: \(allocator.lastReopenWhy ?? "")")
+        knobs.nsPerItem.store(600, ordering: .relaxed)
+        knobs.slowFactor.store(1, ordering: .relaxed)
+        #expect(stepUntil { $0.reopenCount == 1 }, "never re-opened after the costs doubled")
+        #expect(allocator.lastReopenWhy?.contains("settled on stages") == true, "\(allocator.lastReopenWhy ?? "")")
+        // Re-opened, it splits again, and the split, no longer slow, is checked and kept.
+        #expect(stepUntil { $0.changeCount >= 3 }, "no move after re-opening")
+        let split = try #require(allocator.changes.last)
+        #expect(Set(split.to).count == 2 && split.undone == nil, "\(split.why)")
+        let checkedBy = fastNs() + 2 * MeasuredPlacement.intervalNs + 100_000_000
+        #expect(stepUntil { _ in fastNs() >= checkedBy }, "drained before the split was checked")
+        #expect(allocator.changeCount == 3 && Set(allocator.placement).count == 2 && !allocator.settled,
+                "\(allocator.changes.map(\.why))")
+        while !runtime.drain(timeoutNs: 5_000_000), Clock.monotonicNs() < deadline {}
         #expect(tracker.received == items && tracker.outOfOrder == 0)
     }
 

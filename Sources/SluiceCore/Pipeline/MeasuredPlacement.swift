@@ -44,7 +44,9 @@ public struct PlacementUndo: Sendable, Equatable, CustomStringConvertible {
 /// workers' cores when made, measures each stage's cycles per entered item over intervals, and moves
 /// stages (`Runtime.move`: nothing lost or reordered) when a placement predicts a clear gain. The
 /// interval after a move checks it: when the busiest worker measures no fewer ns per item than it
-/// did before the move, the stages go back and the placement is no longer re-decided. The workers
+/// did before the move, the stages go back and the placement is settled: not re-decided until
+/// what it settled on changes (a stage's cost or the load, `reopenCostChange`, `reopenLoadFactor`),
+/// and then not before `reopenAfterNs`. The workers
 /// it may use can change while it runs (`setWorkers`: a core moved between pipelines); with one
 /// worker it only measures, which tells the broker whether another core would help (`workersWanted`).
 /// Control plane: one thread calls `begin`, then `step` and `setWorkers`; it allocates and may block in a move.
@@ -57,9 +59,20 @@ public struct MeasuredPlacement {
     /// A move made because its workers changed is checked sooner: after `firstIntervalNs` and this
     /// many items (a split onto a core the host runs slowly costs one such interval, not 250 ms).
     public static let itemsPerSoonCheck: UInt64 = 10_000
-    /// Most moves in one run: measurement noise cannot make it flap for ever. (The undo of the last
-    /// one, when measured no faster, is made even at the cap.)
+    /// Most moves from the launch, or from a re-opening of a settled placement, to the next one:
+    /// measurement noise cannot make it flap for ever. (The undo of the last one, when measured no
+    /// faster, is made even at the cap.)
     public static let changesMax = 4
+    /// A settled placement is re-decided again when a stage's local cost moved by at least this share
+    /// of the pipeline's whole cost per item (0.25: a quarter) from the interval measured right after
+    /// it settled...
+    public static let reopenCostChange = 0.25
+    /// ...or the items entering per second changed by this factor either way...
+    public static let reopenLoadFactor = 2.0
+    /// ...in this many intervals in a row (one noisy interval does not), and `reopenAfterNs` (an
+    /// init argument, 10 s by default) after that interval at the earliest: a settled pipeline whose
+    /// plan keeps being refuted tries at most one move (one check interval) that often.
+    public static let reopenIntervals = 2
 
     /// Worker index (in the runtime) of each stage now.
     public private(set) var placement: [Int]
@@ -76,8 +89,20 @@ public struct MeasuredPlacement {
     /// pipeline keeps running where its stages are; `placement` says where that is).
     public private(set) var moveFailure: RuntimeError?
     /// Set when a move was undone: the placement is no longer re-decided, and it asks for no core
-    /// (a change of its workers does not reset it: the measurement refuted its planner).
+    /// (a change of its workers does not reset it: the measurement refuted its planner), until its
+    /// costs or load change (`reopenCostChange`, `reopenLoadFactor`): then it is cleared, the moves
+    /// count (`changesMax`) starts again and placements measured slower before are no longer avoided.
     public private(set) var settled = false
+    /// Times a settled placement was re-decided again, and why the last time (for logs and metrics).
+    public private(set) var reopenCount = 0
+    public private(set) var lastReopenWhy: String?
+    /// The interval measured right after settling: when, each stage's local cost, items per second.
+    private var settledOn: (ns: UInt64, costs: [Double], itemsPerSecond: Double)?
+    /// Consecutive intervals, while settled, that differed from `settledOn`.
+    private var reopenStreak = 0
+    private let reopenAfterNs: UInt64
+    /// `changeCount` when the moves count last started (at the launch or a re-opening).
+    private var changesAtReopen = 0
     /// The move being checked: the placement it left, the busiest worker's ns per item there, and
     /// the decision that made it.
     private var check: (from: [Int], bottleneckNs: Double, decision: PlacementDecision)?
@@ -109,15 +134,18 @@ public struct MeasuredPlacement {
 
     /// `workers`: the runtime worker indices the pipeline may use (one or more); `initial`: where
     /// its stages start (indices among `workers`' values); `handoff`: from `calibrate`; `avoiding`:
-    /// placements (like `initial`) already measured slower, which it never moves to.
+    /// placements (like `initial`) already measured slower, which it does not move to (until a
+    /// re-opening); `reopenAfterNs`: how soon after settling a change can re-open the placement.
     public init(workers: [Int], initial: [Int], handoff: Result<HandoffCost, HandoffCalibrationError>,
-                avoiding: [[Int]] = [], planner: PlacementPlanner = PlacementPlanner()) {
+                avoiding: [[Int]] = [], planner: PlacementPlanner = PlacementPlanner(),
+                reopenAfterNs: UInt64 = 10_000_000_000) {
         precondition(!workers.isEmpty && Set(workers).count == workers.count, "one or more distinct workers")
         precondition(initial.allSatisfy(workers.contains), "the initial placement uses the pipeline's workers")
         placement = initial
         avoided = avoiding
         self.workers = workers
         self.planner = planner
+        self.reopenAfterNs = reopenAfterNs
         switch handoff {
         case .success(let cost): (self.handoff, calibrationFailure) = (cost, nil)
         case .failure(let error): (self.handoff, calibrationFailure) = (nil, "\(error)")
@@ -145,6 +173,7 @@ public struct MeasuredPlacement {
         let measured = zip(last, now).map { before, after in
             Double(after.cycles &- before.cycles) / Clock.cyclesPerNs / Double(entered)
         }
+        let itemsPerSecond = Double(entered) / (Double(nowNs &- lastNs) / 1e9)
         last = now
         lastNs = nowNs
         // The busiest worker's measured ns per item: what bounds the rate where the stages are now.
@@ -163,12 +192,13 @@ public struct MeasuredPlacement {
             if bottleneck >= check.bottleneckNs {
                 let undo = PlacementUndo(beforeNsPerItem: check.bottleneckNs, afterNsPerItem: bottleneck)
                 move(pipeline, runtime: runtime, to: check.from, nowNs: nowNs, decision: check.decision, undone: undo)
-                settled = true
+                (settled, settledOn, reopenStreak) = (true, nil, 0)
                 return
             }
         }
+        if settled { reopenIfChanged(costs: costs.stageNsPerItem, itemsPerSecond: itemsPerSecond, nowNs: nowNs) }
         // One worker: nothing to choose (the costs are kept for `workersWanted`).
-        guard !settled, changeCount < Self.changesMax, workers.count >= 2 else { return }
+        guard !settled, changeCount &- changesAtReopen < Self.changesMax, workers.count >= 2 else { return }
         let decision = planner.plan(costs: costs, workerCount: workers.count)
         if firstDecision == nil { firstDecision = decision }
         let local = placement.map { workers.firstIndex(of: $0)! }
@@ -177,6 +207,30 @@ public struct MeasuredPlacement {
         else { return }
         check = (placement, bottleneck, decision)
         move(pipeline, runtime: runtime, to: target, nowNs: nowNs, decision: decision, undone: nil)
+    }
+
+    /// Settled: takes the first interval after settling as what it settled on, and clears `settled`
+    /// when `reopenIntervals` intervals in a row differ from it by `reopenCostChange` or
+    /// `reopenLoadFactor`, `reopenAfterNs` after it at the earliest.
+    private mutating func reopenIfChanged(costs: [Double], itemsPerSecond: Double, nowNs: UInt64) {
+        guard let on = settledOn else {
+            settledOn = (nowNs, costs, itemsPerSecond)
+            return
+        }
+        let whole = max(on.costs.reduce(0, +), 1e-9)
+        let shifts = zip(costs, on.costs).map { abs($0 - $1) / whole }
+        let shift = shifts.max() ?? 0
+        let load = itemsPerSecond / max(on.itemsPerSecond, 1e-9)
+        let changed = shift >= Self.reopenCostChange || load >= Self.reopenLoadFactor || load <= 1 / Self.reopenLoadFactor
+        reopenStreak = changed ? reopenStreak + 1 : 0
+        guard reopenStreak >= Self.reopenIntervals, nowNs &- on.ns >= reopenAfterNs else { return }
+        let stage = shifts.firstIndex(of: shift) ?? 0
+        lastReopenWhy = "settled on stages \(on.costs.map { fixed($0, 1) }.joined(separator: "/")) ns/item at "
+            + "\(formatRate(on.itemsPerSecond)); now \(costs.map { fixed($0, 1) }.joined(separator: "/")) at "
+            + "\(formatRate(itemsPerSecond)) (stage \(stage) moved \(fixed(shift * 100, 0))% of the whole, load x\(fixed(load, 2)))"
+        (settled, settledOn, reopenStreak, avoided) = (false, nil, 0, [])
+        changesAtReopen = changeCount
+        reopenCount += 1
     }
 
     /// How many workers it can use now (`PlacementPlanner.workersWanted` on the last measured costs):
@@ -227,6 +281,7 @@ public struct MeasuredPlacement {
     private mutating func move(_ pipeline: Pipeline, runtime: Runtime, to target: [Int], nowNs: UInt64,
                                decision: PlacementDecision, undone: PlacementUndo?, workersNow: [Int]? = nil) {
         let from = placement
+        let movingSinceNs = Clock.monotonicNs()
         for (stage, worker) in target.enumerated() where placement[stage] != worker {
             do throws(RuntimeError) {
                 try runtime.move(pipeline.stages[stage], toWorker: worker)
@@ -241,8 +296,9 @@ public struct MeasuredPlacement {
         changes.append(PlacementChange(atNs: nowNs &- startNs, from: from, to: placement, decision: decision,
                                        undone: undone, workersNow: workersNow))
         changeCount += 1
-        // Costs measured across the move mix two placements: start the next interval afresh.
+        // Costs measured across the move mix two placements: start the next interval afresh, on the
+        // caller's clock (`nowNs` plus the time the move took).
         last = pipeline.snapshot()
-        lastNs = Clock.monotonicNs()
+        lastNs = nowNs &+ (Clock.monotonicNs() &- movingSinceNs)
     }
 }
