@@ -366,14 +366,14 @@ struct MeasuredPlacementTests {
             relays: [TunableSpinStage(knobs: knobs, slowCore: cores[1]), TunableSpinStage(knobs: knobs, slowCore: cores[1])],
             tracker: tracker)
         let handoff = HandoffCost(fromCore: cores[0], toCore: cores[1], localNsPerItem: 20, crossNsPerItem: 40)
+        let origin = Clock.monotonicNs()
+        let fastNs: @Sendable () -> UInt64 = { origin &+ (Clock.monotonicNs() &- origin) &* 10 }
         var allocator = MeasuredPlacement(workers: [0, 1], initial: [0, 0, 0, 0], handoff: .success(handoff),
-                                          reopenAfterNs: 500_000_000)
+                                          reopenAfterNs: 500_000_000, clock: fastNs)
         let runtime = try Runtime(configuration: .init(cores: cores, waitMode: .busyPoll))
         try runtime.start()
         defer { runtime.stop() }
         try runtime.launch(pipeline, placement: allocator.placement)
-        let origin = Clock.monotonicNs()
-        func fastNs() -> UInt64 { origin &+ (Clock.monotonicNs() &- origin) &* 10 }
         allocator.begin(pipeline, nowNs: fastNs())
         let deadline = Clock.monotonicNs() + drainTimeoutNs
         /// Steps until `done` or the pipeline drained; false if it drained (or the deadline passed) first.
@@ -386,7 +386,7 @@ struct MeasuredPlacementTests {
         }
         #expect(stepUntil { $0.settled }, "the split onto the slow core was never undone: \(allocator.changes.map(\.why))")
         #expect(allocator.changeCount == 2 && allocator.placement == [0, 0, 0, 0], "\(allocator.changes.map(\.why))")
-        // Nothing changed: settled through 2 s of its clock (eight intervals).
+        // Nothing changed: settled through 2 s of its clock (about four intervals of 50,000 items).
         let quietUntil = fastNs() + 2_000_000_000
         #expect(stepUntil { _ in fastNs() >= quietUntil }, "drained while settled")
         #expect(allocator.settled && allocator.reopenCount == 0 && allocator.changeCount == 2,
@@ -399,8 +399,11 @@ struct MeasuredPlacementTests {
         #expect(stepUntil { $0.changeCount >= 3 }, "no move after re-opening")
         let split = try #require(allocator.changes.last)
         #expect(Set(split.to).count == 2 && split.undone == nil, "\(split.why)")
-        let checkedBy = fastNs() + 2 * MeasuredPlacement.intervalNs + 100_000_000
-        #expect(stepUntil { _ in fastNs() >= checkedBy }, "drained before the split was checked")
+        // The check needs an interval of time and of items; two of each have passed here.
+        let checkedBy = fastNs() + 2 * MeasuredPlacement.intervalNs
+        let itemsBy = pipeline.stages[0].counters.items.load(ordering: .relaxed) + 2 * MeasuredPlacement.itemsPerDecision
+        #expect(stepUntil { _ in fastNs() >= checkedBy && pipeline.stages[0].counters.items.load(ordering: .relaxed) >= itemsBy },
+                "drained before the split was checked")
         #expect(allocator.changeCount == 3 && Set(allocator.placement).count == 2 && !allocator.settled,
                 "\(allocator.changes.map(\.why))")
         while !runtime.drain(timeoutNs: 5_000_000), Clock.monotonicNs() < deadline {}

@@ -45,8 +45,8 @@ public struct PlacementUndo: Sendable, Equatable, CustomStringConvertible {
 /// stages (`Runtime.move`: nothing lost or reordered) when a placement predicts a clear gain. The
 /// interval after a move checks it: when the busiest worker measures no fewer ns per item than it
 /// did before the move, the stages go back and the placement is settled: not re-decided until
-/// what it settled on changes (a stage's cost or the load, `reopenCostChange`, `reopenLoadFactor`),
-/// and then not before `reopenAfterNs`. The workers
+/// the stage costs it settled on change (`reopenCostChange`), and then not before `reopenAfterNs`
+/// (so too after its moves count, `changesMax`, is spent). The workers
 /// it may use can change while it runs (`setWorkers`: a core moved between pipelines); with one
 /// worker it only measures, which tells the broker whether another core would help (`workersWanted`).
 /// Control plane: one thread calls `begin`, then `step` and `setWorkers`; it allocates and may block in a move.
@@ -63,15 +63,16 @@ public struct MeasuredPlacement {
     /// measurement noise cannot make it flap for ever. (The undo of the last one, when measured no
     /// faster, is made even at the cap.)
     public static let changesMax = 4
-    /// A settled placement is re-decided again when a stage's local cost moved by at least this share
-    /// of the pipeline's whole cost per item (0.25: a quarter) from the interval measured right after
-    /// it settled...
+    /// A settled placement (or one whose moves count is spent) is re-decided again when one stage's
+    /// local cost moved by at least this share of the pipeline's whole cost per item (0.25: a
+    /// quarter), the same way, from what it settled on (the second interval measured after it
+    /// settled)...
     public static let reopenCostChange = 0.25
-    /// ...or the items entering per second changed by this factor either way...
-    public static let reopenLoadFactor = 2.0
     /// ...in this many intervals in a row (one noisy interval does not), and `reopenAfterNs` (an
-    /// init argument, 10 s by default) after that interval at the earliest: a settled pipeline whose
-    /// plan keeps being refuted tries at most one move (one check interval) that often.
+    /// init argument, 10 s by default) after that interval at the earliest: a pipeline whose plan
+    /// keeps being refuted tries at most one move (one check interval) that often. The load alone
+    /// does not re-open it: the planner decides from costs per item, so the same costs would make
+    /// the same refuted move (the load moves cores through the broker's demand instead).
     public static let reopenIntervals = 2
 
     /// Worker index (in the runtime) of each stage now.
@@ -90,17 +91,22 @@ public struct MeasuredPlacement {
     public private(set) var moveFailure: RuntimeError?
     /// Set when a move was undone: the placement is no longer re-decided, and it asks for no core
     /// (a change of its workers does not reset it: the measurement refuted its planner), until its
-    /// costs or load change (`reopenCostChange`, `reopenLoadFactor`): then it is cleared, the moves
-    /// count (`changesMax`) starts again and placements measured slower before are no longer avoided.
+    /// stage costs change (`reopenCostChange`): then it is cleared, the moves count (`changesMax`)
+    /// starts again and placements measured slower before are no longer avoided.
     public private(set) var settled = false
-    /// Times a settled placement was re-decided again, and why the last time (for logs and metrics).
+    /// Times a settled placement was re-decided again, and why the last time (the service logs it).
     public private(set) var reopenCount = 0
     public private(set) var lastReopenWhy: String?
-    /// The interval measured right after settling: when, each stage's local cost, items per second.
-    private var settledOn: (ns: UInt64, costs: [Double], itemsPerSecond: Double)?
-    /// Consecutive intervals, while settled, that differed from `settledOn`.
+    /// What it settled on: when, and each stage's local cost (nil until measured; `settleSkips`
+    /// intervals after settling are passed over first).
+    private var settledOn: (ns: UInt64, costs: [Double])?
+    private var settleSkips = 0
+    /// Consecutive intervals that differed from `settledOn` the same way: the stage and the sign.
     private var reopenStreak = 0
+    private var reopenTrigger: (stage: Int, up: Bool)?
     private let reopenAfterNs: UInt64
+    /// Its clock (`Clock.monotonicNs`; a test's runs faster): what `nowNs` arguments are on.
+    private let clock: @Sendable () -> UInt64
     /// `changeCount` when the moves count last started (at the launch or a re-opening).
     private var changesAtReopen = 0
     /// The move being checked: the placement it left, the busiest worker's ns per item there, and
@@ -108,7 +114,8 @@ public struct MeasuredPlacement {
     private var check: (from: [Int], bottleneckNs: Double, decision: PlacementDecision)?
     /// The pending check is of a move `setWorkers` made: due after `firstIntervalNs` and `itemsPerSoonCheck`.
     private var checkSoon = false
-    /// Placements measured slower (before the run, or undone): never moved to.
+    /// Placements measured slower (before the run, or moved to and undone): not moved to until a
+    /// re-opening clears them.
     private var avoided: [[Int]]
     /// The runtime's worker indices this pipeline may use now (`setWorkers` changes them); the
     /// planner's worker i is `workers[i]`, and the source's worker comes first.
@@ -135,10 +142,11 @@ public struct MeasuredPlacement {
     /// `workers`: the runtime worker indices the pipeline may use (one or more); `initial`: where
     /// its stages start (indices among `workers`' values); `handoff`: from `calibrate`; `avoiding`:
     /// placements (like `initial`) already measured slower, which it does not move to (until a
-    /// re-opening); `reopenAfterNs`: how soon after settling a change can re-open the placement.
+    /// re-opening); `reopenAfterNs`: how soon after settling a change can re-open the placement;
+    /// `clock`: the clock the callers' `nowNs` are read from.
     public init(workers: [Int], initial: [Int], handoff: Result<HandoffCost, HandoffCalibrationError>,
                 avoiding: [[Int]] = [], planner: PlacementPlanner = PlacementPlanner(),
-                reopenAfterNs: UInt64 = 10_000_000_000) {
+                reopenAfterNs: UInt64 = 10_000_000_000, clock: @escaping @Sendable () -> UInt64 = { Clock.monotonicNs() }) {
         precondition(!workers.isEmpty && Set(workers).count == workers.count, "one or more distinct workers")
         precondition(initial.allSatisfy(workers.contains), "the initial placement uses the pipeline's workers")
         placement = initial
@@ -146,6 +154,7 @@ public struct MeasuredPlacement {
         self.workers = workers
         self.planner = planner
         self.reopenAfterNs = reopenAfterNs
+        self.clock = clock
         switch handoff {
         case .success(let cost): (self.handoff, calibrationFailure) = (cost, nil)
         case .failure(let error): (self.handoff, calibrationFailure) = (nil, "\(error)")
@@ -173,7 +182,6 @@ public struct MeasuredPlacement {
         let measured = zip(last, now).map { before, after in
             Double(after.cycles &- before.cycles) / Clock.cyclesPerNs / Double(entered)
         }
-        let itemsPerSecond = Double(entered) / (Double(nowNs &- lastNs) / 1e9)
         last = now
         lastNs = nowNs
         // The busiest worker's measured ns per item: what bounds the rate where the stages are now.
@@ -191,12 +199,15 @@ public struct MeasuredPlacement {
             checkSoon = false
             if bottleneck >= check.bottleneckNs {
                 let undo = PlacementUndo(beforeNsPerItem: check.bottleneckNs, afterNsPerItem: bottleneck)
+                let refuted = placement
                 move(pipeline, runtime: runtime, to: check.from, nowNs: nowNs, decision: check.decision, undone: undo)
-                (settled, settledOn, reopenStreak) = (true, nil, 0)
+                if !avoided.contains(refuted) { avoided.append(refuted) }
+                settled = true
                 return
             }
         }
-        if settled { reopenIfChanged(costs: costs.stageNsPerItem, itemsPerSecond: itemsPerSecond, nowNs: nowNs) }
+        let spent = changeCount &- changesAtReopen >= Self.changesMax
+        if settled || spent { reopenIfChanged(costs: costs.stageNsPerItem, nowNs: nowNs) }
         // One worker: nothing to choose (the costs are kept for `workersWanted`).
         guard !settled, changeCount &- changesAtReopen < Self.changesMax, workers.count >= 2 else { return }
         let decision = planner.plan(costs: costs, workerCount: workers.count)
@@ -209,26 +220,31 @@ public struct MeasuredPlacement {
         move(pipeline, runtime: runtime, to: target, nowNs: nowNs, decision: decision, undone: nil)
     }
 
-    /// Settled: takes the first interval after settling as what it settled on, and clears `settled`
-    /// when `reopenIntervals` intervals in a row differ from it by `reopenCostChange` or
-    /// `reopenLoadFactor`, `reopenAfterNs` after it at the earliest.
-    private mutating func reopenIfChanged(costs: [Double], itemsPerSecond: Double, nowNs: UInt64) {
+    /// Settled (or its moves count spent): passes over the first interval after settling (just
+    /// after a move back), takes the next as what it settled on, and re-opens when `reopenIntervals`
+    /// intervals in a row found one stage's cost moved the same way by `reopenCostChange` of the
+    /// whole, `reopenAfterNs` after that at the earliest: clears `settled` and `avoided`, and starts
+    /// the moves count again.
+    private mutating func reopenIfChanged(costs: [Double], nowNs: UInt64) {
         guard let on = settledOn else {
-            settledOn = (nowNs, costs, itemsPerSecond)
+            if settleSkips < 1 { settleSkips += 1 } else { (settledOn, settleSkips) = ((nowNs, costs), 0) }
             return
         }
         let whole = max(on.costs.reduce(0, +), 1e-9)
-        let shifts = zip(costs, on.costs).map { abs($0 - $1) / whole }
-        let shift = shifts.max() ?? 0
-        let load = itemsPerSecond / max(on.itemsPerSecond, 1e-9)
-        let changed = shift >= Self.reopenCostChange || load >= Self.reopenLoadFactor || load <= 1 / Self.reopenLoadFactor
-        reopenStreak = changed ? reopenStreak + 1 : 0
-        guard reopenStreak >= Self.reopenIntervals, nowNs &- on.ns >= reopenAfterNs else { return }
-        let stage = shifts.firstIndex(of: shift) ?? 0
-        lastReopenWhy = "settled on stages \(on.costs.map { fixed($0, 1) }.joined(separator: "/")) ns/item at "
-            + "\(formatRate(on.itemsPerSecond)); now \(costs.map { fixed($0, 1) }.joined(separator: "/")) at "
-            + "\(formatRate(itemsPerSecond)) (stage \(stage) moved \(fixed(shift * 100, 0))% of the whole, load x\(fixed(load, 2)))"
-        (settled, settledOn, reopenStreak, avoided) = (false, nil, 0, [])
+        let shifts = zip(costs, on.costs).map { ($0 - $1) / whole }
+        let stage = shifts.indices.max { abs(shifts[$0]) < abs(shifts[$1]) } ?? 0
+        let trigger = (stage: stage, up: shifts[stage] > 0)
+        if abs(shifts[stage]) >= Self.reopenCostChange {
+            reopenStreak = reopenTrigger.map { $0 == trigger } == true ? reopenStreak + 1 : 1
+            reopenTrigger = trigger
+        } else {
+            (reopenStreak, reopenTrigger) = (0, nil)
+        }
+        guard reopenStreak >= Self.reopenIntervals, nowNs >= on.ns &+ reopenAfterNs else { return }
+        lastReopenWhy = "settled on stages \(on.costs.map { fixed($0, 1) }.joined(separator: "/")) ns/item; now "
+            + "\(costs.map { fixed($0, 1) }.joined(separator: "/")): stage \(stage) \(trigger.up ? "rose" : "fell") by "
+            + "\(fixed(abs(shifts[stage]) * 100, 0))% of the whole"
+        (settled, settledOn, settleSkips, reopenStreak, reopenTrigger, avoided) = (false, nil, 0, 0, nil, [])
         changesAtReopen = changeCount
         reopenCount += 1
     }
@@ -281,7 +297,6 @@ public struct MeasuredPlacement {
     private mutating func move(_ pipeline: Pipeline, runtime: Runtime, to target: [Int], nowNs: UInt64,
                                decision: PlacementDecision, undone: PlacementUndo?, workersNow: [Int]? = nil) {
         let from = placement
-        let movingSinceNs = Clock.monotonicNs()
         for (stage, worker) in target.enumerated() where placement[stage] != worker {
             do throws(RuntimeError) {
                 try runtime.move(pipeline.stages[stage], toWorker: worker)
@@ -296,9 +311,10 @@ public struct MeasuredPlacement {
         changes.append(PlacementChange(atNs: nowNs &- startNs, from: from, to: placement, decision: decision,
                                        undone: undone, workersNow: workersNow))
         changeCount += 1
-        // Costs measured across the move mix two placements: start the next interval afresh, on the
-        // caller's clock (`nowNs` plus the time the move took).
+        // Costs measured across the move mix two placements: start the next interval afresh. What it
+        // settled on was measured where the stages were: measure again (a core taken from it).
         last = pipeline.snapshot()
-        lastNs = nowNs &+ (Clock.monotonicNs() &- movingSinceNs)
+        lastNs = clock()
+        (settledOn, settleSkips, reopenStreak, reopenTrigger) = (nil, 0, 0, nil)
     }
 }
