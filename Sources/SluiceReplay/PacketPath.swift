@@ -532,6 +532,24 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
         return nil
     }
 
+    /// Where a capture input's reading stands (`PcapSource.position`): after the path was stopped
+    /// (`stopSignal`) and its pipeline drained, the record the paths taking over start at. nil for
+    /// other inputs, and when the capture cannot be taken over from there.
+    public var capturePosition: CapturePosition? {
+        if case .capture(let source) = input { return source.position }
+        return nil
+    }
+
+    /// Makes a capture input start at `position` instead of the first record: another path replayed
+    /// everything before it (`PcapSource.takeOver`). Before the launch only. Throws when the input is
+    /// not a capture that can be taken over (`notACapture`) or the file cannot seek.
+    public func takeOver(at position: CapturePosition) throws(PcapError) {
+        guard case .capture(let source) = input else {
+            throw .notACapture(path: configuration.name, reason: "only a capture input is taken over at a record")
+        }
+        try source.takeOver(at: position)
+    }
+
     /// The input's error that ended it early (a bad record), if any.
     public var inputFailure: String? { inputError.map { "\($0)" } }
 

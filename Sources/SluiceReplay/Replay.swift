@@ -61,6 +61,11 @@ public struct ReplayConfiguration: Sendable {
     /// How fanned-out instances share the capture: by flow (the default: each flow through one
     /// instance, in order) or by blocks of the file (each record read once; order kept within a block only).
     public var split = ReplaySplit.flows
+    /// Auto, one instance after trials that measured the instances fanned out by flow: whether it
+    /// may fan out mid-run when its own pace falls below theirs (`MidRunFanOut`).
+    public var fansOutMidRun = MidRunFanOut.whenFaster
+    /// Test seam: auto starts one instance whatever its trials say (so a test can fan it out mid-run).
+    var startsSingleInstance = false
 
     public init(capturePath: String, output: ReplayOutput, pacing: ReplayPacing = .topSpeed, loopCount: Int = 1,
                 cores: [Int], waitMode: WaitMode = .adaptive) {
@@ -102,6 +107,49 @@ public enum ReplaySplit: String, Sendable, Equatable, CaseIterable {
     /// across instances, so a flow's packets may leave out of order. For load and throughput runs
     /// where order within a flow does not matter. Classic pcap files (version 2.4) only.
     case blocks
+}
+
+/// When a single instance that `--placement auto` started (after trials that measured the instances
+/// fanned out by flow) fans out mid-run: its source stops between two records, its pipeline drains
+/// (every record read before delivered or filtered), and one instance per core takes the capture
+/// over from the next record, each with its share of the flows, so no flow is reordered.
+public enum MidRunFanOut: Sendable, Equatable {
+    /// Never: the shape chosen before the run holds.
+    case never
+    /// When the run's own pace, measured over `Replay.midRunRecords` records, is below the fanned-out
+    /// trial's by the 5% margin, and the records left would take `Replay.midRunSwitchCostNs` longer at
+    /// that pace than fanned out (the instances' paths are made while the single one runs).
+    case whenFaster
+    /// Once this many records went out, whatever was measured (tests).
+    case afterRecords(UInt64)
+}
+
+/// A single instance fanned out mid-run (`MidRunFanOut`): when, from where, and why.
+public struct MidRunFanOutRecord: Sendable, Equatable, CustomStringConvertible {
+    /// From the run's start to the single instance's stop, and to the instances' launch.
+    public var stoppedAtNs: UInt64
+    public var launchedAtNs: UInt64
+    /// Where the instances took the capture over.
+    public var position: CapturePosition
+    /// The single instance's records out per second over the last window, and the fanned-out trial's
+    /// (nil: forced, `afterRecords`).
+    public var singleRecordsPerSecond: Double?
+    public var trialRecordsPerSecond: Double?
+    /// Records the single instance delivered before it stopped.
+    public var deliveredBefore: UInt64
+    /// Making the instances' paths (while the single instance ran).
+    public var setUpNs: UInt64
+
+    public var description: String {
+        let why = singleRecordsPerSecond.flatMap { pace in
+            trialRecordsPerSecond.map { ": the run went \(Self.mpps(pace)) Mpps, the instances' trial \(Self.mpps($0))" }
+        } ?? ": forced"
+        return "fanned out mid-run at \(Self.ms(stoppedAtNs)) ms from \(position)\(why); the single instance delivered "
+            + "\(deliveredBefore) before, the instances' paths took \(Self.ms(setUpNs)) ms to make, launched at \(Self.ms(launchedAtNs)) ms"
+    }
+
+    private static func mpps(_ rate: Double) -> String { "\(Int((rate / 1e5).rounded()) / 10).\(Int((rate / 1e5).rounded()) % 10)" }
+    private static func ms(_ ns: UInt64) -> String { "\(ns / 1_000_000).\((ns / 100_000) % 10)" }
 }
 
 /// What `--placement auto` weighed before fanning out over its cores, and what it chose. Fanning out
@@ -365,6 +413,9 @@ public struct ReplaySummary: Sendable {
     public var fanout: FanoutDecision?
     /// Bursts that ran through every stage in one call chain, skipping the rings (run to completion).
     public var fusedBursts: UInt64 = 0
+    /// A single instance fanned out mid-run (`MidRunFanOut`): then `instances` and `instanceDelivered`
+    /// are the instances', and the totals include what the single instance did before.
+    public var fannedOutMidRun: MidRunFanOutRecord?
 
     public var packetsPerSecond: Double { Double(delivered) / max(Double(elapsedNs) / 1e9, 1e-9) }
     public var bitsPerSecond: Double { Double(bytes) * 8 / max(Double(elapsedNs) / 1e9, 1e-9) }
@@ -387,6 +438,10 @@ public final class Replay {
     /// The hand-off between the first two cores (auto placement on two or more cores).
     private let handoff: Result<HandoffCost, HandoffCalibrationError>?
     private let fanout: FanoutDecision?
+    /// One instance that may fan out mid-run (`MidRunFanOut`): the instances' path configurations.
+    private let fanOutLater: [PacketPathConfiguration]?
+    /// The capture file's size when opened (what the records left are estimated from).
+    private let captureFileBytes: UInt64
 
     public init(_ configuration: ReplayConfiguration) throws(ReplayError) {
         try Self.validate(configuration)
@@ -543,6 +598,7 @@ public final class Replay {
                     // The pipelined shape tried and measured no faster than one core is not moved to later.
                     if let pipelined, let spread, best.rate > pipelined.recordsPerSecond { decision.refuted = [spread.placement] }
                 }
+                if configuration.startsSingleInstance { decision.chosen = false }
                 decision.measuringNs = Clock.monotonicNs() &- openedAtNs
                 fanout = decision
                 if decision.chosen { instances = cores.count }
@@ -556,42 +612,24 @@ public final class Replay {
                                             loopCount: configuration.loopCount) }
             catch { throw .capture(error) }
         }
-        var configurations: [PacketPathConfiguration] = []
-        for instance in 0..<instances {
-            var pathConfiguration = PacketPathConfiguration(
-                name: instances == 1 ? "replay" : "replay-\(instance)",
-                input: .capture(path: configuration.capturePath, pacing: configuration.pacing,
-                                loopCount: configuration.loopCount),
-                output: configuration.output, numaNode: CPU.numaNode(of: cores[instance]))
-            pathConfiguration.burstCount = configuration.burstCount
-            pathConfiguration.ringCapacity = configuration.ringCapacity
-            if let count = configuration.poolBufferCount { pathConfiguration.poolBufferCount = count }
-            if let size = configuration.bufferSizeBytes {
-                pathConfiguration.bufferSizeBytes = size
-                pathConfiguration.bufferSizeFollowsCapture = false
-            }
-            pathConfiguration.stages = configuration.stages
-            pathConfiguration.measuresLatency = configuration.measuresLatency
-            pathConfiguration.classifier = configuration.classifier
-            pathConfiguration.rules = configuration.rules
-            pathConfiguration.outputs = configuration.outputs
-            pathConfiguration.traffic = configuration.traffic
-            if let blocks {
-                pathConfiguration.captureBlocks = CaptureBlockShare(blocks: blocks, index: instance)
-            } else if instances > 1 {
-                pathConfiguration.captureSplit = CaptureSplit(index: instance, count: instances)
-            }
-            configurations.append(pathConfiguration)
+        let configurations = (0..<instances).map {
+            Self.pathConfiguration(configuration, instance: $0, of: instances, blocks: blocks)
         }
+        // One instance after trials that measured the instances fanned out by flow may fan out mid-run:
+        // a regular classic pcap file (read from a record in the middle) on a run that can be split.
+        var later: [PacketPathConfiguration]?
+        if instances == 1, configuration.placement == .auto, cores.count > 1, configuration.split == .flows,
+           fanout?.notSplittable == nil, configuration.fansOutMidRun != .never,
+           fanout?.trialFannedOut != nil || configuration.fansOutMidRun != .whenFaster,
+           (try? PcapReader(path: configuration.capturePath))?.readsInBlocks == true, Self.splitRefusal(configuration) == nil {
+            later = cores.indices.map { Self.pathConfiguration(configuration, instance: $0, of: cores.count, blocks: nil) }
+        }
+        fanOutLater = later
+        var status = stat()
+        captureFileBytes = stat(configuration.capturePath, &status) == 0 ? UInt64(status.st_size) : 0
         // Fanned out, each instance's path (its pool faulting in is most of it) is made on its own
         // core, all at once: the pages fault in where they will be used, the pools together.
-        let made: [Result<PacketPath, ReplayError>] = instances == 1
-            ? [Result { () throws(ReplayError) in try PacketPath(configurations[0]) }]
-            : CPU.runPinned(on: Array(cores.prefix(instances))) { [configurations] instance in
-                Result { () throws(ReplayError) in try PacketPath(configurations[instance]) }
-            }
-        var built: [PacketPath] = []
-        for result in made { built.append(try result.get()) }
+        let built = instances == 1 ? [try PacketPath(configurations[0])] : try Self.makePaths(configurations, cores: cores)
         paths = built
         trafficMetrics = configuration.traffic.map { TrafficMetrics(sourceCount: max($0.sources.count, 1)) }
         let stageCount = built[0].pipeline.stages.count
@@ -605,6 +643,46 @@ public final class Replay {
         } else {
             initialPlacement = Array(repeating: 0, count: stageCount)
         }
+    }
+
+    /// Instance `instance` of `instances`' path (one: the whole capture; more: its share of the flows,
+    /// or of `blocks`).
+    private static func pathConfiguration(_ configuration: ReplayConfiguration, instance: Int, of instances: Int,
+                                          blocks: CaptureBlocks?) -> PacketPathConfiguration {
+        var path = PacketPathConfiguration(
+            name: instances == 1 ? "replay" : "replay-\(instance)",
+            input: .capture(path: configuration.capturePath, pacing: configuration.pacing, loopCount: configuration.loopCount),
+            output: configuration.output, numaNode: CPU.numaNode(of: configuration.cores[instance]))
+        path.burstCount = configuration.burstCount
+        path.ringCapacity = configuration.ringCapacity
+        if let count = configuration.poolBufferCount { path.poolBufferCount = count }
+        if let size = configuration.bufferSizeBytes {
+            path.bufferSizeBytes = size
+            path.bufferSizeFollowsCapture = false
+        }
+        path.stages = configuration.stages
+        path.measuresLatency = configuration.measuresLatency
+        path.classifier = configuration.classifier
+        path.rules = configuration.rules
+        path.outputs = configuration.outputs
+        path.traffic = configuration.traffic
+        if let blocks {
+            path.captureBlocks = CaptureBlockShare(blocks: blocks, index: instance)
+        } else if instances > 1 {
+            path.captureSplit = CaptureSplit(index: instance, count: instances)
+        }
+        return path
+    }
+
+    /// Makes one path per configuration, each on a thread pinned to its core (`cores[i]` for the
+    /// i-th), all at once: the pools fault in where they will be used, together.
+    private static func makePaths(_ configurations: [PacketPathConfiguration], cores: [Int]) throws(ReplayError) -> [PacketPath] {
+        let made: [Result<PacketPath, ReplayError>] = CPU.runPinned(on: Array(cores.prefix(configurations.count))) { instance in
+            Result { () throws(ReplayError) in try PacketPath(configurations[instance]) }
+        }
+        var built: [PacketPath] = []
+        for result in made { built.append(try result.get()) }
+        return built
     }
 
     /// A close call's last step, from the trials: whether the instances fan out against the best
@@ -702,9 +780,21 @@ public final class Replay {
         return (ns, Double(perInstance.max()!) / Double(records), largest)
     }
 
+    /// Fanning out mid-run (`MidRunFanOut.whenFaster`): the single instance's pace is measured from
+    /// when this many records went out...
+    static let midRunWarmUpRecords: UInt64 = 8_192
+    /// ...over at least this many more and `MeasuredPlacement.firstIntervalNs` (later windows:
+    /// `MeasuredPlacement.intervalNs`)...
+    static let midRunRecords: UInt64 = 50_000
+    /// ...and it fans out when the fanned-out trial ran at least 5% faster and the records left would
+    /// take at least this much longer at its pace than at the trial's (making the instances' paths
+    /// and the drain cost a few milliseconds).
+    static let midRunSwitchCostNs: UInt64 = 10_000_000
+
     /// Runs the replay to the end of the capture (all loops), calling `progress` about every 200 ms
     /// on this thread. A bad record or failed write ends it early: the summary's `failure` says why.
     public func run(progress: ((ReplayProgress) -> Void)? = nil) throws(ReplayError) -> ReplaySummary {
+        var paths = self.paths
         let fannedOut = paths.count > 1
         var allocator = !fannedOut && configuration.placement == .auto && configuration.cores.count > 1
             ? MeasuredPlacement(workers: Array(configuration.cores.indices), initial: initialPlacement,
@@ -729,12 +819,65 @@ public final class Replay {
             }
         } catch { throw .runtime(error) }
         allocator?.begin(pipeline, nowNs: Clock.monotonicNs())
+        var watch = fanOutLater.map { MidRunWatch(instances: $0, rule: configuration.fansOutMidRun,
+                                                  trialRecordsPerSecond: fanout?.trialFannedOut) }
+        // The single instance stopped for the instances in `paths`, waiting for its drain.
+        var stopped: (instances: [PacketPath], record: MidRunFanOutRecord)?
+        var midRun: MidRunFanOutRecord?
+        var midRunRefusal: String?
         // With a traffic controller this thread runs it, polling every 100 µs between drain checks.
         var lastProgressNs = start
-        while !runtime.drain(timeoutNs: controller == nil ? (allocator == nil ? 200_000_000 : 10_000_000) : 100_000) {
+        while true {
+            let pollNs: UInt64 = controller != nil ? 100_000 : (allocator == nil && watch == nil ? 200_000_000 : 10_000_000)
+            if runtime.drain(timeoutNs: pollNs) {
+                guard let (instances, record) = stopped else { break }
+                stopped = nil
+                // Every record the single instance read went out: the instances take over from the next.
+                guard let position = paths[0].capturePosition else { break }  // it reached the end first
+                do {
+                    for path in instances { try path.takeOver(at: position) }
+                } catch {
+                    midRunRefusal = "the instances could not take the capture over at \(position): \(error)"
+                    break
+                }
+                do {
+                    for (instance, path) in instances.enumerated() {
+                        try runtime.launch(path.pipeline, placement: Array(repeating: instance, count: path.pipeline.stages.count))
+                    }
+                } catch { throw .runtime(error) }
+                midRun = record
+                midRun!.position = position
+                midRun!.deliveredBefore = pipeline.delivered
+                midRun!.launchedAtNs = Clock.monotonicNs() &- start
+                paths += instances
+                continue
+            }
             controller?.poll(nowNs: Clock.monotonicNs())
             let now = Clock.monotonicNs()
-            allocator?.step(pipeline, runtime: runtime, nowNs: now)
+            if stopped == nil { allocator?.step(pipeline, runtime: runtime, nowNs: now) }
+            if var current = watch, stopped == nil {
+                let out = pipeline.delivered &+ pipeline.filtered &+ paths[0].oversizeRecords
+                if let pace = current.due(out: out, packets: paths[0].packetsIn, bytes: paths[0].bytesIn, nowNs: now,
+                                          captureBytes: captureFileBytes, loopCount: configuration.loopCount) {
+                    watch = nil
+                    let madeAt = Clock.monotonicNs()
+                    do {
+                        let instances = try Self.makePaths(current.instances, cores: configuration.cores)
+                        let made = Clock.monotonicNs()
+                        paths[0].stopSignal.stop()
+                        runtime.wakeAll()
+                        stopped = (instances, MidRunFanOutRecord(
+                            stoppedAtNs: made &- start, launchedAtNs: 0,
+                            position: CapturePosition(loop: 0, recordIndex: 0, fileOffset: 0),
+                            singleRecordsPerSecond: pace > 0 ? pace : nil, trialRecordsPerSecond: fanout?.trialFannedOut,
+                            deliveredBefore: 0, setUpNs: made &- madeAt))
+                    } catch {
+                        midRunRefusal = "the instances' paths could not be made: \(error)"
+                    }
+                } else {
+                    watch = current
+                }
+            }
             if now - lastProgressNs >= 200_000_000 {
                 lastProgressNs = now
                 if let controller { trafficMetrics?.record(controller.snapshot()) }
@@ -765,15 +908,18 @@ public final class Replay {
             },
             placementFailure: allocator?.moveFailure.map { "\($0)" },
             workers: zip(runtime.workers, before).map { $0.counters.snapshot().since($1) },
-            cores: configuration.cores, failure: failures.lazy.compactMap { $0 }.first,
+            cores: configuration.cores, failure: midRunRefusal ?? failures.lazy.compactMap { $0 }.first,
             inputError: paths.lazy.compactMap(\.inputError).first, outputError: paths.lazy.compactMap(\.outputError).first,
             latencyP50Ns: paths[0].latencyPercentile(50), latencyP99Ns: paths[0].latencyPercentile(99),
             traffic: controller?.snapshot(), outputs: paths[0].outputCounts())
-        summary.instances = paths.count
-        summary.instanceDelivered = paths.map(\.pipeline.delivered)
+        // Fanned out mid-run: the instances are the paths after the single one.
+        let instancePaths = midRun != nil ? Array(paths.dropFirst()) : paths
+        summary.instances = instancePaths.count
+        summary.instanceDelivered = instancePaths.map(\.pipeline.delivered)
         summary.fanout = fanout
-        summary.split = paths.count > 1 ? configuration.split : nil
+        summary.split = instancePaths.count > 1 ? configuration.split : nil
         summary.fusedBursts = paths.reduce(0) { $0 &+ $1.pipeline.fusedBursts.load(ordering: .relaxed) }
+        summary.fannedOutMidRun = midRun
         return summary
     }
 
@@ -800,4 +946,47 @@ func processCPUTimeNs() -> UInt64 {
     precondition(rc == 0, "getrusage(RUSAGE_SELF) fails only on a bad argument")
     func ns(_ time: timeval) -> UInt64 { UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_usec) * 1_000 }
     return ns(usage.ru_utime) + ns(usage.ru_stime)
+}
+
+/// When a single instance fans out mid-run (`MidRunFanOut`): its pace over windows of its records
+/// out, against the fanned-out trial's. Control thread.
+struct MidRunWatch {
+    /// The instances' path configurations (each takes the capture over where the single one stops).
+    let instances: [PacketPathConfiguration]
+    let rule: MidRunFanOut
+    let trialRecordsPerSecond: Double?
+    /// Where the current window began (nil: still warming up).
+    private var mark: (ns: UInt64, out: UInt64)?
+    private var windows = 0
+
+    init(instances: [PacketPathConfiguration], rule: MidRunFanOut, trialRecordsPerSecond: Double?) {
+        precondition(rule != .never && instances.count >= 2, "a watch fans out over two or more instances")
+        self.instances = instances
+        self.rule = rule
+        self.trialRecordsPerSecond = trialRecordsPerSecond
+    }
+
+    /// nil while not due; when it is time to fan out, the last window's pace (records out a second;
+    /// 0 when forced before a window). `out`: records out of the single instance (delivered,
+    /// filtered, too large); `packets`, `bytes`: read so far; `captureBytes`: the file's size.
+    mutating func due(out: UInt64, packets: UInt64, bytes: UInt64, nowNs: UInt64, captureBytes: UInt64,
+                      loopCount: Int) -> Double? {
+        if case .afterRecords(let records) = rule { return out >= records ? 0 : nil }
+        guard let trial = trialRecordsPerSecond else { return nil }
+        guard let mark else {
+            if out >= Replay.midRunWarmUpRecords { self.mark = (nowNs, out) }
+            return nil
+        }
+        let windowNs = windows == 0 ? MeasuredPlacement.firstIntervalNs : MeasuredPlacement.intervalNs
+        guard out &- mark.out >= Replay.midRunRecords, nowNs &- mark.ns >= windowNs else { return nil }
+        let pace = Double(out &- mark.out) / (Double(nowNs &- mark.ns) / 1e9)
+        (self.mark, windows) = ((nowNs, out), windows + 1)
+        guard pace * 1.05 < trial, packets > 0 else { return nil }
+        // Records left, from the file's size and the mean record so far (its bytes and a 16-byte header).
+        let fileBytesPerRecord = Double(bytes) / Double(packets) + 16
+        let total = Double(captureBytes &- min(captureBytes, 24)) * Double(loopCount) / fileBytesPerRecord
+        let left = max(total - Double(packets), 0)
+        let saved = left / pace - left / trial
+        return saved * 1e9 >= Double(Replay.midRunSwitchCostNs) ? pace : nil
+    }
 }

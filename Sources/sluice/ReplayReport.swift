@@ -103,6 +103,7 @@ enum ReplayReport {
                 + (s.split == .blocks ? "blocks" : "flow") + "; delivered "
                 + s.instanceDelivered.map(String.init).joined(separator: " + "))
         }
+        if let midRun = s.fannedOutMidRun { lines.append("placement: \(midRun)") }
         if let failure = s.calibrationFailure { lines.append("placement: not measured (\(failure)); the first one held") }
         if let failure = s.placementFailure { lines.append("placement: a move failed (\(failure)); stages stayed where they were") }
         if let first = s.firstDecision, s.placementChanges.isEmpty {
@@ -160,6 +161,13 @@ enum ReplayReport {
                 + "\"measuringNs\":\(f.measuringNs),"
                 + "\"reason\":\"\(escaped("\(f)"))\"}"
         } ?? "null"
+        let midRun = s.fannedOutMidRun.map { m in
+            "{\"stoppedAtNs\":\(m.stoppedAtNs),\"launchedAtNs\":\(m.launchedAtNs),\"loop\":\(m.position.loop),"
+                + "\"recordIndex\":\(m.position.recordIndex),\"fileOffset\":\(m.position.fileOffset),"
+                + "\"singleRecordsPerSecond\":\(number(m.singleRecordsPerSecond)),"
+                + "\"trialRecordsPerSecond\":\(number(m.trialRecordsPerSecond)),"
+                + "\"deliveredBefore\":\(m.deliveredBefore),\"setUpNs\":\(m.setUpNs)}"
+        } ?? "null"
         let handoff = s.handoff.map { "{\"localNsPerItem\":\($0.localNsPerItem),\"crossNsPerItem\":\($0.crossNsPerItem),\"handoffNsPerItem\":\($0.handoffNsPerItem)}" } ?? "null"
         return "{\"packets\":\(s.packets),\"bytes\":\(s.bytes),\"delivered\":\(s.delivered),"
             + "\"elapsedNs\":\(s.elapsedNs),\"wallNsFromOpen\":\(s.wallNsFromOpen),\"processCpuNs\":\(s.processCpuNs),"
@@ -171,7 +179,7 @@ enum ReplayReport {
             + "\"placementChanges\":[\(changes.joined(separator: ","))],\"handoff\":\(handoff),"
             + "\"instances\":\(s.instances),\"instanceDelivered\":\(s.instanceDelivered),"
             + "\"split\":\(s.split.map { "\"\($0.rawValue)\"" } ?? "null"),\"fusedBursts\":\(s.fusedBursts),"
-            + "\"fanout\":\(fanout)}"
+            + "\"fannedOutMidRun\":\(midRun),\"fanout\":\(fanout)}"
     }
 
     /// A JSON number, or null for nil and for infinities and NaN (not JSON).

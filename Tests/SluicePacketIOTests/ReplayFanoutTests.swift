@@ -91,6 +91,99 @@ import Testing
         #expect(seen == all.count)
     }
 
+    /// A source stopped between two records hands its position to sources that take the capture over
+    /// from there, each with its share of the flows: together they read exactly the records after
+    /// it, each in capture order, over the loops left. Stopped mid-loop, at a loop's last record
+    /// (the takers start the next loop), and after the last loop's last record (nothing left).
+    @Test func sourcesTakeTheCaptureOverWhereAnotherStopped() throws {
+        var reader = try PcapReader(path: Captures.sample)
+        var file: [[UInt8]] = []
+        while let record = try reader.next() { file.append(Array(record.bytes)) }
+        let loops = 3
+        let all = Array((0..<loops).map { _ in file }.joined())
+        func drain(_ source: PcapSource, pool: BufferPool, burst: Int, limit: Int = .max) -> [[UInt8]] {
+            let items = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: burst)
+            defer { items.deallocate() }
+            var taken: [[UInt8]] = []
+            var turns = 0
+            while !source.isExhausted, taken.count < limit, turns < 100_000 {
+                let count = source.produce(into: items)
+                for item in items[0..<count] {
+                    let index = UInt32(item)
+                    let length = Int(pool.metadata(at: index).pointee.length)
+                    taken.append(Array(UnsafeRawBufferPointer(rebasing: pool.bytes(at: index)[0..<length])))
+                    pool.freeIndex(index)
+                }
+                turns += 1
+            }
+            return taken
+        }
+        for stopAfter in [file.count + 1_234, file.count, loops * file.count] {
+            let pool = try BufferPool(bufferCount: 256, bufferSizeBytes: 2048)
+            let first = try PcapSource(path: Captures.sample, pool: pool, pacing: .topSpeed, loopCount: loops)
+            let before = drain(first, pool: pool, burst: 1, limit: stopAfter)
+            #expect(before == Array(all[0..<stopAfter]))
+            let position = try #require(first.position, "stopped after \(stopAfter)")
+            #expect(position.loop == (stopAfter - 1) / file.count && position.recordIndex == stopAfter - position.loop * file.count,
+                    "\(position) after \(stopAfter)")
+            var seen = 0
+            for index in 0..<2 {
+                let split = CaptureSplit(index: index, count: 2)
+                let takerPool = try BufferPool(bufferCount: 256, bufferSizeBytes: 2048)
+                let taker = try PcapSource(path: Captures.sample, pool: takerPool, pacing: .topSpeed, loopCount: loops, split: split)
+                try taker.takeOver(at: position)
+                let taken = drain(taker, pool: takerPool, burst: 32)
+                let expected = all[stopAfter...].filter { bytes in bytes.withUnsafeBytes { split.takes($0, linkType: 1) } }
+                #expect(taken == expected, "share \(index) after \(stopAfter): \(taken.count) of \(expected.count)")
+                #expect(taker.failure == nil && taker.position == nil, "it read to the end")
+                #expect(taker.counters.loopsDone.load(ordering: .relaxed) == UInt64(loops))
+                seen += taken.count
+            }
+            #expect(seen == all.count - stopAfter)
+        }
+    }
+
+    /// A pcapng capture is not taken over in the middle (its blocks need the interfaces read before
+    /// them): no position, and a take-over is refused with the reason.
+    @Test(needsCaptures) func aPcapngCaptureHasNoPositionToTakeOver() throws {
+        let path = Captures.path("mixed.pcapng")
+        let pool = try BufferPool(bufferCount: 64, bufferSizeBytes: 2048)
+        let source = try PcapSource(path: path, pool: pool, pacing: .topSpeed)
+        #expect(source.position == nil)
+        #expect {
+            try source.takeOver(at: CapturePosition(loop: 0, recordIndex: 1, fileOffset: 64))
+        } throws: { error in
+            guard case PcapError.notACapture(_, let reason) = error else { return false }
+            return reason.contains("classic pcap")
+        }
+    }
+
+    /// Auto started one instance; once 12,345 records went out it fans out mid-run: the single
+    /// instance stops between two records and drains, and two instances take the capture over from
+    /// the next record (each with its flows). Every record is delivered once.
+    @Test(.enabled(if: Self.cores.count >= 2 || Captures.inCI, "needs two CPUs"))
+    func autoFansOutMidRunWithoutLosingARecord() throws {
+        try #require(Self.cores.count >= 2, "CI machines have two CPUs")
+        var c = configuration(.auto, loops: 20)
+        c.startsSingleInstance = true
+        c.fansOutMidRun = .afterRecords(12_345)
+        let summary = try Replay(c).run()
+        let midRun = try #require(summary.fannedOutMidRun, "\(summary.fanout.map { "\($0)" } ?? "")")
+        #expect(summary.failure == nil && summary.drops.isEmpty)
+        #expect(summary.packets == 40_000 && summary.delivered == 40_000)
+        #expect(summary.stages.map(\.items) == [40_000, 40_000, 40_000, 40_000], "\(summary.stages.map(\.items))")
+        #expect(midRun.deliveredBefore >= 12_345 && midRun.deliveredBefore < 40_000, "\(midRun)")
+        #expect(midRun.position.loop * 2_000 + midRun.position.recordIndex == Int(midRun.deliveredBefore), "\(midRun)")
+        #expect(summary.instances == 2 && summary.instanceDelivered.allSatisfy { $0 > 0 })
+        #expect(summary.instanceDelivered.reduce(0, +) + midRun.deliveredBefore == 40_000)
+        #expect(midRun.singleRecordsPerSecond == nil && "\(midRun)".contains("forced"))
+        #expect(summary.split == .flows)
+        // Never: the single instance runs to the end.
+        c.fansOutMidRun = .never
+        let single = try Replay(c).run()
+        #expect(single.fannedOutMidRun == nil && single.instances == 1 && single.delivered == 40_000)
+    }
+
     private func configuration(_ placement: ReplayPlacement, output: ReplayOutput = .discard,
                                loops: Int = 5) -> ReplayConfiguration {
         var configuration = ReplayConfiguration(capturePath: Captures.sample, output: output, pacing: .topSpeed,

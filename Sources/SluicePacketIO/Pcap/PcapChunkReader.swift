@@ -53,6 +53,15 @@ struct PcapChunkReader: ~Copyable {
         close(fd)
     }
 
+    /// Moves to `offset`, where a record starts (an `offset` this reader, or another on the same
+    /// file, reported): the next call reads that record. A regular file only. Throws `openFailed`
+    /// with lseek's errno.
+    mutating func seek(to offset: Int64) throws(PcapError) {
+        guard lseek(fd, off_t(offset), SEEK_SET) >= 0 else { throw .openFailed(path: path, errno: Errno(rawValue: errno)) }
+        (start, end, endOfFile, readError) = (0, 0, false, nil)
+        self.offset = offset
+    }
+
     /// The next record, nil at the end of the file; `recordIndex` only names the record in errors.
     @inline(__always) mutating func next(recordIndex: Int) throws(PcapError) -> PcapRecord? {
         guard end - start >= 16 || fill(atLeast: 16) else {

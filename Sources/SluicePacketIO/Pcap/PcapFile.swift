@@ -290,8 +290,33 @@ public struct PcapReader: ~Copyable {
         return handle
     }
 
-    /// True for a regular classic pcap file (version 2.4): one that can be read in blocks (`blockReader`).
+    /// True for a regular classic pcap file (version 2.4): one that can be read in blocks (`blockReader`)
+    /// and from a record in the middle (`nextRecordStart`, `resume(at:recordIndex:)`).
     public var readsInBlocks: Bool { classicHeader != nil }
+
+    /// Where the next record starts in a regular classic pcap file read by Sluice (`readsInBlocks`);
+    /// nil for pcapng, a pipe, or records libpcap reads.
+    public var nextRecordStart: Int64? {
+        guard classicHeader != nil else { return nil }
+        switch chunks {
+        case .some(let reader): return reader.offset
+        case .none: return nil
+        }
+    }
+
+    /// Moves a freshly opened regular classic pcap file's reader to the record at `offset`, which is
+    /// record `recordIndex` of the file (a `nextRecordStart` and `recordIndex` another reader of the
+    /// same file reported): the next `next()` returns it, and errors name indices from there. For
+    /// instances that take over a capture from another reader at a record boundary. Throws
+    /// `notACapture` unless `readsInBlocks`, `openFailed` when the file cannot seek.
+    public mutating func resume(at offset: Int64, recordIndex: Int) throws(PcapError) {
+        guard classicHeader != nil, chunks != nil else {
+            throw .notACapture(path: path, reason: "only a regular classic pcap file (version 2.4) is read from a record in the middle")
+        }
+        precondition(offset >= Int64(PcapFileHeader.sizeBytes) && recordIndex >= 0, "a record starts after the file header")
+        try chunks!.seek(to: offset)
+        self.recordIndex = recordIndex
+    }
 
     /// A reader of `share`'s blocks of this file, on a descriptor of its own. Throws `notACapture`
     /// unless `readsInBlocks`.

@@ -98,6 +98,23 @@ public final class PcapSourceCounters: Sendable {
     init() {}
 }
 
+/// Where the reading of a capture stands between two records: the loop (from 0) and the file's
+/// record that comes next, and the byte offset it starts at. What a source that stopped hands to the
+/// sources that take the capture over from there (`PcapSource.position`, `PcapReader.resume`).
+public struct CapturePosition: Sendable, Equatable, CustomStringConvertible {
+    public var loop: Int
+    public var recordIndex: Int
+    public var fileOffset: Int64
+
+    public init(loop: Int, recordIndex: Int, fileOffset: Int64) {
+        self.loop = loop
+        self.recordIndex = recordIndex
+        self.fileOffset = fileOffset
+    }
+
+    public var description: String { "loop \(loop + 1), record \(recordIndex) (byte offset \(fileOffset))" }
+}
+
 /// Stage 1 of a replay: reads records from a savefile into pool buffers (one copy each) and releases
 /// them when due. Runs on one worker at a time; the file is reopened for each extra loop. A bad
 /// record ends the source: what came before it goes through, the error is kept in `failure`.
@@ -214,6 +231,31 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
     public var failure: PcapError? { failureBox.withLock { $0 } }
 
     public var isExhausted: Bool { finished && pending == nil }
+
+    /// Starts at `position` (another source's `position` on the same file) instead of the first
+    /// record: that source replayed every record before it. Before the source first runs (no worker
+    /// may run it yet); top speed, not by blocks, and `position.loop` below `loopCount`. Throws
+    /// `notACapture` when the file is not one Sluice reads from a record in the middle
+    /// (`PcapReader.resume`), `openFailed` when it cannot seek; the source is then unchanged.
+    public func takeOver(at position: CapturePosition) throws(PcapError) {
+        precondition(pacing == .topSpeed && blockShare == nil && startNs == 0 && packetsRead == 0 && othersRecords == 0,
+                     "a source is taken over at top speed, by records, before it runs")
+        precondition(position.loop >= 0 && position.loop < loopCount, "a source takes over within its loops")
+        try reader.resume(at: position.fileOffset, recordIndex: position.recordIndex)
+        loopsLeft = loopCount - 1 - position.loop
+        counters.loopsDone.store(UInt64(position.loop), ordering: .relaxed)
+    }
+
+    /// Where its reading stands: the loop and record that come next (records it read are in its
+    /// pipeline). Only while no worker runs it: after its pipeline drained, or before its launch. nil
+    /// once it has finished (the last loop's end, a bad record), when it reads blocks or paced (a
+    /// record held until due), or when its file is not a regular classic pcap file Sluice reads
+    /// (`PcapReader.nextRecordStart`).
+    public var position: CapturePosition? {
+        guard !finished, blockShare == nil, pending == nil, pacing == .topSpeed, let offset = reader.nextRecordStart
+        else { return nil }
+        return CapturePosition(loop: loopCount - 1 - loopsLeft, recordIndex: reader.recordIndex, fileOffset: offset)
+    }
 
     public func produce(into items: UnsafeMutableBufferPointer<UInt64>) -> Int {
         let now = sluice_monotonic_ns()
