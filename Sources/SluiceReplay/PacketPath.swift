@@ -541,13 +541,17 @@ public final class PacketPath: @unchecked Sendable {  // unchecked: `controller`
     }
 
     /// Makes a capture input start at `position` instead of the first record: another path replayed
-    /// everything before it (`PcapSource.takeOver`). Before the launch only. Throws when the input is
-    /// not a capture that can be taken over (`notACapture`) or the file cannot seek.
+    /// everything before it (`PcapSource.takeOver`). Before the launch only, on a capture input.
+    /// Throws `notResumable` when the file cannot be read from there.
     public func takeOver(at position: CapturePosition) throws(PcapError) {
-        guard case .capture(let source) = input else {
-            throw .notACapture(path: configuration.name, reason: "only a capture input is taken over at a record")
-        }
+        guard case .capture(let source) = input else { preconditionFailure("only a capture input is taken over at a record") }
         try source.takeOver(at: position)
+    }
+
+    /// Device and inode of the capture file the input reads now; nil for other inputs.
+    public var captureFileIdentity: (device: UInt64, inode: UInt64)? {
+        if case .capture(let source) = input { return source.fileIdentity }
+        return nil
     }
 
     /// The input's error that ended it early (a bad record), if any.

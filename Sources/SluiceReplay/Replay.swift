@@ -416,6 +416,9 @@ public struct ReplaySummary: Sendable {
     /// A single instance fanned out mid-run (`MidRunFanOut`): then `instances` and `instanceDelivered`
     /// are the instances', and the totals include what the single instance did before.
     public var fannedOutMidRun: MidRunFanOutRecord?
+    /// Why a single instance due to fan out mid-run did not (its instances' paths could not be made,
+    /// the file was replaced): it ran on to the end, nothing lost.
+    public var fannedOutMidRunRefusal: String?
 
     public var packetsPerSecond: Double { Double(delivered) / max(Double(elapsedNs) / 1e9, 1e-9) }
     public var bitsPerSecond: Double { Double(bytes) * 8 / max(Double(elapsedNs) / 1e9, 1e-9) }
@@ -442,6 +445,8 @@ public final class Replay {
     private let fanOutLater: [PacketPathConfiguration]?
     /// The capture file's size when opened (what the records left are estimated from).
     private let captureFileBytes: UInt64
+    /// Making the run's paths took this long (a mid-run fan-out's cost is weighed against it).
+    private let pathSetUpNs: UInt64
 
     public init(_ configuration: ReplayConfiguration) throws(ReplayError) {
         try Self.validate(configuration)
@@ -616,12 +621,14 @@ public final class Replay {
             Self.pathConfiguration(configuration, instance: $0, of: instances, blocks: blocks)
         }
         // One instance after trials that measured the instances fanned out by flow may fan out mid-run:
-        // a regular classic pcap file (read from a record in the middle) on a run that can be split.
+        // a regular classic pcap file (read from a record in the middle) on a run that can be split,
+        // to a discard output (an interface's TX ring may still hold the single instance's last
+        // frames when the instances start sending later ones of the same flows).
         var later: [PacketPathConfiguration]?
         if instances == 1, configuration.placement == .auto, cores.count > 1, configuration.split == .flows,
-           fanout?.notSplittable == nil, configuration.fansOutMidRun != .never,
+           fanout != nil, fanout?.notSplittable == nil, configuration.output == .discard, configuration.fansOutMidRun != .never,
            fanout?.trialFannedOut != nil || configuration.fansOutMidRun != .whenFaster,
-           (try? PcapReader(path: configuration.capturePath))?.readsInBlocks == true, Self.splitRefusal(configuration) == nil {
+           (try? PcapReader(path: configuration.capturePath))?.readsInBlocks == true {
             later = cores.indices.map { Self.pathConfiguration(configuration, instance: $0, of: cores.count, blocks: nil) }
         }
         fanOutLater = later
@@ -629,7 +636,9 @@ public final class Replay {
         captureFileBytes = stat(configuration.capturePath, &status) == 0 ? UInt64(status.st_size) : 0
         // Fanned out, each instance's path (its pool faulting in is most of it) is made on its own
         // core, all at once: the pages fault in where they will be used, the pools together.
+        let madeAtNs = Clock.monotonicNs()
         let built = instances == 1 ? [try PacketPath(configurations[0])] : try Self.makePaths(configurations, cores: cores)
+        pathSetUpNs = Clock.monotonicNs() &- madeAtNs
         paths = built
         trafficMetrics = configuration.traffic.map { TrafficMetrics(sourceCount: max($0.sources.count, 1)) }
         let stageCount = built[0].pipeline.stages.count
@@ -783,12 +792,13 @@ public final class Replay {
     /// Fanning out mid-run (`MidRunFanOut.whenFaster`): the single instance's pace is measured from
     /// when this many records went out...
     static let midRunWarmUpRecords: UInt64 = 8_192
-    /// ...over at least this many more and `MeasuredPlacement.firstIntervalNs` (later windows:
-    /// `MeasuredPlacement.intervalNs`)...
+    /// ...over windows of at least this many more records and `midRunWindowNs` (the hand-off on a VM
+    /// can turn dear at any moment of a run of a few hundred milliseconds)...
     static let midRunRecords: UInt64 = 50_000
+    static let midRunWindowNs: UInt64 = 20_000_000
     /// ...and it fans out when the fanned-out trial ran at least 5% faster and the records left would
-    /// take at least this much longer at its pace than at the trial's (making the instances' paths
-    /// and the drain cost a few milliseconds).
+    /// take at least this much longer at its pace than at the trial's, or twice what making the run's
+    /// path took if more (the instances' paths are made on cores busy with the single instance).
     static let midRunSwitchCostNs: UInt64 = 10_000_000
 
     /// Runs the replay to the end of the capture (all loops), calling `progress` about every 200 ms
@@ -820,41 +830,58 @@ public final class Replay {
         } catch { throw .runtime(error) }
         allocator?.begin(pipeline, nowNs: Clock.monotonicNs())
         var watch = fanOutLater.map { MidRunWatch(instances: $0, rule: configuration.fansOutMidRun,
-                                                  trialRecordsPerSecond: fanout?.trialFannedOut) }
+                                                  trialRecordsPerSecond: fanout?.trialFannedOut,
+                                                  switchCostNs: max(Self.midRunSwitchCostNs, 2 * pathSetUpNs)) }
+        let captureIdentity = paths[0].captureFileIdentity  // before the launch: no worker reads it yet
         // The single instance stopped for the instances in `paths`, waiting for its drain.
         var stopped: (instances: [PacketPath], record: MidRunFanOutRecord)?
         var midRun: MidRunFanOutRecord?
         var midRunRefusal: String?
-        // With a traffic controller this thread runs it, polling every 100 µs between drain checks.
+        var midRunFailure: String?
+        // With a traffic controller this thread runs it, polling every 100 µs between drain checks; a
+        // fan-out after a count of records (tests) polls every millisecond.
         var lastProgressNs = start
         while true {
-            let pollNs: UInt64 = controller != nil ? 100_000 : (allocator == nil && watch == nil ? 200_000_000 : 10_000_000)
+            let forced = watch.map { if case .afterRecords = $0.rule { true } else { false } } ?? false
+            let pollNs: UInt64 = controller != nil ? 100_000
+                : forced ? 1_000_000 : (allocator == nil && watch == nil ? 200_000_000 : 10_000_000)
             if runtime.drain(timeoutNs: pollNs) {
                 guard let (instances, record) = stopped else { break }
                 stopped = nil
                 // Every record the single instance read went out: the instances take over from the next.
                 guard let position = paths[0].capturePosition else { break }  // it reached the end first
+                // Only a seek can fail here (the files were checked to be the same before the stop).
                 do {
                     for path in instances { try path.takeOver(at: position) }
                 } catch {
-                    midRunRefusal = "the instances could not take the capture over at \(position): \(error)"
+                    midRunFailure = "fanning out mid-run: the instances could not take the capture over at \(position), "
+                        + "so the records from there on were not replayed: \(error)"
                     break
                 }
-                do {
-                    for (instance, path) in instances.enumerated() {
+                var launched: [PacketPath] = []
+                for (instance, path) in instances.enumerated() {
+                    do {
                         try runtime.launch(path.pipeline, placement: Array(repeating: instance, count: path.pipeline.stages.count))
+                        launched.append(path)
+                    } catch {
+                        midRunFailure = "fanning out mid-run: instance \(instance) could not be launched, so its flows from "
+                            + "\(position) on were not replayed: \(error)"
                     }
-                } catch { throw .runtime(error) }
+                }
                 midRun = record
                 midRun!.position = position
                 midRun!.deliveredBefore = pipeline.delivered
                 midRun!.launchedAtNs = Clock.monotonicNs() &- start
-                paths += instances
+                paths += launched
                 continue
             }
             controller?.poll(nowNs: Clock.monotonicNs())
             let now = Clock.monotonicNs()
-            if stopped == nil { allocator?.step(pipeline, runtime: runtime, nowNs: now) }
+            if stopped == nil, midRun == nil, let changes = allocator?.changeCount {
+                allocator!.step(pipeline, runtime: runtime, nowNs: now)
+                // A window across a move measures the move's stall, not a shape: start it again.
+                if allocator!.changeCount != changes { watch?.restart() }
+            }
             if var current = watch, stopped == nil {
                 let out = pipeline.delivered &+ pipeline.filtered &+ paths[0].oversizeRecords
                 if let pace = current.due(out: out, packets: paths[0].packetsIn, bytes: paths[0].bytesIn, nowNs: now,
@@ -864,6 +891,11 @@ public final class Replay {
                     do {
                         let instances = try Self.makePaths(current.instances, cores: configuration.cores)
                         let made = Clock.monotonicNs()
+                        // The instances must read the file the single instance read (not one put in its place).
+                        guard instances.allSatisfy({ $0.captureFileIdentity.map { $0 == captureIdentity! } == true }) else {
+                            midRunRefusal = "the capture file was replaced since the run opened it"
+                            continue
+                        }
                         paths[0].stopSignal.stop()
                         runtime.wakeAll()
                         stopped = (instances, MidRunFanOutRecord(
@@ -908,7 +940,7 @@ public final class Replay {
             },
             placementFailure: allocator?.moveFailure.map { "\($0)" },
             workers: zip(runtime.workers, before).map { $0.counters.snapshot().since($1) },
-            cores: configuration.cores, failure: midRunRefusal ?? failures.lazy.compactMap { $0 }.first,
+            cores: configuration.cores, failure: failures.lazy.compactMap { $0 }.first ?? midRunFailure,
             inputError: paths.lazy.compactMap(\.inputError).first, outputError: paths.lazy.compactMap(\.outputError).first,
             latencyP50Ns: paths[0].latencyPercentile(50), latencyP99Ns: paths[0].latencyPercentile(99),
             traffic: controller?.snapshot(), outputs: paths[0].outputCounts())
@@ -920,6 +952,7 @@ public final class Replay {
         summary.split = instancePaths.count > 1 ? configuration.split : nil
         summary.fusedBursts = paths.reduce(0) { $0 &+ $1.pipeline.fusedBursts.load(ordering: .relaxed) }
         summary.fannedOutMidRun = midRun
+        summary.fannedOutMidRunRefusal = midRunRefusal
         return summary
     }
 
@@ -955,15 +988,25 @@ struct MidRunWatch {
     let instances: [PacketPathConfiguration]
     let rule: MidRunFanOut
     let trialRecordsPerSecond: Double?
+    /// What fanning out costs: the time saved over the records left must be at least this.
+    let switchCostNs: UInt64
     /// Where the current window began (nil: still warming up).
     private var mark: (ns: UInt64, out: UInt64)?
-    private var windows = 0
+    /// Set by `restart`: the next call starts a window.
+    private var restarting = false
 
-    init(instances: [PacketPathConfiguration], rule: MidRunFanOut, trialRecordsPerSecond: Double?) {
+    init(instances: [PacketPathConfiguration], rule: MidRunFanOut, trialRecordsPerSecond: Double?,
+         switchCostNs: UInt64 = Replay.midRunSwitchCostNs) {
         precondition(rule != .never && instances.count >= 2, "a watch fans out over two or more instances")
         self.instances = instances
         self.rule = rule
         self.trialRecordsPerSecond = trialRecordsPerSecond
+        self.switchCostNs = switchCostNs
+    }
+
+    /// Drops the current window (a stage move stalled it): the next call starts another.
+    mutating func restart() {
+        if mark != nil { restarting = true }
     }
 
     /// nil while not due; when it is time to fan out, the last window's pace (records out a second;
@@ -973,20 +1016,19 @@ struct MidRunWatch {
                       loopCount: Int) -> Double? {
         if case .afterRecords(let records) = rule { return out >= records ? 0 : nil }
         guard let trial = trialRecordsPerSecond else { return nil }
-        guard let mark else {
-            if out >= Replay.midRunWarmUpRecords { self.mark = (nowNs, out) }
+        guard let mark, !restarting else {
+            if out >= Replay.midRunWarmUpRecords { (self.mark, restarting) = ((nowNs, out), false) }
             return nil
         }
-        let windowNs = windows == 0 ? MeasuredPlacement.firstIntervalNs : MeasuredPlacement.intervalNs
-        guard out &- mark.out >= Replay.midRunRecords, nowNs &- mark.ns >= windowNs else { return nil }
+        guard out &- mark.out >= Replay.midRunRecords, nowNs &- mark.ns >= Replay.midRunWindowNs else { return nil }
         let pace = Double(out &- mark.out) / (Double(nowNs &- mark.ns) / 1e9)
-        (self.mark, windows) = ((nowNs, out), windows + 1)
+        self.mark = (nowNs, out)
         guard pace * 1.05 < trial, packets > 0 else { return nil }
         // Records left, from the file's size and the mean record so far (its bytes and a 16-byte header).
         let fileBytesPerRecord = Double(bytes) / Double(packets) + 16
         let total = Double(captureBytes &- min(captureBytes, 24)) * Double(loopCount) / fileBytesPerRecord
         let left = max(total - Double(packets), 0)
         let saved = left / pace - left / trial
-        return saved * 1e9 >= Double(Replay.midRunSwitchCostNs) ? pace : nil
+        return saved * 1e9 >= Double(switchCostNs) ? pace : nil
     }
 }

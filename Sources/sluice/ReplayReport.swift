@@ -104,9 +104,10 @@ enum ReplayReport {
                 + s.instanceDelivered.map(String.init).joined(separator: " + "))
         }
         if let midRun = s.fannedOutMidRun { lines.append("placement: \(midRun)") }
+        if let refusal = s.fannedOutMidRunRefusal { lines.append("placement: did not fan out mid-run (\(refusal)); ran on to the end") }
         if let failure = s.calibrationFailure { lines.append("placement: not measured (\(failure)); the first one held") }
         if let failure = s.placementFailure { lines.append("placement: a move failed (\(failure)); stages stayed where they were") }
-        if let first = s.firstDecision, s.placementChanges.isEmpty {
+        if let first = s.firstDecision, s.placementChanges.isEmpty, s.fannedOutMidRun == nil {
             lines.append("placement: stayed at \(s.stagePlacement) (a move must predict 10% more); the planner's best: \(first)")
         }
         for change in s.placementChanges {
@@ -162,7 +163,7 @@ enum ReplayReport {
                 + "\"reason\":\"\(escaped("\(f)"))\"}"
         } ?? "null"
         let midRun = s.fannedOutMidRun.map { m in
-            "{\"stoppedAtNs\":\(m.stoppedAtNs),\"launchedAtNs\":\(m.launchedAtNs),\"loop\":\(m.position.loop),"
+            "{\"stoppedAtNs\":\(m.stoppedAtNs),\"launchedAtNs\":\(m.launchedAtNs),\"loopIndex\":\(m.position.loop),"
                 + "\"recordIndex\":\(m.position.recordIndex),\"fileOffset\":\(m.position.fileOffset),"
                 + "\"singleRecordsPerSecond\":\(number(m.singleRecordsPerSecond)),"
                 + "\"trialRecordsPerSecond\":\(number(m.trialRecordsPerSecond)),"
@@ -179,7 +180,8 @@ enum ReplayReport {
             + "\"placementChanges\":[\(changes.joined(separator: ","))],\"handoff\":\(handoff),"
             + "\"instances\":\(s.instances),\"instanceDelivered\":\(s.instanceDelivered),"
             + "\"split\":\(s.split.map { "\"\($0.rawValue)\"" } ?? "null"),\"fusedBursts\":\(s.fusedBursts),"
-            + "\"fannedOutMidRun\":\(midRun),\"fanout\":\(fanout)}"
+            + "\"fannedOutMidRun\":\(midRun),"
+            + "\"fannedOutMidRunRefusal\":\(s.fannedOutMidRunRefusal.map { "\"\(escaped($0))\"" } ?? "null"),\"fanout\":\(fanout)}"
     }
 
     /// A JSON number, or null for nil and for infinities and NaN (not JSON).

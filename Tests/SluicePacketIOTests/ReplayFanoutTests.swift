@@ -153,35 +153,74 @@ import Testing
         #expect {
             try source.takeOver(at: CapturePosition(loop: 0, recordIndex: 1, fileOffset: 64))
         } throws: { error in
-            guard case PcapError.notACapture(_, let reason) = error else { return false }
+            guard case PcapError.notResumable(_, let reason) = error else { return false }
             return reason.contains("classic pcap")
         }
     }
 
     /// Auto started one instance; once 12,345 records went out it fans out mid-run: the single
     /// instance stops between two records and drains, and two instances take the capture over from
-    /// the next record (each with its flows). Every record is delivered once.
+    /// the next record (each with its flows). Every record is delivered once. 300 loops (600,000
+    /// records): the run is still going when the instances' paths are made, even in a release build.
     @Test(.enabled(if: Self.cores.count >= 2 || Captures.inCI, "needs two CPUs"))
     func autoFansOutMidRunWithoutLosingARecord() throws {
         try #require(Self.cores.count >= 2, "CI machines have two CPUs")
-        var c = configuration(.auto, loops: 20)
+        var c = configuration(.auto, loops: 300)
         c.startsSingleInstance = true
         c.fansOutMidRun = .afterRecords(12_345)
+        let total: UInt64 = 600_000
         let summary = try Replay(c).run()
         let midRun = try #require(summary.fannedOutMidRun, "\(summary.fanout.map { "\($0)" } ?? "")")
-        #expect(summary.failure == nil && summary.drops.isEmpty)
-        #expect(summary.packets == 40_000 && summary.delivered == 40_000)
-        #expect(summary.stages.map(\.items) == [40_000, 40_000, 40_000, 40_000], "\(summary.stages.map(\.items))")
-        #expect(midRun.deliveredBefore >= 12_345 && midRun.deliveredBefore < 40_000, "\(midRun)")
+        #expect(summary.failure == nil && summary.drops.isEmpty && summary.fannedOutMidRunRefusal == nil)
+        #expect(summary.packets == total && summary.delivered == total)
+        #expect(summary.stages.map(\.items) == [total, total, total, total], "\(summary.stages.map(\.items))")
+        #expect(midRun.deliveredBefore >= 12_345 && midRun.deliveredBefore < total, "\(midRun)")
         #expect(midRun.position.loop * 2_000 + midRun.position.recordIndex == Int(midRun.deliveredBefore), "\(midRun)")
         #expect(summary.instances == 2 && summary.instanceDelivered.allSatisfy { $0 > 0 })
-        #expect(summary.instanceDelivered.reduce(0, +) + midRun.deliveredBefore == 40_000)
+        #expect(summary.instanceDelivered.reduce(0, +) + midRun.deliveredBefore == total)
         #expect(midRun.singleRecordsPerSecond == nil && "\(midRun)".contains("forced"))
         #expect(summary.split == .flows)
         // Never: the single instance runs to the end.
         c.fansOutMidRun = .never
+        c.loopCount = 20
         let single = try Replay(c).run()
         #expect(single.fannedOutMidRun == nil && single.instances == 1 && single.delivered == 40_000)
+    }
+
+    /// The rule that fans a single instance out mid-run, on numbers: not before the warm-up, not on a
+    /// window shorter than 50,000 records or 20 ms, not within 5% of the trial's rate, not when the
+    /// records left would save less than 10 ms; then yes, with the window's pace.
+    @Test func theMidRunWatchFansOutOnlyForAClearGainOverWhatIsLeft() throws {
+        let instances = [PacketPathConfiguration(name: "a", input: .capture(path: "x", pacing: .topSpeed, loopCount: 1), output: .discard),
+                         PacketPathConfiguration(name: "b", input: .capture(path: "x", pacing: .topSpeed, loopCount: 1), output: .discard)]
+        // A capture of 10M 64-byte records (80 bytes each in the file), read once; the trial ran 15 M/s.
+        let file: UInt64 = 24 + 10_000_000 * 80
+        var watch = MidRunWatch(instances: instances, rule: .whenFaster, trialRecordsPerSecond: 15e6)
+        func due(_ out: UInt64, _ ms: UInt64) -> Double? {
+            watch.due(out: out, packets: out, bytes: out * 64, nowNs: ms * 1_000_000, captureBytes: file, loopCount: 1)
+        }
+        #expect(due(1_000, 1) == nil)          // warming up
+        #expect(due(10_000, 2) == nil)         // the window starts here
+        #expect(due(40_000, 10) == nil)        // too few records
+        #expect(due(300_000, 21) == nil)       // 290,000 in 19 ms is too short a window
+        #expect(due(300_000, 22) == nil)       // 14.5 M/s: within 5% of 15; a new window starts
+        let pace = try #require(due(550_000, 47))  // 250,000 in 25 ms: 10 M/s, 9.45M left save 315 ms
+        #expect(abs(pace - 10e6) < 1, "\(pace)")
+        // Near the end: 50,000 left at 7.5 against 15 M/s save 3.3 ms, less than the 10 a switch costs.
+        var late = MidRunWatch(instances: instances, rule: .whenFaster, trialRecordsPerSecond: 15e6)
+        #expect(late.due(out: 9_800_000, packets: 9_800_000, bytes: 9_800_000 * 64, nowNs: 0, captureBytes: file, loopCount: 1) == nil)
+        #expect(late.due(out: 9_950_000, packets: 9_950_000, bytes: 9_950_000 * 64, nowNs: 20_000_000, captureBytes: file, loopCount: 1) == nil)
+        // The same pace with more left does fan out (the window above restarted at 9.95M).
+        var early = MidRunWatch(instances: instances, rule: .whenFaster, trialRecordsPerSecond: 15e6)
+        #expect(early.due(out: 9_000_000, packets: 9_000_000, bytes: 9_000_000 * 64, nowNs: 0, captureBytes: file, loopCount: 1) == nil)
+        #expect(early.due(out: 9_150_000, packets: 9_150_000, bytes: 9_150_000 * 64, nowNs: 20_000_000, captureBytes: file, loopCount: 1) != nil)
+        // Forced after a count, whatever was measured; never without a trial's rate.
+        var forced = MidRunWatch(instances: instances, rule: .afterRecords(100), trialRecordsPerSecond: nil)
+        #expect(forced.due(out: 99, packets: 99, bytes: 0, nowNs: 0, captureBytes: file, loopCount: 1) == nil)
+        #expect(forced.due(out: 100, packets: 100, bytes: 0, nowNs: 0, captureBytes: file, loopCount: 1) == 0)
+        var blind = MidRunWatch(instances: instances, rule: .whenFaster, trialRecordsPerSecond: nil)
+        #expect(blind.due(out: 10_000, packets: 10_000, bytes: 0, nowNs: 0, captureBytes: file, loopCount: 1) == nil)
+        #expect(blind.due(out: 900_000, packets: 900_000, bytes: 0, nowNs: 1_000_000_000, captureBytes: file, loopCount: 1) == nil)
     }
 
     private func configuration(_ placement: ReplayPlacement, output: ReplayOutput = .discard,

@@ -8,8 +8,8 @@ import SystemPackage
 /// is still in this core's cache when the records are parsed (1 MiB reads ran out of L2 and were
 /// slower). Records point into its buffer until the next call. Records and errors match libpcap's
 /// (same cases, same record index; a record longer than the snapshot length is cut to it, the rest
-/// skipped), checked record for record against it in the tests. Reads front to back only, so a
-/// pipe works as well as a file.
+/// skipped), checked record for record against it in the tests. Reads front to back (a regular
+/// file may also `seek` to a record it reported), so a pipe works as well as a file.
 struct PcapChunkReader: ~Copyable {
     /// Bytes asked of each read(2).
     static let readSizeBytes = 1 << 16
@@ -54,10 +54,12 @@ struct PcapChunkReader: ~Copyable {
     }
 
     /// Moves to `offset`, where a record starts (an `offset` this reader, or another on the same
-    /// file, reported): the next call reads that record. A regular file only. Throws `openFailed`
+    /// file, reported): the next call reads that record. A regular file only. Throws `notResumable`
     /// with lseek's errno.
     mutating func seek(to offset: Int64) throws(PcapError) {
-        guard lseek(fd, off_t(offset), SEEK_SET) >= 0 else { throw .openFailed(path: path, errno: Errno(rawValue: errno)) }
+        guard lseek(fd, off_t(offset), SEEK_SET) >= 0 else {
+            throw .notResumable(path: path, reason: "lseek to byte \(offset): \(Errno(rawValue: errno))")
+        }
         (start, end, endOfFile, readError) = (0, 0, false, nil)
         self.offset = offset
     }

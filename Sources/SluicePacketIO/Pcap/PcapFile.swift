@@ -16,6 +16,9 @@ public enum PcapError: Error, Equatable, CustomStringConvertible {
     case pcapngFromPipe(path: String)
     /// A live capture could not be opened on `device` (libpcap's reason).
     case liveCaptureFailed(device: String, reason: String)
+    /// The capture cannot be read from a record in the middle (`PcapReader.resume`): pcapng, a pipe,
+    /// records read by libpcap, or a seek that failed.
+    case notResumable(path: String, reason: String)
     /// A record is cut short or corrupt. `recordIndex` counts from 0; records before it were read.
     case badRecord(path: String, recordIndex: Int, fileOffset: Int64, problem: PcapRecordProblem)
     /// The output file could not be created (`open(2)`), or its header not written.
@@ -29,6 +32,7 @@ public enum PcapError: Error, Equatable, CustomStringConvertible {
         switch self {
         case .openFailed(let path, let errno): "\(path): cannot open capture: \(errno)"
         case .notACapture(let path, let reason): "\(path): not a capture libpcap reads: \(reason)"
+        case .notResumable(let path, let reason): "\(path): cannot be read from a record in the middle: \(reason)"
         case .pcapngFromPipe(let path):
             "\(path): pcapng cannot be read from a pipe or FIFO (classic pcap can); copy it to a file first"
         case .liveCaptureFailed(let device, let reason): "\(device): cannot open live capture: \(reason)"
@@ -308,10 +312,10 @@ public struct PcapReader: ~Copyable {
     /// record `recordIndex` of the file (a `nextRecordStart` and `recordIndex` another reader of the
     /// same file reported): the next `next()` returns it, and errors name indices from there. For
     /// instances that take over a capture from another reader at a record boundary. Throws
-    /// `notACapture` unless `readsInBlocks`, `openFailed` when the file cannot seek.
+    /// `notResumable` unless `readsInBlocks`, or when the file cannot seek.
     public mutating func resume(at offset: Int64, recordIndex: Int) throws(PcapError) {
         guard classicHeader != nil, chunks != nil else {
-            throw .notACapture(path: path, reason: "only a regular classic pcap file (version 2.4) is read from a record in the middle")
+            throw .notResumable(path: path, reason: "only a regular classic pcap file (version 2.4) read by Sluice is")
         }
         precondition(offset >= Int64(PcapFileHeader.sizeBytes) && recordIndex >= 0, "a record starts after the file header")
         try chunks!.seek(to: offset)

@@ -235,8 +235,8 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
     /// Starts at `position` (another source's `position` on the same file) instead of the first
     /// record: that source replayed every record before it. Before the source first runs (no worker
     /// may run it yet); top speed, not by blocks, and `position.loop` below `loopCount`. Throws
-    /// `notACapture` when the file is not one Sluice reads from a record in the middle
-    /// (`PcapReader.resume`), `openFailed` when it cannot seek; the source is then unchanged.
+    /// `notResumable` when the file is not one Sluice reads from a record in the middle
+    /// (`PcapReader.resume`) or cannot seek; the source is then unchanged.
     public func takeOver(at position: CapturePosition) throws(PcapError) {
         precondition(pacing == .topSpeed && blockShare == nil && startNs == 0 && packetsRead == 0 && othersRecords == 0,
                      "a source is taken over at top speed, by records, before it runs")
@@ -256,6 +256,9 @@ public final class PcapSource: SourceBody, @unchecked Sendable {  // unchecked: 
         else { return nil }
         return CapturePosition(loop: loopCount - 1 - loopsLeft, recordIndex: reader.recordIndex, fileOffset: offset)
     }
+
+    /// Device and inode of the file its reader has open now (reopened for each loop).
+    public var fileIdentity: (device: UInt64, inode: UInt64) { (reader.device, reader.inode) }
 
     public func produce(into items: UnsafeMutableBufferPointer<UInt64>) -> Int {
         let now = sluice_monotonic_ns()
