@@ -133,6 +133,11 @@ for d in decisions:
     shapes[key] = shapes.get(key, 0) + 1
 handoffs = [d['handoff']['handoffNsPerItem'] for d in decisions if d.get('handoff')]
 others = [d['fanout']['othersNsPerRecord'] for d in decisions if d.get('fanout')]
+mid = [d['fannedOutMidRun'] for d in decisions if d.get('fannedOutMidRun')]
+if mid:
+    print(f"auto fanned out mid-run in {len(mid)} of {len(decisions)} rounds, at " +
+          ", ".join(f"{m['stoppedAtNs'] / 1e6:.0f} ms (its pace {(m['singleRecordsPerSecond'] or 0) / 1e6:.1f} M/s, "
+                    f"the trial's {(m['trialRecordsPerSecond'] or 0) / 1e6:.1f}, paths made in {m['setUpNs'] / 1e6:.1f} ms)" for m in mid))
 print(f"auto's final placements over the rounds: {shapes}; hand-off per side (ns/item), median: "
       f"{med(handoffs) if handoffs else float('nan'):.1f}; another instance's record (ns), median: "
       f"{med(others) if others else float('nan'):.1f}")

@@ -161,6 +161,39 @@ final class PoolFixture {
         #expect(fixture.pool.freeCount == fixture.pool.bufferCount)
     }
 
+    /// A table with no rules, forwarding by default, no table rewrites or outputs does not read the
+    /// packets (`RuleTable.forwardsEverything`), and decides as a table whose one rule never matches:
+    /// classified packets go on unchanged under the default, unclassified ones are dropped.
+    @Test func anEmptyTableForwardsAsATableWhoseRulesNeverMatch() throws {
+        let empty = try RuleTable(rules: [])
+        let missing = try RuleTable(rules: [Rule(RuleMatch(ipProtocol: 132), .drop)])  // SCTP: none below
+        #expect(empty.forwardsEverything && !missing.forwardsEverything)
+        #expect(!(try RuleTable(rules: [], defaultVerdict: .drop)).forwardsEverything)
+        #expect(!(try RuleTable(rules: [], tableRewrites: [.decrementTTL])).forwardsEverything)
+        var outcomes: [(kept: [[UInt8]], metadata: [PacketMetadata], drops: UInt64, hits: (UInt64, UInt64))] = []
+        for rules in [empty, missing] {
+            let fixture = try PoolFixture()
+            let drops = DropCounterTable()
+            var parse = ParseClassifyStage(pool: fixture.pool, classifier: Self.classifier, drops: drops)
+            var action = ActionStage(pool: fixture.pool, rules: rules, drops: drops)
+            try fixture.add(Sample.ipv4TCP(ttl: 5))
+            try fixture.add(Sample.ipv4UDP())
+            try fixture.add(Build.ipv4(proto: 6, payload: Build.tcp()), link: .raw)
+            #expect(fixture.run(&parse) == 3)
+            let unclassified = try fixture.add(Sample.ipv4TCP())  // after the parse: no metadata flags
+            _ = unclassified
+            #expect(fixture.run(&action) == 3)
+            outcomes.append((fixture.items.map { fixture.frame($0) }, fixture.items.map { fixture.metadata($0) },
+                             drops.snapshot()[.notClassified] ?? 0, rules.hits.hits(rule: rules.rules.count)))
+            fixture.freeAll()
+            #expect(fixture.pool.freeCount == fixture.pool.bufferCount)
+        }
+        #expect(outcomes[0].kept == outcomes[1].kept && outcomes[0].kept.count == 3)
+        #expect(outcomes[0].metadata.map(\.flags) == outcomes[1].metadata.map(\.flags))
+        #expect(outcomes[0].drops == 1 && outcomes[1].drops == 1)
+        #expect(outcomes[0].hits == outcomes[1].hits && outcomes[0].hits.0 == 3, "\(outcomes.map(\.hits))")
+    }
+
     @Test func stagesShareOneDropTableAcrossBursts() throws {
         let fixture = try PoolFixture(bufferCount: 512)
         let drops = DropCounterTable()

@@ -431,6 +431,12 @@ public struct RuleTable: @unchecked Sendable {  // unchecked: the columns are re
     /// True when the table has named outputs (the action stage then tags every packet it passes on).
     @inlinable public var hasOutputs: Bool { outputCount > 0 }
 
+    /// No rules, the default forwards, no table rewrites, no named outputs: every classified packet
+    /// goes on unchanged under the default, so the action stage reads no packet bytes.
+    @inlinable public var forwardsEverything: Bool {
+        ruleCount == 0 && defaultVerdict == .forward && tableRewriteCount == 0 && outputCount == 0
+    }
+
     /// Index of the first rule matching `key`, or nil.
     @inlinable public func firstMatch(_ key: RuleKey) -> Int? {
         for index in 0..<ruleCount where matches[index].matches(key) { return index }

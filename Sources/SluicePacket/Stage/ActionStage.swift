@@ -65,6 +65,26 @@ func actionBurst(
 ) -> Int {
     var kept = 0
     var run = HitRun()
+    if rules.forwardsEverything {
+        // Nothing to match or rewrite: what `applyRules` would do without reading the packet.
+        for position in 0..<items.count {
+            let item = items[position]
+            precondition(item <= UInt64(UInt32.max), "item is not a buffer index")
+            let index = UInt32(truncatingIfNeeded: item)
+            let metadata = pool._withUnsafeGuaranteedRef { $0.metadata(at: index) }
+            guard MetadataFlags(rawValue: metadata.pointee.flags).contains(.classified) else {
+                pending.count(.notClassified)
+                dirtyMask |= 1 << UInt64(DropReason.notClassified.rawValue)
+                pool._withUnsafeGuaranteedRef { $0.freeIndex(index) }
+                continue
+            }
+            run.count(rule: rules.ruleCount, bytes: Int(metadata.pointee.length), into: rules)
+            items[kept] = item
+            kept += 1
+        }
+        run.flush(into: rules)
+        return kept
+    }
     for position in 0..<items.count {
         let item = items[position]
         precondition(item <= UInt64(UInt32.max), "item is not a buffer index")
