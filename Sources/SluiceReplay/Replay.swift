@@ -793,7 +793,8 @@ public final class Replay {
     /// when this many records went out...
     static let midRunWarmUpRecords: UInt64 = 8_192
     /// ...over windows of at least this many more records and `midRunWindowNs` (the hand-off on a VM
-    /// can turn dear at any moment of a run of a few hundred milliseconds)...
+    /// can turn dear at any moment of a run of a few hundred milliseconds); two windows in a row
+    /// must read slow...
     static let midRunRecords: UInt64 = 50_000
     static let midRunWindowNs: UInt64 = 20_000_000
     /// ...and it fans out when the fanned-out trial ran at least 5% faster and the records left would
@@ -994,6 +995,9 @@ struct MidRunWatch {
     private var mark: (ns: UInt64, out: UInt64)?
     /// Set by `restart`: the next call starts a window.
     private var restarting = false
+    /// Windows in a row whose pace was below the trial's by the margin (two fan out: one short
+    /// window can read low, a pipelined one just after its start above all).
+    private var slowWindows = 0
 
     init(instances: [PacketPathConfiguration], rule: MidRunFanOut, trialRecordsPerSecond: Double?,
          switchCostNs: UInt64 = Replay.midRunSwitchCostNs) {
@@ -1006,7 +1010,7 @@ struct MidRunWatch {
 
     /// Drops the current window (a stage move stalled it): the next call starts another.
     mutating func restart() {
-        if mark != nil { restarting = true }
+        if mark != nil { (restarting, slowWindows) = (true, 0) }
     }
 
     /// nil while not due; when it is time to fan out, the last window's pace (records out a second;
@@ -1023,7 +1027,8 @@ struct MidRunWatch {
         guard out &- mark.out >= Replay.midRunRecords, nowNs &- mark.ns >= Replay.midRunWindowNs else { return nil }
         let pace = Double(out &- mark.out) / (Double(nowNs &- mark.ns) / 1e9)
         self.mark = (nowNs, out)
-        guard pace * 1.05 < trial, packets > 0 else { return nil }
+        slowWindows = pace * 1.05 < trial ? slowWindows + 1 : 0
+        guard slowWindows >= 2, packets > 0 else { return nil }
         // Records left, from the file's size and the mean record so far (its bytes and a 16-byte header).
         let fileBytesPerRecord = Double(bytes) / Double(packets) + 16
         let total = Double(captureBytes &- min(captureBytes, 24)) * Double(loopCount) / fileBytesPerRecord

@@ -204,16 +204,27 @@ import Testing
         #expect(due(40_000, 10) == nil)        // too few records
         #expect(due(300_000, 21) == nil)       // 290,000 in 19 ms is too short a window
         #expect(due(300_000, 22) == nil)       // 14.5 M/s: within 5% of 15; a new window starts
-        let pace = try #require(due(550_000, 47))  // 250,000 in 25 ms: 10 M/s, 9.45M left save 315 ms
+        #expect(due(550_000, 47) == nil)       // 250,000 in 25 ms: 10 M/s, slow, but one window only
+        let pace = try #require(due(800_000, 72))  // 10 M/s again: 9.2M left save 307 ms
         #expect(abs(pace - 10e6) < 1, "\(pace)")
-        // Near the end: 50,000 left at 7.5 against 15 M/s save 3.3 ms, less than the 10 a switch costs.
+        // A fast window between two slow ones starts the count again.
+        var wobbly = MidRunWatch(instances: instances, rule: .whenFaster, trialRecordsPerSecond: 15e6)
+        for (out, ms): (UInt64, UInt64) in [(10_000, 0), (210_000, 20), (510_000, 40)] {
+            #expect(wobbly.due(out: out, packets: out, bytes: out * 64, nowNs: ms * 1_000_000, captureBytes: file, loopCount: 1) == nil)
+        }
+        #expect(wobbly.due(out: 710_000, packets: 710_000, bytes: 710_000 * 64, nowNs: 60_000_000, captureBytes: file, loopCount: 1) == nil)
+        #expect(wobbly.due(out: 910_000, packets: 910_000, bytes: 910_000 * 64, nowNs: 80_000_000, captureBytes: file, loopCount: 1) != nil)
+        // Near the end: 50,000 left at 5 against 15 M/s save 6.7 ms, less than the 10 a switch costs.
         var late = MidRunWatch(instances: instances, rule: .whenFaster, trialRecordsPerSecond: 15e6)
-        #expect(late.due(out: 9_800_000, packets: 9_800_000, bytes: 9_800_000 * 64, nowNs: 0, captureBytes: file, loopCount: 1) == nil)
-        #expect(late.due(out: 9_950_000, packets: 9_950_000, bytes: 9_950_000 * 64, nowNs: 20_000_000, captureBytes: file, loopCount: 1) == nil)
-        // The same pace with more left does fan out (the window above restarted at 9.95M).
+        for (out, ms): (UInt64, UInt64) in [(9_700_000, 0), (9_850_000, 20), (9_950_000, 40)] {
+            #expect(late.due(out: out, packets: out, bytes: out * 64, nowNs: ms * 1_000_000, captureBytes: file, loopCount: 1) == nil)
+        }
+        // The same pace with more left does fan out, after its second slow window.
         var early = MidRunWatch(instances: instances, rule: .whenFaster, trialRecordsPerSecond: 15e6)
-        #expect(early.due(out: 9_000_000, packets: 9_000_000, bytes: 9_000_000 * 64, nowNs: 0, captureBytes: file, loopCount: 1) == nil)
-        #expect(early.due(out: 9_150_000, packets: 9_150_000, bytes: 9_150_000 * 64, nowNs: 20_000_000, captureBytes: file, loopCount: 1) != nil)
+        for (out, ms): (UInt64, UInt64) in [(9_000_000, 0), (9_150_000, 20)] {
+            #expect(early.due(out: out, packets: out, bytes: out * 64, nowNs: ms * 1_000_000, captureBytes: file, loopCount: 1) == nil)
+        }
+        #expect(early.due(out: 9_300_000, packets: 9_300_000, bytes: 9_300_000 * 64, nowNs: 40_000_000, captureBytes: file, loopCount: 1) != nil)
         // Forced after a count, whatever was measured; never without a trial's rate.
         var forced = MidRunWatch(instances: instances, rule: .afterRecords(100), trialRecordsPerSecond: nil)
         #expect(forced.due(out: 99, packets: 99, bytes: 0, nowNs: 0, captureBytes: file, loopCount: 1) == nil)
