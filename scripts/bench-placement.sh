@@ -2,7 +2,7 @@
 # Placement benchmark (issue 18): the measured placement (`--placement auto`, the default) against every
 # fixed placement on the same cores, and the 1-thread pcap_next_ex loop, on the same capture in the same
 # run. Interleaved rounds (the order rotates), medians; ratios are medians of per-round ratios, except the
-# first goal's, which is auto's median against the median of the fixed placement with the highest one.
+# two auto goals', which are auto's median against the median of the fixed placement with the highest one.
 #
 # Variants, all `sluice replay --topspeed --loop LOOPS --stages STAGES --wait-mode busy-poll` to a null sink
 # (issue 18's command; STAGES 3 there):
@@ -23,8 +23,9 @@
 # highest; auto by flow against one, spread and fanout by flow; auto by blocks against one, spread and
 # fanout by blocks); two instances fanned out >= 1.6x one core; one core >= 0.8x the loop. Also printed:
 # auto against the fastest of the three fixed runs of each round (the median of per-round ratios), with
-# the second spread and fanout runs' same ratio as its noise floor: the best of three noisy runs is
-# biased upward, so a fixed placement equal to the best one reads below 1 by that statistic alone.
+# the best placement's second run's same ratio as its noise floor (spread's or fanout's, whichever has
+# the best median): the best of three noisy runs is biased upward, so a fixed placement equal to the
+# best one reads below 1 by that statistic alone.
 # Usage: scripts/bench-placement.sh [RUNS] [PACKETS] [LOOPS] [STAGES]   (defaults 7, 1000000, 5, 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."

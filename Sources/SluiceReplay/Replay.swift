@@ -403,7 +403,8 @@ public struct ReplaySummary: Sendable {
     /// without named outputs.
     public var outputs: [OutputCount] = []
     /// Instances of the pipeline (more than one: fanned out, instance i on worker i; the counters
-    /// above are their sums and `stagePlacement` is the first instance's).
+    /// above are their sums and `stagePlacement` is the first instance's, or after a mid-run fan-out
+    /// the single instance's).
     public var instances = 1
     /// Packets each instance delivered (one entry per instance).
     public var instanceDelivered: [UInt64] = []
@@ -820,6 +821,7 @@ public final class Replay {
         } catch { throw .runtime(error) }
         defer { runtime.stop() }
         let before = runtime.workers.map { $0.counters.snapshot() }
+        let captureIdentity = paths[0].captureFileIdentity  // before the launch: no worker reads it yet
         let start = Clock.monotonicNs()
         let pipeline = paths[0].pipeline
         let controller = paths[0].controller
@@ -833,7 +835,6 @@ public final class Replay {
         var watch = fanOutLater.map { MidRunWatch(instances: $0, rule: configuration.fansOutMidRun,
                                                   trialRecordsPerSecond: fanout?.trialFannedOut,
                                                   switchCostNs: max(Self.midRunSwitchCostNs, 2 * pathSetUpNs)) }
-        let captureIdentity = paths[0].captureFileIdentity  // before the launch: no worker reads it yet
         // The single instance stopped for the instances in `paths`, waiting for its drain.
         var stopped: (instances: [PacketPath], record: MidRunFanOutRecord)?
         var midRun: MidRunFanOutRecord?
@@ -885,7 +886,7 @@ public final class Replay {
             }
             if var current = watch, stopped == nil {
                 let out = pipeline.delivered &+ pipeline.filtered &+ paths[0].oversizeRecords
-                if let pace = current.due(out: out, packets: paths[0].packetsIn, bytes: paths[0].bytesIn, nowNs: now,
+                if let pace = current.due(out: out, packets: paths[0].packetsIn, bytes: paths[0].bytesIn, nowNs: Clock.monotonicNs(),
                                           captureBytes: captureFileBytes, loopCount: configuration.loopCount) {
                     watch = nil
                     let madeAt = Clock.monotonicNs()

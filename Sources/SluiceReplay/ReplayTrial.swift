@@ -75,13 +75,15 @@ extension Replay {
                 name: "trial-\(instance)", input: .capture(path: c.capturePath, pacing: .topSpeed, loopCount: c.loopCount),
                 output: .discard, numaNode: CPU.numaNode(of: c.cores[instance]))
             probe.burstCount = c.burstCount
-            // Small rings, so the pools are small too: each trial's pool is allocated and faulted in
-            // inside the run's measured span (the run's own can be tens of MB). Run to completion
-            // the rings stay empty (one burst each); pipelined (now or after a move), four bursts a link.
+            // Run to completion the rings stay empty (one burst each): small rings, so the pool is small
+            // too (each trial's pool is allocated and faulted in inside the run's measured span).
+            // Pipelined (now or after a move) the run's own rings: with 128-slot rings the pipelined
+            // window read 14.5 M records/s where the run's 1,024-slot rings ran 18.4 (3 stages, a
+            // cheap hand-off), so fanning out won trials it lost in the run. The trial's small
+            // buffers keep that pool near 2 MB.
             let pipelined = workerCount > 1 && instances == 1
-            let bursts = (pipelined ? 4 : 1) * c.burstCount
-            let powerOfTwo = 1 << (Int.bitWidth - (bursts - 1).leadingZeroBitCount)  // at or above
-            probe.ringCapacity = min(c.ringCapacity, max(pipelined ? 128 : 32, powerOfTwo))
+            let powerOfTwo = 1 << (Int.bitWidth - (c.burstCount - 1).leadingZeroBitCount)  // at or above
+            probe.ringCapacity = pipelined ? c.ringCapacity : min(c.ringCapacity, max(32, powerOfTwo))
             if let size = c.bufferSizeBytes
                 ?? recordBytes.map({ record in
                     min((record + Self.trialBufferRoomBytes + 63) & ~63, PacketPathConfiguration.captureBufferSizeBytesMax)

@@ -406,7 +406,7 @@ public final class Dataplane: @unchecked Sendable {  // unchecked: controllers a
             let reopenedBefore = measured[index]!.reopenCount
             measured[index]!.step(path.pipeline, runtime: runtime, nowNs: nowNs)
             if measured[index]!.reopenCount != reopenedBefore, let why = measured[index]!.lastReopenWhy {
-                logger.info("settled placement re-decided: its stage costs changed",
+                logger.info("placement re-decided again: its stage costs changed",
                             metadata: ["pipeline": "\(path.configuration.name)", "why": "\(why)"])
             }
             publishMeasured(index, changesBefore: before)

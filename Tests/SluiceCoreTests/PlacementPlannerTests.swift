@@ -394,7 +394,7 @@ struct MeasuredPlacementTests {
         knobs.nsPerItem.store(600, ordering: .relaxed)
         knobs.slowFactor.store(1, ordering: .relaxed)
         #expect(stepUntil { $0.reopenCount == 1 }, "never re-opened after the costs doubled")
-        #expect(allocator.lastReopenWhy?.contains("settled on stages") == true, "\(allocator.lastReopenWhy ?? "")")
+        #expect(allocator.lastReopenWhy?.contains("measured at stages") == true, "\(allocator.lastReopenWhy ?? "")")
         // Re-opened, it splits again, and the split, no longer slow, is checked and kept.
         #expect(stepUntil { $0.changeCount >= 3 }, "no move after re-opening")
         let split = try #require(allocator.changes.last)

@@ -176,13 +176,16 @@ final class PoolFixture {
             let drops = DropCounterTable()
             var parse = ParseClassifyStage(pool: fixture.pool, classifier: Self.classifier, drops: drops)
             var action = ActionStage(pool: fixture.pool, rules: rules, drops: drops)
-            try fixture.add(Sample.ipv4TCP(ttl: 5))
+            // First in the burst, not parsed (no metadata flags): the survivors must be compacted.
+            let unclassified = try fixture.add(Sample.ipv4TCP())
+            try fixture.add(Sample.ipv4TCP(ttl: 5), wireLength: 1_500)  // hits count captured bytes
             try fixture.add(Sample.ipv4UDP())
             try fixture.add(Build.ipv4(proto: 6, payload: Build.tcp()), link: .raw)
-            #expect(fixture.run(&parse) == 3)
-            let unclassified = try fixture.add(Sample.ipv4TCP())  // after the parse: no metadata flags
-            _ = unclassified
+            var parsed = Array(fixture.items.dropFirst())
+            #expect(parsed.withUnsafeMutableBufferPointer { parse.process($0) } == 3)
+            fixture.items = [UInt64(unclassified)] + parsed
             #expect(fixture.run(&action) == 3)
+            #expect(!fixture.items.contains(UInt64(unclassified)))
             outcomes.append((fixture.items.map { fixture.frame($0) }, fixture.items.map { fixture.metadata($0) },
                              drops.snapshot()[.notClassified] ?? 0, rules.hits.hits(rule: rules.rules.count)))
             fixture.freeAll()
@@ -192,6 +195,8 @@ final class PoolFixture {
         #expect(outcomes[0].metadata.map(\.flags) == outcomes[1].metadata.map(\.flags))
         #expect(outcomes[0].drops == 1 && outcomes[1].drops == 1)
         #expect(outcomes[0].hits == outcomes[1].hits && outcomes[0].hits.0 == 3, "\(outcomes.map(\.hits))")
+        let captured = UInt64(Sample.ipv4TCP(ttl: 5).count + Sample.ipv4UDP().count + Build.ipv4(proto: 6, payload: Build.tcp()).count)
+        #expect(outcomes[0].hits.1 == captured, "\(outcomes[0].hits.1) bytes")
     }
 
     @Test func stagesShareOneDropTableAcrossBursts() throws {

@@ -114,8 +114,8 @@ public struct MeasuredPlacement {
     private var check: (from: [Int], bottleneckNs: Double, decision: PlacementDecision)?
     /// The pending check is of a move `setWorkers` made: due after `firstIntervalNs` and `itemsPerSoonCheck`.
     private var checkSoon = false
-    /// Placements measured slower (before the run, or moved to and undone): not moved to until a
-    /// re-opening clears them.
+    /// Placements measured slower before the run: not moved to until a re-opening clears them (a
+    /// placement moved to and undone is not moved to while settled).
     private var avoided: [[Int]]
     /// The runtime's worker indices this pipeline may use now (`setWorkers` changes them); the
     /// planner's worker i is `workers[i]`, and the source's worker comes first.
@@ -199,9 +199,7 @@ public struct MeasuredPlacement {
             checkSoon = false
             if bottleneck >= check.bottleneckNs {
                 let undo = PlacementUndo(beforeNsPerItem: check.bottleneckNs, afterNsPerItem: bottleneck)
-                let refuted = placement
                 move(pipeline, runtime: runtime, to: check.from, nowNs: nowNs, decision: check.decision, undone: undo)
-                if !avoided.contains(refuted) { avoided.append(refuted) }
                 settled = true
                 return
             }
@@ -232,16 +230,21 @@ public struct MeasuredPlacement {
         }
         let whole = max(on.costs.reduce(0, +), 1e-9)
         let shifts = zip(costs, on.costs).map { ($0 - $1) / whole }
-        let stage = shifts.indices.max { abs(shifts[$0]) < abs(shifts[$1]) } ?? 0
-        let trigger = (stage: stage, up: shifts[stage] > 0)
-        if abs(shifts[stage]) >= Self.reopenCostChange {
-            reopenStreak = reopenTrigger.map { $0 == trigger } == true ? reopenStreak + 1 : 1
-            reopenTrigger = trigger
+        // The stage that moved before still moving the same way continues the streak (several stages
+        // moving alike trade places as the largest); otherwise the largest mover starts one.
+        let largest = shifts.indices.max { abs(shifts[$0]) < abs(shifts[$1]) } ?? 0
+        if let previous = reopenTrigger, abs(shifts[previous.stage]) >= Self.reopenCostChange,
+           (shifts[previous.stage] > 0) == previous.up {
+            reopenStreak += 1
+        } else if abs(shifts[largest]) >= Self.reopenCostChange {
+            (reopenStreak, reopenTrigger) = (1, (largest, shifts[largest] > 0))
         } else {
             (reopenStreak, reopenTrigger) = (0, nil)
         }
+        let stage = reopenTrigger?.stage ?? largest
+        let trigger = (stage: stage, up: shifts[stage] > 0)
         guard reopenStreak >= Self.reopenIntervals, nowNs >= on.ns &+ reopenAfterNs else { return }
-        lastReopenWhy = "settled on stages \(on.costs.map { fixed($0, 1) }.joined(separator: "/")) ns/item; now "
+        lastReopenWhy = "measured at stages \(on.costs.map { fixed($0, 1) }.joined(separator: "/")) ns/item; now "
             + "\(costs.map { fixed($0, 1) }.joined(separator: "/")): stage \(stage) \(trigger.up ? "rose" : "fell") by "
             + "\(fixed(abs(shifts[stage]) * 100, 0))% of the whole"
         (settled, settledOn, settleSkips, reopenStreak, reopenTrigger, avoided) = (false, nil, 0, 0, nil, [])
