@@ -57,6 +57,26 @@ import Testing
         #expect(counts.allSatisfy { $0 > 150 }, "\(counts)")
     }
 
+    /// Runs `source` alone (bursts of `burst`) until it is exhausted or `limit` records came out (at
+    /// most 100,000 turns); returns the records' bytes, the buffers freed.
+    private static func drain(_ source: PcapSource, pool: BufferPool, burst: Int, limit: Int = .max) -> [[UInt8]] {
+        let items = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: burst)
+        defer { items.deallocate() }
+        var taken: [[UInt8]] = []
+        var turns = 0
+        while !source.isExhausted, taken.count < limit, turns < 100_000 {
+            let count = source.produce(into: items)
+            for item in items[0..<count] {
+                let index = UInt32(item)
+                let length = Int(pool.metadata(at: index).pointee.length)
+                taken.append(Array(UnsafeRawBufferPointer(rebasing: pool.bytes(at: index)[0..<length])))
+                pool.freeIndex(index)
+            }
+            turns += 1
+        }
+        return taken
+    }
+
     /// Two sources over one capture: each takes exactly its flows' records, in capture order, and
     /// together every record once.
     @Test func twoSourcesSplitTheCaptureByFlow() throws {
@@ -68,20 +88,7 @@ import Testing
             let split = CaptureSplit(index: index, count: 2)
             let pool = try BufferPool(bufferCount: 4096, bufferSizeBytes: 2048)
             let source = try PcapSource(path: Captures.sample, pool: pool, pacing: .topSpeed, split: split)
-            let items = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: 32)
-            defer { items.deallocate() }
-            var taken: [[UInt8]] = []
-            var turns = 0
-            while !source.isExhausted, turns < 10_000 {
-                let count = source.produce(into: items)
-                for item in items[0..<count] {
-                    let index = UInt32(item)
-                    let length = Int(pool.metadata(at: index).pointee.length)
-                    taken.append(Array(UnsafeRawBufferPointer(rebasing: pool.bytes(at: index)[0..<length])))
-                    pool.freeIndex(index)
-                }
-                turns += 1
-            }
+            let taken = Self.drain(source, pool: pool, burst: 32)
             let expected = all.filter { bytes in bytes.withUnsafeBytes { split.takes($0, linkType: 1) } }
             #expect(taken == expected)
             #expect(!taken.isEmpty && taken.count < all.count)
@@ -101,23 +108,7 @@ import Testing
         while let record = try reader.next() { file.append(Array(record.bytes)) }
         let loops = 3
         let all = Array((0..<loops).map { _ in file }.joined())
-        func drain(_ source: PcapSource, pool: BufferPool, burst: Int, limit: Int = .max) -> [[UInt8]] {
-            let items = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: burst)
-            defer { items.deallocate() }
-            var taken: [[UInt8]] = []
-            var turns = 0
-            while !source.isExhausted, taken.count < limit, turns < 100_000 {
-                let count = source.produce(into: items)
-                for item in items[0..<count] {
-                    let index = UInt32(item)
-                    let length = Int(pool.metadata(at: index).pointee.length)
-                    taken.append(Array(UnsafeRawBufferPointer(rebasing: pool.bytes(at: index)[0..<length])))
-                    pool.freeIndex(index)
-                }
-                turns += 1
-            }
-            return taken
-        }
+        let drain = Self.drain
         for stopAfter in [file.count + 1_234, file.count, loops * file.count] {
             let pool = try BufferPool(bufferCount: 256, bufferSizeBytes: 2048)
             let first = try PcapSource(path: Captures.sample, pool: pool, pacing: .topSpeed, loopCount: loops)
