@@ -108,11 +108,10 @@ import Testing
         while let record = try reader.next() { file.append(Array(record.bytes)) }
         let loops = 3
         let all = Array((0..<loops).map { _ in file }.joined())
-        let drain = Self.drain
         for stopAfter in [file.count + 1_234, file.count, loops * file.count] {
             let pool = try BufferPool(bufferCount: 256, bufferSizeBytes: 2048)
             let first = try PcapSource(path: Captures.sample, pool: pool, pacing: .topSpeed, loopCount: loops)
-            let before = drain(first, pool: pool, burst: 1, limit: stopAfter)
+            let before = Self.drain(first, pool: pool, burst: 1, limit: stopAfter)
             #expect(before == Array(all[0..<stopAfter]))
             let position = try #require(first.position, "stopped after \(stopAfter)")
             #expect(position.loop == (stopAfter - 1) / file.count && position.recordIndex == stopAfter - position.loop * file.count,
@@ -123,7 +122,7 @@ import Testing
                 let takerPool = try BufferPool(bufferCount: 256, bufferSizeBytes: 2048)
                 let taker = try PcapSource(path: Captures.sample, pool: takerPool, pacing: .topSpeed, loopCount: loops, split: split)
                 try taker.takeOver(at: position)
-                let taken = drain(taker, pool: takerPool, burst: 32)
+                let taken = Self.drain(taker, pool: takerPool, burst: 32)
                 let expected = all[stopAfter...].filter { bytes in bytes.withUnsafeBytes { split.takes($0, linkType: 1) } }
                 #expect(taken == expected, "share \(index) after \(stopAfter): \(taken.count) of \(expected.count)")
                 #expect(taker.failure == nil && taker.position == nil, "it read to the end")
