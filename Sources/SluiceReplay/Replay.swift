@@ -116,9 +116,11 @@ public enum ReplaySplit: String, Sendable, Equatable, CaseIterable {
 public enum MidRunFanOut: Sendable, Equatable {
     /// Never: the shape chosen before the run holds.
     case never
-    /// When the run's own pace, measured over `Replay.midRunRecords` records, is below the fanned-out
-    /// trial's by the 5% margin, and the records left would take `Replay.midRunSwitchCostNs` longer at
-    /// that pace than fanned out (the instances' paths are made while the single one runs).
+    /// When the run's own pace, measured over windows of `Replay.midRunRecords` records and
+    /// `Replay.midRunWindowNs`, is below the fanned-out trial's by the 5% margin in two windows in a
+    /// row, and the records left would take `Replay.midRunSwitchCostNs` (or twice the run's path
+    /// set-up) longer at that pace than fanned out (the instances' paths are made while the single
+    /// one runs).
     case whenFaster
     /// Once this many records went out, whatever was measured (tests).
     case afterRecords(UInt64)
@@ -894,7 +896,8 @@ public final class Replay {
                         let instances = try Self.makePaths(current.instances, cores: configuration.cores)
                         let made = Clock.monotonicNs()
                         // The instances must read the file the single instance read (not one put in its place).
-                        guard instances.allSatisfy({ $0.captureFileIdentity.map { $0 == captureIdentity! } == true }) else {
+                        guard let identity = captureIdentity,
+                              instances.allSatisfy({ $0.captureFileIdentity.map { $0 == identity } == true }) else {
                             midRunRefusal = "the capture file was replaced since the run opened it"
                             continue
                         }

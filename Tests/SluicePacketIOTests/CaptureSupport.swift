@@ -1,4 +1,5 @@
 import Glibc
+import SluiceCore
 import SluiceTestSupport
 import Testing
 
@@ -162,4 +163,15 @@ func runSluice(_ arguments: [String]) throws -> (status: Int32, stdout: String, 
     let status = run(["/bin/sh", "-c", "exec \"$0\" \"$@\" 2>\"\(errorPath)\"", binary] + arguments, capture: &stdout)
     let stderr = String(decoding: fileBytes(errorPath) ?? [], as: UTF8.self)
     return (status, stdout, stderr)
+}
+
+extension BufferPool {
+    /// The frame in the buffer `item` names (as long as its metadata says), copied out; the buffer is freed.
+    func takeFrame(_ item: UInt64) -> [UInt8] {
+        let index = UInt32(item)
+        let length = Int(metadata(at: index).pointee.length)
+        let frame = Array(UnsafeRawBufferPointer(rebasing: bytes(at: index)[0..<length]))
+        freeIndex(index)
+        return frame
+    }
 }

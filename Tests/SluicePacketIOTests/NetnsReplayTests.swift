@@ -43,12 +43,7 @@ struct NetnsReplayTests {
             let deadline = Clock.monotonicNs() + 20_000_000_000
             while !capture.isExhausted, Clock.monotonicNs() < deadline {
                 let count = capture.produce(into: items)
-                for item in items[0..<count] {
-                    let index = UInt32(item)
-                    let length = Int(rxPool.metadata(at: index).pointee.length)
-                    frames.append(Array(UnsafeRawBufferPointer(rebasing: rxPool.bytes(at: index)[0..<length])))
-                    rxPool.freeIndex(index)
-                }
+                frames += items[0..<count].map(rxPool.takeFrame)
                 if count == 0 { usleep(100) }
             }
             received.value = frames

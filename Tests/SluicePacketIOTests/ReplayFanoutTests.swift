@@ -66,12 +66,7 @@ import Testing
         var turns = 0
         while !source.isExhausted, taken.count < limit, turns < 100_000 {
             let count = source.produce(into: items)
-            for item in items[0..<count] {
-                let index = UInt32(item)
-                let length = Int(pool.metadata(at: index).pointee.length)
-                taken.append(Array(UnsafeRawBufferPointer(rebasing: pool.bytes(at: index)[0..<length])))
-                pool.freeIndex(index)
-            }
+            taken += items[0..<count].map(pool.takeFrame)
             turns += 1
         }
         return taken
@@ -175,6 +170,34 @@ import Testing
         c.loopCount = 20
         let single = try Replay(c).run()
         #expect(single.fannedOutMidRun == nil && single.instances == 1 && single.delivered == 40_000)
+    }
+
+    /// A capture file replaced (same bytes, another inode) after the run opened it: the instances,
+    /// which would open the new file, are refused, and the single instance runs on to the end with
+    /// nothing lost; the summary says why, and it is not a failure.
+    @Test(.enabled(if: Self.cores.count >= 2 || Captures.inCI, "needs two CPUs"))
+    func aReplacedCaptureIsNotTakenOverMidRun() throws {
+        try #require(Self.cores.count >= 2, "CI machines have two CPUs")
+        let bytes = try #require(fileBytes(Captures.sample))
+        let path = temporaryPath("replaced.pcap")
+        let replacement = temporaryPath("replacement.pcap")
+        defer { unlink(path); unlink(replacement) }
+        for target in [path, replacement] {
+            let fd = open(target, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+            try #require(fd >= 0)
+            #expect(bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } == bytes.count)
+            close(fd)
+        }
+        var c = configuration(.auto, loops: 100)
+        c.capturePath = path
+        c.startsSingleInstance = true
+        c.fansOutMidRun = .afterRecords(12_345)
+        let replay = try Replay(c)
+        #expect(rename(replacement, path) == 0)
+        let summary = try replay.run()
+        #expect(summary.fannedOutMidRun == nil && summary.instances == 1)
+        #expect(summary.fannedOutMidRunRefusal?.contains("replaced") == true, "\(summary.fannedOutMidRunRefusal ?? "")")
+        #expect(summary.failure == nil && summary.delivered == 200_000 && summary.drops.isEmpty)
     }
 
     /// The rule that fans a single instance out mid-run, on numbers: not before the warm-up, not on a
